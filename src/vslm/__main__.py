@@ -1,0 +1,5 @@
+import sys
+
+from vslm.cli import main
+
+sys.exit(main())

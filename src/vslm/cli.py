@@ -1,0 +1,170 @@
+"""`vslm ...`: parses arguments, calls the layers below, prints. Errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from vslm.errors import VSLMError
+
+console = Console()
+
+
+def _add_config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("config", nargs="?" if optional else None, help="a built-in config name or a TOML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 model.width=192")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from vslm.config import load_config
+    from vslm.train.run_folder import read_run_config
+    from vslm.train.trainer import Trainer
+
+    if a.config is None:
+        if not (a.resume and a.out):
+            raise VSLMError("train needs a config (or --resume --out RUN_FOLDER)")
+        cfg = read_run_config(Path(a.out))
+        if a.overrides:
+            from vslm.config import apply_overrides, validate
+
+            cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides))
+    else:
+        cfg = load_config(a.config, a.overrides)
+    out = Path(a.out or Path("runs") / cfg.name)
+    trainer = Trainer(cfg, out, resume=a.resume)
+    final = trainer.fit()
+    _print_samples(trainer)
+    summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
+    console.print(f"trained {trainer.step} steps: {summary}")
+    print(out)
+    return 0
+
+
+def _print_samples(trainer) -> None:
+    from vslm.train.sampling import sample_text
+
+    n = trainer.cfg.logging.samples
+    if not n:
+        return
+    texts = sample_text(trainer.model, trainer.corpus.tokenizer, num=n, tokens=trainer.cfg.logging.sample_tokens)
+    (trainer.run_dir / "samples.txt").write_text("\n\n----\n\n".join(texts) + "\n", encoding="utf-8")
+    for i, t in enumerate(texts):
+        console.rule(f"sample {i + 1}")
+        console.print(t, markup=False, highlight=False)
+    console.rule()
+
+
+def cmd_configs(a: argparse.Namespace) -> int:
+    from vslm.config import builtin_configs
+
+    for name, desc in builtin_configs().items():
+        print(f"{name:24s} {desc}")
+    return 0
+
+
+def cmd_describe(a: argparse.Namespace) -> int:
+    from vslm.config import load_config
+    from vslm.describe import describe
+
+    describe(load_config(a.config, a.overrides), console)
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from vslm.train.run_folder import load_run
+    from vslm.train.sampling import sample_text
+
+    _, model, tokenizer = load_run(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
+    texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed)
+    for i, t in enumerate(texts):
+        if a.num > 1:
+            console.rule(f"sample {i + 1}")
+        print(t)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from vslm.demo import run_demo
+
+    run_demo(Path(a.out) if a.out else None, a.overrides, console)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from vslm.bench import run_bench
+
+    result = run_bench(Path(a.data) if a.data else None, a.steps, a.repeat,
+                       Path(a.reference) if a.reference else None, console if not a.json else None)
+    if a.json:
+        print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a config")
+    _add_config_args(p, optional=True)
+    p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("configs", help="list the built-in configs")
+    p.set_defaults(func=cmd_configs)
+
+    p = sub.add_parser("describe", help="per-layer table of a config's model: parameters and FLOPs")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("sample", help="generate text from a trained run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="train a ~1M-parameter model on the embedded stories and show what it learned")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the demo config")
+    p.add_argument("--out", help="run folder (default runs/demo, or runs/demo-N if taken)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="time the nanogpt preset side by side with shared/bench/reference_gpt.py")
+    p.add_argument("--data", help="text file (default: tiny Shakespeare from the data folder)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
+    p.add_argument("--reference", help="path of reference_gpt.py (default: ../shared/bench/)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options too: `vslm train cfg --out x train.steps=5`
+    unknown = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args)
+    except VSLMError as e:
+        print(f"vslm: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vslm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""One typed, validated config tree: model, data, train, logging.
+
+TOML files and command-line overrides are two views of the same tree. Every field is declared once
+here, with its type and bounds; an unknown key or a bad value fails where the config is loaded,
+with one line naming the field (`ConfigError`).
+
+    cfg = load_config("demo", ["train.steps=500", "model.width=192"])
+
+A config file may start from another with `base = "NAME"` (a built-in name or a path); its tables
+are merged key by key, and the file's own values win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vslm.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    # forbid: a typo in a key is an error, never a silently ignored setting
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+class BlockConfig(_Section):
+    """Per-block overrides of the model-wide defaults; a field left out takes the model's value."""
+
+    width: PositiveInt | None = None
+    heads: PositiveInt | None = None
+    kv_heads: PositiveInt | None = None
+    ffn: PositiveInt | None = None
+    window: PositiveInt | None = None
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One unique transformer block, fully resolved: what the model builds."""
+
+    width: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    window: int | None  # None = full causal attention; w = keys j with 0 <= i - j < w
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+class ModelConfig(_Section):
+    vocab_size: PositiveInt | None = Field(None, description="None = the tokenizer's vocabulary size")
+    context: PositiveInt = 256
+    depth: PositiveInt = 4
+    width: PositiveInt = 128
+    heads: PositiveInt = 4
+    kv_heads: PositiveInt | None = Field(None, description="key/value heads (GQA); None = heads")
+    ffn_mult: PositiveFloat = 4.0
+    ffn: PositiveInt | None = Field(None, description="MLP hidden size; None = ffn_mult * width")
+    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: PositiveFloat = 1e-5
+    position: Literal["learned", "rope"] = "learned"
+    rope_base: PositiveFloat = 10000.0
+    tie_embeddings: bool = True
+    bias: bool = False
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    init_std: PositiveFloat = 0.02
+    window: PositiveInt | None = Field(None, description="sliding attention window; None = full")
+    attention: Literal["softmax"] = "softmax"
+    blocks: list[BlockConfig] = Field(default_factory=list, description="per-block overrides, one per depth")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if self.blocks and len(self.blocks) != self.depth:
+            raise ValueError(f"blocks has {len(self.blocks)} records but depth is {self.depth}")
+        for i, spec in enumerate(self.block_specs()):
+            where = f"blocks[{i}]." if self.blocks else ""
+            if spec.width % spec.heads:
+                raise ValueError(f"{where}width {spec.width} is not divisible by heads {spec.heads}")
+            if spec.heads % spec.kv_heads:
+                raise ValueError(f"{where}heads {spec.heads} is not divisible by kv_heads {spec.kv_heads}")
+            if self.position == "rope" and spec.head_dim % 2:
+                raise ValueError(f"{where}rope needs an even head size, got {spec.head_dim}")
+        return self
+
+    def block_specs(self) -> list[BlockSpec]:
+        """The resolved record of each block: model-wide defaults, overridden per block."""
+        records = self.blocks or [BlockConfig() for _ in range(self.depth)]
+        specs = []
+        for rec in records:
+            width = rec.width or self.width
+            heads = rec.heads or self.heads
+            ffn = rec.ffn or self.ffn or round(self.ffn_mult * width)
+            specs.append(
+                BlockSpec(
+                    width=width,
+                    heads=heads,
+                    kv_heads=rec.kv_heads or self.kv_heads or heads,
+                    ffn=ffn,
+                    window=rec.window or self.window,
+                )
+            )
+        return specs
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+class DataConfig(_Section):
+    source: str = Field("stories", description="'stories', 'tinyshakespeare', or a path to a text file")
+    tokenizer: Literal["char", "byte", "bpe", "gpt2"] = "char"
+    vocab_size: Annotated[int, Field(ge=260, le=65535)] = 2048
+    val_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
+    max_bytes: PositiveInt = Field(8_000_000, description="how much text to generate or read at most")
+    seed: int = Field(0, description="seed of generated corpora")
+    doc_aligned: bool = Field(False, description="training windows start at document starts")
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+class TrainConfig(_Section):
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 12
+    grad_accum: PositiveInt = 1
+    optimizer: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    min_lr: NonNegativeFloat = 1e-4
+    warmup: NonNegativeInt = 100
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
+    weight_decay: NonNegativeFloat = 0.1
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
+    eps: PositiveFloat = 1e-8
+    grad_clip: NonNegativeFloat = Field(1.0, description="max global grad norm; 0 = off")
+    eval_every: NonNegativeInt = Field(250, description="0 = evaluate only at the end")
+    eval_batches: PositiveInt = 200
+    seed: int = 1337
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    compile: bool | Literal["auto"] = "auto"
+    checkpoint_every: NonNegativeInt = Field(500, description="0 = only at the end")
+    keep_last: PositiveInt = 2
+    snapshots: bool = Field(True, description="keep weights at steps 0, 1, 2, 4, 8, ...")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        return self
+
+
+class LoggingConfig(_Section):
+    log_every: PositiveInt = 1
+    progress: bool = True
+    samples: NonNegativeInt = Field(0, description="samples printed at the end of training")
+    sample_tokens: PositiveInt = 200
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    description: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none are named)."""
+        dump = self.model_dump(mode="json")
+        chosen = {k: dump[k] for k in (sections or dump)}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------- load and save
+
+
+def builtin_configs() -> dict[str, str]:
+    """Built-in config names and their one-line descriptions."""
+    out = {}
+    for entry in sorted(resources.files("vslm.configs").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            raw = tomllib.loads(entry.read_text())
+            out[entry.name.removesuffix(".toml")] = raw.get("description", "")
+    return out
+
+
+def _read_toml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.is_file():
+        text, label = path.read_text(encoding="utf-8"), str(path)
+    else:
+        entry = resources.files("vslm.configs") / f"{name_or_path}.toml"
+        if not entry.is_file():
+            names = ", ".join(builtin_configs())
+            raise ConfigError(f"no config '{name_or_path}': not a file, nor a built-in config ({names})")
+        text, label = entry.read_text(), f"built-in config '{name_or_path}'"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{label}: invalid TOML: {e}") from None
+    base = raw.pop("base", None)
+    raw.setdefault("name", path.stem if path.is_file() else name_or_path)
+    if base is None:
+        return raw
+    if base in seen:
+        raise ConfigError(f"{label}: 'base' chain loops through '{base}'")
+    parent = _read_toml(base, (*seen, name_or_path))
+    parent.pop("description", None)
+    parent["name"] = raw["name"]
+    return _merge(parent, raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(word: str) -> tuple[list[str], Any]:
+    """`model.width=192` -> (['model', 'width'], 192). Values are TOML; a bare word is a string."""
+    key, sep, text = word.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{word}' is not of the form section.key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: cpu, stories, path/to/file.txt
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for word in overrides:
+        path, value = parse_override(word)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{word}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    field = ".".join(str(part) for part in err["loc"]) or "config"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"config error: unknown field '{field}'"
+    if err["type"] == "value_error":
+        return f"config error: {field}: {msg}"
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"config error: {field}: {msg}, got {err['input']!r}{more}"
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """A built-in config name or a TOML path, with dotted `key=value` overrides applied."""
+    return validate(apply_overrides(_read_toml(name_or_path), overrides or []))
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(cfg.to_toml(), encoding="utf-8")

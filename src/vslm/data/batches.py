@@ -1,0 +1,62 @@
+"""Batches of training windows, and the fixed validation set.
+
+Training windows are drawn at random offsets by a seeded `torch.Generator`; its state is the data
+position, saved in every checkpoint, so a resumed run draws exactly the windows the uninterrupted
+run would have. With `doc_aligned`, windows start where documents start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
+    """(B, length) int64 windows tokens[s : s + length] for each start s."""
+    index = starts[:, None] + np.arange(length)[None, :]
+    return torch.from_numpy(tokens[index].astype(np.int64))
+
+
+class WindowSampler:
+    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int,
+                 doc_starts: np.ndarray | None = None):
+        if len(tokens) <= context:
+            raise ValueError(f"the training split has {len(tokens)} tokens, fewer than context + 1")
+        self.tokens, self.context, self.batch_size = tokens, context, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.doc_starts = None
+        if doc_starts is not None:
+            usable = doc_starts[doc_starts < len(tokens) - context]
+            self.doc_starts = usable if len(usable) > 1 else None  # one document: plain random windows
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets, each (B, T) int64."""
+        T, B = self.context, self.batch_size
+        if self.doc_starts is None:
+            starts = torch.randint(len(self.tokens) - T, (B,), generator=self.generator).numpy()
+        else:
+            pick = torch.randint(len(self.doc_starts), (B,), generator=self.generator).numpy()
+            starts = self.doc_starts[pick]
+        window = _gather(self.tokens, starts, T + 1)
+        return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def fixed_windows(tokens: np.ndarray, context: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same `count` windows every time (seeded offsets), as inputs and targets (count, T).
+
+    When the split is too short for `count` distinct offsets, every offset is used once."""
+    span = len(tokens) - context
+    if span <= 0:
+        raise ValueError(f"the validation split has {len(tokens)} tokens, fewer than context + 1")
+    if span <= count:
+        starts = np.arange(span)
+    else:
+        starts = torch.randint(span, (count,), generator=torch.Generator().manual_seed(seed)).numpy()
+    window = _gather(tokens, starts, context + 1)
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()

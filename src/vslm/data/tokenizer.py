@@ -1,0 +1,198 @@
+"""Tokenizers behind one interface: char, byte, BPE trained with Hugging Face `tokenizers`, GPT-2.
+
+Every tokenizer knows how many UTF-8 bytes each token stands for (`token_bytes`), so that any
+evaluation can report bits per byte, which is comparable across tokenizers where loss per token
+is not. A tokenizer saves to and loads from one JSON file (`tokenizer.json` in a run folder).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from vslm.errors import VSLMError
+
+EOS = "<|endoftext|>"
+
+
+class Tokenizer:
+    """The interface; `kind` names the implementation."""
+
+    kind: str
+    vocab_size: int
+    eos_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self) -> np.ndarray:
+        """(V,) int32: UTF-8 bytes each token stands for (0 for special tokens)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character seen in the corpus, in sorted order (as nanoGPT's shakespeare_char);
+    an end-of-text id after them when the corpus has several documents."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str], eos: bool):
+        self.chars = list(chars)
+        self.lookup = {c: i for i, c in enumerate(self.chars)}
+        self.eos_id = len(self.chars) if eos else None
+        self.vocab_size = len(self.chars) + (1 if eos else 0)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], eos: bool) -> CharTokenizer:
+        chars: set[str] = set()
+        for t in texts:
+            chars.update(t)
+        return cls(sorted(chars), eos)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.lookup[c] for c in text]
+        except KeyError as e:
+            raise VSLMError(f"character {e.args[0]!r} is not in this character vocabulary") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        n = len(self.chars)
+        return "".join(self.chars[i] for i in ids if 0 <= i < n)
+
+    def token_bytes(self) -> np.ndarray:
+        sizes = [len(c.encode("utf-8")) for c in self.chars] + ([0] if self.eos_id is not None else [])
+        return np.array(sizes, dtype=np.int32)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars, "eos": self.eos_id is not None}
+
+
+class ByteTokenizer(Tokenizer):
+    """The 256 byte values, plus end-of-text at 256."""
+
+    kind = "byte"
+    vocab_size = 257
+    eos_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> np.ndarray:
+        return np.array([1] * 256 + [0], dtype=np.int32)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind}
+
+
+@cache
+def _byte_level_decoder() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's bytes_to_unicode), inverted: printable char -> byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class HFTokenizer(Tokenizer):
+    """A byte-level BPE from Hugging Face `tokenizers`: trained here (`bpe`) or GPT-2's files (`gpt2`)."""
+
+    def __init__(self, hf, kind: str):  # hf: tokenizers.Tokenizer
+        self.hf, self.kind = hf, kind
+        self.vocab_size = hf.get_vocab_size()
+        self.eos_id = hf.token_to_id(EOS)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> HFTokenizer:
+        from tokenizers import Tokenizer as HF
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        hf = HF(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf, "bpe")
+
+    @classmethod
+    def gpt2(cls, folder: Path) -> HFTokenizer:
+        """GPT-2's tokenizer from local `vocab.json` and `merges.txt`, with no download."""
+        from tokenizers import Tokenizer as HF
+        from tokenizers import decoders, models, pre_tokenizers
+
+        vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        for f in (vocab, merges):
+            if not f.is_file():
+                raise VSLMError(f"GPT-2 tokenizer file {f} not found (needs vocab.json and merges.txt)")
+        hf = HF(models.BPE.from_file(str(vocab), str(merges)))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        return cls(hf, "gpt2")
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(list(texts))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True)
+
+    def token_bytes(self) -> np.ndarray:
+        table = _byte_level_decoder()
+        sizes = np.zeros(self.vocab_size, dtype=np.int32)
+        special = {t.content for t in self.hf.get_added_tokens_decoder().values()}
+        for token, i in self.hf.get_vocab().items():
+            if token not in special and i < self.vocab_size:
+                sizes[i] = sum(1 for ch in token if ch in table)
+        return sizes
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "hf": json.loads(self.hf.to_str())}
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    kind = d.get("kind")
+    if kind == "char":
+        return CharTokenizer(d["chars"], d["eos"])
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind in ("bpe", "gpt2"):
+        from tokenizers import Tokenizer as HF
+
+        return HFTokenizer(HF.from_str(json.dumps(d["hf"])), kind)
+    raise VSLMError(f"unknown tokenizer kind {kind!r}")
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise VSLMError(f"tokenizer file {path} not found")
+    return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))

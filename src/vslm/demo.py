@@ -1,0 +1,89 @@
+"""`vslm demo`: a tour of the lab in about two minutes on a laptop CPU.
+
+Trains the `demo` config (a ~1M-parameter character-level GPT) on the embedded children's stories,
+then shows what was trained, how fast, and what it learned: the loss against the levels a model
+reaches by guessing uniformly and by knowing only letter frequencies, and samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from vslm.config import load_config
+from vslm.train.run_folder import METRICS
+from vslm.train.sampling import sample_text
+from vslm.train.trainer import Trainer
+
+
+def free_folder(base: Path) -> Path:
+    """base, or base-2, base-3, ... : the first that does not exist (a demo never overwrites a run)."""
+    if not base.exists():
+        return base
+    n = 2
+    while base.with_name(f"{base.name}-{n}").exists():
+        n += 1
+    return base.with_name(f"{base.name}-{n}")
+
+
+def unigram_entropy(tokens: np.ndarray, vocab: int) -> float:
+    counts = np.bincount(np.asarray(tokens[:2_000_000], dtype=np.int64), minlength=vocab).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
+    cfg = load_config("demo", overrides)
+    out = out or free_folder(Path("runs") / "demo")
+    console.rule("[bold]VSLM demo")
+    console.print("Preparing the embedded corpus: generated children's stories with recurring names, "
+                  "dialogue and simple cause and effect ...", highlight=False)
+    started = time.perf_counter()
+    trainer = Trainer(cfg, out)
+    corpus, m = trainer.corpus, cfg.model
+    console.print(
+        f"  {corpus.meta['documents']:,} stories, {corpus.meta['train_tokens']:,} training and "
+        f"{corpus.meta['val_tokens']:,} validation tokens, a {corpus.tokenizer.kind} tokenizer of "
+        f"{corpus.tokenizer.vocab_size} symbols ({'cached' if corpus.cache_hit else 'built'} in "
+        f"{time.perf_counter() - started:.1f} s)", highlight=False)
+    console.print(
+        f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
+        f"{m.position} positions, {m.norm}, {m.mlp} MLP, context {m.context}; "
+        f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False)
+    tokens = cfg.train.steps * cfg.train.batch_size * m.context
+    console.print(f"Training: {cfg.train.steps} steps of {cfg.train.batch_size} x {m.context} tokens "
+                  f"({tokens / 1e6:.1f}M tokens), AdamW, {cfg.train.schedule} schedule\n", highlight=False)
+    final = trainer.fit()
+
+    lines = [json.loads(ln) for ln in (out / METRICS).read_text().splitlines()]
+    evals = [ln for ln in lines if "val_loss" in ln]
+    vocab = corpus.tokenizer.vocab_size
+    table = Table(title="What it learned (validation loss, nats per character)")
+    table.add_column("reference level")
+    table.add_column("loss", justify="right")
+    table.add_row("guessing uniformly over the vocabulary (ln V)", f"{math.log(vocab):.3f}")
+    table.add_row("knowing only character frequencies (unigram entropy)",
+                  f"{unigram_entropy(corpus.train.tokens, vocab):.3f}")
+    for e in evals:
+        table.add_row(f"model after {e['step']} steps", f"{e['val_loss']:.3f}")
+    console.print(table)
+    console.print(
+        f"Final: validation loss {final['val_loss']:.3f} nats/char = {final['val_bpb']:.3f} bits per byte; "
+        f"trained in {trainer.train_time_s:.0f} s at {final['step'] * tokens / cfg.train.steps / trainer.train_time_s:,.0f} "
+        f"tokens/s", highlight=False)
+    for i, text in enumerate(sample_text(trainer.model, corpus.tokenizer, num=cfg.logging.samples,
+                                         tokens=cfg.logging.sample_tokens)):
+        console.rule(f"sample {i + 1} (temperature 0.8)")
+        console.print(text, markup=False, highlight=False)
+    console.rule()
+    console.print(f"Next: vslm sample {out} --prompt \"Once upon a time\"   |   metrics in {out / METRICS}",
+                  highlight=False)
+    console.print("Run folder:", highlight=False)
+    print(out)
+    return out

@@ -1,0 +1,16 @@
+"""The one exception type a user sees as a one-line message (the CLI prints it and exits non-zero)."""
+
+
+class VSLMError(Exception):
+    """A problem with the user's input or environment: a bad config, a missing file, a busy run folder.
+
+    The message is a complete sentence naming the problem; the CLI prints it without a traceback.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(VSLMError):
+    """A config that does not validate. The CLI exits with code 2."""
+
+    exit_code = 2

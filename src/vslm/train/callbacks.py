@@ -1,0 +1,120 @@
+"""What watches a run: small stateful callbacks. Their `state_dict` is saved in every checkpoint.
+
+The training loop calls, in order of the list: `on_train_start(trainer)` once (after a resume
+too), `on_step_end(trainer, metrics)` after every update (`metrics` holds what was read this step:
+always `step`; `loss` and the rest on logged steps; `val_loss` on eval steps), and
+`on_train_end(trainer, metrics)`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vslm.train.checkpoint import checkpoint_name, prune, save_checkpoint
+from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS
+
+if TYPE_CHECKING:
+    from vslm.train.trainer import Trainer
+
+
+class Callback:
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, metrics: dict) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class MetricsLog(Callback):
+    """Appends logged steps to metrics.jsonl, flushed at once so a killed run keeps its lines.
+
+    On resume, lines past the checkpoint's step are dropped: the resumed run writes them anew."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        path = trainer.run_dir / METRICS
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= trainer.step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+        self.file = path.open("a", buffering=1)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if "loss" in metrics:
+            self.file.write(json.dumps(metrics) + "\n")
+
+    def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.file.close()
+
+
+class Checkpointer(Callback):
+    """Full training state every `every` steps and at the end; keeps the newest `keep_last`."""
+
+    def __init__(self, every: int, keep_last: int):
+        self.every, self.keep_last = every, keep_last
+
+    def due(self, step: int, last: int) -> bool:
+        return step == last or (self.every > 0 and step % self.every == 0)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if self.due(trainer.step, trainer.cfg.train.steps):
+            folder = trainer.run_dir / CHECKPOINTS
+            save_checkpoint(folder / checkpoint_name(trainer.step), trainer.weights(), trainer.state_dict())
+            prune(folder, self.keep_last)
+
+
+def is_log_spaced(step: int) -> bool:
+    """0, 1, 2, 4, 8, 16, ..."""
+    return step == 0 or step & (step - 1) == 0
+
+
+class Snapshots(Callback):
+    """Weights at log-spaced steps (0, 1, 2, 4, ...) and at the end, for training-dynamics studies."""
+
+    def _save(self, trainer: Trainer) -> None:
+        path = trainer.run_dir / SNAPSHOTS / checkpoint_name(trainer.step)
+        if not path.exists():
+            save_checkpoint(path, trainer.weights(), {"step": trainer.step})
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.step == 0:
+            self._save(trainer)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if is_log_spaced(trainer.step) or trainer.step == trainer.cfg.train.steps:
+            self._save(trainer)
+
+
+class ProgressBar(Callback):
+    """A live bar with loss and throughput (rich; quiet when output is not a terminal)."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, refresh_per_second=4, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=trainer.cfg.train.steps, completed=trainer.step, info="")
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        info = None
+        if "loss" in metrics:
+            info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
+            if "val_loss" in metrics:
+                self.last_val = f"  val {metrics['val_loss']:.3f}"
+            info += getattr(self, "last_val", "")
+        self.progress.update(self.task, completed=trainer.step, **({"info": info} if info else {}))
+
+    def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.progress.stop()

@@ -1,0 +1,125 @@
+"""Checkpoints: one safetensors file per step, written atomically, loaded without unpickling.
+
+A checkpoint holds the model's weights under `model/<name>` and the rest of the training state
+(optimizer, schedule position, RNG and data-sampler state, callbacks) as a JSON skeleton in the
+file's metadata whose tensors are stored under `state/<n>`. Nothing is ever unpickled, so a
+checkpoint from anywhere is safe to open.
+
+Writing goes to a temporary file in the same folder, is fsynced, then renamed over the final name
+(and the folder fsynced): a crash at any moment leaves either the previous checkpoints alone or
+the new one complete. Files whose name does not match `step_NNNNNNNN.safetensors` are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from vslm.errors import VSLMError
+
+NAME = re.compile(r"^step_(\d{8})\.safetensors$")
+STATE_KEY = "vslm_state"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.safetensors"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint in folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), folder / p.name) for p in folder.iterdir() if (m := NAME.match(p.name))]
+    return sorted(found)
+
+
+# A JSON skeleton of nested state: tensors become {"__tensor__": key}; tuples and dicts whose keys
+# are not all strings (the optimizer's per-parameter state) keep their types.
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"state/{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call write(file) on a temporary file beside path, fsync it, then rename it to path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], state: dict | None = None) -> None:
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
+    skeleton = _encode(state or {}, tensors)
+    blob = save(tensors, metadata={STATE_KEY: json.dumps(skeleton)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(blob))
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, state) from a checkpoint file."""
+    try:
+        tensors = load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt") as f:
+            skeleton = json.loads((f.metadata() or {}).get(STATE_KEY, "{}"))
+    except (OSError, json.JSONDecodeError, Exception) as e:  # safetensors raises its own error types
+        if isinstance(e, VSLMError):
+            raise
+        raise VSLMError(f"cannot read checkpoint {path}: {e}") from None
+    weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    return weights, _decode(skeleton, tensors)
+
+
+def prune(folder: Path, keep_last: int) -> None:
+    """Delete all but the newest keep_last checkpoints in folder."""
+    for _, path in list_checkpoints(folder)[:-keep_last]:
+        path.unlink(missing_ok=True)

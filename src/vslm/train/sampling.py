@@ -1,0 +1,30 @@
+"""Text from a trained model: prompt in, sampled continuations out."""
+
+from __future__ import annotations
+
+import torch
+
+from vslm.data.tokenizer import Tokenizer
+from vslm.model import GPT
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids; an empty prompt starts from end-of-text (a document start) when there is one."""
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:
+        ids = [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
+    return ids
+
+
+def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1, tokens: int = 200,
+                temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> list[str]:
+    """`num` continuations of `prompt` (the prompt included, end-of-text tokens dropped)."""
+    device = next(model.parameters()).device
+    ids = prompt_ids(tokenizer, prompt)
+    idx = torch.tensor([ids] * num, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)
+    model.train(was_training)
+    return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out]

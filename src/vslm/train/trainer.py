@@ -1,0 +1,240 @@
+"""The one training loop.
+
+    trainer = Trainer(cfg, Path("runs/x"))
+    final = trainer.fit()          # or Trainer(..., resume=True).fit() to continue exactly
+
+What varies in the step is data (the config); what watches the run is a callback (callbacks.py).
+Exact resume: the checkpoint holds weights, optimizer state, the step (which fixes the schedule),
+the torch RNG (dropout) and the batch sampler's generator (the data position), so a resumed run
+computes bit for bit the losses the uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vslm.config import RunConfig, save_config
+from vslm.data.batches import WindowSampler, fixed_windows
+from vslm.data.shards import Corpus, prepare_corpus
+from vslm.errors import VSLMError
+from vslm.model import GPT, parameter_count, training_flops_per_token
+from vslm.train.callbacks import Callback, Checkpointer, MetricsLog, ProgressBar, Snapshots
+from vslm.train.checkpoint import list_checkpoints, load_checkpoint
+from vslm.train.optim import build_optimizer, lr_at
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, RunLock, device_of, read_run_config
+
+VAL_SEED = 0  # the validation windows are the same for every training seed
+
+
+class TrainingDiverged(VSLMError):
+    pass
+
+
+def default_callbacks(cfg: RunConfig) -> list[Callback]:
+    callbacks: list[Callback] = [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
+    if cfg.train.snapshots:
+        callbacks.append(Snapshots())
+    if cfg.logging.progress:
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, callbacks: Sequence[Callback] | None = None,
+                 resume: bool = False, corpus: Corpus | None = None):
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        if resume:
+            cfg = self._check_resumable(cfg)
+        self.corpus = corpus or prepare_corpus(cfg.data)
+        vocab = self.corpus.tokenizer.vocab_size
+        if cfg.model.vocab_size is None:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": vocab})})
+        elif cfg.model.vocab_size < vocab:
+            raise VSLMError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {vocab}")
+        self.cfg = cfg
+        tc = cfg.train
+        self.device = device_of(tc.device)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if tc.dtype == "bfloat16" or (
+            tc.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()) else None
+
+        torch.manual_seed(tc.seed)
+        self.model = GPT(cfg.model).to(self.device)
+        self.params = parameter_count(self.model)
+        self.flops_per_token = training_flops_per_token(self.model)
+        compile_model = tc.compile is True or (tc.compile == "auto" and cuda)
+        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.optimizer = build_optimizer(self.model, tc, fused=cuda)
+        train = self.corpus.train
+        self.sampler = WindowSampler(train.tokens, cfg.model.context, tc.batch_size, tc.seed,
+                                     train.doc_starts if cfg.data.doc_aligned else None)
+        self.val_x, self.val_y = fixed_windows(self.corpus.val.tokens, cfg.model.context,
+                                               tc.eval_batches * tc.batch_size, VAL_SEED)
+        self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))
+        self.callbacks = list(default_callbacks(cfg) if callbacks is None else callbacks)
+        self.step = 0
+        self.train_time_s = 0.0
+
+    # ----------------------------------------------------------------------------- state
+
+    def _check_resumable(self, cfg: RunConfig) -> RunConfig:
+        saved = read_run_config(self.run_dir)
+        for section in ("model", "data"):
+            if cfg.fingerprint(section) != saved.fingerprint(section):
+                raise VSLMError(f"cannot resume {self.run_dir}: its {section} config differs from the one given")
+        if not list_checkpoints(self.run_dir / CHECKPOINTS):
+            raise VSLMError(f"cannot resume {self.run_dir}: it has no checkpoint yet (delete it to start over)")
+        return cfg
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "train_time_s": self.train_time_s,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng,
+            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
+        }
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for i, cb in enumerate(self.callbacks):
+            cb.load_state_dict(state["callbacks"].get(f"{i}:{type(cb).__name__}", {}))
+        self.step = state["step"]
+        self.train_time_s = state["train_time_s"]
+
+    # ------------------------------------------------------------------------------ loop
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def fit(self) -> dict:
+        """Train to cfg.train.steps; returns the last logged metrics."""
+        with RunLock(self.run_dir):
+            self._open_run_folder()
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+            metrics: dict = {"step": self.step}
+            try:
+                metrics = self._loop()
+            finally:
+                for cb in self.callbacks:
+                    cb.on_train_end(self, metrics)
+        return metrics
+
+    def _open_run_folder(self) -> None:
+        if self.resume:
+            weights, state = load_checkpoint(list_checkpoints(self.run_dir / CHECKPOINTS)[-1][1], self.device)
+            self.load_state_dict(weights, state)
+        else:
+            for name in (CONFIG, METRICS, CHECKPOINTS):
+                if (self.run_dir / name).exists():
+                    raise VSLMError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
+                                    "or --out to train into another folder")
+            self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
+        save_config(self.cfg, self.run_dir / CONFIG)
+
+    def _loop(self) -> dict:
+        tc, log = self.cfg.train, self.cfg.logging
+        checkpointer = next((cb for cb in self.callbacks if isinstance(cb, Checkpointer)), None)
+        tokens_per_step = tc.batch_size * tc.grad_accum * self.cfg.model.context
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        window_tokens, window_time = 0, 0.0
+        metrics: dict = {"step": self.step}
+        self.model.train()
+        while self.step < tc.steps:
+            started = time.perf_counter()
+            lr = lr_at(self.step, tc)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=self.device)
+            for _ in range(tc.grad_accum):
+                x, y = self.sampler.next_batch()
+                x, y = self._to_device(x), self._to_device(y)
+                with self._autocast():
+                    logits = self.forward(x)
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+                (loss / tc.grad_accum).backward()
+                loss_sum += loss.detach()
+            if tc.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            elapsed = time.perf_counter() - started
+            self.train_time_s += elapsed
+            window_time += elapsed
+            window_tokens += tokens_per_step
+
+            last = self.step == tc.steps
+            eval_due = last or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
+            ckpt_due = checkpointer is not None and checkpointer.due(self.step, tc.steps)
+            metrics = {"step": self.step}
+            # reading the loss syncs with the device: only on logged, eval and checkpoint steps
+            if self.step % log.log_every == 0 or eval_due or ckpt_due:
+                loss_value = loss_sum.item() / tc.grad_accum
+                if not math.isfinite(loss_value):
+                    self._diverged(loss_value)
+                metrics.update(
+                    loss=round(loss_value, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
+                    tokens=self.step * tokens_per_step, tokens_per_s=round(window_tokens / window_time, 1),
+                    train_time_s=round(self.train_time_s, 3),
+                )
+                window_tokens, window_time = 0, 0.0
+            if eval_due:
+                metrics.update(self.evaluate())
+            for cb in self.callbacks:
+                cb.on_step_end(self, metrics)
+        return metrics
+
+    def _diverged(self, loss_value: float) -> None:
+        found = list_checkpoints(self.run_dir / CHECKPOINTS)
+        kept = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss is {loss_value} at step {self.step}: training stopped; {kept}")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Loss and bits per byte on the fixed validation windows."""
+        self.model.eval()
+        total_nll, total_bytes, total_tokens = 0.0, 0, 0
+        B = self.cfg.train.batch_size
+        for i in range(0, len(self.val_x), B):
+            x, y = self._to_device(self.val_x[i : i + B]), self._to_device(self.val_y[i : i + B])
+            with self._autocast():
+                logits = self.forward(x)
+            nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+            total_nll += nll.item()
+            total_tokens += y.numel()
+            total_bytes += int(self.token_bytes[y.cpu()].sum())
+        self.model.train()
+        return {"val_loss": round(total_nll / total_tokens, 6),
+                "val_bpb": round(total_nll / math.log(2) / max(1, total_bytes), 6)}
