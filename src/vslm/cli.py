@@ -24,6 +24,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from vslm.train.run_folder import read_run_config
     from vslm.train.trainer import Trainer
 
+    if a.config and "=" in a.config and not Path(a.config).exists():  # `train --resume --out X key=value`
+        a.config, a.overrides = None, [a.config, *a.overrides]
     if a.config is None:
         if not (a.resume and a.out):
             raise VSLMError("train needs a config (or --resume --out RUN_FOLDER)")

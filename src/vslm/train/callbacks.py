@@ -18,6 +18,7 @@ from vslm.train.checkpoint import checkpoint_name, prune, save_checkpoint
 from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS
 
 if TYPE_CHECKING:
+    from vslm.config import RunConfig
     from vslm.train.trainer import Trainer
 
 
@@ -118,3 +119,13 @@ class ProgressBar(Callback):
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.progress.stop()
+
+
+def default_callbacks(cfg: RunConfig) -> list[Callback]:
+    """Metrics, checkpoints, snapshots (if on) and the progress bar (if on), in that order."""
+    callbacks: list[Callback] = [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
+    if cfg.train.snapshots:
+        callbacks.append(Snapshots())
+    if cfg.logging.progress:
+        callbacks.append(ProgressBar())
+    return callbacks

@@ -26,7 +26,7 @@ from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.errors import VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
-from vslm.train.callbacks import Callback, Checkpointer, MetricsLog, ProgressBar, Snapshots
+from vslm.train.callbacks import Callback, Checkpointer, default_callbacks
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
 from vslm.train.optim import build_optimizer, lr_at
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, RunLock, device_of, read_run_config
@@ -36,15 +36,6 @@ VAL_SEED = 0  # the validation windows are the same for every training seed
 
 class TrainingDiverged(VSLMError):
     pass
-
-
-def default_callbacks(cfg: RunConfig) -> list[Callback]:
-    callbacks: list[Callback] = [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
-    if cfg.train.snapshots:
-        callbacks.append(Snapshots())
-    if cfg.logging.progress:
-        callbacks.append(ProgressBar())
-    return callbacks
 
 
 class Trainer:

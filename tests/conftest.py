@@ -1,0 +1,28 @@
+"""Shared fixtures: an isolated shard cache, the study group's shared data when it is there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+REFERENCE = SHARED / "bench" / "reference_gpt.py"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["VSLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("vslm-cache"))
+    if (SHARED / "data").is_dir():
+        os.environ["VSLM_DATA_DIR"] = str(SHARED / "data")
+    yield
+
+
+def tiny_overrides(**extra) -> list[str]:
+    """Overrides that make the built-in `tiny` config fast and quiet."""
+    words = {"logging.progress": "false", "data.max_bytes": "200000"}
+    words.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in words.items()]

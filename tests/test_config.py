@@ -1,0 +1,79 @@
+import subprocess
+import sys
+
+import pytest
+
+from vslm.config import BlockSpec, RunConfig, builtin_configs, load_config, parse_override, validate
+from vslm.errors import ConfigError
+
+
+def test_every_builtin_config_validates():
+    names = builtin_configs()
+    assert {"demo", "nanogpt-shakespeare", "tiny"} <= set(names)
+    for name in names:
+        assert load_config(name).name == name
+
+
+def test_overrides_are_typed_toml_values():
+    cfg = load_config("tiny", ["train.steps=500", "model.width=64", "train.lr=3e-4", "data.source=stories",
+                               "train.betas=[0.8, 0.95]", "logging.progress=false"])
+    assert (cfg.train.steps, cfg.model.width, cfg.train.lr) == (500, 64, 3e-4)
+    assert cfg.train.betas == (0.8, 0.95) and cfg.logging.progress is False
+    assert parse_override("data.source=path/to/file.txt") == (["data", "source"], "path/to/file.txt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.widht=64"], "unknown field 'model.widht'"),
+        (["model.width=33"], "width 33 is not divisible by heads 2"),
+        (["train.steps=-5"], "train.steps: Input should be greater than 0"),
+        (["model.width=wide"], "model.width: Input should be a valid integer"),
+        (["model.mlp=tanh"], "model.mlp"),
+        (["train.min_lr=1.0"], "min_lr 1.0 is above lr"),
+        (["model.depth=3", "model.blocks=[{width=32}]"], "blocks has 1 records but depth is 3"),
+        (["model.kv_heads=3", "model.heads=4"], "heads 4 is not divisible by kv_heads 3"),
+        (["train"], "not of the form section.key=value"),
+        (["train.steps.x=1"], "'steps' is a value, not a section"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as e:
+        load_config("tiny", overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nwidth = 3")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="no config 'nope'"):
+        load_config("nope")
+
+
+def test_base_inheritance_and_resolved_round_trip(tmp_path):
+    f = tmp_path / "wide.toml"
+    f.write_text('base = "tiny"\n[model]\nwidth = 64\n')
+    cfg = load_config(str(f))
+    assert cfg.name == "wide" and cfg.model.width == 64 and cfg.model.depth == load_config("tiny").model.depth
+    again = validate(__import__("tomllib").loads(cfg.to_toml()))
+    assert again == cfg
+
+
+def test_block_specs_resolve_model_defaults():
+    cfg = load_config("tiny", ["model.depth=2", "model.blocks=[{ffn=64}, {window=8, kv_heads=1}]"])
+    assert cfg.model.block_specs() == [BlockSpec(32, 2, 2, 64, None), BlockSpec(32, 2, 1, 128, 8)]
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vslm", "train", "tiny", "model.width=33", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert "width 33 is not divisible by heads 2" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_defaults_are_the_nanogpt_recipe():
+    assert RunConfig().train.betas == (0.9, 0.99)

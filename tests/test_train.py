@@ -1,0 +1,185 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.errors import VSLMError
+from vslm.train.callbacks import Callback, default_callbacks
+from vslm.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from vslm.train.optim import lr_at
+from vslm.train.run_folder import RunLock, load_run
+from vslm.train.trainer import Trainer, TrainingDiverged
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "vslm", *map(str, args)], capture_output=True, text=True)
+
+
+def test_loss_falls_on_a_tiny_run(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=120, train__eval_every=60))
+    final = Trainer(cfg, tmp_path / "r").fit()
+    lines = metrics(tmp_path / "r")
+    assert len(lines) == 120 and lines[0]["loss"] == pytest.approx(math.log(cfg.model.vocab_size or 58), abs=0.3)
+    assert final["val_loss"] < lines[0]["loss"] - 1.0  # from ln V (~4.1) to well under 3
+    assert 0 < final["val_bpb"] < final["val_loss"] / math.log(2) * 1.01
+    assert [ln["step"] for ln in lines if "val_loss" in ln] == [60, 120]
+    _, model, tok = load_run(tmp_path / "r")
+    assert sum(p.numel() for p in model.parameters()) > 0 and tok.vocab_size == model.cfg.vocab_size
+
+
+def test_schedules():
+    cfg = load_config("tiny", ["train.steps=100", "train.warmup=10", "train.lr=1.0", "train.min_lr=0.1"]).train
+    assert lr_at(0, cfg) == pytest.approx(1 / 11) and lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(100, cfg) == pytest.approx(0.1) and lr_at(55, cfg) == pytest.approx(0.55)
+    wsd = cfg.model_copy(update={"schedule": "wsd", "decay_fraction": 0.2})
+    assert lr_at(79, wsd) == 1.0 and lr_at(90, wsd) == pytest.approx(0.55) and lr_at(100, wsd) == pytest.approx(0.1)
+
+
+KILLER = """
+import os, signal, sys
+from vslm.config import load_config
+from vslm.train.callbacks import Callback
+from vslm.train.callbacks import default_callbacks
+from vslm.train.trainer import Trainer
+
+class KillAt(Callback):
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = load_config("tiny", {overrides!r})
+Trainer(cfg, sys.argv[1], callbacks=default_callbacks(cfg) + [KillAt()]).fit()
+"""
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    # dropout on, so the torch RNG state must be restored too; grad accumulation on
+    words = tiny_overrides(train__steps=40, train__checkpoint_every=8, train__eval_every=20, model__dropout=0.1,
+                           train__grad_accum=2, data__doc_aligned="true")
+    Trainer(load_config("tiny", words), tmp_path / "straight").fit()
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLER.format(kill_at=21, overrides=words))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "killed")], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert [s for s, _ in list_checkpoints(tmp_path / "killed" / "checkpoints")] == [8, 16]
+    assert metrics(tmp_path / "killed")[-1]["step"] == 21
+
+    r = run_cli("train", "--resume", "--out", tmp_path / "killed")
+    assert r.returncode == 0, r.stderr
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
+    assert [m["step"] for m in resumed] == list(range(1, 41))
+    for a, b in zip(straight, resumed, strict=True):
+        assert (a["loss"], a["grad_norm"], a.get("val_loss")) == (b["loss"], b["grad_norm"], b.get("val_loss"))
+    w1, _ = load_checkpoint(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1][1])
+    w2, _ = load_checkpoint(list_checkpoints(tmp_path / "killed" / "checkpoints")[-1][1])
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+CRASH_IN_WRITE = """
+import os, signal, sys, torch
+from pathlib import Path
+from vslm.train import checkpoint
+folder = Path(sys.argv[1])
+checkpoint.save_checkpoint(folder / checkpoint.checkpoint_name(1), {"w": torch.ones(3)}, {"step": 1})
+real_fsync = os.fsync
+def die(fd):  # the new file is written but not yet renamed into place
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.os.fsync = die
+checkpoint.save_checkpoint(folder / checkpoint.checkpoint_name(2), {"w": torch.zeros(3)}, {"step": 2})
+"""
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_IN_WRITE)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the half-done write is there ...
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]  # ... and ignored
+    weights, state = load_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert torch.equal(weights["w"], torch.ones(3)) and state == {"step": 1}
+
+
+def test_checkpoint_state_round_trip_without_pickle(tmp_path):
+    state = {"step": 3, "t": (1, 2.5), "opt": {0: {"exp_avg": torch.arange(4.0)}}, "rng": torch.get_rng_state(),
+             "none": None, "nested": [{"a": torch.tensor(1.5)}]}
+    save_checkpoint(tmp_path / "c.safetensors", {"w": torch.eye(2)}, state)
+    weights, back = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(weights["w"], torch.eye(2)) and back["t"] == (1, 2.5) and back["none"] is None
+    assert torch.equal(back["opt"][0]["exp_avg"], torch.arange(4.0)) and torch.equal(back["rng"], state["rng"])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(VSLMError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+
+
+class Poison(Callback):
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == 5:
+            with torch.no_grad():
+                trainer.model.embed.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=20, train__checkpoint_every=4, train__keep_last=5))
+    trainer = Trainer(cfg, tmp_path / "r", callbacks=default_callbacks(cfg) + [Poison()])
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 6.*step_00000004"):
+        trainer.fit()
+    found = list_checkpoints(tmp_path / "r" / "checkpoints")
+    assert [s for s, _ in found] == [4]
+    weights, _ = load_checkpoint(found[-1][1])
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert metrics(tmp_path / "r")[-1]["step"] == 5
+
+
+def test_busy_or_used_run_folder_is_refused(tmp_path):
+    folder = tmp_path / "r"
+    with RunLock(folder):
+        r = run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder)
+    assert r.returncode == 1 and "in use by another process" in r.stderr and "Traceback" not in r.stderr
+    assert run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder).returncode == 0
+    before = (folder / "metrics.jsonl").read_text()
+    r = run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder)
+    assert r.returncode == 1 and "already holds a run" in r.stderr
+    assert (folder / "metrics.jsonl").read_text() == before  # nothing lost
+    r = run_cli("train", "tiny", *tiny_overrides(train__steps=2, model__width=64), "--out", folder, "--resume")
+    assert r.returncode == 1 and "model config differs" in r.stderr
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    folder = tmp_path / "r"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=10)), folder).fit()
+    r = run_cli("train", "--resume", "--out", folder, "train.steps=14")
+    assert r.returncode == 0, r.stderr
+    assert [m["step"] for m in metrics(folder)] == list(range(1, 15))
+    assert os.path.exists(folder / "snapshots" / "step_00000014.safetensors")
+
+
+def test_sample_command(tmp_path):
+    Trainer(load_config("tiny", tiny_overrides(train__steps=5)), tmp_path / "r").fit()
+    r = run_cli("sample", tmp_path / "r", "--prompt", "Once", "--tokens", "20", "--num", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Once") >= 2
+    r = run_cli("sample", tmp_path / "missing")
+    assert r.returncode == 1 and "not a run folder" in r.stderr
+
+
+def test_snapshots_are_log_spaced(tmp_path):
+    Trainer(load_config("tiny", tiny_overrides(train__steps=20)), tmp_path / "r").fit()
+    steps = [s for s, _ in list_checkpoints(tmp_path / "r" / "snapshots")]
+    assert steps == [0, 1, 2, 4, 8, 16, 20]
+    weights, state = load_checkpoint(list_checkpoints(tmp_path / "r" / "snapshots")[0][1])
+    assert state == {"step": 0} and "embed.weight" in weights
+
+
