@@ -75,8 +75,8 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     console.print(table)
     console.print(
         f"Final: validation loss {final['val_loss']:.3f} nats/char = {final['val_bpb']:.3f} bits per byte; "
-        f"trained in {trainer.train_time_s:.0f} s at {final['step'] * tokens / cfg.train.steps / trainer.train_time_s:,.0f} "
-        f"tokens/s", highlight=False)
+        f"trained in {trainer.train_time_s:.0f} s at {final['tokens'] / trainer.train_time_s:,.0f} tokens/s",
+        highlight=False)
     for i, text in enumerate(sample_text(trainer.model, corpus.tokenizer, num=cfg.logging.samples,
                                          tokens=cfg.logging.sample_tokens)):
         console.rule(f"sample {i + 1} (temperature 0.8)")

@@ -94,31 +94,40 @@ class Snapshots(Callback):
 
 
 class ProgressBar(Callback):
-    """A live bar with loss and throughput (rich; quiet when output is not a terminal)."""
+    """A live bar with loss and throughput; when output is not a terminal (a log file, CI), a plain
+    line every tenth of the run instead."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
+        self.last_val = ""
 
     def on_train_start(self, trainer: Trainer) -> None:
+        self.live = self.console.is_terminal
+        self.every = max(1, trainer.cfg.train.steps // 10)
+        if not self.live:
+            return
         self.progress = Progress(
             TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=self.console, refresh_per_second=4, transient=False,
+            console=self.console, refresh_per_second=4,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=trainer.cfg.train.steps, completed=trainer.step, info="")
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if "val_loss" in metrics:
+            self.last_val = f"  val {metrics['val_loss']:.3f}"
         info = None
         if "loss" in metrics:
-            info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
-            if "val_loss" in metrics:
-                self.last_val = f"  val {metrics['val_loss']:.3f}"
-            info += getattr(self, "last_val", "")
-        self.progress.update(self.task, completed=trainer.step, **({"info": info} if info else {}))
+            info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s{self.last_val}"
+        if self.live:
+            self.progress.update(self.task, completed=trainer.step, **({"info": info} if info else {}))
+        elif info and (trainer.step % self.every == 0 or trainer.step == trainer.cfg.train.steps):
+            self.console.print(f"step {trainer.step}/{trainer.cfg.train.steps}  {info}", highlight=False)
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
 
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:

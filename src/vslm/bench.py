@@ -1,0 +1,103 @@
+"""`vslm bench`: the nanogpt preset timed side by side with shared/bench/reference_gpt.py.
+
+Both run as fresh subprocesses of the same Python, one after the other, on the same text, for the
+same number of steps, `repeat` times alternately; the figures are medians. Tokens per second
+count training steps only (forward, backward, optimizer, and for vslm its per-step logging), not
+data preparation or evaluation, as the reference counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vslm.data.sources import LOCAL_CORPORA, data_dirs
+from vslm.errors import VSLMError
+
+BENCH_CONFIG = "nanogpt-shakespeare"
+
+
+def find_reference(given: Path | None) -> Path:
+    if given:
+        candidates = [given]
+    else:  # beside the data folder, or in the shared folder beside this checkout
+        beside_checkout = Path(__file__).resolve().parents[3].parent / "shared"
+        candidates = [d.parent / "bench" / "reference_gpt.py" for d in [*data_dirs(), beside_checkout / "data"]]
+    for c in candidates:
+        if c and c.is_file():
+            return c
+    raise VSLMError("reference_gpt.py not found; pass --reference PATH (it lives in shared/bench/)")
+
+
+def find_data(given: Path | None) -> Path:
+    if given:
+        if not given.is_file():
+            raise VSLMError(f"bench data file {given} not found")
+        return given
+    for d in data_dirs():
+        if (d / LOCAL_CORPORA["tinyshakespeare"]).is_file():
+            return d / LOCAL_CORPORA["tinyshakespeare"]
+    raise VSLMError("tiny Shakespeare not found; set VSLM_DATA_DIR or pass --data FILE")
+
+
+def _run(cmd: list[str]) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise VSLMError(f"benchmark run failed ({' '.join(cmd[:4])} ...): {r.stderr.strip().splitlines()[-1:]}")
+    return r.stdout
+
+
+def run_reference(reference: Path, data: Path, steps: int) -> dict:
+    out = _run([sys.executable, str(reference), "--data", str(data), "--iters", str(steps)])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_vslm(data: Path, steps: int, overrides: list[str] = ()) -> dict:
+    with tempfile.TemporaryDirectory(prefix="vslm-bench-") as tmp:
+        _run([sys.executable, "-m", "vslm", "train", BENCH_CONFIG, f"data.source={data.resolve()}",
+              f"train.steps={steps}", "logging.progress=false", "logging.log_every=100", *overrides,
+              "--out", f"{tmp}/run"])
+        last = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    return {"tokens_per_s": last["tokens"] / last["train_time_s"], "train_s": last["train_time_s"],
+            "val_loss": last["val_loss"]}
+
+
+def run_bench(data: Path | None, steps: int, repeat: int, reference: Path | None,
+              console: Console | None) -> dict:
+    data, reference = find_data(data), find_reference(reference)
+    ours, theirs = [], []
+    for i in range(repeat):
+        if console:
+            console.print(f"run {i + 1}/{repeat}: reference ...", highlight=False)
+        theirs.append(run_reference(reference, data, steps))
+        if console:
+            console.print(f"run {i + 1}/{repeat}: vslm ...", highlight=False)
+        ours.append(run_vslm(data, steps))
+    med = statistics.median
+    ratios = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(ours, theirs, strict=True)]
+    result = {
+        "steps": steps,
+        "repeat": repeat,
+        "vslm_tokens_per_s": round(med(o["tokens_per_s"] for o in ours), 1),
+        "reference_tokens_per_s": round(med(t["tokens_per_s"] for t in theirs), 1),
+        "ratio": round(med(ratios), 3),
+        "vslm_val_loss": round(med(o["val_loss"] for o in ours), 4),
+        "reference_val_loss": round(med(t["val_loss"] for t in theirs), 4),
+    }
+    if console:
+        table = Table(title=f"nanogpt preset vs reference_gpt.py, {steps} steps, median of {repeat}")
+        for col in ("", "tokens/s", "val loss"):
+            table.add_column(col, justify="right")
+        table.add_row("reference", f"{result['reference_tokens_per_s']:,.0f}", f"{result['reference_val_loss']:.4f}")
+        table.add_row("vslm", f"{result['vslm_tokens_per_s']:,.0f}", f"{result['vslm_val_loss']:.4f}")
+        console.print(table)
+        console.print(f"ratio (vslm / reference tokens/s): {result['ratio']:.3f}  per run: "
+                      f"{', '.join(f'{r:.3f}' for r in ratios)}", highlight=False)
+    return result

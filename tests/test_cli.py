@@ -1,0 +1,53 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+from vslm.cli import main
+
+
+def readme_commands() -> list[str]:
+    """The commands in the README's opening code block."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```(?:sh|bash)?\n(.*?)```", text, re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    text = (REPO / "README.md").read_text()
+    assert text.index("```") < 600  # in the first lines
+    assert readme_commands() == ["make demo", "make test"]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^demo: setup\n\t\$\(BIN\)/vslm demo$", makefile, re.M)
+    assert re.search(r"^test: setup\n\t\$\(BIN\)/python -m pytest -q$", makefile, re.M)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci.splitlines()
+
+
+def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["demo", "train.steps=6", "train.eval_every=3", "train.eval_batches=2", "data.max_bytes=100000",
+                 "logging.sample_tokens=20", "train.checkpoint_every=3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.strip().splitlines()[-1] == str(Path("runs") / "demo")
+    assert "What it learned" in out and "sample 3" in out and "parameters" in out
+    assert (tmp_path / "runs" / "demo" / "checkpoints" / "step_00000006.safetensors").is_file()
+    # a second demo never overwrites the first
+    main(["demo", "train.steps=2", "train.eval_batches=1", "data.max_bytes=100000", "logging.sample_tokens=5"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(Path("runs") / "demo-2")
+
+
+def test_configs_and_describe_commands():
+    r = subprocess.run([sys.executable, "-m", "vslm", "configs"], capture_output=True, text=True)
+    assert r.returncode == 0 and "nanogpt-shakespeare" in r.stdout and "demo" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "vslm", "describe", "nanogpt-shakespeare", "model.vocab_size=65"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "parameters 804,096" in r.stdout and "FLOPs per token" in r.stdout
+
+
+def test_unknown_command_and_bad_words_exit_nonzero():
+    r = subprocess.run([sys.executable, "-m", "vslm", "train", "tiny", "stray-word"], capture_output=True, text=True)
+    assert r.returncode == 2 and "override 'stray-word' is not of the form" in r.stderr
