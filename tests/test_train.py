@@ -155,6 +155,9 @@ def test_busy_or_used_run_folder_is_refused(tmp_path):
     assert (folder / "metrics.jsonl").read_text() == before  # nothing lost
     r = run_cli("train", "tiny", *tiny_overrides(train__steps=2, model__width=64), "--out", folder, "--resume")
     assert r.returncode == 1 and "model config differs" in r.stderr
+    r = run_cli("train", "tiny", *tiny_overrides(train__steps=3), "--out", folder, "--resume")  # same config
+    assert r.returncode == 0, r.stderr
+    assert [m["step"] for m in metrics(folder)] == [1, 2, 3]
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):

@@ -79,6 +79,8 @@ class Trainer:
 
     def _check_resumable(self, cfg: RunConfig) -> RunConfig:
         saved = read_run_config(self.run_dir)
+        if cfg.model.vocab_size is None:  # the saved config has it filled in from the tokenizer
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": saved.model.vocab_size})})
         for section in ("model", "data"):
             if cfg.fingerprint(section) != saved.fingerprint(section):
                 raise VSLMError(f"cannot resume {self.run_dir}: its {section} config differs from the one given")
