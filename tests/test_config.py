@@ -31,7 +31,7 @@ def test_overrides_are_typed_toml_values():
         (["model.width=wide"], "model.width: Input should be a valid integer"),
         (["model.mlp=tanh"], "model.mlp"),
         (["train.min_lr=1.0"], "min_lr 1.0 is above lr"),
-        (["model.depth=3", "model.blocks=[{width=32}]"], "blocks has 1 records but depth is 3"),
+        (["model.depth=3", "model.blocks=[{width=32}]"], "blocks has 1 records but there are 3 unique blocks"),
         (["model.kv_heads=3", "model.heads=4"], "heads 4 is not divisible by kv_heads 3"),
         (["train"], "not of the form section.key=value"),
         (["train.steps.x=1"], "'steps' is a value, not a section"),
@@ -63,7 +63,7 @@ def test_base_inheritance_and_resolved_round_trip(tmp_path):
 
 def test_block_specs_resolve_model_defaults():
     cfg = load_config("tiny", ["model.depth=2", "model.blocks=[{ffn=64}, {window=8, kv_heads=1}]"])
-    assert cfg.model.block_specs() == [BlockSpec(32, 2, 2, 64, None), BlockSpec(32, 2, 1, 128, 8)]
+    assert cfg.model.block_specs() == [BlockSpec(32, 2, 2, 16, 64, None), BlockSpec(32, 2, 1, 16, 128, 8)]
 
 
 def test_cli_config_error_is_one_line_exit_2(tmp_path):

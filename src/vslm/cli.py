@@ -106,6 +106,21 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from vslm.experiments import builtin_experiments, run_experiment
+
+    if a.list:
+        for name, desc in builtin_experiments().items():
+            print(f"{name:24s} {desc}")
+        return 0
+    if not a.experiment:
+        raise VSLMError("experiment needs a NAME (a built-in experiment or a TOML file), or --list")
+    out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
+    run_experiment(a.experiment, out, a.seeds, a.overrides, console)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -146,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="path of reference_gpt.py (default: ../shared/bench/)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
+    p.add_argument("experiment", nargs="?", help="a built-in experiment name or a TOML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant")
+    p.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's)")
+    p.add_argument("--out", help="folder of the runs and results (default runs/experiments/<name>)")
+    p.add_argument("--list", action="store_true", help="list the built-in experiments")
+    p.set_defaults(func=cmd_experiment)
     return ap
 
 

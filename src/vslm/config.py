@@ -39,14 +39,19 @@ class _Section(BaseModel):
 # ----------------------------------------------------------------------------------------- model
 
 
+Attention = Literal["softmax", "power", "softmax1", "ssmax", "sigmoid"]
+
+
 class BlockConfig(_Section):
-    """Per-block overrides of the model-wide defaults; a field left out takes the model's value."""
+    """Per-block overrides of the model-wide defaults and schedules; a field left out keeps them."""
 
     width: PositiveInt | None = None
     heads: PositiveInt | None = None
     kv_heads: PositiveInt | None = None
     ffn: PositiveInt | None = None
     window: PositiveInt | None = None
+    attention: Attention | None = None
+    attention_gamma: NonNegativeFloat | None = None
 
 
 @dataclass(frozen=True)
@@ -56,21 +61,35 @@ class BlockSpec:
     width: int
     heads: int
     kv_heads: int
+    head_dim: int
     ffn: int
-    window: int | None  # None = full causal attention; w = keys j with 0 <= i - j < w
+    window: int | None = None  # None = full causal attention; w = keys j with 0 <= i - j < w
+    attention: str = "softmax"
+    attention_gamma: float = 1.0
 
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
+
+class ScheduleConfig(_Section):
+    """Per-block values generated from a few numbers; explicit `model.blocks` records win over them."""
+
+    widths: Literal["uniform", "increasing", "decreasing", "small-large-small", "large-small-large"] = "uniform"
+    width_range: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(low, high) block widths")
+    windows: Literal["full", "increasing", "decreasing", "small-large-small", "large-small-large",
+                     "interleave"] = "full"
+    window_range: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(low, high); >= context: full")
+    global_every: PositiveInt = Field(2, description="interleave: every k-th block attends globally")
+    layer_scaling: Literal["uniform", "openelm"] = "uniform"
+    heads_scale: tuple[PositiveFloat, PositiveFloat] = (0.5, 1.0)
+    ffn_scale: tuple[PositiveFloat, PositiveFloat] = (0.5, 4.0)
 
 
 class ModelConfig(_Section):
     vocab_size: PositiveInt | None = Field(None, description="None = the tokenizer's vocabulary size")
     context: PositiveInt = 256
-    depth: PositiveInt = 4
+    depth: PositiveInt = Field(4, description="blocks applied in sequence (with sharing, some more than once)")
     width: PositiveInt = 128
     heads: PositiveInt = 4
     kv_heads: PositiveInt | None = Field(None, description="key/value heads (GQA); None = heads")
+    head_dim: PositiveInt | None = Field(None, description="None = width / heads")
     ffn_mult: PositiveFloat = 4.0
     ffn: PositiveInt | None = Field(None, description="MLP hidden size; None = ffn_mult * width")
     mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
@@ -83,41 +102,107 @@ class ModelConfig(_Section):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     init_std: PositiveFloat = 0.02
     window: PositiveInt | None = Field(None, description="sliding attention window; None = full")
-    attention: Literal["softmax"] = "softmax"
-    blocks: list[BlockConfig] = Field(default_factory=list, description="per-block overrides, one per depth")
+    attention: Attention = Field("softmax", description="normalisation of attention scores")
+    attention_gamma: NonNegativeFloat = Field(1.0, description="power: a = exp(s) / Z^gamma")
+    order: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="unique block run at each depth")
+    sharing: Literal["none", "immediate", "cyclic", "all"] = "none"
+    unique_blocks: PositiveInt | None = Field(None, description="immediate/cyclic sharing; None = depth / 2")
+    recursion_lora_rank: NonNegativeInt = Field(0, description="per-depth LoRA on shared blocks; 0 = off")
+    root: Literal["token", "learned"] = Field("token", description="what starts the residual stream")
+    root_per_position: bool = False
+    inject: bool | None = Field(None, description="token injected at every depth; None = (root == learned)")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    blocks: list[BlockConfig] = Field(default_factory=list, description="per unique block overrides")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
-        if self.blocks and len(self.blocks) != self.depth:
-            raise ValueError(f"blocks has {len(self.blocks)} records but depth is {self.depth}")
-        for i, spec in enumerate(self.block_specs()):
-            where = f"blocks[{i}]." if self.blocks else ""
-            if spec.width % spec.heads:
-                raise ValueError(f"{where}width {spec.width} is not divisible by heads {spec.heads}")
+        if self.width % self.heads and self.head_dim is None:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.order is not None and "depth" not in self.model_fields_set:
+            self.depth = len(self.order)
+        order = self.depth_order()
+        if sorted(set(order)) != list(range(max(order) + 1)):
+            raise ValueError(f"order {order} must use every block 0..{max(order)} at least once")
+        n_blocks = max(order) + 1
+        if self.blocks and len(self.blocks) != n_blocks:
+            raise ValueError(f"blocks has {len(self.blocks)} records but there are {n_blocks} unique blocks")
+        specs = self.block_specs()
+        for i, spec in enumerate(specs):
+            where = f"block {i}: " if len(specs) > 1 else ""
             if spec.heads % spec.kv_heads:
                 raise ValueError(f"{where}heads {spec.heads} is not divisible by kv_heads {spec.kv_heads}")
             if self.position == "rope" and spec.head_dim % 2:
                 raise ValueError(f"{where}rope needs an even head size, got {spec.head_dim}")
+        first, last = specs[order[0]].width, specs[order[-1]].width
+        if self.tie_embeddings and self.root == "token" and first != last:
+            raise ValueError(f"a tied head needs the last block's width ({last}) to equal the first's ({first}); "
+                             "set tie_embeddings = false")
+        if self.tie_embeddings and self.root == "learned" and last != self.width:
+            raise ValueError(f"a tied head needs the last block's width ({last}) to equal width ({self.width})")
         return self
 
+    def depth_order(self) -> list[int]:
+        """Which unique block runs at each depth: `order`, or the `sharing` preset."""
+        if self.order is not None:
+            if len(self.order) != self.depth and "depth" in self.model_fields_set:
+                raise ValueError(f"order has {len(self.order)} entries but depth is {self.depth}")
+            return list(self.order)
+        n, depth = self.unique_blocks or max(1, self.depth // 2), self.depth
+        if self.sharing == "none":
+            return list(range(depth))
+        if self.sharing == "all":
+            return [0] * depth
+        if depth % n:
+            raise ValueError(f"{self.sharing} sharing needs depth {depth} divisible by unique_blocks {n}")
+        if self.sharing == "immediate":  # MobileLLM: [0, 0, 1, 1]
+            return [i // (depth // n) for i in range(depth)]
+        return [i % n for i in range(depth)]  # cyclic: [0, 1, 0, 1]
+
     def block_specs(self) -> list[BlockSpec]:
-        """The resolved record of each block: model-wide defaults, overridden per block."""
-        records = self.blocks or [BlockConfig() for _ in range(self.depth)]
+        """The resolved record of each unique block: defaults, then schedules, then `blocks` overrides."""
+        from vslm import schedules
+
+        n = max(self.depth_order()) + 1
+        sch = self.schedule
+        head_dim = self.head_dim or self.width // self.heads
+        lo, hi = sch.width_range or (self.width, self.width)
+        widths = schedules.widths(sch.widths, lo, hi, n, head_dim) if sch.widths != "uniform" else [self.width] * n
+        heads = [w // head_dim for w in widths] if sch.widths != "uniform" else [self.heads] * n
+        ffns = [self.ffn or round(self.ffn_mult * w) for w in widths]
+        if sch.layer_scaling == "openelm":  # Mehta et al. 2024: heads and FFN grow with depth
+            heads = [max(1, round(a * h)) for a, h in zip(schedules.linear(*sch.heads_scale, n), heads, strict=True)]
+            ffns = [round(b * w) for b, w in zip(schedules.linear(*sch.ffn_scale, n), widths, strict=True)]
+        if sch.windows == "full":
+            windows: list[int | None] = [self.window] * n
+        else:
+            wlo, whi = sch.window_range or (max(1, self.context // 8), self.context)
+            windows = list(schedules.windows(sch.windows, wlo, whi, n, sch.global_every))
+        records = self.blocks or [BlockConfig() for _ in range(n)]
         specs = []
-        for rec in records:
-            width = rec.width or self.width
-            heads = rec.heads or self.heads
-            ffn = rec.ffn or self.ffn or round(self.ffn_mult * width)
-            specs.append(
-                BlockSpec(
-                    width=width,
-                    heads=heads,
-                    kv_heads=rec.kv_heads or self.kv_heads or heads,
-                    ffn=ffn,
-                    window=rec.window or self.window,
-                )
-            )
+        for i, rec in enumerate(records):
+            width = rec.width or widths[i]
+            n_heads = rec.heads or (width // head_dim if rec.width else heads[i])
+            if n_heads == 0 or (rec.width and not rec.heads and width % head_dim):
+                raise ValueError(f"block {i}: width {width} is not a multiple of the head size {head_dim}")
+            window = rec.window or windows[i]
+            specs.append(BlockSpec(
+                width=width,
+                heads=n_heads,
+                kv_heads=rec.kv_heads or min(self.kv_heads or n_heads, n_heads),
+                head_dim=head_dim,
+                ffn=rec.ffn or (round(self.ffn_mult * width) if rec.width and not self.ffn else ffns[i]),
+                window=None if window is None or window >= self.context else window,
+                attention=rec.attention or self.attention,
+                attention_gamma=self.attention_gamma if rec.attention_gamma is None else rec.attention_gamma,
+            ))
         return specs
+
+    def embed_width(self) -> int:
+        """Width of the token embedding: the first block's (token root), or `width` (learned root)."""
+        return self.block_specs()[self.depth_order()[0]].width if self.root == "token" else self.width
+
+    def injects(self) -> bool:
+        return self.root == "learned" if self.inject is None else self.inject
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from vslm.config import RunConfig
 from vslm.model import GPT, parameter_count, training_flops_per_token
-from vslm.model.accounting import block_flops_per_token
+from vslm.model.accounting import depth_flops_per_token
 
 # vocabulary sizes known without reading data
 _FIXED_VOCAB = {"byte": 257, "gpt2": 50257}
@@ -33,20 +33,32 @@ def build_for_accounting(cfg: RunConfig) -> GPT:
 
 
 def describe(cfg: RunConfig, console: Console) -> None:
+    """One row per depth: the block it runs (shared blocks count their parameters once), its shape
+    and its training FLOPs per token."""
     model = build_for_accounting(cfg)
     table = Table(title=f"{cfg.name}: {cfg.description}" if cfg.description else cfg.name)
-    for col in ("depth", "width", "heads", "kv heads", "ffn", "window", "params", "FLOPs/token"):
+    for col in ("depth", "block", "width", "heads", "kv", "ffn", "window", "attention", "params", "FLOPs/token"):
         table.add_column(col, justify="right")
-    for i, (spec, block) in enumerate(zip(model.specs, model.blocks, strict=True)):
-        flops = sum(block_flops_per_token(model, i).values())
-        table.add_row(str(i), str(spec.width), str(spec.heads), str(spec.kv_heads), str(spec.ffn),
-                      str(spec.window or "full"), f"{parameter_count(block):,}", f"{flops:,}")
+    counted: set[int] = set()
+    for depth, b in enumerate(model.order):
+        spec, key = model.specs[b], str(depth)
+        params = 0 if b in counted else parameter_count(model.blocks[b])
+        counted.add(b)
+        params += sum(parameter_count(m) for m in (model.resize[key] if key in model.resize else None,
+                                                   model.lora[key] if key in model.lora else None,
+                                                   model.inject[depth] if model.inject is not None else None) if m)
+        attention = spec.attention + (f" {spec.attention_gamma:g}" if spec.attention == "power" else "")
+        table.add_row(str(depth), str(b), str(spec.width), str(spec.heads), str(spec.kv_heads), str(spec.ffn),
+                      str(spec.window or "full"), attention, f"{params:,}" if params else "shared",
+                      f"{sum(depth_flops_per_token(model, depth).values()):,}")
     console.print(table)
     total = parameter_count(model)
     embed = model.embed.weight.numel() + (model.pos.weight.numel() if model.pos is not None else 0)
+    m = cfg.model
     console.print(
-        f"vocabulary {model.cfg.vocab_size}, context {cfg.model.context}, {cfg.model.position} positions, "
-        f"{cfg.model.norm}, {cfg.model.mlp}, {'tied' if cfg.model.tie_embeddings else 'untied'} head\n"
+        f"vocabulary {model.cfg.vocab_size}, context {m.context}, {m.position} positions, {m.norm}, {m.mlp}, "
+        f"{'tied' if m.tie_embeddings else 'untied'} head, {m.root} root"
+        f"{' with token injection' if m.injects() else ''}, order {model.order}\n"
         f"parameters {total:,} ({total - embed:,} without embeddings)\n"
         f"training FLOPs per token {training_flops_per_token(model):,}",
         highlight=False,

@@ -1,19 +1,33 @@
-"""Causal self-attention with grouped key/value heads, RoPE and an optional sliding window."""
+"""Causal self-attention: grouped key/value heads, RoPE, a sliding window, and a family of
+normalisations of the attention scores.
+
+`softmax` without anyone watching the weights takes the fast path (scaled_dot_product_attention).
+The others compute the (B, H, T, T) weights explicitly; with s the scaled scores of the keys a
+query can see and n their number:
+  power     a = exp(s) / Z^gamma, Z = sum exp(s)    (weights sum to Z^(1 - gamma); gamma = 1 is softmax)
+  softmax1  a = exp(s) / (1 + Z)                    (Miller 2023: a head may attend to nothing)
+  ssmax     softmax(s * c_h * log n), c_h learned   (Nakanishi 2025, scalable softmax)
+  sigmoid   a = sigmoid(s - log n)                  (Ramapuram et al. 2024)
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vslm.config import BlockSpec
+from vslm.model.layers import DepthLoRA, linear
 
 
-def window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
-    """(T, T) bool, True where query i may see key j: 0 <= i - j < window."""
+def window_mask(T: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """(T, T) bool, True where query i may see key j: 0 <= i - j < window (window None = all of i's past)."""
     i = torch.arange(T, device=device)[:, None]
     j = torch.arange(T, device=device)[None, :]
-    return (i - j >= 0) & (i - j < window)
+    visible = i >= j
+    return visible if window is None else visible & (i - j < window)
 
 
 class Rotary(nn.Module):
@@ -34,31 +48,61 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def normalise(scores: torch.Tensor, visible: torch.Tensor, kind: str, gamma: float,
+              ssmax_scale: torch.Tensor | None) -> torch.Tensor:
+    """Attention weights (B, H, T, T) from scaled scores, zero where a key is not visible."""
+    masked = scores.masked_fill(~visible, float("-inf"))
+    n = visible.sum(-1, keepdim=True).to(scores.dtype)  # (T, 1) keys each query sees
+    if kind == "softmax":
+        return masked.softmax(-1)
+    if kind == "ssmax":
+        scaled = scores * ssmax_scale.view(1, -1, 1, 1) * n.log()
+        return scaled.masked_fill(~visible, float("-inf")).softmax(-1)
+    if kind == "sigmoid":
+        return torch.sigmoid(scores - n.log()).masked_fill(~visible, 0.0)
+    lse = masked.logsumexp(-1, keepdim=True)  # log Z
+    if kind == "power":
+        return torch.exp(masked - gamma * lse)
+    return torch.exp(masked - F.softplus(lse))  # softmax1: log(1 + Z) = softplus(log Z)
+
+
 class Attention(nn.Module):
     def __init__(self, spec: BlockSpec, context: int, rope_base: float | None, bias: bool, dropout: float):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
-        self.window = spec.window
+        self.window, self.kind, self.gamma = spec.window, spec.attention, spec.attention_gamma
         self.dropout = dropout
         self.qkv = nn.Linear(spec.width, (spec.heads + 2 * spec.kv_heads) * spec.head_dim, bias=bias)
         self.proj = nn.Linear(spec.heads * spec.head_dim, spec.width, bias=bias)
         self.rotary = Rotary(spec.head_dim, context, rope_base) if rope_base else None
+        # SSMax's per-head scale, initialised so that c_h * log n = 1 at the full context
+        ssmax = self.kind == "ssmax"
+        self.ssmax_scale = nn.Parameter(torch.full((spec.heads,), 1 / math.log(context))) if ssmax else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None,
+                keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, d) -> (B, T, d), and the weights (B, H, T, T) if kept (or not softmax)."""
         B, T, _ = x.shape
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split([H * hd, KV * hd, KV * hd], dim=-1)
+        q, k, v = linear(self.qkv, x, lora, "attn_qkv").split([H * hd, KV * hd, KV * hd], dim=-1)
         q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
         v = v.view(B, T, KV, hd).transpose(1, 2)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        mask = None if self.window is None or self.window >= T else window_mask(T, self.window, x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=KV != H,
-        )  # (B, H, T, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, T, H * hd))
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if self.kind == "softmax" and not keep_weights:
+            window = None if self.window is None or self.window >= T else self.window
+            mask = None if window is None else window_mask(T, window, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               dropout_p=dropout, enable_gqa=KV != H)  # (B, H, T, hd)
+        else:
+            if KV != H:
+                k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
+            visible = window_mask(T, self.window, x.device)
+            weights = normalise(scores, visible, self.kind, self.gamma, self.ssmax_scale)
+            y = F.dropout(weights, dropout, self.training) @ v
+        y = y.transpose(1, 2).reshape(B, T, H * hd)
+        return linear(self.proj, y, lora, "attn_proj"), weights

@@ -1,9 +1,16 @@
-"""The GPT, read top to bottom: embed, a stack of blocks built from per-block records, norm, head.
+"""The GPT, read top to bottom: the root of the residual stream, a stack of blocks laid out by
+per-block records and a depth order, a final norm and the head.
 
-Variants are data: each block is built from its `BlockSpec` (width, heads, FFN size, window), never
-from a subclass. With the `nanogpt` settings (learned positions, LayerNorm without bias, GELU,
-tied head, init N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes
-exactly what `shared/bench/reference_gpt.py` computes (tests/test_model.py copies weights across).
+Variants are data, never subclasses: each unique block is built from its `BlockSpec` (width,
+heads, FFN size, window, attention normalisation); `order` says which block runs at each depth
+(weight sharing and recursion: a shared block is one module, its gradient the sum over its
+applications). Where the width changes between depths a bias-free projection, initialised as a
+partial identity, joins them. The stream starts from the token embedding (`root = token`) or from
+a learned vector (`root = learned`) with the token injected at every depth.
+
+With the `nanogpt` settings (learned positions, LayerNorm without bias, GELU, tied head, init
+N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes exactly what
+`shared/bench/reference_gpt.py` computes (tests/test_model.py copies weights across).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch.nn.functional as F
 
 from vslm.config import BlockSpec, ModelConfig
 from vslm.model.attention import Attention
-from vslm.model.layers import MLP, make_norm
+from vslm.model.layers import MLP, DepthLoRA, HookPoint, make_norm, partial_identity_
 
 
 class Block(nn.Module):
@@ -31,9 +38,16 @@ class Block(nn.Module):
         self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x)))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None,
+                keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.attn_norm(x), lora, keep_weights)
+        x = x + self.drop(attended)
+        return x + self.drop(self.mlp(self.mlp_norm(x), lora)), weights
+
+    def lora_shapes(self) -> dict[str, tuple[int, int]]:
+        layers = {"attn_qkv": self.attn.qkv, "attn_proj": self.attn.proj, "mlp_fc": self.mlp.fc,
+                  "mlp_proj": self.mlp.proj}
+        return {name: (m.in_features, m.out_features) for name, m in layers.items()}
 
 
 class GPT(nn.Module):
@@ -43,41 +57,83 @@ class GPT(nn.Module):
             raise ValueError("model.vocab_size must be set (the trainer sets it from the tokenizer)")
         self.cfg = cfg
         self.specs = cfg.block_specs()
-        width = self.specs[0].width
-        if any(s.width != width for s in self.specs):
-            raise NotImplementedError("blocks of different widths need width projections (not built yet)")
-        self.embed = nn.Embedding(cfg.vocab_size, width)
-        self.pos = nn.Embedding(cfg.context, width) if cfg.position == "learned" else None
+        self.order = cfg.depth_order()
+        widths = [self.specs[b].width for b in self.order]  # stream width at each depth
+        embed_width = cfg.embed_width()
+
+        self.embed = nn.Embedding(cfg.vocab_size, embed_width)
+        self.pos = nn.Embedding(cfg.context, embed_width) if cfg.position == "learned" else None
+        self.root = None
+        if cfg.root == "learned":  # the stream starts from a learned vector (one per position, optionally)
+            self.root = nn.Parameter(torch.empty(cfg.context if cfg.root_per_position else 1, widths[0]))
+        self.inject = None
+        if cfg.injects():  # x <- x + lambda_d * P_d(token) at each depth d (modded-nanogpt's x0 mixing)
+            self.inject = nn.ModuleList(nn.Linear(embed_width, w, bias=False) for w in widths)
+            first = 1.0 if cfg.root == "learned" else 0.0  # a learned root gets the token at depth 0
+            self.inject_scale = nn.Parameter(torch.tensor([first] + [0.0] * (len(widths) - 1)))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(spec, cfg) for spec in self.specs)
-        self.norm = make_norm(cfg.norm, width, cfg.norm_eps, cfg.bias)
+        # width projections into depth d where it differs from the width before it
+        before = [embed_width if self.root is None else widths[0], *widths[:-1]]
+        self.resize = nn.ModuleDict({
+            str(d): nn.Linear(w_in, w_out, bias=False)
+            for d, (w_in, w_out) in enumerate(zip(before, widths, strict=True)) if w_in != w_out
+        })
+        shared = [d for d, b in enumerate(self.order) if self.order.count(b) > 1]
+        self.lora = nn.ModuleDict({
+            str(d): DepthLoRA(self.blocks[self.order[d]].lora_shapes(), cfg.recursion_lora_rank) for d in shared
+        } if cfg.recursion_lora_rank else {})
+        self.norm = make_norm(cfg.norm, widths[-1], cfg.norm_eps, cfg.bias)
         # a tied head reuses the embedding matrix in forward(): one tensor, nothing shared to save twice
-        self.head = None if cfg.tie_embeddings else nn.Linear(width, cfg.vocab_size, bias=False)
+        self.head = None if cfg.tie_embeddings else nn.Linear(widths[-1], cfg.vocab_size, bias=False)
+        # named places where probes read activations (vslm.model.hooks), one per depth
+        self.hooks = nn.ModuleDict({name: nn.ModuleList(HookPoint() for _ in self.order)
+                                    for name in ("resid_pre", "attn", "resid_post")})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, init_std) for every matrix; residual output projections scaled by 1/sqrt(2 * depth)."""
-        residual_std = self.cfg.init_std / math.sqrt(2 * len(self.blocks))
+        """N(0, init_std) for every matrix, residual output projections scaled by 1/sqrt(2 * depth);
+        width projections and injections start as partial identities."""
+        residual_std = self.cfg.init_std / math.sqrt(2 * len(self.order))
         for name, p in self.named_parameters():
-            if p.dim() == 2:
+            if name.startswith("lora."):
+                continue  # DepthLoRA initialises itself
+            if p.dim() == 2 and name.startswith(("resize.", "inject.")):
+                partial_identity_(p)
+            elif p.dim() == 2:
                 std = residual_std if name.endswith(("attn.proj.weight", "mlp.proj.weight")) else self.cfg.init_std
                 nn.init.normal_(p, 0.0, std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+        if self.root is not None:
+            nn.init.normal_(self.root, 0.0, self.cfg.init_std)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, V) next-token logits."""
         B, T = idx.shape
         if T > self.cfg.context:
             raise ValueError(f"sequence of {T} tokens is longer than the context {self.cfg.context}")
-        x = self.embed(idx)  # (B, T, d)
+        token = self.embed(idx)  # (B, T, d_embed)
         if self.pos is not None:
-            x = x + self.pos(torch.arange(T, device=idx.device))
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+            token = token + self.pos(torch.arange(T, device=idx.device))
+        x = self.drop(token if self.root is None else self.root[:T].expand(B, T, -1))
+        for depth, b in enumerate(self.order):
+            if str(depth) in self.resize:
+                x = self.resize[str(depth)](x)
+            if self.inject is not None:
+                x = x + self.inject_scale[depth] * self.inject[depth](token)
+            x = self._tap("resid_pre", depth, x)
+            x, weights = self.blocks[b](x, self.lora[str(depth)] if str(depth) in self.lora else None,
+                                        keep_weights=self.hooks["attn"][depth].active)
+            if weights is not None:
+                self._tap("attn", depth, weights)
+            x = self._tap("resid_post", depth, x)
         x = self.norm(x)
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+
+    def _tap(self, name: str, depth: int, x: torch.Tensor) -> torch.Tensor:
+        hook = self.hooks[name][depth]
+        return hook(x) if hook.active else x
 
     @torch.no_grad()
     def generate(

@@ -1,6 +1,8 @@
-"""Building blocks shared by every block: norms and MLPs."""
+"""Building blocks: norms, MLPs, width projections, per-depth LoRA, hook points."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -13,6 +15,49 @@ def make_norm(kind: str, width: int, eps: float, bias: bool) -> nn.Module:
     return nn.RMSNorm(width, eps=eps)
 
 
+class DepthLoRA(nn.Module):
+    """Low-rank deltas for the linear layers of a shared block at one depth (relaxed recursion,
+    Bae et al. 2024): W x + B A x, with B = 0 at init so the shared block is unchanged."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int):
+        super().__init__()
+        self.a = nn.ParameterDict({k: nn.Parameter(torch.empty(rank, fan_in)) for k, (fan_in, _) in shapes.items()})
+        self.b = nn.ParameterDict({k: nn.Parameter(torch.zeros(fan_out, rank)) for k, (_, fan_out) in shapes.items()})
+        for a in self.a.values():
+            nn.init.normal_(a, 0.0, 1.0 / math.sqrt(a.shape[1]))
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.a[name]), self.b[name])
+
+
+def linear(layer: nn.Linear, x: torch.Tensor, lora: DepthLoRA | None, name: str) -> torch.Tensor:
+    """layer(x), plus the depth's LoRA delta when there is one."""
+    y = layer(x)
+    return y if lora is None else y + lora.delta(name, x)
+
+
+def partial_identity_(weight: torch.Tensor) -> torch.Tensor:
+    """Identity on the shared dimensions, zero elsewhere: a width change that starts lossless."""
+    with torch.no_grad():
+        weight.zero_()
+        n = min(weight.shape)
+        weight[:n, :n] = torch.eye(n)
+    return weight
+
+
+class HookPoint(nn.Module):
+    """An identity at a named place of the forward pass. Probes attach with `register_forward_hook`
+    (see `vslm.model.hooks.capture`); the model checks `active` first, so an unused hook costs
+    one attribute lookup."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def active(self) -> bool:
+        return bool(self._forward_hooks)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: GELU, ReLU squared, or SwiGLU (gate and value in one matmul)."""
 
@@ -23,8 +68,8 @@ class MLP(nn.Module):
         self.fc = nn.Linear(width, (2 if gated else 1) * hidden, bias=bias)
         self.proj = nn.Linear(hidden, width, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
+    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None) -> torch.Tensor:
+        h = linear(self.fc, x, lora, "mlp_fc")
         if self.kind == "gelu":
             h = F.gelu(h)
         elif self.kind == "relu2":
@@ -32,4 +77,4 @@ class MLP(nn.Module):
         else:
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
-        return self.proj(h)
+        return linear(self.proj, h, lora, "mlp_proj")

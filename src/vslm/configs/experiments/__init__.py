@@ -1,0 +1,1 @@
+"""Built-in experiments: `vslm experiment NAME` compares the variants of one config over seeds."""

@@ -1,0 +1,145 @@
+import json
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+import vslm.experiments as experiments
+from vslm.cli import main
+from vslm.errors import ConfigError, VSLMError
+from vslm.experiments import builtin_experiments, load_experiment, plan_experiment, run_experiment
+from vslm.train.checkpoint import checkpoint_name
+
+# 4 steps, checkpoints at 2 and 4 (so a run can be cut back to unfinished), a 2-batch validation set
+COMMON = ["train.steps=4", "train.eval_every=0", "train.eval_batches=2", "train.checkpoint_every=2",
+          "train.snapshots=false", "data.max_bytes=200000", "logging.progress=false"]
+
+
+def write_experiment(tmp_path, wide_overrides=("model.width=48",), extra="", seeds=2) -> str:
+    path = tmp_path / "exp.toml"
+    path.write_text(f'description = "narrow against wide"\nbase = "tiny"\nseeds = {seeds}\n'
+                    f'overrides = {COMMON!r}\n{extra}[[variants]]\nname = "narrow"\n'
+                    f'[[variants]]\nname = "wide"\noverrides = {list(wide_overrides)!r}\n')
+    return str(path)
+
+
+def as_written(summary: dict) -> dict:
+    """The summary as results.json holds it: JSON has no NaN, an undefined number is null."""
+    return json.loads(json.dumps(summary).replace("NaN", "null"))
+
+
+def last_metrics(folder) -> dict:
+    return json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+class CountingTrainer(experiments.Trainer):
+    calls: list[tuple[str, bool]] = []
+
+    def __init__(self, cfg, run_dir, resume=False):
+        CountingTrainer.calls.append((f"{run_dir.parent.name}/{run_dir.name}", resume))
+        super().__init__(cfg, run_dir, resume=resume)
+
+
+def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_path, monkeypatch):
+    spec, out = write_experiment(tmp_path), tmp_path / "out"
+    summary = run_experiment(spec, out)
+    report = json.loads((out / "results.json").read_text())
+    assert report["summary"] == as_written(summary) and [(r["variant"], r["seed"]) for r in report["runs"]] == [
+        ("narrow", 0), ("narrow", 1), ("wide", 0), ("wide", 1)]
+    losses = {v: [last_metrics(out / v / f"seed-{s}")["val_loss"] for s in (0, 1)] for v in ("narrow", "wide")}
+    bpbs = {v: [last_metrics(out / v / f"seed-{s}")["val_bpb"] for s in (0, 1)] for v in ("narrow", "wide")}
+    assert losses["narrow"][0] != losses["narrow"][1]  # the seeds differ
+    for v in ("narrow", "wide"):
+        s = summary[v]
+        assert s["tokens"] == 4 * 8 * 32
+        assert s["val_loss_mean"] == pytest.approx((losses[v][0] + losses[v][1]) / 2, rel=1e-12)
+        assert s["val_loss_std"] == pytest.approx(abs(losses[v][0] - losses[v][1]) / math.sqrt(2), rel=1e-9)
+        assert s["val_bpb_mean"] == pytest.approx(statistics.mean(bpbs[v]), rel=1e-12)
+        assert s["val_bpb_std"] == pytest.approx(statistics.stdev(bpbs[v]), rel=1e-12)
+    p = stats.ttest_ind(losses["wide"], losses["narrow"], equal_var=False).pvalue
+    assert summary["wide"]["p_value"] == pytest.approx(p, rel=1e-12)
+    assert summary["wide"]["diff_vs_baseline"] == pytest.approx(
+        statistics.mean(losses["wide"]) - statistics.mean(losses["narrow"]), rel=1e-12)
+    assert math.isnan(summary["narrow"]["p_value"]) and summary["narrow"]["verdict"] == "baseline"
+    assert summary["wide"]["verdict"] == ("within noise" if p >= 0.05 else
+                                          "better (p<0.05)" if summary["wide"]["diff_vs_baseline"] < 0 else
+                                          "worse (p<0.05)")
+    assert summary["wide"]["params"] > summary["narrow"]["params"] > 0
+    assert summary["wide"]["flops_per_token"] > summary["narrow"]["flops_per_token"]
+    assert "| narrow |" in (out / "results.md").read_text() and f"vslm experiment {spec}" in report["command"]
+
+    # an interrupted experiment: one run never started, one cut back to its step-2 checkpoint
+    for path in (out / "wide" / "seed-1").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    (out / "wide" / "seed-1" / "checkpoints").rmdir()
+    (out / "wide" / "seed-1").rmdir()
+    (out / "narrow" / "seed-0" / "checkpoints" / checkpoint_name(4)).unlink()
+    kept = (out / "narrow" / "seed-1" / "metrics.jsonl").stat().st_mtime_ns
+    monkeypatch.setattr(experiments, "Trainer", CountingTrainer)
+    again = run_experiment(spec, out)
+    assert CountingTrainer.calls == [("narrow/seed-0", True), ("wide/seed-1", False)]
+    assert (out / "narrow" / "seed-1" / "metrics.jsonl").stat().st_mtime_ns == kept
+    # exact resume, same seeds; params and FLOPs of reused runs recomputed to the trainer's values
+    assert as_written(again) == as_written(summary)
+    with pytest.raises(VSLMError, match="narrow/seed-0 holds a run with other settings than this experiment's"):
+        run_experiment(spec, out, extra_overrides=["train.lr=0.002"])  # never mixes runs of different settings
+
+
+def test_unequal_token_budgets_fail_before_any_run_folder(tmp_path):
+    spec = write_experiment(tmp_path, wide_overrides=("train.batch_size=16",))
+    with pytest.raises(ConfigError, match=r"unequal token budgets .*: narrow 1,024, wide 2,048"):
+        run_experiment(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_typo_in_one_variant_fails_before_training(tmp_path):
+    spec = write_experiment(tmp_path, wide_overrides=("model.widht=48",))
+    with pytest.raises(ConfigError, match=r"^variant 'wide': config error: unknown field 'model.widht'$"):
+        run_experiment(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"extra": "steps = 3\n"}, "steps: unknown field"),
+    ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
+])
+def test_bad_experiment_files_name_the_problem(tmp_path, change, problem):
+    path = write_experiment(tmp_path, **change)
+    with pytest.raises(ConfigError, match=f"exp.toml: {problem}$"):
+        load_experiment(path)
+
+
+def test_missing_and_duplicate_variants(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('base = "tiny"\n')
+    with pytest.raises(ConfigError, match="bad.toml: variants: Field required$"):
+        load_experiment(str(path))
+    path.write_text('base = "tiny"\n[[variants]]\nname = "a"\n[[variants]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match="bad.toml: experiment: duplicate variant names: a$"):
+        load_experiment(str(path))
+    name, spec = load_experiment(write_experiment(tmp_path))
+    with pytest.raises(ConfigError, match="at least 1 seed, got 0"):
+        plan_experiment(spec, 0)
+
+
+def test_every_builtin_experiment_validates_with_equal_budgets():
+    assert "smoke" in builtin_experiments()
+    for name in builtin_experiments():
+        _, spec = load_experiment(name)
+        plan = plan_experiment(spec, spec.seeds)
+        assert all(cfg.train.seed == seed for cfgs in plan.values() for seed, cfg in enumerate(cfgs))
+
+
+def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
+    assert main(["experiment", "--list"]) == 0
+    assert capsys.readouterr().out.startswith("smoke ")
+    spec = write_experiment(tmp_path)
+    assert main(["experiment", spec, "train.steps=2", "--seeds", "1", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "o")
+    report = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 0] and report["summary"]["wide"]["tokens"] == 2 * 8 * 32
+    assert report["summary"]["wide"]["val_loss_std"] is None and report["summary"]["wide"]["p_value"] is None
+    assert report["summary"]["wide"]["verdict"] == "within noise"
+    assert "± - |" in (tmp_path / "o" / "results.md").read_text()
