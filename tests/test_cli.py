@@ -27,7 +27,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["demo", "train.steps=6", "train.eval_every=3", "train.eval_batches=2", "data.max_bytes=100000",
+    code = main(["demo", "train.steps=6", "train.eval_every=3", "train.eval_windows=16", "data.max_bytes=100000",
                  "logging.sample_tokens=20", "train.checkpoint_every=3"])
     out = capsys.readouterr().out
     assert code == 0
@@ -35,7 +35,7 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     assert "What it learned" in out and "sample 3" in out and "parameters" in out
     assert (tmp_path / "runs" / "demo" / "checkpoints" / "step_00000006.safetensors").is_file()
     # a second demo never overwrites the first
-    main(["demo", "train.steps=2", "train.eval_batches=1", "data.max_bytes=100000", "logging.sample_tokens=5"])
+    main(["demo", "train.steps=2", "train.eval_windows=8", "data.max_bytes=100000", "logging.sample_tokens=5"])
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(Path("runs") / "demo-2")
 
 

@@ -38,4 +38,5 @@ def test_gpt2_from_local_files(tmp_path):
     tok = HFTokenizer.gpt2(SHARED / "data/tokenizers/gpt2")
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.vocab_size == 50257 and tok.eos_id == 50256
+    assert tok.token_bytes()[50256] == 0 and tok.decode([15496, 50256, 995]) == "Hello world"
     _round_trip(tok, tmp_path)

@@ -75,6 +75,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert [s for s, _ in list_checkpoints(tmp_path / "killed" / "checkpoints")] == [8, 16]
     assert metrics(tmp_path / "killed")[-1]["step"] == 21
+    with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 22, "lo')  # a line cut short by the kill
 
     r = run_cli("train", "--resume", "--out", tmp_path / "killed")
     assert r.returncode == 0, r.stderr
@@ -186,3 +188,29 @@ def test_snapshots_are_log_spaced(tmp_path):
     assert state == {"step": 0} and "embed.weight" in weights
 
 
+
+
+def test_bits_per_byte_by_hand():
+    from vslm.train.trainer import text_nll_and_bytes
+
+    token_bytes = torch.tensor([1, 2, 0, 3])  # token 2 is end-of-text
+    nll = torch.tensor([1.0, 2.0, 5.0, 0.5])
+    nats, n_bytes = text_nll_and_bytes(nll, torch.tensor([0, 1, 2, 3]), token_bytes)
+    assert (nats, n_bytes) == (3.5, 6)  # the end-of-text loss and bytes are left out
+    assert nats / math.log(2) / n_bytes == pytest.approx(3.5 / 0.693147 / 6, abs=1e-6)
+
+
+def test_schedule_and_range_errors():
+    from vslm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="warmup 90 runs into the decay phase"):
+        load_config("tiny", ["train.schedule=wsd", "train.steps=100", "train.warmup=90"])
+    with pytest.raises(ConfigError, match=r"window_range \[64, 8\] must be \(low, high\)"):
+        load_config("tiny", ["model.schedule.window_range=[64, 8]"])
+
+
+def test_too_little_text_is_one_line(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("just a few words of text here " * 3)
+    r = run_cli("train", "tiny", f"data.source={text}", "--out", tmp_path / "r")
+    assert r.returncode == 1 and "fewer than model.context + 1" in r.stderr and "Traceback" not in r.stderr

@@ -28,7 +28,7 @@ def find_reference(given: Path | None) -> Path:
     if given:
         candidates = [given]
     else:  # beside the data folder, or in the shared folder beside this checkout
-        beside_checkout = Path(__file__).resolve().parents[3].parent / "shared"
+        beside_checkout = Path(__file__).resolve().parents[3] / "shared"
         candidates = [d.parent / "bench" / "reference_gpt.py" for d in [*data_dirs(), beside_checkout / "data"]]
     for c in candidates:
         if c and c.is_file():
@@ -100,4 +100,51 @@ def run_bench(data: Path | None, steps: int, repeat: int, reference: Path | None
         console.print(table)
         console.print(f"ratio (vslm / reference tokens/s): {result['ratio']:.3f}  per run: "
                       f"{', '.join(f'{r:.3f}' for r in ratios)}", highlight=False)
+    return result
+
+
+ATTENTION_KINDS = ("softmax", "power", "softmax1", "ssmax", "sigmoid")
+
+
+def run_attention_bench(steps: int, repeat: int, console: Console | None) -> dict:
+    """Training-step time of each attention normalisation on the arch-base model (context 128),
+    interleaved `repeat` times in one process; medians and ratios to softmax's fast SDPA path."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from vslm.config import load_config
+    from vslm.model import GPT
+
+    cfg = load_config("arch-base", ["model.vocab_size=64"])
+    B, T, V = cfg.train.batch_size, cfg.model.context, 64
+    models = {}
+    for kind in ATTENTION_KINDS:
+        torch.manual_seed(0)
+        model = GPT(cfg.model.model_copy(update={"attention": kind, "attention_gamma": 0.5}))
+        models[kind] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    idx = torch.randint(V, (B, T + 1), generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {kind: [] for kind in ATTENTION_KINDS}
+    for _ in range(repeat):
+        for kind, (model, opt) in models.items():
+            for i in range(steps + 2):  # two warm-up steps
+                started = time.perf_counter()
+                loss = F.cross_entropy(model(idx[:, :-1]).view(-1, V), idx[:, 1:].reshape(-1))
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= 2:
+                    times[kind].append(time.perf_counter() - started)
+    ms = {kind: 1000 * statistics.median(t) for kind, t in times.items()}
+    result = {"steps": steps, "repeat": repeat, "batch": B, "context": T,
+              "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
+              "ratio_to_softmax": {k: round(v / ms["softmax"], 3) for k, v in ms.items()}}
+    if console:
+        table = Table(title=f"attention normalisations: training step, arch-base model, batch {B} x {T}")
+        for col in ("attention", "ms/step (median)", "x softmax"):
+            table.add_column(col, justify="right")
+        for kind in ATTENTION_KINDS:
+            table.add_row(kind, f"{ms[kind]:.1f}", f"{ms[kind] / ms['softmax']:.2f}")
+        console.print(table)
     return result

@@ -97,9 +97,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from vslm.bench import run_bench
+    from vslm.bench import run_attention_bench, run_bench
 
-    result = run_bench(Path(a.data) if a.data else None, a.steps, a.repeat,
+    if a.attention:
+        result = run_attention_bench(a.steps or 20, a.repeat, console if not a.json else None)
+        if a.json:
+            print(json.dumps(result))
+        return 0
+    result = run_bench(Path(a.data) if a.data else None, a.steps or 2000, a.repeat,
                        Path(a.reference) if a.reference else None, console if not a.json else None)
     if a.json:
         print(json.dumps(result))
@@ -156,10 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the nanogpt preset side by side with shared/bench/reference_gpt.py")
     p.add_argument("--data", help="text file (default: tiny Shakespeare from the data folder)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, help="training steps (default 2000; 20 with --attention)")
     p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
     p.add_argument("--reference", help="path of reference_gpt.py (default: ../shared/bench/)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--attention", action="store_true",
+                   help="instead: time each attention normalisation (steps default 20)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")

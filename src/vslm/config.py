@@ -81,6 +81,14 @@ class ScheduleConfig(_Section):
     heads_scale: tuple[PositiveFloat, PositiveFloat] = (0.5, 1.0)
     ffn_scale: tuple[PositiveFloat, PositiveFloat] = (0.5, 4.0)
 
+    @model_validator(mode="after")
+    def _ranges_ascend(self) -> ScheduleConfig:
+        for name in ("width_range", "window_range"):
+            pair = getattr(self, name)
+            if pair is not None and pair[0] > pair[1]:
+                raise ValueError(f"{name} {list(pair)} must be (low, high); the shape sets the direction")
+        return self
+
 
 class ModelConfig(_Section):
     vocab_size: PositiveInt | None = Field(None, description="None = the tokenizer's vocabulary size")
@@ -236,7 +244,7 @@ class TrainConfig(_Section):
     eps: PositiveFloat = 1e-8
     grad_clip: NonNegativeFloat = Field(1.0, description="max global grad norm; 0 = off")
     eval_every: NonNegativeInt = Field(250, description="0 = evaluate only at the end")
-    eval_batches: PositiveInt = 200
+    eval_windows: PositiveInt = Field(2400, description="fixed validation windows (whatever the batch size)")
     seed: int = 1337
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -249,6 +257,8 @@ class TrainConfig(_Section):
     def _check(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        if self.schedule == "wsd" and self.warmup > self.steps - round(self.decay_fraction * self.steps):
+            raise ValueError(f"warmup {self.warmup} runs into the decay phase of the wsd schedule")
         return self
 
 
@@ -269,6 +279,12 @@ class RunConfig(_Section):
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def with_vocab_size(self, vocab_size: int | None) -> RunConfig:
+        """This config with model.vocab_size filled in where it was left to the tokenizer."""
+        if self.model.vocab_size is not None or vocab_size is None:
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"vocab_size": vocab_size})})
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections (all when none are named)."""
@@ -352,19 +368,23 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(one_line_error(e)) from None
 
 
-def _one_line(e: ValidationError) -> str:
+def one_line_error(e: ValidationError, prefix: str = "config error") -> str:
+    """The first validation error as one line naming the field: `prefix: model.width: ...`."""
     err = e.errors()[0]
-    field = ".".join(str(part) for part in err["loc"]) or "config"
+    field = ".".join(str(part) for part in err["loc"])
+    where = f"{prefix}: {field}: " if field else f"{prefix}: "
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"config error: unknown field '{field}'"
+        return f"{prefix}: unknown field '{field}'"
+    if err["type"] == "missing":
+        return f"{where}missing"
     if err["type"] == "value_error":
-        return f"config error: {field}: {msg}"
+        return f"{where}{msg}"
     more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"config error: {field}: {msg}, got {err['input']!r}{more}"
+    return f"{where}{msg}, got {err['input']!r}{more}"
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:

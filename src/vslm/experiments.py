@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 import statistics
 import tomllib
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from vslm.config import RunConfig, load_config
+from vslm.config import RunConfig, load_config, one_line_error
 from vslm.describe import build_for_accounting
 from vslm.errors import ConfigError, VSLMError
 from vslm.model import parameter_count, training_flops_per_token
@@ -91,10 +92,7 @@ def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(part) for part in err["loc"]) or "experiment"
-        problem = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{label}: {field}: {problem}") from None
+        raise ConfigError(one_line_error(e, prefix=label)) from None
     if path.is_file() and (path.parent / spec.base).is_file():
         spec.base = str(path.parent / spec.base)
     return name, spec
@@ -126,8 +124,7 @@ def plan_experiment(spec: ExperimentSpec, seeds: int,
 
 
 def _same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
-    if cfg.model.vocab_size is None:  # the saved config has it filled in from the tokenizer
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": saved.model.vocab_size})})
+    cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
     return cfg.fingerprint("model", "data", "train") == saved.fingerprint("model", "data", "train")
 
 
@@ -143,7 +140,11 @@ def train_or_reuse(cfg: RunConfig, folder: Path) -> dict:
             model = build_for_accounting(saved)
             return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
                     "reused": True}
-        trainer = Trainer(cfg, folder, resume=True)
+        if found:
+            trainer = Trainer(cfg, folder, resume=True)
+        else:  # interrupted before its first checkpoint: nothing to keep, train it again
+            shutil.rmtree(folder)
+            trainer = Trainer(cfg, folder)
     else:
         trainer = Trainer(cfg, folder)
     final = trainer.fit()
@@ -164,8 +165,8 @@ def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
         testable = name != baseline and min(len(losses), len(ref)) > 1
         p = float(stats.ttest_ind(losses, ref, equal_var=False).pvalue) if testable else math.nan
         diff = statistics.mean(losses) - statistics.mean(ref)
-        verdict = "baseline" if name == baseline else "within noise" if not p < SIGNIFICANCE else (
-            "better (p<0.05)" if diff < 0 else "worse (p<0.05)")
+        verdict = ("baseline" if name == baseline else "untested (1 seed)" if math.isnan(p) else
+                   "within noise" if p >= SIGNIFICANCE else "better (p<0.05)" if diff < 0 else "worse (p<0.05)")
         summary[name] = {"params": rs[0]["params"], "flops_per_token": rs[0]["flops_per_token"], "tokens": tokens,
                          "val_loss_mean": statistics.mean(losses), "val_loss_std": _sample_std(losses),
                          "val_bpb_mean": statistics.mean(bpbs), "val_bpb_std": _sample_std(bpbs),

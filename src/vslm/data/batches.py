@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vslm.errors import VSLMError
+
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
     """(B, length) int64 windows tokens[s : s + length] for each start s."""
@@ -21,7 +23,8 @@ class WindowSampler:
     def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int,
                  doc_starts: np.ndarray | None = None):
         if len(tokens) <= context:
-            raise ValueError(f"the training split has {len(tokens)} tokens, fewer than context + 1")
+            raise VSLMError(f"the training split has {len(tokens)} tokens, fewer than model.context + 1; "
+                            "give more text or a shorter context")
         self.tokens, self.context, self.batch_size = tokens, context, batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.doc_starts = None
@@ -53,7 +56,8 @@ def fixed_windows(tokens: np.ndarray, context: int, count: int, seed: int) -> tu
     When the split is too short for `count` distinct offsets, every offset is used once."""
     span = len(tokens) - context
     if span <= 0:
-        raise ValueError(f"the validation split has {len(tokens)} tokens, fewer than context + 1")
+        raise VSLMError(f"the validation split has {len(tokens)} tokens, fewer than model.context + 1; "
+                        "give more text, a larger data.val_fraction or a shorter context")
     if span <= count:
         starts = np.arange(span)
     else:

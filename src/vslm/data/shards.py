@@ -125,9 +125,10 @@ def _make_tokenizer(cfg: DataConfig, docs: list[str]) -> Tokenizer:
         return CharTokenizer.train(docs, eos=len(docs) > 1)
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
-    if cfg.tokenizer == "bpe":
-        train_docs = docs[: max(1, len(docs) - max(1, round(cfg.val_fraction * len(docs))))]
-        return HFTokenizer.train(train_docs, cfg.vocab_size)
+    if cfg.tokenizer == "bpe":  # learned from the training text only
+        if len(docs) == 1:
+            return HFTokenizer.train([docs[0][: int((1 - cfg.val_fraction) * len(docs[0]))]], cfg.vocab_size)
+        return HFTokenizer.train(docs[: len(docs) - max(1, round(cfg.val_fraction * len(docs)))], cfg.vocab_size)
     for d in data_dirs():
         if (d / "tokenizers" / "gpt2" / "vocab.json").is_file():
             return HFTokenizer.gpt2(d / "tokenizers" / "gpt2")

@@ -152,6 +152,7 @@ class HFTokenizer(Tokenizer):
             if not f.is_file():
                 raise VSLMError(f"GPT-2 tokenizer file {f} not found (needs vocab.json and merges.txt)")
         hf = HF(models.BPE.from_file(str(vocab), str(merges)))
+        hf.add_special_tokens([EOS])  # already in GPT-2's vocabulary (50256); marks it as not text
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
         return cls(hf, "gpt2")

@@ -16,12 +16,8 @@ from vslm.model.gpt import GPT
 
 
 def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
-    """Unique parameters (a tensor shared by several places is counted once)."""
-    seen: dict[int, int] = {}
-    for p in model.parameters():
-        if not trainable_only or p.requires_grad:
-            seen[id(p)] = p.numel()
-    return sum(seen.values())
+    """Unique parameters (`parameters()` yields a tensor shared by several modules once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def _matmul_weights(module: nn.Module | None) -> int:

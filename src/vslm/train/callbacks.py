@@ -9,6 +9,7 @@ always `step`; `loss` and the rest on logged steps; `val_loss` on eval steps), a
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -43,7 +44,7 @@ class MetricsLog(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         path = trainer.run_dir / METRICS
         lines = path.read_text().splitlines() if path.exists() else []
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= trainer.step]
+        kept = [ln for ln in lines if _step_of(ln) <= trainer.step]  # a line cut by a kill is dropped too
         path.write_text("".join(ln + "\n" for ln in kept))
         self.file = path.open("a", buffering=1)
 
@@ -53,6 +54,13 @@ class MetricsLog(Callback):
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.file.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 class Checkpointer(Callback):

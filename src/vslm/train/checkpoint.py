@@ -111,9 +111,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dic
         tensors = load_file(str(path), device=str(device))
         with safe_open(str(path), framework="pt") as f:
             skeleton = json.loads((f.metadata() or {}).get(STATE_KEY, "{}"))
-    except (OSError, json.JSONDecodeError, Exception) as e:  # safetensors raises its own error types
-        if isinstance(e, VSLMError):
-            raise
+    except Exception as e:  # OSError, JSON, and safetensors' own error types
         raise VSLMError(f"cannot read checkpoint {path}: {e}") from None
     weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
     return weights, _decode(skeleton, tensors)

@@ -87,6 +87,10 @@ def load_run(folder: Path, checkpoint: Path | None = None, device: str = "cpu") 
 def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VSLMError(f"train.device={name} but no CUDA device is available")
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise VSLMError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA devices")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise VSLMError("train.device=mps but MPS is not available here")
     return torch.device(name)

@@ -47,9 +47,8 @@ class Trainer:
             cfg = self._check_resumable(cfg)
         self.corpus = corpus or prepare_corpus(cfg.data)
         vocab = self.corpus.tokenizer.vocab_size
-        if cfg.model.vocab_size is None:
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": vocab})})
-        elif cfg.model.vocab_size < vocab:
+        cfg = cfg.with_vocab_size(vocab)
+        if cfg.model.vocab_size < vocab:
             raise VSLMError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {vocab}")
         self.cfg = cfg
         tc = cfg.train
@@ -69,8 +68,8 @@ class Trainer:
         self.sampler = WindowSampler(train.tokens, cfg.model.context, tc.batch_size, tc.seed,
                                      train.doc_starts if cfg.data.doc_aligned else None)
         self.val_x, self.val_y = fixed_windows(self.corpus.val.tokens, cfg.model.context,
-                                               tc.eval_batches * tc.batch_size, VAL_SEED)
-        self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))
+                                               tc.eval_windows, VAL_SEED)
+        self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))  # (V,)
         self.callbacks = list(default_callbacks(cfg) if callbacks is None else callbacks)
         self.step = 0
         self.train_time_s = 0.0
@@ -79,8 +78,7 @@ class Trainer:
 
     def _check_resumable(self, cfg: RunConfig) -> RunConfig:
         saved = read_run_config(self.run_dir)
-        if cfg.model.vocab_size is None:  # the saved config has it filled in from the tokenizer
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": saved.model.vocab_size})})
+        cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
         for section in ("model", "data"):
             if cfg.fingerprint(section) != saved.fingerprint(section):
                 raise VSLMError(f"cannot resume {self.run_dir}: its {section} config differs from the one given")
@@ -144,7 +142,8 @@ class Trainer:
 
     def _open_run_folder(self) -> None:
         if self.resume:
-            weights, state = load_checkpoint(list_checkpoints(self.run_dir / CHECKPOINTS)[-1][1], self.device)
+            # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model's device
+            weights, state = load_checkpoint(list_checkpoints(self.run_dir / CHECKPOINTS)[-1][1], "cpu")
             self.load_state_dict(weights, state)
         else:
             for name in (CONFIG, METRICS, CHECKPOINTS):
@@ -216,18 +215,28 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Loss and bits per byte on the fixed validation windows."""
+        """Loss per token and bits per byte on the fixed validation windows. Bits per byte count the
+        targets that stand for text (not end-of-text), as nanochat's evaluate_bpb does."""
         self.model.eval()
-        total_nll, total_bytes, total_tokens = 0.0, 0, 0
+        nll_all, nll_text, n_tokens, n_bytes = 0.0, 0.0, 0, 0
         B = self.cfg.train.batch_size
         for i in range(0, len(self.val_x), B):
-            x, y = self._to_device(self.val_x[i : i + B]), self._to_device(self.val_y[i : i + B])
+            x, y = self._to_device(self.val_x[i : i + B]), self.val_y[i : i + B]
             with self._autocast():
                 logits = self.forward(x)
-            nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-            total_nll += nll.item()
-            total_tokens += y.numel()
-            total_bytes += int(self.token_bytes[y.cpu()].sum())
+            nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), self._to_device(y).view(-1),
+                                  reduction="none").cpu()
+            text_nats, text_bytes = text_nll_and_bytes(nll, y.view(-1), self.token_bytes)
+            nll_all += nll.sum().item()
+            nll_text += text_nats
+            n_tokens += y.numel()
+            n_bytes += text_bytes
         self.model.train()
-        return {"val_loss": round(total_nll / total_tokens, 6),
-                "val_bpb": round(total_nll / math.log(2) / max(1, total_bytes), 6)}
+        return {"val_loss": round(nll_all / n_tokens, 6), "val_bpb": round(nll_text / math.log(2) / max(1, n_bytes), 6)}
+
+
+def text_nll_and_bytes(nll: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
+    """Summed loss (nats) and UTF-8 bytes of the targets that stand for text; bits per byte is
+    nats / ln 2 / bytes. Special tokens (end-of-text: 0 bytes) are left out of both."""
+    sizes = token_bytes[targets]
+    return nll[sizes > 0].sum().item(), int(sizes.sum())
