@@ -233,7 +233,11 @@ class TrainConfig(_Section):
     steps: PositiveInt = 2000
     batch_size: PositiveInt = 12
     grad_accum: PositiveInt = 1
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "muon", "tangent"] = Field("adamw", description="update of the hidden matrices")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.95, description="Muon's momentum")
+    tangent_update: Literal["raw", "adam", "muon"] = Field("adam", description="what tangent descent projects")
+    tangent_retract: bool = Field(True, description="back to the row norm after each step (False: OrthoGrad)")
+    hidden_lr_scale: PositiveFloat = Field(1.0, description="muon/tangent: lr of hidden matrices / lr")
     lr: PositiveFloat = 1e-3
     min_lr: NonNegativeFloat = 1e-4
     warmup: NonNegativeInt = 100
@@ -264,6 +268,7 @@ class TrainConfig(_Section):
 
 class LoggingConfig(_Section):
     log_every: PositiveInt = 1
+    diagnostics_every: NonNegativeInt = Field(0, description="weight row norms, cos(w, g), update ratio; 0 = off")
     progress: bool = True
     samples: NonNegativeInt = Field(0, description="samples printed at the end of training")
     sample_tokens: PositiveInt = 200

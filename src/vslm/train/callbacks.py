@@ -1,7 +1,8 @@
 """What watches a run: small stateful callbacks. Their `state_dict` is saved in every checkpoint.
 
 The training loop calls, in order of the list: `on_train_start(trainer)` once (after a resume
-too), `on_step_end(trainer, metrics)` after every update (`metrics` holds what was read this step:
+too), `on_before_update(trainer)` when the gradients are ready and the weights not yet updated,
+`on_step_end(trainer, metrics)` after every update (`metrics` holds what was read this step:
 always `step`; `loss` and the rest on logged steps; `val_loss` on eval steps), and
 `on_train_end(trainer, metrics)`.
 """
@@ -12,6 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 class Callback:
     def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_before_update(self, trainer: Trainer) -> None: ...
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None: ...
 
@@ -138,9 +142,51 @@ class ProgressBar(Callback):
             self.progress.stop()
 
 
+class WeightDiagnostics(Callback):
+    """Every `every` steps, per hidden matrix: the mean and spread of its row norms, the mean cosine
+    between each row and its gradient, and the update-to-weight ratio ||dW|| / ||W|| of the step, as
+    `diag/<matrix>/<stat>` in the metrics: tangent descent should hold the norms and the cosine near 0."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.before: dict[str, torch.Tensor] = {}
+        self.cosines: dict[str, float] = {}
+
+    def _matrices(self, trainer: Trainer):
+        from vslm.train.optim import is_hidden_matrix
+
+        return [(n, p) for n, p in trainer.model.named_parameters() if is_hidden_matrix(n, p) and p.grad is not None]
+
+    def on_before_update(self, trainer: Trainer) -> None:
+        if (trainer.step + 1) % self.every:
+            return
+        with torch.no_grad():
+            for name, w in self._matrices(trainer):
+                self.before[name] = w.detach().clone()
+                self.cosines[name] = torch.nn.functional.cosine_similarity(w, w.grad, dim=1).mean().item()
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if not self.before or "loss" not in metrics:
+            return
+        with torch.no_grad():
+            for name, w in trainer.model.named_parameters():
+                if name in self.before:
+                    norms = w.norm(dim=1)
+                    key = f"diag/{name.removesuffix('.weight')}"
+                    metrics[f"{key}/row_norm"] = round(norms.mean().item(), 6)
+                    metrics[f"{key}/row_norm_spread"] = round((norms.std() / norms.mean()).item(), 6)
+                    metrics[f"{key}/cos_w_grad"] = round(self.cosines[name], 6)
+                    ratio = (w - self.before[name]).norm() / self.before[name].norm()
+                    metrics[f"{key}/update_ratio"] = round(ratio.item(), 8)
+        self.before.clear()
+
+
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
-    """Metrics, checkpoints, snapshots (if on) and the progress bar (if on), in that order."""
-    callbacks: list[Callback] = [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
+    """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
+    checkpoints, snapshots (if on) and the progress bar (if on)."""
+    every = cfg.logging.diagnostics_every
+    callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
+    callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
     if cfg.train.snapshots:
         callbacks.append(Snapshots())
     if cfg.logging.progress:

@@ -1,22 +1,138 @@
-"""Optimizers and learning-rate schedules."""
+"""Optimizers and learning-rate schedules.
+
+`train.optimizer` picks how the hidden matrices (the 2-D weights inside the blocks, width
+projections, injections and LoRA) are updated; embeddings, the head, norms and biases always take
+AdamW (RESEARCH.md section 6):
+  adamw    AdamW everywhere (matrices and embeddings decay, gains and biases do not);
+  muon     PyTorch's Muon (Newton-Schulz orthogonalised momentum) on hidden matrices;
+  tangent  hyperspherical tangent descent on hidden matrices, per output row: the update u (the raw
+           gradient, Adam's or Muon's) is projected onto the tangent space of the row's sphere,
+           u_perp = u - (<w, u> / <w, w>) w, applied, and the row retracted to its norm before the
+           step (without retraction this is OrthoGrad). No weight decay on projected matrices.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+from torch.optim._muon import _zeropower_via_newtonschulz
 
 from vslm.config import TrainConfig
 
+MUON_NS = (3.4445, -4.7750, 2.0315)
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    """AdamW; matrices (and embeddings) decay, gains and biases do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    other = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+
+def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
+    return p.dim() == 2 and not name.startswith(("embed.", "pos.", "head.", "root"))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimizers:
+    """The optimizers of `cfg.optimizer`, stepped as one."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        decay = [p for _, p in named if p.dim() >= 2]
+        other = [p for _, p in named if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+        return Optimizers([torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)])
+    hidden = [p for n, p in named if is_hidden_matrix(n, p)]
+    embeddings = [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)]
+    other = [p for _, p in named if p.dim() < 2]
+    adamw = torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},
+                               {"params": other, "weight_decay": 0.0}],
+                              lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    if cfg.optimizer == "muon":
+        # match_rms_adamw scales each update to AdamW's RMS, so lr and weight decay carry over
+        main = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                adjust_lr_fn="match_rms_adamw")
+    else:
+        main = TangentDescent(hidden, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
+                              betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum)
+    for group in main.param_groups:
+        group["lr_scale"] = cfg.hidden_lr_scale
+    return Optimizers([main, adamw])
+
+
+class Optimizers:
+    """Several torch optimizers behind the one interface the loop uses. Each param group may carry
+    `lr_scale`: its learning rate is the schedule's times that."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+
+
+def tangent_project(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """u minus its component along w, row by row: u - (<w_i, u_i> / <w_i, w_i>) w_i."""
+    along = (w * u).sum(dim=1, keepdim=True) / (w * w).sum(dim=1, keepdim=True).clamp_min(1e-30)
+    return u - along * w
+
+
+class TangentDescent(torch.optim.Optimizer):
+    """Hyperspherical tangent descent on 2-D weights, per output row (see the module docstring)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, update: str = "adam",
+                 retract: bool = True, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
+                 momentum: float = 0.95):
+        if update not in ("raw", "adam", "muon"):
+            raise ValueError(f"unknown tangent update {update!r}")
+        super().__init__(params, {"lr": lr, "update": update, "retract": retract, "betas": betas, "eps": eps,
+                                  "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                u = self._update(w, w.grad, group)
+                norms = w.norm(dim=1, keepdim=True)
+                w.sub_(group["lr"] * tangent_project(w, u))
+                if group["retract"]:
+                    w.mul_(norms / w.norm(dim=1, keepdim=True).clamp_min(1e-30))
+
+    def _update(self, w: torch.Tensor, g: torch.Tensor, group: dict) -> torch.Tensor:
+        state = self.state[w]
+        if group["update"] == "raw":
+            return g
+        if group["update"] == "muon":  # Nesterov momentum, orthogonalised, scaled to AdamW's RMS
+            buf = state.setdefault("momentum", torch.zeros_like(g))
+            buf.mul_(group["momentum"]).add_(g)
+            ortho = _zeropower_via_newtonschulz(g + group["momentum"] * buf, MUON_NS, 5, 1e-7).to(g.dtype)
+            return ortho * 0.2 * math.sqrt(max(w.shape))
+        beta1, beta2 = group["betas"]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(g), exp_avg_sq=torch.zeros_like(g))
+        state["step"] += 1
+        state["exp_avg"].lerp_(g, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        m_hat = state["exp_avg"] / (1 - beta1 ** state["step"])
+        v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+        return m_hat / (v_hat.sqrt() + group["eps"])
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

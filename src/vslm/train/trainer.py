@@ -164,8 +164,7 @@ class Trainer:
         while self.step < tc.steps:
             started = time.perf_counter()
             lr = lr_at(self.step, tc)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            self.optimizer.set_lr(lr)
             loss_sum = torch.zeros((), device=self.device)
             for _ in range(tc.grad_accum):
                 x, y = self.sampler.next_batch()
@@ -179,6 +178,8 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            for cb in self.callbacks:
+                cb.on_before_update(self)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1

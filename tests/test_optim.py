@@ -1,0 +1,96 @@
+"""Optimizers: tangent descent's geometry, Muon's orthogonalisation, each lowers the loss, exact resume."""
+
+import json
+
+import pytest
+import torch
+from torch.optim._muon import _zeropower_via_newtonschulz
+
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.train.callbacks import Callback, default_callbacks
+from vslm.train.checkpoint import list_checkpoints
+from vslm.train.optim import MUON_NS, TangentDescent, tangent_project
+from vslm.train.trainer import Trainer
+
+
+def test_tangent_projection_is_orthogonal_per_row():
+    w, u = torch.randn(6, 10), torch.randn(6, 10)
+    u_perp = tangent_project(w, u)
+    torch.testing.assert_close((w * u_perp).sum(1), torch.zeros(6), atol=1e-5, rtol=0)
+    brute = torch.stack([u[i] - (w[i] @ u[i]) / (w[i] @ w[i]) * w[i] for i in range(6)])
+    torch.testing.assert_close(u_perp, brute)
+
+
+@pytest.mark.parametrize("update", ["raw", "adam", "muon"])
+def test_tangent_descent_keeps_row_norms(update):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 16))
+    norms = w.detach().norm(dim=1).clone()
+    opt = TangentDescent([w], lr=0.05, update=update)
+    target = torch.randn(8, 16)
+    for _ in range(20):
+        loss = ((w - target) ** 2).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    torch.testing.assert_close(w.detach().norm(dim=1), norms, atol=1e-5, rtol=0)
+    free = torch.nn.Parameter(torch.randn(8, 16))
+    orthograd = TangentDescent([free], lr=0.05, update=update, retract=False)  # OrthoGrad: norms drift up
+    before = free.detach().norm(dim=1).clone()
+    ((free - target) ** 2).sum().backward()
+    orthograd.step()
+    assert (free.detach().norm(dim=1) >= before - 1e-6).all()
+
+
+def test_muon_orthogonalisation_is_near_orthogonal():
+    g = torch.randn(32, 64)
+    o = _zeropower_via_newtonschulz(g, MUON_NS, 5, 1e-7).float()
+    s = torch.linalg.svdvals(o)
+    assert s.min() > 0.5 and s.max() < 1.5  # Newton-Schulz gives singular values in about (0.7, 1.2)
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 3  # the input was far from it
+
+
+@pytest.mark.parametrize("words", [["train.optimizer=adamw"], ["train.optimizer=muon"],
+                                   ["train.optimizer=tangent", "train.tangent_update=adam"],
+                                   ["train.optimizer=tangent", "train.tangent_update=muon"]])
+def test_each_optimizer_lowers_the_loss_and_tangent_holds_norms(tmp_path, words):
+    cfg = load_config("tiny", tiny_overrides(train__steps=40, train__eval_every=0, logging__diagnostics_every=20)
+                      + words)
+    Trainer(cfg, tmp_path / "r").fit()
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["val_loss"] < lines[0]["loss"] - 0.5
+    diag = [ln for ln in lines if any(k.startswith("diag/") for k in ln)]
+    assert [ln["step"] for ln in diag] == [20, 40]
+    norms = [ln["diag/blocks.0.mlp.fc/row_norm"] for ln in diag]
+    if "train.optimizer=tangent" in words:
+        assert norms[0] == pytest.approx(norms[1], rel=1e-5)
+        assert abs(diag[1]["diag/blocks.0.mlp.fc/cos_w_grad"]) < 0.5
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAt(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == self.step:
+            raise Interrupted
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "tangent"])
+def test_optimizer_state_survives_exact_resume(tmp_path, optimizer):
+    words = tiny_overrides(train__steps=12, train__checkpoint_every=6, train__eval_every=0,
+                           train__optimizer=optimizer, train__keep_last=3)
+    cfg = load_config("tiny", words)
+    Trainer(cfg, tmp_path / "a").fit()
+    with pytest.raises(Interrupted):
+        Trainer(cfg, tmp_path / "b", callbacks=[*default_callbacks(cfg), StopAt(8)]).fit()
+    Trainer(cfg, tmp_path / "b", resume=True).fit()  # from the checkpoint at step 6
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("a", "b")]
+    assert losses[0] == losses[1]
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "checkpoints")][-1] == 12
