@@ -183,17 +183,18 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            eval_due = self.step == tc.steps or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
+            ckpt_due = checkpointer is not None and checkpointer.due(self.step, tc.steps)
+            # reading the loss syncs with the device: only on logged, eval and checkpoint steps
+            read = self.step % log.log_every == 0 or eval_due or ckpt_due
+            if read and self.device.type == "cuda":
+                torch.cuda.synchronize()  # the window's time then includes the device's queued work
             elapsed = time.perf_counter() - started
             self.train_time_s += elapsed
             window_time += elapsed
             window_tokens += tokens_per_step
-
-            last = self.step == tc.steps
-            eval_due = last or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
-            ckpt_due = checkpointer is not None and checkpointer.due(self.step, tc.steps)
             metrics = {"step": self.step}
-            # reading the loss syncs with the device: only on logged, eval and checkpoint steps
-            if self.step % log.log_every == 0 or eval_due or ckpt_due:
+            if read:
                 loss_value = loss_sum.item() / tc.grad_accum
                 if not math.isfinite(loss_value):
                     self._diverged(loss_value)

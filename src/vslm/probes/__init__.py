@@ -1,0 +1,26 @@
+"""Probes: pure functions of (model, batch) returning numbers, numpy arrays or small dicts.
+
+They know the model (its hook points, `vslm.model.hooks`), never the trainer. The caller puts the
+model in eval mode; each probe runs under torch.no_grad.
+"""
+
+from vslm.probes.attention import attention_stats
+from vslm.probes.distribution import CorpusStats, corpus_stats, distribution_probe
+from vslm.probes.divergence import entropy, js, kl
+from vslm.probes.position import icl_score, induction_probe, position_loss, prefix_matching
+from vslm.probes.shape import shape_metrics
+
+__all__ = [
+    "CorpusStats",
+    "attention_stats",
+    "corpus_stats",
+    "distribution_probe",
+    "entropy",
+    "icl_score",
+    "induction_probe",
+    "js",
+    "kl",
+    "position_loss",
+    "prefix_matching",
+    "shape_metrics",
+]

@@ -1,0 +1,97 @@
+"""How far the model's predictions are from the corpus unigram and bigram distributions
+(RESEARCH.md section 2; Chang & Bergen 2022, Belrose et al. 2024).
+
+No smoothing is needed anywhere: the corpus distribution is always KL's first argument, so a token the
+corpus never shows adds nothing (0 log 0 = 0), and the model's softmax (taken in float64) is never zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vslm.probes.divergence import entropy, kl
+
+MAX_VOCAB = 8192  # the dense bigram table takes V^2 * 8 bytes: 512 MiB at 8192
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    unigram: np.ndarray  # (V,) u[v] = share of tokens equal to v
+    bigram: np.ndarray  # (V, V) bigram[prev, next] = b(next | prev); every row sums to 1
+    log_vocab: float  # ln V: the loss of a uniform prediction
+    unigram_entropy: float  # H(u): the loss of predicting u everywhere
+    bigram_entropy: float  # H(next | prev): the loss of predicting b(. | last token)
+
+    def reference_levels(self) -> dict[str, float]:
+        return {"log_vocab": self.log_vocab, "unigram_entropy": self.unigram_entropy,
+                "bigram_entropy": self.bigram_entropy}
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """H(p) over the last axis, 0 log 0 = 0."""
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+
+
+def corpus_stats(tokens: np.ndarray, vocab_size: int) -> CorpusStats:
+    """Unigram and bigram statistics of a token array (N,), and the loss levels they set.
+
+    u[v] = count(v) / N. b(next | prev) = count(prev, next) / count(prev followed by any token), over the
+    N - 1 adjacent pairs; a token never followed by another (absent, or only last) gets b(. | prev) = u.
+    H(next | prev) = sum_prev P(prev) H(b(. | prev)), P(prev) = count(prev followed by any) / (N - 1),
+    which is the cross-entropy on this corpus of the best bigram predictor.
+
+    Memory: b is a dense float64 (V, V) array, V^2 * 8 bytes (plus one more such array while it is
+    built), so vocabularies above 8192 (512 MiB) are refused.
+    """
+    if vocab_size > MAX_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} is above {MAX_VOCAB}: the dense bigram table would take "
+                         f"V^2 * 8 bytes = {vocab_size**2 * 8 / 2**30:.1f} GiB")
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < 2:
+        raise ValueError(f"corpus statistics need at least 2 tokens, got {len(tokens)}")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"token ids must lie in 0..{vocab_size - 1}, found {tokens.min()}..{tokens.max()}")
+    V = vocab_size
+    unigram = np.bincount(tokens, minlength=V) / len(tokens)  # (V,)
+    bigram = np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V).reshape(V, V).astype(np.float64)
+    followed = bigram.sum(1)  # (V,) pairs starting with each token
+    bigram /= np.maximum(followed, 1)[:, None]
+    bigram[followed == 0] = unigram
+    return CorpusStats(
+        unigram=unigram,
+        bigram=bigram,
+        log_vocab=math.log(V),
+        unigram_entropy=float(_entropy(unigram)),
+        bigram_entropy=float((followed / (len(tokens) - 1)) @ _entropy(bigram)),
+    )
+
+
+@torch.no_grad()
+def distribution_probe(model: nn.Module, idx: torch.Tensor, stats: CorpusStats) -> dict[str, float]:
+    """Distance of the predictions on idx (B, T) from the corpus unigram u and bigram b, in nats.
+
+    With p_t = p(. | idx[b, <= t]) the prediction at each of the B * T positions (b, t):
+      M1 = KL(u || p_bar), p_bar = mean of p_t over all positions;
+      M2 = mean over positions of KL(u || p_t);
+      M3 = mean over positions of KL(b(. | idx[b, t]) || p_t), the bigram row of the last token read
+           (x_{t-1} in RESEARCH.md's notation, where p(. | x<t) predicts x_t);
+      entropy = mean over positions of H(p_t);
+    and stats' reference levels log_vocab, unigram_entropy, bigram_entropy.
+    """
+    probs = model(idx).double().softmax(-1).flatten(0, 1)  # (N, V), N = B * T positions
+    if probs.shape[-1] != len(stats.unigram):
+        raise ValueError(f"the model predicts {probs.shape[-1]} tokens but the corpus stats have {len(stats.unigram)}")
+    u = torch.from_numpy(stats.unigram).to(probs.device)  # (V,)
+    bigram_rows = torch.from_numpy(stats.bigram)[idx.flatten().cpu()].to(probs.device)  # (N, V)
+    return {
+        "M1": kl(u, probs.mean(0)).item(),
+        "M2": kl(u, probs).mean().item(),
+        "M3": kl(bigram_rows, probs).mean().item(),
+        "entropy": entropy(probs).mean().item(),
+        **stats.reference_levels(),
+    }

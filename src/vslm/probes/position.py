@@ -1,0 +1,93 @@
+"""Loss by position in the context, the in-context-learning score and the induction probe
+(RESEARCH.md section 1; Olsson et al. 2022, "In-context learning and induction heads").
+
+Positions in code are 0-based: idx[:, t] is the token at position t, and the prediction made at
+position t (after reading tokens 0..t) is scored against idx[:, t + 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vslm.model.gpt import GPT
+from vslm.model.hooks import capture
+
+OLSSON_CONTEXT = 512  # contexts at least this long get the paper's score (tokens 500 and 50)
+
+
+def token_nll(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits of idx (B, T) -> (B, T - 1) nll[b, t] = -log p(idx[b, t + 1] | idx[b, <= t])."""
+    B, T = idx.shape
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), idx[:, 1:].flatten(), reduction="none")
+    return nll.view(B, T - 1)
+
+
+@torch.no_grad()
+def position_loss(model: nn.Module, idx: torch.Tensor) -> np.ndarray:
+    """The loss curve over positions: curve[t] = mean over b of -log p(idx[b, t + 1] | idx[b, <= t]).
+
+    model maps (B, T) token ids to (B, T, V) logits (a GPT). Returns (T - 1,) float64; curve[t] is the
+    loss of the prediction made after reading t + 1 tokens.
+    """
+    return token_nll(model(idx), idx).mean(0).double().cpu().numpy()
+
+
+def icl_score(curve: np.ndarray) -> tuple[float, str]:
+    """In-context-learning score: loss late in the context minus loss early in it (negative = the model
+    uses its context), and a label saying which definition was used.
+
+    Tokens are counted from 1: "the loss at token k" is curve[k - 1], the loss of the prediction made
+    after reading k tokens (of position_loss). With T = len(curve) + 1, the context the curve came from:
+      T >= 512: loss at token 500 - loss at token 50 = curve[499] - curve[49], label "olsson"
+                (Olsson et al. 2022);
+      T <  512: loss at token T - 1 - loss at token floor(T / 10) = curve[T - 2] - curve[T // 10 - 1],
+                label "short-context": the last prediction against the one a tenth of the way in; not
+                comparable with "olsson" scores nor across contexts.
+    """
+    T = len(curve) + 1
+    if T >= OLSSON_CONTEXT:
+        return float(curve[499] - curve[49]), "olsson"
+    if T < 10:
+        raise ValueError(f"a loss curve of {len(curve)} positions is too short for an ICL score (needs 9 or more)")
+    return float(curve[T - 2] - curve[T // 10 - 1]), "short-context"
+
+
+def prefix_matching(weights: torch.Tensor, length: int) -> np.ndarray:
+    """Prefix-matching score per head of attention weights (B, H, 2L, 2L) over a sequence repeated twice
+    (L = length): the mean over b and over queries i = L..2L-1 of the weight from i to i - L + 1, the token
+    right after the previous occurrence of token i. Raw weights, not renormalised (for attention whose rows
+    do not sum to 1, read it beside attention_stats' row_sum). Returns (H,) float64.
+    """
+    i = torch.arange(length, 2 * length, device=weights.device)  # queries in the second copy
+    return weights[:, :, i, i - length + 1].mean(dim=(0, 2)).double().cpu().numpy()  # (B, H, L) -> (H,)
+
+
+@torch.no_grad()
+def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, generator: torch.Generator) -> dict:
+    """Induction probe: `batch` random sequences s of `length` tokens (uniform over 0..vocab_size-1, drawn
+    with the CPU `generator`), each repeated twice: idx = [s, s], (B, 2L) with L = length.
+
+    Returns
+      loss_first:  mean nll of the first copy's tokens 1..L-1 (token 0 has no prediction);
+      loss_second: mean nll of the second copy's tokens L+1..2L-1, each predictable by copying what
+                   followed its previous occurrence (token L, where the repeat starts, is not, and is left
+                   out, so both losses average L - 1 tokens); it collapses once induction heads form;
+      prefix_matching: a list with one (H_d,) array per depth d (heads may differ by depth), the
+                   prefix-matching score of each head (see prefix_matching).
+    """
+    if length < 2 or 2 * length > model.cfg.context:
+        raise ValueError(f"length {length} must be at least 2 and at most half the context {model.cfg.context}")
+    device = next(model.parameters()).device
+    first = torch.randint(vocab_size, (batch, length), generator=generator).to(device)  # (B, L)
+    idx = torch.cat((first, first), dim=1)  # (B, 2L)
+    names = [f"attn.{d}" for d in range(len(model.order))]
+    with capture(model, *names) as seen:
+        nll = token_nll(model(idx), idx)  # (B, 2L - 1), nll[:, t] scores token t + 1
+    return {
+        "loss_first": nll[:, : length - 1].mean().item(),
+        "loss_second": nll[:, length:].mean().item(),
+        "prefix_matching": [prefix_matching(seen[name], length) for name in names],
+    }

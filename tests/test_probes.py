@@ -1,0 +1,295 @@
+"""Probes against brute-force computations: explicit loops over positions, hand-built inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from vslm.config import BlockConfig, ModelConfig
+from vslm.model import GPT
+from vslm.model.hooks import capture
+from vslm.probes import (
+    attention_stats,
+    corpus_stats,
+    distribution_probe,
+    entropy,
+    icl_score,
+    induction_probe,
+    js,
+    kl,
+    position_loss,
+    prefix_matching,
+    shape_metrics,
+)
+
+V = 20
+
+
+def tiny_model(seed: int = 0, **kw) -> GPT:
+    # init_std 0.3: far from uniform attention and predictions, so the comparisons are not vacuous
+    base = {"vocab_size": V, "context": 16, "depth": 2, "width": 32, "heads": 4, "init_std": 0.3}
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(**{**base, **kw})).eval()
+
+
+def random_ids(shape: tuple[int, ...], seed: int, high: int = V) -> torch.Tensor:
+    return torch.randint(high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------ position
+
+
+@torch.no_grad()
+def test_position_loss_matches_prefix_by_prefix_loop():
+    model, idx = tiny_model(), random_ids((3, 16), seed=1)
+    curve = position_loss(model, idx)
+    expected = []
+    for t in range(15):
+        total = 0.0
+        for b in range(3):
+            logits = model(idx[b : b + 1, : t + 1])[0, -1]  # only the tokens the prediction may read
+            total -= torch.log_softmax(logits, -1)[idx[b, t + 1]].item()
+        expected.append(total / 3)
+    assert curve.shape == (15,)
+    np.testing.assert_allclose(curve, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_icl_score_olsson_uses_tokens_500_and_50():
+    curve = np.linspace(5.0, 2.0, 600)  # T = 601
+    curve[499], curve[49] = 1.5, 3.25
+    score, label = icl_score(curve)
+    assert (score, label) == (pytest.approx(-1.75), "olsson")
+    assert icl_score(np.arange(511.0)) == (pytest.approx(499.0 - 49.0), "olsson")  # T = 512 exactly
+
+
+def test_icl_score_short_context_uses_last_and_tenth_token():
+    curve = 4.0 - 0.1 * np.arange(15)  # T = 16: loss at token 15 minus loss at token 1
+    score, label = icl_score(curve)
+    assert (score, label) == (pytest.approx(curve[14] - curve[0]), "short-context")
+    curve = np.arange(99.0) ** 2  # T = 100: token 99 (curve[98]) minus token 10 (curve[9])
+    assert icl_score(curve) == (pytest.approx(98.0**2 - 81.0), "short-context")
+    assert icl_score(np.arange(510.0)) == (pytest.approx(509.0 - 50.0), "short-context")  # T = 511
+    with pytest.raises(ValueError, match="too short"):
+        icl_score(np.zeros(8))
+
+
+def test_prefix_matching_on_hand_built_pattern():
+    L, T = 3, 6
+    weights = torch.zeros(1, 4, T, T)
+    for i in range(T):
+        weights[0, 0, i, i - L + 1 if i >= L else 0] = 1.0  # a perfect induction head: score 1
+        weights[0, 1, i, i] = 1.0  # attends to itself: score 0
+        weights[0, 2, i, : i + 1] = 1.0 / (i + 1)  # uniform over the past
+        weights[0, 3, i, 0] = 0.5  # half on the induction target, half on token 0 (rows sum to 1)
+        weights[0, 3, i, i - L + 1 if i >= L else 0] += 0.5
+    score = prefix_matching(weights, L)
+    np.testing.assert_allclose(score, [1.0, 0.0, (1 / 4 + 1 / 5 + 1 / 6) / 3, 0.5])
+
+
+@torch.no_grad()
+def test_induction_probe_matches_loops_with_ragged_heads():
+    model = tiny_model(blocks=[BlockConfig(heads=2), BlockConfig(heads=4)])
+    L, B = 6, 3
+    result = induction_probe(model, V, L, B, torch.Generator().manual_seed(5))
+
+    first = random_ids((B, L), seed=5)  # the same draw as the probe's
+    idx = torch.cat((first, first), dim=1)
+    with capture(model, "attn.0", "attn.1") as seen:
+        log_probs = torch.log_softmax(model(idx), -1)  # (B, 2L, V)
+    assert [len(s) for s in result["prefix_matching"]] == [2, 4]
+    for d in range(2):
+        w = seen[f"attn.{d}"]
+        for h in range(w.shape[1]):
+            total = sum(w[b, h, i, i - L + 1].item() for b in range(B) for i in range(L, 2 * L))
+            assert result["prefix_matching"][d][h] == pytest.approx(total / (B * L), rel=1e-5)
+
+    def loss(tokens: range) -> float:
+        nll = [-log_probs[b, t - 1, idx[b, t]].item() for b in range(B) for t in tokens]
+        return sum(nll) / len(nll)
+
+    assert result["loss_first"] == pytest.approx(loss(range(1, L)), rel=1e-5)
+    assert result["loss_second"] == pytest.approx(loss(range(L + 1, 2 * L)), rel=1e-5)
+    with pytest.raises(ValueError, match="half the context"):
+        induction_probe(model, V, 9, B, torch.Generator())
+
+
+# -------------------------------------------------------------------------------- distribution
+
+
+def test_corpus_stats_on_hand_built_tokens():
+    stats = corpus_stats(np.array([0, 1, 0, 1, 2, 0], dtype=np.uint16), vocab_size=4)
+    u = [1 / 2, 1 / 3, 1 / 6, 0.0]
+    np.testing.assert_allclose(stats.unigram, u)
+    # pairs: 0->1 twice; 1->0, 1->2; 2->0; token 3 never occurs and falls back to u
+    np.testing.assert_allclose(stats.bigram, [[0, 1, 0, 0], [0.5, 0, 0.5, 0], [1, 0, 0, 0], u])
+    assert stats.log_vocab == pytest.approx(math.log(4))
+    assert stats.unigram_entropy == pytest.approx(0.5 * math.log(2) + math.log(3) / 3 + math.log(6) / 6)
+    assert stats.bigram_entropy == pytest.approx(2 / 5 * math.log(2))  # only prev = 1 (2 of 5 pairs) is uncertain
+
+
+def test_corpus_stats_refuses_large_vocab_and_bad_ids():
+    with pytest.raises(ValueError, match=r"V\^2 \* 8 bytes"):
+        corpus_stats(np.zeros(10, dtype=np.int64), vocab_size=8193)
+    with pytest.raises(ValueError, match="0..3"):
+        corpus_stats(np.array([0, 4, 1]), vocab_size=4)
+
+
+@torch.no_grad()
+def test_distribution_probe_matches_loops_over_positions():
+    model = tiny_model()
+    corpus = random_ids((500,), seed=2, high=V - 2).numpy()  # tokens V-2 and V-1 never occur: u = 0 there
+    stats = corpus_stats(corpus, V)
+    idx = random_ids((2, 16), seed=3)
+    idx[0, 4] = V - 1  # an unseen previous token: its bigram row is u
+    result = distribution_probe(model, idx, stats)
+
+    def kl_loop(p: list[float], q: list[float]) -> float:
+        return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True) if a > 0)
+
+    logits = model(idx)
+    u = stats.unigram.tolist()
+    p_sum, m2, m3, ent, n = [0.0] * V, 0.0, 0.0, 0.0, 0
+    for b in range(2):
+        for t in range(16):
+            p = torch.softmax(logits[b, t].double(), -1).tolist()
+            p_sum = [s + a for s, a in zip(p_sum, p, strict=True)]
+            m2 += kl_loop(u, p)
+            m3 += kl_loop(stats.bigram[idx[b, t]].tolist(), p)
+            ent -= sum(a * math.log(a) for a in p)
+            n += 1
+    assert result["M1"] == pytest.approx(kl_loop(u, [s / n for s in p_sum]), rel=1e-6)
+    assert result["M2"] == pytest.approx(m2 / n, rel=1e-6)
+    assert result["M3"] == pytest.approx(m3 / n, rel=1e-6)
+    assert result["entropy"] == pytest.approx(ent / n, rel=1e-6)
+    assert result["M1"] < result["M2"]  # KL is convex: KL(u || mean p) <= mean KL(u || p)
+    assert result["log_vocab"] == pytest.approx(math.log(V))
+    assert result["unigram_entropy"] == stats.unigram_entropy
+    assert result["bigram_entropy"] == stats.bigram_entropy
+
+
+# ----------------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("variant", [{}, {"attention": "softmax1", "window": 5}, {"sharing": "all"}])
+@torch.no_grad()
+def test_attention_stats_match_loops(variant):
+    model, idx = tiny_model(**variant), random_ids((2, 16), seed=4)
+    window = variant.get("window", 16)
+    stats = attention_stats(model, idx)
+    with capture(model, "attn.0", "attn.1") as seen:
+        model(idx)
+    assert [s["block"] for s in stats] == model.order
+    for d, per_depth in enumerate(stats):
+        w = seen[f"attn.{d}"].double()
+        for h in range(4):
+            sums, ents, ratios, sinks = [], [], [], []
+            for b in range(2):
+                for i in range(16):
+                    row = w[b, h, i, max(0, i - window + 1) : i + 1].tolist()  # the visible keys
+                    total = sum(row)
+                    e = -sum(a / total * math.log(a / total) for a in row if a > 0)
+                    sums.append(total)
+                    ents.append(e)
+                    if len(row) >= 2:
+                        ratios.append(e / math.log(len(row)))
+                    if i >= 1:
+                        sinks.append(w[b, h, i, 0].item() > 0.3)
+            assert per_depth["row_sum"][h] == pytest.approx(np.mean(sums), rel=1e-9)
+            assert per_depth["entropy"][h] == pytest.approx(np.mean(ents), rel=1e-9)
+            assert per_depth["entropy_ratio"][h] == pytest.approx(np.mean(ratios), rel=1e-9)
+            assert per_depth["sink_fraction"][h] == pytest.approx(np.mean(sinks), rel=1e-9)
+        if variant.get("attention") == "softmax1":
+            assert (per_depth["row_sum"] < 1).all()  # a softmax1 head may attend to nothing
+        else:
+            np.testing.assert_allclose(per_depth["row_sum"], 1.0, rtol=1e-6)
+        assert (per_depth["entropy_ratio"] > 0).all() and (per_depth["entropy_ratio"] <= 1 + 1e-9).all()
+    assert any(s["sink_fraction"].sum() > 0 for s in stats)  # the sink comparison is not vacuous
+
+
+# --------------------------------------------------------------------------------------- shape
+
+
+def test_kl_js_entropy_on_hand_built_distributions():
+    p = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    q = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64)
+    assert kl(p, q).item() == pytest.approx(math.log(2))
+    assert kl(q, p).item() == math.inf  # q puts mass where p has none
+    assert kl(p, p).item() == 0.0
+    assert js(p, q).item() == pytest.approx(0.75 * math.log(4 / 3))
+    assert js(q, p).item() == pytest.approx(js(p, q).item())
+    assert entropy(p).item() == pytest.approx(math.log(2))
+    both = torch.stack((p, q))  # (2, 3)
+    np.testing.assert_allclose(kl(both[:, None], both[None, :]).numpy(), [[0, math.log(2)], [math.inf, 0]])
+
+
+class BigramModel(nn.Module):
+    """A hand-built distribution: the prediction after any context is table[last token]."""
+
+    def __init__(self, table: list[list[float]]):
+        super().__init__()
+        self.log_table = nn.Parameter(torch.tensor(table).log())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.log_table[idx]  # (B, T, V)
+
+
+TABLE = [[0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.7, 0.1, 0.1, 0.1]]
+
+
+def test_shape_metrics_on_hand_built_distribution():
+    # prompts: 0 = empty (token 0), 1 = [1], 2 = [2], 3 = [0], the same as the empty prompt
+    m = shape_metrics(BigramModel(TABLE), [[1], [2], [0]], continuation=[3, 0], empty_id=0)
+    np.testing.assert_array_equal(m["targets"], [3, 0])
+    # y_1 = 3 is read from table[prompt]; y_2 = 0 from table[3] whatever the prompt
+    np.testing.assert_allclose(m["log_prob"], np.log([[0.25, 0.7], [0.4, 0.7], [0.1, 0.7], [0.25, 0.7]]), rtol=1e-6)
+    h = [-sum(a * math.log(a) for a in row) for row in TABLE]
+    np.testing.assert_allclose(m["entropy"], [[h[0], h[3]], [h[1], h[3]], [h[2], h[3]], [h[0], h[3]]], rtol=1e-6)
+
+    kl_12 = sum(a * math.log(a / b) for a, b in zip(TABLE[1], TABLE[2], strict=True))
+    assert m["kl"][1, 2, 0] == pytest.approx(kl_12, rel=1e-6)
+    np.testing.assert_allclose(m["kl"][:, :, 1], 0.0, atol=1e-12)  # the prompt no longer matters at y_2
+    np.testing.assert_allclose(m["kl"][0, 3], 0.0, atol=1e-12)  # identical prompts
+    np.testing.assert_allclose(np.diagonal(m["kl"]), 0.0, atol=1e-12)
+    mix = [(a + b) / 2 for a, b in zip(TABLE[1], TABLE[2], strict=True)]
+    js_12 = sum(a * math.log(a / c) + b * math.log(b / c) for a, b, c in zip(TABLE[1], TABLE[2], mix, strict=True))
+    assert m["js"][1, 2, 0] == pytest.approx(js_12 / 2, rel=1e-6)
+    np.testing.assert_allclose(m["js"], m["js"].transpose(1, 0, 2), atol=1e-12)
+
+    np.testing.assert_allclose(m["log_prob_shift"][1, 2], [math.log(4), 0.0], atol=1e-6)
+    assert m["log_prob_shift_total"][1, 2] == pytest.approx(math.log(4), rel=1e-6)
+    assert m["log_prob_shift_total"][2, 1] == pytest.approx(-math.log(4), rel=1e-6)
+    np.testing.assert_allclose(m["pmi"][1], [math.log(0.4 / 0.25), 0.0], atol=1e-6)
+    np.testing.assert_allclose(m["pmi"][[0, 3]], 0.0, atol=1e-12)  # the prompt equals the empty prompt
+
+
+def test_shape_metrics_without_empty_id_start_at_the_second_token():
+    m = shape_metrics(BigramModel(TABLE), [[1], [2]], continuation=[3, 0, 1])
+    np.testing.assert_array_equal(m["targets"], [0, 1])  # y_1 = 3 is the empty prompt and follows every prompt
+    np.testing.assert_allclose(m["log_prob"], np.log([[0.7, 0.25]] * 3), rtol=1e-6)
+    np.testing.assert_allclose(m["kl"], 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="2 tokens"):
+        shape_metrics(BigramModel(TABLE), [[1]], continuation=[3])
+
+
+@torch.no_grad()
+def test_shape_metrics_on_gpt_match_a_loop():
+    model, eos, y = tiny_model(), V - 1, [1, 2, 3, 4]
+    prompts = [[5, 6, 7], [5, 6, 7], [eos], [8]]
+    m = shape_metrics(model, prompts, y, empty_id=eos)
+    contexts = [[eos], *prompts]
+    dists = [[torch.softmax(model(torch.tensor([c + y[:t]]))[0, -1].double(), -1) for t in range(4)]
+             for c in contexts]
+    for k in range(5):
+        for t in range(4):
+            assert m["log_prob"][k, t] == pytest.approx(math.log(dists[k][t][y[t]].item()), rel=1e-5)
+            expected_kl = sum(a * math.log(a / b) for a, b in zip(dists[k][t].tolist(), dists[4][t].tolist(),
+                                                                  strict=True))
+            assert m["kl"][k, 4, t] == pytest.approx(expected_kl, rel=1e-4, abs=1e-9)
+    np.testing.assert_allclose(m["kl"][1, 2], 0.0, atol=1e-9)  # identical prompts
+    np.testing.assert_allclose(m["pmi"][3], 0.0, atol=1e-9)  # the prompt is the empty prompt
+    assert (m["kl"][1, 4] > 0).all()
+    np.testing.assert_allclose(m["js"], m["js"].transpose(1, 0, 2), atol=1e-12)
+    np.testing.assert_allclose(m["log_prob_shift_total"], m["log_prob"].sum(1)[:, None] - m["log_prob"].sum(1)[None],
+                               atol=1e-9)
