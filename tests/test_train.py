@@ -66,7 +66,7 @@ Trainer(cfg, sys.argv[1], callbacks=default_callbacks(cfg) + [KillAt()]).fit()
 def test_exact_resume_after_sigkill(tmp_path):
     # dropout on, so the torch RNG state must be restored too; grad accumulation on
     words = tiny_overrides(train__steps=40, train__checkpoint_every=8, train__eval_every=20, model__dropout=0.1,
-                           train__grad_accum=2, data__doc_aligned="true")
+                           train__grad_accum=2, data__doc_aligned="true", logging__probe_every=16)
     Trainer(load_config("tiny", words), tmp_path / "straight").fit()
 
     script = tmp_path / "killed.py"
@@ -84,6 +84,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert [m["step"] for m in resumed] == list(range(1, 41))
     for a, b in zip(straight, resumed, strict=True):
         assert (a["loss"], a["grad_norm"], a.get("val_loss")) == (b["loss"], b["grad_norm"], b.get("val_loss"))
+    probes = [(tmp_path / run / "probes.jsonl").read_text() for run in ("straight", "killed")]
+    assert probes[0] == probes[1] and probes[0].count("\n") == 8  # 0, 1, 2, 4, 8, 16, 32, 40
     w1, _ = load_checkpoint(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1][1])
     w2, _ = load_checkpoint(list_checkpoints(tmp_path / "killed" / "checkpoints")[-1][1])
     assert all(torch.equal(w1[k], w2[k]) for k in w1)

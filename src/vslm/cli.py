@@ -89,6 +89,13 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(a: argparse.Namespace) -> int:
+    from vslm.train.probing import probe_snapshots
+
+    print(probe_snapshots(Path(a.run), Path(a.out) if a.out else None))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from vslm.demo import run_demo
 
@@ -153,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("probe", help="run the training-dynamics probes over a run's snapshots")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="output file (default RUN/probes-snapshots.jsonl)")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("demo", help="train a ~1M-parameter model on the embedded stories and show what it learned")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo config")

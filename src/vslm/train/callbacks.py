@@ -48,7 +48,7 @@ class MetricsLog(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         path = trainer.run_dir / METRICS
         lines = path.read_text().splitlines() if path.exists() else []
-        kept = [ln for ln in lines if _step_of(ln) <= trainer.step]  # a line cut by a kill is dropped too
+        kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # a line cut by a kill is dropped too
         path.write_text("".join(ln + "\n" for ln in kept))
         self.file = path.open("a", buffering=1)
 
@@ -60,7 +60,8 @@ class MetricsLog(Callback):
         self.file.close()
 
 
-def _step_of(line: str) -> float:
+def step_of_line(line: str) -> float:
+    """The step of a JSON line; infinity for a line cut short (so a resume drops it)."""
     try:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
@@ -183,12 +184,16 @@ class WeightDiagnostics(Callback):
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
-    checkpoints, snapshots (if on) and the progress bar (if on)."""
+    checkpoints, snapshots (if on), probes (if on) and the progress bar (if on)."""
     every = cfg.logging.diagnostics_every
     callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
     callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
     if cfg.train.snapshots:
         callbacks.append(Snapshots())
+    if cfg.logging.probe_every:
+        from vslm.train.probing import ProbeCallback  # probing builds on this module
+
+        callbacks.append(ProbeCallback(cfg.logging.probe_every))
     if cfg.logging.progress:
         callbacks.append(ProgressBar())
     return callbacks

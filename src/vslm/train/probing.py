@@ -1,0 +1,148 @@
+"""Probes during training and over a finished run's snapshots, written to `probes.jsonl`.
+
+Each line is one probe step on the run's fixed probe set (the same windows and random sequences at
+every step and for every run with the same data and context):
+
+    {"step": 64,
+     "position_loss": [T - 1 floats],          loss by token position (vslm.probes.position_loss)
+     "icl_score": float, "icl_label": "olsson" | "short-context",
+     "induction": {"loss_first", "loss_second", "prefix_matching": [[per head] per depth]},
+     "distribution": {"M1", "M2", "M3", "entropy", "log_vocab", "unigram_entropy", "bigram_entropy"},
+     "attention": [{"block", "row_sum", "entropy", "entropy_ratio", "sink_fraction"} per depth]}
+
+Cadence: steps 0, 1, 2, 4, 8, ... below `logging.probe_every` (K), then every K steps, and the last.
+NaN is written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from vslm.data.batches import fixed_windows
+from vslm.data.shards import Corpus
+from vslm.model import GPT
+from vslm.probes import (
+    CorpusStats,
+    attention_stats,
+    corpus_stats,
+    distribution_probe,
+    icl_score,
+    induction_probe,
+    position_loss,
+)
+from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
+from vslm.train.checkpoint import list_checkpoints, load_checkpoint
+from vslm.train.run_folder import SNAPSHOTS, read_run_config
+
+if TYPE_CHECKING:
+    from vslm.train.trainer import Trainer
+
+PROBES = "probes.jsonl"
+PROBE_SEED = 0
+STATS_TOKENS = 2_000_000  # corpus statistics from the first tokens of the training split
+
+
+@dataclass
+class ProbeSet:
+    windows: torch.Tensor  # (N, T) validation windows
+    stats: CorpusStats
+    vocab_size: int
+    induction_length: int
+    induction_batch: int = 16
+
+
+def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 16) -> ProbeSet:
+    x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
+    stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
+    return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2))
+
+
+@torch.no_grad()
+def run_probes(model: GPT, probes: ProbeSet) -> dict:
+    """Every probe on the probe set, as plain JSON-ready values. Leaves the model's mode as it was."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    idx = probes.windows.to(device)
+    curve = position_loss(model, idx)
+    score, label = icl_score(curve) if len(curve) >= 10 else (math.nan, "too-short")
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    out = {
+        "position_loss": curve,
+        "icl_score": score,
+        "icl_label": label,
+        "induction": induction_probe(model, probes.vocab_size, probes.induction_length, probes.induction_batch,
+                                     generator),
+        "distribution": distribution_probe(model, idx, probes.stats),
+        "attention": attention_stats(model, idx),
+    }
+    model.train(was_training)
+    return _plain(out)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, float | np.floating):
+        return None if math.isnan(obj) else round(float(obj), 6)
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+def probe_due(step: int, every: int, last: int) -> bool:
+    return (step < every and is_log_spaced(step)) or step % every == 0 or step == last
+
+
+class ProbeCallback(Callback):
+    """Runs the probes at the probe cadence and appends them to probes.jsonl."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size)
+        path = trainer.run_dir / PROBES
+        lines = path.read_text().splitlines() if path.exists() else []
+        path.write_text("".join(ln + "\n" for ln in lines if step_of_line(ln) <= trainer.step))  # resume
+        self.file = path.open("a", buffering=1)
+        if trainer.step == 0:
+            self._write(trainer.step, trainer.model)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if probe_due(trainer.step, self.every, trainer.cfg.train.steps):
+            self._write(trainer.step, trainer.model)
+
+    def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.file.close()
+
+    def _write(self, step: int, model: GPT) -> None:
+        self.file.write(json.dumps({"step": step, **run_probes(model, self.probes)}) + "\n")
+
+
+def probe_snapshots(run_dir: Path, out: Path | None = None) -> Path:
+    """The probes over a finished run's snapshots (steps 0, 1, 2, 4, ...), written to
+    `probes-snapshots.jsonl` (or `out`): a study redone without retraining."""
+    from vslm.data.shards import prepare_corpus
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    probes = build_probe_set(prepare_corpus(cfg.data), cfg.model.context, cfg.model.vocab_size)
+    model = GPT(cfg.model)
+    out = out or run_dir / "probes-snapshots.jsonl"
+    lines = []
+    for step, path in list_checkpoints(run_dir / SNAPSHOTS):
+        weights, _ = load_checkpoint(path)
+        model.load_state_dict(weights)
+        lines.append(json.dumps({"step": step, **run_probes(model, probes)}))
+    out.write_text("".join(ln + "\n" for ln in lines))
+    return out
