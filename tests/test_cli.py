@@ -23,6 +23,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert re.search(r"^test: setup\n\t\$\(BIN\)/python -m pytest -q$", makefile, re.M)
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci.splitlines()
+    assert re.search(r"^bash scripts/ci-setup.sh", ci, re.M)
 
 
 def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
@@ -31,12 +32,13 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
                  "logging.sample_tokens=20", "train.checkpoint_every=3"])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.strip().splitlines()[-1] == str(Path("runs") / "demo")
-    assert "What it learned" in out and "sample 3" in out and "parameters" in out
+    assert out.strip().splitlines()[-1] == str(Path("runs") / "demo" / "report.html")
+    assert "What it learned" in out and "sample 3" in out and "parameters" in out and "In-context learning" in out
+    assert (tmp_path / "runs" / "demo" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "runs" / "demo" / "checkpoints" / "step_00000006.safetensors").is_file()
     # a second demo never overwrites the first
     main(["demo", "train.steps=2", "train.eval_windows=8", "data.max_bytes=100000", "logging.sample_tokens=5"])
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(Path("runs") / "demo-2")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(Path("runs") / "demo-2" / "report.html")
 
 
 def test_configs_and_describe_commands():

@@ -96,6 +96,20 @@ def cmd_probe(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from vslm.report import write_report
+
+    print(write_report(Path(a.run)))
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from vslm.report import compare_runs
+
+    print(compare_runs([Path(r) for r in a.runs], Path(a.out)))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from vslm.demo import run_demo
 
@@ -165,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--out", help="output file (default RUN/probes-snapshots.jsonl)")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="overlay several runs' curves in one HTML page")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--out", default=str(Path("runs") / "compare.html"), help="output file (default runs/compare.html)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="train a ~1M-parameter model on the embedded stories and show what it learned")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo config")

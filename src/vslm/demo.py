@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.config import load_config
+from vslm.report import write_report
+from vslm.train.probing import PROBES
 from vslm.train.run_folder import METRICS
 from vslm.train.sampling import sample_text
 from vslm.train.trainer import Trainer
@@ -77,13 +79,23 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
         f"Final: validation loss {final['val_loss']:.3f} nats/char = {final['val_bpb']:.3f} bits per byte; "
         f"trained in {trainer.train_time_s:.0f} s at {final['tokens'] / trainer.train_time_s:,.0f} tokens/s",
         highlight=False)
-    for i, text in enumerate(sample_text(trainer.model, corpus.tokenizer, num=cfg.logging.samples,
-                                         tokens=cfg.logging.sample_tokens)):
+    probes = [json.loads(ln) for ln in (out / PROBES).read_text().splitlines()] if (out / PROBES).exists() else []
+    if probes:
+        first, last = probes[0], probes[-1]
+        console.print(
+            f"In-context learning ({last['icl_label']} score, loss late in the window minus early; negative = "
+            f"the model uses context): {first['icl_score']:+.3f} at step 0 -> {last['icl_score']:+.3f} at step "
+            f"{last['step']}. Induction probe (a random sequence repeated): loss on the repeat "
+            f"{last['induction']['loss_second']:.2f} vs {last['induction']['loss_first']:.2f} on the first copy.",
+            highlight=False)
+    texts = sample_text(trainer.model, corpus.tokenizer, num=cfg.logging.samples, tokens=cfg.logging.sample_tokens)
+    (out / "samples.txt").write_text("\n\n----\n\n".join(texts) + "\n", encoding="utf-8")
+    for i, text in enumerate(texts):
         console.rule(f"sample {i + 1} (temperature 0.8)")
         console.print(text, markup=False, highlight=False)
     console.rule()
-    console.print(f"Next: vslm sample {out} --prompt \"Once upon a time\"   |   metrics in {out / METRICS}",
-                  highlight=False)
-    console.print("Run folder:", highlight=False)
-    print(out)
-    return out
+    report = write_report(out)
+    console.print(f"Next: vslm sample {out} --prompt \"Once upon a time\"   |   run folder {out}", highlight=False)
+    console.print("Report (loss curves, loss by position over training, probes, samples):", highlight=False)
+    print(report)
+    return report

@@ -2,6 +2,7 @@
 
     runs/<name>/
       config.toml        the resolved config
+      summary.json       parameters, FLOPs per token, device, tokenizer and corpus sizes
       tokenizer.json     the tokenizer
       metrics.jsonl      one JSON object per logged step ({"step", "loss", ...}; eval adds "val_loss")
       checkpoints/       step_NNNNNNNN.safetensors, the last `keep_last`, full training state
@@ -26,6 +27,7 @@ from vslm.train.checkpoint import list_checkpoints, load_checkpoint
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
+SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"

@@ -12,6 +12,7 @@ computes bit for bit the losses the uninterrupted run computes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.callbacks import Callback, Checkpointer, default_callbacks
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
 from vslm.train.optim import build_optimizer, lr_at
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, RunLock, device_of, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, RunLock, device_of, read_run_config
 
 VAL_SEED = 0  # the validation windows are the same for every training seed
 
@@ -152,6 +153,10 @@ class Trainer:
                                     "or --out to train into another folder")
             self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
         save_config(self.cfg, self.run_dir / CONFIG)
+        summary = {"params": self.params, "flops_per_token": self.flops_per_token, "device": str(self.device),
+                   "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
+                   "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
+        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
 
     def _loop(self) -> dict:
         tc, log = self.cfg.train, self.cfg.logging

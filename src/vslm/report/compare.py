@@ -1,0 +1,66 @@
+"""Several runs on one page: their loss curves, ICL score and M1 overlaid, and a table of final numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from vslm.errors import VSLMError
+from vslm.report import figures
+from vslm.report.html import figure, number, page, section, table
+from vslm.report.runs import RunFiles, read_run
+
+COMPARE = Path("runs") / "compare.html"
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path = COMPARE) -> Path:
+    """Write the comparison of `run_dirs` to `out` (a self-contained HTML file); returns `out`."""
+    if not run_dirs:
+        raise VSLMError("compare needs at least one run folder")
+    runs = [read_run(Path(d)) for d in run_dirs]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(runs), encoding="utf-8")
+    return out
+
+
+def run_labels(folders: Sequence[Path]) -> list[str]:
+    """Short distinct names: the folder's name, or more of its path where names repeat (experiments'
+    `variant/seed-0` folders all end in `seed-0`)."""
+    parts = [Path(f).resolve().parts for f in folders]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in folders]  # the same folder given twice: nothing shorter tells them apart
+
+
+def render(runs: list[RunFiles]) -> str:
+    labels = run_labels([r.folder for r in runs])
+    rows = []
+    for run, label in zip(runs, labels, strict=True):
+        steps = run.metrics[-1]["step"] if run.metrics else None
+        params = run.summary.get("params")
+        rows.append([escape(label), number(steps), number(int(params) if isinstance(params, int | float) else None),
+                     *(number(run.final(key)) for key in ("loss", "val_loss", "val_bpb"))])
+    sections = [section("runs", "Runs", table(["run", "steps", "params", "loss", "val_loss", "val_bpb"], rows))]
+    if any(run.series("loss")[1].size for run in runs):
+        sections.append(section("loss", "Loss", figure(
+            figures.compare_loss(runs, labels), "loss curves",
+            "Training loss (lines) and validation loss (dashed, dots), one colour per run. Compare validation "
+            "loss at equal steps; loss per token is comparable only between runs with the same tokenizer "
+            "(use val_bpb in the table otherwise).")))
+    if any(np.isfinite(run.probe_values("icl_score")).any() for run in runs):
+        sections.append(section("icl", "In-context learning score", figure(
+            figures.compare_probe(runs, labels, ("icl_score",), "ICL score (nats)"), "ICL scores",
+            "Loss late in the context minus loss early (short context: loss[T-1] - loss[T/10]); lower means "
+            "more use of context. Compare when and how far each run's score drops.")))
+    if any(np.isfinite(run.probe_values("distribution", "M1")).any() for run in runs):
+        sections.append(section("m1", "M1: distance from the unigram", figure(
+            figures.compare_probe(runs, labels, ("distribution", "M1"), "M1 = KL(u || mean p) (nats)"), "M1",
+            "KL from the corpus unigram to the model's mean prediction. Every run should fall to near 0 "
+            "within the first few hundred steps; a run that stays high has not learned token frequencies.")))
+    return page(f"VSLM comparison of {len(runs)} runs", ", ".join(str(r.folder) for r in runs), sections)

@@ -1,0 +1,312 @@
+"""The report's figures, drawn from a run's files with matplotlib and returned as base64 PNG.
+
+Figures are built as `matplotlib.figure.Figure` objects, never through pyplot: no global state and no
+GUI backend, so drawing works headless, in threads and in tests (PNG output goes through Agg).
+Probe figures put the step on a log(1 + step) axis: probes are log-spaced (0, 1, 2, 4, ...), and
+the early steps are where the distribution and context curves change most.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from vslm.report.runs import RunFiles
+
+WIDTH = 9.0  # inches: 900 pixels at DPI, about the width of the page's column
+DPI = 100
+CURVES = 6  # loss-by-position curves drawn for this many probe steps
+
+
+def png_base64(fig: Figure) -> str:
+    """The figure as base64 PNG, for an <img src="data:image/png;base64,..."> that needs no file beside the page."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(columns: int = 1, height: float = 3.6) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(WIDTH, height), layout="constrained")
+    return fig, list(fig.subplots(1, columns, squeeze=False)[0])
+
+
+def _log_steps(ax: Axes, max_step: float, axis: str = "x") -> None:
+    """A log(1 + step) axis labelled with plain steps 0, 1, 2, 5, 10, 20, 50, ...: step 0 stays on it."""
+    max_step = max(max_step, 1.0)  # a run probed at step 0 only still gets a non-empty axis
+    getattr(ax, f"set_{axis}scale")("function", functions=(np.log1p, np.expm1))
+    _plain_ticks(getattr(ax, f"{axis}axis"), [0.0, *_round_numbers(max_step)])
+    pad = 0.04 * math.log1p(max_step)  # a margin set in log space: the linear default can reach step -1
+    getattr(ax, f"set_{axis}lim")(math.expm1(-pad), math.expm1(math.log1p(max_step) + pad))
+
+
+def _round_numbers(top: float) -> list[float]:
+    """1, 2, 5, 10, 20, ... up to `top`, and `top` itself (the last step, the context), never crowding it."""
+    ticks = [m * 10.0**k for k in range(int(math.log10(max(top, 1))) + 1) for m in (1, 2, 5)]
+    return [t for t in ticks if t <= top / 1.25] + [top]
+
+
+def _plain_ticks(axis: Axis, ticks: list[float]) -> None:
+    """Ticks at exactly these values, written as plain numbers (not 10^1) and without minor ticks."""
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _reference(ax: Axes, level: float, label: str, color: str) -> None:
+    if math.isfinite(level):
+        ax.axhline(level, color=color, linestyle="--", linewidth=1, label=f"{label} = {level:.3f}")
+
+
+def _last_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if len(finite) else math.nan
+
+
+def loss_figure(run: RunFiles) -> Figure:
+    """Training loss at every logged step, validation loss at eval steps, bits per byte on the right axis."""
+    fig, (ax,) = _figure()
+    steps, loss = run.series("loss")
+    ax.plot(steps, loss, color="C0", linewidth=1, label="train loss")
+    val_steps, val = run.series("val_loss")
+    if len(val):
+        ax.plot(val_steps, val, "o-", color="C3", markersize=4, label="val loss")
+    bpb = run.series("val_bpb")[1]
+    if len(bpb) and len(val) and val[-1] > 0:
+        per_nat = bpb[-1] / val[-1]  # bits per byte per nat per token: a constant of the tokenizer and corpus
+        right = ax.secondary_yaxis("right", functions=(lambda y: y * per_nat, lambda b: b / per_nat))
+        right.set_ylabel("bits per byte")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def _position_matrix(run: RunFiles) -> np.ndarray:
+    """(probe steps, positions) loss matrix; NaN where a probe wrote null."""
+    width = max(len(p.get("position_loss") or []) for p in run.probes)
+    matrix = np.full((len(run.probes), width), np.nan)
+    for i, p in enumerate(run.probes):
+        row = [math.nan if v is None else v for v in p.get("position_loss") or []]
+        matrix[i, : len(row)] = row
+    return matrix
+
+
+def has_position_loss(run: RunFiles) -> bool:
+    return any(p.get("position_loss") for p in run.probes)
+
+
+def position_heatmap(run: RunFiles) -> Figure:
+    """Loss by position (x) at each probe step (y, log-scaled): RESEARCH.md section 1's steps x positions matrix."""
+    matrix = _position_matrix(run)
+    steps = run.probe_steps
+    # Row edges halfway between probe steps in log(1 + step), so each row is a band around its step.
+    centers = np.log1p(steps)
+    gaps = np.diff(centers) if len(centers) > 1 else np.array([1.0])
+    edges = np.concatenate([[centers[0] - gaps[0] / 2], centers[:-1] + gaps / 2, [centers[-1] + gaps[-1] / 2]])
+    positions = np.arange(matrix.shape[1] + 1) + 0.5  # position t (1 .. T-1 tokens of context) spans t +- 0.5
+    fig, (ax,) = _figure(height=4.2)
+    mesh = ax.pcolormesh(positions, np.expm1(edges), matrix, cmap="viridis", shading="flat")
+    _log_steps(ax, steps[-1], axis="y")
+    ax.set_ylim(np.expm1(edges[0]), np.expm1(edges[-1]))
+    ax.set_xlabel("position (tokens of context)")
+    ax.set_ylabel("training step")
+    fig.colorbar(mesh, ax=ax, label="loss (nats)")
+    return fig
+
+
+def position_curves(run: RunFiles) -> Figure:
+    """Loss against position (log x) at a few probe steps spread evenly in log(step), with ln V for reference."""
+    matrix = _position_matrix(run)
+    picks = np.unique(np.round(np.geomspace(1, len(run.probes), min(CURVES, len(run.probes)))).astype(int) - 1)
+    fig, (ax,) = _figure()
+    positions = np.arange(1, matrix.shape[1] + 1)
+    for n, i in enumerate(picks):
+        ax.plot(positions, matrix[i], color=_viridis(n, len(picks)), label=f"step {run.probe_steps[i]:,.0f}")
+    _reference(ax, _last_finite(run.probe_values("distribution", "log_vocab")), "ln V", "grey")
+    ax.set_xscale("log")
+    _plain_ticks(ax.xaxis, _round_numbers(float(positions[-1])))
+    ax.set_xlabel("position (tokens of context, log scale)")
+    ax.set_ylabel("loss (nats)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _viridis(n: int, count: int) -> tuple[float, float, float, float]:
+    """The n-th of `count` colours from dark to light: early steps dark, late steps light."""
+    return colormaps["viridis"](0.9 * n / max(count - 1, 1))
+
+
+def icl_label(run: RunFiles) -> str:
+    labels = [p.get("icl_label") for p in run.probes if p.get("icl_label")]
+    return labels[-1] if labels else ""
+
+
+def icl_figure(run: RunFiles) -> Figure:
+    """The in-context-learning score over training; below 0 the model does better late in the context."""
+    fig, (ax,) = _figure()
+    steps, score = run.probe_steps, run.probe_values("icl_score")
+    ax.plot(steps, score, "o-", color="C2", markersize=3, label=_icl_name(icl_label(run)))
+    ax.axhline(0, color="grey", linewidth=1)
+    _log_steps(ax, steps[-1])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("ICL score (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def _icl_name(label: str) -> str:
+    if label == "short-context":
+        return "ICL score, short context: loss[T-1] - loss[T/10]"
+    return "ICL score: loss at token 500 - mean loss at token 50"
+
+
+def distribution_figure(run: RunFiles) -> Figure:
+    """Left: M1, M2, M3 (KL from the unigram / bigram). Right: the probe loss against ln V, H(unigram), H(bigram)."""
+    fig, (left, right) = _figure(columns=2)
+    steps = run.probe_steps
+    for key, label in (("M1", "M1 = KL(u || mean p)"), ("M2", "M2 = mean KL(u || p)"), ("M3", "M3 = mean KL(b || p)")):
+        left.plot(steps, run.probe_values("distribution", key), "o-", markersize=3, label=label)
+    left.set_ylabel("KL (nats)")
+    loss = np.array([np.nanmean(_floats(p.get("position_loss"))) for p in run.probes])
+    right.plot(steps, loss, "o-", color="C0", markersize=3, label="probe loss")
+    _reference(right, _last_finite(run.probe_values("distribution", "log_vocab")), "ln V", "grey")
+    _reference(right, _last_finite(run.probe_values("distribution", "unigram_entropy")), "H(unigram)", "C1")
+    _reference(right, _last_finite(run.probe_values("distribution", "bigram_entropy")), "H(bigram)", "C2")
+    right.set_ylabel("loss (nats)")
+    for ax in (left, right):
+        _log_steps(ax, steps[-1])
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _floats(values: list | None) -> np.ndarray:
+    """A probe's list with null (NaN) as NaN; an all-missing list as one NaN so means stay defined."""
+    return np.array([math.nan if v is None else v for v in values or [None]], dtype=float)
+
+
+def has_distribution(run: RunFiles) -> bool:
+    return bool(np.isfinite(run.probe_values("distribution", "M1")).any())
+
+
+def has_induction(run: RunFiles) -> bool:
+    return bool(np.isfinite(run.probe_values("induction", "loss_second")).any())
+
+
+def induction_figure(run: RunFiles) -> Figure:
+    """Left: loss on the first and second copy of a repeated random sequence. Right: max prefix-matching per depth."""
+    fig, (left, right) = _figure(columns=2)
+    steps = run.probe_steps
+    left.plot(steps, run.probe_values("induction", "loss_first"), "o-", markersize=3, label="first copy")
+    left.plot(steps, run.probe_values("induction", "loss_second"), "o-", markersize=3, label="second copy")
+    left.set_ylabel("loss (nats)")
+    depths = max(len((p.get("induction") or {}).get("prefix_matching") or []) for p in run.probes)
+    for d in range(depths):
+        best = []
+        for p in run.probes:
+            heads = ((p.get("induction") or {}).get("prefix_matching") or [])
+            best.append(np.nanmax(_floats(heads[d])) if d < len(heads) and np.isfinite(_floats(heads[d])).any()
+                        else math.nan)
+        right.plot(steps, best, "o-", markersize=3, label=f"depth {d}", color=_viridis(d, depths))
+    right.set_ylabel("max prefix-matching score over heads")
+    for ax in (left, right):
+        _log_steps(ax, steps[-1])
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+ATTENTION_PANELS = {
+    "entropy_ratio": ("entropy / log(visible keys)", "viridis", (0.0, 1.0)),
+    "sink_fraction": ("fraction of queries sinking on token 0", "magma", (0.0, 1.0)),
+    "row_sum": ("total attention weight per query", "cividis", None),
+}
+
+
+def _head_matrix(attention: list[dict], key: str) -> np.ndarray:
+    """(depth, head) matrix of one statistic; NaN-padded where depths have fewer heads (layer-wise scaling)."""
+    rows = [_floats(a.get(key)) for a in attention]
+    matrix = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+    for d, row in enumerate(rows):
+        matrix[d, : len(row)] = row
+    return matrix
+
+
+def attention_panels(attention: list[dict]) -> list[str]:
+    """The statistics worth drawing: row_sum only where some head's weights do not sum to 1 (not softmax)."""
+    panels = ["entropy_ratio", "sink_fraction"]
+    row_sum = _head_matrix(attention, "row_sum")
+    if np.isfinite(row_sum).any() and np.nanmax(np.abs(row_sum - 1)) > 1e-3:
+        panels.append("row_sum")
+    return panels
+
+
+def attention_figure(attention: list[dict]) -> Figure:
+    """Depth x head heat maps of the attention statistics at one probe step, each cell labelled with its value."""
+    panels = attention_panels(attention)
+    heads = max(len(a.get("entropy_ratio") or []) for a in attention)
+    fig, axes = _figure(columns=len(panels), height=1.2 + 0.45 * len(attention) + 0.02 * heads)
+    for ax, key in zip(axes, panels, strict=True):
+        title, cmap, limits = ATTENTION_PANELS[key]
+        matrix = _head_matrix(attention, key)
+        vmin, vmax = limits or (np.nanmin(matrix), np.nanmax(matrix))
+        image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        if matrix.size <= 64:
+            for (d, h), value in np.ndenumerate(matrix):
+                if math.isfinite(value):
+                    dark = (value - vmin) / ((vmax - vmin) or 1) < 0.6
+                    ax.text(h, d, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
+        ax.set_title(f"{key}: {title}", fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_xticks(range(matrix.shape[1]))
+        ax.set_yticks(range(len(attention)), [f"depth {d} (block {a.get('block', '?')})"
+                                              for d, a in enumerate(attention)])
+        fig.colorbar(image, ax=ax, shrink=0.9)
+    return fig
+
+
+def compare_loss(runs: list[RunFiles], labels: list[str]) -> Figure:
+    """Every run's training loss (line) and validation loss (dashed, dots) in one run colour."""
+    fig, (ax,) = _figure(height=4.2)
+    for n, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        steps, loss = run.series("loss")
+        ax.plot(steps, loss, color=f"C{n % 10}", linewidth=1, alpha=0.8, label=f"{label} train")
+        val_steps, val = run.series("val_loss")
+        if len(val):
+            ax.plot(val_steps, val, "o--", color=f"C{n % 10}", markersize=4, label=f"{label} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def compare_probe(runs: list[RunFiles], labels: list[str], path: tuple[str, ...], ylabel: str) -> Figure:
+    """One probe scalar (the ICL score, M1) over training for every run that has it, in the runs' colours."""
+    fig, (ax,) = _figure()
+    last = 1.0
+    for n, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        values = run.probe_values(*path)
+        if np.isfinite(values).any():
+            ax.plot(run.probe_steps, values, "o-", color=f"C{n % 10}", markersize=3, label=label)
+            last = max(last, float(run.probe_steps[-1]))
+    _log_steps(ax, last)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,109 @@
+"""`report.html` of one run folder: its config, loss curves and training-dynamics probes, each section
+present only when the run wrote the file it needs (a run without probes gets the loss section only)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from vslm.report import figures
+from vslm.report.html import figure, number, page, pre, section, table
+from vslm.report.runs import RunFiles, read_run
+
+REPORT = "report.html"
+
+CAPTIONS = {
+    "loss": "Training loss at every logged step and validation loss at each evaluation; the right axis reads "
+            "the same loss in bits per byte, comparable across tokenizers. Look for a steady fall, validation "
+            "close to training (a widening gap is overfitting) and no spikes.",
+    "heatmap": "Loss at each position of the fixed probe windows (x) at each probe step (y, log scale). At step 0 "
+               "a row is flat at about ln V; later rows grow darker from left to right when the model uses "
+               "context, the loss falling with position.",
+    "curves": "Loss by position at a few probe steps (log x). Flat at ln V at step 0, falling with position "
+              "later: the model uses context. A straight fall on the log axis is the power law "
+              "L(t) = L_inf + b t^-c.",
+    "icl": "The in-context-learning score: loss late in the context minus loss early (Olsson et al. 2022). "
+           "Negative means the model uses context. A sudden drop, with a bump in the training loss, marks "
+           "the formation of induction heads.",
+    "distribution": "Left: M1 = KL(unigram || mean prediction), M2 = mean KL(unigram || prediction), "
+                    "M3 = mean KL(bigram || prediction). Expect M1 to fall from about ln V - H(unigram) to "
+                    "near 0 early and stay there, M2 to be U-shaped (lowest when the model predicts the "
+                    "unigram everywhere) and M3 to reach its minimum later. Right: the probe loss should pass "
+                    "H(unigram) before it falls below H(bigram).",
+    "induction": "A random token sequence repeated twice. Left: the first copy cannot be predicted from "
+                 "context (random tokens); once induction heads form, the loss on the second copy collapses. "
+                 "Right: the prefix-matching score (attention from a token of the second copy to the token after "
+                 "its first occurrence) of the best head at each depth; a head far above the rest is an "
+                 "induction head.",
+    "attention": "Per depth and head: entropy_ratio = attention entropy / log(visible keys), 1 spread evenly "
+                 "over what the query can see, 0 on one key; sink_fraction = share of queries putting more "
+                 "than 0.3 of their weight on token 0 (attention sinks). Look for focused heads (low ratio) "
+                 "and sinks forming in later depths.",
+    "row_sum": " row_sum = total weight a query hands out: 1 for softmax, less for softmax1, Z^(1-gamma) for "
+               "power attention.",
+}
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Draw the run's report from its files alone and write it to RUN/report.html; returns that path."""
+    run = read_run(Path(run_dir))
+    out = run.folder / REPORT
+    out.write_text(render(run), encoding="utf-8")
+    return out
+
+
+def render(run: RunFiles) -> str:
+    sections = [_config_section(run)]
+    if run.series("loss")[1].size:
+        sections.append(section("loss", "Loss", figure(figures.loss_figure(run), "loss curves", CAPTIONS["loss"])))
+    if run.probes:
+        sections += _probe_sections(run)
+    if run.samples.strip():
+        sections.append(section("samples", "Samples", pre(run.samples)))
+    description = run.config.get("description", "")
+    subtitle = f"{run.folder}" + (f": {description}" if description else "")
+    return page(f"VSLM report: {run.name}", subtitle, sections)
+
+
+def _config_section(run: RunFiles) -> tuple[str, str, str]:
+    """Final numbers, parameters and FLOPs per token (from summary.json when the run has one), and the config."""
+    rows = [["steps trained", number(run.metrics[-1]["step"])]] if run.metrics else []
+    rows += [[key, number(run.final(key))] for key in ("loss", "val_loss", "val_bpb")]
+    tokens, seconds = run.final("tokens"), run.final("train_time_s")
+    if math.isfinite(tokens):
+        rows.append(["tokens", number(int(tokens))])
+    if math.isfinite(seconds):
+        rows.append(["training time (s)", number(seconds, 1)])
+    for key in ("params", "flops_per_token"):
+        if isinstance(run.summary.get(key), int | float):
+            rows.append([key.replace("_", " "), number(int(run.summary[key]))])
+    return section("config", "Run and config", table(["", "value"], rows),
+                   "<details><summary>resolved config.toml</summary>" + pre(run.config_text) + "</details>")
+
+
+def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
+    out = []
+    if figures.has_position_loss(run):
+        out.append(section("position", "Loss by position over training",
+                           figure(figures.position_heatmap(run), "position-loss heat map", CAPTIONS["heatmap"]),
+                           figure(figures.position_curves(run), "loss-by-position curves", CAPTIONS["curves"])))
+    if any(p.get("icl_score") is not None for p in run.probes):
+        label = figures.icl_label(run)
+        note = " Short context (under 512 tokens): the score is loss[T-1] - loss[T/10]." if (
+            label == "short-context") else ""
+        out.append(section("icl", "In-context learning score" + (" (short context)" if note else ""),
+                           figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note)))
+    if figures.has_distribution(run):
+        out.append(section("distribution", "Unigram and bigram stage",
+                           figure(figures.distribution_figure(run), "M1 M2 M3 and loss", CAPTIONS["distribution"])))
+    if figures.has_induction(run):
+        out.append(section("induction", "Induction",
+                           figure(figures.induction_figure(run), "induction probe", CAPTIONS["induction"])))
+    last = next((p for p in reversed(run.probes) if p.get("attention")), None)
+    if last is not None:
+        caption = f"At step {last['step']:,}. " + CAPTIONS["attention"]
+        if "row_sum" in figures.attention_panels(last["attention"]):
+            caption += CAPTIONS["row_sum"]
+        out.append(section("attention", "Attention at the last probe step",
+                           figure(figures.attention_figure(last["attention"]), "attention statistics", caption)))
+    return out

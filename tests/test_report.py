@@ -1,0 +1,184 @@
+"""Reports: the sections a run's files call for, embedded images that decode, the comparison page, the
+CLI, and the page as a real browser (headless Chromium) renders it."""
+
+import ast
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_overrides
+from vslm.cli import main
+from vslm.config import load_config
+from vslm.report import compare_runs, write_report
+from vslm.report.compare import run_labels
+from vslm.train.trainer import Trainer
+
+CHROMIUM = Path("/usr/bin/chromium")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PROBE_SECTIONS = ["position", "icl", "distribution", "induction", "attention"]
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory) -> Path:
+    """A 20-step tiny run with probes at 0, 1, 2, 4, 8, 16, 20, and samples as `vslm train` writes them."""
+    folder = tmp_path_factory.mktemp("report") / "probed"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=20, logging__probe_every=8)), folder).fit()
+    (folder / "samples.txt").write_text("Once upon a time <b>Tom</b> & Sue\n\n----\n\nthe end\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def plain_run(probed_run, tmp_path) -> Path:
+    """The same run as one trained without probes: only its config and metrics."""
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for name in ("config.toml", "metrics.jsonl"):
+        shutil.copy(probed_run / name, folder / name)
+    return folder
+
+
+def images(html: str) -> list[bytes]:
+    """Every embedded image, decoded; fails on anything that is not strict base64."""
+    return [base64.b64decode(data, validate=True) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def section_ids(html: str) -> list[str]:
+    return re.findall(r'<section id="([^"]+)"', html)
+
+
+def assert_self_contained(html: str) -> None:
+    assert "<script" not in html and "<link" not in html
+    assert not re.search(r'(src|href)="(?!data:|#)', html), "a resource outside the page"
+    assert "http://" not in html and "https://" not in html
+
+
+def test_report_of_a_run_with_probes_has_every_section_and_decodable_images(probed_run):
+    path = write_report(probed_run)
+    assert path == probed_run / "report.html"
+    html = path.read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss", *PROBE_SECTIONS, "samples"]
+    pngs = images(html)
+    assert len(pngs) == 7  # loss, heat map, position curves, ICL, distribution, induction, attention
+    assert all(png.startswith(PNG_SIGNATURE) and len(png) > 5000 for png in pngs)
+    assert "short context" in html and "ln V" in html and "H(bigram)" in html
+    assert 'vocab_size = 58' in html  # the resolved config, shown as text
+    assert "&lt;b&gt;Tom&lt;/b&gt; &amp; Sue" in html  # samples are text, never markup
+    assert_self_contained(html)
+
+
+def test_report_without_probes_has_the_loss_section_only(plain_run):
+    (plain_run / "summary.json").write_text(json.dumps({"params": 30_624, "flops_per_token": 183_744}))
+    html = write_report(plain_run).read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss"]
+    assert len(images(html)) == 1
+    assert "30,624" in html and "183,744" in html  # parameters and FLOPs from summary.json
+
+
+def test_report_of_probes_with_nulls_and_unequal_heads(tmp_path):
+    """A short context leaves the ICL score null (no section); depths with different head counts and
+    weights that do not sum to 1 (power attention) still draw, with a row_sum panel."""
+    (tmp_path / "config.toml").write_text('name = "made"\n[model]\ncontext = 8\n')
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 4 - s / 10}) + "\n"
+                                                    for s in range(1, 5)) + '{"step": 5, "lo')  # cut by a kill
+    attention = [{"block": 0, "row_sum": [0.5, 0.7], "entropy": [1, 1], "entropy_ratio": [0.9, None],
+                  "sink_fraction": [0.1, 0.2]},
+                 {"block": 0, "row_sum": [0.6, 0.8, 0.9, 1.0], "entropy": [1, 1, 1, 1],
+                  "entropy_ratio": [0.4, 0.5, 0.6, 0.7], "sink_fraction": [0.0, 0.5, 0.9, 1.0]}]
+    probes = [{"step": s, "position_loss": [4.1, 4.0, None, 3.9, 3.8, 3.7, 3.6], "icl_score": None,
+               "icl_label": "too-short", "attention": attention} for s in (0, 1, 2, 4)]
+    (tmp_path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss", "position", "attention"]
+    assert "row_sum = total weight" in html and "steps trained</td><td>4<" in html
+    assert len(images(html)) == 4
+
+
+def test_compare_overlays_runs_with_a_table_of_final_numbers(probed_run, plain_run, tmp_path, capsys):
+    out = tmp_path / "cmp" / "compare.html"
+    assert main(["compare", str(probed_run), str(plain_run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    html = out.read_text(encoding="utf-8")
+    assert section_ids(html) == ["runs", "loss", "icl", "m1"]  # ICL and M1 from the run that has probes
+    assert len(images(html)) == 3
+    final = json.loads((probed_run / "metrics.jsonl").read_text().splitlines()[-1])
+    row = re.search(r"<tr><td>probed</td>(.*?)</tr>", html).group(1)
+    assert f"{final['val_loss']:.4f}" in row and f"{final['val_bpb']:.4f}" in row and f"{final['loss']:.4f}" in row
+    assert "<td>plain</td>" in html
+    assert_self_contained(html)
+
+
+def test_compare_default_out_and_labels_of_seed_folders(plain_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert compare_runs([plain_run]) == Path("runs") / "compare.html"
+    assert (tmp_path / "runs" / "compare.html").is_file()
+    assert run_labels([Path("x/a/seed-0"), Path("x/b/seed-0")]) == ["a/seed-0", "b/seed-0"]
+
+
+def test_report_cli_prints_the_path_and_refuses_a_folder_that_is_not_a_run(plain_run, tmp_path, capsys):
+    assert main(["report", str(plain_run)]) == 0
+    assert capsys.readouterr().out.strip() == str(plain_run / "report.html")
+    for argv in (["report", str(tmp_path / "nothing")], ["compare", str(plain_run), str(tmp_path)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vslm: error: ") and "is not a run folder" in err and "\n" not in err
+
+
+def test_report_imports_no_torch_and_no_model():
+    """report/ is a leaf that reads files (DESIGN.md): a report must be drawable without the training stack."""
+    allowed = {"vslm.errors", "vslm.report"}
+    for path in (REPO / "src" / "vslm" / "report").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in ("torch", "safetensors"), f"{path.name} imports {name}"
+                assert not name.startswith("vslm") or any(name.startswith(a) for a in allowed), f"{path.name}: {name}"
+
+
+# Installed before the page's own content: counts script errors and resources that fail to load (an
+# image that does not decode fires `error`), then after `load` writes what rendered into <body data-*>,
+# which --dump-dom prints.
+PAGE_CHECK = """<script>
+window.__errors = 0;
+window.addEventListener("error", () => { window.__errors += 1; }, true);
+window.addEventListener("load", () => {
+  const imgs = Array.from(document.images);
+  document.body.dataset.images = imgs.length;
+  document.body.dataset.rendered = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.errors = window.__errors;
+});
+</script>"""
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium with nothing that reaches the network or outlives the call (fresh profile)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                    "(scripts/ci-setup.sh installs it)")
+def test_report_renders_in_headless_chromium(probed_run, tmp_path):
+    html = write_report(probed_run).read_text(encoding="utf-8")
+    checked = tmp_path / "checked.html"
+    checked.write_text(html.replace("<head>", "<head>" + PAGE_CHECK, 1), encoding="utf-8")
+    run = chromium("--dump-dom", checked.as_uri(), profile=tmp_path / "profile-dom")
+    assert run.returncode == 0, run.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", run.stdout).group(1)
+    found = dict(re.findall(r'data-(\w+)="(\d+)"', body))
+    assert found == {"images": "7", "rendered": "7", "errors": "0"}, body
+    console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console  # the page has no script: any console message is an error of its own
+
+    screenshot = tmp_path / "report.png"
+    run = chromium(f"--screenshot={screenshot}", "--window-size=1200,3000", (probed_run / "report.html").as_uri(),
+                   profile=tmp_path / "profile-shot")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert screenshot.read_bytes().startswith(PNG_SIGNATURE) and screenshot.stat().st_size > 50_000
