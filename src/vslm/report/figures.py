@@ -184,12 +184,17 @@ def distribution_figure(run: RunFiles) -> Figure:
     _reference(right, _last_finite(run.probe_values("distribution", "unigram_entropy")), "H(unigram)", "C1")
     _reference(right, _last_finite(run.probe_values("distribution", "bigram_entropy")), "H(bigram)", "C2")
     right.set_ylabel("loss (nats)")
-    for ax in (left, right):
-        _log_steps(ax, steps[-1])
+    _finish_step_axes((left, right), steps[-1])
+    return fig
+
+
+def _finish_step_axes(axes, last_step: int) -> None:
+    """Training-step x axes (log-scaled), grid and legend on each panel."""
+    for ax in axes:
+        _log_steps(ax, last_step)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    return fig
 
 
 def _floats(values: list | None) -> np.ndarray:
@@ -221,11 +226,7 @@ def induction_figure(run: RunFiles) -> Figure:
                         else math.nan)
         right.plot(steps, best, "o-", markersize=3, label=f"depth {d}", color=_viridis(d, depths))
     right.set_ylabel("max prefix-matching score over heads")
-    for ax in (left, right):
-        _log_steps(ax, steps[-1])
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    _finish_step_axes((left, right), steps[-1])
     return fig
 
 
