@@ -11,7 +11,7 @@ from rich.console import Console
 
 from vslm.errors import VSLMError
 
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
 
 
 def _add_config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -110,6 +110,34 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shape(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from vslm.shaping import shape_run, to_json, write_plot
+
+    if not a.prompt:
+        raise VSLMError("shape needs at least one --prompt")
+    result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed)
+    plot = write_plot(result, Path(a.plot) if a.plot else Path(a.run) / "shape.png")
+    if a.json:
+        print(to_json(result))
+        return 0
+    table = Table(title=f"how prompts reshape {a.continuation!r}")
+    for col in ("prompt", "log p(y|prompt)", "KL from empty", "JS from empty", "mean PMI", "H first", "H mean",
+                "samples: JS from empty"):
+        table.add_column(col, justify="left" if col == "prompt" else "right")
+    for r in result["summary"]:
+        table.add_row(repr(r["prompt"]) if r["prompt"] != "empty" else "(empty)", f"{r['log_prob']:.2f}",
+                      f"{r['kl_from_empty']:.3f}", f"{r['js_from_empty']:.3f}", f"{r['pmi_mean']:+.3f}",
+                      f"{r['entropy_first']:.2f}", f"{r['entropy_mean']:.2f}", f"{r['sample_js_from_empty']:.3f}")
+    console.print(table)
+    for r in result["summary"]:
+        console.rule(f"a sample under {r['prompt']!r}")
+        console.print(r["sample"], markup=False, highlight=False)
+    print(plot)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from vslm.demo import run_demo
 
@@ -188,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     p.add_argument("--out", default=str(Path("runs") / "compare.html"), help="output file (default runs/compare.html)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("shape", help="how prompts reshape the distribution of a continuation")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    p.add_argument("--continuation", required=True, help="the continuation y to score under each prompt")
+    p.add_argument("--samples", type=int, default=8, help="sampled continuations per prompt")
+    p.add_argument("--tokens", type=int, default=100, help="tokens per sampled continuation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="PNG path (default RUN/shape.png)")
+    p.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
+    p.set_defaults(func=cmd_shape)
 
     p = sub.add_parser("demo", help="train a ~1M-parameter model on the embedded stories and show what it learned")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo config")

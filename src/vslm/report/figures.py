@@ -311,3 +311,27 @@ def compare_probe(runs: list[RunFiles], labels: list[str], path: tuple[str, ...]
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def shape_figure(tokens: list[str], labels: list[str], metrics: dict[str, np.ndarray]) -> Figure:
+    """How each prompt reshapes the continuation's next-token distributions, token by token (left: KL
+    from the empty prompt's prediction and PMI; right: entropy). Takes `vslm.probes.shape_metrics` output."""
+    fig, (left, right) = _figure(columns=2, height=3.8)
+    n = len(tokens)
+    x = np.arange(n)
+    for k, label in enumerate(labels):
+        color = f"C{k}"
+        if k:
+            left.plot(x, metrics["kl"][k, 0], "o-", markersize=3, color=color, label=f"KL({label} || empty)")
+            left.plot(x, metrics["pmi"][k], "--", color=color, alpha=0.7, label=f"PMI {label}")
+        right.plot(x, metrics["entropy"][k], "o-", markersize=3, color=color, label=label)
+    left.axhline(0, color="grey", linewidth=0.8)
+    left.set_ylabel("nats")
+    right.set_ylabel("entropy of the next-token distribution (nats)")
+    for ax in (left, right):
+        ax.set_xticks(x[:: max(1, n // 20)], [repr(t)[1:-1] for t in tokens][:: max(1, n // 20)], rotation=60,
+                      fontsize="small")
+        ax.set_xlabel("continuation token")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return fig
