@@ -38,6 +38,7 @@ VARIANTS = {
     "hourglass": {"schedule": {"widths": "large-small-large", "width_range": [16, 48]}},
     "diamond-untied": {"schedule": {"widths": "increasing", "width_range": [16, 48]}, "tie_embeddings": False},
     "openelm": {"schedule": {"layer_scaling": "openelm"}, "kv_heads": 1},
+    "attention-only-shared": {"mlp": "none", "depth": 2, "recursion_lora_rank": 2, "order": [0, 0]},
     "windows": {"schedule": {"windows": "small-large-small", "window_range": [2, 16]}},
     "interleave": {"schedule": {"windows": "interleave", "window_range": [4, 16], "global_every": 2}},
     "everything": {"sharing": "cyclic", "recursion_lora_rank": 2, "root": "learned", "width": 48, "head_dim": 8,
@@ -190,6 +191,14 @@ def test_parameter_and_flop_counts_by_hand():
     assert parameter_count(model) == params
     attention = sum(12 * w * k for w, k in zip(widths, keys, strict=True))
     assert training_flops_per_token(model) == 6 * (matmul + V * 16) + attention
+
+
+def test_attention_only_counts_by_hand():
+    d, V, T = 32, 40, 16
+    model = GPT(tiny(mlp="none", depth=1))
+    assert model.blocks[0].mlp is None
+    assert parameter_count(model) == V * d + T * d + (4 * d * d + d) + d
+    assert training_flops_per_token(model) == 6 * (4 * d * d + V * d) + 12 * d * T
 
 
 def test_hooks_do_not_change_outputs_and_cost_nothing_unused():

@@ -100,7 +100,7 @@ class ModelConfig(_Section):
     head_dim: PositiveInt | None = Field(None, description="None = width / heads")
     ffn_mult: PositiveFloat = 4.0
     ffn: PositiveInt | None = Field(None, description="MLP hidden size; None = ffn_mult * width")
-    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "relu2", "swiglu", "none"] = Field("gelu", description="none = attention-only blocks")
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: PositiveFloat = 1e-5
     position: Literal["learned", "rope"] = "learned"

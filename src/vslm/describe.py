@@ -48,7 +48,8 @@ def describe(cfg: RunConfig, console: Console) -> None:
                                                    model.lora[key] if key in model.lora else None,
                                                    model.inject[depth] if model.inject is not None else None) if m)
         attention = spec.attention + (f" {spec.attention_gamma:g}" if spec.attention == "power" else "")
-        table.add_row(str(depth), str(b), str(spec.width), str(spec.heads), str(spec.kv_heads), str(spec.ffn),
+        ffn = str(spec.ffn) if cfg.model.mlp != "none" else "-"
+        table.add_row(str(depth), str(b), str(spec.width), str(spec.heads), str(spec.kv_heads), ffn,
                       str(spec.window or "full"), attention, f"{params:,}" if params else "shared",
                       f"{sum(depth_flops_per_token(model, depth).values()):,}")
     console.print(table)

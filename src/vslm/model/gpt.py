@@ -27,26 +27,31 @@ from vslm.model.layers import MLP, DepthLoRA, HookPoint, make_norm, partial_iden
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (skipped when attention-only)."""
 
     def __init__(self, spec: BlockSpec, cfg: ModelConfig):
         super().__init__()
         rope_base = cfg.rope_base if cfg.position == "rope" else None
         self.attn_norm = make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
         self.attn = Attention(spec, cfg.context, rope_base, cfg.bias, cfg.dropout)
-        self.mlp_norm = make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
-        self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias)
+        self.mlp_norm, self.mlp = None, None
+        if cfg.mlp != "none":
+            self.mlp_norm = make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
+            self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None,
                 keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attn(self.attn_norm(x), lora, keep_weights)
         x = x + self.drop(attended)
+        if self.mlp is None:
+            return x, weights
         return x + self.drop(self.mlp(self.mlp_norm(x), lora)), weights
 
     def lora_shapes(self) -> dict[str, tuple[int, int]]:
-        layers = {"attn_qkv": self.attn.qkv, "attn_proj": self.attn.proj, "mlp_fc": self.mlp.fc,
-                  "mlp_proj": self.mlp.proj}
+        layers = {"attn_qkv": self.attn.qkv, "attn_proj": self.attn.proj}
+        if self.mlp is not None:
+            layers |= {"mlp_fc": self.mlp.fc, "mlp_proj": self.mlp.proj}
         return {name: (m.in_features, m.out_features) for name, m in layers.items()}
 
 
