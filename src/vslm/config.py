@@ -269,6 +269,7 @@ class TrainConfig(_Section):
 class LoggingConfig(_Section):
     log_every: PositiveInt = 1
     probe_every: NonNegativeInt = Field(0, description="probes at 0, 1, 2, 4, ... then every K steps; 0 = off")
+    tensorboard: bool | Literal["auto"] = Field("auto", description="event files; auto = if tensorboard is installed")
     diagnostics_every: NonNegativeInt = Field(0, description="weight row norms, cos(w, g), update ratio; 0 = off")
     progress: bool = True
     samples: NonNegativeInt = Field(0, description="samples printed at the end of training")

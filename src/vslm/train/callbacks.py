@@ -184,7 +184,7 @@ class WeightDiagnostics(Callback):
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
-    checkpoints, snapshots (if on), probes (if on) and the progress bar (if on)."""
+    checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on) and the progress bar (if on)."""
     every = cfg.logging.diagnostics_every
     callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
     callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
@@ -194,6 +194,10 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
         from vslm.train.probing import ProbeCallback  # probing builds on this module
 
         callbacks.append(ProbeCallback(cfg.logging.probe_every))
+    from vslm.train.tensorboard import TensorBoardLog, tensorboard_available  # builds on this module
+
+    if cfg.logging.tensorboard is True or (cfg.logging.tensorboard == "auto" and tensorboard_available()):
+        callbacks.append(TensorBoardLog())
     if cfg.logging.progress:
         callbacks.append(ProgressBar())
     return callbacks

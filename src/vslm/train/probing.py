@@ -104,16 +104,21 @@ def probe_due(step: int, every: int, last: int) -> bool:
 
 
 class ProbeCallback(Callback):
-    """Runs the probes at the probe cadence and appends them to probes.jsonl."""
+    """Runs the probes at the probe cadence and appends them to probes.jsonl; keeps what it wrote this
+    session in `history` (for live views such as TensorBoard)."""
 
     def __init__(self, every: int):
         self.every = every
+        self.history: list[dict] = []
+        self.last_step: int | None = None
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size)
         path = trainer.run_dir / PROBES
         lines = path.read_text().splitlines() if path.exists() else []
-        path.write_text("".join(ln + "\n" for ln in lines if step_of_line(ln) <= trainer.step))  # resume
+        kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # on resume: up to the checkpoint
+        path.write_text("".join(ln + "\n" for ln in kept))
+        self.history = [json.loads(ln) for ln in kept]
         self.file = path.open("a", buffering=1)
         if trainer.step == 0:
             self._write(trainer.step, trainer.model)
@@ -126,7 +131,10 @@ class ProbeCallback(Callback):
         self.file.close()
 
     def _write(self, step: int, model: GPT) -> None:
-        self.file.write(json.dumps({"step": step, **run_probes(model, self.probes)}) + "\n")
+        line = {"step": step, **run_probes(model, self.probes)}
+        self.file.write(json.dumps(line) + "\n")
+        self.history.append(line)
+        self.last_step = step
 
 
 def probe_snapshots(run_dir: Path, out: Path | None = None) -> Path:

@@ -1,0 +1,39 @@
+"""TensorBoard events: scalars per logged step, probe scalars and the position-loss heat map image."""
+
+import pytest
+
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.errors import VSLMError
+from vslm.train import tensorboard as tb
+from vslm.train.trainer import Trainer
+
+pytest.importorskip("tensorboard")
+
+
+def test_events_hold_scalars_and_the_heatmap(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=20, train__eval_every=10, logging__probe_every=8,
+                                             logging__tensorboard="true"))
+    Trainer(cfg, tmp_path / "r").fit()
+    events = EventAccumulator(str(tmp_path / "r" / tb.TENSORBOARD), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 21))
+    assert [e.step for e in events.Scalars("val_loss")] == [10, 20]
+    assert [e.step for e in events.Scalars("probe/M1")] == [0, 1, 2, 4, 8, 16, 20]
+    images = events.Images("probe/position_loss_heatmap")
+    assert [i.step for i in images] == [0, 1, 2, 4, 8, 16, 20]
+    assert images[-1].height == 7 * tb.ROW_PIXELS and images[-1].width == cfg.model.context - 1
+
+
+def test_heatmap_image_by_hand():
+    image = tb.heatmap_image([[1.0, 2.0], [3.0, 3.0]])
+    assert image.shape == (2 * tb.ROW_PIXELS, 2, 3) and image.dtype.name == "uint8"
+    assert (image[0, 0] != image[-1, -1]).any() and (image[-1, 0] == image[-1, 1]).all()
+
+
+def test_asking_for_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(tb, "tensorboard_available", lambda: False)
+    cfg = load_config("tiny", tiny_overrides(train__steps=2, logging__tensorboard="true"))
+    with pytest.raises(VSLMError, match=r"needs the tensorboard package: pip install 'vslm\[tensorboard\]'"):
+        Trainer(cfg, tmp_path / "r").fit()
