@@ -58,7 +58,7 @@ class ProbeSet:
     induction_batch: int = 16
 
 
-def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 16) -> ProbeSet:
+def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 64) -> ProbeSet:
     x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
     stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
     return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2))
