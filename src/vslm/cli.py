@@ -47,13 +47,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _print_samples(trainer) -> None:
-    from vslm.train.sampling import sample_text
+    from vslm.train.sampling import sample_text, save_samples
 
     n = trainer.cfg.logging.samples
     if not n:
         return
     texts = sample_text(trainer.model, trainer.corpus.tokenizer, num=n, tokens=trainer.cfg.logging.sample_tokens)
-    (trainer.run_dir / "samples.txt").write_text("\n\n----\n\n".join(texts) + "\n", encoding="utf-8")
+    save_samples(trainer.run_dir, texts)
     for i, t in enumerate(texts):
         console.rule(f"sample {i + 1}")
         console.print(t, markup=False, highlight=False)

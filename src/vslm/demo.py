@@ -20,7 +20,7 @@ from vslm.config import load_config
 from vslm.report import write_report
 from vslm.train.probing import PROBES
 from vslm.train.run_folder import METRICS
-from vslm.train.sampling import sample_text
+from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
 
@@ -89,7 +89,7 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
             f"{last['induction']['loss_second']:.2f} vs {last['induction']['loss_first']:.2f} on the first copy.",
             highlight=False)
     texts = sample_text(trainer.model, corpus.tokenizer, num=cfg.logging.samples, tokens=cfg.logging.sample_tokens)
-    (out / "samples.txt").write_text("\n\n----\n\n".join(texts) + "\n", encoding="utf-8")
+    save_samples(out, texts)
     for i, text in enumerate(texts):
         console.rule(f"sample {i + 1} (temperature 0.8)")
         console.print(text, markup=False, highlight=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from vslm.data.tokenizer import Tokenizer
@@ -14,6 +16,14 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     if not ids:
         ids = [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
     return ids
+
+
+SAMPLES = "samples.txt"
+
+
+def save_samples(run_dir: Path, texts: list[str]) -> None:
+    """The samples into the run folder (samples.txt, separated by ----), where the report finds them."""
+    (Path(run_dir) / SAMPLES).write_text("\n\n----\n\n".join(texts) + "\n", encoding="utf-8")
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1, tokens: int = 200,
