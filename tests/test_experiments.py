@@ -126,7 +126,8 @@ def test_every_builtin_experiment_validates_with_equal_budgets():
     for name in builtin_experiments():
         _, spec = load_experiment(name)
         plan = plan_experiment(spec, spec.seeds)
-        assert all(cfg.train.seed == seed for cfgs in plan.values() for seed, cfg in enumerate(cfgs))
+        assert all(cfg.train.seed == seed for choices in plan.values() for cfgs in choices.values()
+                   for seed, cfg in enumerate(cfgs))
 
 
 def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
@@ -141,3 +142,23 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     assert report["summary"]["wide"]["val_loss_std"] is None and report["summary"]["wide"]["p_value"] is None
     assert report["summary"]["wide"]["verdict"] == "untested (1 seed)"
     assert "± - |" in (tmp_path / "o" / "results.md").read_text()
+
+
+def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(f'base = "tiny"\nseeds = 2\noverrides = {COMMON!r}\n[[variants]]\nname = "base"\n'
+                    '[[variants]]\nname = "tuned"\n'
+                    'sweep = ["train.lr=1e-5 train.min_lr=1e-6", "train.lr=3e-3 train.warmup=1"]\n')
+    out = tmp_path / "out"
+    summary = run_experiment(str(path), out)
+    report = json.loads((out / "results.json").read_text())
+    tried = report["sweeps"]["tuned"]["tried"]
+    slow, fast = (last_metrics(out / "tuned" / folder / "seed-0")["val_loss"]
+                  for folder in ("train.lr=1e-5_train.min_lr=1e-6", "train.lr=3e-3_train.warmup=1"))
+    assert tried == {"train.lr=1e-5 train.min_lr=1e-6": slow, "train.lr=3e-3 train.warmup=1": fast} and fast < slow
+    assert summary["tuned"]["chosen"] == "train.lr=3e-3 train.warmup=1"
+    assert (out / "tuned" / "train.lr=3e-3_train.warmup=1" / "seed-1").is_dir()
+    assert not (out / "tuned" / "train.lr=1e-5_train.min_lr=1e-6" / "seed-1").exists()
+    kept = [last_metrics(out / "tuned" / "train.lr=3e-3_train.warmup=1" / f"seed-{s}")["val_loss"] for s in (0, 1)]
+    assert summary["tuned"]["val_loss_mean"] == pytest.approx(statistics.mean(kept), rel=1e-12)
+    assert "| tuned | train.lr=3e-3 train.warmup=1 |" in (out / "results.md").read_text()

@@ -64,13 +64,16 @@ def test_icl_score_olsson_uses_tokens_500_and_50():
     assert icl_score(np.arange(511.0)) == (pytest.approx(499.0 - 49.0), "olsson")  # T = 512 exactly
 
 
-def test_icl_score_short_context_uses_last_and_tenth_token():
-    curve = 4.0 - 0.1 * np.arange(15)  # T = 16: loss at token 15 minus loss at token 1
+def test_icl_score_short_context_compares_bands_at_the_end_and_a_tenth_in():
+    curve = 4.0 - 0.1 * np.arange(15)  # T = 16, w = 1: loss at token 15 minus loss at token 1
     score, label = icl_score(curve)
     assert (score, label) == (pytest.approx(curve[14] - curve[0]), "short-context")
-    curve = np.arange(99.0) ** 2  # T = 100: token 99 (curve[98]) minus token 10 (curve[9])
-    assert icl_score(curve) == (pytest.approx(98.0**2 - 81.0), "short-context")
-    assert icl_score(np.arange(510.0)) == (pytest.approx(509.0 - 50.0), "short-context")  # T = 511
+    curve = np.arange(99.0) ** 2  # T = 100, w = 10: tokens 90..99 (curve[89:99]) minus tokens 5..14 (curve[4:14])
+    late = sum(k**2 for k in range(89, 99)) / 10
+    early = sum(k**2 for k in range(4, 14)) / 10
+    assert icl_score(curve) == (pytest.approx(late - early), "short-context")
+    # T = 511, w = 51: tokens 460..510 minus tokens 26..76, each band's mean of curve[k - 1] = k - 1
+    assert icl_score(np.arange(510.0)) == (pytest.approx((460 + 510) / 2 - (26 + 76) / 2), "short-context")
     with pytest.raises(ValueError, match="too short"):
         icl_score(np.zeros(8))
 

@@ -268,7 +268,8 @@ class TrainConfig(_Section):
 
 class LoggingConfig(_Section):
     log_every: PositiveInt = 1
-    probe_every: NonNegativeInt = Field(0, description="probes at 0, 1, 2, 4, ... then every K steps; 0 = off")
+    probe_every: NonNegativeInt | Literal["auto"] = Field(
+        "auto", description="probes at 0, 1, 2, 4, ... then every K steps; 0 = off; auto = log-spaced to the end")
     tensorboard: bool | Literal["auto"] = Field("auto", description="event files; auto = if tensorboard is installed")
     diagnostics_every: NonNegativeInt = Field(0, description="weight row norms, cos(w, g), update ratio; 0 = off")
     progress: bool = True

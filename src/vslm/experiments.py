@@ -13,15 +13,20 @@ parameters and FLOPs per token beside every loss, and bits per byte. An experime
     [[variants]]
     name = "wide"
     overrides = ["model.width=48"]
+    sweep = ["train.lr=1e-3", "train.lr=3e-3"]   # optional: tried on seed 0, the lowest val_loss is kept
 
-Runs go to out/<variant>/seed-<seed>: a finished one is reused and an unfinished one resumed, so an
-interrupted experiment is completed by running the same command again.
+Runs go to out/<variant>/seed-<seed> (with a sweep: out/<variant>/<choice>/seed-<seed>): a finished one
+is reused and an unfinished one resumed, so an interrupted experiment is completed by running the same
+command again. A sweep trains every choice on seed 0, keeps the one with the lowest validation loss (a
+diverged run counts as infinite) and trains the other seeds with it; seed 0 of the kept choice is
+reused, so the reported spread includes the tuning seed, as it is tuned on the same validation set.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import shutil
 import statistics
@@ -39,18 +44,25 @@ from vslm.config import RunConfig, load_config, one_line_error
 from vslm.describe import build_for_accounting
 from vslm.errors import ConfigError, VSLMError
 from vslm.model import parameter_count, training_flops_per_token
+from vslm.report.runs import dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, read_run_config
-from vslm.train.trainer import Trainer
+from vslm.train.trainer import Trainer, TrainingDiverged
 
 SIGNIFICANCE = 0.05
 COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)", "verdict")
+# runs with probes add their training-dynamics landmarks (vslm.report.runs.dynamics_summary), mean ± std
+DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (max head)",
+            "induction_loss_first": "induction loss, 1st copy", "induction_loss_second": "induction loss, 2nd copy",
+            "init_position_spread": "position spread at step 0", "m1_near_zero_step": "KL(u‖p̄)<0.05 at step",
+            "unigram_loss_step": "loss ≤ H(u) at step"}
 
 
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[\w.-]+$")  # it names a folder
     overrides: list[str] = []
+    sweep: list[str] = []  # alternative overrides, one per choice (several in one choice: space-separated)
 
 
 class ExperimentSpec(BaseModel):
@@ -103,24 +115,36 @@ def tokens_per_run(cfg: RunConfig) -> int:
     return t.steps * t.batch_size * t.grad_accum * cfg.model.context
 
 
+NO_SWEEP = ""  # the one choice of a variant without a sweep
+
+
 def plan_experiment(spec: ExperimentSpec, seeds: int,
-                    extra_overrides: Sequence[str] = ()) -> dict[str, list[RunConfig]]:
-    """Every variant's config for every seed, validated (and budgets compared) before anything trains."""
+                    extra_overrides: Sequence[str] = ()) -> dict[str, dict[str, list[RunConfig]]]:
+    """Every variant's config for every sweep choice and seed, validated (and budgets compared) before
+    anything trains: {variant: {choice: [config per seed]}}, choice NO_SWEEP for a variant without one."""
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
-    plan = {}
+    plan: dict[str, dict[str, list[RunConfig]]] = {}
     for variant in spec.variants:
-        words = [*spec.overrides, *variant.overrides]
-        try:
-            plan[variant.name] = [load_config(spec.base, [*words, f"train.seed={seed}", *extra_overrides,
-                                                          "logging.progress=false"]) for seed in range(seeds)]
-        except ConfigError as e:
-            raise ConfigError(f"variant '{variant.name}': {e}") from None
-    budgets = {name: tokens_per_run(cfgs[0]) for name, cfgs in plan.items()}
+        plan[variant.name] = {}
+        for choice in variant.sweep or [NO_SWEEP]:
+            words = [*spec.overrides, *variant.overrides, *choice.split()]
+            try:
+                plan[variant.name][choice] = [
+                    load_config(spec.base, [*words, f"train.seed={seed}", *extra_overrides, "logging.progress=false"])
+                    for seed in range(seeds)]
+            except ConfigError as e:
+                raise ConfigError(f"variant '{variant.name}'{f' ({choice})' if choice else ''}: {e}") from None
+    budgets = {f"{name}{f' ({choice})' if choice else ''}": tokens_per_run(cfgs[0])
+               for name, choices in plan.items() for choice, cfgs in choices.items()}
     if len(set(budgets.values())) > 1:
         listed = ", ".join(f"{name} {tokens:,}" for name, tokens in budgets.items())
         raise ConfigError(f"variants train unequal token budgets (steps x batch_size x grad_accum x context): {listed}")
     return plan
+
+
+def _choice_folder(choice: str) -> str:
+    return re.sub(r"[^\w.=+-]", "_", choice)
 
 
 def _same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
@@ -181,44 +205,98 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     seeds = spec.seeds if seeds is None else seeds
     plan = plan_experiment(spec, seeds, extra_overrides)
     out = Path(out)
-    runs = []
-    for variant, cfgs in plan.items():
-        for seed, cfg in enumerate(cfgs):
-            result = train_or_reuse(cfg, out / variant / f"seed-{seed}")
+    runs, sweeps = [], {}
+
+    def say(text: str) -> None:
+        if console:
+            console.print(text, highlight=False)
+
+    def train(cfg: RunConfig, folder: Path, label: str) -> dict:
+        result = train_or_reuse(cfg, folder)
+        reused = ", reused" if result["reused"] else ""
+        say(f"{label}: val_loss {result['val_loss']:.4f} ({result['train_time_s']:.1f} s of training{reused})")
+        return result
+
+    for variant, choices in plan.items():
+        chosen = NO_SWEEP
+        if len(choices) > 1 or NO_SWEEP not in choices:
+            tried = {}
+            for choice, cfgs in choices.items():
+                try:
+                    tried[choice] = train(cfgs[0], out / variant / _choice_folder(choice) / "seed-0",
+                                          f"{variant} [{choice}] seed 0")["val_loss"]
+                except TrainingDiverged as e:
+                    say(f"{variant} [{choice}] seed 0: diverged ({e})")
+                    tried[choice] = math.inf
+            chosen = min(tried, key=tried.get)
+            sweeps[variant] = {"tried": tried, "chosen": chosen}
+        for seed, cfg in enumerate(choices[chosen]):
+            folder = (out / variant / _choice_folder(chosen) if chosen else out / variant) / f"seed-{seed}"
+            result = train(cfg, folder, f"{variant}{f' [{chosen}]' if chosen else ''} seed {seed}")
             runs.append({"variant": variant, "seed": seed, **{k: result[k] for k in (
-                "val_loss", "val_bpb", "train_time_s", "params", "flops_per_token", "reused")}})
-            if console:
-                reused = ", reused" if result["reused"] else ""
-                console.print(f"{variant} seed {seed}: val_loss {result['val_loss']:.4f} "
-                              f"({result['train_time_s']:.1f} s of training{reused})", highlight=False)
+                "val_loss", "val_bpb", "train_time_s", "params", "flops_per_token", "reused")},
+                **dynamics_summary(read_run(folder))})
     by_variant = {v: [r for r in runs if r["variant"] == v] for v in plan}
-    summary = summarize(by_variant, tokens_per_run(next(iter(plan.values()))[0]))
+    summary = summarize(by_variant, tokens_per_run(next(iter(next(iter(plan.values())).values()))[0]))
+    for variant, sweep in sweeps.items():
+        summary[variant]["chosen"] = sweep["chosen"]
+    dynamics = summarize_dynamics(by_variant)
     command = shlex.join(["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": seeds,
-              "runs": runs, "summary": summary}
+              "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_nan_to_none(report), indent=2) + "\n", encoding="utf-8")
     rows = _rows(summary)
-    (out / "results.md").write_text(_markdown(name, spec.description, command, rows), encoding="utf-8")
+    tables = [(COLUMNS, rows)]
+    if sweeps:
+        tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), _sweep_rows(sweeps)))
+    if dynamics:
+        tables.append((("variant", *DYNAMICS.values()), _dynamics_rows(dynamics)))
+    (out / "results.md").write_text(_markdown(name, spec.description, command, tables), encoding="utf-8")
     if console:
-        table = Table(title=f"{name}: {spec.description}" if spec.description else name)
-        for i, col in enumerate(COLUMNS):  # full width even past the console's: a table of cut numbers is no use
-            table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", no_wrap=True,
-                             min_width=max(len(col), *(len(row[i]) for row in rows)))
-        for row in rows:
-            table.add_row(*row)
-        console.print(table, crop=False)
+        for i, (columns, table_rows) in enumerate(tables):
+            title = (f"{name}: {spec.description}" if spec.description else name) if i == 0 else \
+                "sweep" if columns[1].startswith("choice") else "training dynamics"
+            _print_table(console, title, columns, table_rows)
     return summary
 
 
+def _print_table(console: Console, title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> None:
+    table = Table(title=title)
+    for i, col in enumerate(columns):  # full width even past the console's: a table of cut numbers is no use
+        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", no_wrap=True,
+                         min_width=max(len(col), *(len(row[i]) for row in rows)))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table, crop=False)
+
+
+def _mean_std(xs: list[float]) -> dict[str, float]:
+    if any(math.isnan(x) for x in xs):
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": statistics.mean(xs), "std": _sample_std(xs)}
+
+
+def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per variant whose runs have probes: mean and sample std over seeds of each landmark in DYNAMICS
+    (NaN where a seed never reached it: then the mean is NaN too, and says so)."""
+    out = {}
+    for name, rs in runs.items():
+        if not all("icl_score" in r for r in rs):
+            continue
+        out[name] = {key: _mean_std([r[key] for r in rs]) for key in DYNAMICS}
+        out[name]["icl_label"] = rs[0]["icl_label"]
+    return out
+
+
 def _nan_to_none(obj):
-    """JSON has no NaN: an undefined spread or p-value is written as null."""
+    """JSON has no NaN nor infinity: an undefined spread or p-value, a diverged run's loss, is written as null."""
     if isinstance(obj, dict):
         return {k: _nan_to_none(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_nan_to_none(v) for v in obj]
-    return None if isinstance(obj, float) and math.isnan(obj) else obj
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def _rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
@@ -231,8 +309,25 @@ def _rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
             for name, s in summary.items()]
 
 
-def _markdown(name: str, description: str, command: str, rows: list[tuple[str, ...]]) -> str:
-    lines = [f"# Experiment {name}", "", description, "", "```sh", command, "```", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+def _sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
+    return [(variant, choice, "diverged" if math.isinf(loss) else f"{loss:.4f}",
+             "kept" if choice == s["chosen"] else "")
+            for variant, s in sweeps.items() for choice, loss in s["tried"].items()]
+
+
+def _dynamics_rows(dynamics: dict[str, dict]) -> list[tuple[str, ...]]:
+    def pm(stat: dict) -> str:  # NaN: a step landmark some seed never reached, or a probe that was not run
+        if math.isnan(stat["mean"]):
+            return "n/a"
+        spread = "-" if math.isnan(stat["std"]) else f"{stat['std']:.3f}"
+        return f"{stat['mean']:.3f} ± {spread}"
+
+    return [(name, *(pm(d[key]) for key in DYNAMICS)) for name, d in dynamics.items()]
+
+
+def _markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:
+    lines = [f"# Experiment {name}", "", description, "", "```sh", command, "```"]
+    for columns, rows in tables:
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

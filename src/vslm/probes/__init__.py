@@ -5,15 +5,16 @@ model in eval mode; each probe runs under torch.no_grad.
 """
 
 from vslm.probes.attention import attention_stats
-from vslm.probes.distribution import CorpusStats, corpus_stats, distribution_probe
+from vslm.probes.distribution import CorpusStats, corpus_stats, distribution_of_logits, distribution_probe
 from vslm.probes.divergence import entropy, js, kl
-from vslm.probes.position import icl_score, induction_probe, position_loss, prefix_matching
+from vslm.probes.position import icl_score, induction_probe, position_loss, prefix_matching, token_nll
 from vslm.probes.shape import shape_metrics
 
 __all__ = [
     "CorpusStats",
     "attention_stats",
     "corpus_stats",
+    "distribution_of_logits",
     "distribution_probe",
     "entropy",
     "icl_score",
@@ -23,4 +24,5 @@ __all__ = [
     "position_loss",
     "prefix_matching",
     "shape_metrics",
+    "token_nll",
 ]

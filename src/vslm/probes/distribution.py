@@ -83,15 +83,26 @@ def distribution_probe(model: nn.Module, idx: torch.Tensor, stats: CorpusStats) 
       entropy = mean over positions of H(p_t);
     and stats' reference levels log_vocab, unigram_entropy, bigram_entropy.
     """
-    probs = model(idx).double().softmax(-1).flatten(0, 1)  # (N, V), N = B * T positions
-    if probs.shape[-1] != len(stats.unigram):
-        raise ValueError(f"the model predicts {probs.shape[-1]} tokens but the corpus stats have {len(stats.unigram)}")
-    u = torch.from_numpy(stats.unigram).to(probs.device)  # (V,)
-    bigram_rows = torch.from_numpy(stats.bigram)[idx.flatten().cpu()].to(probs.device)  # (N, V)
-    return {
-        "M1": kl(u, probs.mean(0)).item(),
-        "M2": kl(u, probs).mean().item(),
-        "M3": kl(bigram_rows, probs).mean().item(),
-        "entropy": entropy(probs).mean().item(),
-        **stats.reference_levels(),
-    }
+    return distribution_of_logits(model(idx), idx, stats)
+
+
+def distribution_of_logits(logits: torch.Tensor, idx: torch.Tensor, stats: CorpusStats,
+                           rows: int = 8) -> dict[str, float]:
+    """distribution_probe on the model's logits (B, T, V) of idx (B, T), for a caller that already ran the
+    model; `rows` sequences at a time, so that the float64 (rows * T, V) tables stay small at large V."""
+    if logits.shape[-1] != len(stats.unigram):
+        raise ValueError(f"the model predicts {logits.shape[-1]} tokens but the corpus stats have {len(stats.unigram)}")
+    u = torch.from_numpy(stats.unigram).to(logits.device)  # (V,)
+    bigram = torch.from_numpy(stats.bigram)
+    prob_sum = torch.zeros_like(u)
+    m2 = m3 = spread = 0.0
+    for i in range(0, len(idx), rows):
+        probs = logits[i : i + rows].double().softmax(-1).flatten(0, 1)  # (N, V), N = rows * T positions
+        bigram_rows = bigram[idx[i : i + rows].flatten().cpu()].to(probs.device)  # (N, V)
+        prob_sum += probs.sum(0)
+        m2 += kl(u, probs).sum().item()
+        m3 += kl(bigram_rows, probs).sum().item()
+        spread += entropy(probs).sum().item()
+    n = idx.numel()
+    return {"M1": kl(u, prob_sum / n).item(), "M2": m2 / n, "M3": m3 / n, "entropy": spread / n,
+            **stats.reference_levels()}

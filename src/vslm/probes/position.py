@@ -43,8 +43,10 @@ def icl_score(curve: np.ndarray) -> tuple[float, str]:
     after reading k tokens (of position_loss). With T = len(curve) + 1, the context the curve came from:
       T >= 512: loss at token 500 - loss at token 50 = curve[499] - curve[49], label "olsson"
                 (Olsson et al. 2022);
-      T <  512: loss at token T - 1 - loss at token floor(T / 10) = curve[T - 2] - curve[T // 10 - 1],
-                label "short-context": the last prediction against the one a tenth of the way in; not
+      T <  512: label "short-context", with w = T // 10: the mean loss over the last w tokens
+                (T - w .. T - 1) minus the mean loss over w tokens centred on token T // 10
+                (T // 10 - w // 2 .. T // 10 - w // 2 + w - 1). Bands rather than single tokens, because
+                a probe set of a few dozen windows leaves one token's loss too noisy to compare; not
                 comparable with "olsson" scores nor across contexts.
     """
     T = len(curve) + 1
@@ -52,7 +54,11 @@ def icl_score(curve: np.ndarray) -> tuple[float, str]:
         return float(curve[499] - curve[49]), "olsson"
     if T < 10:
         raise ValueError(f"a loss curve of {len(curve)} positions is too short for an ICL score (needs 9 or more)")
-    return float(curve[T - 2] - curve[T // 10 - 1]), "short-context"
+    w = T // 10
+    first = T // 10 - w // 2  # the early band's first token, >= 1
+    late = curve[T - w - 1 : T - 1].mean()
+    early = curve[first - 1 : first - 1 + w].mean()
+    return float(late - early), "short-context"
 
 
 def prefix_matching(weights: torch.Tensor, length: int) -> np.ndarray:

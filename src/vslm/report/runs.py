@@ -113,3 +113,41 @@ def _read_json(path: Path) -> dict:
 
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+M1_NEAR_ZERO = 0.05  # nats: KL(u || p_bar) below this counts as "the mean prediction is the unigram"
+
+
+def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
+    """The training-dynamics landmarks of a run that has probes (RESEARCH.md sections 1 and 2); NaN where
+    the probes or the metrics do not tell:
+
+      init_position_spread:  max - min over positions of the loss by position at the first probe (step 0):
+                             near 0 = flat, as an untrained model's should be;
+      icl_score, icl_label:  at the last probe (negative = later tokens are predicted better);
+      prefix_matching_max:   the highest prefix-matching score of any head at the last probe;
+      induction_loss_first, induction_loss_second: loss on the first and on the repeated copy, last probe;
+      m1_near_zero_step:     the first probe step where KL(u || p_bar) < M1_NEAR_ZERO;
+      unigram_loss_step:     the first logged step where the training loss is at or below H(unigram).
+    """
+    if not run.probes:
+        return {}
+    first, last = run.probes[0], run.probes[-1]
+    curve = np.array([v if _finite(v) else math.nan for v in first.get("position_loss", [])], dtype=float)
+    heads = [h for depth in last.get("induction", {}).get("prefix_matching", []) for h in depth if _finite(h)]
+    m1 = run.probe_values("distribution", "M1")
+    near_zero = run.probe_steps[m1 < M1_NEAR_ZERO]
+    h_unigram = first.get("distribution", {}).get("unigram_entropy")
+    steps, loss = run.series("loss")
+    below = steps[loss <= h_unigram] if _finite(h_unigram) else np.array([])
+    induction = last.get("induction", {})
+    return {
+        "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
+        "icl_score": last["icl_score"] if _finite(last.get("icl_score")) else math.nan,
+        "icl_label": last.get("icl_label", ""),
+        "prefix_matching_max": max(heads) if heads else math.nan,
+        "induction_loss_first": induction.get("loss_first", math.nan),
+        "induction_loss_second": induction.get("loss_second", math.nan),
+        "m1_near_zero_step": float(near_zero[0]) if len(near_zero) else math.nan,
+        "unigram_loss_step": float(below[0]) if len(below) else math.nan,
+    }

@@ -190,10 +190,10 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
     callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
     if cfg.train.snapshots:
         callbacks.append(Snapshots())
-    if cfg.logging.probe_every:
-        from vslm.train.probing import ProbeCallback  # probing builds on this module
+    from vslm.train.probing import ProbeCallback, probe_interval  # probing builds on this module
 
-        callbacks.append(ProbeCallback(cfg.logging.probe_every))
+    if probe_every := probe_interval(cfg):
+        callbacks.append(ProbeCallback(probe_every))
     from vslm.train.tensorboard import TensorBoardLog, tensorboard_available  # builds on this module
 
     if cfg.logging.tensorboard is True or (cfg.logging.tensorboard == "auto" and tensorboard_available()):

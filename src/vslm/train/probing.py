@@ -11,13 +11,19 @@ every step and for every run with the same data and context):
      "attention": [{"block", "row_sum", "entropy", "entropy_ratio", "sink_fraction"} per depth]}
 
 Cadence: steps 0, 1, 2, 4, 8, ... below `logging.probe_every` (K), then every K steps, and the last.
-NaN is written as null.
+`probe_every = "auto"` (the default) keeps the log spacing through the whole run: log2(steps) + 2 probe
+steps, dense early where the dynamics are fast (docs/BENCHMARKS.md gives what it costs).
+The loss by position and the distribution probe read all the probe windows; the attention statistics read
+the first ATTENTION_WINDOWS of them.
+NaN is written as null. The time the probes took (building the probe set included) goes into
+summary.json as `probe_time_s`, with `probe_fraction` = that time over the training steps' time.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from vslm.config import RunConfig
 from vslm.data.batches import fixed_windows
 from vslm.data.shards import Corpus
 from vslm.model import GPT
@@ -32,14 +39,14 @@ from vslm.probes import (
     CorpusStats,
     attention_stats,
     corpus_stats,
-    distribution_probe,
+    distribution_of_logits,
     icl_score,
     induction_probe,
-    position_loss,
+    token_nll,
 )
 from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
-from vslm.train.run_folder import SNAPSHOTS, read_run_config
+from vslm.train.run_folder import SNAPSHOTS, read_run_config, update_summary
 
 if TYPE_CHECKING:
     from vslm.train.trainer import Trainer
@@ -47,6 +54,7 @@ if TYPE_CHECKING:
 PROBES = "probes.jsonl"
 PROBE_SEED = 0
 STATS_TOKENS = 2_000_000  # corpus statistics from the first tokens of the training split
+ATTENTION_WINDOWS = 8  # attention statistics on the first probe windows: the explicit path costs T^2 per head
 
 
 @dataclass
@@ -55,10 +63,10 @@ class ProbeSet:
     stats: CorpusStats
     vocab_size: int
     induction_length: int
-    induction_batch: int = 16
+    induction_batch: int = 8
 
 
-def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 64) -> ProbeSet:
+def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 24) -> ProbeSet:
     x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
     stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
     return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2))
@@ -71,7 +79,8 @@ def run_probes(model: GPT, probes: ProbeSet) -> dict:
     model.eval()
     device = next(model.parameters()).device
     idx = probes.windows.to(device)
-    curve = position_loss(model, idx)
+    logits = model(idx)  # one forward for the position loss and the distribution probe
+    curve = token_nll(logits, idx).mean(0).double().cpu().numpy()  # = position_loss(model, idx)
     score, label = icl_score(curve) if len(curve) >= 10 else (math.nan, "too-short")
     generator = torch.Generator().manual_seed(PROBE_SEED)
     out = {
@@ -80,8 +89,8 @@ def run_probes(model: GPT, probes: ProbeSet) -> dict:
         "icl_label": label,
         "induction": induction_probe(model, probes.vocab_size, probes.induction_length, probes.induction_batch,
                                      generator),
-        "distribution": distribution_probe(model, idx, probes.stats),
-        "attention": attention_stats(model, idx),
+        "distribution": distribution_of_logits(logits, idx, probes.stats),
+        "attention": attention_stats(model, idx[:ATTENTION_WINDOWS]),
     }
     model.train(was_training)
     return _plain(out)
@@ -99,6 +108,13 @@ def _plain(obj):
     return obj.item() if isinstance(obj, np.generic) else obj
 
 
+def probe_interval(cfg: RunConfig) -> int:
+    """K of the probe cadence: logging.probe_every; "auto" = past the run's end (log spacing throughout);
+    0 = no probes."""
+    every = cfg.logging.probe_every
+    return cfg.train.steps + 1 if every == "auto" else every
+
+
 def probe_due(step: int, every: int, last: int) -> bool:
     return (step < every and is_log_spaced(step)) or step % every == 0 or step == last
 
@@ -111,8 +127,10 @@ class ProbeCallback(Callback):
         self.every = every
         self.history: list[dict] = []
         self.last_step: int | None = None
+        self.seconds = 0.0  # this session's time in the probes, building the probe set included
 
     def on_train_start(self, trainer: Trainer) -> None:
+        started = time.perf_counter()
         self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size)
         path = trainer.run_dir / PROBES
         lines = path.read_text().splitlines() if path.exists() else []
@@ -120,6 +138,8 @@ class ProbeCallback(Callback):
         path.write_text("".join(ln + "\n" for ln in kept))
         self.history = [json.loads(ln) for ln in kept]
         self.file = path.open("a", buffering=1)
+        self.train_time_at_start = trainer.train_time_s
+        self.seconds += time.perf_counter() - started
         if trainer.step == 0:
             self._write(trainer.step, trainer.model)
 
@@ -129,12 +149,17 @@ class ProbeCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.file.close()
+        trained = trainer.train_time_s - self.train_time_at_start
+        update_summary(trainer.run_dir, probe_time_s=round(self.seconds, 3),
+                       probe_fraction=round(self.seconds / trained, 4) if trained > 0 else None)
 
     def _write(self, step: int, model: GPT) -> None:
+        started = time.perf_counter()
         line = {"step": step, **run_probes(model, self.probes)}
         self.file.write(json.dumps(line) + "\n")
         self.history.append(line)
         self.last_step = step
+        self.seconds += time.perf_counter() - started
 
 
 def probe_snapshots(run_dir: Path, out: Path | None = None) -> Path:

@@ -2,7 +2,7 @@
 
     runs/<name>/
       config.toml        the resolved config
-      summary.json       parameters, FLOPs per token, device, tokenizer and corpus sizes
+      summary.json       parameters, FLOPs per token, device, tokenizer and corpus sizes; probe time
       tokenizer.json     the tokenizer
       metrics.jsonl      one JSON object per logged step ({"step", "loss", ...}; eval adds "val_loss")
       checkpoints/       step_NNNNNNNN.safetensors, the last `keep_last`, full training state
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -23,7 +24,7 @@ from vslm.config import RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import VSLMError
 from vslm.model import GPT
-from vslm.train.checkpoint import list_checkpoints, load_checkpoint
+from vslm.train.checkpoint import atomic_write, list_checkpoints, load_checkpoint
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -31,6 +32,13 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
+
+
+def update_summary(run_dir: Path, **fields) -> None:
+    """Adds fields to the run's summary.json (written by the trainer when the run starts)."""
+    path = Path(run_dir) / SUMMARY
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write(path, lambda f: f.write((json.dumps(summary | fields, indent=1) + "\n").encode()))
 
 
 class RunLock:
