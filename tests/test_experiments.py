@@ -162,3 +162,17 @@ def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
     kept = [last_metrics(out / "tuned" / "train.lr=3e-3_train.warmup=1" / f"seed-{s}")["val_loss"] for s in (0, 1)]
     assert summary["tuned"]["val_loss_mean"] == pytest.approx(statistics.mean(kept), rel=1e-12)
     assert "| tuned | train.lr=3e-3 train.warmup=1 |" in (out / "results.md").read_text()
+
+
+def test_corpora_repeat_the_experiment_per_corpus(tmp_path):
+    text = tmp_path / "other.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 2000)
+    spec = write_experiment(tmp_path, extra=f'corpora = ["stories", "{text}"]\n', seeds=1)
+    summaries = run_experiment(spec, tmp_path / "out")
+    assert list(summaries) == ["stories", str(text)]
+    for corpus, summary in summaries.items():
+        folder = tmp_path / "out" / ("stories" if corpus == "stories" else "other")
+        assert summary["wide"]["val_loss_mean"] == last_metrics(folder / "wide" / "seed-0")["val_loss"]
+        assert f'source = "{corpus}"' in (folder / "wide" / "seed-0" / "config.toml").read_text()
+    joined = (tmp_path / "out" / "results.md").read_text()
+    assert joined.count("## Experiment exp on ") == 2

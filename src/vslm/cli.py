@@ -153,6 +153,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(result))
         return 0
+    if a.speedrun:
+        from vslm.speedrun import run_speedrun
+
+        result = run_speedrun(Path(a.data) if a.data else None, a.repeat, Path(a.reference) if a.reference else None,
+                              console if not a.json else None)
+        if a.json:
+            print(json.dumps(result))
+        return 0
     result = run_bench(Path(a.data) if a.data else None, a.steps or 2000, a.repeat,
                        Path(a.reference) if a.reference else None, console if not a.json else None)
     if a.json:
@@ -241,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--attention", action="store_true",
                    help="instead: time each attention normalisation (steps default 20)")
+    p.add_argument("--speedrun", action="store_true",
+                   help="instead: time the speedrun-shakespeare config to val loss 1.88 against the reference")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")

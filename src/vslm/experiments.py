@@ -71,6 +71,7 @@ class ExperimentSpec(BaseModel):
     base: str
     seeds: int = Field(3, ge=1)
     overrides: list[str] = []
+    corpora: list[str] = []  # if given, the whole experiment once per corpus (data.source), in out/<corpus name>/
     variants: list[Variant] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -147,6 +148,11 @@ def _choice_folder(choice: str) -> str:
     return re.sub(r"[^\w.=+-]", "_", choice)
 
 
+def _corpus_folder(corpus: str) -> str:
+    """A corpus name as it is, a path by its file name (without suffix)."""
+    return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
+
+
 def _same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
     cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
     return cfg.fingerprint("model", "data", "train") == saved.fingerprint("model", "data", "train")
@@ -200,11 +206,38 @@ def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
 
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None) -> dict[str, dict]:
-    """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary."""
+    """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
+    (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them)."""
     name, spec = load_experiment(spec_name_or_path)
     seeds = spec.seeds if seeds is None else seeds
-    plan = plan_experiment(spec, seeds, extra_overrides)
     out = Path(out)
+    command = shlex.join(["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds),
+                          "--out", str(out)])
+    if not spec.corpora:
+        return _run_variants(name, spec, plan_experiment(spec, seeds, extra_overrides), out, command, console)
+    plans = {}
+    for corpus in spec.corpora:  # every corpus validated before anything trains
+        try:
+            plans[corpus] = plan_experiment(spec, seeds, [f"data.source={corpus}", *extra_overrides])
+        except ConfigError as e:
+            raise ConfigError(f"corpus '{corpus}': {e}") from None
+    summaries = {}
+    for corpus, plan in plans.items():
+        if console:
+            console.rule(f"{name} on {corpus}")
+        summaries[corpus] = _run_variants(f"{name} on {corpus}", spec, plan, out / _corpus_folder(corpus), command,
+                                          console)
+    parts = [f"# Experiment {name}\n\n{spec.description}\n\n```sh\n{command}\n```\n"]
+    parts += [(out / _corpus_folder(corpus) / "results.md").read_text(encoding="utf-8")
+              .replace("# Experiment", "## Experiment", 1) for corpus in plans]
+    (out / "results.md").write_text("\n".join(parts), encoding="utf-8")
+    return summaries
+
+
+def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]], out: Path,
+                  command: str, console: Console | None) -> dict[str, dict]:
+    """One experiment's runs in out (sweeps first), and its results.json and results.md there."""
+    seeds = len(next(iter(next(iter(plan.values())).values())))
     runs, sweeps = [], {}
 
     def say(text: str) -> None:
@@ -241,8 +274,6 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     for variant, sweep in sweeps.items():
         summary[variant]["chosen"] = sweep["chosen"]
     dynamics = summarize_dynamics(by_variant)
-    command = shlex.join(["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds),
-                          "--out", str(out)])
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": seeds,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
     out.mkdir(parents=True, exist_ok=True)
