@@ -242,7 +242,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
 
     def say(text: str) -> None:
         if console:
-            console.print(text, highlight=False)
+            console.print(text, highlight=False, markup=False)  # "[train.lr=1e-3]" is not a style tag
 
     def train(cfg: RunConfig, folder: Path, label: str) -> dict:
         result = train_or_reuse(cfg, folder)
