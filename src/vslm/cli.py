@@ -39,6 +39,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out or Path("runs") / cfg.name)
     trainer = Trainer(cfg, out, resume=a.resume)
     final = trainer.fit()
+    if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
+        return 0
     _print_samples(trainer)
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
     console.print(f"trained {trainer.step} steps: {summary}")
