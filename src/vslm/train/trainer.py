@@ -163,8 +163,9 @@ class Trainer:
         return self.model.state_dict()
 
     def request_stop(self) -> None:
-        """End the loop after this step (under DDP at the next logged step, so that all ranks stop
-        together). No checkpoint is written for the early stop unless one is due anyway."""
+        """End the loop after this step, and log it if the request comes before the step's metrics
+        are read (`on_before_update`). Under DDP the loop ends at the next logged step, so that all
+        ranks stop together. No checkpoint is written for the early stop unless one is due anyway."""
         self.stop_requested = True
 
     def state_dict(self) -> dict:
@@ -305,6 +306,7 @@ class Trainer:
             ckpt_due = checkpoint_due is not None and checkpoint_due(self.step, tc.steps)
             # reading the loss syncs with the device: only on logged, eval and checkpoint steps
             read = self.step % log.log_every == 0 or eval_due or ckpt_due
+            read = read or (self.stop_requested and not self.dist.enabled)  # the last step is logged
             if read and self.device.type == "cuda":
                 torch.cuda.synchronize()  # the window's time then includes the device's queued work
             elapsed = time.perf_counter() - started
