@@ -175,6 +175,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    from vslm.plan import make_plan, print_plan, write_plan
+
+    plan = make_plan(a.hours, a.data, a.overrides, a.seconds, a.max_measure, console)
+    out = write_plan(plan, Path(a.out))
+    print_plan(plan, out, console)
+    print(out)
+    return 0
+
+
 def cmd_experiment(a: argparse.Namespace) -> int:
     from vslm.experiments import builtin_experiments, run_experiment
 
@@ -266,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides of the nanogpt preset; its shape (model.depth, "
                    "model.width, model.heads, model.context, train.batch_size) goes to the reference too")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="the model size and token budget that fit in H hours here; writes a config")
+    p.add_argument("--hours", type=float, required=True, help="the training time to plan for")
+    p.add_argument("--data", help="data source of the run (default: the embedded stories)")
+    p.add_argument("--out", default="plan.toml", help="the config to write (default plan.toml)")
+    p.add_argument("--seconds", type=float, default=5, help="seconds of training per measured size (default 5)")
+    p.add_argument("--max-measure", type=int, default=5, help="sizes measured at most (default 5)")
+    p.add_argument("overrides", nargs="*", help="overrides of the plan's base config, e.g. model.context=128")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
     p.add_argument("experiment", nargs="?", help="a built-in experiment name or a TOML file")
