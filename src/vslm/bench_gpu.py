@@ -1,10 +1,10 @@
 """`vslm bench --gpu`: what one GPU does with vslm, measured in one command (scripts/gpu_check.sh).
 
 1. the card's peak: the best FLOP/s of large bf16 (and float32/TF32) matrix products, measured here;
-2. a ~10M and a ~50M parameter model, each trained for about `seconds` with what the trainer picks
-   on CUDA (bf16 autocast, SDPA flash kernels, torch.compile, pinned non-blocking copies): steady
-   tokens/s, compile and warm-up time, MFU against the measured bf16 peak and against the card's
-   nominal dense bf16 peak, and peak allocated memory;
+2. a ~10M and a ~50M parameter model, each trained for `seconds` after its first (compiling) step
+   with what the trainer picks on CUDA (bf16 autocast, SDPA flash kernels, torch.compile, pinned
+   non-blocking copies): steady tokens/s, compile and warm-up time, MFU against the measured bf16
+   peak and against the card's nominal dense bf16 peak, and peak allocated memory;
 3. the GPU Shakespeare recipe (built-in `gpu-shakespeare`: nanoGPT's shakespeare_char, 6 layers,
    width 384, context 256, batch 64, dropout 0.2) trained until the validation loss reaches 1.47,
    with the time it took. It needs tiny Shakespeare in the data folder ($VSLM_DATA_DIR); without it
@@ -75,7 +75,8 @@ def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -
 
 
 def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, folder: Path) -> dict:
-    trainer, lines = _train("tiny", TIMING + overrides, [StopAfter(seconds, min_steps=3)], folder / name)
+    stop = StopAfter(seconds, min_steps=3, after_first_step=True)
+    trainer, lines = _train("tiny", TIMING + overrides, [stop], folder / name)
     speed = throughput(lines)
     tps = speed.get("steady_tokens_per_s", speed["tokens_per_s"])
     out = {"params": trainer.params, "flops_per_token": trainer.flops_per_token, "steps": trainer.step,

@@ -184,12 +184,13 @@ class WeightDiagnostics(Callback):
 
 
 class StopAfter(Callback):
-    """Ends training after `seconds` of wall time (counted from the start of training, evaluation
-    included), but not before `min_steps` updates: benchmarks and the size planner time a model
-    without knowing its speed in advance."""
+    """Ends training after `seconds` of wall time, evaluation included, but not before `min_steps`
+    updates: benchmarks and the size planner time a model without knowing its speed in advance.
+    The clock starts with training, or with `after_first_step` once the first step is done (its
+    compilation then does not eat into the time)."""
 
-    def __init__(self, seconds: float, min_steps: int = 1):
-        self.seconds, self.min_steps = seconds, min_steps
+    def __init__(self, seconds: float, min_steps: int = 1, after_first_step: bool = False):
+        self.seconds, self.min_steps, self.after_first_step = seconds, min_steps, after_first_step
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.started, self.first_step = time.perf_counter(), trainer.step
@@ -198,6 +199,10 @@ class StopAfter(Callback):
         enough = trainer.step + 1 - self.first_step >= self.min_steps
         if enough and time.perf_counter() - self.started >= self.seconds:
             trainer.request_stop()
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if self.after_first_step and trainer.step == self.first_step + 1:
+            self.started = time.perf_counter()
 
 
 class StopAtLoss(Callback):
