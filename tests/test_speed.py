@@ -142,3 +142,12 @@ def test_gpu_check_on_cuda(tmp_path):
     result = run_gpu_check(5, 5, tmp_path / "g.json", Console(file=open(tmp_path / "log", "w")),
                            models={"small": small})
     assert result["peak_bf16_flops_per_s"] > 1e12 and result["model_small"]["peak_gpu_mb"] > 0
+
+
+@pytest.mark.slow  # compiling takes about a minute on a 2-core CPU the first time
+def test_compiled_training_on_cpu_matches_eager(tmp_path):
+    words = tiny_overrides(train__steps=3, train__eval_every=3, logging__tensorboard="false")
+    eager = Trainer(load_config("tiny", words), tmp_path / "eager").fit()
+    compiled = Trainer(load_config("tiny", [*words, "train.compile=true"]), tmp_path / "compiled")
+    assert compiled.plan.compile
+    assert compiled.fit()["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
