@@ -61,6 +61,7 @@ def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -
         run = folder / attempt.replace(" ", "-")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        torch._dynamo.reset()  # each part compiles afresh, never against the recompile limit
         trainer = Trainer(cfg, run, callbacks=[MetricsLog(), *callbacks])
         try:
             trainer.fit()
