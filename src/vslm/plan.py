@@ -8,10 +8,12 @@
 3. Fit: seconds per token = a + b x (training FLOPs per token), least squares over the measured
    sizes (b is one over the FLOP/s the machine sustains on large models, a the per-token cost that
    does not scale with the model: kernel launches, the optimizer, Python).
-4. Choose: the largest candidate whose compute-optimal budget, 20 tokens per parameter (Hoffmann
-   et al. 2022), trains in H hours at the predicted speed. Measuring starts at the smallest size and
-   goes on at the size the current fit chooses and the next larger one, until both are measured.
-5. Write: a config of that shape with steps = 20 N / tokens per step, ready for `vslm train`.
+4. Choose: the compute-optimal size trains on 20 tokens per parameter (Hoffmann et al. 2022); the
+   candidate whose 20 N tokens take closest to H hours at the predicted speed (in ratio) is taken,
+   and given all of the H hours: its tokens per parameter then stay within a factor ~2 of 20, as the
+   ladder's sizes are a factor ~2-3 apart. Measuring starts at the smallest size and goes on at the
+   size the current fit chooses and the next larger one, until both are measured.
+5. Write: a config of that shape with steps = H hours x predicted tokens/s / tokens per step.
 """
 
 from __future__ import annotations
@@ -132,9 +134,13 @@ def size_of(cfg: RunConfig, shape: Shape, vocab: int) -> tuple[int, int]:
 
 
 def choose(sizes: dict[Shape, tuple[int, int]], fit: CostFit, seconds: float) -> Shape:
-    """The largest shape whose 20-tokens-per-parameter budget trains in `seconds`; else the smallest."""
-    fitting = [s for s, (n, f) in sizes.items() if TOKENS_PER_PARAM * n / fit.tokens_per_s(f) <= seconds]
-    return max(fitting, key=lambda s: s.width) if fitting else min(sizes, key=lambda s: s.width)
+    """The shape whose 20-tokens-per-parameter budget trains in the time closest to `seconds`,
+    closeness being the ratio (a size 2x too slow is as far as one 2x too fast)."""
+    def hours_off(shape: Shape) -> float:
+        n, f = sizes[shape]
+        return abs(math.log(TOKENS_PER_PARAM * n / fit.tokens_per_s(f) / seconds))
+
+    return min(sizes, key=hours_off)
 
 
 def next_larger(shape: Shape) -> Shape | None:
@@ -167,8 +173,8 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
         shape = choose(sizes, fit, budget_s)
     params, flops = sizes[shape]
     tokens_per_step = cfg.train.batch_size * cfg.model.context
-    steps = max(1, math.ceil(TOKENS_PER_PARAM * params / tokens_per_step))
     tps = fit.tokens_per_s(flops)
+    steps = max(1, round(budget_s * tps / tokens_per_step))  # all of the hours
     predicted_s = steps * tokens_per_step / tps
     planned = planned_config(cfg, shape, steps, corpus, predicted_s)
     train_tokens = len(corpus.train.tokens)
@@ -181,7 +187,7 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
         "predicted_train_s": predicted_s,
         "predicted_eval_s": EVALS * EVAL_WINDOWS * cfg.model.context / tps / 3,  # forward only: a third
         "fit": fit, "measured": list(measured.values()), "sizes": sizes,
-        "within_measured": lo <= params <= hi, "fits": predicted_s <= budget_s,
+        "within_measured": lo <= params <= hi, "tokens_per_param": steps * tokens_per_step / params,
         "epochs": steps * tokens_per_step / train_tokens,
     }
 
@@ -201,7 +207,7 @@ def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, pre
         need = steps * cfg.train.batch_size * cfg.model.context * bytes_per_token / (1 - cfg.data.val_fraction)
         words.append(f"data.max_bytes={max(cfg.data.max_bytes, min(int(need * 1.05), 256_000_000))}")
     tokens = steps * cfg.train.batch_size * cfg.model.context
-    description = (f"from vslm plan: {tokens:,} tokens ({TOKENS_PER_PARAM} per parameter), predicted "
+    description = (f"from vslm plan: {tokens:,} tokens, about {TOKENS_PER_PARAM} per parameter, predicted "
                    f"{predicted_s / 60:.1f} min of training on the machine it measured")
     return with_shape(cfg, shape, words).model_copy(
         update={"name": f"plan-{shape.width}x{shape.depth}", "description": description})
@@ -220,23 +226,26 @@ def print_plan(plan: dict, out: Path, console: Console) -> None:
                       f"{TOKENS_PER_PARAM * n / tps / 3600:.3g}")
     console.print(table)
     fit = plan["fit"]
+    cfg = plan["config"]
     console.print(
         f"plan: width {plan['shape'].width}, depth {plan['shape'].depth}, {plan['params']:,} parameters, "
-        f"{plan['tokens']:,} tokens = {plan['steps']:,} steps of {plan['config'].train.batch_size} x "
-        f"{plan['config'].model.context}; predicted {plan['predicted_tokens_per_s']:,.0f} tokens/s, "
+        f"{plan['tokens']:,} tokens ({plan['tokens_per_param']:.0f} per parameter) = {plan['steps']:,} steps of "
+        f"{cfg.train.batch_size} x {cfg.model.context}; predicted {plan['predicted_tokens_per_s']:,.0f} tokens/s, "
         f"{plan['predicted_train_s'] / 60:.1f} min of training (+ ~{plan['predicted_eval_s'] / 60:.1f} min of "
         f"evaluation)", highlight=False)
     notes = [
         f"{TOKENS_PER_PARAM} tokens per parameter is Hoffmann et al.'s (2022) compute-optimal ratio, fitted "
-        "at 70M-16B parameters; at this size it is an extrapolation. Parameters include the embeddings.",
+        "at 70M-16B parameters; at this size it is an extrapolation. Parameters include the embeddings. "
+        "The size is the candidate nearest that optimum; it gets all of the hours.",
         f"Speed: seconds per token = {fit.overhead:.3g} + {fit.per_flop:.3g} x FLOPs per token (sustained "
         f"{1 / fit.per_flop / 1e9:.1f} GFLOP/s), fitted to {len(plan['measured'])} sizes measured for a few seconds "
         "each on this machine now, under its present load. The planned size is "
         + ("inside the measured range." if plan["within_measured"] else "outside the measured range (extrapolated)."),
         "The predicted time counts training steps (as train_time_s does), not data preparation or evaluation.",
     ]
-    if not plan["fits"]:
-        notes.append("Even the smallest candidate needs more than the hours given: the plan is that one.")
+    if not 10 <= plan["tokens_per_param"] <= 40:
+        notes.append(f"{plan['tokens_per_param']:.0f} tokens per parameter: the hours given are outside what the "
+                     "candidates (widths 32 to 768) can use compute-optimally.")
     if plan["epochs"] > 1:
         notes.append(f"The budget reads the training split {plan['epochs']:.1f} times (repeated data is worth less "
                      "than fresh: Muennighoff et al. 2023 find up to ~4 epochs nearly as good).")
