@@ -1,27 +1,44 @@
-"""`vslm bench`: the nanogpt preset timed side by side with shared/bench/reference_gpt.py.
+"""`vslm bench`: the nanogpt preset timed side by side with shared/bench/reference_gpt.py, against
+this machine's measured peak.
 
-Both run as fresh subprocesses of the same Python, one after the other, on the same text, for the
-same number of steps, `repeat` times alternately; the figures are medians. Tokens per second
-count training steps only (forward, backward, optimizer, and for vslm its per-step logging), not
-data preparation or evaluation, as the reference counts them.
+Both trainers run as fresh subprocesses of the same Python, one after the other, on the same text,
+for the same number of steps, `repeat` times alternately; the figures are medians. Tokens per
+second count training steps only (forward, backward, optimizer, and for vslm its per-step logging),
+not data preparation or evaluation, as the reference counts them. Overrides of the model's shape
+(`model.depth`, `model.width`, `model.heads`, `model.context`, `train.batch_size`) go to both
+sides, so any shape the reference can express is compared at the identical model and batch.
+
+MFU is the model's training FLOP/s (FLOPs per token from model/accounting.py times tokens per
+second) over the peak this machine reaches in the same run: the best FLOP/s of large square
+matrix products (`measure_peak_flops`), in float32, and in bf16 where the hardware has it. A
+hard-coded peak would not know the cores, the threads or the neighbours this run has.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from vslm.data.sources import LOCAL_CORPORA, data_dirs
 from vslm.errors import VSLMError
+from vslm.model.accounting import model_flops_utilisation
 
 BENCH_CONFIG = "nanogpt-shakespeare"
+# vslm override -> reference_gpt.py option, for the shapes both can express
+REFERENCE_ARGS = {"model.depth": "--layers", "model.heads": "--heads", "model.width": "--width",
+                  "model.context": "--block", "train.batch_size": "--batch"}
+REFERENCE_DEFAULTS = {"model.depth": 4, "model.heads": 4, "model.width": 128, "model.context": 64,
+                      "train.batch_size": 12}
 
 
 def find_reference(given: Path | None) -> Path:
@@ -47,60 +64,193 @@ def find_data(given: Path | None) -> Path:
     raise VSLMError("tiny Shakespeare not found; set VSLM_DATA_DIR or pass --data FILE")
 
 
-def _run(cmd: list[str]) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise VSLMError(f"benchmark run failed ({' '.join(cmd[:4])} ...): {r.stderr.strip().splitlines()[-1:]}")
-    return r.stdout
+# ------------------------------------------------------------------------------------ the peak
 
 
-def run_reference(reference: Path, data: Path, steps: int) -> dict:
-    out = _run([sys.executable, str(reference), "--data", str(data), "--iters", str(steps)])
-    return json.loads(out.strip().splitlines()[-1])
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix units on this CPU (AVX512-BF16 or AMX); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
+                       sizes: tuple[int, ...] | None = None, seconds: float = 0.3) -> float:
+    """The best FLOP/s of square matrix products (2 n^3 FLOPs each) over a few sizes, each timed
+    three times for about `seconds`: what the hardware delivers to a large GEMM here and now."""
+    cuda = device.type == "cuda"
+    sizes = sizes or ((4096, 8192) if cuda else (512, 1024, 2048))
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    best = 0.0
+    for n in sizes:
+        gen = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+        a @ b  # warm-up: allocation, kernel choice
+        sync()
+        started = time.perf_counter()
+        a @ b
+        sync()
+        reps = max(1, round(seconds / max(time.perf_counter() - started, 1e-6)))
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            sync()
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - started))
+    return best
+
+
+def measure_peaks(device: torch.device) -> dict[str, float]:
+    """float32 peak, and bf16 where the hardware has native support."""
+    peaks = {"peak_flops_per_s": measure_peak_flops(device)}
+    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+    if bf16:
+        peaks["peak_bf16_flops_per_s"] = measure_peak_flops(device, torch.bfloat16)
+    return peaks
+
+
+# ---------------------------------------------------------------------------------- the runs
+
+
+def run_measured(cmd: list[str]) -> tuple[str, float]:
+    """Run cmd; its stdout and its peak resident memory in MiB (from the kernel, via wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            last = err.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise VSLMError(f"benchmark run failed ({' '.join(cmd[:4])} ...): {last}")
+        rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        return out.read().decode(), rss
+
+
+def throughput(lines: list[dict]) -> dict[str, float]:
+    """From a run's logged metrics: tokens per second over all steps; over the steps after the
+    first logged window (steady: no compilation, no warm-up); and the first window's excess over
+    the steady rate, which is the compile and warm-up time."""
+    logged = [m for m in lines if "train_time_s" in m]
+    if not logged:
+        raise VSLMError("the run logged no step to time")
+    last = logged[-1]
+    out = {"tokens_per_s": last["tokens"] / last["train_time_s"], "train_s": last["train_time_s"]}
+    first = logged[0]
+    if len(logged) > 1 and last["train_time_s"] > first["train_time_s"]:
+        steady = (last["tokens"] - first["tokens"]) / (last["train_time_s"] - first["train_time_s"])
+        out["steady_tokens_per_s"] = steady
+        out["warmup_s"] = max(0.0, first["train_time_s"] - first["tokens"] / steady)
+    return out
+
+
+def run_reference(reference: Path, data: Path, steps: int, shape: dict[str, int], eval_batches: int) -> dict:
+    args = [a for key, flag in REFERENCE_ARGS.items() for a in (flag, str(shape[key]))]
+    out, rss = run_measured([sys.executable, str(reference), "--data", str(data), "--iters", str(steps),
+                             "--eval-batches", str(eval_batches), *args])
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": rss}
 
 
 def run_vslm(data: Path, steps: int, overrides: list[str] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix="vslm-bench-") as tmp:
-        _run([sys.executable, "-m", "vslm", "train", BENCH_CONFIG, f"data.source={data.resolve()}",
-              f"train.steps={steps}", "logging.progress=false", "logging.log_every=100", *overrides,
-              "--out", f"{tmp}/run"])
-        last = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"tokens_per_s": last["tokens"] / last["train_time_s"], "train_s": last["train_time_s"],
-            "val_loss": last["val_loss"]}
+        _, rss = run_measured([sys.executable, "-m", "vslm", "train", BENCH_CONFIG, f"data.source={data.resolve()}",
+                               f"train.steps={steps}", "logging.progress=false", "logging.log_every=100",
+                               "logging.tensorboard=false", *overrides, "--out", f"{tmp}/run"])
+        run = Path(tmp) / "run"
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((run / "summary.json").read_text())
+    return {**throughput(lines), "val_loss": lines[-1]["val_loss"], "peak_rss_mb": rss,
+            "params": summary["params"], "flops_per_token": summary["flops_per_token"]}
+
+
+def bench_shape(overrides: list[str]) -> dict[str, int]:
+    """The shape both trainers run: the preset's, with the overrides that name a shape."""
+    shape = dict(REFERENCE_DEFAULTS)
+    for word in overrides:
+        key, _, value = word.partition("=")
+        if key in shape:
+            shape[key] = int(value)
+    return shape
 
 
 def run_bench(data: Path | None, steps: int, repeat: int, reference: Path | None,
-              console: Console | None) -> dict:
+              console: Console | None, overrides: list[str] = (), eval_batches: int = 200) -> dict:
     data, reference = find_data(data), find_reference(reference)
+    shape = bench_shape(overrides)
+    vslm_words = [*overrides, f"train.eval_windows={eval_batches * shape['train.batch_size']}"]
+    device = torch.device("cpu")  # both trainers run on the CPU unless told otherwise
+    if console:
+        console.print(f"measuring this machine's peak ({torch.get_num_threads()} threads) ...", highlight=False)
+    peaks = measure_peaks(device)
     ours, theirs = [], []
     for i in range(repeat):
         if console:
             console.print(f"run {i + 1}/{repeat}: reference ...", highlight=False)
-        theirs.append(run_reference(reference, data, steps))
+        theirs.append(run_reference(reference, data, steps, shape, eval_batches))
         if console:
             console.print(f"run {i + 1}/{repeat}: vslm ...", highlight=False)
-        ours.append(run_vslm(data, steps))
+        ours.append(run_vslm(data, steps, vslm_words))
+    again = measure_peaks(device)  # a peak is a maximum: the best of before and after the runs
+    peaks = {k: max(v, again[k]) for k, v in peaks.items()}
     med = statistics.median
     ratios = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(ours, theirs, strict=True)]
+    vslm_tps, ref_tps = med(o["tokens_per_s"] for o in ours), med(t["tokens_per_s"] for t in theirs)
+    flops = ours[0]["flops_per_token"]  # the identical model on both sides
+    ours_mfu = model_flops_utilisation(flops, vslm_tps, peaks["peak_flops_per_s"])
     result = {
         "steps": steps,
         "repeat": repeat,
-        "vslm_tokens_per_s": round(med(o["tokens_per_s"] for o in ours), 1),
-        "reference_tokens_per_s": round(med(t["tokens_per_s"] for t in theirs), 1),
+        "shape": shape,
+        "overrides": list(overrides),
+        "threads": torch.get_num_threads(),
+        "params": ours[0]["params"],
+        "flops_per_token": flops,
+        "vslm_tokens_per_s": round(vslm_tps, 1),
+        "reference_tokens_per_s": round(ref_tps, 1),
         "ratio": round(med(ratios), 3),
         "vslm_val_loss": round(med(o["val_loss"] for o in ours), 4),
         "reference_val_loss": round(med(t["val_loss"] for t in theirs), 4),
+        **{k: round(v) for k, v in peaks.items()},
+        "model_flops_per_s": round(ours_mfu["model_flops_per_s"]),
+        "mfu": round(ours_mfu["mfu"], 4),
+        "reference_mfu": round(model_flops_utilisation(flops, ref_tps, peaks["peak_flops_per_s"])["mfu"], 4),
+        "peak_rss_mb": round(med(o["peak_rss_mb"] for o in ours), 1),
+        "reference_peak_rss_mb": round(med(t["peak_rss_mb"] for t in theirs), 1),
     }
+    if "steady_tokens_per_s" in ours[0]:
+        result["vslm_steady_tokens_per_s"] = round(med(o["steady_tokens_per_s"] for o in ours), 1)
+        result["vslm_warmup_s"] = round(med(o["warmup_s"] for o in ours), 2)
     if console:
-        table = Table(title=f"nanogpt preset vs reference_gpt.py, {steps} steps, median of {repeat}")
-        for col in ("", "tokens/s", "val loss"):
-            table.add_column(col, justify="right")
-        table.add_row("reference", f"{result['reference_tokens_per_s']:,.0f}", f"{result['reference_val_loss']:.4f}")
-        table.add_row("vslm", f"{result['vslm_tokens_per_s']:,.0f}", f"{result['vslm_val_loss']:.4f}")
-        console.print(table)
-        console.print(f"ratio (vslm / reference tokens/s): {result['ratio']:.3f}  per run: "
-                      f"{', '.join(f'{r:.3f}' for r in ratios)}", highlight=False)
+        _print_bench(result, ratios, console)
     return result
+
+
+def _print_bench(result: dict, ratios: list[float], console: Console) -> None:
+    shape = result["shape"]
+    table = Table(title=f"{BENCH_CONFIG} ({result['params']:,} parameters; depth {shape['model.depth']}, "
+                        f"width {shape['model.width']}, context {shape['model.context']}, batch "
+                        f"{shape['train.batch_size']}) vs reference_gpt.py, {result['steps']} steps, "
+                        f"median of {result['repeat']}")
+    for col in ("", "tokens/s", "model GFLOP/s", "MFU", "peak RSS MiB", "val loss"):
+        table.add_column(col, justify="right")
+    peak = result["peak_flops_per_s"]
+    for name, rss in (("reference", "reference_peak_rss_mb"), ("vslm", "peak_rss_mb")):
+        flops_per_s = result[f"{name}_tokens_per_s"] * result["flops_per_token"]
+        table.add_row(name, f"{result[f'{name}_tokens_per_s']:,.0f}", f"{flops_per_s / 1e9:.1f}",
+                      f"{flops_per_s / peak:.1%}", f"{result[rss]:,.0f}", f"{result[f'{name}_val_loss']:.4f}")
+    console.print(table)
+    bf16 = result.get("peak_bf16_flops_per_s")
+    console.print(f"measured peak: float32 {peak / 1e9:.1f} GFLOP/s"
+                  + (f", bf16 {bf16 / 1e9:.1f} GFLOP/s" if bf16 else ", bf16: no native support here")
+                  + f" ({result['threads']} threads); MFU = model FLOP/s / float32 peak", highlight=False)
+    console.print(f"ratio (vslm / reference tokens/s): {result['ratio']:.3f}  per run: "
+                  f"{', '.join(f'{r:.3f}' for r in ratios)}", highlight=False)
+    if "vslm_warmup_s" in result:
+        console.print(f"vslm after its first logged window: {result['vslm_steady_tokens_per_s']:,.0f} tokens/s; "
+                      f"warm-up and compilation {result['vslm_warmup_s']:.1f} s", highlight=False)
 
 
 ATTENTION_KINDS = ("softmax", "power", "softmax1", "ssmax", "sigmoid")
@@ -109,9 +259,6 @@ ATTENTION_KINDS = ("softmax", "power", "softmax1", "ssmax", "sigmoid")
 def run_attention_bench(steps: int, repeat: int, console: Console | None) -> dict:
     """Training-step time of each attention normalisation on the arch-base model (context 128),
     interleaved `repeat` times in one process; medians and ratios to softmax's fast SDPA path."""
-    import time
-
-    import torch
     import torch.nn.functional as F
 
     from vslm.config import load_config

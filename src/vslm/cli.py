@@ -39,6 +39,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out or Path("runs") / cfg.name)
     trainer = Trainer(cfg, out, resume=a.resume)
     final = trainer.fit()
+    if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
+        return 0
     _print_samples(trainer)
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
     console.print(f"trained {trainer.step} steps: {summary}")
@@ -148,6 +150,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from vslm.bench import run_attention_bench, run_bench
 
+    if a.gpu:
+        import os
+
+        from vslm.bench_gpu import run_gpu_check
+
+        json_out = Path(a.json_out) if a.json_out else None
+        if json_out is None and os.environ.get("OUT"):  # the device machine's folder of results
+            json_out = Path(os.environ["OUT"]) / "gpu_check.json"
+        result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console)
+        if a.json:
+            print(json.dumps(result))
+        return 0
     if a.attention:
         result = run_attention_bench(a.steps or 20, a.repeat, console if not a.json else None)
         if a.json:
@@ -157,14 +171,25 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from vslm.speedrun import run_speedrun
 
         result = run_speedrun(Path(a.data) if a.data else None, a.repeat, Path(a.reference) if a.reference else None,
-                              console if not a.json else None)
+                              console if not a.json else None, a.overrides)
         if a.json:
             print(json.dumps(result))
         return 0
     result = run_bench(Path(a.data) if a.data else None, a.steps or 2000, a.repeat,
-                       Path(a.reference) if a.reference else None, console if not a.json else None)
+                       Path(a.reference) if a.reference else None, console if not a.json else None,
+                       a.overrides, a.eval_batches)
     if a.json:
         print(json.dumps(result))
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from vslm.plan import make_plan, print_plan, write_plan
+
+    plan = make_plan(a.hours, a.data, a.overrides, a.seconds, a.max_measure, console)
+    out = write_plan(plan, Path(a.out))
+    print_plan(plan, out, console)
+    print(out)
     return 0
 
 
@@ -247,11 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
     p.add_argument("--reference", help="path of reference_gpt.py (default: ../shared/bench/)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--eval-batches", type=int, default=200, help="validation batches of both trainers (default 200)")
     p.add_argument("--attention", action="store_true",
                    help="instead: time each attention normalisation (steps default 20)")
     p.add_argument("--speedrun", action="store_true",
                    help="instead: time the speedrun-shakespeare config to val loss 1.88 against the reference")
+    p.add_argument("--gpu", action="store_true", help="instead: the GPU check (10M and 50M models, peak, "
+                   "memory, the GPU Shakespeare recipe); see scripts/gpu_check.sh")
+    p.add_argument("--seconds", type=float, default=60, help="--gpu: training seconds per model (default 60)")
+    p.add_argument("--shakespeare-seconds", type=float, default=150,
+                   help="--gpu: at most this long for the Shakespeare recipe (default 150)")
+    p.add_argument("--json-out", help="--gpu: write the results here (default $OUT/gpu_check.json if OUT is set)")
+    p.add_argument("overrides", nargs="*", help="overrides of the nanogpt preset; its shape (model.depth, "
+                   "model.width, model.heads, model.context, train.batch_size) goes to the reference too")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="the model size and token budget that fit in H hours here; writes a config")
+    p.add_argument("--hours", type=float, required=True, help="the training time to plan for")
+    p.add_argument("--data", help="data source of the run (default: the embedded stories)")
+    p.add_argument("--out", default="plan.toml", help="the config to write (default plan.toml)")
+    p.add_argument("--seconds", type=float, default=5, help="seconds of training per measured size (default 5)")
+    p.add_argument("--max-measure", type=int, default=5, help="sizes measured at most (default 5)")
+    p.add_argument("overrides", nargs="*", help="overrides of the plan's base config, e.g. model.context=128")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
     p.add_argument("experiment", nargs="?", help="a built-in experiment name or a TOML file")

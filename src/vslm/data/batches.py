@@ -3,6 +3,10 @@
 Training windows are drawn at random offsets by a seeded `torch.Generator`; its state is the data
 position, saved in every checkpoint, so a resumed run draws exactly the windows the uninterrupted
 run would have. With `doc_aligned`, windows start where documents start.
+
+Under data parallelism every process draws the same global batch and keeps its own rows
+(`shard = (rank, world)`: rows rank, rank + world, ...): the ranks read disjoint rows of the batch
+one process would read, and their generators stay in step, so one saved state resumes them all.
 """
 
 from __future__ import annotations
@@ -21,11 +25,16 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor
 
 class WindowSampler:
     def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int,
-                 doc_starts: np.ndarray | None = None):
+                 doc_starts: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)):
         if len(tokens) <= context:
             raise VSLMError(f"the training split has {len(tokens)} tokens, fewer than model.context + 1; "
                             "give more text or a shorter context")
+        rank, world = shard
+        if batch_size % world:
+            raise VSLMError(f"train.batch_size {batch_size} (the global batch) is not divisible by the "
+                            f"{world} processes")
         self.tokens, self.context, self.batch_size = tokens, context, batch_size
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
         self.doc_starts = None
         if doc_starts is not None:
@@ -33,13 +42,14 @@ class WindowSampler:
             self.doc_starts = usable if len(usable) > 1 else None  # one document: plain random windows
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets, each (B, T) int64."""
+        """Inputs and targets, each (B / world, T) int64: this rank's rows of the global batch."""
         T, B = self.context, self.batch_size
         if self.doc_starts is None:
             starts = torch.randint(len(self.tokens) - T, (B,), generator=self.generator).numpy()
         else:
             pick = torch.randint(len(self.doc_starts), (B,), generator=self.generator).numpy()
             starts = self.doc_starts[pick]
+        starts = starts[self.rank :: self.world]
         window = _gather(self.tokens, starts, T + 1)
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 

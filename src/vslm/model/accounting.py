@@ -45,3 +45,10 @@ def training_flops_per_token(model: GPT) -> int:
     depths = sum(sum(depth_flops_per_token(model, d).values()) for d in range(len(model.order)))
     head = model.head.weight if model.head is not None else model.embed.weight  # (V, d_last)
     return depths + 6 * head.numel()
+
+
+def model_flops_utilisation(flops_per_token: float, tokens_per_s: float, peak_flops_per_s: float) -> dict[str, float]:
+    """Model FLOP/s (the model's training FLOPs per token, as counted above, times tokens per second)
+    and MFU, their fraction of a peak FLOP/s; recomputation and padding do not count as model FLOPs."""
+    model_flops_per_s = flops_per_token * tokens_per_s
+    return {"model_flops_per_s": model_flops_per_s, "mfu": model_flops_per_s / peak_flops_per_s}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -180,6 +181,48 @@ class WeightDiagnostics(Callback):
                     ratio = (w - self.before[name]).norm() / self.before[name].norm()
                     metrics[f"{key}/update_ratio"] = round(ratio.item(), 8)
         self.before.clear()
+
+
+class StopAfter(Callback):
+    """Ends training after `seconds` of wall time, evaluation included, but not before `min_steps`
+    updates: benchmarks and the size planner time a model without knowing its speed in advance.
+    The clock starts with training, or with `after_first_step` once the first step is done (its
+    compilation then does not eat into the time)."""
+
+    def __init__(self, seconds: float, min_steps: int = 1, after_first_step: bool = False):
+        self.seconds, self.min_steps, self.after_first_step = seconds, min_steps, after_first_step
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.started, self.first_step = time.perf_counter(), trainer.step
+
+    def on_before_update(self, trainer: Trainer) -> None:  # before the step's metrics: it is logged
+        enough = trainer.step + 1 - self.first_step >= self.min_steps
+        if enough and time.perf_counter() - self.started >= self.seconds:
+            trainer.request_stop()
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if self.after_first_step and trainer.step == self.first_step + 1:
+            self.started = time.perf_counter()
+
+
+class StopAtLoss(Callback):
+    """Ends training at the first evaluation whose validation loss reaches `target`, and records
+    when: the step, the training time (`train_time_s`, evaluation excluded) and the wall time since
+    the start of training (compilation and evaluation included)."""
+
+    def __init__(self, target: float):
+        self.target = target
+        self.reached: dict | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if self.reached is None and metrics.get("val_loss", float("inf")) <= self.target:
+            self.reached = {"step": trainer.step, "val_loss": metrics["val_loss"],
+                            "train_time_s": round(trainer.train_time_s, 3),
+                            "wall_s": round(time.perf_counter() - self.started, 3)}
+            trainer.request_stop()
 
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:

@@ -7,28 +7,45 @@ What varies in the step is data (the config); what watches the run is a callback
 Exact resume: the checkpoint holds weights, optimizer state, the step (which fixes the schedule),
 the torch RNG (dropout) and the batch sampler's generator (the data position), so a resumed run
 computes bit for bit the losses the uninterrupted run computes.
+
+Under torchrun (`torchrun --nproc-per-node N -m vslm train ...`) the same loop runs in every
+process, data-parallel (distributed.py): `train.batch_size` is the global batch, each rank
+computes its rows, DDP averages the gradients (skipping the all-reduce on all but the last
+micro-step of gradient accumulation), evaluation is sharded and summed, and only rank 0 runs the
+callbacks (metrics, checkpoints, progress). The losses match a single process's with the same
+global batch up to float rounding; checkpoints hold every rank's RNG state, so resume is exact.
+
+What makes a step fast is chosen from the device (`device_plan`): on CUDA, bf16 autocast,
+torch.compile, pinned memory and non-blocking copies; on CPU, plain float32 eager (compile pays
+little there, see docs/BENCHMARKS.md). The loop reads the loss back (a host sync) only on logged,
+evaluation and checkpoint steps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
+import resource
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vslm.config import RunConfig, save_config
+from vslm.config import RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.errors import VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.callbacks import Callback, Checkpointer, default_callbacks
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
+from vslm.train.distributed import init_distributed
 from vslm.train.optim import build_optimizer, lr_at
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, RunLock, device_of, read_run_config
 
@@ -39,42 +56,96 @@ class TrainingDiverged(VSLMError):
     pass
 
 
+@dataclass(frozen=True)
+class DevicePlan:
+    """How a step runs on the device, chosen once from the config and the hardware."""
+
+    amp_dtype: torch.dtype | None  # autocast dtype; None = float32 throughout
+    compile: bool
+    pin_memory: bool  # pinned host batches, copied without blocking the host
+
+
+def device_plan(device: torch.device, tc: TrainConfig, bf16_supported: bool) -> DevicePlan:
+    """bf16 autocast and torch.compile on CUDA unless the config says otherwise; on CPU neither by
+    default: CPU autocast to bf16 is emulated without AVX512-BF16/AMX, and compile bought about
+    10% on the nanogpt preset for a minute of compiling (docs/BENCHMARKS.md)."""
+    cuda = device.type == "cuda"
+    amp = tc.dtype == "bfloat16" or (tc.dtype == "auto" and cuda and bf16_supported)
+    return DevicePlan(amp_dtype=torch.bfloat16 if amp else None,
+                      compile=tc.compile is True or (tc.compile == "auto" and cuda), pin_memory=cuda)
+
+
+def _no_buffer_sync() -> dict:
+    """DDP arguments that skip syncing buffers before each forward: the model's buffers (RoPE
+    tables) are constants, and the sync is a collective that sharded evaluation must not hit."""
+    ddp_args = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_args else {"broadcast_buffers": False}
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (the kernel's high-water mark, cheap to read), and on
+    CUDA the peak memory the caching allocator handed to tensors."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None):
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.device = device_of(cfg.train.device)
+        self.dist = init_distributed(cuda=self.device.type == "cuda")
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         if resume:
             cfg = self._check_resumable(cfg)
-        self.corpus = corpus or prepare_corpus(cfg.data)
+        with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
+            self.corpus = corpus or prepare_corpus(cfg.data)
         vocab = self.corpus.tokenizer.vocab_size
         cfg = cfg.with_vocab_size(vocab)
         if cfg.model.vocab_size < vocab:
             raise VSLMError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {vocab}")
         self.cfg = cfg
         tc = cfg.train
-        self.device = device_of(tc.device)
         cuda = self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if tc.dtype == "bfloat16" or (
-            tc.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()) else None
+        self.plan = device_plan(self.device, tc, cuda and torch.cuda.is_bf16_supported())
+        self.amp_dtype = self.plan.amp_dtype
+        if cuda:
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
 
         torch.manual_seed(tc.seed)
         self.model = GPT(cfg.model).to(self.device)
+        if self.dist.rank:
+            torch.manual_seed(tc.seed + self.dist.rank)  # the same weights, different dropout masks
         self.params = parameter_count(self.model)
         self.flops_per_token = training_flops_per_token(self.model)
-        compile_model = tc.compile is True or (tc.compile == "auto" and cuda)
-        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.ddp = None
+        module: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if cuda else None, **_no_buffer_sync())
+            module = self.ddp
+        self.forward = torch.compile(module) if self.plan.compile else module
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
         train = self.corpus.train
         self.sampler = WindowSampler(train.tokens, cfg.model.context, tc.batch_size, tc.seed,
-                                     train.doc_starts if cfg.data.doc_aligned else None)
+                                     train.doc_starts if cfg.data.doc_aligned else None,
+                                     shard=(self.dist.rank, self.dist.world))
         self.val_x, self.val_y = fixed_windows(self.corpus.val.tokens, cfg.model.context,
                                                tc.eval_windows, VAL_SEED)
         self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))  # (V,)
         self.callbacks = list(default_callbacks(cfg) if callbacks is None else callbacks)
+        if not self.dist.is_main:
+            self.callbacks = []  # rank 0 logs, checkpoints and reports for all
         self.step = 0
         self.train_time_s = 0.0
+        self.stop_requested = False
+        self.rank_rng: list[dict] | None = None  # every rank's RNG state, gathered before a checkpoint
 
     # ----------------------------------------------------------------------------- state
 
@@ -91,10 +162,18 @@ class Trainer:
     def weights(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
+    def request_stop(self) -> None:
+        """End the loop after this step, and log it if the request comes before the step's metrics
+        are read (`on_before_update`). Under DDP the loop ends at the next logged step, so that all
+        ranks stop together. No checkpoint is written for the early stop unless one is due anyway."""
+        self.stop_requested = True
+
     def state_dict(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.dist.enabled and self.rank_rng is not None:
+            rng["ranks"] = self.rank_rng
         return {
             "step": self.step,
             "train_time_s": self.train_time_s,
@@ -108,13 +187,33 @@ class Trainer:
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        for i, cb in enumerate(self.callbacks):
-            cb.load_state_dict(state["callbacks"].get(f"{i}:{type(cb).__name__}", {}))
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
+        self._load_rng(state["rng"])
+        for i, cb in enumerate(self.callbacks):
+            cb.load_state_dict(state["callbacks"].get(f"{i}:{type(cb).__name__}", {}))
+
+    def _rng_of_this_rank(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _load_rng(self, rng: dict) -> None:
+        ranks = rng.get("ranks")
+        if self.dist.enabled and ranks is not None and len(ranks) == self.dist.world:
+            mine = ranks[self.dist.rank]
+            torch.set_rng_state(mine["torch"])
+            if "cuda" in mine and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+            return
+        # a single-process checkpoint, or another number of processes: the data and the weights
+        # carry over exactly; dropout masks of the other ranks are drawn afresh
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.dist.rank:
+            torch.manual_seed(self.cfg.train.seed + self.dist.rank + 7919 * self.step)
 
     # ------------------------------------------------------------------------------ loop
 
@@ -124,22 +223,25 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
+        if self.plan.pin_memory:
             return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+        return t.to(self.device)
 
     def fit(self) -> dict:
         """Train to cfg.train.steps; returns the last logged metrics."""
-        with RunLock(self.run_dir):
-            self._open_run_folder()
-            for cb in self.callbacks:
-                cb.on_train_start(self)
-            metrics: dict = {"step": self.step}
-            try:
-                metrics = self._loop()
-            finally:
+        try:
+            with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+                self._open_run_folder()
                 for cb in self.callbacks:
-                    cb.on_train_end(self, metrics)
+                    cb.on_train_start(self)
+                metrics: dict = {"step": self.step}
+                try:
+                    metrics = self._loop()
+                finally:
+                    for cb in self.callbacks:
+                        cb.on_train_end(self, metrics)
+        finally:
+            self.dist.close()
         return metrics
 
     def _open_run_folder(self) -> None:
@@ -152,9 +254,14 @@ class Trainer:
                 if (self.run_dir / name).exists():
                     raise VSLMError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                                     "or --out to train into another folder")
+        self.dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
+        if not self.dist.is_main:
+            return
+        if not self.resume:
             self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
         save_config(self.cfg, self.run_dir / CONFIG)
         summary = {"params": self.params, "flops_per_token": self.flops_per_token, "device": str(self.device),
+                   "processes": self.dist.world,
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
                    "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
@@ -162,6 +269,9 @@ class Trainer:
     def _loop(self) -> dict:
         tc, log = self.cfg.train, self.cfg.logging
         checkpointer = next((cb for cb in self.callbacks if isinstance(cb, Checkpointer)), None)
+        # the ranks must agree on the steps that read the loss (a collective): rank 0's schedule
+        every = self.dist.broadcast(None if checkpointer is None else checkpointer.every)
+        checkpoint_due = Checkpointer(every, keep_last=1).due if every is not None else None
         tokens_per_step = tc.batch_size * tc.grad_accum * self.cfg.model.context
         params = [p for p in self.model.parameters() if p.requires_grad]
         window_tokens, window_time = 0, 0.0
@@ -172,13 +282,16 @@ class Trainer:
             lr = lr_at(self.step, tc)
             self.optimizer.set_lr(lr)
             loss_sum = torch.zeros((), device=self.device)
-            for _ in range(tc.grad_accum):
+            for micro in range(tc.grad_accum):
                 x, y = self.sampler.next_batch()
                 x, y = self._to_device(x), self._to_device(y)
-                with self._autocast():
-                    logits = self.forward(x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-                (loss / tc.grad_accum).backward()
+                # DDP all-reduces the gradients on the last micro-step only
+                last = micro == tc.grad_accum - 1
+                with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                    with self._autocast():
+                        logits = self.forward(x)
+                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+                    (loss / tc.grad_accum).backward()
                 loss_sum += loss.detach()
             if tc.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -190,9 +303,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             eval_due = self.step == tc.steps or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
-            ckpt_due = checkpointer is not None and checkpointer.due(self.step, tc.steps)
+            ckpt_due = checkpoint_due is not None and checkpoint_due(self.step, tc.steps)
             # reading the loss syncs with the device: only on logged, eval and checkpoint steps
             read = self.step % log.log_every == 0 or eval_due or ckpt_due
+            read = read or (self.stop_requested and not self.dist.enabled)  # the last step is logged
             if read and self.device.type == "cuda":
                 torch.cuda.synchronize()  # the window's time then includes the device's queued work
             elapsed = time.perf_counter() - started
@@ -201,19 +315,25 @@ class Trainer:
             window_tokens += tokens_per_step
             metrics = {"step": self.step}
             if read:
-                loss_value = loss_sum.item() / tc.grad_accum
+                loss_value = self.dist.mean(loss_sum).item() / tc.grad_accum
                 if not math.isfinite(loss_value):
                     self._diverged(loss_value)
                 metrics.update(
                     loss=round(loss_value, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
                     tokens=self.step * tokens_per_step, tokens_per_s=round(window_tokens / window_time, 1),
-                    train_time_s=round(self.train_time_s, 3),
+                    train_time_s=round(self.train_time_s, 3), **peak_memory_mb(self.device),
                 )
                 window_tokens, window_time = 0, 0.0
             if eval_due:
                 metrics.update(self.evaluate())
+            if ckpt_due and self.dist.enabled:
+                self.rank_rng = self.dist.gather(self._rng_of_this_rank())
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
+            if ckpt_due:
+                self.dist.barrier()  # the checkpoint is complete before any rank moves on
+            if (read or not self.dist.enabled) and self.dist.any(self.stop_requested, self.device):
+                break
         return metrics
 
     def _diverged(self, loss_value: float) -> None:
@@ -227,9 +347,11 @@ class Trainer:
         targets that stand for text (not end-of-text), as nanochat's evaluate_bpb does."""
         self.model.eval()
         nll_all, nll_text, n_tokens, n_bytes = 0.0, 0.0, 0, 0
-        B = self.cfg.train.batch_size
-        for i in range(0, len(self.val_x), B):
-            x, y = self._to_device(self.val_x[i : i + B]), self.val_y[i : i + B]
+        B = self.cfg.train.batch_size // self.dist.world
+        shard = slice(self.dist.rank, None, self.dist.world)
+        val_x, val_y = self.val_x[shard].contiguous(), self.val_y[shard].contiguous()
+        for i in range(0, len(val_x), B):
+            x, y = self._to_device(val_x[i : i + B]), val_y[i : i + B]
             with self._autocast():
                 logits = self.forward(x)
             nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), self._to_device(y).view(-1),
@@ -239,6 +361,9 @@ class Trainer:
             nll_text += text_nats
             n_tokens += y.numel()
             n_bytes += text_bytes
+        if self.dist.enabled:  # each rank evaluated its share of the windows
+            totals = torch.tensor([nll_all, nll_text, n_tokens, n_bytes], dtype=torch.float64, device=self.device)
+            nll_all, nll_text, n_tokens, n_bytes = self.dist.sum(totals).tolist()
         self.model.train()
         return {"val_loss": round(nll_all / n_tokens, 6), "val_bpb": round(nll_text / math.log(2) / max(1, n_bytes), 6)}
 

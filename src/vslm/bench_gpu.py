@@ -1,0 +1,182 @@
+"""`vslm bench --gpu`: what one GPU does with vslm, measured in one command (scripts/gpu_check.sh).
+
+1. the card's peak: the best FLOP/s of large bf16 (and float32/TF32) matrix products, measured here;
+2. a ~10M and a ~50M parameter model, each trained for `seconds` after its first (compiling) step
+   with what the trainer picks on CUDA (bf16 autocast, SDPA flash kernels, torch.compile, pinned
+   non-blocking copies): steady tokens/s, compile and warm-up time, MFU against the measured bf16
+   peak and against the card's nominal dense bf16 peak, and peak allocated memory;
+3. the GPU Shakespeare recipe (built-in `gpu-shakespeare`: nanoGPT's shakespeare_char, 6 layers,
+   width 384, context 256, batch 64, dropout 0.2) trained until the validation loss reaches 1.47,
+   with the time it took. It needs tiny Shakespeare in the data folder ($VSLM_DATA_DIR); without it
+   this part is skipped with a message.
+
+The models train on the embedded story generator (no files, no network). Each part that fails is
+recorded with its error and the next one runs: a lent GPU's minutes are not to be lost to one
+failure; a part that fails under torch.compile is tried once more without it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from vslm.bench import measure_peak_flops, throughput
+from vslm.config import load_config
+from vslm.errors import VSLMError
+from vslm.model.accounting import model_flops_utilisation
+from vslm.train.callbacks import MetricsLog, StopAfter, StopAtLoss
+from vslm.train.run_folder import METRICS
+from vslm.train.trainer import Trainer
+
+# dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, by device name
+NOMINAL_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+# the models: overrides of the `tiny` config's shape; parameters with the stories' ~70-symbol vocabulary
+GPU_MODELS: dict[str, list[str]] = {
+    "10M": ["model.depth=6", "model.width=384", "model.heads=6", "model.context=512", "train.batch_size=64"],
+    "50M": ["model.depth=10", "model.width=640", "model.heads=10", "model.context=512", "train.batch_size=64"],
+}
+TIMING = ["data.source=stories", "data.max_bytes=20000000", "model.dropout=0.0", "train.steps=1000000",
+          "train.lr=6e-4", "train.min_lr=6e-5", "train.warmup=100", "train.eval_every=0",
+          "train.checkpoint_every=0", "train.snapshots=false", "logging.progress=false",
+          "logging.log_every=25", "logging.tensorboard=false"]
+SHAKESPEARE_TARGET = 1.47
+
+
+def nominal_peak(device: torch.device) -> tuple[str, float | None]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return name, next((peak for key, peak in NOMINAL_BF16_PEAK.items() if key in name), None)
+
+
+def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -> tuple[Trainer, list[dict]]:
+    """One run with the default device choices; once more without torch.compile if compiling fails."""
+    for attempt in ("as chosen", "without compile"):
+        cfg = load_config(cfg_name, overrides + (["train.compile=false"] if attempt != "as chosen" else []))
+        run = folder / attempt.replace(" ", "-")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        torch._dynamo.reset()  # each part compiles afresh, never against the recompile limit
+        trainer = Trainer(cfg, run, callbacks=[MetricsLog(), *callbacks])
+        try:
+            trainer.fit()
+        except Exception:
+            if attempt != "as chosen" or not trainer.plan.compile:
+                raise
+            traceback.print_exc()
+            continue
+        lines = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+        return trainer, lines
+    raise AssertionError("unreachable")
+
+
+def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, folder: Path) -> dict:
+    stop = StopAfter(seconds, min_steps=3, after_first_step=True)
+    trainer, lines = _train("tiny", TIMING + overrides, [stop], folder / name)
+    speed = throughput(lines)
+    tps = speed.get("steady_tokens_per_s", speed["tokens_per_s"])
+    out = {"params": trainer.params, "flops_per_token": trainer.flops_per_token, "steps": trainer.step,
+           "tokens_per_s": round(tps, 1), "warmup_and_compile_s": round(speed.get("warmup_s", 0.0), 2),
+           "compiled": trainer.plan.compile, "amp_dtype": str(trainer.amp_dtype),
+           "peak_gpu_mb": lines[-1].get("peak_gpu_mb"), "peak_rss_mb": lines[-1]["peak_rss_mb"],
+           "final_loss": lines[-1]["loss"], "overrides": overrides}
+    for key, peak in peaks.items():
+        if peak:
+            out[f"mfu_vs_{key}"] = round(model_flops_utilisation(trainer.flops_per_token, tps, peak)["mfu"], 4)
+    out["model_flops_per_s"] = round(trainer.flops_per_token * tps)
+    return out
+
+
+def shakespeare_run(max_seconds: float, folder: Path, overrides: list[str] = ()) -> dict:
+    target = StopAtLoss(SHAKESPEARE_TARGET)
+    try:
+        words = ["logging.progress=false", "logging.tensorboard=false", *overrides]
+        trainer, lines = _train("gpu-shakespeare", words, [target, StopAfter(max_seconds)], folder / "shakespeare")
+    except VSLMError as e:  # tiny Shakespeare not in the data folder
+        return {"skipped": str(e)}
+    evals = [(m["step"], m["val_loss"], m["train_time_s"]) for m in lines if "val_loss" in m]
+    speed = throughput(lines)
+    return {"target": SHAKESPEARE_TARGET, "reached": target.reached, "steps": trainer.step,
+            "best_val_loss": min((v for _, v, _ in evals), default=None), "evals": evals,
+            "tokens_per_s": round(speed.get("steady_tokens_per_s", speed["tokens_per_s"]), 1),
+            "params": trainer.params, "peak_gpu_mb": lines[-1].get("peak_gpu_mb")}
+
+
+def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | None, console: Console,
+                  models: dict[str, list[str]] = GPU_MODELS, extra: list[str] = (),
+                  device: torch.device | None = None) -> dict:
+    """The three parts above; `extra` overrides go to every run (the CPU smoke test uses them)."""
+    device = device or torch.device("cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VSLMError("vslm bench --gpu needs a CUDA device, and torch.cuda.is_available() is False here")
+    name, nominal = nominal_peak(device)
+    result: dict = {"device": name, "torch": torch.__version__, "seconds_per_model": seconds}
+    console.print(f"[bold]{name}[/], torch {torch.__version__}: measuring the peak ...")
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    result["peak_bf16_flops_per_s"] = round(measure_peak_flops(device, torch.bfloat16)) if bf16 else None
+    result["peak_fp32_flops_per_s"] = round(measure_peak_flops(device, torch.float32))
+    result["nominal_bf16_flops_per_s"] = nominal
+    peaks = {"measured_bf16": result["peak_bf16_flops_per_s"], "nominal_bf16": nominal}
+    if not bf16:  # the CPU smoke run
+        peaks["measured_fp32"] = result["peak_fp32_flops_per_s"]
+    console.print(f"  bf16 {(result['peak_bf16_flops_per_s'] or 0) / 1e12:.1f} TFLOP/s, float32 (TF32) "
+                  f"{result['peak_fp32_flops_per_s'] / 1e12:.1f} TFLOP/s measured; nominal bf16 "
+                  f"{(nominal or 0) / 1e12:.0f} TFLOP/s", highlight=False)
+    with tempfile.TemporaryDirectory(prefix="vslm-gpu-check-") as tmp:
+        for label, overrides in models.items():
+            console.print(f"model {label}: ~{seconds:.0f} s of training ...", highlight=False)
+            result[f"model_{label}"] = _guarded(lambda o=overrides, lb=label: time_model(
+                lb, [*o, *extra], seconds, peaks, Path(tmp)), console)
+            _save(result, json_out)
+        console.print(f"GPU Shakespeare recipe to val loss {SHAKESPEARE_TARGET} (at most "
+                      f"{shakespeare_seconds:.0f} s) ...", highlight=False)
+        result["shakespeare"] = _guarded(lambda: shakespeare_run(shakespeare_seconds, Path(tmp), list(extra)),
+                                         console)
+    _save(result, json_out)
+    _print_summary(result, console)
+    return result
+
+
+def _guarded(part, console: Console) -> dict:
+    started = time.perf_counter()
+    try:
+        out = part()
+    except Exception as e:  # record it and go on to the next part
+        traceback.print_exc()
+        out = {"error": f"{type(e).__name__}: {e}"}
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    console.print(f"  {json.dumps({k: v for k, v in out.items() if k not in ('evals', 'overrides')})}",
+                  highlight=False, markup=False)
+    return out
+
+
+def _save(result: dict, path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _print_summary(result: dict, console: Console) -> None:
+    console.rule("summary")
+    for key, part in result.items():
+        if key.startswith("model_") and "tokens_per_s" in part:
+            console.print(f"{key[6:]:>4}: {part['params'] / 1e6:.1f}M params, {part['tokens_per_s']:,.0f} tokens/s, "
+                          f"MFU {part.get('mfu_vs_measured_bf16', 0):.1%} of measured bf16 peak, "
+                          f"{part.get('mfu_vs_nominal_bf16', 0):.1%} of nominal; peak memory "
+                          f"{part['peak_gpu_mb'] or 0:,.0f} MiB; compile+warm-up {part['warmup_and_compile_s']} s",
+                          highlight=False)
+    shakespeare = result.get("shakespeare", {})
+    if shakespeare.get("reached"):
+        r = shakespeare["reached"]
+        console.print(f"shakespeare: val loss {r['val_loss']} at step {r['step']}, {r['train_time_s']:.1f} s of "
+                      f"training, {r['wall_s']:.1f} s wall (compile and evaluation included)", highlight=False)
+    elif shakespeare:
+        console.print(f"shakespeare: {shakespeare.get('skipped') or shakespeare.get('error') or 'target not reached'}"
+                      f"; best val loss {shakespeare.get('best_val_loss')}", highlight=False)

@@ -1,0 +1,52 @@
+"""`vslm plan`: the cost fit, the choice, and a written config that trains as is."""
+
+import pytest
+from rich.console import Console
+
+from vslm.cli import main
+from vslm.config import load_config
+from vslm.plan import Measured, Shape, choose, fit_cost, make_plan, print_plan, write_plan
+from vslm.train.trainer import Trainer
+
+
+def test_cost_fit_recovers_a_line_and_the_choice_fits_the_budget():
+    overhead, per_flop = 2e-6, 1e-10  # 2 us per token, 10 GFLOP/s
+    points = [Measured(Shape(w), 0, f, 1 / (overhead + per_flop * f)) for w, f in ((32, 1e6), (64, 4e6), (96, 9e6))]
+    fit = fit_cost(points)
+    assert fit.overhead == pytest.approx(overhead) and fit.per_flop == pytest.approx(per_flop)
+    single = fit_cost(points[:1])  # one point: through the origin
+    assert single.overhead == 0 and single.tokens_per_s(1e6) == pytest.approx(points[0].tokens_per_s)
+    sizes = {Shape(32): (1000, 1e6), Shape(64): (10_000, 4e6), Shape(96): (100_000, 9e6)}
+    # 20 N tokens x seconds per token: 2e4 x 102 us = 2.04 s; 2e5 x 402 us = 80.4 s; 2e6 x 902 us = 1804 s
+    assert choose(sizes, fit, 81.0) == Shape(64)
+    assert choose(sizes, fit, 300.0) == Shape(64)  # 3.7x more than 64 needs, 6x less than 96 needs
+    assert choose(sizes, fit, 500.0) == Shape(96)
+    assert choose(sizes, fit, 0.1) == Shape(32)  # less than the smallest needs: the smallest
+
+
+def test_plan_fills_the_hours_and_writes_a_config_that_trains(tmp_path):
+    hours = 0.004
+    plan = make_plan(hours, None, ["data.max_bytes=200000", "model.context=32", "train.batch_size=4",
+                                   "train.device=cpu"], seconds=0.3, max_measure=3)
+    out = write_plan(plan, tmp_path / "plan.toml")
+    with open(tmp_path / "printed", "w") as f:
+        print_plan(plan, out, Console(file=f, width=200))
+    assert "20 tokens per parameter" in (tmp_path / "printed").read_text()
+    cfg = load_config(str(out))  # a valid config, loadable by path
+    tokens = cfg.train.steps * cfg.train.batch_size * cfg.model.context
+    assert tokens == plan["tokens"] and cfg.model.width == plan["shape"].width
+    step_s = cfg.train.batch_size * cfg.model.context / plan["predicted_tokens_per_s"]
+    assert plan["predicted_train_s"] == pytest.approx(hours * 3600, abs=step_s)  # all of the hours
+    assert 2 <= len(plan["measured"]) <= 3 and plan["shape"] in {m.shape for m in plan["measured"]}
+    trainer = Trainer(load_config(str(out), ["train.steps=3", "logging.progress=false"]), tmp_path / "run")
+    assert plan["tokens_per_param"] == pytest.approx(tokens / trainer.params)
+    assert cfg.model.context == 32 and cfg.train.batch_size == 4 and cfg.name.startswith("plan-")
+    assert trainer.fit()["val_loss"] > 0
+
+
+def test_plan_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "--hours", "0.001", "--seconds", "0.2", "--max-measure", "1", "data.max_bytes=200000",
+                 "model.context=16", "train.batch_size=2", "train.device=cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "plan.toml"
+    assert load_config("plan.toml").model.width == 32  # one size measured: the smallest

@@ -1,0 +1,153 @@
+"""Throughput figures (MFU against a measured peak, steady tokens/s), memory in the metrics, the
+device choices for CUDA, and the GPU check: its GPU-only paths skip cleanly on CPU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from rich.console import Console
+
+from conftest import REFERENCE, SHAKESPEARE, tiny_overrides
+from vslm.bench import measure_peak_flops, throughput
+from vslm.config import load_config
+from vslm.model import GPT, training_flops_per_token
+from vslm.model.accounting import model_flops_utilisation
+from vslm.train.callbacks import MetricsLog, StopAfter, StopAtLoss
+from vslm.train.trainer import Trainer, device_plan
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_mfu_arithmetic_on_a_known_case():
+    cfg = load_config("tiny", ["model.vocab_size=10", "model.depth=1", "model.width=8", "model.heads=2",
+                               "model.context=4"]).model
+    # matmul weights: qkv 8x24 + proj 8x8 + fc 8x32 + proj 32x8 = 768; x6 = 4608
+    # attention: 12 x heads 2 x head size 4 x keys 4 = 384; tied head 10x8: 6 x 80 = 480
+    flops = training_flops_per_token(GPT(cfg))
+    assert flops == 4608 + 384 + 480 == 5472
+    out = model_flops_utilisation(flops, tokens_per_s=1000.0, peak_flops_per_s=5.472e7)
+    assert out["model_flops_per_s"] == pytest.approx(5.472e6) and out["mfu"] == pytest.approx(0.1)
+
+
+def test_peak_is_a_plausible_gemm_rate():
+    peak = measure_peak_flops(torch.device("cpu"), sizes=(64, 128), seconds=0.01)
+    assert 1e8 < peak < 1e14  # a CPU core does GFLOP/s, no CPU does 100 TFLOP/s in float32
+
+
+def test_throughput_leaves_out_the_first_window():
+    # a first window of 10 steps that took 5 s (compilation), then 0.1 s per step of 100 tokens
+    lines = [{"step": 10, "tokens": 1000, "train_time_s": 5.0}, {"step": 15, "val_loss": 2.0, "loss": 1.0,
+             "tokens": 1500, "train_time_s": 5.5}, {"step": 20, "tokens": 2000, "train_time_s": 6.0}]
+    speed = throughput(lines)
+    assert speed["steady_tokens_per_s"] == pytest.approx(1000.0)
+    assert speed["tokens_per_s"] == pytest.approx(2000 / 6.0)
+    assert speed["warmup_s"] == pytest.approx(4.0)  # 5 s for what the steady rate does in 1 s
+
+
+def test_device_choices_for_cuda_and_cpu():
+    tc = load_config("tiny").train
+    gpu = device_plan(torch.device("cuda"), tc, bf16_supported=True)
+    assert (gpu.amp_dtype, gpu.compile, gpu.pin_memory) == (torch.bfloat16, True, True)
+    old_gpu = device_plan(torch.device("cuda"), tc, bf16_supported=False)
+    assert old_gpu.amp_dtype is None and old_gpu.compile
+    cpu = device_plan(torch.device("cpu"), tc, bf16_supported=False)
+    assert (cpu.amp_dtype, cpu.compile, cpu.pin_memory) == (None, False, False)
+    forced = device_plan(torch.device("cpu"), tc.model_copy(update={"dtype": "bfloat16", "compile": True}), False)
+    assert forced.amp_dtype == torch.bfloat16 and forced.compile
+    fp32 = device_plan(torch.device("cuda"), tc.model_copy(update={"dtype": "float32", "compile": False}), True)
+    assert fp32.amp_dtype is None and not fp32.compile
+
+
+def test_bf16_autocast_path_runs_on_cpu_and_memory_is_logged(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=4, train__dtype="bfloat16", train__eval_every=4,
+                                             logging__tensorboard="false"))
+    trainer = Trainer(cfg, tmp_path / "r")
+    final = trainer.fit()
+    assert trainer.amp_dtype == torch.bfloat16 and 3.5 < final["loss"] < 4.5 and final["val_loss"] < 4.5
+    lines = metrics(tmp_path / "r")
+    assert all(50 < m["peak_rss_mb"] < 100_000 for m in lines)  # MiB: a Python with torch holds ~hundreds
+    assert "peak_gpu_mb" not in lines[-1]
+
+
+def test_stop_after_and_stop_at_loss(tmp_path):
+    words = tiny_overrides(train__steps=50, logging__log_every=100, train__eval_every=5, logging__tensorboard="false")
+    trainer = Trainer(load_config("tiny", words), tmp_path / "a", callbacks=[MetricsLog(), StopAfter(0, min_steps=3)])
+    trainer.fit()
+    assert trainer.step == 3 and [m["step"] for m in metrics(tmp_path / "a")] == [3]  # the last step is logged
+    target = StopAtLoss(10.0)  # reached at the first evaluation
+    trainer = Trainer(load_config("tiny", words), tmp_path / "b", callbacks=[MetricsLog(), target])
+    trainer.fit()
+    assert trainer.step == 5 and target.reached["step"] == 5 and target.reached["val_loss"] < 10
+    assert 0 < target.reached["train_time_s"] <= target.reached["wall_s"]
+
+
+def test_gpu_check_machinery_on_cpu(tmp_path):
+    from vslm.bench_gpu import run_gpu_check
+
+    small = ["model.depth=2", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
+             "data.max_bytes=200000", "train.eval_windows=8", "train.eval_every=2"]
+    out = tmp_path / "gpu_check.json"
+    result = run_gpu_check(0.5, 1.0, out, Console(file=open(tmp_path / "log", "w")), models={"small": []},
+                           extra=small, device=torch.device("cpu"))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    part = result["model_small"]
+    assert part["steps"] >= 3 and part["tokens_per_s"] > 0 and part["peak_rss_mb"] > 0, part
+    assert 0 < part["mfu_vs_measured_fp32"] < 1 and result["peak_fp32_flops_per_s"] > 1e8
+    shakespeare = result["shakespeare"]
+    if SHAKESPEARE.is_file():
+        assert shakespeare["steps"] >= 1 and "error" not in shakespeare, shakespeare
+    else:
+        assert "skipped" in shakespeare
+
+
+def test_gpu_check_needs_cuda_and_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "--gpu"], capture_output=True, text=True)
+    assert r.returncode == 1 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not (REFERENCE.is_file() and SHAKESPEARE.is_file()), reason="shared/ reference or data absent")
+def test_bench_json_names_the_throughput_fields():
+    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "--steps", "3", "--eval-batches", "1", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("mfu", "model_flops_per_s", "peak_flops_per_s", "peak_rss_mb"):
+        assert out[key] > 0, key
+    assert out["model_flops_per_s"] == pytest.approx(out["flops_per_token"] * out["vslm_tokens_per_s"], rel=1e-3)
+    assert out["mfu"] == pytest.approx(out["model_flops_per_s"] / out["peak_flops_per_s"], rel=1e-3)
+
+
+@cuda_only
+def test_cuda_run_uses_bf16_compile_and_reports_gpu_memory(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=6, train__eval_every=6, logging__tensorboard="false"))
+    trainer = Trainer(cfg, tmp_path / "r")
+    final = trainer.fit()
+    assert trainer.device.type == "cuda" and trainer.amp_dtype == torch.bfloat16 and trainer.plan.compile
+    assert final["peak_gpu_mb"] > 0 and final["val_loss"] < 4.5
+
+
+@cuda_only
+def test_gpu_check_on_cuda(tmp_path):
+    from vslm.bench_gpu import run_gpu_check
+
+    small = ["model.depth=2", "model.width=64", "model.heads=2", "data.max_bytes=200000"]
+    result = run_gpu_check(5, 5, tmp_path / "g.json", Console(file=open(tmp_path / "log", "w")),
+                           models={"small": small})
+    assert result["peak_bf16_flops_per_s"] > 1e12 and result["model_small"]["peak_gpu_mb"] > 0
+
+
+@pytest.mark.slow  # compiling takes about a minute on a 2-core CPU the first time
+def test_compiled_training_on_cpu_matches_eager(tmp_path):
+    words = tiny_overrides(train__steps=3, train__eval_every=3, logging__tensorboard="false")
+    eager = Trainer(load_config("tiny", words), tmp_path / "eager").fit()
+    compiled = Trainer(load_config("tiny", [*words, "train.compile=true"]), tmp_path / "compiled")
+    assert compiled.plan.compile
+    assert compiled.fit()["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
