@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 from vslm.config import load_config
 from vslm.train.callbacks import Callback, default_callbacks
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.optim import MUON_NS, TangentDescent, tangent_project
+from vslm.train.optim import MUON_NS, Float32Muon, TangentDescent, newton_schulz, tangent_project
 from vslm.train.trainer import Trainer
 
 
@@ -43,12 +43,34 @@ def test_tangent_descent_keeps_row_norms(update):
     assert (free.detach().norm(dim=1) >= before - 1e-6).all()
 
 
-def test_muon_orthogonalisation_is_near_orthogonal():
-    g = torch.randn(32, 64)
-    o = _zeropower_via_newtonschulz(g, MUON_NS, 5, 1e-7).float()
+@pytest.mark.parametrize("shape", [(32, 64), (64, 32)])
+def test_muon_orthogonalisation_is_near_orthogonal_and_float32_matches_pytorchs(shape):
+    g = torch.randn(*shape)
+    o = newton_schulz(g)
+    assert o.dtype == torch.float32 and o.shape == g.shape
     s = torch.linalg.svdvals(o)
     assert s.min() > 0.5 and s.max() < 1.5  # Newton-Schulz gives singular values in about (0.7, 1.2)
     assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 3  # the input was far from it
+    reference = _zeropower_via_newtonschulz(g, MUON_NS, 5, 1e-7).float()  # PyTorch's, in bfloat16
+    assert (o - reference).norm() / reference.norm() < 0.03  # equal up to bfloat16's rounding
+
+
+def test_float32_muon_steps_as_pytorchs_muon_with_the_float32_orthogonalisation(monkeypatch):
+    torch.manual_seed(0)
+    weights = [torch.randn(16, 24, requires_grad=True), torch.randn(24, 8, requires_grad=True)]
+    copies = [w.detach().clone().requires_grad_() for w in weights]
+    ours = Float32Muon(weights, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    theirs = torch.optim.Muon(copies, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    import torch.optim._muon as muon_module
+
+    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz", lambda g, *args: newton_schulz(g, *args))
+    for _ in range(3):
+        for ws, opt in ((weights, ours), (copies, theirs)):
+            sum((w**3).sum() for w in ws).backward()
+            opt.step()
+            opt.zero_grad()
+    for w, c in zip(weights, copies, strict=True):
+        torch.testing.assert_close(w, c, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("words", [["train.optimizer=adamw"], ["train.optimizer=muon"],

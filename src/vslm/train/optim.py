@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-from torch.optim._muon import _zeropower_via_newtonschulz
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
 from vslm.config import TrainConfig
 
@@ -45,14 +45,56 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimize
                               lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
     if cfg.optimizer == "muon":
         # match_rms_adamw scales each update to AdamW's RMS, so lr and weight decay carry over
-        main = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                adjust_lr_fn="match_rms_adamw")
+        muon = torch.optim.Muon if hidden and hidden[0].is_cuda else Float32Muon
+        main = muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                    adjust_lr_fn="match_rms_adamw")
     else:
         main = TangentDescent(hidden, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
                               betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum)
     for group in main.param_groups:
         group["lr_scale"] = cfg.hidden_lr_scale
     return Optimizers([main, adamw])
+
+
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float] = MUON_NS, steps: int = 5,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """Muon's orthogonalisation of a matrix: PyTorch's own Newton-Schulz iteration on CUDA (in bfloat16),
+    the same iteration in float32 elsewhere: CPUs without bfloat16 matrix units run it about 40x slower
+    in bfloat16 than in float32 (0.4 s against 0.01 s per step for the speed-run model, docs/BENCHMARKS.md)."""
+    if g.is_cuda:
+        return _zeropower_via_newtonschulz(g, coefficients, steps, eps)
+    a, b, c = coefficients
+    x = g.float()
+    wide = x.T if x.size(0) > x.size(1) else x
+    wide = wide / wide.norm().clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = wide @ wide.T
+        wide = torch.addmm(wide, torch.addmm(gram, gram, gram, beta=b, alpha=c), wide, beta=a)
+    return wide.T if x.size(0) > x.size(1) else wide
+
+
+class Float32Muon(torch.optim.Muon):
+    """PyTorch's Muon, its state and its learning-rate rule unchanged, with the orthogonalisation of
+    `newton_schulz` (float32 off CUDA). Only the per-parameter update is rewritten, as in
+    torch.optim._muon._single_tensor_muon."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, momentum = group["lr"], group["momentum"]
+            for p, g, buf in zip(params, grads, bufs, strict=True):
+                buf.lerp_(g, 1 - momentum)
+                update = g.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
 
 
 class Optimizers:
@@ -122,7 +164,7 @@ class TangentDescent(torch.optim.Optimizer):
         if group["update"] == "muon":  # Nesterov momentum, orthogonalised, scaled to AdamW's RMS
             buf = state.setdefault("momentum", torch.zeros_like(g))
             buf.mul_(group["momentum"]).add_(g)
-            ortho = _zeropower_via_newtonschulz(g + group["momentum"] * buf, MUON_NS, 5, 1e-7).to(g.dtype)
+            ortho = newton_schulz(g + group["momentum"] * buf, MUON_NS, 5, 1e-7).to(g.dtype)
             return ortho * 0.2 * math.sqrt(max(w.shape))
         beta1, beta2 = group["betas"]
         if not state:
