@@ -2,10 +2,11 @@
 book), the counterfactual facts (counterfactual context), or what the retriever found.
 
 Distractors are cards about the same entities as the gold ones first (other facts of the same
-people, companies and cities, so the model has to read which relation is asked), then random cards
-of the question's pool; none may state the same (subject, relation) as a gold card, so the context
-never contradicts itself. Cards are shuffled: where the gold facts stand tells nothing. Every choice
-is seeded by the question's id, so every model reads the same contexts.
+people, companies and cities, so the model has to read which relation is asked), then random cards;
+all from the question's pool (and the shared cities and countries). None states the same (subject,
+relation) as a gold card, so the context never contradicts itself. Cards are shuffled: where the
+gold facts stand tells nothing. Every choice is seeded by the question's id, so every model reads
+the same contexts.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Contexts:
                     taken.add(key)
                     chosen.append(card)
 
-        take([c for name in dict.fromkeys(n for g in gold for n in g.entities) for c in self.by_name.get(name, [])])
+        near = [c for name in dict.fromkeys(n for g in gold for n in g.entities) for c in self.by_name.get(name, [])]
+        take([c for c in near if c.pool in (q.pool, "shared")])
         take([c for c in self.real if c.pool in (q.pool, "shared")])
         cards = gold + chosen
         rng.shuffle(cards)
