@@ -12,47 +12,63 @@ the same contexts.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from vslm.knowledge import render
-from vslm.knowledge.folder import WorldFolder
 from vslm.knowledge.questions import Question
 from vslm.knowledge.retrieval import Card, Retriever
+from vslm.knowledge.world import Fact
+
+if TYPE_CHECKING:  # the folder's preloaded examples use this module's distractors
+    from vslm.knowledge.folder import WorldFolder
+
+
+def mentions(facts: Iterable[Fact]) -> dict[str, list[Fact]]:
+    """entity id -> the facts that name it, as subject or as object."""
+    out: dict[str, list[Fact]] = {}
+    for f in facts:
+        for e in dict.fromkeys((f.subject, f.object)):
+            out.setdefault(e, []).append(f)
+    return out
+
+
+def with_distractors(gold: Sequence[Fact], near: Sequence[Fact], far: Sequence[Fact], n: int,
+                     rng: random.Random) -> list[Fact]:
+    """The gold facts and up to n distractors, `near` ones first, then `far` ones, each a (subject,
+    relation) no other fact in the context has; shuffled."""
+    taken = {(f.subject, f.relation) for f in gold}
+    chosen: list[Fact] = []
+    for group in (near, far):
+        # a few times n candidates are plenty, and keep this cheap when `far` is a whole world
+        for f in rng.sample(list(group), min(len(group), 4 * n + 8)):
+            if len(chosen) < n and (f.subject, f.relation) not in taken:
+                taken.add((f.subject, f.relation))
+                chosen.append(f)
+    out = [*gold, *chosen]
+    rng.shuffle(out)
+    return out
 
 
 class Contexts:
     def __init__(self, folder: WorldFolder, distractors: int = 4, seed: int = 0):
         self.folder, self.distractors, self.seed = folder, distractors, seed
         self.facts = {f.id: f for f in folder.world.facts} | {f.id: f for f in folder.counterfactual.facts}
-        self.real = [c for c in folder.cards.values() if not c.counterfactual]
-        self.by_name: dict[str, list[Card]] = {}
-        for card in self.real:
-            for name in card.entities:
-                self.by_name.setdefault(name, []).append(card)
+        self.pool = {e.id: e.pool for e in folder.world.entities.values()}
+        self.by_entity = mentions(folder.world.facts)
 
     def gold(self, q: Question) -> list[Card]:
         return [self.folder.cards[i] for i in q.support]
 
     def open_book_cards(self, q: Question) -> list[Card]:
         """The gold cards and `distractors` others, shuffled."""
-        rng = random.Random(f"{self.seed}:{q.id}")
-        gold = self.gold(q)
-        taken = {(self.facts[c.id].subject, self.facts[c.id].relation) for c in gold}
-        chosen: list[Card] = []
-
-        def take(pool: Sequence[Card]) -> None:
-            for card in rng.sample(list(pool), len(pool)):
-                key = (self.facts[card.id].subject, self.facts[card.id].relation)
-                if len(chosen) < self.distractors and key not in taken:
-                    taken.add(key)
-                    chosen.append(card)
-
-        near = [c for name in dict.fromkeys(n for g in gold for n in g.entities) for c in self.by_name.get(name, [])]
-        take([c for c in near if c.pool in (q.pool, "shared")])
-        take([c for c in self.real if c.pool in (q.pool, "shared")])
-        cards = gold + chosen
-        rng.shuffle(cards)
-        return cards
+        gold = [self.facts[i] for i in q.support]
+        mine = (q.pool, "shared")
+        entities = dict.fromkeys(e for f in gold for e in (f.subject, f.object) if e in self.pool)
+        near = [f for e in entities for f in self.by_entity.get(e, []) if f.pool in mine]
+        far = [f for f in self.folder.world.facts if f.pool in mine]
+        chosen = with_distractors(gold, near, far, self.distractors, random.Random(f"{self.seed}:{q.id}"))
+        return [self.folder.cards[f.id] for f in chosen]
 
     def closed_book(self, q: Question) -> str:
         return render.closed_book_prompt(q.question)

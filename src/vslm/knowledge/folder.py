@@ -16,6 +16,9 @@
       train.txt        the training text of the seen world: documents separated by <|endoftext|>, each
                        an entity's facts (one sentence per line, several wordings over the documents) or
                        a run of "Q: ...\\nA: ...\\n" lines (the questions of split train)
+      preloaded.txt    with --preloaded N: N examples "<cards>\\nQ: ...\\nA: ...", each over a small world
+                       of its own drawn from the seen pool's names (vslm.knowledge.preloaded)
+      fixed.txt        with --preloaded N: train.txt's documents and N such examples over the fixed world
 
 Train a model on it with `vslm train CONFIG data.source=DIR/train.txt` (a byte or BPE tokenizer, so
 that the novel pool's names can be written at evaluation). Nothing of the novel pool, and none of
@@ -35,6 +38,7 @@ from vslm.config import one_line_error
 from vslm.data.tokenizer import EOS
 from vslm.errors import VSLMError
 from vslm.knowledge import render
+from vslm.knowledge.preloaded import FIXED, PRELOADED, fixed_examples, preloaded_examples
 from vslm.knowledge.questions import Question, make_questions
 from vslm.knowledge.retrieval import Card
 from vslm.knowledge.world import (
@@ -45,6 +49,7 @@ from vslm.knowledge.world import (
     WorldConfig,
     counterfactual_world,
     generate_world,
+    name_pools,
 )
 
 FORMAT = 1
@@ -71,12 +76,24 @@ def build(cfg: WorldConfig) -> dict[str, str]:
     world_json = {**header, "entities": [vars(e) for e in world.entities.values()],
                   "facts": [f.to_dict() for f in world.facts], "counterfactual_facts": [f.to_dict() for f in changed]}
     cards = [_card(world, f) for f in world.facts] + [_card(cf_world, f) for f in changed]
-    return {
+    files = {
         "world.json": json.dumps(world_json, indent=1) + "\n",
         "cards.jsonl": "".join(json.dumps(c) + "\n" for c in cards),
         "questions.jsonl": "".join(json.dumps(q.to_dict()) + "\n" for q in questions),
         "train.txt": training_text(world, questions, cfg),
     }
+    if cfg.preloaded:
+        files |= preloaded_texts(world, questions, cfg, files["train.txt"])
+    return files
+
+
+def preloaded_texts(world: World, questions: list[Question], cfg: WorldConfig, train_text: str) -> dict[str, str]:
+    """preloaded.txt (every example a world of its own) and fixed.txt (the fixed world's training text
+    and examples over it), `cfg.preloaded` examples each."""
+    fresh = preloaded_examples(name_pools(cfg.seed)["seen"], cfg.preloaded, cfg.hops, cfg.seed)
+    fixed = [d.strip("\n") for d in train_text.split(EOS)] + fixed_examples(world, questions, cfg.preloaded, cfg.seed)
+    random.Random(f"fixed-order:{cfg.seed}").shuffle(fixed)
+    return {PRELOADED: f"\n{EOS}\n".join(fresh) + "\n", FIXED: f"\n{EOS}\n".join(fixed) + "\n"}
 
 
 def _card(world: World, fact: Fact) -> dict:

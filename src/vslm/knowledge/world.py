@@ -82,6 +82,8 @@ class WorldConfig(BaseModel):
         0.5, description="seen people whose questions (with answers) are training text")
     renderings: Annotated[int, Field(ge=1)] = Field(4, description="times each entity's facts are written out")
     choices: Annotated[int, Field(ge=2)] = Field(8, description="answer candidates per question")
+    preloaded: Annotated[int, Field(ge=0)] = Field(
+        0, description="preloaded-context examples written to preloaded.txt and fixed.txt; 0 = none")
 
     @model_validator(mode="after")
     def _fits_the_name_lists(self) -> WorldConfig:
@@ -245,20 +247,49 @@ class _Builder:
                 self.fact(p, "spouse", spouse[p])
 
 
-def generate_world(cfg: WorldConfig) -> World:
-    """The world for `cfg`: shared countries and cities, then the seen pool, then the novel pool."""
-    rng = random.Random(cfg.seed)
-    first_seen, first_novel = _split(names.FIRST_NAMES, rng)
-    last_seen, last_novel = _split(names.SURNAMES, rng)
-    words_seen, words_novel = _split(names.COMPANY_WORDS, rng)
-    b = _Builder(rng)
-    countries = [b.entity("country", n, "shared") for n in rng.sample(names.COUNTRIES, cfg.countries)]
-    city_names = rng.sample(names.CITIES, cfg.countries * cfg.cities_per_country)
-    cities = [b.entity("city", n, "shared") for n in city_names]
+@dataclass(frozen=True)
+class NamePool:
+    first: list[str]
+    last: list[str]
+    company_words: list[str]
+
+
+def name_pools(seed: int) -> dict[str, NamePool]:
+    """The seen and the novel pool's words for a world seed: a quarter of each list is novel."""
+    rng = random.Random(seed)
+    first, last, words = (_split(w, rng) for w in (names.FIRST_NAMES, names.SURNAMES, names.COMPANY_WORDS))
+    return {pool: NamePool(first[i], last[i], words[i]) for i, pool in enumerate(("seen", "novel"))}
+
+
+def _places(b: _Builder, n_countries: int, n_cities: int, rng: random.Random) -> list[str]:
+    """Countries and cities (round robin over the countries); the cities' ids."""
+    countries = [b.entity("country", n, "shared") for n in rng.sample(names.COUNTRIES, n_countries)]
+    cities = [b.entity("city", n, "shared") for n in rng.sample(names.CITIES, n_cities)]
     for i, c in enumerate(cities):
         b.fact(c, "country", countries[i % len(countries)])
-    b.populate(cfg, "seen", cfg.people, first_seen, last_seen, words_seen, cities)
-    b.populate(cfg, "novel", cfg.novel_people, first_novel, last_novel, words_novel, cities)
+    return cities
+
+
+def generate_world(cfg: WorldConfig) -> World:
+    """The world for `cfg`: shared countries and cities, then the seen pool, then the novel pool."""
+    pools = name_pools(cfg.seed)
+    rng = random.Random(f"world:{cfg.seed}")
+    b = _Builder(rng)
+    cities = _places(b, cfg.countries, cfg.countries * cfg.cities_per_country, rng)
+    for pool, n_people in (("seen", cfg.people), ("novel", cfg.novel_people)):
+        p = pools[pool]
+        b.populate(cfg, pool, n_people, p.first, p.last, p.company_words, cities)  # type: ignore[arg-type]
+    return World(b.entities, b.facts)
+
+
+def small_world(pool: NamePool, rng: random.Random, people: int = 8, countries: int = 2, cities: int = 4,
+                people_per_company: int = 4) -> World:
+    """A throwaway world drawn afresh from a name pool (everyone `seen`): the world of one
+    preloaded-context example, whose names and values change from one example to the next."""
+    b = _Builder(rng)
+    city_ids = _places(b, countries, cities, rng)
+    cfg = WorldConfig(people=max(4, people), novel_people=4, people_per_company=people_per_company)
+    b.populate(cfg, "seen", people, pool.first, pool.last, pool.company_words, city_ids)
     return World(b.entities, b.facts)
 
 
