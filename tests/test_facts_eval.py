@@ -239,8 +239,13 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     assert 0 <= result["counterfactual"]["accuracy"] <= 1 and "memorisation_ratio" in result["counterfactual"]
     assert set(result["by_hops"]["closed_book"]["seen"]) == {"1", "2"}
     assert len(result["probe"]["seen"]["by_depth"]) == 2 and result["truncated"] > 0
-    assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["closed_book"]["seen"]["n"] == 4
+    assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--json", "--adapters", "2",
+                 "--group-size", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["closed_book"]["seen"]["n"] == 4
+    adapters = result["adapters"]
+    assert adapters["groups"] == 3 and 0 <= adapters["routing"] <= 1 and adapters["novel"]["n"] == 4
+    assert 0 <= adapters["oracle"]["accuracy"] <= 1
 
 
 def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):

@@ -206,7 +206,8 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     from vslm.knowledge.evaluate import evaluate_run, hops_rows, probe_line, summary_rows
 
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
-                          Path(a.checkpoint) if a.checkpoint else None, a.device)
+                          Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
+                          group_size=a.group_size)
     if a.json:
         from vslm.knowledge.evaluate import _nan_to_none
 
@@ -225,6 +226,9 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if ad := result.get("adapters"):
+        console.print(f"adapters: {ad['groups']} groups, {ad['steps']} steps each; the retriever picked the "
+                      f"subject's adapter for {ad['routing']:.3f} of the questions", highlight=False)
     if cf := result.get("counterfactual"):
         console.print(f"counterfactual context: memorisation ratio {cf['memorisation_ratio']:.3f}, "
                       f"answers the weights' value {cf['original']:.3f}", highlight=False)
@@ -254,6 +258,9 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--k", type=int, default=8, help="cards the retriever puts in the context (default 8)")
     p.add_argument("--rounds", type=int, help="retrieval rounds (default: the world's hops)")
     p.add_argument("--probe", default="birth_city", help="the attribute the linear probe reads (default birth_city)")
+    p.add_argument("--adapters", type=int, default=0, metavar="STEPS",
+                   help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
+    p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")

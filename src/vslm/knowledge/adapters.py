@@ -108,23 +108,32 @@ def fit_adapter(model: GPT, tokenizer: Tokenizer, name: str, documents: Sequence
 
 
 def fact_groups(world: World, pool: Pool, size: int, seed: int = 0) -> dict[str, list[str]]:
-    """The pool's people cut into groups of `size` (in a seeded order): group name -> person ids."""
+    """The pool's people cut into groups of `size` (in a seeded order), the pool's companies dealt out
+    over the groups: group name -> entity ids. A group's facts are the facts about its entities."""
+    rng = random.Random(f"groups:{seed}")
     people = [e.id for e in world.of_kind("person", pool)]
-    random.Random(f"groups:{seed}").shuffle(people)
-    return {f"{pool}-{i // size}": people[i : i + size] for i in range(0, len(people), size)}
+    companies = [e.id for e in world.of_kind("company", pool)]
+    rng.shuffle(people)
+    rng.shuffle(companies)
+    groups = {f"{pool}-{i // size}": people[i : i + size] for i in range(0, len(people), size)}
+    names = list(groups)
+    for i, c in enumerate(companies):
+        groups[names[i % len(names)]].append(c)
+    return groups
 
 
-def group_documents(world: World, people: Sequence[str], renderings: int = 4, seed: int = 0) -> list[str]:
-    """What an adapter for a group of people learns from: each person's facts written out
-    `renderings` times (the wording varies, as in train.txt)."""
+def group_documents(world: World, entities: Sequence[str], renderings: int = 4, seed: int = 0) -> list[str]:
+    """What an adapter for a group learns from: each entity's facts written out `renderings` times
+    (the wording varies, as in train.txt)."""
     rng = random.Random(f"group-text:{seed}")
     orders: dict[str, list[int]] = {}
-    return [render.entity_document(world, p, rng, r, orders) for r in range(renderings) for p in people]
+    return [render.entity_document(world, e, rng, r, orders) for r in range(renderings) for e in entities
+            if world.facts_about(e)]
 
 
 class AdapterRouter:
     """Chooses an adapter for a question: the group that most of the retrieved cards are about (a
-    card belongs to the group of the person it is about); None when no card is about a grouped person."""
+    card belongs to the group of its subject); None when no card is about a grouped entity."""
 
     def __init__(self, retriever: Retriever, world: World, groups: dict[str, list[str]], k: int = 4, rounds: int = 1):
         self.retriever, self.k, self.rounds = retriever, k, rounds

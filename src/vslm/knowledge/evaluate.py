@@ -13,7 +13,8 @@ The result (also written to RUN/facts-eval.json):
      "retrieved": {"seen", "novel"}, "retrieval_recall": {"seen", "novel"},
      "counterfactual": {accuracy, n, chance, original, other, memorisation_ratio},
      "by_hops": {setting: {pool: {hops: {accuracy, n, chance}}}},
-     "probe": {attribute, seen: {...}, novel: {...}}, "truncated"}
+     "probe": {attribute, seen: {...}, novel: {...}}, "truncated",
+     "adapters" (with adapter_steps): {groups, steps, routing, novel, oracle, by_hops}}
 
 where each accuracy is {accuracy, n, chance} (metrics.accuracy) and recall is {mean, all}: the mean
 share of supporting facts retrieved and the share of questions with all of them.
@@ -93,14 +94,51 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
     return out
 
 
+def evaluate_adapters(scorer, folder: WorldFolder, group_size: int = 10, steps: int = 200,
+                      per_group: int | None = 100, seed: int = 0) -> dict:
+    """Facts loaded as adapters: a LoRA per group of novel entities, fitted on that group's facts
+    (facts the model never trained on), then the novel test questions asked closed-book with the
+    adapter the retriever picks (`novel`) and with the adapter of the question's subject (`oracle`).
+    `scorer` is an LMScorer; its model keeps the adapters (switched off on return)."""
+    from vslm.knowledge import adapters
+
+    model, tokenizer = scorer.model, scorer.tokenizer
+    groups = adapters.fact_groups(folder.world, "novel", group_size, seed)
+    for name, entities in groups.items():
+        adapters.add_adapter(model, name)
+        docs = adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
+        adapters.fit_adapter(model, tokenizer, name, docs, steps=steps, seed=seed)
+    router = adapters.AdapterRouter(retriever_for(folder), folder.world, groups)
+    home = {e: g for g, entities in groups.items() for e in entities}
+    test = select(folder.questions, "novel", "test", False, per_group)
+    routed = [router.route(q.question) for q in test]
+    out: dict = {"groups": len(groups), "steps": steps,
+                 "routing": _mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
+                 "by_hops": {}}
+    for label, chosen in (("novel", routed), ("oracle", [home[q.starts[0]] for q in test])):
+        answers = [""] * len(test)
+        for group in dict.fromkeys(chosen):
+            idx = [i for i, g in enumerate(chosen) if g == group]
+            adapters.use_adapter(model, group)
+            picked = metrics.pick(scorer, [render.closed_book_prompt(test[i].question) for i in idx],
+                                  [test[i] for i in idx])
+            for i, a in zip(idx, picked, strict=True):
+                answers[i] = a
+        out[label] = metrics.accuracy(test, answers)
+        out["by_hops"][label] = metrics.by_hops(test, answers)
+    adapters.use_adapter(model, None)
+    return out
+
+
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
 def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | None = 100, k: int = 8,
                  rounds: int | None = None, probe: str = "birth_city", checkpoint: Path | None = None,
-                 device: str = "cpu", seed: int = 0) -> dict:
-    """Load the run and the world, measure everything, write RUN/facts-eval.json; returns the result."""
+                 device: str = "cpu", seed: int = 0, adapter_steps: int = 0, group_size: int = 10) -> dict:
+    """Load the run and the world, measure everything, write RUN/facts-eval.json; returns the result.
+    With adapter_steps > 0, also the adapter arm (evaluate_adapters), last: it adds to the model."""
     from vslm.knowledge.probe import probe_attribute
     from vslm.knowledge.scoring import LMScorer
     from vslm.knowledge.world import RELATIONS
@@ -116,6 +154,8 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
               **evaluate_world(scorer, folder, distractors, per_group, k, rounds, seed)}
     result["probe"] = {"attribute": probe, **{pool: probe_attribute(scorer, folder.world, probe, pool, seed=seed)
                                               for pool in ("seen", "novel")}}
+    if adapter_steps > 0:
+        result["adapters"] = evaluate_adapters(scorer, folder, group_size, adapter_steps, per_group, seed)
     result["truncated"] = scorer.truncated
     (Path(run) / RESULT).write_text(json.dumps(_nan_to_none(result), indent=1) + "\n", encoding="utf-8")
     return result
@@ -141,6 +181,11 @@ def summary_rows(result: dict) -> list[tuple[str, ...]]:
             rows.append((label, pool.replace("_", " "), _fmt(acc["accuracy"]), _fmt(acc["chance"]), str(acc["n"])))
     if cf := result.get("counterfactual"):
         rows.append(("counterfactual", "seen", _fmt(cf["accuracy"]), _fmt(cf["chance"]), str(cf["n"])))
+    if ad := result.get("adapters"):
+        for label in ("novel", "oracle"):
+            acc = ad[label]
+            rows.append(("adapters", f"novel ({'routed' if label == 'novel' else 'oracle'})", _fmt(acc["accuracy"]),
+                         _fmt(acc["chance"]), str(acc["n"])))
     return rows
 
 
