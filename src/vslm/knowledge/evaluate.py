@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vslm.errors import VSLMError
 from vslm.knowledge import metrics, render
@@ -33,6 +34,9 @@ from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.questions import Question
 from vslm.knowledge.retrieval import Retriever, support_recall
+
+if TYPE_CHECKING:  # torch is imported only when a run is evaluated
+    from vslm.knowledge.scoring import LMScorer
 
 RESULT = "facts-eval.json"
 SCORING = "log-likelihood of each answer choice; the most likely is the answer"
@@ -94,12 +98,12 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
     return out
 
 
-def evaluate_adapters(scorer, folder: WorldFolder, group_size: int = 10, steps: int = 200,
+def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, group_size: int = 10, steps: int = 200,
                       per_group: int | None = 100, seed: int = 0) -> dict:
     """Facts loaded as adapters: a LoRA per group of novel entities, fitted on that group's facts
     (facts the model never trained on), then the novel test questions asked closed-book with the
     adapter the retriever picks (`novel`) and with the adapter of the question's subject (`oracle`).
-    `scorer` is an LMScorer; its model keeps the adapters (switched off on return)."""
+    The scorer's model keeps the adapters (switched off on return)."""
     from vslm.knowledge import adapters
 
     model, tokenizer = scorer.model, scorer.tokenizer
