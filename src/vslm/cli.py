@@ -208,6 +208,98 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facts_generate(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from vslm.config import one_line_error
+    from vslm.errors import ConfigError
+    from vslm.knowledge.folder import write_world_folder
+    from vslm.knowledge.world import WorldConfig
+
+    given = {name: getattr(a, name) for name in WorldConfig.model_fields if getattr(a, name) is not None}
+    try:
+        settings = WorldConfig.model_validate(given)
+    except ValidationError as e:
+        raise ConfigError(one_line_error(e, prefix="facts generate")) from None
+    files = write_world_folder(settings, Path(a.out))
+    lines = [json.loads(line) for line in files["questions.jsonl"].splitlines()]
+    counts = {key: sum(1 for q in lines if group(q)) for key, group in (
+        ("seen train", lambda q: q["split"] == "train"), ("seen test", lambda q: q["pool"] == "seen" and
+         q["split"] == "test" and not q["counterfactual"]), ("novel", lambda q: q["pool"] == "novel"),
+        ("counterfactual", lambda q: q["counterfactual"]))}
+    console.print(f"{files['cards.jsonl'].count(chr(10))} fact cards, questions: "
+                  + ", ".join(f"{n} {key}" for key, n in counts.items()), highlight=False)
+    print(a.out)
+    return 0
+
+
+def cmd_facts_eval(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from vslm.knowledge.evaluate import evaluate_run, hops_rows, probe_line, summary_rows
+
+    result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
+                          Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
+                          group_size=a.group_size)
+    if a.json:
+        from vslm.knowledge.evaluate import _nan_to_none
+
+        print(json.dumps(_nan_to_none(result)))
+        return 0
+    table = Table(title=f"{a.run} on {a.world}")
+    for col in ("setting", "pool", "accuracy", "chance", "n"):
+        table.add_column(col, justify="left" if col in ("setting", "pool") else "right")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    columns, rows = hops_rows(result)
+    table = Table(title="accuracy by hops")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if ad := result.get("adapters"):
+        console.print(f"adapters: {ad['groups']} groups, {ad['steps']} steps each; the retriever picked the "
+                      f"subject's adapter for {ad['routing']:.3f} of the questions", highlight=False)
+    if cf := result.get("counterfactual"):
+        console.print(f"counterfactual context: memorisation ratio {cf['memorisation_ratio']:.3f}, "
+                      f"answers the weights' value {cf['original']:.3f}", highlight=False)
+    console.print(probe_line(result), highlight=False)
+    if result["truncated"]:
+        console.print(f"{result['truncated']} prompts were cut to the model's context", highlight=False)
+    print(Path(a.run) / "facts-eval.json")
+    return 0
+
+
+def _add_facts_parser(sub) -> None:
+    from vslm.knowledge.world import WorldConfig
+
+    facts = sub.add_parser("facts", help="FactWorld: generate a world of facts and questions; evaluate a run on it")
+    fsub = facts.add_subparsers(dest="facts_command", required=True, metavar="ACTION")
+    p = fsub.add_parser("generate", help="write a world folder: world.json, cards.jsonl, questions.jsonl, train.txt")
+    p.add_argument("--out", required=True, help="the world folder")
+    for name, field in WorldConfig.model_fields.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=field.annotation, dest=name,
+                       help=f"{field.description + '; ' if field.description else ''}default {field.default}")
+    p.set_defaults(func=cmd_facts_generate)
+    p = fsub.add_parser("eval", help="closed-book, open-book, retrieved, counterfactual accuracy and the probe")
+    p.add_argument("run", help="run folder (trained on the world's train.txt)")
+    p.add_argument("--world", required=True, help="the world folder")
+    p.add_argument("--distractors", type=int, default=4, help="distractor cards beside the gold ones (default 4)")
+    p.add_argument("--per-group", type=int, default=100, help="questions per group and hop count; 0 = all")
+    p.add_argument("--k", type=int, default=8, help="cards the retriever puts in the context (default 8)")
+    p.add_argument("--rounds", type=int, help="retrieval rounds (default: the world's hops)")
+    p.add_argument("--probe", default="birth_city", help="the attribute the linear probe reads (default birth_city)")
+    p.add_argument("--adapters", type=int, default=0, metavar="STEPS",
+                   help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
+    p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=cmd_facts_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -303,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder of the runs and results (default runs/experiments/<name>)")
     p.add_argument("--list", action="store_true", help="list the built-in experiments")
     p.set_defaults(func=cmd_experiment)
+
+    _add_facts_parser(sub)
     return ap
 
 

@@ -224,6 +224,7 @@ class DataConfig(_Section):
     max_bytes: PositiveInt = Field(8_000_000, description="how much text to generate or read at most")
     seed: int = Field(0, description="seed of generated corpora")
     doc_aligned: bool = Field(False, description="training windows start at document starts")
+    answer_only: bool = Field(False, description="whole documents, loss on their answers only (data/answers.py)")
 
 
 # ----------------------------------------------------------------------------------------- train

@@ -133,9 +133,17 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
         train = self.corpus.train
-        self.sampler = WindowSampler(train.tokens, cfg.model.context, tc.batch_size, tc.seed,
-                                     train.doc_starts if cfg.data.doc_aligned else None,
-                                     shard=(self.dist.rank, self.dist.world))
+        if cfg.data.answer_only:  # whole documents, loss on their answers: preloaded-context training
+            from vslm.data.answers import AnswerSampler, training_documents
+
+            if self.dist.world > 1:
+                raise VSLMError("data.answer_only does not run under torchrun yet: train it in one process")
+            self.sampler = AnswerSampler(training_documents(cfg.data), self.corpus.tokenizer, cfg.model.context,
+                                         tc.batch_size, tc.seed)
+        else:
+            self.sampler = WindowSampler(train.tokens, cfg.model.context, tc.batch_size, tc.seed,
+                                         train.doc_starts if cfg.data.doc_aligned else None,
+                                         shard=(self.dist.rank, self.dist.world))
         self.val_x, self.val_y = fixed_windows(self.corpus.val.tokens, cfg.model.context,
                                                tc.eval_windows, VAL_SEED)
         self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))  # (V,)

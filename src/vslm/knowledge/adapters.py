@@ -1,0 +1,151 @@
+"""Knowledge in adapters: a LoRA per group of facts (Hugging Face `peft` on our modules), chosen per
+question by the retriever (RESEARCH.md section 5a).
+
+`add_adapter` puts a named LoRA on every attention and MLP matrix of a trained GPT (`qkv`, `proj`,
+`fc`); several can live side by side and `use_adapter` switches between them (None: the base model
+alone). `fit_adapter` trains one adapter on a group's text with everything else frozen, so the base
+model, and every other adapter, stays exactly as it was. `fact_groups` cuts a pool's people into
+groups; `AdapterRouter` answers "which adapter for this question?" with the group most of the
+retriever's cards are about.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from vslm.data.answers import AnswerSampler
+from vslm.data.tokenizer import Tokenizer
+from vslm.knowledge import render
+from vslm.knowledge.retrieval import Card, Retriever
+from vslm.knowledge.world import Pool, World
+from vslm.model import GPT
+
+TARGETS = ("qkv", "proj", "fc")  # the Linear layers of attention and MLP (vslm.model.attention, layers)
+
+
+def lora_layers(model: GPT) -> list:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def add_adapter(model: GPT, name: str, rank: int = 8, alpha: float = 16.0) -> GPT:
+    """A LoRA named `name` on the model's attention and MLP matrices (B = 0: the model is unchanged
+    until it is trained). The model is modified in place and returned; the new adapter is active."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(TARGETS), lora_dropout=0.0)
+    with warnings.catch_warnings():  # several adapters side by side is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        model = inject_adapter_in_model(config, model, adapter_name=name)
+    use_adapter(model, name)
+    return model
+
+
+def use_adapter(model: GPT, name: str | None) -> None:
+    """Switch every LoRA layer to the named adapter, or off (None: the base model alone)."""
+    for layer in lora_layers(model):
+        layer.enable_adapters(name is not None)
+        if name is not None:
+            layer.set_adapter(name)
+
+
+def adapter_state(model: GPT, name: str) -> dict[str, torch.Tensor]:
+    """The named adapter's weights (what `save_adapter` writes)."""
+    keys = (f".lora_A.{name}.", f".lora_B.{name}.")
+    return {k: v for k, v in model.state_dict().items() if any(key in k for key in keys)}
+
+
+def save_adapter(model: GPT, name: str, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in adapter_state(model, name).items()}, str(path))
+
+
+def load_adapter(model: GPT, name: str, path: Path) -> None:
+    """Load weights written by `save_adapter` into the adapter `name` (added beforehand with the same rank)."""
+    missing = set(adapter_state(model, name)) ^ set(load_file(str(path)))
+    if missing:
+        raise ValueError(f"{path} does not fit adapter {name!r} of this model: {sorted(missing)[:3]}")
+    model.load_state_dict(load_file(str(path)), strict=False)
+
+
+def fit_adapter(model: GPT, tokenizer: Tokenizer, name: str, documents: Sequence[str], steps: int = 200,
+                lr: float = 3e-3, batch_size: int = 16, seed: int = 0) -> list[float]:
+    """Train the adapter `name` on whole documents (loss on answers where there are some, on every
+    token otherwise: vslm.data.answers), everything else frozen. Returns the loss of each step."""
+    use_adapter(model, name)
+    trainable = {n: p for n, p in model.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n}
+    if not trainable:
+        raise ValueError(f"the model has no adapter {name!r}; add_adapter first")
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trainable)
+    sampler = AnswerSampler(documents, tokenizer, model.cfg.context, batch_size, seed)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()
+    losses = []
+    for _ in range(steps):
+        x, y = sampler.next_batch()
+        logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.train(was_training)
+    for n, p in model.named_parameters():
+        p.requires_grad_(before[n])
+    return losses
+
+
+def fact_groups(world: World, pool: Pool, size: int, seed: int = 0) -> dict[str, list[str]]:
+    """The pool's people cut into groups of `size` (in a seeded order), the pool's companies dealt out
+    over the groups: group name -> entity ids. A group's facts are the facts about its entities."""
+    rng = random.Random(f"groups:{seed}")
+    people = [e.id for e in world.of_kind("person", pool)]
+    companies = [e.id for e in world.of_kind("company", pool)]
+    rng.shuffle(people)
+    rng.shuffle(companies)
+    groups = {f"{pool}-{i // size}": people[i : i + size] for i in range(0, len(people), size)}
+    names = list(groups)
+    for i, c in enumerate(companies):
+        groups[names[i % len(names)]].append(c)
+    return groups
+
+
+def group_documents(world: World, entities: Sequence[str], renderings: int = 4, seed: int = 0) -> list[str]:
+    """What an adapter for a group learns from: each entity's facts written out `renderings` times
+    (the wording varies, as in train.txt)."""
+    rng = random.Random(f"group-text:{seed}")
+    orders: dict[str, list[int]] = {}
+    return [render.entity_document(world, e, rng, r, orders) for r in range(renderings) for e in entities
+            if world.facts_about(e)]
+
+
+class AdapterRouter:
+    """Chooses an adapter for a question: the group that most of the retrieved cards are about (a
+    card belongs to the group of its subject); None when no card is about a grouped entity."""
+
+    def __init__(self, retriever: Retriever, world: World, groups: dict[str, list[str]], k: int = 4, rounds: int = 1):
+        self.retriever, self.k, self.rounds = retriever, k, rounds
+        group_of = {p: g for g, people in groups.items() for p in people}
+        self.card_group = {f.id: group_of[f.subject] for f in world.facts if f.subject in group_of}
+
+    def group(self, cards: Sequence[Card]) -> str | None:
+        votes = Counter(self.card_group[c.id] for c in cards if c.id in self.card_group)
+        if not votes:
+            return None
+        best = max(votes.values())
+        return next(self.card_group[c.id] for c in cards if votes.get(self.card_group.get(c.id, ""), 0) == best)
+
+    def route(self, question: str) -> str | None:
+        return self.group(self.retriever.retrieve(question, self.k, self.rounds))

@@ -1,0 +1,217 @@
+"""`vslm facts eval RUN --world DIR`: every knowledge metric of a trained run on a FactWorld.
+
+The held-out questions (split `test`) are asked closed-book, open-book (gold facts and distractors)
+and with the retriever's cards (`retrieved`), on the seen and the novel pool; the counterfactual
+ones with their counterfactual facts in the context. The training questions are asked closed-book
+too (`seen_train`: did it learn what it read?). Each group keeps at most `per_group` questions of
+each hop count. The linear probe reads the names of the seen and of the novel people.
+
+The result (also written to RUN/facts-eval.json):
+
+    {"run", "world", "scoring", "distractors", "retrieval": {k, rounds},
+     "closed_book": {"seen", "novel", "seen_train"}, "open_book": {"seen", "novel"},
+     "retrieved": {"seen", "novel"}, "retrieval_recall": {"seen", "novel"},
+     "counterfactual": {accuracy, n, chance, original, other, memorisation_ratio},
+     "by_hops": {setting: {pool: {hops: {accuracy, n, chance}}}},
+     "probe": {attribute, seen: {...}, novel: {...}}, "truncated",
+     "adapters" (with adapter_steps): {groups, steps, routing, novel, oracle, by_hops}}
+
+where each accuracy is {accuracy, n, chance} (metrics.accuracy) and recall is {mean, all}: the mean
+share of supporting facts retrieved and the share of questions with all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vslm.errors import VSLMError
+from vslm.knowledge import metrics, render
+from vslm.knowledge.contexts import Contexts
+from vslm.knowledge.folder import WorldFolder, load_world_folder
+from vslm.knowledge.questions import Question
+from vslm.knowledge.retrieval import Retriever, support_recall
+
+if TYPE_CHECKING:  # torch is imported only when a run is evaluated
+    from vslm.knowledge.scoring import LMScorer
+
+RESULT = "facts-eval.json"
+SCORING = "log-likelihood of each answer choice; the most likely is the answer"
+
+
+def select(questions: Sequence[Question], pool: str, split: str, counterfactual: bool,
+           per_group: int | None) -> list[Question]:
+    """The questions of one group, at most `per_group` of each hop count (the first ones: they are in
+    random order already)."""
+    kept: dict[int, list[Question]] = {}
+    for q in questions:
+        if q.pool == pool and q.split == split and q.counterfactual == counterfactual:
+            group = kept.setdefault(q.hops, [])
+            if per_group is None or len(group) < per_group:
+                group.append(q)
+    return [q for hops in sorted(kept) for q in kept[hops]]
+
+
+def retriever_for(folder: WorldFolder) -> Retriever:
+    """An index of every real card, seen and novel (never the counterfactual ones)."""
+    return Retriever((c for c in folder.cards.values() if not c.counterfactual), synonyms=render.SYNONYMS)
+
+
+def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int = 4, per_group: int | None = 100,
+                   k: int = 8, rounds: int | None = None, seed: int = 0) -> dict:
+    """The metrics of any scorer on a world (a model's, or a hand-built one in the tests)."""
+    ctx = Contexts(folder, distractors, seed)
+    rounds = rounds or folder.settings.hops
+    retriever = retriever_for(folder)
+    out: dict = {"scoring": SCORING, "distractors": distractors, "retrieval": {"k": k, "rounds": rounds},
+                 "closed_book": {}, "open_book": {}, "retrieved": {}, "retrieval_recall": {},
+                 "by_hops": {"closed_book": {}, "open_book": {}, "retrieved": {}, "counterfactual": {}}}
+
+    def ask(setting: str, pool: str, questions: list[Question], prompts: list[str]) -> None:
+        answers = metrics.pick(scorer, prompts, questions)
+        out[setting][pool] = metrics.accuracy(questions, answers)
+        if setting in out["by_hops"]:
+            out["by_hops"][setting][pool] = metrics.by_hops(questions, answers)
+
+    for pool in ("seen", "novel"):
+        test = select(folder.questions, pool, "test", False, per_group)
+        if not test:
+            continue
+        ask("closed_book", pool, test, [ctx.closed_book(q) for q in test])
+        ask("open_book", pool, test, [ctx.open_book(q) for q in test])
+        found = [ctx.retrieved_cards(q, retriever, k, rounds) for q in test]
+        recalls = [support_recall(cards, q.support) for cards, q in zip(found, test, strict=True)]
+        out["retrieval_recall"][pool] = {"mean": _mean([r for r, _ in recalls]),
+                                         "all": _mean([float(a) for _, a in recalls])}
+        ask("retrieved", pool, test, [ctx.retrieved(q, retriever, k, rounds) for q in test])
+    train = select(folder.questions, "seen", "train", False, per_group)
+    if train:
+        ask("closed_book", "seen_train", train, [ctx.closed_book(q) for q in train])
+    cf = select(folder.questions, "seen", "test", True, per_group)
+    if cf:
+        answers = metrics.pick(scorer, [ctx.open_book(q) for q in cf], cf)
+        out["counterfactual"] = metrics.counterfactual(cf, answers)
+        out["by_hops"]["counterfactual"]["seen"] = metrics.by_hops(cf, answers)
+    return out
+
+
+def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, group_size: int = 10, steps: int = 200,
+                      per_group: int | None = 100, seed: int = 0) -> dict:
+    """Facts loaded as adapters: a LoRA per group of novel entities, fitted on that group's facts
+    (facts the model never trained on), then the novel test questions asked closed-book with the
+    adapter the retriever picks (`novel`) and with the adapter of the question's subject (`oracle`).
+    The scorer's model keeps the adapters (switched off on return)."""
+    from vslm.knowledge import adapters
+
+    model, tokenizer = scorer.model, scorer.tokenizer
+    groups = adapters.fact_groups(folder.world, "novel", group_size, seed)
+    for name, entities in groups.items():
+        adapters.add_adapter(model, name)
+        docs = adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
+        adapters.fit_adapter(model, tokenizer, name, docs, steps=steps, seed=seed)
+    router = adapters.AdapterRouter(retriever_for(folder), folder.world, groups)
+    home = {e: g for g, entities in groups.items() for e in entities}
+    test = select(folder.questions, "novel", "test", False, per_group)
+    routed = [router.route(q.question) for q in test]
+    out: dict = {"groups": len(groups), "steps": steps,
+                 "routing": _mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
+                 "by_hops": {}}
+    for label, chosen in (("novel", routed), ("oracle", [home[q.starts[0]] for q in test])):
+        answers = [""] * len(test)
+        for group in dict.fromkeys(chosen):
+            idx = [i for i, g in enumerate(chosen) if g == group]
+            adapters.use_adapter(model, group)
+            picked = metrics.pick(scorer, [render.closed_book_prompt(test[i].question) for i in idx],
+                                  [test[i] for i in idx])
+            for i, a in zip(idx, picked, strict=True):
+                answers[i] = a
+        out[label] = metrics.accuracy(test, answers)
+        out["by_hops"][label] = metrics.by_hops(test, answers)
+    adapters.use_adapter(model, None)
+    return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | None = 100, k: int = 8,
+                 rounds: int | None = None, probe: str = "birth_city", checkpoint: Path | None = None,
+                 device: str = "cpu", seed: int = 0, adapter_steps: int = 0, group_size: int = 10) -> dict:
+    """Load the run and the world, measure everything, write RUN/facts-eval.json; returns the result.
+    With adapter_steps > 0, also the adapter arm (evaluate_adapters), last: it adds to the model."""
+    from vslm.knowledge.probe import probe_attribute
+    from vslm.knowledge.scoring import LMScorer
+    from vslm.knowledge.world import RELATIONS
+    from vslm.train.run_folder import load_run
+
+    if probe not in RELATIONS or RELATIONS[probe].domain != "person":
+        people = ", ".join(n for n, r in RELATIONS.items() if r.domain == "person")
+        raise VSLMError(f"cannot probe '{probe}': choose a person's relation ({people})")
+    folder = load_world_folder(world)
+    _, model, tokenizer = load_run(Path(run), checkpoint, device)
+    scorer = LMScorer(model, tokenizer)
+    result = {"run": str(run), "world": str(world),
+              **evaluate_world(scorer, folder, distractors, per_group, k, rounds, seed)}
+    result["probe"] = {"attribute": probe, **{pool: probe_attribute(scorer, folder.world, probe, pool, seed=seed)
+                                              for pool in ("seen", "novel")}}
+    if adapter_steps > 0:
+        result["adapters"] = evaluate_adapters(scorer, folder, group_size, adapter_steps, per_group, seed)
+    result["truncated"] = scorer.truncated
+    (Path(run) / RESULT).write_text(json.dumps(_nan_to_none(result), indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def _nan_to_none(obj):
+    """JSON has no NaN: an undefined number (an empty group) is written as null."""
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+SETTINGS = (("closed-book", "closed_book"), ("open-book", "open_book"), ("retrieved", "retrieved"))
+
+
+def summary_rows(result: dict) -> list[tuple[str, ...]]:
+    """(setting, pool, accuracy, chance, n) rows for a printed table."""
+    rows = []
+    for label, key in SETTINGS:
+        for pool, acc in result.get(key, {}).items():
+            rows.append((label, pool.replace("_", " "), _fmt(acc["accuracy"]), _fmt(acc["chance"]), str(acc["n"])))
+    if cf := result.get("counterfactual"):
+        rows.append(("counterfactual", "seen", _fmt(cf["accuracy"]), _fmt(cf["chance"]), str(cf["n"])))
+    if ad := result.get("adapters"):
+        for label in ("novel", "oracle"):
+            acc = ad[label]
+            rows.append(("adapters", f"novel ({'routed' if label == 'novel' else 'oracle'})", _fmt(acc["accuracy"]),
+                         _fmt(acc["chance"]), str(acc["n"])))
+    return rows
+
+
+def hops_rows(result: dict) -> tuple[list[str], list[tuple[str, ...]]]:
+    """(columns, rows): accuracy by number of hops in each setting and pool."""
+    columns = [f"{setting.replace('_', '-')} {pool}" for setting, pools in result["by_hops"].items() for pool in pools]
+    hops = sorted({int(h) for pools in result["by_hops"].values() for by in pools.values() for h in by})
+    rows = []
+    for h in hops:
+        cells = [_fmt(by[h]["accuracy"]) if h in by else "-"
+                 for pools in result["by_hops"].values() for by in pools.values()]
+        rows.append((str(h), *cells))
+    return ["hops", *columns], rows
+
+
+def probe_line(result: dict) -> str:
+    p = result["probe"]
+    parts = [f"{pool}: best {_fmt(p[pool]['best'])} over depths "
+             f"({', '.join(_fmt(a) for a in p[pool]['by_depth'])}), baseline {_fmt(p[pool]['baseline'])}"
+             for pool in ("seen", "novel") if pool in p]
+    return f"probe name -> {p['attribute']}: " + "; ".join(parts)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

@@ -1,0 +1,155 @@
+"""A world folder: what `vslm facts generate` writes and `vslm facts eval` reads.
+
+    DIR/
+      world.json       {"format", "generator_version", "settings": the WorldConfig,
+                        "entities": [{id, name, kind: person|company|city|country, pool: seen|novel|shared}],
+                        "facts": [{id, subject, relation, object, pool}],
+                        "counterfactual_facts": [{id: "c<id>", subject, relation, object, pool, replaces: <id>}]}
+                       object is an entity id, or the year itself for birth_year; relations and what
+                       they link are listed in vslm.knowledge.world.RELATIONS
+      cards.jsonl      one line per fact, the counterfactual ones last: {id (the fact's), text (the fact
+                       as one sentence), fact: {subject, relation, object}, entities: [names in the text],
+                       pool, counterfactual: bool}
+      questions.jsonl  one line per question: {id, question, answer, choices, hops, kind: chain|older,
+                       starts, paths, support: [fact ids, in the order used], pool: seen|novel,
+                       split: train|test, counterfactual: bool, original_answer (counterfactual only)}
+      train.txt        the training text of the seen world: documents separated by <|endoftext|>, each
+                       an entity's facts (one sentence per line, several wordings over the documents) or
+                       a run of "Q: ...\\nA: ...\\n" lines (the questions of split train)
+      preloaded.txt    with --preloaded N: N examples "<cards>\\nQ: ...\\nA: ...", each over a small world
+                       of its own drawn from the seen pool's names (vslm.knowledge.preloaded)
+      fixed.txt        with --preloaded N: train.txt's documents and N such examples over the fixed world
+
+Train a model on it with `vslm train CONFIG data.source=DIR/train.txt` (a byte or BPE tokenizer, so
+that the novel pool's names can be written at evaluation). Nothing of the novel pool, and none of
+the counterfactual facts or the test questions, is in train.txt. docs/FACTS.md says more.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from vslm.config import one_line_error
+from vslm.data.tokenizer import EOS
+from vslm.errors import VSLMError
+from vslm.knowledge import render
+from vslm.knowledge.preloaded import FIXED, PRELOADED, fixed_examples, preloaded_examples
+from vslm.knowledge.questions import Question, make_questions
+from vslm.knowledge.retrieval import Card
+from vslm.knowledge.world import (
+    GENERATOR_VERSION,
+    Entity,
+    Fact,
+    World,
+    WorldConfig,
+    counterfactual_world,
+    generate_world,
+    name_pools,
+)
+
+FORMAT = 1
+FILES = ("world.json", "cards.jsonl", "questions.jsonl", "train.txt")
+QA_PER_DOCUMENT = 8
+
+
+@dataclass
+class WorldFolder:
+    settings: WorldConfig
+    world: World
+    counterfactual: World  # the world with the counterfactual facts in place of those they replace
+    cards: dict[str, Card]  # fact id -> card, counterfactual ones included
+    questions: list[Question]
+
+
+def build(cfg: WorldConfig) -> dict[str, str]:
+    """The folder's files as {name: text}: the same settings give the same bytes."""
+    world = generate_world(cfg)
+    cf_world = counterfactual_world(world, cfg.seed)
+    questions = make_questions(world, cf_world, cfg)
+    changed = [f for f in cf_world.facts if f.replaces is not None]
+    header = {"format": FORMAT, "generator_version": GENERATOR_VERSION, "settings": cfg.model_dump()}
+    world_json = {**header, "entities": [vars(e) for e in world.entities.values()],
+                  "facts": [f.to_dict() for f in world.facts], "counterfactual_facts": [f.to_dict() for f in changed]}
+    cards = [_card(world, f) for f in world.facts] + [_card(cf_world, f) for f in changed]
+    files = {
+        "world.json": json.dumps(world_json, indent=1) + "\n",
+        "cards.jsonl": "".join(json.dumps(c) + "\n" for c in cards),
+        "questions.jsonl": "".join(json.dumps(q.to_dict()) + "\n" for q in questions),
+        "train.txt": training_text(world, questions, cfg),
+    }
+    if cfg.preloaded:
+        files |= preloaded_texts(world, questions, cfg, files["train.txt"])
+    return files
+
+
+def preloaded_texts(world: World, questions: list[Question], cfg: WorldConfig, train_text: str) -> dict[str, str]:
+    """preloaded.txt (every example a world of its own) and fixed.txt (the fixed world's training text
+    and examples over it), `cfg.preloaded` examples each."""
+    fresh = preloaded_examples(name_pools(cfg.seed)["seen"], cfg.preloaded, cfg.hops, cfg.seed)
+    fixed = [d.strip("\n") for d in train_text.split(EOS)] + fixed_examples(world, questions, cfg.preloaded, cfg.seed)
+    random.Random(f"fixed-order:{cfg.seed}").shuffle(fixed)
+    return {PRELOADED: f"\n{EOS}\n".join(fresh) + "\n", FIXED: f"\n{EOS}\n".join(fixed) + "\n"}
+
+
+def _card(world: World, fact: Fact) -> dict:
+    names = [world.name(fact.subject)] + ([world.name(fact.object)] if fact.object in world.entities else [])
+    return {"id": fact.id, "text": render.card_text(world, fact),
+            "fact": {"subject": fact.subject, "relation": fact.relation, "object": fact.object},
+            "entities": names, "pool": fact.pool, "counterfactual": fact.replaces is not None}
+
+
+def training_text(world: World, questions: list[Question], cfg: WorldConfig) -> str:
+    """Every seen and shared entity written up `renderings` times, and the training questions with
+    their answers, as documents in a seeded random order."""
+    rng = random.Random(f"text:{cfg.seed}")
+    orders: dict[str, list[int]] = {}
+    docs = [render.entity_document(world, e.id, rng, r, orders)
+            for r in range(cfg.renderings) for e in world.entities.values()
+            if e.pool != "novel" and world.facts_about(e.id)]
+    qa = [render.closed_book_prompt(q.question) + render.answer_text(q.answer)
+          for q in questions if q.split == "train" and not q.counterfactual]
+    rng.shuffle(qa)
+    docs += ["".join(qa[i : i + QA_PER_DOCUMENT]).rstrip("\n") for i in range(0, len(qa), QA_PER_DOCUMENT)]
+    rng.shuffle(docs)
+    return f"\n{EOS}\n".join(docs) + "\n"
+
+
+def write_world_folder(cfg: WorldConfig, out: Path) -> dict[str, str]:
+    """Generate the world and write its folder; returns the files' texts."""
+    files = build(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+    return files
+
+
+def load_world_folder(folder: Path) -> WorldFolder:
+    folder = Path(folder)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise VSLMError(f"{folder} is not a world folder (no {', '.join(missing)}); "
+                        "make one with `vslm facts generate`")
+    raw = json.loads((folder / "world.json").read_text(encoding="utf-8"))
+    if raw.get("format") != FORMAT:
+        raise VSLMError(f"{folder}/world.json has format {raw.get('format')}, this vslm reads format {FORMAT}")
+    try:
+        settings = WorldConfig.model_validate(raw["settings"])
+    except ValidationError as e:
+        raise VSLMError(one_line_error(e, prefix=f"{folder}/world.json settings")) from None
+    entities = {e["id"]: Entity(**e) for e in raw["entities"]}
+    facts = [Fact(**f) for f in raw["facts"]]
+    changed = {f["replaces"]: Fact(**f) for f in raw["counterfactual_facts"]}
+    cards = {}
+    for line in (folder / "cards.jsonl").read_text(encoding="utf-8").splitlines():
+        c = json.loads(line)
+        cards[c["id"]] = Card(c["id"], c["text"], tuple(c["entities"]), c["pool"], c["counterfactual"])
+    questions = [Question.from_dict(json.loads(line))
+                 for line in (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines()]
+    return WorldFolder(settings, World(entities, facts),
+                       World(entities, [changed.get(f.id, f) for f in facts]), cards, questions)

@@ -1,0 +1,97 @@
+"""LoRA adapters for groups of facts: only the adapter's weights move, adapters switch cleanly, and
+the retriever routes a question to the adapter of the people it is about."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vslm.config import ModelConfig
+from vslm.data.tokenizer import ByteTokenizer
+from vslm.knowledge import render
+from vslm.knowledge.adapters import (
+    AdapterRouter,
+    adapter_state,
+    add_adapter,
+    fact_groups,
+    fit_adapter,
+    group_documents,
+    load_adapter,
+    save_adapter,
+    use_adapter,
+)
+from vslm.knowledge.retrieval import Card, Retriever
+from vslm.knowledge.world import WorldConfig, generate_world
+from vslm.model import GPT
+
+WORLD = generate_world(WorldConfig(seed=4, people=24, novel_people=8))
+
+
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=257, context=128, depth=2, width=32, heads=2))
+
+
+def test_fitting_an_adapter_changes_only_its_own_weights():
+    model = tiny_model()
+    x = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        base_out = model(x)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    add_adapter(model, "g0", rank=4)
+    add_adapter(model, "g1", rank=4)
+    other = {k: v.clone() for k, v in adapter_state(model, "g1").items()}
+    with torch.no_grad():
+        assert torch.allclose(model(x), base_out)  # B = 0: a new adapter changes nothing
+    docs = group_documents(WORLD, fact_groups(WORLD, "seen", 6)["seen-0"])
+    use_adapter(model, "g0")
+    flags = [p.requires_grad for p in model.parameters()]
+    losses = fit_adapter(model, ByteTokenizer(), "g0", docs, steps=30, batch_size=8)
+    assert losses[-1] < losses[0]
+    after = model.state_dict()
+    lora = set(adapter_state(model, "g0")) | set(other)
+    for name, value in base.items():  # peft renames a wrapped layer's weight to .base_layer.weight
+        key = name if name in after else name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(after[key], value), name
+    assert set(after) - {n if n in after else n.replace(".weight", ".base_layer.weight") for n in base} == lora
+    assert all(torch.equal(after[k], v) for k, v in other.items())
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter_state(model, "g0").items() if "lora_B" in k)
+    assert [p.requires_grad for p in model.parameters()] == flags  # as they were
+    with torch.no_grad():
+        use_adapter(model, None)
+        assert torch.allclose(model(x), base_out)
+        use_adapter(model, "g1")
+        assert torch.allclose(model(x), base_out)
+        use_adapter(model, "g0")
+        assert not torch.allclose(model(x), base_out)
+
+
+def test_an_adapter_saves_and_loads(tmp_path):
+    model = tiny_model()
+    add_adapter(model, "g0", rank=4)
+    docs = group_documents(WORLD, fact_groups(WORLD, "seen", 6)["seen-1"])
+    fit_adapter(model, ByteTokenizer(), "g0", docs, steps=3, batch_size=4)
+    save_adapter(model, "g0", tmp_path / "g0.safetensors")
+    fresh = add_adapter(tiny_model(), "g0", rank=4)
+    load_adapter(fresh, "g0", tmp_path / "g0.safetensors")
+    x = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), model(x))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_adapter(add_adapter(tiny_model(), "other", rank=4), "other", tmp_path / "g0.safetensors")
+
+
+def test_the_router_picks_the_group_of_the_person_asked_about():
+    groups = fact_groups(WORLD, "seen", 6)
+    grouped = sorted(p for people in groups.values() for p in people)
+    assert grouped == sorted(e.id for e in WORLD.entities.values() if e.pool == "seen")
+    cards = [render.card_text(WORLD, f) for f in WORLD.facts]
+    retriever = Retriever(Card(f.id, t, (WORLD.name(f.subject),)) for f, t in zip(WORLD.facts, cards, strict=True))
+    router = AdapterRouter(retriever, WORLD, groups, k=3)
+    right = 0
+    people = [p for people in groups.values() for p in people if p.startswith("person")]
+    for p in people:
+        question = render.chain_question(WORLD.name(p), ["employer"])
+        right += router.route(question) == next(g for g, ps in groups.items() if p in ps)
+    assert right / len(people) >= 0.9
+    assert router.route("What is the employer of Nobody Here?") is None

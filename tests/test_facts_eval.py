@@ -1,0 +1,268 @@
+"""The knowledge metrics: their arithmetic on hand-built cases, the evaluation with scorers whose
+answers are known, the language-model scorer and the probe against direct computations, and
+`vslm facts eval` end to end on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_overrides
+from vslm.cli import main
+from vslm.config import ModelConfig
+from vslm.data.tokenizer import ByteTokenizer
+from vslm.knowledge import metrics, probe
+from vslm.knowledge.contexts import Contexts
+from vslm.knowledge.evaluate import evaluate_world, retriever_for, select
+from vslm.knowledge.folder import load_world_folder, write_world_folder
+from vslm.knowledge.questions import Question
+from vslm.knowledge.retrieval import support_recall
+from vslm.knowledge.scoring import LMScorer
+from vslm.knowledge.world import WorldConfig
+from vslm.model import GPT
+from vslm.model.hooks import capture
+
+
+def question(answer: str, choices: tuple[str, ...], hops: int = 1, original: str | None = None) -> Question:
+    return Question("q", "Q?", answer, choices, hops, "chain", ("p",), (("employer",),), ("f",), "seen", "test",
+                    original is not None, original)
+
+
+# ------------------------------------------------------------------------------ arithmetic
+
+
+def test_accuracy_by_hops_and_chance_on_a_hand_built_case():
+    qs = [question("A", ("A", "B")), question("B", ("A", "B", "C", "D"), hops=2), question("C", ("C", "D"), hops=2)]
+    answers = ["A", "C", "C"]
+    assert metrics.accuracy(qs, answers) == {"accuracy": 2 / 3, "n": 3, "chance": (1 / 2 + 1 / 4 + 1 / 2) / 3}
+    by = metrics.by_hops(qs, answers)
+    assert list(by) == [1, 2] and by[1]["accuracy"] == 1.0 and by[2]["accuracy"] == 0.5 and by[2]["n"] == 2
+    assert math.isnan(metrics.accuracy([], [])["accuracy"])
+
+
+def test_counterfactual_accuracy_and_memorisation_ratio_on_a_hand_built_case():
+    qs = [question("A", ("A", "B", "C"), original="B") for _ in range(4)]
+    cf = metrics.counterfactual(qs, ["A", "B", "B", "C"])  # context, weights, weights, neither
+    assert (cf["accuracy"], cf["original"], cf["other"]) == (0.25, 0.5, 0.25)
+    assert cf["memorisation_ratio"] == pytest.approx(2 / 3)  # n_orig / (n_orig + n_ctx)
+    assert metrics.counterfactual(qs, ["A"] * 4)["memorisation_ratio"] == 0.0
+    assert math.isnan(metrics.counterfactual(qs, ["C"] * 4)["memorisation_ratio"])
+
+
+def test_pick_takes_the_highest_score_and_the_first_choice_on_ties():
+    qs = [question("B", ("A", "B", "C")), question("A", ("A", "B"))]
+    scorer = lambda items: [[0.0, 2.0, 1.0], [0.5, 0.5]]  # noqa: E731
+    assert metrics.pick(scorer, ["p1", "p2"], qs) == ["B", "A"]
+
+
+# ------------------------------------------------------------------ scorers whose answers are known
+
+SMALL = WorldConfig(seed=5, people=40, novel_people=16, hops=2, questions_per_hop=12)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    write_world_folder(SMALL, out)
+    return load_world_folder(out)
+
+
+def asked(prompt: str) -> str:
+    return prompt.rsplit("Q: ", 1)[1].removesuffix("\nA:")
+
+
+def memoriser(folder):
+    """Knows every seen answer by heart and reads nothing; knows nothing of the novel pool."""
+    known = {q.question: q.answer for q in folder.questions if q.pool == "seen" and not q.counterfactual}
+    return lambda items: [[float(c == known.get(asked(p))) for c in choices] for p, choices in items]
+
+
+def reader(folder):
+    """Knows nothing, but answers right whenever all the facts a question needs are in its context."""
+    by_question: dict[str, list[Question]] = {}
+    for q in folder.questions:
+        by_question.setdefault(q.question, []).append(q)
+
+    def score(items):
+        out = []
+        for prompt, choices in items:
+            lines = set(prompt.split("\n"))
+            ready = [q.answer for q in by_question[asked(prompt)]
+                     if all(folder.cards[i].text in lines for i in q.support)]
+            out.append([float(c in ready) for c in choices])
+        return out
+
+    return score
+
+
+def first_choice_rate(questions: list[Question]) -> float:
+    return sum(q.answer == q.choices[0] for q in questions) / len(questions)
+
+
+def test_a_memoriser_is_right_closed_book_and_wrong_under_counterfactual_context(folder):
+    r = evaluate_world(memoriser(folder), folder, per_group=None)
+    seen = select(folder.questions, "seen", "test", False, None)
+    assert r["closed_book"]["seen"]["accuracy"] == 1.0 and r["closed_book"]["seen"]["n"] == len(seen)
+    assert r["closed_book"]["seen_train"]["accuracy"] == 1.0
+    assert r["open_book"]["seen"]["accuracy"] == 1.0
+    novel = select(folder.questions, "novel", "test", False, None)
+    assert r["closed_book"]["novel"]["accuracy"] == first_choice_rate(novel)
+    cf = r["counterfactual"]
+    assert cf["accuracy"] == 0.0 and cf["original"] == 1.0 and cf["memorisation_ratio"] == 1.0
+    assert all(v["accuracy"] == 1.0 for v in r["by_hops"]["closed_book"]["seen"].values())
+
+
+def test_a_reader_is_right_open_book_on_both_pools_and_follows_the_context(folder):
+    r = evaluate_world(reader(folder), folder, per_group=None, k=6, rounds=2)
+    assert r["open_book"]["seen"]["accuracy"] == 1.0 and r["open_book"]["novel"]["accuracy"] == 1.0
+    for pool in ("seen", "novel"):
+        test = select(folder.questions, pool, "test", False, None)
+        assert r["closed_book"][pool]["accuracy"] == first_choice_rate(test)
+        # with retrieval it is right exactly where the retriever found every supporting fact
+        retriever = retriever_for(folder)
+        found = [support_recall(retriever.retrieve(q.question, 6, 2), q.support)[1] for q in test]
+        expected = sum(f or q.answer == q.choices[0] for f, q in zip(found, test, strict=True)) / len(test)
+        assert r["retrieved"][pool]["accuracy"] == pytest.approx(expected)
+        assert r["retrieval_recall"][pool]["all"] == pytest.approx(sum(found) / len(found))
+    cf = r["counterfactual"]
+    assert cf["accuracy"] == 1.0 and cf["original"] == 0.0 and cf["memorisation_ratio"] == 0.0
+    assert set(r["by_hops"]["open_book"]["novel"]) == {1, 2}
+
+
+def test_open_book_contexts_hold_the_gold_facts_and_never_contradict_them(folder):
+    ctx = Contexts(folder, distractors=4)
+    facts = ctx.facts
+    for q in folder.questions:
+        cards = ctx.open_book_cards(q)
+        assert {c.id for c in cards} >= set(q.support) and len(cards) == len(q.support) + 4
+        keys = [(facts[c.id].subject, facts[c.id].relation) for c in cards]
+        assert len(keys) == len(set(keys)), q  # one value per (subject, relation)
+        assert ctx.open_book(q) == ctx.open_book(q)  # seeded by the question
+        if q.pool == "novel":
+            assert all(c.pool in ("novel", "shared") for c in cards)
+
+
+# ----------------------------------------------------------------- the scorer and the probe
+
+
+def tiny_model(context: int = 64) -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=257, context=context, depth=2, width=16, heads=2)).eval()
+
+
+@torch.no_grad()
+def direct_log_likelihood(model: GPT, ids: list[int], n_answer: int) -> float:
+    x = torch.tensor([ids[:-1]])
+    logp = F.log_softmax(model(x)[0], dim=-1)
+    return sum(float(logp[t, ids[t + 1]]) for t in range(len(ids) - 1 - n_answer, len(ids) - 1))
+
+
+def test_the_scorer_sums_the_answer_tokens_log_probabilities():
+    tok, model = ByteTokenizer(), tiny_model()
+    scorer = LMScorer(model, tok, batch_size=3)
+    items = [("Q: Who?\nA:", ["Ann", "Bob Smith"]), ("ctx\nQ: What?\nA:", ["Oslo", "Rome", "Lima"])]
+    scores = scorer(items)
+    for (prompt, choices), row in zip(items, scores, strict=True):
+        for choice, s in zip(choices, row, strict=True):
+            ids = [tok.eos_id, *tok.encode(prompt), *tok.encode(f" {choice}\n")]
+            assert s == pytest.approx(direct_log_likelihood(model, ids, len(choice) + 2), abs=1e-4)
+    assert scorer.truncated == 0
+
+
+def test_a_prompt_longer_than_the_context_loses_its_oldest_tokens():
+    tok, model = ByteTokenizer(), tiny_model(context=16)
+    scorer = LMScorer(model, tok)
+    prompt = "a long context line\nQ: Who?\nA:"
+    [[s]] = scorer([(prompt, ["Ann"])])
+    ids = [tok.eos_id, *tok.encode(prompt), *tok.encode(" Ann\n")][-17:]
+    assert s == pytest.approx(direct_log_likelihood(model, ids, 5), abs=1e-4) and scorer.truncated == 1
+
+
+def test_name_states_are_the_stream_at_the_names_last_token():
+    tok, model = ByteTokenizer(), tiny_model()
+    scorer = LMScorer(model, tok)
+    states = probe.name_states(scorer, ["Ann Berg", "Bo"])
+    assert [s.shape for s in states] == [(2, 16), (2, 16)]
+    with capture(model, "resid_post.1") as seen:
+        model(torch.tensor([[tok.eos_id, *tok.encode("Bo")]]))
+    assert torch.allclose(states[1][1], seen["resid_post.1"][0, -1], atol=1e-5)  # padding changed nothing
+
+
+def test_probe_fits_a_linear_code_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (200,), generator=g)
+    coded = F.one_hot(labels, 4).float() @ torch.randn(4, 12, generator=g) + 0.1 * torch.randn(200, 12, generator=g)
+    assert probe.fit_probe(coded[:150], labels[:150], coded[150:], labels[150:]) == 1.0
+    noise = torch.randn(200, 12, generator=g)
+    assert probe.fit_probe(noise[:150], labels[:150], noise[150:], labels[150:]) < 0.5
+    assert probe.majority_baseline([0, 0, 1], [0, 1, 1, 1]) == 0.25
+
+
+def test_probe_attribute_reads_the_attribute_when_the_states_hold_it(folder, monkeypatch):
+    people = {e.name: e.id for e in folder.world.of_kind("person")}
+    cities = sorted({f.object for f in folder.world.facts if f.relation == "birth_city"})
+
+    def fake_states(scorer, names):  # depth 0 writes the birth city in one-hot, depth 1 is noise
+        code = torch.stack([F.one_hot(torch.tensor(cities.index(folder.world.lookup(people[n], "birth_city").object)),
+                                      len(cities)).float() for n in names])
+        return [code, torch.randn(len(names), 8, generator=torch.Generator().manual_seed(1))]
+
+    monkeypatch.setattr(probe, "name_states", fake_states)
+    result = probe.probe_attribute(None, folder.world, "birth_city", "seen")
+    assert result["by_depth"][0] == 1.0 and result["best"] == 1.0 and result["by_depth"][1] < 0.6
+    assert result["n_train"] + result["n_test"] == SMALL.people and 0 <= result["baseline"] < 0.5
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
+    world, run = tmp_path / "world", tmp_path / "run"
+    assert main(["facts", "generate", "--out", str(world), "--people", "24", "--novel-people", "8", "--hops", "2",
+                 "--questions-per-hop", "6", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(world))
+    overrides = tiny_overrides(train__steps=4, train__eval_every=0, train__checkpoint_every=0, model__context=64)
+    assert main(["train", "tiny", f"data.source={world / 'train.txt'}", "data.tokenizer=byte", "--out", str(run),
+                 *overrides]) == 0
+    capsys.readouterr()
+    assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "closed-book" in out and "open-book" in out and "counterfactual" in out and "probe" in out
+    result = json.loads((run / "facts-eval.json").read_text())
+    for setting in ("closed_book", "open_book", "retrieved"):
+        for pool in ("seen", "novel"):
+            assert 0 <= result[setting][pool]["accuracy"] <= 1 and result[setting][pool]["n"] == 8
+    assert 0 <= result["counterfactual"]["accuracy"] <= 1 and "memorisation_ratio" in result["counterfactual"]
+    assert set(result["by_hops"]["closed_book"]["seen"]) == {"1", "2"}
+    assert len(result["probe"]["seen"]["by_depth"]) == 2 and result["truncated"] > 0
+    assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--json", "--adapters", "2",
+                 "--group-size", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["closed_book"]["seen"]["n"] == 4
+    adapters = result["adapters"]
+    assert adapters["groups"] == 3 and 0 <= adapters["routing"] <= 1 and adapters["novel"]["n"] == 4
+    assert 0 <= adapters["oracle"]["accuracy"] <= 1
+
+
+def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["facts", "generate", "--out", str(tmp_path / "w"), "--people", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "people" in err
+    assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path)]) == 1
+    assert "not a world folder" in capsys.readouterr().err
+    assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path), "--probe", "shoe_size"]) == 1
+    assert "cannot probe 'shoe_size'" in capsys.readouterr().err
+
+
+def test_a_char_tokenizer_that_cannot_write_a_name_says_what_to_do(folder):
+    from vslm.data.tokenizer import CharTokenizer
+    from vslm.errors import VSLMError
+
+    scorer = LMScorer(tiny_model(), CharTokenizer(list("QA: ?\n"), eos=False))
+    with pytest.raises(VSLMError, match="data.tokenizer=byte"):
+        scorer([("Q: Who?\nA:", ["Zed"])])
+
