@@ -160,3 +160,25 @@ def test_relearning_reports_accuracies_before_and_after(runs):
     _, fresh, _ = load_run(teacher)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
                                                  strict=True))  # the model given is not changed
+
+
+def test_the_cli_distills_relearns_and_the_student_is_evaluated(runs, capsys):
+    import json
+
+    from vslm.cli import main
+
+    tmp, teacher, naive = runs
+    out = tmp / "cli-student"
+    assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
+                 "--out", str(out), "--method", "gradient-ascent", "--steps", "2", "--batch-size", "4",
+                 "--weight", "retain=0", "--relearn-steps", "2"]) == 0
+    result = json.loads((out / "distill.json").read_text())
+    assert result["weights"]["retain"] == 0.0 and result["weights"]["gradient_ascent"] == 1.0
+    assert "retain" not in result["last"]
+    for label in ("student", "naive"):
+        assert 0.0 <= result["relearning"][label]["after"]["rest"]["accuracy"] <= 1.0
+    assert main(["facts", "eval", str(out), "--world", str(tmp / "world"), "--per-group", "2", "--json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["closed_book"]["seen"]["accuracy"] <= 1.0
+    assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
+                 "--out", str(tmp / "x"), "--weight", "retain"]) != 0
+    assert "NAME=NUMBER" in capsys.readouterr().err
