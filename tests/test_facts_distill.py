@@ -104,6 +104,18 @@ def test_step_terms_with_one_weight_equal_the_pure_function_on_the_models():
         assert got["forget"].item() == pytest.approx(D.kl_to(naive(x), student(x), y).item(), rel=1e-6)
         got = D.step_terms(student, teacher, naive, {"npo": 1.0}, batches, beta=0.2)
         assert got["npo"].item() == pytest.approx(D.npo(student(x), teacher(x), y, 0.2).item(), rel=1e-6)
+    general = D.general_windows(tok, 64, n_stories=5)
+    assert general.shape[1] == 65 and tok.decode(general[0].tolist()[1:20]).isprintable()
+    batches["general"] = (general[:2, :-1], general[:2, 1:])
+    batches["open_book"] = batches["counterfactual"] = (x, y)
+    got = D.step_terms(student, teacher, naive, dict.fromkeys(D.TERMS, 1.0), batches)
+    assert set(got) == set(D.TERMS)
+    for k, v in got.items():  # every term reaches the student's weights, none the frozen models'
+        student.zero_grad()
+        v.backward(retain_graph=True)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), k
+    assert all(p.grad is None for m in (teacher, naive) for p in m.parameters())
+    assert got["open_book"].item() == pytest.approx(D.answer_ce(student(x), y).item(), rel=1e-6)
 
 
 TINY_WORLD = WorldConfig(seed=3, people=16, novel_people=4, hops=2, questions_per_hop=6, renderings=2, choices=4)

@@ -184,7 +184,8 @@ def step_terms(student: GPT, teacher: GPT, naive: GPT, weights: dict[str, float]
         logits = student(x)
         if "forget" in want:
             with torch.no_grad():
-                out["forget"] = kl_to(naive(x), logits, y)
+                target = naive(x)
+            out["forget"] = kl_to(target, logits, y)
         if "gradient_ascent" in want:
             out["gradient_ascent"] = gradient_ascent(logits, y)
         if "npo" in want:
