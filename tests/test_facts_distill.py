@@ -194,3 +194,26 @@ def test_the_cli_distills_relearns_and_the_student_is_evaluated(runs, capsys):
     assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
                  "--out", str(tmp / "x"), "--weight", "retain"]) != 0
     assert "NAME=NUMBER" in capsys.readouterr().err
+
+
+def test_a_counterfactual_context_states_another_choice_where_the_answer_was(runs):
+    from vslm.knowledge.contexts import Contexts
+
+    tmp, _, _ = runs
+    folder = load_world_folder(tmp / "world")
+    ctx = Contexts(folder)
+    rng = __import__("random").Random(0)
+    made = 0
+    for q in D.forget_questions(folder):
+        got = D.counterfactual_prompt(q, ctx, rng)
+        if q.kind == "older":
+            assert got is None
+            continue
+        assert got is not None
+        prompt, target = got
+        assert target in q.choices and target != q.answer
+        last = folder.cards[q.support[-1]].text
+        assert last.replace(q.answer, target) in prompt.splitlines()
+        assert prompt.endswith(f"Q: {q.question}\nA:")
+        made += 1
+    assert made > 0

@@ -138,7 +138,9 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
 
 def counterfactual_prompt(q: Question, ctx: Contexts, rng: random.Random) -> tuple[str, str] | None:
     """(open-book prompt with the answer swapped for another choice in the last supporting card, that
-    choice), or None when that card does not spell the answer."""
+    choice), or None for an older-than question and when that card does not spell the answer."""
+    if q.kind != "chain":  # older-than: the answer is a name the card is about, not the card's value
+        return None
     cards = ctx.open_book_cards(q)
     last = q.support[-1]
     if not any(c.id == last and q.answer in c.text for c in cards):
