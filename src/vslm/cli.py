@@ -272,6 +272,41 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facts_distill(a: argparse.Namespace) -> int:
+    from vslm.knowledge.distill import RESULT, distill, relearn
+    from vslm.knowledge.folder import load_world_folder
+    from vslm.train.run_folder import load_run
+
+    weights = {}
+    for word in a.weight:
+        name, sep, value = word.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise VSLMError(f"--weight {word}: write NAME=NUMBER")
+    out = Path(a.out)
+    result = distill(Path(a.teacher), Path(a.naive), Path(a.world), out, a.method, a.steps, a.batch_size, a.lr,
+                     weights, a.beta, a.seed, a.device, a.distractors)
+    console.print(f"{a.method}: {a.steps} steps, last " + ", ".join(
+        f"{k} {v:.4f}" for k, v in (result["last"] or {}).items() if k != "step"), highlight=False)
+    if a.relearn_steps > 0:
+        folder = load_world_folder(Path(a.world))
+        result["relearning"] = {}
+        for label, run in (("student", out), ("naive", Path(a.naive))):
+            _, model, tokenizer = load_run(run, device=a.device)
+            r = relearn(model, tokenizer, folder, a.relearn_fraction, a.relearn_steps, seed=a.seed)
+            result["relearning"][label] = r
+            console.print(f"relearning {label}: closed-book on the other {1 - a.relearn_fraction:.0%} "
+                          f"{r['before']['rest']['accuracy']:.3f} -> {r['after']['rest']['accuracy']:.3f} "
+                          f"(chance {r['before']['rest']['chance']:.3f}, n {r['before']['rest']['n']})",
+                          highlight=False)
+        (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(out)
+    return 0
+
+
 def _add_facts_parser(sub) -> None:
     from vslm.knowledge.world import WorldConfig
 
@@ -298,6 +333,26 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_facts_eval)
+    p = fsub.add_parser("distill", help="train a student that forgets the world closed-book but reads it open-book")
+    p.add_argument("teacher", help="run folder of a model that knows the world closed-book")
+    p.add_argument("--naive", required=True, help="run folder of a model never shown the world (same tokenizer)")
+    p.add_argument("--world", required=True, help="the world folder")
+    p.add_argument("--out", required=True, help="the student's run folder")
+    p.add_argument("--method", default="combined", choices=("combined", "gradient-ascent", "npo"),
+                   help="the forgetting term: KL to the naive model (combined), gradient ascent, or NPO")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta", type=float, default=0.1, help="NPO's beta (default 0.1)")
+    p.add_argument("--weight", action="append", default=[], metavar="TERM=W",
+                   help="a loss term's weight: open_book, counterfactual, forget, retain, gradient_ascent, npo")
+    p.add_argument("--distractors", type=int, default=4)
+    p.add_argument("--relearn-steps", type=int, default=0,
+                   help="then the relearning test on the student and the naive model, this many steps")
+    p.add_argument("--relearn-fraction", type=float, default=0.1, help="share of the people relearned (0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_facts_distill)
 
 
 def build_parser() -> argparse.ArgumentParser:

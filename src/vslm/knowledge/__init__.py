@@ -13,4 +13,5 @@
     probe.py       the linear probe from a name's hidden state to an attribute
     adapters.py    LoRA adapters per group of facts (peft) and the retriever that picks one
     evaluate.py    `vslm facts eval`: all of it on a trained run
+    distill.py     `vslm facts distill`: a student that forgets W closed-book but reads it; the relearning test
 """

@@ -1,0 +1,219 @@
+"""Distilling knowledge out: each loss term against an explicit computation, NPO against gradient
+ascent, the combined loss, a tiny end-to-end run and the relearning test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.data.answers import IGNORE
+from vslm.data.tokenizer import ByteTokenizer
+from vslm.errors import VSLMError
+from vslm.knowledge import distill as D
+from vslm.knowledge.folder import load_world_folder, write_world_folder
+from vslm.knowledge.world import WorldConfig
+from vslm.train.run_folder import load_run
+from vslm.train.trainer import Trainer
+
+# two rows of three positions over a vocabulary of 3; -100 marks positions not counted
+LOGITS = torch.tensor([[[1.0, 2.0, 0.5], [0.0, 0.0, 3.0], [2.0, -1.0, 0.0]],
+                       [[0.3, 0.1, -0.2], [1.5, 0.5, 0.5], [-1.0, 2.0, 1.0]]])
+OTHER = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.0, -0.5]],
+                      [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+TARGETS = torch.tensor([[IGNORE, 2, 0], [1, IGNORE, IGNORE]])
+COUNTED = [(0, 1, 2), (0, 2, 0), (1, 0, 1)]  # (row, position, target)
+
+
+def softmax(row):
+    z = [math.exp(v) for v in row]
+    return [v / sum(z) for v in z]
+
+
+def logp(logits, b, t, y):
+    return math.log(softmax(logits[b][t].tolist())[y])
+
+
+def test_answer_ce_is_the_mean_negative_log_likelihood_of_the_counted_tokens():
+    expected = -sum(logp(LOGITS, b, t, y) for b, t, y in COUNTED) / 3
+    assert D.answer_ce(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-6)
+    assert D.gradient_ascent(LOGITS, TARGETS).item() == pytest.approx(-expected, rel=1e-6)
+
+
+def test_kl_is_the_target_models_distribution_against_the_students_on_counted_positions():
+    expected = 0.0
+    for b, t, _ in COUNTED:
+        p, q = softmax(OTHER[b][t].tolist()), softmax(LOGITS[b][t].tolist())
+        expected += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
+    assert D.kl_to(OTHER, LOGITS, TARGETS).item() == pytest.approx(expected / 3, rel=1e-6)
+    assert D.kl_to(LOGITS, LOGITS, TARGETS).item() == pytest.approx(0.0, abs=1e-7)
+    # the direction: KL(p_target || p_student), not the reverse
+    assert D.kl_to(LOGITS, OTHER, TARGETS).item() != pytest.approx(expected / 3, rel=1e-3)
+
+
+def test_npo_equals_its_formula_and_pushes_the_answers_down_like_gradient_ascent():
+    beta = 0.5
+    seq = [logp(LOGITS, 0, 1, 2) + logp(LOGITS, 0, 2, 0), logp(LOGITS, 1, 0, 1)]
+    ref = [logp(OTHER, 0, 1, 2) + logp(OTHER, 0, 2, 0), logp(OTHER, 1, 0, 1)]
+    expected = sum((2 / beta) * math.log(1 + math.exp(beta * (s - r))) for s, r in zip(seq, ref, strict=True)) / 2
+    assert D.sequence_logp(LOGITS, TARGETS).tolist() == pytest.approx(seq, rel=1e-6)
+    assert D.npo(LOGITS, OTHER, TARGETS, beta).item() == pytest.approx(expected, rel=1e-6)
+    a = LOGITS.clone().requires_grad_(True)
+    D.npo(a, OTHER, TARGETS, beta).backward()
+    g = LOGITS.clone().requires_grad_(True)
+    D.gradient_ascent(g, TARGETS).backward()
+    counted = TARGETS != IGNORE
+    # the same sign everywhere it matters: both lower the answer tokens' logits
+    assert torch.equal(torch.sign(a.grad[counted]), torch.sign(g.grad[counted]))
+    for b, t, y in COUNTED:
+        assert a.grad[b, t, y] > 0 and g.grad[b, t, y] > 0  # a step against the gradient lowers the answer
+    # per row NPO's gradient is gradient ascent's summed over the row, scaled by 2 sigmoid(beta * ratio)
+    n = counted.sum().item()
+    for b in range(2):
+        w = 2 / (1 + math.exp(-beta * (seq[b] - ref[b])))
+        assert torch.allclose(a.grad[b], g.grad[b] * n * w / 2, atol=1e-6)
+
+
+def test_the_combined_loss_with_one_weight_is_that_term():
+    terms = {"open_book": torch.tensor(1.5), "counterfactual": torch.tensor(0.25), "forget": torch.tensor(2.0),
+             "retain": torch.tensor(0.75)}
+    for k in terms:
+        assert D.combine({j: (3.0 if j == k else 0.0) for j in terms}, terms).item() == pytest.approx(3 * terms[k])
+    assert D.combine(dict.fromkeys(terms, 1.0), terms).item() == pytest.approx(4.5)
+    with pytest.raises(VSLMError, match="unknown loss term"):
+        D.combine({"bogus": 1.0}, terms)
+
+
+def test_step_terms_with_one_weight_equal_the_pure_function_on_the_models():
+    from vslm.config import ModelConfig
+    from vslm.model import GPT
+
+    torch.manual_seed(0)
+    student, teacher, naive = (GPT(ModelConfig(vocab_size=257, context=64, depth=1, width=16, heads=2)).eval()
+                               for _ in range(3))
+    tok = ByteTokenizer()
+    x, y = D.encode_pairs(tok, [("Q: Who?\nA:", "Ann"), ("Q: Where is it?\nA:", "Oslo")], 64)
+    assert tok.decode(t for t in y[1].tolist() if t != IGNORE) == " Oslo\n"
+    batches = {"closed_book": (x, y)}
+    with torch.no_grad():
+        got = D.step_terms(student, teacher, naive, {"forget": 1.0}, batches)
+        assert set(got) == {"forget"}
+        assert got["forget"].item() == pytest.approx(D.kl_to(naive(x), student(x), y).item(), rel=1e-6)
+        got = D.step_terms(student, teacher, naive, {"npo": 1.0}, batches, beta=0.2)
+        assert got["npo"].item() == pytest.approx(D.npo(student(x), teacher(x), y, 0.2).item(), rel=1e-6)
+    general = D.general_windows(tok, 64, n_stories=5)
+    assert general.shape[1] == 65 and tok.decode(general[0].tolist()[1:20]).isprintable()
+    batches["general"] = (general[:2, :-1], general[:2, 1:])
+    batches["open_book"] = batches["counterfactual"] = (x, y)
+    got = D.step_terms(student, teacher, naive, dict.fromkeys(D.TERMS, 1.0), batches)
+    assert set(got) == set(D.TERMS)
+    for k, v in got.items():  # every term reaches the student's weights, none the frozen models'
+        student.zero_grad()
+        v.backward(retain_graph=True)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), k
+    assert all(p.grad is None for m in (teacher, naive) for p in m.parameters())
+    assert got["open_book"].item() == pytest.approx(D.answer_ce(student(x), y).item(), rel=1e-6)
+
+
+TINY_WORLD = WorldConfig(seed=3, people=16, novel_people=4, hops=2, questions_per_hop=6, renderings=2, choices=4)
+
+
+def train_tiny(tmp_path, name, source, steps):
+    words = tiny_overrides(train__steps=steps, train__checkpoint_every=steps, train__eval_every=0,
+                           model__context=96, model__width=16)
+    cfg = load_config("tiny", [*words, f"data.source={source}", "data.tokenizer=byte"])
+    Trainer(cfg, tmp_path / name).fit()
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill")
+    write_world_folder(TINY_WORLD, tmp / "world")
+    teacher = train_tiny(tmp, "teacher", tmp / "world" / "train.txt", 6)
+    naive = train_tiny(tmp, "naive", "stories", 6)
+    return tmp, teacher, naive
+
+
+@pytest.mark.parametrize("method", ["combined", "npo"])
+def test_distill_runs_and_writes_a_loadable_run_folder(runs, method):
+    tmp, teacher, naive = runs
+    out = tmp / f"student-{method}"
+    result = D.distill(teacher, naive, tmp / "world", out, method=method, steps=3, batch_size=4, seed=1)
+    assert result["steps"] == 3 and result["method"] == method
+    _, student, _ = load_run(out)
+    _, before, _ = load_run(teacher)
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), before.state_dict().values(),
+                                                     strict=True))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(math.isfinite(v) for v in result["last"].values())
+    assert set(result["last"]) == {"step", "loss", *D.METHODS[method]}
+    again = D.distill(teacher, naive, tmp / "world", tmp / f"again-{method}", method=method, steps=3, batch_size=4,
+                      seed=1)
+    assert again["last"] == result["last"]  # deterministic given the seed
+    with pytest.raises(VSLMError, match="already holds a run"):
+        D.distill(teacher, naive, tmp / "world", out, steps=1)
+
+
+def test_relearning_reports_accuracies_before_and_after(runs):
+    tmp, teacher, _ = runs
+    _, model, tok = load_run(teacher)
+    folder = load_world_folder(tmp / "world")
+    result = D.relearn(model, tok, folder, fraction=0.1, steps=3, batch_size=4, per_group=5)
+    assert result["people"] == 2 and result["facts"] > 0
+    for when in ("before", "after"):
+        for group in ("rest", "relearned"):
+            acc = result[when][group]
+            assert 0.0 <= acc["accuracy"] <= 1.0 and acc["n"] > 0 and 0.25 <= acc["chance"] <= 0.5
+    assert result["before"]["rest"]["n"] == result["after"]["rest"]["n"]
+    _, fresh, _ = load_run(teacher)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
+                                                 strict=True))  # the model given is not changed
+
+
+def test_the_cli_distills_relearns_and_the_student_is_evaluated(runs, capsys):
+    import json
+
+    from vslm.cli import main
+
+    tmp, teacher, naive = runs
+    out = tmp / "cli-student"
+    assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
+                 "--out", str(out), "--method", "gradient-ascent", "--steps", "2", "--batch-size", "4",
+                 "--weight", "retain=0", "--relearn-steps", "2"]) == 0
+    result = json.loads((out / "distill.json").read_text())
+    assert result["weights"]["retain"] == 0.0 and result["weights"]["gradient_ascent"] == 1.0
+    assert "retain" not in result["last"]
+    for label in ("student", "naive"):
+        assert 0.0 <= result["relearning"][label]["after"]["rest"]["accuracy"] <= 1.0
+    assert main(["facts", "eval", str(out), "--world", str(tmp / "world"), "--per-group", "2", "--json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["closed_book"]["seen"]["accuracy"] <= 1.0
+    assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
+                 "--out", str(tmp / "x"), "--weight", "retain"]) != 0
+    assert "NAME=NUMBER" in capsys.readouterr().err
+
+
+def test_a_counterfactual_context_states_another_choice_where_the_answer_was(runs):
+    from vslm.knowledge.contexts import Contexts
+
+    tmp, _, _ = runs
+    folder = load_world_folder(tmp / "world")
+    ctx = Contexts(folder)
+    rng = __import__("random").Random(0)
+    made = 0
+    for q in D.forget_questions(folder):
+        got = D.counterfactual_prompt(q, ctx, rng)
+        if q.kind == "older":
+            assert got is None
+            continue
+        assert got is not None
+        prompt, target = got
+        assert target in q.choices and target != q.answer
+        last = folder.cards[q.support[-1]].text
+        assert last.replace(q.answer, target) in prompt.splitlines()
+        assert prompt.endswith(f"Q: {q.question}\nA:")
+        made += 1
+    assert made > 0
