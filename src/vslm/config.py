@@ -223,8 +223,8 @@ class DataConfig(_Section):
     tokenizer: Literal["char", "byte", "bpe", "gpt2"] = "char"
     vocab_size: Annotated[int, Field(ge=260, le=65535)] = 2048
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
-    max_bytes: PositiveInt | None = Field(None, description="text generated or read at most; None = 8 MB, "
-                                                            "or no limit when max_tokens is set")
+    max_bytes: PositiveInt | None = Field(None, description="text generated or read at most; left out: 8 MB, "
+                                                            "or no limit when max_tokens is set; None: no limit")
     max_tokens: PositiveInt | None = Field(None, description="token budget: tokenizing stops there; None = no budget")
     bpe_train_bytes: PositiveInt = Field(100_000_000, description="bpe: learned from at most this much training text")
     text_field: str = Field("text", description="the field holding the text in JSON lines and parquet files given "
@@ -236,8 +236,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _default_budget(self) -> DataConfig:
-        # 8 MB unless a token budget is given: a budget alone must be able to stream a large corpus
-        if self.max_bytes is None and self.max_tokens is None:
+        # 8 MB unless a token budget is given (a budget alone must be able to stream a large corpus) or
+        # None is given (no limit: an evaluation reads all of a benchmark's split)
+        if self.max_bytes is None and self.max_tokens is None and "max_bytes" not in self.model_fields_set:
             self.max_bytes = DEFAULT_MAX_BYTES
         return self
 

@@ -193,7 +193,12 @@ class _Builder:
         tok = self.tokenizer
         dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
         train, val = _SplitFile(self.out / "train.bin", dtype), _SplitFile(self.out / "val.bin", dtype)
-        docs, text_bytes, truncated = self._encode(train, val)
+        try:
+            docs, text_bytes, truncated = self._encode(train, val)
+        except BaseException:
+            train.file.close()
+            val.file.close()
+            raise
         if docs == 0:
             raise VSLMError(f"data source {self.source.name} holds no text; check the file, or data.text_field "
                             "for JSON lines and parquet")
