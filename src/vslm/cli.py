@@ -146,8 +146,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from vslm.bench import run_attention_bench, run_bench
+    from vslm.bench import run_attention_bench, run_bench, run_prepare_bench
 
+    if a.prepare:
+        result = run_prepare_bench(a.bytes, a.tokenizer, console if not a.json else None)
+        if a.json:
+            print(json.dumps(result))
+        return 0
     if a.attention:
         result = run_attention_bench(a.steps or 20, a.repeat, console if not a.json else None)
         if a.json:
@@ -331,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--attention", action="store_true",
                    help="instead: time each attention normalisation (steps default 20)")
+    p.add_argument("--prepare", action="store_true",
+                   help="instead: data preparation of generated stories: tokenization MB/s and peak memory")
+    p.add_argument("--bytes", type=parse_size, default=10**9, help="--prepare: text generated (default 1G)")
+    p.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], default="bpe",
+                   help="--prepare: the tokenizer (default bpe, vocabulary 2048)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="the dataset registry: list the corpora, prepare one into token shards")

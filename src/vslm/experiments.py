@@ -16,6 +16,11 @@ parameters and FLOPs per token beside every loss, and bits per byte. An experime
 
 Runs go to out/<variant>/seed-<seed>: a finished one is reused and an unfinished one resumed, so an
 interrupted experiment is completed by running the same command again.
+
+With `cross_eval = true` (the dataset-quality experiment, RESEARCH.md section 4: variants that
+differ in `data.source`), every run is also scored on every variant's held-out text, each token
+once, with the run's tokenizer: a train x eval matrix of bits per byte (and loss per token), mean
+and sample standard deviation over seeds, in results.json, results.md and report.html's heat map.
 """
 
 from __future__ import annotations
@@ -36,14 +41,18 @@ from rich.table import Table
 from scipy import stats
 
 from vslm.config import RunConfig, load_config, one_line_error
+from vslm.data.shards import prepare_corpus
 from vslm.describe import build_for_accounting
 from vslm.errors import ConfigError, VSLMError
+from vslm.eval.corpus import score_tokens
 from vslm.model import parameter_count, training_flops_per_token
+from vslm.report.experiment import write_experiment_report
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, load_run, read_run_config
 from vslm.train.trainer import Trainer
 
 SIGNIFICANCE = 0.05
+FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)", "verdict")
 
 
@@ -60,6 +69,7 @@ class ExperimentSpec(BaseModel):
     seeds: int = Field(3, ge=1)
     overrides: list[str] = []
     variants: list[Variant] = Field(min_length=1)
+    cross_eval: bool = False  # every run scored on every variant's held-out text (train x eval matrix)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
@@ -197,10 +207,16 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
                           "--out", str(out)])
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": seeds,
               "runs": runs, "summary": summary}
+    if spec.cross_eval:
+        report["cross_eval"] = cross_evaluate(plan, out, console)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_nan_to_none(report), indent=2) + "\n", encoding="utf-8")
     rows = _rows(summary)
-    (out / "results.md").write_text(_markdown(name, spec.description, command, rows), encoding="utf-8")
+    markdown = _markdown(name, spec.description, command, rows)
+    if spec.cross_eval:
+        markdown += _matrix_markdown(report["cross_eval"])
+    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_experiment_report(out)
     if console:
         table = Table(title=f"{name}: {spec.description}" if spec.description else name)
         for i, col in enumerate(COLUMNS):  # full width even past the console's: a table of cut numbers is no use
@@ -210,6 +226,48 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
             table.add_row(*row)
         console.print(table, crop=False)
     return summary
+
+
+def cross_evaluate(plan: dict[str, list[RunConfig]], out: Path, console: Console | None = None) -> dict:
+    """Every run (variant x seed) scored on every variant's held-out documents, every token once:
+    bits per byte and loss per token per cell, then mean and sample std over seeds per (train, eval)."""
+    names = list(plan)
+    cells: dict[tuple[str, str], list[dict]] = {(t, e): [] for t in names for e in names}
+    for train_name, cfgs in plan.items():
+        for seed in range(len(cfgs)):
+            run_cfg, model, tokenizer = load_run(out / train_name / f"seed-{seed}")
+            for eval_name in names:
+                data = plan[eval_name][0].data
+                same = run_cfg.data.tokenizer in FIXED_TOKENIZERS and data.tokenizer == run_cfg.data.tokenizer
+                corpus = prepare_corpus(data, tokenizer=None if same else tokenizer)
+                score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id)
+                cells[train_name, eval_name].append({"train": train_name, "seed": seed, "eval": eval_name,
+                                                     "bpb": score.bpb, "loss": score.loss, "tokens": score.tokens,
+                                                     "bytes": score.bytes})
+            if console:
+                row = ", ".join(f"{e} {cells[train_name, e][-1]['bpb']:.3f}" for e in names)
+                console.print(f"{train_name} seed {seed} on each corpus, bits per byte: {row}", highlight=False)
+
+    def stat(key: str, reduce) -> list[list[float]]:
+        return [[reduce([c[key] for c in cells[t, e]]) for e in names] for t in names]
+
+    return {"corpora": names, "sources": {n: plan[n][0].data.source for n in names},
+            "eval_tokens": {e: cells[names[0], e][0]["tokens"] for e in names},
+            "bpb_mean": stat("bpb", statistics.mean), "bpb_std": stat("bpb", _sample_std),
+            "loss_mean": stat("loss", statistics.mean), "loss_std": stat("loss", _sample_std),
+            "runs": [c for t in names for e in names for c in cells[t, e]]}
+
+
+def _matrix_markdown(matrix: dict) -> str:
+    names = matrix["corpora"]
+    lines = ["", "## Bits per byte: trained on (rows) x evaluated on (columns)", "",
+             "Mean ± sample std over seeds, on each corpus's held-out documents, every token once.", "",
+             "| trained on ↓, evaluated on → | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, train in enumerate(names):
+        cells = [f"{m:.3f} ± {'-' if math.isnan(sd) else f'{sd:.3f}'}"
+                 for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
+        lines.append(f"| {train} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _nan_to_none(obj):

@@ -19,6 +19,7 @@ from vslm.errors import VSLMError
 
 EOS = "<|endoftext|>"
 # GPT-2's pre-tokenization pattern: what `tokenizers`' ByteLevel pre-tokenizer splits text with
+CHECK_CHARS = 100_000  # text encoded by both tiktoken and `tokenizers` before tiktoken is trusted
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -173,17 +174,20 @@ class HFTokenizer(Tokenizer):
         return self.hf.encode(text).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Documents (which hold no end-of-text marker: sources split at them). Bulk encoding goes through tiktoken
-        when it is installed: several times faster than `tokenizers` on a CPU (the shard builder's
-        10 MB/s needs it); its first batch is encoded both ways and must agree, else `tokenizers` it is."""
+        """Documents (which hold no end-of-text marker: sources split at them). Bulk encoding goes through
+        tiktoken when it is installed: several times faster than `tokenizers` on a CPU (the shard
+        builder's 10 MB/s needs it). The first texts (CHECK_CHARS of them) are encoded both ways and
+        must agree, else `tokenizers` it is."""
         texts = list(texts)
         if not self._fast_checked:
             self._fast_checked = True
-            slow = [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
+            n = next((i + 1 for i, size in enumerate(np.cumsum([len(t) for t in texts])) if size >= CHECK_CHARS),
+                     len(texts))
+            slow = [e.ids for e in self.hf.encode_batch_fast(texts[:n], add_special_tokens=False)]
             fast = self._tiktoken()
-            if fast is not None and fast.encode_ordinary_batch(texts) == slow:
+            if fast is not None and fast.encode_ordinary_batch(texts[:n]) == slow:
                 self._fast = fast
-            return slow
+            return slow + self.encode_batch(texts[n:]) if n < len(texts) else slow
         if self._fast is not None:
             return self._fast.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
         return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
