@@ -253,8 +253,11 @@ class _Builder:
 
     def _training_text(self) -> Iterator[str]:
         """What BPE learns from: the training documents (or the first 1 - f of a single text), at most
-        cfg.bpe_train_bytes of them."""
+        cfg.bpe_train_bytes of them, and with a token budget at most 8 bytes a token (more text than the
+        budget encodes: BPE averages 3-5 bytes a token on English)."""
         left = self.cfg.bpe_train_bytes
+        if self.cfg.max_tokens is not None:
+            left = min(left, 8 * self.cfg.max_tokens)
         if self.source.single_text and self.source.size_bytes is not None and not self.all_val:
             left = min(left, int((1 - self.cfg.val_fraction) * self.source.size_bytes))
         for i, doc in enumerate(self.documents()):
@@ -290,7 +293,6 @@ class _Builder:
         bar = _ProgressBar(self.source, cfg) if self.progress else None
         try:
             for batch in self._batches():
-                batch_bytes = 0
                 t = time.perf_counter()
                 arrays = tok.encode_arrays(batch, train.dtype)
                 self.timings["encode_s"] += time.perf_counter() - t
@@ -307,13 +309,14 @@ class _Builder:
                     split.bytes += n_bytes
                     split.words += len(text.split())
                     text_bytes += n_bytes
-                    batch_bytes += n_bytes
                     total += len(ids)
                     docs += 1 if not single or docs == 0 else 0
                     if cut:
-                        return (docs if any_text else 0), text_bytes, True
+                        break
                 if bar:
-                    bar.advance(batch_bytes, total)
+                    bar.update(text_bytes, total)
+                if budget is not None and total >= budget:
+                    return (docs if any_text else 0), text_bytes, True
         finally:
             if bar:
                 bar.close()
@@ -344,18 +347,21 @@ class _Builder:
 
 
 class _ProgressBar:
-    """A rich progress bar over the text read (bytes), with the tokens written so far."""
+    """A rich progress bar: towards the token budget when there is one, else over the text's bytes."""
 
     def __init__(self, source: Source, cfg: DataConfig):
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[tokens]:,} tokens"))
-        self.task = self.bar.add_task(f"preparing {source.name}", total=source.size_bytes or cfg.max_bytes, tokens=0)
+        self.by_tokens = cfg.max_tokens is not None
+        total = cfg.max_tokens if self.by_tokens else source.size_bytes or cfg.max_bytes
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        self.task = self.bar.add_task(f"preparing {source.name}", total=total, counts="")
         self.bar.start()
 
-    def advance(self, n_bytes: int, tokens: int) -> None:
-        self.bar.update(self.task, advance=n_bytes, tokens=tokens)
+    def update(self, n_bytes: int, tokens: int) -> None:
+        self.bar.update(self.task, completed=tokens if self.by_tokens else n_bytes,
+                        counts=f"{n_bytes / 1e6:,.1f} MB -> {tokens:,} tokens")
 
     def close(self) -> None:
         self.bar.stop()
