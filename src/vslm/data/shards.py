@@ -242,13 +242,16 @@ class _Builder:
         if cfg.tokenizer == "char":
             chars: set[str] = set()
             docs = tokens = 0
-            for doc in self.documents():  # the same text the encoding pass reads, to the same budget
+            single = self.source.single_text
+            for doc in self.documents():  # the text the encoding pass reads, to the same budget
+                if not doc.strip() and not single:
+                    continue
                 chars.update(doc)
                 docs += 1
-                tokens += len(doc) + 1
+                tokens += len(doc) + (0 if single else 1)
                 if cfg.max_tokens is not None and tokens >= cfg.max_tokens:
                     break
-            return CharTokenizer(sorted(chars), eos=docs > 1 and not self.source.single_text)
+            return CharTokenizer(sorted(chars), eos=docs > 1 and not single)
         return HFTokenizer.train(self._training_text(), cfg.vocab_size)
 
     def _training_text(self) -> Iterator[str]:
@@ -270,14 +273,20 @@ class _Builder:
 
     # --------------------------------------------------------------------------- encode
 
-    def _batches(self) -> Iterator[list[str]]:
+    def _batches(self, left: Callable[[], int | None]) -> Iterator[list[str]]:
+        """Documents in batches of about BATCH_BYTES, and never much more text than the token budget
+        left can take (`left()`, None without a budget): a character past the budget may be one the
+        char tokenizer never saw. Sizes count a character (and a document's end-of-text) as a token,
+        as the char tokenizer's vocabulary pass does."""
         batch, size = [], 0
+        single = self.source.single_text
         for doc in self.documents():
-            if not doc.strip() and not self.source.single_text:
+            if not doc.strip() and not single:
                 continue
             batch.append(doc)
-            size += len(doc)
-            if size >= BATCH_BYTES:
+            size += len(doc) + (0 if single else 1)
+            budget = left()
+            if size >= (BATCH_BYTES if budget is None else min(BATCH_BYTES, budget)):
                 yield batch
                 batch, size = [], 0
         if batch:
@@ -288,11 +297,12 @@ class _Builder:
         tok, cfg, single = self.tokenizer, self.cfg, self.source.single_text
         eos = None if single or tok.eos_id is None else np.array([tok.eos_id])
         budget = cfg.max_tokens
-        docs = text_bytes = total = 0
+        docs = text_bytes = 0
+        self.written = 0  # tokens so far (read by _batches)
         any_text = False
         bar = _ProgressBar(self.source, cfg) if self.progress else None
         try:
-            for batch in self._batches():
+            for batch in self._batches(lambda: None if budget is None else budget - self.written):
                 t = time.perf_counter()
                 arrays = tok.encode_arrays(batch, train.dtype)
                 self.timings["encode_s"] += time.perf_counter() - t
@@ -300,22 +310,22 @@ class _Builder:
                     any_text = any_text or bool(text.strip())
                     split = val if self.all_val or (not single and is_validation(docs, cfg.val_fraction)) else train
                     ids = ids if eos is None else np.concatenate([ids, eos.astype(ids.dtype)])
-                    cut = budget is not None and total + len(ids) >= budget
+                    cut = budget is not None and self.written + len(ids) >= budget
                     if cut:
-                        ids = ids[: budget - total]
+                        ids = ids[: budget - self.written]
                         text = tok.decode(ids.tolist())
                     split.append(ids, doc_start=not single or docs == 0)
                     n_bytes = len(text.encode("utf-8"))
                     split.bytes += n_bytes
                     split.words += len(text.split())
                     text_bytes += n_bytes
-                    total += len(ids)
+                    self.written += len(ids)
                     docs += 1 if not single or docs == 0 else 0
                     if cut:
                         break
                 if bar:
-                    bar.update(text_bytes, total)
-                if budget is not None and total >= budget:
+                    bar.update(text_bytes, self.written)
+                if budget is not None and self.written >= budget:
                     return (docs if any_text else 0), text_bytes, True
         finally:
             if bar:
