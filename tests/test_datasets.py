@@ -214,9 +214,11 @@ def test_token_budget_and_streaming_pieces(tmp_path):
     whole = bpe.tokenizer.hf.encode(text.read_text()).ids  # the pieces tokenize as the whole text does
     assert np.array_equal(np.concatenate([bpe.train.tokens, bpe.val.tokens]), whole)
     assert len(bpe.train.tokens) == int(0.9 * len(whole))
-    budget = prepare_corpus(DataConfig(source="stories", tokenizer="byte", max_tokens=12_345), tmp_path)
-    assert len(budget.train.tokens) + len(budget.val.tokens) == 12_345 and budget.meta["truncated_by_budget"]
-    assert budget.meta["val_tokens"] > 0 and budget.meta["val_words"] > 0
+    for tokenizer in ("byte", "char", "bpe"):  # char: no character past the budget is ever encoded
+        budget = prepare_corpus(DataConfig(source="stories", tokenizer=tokenizer, vocab_size=300, max_tokens=12_345),
+                                tmp_path)
+        assert len(budget.train.tokens) + len(budget.val.tokens) == 12_345 and budget.meta["truncated_by_budget"]
+        assert budget.meta["val_tokens"] > 0 and budget.meta["val_words"] > 0
 
 
 def test_a_hub_stream_is_read_once(tmp_path, monkeypatch):
