@@ -143,5 +143,6 @@ def run_tasks(run: Path, tasks: list[str], include_path: Path | None = None, lim
     model = VSLMHarnessLM(str(run), str(checkpoint) if checkpoint else None, device)
     results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,
                                       num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0)
-    return {task: {k.split(",")[0]: v for k, v in metrics.items() if k != "alias" and not k.endswith("_stderr,none")}
+    return {task: {k.split(",")[0]: v for k, v in metrics.items()
+                   if isinstance(v, int | float) and "_stderr" not in k}  # the metrics, not names and aliases
             for task, metrics in results["results"].items()}
