@@ -313,3 +313,15 @@ def test_eval_reports_word_perplexity_on_wikitext(tmp_path, capsys):
     assert stories["split"] == "train" and "word_perplexity" not in stories
     held_out = prepare_corpus(DataConfig(source="stories", max_bytes=300_000, tokenizer="byte"))
     assert stories["tokens"] == len(held_out.val.tokens)  # the documents the run held out
+
+
+def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):
+    """A change to how records become documents (here the size of a book's parts) builds anew."""
+    from vslm.data import registry
+
+    (data_dir / "gutenberg").mkdir()
+    (data_dir / "gutenberg" / "book.txt").write_text("\n\n".join("A paragraph of a book. " * 50 for _ in range(40)))
+    first = prepare_corpus(DataConfig(source="books", tokenizer="byte"), tmp_path)
+    monkeypatch.setattr(registry, "BOOK_PART", 4_000)
+    smaller = prepare_corpus(DataConfig(source="books", tokenizer="byte"), tmp_path)
+    assert not smaller.cache_hit and smaller.meta["documents"] > first.meta["documents"]

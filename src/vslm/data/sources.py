@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import inspect
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +116,8 @@ def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
         return source
     if cfg.origin == "local" or offline() or entry.hub is None:
         raise VSLMError(_no_local_copy(entry, split, cfg))
-    identity = f"hub:{entry.hub}:{entry.hub_config}:{split}:v{SOURCE_FORMAT}:bytes={cfg.max_bytes}"
+    identity = (f"hub:{entry.hub}:{entry.hub_config}:{split}:v{SOURCE_FORMAT}:{code_hash(entry.documents)}:"
+                f"bytes={cfg.max_bytes}")
     return Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes),
                   remote=True, split=split, entry=entry)
 
@@ -178,7 +181,8 @@ def _kind(path: Path) -> str | None:
 def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: DataConfig,
                   entry: Entry | None = None, field_name: str | None = None) -> Source:
     """Documents from local files, in order, at most cfg.max_bytes of them."""
-    identity = _files_identity(files, cfg.max_bytes, entry.name if entry else f"field={field_name}")
+    reader = f"{entry.name}:{code_hash(entry.documents)}" if entry else f"field={field_name}"
+    identity = _files_identity(files, cfg.max_bytes, reader)
     kinds = [_kind(f) or "text" for f in files]  # a file given by path is text whatever its name
     lines = entry is not None and entry.lines
     plain = entry is None or entry.documents is PLAIN
@@ -201,6 +205,19 @@ def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: Data
             yield from _formatted(formatter, records, str(path), what)
 
     return Source(label, identity, lambda: _within(documents(), cfg.max_bytes))
+
+
+def code_hash(formatter: Formatter) -> str:
+    """A hash of the formatter's source and of the constants it reads (BOOK_PART, the regexes): editing
+    how records become documents changes the cache key."""
+    try:
+        source = inspect.getsource(formatter)
+    except (OSError, TypeError):  # no source to read (a frozen install): the version number alone
+        return "nosource"
+    names = getattr(formatter, "__code__", None)
+    constants = [repr(formatter.__globals__[n]) for n in (names.co_names if names else ())
+                 if isinstance(formatter.__globals__.get(n), int | float | str | re.Pattern)]
+    return hashlib.sha256("\0".join([source, *constants]).encode()).hexdigest()[:12]
 
 
 def _files_identity(files: list[Path], max_bytes: int | None, reader: str) -> str:
