@@ -183,7 +183,7 @@ class _Builder:
         self.all_val, self.progress = all_val, progress
         self.documents = _Spool(source.documents, out / "spool.bin").documents if source.remote else source.documents
         self.tokenizer = tokenizer
-        self.timings = {"tokenizer_s": 0.0, "encode_s": 0.0}
+        self.timings = {"tokenizer_s": 0.0, "encode_s": 0.0, "encode_cpu_s": 0.0}
 
     def build(self) -> None:
         started = time.perf_counter()
@@ -303,9 +303,10 @@ class _Builder:
         bar = _ProgressBar(self.source, cfg) if self.progress else None
         try:
             for batch in self._batches(lambda: None if budget is None else budget - self.written):
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 arrays = tok.encode_arrays(batch, train.dtype)
                 self.timings["encode_s"] += time.perf_counter() - t
+                self.timings["encode_cpu_s"] += time.process_time() - cpu  # all threads: the tokenizer's too
                 for text, ids in zip(batch, arrays, strict=True):
                     any_text = any_text or bool(text.strip())
                     split = val if self.all_val or (not single and is_validation(docs, cfg.val_fraction)) else train
