@@ -81,8 +81,9 @@ BOOK_PART = 32_000  # characters: books are cut into parts of about this size at
 
 def gutenberg_books(records: Records) -> Iterator[str]:
     """Books without Project Gutenberg's licence header and footer (where a file still has them;
-    PG-19's texts are without), with Windows line ends made plain newlines, cut into parts of about
-    BOOK_PART characters at blank lines.
+    PG-19's texts are without), with Windows line ends made plain newlines, cut into parts: at the
+    first blank line after BOOK_PART characters, or at a line end after 4 x BOOK_PART in a text that
+    has no blank lines for that long (a Bible of one verse a line).
 
     Parts, not whole books, are the documents: the held-out documents are a tenth of the documents,
     and a tenth of a few books is a tenth of the text only when the documents are of similar size."""
@@ -94,12 +95,12 @@ def gutenberg_books(records: Records) -> Iterator[str]:
             text = text[: end.start()]
         part: list[str] = []
         size = 0
-        for paragraph in re.split(r"(?<=\n)(?=\s*\n)", text.strip("\n")):
-            part.append(paragraph)
-            size += len(paragraph)
-            if size >= BOOK_PART:
+        for line in text.strip("\n").splitlines(keepends=True):
+            if size >= 4 * BOOK_PART or (size >= BOOK_PART and not line.strip()):
                 yield "".join(part).strip("\n")
                 part, size = [], 0
+            part.append(line)
+            size += len(line)
         if "".join(part).strip():
             yield "".join(part).strip("\n")
 
