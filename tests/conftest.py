@@ -1,11 +1,16 @@
-"""Shared fixtures: an isolated shard cache, the study group's shared data when it is there."""
+"""Shared fixtures: an isolated shard cache, the study group's shared data when it is there, no network."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Before `datasets` is imported (it reads these once): never the network, caches in a temporary folder.
+os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="vslm-hf-datasets-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -176,3 +176,49 @@ def test_corpora_repeat_the_experiment_per_corpus(tmp_path):
         assert f'source = "{corpus}"' in (folder / "wide" / "seed-0" / "config.toml").read_text()
     joined = (tmp_path / "out" / "results.md").read_text()
     assert joined.count("## Experiment exp on ") == 2
+
+
+def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
+    """Two corpora, two seeds: every run scored on both corpora's held-out documents; each cell checked
+    against a direct computation, the matrix against the cells, and the report's heat map drawn."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from vslm.config import DataConfig
+    from vslm.data.shards import prepare_corpus
+    from vslm.train.run_folder import load_run
+
+    text = tmp_path / "other.txt"
+    text.write_text("<|endoftext|>".join(f"Entry {i}: the river flows past the old mill at dawn." * 3
+                                         for i in range(60)))
+    spec = tmp_path / "quality.toml"
+    spec.write_text(f'base = "tiny"\nseeds = 2\ncross_eval = true\noverrides = {[*COMMON, "data.tokenizer=byte"]!r}\n'
+                    f'[[variants]]\nname = "stories"\n[[variants]]\nname = "other"\n'
+                    f'overrides = ["data.source={text}"]\n')
+    out = tmp_path / "out"
+    run_experiment(str(spec), out)
+    matrix = json.loads((out / "results.json").read_text())["cross_eval"]
+    assert matrix["corpora"] == ["stories", "other"] and len(matrix["runs"]) == 2 * 2 * 2
+    sources = {"stories": DataConfig(source="stories", tokenizer="byte", max_bytes=200000),
+               "other": DataConfig(source=str(text), tokenizer="byte", max_bytes=200000)}
+    for cell in matrix["runs"][:: 3]:
+        _, model, tok = load_run(out / cell["train"] / f"seed-{cell['seed']}")
+        val = np.asarray(prepare_corpus(sources[cell["eval"]]).val.tokens, dtype=np.int64)
+        stream = torch.from_numpy(np.concatenate([[tok.eos_id], val]))
+        nats, n_bytes = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(stream) - 1, 32):  # consecutive windows of the context, by hand
+                x, y = stream[s : s + 32], stream[s + 1 : s + 33]
+                nll = F.cross_entropy(model(x[None, : len(y)])[0], y, reduction="none")
+                nats += nll[y != tok.eos_id].sum().item()
+                n_bytes += int((y != tok.eos_id).sum())
+        assert cell["bpb"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-5)
+    for i, train in enumerate(matrix["corpora"]):
+        for j, evaluated in enumerate(matrix["corpora"]):
+            bpbs = [c["bpb"] for c in matrix["runs"] if (c["train"], c["eval"]) == (train, evaluated)]
+            assert matrix["bpb_mean"][i][j] == pytest.approx(statistics.mean(bpbs), rel=1e-12)
+            assert matrix["bpb_std"][i][j] == pytest.approx(statistics.stdev(bpbs), rel=1e-12)
+    assert "| trained on ↓, evaluated on → | stories | other |" in (out / "results.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "Trained on x evaluated on" in html and html.count("data:image/png;base64,") == 1

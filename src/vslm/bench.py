@@ -1,5 +1,6 @@
 """`vslm bench`: the nanogpt preset timed side by side with shared/bench/reference_gpt.py, against
-this machine's measured peak.
+this machine's measured peak; with `--attention`, the attention normalisations; with `--prepare`,
+data preparation (speed, memory).
 
 Both trainers run as fresh subprocesses of the same Python, one after the other, on the same text,
 for the same number of steps, `repeat` times alternately; the figures are medians. Tokens per
@@ -29,7 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vslm.data.sources import LOCAL_CORPORA, data_dirs
+from vslm.data.registry import REGISTRY
+from vslm.data.sources import data_dirs
 from vslm.errors import VSLMError
 from vslm.model.accounting import model_flops_utilisation
 
@@ -58,9 +60,10 @@ def find_data(given: Path | None) -> Path:
         if not given.is_file():
             raise VSLMError(f"bench data file {given} not found")
         return given
+    shakespeare = REGISTRY["tinyshakespeare"].local["train"][0]
     for d in data_dirs():
-        if (d / LOCAL_CORPORA["tinyshakespeare"]).is_file():
-            return d / LOCAL_CORPORA["tinyshakespeare"]
+        if (d / shakespeare).is_file():
+            return d / shakespeare
     raise VSLMError("tiny Shakespeare not found; set VSLM_DATA_DIR or pass --data FILE")
 
 
@@ -293,5 +296,43 @@ def run_attention_bench(steps: int, repeat: int, console: Console | None) -> dic
             table.add_column(col, justify="right")
         for kind in ATTENTION_KINDS:
             table.add_row(kind, f"{ms[kind]:.1f}", f"{ms[kind] / ms['softmax']:.2f}")
+        console.print(table)
+    return result
+
+
+def run_prepare_bench(n_bytes: int, tokenizer: str, console: Console | None) -> dict:
+    """`vslm data prepare` of n_bytes of generated stories into a fresh cache, in a subprocess: its
+    tokenization speed (text bytes over the wall time spent inside the tokenizer's encode calls, from
+    the shard builder's meta.json, and over their CPU time: on a busy machine the wall time measures
+    the neighbours too), its overall speed, and its peak resident memory (the child's ru_maxrss,
+    which covers the whole process: Python, the tokenizer's threads, the text in flight)."""
+    import resource
+
+    with tempfile.TemporaryDirectory(prefix="vslm-bench-data-") as cache:
+        started = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "vslm", "data", "prepare", "stories", "--max-bytes", str(n_bytes),
+                            "--tokenizer", tokenizer, "--quiet"], capture_output=True, text=True,
+                           env={**os.environ, "VSLM_CACHE_DIR": cache})
+        wall = time.perf_counter() - started
+        if r.returncode != 0:
+            raise VSLMError(f"benchmark preparation failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        meta = json.loads((Path(r.stdout.strip().splitlines()[-1]) / "meta.json").read_text())
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: kilobytes
+    mb = meta["text_bytes"] / 1e6
+    result = {"bytes": meta["text_bytes"], "tokenizer": tokenizer, "vocab_size": meta["vocab_size"],
+              "tokens": meta["train_tokens"] + meta["val_tokens"], "cpus": os.cpu_count(),
+              "tokenize_mb_per_s": round(mb / meta["encode_s"], 2),
+              "tokenize_mb_per_cpu_s": round(mb / meta["encode_cpu_s"], 2), "tokenizer_training_s": meta["tokenizer_s"],
+              "prepare_s": meta["prepare_s"], "overall_mb_per_s": round(mb / meta["prepare_s"], 2),
+              "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb, 1)}
+    if console:
+        table = Table(title=f"vslm data prepare stories: {mb:,.0f} MB generated, {tokenizer} tokenizer, "
+                            f"{os.cpu_count()} CPUs")
+        for col in ("tokenization MB/s", "MB per CPU s", "tokenizer training s", "prepare s", "overall MB/s",
+                    "peak RSS MB"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{result['tokenize_mb_per_s']:.1f}", f"{result['tokenize_mb_per_cpu_s']:.1f}",
+                      f"{meta['tokenizer_s']:.1f}", f"{meta['prepare_s']:.1f}", f"{result['overall_mb_per_s']:.1f}",
+                      f"{peak_mb:,.0f}")
         console.print(table)
     return result

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vslm.errors import VSLMError
+from vslm.errors import ConfigError, VSLMError
 
 console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
 
@@ -148,7 +148,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from vslm.bench import run_attention_bench, run_bench
+    from vslm.bench import run_attention_bench, run_bench, run_prepare_bench
 
     if a.gpu:
         import os
@@ -159,6 +159,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if json_out is None and os.environ.get("OUT"):  # the device machine's folder of results
             json_out = Path(os.environ["OUT"]) / "gpu_check.json"
         result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console)
+        if a.json:
+            print(json.dumps(result))
+        return 0
+    if a.prepare:
+        result = run_prepare_bench(a.bytes, a.tokenizer, console if not a.json else None)
         if a.json:
             print(json.dumps(result))
         return 0
@@ -355,6 +360,96 @@ def _add_facts_parser(sub) -> None:
     p.set_defaults(func=cmd_facts_distill)
 
 
+def parse_size(text: str) -> int:
+    """'50M' -> 50_000_000, '1G' -> 1_000_000_000, '300k' -> 300_000, '1200' -> 1200."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 5000, 300k, 50M, 1G)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return int(value)
+
+
+def cmd_data_list(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from vslm.data.registry import ENTRIES
+    from vslm.data.sources import data_dirs, local_splits
+
+    table = Table(title="data sources (data.source = NAME or NAME:SPLIT; or a path)", show_lines=False)
+    for col in ("name", "Hugging Face hub", "license", "text", "local copy"):
+        table.add_column(col, overflow="fold")
+    for e in ENTRIES:
+        hub = f"{e.hub}" + (f" ({e.hub_config})" if e.hub_config else "") if e.hub else "-"
+        local = "generated" if e.name == "stories" else ", ".join(local_splits(e)) or "-"
+        table.add_row(e.name, hub, e.license, e.text, local)
+    console.print(table, crop=False)
+    console.print(f"data folders searched: {', '.join(str(d) for d in data_dirs())}", highlight=False)
+    return 0
+
+
+def cmd_data_prepare(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from vslm.config import DataConfig, apply_overrides, one_line_error
+    from vslm.data.shards import prepare_corpus
+
+    raw = {"source": a.name, "tokenizer": a.tokenizer, "vocab_size": a.vocab_size, "max_tokens": a.tokens,
+           "max_bytes": a.max_bytes, "origin": a.origin}
+    raw = apply_overrides({"data": {k: v for k, v in raw.items() if v is not None}}, a.overrides)
+    if set(raw) != {"data"}:
+        raise ConfigError("data prepare takes data.* overrides only")
+    try:
+        cfg = DataConfig.model_validate(raw["data"])
+    except ValidationError as e:
+        raise ConfigError(one_line_error(e, prefix="data")) from None
+    corpus = prepare_corpus(cfg, progress=not a.quiet and sys.stdout.isatty())
+    m = corpus.meta
+    state = "cached" if corpus.cache_hit else f"prepared in {m['prepare_s']:.1f} s"
+    console.print(f"{m['source']}: {m['documents']:,} documents, {m['text_bytes']:,} bytes -> {m['train_tokens']:,} "
+                  f"train + {m['val_tokens']:,} validation tokens ({m['tokenizer']}, vocabulary {m['vocab_size']:,}); "
+                  f"{state}", highlight=False)
+    print(corpus.folder)
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    if not a.on and not a.tasks:
+        raise VSLMError("eval needs --on CORPUS ... and/or --tasks TASK ...")
+    checkpoint = Path(a.checkpoint) if a.checkpoint else None
+    out: dict = {"run": a.run}
+    if a.on:
+        from vslm.eval.corpus import evaluate_run
+
+        results = evaluate_run(Path(a.run), a.on, checkpoint, a.max_bytes, a.batch_size, a.device)
+        out["corpora"] = [r.to_dict() for r in results]
+    if a.tasks:
+        from vslm.eval.harness import run_tasks
+
+        out["tasks"] = run_tasks(Path(a.run), a.tasks, Path(a.include_path) if a.include_path else None, a.limit,
+                                 a.num_fewshot, checkpoint, a.device)
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    from rich.table import Table
+
+    if a.on:
+        table = Table(title=f"{a.run}: loss per token (nats), bits per byte, word perplexity (word-level benchmarks)")
+        for col in ("corpus", "split", "tokens", "bytes", "loss", "bits/byte", "word ppl"):
+            table.add_column(col, justify="left" if col in ("corpus", "split") else "right")
+        for r in out["corpora"]:
+            ppl = f"{r['word_perplexity']:,.2f}" if "word_perplexity" in r else "-"
+            table.add_row(r["corpus"], r["split"], f"{r['tokens']:,}", f"{r['bytes']:,}", f"{r['loss']:.4f}",
+                          f"{r['bpb']:.4f}", ppl)
+        console.print(table, crop=False)
+    for task, metrics in out.get("tasks", {}).items():
+        console.print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in metrics.items()), highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -442,6 +537,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-measure", type=int, default=5, help="sizes measured at most (default 5)")
     p.add_argument("overrides", nargs="*", help="overrides of the plan's base config, e.g. model.context=128")
     p.set_defaults(func=cmd_plan)
+    p.add_argument("--prepare", action="store_true",
+                   help="instead: data preparation of generated stories: tokenization MB/s and peak memory")
+    p.add_argument("--bytes", type=parse_size, default=10**9, help="--prepare: text generated (default 1G)")
+    p.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], default="bpe",
+                   help="--prepare: the tokenizer (default bpe, vocabulary 2048)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("data", help="the dataset registry: list the corpora, prepare one into token shards")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data.add_parser("list", help="the named corpora: hub source, license, text field, local copies")
+    q.set_defaults(func=cmd_data_list)
+    q = data.add_parser("prepare", help="stream a corpus into the cached token shards (with a progress bar)")
+    q.add_argument("name", help="a registry name, NAME:SPLIT, or a path")
+    q.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.val_fraction=0.05")
+    q.add_argument("--tokens", type=parse_size, help="token budget (e.g. 50M); without --max-bytes, no byte limit")
+    q.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], help="default char")
+    q.add_argument("--vocab-size", type=int, help="bpe: vocabulary size (default 2048)")
+    q.add_argument("--max-bytes", type=parse_size, help="text read at most (default 8M without --tokens)")
+    q.add_argument("--origin", choices=["auto", "local", "hub"], help="registry names: local copy or the hub")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("eval", help="a run on corpora (loss, bits per byte, word perplexity) or harness tasks")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--on", nargs="+", default=[], metavar="CORPUS",
+                   help="registry names (their evaluation split), NAME:SPLIT, or paths")
+    p.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="lm-evaluation-harness tasks")
+    p.add_argument("--include-path", help="a folder of harness task YAML files (then only those are known)")
+    p.add_argument("--limit", type=float, help="harness: examples per task (a fraction if < 1)")
+    p.add_argument("--num-fewshot", type=int, help="harness: few-shot examples")
+    p.add_argument("--max-bytes", type=parse_size, help="corpus text read at most (default: the run's data.max_bytes)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
     p.add_argument("experiment", nargs="?", help="a built-in experiment name or a TOML file")

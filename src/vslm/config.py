@@ -29,6 +29,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+DEFAULT_MAX_BYTES = 8_000_000
 
 
 class _Section(BaseModel):
@@ -217,14 +218,30 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = Field("stories", description="'stories', 'tinyshakespeare', or a path to a text file")
+    source: str = Field("stories", description="a registry name (`vslm data list`), NAME:SPLIT, or a path to a "
+                                                "text, JSON lines or parquet file or a folder of them")
     tokenizer: Literal["char", "byte", "bpe", "gpt2"] = "char"
     vocab_size: Annotated[int, Field(ge=260, le=65535)] = 2048
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
-    max_bytes: PositiveInt = Field(8_000_000, description="how much text to generate or read at most")
+    max_bytes: PositiveInt | None = Field(None, description="text generated or read at most; left out: 8 MB, "
+                                                            "or no limit when max_tokens is set; None: no limit")
+    max_tokens: PositiveInt | None = Field(None, description="token budget: tokenizing stops there; None = no budget")
+    bpe_train_bytes: PositiveInt = Field(100_000_000, description="bpe: learned from at most this much training text")
+    text_field: str = Field("text", description="the field holding the text in JSON lines and parquet files given "
+                                                "by path (registry names know their own)")
+    origin: Literal["auto", "local", "hub"] = Field("auto", description="registry names: auto = a local copy in the "
+                                                    "data folder, else the Hugging Face hub; local; hub")
     seed: int = Field(0, description="seed of generated corpora")
     doc_aligned: bool = Field(False, description="training windows start at document starts")
     answer_only: bool = Field(False, description="whole documents, loss on their answers only (data/answers.py)")
+
+    @model_validator(mode="after")
+    def _default_budget(self) -> DataConfig:
+        # 8 MB unless a token budget is given (a budget alone must be able to stream a large corpus) or
+        # None is given (no limit: an evaluation reads all of a benchmark's split)
+        if self.max_bytes is None and self.max_tokens is None and "max_bytes" not in self.model_fields_set:
+            self.max_bytes = DEFAULT_MAX_BYTES
+        return self
 
 
 # ----------------------------------------------------------------------------------------- train

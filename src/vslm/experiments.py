@@ -20,6 +20,11 @@ is reused and an unfinished one resumed, so an interrupted experiment is complet
 command again. A sweep trains every choice on seed 0, keeps the one with the lowest validation loss (a
 diverged run counts as infinite) and trains the other seeds with it; seed 0 of the kept choice is
 reused, so the reported spread includes the tuning seed, as it is tuned on the same validation set.
+
+With `cross_eval = true` (the dataset-quality experiment, RESEARCH.md section 4: variants that
+differ in `data.source`), every run is also scored on every variant's held-out text, each token
+once, with the run's tokenizer: a train x eval matrix of bits per byte (and loss per token), mean
+and sample standard deviation over seeds, in results.json, results.md and report.html's heat map.
 """
 
 from __future__ import annotations
@@ -40,16 +45,20 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from vslm.config import RunConfig, load_config, one_line_error
+from vslm.config import DataConfig, RunConfig, load_config, one_line_error
+from vslm.data.shards import prepare_corpus
 from vslm.describe import build_for_accounting
 from vslm.errors import ConfigError, VSLMError
+from vslm.eval.corpus import score_tokens
 from vslm.model import parameter_count, training_flops_per_token
+from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, load_run, read_run_config
 from vslm.train.trainer import Trainer, TrainingDiverged
 
 SIGNIFICANCE = 0.05
+FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)", "verdict")
 # runs with probes add their training-dynamics landmarks (vslm.report.runs.dynamics_summary), mean ± std
 DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (max head)",
@@ -73,6 +82,7 @@ class ExperimentSpec(BaseModel):
     overrides: list[str] = []
     corpora: list[str] = []  # if given, the whole experiment once per corpus (data.source), in out/<corpus name>/
     variants: list[Variant] = Field(min_length=1)
+    cross_eval: bool = False  # every run scored on every variant's held-out text (train x eval matrix)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
@@ -238,7 +248,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                   command: str, console: Console | None) -> dict[str, dict]:
     """One experiment's runs in out (sweeps first), and its results.json and results.md there."""
     seeds = len(next(iter(next(iter(plan.values())).values())))
-    runs, sweeps = [], {}
+    runs, sweeps, folders = [], {}, {}
 
     def say(text: str) -> None:
         if console:
@@ -265,6 +275,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             sweeps[variant] = {"tried": tried, "chosen": chosen}
         for seed, cfg in enumerate(choices[chosen]):
             folder = (out / variant / _choice_folder(chosen) if chosen else out / variant) / f"seed-{seed}"
+            folders.setdefault(variant, []).append(folder)
             result = train(cfg, folder, f"{variant}{f' [{chosen}]' if chosen else ''} seed {seed}")
             runs.append({"variant": variant, "seed": seed, **{k: result[k] for k in (
                 "val_loss", "val_bpb", "train_time_s", "params", "flops_per_token", "reused")},
@@ -276,6 +287,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     dynamics = summarize_dynamics(by_variant)
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": seeds,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
+    if spec.cross_eval:
+        kept = {v: sweeps[v]["chosen"] if v in sweeps else NO_SWEEP for v in plan}
+        report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_nan_to_none(report), indent=2) + "\n", encoding="utf-8")
     rows = _rows(summary)
@@ -284,7 +298,11 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), _sweep_rows(sweeps)))
     if dynamics:
         tables.append((("variant", *DYNAMICS.values()), _dynamics_rows(dynamics)))
-    (out / "results.md").write_text(_markdown(name, spec.description, command, tables), encoding="utf-8")
+    markdown = _markdown(name, spec.description, command, tables)
+    if spec.cross_eval:
+        markdown += _matrix_markdown(report["cross_eval"])
+    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_experiment_report(out)
     if console:
         for i, (columns, table_rows) in enumerate(tables):
             title = (f"{name}: {spec.description}" if spec.description else name) if i == 0 else \
@@ -319,6 +337,50 @@ def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
         out[name] = {key: _mean_std([r[key] for r in rs]) for key in DYNAMICS}
         out[name]["icl_label"] = rs[0]["icl_label"]
     return out
+
+
+def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig],
+                   console: Console | None = None) -> dict:
+    """Every run (variant x seed, in `folders`) scored on every variant's held-out documents (its data
+    config in `data_of`), every token once: bits per byte and loss per token per cell, then mean and
+    sample std over seeds per (train, eval)."""
+    names = list(folders)
+    cells: dict[tuple[str, str], list[dict]] = {(t, e): [] for t in names for e in names}
+    for train_name, seed_folders in folders.items():
+        for seed, folder in enumerate(seed_folders):
+            run_cfg, model, tokenizer = load_run(folder)
+            for eval_name in names:
+                data = data_of[eval_name]
+                same = run_cfg.data.tokenizer in FIXED_TOKENIZERS and data.tokenizer == run_cfg.data.tokenizer
+                corpus = prepare_corpus(data, tokenizer=None if same else tokenizer)
+                score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id)
+                cells[train_name, eval_name].append({"train": train_name, "seed": seed, "eval": eval_name,
+                                                     "bpb": score.bpb, "loss": score.loss, "tokens": score.tokens,
+                                                     "bytes": score.bytes})
+            if console:
+                row = ", ".join(f"{e} {cells[train_name, e][-1]['bpb']:.3f}" for e in names)
+                console.print(f"{train_name} seed {seed} on each corpus, bits per byte: {row}", highlight=False)
+
+    def stat(key: str, reduce) -> list[list[float]]:
+        return [[reduce([c[key] for c in cells[t, e]]) for e in names] for t in names]
+
+    return {"corpora": names, "sources": {n: data_of[n].source for n in names},
+            "eval_tokens": {e: cells[names[0], e][0]["tokens"] for e in names},
+            "bpb_mean": stat("bpb", statistics.mean), "bpb_std": stat("bpb", _sample_std),
+            "loss_mean": stat("loss", statistics.mean), "loss_std": stat("loss", _sample_std),
+            "runs": [c for t in names for e in names for c in cells[t, e]]}
+
+
+def _matrix_markdown(matrix: dict) -> str:
+    names = matrix["corpora"]
+    lines = ["", "## Bits per byte: trained on (rows) x evaluated on (columns)", "",
+             "Mean ± sample std over seeds, on each corpus's held-out documents, every token once.", "",
+             "| trained on ↓, evaluated on → | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, train in enumerate(names):
+        cells = [f"{m:.3f} ± {'-' if math.isnan(sd) else f'{sd:.3f}'}"
+                 for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
+        lines.append(f"| {train} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _nan_to_none(obj):

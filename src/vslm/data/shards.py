@@ -3,13 +3,19 @@
 A prepared corpus is a folder `<cache>/shards/<key>/` holding, per split, the token ids
 (`train.bin`, `val.bin`: flat uint16, or uint32 when the vocabulary needs it, read as memmaps),
 the offsets where documents start (`train_docs.npy`, `val_docs.npy`), the tokenizer
-(`tokenizer.json`) and `meta.json`. The key hashes the source's identity, the tokenizer settings
-and the split, so a change to any of them builds anew and the same ones hit the cache.
+(`tokenizer.json`) and `meta.json`. The key hashes the source's identity, the tokenizer settings,
+the split and the token budget, so a change to any of them builds anew and the same ones hit the cache.
 
-The split: a corpus of one document (a plain text file) is cut at the token level, the last
-`val_fraction` being validation (as nanoGPT does); a corpus of several documents keeps whole
-documents apart, the last `val_fraction` of them for validation. Documents are separated by the
-end-of-text token.
+The build streams: documents are read one at a time, encoded in batches of a few MB and appended
+to the split files, so memory stays flat whatever the corpus size. A tokenizer that is learned
+(char, bpe) takes one more pass over the text first; a corpus streamed from the hub is kept in a
+spool file so that it is downloaded once.
+
+The split: a corpus of one text (a plain text file) is cut at the token level, the last
+`val_fraction` being validation (as nanoGPT does); a corpus of documents keeps whole documents
+apart, every document i with round((i + 1) f) - round(i f) = 1 going to validation (every tenth
+for f = 0.1: round(f D) of D documents, spread evenly through the corpus, known as each document
+streams past). Documents are followed by the end-of-text token. BPE learns from training text only.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import time
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +45,9 @@ from vslm.data.tokenizer import (
 )
 from vslm.errors import VSLMError
 
-SHARD_FORMAT = 1
-ENCODE_CHUNK = 256  # documents per encode call
+SHARD_FORMAT = 2
+BATCH_BYTES = 1 << 22  # text per encode call: large enough for the tokenizer's threads, small in memory
+COPY_TOKENS = 1 << 22  # tokens moved at a time between split files
 
 
 def cache_root() -> Path:
@@ -63,27 +74,43 @@ class Corpus:
         self.token_bytes = self.tokenizer.token_bytes()
 
 
-def corpus_key(source: Source, cfg: DataConfig) -> str:
+def is_validation(i: int, fraction: float) -> bool:
+    """Whether document i is held out: round(f D) of the first D documents are, evenly spread."""
+    return round((i + 1) * fraction) - round(i * fraction) == 1
+
+
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def corpus_key(source: Source, cfg: DataConfig, tokenizer: Tokenizer | None = None, all_val: bool = False) -> str:
     spec = {
         "format": SHARD_FORMAT,
         "source": source.identity,
-        "tokenizer": cfg.tokenizer,
-        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
-        "val_fraction": cfg.val_fraction,
+        "tokenizer": tokenizer_hash(tokenizer) if tokenizer else cfg.tokenizer,
+        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" and not tokenizer else None,
+        "bpe_train_bytes": cfg.bpe_train_bytes if cfg.tokenizer == "bpe" and not tokenizer else None,
+        "val_fraction": None if all_val else cfg.val_fraction,
+        "max_tokens": cfg.max_tokens,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def prepare_corpus(cfg: DataConfig, root: Path | None = None) -> Corpus:
-    """Tokenize the configured source into cached shards (or find them cached) and open them."""
+def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokenizer | None = None,
+                   all_val: bool = False, progress: bool = False) -> Corpus:
+    """Tokenize the configured source into cached shards (or find them cached) and open them.
+
+    tokenizer: encode with this one (an evaluation with a run's tokenizer) instead of the configured one.
+    all_val: the whole text is validation (an evaluation split); the train split is then empty.
+    progress: a progress bar on the terminal while building."""
     source = open_source(cfg)
-    folder = (root or cache_root()) / "shards" / corpus_key(source, cfg)
+    folder = (root or cache_root()) / "shards" / corpus_key(source, cfg, tokenizer, all_val)
     if (folder / "meta.json").is_file():
         return _open(folder, cache_hit=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        _build(source, cfg, tmp)
+        _Builder(source, cfg, tmp, tokenizer, all_val, progress).build()
         try:
             os.rename(tmp, folder)  # atomic: readers see a complete folder or none
         except OSError:
@@ -94,64 +121,261 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None) -> Corpus:
     return _open(folder, cache_hit=False)
 
 
-def _build(source: Source, cfg: DataConfig, out: Path) -> None:
-    docs = list(source.documents())
-    if not docs:
-        raise VSLMError(f"data source {source.name} holds no text")
-    tokenizer = _make_tokenizer(cfg, docs)
-    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
-    if len(docs) == 1:
-        ids = np.array(tokenizer.encode(docs[0]), dtype=dtype)
-        cut = int((1 - cfg.val_fraction) * len(ids))
-        splits = {"train": [ids[:cut]], "val": [ids[cut:]]}
-    else:
-        n_val = max(1, round(cfg.val_fraction * len(docs)))
-        splits = {"train": docs[:-n_val], "val": docs[-n_val:]}
-    meta: dict = {"format": SHARD_FORMAT, "source": source.name, "identity": source.identity,
-                  "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
-                  "dtype": np.dtype(dtype).name, "documents": len(docs)}
-    for split, parts in splits.items():
-        n_tokens, starts = _write_split(tokenizer, parts, out / f"{split}.bin", dtype)
-        np.save(out / f"{split}_docs.npy", np.array(starts, dtype=np.int64))
-        meta[f"{split}_tokens"] = n_tokens
-        if n_tokens < 2:
-            raise VSLMError(f"data source {source.name}: the {split} split has {n_tokens} tokens; add text")
-    tokenizer.save(out / "tokenizer.json")
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks a complete build
+class _Spool:
+    """A hub stream read once: documents are written to a file as they arrive, and later passes
+    read the file, then continue the stream where the last pass stopped."""
+
+    def __init__(self, stream: Callable[[], Iterator[str]], path: Path):
+        self.stream, self.path = stream, path
+        self.live: Iterator[str] | None = None
+        self.ended = False
+        path.write_bytes(b"")
+
+    def documents(self) -> Iterator[str]:
+        with open(self.path, "rb") as f:
+            while header := f.read(8):
+                (n,) = struct.unpack("<Q", header)
+                yield f.read(n).decode("utf-8")
+        if self.ended:
+            return
+        self.live = self.live or self.stream()
+        with open(self.path, "ab") as f:
+            for doc in self.live:
+                raw = doc.encode("utf-8")
+                f.write(struct.pack("<Q", len(raw)) + raw)
+                f.flush()
+                yield doc
+        self.ended = True
 
 
-def _make_tokenizer(cfg: DataConfig, docs: list[str]) -> Tokenizer:
-    if cfg.tokenizer == "char":
-        return CharTokenizer.train(docs, eos=len(docs) > 1)
-    if cfg.tokenizer == "byte":
-        return ByteTokenizer()
-    if cfg.tokenizer == "bpe":  # learned from the training text only
-        if len(docs) == 1:
-            return HFTokenizer.train([docs[0][: int((1 - cfg.val_fraction) * len(docs[0]))]], cfg.vocab_size)
-        return HFTokenizer.train(docs[: len(docs) - max(1, round(cfg.val_fraction * len(docs)))], cfg.vocab_size)
-    for d in data_dirs():
-        if (d / "tokenizers" / "gpt2" / "vocab.json").is_file():
-            return HFTokenizer.gpt2(d / "tokenizers" / "gpt2")
-    raise VSLMError("GPT-2 tokenizer files not found; set VSLM_DATA_DIR to a folder with tokenizers/gpt2/")
+class _SplitFile:
+    """One split's token file, appended to; document starts and text statistics alongside."""
+
+    def __init__(self, path: Path, dtype):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.n = 0
+        self.starts = array("q")
+        self.bytes = self.words = 0
+
+    def append(self, ids: np.ndarray, doc_start: bool) -> None:
+        if doc_start:
+            self.starts.append(self.n)
+        ids.astype(self.dtype, copy=False).tofile(self.file)
+        self.n += len(ids)
+
+    def truncate(self, n: int) -> None:
+        self.file.flush()
+        self.file.truncate(n * self.dtype.itemsize)
+        self.file.seek(n * self.dtype.itemsize)
+        self.n = n
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
 
 
-def _write_split(tokenizer: Tokenizer, parts: list, path: Path, dtype) -> tuple[int, list[int]]:
-    """Write documents (str) or pre-encoded id arrays, end-of-text between documents."""
-    starts, n = [], 0
-    with open(path, "wb") as f:
-        for i in range(0, len(parts), ENCODE_CHUNK):
-            chunk = parts[i : i + ENCODE_CHUNK]
-            encoded = chunk if not isinstance(chunk[0], str) else tokenizer.encode_batch(chunk)
-            for ids in encoded:
-                starts.append(n)
-                arr = np.asarray(ids, dtype=dtype)
-                if isinstance(chunk[0], str) and tokenizer.eos_id is not None:
-                    arr = np.append(arr, np.array([tokenizer.eos_id], dtype=dtype))
-                arr.tofile(f)
-                n += len(arr)
-        f.flush()
-        os.fsync(f.fileno())
-    return n, starts
+class _Builder:
+    def __init__(self, source: Source, cfg: DataConfig, out: Path, tokenizer: Tokenizer | None, all_val: bool,
+                 progress: bool):
+        self.source, self.cfg, self.out = source, cfg, out
+        self.all_val, self.progress = all_val, progress
+        self.documents = _Spool(source.documents, out / "spool.bin").documents if source.remote else source.documents
+        self.tokenizer = tokenizer
+        self.timings = {"tokenizer_s": 0.0, "encode_s": 0.0, "encode_cpu_s": 0.0}
+
+    def build(self) -> None:
+        started = time.perf_counter()
+        if self.tokenizer is None:
+            self.tokenizer = self._learn_tokenizer()
+            self.timings["tokenizer_s"] = time.perf_counter() - started
+        tok = self.tokenizer
+        dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+        train, val = _SplitFile(self.out / "train.bin", dtype), _SplitFile(self.out / "val.bin", dtype)
+        try:
+            docs, text_bytes, truncated = self._encode(train, val)
+        except BaseException:
+            train.file.close()
+            val.file.close()
+            raise
+        if docs == 0:
+            raise VSLMError(f"data source {self.source.name} holds no text; check the file, or data.text_field "
+                            "for JSON lines and parquet")
+        single = self.source.single_text or docs == 1
+        if docs == 1 and not self.source.single_text and tok.eos_id is not None:  # one document: no separator
+            (val if val.n else train).truncate((val if val.n else train).n - 1)
+        if single and not self.all_val:
+            self._cut_single(train, val)
+        elif not self.all_val and val.n == 0:  # fewer documents than 1 / val_fraction: hold out the last
+            self._move_last_document(train, val)
+        for split in (train, val):
+            split.close()
+        meta: dict = {"format": SHARD_FORMAT, "source": self.source.name, "identity": self.source.identity,
+                      "split": self.source.split, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
+                      "dtype": np.dtype(dtype).name, "documents": docs, "text_bytes": text_bytes,
+                      "truncated_by_budget": truncated}
+        for name, split in (("train", train), ("val", val)):
+            np.save(self.out / f"{name}_docs.npy", np.frombuffer(split.starts, dtype=np.int64))
+            meta[f"{name}_tokens"] = split.n
+            if split.n < 2 and not (name == "train" and self.all_val):
+                raise VSLMError(f"data source {self.source.name}: the {name} split has {split.n} tokens; add text")
+        meta.update(val_bytes=val.bytes, val_words=val.words)
+        meta.update({k: round(v, 3) for k, v in self.timings.items()})
+        meta["prepare_s"] = round(time.perf_counter() - started, 3)
+        (self.out / "spool.bin").unlink(missing_ok=True)
+        tok.save(self.out / "tokenizer.json")
+        (self.out / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks a complete build
+
+    # ------------------------------------------------------------------------ tokenizer
+
+    def _learn_tokenizer(self) -> Tokenizer:
+        cfg = self.cfg
+        if cfg.tokenizer == "byte":
+            return ByteTokenizer()
+        if cfg.tokenizer == "gpt2":
+            for d in data_dirs():
+                if (d / "tokenizers" / "gpt2" / "vocab.json").is_file():
+                    return HFTokenizer.gpt2(d / "tokenizers" / "gpt2")
+            raise VSLMError("GPT-2 tokenizer files not found; set VSLM_DATA_DIR to a folder with tokenizers/gpt2/ "
+                            "(vocab.json and merges.txt)")
+        if cfg.tokenizer == "char":
+            chars: set[str] = set()
+            docs = tokens = 0
+            single = self.source.single_text
+            for doc in self.documents():  # the text the encoding pass reads, to the same budget
+                if not doc.strip() and not single:
+                    continue
+                chars.update(doc)
+                docs += 1
+                tokens += len(doc) + (0 if single else 1)
+                if cfg.max_tokens is not None and tokens >= cfg.max_tokens:
+                    break
+            return CharTokenizer(sorted(chars), eos=docs > 1 and not single)
+        return HFTokenizer.train(self._training_text(), cfg.vocab_size)
+
+    def _training_text(self) -> Iterator[str]:
+        """What BPE learns from: the training documents (or the first 1 - f of a single text), at most
+        cfg.bpe_train_bytes of them, and with a token budget at most 8 bytes a token (more text than the
+        budget encodes: BPE averages 3-5 bytes a token on English)."""
+        left = self.cfg.bpe_train_bytes
+        if self.cfg.max_tokens is not None:
+            left = min(left, 8 * self.cfg.max_tokens)
+        if self.source.single_text and self.source.size_bytes is not None and not self.all_val:
+            left = min(left, int((1 - self.cfg.val_fraction) * self.source.size_bytes))
+        for i, doc in enumerate(self.documents()):
+            if left <= 0:
+                return
+            if self.source.single_text or not is_validation(i, self.cfg.val_fraction):
+                raw = doc.encode("utf-8")
+                yield doc if len(raw) <= left else raw[:left].decode("utf-8", errors="ignore")
+                left -= len(raw)
+
+    # --------------------------------------------------------------------------- encode
+
+    def _batches(self, left: Callable[[], int | None]) -> Iterator[list[str]]:
+        """Documents in batches of about BATCH_BYTES, and never much more text than the token budget
+        left can take (`left()`, None without a budget): a character past the budget may be one the
+        char tokenizer never saw. Sizes count a character (and a document's end-of-text) as a token,
+        as the char tokenizer's vocabulary pass does."""
+        batch, size = [], 0
+        single = self.source.single_text
+        for doc in self.documents():
+            if not doc.strip() and not single:
+                continue
+            batch.append(doc)
+            size += len(doc) + (0 if single else 1)
+            budget = left()
+            if size >= (BATCH_BYTES if budget is None else min(BATCH_BYTES, budget)):
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+    def _encode(self, train: _SplitFile, val: _SplitFile) -> tuple[int, int, bool]:
+        """Encode every document into its split; returns (documents, text bytes, cut by the budget)."""
+        tok, cfg, single = self.tokenizer, self.cfg, self.source.single_text
+        eos = None if single or tok.eos_id is None else np.array([tok.eos_id])
+        budget = cfg.max_tokens
+        docs = text_bytes = 0
+        self.written = 0  # tokens so far (read by _batches)
+        any_text = False
+        bar = _ProgressBar(self.source, cfg) if self.progress else None
+        try:
+            for batch in self._batches(lambda: None if budget is None else budget - self.written):
+                t, cpu = time.perf_counter(), time.process_time()
+                arrays = tok.encode_arrays(batch, train.dtype)
+                self.timings["encode_s"] += time.perf_counter() - t
+                self.timings["encode_cpu_s"] += time.process_time() - cpu  # all threads: the tokenizer's too
+                for text, ids in zip(batch, arrays, strict=True):
+                    any_text = any_text or bool(text.strip())
+                    split = val if self.all_val or (not single and is_validation(docs, cfg.val_fraction)) else train
+                    ids = ids if eos is None else np.concatenate([ids, eos.astype(ids.dtype)])
+                    cut = budget is not None and self.written + len(ids) >= budget
+                    if cut:
+                        ids = ids[: budget - self.written]
+                        text = tok.decode(ids.tolist())
+                    split.append(ids, doc_start=not single or docs == 0)
+                    n_bytes = len(text.encode("utf-8"))
+                    split.bytes += n_bytes
+                    split.words += len(text.split())
+                    text_bytes += n_bytes
+                    self.written += len(ids)
+                    docs += 1 if not single or docs == 0 else 0
+                    if cut:
+                        break
+                if bar:
+                    bar.update(text_bytes, self.written)
+                if budget is not None and self.written >= budget:
+                    return (docs if any_text else 0), text_bytes, True
+        finally:
+            if bar:
+                bar.close()
+        return (docs if any_text else 0), text_bytes, False
+
+    def _cut_single(self, train: _SplitFile, val: _SplitFile) -> None:
+        """One text: its last val_fraction of tokens become validation (moved from the train file)."""
+        self._move_tail(train, val, int((1 - self.cfg.val_fraction) * train.n))
+
+    def _move_last_document(self, train: _SplitFile, val: _SplitFile) -> None:
+        if len(train.starts) >= 2:
+            self._move_tail(train, val, train.starts.pop())
+
+    def _move_tail(self, train: _SplitFile, val: _SplitFile, start: int) -> None:
+        """Move train tokens [start:] to the start of the (empty) validation file, in chunks, counting
+        their bytes (exactly, from the tokens) and words (from the decoded text) on the way."""
+        train.file.flush()
+        sizes = self.tokenizer.token_bytes()
+        inside_word = False
+        for offset in range(start, train.n, COPY_TOKENS):
+            chunk = np.fromfile(train.path, dtype=train.dtype, count=COPY_TOKENS, offset=offset * train.dtype.itemsize)
+            val.append(chunk, doc_start=offset == start)
+            val.bytes += int(sizes[chunk].sum())
+            text = self.tokenizer.decode(chunk.tolist())
+            val.words += len(text.split()) - (1 if inside_word and text[:1] and not text[0].isspace() else 0)
+            inside_word = bool(text) and not text[-1].isspace()
+        train.truncate(start)
+
+
+class _ProgressBar:
+    """A rich progress bar: towards the token budget when there is one, else over the text's bytes."""
+
+    def __init__(self, source: Source, cfg: DataConfig):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.by_tokens = cfg.max_tokens is not None
+        total = cfg.max_tokens if self.by_tokens else source.size_bytes or cfg.max_bytes
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        self.task = self.bar.add_task(f"preparing {source.name}", total=total, counts="")
+        self.bar.start()
+
+    def update(self, n_bytes: int, tokens: int) -> None:
+        self.bar.update(self.task, completed=tokens if self.by_tokens else n_bytes,
+                        counts=f"{n_bytes / 1e6:,.1f} MB -> {tokens:,} tokens")
+
+    def close(self) -> None:
+        self.bar.stop()
 
 
 def _open(folder: Path, cache_hit: bool) -> Corpus:
@@ -159,7 +383,8 @@ def _open(folder: Path, cache_hit: bool) -> Corpus:
     dtype = np.dtype(meta["dtype"])
 
     def split(name: str) -> TokenSplit:
-        tokens = np.memmap(folder / f"{name}.bin", dtype=dtype, mode="r")
+        path = folder / f"{name}.bin"
+        tokens = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype=dtype)
         return TokenSplit(tokens, np.load(folder / f"{name}_docs.npy"))
 
     return Corpus(load_tokenizer(folder / "tokenizer.json"), split("train"), split("val"), folder, meta, cache_hit)

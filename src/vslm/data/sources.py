@@ -1,24 +1,41 @@
-"""Where text comes from: the embedded story generator, named corpora in the data folder, local files.
+"""Where text comes from: the embedded story generator, the registry's corpora (a local copy or the
+Hugging Face hub), and local files and folders by path.
 
-A source yields documents (strings) and an `identity` string that changes whenever its text would
-change; the shard cache is keyed by it.
+A source yields documents (strings), one at a time, so that a corpus of any size passes through
+in constant memory, and an `identity` string that changes whenever its text would change; the
+shard cache is keyed by it. `documents()` may be called more than once (the shard builder reads
+a corpus twice when it learns a tokenizer first); each call starts from the beginning.
+
+Local files: plain text (one document per file, or documents separated by `<|endoftext|>`),
+JSON lines and JSON (records, read through `datasets`), parquet (through `datasets`), or a folder
+of them. A single plain text file without separators is one text, streamed in pieces and split
+at the token level; JSON and parquet records become documents through the registry entry's
+formatter, or their `data.text_field` when given by path.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import inspect
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vslm.config import DataConfig
 from vslm.data import stories
+from vslm.data.registry import PLAIN, REGISTRY, Entry, Formatter, split_name, text_field
 from vslm.data.tokenizer import EOS
 from vslm.errors import VSLMError
 
-# name -> path inside the data folder (laid out like the study group's shared/data)
-LOCAL_CORPORA = {"tinyshakespeare": "tinyshakespeare/input.txt"}
+SOURCE_FORMAT = 2  # bump when the documents a source yields for the same files change
+PIECE = 1 << 20  # bytes of a single text read at a time
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".tokens", ".raw")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
+PARQUET_SUFFIXES = (".parquet",)
+OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @dataclass
@@ -26,6 +43,11 @@ class Source:
     name: str
     identity: str
     documents: Callable[[], Iterator[str]]
+    single_text: bool = False  # one text in pieces: no end-of-text inside, split at the token level
+    size_bytes: int | None = None  # the text's size when known before reading it
+    remote: bool = False  # streamed from the hub: the shard builder reads it once, into a spool
+    split: str | None = None  # a registry corpus's split ("train", "validation", ...)
+    entry: Entry | None = None
 
 
 def data_dirs() -> list[Path]:
@@ -35,48 +57,309 @@ def data_dirs() -> list[Path]:
     return dirs + [Path.home() / ".cache" / "vslm" / "data", Path("..") / "shared" / "data"]
 
 
+def offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in OFFLINE)
+
+
 def open_source(cfg: DataConfig) -> Source:
+    """The source `cfg.source` names: 'stories', a registry name (NAME or NAME:SPLIT), or a path."""
     if cfg.source == "stories":
         identity = f"stories:v{stories.GENERATOR_VERSION}:seed={cfg.seed}:bytes={cfg.max_bytes}"
+        if cfg.max_bytes is None:  # endless: the token budget stops it
+            return Source("stories", identity, lambda: _endless_stories(cfg.seed))
         return Source("stories", identity, lambda: stories.iter_stories(cfg.seed, n_bytes=cfg.max_bytes))
+    entry, split = split_name(cfg.source)
+    if entry is not None:
+        return open_entry(entry, split or "train", cfg)
     path = Path(cfg.source).expanduser()
-    if cfg.source in LOCAL_CORPORA:
-        found = [d / LOCAL_CORPORA[cfg.source] for d in data_dirs() if (d / LOCAL_CORPORA[cfg.source]).is_file()]
-        if not found:
-            raise VSLMError(
-                f"data source '{cfg.source}': no local copy of {LOCAL_CORPORA[cfg.source]}; "
-                "set VSLM_DATA_DIR to a folder that holds it"
-            )
-        path = found[0]
-    elif not path.exists():
-        names = ", ".join(["stories", *LOCAL_CORPORA])
-        raise VSLMError(f"unknown data source '{cfg.source}': not a file, nor one of {names}")
-    if path.is_dir():
-        raise VSLMError(f"data source {path} is a folder; give a text file")
-    return _text_file(path, cfg.max_bytes)
+    if not path.exists():
+        names = ", ".join(REGISTRY)
+        raise VSLMError(f"unknown data source '{cfg.source}': not a file or folder, nor one of {names} "
+                        "(see `vslm data list`)")
+    files = _folder_files(path) if path.is_dir() else [path]
+    return _files_source(str(path), files, text_field(cfg.text_field), cfg, field_name=cfg.text_field)
 
 
-def _text_file(path: Path, max_bytes: int) -> Source:
-    raw = path.read_bytes()[:max_bytes]
+def _endless_stories(seed: int) -> Iterator[str]:
+    import random
+
+    rng = random.Random(seed)
+    while True:
+        yield stories.generate_story(rng)
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+def local_files(entry: Entry, split: str) -> list[Path] | None:
+    """The files of a split in the first data folder that has any, by the first pattern that matches."""
+    for d in data_dirs():
+        for pattern in entry.patterns(split):
+            files = sorted(p for p in d.glob(pattern) if p.is_file())
+            if files:
+                return files
+    return None
+
+
+def local_splits(entry: Entry) -> list[str]:
+    return [s for s in ("train", "validation", "test") if local_files(entry, s)]
+
+
+def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
+    if entry.name == "stories":
+        return open_source(cfg.model_copy(update={"source": "stories"}))
+    label = entry.name if split == "train" else f"{entry.name}:{split}"
+    files = local_files(entry, split) if cfg.origin != "hub" else None
+    if files:
+        source = _files_source(label, files, entry.documents, cfg, entry=entry)
+        source.split, source.entry = split, entry
+        return source
+    if cfg.origin == "local" or offline() or entry.hub is None:
+        raise VSLMError(_no_local_copy(entry, split, cfg))
+    identity = (f"hub:{entry.hub}:{entry.hub_config}:{split}:v{SOURCE_FORMAT}:{code_hash(entry.documents)}:"
+                f"bytes={cfg.max_bytes}")
+    return Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes),
+                  remote=True, split=split, entry=entry)
+
+
+def _no_local_copy(entry: Entry, split: str, cfg: DataConfig) -> str:
+    looked = ", ".join(entry.patterns(split)[4:] or entry.patterns(split)[:1])
+    others = [s for s in local_splits(entry) if s != split]
+    hint = f"local splits: {', '.join(f'{entry.name}:{s}' for s in others)}; " if others else ""
+    why = ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
+           else "offline (HF_HUB_OFFLINE is set)")
+    return (f"data source '{entry.name}': no local copy of its {split} split ({looked}) in "
+            f"{', '.join(str(d) for d in data_dirs())}, and {why}; {hint}"
+            f"put the files under $VSLM_DATA_DIR/{entry.folder}/ or go online")
+
+
+def _hub_documents(entry: Entry, split: str) -> Iterator[str]:
+    datasets = _datasets()
     try:
-        text = _decode_cut(raw)
-    except UnicodeDecodeError as e:
-        raise VSLMError(f"data file {path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
-    if not text.strip():
-        raise VSLMError(f"data file {path} holds no text")
-    identity = f"file:{hashlib.sha256(raw).hexdigest()}"
-    # a file is one document unless it marks document ends with <|endoftext|>
-    docs = [d.strip("\n") for d in text.split(EOS)] if EOS in text else [text]
-    docs = [d for d in docs if d.strip()]
-    return Source(str(path), identity, lambda: iter(docs))
+        records = datasets.load_dataset(entry.hub, entry.hub_config, split=split, streaming=True)
+        yield from _formatted(entry.documents, records, entry.name, entry.text)
+    except VSLMError:
+        raise
+    except Exception as e:  # network, authentication, a renamed repository: one line, not a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise VSLMError(f"data source '{entry.name}': streaming {entry.hub} ({split}) from the Hugging Face hub "
+                        f"failed ({type(e).__name__}: {first[:200]}); check the connection, or put a local copy "
+                        f"under $VSLM_DATA_DIR/{entry.folder}/") from None
 
 
-def _decode_cut(raw: bytes) -> str:
-    """Decode UTF-8 that may have been cut inside the last character."""
-    for trim in range(4):
-        try:
-            return raw[: len(raw) - trim].decode("utf-8")
-        except UnicodeDecodeError as e:
-            if e.start < len(raw) - 4:
-                raise
-    return raw.decode("utf-8")
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise VSLMError("reading JSON, parquet or hub corpora needs the `datasets` package: "
+                        "pip install datasets") from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+# --------------------------------------------------------------------------------------- files
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _kind(p) is not None)
+    if not files:
+        raise VSLMError(f"data folder {folder} holds no text, JSON lines or parquet files")
+    return files
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(JSON_SUFFIXES):
+        return "json"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(TEXT_SUFFIXES):
+        return "text"
+    return None
+
+
+def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: DataConfig,
+                  entry: Entry | None = None, field_name: str | None = None) -> Source:
+    """Documents from local files, in order, at most cfg.max_bytes of them."""
+    reader = f"{entry.name}:{code_hash(entry.documents)}" if entry else f"field={field_name}"
+    identity = _files_identity(files, cfg.max_bytes, reader)
+    kinds = [_kind(f) or "text" for f in files]  # a file given by path is text whatever its name
+    lines = entry is not None and entry.lines
+    plain = entry is None or entry.documents is PLAIN
+    if len(files) == 1 and kinds[0] == "text" and plain and not lines and not _has_separator(files[0], cfg.max_bytes):
+        size = files[0].stat().st_size if cfg.max_bytes is None else min(cfg.max_bytes, files[0].stat().st_size)
+        return Source(label, identity, lambda: _text_pieces(files[0], cfg.max_bytes), single_text=True,
+                      size_bytes=size)
+    what = entry.text if entry else field_name or "text"
+
+    def documents() -> Iterator[str]:
+        for path, kind in zip(files, kinds, strict=True):
+            if kind == "text":
+                records: Iterable[dict] = (_line_records(path) if lines else
+                                           ({"text": d} for d in _text_documents(path, cfg.max_bytes)))
+                if entry is None:  # by path: the text is the document, whatever the text field
+                    yield from (r["text"] for r in records)
+                    continue
+            else:
+                records = _file_records(path, kind, entry.json_field if entry else None)
+            yield from _formatted(formatter, records, str(path), what)
+
+    return Source(label, identity, lambda: _within(documents(), cfg.max_bytes))
+
+
+def code_hash(formatter: Formatter) -> str:
+    """A hash of the formatter's source and of the constants it reads (BOOK_PART, the regexes): editing
+    how records become documents changes the cache key."""
+    try:
+        source = inspect.getsource(formatter)
+    except (OSError, TypeError):  # no source to read (a frozen install): the version number alone
+        return "nosource"
+    names = getattr(formatter, "__code__", None)
+    constants = [repr(formatter.__globals__[n]) for n in (names.co_names if names else ())
+                 if isinstance(formatter.__globals__.get(n), int | float | str | re.Pattern)]
+    return hashlib.sha256("\0".join([source, *constants]).encode()).hexdigest()[:12]
+
+
+def _files_identity(files: list[Path], max_bytes: int | None, reader: str) -> str:
+    """A hash of the files' names and contents (the part that can be read) and of how they are read."""
+    h = hashlib.sha256(f"v{SOURCE_FORMAT}:{reader}:bytes={max_bytes}".encode())
+    left = max_bytes
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while left is None or left > 0:
+                block = fh.read(PIECE if left is None else min(PIECE, left))
+                if not block:
+                    break
+                h.update(block)
+                left = None if left is None else left - len(block)
+    return f"files:{h.hexdigest()}"
+
+
+def _file_records(path: Path, kind: str, json_field: str | None) -> Iterator[dict]:
+    """Records of a JSON lines / JSON / parquet file, streamed through `datasets`."""
+    datasets = _datasets()
+    kwargs = {"field": json_field} if kind == "json" and json_field and path.name.endswith(".json") else {}
+    try:
+        records = datasets.load_dataset(kind, data_files=[str(path)], split="train", streaming=True, **kwargs)
+        yield from records
+    except VSLMError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise VSLMError(f"data file {path}: cannot read it as {kind} ({type(e).__name__}: {first[:200]})") from None
+
+
+def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: str) -> Iterator[str]:
+    """The formatter's documents, with a record that lacks a field reported as one line."""
+    try:
+        yield from formatter(records)
+    except KeyError as e:
+        raise VSLMError(f"data {where}: a record has no field {e.args[0]!r} (the text is {what}); "
+                        "set data.text_field to the field holding the text") from None
+    except (TypeError, AttributeError) as e:
+        raise VSLMError(f"data {where}: a record is not in the expected schema ({e}); the text is {what}") from None
+
+
+def _within(docs: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+    """Documents up to max_bytes of UTF-8 in all; the one that crosses the limit is cut there."""
+    if max_bytes is None:
+        yield from docs
+        return
+    left = max_bytes
+    for doc in docs:
+        raw = doc.encode("utf-8")
+        if len(raw) >= left:
+            cut = raw[:left].decode("utf-8", errors="ignore")  # a character cut in two is dropped
+            if cut.strip():
+                yield cut
+            return
+        left -= len(raw)
+        yield doc
+
+
+def _decoded(path: Path, max_bytes: int | None) -> Iterator[str]:
+    """A file's UTF-8 text in pieces of about PIECE bytes, at most max_bytes; a character cut by the
+    limit is dropped, a file that is not UTF-8 is one line naming the byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    done = 0
+    with open(path, "rb") as f:
+        while True:
+            want = PIECE if max_bytes is None else min(PIECE, max_bytes - done)
+            raw = f.read(want) if want > 0 else b""
+            at_end = not raw and want > 0  # the file ended (not the budget): a cut character is an error
+            try:
+                text = decoder.decode(raw, final=at_end)
+            except UnicodeDecodeError as e:
+                raise VSLMError(f"data file {path} is not UTF-8 text (byte {done + e.start}); "
+                                "convert it to UTF-8") from None
+            done += len(raw)
+            if text:
+                yield text
+            if not raw:
+                return
+
+
+def _has_separator(path: Path, max_bytes: int | None) -> bool:
+    marker, tail = EOS.encode(), b""
+    left = max_bytes
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            block = f.read(PIECE if left is None else min(PIECE, left))
+            if not block:
+                return False
+            if marker in tail + block:
+                return True
+            tail = block[-len(marker):]
+            left = None if left is None else left - len(block)
+    return False
+
+
+def _text_documents(path: Path, max_bytes: int | None) -> Iterator[str]:
+    """A text file's documents: the whole text, or the parts between `<|endoftext|>` markers."""
+    carry = ""
+    for text in _decoded(path, max_bytes):
+        parts = (carry + text).split(EOS)
+        carry = parts.pop()
+        for doc in parts:
+            if doc.strip():
+                yield doc.strip("\n")
+    if carry.strip():
+        yield carry.strip("\n")
+
+
+def _text_pieces(path: Path, max_bytes: int | None) -> Iterator[str]:
+    """One text in pieces, each cut after a newline that sits between two non-space characters:
+    there, byte-level BPE pre-tokenization (GPT-2's pattern) splits the same way as in the whole
+    text, so tokenizing the pieces one by one gives the whole text's tokens."""
+    carry = ""
+    for text in _decoded(path, max_bytes):
+        carry += text
+        cut = _safe_cut(carry)
+        if cut > 0:
+            yield carry[:cut]
+            carry = carry[cut:]
+    if carry:
+        yield carry
+
+
+def _safe_cut(text: str) -> int:
+    """The last index i with text[i-1] == newline and text[i-2], text[i] not whitespace; 0 if none."""
+    i = text.rfind("\n", 0, len(text) - 1)
+    while i > 0:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", 0, i)
+    return 0
+
+
+def _line_records(path: Path) -> Iterator[dict]:
+    """A text file as the hub serves WikiText: one record per line, the line ending kept."""
+    carry = ""
+    for text in _decoded(path, None):
+        lines = (carry + text).split("\n")
+        carry = lines.pop()
+        for line in lines:
+            yield {"text": line + "\n"}
+    if carry:
+        yield {"text": carry}

@@ -335,3 +335,29 @@ def shape_figure(tokens: list[str], labels: list[str], metrics: dict[str, np.nda
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return fig
+
+
+def matrix_heatmap(matrix: list[list[float]], rows: list[str], columns: list[str], label: str,
+                   spread: list[list[float]] | None = None) -> Figure:
+    """A rows x columns heat map, each cell labelled with its value (and ± spread); low values dark.
+    The dataset-quality experiment's train x eval matrix of bits per byte."""
+    values = np.array(matrix, dtype=float)
+    fig = Figure(figsize=(max(5.0, 1.25 * len(columns) + 2.5), max(3.0, 0.6 * len(rows) + 1.6)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    low, high = np.nanmin(values), np.nanmax(values)
+    for (i, j), value in np.ndenumerate(values):
+        if not math.isfinite(value):
+            continue
+        text = f"{value:.3f}"
+        if spread is not None and math.isfinite(spread[i][j]):
+            text += f"\n± {spread[i][j]:.3f}"
+        dark = (value - low) / ((high - low) or 1) < 0.6
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black",
+                fontweight="bold" if i == j else "normal")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("trained on")
+    fig.colorbar(image, ax=ax, label=label)
+    return fig

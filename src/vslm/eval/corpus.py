@@ -1,0 +1,151 @@
+"""A trained model scored on a corpus's evaluation text, every token counted once.
+
+    vslm eval runs/x --on wikitext-2 tinystories --json
+
+The text is encoded with the run's own tokenizer and cut into consecutive windows of the model's
+context (non-overlapping, as nanoGPT and GPT-2's paper evaluate; a token early in a window sees
+less context than one late in it). The first token is predicted from end-of-text when the
+tokenizer has one (a document start), else it is only context. Three numbers:
+
+* loss: mean negative log-likelihood per token (nats), end-of-text targets included;
+* bits per byte: the negative log-likelihood of the tokens that stand for text, in bits, over the
+  text's UTF-8 bytes; comparable across tokenizers;
+* word perplexity (word-level benchmarks: WikiText): exp(total NLL of the text tokens / number of
+  words), the words being the whitespace-separated words of the original text (`str.split()`;
+  lm-evaluation-harness's `re.split(r"\\s+", doc)` counts the same words, plus an empty string at
+  an end that is whitespace). On the tokenized WikiText release, `<unk>` and `@-@` count as words.
+
+Which text `--on NAME` reads: a registry name with an evaluation split (WikiText, TinyStories,
+SQuAD, books: `validation`), all of that split; NAME:validation or NAME:test, all of it; a corpus
+without one (dolma, openwebtext, tinyshakespeare, stories) or NAME:train, the documents a training
+run on it holds out (the same ones, given the run's data settings); a path, all of the file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vslm.config import DataConfig
+from vslm.data.registry import split_name
+from vslm.data.shards import prepare_corpus
+from vslm.data.tokenizer import Tokenizer
+from vslm.errors import VSLMError
+from vslm.model import GPT
+from vslm.train.run_folder import load_run
+from vslm.train.trainer import text_nll_and_bytes
+
+EVAL_SPLITS = ("validation", "test")
+
+
+@dataclass
+class Score:
+    """Sums over a token stream; the rates are derived from them."""
+
+    nll: float = 0.0  # nats, every target
+    nll_text: float = 0.0  # nats, targets that stand for text (not end-of-text)
+    tokens: int = 0  # targets
+    bytes: int = 0  # UTF-8 bytes of the text targets
+
+    @property
+    def loss(self) -> float:
+        return self.nll / max(1, self.tokens)
+
+    @property
+    def bpb(self) -> float:
+        return self.nll_text / math.log(2) / max(1, self.bytes)
+
+
+@dataclass
+class CorpusResult:
+    corpus: str
+    split: str
+    tokens: int
+    bytes: int
+    words: int
+    loss: float
+    bpb: float
+    word_perplexity: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@torch.no_grad()
+def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix: int | None = None,
+                 batch_size: int = 32) -> Score:
+    """Negative log-likelihood of every token of `tokens` (after `prefix`, which predicts the first),
+    in consecutive windows of the model's context."""
+    T = model.cfg.context
+    device = next(model.parameters()).device
+    stream = np.asarray(tokens, dtype=np.int64)
+    if prefix is not None:
+        stream = np.concatenate([[prefix], stream])
+    sizes = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
+    starts = list(range(0, len(stream) - 1, T))  # window s: inputs stream[s : s+T], targets shifted by one
+    full = [s for s in starts if s + T + 1 <= len(stream)]
+    score = Score()
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(full), batch_size):
+        index = np.asarray(full[i : i + batch_size])[:, None] + np.arange(T + 1)[None, :]
+        _add(score, model, torch.from_numpy(stream[index]), sizes, device)  # (B, T + 1)
+    if len(full) < len(starts):  # the last, shorter window
+        _add(score, model, torch.from_numpy(stream[starts[-1] :][None, :]), sizes, device)
+    model.train(was_training)
+    return score
+
+
+def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, device: torch.device) -> None:
+    x, y = window[:, :-1].to(device), window[:, 1:]
+    logits = model(x).float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1).to(device), reduction="none").cpu()
+    text_nats, text_bytes = text_nll_and_bytes(nll, y.reshape(-1), sizes)
+    score.nll += nll.sum().item()
+    score.nll_text += text_nats
+    score.tokens += y.numel()
+    score.bytes += text_bytes
+
+
+def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> tuple[DataConfig, bool, str, bool]:
+    """(the data config, whether all of the text is evaluation text, the split, word-level benchmark) of `--on NAME`.
+
+    An evaluation split or a file is read whole (or up to max_bytes). Otherwise the run's data
+    settings (seed, size, held-out fraction) are kept, so that `--on` the corpus a run trained on
+    reads the documents it held out."""
+    entry, split = split_name(name)
+    if entry is not None and entry.name != "stories":
+        split = split or entry.eval_split or "train"
+        source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
+    elif entry is not None:
+        source, all_val, split, word_level = "stories", False, "train", False
+    else:
+        source, all_val, split, word_level = name, Path(name).expanduser().exists(), "all", False
+    fields = run_data.model_dump(exclude={"source", "max_tokens", "max_bytes"})
+    budget = max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's split: all of it
+    return DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level
+
+
+def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
+                    max_bytes: int | None = None, batch_size: int = 32) -> CorpusResult:
+    data, all_val, split, word_level = eval_data(name, run_data, max_bytes)
+    try:
+        corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
+    except VSLMError as e:
+        raise VSLMError(f"cannot evaluate on {name}: {e}") from None
+    score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size)
+    words = int(corpus.meta["val_words"])
+    return CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
+                        loss=score.loss, bpb=score.bpb,
+                        word_perplexity=math.exp(score.nll_text / max(1, words)) if word_level else None)
+
+
+def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, max_bytes: int | None = None,
+                 batch_size: int = 32, device: str = "cpu") -> list[CorpusResult]:
+    cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
+    return [evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size) for name in names]

@@ -1,0 +1,63 @@
+"""`report.html` of an experiment folder, drawn from its results.json alone: the variants' table and,
+for a cross-evaluated experiment (dataset quality), the train x eval heat map of bits per byte."""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from pathlib import Path
+
+from vslm.errors import VSLMError
+from vslm.report import figures
+from vslm.report.html import figure, number, page, pre, section, table
+
+RESULTS = "results.json"
+REPORT = "report.html"
+
+MATRIX_CAPTION = ("Bits per byte of the model trained on each row's corpus, on each column's held-out text "
+                  "(every token once), mean ± sample std over seeds; darker is better. The diagonal is each model "
+                  "on its own kind of text. Read a column to rank the training corpora for that kind of text, a "
+                  "row to see how far a corpus's model carries to the others; bits per byte compare across "
+                  "columns only roughly, since some texts are harder than others for any model.")
+
+
+def write_experiment_report(folder: str | Path) -> Path:
+    folder = Path(folder)
+    path = folder / RESULTS
+    if not path.is_file():
+        raise VSLMError(f"{folder} is not an experiment folder (no {RESULTS})")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    out = folder / REPORT
+    out.write_text(render(results), encoding="utf-8")
+    return out
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "&ndash;"
+    return f"{mean:.4f} ± {'-' if std is None else f'{std:.4f}'}"
+
+
+def render(results: dict) -> str:
+    headers = ["variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)",
+               "verdict"]
+    rows = [[escape(name), number(s["params"]), number(s["flops_per_token"]), number(s["tokens"]),
+             _pm(s["val_loss_mean"], s["val_loss_std"]), _pm(s["val_bpb_mean"], s["val_bpb_std"]),
+             f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
+            for name, s in results["summary"].items()]
+    sections = [section("variants", "Variants", table(headers, rows), pre(results["command"]))]
+    matrix = results.get("cross_eval")
+    if matrix:
+        names = matrix["corpora"]
+        nan = [[math.nan if v is None else v for v in row] for row in matrix["bpb_std"]]
+        heat = figures.matrix_heatmap(matrix["bpb_mean"], names, names, "bits per byte", nan)
+        cells = [[escape(t)] + [_pm(m, sd) for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
+                 for i, t in enumerate(names)]
+        sources = ", ".join(f"{escape(n)} = {escape(src)}" for n, src in matrix["sources"].items())
+        sections.append(section("matrix", "Trained on x evaluated on: bits per byte",
+                                figure(heat, "train x eval matrix of bits per byte", MATRIX_CAPTION),
+                                table(["trained on ↓, evaluated on →", *names], cells),
+                                f"<p>Corpora: {sources}.</p>"))
+    title = f"Experiment {results['experiment']}"
+    return page(title, results.get("description", ""), sections)

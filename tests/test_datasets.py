@@ -1,0 +1,330 @@
+"""The dataset registry, streaming sources and shards, and evaluation on corpora.
+
+Each registry entry is read from a small local copy in the hub's own schema (parquet or JSON lines
+written with `datasets`, SQuAD's original nested JSON), the way a user's offline copy is read."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED
+from vslm.config import DataConfig
+from vslm.data import sources
+from vslm.data.registry import REGISTRY, squad_text
+from vslm.data.shards import is_validation, prepare_corpus
+from vslm.data.sources import open_source
+from vslm.data.tokenizer import ByteTokenizer, HFTokenizer
+from vslm.errors import VSLMError
+from vslm.eval.corpus import score_tokens
+
+datasets = pytest.importorskip("datasets")
+DATA = SHARED / "data"
+needs_shared = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
+
+
+def write_parquet(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """An empty data folder that is the only one searched."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    monkeypatch.setenv("VSLM_DATA_DIR", str(folder))
+    monkeypatch.setattr(sources, "data_dirs", lambda: [folder])
+    return folder
+
+
+def documents(source: str, **data) -> list[str]:
+    return list(open_source(DataConfig(source=source, **data)).documents())
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_entry_names_its_hub_source_license_and_text(capsys):
+    from vslm.cli import main
+
+    expected = {"stories", "tinystories", "openwebtext", "books", "wikitext-2", "wikitext-103", "dolma", "squad",
+                "tinyshakespeare"}
+    assert set(REGISTRY) == expected
+    for e in REGISTRY.values():
+        assert e.license and e.text and (e.hub or e.name == "stories")
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in expected) and "Salesforce/wikitext" in out and "CDLA-Sharing-1.0" in out
+
+
+def test_plain_text_entries_read_the_hubs_parquet_files(data_dir):
+    stories = ["Once upon a time there was a cat.", "Tom had a red ball.\n\nHe played all day."]
+    write_parquet(data_dir / "tinystories" / "data" / "validation-00000-of-00001.parquet",
+                  [{"text": t} for t in stories])
+    assert documents("tinystories:validation") == stories
+    web = ["A web page about lobsters.", "", "Another page."]
+    write_parquet(data_dir / "openwebtext" / "plain_text" / "train-00000-of-00002.parquet", [{"text": t} for t in web])
+    assert documents("openwebtext") == ["A web page about lobsters.", "Another page."]  # empty records skipped
+    write_parquet(data_dir / "tinyshakespeare" / "data" / "train-00000-of-00001.parquet",
+                  [{"text": "First Citizen:\nBefore we proceed any further, hear me speak.\n"}])
+    assert documents("tinyshakespeare") == ["First Citizen:\nBefore we proceed any further, hear me speak.\n"]
+
+
+def test_dolma_reads_json_lines_in_dolmas_schema(data_dir):
+    rows = [{"id": "a1", "text": "Web text one.", "source": "common-crawl", "added": "2023-04-07",
+             "created": "2020-03-29", "metadata": {"url": "http://x"}},
+            {"id": "a2", "text": "Web text two.", "source": "common-crawl", "added": "2023-04-07",
+             "created": "2020-03-30", "metadata": {"url": "http://y", "lang": "en"}}]
+    write_jsonl(data_dir / "dolma" / "cc_en_head-0001.jsonl", rows)
+    assert documents("dolma") == ["Web text one.", "Web text two."]
+
+
+def test_squad_records_become_context_question_answer_text(data_dir):
+    """SQuAD's original nested JSON (articles > paragraphs > qas) and the hub's flat rows give the same text."""
+    context = "Normandy is a region in France. The Normans gave their name to it."
+    nested = {"version": "1.1", "data": [{"title": "Normans", "paragraphs": [{"context": context, "qas": [
+        {"id": "q1", "question": "In what country is Normandy?", "answers": [{"answer_start": 24, "text": "France"}]},
+        {"id": "q2", "question": "Who gave Normandy its name?", "answers": [{"answer_start": 36, "text": "The Normans"},
+                                                                          {"answer_start": 40, "text": "Normans"}]},
+    ]}]}]}
+    (data_dir / "squad").mkdir()
+    (data_dir / "squad" / "dev-v1.1.json").write_text(json.dumps(nested))
+    expected = [f"{context}\nQuestion: In what country is Normandy?\nAnswer: France",
+                f"{context}\nQuestion: Who gave Normandy its name?\nAnswer: The Normans"]
+    assert documents("squad:validation") == expected
+    flat = [{"id": "q1", "title": "Normans", "context": context, "question": "In what country is Normandy?",
+             "answers": {"text": ["France"], "answer_start": [24]}},
+            {"id": "q2", "title": "Normans", "context": context, "question": "Who gave Normandy its name?",
+             "answers": {"text": ["The Normans", "Normans"], "answer_start": [36, 40]}}]
+    write_parquet(data_dir / "squad" / "plain_text" / "train-00000-of-00001.parquet", flat)
+    assert documents("squad") == expected
+    assert squad_text(" c ", "q?", []) == "c\nQuestion: q?\nAnswer: unanswerable"  # SQuAD 2.0
+
+
+WIKI_LINES = ["", " = Lobster = \n", "", " The lobster is a crustacean . \n", "", " = = Habitat = = \n",
+              " It lives in the sea . \n", "", " = Crab = \n", "", " A crab walks sideways . \n"]
+
+
+def test_wikitext_lines_are_grouped_into_articles(data_dir):
+    """The hub serves WikiText one row per line; the classic release is a text file of the same lines."""
+    articles = ["= Lobster = \n\n The lobster is a crustacean . \n\n = = Habitat = = \n It lives in the sea .",
+                "= Crab = \n\n A crab walks sideways ."]
+    write_parquet(data_dir / "wikitext-2" / "wikitext-2-raw-v1" / "validation-00000-of-00001.parquet",
+                  [{"text": t} for t in WIKI_LINES])
+    assert documents("wikitext-2:validation") == articles
+    (data_dir / "wikitext-103").mkdir()
+    (data_dir / "wikitext-103" / "wiki.test.tokens").write_text("".join(t or "\n" for t in WIKI_LINES))
+    assert documents("wikitext-103:test") == articles
+
+
+def test_books_drop_the_gutenberg_licence_and_come_in_parts(data_dir):
+    rows = [{"short_book_title": "Tiny Book", "publication_date": 1900, "url": "http://g/1",
+             "text": "\n\n".join(f"Paragraph {i}. " + "word " * 400 for i in range(60))}]
+    write_parquet(data_dir / "pg19" / "data" / "train-00000-of-00001.parquet", rows)
+    parts = documents("books")
+    assert len(parts) > 1 and all(len(p) < 40_000 for p in parts)
+    assert "\n\n".join(parts) == rows[0]["text"] and parts[0].startswith("Paragraph 0.")
+    gutenberg = data_dir / "gutenberg" / "x"
+    gutenberg.mkdir(parents=True)
+    (data_dir / "pg19" / "data" / "train-00000-of-00001.parquet").unlink()
+    (gutenberg / "alice.txt").write_bytes(b"\xef\xbb\xbfThe Project Gutenberg eBook\r\n*** START OF THE PROJECT "
+                                          b"GUTENBERG EBOOK ALICE ***\r\nDown the rabbit hole.\r\n\r\nThe end.\r\n"
+                                          b"    *** END OF THE PROJECT GUTENBERG EBOOK ALICE ***\r\nLicence text\r\n")
+    assert documents("books") == ["Down the rabbit hole.\n\nThe end."]
+    (gutenberg / "bible.txt").write_text("".join(f"Ge1:{i} And God said, Let there be light.\n" for i in range(8000)))
+    verses = documents("books")[1:]  # no blank line at all: cut at line ends after 4 x 32k characters
+    assert len(verses) == 3 and all(p.endswith("light.") for p in verses) and len(verses[0]) < 4 * 32_000 + 50
+
+
+def test_stories_is_the_embedded_generator():
+    from vslm.data.stories import iter_stories
+
+    assert documents("stories", max_bytes=5000, seed=4) == list(iter_stories(4, n_bytes=5000))
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def test_offline_without_a_local_copy_says_what_to_do(data_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_parquet(data_dir / "tinystories" / "data" / "validation-00000-of-00001.parquet", [{"text": "x y"}])
+    with pytest.raises(VSLMError) as e:
+        open_source(DataConfig(source="tinystories"))
+    message = str(e.value)
+    assert "\n" not in message and "no local copy of its train split" in message and "offline" in message
+    assert "tinystories:validation" in message and "VSLM_DATA_DIR" in message
+    with pytest.raises(VSLMError, match="data.origin = local"):
+        open_source(DataConfig(source="squad", origin="local"))
+
+
+def test_bad_files_give_one_line(tmp_path):
+    with pytest.raises(VSLMError, match=r"^unknown data source 'nope\.txt'.*vslm data list"):
+        open_source(DataConfig(source="nope.txt"))
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"body": "text under another name"}])
+    with pytest.raises(VSLMError, match=r"no field 'text'.*data.text_field"):
+        prepare_corpus(DataConfig(source=str(rows)), tmp_path)
+    assert documents(str(rows), text_field="body") == ["text under another name"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.bin").write_bytes(b"\0")
+    with pytest.raises(VSLMError, match="holds no text, JSON lines or parquet files"):
+        open_source(DataConfig(source=str(tmp_path / "empty")))
+    latin = tmp_path / "many.txt"
+    latin.write_bytes(b"ok <|endoftext|> caf\xe9 <|endoftext|> fine")
+    with pytest.raises(VSLMError, match=r"not UTF-8 text \(byte 20\); convert it to UTF-8"):
+        prepare_corpus(DataConfig(source=str(latin), tokenizer="byte"), tmp_path)
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
+    from vslm.cli import main
+
+    assert main(["data", "prepare", "no-such-corpus"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vslm: error: unknown data source 'no-such-corpus'")
+    empty = tmp_path / "e.txt"
+    empty.write_text(" \n\n")
+    assert main(["data", "prepare", str(empty), "--tokenizer", "byte"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no text" in err
+    assert main(["data", "prepare", str(empty), "data.vocab_sise=3"]) == 2
+    assert "unknown field 'vocab_sise'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- shards
+
+
+def test_held_out_documents_are_spread_evenly_and_counted_like_before():
+    for n in range(1, 60):
+        assert sum(is_validation(i, 0.1) for i in range(n)) == round(0.1 * n)
+    held = [i for i in range(30) if is_validation(i, 0.1)]
+    assert [i // 10 for i in held] == [0, 1, 2]  # one in every ten
+
+
+def test_token_budget_and_streaming_pieces(tmp_path):
+    text = tmp_path / "one.txt"
+    lines = [f"Line {i}: the quick brown fox jumps over the lazy dog {i * 7}." for i in range(20_000)]
+    text.write_text("\n".join(lines) + "\n")  # 1.2 MB: streamed in pieces of about 1 MB
+    bpe = prepare_corpus(DataConfig(source=str(text), tokenizer="bpe", vocab_size=300, max_bytes=None), tmp_path)
+    assert bpe.meta["documents"] == 1 and len(bpe.train.doc_starts) == 1
+    whole = bpe.tokenizer.hf.encode(text.read_text()).ids  # the pieces tokenize as the whole text does
+    assert np.array_equal(np.concatenate([bpe.train.tokens, bpe.val.tokens]), whole)
+    assert len(bpe.train.tokens) == int(0.9 * len(whole))
+    for tokenizer in ("byte", "char", "bpe"):  # char: no character past the budget is ever encoded
+        budget = prepare_corpus(DataConfig(source="stories", tokenizer=tokenizer, vocab_size=300, max_tokens=12_345),
+                                tmp_path)
+        assert len(budget.train.tokens) + len(budget.val.tokens) == 12_345 and budget.meta["truncated_by_budget"]
+        assert budget.meta["val_tokens"] > 0 and budget.meta["val_words"] > 0
+
+
+def test_a_hub_stream_is_read_once(tmp_path, monkeypatch):
+    reads = []
+
+    def stream():
+        reads.append(1)
+        yield from (f"Document number {i} is about a red kite and a blue ball." for i in range(300))
+
+    monkeypatch.setattr(sources, "open_source", lambda cfg: sources.Source("fake", "hub:fake", stream, remote=True))
+    monkeypatch.setattr("vslm.data.shards.open_source", sources.open_source)
+    corpus = prepare_corpus(DataConfig(source="fake", tokenizer="bpe", vocab_size=300), tmp_path)
+    assert reads == [1]  # learning BPE and encoding read the spool, not the stream
+    assert corpus.meta["documents"] == 300 and len(corpus.val.doc_starts) == 30
+    assert not (corpus.folder / "spool.bin").exists()
+
+
+def test_cache_follows_a_local_copys_text(data_dir, tmp_path):
+    path = data_dir / "dolma" / "part.jsonl"
+    write_jsonl(path, [{"id": str(i), "text": f"document {i} " * 20} for i in range(20)])
+    first = prepare_corpus(DataConfig(source="dolma", tokenizer="byte"), tmp_path)
+    again = prepare_corpus(DataConfig(source="dolma", tokenizer="byte"), tmp_path)
+    write_jsonl(path, [{"id": str(i), "text": f"changed {i} " * 20} for i in range(20)])
+    changed = prepare_corpus(DataConfig(source="dolma", tokenizer="byte"), tmp_path)
+    assert again.cache_hit and again.folder == first.folder
+    assert not changed.cache_hit and changed.folder != first.folder
+
+
+def test_tiktoken_path_encodes_like_tokenizers():
+    pytest.importorskip("tiktoken")
+    docs = [f"Story {i}: Mia said \"héllo\" to the café ☕ at {i}:{i * 3} o'clock.\n\n  Tabs\tand  spaces. "
+            for i in range(200)]
+    bpe = HFTokenizer.train(docs, vocab_size=400)
+    for tok in [bpe] + ([HFTokenizer.gpt2(DATA / "tokenizers/gpt2")] if (DATA / "tokenizers/gpt2").is_dir() else []):
+        reference = [tok.hf.encode(d).ids for d in docs]
+        assert tok.encode_batch(docs[:50]) == reference[:50]  # the first batch: checked against tokenizers
+        assert tok._fast is not None
+        assert tok.encode_batch(docs) == reference
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+class Uniform(torch.nn.Module):
+    """Logits of zero: every token has probability 1 / V."""
+
+    def __init__(self, vocab: int, context: int):
+        super().__init__()
+        self.cfg = type("Cfg", (), {"context": context})()
+        self.vocab = vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab)
+
+
+def test_bits_per_byte_by_hand():
+    """Byte tokens under a uniform model over 257 symbols: log2(257) bits per byte. Text 'héllo' is 6 bytes,
+    6 tokens; after an end-of-text prefix the 6 targets are all text. With an end-of-text inside, it is
+    a target (in the loss) but not text (not in bits per byte)."""
+    tok = ByteTokenizer()
+    sizes = tok.token_bytes()
+    ids = np.array(tok.encode("héllo"))
+    s = score_tokens(Uniform(257, context=4), ids, sizes, prefix=tok.eos_id)
+    assert (s.tokens, s.bytes) == (6, 6)
+    assert s.loss == pytest.approx(math.log(257)) and s.bpb == pytest.approx(math.log2(257))
+    with_eos = np.concatenate([ids, [tok.eos_id], ids])
+    s = score_tokens(Uniform(257, context=5), with_eos, sizes, prefix=tok.eos_id, batch_size=1)
+    assert (s.tokens, s.bytes) == (13, 12)
+    assert s.bpb == pytest.approx(12 * math.log2(257) / 12) and s.nll == pytest.approx(13 * math.log(257))
+    # 3 tokens standing for 2, 1 and 3 bytes under a vocabulary of 8: 3 * 3 bits over 6 bytes
+    s = score_tokens(Uniform(8, context=2), np.array([1, 2, 3]), np.array([0, 2, 1, 3, 1, 1, 1, 1]), prefix=0)
+    assert s.bpb == pytest.approx(9 / 6)
+
+
+@needs_shared
+def test_eval_reports_word_perplexity_on_wikitext(tmp_path, capsys):
+    from vslm.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "data.tokenizer=byte", "train.steps=3", "train.eval_every=0",
+                 "logging.progress=false", "train.eval_windows=8", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--on", "wikitext-2", "stories", "--json"]) == 0
+    wiki, stories = json.loads(capsys.readouterr().out)["corpora"]
+    text = (DATA / "wikitext-2" / "wiki.valid.tokens").read_text()
+    assert wiki["split"] == "validation" and wiki["words"] == len(text.split()) == 213_886
+    # bytes: the articles' text (the blank lines and spaces between articles are not part of them)
+    assert 0.99 * len(text.encode()) < wiki["bytes"] <= len(text.encode())
+    nats = wiki["bpb"] * math.log(2) * wiki["bytes"]
+    assert wiki["word_perplexity"] == pytest.approx(math.exp(nats / wiki["words"]), rel=1e-9)
+    assert stories["split"] == "train" and "word_perplexity" not in stories
+    held_out = prepare_corpus(DataConfig(source="stories", max_bytes=300_000, tokenizer="byte"))
+    assert stories["tokens"] == len(held_out.val.tokens)  # the documents the run held out
+
+
+def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):
+    """A change to how records become documents (here the size of a book's parts) builds anew."""
+    from vslm.data import registry
+
+    (data_dir / "gutenberg").mkdir()
+    (data_dir / "gutenberg" / "book.txt").write_text("\n\n".join("A paragraph of a book. " * 50 for _ in range(40)))
+    first = prepare_corpus(DataConfig(source="books", tokenizer="byte"), tmp_path)
+    monkeypatch.setattr(registry, "BOOK_PART", 4_000)
+    smaller = prepare_corpus(DataConfig(source="books", tokenizer="byte"), tmp_path)
+    assert not smaller.cache_hit and smaller.meta["documents"] > first.meta["documents"]
