@@ -527,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", help="--gpu: write the results here (default $OUT/gpu_check.json if OUT is set)")
     p.add_argument("overrides", nargs="*", help="overrides of the nanogpt preset; its shape (model.depth, "
                    "model.width, model.heads, model.context, train.batch_size) goes to the reference too")
+    p.add_argument("--prepare", action="store_true",
+                   help="instead: data preparation of generated stories: tokenization MB/s and peak memory")
+    p.add_argument("--bytes", type=parse_size, default=10**9, help="--prepare: text generated (default 1G)")
+    p.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], default="bpe",
+                   help="--prepare: the tokenizer (default bpe, vocabulary 2048)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plan", help="the model size and token budget that fit in H hours here; writes a config")
@@ -537,12 +542,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-measure", type=int, default=5, help="sizes measured at most (default 5)")
     p.add_argument("overrides", nargs="*", help="overrides of the plan's base config, e.g. model.context=128")
     p.set_defaults(func=cmd_plan)
-    p.add_argument("--prepare", action="store_true",
-                   help="instead: data preparation of generated stories: tokenization MB/s and peak memory")
-    p.add_argument("--bytes", type=parse_size, default=10**9, help="--prepare: text generated (default 1G)")
-    p.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], default="bpe",
-                   help="--prepare: the tokenizer (default bpe, vocabulary 2048)")
-    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="the dataset registry: list the corpora, prepare one into token shards")
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
