@@ -40,3 +40,12 @@ def test_gpt2_from_local_files(tmp_path):
     assert tok.vocab_size == 50257 and tok.eos_id == 50256
     assert tok.token_bytes()[50256] == 0 and tok.decode([15496, 50256, 995]) == "Hello world"
     _round_trip(tok, tmp_path)
+
+
+def test_encode_in_chunks_keeps_every_text_in_order():
+    from vslm.data.tokenizer import encode_in_chunks
+
+    texts = [f"text {i} " * (i % 7) for i in range(1000)]  # 4 chunks of 256 on 2 threads, empty texts included
+    encode = lambda t: [len(w) for w in t.split()] + [len(t)]  # noqa: E731
+    assert encode_in_chunks(encode, texts) == [encode(t) for t in texts]
+    assert encode_in_chunks(encode, texts[:3]) == [encode(t) for t in texts[:3]]
