@@ -247,9 +247,9 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
     if a.json:
-        from vslm.knowledge.evaluate import _nan_to_none
+        from vslm.plain import plain
 
-        print(json.dumps(_nan_to_none(result)))
+        print(json.dumps(plain(result)))
         return 0
     table = Table(title=f"{a.run} on {a.world}")
     for col in ("setting", "pool", "accuracy", "chance", "n"):

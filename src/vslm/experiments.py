@@ -51,6 +51,7 @@ from vslm.describe import build_for_accounting
 from vslm.errors import ConfigError, VSLMError
 from vslm.eval.corpus import score_tokens
 from vslm.model import parameter_count, training_flops_per_token
+from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
@@ -248,7 +249,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                   command: str, console: Console | None) -> dict[str, dict]:
     """One experiment's runs in out (sweeps first), and its results.json and results.md there."""
     seeds = len(next(iter(next(iter(plan.values())).values())))
-    runs, sweeps, folders = [], {}, {}
+    runs, sweeps, folders, kept = [], {}, {}, {}
 
     def say(text: str) -> None:
         if console:
@@ -262,7 +263,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
 
     for variant, choices in plan.items():
         chosen = NO_SWEEP
-        if len(choices) > 1 or NO_SWEEP not in choices:
+        if NO_SWEEP not in choices:
             tried = {}
             for choice, cfgs in choices.items():
                 try:
@@ -273,6 +274,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                     tried[choice] = math.inf
             chosen = min(tried, key=tried.get)
             sweeps[variant] = {"tried": tried, "chosen": chosen}
+        kept[variant] = chosen
         for seed, cfg in enumerate(choices[chosen]):
             folder = (out / variant / _choice_folder(chosen) if chosen else out / variant) / f"seed-{seed}"
             folders.setdefault(variant, []).append(folder)
@@ -288,10 +290,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": seeds,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
     if spec.cross_eval:
-        kept = {v: sweeps[v]["chosen"] if v in sweeps else NO_SWEEP for v in plan}
         report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_nan_to_none(report), indent=2) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(plain(report), indent=2) + "\n", encoding="utf-8")
     rows = _rows(summary)
     tables = [(COLUMNS, rows)]
     if sweeps:
@@ -381,15 +382,6 @@ def _matrix_markdown(matrix: dict) -> str:
                  for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
         lines.append(f"| {train} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _nan_to_none(obj):
-    """JSON has no NaN nor infinity: an undefined spread or p-value, a diverged run's loss, is written as null."""
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def _rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:

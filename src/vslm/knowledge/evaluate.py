@@ -34,6 +34,7 @@ from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.questions import Question
 from vslm.knowledge.retrieval import Retriever, support_recall
+from vslm.plain import plain
 
 if TYPE_CHECKING:  # torch is imported only when a run is evaluated
     from vslm.knowledge.scoring import LMScorer
@@ -161,17 +162,8 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     if adapter_steps > 0:
         result["adapters"] = evaluate_adapters(scorer, folder, group_size, adapter_steps, per_group, seed)
     result["truncated"] = scorer.truncated
-    (Path(run) / RESULT).write_text(json.dumps(_nan_to_none(result), indent=1) + "\n", encoding="utf-8")
+    (Path(run) / RESULT).write_text(json.dumps(plain(result), indent=1) + "\n", encoding="utf-8")
     return result
-
-
-def _nan_to_none(obj):
-    """JSON has no NaN: an undefined number (an empty group) is written as null."""
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
 SETTINGS = (("closed-book", "closed_book"), ("open-book", "open_book"), ("retrieved", "retrieved"))

@@ -35,6 +35,7 @@ from vslm.config import RunConfig
 from vslm.data.batches import fixed_windows
 from vslm.data.shards import Corpus
 from vslm.model import GPT
+from vslm.plain import plain
 from vslm.probes import (
     CorpusStats,
     attention_stats,
@@ -93,19 +94,7 @@ def run_probes(model: GPT, probes: ProbeSet) -> dict:
         "attention": attention_stats(model, idx[:ATTENTION_WINDOWS]),
     }
     model.train(was_training)
-    return _plain(out)
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, float | np.floating):
-        return None if math.isnan(obj) else round(float(obj), 6)
-    return obj.item() if isinstance(obj, np.generic) else obj
+    return plain(out, digits=6)
 
 
 def probe_interval(cfg: RunConfig) -> int:
