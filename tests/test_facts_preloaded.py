@@ -87,6 +87,13 @@ def test_every_preloaded_example_is_answered_by_its_context(files):
     assert max(len(e.encode()) for e in examples) < 512
 
 
+def test_preloaded_hops_caps_the_examples_but_not_the_questions():
+    capped = build(WORLD.model_copy(update={"preloaded": 60, "preloaded_hops": 2}))
+    hops = Counter(example.count("\n") - 1 - 4 for example in documents(capped["preloaded.txt"]))
+    assert set(hops) == {1, 2}
+    assert '"hops": 3' in capped["questions.jsonl"]  # the world still asks 3-hop questions
+
+
 def test_names_and_values_change_from_one_example_to_the_next(files):
     facts = Counter()
     people = Counter()

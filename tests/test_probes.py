@@ -118,6 +118,19 @@ def test_induction_probe_matches_loops_with_ragged_heads():
         induction_probe(model, V, 9, B, torch.Generator())
 
 
+@torch.no_grad()
+def test_induction_probe_draws_only_from_its_support():
+    model = tiny_model()
+    support = torch.tensor([3, 7, 11])
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    result = induction_probe(model, V, 6, 4, torch.Generator().manual_seed(1), support)
+    idx = seen[-1]
+    assert set(idx.unique().tolist()) <= {3, 7, 11} and len(idx.unique()) == 3
+    assert torch.equal(idx[:, :6], idx[:, 6:])
+    assert result["loss_first"] > 0
+
+
 # -------------------------------------------------------------------------------- distribution
 
 

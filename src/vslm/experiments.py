@@ -100,8 +100,8 @@ def builtin_experiments() -> dict[str, str]:
             for e in entries if e.name.endswith(".toml")}
 
 
-def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
-    """(name, validated spec) of a built-in experiment or a TOML path; a relative base is looked up beside it."""
+def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
+    """(name, parsed TOML, label for errors) of a built-in experiment or a TOML path."""
     path = Path(name_or_path)
     if path.is_file():
         text, name, label = path.read_text(encoding="utf-8"), path.stem, str(path)
@@ -112,14 +112,25 @@ def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
             raise ConfigError(f"no experiment '{name_or_path}': not a file, nor a built-in experiment ({names})")
         text, name, label = entry.read_text(), name_or_path, f"built-in experiment '{name_or_path}'"
     try:
-        spec = ExperimentSpec.model_validate(tomllib.loads(text))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
+    if path.is_file() and isinstance(raw.get("base"), str) and (path.parent / raw["base"]).is_file():
+        raw["base"] = str(path.parent / raw["base"])  # a relative base is looked up beside the file
+    return name, raw, label
+
+
+def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
+    """(name, validated spec) of a built-in experiment or a TOML path; a relative base is looked up beside it."""
+    name, raw, label = read_experiment(name_or_path)
+    return name, _validate(raw, label)
+
+
+def _validate(raw: dict, label: str) -> ExperimentSpec:
+    try:
+        return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(one_line_error(e, prefix=label)) from None
-    if path.is_file() and (path.parent / spec.base).is_file():
-        spec.base = str(path.parent / spec.base)
-    return name, spec
 
 
 def tokens_per_run(cfg: RunConfig) -> int:
@@ -218,8 +229,15 @@ def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None) -> dict[str, dict]:
     """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
-    (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them)."""
-    name, spec = load_experiment(spec_name_or_path)
+    (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them).
+    A knowledge experiment (`kind = "knowledge"`) goes to vslm.knowledge.experiment."""
+    name, raw, label = read_experiment(spec_name_or_path)
+    if raw.get("kind") == "knowledge":
+        from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment
+
+        return run_knowledge_experiment(name, parse_spec(raw, label), Path(out), seeds, extra_overrides, console,
+                                        spec_name_or_path)
+    spec = _validate(raw, label)
     seeds = spec.seeds if seeds is None else seeds
     out = Path(out)
     command = shlex.join(["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds),

@@ -90,7 +90,7 @@ def build(cfg: WorldConfig) -> dict[str, str]:
 def preloaded_texts(world: World, questions: list[Question], cfg: WorldConfig, train_text: str) -> dict[str, str]:
     """preloaded.txt (every example a world of its own) and fixed.txt (the fixed world's training text
     and examples over it), `cfg.preloaded` examples each."""
-    fresh = preloaded_examples(name_pools(cfg.seed)["seen"], cfg.preloaded, cfg.hops, cfg.seed)
+    fresh = preloaded_examples(name_pools(cfg.seed)["seen"], cfg.preloaded, cfg.preloaded_hops or cfg.hops, cfg.seed)
     fixed = [d.strip("\n") for d in train_text.split(EOS)] + fixed_examples(world, questions, cfg.preloaded, cfg.seed)
     random.Random(f"fixed-order:{cfg.seed}").shuffle(fixed)
     return {PRELOADED: f"\n{EOS}\n".join(fresh) + "\n", FIXED: f"\n{EOS}\n".join(fixed) + "\n"}

@@ -84,6 +84,8 @@ class WorldConfig(BaseModel):
     choices: Annotated[int, Field(ge=2)] = Field(8, description="answer candidates per question")
     preloaded: Annotated[int, Field(ge=0)] = Field(
         0, description="preloaded-context examples written to preloaded.txt and fixed.txt; 0 = none")
+    preloaded_hops: Annotated[int, Field(ge=0, le=6)] = Field(
+        0, description="the most hops of a preloaded example, 0 = hops; fewer tests chains longer than trained")
 
     @model_validator(mode="after")
     def _fits_the_name_lists(self) -> WorldConfig:

@@ -72,9 +72,13 @@ def prefix_matching(weights: torch.Tensor, length: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, generator: torch.Generator) -> dict:
-    """Induction probe: `batch` random sequences s of `length` tokens (uniform over 0..vocab_size-1, drawn
-    with the CPU `generator`), each repeated twice: idx = [s, s], (B, 2L) with L = length.
+def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, generator: torch.Generator,
+                    support: torch.Tensor | None = None) -> dict:
+    """Induction probe: `batch` random sequences s of `length` tokens, drawn with the CPU `generator`
+    uniformly over `support` (the token ids to draw from; None = all of 0..vocab_size-1), each repeated
+    twice: idx = [s, s], (B, 2L) with L = length. A training run passes the tokens that occur in its
+    training text: ids it never saw (unused characters, special tokens) have untrained embeddings, and a
+    model of a low-entropy corpus gives them losses of 15 nats and more, which says nothing of copying.
 
     Returns
       loss_first:  mean nll of the first copy's tokens 1..L-1 (token 0 has no prediction);
@@ -87,7 +91,11 @@ def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, genera
     if length < 2 or 2 * length > model.cfg.context:
         raise ValueError(f"length {length} must be at least 2 and at most half the context {model.cfg.context}")
     device = next(model.parameters()).device
-    first = torch.randint(vocab_size, (batch, length), generator=generator).to(device)  # (B, L)
+    if support is None:
+        first = torch.randint(vocab_size, (batch, length), generator=generator)  # (B, L)
+    else:
+        first = support[torch.randint(len(support), (batch, length), generator=generator)]  # (B, L)
+    first = first.to(device)
     idx = torch.cat((first, first), dim=1)  # (B, 2L)
     names = [f"attn.{d}" for d in range(len(model.order))]
     with capture(model, *names) as seen:

@@ -65,12 +65,14 @@ class ProbeSet:
     vocab_size: int
     induction_length: int
     induction_batch: int = 8
+    induction_tokens: torch.Tensor | None = None  # ids the induction sequences are drawn from: those in the text
 
 
 def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 24) -> ProbeSet:
     x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
     stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
-    return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2))
+    seen = torch.from_numpy(np.flatnonzero(stats.unigram > 0))
+    return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2), induction_tokens=seen)
 
 
 @torch.no_grad()
@@ -89,7 +91,7 @@ def run_probes(model: GPT, probes: ProbeSet) -> dict:
         "icl_score": score,
         "icl_label": label,
         "induction": induction_probe(model, probes.vocab_size, probes.induction_length, probes.induction_batch,
-                                     generator),
+                                     generator, probes.induction_tokens),
         "distribution": distribution_of_logits(logits, idx, probes.stats),
         "attention": attention_stats(model, idx[:ATTENTION_WINDOWS]),
     }

@@ -1,0 +1,479 @@
+"""`vslm experiment knowledge-retrieval | knowledge-preloaded | knowledge-distill`: RESEARCH.md 5 (a)-(c).
+
+A knowledge experiment is a TOML file with `kind = "knowledge"`:
+
+    description = "one line"
+    kind = "knowledge"
+    base = "tiny"                          # the config every trained arm starts from
+    seeds = 2                              # seed k: world seed k and train.seed k
+    overrides = ["data.tokenizer=byte"]    # common to every trained arm
+    per_group = 30                         # questions per pool, split and hop count (vslm facts eval)
+    [world]                                # WorldConfig fields (vslm facts generate), but the seed
+    people = 40
+    [[arms]]
+    name = "closed-1x"
+    data = "train"                         # train | preloaded | fixed (files of the world), or a corpus name
+    adapters = 100                         # optional: the LoRA arm, steps per group of novel people
+    [[arms]]
+    name = "student"
+    teacher = "closed-1x"                  # a distilled arm: trained from two arms by vslm facts distill
+    naive = "naive"
+    method = "combined"                    # combined | gradient-ascent | npo
+    steps = 100
+    relearn_steps = 50                     # optional, any arm: the relearning test (fine-tune on 10% of W)
+    [[criteria]]                           # RESEARCH.md's success criteria, as comparisons of metrics
+    claim = "the reader beats the 4x closed-book model on 2-hop questions"
+    left = "reader:retrieved.seen.hops2"
+    op = ">"                               # >, <, >=, <=, or "~" (|left - right| <= tolerance)
+    right = "closed-4x:closed_book.seen.hops2"   # or a number, or "chance:SETTING.POOL"
+
+For each seed, out/seed-k/ holds the world (world/) and one folder per arm (a run folder with its
+facts-eval.json; relearn.json with the relearning test). Finished parts are reused, so an
+interrupted experiment completes when the same command runs again. A metric is a path into an arm's
+facts-eval.json (`closed_book.seen`, `open_book.novel`, `retrieved.seen.hops2`, `counterfactual`,
+`memorisation_ratio`, `adapters.novel`, `probe.seen` = best probe accuracy minus its majority
+baseline, `relearn.rest` = the accuracy gained on the other 90% by relearning). Every criterion is
+judged on the means over seeds and, for each seed apart, "held in k of n seeds"; where its sides are
+accuracies (or one is a number or a chance level), with the one-sided p of the comparison over every
+question of every seed (a two-proportion z-test, or a binomial test). Results:
+out/results.json, results.md and report.html (tables, accuracy by hops, training curves).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import statistics
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rich.console import Console
+
+from vslm.config import RunConfig, load_config, one_line_error
+from vslm.errors import ConfigError, VSLMError
+from vslm.knowledge.folder import write_world_folder
+from vslm.knowledge.world import WorldConfig
+from vslm.plain import plain
+
+WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
+METHODS = ("combined", "gradient-ascent", "npo")
+RELEARN = "relearn.json"
+EVAL = "facts-eval.json"
+# the summary table: (label, metric path)
+COLUMNS = (("closed-book seen", "closed_book.seen"), ("closed-book seen (trained questions)", "closed_book.seen_train"),
+           ("closed-book novel", "closed_book.novel"), ("open-book seen", "open_book.seen"),
+           ("open-book novel", "open_book.novel"), ("retrieved seen", "retrieved.seen"),
+           ("retrieved novel", "retrieved.novel"), ("counterfactual", "counterfactual"),
+           ("memorisation ratio", "memorisation_ratio"), ("probe gain seen", "probe.seen"),
+           ("adapters novel (routed)", "adapters.novel"), ("relearning gain, other 90%", "relearn.rest"))
+HOPS_SETTINGS = (("closed_book", "seen"), ("open_book", "novel"), ("retrieved", "seen"), ("retrieved", "novel"))
+TOLERANCE = 0.05  # "~": equal within five points of accuracy
+
+
+class Arm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[\w.-]+$")
+    data: str = "train"
+    overrides: list[str] = []
+    adapters: int = Field(0, ge=0)
+    teacher: str | None = None
+    naive: str | None = None
+    method: Literal["combined", "gradient-ascent", "npo"] = "combined"
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    relearn_steps: int = Field(0, ge=0)
+    evaluate: bool = True
+
+    @property
+    def distilled(self) -> bool:
+        return self.teacher is not None
+
+
+class Criterion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    claim: str
+    left: str
+    op: Literal[">", "<", ">=", "<=", "~"]
+    right: str | float
+
+
+class KnowledgeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["knowledge"]
+    description: str = ""
+    base: str = "tiny"
+    seeds: int = Field(2, ge=1)
+    overrides: list[str] = []
+    per_group: int = Field(30, ge=1)
+    group_size: int = Field(10, ge=1)
+    world: dict = {}
+    arms: list[Arm] = Field(min_length=1)
+    criteria: list[Criterion] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KnowledgeSpec:
+        names = [a.name for a in self.arms]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"duplicate arm names: {', '.join(duplicates)}")
+        for arm in self.arms:
+            if arm.distilled:
+                for role, other in (("teacher", arm.teacher), ("naive", arm.naive)):
+                    if other not in names[: names.index(arm.name)]:
+                        raise ValueError(f"arm '{arm.name}': {role} '{other}' must be an arm listed before it")
+        for c in self.criteria:
+            for side in (c.left, c.right):
+                if isinstance(side, str) and side.split(":")[0] not in [*names, "chance"]:
+                    raise ValueError(f"criterion '{c.claim}': '{side}' names no arm (ARM:METRIC)")
+        if "seed" in self.world:
+            raise ValueError("world.seed is set per experiment seed; leave it out")
+        return self
+
+
+def parse_spec(raw: dict, label: str) -> KnowledgeSpec:
+    try:
+        spec = KnowledgeSpec.model_validate(raw)
+        WorldConfig(**spec.world)
+    except ValidationError as e:
+        raise ConfigError(one_line_error(e, prefix=label)) from None
+    return spec
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def _node(result: dict, path: str) -> dict:
+    """The accuracy dict at a path: "setting.pool" or "setting.pool.hopsN" (from by_hops)."""
+    parts = path.split(".")
+    hops = parts.pop()[4:] if parts[-1].startswith("hops") else None
+    node = result.get("by_hops", {}) if hops else result
+    for part in parts:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if hops is not None and isinstance(node, dict):
+        node = node.get(hops, {})
+    return node if isinstance(node, dict) else {}
+
+
+def metric(result: dict, path: str) -> float:
+    """A number out of an arm's results (facts-eval.json, plus `relearning`), by path (module docstring)."""
+    if path == "memorisation_ratio":
+        return _num(result.get("counterfactual", {}).get("memorisation_ratio"))
+    if path.startswith("probe."):
+        p = result.get("probe", {}).get(path.split(".")[1])
+        return _num(p["best"] - p["baseline"]) if p else math.nan
+    if path == "relearn.rest":
+        r = result.get("relearning")
+        return _num(r["after"]["rest"]["accuracy"] - r["before"]["rest"]["accuracy"]) if r else math.nan
+    return _num(_node(result, path).get("accuracy"))
+
+
+def chance(result: dict, path: str) -> float:
+    return _num(_node(result, path).get("chance"))
+
+
+def _num(x) -> float:
+    return float(x) if isinstance(x, int | float) else math.nan
+
+
+def side_value(side: str | float, results: dict[str, dict]) -> float:
+    if not isinstance(side, str):
+        return float(side)
+    arm, path = side.split(":", 1)
+    if arm == "chance":
+        return next((v for r in results.values() if not math.isnan(v := chance(r, path))), math.nan)
+    return metric(results[arm], path)
+
+
+def holds(left: float, op: str, right: float) -> bool | None:
+    if math.isnan(left) or math.isnan(right):
+        return None
+    return {">": left > right, "<": left < right, ">=": left >= right, "<=": left <= right,
+            "~": abs(left - right) <= TOLERANCE}[op]
+
+
+def counts(side: str | float, per_seed: list[dict[str, dict]]) -> tuple[int, int] | None:
+    """(right answers, questions) over all seeds for an accuracy side (ARM:SETTING.POOL[.hopsN]), else None."""
+    if not isinstance(side, str) or side.startswith("chance:"):
+        return None
+    arm, path = side.split(":", 1)
+    nodes = [_node(r[arm], path) for r in per_seed]
+    if not all("n" in node and isinstance(node.get("accuracy"), int | float) for node in nodes):
+        return None
+    return round(sum(node["accuracy"] * node["n"] for node in nodes)), sum(node["n"] for node in nodes)
+
+
+def p_value(op: str, left: tuple[int, int] | None, right: tuple[int, int] | None, right_value: float) -> float:
+    """One-sided p of the comparison against "no difference": a two-proportion z-test when both sides are
+    accuracies, a binomial test of the left one against a number or a chance level; NaN for "~" or
+    anything else (relearning gains, probe gains, memorisation ratios)."""
+    from scipy import stats
+
+    if op == "~" or left is None or left[1] == 0 or math.isnan(right_value):
+        return math.nan
+    alternative = "greater" if op in (">", ">=") else "less"
+    if right is None:
+        return float(stats.binomtest(left[0], left[1], min(max(right_value, 0.0), 1.0), alternative).pvalue)
+    (k1, n1), (k2, n2) = left, right
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return math.nan
+    z = (k1 / n1 - k2 / n2) / se
+    return float(stats.norm.sf(z) if alternative == "greater" else stats.norm.cdf(z))
+
+
+def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> list[dict]:
+    """Each criterion on the means over seeds, in how many seeds it held on its own, and the one-sided p
+    of the comparison over all the questions of all seeds (p_value)."""
+    out = []
+    for c in criteria:
+        lefts = [side_value(c.left, r) for r in per_seed]
+        rights = [side_value(c.right, r) for r in per_seed]
+        left, right = _nanmean(lefts), _nanmean(rights)
+        seeds = [holds(x, c.op, y) for x, y in zip(lefts, rights, strict=True)]
+        left_n, right_n = counts(c.left, per_seed), counts(c.right, per_seed)
+        out.append({"claim": c.claim, "left": c.left, "op": c.op, "right": c.right, "left_value": left,
+                    "right_value": right, "met": holds(left, c.op, right),
+                    "seeds_held": sum(1 for s in seeds if s), "seeds": len(seeds),
+                    "questions": left_n[1] if left_n else None, "p_value": p_value(c.op, left_n, right_n, right)})
+    return out
+
+
+def _nanmean(xs: Sequence[float]) -> float:
+    kept = [x for x in xs if not math.isnan(x)]
+    return statistics.mean(kept) if kept else math.nan
+
+
+def _mean_std(xs: Sequence[float]) -> dict[str, float]:
+    kept = [x for x in xs if not math.isnan(x)]
+    return {"mean": statistics.mean(kept) if kept else math.nan,
+            "std": statistics.stdev(kept) if len(kept) > 1 else math.nan}
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def arm_config(spec: KnowledgeSpec, arm: Arm, world: Path, seed: int, extra: Sequence[str]) -> RunConfig:
+    source = str(world / WORLD_FILES[arm.data]) if arm.data in WORLD_FILES else arm.data
+    words = [*spec.overrides, *arm.overrides, f"data.source={source}", f"train.seed={seed}", *extra,
+             "logging.progress=false"]
+    try:
+        return load_config(spec.base, words)
+    except ConfigError as e:
+        raise ConfigError(f"arm '{arm.name}': {e}") from None
+
+
+def make_world(spec: KnowledgeSpec, seed: int, folder: Path) -> Path:
+    cfg = WorldConfig(**spec.world, seed=seed)
+    saved = folder / "world.json"
+    if saved.is_file():
+        if json.loads(saved.read_text(encoding="utf-8")).get("settings") != cfg.model_dump():
+            raise VSLMError(f"{folder} holds a world of other settings than this experiment's; move it away")
+        return folder
+    write_world_folder(cfg, folder)
+    return folder
+
+
+def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: int, extra: Sequence[str],
+            device: str, say) -> dict:
+    """Train (or distil) one arm, evaluate it and run its relearning test; each part reused if done."""
+    from vslm.experiments import train_or_reuse
+    from vslm.knowledge.distill import distill
+    from vslm.knowledge.evaluate import evaluate_run
+
+    folder = seed_dir / arm.name
+    if arm.distilled:
+        if not (folder / "distill.json").is_file():
+            if folder.exists():
+                raise VSLMError(f"{folder} holds an unfinished distillation; move it away and run again")
+            distill(seed_dir / arm.teacher, seed_dir / arm.naive, world, folder, arm.method, arm.steps,
+                    arm.batch_size, arm.lr, seed=seed, device=device)
+        train = {}
+    else:
+        train = train_or_reuse(arm_config(spec, arm, world, seed, extra), folder)
+    result: dict = {}
+    if arm.evaluate:
+        if (folder / EVAL).is_file():
+            result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
+        else:
+            evaluate_run(folder, world, per_group=spec.per_group, seed=seed, device=device,
+                         adapter_steps=arm.adapters, group_size=spec.group_size)  # writes facts-eval.json
+            result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
+    if arm.relearn_steps:
+        result["relearning"] = relearning(folder, world, arm.relearn_steps, seed, device)
+    result["train"] = {k: train[k] for k in ("val_loss", "params", "flops_per_token") if k in train}
+    say(f"{arm.name} seed {seed}: " + ", ".join(
+        f"{label} {metric(result, path):.3f}" for label, path in COLUMNS[:8]
+        if not math.isnan(metric(result, path))))
+    return result
+
+
+def relearning(folder: Path, world: Path, steps: int, seed: int, device: str) -> dict:
+    from vslm.knowledge.distill import relearn
+    from vslm.knowledge.folder import load_world_folder
+    from vslm.train.run_folder import load_run
+
+    path = folder / RELEARN
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    _, model, tokenizer = load_run(folder, device=device)
+    out = plain(relearn(model, tokenizer, load_world_folder(world), steps=steps, seed=seed))
+    path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None = None,
+                             extra_overrides: Sequence[str] = (), console: Console | None = None,
+                             source: str | None = None) -> dict:
+    """Every arm x seed, then out/results.json, results.md and report.html; returns the results."""
+    import torch
+
+    seeds = spec.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
+    out = Path(out)
+    command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
+                          "--out", str(out)])
+    for arm in spec.arms:  # every config validated before anything trains
+        if not arm.distilled:
+            arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def say(text: str) -> None:
+        if console:
+            console.print(text, highlight=False, markup=False)
+
+    per_seed: list[dict[str, dict]] = []
+    for seed in range(seeds):
+        seed_dir = out / f"seed-{seed}"
+        world = make_world(spec, seed, seed_dir / "world")
+        per_seed.append({arm.name: run_arm(spec, arm, world, seed_dir, seed, extra_overrides, device, say)
+                         for arm in spec.arms})
+    results = summarize(name, spec, command, per_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(plain(results, digits=6), indent=1) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    (out / "report.html").write_text(render_report(results, out), encoding="utf-8")
+    if console:
+        console.print(markdown(results), highlight=False, markup=False)
+        console.print(f"results: {out / 'results.md'}, report: {out / 'report.html'}", highlight=False)
+    return results
+
+
+def summarize(name: str, spec: KnowledgeSpec, command: str, per_seed: list[dict[str, dict]]) -> dict:
+    arms = [a.name for a in spec.arms]
+    summary = {arm: {path: _mean_std([metric(r[arm], path) for r in per_seed]) for _, path in COLUMNS}
+               for arm in arms}
+    hops = sorted({int(h) for r in per_seed for arm in arms
+                   for pools in r[arm].get("by_hops", {}).values() for by in pools.values() for h in by})
+    by_hops = {arm: {f"{s}.{p}": {h: _mean_std([metric(r[arm], f"{s}.{p}.hops{h}") for r in per_seed])
+                                  for h in hops} for s, p in HOPS_SETTINGS} for arm in arms}
+    chances = {path: _nanmean([side_value(f"chance:{path}", r) for r in per_seed]) for _, path in COLUMNS[:8]}
+    params = {arm: per_seed[0][arm].get("train", {}).get("params") for arm in arms}
+    return {"experiment": name, "description": spec.description, "command": command, "seeds": len(per_seed),
+            "world": spec.world, "arms": {a.name: a.model_dump(exclude_defaults=True) for a in spec.arms},
+            "params": params, "chance": chances, "summary": summary, "by_hops": by_hops,
+            "criteria": judge(spec.criteria, per_seed), "runs": per_seed}
+
+
+def _pm(stat: dict) -> str:
+    if math.isnan(stat["mean"]):
+        return "-"
+    return f"{stat['mean']:.3f}" + ("" if math.isnan(stat["std"]) else f" ± {stat['std']:.3f}")
+
+
+def _verdict(c: dict) -> str:
+    met = {True: "met", False: "not met", None: "not measured"}[c["met"]]
+    p = c.get("p_value", math.nan)
+    noise = ", within noise" if c["met"] and p >= 0.05 else ""
+    significance = "" if p is None or math.isnan(p) else f", p = {p:.2g}{noise}"
+    return f"{met} (held in {c['seeds_held']} of {c['seeds']} seeds{significance})"
+
+
+def tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
+    """The summary, by-hops and criteria tables as (columns, rows) of plain text."""
+    summary, arms = results["summary"], list(results["summary"])
+    shown = [(label, path) for label, path in COLUMNS
+             if any(not math.isnan(summary[a][path]["mean"]) for a in arms)]
+    head = ["arm", "params", *[label for label, _ in shown]]
+    rows = [[a, f"{results['params'][a]:,}" if results["params"].get(a) else "(distilled)",
+             *[_pm(summary[a][path]) for _, path in shown]] for a in arms]
+    rows.append(["chance", "", *[f"{results['chance'][p]:.3f}" if not math.isnan(results["chance"].get(p, math.nan))
+                                 else "" for _, p in shown]])
+    hops = sorted({h for a in arms for by in results["by_hops"][a].values() for h in by})
+    hop_rows = [[a, setting.replace("_", "-").replace(".", " "), *[_pm(by[h]) for h in hops]]
+                for a in arms for setting, by in results["by_hops"][a].items()
+                if any(not math.isnan(by[h]["mean"]) for h in hops)]
+    crit = [[c["claim"], f"{c['left']} {c['op']} {c['right']}",
+             f"{c['left_value']:.3f} {c['op']} {c['right_value']:.3f}"
+             if not (math.isnan(c["left_value"]) or math.isnan(c["right_value"])) else "-", _verdict(c)]
+            for c in results["criteria"]]
+    out = [(head, rows), (["arm", "setting", *[f"{h} hop{'s' if h > 1 else ''}" for h in hops]], hop_rows)]
+    if crit:
+        out.append((["success criterion (RESEARCH.md 5)", "measured as", "means over seeds", "verdict"], crit))
+    return out
+
+
+def markdown(results: dict) -> str:
+    seeds = f"{results['seeds']} seed{'s' if results['seeds'] > 1 else ''}"
+    lines = [f"# Experiment {results['experiment']}", "", results["description"], "", "```sh",
+             results["command"], "```", "",
+             f"Accuracy (mean ± sample std over {seeds}) of picking the right answer among the question's "
+             "choices; chance beside it. Then accuracy by hops, and the success criteria."]
+    for columns, rows in tables(results):
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_report(results: dict, out: Path) -> str:
+    from vslm.report import figures
+    from vslm.report.html import figure, page, pre, section, table
+    from vslm.report.runs import read_run
+
+    names = ["Accuracy", "Accuracy by hops", "Success criteria"]
+    sections = [section(f"t{i}", names[i], table(cols, [[escape(c) for c in row] for row in rows]))
+                for i, (cols, rows) in enumerate(tables(results))]
+    sections.insert(1, section("hops-figure", "Accuracy by hops (figure)",
+                               figure(hops_figure(results), "accuracy by number of hops",
+                                      "Accuracy by number of reasoning hops, mean over seeds, per arm and "
+                                      "setting; the dotted line is the closed-book seen chance level.")))
+    trained = [a for a, spec in results["arms"].items() if "teacher" not in spec
+               and (out / "seed-0" / a / "metrics.jsonl").is_file()]
+    if trained:
+        runs = [read_run(out / "seed-0" / a) for a in trained]
+        sections.append(section("training", "Training curves (seed 0)",
+                                figure(figures.compare_loss(runs, trained), "training loss of each arm",
+                                       "Training loss of each trained arm, seed 0 (the preloaded arms' loss "
+                                       "covers the answers only).")))
+    sections.append(section("command", "Command", pre(results["command"])))
+    return page(f"Experiment {results['experiment']}", results["description"], sections)
+
+
+def hops_figure(results: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(HOPS_SETTINGS), sharey=True)
+    for ax, (s, p) in zip(axes, HOPS_SETTINGS, strict=True):
+        key = f"{s}.{p}"
+        for n, (arm, by) in enumerate(results["by_hops"].items()):
+            hops = sorted(by[key], key=int)
+            ys = [by[key][h]["mean"] for h in hops]
+            if not all(math.isnan(y) for y in ys):
+                ax.plot([int(h) for h in hops], ys, "o-", color=f"C{n % 10}", label=arm)
+        ax.axhline(results["chance"].get("closed_book.seen", math.nan), color="grey", linestyle=":")
+        ax.set_title(f"{s.replace('_', '-')} {p}", fontsize="medium")
+        ax.set_xlabel("hops")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylim(0, 1)
+    axes[-1].legend(fontsize="small")
+    return fig

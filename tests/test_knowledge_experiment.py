@@ -1,0 +1,170 @@
+"""Knowledge experiments (`kind = "knowledge"`): metrics by path, criteria, spec validation, a tiny run."""
+
+import json
+import math
+
+import pytest
+
+from vslm.cli import main
+from vslm.errors import ConfigError
+from vslm.experiments import builtin_experiments, read_experiment, run_experiment
+from vslm.knowledge.experiment import Criterion, arm_config, judge, metric, p_value, parse_spec, side_value
+
+RESULT = {  # the shape of facts-eval.json (hop keys are strings there), plus relearning
+    "closed_book": {"seen": {"accuracy": 0.25, "n": 40, "chance": 0.125}},
+    "open_book": {"novel": {"accuracy": 0.5, "n": 20, "chance": 0.2}},
+    "counterfactual": {"accuracy": 0.4, "n": 10, "chance": 0.125, "memorisation_ratio": 0.3},
+    "by_hops": {"retrieved": {"seen": {"1": {"accuracy": 0.9, "n": 10, "chance": 0.125},
+                                       "2": {"accuracy": 0.6, "n": 10, "chance": 0.25}}}},
+    "probe": {"attribute": "birth_city", "seen": {"best": 0.3, "baseline": 0.1, "by_depth": [0.3]}},
+    "relearning": {"before": {"rest": {"accuracy": 0.2}}, "after": {"rest": {"accuracy": 0.35}}},
+    "adapters": {"novel": {"accuracy": 0.45, "n": 20, "chance": 0.2}},
+}
+
+
+def test_metric_paths_read_the_right_numbers():
+    assert metric(RESULT, "closed_book.seen") == 0.25
+    assert metric(RESULT, "open_book.novel") == 0.5
+    assert metric(RESULT, "retrieved.seen.hops2") == 0.6
+    assert metric(RESULT, "counterfactual") == 0.4
+    assert metric(RESULT, "memorisation_ratio") == 0.3
+    assert metric(RESULT, "probe.seen") == pytest.approx(0.2)
+    assert metric(RESULT, "relearn.rest") == pytest.approx(0.15)
+    assert metric(RESULT, "adapters.novel") == 0.45
+    assert math.isnan(metric(RESULT, "closed_book.novel")) and math.isnan(metric(RESULT, "retrieved.seen.hops3"))
+    assert side_value("chance:retrieved.seen.hops2", {"a": RESULT}) == 0.25
+    assert side_value("a:closed_book.seen", {"a": RESULT}) == 0.25 and side_value(0.7, {}) == 0.7
+
+
+def test_criteria_are_judged_on_means_and_per_seed():
+    worse = {**RESULT, "closed_book": {"seen": {"accuracy": 0.05, "n": 40, "chance": 0.125}}}
+    criteria = [Criterion(claim="above chance", left="m:closed_book.seen", op=">", right="chance:closed_book.seen"),
+                Criterion(claim="near 0.3", left="m:closed_book.seen", op="~", right=0.3),
+                Criterion(claim="missing", left="m:closed_book.novel", op=">", right=0.1)]
+    above, near, missing = judge(criteria, [{"m": RESULT}, {"m": worse}])
+    assert above["left_value"] == pytest.approx(0.15) and above["right_value"] == 0.125
+    assert above["met"] is True and above["seeds_held"] == 1 and above["seeds"] == 2
+    assert near["met"] is False  # |0.15 - 0.3| > 0.05
+    assert missing["met"] is None and missing["seeds_held"] == 0
+
+
+def test_p_values_of_the_criteria():
+    # 30/40 against 20/40: pooled 0.625, se = sqrt(0.625 * 0.375 * (1/40 + 1/40)), z = 0.25 / se = 2.3094
+    assert p_value(">", (30, 40), (20, 40), 0.5) == pytest.approx(0.010461, abs=1e-5)
+    assert p_value("<", (30, 40), (20, 40), 0.5) == pytest.approx(1 - 0.010461, abs=1e-5)
+    # 15 of 20 against chance 0.5: P(X >= 15) = 21700 / 2^20
+    assert p_value(">=", (15, 20), None, 0.5) == pytest.approx(21700 / 2**20)
+    assert math.isnan(p_value("~", (15, 20), None, 0.5)) and math.isnan(p_value(">", None, None, 0.5))
+    verdict = judge([Criterion(claim="c", left="m:closed_book.seen", op=">", right=0.1)], [{"m": RESULT}])[0]
+    assert verdict["questions"] == 40 and verdict["p_value"] == pytest.approx(
+        p_value(">", (10, 40), None, 0.1))
+
+
+def spec_dict(**changes) -> dict:
+    raw = {"kind": "knowledge", "base": "tiny", "world": {"people": 8, "novel_people": 4},
+           "arms": [{"name": "teacher"}, {"name": "naive", "data": "stories"},
+                    {"name": "student", "teacher": "teacher", "naive": "naive"}],
+           "criteria": [{"claim": "c", "left": "student:closed_book.seen", "op": "<", "right": 0.5}]}
+    return {**raw, **changes}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"arms": [{"name": "s", "teacher": "t", "naive": "n"}]}, "teacher 't' must be an arm listed before it"),
+    ({"criteria": [{"claim": "c", "left": "ghost:closed_book.seen", "op": ">", "right": 0}]}, "names no arm"),
+    ({"world": {"seed": 3}}, "world.seed is set per experiment seed"),
+    ({"world": {"people": 2}}, "people"),
+    ({"arms": [{"name": "a", "method": "forget-all"}]}, "method"),
+])
+def test_bad_specs_fail_with_one_line(changes, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_spec(spec_dict(**changes), "x.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_builtin_knowledge_experiments_validate(tmp_path):
+    names = [n for n in builtin_experiments() if n.startswith("knowledge-")]
+    assert names == ["knowledge-distill", "knowledge-preloaded", "knowledge-retrieval"]
+    for name in names:
+        _, raw, label = read_experiment(name)
+        spec = parse_spec(raw, label)
+        assert spec.criteria, name
+        for arm in spec.arms:
+            if not arm.distilled:
+                cfg = arm_config(spec, arm, tmp_path, 1, [])
+                assert cfg.data.tokenizer == "byte" and cfg.train.seed == 1
+
+
+TINY = """
+description = "tiny knowledge experiment"
+kind = "knowledge"
+base = "tiny"
+seeds = 1
+per_group = 3
+group_size = 4
+overrides = ["model.context=384", "data.tokenizer=byte", "data.val_fraction=0.05", "train.steps=3",
+             "train.eval_every=0", "train.checkpoint_every=0", "logging.probe_every=0", "logging.tensorboard=false",
+             "data.max_bytes=200000"]
+[world]
+people = 8
+novel_people = 4
+hops = 2
+questions_per_hop = 3
+preloaded = 40
+[[arms]]
+name = "closed"
+adapters = 2
+[[arms]]
+name = "reader"
+data = "preloaded"
+overrides = ["data.answer_only=true"]
+[[arms]]
+name = "naive"
+data = "stories"
+relearn_steps = 2
+[[arms]]
+name = "student"
+teacher = "closed"
+naive = "naive"
+steps = 2
+batch_size = 2
+relearn_steps = 2
+[[criteria]]
+claim = "reader reads"
+left = "reader:retrieved.seen"
+op = ">="
+right = "closed:closed_book.seen"
+"""
+
+
+def test_a_tiny_knowledge_experiment_runs_reuses_and_reports(tmp_path, capsys):
+    spec = tmp_path / "tiny-knowledge.toml"
+    spec.write_text(TINY)
+    out = tmp_path / "out"
+    results = run_experiment(str(spec), out)
+    seed = out / "seed-0"
+    assert (seed / "world" / "world.json").is_file()
+    for arm in ("closed", "reader", "naive", "student"):
+        assert (seed / arm / "facts-eval.json").is_file(), arm
+    assert (seed / "student" / "distill.json").is_file() and (seed / "student" / "relearn.json").is_file()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["criteria"][0]["claim"] == "reader reads" and saved["seeds"] == 1
+    for arm, row in results["summary"].items():
+        for path, stat in row.items():
+            if not math.isnan(stat["mean"]) and path not in ("probe.seen", "relearn.rest"):
+                assert 0.0 <= stat["mean"] <= 1.0, (arm, path)
+    evaluated = json.loads((seed / "reader" / "facts-eval.json").read_text())
+    assert results["summary"]["reader"]["retrieved.seen"]["mean"] == evaluated["retrieved"]["seen"]["accuracy"]
+    assert not math.isnan(results["summary"]["closed"]["adapters.novel"]["mean"])
+    assert not math.isnan(results["summary"]["student"]["relearn.rest"]["mean"])
+    c = results["criteria"][0]
+    assert c["met"] == (c["left_value"] >= c["right_value"])
+    assert "<img" in (out / "report.html").read_text() and "| arm |" in (out / "results.md").read_text()
+
+    stamps = {p: p.stat().st_mtime_ns for p in seed.rglob("*.safetensors")}
+    again = run_experiment(str(spec), out)  # everything reused: nothing trained, the same numbers
+    assert {p: p.stat().st_mtime_ns for p in seed.rglob("*.safetensors")} == stamps
+    assert again["summary"] == results["summary"]
+
+    capsys.readouterr()
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "bad"), "--seeds", "0"]) != 0
+    assert "at least 1 seed" in capsys.readouterr().err
