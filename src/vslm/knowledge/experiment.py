@@ -471,6 +471,7 @@ def hops_figure(results: dict):
                 ax.plot([int(h) for h in hops], ys, "o-", color=f"C{n % 10}", label=arm)
         ax.axhline(results["chance"].get("closed_book.seen", math.nan), color="grey", linestyle=":")
         ax.set_title(f"{s.replace('_', '-')} {p}", fontsize="medium")
+        ax.set_xticks(sorted({int(h) for by in results["by_hops"].values() for h in by[key]}))
         ax.set_xlabel("hops")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")

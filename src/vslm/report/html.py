@@ -24,7 +24,8 @@ nav a { margin-right: 1em; color: #0a58ca; text-decoration: none; }
 figure { margin: 1em 0 1.6em; }
 figure img { max-width: 100%; height: auto; display: block; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.92em; margin-top: 0.4em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; display: block;
+        overflow-x: auto; max-width: 100%; }
 th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #e5e5e5; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f6f6f6; }
