@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 import statistics
 from collections.abc import Sequence
 from html import escape
@@ -60,7 +61,6 @@ from vslm.knowledge.world import WorldConfig
 from vslm.plain import plain
 
 WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
-METHODS = ("combined", "gradient-ascent", "npo")
 RELEARN = "relearn.json"
 EVAL = "facts-eval.json"
 # the summary table: (label, metric path)
@@ -288,8 +288,8 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
     folder = seed_dir / arm.name
     if arm.distilled:
         if not (folder / "distill.json").is_file():
-            if folder.exists():
-                raise VSLMError(f"{folder} holds an unfinished distillation; move it away and run again")
+            if folder.exists():  # interrupted: distill writes its files at the end, nothing to keep
+                shutil.rmtree(folder)
             distill(seed_dir / arm.teacher, seed_dir / arm.naive, world, folder, arm.method, arm.steps,
                     arm.batch_size, arm.lr, seed=seed, device=device)
         train = {}
