@@ -312,6 +312,13 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
+    """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
 def _add_facts_parser(sub) -> None:
     from vslm.knowledge.world import WorldConfig
 
@@ -334,9 +341,7 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--adapters", type=int, default=0, metavar="STEPS",
                    help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
     p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_run_args(p, "print the result as one JSON object")
     p.set_defaults(func=cmd_facts_eval)
     p = fsub.add_parser("distill", help="train a student that forgets the world closed-book but reads it open-book")
     p.add_argument("teacher", help="run folder of a model that knows the world closed-book")
@@ -568,9 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-fewshot", type=int, help="harness: few-shot examples")
     p.add_argument("--max-bytes", type=parse_size, help="corpus text read at most (default: the run's data.max_bytes)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
+    _add_run_args(p, "print one JSON line")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")

@@ -55,7 +55,7 @@ from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, load_run, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, device_of, load_run, read_run_config
 from vslm.train.trainer import Trainer, TrainingDiverged
 
 SIGNIFICANCE = 0.05
@@ -317,7 +317,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), _sweep_rows(sweeps)))
     if dynamics:
         tables.append((("variant", *DYNAMICS.values()), _dynamics_rows(dynamics)))
-    markdown = _markdown(name, spec.description, command, tables)
+    markdown = results_markdown(name, spec.description, command, tables)
     if spec.cross_eval:
         markdown += _matrix_markdown(report["cross_eval"])
     (out / "results.md").write_text(markdown, encoding="utf-8")
@@ -340,7 +340,7 @@ def _print_table(console: Console, title: str, columns: Sequence[str], rows: lis
     console.print(table, crop=False)
 
 
-def _mean_std(xs: list[float]) -> dict[str, float]:
+def mean_std(xs: list[float]) -> dict[str, float]:
     if any(math.isnan(x) for x in xs):
         return {"mean": math.nan, "std": math.nan}
     return {"mean": statistics.mean(xs), "std": _sample_std(xs)}
@@ -353,7 +353,7 @@ def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
     for name, rs in runs.items():
         if not all("icl_score" in r for r in rs):
             continue
-        out[name] = {key: _mean_std([r[key] for r in rs]) for key in DYNAMICS}
+        out[name] = {key: mean_std([r[key] for r in rs]) for key in DYNAMICS}
         out[name]["icl_label"] = rs[0]["icl_label"]
     return out
 
@@ -367,7 +367,8 @@ def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig
     cells: dict[tuple[str, str], list[dict]] = {(t, e): [] for t in names for e in names}
     for train_name, seed_folders in folders.items():
         for seed, folder in enumerate(seed_folders):
-            run_cfg, model, tokenizer = load_run(folder)
+            device = device_of(read_run_config(folder).train.device)  # where it trained: "auto" = CUDA if any
+            run_cfg, model, tokenizer = load_run(folder, device=str(device))
             for eval_name in names:
                 data = data_of[eval_name]
                 same = run_cfg.data.tokenizer in FIXED_TOKENIZERS and data.tokenizer == run_cfg.data.tokenizer
@@ -428,7 +429,7 @@ def _dynamics_rows(dynamics: dict[str, dict]) -> list[tuple[str, ...]]:
     return [(name, *(pm(d[key]) for key in DYNAMICS)) for name, d in dynamics.items()]
 
 
-def _markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:
+def results_markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:
     lines = [f"# Experiment {name}", "", description, "", "```sh", command, "```"]
     for columns, rows in tables:
         lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

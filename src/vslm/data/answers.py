@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from vslm.config import DataConfig
+from vslm.data.shards import held_out
 from vslm.data.sources import open_source
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
@@ -42,12 +43,11 @@ def segments(document: str) -> list[tuple[str, bool]]:
 
 
 def training_documents(cfg: DataConfig) -> list[str]:
-    """The source's documents that the shards' training split holds (vslm.data.shards: the last
-    val_fraction of the documents are validation)."""
-    docs = [d for d in open_source(cfg).documents()]
+    """The source's documents that the shards' training split holds (vslm.data.shards.held_out)."""
+    docs = list(held_out(open_source(cfg).documents(), cfg.val_fraction))
     if len(docs) < 2:
         raise VSLMError("data.answer_only needs a source of several documents (separated by <|endoftext|>)")
-    return docs[: len(docs) - max(1, round(cfg.val_fraction * len(docs)))]
+    return [d for d, validation in docs if not validation]
 
 
 class AnswerSampler:
@@ -55,14 +55,17 @@ class AnswerSampler:
         if not documents:
             raise VSLMError("data.answer_only: no training documents")
         start = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-        self.rows: list[tuple[list[int], list[bool]]] = []
+        # per document, once: inputs ids[:-1] and targets ids[1:], a target -100 unless part of an answer
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         for doc in documents:
             ids, counted = list(start), [False] * len(start)
             for text, is_answer in segments(doc):
                 piece = tokenizer.encode(text)
                 ids += piece
                 counted += [is_answer] * len(piece)
-            self.rows.append((ids[-(context + 1) :], counted[-(context + 1) :]))
+            ids, counted = ids[-(context + 1) :], counted[-(context + 1) :]
+            targets = [t if c else IGNORE for t, c in zip(ids[1:], counted[1:], strict=True)]
+            self.rows.append((torch.tensor(ids[:-1], dtype=torch.long), torch.tensor(targets, dtype=torch.long)))
         self.context, self.batch_size = context, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -70,15 +73,13 @@ class AnswerSampler:
         """Inputs and targets, each (B, T) int64 with T the longest row's length (at most the context);
         targets are -100 off the answers and on the padding."""
         pick = torch.randint(len(self.rows), (self.batch_size,), generator=self.generator).tolist()
-        T = max(len(self.rows[i][0]) - 1 for i in pick)
+        T = max(len(self.rows[i][0]) for i in pick)
         x = torch.zeros(self.batch_size, T, dtype=torch.long)
         y = torch.full((self.batch_size, T), IGNORE, dtype=torch.long)
         for b, i in enumerate(pick):
-            ids, counted = self.rows[i]
-            n = len(ids) - 1
-            x[b, :n] = torch.tensor(ids[:-1])
-            # target t is ids[t + 1]: counted when that token is part of an answer
-            y[b, :n] = torch.tensor([t if c else IGNORE for t, c in zip(ids[1:], counted[1:], strict=True)])
+            inputs, targets = self.rows[i]
+            x[b, : len(inputs)] = inputs
+            y[b, : len(targets)] = targets
         return x, y
 
     def state_dict(self) -> dict:

@@ -28,7 +28,7 @@ import struct
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,16 @@ class Corpus:
 def is_validation(i: int, fraction: float) -> bool:
     """Whether document i is held out: round(f D) of the first D documents are, evenly spread."""
     return round((i + 1) * fraction) - round(i * fraction) == 1
+
+
+def held_out(documents: Iterable[str], fraction: float) -> Iterator[tuple[str, bool]]:
+    """Each document that is not blank, with whether the shards hold it out: blank documents are
+    skipped and not numbered, as the shards skip them."""
+    i = 0
+    for doc in documents:
+        if doc.strip():
+            yield doc, is_validation(i, fraction)
+            i += 1
 
 
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
@@ -263,10 +273,12 @@ class _Builder:
             left = min(left, 8 * self.cfg.max_tokens)
         if self.source.single_text and self.source.size_bytes is not None and not self.all_val:
             left = min(left, int((1 - self.cfg.val_fraction) * self.source.size_bytes))
-        for i, doc in enumerate(self.documents()):
+        single = self.source.single_text
+        docs = ((d, False) for d in self.documents()) if single else held_out(self.documents(), self.cfg.val_fraction)
+        for doc, validation in docs:
             if left <= 0:
                 return
-            if self.source.single_text or not is_validation(i, self.cfg.val_fraction):
+            if not validation:
                 raw = doc.encode("utf-8")
                 yield doc if len(raw) <= left else raw[:left].decode("utf-8", errors="ignore")
                 left -= len(raw)
@@ -317,8 +329,9 @@ class _Builder:
                         text = tok.decode(ids.tolist())
                     split.append(ids, doc_start=not single or docs == 0)
                     n_bytes = len(text.encode("utf-8"))
-                    split.bytes += n_bytes
-                    split.words += len(text.split())
+                    if split is val:  # only the held-out text's size is read (word perplexity, bits per byte)
+                        split.bytes += n_bytes
+                        split.words += len(text.split())
                     text_bytes += n_bytes
                     self.written += len(ids)
                     docs += 1 if not single or docs == 0 else 0

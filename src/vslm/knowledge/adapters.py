@@ -70,10 +70,11 @@ def save_adapter(model: GPT, name: str, path: Path) -> None:
 
 def load_adapter(model: GPT, name: str, path: Path) -> None:
     """Load weights written by `save_adapter` into the adapter `name` (added beforehand with the same rank)."""
-    missing = set(adapter_state(model, name)) ^ set(load_file(str(path)))
+    weights = load_file(str(path))
+    missing = set(adapter_state(model, name)) ^ set(weights)
     if missing:
         raise ValueError(f"{path} does not fit adapter {name!r} of this model: {sorted(missing)[:3]}")
-    model.load_state_dict(load_file(str(path)), strict=False)
+    model.load_state_dict(weights, strict=False)
 
 
 def fit_adapter(model: GPT, tokenizer: Tokenizer, name: str, documents: Sequence[str], steps: int = 200,
@@ -142,10 +143,7 @@ class AdapterRouter:
 
     def group(self, cards: Sequence[Card]) -> str | None:
         votes = Counter(self.card_group[c.id] for c in cards if c.id in self.card_group)
-        if not votes:
-            return None
-        best = max(votes.values())
-        return next(self.card_group[c.id] for c in cards if votes.get(self.card_group.get(c.id, ""), 0) == best)
+        return votes.most_common(1)[0][0] if votes else None  # ties: the group seen first
 
     def route(self, question: str) -> str | None:
         return self.group(self.retriever.retrieve(question, self.k, self.rounds))

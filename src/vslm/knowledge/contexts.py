@@ -56,6 +56,7 @@ class Contexts:
         self.facts = {f.id: f for f in folder.world.facts} | {f.id: f for f in folder.counterfactual.facts}
         self.pool = {e.id: e.pool for e in folder.world.entities.values()}
         self.by_entity = mentions(folder.world.facts)
+        self.far: dict[str, list[Fact]] = {}  # distractor candidates by pool, built on first use
 
     def gold(self, q: Question) -> list[Card]:
         return [self.folder.cards[i] for i in q.support]
@@ -66,7 +67,9 @@ class Contexts:
         mine = (q.pool, "shared")
         entities = dict.fromkeys(e for f in gold for e in (f.subject, f.object) if e in self.pool)
         near = [f for e in entities for f in self.by_entity.get(e, []) if f.pool in mine]
-        far = [f for f in self.folder.world.facts if f.pool in mine]
+        if q.pool not in self.far:  # the pool's facts and the shared ones, in the world's order
+            self.far[q.pool] = [f for f in self.folder.world.facts if f.pool in mine]
+        far = self.far[q.pool]
         chosen = with_distractors(gold, near, far, self.distractors, random.Random(f"{self.seed}:{q.id}"))
         return [self.folder.cards[f.id] for f in chosen]
 
@@ -74,10 +77,12 @@ class Contexts:
         return render.closed_book_prompt(q.question)
 
     def open_book(self, q: Question) -> str:
-        return render.open_book_prompt([c.text for c in self.open_book_cards(q)], q.question)
+        return self.with_cards(q, self.open_book_cards(q))
 
     def retrieved_cards(self, q: Question, retriever: Retriever, k: int, hops: int) -> list[Card]:
         return retriever.retrieve(q.question, k=k, hops=hops)
 
-    def retrieved(self, q: Question, retriever: Retriever, k: int, hops: int) -> str:
-        return render.open_book_prompt([c.text for c in self.retrieved_cards(q, retriever, k, hops)], q.question)
+    @staticmethod
+    def with_cards(q: Question, cards: Sequence[Card]) -> str:
+        """The prompt of the question after the given cards (the retriever's, say)."""
+        return render.open_book_prompt([c.text for c in cards], q.question)

@@ -283,8 +283,7 @@ def relearn(model: GPT, tokenizer: Tokenizer, folder: WorldFolder, fraction: flo
     asked = [q for q in folder.questions if q.pool == "seen" and not q.counterfactual]
     groups = {"rest": [q for q in asked if not facts & set(q.support)],
               "relearned": [q for q in asked if facts & set(q.support)]}
-    if per_group is not None:
-        groups = {k: _per_hops(v, per_group) for k, v in groups.items()}
+    groups = {k: metrics.per_hops(v, per_group) for k, v in groups.items()}
     model = copy.deepcopy(model)
     scorer = LMScorer(model, tokenizer)
 
@@ -307,11 +306,3 @@ def relearn(model: GPT, tokenizer: Tokenizer, folder: WorldFolder, fraction: flo
         optimizer.step()
     return {"fraction": fraction, "steps": steps, "people": len(chosen), "facts": len(facts),
             "before": before, "after": measure()}
-
-
-def _per_hops(questions: list[Question], n: int) -> list[Question]:
-    kept: dict[int, list[Question]] = {}
-    for q in questions:
-        if len(group := kept.setdefault(q.hops, [])) < n:
-            group.append(q)
-    return [q for h in sorted(kept) for q in kept[h]]

@@ -47,13 +47,8 @@ def select(questions: Sequence[Question], pool: str, split: str, counterfactual:
            per_group: int | None) -> list[Question]:
     """The questions of one group, at most `per_group` of each hop count (the first ones: they are in
     random order already)."""
-    kept: dict[int, list[Question]] = {}
-    for q in questions:
-        if q.pool == pool and q.split == split and q.counterfactual == counterfactual:
-            group = kept.setdefault(q.hops, [])
-            if per_group is None or len(group) < per_group:
-                group.append(q)
-    return [q for hops in sorted(kept) for q in kept[hops]]
+    return metrics.per_hops([q for q in questions if q.pool == pool and q.split == split
+                             and q.counterfactual == counterfactual], per_group)
 
 
 def retriever_for(folder: WorldFolder) -> Retriever:
@@ -85,9 +80,9 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
         ask("open_book", pool, test, [ctx.open_book(q) for q in test])
         found = [ctx.retrieved_cards(q, retriever, k, rounds) for q in test]
         recalls = [support_recall(cards, q.support) for cards, q in zip(found, test, strict=True)]
-        out["retrieval_recall"][pool] = {"mean": _mean([r for r, _ in recalls]),
-                                         "all": _mean([float(a) for _, a in recalls])}
-        ask("retrieved", pool, test, [ctx.retrieved(q, retriever, k, rounds) for q in test])
+        out["retrieval_recall"][pool] = {"mean": metrics.mean([r for r, _ in recalls]),
+                                         "all": metrics.mean([float(a) for _, a in recalls])}
+        ask("retrieved", pool, test, [ctx.with_cards(q, cards) for q, cards in zip(test, found, strict=True)])
     train = select(folder.questions, "seen", "train", False, per_group)
     if train:
         ask("closed_book", "seen_train", train, [ctx.closed_book(q) for q in train])
@@ -118,7 +113,7 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, group_size: int = 1
     test = select(folder.questions, "novel", "test", False, per_group)
     routed = [router.route(q.question) for q in test]
     out: dict = {"groups": len(groups), "steps": steps,
-                 "routing": _mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
+                 "routing": metrics.mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
                  "by_hops": {}}
     for label, chosen in (("novel", routed), ("oracle", [home[q.starts[0]] for q in test])):
         answers = [""] * len(test)
@@ -133,10 +128,6 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, group_size: int = 1
         out["by_hops"][label] = metrics.by_hops(test, answers)
     adapters.use_adapter(model, None)
     return out
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
 
 
 def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | None = 100, k: int = 8,

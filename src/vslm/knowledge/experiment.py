@@ -45,7 +45,6 @@ import json
 import math
 import shlex
 import shutil
-import statistics
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -56,9 +55,11 @@ from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError
+from vslm.experiments import mean_std, results_markdown, train_or_reuse
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.plain import plain
+from vslm.train.run_folder import device_of
 
 WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
 RELEARN = "relearn.json"
@@ -233,7 +234,7 @@ def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> lis
     for c in criteria:
         lefts = [side_value(c.left, r) for r in per_seed]
         rights = [side_value(c.right, r) for r in per_seed]
-        left, right = _nanmean(lefts), _nanmean(rights)
+        left, right = mean_std(lefts)["mean"], mean_std(rights)["mean"]
         seeds = [holds(x, c.op, y) for x, y in zip(lefts, rights, strict=True)]
         left_n, right_n = counts(c.left, per_seed), counts(c.right, per_seed)
         out.append({"claim": c.claim, "left": c.left, "op": c.op, "right": c.right, "left_value": left,
@@ -241,17 +242,6 @@ def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> lis
                     "seeds_held": sum(1 for s in seeds if s), "seeds": len(seeds),
                     "questions": left_n[1] if left_n else None, "p_value": p_value(c.op, left_n, right_n, right)})
     return out
-
-
-def _nanmean(xs: Sequence[float]) -> float:
-    kept = [x for x in xs if not math.isnan(x)]
-    return statistics.mean(kept) if kept else math.nan
-
-
-def _mean_std(xs: Sequence[float]) -> dict[str, float]:
-    kept = [x for x in xs if not math.isnan(x)]
-    return {"mean": statistics.mean(kept) if kept else math.nan,
-            "std": statistics.stdev(kept) if len(kept) > 1 else math.nan}
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -281,7 +271,6 @@ def make_world(spec: KnowledgeSpec, seed: int, folder: Path) -> Path:
 def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: int, extra: Sequence[str],
             device: str, say) -> dict:
     """Train (or distil) one arm, evaluate it and run its relearning test; each part reused if done."""
-    from vslm.experiments import train_or_reuse
     from vslm.knowledge.distill import distill
     from vslm.knowledge.evaluate import evaluate_run
 
@@ -297,12 +286,10 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
         train = train_or_reuse(arm_config(spec, arm, world, seed, extra), folder)
     result: dict = {}
     if arm.evaluate:
-        if (folder / EVAL).is_file():
-            result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
-        else:
+        if not (folder / EVAL).is_file():
             evaluate_run(folder, world, per_group=spec.per_group, seed=seed, device=device,
                          adapter_steps=arm.adapters, group_size=spec.group_size)  # writes facts-eval.json
-            result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
+        result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
     if arm.relearn_steps:
         result["relearning"] = relearning(folder, world, arm.relearn_steps, seed, device)
     result["train"] = {k: train[k] for k in ("val_loss", "params", "flops_per_token") if k in train}
@@ -330,8 +317,6 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
                              extra_overrides: Sequence[str] = (), console: Console | None = None,
                              source: str | None = None) -> dict:
     """Every arm x seed, then out/results.json, results.md and report.html; returns the results."""
-    import torch
-
     seeds = spec.seeds if seeds is None else seeds
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
@@ -341,7 +326,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     for arm in spec.arms:  # every config validated before anything trains
         if not arm.distilled:
             arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device_of("auto"))
 
     def say(text: str) -> None:
         if console:
@@ -366,13 +351,13 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
 
 def summarize(name: str, spec: KnowledgeSpec, command: str, per_seed: list[dict[str, dict]]) -> dict:
     arms = [a.name for a in spec.arms]
-    summary = {arm: {path: _mean_std([metric(r[arm], path) for r in per_seed]) for _, path in COLUMNS}
+    summary = {arm: {path: mean_std([metric(r[arm], path) for r in per_seed]) for _, path in COLUMNS}
                for arm in arms}
     hops = sorted({int(h) for r in per_seed for arm in arms
                    for pools in r[arm].get("by_hops", {}).values() for by in pools.values() for h in by})
-    by_hops = {arm: {f"{s}.{p}": {h: _mean_std([metric(r[arm], f"{s}.{p}.hops{h}") for r in per_seed])
+    by_hops = {arm: {f"{s}.{p}": {h: mean_std([metric(r[arm], f"{s}.{p}.hops{h}") for r in per_seed])
                                   for h in hops} for s, p in HOPS_SETTINGS} for arm in arms}
-    chances = {path: _nanmean([side_value(f"chance:{path}", r) for r in per_seed]) for _, path in COLUMNS[:8]}
+    chances = {path: mean_std([side_value(f"chance:{path}", r) for r in per_seed])["mean"] for _, path in COLUMNS[:8]}
     params = {arm: per_seed[0][arm].get("train", {}).get("params") for arm in arms}
     return {"experiment": name, "description": spec.description, "command": command, "seeds": len(per_seed),
             "world": spec.world, "arms": {a.name: a.model_dump(exclude_defaults=True) for a in spec.arms},
@@ -420,14 +405,9 @@ def tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
 
 def markdown(results: dict) -> str:
     seeds = f"{results['seeds']} seed{'s' if results['seeds'] > 1 else ''}"
-    lines = [f"# Experiment {results['experiment']}", "", results["description"], "", "```sh",
-             results["command"], "```", "",
-             f"Accuracy (mean ± sample std over {seeds}) of picking the right answer among the question's "
-             "choices; chance beside it. Then accuracy by hops, and the success criteria."]
-    for columns, rows in tables(results):
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    intro = (f"{results['description']}\n\nAccuracy (mean ± sample std over {seeds}) of picking the right answer "
+             "among the question's choices; chance beside it. Then accuracy by hops, and the success criteria.")
+    return results_markdown(results["experiment"], intro, results["command"], tables(results))
 
 
 def render_report(results: dict, out: Path) -> str:

@@ -33,14 +33,24 @@ def pick(scorer: Scorer, prompts: Sequence[str], questions: Sequence[Question]) 
     return [q.choices[max(range(len(s)), key=s.__getitem__)] for q, s in zip(questions, scores, strict=True)]
 
 
-def _mean(xs: Sequence[float]) -> float:
+def mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def per_hops(questions: Sequence[Question], n: int | None) -> list[Question]:
+    """At most n questions of each hop count (the first ones; all with n None), by increasing hops."""
+    kept: dict[int, list[Question]] = {}
+    for q in questions:
+        group = kept.setdefault(q.hops, [])
+        if n is None or len(group) < n:
+            group.append(q)
+    return [q for hops in sorted(kept) for q in kept[hops]]
 
 
 def accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict:
     """{accuracy, n, chance}: the share of answers equal to the question's answer."""
-    return {"accuracy": _mean([float(a == q.answer) for q, a in zip(questions, answers, strict=True)]),
-            "n": len(questions), "chance": _mean([1 / len(q.choices) for q in questions])}
+    return {"accuracy": mean([float(a == q.answer) for q, a in zip(questions, answers, strict=True)]),
+            "n": len(questions), "chance": mean([1 / len(q.choices) for q in questions])}
 
 
 def by_hops(questions: Sequence[Question], answers: Sequence[str]) -> dict[int, dict]:
