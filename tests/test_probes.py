@@ -21,6 +21,7 @@ from vslm.probes import (
     kl,
     position_loss,
     prefix_matching,
+    repeat_statistics,
     shape_metrics,
 )
 
@@ -129,6 +130,35 @@ def test_induction_probe_draws_only_from_its_support():
     assert set(idx.unique().tolist()) <= {3, 7, 11} and len(idx.unique()) == 3
     assert torch.equal(idx[:, :6], idx[:, 6:])
     assert result["loss_first"] > 0
+
+
+def test_repeat_statistics_on_hand_built_windows():
+    # row 0: t=2 (token 1) follows its occurrence at 0, where 2 came next, not 3: wrong; t=4 (token 1)
+    # follows its latest occurrence at 2, where 3 came next, as now: right. Row 1: t=1..4 all right.
+    windows = np.array([[1, 2, 1, 3, 1, 3], [5, 5, 5, 5, 5, 5]])
+    assert repeat_statistics(windows) == pytest.approx({"repeat_frequency": 6 / 10, "repeat_reliability": 5 / 6})
+    assert math.isnan(repeat_statistics(np.array([[1, 2, 3]]))["repeat_reliability"])
+    # after 2 tokens, row 0 never repeats a pair (1 2, 2 1, 1 3, 3 1); row 1 repeats (5 5) at t=2..4, right
+    assert repeat_statistics(windows, n=2) == pytest.approx({"repeat_frequency": 3 / 8, "repeat_reliability": 1.0})
+    with pytest.raises(ValueError, match="windows"):
+        repeat_statistics(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="T > n"):
+        repeat_statistics(windows, n=6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_repeat_statistics_match_a_backward_search(n):
+    windows = np.random.default_rng(0).integers(0, 3, (5, 40))
+    repeated = copied = 0
+    for row in windows.tolist():
+        for t in range(n - 1, len(row) - 1):
+            earlier = [s for s in range(n - 1, t) if row[s - n + 1 : s + 1] == row[t - n + 1 : t + 1]]
+            if earlier:
+                repeated += 1
+                copied += row[max(earlier) + 1] == row[t + 1]
+    assert repeated > 0
+    assert repeat_statistics(windows, n) == pytest.approx(
+        {"repeat_frequency": repeated / (5 * (40 - n)), "repeat_reliability": copied / repeated})
 
 
 # -------------------------------------------------------------------------------- distribution

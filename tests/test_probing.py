@@ -33,6 +33,10 @@ def test_probes_in_training_equal_probes_over_snapshots(tmp_path, capsys):
     assert max(abs(x - log_v) for x in first["position_loss"]) < 0.25  # flat at about ln V at init
     assert live[-1]["position_loss"][5] < first["position_loss"][5] - 0.5
     assert len(first["attention"]) == cfg.model.depth and len(first["induction"]["prefix_matching"]) == 2
+    for key in ("repeat_reliability", "repeat_reliability_3"):  # of the training text: one value per run
+        repeats = {p["induction"][key] for p in live}
+        assert len(repeats) == 1 and 0 < repeats.pop() < 1
+    assert 0 < first["induction"]["repeat_frequency_3"] < first["induction"]["repeat_frequency"] <= 1
 
     assert main(["probe", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]

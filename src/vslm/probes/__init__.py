@@ -7,7 +7,14 @@ model in eval mode; each probe runs under torch.no_grad.
 from vslm.probes.attention import attention_stats
 from vslm.probes.distribution import CorpusStats, corpus_stats, distribution_of_logits, distribution_probe
 from vslm.probes.divergence import entropy, js, kl
-from vslm.probes.position import icl_score, induction_probe, position_loss, prefix_matching, token_nll
+from vslm.probes.position import (
+    icl_score,
+    induction_probe,
+    position_loss,
+    prefix_matching,
+    repeat_statistics,
+    token_nll,
+)
 from vslm.probes.shape import shape_metrics
 
 __all__ = [
@@ -23,6 +30,7 @@ __all__ = [
     "kl",
     "position_loss",
     "prefix_matching",
+    "repeat_statistics",
     "shape_metrics",
     "token_nll",
 ]

@@ -7,6 +7,8 @@ position t (after reading tokens 0..t) is scored against idx[:, t + 1].
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -69,6 +71,37 @@ def prefix_matching(weights: torch.Tensor, length: int) -> np.ndarray:
     """
     i = torch.arange(length, 2 * length, device=weights.device)  # queries in the second copy
     return weights[:, :, i, i - length + 1].mean(dim=(0, 2)).double().cpu().numpy()  # (B, H, L) -> (H,)
+
+
+def repeat_statistics(windows: np.ndarray, n: int = 1) -> dict[str, float]:
+    """How much copying can pay in these windows (N, T) of token ids: at how many positions an induction
+    head has something to copy, and how often copying would be right (for n = 1, the "bigram repetition
+    frequency and reliability" of Aoyama, Wilcox & Schneider 2025, who find that induction heads form
+    only where both are high enough).
+
+      repeat_frequency:   the share of positions t (of the N * (T - n) that have n tokens up to t and a
+                          next token) whose last n tokens x[t-n+1..t] already occurred earlier in the window;
+      repeat_reliability: among those, the share where the token after the latest earlier occurrence
+                          (ending at s) equals the next token, x[s + 1] == x[t + 1]: the accuracy of pure
+                          copying after matching n tokens.
+    Python loop over positions: meant for a probe set (a few hundred windows), not a corpus.
+    """
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or n < 1 or windows.shape[1] <= n:
+        raise ValueError(f"repeat statistics need (N, T) windows with T > n = {n}, got shape {windows.shape}")
+    repeated = copied = 0
+    for row in windows.tolist():
+        latest: dict[tuple[int, ...], int] = {}  # n-gram -> the position its latest occurrence before t ends at
+        for t in range(n - 1, len(row) - 1):
+            key = tuple(row[t - n + 1 : t + 1])
+            s = latest.get(key)
+            if s is not None:
+                repeated += 1
+                copied += row[s + 1] == row[t + 1]
+            latest[key] = t
+    positions = windows.shape[0] * (windows.shape[1] - n)
+    return {"repeat_frequency": repeated / positions,
+            "repeat_reliability": copied / repeated if repeated else math.nan}
 
 
 @torch.no_grad()

@@ -217,6 +217,11 @@ def induction_figure(run: RunFiles) -> Figure:
     left.plot(steps, run.probe_values("induction", "loss_first"), "o-", markersize=3, label="first copy")
     left.plot(steps, run.probe_values("induction", "loss_second"), "o-", markersize=3, label="second copy")
     left.set_ylabel("loss (nats)")
+    one, three = (_last_finite(run.probe_values("induction", key)) for key in ("repeat_reliability",
+                                                                                "repeat_reliability_3"))
+    if math.isfinite(one):
+        left.set_title(f"copying right in the training text: {one:.0%} after 1 token"
+                       + (f", {three:.0%} after 3" if math.isfinite(three) else ""), fontsize=9)
     depths = max(len((p.get("induction") or {}).get("prefix_matching") or []) for p in run.probes)
     for d in range(depths):
         best = []

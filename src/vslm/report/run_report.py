@@ -34,7 +34,10 @@ CAPTIONS = {
                  "context (random tokens); once induction heads form, the loss on the second copy collapses. "
                  "Right: the prefix-matching score (attention from a token of the second copy to the token after "
                  "its first occurrence) of the best head at each depth; a head far above the rest is an "
-                 "induction head.",
+                 "induction head. Whether copying pays depends on the text: the title gives how often, in the "
+                 "training windows, the token after the latest earlier occurrence of the last 1 (or 3) tokens "
+                 "is the next token (repeat reliability; induction heads form late or not at all where it is "
+                 "low, Aoyama et al. 2025).",
     "attention": "Per depth and head: entropy_ratio = attention entropy / log(visible keys), 1 spread evenly "
                  "over what the query can see, 0 on one key; sink_fraction = share of queries putting more "
                  "than 0.3 of their weight on token 0 (attention sinks). Look for focused heads (low ratio) "

@@ -127,6 +127,9 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
       icl_score, icl_label:  at the last probe (negative = later tokens are predicted better);
       prefix_matching_max:   the highest prefix-matching score of any head at the last probe;
       induction_loss_first, induction_loss_second: loss on the first and on the repeated copy, last probe;
+      repeat_reliability, repeat_reliability_3: how often copying the token after the latest earlier
+                             occurrence of the last 1 or 3 tokens is right in the training text
+                             (probes.repeat_statistics);
       m1_near_zero_step:     the first probe step where KL(u || p_bar) < M1_NEAR_ZERO;
       unigram_loss_step:     the first logged step where the training loss is at or below H(unigram).
     """
@@ -148,6 +151,8 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
         "prefix_matching_max": max(heads) if heads else math.nan,
         "induction_loss_first": induction.get("loss_first", math.nan),
         "induction_loss_second": induction.get("loss_second", math.nan),
+        "repeat_reliability": induction.get("repeat_reliability", math.nan),
+        "repeat_reliability_3": induction.get("repeat_reliability_3", math.nan),
         "m1_near_zero_step": float(near_zero[0]) if len(near_zero) else math.nan,
         "unigram_loss_step": float(below[0]) if len(below) else math.nan,
     }

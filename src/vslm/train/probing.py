@@ -6,7 +6,9 @@ every step and for every run with the same data and context):
     {"step": 64,
      "position_loss": [T - 1 floats],          loss by token position (vslm.probes.position_loss)
      "icl_score": float, "icl_label": "olsson" | "short-context",
-     "induction": {"loss_first", "loss_second", "prefix_matching": [[per head] per depth]},
+     "induction": {"loss_first", "loss_second", "prefix_matching": [[per head] per depth],
+                   "repeat_frequency", "repeat_reliability",       of the training text after a 1-token
+                   "repeat_frequency_3", "repeat_reliability_3"},  and a 3-token match (repeat_statistics)
      "distribution": {"M1", "M2", "M3", "entropy", "log_vocab", "unigram_entropy", "bigram_entropy"},
      "attention": [{"block", "row_sum", "entropy", "entropy_ratio", "sink_fraction"} per depth]}
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +45,7 @@ from vslm.probes import (
     distribution_of_logits,
     icl_score,
     induction_probe,
+    repeat_statistics,
     token_nll,
 )
 from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
@@ -56,6 +59,8 @@ PROBES = "probes.jsonl"
 PROBE_SEED = 0
 STATS_TOKENS = 2_000_000  # corpus statistics from the first tokens of the training split
 ATTENTION_WINDOWS = 8  # attention statistics on the first probe windows: the explicit path costs T^2 per head
+REPEAT_WINDOWS = 256  # training windows the repeat statistics are counted on
+REPEAT_MATCHES = {1: "", 3: "_3"}  # tokens matched -> key suffix: 3 for characters, where one says little
 
 
 @dataclass
@@ -66,13 +71,18 @@ class ProbeSet:
     induction_length: int
     induction_batch: int = 8
     induction_tokens: torch.Tensor | None = None  # ids the induction sequences are drawn from: those in the text
+    repeats: dict[str, float] = field(default_factory=dict)  # repeat_statistics of training windows
 
 
 def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 24) -> ProbeSet:
     x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
     stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
     seen = torch.from_numpy(np.flatnonzero(stats.unigram > 0))
-    return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2), induction_tokens=seen)
+    train, _ = fixed_windows(corpus.train.tokens[:STATS_TOKENS], context, REPEAT_WINDOWS, PROBE_SEED + 2)
+    repeats = {f"{key}{suffix}": value for n, suffix in REPEAT_MATCHES.items() if n < context
+               for key, value in repeat_statistics(train.numpy(), n).items()}
+    return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2), induction_tokens=seen,
+                    repeats=repeats)
 
 
 @torch.no_grad()
@@ -90,8 +100,8 @@ def run_probes(model: GPT, probes: ProbeSet) -> dict:
         "position_loss": curve,
         "icl_score": score,
         "icl_label": label,
-        "induction": induction_probe(model, probes.vocab_size, probes.induction_length, probes.induction_batch,
-                                     generator, probes.induction_tokens),
+        "induction": {**induction_probe(model, probes.vocab_size, probes.induction_length, probes.induction_batch,
+                                        generator, probes.induction_tokens), **probes.repeats},
         "distribution": distribution_of_logits(logits, idx, probes.stats),
         "attention": attention_stats(model, idx[:ATTENTION_WINDOWS]),
     }
