@@ -40,8 +40,8 @@ def stories(seed: int, invented: bool, **limit: int) -> tuple[list[str], set[str
     rng, out, names = random.Random(seed + 7), [], set()
     for story in iter_stories(seed, **limit):
         if invented:
-            chosen: dict[str, str] = {}
-            story = COMMON.sub(lambda m: chosen.setdefault(m.group(1), invent(rng)), story)
+            chosen: dict[str, str] = {}  # each occurrence draws a name; the first one drawn for a name stays
+            story = COMMON.sub(lambda m, chosen=chosen: chosen.setdefault(m.group(1), invent(rng)), story)
             names |= set(chosen.values())
         out.append(story)
     return out, names or set(ALL_NAMES)
