@@ -122,7 +122,8 @@ def test_bench_json_names_the_throughput_fields():
     for key in ("mfu", "model_flops_per_s", "peak_flops_per_s", "peak_rss_mb"):
         assert out[key] > 0, key
     assert out["model_flops_per_s"] == pytest.approx(out["flops_per_token"] * out["vslm_tokens_per_s"], rel=1e-3)
-    assert out["mfu"] == pytest.approx(out["model_flops_per_s"] / out["peak_flops_per_s"], rel=1e-3)
+    # the JSON gives mfu to 4 decimals: on a loaded machine (MFU of a few percent) that is more than 0.1%
+    assert out["mfu"] == pytest.approx(out["model_flops_per_s"] / out["peak_flops_per_s"], rel=1e-3, abs=5e-5)
 
 
 @cuda_only
