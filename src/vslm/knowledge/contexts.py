@@ -41,7 +41,7 @@ def with_distractors(gold: Sequence[Fact], near: Sequence[Fact], far: Sequence[F
     chosen: list[Fact] = []
     for group in (near, far):
         # a few times n candidates are plenty, and keep this cheap when `far` is a whole world
-        for f in rng.sample(list(group), min(len(group), 4 * n + 8)):
+        for f in rng.sample(group, min(len(group), 4 * n + 8)):  # a list: sampled in place, not copied
             if len(chosen) < n and (f.subject, f.relation) not in taken:
                 taken.add((f.subject, f.relation))
                 chosen.append(f)

@@ -323,10 +323,9 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     out = Path(out)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])
-    for arm in spec.arms:  # every config validated before anything trains
-        if not arm.distilled:
-            arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)
-    device = str(device_of("auto"))
+    configs = [arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)  # all validated before
+               for arm in spec.arms if not arm.distilled]                          # anything trains
+    device = str(device_of(configs[0].train.device))  # where the arms train: evaluation and distillation too
 
     def say(text: str) -> None:
         if console:
