@@ -13,6 +13,7 @@ import torch
 from conftest import SHARED
 from vslm.config import DataConfig
 from vslm.data import sources
+from vslm.data.answers import training_documents
 from vslm.data.registry import REGISTRY, squad_text
 from vslm.data.shards import is_validation, prepare_corpus
 from vslm.data.sources import open_source
@@ -206,6 +207,19 @@ def test_held_out_documents_are_spread_evenly_and_counted_like_before():
         assert sum(is_validation(i, 0.1) for i in range(n)) == round(0.1 * n)
     held = [i for i in range(30) if is_validation(i, 0.1)]
     assert [i // 10 for i in held] == [0, 1, 2]  # one in every ten
+
+
+def test_answer_only_documents_are_the_shards_training_split(tmp_path):
+    docs = [f"document {i}: " + "words " * (i % 5) if i % 7 else "  \n" for i in range(60)]  # some blank
+    path = tmp_path / "docs.txt"
+    path.write_text("<|endoftext|>".join(docs))
+    cfg = DataConfig(source=str(path), tokenizer="byte", max_bytes=None)
+    corpus = prepare_corpus(cfg, tmp_path)
+    train = corpus.tokenizer.decode(t for t in corpus.train.tokens.tolist() if t != corpus.tokenizer.eos_id)
+    val = corpus.tokenizer.decode(t for t in corpus.val.tokens.tolist() if t != corpus.tokenizer.eos_id)
+    kept = training_documents(cfg)
+    assert kept and all(f"{d.split(':')[0]}:" in train and f"{d.split(':')[0]}:" not in val for d in kept)
+    assert len(kept) + val.count("document ") == sum(1 for d in docs if d.strip())
 
 
 def test_token_budget_and_streaming_pieces(tmp_path):
