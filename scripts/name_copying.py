@@ -1,14 +1,21 @@
-"""Do trained models copy the story characters' names from earlier in the context? (docs/EXPERIMENTS.md,
-training dynamics: induction.)
+"""Do trained models copy from earlier in the context: the story characters' names, the items of a list?
+(docs/EXPERIMENTS.md, training dynamics: induction.)
 
-    python scripts/name_copying.py corpus OUT.txt --bytes 10000000 [--seed 0]
+    python scripts/name_copying.py corpus OUT.txt --bytes 10000000 [--seed 0] [--common] [--lists]
         the embedded stories with each story's names replaced by invented ones (2-3 consonant-vowel
-        syllables, the same throughout the story), which can only be copied, not learned by heart;
-    python scripts/name_copying.py measure RUN [RUN ...] [--invented]
+        syllables, the same throughout the story), which can only be copied, not learned by heart
+        (--common: the names kept); --lists: each story also gets a cumulative packing list after its
+        opening ("Then the bag had a cup, a key, a shell."), every line the previous one plus an item,
+        so that every item but a line's last can be copied, and only copied, from the line before;
+    python scripts/name_copying.py measure RUN [RUN ...] [--invented] [--lists]
         on held-out stories (a seed no run trained on; --invented: with invented names), the loss on a
         name's letters after its first, at the name's first occurrence in the window against a repeat,
         and per depth and head the attention from each letter of a repeat to the letter after it in the
-        name's previous occurrence (the copy source; uniform attention gives about 1 / position).
+        name's previous occurrence (the copy source; uniform attention gives about 1 / position);
+        --lists: on held-out stories with packing lists, the loss on the first letter of a list item
+        that repeats the line before against the line's new, last item; --tokens (any tokenizer): the
+        loss on rare tokens already in the window against their first occurrence, and the attention to
+        the copy source where copying is right.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vslm.data.stories import ALL_NAMES, iter_stories
@@ -35,10 +43,29 @@ def invent(rng: random.Random) -> str:
     return (name + rng.choice("nlrsk") if rng.random() < 0.4 else name).capitalize()
 
 
-def stories(seed: int, invented: bool, **limit: int) -> tuple[list[str], set[str]]:
-    """Stories from the embedded generator, with invented names if asked, and the names they use."""
+ITEMS = ("cup", "hat", "shell", "key", "bell", "spoon", "sock", "book", "kite", "drum", "ball", "comb", "map",
+         "lamp", "pear", "plum", "rope", "coin", "boot", "fork", "brush", "scarf", "whistle", "candle", "feather",
+         "pebble", "ribbon", "button", "blanket", "teapot", "rubber duck", "jar of jam")
+LIST_LINE = re.compile(r"Then the bag had ([^.]*)\.")
+
+
+def packing_list(rng: random.Random, who: str) -> str:
+    """A cumulative list of 3-6 items: each line repeats the one before, in its order, and adds an item."""
+    items = [f"a {item}" for item in rng.sample(ITEMS, rng.randint(3, 6))]
+    lines = [f"{who} packed a bag for the trip. First {who} put in {items[0]}."]
+    lines += [f"Then the bag had {', '.join(items[:k])}." for k in range(2, len(items) + 1)]
+    return " ".join(lines)
+
+
+def stories(seed: int, invented: bool, lists: bool = False, **limit: int) -> tuple[list[str], set[str]]:
+    """Stories from the embedded generator, with invented names and packing lists if asked, and the names
+    they use."""
     rng, out, names = random.Random(seed + 7), [], set()
+    lists_rng = random.Random(seed + 11)
     for story in iter_stories(seed, **limit):
+        if lists:
+            opening, rest = story.split("\n", 1)
+            story = f"{opening}\n{packing_list(lists_rng, COMMON.search(opening).group(1))}\n{rest}"
         if invented:
             chosen: dict[str, str] = {}  # each occurrence draws a name; the first one drawn for a name stays
             story = COMMON.sub(lambda m, chosen=chosen: chosen.setdefault(m.group(1), invent(rng)), story)
@@ -80,6 +107,73 @@ def measure(run: Path, text: str, names: set[str], windows: int = 300) -> str:
             f"{repeat:.3f} ({loss['repeat'][1]}); attention to the copy source per depth and head: {heads}")
 
 
+@torch.no_grad()
+def measure_lists(run: Path, text: str) -> str:
+    """Loss on the first letter of each list item (after "a "): the items a line repeats from the line before,
+    against each line's new item, on the window of `context` characters that ends with the line (lines longer
+    than that are left out)."""
+    cfg, model, tok = load_run(run)
+    model.eval()
+    T, loss, skipped = cfg.model.context, {"repeated": [0.0, 0], "new": [0.0, 0]}, 0
+    for m in LIST_LINE.finditer(text):
+        start = max(0, m.end() - T)
+        if m.start() < start:  # the line does not fit in the context
+            skipped += 1
+            continue
+        idx = torch.tensor([tok.encode(text[start : m.end()])])
+        if idx.shape[1] != m.end() - start:
+            raise SystemExit(f"{run}: measure needs a character tokenizer (one token per character)")
+        nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the character at p
+        items, p = m.group(1).split(", "), m.start(1) - start
+        for k, item in enumerate(items):
+            kind = "new" if k == len(items) - 1 else "repeated"
+            loss[kind][0] += float(nll[p + 2 - 1])  # the letter after "a "
+            loss[kind][1] += 1
+            p += len(item) + 2
+    rep, new = (loss[k][0] / max(loss[k][1], 1) for k in ("repeated", "new"))
+    return (f"{run}: first letter of a list item, repeated from the line before {rep:.3f} ({loss['repeated'][1]}), "
+            f"the line's new item {new:.3f} ({loss['new'][1]})" + (f"; {skipped} lines longer than the context left out"
+                                                                   if skipped else ""))
+
+
+@torch.no_grad()
+def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
+    """Any tokenizer. On `windows` held-out windows, among targets rarer than uniform (unigram share of the
+    held-out text below 1 / V): the loss where the target already occurred in the window against its
+    first occurrence; and, where copying is right (the latest earlier occurrence s of the current token t
+    is followed by the target), the attention per depth and head from t to s + 1, against uniform."""
+    cfg, model, tok = load_run(run)
+    model.eval()
+    T, V = cfg.model.context, cfg.model.vocab_size
+    ids = torch.tensor(tok.encode(text))
+    rare = torch.from_numpy(np.bincount(ids.numpy(), minlength=V) / len(ids) < 1 / V)
+    x = ids[: len(ids) // T * T].view(-1, T)[:windows]
+    hooks = [f"attn.{d}" for d in range(len(model.order))]
+    with capture(model, *hooks) as weights:
+        nll = token_nll(model(x), x)  # (N, T - 1), nll[:, t - 1] scores token t
+    loss = {"seen": [0.0, 0], "first": [0.0, 0]}
+    for t in range(1, T):
+        target = x[:, t]
+        seen = (x[:, :t] == target[:, None]).any(1)
+        for kind, mask in (("seen", seen & rare[target]), ("first", ~seen & rare[target])):
+            loss[kind][0] += float(nll[mask, t - 1].sum())
+            loss[kind][1] += int(mask.sum())
+    source, count, uniform = 0.0, 0, 0.0
+    for b, row in enumerate(x.tolist()):
+        latest: dict[int, int] = {}
+        for t in range(T - 1):
+            s = latest.get(row[t])
+            if s is not None and s + 1 < t and row[s + 1] == row[t + 1] and rare[row[t + 1]]:
+                source = source + torch.stack([weights[h][b, :, t, s + 1] for h in hooks])
+                count, uniform = count + 1, uniform + 1 / (t + 1)
+            latest[row[t]] = t
+    seen_loss, first_loss = (loss[k][0] / max(loss[k][1], 1) for k in ("seen", "first"))
+    heads = (source / count).double().numpy().round(3).tolist() if count else []
+    return (f"{run}: rare targets already in the window {seen_loss:.3f} ({loss['seen'][1]}), at their first "
+            f"occurrence {first_loss:.3f} ({loss['first'][1]}); where copying is right ({count} positions), "
+            f"attention to the copy source per depth and head {heads}, uniform {uniform / max(count, 1):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -87,18 +181,27 @@ def main() -> None:
     corpus.add_argument("out", type=Path)
     corpus.add_argument("--bytes", type=int, default=10_000_000)
     corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--common", action="store_true", help="keep the generator's names")
+    corpus.add_argument("--lists", action="store_true", help="add a cumulative packing list to every story")
     probe = sub.add_parser("measure")
     probe.add_argument("runs", type=Path, nargs="+")
     probe.add_argument("--invented", action="store_true")
+    probe.add_argument("--lists", action="store_true", help="the list items, not the names")
+    probe.add_argument("--tokens", action="store_true", help="repeated rare tokens, any tokenizer")
     args = ap.parse_args()
     if args.command == "corpus":
-        text, _ = stories(args.seed, True, n_bytes=args.bytes)
+        text, _ = stories(args.seed, not args.common, args.lists, n_bytes=args.bytes)
         args.out.write_text("\n\n".join(text))
         print(args.out)
         return
-    text, names = stories(HELD_OUT_SEED, args.invented, n_stories=300)
+    if args.tokens:
+        text = "\n\n".join(iter_stories(HELD_OUT_SEED, n_bytes=400_000))
+        for run in args.runs:
+            print(measure_tokens(run, text))
+        return
+    text, names = stories(HELD_OUT_SEED, args.invented, args.lists, n_stories=300)
     for run in args.runs:
-        print(measure(run, "\n\n".join(text), names))
+        print(measure_lists(run, "\n\n".join(text)) if args.lists else measure(run, "\n\n".join(text), names))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""scripts/name_copying.py: the packing lists it adds to the stories, and its measure on them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+
+import pytest
+
+from conftest import REPO, tiny_overrides
+from vslm.config import load_config
+from vslm.train.trainer import Trainer
+
+spec = importlib.util.spec_from_file_location("name_copying", REPO / "scripts" / "name_copying.py")
+copying = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(copying)
+
+
+def list_lines(story: str) -> list[list[str]]:
+    return [m.group(1).split(", ") for m in copying.LIST_LINE.finditer(story)]
+
+
+def test_every_list_line_repeats_the_one_before_and_adds_an_item():
+    texts, names = copying.stories(3, invented=False, lists=True, n_stories=40)
+    assert names == set(copying.ALL_NAMES)  # --common --lists: the generator's names kept
+    for story in texts:
+        opening, packing = story.split("\n")[:2]
+        who = copying.COMMON.search(opening).group(1)
+        assert packing.startswith(f"{who} packed a bag for the trip. First {who} put in a ")
+        lines = list_lines(story)
+        assert 2 <= len(lines) <= 5  # 3-6 items: one in the first sentence, then a line per item after it
+        first = re.search(r"First \w+ put in (a [^.]*)\.", packing).group(1)
+        assert lines[0][0] == first
+        for before, line in zip(lines, lines[1:], strict=False):
+            assert line[:-1] == before and line[-1] not in before
+        assert all(item.removeprefix("a ") in copying.ITEMS for item in lines[-1])
+
+
+def test_lists_take_the_story_characters_invented_name():
+    texts, names = copying.stories(5, invented=True, lists=True, n_stories=10)
+    for story in texts:
+        opening, packing = story.split("\n")[:2]
+        who = packing.split(" packed a bag")[0]
+        assert who in names and who in opening and not copying.COMMON.search(story)
+
+
+def test_measure_lists_counts_every_item_and_is_flat_at_initialisation(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=1, train__lr=1e-9, train__min_lr=0, train__warmup=0,
+                                             model__context=128))
+    Trainer(cfg, tmp_path / "r").fit()
+    texts, _ = copying.stories(copying.HELD_OUT_SEED, invented=False, lists=True, n_stories=30)
+    text = "\n\n".join(texts)
+    line = copying.measure_lists(tmp_path / "r", text)
+    repeated, n_rep, new, n_new = re.search(r"before ([\d.]+) \((\d+)\), the line's new item ([\d.]+) \((\d+)\)",
+                                            line).groups()
+    lines = [items for story in texts for items in list_lines(story)]
+    assert int(n_new) == len(lines) and int(n_rep) == sum(len(items) - 1 for items in lines)
+    log_v = math.log(len(json.loads((tmp_path / "r" / "tokenizer.json").read_text())["chars"]) + 1)
+    assert float(repeated) == pytest.approx(log_v, abs=0.3) and float(new) == pytest.approx(log_v, abs=0.3)
+    assert "left out" not in line
