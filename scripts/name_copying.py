@@ -1,12 +1,14 @@
 """Do trained models copy from earlier in the context: the story characters' names, the items of a list?
 (docs/EXPERIMENTS.md, training dynamics: induction.)
 
-    python scripts/name_copying.py corpus OUT.txt --bytes 10000000 [--seed 0] [--common] [--lists]
+    python scripts/name_copying.py corpus OUT.txt --bytes 10000000 [--seed 0] [--common] [--lists [N]]
+        [--items MIN MAX]
         the embedded stories with each story's names replaced by invented ones (2-3 consonant-vowel
         syllables, the same throughout the story), which can only be copied, not learned by heart
-        (--common: the names kept); --lists: each story also gets a cumulative packing list after its
-        opening ("Then the bag had a cup, a key, a shell."), every line the previous one plus an item,
-        so that every item but a line's last can be copied, and only copied, from the line before;
+        (--common: the names kept); --lists: each story also gets N (1) cumulative packing lists of 3-6
+        items (--items) after its opening ("Then the bag had a cup, a key, a shell."), every line the
+        previous one plus an item, so that every item but a line's last can be copied, and only copied,
+        from the line before;
     python scripts/name_copying.py measure RUN [RUN ...] [--invented] [--lists]
         on held-out stories (a seed no run trained on; --invented: with invented names), the loss on a
         name's letters after its first, at the name's first occurrence in the window against a repeat,
@@ -49,23 +51,26 @@ ITEMS = ("cup", "hat", "shell", "key", "bell", "spoon", "sock", "book", "kite", 
 LIST_LINE = re.compile(r"Then the bag had ([^.]*)\.")
 
 
-def packing_list(rng: random.Random, who: str) -> str:
-    """A cumulative list of 3-6 items: each line repeats the one before, in its order, and adds an item."""
-    items = [f"a {item}" for item in rng.sample(ITEMS, rng.randint(3, 6))]
+def packing_list(rng: random.Random, who: str, sizes: tuple[int, int] = (3, 6)) -> str:
+    """A cumulative list of `sizes` items (at least, at most): each line repeats the one before, in its order,
+    and adds an item."""
+    items = [f"a {item}" for item in rng.sample(ITEMS, rng.randint(*sizes))]
     lines = [f"{who} packed a bag for the trip. First {who} put in {items[0]}."]
     lines += [f"Then the bag had {', '.join(items[:k])}." for k in range(2, len(items) + 1)]
     return " ".join(lines)
 
 
-def stories(seed: int, invented: bool, lists: bool = False, **limit: int) -> tuple[list[str], set[str]]:
-    """Stories from the embedded generator, with invented names and packing lists if asked, and the names
-    they use."""
+def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = (3, 6),
+            **limit: int) -> tuple[list[str], set[str]]:
+    """Stories from the embedded generator, with invented names and `lists` packing lists each if asked, and
+    the names they use."""
     rng, out, names = random.Random(seed + 7), [], set()
     lists_rng = random.Random(seed + 11)
     for story in iter_stories(seed, **limit):
         if lists:
             opening, rest = story.split("\n", 1)
-            story = f"{opening}\n{packing_list(lists_rng, COMMON.search(opening).group(1))}\n{rest}"
+            who = COMMON.search(opening).group(1)
+            story = "\n".join([opening, *(packing_list(lists_rng, who, sizes) for _ in range(lists)), rest])
         if invented:
             chosen: dict[str, str] = {}  # each occurrence draws a name; the first one drawn for a name stays
             story = COMMON.sub(lambda m, chosen=chosen: chosen.setdefault(m.group(1), invent(rng)), story)
@@ -182,7 +187,10 @@ def main() -> None:
     corpus.add_argument("--bytes", type=int, default=10_000_000)
     corpus.add_argument("--seed", type=int, default=0)
     corpus.add_argument("--common", action="store_true", help="keep the generator's names")
-    corpus.add_argument("--lists", action="store_true", help="add a cumulative packing list to every story")
+    corpus.add_argument("--lists", type=int, nargs="?", const=1, default=0, metavar="N",
+                        help="add N cumulative packing lists (1 if N is left out) to every story")
+    corpus.add_argument("--items", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
+                        help="items per list")
     probe = sub.add_parser("measure")
     probe.add_argument("runs", type=Path, nargs="+")
     probe.add_argument("--invented", action="store_true")
@@ -190,7 +198,7 @@ def main() -> None:
     probe.add_argument("--tokens", action="store_true", help="repeated rare tokens, any tokenizer")
     args = ap.parse_args()
     if args.command == "corpus":
-        text, _ = stories(args.seed, not args.common, args.lists, n_bytes=args.bytes)
+        text, _ = stories(args.seed, not args.common, args.lists, tuple(args.items), n_bytes=args.bytes)
         args.out.write_text("\n\n".join(text))
         print(args.out)
         return
@@ -199,7 +207,7 @@ def main() -> None:
         for run in args.runs:
             print(measure_tokens(run, text))
         return
-    text, names = stories(HELD_OUT_SEED, args.invented, args.lists, n_stories=300)
+    text, names = stories(HELD_OUT_SEED, args.invented, int(args.lists), n_stories=300)
     for run in args.runs:
         print(measure_lists(run, "\n\n".join(text)) if args.lists else measure(run, "\n\n".join(text), names))
 

@@ -23,7 +23,7 @@ def list_lines(story: str) -> list[list[str]]:
 
 
 def test_every_list_line_repeats_the_one_before_and_adds_an_item():
-    texts, names = copying.stories(3, invented=False, lists=True, n_stories=40)
+    texts, names = copying.stories(3, invented=False, lists=1, n_stories=40)
     assert names == set(copying.ALL_NAMES)  # --common --lists: the generator's names kept
     for story in texts:
         opening, packing = story.split("\n")[:2]
@@ -38,8 +38,16 @@ def test_every_list_line_repeats_the_one_before_and_adds_an_item():
         assert all(item.removeprefix("a ") in copying.ITEMS for item in lines[-1])
 
 
+def test_several_lists_of_chosen_sizes():
+    texts, _ = copying.stories(4, invented=False, lists=2, sizes=(6, 8), n_stories=20)
+    for story in texts:
+        packings = story.split("\n")[1:3]
+        assert all("packed a bag for the trip" in p for p in packings)
+        assert [6 <= len(list_lines(p)) + 1 <= 8 for p in packings] == [True, True]
+
+
 def test_lists_take_the_story_characters_invented_name():
-    texts, names = copying.stories(5, invented=True, lists=True, n_stories=10)
+    texts, names = copying.stories(5, invented=True, lists=1, n_stories=10)
     for story in texts:
         opening, packing = story.split("\n")[:2]
         who = packing.split(" packed a bag")[0]
@@ -50,7 +58,7 @@ def test_measure_lists_counts_every_item_and_is_flat_at_initialisation(tmp_path)
     cfg = load_config("tiny", tiny_overrides(train__steps=1, train__lr=1e-9, train__min_lr=0, train__warmup=0,
                                              model__context=128))
     Trainer(cfg, tmp_path / "r").fit()
-    texts, _ = copying.stories(copying.HELD_OUT_SEED, invented=False, lists=True, n_stories=30)
+    texts, _ = copying.stories(copying.HELD_OUT_SEED, invented=False, lists=1, n_stories=30)
     text = "\n\n".join(texts)
     line = copying.measure_lists(tmp_path / "r", text)
     repeated, n_rep, new, n_new = re.search(r"before ([\d.]+) \((\d+)\), the line's new item ([\d.]+) \((\d+)\)",
