@@ -15,7 +15,8 @@
         and per depth and head the attention from each letter of a repeat to the letter after it in the
         name's previous occurrence (the copy source; uniform attention gives about 1 / position);
         --lists: on held-out stories with packing lists, the loss on the first letter of a list item
-        that repeats the line before against the line's new, last item; --tokens (any tokenizer): the
+        that repeats the line before against the line's new, last item, and the attention to the copy
+        source; --tokens (any tokenizer): the
         loss on rare tokens already in the window against their first occurrence, and the attention to
         the copy source where copying is right.
 """
@@ -116,11 +117,15 @@ def measure(run: Path, text: str, names: set[str], windows: int = 300) -> str:
 def measure_lists(run: Path, text: str) -> str:
     """Loss on the first letter of each list item (after "a "): the items a line repeats from the line before,
     against each line's new item, on the window of `context` characters that ends with the line (lines longer
-    than that are left out)."""
+    than that are left out); and per depth and head the attention from the character before a repeated
+    item's first letter to that letter in the line before (the copy source; where that line is in the
+    window)."""
     cfg, model, tok = load_run(run)
     model.eval()
-    T, loss, skipped = cfg.model.context, {"repeated": [0.0, 0], "new": [0.0, 0]}, 0
+    T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
+    loss, skipped, source, count, previous = {"repeated": [0.0, 0], "new": [0.0, 0]}, 0, None, 0, None
     for m in LIST_LINE.finditer(text):
+        before, previous = previous, m
         start = max(0, m.end() - T)
         if m.start() < start:  # the line does not fit in the context
             skipped += 1
@@ -128,17 +133,33 @@ def measure_lists(run: Path, text: str) -> str:
         idx = torch.tensor([tok.encode(text[start : m.end()])])
         if idx.shape[1] != m.end() - start:
             raise SystemExit(f"{run}: measure needs a character tokenizer (one token per character)")
-        nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the character at p
-        items, p = m.group(1).split(", "), m.start(1) - start
-        for k, item in enumerate(items):
+        with capture(model, *hooks) as weights:
+            nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the character at p
+        items = m.group(1).split(", ")
+        letters = _first_letters(items, m.start(1) - start)
+        same_list = before is not None and before.group(1).split(", ") == items[:-1] and before.start(1) >= start
+        sources = _first_letters(items[:-1], before.start(1) - start) if same_list else []
+        for k, p in enumerate(letters):
             kind = "new" if k == len(items) - 1 else "repeated"
-            loss[kind][0] += float(nll[p + 2 - 1])  # the letter after "a "
+            loss[kind][0] += float(nll[p - 1])
             loss[kind][1] += 1
-            p += len(item) + 2
+            if kind == "repeated" and sources:
+                w = torch.stack([weights[h][0, :, p - 1, sources[k]] for h in hooks])  # (depth, heads)
+                source, count = (w if source is None else source + w), count + 1
     rep, new = (loss[k][0] / max(loss[k][1], 1) for k in ("repeated", "new"))
+    heads = (source / count).double().numpy().round(3).tolist() if count else []
     return (f"{run}: first letter of a list item, repeated from the line before {rep:.3f} ({loss['repeated'][1]}), "
-            f"the line's new item {new:.3f} ({loss['new'][1]})" + (f"; {skipped} lines longer than the context left out"
-                                                                   if skipped else ""))
+            f"the line's new item {new:.3f} ({loss['new'][1]}); attention to the copy source per depth and head "
+            f"({count} items): {heads}" + (f"; {skipped} lines longer than the context left out" if skipped else ""))
+
+
+def _first_letters(items: list[str], p: int) -> list[int]:
+    """Positions of each item's first letter after "a ", the items joined by ", " from position p."""
+    out = []
+    for item in items:
+        out.append(p + 2)
+        p += len(item) + 2
+    return out
 
 
 @torch.no_grad()
