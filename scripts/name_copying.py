@@ -33,7 +33,7 @@ import torch
 
 from vslm.data.stories import ALL_NAMES, iter_stories
 from vslm.model.hooks import capture
-from vslm.probes import token_nll
+from vslm.probes import latest_occurrences, token_nll
 from vslm.train.run_folder import load_run
 
 CONSONANTS, VOWELS = "bdfghjklmnprstvwz", "aeiou"
@@ -82,8 +82,7 @@ def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = 
 
 @torch.no_grad()
 def measure(run: Path, text: str, names: set[str], windows: int = 300) -> str:
-    cfg, model, tok = load_run(run)
-    model.eval()
+    cfg, model, tok = load_run(run)  # in eval mode
     T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
     pattern = re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b")
     loss = {"first": [0.0, 0], "repeat": [0.0, 0]}
@@ -120,8 +119,7 @@ def measure_lists(run: Path, text: str) -> str:
     than that are left out); and per depth and head the attention from the character before a repeated
     item's first letter to that letter in the line before (the copy source; where that line is in the
     window)."""
-    cfg, model, tok = load_run(run)
-    model.eval()
+    cfg, model, tok = load_run(run)  # in eval mode
     T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
     loss, skipped, source, count, previous = {"repeated": [0.0, 0], "new": [0.0, 0]}, 0, None, 0, None
     for m in LIST_LINE.finditer(text):
@@ -168,8 +166,7 @@ def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
     held-out text below 1 / V): the loss where the target already occurred in the window against its
     first occurrence; and, where copying is right (the latest earlier occurrence s of the current token t
     is followed by the target), the attention per depth and head from t to s + 1, against uniform."""
-    cfg, model, tok = load_run(run)
-    model.eval()
+    cfg, model, tok = load_run(run)  # in eval mode
     T, V = cfg.model.context, cfg.model.vocab_size
     ids = torch.tensor(tok.encode(text))
     rare = torch.from_numpy(np.bincount(ids.numpy(), minlength=V) / len(ids) < 1 / V)
@@ -186,13 +183,10 @@ def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
             loss[kind][1] += int(mask.sum())
     source, count, uniform = 0.0, 0, 0.0
     for b, row in enumerate(x.tolist()):
-        latest: dict[int, int] = {}
-        for t in range(T - 1):
-            s = latest.get(row[t])
-            if s is not None and s + 1 < t and row[s + 1] == row[t + 1] and rare[row[t + 1]]:
+        for t, s in latest_occurrences(row):
+            if s + 1 < t and row[s + 1] == row[t + 1] and rare[row[t + 1]]:
                 source = source + torch.stack([weights[h][b, :, t, s + 1] for h in hooks])
                 count, uniform = count + 1, uniform + 1 / (t + 1)
-            latest[row[t]] = t
     seen_loss, first_loss = (loss[k][0] / max(loss[k][1], 1) for k in ("seen", "first"))
     heads = (source / count).double().numpy().round(3).tolist() if count else []
     return (f"{run}: rare targets already in the window {seen_loss:.3f} ({loss['seen'][1]}), at their first "

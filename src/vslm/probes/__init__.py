@@ -10,6 +10,7 @@ from vslm.probes.divergence import entropy, js, kl
 from vslm.probes.position import (
     icl_score,
     induction_probe,
+    latest_occurrences,
     position_loss,
     prefix_matching,
     repeat_statistics,
@@ -28,6 +29,7 @@ __all__ = [
     "induction_probe",
     "js",
     "kl",
+    "latest_occurrences",
     "position_loss",
     "prefix_matching",
     "repeat_statistics",

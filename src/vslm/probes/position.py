@@ -8,6 +8,7 @@ position t (after reading tokens 0..t) is scored against idx[:, t + 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -91,17 +92,24 @@ def repeat_statistics(windows: np.ndarray, n: int = 1) -> dict[str, float]:
         raise ValueError(f"repeat statistics need (N, T) windows with T > n = {n}, got shape {windows.shape}")
     repeated = copied = 0
     for row in windows.tolist():
-        latest: dict[tuple[int, ...], int] = {}  # n-gram -> the position its latest occurrence before t ends at
-        for t in range(n - 1, len(row) - 1):
-            key = tuple(row[t - n + 1 : t + 1])
-            s = latest.get(key)
-            if s is not None:
-                repeated += 1
-                copied += row[s + 1] == row[t + 1]
-            latest[key] = t
+        for t, s in latest_occurrences(row, n):
+            repeated += 1
+            copied += row[s + 1] == row[t + 1]
     positions = windows.shape[0] * (windows.shape[1] - n)
     return {"repeat_frequency": repeated / positions,
             "repeat_reliability": copied / repeated if repeated else math.nan}
+
+
+def latest_occurrences(row: list[int], n: int = 1) -> Iterator[tuple[int, int]]:
+    """(t, s) for every position t < len(row) - 1 (one with a next token) whose last n tokens row[t-n+1..t]
+    occurred earlier: s is where their latest earlier occurrence ends, so row[s + 1] is what copying predicts
+    for row[t + 1]."""
+    latest: dict[tuple[int, ...], int] = {}  # n-gram -> the position its latest occurrence so far ends at
+    for t in range(n - 1, len(row) - 1):
+        key = tuple(row[t - n + 1 : t + 1])
+        if (s := latest.get(key)) is not None:
+            yield t, s
+        latest[key] = t
 
 
 @torch.no_grad()
