@@ -2,14 +2,17 @@
 (docs/EXPERIMENTS.md, training dynamics: induction.)
 
     python scripts/name_copying.py corpus OUT.txt --bytes 10000000 [--seed 0] [--common] [--lists [N]]
-        [--items MIN MAX]
+        [--items MIN MAX] [--songs]
         the embedded stories with each story's names replaced by invented ones (2-3 consonant-vowel
         syllables, the same throughout the story), which can only be copied, not learned by heart
         (--common: the names kept); --lists: each story also gets N (1) cumulative packing lists of 3-6
         items (--items) after its opening ("Then the bag had a cup, a key, a shell."), every line the
         previous one plus an item, so that every item but a line's last can be copied, and only copied,
-        from the line before;
-    python scripts/name_copying.py measure RUN [RUN ...] [--invented] [--lists]
+        from the line before; --songs: each story's main character makes up a song of 5-8 words drawn at
+        random from the stories' 400 most frequent words, sings it again at once and once more later in the
+        story, so that the song's words can only be copied, and the word after a word is not keyed on its
+        kind (any common word can follow any other);
+    python scripts/name_copying.py measure RUN [RUN ...] [--invented] [--lists] [--tokens] [--songs]
         on held-out stories (a seed no run trained on; --invented: with invented names), the loss on a
         name's letters after its first, at the name's first occurrence in the window against a repeat,
         and per depth and head the attention from each letter of a repeat to the letter after it in the
@@ -18,7 +21,9 @@
         that repeats the line before against the line's new, last item, and the attention to the copy
         source; --tokens (any tokenizer): the
         loss on rare tokens already in the window against their first occurrence, and the attention to
-        the copy source where copying is right.
+        the copy source where copying is right; --songs (any tokenizer): the loss on a song's tokens after
+        its first, at its first rendition against the repeat right after it, and the attention from each
+        token of the repeat to the token after it in the first rendition.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import argparse
 import random
 import re
+from collections import Counter
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +68,39 @@ def packing_list(rng: random.Random, who: str, sizes: tuple[int, int] = (3, 6)) 
     return " ".join(lines)
 
 
-def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = (3, 6),
+@cache
+def song_words() -> tuple[str, ...]:
+    """The 400 most frequent lowercase words of 2000 stories no run trains on."""
+    counts = Counter(re.findall(r"\b[a-z]+\b", " ".join(iter_stories(99, n_stories=2000))))
+    return tuple(word for word, _ in counts.most_common(400))
+
+
+SONG = re.compile(r'made up a silly song: "([a-z ]+)\." \w+ sang it again: "\1\."')
+
+
+def add_song(rng: random.Random, story: str, who: str) -> str:
+    """The story with a song of 5-8 random common words, sung twice in its first paragraph and once more at
+    the end of a later one."""
+    song = " ".join(rng.choice(song_words()) for _ in range(rng.randint(5, 8)))
+    paragraphs = story.split("\n")
+    paragraphs[0] += f' {who} made up a silly song: "{song}." {who} sang it again: "{song}."'
+    paragraphs[rng.randrange(1, len(paragraphs))] += f' {who} sang the song again: "{song}."'
+    return "\n".join(paragraphs)
+
+
+def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = (3, 6), songs: bool = False,
             **limit: int) -> tuple[list[str], set[str]]:
-    """Stories from the embedded generator, with invented names and `lists` packing lists each if asked, and
-    the names they use."""
+    """Stories from the embedded generator, with invented names, `lists` packing lists each and a song if
+    asked, and the names they use."""
     rng, out, names = random.Random(seed + 7), [], set()
-    lists_rng = random.Random(seed + 11)
+    lists_rng, songs_rng = random.Random(seed + 11), random.Random(seed + 13)
     for story in iter_stories(seed, **limit):
+        opening, rest = story.split("\n", 1)
+        who = COMMON.search(opening).group(1)
         if lists:
-            opening, rest = story.split("\n", 1)
-            who = COMMON.search(opening).group(1)
             story = "\n".join([opening, *(packing_list(lists_rng, who, sizes) for _ in range(lists)), rest])
+        if songs:
+            story = add_song(songs_rng, story, who)
         if invented:
             chosen: dict[str, str] = {}  # each occurrence draws a name; the first one drawn for a name stays
             story = COMMON.sub(lambda m, chosen=chosen: chosen.setdefault(m.group(1), invent(rng)), story)
@@ -194,6 +223,41 @@ def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
             f"attention to the copy source per depth and head {heads}, uniform {uniform / max(count, 1):.3f}")
 
 
+@torch.no_grad()
+def measure_songs(run: Path, texts: list[str]) -> str:
+    """Any tokenizer. In each story's first paragraph, on the last `context` tokens up to the end of the song's
+    repeat: the loss on the song's tokens after its first, at the first rendition against the repeat, and per
+    depth and head the attention from each token of the repeat to the token after it in the first rendition
+    (the copy source). The renditions are found by their tokens; a story whose two do not both fit, or whose
+    song the tokenizer splits differently the second time, is left out."""
+    cfg, model, tok = load_run(run)  # in eval mode
+    T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
+    loss, source, count, skipped = {"first": [0.0, 0], "repeat": [0.0, 0]}, None, 0, 0
+    for story in texts:
+        m = SONG.search(story)
+        ids, song = tok.encode(story[: m.end()])[-T:], tok.encode(m.group(1))
+        n = len(song)
+        at = [p for p in range(len(ids) - n + 1) if ids[p : p + n] == song]
+        if len(at) < 2:
+            skipped += 1
+            continue
+        first, repeat = at[-2], at[-1]
+        idx = torch.tensor([ids])
+        with capture(model, *hooks) as weights:
+            nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the token at p
+        for kind, p in (("first", first), ("repeat", repeat)):
+            loss[kind][0] += float(nll[p : p + n - 1].sum())  # tokens p + 1 .. p + n - 1
+            loss[kind][1] += n - 1
+        for k in range(n - 1):  # the query reads the repeat's token k, its source is the first's token k + 1
+            w = torch.stack([weights[h][0, :, repeat + k, first + k + 1] for h in hooks])  # (depth, heads)
+            source, count = (w if source is None else source + w), count + 1
+    first, repeat = (loss[k][0] / max(loss[k][1], 1) for k in ("first", "repeat"))
+    heads = (source / count).double().numpy().round(3).tolist() if count else []
+    return (f"{run}: song tokens after the first, first rendition {first:.3f} ({loss['first'][1]}), repeat "
+            f"{repeat:.3f} ({loss['repeat'][1]}); attention to the copy source per depth and head: {heads}"
+            + (f"; {skipped} stories left out" if skipped else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -206,14 +270,17 @@ def main() -> None:
                         help="add N cumulative packing lists (1 if N is left out) to every story")
     corpus.add_argument("--items", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
                         help="items per list")
+    corpus.add_argument("--songs", action="store_true", help="a song of random common words in every story")
     probe = sub.add_parser("measure")
     probe.add_argument("runs", type=Path, nargs="+")
     probe.add_argument("--invented", action="store_true")
     probe.add_argument("--lists", action="store_true", help="the list items, not the names")
     probe.add_argument("--tokens", action="store_true", help="repeated rare tokens, any tokenizer")
+    probe.add_argument("--songs", action="store_true", help="the songs' words, any tokenizer")
     args = ap.parse_args()
     if args.command == "corpus":
-        text, _ = stories(args.seed, not args.common, args.lists, tuple(args.items), n_bytes=args.bytes)
+        text, _ = stories(args.seed, not args.common, args.lists, tuple(args.items), args.songs,
+                          n_bytes=args.bytes)
         args.out.write_text("\n\n".join(text))
         print(args.out)
         return
@@ -222,9 +289,11 @@ def main() -> None:
         for run in args.runs:
             print(measure_tokens(run, text))
         return
-    text, names = stories(HELD_OUT_SEED, args.invented, int(args.lists), n_stories=300)
+    text, names = stories(HELD_OUT_SEED, args.invented, int(args.lists), songs=args.songs, n_stories=300)
+    joined = "\n\n".join(text)
     for run in args.runs:
-        print(measure_lists(run, "\n\n".join(text)) if args.lists else measure(run, "\n\n".join(text), names))
+        print(measure_songs(run, text) if args.songs else measure_lists(run, joined) if args.lists
+              else measure(run, joined, names))
 
 
 if __name__ == "__main__":

@@ -68,3 +68,32 @@ def test_measure_lists_counts_every_item_and_is_flat_at_initialisation(tmp_path)
     log_v = math.log(len(json.loads((tmp_path / "r" / "tokenizer.json").read_text())["chars"]) + 1)
     assert float(repeated) == pytest.approx(log_v, abs=0.3) and float(new) == pytest.approx(log_v, abs=0.3)
     assert "left out" not in line
+
+
+def test_every_story_sings_one_song_of_common_words_three_times():
+    for invented in (False, True):
+        texts, _ = copying.stories(6, invented=invented, songs=True, n_stories=40)
+        for story in texts:
+            songs = re.findall(r'"([a-z ]+)\."', story)
+            assert len(songs) == 3 and len(set(songs)) == 1
+            words = songs[0].split()
+            assert 5 <= len(words) <= 8 and set(words) <= set(copying.song_words())
+            assert copying.SONG.search(story.split("\n")[0]).group(1) == songs[0]  # twice in the opening
+    assert len(copying.song_words()) == 400
+
+
+def test_measure_songs_counts_every_song_token_and_is_flat_at_initialisation(tmp_path):
+    train, _ = copying.stories(0, invented=False, songs=True, n_bytes=200_000)  # the songs' ':' in the vocabulary
+    (tmp_path / "songs.txt").write_text("\n\n".join(train))
+    cfg = load_config("tiny", tiny_overrides(train__steps=1, train__lr=1e-9, train__min_lr=0, train__warmup=0,
+                                             model__context=256, data__source=tmp_path / "songs.txt"))
+    Trainer(cfg, tmp_path / "r").fit()
+    texts, _ = copying.stories(copying.HELD_OUT_SEED, invented=False, songs=True, n_stories=30)
+    line = copying.measure_songs(tmp_path / "r", texts)
+    first, n_first, repeat, n_repeat = re.search(r"rendition ([\d.]+) \((\d+)\), repeat ([\d.]+) \((\d+)\)",
+                                                 line).groups()
+    # a character tokenizer: a song of c characters has c - 1 after its first, in each rendition
+    assert int(n_first) == int(n_repeat) == sum(len(copying.SONG.search(s).group(1)) - 1 for s in texts)
+    log_v = math.log(len(json.loads((tmp_path / "r" / "tokenizer.json").read_text())["chars"]) + 1)
+    assert float(first) == pytest.approx(log_v, abs=0.3) and float(repeat) == pytest.approx(log_v, abs=0.3)
+    assert "left out" not in line
