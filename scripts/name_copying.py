@@ -2,7 +2,7 @@
 (docs/EXPERIMENTS.md, training dynamics: induction.)
 
     python scripts/name_copying.py corpus OUT.txt --bytes 10000000 [--seed 0] [--common] [--lists [N]]
-        [--items MIN MAX] [--songs]
+        [--items MIN MAX] [--songs [far]]
         the embedded stories with each story's names replaced by invented ones (2-3 consonant-vowel
         syllables, the same throughout the story), which can only be copied, not learned by heart
         (--common: the names kept); --lists: each story also gets N (1) cumulative packing lists of 3-6
@@ -10,9 +10,9 @@
         previous one plus an item, so that every item but a line's last can be copied, and only copied,
         from the line before; --songs: each story's main character makes up a song of 5-8 words drawn at
         random from the stories' 400 most frequent words, sings it again at once and once more later in the
-        story, so that the song's words can only be copied, and the word after a word is not keyed on its
-        kind (any common word can follow any other);
-    python scripts/name_copying.py measure RUN [RUN ...] [--invented] [--lists] [--tokens] [--songs]
+        story (--songs far: only at the ends of the next two paragraphs), so that the song's words can only
+        be copied, and the word after a word is not keyed on its kind (any common word can follow any other);
+    python scripts/name_copying.py measure RUN [RUN ...] [--invented] [--lists] [--tokens] [--songs [far]]
         on held-out stories (a seed no run trained on; --invented: with invented names), the loss on a
         name's letters after its first, at the name's first occurrence in the window against a repeat,
         and per depth and head the attention from each letter of a repeat to the letter after it in the
@@ -21,8 +21,8 @@
         that repeats the line before against the line's new, last item, and the attention to the copy
         source; --tokens (any tokenizer): the
         loss on rare tokens already in the window against their first occurrence, and the attention to
-        the copy source where copying is right; --songs (any tokenizer): the loss on a song's tokens after
-        its first, at its first rendition against the repeat right after it, and the attention from each
+        the copy source where copying is right; --songs [far] (any tokenizer): the loss on a song's tokens
+        after its first, at its first rendition against its first repeat, and the attention from each
         token of the repeat to the token after it in the first rendition.
 """
 
@@ -75,23 +75,29 @@ def song_words() -> tuple[str, ...]:
     return tuple(word for word, _ in counts.most_common(400))
 
 
-SONG = re.compile(r'made up a silly song: "([a-z ]+)\." \w+ sang it again: "\1\."')
+SONG = re.compile(r'made up a silly song: "([a-z ]+)\.".*?sang (?:it|the song) again: "\1\."', re.DOTALL)
 
 
-def add_song(rng: random.Random, story: str, who: str) -> str:
-    """The story with a song of 5-8 random common words, sung twice in its first paragraph and once more at
-    the end of a later one."""
+def add_song(rng: random.Random, story: str, who: str, far: bool = False) -> str:
+    """The story with a song of 5-8 random common words: made up in its first paragraph and sung again right
+    after, and once more at the end of a later paragraph; `far`: sung again only at the ends of the second
+    and third paragraphs."""
     song = " ".join(rng.choice(song_words()) for _ in range(rng.randint(5, 8)))
     paragraphs = story.split("\n")
-    paragraphs[0] += f' {who} made up a silly song: "{song}." {who} sang it again: "{song}."'
-    paragraphs[rng.randrange(1, len(paragraphs))] += f' {who} sang the song again: "{song}."'
+    paragraphs[0] += f' {who} made up a silly song: "{song}."'
+    if far:
+        for k in (1, 2):
+            paragraphs[k] += f' {who} sang the song again: "{song}."'
+    else:
+        paragraphs[0] += f' {who} sang it again: "{song}."'
+        paragraphs[rng.randrange(1, len(paragraphs))] += f' {who} sang the song again: "{song}."'
     return "\n".join(paragraphs)
 
 
-def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = (3, 6), songs: bool = False,
+def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = (3, 6), songs: str = "",
             **limit: int) -> tuple[list[str], set[str]]:
-    """Stories from the embedded generator, with invented names, `lists` packing lists each and a song if
-    asked, and the names they use."""
+    """Stories from the embedded generator, with invented names, `lists` packing lists each and a song
+    (`songs`: "near" or "far", see add_song) if asked, and the names they use."""
     rng, out, names = random.Random(seed + 7), [], set()
     lists_rng, songs_rng = random.Random(seed + 11), random.Random(seed + 13)
     for story in iter_stories(seed, **limit):
@@ -100,7 +106,7 @@ def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = 
         if lists:
             story = "\n".join([opening, *(packing_list(lists_rng, who, sizes) for _ in range(lists)), rest])
         if songs:
-            story = add_song(songs_rng, story, who)
+            story = add_song(songs_rng, story, who, far=songs == "far")
         if invented:
             chosen: dict[str, str] = {}  # each occurrence draws a name; the first one drawn for a name stays
             story = COMMON.sub(lambda m, chosen=chosen: chosen.setdefault(m.group(1), invent(rng)), story)
@@ -225,10 +231,10 @@ def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
 
 @torch.no_grad()
 def measure_songs(run: Path, texts: list[str]) -> str:
-    """Any tokenizer. In each story's first paragraph, on the last `context` tokens up to the end of the song's
-    repeat: the loss on the song's tokens after its first, at the first rendition against the repeat, and per
-    depth and head the attention from each token of the repeat to the token after it in the first rendition
-    (the copy source). The renditions are found by their tokens; a story whose two do not both fit, or whose
+    """Any tokenizer. In each story, on the last `context` tokens up to the end of the song's first repeat: the
+    loss on the song's tokens after its first, at the first rendition against the repeat, and per depth and
+    head the attention from each token of the repeat to the token after it in the first rendition (the copy
+    source). The renditions are found by their tokens; a story whose two do not both fit, or whose
     song the tokenizer splits differently the second time, is left out."""
     cfg, model, tok = load_run(run)  # in eval mode
     T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
@@ -270,13 +276,15 @@ def main() -> None:
                         help="add N cumulative packing lists (1 if N is left out) to every story")
     corpus.add_argument("--items", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
                         help="items per list")
-    corpus.add_argument("--songs", action="store_true", help="a song of random common words in every story")
+    corpus.add_argument("--songs", nargs="?", const="near", default="", choices=("near", "far"),
+                        help="a song of random common words in every story, sung again near (the default) or far")
     probe = sub.add_parser("measure")
     probe.add_argument("runs", type=Path, nargs="+")
     probe.add_argument("--invented", action="store_true")
     probe.add_argument("--lists", action="store_true", help="the list items, not the names")
     probe.add_argument("--tokens", action="store_true", help="repeated rare tokens, any tokenizer")
-    probe.add_argument("--songs", action="store_true", help="the songs' words, any tokenizer")
+    probe.add_argument("--songs", nargs="?", const="near", default="", choices=("near", "far"),
+                       help="the songs' words, any tokenizer")
     args = ap.parse_args()
     if args.command == "corpus":
         text, _ = stories(args.seed, not args.common, args.lists, tuple(args.items), args.songs,

@@ -72,7 +72,7 @@ def test_measure_lists_counts_every_item_and_is_flat_at_initialisation(tmp_path)
 
 def test_every_story_sings_one_song_of_common_words_three_times():
     for invented in (False, True):
-        texts, _ = copying.stories(6, invented=invented, songs=True, n_stories=40)
+        texts, _ = copying.stories(6, invented=invented, songs="near", n_stories=40)
         for story in texts:
             songs = re.findall(r'"([a-z ]+)\."', story)
             assert len(songs) == 3 and len(set(songs)) == 1
@@ -80,15 +80,21 @@ def test_every_story_sings_one_song_of_common_words_three_times():
             assert 5 <= len(words) <= 8 and set(words) <= set(copying.song_words())
             assert copying.SONG.search(story.split("\n")[0]).group(1) == songs[0]  # twice in the opening
     assert len(copying.song_words()) == 400
+    for story in copying.stories(6, invented=False, songs="far", n_stories=40)[0]:
+        paragraphs = story.split("\n")
+        song = copying.SONG.search(story).group(1)
+        assert paragraphs[0].endswith(f'made up a silly song: "{song}."') and paragraphs[0].count('"') == 2
+        assert all(p.endswith(f'sang the song again: "{song}."') for p in paragraphs[1:3])
+        assert story.count(song) == 3
 
 
 def test_measure_songs_counts_every_song_token_and_is_flat_at_initialisation(tmp_path):
-    train, _ = copying.stories(0, invented=False, songs=True, n_bytes=200_000)  # the songs' ':' in the vocabulary
+    train, _ = copying.stories(0, invented=False, songs="near", n_bytes=200_000)  # ':' in the vocabulary
     (tmp_path / "songs.txt").write_text("\n\n".join(train))
     cfg = load_config("tiny", tiny_overrides(train__steps=1, train__lr=1e-9, train__min_lr=0, train__warmup=0,
                                              model__context=256, data__source=tmp_path / "songs.txt"))
     Trainer(cfg, tmp_path / "r").fit()
-    texts, _ = copying.stories(copying.HELD_OUT_SEED, invented=False, songs=True, n_stories=30)
+    texts, _ = copying.stories(copying.HELD_OUT_SEED, invented=False, songs="near", n_stories=30)
     line = copying.measure_songs(tmp_path / "r", texts)
     first, n_first, repeat, n_repeat = re.search(r"rendition ([\d.]+) \((\d+)\), repeat ([\d.]+) \((\d+)\)",
                                                  line).groups()
