@@ -19,11 +19,10 @@
         name's previous occurrence (the copy source; uniform attention gives about 1 / position);
         --lists: on held-out stories with packing lists, the loss on the first letter of a list item
         that repeats the line before against the line's new, last item, and the attention to the copy
-        source; --tokens (any tokenizer): the
-        loss on rare tokens already in the window against their first occurrence, and the attention to
-        the copy source where copying is right; --songs [far] (any tokenizer): the loss on a song's tokens
-        after its first, at its first rendition against its first repeat, and the attention from each
-        token of the repeat to the token after it in the first rendition.
+        source; --tokens (any tokenizer): the loss on rare tokens already in the window against their
+        first occurrence, and the attention to the copy source where copying is right; --songs [far] (any
+        tokenizer): the loss on a song's tokens after its first, at its first rendition against its first
+        repeat, and the attention from each token of the repeat to the token after it in the first rendition.
 """
 
 from __future__ import annotations
@@ -115,19 +114,33 @@ def stories(seed: int, invented: bool, lists: int = 0, sizes: tuple[int, int] = 
     return out, names or set(ALL_NAMES)
 
 
+class CopyAttention:
+    """The mean attention per depth and head from queries to their copy sources, summed over forwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.hooks = [f"attn.{d}" for d in range(len(model.order))]  # capture(model, *hooks)
+        self.total, self.count = 0.0, 0
+
+    def add(self, weights: dict[str, torch.Tensor], b: int, query: int, source: int) -> None:
+        self.total = self.total + torch.stack([weights[h][b, :, query, source] for h in self.hooks])  # (depth, H)
+        self.count += 1
+
+    def heads(self) -> list:
+        return (self.total / self.count).double().numpy().round(3).tolist() if self.count else []
+
+
 @torch.no_grad()
 def measure(run: Path, text: str, names: set[str], windows: int = 300) -> str:
     cfg, model, tok = load_run(run)  # in eval mode
-    T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
+    T, copies = cfg.model.context, CopyAttention(model)
     pattern = re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b")
     loss = {"first": [0.0, 0], "repeat": [0.0, 0]}
-    source, count = None, 0
     for start in range(0, len(text) - T, T)[:windows]:
         window = text[start : start + T]
         idx = torch.tensor([tok.encode(window)])
         if idx.shape[1] != T:
             raise SystemExit(f"{run}: measure needs a character tokenizer (one token per character)")
-        with capture(model, *hooks) as weights:
+        with capture(model, *copies.hooks) as weights:
             nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the character at p
         previous: dict[str, int] = {}
         for m in pattern.finditer(window):
@@ -137,14 +150,11 @@ def measure(run: Path, text: str, names: set[str], windows: int = 300) -> str:
             loss[kind][1] += e - 1 - s
             if kind == "repeat":
                 for k in range(e - s - 1):  # the query reads letter k, its source is letter k + 1 before
-                    w = torch.stack([weights[h][0, :, s + k, previous[name] + k + 1] for h in hooks])
-                    source = w if source is None else source + w
-                    count += 1
+                    copies.add(weights, 0, s + k, previous[name] + k + 1)
             previous[name] = s
     first, repeat = (loss[k][0] / max(loss[k][1], 1) for k in ("first", "repeat"))
-    heads = (source / max(count, 1)).numpy().round(3).tolist() if source is not None else []
     return (f"{run}: letters after the first, first occurrence {first:.3f} ({loss['first'][1]}), repeat "
-            f"{repeat:.3f} ({loss['repeat'][1]}); attention to the copy source per depth and head: {heads}")
+            f"{repeat:.3f} ({loss['repeat'][1]}); attention to the copy source per depth and head: {copies.heads()}")
 
 
 @torch.no_grad()
@@ -155,8 +165,8 @@ def measure_lists(run: Path, text: str) -> str:
     item's first letter to that letter in the line before (the copy source; where that line is in the
     window)."""
     cfg, model, tok = load_run(run)  # in eval mode
-    T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
-    loss, skipped, source, count, previous = {"repeated": [0.0, 0], "new": [0.0, 0]}, 0, None, 0, None
+    T, copies = cfg.model.context, CopyAttention(model)
+    loss, skipped, previous = {"repeated": [0.0, 0], "new": [0.0, 0]}, 0, None
     for m in LIST_LINE.finditer(text):
         before, previous = previous, m
         start = max(0, m.end() - T)
@@ -166,7 +176,7 @@ def measure_lists(run: Path, text: str) -> str:
         idx = torch.tensor([tok.encode(text[start : m.end()])])
         if idx.shape[1] != m.end() - start:
             raise SystemExit(f"{run}: measure needs a character tokenizer (one token per character)")
-        with capture(model, *hooks) as weights:
+        with capture(model, *copies.hooks) as weights:
             nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the character at p
         items = m.group(1).split(", ")
         letters = _first_letters(items, m.start(1) - start)
@@ -177,13 +187,12 @@ def measure_lists(run: Path, text: str) -> str:
             loss[kind][0] += float(nll[p - 1])
             loss[kind][1] += 1
             if kind == "repeated" and sources:
-                w = torch.stack([weights[h][0, :, p - 1, sources[k]] for h in hooks])  # (depth, heads)
-                source, count = (w if source is None else source + w), count + 1
+                copies.add(weights, 0, p - 1, sources[k])
     rep, new = (loss[k][0] / max(loss[k][1], 1) for k in ("repeated", "new"))
-    heads = (source / count).double().numpy().round(3).tolist() if count else []
     return (f"{run}: first letter of a list item, repeated from the line before {rep:.3f} ({loss['repeated'][1]}), "
             f"the line's new item {new:.3f} ({loss['new'][1]}); attention to the copy source per depth and head "
-            f"({count} items): {heads}" + (f"; {skipped} lines longer than the context left out" if skipped else ""))
+            f"({copies.count} items): {copies.heads()}"
+            + (f"; {skipped} lines longer than the context left out" if skipped else ""))
 
 
 def _first_letters(items: list[str], p: int) -> list[int]:
@@ -206,8 +215,8 @@ def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
     ids = torch.tensor(tok.encode(text))
     rare = torch.from_numpy(np.bincount(ids.numpy(), minlength=V) / len(ids) < 1 / V)
     x = ids[: len(ids) // T * T].view(-1, T)[:windows]
-    hooks = [f"attn.{d}" for d in range(len(model.order))]
-    with capture(model, *hooks) as weights:
+    copies, uniform = CopyAttention(model), 0.0  # uniform: what attention spread evenly would put there
+    with capture(model, *copies.hooks) as weights:
         nll = token_nll(model(x), x)  # (N, T - 1), nll[:, t - 1] scores token t
     loss = {"seen": [0.0, 0], "first": [0.0, 0]}
     for t in range(1, T):
@@ -216,17 +225,16 @@ def measure_tokens(run: Path, text: str, windows: int = 200) -> str:
         for kind, mask in (("seen", seen & rare[target]), ("first", ~seen & rare[target])):
             loss[kind][0] += float(nll[mask, t - 1].sum())
             loss[kind][1] += int(mask.sum())
-    source, count, uniform = 0.0, 0, 0.0
     for b, row in enumerate(x.tolist()):
         for t, s in latest_occurrences(row):
             if s + 1 < t and row[s + 1] == row[t + 1] and rare[row[t + 1]]:
-                source = source + torch.stack([weights[h][b, :, t, s + 1] for h in hooks])
-                count, uniform = count + 1, uniform + 1 / (t + 1)
+                copies.add(weights, b, t, s + 1)
+                uniform += 1 / (t + 1)
     seen_loss, first_loss = (loss[k][0] / max(loss[k][1], 1) for k in ("seen", "first"))
-    heads = (source / count).double().numpy().round(3).tolist() if count else []
     return (f"{run}: rare targets already in the window {seen_loss:.3f} ({loss['seen'][1]}), at their first "
-            f"occurrence {first_loss:.3f} ({loss['first'][1]}); where copying is right ({count} positions), "
-            f"attention to the copy source per depth and head {heads}, uniform {uniform / max(count, 1):.3f}")
+            f"occurrence {first_loss:.3f} ({loss['first'][1]}); where copying is right ({copies.count} positions), "
+            f"attention to the copy source per depth and head {copies.heads()}, uniform "
+            f"{uniform / max(copies.count, 1):.3f}")
 
 
 @torch.no_grad()
@@ -237,8 +245,8 @@ def measure_songs(run: Path, texts: list[str]) -> str:
     source). The renditions are found by their tokens; a story whose two do not both fit, or whose
     song the tokenizer splits differently the second time, is left out."""
     cfg, model, tok = load_run(run)  # in eval mode
-    T, hooks = cfg.model.context, [f"attn.{d}" for d in range(len(model.order))]
-    loss, source, count, skipped = {"first": [0.0, 0], "repeat": [0.0, 0]}, None, 0, 0
+    T, copies = cfg.model.context, CopyAttention(model)
+    loss, skipped = {"first": [0.0, 0], "repeat": [0.0, 0]}, 0
     for story in texts:
         m = SONG.search(story)
         ids, song = tok.encode(story[: m.end()])[-T:], tok.encode(m.group(1))
@@ -249,19 +257,17 @@ def measure_songs(run: Path, texts: list[str]) -> str:
             continue
         first, repeat = at[-2], at[-1]
         idx = torch.tensor([ids])
-        with capture(model, *hooks) as weights:
+        with capture(model, *copies.hooks) as weights:
             nll = token_nll(model(idx), idx)[0]  # nll[p - 1] scores the token at p
         for kind, p in (("first", first), ("repeat", repeat)):
             loss[kind][0] += float(nll[p : p + n - 1].sum())  # tokens p + 1 .. p + n - 1
             loss[kind][1] += n - 1
         for k in range(n - 1):  # the query reads the repeat's token k, its source is the first's token k + 1
-            w = torch.stack([weights[h][0, :, repeat + k, first + k + 1] for h in hooks])  # (depth, heads)
-            source, count = (w if source is None else source + w), count + 1
+            copies.add(weights, 0, repeat + k, first + k + 1)
     first, repeat = (loss[k][0] / max(loss[k][1], 1) for k in ("first", "repeat"))
-    heads = (source / count).double().numpy().round(3).tolist() if count else []
     return (f"{run}: song tokens after the first, first rendition {first:.3f} ({loss['first'][1]}), repeat "
-            f"{repeat:.3f} ({loss['repeat'][1]}); attention to the copy source per depth and head: {heads}"
-            + (f"; {skipped} stories left out" if skipped else ""))
+            f"{repeat:.3f} ({loss['repeat'][1]}); attention to the copy source per depth and head: "
+            f"{copies.heads()}" + (f"; {skipped} stories left out" if skipped else ""))
 
 
 def main() -> None:
