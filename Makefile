@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all setup bench lint clean
+.PHONY: demo test test-all setup bench lint clean constraints
 
 demo: setup
 	$(BIN)/vslm demo
@@ -15,16 +15,28 @@ test-all: setup  ## includes the tests marked slow
 	$(BIN)/python -m pytest -q -m ""
 
 bench: setup
-	$(BIN)/vslm bench
+	$(BIN)/vslm bench train
 
 lint: setup
 	$(BIN)/ruff check src tests
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/setup.sh
+$(VENV)/.installed: pyproject.toml scripts/setup.sh constraints.txt
 	bash scripts/setup.sh "$(VENV)" "$(PYTHON)"
 	touch $@
+
+# Re-pins constraints.txt to the newest releases: a fresh venv installed without constraints, the suite
+# run in it, and its versions written out only if the suite passed. Review the diff, then commit it.
+CVENV := build/constraints-venv
+constraints:
+	rm -rf $(CVENV)
+	VSLM_CONSTRAINTS= bash scripts/setup.sh "$(CVENV)" "$(PYTHON)"
+	$(CVENV)/bin/python -m pytest -q
+	{ sed -n '/^#/p' constraints.txt; $(CVENV)/bin/python -m pip freeze --local --exclude-editable \
+	  | grep -viE '^(torch|vslm)=='; } > $(CVENV)/constraints.txt
+	mv $(CVENV)/constraints.txt constraints.txt
+	rm -rf $(CVENV)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -43,7 +43,7 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.cuda.
 PYEOF
 
 command -v nvidia-smi >/dev/null && nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1
-"$PY" -m vslm bench --gpu --seconds "${SECONDS_PER_MODEL:-60}" \
+"$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-60}" \
   --shakespeare-seconds "${SHAKESPEARE_SECONDS:-150}" --json-out "$RESULTS/gpu_check.json" 2>&1 \
   | tee "$RESULTS/gpu_check.log"
 status=${PIPESTATUS[0]}

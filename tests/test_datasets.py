@@ -6,6 +6,7 @@ written with `datasets`, SQuAD's original nested JSON), the way a user's offline
 import json
 import math
 
+import datasets  # conftest, imported first, has set its environment (no network, caches in a temporary folder)
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,6 @@ from vslm.data.tokenizer import ByteTokenizer, HFTokenizer
 from vslm.errors import VSLMError
 from vslm.eval.corpus import score_tokens
 
-datasets = pytest.importorskip("datasets")
 DATA = SHARED / "data"
 needs_shared = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
 
@@ -265,7 +265,6 @@ def test_cache_follows_a_local_copys_text(data_dir, tmp_path):
 
 
 def test_tiktoken_path_encodes_like_tokenizers():
-    pytest.importorskip("tiktoken")
     docs = [f"Story {i}: Mia said \"héllo\" to the café ☕ at {i}:{i * 3} o'clock.\n\n  Tabs\tand  spaces. "
             for i in range(200)]
     bpe = HFTokenizer.train(docs, vocab_size=400)

@@ -80,3 +80,20 @@ def test_exact_resume_under_ddp(tmp_path):
     w1, _ = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_00000008.safetensors")
     w2, _ = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "step_00000008.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_answer_only_training_runs_data_parallel_on_rows_of_the_global_batch(tmp_path):
+    # a batch source without its own sharding: the trainer gives each rank rows rank, rank + world, ...
+    docs = "<|endoftext|>".join(f"Q: What is {i} plus one?\nA: {i + 1}\n" for i in range(60))
+    (tmp_path / "qa.txt").write_text(docs)
+    words = [*tiny_overrides(train__steps=6, train__eval_every=0, train__eval_windows=8, train__checkpoint_every=3,
+                             logging__tensorboard="false"),
+             f"data.source={tmp_path / 'qa.txt'}", "data.tokenizer=byte", "data.answer_only=true"]
+    Trainer(load_config("tiny", words), tmp_path / "one").fit()
+    torchrun("tiny", *words, "--out", tmp_path / "two")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == list(range(1, 7))
+    # the same rows each step; the gradient is the mean of the ranks' means over their answer tokens,
+    # not the mean over all answer tokens, so the losses agree closely but not exactly
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.05)

@@ -6,10 +6,10 @@ import statistics
 import pytest
 from scipy import stats
 
-import vslm.experiments as experiments
+import vslm.lab.runner as runner
 from vslm.cli import main
 from vslm.errors import ConfigError, VSLMError
-from vslm.experiments import builtin_experiments, load_experiment, plan_experiment, read_experiment, run_experiment
+from vslm.lab.experiments import builtin_experiments, load_experiment, plan_experiment, read_experiment, run_experiment
 from vslm.train.checkpoint import checkpoint_name
 
 # 4 steps, checkpoints at 2 and 4 (so a run can be cut back to unfinished), a 2-batch validation set
@@ -34,7 +34,7 @@ def last_metrics(folder) -> dict:
     return json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
 
 
-class CountingTrainer(experiments.Trainer):
+class CountingTrainer(runner.Trainer):
     calls: list[tuple[str, bool]] = []
 
     def __init__(self, cfg, run_dir, resume=False):
@@ -74,7 +74,7 @@ def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_p
     shutil.rmtree(out / "wide" / "seed-1")
     (out / "narrow" / "seed-0" / "checkpoints" / checkpoint_name(4)).unlink()
     kept = (out / "narrow" / "seed-1" / "metrics.jsonl").stat().st_mtime_ns
-    monkeypatch.setattr(experiments, "Trainer", CountingTrainer)
+    monkeypatch.setattr(runner, "Trainer", CountingTrainer)
     again = run_experiment(spec, out)
     assert CountingTrainer.calls == [("narrow/seed-0", True), ("wide/seed-1", False)]
     assert (out / "narrow" / "seed-1" / "metrics.jsonl").stat().st_mtime_ns == kept

@@ -3,11 +3,14 @@ the retriever routes a question to the adapter of the people it is about."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from vslm.config import ModelConfig
-from vslm.data.tokenizer import ByteTokenizer
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.data.shards import prepare_corpus
 from vslm.knowledge import render
 from vslm.knowledge.adapters import (
     AdapterRouter,
@@ -27,12 +30,25 @@ from vslm.model import GPT
 WORLD = generate_world(WorldConfig(seed=4, people=24, novel_people=8))
 
 
+BASE = load_config("tiny", tiny_overrides(data__tokenizer="byte", model__context=128, model__depth=2, model__width=32,
+                                          model__heads=2, model__vocab_size=257))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return prepare_corpus(BASE.data)
+
+
 def tiny_model() -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=257, context=128, depth=2, width=32, heads=2))
+    return GPT(BASE.model)
 
 
-def test_fitting_an_adapter_changes_only_its_own_weights():
+def losses_of(run) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fitting_an_adapter_changes_only_its_own_weights(corpus, tmp_path):
     model = tiny_model()
     x = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
@@ -46,8 +62,10 @@ def test_fitting_an_adapter_changes_only_its_own_weights():
     docs = group_documents(WORLD, fact_groups(WORLD, "seen", 6)["seen-0"])
     use_adapter(model, "g0")
     flags = [p.requires_grad for p in model.parameters()]
-    losses = fit_adapter(model, ByteTokenizer(), "g0", docs, steps=30, batch_size=8)
-    assert losses[-1] < losses[0]
+    final = fit_adapter(model, BASE, corpus, "g0", docs, tmp_path / "g0", steps=30, batch_size=8)
+    losses = losses_of(tmp_path / "g0")
+    assert len(losses) == 30 and final["loss"] == losses[-1] and losses[-1] < losses[0]
+    assert "val_loss" in final  # the base corpus's validation windows, with the adapter on
     after = model.state_dict()
     lora = set(adapter_state(model, "g0")) | set(other)
     for name, value in base.items():  # peft renames a wrapped layer's weight to .base_layer.weight
@@ -66,11 +84,11 @@ def test_fitting_an_adapter_changes_only_its_own_weights():
         assert not torch.allclose(model(x), base_out)
 
 
-def test_an_adapter_saves_and_loads(tmp_path):
+def test_an_adapter_saves_and_loads(corpus, tmp_path):
     model = tiny_model()
     add_adapter(model, "g0", rank=4)
     docs = group_documents(WORLD, fact_groups(WORLD, "seen", 6)["seen-1"])
-    fit_adapter(model, ByteTokenizer(), "g0", docs, steps=3, batch_size=4)
+    fit_adapter(model, BASE, corpus, "g0", docs, tmp_path / "run", steps=3, batch_size=4)
     save_adapter(model, "g0", tmp_path / "g0.safetensors")
     fresh = add_adapter(tiny_model(), "g0", rank=4)
     load_adapter(fresh, "g0", tmp_path / "g0.safetensors")

@@ -1,5 +1,5 @@
 """Distilling knowledge out: each loss term against an explicit computation, NPO against gradient
-ascent, the combined loss, a tiny end-to-end run and the relearning test."""
+ascent, the distillation objective, a tiny end-to-end run and the relearning test."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from vslm.errors import VSLMError
 from vslm.knowledge import distill as D
 from vslm.knowledge.folder import load_world_folder, write_world_folder
 from vslm.knowledge.world import WorldConfig
+from vslm.train import objectives as O
 from vslm.train.run_folder import load_run
 from vslm.train.trainer import Trainer
 
@@ -39,8 +40,8 @@ def logp(logits, b, t, y):
 
 def test_answer_ce_is_the_mean_negative_log_likelihood_of_the_counted_tokens():
     expected = -sum(logp(LOGITS, b, t, y) for b, t, y in COUNTED) / 3
-    assert D.answer_ce(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-6)
-    assert D.gradient_ascent(LOGITS, TARGETS).item() == pytest.approx(-expected, rel=1e-6)
+    assert O.next_token_loss(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-6)
+    assert O.gradient_ascent(LOGITS, TARGETS).item() == pytest.approx(-expected, rel=1e-6)
 
 
 def test_kl_is_the_target_models_distribution_against_the_students_on_counted_positions():
@@ -48,10 +49,10 @@ def test_kl_is_the_target_models_distribution_against_the_students_on_counted_po
     for b, t, _ in COUNTED:
         p, q = softmax(OTHER[b][t].tolist()), softmax(LOGITS[b][t].tolist())
         expected += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
-    assert D.kl_to(OTHER, LOGITS, TARGETS).item() == pytest.approx(expected / 3, rel=1e-6)
-    assert D.kl_to(LOGITS, LOGITS, TARGETS).item() == pytest.approx(0.0, abs=1e-7)
+    assert O.kl_to(OTHER, LOGITS, TARGETS).item() == pytest.approx(expected / 3, rel=1e-6)
+    assert O.kl_to(LOGITS, LOGITS, TARGETS).item() == pytest.approx(0.0, abs=1e-7)
     # the direction: KL(p_target || p_student), not the reverse
-    assert D.kl_to(LOGITS, OTHER, TARGETS).item() != pytest.approx(expected / 3, rel=1e-3)
+    assert O.kl_to(LOGITS, OTHER, TARGETS).item() != pytest.approx(expected / 3, rel=1e-3)
 
 
 def test_npo_equals_its_formula_and_pushes_the_answers_down_like_gradient_ascent():
@@ -59,12 +60,12 @@ def test_npo_equals_its_formula_and_pushes_the_answers_down_like_gradient_ascent
     seq = [logp(LOGITS, 0, 1, 2) + logp(LOGITS, 0, 2, 0), logp(LOGITS, 1, 0, 1)]
     ref = [logp(OTHER, 0, 1, 2) + logp(OTHER, 0, 2, 0), logp(OTHER, 1, 0, 1)]
     expected = sum((2 / beta) * math.log(1 + math.exp(beta * (s - r))) for s, r in zip(seq, ref, strict=True)) / 2
-    assert D.sequence_logp(LOGITS, TARGETS).tolist() == pytest.approx(seq, rel=1e-6)
-    assert D.npo(LOGITS, OTHER, TARGETS, beta).item() == pytest.approx(expected, rel=1e-6)
+    assert O.sequence_logp(LOGITS, TARGETS).tolist() == pytest.approx(seq, rel=1e-6)
+    assert O.npo(LOGITS, OTHER, TARGETS, beta).item() == pytest.approx(expected, rel=1e-6)
     a = LOGITS.clone().requires_grad_(True)
-    D.npo(a, OTHER, TARGETS, beta).backward()
+    O.npo(a, OTHER, TARGETS, beta).backward()
     g = LOGITS.clone().requires_grad_(True)
-    D.gradient_ascent(g, TARGETS).backward()
+    O.gradient_ascent(g, TARGETS).backward()
     counted = TARGETS != IGNORE
     # the same sign everywhere it matters: both lower the answer tokens' logits
     assert torch.equal(torch.sign(a.grad[counted]), torch.sign(g.grad[counted]))
@@ -77,17 +78,15 @@ def test_npo_equals_its_formula_and_pushes_the_answers_down_like_gradient_ascent
         assert torch.allclose(a.grad[b], g.grad[b] * n * w / 2, atol=1e-6)
 
 
-def test_the_combined_loss_with_one_weight_is_that_term():
-    terms = {"open_book": torch.tensor(1.5), "counterfactual": torch.tensor(0.25), "forget": torch.tensor(2.0),
-             "retain": torch.tensor(0.75)}
-    for k in terms:
-        assert D.combine({j: (3.0 if j == k else 0.0) for j in terms}, terms).item() == pytest.approx(3 * terms[k])
-    assert D.combine(dict.fromkeys(terms, 1.0), terms).item() == pytest.approx(4.5)
-    with pytest.raises(VSLMError, match="unknown loss term"):
-        D.combine({"bogus": 1.0}, terms)
+def test_loss_weights_name_known_terms_and_not_all_zero():
+    assert O.check_weights({"forget": 1.0, "retain": 0.0}) == {"forget": 1.0}
+    with pytest.raises(VSLMError, match="unknown loss term 'bogus'"):
+        O.check_weights({"bogus": 1.0})
+    with pytest.raises(VSLMError, match="every loss weight is 0"):
+        O.check_weights({"forget": 0.0})
 
 
-def test_step_terms_with_one_weight_equal_the_pure_function_on_the_models():
+def test_the_distillation_objective_is_the_weighted_sum_of_the_pure_terms_on_the_models():
     from vslm.config import ModelConfig
     from vslm.model import GPT
 
@@ -97,25 +96,35 @@ def test_step_terms_with_one_weight_equal_the_pure_function_on_the_models():
     tok = ByteTokenizer()
     x, y = D.encode_pairs(tok, [("Q: Who?\nA:", "Ann"), ("Q: Where is it?\nA:", "Oslo")], 64)
     assert tok.decode(t for t in y[1].tolist() if t != IGNORE) == " Oslo\n"
-    batches = {"closed_book": (x, y)}
+    batch = {"closed_book": (x, y)}
     with torch.no_grad():
-        got = D.step_terms(student, teacher, naive, {"forget": 1.0}, batches)
+        loss, got = O.Distillation(teacher, naive, {"forget": 3.0})(student, batch)
         assert set(got) == {"forget"}
-        assert got["forget"].item() == pytest.approx(D.kl_to(naive(x), student(x), y).item(), rel=1e-6)
-        got = D.step_terms(student, teacher, naive, {"npo": 1.0}, batches, beta=0.2)
-        assert got["npo"].item() == pytest.approx(D.npo(student(x), teacher(x), y, 0.2).item(), rel=1e-6)
+        assert got["forget"].item() == pytest.approx(O.kl_to(naive(x), student(x), y).item(), rel=1e-6)
+        assert loss.item() == pytest.approx(3 * got["forget"].item(), rel=1e-6)
+        _, got = O.Distillation(teacher, naive, {"npo": 1.0}, beta=0.2)(student, batch)
+        assert got["npo"].item() == pytest.approx(O.npo(student(x), teacher(x), y, 0.2).item(), rel=1e-6)
     general = D.general_windows(tok, 64, n_stories=5)
     assert general.shape[1] == 65 and tok.decode(general[0].tolist()[1:20]).isprintable()
-    batches["general"] = (general[:2, :-1], general[:2, 1:])
-    batches["open_book"] = batches["counterfactual"] = (x, y)
-    got = D.step_terms(student, teacher, naive, dict.fromkeys(D.TERMS, 1.0), batches)
-    assert set(got) == set(D.TERMS)
+    batch["general"] = (general[:2, :-1], general[:2, 1:])
+    batch["open_book"] = batch["counterfactual"] = (x, y)
+    weights = {k: 1.0 + i for i, k in enumerate(O.TERMS)}
+    loss, got = O.Distillation(teacher, naive, weights)(student, batch)
+    assert set(got) == set(O.TERMS)
+    assert loss.item() == pytest.approx(sum(w * got[k].item() for k, w in weights.items()), rel=1e-6)
     for k, v in got.items():  # every term reaches the student's weights, none the frozen models'
         student.zero_grad()
         v.backward(retain_graph=True)
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), k
     assert all(p.grad is None for m in (teacher, naive) for p in m.parameters())
-    assert got["open_book"].item() == pytest.approx(D.answer_ce(student(x), y).item(), rel=1e-6)
+    # the parts share one right-padded forward pass: each term as on its own rows alone
+    with torch.no_grad():
+        assert got["open_book"].item() == pytest.approx(O.next_token_loss(student(x), y).item(), rel=1e-5)
+        g = batch["general"]
+        assert got["retain"].item() == pytest.approx(O.kl_to(teacher(g[0]), student(g[0]), g[1]).item(), rel=1e-5)
+    _, got = O.Distillation(teacher, naive, {"counterfactual": 1.0, "open_book": 1.0})(
+        student, {**batch, "counterfactual": None})
+    assert got["counterfactual"].item() == 0.0  # no counterfactual question in this draw
 
 
 TINY_WORLD = WorldConfig(seed=3, people=16, novel_people=4, hops=2, questions_per_hop=6, renderings=2, choices=4)
@@ -154,15 +163,18 @@ def test_distill_runs_and_writes_a_loadable_run_folder(runs, method):
     again = D.distill(teacher, naive, tmp / "world", tmp / f"again-{method}", method=method, steps=3, batch_size=4,
                       seed=1)
     assert again["last"] == result["last"]  # deterministic given the seed
+    assert math.isfinite(result["val"]["val_loss"])  # the student on the teacher's validation text
     with pytest.raises(VSLMError, match="already holds a run"):
         D.distill(teacher, naive, tmp / "world", out, steps=1)
 
 
 def test_relearning_reports_accuracies_before_and_after(runs):
     tmp, teacher, _ = runs
-    _, model, tok = load_run(teacher)
+    _, model, _ = load_run(teacher)
     folder = load_world_folder(tmp / "world")
-    result = D.relearn(model, tok, folder, fraction=0.1, steps=3, batch_size=4, per_group=5)
+    result = D.relearn(teacher, folder, tmp / "relearn", fraction=0.1, steps=3, batch_size=4, per_group=5)
+    assert len((tmp / "relearn" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert math.isfinite(result["fit"]["loss"]) and math.isfinite(result["fit"]["val_loss"])
     assert result["people"] == 2 and result["facts"] > 0
     for when in ("before", "after"):
         for group in ("rest", "relearned"):
@@ -171,7 +183,7 @@ def test_relearning_reports_accuracies_before_and_after(runs):
     assert result["before"]["rest"]["n"] == result["after"]["rest"]["n"]
     _, fresh, _ = load_run(teacher)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
-                                                 strict=True))  # the model given is not changed
+                                                 strict=True))  # the run relearned from is not changed
 
 
 def test_the_cli_distills_relearns_and_the_student_is_evaluated(runs, capsys):

@@ -246,6 +246,11 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     adapters = result["adapters"]
     assert adapters["groups"] == 3 and 0 <= adapters["routing"] <= 1 and adapters["novel"]["n"] == 4
     assert 0 <= adapters["oracle"]["accuracy"] <= 1
+    # each adapter a run of the training loop: RUN/adapters/<base checkpoint>/<group>, metrics and a checkpoint
+    fitted = sorted((run / "adapters").glob("step_*/novel-*"))
+    assert len(fitted) == 3 and all(len((f / "metrics.jsonl").read_text().splitlines()) == 2 for f in fitted)
+    assert all(list((f / "checkpoints").glob("step_*.safetensors")) for f in fitted)
+    assert adapters["fit"]["loss"] > 0 and adapters["fit"]["val_loss"] > 0
 
 
 def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):

@@ -168,11 +168,11 @@ def test_answer_only_training_runs_and_the_sampler_state_is_the_data_position(tm
     cfg = load_config("tiny", [*words, f"data.source={tmp_path / 'preloaded.txt'}", "data.tokenizer=byte",
                                "data.answer_only=true"])
     trainer = Trainer(cfg, tmp_path / "run")
-    assert isinstance(trainer.sampler, AnswerSampler)
-    state = trainer.sampler.state_dict()
-    first = trainer.sampler.next_batch()
-    trainer.sampler.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(first, trainer.sampler.next_batch(), strict=True))
-    trainer.sampler.load_state_dict(state)
+    assert isinstance(trainer.batches, AnswerSampler)
+    state = trainer.batches.state_dict()
+    first = trainer.batches.next_batch()
+    trainer.batches.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(first, trainer.batches.next_batch(), strict=True))
+    trainer.batches.load_state_dict(state)
     final = trainer.fit()
     assert torch.isfinite(torch.tensor(final["loss"])) and final["step"] == 6

@@ -6,9 +6,10 @@ import math
 import pytest
 
 from vslm.cli import main
+from vslm.commands.experiment import run_experiment
 from vslm.errors import ConfigError
-from vslm.experiments import builtin_experiments, read_experiment, run_experiment
 from vslm.knowledge.experiment import Criterion, arm_config, judge, metric, p_value, parse_spec, side_value
+from vslm.lab.experiments import builtin_experiments, read_experiment
 
 RESULT = {  # the shape of facts-eval.json (hop keys are strings there), plus relearning
     "closed_book": {"seen": {"accuracy": 0.25, "n": 40, "chance": 0.125}},

@@ -8,10 +8,10 @@ from torch.optim._muon import _zeropower_via_newtonschulz
 
 from conftest import tiny_overrides
 from vslm.config import load_config
-from vslm.train.callbacks import Callback, default_callbacks
+from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.optim import MUON_NS, Float32Muon, TangentDescent, newton_schulz, tangent_project
-from vslm.train.trainer import Trainer
+from vslm.train.trainer import Trainer, default_callbacks
 
 
 def test_tangent_projection_is_orthogonal_per_row():

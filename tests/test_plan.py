@@ -4,8 +4,8 @@ import pytest
 from rich.console import Console
 
 from vslm.cli import main
+from vslm.commands.plan import Measured, Shape, choose, fit_cost, make_plan, print_plan, write_plan
 from vslm.config import load_config
-from vslm.plan import Measured, Shape, choose, fit_cost, make_plan, print_plan, write_plan
 from vslm.train.trainer import Trainer
 
 

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from conftest import REFERENCE, SHAKESPEARE, tiny_overrides
-from vslm.bench import measure_peak_flops, throughput
+from vslm.commands.bench import measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.model import GPT, training_flops_per_token
 from vslm.model.accounting import model_flops_utilisation
@@ -88,7 +88,7 @@ def test_stop_after_and_stop_at_loss(tmp_path):
 
 
 def test_gpu_check_machinery_on_cpu(tmp_path):
-    from vslm.bench_gpu import run_gpu_check
+    from vslm.commands.bench_gpu import run_gpu_check
 
     small = ["model.depth=2", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
              "data.max_bytes=200000", "train.eval_windows=8", "train.eval_every=2"]
@@ -109,14 +109,23 @@ def test_gpu_check_machinery_on_cpu(tmp_path):
 def test_gpu_check_needs_cuda_and_says_so():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "--gpu"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "gpu"], capture_output=True, text=True)
     assert r.returncode == 1 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_is_subcommands_and_a_bare_bench_lists_them():
+    r = subprocess.run([sys.executable, "-m", "vslm", "bench"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    for name in ("train", "speedrun", "prepare", "attention", "gpu"):
+        assert f"\n    {name}" in r.stderr, name
+    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "--speedrun"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unrecognized arguments: --speedrun" in r.stderr  # the old flags are gone
 
 
 @pytest.mark.skipif(not (REFERENCE.is_file() and SHAKESPEARE.is_file()), reason="shared/ reference or data absent")
 def test_bench_json_names_the_throughput_fields():
-    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "--steps", "3", "--eval-batches", "1", "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "vslm", "bench", "train", "--steps", "3", "--eval-batches", "1",
+                        "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("mfu", "model_flops_per_s", "peak_flops_per_s", "peak_rss_mb"):
@@ -137,7 +146,7 @@ def test_cuda_run_uses_bf16_compile_and_reports_gpu_memory(tmp_path):
 
 @cuda_only
 def test_gpu_check_on_cuda(tmp_path):
-    from vslm.bench_gpu import run_gpu_check
+    from vslm.commands.bench_gpu import run_gpu_check
 
     small = ["model.depth=2", "model.width=64", "model.heads=2", "data.max_bytes=200000"]
     result = run_gpu_check(5, 5, tmp_path / "g.json", Console(file=open(tmp_path / "log", "w")),

@@ -11,11 +11,11 @@ import torch
 from conftest import tiny_overrides
 from vslm.config import load_config
 from vslm.errors import VSLMError
-from vslm.train.callbacks import Callback, default_callbacks
+from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from vslm.train.optim import lr_at
 from vslm.train.run_folder import RunLock, load_run
-from vslm.train.trainer import Trainer, TrainingDiverged
+from vslm.train.trainer import Trainer, TrainingDiverged, default_callbacks
 
 
 def metrics(folder):
@@ -50,7 +50,7 @@ KILLER = """
 import os, signal, sys
 from vslm.config import load_config
 from vslm.train.callbacks import Callback
-from vslm.train.callbacks import default_callbacks
+from vslm.train.trainer import default_callbacks
 from vslm.train.trainer import Trainer
 
 class KillAt(Callback):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vslm.errors import ConfigError, VSLMError
+from vslm.errors import ConfigError, UsageError, VSLMError
 
 console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
 
@@ -37,7 +37,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     else:
         cfg = load_config(a.config, a.overrides)
     out = Path(a.out or Path("runs") / cfg.name)
-    trainer = Trainer(cfg, out, resume=a.resume)
+    if a.checkpoint and not a.resume:
+        raise VSLMError("--checkpoint picks where a resumed run continues from: add --resume")
+    trainer = Trainer(cfg, out, resume=a.resume, checkpoint=Path(a.checkpoint) if a.checkpoint else None)
     final = trainer.fit()
     if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
         return 0
@@ -71,14 +73,26 @@ def cmd_configs(a: argparse.Namespace) -> int:
 
 
 def cmd_describe(a: argparse.Namespace) -> int:
+    from vslm.commands.describe import describe
     from vslm.config import load_config
-    from vslm.describe import describe
 
     describe(load_config(a.config, a.overrides), console)
     return 0
 
 
+def _check_sample_args(a: argparse.Namespace) -> None:
+    """Out-of-range sampling arguments: one line and exit 2, before the run is loaded (or torch imported)."""
+    import math
+
+    if not math.isfinite(a.temperature) or a.temperature < 0:
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {a.temperature:g}")
+    for flag, value in (("--top-k", a.top_k), ("--tokens", a.tokens), ("--num", a.num)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+
+
 def cmd_sample(a: argparse.Namespace) -> int:
+    _check_sample_args(a)
     from vslm.train.run_folder import load_run
     from vslm.train.sampling import sample_text
 
@@ -92,8 +106,13 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_probe(a: argparse.Namespace) -> int:
-    from vslm.train.probing import probe_snapshots
+    from vslm.train.probing import copying_table, probe_copying, probe_snapshots
 
+    if a.copying:
+        result = probe_copying(Path(a.run), a.copying, a.invented, a.far, a.stories, a.windows, a.batch,
+                               Path(a.checkpoint) if a.checkpoint else None)
+        print(json.dumps(result) if a.json else copying_table(result))
+        return 0
     print(probe_snapshots(Path(a.run), Path(a.out) if a.out else None))
     return 0
 
@@ -115,7 +134,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_shape(a: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from vslm.shaping import shape_run, to_json, write_plot
+    from vslm.commands.shape import shape_run, to_json, write_plot
 
     if not a.prompt:
         raise VSLMError("shape needs at least one --prompt")
@@ -141,55 +160,61 @@ def cmd_shape(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from vslm.demo import run_demo
+    from vslm.commands.demo import run_demo
 
     run_demo(Path(a.out) if a.out else None, a.overrides, console)
     return 0
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    from vslm.bench import run_attention_bench, run_bench, run_prepare_bench
-
-    if a.gpu:
-        import os
-
-        from vslm.bench_gpu import run_gpu_check
-
-        json_out = Path(a.json_out) if a.json_out else None
-        if json_out is None and os.environ.get("OUT"):  # the device machine's folder of results
-            json_out = Path(os.environ["OUT"]) / "gpu_check.json"
-        result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console)
-        if a.json:
-            print(json.dumps(result))
-        return 0
-    if a.prepare:
-        result = run_prepare_bench(a.bytes, a.tokenizer, console if not a.json else None)
-        if a.json:
-            print(json.dumps(result))
-        return 0
-    if a.attention:
-        result = run_attention_bench(a.steps or 20, a.repeat, console if not a.json else None)
-        if a.json:
-            print(json.dumps(result))
-        return 0
-    if a.speedrun:
-        from vslm.speedrun import run_speedrun
-
-        result = run_speedrun(Path(a.data) if a.data else None, a.repeat, Path(a.reference) if a.reference else None,
-                              console if not a.json else None, a.overrides)
-        if a.json:
-            print(json.dumps(result))
-        return 0
-    result = run_bench(Path(a.data) if a.data else None, a.steps or 2000, a.repeat,
-                       Path(a.reference) if a.reference else None, console if not a.json else None,
-                       a.overrides, a.eval_batches)
-    if a.json:
-        print(json.dumps(result))
+def _print_json(result: dict) -> int:
+    print(json.dumps(result))
     return 0
 
 
+def cmd_bench_train(a: argparse.Namespace) -> int:
+    from vslm.commands.bench import run_bench
+
+    result = run_bench(Path(a.data) if a.data else None, a.steps, a.repeat, Path(a.reference) if a.reference else None,
+                       console if not a.json else None, a.overrides, a.eval_batches)
+    return _print_json(result) if a.json else 0
+
+
+def cmd_bench_speedrun(a: argparse.Namespace) -> int:
+    from vslm.commands.speedrun import run_speedrun
+
+    result = run_speedrun(Path(a.data) if a.data else None, a.repeat, Path(a.reference) if a.reference else None,
+                          console if not a.json else None, a.overrides)
+    return _print_json(result) if a.json else 0
+
+
+def cmd_bench_prepare(a: argparse.Namespace) -> int:
+    from vslm.commands.bench import run_prepare_bench
+
+    result = run_prepare_bench(a.bytes, a.tokenizer, console if not a.json else None)
+    return _print_json(result) if a.json else 0
+
+
+def cmd_bench_attention(a: argparse.Namespace) -> int:
+    from vslm.commands.bench import run_attention_bench
+
+    result = run_attention_bench(a.steps, a.repeat, console if not a.json else None)
+    return _print_json(result) if a.json else 0
+
+
+def cmd_bench_gpu(a: argparse.Namespace) -> int:
+    import os
+
+    from vslm.commands.bench_gpu import run_gpu_check
+
+    json_out = Path(a.json_out) if a.json_out else None
+    if json_out is None and os.environ.get("OUT"):  # the device machine's folder of results
+        json_out = Path(os.environ["OUT"]) / "gpu_check.json"
+    result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console)
+    return _print_json(result) if a.json else 0
+
+
 def cmd_plan(a: argparse.Namespace) -> int:
-    from vslm.plan import make_plan, print_plan, write_plan
+    from vslm.commands.plan import make_plan, print_plan, write_plan
 
     plan = make_plan(a.hours, a.data, a.overrides, a.seconds, a.max_measure, console)
     out = write_plan(plan, Path(a.out))
@@ -199,7 +224,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:
-    from vslm.experiments import builtin_experiments, run_experiment
+    from vslm.commands.experiment import run_experiment
+    from vslm.lab.experiments import builtin_experiments
 
     if a.list:
         for name, desc in builtin_experiments().items():
@@ -280,7 +306,6 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
 def cmd_facts_distill(a: argparse.Namespace) -> int:
     from vslm.knowledge.distill import RESULT, distill, relearn
     from vslm.knowledge.folder import load_world_folder
-    from vslm.train.run_folder import load_run
 
     weights = {}
     for word in a.weight:
@@ -300,8 +325,8 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
         folder = load_world_folder(Path(a.world))
         result["relearning"] = {}
         for label, run in (("student", out), ("naive", Path(a.naive))):
-            _, model, tokenizer = load_run(run, device=a.device)
-            r = relearn(model, tokenizer, folder, a.relearn_fraction, a.relearn_steps, seed=a.seed)
+            r = relearn(run, folder, out / "relearn" / label, a.relearn_fraction, a.relearn_steps, seed=a.seed,
+                        device=a.device)
             result["relearning"][label] = r
             console.print(f"relearning {label}: closed-book on the other {1 - a.relearn_fraction:.0%} "
                           f"{r['before']['rest']['accuracy']:.3f} -> {r['after']['rest']['accuracy']:.3f} "
@@ -455,6 +480,65 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks: train, speedrun, prepare, attention, gpu",
+                           description="Benchmarks; `vslm bench ACTION --help` for each one's options.")
+    bench.set_defaults(func=lambda a: _usage(bench))  # a bare `vslm bench` lists the benchmarks
+    bsub = bench.add_subparsers(dest="bench_command", metavar="ACTION")
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print one JSON line")
+
+    def reference_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", help="text file (default: tiny Shakespeare from the data folder)")
+        p.add_argument("--reference", help="path of reference_gpt.py (default: ../shared/bench/)")
+
+    p = bsub.add_parser("train", help="time the nanogpt preset side by side with shared/bench/reference_gpt.py")
+    reference_args(p)
+    p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
+    p.add_argument("--eval-batches", type=int, default=200, help="validation batches of both trainers (default 200)")
+    json_flag(p)
+    p.add_argument("overrides", nargs="*", help="overrides of the nanogpt preset; its shape (model.depth, "
+                   "model.width, model.heads, model.context, train.batch_size) goes to the reference too")
+    p.set_defaults(func=cmd_bench_train)
+
+    p = bsub.add_parser("speedrun", help="time the speedrun-shakespeare config to val loss 1.88 against the reference")
+    reference_args(p)
+    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
+    json_flag(p)
+    p.add_argument("overrides", nargs="*", help="overrides of the speedrun-shakespeare config")
+    p.set_defaults(func=cmd_bench_speedrun)
+
+    p = bsub.add_parser("prepare", help="data preparation of generated stories: tokenization MB/s and peak memory")
+    p.add_argument("--bytes", type=parse_size, default=10**9, help="text generated (default 1G)")
+    p.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], default="bpe",
+                   help="the tokenizer (default bpe, vocabulary 2048)")
+    json_flag(p)
+    p.set_defaults(func=cmd_bench_prepare)
+
+    p = bsub.add_parser("attention", help="time each attention normalisation")
+    p.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each; report medians")
+    json_flag(p)
+    p.set_defaults(func=cmd_bench_attention)
+
+    p = bsub.add_parser("gpu", help="the GPU check: 10M and 50M models, peak, memory, the GPU Shakespeare recipe "
+                        "(scripts/gpu_check.sh)")
+    p.add_argument("--seconds", type=float, default=60, help="training seconds per model (default 60)")
+    p.add_argument("--shakespeare-seconds", type=float, default=150,
+                   help="at most this long for the Shakespeare recipe (default 150)")
+    p.add_argument("--json-out", help="write the results here (default $OUT/gpu_check.json if OUT is set)")
+    json_flag(p)
+    p.set_defaults(func=cmd_bench_gpu)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    """A command group called without its action: its help, on stderr, and the usage-error exit code."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -463,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, optional=True)
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--checkpoint", help="with --resume: continue from this checkpoint file (default: the newest "
+                                        "that reads and holds finite weights)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("configs", help="list the built-in configs")
@@ -475,10 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate text from a trained run")
     p.add_argument("run", help="run folder")
     p.add_argument("--prompt", default="")
-    p.add_argument("--tokens", type=int, default=200)
-    p.add_argument("--num", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--tokens", type=int, default=200, help="tokens generated per sample (default 200)")
+    p.add_argument("--num", type=int, default=1, help="samples (default 1)")
+    p.add_argument("--temperature", type=float, default=0.8, help="> 0 samples; 0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens, k >= 1 (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
     p.set_defaults(func=cmd_sample)
@@ -486,6 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="run the training-dynamics probes over a run's snapshots")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", help="output file (default RUN/probes-snapshots.jsonl)")
+    p.add_argument("--copying", choices=("names", "lists", "tokens", "songs"),
+                   help="instead: does the model copy from context, on held-out stories (vslm.probes.copying): "
+                        "names and lists need a character tokenizer; loss where copying helps against where it "
+                        "cannot, attention per depth and head to the copy source")
+    p.add_argument("--invented", action="store_true", help="--copying names/lists/songs: stories with invented names")
+    p.add_argument("--far", action="store_true", help="--copying songs: the song sung again only far from the first")
+    p.add_argument("--stories", type=int, default=300, help="--copying: held-out stories (default 300)")
+    p.add_argument("--windows", type=int, help="--copying names/tokens: windows read (default 300/200)")
+    p.add_argument("--batch", type=int, default=32, help="--copying: windows per forward pass (default 32)")
+    p.add_argument("--checkpoint", help="--copying: a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--json", action="store_true", help="--copying: the numbers as JSON")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes")
@@ -513,31 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/demo, or runs/demo-N if taken)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="time the nanogpt preset side by side with shared/bench/reference_gpt.py")
-    p.add_argument("--data", help="text file (default: tiny Shakespeare from the data folder)")
-    p.add_argument("--steps", type=int, help="training steps (default 2000; 20 with --attention)")
-    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
-    p.add_argument("--reference", help="path of reference_gpt.py (default: ../shared/bench/)")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
-    p.add_argument("--eval-batches", type=int, default=200, help="validation batches of both trainers (default 200)")
-    p.add_argument("--attention", action="store_true",
-                   help="instead: time each attention normalisation (steps default 20)")
-    p.add_argument("--speedrun", action="store_true",
-                   help="instead: time the speedrun-shakespeare config to val loss 1.88 against the reference")
-    p.add_argument("--gpu", action="store_true", help="instead: the GPU check (10M and 50M models, peak, "
-                   "memory, the GPU Shakespeare recipe); see scripts/gpu_check.sh")
-    p.add_argument("--seconds", type=float, default=60, help="--gpu: training seconds per model (default 60)")
-    p.add_argument("--shakespeare-seconds", type=float, default=150,
-                   help="--gpu: at most this long for the Shakespeare recipe (default 150)")
-    p.add_argument("--json-out", help="--gpu: write the results here (default $OUT/gpu_check.json if OUT is set)")
-    p.add_argument("overrides", nargs="*", help="overrides of the nanogpt preset; its shape (model.depth, "
-                   "model.width, model.heads, model.context, train.batch_size) goes to the reference too")
-    p.add_argument("--prepare", action="store_true",
-                   help="instead: data preparation of generated stories: tokenization MB/s and peak memory")
-    p.add_argument("--bytes", type=parse_size, default=10**9, help="--prepare: text generated (default 1G)")
-    p.add_argument("--tokenizer", choices=["char", "byte", "bpe", "gpt2"], default="bpe",
-                   help="--prepare: the tokenizer (default bpe, vocabulary 2048)")
-    p.set_defaults(func=cmd_bench)
+    _add_bench_parser(sub)
 
     p = sub.add_parser("plan", help="the model size and token budget that fit in H hours here; writes a config")
     p.add_argument("--hours", type=float, required=True, help="the training time to plan for")
@@ -605,6 +678,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vslm: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        where = f" in {Path(e.filename).parent}" if e.filename else ""
+        print(f"vslm: error: cannot write{where}: {e.strerror}; free space, then resume with --resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ with one line naming the field (`ConfigError`).
 
     cfg = load_config("demo", ["train.steps=500", "model.width=192"])
 
-A config file may start from another with `base = "NAME"` (a built-in name or a path); its tables
-are merged key by key, and the file's own values win.
+A config file may start from another with `base = "NAME"` (a built-in name, or a path: a relative one
+is looked up beside the file that names it); its tables are merged key by key, and the file's own
+values win.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ DEFAULT_MAX_BYTES = 8_000_000
 
 
 class _Section(BaseModel):
-    # forbid: a typo in a key is an error, never a silently ignored setting
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # forbid: a typo in a key is an error, never a silently ignored setting; every float is finite
+    # (inf is refused like nan, in every section and in tuples and per-block records alike)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -127,6 +129,8 @@ class ModelConfig(_Section):
     def _check_shapes(self) -> ModelConfig:
         if self.width % self.heads and self.head_dim is None:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.kv_heads is not None and self.kv_heads > self.heads:
+            raise ValueError(f"kv_heads {self.kv_heads} is more than heads {self.heads}")
         if self.order is not None and "depth" not in self.model_fields_set:
             self.depth = len(self.order)
         order = self.depth_order()
@@ -138,6 +142,8 @@ class ModelConfig(_Section):
         specs = self.block_specs()
         for i, spec in enumerate(specs):
             where = f"block {i}: " if len(specs) > 1 else ""
+            if spec.kv_heads > spec.heads:
+                raise ValueError(f"{where}kv_heads {spec.kv_heads} is more than heads {spec.heads}")
             if spec.heads % spec.kv_heads:
                 raise ValueError(f"{where}heads {spec.heads} is not divisible by kv_heads {spec.kv_heads}")
             if self.position == "rope" and spec.head_dim % 2:
@@ -197,7 +203,9 @@ class ModelConfig(_Section):
             specs.append(BlockSpec(
                 width=width,
                 heads=n_heads,
-                kv_heads=rec.kv_heads or min(self.kv_heads or n_heads, n_heads),
+                # a model-wide kv_heads is cut to the heads a schedule gives a block; given heads are checked
+                kv_heads=rec.kv_heads or (min(self.kv_heads or n_heads, n_heads) if not rec.heads
+                                          else self.kv_heads or n_heads),
                 head_dim=head_dim,
                 ffn=rec.ffn or (round(self.ffn_mult * width) if rec.width and not self.ffn else ffns[i]),
                 window=None if window is None or window >= self.context else window,
@@ -215,6 +223,27 @@ class ModelConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------ data
+
+LIST_ITEMS = 32  # the packing lists' distinct items (vslm.data.copying.ITEMS)
+
+
+class CopyingConfig(_Section):
+    """The built-in stories changed so that parts can only be copied from context (vslm.data.copying)."""
+
+    names: Literal["common", "invented"] = Field("common", description="invented: each story's names made up")
+    lists: Annotated[int, Field(ge=0, le=100)] = Field(0, description="cumulative packing lists per story")
+    items: tuple[PositiveInt, Annotated[int, Field(gt=0, le=LIST_ITEMS)]] = Field(
+        (3, 6), description="(min, max) items per packing list")
+    songs: Literal["none", "near", "far"] = Field("none", description="a song of common words, sung again near or far")
+
+    @model_validator(mode="after")
+    def _items_ascend(self) -> CopyingConfig:
+        if self.items[0] > self.items[1]:
+            raise ValueError(f"items {list(self.items)} must be (min, max)")
+        return self
+
+    def active(self) -> bool:
+        return self.names != "common" or self.lists > 0 or self.songs != "none"
 
 
 class DataConfig(_Section):
@@ -234,6 +263,14 @@ class DataConfig(_Section):
     seed: int = Field(0, description="seed of generated corpora")
     doc_aligned: bool = Field(False, description="training windows start at document starts")
     answer_only: bool = Field(False, description="whole documents, loss on their answers only (data/answers.py)")
+    copying: CopyingConfig = Field(default_factory=CopyingConfig, description="the built-in stories only: invented "
+                                   "names, packing lists, songs (`vslm probe RUN --copying`)")
+
+    @model_validator(mode="after")
+    def _copying_needs_stories(self) -> DataConfig:
+        if self.copying.active() and self.source.partition(":")[0] != "stories":
+            raise ValueError(f"copying changes the built-in stories, not data.source '{self.source}'")
+        return self
 
     @model_validator(mode="after")
     def _default_budget(self) -> DataConfig:
@@ -272,6 +309,8 @@ class TrainConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool | Literal["auto"] = "auto"
     checkpoint_every: NonNegativeInt = Field(500, description="0 = only at the end")
+    checkpoint_minutes: NonNegativeFloat = Field(5.0, description="also checkpoint when this long has passed "
+                                                                  "since the last one; 0 = off")
     keep_last: PositiveInt = 2
     snapshots: bool = Field(True, description="keep weights at steps 0, 1, 2, 4, 8, ...")
 
@@ -332,27 +371,40 @@ def builtin_configs() -> dict[str, str]:
     return out
 
 
-def _read_toml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | None = None,
+               files: bool = True) -> dict[str, Any]:
+    """A config's table with its `base` chain merged in. A relative base is looked up beside the file that
+    names it (`beside`), else taken as a built-in name; a built-in config's base is a built-in name."""
     path = Path(name_or_path)
-    if path.is_file():
-        text, label = path.read_text(encoding="utf-8"), str(path)
+    if beside is not None and not path.is_absolute():
+        path = beside / path
+    if files and path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config {path}: cannot read it ({e})") from None
+        label, key, here = str(path), str(path.resolve()), path.parent
     else:
         entry = resources.files("vslm.configs") / f"{name_or_path}.toml"
         if not entry.is_file():
             names = ", ".join(builtin_configs())
-            raise ConfigError(f"no config '{name_or_path}': not a file, nor a built-in config ({names})")
-        text, label = entry.read_text(), f"built-in config '{name_or_path}'"
+            where = f" ({path})" if beside is not None else ""
+            raise ConfigError(f"no config '{name_or_path}': not a file{where}, nor a built-in config ({names})")
+        text, label, here = entry.read_text(), f"built-in config '{name_or_path}'", None
+        key = f"built-in {name_or_path}"
+    if key in seen:
+        raise ConfigError(f"{label}: 'base' chain loops back to it")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
     base = raw.pop("base", None)
-    raw.setdefault("name", path.stem if path.is_file() else name_or_path)
+    raw.setdefault("name", path.stem if here is not None else name_or_path)
     if base is None:
         return raw
-    if base in seen:
-        raise ConfigError(f"{label}: 'base' chain loops through '{base}'")
-    parent = _read_toml(base, (*seen, name_or_path))
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{label}: base must be a built-in config name or a path, got {base!r}")
+    parent = _read_toml(base, (*seen, key), beside=here, files=here is not None)
     parent.pop("description", None)
     parent["name"] = raw["name"]
     return _merge(parent, raw)

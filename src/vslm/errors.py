@@ -14,3 +14,9 @@ class ConfigError(VSLMError):
     """A config that does not validate. The CLI exits with code 2."""
 
     exit_code = 2
+
+
+class UsageError(VSLMError):
+    """A command-line argument with a value out of range. The CLI exits with code 2, as for argparse's errors."""
+
+    exit_code = 2

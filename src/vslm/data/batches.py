@@ -35,6 +35,7 @@ class WindowSampler:
                             f"{world} processes")
         self.tokens, self.context, self.batch_size = tokens, context, batch_size
         self.rank, self.world = rank, world
+        self.shard = shard  # its batches are this rank's rows already (the trainer shards other sources)
         self.generator = torch.Generator().manual_seed(seed)
         self.doc_starts = None
         if doc_starts is not None:

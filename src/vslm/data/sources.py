@@ -7,20 +7,25 @@ shard cache is keyed by it. `documents()` may be called more than once (the shar
 a corpus twice when it learns a tokenizer first); each call starts from the beginning.
 
 Local files: plain text (one document per file, or documents separated by `<|endoftext|>`),
-JSON lines and JSON (records, read through `datasets`), parquet (through `datasets`), or a folder
-of them. A single plain text file without separators is one text, streamed in pieces and split
-at the token level; JSON and parquet records become documents through the registry entry's
-formatter, or their `data.text_field` when given by path.
+JSON lines (records, read line by line here, so that a bad line is named by its line number), JSON
+documents and parquet (records, through `datasets`), or a folder of them. A single plain text file
+without separators is one text, streamed in pieces and split at the token level; JSON and parquet
+records become documents through the registry entry's formatter, or their `data.text_field` when
+given by path.
 """
 
 from __future__ import annotations
 
 import codecs
+import gzip
 import hashlib
 import inspect
+import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +70,12 @@ def open_source(cfg: DataConfig) -> Source:
     """The source `cfg.source` names: 'stories', a registry name (NAME or NAME:SPLIT), or a path."""
     if cfg.source == "stories":
         identity = f"stories:v{stories.GENERATOR_VERSION}:seed={cfg.seed}:bytes={cfg.max_bytes}"
+        if cfg.copying.active():  # invented names, packing lists, songs: data/copying.py
+            from vslm.data import copying
+
+            return Source("stories", identity + copying.identity(cfg.copying),
+                          lambda: copying.copying_stories(cfg.seed, cfg.copying, n_bytes=cfg.max_bytes,
+                                                          endless=cfg.max_bytes is None))
         if cfg.max_bytes is None:  # endless: the token budget stops it
             return Source("stories", identity, lambda: _endless_stories(cfg.seed))
         return Source("stories", identity, lambda: stories.iter_stories(cfg.seed, n_bytes=cfg.max_bytes))
@@ -137,7 +148,7 @@ def _hub_documents(entry: Entry, split: str) -> Iterator[str]:
     datasets = _datasets()
     try:
         records = datasets.load_dataset(entry.hub, entry.hub_config, split=split, streaming=True)
-        yield from _formatted(entry.documents, records, entry.name, entry.text)
+        yield from _formatted(entry.documents, _Numbered(enumerate(records, 1), "record"), entry.name, entry.text)
     except VSLMError:
         raise
     except Exception as e:  # network, authentication, a renamed repository: one line, not a traceback
@@ -148,11 +159,8 @@ def _hub_documents(entry: Entry, split: str) -> Iterator[str]:
 
 
 def _datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise VSLMError("reading JSON, parquet or hub corpora needs the `datasets` package: "
-                        "pip install datasets") from None
+    import datasets  # a dependency, imported here only because it takes a second to import
+
     datasets.disable_progress_bars()
     return datasets
 
@@ -236,13 +244,96 @@ def _files_identity(files: list[Path], max_bytes: int | None, reader: str) -> st
     return f"files:{h.hexdigest()}"
 
 
-def _file_records(path: Path, kind: str, json_field: str | None) -> Iterator[dict]:
-    """Records of a JSON lines / JSON / parquet file, streamed through `datasets`."""
+class _Numbered:
+    """Records that remember where the last one handed out came from ("line 3", "record 3"), so that an
+    error raised while formatting it can name it."""
+
+    def __init__(self, numbered: Iterable[tuple[int, dict]], unit: str):
+        self._numbered, self._unit, self.at = iter(numbered), unit, ""
+
+    def __iter__(self) -> _Numbered:
+        return self
+
+    def __next__(self) -> dict:
+        number, record = next(self._numbered)
+        self.at = f"{self._unit} {number}"
+        return record
+
+
+def _file_records(path: Path, kind: str, json_field: str | None) -> _Numbered:
+    """Records of a JSON lines / JSON / parquet file, numbered: JSON lines by line (read here), the rest by
+    record (streamed through `datasets`)."""
+    if kind == "json" and _is_json_lines(path, json_field):
+        return _Numbered(_json_lines(path), "line")
+    return _Numbered(enumerate(_datasets_records(path, kind, json_field), 1), "record")
+
+
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _is_json_lines(path: Path, json_field: str | None) -> bool:
+    """A .jsonl / .ndjson file, or a .json file whose first non-blank line is a whole JSON object (not a
+    JSON document, such as SQuAD's, whose records sit under `json_field`)."""
+    if path.name.lower().endswith(JSON_LINES_SUFFIXES):
+        return True
+    if json_field:
+        return False
+    try:
+        with _open_bytes(path) as f:
+            first = next((line for line in f if line.strip()), b"")
+        return isinstance(json.loads(first.decode("utf-8").removeprefix("\ufeff")), dict)
+    except (OSError, EOFError, ValueError):  # not gzip, not UTF-8, not one object a line: `datasets` decides
+        return False
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a JSON lines file, blank lines skipped, in constant memory. Read here, not
+    through `datasets`: a bad line is one error naming its line number in the file (Arrow counts rows
+    from 0 within a block, and `datasets` logs a second line of its own)."""
+    number = 0
+    try:
+        with _open_bytes(path) as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    text = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    raise VSLMError(f"data file {path}, line {number}: not UTF-8 text (byte {e.start} of the "
+                                    "line); convert it to UTF-8") from None
+                try:
+                    record = json.loads(text.removeprefix("\ufeff") if number == 1 else text)
+                except json.JSONDecodeError as e:
+                    raise VSLMError(f"data file {path}, line {number}: not valid JSON ({e.msg}"
+                                    f"{' ' if e.msg.endswith(' at') else ', '}column {e.colno})") from None
+                if not isinstance(record, dict):
+                    raise VSLMError(f"data file {path}, line {number}: not a JSON object (a record) but a "
+                                    f"{type(record).__name__}") from None
+                yield number, record
+    except (OSError, EOFError) as e:  # a gzip file that is not one, or is cut short
+        where = f", after line {number}" if number else ""
+        raise VSLMError(f"data file {path}{where}: cannot read it ({type(e).__name__}: {e})") from None
+
+
+def _datasets_records(path: Path, kind: str, json_field: str | None) -> Iterator[dict]:
+    """Records of a JSON document or a parquet file, streamed through `datasets`, whose own logging is
+    silenced while it reads: a file it cannot read is one line, ours."""
     datasets = _datasets()
     kwargs = {"field": json_field} if kind == "json" and json_field and path.name.endswith(".json") else {}
     try:
-        records = datasets.load_dataset(kind, data_files=[str(path)], split="train", streaming=True, **kwargs)
-        yield from records
+        with _quiet_datasets():
+            records = iter(datasets.load_dataset(kind, data_files=[str(path)], split="train", streaming=True,
+                                                 **kwargs))
+        while True:
+            with _quiet_datasets():
+                record = next(records, None)
+            if record is None:
+                return
+            yield record
     except VSLMError:
         raise
     except Exception as e:
@@ -250,15 +341,30 @@ def _file_records(path: Path, kind: str, json_field: str | None) -> Iterator[dic
         raise VSLMError(f"data file {path}: cannot read it as {kind} ({type(e).__name__}: {first[:200]})") from None
 
 
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets` logs an error it then raises; the raise alone becomes our one line."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: str) -> Iterator[str]:
-    """The formatter's documents, with a record that lacks a field reported as one line."""
+    """The formatter's documents, with a record that lacks a field reported as one line naming the record's
+    line (or number) when the records are numbered."""
     try:
         yield from formatter(records)
     except KeyError as e:
-        raise VSLMError(f"data {where}: a record has no field {e.args[0]!r} (the text is {what}); "
+        at = f", {records.at}" if isinstance(records, _Numbered) and records.at else ""
+        raise VSLMError(f"data {where}{at}: a record has no field {e.args[0]!r} (the text is {what}); "
                         "set data.text_field to the field holding the text") from None
     except (TypeError, AttributeError) as e:
-        raise VSLMError(f"data {where}: a record is not in the expected schema ({e}); the text is {what}") from None
+        at = f", {records.at}" if isinstance(records, _Numbered) and records.at else ""
+        raise VSLMError(f"data {where}{at}: a record is not in the expected schema ({e}); the text is {what}") from None
 
 
 def _within(docs: Iterable[str], max_bytes: int | None) -> Iterator[str]:

@@ -189,7 +189,7 @@ class HFTokenizer(Tokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Documents (which hold no end-of-text marker: sources split at them). Bulk encoding goes through
-        tiktoken when it is installed: several times faster than `tokenizers` on a CPU (the shard
+        tiktoken: several times faster than `tokenizers` on a CPU (the shard
         builder's 10 MB/s needs it). The first texts (CHECK_CHARS of them) are encoded both ways and
         must agree, else `tokenizers` it is."""
         texts = list(texts)
@@ -208,11 +208,10 @@ class HFTokenizer(Tokenizer):
 
     def _tiktoken(self):
         """The same byte-level BPE as a tiktoken Encoding: a token's rank is its id, and `tokenizers`
-        numbers merged tokens in merge order, so merge priority is the same; None without tiktoken."""
-        try:
-            import tiktoken
-        except ImportError:
-            return None
+        numbers merged tokens in merge order, so merge priority is the same; None for a vocabulary that
+        is not a byte-level BPE of all 256 bytes (tiktoken is a dependency, imported here only when used)."""
+        import tiktoken
+
         table = _byte_level_decoder()
         special = {t.content for t in self.hf.get_added_tokens_decoder().values()}
         ranks = {bytes(table[ch] for ch in token): i for token, i in self.hf.get_vocab().items()

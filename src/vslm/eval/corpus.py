@@ -127,6 +127,8 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> 
     else:
         source, all_val, split, word_level = name, Path(name).expanduser().exists(), "all", False
     fields = run_data.model_dump(exclude={"source", "max_tokens", "max_bytes"})
+    if source != "stories":  # data.copying changes the built-in stories only
+        fields.pop("copying")
     budget = max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's split: all of it
     return DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level
 

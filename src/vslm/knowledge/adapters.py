@@ -4,7 +4,8 @@ question by the retriever (RESEARCH.md section 5a).
 `add_adapter` puts a named LoRA on every attention and MLP matrix of a trained GPT (`qkv`, `proj`,
 `fc`); several can live side by side and `use_adapter` switches between them (None: the base model
 alone). `fit_adapter` trains one adapter on a group's text with everything else frozen, so the base
-model, and every other adapter, stays exactly as it was. `fact_groups` cuts a pool's people into
+model, and every other adapter, stays exactly as it was; it is a run of the one training loop
+(train/finetune.py), in a folder of its own. `fact_groups` cuts a pool's people into
 groups; `AdapterRouter` answers "which adapter for this question?" with the group most of the
 retriever's cards are about.
 """
@@ -18,15 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from vslm.config import RunConfig
 from vslm.data.answers import AnswerSampler
-from vslm.data.tokenizer import Tokenizer
+from vslm.data.shards import Corpus
 from vslm.knowledge import render
 from vslm.knowledge.retrieval import Card, Retriever
 from vslm.knowledge.world import Pool, World
 from vslm.model import GPT
+from vslm.train.finetune import fine_tune, finetune_config
 
 TARGETS = ("qkv", "proj", "fc")  # the Linear layers of attention and MLP (vslm.model.attention, layers)
 
@@ -77,35 +79,29 @@ def load_adapter(model: GPT, name: str, path: Path) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def fit_adapter(model: GPT, tokenizer: Tokenizer, name: str, documents: Sequence[str], steps: int = 200,
-                lr: float = 3e-3, batch_size: int = 16, seed: int = 0) -> list[float]:
+def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents: Sequence[str], out: Path,
+                steps: int = 200, lr: float = 3e-3, batch_size: int = 16, seed: int = 0, device: str = "cpu") -> dict:
     """Train the adapter `name` on whole documents (loss on answers where there are some, on every
-    token otherwise: vslm.data.answers), everything else frozen. Returns the loss of each step."""
+    token otherwise: vslm.data.answers), everything else frozen, by the one training loop into the run
+    folder `out` (a finished one is reused, an interrupted one resumed). `cfg` and `corpus` are the
+    base run's: its validation loss is measured at the end with the adapter on. Returns the last
+    logged metrics; the model keeps the adapter's weights and the trainable flags it had."""
     use_adapter(model, name)
-    trainable = {n: p for n, p in model.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n}
+    trainable = {n for n, _ in model.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n}
     if not trainable:
         raise ValueError(f"the model has no adapter {name!r}; add_adapter first")
     before = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
-    sampler = AnswerSampler(documents, tokenizer, model.cfg.context, batch_size, seed)
-    optimizer = torch.optim.AdamW(trainable.values(), lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.train()
-    losses = []
-    for _ in range(steps):
-        x, y = sampler.next_batch()
-        logits = model(x.to(device))
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.train(was_training)
-    for n, p in model.named_parameters():
-        p.requires_grad_(before[n])
-    return losses
+    try:
+        batches = AnswerSampler(documents, corpus.tokenizer, model.cfg.context, batch_size, seed)
+        return fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model, corpus,
+                         batches=batches)
+    finally:
+        model.train(was_training)
+        for n, p in model.named_parameters():
+            p.requires_grad_(before[n])
 
 
 def fact_groups(world: World, pool: Pool, size: int, seed: int = 0) -> dict[str, list[str]]:
@@ -134,7 +130,9 @@ def group_documents(world: World, entities: Sequence[str], renderings: int = 4, 
 
 class AdapterRouter:
     """Chooses an adapter for a question: the group that most of the retrieved cards are about (a
-    card belongs to the group of its subject); None when no card is about a grouped entity."""
+    card belongs to the group of its subject); None when no card is about a grouped entity. Only
+    cards that name someone the question names vote: a card that shares only its relation word with
+    the question ("employer" in "the employer of Nobody Here?") says nothing about who is asked about."""
 
     def __init__(self, retriever: Retriever, world: World, groups: dict[str, list[str]], k: int = 4, rounds: int = 1):
         self.retriever, self.k, self.rounds = retriever, k, rounds
@@ -146,4 +144,5 @@ class AdapterRouter:
         return votes.most_common(1)[0][0] if votes else None  # ties: the group seen first
 
     def route(self, question: str) -> str | None:
-        return self.group(self.retriever.retrieve(question, self.k, self.rounds))
+        cards = self.retriever.retrieve(question, self.k, self.rounds)
+        return self.group([c for c in cards if any(name in question for name in c.entities)])

@@ -13,14 +13,18 @@ closed-book as a model that never saw W would, and keeps its language elsewhere.
 another forgetting term in place of `forget`: gradient ascent (-CE on W's closed-book answers) or NPO
 (Zhang et al. 2024) with the teacher at the start as reference.
 
+The loss is the objective `vslm.train.objectives.Distillation` (each term a pure function of
+logits); this module builds its batches (`DistillBatches`) and runs it through the one training
+loop (train/finetune.py): the student is a run folder with metrics.jsonl, checkpoints and exact
+resume like any other.
+
 W's questions here are the seen pool's training questions (split `train`); the held-out ones are left
 for `vslm facts eval`. A counterfactual context is the open-book one with the last supporting card's
 answer replaced by another of the question's choices (the target is that choice); questions whose
 card does not spell the answer (older-than) are not used for it.
 
-Every loss term is a pure function of logits, targets (-100 where not counted) and, for the KL
-terms, the other model's logits. The relearning test (`relearn`) fine-tunes a model on the training
-text of 10% of W's people and measures closed-book accuracy on the questions about the rest.
+The relearning test (`relearn`) fine-tunes a copy of a run's model on the training text of 10% of
+W's people, by the same loop, and measures closed-book accuracy on the questions about the rest.
 """
 
 from __future__ import annotations
@@ -28,14 +32,13 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vslm.data.answers import IGNORE, AnswerSampler
+from vslm.data.shards import prepare_corpus
 from vslm.data.stories import iter_stories
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
@@ -45,70 +48,17 @@ from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.questions import Question
 from vslm.knowledge.scoring import LMScorer
-from vslm.model import GPT
-from vslm.train.checkpoint import checkpoint_name, save_checkpoint
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, load_run
+from vslm.train.finetune import fine_tune, finetune_config
+from vslm.train.objectives import Distillation, check_weights
+from vslm.train.run_folder import CONFIG, load_run
 
 RESULT = "distill.json"
-TERMS = ("open_book", "counterfactual", "forget", "retain", "gradient_ascent", "npo")
+STARTED = "distill-settings.json"  # the settings a resumed distillation must have
 METHODS: dict[str, dict[str, float]] = {  # default weights; --weight NAME=VALUE changes any
     "combined": {"open_book": 1.0, "counterfactual": 1.0, "forget": 1.0, "retain": 1.0},
     "gradient-ascent": {"open_book": 1.0, "counterfactual": 1.0, "gradient_ascent": 1.0, "retain": 1.0},
     "npo": {"open_book": 1.0, "counterfactual": 1.0, "npo": 1.0, "retain": 1.0},
 }
-
-
-# ------------------------------------------------------------------------------------ loss terms
-
-
-def answer_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the counted tokens: -(1/N) sum_{t: y_t != -100} log softmax(z_t)[y_t].
-    logits (B, T, V), targets (B, T). The open-book and the counterfactual terms are this, on batches
-    whose prompts hold the gold facts, or the counterfactual ones (target: the context's answer)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-
-
-def kl_to(target_logits: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_v p_v (log p_v - log q_v), averaged over the counted positions (y_t != -100),
-    p = softmax(target_logits) (the naive model, or the teacher: no gradient), q = softmax(logits)
-    (the student). forget: p = naive, positions = the answers of W's closed-book questions; retain:
-    p = teacher, positions = every token of general text."""
-    mask = targets != IGNORE  # (B, T)
-    log_p = F.log_softmax(target_logits.detach().float(), dim=-1)[mask]  # (N, V)
-    log_q = F.log_softmax(logits.float(), dim=-1)[mask]
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-
-
-def gradient_ascent(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-CE on the forget answers: minimising it pushes their likelihood down without bound."""
-    return -answer_ce(logits, targets)
-
-
-def sequence_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B,): log p(answer) = sum of the counted tokens' log-probabilities in each row."""
-    mask = targets != IGNORE
-    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (B, T)
-    return (logp * mask).sum(-1)
-
-
-def npo(logits: torch.Tensor, reference_logits: torch.Tensor, targets: torch.Tensor, beta: float) -> torch.Tensor:
-    """Negative preference optimisation (Zhang et al. 2024), over the rows' answers:
-    mean_b -(2/beta) log sigmoid(-beta (log p_student(a_b) - log p_ref(a_b)))
-    = mean_b (2/beta) log(1 + (p_student / p_ref)^beta). Its gradient is gradient ascent's, weighted by
-    2 sigmoid(beta * log ratio) (at most 2, vanishing as p_student falls below p_ref): bounded forgetting."""
-    ratio = sequence_logp(logits, targets) - sequence_logp(reference_logits.detach(), targets)
-    return (-(2.0 / beta) * F.logsigmoid(-beta * ratio)).mean()
-
-
-def combine(weights: dict[str, float], terms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """sum_k w_k * term_k over the terms with a weight other than 0."""
-    unknown = set(weights) - set(TERMS)
-    if unknown:
-        raise VSLMError(f"unknown loss term {sorted(unknown)[0]!r}; the terms are {', '.join(TERMS)}")
-    used = [k for k, w in weights.items() if w != 0]
-    if not used:
-        raise VSLMError("every loss weight is 0")
-    return sum(weights[k] * terms[k] for k in used)  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -168,113 +118,102 @@ def forget_questions(folder: WorldFolder) -> list[Question]:
     return [q for q in folder.questions if q.pool == "seen" and q.split == "train" and not q.counterfactual]
 
 
-# ------------------------------------------------------------------------------------ training
+class DistillBatches:
+    """The distillation objective's batches: each step `batch_size` of W's training questions (drawn
+    by a seeded generator) asked open-book, with a counterfactual context (where one can be made) and
+    closed-book, and as many windows of general text. The generator's and the counterfactual
+    choice's states are the data position (saved in every checkpoint)."""
 
+    def __init__(self, folder: WorldFolder, tokenizer: Tokenizer, context: int, batch_size: int, seed: int,
+                 distractors: int = 4):
+        self.tokenizer, self.context, self.batch_size = tokenizer, context, batch_size
+        self.ctx = Contexts(folder, distractors, seed)
+        self.questions = forget_questions(folder)
+        if not self.questions:
+            raise VSLMError("the world has no training questions of the seen pool")
+        self.general = general_windows(tokenizer, context, seed=seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = random.Random(f"distill:{seed}")
 
-def step_terms(student: GPT, teacher: GPT, naive: GPT, weights: dict[str, float], batches: dict[str, tuple],
-               beta: float = 0.1) -> dict[str, torch.Tensor]:
-    """The loss terms with a weight other than 0, each from the batch it reads: `open_book`,
-    `counterfactual`, `closed_book` ((x, y) from encode_pairs) and `general` ((x, y) windows)."""
-    out: dict[str, torch.Tensor] = {}
-    want = {k for k, w in weights.items() if w != 0}
-    for term, key in (("open_book", "open_book"), ("counterfactual", "counterfactual")):
-        if term in want and batches.get(key) is not None:
-            x, y = batches[key]
-            out[term] = answer_ce(student(x), y)
-    if want & {"forget", "gradient_ascent", "npo"}:
-        x, y = batches["closed_book"]
-        logits = student(x)
-        if "forget" in want:
-            with torch.no_grad():
-                target = naive(x)
-            out["forget"] = kl_to(target, logits, y)
-        if "gradient_ascent" in want:
-            out["gradient_ascent"] = gradient_ascent(logits, y)
-        if "npo" in want:
-            with torch.no_grad():
-                ref = teacher(x)
-            out["npo"] = npo(logits, ref, y, beta)
-    if "retain" in want:
-        x, y = batches["general"]
-        with torch.no_grad():
-            target = teacher(x)
-        out["retain"] = kl_to(target, student(x), y)
-    for k in want - set(out):
-        out[k] = torch.zeros(())  # no such batch (no counterfactual question in this draw)
-    return out
+    def next_batch(self) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+        gen, ctx, tok, T = self.generator, self.ctx, self.tokenizer, self.context
+        qs = [self.questions[i] for i in torch.randint(len(self.questions), (self.batch_size,), generator=gen).tolist()]
+        cf = [p for p in (counterfactual_prompt(q, ctx, self.rng) for q in qs) if p is not None]
+        rows = self.general[torch.randint(len(self.general), (self.batch_size,), generator=gen)]
+        return {"open_book": encode_pairs(tok, [(ctx.open_book(q), q.answer) for q in qs], T),
+                "counterfactual": encode_pairs(tok, cf, T) if cf else None,
+                "closed_book": encode_pairs(tok, [(ctx.closed_book(q), q.answer) for q in qs], T),
+                "general": (rows[:, :-1], rows[:, 1:])}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.rng.setstate(state["rng"])
 
 
 def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: str = "combined", steps: int = 200,
             batch_size: int = 16, lr: float = 1e-3, weights: dict[str, float] | None = None, beta: float = 0.1,
             seed: int = 0, device: str = "cpu", distractors: int = 4) -> dict:
-    """Train a student from the teacher's weights; write it to `out` as a run folder (the teacher's
-    config and tokenizer, one checkpoint, metrics.jsonl with every term) and distill.json; returns it."""
+    """Train a student from the teacher's weights into the run folder `out` (the teacher's model and
+    data config, its tokenizer, metrics.jsonl with every term, checkpoints) and write distill.json;
+    returns it. An interrupted distillation of the same settings continues from its last checkpoint."""
     if method not in METHODS:
         raise VSLMError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
     weights = {**METHODS[method], **(weights or {})}
+    check_weights(weights)
     out = Path(out)
-    if (out / CONFIG).exists():
-        raise VSLMError(f"{out} already holds a run")
-    _, teacher, tokenizer = load_run(Path(teacher_run), device=device)
+    settings = {"teacher": str(teacher_run), "naive": str(naive_run), "world": str(world), "method": method,
+                "weights": weights, "beta": beta, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "distractors": distractors}
+    if (out / RESULT).is_file():
+        raise VSLMError(f"{out} already holds a run (a finished distillation)")
+    if (out / CONFIG).exists() and _started_with(out) != settings:
+        raise VSLMError(f"{out} already holds a run of other settings; --out another folder")
+    cfg, teacher, tokenizer = load_run(Path(teacher_run), device=device)
     _, naive, _ = load_run(Path(naive_run), device=device)
     if naive.cfg.vocab_size != teacher.cfg.vocab_size:
         raise VSLMError(f"the naive model's vocabulary ({naive.cfg.vocab_size}) is not the teacher's "
                         f"({teacher.cfg.vocab_size}): train it with the same data.tokenizer")
     folder = load_world_folder(world)
-    torch.manual_seed(seed)
-    student = copy.deepcopy(teacher).train()
+    if not forget_questions(folder):
+        raise VSLMError(f"{world} has no training questions of the seen pool")
+    batches = DistillBatches(folder, tokenizer, teacher.cfg.context, batch_size, seed, distractors)
+    student = copy.deepcopy(teacher).requires_grad_(True)
     for m in (teacher, naive):
         m.eval().requires_grad_(False)
-    context = teacher.cfg.context
-    ctx = Contexts(folder, distractors, seed)
-    questions = forget_questions(folder)
-    if not questions:
-        raise VSLMError(f"{world} has no training questions of the seen pool")
-    general = general_windows(tokenizer, context, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(f"distill:{seed}")
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     out.mkdir(parents=True, exist_ok=True)
-    log = []
-    for step in range(1, steps + 1):
-        qs = [questions[i] for i in torch.randint(len(questions), (batch_size,), generator=gen).tolist()]
-        cf = [p for p in (counterfactual_prompt(q, ctx, rng) for q in qs) if p is not None]
-        rows = general[torch.randint(len(general), (batch_size,), generator=gen)]
-        batches = {"open_book": encode_pairs(tokenizer, [(ctx.open_book(q), q.answer) for q in qs], context),
-                   "counterfactual": encode_pairs(tokenizer, cf, context) if cf else None,
-                   "closed_book": encode_pairs(tokenizer, [(ctx.closed_book(q), q.answer) for q in qs], context),
-                   "general": (rows[:, :-1], rows[:, 1:])}
-        batches = {k: None if v is None else tuple(t.to(device) for t in v) for k, v in batches.items()}
-        terms = step_terms(student, teacher, naive, weights, batches, beta)
-        loss = combine(weights, terms)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        log.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
-    for name in (CONFIG, TOKENIZER, SUMMARY):
-        if (Path(teacher_run) / name).is_file():
-            shutil.copy(Path(teacher_run) / name, out / name)
-    save_checkpoint(out / CHECKPOINTS / checkpoint_name(steps), student.state_dict(), {"step": steps})
-    (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in log), encoding="utf-8")
-    result = {"teacher": str(teacher_run), "naive": str(naive_run), "world": str(world), "method": method,
-              "weights": weights, "beta": beta, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "questions": len(questions), "last": log[-1] if log else None}
+    (out / STARTED).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, checkpoint_every=max(1, steps // 4))
+    final = fine_tune(run_cfg, out, student, prepare_corpus(cfg.data, tokenizer=tokenizer),
+                      objective=Distillation(teacher, naive, weights, beta), batches=batches)
+    used = [k for k, w in weights.items() if w != 0]
+    result = {**settings, "questions": len(batches.questions),
+              "last": {k: final[k] for k in ("step", "loss", *used) if k in final},
+              "val": {k: final[k] for k in ("val_loss", "val_bpb") if k in final}}
     (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def _started_with(out: Path) -> dict | None:
+    path = out / STARTED
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------ relearning
 
 
-def relearn(model: GPT, tokenizer: Tokenizer, folder: WorldFolder, fraction: float = 0.1, steps: int = 100,
-            lr: float = 1e-3, batch_size: int = 16, per_group: int | None = 100, seed: int = 0) -> dict:
-    """The relearning test: fine-tune a copy of `model` on the training text (every rendering of each
-    fact) of `fraction` of W's people, then ask closed-book, before and after, the questions of W that
-    use none of those facts (`rest`) and those that do (`relearned`). Knowledge only suppressed comes
-    back on `rest` faster than for a model that never knew it.
+def relearn(run: Path, folder: WorldFolder, out: Path, fraction: float = 0.1, steps: int = 100, lr: float = 1e-3,
+            batch_size: int = 16, per_group: int | None = 100, seed: int = 0, device: str = "cpu") -> dict:
+    """The relearning test: fine-tune the run's model (a run of the training loop in `out`) on the
+    training text (every rendering of each fact) of `fraction` of W's people, then ask closed-book,
+    before and after, the questions of W that use none of those facts (`rest`) and those that do
+    (`relearned`). Knowledge only suppressed comes back on `rest` faster than for a model that never
+    knew it.
 
     Returns {fraction, steps, people, facts, before: {rest, relearned}, after: {rest, relearned}},
-    each an accuracy dict (metrics.accuracy)."""
+    each an accuracy dict (metrics.accuracy), and the fine-tune's last loss and validation loss."""
     world = folder.world
     people = [e.id for e in world.of_kind("person", "seen")]
     random.Random(f"relearn:{seed}").shuffle(people)
@@ -284,25 +223,20 @@ def relearn(model: GPT, tokenizer: Tokenizer, folder: WorldFolder, fraction: flo
     groups = {"rest": [q for q in asked if not facts & set(q.support)],
               "relearned": [q for q in asked if facts & set(q.support)]}
     groups = {k: metrics.per_hops(v, per_group) for k, v in groups.items()}
-    model = copy.deepcopy(model)
+    cfg, model, tokenizer = load_run(Path(run), device=device)
     scorer = LMScorer(model, tokenizer)
 
     def measure() -> dict:
+        model.eval()
         return {k: metrics.accuracy(qs, metrics.pick(scorer, [render.closed_book_prompt(q.question) for q in qs], qs))
                 for k, qs in groups.items()}
 
     before = measure()
-    torch.manual_seed(seed)
     docs = group_documents(world, chosen, folder.settings.renderings, seed)
-    sampler = AnswerSampler(docs, tokenizer, model.cfg.context, batch_size, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
-    model.train().requires_grad_(True)
-    for _ in range(steps):
-        x, y = sampler.next_batch()
-        loss = answer_ce(model(x.to(device)), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    model.requires_grad_(True)
+    final = fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model,
+                      prepare_corpus(cfg.data, tokenizer=tokenizer),
+                      batches=AnswerSampler(docs, tokenizer, model.cfg.context, batch_size, seed))
     return {"fraction": fraction, "steps": steps, "people": len(chosen), "facts": len(facts),
-            "before": before, "after": measure()}
+            "before": before, "after": measure(),
+            "fit": {k: final[k] for k in ("loss", "val_loss") if k in final}}

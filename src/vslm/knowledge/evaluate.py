@@ -37,10 +37,12 @@ from vslm.knowledge.retrieval import Retriever, support_recall
 from vslm.plain import plain
 
 if TYPE_CHECKING:  # torch is imported only when a run is evaluated
+    from vslm.config import RunConfig
     from vslm.knowledge.scoring import LMScorer
 
 RESULT = "facts-eval.json"
 SCORING = "log-likelihood of each answer choice; the most likely is the answer"
+ADAPTERS = "adapters"  # RUN/adapters/<base checkpoint>/<group>: the adapter arm's fine-tuning runs
 
 
 def select(questions: Sequence[Question], pool: str, split: str, counterfactual: bool,
@@ -94,25 +96,31 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
     return out
 
 
-def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, group_size: int = 10, steps: int = 200,
-                      per_group: int | None = 100, seed: int = 0) -> dict:
+def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out: Path, group_size: int = 10,
+                      steps: int = 200, per_group: int | None = 100, seed: int = 0, device: str = "cpu") -> dict:
     """Facts loaded as adapters: a LoRA per group of novel entities, fitted on that group's facts
-    (facts the model never trained on), then the novel test questions asked closed-book with the
-    adapter the retriever picks (`novel`) and with the adapter of the question's subject (`oracle`).
+    (facts the model never trained on; a run of the training loop in out/GROUP, reused when done),
+    then the novel test questions asked closed-book with the adapter the retriever picks (`novel`)
+    and with the adapter of the question's subject (`oracle`). `cfg` is the scored model's run config.
     The scorer's model keeps the adapters (switched off on return)."""
+    from vslm.data.shards import prepare_corpus
     from vslm.knowledge import adapters
 
     model, tokenizer = scorer.model, scorer.tokenizer
+    corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)  # the run's text in the run's own tokens
     groups = adapters.fact_groups(folder.world, "novel", group_size, seed)
+    fitted = {}
     for name, entities in groups.items():
         adapters.add_adapter(model, name)
         docs = adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
-        adapters.fit_adapter(model, tokenizer, name, docs, steps=steps, seed=seed)
+        fitted[name] = adapters.fit_adapter(model, cfg, corpus, name, docs, Path(out) / name, steps=steps, seed=seed,
+                                            device=device)
     router = adapters.AdapterRouter(retriever_for(folder), folder.world, groups)
     home = {e: g for g, entities in groups.items() for e in entities}
     test = select(folder.questions, "novel", "test", False, per_group)
     routed = [router.route(q.question) for q in test]
     out: dict = {"groups": len(groups), "steps": steps,
+                 "fit": {k: metrics.mean([f[k] for f in fitted.values()]) for k in ("loss", "val_loss")},
                  "routing": metrics.mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
                  "by_hops": {}}
     for label, chosen in (("novel", routed), ("oracle", [home[q.starts[0]] for q in test])):
@@ -138,20 +146,22 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     from vslm.knowledge.probe import probe_attribute
     from vslm.knowledge.scoring import LMScorer
     from vslm.knowledge.world import RELATIONS
-    from vslm.train.run_folder import load_run
+    from vslm.train.run_folder import latest_checkpoint, load_run
 
     if probe not in RELATIONS or RELATIONS[probe].domain != "person":
         people = ", ".join(n for n, r in RELATIONS.items() if r.domain == "person")
         raise VSLMError(f"cannot probe '{probe}': choose a person's relation ({people})")
     folder = load_world_folder(world)
-    _, model, tokenizer = load_run(Path(run), checkpoint, device)
+    cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     scorer = LMScorer(model, tokenizer)
     result = {"run": str(run), "world": str(world),
               **evaluate_world(scorer, folder, distractors, per_group, k, rounds, seed)}
     result["probe"] = {"attribute": probe, **{pool: probe_attribute(scorer, folder.world, probe, pool, seed=seed)
                                               for pool in ("seen", "novel")}}
     if adapter_steps > 0:
-        result["adapters"] = evaluate_adapters(scorer, folder, group_size, adapter_steps, per_group, seed)
+        base = checkpoint or latest_checkpoint(Path(run))
+        result["adapters"] = evaluate_adapters(scorer, folder, cfg, Path(run) / ADAPTERS / base.stem, group_size,
+                                               adapter_steps, per_group, seed, device)
     result["truncated"] = scorer.truncated
     (Path(run) / RESULT).write_text(json.dumps(plain(result), indent=1) + "\n", encoding="utf-8")
     return result

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import shutil
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -55,9 +54,11 @@ from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError
-from vslm.experiments import mean_std, results_markdown, train_or_reuse
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
+from vslm.lab.runner import train_or_reuse
+from vslm.lab.stats import mean_std
+from vslm.lab.tables import results_markdown
 from vslm.plain import plain
 from vslm.train.run_folder import device_of
 
@@ -276,9 +277,7 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
 
     folder = seed_dir / arm.name
     if arm.distilled:
-        if not (folder / "distill.json").is_file():
-            if folder.exists():  # interrupted: distill writes its files at the end, nothing to keep
-                shutil.rmtree(folder)
+        if not (folder / "distill.json").is_file():  # not done: started afresh or continued
             distill(seed_dir / arm.teacher, seed_dir / arm.naive, world, folder, arm.method, arm.steps,
                     arm.batch_size, arm.lr, seed=seed, device=device)
         train = {}
@@ -302,13 +301,11 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
 def relearning(folder: Path, world: Path, steps: int, seed: int, device: str) -> dict:
     from vslm.knowledge.distill import relearn
     from vslm.knowledge.folder import load_world_folder
-    from vslm.train.run_folder import load_run
 
     path = folder / RELEARN
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    _, model, tokenizer = load_run(folder, device=device)
-    out = plain(relearn(model, tokenizer, load_world_folder(world), steps=steps, seed=seed))
+    out = plain(relearn(folder, load_world_folder(world), folder / "relearn", steps=steps, seed=seed, device=device))
     path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     return out
 

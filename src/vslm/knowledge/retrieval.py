@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 STOP_WORDS = frozenset("a an and are as at be by for from has have in is it its of on or the to was were who "
                        "what which with".split())
 WORD = re.compile(r"[a-z0-9]+")
@@ -90,7 +92,7 @@ class Retriever:
         if self.cards:
             import bm25s
 
-            self._index = bm25s.BM25(k1=self.k1, b=self.b)
+            self._index = bm25s.BM25(k1=self.k1, b=self.b, backend="numpy")  # scores alike with numba installed
             # an empty card would break the index: give it a term no query has
             self._index.index([terms(self._words(c.text)) or ["<empty>"] for c in self.cards], show_progress=False)
 
@@ -98,17 +100,26 @@ class Retriever:
         return words(text, self.synonyms)
 
     def search(self, query: str | Sequence[str], k: int, exclude: Iterable[str] = ()) -> list[tuple[Card, float]]:
-        """The k best cards for a query (text, or its words) with their scores, best first, skipping the
-        ids in `exclude`; cards that share no term with the query are never returned."""
+        """The k best cards for a query (text, or its words) with their scores, best first (equal scores in
+        the order the cards were added), skipping the ids in `exclude`; cards that share no term with the
+        query are never returned."""
         query_terms = terms(self._words(query) if isinstance(query, str) else query)
         skip = set(exclude)
         if self._index is None or not query_terms or k <= 0:
             return []
-        want = min(len(self.cards), k + len(skip))
-        docs, scores = self._index.retrieve([query_terms], k=want, show_progress=False, n_threads=1)
-        hits = [(self.cards[int(i)], float(s)) for i, s in zip(docs[0], scores[0], strict=True)
-                if s > 0 and self.cards[int(i)].id not in skip]
-        return hits[:k]
+        # Cards often tie (two cards naming the same person and no other query word score alike), and
+        # which of them makes the top k decides multi-hop recall. bm25s's own top-k leaves ties to
+        # np.argpartition (whose order changes with numpy's version and the CPU's SIMD: AVX2 and
+        # AVX-512 machines differ), to numba or to jax, whichever is installed. So the order is fixed
+        # here: score, best first, then the order the cards were added in (a stable sort).
+        scores = np.asarray(self._index.get_scores(query_terms), dtype=np.float64)
+        hits = []
+        for i in np.argsort(-scores, kind="stable"):
+            if scores[i] <= 0 or len(hits) == k:
+                break
+            if self.cards[i].id not in skip:
+                hits.append((self.cards[i], float(scores[i])))
+        return hits
 
     def retrieve(self, question: str, k: int = 4, hops: int = 2) -> list[Card]:
         """At most k cards for a question, found over `hops` rounds of ceil(k / hops) new cards each.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from vslm.config import ModelConfig
 from vslm.model.gpt import GPT
 
 
@@ -52,3 +53,33 @@ def model_flops_utilisation(flops_per_token: float, tokens_per_s: float, peak_fl
     and MFU, their fraction of a peak FLOP/s; recomputation and padding do not count as model FLOPs."""
     model_flops_per_s = flops_per_token * tokens_per_s
     return {"model_flops_per_s": model_flops_per_s, "mfu": model_flops_per_s / peak_flops_per_s}
+
+
+def parameter_estimate(cfg: ModelConfig, vocab_size: int) -> int:
+    """The parameters GPT(cfg) will have, counted from the config alone (nothing is built, so a
+    config of a million blocks is sized in milliseconds): tests/test_reliability.py checks it equals
+    `parameter_count` of the built model."""
+    specs, order = cfg.block_specs(), cfg.depth_order()
+    widths = [specs[b].width for b in order]
+    embed = widths[0] if cfg.root == "token" else cfg.width  # ModelConfig.embed_width, without a second resolve
+    norm = (2 if cfg.norm == "layernorm" and cfg.bias else 1)  # weight (and bias) per channel
+    total = vocab_size * embed + (cfg.context * embed if cfg.position == "learned" else 0)
+    if cfg.root == "learned":
+        total += (cfg.context if cfg.root_per_position else 1) * widths[0]
+    if cfg.injects():
+        total += sum(embed * w for w in widths) + len(widths)
+    shapes = []  # per unique block: its Linear layers as (fan_in, fan_out), for recursion LoRA too
+    for s in specs:
+        layers = [(s.width, (s.heads + 2 * s.kv_heads) * s.head_dim), (s.heads * s.head_dim, s.width)]
+        if cfg.mlp != "none":
+            layers += [(s.width, (2 if cfg.mlp == "swiglu" else 1) * s.ffn), (s.ffn, s.width)]
+        shapes.append(layers)
+        total += sum(i * o + (o if cfg.bias else 0) for i, o in layers)
+        total += norm * s.width * (2 if cfg.mlp != "none" else 1) + (s.heads if s.attention == "ssmax" else 0)
+    before = [embed if cfg.root == "token" else widths[0], *widths[:-1]]
+    total += sum(i * o for i, o in zip(before, widths, strict=True) if i != o)
+    if cfg.recursion_lora_rank:
+        shared = [d for d, b in enumerate(order) if order.count(b) > 1]
+        total += sum(cfg.recursion_lora_rank * (i + o) for d in shared for i, o in shapes[order[d]])
+    total += norm * widths[-1] + (0 if cfg.tie_embeddings else widths[-1] * vocab_size)
+    return total

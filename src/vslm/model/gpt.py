@@ -55,6 +55,16 @@ class Block(nn.Module):
         return {name: (m.in_features, m.out_features) for name, m in layers.items()}
 
 
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """A ValueError naming the argument unless temperature is finite and >= 0 (0 = greedy) and top_k is
+    None or at least 1."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be at least 1 (None = no cut), got {top_k!r}")
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -145,7 +155,13 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Append `new_tokens` sampled tokens to idx (B, T); temperature 0 is greedy."""
+        """Append `new_tokens` sampled tokens to idx (B, T); temperature 0 is greedy, top_k None keeps every token.
+        Out-of-range arguments are a ValueError naming the argument."""
+        check_sampling(temperature, top_k)
+        if new_tokens < 0:
+            raise ValueError(f"new_tokens must be at least 0, got {new_tokens}")
+        if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
+            raise ValueError(f"idx must be (batch, time) with at least one row and one token, got {tuple(idx.shape)}")
         for _ in range(new_tokens):
             logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()
             if temperature == 0:

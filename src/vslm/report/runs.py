@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +66,9 @@ class RunFiles:
         return np.array(out, dtype=float)
 
 
-def read_run(folder: Path) -> RunFiles:
-    """A run folder's files; a folder without `config.toml` is not a run folder (a one-line error)."""
+def read_run(folder: Path, warn: Callable[[str], None] | None = None) -> RunFiles:
+    """A run folder's files; a folder without `config.toml` is not a run folder (a one-line error). A malformed
+    line of metrics.jsonl or probes.jsonl is skipped with a one-line warning (`warn`, default: stderr)."""
     folder = Path(folder)
     config_path = folder / CONFIG
     if not config_path.is_file():
@@ -81,26 +84,42 @@ def read_run(folder: Path) -> RunFiles:
         folder=folder,
         config_text=text,
         config=config,
-        metrics=_read_jsonl(folder / METRICS),
-        probes=_read_jsonl(folder / PROBES),
+        metrics=_read_jsonl(folder / METRICS, warn),
+        probes=_read_jsonl(folder / PROBES, warn),
         summary=_read_json(summary_path) if summary_path.is_file() else {},
         samples=samples_path.read_text(encoding="utf-8", errors="replace") if samples_path.is_file() else "",
     )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of a .jsonl file; a line cut short by a killed run is skipped, not fatal."""
+def _read_jsonl(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The JSON objects of a .jsonl file that carry a numeric step. A malformed line (cut short by a killed
+    run, or edited by hand) is skipped, not fatal: one warning line names the file and the lines skipped."""
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
+            row = None
+        if isinstance(row, dict) and _finite(row.get("step")):
             rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:MAX_LINES_NAMED])) + (", ..." if len(bad) > MAX_LINES_NAMED else "")
+        what = f"malformed line {shown}" if len(bad) == 1 else f"{len(bad)} malformed lines ({shown})"
+        (warn or _stderr)(f"warning: {path}: skipped {what}: not a JSON object with a numeric step")
     return rows
+
+
+MAX_LINES_NAMED = 5  # a warning names at most this many skipped lines
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _read_json(path: Path) -> dict:

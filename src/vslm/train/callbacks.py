@@ -22,7 +22,6 @@ from vslm.train.checkpoint import checkpoint_name, prune, save_checkpoint
 from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS
 
 if TYPE_CHECKING:
-    from vslm.config import RunConfig
     from vslm.train.trainer import Trainer
 
 
@@ -70,7 +69,9 @@ def step_of_line(line: str) -> float:
 
 
 class Checkpointer(Callback):
-    """Full training state every `every` steps and at the end; keeps the newest `keep_last`."""
+    """Full training state every `every` steps and at the end (`due`), and on the steps the trainer
+    adds (`trainer.checkpoint_now`: after `train.checkpoint_minutes`, on SIGTERM/SIGINT); keeps the
+    newest `keep_last`. A state with a non-finite tensor is never written: the trainer stops instead."""
 
     def __init__(self, every: int, keep_last: int):
         self.every, self.keep_last = every, keep_last
@@ -79,9 +80,11 @@ class Checkpointer(Callback):
         return step == last or (self.every > 0 and step % self.every == 0)
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if self.due(trainer.step, trainer.cfg.train.steps):
+        if trainer.checkpoint_now or self.due(trainer.step, trainer.cfg.train.steps):
             folder = trainer.run_dir / CHECKPOINTS
-            save_checkpoint(folder / checkpoint_name(trainer.step), trainer.weights(), trainer.state_dict())
+            weights, state = trainer.weights(), trainer.state_dict()
+            trainer.check_finite(weights, state)
+            save_checkpoint(folder / checkpoint_name(trainer.step), weights, state)
             prune(folder, self.keep_last)
 
 
@@ -223,24 +226,3 @@ class StopAtLoss(Callback):
                             "train_time_s": round(trainer.train_time_s, 3),
                             "wall_s": round(time.perf_counter() - self.started, 3)}
             trainer.request_stop()
-
-
-def default_callbacks(cfg: RunConfig) -> list[Callback]:
-    """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
-    checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on) and the progress bar (if on)."""
-    every = cfg.logging.diagnostics_every
-    callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
-    callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
-    if cfg.train.snapshots:
-        callbacks.append(Snapshots())
-    from vslm.train.probing import ProbeCallback, probe_interval  # probing builds on this module
-
-    if probe_every := probe_interval(cfg):
-        callbacks.append(ProbeCallback(probe_every))
-    from vslm.train.tensorboard import TensorBoardLog, tensorboard_available  # builds on this module
-
-    if cfg.logging.tensorboard is True or (cfg.logging.tensorboard == "auto" and tensorboard_available()):
-        callbacks.append(TensorBoardLog())
-    if cfg.logging.progress:
-        callbacks.append(ProgressBar())
-    return callbacks

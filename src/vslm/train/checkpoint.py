@@ -12,11 +12,13 @@ the new one complete. Files whose name does not match `step_NNNNNNNN.safetensors
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +80,27 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call write(file) on a temporary file beside path, fsync it, then rename it to path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, a file-size limit, a quota
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], size: int | None = None) -> None:
+    """Call write(file) on a temporary file beside path, fsync it, then rename it to path. A full disk,
+    a file-size limit or a quota leave the folder as it was and end in one line (VSLMError) that names
+    the folder and, when `size` (bytes) is given, the space needed."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _no_room(e, path, size) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in FULL:
+            raise _no_room(e, path, size) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -97,12 +109,18 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         os.close(dir_fd)
 
 
+def _no_room(e: OSError, path: Path, size: int | None) -> VSLMError:
+    needed = f"; {size / 2**20:.1f} MB needed" if size else ""
+    return VSLMError(f"cannot write {path.name} in {path.parent}: {os.strerror(e.errno or 0)}{needed}; "
+                     "nothing was lost: free space, then resume (vslm train --resume --out RUN)")
+
+
 def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], state: dict | None = None) -> None:
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     skeleton = _encode(state or {}, tensors)
     blob = save(tensors, metadata={STATE_KEY: json.dumps(skeleton)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob), size=len(blob))
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
@@ -115,6 +133,35 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dic
         raise VSLMError(f"cannot read checkpoint {path}: {e}") from None
     weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
     return weights, _decode(skeleton, tensors)
+
+
+def nonfinite(weights: dict[str, torch.Tensor], state: dict | None = None) -> list[str]:
+    """Names of the floating-point tensors (weights, then state/<n> of the state's tensors) that hold
+    a NaN or an infinity: a checkpoint with any is never written, and never resumed from."""
+    tensors: dict[str, torch.Tensor] = dict(weights)
+    if state is not None:
+        _encode(state, tensors)
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def newest_good(paths: Sequence[Path], device: str | torch.device = "cpu",
+                warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, torch.Tensor], dict]:
+    """(path, weights, state) of the newest of `paths` (oldest first) that reads and holds only finite
+    values; each newer one passed over is named in a one-line warning."""
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    for path in reversed(paths):
+        try:
+            weights, state = load_checkpoint(path, device)
+        except VSLMError as e:
+            warn(f"warning: {e}; trying an older one")
+            continue
+        bad = nonfinite(weights, state)
+        if bad:
+            warn(f"warning: {path} holds non-finite values ({len(bad)} tensors, {bad[0]} first); trying an older one")
+            continue
+        return path, weights, state
+    folder = Path(paths[0]).parent if paths else "the run folder"
+    raise VSLMError(f"no readable checkpoint with finite weights in {folder}")
 
 
 def prune(folder: Path, keep_last: int) -> None:

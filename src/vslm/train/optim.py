@@ -18,7 +18,6 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
 from vslm.config import TrainConfig
 
@@ -57,14 +56,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimize
 
 
 def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float] = MUON_NS, steps: int = 5,
-                  eps: float = 1e-7) -> torch.Tensor:
-    """Muon's orthogonalisation of a matrix: PyTorch's own Newton-Schulz iteration on CUDA (in bfloat16),
-    the same iteration in float32 elsewhere: CPUs without bfloat16 matrix units run it about 40x slower
-    in bfloat16 than in float32 (0.4 s against 0.01 s per step for the speed-run model, docs/BENCHMARKS.md)."""
-    if g.is_cuda:
-        return _zeropower_via_newtonschulz(g, coefficients, steps, eps)
+                  eps: float = 1e-7, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Muon's orthogonalisation of a matrix: torch.optim.Muon's Newton-Schulz iteration, in bfloat16 on
+    CUDA as PyTorch runs it (bit for bit: tests/test_torch_muon.py), in float32 elsewhere: CPUs without
+    bfloat16 matrix units run it about 40x slower in bfloat16 than in float32 (0.4 s against 0.01 s per
+    step for the speed-run model, docs/BENCHMARKS.md). `dtype` overrides that choice."""
     a, b, c = coefficients
-    x = g.float()
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     wide = x.T if x.size(0) > x.size(1) else x
     wide = wide / wide.norm().clamp(min=eps)  # spectral norm at most 1
     for _ in range(steps):
@@ -73,10 +71,22 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float] = MU
     return wide.T if x.size(0) > x.size(1) else wide
 
 
+def muon_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's learning rate for a matrix of `shape` (A rows, B columns): "original" (the
+    default) scales it by sqrt(max(1, A / B)), "match_rms_adamw" by 0.2 sqrt(max(A, B)) so that the
+    update's RMS is AdamW's."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
 class Float32Muon(torch.optim.Muon):
-    """PyTorch's Muon, its state and its learning-rate rule unchanged, with the orthogonalisation of
-    `newton_schulz` (float32 off CUDA). Only the per-parameter update is rewritten, as in
-    torch.optim._muon._single_tensor_muon."""
+    """PyTorch's Muon (its constructor, defaults, state and learning-rate rule) with the orthogonalisation
+    of `newton_schulz` (float32 off CUDA). Only `step` is rewritten, as torch.optim.Muon's single-tensor
+    step, with public calls only; tests/test_torch_muon.py checks it against torch.optim.Muon."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -85,15 +95,21 @@ class Float32Muon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, bufs = [], [], []
-            self._init_group(group, params, grads, bufs)
             lr, momentum = group["lr"], group["momentum"]
-            for p, g, buf in zip(params, grads, bufs, strict=True):
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if torch.is_complex(p) or p.grad.is_sparse:
+                    raise RuntimeError("Muon supports neither complex parameters nor sparse gradients")
+                g, state = p.grad, self.state[p]
+                if "momentum_buffer" not in state:  # torch.optim.Muon's name: its checkpoints load here
+                    state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
                 buf.lerp_(g, 1 - momentum)
                 update = g.lerp(buf, momentum) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+                p.add_(update.to(p.dtype), alpha=-muon_lr(lr, group["adjust_lr_fn"], p.shape))
         return loss
 
 

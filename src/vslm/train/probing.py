@@ -180,3 +180,83 @@ def probe_snapshots(run_dir: Path, out: Path | None = None) -> Path:
         lines.append(json.dumps({"step": step, **run_probes(model, probes)}))
     out.write_text("".join(ln + "\n" for ln in lines))
     return out
+
+
+# ------------------------------------------------------------------------------------- copying
+
+COPYING = ("names", "lists", "tokens", "songs")
+HELD_OUT_SEED = 4242  # stories no training run draws (data.seed is 0 unless changed)
+TOKEN_BYTES = 400_000  # --copying tokens: held-out stories read
+COPYING_KINDS = {  # the kinds of scored token of each measure, the copyable one second, with their labels
+    "names": (("first", "first occurrence"), ("repeat", "repeat")),
+    "lists": (("new", "the line's new item"), ("repeated", "repeated from the line before")),
+    "tokens": (("first", "first occurrence"), ("seen", "already in the window")),
+    "songs": (("first", "first rendition"), ("repeat", "repeat")),
+}
+COPYING_WHAT = {
+    "names": "the letters of a name after its first",
+    "lists": "the first letter of a list item",
+    "tokens": "rare targets (unigram below 1 / V)",
+    "songs": "a song's tokens after its first",
+}
+
+
+def probe_copying(run_dir: Path, kind: str, invented: bool = False, far: bool = False, stories: int = 300,
+                  windows: int | None = None, batch_size: int = 32, checkpoint: Path | None = None) -> dict:
+    """A copying measure (vslm.probes.copying) of a run on held-out text (stories of HELD_OUT_SEED):
+    names (character runs): `windows` (300) windows of `stories` stories, with invented names if asked;
+    lists (character runs): `stories` stories with a packing list each; songs: `stories` stories with a
+    song (sung again far if asked); tokens: `windows` (200) windows of TOKEN_BYTES of plain stories.
+    Returns plain values: the run, the measure, the held-out text's settings, and CopyResult's fields
+    (loss and count per kind, attention per depth and head, copies, uniform, skipped)."""
+    from vslm.config import CopyingConfig
+    from vslm.data import copying as corpus
+    from vslm.data.stories import iter_stories
+    from vslm.errors import VSLMError
+    from vslm.probes import copying
+    from vslm.train.run_folder import load_run
+
+    if kind not in COPYING:
+        raise VSLMError(f"unknown copying measure '{kind}': one of {', '.join(COPYING)}")
+    cfg, model, tok = load_run(Path(run_dir), Path(checkpoint) if checkpoint else None)
+    if kind == "tokens":
+        windows = windows or 200
+        ids = tok.encode("\n\n".join(iter_stories(HELD_OUT_SEED, n_bytes=TOKEN_BYTES)))
+        result = copying.token_copying(model, ids, cfg.model.vocab_size, windows, batch_size)
+        held = {"seed": HELD_OUT_SEED, "bytes": TOKEN_BYTES, "windows": windows}
+    else:
+        options = CopyingConfig(names="invented" if invented else "common", lists=int(kind == "lists"),
+                                songs=("far" if far else "near") if kind == "songs" else "none")
+        texts, names = corpus.held_out(HELD_OUT_SEED, options, stories)
+        held = {"seed": HELD_OUT_SEED, "stories": stories, "copying": options.model_dump(mode="json")}
+        if kind == "songs":
+            result = copying.song_copying(model, texts, corpus.SONG, tok.encode, batch_size)
+        elif kind == "lists":
+            result = copying.list_copying(model, "\n\n".join(texts), corpus.LIST_LINE, tok.encode, batch_size)
+        else:
+            windows = windows or 300
+            result = copying.name_copying(model, "\n\n".join(texts), names, tok.encode, windows, batch_size)
+            held["windows"] = windows
+    return plain({"run": str(run_dir), "copying": kind, "held_out": held, **result.to_dict()})
+
+
+def copying_table(result: dict) -> str:
+    """A probe_copying result as readable lines: the losses, then the attention to the copy source."""
+    kind = result["copying"]
+    held = json.dumps(result["held_out"])
+    lines = [f"{result['run']}: copying {kind}, {COPYING_WHAT[kind]}, on held-out text {held}"]
+    for key, label in COPYING_KINDS[kind]:
+        loss = result["loss"][key]
+        lines.append(f"  {label:<30} {'-' if loss is None else f'{loss:.3f}':>7} nats  ({result['count'][key]} tokens)")
+    if result["skipped"]:
+        lines.append(f"  {result['skipped']} windows left out (too long for the context, or tokenized differently)")
+    if not result["copies"]:
+        lines.append("  no copies to read the attention at")
+        return "\n".join(lines)
+    lines.append(f"  attention to the copy source per depth and head ({result['copies']} queries; "
+                 f"spread evenly: {result['uniform']:.3f}):")
+    heads = max(len(row) for row in result["attention"])
+    lines.append("    depth " + "".join(f"{f'head {h}':>8}" for h in range(heads)))
+    for d, row in enumerate(result["attention"]):
+        lines.append(f"    {d:>5} " + "".join(f"{a:>8.3f}" for a in row))
+    return "\n".join(lines)

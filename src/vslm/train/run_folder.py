@@ -12,19 +12,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from vslm.config import RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import VSLMError
 from vslm.model import GPT
-from vslm.train.checkpoint import atomic_write, list_checkpoints, load_checkpoint
+from vslm.train.checkpoint import atomic_write, list_checkpoints, load_checkpoint, newest_good
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -42,33 +41,25 @@ def update_summary(run_dir: Path, **fields) -> None:
 
 
 class RunLock:
-    """An exclusive lock on a run folder for as long as a process trains in it.
+    """An exclusive lock on a run folder for as long as a process trains in it, taken at once or refused.
 
-    flock is released by the kernel when the process dies, even by SIGKILL: no stale locks."""
+    `filelock`'s OS lock (flock on POSIX, msvcrt.locking on Windows) is released by the OS when the
+    process dies, even by SIGKILL: no stale locks."""
 
     def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-        self.fd: int | None = None
+        self.path = Path(folder) / ".lock"
+        self._lock = FileLock(str(self.path), timeout=0)  # timeout 0: one try, never a wait
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise VSLMError(f"run folder {self.path.parent} is in use by another process (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+            self._lock.acquire()
+        except Timeout:
+            raise VSLMError(f"run folder {self.path.parent} is in use by another process") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        self._lock.release()
 
 
 def read_run_config(folder: Path) -> RunConfig:
@@ -78,16 +69,28 @@ def read_run_config(folder: Path) -> RunConfig:
     return validate(tomllib.loads(path.read_text(encoding="utf-8")))
 
 
+def latest_checkpoint(folder: Path) -> Path:
+    """The run's newest checkpoint, or its newest snapshot when it has no checkpoint."""
+    return _saved(folder)[-1]
+
+
+def _saved(folder: Path) -> list[Path]:
+    found = list_checkpoints(folder / CHECKPOINTS) or list_checkpoints(folder / SNAPSHOTS)
+    if not found:
+        raise VSLMError(f"run folder {folder} has no checkpoint yet")
+    return [p for _, p in found]
+
+
 def load_run(folder: Path, checkpoint: Path | None = None, device: str = "cpu") -> tuple[RunConfig, GPT, Tokenizer]:
-    """The config, the model at its latest checkpoint (or the one given) and the tokenizer of a run."""
+    """The config, the model and the tokenizer of a run: at the checkpoint given, else at its newest
+    checkpoint (or snapshot) that reads and holds finite weights (a newer one passed over is named
+    in a one-line warning on stderr)."""
     folder = Path(folder)
     cfg = read_run_config(folder)
-    if checkpoint is None:
-        found = list_checkpoints(folder / CHECKPOINTS) or list_checkpoints(folder / SNAPSHOTS)
-        if not found:
-            raise VSLMError(f"run folder {folder} has no checkpoint yet")
-        checkpoint = found[-1][1]
-    weights, _ = load_checkpoint(checkpoint, device)
+    if checkpoint is not None:
+        weights, _ = load_checkpoint(checkpoint, device)
+    else:
+        _, weights, _ = newest_good(_saved(folder), device)
     model = GPT(cfg.model).to(device)
     model.load_state_dict(weights)
     model.eval()

@@ -28,7 +28,10 @@ def save_samples(run_dir: Path, texts: list[str]) -> None:
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1, tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> list[str]:
-    """`num` continuations of `prompt` (the prompt included, end-of-text tokens dropped)."""
+    """`num` continuations of `prompt` (the prompt included, end-of-text tokens dropped); temperature 0 is
+    greedy. Out-of-range arguments are a ValueError naming the argument (GPT.generate)."""
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
     device = next(model.parameters()).device
     ids = prompt_ids(tokenizer, prompt)
     idx = torch.tensor([ids] * num, dtype=torch.long, device=device)

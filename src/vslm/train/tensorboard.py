@@ -14,6 +14,7 @@ import numpy as np
 
 from vslm.errors import VSLMError
 from vslm.train.callbacks import Callback
+from vslm.train.probing import ProbeCallback
 
 if TYPE_CHECKING:
     from vslm.train.trainer import Trainer
@@ -46,8 +47,6 @@ class TensorBoardLog(Callback):
         if not tensorboard_available():
             raise VSLMError("logging.tensorboard = true needs the tensorboard package: pip install 'vslm[tensorboard]'")
         from torch.utils.tensorboard import SummaryWriter
-
-        from vslm.train.probing import ProbeCallback
 
         self.writer = SummaryWriter(str(trainer.run_dir / TENSORBOARD), purge_step=trainer.step or None)
         self.probes = next((cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback)), None)

@@ -3,9 +3,13 @@
     trainer = Trainer(cfg, Path("runs/x"))
     final = trainer.fit()          # or Trainer(..., resume=True).fit() to continue exactly
 
-What varies in the step is data (the config); what watches the run is a callback (callbacks.py).
+What varies in the step is data: the config, an objective ((model, batch) -> loss and its metrics,
+objectives.py; next-token by default) and a batch source (`next_batch()`, `state_dict()`,
+`load_state_dict()`; windows of the corpus by default, whole documents with `data.answer_only`).
+Fine-tuning passes the model too: a LoRA fact adapter (only its weights require grad), a
+distillation student, a relearning copy. What watches the run is a callback (callbacks.py).
 Exact resume: the checkpoint holds weights, optimizer state, the step (which fixes the schedule),
-the torch RNG (dropout) and the batch sampler's generator (the data position), so a resumed run
+the torch RNG (dropout) and the batch source's state (the data position), so a resumed run
 computes bit for bit the losses the uninterrupted run computes.
 
 Under torchrun (`torchrun --nproc-per-node N -m vslm train ...`) the same loop runs in every
@@ -27,8 +31,9 @@ import contextlib
 import inspect
 import json
 import math
-import resource
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,19 +46,31 @@ import torch.nn.functional as F
 from vslm.config import RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
-from vslm.errors import VSLMError
+from vslm.errors import ConfigError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
-from vslm.train.callbacks import Callback, Checkpointer, default_callbacks
-from vslm.train.checkpoint import list_checkpoints, load_checkpoint
+from vslm.train.callbacks import Callback, Checkpointer, MetricsLog, ProgressBar, Snapshots, WeightDiagnostics
+from vslm.train.checkpoint import list_checkpoints, load_checkpoint, newest_good, nonfinite
 from vslm.train.distributed import init_distributed
+from vslm.train.memory import device_memory, estimate_memory, size
+from vslm.train.objectives import NextToken, Objective
 from vslm.train.optim import build_optimizer, lr_at
+from vslm.train.probing import ProbeCallback, probe_interval
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, RunLock, device_of, read_run_config
+from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 
 VAL_SEED = 0  # the validation windows are the same for every training seed
 
 
 class TrainingDiverged(VSLMError):
     pass
+
+
+class TrainingStopped(VSLMError):
+    """SIGTERM or SIGINT: the run wrote a checkpoint at the step it was on and stopped; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -85,24 +102,78 @@ def _no_buffer_sync() -> dict:
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process (the kernel's high-water mark, cheap to read), and on
     CUDA the peak memory the caching allocator handed to tensors."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out = {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    out = {}
+    if sys.platform != "win32":  # `resource` is POSIX's: Windows logs no peak_rss_mb
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["peak_rss_mb"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
 
 
+def default_callbacks(cfg: RunConfig) -> list[Callback]:
+    """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
+    checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on) and the progress bar (if on)."""
+    every = cfg.logging.diagnostics_every
+    callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
+    callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
+    if cfg.train.snapshots:
+        callbacks.append(Snapshots())
+    if probe_every := probe_interval(cfg):
+        callbacks.append(ProbeCallback(probe_every))
+    if cfg.logging.tensorboard is True or (cfg.logging.tensorboard == "auto" and tensorboard_available()):
+        callbacks.append(TensorBoardLog())
+    if cfg.logging.progress:
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+def default_batches(cfg: RunConfig, corpus: Corpus, rank: int = 0, world: int = 1):
+    """The corpus's training windows (this rank's rows of each global batch), or with
+    `data.answer_only` whole documents with the loss on their answers."""
+    if cfg.data.answer_only:
+        from vslm.data.answers import AnswerSampler, training_documents
+
+        return AnswerSampler(training_documents(cfg.data), corpus.tokenizer, cfg.model.context,
+                             cfg.train.batch_size, cfg.train.seed)
+    return WindowSampler(corpus.train.tokens, cfg.model.context, cfg.train.batch_size, cfg.train.seed,
+                         corpus.train.doc_starts if cfg.data.doc_aligned else None, shard=(rank, world))
+
+
+def map_tensors(batch, fn):
+    """fn applied to every tensor of a batch: a tensor, or tuples, lists and dicts of them (None kept)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(map_tensors(v, fn) for v in batch)
+    return batch
+
+
 class Trainer:
+    """One run: `cfg` (the model, data and schedule), a run folder, and optionally the callbacks
+    (default_callbacks), a prepared corpus, the model to train (default: GPT(cfg.model), seeded),
+    the objective (default: next-token) and the batch source (default: default_batches). A batch
+    source whose batches are not this rank's share already (no `shard` attribute, as
+    WindowSampler has) is sharded by rows: each rank keeps rows rank, rank + world, ... ."""
+
     def __init__(self, cfg: RunConfig, run_dir: Path, callbacks: Sequence[Callback] | None = None,
-                 resume: bool = False, corpus: Corpus | None = None):
+                 resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
+                 objective: Objective | None = None, batches=None, checkpoint: Path | None = None):
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.resume_from = checkpoint  # resume: this checkpoint instead of the newest good one
         self.device = device_of(cfg.train.device)
         self.dist = init_distributed(cuda=self.device.type == "cuda")
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         if resume:
             cfg = self._check_resumable(cfg)
+        if model is None:  # sized from the config before anything is built or read
+            self._check_memory(cfg)
         with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
             self.corpus = corpus or prepare_corpus(cfg.data)
         vocab = self.corpus.tokenizer.vocab_size
@@ -118,10 +189,11 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
 
         torch.manual_seed(tc.seed)
-        self.model = GPT(cfg.model).to(self.device)
+        self.model = (GPT(cfg.model) if model is None else model).to(self.device)
         if self.dist.rank:
             torch.manual_seed(tc.seed + self.dist.rank)  # the same weights, different dropout masks
         self.params = parameter_count(self.model)
+        self.trainable = parameter_count(self.model, trainable_only=True)
         self.flops_per_token = training_flops_per_token(self.model)
         self.ddp = None
         module: torch.nn.Module = self.model
@@ -132,18 +204,12 @@ class Trainer:
         self.forward = torch.compile(module) if self.plan.compile else module
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
-        train = self.corpus.train
-        if cfg.data.answer_only:  # whole documents, loss on their answers: preloaded-context training
-            from vslm.data.answers import AnswerSampler, training_documents
-
-            if self.dist.world > 1:
-                raise VSLMError("data.answer_only does not run under torchrun yet: train it in one process")
-            self.sampler = AnswerSampler(training_documents(cfg.data), self.corpus.tokenizer, cfg.model.context,
-                                         tc.batch_size, tc.seed)
-        else:
-            self.sampler = WindowSampler(train.tokens, cfg.model.context, tc.batch_size, tc.seed,
-                                         train.doc_starts if cfg.data.doc_aligned else None,
-                                         shard=(self.dist.rank, self.dist.world))
+        self.objective = objective or NextToken()
+        self.batches = batches or default_batches(cfg, self.corpus, self.dist.rank, self.dist.world)
+        self.shard_rows = self.dist.world > 1 and not hasattr(self.batches, "shard")
+        if self.shard_rows and tc.batch_size % self.dist.world:
+            raise VSLMError(f"train.batch_size {tc.batch_size} (the global batch) is not divisible by the "
+                            f"{self.dist.world} processes")
         self.val_x, self.val_y = fixed_windows(self.corpus.val.tokens, cfg.model.context,
                                                tc.eval_windows, VAL_SEED)
         self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))  # (V,)
@@ -153,9 +219,20 @@ class Trainer:
         self.step = 0
         self.train_time_s = 0.0
         self.stop_requested = False
+        self.stop_signal: int | None = None  # SIGTERM or SIGINT received: checkpoint, then stop
+        self.checkpoint_now = False  # this step's checkpoint is due (schedule, clock or signal): Checkpointer
+        self.last_checkpoint_time = time.monotonic()
         self.rank_rng: list[dict] | None = None  # every rank's RNG state, gathered before a checkpoint
 
     # ----------------------------------------------------------------------------- state
+
+    def _check_memory(self, cfg: RunConfig) -> None:
+        cuda = self.device.type == "cuda"
+        bf16 = cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and cuda and torch.cuda.is_bf16_supported())
+        need, have = estimate_memory(cfg, self.dist.world, bf16), device_memory(self.device)
+        if have is not None and need.total > have:
+            raise ConfigError(f"this run needs {need.line()}; the {self.device.type} has {size(have)}: "
+                              "make model.width, model.depth, model.context or train.batch_size smaller")
 
     def _check_resumable(self, cfg: RunConfig) -> RunConfig:
         saved = read_run_config(self.run_dir)
@@ -186,7 +263,7 @@ class Trainer:
             "step": self.step,
             "train_time_s": self.train_time_s,
             "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.state_dict(),
             "rng": rng,
             "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
         }
@@ -194,7 +271,7 @@ class Trainer:
     def load_state_dict(self, weights: dict[str, torch.Tensor], state: dict) -> None:
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.batches.load_state_dict(state["sampler"])
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
         self._load_rng(state["rng"])
@@ -235,10 +312,20 @@ class Trainer:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
+    def next_batch(self):
+        """The batch source's next batch, this rank's rows of it, on the device."""
+        batch = self.batches.next_batch()
+        if self.shard_rows:
+            batch = map_tensors(batch, lambda t: t[self.dist.rank :: self.dist.world])
+        return map_tensors(batch, self._to_device)
+
     def fit(self) -> dict:
-        """Train to cfg.train.steps; returns the last logged metrics."""
+        """Train to cfg.train.steps; returns the last logged metrics. SIGTERM or SIGINT (Ctrl-C) during
+        training writes a checkpoint at the current step and raises TrainingStopped (a second one
+        stops at once)."""
+        self._peek_batch()  # the run folder is made only once a batch can be drawn
         try:
-            with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
+            with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), self._on_signals():
                 self._open_run_folder()
                 for cb in self.callbacks:
                     cb.on_train_start(self)
@@ -250,12 +337,53 @@ class Trainer:
                         cb.on_train_end(self, metrics)
         finally:
             self.dist.close()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            saved = any(isinstance(cb, Checkpointer) for cb in self.callbacks)
+            then = f"with a checkpoint; continue with vslm train --resume --out {self.run_dir}" if saved else \
+                "(this run writes no checkpoints)"
+            raise TrainingStopped(f"{name}: stopped at step {self.step} {then}", self.stop_signal)
         return metrics
+
+    def _peek_batch(self) -> None:
+        """Draw the first batch and put the batch source back where it was."""
+        state = self.batches.state_dict()
+        try:
+            self.batches.next_batch()
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and "alloc" not in str(e):
+                raise
+            raise ConfigError(f"cannot draw a batch of {self.cfg.train.batch_size} rows of {self.cfg.model.context} "
+                              f"tokens here ({str(e).splitlines()[0]}): make train.batch_size smaller") from None
+        self.batches.load_state_dict(state)
+
+    @contextlib.contextmanager
+    def _on_signals(self):
+        """SIGTERM and SIGINT ask the loop to checkpoint and stop (handlers only in the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:  # asked twice: stop now
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
 
     def _open_run_folder(self) -> None:
         if self.resume:
             # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model's device
-            weights, state = load_checkpoint(list_checkpoints(self.run_dir / CHECKPOINTS)[-1][1], "cpu")
+            if self.resume_from is not None:
+                weights, state = load_checkpoint(self.resume_from, "cpu")
+            else:  # the newest that reads and is finite; each newer one is named in a warning
+                paths = [p for _, p in list_checkpoints(self.run_dir / CHECKPOINTS)]
+                _, weights, state = newest_good(paths, "cpu", warn=self._warn)
             self.load_state_dict(weights, state)
         else:
             for name in (CONFIG, METRICS, CHECKPOINTS):
@@ -268,11 +396,20 @@ class Trainer:
         if not self.resume:
             self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
         save_config(self.cfg, self.run_dir / CONFIG)
-        summary = {"params": self.params, "flops_per_token": self.flops_per_token, "device": str(self.device),
+        summary = {"params": self.params, "trainable_params": self.trainable,
+                   "flops_per_token": self.flops_per_token, "device": str(self.device),
                    "processes": self.dist.world,
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
                    "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+
+    def _warn(self, line: str) -> None:
+        if self.dist.is_main:
+            print(line, file=sys.stderr)
+
+    def _clock_due(self) -> bool:
+        minutes = self.cfg.train.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self.last_checkpoint_time >= 60 * minutes
 
     def _loop(self) -> dict:
         tc, log = self.cfg.train, self.cfg.logging
@@ -290,17 +427,18 @@ class Trainer:
             lr = lr_at(self.step, tc)
             self.optimizer.set_lr(lr)
             loss_sum = torch.zeros((), device=self.device)
+            terms_sum: dict[str, torch.Tensor] = {}
             for micro in range(tc.grad_accum):
-                x, y = self.sampler.next_batch()
-                x, y = self._to_device(x), self._to_device(y)
+                batch = self.next_batch()
                 # DDP all-reduces the gradients on the last micro-step only
                 last = micro == tc.grad_accum - 1
                 with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                     with self._autocast():
-                        logits = self.forward(x)
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+                        loss, terms = self.objective(self.forward, batch)
                     (loss / tc.grad_accum).backward()
                 loss_sum += loss.detach()
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v.detach().float()
             if tc.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             else:
@@ -312,6 +450,15 @@ class Trainer:
             self.step += 1
             eval_due = self.step == tc.steps or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
             ckpt_due = checkpoint_due is not None and checkpoint_due(self.step, tc.steps)
+            if not self.dist.enabled or self.step % log.log_every == 0:
+                # a signal stops the run and the clock adds a checkpoint; under DDP the ranks agree on logged steps
+                stopping = self.dist.any(self.stop_signal is not None, self.device)
+                if stopping:
+                    self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
+                    self.request_stop()
+                if checkpoint_due is not None:
+                    ckpt_due = ckpt_due or stopping or self.dist.any(self._clock_due(), self.device)
+            self.checkpoint_now = ckpt_due
             # reading the loss syncs with the device: only on logged, eval and checkpoint steps
             read = self.step % log.log_every == 0 or eval_due or ckpt_due
             read = read or (self.stop_requested and not self.dist.enabled)  # the last step is logged
@@ -325,12 +472,14 @@ class Trainer:
             if read:
                 loss_value = self.dist.mean(loss_sum).item() / tc.grad_accum
                 if not math.isfinite(loss_value):
-                    self._diverged(loss_value)
+                    self._diverged(f"loss is {loss_value}")
                 metrics.update(
                     loss=round(loss_value, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
                     tokens=self.step * tokens_per_step, tokens_per_s=round(window_tokens / window_time, 1),
                     train_time_s=round(self.train_time_s, 3), **peak_memory_mb(self.device),
                 )
+                for k, v in terms_sum.items():  # the objective's own terms
+                    metrics[k] = round(self.dist.mean(v).item() / tc.grad_accum, 6)
                 window_tokens, window_time = 0, 0.0
             if eval_due:
                 metrics.update(self.evaluate())
@@ -339,15 +488,27 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
             if ckpt_due:
+                self.last_checkpoint_time = time.monotonic()
                 self.dist.barrier()  # the checkpoint is complete before any rank moves on
             if (read or not self.dist.enabled) and self.dist.any(self.stop_requested, self.device):
                 break
         return metrics
 
-    def _diverged(self, loss_value: float) -> None:
-        found = list_checkpoints(self.run_dir / CHECKPOINTS)
-        kept = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
-        raise TrainingDiverged(f"loss is {loss_value} at step {self.step}: training stopped; {kept}")
+    def _diverged(self, what: str) -> None:
+        """Stop the run: `what` (a loss, a weight) is not finite. Names the newest checkpoint that is."""
+        paths = [p for _, p in list_checkpoints(self.run_dir / CHECKPOINTS)]
+        try:
+            kept = f"the last good checkpoint is {newest_good(paths, warn=lambda _: None)[0]}"
+        except VSLMError:
+            kept = "no good checkpoint was written yet"
+        raise TrainingDiverged(f"{what} at step {self.step}: training stopped; {kept}")
+
+    def check_finite(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        """Called before a checkpoint is written: a non-finite weight or optimizer state stops the run
+        instead (the loss is read before the update, the checkpoint after it)."""
+        bad = nonfinite(weights, state)
+        if bad:
+            self._diverged(f"{len(bad)} tensors are not finite ({bad[0]} first)")
 
     @torch.no_grad()
     def evaluate(self) -> dict:

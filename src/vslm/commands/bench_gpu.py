@@ -1,4 +1,4 @@
-"""`vslm bench --gpu`: what one GPU does with vslm, measured in one command (scripts/gpu_check.sh).
+"""`vslm bench gpu`: what one GPU does with vslm, measured in one command (scripts/gpu_check.sh).
 
 1. the card's peak: the best FLOP/s of large bf16 (and float32/TF32) matrix products, measured here;
 2. a ~10M and a ~50M parameter model, each trained for `seconds` after its first (compiling) step
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from vslm.bench import measure_peak_flops, throughput
+from vslm.commands.bench import measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.errors import VSLMError
 from vslm.model.accounting import model_flops_utilisation
@@ -113,7 +113,7 @@ def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | N
     """The three parts above; `extra` overrides go to every run (the CPU smoke test uses them)."""
     device = device or torch.device("cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise VSLMError("vslm bench --gpu needs a CUDA device, and torch.cuda.is_available() is False here")
+        raise VSLMError("vslm bench gpu needs a CUDA device, and torch.cuda.is_available() is False here")
     name, nominal = nominal_peak(device)
     result: dict = {"device": name, "torch": torch.__version__, "seconds_per_model": seconds}
     console.print(f"[bold]{name}[/], torch {torch.__version__}: measuring the peak ...")

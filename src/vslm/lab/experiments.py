@@ -1,4 +1,5 @@
-"""`vslm experiment NAME`: the variants of one config trained over several seeds and compared honestly.
+"""Named comparisons (`vslm experiment NAME`): the variants of one config trained over several seeds and
+compared honestly.
 
 RESEARCH.md section 8: every comparison runs over several seeds, reports mean and spread and whether a
 difference is significant (Welch's t-test), on a fixed validation set and equal token budgets, with
@@ -33,7 +34,6 @@ import json
 import math
 import re
 import shlex
-import shutil
 import statistics
 import tomllib
 from collections.abc import Sequence
@@ -42,32 +42,30 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
-from rich.table import Table
-from scipy import stats
 
 from vslm.config import DataConfig, RunConfig, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
-from vslm.describe import build_for_accounting
-from vslm.errors import ConfigError, VSLMError
+from vslm.errors import ConfigError
 from vslm.eval.corpus import score_tokens
-from vslm.model import parameter_count, training_flops_per_token
+from vslm.lab.runner import tokens_per_run, train_or_reuse
+from vslm.lab.stats import mean_std, sample_std, summarize
+from vslm.lab.tables import (
+    COLUMNS,
+    DYNAMICS,
+    dynamics_rows,
+    matrix_markdown,
+    print_table,
+    results_markdown,
+    summary_rows,
+    sweep_rows,
+)
 from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import dynamics_summary, read_run
-from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, device_of, load_run, read_run_config
-from vslm.train.trainer import Trainer, TrainingDiverged
+from vslm.train.run_folder import device_of, load_run, read_run_config
+from vslm.train.trainer import TrainingDiverged
 
-SIGNIFICANCE = 0.05
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
-COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)", "verdict")
-# runs with probes add their training-dynamics landmarks (vslm.report.runs.dynamics_summary), mean ± std
-DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (max head)",
-            "induction_loss_first": "induction loss, 1st copy", "induction_loss_second": "induction loss, 2nd copy",
-            "repeat_reliability": "copying right (text, 1-token match)",
-            "repeat_reliability_3": "copying right (text, 3-token match)",
-            "init_position_spread": "position spread at step 0", "m1_near_zero_step": "KL(u‖p̄)<0.05 at step",
-            "unigram_loss_step": "loss ≤ H(u) at step"}
 
 
 class Variant(BaseModel):
@@ -135,11 +133,6 @@ def _validate(raw: dict, label: str) -> ExperimentSpec:
         raise ConfigError(one_line_error(e, prefix=label)) from None
 
 
-def tokens_per_run(cfg: RunConfig) -> int:
-    t = cfg.train
-    return t.steps * t.batch_size * t.grad_accum * cfg.model.context
-
-
 NO_SWEEP = ""  # the one choice of a variant without a sweep
 
 
@@ -177,68 +170,16 @@ def _corpus_folder(corpus: str) -> str:
     return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
 
 
-def _same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
-    cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
-    return cfg.fingerprint("model", "data", "train") == saved.fingerprint("model", "data", "train")
-
-
-def train_or_reuse(cfg: RunConfig, folder: Path) -> dict:
-    """One run's final numbers: read back if the folder holds it finished, else trained (or resumed) to the end."""
-    if (folder / CONFIG).exists():
-        saved = read_run_config(folder)
-        if not _same_settings(cfg, saved):
-            raise VSLMError(f"{folder} holds a run with other settings than this experiment's; move it away")
-        found = list_checkpoints(folder / CHECKPOINTS)
-        if found and found[-1][0] == cfg.train.steps:
-            final = json.loads((folder / METRICS).read_text().splitlines()[-1])
-            model = build_for_accounting(saved)
-            return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
-                    "reused": True}
-        if found:
-            trainer = Trainer(cfg, folder, resume=True)
-        else:  # interrupted before its first checkpoint: nothing to keep, train it again
-            shutil.rmtree(folder)
-            trainer = Trainer(cfg, folder)
-    else:
-        trainer = Trainer(cfg, folder)
-    final = trainer.fit()
-    return {**final, "params": trainer.params, "flops_per_token": trainer.flops_per_token, "reused": False}
-
-
-def _sample_std(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else math.nan
-
-
-def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
-    """Per variant: cost, mean and sample std, and Welch's t-test of val_loss against the first (baseline)."""
-    baseline = next(iter(runs))
-    ref = [r["val_loss"] for r in runs[baseline]]
-    summary = {}
-    for name, rs in runs.items():
-        losses, bpbs = [r["val_loss"] for r in rs], [r["val_bpb"] for r in rs]
-        testable = name != baseline and min(len(losses), len(ref)) > 1
-        p = float(stats.ttest_ind(losses, ref, equal_var=False).pvalue) if testable else math.nan
-        diff = statistics.mean(losses) - statistics.mean(ref)
-        verdict = ("baseline" if name == baseline else "untested (1 seed)" if math.isnan(p) else
-                   "within noise" if p >= SIGNIFICANCE else "better (p<0.05)" if diff < 0 else "worse (p<0.05)")
-        summary[name] = {"params": rs[0]["params"], "flops_per_token": rs[0]["flops_per_token"], "tokens": tokens,
-                         "val_loss_mean": statistics.mean(losses), "val_loss_std": _sample_std(losses),
-                         "val_bpb_mean": statistics.mean(bpbs), "val_bpb_std": _sample_std(bpbs),
-                         "diff_vs_baseline": diff, "p_value": p, "verdict": verdict}
-    return summary
-
-
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None) -> dict[str, dict]:
     """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
     (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them).
-    A knowledge experiment (`kind = "knowledge"`) goes to vslm.knowledge.experiment."""
+    An experiment of another kind (`kind = "knowledge"`) is refused here: `vslm experiment`
+    (vslm.commands.experiment.run_experiment) runs every kind."""
     name, raw, label = read_experiment(spec_name_or_path)
-    if raw.get("kind") == "knowledge":
-        from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment
-
-        return run_knowledge_experiment(name, parse_spec(raw, label), Path(out), seeds, extra_overrides, console,
-                                        spec_name_or_path)
+    if "kind" in raw:
+        raise ConfigError(f"{label} is a {raw['kind']} experiment: run it with `vslm experiment` "
+                          "(vslm.commands.experiment.run_experiment)")
     spec = _validate(raw, label)
     seeds = spec.seeds if seeds is None else seeds
     out = Path(out)
@@ -313,39 +254,23 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(plain(report), indent=2) + "\n", encoding="utf-8")
-    rows = _rows(summary)
+    rows = summary_rows(summary)
     tables = [(COLUMNS, rows)]
     if sweeps:
-        tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), _sweep_rows(sweeps)))
+        tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), sweep_rows(sweeps)))
     if dynamics:
-        tables.append((("variant", *DYNAMICS.values()), _dynamics_rows(dynamics)))
+        tables.append((("variant", *DYNAMICS.values()), dynamics_rows(dynamics)))
     markdown = results_markdown(name, spec.description, command, tables)
     if spec.cross_eval:
-        markdown += _matrix_markdown(report["cross_eval"])
+        markdown += matrix_markdown(report["cross_eval"])
     (out / "results.md").write_text(markdown, encoding="utf-8")
     write_experiment_report(out)
     if console:
         for i, (columns, table_rows) in enumerate(tables):
             title = (f"{name}: {spec.description}" if spec.description else name) if i == 0 else \
                 "sweep" if columns[1].startswith("choice") else "training dynamics"
-            _print_table(console, title, columns, table_rows)
+            print_table(console, title, columns, table_rows)
     return summary
-
-
-def _print_table(console: Console, title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> None:
-    table = Table(title=title)
-    for i, col in enumerate(columns):  # full width even past the console's: a table of cut numbers is no use
-        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", no_wrap=True,
-                         min_width=max(len(col), *(len(row[i]) for row in rows)))
-    for row in rows:
-        table.add_row(*row)
-    console.print(table, crop=False)
-
-
-def mean_std(xs: list[float]) -> dict[str, float]:
-    if any(math.isnan(x) for x in xs):
-        return {"mean": math.nan, "std": math.nan}
-    return {"mean": statistics.mean(xs), "std": _sample_std(xs)}
 
 
 def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -388,52 +313,6 @@ def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig
 
     return {"corpora": names, "sources": {n: data_of[n].source for n in names},
             "eval_tokens": {e: cells[names[0], e][0]["tokens"] for e in names},
-            "bpb_mean": stat("bpb", statistics.mean), "bpb_std": stat("bpb", _sample_std),
-            "loss_mean": stat("loss", statistics.mean), "loss_std": stat("loss", _sample_std),
+            "bpb_mean": stat("bpb", statistics.mean), "bpb_std": stat("bpb", sample_std),
+            "loss_mean": stat("loss", statistics.mean), "loss_std": stat("loss", sample_std),
             "runs": [c for t in names for e in names for c in cells[t, e]]}
-
-
-def _matrix_markdown(matrix: dict) -> str:
-    names = matrix["corpora"]
-    lines = ["", "## Bits per byte: trained on (rows) x evaluated on (columns)", "",
-             "Mean ± sample std over seeds, on each corpus's held-out documents, every token once.", "",
-             "| trained on ↓, evaluated on → | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for i, train in enumerate(names):
-        cells = [f"{m:.3f} ± {'-' if math.isnan(sd) else f'{sd:.3f}'}"
-                 for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
-        lines.append(f"| {train} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
-    def pm(mean: float, std: float) -> str:
-        return f"{mean:.4f} ± {'-' if math.isnan(std) else f'{std:.4f}'}"
-
-    return [(name, f"{s['params']:,}", f"{s['flops_per_token']:,}", f"{s['tokens']:,}",
-             pm(s["val_loss_mean"], s["val_loss_std"]), pm(s["val_bpb_mean"], s["val_bpb_std"]),
-             f"{s['diff_vs_baseline']:+.4f}", "-" if math.isnan(s["p_value"]) else f"{s['p_value']:.3g}", s["verdict"])
-            for name, s in summary.items()]
-
-
-def _sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
-    return [(variant, choice, "diverged" if math.isinf(loss) else f"{loss:.4f}",
-             "kept" if choice == s["chosen"] else "")
-            for variant, s in sweeps.items() for choice, loss in s["tried"].items()]
-
-
-def _dynamics_rows(dynamics: dict[str, dict]) -> list[tuple[str, ...]]:
-    def pm(stat: dict) -> str:  # NaN: a step landmark some seed never reached, or a probe that was not run
-        if math.isnan(stat["mean"]):
-            return "n/a"
-        spread = "-" if math.isnan(stat["std"]) else f"{stat['std']:.3f}"
-        return f"{stat['mean']:.3f} ± {spread}"
-
-    return [(name, *(pm(d[key]) for key in DYNAMICS)) for name, d in dynamics.items()]
-
-
-def results_markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:
-    lines = [f"# Experiment {name}", "", description, "", "```sh", command, "```"]
-    for columns, rows in tables:
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""`vslm bench --speedrun`: the time to validation loss 1.88 on tiny Shakespeare, against the reference.
+"""`vslm bench speedrun`: the time to validation loss 1.88 on tiny Shakespeare, against the reference.
 
 The speed-run config (`speedrun-shakespeare`) is trained to its end and must finish at or below
 TARGET on the reference's measure: character level, the first 90% of the text for training and the
@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vslm.bench import find_data, find_reference
+from vslm.commands.bench import find_data, find_reference
 from vslm.errors import VSLMError
 
 SPEEDRUN_CONFIG = "speedrun-shakespeare"

@@ -29,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vslm.bench import throughput
+from vslm.commands.bench import throughput
 from vslm.config import RunConfig, apply_overrides, load_config, save_config, validate
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.errors import VSLMError

@@ -1,6 +1,6 @@
-"""`vslm bench`: the nanogpt preset timed side by side with shared/bench/reference_gpt.py, against
-this machine's measured peak; with `--attention`, the attention normalisations; with `--prepare`,
-data preparation (speed, memory).
+"""`vslm bench train`: the nanogpt preset timed side by side with shared/bench/reference_gpt.py, against
+this machine's measured peak; `vslm bench attention`: the attention normalisations; `vslm bench
+prepare`: data preparation (speed, memory).
 
 Both trainers run as fresh subprocesses of the same Python, one after the other, on the same text,
 for the same number of steps, `repeat` times alternately; the figures are medians. Tokens per
@@ -47,7 +47,7 @@ def find_reference(given: Path | None) -> Path:
     if given:
         candidates = [given]
     else:  # beside the data folder, or in the shared folder beside this checkout
-        beside_checkout = Path(__file__).resolve().parents[3] / "shared"
+        beside_checkout = Path(__file__).resolve().parents[4] / "shared"
         candidates = [d.parent / "bench" / "reference_gpt.py" for d in [*data_dirs(), beside_checkout / "data"]]
     for c in candidates:
         if c and c.is_file():

@@ -7,35 +7,22 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.config import RunConfig
-from vslm.model import GPT, parameter_count, training_flops_per_token
+from vslm.errors import ConfigError
+from vslm.lab.runner import build_for_accounting
+from vslm.model import parameter_count, training_flops_per_token
 from vslm.model.accounting import depth_flops_per_token
-
-# vocabulary sizes known without reading data
-_FIXED_VOCAB = {"byte": 257, "gpt2": 50257}
-
-
-def vocab_size_of(cfg: RunConfig) -> int:
-    if cfg.model.vocab_size:
-        return cfg.model.vocab_size
-    if cfg.data.tokenizer in _FIXED_VOCAB:
-        return _FIXED_VOCAB[cfg.data.tokenizer]
-    if cfg.data.tokenizer == "bpe":
-        return cfg.data.vocab_size
-    from vslm.data.shards import prepare_corpus  # char: the vocabulary is the corpus's characters
-
-    return prepare_corpus(cfg.data).tokenizer.vocab_size
-
-
-def build_for_accounting(cfg: RunConfig) -> GPT:
-    model_cfg = cfg.model.model_copy(update={"vocab_size": vocab_size_of(cfg)})
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        return GPT(model_cfg)
+from vslm.train.memory import device_memory, estimate_memory, size
 
 
 def describe(cfg: RunConfig, console: Console) -> None:
     """One row per depth: the block it runs (shared blocks count their parameters once), its shape
     and its training FLOPs per token."""
+    need = estimate_memory(cfg)
+    have = device_memory(torch.device("cpu"))
+    if have is not None and need.total > have:
+        raise ConfigError(f"this model needs {need.line()}; this machine has {size(have)}: too large to build here")
     model = build_for_accounting(cfg)
+    need = estimate_memory(cfg.with_vocab_size(model.cfg.vocab_size))  # the tokenizer's vocabulary now known
     table = Table(title=f"{cfg.name}: {cfg.description}" if cfg.description else cfg.name)
     for col in ("depth", "block", "width", "heads", "kv", "ffn", "window", "attention", "params", "FLOPs/token"):
         table.add_column(col, justify="right")
@@ -61,6 +48,7 @@ def describe(cfg: RunConfig, console: Console) -> None:
         f"{'tied' if m.tie_embeddings else 'untied'} head, {m.root} root"
         f"{' with token injection' if m.injects() else ''}, order {model.order}\n"
         f"parameters {total:,} ({total - embed:,} without embeddings)\n"
-        f"training FLOPs per token {training_flops_per_token(model):,}",
+        f"training FLOPs per token {training_flops_per_token(model):,}\n"
+        f"training memory (estimate, float32, train.batch_size {cfg.train.batch_size}) {need.line()}",
         highlight=False,
     )

@@ -1,0 +1,75 @@
+"""One run of an experiment: trained, resumed, or read back from its folder when it is finished.
+
+A finished run is reused only if its saved config has the same model, data and train settings as the
+one asked for; anything else in the folder is an error (never mix runs of different settings).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from vslm.config import RunConfig
+from vslm.errors import VSLMError
+from vslm.model import GPT, parameter_count, training_flops_per_token
+from vslm.train.checkpoint import list_checkpoints
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, read_run_config
+from vslm.train.trainer import Trainer
+
+# vocabulary sizes known without reading data
+_FIXED_VOCAB = {"byte": 257, "gpt2": 50257}
+
+
+def vocab_size_of(cfg: RunConfig) -> int:
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    if cfg.data.tokenizer in _FIXED_VOCAB:
+        return _FIXED_VOCAB[cfg.data.tokenizer]
+    if cfg.data.tokenizer == "bpe":
+        return cfg.data.vocab_size
+    from vslm.data.shards import prepare_corpus  # char: the vocabulary is the corpus's characters
+
+    return prepare_corpus(cfg.data).tokenizer.vocab_size
+
+
+def build_for_accounting(cfg: RunConfig) -> GPT:
+    """The model a config builds, on the meta device: shapes for counting parameters and FLOPs, no memory."""
+    model_cfg = cfg.model.model_copy(update={"vocab_size": vocab_size_of(cfg)})
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        return GPT(model_cfg)
+
+
+def tokens_per_run(cfg: RunConfig) -> int:
+    t = cfg.train
+    return t.steps * t.batch_size * t.grad_accum * cfg.model.context
+
+
+def same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
+    cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
+    return cfg.fingerprint("model", "data", "train") == saved.fingerprint("model", "data", "train")
+
+
+def train_or_reuse(cfg: RunConfig, folder: Path) -> dict:
+    """One run's final numbers: read back if the folder holds it finished, else trained (or resumed) to the end."""
+    if (folder / CONFIG).exists():
+        saved = read_run_config(folder)
+        if not same_settings(cfg, saved):
+            raise VSLMError(f"{folder} holds a run with other settings than this experiment's; move it away")
+        found = list_checkpoints(folder / CHECKPOINTS)
+        if found and found[-1][0] == cfg.train.steps:
+            final = json.loads((folder / METRICS).read_text().splitlines()[-1])
+            model = build_for_accounting(saved)
+            return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
+                    "reused": True}
+        if found:
+            trainer = Trainer(cfg, folder, resume=True)
+        else:  # interrupted before its first checkpoint: nothing to keep, train it again
+            shutil.rmtree(folder)
+            trainer = Trainer(cfg, folder)
+    else:
+        trainer = Trainer(cfg, folder)
+    final = trainer.fit()
+    return {**final, "params": trainer.params, "flops_per_token": trainer.flops_per_token, "reused": False}

@@ -1,0 +1,75 @@
+"""An experiment's results as tables: Markdown (results.md) and rich tables on the console. No torch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)", "verdict")
+# runs with probes add their training-dynamics landmarks (vslm.report.runs.dynamics_summary), mean ± std
+DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (max head)",
+            "induction_loss_first": "induction loss, 1st copy", "induction_loss_second": "induction loss, 2nd copy",
+            "repeat_reliability": "copying right (text, 1-token match)",
+            "repeat_reliability_3": "copying right (text, 3-token match)",
+            "init_position_spread": "position spread at step 0", "m1_near_zero_step": "KL(u‖p̄)<0.05 at step",
+            "unigram_loss_step": "loss ≤ H(u) at step"}
+
+
+def print_table(console, title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> None:
+    """rows on a rich console, every column full width even past the console's (a table of cut numbers is no
+    use)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", no_wrap=True,
+                         min_width=max(len(col), *(len(row[i]) for row in rows)))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table, crop=False)
+
+
+def matrix_markdown(matrix: dict) -> str:
+    names = matrix["corpora"]
+    lines = ["", "## Bits per byte: trained on (rows) x evaluated on (columns)", "",
+             "Mean ± sample std over seeds, on each corpus's held-out documents, every token once.", "",
+             "| trained on ↓, evaluated on → | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, train in enumerate(names):
+        cells = [f"{m:.3f} ± {'-' if math.isnan(sd) else f'{sd:.3f}'}"
+                 for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
+        lines.append(f"| {train} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
+    def pm(mean: float, std: float) -> str:
+        return f"{mean:.4f} ± {'-' if math.isnan(std) else f'{std:.4f}'}"
+
+    return [(name, f"{s['params']:,}", f"{s['flops_per_token']:,}", f"{s['tokens']:,}",
+             pm(s["val_loss_mean"], s["val_loss_std"]), pm(s["val_bpb_mean"], s["val_bpb_std"]),
+             f"{s['diff_vs_baseline']:+.4f}", "-" if math.isnan(s["p_value"]) else f"{s['p_value']:.3g}", s["verdict"])
+            for name, s in summary.items()]
+
+
+def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
+    return [(variant, choice, "diverged" if math.isinf(loss) else f"{loss:.4f}",
+             "kept" if choice == s["chosen"] else "")
+            for variant, s in sweeps.items() for choice, loss in s["tried"].items()]
+
+
+def dynamics_rows(dynamics: dict[str, dict]) -> list[tuple[str, ...]]:
+    def pm(stat: dict) -> str:  # NaN: a step landmark some seed never reached, or a probe that was not run
+        if math.isnan(stat["mean"]):
+            return "n/a"
+        spread = "-" if math.isnan(stat["std"]) else f"{stat['std']:.3f}"
+        return f"{stat['mean']:.3f} ± {spread}"
+
+    return [(name, *(pm(d[key]) for key in DYNAMICS)) for name, d in dynamics.items()]
+
+
+def results_markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:
+    lines = [f"# Experiment {name}", "", description, "", "```sh", command, "```"]
+    for columns, rows in tables:
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""Fine-tuning a model that exists already, by the one loop, into a run folder of its own.
+
+A LoRA fact adapter on a trained GPT, a distillation student and a relearning copy are each trained
+by `Trainer` like any run (clipping, autocast, metrics.jsonl, checkpoints, exact resume), with the
+objective and the batch source of their task:
+
+    cfg = finetune_config(base_cfg, steps=200, lr=3e-3, batch_size=16, seed=0)
+    metrics = fine_tune(cfg, "runs/x/adapters/g0", model, corpus, batches=AnswerSampler(...))
+
+The config is the base run's model and data with a fine-tuning schedule (constant lr, no warm-up,
+no weight decay, one checkpoint at the end, no snapshots, probes or progress bar); the validation
+loss at the end is the model's on the base corpus's validation windows, so every fine-tune reports
+what it did to the model's language beside its own loss terms.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from vslm.config import RunConfig, validate
+from vslm.data.shards import Corpus
+from vslm.train.checkpoint import list_checkpoints
+from vslm.train.objectives import Objective
+from vslm.train.run_folder import CHECKPOINTS, METRICS
+from vslm.train.trainer import Trainer
+
+FINETUNE_EVAL_WINDOWS = 256
+
+
+def finetune_config(base: RunConfig, steps: int, lr: float, batch_size: int, seed: int, device: str = "auto",
+                    **train) -> RunConfig:
+    """The base run's model and data, trained `steps` steps at a constant `lr` from the first step;
+    other `train` fields (grad_clip, betas, ...) may be given."""
+    raw = base.model_dump(mode="json")
+    raw["train"].update({"steps": steps, "lr": lr, "min_lr": 0.0, "warmup": 0, "schedule": "constant",
+                         "weight_decay": 0.0, "batch_size": batch_size, "grad_accum": 1, "seed": seed,
+                         "device": device, "checkpoint_every": 0, "keep_last": 1, "snapshots": False,
+                         "eval_every": 0, "eval_windows": min(base.train.eval_windows, FINETUNE_EVAL_WINDOWS),
+                         **train})
+    raw["logging"].update(log_every=1, probe_every=0, tensorboard=False, diagnostics_every=0, progress=False,
+                          samples=0)
+    return validate(raw)
+
+
+def fine_tune(cfg: RunConfig, run_dir: Path, model: torch.nn.Module, corpus: Corpus,
+              objective: Objective | None = None, batches=None) -> dict:
+    """Train `model` (in place: the parameters that require grad) to cfg.train.steps in run_dir and
+    return the last logged metrics. A folder with a checkpoint continues from it, exactly; one that
+    already reached the last step only loads its weights; one without a checkpoint (killed before the
+    end of a run that checkpoints only there) holds nothing to keep and starts over."""
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir / CHECKPOINTS)
+    if not found and run_dir.exists():
+        shutil.rmtree(run_dir)
+    trainer = Trainer(cfg, run_dir, resume=bool(found), corpus=corpus, model=model, objective=objective,
+                      batches=batches)
+    final = trainer.fit()
+    if "loss" not in final:  # finished before: its last logged line
+        final = json.loads((run_dir / METRICS).read_text(encoding="utf-8").splitlines()[-1])
+    return final

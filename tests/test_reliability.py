@@ -1,0 +1,236 @@
+"""What can go wrong in a run, and what the lab does then: a non-finite state is never checkpointed,
+a bad newest checkpoint is passed over with a warning, a full disk or a file-size limit is one line,
+SIGTERM checkpoints and stops, and a kill at any point of a checkpoint write still resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.train.callbacks import Callback
+from vslm.train.checkpoint import list_checkpoints, load_checkpoint, nonfinite, save_checkpoint
+from vslm.train.trainer import Trainer, TrainingDiverged, default_callbacks
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_lines(a, b):
+    drop = ("tokens_per_s", "train_time_s", "peak_rss_mb")
+    return [{k: v for k, v in r.items() if k not in drop} for r in a] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in b]
+
+
+def run_cli(*args, pre: str = ""):
+    code = f"import sys\n{pre}\nfrom vslm.cli import main\nsys.exit(main({[str(a) for a in args]!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+class InfiniteGradient(Callback):
+    """At step `at`, after the loss was read and before the update: a gradient of inf (as lr=inf or an
+    overflow would make), so the update leaves non-finite weights and optimizer state behind."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_before_update(self, trainer):
+        if trainer.step + 1 == self.at:
+            next(p for p in trainer.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
+
+
+def test_a_non_finite_state_is_never_checkpointed_nor_named_good(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=20, train__checkpoint_every=4, train__keep_last=5,
+                                             logging__probe_every=0))
+    trainer = Trainer(cfg, tmp_path / "r", callbacks=default_callbacks(cfg) + [InfiniteGradient(8)])
+    with pytest.raises(TrainingDiverged, match=r"tensors are not finite .* at step 8.*step_00000004"):
+        trainer.fit()
+    found = list_checkpoints(tmp_path / "r" / "checkpoints")
+    assert [s for s, _ in found] == [4]
+    assert metrics(tmp_path / "r")[-1]["step"] == 8  # the loss of step 8 was finite: it was read before the update
+    r = run_cli("sample", tmp_path / "r", "--num", "1", "--tokens", "5")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_corrupt_or_non_finite_newest_checkpoint_is_passed_over_with_a_warning(tmp_path):
+    words = tiny_overrides(train__steps=12, train__checkpoint_every=4, train__keep_last=5, logging__probe_every=0)
+    Trainer(load_config("tiny", words), tmp_path / "straight").fit()
+    run = tmp_path / "r"
+    shutil.copytree(tmp_path / "straight", run)
+    ckpts = run / "checkpoints"
+    (ckpts / "step_00000012.safetensors").write_bytes(b"cut short by a crash")
+    weights, state = load_checkpoint(ckpts / "step_00000008.safetensors")
+    weights = {k: v.clone() for k, v in weights.items()}
+    next(iter(weights.values())).fill_(float("nan"))
+    assert nonfinite(weights, state)
+    save_checkpoint(ckpts / "step_00000008.safetensors", weights, state)
+    r = run_cli("sample", run, "--num", "1", "--tokens", "5")
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2 and "step_00000012" in warnings[0] and "non-finite" in warnings[1]
+    r = run_cli("train", "--resume", "--out", run)  # continues from step 4, exactly
+    assert r.returncode == 0, r.stderr
+    assert "step_00000012" in r.stderr and same_lines(metrics(run), metrics(tmp_path / "straight"))
+    assert [s for s, _ in list_checkpoints(ckpts)] == [4, 8, 12]
+    # --checkpoint picks; without --resume it is refused in one line
+    r = run_cli("train", "--resume", "--out", run, "--checkpoint", ckpts / "step_00000004.safetensors",
+                "train.steps=13")
+    assert r.returncode == 0, r.stderr
+    assert [m["step"] for m in metrics(run)] == [*range(1, 14)]
+    r = run_cli("train", "tiny", "--out", tmp_path / "x", "--checkpoint", ckpts / "step_00000004.safetensors")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--resume" in r.stderr
+
+
+def test_a_file_size_limit_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path):
+    # a constant rate: the run first trained to 10 steps has the schedule of the one trained to 20
+    words = tiny_overrides(train__steps=20, train__checkpoint_every=10, train__eval_every=10,
+                           train__schedule="constant", logging__probe_every=0)
+    Trainer(load_config("tiny", words), tmp_path / "straight").fit()
+    run = tmp_path / "r"
+    Trainer(load_config("tiny", [*words, "train.steps=10"]), run).fit()
+    size = (run / "checkpoints" / "step_00000010.safetensors").stat().st_size
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({size // 2}, {size // 2}))"
+    r = run_cli("train", "--resume", "--out", run, "train.steps=20", pre=limit)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "File too large" in r.stderr and str(run / "checkpoints") in r.stderr and "MB needed" in r.stderr
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [10]  # nothing lost
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written file left
+    r = run_cli("train", "--resume", "--out", run, "train.steps=20")
+    assert r.returncode == 0, r.stderr
+    assert same_lines(metrics(run), metrics(tmp_path / "straight"))
+
+
+STOPPER = """
+import os, signal, sys
+from vslm.cli import main
+from vslm.train import callbacks
+
+class SignalAt(callbacks.Callback):
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+original = callbacks.MetricsLog.on_train_start
+def on_train_start(self, trainer):
+    original(self, trainer)
+    trainer.callbacks.append(SignalAt())
+callbacks.MetricsLog.on_train_start = on_train_start
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_checkpoints_and_stops_and_the_resume_is_exact(tmp_path):
+    words = tiny_overrides(train__steps=20, train__checkpoint_every=0, train__eval_every=5, model__dropout=0.1,
+                           logging__probe_every=0)
+    Trainer(load_config("tiny", words), tmp_path / "straight").fit()
+    script = tmp_path / "stop.py"
+    script.write_text(STOPPER)
+    r = subprocess.run([sys.executable, str(script), "train", "tiny", *words, "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr
+    assert r.stderr.count("\n") == 1 and "SIGTERM: stopped at step 8" in r.stderr and "--resume" in r.stderr
+    assert [s for s, _ in list_checkpoints(tmp_path / "r" / "checkpoints")] == [8]  # the next step checkpointed
+    r = run_cli("train", "--resume", "--out", tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    assert same_lines(metrics(tmp_path / "r"), metrics(tmp_path / "straight"))
+
+
+def test_the_clock_adds_checkpoints_between_scheduled_ones(tmp_path):
+    words = tiny_overrides(train__steps=6, train__checkpoint_every=0, train__keep_last=10,
+                           train__checkpoint_minutes=1e-9, logging__probe_every=0)
+    Trainer(load_config("tiny", words), tmp_path / "r").fit()
+    assert [s for s, _ in list_checkpoints(tmp_path / "r" / "checkpoints")] == [1, 2, 3, 4, 5, 6]
+    Trainer(load_config("tiny", [*words, "train.checkpoint_minutes=0"]), tmp_path / "off").fit()
+    assert [s for s, _ in list_checkpoints(tmp_path / "off" / "checkpoints")] == [6]
+
+
+KILL_INSIDE_WRITE = """
+import os, signal, sys
+from vslm.config import load_config
+from vslm.train.trainer import Trainer
+
+point, target = sys.argv[2], "step_00000016"
+real_replace, real_fsync = os.replace, os.fsync
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def replace(src, dst):
+    if target in str(dst) and point == "before_rename":
+        kill()
+    real_replace(src, dst)
+    if target in str(dst) and point == "after_rename":  # renamed, the folder not yet fsynced
+        kill()
+
+def fsync(fd):
+    if point == "before_file_fsync" and target in os.readlink("/proc/self/fd/%d" % fd):
+        kill()
+    real_fsync(fd)
+
+os.replace, os.fsync = replace, fsync
+Trainer(load_config("tiny", {overrides!r}), sys.argv[1]).fit()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/fd")
+@pytest.mark.parametrize("point", ["before_file_fsync", "before_rename", "after_rename"])
+def test_a_kill_inside_the_checkpoint_write_still_resumes_exactly(tmp_path, point):
+    words = tiny_overrides(train__steps=24, train__checkpoint_every=8, train__keep_last=5, model__dropout=0.1,
+                           logging__probe_every=0)
+    Trainer(load_config("tiny", words), tmp_path / "straight").fit()
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_INSIDE_WRITE.format(overrides=words))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "r"), point], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    kept = [s for s, _ in list_checkpoints(tmp_path / "r" / "checkpoints")]
+    assert kept == ([8, 16] if point == "after_rename" else [8])
+    r = run_cli("train", "--resume", "--out", tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    assert same_lines(metrics(tmp_path / "r"), metrics(tmp_path / "straight"))
+    w1, _ = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_00000024.safetensors")
+    w2, _ = load_checkpoint(tmp_path / "r" / "checkpoints" / "step_00000024.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+VARIANTS = [[], ["model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu", "model.kv_heads=1",
+                 "model.tie_embeddings=false"],
+            ["model.bias=true"], ["model.root=learned", "model.root_per_position=true"],
+            ["model.sharing=cyclic", "model.depth=4", "model.unique_blocks=2", "model.recursion_lora_rank=4"],
+            ["model.schedule.widths=increasing", "model.schedule.width_range=[16,48]", "model.tie_embeddings=false",
+             "model.head_dim=8"],
+            ["model.attention=ssmax"], ["model.mlp=none"], ["model.inject=true"],
+            ["model.schedule.layer_scaling=openelm"]]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_the_parameter_estimate_from_the_config_is_the_built_models_count(overrides):
+    from vslm.model import GPT, parameter_count
+    from vslm.model.accounting import parameter_estimate
+
+    cfg = load_config("tiny", overrides).model.model_copy(update={"vocab_size": 101})
+    assert parameter_estimate(cfg, 101) == parameter_count(GPT(cfg))
+
+
+@pytest.mark.parametrize("overrides", [["model.width=1000000000", "model.heads=1"], ["model.context=1000000000"],
+                                       ["train.batch_size=1000000000"], ["model.depth=100000"]])
+def test_what_cannot_fit_is_refused_before_anything_is_built_or_written(tmp_path, overrides):
+    r = run_cli("train", "tiny", *overrides, "--out", tmp_path / "r")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "this run needs about" in r.stderr and "parameters" in r.stderr and "smaller" in r.stderr
+    assert not (tmp_path / "r").exists()  # nothing to block the rerun
+    r = run_cli("describe", "tiny", *overrides)
+    assert r.returncode == 2 and "too large to build here" in r.stderr
+
+
+def test_describe_prints_the_memory_estimate():
+    r = run_cli("describe", "tiny")
+    assert r.returncode == 0 and "training memory (estimate" in r.stdout and "MiB" in r.stdout
