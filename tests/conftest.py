@@ -12,6 +12,10 @@ import pytest
 
 # Before `datasets` is imported (it reads these once): never the network, caches in a temporary folder.
 os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+# One thread per process, before torch is imported: the suite's runs and the CLI subprocesses it starts
+# share CI's 2 cores, and threads that fight for cores slow a step many times over (and would add the
+# trainer's load warning to stderr that tests expect to be exactly one error line).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="vslm-hf-datasets-")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 

@@ -187,7 +187,7 @@ def test_bad_files_give_one_line(tmp_path):
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     from vslm.cli import main
 
-    assert main(["data", "prepare", "no-such-corpus"]) == 1
+    assert main(["data", "prepare", "no-such-corpus"]) == 2  # a name typed wrong: a config error
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vslm: error: unknown data source 'no-such-corpus'")
     empty = tmp_path / "e.txt"

@@ -93,13 +93,14 @@ def test_unequal_token_budgets_fail_before_any_run_folder(tmp_path):
 
 def test_a_typo_in_one_variant_fails_before_training(tmp_path):
     spec = write_experiment(tmp_path, wide_overrides=("model.widht=48",))
-    with pytest.raises(ConfigError, match=r"^variant 'wide': config error: unknown field 'model.widht'$"):
+    typo = r"^variant 'wide': config error: unknown field 'model.widht' \(did you mean model.width\?\)$"
+    with pytest.raises(ConfigError, match=typo):
         run_experiment(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"extra": "steps = 3\n"}, "unknown field 'steps'"),
+    ({"extra": "steps = 3\n"}, r"unknown field 'steps' \(did you mean seeds\?\)"),
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1, got 0"),
 ])
 def test_bad_experiment_files_name_the_problem(tmp_path, change, problem):

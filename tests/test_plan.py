@@ -31,7 +31,11 @@ def test_plan_fills_the_hours_and_writes_a_config_that_trains(tmp_path):
     out = write_plan(plan, tmp_path / "plan.toml")
     with open(tmp_path / "printed", "w") as f:
         print_plan(plan, out, Console(file=f, width=200))
-    assert "20 tokens per parameter" in (tmp_path / "printed").read_text()
+    printed = (tmp_path / "printed").read_text()
+    assert "20 tokens per parameter" in printed
+    # the config's description and the printed plan give the same ratio (not the target 20 when it differs)
+    ratio = f"{plan['tokens_per_param']:.0f} per parameter"
+    assert f"({ratio})" in printed and ratio in plan["config"].description
     cfg = load_config(str(out))  # a valid config, loadable by path
     tokens = cfg.train.steps * cfg.train.batch_size * cfg.model.context
     assert tokens == plan["tokens"] and cfg.model.width == plan["shape"].width

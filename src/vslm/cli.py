@@ -20,9 +20,9 @@ def _add_config_args(p: argparse.ArgumentParser, optional: bool = False) -> None
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from vslm.commands.demo import start_training
     from vslm.config import load_config
     from vslm.train.run_folder import read_run_config
-    from vslm.train.trainer import Trainer
 
     if a.config and "=" in a.config and not Path(a.config).exists():  # `train --resume --out X key=value`
         a.config, a.overrides = None, [a.config, *a.overrides]
@@ -39,7 +39,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out or Path("runs") / cfg.name)
     if a.checkpoint and not a.resume:
         raise VSLMError("--checkpoint picks where a resumed run continues from: add --resume")
-    trainer = Trainer(cfg, out, resume=a.resume, checkpoint=Path(a.checkpoint) if a.checkpoint else None)
+    init = {}
+    if a.init_from_hf:  # the architecture and weights of a transformers checkpoint (vslm.interop.hf)
+        if a.resume:
+            raise UsageError("--init-from-hf starts a new run from a transformers checkpoint: not with --resume")
+        from vslm.interop.hf import init_from_hf
+
+        cfg, init["model"] = init_from_hf(cfg, Path(a.init_from_hf))
+    trainer = start_training(cfg, out, console, resume=a.resume,
+                             checkpoint=Path(a.checkpoint) if a.checkpoint else None, **init)
     final = trainer.fit()
     if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
         return 0
@@ -93,11 +101,14 @@ def _check_sample_args(a: argparse.Namespace) -> None:
 
 def cmd_sample(a: argparse.Namespace) -> int:
     _check_sample_args(a)
-    from vslm.train.run_folder import load_run
+    from vslm.train.run_folder import load_run_at
     from vslm.train.sampling import sample_text
 
-    _, model, tokenizer = load_run(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
-    texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed)
+    _, model, tokenizer, used = load_run_at(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
+    print(f"sampling from {used}", file=sys.stderr)  # which weights (stderr: stdout stays the text)
+    from vslm.progress import track
+
+    texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track)
     for i, t in enumerate(texts):
         if a.num > 1:
             console.rule(f"sample {i + 1}")
@@ -113,7 +124,9 @@ def cmd_probe(a: argparse.Namespace) -> int:
                                Path(a.checkpoint) if a.checkpoint else None)
         print(json.dumps(result) if a.json else copying_table(result))
         return 0
-    print(probe_snapshots(Path(a.run), Path(a.out) if a.out else None))
+    from vslm.progress import track
+
+    print(probe_snapshots(Path(a.run), Path(a.out) if a.out else None, track))
     return 0
 
 
@@ -121,6 +134,15 @@ def cmd_report(a: argparse.Namespace) -> int:
     from vslm.report import write_report
 
     print(write_report(Path(a.run)))
+    return 0
+
+
+def cmd_watch(a: argparse.Namespace) -> int:
+    from vslm.commands.watch import watch
+
+    if a.every <= 0 or a.idle <= 0:
+        raise UsageError("--every and --idle must be positive numbers of seconds")
+    watch(Path(a.run), console, once=a.once, every=a.every, idle=a.idle)
     return 0
 
 
@@ -138,7 +160,9 @@ def cmd_shape(a: argparse.Namespace) -> int:
 
     if not a.prompt:
         raise VSLMError("shape needs at least one --prompt")
-    result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed)
+    from vslm.progress import track
+
+    result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed, track)
     plot = write_plot(result, Path(a.plot) if a.plot else Path(a.run) / "shape.png")
     if a.json:
         print(to_json(result))
@@ -452,8 +476,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     out: dict = {"run": a.run}
     if a.on:
         from vslm.eval.corpus import evaluate_run
+        from vslm.progress import track
 
-        results = evaluate_run(Path(a.run), a.on, checkpoint, a.max_bytes, a.batch_size, a.device)
+        results = evaluate_run(Path(a.run), a.on, checkpoint, a.max_bytes, a.batch_size, a.device, track)
         out["corpora"] = [r.to_dict() for r in results]
     if a.tasks:
         from vslm.eval.harness import run_tasks
@@ -477,6 +502,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     for task, metrics in out.get("tasks", {}).items():
         console.print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in metrics.items()), highlight=False)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from vslm.interop.hf import export_run
+
+    print(export_run(Path(a.run), Path(a.out), Path(a.checkpoint) if a.checkpoint else None))
     return 0
 
 
@@ -549,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--checkpoint", help="with --resume: continue from this checkpoint file (default: the newest "
                                         "that reads and holds finite weights)")
+    p.add_argument("--init-from-hf", metavar="DIR", help="start from a transformers checkpoint folder (GPT-2, Llama, "
+                   "Mistral: an export or a model on disk): its architecture replaces [model]'s, its weights the init")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("configs", help="list the built-in configs")
@@ -558,15 +592,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_describe)
 
-    p = sub.add_parser("sample", help="generate text from a trained run")
+    p = sub.add_parser("sample", help="generate text from a trained run",
+                       description="Generate text from a run's newest good checkpoint (or --checkpoint); the file "
+                                   "used is named on stderr, the samples go to stdout.")
     p.add_argument("run", help="run folder")
-    p.add_argument("--prompt", default="")
+    p.add_argument("--prompt", default="", help="text the samples continue (default: none, from end-of-text)")
     p.add_argument("--tokens", type=int, default=200, help="tokens generated per sample (default 200)")
     p.add_argument("--num", type=int, default=1, help="samples (default 1)")
     p.add_argument("--temperature", type=float, default=0.8, help="> 0 samples; 0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens, k >= 1 (default 40)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed, the same samples (default 0)")
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads and holds "
+                                        "finite weights)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("probe", help="run the training-dynamics probes over a run's snapshots")
@@ -588,6 +625,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("watch", help="a live view of a running run: progress, ETA, loss, probes, checkpoints",
+                       description="Follow a run from its files (another process trains it): progress and ETA, a "
+                                   "loss sparkline, the last validation loss and bits per byte, tokens/s, the latest "
+                                   "probes, the last checkpoint. Ends when the run reaches its last step.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--once", action="store_true", help="print one view and exit")
+    p.add_argument("--every", type=float, default=2.0, help="seconds between reads of the files (default 2)")
+    p.add_argument("--idle", type=float, default=600.0,
+                   help="stop after this many seconds without a new step: a stopped run (default 600)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("compare", help="overlay several runs' curves in one HTML page")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
@@ -648,6 +696,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     _add_run_args(p, "print one JSON line")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers model folder (no custom code)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers' native classes (default)")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
     p.add_argument("experiment", nargs="?", help="a built-in experiment name or a TOML file")

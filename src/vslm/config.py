@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vslm.errors import ConfigError
+from vslm.errors import ConfigError, did_you_mean
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -306,6 +306,8 @@ class TrainConfig(_Section):
     eval_windows: PositiveInt = Field(2400, description="fixed validation windows (whatever the batch size)")
     seed: int = 1337
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    threads: NonNegativeInt = Field(0, description="CPU threads of torch; 0 = torch's default (OMP_NUM_THREADS, "
+                                                   "else one per core)")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool | Literal["auto"] = "auto"
     checkpoint_every: NonNegativeInt = Field(500, description="0 = only at the end")
@@ -389,7 +391,8 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         if not entry.is_file():
             names = ", ".join(builtin_configs())
             where = f" ({path})" if beside is not None else ""
-            raise ConfigError(f"no config '{name_or_path}': not a file{where}, nor a built-in config ({names})")
+            raise ConfigError(f"no config '{name_or_path}'{did_you_mean(name_or_path, builtin_configs())}: not a "
+                              f"file{where}, nor a built-in config ({names})")
         text, label, here = entry.read_text(), f"built-in config '{name_or_path}'", None
         key = f"built-in {name_or_path}"
     if key in seen:
@@ -446,17 +449,41 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(one_line_error(e)) from None
+        raise ConfigError(one_line_error(e, root=RunConfig)) from None
 
 
-def one_line_error(e: ValidationError, prefix: str = "config error") -> str:
-    """The first validation error as one line naming the field: `prefix: model.width: ...`."""
+def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model that holds the field at `loc` (list indices skipped), [] if unknown."""
+    from typing import get_args
+
+    def model_in(annotation) -> type[BaseModel] | None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return next((m for a in get_args(annotation) if (m := model_in(a)) is not None), None)
+
+    cls: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        cls = model_in(field.annotation) if field is not None else None
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def one_line_error(e: ValidationError, prefix: str = "config error", root: type[BaseModel] | None = None) -> str:
+    """The first validation error as one line naming the field: `prefix: model.width: ...`; an unknown field
+    of `root` (the model validated) with the near names: `unknown field 'train.step' (did you mean train.steps?)`."""
     err = e.errors()[0]
     field = ".".join(str(part) for part in err["loc"])
     where = f"{prefix}: {field}: " if field else f"{prefix}: "
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"{prefix}: unknown field '{field}'"
+        loc = err["loc"]
+        section = "".join(f"{part}." for part in loc[:-1])
+        hint = did_you_mean(str(loc[-1]), _fields_at(root, loc), section) if root is not None and loc else ""
+        return f"{prefix}: unknown field '{field}'{hint}"
     if err["type"] == "missing":
         return f"{where}missing"
     if err["type"] == "value_error":

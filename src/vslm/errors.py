@@ -20,3 +20,14 @@ class UsageError(VSLMError):
     """A command-line argument with a value out of range. The CLI exits with code 2, as for argparse's errors."""
 
     exit_code = 2
+
+
+def did_you_mean(word: str, choices, prefix: str = "") -> str:
+    """' (did you mean train.steps?)' for the names among `choices` close to `word` (difflib), else ''.
+    `prefix` is put before each name suggested (a field's section, 'train.')."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(prefix + c for c in close)}?)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vslm.config import load_config
+from vslm.config import RunConfig, load_config
 from vslm.report import write_report
 from vslm.train.probing import PROBES
 from vslm.train.run_folder import METRICS
@@ -40,27 +41,45 @@ def unigram_entropy(tokens: np.ndarray, vocab: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+OPTIMIZERS = {"adamw": "AdamW", "muon": "Muon", "tangent": "tangent descent"}
+
+
+def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", **trainer_args) -> Trainer:
+    """The Trainer of `cfg` in `out`, with the header `vslm demo` and `vslm train` print before the first
+    step: the corpus (what it is, sizes, tokenizer, how long it took), the model (parameters, shape, FLOPs
+    per token) and the training (steps, tokens, optimizer, schedule). Under torchrun only rank 0 speaks."""
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks (the Trainer sets up the processes)
+        console.print(f"Preparing the corpus {what or cfg.data.source} ...", highlight=False, markup=False,
+                      soft_wrap=True)
+    started = time.perf_counter()
+    trainer = Trainer(cfg, out, **trainer_args)
+    if not trainer.dist.is_main:
+        return trainer
+    corpus, m, tc = trainer.corpus, trainer.cfg.model, trainer.cfg.train
+    console.print(
+        f"  {corpus.meta['documents']:,} documents, {corpus.meta['train_tokens']:,} training and "
+        f"{corpus.meta['val_tokens']:,} validation tokens, a {corpus.tokenizer.kind} tokenizer of "
+        f"{corpus.tokenizer.vocab_size:,} symbols ({'cached' if corpus.cache_hit else 'built'} in "
+        f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
+    console.print(
+        f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
+        f"{m.position} positions, {m.norm}, {m.mlp} MLP, context {m.context}; "
+        f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False, soft_wrap=True)
+    tokens = tc.steps * tc.batch_size * tc.grad_accum * m.context
+    again = " (resumed)" if trainer.resume else ""
+    console.print(f"Training{again}: {tc.steps:,} steps of {tc.batch_size * tc.grad_accum} x {m.context} tokens "
+                  f"({tokens:,} tokens), {OPTIMIZERS[tc.optimizer]}, {tc.schedule} schedule, "
+                  f"{trainer.device}, into {out}\n", highlight=False, soft_wrap=True)
+    return trainer
+
+
 def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     cfg = load_config("demo", overrides)
     out = out or free_folder(Path("runs") / "demo")
     console.rule("[bold]VSLM demo")
-    console.print("Preparing the embedded corpus: generated children's stories with recurring names, "
-                  "dialogue and simple cause and effect ...", highlight=False)
-    started = time.perf_counter()
-    trainer = Trainer(cfg, out)
-    corpus, m = trainer.corpus, cfg.model
-    console.print(
-        f"  {corpus.meta['documents']:,} stories, {corpus.meta['train_tokens']:,} training and "
-        f"{corpus.meta['val_tokens']:,} validation tokens, a {corpus.tokenizer.kind} tokenizer of "
-        f"{corpus.tokenizer.vocab_size} symbols ({'cached' if corpus.cache_hit else 'built'} in "
-        f"{time.perf_counter() - started:.1f} s)", highlight=False)
-    console.print(
-        f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
-        f"{m.position} positions, {m.norm}, {m.mlp} MLP, context {m.context}; "
-        f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False)
-    tokens = cfg.train.steps * cfg.train.batch_size * m.context
-    console.print(f"Training: {cfg.train.steps} steps of {cfg.train.batch_size} x {m.context} tokens "
-                  f"({tokens / 1e6:.1f}M tokens), AdamW, {cfg.train.schedule} schedule\n", highlight=False)
+    trainer = start_training(cfg, out, console, "(the embedded generator: children's stories with recurring "
+                                                "names, dialogue and simple cause and effect)")
+    corpus = trainer.corpus
     final = trainer.fit()
 
     lines = [json.loads(ln) for ln in (out / METRICS).read_text().splitlines()]

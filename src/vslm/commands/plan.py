@@ -176,7 +176,7 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
     tps = fit.tokens_per_s(flops)
     steps = max(1, round(budget_s * tps / tokens_per_step))  # all of the hours
     predicted_s = steps * tokens_per_step / tps
-    planned = planned_config(cfg, shape, steps, corpus, predicted_s)
+    planned = planned_config(cfg, shape, steps, corpus, predicted_s, params)
     train_tokens = len(corpus.train.tokens)
     if planned.data.max_bytes != cfg.data.max_bytes:  # stories made to measure: tokens in proportion
         train_tokens = train_tokens * planned.data.max_bytes / cfg.data.max_bytes
@@ -192,7 +192,8 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
     }
 
 
-def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, predicted_s: float) -> RunConfig:
+def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, predicted_s: float,
+                   params: int) -> RunConfig:
     """The run to train: the shape, the step count, a learning rate by width (nanoGPT's 1e-3 at
     width 384 and GPT-2's 6e-4 at 768), cosine decay to a tenth, five evaluations and checkpoints."""
     lr = 2e-3 if shape.width <= 128 else 1e-3 if shape.width <= 384 else 6e-4
@@ -207,7 +208,9 @@ def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, pre
         need = steps * cfg.train.batch_size * cfg.model.context * bytes_per_token / (1 - cfg.data.val_fraction)
         words.append(f"data.max_bytes={max(cfg.data.max_bytes, min(int(need * 1.05), 256_000_000))}")
     tokens = steps * cfg.train.batch_size * cfg.model.context
-    description = (f"from vslm plan: {tokens:,} tokens, about {TOKENS_PER_PARAM} per parameter, predicted "
+    # the ratio this plan trains at, as print_plan says it (not the target ratio, which the hours may not allow)
+    description = (f"from vslm plan: {tokens:,} tokens, {tokens / params:.0f} per parameter (compute-optimal: "
+                   f"{TOKENS_PER_PARAM}), predicted "
                    f"{predicted_s / 60:.1f} min of training on the machine it measured")
     return with_shape(cfg, shape, words).model_copy(
         update={"name": f"plan-{shape.width}x{shape.depth}", "description": description})

@@ -10,12 +10,14 @@ continuations under each prompt and the Jensen-Shannon divergence between their 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from vslm.errors import VSLMError
 from vslm.probes import shape_metrics
+from vslm.progress import quiet
 from vslm.train.run_folder import load_run
 from vslm.train.sampling import sample_text
 
@@ -29,7 +31,7 @@ def _js_histograms(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8, sample_tokens: int = 100,
-              seed: int = 0) -> dict:
+              seed: int = 0, track: Callable = quiet) -> dict:
     """The measurements as plain lists (JSON-ready)."""
     cfg, model, tokenizer = load_run(run)
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -43,7 +45,7 @@ def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8
     m = shape_metrics(model, prompt_ids, target_ids, empty_id=tokenizer.eos_id)
     labels = ["empty", *prompts]
     histograms = []
-    for prompt in ["", *prompts]:
+    for prompt in track(["", *prompts], f"sampling {samples} continuations of each prompt"):
         texts = sample_text(model, tokenizer, prompt, num=samples, tokens=sample_tokens, seed=seed)
         ids = [i for t in texts for i in tokenizer.encode(t[len(prompt):])]
         histograms.append((np.bincount(ids, minlength=tokenizer.vocab_size).astype(float), texts[0]))

@@ -33,7 +33,7 @@ from vslm.config import DataConfig
 from vslm.data import stories
 from vslm.data.registry import PLAIN, REGISTRY, Entry, Formatter, split_name, text_field
 from vslm.data.tokenizer import EOS
-from vslm.errors import VSLMError
+from vslm.errors import ConfigError, VSLMError, did_you_mean
 
 SOURCE_FORMAT = 2  # bump when the documents a source yields for the same files change
 PIECE = 1 << 20  # bytes of a single text read at a time
@@ -85,8 +85,9 @@ def open_source(cfg: DataConfig) -> Source:
     path = Path(cfg.source).expanduser()
     if not path.exists():
         names = ", ".join(REGISTRY)
-        raise VSLMError(f"unknown data source '{cfg.source}': not a file or folder, nor one of {names} "
-                        "(see `vslm data list`)")
+        # a name typed wrong is a config error (exit 2), as an unknown field is; files that do not read exit 1
+        raise ConfigError(f"unknown data source '{cfg.source}'{did_you_mean(cfg.source, REGISTRY)}: not a file or "
+                          f"folder, nor one of {names} (see `vslm data list`)")
     files = _folder_files(path) if path.is_dir() else [path]
     return _files_source(str(path), files, text_field(cfg.text_field), cfg, field_name=cfg.text_field)
 

@@ -91,7 +91,10 @@ class CharTokenizer(Tokenizer):
         try:
             return [self.lookup[c] for c in text]
         except KeyError as e:
-            raise VSLMError(f"character {e.args[0]!r} is not in this character vocabulary") from None
+            raise VSLMError(f"character {e.args[0]!r} is not in this character vocabulary (a char tokenizer knows "
+                            "only its training text's characters): a run trained with data.tokenizer=byte or bpe "
+                            "encodes any text, and bits per byte keep runs of different tokenizers comparable"
+                            ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
         n = len(self.chars)

@@ -24,6 +24,7 @@ run on it holds out (the same ones, given the run's data settings); a path, all 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from vslm.data.shards import prepare_corpus
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
 from vslm.model import GPT
+from vslm.progress import quiet
 from vslm.train.run_folder import load_run
 from vslm.train.trainer import text_nll_and_bytes
 
@@ -78,7 +80,7 @@ class CorpusResult:
 
 @torch.no_grad()
 def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix: int | None = None,
-                 batch_size: int = 32) -> Score:
+                 batch_size: int = 32, track: Callable = quiet, label: str = "scoring") -> Score:
     """Negative log-likelihood of every token of `tokens` (after `prefix`, which predicts the first),
     in consecutive windows of the model's context."""
     T = model.cfg.context
@@ -92,7 +94,7 @@ def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix
     score = Score()
     was_training = model.training
     model.eval()
-    for i in range(0, len(full), batch_size):
+    for i in track(range(0, len(full), batch_size), label):
         index = np.asarray(full[i : i + batch_size])[:, None] + np.arange(T + 1)[None, :]
         _add(score, model, torch.from_numpy(stream[index]), sizes, device)  # (B, T + 1)
     if len(full) < len(starts):  # the last, shorter window
@@ -134,13 +136,16 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> 
 
 
 def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
-                    max_bytes: int | None = None, batch_size: int = 32) -> CorpusResult:
+                    max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet) -> CorpusResult:
     data, all_val, split, word_level = eval_data(name, run_data, max_bytes)
     try:
         corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
     except VSLMError as e:
-        raise VSLMError(f"cannot evaluate on {name}: {e}") from None
-    score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size)
+        err = VSLMError(f"cannot evaluate on {name}: {e}")
+        err.exit_code = e.exit_code  # a name typed wrong stays a config error
+        raise err from None
+    score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
+                         f"evaluating on {name}")
     words = int(corpus.meta["val_words"])
     return CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
                         loss=score.loss, bpb=score.bpb,
@@ -148,6 +153,6 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
 
 
 def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, max_bytes: int | None = None,
-                 batch_size: int = 32, device: str = "cpu") -> list[CorpusResult]:
+                 batch_size: int = 32, device: str = "cpu", track: Callable = quiet) -> list[CorpusResult]:
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
-    return [evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size) for name in names]
+    return [evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size, track) for name in names]

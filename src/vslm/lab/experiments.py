@@ -45,7 +45,7 @@ from rich.console import Console
 
 from vslm.config import DataConfig, RunConfig, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
-from vslm.errors import ConfigError
+from vslm.errors import ConfigError, did_you_mean
 from vslm.eval.corpus import score_tokens
 from vslm.lab.runner import tokens_per_run, train_or_reuse
 from vslm.lab.stats import mean_std, sample_std, summarize
@@ -109,7 +109,8 @@ def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
         entry = resources.files("vslm.configs.experiments") / f"{name_or_path}.toml"
         if not entry.is_file():
             names = ", ".join(builtin_experiments())
-            raise ConfigError(f"no experiment '{name_or_path}': not a file, nor a built-in experiment ({names})")
+            hint = did_you_mean(name_or_path, builtin_experiments())
+            raise ConfigError(f"no experiment '{name_or_path}'{hint}: not a file, nor a built-in experiment ({names})")
         text, name, label = entry.read_text(), name_or_path, f"built-in experiment '{name_or_path}'"
     try:
         raw = tomllib.loads(text)
@@ -130,7 +131,7 @@ def _validate(raw: dict, label: str) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(one_line_error(e, prefix=label)) from None
+        raise ConfigError(one_line_error(e, prefix=label, root=ExperimentSpec)) from None
 
 
 NO_SWEEP = ""  # the one choice of a variant without a sweep

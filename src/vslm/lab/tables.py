@@ -18,14 +18,21 @@ DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (m
 def print_table(console, title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> None:
     """rows on a rich console, every column full width even past the console's (a table of cut numbers is no
     use)."""
+    from rich.cells import cell_len
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for i, col in enumerate(columns):
+    widths = [max(cell_len(col), *(cell_len(row[i]) for row in rows)) for i, col in enumerate(columns)]
+    for col, width in zip(columns, widths, strict=True):
         table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", no_wrap=True,
-                         min_width=max(len(col), *(len(row[i]) for row in rows)))
+                         min_width=width)
     for row in rows:
         table.add_row(*row)
+    needed = sum(widths) + 3 * len(widths) + 1  # a space either side of each cell, the borders
+    if needed > console.width:  # rich would shrink some column to nothing (the variant names, first): widen
+        console = Console(file=console.file, width=needed, color_system=console.color_system,
+                          force_terminal=console.is_terminal)
     console.print(table, crop=False)
 
 

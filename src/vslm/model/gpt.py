@@ -16,6 +16,7 @@ N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes ex
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from vslm.config import BlockSpec, ModelConfig
 from vslm.model.attention import Attention
 from vslm.model.layers import MLP, DepthLoRA, HookPoint, make_norm, partial_identity_
+from vslm.progress import quiet
 
 
 class Block(nn.Module):
@@ -153,16 +155,16 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(
         self, idx: torch.Tensor, new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, track: Callable = quiet,
     ) -> torch.Tensor:
         """Append `new_tokens` sampled tokens to idx (B, T); temperature 0 is greedy, top_k None keeps every token.
-        Out-of-range arguments are a ValueError naming the argument."""
+        Out-of-range arguments are a ValueError naming the argument. `track` shows progress (vslm.progress)."""
         check_sampling(temperature, top_k)
         if new_tokens < 0:
             raise ValueError(f"new_tokens must be at least 0, got {new_tokens}")
         if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
             raise ValueError(f"idx must be (batch, time) with at least one row and one token, got {tuple(idx.shape)}")
-        for _ in range(new_tokens):
+        for _ in track(range(new_tokens), "generating tokens"):
             logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)

@@ -63,4 +63,5 @@ def render(runs: list[RunFiles]) -> str:
             figures.compare_probe(runs, labels, ("distribution", "M1"), "M1 = KL(u || mean p) (nats)"), "M1",
             "KL from the corpus unigram to the model's mean prediction. Every run should fall to near 0 "
             "within the first few hundred steps; a run that stays high has not learned token frequencies.")))
-    return page(f"VSLM comparison of {len(runs)} runs", ", ".join(str(r.folder) for r in runs), sections)
+    count = "1 run" if len(runs) == 1 else f"{len(runs)} runs"
+    return page(f"VSLM comparison of {count}", ", ".join(str(r.folder) for r in runs), sections)

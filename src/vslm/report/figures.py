@@ -70,6 +70,12 @@ def _last_finite(values: np.ndarray) -> float:
     return float(finite[-1]) if len(finite) else math.nan
 
 
+def has_bpb_axis(run: RunFiles) -> bool:
+    """Whether loss_figure draws its right axis in bits per byte (it needs a validation loss and its bpb)."""
+    val, bpb = run.series("val_loss")[1], run.series("val_bpb")[1]
+    return bool(len(bpb) and len(val) and val[-1] > 0)
+
+
 def loss_figure(run: RunFiles) -> Figure:
     """Training loss at every logged step, validation loss at eval steps, bits per byte on the right axis."""
     fig, (ax,) = _figure()
@@ -79,7 +85,7 @@ def loss_figure(run: RunFiles) -> Figure:
     if len(val):
         ax.plot(val_steps, val, "o-", color="C3", markersize=4, label="val loss")
     bpb = run.series("val_bpb")[1]
-    if len(bpb) and len(val) and val[-1] > 0:
+    if has_bpb_axis(run):
         per_nat = bpb[-1] / val[-1]  # bits per byte per nat per token: a constant of the tokenizer and corpus
         right = ax.secondary_yaxis("right", functions=(lambda y: y * per_nat, lambda b: b / per_nat))
         right.set_ylabel("bits per byte")

@@ -13,9 +13,9 @@ from vslm.report.runs import RunFiles, read_run
 REPORT = "report.html"
 
 CAPTIONS = {
-    "loss": "Training loss at every logged step and validation loss at each evaluation; the right axis reads "
-            "the same loss in bits per byte, comparable across tokenizers. Look for a steady fall, validation "
-            "close to training (a widening gap is overfitting) and no spikes.",
+    "loss": "Training loss at every logged step and validation loss at each evaluation.{right} Look for a steady "
+            "fall, validation close to training (a widening gap is overfitting) and no spikes.",
+    "bpb_axis": " The right axis reads the same loss in bits per byte, comparable across tokenizers.",
     "heatmap": "Loss at each position of the fixed probe windows (x) at each probe step (y, log scale). At step 0 "
                "a row is flat at about ln V; later rows grow darker from left to right when the model uses "
                "context, the loss falling with position.",
@@ -58,19 +58,34 @@ def write_report(run_dir: str | Path) -> Path:
 def render(run: RunFiles) -> str:
     sections = [_config_section(run)]
     if run.series("loss")[1].size:
-        sections.append(section("loss", "Loss", figure(figures.loss_figure(run), "loss curves", CAPTIONS["loss"])))
+        right = CAPTIONS["bpb_axis"] if figures.has_bpb_axis(run) else ""  # the caption names only what is drawn
+        sections.append(section("loss", "Loss", figure(figures.loss_figure(run), "loss curves",
+                                                       CAPTIONS["loss"].format(right=right))))
     if run.probes:
         sections += _probe_sections(run)
     if run.samples.strip():
         sections.append(section("samples", "Samples", pre(run.samples)))
     description = run.config.get("description", "")
     subtitle = f"{run.folder}" + (f": {description}" if description else "")
+    if progress := unfinished(run):
+        subtitle += f" ({progress})"
     return page(f"VSLM report: {run.name}", subtitle, sections)
+
+
+def unfinished(run: RunFiles) -> str:
+    """'unfinished: 32 of 100 steps' when the run's last logged step is short of its config's train.steps
+    (still running, stopped or killed), else ''."""
+    planned = run.config.get("train", {}).get("steps")
+    done = run.metrics[-1].get("step", 0) if run.metrics else 0
+    if isinstance(planned, int) and done < planned:
+        return f"unfinished: {done:,} of {planned:,} steps"
+    return ""
 
 
 def _config_section(run: RunFiles) -> tuple[str, str, str]:
     """Final numbers, parameters and FLOPs per token (from summary.json when the run has one), and the config."""
-    rows = [["steps trained", number(run.metrics[-1]["step"])]] if run.metrics else []
+    rows = [["steps trained", number(run.metrics[-1]["step"]) + (f" ({unfinished(run)})" if unfinished(run)
+                                                                   else "")]] if run.metrics else []
     rows += [[key, number(run.final(key))] for key in ("loss", "val_loss", "val_bpb")]
     tokens, seconds = run.final("tokens"), run.final("train_time_s")
     if math.isfinite(tokens):

@@ -133,10 +133,12 @@ class ProgressBar(Callback):
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
         if "val_loss" in metrics:
-            self.last_val = f"  val {metrics['val_loss']:.3f}"
+            self.last_val, self.last_val_step = f"  val {metrics['val_loss']:.3f}", trainer.step
         info = None
-        if "loss" in metrics:
-            info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s{self.last_val}"
+        if "loss" in metrics:  # an older validation loss says from which step it is, never passes for new
+            val = self.last_val if not self.last_val or self.last_val_step == trainer.step else \
+                f"{self.last_val} (step {self.last_val_step})"
+            info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s{val}"
         if self.live:
             self.progress.update(self.task, completed=trainer.step, **({"info": info} if info else {}))
         elif info and (trainer.step % self.every == 0 or trainer.step == trainer.cfg.train.steps):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,7 @@ from vslm.probes import (
     repeat_statistics,
     token_nll,
 )
+from vslm.progress import quiet
 from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
 from vslm.train.run_folder import SNAPSHOTS, read_run_config, update_summary
@@ -163,7 +165,7 @@ class ProbeCallback(Callback):
         self.seconds += time.perf_counter() - started
 
 
-def probe_snapshots(run_dir: Path, out: Path | None = None) -> Path:
+def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = quiet) -> Path:
     """The probes over a finished run's snapshots (steps 0, 1, 2, 4, ...), written to
     `probes-snapshots.jsonl` (or `out`): a study redone without retraining."""
     from vslm.data.shards import prepare_corpus
@@ -174,7 +176,7 @@ def probe_snapshots(run_dir: Path, out: Path | None = None) -> Path:
     model = GPT(cfg.model)
     out = out or run_dir / "probes-snapshots.jsonl"
     lines = []
-    for step, path in list_checkpoints(run_dir / SNAPSHOTS):
+    for step, path in track(list_checkpoints(run_dir / SNAPSHOTS), f"probing the snapshots of {run_dir}"):
         weights, _ = load_checkpoint(path)
         model.load_state_dict(weights)
         lines.append(json.dumps({"step": step, **run_probes(model, probes)}))

@@ -85,16 +85,22 @@ def load_run(folder: Path, checkpoint: Path | None = None, device: str = "cpu") 
     """The config, the model and the tokenizer of a run: at the checkpoint given, else at its newest
     checkpoint (or snapshot) that reads and holds finite weights (a newer one passed over is named
     in a one-line warning on stderr)."""
+    return load_run_at(folder, checkpoint, device)[:3]
+
+
+def load_run_at(folder: Path, checkpoint: Path | None = None,
+                device: str = "cpu") -> tuple[RunConfig, GPT, Tokenizer, Path]:
+    """load_run, and the checkpoint or snapshot file the weights came from (commands say which they used)."""
     folder = Path(folder)
     cfg = read_run_config(folder)
     if checkpoint is not None:
         weights, _ = load_checkpoint(checkpoint, device)
     else:
-        _, weights, _ = newest_good(_saved(folder), device)
+        checkpoint, weights, _ = newest_good(_saved(folder), device)
     model = GPT(cfg.model).to(device)
     model.load_state_dict(weights)
     model.eval()
-    return cfg, model, load_tokenizer(folder / TOKENIZER)
+    return cfg, model, load_tokenizer(folder / TOKENIZER), Path(checkpoint)
 
 
 def device_of(name: str) -> torch.device:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from vslm.data.tokenizer import Tokenizer
 from vslm.model import GPT
+from vslm.progress import quiet
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -27,7 +29,7 @@ def save_samples(run_dir: Path, texts: list[str]) -> None:
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1, tokens: int = 200,
-                temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> list[str]:
+                temperature: float = 0.8, top_k: int | None = 40, seed: int = 0, track: Callable = quiet) -> list[str]:
     """`num` continuations of `prompt` (the prompt included, end-of-text tokens dropped); temperature 0 is
     greedy. Out-of-range arguments are a ValueError naming the argument (GPT.generate)."""
     if num < 1:
@@ -38,6 +40,6 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)
+    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator, track=track)
     model.train(was_training)
     return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out]

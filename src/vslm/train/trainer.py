@@ -31,6 +31,7 @@ import contextlib
 import inspect
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -113,6 +114,28 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
+_threads_warned = False
+
+
+def set_threads(threads: int, warn: bool = True) -> int:
+    """torch's CPU threads: `threads`, or its default when 0; returns the number. Warns once per process
+    when the machine's load leaves fewer free cores than that: threads that fight for cores slow every
+    step down many times over (docs/BENCHMARKS.md: 848 ms a step against 68 ms with one thread)."""
+    global _threads_warned
+    if threads:
+        torch.set_num_threads(threads)
+    n = torch.get_num_threads()
+    if warn and not _threads_warned and hasattr(os, "getloadavg"):
+        cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+        free = cores - max(0.0, load - 1)  # the load counts this process too
+        if n > 1 and free < n:  # one thread cannot fight itself
+            _threads_warned = True
+            print(f"warning: load average {load:.1f} on {cores} cores leaves {max(free, 0):.1f} free for {n} "
+                  f"threads; threads that fight for cores slow training down: set train.threads=1 (or fewer "
+                  f"than {n})", file=sys.stderr)
+    return n
+
+
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
     checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on) and the progress bar (if on)."""
@@ -167,6 +190,7 @@ class Trainer:
         self.resume = resume
         self.resume_from = checkpoint  # resume: this checkpoint instead of the newest good one
         self.device = device_of(cfg.train.device)
+        set_threads(cfg.train.threads, warn=self.device.type == "cpu")
         self.dist = init_distributed(cuda=self.device.type == "cuda")
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process

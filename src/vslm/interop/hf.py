@@ -1,0 +1,531 @@
+"""Hugging Face `transformers` export and import: native classes only, never `trust_remote_code`.
+
+    export_run(run, out)            a run folder -> a folder AutoModelForCausalLM / AutoTokenizer load
+    init_from_hf(cfg, folder)       a run config whose model is a transformers checkpoint's, and its weights
+
+The mapping is exact or refused (`family`):
+  position learned, LayerNorm, GELU (exact, erf) or ReLU^2, heads * head_dim = width, no GQA
+      -> GPT2LMHeadModel (Conv1D weights are transposed Linear weights; a model without biases exports
+         zero biases, a LayerNorm without bias a zero bias; the head tied or not)
+  position rope, RMSNorm, SwiGLU (GQA, any head_dim, tied or untied head, biases on or off)
+      -> LlamaForCausalLM, or MistralForCausalLM when every block has the same sliding window.
+         vslm's RoPE is the rotate-half form with the same frequencies as Llama's (x1, x2 = the two halves
+         of a head; (x1 cos - x2 sin, x2 cos + x1 sin)), so q and k need no permutation. The fused qkv
+         is [q heads | k heads | v heads]; the fused SwiGLU fc is [gate | value], silu on the gate.
+         torch.nn.RMSNorm and LlamaRMSNorm both compute w * x / sqrt(mean(x^2) + eps).
+Refused, naming the field: weight sharing (`order`, `sharing`), recursion LoRA, a learned root or token
+injection, per-layer widths, heads or FFN sizes, attention other than softmax, per-layer windows,
+and combinations of position, norm and MLP that no class computes (learned positions with RMSNorm or
+SwiGLU, RoPE with LayerNorm or GELU, attention-only blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vslm.config import ModelConfig, RunConfig, validate
+from vslm.data.tokenizer import EOS, ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer
+from vslm.errors import UsageError, VSLMError
+from vslm.model import GPT, parameter_count, training_flops_per_token
+from vslm.train.run_folder import METRICS, SUMMARY, load_run, read_run_config
+
+FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+PARITY_TOLERANCE = 1e-4  # export refuses to write a model whose logits differ more (float32; tests check 1e-5)
+# the architecture fields an import takes from the checkpoint; the rest of [model] (dropout, init) stays the config's
+ARCH_FIELDS = ("vocab_size", "context", "depth", "width", "heads", "kv_heads", "head_dim", "ffn", "mlp", "norm",
+               "norm_eps", "position", "rope_base", "tie_embeddings", "bias", "window")
+
+
+# ------------------------------------------------------------------------------------ mapping
+
+
+def _refuse(field: str, value: Any, why: str) -> UsageError:
+    return UsageError(f"cannot export to transformers: model.{field} = {value!r}: {why}")
+
+
+def _per_block_field(m: ModelConfig, attr: str, schedule_field: str | None) -> str:
+    """Which config field makes `attr` vary per block: a schedule when one is set, else the records."""
+    if m.schedule.layer_scaling != "uniform" and attr in ("heads", "ffn", "kv_heads"):
+        return "schedule.layer_scaling"
+    if schedule_field and getattr(m.schedule, schedule_field) not in ("uniform", "full"):
+        return f"schedule.{schedule_field}"
+    return "blocks"
+
+
+def family(m: ModelConfig) -> str:
+    """The transformers family that computes this model exactly ("gpt2", "llama", "mistral"), or a
+    UsageError naming the field and value that no native class computes."""
+    order = m.depth_order()
+    if len(set(order)) != len(order):
+        field, value = ("order", order) if m.order is not None else ("sharing", m.sharing)
+        raise _refuse(field, value, "weight sharing across depths has no transformers class")
+    if m.recursion_lora_rank:
+        raise _refuse("recursion_lora_rank", m.recursion_lora_rank, "per-depth LoRA has no transformers class")
+    if m.root != "token":
+        raise _refuse("root", m.root, "a learned root of the residual stream has no transformers class")
+    if m.injects():
+        raise _refuse("inject", True, "token injection at every depth has no transformers class")
+    specs = m.block_specs()
+    for attr, schedule_field, what in (("width", "widths", "per-layer widths"), ("heads", "widths", "per-layer heads"),
+                                       ("kv_heads", "widths", "per-layer key/value heads"),
+                                       ("ffn", None, "per-layer FFN sizes"), ("window", "windows", "per-layer windows"),
+                                       ("attention", None, "per-layer attention"),
+                                       ("attention_gamma", None, "per-layer attention gamma")):
+        values = [getattr(s, attr) for s in specs]
+        if len(set(values)) > 1:
+            field = _per_block_field(m, attr, schedule_field)
+            shown = getattr(m.schedule, field.partition(".")[2]) if field != "blocks" else values
+            detail = what if field == "blocks" else f"{what} {values}"
+            raise _refuse(field, shown, f"{detail}: transformers classes build every layer alike")
+    spec = specs[0]
+    if spec.attention != "softmax":
+        raise _refuse("attention", spec.attention, "transformers classes compute softmax attention only")
+    if m.mlp == "none":
+        raise _refuse("mlp", "none", "attention-only blocks have no transformers class")
+    if m.position == "learned":
+        if m.norm != "layernorm":
+            raise _refuse("norm", m.norm, "learned positions map to GPT-2, which uses LayerNorm")
+        if m.mlp not in ("gelu", "relu2"):
+            raise _refuse("mlp", m.mlp, "learned positions map to GPT-2, whose MLP is not gated")
+        if spec.kv_heads != spec.heads:
+            raise _refuse("kv_heads", spec.kv_heads, "GPT-2 has no grouped key/value heads")
+        if spec.heads * spec.head_dim != spec.width:
+            raise _refuse("head_dim", spec.head_dim, f"GPT-2 needs heads * head_dim = width ({spec.width})")
+        if spec.window is not None:
+            raise _refuse("window", spec.window, "GPT-2 has no sliding window")
+        return "gpt2"
+    if m.norm != "rmsnorm":
+        raise _refuse("norm", m.norm, "RoPE maps to Llama, which uses RMSNorm")
+    if m.mlp != "swiglu":
+        raise _refuse("mlp", m.mlp, "RoPE maps to Llama, whose MLP is SwiGLU")
+    return "llama" if spec.window is None else "mistral"
+
+
+def hf_config(m: ModelConfig, eos_id: int | None):
+    """The transformers config of a model `family` accepts."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig
+
+    kind, spec, depth = family(m), m.block_specs()[0], len(m.depth_order())
+    tokens = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": None}
+    if kind == "gpt2":
+        return GPT2Config(
+            vocab_size=m.vocab_size, n_positions=m.context, n_embd=spec.width, n_layer=depth, n_head=spec.heads,
+            n_inner=spec.ffn, activation_function=m.mlp, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            layer_norm_epsilon=m.norm_eps, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+            reorder_and_upcast_attn=False, tie_word_embeddings=m.tie_embeddings, initializer_range=m.init_std,
+            architectures=[FAMILIES[kind]], **tokens)
+    common = dict(
+        vocab_size=m.vocab_size, hidden_size=spec.width, intermediate_size=spec.ffn, num_hidden_layers=depth,
+        num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
+        hidden_act="silu", max_position_embeddings=m.context, rms_norm_eps=m.norm_eps,
+        tie_word_embeddings=m.tie_embeddings, rope_parameters={"rope_type": "default", "rope_theta": m.rope_base},
+        attention_dropout=0.0, initializer_range=m.init_std, architectures=[FAMILIES[kind]], **tokens)
+    if kind == "llama":
+        return LlamaConfig(attention_bias=m.bias, mlp_bias=m.bias, **common)
+    if m.bias:
+        raise _refuse("bias", True, "Mistral (the sliding-window class) has no biases")
+    return MistralConfig(sliding_window=spec.window, **common)
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+def to_hf_state(model: GPT) -> dict[str, torch.Tensor]:
+    """vslm weights -> the transformers class's state dict (tied heads left out: the class ties them)."""
+    m, sd = model.cfg, {k: v.detach() for k, v in model.state_dict().items()}
+    kind = family(m)
+    out: dict[str, torch.Tensor] = {}
+
+    def get(name: str, zeros: int | None = None) -> torch.Tensor:
+        if name in sd:
+            return sd[name]
+        if zeros is None:
+            raise KeyError(name)
+        return torch.zeros(zeros)
+
+    if kind == "gpt2":
+        out["transformer.wte.weight"] = sd["embed.weight"]
+        out["transformer.wpe.weight"] = sd["pos.weight"]
+        for i in range(len(model.order)):
+            b, h = f"blocks.{i}.", f"transformer.h.{i}."
+            for vslm_name, hf_name in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                w = sd[b + vslm_name + ".weight"]
+                out[h + hf_name + ".weight"] = w
+                out[h + hf_name + ".bias"] = get(b + vslm_name + ".bias", w.numel())
+            for vslm_name, hf_name in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
+                                       ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+                w = sd[b + vslm_name + ".weight"]
+                out[h + hf_name + ".weight"] = w.t().contiguous()  # Conv1D: (in, out)
+                out[h + hf_name + ".bias"] = get(b + vslm_name + ".bias", w.shape[0])
+        out["transformer.ln_f.weight"] = sd["norm.weight"]
+        out["transformer.ln_f.bias"] = get("norm.bias", sd["norm.weight"].numel())
+    else:
+        spec = model.specs[0]
+        q, kv, ffn = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim, spec.ffn
+        out["model.embed_tokens.weight"] = sd["embed.weight"]
+        for i in range(len(model.order)):
+            b, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[h + "input_layernorm.weight"] = sd[b + "attn_norm.weight"]
+            out[h + "post_attention_layernorm.weight"] = sd[b + "mlp_norm.weight"]
+            for part in ("weight", "bias"):
+                if b + "attn.qkv." + part not in sd:
+                    continue
+                wq, wk, wv = sd[b + "attn.qkv." + part].split([q, kv, kv], dim=0)
+                gate, up = sd[b + "mlp.fc." + part].split([ffn, ffn], dim=0)
+                for name, t in (("self_attn.q_proj", wq), ("self_attn.k_proj", wk), ("self_attn.v_proj", wv),
+                                ("self_attn.o_proj", sd[b + "attn.proj." + part]), ("mlp.gate_proj", gate),
+                                ("mlp.up_proj", up), ("mlp.down_proj", sd[b + "mlp.proj." + part])):
+                    out[f"{h}{name}.{part}"] = t.contiguous()
+        out["model.norm.weight"] = sd["norm.weight"]
+    if model.head is not None:
+        out["lm_head.weight"] = sd["head.weight"]
+    return out
+
+
+def from_hf_state(hf: dict[str, torch.Tensor], kind: str, m: ModelConfig) -> dict[str, torch.Tensor]:
+    """A transformers state dict of `kind` -> vslm weights for GPT(m) (the inverse of to_hf_state)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def take(name: str) -> torch.Tensor:
+        if name not in hf:
+            raise VSLMError(f"the transformers checkpoint has no tensor {name}")
+        return hf[name].float()
+
+    if kind == "gpt2":
+        out["embed.weight"] = take("transformer.wte.weight")
+        out["pos.weight"] = take("transformer.wpe.weight")[: m.context]
+        for i in range(m.depth):
+            b, h = f"blocks.{i}.", f"transformer.h.{i}."
+            for vslm_name, hf_name in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                out[b + vslm_name + ".weight"] = take(h + hf_name + ".weight")
+                if m.bias:
+                    out[b + vslm_name + ".bias"] = take(h + hf_name + ".bias")
+            for vslm_name, hf_name in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
+                                       ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+                out[b + vslm_name + ".weight"] = take(h + hf_name + ".weight").t().contiguous()
+                if m.bias:
+                    out[b + vslm_name + ".bias"] = take(h + hf_name + ".bias")
+        out["norm.weight"] = take("transformer.ln_f.weight")
+        if m.bias:
+            out["norm.bias"] = take("transformer.ln_f.bias")
+    else:
+        out["embed.weight"] = take("model.embed_tokens.weight")
+        for i in range(m.depth):
+            b, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[b + "attn_norm.weight"] = take(h + "input_layernorm.weight")
+            out[b + "mlp_norm.weight"] = take(h + "post_attention_layernorm.weight")
+            for part in ("weight", "bias") if m.bias else ("weight",):
+                out[b + "attn.qkv." + part] = torch.cat([take(f"{h}self_attn.{p}_proj.{part}") for p in "qkv"], 0)
+                out[b + "attn.proj." + part] = take(f"{h}self_attn.o_proj.{part}")
+                out[b + "mlp.fc." + part] = torch.cat([take(f"{h}mlp.gate_proj.{part}"),
+                                                       take(f"{h}mlp.up_proj.{part}")], 0)
+                out[b + "mlp.proj." + part] = take(f"{h}mlp.down_proj.{part}")
+        out["norm.weight"] = take("model.norm.weight")
+    if not m.tie_embeddings:
+        out["head.weight"] = take("lm_head.weight")
+    return out
+
+
+def to_transformers(model: GPT, eos_id: int | None):
+    """The transformers model computing what `model` computes (float32, eval mode)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    config = hf_config(model.cfg, eos_id)
+    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = to_hf_state(model)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.cfg.tie_embeddings)]
+    if missing or unexpected:
+        raise VSLMError(f"weight mapping to {type(hf).__name__} is incomplete: missing {missing}, "
+                        f"unexpected {unexpected}")
+    if model.cfg.tie_embeddings:
+        hf.tie_weights()
+    hf.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+                                            do_sample=False)
+    return hf.eval()
+
+
+# ---------------------------------------------------------------------------------- tokenizer
+
+
+def hf_tokenizer(tok: Tokenizer):
+    """A `tokenizers.Tokenizer` that gives the run's ids: BPE files as they are; bytes through the
+    byte-level alphabet and a BPE without merges (id = byte value); characters through a BPE without
+    merges over the character vocabulary (id = the run's id). End-of-text is a special token."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, models, pre_tokenizers
+
+    if isinstance(tok, HFTokenizer):
+        return HF.from_str(tok.hf.to_str())
+    if isinstance(tok, ByteTokenizer):
+        table = pre_tokenizers.ByteLevel.alphabet()
+        from vslm.data.tokenizer import _byte_level_decoder
+
+        byte_of = _byte_level_decoder()
+        vocab = {ch: byte_of[ch] for ch in table}
+        hf = HF(models.BPE(vocab=vocab, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+    elif isinstance(tok, CharTokenizer):
+        hf = HF(models.BPE(vocab={c: i for i, c in enumerate(tok.chars)}, merges=[]))
+        hf.decoder = decoders.Fuse()
+    else:
+        raise VSLMError(f"no tokenizer.json export for the {tok.kind} tokenizer")
+    if tok.eos_id is not None:
+        hf.add_special_tokens([EOS])
+        if hf.token_to_id(EOS) != tok.eos_id:
+            raise VSLMError(f"end-of-text got id {hf.token_to_id(EOS)} in the export, not the run's {tok.eos_id}")
+    return hf
+
+
+def fast_tokenizer(tok: Tokenizer, context: int):
+    from transformers import PreTrainedTokenizerFast
+
+    eos = EOS if tok.eos_id is not None else None
+    return PreTrainedTokenizerFast(tokenizer_object=hf_tokenizer(tok), eos_token=eos, bos_token=eos, pad_token=eos,
+                                   model_max_length=context, clean_up_tokenization_spaces=False)
+
+
+# ----------------------------------------------------------------------------------- model card
+
+
+def _last_metrics(run: Path) -> dict:
+    """The last logged step's values, with the last val_loss / val_bpb logged."""
+    path, last = run / METRICS, {}
+    if not path.is_file():
+        return last
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        last.update({k: v for k, v in row.items() if v is not None})
+    return last
+
+
+def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str) -> str:
+    from vslm.data.registry import split_name
+
+    summary = json.loads((run / SUMMARY).read_text()) if (run / SUMMARY).is_file() else {}
+    metrics = _last_metrics(run)
+    entry, _ = split_name(cfg.data.source)
+    corpus = f"{cfg.data.source} ({entry.title})" if entry else cfg.data.source
+    license_ = entry.license if entry else "unknown: a local file or folder (check its own license)"
+
+    def num(key: str, fmt: str) -> str:
+        return format(metrics[key], fmt) if isinstance(metrics.get(key), int | float) else "not logged"
+
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [vslm]", "---", "",
+        f"# {cfg.name}", "",
+        f"A very small language model trained with vslm, exported as `{FAMILIES[kind]}` "
+        "(native transformers, no custom code).", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(FOLDER)",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        "```", "",
+        "| | |", "|---|---|",
+        f"| parameters | {parameter_count(model):,} |",
+        f"| training FLOPs per token | {training_flops_per_token(model):,} |",
+        f"| tokens trained | {metrics['tokens']:,} |" if isinstance(metrics.get("tokens"), int) else
+        "| tokens trained | not logged |",
+        f"| steps | {metrics.get('step', 'not logged')} |",
+        f"| validation loss (nats per token) | {num('val_loss', '.4f')} |",
+        f"| validation bits per byte | {num('val_bpb', '.4f')} |",
+        f"| corpus | {corpus} |",
+        f"| corpus license | {license_} |",
+        f"| tokenizer | {cfg.data.tokenizer}, vocabulary {summary.get('vocab_size', cfg.model.vocab_size)} |",
+        f"| checkpoint | {checkpoint} |", "",
+        "## Training command", "",
+        "The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it:", "",
+        "```sh", f"vslm train vslm_config.toml --out runs/{cfg.name}", "```", "",
+        "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VSLMError(f"--out {out} exists and is not empty: export writes a new folder, nothing is overwritten")
+
+
+def check_parity(model: GPT, hf, tokens: int = 16) -> float:
+    """Max |logits difference| between the two on random tokens (float32)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.cfg.vocab_size, (2, min(tokens, model.cfg.context)), generator=g)
+    with torch.no_grad():
+        return (model(x).float() - hf(x).logits.float()).abs().max().item()
+
+
+def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    """Write `out`: config.json, model.safetensors, generation_config.json, the tokenizer, README.md and
+    vslm_config.toml. Refused before anything is read when `out` is not empty or the architecture does
+    not map; written into a temporary folder beside `out` and renamed, so a failure leaves nothing."""
+    run, out = Path(run), Path(out)
+    _check_out(out)
+    family(read_run_config(run).model)  # refuse an unmapped architecture before loading any weights
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise VSLMError("transformers is not installed: pip install 'vslm[hf]'") from None
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise VSLMError(f"checkpoint {checkpoint} not found")
+    cfg, model, tok = load_run(run, checkpoint)
+    kind = family(cfg.model)
+    hf = to_transformers(model, tok.eos_id)
+    diff = check_parity(model, hf)
+    if not diff <= PARITY_TOLERANCE:
+        raise VSLMError(f"the {FAMILIES[kind]} export's logits differ from the run's by {diff:.2e}; nothing written")
+    from vslm.train.run_folder import latest_checkpoint
+
+    used = str(checkpoint) if checkpoint is not None else latest_checkpoint(run).name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # stderr is for the one line a user reads
+    try:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        fast_tokenizer(tok, cfg.model.context).save_pretrained(tmp)
+        _pin_tokenizer_class(tmp)
+        (tmp / "README.md").write_text(model_card(run, cfg, model, kind, used), encoding="utf-8")
+        (tmp / "vslm_config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        _check_out(out)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bar:
+            hf_logging.enable_progress_bar()
+    return out
+
+
+def _pin_tokenizer_class(folder: Path) -> None:
+    """AutoTokenizer would pick the family's own tokenizer class (GPT2Tokenizer, LlamaTokenizer), which
+    rebuilds the pipeline from vocabulary files; the fast tokenizer reads tokenizer.json as it is."""
+    path = folder / "tokenizer_config.json"
+    conf = json.loads(path.read_text()) if path.is_file() else {}
+    conf["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(conf, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------- import
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise VSLMError(f"cannot read {path}: {e}") from None
+
+
+def read_hf_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of model.safetensors (or its shards, by model.safetensors.index.json); no pickles read."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(_read_json(index).get("weight_map", {}).values())) if index.is_file() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise VSLMError(f"{folder} has no {name} (import reads safetensors weights only)")
+        try:
+            state |= load_file(str(path))
+        except Exception as e:  # safetensors' own error types: truncated, bad header
+            raise VSLMError(f"cannot read {path}: {e}") from None
+    # a bare GPT2Model's checkpoint (OpenAI's GPT-2) names its tensors without the "transformer." prefix
+    if any(k.startswith("h.") for k in state) and not any(k.startswith("transformer.") for k in state):
+        state = {f"transformer.{k}": v for k, v in state.items()}
+    return state
+
+
+def _import_refuse(field: str, value: Any, why: str) -> VSLMError:
+    return VSLMError(f"cannot import: config.json {field} = {value!r}: {why}")
+
+
+def model_fields_from_hf(conf: dict, state: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """(family, vslm [model] fields) of a transformers config.json; what vslm cannot compute exactly is
+    refused naming the field."""
+    kind = conf.get("model_type")
+    if kind not in FAMILIES:
+        raise _import_refuse("model_type", kind, f"vslm imports {', '.join(FAMILIES)} checkpoints")
+    if kind == "gpt2":
+        act = conf.get("activation_function", "gelu_new")
+        if act not in ("gelu", "relu2"):
+            raise _import_refuse("activation_function", act, "vslm computes exact (erf) GELU or ReLU^2")
+        for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                          ("add_cross_attention", False)):
+            if conf.get(key, want) != want:
+                raise _import_refuse(key, conf[key], f"vslm computes {key} = {want}")
+        width, heads = conf["n_embd"], conf["n_head"]
+        biases = [v for k, v in state.items() if k.endswith(".bias") and k.startswith("transformer.")]
+        fields = dict(vocab_size=conf["vocab_size"], context=conf["n_positions"], depth=conf["n_layer"], width=width,
+                      heads=heads, kv_heads=heads, head_dim=width // heads, ffn=conf.get("n_inner") or 4 * width,
+                      mlp=act, norm="layernorm", norm_eps=conf.get("layer_norm_epsilon", 1e-5), position="learned",
+                      tie_embeddings=conf.get("tie_word_embeddings", True),
+                      bias=any(bool(b.any()) for b in biases), window=None)
+        return kind, fields
+    act = conf.get("hidden_act", "silu")
+    if act != "silu":
+        raise _import_refuse("hidden_act", act, "vslm's SwiGLU gates with silu")
+    rope = conf.get("rope_parameters") or conf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise _import_refuse("rope_parameters.rope_type", rope_type, "vslm computes plain RoPE (no scaling)")
+    theta = rope.get("rope_theta", conf.get("rope_theta", 10000.0))
+    if conf.get("attention_bias", False) != conf.get("mlp_bias", False):
+        raise _import_refuse("mlp_bias", conf.get("mlp_bias"), "vslm has one bias switch for attention and MLP")
+    if conf.get("pretraining_tp", 1) not in (1, None):
+        raise _import_refuse("pretraining_tp", conf["pretraining_tp"], "vslm computes pretraining_tp = 1")
+    heads = conf["num_attention_heads"]
+    window = conf.get("sliding_window") if kind == "mistral" else None
+    if conf.get("layer_types") and len(set(conf["layer_types"])) > 1:
+        raise _import_refuse("layer_types", conf["layer_types"], "vslm imports one attention kind for all layers")
+    fields = dict(vocab_size=conf["vocab_size"], context=conf.get("max_position_embeddings", 2048),
+                  depth=conf["num_hidden_layers"], width=conf["hidden_size"], heads=heads,
+                  kv_heads=conf.get("num_key_value_heads") or heads,
+                  head_dim=conf.get("head_dim") or conf["hidden_size"] // heads, ffn=conf["intermediate_size"],
+                  mlp="swiglu", norm="rmsnorm", norm_eps=conf.get("rms_norm_eps", 1e-6), position="rope",
+                  rope_base=float(theta), tie_embeddings=conf.get("tie_word_embeddings", False),
+                  bias=bool(conf.get("attention_bias", False)), window=window)
+    return kind, fields
+
+
+def init_from_hf(cfg: RunConfig, folder: Path) -> tuple[RunConfig, GPT]:
+    """`cfg` with its [model] architecture taken from a transformers checkpoint folder (dropout, init and
+    every other section stay the config's), and the vslm model holding its weights."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise VSLMError(f"--init-from-hf {folder}: no config.json (not a transformers model folder)")
+    conf = _read_json(folder / "config.json")
+    state = read_hf_state(folder) if conf.get("model_type") in FAMILIES else {}
+    kind, fields = model_fields_from_hf(conf, state)
+    dump = cfg.model_dump(mode="json", exclude_none=True)
+    model = {k: v for k, v in dump["model"].items() if k not in ARCH_FIELDS and k not in ("order", "sharing",
+             "unique_blocks", "recursion_lora_rank", "root", "root_per_position", "inject", "schedule", "blocks",
+             "attention", "attention_gamma", "ffn_mult")}
+    model |= {k: v for k, v in fields.items() if v is not None}
+    new = validate(dump | {"model": model})
+    weights = from_hf_state(state, kind, new.model)
+    gpt = GPT(new.model)
+    try:
+        gpt.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise VSLMError(f"--init-from-hf {folder}: the weights do not fit the model its config.json describes: "
+                        f"{str(e).splitlines()[0]}") from None
+    return new, gpt

@@ -1,0 +1,255 @@
+"""Models leave the lab: `vslm export RUN --format hf` and `vslm train --init-from-hf`, checked through
+`transformers` itself (logits within 1e-5 in float32, the same greedy generation, the run's token ids),
+the refusals and bad input (one line, nothing written), and lm-evaluation-harness's own `hf` model
+against `vslm eval --tasks` on a local task."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import SHARED, tiny_overrides
+from vslm.cli import main
+from vslm.config import load_config, save_config
+from vslm.data.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer
+from vslm.model import GPT
+from vslm.train.checkpoint import save_checkpoint
+from vslm.train.run_folder import load_run
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'vslm[hf]')")
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+GPT2 = ["model.context=32", "model.depth=2", "model.width=32", "model.heads=4"]
+LLAMA = [*GPT2, "model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu"]
+MAPPINGS = {  # name: (overrides, the transformers class)
+    "nanogpt": (GPT2, "GPT2LMHeadModel"),
+    "gpt2-untied-relu2-bias": ([*GPT2, "model.tie_embeddings=false", "model.mlp=relu2", "model.bias=true",
+                                "model.norm_eps=1e-6"], "GPT2LMHeadModel"),
+    "llama-gqa-untied": ([*LLAMA, "model.kv_heads=2", "model.tie_embeddings=false", "model.ffn=48",
+                          "model.rope_base=500"], "LlamaForCausalLM"),
+    "llama-tied-bias-head-dim": ([*LLAMA, "model.head_dim=12", "model.bias=true", "model.norm_eps=1e-6"],
+                                 "LlamaForCausalLM"),
+    "mistral-window": ([*LLAMA, "model.kv_heads=1", "model.window=8"], "MistralForCausalLM"),
+}
+
+
+def make_run(folder, overrides, tokenizer=None, seed=0, checkpoint=True):
+    """A run folder by hand: config, tokenizer, one checkpoint of random weights (norms and biases too)."""
+    tokenizer = tokenizer or ByteTokenizer()
+    cfg = load_config("tiny", [*overrides, f"data.tokenizer={tokenizer.kind}"]).with_vocab_size(tokenizer.vocab_size)
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.toml")
+    tokenizer.save(folder / "tokenizer.json")
+    if checkpoint:
+        torch.manual_seed(seed)
+        model = GPT(cfg.model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        save_checkpoint(folder / "checkpoints" / "step_00000001.safetensors", model.state_dict())
+    return folder
+
+
+def export(run, out, *extra) -> int:
+    return main(["export", str(run), "--format", "hf", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("name", MAPPINGS)
+def test_export_matches_through_transformers(name, tmp_path):
+    overrides, cls = MAPPINGS[name]
+    run = make_run(tmp_path / "run", overrides)
+    assert export(run, tmp_path / "hf") == 0
+    files = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md"} <= files
+    assert "auto_map" not in json.loads((tmp_path / "hf" / "config.json").read_text())  # no custom code
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == cls
+    _, model, _ = load_run(run)
+    x = torch.randint(0, 257, (3, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-5
+        prompt = x[:, :4]
+        ours = model.generate(prompt, 24, temperature=0)
+        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, min_new_tokens=24,
+                             do_sample=False)
+    assert torch.equal(ours, theirs)
+
+
+def shared_texts() -> list[str]:
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip("../shared/data is absent")
+    texts = [(data / "tinystories" / "tinystories_sample_cs336.txt").read_text()[:3000],
+             (data / "tinyshakespeare" / "input.txt").read_text()[:3000],
+             (data / "wikitext-2" / "wiki.valid.tokens").read_text()[:3000]]
+    with open(data / "dolma" / "cc_en_head-0091.jsonl") as f:
+        texts += [json.loads(next(f))["text"][:3000] for _ in range(3)]
+    return [t.replace("<|endoftext|>", "") for t in texts] + ["héllo wörld — ünïcode ✓ 日本", " two  spaces\n\ttab "]
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe", "gpt2"])
+def test_exported_tokenizer_gives_the_runs_ids(kind, tmp_path):
+    texts = shared_texts()
+    if kind == "char":
+        tok = CharTokenizer.train(texts, eos=True)
+    elif kind == "byte":
+        tok = ByteTokenizer()
+    elif kind == "bpe":
+        tok = HFTokenizer.train(texts, 400)
+    else:
+        tok = HFTokenizer.gpt2(SHARED / "data" / "tokenizers" / "gpt2")
+    run = make_run(tmp_path / "run", [*GPT2, "model.width=8", "model.heads=1", "model.depth=1"], tok)
+    assert export(run, tmp_path / "hf") == 0
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf.eos_token_id == tok.eos_id and hf.convert_ids_to_tokens(tok.eos_id) == "<|endoftext|>"
+    for text in texts:
+        ids = tok.encode(text)
+        assert hf(text)["input_ids"] == ids, text[:60]
+        assert hf.decode(ids) == tok.decode(ids)
+    assert hf("a" + "<|endoftext|>")["input_ids"][-1] == tok.eos_id
+
+
+def test_model_card_names_what_a_user_needs(tmp_path):
+    run = make_run(tmp_path / "run", GPT2)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0, "tokens": 256}) + "\n"
+                                       + json.dumps({"step": 1, "val_loss": 1.5, "val_bpb": 2.25}) + "\n")
+    assert export(run, tmp_path / "hf") == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    for needle in ("GPT2LMHeadModel", "parameters", "FLOPs per token", "| tokens trained | 256 |", "1.5000", "2.2500",
+                   "stories", "MIT (generated by vslm)", "vslm train", "[model]"):
+        assert needle in card, needle
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["model.blocks=[{width=32}, {width=48}]", "model.tie_embeddings=false"], "model.blocks"),
+    (["model.schedule.widths=increasing", "model.schedule.width_range=[16,32]", "model.tie_embeddings=false"],
+     "model.schedule.widths"),
+    (["model.sharing=all"], "model.sharing"),
+    (["model.depth=3", "model.order=[0,1,0]"], "model.order"),
+    (["model.sharing=all", "model.order=[0,0]", "model.recursion_lora_rank=2"], "model.order"),
+    (["model.root=learned"], "model.root"),
+    (["model.attention=power", "model.attention_gamma=0.5"], "model.attention"),
+    (["model.attention=sigmoid"], "model.attention"),
+    ([*LLAMA[4:], "model.schedule.windows=interleave", "model.schedule.window_range=[8,32]"],
+     "model.schedule.windows"),
+    (["model.position=rope"], "model.norm"),
+    (["model.mlp=swiglu"], "model.mlp"),
+    (["model.mlp=none"], "model.mlp"),
+    (["model.kv_heads=2"], "model.kv_heads"),
+])
+def test_what_no_class_computes_is_refused(overrides, field, tmp_path, capsys):
+    run = make_run(tmp_path / "run", [*GPT2, *overrides], checkpoint=False)  # refused before weights are read
+    assert export(run, tmp_path / "hf") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{field} = " in err, err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    def refused(code_ok=lambda c: c != 0):
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("vslm: error:"), err
+        return err
+
+    empty = make_run(tmp_path / "empty", GPT2, checkpoint=False)
+    assert export(empty, tmp_path / "out1") != 0
+    assert "no checkpoint" in refused() and not (tmp_path / "out1").exists()
+
+    run = make_run(tmp_path / "run", GPT2)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    assert export(run, taken) != 0
+    assert "not empty" in refused() and [p.name for p in taken.iterdir()] == ["keep.txt"]
+    assert (taken / "keep.txt").read_text() == "mine"
+
+    ckpt = run / "checkpoints" / "step_00000001.safetensors"
+    cut = tmp_path / "step_00000002.safetensors"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert export(run, tmp_path / "out2", "--checkpoint", str(cut)) != 0
+    assert "cannot read checkpoint" in refused() and not (tmp_path / "out2").exists()
+
+    assert export(tmp_path / "nothing", tmp_path / "out3") != 0
+    refused()
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    assert main(["train", "tiny", *tiny_overrides(), "--init-from-hf", str(bert), "--out", str(tmp_path / "r")]) != 0
+    assert "model_type = 'bert'" in refused() and not (tmp_path / "r").exists()
+
+    assert export(run, tmp_path / "hf") == 0  # a truncated model.safetensors on import
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["train", "tiny", *tiny_overrides(), "--init-from-hf", str(tmp_path / "hf"),
+                 "--out", str(tmp_path / "r")]) != 0
+    assert "cannot read" in refused() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("arch", ["nanogpt", "llama-gqa-untied"])
+def test_import_round_trip_and_training_continues(arch, tmp_path):
+    from safetensors.torch import load_file
+
+    from vslm.interop.hf import init_from_hf
+
+    overrides = [*tiny_overrides(), *MAPPINGS[arch][0], "train.steps=3", "train.eval_every=0", "train.eval_windows=8"]
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *overrides, "--out", str(run)]) == 0
+    assert export(run, tmp_path / "hf") == 0
+    cfg, model, _ = load_run(run)
+    # the transformers checkpoint -> vslm: the same logits as the run and as transformers
+    new_cfg, imported = init_from_hf(load_config("tiny", overrides), tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randint(0, cfg.model.vocab_size, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(imported.eval()(x), model(x))
+        assert (imported(x) - hf(x).logits).abs().max().item() <= 1e-5
+    assert new_cfg.model.block_specs() == cfg.model.block_specs()
+    for field in ("vocab_size", "context", "depth", "position", "norm", "norm_eps", "mlp", "tie_embeddings", "bias"):
+        assert getattr(new_cfg.model, field) == getattr(cfg.model, field), field
+    # vslm train --init-from-hf starts from those weights (its step-0 snapshot) and trains on
+    again = tmp_path / "again"
+    assert main(["train", "tiny", *overrides, "--init-from-hf", str(tmp_path / "hf"), "--out", str(again)]) == 0
+    snapshot = load_file(again / "snapshots" / "step_00000000.safetensors")
+    start = {k.removeprefix("model/"): v for k, v in snapshot.items() if k.startswith("model/")}
+    for k, v in model.state_dict().items():
+        assert torch.equal(start[k], v), k
+    rows = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+
+
+def test_the_harness_hf_model_agrees_with_vslm_eval(tmp_path, capsys):
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
+    import lm_eval
+    import lm_eval.models  # noqa: F401  registers "hf" (the registry skips it once "vslm" is in)
+    from lm_eval.tasks import TaskManager
+
+    from test_harness import DOCS, write_task
+
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *tiny_overrides(), "data.tokenizer=byte", "train.steps=20", "train.eval_every=0",
+                 "train.eval_windows=8", "--out", str(run)]) == 0
+    assert export(run, tmp_path / "hf") == 0
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_task(tasks, "vslm_export_rolling", [{"text": t} for t in DOCS],
+               'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
+               "  - metric: word_perplexity\n  - metric: bits_per_byte\n")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "vslm_export_rolling", "--include-path", str(tasks), "--limit", "3",
+                 "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"]["vslm_export_rolling"]
+    theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32",
+                                     tasks=["vslm_export_rolling"], task_manager=TaskManager(include_path=str(tasks)),
+                                     limit=3, device="cpu", batch_size=1)["results"]["vslm_export_rolling"]
+    for metric in ("word_perplexity", "bits_per_byte"):
+        assert theirs[f"{metric},none"] == pytest.approx(ours[metric], rel=1e-5), metric
+
+
+def test_export_loads_no_custom_code_offline(tmp_path):
+    run = make_run(tmp_path / "run", MAPPINGS["llama-gqa-untied"][0])
+    assert export(run, tmp_path / "hf") == 0
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    conf = transformers.AutoConfig.from_pretrained(tmp_path / "hf", trust_remote_code=False)
+    assert conf.model_type == "llama" and conf.num_key_value_heads == 2

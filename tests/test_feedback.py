@@ -1,0 +1,224 @@
+"""What a user reads: progress lines that never pass an old number for new, reports that say a run is
+unfinished, tables that keep their labels in a file, suggestions for typos, the threads warning."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from conftest import tiny_overrides
+from vslm.cli import build_parser, main
+from vslm.config import load_config
+
+
+def test_progress_lines_say_from_which_step_a_validation_loss_is(tmp_path, capsys):
+    from vslm.train.trainer import Trainer
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=20, train__eval_every=10, logging__progress="true",
+                                             logging__probe_every=0, train__snapshots="false"))
+    Trainer(cfg, tmp_path / "r").fit()
+    lines = {int(ln.split()[1].split("/")[0]): ln for ln in capsys.readouterr().err.splitlines()
+             if ln.startswith("step ")}
+    assert "val " in lines[10] and "(step" not in lines[10]  # new at step 10
+    assert "val " in lines[12] and lines[12].endswith("(step 10)")  # step 12 shows step 10's, and says so
+    assert "val " not in lines[8]
+
+
+def test_tables_keep_their_labels_in_a_file():
+    from vslm.lab.tables import DYNAMICS, print_table
+
+    buf = io.StringIO()
+    rows = [("width-32", "-0.143 ± 0.018", *["0.043 ± 0.001"] * (len(DYNAMICS) - 1))]
+    print_table(Console(file=buf, width=140), "training dynamics", ("variant", *DYNAMICS.values()), rows)
+    text = buf.getvalue()
+    assert "│ width-32 │" in text and "┃ variant  ┃" in text
+
+
+def _fake_run(folder, steps_done: int, steps: int, val: bool):
+    folder.mkdir()
+    (folder / "config.toml").write_text(f'name = "fake"\n[train]\nsteps = {steps}\n')
+    rows = [{"step": s, "loss": 4 - s / 100, "tokens": 100 * s} for s in range(1, steps_done + 1)]
+    if val:
+        rows[-1].update(val_loss=3.5, val_bpb=5.0)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_a_report_says_a_run_is_unfinished_and_names_only_the_axes_drawn(tmp_path):
+    from vslm.report import compare_runs, write_report
+
+    html = write_report(_fake_run(tmp_path / "a", 32, 100, val=False)).read_text()
+    assert "unfinished: 32 of 100 steps" in html and "right axis" not in html
+    html = write_report(_fake_run(tmp_path / "b", 100, 100, val=True)).read_text()
+    assert "unfinished" not in html and "right axis" in html
+    assert "comparison of 1 run<" in compare_runs([tmp_path / "a"], tmp_path / "c.html").read_text()
+    assert "comparison of 2 runs" in compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c.html").read_text()
+
+
+def test_sample_help_describes_every_option():
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["sample"]
+    assert sub.description
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.dest
+
+
+def test_typos_get_the_near_names_and_exit_2(capsys, tmp_path):
+    import pytest
+
+    from vslm.errors import ConfigError
+
+    cases = [(["train.step=300"], "unknown field 'train.step' (did you mean train.steps?)"),
+             (["model.widht=64"], "(did you mean model.width?)"),
+             (["tran.steps=3"], "(did you mean train?)"),
+             (["model.blocks=[{widht=16}]"], "(did you mean model.blocks.0.width?)")]
+    for words, message in cases:
+        with pytest.raises(ConfigError) as e:
+            load_config("tiny", words)
+        assert message in str(e.value)
+    with pytest.raises(ConfigError, match=r"no config 'tinny' \(did you mean tiny\?\)"):
+        load_config("tinny")
+    assert main(["train", "tiny", "train.step=3", "--out", str(tmp_path / "r")]) == 2
+    assert "did you mean train.steps?" in capsys.readouterr().err
+    assert main(["experiment", "smoek", "--out", str(tmp_path / "x")]) == 2
+    assert "no experiment 'smoek' (did you mean smoke?)" in capsys.readouterr().err
+    assert main(["data", "prepare", "wikitext2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown data source 'wikitext2' (did you mean wikitext-2" in err and err.count("\n") == 1
+
+
+def test_train_threads_sets_torch_threads_and_warns_once_under_load(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from vslm.train import trainer as trainer_module
+    from vslm.train.trainer import Trainer
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(trainer_module, "_threads_warned", False)
+    monkeypatch.setattr(trainer_module.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+    monkeypatch.setattr(trainer_module.os, "cpu_count", lambda: 4)
+    try:
+        cfg = load_config("tiny", tiny_overrides(train__steps=2, train__threads=2))
+        Trainer(cfg, tmp_path / "a")
+        assert torch.get_num_threads() == 2
+        Trainer(cfg, tmp_path / "b")  # a second trainer in the process: no second warning
+        err = capsys.readouterr().err
+        assert err.count("train.threads=1") == 1 and "load average 8.0 on 4 cores" in err
+        Trainer(load_config("tiny", tiny_overrides(train__steps=2, train__threads=1)), tmp_path / "c")
+        assert torch.get_num_threads() == 1 and capsys.readouterr().err == ""
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_train_prints_the_header_before_the_first_step(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vslm", "train", "tiny", *tiny_overrides(train__steps=3),
+                        "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()  # as the demo's (stderr: the progress, a warning, an error)
+    assert lines[0].startswith("Preparing the corpus stories")
+    model = next(ln for ln in lines if ln.startswith("Model: a GPT of "))
+    assert "MFLOPs per training token" in model
+    assert any(ln.startswith("Training: 3 steps of 8 x 32 tokens") for ln in lines)
+    assert r.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
+
+
+def test_track_plain_lines_in_a_file_and_a_bar_on_a_terminal():
+    from vslm.progress import track
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    plain = io.StringIO()
+    assert list(track(range(20), "probing", stream=plain)) == list(range(20))
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "probing: 20 to do ..." and lines[-1].startswith("probing: 20 done in ")
+    assert any(ln.startswith("probing: 10/20 (50%)") and ", eta " in ln for ln in lines)
+    assert "━" not in plain.getvalue()  # no bar in a file
+    tty = Tty()
+    assert list(track(range(3), "probing", stream=tty)) == [0, 1, 2]
+    assert "3/3" in tty.getvalue() and "eta" in tty.getvalue()
+
+
+def test_long_commands_say_what_they_do(tmp_path, capsys):
+    from vslm.train.trainer import Trainer
+
+    Trainer(load_config("tiny", tiny_overrides(train__steps=4)), tmp_path / "r").fit()
+    assert main(["probe", str(tmp_path / "r")]) == 0
+    assert "probing the snapshots of" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "r"), "--tokens", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "sampling from" in err and "step_00000004.safetensors" in err and "generating tokens: 5 done" in err
+    assert main(["eval", str(tmp_path / "r"), "--on", "stories"]) == 0
+    assert "evaluating on stories: " in capsys.readouterr().err
+    assert main(["shape", str(tmp_path / "r"), "--prompt", "Tom", "--continuation", " said", "--samples", "2",
+                 "--tokens", "5", "--plot", str(tmp_path / "s.png")]) == 0
+    assert "sampling 2 continuations of each prompt: 2 done" in capsys.readouterr().err
+
+
+def test_the_readme_eval_example_works_with_a_byte_tokenizer_and_a_char_one_says_why_not(tmp_path, capsys):
+    import pytest
+
+    from conftest import SHARED
+    from vslm.train.trainer import Trainer
+
+    if not (SHARED / "data" / "wikitext-2").is_dir():
+        pytest.skip("no local WikiText-2 (../shared/data)")
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, data__tokenizer="byte")), tmp_path / "byte").fit()
+    assert main(["eval", str(tmp_path / "byte"), "--on", "wikitext-2", "tinystories", "--max-bytes", "20000",
+                 "--json"]) == 0
+    corpora = json.loads(capsys.readouterr().out)["corpora"]
+    assert [c["corpus"] for c in corpora] == ["wikitext-2", "tinystories"] and all(c["bpb"] > 0 for c in corpora)
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2)), tmp_path / "char").fit()
+    assert main(["eval", str(tmp_path / "char"), "--on", "wikitext-2", "--max-bytes", "20000"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "is not in this character vocabulary" in err and "data.tokenizer=byte or bpe" in err
+
+
+def test_watch_follows_a_run_folder_that_grows_until_it_finishes(tmp_path):
+    import threading
+    import time
+
+    from vslm.commands.watch import frame, watch
+    from vslm.report.runs import read_run
+
+    folder = tmp_path / "r"
+
+    def grow():  # a trainer's files, written the way it writes them: config, then a line per step
+        time.sleep(0.2)
+        folder.mkdir()
+        (folder / "config.toml").write_text('name = "grow"\n[train]\nsteps = 6\n')
+        for step in range(1, 7):
+            row = {"step": step, "loss": 4 - step / 3, "tokens": 256 * step, "tokens_per_s": 1000.0,
+                   "train_time_s": 0.5 * step}
+            if step % 3 == 0:
+                row.update(val_loss=3.5 - step / 10, val_bpb=5.0 - step / 10)
+                (folder / "checkpoints").mkdir(exist_ok=True)
+                (folder / "checkpoints" / f"step_{step:08d}.safetensors").write_bytes(b"x")
+                with open(folder / "probes.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "icl_score": -0.1 * step, "distribution": {"M1": 0.5}}) + "\n")
+            with open(folder / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            time.sleep(0.15)
+
+    writer = threading.Thread(target=grow)
+    writer.start()
+    buf = io.StringIO()
+    run = watch(folder, Console(file=buf, width=200), every=0.05, idle=30)
+    writer.join()
+    text = buf.getvalue()
+    assert run.metrics[-1]["step"] == 6 and text.rstrip().endswith("the run finished")
+    assert "step 1/6 (17%)" in text and "step 6/6 (100%)  finished in 3 s of training" in text
+    assert "eta 2 s" in text  # at step 2: 1 s for 2 steps, 4 to go
+    assert "validation loss 2.900, 4.400 bits per byte at step 6" in text and "1,000 tokens/s" in text
+    assert "probes at step 6: ICL score -0.600, KL(unigram ‖ mean prediction) 0.500" in text
+    assert "last checkpoint: step 6" in text and "▁" in text and "█" in text
+    lines = frame(read_run(folder))
+    assert lines[1].startswith("step 6/6") and any(ln.startswith("loss 2.000  █") for ln in lines)
+    assert main(["watch", str(folder), "--once"]) == 0
