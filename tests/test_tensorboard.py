@@ -5,6 +5,7 @@ import pytest
 from conftest import tiny_overrides
 from vslm.config import load_config
 from vslm.errors import VSLMError
+from vslm.train import figures
 from vslm.train import tensorboard as tb
 from vslm.train.trainer import Trainer
 
@@ -23,12 +24,12 @@ def test_events_hold_scalars_and_the_heatmap(tmp_path):
     assert [e.step for e in events.Scalars("probe/M1")] == [0, 1, 2, 4, 8, 16, 20]
     images = events.Images("probe/position_loss_heatmap")
     assert [i.step for i in images] == [0, 1, 2, 4, 8, 16, 20]
-    assert images[-1].height == 7 * tb.ROW_PIXELS and images[-1].width == cfg.model.context - 1
+    assert images[-1].height == 7 * figures.ROW_PIXELS and images[-1].width == cfg.model.context - 1
 
 
 def test_heatmap_image_by_hand():
-    image = tb.heatmap_image([[1.0, 2.0], [3.0, 3.0]])
-    assert image.shape == (2 * tb.ROW_PIXELS, 2, 3) and image.dtype.name == "uint8"
+    image = figures.heatmap_image([[1.0, 2.0], [3.0, 3.0]])
+    assert image.shape == (2 * figures.ROW_PIXELS, 2, 3) and image.dtype.name == "uint8"
     assert (image[0, 0] != image[-1, -1]).any() and (image[-1, 0] == image[-1, 1]).all()
 
 

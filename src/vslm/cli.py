@@ -133,6 +133,20 @@ def cmd_probe(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from vslm.report import write_report
 
+    if a.every <= 0:
+        raise UsageError("--every must be a positive number of seconds")
+    if not 0 <= a.port <= 65535:
+        raise UsageError(f"--port must be 0 (any free port) to 65535, not {a.port}")
+    if a.serve:
+        from vslm.report.serve import serve
+
+        serve(Path(a.run), port=a.port, every=a.every, settle=5 * a.every)  # until Ctrl-C: main() exits 130
+        return 0
+    if a.watch:  # ends when the run has finished; the status lines on stderr, the path on stdout as without
+        from vslm.report.serve import watch
+
+        print(watch(Path(a.run), every=a.every, settle=5 * a.every, say=lambda line: print(line, file=sys.stderr)))
+        return 0
     print(write_report(Path(a.run)))
     return 0
 
@@ -624,6 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes")
     p.add_argument("run", help="run folder")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--serve", action="store_true", help="serve the report on http://127.0.0.1:PORT/, redrawn as "
+                      "the run advances, the page reloading itself, until Ctrl-C")
+    live.add_argument("--watch", action="store_true", help="redraw RUN/report.html in place as the run advances, "
+                      "until the run ends")
+    p.add_argument("--port", type=int, default=0, help="--serve: the port (default 0: any free one, printed)")
+    p.add_argument("--every", type=float, default=2.0, help="--serve/--watch: seconds between looks at the "
+                   "run's files (default 2)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("watch", help="a live view of a running run: progress, ETA, loss, probes, checkpoints",

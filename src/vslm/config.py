@@ -330,10 +330,20 @@ class LoggingConfig(_Section):
     probe_every: NonNegativeInt | Literal["auto"] = Field(
         "auto", description="probes at 0, 1, 2, 4, ... then every K steps; 0 = off; auto = log-spaced to the end")
     tensorboard: bool | Literal["auto"] = Field("auto", description="event files; auto = if tensorboard is installed")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers (extras); 'tensorboard' here = tensorboard = true")
     diagnostics_every: NonNegativeInt = Field(0, description="weight row norms, cos(w, g), update ratio; 0 = off")
     progress: bool = True
     samples: NonNegativeInt = Field(0, description="samples printed at the end of training")
     sample_tokens: PositiveInt = 200
+
+    @model_validator(mode="after")
+    def _check(self) -> LoggingConfig:
+        if twice := sorted({t for t in self.trackers if self.trackers.count(t) > 1}):
+            raise ValueError(f"trackers lists {', '.join(twice)} more than once")
+        if "tensorboard" in self.trackers and self.tensorboard is False:
+            raise ValueError("trackers has 'tensorboard' but tensorboard = false: drop one of them")
+        return self
 
 
 class RunConfig(_Section):

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from vslm.errors import VSLMError
 from vslm.train.callbacks import Callback
+from vslm.train.figures import HEATMAP, position_loss_heatmap, probe_scalars
 from vslm.train.probing import ProbeCallback
 
 if TYPE_CHECKING:
     from vslm.train.trainer import Trainer
 
 TENSORBOARD = "tensorboard"
-ROW_PIXELS = 8  # each probe step is a band this many pixels high in the heat map
 
 
 def tensorboard_available() -> bool:
@@ -29,17 +27,6 @@ def tensorboard_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def heatmap_image(rows: list[list[float]]) -> np.ndarray:
-    """(H, W, 3) uint8 viridis image of a steps x positions matrix, each row ROW_PIXELS high."""
-    from matplotlib import colormaps
-
-    matrix = np.array(rows, dtype=float)
-    lo, hi = np.nanmin(matrix), np.nanmax(matrix)
-    scaled = (matrix - lo) / (hi - lo) if hi > lo else np.zeros_like(matrix)
-    rgb = colormaps["viridis"](np.nan_to_num(scaled))[..., :3]  # (steps, positions, 3)
-    return (np.repeat(rgb, ROW_PIXELS, axis=0) * 255).astype(np.uint8)
 
 
 class TensorBoardLog(Callback):
@@ -61,15 +48,9 @@ class TensorBoardLog(Callback):
             self.write_probes(trainer.step)
 
     def write_probes(self, step: int) -> None:
-        last = self.probes.history[-1]
-        for key in ("M1", "M2", "M3", "entropy"):
-            self.writer.add_scalar(f"probe/{key}", last["distribution"][key], step)
-        for key in ("loss_first", "loss_second"):
-            self.writer.add_scalar(f"probe/induction_{key}", last["induction"][key], step)
-        if last["icl_score"] is not None:
-            self.writer.add_scalar(f"probe/icl_score_{last['icl_label']}", last["icl_score"], step)
-        rows = [p["position_loss"] for p in self.probes.history]
-        self.writer.add_image("probe/position_loss_heatmap", heatmap_image(rows), step, dataformats="HWC")
+        for key, value in probe_scalars(self.probes.history[-1]).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.add_image(HEATMAP, position_loss_heatmap(self.probes.history), step, dataformats="HWC")
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.writer.close()

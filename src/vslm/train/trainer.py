@@ -58,6 +58,7 @@ from vslm.train.optim import build_optimizer, lr_at
 from vslm.train.probing import ProbeCallback, probe_interval
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, RunLock, device_of, read_run_config
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
+from vslm.train.trackers import MLflowLog, WandbLog, require
 
 VAL_SEED = 0  # the validation windows are the same for every training seed
 
@@ -138,7 +139,9 @@ def set_threads(threads: int, warn: bool = True) -> int:
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
-    checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on) and the progress bar (if on)."""
+    checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on), the other trackers of
+    logging.trackers (W&B, MLflow) and the progress bar (if on). A tracker in logging.trackers whose package is
+    missing is one line here, before the run folder is written."""
     every = cfg.logging.diagnostics_every
     callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
     callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
@@ -146,8 +149,13 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
         callbacks.append(Snapshots())
     if probe_every := probe_interval(cfg):
         callbacks.append(ProbeCallback(probe_every))
-    if cfg.logging.tensorboard is True or (cfg.logging.tensorboard == "auto" and tensorboard_available()):
+    trackers = cfg.logging.trackers
+    if "tensorboard" in trackers:
+        require("tensorboard")
+    if "tensorboard" in trackers or cfg.logging.tensorboard is True or \
+            (cfg.logging.tensorboard == "auto" and tensorboard_available()):
         callbacks.append(TensorBoardLog())
+    callbacks += [tracker() for tracker in (WandbLog, MLflowLog) if tracker.name in trackers]
     if cfg.logging.progress:
         callbacks.append(ProgressBar())
     return callbacks
