@@ -26,7 +26,7 @@ def torchrun(*args, procs=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
            "-m", "vslm", "train", *map(str, args)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, "STDOUT:" + r.stdout[-1500:] + "STDERR:" + r.stderr[:2500]
     return r
 
 

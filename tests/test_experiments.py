@@ -58,14 +58,17 @@ def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_p
         assert s["val_loss_std"] == pytest.approx(abs(losses[v][0] - losses[v][1]) / math.sqrt(2), rel=1e-9)
         assert s["val_bpb_mean"] == pytest.approx(statistics.mean(bpbs[v]), rel=1e-12)
         assert s["val_bpb_std"] == pytest.approx(statistics.stdev(bpbs[v]), rel=1e-12)
-    p = stats.ttest_ind(losses["wide"], losses["narrow"], equal_var=False).pvalue
-    assert summary["wide"]["p_value"] == pytest.approx(p, rel=1e-12)
-    assert summary["wide"]["diff_vs_baseline"] == pytest.approx(
-        statistics.mean(losses["wide"]) - statistics.mean(losses["narrow"]), rel=1e-12)
+    # a model field changed: the seeds pair; 2 seeds give a paired interval but no test (vslm.lab.stats)
+    diffs = [w - n for w, n in zip(losses["wide"], losses["narrow"], strict=True)]
+    half = stats.t.ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
+    assert summary["wide"]["test"] == "paired" and summary["wide"]["seeds"] == 2
+    assert summary["wide"]["diff_vs_baseline"] == pytest.approx(statistics.mean(diffs), rel=1e-9)
+    assert summary["wide"]["ci_high"] == pytest.approx(statistics.mean(diffs) + half, rel=1e-9)
+    assert math.isnan(summary["wide"]["p_value"]) and math.isnan(summary["wide"]["p_holm"])
     assert math.isnan(summary["narrow"]["p_value"]) and summary["narrow"]["verdict"] == "baseline"
-    assert summary["wide"]["verdict"] == ("within noise" if p >= 0.05 else
-                                          "better (p<0.05)" if summary["wide"]["diff_vs_baseline"] < 0 else
-                                          "worse (p<0.05)")
+    assert summary["wide"]["verdict"] == "n < 3: no test"
+    assert report["table"]["rows"][1][-1] == "n < 3: no test" and "| p (Holm) |" in (out / "results.md").read_text()
+    assert "<th>p (Holm)</th>" in (out / "report.html").read_text()
     assert summary["wide"]["params"] > summary["narrow"]["params"] > 0
     assert summary["wide"]["flops_per_token"] > summary["narrow"]["flops_per_token"]
     assert "| narrow |" in (out / "results.md").read_text() and f"vslm experiment {spec}" in report["command"]
@@ -143,7 +146,7 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 0] and report["summary"]["wide"]["tokens"] == 2 * 8 * 32
     assert report["summary"]["wide"]["val_loss_std"] is None and report["summary"]["wide"]["p_value"] is None
-    assert report["summary"]["wide"]["verdict"] == "untested (1 seed)"
+    assert report["summary"]["wide"]["verdict"] == "n < 3: no test"
     assert "± - |" in (tmp_path / "o" / "results.md").read_text()
 
 

@@ -4,12 +4,14 @@ import json
 import math
 
 import pytest
+from scipy import stats
 
 from vslm.cli import main
 from vslm.commands.experiment import run_experiment
 from vslm.errors import ConfigError
-from vslm.knowledge.experiment import Criterion, arm_config, judge, metric, p_value, parse_spec, side_value
+from vslm.knowledge.experiment import Criterion, arm_config, judge, metric, p_value, parse_spec, side_value, tables
 from vslm.lab.experiments import builtin_experiments, read_experiment
+from vslm.lab.stats import holm
 
 RESULT = {  # the shape of facts-eval.json (hop keys are strings there), plus relearning
     "closed_book": {"seen": {"accuracy": 0.25, "n": 40, "chance": 0.125}},
@@ -49,16 +51,30 @@ def test_criteria_are_judged_on_means_and_per_seed():
     assert missing["met"] is None and missing["seeds_held"] == 0
 
 
-def test_p_values_of_the_criteria():
-    # 30/40 against 20/40: pooled 0.625, se = sqrt(0.625 * 0.375 * (1/40 + 1/40)), z = 0.25 / se = 2.3094
-    assert p_value(">", (30, 40), (20, 40), 0.5) == pytest.approx(0.010461, abs=1e-5)
-    assert p_value("<", (30, 40), (20, 40), 0.5) == pytest.approx(1 - 0.010461, abs=1e-5)
-    # 15 of 20 against chance 0.5: P(X >= 15) = 21700 / 2^20
-    assert p_value(">=", (15, 20), None, 0.5) == pytest.approx(21700 / 2**20)
-    assert math.isnan(p_value("~", (15, 20), None, 0.5)) and math.isnan(p_value(">", None, None, 0.5))
-    verdict = judge([Criterion(claim="c", left="m:closed_book.seen", op=">", right=0.1)], [{"m": RESULT}])[0]
-    assert verdict["questions"] == 40 and verdict["p_value"] == pytest.approx(
-        p_value(">", (10, 40), None, 0.1))
+def test_p_values_of_the_criteria_respect_the_seeds():
+    # a one-sided one-sample t-test of the per-seed differences (the seed is the unit, not the question)
+    diffs = [0.10, 0.05, 0.20, 0.12]
+    assert p_value(">", diffs) == pytest.approx(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)
+    assert p_value("<=", diffs) == pytest.approx(stats.ttest_1samp(diffs, 0.0, alternative="less").pvalue)
+    assert math.isnan(p_value("~", diffs)) and math.isnan(p_value(">", [0.1, 0.2]))  # n < 3: no test
+    assert math.isnan(p_value(">", [0.1, 0.1, 0.1])) and p_value(">", [0.1, math.nan, 0.3, 0.2]) < 0.05
+
+    def seed(accuracy: float) -> dict:
+        return {"m": {"closed_book": {"seen": {"accuracy": accuracy, "n": 40, "chance": 0.125}}},
+                "n": {"closed_book": {"seen": {"accuracy": 0.2, "n": 40, "chance": 0.125}}}}
+
+    criteria = [Criterion(claim="c", left="m:closed_book.seen", op=">", right=0.1),
+                Criterion(claim="d", left="m:closed_book.seen", op=">", right="n:closed_book.seen")]
+    # two seeds, however many questions: no test
+    two = judge(criteria, [seed(0.5), seed(0.6)])
+    assert all(math.isnan(c["p_value"]) for c in two) and two[0]["questions"] == 80
+    assert tables({"summary": {}, "params": {}, "chance": {}, "by_hops": {},
+                   "criteria": two})[-1][1][0][-1] == "met (held in 2 of 2 seeds; n < 3: no test)"
+    four = judge(criteria, [seed(a) for a in (0.25, 0.3, 0.2, 0.35)])
+    raw = [stats.ttest_1samp([a - r for a in (0.25, 0.3, 0.2, 0.35)], 0.0, alternative="greater").pvalue
+           for r in (0.1, 0.2)]
+    assert [c["p_value"] for c in four] == pytest.approx(raw)
+    assert [c["p_holm"] for c in four] == pytest.approx(holm(raw))
 
 
 def spec_dict(**changes) -> dict:

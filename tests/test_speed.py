@@ -116,7 +116,7 @@ def test_gpu_check_needs_cuda_and_says_so():
 def test_bench_is_subcommands_and_a_bare_bench_lists_them():
     r = subprocess.run([sys.executable, "-m", "vslm", "bench"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
-    for name in ("train", "speedrun", "prepare", "attention", "gpu"):
+    for name in ("train", "speedrun", "prepare", "attention", "sample", "gpu"):
         assert f"\n    {name}" in r.stderr, name
     r = subprocess.run([sys.executable, "-m", "vslm", "bench", "--speedrun"], capture_output=True, text=True)
     assert r.returncode == 2 and "unrecognized arguments: --speedrun" in r.stderr  # the old flags are gone

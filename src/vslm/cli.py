@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def cmd_train(a: argparse.Namespace) -> int:
                              checkpoint=Path(a.checkpoint) if a.checkpoint else None, **init)
     final = trainer.fit()
     if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
-        return 0
+        # and the other ranks leave without the interpreter's teardown: with gloo on CPU it aborted
+        # one rank in about 15 runs after training had finished ("terminate called without an active
+        # exception", exit -6, so torchrun failed a run whose files were complete)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     _print_samples(trainer)
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
     console.print(f"trained {trainer.step} steps: {summary}")
@@ -108,7 +114,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     print(f"sampling from {used}", file=sys.stderr)  # which weights (stderr: stdout stays the text)
     from vslm.progress import track
 
-    texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track)
+    texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track,
+                        cache=not a.no_cache, warn=lambda reason: print(reason, file=sys.stderr))
     for i, t in enumerate(texts):
         if a.num > 1:
             console.rule(f"sample {i + 1}")
@@ -236,6 +243,13 @@ def cmd_bench_attention(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_attention_bench
 
     result = run_attention_bench(a.steps, a.repeat, console if not a.json else None)
+    return _print_json(result) if a.json else 0
+
+
+def cmd_bench_sample(a: argparse.Namespace) -> int:
+    from vslm.commands.bench import run_sample_bench
+
+    result = run_sample_bench(a.overrides, a.tokens, a.repeat, console if not a.json else None)
     return _print_json(result) if a.json else 0
 
 
@@ -527,7 +541,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def _add_bench_parser(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: train, speedrun, prepare, attention, gpu",
+    bench = sub.add_parser("bench", help="benchmarks: train, speedrun, prepare, attention, sample, gpu",
                            description="Benchmarks; `vslm bench ACTION --help` for each one's options.")
     bench.set_defaults(func=lambda a: _usage(bench))  # a bare `vslm bench` lists the benchmarks
     bsub = bench.add_subparsers(dest="bench_command", metavar="ACTION")
@@ -568,6 +582,13 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of each; report medians")
     json_flag(p)
     p.set_defaults(func=cmd_bench_attention)
+
+    p = bsub.add_parser("sample", help="sampling tokens/s of the demo model with and without the key/value cache")
+    p.add_argument("--tokens", type=int, default=256, help="new tokens per sample, batch 1 (default 256)")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved runs of each; report medians (default 3)")
+    json_flag(p)
+    p.add_argument("overrides", nargs="*", help="overrides of the demo config")
+    p.set_defaults(func=cmd_bench_sample)
 
     p = bsub.add_parser("gpu", help="the GPU check: 10M and 50M models, peak, memory, the GPU Shakespeare recipe "
                         "(scripts/gpu_check.sh)")
@@ -618,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed, the same samples (default 0)")
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads and holds "
                                         "finite weights)")
+    p.add_argument("--no-cache", action="store_true", help="recompute every position at each step (the same "
+                   "tokens, slower; default: keep keys and values, with the reason on stderr where it cannot)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("probe", help="run the training-dynamics probes over a run's snapshots")

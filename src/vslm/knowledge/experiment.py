@@ -33,9 +33,10 @@ interrupted experiment completes when the same command runs again. A metric is a
 facts-eval.json (`closed_book.seen`, `open_book.novel`, `retrieved.seen.hops2`, `counterfactual`,
 `memorisation_ratio`, `adapters.novel`, `probe.seen` = best probe accuracy minus its majority
 baseline, `relearn.rest` = the accuracy gained on the other 90% by relearning). Every criterion is
-judged on the means over seeds and, for each seed apart, "held in k of n seeds"; where its sides are
-accuracies (or one is a number or a chance level), with the one-sided p of the comparison over every
-question of every seed (a two-proportion z-test, or a binomial test). Results:
+judged on the means over seeds and, for each seed apart, "held in k of n seeds", with the one-sided p
+of a paired t-test over seeds (the per-seed differences left - right: seed k's arms share seed k's
+world), raw and Holm-adjusted across the experiment's criteria; with fewer than 3 seeds, "n < 3: no
+test". The seed, not the question, is the unit: questions of one seed share its world and model. Results:
 out/results.json, results.md and report.html (tables, accuracy by hops, training curves).
 """
 
@@ -44,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import statistics
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -57,7 +59,7 @@ from vslm.errors import ConfigError, VSLMError
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.lab.runner import train_or_reuse
-from vslm.lab.stats import mean_std
+from vslm.lab.stats import MIN_SEEDS, NO_TEST, SIGNIFICANCE, holm, mean_std
 from vslm.lab.tables import results_markdown
 from vslm.plain import plain
 from vslm.train.run_folder import device_of
@@ -208,40 +210,39 @@ def counts(side: str | float, per_seed: list[dict[str, dict]]) -> tuple[int, int
     return round(sum(node["accuracy"] * node["n"] for node in nodes)), sum(node["n"] for node in nodes)
 
 
-def p_value(op: str, left: tuple[int, int] | None, right: tuple[int, int] | None, right_value: float) -> float:
-    """One-sided p of the comparison against "no difference": a two-proportion z-test when both sides are
-    accuracies, a binomial test of the left one against a number or a chance level; NaN for "~" or
-    anything else (relearning gains, probe gains, memorisation ratios)."""
+def p_value(op: str, differences: Sequence[float]) -> float:
+    """One-sided p of a criterion against "no difference", from its per-seed differences left - right
+    (seed k's arms share seed k's world, so the differences pair): a one-sample t-test of their mean
+    against 0 over the seeds, the seed being the unit (the questions within a seed are not independent
+    trials: they share the seed's world and trained model). NaN for "~", with fewer than MIN_SEEDS
+    seeds that have both sides, or with no spread between seeds."""
     from scipy import stats
 
-    if op == "~" or left is None or left[1] == 0 or math.isnan(right_value):
+    ds = [d for d in differences if not math.isnan(d)]
+    if op == "~" or len(ds) < MIN_SEEDS or statistics.stdev(ds) == 0:
         return math.nan
     alternative = "greater" if op in (">", ">=") else "less"
-    if right is None:
-        return float(stats.binomtest(left[0], left[1], min(max(right_value, 0.0), 1.0), alternative).pvalue)
-    (k1, n1), (k2, n2) = left, right
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return math.nan
-    z = (k1 / n1 - k2 / n2) / se
-    return float(stats.norm.sf(z) if alternative == "greater" else stats.norm.cdf(z))
+    return float(stats.ttest_1samp(ds, 0.0, alternative=alternative).pvalue)
 
 
 def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> list[dict]:
     """Each criterion on the means over seeds, in how many seeds it held on its own, and the one-sided p
-    of the comparison over all the questions of all seeds (p_value)."""
+    of the paired t-test over seeds (p_value), raw and with Holm's correction across the criteria."""
     out = []
     for c in criteria:
         lefts = [side_value(c.left, r) for r in per_seed]
         rights = [side_value(c.right, r) for r in per_seed]
         left, right = mean_std(lefts)["mean"], mean_std(rights)["mean"]
         seeds = [holds(x, c.op, y) for x, y in zip(lefts, rights, strict=True)]
-        left_n, right_n = counts(c.left, per_seed), counts(c.right, per_seed)
+        left_n = counts(c.left, per_seed)
+        differences = [x - y for x, y in zip(lefts, rights, strict=True)]
         out.append({"claim": c.claim, "left": c.left, "op": c.op, "right": c.right, "left_value": left,
                     "right_value": right, "met": holds(left, c.op, right),
                     "seeds_held": sum(1 for s in seeds if s), "seeds": len(seeds),
-                    "questions": left_n[1] if left_n else None, "p_value": p_value(c.op, left_n, right_n, right)})
+                    "questions": left_n[1] if left_n else None, "test": "paired t over seeds",
+                    "p_value": p_value(c.op, differences)})
+    for c, adjusted in zip(out, holm([c["p_value"] for c in out]), strict=True):
+        c["p_holm"] = adjusted
     return out
 
 
@@ -370,8 +371,16 @@ def _pm(stat: dict) -> str:
 def _verdict(c: dict) -> str:
     met = {True: "met", False: "not met", None: "not measured"}[c["met"]]
     p = c.get("p_value", math.nan)
-    noise = ", within noise" if c["met"] and p >= 0.05 else ""
-    significance = "" if p is None or math.isnan(p) else f", p = {p:.2g}{noise}"
+    p = math.nan if p is None else p
+    adjusted = c.get("p_holm", p)
+    adjusted = math.nan if adjusted is None else adjusted
+    if c["seeds"] < MIN_SEEDS:
+        significance = f"; {NO_TEST}"
+    elif math.isnan(p):
+        significance = ""
+    else:
+        noise = ", within noise" if c["met"] and adjusted >= SIGNIFICANCE else ""
+        significance = f", p = {p:.2g}, Holm {adjusted:.2g}{noise}"
     return f"{met} (held in {c['seeds_held']} of {c['seeds']} seeds{significance})"
 
 

@@ -2,8 +2,12 @@
 compared honestly.
 
 RESEARCH.md section 8: every comparison runs over several seeds, reports mean and spread and whether a
-difference is significant (Welch's t-test), on a fixed validation set and equal token budgets, with
-parameters and FLOPs per token beside every loss, and bits per byte. An experiment is a TOML file:
+difference is significant, on a fixed validation set and equal token budgets, with parameters and
+FLOPs per token beside every loss, and bits per byte. Each variant is compared with the baseline (the
+first) by a paired t-test on the per-seed differences where the seeds pair (seeds_pair: seed s gives
+both the same data order, validation windows and probe set), else by Welch's t-test; Holm's method
+holds the family-wise error rate across the variants of one table, and with fewer than 3 seeds per
+arm there is no test (vslm.lab.stats). An experiment is a TOML file:
 
     description = "one line"
     base = "tiny"                      # the config every variant starts from (a built-in name or a path)
@@ -162,6 +166,21 @@ def plan_experiment(spec: ExperimentSpec, seeds: int,
     return plan
 
 
+# what seed s decides beside the weights: the data order (the sampler), the validation windows and the
+# probe set. Variants that agree on these (they change model or optimizer fields only) pair seed by seed.
+PAIRING_FIELDS = {"train": ("seed", "batch_size", "grad_accum", "steps", "eval_windows"),
+                  "model": ("context", "vocab_size")}
+
+
+def seeds_pair(a: RunConfig, b: RunConfig) -> bool:
+    """Whether runs a and b see the same data order, validation windows and probe set: the same data
+    section and PAIRING_FIELDS (tests/test_pairing.py pins that these are what decides them)."""
+    if a.data != b.data:
+        return False
+    return all(getattr(getattr(a, section), f) == getattr(getattr(b, section), f)
+               for section, fields in PAIRING_FIELDS.items() for f in fields)
+
+
 def _choice_folder(choice: str) -> str:
     return re.sub(r"[^\w.=+-]", "_", choice)
 
@@ -245,7 +264,11 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                 "val_loss", "val_bpb", "train_time_s", "params", "flops_per_token", "reused")},
                 **dynamics_summary(read_run(folder))})
     by_variant = {v: [r for r in runs if r["variant"] == v] for v in plan}
-    summary = summarize(by_variant, tokens_per_run(next(iter(next(iter(plan.values())).values()))[0]))
+    chosen_cfgs = {v: plan[v][kept[v]] for v in plan}
+    base_cfgs = next(iter(chosen_cfgs.values()))
+    paired = {v: all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True))
+              for v, cfgs in chosen_cfgs.items()}
+    summary = summarize(by_variant, tokens_per_run(base_cfgs[0]), paired)
     for variant, sweep in sweeps.items():
         summary[variant]["chosen"] = sweep["chosen"]
     dynamics = summarize_dynamics(by_variant)
@@ -253,9 +276,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
     if spec.cross_eval:
         report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console)
+    rows = summary_rows(summary)
+    report["table"] = {"columns": list(COLUMNS), "rows": [list(row) for row in rows]}  # as shown: report.html
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(plain(report), indent=2) + "\n", encoding="utf-8")
-    rows = summary_rows(summary)
     tables = [(COLUMNS, rows)]
     if sweeps:
         tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), sweep_rows(sweeps)))

@@ -8,6 +8,10 @@ query can see and n their number:
   softmax1  a = exp(s) / (1 + Z)                    (Miller 2023: a head may attend to nothing)
   ssmax     softmax(s * c_h * log n), c_h learned   (Nakanishi 2025, scalable softmax)
   sigmoid   a = sigmoid(s - log n)                  (Ramapuram et al. 2024)
+
+For generation a `KVCache` per depth keeps the keys (after RoPE) and values of the positions seen so
+far; new queries attend to them through the same mask and the same normalisation, n counting the keys
+each query sees, so every variant computes what the full sequence computes at that position.
 """
 
 from __future__ import annotations
@@ -41,11 +45,38 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, T, hd)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:  # (B, H, T, hd), positions from offset
         T = x.shape[-2]
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        cos, sin = self.cos[offset : offset + T].to(x.dtype), self.sin[offset : offset + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class KVCache:
+    """The keys (after RoPE) and values of one depth for the positions seen so far, for generation.
+    With a window only the keys a later query can still see are kept (the last window - 1)."""
+
+    def __init__(self, window: int | None):
+        self.window, self.seen = window, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Append T new positions' keys and values (B, KV, T, hd); return every key the new queries may
+        see, with the (T, K) mask of which query sees which key (None: each sees every key)."""
+        T = k.shape[-2]
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        K, start = k.shape[-2], self.seen  # the new queries sit at positions start .. start + T - 1
+        self.seen += T
+        keep = K if self.window is None else min(K, self.window - 1)
+        self.k, self.v = k[..., K - keep :, :], v[..., K - keep :, :]
+        if T == 1 and (self.window is None or K <= self.window):
+            return k, v, None
+        i = torch.arange(start, start + T, device=k.device)[:, None]
+        j = torch.arange(start + T - K, start + T, device=k.device)[None, :]  # the keys' positions
+        visible = i >= j
+        return k, v, visible if self.window is None else visible & (i - j < self.window)
 
 
 def normalise(scores: torch.Tensor, visible: torch.Tensor, kind: str, gamma: float,
@@ -79,20 +110,34 @@ class Attention(nn.Module):
         ssmax = self.kind == "ssmax"
         self.ssmax_scale = nn.Parameter(torch.full((spec.heads,), 1 / math.log(context))) if ssmax else None
 
-    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None,
-                keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, d) -> (B, T, d), and the weights (B, H, T, T) if kept (or not softmax)."""
+    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, d) -> (B, T, d), and the weights (B, H, T, K) if kept (or not softmax); K = T without a
+        cache, else the cached keys plus these T (which the cache then keeps)."""
         B, T, _ = x.shape
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         q, k, v = linear(self.qkv, x, lora, "attn_qkv").split([H * hd, KV * hd, KV * hd], dim=-1)
         q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
         v = v.view(B, T, KV, hd).transpose(1, 2)
+        offset = 0 if cache is None else cache.seen
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
         dropout = self.dropout if self.training else 0.0
         weights = None
-        if self.kind == "softmax" and not keep_weights:
+        if cache is not None:
+            k, v, visible = cache.update(k, v)
+            if self.kind == "softmax" and not keep_weights:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=KV != H)
+            else:
+                if KV != H:
+                    k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+                if visible is None:
+                    visible = torch.ones(T, k.shape[-2], dtype=torch.bool, device=x.device)
+                weights = normalise((q @ k.transpose(-2, -1)) / math.sqrt(hd), visible, self.kind, self.gamma,
+                                    self.ssmax_scale)
+                y = weights @ v
+        elif self.kind == "softmax" and not keep_weights:
             window = None if self.window is None or self.window >= T else self.window
             mask = None if window is None else window_mask(T, window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,

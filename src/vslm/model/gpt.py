@@ -11,6 +11,12 @@ a learned vector (`root = learned`) with the token injected at every depth.
 With the `nanogpt` settings (learned positions, LayerNorm without bias, GELU, tied head, init
 N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes exactly what
 `shared/bench/reference_gpt.py` computes (tests/test_model.py copies weights across).
+
+`generate` keeps each depth's keys and values (a `KVCache` per depth, not per block: a shared block
+sees different inputs at each of its depths) and feeds only the new token, at its position. Beyond
+the context the uncached path crops to the last `context` tokens and positions restart at 0, which
+changes every key of the window; the cache then rebuilds from the cropped window at each step, as
+costly as the uncached step, so that both give the same tokens (tests/test_kv_cache.py).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vslm.config import BlockSpec, ModelConfig
-from vslm.model.attention import Attention
+from vslm.model.attention import Attention, KVCache
 from vslm.model.layers import MLP, DepthLoRA, HookPoint, make_norm, partial_identity_
 from vslm.progress import quiet
 
@@ -42,9 +48,9 @@ class Block(nn.Module):
             self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None,
-                keep_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attn(self.attn_norm(x), lora, keep_weights)
+    def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.attn_norm(x), lora, keep_weights, cache)
         x = x + self.drop(attended)
         if self.mlp is None:
             return x, weights
@@ -125,15 +131,19 @@ class GPT(nn.Module):
         if self.root is not None:
             nn.init.normal_(self.root, 0.0, self.cfg.init_std)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, V) next-token logits."""
+    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) next-token logits. With a cache (`new_cache()`) idx continues the
+        positions the cache holds, and the cache keeps idx's keys and values."""
         B, T = idx.shape
-        if T > self.cfg.context:
-            raise ValueError(f"sequence of {T} tokens is longer than the context {self.cfg.context}")
+        start = 0 if cache is None else cache[0].seen  # position of idx's first token
+        if start + T > self.cfg.context:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context {self.cfg.context}")
         token = self.embed(idx)  # (B, T, d_embed)
         if self.pos is not None:
-            token = token + self.pos(torch.arange(T, device=idx.device))
-        x = self.drop(token if self.root is None else self.root[:T].expand(B, T, -1))
+            token = token + self.pos(torch.arange(start, start + T, device=idx.device))
+        if self.root is not None:
+            root = self.root[start : start + T] if self.cfg.root_per_position else self.root
+        x = self.drop(token if self.root is None else root.expand(B, T, -1))
         for depth, b in enumerate(self.order):
             if str(depth) in self.resize:
                 x = self.resize[str(depth)](x)
@@ -141,7 +151,7 @@ class GPT(nn.Module):
                 x = x + self.inject_scale[depth] * self.inject[depth](token)
             x = self._tap("resid_pre", depth, x)
             x, weights = self.blocks[b](x, self.lora[str(depth)] if str(depth) in self.lora else None,
-                                        keep_weights=self.hooks["attn"][depth].active)
+                                        self.hooks["attn"][depth].active, None if cache is None else cache[depth])
             if weights is not None:
                 self._tap("attn", depth, weights)
             x = self._tap("resid_post", depth, x)
@@ -152,20 +162,49 @@ class GPT(nn.Module):
         hook = self.hooks[name][depth]
         return hook(x) if hook.active else x
 
+    def new_cache(self) -> list[KVCache]:
+        """An empty key/value cache for `forward`, one per depth (a shared block runs at several)."""
+        return [KVCache(self.specs[b].window) for b in self.order]
+
+    def cache_fallback(self) -> str | None:
+        """Why `generate` cannot use a key/value cache with this model as it is now, or None when it can."""
+        if self.training and self.cfg.dropout > 0:
+            return "dropout is active (the model is in training mode): sampling without the key/value cache"
+        if any(hook.active for points in self.hooks.values() for hook in points):
+            return "hooks are attached (probes read whole sequences): sampling without the key/value cache"
+        return None
+
+    @torch.no_grad()
+    def next_logits(self, idx: torch.Tensor, cache: list[KVCache] | None) -> tuple[torch.Tensor, list[KVCache]]:
+        """The float logits (B, V) after idx (B, T) through the cache of idx[:, :-1] (None: a fresh one), and
+        the cache now holding idx. Beyond the context the window slides: the cache restarts from idx's last
+        `context` tokens, positions from 0, as the uncached path computes them."""
+        if cache is None or idx.shape[1] > self.cfg.context:
+            cache = self.new_cache()
+        window = idx[:, -self.cfg.context :]
+        return self(window[:, cache[0].seen :], cache)[:, -1, :].float(), cache
+
     @torch.no_grad()
     def generate(
         self, idx: torch.Tensor, new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        generator: torch.Generator | None = None, track: Callable = quiet,
+        generator: torch.Generator | None = None, track: Callable = quiet, cache: bool = True,
     ) -> torch.Tensor:
         """Append `new_tokens` sampled tokens to idx (B, T); temperature 0 is greedy, top_k None keeps every token.
+        `cache` keeps keys and values between steps unless `cache_fallback()` gives a reason not to; the
+        tokens are those of cache=False, the logits equal within float rounding.
         Out-of-range arguments are a ValueError naming the argument. `track` shows progress (vslm.progress)."""
         check_sampling(temperature, top_k)
         if new_tokens < 0:
             raise ValueError(f"new_tokens must be at least 0, got {new_tokens}")
         if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
             raise ValueError(f"idx must be (batch, time) with at least one row and one token, got {tuple(idx.shape)}")
+        cached = cache and self.cache_fallback() is None
+        kv = None
         for _ in track(range(new_tokens), "generating tokens"):
-            logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()
+            if cached:
+                logits, kv = self.next_logits(idx, kv)
+            else:
+                logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:

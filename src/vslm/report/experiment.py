@@ -40,12 +40,17 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 
 def render(results: dict) -> str:
-    headers = ["variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)",
-               "verdict"]
-    rows = [[escape(name), number(s["params"]), number(s["flops_per_token"]), number(s["tokens"]),
-             _pm(s["val_loss_mean"], s["val_loss_std"]), _pm(s["val_bpb_mean"], s["val_bpb_std"]),
-             f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
-            for name, s in results["summary"].items()]
+    shown = results.get("table")  # the table as results.md has it (vslm.lab.tables.summary_rows)
+    if shown:
+        headers = shown["columns"]
+        rows = [[escape(cell) for cell in row] for row in shown["rows"]]
+    else:  # an experiment folder from before the paired tests (2026-12-02): its own columns
+        headers = ["variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", "Δ val_loss", "p (Welch)",
+                   "verdict"]
+        rows = [[escape(name), number(s["params"]), number(s["flops_per_token"]), number(s["tokens"]),
+                 _pm(s["val_loss_mean"], s["val_loss_std"]), _pm(s["val_bpb_mean"], s["val_bpb_std"]),
+                 f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
+                for name, s in results["summary"].items()]
     sections = [section("variants", "Variants", table(headers, rows), pre(results["command"]))]
     matrix = results.get("cross_eval")
     if matrix:

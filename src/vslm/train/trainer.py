@@ -367,6 +367,9 @@ class Trainer:
                 finally:
                     for cb in self.callbacks:
                         cb.on_train_end(self, metrics)
+            # every rank through rank 0's last callbacks before the group is torn down: a rank that
+            # destroys it and exits while another still works may abort in gloo's teardown
+            self.dist.barrier()
         finally:
             self.dist.close()
         if self.stop_signal is not None:

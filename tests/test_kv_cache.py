@@ -1,0 +1,136 @@
+"""Sampling with a key/value cache gives the uncached path's tokens and logits, for every variant,
+across the context crop (where the cache restarts from the cropped window)."""
+
+import pytest
+import torch
+
+from vslm.config import load_config
+from vslm.model import GPT
+from vslm.model.hooks import capture
+
+VARIANTS = {
+    "nanogpt-defaults": [],
+    "rope-rmsnorm-swiglu-gqa": ["model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu",
+                                "model.heads=4", "model.kv_heads=2"],
+    "sliding-window": ["model.window=6"],
+    "sliding-window-rope": ["model.window=5", "model.position=rope", "model.attention=ssmax"],
+    "per-layer-windows": ["model.depth=4", "model.schedule.windows=increasing", "model.schedule.window_range=[2,32]"],
+    "shared-order-lora": ["model.depth=4", "model.order=[0,1,0,1]", "model.recursion_lora_rank=2"],
+    "learned-root-inject": ["model.root=learned", "model.inject=true", "model.root_per_position=true"],
+    "learned-root-shared": ["model.root=learned", "model.position=rope", "model.sharing=all", "model.unique_blocks=1"],
+    "power": ["model.attention=power", "model.attention_gamma=0.5"],
+    "softmax1": ["model.attention=softmax1"],
+    "ssmax": ["model.attention=ssmax"],
+    "sigmoid": ["model.attention=sigmoid", "model.window=7"],
+    "per-layer-widths": ["model.blocks=[{width=16, heads=1}, {width=48, heads=3, window=9}]",
+                         "model.tie_embeddings=false", "model.position=rope"],
+    "attention-only": ["model.mlp=none", "model.tie_embeddings=false"],
+}
+
+
+def tiny_model(overrides: list[str], seed: int = 0) -> GPT:
+    cfg = load_config("tiny", overrides).model.model_copy(update={"vocab_size": 50})
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # away from the init (LoRA B = 0, identity projections, uniform logits)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_greedy_tokens_and_logits_match_the_uncached_path(name):
+    model = tiny_model(VARIANTS[name])
+    C = model.cfg.context
+    prompt = torch.randint(0, 50, (2, 3), generator=torch.Generator().manual_seed(1))
+    new = C + 10  # crosses the crop: the window slides for the last 13 steps
+    cached = model.generate(prompt, new, temperature=0, cache=True)
+    plain = model.generate(prompt, new, temperature=0, cache=False)
+    assert cached.tolist() == plain.tolist()
+    # the logits of every step within float32 rounding, the last one (past the crop) within 1e-5
+    for t, logits, expected in step_logits(model, cached, prompt.shape[1]):
+        torch.testing.assert_close(logits, expected, atol=1e-5 if t == cached.shape[1] else 5e-5, rtol=1e-5)
+    # in float64 the two paths agree to the final cast to float32: the same computation, reordered
+    for _, logits, expected in step_logits(model.double(), cached, prompt.shape[1]):
+        torch.testing.assert_close(logits, expected.float(), atol=1e-6, rtol=0)
+
+
+def step_logits(model: GPT, idx: torch.Tensor, start: int):
+    """(t, cached logits, uncached logits) after idx[:, :t] for each t from start to the end."""
+    kv, C = None, model.cfg.context
+    for t in range(start, idx.shape[1] + 1):
+        logits, kv = model.next_logits(idx[:, :t], kv)
+        with torch.no_grad():
+            yield t, logits, model(idx[:, :t][:, -C:])[:, -1, :]
+
+
+@pytest.mark.parametrize("name", ["nanogpt-defaults", "per-layer-windows", "shared-order-lora", "ssmax"])
+def test_sampled_tokens_match_with_the_same_generator(name):
+    # the probabilities agree within float rounding, so the same draws pick the same tokens here (a draw
+    # falling within ~1e-7 of a boundary could differ: this checks these seeds, not a guarantee)
+    model = tiny_model(VARIANTS[name], seed=2)
+    prompt = torch.zeros(3, 1, dtype=torch.long)
+    runs = [model.generate(prompt, 45, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(5),
+                           cache=c) for c in (True, False)]
+    assert runs[0].tolist() == runs[1].tolist()
+
+
+def test_cache_falls_back_with_a_reason():
+    model = tiny_model(["model.dropout=0.1"])
+    assert model.cache_fallback() is None  # eval mode: dropout is off
+    model.train()
+    assert "dropout" in model.cache_fallback()
+    model.eval()
+    with capture(model, "attn.0"):
+        assert "hooks" in model.cache_fallback()
+        out = model.generate(torch.zeros(1, 2, dtype=torch.long), 5, temperature=0)
+    assert out.tolist() == model.generate(torch.zeros(1, 2, dtype=torch.long), 5, temperature=0, cache=False).tolist()
+
+
+def test_forward_with_a_cache_refuses_past_the_context():
+    model = tiny_model([])
+    kv = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, model.cfg.context, dtype=torch.long), kv)
+        with pytest.raises(ValueError, match="longer than the context"):
+            model(torch.zeros(1, 1, dtype=torch.long), kv)
+
+
+def test_vslm_sample_uses_the_cache_and_no_cache_gives_the_same_text(tmp_path, capsys):
+    from conftest import tiny_overrides
+    from vslm.cli import main
+    from vslm.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, logging__probe_every=0)), run).fit()
+    capsys.readouterr()
+    texts = []
+    for extra in ([], ["--no-cache"]):
+        assert main(["sample", str(run), "--tokens", "40", "--num", "2", "--seed", "3", *extra]) == 0
+        out = capsys.readouterr()
+        assert "cache" not in out.err  # no fallback to explain
+        texts.append(out.out)
+    assert texts[0] == texts[1] and texts[0].strip()
+
+
+def test_sampling_warns_once_with_the_reason_when_the_cache_is_not_used():
+    from vslm.data.tokenizer import ByteTokenizer
+    from vslm.train.sampling import sample_text
+
+    model = GPT(load_config("tiny", []).model.model_copy(update={"vocab_size": 256}))
+    warned = []
+    with capture(model, "resid_post.0"):
+        sample_text(model, ByteTokenizer(), "ab", num=1, tokens=3, warn=warned.append)
+    assert len(warned) == 1 and "hooks" in warned[0]
+
+
+def test_bench_sample_reports_both_paths_and_the_ratio(capsys):
+    import json
+
+    from vslm.cli import main
+
+    assert main(["bench", "sample", "--tokens", "6", "--repeat", "1", "--json", "model.context=4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["context"] for r in result["rows"]] == [4, 7]  # the demo's context, then one holding every token
+    for r in result["rows"]:
+        assert r["same_tokens"] and r["ratio"] > 0 and r["tokens_per_s_cache"] > 0

@@ -1,0 +1,139 @@
+"""vslm.lab.stats by simulation, no training: per-seed losses drawn from known distributions.
+
+Every rate is checked within 3 binomial standard deviations of its simulation, with fixed seeds."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vslm.lab.stats import (
+    NO_TEST,
+    compare,
+    detectable_effect,
+    holm,
+    paired_difference,
+    paired_power,
+    summarize,
+    verdict,
+    welch,
+)
+
+EXPERIMENTS = 4000
+
+
+def band(rate: float, n: int = EXPERIMENTS) -> float:
+    """3 binomial standard deviations of a rate estimated from n simulated experiments."""
+    return 3 * math.sqrt(rate * (1 - rate) / n)
+
+
+def seed_losses(rng, experiments: int, seeds: int, arms: int, effects=None) -> np.ndarray:
+    """(experiments, arms, seeds) losses: a per-seed level shared by every arm (the seed's data order and
+    initial weights), plus independent noise of standard deviation 1/sqrt(2) per run, so that the per-seed
+    differences between two arms have standard deviation 1; arm a shifted by effects[a]."""
+    shared = rng.normal(2.0, 0.5, size=(experiments, 1, seeds))
+    noise = rng.normal(0.0, math.sqrt(0.5), size=(experiments, arms, seeds))
+    shift = np.zeros(arms) if effects is None else np.asarray(effects, dtype=float)
+    return shared + noise + shift[None, :, None]
+
+
+def test_the_paired_comparison_is_scipy_s_with_a_t_interval():
+    base, var = [1.50, 1.42, 1.61, 1.55], [1.47, 1.40, 1.55, 1.50]
+    c = paired_difference(base, var)
+    d = np.subtract(var, base)
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert c["test"] == "paired" and c["n"] == 4 and c["diff"] == pytest.approx(d.mean())
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c["p"] == pytest.approx(stats.ttest_rel(var, base).pvalue)
+    w = welch(base, var)
+    assert w["test"] == "Welch" and w["p"] == pytest.approx(stats.ttest_ind(var, base, equal_var=False).pvalue)
+    assert w["ci_low"] < w["diff"] < w["ci_high"] and w["ci_high"] - w["ci_low"] > c["ci_high"] - c["ci_low"]
+    with pytest.raises(ValueError, match="paired seeds"):
+        paired_difference(base, var[:3])
+
+
+def test_fewer_than_3_seeds_give_no_test():
+    for c in (paired_difference([1.0, 1.2], [0.5, 0.6]), welch([1.0, 1.2], [0.5, 0.6, 0.55]),
+              paired_difference([1.0], [0.5])):
+        assert math.isnan(c["p"])
+        assert verdict(c["p"], c["n"], c["diff"]) == NO_TEST == "n < 3: no test"
+    assert not math.isnan(paired_difference([1.0, 1.2], [0.5, 0.6])["ci_low"])  # an interval, but no test
+    assert verdict(0.001, 2, -1.0) == NO_TEST and verdict(0.001, 3, -1.0) == "better (p<0.05)"
+    assert verdict(0.001, 3, 1.0) == "worse (p<0.05)" and verdict(0.05, 3, 1.0) == "within noise"
+    assert verdict(math.nan, 0, 0.0, baseline=True) == "baseline"
+
+
+def test_holm_adjusts_step_down_and_skips_untested():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.02, math.nan, 0.5])
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == 0.5
+    assert holm([0.9, 0.3]) == [0.9, 0.6] and holm([0.9, 0.8]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_the_paired_test_s_false_positive_rate_is_5_percent_under_no_effect():
+    rng = np.random.default_rng(0)
+    losses = seed_losses(rng, EXPERIMENTS, seeds=5, arms=2)
+    ps = np.array([paired_difference(e[0], e[1])["p"] for e in losses])
+    assert abs((ps < 0.05).mean() - 0.05) < band(0.05)
+    # the 95% interval covers the true difference (0) as often
+    covered = [(c := paired_difference(e[0], e[1]))["ci_low"] <= 0 <= c["ci_high"] for e in losses[:2000]]
+    assert abs(np.mean(covered) - 0.95) < band(0.05, 2000)
+    # Welch on the same runs ignores the shared seed level: its rate stays at or below 5% too
+    ws = np.array([welch(e[0], e[1])["p"] for e in losses[:2000]])
+    assert (ws < 0.05).mean() < 0.05 + band(0.05, 2000)
+
+
+def test_holm_holds_the_family_wise_rate_over_5_null_variants():
+    rng = np.random.default_rng(1)
+    losses = seed_losses(rng, EXPERIMENTS, seeds=4, arms=6)  # a baseline and 5 variants, no effect anywhere
+    diffs = losses[:, 1:, :] - losses[:, :1, :]
+    raw = stats.ttest_1samp(diffs, 0.0, axis=2).pvalue  # (experiments, 5): ttest_rel of each variant
+    assert raw[0] == pytest.approx([paired_difference(losses[0, 0], losses[0, v])["p"] for v in range(1, 6)])
+    any_raw = (raw < 0.05).any(axis=1).mean()
+    any_holm = np.mean([min(holm(list(row))) < 0.05 for row in raw])
+    assert any_raw > 0.15  # uncorrected, five tests find something in about 1 - 0.95^5 of null experiments
+    assert any_holm <= 0.05 + band(0.05)
+
+
+@pytest.mark.parametrize("seeds", [5, 10])
+def test_a_one_standard_deviation_effect_is_found_as_often_as_the_power_formula_says(seeds):
+    rng = np.random.default_rng(seeds)
+    losses = seed_losses(rng, EXPERIMENTS, seeds=seeds, arms=2, effects=[0.0, -1.0])  # differences: sd 1
+    p = stats.ttest_rel(losses[:, 1], losses[:, 0], axis=1).pvalue
+    expected = paired_power(1.0, seeds)
+    assert abs((p < 0.05).mean() - expected) < band(expected)
+    assert expected == pytest.approx({5: 0.40, 10: 0.80}[seeds], abs=0.02)
+
+
+def test_the_detectable_effect_is_the_power_formula_solved():
+    assert math.isnan(detectable_effect(2))
+    for n in (3, 5, 10):
+        assert paired_power(detectable_effect(n), n) == pytest.approx(0.8, abs=1e-6)
+    assert detectable_effect(10) < detectable_effect(5) < detectable_effect(3)
+    c = compare([1.0, 1.1, 1.3, 1.2], [0.9, 1.05, 1.1, 1.15], paired=True)
+    spread = np.std(np.subtract([0.9, 1.05, 1.1, 1.15], [1.0, 1.1, 1.3, 1.2]), ddof=1)
+    assert c["detectable"] == pytest.approx(detectable_effect(4) * spread)
+
+
+def run(seed: int, loss: float) -> dict:
+    return {"seed": seed, "val_loss": loss, "val_bpb": loss * 1.44, "params": 10, "flops_per_token": 60}
+
+
+def test_summarize_uses_paired_tests_and_holm_and_no_test_below_3_seeds():
+    runs = {"base": [run(s, x) for s, x in enumerate([1.50, 1.42, 1.61, 1.55])],
+            "better": [run(s, x) for s, x in enumerate([1.40, 1.33, 1.50, 1.46])],
+            "same": [run(s, x) for s, x in enumerate([1.51, 1.41, 1.62, 1.54])]}
+    summary = summarize(runs, 1000)
+    assert summary["base"]["verdict"] == "baseline" and math.isnan(summary["base"]["p_value"])
+    raw = [stats.ttest_rel([r["val_loss"] for r in runs[v]], [r["val_loss"] for r in runs["base"]]).pvalue
+           for v in ("better", "same")]
+    for v, p, adjusted in zip(("better", "same"), raw, holm(raw), strict=True):
+        assert summary[v]["test"] == "paired" and summary[v]["p_value"] == pytest.approx(p)
+        assert summary[v]["p_holm"] == pytest.approx(adjusted)
+    assert summary["better"]["verdict"] == "better (p<0.05)" and summary["same"]["verdict"] == "within noise"
+    welched = summarize(runs, 1000, paired={"better": False, "same": True})
+    assert welched["better"]["test"] == "Welch" and welched["same"]["test"] == "paired"
+    two = summarize({v: rs[:2] for v, rs in runs.items()}, 1000, paired=False)
+    assert two["better"]["verdict"] == NO_TEST and math.isnan(two["better"]["p_value"])
+    assert two["better"]["test"] == "Welch" and not math.isnan(two["better"]["ci_low"])
