@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +135,26 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dic
     return weights, _decode(skeleton, tensors)
 
 
+def _tensors(obj: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(path, tensor) for every tensor in nested state, where it lies (no copy)."""
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{path}/{k}")
+    elif isinstance(obj, tuple | list):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{path}/{i}")
+
+
 def nonfinite(weights: dict[str, torch.Tensor], state: dict | None = None) -> list[str]:
-    """Names of the floating-point tensors (weights, then state/<n> of the state's tensors) that hold
-    a NaN or an infinity: a checkpoint with any is never written, and never resumed from."""
-    tensors: dict[str, torch.Tensor] = dict(weights)
-    if state is not None:
-        _encode(state, tensors)
-    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    """Names of the floating-point tensors (the weights, then state/... paths) that hold a NaN or an
+    infinity: a checkpoint with any is never written, and never resumed from. One reduction on the
+    tensors' own device (one host sync); names are looked for only when something is not finite."""
+    floats = [(k, v) for k, v in (*weights.items(), *_tensors(state or {}, "state")) if v.is_floating_point()]
+    if not floats or bool(torch.stack([torch.isfinite(v).all().to(floats[0][1].device) for _, v in floats]).all()):
+        return []
+    return [k for k, v in floats if not bool(torch.isfinite(v).all())]
 
 
 def newest_good(paths: Sequence[Path], device: str | torch.device = "cpu",

@@ -67,9 +67,13 @@ class Distributed:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if it is true on one (a stop request made on rank 0 only)."""
+        return self.any_of([flag], device)[0]
+
+    def any_of(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """`any` of several flags in one all-reduce."""
         if not self.enabled:
-            return flag
-        return bool(self.sum(torch.tensor([float(flag)], device=device)).item() > 0)
+            return list(flags)
+        return [v > 0 for v in self.sum(torch.tensor([float(f) for f in flags], device=device)).tolist()]
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's obj, in rank order, on every rank (small picklable objects: RNG states)."""

@@ -487,12 +487,13 @@ class Trainer:
             ckpt_due = checkpoint_due is not None and checkpoint_due(self.step, tc.steps)
             if not self.dist.enabled or self.step % log.log_every == 0:
                 # a signal stops the run and the clock adds a checkpoint; under DDP the ranks agree on logged steps
-                stopping = self.dist.any(self.stop_signal is not None, self.device)
+                stopping, clock = self.dist.any_of([self.stop_signal is not None,
+                                                    checkpoint_due is not None and self._clock_due()], self.device)
                 if stopping:
                     self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
                     self.request_stop()
                 if checkpoint_due is not None:
-                    ckpt_due = ckpt_due or stopping or self.dist.any(self._clock_due(), self.device)
+                    ckpt_due = ckpt_due or stopping or clock
             self.checkpoint_now = ckpt_due
             # reading the loss syncs with the device: only on logged, eval and checkpoint steps
             read = self.step % log.log_every == 0 or eval_due or ckpt_due
