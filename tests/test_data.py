@@ -87,3 +87,20 @@ def test_fixed_windows_are_fixed():
     assert torch.equal(a[0], b[0]) and a[0].shape == (20, 10)
     small = fixed_windows(np.arange(15, dtype=np.uint16), 10, 20, seed=0)
     assert small[0].shape == (5, 10)  # every offset once
+
+
+def test_repeats_are_random_strings_written_twice(tmp_path):
+    from vslm.data.repeats import LENGTHS, iter_repeats
+
+    docs = list(iter_repeats(3, n_bytes=20_000))
+    assert docs == list(iter_repeats(3, n_bytes=20_000)) and docs != list(iter_repeats(4, n_bytes=20_000))
+    assert sum(len(d) + 1 for d in docs) <= 20_000 + 1
+    lines = [line for d in docs for line in d.split("\n")][:-1]  # the last may be cut by the byte budget
+    assert len(lines) > 300
+    for line in lines:
+        half = len(line) // 2
+        assert line[:half] == line[half:] and LENGTHS[0] <= half <= LENGTHS[1] and line.isalpha()
+    corpus = prepare_corpus(DataConfig(source="repeats", max_bytes=50_000), tmp_path)
+    assert corpus.tokenizer.vocab_size == 26 + 2  # the letters, the newline, end-of-text
+    first = corpus.tokenizer.decode(corpus.train.tokens[: corpus.train.doc_starts[1] - 1].tolist())
+    assert first == next(iter_repeats(DataConfig().seed, n_bytes=50_000))  # documents as generated

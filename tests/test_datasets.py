@@ -15,7 +15,7 @@ from conftest import SHARED
 from vslm.config import DataConfig
 from vslm.data import sources
 from vslm.data.answers import training_documents
-from vslm.data.registry import REGISTRY, squad_text
+from vslm.data.registry import GENERATED, REGISTRY, squad_text
 from vslm.data.shards import is_validation, prepare_corpus
 from vslm.data.sources import open_source
 from vslm.data.tokenizer import ByteTokenizer, HFTokenizer
@@ -56,11 +56,11 @@ def documents(source: str, **data) -> list[str]:
 def test_every_entry_names_its_hub_source_license_and_text(capsys):
     from vslm.cli import main
 
-    expected = {"stories", "tinystories", "openwebtext", "books", "wikitext-2", "wikitext-103", "dolma", "squad",
-                "tinyshakespeare"}
+    expected = {"stories", "repeats", "tinystories", "openwebtext", "books", "wikitext-2", "wikitext-103", "dolma",
+                "squad", "tinyshakespeare"}
     assert set(REGISTRY) == expected
     for e in REGISTRY.values():
-        assert e.license and e.text and (e.hub or e.name == "stories")
+        assert e.license and e.text and (e.hub or e.name in GENERATED)
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in expected) and "Salesforce/wikitext" in out and "CDLA-Sharing-1.0" in out

@@ -12,7 +12,9 @@ from vslm.model import GPT
 from vslm.model.hooks import capture
 from vslm.probes import (
     attention_stats,
+    bootstrap_se,
     corpus_stats,
+    distribution_by_window,
     distribution_probe,
     entropy,
     icl_score,
@@ -23,6 +25,7 @@ from vslm.probes import (
     prefix_matching,
     repeat_statistics,
     shape_metrics,
+    unigram_kl,
 )
 
 V = 20
@@ -339,3 +342,41 @@ def test_shape_metrics_on_gpt_match_a_loop():
     np.testing.assert_allclose(m["js"], m["js"].transpose(1, 0, 2), atol=1e-12)
     np.testing.assert_allclose(m["log_prob_shift_total"], m["log_prob"].sum(1)[:, None] - m["log_prob"].sum(1)[None],
                                atol=1e-9)
+
+
+@torch.no_grad()
+def test_distribution_by_window_is_the_probe_of_each_window_alone():
+    model = tiny_model()
+    stats = corpus_stats(random_ids((500,), seed=2).numpy(), V)
+    idx = random_ids((5, 16), seed=3)
+    by_window = distribution_by_window(model(idx), idx, stats, rows=2)  # rows=2: windows split across chunks
+    for b in range(5):
+        alone = distribution_probe(model, idx[b : b + 1], stats)
+        for key in ("M2", "M3", "entropy"):
+            assert by_window[key][b] == pytest.approx(alone[key], rel=1e-9)
+        assert unigram_kl(by_window["probs"][b], stats) == pytest.approx(alone["M1"], rel=1e-9)
+    assert distribution_probe(model, idx, stats)["M2"] == pytest.approx(by_window["M2"].mean(), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_se_of_a_mean_agrees_with_the_analytic_se():
+    rng = np.random.default_rng(7)
+    n = 256
+    values = np.column_stack([rng.normal(2.0, 0.5, n), rng.exponential(1.0, n)])  # (n, 2): one se per column
+    analytic = values.std(0, ddof=1) / math.sqrt(n)
+    se = bootstrap_se(values)
+    assert se.shape == (2,)
+    assert se == pytest.approx(analytic, rel=0.15)
+    # a statistic of the resampled mean: the delta method gives |f'(mean)| * se for f = exp
+    se_exp = bootstrap_se(values[:, 0], np.exp)
+    assert se_exp == pytest.approx(math.exp(values[:, 0].mean()) * analytic[0], rel=0.15)
+
+
+def test_bootstrap_se_of_identical_windows_is_zero_and_draws_are_fixed():
+    same = np.tile(np.array([3.7, 0.1, -2.3]), (256, 1))  # 256 windows with the same values
+    assert bootstrap_se(same).tolist() == [0.0, 0.0, 0.0]
+    assert bootstrap_se(same, lambda m: np.log(m[:, 0])) == 0.0
+    values = np.random.default_rng(0).normal(size=64)
+    assert bootstrap_se(values) == bootstrap_se(values)  # a fixed seed: the same draws every call

@@ -2,13 +2,19 @@
 
 import json
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import tiny_overrides
 from vslm.cli import main
 from vslm.config import load_config
-from vslm.train.probing import PROBES, probe_due
+from vslm.data.shards import prepare_corpus
+from vslm.errors import ConfigError
+from vslm.model import GPT
+from vslm.train.probing import PROBE_WINDOWS, PROBES, build_probe_set, probe_due, run_probes
 from vslm.train.trainer import Trainer
 
 
@@ -37,8 +43,74 @@ def test_probes_in_training_equal_probes_over_snapshots(tmp_path, capsys):
         repeats = {p["induction"][key] for p in live}
         assert len(repeats) == 1 and 0 < repeats.pop() < 1
     assert 0 < first["induction"]["repeat_frequency_3"] < first["induction"]["repeat_frequency"] <= 1
+    for p in live:  # a standard error over windows beside each value, from windows that differ: above 0
+        assert p["windows"] == PROBE_WINDOWS
+        assert len(p["position_loss_se"]) == len(p["position_loss"]) and min(p["position_loss_se"]) > 0
+        assert p["icl_score_se"] > 0
+        assert all(p["distribution"][f"{key}_se"] > 0 for key in ("M1", "M2", "M3", "entropy"))
+        assert p["induction"]["loss_first_se"] > 0 and p["induction"]["loss_second_se"] > 0  # over 8 sequences
+    assert 0.005 < live[-1]["icl_score_se"] < 0.2
 
     assert main(["probe", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert lines(tmp_path / "r" / "probes-snapshots.jsonl") == live
     assert out.endswith("probes-snapshots.jsonl")
+
+
+def text(tokens) -> SimpleNamespace:
+    return SimpleNamespace(tokens=np.asarray(tokens, dtype=np.uint16))
+
+
+def test_probe_set_has_256_windows_or_all_there_are():
+    rng = np.random.default_rng(0)
+    train = text(rng.integers(10, size=5000))
+    for val_tokens, expected in ((5000, PROBE_WINDOWS), (100, 100 - 16)):  # 84 starts of a 16-token window
+        corpus = SimpleNamespace(train=train, val=text(rng.integers(10, size=val_tokens)))
+        probes = build_probe_set(corpus, context=16, vocab_size=10)
+        assert probes.windows.shape == (expected, 16)
+        if expected < PROBE_WINDOWS:  # every start once (where there are more, starts are drawn with replacement)
+            assert len({tuple(w) for w in probes.windows.tolist()}) == expected
+        assert torch.equal(probes.windows, build_probe_set(corpus, context=16, vocab_size=10).windows)
+    # logging.probe_windows and logging.induction_length reach the probe set; a copy distance that does not
+    # fit twice in the context is a config error
+    corpus = SimpleNamespace(train=train, val=text(rng.integers(10, size=5000)))
+    probes = build_probe_set(corpus, context=16, vocab_size=10, windows=32, induction_length=4)
+    assert probes.windows.shape == (32, 16) and probes.induction_length == 4
+    assert build_probe_set(corpus, context=16, vocab_size=10).induction_length == 8
+    cfg = load_config("tiny", ["logging.probe_windows=64", "logging.induction_length=8"])
+    assert (cfg.logging.probe_windows, cfg.logging.induction_length) == (64, 8)
+    with pytest.raises(ConfigError, match="induction_length 9 must be 2 to half the context"):
+        load_config("tiny", ["model.context=16", "logging.induction_length=9"])
+
+
+def test_the_se_of_a_probe_on_identical_windows_is_zero():
+    cfg = load_config("tiny", tiny_overrides())
+    corpus = prepare_corpus(cfg.data)
+    cfg = cfg.with_vocab_size(corpus.tokenizer.vocab_size)
+    probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size)
+    probes.windows = probes.windows[:1].repeat(40, 1)  # 40 copies of one window
+    torch.manual_seed(0)
+    result = run_probes(GPT(cfg.model), probes)
+    assert result["windows"] == 40
+    assert set(result["position_loss_se"]) == {0.0} and result["icl_score_se"] == 0.0
+    assert [result["distribution"][f"{key}_se"] for key in ("M1", "M2", "M3", "entropy")] == [0.0] * 4
+    assert result["icl_score"] is not None and result["distribution"]["M2"] > 0
+
+
+def test_probe_induction_at_a_chosen_distance_and_support(tmp_path, capsys):
+    from vslm.probes import induction_probe
+    from vslm.train.probing import PROBE_SEED
+    from vslm.train.run_folder import load_run
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=4, logging__probe_every=0))
+    Trainer(cfg, tmp_path / "r").fit()
+    assert main(["probe", str(tmp_path / "r"), "--induction", "6", "--support", "abc", "--sequences", "5",
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    _, model, tok = load_run(tmp_path / "r")
+    support = torch.tensor(sorted({i for c in "abc" for i in tok.encode(c)}))
+    want = induction_probe(model, cfg.model.vocab_size, 6, 5, torch.Generator().manual_seed(PROBE_SEED), support)
+    assert got["length"] == 6 and got["loss_second"] == pytest.approx(want["loss_second"], rel=1e-6)
+    assert len(got["prefix_matching"]) == cfg.model.depth
+    assert main(["probe", str(tmp_path / "r"), "--induction", str(cfg.model.context)]) == 2
+    assert "must be 2 to half the run's context" in capsys.readouterr().err

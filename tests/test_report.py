@@ -3,11 +3,13 @@ CLI, and the page as a real browser (headless Chromium) renders it."""
 
 import base64
 import json
+import math
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import tiny_overrides
@@ -15,6 +17,7 @@ from vslm.cli import main
 from vslm.config import load_config
 from vslm.report import compare_runs, write_report
 from vslm.report.compare import run_labels
+from vslm.report.runs import dynamics_summary, read_run
 from vslm.train.trainer import Trainer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,7 +70,30 @@ def test_report_of_a_run_with_probes_has_every_section_and_decodable_images(prob
     assert "short context" in html and "ln V" in html and "H(bigram)" in html
     assert 'vocab_size = 58' in html  # the resolved config, shown as text
     assert "&lt;b&gt;Tom&lt;/b&gt; &amp; Sue" in html  # samples are text, never markup
+    assert html.count("Shaded: value ± 1.96 standard errors") == 3  # position curves, ICL, distribution
     assert_self_contained(html)
+
+
+def drop_errors(value):
+    """A probe line as files written before the standard errors: every "..._se" key and "windows" removed."""
+    if isinstance(value, dict):
+        return {k: drop_errors(v) for k, v in value.items() if not k.endswith("_se") and k != "windows"}
+    return [drop_errors(v) for v in value] if isinstance(value, list) else value
+
+
+def test_probes_without_standard_errors_still_read_and_draw(probed_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(probed_run, old)
+    lines = [json.loads(x) for x in (old / "probes.jsonl").read_text().splitlines()]
+    (old / "probes.jsonl").write_text("".join(json.dumps(drop_errors(p)) + "\n" for p in lines))
+    new, before = dynamics_summary(read_run(probed_run)), dynamics_summary(read_run(old))
+    assert new["icl_score_se"] > 0 and math.isnan(before["icl_score_se"])
+    assert {k: v for k, v in before.items() if k != "icl_score_se"} == {
+        k: v for k, v in new.items() if k != "icl_score_se"}
+    assert np.isnan(read_run(old).probe_errors("distribution", "M1")).all()
+    html = write_report(old).read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss", *PROBE_SECTIONS, "samples"]
+    assert len(images(html)) == 7 and "standard errors" not in html
 
 
 def test_report_without_probes_has_the_loss_section_only(plain_run):

@@ -15,6 +15,9 @@ from vslm.lab.stats import (
     holm,
     paired_difference,
     paired_power,
+    planned_looks,
+    resolved,
+    spending_levels,
     summarize,
     verdict,
     welch,
@@ -137,3 +140,55 @@ def test_summarize_uses_paired_tests_and_holm_and_no_test_below_3_seeds():
     two = summarize({v: rs[:2] for v, rs in runs.items()}, 1000, paired=False)
     assert two["better"]["verdict"] == NO_TEST and math.isnan(two["better"]["p_value"])
     assert two["better"]["test"] == "Welch" and not math.isnan(two["better"]["ci_low"])
+
+
+def resolve(losses: np.ndarray, width: float, looks: list[int], alpha: float = 0.05) -> dict[str, dict]:
+    """The sequential procedure of `vslm experiment --resolve width --max-seeds looks[-1]` on one simulated
+    experiment (arms x seeds losses, arm 0 the baseline): the summary at the look where it stops."""
+    levels = spending_levels(looks, alpha)
+    for look, (n, level) in enumerate(zip(looks, levels, strict=True)):
+        runs = {f"v{a}": [run(s, float(x)) for s, x in enumerate(arm[:n])] for a, arm in enumerate(losses)}
+        summary = summarize(runs, 1000, alpha=level)
+        if resolved(summary, width) or look == len(looks) - 1:
+            return summary | {"_look": {"n": n}}
+
+
+def test_spending_levels_sum_to_alpha_and_favour_the_last_look():
+    levels = spending_levels([3, 6, 9, 12])
+    assert sum(levels) == pytest.approx(0.05) and levels[0] < 1e-3 and levels[-1] == max(levels)
+    assert spending_levels([12]) == pytest.approx([0.05])
+    assert planned_looks(3, 12) == [3, 6, 9, 12] and planned_looks(3, 10) == [3, 6, 9, 10]
+    with pytest.raises(ValueError, match="increase"):
+        spending_levels([6, 3])
+
+
+def test_seeds_added_until_resolved_keep_the_false_positive_rate():
+    """Under no effect, 5 variants against a baseline, a stopping rule that looks at the intervals after
+    every round of 3 seeds: Holm at the look's spent level keeps the family-wise rate at most 5%, where
+    testing every look at 0.05 does not."""
+    rng = np.random.default_rng(3)
+    sims, looks, width = 2000, [3, 6, 9, 12], 0.9  # width: about half the experiments stop before 12 seeds
+    spent = naive = stopped_early = 0
+    for _ in range(sims):
+        losses = seed_losses(rng, 1, seeds=looks[-1], arms=6)[0]
+        summary = resolve(losses, width, looks)
+        stopped_early += summary.pop("_look")["n"] < looks[-1]
+        spent += any(s["verdict"].startswith(("better", "worse")) for s in summary.values())
+        for n in looks:  # the naive procedure: a test at 0.05 at every look, stopping at the first verdict
+            runs = {f"v{a}": [run(s, float(x)) for s, x in enumerate(arm[:n])] for a, arm in enumerate(losses)}
+            if any(s["verdict"].startswith(("better", "worse")) for s in summarize(runs, 1000).values()):
+                naive += 1
+                break
+    assert 0.2 < stopped_early / sims < 0.9  # the rule does stop early, often
+    assert spent / sims <= 0.05 + band(0.05, sims)
+    assert naive / sims > 0.05 + band(0.05, sims)  # repeated looks without spending inflate the rate
+
+
+def test_a_resolving_experiment_finds_a_true_effect_and_reports_its_level():
+    rng = np.random.default_rng(4)
+    losses = seed_losses(rng, 1, seeds=12, arms=2, effects=[0.0, -1.5])[0]
+    summary = resolve(losses, 0.5, [3, 6, 9, 12])
+    n = summary.pop("_look")["n"]
+    level = summary["v1"]["alpha"]
+    assert level == pytest.approx(spending_levels([3, 6, 9, 12])[[3, 6, 9, 12].index(n)])
+    assert summary["v1"]["verdict"] == f"better (p<{level:.3g})"

@@ -124,8 +124,19 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_probe(a: argparse.Namespace) -> int:
-    from vslm.train.probing import copying_table, probe_copying, probe_snapshots
+    from vslm.train.probing import copying_table, probe_copying, probe_induction, probe_snapshots
 
+    if a.induction:
+        result = probe_induction(Path(a.run), a.induction, a.support, a.sequences,
+                                 Path(a.checkpoint) if a.checkpoint else None)
+        if a.json:
+            print(json.dumps(result))
+        else:
+            pm = ", ".join(f"layer {d}: {max(h):.3f}" for d, h in enumerate(result["prefix_matching"]))
+            print(f"L = {a.induction}, {a.sequences} sequences: 1st copy {result['loss_first']:.3f} "
+                  f"± {result['loss_first_se']:.3f}, 2nd copy {result['loss_second']:.3f} ± "
+                  f"{result['loss_second_se']:.3f} nats; prefix matching, best head: {pm}")
+        return 0
     if a.copying:
         result = probe_copying(Path(a.run), a.copying, a.invented, a.far, a.stories, a.windows, a.batch,
                                Path(a.checkpoint) if a.checkpoint else None)
@@ -253,6 +264,14 @@ def cmd_bench_sample(a: argparse.Namespace) -> int:
     return _print_json(result) if a.json else 0
 
 
+def cmd_bench_parallel(a: argparse.Namespace) -> int:
+    from vslm.commands.bench_parallel import parse_launchers, run_parallel_bench
+
+    result = run_parallel_bench(a.experiment, a.seeds, parse_launchers(a.launchers), a.repeat, a.overrides,
+                                console if not a.json else None, Path(a.keep) if a.keep else None)
+    return _print_json(result) if a.json else 0
+
+
 def cmd_bench_gpu(a: argparse.Namespace) -> int:
     import os
 
@@ -268,6 +287,16 @@ def cmd_bench_gpu(a: argparse.Namespace) -> int:
 def cmd_plan(a: argparse.Namespace) -> int:
     from vslm.commands.plan import make_plan, print_plan, write_plan
 
+    if a.from_fit:  # the law of a scaling study instead of 20 tokens per parameter
+        from vslm.commands.scaling import plan_from_fit, print_law_plan
+
+        if a.data:
+            raise UsageError("--from plans on the scaling study's data: leave out --data")
+        plan = plan_from_fit(a.hours, Path(a.from_fit), a.overrides, a.seconds, a.max_measure, console)
+        out = write_plan(plan, Path(a.out))
+        print_law_plan(plan, out, console)
+        print(out)
+        return 0
     plan = make_plan(a.hours, a.data, a.overrides, a.seconds, a.max_measure, console)
     out = write_plan(plan, Path(a.out))
     print_plan(plan, out, console)
@@ -285,9 +314,37 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         return 0
     if not a.experiment:
         raise VSLMError("experiment needs a NAME (a built-in experiment or a TOML file), or --list")
+    from vslm.lab.parallel import make_launcher
+
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
-    run_experiment(a.experiment, out, a.seeds, a.overrides, console)
+    launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
+    if launcher.jobs > 1 and a.jobs in (None, "auto") and launcher.kind == "local":
+        from vslm.lab.experiments import read_experiment
+
+        if read_experiment(a.experiment)[1].get("kind"):  # the default, not asked for: one at a time
+            launcher = make_launcher(1)
+    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds)
     print(out)
+    return 0
+
+
+def cmd_scaling(a: argparse.Namespace) -> int:
+    from vslm.commands.scaling import run_scaling
+    from vslm.lab.scaling import builtin_scaling_specs
+
+    if a.list:
+        for name, desc in builtin_scaling_specs().items():
+            print(f"{name:24s} {desc}")
+        return 0
+    if not a.spec:
+        raise VSLMError("scaling needs a SPEC (a built-in scaling spec or a TOML file), or --list")
+    from vslm.lab.parallel import make_launcher
+
+    out = Path(a.out) if a.out else Path("runs") / "scaling" / Path(a.spec).stem
+    launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
+    run_scaling(a.spec, out, a.overrides, console, dry_run=a.dry_run, launcher=launcher)
+    if not a.dry_run:
+        print(out / "report.html")
     return 0
 
 
@@ -319,7 +376,7 @@ def cmd_facts_generate(a: argparse.Namespace) -> int:
 def cmd_facts_eval(a: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from vslm.knowledge.evaluate import evaluate_run, hops_rows, probe_line, summary_rows
+    from vslm.knowledge.evaluate import evaluate_run, hops_rows, novel_summary, probe_line, summary_rows
 
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
@@ -327,7 +384,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     if a.json:
         from vslm.plain import plain
 
-        print(json.dumps(plain(result)))
+        print(json.dumps(plain(novel_summary(result) if a.json == "novel" else result)))
         return 0
     table = Table(title=f"{a.run} on {a.world}")
     for col in ("setting", "pool", "accuracy", "chance", "n"):
@@ -389,6 +446,22 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facts_reader(a: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from vslm.knowledge.reader import ReaderSettings, reader_config, train_reader
+
+    settings = ReaderSettings(**{f.name: getattr(a, f.name) for f in fields(ReaderSettings)
+                                 if getattr(a, f.name) is not None})
+    result = train_reader(Path(a.world), Path(a.out), reader_config(a.config, a.overrides), settings)
+    last = result["last"]
+    console.print(f"reader: {result['params']:,} parameters, {result['steps']} steps in {result['wall_s']:.0f} s; "
+                  + ", ".join(f"{k} {v}" for k, v in last.items() if k == "loss" or k.startswith("read_h")),
+                  highlight=False)
+    print(a.out)
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
     """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
@@ -407,7 +480,8 @@ def _add_facts_parser(sub) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=field.annotation, dest=name,
                        help=f"{field.description + '; ' if field.description else ''}default {field.default}")
     p.set_defaults(func=cmd_facts_generate)
-    p = fsub.add_parser("eval", help="closed-book, open-book, retrieved, counterfactual accuracy and the probe")
+    p = fsub.add_parser("eval", help="closed-book, open-book, retrieved, counterfactual accuracy and the probe",
+                        conflict_handler="resolve")  # its --json takes a value
     p.add_argument("run", help="run folder (trained on the world's train.txt)")
     p.add_argument("--world", required=True, help="the world folder")
     p.add_argument("--distractors", type=int, default=4, help="distractor cards beside the gold ones (default 4)")
@@ -419,7 +493,24 @@ def _add_facts_parser(sub) -> None:
                    help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
     p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
     _add_run_args(p, "print the result as one JSON object")
+    p.add_argument("--json", nargs="?", const="full", choices=("full", "novel"),
+                   help="print the result as one JSON object; --json novel: only accuracy by hops on the novel pool "
+                        "(open_book, counterfactual, closed_book, chance)")
     p.set_defaults(func=cmd_facts_eval)
+    p = fsub.add_parser("reader", help="train a small reader that reads facts from its context (word tokens, "
+                                       "fresh preloaded examples, a curriculum over hops and distractors)")
+    p.add_argument("--world", required=True, help="the world folder (its hops; its novel pool for the reading curve)")
+    p.add_argument("--out", required=True, help="the reader's run folder")
+    p.add_argument("--config", default="reader", help="model and schedule (default: the built-in 'reader')")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=2000 train.seed=1")
+    for flag, kind, what in (("max-hops", int, "most hops of an example (default: the world's)"),
+                             ("max-distractors", int, "most distractor cards of an example (6)"),
+                             ("ramp", float, "share of the steps over which hops and distractors grow (0.5)"),
+                             ("names", str, "name parts of the examples: all, or seen (W's seen pool only)"),
+                             ("curve-every", int, "steps between reading-curve points, 0 = none (1000)"),
+                             ("curve-questions", int, "W's novel questions per hop count on the curve (50)")):
+        p.add_argument(f"--{flag}", type=kind, help=what)  # defaults: knowledge.reader.ReaderSettings (torch)
+    p.set_defaults(func=cmd_facts_reader)
     p = fsub.add_parser("distill", help="train a student that forgets the world closed-book but reads it open-book")
     p.add_argument("teacher", help="run folder of a model that knows the world closed-book")
     p.add_argument("--naive", required=True, help="run folder of a model never shown the world (same tokenizer)")
@@ -465,7 +556,7 @@ def cmd_data_list(a: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     for e in ENTRIES:
         hub = f"{e.hub}" + (f" ({e.hub_config})" if e.hub_config else "") if e.hub else "-"
-        local = "generated" if e.name == "stories" else ", ".join(local_splits(e)) or "-"
+        local = "generated" if e.hub is None and e.folder == "-" else ", ".join(local_splits(e)) or "-"
         table.add_row(e.name, hub, e.license, e.text, local)
     console.print(table, crop=False)
     console.print(f"data folders searched: {', '.join(str(d) for d in data_dirs())}", highlight=False)
@@ -541,7 +632,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def _add_bench_parser(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: train, speedrun, prepare, attention, sample, gpu",
+    bench = sub.add_parser("bench", help="benchmarks: train, speedrun, prepare, attention, sample, parallel, gpu",
                            description="Benchmarks; `vslm bench ACTION --help` for each one's options.")
     bench.set_defaults(func=lambda a: _usage(bench))  # a bare `vslm bench` lists the benchmarks
     bsub = bench.add_subparsers(dest="bench_command", metavar="ACTION")
@@ -589,6 +680,18 @@ def _add_bench_parser(sub) -> None:
     json_flag(p)
     p.add_argument("overrides", nargs="*", help="overrides of the demo config")
     p.set_defaults(func=cmd_bench_sample)
+
+    p = bsub.add_parser("parallel", help="an experiment's wall time one run after another, in N worker processes, "
+                        "and on a local Ray instance")
+    p.add_argument("experiment", nargs="?", default="arch-root", help="the experiment (default arch-root)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds (default 3)")
+    p.add_argument("--launchers", default="1,2", help="comma-separated worker counts and 'ray' (default 1,2); "
+                   "the first is the ratios' baseline")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of every launcher in turn; report medians")
+    p.add_argument("--keep", metavar="DIR", help="keep each launcher's experiment folder (results, runs) in DIR")
+    json_flag(p)
+    p.add_argument("overrides", nargs="*", help="overrides of every variant")
+    p.set_defaults(func=cmd_bench_parallel)
 
     p = bsub.add_parser("gpu", help="the GPU check: 10M and 50M models, peak, memory, the GPU Shakespeare recipe "
                         "(scripts/gpu_check.sh)")
@@ -656,7 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, help="--copying names/tokens: windows read (default 300/200)")
     p.add_argument("--batch", type=int, default=32, help="--copying: windows per forward pass (default 32)")
     p.add_argument("--checkpoint", help="--copying: a checkpoint or snapshot file (default: the latest)")
-    p.add_argument("--json", action="store_true", help="--copying: the numbers as JSON")
+    p.add_argument("--json", action="store_true", help="--copying, --induction: the numbers as JSON")
+    p.add_argument("--induction", type=int, metavar="L",
+                   help="instead: the induction probe at copy distance L on the latest checkpoint (or --checkpoint)")
+    p.add_argument("--support", help="--induction: draw the sequences from these characters' tokens "
+                                     "(default: every token of the training text)")
+    p.add_argument("--sequences", type=int, default=64, help="--induction: sequences written twice (default 64)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes")
@@ -711,6 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="plan.toml", help="the config to write (default plan.toml)")
     p.add_argument("--seconds", type=float, default=5, help="seconds of training per measured size (default 5)")
     p.add_argument("--max-measure", type=int, default=5, help="sizes measured at most (default 5)")
+    p.add_argument("--from", dest="from_fit", metavar="FIT_JSON",
+                   help="a scaling study's fit.json (vslm scaling): choose by its law, not 20 tokens per parameter")
     p.add_argument("overrides", nargs="*", help="overrides of the plan's base config, e.g. model.context=128")
     p.set_defaults(func=cmd_plan)
 
@@ -755,10 +865,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's)")
     p.add_argument("--out", help="folder of the runs and results (default runs/experiments/<name>)")
     p.add_argument("--list", action="store_true", help="list the built-in experiments")
+    p.add_argument("--resolve", type=float, metavar="WIDTH",
+                   help="add seeds in rounds until every variant's 95%% interval is at most ±WIDTH nats")
+    p.add_argument("--max-seeds", type=int, help="with --resolve: the most seeds per variant (default 12)")
+    launcher_args(p)
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("scaling", help="train a grid of sizes x token budgets on one token stream; fit L(N, D)")
+    p.add_argument("spec", nargs="?", help="a built-in scaling spec (scaling-tiny, scaling-hour) or a TOML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run, e.g. train.threads=1")
+    p.add_argument("--out", help="folder of the runs, fit.json and report.html (default runs/scaling/<name>)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the grid; train nothing")
+    p.add_argument("--list", action="store_true", help="list the built-in scaling specs")
+    launcher_args(p)
+    p.set_defaults(func=cmd_scaling)
 
     _add_facts_parser(sub)
     return ap
+
+
+def launcher_args(p: argparse.ArgumentParser) -> None:
+    """Where many runs train (vslm.lab.parallel): --jobs, --launcher, --address, --cpus-per-run."""
+    p.add_argument("--jobs", help="runs trained at once in worker processes, cores split between them "
+                                  "(default auto: one per core on a CPU machine, 1 with CUDA)")
+    p.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="ray: each run a task on a Ray cluster (pip install 'vslm[ray]')")
+    p.add_argument("--address", help="with --launcher ray: the cluster (HOST:PORT, ray://HOST:PORT or auto); "
+                                     "default a local instance")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="with --launcher ray: CPUs (torch threads) per run")
 
 
 def main(argv: list[str] | None = None) -> int:

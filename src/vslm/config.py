@@ -329,6 +329,12 @@ class LoggingConfig(_Section):
     log_every: PositiveInt = 1
     probe_every: NonNegativeInt | Literal["auto"] = Field(
         "auto", description="probes at 0, 1, 2, 4, ... then every K steps; 0 = off; auto = log-spaced to the end")
+    probe_windows: Annotated[int, Field(ge=8)] = Field(
+        256, description="validation windows of the probe set (every one where fewer); the bootstrap se shrinks as "
+                         "1/sqrt(windows), the probes' cost grows with them")
+    induction_length: PositiveInt | None = Field(
+        None, description="the induction probe's copy distance L (random sequences of L tokens, twice); "
+                          "left out: half the context")
     tensorboard: bool | Literal["auto"] = Field("auto", description="event files; auto = if tensorboard is installed")
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers (extras); 'tensorboard' here = tensorboard = true")
@@ -353,6 +359,14 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _induction_fits(self) -> RunConfig:
+        length, context = self.logging.induction_length, self.model.context
+        if length is not None and not 2 <= length <= context // 2:
+            raise ValueError(f"logging.induction_length {length} must be 2 to half the context ({context // 2}): "
+                             "the probe's sequence is written twice")
+        return self
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -149,8 +149,11 @@ def next_larger(shape: Shape) -> Shape | None:
 
 
 def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), seconds: float = 5.0,
-              max_measure: int = 5, console: Console | None = None) -> dict:
-    """Measure, fit and choose (see the module docstring); returns the plan and its config."""
+              max_measure: int = 5, console: Console | None = None, chooser=None) -> dict:
+    """Measure, fit and choose (see the module docstring); returns the plan and its config. `chooser`
+    (sizes, cost fit, seconds) -> Shape replaces the 20-tokens-per-parameter choice (`vslm plan --from
+    fit.json`: vslm.commands.scaling)."""
+    chooser = chooser or choose
     if hours <= 0:
         raise VSLMError("plan needs --hours > 0")
     cfg, cuda = base_config(list(overrides), data)
@@ -170,7 +173,7 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
                           f"parameters) for {seconds:g} s ...", highlight=False)
         measured[todo[0]] = measure(cfg, todo[0], seconds, corpus, cuda)
         fit = fit_cost(list(measured.values()))
-        shape = choose(sizes, fit, budget_s)
+        shape = chooser(sizes, fit, budget_s)
     params, flops = sizes[shape]
     tokens_per_step = cfg.train.batch_size * cfg.model.context
     tps = fit.tokens_per_s(flops)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from vslm.config import DataConfig
 from vslm.data import stories
-from vslm.data.registry import PLAIN, REGISTRY, Entry, Formatter, split_name, text_field
+from vslm.data.registry import GENERATED, PLAIN, REGISTRY, Entry, Formatter, split_name, text_field
 from vslm.data.tokenizer import EOS
 from vslm.errors import ConfigError, VSLMError, did_you_mean
 
@@ -67,7 +67,8 @@ def offline() -> bool:
 
 
 def open_source(cfg: DataConfig) -> Source:
-    """The source `cfg.source` names: 'stories', a registry name (NAME or NAME:SPLIT), or a path."""
+    """The source `cfg.source` names: 'stories' or 'repeats' (generated), a registry name (NAME or NAME:SPLIT),
+    or a path."""
     if cfg.source == "stories":
         identity = f"stories:v{stories.GENERATOR_VERSION}:seed={cfg.seed}:bytes={cfg.max_bytes}"
         if cfg.copying.active():  # invented names, packing lists, songs: data/copying.py
@@ -79,6 +80,11 @@ def open_source(cfg: DataConfig) -> Source:
         if cfg.max_bytes is None:  # endless: the token budget stops it
             return Source("stories", identity, lambda: _endless_stories(cfg.seed))
         return Source("stories", identity, lambda: stories.iter_stories(cfg.seed, n_bytes=cfg.max_bytes))
+    if cfg.source == "repeats":  # random strings written twice: data/repeats.py
+        from vslm.data import repeats
+
+        return Source("repeats", f"repeats:v{repeats.REPEATS_VERSION}:seed={cfg.seed}:bytes={cfg.max_bytes}",
+                      lambda: repeats.iter_repeats(cfg.seed, cfg.max_bytes))
     entry, split = split_name(cfg.source)
     if entry is not None:
         return open_entry(entry, split or "train", cfg)
@@ -118,8 +124,8 @@ def local_splits(entry: Entry) -> list[str]:
 
 
 def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
-    if entry.name == "stories":
-        return open_source(cfg.model_copy(update={"source": "stories"}))
+    if entry.name in GENERATED:
+        return open_source(cfg.model_copy(update={"source": entry.name}))
     label = entry.name if split == "train" else f"{entry.name}:{split}"
     files = local_files(entry, split) if cfg.origin != "hub" else None
     if files:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vslm.config import DataConfig
-from vslm.data.registry import split_name
+from vslm.data.registry import GENERATED, split_name
 from vslm.data.shards import prepare_corpus
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
@@ -121,11 +121,11 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> 
     settings (seed, size, held-out fraction) are kept, so that `--on` the corpus a run trained on
     reads the documents it held out."""
     entry, split = split_name(name)
-    if entry is not None and entry.name != "stories":
+    if entry is not None and entry.name not in GENERATED:
         split = split or entry.eval_split or "train"
         source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
-    elif entry is not None:
-        source, all_val, split, word_level = "stories", False, "train", False
+    elif entry is not None:  # generated: the run's seed and size, its held-out part
+        source, all_val, split, word_level = entry.name, False, "train", False
     else:
         source, all_val, split, word_level = name, Path(name).expanduser().exists(), "all", False
     fields = run_data.model_dump(exclude={"source", "max_tokens", "max_bytes"})

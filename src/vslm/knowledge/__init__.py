@@ -14,4 +14,5 @@
     adapters.py    LoRA adapters per group of facts (peft) and the retriever that picks one
     evaluate.py    `vslm facts eval`: all of it on a trained run
     distill.py     `vslm facts distill`: a student that forgets W closed-book but reads it; the relearning test
+    reader.py      `vslm facts reader`: a small model that reads facts from its context (word tokens, a curriculum)
 """

@@ -167,6 +167,20 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     return result
 
 
+def novel_summary(result: dict) -> dict:
+    """The reader's numbers (issue 23) from a result: accuracy by hops ("1", "2", ...) open-book and
+    closed-book on the novel pool, under counterfactual contexts (the world's counterfactual questions,
+    all of the seen pool: a reader that never trained on the world saw neither pool), and chance (the
+    novel pool's)."""
+    by = result["by_hops"]
+
+    def hops(setting: str, pool: str, key: str = "accuracy") -> dict[str, float]:
+        return {str(h): a[key] for h, a in by[setting].get(pool, {}).items()}
+
+    return {"open_book": hops("open_book", "novel"), "counterfactual": hops("counterfactual", "seen"),
+            "closed_book": hops("closed_book", "novel"), "chance": hops("open_book", "novel", "chance")}
+
+
 SETTINGS = (("closed-book", "closed_book"), ("open-book", "open_book"), ("retrieved", "retrieved"))
 
 

@@ -26,6 +26,16 @@ command again. A sweep trains every choice on seed 0, keeps the one with the low
 diverged run counts as infinite) and trains the other seeds with it; seed 0 of the kept choice is
 reused, so the reported spread includes the tuning seed, as it is tuned on the same validation set.
 
+Seeds decided by the data: with `resolve` (`vslm experiment NAME --resolve 0.02 --max-seeds 12`) seeds
+are added in rounds (as many as the first round had) until every variant's 95% interval of its
+difference from the baseline is at most ±0.02 nats wide, or max_seeds is reached; the verdict is taken
+at the look where it stops, at that look's share of alpha (vslm.lab.stats.spending_levels), so that the
+repeated looks do not inflate the false-positive rate.
+
+The runs of one round are independent: `launcher` (vslm.lab.parallel) trains them in worker processes
+or on a Ray cluster, with the same numbers as one after another. A run that diverges or fails is listed
+in the results and left out of its variant's statistics; the others go on.
+
 With `cross_eval = true` (the dataset-quality experiment, RESEARCH.md section 4: variants that
 differ in `data.source`), every run is also scored on every variant's held-out text, each token
 once, with the run's tokenizer: a train x eval matrix of bits per byte (and loss per token), mean
@@ -51,12 +61,25 @@ from vslm.config import DataConfig, RunConfig, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.errors import ConfigError, did_you_mean
 from vslm.eval.corpus import score_tokens
-from vslm.lab.runner import tokens_per_run, train_or_reuse
-from vslm.lab.stats import mean_std, sample_std, summarize
+from vslm.lab.parallel import Launcher, RunJob, run_jobs
+from vslm.lab.runner import tokens_per_run
+from vslm.lab.stats import (
+    MIN_SEEDS,
+    SIGNIFICANCE,
+    mean_std,
+    planned_looks,
+    resolved,
+    sample_std,
+    spending_levels,
+    summarize,
+)
 from vslm.lab.tables import (
     COLUMNS,
     DYNAMICS,
+    FAILED_COLUMNS,
+    LOOK_COLUMNS,
     dynamics_rows,
+    look_rows,
     matrix_markdown,
     print_table,
     results_markdown,
@@ -67,7 +90,6 @@ from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import dynamics_summary, read_run
 from vslm.train.run_folder import device_of, load_run, read_run_config
-from vslm.train.trainer import TrainingDiverged
 
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 
@@ -190,10 +212,32 @@ def _corpus_folder(corpus: str) -> str:
     return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
 
 
+def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> list[int]:
+    """The seed counts at which the experiment looks at its results: [seeds] without resolve, else the
+    planned rounds up to max_seeds (vslm.lab.stats.planned_looks). Bad combinations are a ConfigError."""
+    if resolve is None:
+        if max_seeds is not None:
+            raise ConfigError("--max-seeds goes with --resolve WIDTH (the interval width to reach)")
+        return [seeds]
+    if not resolve > 0:
+        raise ConfigError(f"--resolve must be a positive width in nats, got {resolve}")
+    max_seeds = 12 if max_seeds is None else max_seeds
+    if max_seeds < MIN_SEEDS:
+        raise ConfigError(f"--max-seeds {max_seeds} is below {MIN_SEEDS}, the fewest seeds a test is run on")
+    if seeds < MIN_SEEDS:
+        raise ConfigError(f"--resolve starts from at least {MIN_SEEDS} seeds (no test below), got --seeds {seeds}")
+    if max_seeds < seeds:
+        raise ConfigError(f"--max-seeds {max_seeds} is below the {seeds} seeds the experiment starts with")
+    return planned_looks(seeds, max_seeds)
+
+
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
-                   console: Console | None = None) -> dict[str, dict]:
+                   console: Console | None = None, launcher: Launcher | None = None, resolve: float | None = None,
+                   max_seeds: int | None = None) -> dict[str, dict]:
     """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
     (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them).
+    launcher: where the runs train (vslm.lab.parallel; default one after another here); resolve, max_seeds:
+    add seeds until every interval is at most ±resolve wide (module docstring).
     An experiment of another kind (`kind = "knowledge"`) is refused here: `vslm experiment`
     (vslm.commands.experiment.run_experiment) runs every kind."""
     name, raw, label = read_experiment(spec_name_or_path)
@@ -202,23 +246,30 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
                           "(vslm.commands.experiment.run_experiment)")
     spec = _validate(raw, label)
     seeds = spec.seeds if seeds is None else seeds
+    looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
-    command = shlex.join(["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds),
-                          "--out", str(out)])
+    words = ["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds)]
+    if resolve is not None:
+        words += ["--resolve", f"{resolve:g}", "--max-seeds", str(looks[-1])]
+    command = shlex.join([*words, "--out", str(out)])
+    launcher = launcher or Launcher()
+
+    def run(title: str, plan: dict, folder: Path) -> dict:
+        return _run_variants(title, spec, plan, folder, command, console, launcher, looks, resolve)
+
     if not spec.corpora:
-        return _run_variants(name, spec, plan_experiment(spec, seeds, extra_overrides), out, command, console)
+        return run(name, plan_experiment(spec, looks[-1], extra_overrides), out)
     plans = {}
     for corpus in spec.corpora:  # every corpus validated before anything trains
         try:
-            plans[corpus] = plan_experiment(spec, seeds, [f"data.source={corpus}", *extra_overrides])
+            plans[corpus] = plan_experiment(spec, looks[-1], [f"data.source={corpus}", *extra_overrides])
         except ConfigError as e:
             raise ConfigError(f"corpus '{corpus}': {e}") from None
     summaries = {}
     for corpus, plan in plans.items():
         if console:
             console.rule(f"{name} on {corpus}")
-        summaries[corpus] = _run_variants(f"{name} on {corpus}", spec, plan, out / _corpus_folder(corpus), command,
-                                          console)
+        summaries[corpus] = run(f"{name} on {corpus}", plan, out / _corpus_folder(corpus))
     parts = [f"# Experiment {name}\n\n{spec.description}\n\n```sh\n{command}\n```\n"]
     parts += [(out / _corpus_folder(corpus) / "results.md").read_text(encoding="utf-8")
               .replace("# Experiment", "## Experiment", 1) for corpus in plans]
@@ -227,54 +278,88 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
 
 
 def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]], out: Path,
-                  command: str, console: Console | None) -> dict[str, dict]:
-    """One experiment's runs in out (sweeps first), and its results.json and results.md there."""
-    seeds = len(next(iter(next(iter(plan.values())).values())))
-    runs, sweeps, folders, kept = [], {}, {}, {}
+                  command: str, console: Console | None, launcher: Launcher, looks: list[int],
+                  resolve: float | None) -> dict[str, dict]:
+    """One experiment's runs in out (sweeps first, then the seeds in rounds up to each look), and its
+    results.json and results.md there."""
+    levels = spending_levels(looks) if resolve is not None else [SIGNIFICANCE]
 
     def say(text: str) -> None:
         if console:
             console.print(text, highlight=False, markup=False)  # "[train.lr=1e-3]" is not a style tag
 
-    def train(cfg: RunConfig, folder: Path, label: str) -> dict:
-        result = train_or_reuse(cfg, folder)
-        reused = ", reused" if result["reused"] else ""
-        say(f"{label}: val_loss {result['val_loss']:.4f} ({result['train_time_s']:.1f} s of training{reused})")
-        return result
+    def said(job: RunJob, result: dict) -> None:
+        if "failed" in result:
+            say(f"{job.label}: failed: {result['failed']}")
+        else:
+            reused = ", reused" if result["reused"] else ""
+            say(f"{job.label}: val_loss {result['val_loss']:.4f} ({result['train_time_s']:.1f} s of training{reused})")
 
-    for variant, choices in plan.items():
-        chosen = NO_SWEEP
-        if NO_SWEEP not in choices:
-            tried = {}
-            for choice, cfgs in choices.items():
-                try:
-                    tried[choice] = train(cfgs[0], out / variant / _choice_folder(choice) / "seed-0",
-                                          f"{variant} [{choice}] seed 0")["val_loss"]
-                except TrainingDiverged as e:
-                    say(f"{variant} [{choice}] seed 0: diverged ({e})")
-                    tried[choice] = math.inf
-            chosen = min(tried, key=tried.get)
-            sweeps[variant] = {"tried": tried, "chosen": chosen}
-        kept[variant] = chosen
-        for seed, cfg in enumerate(choices[chosen]):
-            folder = (out / variant / _choice_folder(chosen) if chosen else out / variant) / f"seed-{seed}"
-            folders.setdefault(variant, []).append(folder)
-            result = train(cfg, folder, f"{variant}{f' [{chosen}]' if chosen else ''} seed {seed}")
-            runs.append({"variant": variant, "seed": seed, **{k: result[k] for k in (
-                "val_loss", "val_bpb", "train_time_s", "params", "flops_per_token", "reused")},
-                **dynamics_summary(read_run(folder))})
-    by_variant = {v: [r for r in runs if r["variant"] == v] for v in plan}
+    if console and (launcher.kind != "local" or launcher.jobs > 1):
+        say(f"training on {launcher.describe()}")
+    sweeps, kept = {}, {}
+    sweep_jobs = [(variant, choice, RunJob(cfgs[0], out / variant / _choice_folder(choice) / "seed-0",
+                                           f"{variant} [{choice}] seed 0"))
+                  for variant, choices in plan.items() if NO_SWEEP not in choices for choice, cfgs in choices.items()]
+    tried: dict[str, dict[str, float]] = {}
+    for (variant, choice, _), result in zip(sweep_jobs, run_jobs([j for *_, j in sweep_jobs], launcher, said),
+                                            strict=True):
+        tried.setdefault(variant, {})[choice] = math.inf if "failed" in result else result["val_loss"]
+    for variant in plan:
+        kept[variant] = NO_SWEEP
+        if variant in tried:  # a diverged or failed choice counts as infinite
+            kept[variant] = min(tried[variant], key=tried[variant].get)
+            sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
+
+    def folder_of(variant: str, seed: int) -> Path:
+        chosen = kept[variant]
+        return (out / variant / _choice_folder(chosen) if chosen else out / variant) / f"seed-{seed}"
+
     chosen_cfgs = {v: plan[v][kept[v]] for v in plan}
     base_cfgs = next(iter(chosen_cfgs.values()))
     paired = {v: all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True))
               for v, cfgs in chosen_cfgs.items()}
-    summary = summarize(by_variant, tokens_per_run(base_cfgs[0]), paired)
+    tokens = tokens_per_run(base_cfgs[0])
+    by_variant: dict[str, list[dict]] = {v: [] for v in plan}
+    done, history = 0, []
+    for look, (n, level) in enumerate(zip(looks, levels, strict=True)):
+        jobs = [(variant, seed, RunJob(chosen_cfgs[variant][seed], folder_of(variant, seed),
+                                       f"{variant}{f' [{kept[variant]}]' if kept[variant] else ''} seed {seed}"))
+                for seed in range(done, n) for variant in plan]  # seed by seed: a stop leaves whole seeds
+        for (variant, seed, job), result in zip(jobs, run_jobs([j for *_, j in jobs], launcher, said), strict=True):
+            row = {"variant": variant, "seed": seed}
+            if "failed" in result:
+                row["failed"] = result["failed"]
+            else:
+                row |= {k: result[k] for k in ("val_loss", "val_bpb", "train_time_s", "params", "flops_per_token",
+                                               "reused")} | dynamics_summary(read_run(job.folder))
+            by_variant[variant].append(row)
+        for rows in by_variant.values():
+            rows.sort(key=lambda r: r["seed"])
+        done = n
+        summary = summarize(by_variant, tokens, paired, alpha=level)
+        widest = max(((s["ci_high"] - s["ci_low"]) / 2 for s in summary.values()
+                      if s["verdict"] != "baseline" and not math.isnan(s["ci_low"])), default=math.nan)
+        history.append({"seeds": n, "alpha": level, "widest_half_interval": widest})
+        if resolve is None:
+            break
+        met = resolved(summary, resolve)
+        say(f"look {look + 1} of {len(looks)}: {n} seeds, widest interval ±{widest:.4f} (target ±{resolve:g}), "
+            f"tests at alpha {level:.3g}{': resolved' if met else ''}")
+        if met:
+            break
+    runs = [r for rows in by_variant.values() for r in rows]
     for variant, sweep in sweeps.items():
         summary[variant]["chosen"] = sweep["chosen"]
     dynamics = summarize_dynamics(by_variant)
-    report = {"experiment": name, "description": spec.description, "command": command, "seeds": seeds,
+    report = {"experiment": name, "description": spec.description, "command": command, "seeds": done,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
+    if resolve is not None:
+        report["resolve"] = {"width": resolve, "max_seeds": looks[-1], "looks": history,
+                             "resolved": resolved(summary, resolve)}
+    failed = [r for r in runs if "failed" in r]
     if spec.cross_eval:
+        folders = {v: [folder_of(v, r["seed"]) for r in rows if "failed" not in r] for v, rows in by_variant.items()}
         report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console)
     rows = summary_rows(summary)
     report["table"] = {"columns": list(COLUMNS), "rows": [list(row) for row in rows]}  # as shown: report.html
@@ -283,6 +368,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     tables = [(COLUMNS, rows)]
     if sweeps:
         tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), sweep_rows(sweeps)))
+    if failed:
+        tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
+    if resolve is not None:
+        tables.append((LOOK_COLUMNS, look_rows(history, resolve)))
     if dynamics:
         tables.append((("variant", *DYNAMICS.values()), dynamics_rows(dynamics)))
     markdown = results_markdown(name, spec.description, command, tables)
@@ -291,9 +380,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     (out / "results.md").write_text(markdown, encoding="utf-8")
     write_experiment_report(out)
     if console:
+        titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}
         for i, (columns, table_rows) in enumerate(tables):
             title = (f"{name}: {spec.description}" if spec.description else name) if i == 0 else \
-                "sweep" if columns[1].startswith("choice") else "training dynamics"
+                "sweep" if columns[1].startswith("choice") else titles.get(tuple(columns), "training dynamics")
             print_table(console, title, columns, table_rows)
     return summary
 
@@ -303,7 +393,8 @@ def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
     (NaN where a seed never reached it: then the mean is NaN too, and says so)."""
     out = {}
     for name, rs in runs.items():
-        if not all("icl_score" in r for r in rs):
+        rs = [r for r in rs if "failed" not in r]
+        if not rs or not all("icl_score" in r for r in rs):
             continue
         out[name] = {key: mean_std([r[key] for r in rs]) for key in DYNAMICS}
         out[name]["icl_label"] = rs[0]["icl_label"]

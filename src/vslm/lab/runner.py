@@ -47,9 +47,20 @@ def tokens_per_run(cfg: RunConfig) -> int:
     return t.steps * t.batch_size * t.grad_accum * cfg.model.context
 
 
+# how a run is executed, not what it computes: a run trained with other values is the same run
+EXECUTION_ONLY = {"threads": 0, "checkpoint_minutes": 0.0, "keep_last": 1}
+
+
 def same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
-    cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
-    return cfg.fingerprint("model", "data", "train") == saved.fingerprint("model", "data", "train")
+    """Whether cfg asks for the run saved holds: the same model, data and train sections, up to the
+    vocabulary (the saved config has it from the tokenizer) and the EXECUTION_ONLY fields."""
+    cfg = cfg.with_vocab_size(saved.model.vocab_size)
+
+    def key(c: RunConfig) -> str:
+        return c.model_copy(update={"train": c.train.model_copy(update=EXECUTION_ONLY)}).fingerprint(
+            "model", "data", "train")
+
+    return key(cfg) == key(saved)
 
 
 def train_or_reuse(cfg: RunConfig, folder: Path) -> dict:

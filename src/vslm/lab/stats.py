@@ -10,12 +10,20 @@ per-seed differences pair: the comparison is a paired t-test on them. Where the 
 what the seeds decide (the data, the context, the batch), the seeds do not pair and the comparison
 is Welch's t-test. With fewer than 3 seeds in an arm there is no test: the verdict says "n < 3: no
 test" and the p-values are NaN.
+
+Seeds decided by the data (`vslm experiment --resolve W --max-seeds M`): seeds are added in rounds
+until every variant's 95% interval is at most ±W wide. The stopping time depends on the observed
+spread, and stopping when the spread happens to look small inflates a t-test run at 0.05; so the test at
+the look where the experiment stops runs at that look's share of alpha, spent over the planned looks
+by the Lan-DeMets O'Brien-Fleming rule (spending_levels). The shares sum to alpha, so by the union bound
+the family-wise false-positive rate over every look is at most alpha whatever the stopping rule
+(tests/test_stats.py simulates it). The intervals stay nominal 95% intervals.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import statistics
 from collections.abc import Sequence
 
 SIGNIFICANCE = 0.05
@@ -24,16 +32,26 @@ NO_TEST = "n < 3: no test"
 POWER = 0.8  # the power at which the smallest detectable effect is reported
 
 
+def mean(xs: Sequence[float]) -> float:
+    """The mean in floats (statistics.mean's exact fractions are slow); NaN for none."""
+    return math.fsum(xs) / len(xs) if len(xs) else math.nan
+
+
 def sample_std(xs: Sequence[float]) -> float:
-    """The sample standard deviation; NaN for fewer than two values (a spread over one seed is undefined)."""
-    return statistics.stdev(xs) if len(xs) > 1 else math.nan
+    """The sample standard deviation; NaN for fewer than two values (a spread over one seed is undefined).
+    In floats (statistics.stdev's exact fractions cost 50x more, and the simulations call it a million times)."""
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    m = math.fsum(xs) / n
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (n - 1))
 
 
 def mean_std(xs: Sequence[float]) -> dict[str, float]:
     """{"mean", "std"}; both NaN if any value is NaN (a landmark some seed never reached)."""
     if any(math.isnan(x) for x in xs):
         return {"mean": math.nan, "std": math.nan}
-    return {"mean": statistics.mean(xs), "std": sample_std(xs)}
+    return {"mean": mean(xs), "std": sample_std(xs)}
 
 
 def welch_p(xs: Sequence[float], ref: Sequence[float]) -> float:
@@ -59,13 +77,15 @@ def paired_difference(baseline: Sequence[float], variant: Sequence[float], level
         raise ValueError(f"paired seeds: {len(baseline)} baseline values against {len(variant)}")
     diffs = [v - b for b, v in zip(baseline, variant, strict=True)]
     n = len(diffs)
-    out = _no_difference("paired", n, statistics.mean(diffs) if diffs else math.nan)
+    out = _no_difference("paired", n, mean(diffs) if diffs else math.nan)
     if n < 2:
         return out
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    se = sample_std(diffs) / math.sqrt(n)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * se
     out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
-    if n >= MIN_SEEDS:
-        out["p"] = float(stats.ttest_rel(variant, baseline).pvalue)
+    if n >= MIN_SEEDS:  # scipy.stats.ttest_rel's p, without its wrappers' cost
+        out["p"] = float(2 * stats.t.sf(abs(out["diff"]) / se, n - 1)) if se > 0 else \
+            (1.0 if out["diff"] == 0 else 0.0)
     return out
 
 
@@ -76,10 +96,10 @@ def welch(baseline: Sequence[float], variant: Sequence[float], level: float = 0.
     from scipy import stats
 
     n = min(len(baseline), len(variant))
-    out = _no_difference("Welch", n, statistics.mean(variant) - statistics.mean(baseline) if n else math.nan)
+    out = _no_difference("Welch", n, mean(variant) - mean(baseline) if n else math.nan)
     if n < 2:
         return out
-    va, vb = statistics.variance(variant) / len(variant), statistics.variance(baseline) / len(baseline)
+    va, vb = sample_std(variant) ** 2 / len(variant), sample_std(baseline) ** 2 / len(baseline)
     se = math.sqrt(va + vb)
     if se > 0:
         df = (va + vb) ** 2 / (va**2 / (len(variant) - 1) + vb**2 / (len(baseline) - 1))
@@ -101,13 +121,44 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out
 
 
-def verdict(adjusted_p: float, n: int, diff: float, baseline: bool = False) -> str:
-    """A comparison in words, lower is better (a loss): on the Holm-adjusted p, and none below MIN_SEEDS."""
+def verdict(adjusted_p: float, n: int, diff: float, baseline: bool = False, alpha: float = SIGNIFICANCE) -> str:
+    """A comparison in words, lower is better (a loss): on the Holm-adjusted p at level alpha, and none below
+    MIN_SEEDS."""
     if baseline:
         return "baseline"
     if n < MIN_SEEDS or math.isnan(adjusted_p):
         return NO_TEST
-    return "within noise" if adjusted_p >= SIGNIFICANCE else "better (p<0.05)" if diff < 0 else "worse (p<0.05)"
+    if adjusted_p >= alpha:
+        return "within noise"
+    return f"{'better' if diff < 0 else 'worse'} (p<{alpha:.3g})"
+
+
+def spending_levels(looks: Sequence[int], alpha: float = SIGNIFICANCE) -> list[float]:
+    """The share of alpha each planned look may spend: looks are the seed counts at which the data are
+    examined (increasing, the last one the most seeds allowed), information t = n / n_max, and the Lan-DeMets
+    O'Brien-Fleming spending function alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)). Early looks get
+    little (a look at 3 of 12 seeds: 9e-5), the last nearly all; the shares sum to alpha."""
+    from scipy import stats
+
+    if not looks or any(b <= a for a, b in zip(looks, looks[1:], strict=False)):
+        raise ValueError(f"looks must increase: {list(looks)}")
+    z = stats.norm.ppf(1 - alpha / 2)
+    spent = [2 * (1 - stats.norm.cdf(z / math.sqrt(n / looks[-1]))) for n in looks]
+    return [b - a for a, b in zip([0.0, *spent[:-1]], spent, strict=True)]
+
+
+def planned_looks(first: int, max_seeds: int, step: int | None = None) -> list[int]:
+    """The seed counts at which a resolving experiment looks: first, first + step, ..., max_seeds (step:
+    first, so that every round adds as many seeds as the first had)."""
+    step = step or first
+    looks = list(range(first, max_seeds, step))
+    return [*looks, max_seeds]
+
+
+def resolved(summary: dict[str, dict], width: float) -> bool:
+    """Whether every variant's 95% interval of its difference from the baseline is at most ±width."""
+    halves = [(s["ci_high"] - s["ci_low"]) / 2 for s in summary.values() if s["verdict"] != "baseline"]
+    return all(not math.isnan(h) and h <= width for h in halves)
 
 
 def paired_power(effect: float, n: int, alpha: float = SIGNIFICANCE) -> float:
@@ -127,6 +178,7 @@ def paired_power(effect: float, n: int, alpha: float = SIGNIFICANCE) -> float:
     return min(1.0, upper + (0.0 if math.isnan(lower) else float(lower)))
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its arguments, asked once per comparison
 def detectable_effect(n: int, power: float = POWER, alpha: float = SIGNIFICANCE) -> float:
     """The smallest true effect, in standard deviations of the per-seed differences, that the paired
     t-test over n seeds finds with the given power (paired_power solved for the effect); NaN below
@@ -135,42 +187,64 @@ def detectable_effect(n: int, power: float = POWER, alpha: float = SIGNIFICANCE)
 
     if n < MIN_SEEDS:
         return math.nan
-    return float(optimize.brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, 50.0))
+    high = 50.0
+    while paired_power(high, n, alpha) < power:  # a small level on few seeds: far out
+        if high > 1e6:
+            return math.inf
+        high *= 10
+    return float(optimize.brentq(lambda d: paired_power(d, n, alpha) - power, 1e-6, high))
 
 
-def compare(baseline: Sequence[float], variant: Sequence[float], paired: bool) -> dict:
+def compare(baseline: Sequence[float], variant: Sequence[float], paired: bool, alpha: float = SIGNIFICANCE) -> dict:
     """paired_difference or welch, plus "detectable": the smallest difference (in the loss's units) found
-    with 80% power at this many seeds, from the spread of the differences (Welch: of the two arms)."""
+    with 80% power at this many seeds and level alpha, from the spread of the differences (Welch: of the
+    two arms)."""
     out = paired_difference(baseline, variant) if paired else welch(baseline, variant)
     if paired:
         spread = sample_std([v - b for b, v in zip(baseline, variant, strict=True)])
     else:
         spread = math.sqrt(sample_std(variant) ** 2 + sample_std(baseline) ** 2) if out["n"] > 1 else math.nan
-    out["detectable"] = detectable_effect(out["n"]) * spread if out["n"] >= MIN_SEEDS else math.nan
+    out["detectable"] = detectable_effect(out["n"], alpha=alpha) * spread if out["n"] >= MIN_SEEDS else math.nan
     return out
 
 
-def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] | bool = True) -> dict[str, dict]:
+def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] | bool = True,
+              alpha: float = SIGNIFICANCE) -> dict[str, dict]:
     """Per variant: cost, mean and sample std, and its val_loss against the first variant (the baseline):
     the mean difference and its 95% interval, the test (paired where the variant's seeds pair with the
     baseline's, `paired` per variant or for all, else Welch), the raw p, Holm's p across the table's
-    variants, and the verdict on Holm's p. runs[variant] is in seed order."""
+    variants, and the verdict on Holm's p at level alpha. runs[variant] is in seed order; a run with
+    "failed" (it diverged or crashed) is left out and counted in "failed", and a paired comparison uses
+    the seeds both arms finished."""
+    def ok(rs: list[dict]) -> list[dict]:
+        return [r for r in rs if "failed" not in r]
+
     baseline = next(iter(runs))
-    ref = [r["val_loss"] for r in runs[baseline]]
+    base_runs = ok(runs[baseline])
     summary, comparisons = {}, {}
-    for name, rs in runs.items():
+    for name, all_runs in runs.items():
+        rs = ok(all_runs)
         losses, bpbs = [r["val_loss"] for r in rs], [r["val_bpb"] for r in rs]
-        summary[name] = {"params": rs[0]["params"], "flops_per_token": rs[0]["flops_per_token"], "tokens": tokens,
-                         "val_loss_mean": statistics.mean(losses), "val_loss_std": sample_std(losses),
-                         "val_bpb_mean": statistics.mean(bpbs), "val_bpb_std": sample_std(bpbs), "seeds": len(rs)}
-        if name != baseline:
-            pairs = paired[name] if isinstance(paired, dict) else paired
-            pairs = pairs and [r.get("seed") for r in rs] == [r.get("seed") for r in runs[baseline]]
-            comparisons[name] = compare(ref, losses, pairs)
+        summary[name] = {"params": rs[0]["params"] if rs else math.nan,
+                         "flops_per_token": rs[0]["flops_per_token"] if rs else math.nan, "tokens": tokens,
+                         "val_loss_mean": mean(losses) if rs else math.nan,
+                         "val_loss_std": sample_std(losses), "val_bpb_mean": mean(bpbs) if rs else math.nan,
+                         "val_bpb_std": sample_std(bpbs), "seeds": len(rs), "failed": len(all_runs) - len(rs),
+                         "alpha": alpha}
+        if name != baseline and rs and base_runs:
+            if paired[name] if isinstance(paired, dict) else paired:
+                seeds = {r.get("seed") for r in rs} & {r.get("seed") for r in base_runs}
+                ref = [r["val_loss"] for r in base_runs if r.get("seed") in seeds]
+                comparisons[name] = compare(ref, [r["val_loss"] for r in rs if r.get("seed") in seeds], True, alpha)
+            else:
+                comparisons[name] = compare([r["val_loss"] for r in base_runs], losses, False, alpha)
     adjusted = dict(zip(comparisons, holm([c["p"] for c in comparisons.values()]), strict=True))
     for name, s in summary.items():
-        c = comparisons.get(name, _no_difference("", len(ref), 0.0) | {"detectable": math.nan})
+        c = comparisons.get(name, _no_difference("", 0, math.nan if name != baseline else 0.0)
+                            | {"detectable": math.nan})
         s.update(diff_vs_baseline=c["diff"], ci_low=c["ci_low"], ci_high=c["ci_high"], test=c["test"],
                  p_value=c["p"], p_holm=adjusted.get(name, math.nan), detectable=c["detectable"],
-                 verdict=verdict(adjusted.get(name, math.nan), c["n"], c["diff"], name == baseline))
+                 verdict=verdict(adjusted.get(name, math.nan), c["n"], c["diff"], name == baseline, alpha))
+        if not s["seeds"] and name != baseline:
+            s["verdict"] = "every run failed"
     return summary

@@ -20,6 +20,17 @@ DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (m
             "unigram_loss_step": "loss ≤ H(u) at step"}
 
 
+FAILED_COLUMNS = ("variant", "seed", "did not finish")
+LOOK_COLUMNS = ("look", "seeds", "alpha spent", "widest interval (±)", "target (±)")
+
+
+def look_rows(history: list[dict], width: float) -> list[tuple[str, ...]]:
+    """The looks of a resolving experiment: seeds, the alpha share its test had, the widest interval."""
+    return [(str(i + 1), str(h["seeds"]), f"{h['alpha']:.3g}",
+             "-" if math.isnan(h["widest_half_interval"]) else f"{h['widest_half_interval']:.4f}", f"{width:g}")
+            for i, h in enumerate(history)]
+
+
 def print_table(console, title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> None:
     """rows on a rich console, every column full width even past the console's (a table of cut numbers is no
     use)."""
@@ -59,10 +70,10 @@ def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
         return x is None or (isinstance(x, float) and math.isnan(x))
 
     def pm(mean: float, std: float) -> str:
-        return f"{mean:.4f} ± {'-' if missing(std) else f'{std:.4f}'}"
+        return "-" if missing(mean) else f"{mean:.4f} ± {'-' if missing(std) else f'{std:.4f}'}"
 
     def diff(s: dict) -> str:
-        if s["verdict"] == "baseline":
+        if s["verdict"] == "baseline" or missing(s["diff_vs_baseline"]):
             return "-"
         ci = "" if missing(s.get("ci_low")) else f" [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]"
         return f"{s['diff_vs_baseline']:+.4f}{ci}"
@@ -70,9 +81,13 @@ def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
     def num(x, fmt: str = ".3g") -> str:
         return "-" if missing(x) else f"{x:{fmt}}"
 
-    return [(name, f"{s['params']:,}", f"{s['flops_per_token']:,}", f"{s['tokens']:,}",
+    def count(x) -> str:
+        return "-" if missing(x) else f"{x:,}"
+
+    return [(name, count(s["params"]), count(s["flops_per_token"]), f"{s['tokens']:,}",
              pm(s["val_loss_mean"], s["val_loss_std"]), pm(s["val_bpb_mean"], s["val_bpb_std"]), diff(s),
-             f"{s['test']} (n={s['seeds']})" if s.get("test") else "-", num(s["p_value"]), num(s.get("p_holm")),
+             f"{s['test']} (n={s['seeds']})" if s.get("test") else f"n={s['seeds']}", num(s["p_value"]),
+             num(s.get("p_holm")),
              num(s.get("detectable"), ".4f"), s["verdict"])
             for name, s in summary.items()]
 

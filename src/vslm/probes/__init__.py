@@ -5,7 +5,16 @@ model in eval mode; each probe runs under torch.no_grad.
 """
 
 from vslm.probes.attention import attention_stats
-from vslm.probes.distribution import CorpusStats, corpus_stats, distribution_of_logits, distribution_probe
+from vslm.probes.bootstrap import bootstrap_se, resample_counts, resampled_means
+from vslm.probes.distribution import (
+    CorpusStats,
+    corpus_stats,
+    distribution_by_window,
+    distribution_of_logits,
+    distribution_probe,
+    distribution_summary,
+    unigram_kl,
+)
 from vslm.probes.divergence import entropy, js, kl
 from vslm.probes.position import (
     icl_score,
@@ -21,9 +30,12 @@ from vslm.probes.shape import shape_metrics
 __all__ = [
     "CorpusStats",
     "attention_stats",
+    "bootstrap_se",
     "corpus_stats",
+    "distribution_by_window",
     "distribution_of_logits",
     "distribution_probe",
+    "distribution_summary",
     "entropy",
     "icl_score",
     "induction_probe",
@@ -33,6 +45,9 @@ __all__ = [
     "position_loss",
     "prefix_matching",
     "repeat_statistics",
+    "resample_counts",
+    "resampled_means",
     "shape_metrics",
     "token_nll",
+    "unigram_kl",
 ]

@@ -90,19 +90,44 @@ def distribution_of_logits(logits: torch.Tensor, idx: torch.Tensor, stats: Corpu
                            rows: int = 8) -> dict[str, float]:
     """distribution_probe on the model's logits (B, T, V) of idx (B, T), for a caller that already ran the
     model; `rows` sequences at a time, so that the float64 (rows * T, V) tables stay small at large V."""
+    return distribution_summary(distribution_by_window(logits, idx, stats, rows), stats)
+
+
+def distribution_by_window(logits: torch.Tensor, idx: torch.Tensor, stats: CorpusStats,
+                           rows: int = 8) -> dict[str, np.ndarray]:
+    """The per-window quantities the distribution probe is a function of, for logits (B, T, V) of idx (B, T):
+
+      probs:   (B, V) float64, the mean prediction over the window's T positions;
+      M2, M3, entropy: (B,) float64, KL(u || p_t), KL(b(. | idx[b, t]) || p_t) and H(p_t) averaged over them.
+
+    Every window has T positions, so the means over windows are the means over all B * T positions
+    (distribution_summary), and a bootstrap over windows resamples these rows.
+    """
     if logits.shape[-1] != len(stats.unigram):
         raise ValueError(f"the model predicts {logits.shape[-1]} tokens but the corpus stats have {len(stats.unigram)}")
     u = torch.from_numpy(stats.unigram).to(logits.device)  # (V,)
     bigram = torch.from_numpy(stats.bigram)
-    prob_sum = torch.zeros_like(u)
-    m2 = m3 = spread = 0.0
-    for i in range(0, len(idx), rows):
-        probs = logits[i : i + rows].double().softmax(-1).flatten(0, 1)  # (N, V), N = rows * T positions
-        bigram_rows = bigram[idx[i : i + rows].flatten().cpu()].to(probs.device)  # (N, V)
-        prob_sum += probs.sum(0)
-        m2 += kl(u, probs).sum().item()
-        m3 += kl(bigram_rows, probs).sum().item()
-        spread += entropy(probs).sum().item()
-    n = idx.numel()
-    return {"M1": kl(u, prob_sum / n).item(), "M2": m2 / n, "M3": m3 / n, "entropy": spread / n,
-            **stats.reference_levels()}
+    B, T = idx.shape
+    probs, m2, m3, spread = [], [], [], []
+    for i in range(0, B, rows):
+        p = logits[i : i + rows].double().softmax(-1)  # (b, T, V), b <= rows windows
+        bigram_rows = bigram[idx[i : i + rows].cpu()].to(p.device)  # (b, T, V)
+        probs.append(p.mean(1))
+        m2.append(kl(u, p).mean(1))
+        m3.append(kl(bigram_rows, p).mean(1))
+        spread.append(entropy(p).mean(1))
+    return {key: torch.cat(values).cpu().numpy() for key, values in
+            (("probs", probs), ("M2", m2), ("M3", m3), ("entropy", spread))}
+
+
+def distribution_summary(by_window: dict[str, np.ndarray], stats: CorpusStats) -> dict[str, float]:
+    """distribution_probe's values from distribution_by_window's per-window quantities."""
+    return {"M1": float(unigram_kl(by_window["probs"].mean(0), stats)),
+            **{key: float(by_window[key].mean()) for key in ("M2", "M3", "entropy")}, **stats.reference_levels()}
+
+
+def unigram_kl(probs: np.ndarray, stats: CorpusStats) -> np.ndarray:
+    """KL(u || p) for predictions p (..., V) -> (...), float64: M1 of a mean prediction (or of several, one
+    per bootstrap resample)."""
+    p = torch.from_numpy(np.asarray(probs, dtype=np.float64))
+    return kl(torch.from_numpy(stats.unigram), p).numpy()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from vslm.model.gpt import GPT
 from vslm.model.hooks import capture
+from vslm.probes.bootstrap import bootstrap_se
 
 OLSSON_CONTEXT = 512  # contexts at least this long get the paper's score (tokens 500 and 50)
 
@@ -49,7 +50,7 @@ def icl_score(curve: np.ndarray) -> tuple[float, str]:
       T <  512: label "short-context", with w = T // 10: the mean loss over the last w tokens
                 (T - w .. T - 1) minus the mean loss over w tokens centred on token T // 10
                 (T // 10 - w // 2 .. T // 10 - w // 2 + w - 1). Bands rather than single tokens, because
-                a probe set of a few dozen windows leaves one token's loss too noisy to compare; not
+                one token's loss is noisy even over a few hundred windows (a probe set); not
                 comparable with "olsson" scores nor across contexts.
     """
     T = len(curve) + 1
@@ -126,6 +127,8 @@ def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, genera
       loss_second: mean nll of the second copy's tokens L+1..2L-1, each predictable by copying what
                    followed its previous occurrence (token L, where the repeat starts, is not, and is left
                    out, so both losses average L - 1 tokens); it collapses once induction heads form;
+      loss_first_se, loss_second_se: their bootstrap standard errors over the `batch` sequences
+                   (vslm.probes.bootstrap; rough at a few sequences, and 0 at one);
       prefix_matching: a list with one (H_d,) array per depth d (heads may differ by depth), the
                    prefix-matching score of each head (see prefix_matching).
     """
@@ -141,8 +144,12 @@ def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, genera
     names = [f"attn.{d}" for d in range(len(model.order))]
     with capture(model, *names) as seen:
         nll = token_nll(model(idx), idx)  # (B, 2L - 1), nll[:, t] scores token t + 1
+    first_loss = nll[:, : length - 1].double().mean(1).cpu().numpy()  # (B,) per sequence
+    second_loss = nll[:, length:].double().mean(1).cpu().numpy()  # (B,)
     return {
-        "loss_first": nll[:, : length - 1].mean().item(),
-        "loss_second": nll[:, length:].mean().item(),
+        "loss_first": float(first_loss.mean()),
+        "loss_second": float(second_loss.mean()),
+        "loss_first_se": float(bootstrap_se(first_loss)),
+        "loss_second_se": float(bootstrap_se(second_loss)),
         "prefix_matching": [prefix_matching(seen[name], length) for name in names],
     }

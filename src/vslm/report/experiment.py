@@ -52,6 +52,22 @@ def render(results: dict) -> str:
                  f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
                 for name, s in results["summary"].items()]
     sections = [section("variants", "Variants", table(headers, rows), pre(results["command"]))]
+    failed = [r for r in results.get("runs", []) if "failed" in r]
+    if failed:
+        rows_failed = [[escape(r["variant"]), str(r["seed"]), escape(r["failed"])] for r in failed]
+        sections.append(section("failed", "Runs that did not finish", table(["variant", "seed", "reason"], rows_failed),
+            "<p>Left out of their variant's statistics; the other runs were trained and compared.</p>"))
+    resolve = results.get("resolve")
+    if resolve:
+        looks = [[str(i + 1), str(h["seeds"]), number(h["alpha"], 3),
+                  "&ndash;" if h["widest_half_interval"] is None else f"±{h['widest_half_interval']:.4f}"]
+                 for i, h in enumerate(resolve["looks"])]
+        verdict = ("every interval within" if resolve["resolved"]
+                   else f"stopped at {resolve['max_seeds']} seeds, not within")
+        sections.append(section("looks", "Seeds added until resolved", table(
+            ["look", "seeds", "alpha spent", "widest 95% interval"], looks),
+            f"<p>{verdict} ±{resolve['width']:g} nats. Each look's test runs at its share of alpha "
+            "(O'Brien-Fleming spending), so the repeated looks do not inflate the false-positive rate.</p>"))
     matrix = results.get("cross_eval")
     if matrix:
         names = matrix["corpora"]

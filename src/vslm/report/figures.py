@@ -96,14 +96,36 @@ def loss_figure(run: RunFiles) -> Figure:
     return fig
 
 
-def _position_matrix(run: RunFiles) -> np.ndarray:
-    """(probe steps, positions) loss matrix; NaN where a probe wrote null."""
+def _position_matrix(run: RunFiles, key: str = "position_loss") -> np.ndarray:
+    """(probe steps, positions) loss matrix (or, with key "position_loss_se", its standard errors); NaN where
+    a probe wrote null or lacks the key."""
     width = max(len(p.get("position_loss") or []) for p in run.probes)
     matrix = np.full((len(run.probes), width), np.nan)
     for i, p in enumerate(run.probes):
-        row = [math.nan if v is None else v for v in p.get("position_loss") or []]
-        matrix[i, : len(row)] = row
+        row = [math.nan if v is None else v for v in p.get(key) or []]
+        matrix[i, : len(row)] = row[:width]
     return matrix
+
+
+Z95 = 1.96  # bands are value +- 1.96 se: a 95% interval over the choice of probe windows
+BAND = f"shaded: ± {Z95} se (bootstrap over the probe windows)"
+
+
+def _band_legend(ax: Axes, label: str = BAND) -> None:
+    """One grey legend entry standing for every band of the panel: a wide pale line without data (an empty
+    fill_between trips the log(1 + step) axis' transform)."""
+    ax.plot([], [], color="grey", alpha=0.3, linewidth=8, solid_capstyle="butt", label=label)
+
+
+def _band(ax: Axes, x: np.ndarray, values: np.ndarray, se: np.ndarray, color, label: str | None = None) -> bool:
+    """Shade values +- Z95 se where both are finite (older probe files have no se: nothing is drawn);
+    returns whether anything was."""
+    finite = np.isfinite(values) & np.isfinite(se)
+    if not finite.any():
+        return False
+    ax.fill_between(x, values - Z95 * se, values + Z95 * se, where=finite, color=color, alpha=0.2, linewidth=0,
+                    label=label)
+    return True
 
 
 def has_position_loss(run: RunFiles) -> bool:
@@ -130,13 +152,19 @@ def position_heatmap(run: RunFiles) -> Figure:
 
 
 def position_curves(run: RunFiles) -> Figure:
-    """Loss against position (log x) at a few probe steps spread evenly in log(step), with ln V for reference."""
-    matrix = _position_matrix(run)
+    """Loss against position (log x) at a few probe steps spread evenly in log(step), with ln V for reference
+    and, where the probes wrote it, a band of +- 1.96 standard errors over windows at each position."""
+    matrix, errors = _position_matrix(run), _position_matrix(run, "position_loss_se")
     picks = np.unique(np.round(np.geomspace(1, len(run.probes), min(CURVES, len(run.probes)))).astype(int) - 1)
     fig, (ax,) = _figure()
     positions = np.arange(1, matrix.shape[1] + 1)
+    banded = False
     for n, i in enumerate(picks):
-        ax.plot(positions, matrix[i], color=_viridis(n, len(picks)), label=f"step {run.probe_steps[i]:,.0f}")
+        color = _viridis(n, len(picks))
+        ax.plot(positions, matrix[i], color=color, label=f"step {run.probe_steps[i]:,.0f}")
+        banded |= _band(ax, positions, matrix[i], errors[i], color)
+    if banded:
+        _band_legend(ax)
     _reference(ax, _last_finite(run.probe_values("distribution", "log_vocab")), "ln V", "grey")
     ax.set_xscale("log")
     _plain_ticks(ax.xaxis, _round_numbers(float(positions[-1])))
@@ -152,16 +180,23 @@ def _viridis(n: int, count: int) -> tuple[float, float, float, float]:
     return colormaps["viridis"](0.9 * n / max(count - 1, 1))
 
 
+def has_errors(run: RunFiles) -> bool:
+    """Whether the probes wrote standard errors over windows (files from before they did have none)."""
+    return bool(np.isfinite(run.probe_errors("icl_score")).any() or any(p.get("position_loss_se") for p in run.probes))
+
+
 def icl_label(run: RunFiles) -> str:
     labels = [p.get("icl_label") for p in run.probes if p.get("icl_label")]
     return labels[-1] if labels else ""
 
 
 def icl_figure(run: RunFiles) -> Figure:
-    """The in-context-learning score over training; below 0 the model does better late in the context."""
+    """The in-context-learning score over training; below 0 the model does better late in the context. A band
+    of +- 1.96 standard errors over windows where the probes wrote them."""
     fig, (ax,) = _figure()
     steps, score = run.probe_steps, run.probe_values("icl_score")
     ax.plot(steps, score, "o-", color="C2", markersize=3, label=_icl_name(icl_label(run)))
+    _band(ax, steps, score, run.probe_errors("icl_score"), "C2", BAND)
     ax.axhline(0, color="grey", linewidth=1)
     _log_steps(ax, steps[-1])
     ax.set_xlabel("training step")
@@ -181,8 +216,14 @@ def distribution_figure(run: RunFiles) -> Figure:
     """Left: M1, M2, M3 (KL from the unigram / bigram). Right: the probe loss against ln V, H(unigram), H(bigram)."""
     fig, (left, right) = _figure(columns=2)
     steps = run.probe_steps
-    for key, label in (("M1", "M1 = KL(u || mean p)"), ("M2", "M2 = mean KL(u || p)"), ("M3", "M3 = mean KL(b || p)")):
-        left.plot(steps, run.probe_values("distribution", key), "o-", markersize=3, label=label)
+    banded = False
+    for n, (key, label) in enumerate((("M1", "M1 = KL(u || mean p)"), ("M2", "M2 = mean KL(u || p)"),
+                                      ("M3", "M3 = mean KL(b || p)"))):
+        values = run.probe_values("distribution", key)
+        left.plot(steps, values, "o-", color=f"C{n}", markersize=3, label=label)
+        banded |= _band(left, steps, values, run.probe_errors("distribution", key), f"C{n}")
+    if banded:
+        _band_legend(left)
     left.set_ylabel("KL (nats)")
     loss = np.array([np.nanmean(_floats(p.get("position_loss"))) for p in run.probes])
     right.plot(steps, loss, "o-", color="C0", markersize=3, label="probe loss")
@@ -220,8 +261,13 @@ def induction_figure(run: RunFiles) -> Figure:
     """Left: loss on the first and second copy of a repeated random sequence. Right: max prefix-matching per depth."""
     fig, (left, right) = _figure(columns=2)
     steps = run.probe_steps
-    left.plot(steps, run.probe_values("induction", "loss_first"), "o-", markersize=3, label="first copy")
-    left.plot(steps, run.probe_values("induction", "loss_second"), "o-", markersize=3, label="second copy")
+    banded = False
+    for n, (key, label) in enumerate((("loss_first", "first copy"), ("loss_second", "second copy"))):
+        values = run.probe_values("induction", key)
+        left.plot(steps, values, "o-", color=f"C{n}", markersize=3, label=label)
+        banded |= _band(left, steps, values, run.probe_errors("induction", key), f"C{n}")
+    if banded:
+        _band_legend(left, f"shaded: ± {Z95} se (bootstrap over the sequences)")
     left.set_ylabel("loss (nats)")
     one, three = (_last_finite(run.probe_values("induction", key)) for key in ("repeat_reliability",
                                                                                 "repeat_reliability_3"))

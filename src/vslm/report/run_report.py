@@ -42,6 +42,8 @@ CAPTIONS = {
                  "over what the query can see, 0 on one key; sink_fraction = share of queries putting more "
                  "than 0.3 of their weight on token 0 (attention sinks). Look for focused heads (low ratio) "
                  "and sinks forming in later depths.",
+    "band": " Shaded: value ± 1.96 standard errors, a 95% interval over the choice of the probe windows "
+            "(bootstrap over windows); a difference well inside it is the windows, not the model.",
     "row_sum": " row_sum = total weight a query hands out: 1 for softmax, less for softmax1, Z^(1-gamma) for "
                "power attention.",
 }
@@ -101,19 +103,22 @@ def _config_section(run: RunFiles) -> tuple[str, str, str]:
 
 def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
     out = []
+    band = CAPTIONS["band"] if figures.has_errors(run) else ""  # older probe files have no standard errors
     if figures.has_position_loss(run):
         out.append(section("position", "Loss by position over training",
                            figure(figures.position_heatmap(run), "position-loss heat map", CAPTIONS["heatmap"]),
-                           figure(figures.position_curves(run), "loss-by-position curves", CAPTIONS["curves"])))
+                           figure(figures.position_curves(run), "loss-by-position curves",
+                                  CAPTIONS["curves"] + band)))
     if any(p.get("icl_score") is not None for p in run.probes):
         label = figures.icl_label(run)
         note = " Short context (under 512 tokens): the score is loss[T-1] - loss[T/10]." if (
             label == "short-context") else ""
         out.append(section("icl", "In-context learning score" + (" (short context)" if note else ""),
-                           figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note)))
+                           figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note + band)))
     if figures.has_distribution(run):
         out.append(section("distribution", "Unigram and bigram stage",
-                           figure(figures.distribution_figure(run), "M1 M2 M3 and loss", CAPTIONS["distribution"])))
+                           figure(figures.distribution_figure(run), "M1 M2 M3 and loss",
+                                  CAPTIONS["distribution"] + band)))
     if figures.has_induction(run):
         out.append(section("induction", "Induction",
                            figure(figures.induction_figure(run), "induction probe", CAPTIONS["induction"])))

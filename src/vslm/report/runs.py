@@ -23,6 +23,7 @@ METRICS = "metrics.jsonl"
 PROBES = "probes.jsonl"
 SUMMARY = "summary.json"
 SAMPLES = "samples.txt"
+SE = "_se"  # suffix of a probe value's standard error over windows (vslm.train.probing)
 
 
 @dataclass
@@ -64,6 +65,11 @@ class RunFiles:
                 value = value.get(key) if isinstance(value, dict) else None
             out.append(value if _finite(value) else math.nan)
         return np.array(out, dtype=float)
+
+    def probe_errors(self, *path: str) -> np.ndarray:
+        """The bootstrap standard error over windows beside probe_values(*path) (its key + "_se", written
+        since the probe set grew to 256 windows); NaN where a probe line has none (older files)."""
+        return self.probe_values(*path[:-1], path[-1] + SE)
 
 
 def read_run(folder: Path, warn: Callable[[str], None] | None = None) -> RunFiles:
@@ -144,6 +150,7 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
       init_position_spread:  max - min over positions of the loss by position at the first probe (step 0):
                              near 0 = flat, as an untrained model's should be;
       icl_score, icl_label:  at the last probe (negative = later tokens are predicted better);
+      icl_score_se:          its bootstrap standard error over the probe windows (NaN in older probe files);
       prefix_matching_max:   the highest prefix-matching score of any head at the last probe;
       induction_loss_first, induction_loss_second: loss on the first and on the repeated copy, last probe;
       repeat_reliability, repeat_reliability_3: how often copying the token after the latest earlier
@@ -166,6 +173,7 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
     return {
         "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
         "icl_score": last["icl_score"] if _finite(last.get("icl_score")) else math.nan,
+        "icl_score_se": last["icl_score_se"] if _finite(last.get("icl_score_se")) else math.nan,
         "icl_label": last.get("icl_label", ""),
         "prefix_matching_max": max(heads) if heads else math.nan,
         "induction_loss_first": induction.get("loss_first", math.nan),

@@ -22,12 +22,12 @@ def heatmap_image(rows: list[list[float]]) -> np.ndarray:
 
 def probe_scalars(record: dict) -> dict[str, float]:
     """The scalars of one probes.jsonl record: `probe/M1` ... `probe/entropy`, the induction losses and
-    the ICL score (when the run has one)."""
+    the ICL score (when the run has one). A value that is not finite (null in the record: a diverging run)
+    is left out."""
     out = {f"probe/{key}": record["distribution"][key] for key in ("M1", "M2", "M3", "entropy")}
     out.update({f"probe/induction_{key}": record["induction"][key] for key in ("loss_first", "loss_second")})
-    if record["icl_score"] is not None:
-        out[f"probe/icl_score_{record['icl_label']}"] = record["icl_score"]
-    return out
+    out[f"probe/icl_score_{record['icl_label']}"] = record["icl_score"]
+    return {key: value for key, value in out.items() if value is not None}
 
 
 def position_loss_heatmap(history: list[dict]) -> np.ndarray:

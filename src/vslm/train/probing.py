@@ -5,18 +5,38 @@ every step and for every run with the same data and context):
 
     {"step": 64,
      "position_loss": [T - 1 floats],          loss by token position (vslm.probes.position_loss)
-     "icl_score": float, "icl_label": "olsson" | "short-context",
-     "induction": {"loss_first", "loss_second", "prefix_matching": [[per head] per depth],
+     "position_loss_se": [T - 1 floats],       its bootstrap standard error over windows, per position
+     "icl_score": float, "icl_score_se": float, "icl_label": "olsson" | "short-context",
+     "induction": {"loss_first", "loss_second", "loss_first_se", "loss_second_se",  (se over its sequences)
+                   "prefix_matching": [[per head] per depth],
                    "repeat_frequency", "repeat_reliability",       of the training text after a 1-token
                    "repeat_frequency_3", "repeat_reliability_3"},  and a 3-token match (repeat_statistics)
-     "distribution": {"M1", "M2", "M3", "entropy", "log_vocab", "unigram_entropy", "bigram_entropy"},
+     "distribution": {"M1", "M2", "M3", "entropy", "M1_se", "M2_se", "M3_se", "entropy_se",
+                      "log_vocab", "unigram_entropy", "bigram_entropy"},
+     "windows": N,                             the probe windows the values above were measured on
      "attention": [{"block", "row_sum", "entropy", "entropy_ratio", "sink_fraction"} per depth]}
+
+The probe set: PROBE_WINDOWS (256) validation windows, or every window where the split has fewer, drawn with
+a fixed seed (vslm.data.batches.fixed_windows). The loss by position, the ICL score and the distribution
+probe read all of them, PROBE_TOKENS tokens per forward pass (one pass serves both); the attention
+statistics read the first ATTENTION_WINDOWS (8) of them, as their explicit path costs T^2 per head and
+their values are per head, without an se; the induction probe reads its own 8 random repeated sequences
+(its losses' se is over those). Where the split has more windows than asked for, their starts are drawn
+with replacement, so a window may occur twice (an i.i.d. sample: what the bootstrap assumes).
+
+Standard errors (`_se`): how much each value owes to the choice of windows. Per window w the probe keeps
+its loss at every position, nll[w, t], and the distribution probe's per-window quantities (its mean
+prediction and its mean KLs and entropy, vslm.probes.distribution_by_window). The bootstrap
+(vslm.probes.bootstrap) draws R = 200 sets of N windows with replacement, from a fixed seed (the same
+draws at every step and in every run with N windows), recomputes each value from the drawn windows' mean
+quantities (the loss curve and the ICL score of that curve; M1 = KL(u || the drawn windows' mean
+prediction); M2, M3, entropy as means) and writes the sample std (ddof = 1) over the R draws. For a mean
+over windows this is, for large N, the analytic std / sqrt(N). Files written before the se fields existed
+have none; readers treat a missing se as unknown.
 
 Cadence: steps 0, 1, 2, 4, 8, ... below `logging.probe_every` (K), then every K steps, and the last.
 `probe_every = "auto"` (the default) keeps the log spacing through the whole run: log2(steps) + 2 probe
 steps, dense early where the dynamics are fast (docs/BENCHMARKS.md gives what it costs).
-The loss by position and the distribution probe read all the probe windows; the attention statistics read
-the first ATTENTION_WINDOWS of them.
 NaN is written as null. The time the probes took (building the probe set included) goes into
 summary.json as `probe_time_s`, with `probe_fraction` = that time over the training steps' time.
 """
@@ -42,12 +62,16 @@ from vslm.plain import plain
 from vslm.probes import (
     CorpusStats,
     attention_stats,
+    bootstrap_se,
     corpus_stats,
-    distribution_of_logits,
+    distribution_by_window,
+    distribution_summary,
     icl_score,
     induction_probe,
     repeat_statistics,
+    resample_counts,
     token_nll,
+    unigram_kl,
 )
 from vslm.progress import quiet
 from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
@@ -60,6 +84,10 @@ if TYPE_CHECKING:
 PROBES = "probes.jsonl"
 PROBE_SEED = 0
 STATS_TOKENS = 2_000_000  # corpus statistics from the first tokens of the training split
+PROBE_WINDOWS = 256  # validation windows of the probe set (all of them where the split has fewer)
+PROBE_TOKENS = 2048  # tokens per forward pass of the probe windows (16 windows of 128): on one CPU thread
+# 8-16 demo windows a pass ran 10-20% faster than 64 (activations stay in cache; docs/BENCHMARKS.md) ...
+PROBE_LOGITS = 2**24  # ... and fewer where their float32 logits would pass this many (64 MiB): large V
 ATTENTION_WINDOWS = 8  # attention statistics on the first probe windows: the explicit path costs T^2 per head
 REPEAT_WINDOWS = 256  # training windows the repeat statistics are counted on
 REPEAT_MATCHES = {1: "", 3: "_3"}  # tokens matched -> key suffix: 3 for characters, where one says little
@@ -76,39 +104,71 @@ class ProbeSet:
     repeats: dict[str, float] = field(default_factory=dict)  # repeat_statistics of training windows
 
 
-def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = 24) -> ProbeSet:
+def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = PROBE_WINDOWS,
+                    induction_length: int | None = None) -> ProbeSet:
+    """The run's fixed probe set: `windows` validation windows (every one where the split has fewer), the
+    corpus statistics and the training text's repeat statistics; the induction probe's copy distance
+    (default half the context)."""
     x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
     stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
     seen = torch.from_numpy(np.flatnonzero(stats.unigram > 0))
     train, _ = fixed_windows(corpus.train.tokens[:STATS_TOKENS], context, REPEAT_WINDOWS, PROBE_SEED + 2)
     repeats = {f"{key}{suffix}": value for n, suffix in REPEAT_MATCHES.items() if n < context
                for key, value in repeat_statistics(train.numpy(), n).items()}
-    return ProbeSet(x, stats, vocab_size, induction_length=max(2, context // 2), induction_tokens=seen,
+    return ProbeSet(x, stats, vocab_size, induction_length=induction_length or max(2, context // 2),
+                    induction_tokens=seen,
                     repeats=repeats)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def run_probes(model: GPT, probes: ProbeSet) -> dict:
     """Every probe on the probe set, as plain JSON-ready values. Leaves the model's mode as it was."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    idx = probes.windows.to(device)
-    logits = model(idx)  # one forward for the position loss and the distribution probe
-    curve = token_nll(logits, idx).mean(0).double().cpu().numpy()  # = position_loss(model, idx)
-    score, label = icl_score(curve) if len(curve) >= 10 else (math.nan, "too-short")
+    nll, by_window = window_measures(model, probes)
+    counts = resample_counts(len(nll))  # the same draws for every value: one bootstrap of the windows
+    curve = nll.mean(0)  # = position_loss(model, windows)
+    if len(curve) >= 10:
+        score, label = icl_score(curve)
+        score_se = float(bootstrap_se(nll, lambda curves: np.array([icl_score(c)[0] for c in curves]), counts))
+    else:
+        score, label, score_se = math.nan, "too-short", math.nan
+    distribution = distribution_summary(by_window, probes.stats)
+    distribution["M1_se"] = float(bootstrap_se(by_window["probs"], lambda p: unigram_kl(p, probes.stats), counts))
+    for key in ("M2", "M3", "entropy"):
+        distribution[f"{key}_se"] = float(bootstrap_se(by_window[key], counts=counts))
     generator = torch.Generator().manual_seed(PROBE_SEED)
     out = {
         "position_loss": curve,
+        "position_loss_se": bootstrap_se(nll, counts=counts),
         "icl_score": score,
+        "icl_score_se": score_se,
         "icl_label": label,
         "induction": {**induction_probe(model, probes.vocab_size, probes.induction_length, probes.induction_batch,
                                         generator, probes.induction_tokens), **probes.repeats},
-        "distribution": distribution_of_logits(logits, idx, probes.stats),
-        "attention": attention_stats(model, idx[:ATTENTION_WINDOWS]),
+        "distribution": distribution,
+        "windows": len(nll),
+        "attention": attention_stats(model, probes.windows[:ATTENTION_WINDOWS].to(device)),
     }
     model.train(was_training)
     return plain(out, digits=6)
+
+
+def window_measures(model: GPT, probes: ProbeSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The per-window quantities the window probes are functions of, PROBE_TOKENS tokens per forward pass:
+    nll (N, T - 1) float64, the loss of each window at each position (token_nll), and the distribution
+    probe's per-window quantities (distribution_by_window). Call under torch.inference_mode."""
+    device = next(model.parameters()).device
+    N, T = probes.windows.shape
+    batch = max(1, min(PROBE_TOKENS // T, PROBE_LOGITS // (T * probes.vocab_size)))
+    nll, parts = [], []
+    for i in range(0, N, batch):
+        idx = probes.windows[i : i + batch].to(device)  # (b, T)
+        logits = model(idx)  # (b, T, V): one forward for the position loss and the distribution probe
+        nll.append(token_nll(logits, idx).double().cpu().numpy())
+        parts.append(distribution_by_window(logits, idx, probes.stats))
+    return np.concatenate(nll), {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def probe_interval(cfg: RunConfig) -> int:
@@ -134,7 +194,9 @@ class ProbeCallback(Callback):
 
     def on_train_start(self, trainer: Trainer) -> None:
         started = time.perf_counter()
-        self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size)
+        log = trainer.cfg.logging
+        self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size,
+                                      log.probe_windows, log.induction_length)
         path = trainer.run_dir / PROBES
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # on resume: up to the checkpoint
@@ -172,7 +234,8 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    probes = build_probe_set(prepare_corpus(cfg.data), cfg.model.context, cfg.model.vocab_size)
+    probes = build_probe_set(prepare_corpus(cfg.data), cfg.model.context, cfg.model.vocab_size,
+                             cfg.logging.probe_windows, cfg.logging.induction_length)
     model = GPT(cfg.model)
     out = out or run_dir / "probes-snapshots.jsonl"
     lines = []
@@ -201,6 +264,33 @@ COPYING_WHAT = {
     "tokens": "rare targets (unigram below 1 / V)",
     "songs": "a song's tokens after its first",
 }
+
+
+def probe_induction(run_dir: Path, length: int, support: str | None = None, sequences: int = 64,
+                    checkpoint: Path | None = None) -> dict:
+    """The induction probe (vslm.probes.induction_probe) of a run at copy distance `length`: `sequences`
+    random sequences of `length` tokens written twice, drawn from the tokens of the text `support` (each
+    character's token; None: every token the run's training text has, as during training), generator seed
+    PROBE_SEED. A corpus whose separators end what can be copied (the newline of data.source=repeats) is
+    probed with the letters only. Plain values: the losses of both copies with their standard errors,
+    prefix matching per depth and head."""
+    from vslm.errors import UsageError
+    from vslm.train.run_folder import load_run
+
+    cfg, model, tok = load_run(Path(run_dir), Path(checkpoint) if checkpoint else None)
+    if not 2 <= length <= cfg.model.context // 2:
+        raise UsageError(f"--induction {length}: must be 2 to half the run's context ({cfg.model.context // 2})")
+    if support:
+        ids = sorted({i for c in support for i in tok.encode(c)})
+    else:
+        from vslm.data.shards import prepare_corpus
+
+        stats = corpus_stats(np.asarray(prepare_corpus(cfg.data).train.tokens[:STATS_TOKENS]), cfg.model.vocab_size)
+        ids = np.flatnonzero(stats.unigram > 0).tolist()
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    result = induction_probe(model, cfg.model.vocab_size, length, sequences, generator, torch.tensor(ids))
+    return plain({"run": str(run_dir), "length": length, "sequences": sequences, "support": support or "the text's",
+                  **result})
 
 
 def probe_copying(run_dir: Path, kind: str, invented: bool = False, far: bool = False, stories: int = 300,

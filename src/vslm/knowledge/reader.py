@@ -1,0 +1,258 @@
+"""A small reader that reads facts from its context: `vslm facts reader --world W --out R` (issue 23).
+
+    vslm facts generate --out W --seed 0
+    vslm facts reader --world W --out R train.seed=0     # about 11 minutes on one CPU thread
+    vslm facts eval R --world W --json novel             # {"open_book": {"1": ..}, "counterfactual", ...}
+
+With configs/reader.toml (3 blocks of width 128, 0.75M parameters, 7000 steps of 16 examples) it
+reads novel entities' facts at 0.92 / 0.84 / 0.83 (1 / 2 / 3 hops, chance 0.13 / 0.17 / 0.21),
+follows counterfactual contexts at 0.98 (1 hop), and is at chance closed-book: mean of 3 seeds
+(docs/EXPERIMENTS-LOG.md, 2026-12-02).
+
+The preloaded-context runs of 5b never learned to read at byte level: a card puts the answer tens to
+hundreds of bytes before the question, and a 2-layer model learns to copy from about 10 tokens back
+(docs/EXPERIMENTS.md, training dynamics). This recipe makes the copy short and the signal dense:
+
+* tokens: one per word of the world's language (`reader_tokenizer`): every name part of names.py
+  (the seen and the novel pool's alike), city, country, year and template word is a single token,
+  with the 256 bytes as fallback, so any text still encodes and decodes exactly. A person or a
+  company is two tokens, a card about nine, and the answer sits a few dozen tokens before the question;
+* data: preloaded examples (vslm.knowledge.preloaded), each over a small world of its own drawn
+  afresh for every example from the name parts, so no fact recurs and the weights cannot hold one;
+  a fresh batch every step (never an epoch), the loss on the answer only (the layout and the
+  tokenization of scoring.LMScorer: distill.encode_pairs);
+* a curriculum over hops and distractors: the most hops and distractors an example may have grow
+  linearly from (1, 0) to the maximum over the first `ramp` share of the steps; each example draws
+  its hops and distractors uniformly up to the current maximum.
+
+The world W is only asked, never trained on: its settings give the most hops, and its novel
+pool's open-book questions are the reading curve logged every `curve_every` steps (`read_h1`,
+`read_h2`, ... in metrics.jsonl, with the evaluation's 4 distractors). The trained run is a run
+folder like any other: `vslm facts eval R --world W` measures it.
+
+With `names = "seen"` the examples use only the seen pool's name parts of W's seed: the novel
+pool's names are then tokens the model never saw trained (a harder test of reading: copying a
+token by its identity alone).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vslm.config import RunConfig, load_config
+from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
+from vslm.errors import VSLMError
+from vslm.knowledge import metrics, names, render
+from vslm.knowledge.contexts import Contexts
+from vslm.knowledge.distill import encode_pairs
+from vslm.knowledge.folder import WorldFolder, load_world_folder
+from vslm.knowledge.preloaded import _draw, example_text, signatures
+from vslm.knowledge.questions import chain_paths
+from vslm.knowledge.scoring import LMScorer
+from vslm.knowledge.world import YEARS, NamePool, name_pools, small_world
+from vslm.train.callbacks import Callback
+from vslm.train.trainer import Trainer, default_callbacks
+
+RESULT = "reader.json"
+EXAMPLES = "reader-examples.txt"  # the corpus the trainer's validation loss reads: examples of the last stage
+N_EXAMPLES_FILE = 2000
+SAMPLE_EXAMPLES = 400  # examples whose words, beside names.py's lists, make the vocabulary
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """What the recipe varies beside the run config (model and schedule: configs/reader.toml)."""
+
+    max_hops: int = 0  # 0 = the world's hops
+    max_distractors: int = 6
+    ramp: float = 0.5  # share of the steps over which hops and distractors grow to their maximum; 0 = none
+    names: str = "all"  # "all": every name part of names.py; "seen": the seen pool's of W's seed
+    curve_every: int = 1000  # steps between reading-curve points; 0 = none
+    curve_questions: int = 50  # novel open-book questions of W per hop count on the curve
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+
+
+def _text_words() -> list[str]:
+    """Text in which every word of the world's language occurs, at a line start and after a space."""
+    parts = [*names.FIRST_NAMES, *names.SURNAMES, *names.COMPANY_WORDS, *names.COMPANY_KINDS, *names.CITIES,
+             *names.COUNTRIES, *(str(y) for y in range(YEARS[0] - 60, YEARS[1] + 1))]
+    lines = [f"{w} {w}" for w in parts]
+    rng = random.Random("reader-vocabulary")
+    pool = NamePool(list(names.FIRST_NAMES), list(names.SURNAMES), list(names.COMPANY_WORDS))
+    for _ in range(SAMPLE_EXAMPLES):
+        prompt, answer = draw_example(pool, rng, rng.randint(1, 4), rng.randint(0, 6))
+        lines.append(prompt + render.answer_text(answer))
+    for template in (t for ts in render.TEMPLATES.values() for t in ts):
+        lines.append(template.format(s="x", o="y"))
+    lines += [render.chain_question("x", p) for p in chain_paths(4)] + [render.older_question("x", "y")]
+    return lines
+
+
+def reader_tokenizer() -> HFTokenizer:
+    """A word-level vocabulary with the 256 bytes under it: every byte-level pre-token (GPT-2's split:
+    " Alma", "Alma", " 1950", ".", "\\n") of the world's language is one token, found without merges;
+    anything else falls back to its bytes. Deterministic: it depends on names.py and render.py only."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, models, pre_tokenizers
+
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    words = sorted({piece for line in _text_words() for piece, _ in split.pre_tokenize_str(line)} - set(alphabet))
+    vocab = {token: i for i, token in enumerate([*alphabet, *words])}
+    hf = HF(models.BPE(vocab=vocab, merges=[], ignore_merges=True))  # a word in the vocabulary is one token
+    hf.pre_tokenizer = split
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([EOS])
+    return HFTokenizer(hf, "bpe")
+
+
+# ------------------------------------------------------------------------------------ examples
+
+
+def draw_example(pool: NamePool, rng: random.Random, hops: int, distractors: int) -> tuple[str, str]:
+    """(open-book prompt, answer) of one preloaded example of exactly `hops` facts (fewer where its
+    small world has no such question) among `distractors` others, over a world of its own."""
+    while True:
+        countries = rng.randint(2, 4)  # a world's size varies as much as W's pools do: 2-4 countries, 2-12 cities
+        world = small_world(pool, rng, people=rng.randint(6, 12), countries=countries,
+                            cities=countries * rng.randint(1, 3), people_per_company=rng.randint(2, 5))
+        for h in range(hops, 0, -1):
+            drawn = _draw(world, rng.choice(signatures(h)), rng)
+            if drawn is not None:
+                program, answer, support = drawn
+                text = example_text(world, program, answer, support, rng, distractors)
+                return text[: len(text) - len(answer) - 1], answer  # the text ends with " <answer>"
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    max_hops: int
+    max_distractors: int
+    ramp: float
+    steps: int
+
+    def limits(self, step: int) -> tuple[int, int]:
+        """(most hops, most distractors) of the examples of `step`."""
+        ramp_steps = self.ramp * self.steps
+        p = 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
+        return 1 + round(p * (self.max_hops - 1)), round(p * self.max_distractors)
+
+
+class ReaderBatches:
+    """A batch source of fresh preloaded examples: (inputs, targets) (B, T), targets -100 but on the
+    answer. The random state and the number of batches drawn (the curriculum's step) are the data
+    position saved in checkpoints."""
+
+    def __init__(self, tokenizer: Tokenizer, pool: NamePool, curriculum: Curriculum, context: int, batch_size: int,
+                 seed: int):
+        self.tokenizer, self.pool, self.curriculum = tokenizer, pool, curriculum
+        self.context, self.batch_size = context, batch_size
+        self.rng = random.Random(f"reader:{seed}")
+        self.drawn = 0
+
+    def examples(self, n: int) -> list[tuple[str, str]]:
+        most_hops, most_distractors = self.curriculum.limits(self.drawn)
+        return [draw_example(self.pool, self.rng, self.rng.randint(1, most_hops), self.rng.randint(0, most_distractors))
+                for _ in range(n)]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = encode_pairs(self.tokenizer, self.examples(self.batch_size), self.context)
+        self.drawn += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.drawn = state["drawn"]
+
+
+# ------------------------------------------------------------------------------------ the reading curve
+
+
+def open_book_by_hops(model, tokenizer: Tokenizer, folder: WorldFolder, per_hops: int | None, pool: str = "novel",
+                      distractors: int = 4, seed: int = 0) -> dict[int, dict]:
+    """Open-book accuracy on W's test questions of `pool` (the evaluation's contexts), by hops."""
+    ctx = Contexts(folder, distractors, seed)
+    qs = metrics.per_hops([q for q in folder.questions if q.pool == pool and q.split == "test"
+                           and not q.counterfactual], per_hops)
+    answers = metrics.pick(LMScorer(model, tokenizer), [ctx.open_book(q) for q in qs], qs)
+    return metrics.by_hops(qs, answers)
+
+
+class ReadingCurve(Callback):
+    """Every `every` steps (and at the end), open-book accuracy on W's novel pool by hops, added to the
+    step's metrics as read_h1, read_h2, ... (a logged step: `every` a multiple of logging.log_every)."""
+
+    def __init__(self, folder: WorldFolder, tokenizer: Tokenizer, every: int, per_hops: int):
+        self.folder, self.tokenizer, self.every, self.per_hops = folder, tokenizer, every, per_hops
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if "loss" in metrics and (trainer.step % self.every == 0 or trainer.step == trainer.cfg.train.steps):
+            by = open_book_by_hops(trainer.model, self.tokenizer, self.folder, self.per_hops)
+            trainer.model.train()
+            metrics.update({f"read_h{h}": round(a["accuracy"], 4) for h, a in by.items()})
+
+
+# ------------------------------------------------------------------------------------ the recipe
+
+
+def reader_config(config: str = "reader", overrides: list[str] | None = None) -> RunConfig:
+    return load_config(config, overrides or [])
+
+
+def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
+                 settings: ReaderSettings | None = None) -> dict:
+    """Train the reader into the run folder `out` and write out/reader.json (settings, wall time, the
+    last metrics); returns it."""
+    cfg = cfg or reader_config()
+    settings = settings or ReaderSettings()
+    if settings.names not in ("all", "seen"):
+        raise VSLMError(f"names must be 'all' or 'seen', not {settings.names!r}")
+    out = Path(out)
+    if (out / RESULT).is_file():
+        raise VSLMError(f"{out} already holds a reader; --out another folder")
+    folder = load_world_folder(world)
+    max_hops = settings.max_hops or folder.settings.hops
+    if settings.names == "seen":
+        pool = name_pools(folder.settings.seed)["seen"]
+    else:
+        pool = NamePool(list(names.FIRST_NAMES), list(names.SURNAMES), list(names.COMPANY_WORDS))
+    tokenizer = reader_tokenizer()
+    curriculum = Curriculum(max_hops, settings.max_distractors, settings.ramp, cfg.train.steps)
+    batches = ReaderBatches(tokenizer, pool, curriculum, cfg.model.context, cfg.train.batch_size, cfg.train.seed)
+
+    # the trainer's corpus (validation loss, bytes per token): examples of the last stage, in a file
+    out.mkdir(parents=True, exist_ok=True)
+    final = ReaderBatches(tokenizer, pool, Curriculum(max_hops, settings.max_distractors, 0, 1), cfg.model.context,
+                          1, cfg.train.seed + 1)
+    texts = [p + render.answer_text(a).rstrip("\n") for p, a in final.examples(N_EXAMPLES_FILE)]
+    (out / EXAMPLES).write_text(f"\n{EOS}\n".join(texts) + "\n", encoding="utf-8")
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["source"] = str((out / EXAMPLES).resolve())
+    from vslm.config import validate
+    from vslm.data.shards import prepare_corpus
+
+    cfg = validate(raw)
+    corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)
+    callbacks = default_callbacks(cfg)
+    if settings.curve_every:
+        callbacks.insert(0, ReadingCurve(folder, tokenizer, settings.curve_every, settings.curve_questions))
+    started = time.perf_counter()
+    trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus, batches=batches)
+    last = trainer.fit()
+    result = {"world": str(world), "settings": asdict(settings) | {"max_hops": max_hops},
+              "params": trainer.params, "vocab_size": tokenizer.vocab_size, "steps": cfg.train.steps,
+              "wall_s": round(time.perf_counter() - started, 1), "train_time_s": round(trainer.train_time_s, 1),
+              "last": last}
+    (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,121 @@
+"""The reader recipe (`vslm facts reader`, issue 23): its word tokenizer, its examples and curriculum,
+the answer-only mask, and a reduced recipe that learns to read a card above chance."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from test_facts_preloaded import answer_from_context
+from vslm.cli import main
+from vslm.data.answers import IGNORE
+from vslm.knowledge import names, render
+from vslm.knowledge.folder import build, write_world_folder
+from vslm.knowledge.reader import (
+    Curriculum,
+    ReaderBatches,
+    ReaderSettings,
+    draw_example,
+    reader_config,
+    reader_tokenizer,
+    train_reader,
+)
+from vslm.knowledge.scoring import LMScorer
+from vslm.knowledge.world import NamePool, WorldConfig, name_pools
+
+WORLD = WorldConfig(seed=3, people=40, novel_people=12, hops=3, questions_per_hop=10)
+ALL = NamePool(list(names.FIRST_NAMES), list(names.SURNAMES), list(names.COMPANY_WORDS))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return reader_tokenizer()
+
+
+def test_the_world_text_round_trips_and_every_name_is_a_word_token(tokenizer):
+    files = build(WORLD)
+    text = files["train.txt"].replace("<|endoftext|>", "") + files["cards.jsonl"] + files["questions.jsonl"]
+    assert tokenizer.decode(tokenizer.encode(text)) == text  # (end-of-text is a special token: decoded to "")
+    odd = "Zürich naïve 🙂 Xq7"  # not the world's words: bytes, still exact
+    assert tokenizer.decode(tokenizer.encode(odd)) == odd
+    cards = [json.loads(line) for line in files["cards.jsonl"].splitlines()]
+    novel = {name for c in cards if c["pool"] == "novel" for name in c["entities"]}
+    assert novel  # the novel pool's names, never in train.txt, are words of the vocabulary all the same
+    for name in novel | {"Estoria", "1950"}:
+        assert len(tokenizer.encode(" " + name)) == len(name.split())
+    assert len(tokenizer.encode(render.answer_text("Alma Brandt"))) == 3  # " Alma", " Brandt", "\n"
+    assert tokenizer.vocab_size < 1500 and reader_tokenizer().to_dict() == tokenizer.to_dict()  # deterministic
+
+
+def test_examples_are_answered_by_their_context_at_the_hops_and_distractors_asked():
+    rng = random.Random(0)
+    for hops, distractors in ((1, 0), (1, 3), (2, 2), (3, 6)):
+        for _ in range(20):
+            prompt, answer = draw_example(ALL, rng, hops, distractors)
+            cards = prompt.split("\nQ: ")[0].split("\n")
+            implied, given = answer_from_context(f"{prompt} {answer}")
+            assert implied == given == answer
+            assert 1 <= len(cards) <= hops + distractors
+    seen = name_pools(WORLD.seed)["seen"]
+    novel = name_pools(WORLD.seed)["novel"]
+    text = " ".join(p for p, _ in (draw_example(seen, rng, 2, 4) for _ in range(50)))
+    assert not set(novel.first + novel.last) & set(text.replace(".", " ").replace("\n", " ").split())
+
+
+def test_the_curriculum_grows_from_one_card_to_the_most_hops_and_distractors():
+    c = Curriculum(max_hops=3, max_distractors=6, ramp=0.5, steps=100)
+    limits = [c.limits(step) for step in range(101)]
+    assert limits[0] == (1, 0) and limits[50] == limits[100] == (3, 6)
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(limits, limits[1:], strict=False))
+    assert Curriculum(3, 6, 0.0, 100).limits(0) == (3, 6)  # no ramp: the last stage from the start
+    batches = ReaderBatches(reader_tokenizer(), ALL, c, context=160, batch_size=8, seed=0)
+    first = batches.examples(30)  # step 0: one card, no distractor
+    assert all(p.count("\n") == 2 for p, _ in first)  # "<card>\nQ: ...\nA:"
+
+
+def test_targets_are_the_answer_tokens_as_scoring_reads_them_and_resume_is_exact(tokenizer):
+    c = Curriculum(3, 6, 0.0, 10)
+    batches = ReaderBatches(tokenizer, ALL, c, context=160, batch_size=4, seed=1)
+    state = batches.state_dict()
+    pairs = batches.examples(4)
+    batches.load_state_dict(state)
+    x, y = batches.next_batch()
+    assert batches.drawn == 1
+    scorer = LMScorer.__new__(LMScorer)
+    scorer.tokenizer = tokenizer
+    for b, (prompt, answer) in enumerate(pairs):
+        head, tail = scorer.prompt_ids(prompt), tokenizer.encode(render.answer_text(answer))
+        counted = y[b][y[b] != IGNORE].tolist()
+        assert counted == tail  # the answer and its newline, nothing of the prompt
+        assert x[b, : len(head)].tolist() == head
+    again = ReaderBatches(tokenizer, ALL, c, context=160, batch_size=4, seed=1)
+    again.load_state_dict(batches.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(batches.next_batch(), again.next_batch(), strict=True))
+
+
+def test_a_reduced_reader_reads_one_card_above_chance_and_eval_prints_the_novel_json(tmp_path, capsys):
+    world = tmp_path / "world"
+    write_world_folder(WorldConfig(seed=4, people=30, novel_people=40, hops=2, questions_per_hop=40), world)
+    cfg = reader_config("reader", ["train.steps=800", "train.batch_size=16", "model.depth=2", "model.width=128",
+                                   "train.seed=0"])
+    result = train_reader(world, tmp_path / "r", cfg, ReaderSettings(max_hops=1, max_distractors=1, ramp=0.0,
+                                                                     curve_every=0))
+    assert result["steps"] == 800 and result["wall_s"] > 0
+    assert main(["facts", "eval", str(tmp_path / "r"), "--world", str(world), "--per-group", "40",
+                 "--distractors", "1", "--json", "novel"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(summary) == {"open_book", "counterfactual", "closed_book", "chance"}
+    assert set(summary["open_book"]) == {"1", "2"}
+    assert summary["open_book"]["1"] > summary["chance"]["1"] + 0.25, summary
+    # the command: a run folder with the reading curve in metrics.jsonl and reader.json; no second run into it
+    out = tmp_path / "cli"
+    assert main(["facts", "reader", "--world", str(world), "--out", str(out), "train.steps=2", "model.depth=1",
+                 "--curve-every", "2", "--curve-questions", "2", "--max-hops", "1"]) == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and {"read_h1", "read_h2"} <= set(last)
+    assert json.loads((out / "reader.json").read_text())["settings"]["max_hops"] == 1
+    assert main(["facts", "reader", "--world", str(world), "--out", str(out)]) == 1
+    assert "already holds a reader" in capsys.readouterr().err

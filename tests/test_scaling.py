@@ -1,0 +1,248 @@
+"""`vslm scaling`: the L(N, D) fitter on losses drawn from a known law, one token stream for every run,
+a reduced study end to end, the plan from a fit, and bad input as one-line errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from vslm.cli import main
+from vslm.commands.plan import CostFit, Shape
+from vslm.commands.scaling import law_chooser, plan_from_fit
+from vslm.config import load_config
+from vslm.errors import ConfigError, VSLMError
+from vslm.lab import runner
+from vslm.lab.scaling import load_scaling_spec, plan_scaling, run_scaling
+from vslm.lab.scaling_fit import Law, envelope, fit_law
+from vslm.train.trainer import Trainer, TrainingDiverged
+
+TRUE = Law(E=1.5, A=60.0, alpha=0.4, B=300.0, beta=0.35)
+
+
+def _grid(noise: float, seed: int = 0):
+    n = np.repeat(np.geomspace(1e4, 1e6, 5), 5)
+    d = np.tile(np.geomspace(1e5, 1e7, 5), 5)
+    rng = np.random.default_rng(seed)
+    return n, d, TRUE.loss(n, d) * np.exp(rng.normal(0, noise, len(n)))
+
+
+def test_fitter_recovers_a_known_law_from_noisy_losses():
+    # 25 runs, N and D over two decades each, 0.2% lognormal noise on the loss: the exponents within 0.05,
+    # E within 5%, A and B within 25% (they trade off against alpha and beta)
+    n, d, loss = _grid(0.002)
+    fit = fit_law(n, d, loss, starts=300, bootstrap=30)
+    law = fit.law
+    assert law.alpha == pytest.approx(TRUE.alpha, abs=0.05) and law.beta == pytest.approx(TRUE.beta, abs=0.05)
+    assert law.E == pytest.approx(TRUE.E, rel=0.05)
+    assert law.A == pytest.approx(TRUE.A, rel=0.25) and law.B == pytest.approx(TRUE.B, rel=0.25)
+    assert law.a == pytest.approx(TRUE.a, abs=0.05) and law.b == pytest.approx(TRUE.b, abs=0.05)
+    lo, hi = fit.intervals()["alpha"]  # a 95% interval of one draw: it holds the estimate, and the truth nearly
+    assert lo <= law.alpha <= hi and lo - 0.02 <= TRUE.alpha <= hi + 0.02 and hi - lo < 0.2
+    assert np.sqrt(np.mean(fit.residuals**2)) < 0.005  # the noise's size, in log L
+    exact = fit_law(*_grid(0.0), starts=300)  # no noise: the law itself
+    assert exact.law.alpha == pytest.approx(TRUE.alpha, abs=0.01) and exact.law.E == pytest.approx(TRUE.E, rel=0.01)
+
+
+def test_compute_optimal_allocation_is_the_minimum_on_the_iso_flop_line():
+    assert TRUE.a == pytest.approx(0.35 / 0.75) and TRUE.a + TRUE.b == pytest.approx(1)
+    for flops in (1e12, 1e15):
+        n_opt, d_opt = TRUE.optimal(flops)
+        assert 6 * n_opt * d_opt == pytest.approx(flops)
+        n = np.geomspace(n_opt / 10, n_opt * 10, 2001)  # brute force along C = 6 N D
+        assert n[np.argmin(TRUE.loss(n, flops / (6 * n)))] == pytest.approx(n_opt, rel=0.01)
+
+
+def test_fitter_refuses_too_few_points_and_reports_no_convergence():
+    n, d, loss = _grid(0.0)
+    with pytest.raises(VSLMError, match="5 parameters .* only 4 usable runs"):
+        fit_law(n[:4], d[:4], loss[:4])
+    with pytest.raises(VSLMError, match="2 model sizes"):
+        fit_law(n[:5], d[:5], loss[:5])  # one size, five budgets
+    with pytest.raises(VSLMError, match="did not converge"):
+        fit_law(n, d, loss, starts=5, max_iter=1)
+
+
+def test_envelope_finds_the_size_that_is_lowest_at_each_compute():
+    curves = []
+    for n in (1e4, 1e5):
+        tokens = np.geomspace(1e4, 1e8, 200)
+        curves.append({"params": n, "tokens": tokens, "loss": TRUE.loss(n, tokens)})
+    result = envelope(curves, skip=0, smooth=0)
+    assert result["winners"] == [10_000, 100_000]  # the small model wins at low compute, the large one at high
+    big = [c for c, n in zip(result["flops"], result["params"], strict=True) if n == 1e5]
+    small = [c for c, n in zip(result["flops"], result["params"], strict=True) if n == 1e4]
+    assert min(big) > max(small)
+
+
+SPEC = """
+base = "tiny"
+overrides = ["model.context=16", "train.batch_size=4", "train.warmup=2", "train.eval_every=0",
+             "train.eval_windows=16", "train.checkpoint_every=0", "logging.tensorboard=false",
+             "data.max_bytes=60000", "train.threads=1"]
+widths = [16, 32]
+aspect = 16
+head_dim = 16
+steps = [6, 12, 24]
+bootstrap = 10
+"""
+
+
+class Recorder:
+    """A batch source that records the token ids of every batch the trainer draws from the real sampler."""
+
+    def __init__(self, inner):
+        self.inner, self.shard, self.seen = inner, inner.shard, []
+
+    def next_batch(self):
+        x, y = self.inner.next_batch()
+        self.seen.append(x.numpy().copy())
+        return x, y
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        # the trainer peeks one batch before step 0 and puts the sampler back: the stream starts again here
+        self.seen.clear()
+        self.inner.load_state_dict(state)
+
+
+def test_every_budget_trains_on_a_prefix_of_one_token_stream(tmp_path):
+    """Through the trainer's own sampler: sizes and budgets differ, the token ids of the shorter run are the
+    first D ids of the longer run's stream (the sampler's order depends on neither the steps nor the model)."""
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(SPEC)
+    _, spec = load_scaling_spec(str(spec_path))
+    runs = plan_scaling(spec, tmp_path / "out")
+    picked = [r for r in runs if (r.size.width, r.steps) in ((16, 24), (32, 6), (32, 12))]
+    streams = {}
+    for run in picked:
+        cfg = run.cfg.model_copy(update={"logging": run.cfg.logging.model_copy(update={"probe_every": 0})})
+        trainer = Trainer(cfg, tmp_path / run.label.replace(" ", "_"), callbacks=[])
+        trainer.batches = Recorder(trainer.batches)
+        trainer.fit()
+        ids = np.concatenate([b.ravel() for b in trainer.batches.seen])
+        assert len(ids) == run.tokens  # D = steps x batch x accumulation x context
+        streams[run.label] = ids
+    longest = streams["w16-d1 24 steps"]
+    for label in ("w32-d2 6 steps", "w32-d2 12 steps"):
+        assert np.array_equal(streams[label], longest[: len(streams[label])])
+
+
+def test_a_reduced_study_runs_end_to_end_leaves_out_a_diverged_run_and_reuses(tmp_path, monkeypatch):
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(SPEC)
+    out = tmp_path / "study"
+    real = runner.train_or_reuse
+
+    def diverge_one(cfg, folder):
+        if cfg.model.width == 32 and cfg.train.steps == 12:
+            raise TrainingDiverged("loss is nan at step 7: training stopped")
+        return real(cfg, folder)
+
+    monkeypatch.setattr(runner, "train_or_reuse", diverge_one)
+    report = run_scaling(str(spec_path), out, starts=40)
+    assert [x["label"] for x in report["left_out"]] == ["w32-d2 12 steps"]
+    assert "diverged" in report["left_out"][0]["reason"]
+    saved = json.loads((out / "fit.json").read_text())
+    fit = saved["fit"]
+    for key in ("E", "A", "alpha", "B", "beta", "a", "b"):
+        assert math.isfinite(fit[key]) and len(fit["intervals"][key]) == 2
+    assert saved["chinchilla"]["alpha"] == 0.34 and saved["chinchilla"]["beta"] == 0.28
+    assert all(r["flops_exact"] > 0 and r["flops_6nd"] == 6 * r["params"] * r["tokens"] for r in saved["runs"])
+    assert len(saved["bootstrap"]) == 10
+    html = (out / "report.html").read_text()
+    assert "Runs left out of the fit" in html and "diverged" in html and "Iso-FLOP" in html
+    assert (out / "w16-d1" / "steps-24" / "seed-0" / "snapshots").is_dir()  # log-spaced snapshots, probes
+    assert (out / "w16-d1" / "steps-24" / "seed-0" / "probes.jsonl").is_file()
+
+    monkeypatch.setattr(runner, "train_or_reuse", real)
+    again = run_scaling(str(spec_path), out, starts=40)  # the finished runs reused, the left-out one trained
+    assert not again["left_out"]
+    assert sum(r["reused"] for r in again["runs"]) == 5
+
+
+def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
+    fit = CostFit(overhead=1e-6, per_flop=1e-10)
+    sizes = {Shape(32): (10_000, 1e5), Shape(64): (100_000, 1e6), Shape(128): (1_000_000, 1e7)}
+    pick = law_chooser(TRUE)
+    expected = {s: TRUE.loss(n, 60 * fit.tokens_per_s(f)) for s, (n, f) in sizes.items()}
+    assert pick(sizes, fit, 60.0) == min(expected, key=expected.get)
+    # a law where data is worth nothing chooses the largest model; one where size is worth nothing, the smallest
+    assert pick(sizes, fit, 60.0) in sizes
+    assert law_chooser(Law(1, 1e6, 1.0, 1e-9, 1.0))(sizes, fit, 60.0) == Shape(128)
+    assert law_chooser(Law(1, 1e-9, 1.0, 1e6, 1.0))(sizes, fit, 60.0) == Shape(32)
+
+    base = load_config("tiny", ["data.max_bytes=200000", "model.context=32", "train.batch_size=4",
+                                "train.device=cpu"])
+    law = TRUE
+    boot = [[law.E * k, law.A, law.alpha, law.B, law.beta] for k in (0.95, 1.0, 1.05)]
+    (tmp_path / "fit.json").write_text(json.dumps({
+        "fit": {**law.as_dict(), "a": law.a, "b": law.b}, "bootstrap": boot,
+        "base_config": base.model_dump(mode="json", exclude_none=True),
+        "runs": [{"params": 1e4, "tokens": 1e5, "left_out": None}, {"params": 1e5, "tokens": 1e6, "left_out": None}]}))
+    plan = plan_from_fit(0.002, tmp_path / "fit.json", ["train.threads=1"], seconds=0.3, max_measure=2)
+    lo, hi = plan["loss_interval"]
+    assert lo < plan["predicted_loss"] < hi
+    assert plan["predicted_loss"] == pytest.approx(float(law.loss(plan["params"], plan["tokens"])))
+    assert plan["config"].model.context == 32 and "predicted val_loss" in plan["config"].description
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    small = tmp_path / "small.toml"
+    small.write_text(SPEC.replace("steps = [6, 12, 24]", "steps = [6, 12]"))
+    assert main(["scaling", str(small), "--out", str(tmp_path / "x"), "--dry-run"]) == 2
+    assert "4 runs (2 sizes x 2 budgets), fewer than the 5 parameters" in capsys.readouterr().err
+    typo = tmp_path / "typo.toml"
+    typo.write_text(SPEC.replace("aspect =", "aspekt ="))
+    with pytest.raises(ConfigError, match="did you mean aspect"):
+        load_scaling_spec(str(typo))
+    with pytest.raises(ConfigError, match="did you mean scaling-tiny"):
+        load_scaling_spec("scaling-tinny")
+    ok = tmp_path / "ok.toml"
+    ok.write_text(SPEC)
+    _, spec = load_scaling_spec(str(ok))
+    with pytest.raises(ConfigError, match="model.width is set by the scaling grid"):
+        plan_scaling(spec, tmp_path / "y", ["model.width=64"])
+    unordered = tmp_path / "unordered.toml"
+    unordered.write_text(SPEC.replace("steps = [6, 12, 24]", "steps = [12, 6, 24]"))
+    with pytest.raises(ConfigError, match="steps: must be strictly ascending"):
+        load_scaling_spec(str(unordered))
+    with pytest.raises(VSLMError, match="no fit at"):
+        plan_from_fit(1.0, tmp_path / "nothing.json")
+
+
+@pytest.mark.parametrize("name", ["scaling-tiny", "scaling-hour"])
+def test_built_in_specs_plan_without_training(name, tmp_path):
+    _, spec = load_scaling_spec(name)
+    runs = plan_scaling(spec, tmp_path, ["train.threads=1"])
+    assert len(runs) == len(spec.widths) * len(spec.steps) >= 5
+    assert len({r.params for r in runs}) == len(spec.widths)  # the sizes grow
+    tokens = sorted({r.tokens for r in runs})
+    assert tokens[-1] / tokens[0] >= 8  # budgets over about a decade
+
+
+def test_a_study_whose_runs_all_diverge_writes_its_report_and_says_why(tmp_path, monkeypatch, capsys):
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(SPEC)
+
+    def diverge(cfg, folder):
+        raise TrainingDiverged(f"loss is nan at step 3 (width {cfg.model.width})")
+
+    monkeypatch.setattr(runner, "train_or_reuse", diverge)
+    out = tmp_path / "study"
+    assert main(["scaling", str(spec_path), "--out", str(out), "--jobs", "1"]) == 1  # in this process: patched
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "only 0 usable runs" in err and "6 runs left out" in err
+    html = (out / "report.html").read_text()
+    assert "No fit" in html and "Runs left out of the fit" in html and html.count("diverged: loss is nan") >= 6
+
+
+@pytest.mark.slow
+def test_scaling_tiny_fits_a_law_with_positive_exponents(tmp_path):
+    """The built-in study itself (about 4 minutes on 2 cores; docs/BENCHMARKS.md, "Scaling law, scaling-tiny")."""
+    report = run_scaling("scaling-tiny", tmp_path / "study", ["train.threads=1"])
+    fit = report["fit"]
+    assert not report["left_out"] and fit["alpha"] > 0 and fit["beta"] > 0 and 0 < fit["a"] < 1
+    assert fit["rms_residual"] < 0.1
