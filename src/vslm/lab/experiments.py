@@ -119,11 +119,16 @@ class ExperimentSpec(BaseModel):
         return self
 
 
-def builtin_experiments() -> dict[str, str]:
-    """Built-in experiment names and their one-line descriptions."""
-    entries = sorted(resources.files("vslm.configs.experiments").iterdir(), key=lambda p: p.name)
+def builtin_descriptions(package: str) -> dict[str, str]:
+    """The TOML files of a package of built-ins (experiments, scaling specs): name -> one-line description."""
+    entries = sorted(resources.files(package).iterdir(), key=lambda p: p.name)
     return {e.name.removesuffix(".toml"): tomllib.loads(e.read_text()).get("description", "")
             for e in entries if e.name.endswith(".toml")}
+
+
+def builtin_experiments() -> dict[str, str]:
+    """Built-in experiment names and their one-line descriptions."""
+    return builtin_descriptions("vslm.configs.experiments")
 
 
 def read_experiment(name_or_path: str) -> tuple[str, dict, str]:

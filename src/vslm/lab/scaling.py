@@ -55,6 +55,7 @@ from rich.console import Console
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError, did_you_mean
 from vslm.lab import scaling_fit
+from vslm.lab.experiments import builtin_descriptions
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import build_for_accounting, tokens_per_run
 from vslm.model import parameter_count, training_flops_per_token
@@ -130,9 +131,7 @@ class ScalingRun:
 
 def builtin_scaling_specs() -> dict[str, str]:
     """Built-in scaling specs and their one-line descriptions."""
-    entries = sorted(resources.files("vslm.configs.scaling").iterdir(), key=lambda p: p.name)
-    return {e.name.removesuffix(".toml"): tomllib.loads(e.read_text()).get("description", "")
-            for e in entries if e.name.endswith(".toml")}
+    return builtin_descriptions("vslm.configs.scaling")
 
 
 def load_scaling_spec(name_or_path: str) -> tuple[str, ScalingSpec]:
