@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 import vslm.lab.runner as runner
+from conftest import tiny_overrides
 from vslm.cli import main
 from vslm.errors import ConfigError, VSLMError
 from vslm.lab.experiments import builtin_experiments, load_experiment, plan_experiment, read_experiment, run_experiment
@@ -37,9 +38,9 @@ def last_metrics(folder) -> dict:
 class CountingTrainer(runner.Trainer):
     calls: list[tuple[str, bool]] = []
 
-    def __init__(self, cfg, run_dir, resume=False):
+    def __init__(self, cfg, run_dir, resume=False, corpus=None):
         CountingTrainer.calls.append((f"{run_dir.parent.name}/{run_dir.name}", resume))
-        super().__init__(cfg, run_dir, resume=resume)
+        super().__init__(cfg, run_dir, resume=resume, corpus=corpus)
 
 
 def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_path, monkeypatch):
@@ -228,3 +229,24 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
     assert "| trained on ↓, evaluated on → | stories | other |" in (out / "results.md").read_text()
     html = (out / "report.html").read_text()
     assert "Trained on x evaluated on" in html and html.count("data:image/png;base64,") == 1
+
+
+def test_a_run_of_another_tokenizer_is_refused_when_the_corpus_is_given(tmp_path):
+    from vslm.config import load_config
+    from vslm.data.shards import prepare_corpus
+    from vslm.data.tokenizer import ByteTokenizer
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=2))
+    first = runner.train_or_reuse(cfg, tmp_path / "r", prepare_corpus(cfg.data))
+    assert runner.train_or_reuse(cfg, tmp_path / "r", prepare_corpus(cfg.data))["reused"]
+    assert runner.train_or_reuse(cfg, tmp_path / "r")["val_loss"] == first["val_loss"]
+    # the config names the tokenizer's kind only: the same config with its text encoded otherwise
+    with pytest.raises(VSLMError, match="holds a run of another tokenizer"):
+        runner.train_or_reuse(cfg, tmp_path / "r", prepare_corpus(cfg.data, tokenizer=ByteTokenizer()))
+
+
+def test_a_knowledge_experiment_refuses_what_applies_to_variants(capsys):
+    for flags in (["--resolve", "0.02"], ["--launcher", "ray"]):
+        assert main(["experiment", "knowledge-retrieval", "--out", "unused", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "apply to comparisons of variants" in err and len(err.strip().splitlines()) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from test_facts_preloaded import answer_from_context
 from vslm.cli import main
 from vslm.data.answers import IGNORE
+from vslm.errors import VSLMError
 from vslm.knowledge import names, render
 from vslm.knowledge.folder import build, write_world_folder
 from vslm.knowledge.reader import (
@@ -47,7 +49,8 @@ def test_the_world_text_round_trips_and_every_name_is_a_word_token(tokenizer):
     for name in novel | {"Estoria", "1950"}:
         assert len(tokenizer.encode(" " + name)) == len(name.split())
     assert len(tokenizer.encode(render.answer_text("Alma Brandt"))) == 3  # " Alma", " Brandt", "\n"
-    assert tokenizer.vocab_size < 1500 and reader_tokenizer().to_dict() == tokenizer.to_dict()  # deterministic
+    assert tokenizer.vocab_size < 1500
+    assert reader_tokenizer.__wrapped__().to_dict() == tokenizer.to_dict()  # deterministic, built again
 
 
 def test_examples_are_answered_by_their_context_at_the_hops_and_distractors_asked():
@@ -119,3 +122,28 @@ def test_a_reduced_reader_reads_one_card_above_chance_and_eval_prints_the_novel_
     assert json.loads((out / "reader.json").read_text())["settings"]["max_hops"] == 1
     assert main(["facts", "reader", "--world", str(world), "--out", str(out)]) == 1
     assert "already holds a reader" in capsys.readouterr().err
+
+
+def test_a_reused_reader_is_checked_before_it_is_read_back_or_resumed(tmp_path):
+    world = tmp_path / "world"
+    write_world_folder(WorldConfig(seed=1, people=8, novel_people=4, hops=2, questions_per_hop=3), world)
+    cfg = reader_config("reader", ["train.steps=3", "model.depth=1", "model.width=32", "train.eval_windows=2"])
+    settings = ReaderSettings(max_hops=1, curve_every=0)
+    out = tmp_path / "r"
+    first = train_reader(world, out, cfg, settings)
+    assert train_reader(world, out, cfg, settings, reuse=True) == first  # finished: read back
+    for other_cfg, other in ((cfg, ReaderSettings(max_hops=2, curve_every=0)),
+                             (reader_config("reader", ["train.steps=4", "model.depth=1", "model.width=32"]), settings)):
+        with pytest.raises(VSLMError, match="holds a reader of other settings"):
+            train_reader(world, out, other_cfg, other, reuse=True)
+    # stopped after its last checkpoint but before reader.json: checked against the settings it started
+    # with, then resumed (no step left) with the last logged metrics
+    (out / "reader.json").unlink()
+    with pytest.raises(VSLMError, match="holds a reader of other settings"):
+        train_reader(world, out, cfg, ReaderSettings(max_hops=2, curve_every=0), reuse=True)
+    again = train_reader(world, out, cfg, settings, reuse=True)
+    assert again["last"]["loss"] == first["last"]["loss"] and again["settings"] == first["settings"]
+    # stopped before any checkpoint: nothing to keep, trained again
+    shutil.rmtree(out / "checkpoints")
+    (out / "reader.json").unlink()
+    assert train_reader(world, out, cfg, settings, reuse=True)["last"]["loss"] == first["last"]["loss"]

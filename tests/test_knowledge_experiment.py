@@ -99,16 +99,51 @@ def test_bad_specs_fail_with_one_line(changes, message):
 
 
 def test_builtin_knowledge_experiments_validate(tmp_path):
-    names = [n for n in builtin_experiments() if n.startswith("knowledge-")]
-    assert names == ["knowledge-distill", "knowledge-preloaded", "knowledge-retrieval"]
-    for name in names:
-        _, raw, label = read_experiment(name)
-        spec = parse_spec(raw, label)
-        assert spec.criteria, name
+    names = sorted(n for n in builtin_experiments() if n.startswith("knowledge"))
+    assert names == ["knowledge", "knowledge-distill", "knowledge-preloaded", "knowledge-retrieval"]
+    specs = {name: parse_spec(*read_experiment(name)[1:]) for name in names}
+    for name, spec in specs.items():
+        assert spec.criteria and spec.base == "reader" and spec.tokens == "words" and spec.seeds >= 3, name
         for arm in spec.arms:
             if not arm.distilled:
                 cfg = arm_config(spec, arm, tmp_path, 1, [])
-                assert cfg.data.tokenizer == "byte" and cfg.train.seed == 1
+                assert cfg.train.seed == 1 and cfg.model.width in (128, 256)
+    # `knowledge` is the three together: each arm once, every criterion, one world
+    whole = specs["knowledge"]
+    assert [a.name for a in whole.arms] == ["reader", "closed-1x", "closed-4x", "fixed", "student", "gradient-ascent",
+                                            "npo"]
+    assert whole.criteria == [c for n in ("knowledge-retrieval", "knowledge-preloaded", "knowledge-distill")
+                              for c in specs[n].criteria]
+    assert whole.world == specs["knowledge-distill"].world
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"include": ["knowledge-retrieval"], "arms": [{"name": "x"}]}, "arms come from the included experiments"),
+    ({"include": ["knowledge-retrieval", "smoke"]}, "'smoke' is not a knowledge experiment"),
+    ({"include": ["knowledge-retrieval", "ghost"]}, "ghost"),
+    ({"include": "knowledge-retrieval"}, "include must be a list"),
+])
+def test_bad_includes_fail_with_one_line(raw, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_spec({"kind": "knowledge", **raw}, "x.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_included_experiments_must_agree(tmp_path):
+    _, raw, _ = read_experiment("knowledge-preloaded")
+    other = tmp_path / "other.toml"  # the shared settings of knowledge-preloaded, but a world of 12 people
+    other.write_text('kind = "knowledge"\nbase = "reader"\ntokens = "words"\nper_group = 20\ngroup_size = 8\n'
+                     '[world]\npeople = 12\n[[arms]]\nname = "reader"\ndata = "reader"\n')
+    with pytest.raises(ConfigError, match="differ in world"):
+        parse_spec({"kind": "knowledge", "include": ["knowledge-preloaded", str(other)]}, "x.toml")
+    other.write_text(other.read_text().replace("people = 12", "\n".join(f"{k} = {v}" for k, v in raw["world"].items()))
+                     .replace('data = "reader"', 'data = "reader"\nreader = { max_hops = 1 }'))
+    with pytest.raises(ConfigError, match="arm 'reader' differs"):
+        parse_spec({"kind": "knowledge", "include": ["knowledge-preloaded", str(other)]}, "x.toml")
+    with pytest.raises(ConfigError, match="unknown reader settings hops"):
+        parse_spec(spec_dict(arms=[{"name": "r", "data": "reader", "reader": {"hops": 2}}], criteria=[]), "x.toml")
+    with pytest.raises(ConfigError, match='reader settings are for data = "reader"'):
+        parse_spec(spec_dict(arms=[{"name": "r", "reader": {"max_hops": 2}}], criteria=[]), "x.toml")
 
 
 TINY = """
@@ -185,3 +220,75 @@ def test_a_tiny_knowledge_experiment_runs_reuses_and_reports(tmp_path, capsys):
     capsys.readouterr()
     assert main(["experiment", str(spec), "--out", str(tmp_path / "bad"), "--seeds", "0"]) != 0
     assert "at least 1 seed" in capsys.readouterr().err
+
+
+READER_TINY = """
+description = "tiny knowledge experiment on the reader recipe"
+kind = "knowledge"
+base = "reader"
+tokens = "words"
+seeds = 2
+per_group = 3
+group_size = 4
+overrides = ["train.steps=4", "model.depth=1", "model.width=32", "train.eval_windows=4"]
+[world]
+people = 8
+novel_people = 4
+hops = 2
+questions_per_hop = 3
+preloaded = 40
+preloaded_hops = 2
+[[arms]]
+name = "reader"
+data = "reader"
+reader = { max_hops = 1, curve_every = 2, curve_questions = 2 }
+relearn_steps = 2
+[[arms]]
+name = "closed"
+adapters = 2
+[[arms]]
+name = "fixed"
+data = "fixed"
+overrides = ["data.answer_only=true"]
+[[arms]]
+name = "student"
+teacher = "fixed"
+naive = "reader"
+steps = 2
+batch_size = 2
+[[criteria]]
+claim = "reader reads"
+left = "reader:open_book.novel"
+op = ">="
+right = "fixed:open_book.novel"
+"""
+
+
+def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp_path, capsys):
+    from vslm.knowledge.reader import reader_tokenizer
+    from vslm.train.run_folder import load_run
+
+    spec = tmp_path / "reader-knowledge.toml"
+    spec.write_text(READER_TINY)
+    out = tmp_path / "out"
+    assert main(["experiment", str(spec), "--out", str(out), "--jobs", "2"]) == 0
+    assert "seeds on 2 worker processes" in capsys.readouterr().out
+    words = reader_tokenizer().to_dict()
+    for seed in (0, 1):
+        reader = json.loads((out / f"seed-{seed}" / "reader" / "reader.json").read_text())
+        assert reader["settings"]["max_hops"] == 1 and reader["steps"] == 4
+        for arm in ("reader", "closed", "fixed", "student"):  # one vocabulary: the word tokens, in every arm
+            assert json.loads((out / f"seed-{seed}" / arm / "facts-eval.json").read_text())["open_book"], arm
+            assert load_run(out / f"seed-{seed}" / arm)[2].to_dict() == words, arm
+    first = json.loads((out / "results.json").read_text())
+    assert first["seeds"] == 2 and first["criteria"][0]["seeds"] == 2
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    assert main(["experiment", str(spec), "--out", str(out), "--jobs", "1"]) == 0  # one process: all reused
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+    assert json.loads((out / "results.json").read_text())["summary"] == first["summary"]
+
+    # the same reader folder asked with other reader settings is refused, not mixed
+    spec.write_text(READER_TINY.replace("max_hops = 1,", "max_hops = 2,"))
+    assert main(["experiment", str(spec), "--out", str(out), "--jobs", "1"]) != 0
+    assert "holds a reader of other settings" in capsys.readouterr().err

@@ -380,3 +380,24 @@ def test_bootstrap_se_of_identical_windows_is_zero_and_draws_are_fixed():
     assert bootstrap_se(same, lambda m: np.log(m[:, 0])) == 0.0
     values = np.random.default_rng(0).normal(size=64)
     assert bootstrap_se(values) == bootstrap_se(values)  # a fixed seed: the same draws every call
+
+
+def test_multiset_loss_is_the_best_order_blind_prediction():
+    import itertools
+
+    from vslm.probes.position import multiset_loss
+
+    # a row's second copy after its first token, predicted from what is left of the multiset: brute
+    # force over every order of that multiset, each equally likely, gives the same probabilities
+    row = np.array([2, 5, 2, 7, 5, 2])
+    orders = set(itertools.permutations(row[1:].tolist()))  # the second copy's tokens 1.. once token 0 is used
+    nll = 0.0
+    for t in range(1, len(row)):
+        prefix = tuple(row[1:t].tolist())
+        matching = [o for o in orders if o[: t - 1] == prefix]
+        nll -= math.log(sum(o[t - 1] == row[t] for o in matching) / len(matching))
+    assert multiset_loss(row[None]) == pytest.approx(nll / (len(row) - 1))
+    # all tokens distinct: 1/(L-1) ... 1/1, the last token certain
+    assert multiset_loss(np.array([[0, 1, 2, 3]])) == pytest.approx((math.log(3) + math.log(2) + 0) / 3)
+    # rows average token by token
+    assert multiset_loss(np.stack([row, row])) == pytest.approx(multiset_loss(row[None]))

@@ -135,7 +135,8 @@ def cmd_probe(a: argparse.Namespace) -> int:
             pm = ", ".join(f"layer {d}: {max(h):.3f}" for d, h in enumerate(result["prefix_matching"]))
             print(f"L = {a.induction}, {a.sequences} sequences: 1st copy {result['loss_first']:.3f} "
                   f"± {result['loss_first_se']:.3f}, 2nd copy {result['loss_second']:.3f} ± "
-                  f"{result['loss_second_se']:.3f} nats; prefix matching, best head: {pm}")
+                  f"{result['loss_second_se']:.3f} nats (order-blind best {result['loss_multiset']:.3f}); "
+                  f"prefix matching, best head: {pm}")
         return 0
     if a.copying:
         result = probe_copying(Path(a.run), a.copying, a.invented, a.far, a.stories, a.windows, a.batch,
@@ -318,11 +319,11 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
-    if launcher.jobs > 1 and a.jobs in (None, "auto") and launcher.kind == "local":
+    if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
         from vslm.lab.experiments import read_experiment
 
-        if read_experiment(a.experiment)[1].get("kind"):  # the default, not asked for: one at a time
-            launcher = make_launcher(1)
+        if read_experiment(a.experiment)[1].get("kind"):  # seeds of a knowledge experiment: one at a time
+            launcher = make_launcher(1)                   # unless --jobs asks for more
     run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds)
     print(out)
     return 0

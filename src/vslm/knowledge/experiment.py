@@ -7,12 +7,14 @@ A knowledge experiment is a TOML file with `kind = "knowledge"`:
     base = "tiny"                          # the config every trained arm starts from
     seeds = 2                              # seed k: world seed k and train.seed k
     overrides = ["data.tokenizer=byte"]    # common to every trained arm
+    tokens = "words"                       # optional: every arm encodes with the reader's word tokenizer
     per_group = 30                         # questions per pool, split and hop count (vslm facts eval)
     [world]                                # WorldConfig fields (vslm facts generate), but the seed
     people = 40
     [[arms]]
     name = "closed-1x"
-    data = "train"                         # train | preloaded | fixed (files of the world), or a corpus name
+    data = "train"                         # train | preloaded | fixed (files of the world), reader, or a corpus
+    reader = {max_hops = 3}                # data = "reader": the reader recipe's settings (ReaderSettings)
     adapters = 100                         # optional: the LoRA arm, steps per group of novel people
     [[arms]]
     name = "student"
@@ -26,6 +28,17 @@ A knowledge experiment is a TOML file with `kind = "knowledge"`:
     left = "reader:retrieved.seen.hops2"
     op = ">"                               # >, <, >=, <=, or "~" (|left - right| <= tolerance)
     right = "closed-4x:closed_book.seen.hops2"   # or a number, or "chance:SETTING.POOL"
+
+An arm with `data = "reader"` is trained by the reader recipe (vslm.knowledge.reader: fresh small
+worlds every step, the answer-only loss, a curriculum; W itself only asked), with `base = "reader"`
+its model and schedule. With `tokens = "words"` the other arms encode their text with the same word
+tokenizer, so that every arm sees a name as the same one or two tokens and the teacher, the naive
+model and the student of a distillation share a vocabulary.
+
+`include = ["knowledge-retrieval", ...]` makes an experiment of others: their arms (one arm of a name,
+identical wherever it appears) and criteria, one table of criteria judged together (Holm across all
+of them); the included experiments must agree on base, tokens, overrides, per_group, group_size and
+world. Seeds run in `--jobs N` worker processes (one seed each; the default one after another).
 
 For each seed, out/seed-k/ holds the world (world/) and one folder per arm (a run folder with its
 facts-eval.json; relearn.json with the relearning test). Finished parts are reused, so an
@@ -46,7 +59,10 @@ import json
 import math
 import shlex
 import statistics
+import sys
+import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Literal
@@ -65,6 +81,7 @@ from vslm.plain import plain
 from vslm.train.run_folder import device_of
 
 WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
+READER = "reader"  # an arm's data: trained by the reader recipe (vslm.knowledge.reader)
 RELEARN = "relearn.json"
 EVAL = "facts-eval.json"
 # the summary table: (label, metric path)
@@ -82,6 +99,7 @@ class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[\w.-]+$")
     data: str = "train"
+    reader: dict = {}
     overrides: list[str] = []
     adapters: int = Field(0, ge=0)
     teacher: str | None = None
@@ -96,6 +114,16 @@ class Arm(BaseModel):
     @property
     def distilled(self) -> bool:
         return self.teacher is not None
+
+    @model_validator(mode="after")
+    def _reader_settings(self) -> Arm:
+        if self.reader and self.data != READER:
+            raise ValueError(f"arm '{self.name}': reader settings are for data = \"reader\"")
+        if self.data == READER and self.distilled:
+            raise ValueError(f"arm '{self.name}': a distilled arm is trained from its teacher, not by the reader")
+        if self.data == READER:
+            reader_settings(self)  # unknown fields and wrong types fail here
+        return self
 
 
 class Criterion(BaseModel):
@@ -113,6 +141,7 @@ class KnowledgeSpec(BaseModel):
     base: str = "tiny"
     seeds: int = Field(2, ge=1)
     overrides: list[str] = []
+    tokens: Literal["config", "words"] = "config"
     per_group: int = Field(30, ge=1)
     group_size: int = Field(10, ge=1)
     world: dict = {}
@@ -124,11 +153,16 @@ class KnowledgeSpec(BaseModel):
         names = [a.name for a in self.arms]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"duplicate arm names: {', '.join(duplicates)}")
+        by_name = {a.name: a for a in self.arms}
         for arm in self.arms:
             if arm.distilled:
                 for role, other in (("teacher", arm.teacher), ("naive", arm.naive)):
                     if other not in names[: names.index(arm.name)]:
                         raise ValueError(f"arm '{arm.name}': {role} '{other}' must be an arm listed before it")
+                readers = [by_name[o].data == READER for o in (arm.teacher, arm.naive)]
+                if self.tokens != "words" and any(readers):
+                    raise ValueError(f"arm '{arm.name}': a reader arm's word tokens and a config tokenizer in one "
+                                     "distillation; set tokens = \"words\"")
         for c in self.criteria:
             for side in (c.left, c.right):
                 if isinstance(side, str) and side.split(":")[0] not in [*names, "chance"]:
@@ -138,7 +172,77 @@ class KnowledgeSpec(BaseModel):
         return self
 
 
+def reader_settings(arm: Arm):
+    """The arm's ReaderSettings, checked: known fields, of their types, names "all" or "seen"."""
+    from dataclasses import fields
+
+    from pydantic import TypeAdapter
+
+    from vslm.knowledge.reader import ReaderSettings
+
+    known = {f.name for f in fields(ReaderSettings)}
+    if unknown := sorted(set(arm.reader) - known):
+        raise ValueError(f"arm '{arm.name}': unknown reader settings {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    try:
+        settings = TypeAdapter(ReaderSettings).validate_python(arm.reader)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        raise ValueError(f"arm '{arm.name}': reader setting {where}: {error['msg']}") from None
+    if settings.names not in ("all", "seen"):
+        raise ValueError(f"arm '{arm.name}': reader names must be 'all' or 'seen', not {settings.names!r}")
+    return settings
+
+
+SHARED = ("base", "tokens", "overrides", "per_group", "group_size", "world")  # what included experiments agree on
+
+
+def merge_included(raw: dict, label: str, seen: tuple[str, ...] = ()) -> dict:
+    """An experiment of others (`include`): its own description and seeds, their shared settings, the
+    union of their arms (one of a name) and their criteria in order. A relative path is looked up
+    beside the including file, as `base` is."""
+    from vslm.lab.experiments import read_experiment
+
+    names = raw.get("include")
+    if not names:
+        return raw
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{label}: include must be a list of experiment names")
+    if label in seen:
+        raise ConfigError(f"{label}: includes itself (through {' -> '.join(seen)})")
+    here = Path(label).parent if Path(label).is_file() else None
+    names = [str(here / n) if here and not Path(n).is_absolute() and (here / n).is_file() else n for n in names]
+    own = sorted(k for k in (*SHARED, "arms", "criteria") if k in raw)
+    if own:
+        raise ConfigError(f"{label}: {', '.join(own)} come from the included experiments; leave them out")
+    merged = {k: v for k, v in raw.items() if k != "include"} | {"arms": [], "criteria": []}
+    first = None
+    for name in names:
+        part_name, part, part_label = read_experiment(name)
+        part = merge_included(part, part_label, (*seen, label))
+        if part.get("kind") != "knowledge":
+            raise ConfigError(f"{label}: included '{name}' is not a knowledge experiment")
+        shared = {k: part.get(k, KnowledgeSpec.model_fields[k].default) for k in SHARED}
+        if first is None:
+            first = (part_name, shared)
+            merged |= shared
+        elif shared != first[1]:
+            differs = ", ".join(k for k in SHARED if shared[k] != first[1][k])
+            raise ConfigError(f"{label}: '{name}' and '{first[0]}' differ in {differs}")
+        arms = {a["name"]: a for a in merged["arms"]}
+        for arm in part.get("arms", []):
+            if arm.get("name") in arms:
+                if arms[arm["name"]] != arm:
+                    raise ConfigError(f"{label}: arm '{arm['name']}' differs between the included experiments")
+            else:
+                merged["arms"].append(arm)
+        merged["criteria"] += [c for c in part.get("criteria", []) if c not in merged["criteria"]]
+    return merged
+
+
 def parse_spec(raw: dict, label: str) -> KnowledgeSpec:
+    raw = merge_included(raw, label)
     try:
         spec = KnowledgeSpec.model_validate(raw)
         WorldConfig(**spec.world)
@@ -251,8 +355,8 @@ def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> lis
 
 def arm_config(spec: KnowledgeSpec, arm: Arm, world: Path, seed: int, extra: Sequence[str]) -> RunConfig:
     source = str(world / WORLD_FILES[arm.data]) if arm.data in WORLD_FILES else arm.data
-    words = [*spec.overrides, *arm.overrides, f"data.source={source}", f"train.seed={seed}", *extra,
-             "logging.progress=false"]
+    data = [] if arm.data == READER else [f"data.source={source}"]  # the reader writes its own examples
+    words = [*spec.overrides, *arm.overrides, *data, f"train.seed={seed}", *extra, "logging.progress=false"]
     try:
         return load_config(spec.base, words)
     except ConfigError as e:
@@ -282,8 +386,18 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
             distill(seed_dir / arm.teacher, seed_dir / arm.naive, world, folder, arm.method, arm.steps,
                     arm.batch_size, arm.lr, seed=seed, device=device)
         train = {}
-    else:
-        train = train_or_reuse(arm_config(spec, arm, world, seed, extra), folder)
+    elif arm.data == READER:
+        from vslm.knowledge.reader import train_reader
+
+        done = train_reader(world, folder, arm_config(spec, arm, world, seed, extra), reader_settings(arm), reuse=True)
+        train = {"val_loss": done["last"].get("val_loss"), "params": done["params"]}
+    else:  # the text encoded here, so that a folder trained with another tokenizer is refused
+        from vslm.data.shards import prepare_corpus
+        from vslm.knowledge.reader import reader_tokenizer
+
+        cfg = arm_config(spec, arm, world, seed, extra)
+        corpus = prepare_corpus(cfg.data, tokenizer=reader_tokenizer() if spec.tokens == "words" else None)
+        train = train_or_reuse(cfg, folder, corpus)
     result: dict = {}
     if arm.evaluate:
         if not (folder / EVAL).is_file():
@@ -311,10 +425,64 @@ def relearning(folder: Path, world: Path, steps: int, seed: int, device: str) ->
     return out
 
 
+def run_seed(spec: KnowledgeSpec, seed: int, out: Path, extra: Sequence[str], device: str, say) -> dict[str, dict]:
+    """Seed `seed`'s world and every arm on it (each part reused where done): {arm: results}."""
+    seed_dir = out / f"seed-{seed}"
+    world = make_world(spec, seed, seed_dir / "world")
+    return {arm.name: run_arm(spec, arm, world, seed_dir, seed, extra, device, say) for arm in spec.arms}
+
+
+@dataclass(frozen=True)
+class SeedJob:
+    spec: KnowledgeSpec
+    seed: int
+    out: Path
+    extra: tuple[str, ...]
+    device: str
+
+
+def _seed_task(job: SeedJob, threads: int) -> dict:
+    """run_seed in a worker process (vslm.lab.parallel.run_in_processes): {"arms": {arm: results}}; a
+    stop or an error in what was asked raises, a bug comes back as {"failed": reason}."""
+    import torch
+
+    from vslm.train.trainer import TrainingStopped
+
+    torch.set_num_threads(threads)  # evaluation's; a config's train.threads still rules its training
+    try:
+        return {"arms": run_seed(job.spec, job.seed, job.out, job.extra, job.device,
+                                 lambda text: print(text, flush=True))}
+    except (TrainingStopped, VSLMError):
+        raise
+    except Exception as e:  # a bug: say where; the parent reports it once every seed is done
+        traceback.print_exc(file=sys.stderr)
+        return {"failed": f"{type(e).__name__}: {e}"}
+
+
+def run_seeds(spec: KnowledgeSpec, seeds: int, out: Path, extra: Sequence[str], device: str, say,
+              jobs: int = 1) -> list[dict[str, dict]]:
+    """Every seed: one after another here, or in `jobs` worker processes (vslm.lab.parallel: one seed a
+    worker at a time, the cores split between them; Ctrl-C stops them all, and an error in what was
+    asked stops the rest)."""
+    if jobs <= 1 or seeds == 1:
+        return [run_seed(spec, seed, out, extra, device, say) for seed in range(seeds)]
+    from vslm.lab.parallel import run_in_processes, threads_per_worker
+
+    jobs = min(jobs, seeds)
+    say(f"seeds on {jobs} worker processes, {threads_per_worker(jobs)} thread(s) each for evaluation "
+        "(a config's train.threads for training)")
+    done = run_in_processes([SeedJob(spec, seed, out, tuple(extra), device) for seed in range(seeds)], jobs,
+                            _seed_task)
+    if failed := [f"seed {seed}: {r['failed']}" for seed, r in enumerate(done) if "failed" in r]:
+        raise VSLMError("; ".join(failed))
+    return [r["arms"] for r in done]
+
+
 def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None = None,
                              extra_overrides: Sequence[str] = (), console: Console | None = None,
-                             source: str | None = None) -> dict:
-    """Every arm x seed, then out/results.json, results.md and report.html; returns the results."""
+                             source: str | None = None, jobs: int = 1) -> dict:
+    """Every arm x seed (the seeds in `jobs` worker processes), then out/results.json, results.md and
+    report.html; returns the results."""
     seeds = spec.seeds if seeds is None else seeds
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
@@ -329,12 +497,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
         if console:
             console.print(text, highlight=False, markup=False)
 
-    per_seed: list[dict[str, dict]] = []
-    for seed in range(seeds):
-        seed_dir = out / f"seed-{seed}"
-        world = make_world(spec, seed, seed_dir / "world")
-        per_seed.append({arm.name: run_arm(spec, arm, world, seed_dir, seed, extra_overrides, device, say)
-                         for arm in spec.arms})
+    per_seed = run_seeds(spec, seeds, out, extra_overrides, device, say, jobs)
     results = summarize(name, spec, command, per_seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(plain(results, digits=6), indent=1) + "\n", encoding="utf-8")

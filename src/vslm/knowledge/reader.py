@@ -37,8 +37,10 @@ token by its identity alone).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,9 +59,12 @@ from vslm.knowledge.questions import chain_paths
 from vslm.knowledge.scoring import LMScorer
 from vslm.knowledge.world import YEARS, NamePool, name_pools, small_world
 from vslm.train.callbacks import Callback
+from vslm.train.checkpoint import list_checkpoints
+from vslm.train.run_folder import CHECKPOINTS, METRICS, read_run_config
 from vslm.train.trainer import Trainer, default_callbacks
 
 RESULT = "reader.json"
+STARTED = "reader-settings.json"  # the settings a resumed reader must have (written when it starts)
 EXAMPLES = "reader-examples.txt"  # the corpus the trainer's validation loss reads: examples of the last stage
 N_EXAMPLES_FILE = 2000
 SAMPLE_EXAMPLES = 400  # examples whose words, beside names.py's lists, make the vocabulary
@@ -96,6 +101,7 @@ def _text_words() -> list[str]:
     return lines
 
 
+@functools.cache
 def reader_tokenizer() -> HFTokenizer:
     """A word-level vocabulary with the 256 bytes under it: every byte-level pre-token (GPT-2's split:
     " Alma", "Alma", " 1950", ".", "\\n") of the world's language is one token, found without merges;
@@ -211,18 +217,31 @@ def reader_config(config: str = "reader", overrides: list[str] | None = None) ->
 
 
 def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
-                 settings: ReaderSettings | None = None) -> dict:
+                 settings: ReaderSettings | None = None, reuse: bool = False) -> dict:
     """Train the reader into the run folder `out` and write out/reader.json (settings, wall time, the
-    last metrics); returns it."""
+    last metrics); returns it. A folder that already holds a reader is an error, unless `reuse`: then a
+    finished reader of the same config and settings is read back (any other is an error), a run
+    stopped after a checkpoint is resumed, and one stopped before any is trained again (how a
+    knowledge experiment's `data = "reader"` arm is run)."""
     cfg = cfg or reader_config()
     settings = settings or ReaderSettings()
     if settings.names not in ("all", "seen"):
         raise VSLMError(f"names must be 'all' or 'seen', not {settings.names!r}")
     out = Path(out)
-    if (out / RESULT).is_file():
-        raise VSLMError(f"{out} already holds a reader; --out another folder")
     folder = load_world_folder(world)
     max_hops = settings.max_hops or folder.settings.hops
+    recorded = asdict(settings) | {"max_hops": max_hops}
+    if (out / RESULT).is_file():
+        if not reuse:
+            raise VSLMError(f"{out} already holds a reader; --out another folder")
+        _check_same(out, cfg, recorded, json.loads((out / RESULT).read_text(encoding="utf-8")).get("settings"))
+        return json.loads((out / RESULT).read_text(encoding="utf-8"))
+    resume = reuse and bool(list_checkpoints(out / CHECKPOINTS))
+    if resume:
+        started = out / STARTED
+        _check_same(out, cfg, recorded, json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None)
+    elif reuse and out.exists():
+        shutil.rmtree(out)  # stopped before its first checkpoint: nothing to keep
     if settings.names == "seen":
         pool = name_pools(folder.settings.seed)["seen"]
     else:
@@ -233,6 +252,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
 
     # the trainer's corpus (validation loss, bytes per token): examples of the last stage, in a file
     out.mkdir(parents=True, exist_ok=True)
+    (out / STARTED).write_text(json.dumps(recorded) + "\n", encoding="utf-8")
     final = ReaderBatches(tokenizer, pool, Curriculum(max_hops, settings.max_distractors, 0, 1), cfg.model.context,
                           1, cfg.train.seed + 1)
     texts = [p + render.answer_text(a).rstrip("\n") for p, a in final.examples(N_EXAMPLES_FILE)]
@@ -248,11 +268,24 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     if settings.curve_every:
         callbacks.insert(0, ReadingCurve(folder, tokenizer, settings.curve_every, settings.curve_questions))
     started = time.perf_counter()
-    trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus, batches=batches)
+    trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus, batches=batches, resume=resume)
     last = trainer.fit()
-    result = {"world": str(world), "settings": asdict(settings) | {"max_hops": max_hops},
+    if "loss" not in last:  # resumed at its last step (stopped before reader.json): its last logged metrics
+        last = json.loads((out / METRICS).read_text(encoding="utf-8").splitlines()[-1])
+    result = {"world": str(world), "settings": recorded,
               "params": trainer.params, "vocab_size": tokenizer.vocab_size, "steps": cfg.train.steps,
               "wall_s": round(time.perf_counter() - started, 1), "train_time_s": round(trainer.train_time_s, 1),
               "last": last}
     (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def _check_same(out: Path, cfg: RunConfig, settings: dict, saved_settings: dict | None) -> None:
+    """Refuse a folder whose reader (finished, or to be resumed) has other settings or another config
+    than these (up to the examples file, which is the folder's own)."""
+    from vslm.lab.runner import same_settings
+
+    run_cfg = read_run_config(out)
+    asked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": run_cfg.data.source})})
+    if saved_settings != settings or not same_settings(asked, run_cfg):
+        raise VSLMError(f"{out} holds a reader of other settings than this one's; move it away")

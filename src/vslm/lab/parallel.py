@@ -161,34 +161,46 @@ def run_jobs(jobs: list[RunJob], launcher: Launcher | None = None,
             results.append(run_job(job))
             on_result(job, results[-1])
         return results
-    return _run_processes(jobs, min(launcher.jobs, len(jobs)), threads_per_worker(launcher.jobs), on_result)
+    return _run_processes(jobs, min(launcher.jobs, len(jobs)), threads_per_worker(launcher.jobs), on_result, run_job)
+
+
+def run_in_processes(items: list, jobs: int, task: Callable, on_result: Callable | None = None) -> list[dict]:
+    """task(item, threads) -> dict for every item, in `jobs` spawned worker processes that split the
+    cores (threads_per_worker), with run_jobs' handling of stops, errors and dead workers: `task` is a
+    module-level function (it is pickled by name) that raises TrainingStopped or VSLMError as run_job
+    does and returns {"failed": reason} for what should not stop the others. Results in the items'
+    order; on_result(item, result) as each one finishes."""
+    on_result = on_result or (lambda item, result: None)
+    if not items:
+        return []
+    return _run_processes(items, min(jobs, len(items)), threads_per_worker(jobs), on_result, task)
 
 
 # ---------------------------------------------------------------------------------------- worker processes
 
 
-def _run_reporting(job: RunJob, threads: int) -> dict:
-    """run_job in a worker: what it raises, as data for the parent ({"stopped"} or {"error"})."""
+def _run_reporting(job, threads: int, task: Callable = run_job) -> dict:
+    """task (run_job) in a worker: what it raises, as data for the parent ({"stopped"} or {"error"})."""
     from vslm.train.trainer import TrainingStopped
 
     try:
-        return run_job(job, threads)
+        return task(job, threads)
     except TrainingStopped as e:
         return {"failed": f"stopped: {e}", "stopped": True}
     except VSLMError as e:
         return {"failed": str(e), "error": str(e)}
 
 
-def _worker(tasks, results, threads: int) -> None:
+def _worker(tasks, results, threads: int, task: Callable = run_job) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch starts its pools
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle: the parent asks; a training installs its own handler
-    while (task := tasks.get()) is not None:
-        index, job = task
+    while (item := tasks.get()) is not None:
+        index, job = item
         results.put(("start", index, os.getpid()))
-        results.put(("done", index, _run_reporting(job, threads)))
+        results.put(("done", index, _run_reporting(job, threads, task)))
 
 
-def _run_processes(jobs: list[RunJob], n: int, threads: int, on_result) -> list[dict]:
+def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable = run_job) -> list[dict]:
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools, the same on every OS
     tasks, results = ctx.Queue(), ctx.Queue()
     for item in enumerate(jobs):
@@ -196,7 +208,7 @@ def _run_processes(jobs: list[RunJob], n: int, threads: int, on_result) -> list[
     for _ in range(n):
         tasks.put(None)
     # not daemonic: a training may start processes of its own (torch.compile's workers)
-    workers = [ctx.Process(target=_worker, args=(tasks, results, threads)) for _ in range(n)]
+    workers = [ctx.Process(target=_worker, args=(tasks, results, threads, task)) for _ in range(n)]
     for w in workers:
         w.start()
     out: list[dict | None] = [None] * len(jobs)

@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 
 from vslm.config import RunConfig
+from vslm.data.shards import Corpus, tokenizer_hash
+from vslm.data.tokenizer import load_tokenizer
 from vslm.errors import VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, read_run_config
 from vslm.train.trainer import Trainer
 
 # vocabulary sizes known without reading data
@@ -63,12 +65,18 @@ def same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
     return key(cfg) == key(saved)
 
 
-def train_or_reuse(cfg: RunConfig, folder: Path) -> dict:
-    """One run's final numbers: read back if the folder holds it finished, else trained (or resumed) to the end."""
+def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -> dict:
+    """One run's final numbers: read back if the folder holds it finished, else trained (or resumed) to the end.
+    corpus: the run's text already encoded (by a tokenizer the config cannot name), else the config's;
+    given, a folder holding a run of another tokenizer is refused too (the config names the tokenizer's
+    kind only)."""
     if (folder / CONFIG).exists():
         saved = read_run_config(folder)
         if not same_settings(cfg, saved):
             raise VSLMError(f"{folder} holds a run with other settings than this experiment's; move it away")
+        if corpus is not None and (folder / TOKENIZER).is_file() and \
+                tokenizer_hash(load_tokenizer(folder / TOKENIZER)) != tokenizer_hash(corpus.tokenizer):
+            raise VSLMError(f"{folder} holds a run of another tokenizer than this experiment's; move it away")
         found = list_checkpoints(folder / CHECKPOINTS)
         if found and found[-1][0] == cfg.train.steps:
             final = json.loads((folder / METRICS).read_text().splitlines()[-1])
@@ -76,11 +84,11 @@ def train_or_reuse(cfg: RunConfig, folder: Path) -> dict:
             return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
                     "reused": True}
         if found:
-            trainer = Trainer(cfg, folder, resume=True)
+            trainer = Trainer(cfg, folder, resume=True, corpus=corpus)
         else:  # interrupted before its first checkpoint: nothing to keep, train it again
             shutil.rmtree(folder)
-            trainer = Trainer(cfg, folder)
+            trainer = Trainer(cfg, folder, corpus=corpus)
     else:
-        trainer = Trainer(cfg, folder)
+        trainer = Trainer(cfg, folder, corpus=corpus)
     final = trainer.fit()
     return {**final, "params": trainer.params, "flops_per_token": trainer.flops_per_token, "reused": False}

@@ -8,6 +8,7 @@ position t (after reading tokens 0..t) is scored against idx[:, t + 1].
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -113,6 +114,24 @@ def latest_occurrences(row: list[int], n: int = 1) -> Iterator[tuple[int, int]]:
         latest[key] = t
 
 
+def multiset_loss(first: np.ndarray) -> float:
+    """The mean nll, over the second copy's tokens 1..L-1 of each row of `first` (B, L) written twice,
+    of the Bayes-optimal predictor that ignores order: given the first copy's multiset of tokens and
+    the second copy so far, the rest of the second copy is a uniformly random order of what is left
+    (the tokens are drawn independently, so every order of a multiset is equally likely), and token t
+    has probability (its count left) / (tokens left). Token 0 of the second copy is left out, as in
+    induction_probe's loss_second, but counts as used."""
+    total, n = 0.0, 0
+    for row in first:
+        left = Counter(row.tolist())
+        left[row[0]] -= 1
+        for t in range(1, len(row)):
+            total -= math.log(left[row[t]] / (len(row) - t))
+            left[row[t]] -= 1
+            n += 1
+    return total / n
+
+
 @torch.no_grad()
 def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, generator: torch.Generator,
                     support: torch.Tensor | None = None) -> dict:
@@ -129,6 +148,10 @@ def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, genera
                    out, so both losses average L - 1 tokens); it collapses once induction heads form;
       loss_first_se, loss_second_se: their bootstrap standard errors over the `batch` sequences
                    (vslm.probes.bootstrap; rough at a few sequences, and 0 at one);
+      loss_multiset: the same tokens' loss under the best predictor blind to order (multiset_loss):
+                   one that knows which tokens the first copy holds and which the second has used.
+                   A model that does better than this copies by position in the sequence; one that
+                   only lowers loss_second towards it uses the set of tokens seen, not their order;
       prefix_matching: a list with one (H_d,) array per depth d (heads may differ by depth), the
                    prefix-matching score of each head (see prefix_matching).
     """
@@ -151,5 +174,6 @@ def induction_probe(model: GPT, vocab_size: int, length: int, batch: int, genera
         "loss_second": float(second_loss.mean()),
         "loss_first_se": float(bootstrap_se(first_loss)),
         "loss_second_se": float(bootstrap_se(second_loss)),
+        "loss_multiset": multiset_loss(first.cpu().numpy()),
         "prefix_matching": [prefix_matching(seen[name], length) for name in names],
     }

@@ -8,6 +8,7 @@ every step and for every run with the same data and context):
      "position_loss_se": [T - 1 floats],       its bootstrap standard error over windows, per position
      "icl_score": float, "icl_score_se": float, "icl_label": "olsson" | "short-context",
      "induction": {"loss_first", "loss_second", "loss_first_se", "loss_second_se",  (se over its sequences)
+                   "loss_multiset",                     the best order-blind loss on the second copy
                    "prefix_matching": [[per head] per depth],
                    "repeat_frequency", "repeat_reliability",       of the training text after a 1-token
                    "repeat_frequency_3", "repeat_reliability_3"},  and a 3-token match (repeat_statistics)
@@ -76,7 +77,7 @@ from vslm.probes import (
 from vslm.progress import quiet
 from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
-from vslm.train.run_folder import SNAPSHOTS, read_run_config, update_summary
+from vslm.train.run_folder import SNAPSHOTS, TOKENIZER, read_run_config, update_summary
 
 if TYPE_CHECKING:
     from vslm.train.trainer import Trainer
@@ -231,10 +232,12 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
     """The probes over a finished run's snapshots (steps 0, 1, 2, 4, ...), written to
     `probes-snapshots.jsonl` (or `out`): a study redone without retraining."""
     from vslm.data.shards import prepare_corpus
+    from vslm.data.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    probes = build_probe_set(prepare_corpus(cfg.data), cfg.model.context, cfg.model.vocab_size,
+    corpus = prepare_corpus(cfg.data, tokenizer=load_tokenizer(run_dir / TOKENIZER))  # the run's own tokens
+    probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size,
                              cfg.logging.probe_windows, cfg.logging.induction_length)
     model = GPT(cfg.model)
     out = out or run_dir / "probes-snapshots.jsonl"
@@ -285,7 +288,8 @@ def probe_induction(run_dir: Path, length: int, support: str | None = None, sequ
     else:
         from vslm.data.shards import prepare_corpus
 
-        stats = corpus_stats(np.asarray(prepare_corpus(cfg.data).train.tokens[:STATS_TOKENS]), cfg.model.vocab_size)
+        tokens = prepare_corpus(cfg.data, tokenizer=tok).train.tokens  # the run's own tokens, whatever made them
+        stats = corpus_stats(np.asarray(tokens[:STATS_TOKENS]), cfg.model.vocab_size)
         ids = np.flatnonzero(stats.unigram > 0).tolist()
     generator = torch.Generator().manual_seed(PROBE_SEED)
     result = induction_probe(model, cfg.model.vocab_size, length, sequences, generator, torch.tensor(ids))
