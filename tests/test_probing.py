@@ -81,6 +81,15 @@ def test_probe_set_has_256_windows_or_all_there_are():
     assert (cfg.logging.probe_windows, cfg.logging.induction_length) == (64, 8)
     with pytest.raises(ConfigError, match="induction_length 9 must be 2 to half the context"):
         load_config("tiny", ["model.context=16", "logging.induction_length=9"])
+    # logging.induction_support: the probe draws from those characters' tokens only
+    from vslm.data.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghij", eos=False)
+    corpus = SimpleNamespace(train=train, val=text(rng.integers(10, size=5000)), tokenizer=tokenizer)
+    drawn = build_probe_set(corpus, context=16, vocab_size=10, induction_support="cab").induction_tokens
+    assert drawn.tolist() == sorted(tokenizer.encode("abc"))
+    assert build_probe_set(corpus, context=16, vocab_size=10).induction_tokens.tolist() == list(range(10))
+    assert load_config("tiny", ["logging.induction_support=xyz"]).logging.induction_support == "xyz"
 
 
 def test_the_se_of_a_probe_on_identical_windows_is_zero():

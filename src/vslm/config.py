@@ -335,6 +335,10 @@ class LoggingConfig(_Section):
     induction_length: PositiveInt | None = Field(
         None, description="the induction probe's copy distance L (random sequences of L tokens, twice); "
                           "left out: half the context")
+    induction_support: str | None = Field(
+        None, min_length=1, description="characters whose tokens the induction probe draws its sequences from; "
+                                        "left out: every token of the training text (a corpus whose separators "
+                                        "end what can be copied, data.source=repeats, sets its letters)")
     tensorboard: bool | Literal["auto"] = Field("auto", description="event files; auto = if tensorboard is installed")
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers (extras); 'tensorboard' here = tensorboard = true")

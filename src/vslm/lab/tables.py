@@ -14,6 +14,7 @@ COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", 
 # runs with probes add their training-dynamics landmarks (vslm.report.runs.dynamics_summary), mean ± std
 DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (max head)",
             "induction_loss_first": "induction loss, 1st copy", "induction_loss_second": "induction loss, 2nd copy",
+            "induction_loss_multiset": "2nd copy, order-blind best",
             "repeat_reliability": "copying right (text, 1-token match)",
             "repeat_reliability_3": "copying right (text, 3-token match)",
             "init_position_spread": "position spread at step 0", "m1_near_zero_step": "KL(u‖p̄)<0.05 at step",

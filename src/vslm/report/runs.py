@@ -153,6 +153,7 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
       icl_score_se:          its bootstrap standard error over the probe windows (NaN in older probe files);
       prefix_matching_max:   the highest prefix-matching score of any head at the last probe;
       induction_loss_first, induction_loss_second: loss on the first and on the repeated copy, last probe;
+      induction_loss_multiset: the best order-blind loss on the repeated copy (below it: copying by order);
       repeat_reliability, repeat_reliability_3: how often copying the token after the latest earlier
                              occurrence of the last 1 or 3 tokens is right in the training text
                              (probes.repeat_statistics);
@@ -178,6 +179,7 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
         "prefix_matching_max": max(heads) if heads else math.nan,
         "induction_loss_first": induction.get("loss_first", math.nan),
         "induction_loss_second": induction.get("loss_second", math.nan),
+        "induction_loss_multiset": induction.get("loss_multiset", math.nan),
         "repeat_reliability": induction.get("repeat_reliability", math.nan),
         "repeat_reliability_3": induction.get("repeat_reliability_3", math.nan),
         "m1_near_zero_step": float(near_zero[0]) if len(near_zero) else math.nan,

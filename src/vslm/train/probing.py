@@ -105,14 +105,23 @@ class ProbeSet:
     repeats: dict[str, float] = field(default_factory=dict)  # repeat_statistics of training windows
 
 
+def support_ids(tokenizer, characters: str) -> list[int]:
+    """The token ids of each of `characters` alone, sorted."""
+    return sorted({i for c in characters for i in tokenizer.encode(c)})
+
+
 def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = PROBE_WINDOWS,
-                    induction_length: int | None = None) -> ProbeSet:
+                    induction_length: int | None = None, induction_support: str | None = None) -> ProbeSet:
     """The run's fixed probe set: `windows` validation windows (every one where the split has fewer), the
     corpus statistics and the training text's repeat statistics; the induction probe's copy distance
-    (default half the context)."""
+    (default half the context) and the tokens it draws from (those of the characters `induction_support`,
+    else every token the training text has)."""
     x, _ = fixed_windows(corpus.val.tokens, context, windows, PROBE_SEED + 1)
     stats = corpus_stats(np.asarray(corpus.train.tokens[:STATS_TOKENS]), vocab_size)
-    seen = torch.from_numpy(np.flatnonzero(stats.unigram > 0))
+    if induction_support:
+        seen = torch.tensor(support_ids(corpus.tokenizer, induction_support))
+    else:
+        seen = torch.from_numpy(np.flatnonzero(stats.unigram > 0))
     train, _ = fixed_windows(corpus.train.tokens[:STATS_TOKENS], context, REPEAT_WINDOWS, PROBE_SEED + 2)
     repeats = {f"{key}{suffix}": value for n, suffix in REPEAT_MATCHES.items() if n < context
                for key, value in repeat_statistics(train.numpy(), n).items()}
@@ -197,7 +206,7 @@ class ProbeCallback(Callback):
         started = time.perf_counter()
         log = trainer.cfg.logging
         self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size,
-                                      log.probe_windows, log.induction_length)
+                                      log.probe_windows, log.induction_length, log.induction_support)
         path = trainer.run_dir / PROBES
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # on resume: up to the checkpoint
@@ -238,7 +247,8 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
     cfg = read_run_config(run_dir)
     corpus = prepare_corpus(cfg.data, tokenizer=load_tokenizer(run_dir / TOKENIZER))  # the run's own tokens
     probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size,
-                             cfg.logging.probe_windows, cfg.logging.induction_length)
+                             cfg.logging.probe_windows, cfg.logging.induction_length,
+                             cfg.logging.induction_support)
     model = GPT(cfg.model)
     out = out or run_dir / "probes-snapshots.jsonl"
     lines = []
@@ -273,18 +283,20 @@ def probe_induction(run_dir: Path, length: int, support: str | None = None, sequ
                     checkpoint: Path | None = None) -> dict:
     """The induction probe (vslm.probes.induction_probe) of a run at copy distance `length`: `sequences`
     random sequences of `length` tokens written twice, drawn from the tokens of the text `support` (each
-    character's token; None: every token the run's training text has, as during training), generator seed
-    PROBE_SEED. A corpus whose separators end what can be copied (the newline of data.source=repeats) is
-    probed with the letters only. Plain values: the losses of both copies with their standard errors,
-    prefix matching per depth and head."""
+    character's token; None: the run's logging.induction_support, else every token its training text
+    has, as during training), generator seed PROBE_SEED. A corpus whose separators end what can be
+    copied (the newline of data.source=repeats) is probed with the letters only. Plain values: the
+    losses of both copies with their standard errors, the order-blind bound, prefix matching per depth
+    and head."""
     from vslm.errors import UsageError
     from vslm.train.run_folder import load_run
 
     cfg, model, tok = load_run(Path(run_dir), Path(checkpoint) if checkpoint else None)
     if not 2 <= length <= cfg.model.context // 2:
         raise UsageError(f"--induction {length}: must be 2 to half the run's context ({cfg.model.context // 2})")
+    support = support or cfg.logging.induction_support
     if support:
-        ids = sorted({i for c in support for i in tok.encode(c)})
+        ids = support_ids(tok, support)
     else:
         from vslm.data.shards import prepare_corpus
 
