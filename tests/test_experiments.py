@@ -226,9 +226,17 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
             bpbs = [c["bpb"] for c in matrix["runs"] if (c["train"], c["eval"]) == (train, evaluated)]
             assert matrix["bpb_mean"][i][j] == pytest.approx(statistics.mean(bpbs), rel=1e-12)
             assert matrix["bpb_std"][i][j] == pytest.approx(statistics.stdev(bpbs), rel=1e-12)
-    assert "| trained on ↓, evaluated on → | stories | other |" in (out / "results.md").read_text()
+    home = {e: statistics.mean(c["bpb"] for c in matrix["runs"] if c["train"] == c["eval"] == e) for e in sources}
+    for train, evaluated in (("stories", "other"), ("other", "stories")):  # with two corpora: one other each
+        excess = [c["bpb"] - home[evaluated] for c in matrix["runs"] if (c["train"], c["eval"]) == (train, evaluated)]
+        assert matrix["transfer"][train]["scores"] == pytest.approx(excess, rel=1e-12)
+    assert sorted(t["verdict"] for t in matrix["transfer"].values()) == ["best", "n < 3: no test"]
+    markdown = (out / "results.md").read_text()
+    assert "| trained on ↓, evaluated on → | stories | other |" in markdown
+    assert "## Which training text transfers" in markdown
     html = (out / "report.html").read_text()
     assert "Trained on x evaluated on" in html and html.count("data:image/png;base64,") == 1
+    assert "Which training text transfers" in html
 
 
 def test_a_run_of_another_tokenizer_is_refused_when_the_corpus_is_given(tmp_path):

@@ -39,7 +39,9 @@ in the results and left out of its variant's statistics; the others go on.
 With `cross_eval = true` (the dataset-quality experiment, RESEARCH.md section 4: variants that
 differ in `data.source`), every run is also scored on every variant's held-out text, each token
 once, with the run's tokenizer: a train x eval matrix of bits per byte (and loss per token), mean
-and sample standard deviation over seeds, in results.json, results.md and report.html's heat map.
+and sample standard deviation over seeds, in results.json, results.md and report.html's heat map. Which
+text transfers: each corpus's mean excess over the in-domain model on the other corpora, compared with
+the best by Welch's t-test, Holm across the others (vslm.lab.stats.transfer).
 """
 
 from __future__ import annotations
@@ -72,12 +74,14 @@ from vslm.lab.stats import (
     sample_std,
     spending_levels,
     summarize,
+    transfer,
 )
 from vslm.lab.tables import (
     COLUMNS,
     DYNAMICS,
     FAILED_COLUMNS,
     LOOK_COLUMNS,
+    TRANSFER_COLUMNS,
     dynamics_rows,
     look_rows,
     matrix_markdown,
@@ -85,6 +89,7 @@ from vslm.lab.tables import (
     results_markdown,
     summary_rows,
     sweep_rows,
+    transfer_rows,
 )
 from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
@@ -365,9 +370,13 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     failed = [r for r in runs if "failed" in r]
     if spec.cross_eval:
         folders = {v: [folder_of(v, r["seed"]) for r in rows if "failed" not in r] for v, rows in by_variant.items()}
-        report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console)
+        report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console,
+                                              alpha=level)
     rows = summary_rows(summary)
     report["table"] = {"columns": list(COLUMNS), "rows": [list(row) for row in rows]}  # as shown: report.html
+    if spec.cross_eval:
+        shown = transfer_rows(report["cross_eval"]["transfer"])
+        report["cross_eval"]["transfer_table"] = {"columns": list(TRANSFER_COLUMNS), "rows": [list(r) for r in shown]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(plain(report), indent=2) + "\n", encoding="utf-8")
     tables = [(COLUMNS, rows)]
@@ -407,10 +416,11 @@ def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig],
-                   console: Console | None = None) -> dict:
+                   console: Console | None = None, alpha: float = SIGNIFICANCE) -> dict:
     """Every run (variant x seed, in `folders`) scored on every variant's held-out documents (its data
     config in `data_of`), every token once: bits per byte and loss per token per cell, then mean and
-    sample std over seeds per (train, eval)."""
+    sample std over seeds per (train, eval), and which training text transfers best (vslm.lab.stats.transfer,
+    its tests at `alpha`)."""
     names = list(folders)
     cells: dict[tuple[str, str], list[dict]] = {(t, e): [] for t in names for e in names}
     for train_name, seed_folders in folders.items():
@@ -436,4 +446,5 @@ def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig
             "eval_tokens": {e: cells[names[0], e][0]["tokens"] for e in names},
             "bpb_mean": stat("bpb", statistics.mean), "bpb_std": stat("bpb", sample_std),
             "loss_mean": stat("loss", statistics.mean), "loss_std": stat("loss", sample_std),
+            "transfer": transfer({k: [c["bpb"] for c in v] for k, v in cells.items()}, names, alpha),
             "runs": [c for t in names for e in names for c in cells[t, e]]}

@@ -248,3 +248,28 @@ def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] 
         if not s["seeds"] and name != baseline:
             s["verdict"] = "every run failed"
     return summary
+
+
+def transfer(bpb: dict[tuple[str, str], Sequence[float]], names: Sequence[str], alpha: float = SIGNIFICANCE) -> dict:
+    """Which training text transfers, from a train x eval matrix of per-seed bits per byte (bpb[train, eval],
+    element s of seed s): a run's excess on corpus e is its bpb there minus the mean bpb of the runs trained
+    on e itself, and its transfer score is its mean excess over the other corpora (0 would be as good as
+    training on each of them). The excess, not the raw bpb, because the corpora differ in how hard they
+    are and each row leaves out its own. Each corpus is compared with the best (lowest mean) by Welch's
+    t-test (the seeds do not pair across corpora), Holm across the others; per corpus: "scores" (per seed),
+    "mean", "std", and for the others "diff", "ci_low", "ci_high", "p", "p_holm", "verdict"."""
+    home = {e: mean(bpb[e, e]) for e in names}
+    out = {}
+    for t in names:
+        seeds = len(bpb[t, t])
+        scores = [mean([bpb[t, e][s] - home[e] for e in names if e != t]) for s in range(seeds)]
+        out[t] = {"scores": scores, **mean_std(scores)}
+    best = min(names, key=lambda t: out[t]["mean"])
+    others = [t for t in names if t != best]
+    tests = {t: welch(out[best]["scores"], out[t]["scores"]) for t in others}
+    for t, p_holm in zip(others, holm([tests[t]["p"] for t in others]), strict=True):
+        n = min(len(out[t]["scores"]), len(out[best]["scores"]))
+        out[t].update(diff=tests[t]["diff"], ci_low=tests[t]["ci_low"], ci_high=tests[t]["ci_high"],
+                      p=tests[t]["p"], p_holm=p_holm, verdict=verdict(p_holm, n, tests[t]["diff"], alpha=alpha))
+    out[best]["verdict"] = "best"
+    return out

@@ -62,7 +62,31 @@ def matrix_markdown(matrix: dict) -> str:
         cells = [f"{m:.3f} ± {'-' if math.isnan(sd) else f'{sd:.3f}'}"
                  for m, sd in zip(matrix["bpb_mean"][i], matrix["bpb_std"][i], strict=True)]
         lines.append(f"| {train} | " + " | ".join(cells) + " |")
+    if "transfer" in matrix:  # results.json of before 2026-12-03 has none
+        lines += ["", "## Which training text transfers", "",
+                  "Excess bits per byte over the in-domain model (the runs trained on that corpus), averaged over",
+                  "the other corpora; mean ± sample std over seeds. Each row against the best by Welch's t-test,",
+                  "Holm across the rows.", "",
+                  "| " + " | ".join(TRANSFER_COLUMNS) + " |", "|" + "---|" * len(TRANSFER_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in transfer_rows(matrix["transfer"])]
     return "\n".join(lines) + "\n"
+
+
+TRANSFER_COLUMNS = ("trained on", "excess bpb on the others", "Δ vs the best [95% CI]", "p", "p (Holm)", "verdict")
+
+
+def transfer_rows(transfer: dict[str, dict]) -> list[tuple[str, ...]]:
+    """The rows of TRANSFER_COLUMNS, best first (vslm.lab.stats.transfer); NaN and None as "-"."""
+    def num(x, fmt: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}"
+
+    rows = []
+    for name, t in sorted(transfer.items(), key=lambda kv: kv[1]["mean"]):
+        diff = "-" if t["verdict"] == "best" else \
+            f"{num(t['diff'], '+.3f')} [{num(t['ci_low'], '+.3f')}, {num(t['ci_high'], '+.3f')}]"
+        rows.append((name, f"{num(t['mean'], '.3f')} ± {num(t['std'], '.3f')}", diff, num(t.get("p"), ".3g"),
+                     num(t.get("p_holm"), ".3g"), t["verdict"]))
+    return rows
 
 
 def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:

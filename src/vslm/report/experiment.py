@@ -80,5 +80,11 @@ def render(results: dict) -> str:
                                 figure(heat, "train x eval matrix of bits per byte", MATRIX_CAPTION),
                                 table(["trained on ↓, evaluated on →", *names], cells),
                                 f"<p>Corpora: {sources}.</p>"))
+        shown = matrix.get("transfer_table")
+        if shown:
+            sections.append(section("transfer", "Which training text transfers",
+                                    table(shown["columns"], [[escape(c) for c in row] for row in shown["rows"]]),
+                                    "<p>Excess bits per byte over the in-domain model, averaged over the other "
+                                    "corpora; each row against the best by Welch's t-test, Holm across the rows.</p>"))
     title = f"Experiment {results['experiment']}"
     return page(title, results.get("description", ""), sections)
