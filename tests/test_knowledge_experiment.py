@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import pytest
 from scipy import stats
@@ -69,12 +70,39 @@ def test_p_values_of_the_criteria_respect_the_seeds():
     two = judge(criteria, [seed(0.5), seed(0.6)])
     assert all(math.isnan(c["p_value"]) for c in two) and two[0]["questions"] == 80
     assert tables({"summary": {}, "params": {}, "chance": {}, "by_hops": {},
-                   "criteria": two})[-1][1][0][-1] == "met (held in 2 of 2 seeds; n < 3: no test)"
+                   "criteria": two})[-1][1][0][-1] == "n < 3: no test (held in 2 of 2 seeds)"
     four = judge(criteria, [seed(a) for a in (0.25, 0.3, 0.2, 0.35)])
     raw = [stats.ttest_1samp([a - r for a in (0.25, 0.3, 0.2, 0.35)], 0.0, alternative="greater").pvalue
            for r in (0.1, 0.2)]
     assert [c["p_value"] for c in four] == pytest.approx(raw)
     assert [c["p_holm"] for c in four] == pytest.approx(holm(raw))
+
+
+def test_a_criterion_is_met_not_met_or_not_shown_by_its_interval_over_seeds():
+    """met: Holm p < 0.05 (for "~": the 95% interval of the difference inside ±0.05); not met: the interval
+    wholly on the wrong side; not shown: between. The interval is the paired t-interval over seeds."""
+    def seeds(*accuracies: float) -> list[dict]:
+        return [{"m": {"closed_book": {"seen": {"accuracy": a, "n": 40, "chance": 0.2}}}} for a in accuracies]
+
+    def one(op: str, right: float, *accuracies: float) -> dict:
+        return judge([Criterion(claim="c", left="m:closed_book.seen", op=op, right=right)], seeds(*accuracies))[0]
+
+    clear = one(">", 0.5, 0.80, 0.85, 0.90)
+    diffs = [0.30, 0.35, 0.40]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert clear["diff"] == pytest.approx(0.35)
+    assert (clear["ci_low"], clear["ci_high"]) == pytest.approx((0.35 - half, 0.35 + half))
+    assert clear["verdict"] == "met"
+    assert one(">", 0.5, 0.40, 0.42, 0.38)["verdict"] == "not met"      # wholly below
+    assert one(">", 0.5, 0.52, 0.40, 0.65)["verdict"] == "not shown"    # the mean above, the interval across
+    assert one(">=", 0.5, 0.45, 0.49, 0.60)["verdict"] == "not shown"   # the mean below, the interval across
+    assert one("<", 0.5, 0.20, 0.25, 0.30)["verdict"] == "met"
+    assert one("~", 0.2, 0.20, 0.21, 0.19)["verdict"] == "met"          # interval inside ±0.05
+    assert one("~", 0.2, 0.50, 0.52, 0.48)["verdict"] == "not met"      # wholly outside
+    assert one("~", 0.2, 0.10, 0.30, 0.20)["verdict"] == "not shown"
+    assert one(">", 0.5, 0.6, 0.6, 0.6)["verdict"] == "met"             # no spread: the one difference decides
+    row = tables({"summary": {}, "params": {}, "chance": {}, "by_hops": {}, "criteria": [clear]})[-1][1][0]
+    assert row[3] == f"+0.350 [{0.35 - half:+.3f}, {0.35 + half:+.3f}]" and row[4].startswith("met (held in 3 of 3")
 
 
 def spec_dict(**changes) -> dict:

@@ -46,10 +46,12 @@ interrupted experiment completes when the same command runs again. A metric is a
 facts-eval.json (`closed_book.seen`, `open_book.novel`, `retrieved.seen.hops2`, `counterfactual`,
 `memorisation_ratio`, `adapters.novel`, `probe.seen` = best probe accuracy minus its majority
 baseline, `relearn.rest` = the accuracy gained on the other 90% by relearning). Every criterion is
-judged on the means over seeds and, for each seed apart, "held in k of n seeds", with the one-sided p
-of a paired t-test over seeds (the per-seed differences left - right: seed k's arms share seed k's
-world), raw and Holm-adjusted across the experiment's criteria; with fewer than 3 seeds, "n < 3: no
-test". The seed, not the question, is the unit: questions of one seed share its world and model. Results:
+judged on the per-seed differences left - right (seed k's arms share seed k's world): their mean and
+95% interval over seeds, and the one-sided p of a paired t-test over seeds, raw and Holm-adjusted
+across the experiment's criteria. "met" where the data show the claim (Holm p < 0.05; for "~", the
+interval inside ±0.05), "not met" where they show it fails (the interval wholly on the wrong side),
+"not shown" between; "held in k of n seeds" beside it; with fewer than 3 seeds, "n < 3: no test".
+The seed, not the question, is the unit: questions of one seed share its world and model. Results:
 out/results.json, results.md and report.html (tables, accuracy by hops, training curves).
 """
 
@@ -75,7 +77,7 @@ from vslm.errors import ConfigError, VSLMError
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.lab.runner import train_or_reuse
-from vslm.lab.stats import MIN_SEEDS, NO_TEST, SIGNIFICANCE, holm, mean_std
+from vslm.lab.stats import MIN_SEEDS, NO_TEST, SIGNIFICANCE, holm, mean_std, paired_difference
 from vslm.lab.tables import results_markdown
 from vslm.plain import plain
 from vslm.train.run_folder import device_of
@@ -330,8 +332,10 @@ def p_value(op: str, differences: Sequence[float]) -> float:
 
 
 def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> list[dict]:
-    """Each criterion on the means over seeds, in how many seeds it held on its own, and the one-sided p
-    of the paired t-test over seeds (p_value), raw and with Holm's correction across the criteria."""
+    """Each criterion on the means over seeds ("met" in the means), in how many seeds it held on its own,
+    the mean per-seed difference left - right with its 95% t-interval over seeds, the one-sided p of the
+    paired t-test over seeds (p_value), raw and with Holm's correction across the criteria, and the
+    verdict (criterion_verdict)."""
     out = []
     for c in criteria:
         lefts = [side_value(c.left, r) for r in per_seed]
@@ -340,14 +344,39 @@ def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> lis
         seeds = [holds(x, c.op, y) for x, y in zip(lefts, rights, strict=True)]
         left_n = counts(c.left, per_seed)
         differences = [x - y for x, y in zip(lefts, rights, strict=True)]
+        both = [(y, x) for x, y in zip(lefts, rights, strict=True) if not (math.isnan(x) or math.isnan(y))]
+        interval = paired_difference([y for y, _ in both], [x for _, x in both])
         out.append({"claim": c.claim, "left": c.left, "op": c.op, "right": c.right, "left_value": left,
                     "right_value": right, "met": holds(left, c.op, right),
-                    "seeds_held": sum(1 for s in seeds if s), "seeds": len(seeds),
+                    "seeds_held": sum(1 for s in seeds if s), "seeds": len(seeds), "seeds_tested": len(both),
                     "questions": left_n[1] if left_n else None, "test": "paired t over seeds",
+                    "diff": interval["diff"], "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
                     "p_value": p_value(c.op, differences)})
     for c, adjusted in zip(out, holm([c["p_value"] for c in out]), strict=True):
         c["p_holm"] = adjusted
+        c["verdict"] = criterion_verdict(c)
     return out
+
+
+def criterion_verdict(c: dict) -> str:
+    """"met" where the data show the claim: an inequality's Holm-adjusted one-sided p below 0.05, or for
+    "~" the 95% interval of the difference inside ±TOLERANCE (an equivalence test, outside Holm's
+    family); "not met" where they show it fails: the interval wholly on the wrong side (for "~", wholly
+    outside ±TOLERANCE); "not shown" between the two; "n < 3: no test" under MIN_SEEDS seeds with both
+    sides; "not measured" where a side is missing."""
+    if c["met"] is None:
+        return "not measured"
+    if c["seeds_tested"] < MIN_SEEDS:
+        return NO_TEST
+    low, high, op = c["ci_low"], c["ci_high"], c["op"]
+    if op == "~":
+        if -TOLERANCE <= low and high <= TOLERANCE:
+            return "met"
+        return "not met" if low > TOLERANCE or high < -TOLERANCE else "not shown"
+    wrong_side = high < 0 if op in (">", ">=") else low > 0
+    if math.isnan(c["p_holm"]):  # no spread between the seeds: the interval is the one difference
+        return "met" if holds(c["diff"], op, 0.0) else "not met"
+    return "met" if c["p_holm"] < SIGNIFICANCE else "not met" if wrong_side else "not shown"
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -532,19 +561,20 @@ def _pm(stat: dict) -> str:
 
 
 def _verdict(c: dict) -> str:
-    met = {True: "met", False: "not met", None: "not measured"}[c["met"]]
-    p = c.get("p_value", math.nan)
-    p = math.nan if p is None else p
-    adjusted = c.get("p_holm", p)
-    adjusted = math.nan if adjusted is None else adjusted
-    if c["seeds"] < MIN_SEEDS:
-        significance = f"; {NO_TEST}"
-    elif math.isnan(p):
-        significance = ""
-    else:
-        noise = ", within noise" if c["met"] and adjusted >= SIGNIFICANCE else ""
-        significance = f", p = {p:.2g}, Holm {adjusted:.2g}{noise}"
-    return f"{met} (held in {c['seeds_held']} of {c['seeds']} seeds{significance})"
+    def num(key: str) -> float:
+        x = c.get(key)
+        return math.nan if x is None else x
+
+    p, adjusted = num("p_value"), num("p_holm")
+    significance = "" if math.isnan(p) else f", p = {p:.2g}, Holm {adjusted:.2g}"
+    return f"{c['verdict']} (held in {c['seeds_held']} of {c['seeds']} seeds{significance})"
+
+
+def _interval(c: dict) -> str:
+    low, high = (math.nan if c.get(k) is None else c[k] for k in ("ci_low", "ci_high"))
+    if c.get("diff") is None or math.isnan(c["diff"]):
+        return "-"
+    return f"{c['diff']:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]")
 
 
 def tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
@@ -563,11 +593,12 @@ def tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
                 if any(not math.isnan(by[h]["mean"]) for h in hops)]
     crit = [[c["claim"], f"{c['left']} {c['op']} {c['right']}",
              f"{c['left_value']:.3f} {c['op']} {c['right_value']:.3f}"
-             if not (math.isnan(c["left_value"]) or math.isnan(c["right_value"])) else "-", _verdict(c)]
+             if not (math.isnan(c["left_value"]) or math.isnan(c["right_value"])) else "-", _interval(c), _verdict(c)]
             for c in results["criteria"]]
     out = [(head, rows), (["arm", "setting", *[f"{h} hop{'s' if h > 1 else ''}" for h in hops]], hop_rows)]
     if crit:
-        out.append((["success criterion (RESEARCH.md 5)", "measured as", "means over seeds", "verdict"], crit))
+        out.append((["success criterion (RESEARCH.md 5)", "measured as", "means over seeds",
+                     "left - right [95% CI over seeds]", "verdict"], crit))
     return out
 
 
