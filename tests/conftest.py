@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def _isolated_cache(tmp_path_factory):
     if (SHARED / "data").is_dir():
         os.environ["VSLM_DATA_DIR"] = str(SHARED / "data")
     yield
+
+
+def ctrl_c_reaches() -> None:
+    """A child's preexec_fn: SIGINT at its default, as in a terminal's foreground job. A shell starts a
+    background job (`pytest ... &`, or ci-local run so) with SIGINT ignored, and children inherit that:
+    a Ctrl-C test would then send a signal its child never sees."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_overrides(**extra) -> list[str]:

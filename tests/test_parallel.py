@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import ctrl_c_reaches
 from vslm.cli import main
 from vslm.lab.experiments import run_experiment
 from vslm.lab.parallel import Launcher, make_launcher
@@ -102,7 +103,8 @@ def test_ctrl_c_stops_the_workers_and_keeps_finished_runs(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "vslm", "experiment", spec, "--out", str(out), "--jobs", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            start_new_session=True, preexec_fn=ctrl_c_reaches,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*/seed-*/checkpoints/*"))) < 3:
         time.sleep(0.2)
@@ -110,7 +112,7 @@ def test_ctrl_c_stops_the_workers_and_keeps_finished_runs(tmp_path):
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     finished = {str(m.parent.relative_to(out)) for m in out.glob("*/seed-*/metrics.jsonl")
-                if json.loads(m.read_text().splitlines()[-1])["step"] == 200}
+                if (lines := m.read_text().splitlines()) and json.loads(lines[-1])["step"] == 200}  # empty: none logged
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert rerun.returncode == 0, rerun.stderr

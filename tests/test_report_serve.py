@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, ctrl_c_reaches, tiny_overrides
 from test_report import CHROMIUM, chromium
 from vslm.cli import main
 from vslm.config import load_config
@@ -113,7 +113,9 @@ def test_live_report_does_not_import_torch(growing):
 
 def test_report_serve_cli_prints_a_localhost_url_and_stops_on_ctrl_c(growing, finished_run):
     proc = subprocess.Popen([sys.executable, "-m", "vslm", "report", str(growing), "--serve", "--every", "0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=ctrl_c_reaches,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT below: every thread's stack
     try:
         line = proc.stdout.readline()
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -131,11 +133,12 @@ def test_report_serve_cli_prints_a_localhost_url_and_stops_on_ctrl_c(growing, fi
             socket.create_connection(("127.0.0.2", int(found.group(1))), timeout=5).close()
     finally:
         proc.send_signal(signal.SIGINT)
-        try:  # generous: on a loaded 2-core machine a redraw in progress can delay the exit (seen over 30 s)
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        try:  # generous: on a loaded 2-core machine a redraw in progress can delay the exit
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"no exit 60 s after Ctrl-C; stdout: {out[-2000:]!r}; stderr: {err[-6000:]}")
     assert proc.returncode == 130
     assert err.strip() == "vslm: interrupted"
 
