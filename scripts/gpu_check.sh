@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check of issue 7, for a lent GPU, in one call of about 6 minutes (at most ~8):
-#   bash scripts/gpu_check.sh            # results in $OUT/ (the device machine's folder) or runs/gpu-check/
+# The GPU check of issues 7 and 22, for a lent GPU, in two calls of at most ~8 minutes each:
+#   PARTS=bench bash scripts/gpu_check.sh      # ~4 min: peak, 10M/50M MFU, Shakespeare to 1.47
+#   PARTS=dynamics bash scripts/gpu_check.sh   # ~6 min: dynamics-induction at 492M tokens per model
+# (PARTS unset: both, one after the other). Results in $OUT/ (the device machine's folder) or
+# runs/gpu-check/.
 #
 # It measures the card's bf16 and float32 peak with large matrix products, trains a ~10M and a ~50M
-# parameter model for SECONDS_PER_MODEL (default 60) each with what vslm picks on CUDA (bf16
+# parameter model for SECONDS_PER_MODEL (default 30) each with what vslm picks on CUDA (bf16
 # autocast, SDPA flash kernels, torch.compile, pinned non-blocking copies) and records tokens/s, MFU
 # against the measured and the nominal bf16 peak (989 TFLOP/s dense on an H200/H100 SXM), compile
 # time and peak memory; then trains the GPU Shakespeare recipe (built-in config gpu-shakespeare)
-# until validation loss 1.47, for at most SHAKESPEARE_SECONDS (default 150).
+# until validation loss 1.47, for at most SHAKESPEARE_SECONDS (default 90). The dynamics part trains
+# `dynamics-induction` (1- and 2-layer attention-only, one seed) with a 1024-token BPE on 200 MB of
+# the embedded stories for DYNAMICS_STEPS (default 30000) steps of 64 x 256 tokens: 492M tokens per
+# model, the run docs/EXPERIMENTS-LOG.md (2026-11-29) names; the H200 trained 82M tokens in ~30 s.
 #
 # Needs: a Python with a CUDA build of torch and vslm's dependencies (pydantic, tokenizers,
 # safetensors, rich, tomli-w, numpy); vslm itself runs from src/, nothing is installed, nothing is
@@ -43,9 +49,26 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.cuda.
 PYEOF
 
 command -v nvidia-smi >/dev/null && nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1
-"$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-60}" \
-  --shakespeare-seconds "${SHAKESPEARE_SECONDS:-150}" --json-out "$RESULTS/gpu_check.json" 2>&1 \
-  | tee "$RESULTS/gpu_check.log"
-status=${PIPESTATUS[0]}
-echo "results: $RESULTS/gpu_check.json (exit $status)"
+PARTS=${PARTS:-bench dynamics}
+status=0
+for part in $PARTS; do
+  case "$part" in
+    bench)
+      "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-30}" \
+        --shakespeare-seconds "${SHAKESPEARE_SECONDS:-90}" --json-out "$RESULTS/gpu_check.json" 2>&1 \
+        | tee "$RESULTS/gpu_check.log"
+      s=${PIPESTATUS[0]}
+      echo "results: $RESULTS/gpu_check.json (exit $s)" ;;
+    dynamics)
+      # run folders without checkpoints or TensorBoard: what comes back is the metrics, probes and report
+      "$PY" -m vslm experiment dynamics-induction --seeds 1 --out "$RESULTS/dynamics-induction" \
+        data.tokenizer=bpe data.vocab_size=1024 data.max_bytes=200000000 \
+        train.steps="${DYNAMICS_STEPS:-30000}" train.batch_size=64 model.context=256 \
+        train.checkpoint_every=0 logging.tensorboard=false 2>&1 | tee "$RESULTS/dynamics-induction.log"
+      s=${PIPESTATUS[0]}
+      echo "results: $RESULTS/dynamics-induction/results.md (exit $s)" ;;
+    *) echo "gpu_check: unknown part '$part' (PARTS: bench, dynamics)"; s=2 ;;
+  esac
+  [ "$s" -ne 0 ] && status=$s
+done
 exit "$status"
