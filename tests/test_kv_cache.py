@@ -87,6 +87,71 @@ def test_cache_falls_back_with_a_reason():
     assert out.tolist() == model.generate(torch.zeros(1, 2, dtype=torch.long), 5, temperature=0, cache=False).tolist()
 
 
+SLIDING = {  # every variant whose positions extend past the context (RoPE, no learned root per position)
+    "rope-rmsnorm-swiglu-gqa": VARIANTS["rope-rmsnorm-swiglu-gqa"],
+    "sliding-window-rope-ssmax": VARIANTS["sliding-window-rope"],
+    "per-layer-windows": [*VARIANTS["per-layer-windows"], "model.position=rope"],
+    "shared-order-lora": [*VARIANTS["shared-order-lora"], "model.position=rope"],
+    "learned-root-shared": VARIANTS["learned-root-shared"],
+    "power": [*VARIANTS["power"], "model.position=rope"],
+    "sigmoid": [*VARIANTS["sigmoid"], "model.position=rope"],
+    "per-layer-widths": VARIANTS["per-layer-widths"],
+    "attention-only": [*VARIANTS["attention-only"], "model.position=rope"],
+}
+
+
+@pytest.mark.parametrize("name", SLIDING)
+def test_sliding_past_the_context_gives_the_uncached_sliding_tokens(name):
+    """slide=True: the cache keeps going past the context; the uncached path runs the whole sequence with
+    every layer's window at most the context. Same greedy tokens, logits within float rounding."""
+    model = tiny_model(SLIDING[name])
+    C = model.cfg.context
+    prompt = torch.randint(0, 50, (2, C + 4), generator=torch.Generator().manual_seed(1))  # already past it
+    cached = model.generate(prompt, C, temperature=0, slide=True)
+    plain = model.generate(prompt, C, temperature=0, cache=False, slide=True)
+    assert cached.tolist() == plain.tolist()
+    kv = None
+    for t in range(prompt.shape[1], cached.shape[1] + 1, 7):
+        logits, kv = model.next_logits(cached[:, :t], kv, slide=True)
+        with torch.no_grad():
+            torch.testing.assert_close(logits, model(cached[:, :t], slide=True)[:, -1, :], atol=5e-5, rtol=1e-5)
+    # within the context sliding and cropping are the same computation
+    short = torch.randint(0, 50, (1, 3), generator=torch.Generator().manual_seed(2))
+    assert (model.generate(short, C - 3, temperature=0, slide=True).tolist()
+            == model.generate(short, C - 3, temperature=0).tolist())
+
+
+def test_sliding_each_position_sees_the_last_context_tokens_only():
+    """Two layers with windows of C: the last position (2C - 1) reads layer 1 at C .. 2C - 1, which read
+    tokens 1 .. 2C - 1. Token 0 is out of its reach; token 1 is not."""
+    model = tiny_model(SLIDING["rope-rmsnorm-swiglu-gqa"])
+    C = model.cfg.context
+    assert model.cfg.depth == 2
+    idx = torch.randint(0, 50, (1, 2 * C), generator=torch.Generator().manual_seed(3))
+
+    def last_logits_with(position: int) -> torch.Tensor:
+        changed = idx.clone()
+        changed[0, position] = (idx[0, position] + 1) % 50
+        with torch.no_grad():
+            return model(changed, slide=True)[0, -1]
+
+    with torch.no_grad():
+        last = model(idx, slide=True)[0, -1]
+    torch.testing.assert_close(last_logits_with(0), last)
+    assert not torch.allclose(last_logits_with(1), last)
+
+
+def test_sliding_refuses_models_whose_positions_end_at_the_context():
+    for overrides, word in (([], "learned positions"), (["model.position=rope", "model.root=learned",
+                                                          "model.root_per_position=true"], "root per position")):
+        model = tiny_model(overrides)
+        with pytest.raises(ValueError, match=word):
+            model.generate(torch.zeros(1, 2, dtype=torch.long), 3, slide=True)
+        with pytest.raises(ValueError, match="longer than the context"):
+            with torch.no_grad():
+                model(torch.zeros(1, model.cfg.context + 1, dtype=torch.long), slide=True)
+
+
 def test_forward_with_a_cache_refuses_past_the_context():
     model = tiny_model([])
     kv = model.new_cache()
@@ -111,6 +176,25 @@ def test_vslm_sample_uses_the_cache_and_no_cache_gives_the_same_text(tmp_path, c
         assert "cache" not in out.err  # no fallback to explain
         texts.append(out.out)
     assert texts[0] == texts[1] and texts[0].strip()
+    # --slide on a model with learned positions (the tiny config's): one line naming why, exit 2
+    assert main(["sample", str(run), "--tokens", "40", "--slide"]) == 2
+    assert "--slide: learned positions end at the context" in capsys.readouterr().err
+
+
+def test_vslm_sample_slides_past_the_context_on_a_rope_model(tmp_path, capsys):
+    from conftest import tiny_overrides
+    from vslm.cli import main
+    from vslm.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, logging__probe_every=0, model__position="rope")),
+            run).fit()
+    capsys.readouterr()
+    texts = []
+    for extra in ([], ["--no-cache"]):  # 80 tokens past a context of 32
+        assert main(["sample", str(run), "--tokens", "80", "--seed", "3", "--slide", *extra]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and len(texts[0].strip()) > 0
 
 
 def test_sampling_warns_once_with_the_reason_when_the_cache_is_not_used():
@@ -131,6 +215,7 @@ def test_bench_sample_reports_both_paths_and_the_ratio(capsys):
 
     assert main(["bench", "sample", "--tokens", "6", "--repeat", "1", "--json", "model.context=4"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [r["context"] for r in result["rows"]] == [4, 7]  # the demo's context, then one holding every token
+    # the demo cropping past its context, sliding past it (RoPE), then at a context holding every token
+    assert [(r["context"], r["past_context"]) for r in result["rows"]] == [(4, "crop"), (4, "slide"), (7, "within")]
     for r in result["rows"]:
         assert r["same_tokens"] and r["ratio"] > 0 and r["tokens_per_s_cache"] > 0

@@ -112,10 +112,12 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     _, model, tokenizer, used = load_run_at(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
     print(f"sampling from {used}", file=sys.stderr)  # which weights (stderr: stdout stays the text)
+    if a.slide and (why := model.slide_refusal()) is not None:
+        raise UsageError(f"--slide: {why}")
     from vslm.progress import track
 
     texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track,
-                        cache=not a.no_cache, warn=lambda reason: print(reason, file=sys.stderr))
+                        cache=not a.no_cache, warn=lambda reason: print(reason, file=sys.stderr), slide=a.slide)
     for i, t in enumerate(texts):
         if a.num > 1:
             console.rule(f"sample {i + 1}")
@@ -745,6 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "finite weights)")
     p.add_argument("--no-cache", action="store_true", help="recompute every position at each step (the same "
                    "tokens, slower; default: keep keys and values, with the reason on stderr where it cannot)")
+    p.add_argument("--slide", action="store_true", help="past the context, every layer attends to its last "
+                   "`context` keys with positions running on (RoPE models; the cache keeps its speed there) "
+                   "instead of cropping to the last `context` tokens from position 0 (the default, nanoGPT's)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("probe", help="run the training-dynamics probes over a run's snapshots")

@@ -35,18 +35,27 @@ def window_mask(T: int, window: int | None, device: torch.device) -> torch.Tenso
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (rotate-half form), tables precomputed up to the context length."""
+    """Rotary position embedding (rotate-half form), tables precomputed up to the context length and
+    extended when a sliding generation (`GPT.generate(slide=True)`) goes past it."""
 
     def __init__(self, head_dim: int, context: int, base: float):
         super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        angles = torch.outer(torch.arange(context, dtype=torch.float32), inv_freq)  # (T, hd/2)
         # not persistent: derived from the config, so checkpoints hold only learned weights
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim),
+                             persistent=False)
+        self._tables(context)
+
+    def _tables(self, n: int) -> None:
+        with torch.inference_mode(False):  # plain tensors even when generate runs in inference mode
+            inv_freq = self.inv_freq.float()  # float32 even in a model cast to half precision, as at init
+            angles = torch.outer(torch.arange(n, dtype=torch.float32, device=inv_freq.device), inv_freq)
+            self.register_buffer("cos", angles.cos(), persistent=False)  # (n, hd/2)
+            self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:  # (B, H, T, hd), positions from offset
         T = x.shape[-2]
+        if offset + T > self.cos.shape[0]:  # past the context (sliding generation): the same formula, further
+            self._tables(max(offset + T, 2 * self.cos.shape[0]))
         cos, sin = self.cos[offset : offset + T].to(x.dtype), self.sin[offset : offset + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
@@ -54,29 +63,40 @@ class Rotary(nn.Module):
 
 class KVCache:
     """The keys (after RoPE) and values of one depth for the positions seen so far, for generation.
-    With a window only the keys a later query can still see are kept (the last window - 1)."""
+    With a window only the keys a later query can still see are kept (the last window - 1). They sit in
+    a buffer with room to grow: a step writes its keys after the held ones, and the held keys move to
+    the front only when the room runs out (once per about a window of steps, not a copy every step)."""
 
     def __init__(self, window: int | None):
         self.window, self.seen = window, 0
-        self.k: torch.Tensor | None = None
+        self.k: torch.Tensor | None = None  # buffers (B, KV, room, hd); the held keys at [off, off + n)
         self.v: torch.Tensor | None = None
+        self.off = self.n = 0
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Append T new positions' keys and values (B, KV, T, hd); return every key the new queries may
         see, with the (T, K) mask of which query sees which key (None: each sees every key)."""
-        T = k.shape[-2]
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-        K, start = k.shape[-2], self.seen  # the new queries sit at positions start .. start + T - 1
+        T, n = k.shape[-2], self.n
+        if self.k is None or self.off + n + T > self.k.shape[-2]:
+            room = max(2 * (n + T), n + T + (self.window or 0))
+            fresh_k = k.new_empty(*k.shape[:-2], room, k.shape[-1])
+            fresh_v = v.new_empty(*v.shape[:-2], room, v.shape[-1])
+            if n:  # the held keys to the front of the new buffer
+                held = slice(self.off, self.off + n)
+                fresh_k[..., :n, :], fresh_v[..., :n, :] = self.k[..., held, :], self.v[..., held, :]
+            self.k, self.v, self.off = fresh_k, fresh_v, 0
+        self.k[..., self.off + n : self.off + n + T, :], self.v[..., self.off + n : self.off + n + T, :] = k, v
+        K, start = n + T, self.seen  # the new queries sit at positions start .. start + T - 1
+        keys, values = self.k[..., self.off : self.off + K, :], self.v[..., self.off : self.off + K, :]
         self.seen += T
         keep = K if self.window is None else min(K, self.window - 1)
-        self.k, self.v = k[..., K - keep :, :], v[..., K - keep :, :]
+        self.off, self.n = self.off + K - keep, keep
         if T == 1 and (self.window is None or K <= self.window):
-            return k, v, None
+            return keys, values, None
         i = torch.arange(start, start + T, device=k.device)[:, None]
         j = torch.arange(start + T - K, start + T, device=k.device)[None, :]  # the keys' positions
         visible = i >= j
-        return k, v, visible if self.window is None else visible & (i - j < self.window)
+        return keys, values, visible if self.window is None else visible & (i - j < self.window)
 
 
 def normalise(scores: torch.Tensor, visible: torch.Tensor, kind: str, gamma: float,
@@ -102,6 +122,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
         self.window, self.kind, self.gamma = spec.window, spec.attention, spec.attention_gamma
+        self.context = context
         self.dropout = dropout
         self.qkv = nn.Linear(spec.width, (spec.heads + 2 * spec.kv_heads) * spec.head_dim, bias=bias)
         self.proj = nn.Linear(spec.heads * spec.head_dim, spec.width, bias=bias)
@@ -138,7 +159,8 @@ class Attention(nn.Module):
                                     self.ssmax_scale)
                 y = weights @ v
         elif self.kind == "softmax" and not keep_weights:
-            window = None if self.window is None or self.window >= T else self.window
+            window = self._window(T)
+            window = None if window is None or window >= T else window
             mask = None if window is None else window_mask(T, window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                dropout_p=dropout, enable_gqa=KV != H)  # (B, H, T, hd)
@@ -146,8 +168,15 @@ class Attention(nn.Module):
             if KV != H:
                 k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
-            visible = window_mask(T, self.window, x.device)
+            visible = window_mask(T, self._window(T), x.device)
             weights = normalise(scores, visible, self.kind, self.gamma, self.ssmax_scale)
             y = F.dropout(weights, dropout, self.training) @ v
         y = y.transpose(1, 2).reshape(B, T, H * hd)
         return linear(self.proj, y, lora, "attn_proj"), weights
+
+    def _window(self, T: int) -> int | None:
+        """The keys a query sees: this layer's window; past the context (a sliding generation, the only way
+        a longer sequence gets here) at most the last `context`, as in every training sequence."""
+        if T <= self.context:
+            return self.window
+        return self.context if self.window is None else min(self.window, self.context)

@@ -16,7 +16,9 @@ N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes ex
 sees different inputs at each of its depths) and feeds only the new token, at its position. Beyond
 the context the uncached path crops to the last `context` tokens and positions restart at 0, which
 changes every key of the window; the cache then rebuilds from the cropped window at each step, as
-costly as the uncached step, so that both give the same tokens (tests/test_kv_cache.py).
+costly as the uncached step, so that both give the same tokens (tests/test_kv_cache.py). With
+`slide=True` (RoPE models) positions run on past the context and every layer attends to its last
+`context` keys, uncached (the whole sequence, windowed) and cached alike: each key is computed once.
 """
 
 from __future__ import annotations
@@ -131,13 +133,15 @@ class GPT(nn.Module):
         if self.root is not None:
             nn.init.normal_(self.root, 0.0, self.cfg.init_std)
 
-    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, slide: bool = False) -> torch.Tensor:
         """(B, T) token ids -> (B, T, V) next-token logits. With a cache (`new_cache()`) idx continues the
-        positions the cache holds, and the cache keeps idx's keys and values."""
+        positions the cache holds, and the cache keeps idx's keys and values. `slide` lets the sequence run
+        past the context, each position attending to at most the last `context` (`slide_refusal`)."""
         B, T = idx.shape
         start = 0 if cache is None else cache[0].seen  # position of idx's first token
-        if start + T > self.cfg.context:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the context {self.cfg.context}")
+        if start + T > self.cfg.context and not (slide and self.slide_refusal() is None):
+            why = f" ({self.slide_refusal()})" if slide else ""
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context {self.cfg.context}{why}")
         token = self.embed(idx)  # (B, T, d_embed)
         if self.pos is not None:
             token = token + self.pos(torch.arange(start, start + T, device=idx.device))
@@ -163,8 +167,19 @@ class GPT(nn.Module):
         return hook(x) if hook.active else x
 
     def new_cache(self) -> list[KVCache]:
-        """An empty key/value cache for `forward`, one per depth (a shared block runs at several)."""
-        return [KVCache(self.specs[b].window) for b in self.order]
+        """An empty key/value cache for `forward`, one per depth (a shared block runs at several); each keeps
+        the keys its layer's window (at most the context) can still see."""
+        C = self.cfg.context
+        return [KVCache(C if self.specs[b].window is None else min(self.specs[b].window, C)) for b in self.order]
+
+    def slide_refusal(self) -> str | None:
+        """Why this model cannot run past its context with a sliding window, or None when it can: only
+        relative positions (RoPE) extend; learned positions and a learned root per position end there."""
+        if self.pos is not None:
+            return "learned positions end at the context; sliding needs model.position=rope"
+        if self.root is not None and self.cfg.root_per_position:
+            return "a learned root per position ends at the context; sliding needs model.root_per_position=false"
+        return None
 
     def cache_fallback(self) -> str | None:
         """Why `generate` cannot use a key/value cache with this model as it is now, or None when it can."""
@@ -175,10 +190,15 @@ class GPT(nn.Module):
         return None
 
     @torch.no_grad()
-    def next_logits(self, idx: torch.Tensor, cache: list[KVCache] | None) -> tuple[torch.Tensor, list[KVCache]]:
+    def next_logits(self, idx: torch.Tensor, cache: list[KVCache] | None,
+                    slide: bool = False) -> tuple[torch.Tensor, list[KVCache]]:
         """The float logits (B, V) after idx (B, T) through the cache of idx[:, :-1] (None: a fresh one), and
-        the cache now holding idx. Beyond the context the window slides: the cache restarts from idx's last
-        `context` tokens, positions from 0, as the uncached path computes them."""
+        the cache now holding idx. Beyond the context, by default (crop) the cache restarts from idx's last
+        `context` tokens, positions from 0, as the uncached path computes them; with `slide` it keeps going,
+        each layer seeing the last `context` keys."""
+        if slide:
+            cache = cache or self.new_cache()
+            return self(idx[:, cache[0].seen :], cache, slide=True)[:, -1, :].float(), cache
         if cache is None or idx.shape[1] > self.cfg.context:
             cache = self.new_cache()
         window = idx[:, -self.cfg.context :]
@@ -188,21 +208,37 @@ class GPT(nn.Module):
     def generate(
         self, idx: torch.Tensor, new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
         generator: torch.Generator | None = None, track: Callable = quiet, cache: bool = True,
+        slide: bool = False,
     ) -> torch.Tensor:
         """Append `new_tokens` sampled tokens to idx (B, T); temperature 0 is greedy, top_k None keeps every token.
         `cache` keeps keys and values between steps unless `cache_fallback()` gives a reason not to; the
         tokens are those of cache=False, the logits equal within float rounding.
+        Past the context the default crops, as nanoGPT does: each step reads the last `context` tokens with
+        positions from 0, so every layer is recomputed and the cache cannot save work there. `slide` keeps
+        positions running and lets every layer attend to its last `context` keys (a sliding window, as in
+        Mistral; RoPE models only, `slide_refusal`): each token's keys are computed once, and the cache
+        keeps its speed past the context. The two give different tokens there; each path gives its own.
         Out-of-range arguments are a ValueError naming the argument. `track` shows progress (vslm.progress)."""
         check_sampling(temperature, top_k)
+        if slide and (why := self.slide_refusal()) is not None:
+            raise ValueError(f"slide=True: {why}")
         if new_tokens < 0:
             raise ValueError(f"new_tokens must be at least 0, got {new_tokens}")
         if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
             raise ValueError(f"idx must be (batch, time) with at least one row and one token, got {tuple(idx.shape)}")
         cached = cache and self.cache_fallback() is None
+        with torch.inference_mode():  # no autograd bookkeeping at all: about 10% of a cached step
+            idx = self._sample_loop(idx, new_tokens, temperature, top_k, generator, track, cached, slide)
+        return idx.clone()  # a plain tensor again, usable anywhere
+
+    def _sample_loop(self, idx: torch.Tensor, new_tokens: int, temperature: float, top_k: int | None,
+                     generator: torch.Generator | None, track: Callable, cached: bool, slide: bool) -> torch.Tensor:
         kv = None
         for _ in track(range(new_tokens), "generating tokens"):
             if cached:
-                logits, kv = self.next_logits(idx, kv)
+                logits, kv = self.next_logits(idx, kv, slide)
+            elif slide:
+                logits = self(idx, slide=True)[:, -1, :].float()
             else:
                 logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()
             if temperature == 0:

@@ -30,10 +30,11 @@ def save_samples(run_dir: Path, texts: list[str]) -> None:
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1, tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = 40, seed: int = 0, track: Callable = quiet,
-                cache: bool = True, warn: Callable[[str], None] | None = None) -> list[str]:
+                cache: bool = True, warn: Callable[[str], None] | None = None, slide: bool = False) -> list[str]:
     """`num` continuations of `prompt` (the prompt included, end-of-text tokens dropped); temperature 0 is
     greedy. `cache` keeps keys and values between steps (the same tokens, faster); where the model cannot,
-    `warn` gets the reason once. Out-of-range arguments are a ValueError naming the argument (GPT.generate)."""
+    `warn` gets the reason once. `slide`: past the context, a sliding window instead of the crop.
+    Out-of-range arguments are a ValueError naming the argument (GPT.generate)."""
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
     device = next(model.parameters()).device
@@ -46,6 +47,6 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1
     if reason and warn:
         warn(reason)
     out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator, track=track,
-                         cache=cache)
+                         cache=cache, slide=slide)
     model.train(was_training)
     return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out]
