@@ -60,7 +60,8 @@ for part in $PARTS; do
       s=${PIPESTATUS[0]}
       echo "results: $RESULTS/gpu_check.json (exit $s)" ;;
     dynamics)
-      # run folders without checkpoints or TensorBoard: what comes back is the metrics, probes and report
+      # no periodic checkpoints (checkpoint_every=0 keeps only the final one, small for these models) and no
+      # TensorBoard: what comes back is the metrics, probes, report and that last checkpoint
       "$PY" -m vslm experiment dynamics-induction --seeds 1 --out "$RESULTS/dynamics-induction" \
         data.tokenizer=bpe data.vocab_size=1024 data.max_bytes=200000000 \
         train.steps="${DYNAMICS_STEPS:-30000}" train.batch_size=64 model.context=256 \

@@ -152,6 +152,28 @@ def test_sliding_refuses_models_whose_positions_end_at_the_context():
                 model(torch.zeros(1, model.cfg.context + 1, dtype=torch.long), slide=True)
 
 
+def test_rotary_tables_extended_in_half_precision_equal_those_built_at_init():
+    from vslm.model.attention import Rotary
+
+    rotary = Rotary(head_dim=16, context=8, base=10000.0).to(torch.bfloat16)
+    first = rotary.cos.clone()  # init's float32 table, cast
+    x = torch.ones(1, 1, 4, 16, dtype=torch.bfloat16)
+    rotary(x, offset=30)  # past the context: the tables are rebuilt longer
+    assert rotary.cos.shape[0] >= 34
+    assert torch.equal(rotary.cos[:8].to(torch.bfloat16), first)  # from float32 numbers, not the cast ones
+    fresh = Rotary(head_dim=16, context=rotary.cos.shape[0], base=10000.0)
+    assert torch.equal(rotary.cos, fresh.cos) and torch.equal(rotary.sin, fresh.sin)
+
+
+def test_hooks_read_plain_tensors_during_generation():
+    model = GPT(load_config("tiny", []).model.model_copy(update={"vocab_size": 256}))
+    with capture(model, "resid_post.0") as seen:
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 2, temperature=0)
+    captured = seen["resid_post.0"]
+    assert not captured.is_inference()
+    torch.zeros_like(captured).requires_grad_(True).mul(captured).sum().backward()  # usable with autograd
+
+
 def test_forward_with_a_cache_refuses_past_the_context():
     model = tiny_model([])
     kv = model.new_cache()
@@ -181,7 +203,7 @@ def test_vslm_sample_uses_the_cache_and_no_cache_gives_the_same_text(tmp_path, c
     assert "--slide: learned positions end at the context" in capsys.readouterr().err
 
 
-def test_vslm_sample_slides_past_the_context_on_a_rope_model(tmp_path, capsys):
+def test_vslm_sample_slides_past_the_context_on_a_rope_model(tmp_path, capsys, monkeypatch):
     from conftest import tiny_overrides
     from vslm.cli import main
     from vslm.train.trainer import Trainer
@@ -190,10 +212,18 @@ def test_vslm_sample_slides_past_the_context_on_a_rope_model(tmp_path, capsys):
     Trainer(load_config("tiny", tiny_overrides(train__steps=2, logging__probe_every=0, model__position="rope")),
             run).fit()
     capsys.readouterr()
+    calls, generate = [], GPT.generate
+
+    def recording(self, *args, **kwargs):  # what the CLI asked for, then the real generation
+        calls.append((kwargs.get("slide"), kwargs.get("cache")))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", recording)
     texts = []
     for extra in ([], ["--no-cache"]):  # 80 tokens past a context of 32
         assert main(["sample", str(run), "--tokens", "80", "--seed", "3", "--slide", *extra]) == 0
         texts.append(capsys.readouterr().out)
+    assert calls == [(True, True), (True, False)]
     assert texts[0] == texts[1] and len(texts[0].strip()) > 0
 
 

@@ -40,15 +40,17 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, context: int, base: float):
         super().__init__()
-        # not persistent: derived from the config, so checkpoints hold only learned weights
-        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim),
-                             persistent=False)
+        self.head_dim, self.base = head_dim, base  # plain numbers: a cast to half precision cannot round them
         self._tables(context)
 
     def _tables(self, n: int) -> None:
+        # float32 from the config's numbers every time, so tables extended after model.to(bfloat16) equal
+        # those built at init; buffers not persistent: derived from the config, checkpoints hold only weights
+        device = self.cos.device if hasattr(self, "cos") else None
         with torch.inference_mode(False):  # plain tensors even when generate runs in inference mode
-            inv_freq = self.inv_freq.float()  # float32 even in a model cast to half precision, as at init
-            angles = torch.outer(torch.arange(n, dtype=torch.float32, device=inv_freq.device), inv_freq)
+            inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+                                           / self.head_dim)
+            angles = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)
             self.register_buffer("cos", angles.cos(), persistent=False)  # (n, hd/2)
             self.register_buffer("sin", angles.sin(), persistent=False)
 
@@ -65,7 +67,8 @@ class KVCache:
     """The keys (after RoPE) and values of one depth for the positions seen so far, for generation.
     With a window only the keys a later query can still see are kept (the last window - 1). They sit in
     a buffer with room to grow: a step writes its keys after the held ones, and the held keys move to
-    the front only when the room runs out (once per about a window of steps, not a copy every step)."""
+    the front only when the room runs out (once per about a window of steps, not a copy every step).
+    Those in-place writes make it a no-grad tool: generation only, never a forward to backpropagate."""
 
     def __init__(self, window: int | None):
         self.window, self.seen = window, 0
