@@ -152,6 +152,23 @@ def test_sliding_refuses_models_whose_positions_end_at_the_context():
                 model(torch.zeros(1, model.cfg.context + 1, dtype=torch.long), slide=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_is_the_rotate_half_formula_bit_for_bit_and_keeps_relative_scores(dtype):
+    from vslm.model.attention import Rotary
+
+    hd, n = 16, 12
+    rotary = Rotary(head_dim=hd, context=n, base=10000.0)
+    x = torch.randn(2, 3, n, hd).to(dtype)
+    angles = torch.outer(torch.arange(n, dtype=torch.float32),
+                         1.0 / 10000.0 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    assert torch.equal(rotary(x), torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
+    q, k = torch.randn(hd), torch.randn(hd)  # a score depends on the distance only: (3, 1) as (9, 7)
+    at = lambda v, pos: rotary(v.view(1, 1, 1, hd), pos).flatten()  # noqa: E731
+    assert torch.allclose(at(q, 3) @ at(k, 1), at(q, 9) @ at(k, 7), atol=1e-5)
+
+
 def test_rotary_tables_extended_in_half_precision_equal_those_built_at_init():
     from vslm.model.attention import Rotary
 

@@ -36,7 +36,9 @@ def window_mask(T: int, window: int | None, device: torch.device) -> torch.Tenso
 
 class Rotary(nn.Module):
     """Rotary position embedding (rotate-half form), tables precomputed up to the context length and
-    extended when a sliding generation (`GPT.generate(slide=True)`) goes past it."""
+    extended when a sliding generation (`GPT.generate(slide=True)`) goes past it. The tables hold cos
+    and sin twice over, the sin's first half negated, so a rotation is x * cos + swap(x) * sin: four
+    passes over x instead of seven, the same numbers as (x1 cos - x2 sin, x2 cos + x1 sin) bit for bit."""
 
     def __init__(self, head_dim: int, context: int, base: float):
         super().__init__()
@@ -51,8 +53,9 @@ class Rotary(nn.Module):
             inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
                                            / self.head_dim)
             angles = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)
-            self.register_buffer("cos", angles.cos(), persistent=False)  # (n, hd/2)
-            self.register_buffer("sin", angles.sin(), persistent=False)
+            cos, sin = angles.cos(), angles.sin()  # (n, hd/2)
+            self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (n, hd)
+            self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:  # (B, H, T, hd), positions from offset
         T = x.shape[-2]
@@ -60,7 +63,7 @@ class Rotary(nn.Module):
             self._tables(max(offset + T, 2 * self.cos.shape[0]))
         cos, sin = self.cos[offset : offset + T].to(x.dtype), self.sin[offset : offset + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return x * cos + torch.cat((x2, x1), dim=-1) * sin
 
 
 class KVCache:
@@ -140,13 +143,12 @@ class Attention(nn.Module):
         cache, else the cached keys plus these T (which the cache then keeps)."""
         B, T, _ = x.shape
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        q, k, v = linear(self.qkv, x, lora, "attn_qkv").split([H * hd, KV * hd, KV * hd], dim=-1)
-        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        qk, v = linear(self.qkv, x, lora, "attn_qkv").split([(H + KV) * hd, KV * hd], dim=-1)
+        qk = qk.view(B, T, H + KV, hd).transpose(1, 2)  # (B, H + KV, T, hd): queries' heads, then keys'
+        if self.rotary is not None:  # one rotation for queries and keys together
+            qk = self.rotary(qk, 0 if cache is None else cache.seen)
+        q, k = qk.split([H, KV], dim=1)  # (B, H, T, hd), (B, KV, T, hd)
         v = v.view(B, T, KV, hd).transpose(1, 2)
-        offset = 0 if cache is None else cache.seen
-        if self.rotary is not None:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
         dropout = self.dropout if self.training else 0.0
         weights = None
         if cache is not None:
