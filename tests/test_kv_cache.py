@@ -266,3 +266,21 @@ def test_bench_sample_reports_both_paths_and_the_ratio(capsys):
     assert [(r["context"], r["past_context"]) for r in result["rows"]] == [(4, "crop"), (4, "slide"), (7, "within")]
     for r in result["rows"]:
         assert r["same_tokens"] and r["ratio"] > 0 and r["tokens_per_s_cache"] > 0
+
+
+def test_bench_sample_profile_names_the_ops_of_a_cached_step(capsys):
+    import json
+
+    from vslm.cli import main
+
+    args = ["bench", "sample", "--tokens", "6", "--repeat", "1", "--profile", "4", "--json", "model.context=4"]
+    assert main(args) == 0
+    profile = json.loads(capsys.readouterr().out)["profile"]
+    assert profile["past_context"] == "slide"  # the demo uses RoPE, so the sliding row is the one profiled
+    shares = [op["share"] for op in profile["ops"]]
+    assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    ops = {op["op"]: op for op in profile["ops"]}
+    assert "aten::mm" in ops or "aten::addmm" in ops  # the matrix products are among a step's largest costs
+    assert all(op["calls_per_token"] > 0 and op["us_per_call"] > 0 for op in profile["ops"])
+    assert main(["bench", "sample", "--profile", "-1"]) == 2
+    assert "--profile at least 0" in capsys.readouterr().err

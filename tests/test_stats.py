@@ -203,12 +203,12 @@ def test_transfer_scores_each_corpus_by_its_excess_over_the_in_domain_models_and
     names = ["a", "b", "c"]
     home = {"a": [1.0, 1.1, 0.9], "b": [2.0, 2.2, 1.8], "c": [3.0, 3.0, 3.0]}
     bpb = {(e, e): v for e, v in home.items()}
-    bpb |= {("a", "b"): [2.5, 2.6, 2.4], ("a", "c"): [3.5, 3.4, 3.6],   # a: +0.5 on both
-            ("b", "a"): [1.2, 1.3, 1.1], ("b", "c"): [3.2, 3.1, 3.3],   # b: +0.2 on both (the best)
+    bpb |= {("a", "b"): [2.5, 2.6, 2.4], ("a", "c"): [3.5, 3.3, 3.7],   # a: +0.5 on both
+            ("b", "a"): [1.2, 1.3, 1.1], ("b", "c"): [3.2, 3.2, 3.2],   # b: +0.2 on both (the best)
             ("c", "a"): [2.0, 2.1, 2.2], ("c", "b"): [3.0, 3.2, 3.1]}   # c: +1.1
     out = transfer(bpb, names)
     assert out["b"]["verdict"] == "best"
-    a_scores = [((2.5 - 2.0) + (3.5 - 3.0)) / 2, ((2.6 - 2.0) + (3.4 - 3.0)) / 2, ((2.4 - 2.0) + (3.6 - 3.0)) / 2]
+    a_scores = [((2.5 - 2.0) + (3.5 - 3.0)) / 2, ((2.6 - 2.0) + (3.3 - 3.0)) / 2, ((2.4 - 2.0) + (3.7 - 3.0)) / 2]
     assert out["a"]["scores"] == pytest.approx(a_scores) and out["a"]["mean"] == pytest.approx(0.5)
     assert out["b"]["mean"] == pytest.approx(0.2) and out["c"]["mean"] == pytest.approx(1.1)
     raw = [stats.ttest_ind(out[t]["scores"], out["b"]["scores"], equal_var=False).pvalue for t in ("a", "c")]

@@ -263,7 +263,7 @@ def cmd_bench_attention(a: argparse.Namespace) -> int:
 def cmd_bench_sample(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_sample_bench
 
-    result = run_sample_bench(a.overrides, a.tokens, a.repeat, console if not a.json else None)
+    result = run_sample_bench(a.overrides, a.tokens, a.repeat, console if not a.json else None, a.profile)
     return _print_json(result) if a.json else 0
 
 
@@ -680,6 +680,8 @@ def _add_bench_parser(sub) -> None:
     p = bsub.add_parser("sample", help="sampling tokens/s of the demo model with and without the key/value cache")
     p.add_argument("--tokens", type=int, default=256, help="new tokens per sample, batch 1 (default 256)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved runs of each; report medians (default 3)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also the N ops that take most of a cached step's time (torch.profiler)")
     json_flag(p)
     p.add_argument("overrides", nargs="*", help="overrides of the demo config")
     p.set_defaults(func=cmd_bench_sample)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -32,8 +33,11 @@ from rich.table import Table
 
 from vslm.data.registry import REGISTRY
 from vslm.data.sources import data_dirs
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError
 from vslm.model.accounting import model_flops_utilisation
+
+if TYPE_CHECKING:
+    from vslm.model import GPT
 
 BENCH_CONFIG = "nanogpt-shakespeare"
 # vslm override -> reference_gpt.py option, for the shapes both can express
@@ -338,18 +342,22 @@ def run_prepare_bench(n_bytes: int, tokenizer: str, console: Console | None) -> 
     return result
 
 
-def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Console | None) -> dict:
+def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Console | None,
+                     profile: int = 0) -> dict:
     """Sampling speed of the demo model (random weights, vocabulary 64, batch 1, a one-token prompt):
     `GPT.generate` with and without the key/value cache, `tokens` new tokens, interleaved `repeat` times
     in one process; medians. Rows: the demo as it is, cropping past the context (nanoGPT's way: the cache
     must rebuild from the cropped window at every such step, as costly as the uncached step); the same
     model sliding past it (`slide=True`, where the model allows it: each token's keys computed once); and
-    the model at a context that holds every token, where only the cache's own gain shows."""
+    the model at a context that holds every token, where only the cache's own gain shows. `profile` N > 0
+    adds where a cached step's time goes: the N ops of most self CPU time under `torch.profiler` over one
+    more cached generation of the slide row (the crop row where the model cannot slide)."""
     from vslm.config import load_config
     from vslm.model import GPT
 
-    if tokens < 1 or repeat < 1:
-        raise VSLMError(f"--tokens and --repeat must be at least 1, got {tokens} and {repeat}")
+    if tokens < 1 or repeat < 1 or profile < 0:
+        raise UsageError(f"--tokens and --repeat must be at least 1 and --profile at least 0, "
+                         f"got {tokens}, {repeat} and {profile}")
     cfg = load_config("demo", [*overrides, "model.vocab_size=64"]).model
     torch.manual_seed(0)
     demo = GPT(cfg).eval()
@@ -377,6 +385,10 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
                      "same_tokens": outputs[i, True] == outputs[i, False]})
     result = {"config": "demo", "overrides": overrides, "new_tokens": tokens, "batch": 1, "repeat": repeat,
               "threads": torch.get_num_threads(), "rows": rows}
+    if profile:
+        beyond, _, model = cases[1] if len(cases) > 1 and cases[1][0] == "slide" else cases[0]
+        ops = _cached_step_profile(model, prompt, tokens, beyond, profile)
+        result["profile"] = {"past_context": beyond, "ops": ops}
     if console:
         table = Table(title=f"sampling, demo model (random weights), batch 1, {tokens} new tokens, greedy, "
                             f"median of {repeat}, {torch.get_num_threads()} threads")
@@ -386,4 +398,28 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
             table.add_row(str(r["context"]), r["past_context"], f"{r['tokens_per_s_cache']:.0f}",
                           f"{r['tokens_per_s_no_cache']:.0f}", f"{r['ratio']:.2f}", "yes" if r["same_tokens"] else "NO")
         console.print(table)
+        if profile:
+            table = Table(title=f"where a cached step's time goes ({result['profile']['past_context']}, "
+                                "torch.profiler, self CPU time)")
+            for col in ("op", "share", "calls per token", "us per call"):
+                table.add_column(col, justify="right")
+            for op in result["profile"]["ops"]:
+                table.add_row(op["op"], f"{op['share']:.1%}", f"{op['calls_per_token']:g}", f"{op['us_per_call']:.1f}")
+            console.print(table)
     return result
+
+
+def _cached_step_profile(model: GPT, prompt: torch.Tensor, tokens: int, beyond: str, top: int) -> list[dict]:
+    """The `top` ops of most self CPU time in one cached greedy generation of `tokens` tokens: their share of
+    the whole, calls per new token, microseconds per call (the profiler's own overhead included)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.generate(prompt, tokens, temperature=0, cache=True, slide=beyond == "slide")
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 4),
+             "calls_per_token": round(e.count / tokens, 2), "us_per_call": round(e.self_cpu_time_total / e.count, 2)}
+            for e in events[:top]]
