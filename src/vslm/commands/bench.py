@@ -387,8 +387,7 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
               "threads": torch.get_num_threads(), "rows": rows}
     if profile:
         beyond, _, model = cases[1] if len(cases) > 1 and cases[1][0] == "slide" else cases[0]
-        ops = _cached_step_profile(model, prompt, tokens, beyond, profile)
-        result["profile"] = {"past_context": beyond, "ops": ops}
+        result["profile"] = {"past_context": beyond, **_cached_step_profile(model, prompt, tokens, beyond, profile)}
     if console:
         table = Table(title=f"sampling, demo model (random weights), batch 1, {tokens} new tokens, greedy, "
                             f"median of {repeat}, {torch.get_num_threads()} threads")
@@ -399,9 +398,10 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
                           f"{r['tokens_per_s_no_cache']:.0f}", f"{r['ratio']:.2f}", "yes" if r["same_tokens"] else "NO")
         console.print(table)
         if profile:
-            table = Table(title=f"where a cached step's time goes ({result['profile']['past_context']}, "
-                                "torch.profiler, self CPU time)")
-            for col in ("op", "share", "calls per token", "us per call"):
+            prof = result["profile"]
+            table = Table(title=f"where a cached step's time goes ({prof['past_context']}, torch.profiler): "
+                                f"{prof['us_per_token']:.0f} us a token, {prof['ops_share']:.0%} of it inside ops")
+            for col in ("op (self time)", "share of the step", "calls per token", "us per call"):
                 table.add_column(col, justify="right")
             for op in result["profile"]["ops"]:
                 table.add_row(op["op"], f"{op['share']:.1%}", f"{op['calls_per_token']:g}", f"{op['us_per_call']:.1f}")
@@ -409,17 +409,22 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
     return result
 
 
-def _cached_step_profile(model: GPT, prompt: torch.Tensor, tokens: int, beyond: str, top: int) -> list[dict]:
-    """The `top` ops of most self CPU time in one cached greedy generation of `tokens` tokens: their share of
-    the whole, calls per new token, microseconds per call (the profiler's own overhead included)."""
+def _cached_step_profile(model: GPT, prompt: torch.Tensor, tokens: int, beyond: str, top: int) -> dict:
+    """One cached greedy generation of `tokens` tokens under `torch.profiler`: its wall time per token, the
+    share of it spent inside ops (the rest is Python between them), and the `top` ops of most self CPU time,
+    each with its share of the wall time, calls per new token and microseconds per call (the profiler's own
+    overhead included in all of them)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
         model.generate(prompt, tokens, temperature=0, cache=True, slide=beyond == "slide")
+        wall_us = (time.perf_counter() - started) * 1e6
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events)
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 4),
-             "calls_per_token": round(e.count / tokens, 2), "us_per_call": round(e.self_cpu_time_total / e.count, 2)}
-            for e in events[:top]]
+    ops = [{"op": e.key, "share": round(e.self_cpu_time_total / wall_us, 4),
+            "calls_per_token": round(e.count / tokens, 2), "us_per_call": round(e.self_cpu_time_total / e.count, 2)}
+           for e in events[:top]]
+    return {"us_per_token": round(wall_us / tokens, 1),
+            "ops_share": round(sum(e.self_cpu_time_total for e in events) / wall_us, 4), "ops": ops}

@@ -217,7 +217,8 @@ class GPT(nn.Module):
         positions from 0, so every layer is recomputed and the cache cannot save work there. `slide` keeps
         positions running and lets every layer attend to its last `context` keys (a sliding window, as in
         Mistral; RoPE models only, `slide_refusal`): each token's keys are computed once, and the cache
-        keeps its speed past the context. The two give different tokens there; each path gives its own.
+        keeps its speed past the context (without the cache a sliding step reruns the whole sequence, its cost
+        growing with the length). The two give different tokens there; each path gives its own.
         Out-of-range arguments are a ValueError naming the argument. `track` shows progress (vslm.progress)."""
         check_sampling(temperature, top_k)
         if slide and (why := self.slide_refusal()) is not None:
