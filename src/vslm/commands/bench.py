@@ -403,7 +403,7 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
                                 f"{prof['us_per_token']:.0f} us a token, {prof['ops_share']:.0%} of it inside ops")
             for col in ("op (self time)", "share of the step", "calls per token", "us per call"):
                 table.add_column(col, justify="right")
-            for op in result["profile"]["ops"]:
+            for op in prof["ops"]:
                 table.add_row(op["op"], f"{op['share']:.1%}", f"{op['calls_per_token']:g}", f"{op['us_per_call']:.1f}")
             console.print(table)
     return result
