@@ -4,6 +4,7 @@ and one line when a tracker's package is missing."""
 
 import json
 import struct
+from collections import Counter
 import sys
 
 import pytest
@@ -75,7 +76,9 @@ def test_wandb_offline_run_holds_the_metrics_the_config_and_the_heatmap(tmp_path
     run_id = json.loads((tmp_path / "r" / trackers.TRACKERS).read_text())["wandb"]
     [run_file] = (tmp_path / "r" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     history = wandb_history(run_file)
-    assert {s: row["loss"] for s, row in history.items() if "loss" in row} == logged(tmp_path / "r", "loss")
+    kinds = Counter(record.WhichOneof("record_type") for record in wandb_records(run_file))
+    assert {s: row["loss"] for s, row in history.items() if "loss" in row} == logged(tmp_path / "r", "loss"), \
+        f"{run_file.stat().st_size} bytes, records {dict(kinds)}"
     assert {s: row["val_loss"] for s, row in history.items() if "val_loss" in row} == logged(tmp_path / "r", "val_loss")
     probes = [json.loads(ln) for ln in (tmp_path / "r" / "probes.jsonl").read_text().splitlines()]
     assert {s: row["probe/M1"] for s, row in history.items() if "probe/M1" in row} == \

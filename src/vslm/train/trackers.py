@@ -125,6 +125,11 @@ class WandbLog(_Tracker):
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.run.finish(exit_code=0 if trainer.step >= trainer.cfg.train.steps else 1)
+        # finish() only informs wandb-core that the run is over: the run file is closed when its service
+        # stops, which an exiting process does at exit. Stop it now (when no other run of the process
+        # is open), so that the offline run file is whole when fit() returns, as in a notebook
+        if self.wandb.run is None:
+            self.wandb.teardown()
 
 
 class MLflowLog(_Tracker):
