@@ -1,6 +1,8 @@
 """Sampling with a key/value cache gives the uncached path's tokens and logits, for every variant,
 across the context crop (where the cache restarts from the cropped window)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -164,9 +166,9 @@ def test_rotary_is_the_rotate_half_formula_bit_for_bit_and_keeps_relative_scores
                          1.0 / 10000.0 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
     cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
     x1, x2 = x.chunk(2, dim=-1)
-    assert torch.equal(rotary(x), torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
+    assert torch.equal(rotary.rotate(x), torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
     q, k = torch.randn(hd, generator=gen), torch.randn(hd, generator=gen)  # scores see distance: (3, 1) as (9, 7)
-    at = lambda v, pos: rotary(v.view(1, 1, 1, hd), pos).flatten()  # noqa: E731
+    at = lambda v, pos: rotary.rotate(v.view(1, 1, 1, hd), pos).flatten()  # noqa: E731
     assert torch.allclose(at(q, 3) @ at(k, 1), at(q, 9) @ at(k, 7), atol=1e-5)
 
 
@@ -176,7 +178,7 @@ def test_rotary_tables_extended_in_half_precision_equal_those_built_at_init():
     rotary = Rotary(head_dim=16, context=8, base=10000.0).to(torch.bfloat16)
     first = rotary.cos.clone()  # init's float32 table, cast
     x = torch.ones(1, 1, 4, 16, dtype=torch.bfloat16)
-    rotary(x, offset=30)  # past the context: the tables are rebuilt longer
+    rotary.rotate(x, offset=30)  # past the context: the tables are rebuilt longer
     assert rotary.cos.shape[0] >= 34
     assert torch.equal(rotary.cos[:8].to(torch.bfloat16), first)  # from float32 numbers, not the cast ones
     fresh = Rotary(head_dim=16, context=rotary.cos.shape[0], base=10000.0)
@@ -265,8 +267,9 @@ def test_bench_sample_reports_both_paths_and_the_ratio(capsys):
     result = json.loads(capsys.readouterr().out)
     # the demo cropping past its context, sliding past it (RoPE), then at a context holding every token
     assert [(r["context"], r["past_context"]) for r in result["rows"]] == [(4, "crop"), (4, "slide"), (7, "within")]
-    for r in result["rows"]:
-        assert r["same_tokens"] and r["ratio"] > 0 and r["tokens_per_s_cache"] > 0
+    for r in result["rows"]:  # one repeat: its pair's ratio is the ratio of the two speeds
+        assert r["same_tokens"] and r["tokens_per_s_cache"] > 0
+        assert r["ratio"] == pytest.approx(r["tokens_per_s_cache"] / r["tokens_per_s_no_cache"], abs=0.011)
 
 
 def test_bench_sample_profile_names_the_ops_of_a_cached_step(capsys):
@@ -286,3 +289,32 @@ def test_bench_sample_profile_names_the_ops_of_a_cached_step(capsys):
     assert all(op["calls_per_token"] > 0 and op["us_per_call"] > 0 for op in profile["ops"])
     assert main(["bench", "sample", "--profile", "-1"]) == 2
     assert "--profile at least 0" in capsys.readouterr().err
+
+
+def test_the_compiled_decode_probe_gives_the_models_tokens_past_the_context(capsys):
+    """scripts/bench_compiled_decode.py (BENCHMARKS: what a compiled sampling step would buy): its functional
+    ring-buffer step gives GPT.generate's sliding tokens, past the context too (eager here; the compiled
+    step is the same function under torch.compile)."""
+    import json
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "bench_compiled_decode.py"), run_name="probe")
+    assert script["main"](["--no-compile", "--tokens", "140", "--repeat", "1"]) == 0  # the demo's context is 128
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["us_per_token"]) == {"model", "functional"} and result["x_model"]["model"] == 1.0
+    assert script["main"](["--tokens", "0"]) == 2
+
+
+@pytest.mark.skipif(not (Path(__file__).parents[1] / ".git").exists(), reason="needs the git checkout")
+def test_the_sampling_ab_loads_a_commit_beside_the_tree_and_pairs_their_steps(capsys):
+    """scripts/ab_sampling.py (BENCHMARKS: the cached step's speed-up, one process): HEAD against the tree."""
+    import json
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "ab_sampling.py"), run_name="ab")
+    assert script["main"](["HEAD", "--pairs", "2", "--tokens", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["same_tokens"] and result["slide"] and result["pairs"] == 2 and 0 <= result["tree_faster_pairs"] <= 2
+    assert result["speedup_range"][0] <= result["speedup_median"] <= result["speedup_range"][1]
+    with pytest.raises(SystemExit, match="git archive no-such-commit"):
+        script["main"](["no-such-commit"])

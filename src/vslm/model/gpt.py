@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from vslm.config import BlockSpec, ModelConfig
 from vslm.model.attention import Attention, KVCache
-from vslm.model.layers import MLP, DepthLoRA, HookPoint, make_norm, partial_identity_
+from vslm.model.layers import MLP, DepthLoRA, HookPoint, dropout, make_norm, partial_identity_
 from vslm.progress import quiet
 
 
@@ -48,15 +48,15 @@ class Block(nn.Module):
         if cfg.mlp != "none":
             self.mlp_norm = make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
             self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attn(self.attn_norm(x), lora, keep_weights, cache)
-        x = x + self.drop(attended)
+        x = x + dropout(attended, self.dropout, self.training)
         if self.mlp is None:
             return x, weights
-        return x + self.drop(self.mlp(self.mlp_norm(x), lora)), weights
+        return x + dropout(self.mlp(self.mlp_norm(x), lora), self.dropout, self.training), weights
 
     def lora_shapes(self) -> dict[str, tuple[int, int]]:
         layers = {"attn_qkv": self.attn.qkv, "attn_proj": self.attn.proj}
@@ -96,7 +96,6 @@ class GPT(nn.Module):
             self.inject = nn.ModuleList(nn.Linear(embed_width, w, bias=False) for w in widths)
             first = 1.0 if cfg.root == "learned" else 0.0  # a learned root gets the token at depth 0
             self.inject_scale = nn.Parameter(torch.tensor([first] + [0.0] * (len(widths) - 1)))
-        self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(spec, cfg) for spec in self.specs)
         # width projections into depth d where it differs from the width before it
         before = [embed_width if self.root is None else widths[0], *widths[:-1]]
@@ -147,24 +146,22 @@ class GPT(nn.Module):
             token = token + self.pos(torch.arange(start, start + T, device=idx.device))
         if self.root is not None:
             root = self.root[start : start + T] if self.cfg.root_per_position else self.root
-        x = self.drop(token if self.root is None else root.expand(B, T, -1))
-        for depth, b in enumerate(self.order):
+        x = dropout(token if self.root is None else root.expand(B, T, -1), self.cfg.dropout, self.training)
+        blocks, hooks = list(self.blocks), self.hooks  # plain lookups in the loop: a sampling step is all overhead
+        points = zip(hooks["resid_pre"], hooks["attn"], hooks["resid_post"], strict=True)
+        for depth, (b, (pre, attn, post)) in enumerate(zip(self.order, points, strict=True)):
             if str(depth) in self.resize:
                 x = self.resize[str(depth)](x)
             if self.inject is not None:
                 x = x + self.inject_scale[depth] * self.inject[depth](token)
-            x = self._tap("resid_pre", depth, x)
-            x, weights = self.blocks[b](x, self.lora[str(depth)] if str(depth) in self.lora else None,
-                                        self.hooks["attn"][depth].active, None if cache is None else cache[depth])
-            if weights is not None:
-                self._tap("attn", depth, weights)
-            x = self._tap("resid_post", depth, x)
+            x = pre(x) if pre.active else x
+            x, weights = blocks[b](x, self.lora[str(depth)] if str(depth) in self.lora else None, attn.active,
+                                   None if cache is None else cache[depth])
+            if weights is not None and attn.active:
+                attn(weights)
+            x = post(x) if post.active else x
         x = self.norm(x)
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
-
-    def _tap(self, name: str, depth: int, x: torch.Tensor) -> torch.Tensor:
-        hook = self.hooks[name][depth]
-        return hook(x) if hook.active else x
 
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache for `forward`, one per depth (a shared block runs at several); each keeps

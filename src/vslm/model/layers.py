@@ -36,6 +36,12 @@ def linear(layer: nn.Linear, x: torch.Tensor, lora: DepthLoRA | None, name: str)
     return y if lora is None else y + lora.delta(name, x)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, with no call at all where it is the identity (eval, or p = 0: it draws no random numbers
+    then either), which a one-token sampling step would otherwise pay at every residual."""
+    return F.dropout(x, p, True) if training and p > 0 else x
+
+
 def partial_identity_(weight: torch.Tensor) -> torch.Tensor:
     """Identity on the shared dimensions, zero elsewhere: a width change that starts lossless."""
     with torch.no_grad():
