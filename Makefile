@@ -18,7 +18,7 @@ bench: setup
 	$(BIN)/vslm bench train
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 
 setup: $(VENV)/.installed
 

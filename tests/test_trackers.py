@@ -4,8 +4,8 @@ and one line when a tracker's package is missing."""
 
 import json
 import struct
-from collections import Counter
 import sys
+from collections import Counter
 
 import pytest
 

@@ -383,7 +383,8 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
         cached, plain = (tokens / statistics.median(times[i, c]) for c in (True, False))
         # the ratio of each repeat's two runs, side by side in time, then their median: a machine whose speed
         # drifts during the benchmark moves both runs of a pair, not the ratio
-        paired = statistics.median(t_plain / t_cached for t_cached, t_plain in zip(times[i, True], times[i, False]))
+        pairs = zip(times[i, True], times[i, False], strict=True)
+        paired = statistics.median(t_plain / t_cached for t_cached, t_plain in pairs)
         rows.append({"context": context, "past_context": beyond, "tokens_per_s_cache": round(cached, 1),
                      "tokens_per_s_no_cache": round(plain, 1), "ratio": round(paired, 2),
                      "same_tokens": outputs[i, True] == outputs[i, False]})
