@@ -147,20 +147,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert metrics(tmp_path / "r")[-1]["step"] == 5
 
 
-def test_busy_or_used_run_folder_is_refused(tmp_path):
+def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
+    from vslm.cli import main
+
     folder = tmp_path / "r"
-    with RunLock(folder):
+    with RunLock(folder):  # held by this process: the refused one must be another
         r = run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder)
     assert r.returncode == 1 and "in use by another process" in r.stderr and "Traceback" not in r.stderr
-    assert run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder).returncode == 0
+
+    def train(*extra, **overrides):  # the rest in this process
+        return main(["train", "tiny", *tiny_overrides(**overrides), "--out", str(folder), *extra])
+
+    assert train(train__steps=2) == 0
     before = (folder / "metrics.jsonl").read_text()
-    r = run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder)
-    assert r.returncode == 1 and "already holds a run" in r.stderr
+    capsys.readouterr()
+    assert train(train__steps=2) == 1 and "already holds a run" in capsys.readouterr().err
     assert (folder / "metrics.jsonl").read_text() == before  # nothing lost
-    r = run_cli("train", "tiny", *tiny_overrides(train__steps=2, model__width=64), "--out", folder, "--resume")
-    assert r.returncode == 1 and "model config differs" in r.stderr
-    r = run_cli("train", "tiny", *tiny_overrides(train__steps=3), "--out", folder, "--resume")  # same config
-    assert r.returncode == 0, r.stderr
+    assert train("--resume", train__steps=2, model__width=64) == 1
+    assert "model config differs" in capsys.readouterr().err
+    assert train("--resume", train__steps=3) == 0  # the same config
     assert [m["step"] for m in metrics(folder)] == [1, 2, 3]
 
 
