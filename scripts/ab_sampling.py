@@ -2,11 +2,12 @@
 
 On a shared machine two benchmark runs minutes apart differ by up to 2x, so a change of 10% to a sampling
 step cannot be read from two `vslm bench sample` runs. This loads the commit's `src/vslm` (from `git archive`,
-renamed `vslm_ref`) beside the installed `vslm`, builds the demo model in both (the same weights: the
-reference's are loaded from the working tree's), and alternates `generate(slide=True)` of each (crop where the
-model cannot slide), `--pairs` times, flipping the order every pair. It prints one JSON line: each side's
-median microseconds per token, the median and range of the per-pair speed-up (reference time over working
-tree time), in how many pairs the working tree was faster, and whether the tokens agreed.
+renamed `vslm_ref`) beside the installed `vslm`, builds the demo model in both (each from its own config
+presets, with the same weights: the reference's are loaded from the working tree's), runs each once untimed,
+then alternates `generate(slide=True)` of each (crop where the model cannot slide), `--pairs` times, flipping
+the order every pair. It prints one JSON line: each side's median microseconds per token, the median and
+range of the per-pair speed-up (reference time over working tree time), in how many pairs the working tree
+was faster, and whether the tokens agreed.
 
     python scripts/ab_sampling.py REF [--pairs 21] [--tokens 256] [overrides of the demo config]
 """
@@ -36,19 +37,26 @@ def load_reference(ref: str, into: Path):
     if tar.returncode != 0:
         raise SystemExit(f"error: git archive {ref}: {tar.stderr.decode().strip()}")
     with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
-        archive.extractall(into, filter="data")
+        # the safe extraction filter where this Python has it (3.11.4 and later)
+        archive.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     package = into / "vslm_ref"
     (into / "src" / "vslm").rename(package)
-    for path in package.rglob("*.py"):
-        text = path.read_text()
-        path.write_text(re.sub(r"\b(from|import) vslm(\.|\b)", r"\1 vslm_ref\2", text))
-    for name in [m for m in sys.modules if m == "vslm_ref" or m.startswith("vslm_ref.")]:
-        del sys.modules[name]  # another commit loaded before, in this process
+    for path in package.rglob("*.py"):  # its imports, and module names written as strings (its config presets)
+        text = re.sub(r"\b(from|import) vslm(\.|\b)", r"\1 vslm_ref\2", path.read_text())
+        path.write_text(re.sub(r"""(["'])vslm(\.|["'])""", r"\1vslm_ref\2", text))
+    forget_reference()
     sys.path.insert(0, str(into))
     import vslm_ref.config
     import vslm_ref.model
 
     return vslm_ref.config.load_config, vslm_ref.model.GPT
+
+
+def forget_reference() -> None:
+    """Drop a loaded reference package from this process (sys.modules and its folder on sys.path)."""
+    for name in [m for m in sys.modules if m == "vslm_ref" or m.startswith("vslm_ref.")]:
+        del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if not (Path(p) / "vslm_ref").is_dir()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,25 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 1 or args.tokens < 1:
         print("error: --pairs and --tokens must be at least 1", file=sys.stderr)
         return 2
-    from vslm.config import load_config
-    from vslm.model import GPT
+    from vslm.commands.bench import sampling_model
 
     with tempfile.TemporaryDirectory(prefix="vslm-ab-") as tmp:
-        ref_load, RefGPT = load_reference(args.ref, Path(tmp))
-        overrides = [*args.overrides, "model.vocab_size=64"]
-        torch.manual_seed(0)
-        models = {"tree": GPT(load_config("demo", overrides).model).eval(),
-                  "ref": RefGPT(ref_load("demo", overrides).model).eval()}
-        models["ref"].load_state_dict(models["tree"].state_dict())
-        slide = models["tree"].slide_refusal() is None
-        prompt = torch.zeros(1, 1, dtype=torch.long)
-        us: dict[str, list[float]] = {"tree": [], "ref": []}
-        tokens = {}
-        for i in range(args.pairs):
-            for name in ("ref", "tree") if i % 2 == 0 else ("tree", "ref"):
-                started = time.perf_counter()
-                tokens[name] = models[name].generate(prompt, args.tokens, temperature=0, slide=slide)
-                us[name].append((time.perf_counter() - started) / args.tokens * 1e6)
+        try:
+            ref_load, RefGPT = load_reference(args.ref, Path(tmp))
+            tree = sampling_model(args.overrides)
+            models = {"tree": tree, "ref": RefGPT(ref_load("demo", [*args.overrides, "model.vocab_size=64"]).model)}
+            models["ref"].load_state_dict(tree.state_dict())  # the same weights
+            models["ref"].eval()
+            slide = tree.slide_refusal() is None
+            prompt = torch.zeros(1, 1, dtype=torch.long)
+            for model in models.values():  # untimed: first-call costs, the rotary tables' extension
+                model.generate(prompt, args.tokens, temperature=0, slide=slide)
+            us: dict[str, list[float]] = {"tree": [], "ref": []}
+            tokens = {}
+            for i in range(args.pairs):
+                for name in ("ref", "tree") if i % 2 == 0 else ("tree", "ref"):
+                    started = time.perf_counter()
+                    tokens[name] = models[name].generate(prompt, args.tokens, temperature=0, slide=slide)
+                    us[name].append((time.perf_counter() - started) / args.tokens * 1e6)
+        finally:
+            forget_reference()
     speedups = [r / t for r, t in zip(us["ref"], us["tree"], strict=True)]
     print(json.dumps({"ref": args.ref, "tokens": args.tokens, "pairs": args.pairs, "slide": slide,
                       "threads": torch.get_num_threads(),

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vslm.config import load_config
+from vslm.commands.bench import sampling_model
 from vslm.model import GPT
 
 
@@ -72,8 +72,8 @@ def refusal(model: GPT) -> str | None:
             or not cfg.tie_embeddings or cfg.injects() or model.resize or model.lora:
         return "only the demo's layout (RoPE, RMSNorm, GELU, token root, tied head, no bias)"
     if any(s.window is not None and s.window < cfg.context or s.kv_heads != s.heads or s.attention != "softmax"
-           or s.width != cfg.width for s in specs):
-        return "only full softmax attention with one width and as many key/value heads as heads"
+           or (s.width, s.heads, s.head_dim) != (cfg.width, specs[0].heads, specs[0].head_dim) for s in specs):
+        return "only full softmax attention, one width and one head layout, as many key/value heads as heads"
     return None
 
 
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokens < 1 or args.repeat < 1:
         print("error: --tokens and --repeat must be at least 1", file=sys.stderr)
         return 2
-    torch.manual_seed(0)
-    model = GPT(load_config("demo", ["model.vocab_size=64"]).model).eval()
+    model = sampling_model([])
     if (why := refusal(model)) is not None:
         print(f"error: {why}", file=sys.stderr)
         return 2

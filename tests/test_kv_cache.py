@@ -310,11 +310,13 @@ def test_the_sampling_ab_loads_a_commit_beside_the_tree_and_pairs_their_steps(ca
     """scripts/ab_sampling.py (BENCHMARKS: the cached step's speed-up, one process): HEAD against the tree."""
     import json
     import runpy
+    import sys
 
     script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "ab_sampling.py"), run_name="ab")
     assert script["main"](["HEAD", "--pairs", "2", "--tokens", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same_tokens"] and result["slide"] and result["pairs"] == 2 and 0 <= result["tree_faster_pairs"] <= 2
     assert result["speedup_range"][0] <= result["speedup_median"] <= result["speedup_range"][1]
+    assert "vslm_ref" not in sys.modules and not any("vslm-ab-" in p for p in sys.path)  # nothing left behind
     with pytest.raises(SystemExit, match="git archive no-such-commit"):
         script["main"](["no-such-commit"])

@@ -70,6 +70,23 @@ def test_variants_forward_backward(variant):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_dropout_draws_what_nn_dropout_draws_and_skips_only_what_draws_nothing():
+    import torch.nn as nn
+
+    from vslm.model.layers import dropout
+
+    x = torch.randn(4, 8)
+    torch.manual_seed(1)
+    expected = nn.Dropout(0.2).train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x, 0.2, True), expected)
+    torch.manual_seed(1)
+    fresh = torch.get_rng_state()
+    assert dropout(x, 0.2, False) is x and dropout(x, 0.0, True) is x  # no call where it is the identity
+    nn.Dropout(0.0).train()(x), nn.Dropout(0.2).eval()(x)
+    assert torch.equal(torch.get_rng_state(), fresh)  # nor does nn.Dropout draw there: skipping moves no later draw
+
+
 def test_initial_loss_is_about_ln_v():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=100, context=32, depth=2, width=64, heads=4))

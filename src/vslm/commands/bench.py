@@ -342,6 +342,18 @@ def run_prepare_bench(n_bytes: int, tokenizer: str, console: Console | None) -> 
     return result
 
 
+def sampling_model(overrides: list[str], context: int | None = None) -> GPT:
+    """The model `vslm bench sample` times (and scripts/ab_sampling.py, scripts/bench_compiled_decode.py): the
+    demo config with a vocabulary of 64, random weights from seed 0, in eval mode; `context` replaces the
+    config's."""
+    from vslm.config import load_config
+    from vslm.model import GPT
+
+    cfg = load_config("demo", [*overrides, "model.vocab_size=64"]).model
+    torch.manual_seed(0)
+    return GPT(cfg if context is None else cfg.model_copy(update={"context": context})).eval()
+
+
 def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Console | None,
                      profile: int = 0) -> dict:
     """Sampling speed of the demo model (random weights, vocabulary 64, batch 1, a one-token prompt):
@@ -353,21 +365,16 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
     the model at a context that holds every token, where only the cache's own gain shows. `profile` N > 0
     adds where a cached step's time goes: the N ops of most self CPU time under `torch.profiler` over one
     more cached generation of the slide row (the crop row where the model cannot slide)."""
-    from vslm.config import load_config
-    from vslm.model import GPT
-
     if tokens < 1 or repeat < 1 or profile < 0:
         raise UsageError(f"--tokens and --repeat must be at least 1 and --profile at least 0, "
                          f"got {tokens}, {repeat} and {profile}")
-    cfg = load_config("demo", [*overrides, "model.vocab_size=64"]).model
-    torch.manual_seed(0)
-    demo = GPT(cfg).eval()
-    cases = [("crop", cfg.context, demo)]  # (past the context, context, model)
-    if tokens + 1 > cfg.context:
+    demo = sampling_model(overrides)
+    context = demo.cfg.context
+    cases = [("crop", context, demo)]  # (past the context, context, model)
+    if tokens + 1 > context:
         if demo.slide_refusal() is None:
-            cases.append(("slide", cfg.context, demo))
-        torch.manual_seed(0)
-        cases.append(("within", tokens + 1, GPT(cfg.model_copy(update={"context": tokens + 1})).eval()))
+            cases.append(("slide", context, demo))
+        cases.append(("within", tokens + 1, sampling_model(overrides, context=tokens + 1)))
     prompt = torch.zeros(1, 1, dtype=torch.long)
     times: dict[tuple[int, bool], list[float]] = {(i, cache): [] for i in range(len(cases)) for cache in (True, False)}
     outputs = {}

@@ -124,11 +124,12 @@ class WandbLog(_Tracker):
         self.run.log(row, step=step)
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
+        offline = self.run.offline
         self.run.finish(exit_code=0 if trainer.step >= trainer.cfg.train.steps else 1)
         # finish() only informs wandb-core that the run is over: the run file is closed when its service
-        # stops, which an exiting process does at exit. Stop it now (when no other run of the process
-        # is open), so that the offline run file is whole when fit() returns, as in a notebook
-        if self.wandb.run is None:
+        # stops, which an exiting process does at exit. Offline, stop it now, so that the run file is whole
+        # for `wandb sync` when fit() returns (as in a notebook), unless another run of the process is open
+        if offline and self.wandb.setup().most_recent_active_run is None:
             self.wandb.teardown()
 
 
