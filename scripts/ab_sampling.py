@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 1 or args.tokens < 1:
         print("error: --pairs and --tokens must be at least 1", file=sys.stderr)
         return 2
-    from vslm.commands.bench import sampling_model
+    from vslm.commands.bench import interleaved, sampling_model
 
     with tempfile.TemporaryDirectory(prefix="vslm-ab-") as tmp:
         try:
@@ -82,15 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             prompt = torch.zeros(1, 1, dtype=torch.long)
             for model in models.values():  # untimed: first-call costs, the rotary tables' extension
                 model.generate(prompt, args.tokens, temperature=0, slide=slide)
-            us: dict[str, list[float]] = {"tree": [], "ref": []}
-            tokens = {}
-            for i in range(args.pairs):
-                for name in ("ref", "tree") if i % 2 == 0 else ("tree", "ref"):
-                    started = time.perf_counter()
-                    tokens[name] = models[name].generate(prompt, args.tokens, temperature=0, slide=slide)
-                    us[name].append((time.perf_counter() - started) / args.tokens * 1e6)
+            times, tokens = interleaved({name: lambda m=m: m.generate(prompt, args.tokens, temperature=0, slide=slide)
+                                         for name, m in models.items()}, args.pairs)
         finally:
             forget_reference()
+    us = {name: [t / args.tokens * 1e6 for t in v] for name, v in times.items()}
     speedups = [r / t for r, t in zip(us["ref"], us["tree"], strict=True)]
     print(json.dumps({"ref": args.ref, "tokens": args.tokens, "pairs": args.pairs, "slide": slide,
                       "threads": torch.get_num_threads(),

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vslm.commands.bench import sampling_model
+from vslm.commands.bench import interleaved, sampling_model
 from vslm.model import GPT
 
 
@@ -115,16 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             runs["compiled"] = lambda: run_step(compiled)
             runs["compiled"]()  # the compile, on the first call
             result["compile_s"] = round(time.perf_counter() - started, 1)
-        times = {name: [] for name in runs}
-        for _ in range(args.repeat):
-            for name, run in runs.items():
-                started = time.perf_counter()
-                out = run()
-                times[name].append((time.perf_counter() - started) / args.tokens * 1e6)
-                if not torch.equal(out, expected):
-                    print(f"error: the {name} step gave other tokens than GPT.generate", file=sys.stderr)
-                    return 1
-    us = {name: statistics.median(t) for name, t in times.items()}
+        times, outputs = interleaved(runs, args.repeat)
+    for name, out in outputs.items():
+        if not torch.equal(out, expected):
+            print(f"error: the {name} step gave other tokens than GPT.generate", file=sys.stderr)
+            return 1
+    us = {name: statistics.median(t) / args.tokens * 1e6 for name, t in times.items()}
     result["us_per_token"] = {name: round(u, 1) for name, u in us.items()}
     result["x_model"] = {name: round(us["model"] / u, 2) for name, u in us.items()}  # speed against the model
     if "compiled" in us:  # tokens after which compiling and sampling beats the model's eager step

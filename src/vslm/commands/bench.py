@@ -342,6 +342,20 @@ def run_prepare_bench(n_bytes: int, tokenizer: str, console: Console | None) -> 
     return result
 
 
+def interleaved(runs: dict, repeat: int) -> tuple[dict, dict]:
+    """Each of `runs` (name -> a call of no arguments) once per repeat, in turn, the order reversed every other
+    repeat so that no run always goes first on a machine whose speed drifts: each name's wall times in
+    seconds, and its last output. The sampling benchmarks' one timing loop (and the scripts' beside it)."""
+    times: dict = {name: [] for name in runs}
+    outputs: dict = {}
+    for r in range(repeat):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            started = time.perf_counter()
+            outputs[name] = runs[name]()
+            times[name].append(time.perf_counter() - started)
+    return times, outputs
+
+
 def sampling_model(overrides: list[str], context: int | None = None) -> GPT:
     """The model `vslm bench sample` times (and scripts/ab_sampling.py, scripts/bench_compiled_decode.py): the
     demo config with a vocabulary of 64, random weights from seed 0, in eval mode; `context` replaces the
@@ -357,8 +371,9 @@ def sampling_model(overrides: list[str], context: int | None = None) -> GPT:
 def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Console | None,
                      profile: int = 0) -> dict:
     """Sampling speed of the demo model (random weights, vocabulary 64, batch 1, a one-token prompt):
-    `GPT.generate` with and without the key/value cache, `tokens` new tokens, interleaved `repeat` times
-    in one process; medians of the tokens/s, and the median of each repeat's ratio (its two runs adjacent).
+    `GPT.generate` with and without the key/value cache, `tokens` new tokens, interleaved `repeat` times in
+    one process (`interleaved`: the order reversed every other repeat); medians of the tokens/s, and the
+    median of each repeat's ratio (its two runs adjacent).
     Rows: the demo as it is, cropping past the context (nanoGPT's way: the cache
     must rebuild from the cropped window at every such step, as costly as the uncached step); the same
     model sliding past it (`slide=True`, where the model allows it: each token's keys computed once); and
@@ -376,15 +391,10 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
             cases.append(("slide", context, demo))
         cases.append(("within", tokens + 1, sampling_model(overrides, context=tokens + 1)))
     prompt = torch.zeros(1, 1, dtype=torch.long)
-    times: dict[tuple[int, bool], list[float]] = {(i, cache): [] for i in range(len(cases)) for cache in (True, False)}
-    outputs = {}
-    for _ in range(repeat):
-        for i, (beyond, _, model) in enumerate(cases):
-            for cache in (True, False):
-                started = time.perf_counter()
-                out = model.generate(prompt, tokens, temperature=0, cache=cache, slide=beyond == "slide")
-                times[i, cache].append(time.perf_counter() - started)
-                outputs[i, cache] = out.tolist()
+    times, outputs = interleaved({  # (case, cache) -> one generation
+        (i, cache): lambda model=model, cache=cache, slide=beyond == "slide": model.generate(
+            prompt, tokens, temperature=0, cache=cache, slide=slide)
+        for i, (beyond, _, model) in enumerate(cases) for cache in (True, False)}, repeat)
     rows = []
     for i, (beyond, context, _) in enumerate(cases):
         cached, plain = (tokens / statistics.median(times[i, c]) for c in (True, False))
@@ -394,7 +404,7 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
         paired = statistics.median(t_plain / t_cached for t_cached, t_plain in pairs)
         rows.append({"context": context, "past_context": beyond, "tokens_per_s_cache": round(cached, 1),
                      "tokens_per_s_no_cache": round(plain, 1), "ratio": round(paired, 2),
-                     "same_tokens": outputs[i, True] == outputs[i, False]})
+                     "same_tokens": torch.equal(outputs[i, True], outputs[i, False])})
     result = {"config": "demo", "overrides": overrides, "new_tokens": tokens, "batch": 1, "repeat": repeat,
               "threads": torch.get_num_threads(), "rows": rows}
     if profile:
