@@ -8,11 +8,14 @@ BIN := $(VENV)/bin
 demo: setup
 	$(BIN)/vslm demo
 
+# the suite in parallel (pytest-xdist): one worker a core, at most 4; each test still gets one thread (conftest)
+XDIST := -n auto --maxprocesses 4
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-all: setup  ## includes the tests marked slow
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -m "" $(XDIST)
 
 bench: setup
 	$(BIN)/vslm bench train
@@ -32,7 +35,7 @@ CVENV := build/constraints-venv
 constraints:
 	rm -rf $(CVENV)
 	VSLM_CONSTRAINTS= bash scripts/setup.sh "$(CVENV)" "$(PYTHON)"
-	$(CVENV)/bin/python -m pytest -q
+	$(CVENV)/bin/python -m pytest -q $(XDIST)
 	{ sed -n '/^#/p' constraints.txt; $(CVENV)/bin/python -m pip freeze --local --exclude-editable \
 	  | grep -viE '^(torch|vslm)=='; } > $(CVENV)/constraints.txt
 	mv $(CVENV)/constraints.txt constraints.txt
