@@ -20,7 +20,8 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert readme_commands() == ["make demo", "make test"]
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^demo: setup\n\t\$\(BIN\)/vslm demo$", makefile, re.M)
-    assert re.search(r"^test: setup\n\t\$\(BIN\)/python -m pytest -q$", makefile, re.M)
+    assert re.search(r"^test: setup\n\t\$\(BIN\)/python -m pytest -q \$\(XDIST\)$", makefile, re.M)
+    assert re.search(r"^XDIST := -n auto --maxprocesses \d+$", makefile, re.M)  # the suite in parallel
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci.splitlines()
     assert re.search(r"^bash scripts/ci-setup.sh", ci, re.M)
