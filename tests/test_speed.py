@@ -154,7 +154,8 @@ def test_gpu_check_on_cuda(tmp_path):
     assert result["peak_bf16_flops_per_s"] > 1e12 and result["model_small"]["peak_gpu_mb"] > 0
 
 
-@pytest.mark.slow  # compiling takes about a minute on a 2-core CPU the first time
+# compiling takes 23-31 s on a 2-core CPU (warm and cold inductor cache): in the default run since the suite
+# runs in parallel (make test), so that CI compiles the training step on CPU
 def test_compiled_training_on_cpu_matches_eager(tmp_path):
     words = tiny_overrides(train__steps=3, train__eval_every=3, logging__tensorboard="false")
     eager = Trainer(load_config("tiny", words), tmp_path / "eager").fit()
