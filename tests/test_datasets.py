@@ -46,6 +46,18 @@ def data_dir(tmp_path, monkeypatch):
     return folder
 
 
+def test_the_shared_data_beside_the_checkout_is_found_from_any_folder(tmp_path, monkeypatch):
+    """From a folder that has no ../shared beside it (a subfolder of the checkout, say), the study group's
+    shared/data beside the checkout is still searched; ../shared/data from where one stands too."""
+    monkeypatch.delenv("VSLM_DATA_DIR", raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    dirs = sources.data_dirs()
+    assert dirs[1] == (SHARED / "data").resolve() and dirs[-1] == tmp_path / "shared" / "data"
+    assert all(d.is_absolute() for d in dirs) and len(set(dirs)) == len(dirs)
+
+
 def documents(source: str, **data) -> list[str]:
     return list(open_source(DataConfig(source=source, **data)).documents())
 

@@ -50,9 +50,8 @@ REFERENCE_DEFAULTS = {"model.depth": 4, "model.heads": 4, "model.width": 128, "m
 def find_reference(given: Path | None) -> Path:
     if given:
         candidates = [given]
-    else:  # beside the data folder, or in the shared folder beside this checkout
-        beside_checkout = Path(__file__).resolve().parents[4] / "shared"
-        candidates = [d.parent / "bench" / "reference_gpt.py" for d in [*data_dirs(), beside_checkout / "data"]]
+    else:  # beside a data folder (the shared folder's bench/)
+        candidates = [d.parent / "bench" / "reference_gpt.py" for d in data_dirs()]
     for c in candidates:
         if c and c.is_file():
             return c

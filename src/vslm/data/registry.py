@@ -2,9 +2,10 @@
 records become documents.
 
 A name stands for one corpus in two places: on the Hugging Face hub (streamed through `datasets`)
-and in a local data folder laid out like the study group's `shared/data/` (found through
-`$VSLM_DATA_DIR`). Both give records in the hub's schema, and one function per corpus
-(`documents`) turns records into documents, so a local copy and the hub give the same text.
+and in a local data folder laid out like the study group's `shared/data/` (`sources.data_dirs`:
+`$VSLM_DATA_DIR`, ~/.cache/vslm/data, shared/data beside the checkout). Both give records in the
+hub's schema, and one function per corpus (`documents`) turns records into documents, so a local
+copy and the hub give the same text.
 
 A local copy is either the corpus's own files (the hub repository's parquet or JSON lines files
 under `<data dir>/<folder>/`, e.g. after `huggingface-cli download --local-dir`), or the classic

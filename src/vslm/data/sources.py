@@ -56,10 +56,13 @@ class Source:
 
 
 def data_dirs() -> list[Path]:
-    """Folders searched for named corpora: $VSLM_DATA_DIR, then ~/.cache/vslm/data, then
-    ../shared/data (the study group's shared folder beside a checkout)."""
+    """Folders searched for named corpora: $VSLM_DATA_DIR, then ~/.cache/vslm/data, then the study group's
+    shared/data beside the checkout this package runs from (an editable install), then ../shared/data from
+    the current folder; absolute, each once."""
     dirs = [Path(os.environ["VSLM_DATA_DIR"])] if os.environ.get("VSLM_DATA_DIR") else []
-    return dirs + [Path.home() / ".cache" / "vslm" / "data", Path("..") / "shared" / "data"]
+    checkout = Path(__file__).resolve().parents[3]  # src/vslm/data/sources.py -> the checkout (or site-packages/..)
+    dirs += [Path.home() / ".cache" / "vslm" / "data", checkout.parent / "shared" / "data", Path("../shared/data")]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def offline() -> bool:
