@@ -149,6 +149,10 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     assert report["summary"]["wide"]["val_loss_std"] is None and report["summary"]["wide"]["p_value"] is None
     assert report["summary"]["wide"]["verdict"] == "n < 3: no test"
     assert "± - |" in (tmp_path / "o" / "results.md").read_text()
+    # the page: the table, every run's loss curves (one figure) and, since the runs probe, the dynamics table
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert 'id="curves"' in html and html.count("<img") == 1
+    assert report["dynamics_table"]["rows"][1][0] == "wide" and "<th>ICL score</th>" in html
 
 
 def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
@@ -235,7 +239,7 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
     assert "| trained on ↓, evaluated on → | stories | other |" in markdown
     assert "## Which training text transfers" in markdown
     html = (out / "report.html").read_text()
-    assert "Trained on x evaluated on" in html and html.count("data:image/png;base64,") == 1
+    assert "Trained on x evaluated on" in html and html.count("data:image/png;base64,") == 2  # the curves, the map
     assert "Which training text transfers" in html
 
 

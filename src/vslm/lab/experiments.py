@@ -377,6 +377,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if spec.cross_eval:
         shown = transfer_rows(report["cross_eval"]["transfer"])
         report["cross_eval"]["transfer_table"] = {"columns": list(TRANSFER_COLUMNS), "rows": [list(r) for r in shown]}
+    if dynamics:
+        shown = dynamics_rows(dynamics)
+        report["dynamics_table"] = {"columns": ["variant", *DYNAMICS.values()], "rows": [list(r) for r in shown]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(plain(report), indent=2) + "\n", encoding="utf-8")
     tables = [(COLUMNS, rows)]

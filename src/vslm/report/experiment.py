@@ -1,5 +1,6 @@
-"""`report.html` of an experiment folder, drawn from its results.json alone: the variants' table and,
-for a cross-evaluated experiment (dataset quality), the train x eval heat map of bits per byte."""
+"""`report.html` of an experiment folder, drawn from its results.json and its runs' files: the variants'
+table, every run's loss curves, the training-dynamics landmarks and, for a cross-evaluated experiment
+(dataset quality), the train x eval heat map of bits per byte."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from vslm.errors import VSLMError
 from vslm.report import figures
 from vslm.report.html import figure, number, page, pre, section, table
+from vslm.report.runs import RunFiles, read_run
 
 RESULTS = "results.json"
 REPORT = "report.html"
@@ -29,8 +31,19 @@ def write_experiment_report(folder: str | Path) -> Path:
         raise VSLMError(f"{folder} is not an experiment folder (no {RESULTS})")
     results = json.loads(path.read_text(encoding="utf-8"))
     out = folder / REPORT
-    out.write_text(render(results), encoding="utf-8")
+    out.write_text(render(results, folder), encoding="utf-8")
     return out
+
+
+def _runs(results: dict, folder: Path) -> tuple[list[RunFiles], list[str]]:
+    """The experiment's finished runs that are still in its folder (VARIANT/seed-N), labelled by variant."""
+    runs, labels = [], []
+    for r in results.get("runs", []):
+        run_dir = folder / r["variant"] / f"seed-{r['seed']}"
+        if "failed" not in r and (run_dir / "metrics.jsonl").is_file():
+            runs.append(read_run(run_dir))
+            labels.append(r["variant"])
+    return runs, labels
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -39,7 +52,8 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f} ± {'-' if std is None else f'{std:.4f}'}"
 
 
-def render(results: dict) -> str:
+def render(results: dict, folder: Path | None = None) -> str:
+    """The page; with the experiment's folder, also the loss curves of its runs."""
     shown = results.get("table")  # the table as results.md has it (vslm.lab.tables.summary_rows)
     if shown:
         headers = shown["columns"]
@@ -52,6 +66,17 @@ def render(results: dict) -> str:
                  f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
                 for name, s in results["summary"].items()]
     sections = [section("variants", "Variants", table(headers, rows), pre(results["command"]))]
+    runs, labels = _runs(results, folder) if folder is not None else ([], [])
+    if runs:
+        sections.append(section("curves", "Loss curves", figure(
+            figures.compare_loss(runs, labels), "loss curves of every run",
+            "Training loss (lines) and validation loss (dashed, dots) of every seed, one colour a variant: "
+            "seeds that spread as far as the variants lie apart are what the table calls within noise.")))
+    dynamics = results.get("dynamics_table")  # as results.md shows it (vslm.lab.tables.dynamics_rows)
+    if dynamics:
+        sections.append(section("dynamics", "Training dynamics", table(
+            dynamics["columns"], [[escape(c) for c in row] for row in dynamics["rows"]]),
+            "<p>Landmarks from each run's probes, mean ± sample std over seeds (docs/RESEARCH.md defines each).</p>"))
     failed = [r for r in results.get("runs", []) if "failed" in r]
     if failed:
         rows_failed = [[escape(r["variant"]), str(r["seed"]), escape(r["failed"])] for r in failed]

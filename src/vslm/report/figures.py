@@ -338,14 +338,20 @@ def attention_figure(attention: list[dict]) -> Figure:
 
 
 def compare_loss(runs: list[RunFiles], labels: list[str]) -> Figure:
-    """Every run's training loss (line) and validation loss (dashed, dots) in one run colour."""
+    """Every run's training loss (line) and validation loss (dashed, dots) in one run colour; runs that share a
+    label (an experiment's seeds of one variant) share its colour and its one legend entry."""
     fig, (ax,) = _figure(height=4.2)
-    for n, (run, label) in enumerate(zip(runs, labels, strict=True)):
+    colours = {label: f"C{n % 10}" for n, label in enumerate(dict.fromkeys(labels))}
+    seen: set[str] = set()
+    for run, label in zip(runs, labels, strict=True):
+        first = label not in seen
+        seen.add(label)
         steps, loss = run.series("loss")
-        ax.plot(steps, loss, color=f"C{n % 10}", linewidth=1, alpha=0.8, label=f"{label} train")
+        ax.plot(steps, loss, color=colours[label], linewidth=1, alpha=0.8 if first else 0.5,
+                label=f"{label} train" if first else None)
         val_steps, val = run.series("val_loss")
         if len(val):
-            ax.plot(val_steps, val, "o--", color=f"C{n % 10}", markersize=4, label=f"{label} val")
+            ax.plot(val_steps, val, "o--", color=colours[label], markersize=4, label=f"{label} val" if first else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
