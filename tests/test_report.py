@@ -102,6 +102,8 @@ def test_report_without_probes_has_the_loss_section_only(plain_run):
     assert section_ids(html) == ["config", "loss"]
     assert len(images(html)) == 1
     assert "30,624" in html and "183,744" in html  # parameters and FLOPs from summary.json
+    # titled by the run's folder, with the config it started from (a run of tiny with other settings is not tiny)
+    assert "<title>VSLM report: plain</title>" in html and f"{plain_run}, from the config tiny (" in html
 
 
 def test_report_of_probes_with_nulls_and_unequal_heads(tmp_path):

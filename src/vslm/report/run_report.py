@@ -67,11 +67,13 @@ def render(run: RunFiles) -> str:
         sections += _probe_sections(run)
     if run.samples.strip():
         sections.append(section("samples", "Samples", pre(run.samples)))
+    # titled by its folder: a run of `demo` with other settings is not the demo; the config's own description
+    # (of the config as built in, before this run's overrides) says where it started
     description = run.config.get("description", "")
-    subtitle = f"{run.folder}" + (f": {description}" if description else "")
+    subtitle = f"{run.folder}, from the config {run.name}" + (f" ({description})" if description else "")
     if progress := unfinished(run):
-        subtitle += f" ({progress})"
-    return page(f"VSLM report: {run.name}", subtitle, sections)
+        subtitle += f"; {progress}"
+    return page(f"VSLM report: {run.folder.name}", subtitle, sections)
 
 
 def unfinished(run: RunFiles) -> str:
