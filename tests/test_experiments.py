@@ -84,7 +84,8 @@ def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_p
     assert (out / "narrow" / "seed-1" / "metrics.jsonl").stat().st_mtime_ns == kept
     # exact resume, same seeds; params and FLOPs of reused runs recomputed to the trainer's values
     assert as_written(again) == as_written(summary)
-    with pytest.raises(VSLMError, match="narrow/seed-0 holds a run with other settings than this experiment's"):
+    with pytest.raises(VSLMError, match=r"narrow/seed-0 holds a run with other settings than this experiment's "
+                                        r"\(train.lr: 0.003 there, 0.002 here\)"):
         run_experiment(spec, out, extra_overrides=["train.lr=0.002"])  # never mixes runs of different settings
 
 

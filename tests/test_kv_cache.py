@@ -320,3 +320,18 @@ def test_the_sampling_ab_loads_a_commit_beside_the_tree_and_pairs_their_steps(ca
     assert "vslm_ref" not in sys.modules and not any("vslm-ab-" in p for p in sys.path)  # nothing left behind
     with pytest.raises(SystemExit, match="git archive no-such-commit"):
         script["main"](["no-such-commit"])
+
+
+def test_bench_sample_table_title_says_what_its_medians_are():
+    import io
+
+    from rich.console import Console
+
+    from vslm.commands.bench import run_sample_bench
+
+    printed = io.StringIO()
+    run_sample_bench(["model.context=4"], 6, 2, Console(file=printed, width=400), 0)
+    lines = printed.getvalue().splitlines()
+    title = " ".join(line.strip() for line in lines[:next(i for i, ln in enumerate(lines) if ln.startswith("┏"))])
+    assert title == (f"sampling, demo model (random weights), batch 1, 6 new tokens, greedy, {torch.get_num_threads()} "
+                     "threads; tokens/s: median of 2 repeats; x: median of each repeat's cached/uncached speed ratio")

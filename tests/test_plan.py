@@ -54,3 +54,21 @@ def test_plan_command(tmp_path, monkeypatch, capsys):
                  "model.context=16", "train.batch_size=2", "train.device=cpu"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "plan.toml"
     assert load_config("plan.toml").model.width == 32  # one size measured: the smallest
+
+
+def test_plan_never_replaces_an_earlier_plan(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.toml").write_text("# an earlier plan\n")
+    args = ["plan", "--hours", "0.001", "--seconds", "0.2", "--max-measure", "1", "data.max_bytes=200000",
+            "model.context=16", "train.batch_size=2", "train.device=cpu"]
+    # a named --out that exists: refused in one line before anything is measured
+    assert main([*args, "--out", "plan.toml"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ("vslm: error: --out plan.toml exists: plan writes a new file, nothing is "
+                                         "overwritten (pick another --out, or leave it out for plan.toml, or "
+                                         "plan-N.toml if taken)\n")
+    # the default name taken: the next free one, printed, as `vslm demo` picks runs/demo-2
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "plan-2.toml"
+    assert (tmp_path / "plan.toml").read_text() == "# an earlier plan\n"
+    assert load_config("plan-2.toml").model.width == 32

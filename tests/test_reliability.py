@@ -5,6 +5,7 @@ SIGTERM checkpoints and stops, and a kill at any point of a checkpoint write sti
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -85,8 +86,55 @@ def test_a_corrupt_or_non_finite_newest_checkpoint_is_passed_over_with_a_warning
                 "train.steps=13")
     assert r.returncode == 0, r.stderr
     assert [m["step"] for m in metrics(run)] == [*range(1, 14)]
+    assert "moved the newer checkpoints aside" in r.stderr  # 8 and 12 of the steps trained again: kept aside
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "step_00000004.safetensors", "step_00000008.safetensors", "step_00000008.safetensors.corrupt",
+        "step_00000008.safetensors.superseded", "step_00000012.safetensors", "step_00000012.safetensors.corrupt",
+        "step_00000012.safetensors.superseded", "step_00000013.safetensors"]
     r = run_cli("train", "tiny", "--out", tmp_path / "x", "--checkpoint", ckpts / "step_00000004.safetensors")
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--resume" in r.stderr
+
+
+def test_a_corrupt_checkpoint_is_moved_aside_and_never_pushes_a_good_one_out(tmp_path):
+    words = tiny_overrides(train__steps=12, train__checkpoint_every=5, train__keep_last=2, logging__probe_every=0)
+    run = tmp_path / "r"
+    Trainer(load_config("tiny", words), run).fit()
+    ckpts = run / "checkpoints"
+    assert [s for s, _ in list_checkpoints(ckpts)] == [10, 12]
+    with open(ckpts / "step_00000012.safetensors", "r+b") as f:
+        f.truncate(1000)
+    r = run_cli("train", "--resume", "--out", run, "train.steps=13")  # from step 10
+    assert r.returncode == 0, r.stderr
+    assert "step_00000012.safetensors" in r.stderr and "moved it aside to step_00000012.safetensors.corrupt" in r.stderr
+    assert [s for s, _ in list_checkpoints(ckpts)] == [10, 13]  # the good 10 is kept, not the corrupt 12
+    assert (ckpts / "step_00000012.safetensors.corrupt").stat().st_size == 1000  # nothing lost
+
+
+def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsys):
+    from vslm.cli import main
+
+    for name, width in (("wide", 64), ("demo", 32)):
+        Trainer(load_config("tiny", tiny_overrides(train__steps=2, model__width=width, logging__probe_every=0)),
+                tmp_path / name).fit()
+    wide, other = tmp_path / "wide", tmp_path / "demo" / "checkpoints" / "step_00000002.safetensors"
+
+    def files():
+        return {p.name: p.read_bytes() for p in wide.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    def err_of(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1, err
+        return err
+
+    before = files()
+    err = err_of("train", "--resume", "--out", wide, "--checkpoint", other, "train.steps=4")
+    assert str(other) in err and re.search(r"embed.weight is \[\d+, 32\] there, \[\d+, 64\] in the model", err)
+    assert "does not fit the model" in err_of("sample", wide, "--checkpoint", other, "--tokens", "5")
+    snapshot = wide / "snapshots" / "step_00000001.safetensors"
+    assert "weights only" in err_of("train", "--resume", "--out", wide, "--checkpoint", snapshot, "train.steps=4")
+    assert files() == before
 
 
 def test_a_file_size_limit_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path):

@@ -45,4 +45,4 @@ def test_shape_errors_are_one_line(run):
     r = shape(run, "--prompt", "x" * 40, "--continuation", "y" * 10)
     assert r.returncode == 1 and "more than the model's context 32" in r.stderr and "Traceback" not in r.stderr
     r = shape(run, "--continuation", "y")
-    assert r.returncode == 1 and "at least one --prompt" in r.stderr
+    assert r.returncode == 2 and "at least one --prompt" in r.stderr

@@ -163,8 +163,8 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert train(train__steps=2) == 1 and "already holds a run" in capsys.readouterr().err
     assert (folder / "metrics.jsonl").read_text() == before  # nothing lost
-    assert train("--resume", train__steps=2, model__width=64) == 1
-    assert "model config differs" in capsys.readouterr().err
+    assert train("--resume", train__steps=2, model__width=64) == 2
+    assert "model.width: 32 in the run, 64 given" in capsys.readouterr().err
     assert train("--resume", train__steps=3) == 0  # the same config
     assert [m["step"] for m in metrics(folder)] == [1, 2, 3]
 
@@ -176,6 +176,49 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [m["step"] for m in metrics(folder)] == list(range(1, 15))
     assert os.path.exists(folder / "snapshots" / "step_00000014.safetensors")
+    # config.toml says 14 steps from now on; the summary keeps that steps 1-10 were trained for 10
+    assert "steps = 14" in (folder / "config.toml").read_text()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["config_changes"] == [{"step": 10, "train.steps": ["10", "14"]}]
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as_it_is(tmp_path, capsys):
+    from vslm.cli import main
+
+    folder = tmp_path / "term"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=6, train__batch_size=16, logging__probe_every=0)),
+            folder).fit()
+    before = files_of(folder)
+
+    def resume(*overrides):
+        code = main(["train", "--resume", "--out", str(folder), *overrides])
+        return code, capsys.readouterr()
+
+    code, out = resume("train.steps=3")  # fewer steps than the run has: refused, naming both
+    assert code == 2 and out.err.count("\n") == 1 and "train.steps=3 is below step 6" in out.err
+    code, out = resume("train.batch_size=8", "train.seed=1")  # another batch and data order: refused, naming both
+    assert code == 2 and out.err.count("\n") == 1
+    assert "train.batch_size: 16 in the run, 8 given; train.seed: 1337 in the run, 1 given" in out.err
+    code, out = resume("logging.samples=1")  # finished: says so, trains, samples and writes nothing
+    assert code == 0 and "already at its last step (6 = train.steps)" in out.err
+    assert "trained 6 steps: loss " in out.out
+    assert files_of(folder) == before
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from vslm.cli import main
+
+    file = tmp_path / "README.md"
+    file.write_text("notes\n")
+    for out in (file, file / "run"):
+        assert main(["train", "tiny", *tiny_overrides(train__steps=2), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{file} is a file, not a folder" in err and "Traceback" not in err
+    assert file.read_text() == "notes\n"
 
 
 def test_sample_command(tmp_path):

@@ -29,7 +29,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.config, a.overrides = None, [a.config, *a.overrides]
     if a.config is None:
         if not (a.resume and a.out):
-            raise VSLMError("train needs a config (or --resume --out RUN_FOLDER)")
+            raise UsageError("train needs a config (or --resume --out RUN_FOLDER)")
         cfg = read_run_config(Path(a.out))
         if a.overrides:
             from vslm.config import apply_overrides, validate
@@ -39,7 +39,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = load_config(a.config, a.overrides)
     out = Path(a.out or Path("runs") / cfg.name)
     if a.checkpoint and not a.resume:
-        raise VSLMError("--checkpoint picks where a resumed run continues from: add --resume")
+        raise UsageError("--checkpoint picks where a resumed run continues from: add --resume")
     init = {}
     if a.init_from_hf:  # the architecture and weights of a transformers checkpoint (vslm.interop.hf)
         if a.resume:
@@ -57,7 +57,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    _print_samples(trainer)
+    if not trainer.nothing_to_train:  # a finished run resumed as it is: its samples.txt stays
+        _print_samples(trainer)
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
     console.print(f"trained {trainer.step} steps: {summary}")
     print(out)
@@ -111,6 +112,10 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from vslm.train.sampling import sample_text
 
     _, model, tokenizer, used = load_run_at(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
+    try:
+        tokenizer.encode(a.prompt)  # a character the run's vocabulary lacks: named before anything is printed
+    except VSLMError as e:
+        raise UsageError(f"--prompt: {e}") from None
     print(f"sampling from {used}", file=sys.stderr)  # which weights (stderr: stdout stays the text)
     if a.slide and (why := model.slide_refusal()) is not None:
         raise UsageError(f"--slide: {why}")
@@ -194,7 +199,7 @@ def cmd_shape(a: argparse.Namespace) -> int:
     from vslm.commands.shape import shape_run, to_json, write_plot
 
     if not a.prompt:
-        raise VSLMError("shape needs at least one --prompt")
+        raise UsageError("shape needs at least one --prompt")
     from vslm.progress import track
 
     result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed, track)
@@ -288,8 +293,14 @@ def cmd_bench_gpu(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    from vslm.commands.demo import free_path
     from vslm.commands.plan import make_plan, print_plan, write_plan
 
+    if a.out is None:  # as `vslm demo` picks runs/demo-2: a plan never replaces an earlier one
+        a.out = free_path(Path("plan.toml"))
+    elif Path(a.out).exists():  # refused before the minutes of measuring
+        raise VSLMError(f"--out {a.out} exists: plan writes a new file, nothing is overwritten (pick another "
+                        "--out, or leave it out for plan.toml, or plan-N.toml if taken)")
     if a.from_fit:  # the law of a scaling study instead of 20 tokens per parameter
         from vslm.commands.scaling import plan_from_fit, print_law_plan
 
@@ -316,7 +327,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             print(f"{name:24s} {desc}")
         return 0
     if not a.experiment:
-        raise VSLMError("experiment needs a NAME (a built-in experiment or a TOML file), or --list")
+        raise UsageError("experiment needs a NAME (a built-in experiment or a TOML file), or --list")
     from vslm.lab.parallel import make_launcher
 
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
@@ -340,7 +351,7 @@ def cmd_scaling(a: argparse.Namespace) -> int:
             print(f"{name:24s} {desc}")
         return 0
     if not a.spec:
-        raise VSLMError("scaling needs a SPEC (a built-in scaling spec or a TOML file), or --list")
+        raise UsageError("scaling needs a SPEC (a built-in scaling spec or a TOML file), or --list")
     from vslm.lab.parallel import make_launcher
 
     out = Path(a.out) if a.out else Path("runs") / "scaling" / Path(a.spec).stem
@@ -364,7 +375,11 @@ def cmd_facts_generate(a: argparse.Namespace) -> int:
         settings = WorldConfig.model_validate(given)
     except ValidationError as e:
         raise ConfigError(one_line_error(e, prefix="facts generate")) from None
-    files = write_world_folder(settings, Path(a.out))
+    out = Path(a.out)
+    there = out.is_dir() and any(out.iterdir())
+    files = write_world_folder(settings, out)  # a folder that is not empty: refused unless it is this world
+    if there:
+        print(f"{out} already holds this world (the same settings and seed): nothing written", file=sys.stderr)
     lines = [json.loads(line) for line in files["questions.jsonl"].splitlines()]
     counts = {key: sum(1 for q in lines if group(q)) for key, group in (
         ("seen train", lambda q: q["split"] == "train"), ("seen test", lambda q: q["pool"] == "seen" and
@@ -427,7 +442,7 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
         except ValueError:
             sep = ""
         if not sep:
-            raise VSLMError(f"--weight {word}: write NAME=NUMBER")
+            raise UsageError(f"--weight {word}: write NAME=NUMBER")
     out = Path(a.out)
     result = distill(Path(a.teacher), Path(a.naive), Path(a.world), out, a.method, a.steps, a.batch_size, a.lr,
                      weights, a.beta, a.seed, a.device, a.distractors)
@@ -478,7 +493,7 @@ def _add_facts_parser(sub) -> None:
     facts = sub.add_parser("facts", help="FactWorld: generate a world of facts and questions; evaluate a run on it")
     fsub = facts.add_subparsers(dest="facts_command", required=True, metavar="ACTION")
     p = fsub.add_parser("generate", help="write a world folder: world.json, cards.jsonl, questions.jsonl, train.txt")
-    p.add_argument("--out", required=True, help="the world folder")
+    p.add_argument("--out", required=True, help="the world folder (new, or empty)")
     for name, field in WorldConfig.model_fields.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=field.annotation, dest=name,
                        help=f"{field.description + '; ' if field.description else ''}default {field.default}")
@@ -593,7 +608,7 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     if not a.on and not a.tasks:
-        raise VSLMError("eval needs --on CORPUS ... and/or --tasks TASK ...")
+        raise UsageError("eval needs --on CORPUS ... and/or --tasks TASK ...")
     checkpoint = Path(a.checkpoint) if a.checkpoint else None
     out: dict = {"run": a.run}
     if a.on:
@@ -800,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="overlay several runs' curves in one HTML page")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    p.add_argument("--out", default=str(Path("runs") / "compare.html"), help="output file (default runs/compare.html)")
+    p.add_argument("--out", default=str(Path("runs") / "compare.html"),
+                   help="output file, replaced if there: the runs redraw it (default runs/compare.html)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("shape", help="how prompts reshape the distribution of a continuation")
@@ -824,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="the model size and token budget that fit in H hours here; writes a config")
     p.add_argument("--hours", type=float, required=True, help="the training time to plan for")
     p.add_argument("--data", help="data source of the run (default: the embedded stories)")
-    p.add_argument("--out", default="plan.toml", help="the config to write (default plan.toml)")
+    p.add_argument("--out", help="the config to write, a new file (default plan.toml, or plan-N.toml if taken)")
     p.add_argument("--seconds", type=float, default=5, help="seconds of training per measured size (default 5)")
     p.add_argument("--max-measure", type=int, default=5, help="sizes measured at most (default 5)")
     p.add_argument("--from", dest="from_fit", metavar="FIT_JSON",

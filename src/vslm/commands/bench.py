@@ -411,7 +411,8 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
         result["profile"] = {"past_context": beyond, **_cached_step_profile(model, prompt, tokens, beyond, profile)}
     if console:
         table = Table(title=f"sampling, demo model (random weights), batch 1, {tokens} new tokens, greedy, "
-                            f"median of {repeat} (x: of each repeat's pair), {torch.get_num_threads()} threads")
+                            f"{torch.get_num_threads()} threads; tokens/s: median of {repeat} "
+                            f"repeat{'s' * (repeat != 1)}; x: median of each repeat's cached/uncached speed ratio")
         for col in ("context", "past the context", "tokens/s cache", "tokens/s no cache", "x", "same tokens"):
             table.add_column(col, justify="right")
         for r in rows:

@@ -18,21 +18,22 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.config import RunConfig, load_config
+from vslm.errors import VSLMError
 from vslm.report import write_report
 from vslm.train.probing import PROBES
-from vslm.train.run_folder import METRICS
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS
 from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
 
-def free_folder(base: Path) -> Path:
-    """base, or base-2, base-3, ... : the first that does not exist (a demo never overwrites a run)."""
-    if not base.exists():
-        return base
-    n = 2
-    while base.with_name(f"{base.name}-{n}").exists():
+def free_path(base: Path) -> Path:
+    """base, or base-2, base-3, ... (plan-2.toml for plan.toml): the first that does not exist (a demo never
+    overwrites a run, a plan never an earlier plan)."""
+    path, n = base, 2
+    while path.exists():
+        path = base.with_name(f"{base.stem}-{n}{base.suffix}")
         n += 1
-    return base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def unigram_entropy(tokens: np.ndarray, vocab: int) -> float:
@@ -75,7 +76,11 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
 
 def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     cfg = load_config("demo", overrides)
-    out = out or free_folder(Path("runs") / "demo")
+    if out is not None and any((out / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS)):
+        # the trainer's refusal says "pass --resume", which `vslm train` has and `vslm demo` has not
+        raise VSLMError(f"{out} already holds a run: `vslm train --resume --out {out}` continues it; give "
+                        "vslm demo another --out, or none (runs/demo, or runs/demo-N if taken)")
+    out = out or free_path(Path("runs") / "demo")
     console.rule("[bold]VSLM demo")
     trainer = start_training(cfg, out, console, "(the embedded generator: children's stories with recurring "
                                                 "names, dialogue and simple cause and effect)")

@@ -257,4 +257,12 @@ def load_tokenizer(path: Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise VSLMError(f"tokenizer file {path} not found")
-    return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VSLMError(f"tokenizer file {path} is not valid JSON: {e}") from None
+    try:
+        return tokenizer_from_dict(saved)
+    except (AttributeError, KeyError, TypeError):
+        raise VSLMError(f"tokenizer file {path} is not a saved tokenizer (a JSON object with its kind and "
+                        "vocabulary)") from None

@@ -120,13 +120,26 @@ def training_text(world: World, questions: list[Question], cfg: WorldConfig) -> 
 
 
 def write_world_folder(cfg: WorldConfig, out: Path) -> dict[str, str]:
-    """Generate the world and write its folder; returns the files' texts."""
+    """Generate the world and write its folder; returns the files' texts. A folder that is not empty is
+    refused, unless it already holds these very files (the same generator and settings): then nothing
+    is written."""
     files = build(cfg)
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if holds_world(out, files):
+            return files
+        raise VSLMError(f"{out} exists, is not empty and holds no world of these settings and seed: facts "
+                        "generate writes a new folder, nothing is overwritten")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
     return files
+
+
+def holds_world(folder: Path, files: dict[str, str]) -> bool:
+    """Whether `folder` holds the world folder's `files` (build's) as they are, byte for byte."""
+    return all((folder / name).is_file() and (folder / name).read_text(encoding="utf-8") == text
+               for name, text in files.items())
 
 
 def load_world_folder(folder: Path) -> WorldFolder:

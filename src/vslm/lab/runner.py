@@ -19,7 +19,7 @@ from vslm.errors import VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, read_run_config
-from vslm.train.trainer import Trainer
+from vslm.train.trainer import Trainer, config_changes
 
 # vocabulary sizes known without reading data
 _FIXED_VOCAB = {"byte": 257, "gpt2": 50257}
@@ -73,7 +73,11 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -
     if (folder / CONFIG).exists():
         saved = read_run_config(folder)
         if not same_settings(cfg, saved):
-            raise VSLMError(f"{folder} holds a run with other settings than this experiment's; move it away")
+            differ = [f"{k}: {old} there, {new} here" for k, (old, new) in
+                      config_changes(saved, cfg.with_vocab_size(saved.model.vocab_size)).items()
+                      if k.startswith(("model.", "data.", "train.")) and k.removeprefix("train.") not in EXECUTION_ONLY]
+            raise VSLMError(f"{folder} holds a run with other settings than this experiment's ({'; '.join(differ)}); "
+                            "move it away")
         if corpus is not None and (folder / TOKENIZER).is_file() and \
                 tokenizer_hash(load_tokenizer(folder / TOKENIZER)) != tokenizer_hash(corpus.tokenizer):
             raise VSLMError(f"{folder} holds a run of another tokenizer than this experiment's; move it away")

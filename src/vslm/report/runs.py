@@ -79,10 +79,10 @@ def read_run(folder: Path, warn: Callable[[str], None] | None = None) -> RunFile
     config_path = folder / CONFIG
     if not config_path.is_file():
         raise VSLMError(f"{folder} is not a run folder (no {CONFIG})")
-    text = config_path.read_text(encoding="utf-8")
     try:
+        text = config_path.read_text(encoding="utf-8")
         config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise VSLMError(f"{config_path} is not valid TOML: {e}") from None
     summary_path = folder / SUMMARY
     samples_path = folder / SAMPLES
@@ -131,7 +131,7 @@ def _stderr(line: str) -> None:
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VSLMError(f"{path} is not valid JSON: {e}") from None
     return data if isinstance(data, dict) else {}
 

@@ -7,7 +7,8 @@ checkpoint from anywhere is safe to open.
 
 Writing goes to a temporary file in the same folder, is fsynced, then renamed over the final name
 (and the folder fsynced): a crash at any moment leaves either the previous checkpoints alone or
-the new one complete. Files whose name does not match `step_NNNNNNNN.safetensors` are ignored.
+the new one complete. Files whose name does not match `step_NNNNNNNN.safetensors` are ignored: a
+resume renames one it passes over as corrupt or non-finite to `step_NNNNNNNN.safetensors.corrupt`.
 """
 
 from __future__ import annotations
@@ -157,24 +158,52 @@ def nonfinite(weights: dict[str, torch.Tensor], state: dict | None = None) -> li
     return [k for k, v in floats if not bool(torch.isfinite(v).all())]
 
 
+def set_aside(path: Path, why: str) -> Path:
+    """Rename path to NAME.<why> (NAME.<why>-2, ... when that is taken), a name list_checkpoints and the
+    rotation ignore: out of the way, nothing deleted. Returns the new path."""
+    target, n = path.with_name(f"{path.name}.{why}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{why}-{n}")
+    path.rename(target)
+    return target
+
+
 def newest_good(paths: Sequence[Path], device: str | torch.device = "cpu",
-                warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, torch.Tensor], dict]:
+                warn: Callable[[str], None] | None = None,
+                move_aside: bool = False) -> tuple[Path, dict[str, torch.Tensor], dict]:
     """(path, weights, state) of the newest of `paths` (oldest first) that reads and holds only finite
-    values; each newer one passed over is named in a one-line warning."""
+    values; each newer one passed over is named in a one-line warning, and with `move_aside` (a resume,
+    which holds the run's lock) renamed to NAME.corrupt, so that the rotation cannot keep it and
+    delete a good one."""
     warn = warn or (lambda line: print(line, file=sys.stderr))
     for path in reversed(paths):
         try:
             weights, state = load_checkpoint(path, device)
+            bad = nonfinite(weights, state)
+            if not bad:
+                return path, weights, state
+            problem = f"{path} holds non-finite values ({len(bad)} tensors, {bad[0]} first)"
         except VSLMError as e:
-            warn(f"warning: {e}; trying an older one")
-            continue
-        bad = nonfinite(weights, state)
-        if bad:
-            warn(f"warning: {path} holds non-finite values ({len(bad)} tensors, {bad[0]} first); trying an older one")
-            continue
-        return path, weights, state
+            problem = str(e)
+        moved = f"; moved it aside to {set_aside(Path(path), 'corrupt').name}" if move_aside else ""
+        warn(f"warning: {problem}{moved}; trying an older one")
     folder = Path(paths[0]).parent if paths else "the run folder"
     raise VSLMError(f"no readable checkpoint with finite weights in {folder}")
+
+
+def check_fits(path: Path, weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """One line (VSLMError) naming the checkpoint and its first tensor that `model` does not have, lacks,
+    or has in another shape, instead of load_state_dict's page of mismatches."""
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in weights:
+            raise VSLMError(f"checkpoint {path} does not fit the model: it has no tensor {name}")
+        if weights[name].shape != tensor.shape:
+            raise VSLMError(f"checkpoint {path} does not fit the model: {name} is {list(weights[name].shape)} "
+                            f"there, {list(tensor.shape)} in the model")
+    if extra := next((name for name in weights if name not in own), None):
+        raise VSLMError(f"checkpoint {path} does not fit the model: the model has no tensor {extra}")
 
 
 def prune(folder: Path, keep_last: int) -> None:

@@ -2,10 +2,12 @@
 
     runs/<name>/
       config.toml        the resolved config
-      summary.json       parameters, FLOPs per token, device, tokenizer and corpus sizes; probe time
+      summary.json       parameters, FLOPs per token, device, tokenizer and corpus sizes; probe time;
+                         config_changes: what each resume changed ({"step", "train.steps": [old, new]})
       tokenizer.json     the tokenizer
       metrics.jsonl      one JSON object per logged step ({"step", "loss", ...}; eval adds "val_loss")
-      checkpoints/       step_NNNNNNNN.safetensors, the last `keep_last`, full training state
+      checkpoints/       step_NNNNNNNN.safetensors, the last `keep_last`, full training state (a resume
+                         renames one it passes over .corrupt, and those past the step it resumes at .superseded)
       snapshots/         step_NNNNNNNN.safetensors at steps 0, 1, 2, 4, 8, ... (weights only)
       .lock              held by the process training in this folder
 """
@@ -21,9 +23,9 @@ from filelock import FileLock, Timeout
 
 from vslm.config import RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
-from vslm.errors import VSLMError
+from vslm.errors import ConfigError, VSLMError
 from vslm.model import GPT
-from vslm.train.checkpoint import atomic_write, list_checkpoints, load_checkpoint, newest_good
+from vslm.train.checkpoint import atomic_write, check_fits, list_checkpoints, load_checkpoint, newest_good
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -63,10 +65,18 @@ class RunLock:
 
 
 def read_run_config(folder: Path) -> RunConfig:
+    """The run's config.toml, validated; a missing, unreadable or invalid one is a one-line error naming it."""
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise VSLMError(f"{folder} is not a run folder (no {CONFIG})")
-    return validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise VSLMError(f"{path} is not valid TOML: {e}") from None
+    try:
+        return validate(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -98,6 +108,7 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     else:
         checkpoint, weights, _ = newest_good(_saved(folder), device)
     model = GPT(cfg.model).to(device)
+    check_fits(checkpoint, weights, model)
     model.load_state_dict(weights)
     model.eval()
     return cfg, model, load_tokenizer(folder / TOKENIZER), Path(checkpoint)
@@ -107,9 +118,12 @@ def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name} but CUDA is not available here (train.device=auto trains on "
+                              "the CPU where there is no GPU)")
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise VSLMError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA devices")
+            raise ConfigError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA devices")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise VSLMError("train.device=mps but MPS is not available here")
+        raise ConfigError("train.device=mps but MPS is not available here")
     return torch.device(name)

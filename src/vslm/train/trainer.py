@@ -47,10 +47,18 @@ import torch.nn.functional as F
 from vslm.config import RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
-from vslm.errors import ConfigError, VSLMError
+from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
-from vslm.train.callbacks import Callback, Checkpointer, MetricsLog, ProgressBar, Snapshots, WeightDiagnostics
-from vslm.train.checkpoint import list_checkpoints, load_checkpoint, newest_good, nonfinite
+from vslm.train.callbacks import (
+    Callback,
+    Checkpointer,
+    MetricsLog,
+    ProgressBar,
+    Snapshots,
+    WeightDiagnostics,
+    step_of_line,
+)
+from vslm.train.checkpoint import check_fits, list_checkpoints, load_checkpoint, newest_good, nonfinite, set_aside
 from vslm.train.distributed import init_distributed
 from vslm.train.memory import device_memory, estimate_memory, size
 from vslm.train.objectives import NextToken, Objective
@@ -58,9 +66,33 @@ from vslm.train.optim import build_optimizer, lr_at
 from vslm.train.probing import ProbeCallback, probe_interval
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, RunLock, device_of, read_run_config
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
-from vslm.train.trackers import MLflowLog, WandbLog, require
+from vslm.train.trackers import MLflowLog, WandbLog, flat_params, require
 
 VAL_SEED = 0  # the validation windows are the same for every training seed
+
+# what a resume may change: train.steps (up: extending the run), the learning-rate schedule and the
+# regularisation of the steps to come (lowering the lr after a spike, say; extending already reshapes the
+# schedule), how the run is executed, and logging; summary.json's config_changes records each change.
+# Anything else (model, data, batch, seed, optimizer, validation windows) would make the resumed run
+# another one than the run whose steps are in the folder.
+RESUME_MAY_CHANGE = ("name", "description", "logging.", "train.steps", "train.lr", "train.min_lr", "train.warmup",
+                     "train.schedule", "train.decay_fraction", "train.weight_decay", "train.grad_clip",
+                     "train.hidden_lr_scale", "train.device", "train.threads", "train.dtype", "train.compile",
+                     "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_last", "train.snapshots",
+                     "train.eval_every")
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[str, str]]:
+    """{dotted field: (old value, new value)} of the fields where two configs differ, values as text."""
+    a, b = (flat_params(c.model_dump(mode="json"), limit=10**6) for c in (old, new))
+    return {k: (a.get(k, "-"), b.get(k, "-")) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def last_logged(run_dir: Path, step: int) -> dict:
+    """The run's last complete line of metrics.jsonl up to `step`, else {"step": step}."""
+    path = Path(run_dir) / METRICS
+    lines = [ln for ln in path.read_text().splitlines() if step_of_line(ln) <= step] if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {"step": step}
 
 
 class TrainingDiverged(VSLMError):
@@ -131,7 +163,8 @@ def set_threads(threads: int, warn: bool = True) -> int:
         free = cores - max(0.0, load - 1)  # the load counts this process too
         if n > 1 and free < n:  # one thread cannot fight itself
             _threads_warned = True
-            print(f"warning: load average {load:.1f} on {cores} cores leaves {max(free, 0):.1f} free for {n} "
+            print(f"warning: load average {load:.1f} on {cores} cores (this process counted as one) leaves "
+                  f"{max(free, 0):.1f} free for {n} "
                   f"threads; threads that fight for cores slow training down: set train.threads=1 (or fewer "
                   f"than {n})", file=sys.stderr)
     return n
@@ -195,7 +228,12 @@ class Trainer:
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
                  objective: Objective | None = None, batches=None, checkpoint: Path | None = None):
         self.run_dir = Path(run_dir)
+        if (taken := next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)) and \
+                not taken.is_dir():
+            where = "" if taken == self.run_dir else f": {taken}"
+            raise UsageError(f"--out {self.run_dir}{where} is a file, not a folder")
         self.resume = resume
+        self.nothing_to_train = False  # set by fit() on a run resumed at its last step
         self.resume_from = checkpoint  # resume: this checkpoint instead of the newest good one
         self.device = device_of(cfg.train.device)
         set_threads(cfg.train.threads, warn=self.device.type == "cpu")
@@ -267,11 +305,14 @@ class Trainer:
                               "make model.width, model.depth, model.context or train.batch_size smaller")
 
     def _check_resumable(self, cfg: RunConfig) -> RunConfig:
-        saved = read_run_config(self.run_dir)
+        self.saved_cfg = saved = read_run_config(self.run_dir)
         cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
-        for section in ("model", "data"):
-            if cfg.fingerprint(section) != saved.fingerprint(section):
-                raise VSLMError(f"cannot resume {self.run_dir}: its {section} config differs from the one given")
+        fixed = [f"{k}: {old} in the run, {new} given" for k, (old, new) in config_changes(saved, cfg).items()
+                 if not k.startswith(RESUME_MAY_CHANGE)]
+        if fixed:
+            raise ConfigError(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
+                              "trains: it may raise train.steps, change the learning-rate schedule, logging and "
+                              "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS):
             raise VSLMError(f"cannot resume {self.run_dir}: it has no checkpoint yet (delete it to start over)")
         return cfg
@@ -354,11 +395,16 @@ class Trainer:
     def fit(self) -> dict:
         """Train to cfg.train.steps; returns the last logged metrics. SIGTERM or SIGINT (Ctrl-C) during
         training writes a checkpoint at the current step and raises TrainingStopped (a second one
-        stops at once)."""
+        stops at once). A run resumed at its last step trains nothing, writes nothing and says so."""
         self._peek_batch()  # the run folder is made only once a batch can be drawn
         try:
             with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), self._on_signals():
                 self._open_run_folder()
+                if self.step == self.cfg.train.steps:  # resumed at the last step: only the weights loaded
+                    self.nothing_to_train = True
+                    self._warn(f"{self.run_dir} is already at its last step ({self.step} = train.steps): nothing "
+                               f"to train; train.steps={self.step * 2} (any number above {self.step}) extends it")
+                    return last_logged(self.run_dir, self.step)
                 for cb in self.callbacks:
                     cb.on_train_start(self)
                 metrics: dict = {"step": self.step}
@@ -412,14 +458,15 @@ class Trainer:
                 signal.signal(sig, h)
 
     def _open_run_folder(self) -> None:
+        """Load the resume point, or refuse a folder that holds a run; then write the config and the
+        summary. A resumed run at its last step (self.step == train.steps) is left as it is."""
         if self.resume:
-            # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model's device
-            if self.resume_from is not None:
-                weights, state = load_checkpoint(self.resume_from, "cpu")
-            else:  # the newest that reads and is finite; each newer one is named in a warning
-                paths = [p for _, p in list_checkpoints(self.run_dir / CHECKPOINTS)]
-                _, weights, state = newest_good(paths, "cpu", warn=self._warn)
-            self.load_state_dict(weights, state)
+            self._load_resume_point()
+            if self.step > self.cfg.train.steps:
+                raise ConfigError(f"cannot resume {self.run_dir}: train.steps={self.cfg.train.steps} is below step "
+                                  f"{self.step}, which the run has reached; give train.steps={self.step} or more")
+            if self.step == self.cfg.train.steps:
+                return
         else:
             for name in (CONFIG, METRICS, CHECKPOINTS):
                 if (self.run_dir / name).exists():
@@ -428,15 +475,57 @@ class Trainer:
         self.dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
         if not self.dist.is_main:
             return
-        if not self.resume:
-            self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
-        save_config(self.cfg, self.run_dir / CONFIG)
         summary = {"params": self.params, "trainable_params": self.trainable,
                    "flops_per_token": self.flops_per_token, "device": str(self.device),
                    "processes": self.dist.world,
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
                    "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
+        if self.resume:
+            self._set_aside_newer()
+            # config.toml holds the config from here on; what each resume changed (train.steps: the
+            # schedule of the steps before) stays in the summary, so that the run is described whole
+            old = {}
+            if (self.run_dir / SUMMARY).is_file():
+                try:
+                    old = json.loads((self.run_dir / SUMMARY).read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:  # derived numbers: written anew below
+                    self._warn(f"warning: {self.run_dir / SUMMARY} does not read ({e}); writing it anew")
+            history = old.get("config_changes", [])
+            if changes := config_changes(self.saved_cfg, self.cfg):
+                history = [*history, {"step": self.step, **{k: list(v) for k, v in changes.items()}}]
+            summary = old | summary | ({"config_changes": history} if history else {})
+        else:
+            self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
+        save_config(self.cfg, self.run_dir / CONFIG)
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+
+    def _load_resume_point(self) -> None:
+        """The checkpoint given, else the newest that reads and is finite (each newer one is named in a
+        warning and moved aside), into the model, the optimizer, the batch source and the RNG."""
+        # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model's device
+        if self.resume_from is not None:
+            path = self.resume_from
+            weights, state = load_checkpoint(path, "cpu")
+        else:
+            paths = [p for _, p in list_checkpoints(self.run_dir / CHECKPOINTS)]
+            path, weights, state = newest_good(paths, "cpu", warn=self._warn, move_aside=self.dist.is_main)
+        check_fits(path, weights, self.model)
+        if "optimizer" not in state:
+            raise VSLMError(f"cannot resume from {path}: it holds weights only (a snapshot?), not the training "
+                            f"state; pick a file in {self.run_dir / CHECKPOINTS}")
+        try:
+            self.load_state_dict(weights, state)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise VSLMError(f"cannot resume from {path}: its training state does not fit this run "
+                            f"({str(e).splitlines()[0]})") from None
+
+    def _set_aside_newer(self) -> None:
+        """Checkpoints past the step resumed at (those newer than --checkpoint) belong to the steps the
+        run now trains again: renamed .superseded, they can neither be resumed from nor rotated out."""
+        newer = [p for s, p in list_checkpoints(self.run_dir / CHECKPOINTS) if s > self.step]
+        if newer:
+            moved = ", ".join(set_aside(p, "superseded").name for p in newer)
+            self._warn(f"warning: the run continues from step {self.step}: moved the newer checkpoints aside ({moved})")
 
     def _warn(self, line: str) -> None:
         if self.dist.is_main:
