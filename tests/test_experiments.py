@@ -154,6 +154,9 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     html = (tmp_path / "o" / "report.html").read_text()
     assert 'id="curves"' in html and html.count("<img") == 1
     assert report["dynamics_table"]["rows"][1][0] == "wide" and "<th>ICL score</th>" in html
+    (tmp_path / "o" / "report.html").unlink()  # `vslm report` redraws an experiment's page too
+    assert main(["report", str(tmp_path / "o")]) == 0 and (tmp_path / "o" / "report.html").read_text() == html
+    assert main(["report", str(tmp_path / "o"), "--watch"]) == 2
 
 
 def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):

@@ -163,6 +163,13 @@ def cmd_report(a: argparse.Namespace) -> int:
         raise UsageError("--every must be a positive number of seconds")
     if not 0 <= a.port <= 65535:
         raise UsageError(f"--port must be 0 (any free port) to 65535, not {a.port}")
+    if (Path(a.run) / "results.json").is_file() and not (Path(a.run) / "config.toml").exists():
+        from vslm.report.experiment import write_experiment_report  # an experiment folder: its page, redrawn
+
+        if a.serve or a.watch:
+            raise UsageError(f"{a.run} is an experiment folder: --serve and --watch follow one run")
+        print(write_experiment_report(Path(a.run)))
+        return 0
     if a.serve:
         from vslm.report.serve import serve
 
@@ -790,8 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=int, default=64, help="--induction: sequences written twice (default 64)")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes")
-    p.add_argument("run", help="run folder")
+    p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes (of an "
+                       "experiment folder: its variants, curves and dynamics)")
+    p.add_argument("run", help="run folder, or experiment folder")
     live = p.add_mutually_exclusive_group()
     live.add_argument("--serve", action="store_true", help="serve the report on http://127.0.0.1:PORT/, redrawn as "
                       "the run advances, the page reloading itself, until Ctrl-C")
