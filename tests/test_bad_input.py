@@ -289,6 +289,15 @@ def test_a_damaged_run_file_is_one_line_naming_it_for_every_command_that_loads_a
     assert listing(folder) == before and not (tmp_path / "hf").exists()
 
 
+def test_a_damaged_summary_stops_an_export_with_one_line(run, tmp_path, capsys):
+    folder = tmp_path / "corrupt"
+    shutil.copytree(run, folder)
+    (folder / "summary.json").write_bytes(b"\xff{")
+    assert main(["export", str(folder), "--out", str(tmp_path / "hf")]) == 1
+    assert "summary.json: 'utf-8' codec can't decode" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["experiment"], "experiment needs a NAME"),
     (["scaling"], "scaling needs a SPEC"),

@@ -312,7 +312,7 @@ def _last_metrics(run: Path) -> dict:
 def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str) -> str:
     from vslm.data.registry import split_name
 
-    summary = json.loads((run / SUMMARY).read_text()) if (run / SUMMARY).is_file() else {}
+    summary = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
     metrics = _last_metrics(run)
     entry, _ = split_name(cfg.data.source)
     corpus = f"{cfg.data.source} ({entry.title})" if entry else cfg.data.source
@@ -428,7 +428,7 @@ def _pin_tokenizer_class(folder: Path) -> None:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VSLMError(f"cannot read {path}: {e}") from None
 
 
