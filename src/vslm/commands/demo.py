@@ -68,8 +68,11 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False, soft_wrap=True)
     tokens = tc.steps * tc.batch_size * tc.grad_accum * m.context
     again = " (resumed)" if trainer.resume else ""
+    # a short trial run of a config made for longer ones: say so, the curve it draws is all warmup
+    short = (f" (its warmup of {tc.warmup:,} steps outlasts the run: the learning rate never reaches "
+             f"train.lr={tc.lr:g})") if tc.warmup >= tc.steps else ""
     console.print(f"Training{again}: {tc.steps:,} steps of {tc.batch_size * tc.grad_accum} x {m.context} tokens "
-                  f"({tokens:,} tokens), {OPTIMIZERS[tc.optimizer]}, {tc.schedule} schedule, "
+                  f"({tokens:,} tokens), {OPTIMIZERS[tc.optimizer]}, {tc.schedule} schedule{short}, "
                   f"{trainer.device}, into {out}\n", highlight=False, soft_wrap=True)
     return trainer
 
