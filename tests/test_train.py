@@ -163,6 +163,9 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert train(train__steps=2) == 1 and "already holds a run" in capsys.readouterr().err
     assert (folder / "metrics.jsonl").read_text() == before  # nothing lost
+    # refused before the corpus is prepared: a source that does not exist is never looked at
+    assert train(data__source=str(tmp_path / "missing.txt")) == 1
+    assert "already holds a run" in capsys.readouterr().err
     assert train("--resume", train__steps=2, model__width=64) == 2
     assert "model.width: 32 in the run, 64 given" in capsys.readouterr().err
     assert train("--resume", train__steps=3) == 0  # the same config

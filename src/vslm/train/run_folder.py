@@ -64,6 +64,11 @@ class RunLock:
         self._lock.release()
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether a run has started in folder (its config, metrics or checkpoints are there)."""
+    return any((Path(folder) / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS))
+
+
 def read_run_config(folder: Path) -> RunConfig:
     """The run's config.toml, validated; a missing, unreadable or invalid one is a one-line error naming it."""
     path = Path(folder) / CONFIG

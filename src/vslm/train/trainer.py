@@ -64,7 +64,17 @@ from vslm.train.memory import device_memory, estimate_memory, size
 from vslm.train.objectives import NextToken, Objective
 from vslm.train.optim import build_optimizer, lr_at
 from vslm.train.probing import ProbeCallback, probe_interval
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, SUMMARY, TOKENIZER, RunLock, device_of, read_run_config
+from vslm.train.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    TOKENIZER,
+    RunLock,
+    device_of,
+    holds_run,
+    read_run_config,
+)
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 from vslm.train.trackers import MLflowLog, WandbLog, flat_params, require
 
@@ -242,6 +252,8 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         if resume:
             cfg = self._check_resumable(cfg)
+        else:  # before the corpus is prepared: a refusal in the first second, not after the data's minutes
+            self._refuse_a_run_folder()
         if model is None:  # sized from the config before anything is built or read
             self._check_memory(cfg)
         with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
@@ -468,10 +480,7 @@ class Trainer:
             if self.step == self.cfg.train.steps:
                 return
         else:
-            for name in (CONFIG, METRICS, CHECKPOINTS):
-                if (self.run_dir / name).exists():
-                    raise VSLMError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
-                                    "or --out to train into another folder")
+            self._refuse_a_run_folder()  # again, now under the run's lock
         self.dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
         if not self.dist.is_main:
             return
@@ -498,6 +507,11 @@ class Trainer:
             self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
         save_config(self.cfg, self.run_dir / CONFIG)
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+
+    def _refuse_a_run_folder(self) -> None:
+        if holds_run(self.run_dir):
+            raise VSLMError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
+                            "or --out to train into another folder")
 
     def _load_resume_point(self) -> None:
         """The checkpoint given, else the newest that reads and is finite (each newer one is named in a
