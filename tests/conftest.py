@@ -46,3 +46,9 @@ def tiny_overrides(**extra) -> list[str]:
     words = {"logging.progress": "false", "data.max_bytes": "200000"}
     words.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in words.items()]
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes (the run lock left out): what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and p.name != ".lock"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, files_in, tiny_overrides
 from vslm.cli import main
 from vslm.config import load_config
 from vslm.errors import ConfigError, VSLMError
@@ -260,11 +260,6 @@ def test_report_skips_malformed_metrics_lines_with_one_warning(run, tmp_path, ca
 # ------------------------------------------------------------------------------------ the new-user audit
 
 
-def listing(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` and its bytes: what a refused command must leave as it was."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 LOADS_A_RUN = [["sample", "--prompt", "The"], ["eval", "--on", "stories"], ["probe", "--induction", "4"],
                ["shape", "--prompt", "The", "--continuation", " cat"]]
 
@@ -280,13 +275,13 @@ def test_a_damaged_run_file_is_one_line_naming_it_for_every_command_that_loads_a
     folder = tmp_path / "corrupt"
     shutil.copytree(run, folder)
     (folder / name).write_text(text)
-    before = listing(folder)
+    before = files_in(folder)
     for command in LOADS_A_RUN:
         assert main([command[0], str(folder), *command[1:]]) == 1, command
         assert message in one_line(capsys.readouterr().err), command
     assert main(["export", str(folder), "--out", str(tmp_path / "hf")]) == 1
     assert message in one_line(capsys.readouterr().err)
-    assert listing(folder) == before and not (tmp_path / "hf").exists()
+    assert files_in(folder) == before and not (tmp_path / "hf").exists()
 
 
 def test_a_damaged_summary_stops_an_export_with_one_line(run, tmp_path, capsys):
@@ -311,11 +306,11 @@ def test_a_missing_argument_is_a_usage_error(run, argv, message, capsys):
 
 
 def test_a_prompt_outside_a_char_vocabulary_names_its_first_character_as_a_usage_error(run, capsys):
-    before = listing(run)
+    before = files_in(run)
     assert main(["sample", str(run), "--prompt", "ÜΩ€ hi", "--tokens", "2"]) == 2
     out = capsys.readouterr()
     assert one_line(out.err).startswith("vslm: error: --prompt: character 'Ü' is not in this character vocabulary")
-    assert out.out == "" and listing(run) == before
+    assert out.out == "" and files_in(run) == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA trains on it")
@@ -327,12 +322,12 @@ def test_train_on_cuda_without_cuda_is_a_usage_error(tmp_path, capsys):
 
 
 def test_demo_into_a_run_names_the_command_that_continues_it(run, capsys):
-    before = listing(run)
+    before = files_in(run)
     assert main(["demo", "--out", str(run), "train.steps=5"]) == 1
     line = one_line(capsys.readouterr().err)
     assert line == (f"vslm: error: {run} already holds a run: `vslm train --resume --out {run}` continues it; give "
                     "vslm demo another --out, or none (runs/demo, or runs/demo-N if taken)")
-    assert listing(run) == before
+    assert files_in(run) == before
 
 
 WORLD = ["--people", "8", "--novel-people", "4", "--hops", "2", "--questions-per-hop", "3"]
@@ -342,18 +337,18 @@ def test_facts_generate_refuses_a_folder_that_is_not_empty_unless_it_holds_the_s
     world = tmp_path / "world"
     assert main(["facts", "generate", "--out", str(world), *WORLD]) == 0
     capsys.readouterr()
-    before = listing(world)
+    before = files_in(world)
     assert sorted(before) == ["cards.jsonl", "questions.jsonl", "train.txt", "world.json"]
     # another seed into the world, or any world into a run folder: one line, nothing written
     for out, seed in ((world, "1"), (run, "0")):
-        kept = listing(out)
+        kept = files_in(out)
         assert main(["facts", "generate", "--out", str(out), "--seed", seed, *WORLD]) == 1
         assert one_line(capsys.readouterr().err) == (
             f"vslm: error: {out} exists, is not empty and holds no world of these settings and seed: facts "
             "generate writes a new folder, nothing is overwritten")
-        assert listing(out) == kept
+        assert files_in(out) == kept
     # the same world again: said to be there, rc 0, the files as they were
     assert main(["facts", "generate", "--out", str(world), *WORLD]) == 0
     out = capsys.readouterr()
     assert one_line(out.err) == f"{world} already holds this world (the same settings and seed): nothing written"
-    assert out.out.splitlines()[-1] == str(world) and listing(world) == before
+    assert out.out.splitlines()[-1] == str(world) and files_in(world) == before

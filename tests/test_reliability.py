@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import files_in, tiny_overrides
 from vslm.config import load_config
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint, nonfinite, save_checkpoint
@@ -118,9 +118,6 @@ def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsy
                 tmp_path / name).fit()
     wide, other = tmp_path / "wide", tmp_path / "demo" / "checkpoints" / "step_00000002.safetensors"
 
-    def files():
-        return {p.name: p.read_bytes() for p in wide.rglob("*") if p.is_file() and p.name != ".lock"}
-
     def err_of(*args):
         capsys.readouterr()
         code = main([str(a) for a in args])
@@ -128,13 +125,13 @@ def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsy
         assert code == 1 and err.count("\n") == 1, err
         return err
 
-    before = files()
+    before = files_in(wide)
     err = err_of("train", "--resume", "--out", wide, "--checkpoint", other, "train.steps=4")
     assert str(other) in err and re.search(r"embed.weight is \[\d+, 32\] there, \[\d+, 64\] in the model", err)
     assert "does not fit the model" in err_of("sample", wide, "--checkpoint", other, "--tokens", "5")
     snapshot = wide / "snapshots" / "step_00000001.safetensors"
     assert "weights only" in err_of("train", "--resume", "--out", wide, "--checkpoint", snapshot, "train.steps=4")
-    assert files() == before
+    assert files_in(wide) == before
 
 
 def test_a_file_size_limit_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path):

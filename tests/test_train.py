@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import files_in, tiny_overrides
 from vslm.config import load_config
 from vslm.errors import VSLMError
 from vslm.train.callbacks import Callback
@@ -185,17 +185,13 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert summary["config_changes"] == [{"step": 10, "train.steps": ["10", "14"]}]
 
 
-def files_of(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
-
-
 def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as_it_is(tmp_path, capsys):
     from vslm.cli import main
 
     folder = tmp_path / "term"
     Trainer(load_config("tiny", tiny_overrides(train__steps=6, train__batch_size=16, logging__probe_every=0)),
             folder).fit()
-    before = files_of(folder)
+    before = files_in(folder)
 
     def resume(*overrides):
         code = main(["train", "--resume", "--out", str(folder), *overrides])
@@ -209,7 +205,7 @@ def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as
     code, out = resume("logging.samples=1")  # finished: says so, trains, samples and writes nothing
     assert code == 0 and "already at its last step (6 = train.steps)" in out.err
     assert "trained 6 steps: loss " in out.out
-    assert files_of(folder) == before
+    assert files_in(folder) == before
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
