@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# The GPU check of issues 7 and 22, for a lent GPU, in two calls of at most ~8 minutes each:
-#   PARTS=bench bash scripts/gpu_check.sh      # ~4 min: peak, 10M/50M MFU, Shakespeare to 1.47
-#   PARTS=dynamics bash scripts/gpu_check.sh   # ~6 min: dynamics-induction at 492M tokens per model
-# (PARTS unset: both, one after the other). Results in $OUT/ (the device machine's folder) or
-# runs/gpu-check/.
+# The GPU check of issues 7 and 22, for a lent GPU, in one call of at most TOTAL_SECONDS (580):
+#   bash scripts/gpu_check.sh                  # both parts, one after the other
+#   PARTS=bench bash scripts/gpu_check.sh      # peak, 10M/50M MFU, Shakespeare to 1.47 (BENCH_TIMEOUT, 320 s)
+#   PARTS=dynamics bash scripts/gpu_check.sh   # dynamics-induction at 491.5M tokens per model (DYNAMICS_TIMEOUT:
+#                                              # what is left of TOTAL_SECONDS)
+# Each part is cut off at its timeout and keeps what it wrote by then. Results in $OUT/ (the device
+# machine's folder: at most 7 files) or runs/gpu-check/.
 #
 # It measures the card's bf16 and float32 peak with large matrix products, trains a ~10M and a ~50M
-# parameter model for SECONDS_PER_MODEL (default 30) each with what vslm picks on CUDA (bf16
-# autocast, SDPA flash kernels, torch.compile, pinned non-blocking copies) and records tokens/s, MFU
-# against the measured and the nominal bf16 peak (989 TFLOP/s dense on an H200/H100 SXM), compile
-# time and peak memory; then trains the GPU Shakespeare recipe (built-in config gpu-shakespeare)
-# until validation loss 1.47, for at most SHAKESPEARE_SECONDS (default 90). The dynamics part trains
-# `dynamics-induction` (1- and 2-layer attention-only, one seed) with a 1024-token BPE on 200 MB of
-# the embedded stories for DYNAMICS_STEPS (default 30000) steps of 64 x 256 tokens: 492M tokens per
-# model, the run docs/EXPERIMENTS-LOG.md (2026-11-29) names; the H200 trained 82M tokens in ~30 s.
+# parameter model for SECONDS_PER_MODEL (default 20) each with what vslm picks on CUDA (bf16 autocast,
+# SDPA flash kernels, torch.compile, pinned non-blocking copies), the 50M model also at batch 128 and
+# with CUDA graphs, and records tokens/s, MFU against the measured and the nominal bf16 peak (989
+# TFLOP/s dense on an H200/H100 SXM), compile time and peak memory; then trains the GPU Shakespeare
+# recipe (built-in config gpu-shakespeare) and two shorter schedules of it until validation loss 1.47,
+# each for at most SHAKESPEARE_SECONDS (default 40). The dynamics part trains `dynamics-induction` (1-
+# and 2-layer attention-only, one seed) with a 1024-token BPE on 200 MB of the embedded stories for
+# DYNAMICS_STEPS (default 7500) steps of DYNAMICS_BATCH (default 256) x 256 tokens: 491.5M tokens per
+# model, the ~0.5B that docs/EXPERIMENTS-LOG.md (2026-11-29) and issue 22 name.
 #
 # Needs: a Python with a CUDA build of torch and vslm's dependencies (pydantic, tokenizers,
 # safetensors, rich, tomli-w, numpy); vslm itself runs from src/, nothing is installed, nothing is
@@ -50,24 +53,46 @@ PYEOF
 
 command -v nvidia-smi >/dev/null && nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1
 PARTS=${PARTS:-bench dynamics}
+TOTAL_SECONDS=${TOTAL_SECONDS:-580}  # the whole script: the device tool's one call may run 600 s
 status=0
 for part in $PARTS; do
   case "$part" in
     bench)
-      "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-30}" \
-        --shakespeare-seconds "${SHAKESPEARE_SECONDS:-90}" --json-out "$RESULTS/gpu_check.json" 2>&1 \
+      # `timeout` keeps the part inside its share of the call; gpu_check.json is written after every part
+      timeout "${BENCH_TIMEOUT:-320}" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" \
+        --shakespeare-seconds "${SHAKESPEARE_SECONDS:-40}" --json-out "$RESULTS/gpu_check.json" 2>&1 \
         | tee "$RESULTS/gpu_check.log"
       s=${PIPESTATUS[0]}
       echo "results: $RESULTS/gpu_check.json (exit $s)" ;;
     dynamics)
-      # no periodic checkpoints (checkpoint_every=0 keeps only the final one, small for these models) and no
-      # TensorBoard: what comes back is the metrics, probes, report and that last checkpoint
-      "$PY" -m vslm experiment dynamics-induction --seeds 1 --out "$RESULTS/dynamics-induction" \
-        data.tokenizer=bpe data.vocab_size=1024 data.max_bytes=200000000 \
-        train.steps="${DYNAMICS_STEPS:-30000}" train.batch_size=64 model.context=256 \
-        train.checkpoint_every=0 logging.tensorboard=false 2>&1 | tee "$RESULTS/dynamics-induction.log"
+      # The corpus first (one build, then both runs train at once on the GPU: --jobs 2; these models are too
+      # small to fill it). 256 x 256 tokens a step for 7500 steps: 491.5M tokens a model, the ~0.5B of issue 22,
+      # in a quarter of the launches of 64 x 256. No periodic checkpoints (only the final one, small for these
+      # models) and no TensorBoard. The run folders are deeper than the device tool brings back: they travel
+      # as one archive, with results.md and results.json beside it.
+      started=$SECONDS
+      budget=${DYNAMICS_TIMEOUT:-$((TOTAL_SECONDS - SECONDS - 20))}  # what the call has left, less packing
+      dyn="$RESULTS/dynamics-induction"
+      {
+        if [ "$budget" -lt 30 ]; then
+          echo "gpu_check: $budget s left of TOTAL_SECONDS=$TOTAL_SECONDS: the dynamics part is skipped"; false
+        else
+          timeout "$budget" "$PY" -m vslm data prepare stories --tokenizer bpe --vocab-size 1024 \
+            --max-bytes 200000000 --quiet &&
+          left=$((budget - (SECONDS - started))) && [ "$left" -gt 10 ] &&
+          timeout "$left" "$PY" -m vslm experiment dynamics-induction --seeds 1 --jobs 2 \
+            --out "$dyn" data.tokenizer=bpe data.vocab_size=1024 data.max_bytes=200000000 \
+            train.steps="${DYNAMICS_STEPS:-7500}" train.batch_size="${DYNAMICS_BATCH:-256}" model.context=256 \
+            train.checkpoint_every=0 logging.tensorboard=false
+        fi
+      } 2>&1 | tee "$RESULTS/dynamics-induction.log"
       s=${PIPESTATUS[0]}
-      echo "results: $RESULTS/dynamics-induction/results.md (exit $s)" ;;
+      # cut off: the worker processes outlive their parent; stop them before their folders are packed
+      [ "$s" -eq 124 ] && pkill -TERM -f "multiprocessing.spawn" && sleep 3
+      [ -d "$dyn" ] && tar -czf "$RESULTS/dynamics-induction.tar.gz" -C "$RESULTS" dynamics-induction
+      for f in results.md results.json; do [ -f "$dyn/$f" ] && cp "$dyn/$f" "$RESULTS/dynamics-$f"; done
+      [ -n "${OUT:-}" ] && rm -rf "$dyn"  # the archive holds it; the device tool brings back at most 8 files
+      echo "results: $RESULTS/dynamics-results.md, all of it in $RESULTS/dynamics-induction.tar.gz (exit $s)" ;;
     *) echo "gpu_check: unknown part '$part' (PARTS: bench, dynamics)"; s=2 ;;
   esac
   [ "$s" -ne 0 ] && status=$s

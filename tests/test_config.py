@@ -30,6 +30,7 @@ def test_overrides_are_typed_toml_values():
         (["train.steps=-5"], "train.steps: Input should be greater than 0"),
         (["model.width=wide"], "model.width: Input should be a valid integer"),
         (["model.mlp=tanh"], "model.mlp"),
+        (["train.compile_mode=fastest"], "train.compile_mode: Input should be 'default', 'reduce-overhead'"),
         (["train.min_lr=1.0"], "min_lr 1.0 is above lr"),
         (["model.depth=3", "model.blocks=[{width=32}]"], "blocks has 1 records but there are 3 unique blocks"),
         (["model.kv_heads=3", "model.heads=4"], "heads 4 is not divisible by kv_heads 3"),

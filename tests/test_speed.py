@@ -93,17 +93,21 @@ def test_gpu_check_machinery_on_cpu(tmp_path):
     small = ["model.depth=2", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
              "data.max_bytes=200000", "train.eval_windows=8", "train.eval_every=2"]
     out = tmp_path / "gpu_check.json"
+    recipes = {"first": [], "muon": ["train.optimizer=muon", "train.steps=40"]}
     result = run_gpu_check(0.5, 1.0, out, Console(file=open(tmp_path / "log", "w")), models={"small": []},
-                           extra=small, device=torch.device("cpu"))
+                           extra=small, device=torch.device("cpu"), recipes=recipes)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     part = result["model_small"]
     assert part["steps"] >= 3 and part["tokens_per_s"] > 0 and part["peak_rss_mb"] > 0, part
     assert 0 < part["mfu_vs_measured_fp32"] < 1 and result["peak_fp32_flops_per_s"] > 1e8
     shakespeare = result["shakespeare"]
-    if SHAKESPEARE.is_file():
-        assert shakespeare["steps"] >= 1 and "error" not in shakespeare, shakespeare
-    else:
-        assert "skipped" in shakespeare
+    if SHAKESPEARE.is_file():  # every recipe runs, each under its own key, with its overrides
+        assert shakespeare["steps"] >= 1 and "error" not in shakespeare and shakespeare["recipe"] == "first"
+        muon = result["shakespeare_muon"]
+        assert muon["recipe"] == "muon" and "error" not in muon and 1 <= muon["steps"] <= 40, muon
+        assert muon["overrides"][:2] == recipes["muon"]
+    else:  # skipped once, not once a recipe
+        assert "skipped" in shakespeare and "shakespeare_muon" not in result
 
 
 def test_gpu_check_needs_cuda_and_says_so():

@@ -310,6 +310,9 @@ class TrainConfig(_Section):
                                                    "else one per core)")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool | Literal["auto"] = "auto"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode where it compiles: reduce-overhead replays CUDA graphs, "
+                               "max-autotune also searches matrix-product kernels (minutes of compiling)")
     checkpoint_every: NonNegativeInt = Field(500, description="0 = only at the end")
     checkpoint_minutes: NonNegativeFloat = Field(5.0, description="also checkpoint when this long has passed "
                                                                   "since the last one; 0 = off")

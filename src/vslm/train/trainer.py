@@ -283,7 +283,8 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if cuda else None, **_no_buffer_sync())
             module = self.ddp
-        self.forward = torch.compile(module) if self.plan.compile else module
+        mode = None if tc.compile_mode == "default" else tc.compile_mode
+        self.forward = torch.compile(module, mode=mode) if self.plan.compile else module
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
         self.objective = objective or NextToken()
