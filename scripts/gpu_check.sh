@@ -3,7 +3,9 @@
 #   bash scripts/gpu_check.sh                  # both parts, one after the other
 #   PARTS=bench bash scripts/gpu_check.sh      # peak, 10M/50M MFU, Shakespeare to 1.47 (BENCH_TIMEOUT, 320 s)
 #   PARTS=dynamics bash scripts/gpu_check.sh   # dynamics-induction at 491.5M tokens per model (DYNAMICS_TIMEOUT:
-#                                              # what is left of TOTAL_SECONDS)
+#                                              # what is left of TOTAL_SECONDS; DYNAMICS_SEEDS, DYNAMICS_JOBS)
+#   PARTS="shakespeare models" RECIPES=adamw-2000 REPEAT=3 MODELS=50M-batch256 bash scripts/gpu_check.sh
+#                                              # the two halves of bench, with other choices (vslm bench gpu --help)
 # Each part is cut off at its timeout and keeps what it wrote by then. Results in $OUT/ (the device
 # machine's folder: at most 7 files) or runs/gpu-check/.
 #
@@ -57,13 +59,22 @@ TOTAL_SECONDS=${TOTAL_SECONDS:-580}  # the whole script: the device tool's one c
 status=0
 for part in $PARTS; do
   case "$part" in
-    bench)
-      # `timeout` keeps the part inside its share of the call; gpu_check.json is written after every part
-      timeout "${BENCH_TIMEOUT:-320}" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" \
-        --shakespeare-seconds "${SHAKESPEARE_SECONDS:-40}" --json-out "$RESULTS/gpu_check.json" 2>&1 \
-        | tee "$RESULTS/gpu_check.log"
+    bench|models|shakespeare)
+      # bench: the default models, then the default recipes; models or shakespeare: one of the two, MODELS and
+      # RECIPES (comma-separated) choosing, REPEAT runs of each recipe. `timeout` keeps the part inside its share
+      # of the call (BENCH_TIMEOUT, else what is left); its JSON is written after every model and recipe.
+      name=$([ "$part" = bench ] && echo gpu_check || echo "gpu_$part")
+      choice=()
+      [ "$part" = models ] && choice=(--recipes none ${MODELS:+--models "$MODELS"})
+      [ "$part" = shakespeare ] && choice=(--models none ${RECIPES:+--recipes "$RECIPES"} --repeat "${REPEAT:-1}")
+      budget=$((TOTAL_SECONDS - SECONDS - 10))  # what the call has left, or BENCH_TIMEOUT if less
+      [ "$budget" -gt "${BENCH_TIMEOUT:-$budget}" ] && budget=$BENCH_TIMEOUT
+      [ "$budget" -lt 30 ] && budget=30
+      timeout "$budget" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" "${choice[@]}" \
+        --shakespeare-seconds "${SHAKESPEARE_SECONDS:-40}" --json-out "$RESULTS/$name.json" 2>&1 \
+        | tee "$RESULTS/$name.log"
       s=${PIPESTATUS[0]}
-      echo "results: $RESULTS/gpu_check.json (exit $s)" ;;
+      echo "results: $RESULTS/$name.json (exit $s)" ;;
     dynamics)
       # The corpus first (one build, then both runs train at once on the GPU: --jobs 2; these models are too
       # small to fill it). 256 x 256 tokens a step for 7500 steps: 491.5M tokens a model, the ~0.5B of issue 22,
@@ -71,7 +82,8 @@ for part in $PARTS; do
       # models) and no TensorBoard. The run folders are deeper than the device tool brings back: they travel
       # as one archive, with results.md and results.json beside it.
       started=$SECONDS
-      budget=${DYNAMICS_TIMEOUT:-$((TOTAL_SECONDS - SECONDS - 20))}  # what the call has left, less packing
+      budget=$((TOTAL_SECONDS - SECONDS - 20))  # what the call has left, less packing, or DYNAMICS_TIMEOUT if less
+      [ "$budget" -gt "${DYNAMICS_TIMEOUT:-$budget}" ] && budget=$DYNAMICS_TIMEOUT
       dyn="$RESULTS/dynamics-induction"
       {
         if [ "$budget" -lt 30 ]; then
@@ -80,7 +92,8 @@ for part in $PARTS; do
           timeout "$budget" "$PY" -m vslm data prepare stories --tokenizer bpe --vocab-size 1024 \
             --max-bytes 200000000 --quiet &&
           left=$((budget - (SECONDS - started))) && [ "$left" -gt 10 ] &&
-          timeout "$left" "$PY" -m vslm experiment dynamics-induction --seeds 1 --jobs 2 \
+          timeout "$left" "$PY" -m vslm experiment dynamics-induction --seeds "${DYNAMICS_SEEDS:-1}" \
+            --jobs "${DYNAMICS_JOBS:-2}" \
             --out "$dyn" data.tokenizer=bpe data.vocab_size=1024 data.max_bytes=200000000 \
             train.steps="${DYNAMICS_STEPS:-7500}" train.batch_size="${DYNAMICS_BATCH:-256}" model.context=256 \
             train.checkpoint_every=0 logging.tensorboard=false
@@ -93,7 +106,7 @@ for part in $PARTS; do
       for f in results.md results.json; do [ -f "$dyn/$f" ] && cp "$dyn/$f" "$RESULTS/dynamics-$f"; done
       [ -n "${OUT:-}" ] && rm -rf "$dyn"  # the archive holds it; the device tool brings back at most 8 files
       echo "results: $RESULTS/dynamics-results.md, all of it in $RESULTS/dynamics-induction.tar.gz (exit $s)" ;;
-    *) echo "gpu_check: unknown part '$part' (PARTS: bench, dynamics)"; s=2 ;;
+    *) echo "gpu_check: unknown part '$part' (PARTS: bench, models, shakespeare, dynamics)"; s=2 ;;
   esac
   [ "$s" -ne 0 ] && status=$s
 done

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from conftest import REFERENCE, SHAKESPEARE, tiny_overrides
 from vslm.commands.bench import measure_peak_flops, throughput
+from vslm.commands.bench_gpu import run_gpu_check
 from vslm.config import load_config
 from vslm.model import GPT, training_flops_per_token
 from vslm.model.accounting import model_flops_utilisation
@@ -88,8 +89,6 @@ def test_stop_after_and_stop_at_loss(tmp_path):
 
 
 def test_gpu_check_machinery_on_cpu(tmp_path):
-    from vslm.commands.bench_gpu import run_gpu_check
-
     small = ["model.depth=2", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
              "data.max_bytes=200000", "train.eval_windows=8", "train.eval_every=2"]
     out = tmp_path / "gpu_check.json"
@@ -108,6 +107,28 @@ def test_gpu_check_machinery_on_cpu(tmp_path):
         assert muon["overrides"][:2] == recipes["muon"]
     else:  # skipped once, not once a recipe
         assert "skipped" in shakespeare and "shakespeare_muon" not in result
+
+
+def test_gpu_check_repeats_a_recipe_and_takes_medians(tmp_path):
+    from vslm.commands.bench_gpu import shakespeare_medians
+
+    if SHAKESPEARE.is_file():
+        small = ["model.depth=1", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
+                 "train.eval_windows=8", "train.eval_every=2", "train.steps=4"]
+        result = run_gpu_check(0.5, 5.0, None, Console(file=open(tmp_path / "log", "w")), models={}, extra=small,
+                               device=torch.device("cpu"), recipes={"r": []}, repeat=2)
+        assert [k for k in result if k.startswith("shakespeare")] == ["shakespeare_1", "shakespeare_2",
+                                                                      "shakespeare_medians"]
+        assert result["shakespeare_medians"]["r"]["runs"] == 2 and result["shakespeare_1"]["steps"] == 4
+    # a run that missed the target counts as the slowest: the median of (10, 20, missed) is 20
+    runs = {"shakespeare_a_1": {"recipe": "a", "reached": {"wall_s": 20.0, "train_time_s": 15.0}},
+            "shakespeare_a_2": {"recipe": "a", "reached": None},
+            "shakespeare_a_3": {"recipe": "a", "reached": {"wall_s": 10.0, "train_time_s": 8.0}},
+            "shakespeare_b_1": {"recipe": "b", "reached": None}}
+    medians = shakespeare_medians(runs)
+    assert medians["a"] == {"runs": 3, "reached": 2, "median_wall_s": 20.0, "wall_s": [10.0, 20.0],
+                            "median_train_time_s": 15.0, "train_time_s": [8.0, 15.0]}
+    assert medians["b"]["reached"] == 0 and medians["b"]["median_wall_s"] is None
 
 
 def test_gpu_check_needs_cuda_and_says_so():
@@ -150,8 +171,6 @@ def test_cuda_run_uses_bf16_compile_and_reports_gpu_memory(tmp_path):
 
 @cuda_only
 def test_gpu_check_on_cuda(tmp_path):
-    from vslm.commands.bench_gpu import run_gpu_check
-
     small = ["model.depth=2", "model.width=64", "model.heads=2", "data.max_bytes=200000"]
     result = run_gpu_check(5, 5, tmp_path / "g.json", Console(file=open(tmp_path / "log", "w")),
                            models={"small": small})

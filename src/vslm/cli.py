@@ -290,12 +290,18 @@ def cmd_bench_parallel(a: argparse.Namespace) -> int:
 def cmd_bench_gpu(a: argparse.Namespace) -> int:
     import os
 
-    from vslm.commands.bench_gpu import run_gpu_check
+    from vslm.commands.bench_gpu import (DEFAULT_MODELS, DEFAULT_RECIPES, GPU_MODELS, SHAKESPEARE_RECIPES, pick,
+                                         run_gpu_check)
 
+    if a.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {a.repeat}")
+    models = pick(a.models, GPU_MODELS, DEFAULT_MODELS, "model")
+    recipes = pick(a.recipes, SHAKESPEARE_RECIPES, DEFAULT_RECIPES, "recipe")
     json_out = Path(a.json_out) if a.json_out else None
     if json_out is None and os.environ.get("OUT"):  # the device machine's folder of results
         json_out = Path(os.environ["OUT"]) / "gpu_check.json"
-    result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console)
+    result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console, models=models, recipes=recipes,
+                           repeat=a.repeat)
     return _print_json(result) if a.json else 0
 
 
@@ -725,6 +731,11 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--seconds", type=float, default=60, help="training seconds per model (default 60)")
     p.add_argument("--shakespeare-seconds", type=float, default=150,
                    help="at most this long for the Shakespeare recipe (default 150)")
+    p.add_argument("--models", help="comma-separated models to time, or none (default 10M,50M,50M-batch128,"
+                                    "50M-cudagraphs; also 50M-batch256, 50M-max-autotune)")
+    p.add_argument("--recipes", help="comma-separated Shakespeare recipes, or none (default nanogpt,adamw-1500,"
+                                     "muon-wsd-1200; also adamw-2000, muon-wsd-1000)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each Shakespeare recipe, with their medians")
     p.add_argument("--json-out", help="write the results here (default $OUT/gpu_check.json if OUT is set)")
     json_flag(p)
     p.set_defaults(func=cmd_bench_gpu)

@@ -20,6 +20,8 @@ failure; a part that fails under torch.compile is tried once more without it.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import tempfile
 import time
 import traceback
@@ -30,7 +32,7 @@ from rich.console import Console
 
 from vslm.commands.bench import measure_peak_flops, throughput
 from vslm.config import load_config
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError
 from vslm.model.accounting import model_flops_utilisation
 from vslm.train.callbacks import MetricsLog, StopAfter, StopAtLoss
 from vslm.train.run_folder import METRICS
@@ -47,7 +49,11 @@ GPU_MODELS: dict[str, list[str]] = {
     # the ways to a higher MFU at 50M that cost no more than a default compile: a larger batch, and CUDA graphs
     "50M-batch128": [*_50M, "train.batch_size=128"],
     "50M-cudagraphs": [*_50M, "train.batch_size=64", "train.compile_mode=reduce-overhead"],
+    # not by default: four times the batch, and inductor's search over matrix-product kernels (minutes)
+    "50M-batch256": [*_50M, "train.batch_size=256"],
+    "50M-max-autotune": [*_50M, "train.batch_size=128", "train.compile_mode=max-autotune-no-cudagraphs"],
 }
+DEFAULT_MODELS = ("10M", "50M", "50M-batch128", "50M-cudagraphs")
 TIMING = ["data.source=stories", "data.max_bytes=20000000", "model.dropout=0.0", "train.steps=1000000",
           "train.lr=6e-4", "train.min_lr=6e-5", "train.warmup=100", "train.eval_every=0",
           "train.checkpoint_every=0", "train.snapshots=false", "logging.progress=false",
@@ -64,7 +70,26 @@ SHAKESPEARE_RECIPES: dict[str, list[str]] = {
                    "train.eval_every=125"],
     "muon-wsd-1200": ["train.steps=1200", "train.optimizer=muon", "train.lr=2e-3", "train.min_lr=0",
                       "train.warmup=50", "train.schedule=wsd", "train.decay_fraction=0.4", "train.eval_every=125"],
+    # after the first GPU race (docs/BENCHMARKS.md): AdamW at 2e-3 reached 1.477 by step 1500 at 8 ms a step, Muon
+    # 1.457 by step 1125 at 15 ms a step; a longer AdamW cosine and a shorter Muon decay
+    "adamw-2000": ["train.steps=2000", "train.lr=2e-3", "train.min_lr=2e-4", "train.warmup=50",
+                   "train.eval_every=125"],
+    "muon-wsd-1000": ["train.steps=1000", "train.optimizer=muon", "train.lr=2e-3", "train.min_lr=0",
+                      "train.warmup=50", "train.schedule=wsd", "train.decay_fraction=0.4", "train.eval_every=125"],
 }
+DEFAULT_RECIPES = ("nanogpt", "adamw-1500", "muon-wsd-1200")
+
+
+def pick(names: str | None, table: dict[str, list[str]], default: tuple[str, ...], what: str) -> dict[str, list[str]]:
+    """The entries of `table` named in a comma-separated list ('none': no entry; None: the defaults)."""
+    if names is None:
+        return {name: table[name] for name in default}
+    if names.strip() == "none":
+        return {}
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if unknown := [n for n in chosen if n not in table]:
+        raise UsageError(f"unknown {what} {', '.join(unknown)} (known: {', '.join(table)}, or none)")
+    return {name: table[name] for name in chosen}
 
 
 def nominal_peak(device: torch.device) -> tuple[str, float | None]:
@@ -126,12 +151,15 @@ def shakespeare_run(max_seconds: float, folder: Path, overrides: list[str] = ())
 
 
 def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | None, console: Console,
-                  models: dict[str, list[str]] = GPU_MODELS, extra: list[str] = (),
+                  models: dict[str, list[str]] | None = None, extra: list[str] = (),
                   device: torch.device | None = None,
-                  recipes: dict[str, list[str]] = SHAKESPEARE_RECIPES) -> dict:
+                  recipes: dict[str, list[str]] | None = None, repeat: int = 1) -> dict:
     """The three parts above; `extra` overrides go to every run (the CPU smoke test uses them). The
-    first Shakespeare recipe's result is `shakespeare`, each other one's `shakespeare_<label>`; each is
+    first Shakespeare recipe's result is `shakespeare`, each other one's `shakespeare_<label>` (with
+    `repeat` > 1, `_<i>` after it for each repeat, and `shakespeare_medians` over them); each is
     stopped after `shakespeare_seconds` if it has not reached the target by then."""
+    models = pick(None, GPU_MODELS, DEFAULT_MODELS, "model") if models is None else models
+    recipes = pick(None, SHAKESPEARE_RECIPES, DEFAULT_RECIPES, "recipe") if recipes is None else recipes
     device = device or torch.device("cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VSLMError("vslm bench gpu needs a CUDA device, and torch.cuda.is_available() is False here")
@@ -157,18 +185,47 @@ def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | N
             result[f"model_{label}"] = _guarded(lambda o=overrides, lb=label: time_model(
                 lb, [*o, *extra], seconds, peaks, Path(tmp)), console)
             _save(result, json_out)
+        skipped = False
         for i, (label, overrides) in enumerate(recipes.items()):
-            key = "shakespeare" if i == 0 else f"shakespeare_{label}"
-            console.print(f"GPU Shakespeare, recipe {label}, to val loss {SHAKESPEARE_TARGET} (at most "
-                          f"{shakespeare_seconds:.0f} s) ...", highlight=False)
-            result[key] = _guarded(lambda o=overrides, lb=label: shakespeare_run(
-                shakespeare_seconds, Path(tmp) / f"shakespeare-{lb}", [*o, *extra]), console)
-            result[key]["recipe"] = label
-            _save(result, json_out)
-            if "skipped" in result[key]:
-                break  # no tiny Shakespeare: the other recipes would say the same
+            for r in range(repeat):
+                key = ("shakespeare" if i == 0 else f"shakespeare_{label}") + (f"_{r + 1}" if repeat > 1 else "")
+                console.print(f"GPU Shakespeare, recipe {label}{f' ({r + 1} of {repeat})' if repeat > 1 else ''}, "
+                              f"to val loss {SHAKESPEARE_TARGET} (at most {shakespeare_seconds:.0f} s) ...",
+                              highlight=False)
+                result[key] = _guarded(lambda o=overrides, lb=label, k=key: shakespeare_run(
+                    shakespeare_seconds, Path(tmp) / k, [*o, *extra]), console)
+                result[key]["recipe"] = label
+                _save(result, json_out)
+                skipped = "skipped" in result[key]
+                if skipped:
+                    break  # no tiny Shakespeare: the other recipes would say the same
+            if skipped:
+                break
+        if repeat > 1 and not skipped:
+            result["shakespeare_medians"] = shakespeare_medians(result)
+    _save(result, json_out)
     _print_summary(result, console)
     return result
+
+
+def shakespeare_medians(result: dict) -> dict:
+    """Per recipe, over its repeats: how many reached the target, and the median wall and training
+    seconds to it (a run that did not reach it counts as slower than every one that did)."""
+    runs: dict[str, list[dict]] = {}
+    for key, part in result.items():
+        if key.startswith("shakespeare") and "recipe" in part:
+            runs.setdefault(part["recipe"], []).append(part)
+    out = {}
+    for label, parts in runs.items():
+        reached = [p["reached"] for p in parts if p.get("reached")]
+        entry = {"runs": len(parts), "reached": len(reached)}
+        for field in ("wall_s", "train_time_s"):
+            times = sorted([r[field] for r in reached] + [math.inf] * (len(parts) - len(reached)))
+            median = statistics.median(times)
+            entry[f"median_{field}"] = round(median, 2) if math.isfinite(median) else None
+            entry[field] = [round(t, 2) for t in times if math.isfinite(t)]
+        out[label] = entry
+    return out
 
 
 def _guarded(part, console: Console) -> dict:
@@ -199,8 +256,11 @@ def _print_summary(result: dict, console: Console) -> None:
                           f"{part.get('mfu_vs_nominal_bf16', 0):.1%} of nominal; peak memory "
                           f"{part['peak_gpu_mb'] or 0:,.0f} MiB; compile+warm-up {part['warmup_and_compile_s']} s",
                           highlight=False)
+    for label, entry in result.get("shakespeare_medians", {}).items():
+        console.print(f"shakespeare {label}: reached in {entry['reached']} of {entry['runs']} runs; median "
+                      f"{entry['median_wall_s']} s wall, {entry['median_train_time_s']} s of training", highlight=False)
     for key, shakespeare in result.items():
-        if not key.startswith("shakespeare"):
+        if not key.startswith("shakespeare") or key == "shakespeare_medians":
             continue
         name = f"shakespeare {shakespeare.get('recipe', '')}"
         if shakespeare.get("reached"):
