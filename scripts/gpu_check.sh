@@ -70,7 +70,7 @@ for part in $PARTS; do
       budget=$((TOTAL_SECONDS - SECONDS - 10))  # what the call has left, or BENCH_TIMEOUT if less
       [ "$budget" -gt "${BENCH_TIMEOUT:-$budget}" ] && budget=$BENCH_TIMEOUT
       [ "$budget" -lt 30 ] && budget=30
-      timeout "$budget" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" "${choice[@]}" \
+      timeout --kill-after=15 "$budget" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" "${choice[@]}" \
         --shakespeare-seconds "${SHAKESPEARE_SECONDS:-40}" --json-out "$RESULTS/$name.json" 2>&1 \
         | tee "$RESULTS/$name.log"
       s=${PIPESTATUS[0]}
@@ -89,10 +89,10 @@ for part in $PARTS; do
         if [ "$budget" -lt 30 ]; then
           echo "gpu_check: $budget s left of TOTAL_SECONDS=$TOTAL_SECONDS: the dynamics part is skipped"; false
         else
-          timeout "$budget" "$PY" -m vslm data prepare stories --tokenizer bpe --vocab-size 1024 \
+          timeout --kill-after=15 "$budget" "$PY" -m vslm data prepare stories --tokenizer bpe --vocab-size 1024 \
             --max-bytes 200000000 --quiet &&
           left=$((budget - (SECONDS - started))) && [ "$left" -gt 10 ] &&
-          timeout "$left" "$PY" -m vslm experiment dynamics-induction --seeds "${DYNAMICS_SEEDS:-1}" \
+          timeout --kill-after=15 "$left" "$PY" -m vslm experiment dynamics-induction --seeds "${DYNAMICS_SEEDS:-1}" \
             --jobs "${DYNAMICS_JOBS:-2}" \
             --out "$dyn" data.tokenizer=bpe data.vocab_size=1024 data.max_bytes=200000000 \
             train.steps="${DYNAMICS_STEPS:-7500}" train.batch_size="${DYNAMICS_BATCH:-256}" model.context=256 \
@@ -101,8 +101,11 @@ for part in $PARTS; do
       } 2>&1 | tee "$RESULTS/dynamics-induction.log"
       s=${PIPESTATUS[0]}
       # cut off: the worker processes outlive their parent; stop them before their folders are packed
-      [ "$s" -eq 124 ] && pkill -TERM -f "multiprocessing.spawn" && sleep 3
-      [ -d "$dyn" ] && tar -czf "$RESULTS/dynamics-induction.tar.gz" -C "$RESULTS" dynamics-induction
+      { [ "$s" -eq 124 ] || [ "$s" -eq 137 ]; } && pkill -TERM -f "multiprocessing.spawn" && sleep 3
+      # on the device the archive leaves the checkpoints out: the tool brings back at most 16 MiB a file, and
+      # six runs' checkpoints passed that on 2026-12-04 (the metrics and probes are what the results need)
+      [ -d "$dyn" ] && tar -czf "$RESULTS/dynamics-induction.tar.gz" ${OUT:+--exclude=checkpoints} \
+        -C "$RESULTS" dynamics-induction
       for f in results.md results.json; do [ -f "$dyn/$f" ] && cp "$dyn/$f" "$RESULTS/dynamics-$f"; done
       [ -n "${OUT:-}" ] && rm -rf "$dyn"  # the archive holds it; the device tool brings back at most 8 files
       echo "results: $RESULTS/dynamics-results.md, all of it in $RESULTS/dynamics-induction.tar.gz (exit $s)" ;;

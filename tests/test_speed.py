@@ -131,6 +131,38 @@ def test_gpu_check_repeats_a_recipe_and_takes_medians(tmp_path):
     assert medians["b"]["reached"] == 0 and medians["b"]["median_wall_s"] is None
 
 
+def test_gpu_check_ends_at_a_stop_signal_and_keeps_what_it_measured(tmp_path, monkeypatch):
+    """A SIGTERM (gpu_check.sh's timeout) mid-run is not a compile failure to retry eagerly, nor a part's
+    error to record before the next part: the check stops there, with the parts before it saved. The
+    device run of 2026-12-04 retried a SIGTERM'd model without compile and went on past its timeout."""
+    from vslm.commands import bench_gpu
+    from vslm.train.run_folder import METRICS
+    from vslm.train.trainer import TrainingStopped
+
+    fits = []
+
+    def fit(self):
+        fits.append(self.run_dir.name)
+        if len(fits) > 1:  # the second model gets the signal
+            raise TrainingStopped("SIGTERM: stopped at step 3", 15)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / METRICS).write_text('{"step": 1}\n')  # the first one "trains"
+        return {}
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    small = ["model.depth=1", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
+             "data.max_bytes=200000", "train.eval_windows=8", "train.compile=true"]
+    monkeypatch.setattr(bench_gpu, "time_model", lambda name, o, *a: (bench_gpu._train("tiny", o, [], tmp_path / name),
+                                                                        {"ok": name})[1])
+    out = tmp_path / "g.json"
+    with pytest.raises(TrainingStopped):
+        run_gpu_check(0.5, 1.0, out, Console(file=open(tmp_path / "log", "w")), models={"a": small, "b": small},
+                      device=torch.device("cpu"), recipes={"r": []})
+    assert fits == ["as-chosen", "as-chosen"]  # no eager retry of "b"
+    saved = json.loads(out.read_text())
+    assert saved["model_a"]["ok"] == "a" and "model_b" not in saved and "shakespeare" not in saved
+
+
 def test_gpu_check_needs_cuda_and_says_so():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -36,7 +36,7 @@ from vslm.errors import UsageError, VSLMError
 from vslm.model.accounting import model_flops_utilisation
 from vslm.train.callbacks import MetricsLog, StopAfter, StopAtLoss
 from vslm.train.run_folder import METRICS
-from vslm.train.trainer import Trainer
+from vslm.train.trainer import Trainer, TrainingStopped
 
 # dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, by device name
 NOMINAL_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -108,6 +108,8 @@ def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -
         trainer = Trainer(cfg, run, callbacks=[MetricsLog(), *callbacks])
         try:
             trainer.fit()
+        except TrainingStopped:
+            raise  # SIGTERM or Ctrl-C (gpu_check.sh's timeout): the check ends here, it is no compile failure
         except Exception:
             if attempt != "as chosen" or not trainer.plan.compile:
                 raise
@@ -232,6 +234,8 @@ def _guarded(part, console: Console) -> dict:
     started = time.perf_counter()
     try:
         out = part()
+    except TrainingStopped:
+        raise  # stopped by a signal: what is saved so far stays, nothing more runs
     except Exception as e:  # record it and go on to the next part
         traceback.print_exc()
         out = {"error": f"{type(e).__name__}: {e}"}
