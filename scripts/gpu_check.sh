@@ -5,7 +5,8 @@
 #   PARTS=dynamics bash scripts/gpu_check.sh   # dynamics-induction at 491.5M tokens per model (DYNAMICS_TIMEOUT:
 #                                              # what is left of TOTAL_SECONDS; DYNAMICS_SEEDS, DYNAMICS_JOBS)
 #   PARTS="shakespeare models" RECIPES=adamw-2000 REPEAT=3 MODELS=50M-batch256 bash scripts/gpu_check.sh
-#                                              # the two halves of bench, with other choices (vslm bench gpu --help)
+#                                              # the two halves of bench, with other choices (vslm bench gpu --help);
+#                                              # PROFILE=50M: where the 50M model's step goes, by kind of kernel
 # Each part is cut off at its timeout and keeps what it wrote by then. Results in $OUT/ (the device
 # machine's folder: at most 7 files) or runs/gpu-check/.
 #
@@ -65,7 +66,7 @@ for part in $PARTS; do
       # of the call (BENCH_TIMEOUT, else what is left); its JSON is written after every model and recipe.
       name=$([ "$part" = bench ] && echo gpu_check || echo "gpu_$part")
       choice=()
-      [ "$part" = models ] && choice=(--recipes none ${MODELS:+--models "$MODELS"})
+      [ "$part" = models ] && choice=(--recipes none ${MODELS:+--models "$MODELS"} ${PROFILE:+--profile "$PROFILE"})
       [ "$part" = shakespeare ] && choice=(--models none ${RECIPES:+--recipes "$RECIPES"} --repeat "${REPEAT:-1}")
       budget=$((TOTAL_SECONDS - SECONDS - 10))  # what the call has left, or BENCH_TIMEOUT if less
       [ "$budget" -gt "${BENCH_TIMEOUT:-$budget}" ] && budget=$BENCH_TIMEOUT

@@ -131,6 +131,23 @@ def test_gpu_check_repeats_a_recipe_and_takes_medians(tmp_path):
     assert medians["b"]["reached"] == 0 and medians["b"]["median_wall_s"] is None
 
 
+def test_gpu_check_profiles_a_training_step_by_kind_of_op(tmp_path):
+    small = ["model.depth=2", "model.width=32", "model.heads=2", "model.context=32", "train.batch_size=4",
+             "data.max_bytes=200000", "train.eval_windows=8"]
+    result = run_gpu_check(0.5, 1.0, tmp_path / "g.json", Console(file=open(tmp_path / "log", "w")), models={},
+                           extra=small, device=torch.device("cpu"), recipes={}, profile={"small": []})
+    prof = result["profile_small"]
+    assert "error" not in prof, prof
+    assert prof["steps"] == 10 and 0 < prof["busy_ms_per_step"] and 0 < prof["busy_share_of_wall"] <= 1.5
+    kinds = prof["kinds"]
+    assert sum(k["share_of_busy"] for k in kinds.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(k["ms_per_step"] for k in kinds.values()) == pytest.approx(prof["busy_ms_per_step"], rel=1e-2)
+    # every matrix product of the step lands in its kind: the top list names them, and the kind holds them
+    mm = sum(ms for name, ms, _ in prof["top"] if name in ("aten::mm", "aten::addmm", "aten::bmm"))
+    assert mm > 0 and kinds["matrix products"]["ms_per_step"] >= mm - 1e-3
+    assert kinds["optimizer"]["ms_per_step"] > 0  # AdamW's step
+
+
 def test_gpu_check_ends_at_a_stop_signal_and_keeps_what_it_measured(tmp_path, monkeypatch):
     """A SIGTERM (gpu_check.sh's timeout) mid-run is not a compile failure to retry eagerly, nor a part's
     error to record before the next part: the check stops there, with the parts before it saved. The

@@ -300,8 +300,9 @@ def cmd_bench_gpu(a: argparse.Namespace) -> int:
     json_out = Path(a.json_out) if a.json_out else None
     if json_out is None and os.environ.get("OUT"):  # the device machine's folder of results
         json_out = Path(os.environ["OUT"]) / "gpu_check.json"
+    profile = pick(a.profile or "none", GPU_MODELS, (), "model")
     result = run_gpu_check(a.seconds, a.shakespeare_seconds, json_out, console, models=models, recipes=recipes,
-                           repeat=a.repeat)
+                           repeat=a.repeat, profile=profile)
     return _print_json(result) if a.json else 0
 
 
@@ -736,6 +737,8 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--recipes", help="comma-separated Shakespeare recipes, or none (default nanogpt,adamw-1500,"
                                      "muon-wsd-1200; also adamw-2000, muon-wsd-1000)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each Shakespeare recipe, with their medians")
+    p.add_argument("--profile", help="comma-separated models whose training step to profile (torch.profiler: "
+                                     "device time by kind of kernel), after the timed ones")
     p.add_argument("--json-out", help="write the results here (default $OUT/gpu_check.json if OUT is set)")
     json_flag(p)
     p.set_defaults(func=cmd_bench_gpu)

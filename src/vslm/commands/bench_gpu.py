@@ -34,7 +34,7 @@ from vslm.commands.bench import measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.errors import UsageError, VSLMError
 from vslm.model.accounting import model_flops_utilisation
-from vslm.train.callbacks import MetricsLog, StopAfter, StopAtLoss
+from vslm.train.callbacks import Callback, MetricsLog, StopAfter, StopAtLoss
 from vslm.train.run_folder import METRICS
 from vslm.train.trainer import Trainer, TrainingStopped
 
@@ -137,6 +137,87 @@ def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, fol
     return out
 
 
+# what a training step's time is spent on, by kernel (CUDA) or op (CPU) name, first match wins
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
+    ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "aten::mm", "aten::addmm", "aten::bmm",
+                         "aten::matmul", "aten::linear")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("fused by inductor", ("triton",)),
+)
+
+
+class ProfileSteps(Callback):
+    """torch.profiler over `steps` training steps after `warmup` (compilation and the first steps out of
+    it), then stops the run. `summary` says how many ms a step took on the wall and how many of them the
+    device was busy, by kind of kernel (KERNEL_KINDS) and for the `top` kernels: where an MFU below the
+    matrix products' own rate goes (launch gaps, elementwise, attention, the optimizer)."""
+
+    def __init__(self, warmup: int = 10, steps: int = 10, top: int = 15):
+        self.warmup, self.steps, self.top = warmup, steps, top
+        self.prof, self.summary = None, None
+
+    def _sync(self, trainer: Trainer) -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if trainer.step == self.warmup:
+            self._sync(trainer)
+            cuda = trainer.device.type == "cuda"
+            self.prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+            self.prof.__enter__()
+            self.started = time.perf_counter()
+        elif self.prof is not None and trainer.step == self.warmup + self.steps:
+            self._sync(trainer)
+            wall = time.perf_counter() - self.started
+            self.prof.__exit__(None, None, None)
+            self.summary = summarise_profile(self.prof, self.steps, wall, trainer.device.type == "cuda", self.top)
+            self.prof = None
+            trainer.request_stop()
+
+
+def summarise_profile(prof, steps: int, wall_s: float, cuda: bool, top: int) -> dict:
+    """ms a step by kind and by kernel: CUDA kernels' durations on a GPU, ops' self CPU time on a CPU."""
+    from torch.autograd import DeviceType
+
+    times: dict[str, list[float]] = {}  # name -> [ms, calls]
+    if cuda:
+        for event in prof.events():
+            if event.device_type == DeviceType.CUDA:
+                entry = times.setdefault(event.name, [0.0, 0])
+                entry[0] += event.device_time_total / 1e3  # the kernel's duration, us
+                entry[1] += 1
+    else:
+        for avg in prof.key_averages():
+            if avg.self_cpu_time_total > 0:
+                times[avg.key] = [avg.self_cpu_time_total / 1e3, avg.count]
+    busy = sum(ms for ms, _ in times.values())
+    kinds = {kind: 0.0 for kind, _ in KERNEL_KINDS} | {"other": 0.0}
+    for name, (ms, _) in times.items():
+        low = name.lower()
+        kind = next((k for k, keys in KERNEL_KINDS if any(key in low for key in keys)), "other")
+        kinds[kind] += ms
+    ranked = sorted(times.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"steps": steps, "events": sum(calls for _, calls in times.values()),
+            "wall_ms_per_step": round(wall_s * 1e3 / steps, 3),
+            "busy_ms_per_step": round(busy / steps, 3), "busy_share_of_wall": round(busy / (wall_s * 1e3), 4),
+            "kinds": {k: {"ms_per_step": round(ms / steps, 3), "share_of_busy": round(ms / busy, 4) if busy else 0.0}
+                      for k, ms in kinds.items()},
+            "top": [[name[:120], round(ms / steps, 3), round(calls / steps, 2)] for name, (ms, calls) in ranked]}
+
+
+def profile_model(name: str, overrides: list[str], folder: Path, warmup: int = 10, steps: int = 10) -> dict:
+    """The `name` model's training step under torch.profiler (ProfileSteps), as the trainer runs it."""
+    profiler = ProfileSteps(warmup, steps)
+    _train("tiny", TIMING + overrides, [profiler], folder / f"profile-{name}")
+    if profiler.summary is None:
+        raise VSLMError(f"the profile of {name} did not finish (fewer than {warmup + steps} steps)")
+    return profiler.summary
+
+
 def shakespeare_run(max_seconds: float, folder: Path, overrides: list[str] = ()) -> dict:
     target = StopAtLoss(SHAKESPEARE_TARGET)
     try:
@@ -155,11 +236,13 @@ def shakespeare_run(max_seconds: float, folder: Path, overrides: list[str] = ())
 def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | None, console: Console,
                   models: dict[str, list[str]] | None = None, extra: list[str] = (),
                   device: torch.device | None = None,
-                  recipes: dict[str, list[str]] | None = None, repeat: int = 1) -> dict:
+                  recipes: dict[str, list[str]] | None = None, repeat: int = 1,
+                  profile: dict[str, list[str]] | None = None) -> dict:
     """The three parts above; `extra` overrides go to every run (the CPU smoke test uses them). The
     first Shakespeare recipe's result is `shakespeare`, each other one's `shakespeare_<label>` (with
     `repeat` > 1, `_<i>` after it for each repeat, and `shakespeare_medians` over them); each is
-    stopped after `shakespeare_seconds` if it has not reached the target by then."""
+    stopped after `shakespeare_seconds` if it has not reached the target by then. Each model of `profile`
+    is profiled after the timed models (`profile_<label>`: ProfileSteps)."""
     models = pick(None, GPU_MODELS, DEFAULT_MODELS, "model") if models is None else models
     recipes = pick(None, SHAKESPEARE_RECIPES, DEFAULT_RECIPES, "recipe") if recipes is None else recipes
     device = device or torch.device("cuda")
@@ -186,6 +269,11 @@ def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | N
             console.print(f"model {label}: ~{seconds:.0f} s of training ...", highlight=False)
             result[f"model_{label}"] = _guarded(lambda o=overrides, lb=label: time_model(
                 lb, [*o, *extra], seconds, peaks, Path(tmp)), console)
+            _save(result, json_out)
+        for label, overrides in (profile or {}).items():
+            console.print(f"model {label}: where a training step's time goes (torch.profiler) ...", highlight=False)
+            result[f"profile_{label}"] = _guarded(lambda o=overrides, lb=label: profile_model(
+                lb, [*o, *extra], Path(tmp)), console)
             _save(result, json_out)
         skipped = False
         for i, (label, overrides) in enumerate(recipes.items()):
@@ -240,7 +328,7 @@ def _guarded(part, console: Console) -> dict:
         traceback.print_exc()
         out = {"error": f"{type(e).__name__}: {e}"}
     out["wall_s"] = round(time.perf_counter() - started, 1)
-    console.print(f"  {json.dumps({k: v for k, v in out.items() if k not in ('evals', 'overrides')})}",
+    console.print(f"  {json.dumps({k: v for k, v in out.items() if k not in ('evals', 'overrides', 'top')})}",
                   highlight=False, markup=False)
     return out
 
@@ -260,6 +348,11 @@ def _print_summary(result: dict, console: Console) -> None:
                           f"{part.get('mfu_vs_nominal_bf16', 0):.1%} of nominal; peak memory "
                           f"{part['peak_gpu_mb'] or 0:,.0f} MiB; compile+warm-up {part['warmup_and_compile_s']} s",
                           highlight=False)
+    for key, part in result.items():
+        if key.startswith("profile_") and "kinds" in part:
+            shares = ", ".join(f"{kind} {v['share_of_busy']:.0%}" for kind, v in part["kinds"].items())
+            console.print(f"{key[8:]} step: {part['wall_ms_per_step']} ms, device busy {part['busy_share_of_wall']:.0%}"
+                          f" of it; of the busy time: {shares}", highlight=False)
     for label, entry in result.get("shakespeare_medians", {}).items():
         console.print(f"shakespeare {label}: reached in {entry['reached']} of {entry['runs']} runs; median "
                       f"{entry['median_wall_s']} s wall, {entry['median_train_time_s']} s of training", highlight=False)
