@@ -131,6 +131,12 @@ def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsy
     assert "does not fit the model" in err_of("sample", wide, "--checkpoint", other, "--tokens", "5")
     snapshot = wide / "snapshots" / "step_00000001.safetensors"
     assert "weights only" in err_of("train", "--resume", "--out", wide, "--checkpoint", snapshot, "train.steps=4")
+    # a file that is not there: a usage error (exit 2), named with the folder that holds the run's checkpoints
+    capsys.readouterr()
+    missing = wide / "checkpoints" / "step_00000500.safetensors"
+    assert main(["train", "--resume", "--out", str(wide), "--checkpoint", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--checkpoint {missing}: no such file" in err and str(wide / "checkpoints") in err
     assert files_in(wide) == before
 
 

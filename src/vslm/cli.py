@@ -40,6 +40,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out or Path("runs") / cfg.name)
     if a.checkpoint and not a.resume:
         raise UsageError("--checkpoint picks where a resumed run continues from: add --resume")
+    if a.checkpoint and not Path(a.checkpoint).is_file():  # before the corpus is prepared, not after
+        raise UsageError(f"--checkpoint {a.checkpoint}: no such file (the run's checkpoints are in "
+                         f"{out / 'checkpoints'})")
     init = {}
     if a.init_from_hf:  # the architecture and weights of a transformers checkpoint (vslm.interop.hf)
         if a.resume:
@@ -290,8 +293,14 @@ def cmd_bench_parallel(a: argparse.Namespace) -> int:
 def cmd_bench_gpu(a: argparse.Namespace) -> int:
     import os
 
-    from vslm.commands.bench_gpu import (DEFAULT_MODELS, DEFAULT_RECIPES, GPU_MODELS, SHAKESPEARE_RECIPES, pick,
-                                         run_gpu_check)
+    from vslm.commands.bench_gpu import (
+        DEFAULT_MODELS,
+        DEFAULT_RECIPES,
+        GPU_MODELS,
+        SHAKESPEARE_RECIPES,
+        pick,
+        run_gpu_check,
+    )
 
     if a.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {a.repeat}")

@@ -58,7 +58,15 @@ from vslm.train.callbacks import (
     WeightDiagnostics,
     step_of_line,
 )
-from vslm.train.checkpoint import check_fits, list_checkpoints, load_checkpoint, newest_good, nonfinite, set_aside
+from vslm.train.checkpoint import (
+    atomic_write,
+    check_fits,
+    list_checkpoints,
+    load_checkpoint,
+    newest_good,
+    nonfinite,
+    set_aside,
+)
 from vslm.train.distributed import init_distributed
 from vslm.train.memory import device_memory, estimate_memory, size
 from vslm.train.objectives import NextToken, Objective
@@ -507,7 +515,8 @@ class Trainer:
         else:
             self.corpus.tokenizer.save(self.run_dir / TOKENIZER)
         save_config(self.cfg, self.run_dir / CONFIG)
-        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+        text = (json.dumps(summary, indent=1) + "\n").encode()
+        atomic_write(self.run_dir / SUMMARY, lambda f: f.write(text))  # a kill mid-write leaves the old one
 
     def _refuse_a_run_folder(self) -> None:
         if holds_run(self.run_dir):
