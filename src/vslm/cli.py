@@ -40,9 +40,6 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out or Path("runs") / cfg.name)
     if a.checkpoint and not a.resume:
         raise UsageError("--checkpoint picks where a resumed run continues from: add --resume")
-    if a.checkpoint and not Path(a.checkpoint).is_file():  # before the corpus is prepared, not after
-        raise UsageError(f"--checkpoint {a.checkpoint}: no such file (the run's checkpoints are in "
-                         f"{out / 'checkpoints'})")
     init = {}
     if a.init_from_hf:  # the architecture and weights of a transformers checkpoint (vslm.interop.hf)
         if a.resume:

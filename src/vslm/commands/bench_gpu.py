@@ -163,9 +163,9 @@ class ProfileSteps(Callback):
             torch.cuda.synchronize(trainer.device)
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        from torch.profiler import ProfilerActivity, profile
-
         if trainer.step == self.warmup:
+            from torch.profiler import ProfilerActivity, profile
+
             self._sync(trainer)
             cuda = trainer.device.type == "cuda"
             self.prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))

@@ -336,6 +336,9 @@ class Trainer:
                               "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS):
             raise VSLMError(f"cannot resume {self.run_dir}: it has no checkpoint yet (delete it to start over)")
+        if self.resume_from is not None and not Path(self.resume_from).is_file():
+            raise UsageError(f"--checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
+                             f"{self.run_dir / CHECKPOINTS})")
         return cfg
 
     def weights(self) -> dict[str, torch.Tensor]:
