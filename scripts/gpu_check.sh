@@ -6,7 +6,8 @@
 #                                              # what is left of TOTAL_SECONDS; DYNAMICS_SEEDS, DYNAMICS_JOBS)
 #   PARTS="shakespeare models" RECIPES=adamw-2000 REPEAT=3 MODELS=50M-batch256 bash scripts/gpu_check.sh
 #                                              # the two halves of bench, with other choices (vslm bench gpu --help);
-#                                              # PROFILE=50M: where the 50M model's step goes, by kind of kernel
+#                                              # PROFILE=50M: where the 50M model's step goes, by kind of kernel;
+#                                              # each model also gets its kernel ceiling (bench_gpu.kernel_ceiling)
 # Each part is cut off at its timeout and keeps what it wrote by then. Results in $OUT/ (the device
 # machine's folder: at most 7 files) or runs/gpu-check/.
 #

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from vslm.config import ModelConfig, load_config
 from vslm.errors import ConfigError
 from vslm.model import GPT, parameter_count, training_flops_per_token
+from vslm.model.accounting import step_kernels
 from vslm.model.attention import normalise, window_mask
 from vslm.model.hooks import capture
 
@@ -182,6 +183,13 @@ def test_parameter_and_flop_counts_by_hand():
     lora = r * (d + 3 * d) + r * (d + d) + r * (d + 128) + r * (128 + d)  # A and B of qkv, proj, fc, proj
     assert parameter_count(model) == V * d + T * d + 2 * block_params + 4 * lora + d
     assert training_flops_per_token(model) == 6 * (4 * (block_matmul + lora) + V * d) + 4 * 12 * d * T
+    # the kernels the count comes from (bench gpu times them): per depth the block's 4 products, then each
+    # LoRA pair as x A^T (fan_in -> r) and B (r -> fan_out); the tied head last; 4 attention calls
+    kernels = step_kernels(model)
+    block = [(d, 3 * d), (d, d), (d, 128), (128, d)]
+    pairs = [s for fan_in, fan_out in block for s in ((fan_in, r), (r, fan_out))]
+    assert sorted(kernels.matmuls) == sorted(4 * (block + pairs) + [(d, V)]) and kernels.matmuls[-1] == (d, V)
+    assert kernels.attention == [(4, 4, d // 4, T)] * 4  # 4 heads of 8
     # widths 16 -> 48 -> 16 (heads 1, 3, 1 of size 8), windows 4, 8, 16 (= full); projections in between
     model = GPT(tiny(depth=3, schedule={"widths": "small-large-small", "width_range": [16, 48],
                                         "windows": "increasing", "window_range": [4, 16]}))

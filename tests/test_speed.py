@@ -99,6 +99,17 @@ def test_gpu_check_machinery_on_cpu(tmp_path):
     part = result["model_small"]
     assert part["steps"] >= 3 and part["tokens_per_s"] > 0 and part["peak_rss_mb"] > 0, part
     assert 0 < part["mfu_vs_measured_fp32"] < 1 and result["peak_fp32_flops_per_s"] > 1e8
+    # its kernel ceiling: the step's products and attention at the step's shapes (4 x 32 tokens), timed alone
+    ceiling = part["ceiling"]
+    assert ceiling["tokens_per_step"] == 4 * 32 and ceiling["dtype"] == "torch.float32"
+    shapes = sorted((m["fan_in"], m["fan_out"], m["uses"]) for m in ceiling["matmuls"])
+    head = [s for s in shapes if s[2] == 1]  # the tied head (32 -> the vocabulary), once a step
+    assert shapes == sorted([(32, 96, 2), (32, 32, 2), (32, 128, 2), (128, 32, 2), *head]) and head[0][0] == 32
+    assert [(a["heads"], a["head_dim"], a["keys"], a["uses"]) for a in ceiling["attention"]] == [(2, 16, 32, 2)]
+    step_ms = sum(k["ms"] * k["uses"] for k in ceiling["matmuls"] + ceiling["attention"])
+    assert ceiling["matmul_ms_per_step"] + ceiling["attention_ms_per_step"] == pytest.approx(step_ms, abs=2e-3)
+    assert ceiling["tokens_per_s"] == pytest.approx(128 / step_ms * 1e3, rel=1e-3)
+    assert ceiling["mfu_vs_measured_fp32"] > 0 and part["model_share_of_ceiling"] > 0
     shakespeare = result["shakespeare"]
     if SHAKESPEARE.is_file():  # every recipe runs, each under its own key, with its overrides
         assert shakespeare["steps"] >= 1 and "error" not in shakespeare and shakespeare["recipe"] == "first"

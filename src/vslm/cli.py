@@ -744,7 +744,7 @@ def _add_bench_parser(sub) -> None:
                                      "muon-wsd-1200; also adamw-2000, muon-wsd-1000)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each Shakespeare recipe, with their medians")
     p.add_argument("--profile", help="comma-separated models whose training step to profile (torch.profiler: "
-                                     "device time by kind of kernel), after the timed ones")
+                                     "device time by kind of kernel), before the timed ones")
     p.add_argument("--json-out", help="write the results here (default $OUT/gpu_check.json if OUT is set)")
     json_flag(p)
     p.set_defaults(func=cmd_bench_gpu)

@@ -5,13 +5,15 @@
    with what the trainer picks on CUDA (bf16 autocast, SDPA flash kernels, torch.compile, pinned
    non-blocking copies): steady tokens/s, compile and warm-up time, MFU against the measured bf16
    peak and against the card's nominal dense bf16 peak, and peak allocated memory; the 50M model also
-   at twice the batch and with CUDA graphs (`train.compile_mode=reduce-overhead`);
+   at twice the batch and with CUDA graphs (`train.compile_mode=reduce-overhead`). Beside each, its kernel
+   ceiling: its matrix products and attention timed alone at its shapes (`kernel_ceiling`), the MFU a step
+   of nothing else would reach, and the share of that the model reaches;
 3. the GPU Shakespeare recipe (built-in `gpu-shakespeare`: nanoGPT's shakespeare_char, 6 layers,
    width 384, context 256, batch 64, dropout 0.2) trained until the validation loss reaches 1.47,
    with the time it took, then the same model with two shorter schedules (SHAKESPEARE_RECIPES). It
    needs tiny Shakespeare in the data folder ($VSLM_DATA_DIR); without it this part is skipped with
    a message;
-4. with `profile`, a model's training step under torch.profiler: device time by kind of kernel.
+4. with `profile`, first, a model's training step under torch.profiler: device time by kind of kernel.
 
 The models train on the embedded story generator (no files, no network). Each part that fails is
 recorded with its error and the next one runs: a lent GPU's minutes are not to be lost to one
@@ -26,15 +28,18 @@ import statistics
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 from vslm.commands.bench import measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.errors import UsageError, VSLMError
-from vslm.model.accounting import model_flops_utilisation
+from vslm.model import GPT
+from vslm.model.accounting import model_flops_utilisation, step_kernels, training_flops_per_token
 from vslm.train.callbacks import Callback, MetricsLog, StopAfter, StopAtLoss
 from vslm.train.run_folder import METRICS
 from vslm.train.trainer import Trainer, TrainingStopped
@@ -121,7 +126,8 @@ def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -
     raise AssertionError("unreachable")
 
 
-def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, folder: Path) -> dict:
+def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, folder: Path,
+               ceiling: bool = True) -> dict:
     stop = StopAfter(seconds, min_steps=3, after_first_step=True)
     trainer, lines = _train("tiny", TIMING + overrides, [stop], folder / name)
     speed = throughput(lines)
@@ -135,6 +141,79 @@ def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, fol
         if peak:
             out[f"mfu_vs_{key}"] = round(model_flops_utilisation(trainer.flops_per_token, tps, peak)["mfu"], 4)
     out["model_flops_per_s"] = round(trainer.flops_per_token * tps)
+    if ceiling:  # a failure here keeps the model's figures
+        cfg = trainer.cfg
+        try:
+            out["ceiling"] = kernel_ceiling(trainer.model, cfg.train.batch_size, cfg.model.context, trainer.device,
+                                            trainer.amp_dtype or torch.float32, peaks)
+            out["model_share_of_ceiling"] = round(tps / out["ceiling"]["tokens_per_s"], 4)
+        except Exception as e:
+            traceback.print_exc()
+            out["ceiling"] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def _time(fn, sync, seconds: float = 0.05) -> float:
+    """Seconds a call of fn takes: the best of three loops of about `seconds`, after a warm-up."""
+    fn()
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    reps = max(1, round(seconds / max(time.perf_counter() - started, 1e-6)))
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - started) / reps)
+    return best
+
+
+def kernel_ceiling(model: GPT, batch: int, context: int, device: torch.device, dtype: torch.dtype,
+                   peaks: dict[str, float | None]) -> dict:
+    """A training step's matrix products and attention calls (`step_kernels`) at the step's shapes, each timed
+    alone in `dtype` (a matmul as its forward and its two backward products, attention as SDPA's causal forward
+    and backward) and summed: the step time of a model that did nothing else: no norms, activations, residual
+    adds, dtype casts, loss, optimizer or launch gaps. Its MFU is the most these kernels allow at this batch;
+    `model_share_of_ceiling` (time_model) is how much of it the real step reaches. A window is timed as full
+    causal attention; the embedding lookup is not timed (it is no FLOP)."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    kernels, M = step_kernels(model), batch * context
+    gen = torch.Generator(device=device).manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, device=device, dtype=dtype, generator=gen)  # noqa: E731
+    matmuls = []
+    for (fan_in, fan_out), uses in sorted(Counter(kernels.matmuls).items(), key=lambda kv: -kv[0][0] * kv[0][1]):
+        x, w, dy = rand(M, fan_in), rand(fan_out, fan_in), rand(M, fan_out)
+        s = _time(lambda x=x, w=w, dy=dy: (x @ w.T, dy @ w, dy.T @ x), sync)
+        matmuls.append({"fan_in": fan_in, "fan_out": fan_out, "uses": uses, "ms": round(s * 1e3, 4),
+                        "flops_per_s": round(6 * M * fan_in * fan_out / s)})
+        del x, w, dy
+    attention = []
+    for (heads, kv_heads, head_dim, keys), uses in Counter(kernels.attention).items():
+        q = rand(batch, heads, context, head_dim).requires_grad_()
+        k, v = (rand(batch, kv_heads, context, head_dim).requires_grad_() for _ in range(2))
+        dy = rand(batch, heads, context, head_dim)
+
+        def step(q=q, k=k, v=v, dy=dy, gqa=kv_heads != heads):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            torch.autograd.grad(y, (q, k, v), dy)
+
+        s = _time(step, sync)
+        attention.append({"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "keys": keys, "uses": uses,
+                          "ms": round(s * 1e3, 4), "flops_per_s": round(12 * heads * head_dim * keys * M / s)})
+        del q, k, v, dy
+    matmul_s = sum(m["ms"] * m["uses"] for m in matmuls) / 1e3
+    attention_s = sum(a["ms"] * a["uses"] for a in attention) / 1e3
+    flops = training_flops_per_token(model) * M
+    out = {"dtype": str(dtype), "tokens_per_step": M, "matmul_ms_per_step": round(matmul_s * 1e3, 3),
+           "attention_ms_per_step": round(attention_s * 1e3, 3),
+           "matmul_flops_per_s": round(6 * M * sum(i * o for i, o in kernels.matmuls) / matmul_s),
+           "tokens_per_s": round(M / (matmul_s + attention_s), 1), "matmuls": matmuls, "attention": attention}
+    for key, peak in peaks.items():
+        if peak:
+            out[f"mfu_vs_{key}"] = round(flops / (matmul_s + attention_s) / peak, 4)
     return out
 
 
@@ -248,7 +327,7 @@ def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | N
     first Shakespeare recipe's result is `shakespeare`, each other one's `shakespeare_<label>` (with
     `repeat` > 1, `_<i>` after it for each repeat, and `shakespeare_medians` over them); each is
     stopped after `shakespeare_seconds` if it has not reached the target by then. Each model of `profile`
-    is profiled after the timed models (`profile_<label>`: ProfileSteps)."""
+    is profiled first (`profile_<label>`: ProfileSteps): a few seconds, and what a cut-off call most needs."""
     models = pick(None, GPU_MODELS, DEFAULT_MODELS, "model") if models is None else models
     recipes = pick(None, SHAKESPEARE_RECIPES, DEFAULT_RECIPES, "recipe") if recipes is None else recipes
     device = device or torch.device("cuda")
@@ -271,15 +350,15 @@ def run_gpu_check(seconds: float, shakespeare_seconds: float, json_out: Path | N
                   f"{result['peak_fp32_flops_per_s'] / 1e12:.1f} TFLOP/s measured; nominal bf16 "
                   f"{(nominal or 0) / 1e12:.0f} TFLOP/s", highlight=False)
     with tempfile.TemporaryDirectory(prefix="vslm-gpu-check-") as tmp:
-        for label, overrides in models.items():
-            console.print(f"model {label}: ~{seconds:.0f} s of training ...", highlight=False)
-            result[f"model_{label}"] = _guarded(lambda o=overrides, lb=label: time_model(
-                lb, [*o, *extra], seconds, peaks, Path(tmp)), console)
-            _save(result, json_out)
         for label, overrides in (profile or {}).items():
             console.print(f"model {label}: where a training step's time goes (torch.profiler) ...", highlight=False)
             result[f"profile_{label}"] = _guarded(lambda o=overrides, lb=label: profile_model(
                 lb, [*o, *extra], Path(tmp)), console)
+            _save(result, json_out)
+        for label, overrides in models.items():
+            console.print(f"model {label}: ~{seconds:.0f} s of training ...", highlight=False)
+            result[f"model_{label}"] = _guarded(lambda o=overrides, lb=label: time_model(
+                lb, [*o, *extra], seconds, peaks, Path(tmp)), console)
             _save(result, json_out)
         skipped = False
         for i, (label, overrides) in enumerate(recipes.items()):
@@ -354,6 +433,11 @@ def _print_summary(result: dict, console: Console) -> None:
                           f"{part.get('mfu_vs_nominal_bf16', 0):.1%} of nominal; peak memory "
                           f"{part['peak_gpu_mb'] or 0:,.0f} MiB; compile+warm-up {part['warmup_and_compile_s']} s",
                           highlight=False)
+            if ceiling := part.get("ceiling"):
+                console.print(f"      its matrix products and attention alone, at its shapes: "
+                              f"{ceiling['matmul_ms_per_step'] + ceiling['attention_ms_per_step']:.1f} ms a step, MFU "
+                              f"{ceiling.get('mfu_vs_measured_bf16', 0):.1%}; the model reaches "
+                              f"{part['model_share_of_ceiling']:.0%} of that", highlight=False)
     for key, part in result.items():
         if key.startswith("profile_") and "kinds" in part:
             shares = ", ".join(f"{kind} {v['share_of_busy']:.0%}" for kind, v in part["kinds"].items())

@@ -10,6 +10,8 @@ its parameters once and its FLOPs at every depth.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch.nn as nn
 
 from vslm.config import ModelConfig
@@ -21,31 +23,44 @@ def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _matmul_weights(module: nn.Module | None) -> int:
-    if module is None:
-        return 0
-    linears = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
-    loras = sum(p.numel() for name, p in module.named_parameters() if name.startswith(("a.", "b.")))
-    return linears + loras
+class StepKernels(NamedTuple):
+    """The matrix products and attention calls one token goes through in a forward pass, one entry per
+    use (a block shared by several depths at each of them)."""
+
+    matmuls: list[tuple[int, int]]  # (fan_in, fan_out)
+    attention: list[tuple[int, int, int, int]]  # (heads, kv_heads, head_dim, keys)
 
 
-def depth_flops_per_token(model: GPT, depth: int) -> dict[str, int]:
-    """Training FLOPs per token at one depth: its block's matmuls (with the depth's width projection,
-    token injection and LoRA) and its attention."""
-    block = model.order[depth]
-    spec, key = model.specs[block], str(depth)
-    matmul = _matmul_weights(model.blocks[block])
-    matmul += _matmul_weights(model.resize[key] if key in model.resize else None)
-    matmul += _matmul_weights(model.inject[depth] if model.inject is not None else None)
-    matmul += _matmul_weights(model.lora[key] if key in model.lora else None)
-    keys = min(model.cfg.context, spec.window or model.cfg.context)
-    return {"matmul": 6 * matmul, "attention": 12 * spec.heads * spec.head_dim * keys}
+def _linear_shapes(module: nn.Module | None) -> list[tuple[int, int]]:
+    return [] if module is None else [(m.in_features, m.out_features) for m in module.modules()
+                                      if isinstance(m, nn.Linear)]
+
+
+def step_kernels(model: GPT) -> StepKernels:
+    """Each depth's block matmuls (with the depth's width projection, token injection and LoRA: x A^T then
+    B), its attention, then the output head (tied or not)."""
+    matmuls, attention = [], []
+    for depth, block in enumerate(model.order):
+        spec, key = model.specs[block], str(depth)
+        matmuls += _linear_shapes(model.blocks[block])
+        matmuls += _linear_shapes(model.resize[key] if key in model.resize else None)
+        matmuls += _linear_shapes(model.inject[depth] if model.inject is not None else None)
+        if key in model.lora:
+            lora = model.lora[key]
+            for name, a in lora.a.items():
+                (rank, fan_in), fan_out = a.shape, lora.b[name].shape[0]
+                matmuls += [(fan_in, rank), (rank, fan_out)]
+        keys = min(model.cfg.context, spec.window or model.cfg.context)
+        attention.append((spec.heads, spec.kv_heads, spec.head_dim, keys))
+    head = model.head.weight if model.head is not None else model.embed.weight  # (V, d_last)
+    matmuls.append((head.shape[1], head.shape[0]))
+    return StepKernels(matmuls, attention)
 
 
 def training_flops_per_token(model: GPT) -> int:
-    depths = sum(sum(depth_flops_per_token(model, d).values()) for d in range(len(model.order)))
-    head = model.head.weight if model.head is not None else model.embed.weight  # (V, d_last)
-    return depths + 6 * head.numel()
+    kernels = step_kernels(model)
+    return (6 * sum(fan_in * fan_out for fan_in, fan_out in kernels.matmuls)
+            + sum(12 * heads * head_dim * keys for heads, _, head_dim, keys in kernels.attention))
 
 
 def model_flops_utilisation(flops_per_token: float, tokens_per_s: float, peak_flops_per_s: float) -> dict[str, float]:
