@@ -285,3 +285,19 @@ def test_what_cannot_fit_is_refused_before_anything_is_built_or_written(tmp_path
 def test_describe_prints_the_memory_estimate():
     r = run_cli("describe", "tiny")
     assert r.returncode == 0 and "training memory (estimate" in r.stdout and "MiB" in r.stdout
+
+
+def test_every_file_of_a_run_has_the_mode_the_umask_gives(tmp_path):
+    # checkpoints and summary.json are written through a temporary file (atomic_write), the corpus cache built in a
+    # temporary folder: each gets the mode of the run's other files and folders (0o640 and 0o750 under umask 027),
+    # not mkstemp's 0o600 or mkdtemp's 0o700 that would hide them from a group sharing the run or the cache
+    run, cache = tmp_path / "r", tmp_path / "cache"
+    r = run_cli("train", "tiny", "--out", run, *tiny_overrides(train__steps=4, train__checkpoint_every=2),
+                pre=f"import os; os.umask(0o027); os.environ['VSLM_CACHE_DIR'] = {str(cache)!r}")
+    assert r.returncode == 0, r.stderr
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*")}
+    assert "r/summary.json" in modes and any(name.startswith("r/checkpoints/") for name in modes), modes
+    assert any(name.startswith("cache/shards/") for name in modes), modes
+    folders = {name for name in modes if (tmp_path / name).is_dir()}
+    assert {modes[name] for name in folders} == {"0o750"}, modes
+    assert {mode for name, mode in modes.items() if name not in folders} == {"0o640"}, modes

@@ -44,6 +44,7 @@ from vslm.data.tokenizer import (
     load_tokenizer,
 )
 from vslm.errors import VSLMError
+from vslm.files import default_mode
 
 SHARD_FORMAT = 2
 BATCH_BYTES = 1 << 22  # text per encode call: large enough for the tokenizer's threads, small in memory
@@ -120,6 +121,7 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokeniz
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        tmp.chmod(default_mode(folder=True))  # mkdtemp's 0o700 would keep a shared cache from its group
         _Builder(source, cfg, tmp, tokenizer, all_val, progress).build()
         try:
             os.rename(tmp, folder)  # atomic: readers see a complete folder or none

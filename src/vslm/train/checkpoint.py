@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from vslm.errors import VSLMError
+from vslm.files import default_mode
 
 NAME = re.compile(r"^step_(\d{8})\.safetensors$")
 STATE_KEY = "vslm_state"
@@ -85,14 +86,16 @@ FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, a file-size limit,
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], size: int | None = None) -> None:
-    """Call write(file) on a temporary file beside path, fsync it, then rename it to path. A full disk,
-    a file-size limit or a quota leave the folder as it was and end in one line (VSLMError) that names
-    the folder and, when `size` (bytes) is given, the space needed."""
+    """Call write(file) on a temporary file beside path, fsync it, then rename it to path. The file gets the
+    mode open() would give it (mkstemp's own 0o600 would leave a checkpoint unreadable to a group that reads
+    the rest of the run). A full disk, a file-size limit or a quota leave the folder as it was and end in one
+    line (VSLMError) that names the folder and, when `size` (bytes) is given, the space needed."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _no_room(e, path, size) from None
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
