@@ -123,3 +123,20 @@ def test_probe_induction_at_a_chosen_distance_and_support(tmp_path, capsys):
     assert len(got["prefix_matching"]) == cfg.model.depth
     assert main(["probe", str(tmp_path / "r"), "--induction", str(cfg.model.context)]) == 2
     assert "must be 2 to half the run's context" in capsys.readouterr().err
+
+
+def test_probe_time_is_the_whole_runs_across_a_resume(tmp_path):
+    from vslm.train.checkpoint import list_checkpoints, load_checkpoint
+
+    words = tiny_overrides(train__steps=4, train__checkpoint_every=4, logging__probe_every=2)
+    run = tmp_path / "r"
+    Trainer(load_config("tiny", words), run).fit()
+    _, state = load_checkpoint(list_checkpoints(run / "checkpoints")[-1][1])
+    saved = next(v for k, v in state["callbacks"].items() if k.endswith("ProbeCallback"))["probe_time_s"]
+    assert saved > 0  # the checkpoint carries the probe time so far
+    Trainer(load_config("tiny", [*words, "train.steps=6"]), run, resume=True).fit()
+    summary = json.loads((run / "summary.json").read_text())
+    # the resumed session's probe time adds to the checkpoint's, and the fraction is over the whole run's training
+    assert summary["probe_time_s"] > saved
+    total_train = [m for m in lines(run / "metrics.jsonl") if "train_time_s" in m][-1]["train_time_s"]
+    assert summary["probe_fraction"] == pytest.approx(summary["probe_time_s"] / total_train, rel=0.02)

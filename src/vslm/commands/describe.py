@@ -38,7 +38,7 @@ def describe(cfg: RunConfig, console: Console) -> None:
         ffn = str(spec.ffn) if cfg.model.mlp != "none" else "-"
         table.add_row(str(depth), str(b), str(spec.width), str(spec.heads), str(spec.kv_heads), ffn,
                       str(spec.window or "full"), attention, f"{params:,}" if params else "shared",
-                      f"{sum(depth_flops_per_token(model, depth).values()):,}")
+                      f"{depth_flops_per_token(model, depth):,}")
     console.print(table)
     total = parameter_count(model)
     embed = model.embed.weight.numel() + (model.pos.weight.numel() if model.pos is not None else 0)

@@ -36,31 +36,43 @@ def _linear_shapes(module: nn.Module | None) -> list[tuple[int, int]]:
                                       if isinstance(m, nn.Linear)]
 
 
+def depth_kernels(model: GPT, depth: int) -> StepKernels:
+    """One depth's block matmuls (with the depth's width projection, token injection and LoRA: x A^T, then
+    B) and its attention."""
+    block = model.order[depth]
+    spec, key = model.specs[block], str(depth)
+    matmuls = _linear_shapes(model.blocks[block])
+    matmuls += _linear_shapes(model.resize[key] if key in model.resize else None)
+    matmuls += _linear_shapes(model.inject[depth] if model.inject is not None else None)
+    if key in model.lora:
+        lora = model.lora[key]
+        for name, a in lora.a.items():
+            (rank, fan_in), fan_out = a.shape, lora.b[name].shape[0]
+            matmuls += [(fan_in, rank), (rank, fan_out)]
+    keys = min(model.cfg.context, spec.window or model.cfg.context)
+    return StepKernels(matmuls, [(spec.heads, spec.kv_heads, spec.head_dim, keys)])
+
+
 def step_kernels(model: GPT) -> StepKernels:
-    """Each depth's block matmuls (with the depth's width projection, token injection and LoRA: x A^T then
-    B), its attention, then the output head (tied or not)."""
-    matmuls, attention = [], []
-    for depth, block in enumerate(model.order):
-        spec, key = model.specs[block], str(depth)
-        matmuls += _linear_shapes(model.blocks[block])
-        matmuls += _linear_shapes(model.resize[key] if key in model.resize else None)
-        matmuls += _linear_shapes(model.inject[depth] if model.inject is not None else None)
-        if key in model.lora:
-            lora = model.lora[key]
-            for name, a in lora.a.items():
-                (rank, fan_in), fan_out = a.shape, lora.b[name].shape[0]
-                matmuls += [(fan_in, rank), (rank, fan_out)]
-        keys = min(model.cfg.context, spec.window or model.cfg.context)
-        attention.append((spec.heads, spec.kv_heads, spec.head_dim, keys))
+    """Every depth's kernels (`depth_kernels`), then the output head's product (tied or not)."""
+    depths = [depth_kernels(model, d) for d in range(len(model.order))]
     head = model.head.weight if model.head is not None else model.embed.weight  # (V, d_last)
-    matmuls.append((head.shape[1], head.shape[0]))
-    return StepKernels(matmuls, attention)
+    return StepKernels([s for k in depths for s in k.matmuls] + [(head.shape[1], head.shape[0])],
+                       [a for k in depths for a in k.attention])
+
+
+def kernel_flops(kernels: StepKernels) -> int:
+    """Training FLOPs per token of these kernels: 6 per matmul weight, 12 * heads * head_dim * keys per attention."""
+    return (6 * sum(fan_in * fan_out for fan_in, fan_out in kernels.matmuls)
+            + sum(12 * heads * head_dim * keys for heads, _, head_dim, keys in kernels.attention))
+
+
+def depth_flops_per_token(model: GPT, depth: int) -> int:
+    return kernel_flops(depth_kernels(model, depth))
 
 
 def training_flops_per_token(model: GPT) -> int:
-    kernels = step_kernels(model)
-    return (6 * sum(fan_in * fan_out for fan_in, fan_out in kernels.matmuls)
-            + sum(12 * heads * head_dim * keys for heads, _, head_dim, keys in kernels.attention))
+    return kernel_flops(step_kernels(model))
 
 
 def model_flops_utilisation(flops_per_token: float, tokens_per_s: float, peak_flops_per_s: float) -> dict[str, float]:

@@ -39,7 +39,8 @@ Cadence: steps 0, 1, 2, 4, 8, ... below `logging.probe_every` (K), then every K 
 `probe_every = "auto"` (the default) keeps the log spacing through the whole run: log2(steps) + 2 probe
 steps, dense early where the dynamics are fast (docs/BENCHMARKS.md gives what it costs).
 NaN is written as null. The time the probes took (building the probe set included) goes into
-summary.json as `probe_time_s`, with `probe_fraction` = that time over the training steps' time.
+summary.json as `probe_time_s`, with `probe_fraction` = that time over the training steps' time, both the
+whole run's: a resumed run carries them on from its checkpoint.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class ProbeCallback(Callback):
         self.every = every
         self.history: list[dict] = []
         self.last_step: int | None = None
-        self.seconds = 0.0  # this session's time in the probes, building the probe set included
+        self.seconds = 0.0  # the run's time in the probes (earlier sessions' from the checkpoint), set-up included
 
     def on_train_start(self, trainer: Trainer) -> None:
         started = time.perf_counter()
@@ -213,7 +214,6 @@ class ProbeCallback(Callback):
         path.write_text("".join(ln + "\n" for ln in kept))
         self.history = [json.loads(ln) for ln in kept]
         self.file = path.open("a", buffering=1)
-        self.train_time_at_start = trainer.train_time_s
         self.seconds += time.perf_counter() - started
         if trainer.step == 0:
             self._write(trainer.step, trainer.model)
@@ -224,9 +224,15 @@ class ProbeCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.file.close()
-        trained = trainer.train_time_s - self.train_time_at_start
+        trained = trainer.train_time_s  # like the probe time, the whole run's up to here
         update_summary(trainer.run_dir, probe_time_s=round(self.seconds, 3),
                        probe_fraction=round(self.seconds / trained, 4) if trained > 0 else None)
+
+    def state_dict(self) -> dict:  # a resumed run's probe time goes on from its checkpoint's
+        return {"probe_time_s": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds = float(state.get("probe_time_s", 0.0))  # checkpoints from before 2026-12-04 hold none
 
     def _write(self, step: int, model: GPT) -> None:
         started = time.perf_counter()
