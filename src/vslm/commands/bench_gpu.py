@@ -39,7 +39,7 @@ from vslm.commands.bench import measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
-from vslm.model.accounting import model_flops_utilisation, step_kernels, training_flops_per_token
+from vslm.model.accounting import StepKernels, kernel_flops, model_flops_utilisation, step_kernels
 from vslm.train.callbacks import Callback, MetricsLog, StopAfter, StopAtLoss
 from vslm.train.run_folder import METRICS
 from vslm.train.trainer import Trainer, TrainingStopped
@@ -206,10 +206,10 @@ def kernel_ceiling(model: GPT, batch: int, context: int, device: torch.device, d
         del q, k, v, dy
     matmul_s = sum(m["ms"] * m["uses"] for m in matmuls) / 1e3
     attention_s = sum(a["ms"] * a["uses"] for a in attention) / 1e3
-    flops = training_flops_per_token(model) * M
+    flops = kernel_flops(kernels) * M
     out = {"dtype": str(dtype), "tokens_per_step": M, "matmul_ms_per_step": round(matmul_s * 1e3, 3),
            "attention_ms_per_step": round(attention_s * 1e3, 3),
-           "matmul_flops_per_s": round(6 * M * sum(i * o for i, o in kernels.matmuls) / matmul_s),
+           "matmul_flops_per_s": round(kernel_flops(StepKernels(kernels.matmuls, [])) * M / matmul_s),
            "tokens_per_s": round(M / (matmul_s + attention_s), 1), "matmuls": matmuls, "attention": attention}
     for key, peak in peaks.items():
         if peak:
