@@ -338,7 +338,7 @@ def test_eval_reports_word_perplexity_on_wikitext(tmp_path, capsys):
     assert 0.99 * len(text.encode()) < wiki["bytes"] <= len(text.encode())
     nats = wiki["bpb"] * math.log(2) * wiki["bytes"]
     assert wiki["word_perplexity"] == pytest.approx(math.exp(nats / wiki["words"]), rel=1e-9)
-    assert stories["split"] == "train" and "word_perplexity" not in stories
+    assert stories["split"] == "train, held out" and "word_perplexity" not in stories
     held_out = prepare_corpus(DataConfig(source="stories", max_bytes=300_000, tokenizer="byte"))
     assert stories["tokens"] == len(held_out.val.tokens)  # the documents the run held out
 

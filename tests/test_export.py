@@ -186,6 +186,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
                  "--out", str(tmp_path / "r")]) != 0
     assert "cannot read" in refused() and not (tmp_path / "r").exists()
 
+    # the run's tokenizer is not the checkpoint's (bytes, 257 tokens): refused before a step, nothing written
+    assert export(run, tmp_path / "hf2") == 0
+    args = ["train", "tiny", *tiny_overrides(), "data.tokenizer=char", "--init-from-hf", str(tmp_path / "hf2"),
+            "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "tokenizer.json has 257 tokens, the run's char tokenizer" in refused() and not (tmp_path / "r").exists()
+    (tmp_path / "hf2" / "tokenizer.json").unlink()  # a folder without one: the model's vocabulary decides
+    assert main(args) == 2
+    assert "its vocabulary of 257 is not the run's char tokenizer" in refused() and not (tmp_path / "r").exists()
+
 
 @pytest.mark.parametrize("arch", ["nanogpt", "llama-gqa-untied"])
 def test_import_round_trip_and_training_continues(arch, tmp_path):

@@ -167,7 +167,9 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     assert train(data__source=str(tmp_path / "missing.txt")) == 1
     assert "already holds a run" in capsys.readouterr().err
     assert train("--resume", train__steps=2, model__width=64) == 2
-    assert "model.width: 32 in the run, 64 given" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the values came from the named config: how to resume with the run's own
+    assert "model.width: 32 in the run, 64 given" in err and err.count("\n") == 1
+    assert f"these values are tiny's: `vslm train --resume --out {folder}` without a config" in err
     assert train("--resume", train__steps=3) == 0  # the same config
     assert [m["step"] for m in metrics(folder)] == [1, 2, 3]
 

@@ -47,9 +47,22 @@ def cmd_train(a: argparse.Namespace) -> int:
         from vslm.interop.hf import init_from_hf
 
         cfg, init["model"] = init_from_hf(cfg, Path(a.init_from_hf))
-    trainer = start_training(cfg, out, console, resume=a.resume,
-                             checkpoint=Path(a.checkpoint) if a.checkpoint else None, **init)
-    final = trainer.fit()
+    try:
+        trainer = start_training(cfg, out, console, resume=a.resume,
+                                 checkpoint=Path(a.checkpoint) if a.checkpoint else None, **init)
+        if a.init_from_hf:  # before fit: nothing written yet
+            from vslm.interop.hf import check_init_tokenizer
+
+            corpus = trainer.corpus
+            split = corpus.val if len(corpus.val.tokens) else corpus.train
+            text = corpus.tokenizer.decode(int(t) for t in split.tokens[:2000])
+            check_init_tokenizer(Path(a.init_from_hf), corpus.tokenizer, text, trainer.cfg.model.vocab_size)
+        final = trainer.fit()
+    except ConfigError as e:  # the values a named config brought to a resume are not the run's own
+        if a.resume and a.config is not None and str(e).startswith("cannot resume"):
+            raise ConfigError(f"{e}; these values are {a.config}'s: `vslm train --resume --out {out}` without a "
+                              "config resumes with the run's own") from None
+        raise
     if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
         # and the other ranks leave without the interpreter's teardown: with gloo on CPU it aborted
         # one rank in about 15 runs after training had finished ("terminate called without an active

@@ -147,6 +147,8 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
     score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
                          f"evaluating on {name}")
     words = int(corpus.meta["val_words"])
+    # not an evaluation split: what is scored is the held-out part of it (the run's own one when it trained there)
+    split = split if all_val else f"{split}, held out"
     return CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
                         loss=score.loss, bpb=score.bpb,
                         word_perplexity=math.exp(score.nll_text / max(1, words)) if word_level else None)

@@ -101,9 +101,11 @@ def family(m: ModelConfig) -> str:
             raise _refuse("window", spec.window, "GPT-2 has no sliding window")
         return "gpt2"
     if m.norm != "rmsnorm":
-        raise _refuse("norm", m.norm, "RoPE maps to Llama, which uses RMSNorm")
+        raise _refuse("norm", m.norm, "RoPE maps to Llama, which uses RMSNorm (a run trained with "
+                      "model.norm=rmsnorm exports)")
     if m.mlp != "swiglu":
-        raise _refuse("mlp", m.mlp, "RoPE maps to Llama, whose MLP is SwiGLU")
+        raise _refuse("mlp", m.mlp, "RoPE maps to Llama, whose MLP is SwiGLU (a run trained with model.mlp=swiglu "
+                      "exports; or model.position=learned, model.norm=layernorm for GPT-2)")
     return "llama" if spec.window is None else "mistral"
 
 
@@ -504,6 +506,33 @@ def model_fields_from_hf(conf: dict, state: dict[str, torch.Tensor]) -> tuple[st
                   rope_base=float(theta), tie_embeddings=conf.get("tie_word_embeddings", False),
                   bias=bool(conf.get("attention_bias", False)), window=window)
     return kind, fields
+
+
+def check_init_tokenizer(folder: Path, tok: Tokenizer, text: str, model_vocab: int) -> None:
+    """Refuse (UsageError) a run whose tokenizer is not the one the checkpoint in `folder` was trained with: its
+    tokenizer.json must give the run tokenizer's ids for `text` (a piece of the run's corpus) and have its
+    vocabulary size; a folder without one must have a model vocabulary of the tokenizer's size. Otherwise the
+    run would train from embeddings whose rows mean other tokens (garbage, at a loss that says nothing)."""
+    fix = "set data.tokenizer (and its options) to the checkpoint's (README: Leaving the lab)"
+    what = f"the run's {tok.kind} tokenizer ({tok.vocab_size} tokens)"
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        if model_vocab != tok.vocab_size:
+            raise UsageError(f"--init-from-hf {folder}: its vocabulary of {model_vocab} is not {what}: {fix}")
+        return
+    from tokenizers import Tokenizer as HF
+
+    try:
+        theirs = HF.from_file(str(path))
+    except Exception as e:  # the tokenizers library's own error types
+        raise VSLMError(f"--init-from-hf {folder}: cannot read tokenizer.json ({str(e).splitlines()[0]})") from None
+    if theirs.get_vocab_size() != tok.vocab_size:
+        raise UsageError(f"--init-from-hf {folder}: its tokenizer.json has {theirs.get_vocab_size()} tokens, "
+                         f"{what}: {fix}")
+    ours = tok.encode(text)
+    if theirs.encode(text, add_special_tokens=False).ids != ours:
+        raise UsageError(f"--init-from-hf {folder}: its tokenizer.json gives other ids than {what} on the run's "
+                         f"text: {fix}")
 
 
 def init_from_hf(cfg: RunConfig, folder: Path) -> tuple[RunConfig, GPT]:
