@@ -55,7 +55,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
             corpus = trainer.corpus
             split = corpus.val if len(corpus.val.tokens) else corpus.train
-            text = corpus.tokenizer.decode(int(t) for t in split.tokens[:2000])
+            # a piece of the run's text, end-of-text markers left out (a folder may spell them otherwise)
+            text = corpus.tokenizer.decode(int(t) for t in split.tokens[:2000] if t != corpus.tokenizer.eos_id)
             check_init_tokenizer(Path(a.init_from_hf), corpus.tokenizer, text, trainer.cfg.model.vocab_size)
         final = trainer.fit()
     except ConfigError as e:  # the values a named config brought to a resume are not the run's own
