@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from rich.console import Console
 
 from conftest import tiny_overrides
@@ -97,7 +98,8 @@ def test_train_threads_sets_torch_threads_and_warns_once_under_load(tmp_path, mo
 
     before = torch.get_num_threads()
     monkeypatch.setattr(trainer_module, "_threads_warned", False)
-    monkeypatch.setattr(trainer_module.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+    monkeypatch.setattr(trainer_module, "cores_in_use", lambda: (7.0, "7 other tasks running now"))
+    monkeypatch.setattr(trainer_module, "_cores_seen", None)  # no look kept from an earlier test
     monkeypatch.setattr(trainer_module.os, "cpu_count", lambda: 4)
     try:
         cfg = load_config("tiny", tiny_overrides(train__steps=2, train__threads=2))
@@ -105,11 +107,32 @@ def test_train_threads_sets_torch_threads_and_warns_once_under_load(tmp_path, mo
         assert torch.get_num_threads() == 2
         Trainer(cfg, tmp_path / "b")  # a second trainer in the process: no second warning
         err = capsys.readouterr().err
-        assert err.count("train.threads=1") == 1 and "load average 8.0 on 4 cores" in err
+        assert err.count("train.threads=1") == 1 and "7 other tasks running now on 4 cores: 0.0 free" in err
         Trainer(load_config("tiny", tiny_overrides(train__steps=2, train__threads=1)), tmp_path / "c")
         assert torch.get_num_threads() == 1 and capsys.readouterr().err == ""
     finally:
         torch.set_num_threads(before)
+
+
+def test_cores_in_use_counts_what_runs_now_not_the_last_minute():
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from vslm.train.trainer import cores_in_use
+
+    if not Path("/proc/loadavg").is_file():
+        pytest.skip("needs Linux's /proc/loadavg")
+    # a process that spins is runnable at every sample: counted, this test's own process not
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy, how = cores_in_use()
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy >= 1 and how == f"{busy:g} other tasks running now"
 
 
 def test_train_prints_the_header_before_the_first_step(tmp_path):

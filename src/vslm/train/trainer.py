@@ -166,25 +166,46 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 _threads_warned = False
+_cores_seen: tuple[float, float, str] | None = None  # (when, cores in use, how): set_threads looks every 30 s
+
+
+def cores_in_use() -> tuple[float, str]:
+    """How many cores other processes keep busy now, and the words that say how it was measured: on Linux the
+    median of five samples, 20 ms apart, of the tasks running or runnable (/proc/loadavg's fourth field, this
+    one counted out); elsewhere the 1-minute load average, which still counts a job that ended a minute ago."""
+    try:
+        samples = []
+        for i in range(5):
+            if i:
+                time.sleep(0.02)
+            samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+        busy = float(sorted(samples)[2])
+        return busy, f"{busy:g} other tasks running now"
+    except (OSError, ValueError, IndexError):
+        if not hasattr(os, "getloadavg"):
+            return 0.0, ""
+        load = os.getloadavg()[0]
+        return max(0.0, load - 1), f"load average {load:.1f} (this process counted as one)"
 
 
 def set_threads(threads: int, warn: bool = True) -> int:
     """torch's CPU threads: `threads`, or its default when 0; returns the number. Warns once per process
-    when the machine's load leaves fewer free cores than that: threads that fight for cores slow every
-    step down many times over (docs/BENCHMARKS.md: 848 ms a step against 68 ms with one thread)."""
-    global _threads_warned
+    when other processes leave fewer free cores than that (`cores_in_use`): threads that fight for cores slow
+    every step down many times over (docs/BENCHMARKS.md: 848 ms a step against 68 ms with one thread)."""
+    global _threads_warned, _cores_seen
     if threads:
         torch.set_num_threads(threads)
     n = torch.get_num_threads()
-    if warn and not _threads_warned and hasattr(os, "getloadavg"):
-        cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-        free = cores - max(0.0, load - 1)  # the load counts this process too
-        if n > 1 and free < n:  # one thread cannot fight itself
+    if warn and not _threads_warned and n > 1:  # one thread cannot fight itself
+        cores = os.cpu_count() or 1
+        if _cores_seen is None or time.monotonic() - _cores_seen[0] > 30:  # 80 ms a look: once in 30 s
+            _cores_seen = (time.monotonic(), *cores_in_use())
+        _, busy, how = _cores_seen
+        free = cores - busy
+        if free < n:
             _threads_warned = True
-            print(f"warning: load average {load:.1f} on {cores} cores (this process counted as one) leaves "
-                  f"{max(free, 0):.1f} free for {n} "
-                  f"threads; threads that fight for cores slow training down: set train.threads=1 (or fewer "
-                  f"than {n})", file=sys.stderr)
+            print(f"warning: {how} on {cores} cores: {max(free, 0):.1f} free for {n} threads; threads that "
+                  f"fight for cores slow training down: set train.threads=1 (or fewer than {n})", file=sys.stderr)
     return n
 
 
@@ -254,7 +275,6 @@ class Trainer:
         self.nothing_to_train = False  # set by fit() on a run resumed at its last step
         self.resume_from = checkpoint  # resume: this checkpoint instead of the newest good one
         self.device = device_of(cfg.train.device)
-        set_threads(cfg.train.threads, warn=self.device.type == "cpu")
         self.dist = init_distributed(cuda=self.device.type == "cuda")
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
@@ -264,6 +284,8 @@ class Trainer:
             self._refuse_a_run_folder()
         if model is None:  # sized from the config before anything is built or read
             self._check_memory(cfg)
+        # after the refusals (a warning about cores above a one-line refusal reads as part of it), before the corpus
+        set_threads(cfg.train.threads, warn=self.device.type == "cpu")
         with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
             self.corpus = corpus or prepare_corpus(cfg.data)
         vocab = self.corpus.tokenizer.vocab_size
