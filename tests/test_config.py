@@ -36,6 +36,8 @@ def test_overrides_are_typed_toml_values():
         (["model.kv_heads=3", "model.heads=4"], "heads 4 is not divisible by kv_heads 3"),
         (["train"], "not of the form section.key=value"),
         (["train.steps.x=1"], "'steps' is a value, not a section"),
+        (["model.blocks=[{width=16}"], "override 'model.blocks=[{width=16}': the value is not valid TOML"),
+        (['data.source="stories'], "the value is not valid TOML"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):

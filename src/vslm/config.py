@@ -458,7 +458,9 @@ def parse_override(word: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{word}' is not of the form section.key=value")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if text.lstrip()[:1] in ("[", "{", '"', "'"):  # meant as an array, a table or a quoted string
+            raise ConfigError(f"override '{word}': the value is not valid TOML ({e})") from None
         value = text  # a bare word: cpu, stories, path/to/file.txt
     return key.split("."), value
 
