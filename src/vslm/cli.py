@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vslm.errors import ConfigError, UsageError, VSLMError
+from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
 
 console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
 
@@ -53,17 +53,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.init_from_hf:  # before fit: nothing written yet
             from vslm.interop.hf import check_init_tokenizer
 
-            corpus = trainer.corpus
-            split = corpus.val if len(corpus.val.tokens) else corpus.train
-            # a piece of the run's text, end-of-text markers left out (a folder may spell them otherwise)
-            text = corpus.tokenizer.decode(int(t) for t in split.tokens[:2000] if t != corpus.tokenizer.eos_id)
-            check_init_tokenizer(Path(a.init_from_hf), corpus.tokenizer, text, trainer.cfg.model.vocab_size)
+            check_init_tokenizer(Path(a.init_from_hf), trainer.corpus, trainer.cfg.model.vocab_size)
         final = trainer.fit()
-    except ConfigError as e:  # the values a named config brought to a resume are not the run's own
-        if a.resume and a.config is not None and str(e).startswith("cannot resume"):
-            raise ConfigError(f"{e}; these values are {a.config}'s: `vslm train --resume --out {out}` without a "
-                              "config resumes with the run's own") from None
-        raise
+    except ResumeRefused as e:  # the values a named config brought to a resume are not the run's own
+        if a.config is None:
+            raise
+        raise ResumeRefused(f"{e}; these values are {a.config}'s: `vslm train --resume --out {out}` without a "
+                            "config resumes with the run's own") from None
     if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
         # and the other ranks leave without the interpreter's teardown: with gloo on CPU it aborted
         # one rank in about 15 runs after training had finished ("terminate called without an active

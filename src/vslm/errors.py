@@ -16,6 +16,11 @@ class ConfigError(VSLMError):
     exit_code = 2
 
 
+class ResumeRefused(ConfigError):
+    """A resume whose config would change what the run trains (its values, or fewer steps than it has done).
+    The CLI says where the values came from when a named config brought them."""
+
+
 class UsageError(VSLMError):
     """A command-line argument with a value out of range. The CLI exits with code 2, as for argparse's errors."""
 

@@ -18,6 +18,7 @@ hard-coded peak would not know the cores, the threads or the neighbours this run
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -82,6 +83,25 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def best_seconds(fn, sync, seconds: float = 0.05) -> float:
+    """Seconds one call of fn takes: the best of three loops of about `seconds` each, after a warm-up call
+    (allocation, kernel choice) and one that sizes the loops; `sync` waits for the device's queued work."""
+    fn()
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    reps = max(1, round(seconds / max(time.perf_counter() - started, 1e-6)))
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - started) / reps)
+    return best
+
+
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
                        sizes: tuple[int, ...] | None = None, seconds: float = 0.3) -> float:
     """The best FLOP/s of square matrix products (2 n^3 FLOPs each) over a few sizes, each timed
@@ -94,18 +114,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
         gen = torch.Generator(device=device).manual_seed(0)
         a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
         b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-        a @ b  # warm-up: allocation, kernel choice
-        sync()
-        started = time.perf_counter()
-        a @ b
-        sync()
-        reps = max(1, round(seconds / max(time.perf_counter() - started, 1e-6)))
-        for _ in range(3):
-            started = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            sync()
-            best = max(best, 2 * n**3 * reps / (time.perf_counter() - started))
+        best = max(best, 2 * n**3 / best_seconds(lambda a=a, b=b: a @ b, sync, seconds))
     return best
 
 

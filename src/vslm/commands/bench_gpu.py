@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from vslm.commands.bench import measure_peak_flops, throughput
+from vslm.commands.bench import best_seconds, measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
@@ -153,24 +153,6 @@ def time_model(name: str, overrides: list[str], seconds: float, peaks: dict, fol
     return out
 
 
-def _time(fn, sync, seconds: float = 0.05) -> float:
-    """Seconds a call of fn takes: the best of three loops of about `seconds`, after a warm-up."""
-    fn()
-    sync()
-    started = time.perf_counter()
-    fn()
-    sync()
-    reps = max(1, round(seconds / max(time.perf_counter() - started, 1e-6)))
-    best = math.inf
-    for _ in range(3):
-        started = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        best = min(best, (time.perf_counter() - started) / reps)
-    return best
-
-
 def kernel_ceiling(model: GPT, batch: int, context: int, device: torch.device, dtype: torch.dtype,
                    peaks: dict[str, float | None]) -> dict:
     """A training step's matrix products and attention calls (`step_kernels`) at the step's shapes, each timed
@@ -186,7 +168,7 @@ def kernel_ceiling(model: GPT, batch: int, context: int, device: torch.device, d
     matmuls = []
     for (fan_in, fan_out), uses in sorted(Counter(kernels.matmuls).items(), key=lambda kv: -kv[0][0] * kv[0][1]):
         x, w, dy = rand(M, fan_in), rand(fan_out, fan_in), rand(M, fan_out)
-        s = _time(lambda x=x, w=w, dy=dy: (x @ w.T, dy @ w, dy.T @ x), sync)
+        s = best_seconds(lambda x=x, w=w, dy=dy: (x @ w.T, dy @ w, dy.T @ x), sync)
         matmuls.append({"fan_in": fan_in, "fan_out": fan_out, "uses": uses, "ms": round(s * 1e3, 4),
                         "flops_per_s": round(6 * M * fan_in * fan_out / s)})
         del x, w, dy
@@ -200,7 +182,7 @@ def kernel_ceiling(model: GPT, batch: int, context: int, device: torch.device, d
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             torch.autograd.grad(y, (q, k, v), dy)
 
-        s = _time(step, sync)
+        s = best_seconds(step, sync)
         attention.append({"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "keys": keys, "uses": uses,
                           "ms": round(s * 1e3, 4), "flops_per_s": round(12 * heads * head_dim * keys * M / s)})
         del q, k, v, dy

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from vslm.config import ModelConfig, RunConfig, validate
+from vslm.data.shards import Corpus
 from vslm.data.tokenizer import EOS, ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer
 from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
@@ -508,11 +509,13 @@ def model_fields_from_hf(conf: dict, state: dict[str, torch.Tensor]) -> tuple[st
     return kind, fields
 
 
-def check_init_tokenizer(folder: Path, tok: Tokenizer, text: str, model_vocab: int) -> None:
+def check_init_tokenizer(folder: Path, corpus: Corpus, model_vocab: int) -> None:
     """Refuse (UsageError) a run whose tokenizer is not the one the checkpoint in `folder` was trained with: its
-    tokenizer.json must give the run tokenizer's ids for `text` (a piece of the run's corpus) and have its
-    vocabulary size; a folder without one must have a model vocabulary of the tokenizer's size. Otherwise the
-    run would train from embeddings whose rows mean other tokens (garbage, at a loss that says nothing)."""
+    tokenizer.json must have the run tokenizer's vocabulary size and give its ids for a piece of the run's
+    corpus (end-of-text markers left out: a folder may spell them otherwise); a folder without one must have a
+    model vocabulary of the tokenizer's size. Otherwise the run would train from embeddings whose rows mean
+    other tokens (garbage, at a loss that says nothing)."""
+    tok = corpus.tokenizer
     fix = "set data.tokenizer (and its options) to the checkpoint's (README: Leaving the lab)"
     what = f"the run's {tok.kind} tokenizer ({tok.vocab_size} tokens)"
     path = Path(folder) / "tokenizer.json"
@@ -529,6 +532,8 @@ def check_init_tokenizer(folder: Path, tok: Tokenizer, text: str, model_vocab: i
     if theirs.get_vocab_size() != tok.vocab_size:
         raise UsageError(f"--init-from-hf {folder}: its tokenizer.json has {theirs.get_vocab_size()} tokens, "
                          f"{what}: {fix}")
+    split = corpus.val if len(corpus.val.tokens) else corpus.train
+    text = tok.decode(int(t) for t in split.tokens[:2000] if t != tok.eos_id)
     ours = tok.encode(text)
     if theirs.encode(text, add_special_tokens=False).ids != ours:
         raise UsageError(f"--init-from-hf {folder}: its tokenizer.json gives other ids than {what} on the run's "

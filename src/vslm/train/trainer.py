@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from vslm.config import RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
-from vslm.errors import ConfigError, UsageError, VSLMError
+from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.callbacks import (
     Callback,
@@ -353,7 +353,7 @@ class Trainer:
         fixed = [f"{k}: {old} in the run, {new} given" for k, (old, new) in config_changes(saved, cfg).items()
                  if not k.startswith(RESUME_MAY_CHANGE)]
         if fixed:
-            raise ConfigError(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
+            raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                               "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                               "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS):
@@ -509,7 +509,7 @@ class Trainer:
         if self.resume:
             self._load_resume_point()
             if self.step > self.cfg.train.steps:
-                raise ConfigError(f"cannot resume {self.run_dir}: train.steps={self.cfg.train.steps} is below step "
+                raise ResumeRefused(f"cannot resume {self.run_dir}: train.steps={self.cfg.train.steps} is below step "
                                   f"{self.step}, which the run has reached; give train.steps={self.step} or more")
             if self.step == self.cfg.train.steps:
                 return
