@@ -30,6 +30,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = main(["demo", "train.steps=6", "train.eval_every=3", "train.eval_windows=16", "data.max_bytes=100000",
+                 "logging.probe_windows=32",
                  "logging.sample_tokens=20", "train.checkpoint_every=3"])
     out = capsys.readouterr().out
     assert code == 0

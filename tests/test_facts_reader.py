@@ -102,11 +102,11 @@ def test_targets_are_the_answer_tokens_as_scoring_reads_them_and_resume_is_exact
 def test_a_reduced_reader_reads_one_card_above_chance_and_eval_prints_the_novel_json(tmp_path, capsys):
     world = tmp_path / "world"
     write_world_folder(WorldConfig(seed=4, people=30, novel_people=40, hops=2, questions_per_hop=40), world)
-    cfg = reader_config("reader", ["train.steps=800", "train.batch_size=16", "model.depth=2", "model.width=128",
+    cfg = reader_config("reader", ["train.steps=500", "train.batch_size=16", "model.depth=2", "model.width=128",
                                    "train.seed=0"])
     result = train_reader(world, tmp_path / "r", cfg, ReaderSettings(max_hops=1, max_distractors=1, ramp=0.0,
                                                                      curve_every=0))
-    assert result["steps"] == 800 and result["wall_s"] > 0
+    assert result["steps"] == 500 and result["wall_s"] > 0
     assert main(["facts", "eval", str(tmp_path / "r"), "--world", str(world), "--per-group", "40",
                  "--distractors", "1", "--json", "novel"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
