@@ -7,7 +7,6 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.config import RunConfig
-from vslm.errors import ConfigError
 from vslm.lab.runner import build_for_accounting
 from vslm.model import parameter_count, training_flops_per_token
 from vslm.model.accounting import depth_flops_per_token
@@ -16,11 +15,8 @@ from vslm.train.memory import device_memory, estimate_memory, size
 
 def describe(cfg: RunConfig, console: Console) -> None:
     """One row per depth: the block it runs (shared blocks count their parameters once), its shape
-    and its training FLOPs per token."""
-    need = estimate_memory(cfg)
-    have = device_memory(torch.device("cpu"))
-    if have is not None and need.total > have:
-        raise ConfigError(f"this model needs {need.line()}; this machine has {size(have)}: too large to build here")
+    and its training FLOPs per token. The model is built on the meta device, so a shape too large to
+    train here is described too, with a line saying so."""
     model = build_for_accounting(cfg)
     need = estimate_memory(cfg.with_vocab_size(model.cfg.vocab_size))  # the tokenizer's vocabulary now known
     table = Table(title=f"{cfg.name}: {cfg.description}" if cfg.description else cfg.name)
@@ -52,3 +48,7 @@ def describe(cfg: RunConfig, console: Console) -> None:
         f"training memory (estimate, float32, train.batch_size {cfg.train.batch_size}) {need.line()}",
         highlight=False,
     )
+    have = device_memory(torch.device("cpu"))
+    if have is not None and need.total > have:
+        console.print(f"too large to train on this machine ({size(have)} of memory): `vslm train` would refuse it",
+                      highlight=False)

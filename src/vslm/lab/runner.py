@@ -15,7 +15,7 @@ import torch
 from vslm.config import RunConfig
 from vslm.data.shards import Corpus, tokenizer_hash
 from vslm.data.tokenizer import load_tokenizer
-from vslm.errors import VSLMError
+from vslm.errors import ConfigError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, read_run_config
@@ -37,11 +37,25 @@ def vocab_size_of(cfg: RunConfig) -> int:
     return prepare_corpus(cfg.data).tokenizer.vocab_size
 
 
+# depths that building on the meta device takes seconds for (a block costs its modules' Python objects, ~7 ms)
+MAX_ACCOUNTED_DEPTH = 2048
+
+
 def build_for_accounting(cfg: RunConfig) -> GPT:
-    """The model a config builds, on the meta device: shapes for counting parameters and FLOPs, no memory."""
+    """The model a config builds, on the meta device: shapes for counting parameters and FLOPs, no memory,
+    whatever the size. A ConfigError for what cannot be built even so: a depth past MAX_ACCOUNTED_DEPTH
+    (minutes of Python objects), a tensor with more elements than torch can address."""
+    if (depth := len(cfg.model.depth_order())) > MAX_ACCOUNTED_DEPTH:
+        raise ConfigError(f"a depth of {depth:,} is past the {MAX_ACCOUNTED_DEPTH:,} this lab builds to count a model "
+                          f"(shapes only, but each block's modules take milliseconds)")
     model_cfg = cfg.model.model_copy(update={"vocab_size": vocab_size_of(cfg)})
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        return GPT(model_cfg)
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            return GPT(model_cfg)
+    except RuntimeError as e:
+        if "overflow" not in str(e):
+            raise
+        raise ConfigError(f"a tensor of this model has more elements than torch can address ({e})") from None
 
 
 def tokens_per_run(cfg: RunConfig) -> int:

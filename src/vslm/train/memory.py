@@ -49,7 +49,7 @@ class MemoryEstimate:
 
     def line(self) -> str:
         return (f"about {size(self.total)}: {self.params:,} parameters ({size(self.weights)} with gradients "
-                f"and optimizer state), activations {size(self.activations)} at {self.batch} rows a micro-batch"
+                f"and optimizer state), activations {size(self.activations)} at {self.batch:,} rows a micro-batch"
                 + (f", RoPE tables {size(self.buffers)}" if self.buffers else ""))
 
 
