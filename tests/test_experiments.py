@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 import vslm.lab.runner as runner
-from conftest import tiny_overrides
+from conftest import files_in, tiny_overrides
 from vslm.cli import main
 from vslm.errors import ConfigError, VSLMError
 from vslm.lab.experiments import builtin_experiments, load_experiment, plan_experiment, read_experiment, run_experiment
@@ -157,6 +157,21 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     (tmp_path / "o" / "report.html").unlink()  # `vslm report` redraws an experiment's page too
     assert main(["report", str(tmp_path / "o")]) == 0 and (tmp_path / "o" / "report.html").read_text() == html
     assert main(["report", str(tmp_path / "o"), "--watch"]) == 2
+
+
+def test_fewer_seeds_never_replace_the_results_of_more(tmp_path, capsys):
+    spec, out = write_experiment(tmp_path), tmp_path / "o"
+    assert main(["experiment", spec, "--out", str(out)]) == 0
+    before = files_in(out)
+    capsys.readouterr()
+    assert main(["experiment", spec, "--seeds", "1", "--out", str(out)]) == 2  # a quick look, into the same folder
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "summarizes 2 seeds and this command trains 1" in err and "--seeds 2" in err
+    assert files_in(out) == before
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    assert main(["experiment", spec, "--seeds", "3", "--out", str(out)]) == 0  # more seeds: the 2 are reused
+    assert json.loads((out / "results.json").read_text())["seeds"] == 3
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):

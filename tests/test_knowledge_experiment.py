@@ -315,6 +315,12 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "1"]) == 0  # one process: all reused
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
     assert json.loads((out / "results.json").read_text())["summary"] == first["summary"]
+    # a quick look with fewer seeds does not replace the 2-seed results
+    capsys.readouterr()
+    results = (out / "results.json").read_bytes()
+    assert main(["experiment", str(spec), "--out", str(out), "--seeds", "1"]) == 2
+    assert "summarizes 2 seeds and this command trains 1" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == results
 
     # the same reader folder asked with other reader settings is refused, not mixed
     spec.write_text(READER_TINY.replace("max_hops = 1,", "max_hops = 2,"))

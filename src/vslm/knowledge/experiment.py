@@ -76,6 +76,7 @@ from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
+from vslm.lab.experiments import check_no_larger_summary
 from vslm.lab.runner import train_or_reuse
 from vslm.lab.stats import MIN_SEEDS, NO_TEST, SIGNIFICANCE, holm, mean_std, paired_difference
 from vslm.lab.tables import results_markdown
@@ -516,6 +517,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
     out = Path(out)
+    check_no_larger_summary(out, seeds)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])
     configs = [arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)  # all validated before

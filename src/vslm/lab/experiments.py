@@ -222,6 +222,20 @@ def _corpus_folder(corpus: str) -> str:
     return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
 
 
+def check_no_larger_summary(out: Path, most: int) -> None:
+    """Refuse (ConfigError) an experiment into a folder whose results (results.json, or a corpus folder's)
+    summarize more seeds than this command trains at most: its smaller tables and verdicts would take their
+    place. The runs would stay, but a quick `--seeds 1` look would silently replace a 3-seed result."""
+    for path in [out / "results.json", *sorted(out.glob("*/results.json"))]:
+        try:
+            held = json.loads(path.read_text(encoding="utf-8"))["seeds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an experiment's results: nothing of ours to keep
+        if isinstance(held, int) and held > most:
+            raise ConfigError(f"{path} summarizes {held} seeds and this command trains {most}: its results would "
+                              f"replace those; pass --seeds {held} (the finished runs are reused) or another --out")
+
+
 def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> list[int]:
     """The seed counts at which the experiment looks at its results: [seeds] without resolve, else the
     planned rounds up to max_seeds (vslm.lab.stats.planned_looks). Bad combinations are a ConfigError."""
@@ -258,6 +272,7 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     seeds = spec.seeds if seeds is None else seeds
     looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
+    check_no_larger_summary(out, looks[-1])
     words = ["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds)]
     if resolve is not None:
         words += ["--resolve", f"{resolve:g}", "--max-seeds", str(looks[-1])]
