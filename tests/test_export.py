@@ -192,6 +192,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
             "--out", str(tmp_path / "r")]
     assert main(args) == 2
     assert "tokenizer.json has 257 tokens, the run's char tokenizer" in refused() and not (tmp_path / "r").exists()
+    # the run's own kind and size, other ids: "e" and "t" swapped, as a tokenizer trained elsewhere would number them
+    same_size = ["train", "tiny", *tiny_overrides(), "data.tokenizer=byte", "--init-from-hf", str(tmp_path / "hf2"),
+                 "--out", str(tmp_path / "r")]
+    spelled = json.loads((tmp_path / "hf2" / "tokenizer.json").read_text())
+    vocab = spelled["model"]["vocab"]
+    vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
+    (tmp_path / "hf2" / "tokenizer.json").write_text(json.dumps(spelled))
+    assert main(same_size) == 2
+    assert "gives other ids than the run's byte tokenizer (257 tokens)" in refused() and not (tmp_path / "r").exists()
     (tmp_path / "hf2" / "tokenizer.json").unlink()  # a folder without one: the model's vocabulary decides
     assert main(args) == 2
     assert "its vocabulary of 257 is not the run's char tokenizer" in refused() and not (tmp_path / "r").exists()
