@@ -19,6 +19,7 @@ def test_overrides_are_typed_toml_values():
                                "train.betas=[0.8, 0.95]", "logging.progress=false"])
     assert (cfg.train.steps, cfg.model.width, cfg.train.lr) == (500, 64, 3e-4)
     assert cfg.train.betas == (0.8, 0.95) and cfg.logging.progress is False
+    assert load_config("tiny", ["train.lr=1"]).train.lr == 1.0  # an integer where a float goes: the one conversion
     assert parse_override("data.source=path/to/file.txt") == (["data", "source"], "path/to/file.txt")
 
 
@@ -29,6 +30,11 @@ def test_overrides_are_typed_toml_values():
         (["model.width=33"], "width 33 is not divisible by heads 2"),
         (["train.steps=-5"], "train.steps: Input should be greater than 0"),
         (["model.width=wide"], "model.width: Input should be a valid integer"),
+        (['train.steps="5"'], "train.steps: Input should be a valid integer, got '5'"),  # strict: nothing converted
+        (["train.steps=5.0"], "train.steps: Input should be a valid integer, got 5.0"),
+        (['logging.progress="no"'], "logging.progress: Input should be a valid boolean, got 'no'"),
+        (['train.betas=[0.9, "0.95"]'], "train.betas.1: Input should be a valid number, got '0.95'"),
+        (['model.blocks=[{width="32"}, {}]'], "Input should be a valid integer, got '32'"),
         (["model.mlp=tanh"], "model.mlp"),
         (["train.compile_mode=fastest"], "train.compile_mode: Input should be 'default', 'reduce-overhead'"),
         (["train.min_lr=1.0"], "min_lr 1.0 is above lr"),

@@ -13,13 +13,14 @@ values win.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,10 +34,31 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 DEFAULT_MAX_BYTES = 8_000_000
 
 
+def _holds_tuple(annotation: Any) -> bool:
+    return get_origin(annotation) is tuple or any(_holds_tuple(a) for a in get_args(annotation))
+
+
+@functools.cache
+def _tuple_fields(cls: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, f in cls.model_fields.items() if _holds_tuple(f.annotation))
+
+
 class _Section(BaseModel):
     # forbid: a typo in a key is an error, never a silently ignored setting; every float is finite
-    # (inf is refused like nan, in every section and in tuples and per-block records alike)
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+    # (inf is refused like nan, in every section and in tuples and per-block records alike); strict: a value
+    # of another type is an error, not converted (steps = "5", lr = "1e-3", progress = "no", depth = 4.0),
+    # save that an int is a float and an array (TOML, JSON) is a tuple
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arrays_are_tuples(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        tuples = _tuple_fields(cls)
+        if not tuples:
+            return data
+        return {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
 
 
 # ----------------------------------------------------------------------------------------- model
