@@ -167,11 +167,7 @@ def test_fewer_seeds_never_replace_the_results_of_more(tmp_path, capsys):
     assert main(["experiment", spec, "--seeds", "1", "--out", str(out)]) == 2  # a quick look, into the same folder
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "summarizes 2 seeds and this command trains 1" in err and "--seeds 2" in err
-    assert files_in(out) == before
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
-    assert main(["experiment", spec, "--seeds", "3", "--out", str(out)]) == 0  # more seeds: the 2 are reused
-    assert json.loads((out / "results.json").read_text())["seeds"] == 3
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert files_in(out) == before  # (more seeds into it reuse the finished ones: test_parallel.py's --resolve test)
 
 
 def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
