@@ -54,15 +54,6 @@ def mean_std(xs: Sequence[float]) -> dict[str, float]:
     return {"mean": mean(xs), "std": sample_std(xs)}
 
 
-def welch_p(xs: Sequence[float], ref: Sequence[float]) -> float:
-    """Two-sided p of Welch's t-test (unequal variances) of xs against ref; NaN with fewer than 2 of either."""
-    if min(len(xs), len(ref)) < 2:
-        return math.nan
-    from scipy import stats
-
-    return float(stats.ttest_ind(xs, ref, equal_var=False).pvalue)
-
-
 def _no_difference(test: str, n: int, diff: float) -> dict:
     return {"test": test, "n": n, "diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
 
