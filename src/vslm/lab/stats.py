@@ -171,7 +171,7 @@ def paired_power(effect: float, n: int, alpha: float = SIGNIFICANCE) -> float:
 
     if n < 2:
         return math.nan
-    df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+    df, crit = n - 1, t_quantile(1 - alpha / 2, n - 1)
     nc = abs(effect) * math.sqrt(n)
     # far in a tail scipy's nct can answer NaN for a probability that is 0 (or 1) to double precision
     upper = stats.nct.sf(crit, df, nc)

@@ -354,8 +354,8 @@ class Trainer:
                  if not k.startswith(RESUME_MAY_CHANGE)]
         if fixed:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
-                              "trains: it may raise train.steps, change the learning-rate schedule, logging and "
-                              "where it runs)")
+                                "trains: it may raise train.steps, change the learning-rate schedule, logging and "
+                                "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS):
             raise VSLMError(f"cannot resume {self.run_dir}: it has no checkpoint yet (delete it to start over)")
         if self.resume_from is not None and not Path(self.resume_from).is_file():
@@ -510,7 +510,7 @@ class Trainer:
             self._load_resume_point()
             if self.step > self.cfg.train.steps:
                 raise ResumeRefused(f"cannot resume {self.run_dir}: train.steps={self.cfg.train.steps} is below step "
-                                  f"{self.step}, which the run has reached; give train.steps={self.step} or more")
+                                    f"{self.step}, which the run has reached; give train.steps={self.step} or more")
             if self.step == self.cfg.train.steps:
                 return
         else:
