@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import files_in, tiny_overrides
-from vslm.config import load_config
+from vslm.config import load_config, save_config
 from vslm.errors import VSLMError
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -150,10 +150,27 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     from vslm.cli import main
 
-    folder = tmp_path / "r"
-    with RunLock(folder):  # held by this process: the refused one must be another
-        r = run_cli("train", "tiny", *tiny_overrides(train__steps=2), "--out", folder)
+    folder, early = tmp_path / "r", tmp_path / "early"
+    # a run killed (or still running) before its first checkpoint: its config and a metrics line, no checkpoint
+    early.mkdir()
+    save_config(load_config("tiny", tiny_overrides(train__steps=2)), early / "config.toml")
+    (early / "metrics.jsonl").write_text('{"step": 1, "loss": 4.0}\n')
+    before_early = files_in(early)
+    with RunLock(early):  # held by this process: the refused one must be another
+        r = run_cli("train", "--resume", "--out", early)
+    # a live run's folder is "in use", never "delete it to start over"
     assert r.returncode == 1 and "in use by another process" in r.stderr and "Traceback" not in r.stderr
+    assert "delete" not in r.stderr
+    capsys.readouterr()
+    # not in use: both commands give the one way on, not each other
+    assert main(["train", "tiny", *tiny_overrides(train__steps=2), "--out", str(early)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run, and a resume cannot continue it: it stopped before its first checkpoint" in err
+    assert main(["train", "--resume", "--out", str(early)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume {early}: it stopped before its first checkpoint" in err
+    assert "every 25 steps or every 5 minutes); delete the folder to start over" in err and err.count("\n") == 1
+    assert files_in(early) == before_early  # nothing lost
 
     def train(*extra, **overrides):  # the rest in this process
         return main(["train", "tiny", *tiny_overrides(**overrides), "--out", str(folder), *extra])

@@ -112,6 +112,8 @@ class ScheduleConfig(_Section):
             pair = getattr(self, name)
             if pair is not None and pair[0] > pair[1]:
                 raise ValueError(f"{name} {list(pair)} must be (low, high); the shape sets the direction")
+        if self.widths != "uniform" and self.width_range is None:  # else every block at model.width, silently
+            raise ValueError(f"widths = {self.widths} needs width_range = [low, high], the narrowest and widest block")
         return self
 
 

@@ -21,7 +21,7 @@ from vslm.config import RunConfig, load_config
 from vslm.errors import VSLMError
 from vslm.report import write_report
 from vslm.train.probing import PROBES
-from vslm.train.run_folder import METRICS, holds_run
+from vslm.train.run_folder import METRICS, check_not_in_use, holds_run
 from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
@@ -79,6 +79,8 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
 
 def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     cfg = load_config("demo", overrides)
+    if out is not None:
+        check_not_in_use(out)
     if out is not None and holds_run(out):
         # the trainer's refusal says "pass --resume", which `vslm train` has and `vslm demo` has not
         raise VSLMError(f"{out} already holds a run: `vslm train --resume --out {out}` continues it; give "

@@ -64,6 +64,14 @@ class RunLock:
         self._lock.release()
 
 
+def check_not_in_use(folder: Path) -> None:
+    """Refuses, in one line, a folder that another process trains in now (before any other judgement of
+    it: a live run's folder is never called deletable)."""
+    if (Path(folder) / ".lock").exists():
+        with RunLock(folder):
+            pass
+
+
 def holds_run(folder: Path) -> bool:
     """Whether a run has started in folder (its config, metrics or checkpoints are there)."""
     return any((Path(folder) / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS))

@@ -79,6 +79,7 @@ from vslm.train.run_folder import (
     SUMMARY,
     TOKENIZER,
     RunLock,
+    check_not_in_use,
     device_of,
     holds_run,
     read_run_config,
@@ -278,6 +279,8 @@ class Trainer:
         self.dist = init_distributed(cuda=self.device.type == "cuda")
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
+        if self.dist.is_main:
+            check_not_in_use(self.run_dir)
         if resume:
             cfg = self._check_resumable(cfg)
         else:  # before the corpus is prepared: a refusal in the first second, not after the data's minutes
@@ -357,7 +360,7 @@ class Trainer:
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                                 "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS):
-            raise VSLMError(f"cannot resume {self.run_dir}: it has no checkpoint yet (delete it to start over)")
+            raise VSLMError(f"cannot resume {self.run_dir}: {self._before_first_checkpoint(saved)}")
         if self.resume_from is not None and not Path(self.resume_from).is_file():
             raise UsageError(f"--checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
@@ -544,9 +547,30 @@ class Trainer:
         atomic_write(self.run_dir / SUMMARY, lambda f: f.write(text))  # a kill mid-write leaves the old one
 
     def _refuse_a_run_folder(self) -> None:
-        if holds_run(self.run_dir):
-            raise VSLMError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
-                            "or --out to train into another folder")
+        if not holds_run(self.run_dir):
+            return
+        if not list_checkpoints(self.run_dir / CHECKPOINTS):
+            try:
+                saved = read_run_config(self.run_dir)
+            except VSLMError:  # no config or an unreadable one: the plain refusal below
+                saved = None
+            if saved is not None:
+                raise VSLMError(f"{self.run_dir} already holds a run, and a resume cannot continue it: "
+                                f"{self._before_first_checkpoint(saved)}")
+        raise VSLMError(f"{self.run_dir} already holds a run; pass --resume (resume=True in Python) to continue "
+                        "it, or --out to train into another folder")
+
+    @staticmethod
+    def _before_first_checkpoint(saved: RunConfig) -> str:
+        """Why a run folder without a checkpoint cannot be resumed, and what to do instead."""
+        tc, due = saved.train, []
+        if tc.checkpoint_every:
+            due.append(f"every {tc.checkpoint_every:,} steps")
+        if tc.checkpoint_minutes:
+            due.append(f"every {tc.checkpoint_minutes:g} minutes")
+        when = " or ".join(due) or "at the end"
+        return (f"it stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: {when}); "
+                "delete the folder to start over, or train into another --out")
 
     def _load_resume_point(self) -> None:
         """The checkpoint given, else the newest that reads and is finite (each newer one is named in a
