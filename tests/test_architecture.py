@@ -236,7 +236,7 @@ def test_shorthands_and_config_errors():
         (["model.depth=3", "model.sharing=immediate", "model.unique_blocks=2"], "divisible by unique_blocks 2"),
         (["model.schedule.widths=increasing", "model.schedule.width_range=[16,64]"], "tied head needs"),
         # a width schedule without its range would leave every block at model.width, unsaid
-        (["model.schedule.widths=decreasing"], r"model.schedule: widths = decreasing needs width_range = \[low, high\]"),
+        (["model.schedule.widths=decreasing"], r"widths = decreasing needs width_range = \[low, high\]"),
         (["model.blocks=[{width=24}, {}]"], "not a multiple of the head size 16"),
         (["model.attention=cosine"], "model.attention"),
     ]:

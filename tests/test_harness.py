@@ -3,6 +3,9 @@ the harness's own evaluator, checked against the model's probabilities computed 
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -97,3 +100,22 @@ def test_adapter_requests_directly(run):
         ref = tok.decode(model.generate(torch.tensor([prompt]), 12, temperature=0)[0, len(prompt) :].tolist())
     (text,) = lm.generate_until([request("generate_until", ("Once upon a", {"until": ["\n"], "max_gen_toks": 12}))])
     assert text == ref.split("\n")[0] and "\n" not in text
+
+
+def test_a_task_typed_wrong_or_a_dataset_offline_is_one_line(run, tmp_path, capsys):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    # a task over a hub dataset (hellaswag's YAML in brief): offline, its dataset cannot load
+    (tasks / "hub_task.yaml").write_text(
+        'task: hub_task\ndataset_path: Rowan/hellaswag\ntest_split: validation\noutput_type: multiple_choice\n'
+        'doc_to_text: "{{ctx}}"\ndoc_to_choice: "{{endings}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n")
+    assert main(["eval", str(run), "--tasks", "hub_tsk", "--include-path", str(tasks)]) == 2
+    assert capsys.readouterr().err == f"vslm: error: unknown task(s) hub_tsk (did you mean hub_task?) in {tasks}\n"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "vslm", "eval", str(run), "--tasks", "hub_task", "--include-path",
+                        str(tasks)], capture_output=True, text=True, env=env, timeout=300)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert last.startswith("vslm: error: a task's dataset did not load from the Hugging Face hub (Couldn't reach "
+                           "'Rowan/hellaswag' on the Hub")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError, did_you_mean
 from vslm.train.run_folder import load_run
 
 try:
@@ -137,12 +137,18 @@ def run_tasks(run: Path, tasks: list[str], include_path: Path | None = None, lim
 
     manager = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
     unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
+    if unknown:  # a name typed wrong: exit 2, as an unknown config or data source
         where = f"in {include_path}" if include_path else "in lm-evaluation-harness's task list"
-        raise VSLMError(f"unknown task(s) {', '.join(unknown)} {where}")
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}{did_you_mean(unknown[0], manager.all_tasks)} {where}")
     model = VSLMHarnessLM(str(run), str(checkpoint) if checkpoint else None, device)
-    results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0)
+    try:
+        results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,
+                                          num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0)
+    except ConnectionError as e:  # datasets' "Couldn't reach ... on the Hub": offline, or the hub is down
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VSLMError(f"a task's dataset did not load from the Hugging Face hub ({first[:200]}); check the "
+                        "connection, or run once online: the datasets cache then serves it with "
+                        "HF_DATASETS_OFFLINE=1") from None
     return {task: {k.split(",")[0]: v for k, v in metrics.items()
                    if isinstance(v, int | float) and "_stderr" not in k}  # the metrics, not names and aliases
             for task, metrics in results["results"].items()}
