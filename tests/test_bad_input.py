@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,7 @@ def test_inf_and_nan_are_refused_in_every_float_field(word, field, capsys):
     (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
     (["--num", "0"], "--num must be at least 1"),
     (["--tokens", "-1"], "--tokens must be at least 1"),
+    (["--threads", "-1"], "--threads must be 0 (torch's choice) or more, got -1"),
 ])
 def test_sample_refuses_out_of_range_arguments_in_one_line(run, args, message, capsys):
     assert main(["sample", str(run), *args]) == 2
@@ -138,6 +140,21 @@ def test_sample_with_temperature_0_is_greedy(run, capsys):
     assert main(["sample", str(run), "--temperature", "0", "--tokens", "8", "--seed", "2"]) == 0
     greedy = capsys.readouterr().out
     assert greedy.strip("\n") and greedy.strip("\n") in out.out  # every seed, every sample: the same text
+
+
+def test_sample_on_busy_cores_says_how_to_take_fewer_threads(run, capsys, monkeypatch):
+    from vslm.train import trainer
+
+    # the cores this process sees busy, as cores_in_use measured them a moment ago: 2 other tasks
+    monkeypatch.setattr(trainer, "_cores_seen", (time.monotonic(), float(os.cpu_count() or 1), "2 other tasks"))
+    monkeypatch.setattr(trainer, "_threads_warned", False)
+    try:
+        assert main(["sample", str(run), "--threads", "2", "--temperature", "0", "--tokens", "8"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    err = capsys.readouterr().err
+    assert "free for 2 threads; threads that fight for cores slow sampling down: set --threads 1" in err
 
 
 def test_generate_refuses_out_of_range_arguments():

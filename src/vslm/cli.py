@@ -114,14 +114,18 @@ def _check_sample_args(a: argparse.Namespace) -> None:
     for flag, value in (("--top-k", a.top_k), ("--tokens", a.tokens), ("--num", a.num)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
+    if a.threads < 0:
+        raise UsageError(f"--threads must be 0 (torch's choice) or more, got {a.threads}")
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
     _check_sample_args(a)
     from vslm.train.run_folder import load_run_at
     from vslm.train.sampling import sample_text
+    from vslm.train.trainer import set_threads
 
     _, model, tokenizer, used = load_run_at(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
+    set_threads(a.threads, job="sampling", setting="--threads ")  # after the run's refusals, as in training
     try:
         tokenizer.encode(a.prompt)  # a character the run's vocabulary lacks: named before anything is printed
     except VSLMError as e:
@@ -801,6 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "finite weights)")
     p.add_argument("--no-cache", action="store_true", help="recompute every position at each step (the same "
                    "tokens, slower; default: keep keys and values, with the reason on stderr where it cannot)")
+    p.add_argument("--threads", type=int, default=0, help="torch's CPU threads (default 0: torch's choice, one "
+                   "per core); on a busy machine 1 can be many times faster, and a warning says when")
     p.add_argument("--slide", action="store_true", help="past the context, every layer attends to its last "
                    "`context` keys with positions running on (RoPE models; the cache keeps its speed there) "
                    "instead of cropping to the last `context` tokens from position 0 (the default, nanoGPT's)")

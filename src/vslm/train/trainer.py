@@ -189,10 +189,11 @@ def cores_in_use() -> tuple[float, str]:
         return max(0.0, load - 1), f"load average {load:.1f} (this process counted as one)"
 
 
-def set_threads(threads: int, warn: bool = True) -> int:
+def set_threads(threads: int, warn: bool = True, job: str = "training", setting: str = "train.threads=") -> int:
     """torch's CPU threads: `threads`, or its default when 0; returns the number. Warns once per process
     when other processes leave fewer free cores than that (`cores_in_use`): threads that fight for cores slow
-    every step down many times over (docs/BENCHMARKS.md: 848 ms a step against 68 ms with one thread)."""
+    every step down many times over (docs/BENCHMARKS.md: 848 ms a step against 68 ms with one thread).
+    `job` and `setting` word the warning (`vslm sample`: "sampling", "--threads ")."""
     global _threads_warned, _cores_seen
     if threads:
         torch.set_num_threads(threads)
@@ -206,7 +207,7 @@ def set_threads(threads: int, warn: bool = True) -> int:
         if free < n:
             _threads_warned = True
             print(f"warning: {how} on {cores} cores: {max(free, 0):.1f} free for {n} threads; threads that "
-                  f"fight for cores slow training down: set train.threads=1 (or fewer than {n})", file=sys.stderr)
+                  f"fight for cores slow {job} down: set {setting}1 (or fewer than {n})", file=sys.stderr)
     return n
 
 
