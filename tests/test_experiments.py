@@ -167,6 +167,8 @@ def test_fewer_seeds_never_replace_the_results_of_more(tmp_path, capsys):
     assert main(["experiment", spec, "--seeds", "1", "--out", str(out)]) == 2  # a quick look, into the same folder
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "summarizes 2 seeds and this command trains 1" in err and "--seeds 2" in err
+    assert main(["experiment", spec, "--seeds", "0", "--out", str(out)]) == 2  # what is wrong is the 0
+    assert "an experiment needs at least 1 seed, got 0" in capsys.readouterr().err
     assert files_in(out) == before  # (more seeds into it reuse the finished ones: test_parallel.py's --resolve test)
 
 

@@ -74,7 +74,9 @@ def test_typos_get_the_near_names_and_exit_2(capsys, tmp_path):
     cases = [(["train.step=300"], "unknown field 'train.step' (did you mean train.steps?)"),
              (["model.widht=64"], "(did you mean model.width?)"),
              (["tran.steps=3"], "(did you mean train?)"),
-             (["model.blocks=[{widht=16}]"], "(did you mean model.blocks.0.width?)")]
+             (["model.blocks=[{widht=16}]"], "(did you mean model.blocks.0.width?)"),
+             (["steps=3"], "unknown field 'steps' (did you mean train.steps?)"),  # the section left out
+             (["seed=3"], "(did you mean data.seed or train.seed?)")]
     for words, message in cases:
         with pytest.raises(ConfigError) as e:
             load_config("tiny", words)

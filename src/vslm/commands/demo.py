@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -49,11 +48,15 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
     """The Trainer of `cfg` in `out`, with the header `vslm demo` and `vslm train` print before the first
     step: the corpus (what it is, sizes, tokenizer, how long it took), the model (parameters, shape, FLOPs
     per token) and the training (steps, tokens, optimizer, schedule). Under torchrun only rank 0 speaks."""
-    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks (the Trainer sets up the processes)
+    started = time.perf_counter()
+
+    def preparing() -> None:  # called by the trainer on rank 0, once the run folder is judged usable
+        nonlocal started
         console.print(f"Preparing the corpus {what or cfg.data.source} ...", highlight=False, markup=False,
                       soft_wrap=True)
-    started = time.perf_counter()
-    trainer = Trainer(cfg, out, **trainer_args)
+        started = time.perf_counter()
+
+    trainer = Trainer(cfg, out, on_prepare=preparing, **trainer_args)
     if not trainer.dist.is_main:
         return trainer
     corpus, m, tc = trainer.corpus, trainer.cfg.model, trainer.cfg.train

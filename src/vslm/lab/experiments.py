@@ -270,6 +270,8 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
                           "(vslm.commands.experiment.run_experiment)")
     spec = _validate(raw, label)
     seeds = spec.seeds if seeds is None else seeds
+    if seeds < 1:  # before the folder's results are judged against it
+        raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
     looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
     check_no_larger_summary(out, looks[-1])

@@ -36,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,13 +261,15 @@ def map_tensors(batch, fn):
 class Trainer:
     """One run: `cfg` (the model, data and schedule), a run folder, and optionally the callbacks
     (default_callbacks), a prepared corpus, the model to train (default: GPT(cfg.model), seeded),
-    the objective (default: next-token) and the batch source (default: default_batches). A batch
+    the objective (default: next-token), the batch source (default: default_batches) and `on_prepare`,
+    called (rank 0) once the run folder is judged usable, just before the corpus is prepared. A batch
     source whose batches are not this rank's share already (no `shard` attribute, as
     WindowSampler has) is sharded by rows: each rank keeps rows rank, rank + world, ... ."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
-                 objective: Objective | None = None, batches=None, checkpoint: Path | None = None):
+                 objective: Objective | None = None, batches=None, checkpoint: Path | None = None,
+                 on_prepare: Callable[[], None] | None = None):
         self.run_dir = Path(run_dir)
         if (taken := next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)) and \
                 not taken.is_dir():
@@ -290,6 +292,8 @@ class Trainer:
             self._check_memory(cfg)
         # after the refusals (a warning about cores above a one-line refusal reads as part of it), before the corpus
         set_threads(cfg.train.threads, warn=self.device.type == "cpu")
+        if on_prepare is not None and self.dist.is_main:  # `vslm train`'s "Preparing the corpus": after the refusals
+            on_prepare()
         with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
             self.corpus = corpus or prepare_corpus(cfg.data)
         vocab = self.corpus.tokenizer.vocab_size
