@@ -52,9 +52,17 @@ def test_probes_in_training_equal_probes_over_snapshots(tmp_path, capsys):
     assert 0.005 < live[-1]["icl_score_se"] < 0.2
 
     assert main(["probe", str(tmp_path / "r")]) == 0
-    out = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out.strip().splitlines()
     assert lines(tmp_path / "r" / "probes-snapshots.jsonl") == live
-    assert out.endswith("probes-snapshots.jsonl")
+    assert out[-1].endswith("probes-snapshots.jsonl")
+    # a row per snapshot before the path: step, ICL score, KL, the two copies, the best prefix-matching head
+    assert out[0].split() == ["step", "ICL", "score", "KL(u||p)", "1st", "copy", "2nd", "copy", "prefix", "matching"]
+    last = live[-1]
+    best = max(h for layer in last["induction"]["prefix_matching"] for h in layer)
+    assert out[-2].split() == [f"{last['step']:,}", f"{last['icl_score']:+.3f}", f"{last['distribution']['M1']:.3f}",
+                               f"{last['induction']['loss_first']:.3f}", f"{last['induction']['loss_second']:.3f}",
+                               f"{best:.3f}"]
+    assert len(out) == len(live) + 2
 
 
 def text(tokens) -> SimpleNamespace:

@@ -145,7 +145,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_probe(a: argparse.Namespace) -> int:
-    from vslm.train.probing import copying_table, probe_copying, probe_induction, probe_snapshots
+    from vslm.train.probing import copying_table, probe_copying, probe_induction, probe_snapshots, snapshots_table
 
     if a.induction:
         result = probe_induction(Path(a.run), a.induction, a.support, a.sequences,
@@ -166,7 +166,9 @@ def cmd_probe(a: argparse.Namespace) -> int:
         return 0
     from vslm.progress import track
 
-    print(probe_snapshots(Path(a.run), Path(a.out) if a.out else None, track))
+    out = probe_snapshots(Path(a.run), Path(a.out) if a.out else None, track)
+    print(snapshots_table(out))
+    print(out)  # last: the file, for scripts
     return 0
 
 
