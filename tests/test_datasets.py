@@ -76,6 +76,8 @@ def test_every_entry_names_its_hub_source_license_and_text(capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in expected) and "Salesforce/wikitext" in out and "CDLA-Sharing-1.0" in out
+    # the notes that make one copy's numbers differ from another's, under the table
+    assert "wikitext-2: the local wiki.*.tokens files are the tokenized release (<unk>, @-@)" in out
 
 
 def test_plain_text_entries_read_the_hubs_parquet_files(data_dir):

@@ -613,6 +613,9 @@ def cmd_data_list(a: argparse.Namespace) -> int:
         local = "generated" if e.hub is None and e.folder == "-" else ", ".join(local_splits(e)) or "-"
         table.add_row(e.name, hub, e.license, e.text, local)
     console.print(table, crop=False)
+    for e in ENTRIES:  # what makes a source's numbers differ from another copy's (wikitext's tokenized release)
+        if e.note:
+            console.print(f"{e.name}: {e.note}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"data folders searched: {', '.join(str(d) for d in data_dirs())}", highlight=False)
     return 0
 
@@ -672,6 +675,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
             table.add_row(r["corpus"], r["split"], f"{r['tokens']:,}", f"{r['bytes']:,}", f"{r['loss']:.4f}",
                           f"{r['bpb']:.4f}", ppl)
         console.print(table, crop=False)
+        from vslm.data.registry import REGISTRY
+
+        for name in dict.fromkeys(r["corpus"].split(":")[0] for r in out["corpora"]):  # which release was read
+            if (entry := REGISTRY.get(name)) is not None and entry.note:
+                console.print(f"{name}: {entry.note}", highlight=False, markup=False, soft_wrap=True)
     for task, metrics in out.get("tasks", {}).items():
         console.print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in metrics.items()), highlight=False)
