@@ -70,6 +70,20 @@ def test_base_inheritance_and_resolved_round_trip(tmp_path):
     assert again == cfg
 
 
+def test_an_error_in_a_base_config_names_that_file(tmp_path):
+    (tmp_path / "a.toml").write_text('base = "tiny"\n[train]\nstep = 3\n[model]\nwidth = 40\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n[model]\nwidth = 64\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "b.toml"))
+    assert str(e.value) == (f"config error in {tmp_path / 'a.toml'} (a base of {tmp_path / 'b.toml'}): "
+                            "unknown field 'train.step' (did you mean train.steps?)")
+    # set in the named file or on the command line: no file to name beyond the one the user typed
+    with pytest.raises(ConfigError, match=r"^config error: unknown field 'train.step' "):
+        load_config(str(tmp_path / "b.toml"), ["train.step=4"])
+    with pytest.raises(ConfigError, match=r"^config error: unknown field 'train.step' "):
+        load_config(str(tmp_path / "a.toml"))
+
+
 def test_block_specs_resolve_model_defaults():
     cfg = load_config("tiny", ["model.depth=2", "model.blocks=[{ffn=64}, {window=8, kv_heads=1}]"])
     assert cfg.model.block_specs() == [BlockSpec(32, 2, 2, 16, 64, None), BlockSpec(32, 2, 1, 16, 128, 8)]

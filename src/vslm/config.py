@@ -13,6 +13,7 @@ values win.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -429,9 +430,10 @@ def builtin_configs() -> dict[str, str]:
 
 
 def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | None = None,
-               files: bool = True) -> dict[str, Any]:
+               files: bool = True, chain: list[tuple[str, dict]] | None = None) -> dict[str, Any]:
     """A config's table with its `base` chain merged in. A relative base is looked up beside the file that
-    names it (`beside`), else taken as a built-in name; a built-in config's base is a built-in name."""
+    names it (`beside`), else taken as a built-in name; a built-in config's base is a built-in name.
+    `chain` receives (label, own table) of each config read, the named one first."""
     path = Path(name_or_path)
     if beside is not None and not path.is_absolute():
         path = beside / path
@@ -457,12 +459,14 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
     base = raw.pop("base", None)
+    if chain is not None:
+        chain.append((label, copy.deepcopy(raw)))
     raw.setdefault("name", path.stem if here is not None else name_or_path)
     if base is None:
         return raw
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{label}: base must be a built-in config name or a path, got {base!r}")
-    parent = _read_toml(base, (*seen, key), beside=here, files=here is not None)
+    parent = _read_toml(base, (*seen, key), beside=here, files=here is not None, chain=chain)
     parent.pop("description", None)
     parent["name"] = raw["name"]
     return _merge(parent, raw)
@@ -554,7 +558,37 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
     """A built-in config name or a TOML path, with dotted `key=value` overrides applied."""
-    return validate(apply_overrides(_read_toml(name_or_path), overrides or []))
+    chain: list[tuple[str, dict]] = []
+    raw = apply_overrides(_read_toml(name_or_path, chain=chain), overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = _set_in_base(err["loc"], chain, overrides or [], sections=err["type"] == "extra_forbidden")
+        raise ConfigError(one_line_error(e, f"config error in {where}" if where else "config error",
+                                         root=RunConfig)) from None
+
+
+def _set_in_base(loc: tuple, chain: list[tuple[str, dict]], overrides: list[str], sections: bool = False) -> str | None:
+    """The label of the base config (not the named one, nor an override) whose value at `loc` failed, if one;
+    a whole section (a check across its fields, which several files may set) only if `sections` (a name
+    that is not a field)."""
+    if not loc or any(tuple(parse_override(w)[0]) == tuple(loc[: len(parse_override(w)[0])]) for w in overrides):
+        return None
+    for i, (label, table) in enumerate(chain):  # the named config first: the first that sets it is the one used
+        node: Any = table
+        for part in loc:
+            if isinstance(part, int) and isinstance(node, list) and part < len(node):
+                node = node[part]
+            elif isinstance(part, str) and isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                break
+        else:
+            if isinstance(node, dict) and not sections:
+                return None
+            return f"{label} (a base of {chain[0][0]})" if i else None
+    return None
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
