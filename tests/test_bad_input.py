@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -145,14 +144,16 @@ def test_sample_with_temperature_0_is_greedy(run, capsys):
 def test_sample_on_busy_cores_says_how_to_take_fewer_threads(run, capsys, monkeypatch):
     from vslm.train import trainer
 
-    # the cores this process sees busy, as cores_in_use measured them a moment ago: 2 other tasks
-    monkeypatch.setattr(trainer, "_cores_seen", (time.monotonic(), float(os.cpu_count() or 1), "2 other tasks"))
+    # every core busy with other tasks, as cores_in_use would measure it on a loaded machine
+    monkeypatch.setattr(trainer, "cores_in_use", lambda: (float(os.cpu_count() or 1), "2 other tasks"))
+    monkeypatch.setattr(trainer, "_cores_seen", None)
     monkeypatch.setattr(trainer, "_threads_warned", False)
+    threads = torch.get_num_threads()
     try:
         assert main(["sample", str(run), "--threads", "2", "--temperature", "0", "--tokens", "8"]) == 0
         assert torch.get_num_threads() == 2
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert "free for 2 threads; threads that fight for cores slow sampling down: set --threads 1" in err
 

@@ -14,7 +14,7 @@ from vslm.config import load_config
 from vslm.data.shards import prepare_corpus
 from vslm.errors import ConfigError
 from vslm.model import GPT
-from vslm.train.probing import PROBE_WINDOWS, PROBES, build_probe_set, probe_due, run_probes
+from vslm.train.probing import PROBE_WINDOWS, PROBES, build_probe_set, probe_due, run_probes, snapshots_table
 from vslm.train.trainer import Trainer
 
 
@@ -63,6 +63,11 @@ def test_probes_in_training_equal_probes_over_snapshots(tmp_path, capsys):
                                f"{last['induction']['loss_first']:.3f}", f"{last['induction']['loss_second']:.3f}",
                                f"{best:.3f}"]
     assert len(out) == len(live) + 2
+    # NaN is written as null (no ICL score under 11 tokens of context, a diverged run): shown as nan
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text(json.dumps({"step": 3, "icl_score": None, "distribution": {"M1": None},
+                                 "induction": {"loss_first": 2.0, "prefix_matching": [[None, 0.25]]}}) + "\n")
+    assert snapshots_table(nulls).splitlines()[1].split() == ["3", "nan", "nan", "2.000", "nan", "0.250"]
 
 
 def text(tokens) -> SimpleNamespace:

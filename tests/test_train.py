@@ -162,6 +162,13 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     assert r.returncode == 1 and "in use by another process" in r.stderr and "Traceback" not in r.stderr
     assert "delete" not in r.stderr
     capsys.readouterr()
+    with RunLock(early):  # flock: a second open of the lock file conflicts in this process too
+        assert main(["train", "tiny", *tiny_overrides(train__steps=2), "--out", str(early)]) == 1
+        assert "in use by another process" in capsys.readouterr().err
+        assert main(["demo", "--out", str(early)]) == 1
+        assert "in use by another process" in capsys.readouterr().err
+    assert main(["demo", "--out", str(early)]) == 1  # not in use: the demo gives the same way on
+    assert "a resume cannot continue it: it stopped before its first checkpoint" in capsys.readouterr().err
     # not in use: both commands give the one way on, not each other
     assert main(["train", "tiny", *tiny_overrides(train__steps=2), "--out", str(early)]) == 1
     err = capsys.readouterr().err

@@ -125,7 +125,6 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from vslm.train.trainer import set_threads
 
     _, model, tokenizer, used = load_run_at(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
-    set_threads(a.threads, job="sampling", setting="--threads ")  # after the run's refusals, as in training
     try:
         tokenizer.encode(a.prompt)  # a character the run's vocabulary lacks: named before anything is printed
     except VSLMError as e:
@@ -135,6 +134,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
         raise UsageError(f"--slide: {why}")
     from vslm.progress import track
 
+    set_threads(a.threads, job="sampling", setting="--threads ")  # after every refusal, as in training
     texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track,
                         cache=not a.no_cache, warn=lambda reason: print(reason, file=sys.stderr), slide=a.slide)
     for i, t in enumerate(texts):
@@ -675,11 +675,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
             table.add_row(r["corpus"], r["split"], f"{r['tokens']:,}", f"{r['bytes']:,}", f"{r['loss']:.4f}",
                           f"{r['bpb']:.4f}", ppl)
         console.print(table, crop=False)
-        from vslm.data.registry import REGISTRY
+        from vslm.data.registry import split_name
 
-        for name in dict.fromkeys(r["corpus"].split(":")[0] for r in out["corpora"]):  # which release was read
-            if (entry := REGISTRY.get(name)) is not None and entry.note:
-                console.print(f"{name}: {entry.note}", highlight=False, markup=False, soft_wrap=True)
+        entries = [split_name(r["corpus"])[0] for r in out["corpora"]]
+        for entry in dict.fromkeys(e for e in entries if e is not None and e.note):  # which release was read
+            console.print(f"{entry.name}: {entry.note}", highlight=False, markup=False, soft_wrap=True)
     for task, metrics in out.get("tasks", {}).items():
         console.print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in metrics.items()), highlight=False)

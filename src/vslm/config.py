@@ -545,7 +545,9 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
         section = "".join(f"{part}." for part in loc[:-1])
         hint = did_you_mean(str(loc[-1]), _fields_at(root, loc), section) if root is not None and loc else ""
         if not hint and root is not None and len(loc) == 1:  # `steps=30`: a field of a section, without it
-            homes = [f"{name}.{loc[0]}" for name in root.model_fields if loc[0] in _fields_at(root, (name, loc[0]))]
+            homes = [f"{name}.{loc[0]}" for name, f in root.model_fields.items()  # sections, not lists of records
+                     if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+                     and loc[0] in f.annotation.model_fields]
             hint = f" (did you mean {' or '.join(homes)}?)" if homes else ""
         return f"{prefix}: unknown field '{field}'{hint}"
     if err["type"] == "missing":

@@ -20,7 +20,7 @@ from vslm.config import RunConfig, load_config
 from vslm.errors import VSLMError
 from vslm.report import write_report
 from vslm.train.probing import PROBES
-from vslm.train.run_folder import METRICS, check_not_in_use, holds_run
+from vslm.train.run_folder import METRICS, check_not_in_use, holds_run, why_not_resumable
 from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
@@ -85,6 +85,8 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     if out is not None:
         check_not_in_use(out)
     if out is not None and holds_run(out):
+        if (why := why_not_resumable(out)) is not None:
+            raise VSLMError(f"{out} already holds a run, and a resume cannot continue it: {why}")
         # the trainer's refusal says "pass --resume", which `vslm train` has and `vslm demo` has not
         raise VSLMError(f"{out} already holds a run: `vslm train --resume --out {out}` continues it; give "
                         "vslm demo another --out, or none (runs/demo, or runs/demo-N if taken)")

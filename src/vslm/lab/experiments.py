@@ -239,6 +239,8 @@ def check_no_larger_summary(out: Path, most: int) -> None:
 def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> list[int]:
     """The seed counts at which the experiment looks at its results: [seeds] without resolve, else the
     planned rounds up to max_seeds (vslm.lab.stats.planned_looks). Bad combinations are a ConfigError."""
+    if seeds < 1:  # first: before the folder's results are judged against the seed count
+        raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
     if resolve is None:
         if max_seeds is not None:
             raise ConfigError("--max-seeds goes with --resolve WIDTH (the interval width to reach)")
@@ -270,8 +272,6 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
                           "(vslm.commands.experiment.run_experiment)")
     spec = _validate(raw, label)
     seeds = spec.seeds if seeds is None else seeds
-    if seeds < 1:  # before the folder's results are judged against it
-        raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
     looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
     check_no_larger_summary(out, looks[-1])

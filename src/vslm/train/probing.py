@@ -269,14 +269,18 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
 def snapshots_table(path: Path) -> str:
     """probe_snapshots' file as readable lines, a row per snapshot: the ICL score, KL(u || mean prediction),
     the induction probe's two copies and the best prefix-matching head (the full records are the file)."""
+    def num(value) -> float:  # the file writes NaN as null (a context under 11 tokens has no ICL score)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
     lines = ["   step  ICL score  KL(u||p)  1st copy  2nd copy  prefix matching"]
     for line in Path(path).read_text().splitlines():
         p = json.loads(line)
         ind, dist = p.get("induction") or {}, p.get("distribution") or {}
-        best = max((h for layer in ind.get("prefix_matching", []) for h in layer), default=float("nan"))
-        lines.append(f"{p['step']:>7,}  {p.get('icl_score', float('nan')):>+9.3f}  {dist.get('M1', float('nan')):>8.3f}"
-                     f"  {ind.get('loss_first', float('nan')):>8.3f}  {ind.get('loss_second', float('nan')):>8.3f}"
-                     f"  {best:>15.3f}")
+        heads = [num(h) for layer in ind.get("prefix_matching", []) for h in layer if not math.isnan(num(h))]
+        icl = num(p.get("icl_score"))
+        lines.append(f"{p['step']:>7,}  {'nan' if math.isnan(icl) else f'{icl:+.3f}':>9}  {num(dist.get('M1')):>8.3f}"
+                     f"  {num(ind.get('loss_first')):>8.3f}  {num(ind.get('loss_second')):>8.3f}"
+                     f"  {max(heads, default=math.nan):>15.3f}")
     return "\n".join(lines)
 
 

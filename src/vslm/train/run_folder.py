@@ -72,6 +72,27 @@ def check_not_in_use(folder: Path) -> None:
             pass
 
 
+def before_first_checkpoint(saved: RunConfig) -> str:
+    """Why a run folder without a checkpoint cannot be resumed, and what to do instead."""
+    tc, due = saved.train, []
+    if tc.checkpoint_every:
+        due.append(f"every {tc.checkpoint_every:,} steps")
+    if tc.checkpoint_minutes:
+        due.append(f"every {tc.checkpoint_minutes:g} minutes")
+    return (f"it stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: "
+            f"{' or '.join(due) or 'at the end'}); delete the folder to start over, or train into another --out")
+
+
+def why_not_resumable(folder: Path) -> str | None:
+    """before_first_checkpoint's words for a run folder with a readable config and no checkpoint, else None."""
+    if list_checkpoints(Path(folder) / CHECKPOINTS):
+        return None
+    try:
+        return before_first_checkpoint(read_run_config(folder))
+    except VSLMError:  # no config, or one that does not read: not a run that a resume would take
+        return None
+
+
 def holds_run(folder: Path) -> bool:
     """Whether a run has started in folder (its config, metrics or checkpoints are there)."""
     return any((Path(folder) / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS))

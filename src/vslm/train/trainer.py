@@ -79,10 +79,12 @@ from vslm.train.run_folder import (
     SUMMARY,
     TOKENIZER,
     RunLock,
+    before_first_checkpoint,
     check_not_in_use,
     device_of,
     holds_run,
     read_run_config,
+    why_not_resumable,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 from vslm.train.trackers import MLflowLog, WandbLog, flat_params, require
@@ -282,8 +284,9 @@ class Trainer:
         self.dist = init_distributed(cuda=self.device.type == "cuda")
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
-        if self.dist.is_main:
-            check_not_in_use(self.run_dir)
+        with self.dist.main_first():  # rank 0 judges the lock alone (two ranks taking it would refuse each other);
+            if self.dist.is_main:     # the others wait for its verdict, so that no rank calls a live folder deletable
+                check_not_in_use(self.run_dir)
         if resume:
             cfg = self._check_resumable(cfg)
         else:  # before the corpus is prepared: a refusal in the first second, not after the data's minutes
@@ -365,7 +368,7 @@ class Trainer:
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                                 "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS):
-            raise VSLMError(f"cannot resume {self.run_dir}: {self._before_first_checkpoint(saved)}")
+            raise VSLMError(f"cannot resume {self.run_dir}: {before_first_checkpoint(saved)}")
         if self.resume_from is not None and not Path(self.resume_from).is_file():
             raise UsageError(f"--checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
@@ -554,28 +557,10 @@ class Trainer:
     def _refuse_a_run_folder(self) -> None:
         if not holds_run(self.run_dir):
             return
-        if not list_checkpoints(self.run_dir / CHECKPOINTS):
-            try:
-                saved = read_run_config(self.run_dir)
-            except VSLMError:  # no config or an unreadable one: the plain refusal below
-                saved = None
-            if saved is not None:
-                raise VSLMError(f"{self.run_dir} already holds a run, and a resume cannot continue it: "
-                                f"{self._before_first_checkpoint(saved)}")
+        if (why := why_not_resumable(self.run_dir)) is not None:
+            raise VSLMError(f"{self.run_dir} already holds a run, and a resume cannot continue it: {why}")
         raise VSLMError(f"{self.run_dir} already holds a run; pass --resume (resume=True in Python) to continue "
                         "it, or --out to train into another folder")
-
-    @staticmethod
-    def _before_first_checkpoint(saved: RunConfig) -> str:
-        """Why a run folder without a checkpoint cannot be resumed, and what to do instead."""
-        tc, due = saved.train, []
-        if tc.checkpoint_every:
-            due.append(f"every {tc.checkpoint_every:,} steps")
-        if tc.checkpoint_minutes:
-            due.append(f"every {tc.checkpoint_minutes:g} minutes")
-        when = " or ".join(due) or "at the end"
-        return (f"it stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: {when}); "
-                "delete the folder to start over, or train into another --out")
 
     def _load_resume_point(self) -> None:
         """The checkpoint given, else the newest that reads and is finite (each newer one is named in a
