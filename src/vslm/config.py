@@ -13,7 +13,6 @@ values win.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -460,7 +459,7 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
     base = raw.pop("base", None)
     if chain is not None:
-        chain.append((label, copy.deepcopy(raw)))
+        chain.append((label, raw))
     raw.setdefault("name", path.stem if here is not None else name_or_path)
     if base is None:
         return raw
@@ -560,12 +559,12 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
     """A built-in config name or a TOML path, with dotted `key=value` overrides applied."""
-    chain: list[tuple[str, dict]] = []
-    raw = apply_overrides(_read_toml(name_or_path, chain=chain), overrides or [])
+    raw = apply_overrides(_read_toml(name_or_path), overrides or [])
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
+        err, chain = e.errors()[0], []
+        _read_toml(name_or_path, chain=chain)  # read again, only now: which file set the value that failed
         where = _set_in_base(err["loc"], chain, overrides or [], sections=err["type"] == "extra_forbidden")
         raise ConfigError(one_line_error(e, f"config error in {where}" if where else "config error",
                                          root=RunConfig)) from None
@@ -575,7 +574,7 @@ def _set_in_base(loc: tuple, chain: list[tuple[str, dict]], overrides: list[str]
     """The label of the base config (not the named one, nor an override) whose value at `loc` failed, if one;
     a whole section (a check across its fields, which several files may set) only if `sections` (a name
     that is not a field)."""
-    if not loc or any(tuple(parse_override(w)[0]) == tuple(loc[: len(parse_override(w)[0])]) for w in overrides):
+    if not loc or any(tuple(path) == tuple(loc[: len(path)]) for path, _ in map(parse_override, overrides)):
         return None
     for i, (label, table) in enumerate(chain):  # the named config first: the first that sets it is the one used
         node: Any = table

@@ -17,10 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.config import RunConfig, load_config
-from vslm.errors import VSLMError
 from vslm.report import write_report
 from vslm.train.probing import PROBES
-from vslm.train.run_folder import METRICS, check_not_in_use, holds_run, why_not_resumable
+from vslm.train.run_folder import METRICS, check_not_in_use, refuse_a_run_folder
 from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
@@ -82,14 +81,10 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
 
 def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     cfg = load_config("demo", overrides)
-    if out is not None:
+    if out is not None:  # the trainer's refusal says "pass --resume", which `vslm train` has and `vslm demo` has not
         check_not_in_use(out)
-    if out is not None and holds_run(out):
-        if (why := why_not_resumable(out)) is not None:
-            raise VSLMError(f"{out} already holds a run, and a resume cannot continue it: {why}")
-        # the trainer's refusal says "pass --resume", which `vslm train` has and `vslm demo` has not
-        raise VSLMError(f"{out} already holds a run: `vslm train --resume --out {out}` continues it; give "
-                        "vslm demo another --out, or none (runs/demo, or runs/demo-N if taken)")
+        refuse_a_run_folder(out, f": `vslm train --resume --out {out}` continues it; give vslm demo another --out, "
+                                 "or none (runs/demo, or runs/demo-N if taken)")
     out = out or free_path(Path("runs") / "demo")
     console.rule("[bold]VSLM demo")
     trainer = start_training(cfg, out, console, "(the embedded generator: children's stories with recurring "

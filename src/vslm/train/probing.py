@@ -276,7 +276,7 @@ def snapshots_table(path: Path) -> str:
     for line in Path(path).read_text().splitlines():
         p = json.loads(line)
         ind, dist = p.get("induction") or {}, p.get("distribution") or {}
-        heads = [num(h) for layer in ind.get("prefix_matching", []) for h in layer if not math.isnan(num(h))]
+        heads = [h for layer in ind.get("prefix_matching", []) for h in map(num, layer) if not math.isnan(h)]
         icl = num(p.get("icl_score"))
         lines.append(f"{p['step']:>7,}  {'nan' if math.isnan(icl) else f'{icl:+.3f}':>9}  {num(dist.get('M1')):>8.3f}"
                      f"  {num(ind.get('loss_first')):>8.3f}  {num(ind.get('loss_second')):>8.3f}"

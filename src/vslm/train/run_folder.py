@@ -98,6 +98,17 @@ def holds_run(folder: Path) -> bool:
     return any((Path(folder) / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS))
 
 
+def refuse_a_run_folder(folder: Path, how_to_continue: str) -> None:
+    """Refuses (VSLMError) a new run into a folder that holds one: with `how_to_continue` (the words after
+    the folder, which differ between `vslm train` and `vslm demo`), or, where no checkpoint was written,
+    with why a resume cannot continue it. The lock is the caller's to judge first (check_not_in_use)."""
+    if not holds_run(folder):
+        return
+    if (why := why_not_resumable(folder)) is not None:
+        raise VSLMError(f"{folder} already holds a run, and a resume cannot continue it: {why}")
+    raise VSLMError(f"{folder} already holds a run{how_to_continue}")
+
+
 def read_run_config(folder: Path) -> RunConfig:
     """The run's config.toml, validated; a missing, unreadable or invalid one is a one-line error naming it."""
     path = Path(folder) / CONFIG

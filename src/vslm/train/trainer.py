@@ -82,9 +82,8 @@ from vslm.train.run_folder import (
     before_first_checkpoint,
     check_not_in_use,
     device_of,
-    holds_run,
     read_run_config,
-    why_not_resumable,
+    refuse_a_run_folder,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 from vslm.train.trackers import MLflowLog, WandbLog, flat_params, require
@@ -555,12 +554,8 @@ class Trainer:
         atomic_write(self.run_dir / SUMMARY, lambda f: f.write(text))  # a kill mid-write leaves the old one
 
     def _refuse_a_run_folder(self) -> None:
-        if not holds_run(self.run_dir):
-            return
-        if (why := why_not_resumable(self.run_dir)) is not None:
-            raise VSLMError(f"{self.run_dir} already holds a run, and a resume cannot continue it: {why}")
-        raise VSLMError(f"{self.run_dir} already holds a run; pass --resume (resume=True in Python) to continue "
-                        "it, or --out to train into another folder")
+        refuse_a_run_folder(self.run_dir, "; pass --resume (resume=True in Python) to continue it, or --out to "
+                                          "train into another folder")
 
     def _load_resume_point(self) -> None:
         """The checkpoint given, else the newest that reads and is finite (each newer one is named in a
