@@ -44,12 +44,19 @@ def test_overrides_are_typed_toml_values():
         (["train.steps.x=1"], "'steps' is a value, not a section"),
         (["model.blocks=[{width=16}"], "override 'model.blocks=[{width=16}': the value is not valid TOML"),
         (['data.source="stories'], "the value is not valid TOML"),
+        (["data.tokenizer=bpe", "data.vocab_size=100"], "vocab_size 100 of tokenizer=bpe must be 260-65535"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as e:
         load_config("tiny", overrides)
     assert "\n" not in str(e.value)
+
+
+def test_a_vocabulary_size_binds_only_the_tokenizer_that_learns_one():
+    """char, byte and gpt2 bring their own vocabulary: data.vocab_size is bpe's, checked only there."""
+    assert load_config("tiny", ["data.tokenizer=gpt2", "data.vocab_size=100"]).data.vocab_size == 100
+    assert load_config("tiny", ["data.tokenizer=bpe", "data.vocab_size=260"]).data.vocab_size == 260
 
 
 def test_malformed_and_missing_files(tmp_path):

@@ -122,6 +122,28 @@ def test_same_seed_same_bytes_other_seed_other_world():
     assert all(other[name] != text for name, text in build(SMALL).items())
 
 
+def test_more_test_questions_leave_the_training_text_and_questions_as_they_were():
+    """test_questions_per_hop draws more held-out questions (a narrower accuracy) from the same world:
+    the training side is the same bytes, and the default leaves world.json as before the setting."""
+    base = build(SMALL)
+    more = build(SMALL.model_copy(update={"test_questions_per_hop": 60}))
+    assert more["train.txt"] == base["train.txt"] and more["cards.jsonl"] == base["cards.jsonl"]
+
+    def questions(files: dict[str, str]) -> list[dict]:
+        return [json.loads(line) for line in files["questions.jsonl"].splitlines()]
+
+    def ids_free(qs: list[dict]) -> list[tuple]:
+        return [(q["question"], q["answer"], tuple(q["choices"])) for q in qs]
+
+    assert ids_free(q for q in questions(more) if q["split"] == "train") == \
+        ids_free(q for q in questions(base) if q["split"] == "train")
+    held = {key: sum(1 for q in questions(files) if q["split"] == "test" and not q["counterfactual"]
+                     and q["pool"] == "seen" and q["hops"] == 2) for key, files in (("base", base), ("more", more))}
+    assert held == {"base": 30, "more": 60}
+    assert "test_questions_per_hop" not in json.loads(base["world.json"])["settings"]
+    assert json.loads(more["world.json"])["settings"]["test_questions_per_hop"] == 60
+
+
 def test_no_novel_entity_nor_held_out_question_is_in_the_training_text(world_dir):
     world, cards, questions, text = read(world_dir)
     words = set(re.findall(r"[A-Za-z]+", text))

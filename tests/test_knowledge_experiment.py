@@ -9,8 +9,18 @@ from scipy import stats
 
 from vslm.cli import main
 from vslm.commands.experiment import run_experiment
-from vslm.errors import ConfigError
-from vslm.knowledge.experiment import Criterion, arm_config, judge, metric, p_value, parse_spec, side_value, tables
+from vslm.errors import ConfigError, VSLMError
+from vslm.knowledge.experiment import (
+    Criterion,
+    arm_config,
+    judge,
+    make_world,
+    metric,
+    p_value,
+    parse_spec,
+    side_value,
+    tables,
+)
 from vslm.lab.experiments import builtin_experiments, read_experiment
 from vslm.lab.stats import holm
 
@@ -160,7 +170,7 @@ def test_bad_includes_fail_with_one_line(raw, message):
 def test_included_experiments_must_agree(tmp_path):
     _, raw, _ = read_experiment("knowledge-preloaded")
     other = tmp_path / "other.toml"  # the shared settings of knowledge-preloaded, but a world of 12 people
-    other.write_text('kind = "knowledge"\nbase = "reader"\ntokens = "words"\nper_group = 20\ngroup_size = 8\n'
+    other.write_text('kind = "knowledge"\nbase = "reader"\ntokens = "words"\nper_group = 100\ngroup_size = 8\n'
                      '[world]\npeople = 12\n[[arms]]\nname = "reader"\ndata = "reader"\n')
     with pytest.raises(ConfigError, match="differ in world"):
         parse_spec({"kind": "knowledge", "include": ["knowledge-preloaded", str(other)]}, "x.toml")
@@ -245,6 +255,19 @@ def test_a_tiny_knowledge_experiment_runs_reuses_and_reports(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in seed.rglob("*.safetensors")} == stamps
     assert again["summary"] == results["summary"]
 
+    def trained() -> dict:
+        return {p: p.stat().st_mtime_ns for p in seed.glob("*/checkpoints/*.safetensors")}
+
+    before = trained()
+    spec.write_text(TINY.replace("per_group = 3", "per_group = 1"))  # fewer questions: evaluated again, not trained
+    fewer = run_experiment(str(spec), out)
+    assert trained() == before
+    for arm in ("closed", "reader", "naive", "student"):
+        assert json.loads((seed / arm / "facts-eval.json").read_text())["settings"]["per_group"] == 1, arm
+    evaluated = json.loads((seed / "reader" / "facts-eval.json").read_text())
+    assert fewer["summary"]["reader"]["retrieved.seen"]["mean"] == evaluated["retrieved"]["seen"]["accuracy"]
+    assert evaluated["retrieved"]["seen"]["n"] <= 2  # one question per hop count (2 hops)
+
     capsys.readouterr()
     assert main(["experiment", str(spec), "--out", str(tmp_path / "bad"), "--seeds", "0"]) != 0
     assert "at least 1 seed" in capsys.readouterr().err
@@ -326,3 +349,20 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     spec.write_text(READER_TINY.replace("max_hops = 1,", "max_hops = 2,"))
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "1"]) != 0
     assert "holds a reader of other settings" in capsys.readouterr().err
+
+
+def test_a_world_folder_is_reused_only_with_the_experiments_settings(tmp_path):
+    """A world written before test_questions_per_hop existed (no such key) is the same world; one of
+    other settings, or a world.json this vslm cannot read, is refused and left as it was."""
+    world = {"people": 8, "novel_people": 4, "hops": 2, "questions_per_hop": 3}
+    spec = parse_spec({"kind": "knowledge", "world": world, "arms": [{"name": "reader", "data": "reader"}]}, "test")
+    folder = make_world(spec, 1, tmp_path / "w")
+    written = json.loads((folder / "world.json").read_text())
+    assert "test_questions_per_hop" not in written["settings"]
+    assert make_world(spec, 1, folder) == folder
+    with pytest.raises(VSLMError, match="holds a world of other settings than this experiment's"):
+        make_world(spec, 2, folder)
+    (folder / "world.json").write_text("{not json")
+    with pytest.raises(VSLMError, match="holds a world of other settings"):
+        make_world(spec, 1, folder)
+    assert (folder / "world.json").read_text() == "{not json"

@@ -122,6 +122,37 @@ def test_ctrl_c_stops_the_workers_and_keeps_finished_runs(tmp_path):
     assert finished <= reused and len(reused) < 6  # stopped runs resumed, not reused
 
 
+def test_sigterm_to_the_parent_alone_stops_its_workers_too(tmp_path):
+    """`kill PID` (or a scheduler) signals `vslm experiment --jobs 2` only, not its workers: they checkpoint
+    and stop all the same, the command exits 143, and no process of its group is left training."""
+    common = [w for w in COMMON if not w.startswith(("train.steps", "train.checkpoint_every"))]
+    spec = write_experiment(tmp_path, seeds=3, common=[*common, "train.steps=400", "train.checkpoint_every=50"])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vslm", "experiment", spec, "--out", str(out), "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*/seed-*/checkpoints/*"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the parent only
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    assert "SIGTERM: every running worker wrote a checkpoint and stopped" in err
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # a worker (or the resource tracker) still in the group
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("a process of the experiment's group outlived it")
+    stopped = [m.parent for m in out.glob("*/seed-*/metrics.jsonl")
+               if json.loads(m.read_text().splitlines()[-1])["step"] < 400]
+    assert stopped and all(list((run / "checkpoints").glob("*")) for run in stopped)
+
+
 def test_resolve_adds_seeds_until_the_intervals_are_narrow_enough(tmp_path):
     spec = write_experiment(tmp_path, seeds=3)
     summary = run_experiment(spec, tmp_path / "wide", resolve=10.0, max_seeds=4)  # resolved at the first look

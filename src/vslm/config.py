@@ -274,7 +274,8 @@ class DataConfig(_Section):
     source: str = Field("stories", description="a registry name (`vslm data list`), NAME:SPLIT, or a path to a "
                                                 "text, JSON lines or parquet file or a folder of them")
     tokenizer: Literal["char", "byte", "bpe", "gpt2"] = "char"
-    vocab_size: Annotated[int, Field(ge=260, le=65535)] = 2048
+    vocab_size: int = Field(2048, description="bpe: the vocabulary learned, 260-65535 (256 bytes and the special "
+                                               "tokens); char, byte and gpt2 have their own and ignore it")
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
     max_bytes: PositiveInt | None = Field(None, description="text generated or read at most; left out: 8 MB, "
                                                             "or no limit when max_tokens is set; None: no limit")
@@ -289,6 +290,13 @@ class DataConfig(_Section):
     answer_only: bool = Field(False, description="whole documents, loss on their answers only (data/answers.py)")
     copying: CopyingConfig = Field(default_factory=CopyingConfig, description="the built-in stories only: invented "
                                    "names, packing lists, songs (`vslm probe RUN --copying`)")
+
+    @model_validator(mode="after")
+    def _bpe_vocabulary(self) -> DataConfig:
+        if self.tokenizer == "bpe" and not 260 <= self.vocab_size <= 65535:
+            raise ValueError(f"vocab_size {self.vocab_size} of tokenizer=bpe must be 260-65535 "
+                             "(256 bytes and the special tokens, token ids in 16 bits)")
+        return self
 
     @model_validator(mode="after")
     def _copying_needs_stories(self) -> DataConfig:

@@ -138,6 +138,16 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
     return out
 
 
+def eval_settings(distractors: int = 4, per_group: int | None = 100, k: int = 8, rounds: int | None = None,
+                  probe: str = "birth_city", checkpoint: Path | None = None, seed: int = 0, adapter_steps: int = 0,
+                  group_size: int = 10) -> dict:
+    """What an evaluation of one checkpoint depends on besides the run and the world, as facts-eval.json
+    records it: a saved result is reused only for the same settings."""
+    return {"distractors": distractors, "per_group": per_group, "k": k, "rounds": rounds, "probe": probe,
+            "checkpoint": None if checkpoint is None else Path(checkpoint).name, "seed": seed,
+            "adapter_steps": adapter_steps, "group_size": group_size if adapter_steps > 0 else None}
+
+
 def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | None = 100, k: int = 8,
                  rounds: int | None = None, probe: str = "birth_city", checkpoint: Path | None = None,
                  device: str = "cpu", seed: int = 0, adapter_steps: int = 0, group_size: int = 10) -> dict:
@@ -155,6 +165,8 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     scorer = LMScorer(model, tokenizer)
     result = {"run": str(run), "world": str(world),
+              "settings": eval_settings(distractors, per_group, k, rounds, probe, checkpoint, seed, adapter_steps,
+                                        group_size),
               **evaluate_world(scorer, folder, distractors, per_group, k, rounds, seed)}
     result["probe"] = {"attribute": probe, **{pool: probe_attribute(scorer, folder.world, probe, pool, seed=seed)
                                               for pool in ("seen", "novel")}}

@@ -397,7 +397,11 @@ def make_world(spec: KnowledgeSpec, seed: int, folder: Path) -> Path:
     cfg = WorldConfig(**spec.world, seed=seed)
     saved = folder / "world.json"
     if saved.is_file():
-        if json.loads(saved.read_text(encoding="utf-8")).get("settings") != cfg.model_dump():
+        try:  # compared as settings, so that one written before a setting with a default existed still counts
+            same = WorldConfig.model_validate(json.loads(saved.read_text(encoding="utf-8"))["settings"]) == cfg
+        except (ValueError, KeyError, TypeError):  # not JSON, no settings, or settings this vslm does not read
+            same = False
+        if not same:
             raise VSLMError(f"{folder} holds a world of other settings than this experiment's; move it away")
         return folder
     write_world_folder(cfg, folder)
@@ -408,7 +412,7 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
             device: str, say) -> dict:
     """Train (or distil) one arm, evaluate it and run its relearning test; each part reused if done."""
     from vslm.knowledge.distill import distill
-    from vslm.knowledge.evaluate import evaluate_run
+    from vslm.knowledge.evaluate import eval_settings, evaluate_run
 
     folder = seed_dir / arm.name
     if arm.distilled:
@@ -430,9 +434,11 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
         train = train_or_reuse(cfg, folder, corpus)
     result: dict = {}
     if arm.evaluate:
-        if not (folder / EVAL).is_file():
-            evaluate_run(folder, world, per_group=spec.per_group, seed=seed, device=device,
-                         adapter_steps=arm.adapters, group_size=spec.group_size)  # writes facts-eval.json
+        asked = {"per_group": spec.per_group, "seed": seed, "adapter_steps": arm.adapters,
+                 "group_size": spec.group_size}
+        saved = json.loads((folder / EVAL).read_text(encoding="utf-8")) if (folder / EVAL).is_file() else {}
+        if saved.get("settings") != eval_settings(**asked):  # none yet, or of other settings (per_group, say)
+            evaluate_run(folder, world, device=device, **asked)  # writes facts-eval.json
         result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
     if arm.relearn_steps:
         result["relearning"] = relearning(folder, world, arm.relearn_steps, seed, device)

@@ -183,7 +183,8 @@ def make_questions(world: World, cf_world: World, cfg: WorldConfig) -> list[Ques
         for split, group in (("train", shuffled[:n_train]), ("test", shuffled[n_train:])):
             if not group:
                 continue
-            quota = cfg.questions_per_hop * (TRAIN_QUOTA_SCALE if split == "train" else 1)
+            quota = (cfg.questions_per_hop * TRAIN_QUOTA_SCALE if split == "train"
+                     else cfg.test_questions_per_hop or cfg.questions_per_hop)
             by_hops = _candidates(world, sorted(group, key=people.index), people, cfg.hops, rng)
             for hops in sorted(by_hops):
                 for program in _pick(by_hops[hops], quota, rng):

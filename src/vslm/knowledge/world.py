@@ -77,7 +77,11 @@ class WorldConfig(BaseModel):
     parent_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7
     spouse_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6
     hops: Annotated[int, Field(ge=1, le=6)] = 3
-    questions_per_hop: Annotated[int, Field(ge=1)] = 100
+    questions_per_hop: Annotated[int, Field(ge=1)] = Field(
+        100, description="test questions per pool and hop count (five times as many training ones)")
+    test_questions_per_hop: Annotated[int, Field(ge=0)] = Field(
+        0, description="test questions per pool and hop count, 0 = questions_per_hop; the training ones stay "
+                       "five times questions_per_hop")
     qa_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="seen people whose questions (with answers) are training text")
     renderings: Annotated[int, Field(ge=1)] = Field(4, description="times each entity's facts are written out")

@@ -10,7 +10,8 @@ cluster, `--out` on shared storage). A run that diverges or crashes comes back a
 and the others go on; an error in what was asked (vslm.errors.VSLMError: a folder holding other
 settings, a missing file) stops the batch and is raised here, as it would be in one process; a stopped
 run (Ctrl-C, SIGTERM) stops the whole batch after every running worker has written its checkpoint, and
-the caller sees KeyboardInterrupt.
+the caller sees KeyboardInterrupt. SIGTERM sent to the parent alone (`kill PID`, a scheduler) stops the
+batch the same way and raises TrainingStopped (exit 143): no worker is left training on its own.
 
 Threads: N workers on C cores run torch with max(1, C // N) threads each, unless the config sets
 train.threads. Two trainings whose threads outnumber the cores fight for them (docs/BENCHMARKS.md
@@ -26,6 +27,7 @@ import queue
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,7 +215,14 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
         w.start()
     out: list[dict | None] = [None] * len(jobs)
     running: dict[int, int] = {}  # worker pid -> job index
-    stopped, error = False, None
+    stopped, error, terminated = False, None, []
+
+    def on_sigterm(signum, frame) -> None:  # a scheduler's or `kill`'s stop, sent to this process only
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    here = threading.current_thread() is threading.main_thread()  # handlers only in the main thread
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if here else None
     try:
         while any(r is None for r in out):
             try:
@@ -242,16 +251,37 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
     except KeyboardInterrupt:
         stopped = True
     except BaseException:
+        _no_more_tasks(tasks, n)
         _stop_workers(workers, grace=10.0)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if stopped or error:
+        _no_more_tasks(tasks, n)  # a worker between runs takes no new one
         _stop_workers(workers)
         if error:
             raise VSLMError(error)
+        if terminated:
+            from vslm.train.trainer import TrainingStopped
+
+            raise TrainingStopped("SIGTERM: every running worker wrote a checkpoint and stopped; the same "
+                                  "command reuses the finished runs and resumes the others", terminated[0])
         raise KeyboardInterrupt
     for w in workers:
         w.join()
     return out
+
+
+def _no_more_tasks(tasks, n: int) -> None:
+    """Empty the task queue, then one end-of-work mark for each of the n workers."""
+    while True:
+        try:
+            tasks.get(timeout=0.1)
+        except queue.Empty:
+            break
+    for _ in range(n):
+        tasks.put(None)
 
 
 def _stop_workers(workers, grace: float = 120.0) -> None:
