@@ -38,6 +38,9 @@ VARIANTS = {
     "sigmoid": {"attention": "sigmoid", "window": 4},
     "hourglass": {"schedule": {"widths": "large-small-large", "width_range": [16, 48]}},
     "diamond-untied": {"schedule": {"widths": "increasing", "width_range": [16, 48]}, "tie_embeddings": False},
+    "increasing-embed": {"schedule": {"widths": "increasing", "width_range": [16, 48]}, "embed_width": 32},
+    "wide-embed": {"embed_width": 48},
+    "learned-root-embed": {"root": "learned", "embed_width": 16},
     "openelm": {"schedule": {"layer_scaling": "openelm"}, "kv_heads": 1},
     "attention-only-shared": {"mlp": "none", "depth": 2, "recursion_lora_rank": 2, "order": [0, 0]},
     "windows": {"schedule": {"windows": "small-large-small", "window_range": [2, 16]}},
@@ -71,6 +74,36 @@ def test_uniform_records_reproduce_the_core_model_exactly():
                         schedule={"windows": "full"}))
     assert core.state_dict().keys() == explicit.state_dict().keys()
     assert torch.equal(core(idx), explicit(idx))
+
+
+def test_embed_width_equal_to_the_blocks_is_the_core_model():
+    idx = torch.randint(40, (2, 16))
+    torch.manual_seed(1)
+    core = GPT(tiny())
+    torch.manual_seed(1)
+    same = GPT(tiny(embed_width=32))
+    assert core.state_dict().keys() == same.state_dict().keys() and same.unembed is None
+    assert torch.equal(core(idx), same(idx))
+
+
+def test_embed_width_apart_projects_in_and_out_and_starts_as_the_shared_dimensions():
+    # embedding 48 -> blocks of 32 -> tied head at 48: the in projection keeps the embedding's first 32
+    # dimensions, the out projection writes the stream into them, so the head reads 32 of its 48 columns
+    torch.manual_seed(0)
+    model = GPT(tiny(embed_width=48))
+    assert model.embed.weight.shape == (40, 48) and model.pos.weight.shape == (16, 48)
+    assert model.resize["0"].weight.shape == (32, 48) and model.unembed.weight.shape == (48, 32)
+    assert torch.equal(model.unembed.weight[:32], torch.eye(32)) and not model.unembed.weight[32:].any()
+    idx = torch.randint(40, (2, 16))
+    with capture(model, "resid_post.3") as seen:
+        logits = model(idx)
+    expected = model.norm(seen["resid_post.3"]) @ model.embed.weight[:, :32].T
+    torch.testing.assert_close(logits, expected)
+    # the brainstorm's confound taken apart: large-small-large blocks with a uniform model's embedding
+    hourglass = tiny(blocks=[{"width": 48}, {"width": 16}, {"width": 16}, {"width": 48}], head_dim=8, embed_width=32)
+    model = GPT(hourglass)
+    assert model.embed.weight.shape == (40, 32) and sorted(model.resize) == ["0", "1", "3"]
+    assert model.unembed.weight.shape == (32, 48)
 
 
 def test_shared_blocks_are_one_tensor_with_summed_gradients():
@@ -199,6 +232,13 @@ def test_parameter_and_flop_counts_by_hand():
     assert parameter_count(model) == params
     attention = sum(12 * w * k for w, k in zip(widths, keys, strict=True))
     assert training_flops_per_token(model) == 6 * (matmul + V * 16) + attention
+    # an embedding of 48 around blocks of 32: projections 48 -> 32 in and 32 -> 48 out to the tied head
+    e = 48
+    model = GPT(tiny(embed_width=e))
+    block = 12 * d * d
+    assert parameter_count(model) == V * e + T * e + e * d + 4 * (block + 2 * d) + d + d * e
+    assert training_flops_per_token(model) == 6 * (e * d + 4 * block + d * e + V * e) + 4 * 12 * d * T
+    assert step_kernels(model).matmuls[-2:] == [(d, e), (e, V)]
 
 
 def test_attention_only_counts_by_hand():

@@ -129,6 +129,7 @@ def test_model_card_names_what_a_user_needs(tmp_path):
     (["model.depth=3", "model.order=[0,1,0]"], "model.order"),
     (["model.sharing=all", "model.order=[0,0]", "model.recursion_lora_rank=2"], "model.order"),
     (["model.root=learned"], "model.root"),
+    (["model.embed_width=48"], "model.embed_width"),
     (["model.attention=power", "model.attention_gamma=0.5"], "model.attention"),
     (["model.attention=sigmoid"], "model.attention"),
     ([*LLAMA[4:], "model.schedule.windows=interleave", "model.schedule.window_range=[8,32]"],

@@ -259,7 +259,8 @@ VARIANTS = [[], ["model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu"
             ["model.schedule.widths=increasing", "model.schedule.width_range=[16,48]", "model.tie_embeddings=false",
              "model.head_dim=8"],
             ["model.attention=ssmax"], ["model.mlp=none"], ["model.inject=true"],
-            ["model.schedule.layer_scaling=openelm"]]
+            ["model.schedule.layer_scaling=openelm"], ["model.embed_width=24"],
+            ["model.root=learned", "model.embed_width=24", "model.blocks=[{width=48}, {width=32}]"]]
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)

@@ -125,6 +125,9 @@ class ModelConfig(_Section):
     heads: PositiveInt = 4
     kv_heads: PositiveInt | None = Field(None, description="key/value heads (GQA); None = heads")
     head_dim: PositiveInt | None = Field(None, description="None = width / heads")
+    embed_width: PositiveInt | None = Field(
+        None, description="token embedding (and tied head) width; None = the first block's (token root) or width "
+                          "(learned root); apart from a block's width, a projection joins them at each end")
     ffn_mult: PositiveFloat = 4.0
     ffn: PositiveInt | None = Field(None, description="MLP hidden size; None = ffn_mult * width")
     mlp: Literal["gelu", "relu2", "swiglu", "none"] = Field("gelu", description="none = attention-only blocks")
@@ -173,11 +176,12 @@ class ModelConfig(_Section):
             if self.position == "rope" and spec.head_dim % 2:
                 raise ValueError(f"{where}rope needs an even head size, got {spec.head_dim}")
         first, last = specs[order[0]].width, specs[order[-1]].width
-        if self.tie_embeddings and self.root == "token" and first != last:
+        if self.tie_embeddings and self.embed_width is None and self.root == "token" and first != last:
             raise ValueError(f"a tied head needs the last block's width ({last}) to equal the first's ({first}); "
-                             "set tie_embeddings = false")
-        if self.tie_embeddings and self.root == "learned" and last != self.width:
-            raise ValueError(f"a tied head needs the last block's width ({last}) to equal width ({self.width})")
+                             "set tie_embeddings = false, or embed_width (a projection to the head)")
+        if self.tie_embeddings and self.embed_width is None and self.root == "learned" and last != self.width:
+            raise ValueError(f"a tied head needs the last block's width ({last}) to equal width ({self.width}); "
+                             "set tie_embeddings = false, or embed_width (a projection to the head)")
         return self
 
     def depth_order(self) -> list[int]:
@@ -238,9 +242,14 @@ class ModelConfig(_Section):
             ))
         return specs
 
-    def embed_width(self) -> int:
-        """Width of the token embedding: the first block's (token root), or `width` (learned root)."""
-        return self.block_specs()[self.depth_order()[0]].width if self.root == "token" else self.width
+    def token_width(self, first_block: int | None = None) -> int:
+        """Width of the token embedding: `embed_width`, else the first block's (token root, `first_block` if
+        the caller has resolved it) or `width` (learned root)."""
+        if self.embed_width is not None:
+            return self.embed_width
+        if self.root == "learned":
+            return self.width
+        return first_block if first_block is not None else self.block_specs()[self.depth_order()[0]].width
 
     def injects(self) -> bool:
         return self.root == "learned" if self.inject is None else self.inject

@@ -41,7 +41,8 @@ def describe(cfg: RunConfig, console: Console) -> None:
     m = cfg.model
     console.print(
         f"vocabulary {model.cfg.vocab_size}, context {m.context}, {m.position} positions, {m.norm}, {m.mlp}, "
-        f"{'tied' if m.tie_embeddings else 'untied'} head, {m.root} root"
+        f"{'tied' if m.tie_embeddings else 'untied'} head, embedding width {model.embed.weight.shape[1]}"
+        f"{' (the last block projected to it)' if model.unembed is not None else ''}, {m.root} root"
         f"{' with token injection' if m.injects() else ''}, order {model.order}\n"
         f"parameters {total:,} ({total - embed:,} without embeddings)\n"
         f"training FLOPs per token {training_flops_per_token(model):,}\n"

@@ -85,6 +85,9 @@ def family(m: ModelConfig) -> str:
             detail = what if field == "blocks" else f"{what} {values}"
             raise _refuse(field, shown, f"{detail}: transformers classes build every layer alike")
     spec = specs[0]
+    if m.embed_width is not None and m.embed_width != spec.width:
+        raise _refuse("embed_width", m.embed_width, f"an embedding apart from the blocks' width ({spec.width}), "
+                      "projected to it, has no transformers class")
     if spec.attention != "softmax":
         raise _refuse("attention", spec.attention, "transformers classes compute softmax attention only")
     if m.mlp == "none":

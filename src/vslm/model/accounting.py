@@ -54,10 +54,12 @@ def depth_kernels(model: GPT, depth: int) -> StepKernels:
 
 
 def step_kernels(model: GPT) -> StepKernels:
-    """Every depth's kernels (`depth_kernels`), then the output head's product (tied or not)."""
+    """Every depth's kernels (`depth_kernels`), then the output head's products (a projection to a tied
+    head's embedding width, if any, and the head)."""
     depths = [depth_kernels(model, d) for d in range(len(model.order))]
     head = model.head.weight if model.head is not None else model.embed.weight  # (V, d_last)
-    return StepKernels([s for k in depths for s in k.matmuls] + [(head.shape[1], head.shape[0])],
+    return StepKernels([s for k in depths for s in k.matmuls] + _linear_shapes(model.unembed)
+                       + [(head.shape[1], head.shape[0])],
                        [a for k in depths for a in k.attention])
 
 
@@ -88,7 +90,7 @@ def parameter_estimate(cfg: ModelConfig, vocab_size: int) -> int:
     `parameter_count` of the built model."""
     specs, order = cfg.block_specs(), cfg.depth_order()
     widths = [specs[b].width for b in order]
-    embed = widths[0] if cfg.root == "token" else cfg.width  # ModelConfig.embed_width, without a second resolve
+    embed = cfg.token_width(widths[0])
     norm = (2 if cfg.norm == "layernorm" and cfg.bias else 1)  # weight (and bias) per channel
     total = vocab_size * embed + (cfg.context * embed if cfg.position == "learned" else 0)
     if cfg.root == "learned":
@@ -109,4 +111,5 @@ def parameter_estimate(cfg: ModelConfig, vocab_size: int) -> int:
         shared = [d for d, b in enumerate(order) if order.count(b) > 1]
         total += sum(cfg.recursion_lora_rank * (i + o) for d in shared for i, o in shapes[order[d]])
     total += norm * widths[-1] + (0 if cfg.tie_embeddings else widths[-1] * vocab_size)
+    total += widths[-1] * embed if cfg.tie_embeddings and widths[-1] != embed else 0  # GPT.unembed
     return total

@@ -5,8 +5,10 @@ Variants are data, never subclasses: each unique block is built from its `BlockS
 heads, FFN size, window, attention normalisation); `order` says which block runs at each depth
 (weight sharing and recursion: a shared block is one module, its gradient the sum over its
 applications). Where the width changes between depths a bias-free projection, initialised as a
-partial identity, joins them. The stream starts from the token embedding (`root = token`) or from
-a learned vector (`root = learned`) with the token injected at every depth.
+partial identity, joins them; where `embed_width` sets the embedding's width apart, the same kind of
+projection joins the embedding to the first block and the last block to a tied head. The stream starts
+from the token embedding (`root = token`) or from a learned vector (`root = learned`) with the token
+injected at every depth.
 
 With the `nanogpt` settings (learned positions, LayerNorm without bias, GELU, tied head, init
 N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes exactly what
@@ -84,7 +86,7 @@ class GPT(nn.Module):
         self.specs = cfg.block_specs()
         self.order = cfg.depth_order()
         widths = [self.specs[b].width for b in self.order]  # stream width at each depth
-        embed_width = cfg.embed_width()
+        embed_width = cfg.token_width(widths[0])
 
         self.embed = nn.Embedding(cfg.vocab_size, embed_width)
         self.pos = nn.Embedding(cfg.context, embed_width) if cfg.position == "learned" else None
@@ -108,7 +110,10 @@ class GPT(nn.Module):
             str(d): DepthLoRA(self.blocks[self.order[d]].lora_shapes(), cfg.recursion_lora_rank) for d in shared
         } if cfg.recursion_lora_rank else {})
         self.norm = make_norm(cfg.norm, widths[-1], cfg.norm_eps, cfg.bias)
-        # a tied head reuses the embedding matrix in forward(): one tensor, nothing shared to save twice
+        # a tied head reuses the embedding matrix in forward(): one tensor, nothing shared to save twice;
+        # a last block of another width than the embedding (model.embed_width) is projected to it first
+        self.unembed = (nn.Linear(widths[-1], embed_width, bias=False)
+                        if cfg.tie_embeddings and widths[-1] != embed_width else None)
         self.head = None if cfg.tie_embeddings else nn.Linear(widths[-1], cfg.vocab_size, bias=False)
         # named places where probes read activations (vslm.model.hooks), one per depth
         self.hooks = nn.ModuleDict({name: nn.ModuleList(HookPoint() for _ in self.order)
@@ -122,7 +127,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.startswith("lora."):
                 continue  # DepthLoRA initialises itself
-            if p.dim() == 2 and name.startswith(("resize.", "inject.")):
+            if p.dim() == 2 and name.startswith(("resize.", "inject.", "unembed.")):
                 partial_identity_(p)
             elif p.dim() == 2:
                 std = residual_std if name.endswith(("attn.proj.weight", "mlp.proj.weight")) else self.cfg.init_std
@@ -161,6 +166,8 @@ class GPT(nn.Module):
                 attn(weights)
             x = post(x) if post.active else x
         x = self.norm(x)
+        if self.unembed is not None:
+            x = self.unembed(x)
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
 
     def new_cache(self) -> list[KVCache]:
