@@ -228,6 +228,9 @@ def test_import_round_trip_and_training_continues(arch, tmp_path):
     assert new_cfg.model.block_specs() == cfg.model.block_specs()
     for field in ("vocab_size", "context", "depth", "position", "norm", "norm_eps", "mlp", "tie_embeddings", "bias"):
         assert getattr(new_cfg.model, field) == getattr(cfg.model, field), field
+    # the checkpoint's architecture wins over the run config's, an embedding width apart included
+    wide, _ = init_from_hf(load_config("tiny", [*overrides, "model.embed_width=64"]), tmp_path / "hf")
+    assert wide.model.embed_width is None and wide.model.block_specs() == cfg.model.block_specs()
     # vslm train --init-from-hf starts from those weights (its step-0 snapshot) and trains on
     again = tmp_path / "again"
     assert main(["train", "tiny", *overrides, "--init-from-hf", str(tmp_path / "hf"), "--out", str(again)]) == 0

@@ -127,7 +127,8 @@ class ModelConfig(_Section):
     head_dim: PositiveInt | None = Field(None, description="None = width / heads")
     embed_width: PositiveInt | None = Field(
         None, description="token embedding (and tied head) width; None = the first block's (token root) or width "
-                          "(learned root); apart from a block's width, a projection joins them at each end")
+                          "(learned root); where it differs, a projection joins the embedding to the first block "
+                          "(token root) and the last block to a tied head")
     ffn_mult: PositiveFloat = 4.0
     ffn: PositiveInt | None = Field(None, description="MLP hidden size; None = ffn_mult * width")
     mlp: Literal["gelu", "relu2", "swiglu", "none"] = Field("gelu", description="none = attention-only blocks")

@@ -29,7 +29,8 @@ from vslm.lab.scaling_fit import CHINCHILLA, Law
 __all__ = ["plan_from_fit", "print_law_plan", "run_scaling"]
 
 # a study's model fields that the plan's ladder sets itself (or that follow from the tokenizer)
-SIZE_FIELDS = {"width", "depth", "heads", "head_dim", "kv_heads", "vocab_size", "ffn", "order", "unique_blocks"}
+SIZE_FIELDS = {"width", "depth", "heads", "head_dim", "kv_heads", "vocab_size", "ffn", "order", "unique_blocks",
+               "embed_width"}
 
 
 def read_fit(path: Path) -> dict:

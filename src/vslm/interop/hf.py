@@ -555,7 +555,7 @@ def init_from_hf(cfg: RunConfig, folder: Path) -> tuple[RunConfig, GPT]:
     dump = cfg.model_dump(mode="json", exclude_none=True)
     model = {k: v for k, v in dump["model"].items() if k not in ARCH_FIELDS and k not in ("order", "sharing",
              "unique_blocks", "recursion_lora_rank", "root", "root_per_position", "inject", "schedule", "blocks",
-             "attention", "attention_gamma", "ffn_mult")}
+             "attention", "attention_gamma", "ffn_mult", "embed_width")}
     model |= {k: v for k, v in fields.items() if v is not None}
     new = validate(dump | {"model": model})
     weights = from_hf_state(state, kind, new.model)
