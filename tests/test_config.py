@@ -91,6 +91,20 @@ def test_an_error_in_a_base_config_names_that_file(tmp_path):
         load_config(str(tmp_path / "a.toml"))
 
 
+def test_a_check_across_a_sections_fields_names_the_bases_that_set_it(tmp_path):
+    (tmp_path / "a.toml").write_text('base = "tiny"\n[model]\nwidth = 40\nheads = 3\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n[train]\nsteps = 3\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "b.toml"))
+    assert str(e.value) == (f"config error in {tmp_path / 'a.toml'}, built-in config 'tiny' (bases of "
+                            f"{tmp_path / 'b.toml'}): model: width 40 is not divisible by heads 3")
+    # the named file or an override sets a field of that section: the user's own input, no base named
+    (tmp_path / "c.toml").write_text('base = "a.toml"\n[model]\ndepth = 1\n')
+    for name, overrides in (("c.toml", []), ("b.toml", ["model.depth=1"])):
+        with pytest.raises(ConfigError, match=r"^config error: model: width 40 is not divisible by heads 3$"):
+            load_config(str(tmp_path / name), overrides)
+
+
 def test_block_specs_resolve_model_defaults():
     cfg = load_config("tiny", ["model.depth=2", "model.blocks=[{ffn=64}, {window=8, kv_heads=1}]"])
     assert cfg.model.block_specs() == [BlockSpec(32, 2, 2, 16, 64, None), BlockSpec(32, 2, 1, 16, 128, 8)]

@@ -79,6 +79,25 @@ def resolve(question: str, facts: list[dict], names: dict[str, str]) -> tuple[st
     return walk(*parse_phrase(m.group(2))), used
 
 
+def test_a_world_folder_stopped_half_way_is_not_left_half_written(tmp_path, monkeypatch):
+    """The world is written in a temporary folder and renamed: a stop after its first file leaves nothing
+    that the rerun would refuse as "not empty and holds no world"."""
+    out, write, calls = tmp_path / "world", Path.write_text, []
+
+    def stop_at_second(self, *args, **kwargs):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        write_world_folder(SMALL, out)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert write_world_folder(SMALL, out) == build(SMALL) and load_world_folder(out)
+
+
 def test_every_answer_follows_from_its_supporting_facts(world_dir):
     world, _, questions, _ = read(world_dir)
     names = {e["id"]: e["name"] for e in world["entities"]}

@@ -122,6 +122,45 @@ def test_ctrl_c_stops_the_workers_and_keeps_finished_runs(tmp_path):
     assert finished <= reused and len(reused) < 6  # stopped runs resumed, not reused
 
 
+EVALUATING = """
+import sys, time
+from pathlib import Path
+from vslm.lab.parallel import run_in_processes
+
+def evaluate(path, threads):  # plain Python, as an evaluation after training is: no training's handler
+    Path(path + ".started").touch()
+    try:
+        time.sleep(600)
+    finally:
+        Path(path + ".left").touch()  # a worker killed at the end of the grace period never gets here
+    return {}
+
+if __name__ == "__main__":
+    try:
+        run_in_processes(sys.argv[1:], 2, evaluate)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_a_worker_that_is_evaluating_at_once(tmp_path):
+    """A worker between a training and the next (evaluating, say) stops at Ctrl-C rather than running on
+    until the parent's grace period kills it, and takes no new task."""
+    script = tmp_path / "evaluating.py"
+    script.write_text(EVALUATING)
+    items = [str(tmp_path / name) for name in ("a", "b", "c")]
+    proc = subprocess.Popen([sys.executable, str(script), *items], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=ctrl_c_reaches)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("*.started"))) < 2:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=100)  # within the 120 s grace: the old workers ran on till killed
+    assert proc.returncode == 130, err
+    assert sorted(p.name for p in tmp_path.glob("*.left")) == ["a.left", "b.left"]
+    assert not (tmp_path / "c.started").exists()
+
+
 def test_sigterm_to_the_parent_alone_stops_its_workers_too(tmp_path):
     """`kill PID` (or a scheduler) signals `vslm experiment --jobs 2` only, not its workers: they checkpoint
     and stop all the same, the command exits 143, and no process of its group is left training."""

@@ -16,6 +16,7 @@ import torch
 
 from conftest import files_in, tiny_overrides
 from vslm.config import load_config
+from vslm.files import atomic_write, default_mode, write_text
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint, nonfinite, save_checkpoint
 from vslm.train.trainer import Trainer, TrainingDiverged, default_callbacks
@@ -176,6 +177,22 @@ def on_train_start(self, trainer):
 callbacks.MetricsLog.on_train_start = on_train_start
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def test_a_file_written_half_way_leaves_the_old_one_whole(tmp_path):
+    """What a rerun reads back to skip finished work (a result, a metrics log cut back on resume) is written
+    whole or not at all: a stop in the middle leaves the old file, no temporary file, and the usual mode."""
+    path = tmp_path / "eval.json"
+    write_text(path, '{"done": 1}\n')
+
+    def stopped(f):
+        f.write(b'{"do')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, stopped)
+    assert path.read_text() == '{"done": 1}\n' and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    assert path.stat().st_mode & 0o777 == default_mode()
 
 
 def test_sigterm_checkpoints_and_stops_and_the_resume_is_exact(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
+from vslm.files import write_text
 
 console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
 
@@ -495,7 +496,7 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
                           f"{r['before']['rest']['accuracy']:.3f} -> {r['after']['rest']['accuracy']:.3f} "
                           f"(chance {r['before']['rest']['chance']:.3f}, n {r['before']['rest']['n']})",
                           highlight=False)
-        (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
     print(out)
     return 0
 

@@ -26,6 +26,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vslm.errors import ConfigError, did_you_mean
+from vslm.files import write_text
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -176,12 +177,10 @@ class ModelConfig(_Section):
                 raise ValueError(f"{where}heads {spec.heads} is not divisible by kv_heads {spec.kv_heads}")
             if self.position == "rope" and spec.head_dim % 2:
                 raise ValueError(f"{where}rope needs an even head size, got {spec.head_dim}")
-        first, last = specs[order[0]].width, specs[order[-1]].width
-        if self.tie_embeddings and self.embed_width is None and self.root == "token" and first != last:
-            raise ValueError(f"a tied head needs the last block's width ({last}) to equal the first's ({first}); "
-                             "set tie_embeddings = false, or embed_width (a projection to the head)")
-        if self.tie_embeddings and self.embed_width is None and self.root == "learned" and last != self.width:
-            raise ValueError(f"a tied head needs the last block's width ({last}) to equal width ({self.width}); "
+        token, last = self.token_width(specs[order[0]].width), specs[order[-1]].width
+        if self.tie_embeddings and self.embed_width is None and last != token:
+            what = "the first's" if self.root == "token" else "width"
+            raise ValueError(f"a tied head needs the last block's width ({last}) to equal {what} ({token}); "
                              "set tie_embeddings = false, or embed_width (a projection to the head)")
         return self
 
@@ -589,11 +588,15 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
 
 
 def _set_in_base(loc: tuple, chain: list[tuple[str, dict]], overrides: list[str], sections: bool = False) -> str | None:
-    """The label of the base config (not the named one, nor an override) whose value at `loc` failed, if one;
-    a whole section (a check across its fields, which several files may set) only if `sections` (a name
-    that is not a field)."""
-    if not loc or any(tuple(path) == tuple(loc[: len(path)]) for path, _ in map(parse_override, overrides)):
+    """The label of the base config (not the named one, nor an override) whose value at `loc` failed, if one.
+    A whole section that failed a check across its fields (not `sections`: an unknown name in it) may be set
+    by several files: the bases that set it, nearest first, if neither the named config nor an override does."""
+    if not loc:
         return None
+    paths = [tuple(path) for path, _ in map(parse_override, overrides)]
+    if any(path == tuple(loc[: len(path)]) for path in paths):
+        return None
+    setters = []
     for i, (label, table) in enumerate(chain):  # the named config first: the first that sets it is the one used
         node: Any = table
         for part in loc:
@@ -604,11 +607,14 @@ def _set_in_base(loc: tuple, chain: list[tuple[str, dict]], overrides: list[str]
             else:
                 break
         else:
-            if isinstance(node, dict) and not sections:
-                return None
-            return f"{label} (a base of {chain[0][0]})" if i else None
-    return None
+            if not isinstance(node, dict) or sections:
+                return f"{label} (a base of {chain[0][0]})" if i else None
+            setters.append((i, label))
+    if not setters or setters[0][0] == 0 or any(path[: len(loc)] == tuple(loc) for path in paths):
+        return None
+    bases = "a base" if len(setters) == 1 else "bases"
+    return f"{', '.join(label for _, label in setters)} ({bases} of {chain[0][0]})"
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(cfg.to_toml(), encoding="utf-8")
+    write_text(path, cfg.to_toml())

@@ -1,11 +1,18 @@
-"""The modes open() and mkdir() give new files and folders here: what a file made another way (tempfile's
-mkstemp and mkdtemp: 0o600 and 0o700) is set to, so a checkpoint or a cached corpus is as readable to a
-group as the rest of a run folder or cache."""
+"""Files written whole or not at all, with the modes open() and mkdir() give new files and folders here.
+
+A file that a later run reads back to skip finished work (a result, a checkpoint, a run's config) is written
+to a temporary file beside it and renamed over it: a run stopped or killed mid-write leaves the old file or
+none, never half of one. What a file made another way (tempfile's mkstemp and mkdtemp: 0o600 and 0o700) gets
+the mode open() would give it, so a checkpoint or a cached corpus is as readable to a group as the rest of a
+run folder or cache."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def umask() -> int:
@@ -22,3 +29,32 @@ def umask() -> int:
 def default_mode(folder: bool = False) -> int:
     """0o666 (a file) or 0o777 (a folder) less the umask."""
     return (0o777 if folder else 0o666) & ~umask()
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call write(file) on a temporary binary file beside `path`, fsync it, rename it to `path`, fsync the
+    folder. An error (OSError, a signal's KeyboardInterrupt) removes the temporary file and leaves `path`
+    as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, default_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    """`text` (UTF-8) as the whole of `path`, atomically (atomic_write)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))

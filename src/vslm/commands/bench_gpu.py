@@ -38,6 +38,7 @@ from rich.console import Console
 from vslm.commands.bench import best_seconds, measure_peak_flops, throughput
 from vslm.config import load_config
 from vslm.errors import UsageError, VSLMError
+from vslm.files import write_text
 from vslm.model import GPT
 from vslm.model.accounting import StepKernels, kernel_flops, model_flops_utilisation, step_kernels
 from vslm.train.callbacks import Callback, MetricsLog, StopAfter, StopAtLoss
@@ -403,7 +404,7 @@ def _guarded(part, console: Console) -> dict:
 def _save(result: dict, path: Path | None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        write_text(path, json.dumps(result, indent=1) + "\n")
 
 
 def _print_summary(result: dict, console: Console) -> None:

@@ -44,7 +44,7 @@ from vslm.data.tokenizer import (
     load_tokenizer,
 )
 from vslm.errors import VSLMError
-from vslm.files import default_mode
+from vslm.files import default_mode, write_text
 
 SHARD_FORMAT = 2
 BATCH_BYTES = 1 << 22  # text per encode call: large enough for the tokenizer's threads, small in memory
@@ -237,7 +237,7 @@ class _Builder:
         meta["prepare_s"] = round(time.perf_counter() - started, 3)
         (self.out / "spool.bin").unlink(missing_ok=True)
         tok.save(self.out / "tokenizer.json")
-        (self.out / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks a complete build
+        write_text(self.out / "meta.json", json.dumps(meta, indent=1))  # last: its presence marks a complete build
 
     # ------------------------------------------------------------------------ tokenizer
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vslm.errors import VSLMError
+from vslm.files import write_text
 
 EOS = "<|endoftext|>"
 # GPT-2's pre-tokenization pattern: what `tokenizers`' ByteLevel pre-tokenizer splits text with
@@ -65,7 +66,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        write_text(Path(path), json.dumps(self.to_dict()))
 
 
 class CharTokenizer(Tokenizer):

@@ -33,6 +33,7 @@ from vslm.config import ModelConfig, RunConfig, validate
 from vslm.data.shards import Corpus
 from vslm.data.tokenizer import EOS, ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer
 from vslm.errors import UsageError, VSLMError
+from vslm.files import write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.run_folder import METRICS, SUMMARY, load_run, read_run_config
 
@@ -425,7 +426,7 @@ def _pin_tokenizer_class(folder: Path) -> None:
     path = folder / "tokenizer_config.json"
     conf = json.loads(path.read_text()) if path.is_file() else {}
     conf["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(conf, indent=2) + "\n")
+    write_text(path, json.dumps(conf, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------- import

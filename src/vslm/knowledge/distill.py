@@ -42,6 +42,7 @@ from vslm.data.shards import prepare_corpus
 from vslm.data.stories import iter_stories
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
+from vslm.files import write_text
 from vslm.knowledge import metrics, render
 from vslm.knowledge.adapters import group_documents
 from vslm.knowledge.contexts import Contexts
@@ -184,7 +185,7 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
     for m in (teacher, naive):
         m.eval().requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
-    (out / STARTED).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    write_text(out / STARTED, json.dumps(settings, indent=1) + "\n")
     run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, checkpoint_every=max(1, steps // 4))
     final = fine_tune(run_cfg, out, student, prepare_corpus(cfg.data, tokenizer=tokenizer),
                       objective=Distillation(teacher, naive, weights, beta), batches=batches)
@@ -192,7 +193,7 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
     result = {**settings, "questions": len(batches.questions),
               "last": {k: final[k] for k in ("step", "loss", *used) if k in final},
               "val": {k: final[k] for k in ("val_loss", "val_bpb") if k in final}}
-    (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
     return result
 
 

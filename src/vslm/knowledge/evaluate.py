@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vslm.errors import VSLMError
+from vslm.files import write_text
 from vslm.knowledge import metrics, render
 from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
@@ -175,7 +176,7 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
         result["adapters"] = evaluate_adapters(scorer, folder, cfg, Path(run) / ADAPTERS / base.stem, group_size,
                                                adapter_steps, per_group, seed, device)
     result["truncated"] = scorer.truncated
-    (Path(run) / RESULT).write_text(json.dumps(plain(result), indent=1) + "\n", encoding="utf-8")
+    write_text(Path(run) / RESULT, json.dumps(plain(result), indent=1) + "\n")
     return result
 
 

@@ -74,6 +74,7 @@ from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError
+from vslm.files import write_text
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.lab.experiments import check_no_larger_summary
@@ -457,7 +458,7 @@ def relearning(folder: Path, world: Path, steps: int, seed: int, device: str) ->
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     out = plain(relearn(folder, load_world_folder(world), folder / "relearn", steps=steps, seed=seed, device=device))
-    path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(out, indent=1) + "\n")
     return out
 
 
@@ -537,8 +538,8 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     per_seed = run_seeds(spec, seeds, out, extra_overrides, device, say, jobs)
     results = summarize(name, spec, command, per_seed)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(plain(results, digits=6), indent=1) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    write_text(out / "results.json", json.dumps(plain(results, digits=6), indent=1) + "\n")
+    write_text(out / "results.md", markdown(results))
     (out / "report.html").write_text(render_report(results, out), encoding="utf-8")
     if console:
         console.print(markdown(results), highlight=False, markup=False)

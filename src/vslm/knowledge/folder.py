@@ -28,7 +28,10 @@ the counterfactual facts or the test questions, is in train.txt. docs/FACTS.md s
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from pydantic import ValidationError
 from vslm.config import one_line_error
 from vslm.data.tokenizer import EOS
 from vslm.errors import VSLMError
+from vslm.files import default_mode
 from vslm.knowledge import render
 from vslm.knowledge.preloaded import FIXED, PRELOADED, fixed_examples, preloaded_examples
 from vslm.knowledge.questions import Question, make_questions
@@ -132,9 +136,16 @@ def write_world_folder(cfg: WorldConfig, out: Path) -> dict[str, str]:
             return files
         raise VSLMError(f"{out} exists, is not empty and holds no world of these settings and seed: facts "
                         "generate writes a new folder, nothing is overwritten")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text, encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:  # written whole, then renamed: a stop half-way leaves no half world that the rerun would refuse
+        tmp.chmod(default_mode(folder=True))
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        os.replace(tmp, out)  # over nothing, or over an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return files
 
 

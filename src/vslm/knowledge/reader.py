@@ -50,6 +50,7 @@ import torch
 from vslm.config import RunConfig, load_config
 from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
 from vslm.errors import VSLMError
+from vslm.files import write_text
 from vslm.knowledge import metrics, names, render
 from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.distill import encode_pairs
@@ -252,11 +253,11 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
 
     # the trainer's corpus (validation loss, bytes per token): examples of the last stage, in a file
     out.mkdir(parents=True, exist_ok=True)
-    (out / STARTED).write_text(json.dumps(recorded) + "\n", encoding="utf-8")
+    write_text(out / STARTED, json.dumps(recorded) + "\n")
     final = ReaderBatches(tokenizer, pool, Curriculum(max_hops, settings.max_distractors, 0, 1), cfg.model.context,
                           1, cfg.train.seed + 1)
     texts = [p + render.answer_text(a).rstrip("\n") for p, a in final.examples(N_EXAMPLES_FILE)]
-    (out / EXAMPLES).write_text(f"\n{EOS}\n".join(texts) + "\n", encoding="utf-8")
+    write_text(out / EXAMPLES, f"\n{EOS}\n".join(texts) + "\n")
     raw = cfg.model_dump(mode="json")
     raw["data"]["source"] = str((out / EXAMPLES).resolve())
     from vslm.config import validate
@@ -276,7 +277,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
               "params": trainer.params, "vocab_size": tokenizer.vocab_size, "steps": cfg.train.steps,
               "wall_s": round(time.perf_counter() - started, 1), "train_time_s": round(trainer.train_time_s, 1),
               "last": last}
-    (out / RESULT).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -63,6 +63,7 @@ from vslm.config import DataConfig, RunConfig, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.errors import ConfigError, did_you_mean
 from vslm.eval.corpus import score_tokens
+from vslm.files import write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import tokens_per_run
 from vslm.lab.stats import (
@@ -300,7 +301,7 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     parts = [f"# Experiment {name}\n\n{spec.description}\n\n```sh\n{command}\n```\n"]
     parts += [(out / _corpus_folder(corpus) / "results.md").read_text(encoding="utf-8")
               .replace("# Experiment", "## Experiment", 1) for corpus in plans]
-    (out / "results.md").write_text("\n".join(parts), encoding="utf-8")
+    write_text(out / "results.md", "\n".join(parts))
     return summaries
 
 
@@ -398,7 +399,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         shown = dynamics_rows(dynamics)
         report["dynamics_table"] = {"columns": ["variant", *DYNAMICS.values()], "rows": [list(r) for r in shown]}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(plain(report), indent=2) + "\n", encoding="utf-8")
+    write_text(out / "results.json", json.dumps(plain(report), indent=2) + "\n")
     tables = [(COLUMNS, rows)]
     if sweeps:
         tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), sweep_rows(sweeps)))
@@ -411,7 +412,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     markdown = results_markdown(name, spec.description, command, tables)
     if spec.cross_eval:
         markdown += matrix_markdown(report["cross_eval"])
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_text(out / "results.md", markdown)
     write_experiment_report(out)
     if console:
         titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}

@@ -193,13 +193,31 @@ def _run_reporting(job, threads: int, task: Callable = run_job) -> dict:
         return {"failed": str(e), "error": str(e)}
 
 
+def _run_interruptible(job, threads: int, task: Callable = run_job) -> dict:
+    """_run_reporting with SIGINT (Ctrl-C, or the parent stopping the batch) raising KeyboardInterrupt in
+    the task: a training's own handler writes its checkpoint first, an evaluation stops where it is (what
+    it had written is whole: vslm.files), and the task comes back as {"stopped"}."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return _run_reporting(job, threads, task)
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # in the task, or just after it returned
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return {"failed": "stopped: interrupted", "stopped": True}
+
+
 def _worker(tasks, results, threads: int, task: Callable = run_job) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch starts its pools
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle: the parent asks; a training installs its own handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between tasks: a queue is never read or written half-way
     while (item := tasks.get()) is not None:
         index, job = item
         results.put(("start", index, os.getpid()))
-        results.put(("done", index, _run_reporting(job, threads, task)))
+        result = _run_interruptible(job, threads, task)
+        results.put(("done", index, result))
+        if result.get("stopped"):
+            return  # the batch is stopping: take no new task
 
 
 def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable = run_job) -> list[dict]:
@@ -285,8 +303,9 @@ def _no_more_tasks(tasks, n: int) -> None:
 
 
 def _stop_workers(workers, grace: float = 120.0) -> None:
-    """SIGINT to every worker (a training checkpoints and stops; an idle worker ignores it), then wait for
-    them; a worker still there after `grace` seconds is killed."""
+    """SIGINT to every worker (a training checkpoints and stops, any other task stops where it is; a worker
+    between tasks ignores it and reads its end-of-work mark), then wait for them; a worker still there after
+    `grace` seconds is killed."""
     for w in workers:
         if w.is_alive():
             try:

@@ -54,6 +54,7 @@ from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError, did_you_mean
+from vslm.files import write_text
 from vslm.lab import scaling_fit
 from vslm.lab.experiments import builtin_descriptions
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
@@ -325,7 +326,7 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
               "base_config": runs[0].cfg.model_dump(mode="json", exclude_none=True),
               **study(runs, results, spec.bootstrap, starts, spec.seed)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / FIT).write_text(json.dumps(plain(report), indent=1) + "\n", encoding="utf-8")
+    write_text(out / FIT, json.dumps(plain(report), indent=1) + "\n")
     write_scaling_report(out)
     if "error" in report:
         raise VSLMError(f"{report['error']} ({len(report['left_out'])} runs left out; {out / FIT} and "

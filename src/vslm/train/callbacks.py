@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from vslm.files import write_text
 from vslm.train.checkpoint import checkpoint_name, prune, save_checkpoint
 from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS
 
@@ -49,7 +50,7 @@ class MetricsLog(Callback):
         path = trainer.run_dir / METRICS
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # a line cut by a kill is dropped too
-        path.write_text("".join(ln + "\n" for ln in kept))
+        write_text(path, "".join(ln + "\n" for ln in kept))
         self.file = path.open("a", buffering=1)
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from vslm import files
 from vslm.errors import VSLMError
-from vslm.files import default_mode
 
 NAME = re.compile(r"^step_(\d{8})\.safetensors$")
 STATE_KEY = "vslm_state"
@@ -86,31 +85,14 @@ FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, a file-size limit,
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], size: int | None = None) -> None:
-    """Call write(file) on a temporary file beside path, fsync it, then rename it to path. The file gets the
-    mode open() would give it (mkstemp's own 0o600 would leave a checkpoint unreadable to a group that reads
-    the rest of the run). A full disk, a file-size limit or a quota leave the folder as it was and end in one
-    line (VSLMError) that names the folder and, when `size` (bytes) is given, the space needed."""
+    """vslm.files.atomic_write, with a full disk, a file-size limit or a quota ending in one line (VSLMError)
+    that names the folder and, when `size` (bytes) is given, the space needed; the folder is left as it was."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        files.atomic_write(path, write)
     except OSError as e:
-        raise _no_room(e, path, size) from None
-    try:
-        os.fchmod(fd, default_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in FULL:
+        if e.errno in FULL:
             raise _no_room(e, path, size) from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _no_room(e: OSError, path: Path, size: int | None) -> VSLMError:

@@ -59,6 +59,7 @@ import torch
 from vslm.config import RunConfig
 from vslm.data.batches import fixed_windows
 from vslm.data.shards import Corpus
+from vslm.files import write_text
 from vslm.model import GPT
 from vslm.plain import plain
 from vslm.probes import (
@@ -211,7 +212,7 @@ class ProbeCallback(Callback):
         path = trainer.run_dir / PROBES
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # on resume: up to the checkpoint
-        path.write_text("".join(ln + "\n" for ln in kept))
+        write_text(path, "".join(ln + "\n" for ln in kept))
         self.history = [json.loads(ln) for ln in kept]
         self.file = path.open("a", buffering=1)
         self.seconds += time.perf_counter() - started
@@ -262,7 +263,7 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
         weights, _ = load_checkpoint(path)
         model.load_state_dict(weights)
         lines.append(json.dumps({"step": step, **run_probes(model, probes)}))
-    out.write_text("".join(ln + "\n" for ln in lines))
+    write_text(out, "".join(ln + "\n" for ln in lines))
     return out
 
 

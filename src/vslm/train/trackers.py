@@ -19,6 +19,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from vslm.errors import ConfigError
+from vslm.files import write_text
 from vslm.train.callbacks import Callback
 from vslm.train.figures import HEATMAP, position_loss_heatmap, probe_scalars
 from vslm.train.probing import ProbeCallback
@@ -80,7 +81,7 @@ class _Tracker(Callback):
         ids = json.loads(path.read_text()) if path.exists() else {}
         run_id = self.start(trainer, ids.get(self.name) if trainer.resume else None)
         if ids.get(self.name) != run_id:
-            path.write_text(json.dumps({**ids, self.name: run_id}, indent=1) + "\n")
+            write_text(path, json.dumps({**ids, self.name: run_id}, indent=1) + "\n")
         self.probes = next((cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback)), None)
         self._log_step(trainer.step, {})  # step 0's probes, run just before
 
