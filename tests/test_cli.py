@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 from vslm.cli import main
 
@@ -55,3 +57,21 @@ def test_configs_and_describe_commands():
 def test_unknown_command_and_bad_words_exit_nonzero():
     r = subprocess.run([sys.executable, "-m", "vslm", "train", "tiny", "stray-word"], capture_output=True, text=True)
     assert r.returncode == 2 and "override 'stray-word' is not of the form" in r.stderr
+
+
+@pytest.mark.parametrize(("argv", "usage", "hint"), [
+    (["train", "tiny", "--resmue"], "usage: vslm train ", "--resmue (did you mean --resume?)"),
+    (["bench", "train", "--stpes", "3"], "usage: vslm bench train ", "--stpes (did you mean --steps?)")])
+def test_an_unknown_option_gets_the_commands_usage_and_the_option_meant(capsys, argv, usage, hint):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and f"error: unrecognized arguments: {hint}" in err
+
+
+def test_counts_below_1_are_refused_before_anything_is_measured(capsys):
+    for argv, line in ((["bench", "train", "--steps", "0"], "--steps must be at least 1, got 0"),
+                       (["bench", "speedrun", "--repeat", "0"], "--repeat must be at least 1, got 0"),
+                       (["bench", "sample", "--tokens", "0"], "--tokens must be at least 1, got 0")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"vslm: error: {line}"

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from vslm.config import BlockSpec, RunConfig, builtin_configs, load_config, parse_override, validate
+from vslm.config import BlockSpec, RunConfig, builtin_configs, load_config, parse_override, save_config, validate
 from vslm.errors import ConfigError
 
 
@@ -121,3 +121,26 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
 
 def test_defaults_are_the_nanogpt_recipe():
     assert RunConfig().train.betas == (0.9, 0.99)
+
+
+def test_an_override_the_shell_cut_at_a_space_says_to_quote_it():
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["model.blocks=[{window=16},", "{}]"])  # model.blocks=[{window=16}, {}] unquoted
+    assert str(e.value).endswith("the shell cut it at a space? quote the whole word: 'model.blocks=...'")
+    with pytest.raises(ConfigError) as e:  # whole, but not TOML: no such hint
+        load_config("tiny", ["model.blocks=[{window=}]"])
+    assert "shell" not in str(e.value)
+
+
+def test_a_run_folder_given_as_a_config_points_to_its_config(tmp_path, capsys):
+    from vslm.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config("tiny", ["model.width=48"]), run / "config.toml")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(run))
+    assert str(e.value) == (f"no config '{run}': a run folder (its config: {run / 'config.toml'}; "
+                            f"`vslm train --resume --out {run}` continues it)")
+    assert main(["describe", str(run)]) == 0  # describe takes the run's config
+    assert "48" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from vslm.data.registry import GENERATED, REGISTRY, squad_text
 from vslm.data.shards import is_validation, prepare_corpus
 from vslm.data.sources import open_source
 from vslm.data.tokenizer import ByteTokenizer, HFTokenizer
-from vslm.errors import VSLMError
+from vslm.errors import ConfigError, VSLMError
 from vslm.eval.corpus import score_tokens
 
 DATA = SHARED / "data"
@@ -166,6 +166,17 @@ def test_stories_is_the_embedded_generator():
 
 
 # ------------------------------------------------------------------------- errors
+
+
+def test_a_split_typed_wrong_is_a_config_error_before_anything_is_read(data_dir):
+    """Not a trip to the hub that ends in "check the connection", nor a generated corpus trained silently."""
+    with pytest.raises(ConfigError) as e:
+        open_source(DataConfig(source="wikitext-2:tset"))
+    assert str(e.value) == ("data source 'wikitext-2:tset': no split 'tset' (did you mean wikitext-2:test?); "
+                            "wikitext-2 has wikitext-2:train, wikitext-2:validation, wikitext-2:test")
+    with pytest.raises(ConfigError, match=r"^data source 'stories:tset': stories is generated, one text without"):
+        open_source(DataConfig(source="stories:tset"))
+    assert open_source(DataConfig(source="stories:train", max_bytes=1000)).name == "stories"
 
 
 def test_offline_without_a_local_copy_says_what_to_do(data_dir, monkeypatch):
@@ -343,6 +354,9 @@ def test_eval_reports_word_perplexity_on_wikitext(tmp_path, capsys):
     assert stories["split"] == "train, held out" and "word_perplexity" not in stories
     held_out = prepare_corpus(DataConfig(source="stories", max_bytes=300_000, tokenizer="byte"))
     assert stories["tokens"] == len(held_out.val.tokens)  # the documents the run held out
+    # the table, with the note on which release was read, once per corpus
+    assert main(["eval", str(run), "--on", "wikitext-2", "wikitext-2:test", "--max-bytes", "20000"]) == 0
+    assert capsys.readouterr().out.count("wikitext-2: the local wiki.*.tokens files are the tokenized") == 1
 
 
 def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):

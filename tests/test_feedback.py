@@ -208,11 +208,42 @@ def test_the_readme_eval_example_works_with_a_byte_tokenizer_and_a_char_one_says
     assert "is not in this character vocabulary" in err and "data.tokenizer=byte or bpe" in err
 
 
+def test_watch_tells_a_stopped_run_from_a_running_one_by_its_lock(tmp_path, monkeypatch, capsys):
+    """A run killed half-way (no process holds its folder's lock) reads "stopped", not "running, eta", and
+    watch ends on it instead of waiting out its idle time."""
+    import io
+
+    from filelock import FileLock
+    from rich.console import Console
+
+    from vslm.commands import watch as watch_module
+    from vslm.files import LOCK
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "config.toml").write_text('name = "killed"\n[train]\nsteps = 6\n')
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 3.0, "train_time_s": 1.0}) + "\n")
+    (folder / LOCK).touch()  # left behind by the killed trainer, held by no one
+    assert main(["watch", str(folder), "--once"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the line may wrap at the terminal's width
+    assert f"step 2/6 (33%) stopped: no process trains in it (`vslm train --resume --out {folder}` continues it)" in out
+    with FileLock(str(folder / LOCK)):  # a trainer in it now
+        assert main(["watch", str(folder), "--once"]) == 0
+        assert "step 2/6 (33%)  running, eta 2 s" in capsys.readouterr().out
+    monkeypatch.setattr(watch_module, "STOPPED_AFTER", 0.2)
+    buf = io.StringIO()
+    watch_module.watch(folder, Console(file=buf, width=200), every=0.05, idle=60)
+    assert buf.getvalue().rstrip().endswith("the run stopped: no process trains in it")
+
+
 def test_watch_follows_a_run_folder_that_grows_until_it_finishes(tmp_path):
     import threading
     import time
 
+    from filelock import FileLock
+
     from vslm.commands.watch import frame, watch
+    from vslm.files import LOCK
     from vslm.report.runs import read_run
 
     folder = tmp_path / "r"
@@ -221,6 +252,10 @@ def test_watch_follows_a_run_folder_that_grows_until_it_finishes(tmp_path):
         time.sleep(0.2)
         folder.mkdir()
         (folder / "config.toml").write_text('name = "grow"\n[train]\nsteps = 6\n')
+        with FileLock(str(folder / LOCK)):  # as the trainer holds it while it trains
+            write_steps()
+
+    def write_steps():
         for step in range(1, 7):
             row = {"step": step, "loss": 4 - step / 3, "tokens": 256 * step, "tokens_per_s": 1000.0,
                    "train_time_s": 0.5 * step}

@@ -72,3 +72,17 @@ def test_plan_never_replaces_an_earlier_plan(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "plan-2.toml"
     assert (tmp_path / "plan.toml").read_text() == "# an earlier plan\n"
     assert load_config("plan-2.toml").model.width == 32
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf", "0", "-1"])
+def test_hours_that_are_not_a_positive_number_are_refused_before_measuring(tmp_path, capsys, hours):
+    assert main(["plan", "--hours", hours, "--out", str(tmp_path / "p.toml")]) == 2
+    assert capsys.readouterr().err.strip() == f"vslm: error: --hours must be a positive number of hours, got {hours}"
+    assert not (tmp_path / "p.toml").exists()
+
+
+def test_a_fit_that_is_not_json_is_one_line(tmp_path, capsys):
+    (tmp_path / "fit.json").write_text("not json")
+    assert main(["plan", "--hours", "1", "--from", str(tmp_path / "fit.json"), "--out", str(tmp_path / "p.toml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not the fit.json of `vslm scaling SPEC --out DIR` (not JSON" in err

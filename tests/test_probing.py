@@ -152,4 +152,7 @@ def test_probe_time_is_the_whole_runs_across_a_resume(tmp_path):
     # the resumed session's probe time adds to the checkpoint's, and the fraction is over the whole run's training
     assert summary["probe_time_s"] > saved
     total_train = [m for m in lines(run / "metrics.jsonl") if "train_time_s" in m][-1]["train_time_s"]
-    assert summary["probe_fraction"] == pytest.approx(summary["probe_time_s"] / total_train, rel=0.02)
+    # train_time_s is logged to 3 decimals: on a run of a few hundredths of a second that alone moves the
+    # ratio by percents (8.21 against 8.00 seen on a busy machine), so the check is on the times
+    fraction = summary["probe_fraction"]
+    assert fraction * total_train == pytest.approx(summary["probe_time_s"], abs=0.0005 * fraction + 0.0015)

@@ -16,11 +16,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from conftest import REPO, ctrl_c_reaches, tiny_overrides
 from test_report import CHROMIUM, chromium
 from vslm.cli import main
 from vslm.config import load_config
+from vslm.files import LOCK
 from vslm.report.serve import LiveReport, make_server
 from vslm.train.trainer import Trainer
 
@@ -46,7 +48,8 @@ def growing(finished_run, tmp_path) -> Path:
     (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["step"] <= 2))
     for path in folder.iterdir():
         os.utime(path, (time.time() - 60, time.time() - 60))
-    return folder
+    with FileLock(str(folder / LOCK)):  # a trainer in it, as while it trains
+        yield folder
 
 
 def advance(folder: Path, finished_run: Path) -> None:
@@ -160,6 +163,44 @@ def test_report_watch_redraws_the_file_until_the_run_ends(growing, finished_run,
     html = (growing / "report.html").read_text()
     assert "steps trained</td><td>4<" in html and UNFINISHED not in html
     assert "refresh" not in html and "<script" not in html  # the final file is the plain report
+
+
+def test_sigterm_outside_a_training_is_one_line_exit_143(finished_run):
+    """`kill PID` on a command that is not training (here a server): the documented exit 143 and a line that
+    says so, not a bare death by signal."""
+    proc = subprocess.Popen([sys.executable, "-m", "vslm", "report", str(finished_run), "--serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert "serving the report" in proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == ("vslm: stopped by SIGTERM (what was finished is kept: the "
+                                                      "same command reuses it)")
+
+
+def test_a_port_in_use_is_one_line(finished_run, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["report", str(finished_run), "--serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--port {port}: cannot serve on 127.0.0.1:{port}" in err and "--port 0" in err
+
+
+def test_report_watch_ends_on_a_run_that_stopped(finished_run, tmp_path, capsys):
+    """A run killed at step 2 of 4 (its lock held by no one, its files quiet for a minute): the file is drawn
+    once more without its reload and --watch ends, instead of redrawing forever."""
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    shutil.copy(finished_run / "config.toml", folder / "config.toml")
+    lines = (finished_run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["step"] <= 2))
+    (folder / LOCK).touch()
+    for path in folder.iterdir():
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    assert main(["report", str(folder), "--watch", "--every", "0.1"]) == 0
+    assert "the run stopped at step 2 (no process trains in it)" in capsys.readouterr().err
+    assert "refresh" not in (folder / "report.html").read_text()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "

@@ -168,16 +168,19 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
         assert main(["demo", "--out", str(early)]) == 1
         assert "in use by another process" in capsys.readouterr().err
     assert main(["demo", "--out", str(early)]) == 1  # not in use: the demo gives the same way on
-    assert "a resume cannot continue it: it stopped before its first checkpoint" in capsys.readouterr().err
+    how = f"`vslm train --resume --out {early}` trains it again from step 0"
+    assert "already holds a run that stopped before its first checkpoint" in (err := capsys.readouterr().err)
+    assert how in err
     # not in use: both commands give the one way on, not each other
     assert main(["train", "tiny", *tiny_overrides(train__steps=2), "--out", str(early)]) == 1
     err = capsys.readouterr().err
-    assert "already holds a run, and a resume cannot continue it: it stopped before its first checkpoint" in err
-    assert main(["train", "--resume", "--out", str(early)]) == 1
-    err = capsys.readouterr().err
-    assert f"cannot resume {early}: it stopped before its first checkpoint" in err
-    assert "every 25 steps or every 5 minutes); delete the folder to start over" in err and err.count("\n") == 1
+    assert "already holds a run that stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: " \
+           "every 25 steps or every 5 minutes)" in err and how in err and err.count("\n") == 1
     assert files_in(early) == before_early  # nothing lost
+    # a resume (kill -9 in the first minutes, say) has nothing to continue from: it trains the run again
+    assert main(["train", "--resume", "--out", str(early)]) == 0
+    assert f"{early} stopped before its first checkpoint: it trains again from step 0" in capsys.readouterr().err
+    assert [m["step"] for m in metrics(early)] == [1, 2] and list_checkpoints(early / "checkpoints")
 
     def train(*extra, **overrides):  # the rest in this process
         return main(["train", "tiny", *tiny_overrides(**overrides), "--out", str(folder), *extra])

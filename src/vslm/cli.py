@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
 
-from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
+from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError, did_you_mean
 from vslm.files import write_text
 
 console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
@@ -102,7 +105,8 @@ def cmd_describe(a: argparse.Namespace) -> int:
     from vslm.commands.describe import describe
     from vslm.config import load_config
 
-    describe(load_config(a.config, a.overrides), console)
+    config = Path(a.config) / "config.toml" if (Path(a.config) / "config.toml").is_file() else a.config  # a run
+    describe(load_config(str(config), a.overrides), console)
     return 0
 
 
@@ -259,9 +263,17 @@ def _print_json(result: dict) -> int:
     return 0
 
 
+def _at_least_1(a: argparse.Namespace, *names: str) -> None:
+    """Counts that must be positive (--steps, --repeat): one line and exit 2 before anything is measured."""
+    for name in names:
+        if getattr(a, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+
+
 def cmd_bench_train(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_bench
 
+    _at_least_1(a, "steps", "repeat", "eval_batches")
     result = run_bench(Path(a.data) if a.data else None, a.steps, a.repeat, Path(a.reference) if a.reference else None,
                        console if not a.json else None, a.overrides, a.eval_batches)
     return _print_json(result) if a.json else 0
@@ -270,6 +282,7 @@ def cmd_bench_train(a: argparse.Namespace) -> int:
 def cmd_bench_speedrun(a: argparse.Namespace) -> int:
     from vslm.commands.speedrun import run_speedrun
 
+    _at_least_1(a, "repeat")
     result = run_speedrun(Path(a.data) if a.data else None, a.repeat, Path(a.reference) if a.reference else None,
                           console if not a.json else None, a.overrides)
     return _print_json(result) if a.json else 0
@@ -285,6 +298,7 @@ def cmd_bench_prepare(a: argparse.Namespace) -> int:
 def cmd_bench_attention(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_attention_bench
 
+    _at_least_1(a, "steps", "repeat")
     result = run_attention_bench(a.steps, a.repeat, console if not a.json else None)
     return _print_json(result) if a.json else 0
 
@@ -292,6 +306,7 @@ def cmd_bench_attention(a: argparse.Namespace) -> int:
 def cmd_bench_sample(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_sample_bench
 
+    _at_least_1(a, "tokens", "repeat")
     result = run_sample_bench(a.overrides, a.tokens, a.repeat, console if not a.json else None, a.profile)
     return _print_json(result) if a.json else 0
 
@@ -299,6 +314,7 @@ def cmd_bench_sample(a: argparse.Namespace) -> int:
 def cmd_bench_parallel(a: argparse.Namespace) -> int:
     from vslm.commands.bench_parallel import parse_launchers, run_parallel_bench
 
+    _at_least_1(a, "seeds", "repeat")
     result = run_parallel_bench(a.experiment, a.seeds, parse_launchers(a.launchers), a.repeat, a.overrides,
                                 console if not a.json else None, Path(a.keep) if a.keep else None)
     return _print_json(result) if a.json else 0
@@ -333,6 +349,12 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from vslm.commands.demo import free_path
     from vslm.commands.plan import make_plan, print_plan, write_plan
 
+    if not (math.isfinite(a.hours) and a.hours > 0):  # before the minutes of measuring
+        raise UsageError(f"--hours must be a positive number of hours, got {a.hours:g}")
+    if a.from_fit:
+        from vslm.commands.scaling import read_fit
+
+        read_fit(Path(a.from_fit))
     if a.out is None:  # as `vslm demo` picks runs/demo-2: a plan never replaces an earlier one
         a.out = free_path(Path("plan.toml"))
     elif Path(a.out).exists():  # refused before the minutes of measuring
@@ -679,7 +701,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from vslm.data.registry import split_name
 
         entries = [split_name(r["corpus"])[0] for r in out["corpora"]]
-        for entry in dict.fromkeys(e for e in entries if e is not None and e.note):  # which release was read
+        for entry in {e.name: e for e in entries if e is not None and e.note}.values():  # which release was read
             console.print(f"{entry.name}: {entry.note}", highlight=False, markup=False, soft_wrap=True)
     for task, metrics in out.get("tasks", {}).items():
         console.print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
@@ -974,13 +996,46 @@ def launcher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-run", type=int, default=1, help="with --launcher ray: CPUs (torch threads) per run")
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that `args` were parsed for: `vslm bench train`'s, say."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _command_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training (which checkpoints first and raises TrainingStopped): an evaluation, a report.
+    A BaseException, as KeyboardInterrupt is: no `except Exception` takes it for a failed run and goes on."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    here = threading.current_thread() is threading.main_thread()  # handlers only in the main thread
+    previous = signal.signal(signal.SIGTERM, _terminate) if here else None
+    try:
+        return _main(argv)
+    except Terminated:
+        print("vslm: stopped by SIGTERM (what was finished is kept: the same command reuses it)", file=sys.stderr)
+        return 143
+    finally:
+        if here:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too: `vslm train cfg --out x train.steps=5`
     unknown = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # the command's own usage, and the option meant
+        command = _command_parser(parser, args)
+        options = [o for action in command._actions for o in action.option_strings]
+        hint = next((h for w in unknown if w.startswith("--") and (h := did_you_mean(w.split("=")[0], options))), "")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:

@@ -464,6 +464,9 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         if not entry.is_file():
             names = ", ".join(builtin_configs())
             where = f" ({path})" if beside is not None else ""
+            if files and (path / "config.toml").is_file():  # a run folder: its config is the file inside
+                raise ConfigError(f"no config '{name_or_path}': a run folder (its config: {path / 'config.toml'}; "
+                                  f"`vslm train --resume --out {path}` continues it)")
             raise ConfigError(f"no config '{name_or_path}'{did_you_mean(name_or_path, builtin_configs())}: not a "
                               f"file{where}, nor a built-in config ({names})")
         text, label, here = entry.read_text(), f"built-in config '{name_or_path}'", None
@@ -504,7 +507,9 @@ def parse_override(word: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError as e:
         if text.lstrip()[:1] in ("[", "{", '"', "'"):  # meant as an array, a table or a quoted string
-            raise ConfigError(f"override '{word}': the value is not valid TOML ({e})") from None
+            cut = text.count("[") > text.count("]") or text.count("{") > text.count("}")
+            hint = f"; the shell cut it at a space? quote the whole word: '{key}=...'" if cut else ""
+            raise ConfigError(f"override '{word}': the value is not valid TOML ({e}){hint}") from None
         value = text  # a bare word: cpu, stories, path/to/file.txt
     return key.split("."), value
 

@@ -14,6 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+LOCK = ".lock"  # a run folder's: held by the process that trains in it (vslm.train.run_folder.RunLock)
+
 
 def umask() -> int:
     """The process's umask, read without changing it where Linux shows it; else os.umask, set back at once."""
@@ -58,3 +62,19 @@ def write_text(path: Path, text: str) -> None:
     """`text` (UTF-8) as the whole of `path`, atomically (atomic_write)."""
     data = text.encode("utf-8")
     atomic_write(path, lambda f: f.write(data))
+
+
+def in_use(folder: Path) -> bool:
+    """Whether a process holds the run folder's lock now (trains in it). The OS lets go of a lock when its
+    process dies, even by SIGKILL, so a stopped or killed run reads False. The look takes the lock for an
+    instant when it is free."""
+    path = Path(folder) / LOCK
+    if not path.exists():
+        return False
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False

@@ -32,7 +32,7 @@ from rich.table import Table
 from vslm.commands.bench import throughput
 from vslm.config import RunConfig, apply_overrides, load_config, save_config, validate
 from vslm.data.shards import Corpus, prepare_corpus
-from vslm.errors import VSLMError
+from vslm.errors import UsageError
 from vslm.train.callbacks import MetricsLog, StopAfter
 from vslm.train.run_folder import METRICS, device_of
 from vslm.train.trainer import Trainer
@@ -154,8 +154,8 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
     (sizes, cost fit, seconds) -> Shape replaces the 20-tokens-per-parameter choice (`vslm plan --from
     fit.json`: vslm.commands.scaling)."""
     chooser = chooser or choose
-    if hours <= 0:
-        raise VSLMError("plan needs --hours > 0")
+    if not (math.isfinite(hours) and hours > 0):
+        raise UsageError(f"--hours must be a positive number of hours, got {hours:g}")
     cfg, cuda = base_config(list(overrides), data)
     corpus = prepare_corpus(cfg.data)
     vocab = corpus.tokenizer.vocab_size

@@ -39,9 +39,13 @@ def read_fit(path: Path) -> dict:
         path = path / "fit.json"
     if not path.is_file():
         raise VSLMError(f"no fit at {path}: give the fit.json of `vslm scaling SPEC --out DIR`")
-    result = json.loads(path.read_text(encoding="utf-8"))
-    if not result.get("fit"):
-        raise VSLMError(f"{path} holds no fit ({result.get('error', 'the study did not finish')})")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VSLMError(f"{path} is not the fit.json of `vslm scaling SPEC --out DIR` (not JSON: {e})") from None
+    if not isinstance(result, dict) or not result.get("fit"):
+        why = result.get("error", "the study did not finish") if isinstance(result, dict) else "not a study's fit"
+        raise VSLMError(f"{path} holds no fit ({why})")
     return result
 
 

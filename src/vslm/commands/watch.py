@@ -2,8 +2,9 @@
 progress and ETA, a sparkline of the training loss with the last validation loss and bits per byte,
 tokens per second, the latest probes (ICL score, KL from the unigram to the mean prediction), the last
 checkpoint. On a terminal it redraws in place (rich Live); in a file or a pipe it prints a frame each
-time the run logs a new step. It ends when the run reaches its last step, or after `idle` seconds
-without a new line in the run's files (a run stopped, killed or stalled)."""
+time the run logs a new step. It ends when the run reaches its last step, when no process holds
+the run folder's lock (a run stopped or killed) and nothing was written for STOPPED_AFTER seconds, or after
+`idle` seconds without a new line in the run's files (a run that stalls)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 from rich.console import Console
 
 from vslm.errors import VSLMError
+from vslm.files import in_use
 from vslm.report.runs import CONFIG, RunFiles, read_run
+from vslm.report.serve import STOPPED_AFTER
 
 BARS = "▁▂▃▄▅▆▇█"
 CHECKPOINT = re.compile(r"step_(\d+)\.safetensors$")
@@ -66,8 +69,9 @@ def frame(run: RunFiles, now: float | None = None) -> list[str]:
     else:
         done = f"step {step:,}/{steps:,} ({step / steps:.0%})" if steps else f"step {step:,}"
         seconds = last.get("train_time_s")
-        state = "finished" if finished(run) else "running"
-        if isinstance(seconds, int | float) and seconds > 0 and steps and step < steps:
+        state = "finished" if finished(run) else "running" if in_use(run.folder) else \
+            f"stopped: no process trains in it (`vslm train --resume --out {run.folder}` continues it)"
+        if state == "running" and isinstance(seconds, int | float) and seconds > 0 and steps and step < steps:
             state += f", eta {_duration(seconds / step * (steps - step))} (training time; evaluation adds some)"
         elif isinstance(seconds, int | float) and finished(run):
             state += f" in {_duration(seconds)} of training"
@@ -130,6 +134,8 @@ def watch(folder: Path, console: Console, once: bool = False, every: float = 2.0
             seen, quiet_since = changed, time.monotonic()
         elif time.monotonic() - quiet_since > idle:
             return f"no new step for {_duration(idle)}: the run stopped, or stalls"
+        elif run.metrics and time.monotonic() - quiet_since > min(idle, STOPPED_AFTER) and not in_use(folder):
+            return "the run stopped: no process trains in it"
         return None
 
     if console.is_terminal:

@@ -126,9 +126,19 @@ def local_splits(entry: Entry) -> list[str]:
     return [s for s in ("train", "validation", "test") if local_files(entry, s)]
 
 
+SPLITS = ("train", "validation", "test")  # the registry's corpora's splits, local or on the hub
+
+
 def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
     if entry.name in GENERATED:
+        if split != "train":  # a name typed wrong is a config error, before anything is read or downloaded
+            raise ConfigError(f"data source '{entry.name}:{split}': {entry.name} is generated, one text without "
+                              "splits (its validation is the held-out part: data.val_fraction)")
         return open_source(cfg.model_copy(update={"source": entry.name}))
+    if split not in (known := (*SPLITS, *(s for s in entry.local if s not in SPLITS))):
+        raise ConfigError(f"data source '{entry.name}:{split}': no split '{split}'"
+                          f"{did_you_mean(split, known, entry.name + ':')}; {entry.name} has "
+                          f"{', '.join(f'{entry.name}:{s}' for s in known)}")
     label = entry.name if split == "train" else f"{entry.name}:{split}"
     files = local_files(entry, split) if cfg.origin != "hub" else None
     if files:

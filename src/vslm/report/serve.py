@@ -25,9 +25,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from vslm.errors import UsageError
+from vslm.files import in_use
 from vslm.report.run_report import REPORT, render
 from vslm.report.runs import CONFIG, METRICS, PROBES, SAMPLES, SUMMARY, RunFiles, read_run
 
+STOPPED_AFTER = 30.0  # seconds without a write and without the folder's lock: a run stopped or killed (a resume
+# takes the lock only once its corpus and model are ready)
 HOST = "127.0.0.1"  # localhost only: the report shows a run's config and samples to whoever can reach it
 WATCHED = (CONFIG, METRICS, PROBES, SUMMARY, SAMPLES)
 HOLD_S = 20.0  # how long /version holds a request when nothing changes (long polling)
@@ -90,27 +94,38 @@ class LiveReport:
         self.final = False
         self._seen: tuple | None = None
         self._at_end = False
+        self._logged = False
         self.poll()
 
-    def poll(self) -> bool:
+    def stopped(self) -> bool:
+        """A run that logged steps, not its last, wrote nothing for STOPPED_AFTER seconds, and whose folder's
+        lock no process holds: stopped or killed."""
+        return (self._logged and not self._at_end and self._seen is not None
+                and self._quiet(self._seen, STOPPED_AFTER) and not in_use(self.folder))
+
+    def poll(self, final: bool = False) -> bool:
         """Redraw if the run's files changed since the last look; True when it did. Once the run is at its
-        last step and its files have been quiet for `settle` seconds the report is final: no more redraws."""
+        last step and its files have been quiet for `settle` seconds the report is final: no more redraws
+        (`final`: now, wherever the run is)."""
         if self.final:
             return False
+        if final:
+            self._draw(final=True)
+            return True
         seen = fingerprint(self.folder)
         if seen != self._seen:
             self._seen = seen
             run = read_run(self.folder, warn=lambda line: None)  # a line being written: read again next time
-            self._at_end = reached_end(run)
+            self._at_end, self._logged = reached_end(run), bool(run.metrics)
             self._draw(run, final=self._at_end and self._quiet(seen))
             return True
         if self._at_end and self._quiet(seen):
             self._draw(final=True)
         return False
 
-    def _quiet(self, seen: tuple) -> bool:
+    def _quiet(self, seen: tuple, seconds: float | None = None) -> bool:
         newest = max((mtime for _, mtime, _ in seen), default=0) / 1e9
-        return time.time() - newest >= self.settle
+        return time.time() - newest >= (self.settle if seconds is None else seconds)
 
     def _draw(self, run: RunFiles | None = None, final: bool = False) -> None:
         run = run or read_run(self.folder, warn=lambda line: None)
@@ -179,7 +194,11 @@ def make_server(live: LiveReport, port: int = 0, hold: float = HOLD_S) -> Thread
         def log_message(self, *args) -> None:  # one line per request would drown the status lines
             pass
 
-    server = ThreadingHTTPServer((HOST, port), Handler)
+    try:
+        server = ThreadingHTTPServer((HOST, port), Handler)
+    except OSError as e:
+        raise UsageError(f"--port {port}: cannot serve on {HOST}:{port} ({e.strerror or e}); give another port, "
+                         "or --port 0 for any free one") from None
     server.daemon_threads = True  # a held /version request never delays the exit
     return server
 
@@ -219,5 +238,10 @@ def watch(folder: Path, every: float = 2.0, settle: float = 10.0, say: Callable[
         time.sleep(every)
         if live.poll():
             say(f"redrawn at step {live.step:,}")
+        elif live.stopped():
+            live.poll(final=True)
+            say(f"the run stopped at step {live.step:,} (no process trains in it): {live.path} shows it as it "
+                "stopped; `vslm train --resume` continues it")
+            return live.path
     say(f"the run finished at step {live.step:,}: {live.path} is final")
     return live.path

@@ -23,7 +23,8 @@ from filelock import FileLock, Timeout
 
 from vslm.config import RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
-from vslm.errors import ConfigError, VSLMError
+from vslm.errors import ConfigError, UsageError, VSLMError
+from vslm.files import LOCK
 from vslm.model import GPT
 from vslm.train.checkpoint import atomic_write, check_fits, list_checkpoints, load_checkpoint, newest_good
 
@@ -49,7 +50,7 @@ class RunLock:
     process dies, even by SIGKILL: no stale locks."""
 
     def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
+        self.path = Path(folder) / LOCK
         self._lock = FileLock(str(self.path), timeout=0)  # timeout 0: one try, never a wait
 
     def __enter__(self) -> RunLock:
@@ -67,28 +68,29 @@ class RunLock:
 def check_not_in_use(folder: Path) -> None:
     """Refuses, in one line, a folder that another process trains in now (before any other judgement of
     it: a live run's folder is never called deletable)."""
-    if (Path(folder) / ".lock").exists():
+    if (Path(folder) / LOCK).exists():
         with RunLock(folder):
             pass
 
 
-def before_first_checkpoint(saved: RunConfig) -> str:
-    """Why a run folder without a checkpoint cannot be resumed, and what to do instead."""
+def before_first_checkpoint(saved: RunConfig, folder: Path) -> str:
+    """Why a new run into a folder without a checkpoint is refused, and what to do instead."""
     tc, due = saved.train, []
     if tc.checkpoint_every:
         due.append(f"every {tc.checkpoint_every:,} steps")
     if tc.checkpoint_minutes:
         due.append(f"every {tc.checkpoint_minutes:g} minutes")
     return (f"it stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: "
-            f"{' or '.join(due) or 'at the end'}); delete the folder to start over, or train into another --out")
+            f"{' or '.join(due) or 'at the end'}); `vslm train --resume --out {folder}` trains it again from step 0, "
+            "or train into another --out")
 
 
-def why_not_resumable(folder: Path) -> str | None:
+def no_checkpoint_yet(folder: Path) -> str | None:
     """before_first_checkpoint's words for a run folder with a readable config and no checkpoint, else None."""
     if list_checkpoints(Path(folder) / CHECKPOINTS):
         return None
     try:
-        return before_first_checkpoint(read_run_config(folder))
+        return before_first_checkpoint(read_run_config(folder), folder)
     except VSLMError:  # no config, or one that does not read: not a run that a resume would take
         return None
 
@@ -104,8 +106,8 @@ def refuse_a_run_folder(folder: Path, how_to_continue: str) -> None:
     with why a resume cannot continue it. The lock is the caller's to judge first (check_not_in_use)."""
     if not holds_run(folder):
         return
-    if (why := why_not_resumable(folder)) is not None:
-        raise VSLMError(f"{folder} already holds a run, and a resume cannot continue it: {why}")
+    if (why := no_checkpoint_yet(folder)) is not None:
+        raise VSLMError(f"{folder} already holds a run that {why.removeprefix('it ')}")
     raise VSLMError(f"{folder} already holds a run{how_to_continue}")
 
 
@@ -148,6 +150,9 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     """load_run, and the checkpoint or snapshot file the weights came from (commands say which they used)."""
     folder = Path(folder)
     cfg = read_run_config(folder)
+    if checkpoint is not None and not Path(checkpoint).is_file():  # an argument naming no file: as for --resume
+        raise UsageError(f"--checkpoint {checkpoint}: no such file (the run's checkpoints are in "
+                         f"{folder / CHECKPOINTS})")
     if checkpoint is not None:
         weights, _ = load_checkpoint(checkpoint, device)
     else:

@@ -32,6 +32,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -79,7 +80,6 @@ from vslm.train.run_folder import (
     SUMMARY,
     TOKENIZER,
     RunLock,
-    before_first_checkpoint,
     check_not_in_use,
     device_of,
     read_run_config,
@@ -366,8 +366,14 @@ class Trainer:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                                 "where it runs)")
-        if not list_checkpoints(self.run_dir / CHECKPOINTS):
-            raise VSLMError(f"cannot resume {self.run_dir}: {before_first_checkpoint(saved)}")
+        if not list_checkpoints(self.run_dir / CHECKPOINTS) and self.resume_from is None:
+            # nothing to continue from, and nothing to keep: the same config retrains the same steps
+            self._warn(f"{self.run_dir} stopped before its first checkpoint: it trains again from step 0 with its "
+                       "config (the steps it had logged are written anew)")
+            with self.dist.main_first():
+                if self.dist.is_main:
+                    shutil.rmtree(self.run_dir)
+            self.resume = False
         if self.resume_from is not None and not Path(self.resume_from).is_file():
             raise UsageError(f"--checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
