@@ -49,6 +49,7 @@ def tiny_overrides(**extra) -> list[str]:
 
 
 def files_in(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` and its bytes (the run lock left out): what a refused command must leave as it was."""
+    """Every file under `folder` and its bytes (the run lock and its host left out): what a refused command must
+    leave as it was."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+            if p.is_file() and not p.name.startswith(".lock")}

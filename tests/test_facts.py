@@ -82,15 +82,17 @@ def resolve(question: str, facts: list[dict], names: dict[str, str]) -> tuple[st
 def test_a_world_folder_stopped_half_way_is_not_left_half_written(tmp_path, monkeypatch):
     """The world is written in a temporary folder and renamed: a stop after its first file leaves nothing
     that the rerun would refuse as "not empty and holds no world"."""
-    out, write, calls = tmp_path / "world", Path.write_text, []
+    from vslm.knowledge import folder
 
-    def stop_at_second(self, *args, **kwargs):
-        calls.append(self.name)
+    out, write, calls = tmp_path / "world", folder.write_text, []
+
+    def stop_at_second(path, text):
+        calls.append(path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return write(self, *args, **kwargs)
+        return write(path, text)
 
-    monkeypatch.setattr(Path, "write_text", stop_at_second)
+    monkeypatch.setattr(folder, "write_text", stop_at_second)
     with pytest.raises(KeyboardInterrupt):
         write_world_folder(SMALL, out)
     assert list(tmp_path.iterdir()) == []

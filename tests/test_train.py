@@ -147,6 +147,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert metrics(tmp_path / "r")[-1]["step"] == 5
 
 
+@pytest.mark.parametrize("left", ["corrupt", "finished", "past the first"])
+def test_a_run_with_no_checkpoint_that_had_one_is_never_cleared(tmp_path, capsys, left):
+    """Its checkpoints set aside as corrupt, or removed from a finished run or from one past its first
+    checkpoint: --resume and a new run into it are refused, and every file stays."""
+    from vslm.cli import main
+
+    run = tmp_path / "r"
+    run.mkdir()
+    save_config(load_config("tiny", tiny_overrides(train__steps=50)), run / "config.toml")
+    step = {"corrupt": 3, "finished": 50, "past the first": 30}[left]  # tiny: checkpoint_every 25
+    (run / "metrics.jsonl").write_text(json.dumps({"step": step, "loss": 4.0, "train_time_s": 1.0}) + "\n")
+    if left == "corrupt":
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "step_00000002.safetensors.corrupt").write_bytes(b"x")
+    before = files_in(run)
+    assert main(["train", "--resume", "--out", str(run)]) == 1
+    assert "no checkpoint to continue from, though it trained past its first one" in capsys.readouterr().err
+    assert main(["train", "tiny", *tiny_overrides(train__steps=50), "--out", str(run)]) == 1
+    assert "already holds a run that has no checkpoint to continue from" in capsys.readouterr().err
+    assert files_in(run) == before
+
+
 def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     from vslm.cli import main
 
@@ -177,7 +199,10 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     assert "already holds a run that stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: " \
            "every 25 steps or every 5 minutes)" in err and how in err and err.count("\n") == 1
     assert files_in(early) == before_early  # nothing lost
-    # a resume (kill -9 in the first minutes, say) has nothing to continue from: it trains the run again
+    # a resume (kill -9 in the first minutes, say) has nothing to continue from: it trains the run again, but
+    # clears the folder only in fit(), under its lock, once a batch can be drawn
+    Trainer(load_config(str(early / "config.toml")), early, resume=True)
+    assert files_in(early) == before_early
     assert main(["train", "--resume", "--out", str(early)]) == 0
     assert f"{early} stopped before its first checkpoint: it trains again from step 0" in capsys.readouterr().err
     assert [m["step"] for m in metrics(early)] == [1, 2] and list_checkpoints(early / "checkpoints")

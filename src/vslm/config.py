@@ -615,6 +615,8 @@ def _set_in_base(loc: tuple, chain: list[tuple[str, dict]], overrides: list[str]
             if not isinstance(node, dict) or sections:
                 return f"{label} (a base of {chain[0][0]})" if i else None
             setters.append((i, label))
+            if any(isinstance(part, int) for part in loc):  # inside a list: the nearest file's list is the one used
+                break
     if not setters or setters[0][0] == 0 or any(path[: len(loc)] == tuple(loc) for path in paths):
         return None
     bases = "a base" if len(setters) == 1 else "bases"

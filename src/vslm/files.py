@@ -9,6 +9,7 @@ run folder or cache."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 LOCK = ".lock"  # a run folder's: held by the process that trains in it (vslm.train.run_folder.RunLock)
+LOCK_HOST = ".lock.host"  # the machine that took it last
 
 
 def umask() -> int:
@@ -65,16 +67,23 @@ def write_text(path: Path, text: str) -> None:
 
 
 def in_use(folder: Path) -> bool:
-    """Whether a process holds the run folder's lock now (trains in it). The OS lets go of a lock when its
+    """Whether a process may hold the run folder's lock now (train in it). The OS lets go of a lock when its
     process dies, even by SIGKILL, so a stopped or killed run reads False. The look takes the lock for an
-    instant when it is free."""
+    instant when it is free. Where it cannot tell, True: a lock it may not open (another user's run, a
+    read-only mount), or one taken on another machine (flock over NFS can be local to each machine)."""
     path = Path(folder) / LOCK
     if not path.exists():
         return False
-    lock = FileLock(str(path), timeout=0)
     try:
-        lock.acquire()
-    except Timeout:
+        host = path.with_name(LOCK_HOST)
+        if host.is_file() and host.read_text(encoding="utf-8").strip() != socket.gethostname():
+            return True
+        lock = FileLock(str(path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+    except OSError:
         return True
-    lock.release()
     return False

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from vslm.config import one_line_error
 from vslm.data.tokenizer import EOS
 from vslm.errors import VSLMError
-from vslm.files import default_mode
+from vslm.files import default_mode, write_text
 from vslm.knowledge import render
 from vslm.knowledge.preloaded import FIXED, PRELOADED, fixed_examples, preloaded_examples
 from vslm.knowledge.questions import Question, make_questions
@@ -141,7 +141,7 @@ def write_world_folder(cfg: WorldConfig, out: Path) -> dict[str, str]:
     try:  # written whole, then renamed: a stop half-way leaves no half world that the rerun would refuse
         tmp.chmod(default_mode(folder=True))
         for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+            write_text(tmp / name, text)  # each fsynced: the rename below publishes whole files
         os.replace(tmp, out)  # over nothing, or over an empty folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -193,12 +193,13 @@ def _run_reporting(job, threads: int, task: Callable = run_job) -> dict:
         return {"failed": str(e), "error": str(e)}
 
 
-def _run_interruptible(job, threads: int, task: Callable = run_job) -> dict:
+def _run_interruptible(job, threads: int, task: Callable = run_job, interruptible: bool = True) -> dict:
     """_run_reporting with SIGINT (Ctrl-C, or the parent stopping the batch) raising KeyboardInterrupt in
     the task: a training's own handler writes its checkpoint first, an evaluation stops where it is (what
-    it had written is whole: vslm.files), and the task comes back as {"stopped"}."""
+    it had written is whole: vslm.files), and the task comes back as {"stopped"}. Not `interruptible` (the
+    command was started with SIGINT ignored: nohup, `&` in a script): only a training stops at it."""
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler if interruptible else signal.SIG_IGN)
         try:
             return _run_reporting(job, threads, task)
         finally:
@@ -210,11 +211,12 @@ def _run_interruptible(job, threads: int, task: Callable = run_job) -> dict:
 
 def _worker(tasks, results, threads: int, task: Callable = run_job) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch starts its pools
+    interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # inherited from the command
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # between tasks: a queue is never read or written half-way
     while (item := tasks.get()) is not None:
         index, job = item
         results.put(("start", index, os.getpid()))
-        result = _run_interruptible(job, threads, task)
+        result = _run_interruptible(job, threads, task, interruptible)
         results.put(("done", index, result))
         if result.get("stopped"):
             return  # the batch is stopping: take no new task
@@ -233,11 +235,12 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
         w.start()
     out: list[dict | None] = [None] * len(jobs)
     running: dict[int, int] = {}  # worker pid -> job index
-    stopped, error, terminated = False, None, []
+    stopped, error, terminated, stopping = False, None, [], []
 
     def on_sigterm(signum, frame) -> None:  # a scheduler's or `kill`'s stop, sent to this process only
         terminated.append(signum)
-        raise KeyboardInterrupt
+        if not stopping:  # while the workers stop (a second `kill`, or one after Ctrl-C): they are stopping already
+            raise KeyboardInterrupt
 
     here = threading.current_thread() is threading.main_thread()  # handlers only in the main thread
     previous = signal.signal(signal.SIGTERM, on_sigterm) if here else None
@@ -267,17 +270,24 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
                 stopped = True
                 break
     except KeyboardInterrupt:
+        stopping.append(True)
         stopped = True
     except BaseException:
+        stopping.append(True)
         _no_more_tasks(tasks, n)
         _stop_workers(workers, grace=10.0)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         raise
+    try:  # on_sigterm stays until every worker has stopped: a second `kill` never cuts the wait short
+        if stopped or error:
+            stopping.append(True)
+            _no_more_tasks(tasks, n)  # a worker between runs takes no new one
+            _stop_workers(workers)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if stopped or error:
-        _no_more_tasks(tasks, n)  # a worker between runs takes no new one
-        _stop_workers(workers)
         if error:
             raise VSLMError(error)
         if terminated:

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import tomllib
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from filelock import FileLock, Timeout
 from vslm.config import RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
-from vslm.files import LOCK
+from vslm.files import LOCK, LOCK_HOST, write_text
 from vslm.model import GPT
 from vslm.train.checkpoint import atomic_write, check_fits, list_checkpoints, load_checkpoint, newest_good
 
@@ -51,7 +53,7 @@ class RunLock:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK
-        self._lock = FileLock(str(self.path), timeout=0)  # timeout 0: one try, never a wait
+        self._lock = FileLock(str(self.path), timeout=0.5)  # a moment's wait: `vslm watch` may be looking at it
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,7 @@ class RunLock:
             self._lock.acquire()
         except Timeout:
             raise VSLMError(f"run folder {self.path.parent} is in use by another process") from None
+        write_text(self.path.with_name(LOCK_HOST), socket.gethostname() + "\n")  # for in_use on another machine
         return self
 
     def __exit__(self, *exc) -> None:
@@ -85,14 +88,52 @@ def before_first_checkpoint(saved: RunConfig, folder: Path) -> str:
             "or train into another --out")
 
 
+def never_checkpointed(folder: Path, saved: RunConfig) -> bool:
+    """Whether the run in `folder` provably never wrote a checkpoint: nothing at all in its checkpoints folder
+    (no file set aside as corrupt or superseded), and its last logged step and training time short of the first
+    checkpoint train.checkpoint_every and train.checkpoint_minutes would have written. A run whose
+    checkpoints were removed, or one that finished, is not such a run."""
+    found = Path(folder) / CHECKPOINTS
+    if found.is_dir() and any(found.iterdir()):
+        return False
+    step, seconds = 0, 0.0
+    path = Path(folder) / METRICS
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+            step = max(step, int(row.get("step", 0)))
+            seconds = max(seconds, float(row.get("train_time_s", 0.0)))
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):  # a line cut by a kill
+            continue
+    tc = saved.train
+    return (step < tc.steps and (not tc.checkpoint_every or step < tc.checkpoint_every)
+            and (not tc.checkpoint_minutes or seconds < tc.checkpoint_minutes * 60))
+
+
+def clear_run_folder(folder: Path) -> None:
+    """Everything in a run folder but its lock (held by the caller) removed; the folder itself stays (it may
+    be a link to other storage)."""
+    for path in Path(folder).iterdir():
+        if path.name in (LOCK, LOCK_HOST):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def no_checkpoint_yet(folder: Path) -> str | None:
     """before_first_checkpoint's words for a run folder with a readable config and no checkpoint, else None."""
     if list_checkpoints(Path(folder) / CHECKPOINTS):
         return None
     try:
-        return before_first_checkpoint(read_run_config(folder), folder)
+        saved = read_run_config(folder)
     except VSLMError:  # no config, or one that does not read: not a run that a resume would take
         return None
+    if never_checkpointed(folder, saved):
+        return before_first_checkpoint(saved, folder)
+    return (f"it has no checkpoint to continue from, though it trained past its first one (set aside as *.corrupt, "
+            f"or removed, in {Path(folder) / CHECKPOINTS}); train into another --out")
 
 
 def holds_run(folder: Path) -> bool:

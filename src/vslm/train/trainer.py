@@ -32,7 +32,6 @@ import inspect
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -81,7 +80,10 @@ from vslm.train.run_folder import (
     TOKENIZER,
     RunLock,
     check_not_in_use,
+    clear_run_folder,
     device_of,
+    never_checkpointed,
+    no_checkpoint_yet,
     read_run_config,
     refuse_a_run_folder,
 )
@@ -277,6 +279,7 @@ class Trainer:
             where = "" if taken == self.run_dir else f": {taken}"
             raise UsageError(f"--out {self.run_dir}{where} is a file, not a folder")
         self.resume = resume
+        self.restart = False  # a resume of a run stopped before its first checkpoint: cleared, trained from step 0
         self.nothing_to_train = False  # set by fit() on a run resumed at its last step
         self.resume_from = checkpoint  # resume: this checkpoint instead of the newest good one
         self.device = device_of(cfg.train.device)
@@ -367,13 +370,13 @@ class Trainer:
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                                 "where it runs)")
         if not list_checkpoints(self.run_dir / CHECKPOINTS) and self.resume_from is None:
-            # nothing to continue from, and nothing to keep: the same config retrains the same steps
+            if not never_checkpointed(self.run_dir, saved):  # set aside as corrupt, or removed: not ours to clear
+                raise VSLMError(f"cannot resume {self.run_dir}: {no_checkpoint_yet(self.run_dir)}")
+            # nothing to continue from, and nothing to keep: the same config trains the same steps again; the
+            # folder is cleared in fit(), under its lock, once a batch can be drawn
             self._warn(f"{self.run_dir} stopped before its first checkpoint: it trains again from step 0 with its "
                        "config (the steps it had logged are written anew)")
-            with self.dist.main_first():
-                if self.dist.is_main:
-                    shutil.rmtree(self.run_dir)
-            self.resume = False
+            self.resume, self.restart = False, True
         if self.resume_from is not None and not Path(self.resume_from).is_file():
             raise UsageError(f"--checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
@@ -529,6 +532,9 @@ class Trainer:
                                     f"{self.step}, which the run has reached; give train.steps={self.step} or more")
             if self.step == self.cfg.train.steps:
                 return
+        elif self.restart:
+            if self.dist.is_main:
+                clear_run_folder(self.run_dir)
         else:
             self._refuse_a_run_folder()  # again, now under the run's lock
         self.dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
