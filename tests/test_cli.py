@@ -69,9 +69,30 @@ def test_an_unknown_option_gets_the_commands_usage_and_the_option_meant(capsys, 
     assert e.value.code == 2 and err.startswith(usage) and f"error: unrecognized arguments: {hint}" in err
 
 
-def test_counts_below_1_are_refused_before_anything_is_measured(capsys):
-    for argv, line in ((["bench", "train", "--steps", "0"], "--steps must be at least 1, got 0"),
-                       (["bench", "speedrun", "--repeat", "0"], "--repeat must be at least 1, got 0"),
-                       (["bench", "sample", "--tokens", "0"], "--tokens must be at least 1, got 0")):
-        assert main(argv) == 2
-        assert capsys.readouterr().err.strip() == f"vslm: error: {line}"
+def test_a_command_typed_wrong_gets_the_one_meant(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["trian", "tiny"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "vslm: error: unknown command 'trian' (did you mean train?); the commands: train," in err
+
+
+SHAPE = ["shape", "run", "--prompt", "a", "--continuation", "b"]
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["bench", "train", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["bench", "speedrun", "--repeat", "0"], "--repeat must be at least 1, got 0"),
+    (["bench", "sample", "--tokens", "0"], "--tokens must be at least 1, got 0"),
+    ([*SHAPE, "--samples", "0"], "--samples must be at least 1, got 0"),
+    ([*SHAPE, "--plot", "/no/such/x.png"], "--plot /no/such/x.png: no folder /no/such"),
+    ([*SHAPE, "--plot", "x.txt"], "--plot x.txt: give a file ending in .png, .pdf, .svg"),
+    (["probe", "run", "--out", "/"], "--out /: a folder; give a file"),
+    (["facts", "reader", "--world", "w", "--out", "o", "--max-distractors", "-1"],
+     "--max-distractors must be at least 0, got -1"),
+    (["facts", "reader", "--world", "w", "--out", "o", "--ramp", "2"],
+     "--ramp is a share of the steps, from 0 to 1, got 2"),
+    (["facts", "eval", "r", "--world", "w", "--k", "0"], "--k must be at least 1, got 0")])
+def test_bad_counts_and_output_files_are_refused_before_anything_is_measured(capsys, argv, line):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"vslm: error: {line}"

@@ -143,7 +143,18 @@ def test_a_reused_reader_is_checked_before_it_is_read_back_or_resumed(tmp_path):
         train_reader(world, out, cfg, ReaderSettings(max_hops=2, curve_every=0), reuse=True)
     again = train_reader(world, out, cfg, settings, reuse=True)
     assert again["last"]["loss"] == first["last"]["loss"] and again["settings"] == first["settings"]
-    # stopped before any checkpoint: nothing to keep, trained again
+    # its checkpoints removed after it had trained past the first: refused, every file kept
     shutil.rmtree(out / "checkpoints")
     (out / "reader.json").unlink()
+    with pytest.raises(VSLMError, match="it has no checkpoint, though it trained past its first one"):
+        train_reader(world, out, cfg, settings, reuse=True)
+    # stopped before any checkpoint (its log cut back to step 1): nothing to keep, trained again
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("".join(ln + "\n" for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= 1))
     assert train_reader(world, out, cfg, settings, reuse=True)["last"]["loss"] == first["last"]["loss"]
+    # a folder that holds no reader is never cleared
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(VSLMError, match="holds no reader"):
+        train_reader(world, tmp_path / "mine", cfg, settings, reuse=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"

@@ -73,7 +73,8 @@ def test_a_diverged_run_is_reported_and_the_others_go_on(tmp_path):
     (["--jobs", "two"], "--jobs must be a number"),
     (["--resolve", "0.02", "--max-seeds", "2"], "--max-seeds 2 is below"),
     (["--max-seeds", "6"], "--max-seeds goes with --resolve"),
-    (["--resolve", "0"], "--resolve must be a positive width"),
+    (["--resolve", "0"], "--resolve must be a positive, finite width"),
+    (["--resolve", "inf"], "--resolve must be a positive, finite width"),
     (["--launcher", "ray", "--address", "127.0.0.1:9"], "no Ray cluster answers there"),
     (["--launcher", "ray", "--address", "nowhere"], "is not HOST:PORT"),
     (["--address", "127.0.0.1:6379"], "--address applies to --launcher ray"),
@@ -84,6 +85,13 @@ def test_bad_parallel_options_stop_before_anything_trains(tmp_path, capsys, args
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_variant_named_like_a_parent_folder_is_refused(tmp_path, capsys, name):
+    spec, out = write_experiment(tmp_path, variants=((name, []), ("wide", ["model.width=48"]))), tmp_path / "out"
+    assert main(["experiment", spec, "--out", str(out)]) == 2
+    assert "variants.0.name" in capsys.readouterr().err and not out.exists() and not (tmp_path / "seed-0").exists()
 
 
 def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):

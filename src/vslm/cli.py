@@ -171,7 +171,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
         return 0
     from vslm.progress import track
 
-    out = probe_snapshots(Path(a.run), Path(a.out) if a.out else None, track)
+    out = probe_snapshots(Path(a.run), _output_file("--out", a.out) if a.out else None, track)
     print(snapshots_table(out))
     print(out)  # last: the file, for scripts
     return 0
@@ -221,6 +221,22 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _output_file(flag: str, path: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """A file an option names for output: its folder exists, it is not a folder, and it ends in one of
+    `suffixes` (if given); else one line and exit 2, before anything is computed."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{flag} {path}: a folder; give a file")
+    if not out.parent.is_dir():
+        raise UsageError(f"{flag} {path}: no folder {out.parent}")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {path}: give a file ending in {', '.join(suffixes)}")
+    return out
+
+
 def cmd_shape(a: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -228,10 +244,12 @@ def cmd_shape(a: argparse.Namespace) -> int:
 
     if not a.prompt:
         raise UsageError("shape needs at least one --prompt")
+    _at_least_1(a, "samples", "tokens")
+    plot_to = _output_file("--plot", a.plot, PLOT_SUFFIXES) if a.plot else Path(a.run) / "shape.png"
     from vslm.progress import track
 
     result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed, track)
-    plot = write_plot(result, Path(a.plot) if a.plot else Path(a.run) / "shape.png")
+    plot = write_plot(result, plot_to)
     if a.json:
         print(to_json(result))
         return 0
@@ -455,6 +473,10 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
 
     from vslm.knowledge.evaluate import evaluate_run, hops_rows, novel_summary, probe_line, summary_rows
 
+    for flag, value, low in (("--distractors", a.distractors, 0), ("--per-group", a.per_group, 0), ("--k", a.k, 1),
+                             ("--rounds", a.rounds, 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
@@ -528,9 +550,25 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
 
     from vslm.knowledge.reader import ReaderSettings, reader_config, train_reader
 
+    for name, low in (("max_hops", 0), ("max_distractors", 0), ("curve_every", 0), ("curve_questions", 1)):
+        if getattr(a, name) is not None and getattr(a, name) < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(a, name)}")
+    if a.ramp is not None and not 0 <= a.ramp <= 1:
+        raise UsageError(f"--ramp is a share of the steps, from 0 to 1, got {a.ramp:g}")
+    if a.names is not None and a.names not in ("all", "seen"):
+        raise UsageError(f"--names must be all or seen, got {a.names!r}")
     settings = ReaderSettings(**{f.name: getattr(a, f.name) for f in fields(ReaderSettings)
                                  if getattr(a, f.name) is not None})
-    result = train_reader(Path(a.world), Path(a.out), reader_config(a.config, a.overrides), settings)
+    from vslm.train.trainer import TrainingStopped
+
+    try:
+        result = train_reader(Path(a.world), Path(a.out), reader_config(a.config, a.overrides), settings,
+                              reuse=a.resume)
+    except TrainingStopped as e:  # its words name `vslm train --resume`, which cannot rebuild a reader's data
+        again = "the same command with --resume continues it" if " with a checkpoint" in str(e) else \
+            "the same command with --resume trains it again"
+        raise TrainingStopped(f"{str(e).split(' with', 1)[0].split(' before', 1)[0]}: {again}",
+                              e.exit_code - 128) from None
     last = result["last"]
     console.print(f"reader: {result['params']:,} parameters, {result['steps']} steps in {result['wall_s']:.0f} s; "
                   + ", ".join(f"{k} {v}" for k, v in last.items() if k == "loss" or k.startswith("read_h")),
@@ -579,6 +617,8 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--world", required=True, help="the world folder (its hops; its novel pool for the reading curve)")
     p.add_argument("--out", required=True, help="the reader's run folder")
     p.add_argument("--config", default="reader", help="model and schedule (default: the built-in 'reader')")
+    p.add_argument("--resume", action="store_true", help="continue a reader stopped in --out (Ctrl-C, SIGTERM, a "
+                   "kill), or read back a finished one, with the same settings")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=2000 train.seed=1")
     for flag, kind, what in (("max-hops", int, "most hops of an example (default: the world's)"),
                              ("max-distractors", int, "most distractor cards of an example (6)"),
@@ -1028,6 +1068,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if words and not words[0].startswith("-") and words[0] not in commands:  # a command typed wrong: the one meant
+        parser.error(f"unknown command '{words[0]}'{did_you_mean(words[0], commands)}; the commands: "
+                     f"{', '.join(commands)}")
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too: `vslm train cfg --out x train.steps=5`
     unknown = [w for w in extra if w.startswith("-") or "=" not in w or not hasattr(args, "overrides")]

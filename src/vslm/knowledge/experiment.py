@@ -101,7 +101,7 @@ TOLERANCE = 0.05  # "~": equal within five points of accuracy
 
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[\w.-]+$")
+    name: str = Field(pattern=r"^[\w.-]*\w[\w.-]*$")
     data: str = "train"
     reader: dict = {}
     overrides: list[str] = []

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ from vslm.knowledge.scoring import LMScorer
 from vslm.knowledge.world import YEARS, NamePool, name_pools, small_world
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, METRICS, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, clear_run_folder, never_checkpointed, read_run_config
 from vslm.train.trainer import Trainer, default_callbacks
 
 RESULT = "reader.json"
@@ -241,8 +240,13 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     if resume:
         started = out / STARTED
         _check_same(out, cfg, recorded, json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None)
-    elif reuse and out.exists():
-        shutil.rmtree(out)  # stopped before its first checkpoint: nothing to keep
+    elif reuse and out.exists() and any(out.iterdir()):  # stopped before its first checkpoint: nothing to keep
+        if not (out / STARTED).is_file():
+            raise VSLMError(f"{out} holds no reader: --out another folder")
+        if (out / CONFIG).is_file() and not never_checkpointed(out, read_run_config(out)):
+            raise VSLMError(f"cannot continue the reader in {out}: it has no checkpoint, though it trained past its "
+                            "first one (set aside as *.corrupt, or removed); --out another folder")
+        clear_run_folder(out)
     if settings.names == "seen":
         pool = name_pools(folder.settings.seed)["seen"]
     else:

@@ -102,7 +102,7 @@ FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards
 
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[\w.-]+$")  # it names a folder
+    name: str = Field(pattern=r"^[\w.-]*\w[\w.-]*$")  # it names a folder inside --out: never "." nor ".."
     overrides: list[str] = []
     sweep: list[str] = []  # alternative overrides, one per choice (several in one choice: space-separated)
 
@@ -246,8 +246,8 @@ def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> l
         if max_seeds is not None:
             raise ConfigError("--max-seeds goes with --resolve WIDTH (the interval width to reach)")
         return [seeds]
-    if not resolve > 0:
-        raise ConfigError(f"--resolve must be a positive width in nats, got {resolve}")
+    if not (math.isfinite(resolve) and resolve > 0):
+        raise ConfigError(f"--resolve must be a positive, finite width in nats, got {resolve}")
     max_seeds = 12 if max_seeds is None else max_seeds
     if max_seeds < MIN_SEEDS:
         raise ConfigError(f"--max-seeds {max_seeds} is below {MIN_SEEDS}, the fewest seeds a test is run on")
