@@ -77,32 +77,33 @@ def test_base_inheritance_and_resolved_round_trip(tmp_path):
     assert again == cfg
 
 
+def config_error(path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path), list(overrides))
+    return str(e.value)
+
+
 def test_an_error_in_a_base_config_names_that_file(tmp_path):
     (tmp_path / "a.toml").write_text('base = "tiny"\n[train]\nstep = 3\n[model]\nwidth = 40\n')
     (tmp_path / "b.toml").write_text('base = "a.toml"\n[model]\nwidth = 64\n')
-    with pytest.raises(ConfigError) as e:
-        load_config(str(tmp_path / "b.toml"))
-    assert str(e.value) == (f"config error in {tmp_path / 'a.toml'} (a base of {tmp_path / 'b.toml'}): "
-                            "unknown field 'train.step' (did you mean train.steps?)")
+    assert config_error(tmp_path / "b.toml") == (f"config error in {tmp_path / 'a.toml'} (a base of "
+                                                 f"{tmp_path / 'b.toml'}): unknown field 'train.step' (did you mean "
+                                                 "train.steps?)")
     # set in the named file or on the command line: no file to name beyond the one the user typed
-    with pytest.raises(ConfigError, match=r"^config error: unknown field 'train.step' "):
-        load_config(str(tmp_path / "b.toml"), ["train.step=4"])
-    with pytest.raises(ConfigError, match=r"^config error: unknown field 'train.step' "):
-        load_config(str(tmp_path / "a.toml"))
+    for name, overrides in (("b.toml", ["train.step=4"]), ("a.toml", [])):
+        assert config_error(tmp_path / name, overrides).startswith("config error: unknown field 'train.step' ")
 
 
 def test_a_check_across_a_sections_fields_names_the_bases_that_set_it(tmp_path):
     (tmp_path / "a.toml").write_text('base = "tiny"\n[model]\nwidth = 40\nheads = 3\n')
     (tmp_path / "b.toml").write_text('base = "a.toml"\n[train]\nsteps = 3\n')
-    with pytest.raises(ConfigError) as e:
-        load_config(str(tmp_path / "b.toml"))
-    assert str(e.value) == (f"config error in {tmp_path / 'a.toml'}, built-in config 'tiny' (bases of "
-                            f"{tmp_path / 'b.toml'}): model: width 40 is not divisible by heads 3")
+    assert config_error(tmp_path / "b.toml") == (f"config error in {tmp_path / 'a.toml'}, built-in config 'tiny' "
+                                                 f"(bases of {tmp_path / 'b.toml'}): model: width 40 is not "
+                                                 "divisible by heads 3")
     # the named file or an override sets a field of that section: the user's own input, no base named
     (tmp_path / "c.toml").write_text('base = "a.toml"\n[model]\ndepth = 1\n')
     for name, overrides in (("c.toml", []), ("b.toml", ["model.depth=1"])):
-        with pytest.raises(ConfigError, match=r"^config error: model: width 40 is not divisible by heads 3$"):
-            load_config(str(tmp_path / name), overrides)
+        assert config_error(tmp_path / name, overrides) == "config error: model: width 40 is not divisible by heads 3"
 
 
 def test_block_specs_resolve_model_defaults():

@@ -146,7 +146,7 @@ def test_a_reused_reader_is_checked_before_it_is_read_back_or_resumed(tmp_path):
     # its checkpoints removed after it had trained past the first: refused, every file kept
     shutil.rmtree(out / "checkpoints")
     (out / "reader.json").unlink()
-    with pytest.raises(VSLMError, match="it has no checkpoint, though it trained past its first one"):
+    with pytest.raises(VSLMError, match="it has no checkpoint to continue from, though it trained past its first one"):
         train_reader(world, out, cfg, settings, reuse=True)
     # stopped before any checkpoint (its log cut back to step 1): nothing to keep, trained again
     metrics = out / "metrics.jsonl"

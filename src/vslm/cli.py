@@ -116,9 +116,7 @@ def _check_sample_args(a: argparse.Namespace) -> None:
 
     if not math.isfinite(a.temperature) or a.temperature < 0:
         raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {a.temperature:g}")
-    for flag, value in (("--top-k", a.top_k), ("--tokens", a.tokens), ("--num", a.num)):
-        if value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
+    _at_least(a, 1, "top_k", "tokens", "num")
     if a.threads < 0:
         raise UsageError(f"--threads must be 0 (torch's choice) or more, got {a.threads}")
 
@@ -244,7 +242,7 @@ def cmd_shape(a: argparse.Namespace) -> int:
 
     if not a.prompt:
         raise UsageError("shape needs at least one --prompt")
-    _at_least_1(a, "samples", "tokens")
+    _at_least(a, 1, "samples", "tokens")
     plot_to = _output_file("--plot", a.plot, PLOT_SUFFIXES) if a.plot else Path(a.run) / "shape.png"
     from vslm.progress import track
 
@@ -281,17 +279,18 @@ def _print_json(result: dict) -> int:
     return 0
 
 
-def _at_least_1(a: argparse.Namespace, *names: str) -> None:
-    """Counts that must be positive (--steps, --repeat): one line and exit 2 before anything is measured."""
+def _at_least(a: argparse.Namespace, low: int, *names: str) -> None:
+    """Counts given on the command line (--steps, --repeat; None: not given) below `low`: one line and exit 2
+    before anything is measured."""
     for name in names:
-        if getattr(a, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+        if getattr(a, name) is not None and getattr(a, name) < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(a, name)}")
 
 
 def cmd_bench_train(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_bench
 
-    _at_least_1(a, "steps", "repeat", "eval_batches")
+    _at_least(a, 1, "steps", "repeat", "eval_batches")
     result = run_bench(Path(a.data) if a.data else None, a.steps, a.repeat, Path(a.reference) if a.reference else None,
                        console if not a.json else None, a.overrides, a.eval_batches)
     return _print_json(result) if a.json else 0
@@ -300,7 +299,7 @@ def cmd_bench_train(a: argparse.Namespace) -> int:
 def cmd_bench_speedrun(a: argparse.Namespace) -> int:
     from vslm.commands.speedrun import run_speedrun
 
-    _at_least_1(a, "repeat")
+    _at_least(a, 1, "repeat")
     result = run_speedrun(Path(a.data) if a.data else None, a.repeat, Path(a.reference) if a.reference else None,
                           console if not a.json else None, a.overrides)
     return _print_json(result) if a.json else 0
@@ -316,7 +315,7 @@ def cmd_bench_prepare(a: argparse.Namespace) -> int:
 def cmd_bench_attention(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_attention_bench
 
-    _at_least_1(a, "steps", "repeat")
+    _at_least(a, 1, "steps", "repeat")
     result = run_attention_bench(a.steps, a.repeat, console if not a.json else None)
     return _print_json(result) if a.json else 0
 
@@ -324,7 +323,7 @@ def cmd_bench_attention(a: argparse.Namespace) -> int:
 def cmd_bench_sample(a: argparse.Namespace) -> int:
     from vslm.commands.bench import run_sample_bench
 
-    _at_least_1(a, "tokens", "repeat")
+    _at_least(a, 1, "tokens", "repeat")
     result = run_sample_bench(a.overrides, a.tokens, a.repeat, console if not a.json else None, a.profile)
     return _print_json(result) if a.json else 0
 
@@ -332,7 +331,7 @@ def cmd_bench_sample(a: argparse.Namespace) -> int:
 def cmd_bench_parallel(a: argparse.Namespace) -> int:
     from vslm.commands.bench_parallel import parse_launchers, run_parallel_bench
 
-    _at_least_1(a, "seeds", "repeat")
+    _at_least(a, 1, "seeds", "repeat")
     result = run_parallel_bench(a.experiment, a.seeds, parse_launchers(a.launchers), a.repeat, a.overrides,
                                 console if not a.json else None, Path(a.keep) if a.keep else None)
     return _print_json(result) if a.json else 0
@@ -473,10 +472,8 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
 
     from vslm.knowledge.evaluate import evaluate_run, hops_rows, novel_summary, probe_line, summary_rows
 
-    for flag, value, low in (("--distractors", a.distractors, 0), ("--per-group", a.per_group, 0), ("--k", a.k, 1),
-                             ("--rounds", a.rounds, 1)):
-        if value is not None and value < low:
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
+    _at_least(a, 0, "distractors", "per_group")
+    _at_least(a, 1, "k", "rounds")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
@@ -550,9 +547,8 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
 
     from vslm.knowledge.reader import ReaderSettings, reader_config, train_reader
 
-    for name, low in (("max_hops", 0), ("max_distractors", 0), ("curve_every", 0), ("curve_questions", 1)):
-        if getattr(a, name) is not None and getattr(a, name) < low:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(a, name)}")
+    _at_least(a, 0, "max_hops", "max_distractors", "curve_every")
+    _at_least(a, 1, "curve_questions")
     if a.ramp is not None and not 0 <= a.ramp <= 1:
         raise UsageError(f"--ramp is a share of the steps, from 0 to 1, got {a.ramp:g}")
     if a.names is not None and a.names not in ("all", "seen"):
@@ -565,10 +561,7 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
         result = train_reader(Path(a.world), Path(a.out), reader_config(a.config, a.overrides), settings,
                               reuse=a.resume)
     except TrainingStopped as e:  # its words name `vslm train --resume`, which cannot rebuild a reader's data
-        again = "the same command with --resume continues it" if " with a checkpoint" in str(e) else \
-            "the same command with --resume trains it again"
-        raise TrainingStopped(f"{str(e).split(' with', 1)[0].split(' before', 1)[0]}: {again}",
-                              e.exit_code - 128) from None
+        raise TrainingStopped(f"{e.where}: the same command with --resume continues it", e.signum) from None
     last = result["last"]
     console.print(f"reader: {result['params']:,} parameters, {result['steps']} steps in {result['wall_s']:.0f} s; "
                   + ", ".join(f"{k} {v}" for k, v in last.items() if k == "loss" or k.startswith("read_h")),

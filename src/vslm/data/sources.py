@@ -122,11 +122,11 @@ def local_files(entry: Entry, split: str) -> list[Path] | None:
     return None
 
 
-def local_splits(entry: Entry) -> list[str]:
-    return [s for s in ("train", "validation", "test") if local_files(entry, s)]
-
-
 SPLITS = ("train", "validation", "test")  # the registry's corpora's splits, local or on the hub
+
+
+def local_splits(entry: Entry) -> list[str]:
+    return [s for s in SPLITS if local_files(entry, s)]
 
 
 def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:

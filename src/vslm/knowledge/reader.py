@@ -60,7 +60,15 @@ from vslm.knowledge.scoring import LMScorer
 from vslm.knowledge.world import YEARS, NamePool, name_pools, small_world
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, clear_run_folder, never_checkpointed, read_run_config
+from vslm.train.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    METRICS,
+    clear_run_folder,
+    never_checkpointed,
+    no_checkpoint_yet,
+    read_run_config,
+)
 from vslm.train.trainer import Trainer, default_callbacks
 
 RESULT = "reader.json"
@@ -244,8 +252,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
         if not (out / STARTED).is_file():
             raise VSLMError(f"{out} holds no reader: --out another folder")
         if (out / CONFIG).is_file() and not never_checkpointed(out, read_run_config(out)):
-            raise VSLMError(f"cannot continue the reader in {out}: it has no checkpoint, though it trained past its "
-                            "first one (set aside as *.corrupt, or removed); --out another folder")
+            raise VSLMError(f"cannot continue the reader in {out}: {no_checkpoint_yet(out)}")
         clear_run_folder(out)
     if settings.names == "seen":
         pool = name_pools(folder.settings.seed)["seen"]

@@ -7,7 +7,6 @@ one asked for; anything else in the folder is an error (never mix runs of differ
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -101,11 +100,9 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -
             model = build_for_accounting(saved)
             return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
                     "reused": True}
-        if found:
-            trainer = Trainer(cfg, folder, resume=True, corpus=corpus)
-        else:  # interrupted before its first checkpoint: nothing to keep, train it again
-            shutil.rmtree(folder)
-            trainer = Trainer(cfg, folder, corpus=corpus)
+        # stopped half-way: resumed; stopped before its first checkpoint: trained again (the trainer clears the
+        # folder only if the run provably never checkpointed, and refuses it otherwise)
+        trainer = Trainer(cfg, folder, resume=True, corpus=corpus)
     else:
         trainer = Trainer(cfg, folder, corpus=corpus)
     final = trainer.fit()

@@ -122,10 +122,12 @@ class TrainingDiverged(VSLMError):
 
 
 class TrainingStopped(VSLMError):
-    """SIGTERM or SIGINT: the run wrote a checkpoint at the step it was on and stopped; exit 128 + signal."""
+    """SIGTERM or SIGINT: the run wrote a checkpoint at the step it was on and stopped; exit 128 + signal.
+    `where`: the signal and the step ("SIGTERM: stopped at step 131"), for a caller's own words on going on."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, where: str = ""):
         super().__init__(message)
+        self.signum, self.where = signum, where or message
         self.exit_code = 128 + signum
 
 
@@ -488,7 +490,8 @@ class Trainer:
             saved = any(isinstance(cb, Checkpointer) for cb in self.callbacks)
             then = f"with a checkpoint; continue with vslm train --resume --out {self.run_dir}" if saved else \
                 "(this run writes no checkpoints)"
-            raise TrainingStopped(f"{name}: stopped at step {self.step} {then}", self.stop_signal)
+            where = f"{name}: stopped at step {self.step}"
+            raise TrainingStopped(f"{where} {then}", self.stop_signal, where)
         return metrics
 
     def _peek_batch(self) -> None:
