@@ -21,6 +21,7 @@ def test_overrides_are_typed_toml_values():
     assert cfg.train.betas == (0.8, 0.95) and cfg.logging.progress is False
     assert load_config("tiny", ["train.lr=1"]).train.lr == 1.0  # an integer where a float goes: the one conversion
     assert parse_override("data.source=path/to/file.txt") == (["data", "source"], "path/to/file.txt")
+    assert load_config("tiny", "train.steps=7").train.steps == 7  # one override as a string (a notebook's)
 
 
 @pytest.mark.parametrize(

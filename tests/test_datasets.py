@@ -220,8 +220,13 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     assert main(["data", "prepare", str(empty), "--tokenizer", "byte"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds no text" in err
-    assert main(["data", "prepare", str(empty), "data.vocab_sise=3"]) == 2
-    assert "unknown field 'vocab_sise'" in capsys.readouterr().err
+    for words, line in [(["data.vocab_sise=3"], "data: unknown field 'vocab_sise' (did you mean vocab_size?)"),
+                        (["max_bytes=9"], "data prepare takes data.* overrides only, got max_bytes=9 (did you mean "
+                                          "data.max_bytes or data.max_tokens?)"),
+                        (["--vocab-size", "300"], "--vocab-size applies to --tokenizer bpe; char has its own "
+                                                  "vocabulary")]:
+        assert main(["data", "prepare", str(empty), "--tokenizer", "char", *words]) == 2
+        assert capsys.readouterr().err == f"vslm: error: {line}\n"
 
 
 # ------------------------------------------------------------------------- shards

@@ -104,6 +104,35 @@ def test_a_typo_in_one_variant_fails_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("wide", "extra", "cli", "error"), [
+    (("model.width=48",), 'corpora = ["stories", "tinystorie"]\n', (),
+     r"^corpus 'tinystorie': unknown data source 'tinystorie' \(did you mean tinystories or stories\?\)"),
+    (("data.source=wikitext-2:tset",), "", (),
+     r"^variant 'wide': data source 'wikitext-2:tset': no split 'tset' \(did you mean wikitext-2:test\?\)"),
+    (("model.width=48",), 'corpora = ["stories", "stories"]\n', (),
+     r"exp.toml: corpora stories would share a folder in --out"),
+    (("model.width=48",), "", ("model.widht=48",),
+     r"^the command line's overrides: config error: unknown field 'model.widht'"),
+    ((), "", (), r"^variants 'narrow' and 'wide' train the same configs$"),
+    (("model.width=48",), "", ("model.width=32",), r"^variants 'narrow' and 'wide' train the same configs: the "
+     r"command line's override model.width=32 sets what they differ on$")])
+def test_what_every_run_would_meet_is_refused_before_the_first_trains(tmp_path, wide, extra, cli, error):
+    spec = write_experiment(tmp_path, wide_overrides=wide, extra=extra)  # none trains: nothing is read or written
+    with pytest.raises(ConfigError, match=error):
+        run_experiment(spec, tmp_path / "out", extra_overrides=cli)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fault_in_the_shared_overrides_is_not_blamed_on_a_variant(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('base = "tiny"\noverrides = ["train.stpes=3"]\n[[variants]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match=r"^the experiment's overrides: config error: unknown field 'train.stpes'"):
+        run_experiment(str(path), tmp_path / "out")
+    path.write_text('base = "tny"\n[[variants]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match=r"^the experiment's base 'tny': "):
+        run_experiment(str(path), tmp_path / "out")
+
+
 @pytest.mark.parametrize("change, problem", [
     ({"extra": "steps = 3\n"}, r"unknown field 'steps' \(did you mean seeds\?\)"),
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1, got 0"),

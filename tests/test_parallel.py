@@ -78,6 +78,7 @@ def test_a_diverged_run_is_reported_and_the_others_go_on(tmp_path):
     (["--launcher", "ray", "--address", "127.0.0.1:9"], "no Ray cluster answers there"),
     (["--launcher", "ray", "--address", "nowhere"], "is not HOST:PORT"),
     (["--address", "127.0.0.1:6379"], "--address applies to --launcher ray"),
+    (["--jobs", "2", "--cpus-per-run", "2"], "--cpus-per-run applies to --launcher ray"),
 ])
 def test_bad_parallel_options_stop_before_anything_trains(tmp_path, capsys, args, message):
     spec, out = write_experiment(tmp_path), tmp_path / "out"
@@ -144,27 +145,41 @@ def evaluate(path, threads):  # plain Python, as an evaluation after training is
     return {}
 
 if __name__ == "__main__":
+    from vslm.train.trainer import TrainingStopped
     try:
         run_in_processes(sys.argv[1:], 2, evaluate)
     except KeyboardInterrupt:
         sys.exit(130)
+    except TrainingStopped:
+        sys.exit(143)
 """
 
 
-def test_ctrl_c_stops_a_worker_that_is_evaluating_at_once(tmp_path):
-    """A worker between a training and the next (evaluating, say) stops at Ctrl-C rather than running on
-    until the parent's grace period kills it, and takes no new task."""
+def ignore_ctrl_c() -> None:
+    """A child's preexec_fn: SIGINT ignored, as under nohup or `cmd &` in a script."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm under nohup", 143)])
+def test_a_stop_ends_a_worker_that_is_evaluating_at_once(tmp_path, how, code):
+    """A worker between a training and the next (evaluating, say) stops at Ctrl-C, or when the parent
+    started with SIGINT ignored is sent SIGTERM, rather than running on until the parent's grace period
+    kills it, and takes no new task."""
     script = tmp_path / "evaluating.py"
     script.write_text(EVALUATING)
     items = [str(tmp_path / name) for name in ("a", "b", "c")]
     proc = subprocess.Popen([sys.executable, str(script), *items], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=ctrl_c_reaches)
+                            text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_reaches if how == "ctrl-c" else ignore_ctrl_c)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(tmp_path.glob("*.started"))) < 2:
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)  # the parent only; the workers ignore SIGINT, as it does
     _, err = proc.communicate(timeout=100)  # within the 120 s grace: the old workers ran on till killed
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert sorted(p.name for p in tmp_path.glob("*.left")) == ["a.left", "b.left"]
     assert not (tmp_path / "c.started").exists()
 

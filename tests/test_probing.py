@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -68,6 +69,10 @@ def test_probes_in_training_equal_probes_over_snapshots(tmp_path, capsys):
     nulls.write_text(json.dumps({"step": 3, "icl_score": None, "distribution": {"M1": None},
                                  "induction": {"loss_first": 2.0, "prefix_matching": [[None, 0.25]]}}) + "\n")
     assert snapshots_table(nulls).splitlines()[1].split() == ["3", "nan", "nan", "2.000", "nan", "0.250"]
+    shutil.rmtree(tmp_path / "r" / "snapshots")  # none to probe: said, not an empty table and exit 0
+    assert main(["probe", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.strip() == (f"vslm: error: {tmp_path / 'r'} has no snapshots to probe (it has not "
+                                               "saved one yet); --copying and --induction probe its latest checkpoint")
 
 
 def text(tokens) -> SimpleNamespace:

@@ -209,6 +209,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     unordered.write_text(SPEC.replace("steps = [6, 12, 24]", "steps = [12, 6, 24]"))
     with pytest.raises(ConfigError, match="steps: must be strictly ascending"):
         load_scaling_spec(str(unordered))
+    quoted = tmp_path / "quoted.toml"  # a string where a number goes: refused, as in a run config
+    quoted.write_text(SPEC.replace("widths = [16, 32]", 'widths = ["16", 32]'))
+    with pytest.raises(ConfigError, match=r"widths.0: Input should be a valid integer, got '16'"):
+        load_scaling_spec(str(quoted))
     with pytest.raises(VSLMError, match="no fit at"):
         plan_from_fit(1.0, tmp_path / "nothing.json")
 

@@ -147,10 +147,24 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
+PROBE_OPTIONS = {  # an option of `vslm probe` -> the modes it applies to (snapshots: neither --copying nor --induction)
+    "out": ("snapshots",), "invented": ("copying",), "far": ("copying",), "stories": ("copying",),
+    "windows": ("copying",), "batch": ("copying",), "checkpoint": ("copying", "induction"),
+    "json": ("copying", "induction"), "support": ("induction",), "sequences": ("induction",)}
+
+
 def cmd_probe(a: argparse.Namespace) -> int:
     from vslm.train.probing import copying_table, probe_copying, probe_induction, probe_snapshots, snapshots_table
 
-    if a.induction:
+    mode = "induction" if a.induction is not None else "copying" if a.copying else "snapshots"
+    for name, modes in PROBE_OPTIONS.items():  # an option its mode ignores: said, not dropped silently
+        if getattr(a, name) not in (None, False) and mode not in modes:
+            applies = " or ".join("neither --copying nor --induction" if m == "snapshots" else f"--{m}" for m in modes)
+            raise UsageError(f"--{name} applies only with {applies}")
+    a.stories = 300 if a.stories is None else a.stories
+    a.batch = 32 if a.batch is None else a.batch
+    a.sequences = 64 if a.sequences is None else a.sequences
+    if a.induction is not None:
         result = probe_induction(Path(a.run), a.induction, a.support, a.sequences,
                                  Path(a.checkpoint) if a.checkpoint else None)
         if a.json:
@@ -682,15 +696,19 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     from vslm.config import DataConfig, apply_overrides, one_line_error
     from vslm.data.shards import prepare_corpus
 
+    if others := [w for w in a.overrides if not w.startswith("data.")]:
+        key = others[0].partition("=")[0]  # a field without its section: the data field meant
+        hint = did_you_mean(key, DataConfig.model_fields, "data.") if "." not in key else ""
+        raise ConfigError(f"data prepare takes data.* overrides only, got {' '.join(others)}{hint}")
     raw = {"source": a.name, "tokenizer": a.tokenizer, "vocab_size": a.vocab_size, "max_tokens": a.tokens,
            "max_bytes": a.max_bytes, "origin": a.origin}
     raw = apply_overrides({"data": {k: v for k, v in raw.items() if v is not None}}, a.overrides)
-    if set(raw) != {"data"}:
-        raise ConfigError("data prepare takes data.* overrides only")
     try:
         cfg = DataConfig.model_validate(raw["data"])
     except ValidationError as e:
-        raise ConfigError(one_line_error(e, prefix="data")) from None
+        raise ConfigError(one_line_error(e, prefix="data", root=DataConfig)) from None
+    if a.vocab_size is not None and cfg.tokenizer != "bpe":  # char, byte and gpt2 have their own vocabulary
+        raise UsageError(f"--vocab-size applies to --tokenizer bpe; {cfg.tokenizer} has its own vocabulary")
     corpus = prepare_corpus(cfg, progress=not a.quiet and sys.stdout.isatty())
     m = corpus.meta
     state = "cached" if corpus.cache_hit else f"prepared in {m['prepare_s']:.1f} s"
@@ -881,22 +899,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="run the training-dynamics probes over a run's snapshots")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", help="output file (default RUN/probes-snapshots.jsonl)")
-    p.add_argument("--copying", choices=("names", "lists", "tokens", "songs"),
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--copying", choices=("names", "lists", "tokens", "songs"),
                    help="instead: does the model copy from context, on held-out stories (vslm.probes.copying): "
                         "names and lists need a character tokenizer; loss where copying helps against where it "
                         "cannot, attention per depth and head to the copy source")
     p.add_argument("--invented", action="store_true", help="--copying names/lists/songs: stories with invented names")
     p.add_argument("--far", action="store_true", help="--copying songs: the song sung again only far from the first")
-    p.add_argument("--stories", type=int, default=300, help="--copying: held-out stories (default 300)")
+    p.add_argument("--stories", type=int, help="--copying: held-out stories (default 300)")
     p.add_argument("--windows", type=int, help="--copying names/tokens: windows read (default 300/200)")
-    p.add_argument("--batch", type=int, default=32, help="--copying: windows per forward pass (default 32)")
+    p.add_argument("--batch", type=int, help="--copying: windows per forward pass (default 32)")
     p.add_argument("--checkpoint", help="--copying: a checkpoint or snapshot file (default: the latest)")
     p.add_argument("--json", action="store_true", help="--copying, --induction: the numbers as JSON")
-    p.add_argument("--induction", type=int, metavar="L",
+    mode.add_argument("--induction", type=int, metavar="L",
                    help="instead: the induction probe at copy distance L on the latest checkpoint (or --checkpoint)")
     p.add_argument("--support", help="--induction: draw the sequences from these characters' tokens "
                                      "(default: every token of the training text)")
-    p.add_argument("--sequences", type=int, default=64, help="--induction: sequences written twice (default 64)")
+    p.add_argument("--sequences", type=int, help="--induction: sequences written twice (default 64)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("report", help="write RUN/report.html: loss curves and training-dynamics probes (of an "
@@ -1026,7 +1045,7 @@ def launcher_args(p: argparse.ArgumentParser) -> None:
                    help="ray: each run a task on a Ray cluster (pip install 'vslm[ray]')")
     p.add_argument("--address", help="with --launcher ray: the cluster (HOST:PORT, ray://HOST:PORT or auto); "
                                      "default a local instance")
-    p.add_argument("--cpus-per-run", type=int, default=1, help="with --launcher ray: CPUs (torch threads) per run")
+    p.add_argument("--cpus-per-run", type=int, help="with --launcher ray: CPUs (torch threads) per run (default 1)")
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

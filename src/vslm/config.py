@@ -579,8 +579,10 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
     return f"{where}{msg}, got {err['input']!r}{more}"
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
-    """A built-in config name or a TOML path, with dotted `key=value` overrides applied."""
+def load_config(name_or_path: str, overrides: list[str] | str | None = None) -> RunConfig:
+    """A built-in config name or a TOML path, with dotted `key=value` overrides applied (a list of them,
+    or one as a string: `load_config("tiny", "train.steps=50")`)."""
+    overrides = [overrides] if isinstance(overrides, str) else overrides
     raw = apply_overrides(_read_toml(name_or_path), overrides or [])
     try:
         return RunConfig.model_validate(raw)

@@ -44,7 +44,7 @@ from vslm.data.tokenizer import (
     load_tokenizer,
 )
 from vslm.errors import VSLMError
-from vslm.files import default_mode, write_text
+from vslm.files import atomic_write, default_mode, write_text
 
 SHARD_FORMAT = 2
 BATCH_BYTES = 1 << 22  # text per encode call: large enough for the tokenizer's threads, small in memory
@@ -228,7 +228,8 @@ class _Builder:
                       "dtype": np.dtype(dtype).name, "documents": docs, "text_bytes": text_bytes,
                       "truncated_by_budget": truncated}
         for name, split in (("train", train), ("val", val)):
-            np.save(self.out / f"{name}_docs.npy", np.frombuffer(split.starts, dtype=np.int64))
+            starts = np.frombuffer(split.starts, dtype=np.int64)
+            atomic_write(self.out / f"{name}_docs.npy", lambda f, a=starts: np.save(f, a))  # on disk before meta
             meta[f"{name}_tokens"] = split.n
             if split.n < 2 and not (name == "train" and self.all_val):
                 raise VSLMError(f"data source {self.source.name}: the {name} split has {split.n} tokens; add text")

@@ -91,14 +91,34 @@ def open_source(cfg: DataConfig) -> Source:
     entry, split = split_name(cfg.source)
     if entry is not None:
         return open_entry(entry, split or "train", cfg)
+    path = _source_path(cfg)
+    files = _folder_files(path) if path.is_dir() else [path]
+    return _files_source(str(path), files, text_field(cfg.text_field), cfg, field_name=cfg.text_field)
+
+
+def check_source(cfg: DataConfig) -> None:
+    """Raise what open_source would for a source that cannot be read: a name typed wrong, a split the corpus
+    lacks, a corpus with no copy to read. No file is read and nothing is downloaded: an experiment checks
+    every corpus this way before its first run trains."""
+    if cfg.source in GENERATED:
+        return
+    entry, split = split_name(cfg.source)
+    if entry is None:
+        _source_path(cfg)
+    elif entry.name in GENERATED:
+        _check_generated_split(entry, split or "train")
+    else:
+        _entry_files(entry, split or "train", cfg)
+
+
+def _source_path(cfg: DataConfig) -> Path:
     path = Path(cfg.source).expanduser()
     if not path.exists():
         names = ", ".join(REGISTRY)
         # a name typed wrong is a config error (exit 2), as an unknown field is; files that do not read exit 1
         raise ConfigError(f"unknown data source '{cfg.source}'{did_you_mean(cfg.source, REGISTRY)}: not a file or "
                           f"folder, nor one of {names} (see `vslm data list`)")
-    files = _folder_files(path) if path.is_dir() else [path]
-    return _files_source(str(path), files, text_field(cfg.text_field), cfg, field_name=cfg.text_field)
+    return path
 
 
 def _endless_stories(seed: int) -> Iterator[str]:
@@ -131,26 +151,37 @@ def local_splits(entry: Entry) -> list[str]:
 
 def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
     if entry.name in GENERATED:
-        if split != "train":  # a name typed wrong is a config error, before anything is read or downloaded
-            raise ConfigError(f"data source '{entry.name}:{split}': {entry.name} is generated, one text without "
-                              "splits (its validation is the held-out part: data.val_fraction)")
+        _check_generated_split(entry, split)
         return open_source(cfg.model_copy(update={"source": entry.name}))
-    if split not in (known := (*SPLITS, *(s for s in entry.local if s not in SPLITS))):
-        raise ConfigError(f"data source '{entry.name}:{split}': no split '{split}'"
-                          f"{did_you_mean(split, known, entry.name + ':')}; {entry.name} has "
-                          f"{', '.join(f'{entry.name}:{s}' for s in known)}")
     label = entry.name if split == "train" else f"{entry.name}:{split}"
-    files = local_files(entry, split) if cfg.origin != "hub" else None
+    files = _entry_files(entry, split, cfg)
     if files:
         source = _files_source(label, files, entry.documents, cfg, entry=entry)
         source.split, source.entry = split, entry
         return source
-    if cfg.origin == "local" or offline() or entry.hub is None:
-        raise VSLMError(_no_local_copy(entry, split, cfg))
     identity = (f"hub:{entry.hub}:{entry.hub_config}:{split}:v{SOURCE_FORMAT}:{code_hash(entry.documents)}:"
                 f"bytes={cfg.max_bytes}")
     return Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes),
                   remote=True, split=split, entry=entry)
+
+
+def _check_generated_split(entry: Entry, split: str) -> None:
+    if split != "train":  # a name typed wrong is a config error, before anything is read or downloaded
+        raise ConfigError(f"data source '{entry.name}:{split}': {entry.name} is generated, one text without "
+                          "splits (its validation is the held-out part: data.val_fraction)")
+
+
+def _entry_files(entry: Entry, split: str, cfg: DataConfig) -> list[Path] | None:
+    """A registry corpus's local files for `split` (None: it streams from the hub); a split it lacks is a
+    ConfigError, a split with neither a local copy nor the hub to read from a VSLMError."""
+    if split not in (known := (*SPLITS, *(s for s in entry.local if s not in SPLITS))):
+        raise ConfigError(f"data source '{entry.name}:{split}': no split '{split}'"
+                          f"{did_you_mean(split, known, entry.name + ':')}; {entry.name} has "
+                          f"{', '.join(f'{entry.name}:{s}' for s in known)}")
+    files = local_files(entry, split) if cfg.origin != "hub" else None
+    if not files and (cfg.origin == "local" or offline() or entry.hub is None):
+        raise VSLMError(_no_local_copy(entry, split, cfg))
+    return files or None
 
 
 def _no_local_copy(entry: Entry, split: str, cfg: DataConfig) -> str:

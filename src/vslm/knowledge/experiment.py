@@ -100,7 +100,7 @@ TOLERANCE = 0.05  # "~": equal within five points of accuracy
 
 
 class Arm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     name: str = Field(pattern=r"^[\w.-]*\w[\w.-]*$")
     data: str = "train"
     reader: dict = {}
@@ -131,7 +131,7 @@ class Arm(BaseModel):
 
 
 class Criterion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     claim: str
     left: str
     op: Literal[">", "<", ">=", "<=", "~"]
@@ -139,7 +139,7 @@ class Criterion(BaseModel):
 
 
 class KnowledgeSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     kind: Literal["knowledge"]
     description: str = ""
     base: str = "tiny"

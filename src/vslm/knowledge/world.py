@@ -67,7 +67,7 @@ RELATIONS: dict[str, Relation] = {
 class WorldConfig(BaseModel):
     """Everything `vslm facts generate` varies; the defaults make a world a 1-8M model can hold."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     seed: int = 0
     people: Annotated[int, Field(ge=4)] = 200
     novel_people: Annotated[int, Field(ge=4)] = 60

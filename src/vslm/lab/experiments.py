@@ -61,7 +61,8 @@ from rich.console import Console
 
 from vslm.config import DataConfig, RunConfig, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
-from vslm.errors import ConfigError, did_you_mean
+from vslm.data.sources import check_source
+from vslm.errors import ConfigError, VSLMError, did_you_mean
 from vslm.eval.corpus import score_tokens
 from vslm.files import write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
@@ -101,14 +102,14 @@ FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards
 
 
 class Variant(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     name: str = Field(pattern=r"^[\w.-]*\w[\w.-]*$")  # it names a folder inside --out: never "." nor ".."
     overrides: list[str] = []
     sweep: list[str] = []  # alternative overrides, one per choice (several in one choice: space-separated)
 
 
 class ExperimentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     description: str = ""
     base: str
     seeds: int = Field(3, ge=1)
@@ -122,6 +123,10 @@ class ExperimentSpec(BaseModel):
         names = [v.name for v in self.variants]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
+        folders = [_corpus_folder(c) for c in self.corpora]  # each corpus trains into out/<its folder>
+        if duplicates := sorted({c for c, f in zip(self.corpora, folders, strict=True) if folders.count(f) > 1}):
+            raise ValueError(f"corpora {', '.join(duplicates)} would share a folder in --out (the same corpus "
+                             "twice, or two files of the same name)")
         return self
 
 
@@ -180,6 +185,32 @@ def plan_experiment(spec: ExperimentSpec, seeds: int,
     anything trains: {variant: {choice: [config per seed]}}, choice NO_SWEEP for a variant without one."""
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
+    plan = _configs(spec, seeds, extra_overrides)
+    _check_variants_differ(spec, plan, extra_overrides)
+    data = {}  # each data section once: a source that cannot be read is named before anything trains
+    for name, choices in plan.items():
+        for choice, cfgs in choices.items():
+            data.setdefault(cfgs[0].data.model_dump_json(), (cfgs[0].data, _label(name, choice)))
+    for source, label in data.values():
+        try:
+            check_source(source)
+        except VSLMError as e:  # the variants' own source, or the one they all share
+            raise type(e)(f"variant '{label}': {e}" if len(data) > 1 else str(e)) from None
+    budgets = {_label(name, choice): tokens_per_run(cfgs[0])
+               for name, choices in plan.items() for choice, cfgs in choices.items()}
+    if len(set(budgets.values())) > 1:
+        listed = ", ".join(f"{name} {tokens:,}" for name, tokens in budgets.items())
+        raise ConfigError(f"variants train unequal token budgets (steps x batch_size x grad_accum x context): {listed}")
+    return plan
+
+
+def _label(variant: str, choice: str) -> str:
+    return f"{variant} ({choice})" if choice else variant
+
+
+def _configs(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[str]) -> dict[str, dict[str, list[RunConfig]]]:
+    """{variant: {choice: [config per seed]}}. A config that fails names where its fault lies: the experiment's
+    base or overrides, the command line's overrides, else the variant (and its sweep choice)."""
     plan: dict[str, dict[str, list[RunConfig]]] = {}
     for variant in spec.variants:
         plan[variant.name] = {}
@@ -190,13 +221,42 @@ def plan_experiment(spec: ExperimentSpec, seeds: int,
                     load_config(spec.base, [*words, f"train.seed={seed}", *extra_overrides, "logging.progress=false"])
                     for seed in range(seeds)]
             except ConfigError as e:
-                raise ConfigError(f"variant '{variant.name}'{f' ({choice})' if choice else ''}: {e}") from None
-    budgets = {f"{name}{f' ({choice})' if choice else ''}": tokens_per_run(cfgs[0])
-               for name, choices in plan.items() for choice, cfgs in choices.items()}
-    if len(set(budgets.values())) > 1:
-        listed = ", ".join(f"{name} {tokens:,}" for name, tokens in budgets.items())
-        raise ConfigError(f"variants train unequal token budgets (steps x batch_size x grad_accum x context): {listed}")
+                raise ConfigError(f"{_culprit(spec, extra_overrides, e) or f'variant {_label(variant.name, choice)!r}'}"
+                                  f": {e}") from None
     return plan
+
+
+def _culprit(spec: ExperimentSpec, extra_overrides: Sequence[str], failed: ConfigError) -> str | None:
+    """Which shared part a variant's config error comes from, if one: the same error from the base alone,
+    from the base with the experiment's overrides, or with the command line's."""
+    for words, who in (([], f"the experiment's base '{spec.base}'"), (spec.overrides, "the experiment's overrides"),
+                       (extra_overrides, "the command line's overrides")):
+        try:
+            load_config(spec.base, [*words])
+        except ConfigError as e:
+            if str(e) == str(failed):
+                return who
+    return None
+
+
+def _check_variants_differ(spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]],
+                           extra_overrides: Sequence[str]) -> None:
+    """Refuse variants that train the same configs (a comparison of a thing with itself): most often a
+    command-line override that sets the very field they differ on."""
+    seen: dict[tuple[str, ...], str] = {}
+    for name, choices in plan.items():
+        key = tuple(cfgs[0].model_dump_json() for cfgs in choices.values())
+        if (first := seen.setdefault(key, name)) == name:
+            continue
+        why = f"variants '{first}' and '{name}' train the same configs"
+        try:
+            alone = _configs(spec, 1, ()) if extra_overrides else {}
+        except ConfigError:  # the spec needs the command line's overrides to validate
+            alone = {}
+        if len({tuple(c[0].model_dump_json() for c in cs.values()) for cs in alone.values()}) == len(plan):
+            why += (f": the command line's override{'s' * (len(extra_overrides) > 1)} {shlex.join(extra_overrides)} "
+                    f"set{'s' * (len(extra_overrides) == 1)} what they differ on")
+        raise ConfigError(why)
 
 
 # what seed s decides beside the weights: the data order (the sampler), the validation windows and the

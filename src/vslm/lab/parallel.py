@@ -79,11 +79,15 @@ def threads_per_worker(jobs: int) -> int:
 
 
 def make_launcher(jobs: str | int | None = None, launcher: str = "local", address: str | None = None,
-                  cpus_per_run: int = 1) -> Launcher:
+                  cpus_per_run: int | None = None) -> Launcher:
     """A validated Launcher from the command line's words; bad input is a ConfigError that names it,
-    raised before anything trains."""
+    raised before anything trains. cpus_per_run: ray's CPUs a run (None: 1)."""
     if launcher not in ("local", "ray"):
         raise ConfigError(f"unknown launcher '{launcher}' (local or ray)")
+    if cpus_per_run is not None and launcher != "ray":  # local: the cores shared out (threads_per_worker)
+        raise ConfigError("--cpus-per-run applies to --launcher ray; local workers share the cores "
+                          "(--jobs N: cores // N threads each, or the config's train.threads)")
+    cpus_per_run = 1 if cpus_per_run is None else cpus_per_run
     if cpus_per_run < 1:
         raise ConfigError(f"--cpus-per-run must be at least 1, got {cpus_per_run}")
     if launcher == "ray":
@@ -193,26 +197,34 @@ def _run_reporting(job, threads: int, task: Callable = run_job) -> dict:
         return {"failed": str(e), "error": str(e)}
 
 
+def stop_signal(interruptible: bool) -> int:
+    """The signal the parent stops its workers' tasks with: SIGINT, as Ctrl-C reaches them; SIGTERM where the
+    command was started with SIGINT ignored (nohup, `&` in a script), which the workers inherit and keep."""
+    return signal.SIGINT if interruptible else signal.SIGTERM
+
+
 def _run_interruptible(job, threads: int, task: Callable = run_job, interruptible: bool = True) -> dict:
-    """_run_reporting with SIGINT (Ctrl-C, or the parent stopping the batch) raising KeyboardInterrupt in
-    the task: a training's own handler writes its checkpoint first, an evaluation stops where it is (what
-    it had written is whole: vslm.files), and the task comes back as {"stopped"}. Not `interruptible` (the
-    command was started with SIGINT ignored: nohup, `&` in a script): only a training stops at it."""
+    """_run_reporting with the stop signal (Ctrl-C, or the parent stopping the batch: stop_signal) raising
+    KeyboardInterrupt in the task: a training's own handler writes its checkpoint first, an evaluation stops
+    where it is (what it had written is whole: vslm.files), and the task comes back as {"stopped"}."""
+    stop = stop_signal(interruptible)
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler if interruptible else signal.SIG_IGN)
+        signal.signal(stop, signal.default_int_handler)
         try:
             return _run_reporting(job, threads, task)
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(stop, signal.SIG_IGN)
     except KeyboardInterrupt:  # in the task, or just after it returned
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(stop, signal.SIG_IGN)
         return {"failed": "stopped: interrupted", "stopped": True}
 
 
 def _worker(tasks, results, threads: int, task: Callable = run_job) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch starts its pools
     interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # inherited from the command
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # between tasks: a queue is never read or written half-way
+    # between tasks the stop signal is ignored: a queue is never read or written half-way
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(stop_signal(interruptible), signal.SIG_IGN)
     while (item := tasks.get()) is not None:
         index, job = item
         results.put(("start", index, os.getpid()))
@@ -233,6 +245,7 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
     workers = [ctx.Process(target=_worker, args=(tasks, results, threads, task)) for _ in range(n)]
     for w in workers:
         w.start()
+    stop = stop_signal(signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)  # as the workers inherit it
     out: list[dict | None] = [None] * len(jobs)
     running: dict[int, int] = {}  # worker pid -> job index
     stopped, error, terminated, stopping = False, None, [], []
@@ -275,7 +288,7 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
     except BaseException:
         stopping.append(True)
         _no_more_tasks(tasks, n)
-        _stop_workers(workers, grace=10.0)
+        _stop_workers(workers, stop, grace=10.0)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         raise
@@ -283,7 +296,7 @@ def _run_processes(jobs: list, n: int, threads: int, on_result, task: Callable =
         if stopped or error:
             stopping.append(True)
             _no_more_tasks(tasks, n)  # a worker between runs takes no new one
-            _stop_workers(workers)
+            _stop_workers(workers, stop)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -312,14 +325,14 @@ def _no_more_tasks(tasks, n: int) -> None:
         tasks.put(None)
 
 
-def _stop_workers(workers, grace: float = 120.0) -> None:
-    """SIGINT to every worker (a training checkpoints and stops, any other task stops where it is; a worker
-    between tasks ignores it and reads its end-of-work mark), then wait for them; a worker still there after
-    `grace` seconds is killed."""
+def _stop_workers(workers, stop: int, grace: float = 120.0) -> None:
+    """The stop signal to every worker (a training checkpoints and stops, any other task stops where it is; a
+    worker between tasks ignores it and reads its end-of-work mark), then wait for them; a worker still there
+    after `grace` seconds is killed."""
     for w in workers:
         if w.is_alive():
             try:
-                os.kill(w.pid, signal.SIGINT)
+                os.kill(w.pid, stop)
             except ProcessLookupError:
                 pass
     for w in workers:

@@ -74,7 +74,7 @@ DYNAMICS = ("train.snapshots=true", 'logging.probe_every="auto"')
 
 
 class ScalingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     description: str = ""
     base: str
     overrides: list[str] = []

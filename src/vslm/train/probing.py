@@ -249,9 +249,15 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
     `probes-snapshots.jsonl` (or `out`): a study redone without retraining."""
     from vslm.data.shards import prepare_corpus
     from vslm.data.tokenizer import load_tokenizer
+    from vslm.errors import VSLMError
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    snapshots = list_checkpoints(run_dir / SNAPSHOTS)
+    if not snapshots:  # an empty table would read as "nothing learned"
+        why = "train.snapshots is false" if not cfg.train.snapshots else "it has not saved one yet"
+        raise VSLMError(f"{run_dir} has no snapshots to probe ({why}); --copying and --induction probe its "
+                        "latest checkpoint")
     corpus = prepare_corpus(cfg.data, tokenizer=load_tokenizer(run_dir / TOKENIZER))  # the run's own tokens
     probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size,
                              cfg.logging.probe_windows, cfg.logging.induction_length,
@@ -259,7 +265,7 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
     model = GPT(cfg.model)
     out = out or run_dir / "probes-snapshots.jsonl"
     lines = []
-    for step, path in track(list_checkpoints(run_dir / SNAPSHOTS), f"probing the snapshots of {run_dir}"):
+    for step, path in track(snapshots, f"probing the snapshots of {run_dir}"):
         weights, _ = load_checkpoint(path)
         model.load_state_dict(weights)
         lines.append(json.dumps({"step": step, **run_probes(model, probes)}))
