@@ -221,8 +221,9 @@ def _configs(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[str]) -
                     load_config(spec.base, [*words, f"train.seed={seed}", *extra_overrides, "logging.progress=false"])
                     for seed in range(seeds)]
             except ConfigError as e:
-                raise ConfigError(f"{_culprit(spec, extra_overrides, e) or f'variant {_label(variant.name, choice)!r}'}"
-                                  f": {e}") from None
+                who = (_culprit(spec, extra_overrides, e)
+                       or f"variant '{variant.name}'" + (f" ({choice})" if choice else ""))
+                raise ConfigError(f"{who}: {e}") from None
     return plan
 
 
