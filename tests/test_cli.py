@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO
 from vslm.cli import main
@@ -98,7 +99,28 @@ SHAPE = ["shape", "run", "--prompt", "a", "--continuation", "b"]
      "--max-distractors must be at least 0, got -1"),
     (["facts", "reader", "--world", "w", "--out", "o", "--ramp", "2"],
      "--ramp is a share of the steps, from 0 to 1, got 2"),
-    (["facts", "eval", "r", "--world", "w", "--k", "0"], "--k must be at least 1, got 0")])
+    (["facts", "eval", "r", "--world", "w", "--k", "0"], "--k must be at least 1, got 0"),
+    (["eval", "run", "--on", "wikitext-2", "--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
+    (["eval", "run", "--on", "wikitext-2", "--limit", "3"], "--limit applies to --tasks"),
+    (["eval", "run", "--on", "wikitext-2", "--include-path", "t"], "--include-path applies to --tasks"),
+    (["eval", "run", "--tasks", "t", "--max-bytes", "2k"], "--max-bytes applies to --on"),
+    (["eval", "run", "--tasks", "t", "--limit", "0"],
+     "--limit is a count of examples per task, or a fraction between 0 and 1, got 0"),
+    (["eval", "run", "--tasks", "t", "--limit", "2.5"],
+     "--limit is a count of examples per task, or a fraction between 0 and 1, got 2.5"),
+    (["eval", "run", "--tasks", "t", "--num-fewshot", "-1"], "--num-fewshot must be at least 0, got -1"),
+    (["eval", "run", "--on", "wikitext-2", "--device", "gpu"], "--device gpu: not a device (auto, cpu, cuda, "
+                                                              "cuda:N or mps)")])
 def test_bad_counts_and_output_files_are_refused_before_anything_is_measured(capsys, argv, line):
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"vslm: error: {line}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA has the device")
+def test_a_device_this_machine_lacks_is_named_before_any_checkpoint_is_read(capsys):
+    for argv in (["eval", "run", "--on", "wikitext-2", "--device", "cuda"],
+                 ["facts", "eval", "run", "--world", "w", "--device", "cuda:1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"vslm: error: --device {argv[-1]} but CUDA is not available here (--device auto "
+                              "runs on the CPU where there is no GPU)")

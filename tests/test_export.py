@@ -3,6 +3,7 @@
 the refusals and bad input (one line, nothing written), and lm-evaluation-harness's own `hf` model
 against `vslm eval --tasks` on a local task."""
 
+import hashlib
 import json
 import os
 
@@ -164,6 +165,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert export(run, taken) != 0
     assert "not empty" in refused() and [p.name for p in taken.iterdir()] == ["keep.txt"]
     assert (taken / "keep.txt").read_text() == "mine"
+    assert export(run, taken / "keep.txt") != 0  # a file: named as one, kept
+    assert "keep.txt is a file: export writes a folder" in refused() and (taken / "keep.txt").read_text() == "mine"
 
     ckpt = run / "checkpoints" / "step_00000001.safetensors"
     cut = tmp_path / "step_00000002.safetensors"
@@ -208,7 +211,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arch", ["nanogpt", "llama-gqa-untied"])
-def test_import_round_trip_and_training_continues(arch, tmp_path):
+def test_import_round_trip_and_training_continues(arch, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from vslm.interop.hf import init_from_hf
@@ -219,7 +222,7 @@ def test_import_round_trip_and_training_continues(arch, tmp_path):
     assert export(run, tmp_path / "hf") == 0
     cfg, model, _ = load_run(run)
     # the transformers checkpoint -> vslm: the same logits as the run and as transformers
-    new_cfg, imported = init_from_hf(load_config("tiny", overrides), tmp_path / "hf")
+    new_cfg, imported, origin = init_from_hf(load_config("tiny", overrides), tmp_path / "hf", overrides)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     x = torch.randint(0, cfg.model.vocab_size, (2, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -229,7 +232,7 @@ def test_import_round_trip_and_training_continues(arch, tmp_path):
     for field in ("vocab_size", "context", "depth", "position", "norm", "norm_eps", "mlp", "tie_embeddings", "bias"):
         assert getattr(new_cfg.model, field) == getattr(cfg.model, field), field
     # the checkpoint's architecture wins over the run config's, an embedding width apart included
-    wide, _ = init_from_hf(load_config("tiny", [*overrides, "model.embed_width=64"]), tmp_path / "hf")
+    wide, _, _ = init_from_hf(load_config("tiny", [*overrides, "model.embed_width=64"]), tmp_path / "hf")
     assert wide.model.embed_width is None and wide.model.block_specs() == cfg.model.block_specs()
     # vslm train --init-from-hf starts from those weights (its step-0 snapshot) and trains on
     again = tmp_path / "again"
@@ -240,6 +243,50 @@ def test_import_round_trip_and_training_continues(arch, tmp_path):
         assert torch.equal(start[k], v), k
     rows = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    # where it started is kept (the folder and its weights' hash), and its export's card trains it again so
+    origin = json.loads((again / "summary.json").read_text())["init_from"]
+    assert origin == {"hf_folder": str((tmp_path / "hf").resolve()),
+                      "sha256": hashlib.sha256((tmp_path / "hf" / "model.safetensors").read_bytes()).hexdigest()}
+    assert export(again, tmp_path / "hf-again") == 0
+    card = (tmp_path / "hf-again" / "README.md").read_text()
+    assert f"vslm train vslm_config.toml --init-from-hf {tmp_path / 'hf'} --out runs/" in card
+    assert origin["sha256"] in card
+
+    def refused(words, line):
+        out = tmp_path / "refused"
+        hf = ["--init-from-hf", str(tmp_path / "hf")]
+        assert main(["train", "tiny", *overrides, *words, *hf, "--out", str(out)]) == 2
+        assert line in capsys.readouterr().err and not out.exists()
+
+    # an architecture override that is not the checkpoint's would be dropped: refused, naming it
+    refused(["model.width=64"], "the checkpoint sets the architecture, and model.width=64 is not its value")
+    # a run tokenizer larger than the checkpoint's: the tokenizer is named, not model.vocab_size
+    refused(["data.tokenizer=byte"], f"its tokenizer.json has {cfg.model.vocab_size} tokens, the run's byte "
+                                     "tokenizer (257 tokens)")
+
+
+def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):
+    """Not the run's last logged ones: the step and tokens of the checkpoint exported, and the last
+    validation at or before it, with its step."""
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *tiny_overrides(), *GPT2, "train.steps=5", "train.eval_every=3",
+                 "train.eval_windows=8", "logging.samples=0", "--out", str(run)]) == 0
+    rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+    def card(step: int) -> str:
+        out = tmp_path / f"hf-{step}"
+        assert export(run, out, "--checkpoint", str(run / "snapshots" / f"step_{step:08d}.safetensors")) == 0
+        return (out / "README.md").read_text()
+
+    first = card(1)
+    assert f"| tokens trained | {rows[1]['tokens']:,} |" in first and "| steps | 1 |" in first
+    assert "| validation loss (nats per token) | not logged |" in first
+    fourth = card(4)  # validated at step 3: said so
+    assert f"| tokens trained | {rows[4]['tokens']:,} |" in fourth and "| steps | 4 |" in fourth
+    assert f"| validation loss (nats per token) | {rows[3]['val_loss']:.4f} (at step 3) |" in fourth
+    assert export(run, tmp_path / "hf-last") == 0  # the latest checkpoint: its own step's validation
+    last = (tmp_path / "hf-last" / "README.md").read_text()
+    assert f"| validation loss (nats per token) | {rows[5]['val_loss']:.4f} |" in last and "| steps | 5 |" in last
 
 
 def test_the_harness_hf_model_agrees_with_vslm_eval(tmp_path, capsys):

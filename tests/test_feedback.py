@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 from rich.console import Console
 
 from conftest import tiny_overrides
@@ -237,6 +238,34 @@ def test_watch_tells_a_stopped_run_from_a_running_one_by_its_lock(tmp_path, monk
     # locked last on another machine: its lock may not be seen from here (flock over NFS), so no verdict
     (folder / LOCK_HOST).write_text("another-machine\n")
     assert in_use(folder)
+
+
+def test_a_run_without_logged_steps_is_not_called_waiting_when_no_process_trains_it(tmp_path, capsys):
+    """A run whose metrics.jsonl is gone (or was never written: killed while preparing) and whose lock no
+    one holds: watch and report say so, not "waiting for the first step" and "0 of 6 steps"."""
+    from filelock import FileLock
+
+    from vslm.files import LOCK
+    from vslm.report.run_report import unfinished
+    from vslm.report.runs import read_run
+    from vslm.train.checkpoint import save_checkpoint
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "config.toml").write_text('name = "gone"\n[train]\nsteps = 6\n')
+    assert main(["watch", str(folder), "--once"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"stopped before its first logged step: no process trains in it (`vslm train --resume --out {folder}` "
+            "trains it from step 0)") in out
+    with FileLock(str(folder / LOCK)):  # a trainer in it: still preparing
+        assert main(["watch", str(folder), "--once"]) == 0
+        assert "waiting for the first step" in capsys.readouterr().out
+    save_checkpoint(folder / "checkpoints" / "step_00000004.safetensors", {"w": torch.zeros(1)}, {"step": 4})
+    assert main(["watch", str(folder), "--once"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("no logged step: metrics.jsonl is missing or empty, yet a checkpoint is at step 4; no process trains "
+            "in it") in out
+    assert unfinished(read_run(folder)) == "no logged step of 6 (metrics.jsonl is missing or empty)"
 
 
 def test_watch_follows_a_run_folder_that_grows_until_it_finishes(tmp_path):

@@ -139,6 +139,11 @@ def test_compare_overlays_runs_with_a_table_of_final_numbers(probed_run, plain_r
     assert_self_contained(html)
 
 
+def test_compare_refuses_a_folder_as_its_out(plain_run, tmp_path, capsys):
+    assert main(["compare", str(plain_run), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"vslm: error: --out {tmp_path}: a folder; give a file\n"
+
+
 def test_compare_default_out_and_labels_of_seed_folders(plain_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert compare_runs([plain_run]) == Path("runs") / "compare.html"

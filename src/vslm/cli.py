@@ -48,16 +48,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.init_from_hf:  # the architecture and weights of a transformers checkpoint (vslm.interop.hf)
         if a.resume:
             raise UsageError("--init-from-hf starts a new run from a transformers checkpoint: not with --resume")
-        from vslm.interop.hf import init_from_hf
+        from vslm.data.shards import prepare_corpus
+        from vslm.interop.hf import check_init_tokenizer, init_from_hf
+        from vslm.train.run_folder import refuse_a_run_folder
 
-        cfg, init["model"] = init_from_hf(cfg, Path(a.init_from_hf))
+        cfg, init["model"], init["origin"] = init_from_hf(cfg, Path(a.init_from_hf), a.overrides)
+        refuse_a_run_folder(out, ": --init-from-hf starts a new run, give --out another folder")  # before the corpus
+        init["corpus"] = prepare_corpus(cfg.data)  # its tokenizer judged before the trainer sizes the model
+        check_init_tokenizer(Path(a.init_from_hf), init["corpus"], cfg.model.vocab_size)
     try:
         trainer = start_training(cfg, out, console, resume=a.resume,
                                  checkpoint=Path(a.checkpoint) if a.checkpoint else None, **init)
-        if a.init_from_hf:  # before fit: nothing written yet
-            from vslm.interop.hf import check_init_tokenizer
-
-            check_init_tokenizer(Path(a.init_from_hf), trainer.corpus, trainer.cfg.model.vocab_size)
         final = trainer.fit()
     except ResumeRefused as e:  # the values a named config brought to a resume are not the run's own
         if a.config is None:
@@ -229,6 +230,8 @@ def cmd_watch(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from vslm.report import compare_runs
 
+    if Path(a.out).is_dir():  # its folder is made if missing (the default's runs/)
+        raise UsageError(f"--out {a.out}: a folder; give a file")
     print(compare_runs([Path(r) for r in a.runs], Path(a.out)))
     return 0
 
@@ -587,7 +590,7 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
 def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
     """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda if there is one)")
     p.add_argument("--json", action="store_true", help=json_help)
 
 
@@ -653,7 +656,7 @@ def _add_facts_parser(sub) -> None:
                    help="then the relearning test on the student and the naive model, this many steps")
     p.add_argument("--relearn-fraction", type=float, default=0.1, help="share of the people relearned (0.1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda if there is one)")
     p.set_defaults(func=cmd_facts_distill)
 
 
@@ -722,6 +725,16 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     if not a.on and not a.tasks:
         raise UsageError("eval needs --on CORPUS ... and/or --tasks TASK ...")
+    for flag, value, half in (("--limit", a.limit, "--tasks"), ("--num-fewshot", a.num_fewshot, "--tasks"),
+                              ("--include-path", a.include_path, "--tasks"), ("--batch-size", a.batch_size, "--on"),
+                              ("--max-bytes", a.max_bytes, "--on")):
+        if value is not None and not (a.tasks if half == "--tasks" else a.on):  # the other half's: said, not ignored
+            raise UsageError(f"{flag} applies to {half}")
+    a.batch_size = 32 if a.batch_size is None else a.batch_size
+    _at_least(a, 1, "batch_size")
+    _at_least(a, 0, "num_fewshot")
+    if a.limit is not None and not (0 < a.limit < 1 or (a.limit >= 1 and a.limit == int(a.limit))):
+        raise UsageError(f"--limit is a count of examples per task, or a fraction between 0 and 1, got {a.limit:g}")
     checkpoint = Path(a.checkpoint) if a.checkpoint else None
     out: dict = {"run": a.run}
     if a.on:
@@ -1000,8 +1013,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", help="a folder of harness task YAML files (then only those are known)")
     p.add_argument("--limit", type=float, help="harness: examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int, help="harness: few-shot examples")
-    p.add_argument("--max-bytes", type=parse_size, help="corpus text read at most (default: the run's data.max_bytes)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: the run's "
+                   "data.max_bytes)")
+    p.add_argument("--batch-size", type=int, help="--on: windows per forward pass (default 32)")
     _add_run_args(p, "print one JSON line")
     p.set_defaults(func=cmd_eval)
 
@@ -1096,6 +1110,10 @@ def _main(argv: list[str] | None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
+        if isinstance(getattr(args, "device", None), str):  # a device this machine lacks: said before a
+            from vslm.train.run_folder import device_of  # checkpoint is read (its load would be blamed)
+
+            args.device = str(device_of(args.device, "--device "))  # auto: cuda or cpu
         return args.func(args)
     except VSLMError as e:
         print(f"vslm: error: {e}", file=sys.stderr)

@@ -325,6 +325,9 @@ class DataConfig(_Section):
 # ----------------------------------------------------------------------------------------- train
 
 
+DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"  # train.device, and the commands' --device
+
+
 class TrainConfig(_Section):
     steps: PositiveInt = 2000
     batch_size: PositiveInt = 12
@@ -346,7 +349,7 @@ class TrainConfig(_Section):
     eval_every: NonNegativeInt = Field(250, description="0 = evaluate only at the end")
     eval_windows: PositiveInt = Field(2400, description="fixed validation windows (whatever the batch size)")
     seed: int = 1337
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=DEVICE)
     threads: NonNegativeInt = Field(0, description="CPU threads of torch; 0 = torch's default (OMP_NUM_THREADS, "
                                                    "else one per core)")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -64,8 +64,16 @@ def frame(run: RunFiles, now: float | None = None) -> list[str]:
     last = run.metrics[-1] if run.metrics else {}
     step = last.get("step", 0)
     lines = [f"{run.name}  {run.folder}"]
-    if not run.metrics:
-        lines.append("waiting for the first step (preparing the corpus, building the model) ...")
+    if not run.metrics:  # config.toml is written under the run's lock: with no lock, no process will log a step
+        ckpt, running = last_checkpoint(run.folder), in_use(run.folder)
+        if ckpt is not None:
+            lines.append(f"no logged step: metrics.jsonl is missing or empty, yet a checkpoint is at step {ckpt[0]:,}"
+                         + ("" if running else "; no process trains in it"))
+        elif running:
+            lines.append("waiting for the first step (preparing the corpus, building the model) ...")
+        else:
+            lines.append(f"stopped before its first logged step: no process trains in it (`vslm train --resume "
+                         f"--out {run.folder}` trains it from step 0)")
     else:
         done = f"step {step:,}/{steps:,} ({step / steps:.0%})" if steps else f"step {step:,}"
         seconds = last.get("train_time_s")
@@ -134,7 +142,7 @@ def watch(folder: Path, console: Console, once: bool = False, every: float = 2.0
             seen, quiet_since = changed, time.monotonic()
         elif time.monotonic() - quiet_since > idle:
             return f"no new step for {_duration(idle)}: the run stopped, or stalls"
-        elif run.metrics and time.monotonic() - quiet_since > min(idle, STOPPED_AFTER) and not in_use(folder):
+        elif time.monotonic() - quiet_since > min(idle, STOPPED_AFTER) and not in_use(folder):
             return "the run stopped: no process trains in it"
         return None
 

@@ -83,6 +83,8 @@ def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix
                  batch_size: int = 32, track: Callable = quiet, label: str = "scoring") -> Score:
     """Negative log-likelihood of every token of `tokens` (after `prefix`, which predicts the first),
     in consecutive windows of the model's context."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     T = model.cfg.context
     device = next(model.parameters()).device
     stream = np.asarray(tokens, dtype=np.int64)

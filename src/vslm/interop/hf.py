@@ -1,14 +1,15 @@
 """Hugging Face `transformers` export and import: native classes only, never `trust_remote_code`.
 
     export_run(run, out)            a run folder -> a folder AutoModelForCausalLM / AutoTokenizer load
-    init_from_hf(cfg, folder)       a run config whose model is a transformers checkpoint's, and its weights
+    init_from_hf(cfg, folder)       a run config whose model is a transformers checkpoint's, its weights, and
+                                    where they came from
 
 The mapping is exact or refused (`family`):
   position learned, LayerNorm, GELU (exact, erf) or ReLU^2, heads * head_dim = width, no GQA
       -> GPT2LMHeadModel (Conv1D weights are transposed Linear weights; a model without biases exports
          zero biases, a LayerNorm without bias a zero bias; the head tied or not)
   position rope, RMSNorm, SwiGLU (GQA, any head_dim, tied or untied head, biases on or off)
-      -> LlamaForCausalLM, or MistralForCausalLM when every block has the same sliding window.
+      -> LlamaForCausalLM, or MistralForCausalLM when every block has the same sliding window (no biases).
          vslm's RoPE is the rotate-half form with the same frequencies as Llama's (x1, x2 = the two halves
          of a head; (x1 cos - x2 sin, x2 cos + x1 sin)), so q and k need no permutation. The fused qkv
          is [q heads | k heads | v heads]; the fused SwiGLU fc is [gate | value], silu on the gate.
@@ -23,25 +24,31 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vslm.config import ModelConfig, RunConfig, validate
+from vslm.config import ModelConfig, RunConfig, apply_overrides, validate
 from vslm.data.shards import Corpus
 from vslm.data.tokenizer import EOS, ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer
-from vslm.errors import UsageError, VSLMError
+from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
-from vslm.train.run_folder import METRICS, SUMMARY, load_run, read_run_config
+from vslm.train.checkpoint import checkpoint_step
+from vslm.train.run_folder import METRICS, SUMMARY, load_run_at, read_run_config
 
 FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 PARITY_TOLERANCE = 1e-4  # export refuses to write a model whose logits differ more (float32; tests check 1e-5)
 # the architecture fields an import takes from the checkpoint; the rest of [model] (dropout, init) stays the config's
 ARCH_FIELDS = ("vocab_size", "context", "depth", "width", "heads", "kv_heads", "head_dim", "ffn", "mlp", "norm",
                "norm_eps", "position", "rope_base", "tie_embeddings", "bias", "window")
+# and those it sets to their defaults (a checkpoint of these families has none of them)
+REPLACED = (*ARCH_FIELDS, "order", "sharing", "unique_blocks", "recursion_lora_rank", "root", "root_per_position",
+            "inject", "schedule", "blocks", "attention", "attention_gamma", "ffn_mult", "embed_width")
 
 
 # ------------------------------------------------------------------------------------ mapping
@@ -302,31 +309,50 @@ def fast_tokenizer(tok: Tokenizer, context: int):
 # ----------------------------------------------------------------------------------- model card
 
 
-def _last_metrics(run: Path) -> dict:
-    """The last logged step's values, with the last val_loss / val_bpb logged."""
-    path, last = run / METRICS, {}
-    if not path.is_file():
-        return last
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+def metrics_at(run: Path, step: int | None) -> dict:
+    """The run's logged values as of `step` (an exported checkpoint's; None: the last logged): the tokens
+    trained to it (from the rows' tokens per step when no row is at it), and the last val_loss / val_bpb
+    at or before it with the step they were measured at (val_step)."""
+    path, rows = run / METRICS, []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+    out: dict = {} if step is None else {"step": step}
+    for row in rows:
+        if step is not None and row["step"] > step:
             continue
-        last.update({k: v for k, v in row.items() if v is not None})
-    return last
+        out |= {k: v for k, v in row.items() if v is not None and (step is None or k != "tokens" or
+                                                                     row["step"] == step)}
+        if row.get("val_loss") is not None:
+            out["val_step"] = row["step"]
+    per_step = {r["tokens"] // r["step"] for r in rows if isinstance(r.get("tokens"), int) and r["step"] > 0}
+    if step is not None and "tokens" not in out and len(per_step) == 1:  # every row says the same tokens a step
+        out["tokens"] = step * per_step.pop()
+    return out
 
 
-def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str) -> str:
+def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str, step: int | None = None) -> str:
+    """README.md of an export: what it is, how to load it, the numbers of the checkpoint exported (`step`),
+    and the command that trains it again."""
     from vslm.data.registry import split_name
 
     summary = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
-    metrics = _last_metrics(run)
+    metrics = metrics_at(run, step)
+    origin = summary.get("init_from") if isinstance(summary.get("init_from"), dict) else None
+    init = f" --init-from-hf {shlex.quote(origin['hf_folder'])}" if origin and "hf_folder" in origin else ""
     entry, _ = split_name(cfg.data.source)
     corpus = f"{cfg.data.source} ({entry.title})" if entry else cfg.data.source
     license_ = entry.license if entry else "unknown: a local file or folder (check its own license)"
 
     def num(key: str, fmt: str) -> str:
-        return format(metrics[key], fmt) if isinstance(metrics.get(key), int | float) else "not logged"
+        if not isinstance(metrics.get(key), int | float):
+            return "not logged"
+        at = metrics.get("val_step")
+        return format(metrics[key], fmt) + (f" (at step {at})" if at is not None and at != metrics.get("step") else "")
 
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [vslm]", "---", "",
@@ -351,8 +377,10 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         f"| tokenizer | {cfg.data.tokenizer}, vocabulary {summary.get('vocab_size', cfg.model.vocab_size)} |",
         f"| checkpoint | {checkpoint} |", "",
         "## Training command", "",
-        "The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it:", "",
-        "```sh", f"vslm train vslm_config.toml --out runs/{cfg.name}", "```", "",
+        "The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it"
+        + (f", from the transformers checkpoint it started from (weights SHA-256 {origin.get('sha256')}):"
+           if init else ":"), "",
+        "```sh", f"vslm train vslm_config.toml{init} --out runs/{cfg.name}", "```", "",
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
     ]
     return "\n".join(lines)
@@ -362,7 +390,9 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise VSLMError(f"--out {out} is a file: export writes a folder, nothing is overwritten")
+    if out.exists() and any(out.iterdir()):
         raise VSLMError(f"--out {out} exists and is not empty: export writes a new folder, nothing is overwritten")
 
 
@@ -387,15 +417,13 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
         raise VSLMError("transformers is not installed: pip install 'vslm[hf]'") from None
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise VSLMError(f"checkpoint {checkpoint} not found")
-    cfg, model, tok = load_run(run, checkpoint)
+    cfg, model, tok, used = load_run_at(run, checkpoint)  # the newest that reads, without --checkpoint
     kind = family(cfg.model)
     hf = to_transformers(model, tok.eos_id)
     diff = check_parity(model, hf)
     if not diff <= PARITY_TOLERANCE:
         raise VSLMError(f"the {FAMILIES[kind]} export's logits differ from the run's by {diff:.2e}; nothing written")
-    from vslm.train.run_folder import latest_checkpoint
-
-    used = str(checkpoint) if checkpoint is not None else latest_checkpoint(run).name
+    step = checkpoint_step(used)  # the card's numbers are this checkpoint's, not the run's last logged
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -407,7 +435,8 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
         hf.save_pretrained(tmp, safe_serialization=True)
         fast_tokenizer(tok, cfg.model.context).save_pretrained(tmp)
         _pin_tokenizer_class(tmp)
-        (tmp / "README.md").write_text(model_card(run, cfg, model, kind, used), encoding="utf-8")
+        card = model_card(run, cfg, model, kind, str(checkpoint) if checkpoint is not None else used.name, step)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         (tmp / "vslm_config.toml").write_text(cfg.to_toml(), encoding="utf-8")
         _check_out(out)
         if out.exists():
@@ -439,15 +468,18 @@ def _read_json(path: Path) -> dict:
         raise VSLMError(f"cannot read {path}: {e}") from None
 
 
+def _weight_files(folder: Path) -> list[str]:
+    index = folder / "model.safetensors.index.json"
+    return sorted(set(_read_json(index).get("weight_map", {}).values())) if index.is_file() else ["model.safetensors"]
+
+
 def read_hf_state(folder: Path) -> dict[str, torch.Tensor]:
     """The tensors of model.safetensors (or its shards, by model.safetensors.index.json); no pickles read."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(_read_json(index).get("weight_map", {}).values())) if index.is_file() else ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
-    for name in files:
+    for name in _weight_files(folder):
         path = folder / name
         if not path.is_file():
             raise VSLMError(f"{folder} has no {name} (import reads safetensors weights only)")
@@ -544,9 +576,11 @@ def check_init_tokenizer(folder: Path, corpus: Corpus, model_vocab: int) -> None
                          f"text: {fix}")
 
 
-def init_from_hf(cfg: RunConfig, folder: Path) -> tuple[RunConfig, GPT]:
+def init_from_hf(cfg: RunConfig, folder: Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, GPT, dict]:
     """`cfg` with its [model] architecture taken from a transformers checkpoint folder (dropout, init and
-    every other section stay the config's), and the vslm model holding its weights."""
+    every other section stay the config's), the vslm model holding its weights, and where they came from
+    (the folder and its weights' SHA-256: summary.json's init_from). `overrides`, the command line's, may
+    not set a field the checkpoint replaces: it would be dropped without a word."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise VSLMError(f"--init-from-hf {folder}: no config.json (not a transformers model folder)")
@@ -554,11 +588,22 @@ def init_from_hf(cfg: RunConfig, folder: Path) -> tuple[RunConfig, GPT]:
     state = read_hf_state(folder) if conf.get("model_type") in FAMILIES else {}
     kind, fields = model_fields_from_hf(conf, state)
     dump = cfg.model_dump(mode="json", exclude_none=True)
-    model = {k: v for k, v in dump["model"].items() if k not in ARCH_FIELDS and k not in ("order", "sharing",
-             "unique_blocks", "recursion_lora_rank", "root", "root_per_position", "inject", "schedule", "blocks",
-             "attention", "attention_gamma", "ffn_mult", "embed_width")}
+    model = {k: v for k, v in dump["model"].items() if k not in REPLACED}
     model |= {k: v for k, v in fields.items() if v is not None}
     new = validate(dump | {"model": model})
+    kept = new.model_dump(mode="json", exclude_none=True)
+
+    def asks_otherwise(word: str) -> bool:  # a [model] override whose value is not the checkpoint's
+        if not (word.startswith("model.") and word.partition("=")[0].removeprefix("model.") in REPLACED):
+            return False
+        try:
+            return validate(apply_overrides(kept, [word])).model != new.model
+        except ConfigError:
+            return True
+
+    if dropped := [w for w in overrides if asks_otherwise(w)]:  # else dropped without a word
+        raise UsageError(f"--init-from-hf {folder}: the checkpoint sets the architecture, and {' '.join(dropped)} "
+                         "is not its value; leave it out (model.dropout and the init fields are the config's)")
     weights = from_hf_state(state, kind, new.model)
     gpt = GPT(new.model)
     try:
@@ -566,4 +611,16 @@ def init_from_hf(cfg: RunConfig, folder: Path) -> tuple[RunConfig, GPT]:
     except RuntimeError as e:
         raise VSLMError(f"--init-from-hf {folder}: the weights do not fit the model its config.json describes: "
                         f"{str(e).splitlines()[0]}") from None
-    return new, gpt
+    return new, gpt, {"hf_folder": str(folder.resolve()), "sha256": _weights_sha256(folder)}
+
+
+def _weights_sha256(folder: Path) -> str:
+    """One SHA-256 over the folder's safetensors weight files, in read_hf_state's order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in _weight_files(folder):
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

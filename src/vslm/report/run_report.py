@@ -80,7 +80,10 @@ def unfinished(run: RunFiles) -> str:
     """'unfinished: 32 of 100 steps' when the run's last logged step is short of its config's train.steps
     (still running, stopped or killed), else ''."""
     planned = run.config.get("train", {}).get("steps")
-    done = run.metrics[-1].get("step", 0) if run.metrics else 0
+    if not run.metrics:  # not even a first step: or its log is gone
+        return f"no logged step of {planned:,} (metrics.jsonl is missing or empty)" if isinstance(planned, int) \
+            else "no logged step (metrics.jsonl is missing or empty)"
+    done = run.metrics[-1].get("step", 0)
     if isinstance(planned, int) and done < planned:
         return f"unfinished: {done:,} of {planned:,} steps"
     return ""

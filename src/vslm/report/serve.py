@@ -98,8 +98,8 @@ class LiveReport:
         self.poll()
 
     def stopped(self) -> bool:
-        """A run that logged steps, not its last, wrote nothing for STOPPED_AFTER seconds, and whose folder's
-        lock no process holds: stopped or killed."""
+        """A run that started (its config written, or steps logged), not at its last step, wrote nothing for
+        STOPPED_AFTER seconds, and whose folder's lock no process holds: stopped or killed."""
         return (self._logged and not self._at_end and self._seen is not None
                 and self._quiet(self._seen, STOPPED_AFTER) and not in_use(self.folder))
 
@@ -116,7 +116,8 @@ class LiveReport:
         if seen != self._seen:
             self._seen = seen
             run = read_run(self.folder, warn=lambda line: None)  # a line being written: read again next time
-            self._at_end, self._logged = reached_end(run), bool(run.metrics)
+            # config.toml is written under the run's lock: from then on, no lock means no process will log
+            self._at_end, self._logged = reached_end(run), bool(run.metrics) or (self.folder / CONFIG).is_file()
             self._draw(run, final=self._at_end and self._quiet(seen))
             return True
         if self._at_end and self._quiet(seen):

@@ -109,6 +109,16 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], state: dict | 
     atomic_write(path, lambda f: f.write(blob), size=len(blob))
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint or snapshot was saved at, from its header alone (None: its state has none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = json.loads((f.metadata() or {}).get(STATE_KEY, "{}")).get("step")
+    except Exception as e:  # OSError, JSON, and safetensors' own error types
+        raise VSLMError(f"cannot read checkpoint {path}: {e}") from None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(weights, state) from a checkpoint file."""
     try:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import tomllib
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from vslm.config import RunConfig, validate
+from vslm.config import DEVICE, RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import LOCK, LOCK_HOST, write_text
@@ -205,16 +206,20 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     return cfg, model, load_tokenizer(folder / TOKENIZER), Path(checkpoint)
 
 
-def device_of(name: str) -> torch.device:
+def device_of(name: str, setting: str = "train.device=") -> torch.device:
+    """The torch device `name` (auto, cpu, mps, cuda, cuda:N) names, if this machine has it; else a ConfigError
+    that names the setting it came from (`setting`: "train.device=", or a command's "--device ")."""
+    if re.fullmatch(DEVICE, name) is None:
+        raise ConfigError(f"{setting}{name}: not a device (auto, cpu, cuda, cuda:N or mps)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name} but CUDA is not available here (train.device=auto trains on "
+            raise ConfigError(f"{setting}{name} but CUDA is not available here ({setting}auto runs on "
                               "the CPU where there is no GPU)")
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA devices")
+            raise ConfigError(f"{setting}{name} but this machine has {torch.cuda.device_count()} CUDA devices")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device=mps but MPS is not available here")
+        raise ConfigError(f"{setting}mps but MPS is not available here")
     return torch.device(name)

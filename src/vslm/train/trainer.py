@@ -274,8 +274,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
                  objective: Objective | None = None, batches=None, checkpoint: Path | None = None,
-                 on_prepare: Callable[[], None] | None = None):
+                 on_prepare: Callable[[], None] | None = None, origin: dict | None = None):
         self.run_dir = Path(run_dir)
+        self.origin = origin  # where `model`'s weights came from (--init-from-hf): summary.json's init_from
         if (taken := next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)) and \
                 not taken.is_dir():
             where = "" if taken == self.run_dir else f": {taken}"
@@ -548,6 +549,8 @@ class Trainer:
                    "processes": self.dist.world,
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
                    "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
+        if self.origin:  # a resume keeps the one its start wrote (old | summary below)
+            summary["init_from"] = self.origin
         if self.resume:
             self._set_aside_newer()
             # config.toml holds the config from here on; what each resume changed (train.steps: the
