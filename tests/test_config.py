@@ -46,12 +46,44 @@ def test_overrides_are_typed_toml_values():
         (["model.blocks=[{width=16}"], "override 'model.blocks=[{width=16}': the value is not valid TOML"),
         (['data.source="stories'], "the value is not valid TOML"),
         (["data.tokenizer=bpe", "data.vocab_size=100"], "vocab_size 100 of tokenizer=bpe must be 260-65535"),
+        # refused before anything is built per depth (a list of 10^8 records was an out-of-memory kill)
+        (["model.depth=100000000"], "a depth of 100,000,000 is past the 2,048 this lab builds"),
+        (["model.ffn_mult=0.001"], "block 0: the MLP's hidden size rounds to 0"),
+        (["model.context=3"], "model.context 3 is too short for the induction probe"),
+        (["model.context=1", "model.attention=ssmax", "logging.probe_every=0"], "it needs a context of 2 or more"),
+        (["model.depth=3", "model.order=[0,0,1]", "model.depth=4"], r"order has 3 entries but depth is 4 \(give "
+                                                                     r"model.depth=3 with it, or 4 entries\)"),
+        # a setting that would change nothing is refused, naming what it applies to
+        (["model.recursion_lora_rank=4"], "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block "
+                                          "is shared"),
+        (["model.root_per_position=true"], "root_per_position applies to root = learned"),
+        (["model.unique_blocks=1"], "unique_blocks applies to sharing = immediate or cyclic"),
+        (["model.order=[0,1]", "model.sharing=all"], "order and sharing are both set, and order decides"),
+        (["model.schedule.windows=increasing", "model.window=2"], "window is replaced by schedule.windows"),
+        (["model.schedule.width_range=[16,64]"], "schedule.width_range applies to schedule.widths other than"),
+        (["model.schedule.window_range=[4,16]"], "schedule.window_range applies to schedule.windows other than"),
+        (["model.schedule.global_every=5"], "schedule.global_every applies to schedule.windows = interleave"),
+        (["model.schedule.heads_scale=[0.1,3]"], "schedule.heads_scale and ffn_scale apply to layer_scaling"),
+        (["model.attention_gamma=0.3"], "attention_gamma applies to attention = power"),
+        (["model.blocks=[{attention_gamma=0.5}, {}]"], "block 0: attention_gamma applies to attention = power, and "
+                                                       "its attention is softmax"),
+        (["model.rope_base=500"], "rope_base applies to position = rope"),
+        (["model.mlp=none", "model.blocks=[{ffn=1}, {}]"], "ffn and ffn_mult size an MLP, and mlp = none has none"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as e:
         load_config("tiny", overrides)
     assert "\n" not in str(e.value)
+
+
+def test_a_setting_at_its_default_passes_where_it_would_be_idle():
+    """A base config may spell a default out; only a value that would change something, and cannot, is refused."""
+    cfg = load_config("tiny", ["model.rope_base=10000.0", "model.attention_gamma=1.0", "model.recursion_lora_rank=0"])
+    assert cfg.model.position == "learned"
+    blind = load_config("tiny", ["model.root=learned", "model.inject=false"]).model.blind()  # the arch-root control
+    assert blind.startswith("root = learned without inject: the residual stream never receives the tokens")
+    assert load_config("tiny", ["model.root=learned"]).model.blind() is None
 
 
 def test_a_vocabulary_size_binds_only_the_tokenizer_that_learns_one():

@@ -19,7 +19,7 @@ VARIANTS = {
     "per-layer-windows": ["model.depth=4", "model.schedule.windows=increasing", "model.schedule.window_range=[2,32]"],
     "shared-order-lora": ["model.depth=4", "model.order=[0,1,0,1]", "model.recursion_lora_rank=2"],
     "learned-root-inject": ["model.root=learned", "model.inject=true", "model.root_per_position=true"],
-    "learned-root-shared": ["model.root=learned", "model.position=rope", "model.sharing=all", "model.unique_blocks=1"],
+    "learned-root-shared": ["model.root=learned", "model.position=rope", "model.sharing=all"],
     "power": ["model.attention=power", "model.attention_gamma=0.5"],
     "softmax1": ["model.attention=softmax1"],
     "ssmax": ["model.attention=ssmax"],

@@ -293,7 +293,6 @@ def test_the_parameter_estimate_from_the_config_is_the_built_models_count(overri
     (["model.width=1000000000", "model.heads=1"], "more elements than torch can address"),
     (["model.context=1000000000"], "too large to train on this machine"),
     (["train.batch_size=1000000000"], "too large to train on this machine"),
-    (["model.depth=100000"], "a depth of 100,000 is past the 2,048"),
 ])
 def test_what_cannot_fit_is_refused_before_anything_is_built_or_written(tmp_path, overrides, described):
     r = run_cli("train", "tiny", *overrides, "--out", tmp_path / "r")
@@ -306,6 +305,14 @@ def test_what_cannot_fit_is_refused_before_anything_is_built_or_written(tmp_path
         assert r.returncode == 0 and described in r.stdout and "training memory (estimate" in r.stdout, r.stderr
     else:
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and described in r.stderr, r.stderr
+
+
+def test_a_depth_past_what_the_lab_builds_is_a_config_error_everywhere(tmp_path):
+    for command in (["train", "tiny", "--out", tmp_path / "r"], ["describe", "tiny"]):
+        r = run_cli(*command, "model.depth=100000")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "a depth of 100,000 is past the 2,048 this lab builds" in r.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_describe_prints_the_memory_estimate():

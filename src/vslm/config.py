@@ -118,6 +118,9 @@ class ScheduleConfig(_Section):
         return self
 
 
+MAX_DEPTH = 2048  # blocks applied in sequence: past it, building a model takes Python objects by the minute
+
+
 class ModelConfig(_Section):
     vocab_size: PositiveInt | None = Field(None, description="None = the tokenizer's vocabulary size")
     context: PositiveInt = 256
@@ -160,8 +163,14 @@ class ModelConfig(_Section):
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.kv_heads is not None and self.kv_heads > self.heads:
             raise ValueError(f"kv_heads {self.kv_heads} is more than heads {self.heads}")
+        uniform = not self.blocks and self.schedule.widths == "uniform" and self.schedule.layer_scaling == "uniform"
+        if self.kv_heads is not None and self.heads % self.kv_heads and uniform:  # else each block's, below
+            raise ValueError(f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
         if self.order is not None and "depth" not in self.model_fields_set:
             self.depth = len(self.order)
+        if self.depth > MAX_DEPTH:  # before anything is built per depth (a list of 10^8 records fills memory)
+            raise ValueError(f"a depth of {self.depth:,} is past the {MAX_DEPTH:,} this lab builds (each block's "
+                             "modules are Python objects: seconds per thousand)")
         order = self.depth_order()
         if sorted(set(order)) != list(range(max(order) + 1)):
             raise ValueError(f"order {order} must use every block 0..{max(order)} at least once")
@@ -177,6 +186,12 @@ class ModelConfig(_Section):
                 raise ValueError(f"{where}heads {spec.heads} is not divisible by kv_heads {spec.kv_heads}")
             if self.position == "rope" and spec.head_dim % 2:
                 raise ValueError(f"{where}rope needs an even head size, got {spec.head_dim}")
+            if spec.ffn < 1 and self.mlp != "none":
+                raise ValueError(f"{where}the MLP's hidden size rounds to 0 (model.ffn_mult, or "
+                                 "schedule.ffn_scale); give model.ffn or a larger multiple")
+            if spec.attention == "ssmax" and self.context < 2:
+                raise ValueError("attention ssmax scales scores by log(context): it needs a context of 2 or more")
+        self._check_idle(order, specs)
         token, last = self.token_width(specs[order[0]].width), specs[order[-1]].width
         if self.tie_embeddings and self.embed_width is None and last != token:
             what = "the first's" if self.root == "token" else "width"
@@ -184,11 +199,48 @@ class ModelConfig(_Section):
                              "set tie_embeddings = false, or embed_width (a projection to the head)")
         return self
 
+    def _check_idle(self, order: list[int], specs: list[BlockSpec]) -> None:
+        """Refuse a setting that would change nothing, given another (each named): a value other than its
+        default, where the field it applies to makes it idle. Set to its default, such a field passes (a
+        base config may spell defaults out)."""
+        sch, default = self.schedule, ScheduleConfig()
+        power = any(spec.attention == "power" for spec in specs)
+        idle = [
+            (self.recursion_lora_rank > 0 and len(set(order)) == len(order),
+             "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block is shared (set sharing or "
+             "order)"),
+            (self.root_per_position and self.root == "token", "root_per_position applies to root = learned"),
+            (self.unique_blocks is not None and (self.order is not None or self.sharing in ("none", "all")),
+             "unique_blocks applies to sharing = immediate or cyclic (without order)"),
+            (self.order is not None and self.sharing != "none", "order and sharing are both set, and order decides: "
+                                                                "drop sharing"),
+            (self.window is not None and sch.windows != "full",
+             f"window is replaced by schedule.windows = {sch.windows} (its sizes: schedule.window_range)"),
+            (sch.width_range is not None and sch.widths == "uniform",
+             "schedule.width_range applies to schedule.widths other than uniform"),
+            (sch.window_range is not None and sch.windows == "full",
+             "schedule.window_range applies to schedule.windows other than full"),
+            (sch.global_every != default.global_every and sch.windows != "interleave",
+             "schedule.global_every applies to schedule.windows = interleave"),
+            ((sch.heads_scale, sch.ffn_scale) != (default.heads_scale, default.ffn_scale)
+             and sch.layer_scaling != "openelm", "schedule.heads_scale and ffn_scale apply to layer_scaling = openelm"),
+            (self.attention_gamma != 1.0 and not power, "attention_gamma applies to attention = power"),
+            (self.rope_base != 10000.0 and self.position != "rope", "rope_base applies to position = rope"),
+            ((self.ffn is not None or self.ffn_mult != 4.0 or any(b.ffn for b in self.blocks)) and self.mlp == "none",
+             "ffn and ffn_mult size an MLP, and mlp = none has none"),
+        ]
+        idle += [(b.attention_gamma is not None and spec.attention != "power",
+                  f"block {i}: attention_gamma applies to attention = power, and its attention is {spec.attention}")
+                 for i, (b, spec) in enumerate(zip(self.blocks or [BlockConfig()] * len(specs), specs, strict=True))]
+        if found := next((why for is_idle, why in idle if is_idle), None):
+            raise ValueError(f"{found} (a setting that changes nothing is refused, not ignored)")
+
     def depth_order(self) -> list[int]:
         """Which unique block runs at each depth: `order`, or the `sharing` preset."""
         if self.order is not None:
             if len(self.order) != self.depth and "depth" in self.model_fields_set:
-                raise ValueError(f"order has {len(self.order)} entries but depth is {self.depth}")
+                raise ValueError(f"order has {len(self.order)} entries but depth is {self.depth} (give "
+                                 f"model.depth={len(self.order)} with it, or {self.depth} entries)")
             return list(self.order)
         n, depth = self.unique_blocks or max(1, self.depth // 2), self.depth
         if self.sharing == "none":
@@ -253,6 +305,14 @@ class ModelConfig(_Section):
 
     def injects(self) -> bool:
         return self.root == "learned" if self.inject is None else self.inject
+
+    def blind(self) -> str | None:
+        """Why the model never sees its tokens, if it does not: a learned root without injection (RESEARCH.md's
+        sanity check, which must fail: loss near the unigram's). Allowed, and said where it is built."""
+        if self.root == "learned" and not self.injects():
+            return ("root = learned without inject: the residual stream never receives the tokens, so the model "
+                    "can learn no more than the unigram (the arch-root control); inject = true feeds them in")
+        return None
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -417,6 +477,9 @@ class RunConfig(_Section):
         if length is not None and not 2 <= length <= context // 2:
             raise ValueError(f"logging.induction_length {length} must be 2 to half the context ({context // 2}): "
                              "the probe's sequence is written twice")
+        if length is None and self.logging.probe_every != 0 and context < 4:
+            raise ValueError(f"model.context {context} is too short for the induction probe (a sequence of 2 or "
+                             "more tokens written twice): set logging.probe_every=0, or a context of 4 or more")
         return self
 
     def to_toml(self) -> str:

@@ -68,6 +68,8 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
         f"{m.position} positions, {m.norm}, {m.mlp} MLP, context {m.context}; "
         f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False, soft_wrap=True)
+    if why := m.blind():
+        console.print(f"note: {why}", highlight=False, soft_wrap=True)
     tokens = tc.steps * tc.batch_size * tc.grad_accum * m.context
     again = " (resumed)" if trainer.resume else ""
     # a short trial run of a config made for longer ones: say so, the curve it draws is all warmup

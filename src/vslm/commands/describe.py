@@ -49,6 +49,8 @@ def describe(cfg: RunConfig, console: Console) -> None:
         f"training memory (estimate, float32, train.batch_size {cfg.train.batch_size}) {need.line()}",
         highlight=False,
     )
+    if why := m.blind():
+        console.print(f"note: {why}", highlight=False)
     have = device_memory(torch.device("cpu"))
     if have is not None and need.total > have:
         console.print(f"too large to train on this machine ({size(have)} of memory): `vslm train` would refuse it",

@@ -96,8 +96,9 @@ def family(m: ModelConfig) -> str:
     if m.embed_width is not None and m.embed_width != spec.width:
         raise _refuse("embed_width", m.embed_width, f"an embedding apart from the blocks' width ({spec.width}), "
                       "projected to it, has no transformers class")
-    if spec.attention != "softmax":
-        raise _refuse("attention", spec.attention, "transformers classes compute softmax attention only")
+    if spec.attention != "softmax":  # named where it was set: model-wide, or in every block's record
+        field = "blocks[].attention" if any(b.attention for b in m.blocks) else "attention"
+        raise _refuse(field, spec.attention, "transformers classes compute softmax attention only")
     if m.mlp == "none":
         raise _refuse("mlp", "none", "attention-only blocks have no transformers class")
     if m.position == "learned":
@@ -108,7 +109,10 @@ def family(m: ModelConfig) -> str:
         if spec.kv_heads != spec.heads:
             raise _refuse("kv_heads", spec.kv_heads, "GPT-2 has no grouped key/value heads")
         if spec.heads * spec.head_dim != spec.width:
-            raise _refuse("head_dim", spec.head_dim, f"GPT-2 needs heads * head_dim = width ({spec.width})")
+            field, value = (("blocks[].heads", spec.heads) if any(b.heads for b in m.blocks) else
+                            ("head_dim", spec.head_dim) if m.head_dim is not None else ("heads", spec.heads))
+            raise _refuse(field, value, f"GPT-2 needs heads ({spec.heads}) x head size ({spec.head_dim}) = "
+                                        f"width ({spec.width})")
         if spec.window is not None:
             raise _refuse("window", spec.window, "GPT-2 has no sliding window")
         return "gpt2"
@@ -594,7 +598,8 @@ def init_from_hf(cfg: RunConfig, folder: Path, overrides: Sequence[str] = ()) ->
     kept = new.model_dump(mode="json", exclude_none=True)
 
     def asks_otherwise(word: str) -> bool:  # a [model] override whose value is not the checkpoint's
-        if not (word.startswith("model.") and word.partition("=")[0].removeprefix("model.") in REPLACED):
+        field = word.partition("=")[0].removeprefix("model.").split(".")[0].split("[")[0]  # schedule.windows: schedule
+        if not (word.startswith("model.") and field in REPLACED):
             return False
         try:
             return validate(apply_overrides(kept, [word])).model != new.model

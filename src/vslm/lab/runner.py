@@ -36,17 +36,10 @@ def vocab_size_of(cfg: RunConfig) -> int:
     return prepare_corpus(cfg.data).tokenizer.vocab_size
 
 
-# depths that building on the meta device takes seconds for (a block costs its modules' Python objects, ~7 ms)
-MAX_ACCOUNTED_DEPTH = 2048
-
-
 def build_for_accounting(cfg: RunConfig) -> GPT:
     """The model a config builds, on the meta device: shapes for counting parameters and FLOPs, no memory,
-    whatever the size. A ConfigError for what cannot be built even so: a depth past MAX_ACCOUNTED_DEPTH
-    (minutes of Python objects), a tensor with more elements than torch can address."""
-    if (depth := len(cfg.model.depth_order())) > MAX_ACCOUNTED_DEPTH:
-        raise ConfigError(f"a depth of {depth:,} is past the {MAX_ACCOUNTED_DEPTH:,} this lab builds to count a model "
-                          f"(shapes only, but each block's modules take milliseconds)")
+    whatever the size (the config refuses a depth past MAX_DEPTH). A ConfigError for what cannot be built
+    even so: a tensor with more elements than torch can address."""
     model_cfg = cfg.model.model_copy(update={"vocab_size": vocab_size_of(cfg)})
     try:
         with torch.device("meta"):  # shapes only: no memory, no init cost
