@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import tomli_w
 
 from vslm.config import BlockSpec, RunConfig, builtin_configs, load_config, parse_override, save_config, validate
 from vslm.errors import ConfigError
@@ -84,6 +85,21 @@ def test_a_setting_at_its_default_passes_where_it_would_be_idle():
     blind = load_config("tiny", ["model.root=learned", "model.inject=false"]).model.blind()  # the arch-root control
     assert blind.startswith("root = learned without inject: the residual stream never receives the tokens")
     assert load_config("tiny", ["model.root=learned"]).model.blind() is None
+
+
+
+def test_a_run_folder_written_before_a_check_still_reads(tmp_path):
+    """A config.toml saved by an earlier version may hold a setting now refused as idle, or an MLP of size 0:
+    what the run trained is read back (sample, export, resume), only new configs are refused."""
+    from vslm.train.run_folder import read_run_config
+
+    raw = load_config("tiny").model_dump(mode="json", exclude_none=True)
+    raw["model"] |= {"rope_base": 500.0, "ffn_mult": 0.001}
+    (tmp_path / "config.toml").write_text(tomli_w.dumps(raw))
+    cfg = read_run_config(tmp_path)
+    assert cfg.model.rope_base == 500.0 and cfg.model.block_specs()[0].ffn == 0
+    with pytest.raises(ConfigError, match="block 0: the MLP's hidden size rounds to 0"):
+        validate(raw)  # a new config: refused
 
 
 def test_a_vocabulary_size_binds_only_the_tokenizer_that_learns_one():

@@ -38,7 +38,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.overrides:
             from vslm.config import apply_overrides, validate
 
-            cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides))
+            cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides), saved=True)
     else:
         cfg = load_config(a.config, a.overrides)
     out = Path(a.out or Path("runs") / cfg.name)

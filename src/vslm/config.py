@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from vslm.errors import ConfigError, did_you_mean
 from vslm.files import write_text
@@ -158,7 +158,8 @@ class ModelConfig(_Section):
     blocks: list[BlockConfig] = Field(default_factory=list, description="per unique block overrides")
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> ModelConfig:
+    def _check_shapes(self, info: ValidationInfo) -> ModelConfig:
+        new = not (info.context or {}).get("saved")  # a run folder's saved config: what it trained, read back
         if self.width % self.heads and self.head_dim is None:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.kv_heads is not None and self.kv_heads > self.heads:
@@ -186,12 +187,13 @@ class ModelConfig(_Section):
                 raise ValueError(f"{where}heads {spec.heads} is not divisible by kv_heads {spec.kv_heads}")
             if self.position == "rope" and spec.head_dim % 2:
                 raise ValueError(f"{where}rope needs an even head size, got {spec.head_dim}")
-            if spec.ffn < 1 and self.mlp != "none":
+            if spec.ffn < 1 and self.mlp != "none" and new:
                 raise ValueError(f"{where}the MLP's hidden size rounds to 0 (model.ffn_mult, or "
                                  "schedule.ffn_scale); give model.ffn or a larger multiple")
             if spec.attention == "ssmax" and self.context < 2:
                 raise ValueError("attention ssmax scales scores by log(context): it needs a context of 2 or more")
-        self._check_idle(order, specs)
+        if new:
+            self._check_idle(order, specs)
         token, last = self.token_width(specs[order[0]].width), specs[order[-1]].width
         if self.tie_embeddings and self.embed_width is None and last != token:
             what = "the first's" if self.root == "token" else "width"
@@ -593,9 +595,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def validate(raw: dict[str, Any]) -> RunConfig:
+def validate(raw: dict[str, Any], saved: bool = False) -> RunConfig:
+    """A RunConfig from a raw dict, a one-line ConfigError if it does not validate. `saved`: a run folder's own
+    config.toml, written by an earlier version maybe: the checks that only keep a new config from being
+    wasted (a setting that changes nothing, an MLP of size 0) are skipped, so that the run still reads."""
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context={"saved": True} if saved else None)
     except ValidationError as e:
         raise ConfigError(one_line_error(e, root=RunConfig)) from None
 

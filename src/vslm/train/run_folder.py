@@ -163,7 +163,7 @@ def read_run_config(folder: Path) -> RunConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise VSLMError(f"{path} is not valid TOML: {e}") from None
     try:
-        return validate(raw)
+        return validate(raw, saved=True)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
