@@ -109,6 +109,9 @@ SHAPE = ["shape", "run", "--prompt", "a", "--continuation", "b"]
     (["eval", "run", "--tasks", "t", "--limit", "2.5"],
      "--limit is a count of examples per task, or a fraction between 0 and 1, got 2.5"),
     (["eval", "run", "--tasks", "t", "--num-fewshot", "-1"], "--num-fewshot must be at least 0, got -1"),
+    (["eval", "run", "--tasks", "t", "--limit", "inf"],
+     "--limit is a count of examples per task, or a fraction between 0 and 1, got inf"),
+    (["probe", "run", "--stories", "0"], "--stories applies only with --copying"),
     (["eval", "run", "--on", "wikitext-2", "--device", "gpu"], "--device gpu: not a device (auto, cpu, cuda, "
                                                               "cuda:N or mps)")])
 def test_bad_counts_and_output_files_are_refused_before_anything_is_measured(capsys, argv, line):

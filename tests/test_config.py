@@ -49,7 +49,7 @@ def test_overrides_are_typed_toml_values():
         (["data.tokenizer=bpe", "data.vocab_size=100"], "vocab_size 100 of tokenizer=bpe must be 260-65535"),
         # refused before anything is built per depth (a list of 10^8 records was an out-of-memory kill)
         (["model.depth=100000000"], "a depth of 100,000,000 is past the 2,048 this lab builds"),
-        (["model.ffn_mult=0.001"], "block 0: the MLP's hidden size rounds to 0"),
+        (["model.ffn_mult=0.001"], "model: the MLP's hidden size rounds to 0"),
         (["model.context=3"], "model.context 3 is too short for the induction probe"),
         (["model.context=1", "model.attention=ssmax", "logging.probe_every=0"], "it needs a context of 2 or more"),
         (["model.depth=3", "model.order=[0,0,1]", "model.depth=4"], r"order has 3 entries but depth is 4 \(give "
@@ -98,7 +98,10 @@ def test_a_run_folder_written_before_a_check_still_reads(tmp_path):
     (tmp_path / "config.toml").write_text(tomli_w.dumps(raw))
     cfg = read_run_config(tmp_path)
     assert cfg.model.rope_base == 500.0 and cfg.model.block_specs()[0].ffn == 0
-    with pytest.raises(ConfigError, match="block 0: the MLP's hidden size rounds to 0"):
+    from vslm.cli import main
+
+    assert main(["describe", str(tmp_path)]) == 0  # a run folder: described as saved
+    with pytest.raises(ConfigError, match="model: the MLP's hidden size rounds to 0"):
         validate(raw)  # a new config: refused
 
 

@@ -109,6 +109,7 @@ def test_a_typo_in_one_variant_fails_before_training(tmp_path):
      r"^corpus 'tinystorie': unknown data source 'tinystorie' \(did you mean tinystories or stories\?\)"),
     (("data.source=wikitext-2:tset",), "", (),
      r"^variant 'wide': data source 'wikitext-2:tset': no split 'tset' \(did you mean wikitext-2:test\?\)"),
+    (("data.source=emptyfolder",), "", (), r"^variant 'wide': data folder emptyfolder holds no text"),
     (("model.width=48",), 'corpora = ["stories", "stories"]\n', (),
      r"exp.toml: corpora stories would share a folder in --out"),
     (("model.width=48",), "", ("model.widht=48",),
@@ -116,11 +117,39 @@ def test_a_typo_in_one_variant_fails_before_training(tmp_path):
     ((), "", (), r"^variants 'narrow' and 'wide' train the same configs$"),
     (("model.width=48",), "", ("model.width=32",), r"^variants 'narrow' and 'wide' train the same configs: the "
      r"command line's override model.width=32 sets what they differ on$")])
-def test_what_every_run_would_meet_is_refused_before_the_first_trains(tmp_path, wide, extra, cli, error):
+def test_what_every_run_would_meet_is_refused_before_the_first_trains(tmp_path, monkeypatch, wide, extra, cli, error):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "emptyfolder").mkdir()
     spec = write_experiment(tmp_path, wide_overrides=wide, extra=extra)  # none trains: nothing is read or written
-    with pytest.raises(ConfigError, match=error):
+    with pytest.raises(VSLMError, match=error):
         run_experiment(spec, tmp_path / "out", extra_overrides=cli)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shared_override_may_apply_to_some_variants_only_and_a_fault_names_the_variant(tmp_path):
+    path = tmp_path / "exp.toml"  # gamma matters to the power variant only: not an idle setting here
+    path.write_text('base = "tiny"\nseeds = 1\noverrides = ["model.attention_gamma=0.5"]\n[[variants]]\n'
+                    'name = "softmax"\n[[variants]]\nname = "power"\noverrides = ["model.attention=power"]\n')
+    _, spec = load_experiment(str(path))
+    plan = plan_experiment(spec, 1)
+    assert plan["power"][""][0].model.attention_gamma == 0.5
+    # a shared override that only one variant cannot take: that variant named, and where the fault lies
+    path.write_text('base = "tiny"\nseeds = 1\noverrides = ["model.heads=3"]\n[[variants]]\nname = "narrow"\n'
+                    '[[variants]]\nname = "wide"\noverrides = ["model.width=48"]\n')
+    with pytest.raises(ConfigError, match=r"^variant 'narrow', with the experiment's overrides: config error: "
+                                          r"model: width 32 is not divisible by heads 3$"):
+        plan_experiment(load_experiment(str(path))[1], 1)
+
+
+def test_a_sweep_made_the_same_by_an_override_is_refused(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('base = "tiny"\nseeds = 1\n[[variants]]\nname = "w"\n'
+                    'sweep = ["model.width=32", "model.width=64"]\n')
+    _, spec = load_experiment(str(path))
+    assert len(plan_experiment(spec, 1)["w"]) == 2
+    with pytest.raises(ConfigError, match=r"^variant 'w': its sweep choices train the same configs: the command "
+                                          r"line's override model.width=48 sets what they differ on$"):
+        plan_experiment(spec, 1, ["model.width=48"])
 
 
 def test_a_fault_in_the_shared_overrides_is_not_blamed_on_a_variant(tmp_path):

@@ -39,8 +39,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             from vslm.config import apply_overrides, validate
 
             cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides), saved=True)
-    else:
-        cfg = load_config(a.config, a.overrides)
+    else:  # resumed: a run's config.toml written before a later check still continues
+        cfg = load_config(a.config, a.overrides, saved=a.resume)
     out = Path(a.out or Path("runs") / cfg.name)
     if a.checkpoint and not a.resume:
         raise UsageError("--checkpoint picks where a resumed run continues from: add --resume")
@@ -104,10 +104,16 @@ def cmd_configs(a: argparse.Namespace) -> int:
 
 def cmd_describe(a: argparse.Namespace) -> int:
     from vslm.commands.describe import describe
-    from vslm.config import load_config
+    from vslm.config import apply_overrides, load_config, validate
+    from vslm.train.run_folder import read_run_config
 
-    config = Path(a.config) / "config.toml" if (Path(a.config) / "config.toml").is_file() else a.config  # a run
-    describe(load_config(str(config), a.overrides), console)
+    if (Path(a.config) / "config.toml").is_file():  # a run folder: its config as saved (what it trained)
+        cfg = read_run_config(Path(a.config))
+        if a.overrides:
+            cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides), saved=True)
+    else:
+        cfg = load_config(a.config, a.overrides)
+    describe(cfg, console)
     return 0
 
 
@@ -159,7 +165,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
 
     mode = "induction" if a.induction is not None else "copying" if a.copying else "snapshots"
     for name, modes in PROBE_OPTIONS.items():  # an option its mode ignores: said, not dropped silently
-        if getattr(a, name) not in (None, False) and mode not in modes:
+        if getattr(a, name) is not None and getattr(a, name) is not False and mode not in modes:
             applies = " or ".join("neither --copying nor --induction" if m == "snapshots" else f"--{m}" for m in modes)
             raise UsageError(f"--{name} applies only with {applies}")
     a.stories = 300 if a.stories is None else a.stories
@@ -733,7 +739,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     a.batch_size = 32 if a.batch_size is None else a.batch_size
     _at_least(a, 1, "batch_size")
     _at_least(a, 0, "num_fewshot")
-    if a.limit is not None and not (0 < a.limit < 1 or (a.limit >= 1 and a.limit == int(a.limit))):
+    if a.limit is not None and not (0 < a.limit < 1 or (1 <= a.limit < math.inf and a.limit.is_integer())):
         raise UsageError(f"--limit is a count of examples per task, or a fraction between 0 and 1, got {a.limit:g}")
     checkpoint = Path(a.checkpoint) if a.checkpoint else None
     out: dict = {"run": a.run}

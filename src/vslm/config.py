@@ -159,14 +159,11 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_shapes(self, info: ValidationInfo) -> ModelConfig:
-        new = not (info.context or {}).get("saved")  # a run folder's saved config: what it trained, read back
+        new = not saved(info)  # a run folder's saved config: what it trained, read back
         if self.width % self.heads and self.head_dim is None:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.kv_heads is not None and self.kv_heads > self.heads:
             raise ValueError(f"kv_heads {self.kv_heads} is more than heads {self.heads}")
-        uniform = not self.blocks and self.schedule.widths == "uniform" and self.schedule.layer_scaling == "uniform"
-        if self.kv_heads is not None and self.heads % self.kv_heads and uniform:  # else each block's, below
-            raise ValueError(f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
         if self.order is not None and "depth" not in self.model_fields_set:
             self.depth = len(self.order)
         if self.depth > MAX_DEPTH:  # before anything is built per depth (a list of 10^8 records fills memory)
@@ -179,8 +176,9 @@ class ModelConfig(_Section):
         if self.blocks and len(self.blocks) != n_blocks:
             raise ValueError(f"blocks has {len(self.blocks)} records but there are {n_blocks} unique blocks")
         specs = self.block_specs()
+        uniform = not self.blocks and self.schedule.widths == "uniform" and self.schedule.layer_scaling == "uniform"
         for i, spec in enumerate(specs):
-            where = f"block {i}: " if len(specs) > 1 else ""
+            where = f"block {i}: " if len(specs) > 1 and not uniform else ""  # a model-wide value: no block named
             if spec.kv_heads > spec.heads:
                 raise ValueError(f"{where}kv_heads {spec.kv_heads} is more than heads {spec.heads}")
             if spec.heads % spec.kv_heads:
@@ -190,9 +188,9 @@ class ModelConfig(_Section):
             if spec.ffn < 1 and self.mlp != "none" and new:
                 raise ValueError(f"{where}the MLP's hidden size rounds to 0 (model.ffn_mult, or "
                                  "schedule.ffn_scale); give model.ffn or a larger multiple")
-            if spec.attention == "ssmax" and self.context < 2:
+            if spec.attention == "ssmax" and self.context < 2 and new:
                 raise ValueError("attention ssmax scales scores by log(context): it needs a context of 2 or more")
-        if new:
+        if new and not (info.context or {}).get("shared"):  # a plan's shared overrides may apply to some configs
             self._check_idle(order, specs)
         token, last = self.token_width(specs[order[0]].width), specs[order[-1]].width
         if self.tie_embeddings and self.embed_width is None and last != token:
@@ -208,7 +206,7 @@ class ModelConfig(_Section):
         sch, default = self.schedule, ScheduleConfig()
         power = any(spec.attention == "power" for spec in specs)
         idle = [
-            (self.recursion_lora_rank > 0 and len(set(order)) == len(order),
+            (self.recursion_lora_rank > 0 and self.sharing == "none" and self.order is None,
              "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block is shared (set sharing or "
              "order)"),
             (self.root_per_position and self.root == "token", "root_per_position applies to root = learned"),
@@ -230,6 +228,12 @@ class ModelConfig(_Section):
             (self.rope_base != 10000.0 and self.position != "rope", "rope_base applies to position = rope"),
             ((self.ffn is not None or self.ffn_mult != 4.0 or any(b.ffn for b in self.blocks)) and self.mlp == "none",
              "ffn and ffn_mult size an MLP, and mlp = none has none"),
+            (self.ffn is not None and self.ffn_mult != 4.0, "ffn_mult is replaced by ffn, which is set"),
+            ((self.ffn is not None or self.ffn_mult != 4.0) and sch.layer_scaling == "openelm"
+             and not any(b.width for b in self.blocks),
+             "ffn and ffn_mult are replaced by schedule.ffn_scale under layer_scaling = openelm"),
+            (self.window is not None and bool(self.blocks) and all(b.window for b in self.blocks),
+             "window is replaced by every block record's own window"),
         ]
         idle += [(b.attention_gamma is not None and spec.attention != "power",
                   f"block {i}: attention_gamma applies to attention = power, and its attention is {spec.attention}")
@@ -474,12 +478,12 @@ class RunConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _induction_fits(self) -> RunConfig:
+    def _induction_fits(self, info: ValidationInfo) -> RunConfig:
         length, context = self.logging.induction_length, self.model.context
         if length is not None and not 2 <= length <= context // 2:
             raise ValueError(f"logging.induction_length {length} must be 2 to half the context ({context // 2}): "
                              "the probe's sequence is written twice")
-        if length is None and self.logging.probe_every != 0 and context < 4:
+        if length is None and self.logging.probe_every != 0 and context < 4 and not saved(info):
             raise ValueError(f"model.context {context} is too short for the induction probe (a sequence of 2 or "
                              "more tokens written twice): set logging.probe_every=0, or a context of 4 or more")
         return self
@@ -595,12 +599,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def validate(raw: dict[str, Any], saved: bool = False) -> RunConfig:
+def validate(raw: dict[str, Any], saved: bool = False, shared: bool = False) -> RunConfig:
     """A RunConfig from a raw dict, a one-line ConfigError if it does not validate. `saved`: a run folder's own
     config.toml, written by an earlier version maybe: the checks that only keep a new config from being
-    wasted (a setting that changes nothing, an MLP of size 0) are skipped, so that the run still reads."""
+    wasted or failing later (a setting that changes nothing, an MLP of size 0, a context too short for the
+    probes or ssmax) are skipped, so that what the run trained still reads. `shared`: as load_config's."""
     try:
-        return RunConfig.model_validate(raw, context={"saved": True} if saved else None)
+        return RunConfig.model_validate(raw, context={"saved": saved, "shared": shared})
     except ValidationError as e:
         raise ConfigError(one_line_error(e, root=RunConfig)) from None
 
@@ -650,13 +655,21 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
     return f"{where}{msg}, got {err['input']!r}{more}"
 
 
-def load_config(name_or_path: str, overrides: list[str] | str | None = None) -> RunConfig:
+def saved(info: ValidationInfo) -> bool:
+    """Whether a validator checks a run folder's saved config (validate(raw, saved=True))."""
+    return bool((info.context or {}).get("saved"))
+
+
+def load_config(name_or_path: str, overrides: list[str] | str | None = None, *, shared: bool = False,
+                saved: bool = False) -> RunConfig:
     """A built-in config name or a TOML path, with dotted `key=value` overrides applied (a list of them,
-    or one as a string: `load_config("tiny", "train.steps=50")`)."""
+    or one as a string: `load_config("tiny", "train.steps=50")`). `shared`: one of a plan's configs (an
+    experiment's variants, a scaling grid), whose shared overrides may apply to some of them only: a setting
+    idle in this one is let through (ModelConfig._check_idle). `saved`: as validate's (a resume's config)."""
     overrides = [overrides] if isinstance(overrides, str) else overrides
     raw = apply_overrides(_read_toml(name_or_path), overrides or [])
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context={"shared": shared, "saved": saved})
     except ValidationError as e:
         err, chain = e.errors()[0], []
         _read_toml(name_or_path, chain=chain)  # read again, only now: which file set the value that failed

@@ -104,7 +104,8 @@ def check_source(cfg: DataConfig) -> None:
         return
     entry, split = split_name(cfg.source)
     if entry is None:
-        _source_path(cfg)
+        if (path := _source_path(cfg)).is_dir():
+            _folder_files(path)  # lists the folder, reads no file
     elif entry.name in GENERATED:
         _check_generated_split(entry, split or "train")
     else:

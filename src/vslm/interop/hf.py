@@ -347,7 +347,8 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
     summary = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
     metrics = metrics_at(run, step)
     origin = summary.get("init_from") if isinstance(summary.get("init_from"), dict) else None
-    init = f" --init-from-hf {shlex.quote(origin['hf_folder'])}" if origin and "hf_folder" in origin else ""
+    # the folder by its name (a card leaves this machine: its own paths stay in summary.json), the hash is its identity
+    init = f" --init-from-hf {shlex.quote(Path(origin['hf_folder']).name)}" if origin and "hf_folder" in origin else ""
     entry, _ = split_name(cfg.data.source)
     corpus = f"{cfg.data.source} ({entry.title})" if entry else cfg.data.source
     license_ = entry.license if entry else "unknown: a local file or folder (check its own license)"
@@ -382,7 +383,7 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         f"| checkpoint | {checkpoint} |", "",
         "## Training command", "",
         "The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it"
-        + (f", from the transformers checkpoint it started from (weights SHA-256 {origin.get('sha256')}):"
+        + (f", from the transformers checkpoint folder it started from (weights SHA-256 {origin.get('sha256')}):"
            if init else ":"), "",
         "```sh", f"vslm train vslm_config.toml{init} --out runs/{cfg.name}", "```", "",
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",

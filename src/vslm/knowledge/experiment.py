@@ -389,7 +389,7 @@ def arm_config(spec: KnowledgeSpec, arm: Arm, world: Path, seed: int, extra: Seq
     data = [] if arm.data == READER else [f"data.source={source}"]  # the reader writes its own examples
     words = [*spec.overrides, *arm.overrides, *data, f"train.seed={seed}", *extra, "logging.progress=false"]
     try:
-        return load_config(spec.base, words)
+        return load_config(spec.base, words, shared=True)
     except ConfigError as e:
         raise ConfigError(f"arm '{arm.name}': {e}") from None
 

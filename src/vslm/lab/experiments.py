@@ -52,7 +52,7 @@ import re
 import shlex
 import statistics
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -179,23 +179,16 @@ def _validate(raw: dict, label: str) -> ExperimentSpec:
 NO_SWEEP = ""  # the one choice of a variant without a sweep
 
 
-def plan_experiment(spec: ExperimentSpec, seeds: int,
-                    extra_overrides: Sequence[str] = ()) -> dict[str, dict[str, list[RunConfig]]]:
+def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[str] = (),
+                    corpus: str | None = None) -> dict[str, dict[str, list[RunConfig]]]:
     """Every variant's config for every sweep choice and seed, validated (and budgets compared) before
-    anything trains: {variant: {choice: [config per seed]}}, choice NO_SWEEP for a variant without one."""
+    anything trains: {variant: {choice: [config per seed]}}, choice NO_SWEEP for a variant without one.
+    corpus: the data.source of one of the spec's `corpora`. The data sources are check_sources'."""
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
-    plan = _configs(spec, seeds, extra_overrides)
-    _check_variants_differ(spec, plan, extra_overrides)
-    data = {}  # each data section once: a source that cannot be read is named before anything trains
-    for name, choices in plan.items():
-        for choice, cfgs in choices.items():
-            data.setdefault(cfgs[0].data.model_dump_json(), (cfgs[0].data, _label(name, choice)))
-    for source, label in data.values():
-        try:
-            check_source(source)
-        except VSLMError as e:  # the variants' own source, or the one they all share
-            raise type(e)(f"variant '{label}': {e}" if len(data) > 1 else str(e)) from None
+    shared = [f"data.source={corpus}"] if corpus else []  # part of the spec, not of the command line
+    plan = _configs(spec, seeds, shared, extra_overrides)
+    _check_configs_differ(spec, plan, shared, extra_overrides)
     budgets = {_label(name, choice): tokens_per_run(cfgs[0])
                for name, choices in plan.items() for choice, cfgs in choices.items()}
     if len(set(budgets.values())) > 1:
@@ -204,60 +197,105 @@ def plan_experiment(spec: ExperimentSpec, seeds: int,
     return plan
 
 
+def check_sources(plan: dict[str, dict[str, list[RunConfig]]]) -> None:
+    """Each data section of a plan once (data.sources.check_source: no file read, nothing downloaded): a
+    source that cannot be read is named before the first run trains, not after the others have."""
+    data = {}
+    for name, choices in plan.items():
+        for choice, cfgs in choices.items():
+            data.setdefault(cfgs[0].data.model_dump_json(), (cfgs[0].data, _label(name, choice)))
+    for source, label in data.values():
+        try:
+            check_source(source)
+        except VSLMError as e:  # the variants' own source, or the one they all share
+            raise type(e)(f"variant '{label}': {e}" if len(data) > 1 else str(e)) from None
+
+
 def _label(variant: str, choice: str) -> str:
     return f"{variant} ({choice})" if choice else variant
 
 
-def _configs(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[str]) -> dict[str, dict[str, list[RunConfig]]]:
-    """{variant: {choice: [config per seed]}}. A config that fails names where its fault lies: the experiment's
-    base or overrides, the command line's overrides, else the variant (and its sweep choice)."""
+def _configs(spec: ExperimentSpec, seeds: int, shared: Sequence[str],
+             extra_overrides: Sequence[str]) -> dict[str, dict[str, list[RunConfig]]]:
+    """{variant: {choice: [config per seed]}}. A config that fails names the variant (and its sweep choice),
+    and the shared part the fault lies in where there is one: the experiment's base or overrides, or the
+    command line's; only the shared part when every variant fails the same way."""
+    def load(variant: Variant, choice: str, seed: int) -> RunConfig:
+        words = [*spec.overrides, *shared, *variant.overrides, *choice.split(), f"train.seed={seed}",
+                 *extra_overrides, "logging.progress=false"]
+        return load_config(spec.base, words, shared=True)  # a shared override may apply to some variants only
+
+    def fails_alike(error: ConfigError) -> bool:
+        for variant in spec.variants:
+            for choice in variant.sweep or [NO_SWEEP]:
+                try:
+                    load(variant, choice, 0)
+                    return False
+                except ConfigError as e:
+                    if str(e) != str(error):
+                        return False
+        return True
+
     plan: dict[str, dict[str, list[RunConfig]]] = {}
     for variant in spec.variants:
         plan[variant.name] = {}
         for choice in variant.sweep or [NO_SWEEP]:
-            words = [*spec.overrides, *variant.overrides, *choice.split()]
             try:
-                plan[variant.name][choice] = [
-                    load_config(spec.base, [*words, f"train.seed={seed}", *extra_overrides, "logging.progress=false"])
-                    for seed in range(seeds)]
+                plan[variant.name][choice] = [load(variant, choice, seed) for seed in range(seeds)]
             except ConfigError as e:
-                who = (_culprit(spec, extra_overrides, e)
-                       or f"variant '{variant.name}'" + (f" ({choice})" if choice else ""))
+                who = f"variant '{variant.name}'" + (f" ({choice})" if choice else "")
+                if (part := _culprit(spec, shared, extra_overrides, e)) is not None:
+                    who = part if fails_alike(e) else f"{who}, with {part}"
                 raise ConfigError(f"{who}: {e}") from None
     return plan
 
 
-def _culprit(spec: ExperimentSpec, extra_overrides: Sequence[str], failed: ConfigError) -> str | None:
-    """Which shared part a variant's config error comes from, if one: the same error from the base alone,
-    from the base with the experiment's overrides, or with the command line's."""
+def _culprit(spec: ExperimentSpec, shared: Sequence[str], extra_overrides: Sequence[str],
+             failed: ConfigError) -> str | None:
+    """Which shared part a config error comes from, if one: the same error from the base alone, from the base
+    with the experiment's overrides, or with the command line's."""
     for words, who in (([], f"the experiment's base '{spec.base}'"), (spec.overrides, "the experiment's overrides"),
                        (extra_overrides, "the command line's overrides")):
         try:
-            load_config(spec.base, [*words])
+            load_config(spec.base, [*shared, *words], shared=True)
         except ConfigError as e:
             if str(e) == str(failed):
                 return who
     return None
 
 
-def _check_variants_differ(spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]],
-                           extra_overrides: Sequence[str]) -> None:
-    """Refuse variants that train the same configs (a comparison of a thing with itself): most often a
-    command-line override that sets the very field they differ on."""
-    seen: dict[tuple[str, ...], str] = {}
-    for name, choices in plan.items():
-        key = tuple(cfgs[0].model_dump_json() for cfgs in choices.values())
-        if (first := seen.setdefault(key, name)) == name:
-            continue
-        why = f"variants '{first}' and '{name}' train the same configs"
+def _check_configs_differ(spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]], shared: Sequence[str],
+                          extra_overrides: Sequence[str]) -> None:
+    """Refuse variants, or a variant's sweep choices, that train the same configs (a comparison of a thing
+    with itself): most often a command-line override that sets the very field they differ on."""
+    def dump(cfgs: list[RunConfig]) -> str:
+        return cfgs[0].model_dump_json()
+
+    def collapsed(choices: dict[str, list[RunConfig]]) -> bool:
+        return len({dump(cfgs) for cfgs in choices.values()}) < len(choices)
+
+    def because(why: str, apart: Callable[[dict], bool]) -> str:
+        """why, and the command line's overrides where the configs differ without them."""
         try:
-            alone = _configs(spec, 1, ()) if extra_overrides else {}
+            alone = _configs(spec, 1, shared, ()) if extra_overrides else {}
         except ConfigError:  # the spec needs the command line's overrides to validate
             alone = {}
-        if len({tuple(c[0].model_dump_json() for c in cs.values()) for cs in alone.values()}) == len(plan):
+        if alone and apart(alone):
             why += (f": the command line's override{'s' * (len(extra_overrides) > 1)} {shlex.join(extra_overrides)} "
                     f"set{'s' * (len(extra_overrides) == 1)} what they differ on")
-        raise ConfigError(why)
+        return why
+
+    for name, choices in plan.items():
+        if collapsed(choices):
+            raise ConfigError(because(f"variant '{name}': its sweep choices train the same configs",
+                                      lambda alone, name=name: not collapsed(alone[name])))
+    seen: dict[tuple[str, ...], str] = {}
+    for name, choices in plan.items():
+        key = tuple(dump(cfgs) for cfgs in choices.values())
+        if (first := seen.setdefault(key, name)) != name:
+            raise ConfigError(because(f"variants '{first}' and '{name}' train the same configs",
+                                      lambda alone: len({tuple(dump(c) for c in cs.values())
+                                                         for cs in alone.values()}) == len(alone)))
 
 
 # what seed s decides beside the weights: the data order (the sampler), the validation windows and the
@@ -347,13 +385,16 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
         return _run_variants(title, spec, plan, folder, command, console, launcher, looks, resolve)
 
     if not spec.corpora:
-        return run(name, plan_experiment(spec, looks[-1], extra_overrides), out)
+        plan = plan_experiment(spec, looks[-1], extra_overrides)
+        check_sources(plan)
+        return run(name, plan, out)
     plans = {}
     for corpus in spec.corpora:  # every corpus validated before anything trains
         try:
-            plans[corpus] = plan_experiment(spec, looks[-1], [f"data.source={corpus}", *extra_overrides])
-        except ConfigError as e:
-            raise ConfigError(f"corpus '{corpus}': {e}") from None
+            plans[corpus] = plan_experiment(spec, looks[-1], extra_overrides, corpus)
+            check_sources(plans[corpus])
+        except VSLMError as e:
+            raise type(e)(f"corpus '{corpus}': {e}") from None
     summaries = {}
     for corpus, plan in plans.items():
         if console:

@@ -187,7 +187,7 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
             words = [*spec.overrides, *DYNAMICS, *size.overrides(), f"train.steps={steps}", f"train.seed={spec.seed}",
                      *extra_overrides, "logging.progress=false"]
             try:
-                cfg = load_config(spec.base, words)
+                cfg = load_config(spec.base, words, shared=True)
             except ConfigError as e:
                 raise ConfigError(f"size {size.label}, {steps} steps: {e}") from None
             if cfg.train.warmup >= steps:
