@@ -70,6 +70,10 @@ def test_overrides_are_typed_toml_values():
                                                        "its attention is softmax"),
         (["model.rope_base=500"], "rope_base applies to position = rope"),
         (["model.mlp=none", "model.blocks=[{ffn=1}, {}]"], "ffn and ffn_mult size an MLP, and mlp = none has none"),
+        (["model.ffn=64", "model.ffn_mult=2.0"], "ffn_mult is replaced by ffn, which is set"),
+        (["model.schedule.layer_scaling=openelm", "model.ffn=64"], "ffn and ffn_mult are replaced by "
+                                                                   "schedule.ffn_scale"),
+        (["model.window=8", "model.blocks=[{window=4}, {window=2}]"], "window is replaced by every block record"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):
