@@ -36,9 +36,9 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise UsageError("train needs a config (or --resume --out RUN_FOLDER)")
         cfg = read_run_config(Path(a.out))
         if a.overrides:
-            from vslm.config import apply_overrides, validate
+            from vslm.config import overridden
 
-            cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides), saved=True)
+            cfg = overridden(cfg, a.overrides, saved=True)
     else:  # resumed: a run's config.toml written before a later check still continues
         cfg = load_config(a.config, a.overrides, saved=a.resume)
     out = Path(a.out or Path("runs") / cfg.name)
@@ -104,13 +104,11 @@ def cmd_configs(a: argparse.Namespace) -> int:
 
 def cmd_describe(a: argparse.Namespace) -> int:
     from vslm.commands.describe import describe
-    from vslm.config import apply_overrides, load_config, validate
+    from vslm.config import load_config, overridden
     from vslm.train.run_folder import read_run_config
 
     if (Path(a.config) / "config.toml").is_file():  # a run folder: its config as saved (what it trained)
-        cfg = read_run_config(Path(a.config))
-        if a.overrides:
-            cfg = validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), a.overrides), saved=True)
+        cfg = overridden(read_run_config(Path(a.config)), a.overrides, saved=True)
     else:
         cfg = load_config(a.config, a.overrides)
     describe(cfg, console)

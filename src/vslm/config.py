@@ -159,7 +159,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_shapes(self, info: ValidationInfo) -> ModelConfig:
-        new = not saved(info)  # a run folder's saved config: what it trained, read back
+        new = not _flag(info, "saved")  # a run folder's saved config: what it trained, read back
         if self.width % self.heads and self.head_dim is None:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.kv_heads is not None and self.kv_heads > self.heads:
@@ -190,7 +190,7 @@ class ModelConfig(_Section):
                                  "schedule.ffn_scale); give model.ffn or a larger multiple")
             if spec.attention == "ssmax" and self.context < 2 and new:
                 raise ValueError("attention ssmax scales scores by log(context): it needs a context of 2 or more")
-        if new and not (info.context or {}).get("shared"):  # a plan's shared overrides may apply to some configs
+        if new and not _flag(info, "shared"):  # a plan's shared overrides may apply to some of its configs
             self._check_idle(order, specs)
         token, last = self.token_width(specs[order[0]].width), specs[order[-1]].width
         if self.tie_embeddings and self.embed_width is None and last != token:
@@ -205,6 +205,10 @@ class ModelConfig(_Section):
         base config may spell defaults out)."""
         sch, default = self.schedule, ScheduleConfig()
         power = any(spec.attention == "power" for spec in specs)
+
+        def changed(name: str) -> bool:  # set to other than its default
+            return getattr(self, name) != type(self).model_fields[name].default
+
         idle = [
             (self.recursion_lora_rank > 0 and self.sharing == "none" and self.order is None,
              "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block is shared (set sharing or "
@@ -224,12 +228,12 @@ class ModelConfig(_Section):
              "schedule.global_every applies to schedule.windows = interleave"),
             ((sch.heads_scale, sch.ffn_scale) != (default.heads_scale, default.ffn_scale)
              and sch.layer_scaling != "openelm", "schedule.heads_scale and ffn_scale apply to layer_scaling = openelm"),
-            (self.attention_gamma != 1.0 and not power, "attention_gamma applies to attention = power"),
-            (self.rope_base != 10000.0 and self.position != "rope", "rope_base applies to position = rope"),
-            ((self.ffn is not None or self.ffn_mult != 4.0 or any(b.ffn for b in self.blocks)) and self.mlp == "none",
+            (changed("attention_gamma") and not power, "attention_gamma applies to attention = power"),
+            (changed("rope_base") and self.position != "rope", "rope_base applies to position = rope"),
+            ((self.ffn is not None or changed("ffn_mult") or any(b.ffn for b in self.blocks)) and self.mlp == "none",
              "ffn and ffn_mult size an MLP, and mlp = none has none"),
-            (self.ffn is not None and self.ffn_mult != 4.0, "ffn_mult is replaced by ffn, which is set"),
-            ((self.ffn is not None or self.ffn_mult != 4.0) and sch.layer_scaling == "openelm"
+            (self.ffn is not None and changed("ffn_mult"), "ffn_mult is replaced by ffn, which is set"),
+            ((self.ffn is not None or changed("ffn_mult")) and sch.layer_scaling == "openelm"
              and not any(b.width for b in self.blocks),
              "ffn and ffn_mult are replaced by schedule.ffn_scale under layer_scaling = openelm"),
             (self.window is not None and bool(self.blocks) and all(b.window for b in self.blocks),
@@ -483,7 +487,7 @@ class RunConfig(_Section):
         if length is not None and not 2 <= length <= context // 2:
             raise ValueError(f"logging.induction_length {length} must be 2 to half the context ({context // 2}): "
                              "the probe's sequence is written twice")
-        if length is None and self.logging.probe_every != 0 and context < 4 and not saved(info):
+        if length is None and self.logging.probe_every != 0 and context < 4 and not _flag(info, "saved"):
             raise ValueError(f"model.context {context} is too short for the induction probe (a sequence of 2 or "
                              "more tokens written twice): set logging.probe_every=0, or a context of 4 or more")
         return self
@@ -655,9 +659,14 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
     return f"{where}{msg}, got {err['input']!r}{more}"
 
 
-def saved(info: ValidationInfo) -> bool:
-    """Whether a validator checks a run folder's saved config (validate(raw, saved=True))."""
-    return bool((info.context or {}).get("saved"))
+def overridden(cfg: RunConfig, overrides: list[str], saved: bool = False) -> RunConfig:
+    """`cfg` with dotted overrides applied, validated again (`saved`: as validate's, for a run folder's config)."""
+    return validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), overrides), saved=saved)
+
+
+def _flag(info: ValidationInfo, key: str) -> bool:
+    """A flag of the validation's context: "saved" (validate(raw, saved=True)) or "shared" (load_config's)."""
+    return bool((info.context or {}).get(key))
 
 
 def load_config(name_or_path: str, overrides: list[str] | str | None = None, *, shared: bool = False,
