@@ -127,3 +127,10 @@ def test_a_device_this_machine_lacks_is_named_before_any_checkpoint_is_read(caps
         err = capsys.readouterr().err
         assert err.startswith(f"vslm: error: --device {argv[-1]} but CUDA is not available here (--device auto "
                               "runs on the CPU where there is no GPU)")
+
+
+def test_describe_shows_the_attention_width_a_blocks_own_heads_give(capsys):
+    """The head size is model-wide: 3 heads of 16 in a block of width 32 attend over 48, and describe says so."""
+    assert main(["describe", "tiny", "model.blocks=[{heads=3},{}]", "model.tie_embeddings=false"]) == 0
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert [cells[4].strip() for cells in rows] == ["3 x 16 = 48", "2 x 16"]

@@ -20,7 +20,8 @@ def describe(cfg: RunConfig, console: Console) -> None:
     model = build_for_accounting(cfg)
     need = estimate_memory(cfg.with_vocab_size(model.cfg.vocab_size))  # the tokenizer's vocabulary now known
     table = Table(title=f"{cfg.name}: {cfg.description}" if cfg.description else cfg.name)
-    for col in ("depth", "block", "width", "heads", "kv", "ffn", "window", "attention", "params", "FLOPs/token"):
+    for col in ("depth", "block", "width", "heads x size", "kv", "ffn", "window", "attention", "params",
+                "FLOPs/token"):
         table.add_column(col, justify="right")
     counted: set[int] = set()
     for depth, b in enumerate(model.order):
@@ -32,7 +33,10 @@ def describe(cfg: RunConfig, console: Console) -> None:
                                                    model.inject[depth] if model.inject is not None else None) if m)
         attention = spec.attention + (f" {spec.attention_gamma:g}" if spec.attention == "power" else "")
         ffn = str(spec.ffn) if cfg.model.mlp != "none" else "-"
-        table.add_row(str(depth), str(b), str(spec.width), str(spec.heads), str(spec.kv_heads), ffn,
+        # the head size is model-wide: a block's own heads may attend over another width than its own
+        heads = f"{spec.heads} x {spec.head_dim}" + (f" = {spec.heads * spec.head_dim}"
+                                                      if spec.heads * spec.head_dim != spec.width else "")
+        table.add_row(str(depth), str(b), str(spec.width), heads, str(spec.kv_heads), ffn,
                       str(spec.window or "full"), attention, f"{params:,}" if params else "shared",
                       f"{depth_flops_per_token(model, depth):,}")
     console.print(table)
