@@ -178,9 +178,9 @@ def test_corpus_stats_on_hand_built_tokens():
     assert stats.bigram_entropy == pytest.approx(2 / 5 * math.log(2))  # only prev = 1 (2 of 5 pairs) is uncertain
 
 
-def test_corpus_stats_refuses_large_vocab_and_bad_ids():
-    with pytest.raises(ValueError, match=r"V\^2 \* 8 bytes"):
-        corpus_stats(np.zeros(10, dtype=np.int64), vocab_size=8193)
+def test_corpus_stats_refuses_bad_ids_and_keeps_a_large_vocabulary_sparse():
+    stats = corpus_stats(np.arange(10, dtype=np.int64), vocab_size=50257)  # GPT-2's: no 20 GB dense table
+    assert stats.bigram is None and len(stats.values) == 9 and stats.bigram_entropy == 0.0
     with pytest.raises(ValueError, match="0..3"):
         corpus_stats(np.array([0, 4, 1]), vocab_size=4)
 
@@ -401,3 +401,25 @@ def test_multiset_loss_is_the_best_order_blind_prediction():
     assert multiset_loss(np.array([[0, 1, 2, 3]])) == pytest.approx((math.log(3) + math.log(2) + 0) / 3)
     # rows average token by token
     assert multiset_loss(np.stack([row, row])) == pytest.approx(multiset_loss(row[None]))
+
+
+def test_sparse_bigram_rows_above_the_dense_limit_equal_the_dense_table(monkeypatch):
+    """A vocabulary above MAX_VOCAB (GPT-2's) keeps only the pairs the text has: the same rows, the same
+    bigram entropy and the same M3 as the dense table (a row never followed by a token is the unigram)."""
+    from vslm.probes import distribution
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 40, size=3000)
+    tokens[tokens == 7] = 8  # token 7 never appears; 39 is followed once at most
+    dense = distribution.corpus_stats(tokens, 50)
+    monkeypatch.setattr(distribution, "MAX_VOCAB", 10)
+    sparse = distribution.corpus_stats(tokens, 50)
+    assert sparse.bigram is None and dense.bigram is not None
+    prev = np.arange(50).reshape(5, 10)
+    assert np.allclose(sparse.bigram_rows(prev), dense.bigram[prev])
+    assert sparse.bigram_entropy == pytest.approx(dense.bigram_entropy, rel=1e-12)
+    logits = torch.randn(3, 16, 50, generator=torch.Generator().manual_seed(1))
+    idx = torch.from_numpy(rng.integers(0, 50, size=(3, 16)))
+    a = distribution.distribution_of_logits(logits, idx, dense)
+    b = distribution.distribution_of_logits(logits, idx, sparse)
+    assert a == pytest.approx(b, rel=1e-12)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import SHARED, tiny_overrides
 from vslm.cli import main
 from vslm.config import load_config
 from vslm.data.shards import prepare_corpus
@@ -161,3 +161,14 @@ def test_probe_time_is_the_whole_runs_across_a_resume(tmp_path):
     # ratio by percents (8.21 against 8.00 seen on a busy machine), so the check is on the times
     fraction = summary["probe_fraction"]
     assert fraction * total_train == pytest.approx(summary["probe_time_s"], abs=0.0005 * fraction + 0.0015)
+
+
+@pytest.mark.skipif(not (SHARED / "data/tokenizers/gpt2/vocab.json").is_file(), reason="shared/data not present")
+def test_gpt2s_vocabulary_trains_with_the_probes_on(tmp_path):
+    """50,257 tokens: the bigram statistics are sparse (a dense table would take 19 GiB), every probe runs."""
+    cfg = load_config("tiny", tiny_overrides(data__tokenizer="gpt2", train__steps=2, logging__probe_windows=8,
+                                             data__max_bytes=100000))
+    Trainer(cfg, tmp_path / "r").fit()
+    last = lines(tmp_path / "r" / PROBES)[-1]
+    assert last["step"] == 2 and 0 < last["distribution"]["bigram_entropy"] < last["distribution"]["log_vocab"]
+    assert math.isfinite(last["distribution"]["M3"])

@@ -16,20 +16,39 @@ import torch.nn as nn
 
 from vslm.probes.divergence import entropy, kl
 
-MAX_VOCAB = 8192  # the dense bigram table takes V^2 * 8 bytes: 512 MiB at 8192
+MAX_VOCAB = 8192  # a dense bigram table up to here (V^2 * 8 bytes: 512 MiB at 8192); above it, sparse rows
 
 
 @dataclass(frozen=True)
 class CorpusStats:
     unigram: np.ndarray  # (V,) u[v] = share of tokens equal to v
-    bigram: np.ndarray  # (V, V) bigram[prev, next] = b(next | prev); every row sums to 1
+    bigram: np.ndarray | None  # (V, V) bigram[prev, next] = b(next | prev), rows summing to 1; None above MAX_VOCAB
     log_vocab: float  # ln V: the loss of a uniform prediction
     unigram_entropy: float  # H(u): the loss of predicting u everywhere
     bigram_entropy: float  # H(next | prev): the loss of predicting b(. | last token)
+    # above MAX_VOCAB, b's rows as compressed sparse rows: row prev holds next = indices[indptr[prev]:indptr[prev+1]]
+    indptr: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    values: np.ndarray | None = None
 
     def reference_levels(self) -> dict[str, float]:
         return {"log_vocab": self.log_vocab, "unigram_entropy": self.unigram_entropy,
                 "bigram_entropy": self.bigram_entropy}
+
+    def bigram_rows(self, prev: np.ndarray) -> np.ndarray:
+        """b(. | prev) for each token id of `prev` (any shape S) -> S + (V,), float64."""
+        prev = np.asarray(prev)
+        if self.bigram is not None:
+            return self.bigram[prev]
+        flat = prev.reshape(-1)
+        out = np.zeros((len(flat), len(self.unigram)))
+        for i, t in enumerate(flat):
+            lo, hi = self.indptr[t], self.indptr[t + 1]
+            if lo == hi:  # never followed by a token: the unigram, as in the dense table
+                out[i] = self.unigram
+            else:
+                out[i, self.indices[lo:hi]] = self.values[lo:hi]
+        return out.reshape(*prev.shape, len(self.unigram))
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -45,12 +64,9 @@ def corpus_stats(tokens: np.ndarray, vocab_size: int) -> CorpusStats:
     H(next | prev) = sum_prev P(prev) H(b(. | prev)), P(prev) = count(prev followed by any) / (N - 1),
     which is the cross-entropy on this corpus of the best bigram predictor.
 
-    Memory: b is a dense float64 (V, V) array, V^2 * 8 bytes (plus one more such array while it is
-    built), so vocabularies above 8192 (512 MiB) are refused.
+    Memory: up to MAX_VOCAB, b is a dense float64 (V, V) array (V^2 * 8 bytes); above it (GPT-2's 50,257
+    tokens), b keeps only the pairs the text has, as compressed sparse rows (CorpusStats.bigram_rows).
     """
-    if vocab_size > MAX_VOCAB:
-        raise ValueError(f"vocab_size {vocab_size} is above {MAX_VOCAB}: the dense bigram table would take "
-                         f"V^2 * 8 bytes = {vocab_size**2 * 8 / 2**30:.1f} GiB")
     tokens = np.asarray(tokens, dtype=np.int64)
     if len(tokens) < 2:
         raise ValueError(f"corpus statistics need at least 2 tokens, got {len(tokens)}")
@@ -58,6 +74,16 @@ def corpus_stats(tokens: np.ndarray, vocab_size: int) -> CorpusStats:
         raise ValueError(f"token ids must lie in 0..{vocab_size - 1}, found {tokens.min()}..{tokens.max()}")
     V = vocab_size
     unigram = np.bincount(tokens, minlength=V) / len(tokens)  # (V,)
+    levels = {"log_vocab": math.log(V), "unigram_entropy": float(_entropy(unigram))}
+    if V > MAX_VOCAB:
+        pairs, counts = np.unique(tokens[:-1] * V + tokens[1:], return_counts=True)  # sorted by prev, then next
+        prev, nxt = pairs // V, pairs % V
+        followed = np.bincount(prev, weights=counts, minlength=V)  # (V,)
+        values = counts / followed[prev]
+        return CorpusStats(unigram=unigram, bigram=None, **levels,
+                           bigram_entropy=float(-(counts / (len(tokens) - 1) * np.log(values)).sum()),
+                           indptr=np.concatenate([[0], np.cumsum(np.bincount(prev, minlength=V))]),
+                           indices=nxt, values=values)
     bigram = np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V).reshape(V, V).astype(np.float64)
     followed = bigram.sum(1)  # (V,) pairs starting with each token
     bigram /= np.maximum(followed, 1)[:, None]
@@ -65,8 +91,7 @@ def corpus_stats(tokens: np.ndarray, vocab_size: int) -> CorpusStats:
     return CorpusStats(
         unigram=unigram,
         bigram=bigram,
-        log_vocab=math.log(V),
-        unigram_entropy=float(_entropy(unigram)),
+        **levels,
         bigram_entropy=float((followed / (len(tokens) - 1)) @ _entropy(bigram)),
     )
 
@@ -106,12 +131,13 @@ def distribution_by_window(logits: torch.Tensor, idx: torch.Tensor, stats: Corpu
     if logits.shape[-1] != len(stats.unigram):
         raise ValueError(f"the model predicts {logits.shape[-1]} tokens but the corpus stats have {len(stats.unigram)}")
     u = torch.from_numpy(stats.unigram).to(logits.device)  # (V,)
-    bigram = torch.from_numpy(stats.bigram)
     B, T = idx.shape
+    V = logits.shape[-1]
+    rows = max(1, min(rows, 2**24 // (T * V)))  # each float64 (rows, T, V) table at most 128 MiB (GPT-2's V)
     probs, m2, m3, spread = [], [], [], []
     for i in range(0, B, rows):
         p = logits[i : i + rows].double().softmax(-1)  # (b, T, V), b <= rows windows
-        bigram_rows = bigram[idx[i : i + rows].cpu()].to(p.device)  # (b, T, V)
+        bigram_rows = torch.from_numpy(stats.bigram_rows(idx[i : i + rows].cpu().numpy())).to(p.device)  # (b, T, V)
         probs.append(p.mean(1))
         m2.append(kl(u, p).mean(1))
         m3.append(kl(bigram_rows, p).mean(1))
