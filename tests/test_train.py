@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,6 +238,23 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert "steps = 14" in (folder / "config.toml").read_text()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["config_changes"] == [{"step": 10, "train.steps": ["10", "14"]}]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_what_a_resume_may_change_takes_effect(tmp_path, optimizer):
+    """train.weight_decay and train.hidden_lr_scale are the config's after a resume, not the checkpoint's
+    (the optimizer's saved groups had put back the old ones: a recorded change that changed nothing)."""
+    base = tiny_overrides(train__steps=4, train__optimizer=optimizer, train__checkpoint_every=2)
+    Trainer(load_config("tiny", base), tmp_path / "a").fit()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for name, values in (("a", "train.weight_decay=0.1"), ("b", "train.weight_decay=5.0 train.hidden_lr_scale=4.0")):
+        cfg = load_config("tiny", [*base, "train.steps=6", *values.split()])
+        trainer = Trainer(cfg, tmp_path / name, resume=True)
+        trainer.fit()
+        groups = trainer.optimizer.param_groups
+        assert max(g["weight_decay"] for g in groups) == cfg.train.weight_decay
+    a, b = (load_run(tmp_path / name)[1].state_dict() for name in "ab")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the changed settings changed the steps after the resume
 
 
 def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as_it_is(tmp_path, capsys):

@@ -411,7 +411,10 @@ class Trainer:
 
     def load_state_dict(self, weights: dict[str, torch.Tensor], state: dict) -> None:
         self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])  # puts back the saved groups' settings too:
+        for group, ours in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(ours)  # the config's win (a resume may change weight_decay, hidden_lr_scale)
         self.batches.load_state_dict(state["sampler"])
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
