@@ -240,7 +240,8 @@ def test_held_out_documents_are_spread_evenly_and_counted_like_before():
 
 
 def test_answer_only_documents_are_the_shards_training_split(tmp_path):
-    docs = [f"document {i}: " + "words " * (i % 5) if i % 7 else "  \n" for i in range(60)]  # some blank
+    docs = [f"document {i}: " + "words " * (i % 5) + "\nA: yes" * (i % 3 == 0) if i % 7 else "  \n"
+            for i in range(60)]  # some blank, some with an answer
     path = tmp_path / "docs.txt"
     path.write_text("<|endoftext|>".join(docs))
     cfg = DataConfig(source=str(path), tokenizer="byte", max_bytes=None)
@@ -250,6 +251,10 @@ def test_answer_only_documents_are_the_shards_training_split(tmp_path):
     kept = training_documents(cfg)
     assert kept and all(f"{d.split(':')[0]}:" in train and f"{d.split(':')[0]}:" not in val for d in kept)
     assert len(kept) + val.count("document ") == sum(1 for d in docs if d.strip())
+    plain = tmp_path / "plain.txt"  # no answer anywhere: answer_only would train on every token, so refused
+    plain.write_text("<|endoftext|>".join(f"document {i}" for i in range(20)))
+    with pytest.raises(VSLMError, match=r"data.answer_only: no training document of .*plain.txt has an answer"):
+        training_documents(DataConfig(source=str(plain), tokenizer="byte", answer_only=True))
 
 
 def test_token_budget_and_streaming_pieces(tmp_path):

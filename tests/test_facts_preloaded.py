@@ -13,6 +13,7 @@ from conftest import tiny_overrides
 from test_facts import parse_phrase
 from vslm.config import load_config
 from vslm.data.answers import IGNORE, AnswerSampler, segments
+from vslm.data.registry import squad_text
 from vslm.data.tokenizer import ByteTokenizer
 from vslm.knowledge.folder import build
 from vslm.knowledge.world import WorldConfig
@@ -135,6 +136,8 @@ def test_segments_split_prompts_from_answers():
     assert segments("a\nQ: x?\nA: Ann\nQ: y?\nA: Bo") == [("a\nQ: x?\nA:", False), (" Ann\n", True),
                                                           ("Q: y?\nA:", False), (" Bo\n", True)]
     assert segments("Ann was born.") == [("Ann was born.", True)]  # no answer: plain text, every token counts
+    squad = squad_text("Paris is in France.", "Where is Paris?", ["France"])  # the registry's SQuAD documents
+    assert segments(squad) == [("Paris is in France.\nQuestion: Where is Paris?\nAnswer:", False), (" France\n", True)]
     assert segments("Q: A: or not?\nA: yes\nmore") == [("Q: A: or not?\nA:", False), (" yes\n", True),
                                                        ("more", False)]
 

@@ -1,6 +1,7 @@
 """Batches of whole documents with the loss on their answers only (`data.answer_only = true`).
 
-A document's answers are the text after each line-initial "A:" up to the end of its line, newline
+A document's answers are the text after each line-initial "A:" (FactWorld's questions) or "Answer:" (the
+registry's SQuAD, vslm.data.registry.squad_text) up to the end of its line, newline
 included (added where the document ends): how an answer ends in running text, and how it is scored
 at evaluation. Targets elsewhere are -100, which `F.cross_entropy` ignores, so the training step needs
 no change. A document with no answer at all keeps the loss on every token (plain training text in
@@ -24,7 +25,7 @@ from vslm.data.sources import open_source
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
 
-ANSWER = re.compile(r"(?m)^A:([^\n]*)(?:\n|$)")
+ANSWER = re.compile(r"(?m)^(?:A|Answer):([^\n]*)(?:\n|$)")
 IGNORE = -100  # F.cross_entropy's ignore_index
 
 
@@ -32,7 +33,7 @@ def segments(document: str) -> list[tuple[str, bool]]:
     """The document as (text, is_answer) pieces, in order; all of it an answer when it has none."""
     out, pos = [], 0
     for m in ANSWER.finditer(document):
-        out.append((document[pos : m.start(1)], False))  # up to and with "A:"
+        out.append((document[pos : m.start(1)], False))  # up to and with "A:" or "Answer:"
         out.append((m.group(1) + "\n", True))
         pos = m.end()
     if not out:
@@ -47,7 +48,11 @@ def training_documents(cfg: DataConfig) -> list[str]:
     docs = list(held_out(open_source(cfg).documents(), cfg.val_fraction))
     if len(docs) < 2:
         raise VSLMError("data.answer_only needs a source of several documents (separated by <|endoftext|>)")
-    return [d for d, validation in docs if not validation]
+    train = [d for d, validation in docs if not validation]
+    if not any(ANSWER.search(d) for d in train):  # else the loss would stay on every token, without a word
+        raise VSLMError(f"data.answer_only: no training document of {cfg.source} has an answer (a line starting "
+                        "with 'A:' or 'Answer:'); drop data.answer_only, or give a source of questions and answers")
+    return train
 
 
 class AnswerSampler:
