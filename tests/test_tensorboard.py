@@ -27,6 +27,21 @@ def test_events_hold_scalars_and_the_heatmap(tmp_path):
     assert images[-1].height == 7 * figures.ROW_PIXELS and images[-1].width == cfg.model.context - 1
 
 
+def test_a_resume_keeps_the_events_of_its_checkpoints_step(tmp_path):
+    """Resumed at step 4 (a checkpoint holds steps 1-4), events from step 5 on are written anew: step 4's
+    loss and validation stay (purging from step 4 itself had lost them: training goes on at step 5)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = tiny_overrides(train__steps=8, train__eval_every=4, train__checkpoint_every=4,
+                               logging__tensorboard="true", logging__probe_every=0)
+    Trainer(load_config("tiny", overrides), tmp_path / "r").fit()
+    (tmp_path / "r" / "checkpoints" / "step_00000008.safetensors").unlink()  # as if stopped after step 4's
+    Trainer(load_config("tiny", overrides), tmp_path / "r", resume=True).fit()
+    events = EventAccumulator(str(tmp_path / "r" / tb.TENSORBOARD)).Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("val_loss")] == [4, 8]
+
+
 def test_heatmap_image_by_hand():
     image = figures.heatmap_image([[1.0, 2.0], [3.0, 3.0]])
     assert image.shape == (2 * figures.ROW_PIXELS, 2, 3) and image.dtype.name == "uint8"

@@ -3,7 +3,7 @@
 Scalars: every logged metric (loss, lr, grad_norm, tokens_per_s, val_loss, val_bpb, weight
 diagnostics) and, at probe steps, the ICL score, M1/M2/M3 and the induction losses. Images: the
 position-loss heat map over training so far (probe steps down, positions across) at each probe step.
-On resume, events past the checkpoint's step are dropped (purge_step) and written anew.
+On resume, events past the checkpoint's step are dropped (purge_step: the step after it) and written anew.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class TensorBoardLog(Callback):
             raise VSLMError("logging.tensorboard = true needs the tensorboard package: pip install 'vslm[tensorboard]'")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(trainer.run_dir / TENSORBOARD), purge_step=trainer.step or None)
+        # resumed at step s: the events of steps 1..s are the checkpoint's, training goes on at s + 1
+        self.writer = SummaryWriter(str(trainer.run_dir / TENSORBOARD), purge_step=trainer.step + 1 if trainer.step
+                                    else None)
         self.probes = next((cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback)), None)
         if self.probes is not None and self.probes.last_step == trainer.step:  # step 0, probed just before
             self.write_probes(trainer.step)
