@@ -71,6 +71,8 @@ def test_overrides_are_typed_toml_values():
         (["model.rope_base=500"], "rope_base applies to position = rope"),
         (["model.mlp=none", "model.blocks=[{ffn=1}, {}]"], "ffn and ffn_mult size an MLP, and mlp = none has none"),
         (["model.ffn=64", "model.ffn_mult=2.0"], "ffn_mult is replaced by ffn, which is set"),
+        (["data.max_bytes=none"], "data.source stories is generated without end: with max_bytes = none it needs "
+                                  "max_tokens"),
         (["model.schedule.layer_scaling=openelm", "model.ffn=64"], "ffn and ffn_mult are replaced by "
                                                                    "schedule.ffn_scale"),
         (["model.window=8", "model.blocks=[{window=4}, {window=2}]"], "window is replaced by every block record"),
@@ -80,6 +82,11 @@ def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as e:
         load_config("tiny", overrides)
     assert "\n" not in str(e.value)
+
+
+def test_none_lifts_a_base_configs_byte_limit():
+    cfg = load_config("tiny", ["data.max_bytes=none", "data.max_tokens=5000"])  # tiny sets 300,000 bytes
+    assert cfg.data.max_bytes is None and cfg.data.max_tokens == 5000
 
 
 def test_a_setting_at_its_default_passes_where_it_would_be_idle():

@@ -335,3 +335,12 @@ def test_too_little_text_is_one_line(tmp_path):
     text.write_text("just a few words of text here " * 3)
     r = run_cli("train", "tiny", f"data.source={text}", "--out", tmp_path / "r")
     assert r.returncode == 1 and "fewer than model.context + 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_doc_aligned_on_one_text_is_refused_before_the_run_folder(tmp_path):
+    text = tmp_path / "one.txt"
+    text.write_text("one long text without separators. " * 2000)
+    cfg = load_config("tiny", tiny_overrides(data__source=str(text), data__doc_aligned="true"))
+    with pytest.raises(VSLMError, match=r"data.doc_aligned: the training text of .*one.txt is one document"):
+        Trainer(cfg, tmp_path / "r").fit()
+    assert not (tmp_path / "r").exists()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vslm.errors import ConfigError, did_you_mean
 from vslm.files import write_text
@@ -327,6 +327,7 @@ class ModelConfig(_Section):
 
 # ------------------------------------------------------------------------------------------ data
 
+GENERATED_SOURCES = ("stories", "repeats")  # vslm.data.registry.GENERATED: made by vslm, endless unless limited
 LIST_ITEMS = 32  # the packing lists' distinct items (vslm.data.copying.ITEMS)
 
 
@@ -357,7 +358,8 @@ class DataConfig(_Section):
                                                "tokens); char, byte and gpt2 have their own and ignore it")
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
     max_bytes: PositiveInt | None = Field(None, description="text generated or read at most; left out: 8 MB, "
-                                                            "or no limit when max_tokens is set; None: no limit")
+                                                            "or no limit when max_tokens is set; \"none\": no "
+                                                            "limit (data.max_bytes=none)")
     max_tokens: PositiveInt | None = Field(None, description="token budget: tokenizing stops there; None = no budget")
     bpe_train_bytes: PositiveInt = Field(100_000_000, description="bpe: learned from at most this much training text")
     text_field: str = Field("text", description="the field holding the text in JSON lines and parquet files given "
@@ -369,6 +371,11 @@ class DataConfig(_Section):
     answer_only: bool = Field(False, description="whole documents, loss on their answers only (data/answers.py)")
     copying: CopyingConfig = Field(default_factory=CopyingConfig, description="the built-in stories only: invented "
                                    "names, packing lists, songs (`vslm probe RUN --copying`)")
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _no_limit(cls, value: Any) -> Any:  # TOML has no null: "none" lifts a base config's limit
+        return None if value == "none" else value
 
     @model_validator(mode="after")
     def _bpe_vocabulary(self) -> DataConfig:
@@ -389,6 +396,9 @@ class DataConfig(_Section):
         # None is given (no limit: an evaluation reads all of a benchmark's split)
         if self.max_bytes is None and self.max_tokens is None and "max_bytes" not in self.model_fields_set:
             self.max_bytes = DEFAULT_MAX_BYTES
+        if self.max_bytes is None and self.max_tokens is None and self.source.partition(":")[0] in GENERATED_SOURCES:
+            raise ValueError(f"data.source {self.source} is generated without end: with max_bytes = none it needs "
+                             "max_tokens")
         return self
 
 

@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from vslm.config import GENERATED_SOURCES
+
 Records = Iterable[dict]
 Formatter = Callable[[Records], Iterator[str]]
 
@@ -186,7 +188,7 @@ ENTRIES: tuple[Entry, ...] = (
 )
 
 REGISTRY: dict[str, Entry] = {e.name: e for e in ENTRIES}
-GENERATED = ("stories", "repeats")  # made by vslm, from data.seed and data.max_bytes: nothing to download
+GENERATED = GENERATED_SOURCES  # made by vslm, from data.seed and data.max_bytes: nothing to download
 
 
 def split_name(source: str) -> tuple[Entry | None, str | None]:

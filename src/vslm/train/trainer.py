@@ -248,6 +248,9 @@ def default_batches(cfg: RunConfig, corpus: Corpus, rank: int = 0, world: int = 
 
         return AnswerSampler(training_documents(cfg.data), corpus.tokenizer, cfg.model.context,
                              cfg.train.batch_size, cfg.train.seed)
+    if cfg.data.doc_aligned and len(corpus.train.doc_starts) < 2:  # else windows start anywhere, without a word
+        raise VSLMError(f"data.doc_aligned: the training text of {cfg.data.source} is one document (no "
+                        "<|endoftext|> between documents), so no window could start at one; drop data.doc_aligned")
     return WindowSampler(corpus.train.tokens, cfg.model.context, cfg.train.batch_size, cfg.train.seed,
                          corpus.train.doc_starts if cfg.data.doc_aligned else None, shard=(rank, world))
 
