@@ -99,6 +99,7 @@ def test_a_setting_at_its_default_passes_where_it_would_be_idle():
 
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # describe builds its MLP of size 0
 def test_a_run_folder_written_before_a_check_still_reads(tmp_path):
     """A config.toml saved by an earlier version may hold a setting now refused as idle, or an MLP of size 0:
     what the run trained is read back (sample, export, resume), only new configs are refused."""
