@@ -234,22 +234,21 @@ def cmd_watch(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from vslm.report import compare_runs
 
-    if Path(a.out).is_dir():  # its folder is made if missing (the default's runs/)
-        raise UsageError(f"--out {a.out}: a folder; give a file")
-    print(compare_runs([Path(r) for r in a.runs], Path(a.out)))
+    out = _output_file("--out", a.out, makes_folder=True)  # its folder is made if missing (the default's runs/)
+    print(compare_runs([Path(r) for r in a.runs], out))
     return 0
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def _output_file(flag: str, path: str, suffixes: tuple[str, ...] = ()) -> Path:
-    """A file an option names for output: its folder exists, it is not a folder, and it ends in one of
-    `suffixes` (if given); else one line and exit 2, before anything is computed."""
+def _output_file(flag: str, path: str, suffixes: tuple[str, ...] = (), makes_folder: bool = False) -> Path:
+    """A file an option names for output: its folder exists (unless the command `makes_folder`), it is not a
+    folder, and it ends in one of `suffixes` (if given); else one line and exit 2, before anything is computed."""
     out = Path(path)
     if out.is_dir():
         raise UsageError(f"{flag} {path}: a folder; give a file")
-    if not out.parent.is_dir():
+    if not out.parent.is_dir() and not makes_folder:
         raise UsageError(f"{flag} {path}: no folder {out.parent}")
     if suffixes and out.suffix.lower() not in suffixes:
         raise UsageError(f"{flag} {path}: give a file ending in {', '.join(suffixes)}")

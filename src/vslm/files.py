@@ -8,8 +8,11 @@ run folder or cache."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +22,7 @@ from filelock import FileLock, Timeout
 
 LOCK = ".lock"  # a run folder's: held by the process that trains in it (vslm.train.run_folder.RunLock)
 LOCK_HOST = ".lock.host"  # the machine that took it last
+MAX_LINES_NAMED = 5  # read_jsonl's warning names at most this many skipped lines
 
 
 def umask() -> int:
@@ -87,3 +91,31 @@ def in_use(folder: Path) -> bool:
     except OSError:
         return True
     return False
+
+
+def read_jsonl(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The JSON objects of a .jsonl file (a run's metrics or probes) that carry a finite numeric step; [] if
+    there is no file. A malformed line (cut short by a killed run, or edited by hand) is skipped, not fatal:
+    one warning line (to `warn`, else stderr) names the file and the lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int | float) and not isinstance(step, bool) and math.isfinite(step):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:MAX_LINES_NAMED])) + (", ..." if len(bad) > MAX_LINES_NAMED else "")
+        what = f"malformed line {shown}" if len(bad) == 1 else f"{len(bad)} malformed lines ({shown})"
+        (warn or (lambda text: print(text, file=sys.stderr)))(
+            f"warning: {path}: skipped {what}: not a JSON object with a numeric step")
+    return rows

@@ -36,7 +36,7 @@ from vslm.config import ModelConfig, RunConfig, apply_overrides, validate
 from vslm.data.shards import Corpus
 from vslm.data.tokenizer import EOS, ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
-from vslm.files import write_text
+from vslm.files import read_jsonl, write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import checkpoint_step
 from vslm.train.run_folder import METRICS, SUMMARY, load_run_at, read_run_config
@@ -317,14 +317,7 @@ def metrics_at(run: Path, step: int | None) -> dict:
     """The run's logged values as of `step` (an exported checkpoint's; None: the last logged): the tokens
     trained to it (from the rows' tokens per step when no row is at it), and the last val_loss / val_bpb
     at or before it with the step they were measured at (val_step)."""
-    path, rows = run / METRICS, []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+    rows = [r for r in read_jsonl(run / METRICS, warn=lambda line: None) if isinstance(r["step"], int)]
     out: dict = {} if step is None else {"step": step}
     for row in rows:
         if step is not None and row["step"] > step:

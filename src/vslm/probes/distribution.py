@@ -42,12 +42,11 @@ class CorpusStats:
             return self.bigram[prev]
         flat = prev.reshape(-1)
         out = np.zeros((len(flat), len(self.unigram)))
-        for i, t in enumerate(flat):
-            lo, hi = self.indptr[t], self.indptr[t + 1]
-            if lo == hi:  # never followed by a token: the unigram, as in the dense table
-                out[i] = self.unigram
-            else:
-                out[i, self.indices[lo:hi]] = self.values[lo:hi]
+        lo, counts = self.indptr[flat], self.indptr[flat + 1] - self.indptr[flat]
+        out[counts == 0] = self.unigram  # never followed by a token: the unigram, as in the dense table
+        row = np.repeat(np.arange(len(flat)), counts)  # each stored pair of each position, in one gather
+        entry = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        out[row, self.indices[entry]] = self.values[entry]
         return out.reshape(*prev.shape, len(self.unigram))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vslm.errors import VSLMError
+from vslm.files import read_jsonl
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -90,42 +90,11 @@ def read_run(folder: Path, warn: Callable[[str], None] | None = None) -> RunFile
         folder=folder,
         config_text=text,
         config=config,
-        metrics=_read_jsonl(folder / METRICS, warn),
-        probes=_read_jsonl(folder / PROBES, warn),
+        metrics=read_jsonl(folder / METRICS, warn),
+        probes=read_jsonl(folder / PROBES, warn),
         summary=_read_json(summary_path) if summary_path.is_file() else {},
         samples=samples_path.read_text(encoding="utf-8", errors="replace") if samples_path.is_file() else "",
     )
-
-
-def _read_jsonl(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
-    """The JSON objects of a .jsonl file that carry a numeric step. A malformed line (cut short by a killed
-    run, or edited by hand) is skipped, not fatal: one warning line names the file and the lines skipped."""
-    if not path.is_file():
-        return []
-    rows, bad = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and _finite(row.get("step")):
-            rows.append(row)
-        else:
-            bad.append(number)
-    if bad:
-        shown = ", ".join(map(str, bad[:MAX_LINES_NAMED])) + (", ..." if len(bad) > MAX_LINES_NAMED else "")
-        what = f"malformed line {shown}" if len(bad) == 1 else f"{len(bad)} malformed lines ({shown})"
-        (warn or _stderr)(f"warning: {path}: skipped {what}: not a JSON object with a numeric step")
-    return rows
-
-
-MAX_LINES_NAMED = 5  # a warning names at most this many skipped lines
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 def _read_json(path: Path) -> dict:

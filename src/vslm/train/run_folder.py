@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from vslm.config import DEVICE, RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
-from vslm.files import LOCK, LOCK_HOST, write_text
+from vslm.files import LOCK, LOCK_HOST, read_jsonl, write_text
 from vslm.model import GPT
 from vslm.train.checkpoint import atomic_write, check_fits, list_checkpoints, load_checkpoint, newest_good
 
@@ -97,15 +97,9 @@ def never_checkpointed(folder: Path, saved: RunConfig) -> bool:
     found = Path(folder) / CHECKPOINTS
     if found.is_dir() and any(found.iterdir()):
         return False
-    step, seconds = 0, 0.0
-    path = Path(folder) / METRICS
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-            step = max(step, int(row.get("step", 0)))
-            seconds = max(seconds, float(row.get("train_time_s", 0.0)))
-        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):  # a line cut by a kill
-            continue
+    rows = read_jsonl(Path(folder) / METRICS, warn=lambda line: None)  # a line cut by a kill: skipped
+    step = max((row["step"] for row in rows), default=0)
+    seconds = max((t for row in rows if isinstance(t := row.get("train_time_s"), int | float)), default=0.0)
     tc = saved.train
     return (step < tc.steps and (not tc.checkpoint_every or step < tc.checkpoint_every)
             and (not tc.checkpoint_minutes or seconds < tc.checkpoint_minutes * 60))
