@@ -428,6 +428,10 @@ class TrainConfig(_Section):
     grad_clip: NonNegativeFloat = Field(1.0, description="max global grad norm; 0 = off")
     eval_every: NonNegativeInt = Field(250, description="0 = evaluate only at the end")
     eval_windows: PositiveInt = Field(2400, description="fixed validation windows (whatever the batch size)")
+    eval_lengths: list[Annotated[int, Field(ge=2, le=64)]] = Field(
+        default_factory=list, description="multiples m of the context also evaluated at each evaluation: windows "
+                                          "of m x context tokens, every position attending over all of its past "
+                                          "(val_loss_xm, and val_loss_x1 on the same windows); RoPE models")
     seed: int = 1337
     device: str = Field("auto", pattern=DEVICE)
     threads: NonNegativeInt = Field(0, description="CPU threads of torch; 0 = torch's default (OMP_NUM_THREADS, "
@@ -449,6 +453,8 @@ class TrainConfig(_Section):
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
         if self.schedule == "wsd" and self.warmup > self.steps - round(self.decay_fraction * self.steps):
             raise ValueError(f"warmup {self.warmup} runs into the decay phase of the wsd schedule")
+        if self.eval_lengths != sorted(set(self.eval_lengths)):
+            raise ValueError(f"eval_lengths {self.eval_lengths} must be ascending, without repeats")
         return self
 
 
@@ -500,6 +506,11 @@ class RunConfig(_Section):
         if length is None and self.logging.probe_every != 0 and context < 4 and not _flag(info, "saved"):
             raise ValueError(f"model.context {context} is too short for the induction probe (a sequence of 2 or "
                              "more tokens written twice): set logging.probe_every=0, or a context of 4 or more")
+        if self.train.eval_lengths and (self.model.position == "learned" or self.model.root_per_position):
+            why = "learned positions end" if self.model.position == "learned" else "a learned root per position ends"
+            raise ValueError(f"train.eval_lengths runs past the context, where {why}: it needs "
+                             "model.position=rope" + (" and model.root_per_position=false"
+                                                      if self.model.root_per_position else ""))
         return self
 
     def to_toml(self) -> str:

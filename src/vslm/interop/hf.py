@@ -372,7 +372,9 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         f"| validation bits per byte | {num('val_bpb', '.4f')} |",
         f"| corpus | {corpus} |",
         f"| corpus license | {license_} |",
-        f"| tokenizer | {cfg.data.tokenizer}, vocabulary {summary.get('vocab_size', cfg.model.vocab_size)} |",
+        f"| tokenizer | {cfg.data.tokenizer}, vocabulary {summary.get('vocab_size', cfg.model.vocab_size)}"
+        + (" (the training text's characters: tokenizer.json drops any other, where vslm refuses it) |"
+           if cfg.data.tokenizer == "char" else " |"),
         f"| checkpoint | {checkpoint} |", "",
         "## Training command", "",
         "The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it"

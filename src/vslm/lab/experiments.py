@@ -85,6 +85,8 @@ from vslm.lab.tables import (
     LOOK_COLUMNS,
     TRANSFER_COLUMNS,
     dynamics_rows,
+    length_columns,
+    lengths_table,
     look_rows,
     matrix_markdown,
     print_table,
@@ -463,6 +465,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             else:
                 row |= {k: result[k] for k in ("val_loss", "val_bpb", "train_time_s", "params", "flops_per_token",
                                                "reused")} | dynamics_summary(read_run(job.folder))
+                row |= {k: v for k, v in result.items() if LENGTH_KEY.fullmatch(k)}  # train.eval_lengths
             by_variant[variant].append(row)
         for rows in by_variant.values():
             rows.sort(key=lambda r: r["seed"])
@@ -482,8 +485,11 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     for variant, sweep in sweeps.items():
         summary[variant]["chosen"] = sweep["chosen"]
     dynamics = summarize_dynamics(by_variant)
+    lengths = summarize_lengths(by_variant, tokens, paired, level)
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": done,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
+    if lengths:
+        report["lengths"] = lengths
     if resolve is not None:
         report["resolve"] = {"width": resolve, "max_seeds": looks[-1], "looks": history,
                              "resolved": resolved(summary, resolve)}
@@ -500,6 +506,14 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if dynamics:
         shown = dynamics_rows(dynamics)
         report["dynamics_table"] = {"columns": ["variant", *DYNAMICS.values()], "rows": [list(r) for r in shown]}
+    if lengths:
+        shown = [("loss past the training context (train.eval_lengths), on the same long windows",
+                  *lengths_table(lengths))]
+        shown += [(f"length generalisation: loss at {m} x the context minus loss within it, against the "
+                   "baseline's (Holm across this table's variants)", length_columns(m),
+                   summary_rows(lengths["compared"][f"x{m}"]["summary"])) for m in lengths["multiples"][1:]]
+        lengths["tables"] = [{"title": t, "columns": list(c), "rows": [list(r) for r in table_rows]}
+                             for t, c, table_rows in shown]  # as shown: results.md, report.html
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(plain(report), indent=2) + "\n")
     tables = [(COLUMNS, rows)]
@@ -511,18 +525,48 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         tables.append((LOOK_COLUMNS, look_rows(history, resolve)))
     if dynamics:
         tables.append((("variant", *DYNAMICS.values()), dynamics_rows(dynamics)))
+    titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}
+    for table in report.get("lengths", {}).get("tables", []):
+        tables.append((tuple(table["columns"]), [tuple(r) for r in table["rows"]]))
+        titles[tables[-1][0]] = table["title"]
     markdown = results_markdown(name, spec.description, command, tables)
     if spec.cross_eval:
         markdown += matrix_markdown(report["cross_eval"])
     write_text(out / "results.md", markdown)
     write_experiment_report(out)
     if console:
-        titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}
         for i, (columns, table_rows) in enumerate(tables):
             title = (f"{name}: {spec.description}" if spec.description else name) if i == 0 else \
                 "sweep" if columns[1].startswith("choice") else titles.get(tuple(columns), "training dynamics")
             print_table(console, title, columns, table_rows)
     return summary
+
+
+LENGTH_KEY = re.compile(r"val_(loss|bpb)_x\d+")  # a run's evaluations past its context (train.eval_lengths)
+
+
+def summarize_lengths(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool],
+                      alpha: float = SIGNIFICANCE) -> dict:
+    """Where every finished run was evaluated past its context at the same multiples (train.eval_lengths):
+    `multiples` (1 first), `loss` {variant: {"xm": mean_std over seeds}}, and `compared` {"xm": summarize's
+    summary of each run's loss at m x the context minus its loss within it, on the same windows}: length
+    generalisation, lower is better, set apart from how well a variant predicts within its context.
+    Empty when no run (or not every run) has them."""
+    done = [r for rs in runs.values() for r in rs if "failed" not in r]
+    found = [sorted(int(k.rsplit("_x", 1)[1]) for k in r if LENGTH_KEY.fullmatch(k) and k.startswith("val_loss"))
+             for r in done]
+    if not done or not found[0] or any(f != found[0] for f in found):
+        return {}
+    multiples = found[0]
+    loss = {v: {f"x{m}": mean_std([r[f"val_loss_x{m}"] for r in rs if "failed" not in r]) for m in multiples}
+            for v, rs in runs.items() if any("failed" not in r for r in rs)}
+    compared = {}
+    for m in multiples[1:]:
+        rows = {v: [r if "failed" in r else {**r, "val_loss": r[f"val_loss_x{m}"] - r["val_loss_x1"],
+                                             "val_bpb": r[f"val_bpb_x{m}"] - r["val_bpb_x1"]} for r in rs]
+                for v, rs in runs.items()}
+        compared[f"x{m}"] = {"summary": summarize(rows, tokens, paired, alpha=alpha)}
+    return {"multiples": multiples, "loss": loss, "compared": compared}
 
 
 def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:

@@ -117,6 +117,22 @@ def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
             for name, s in summary.items()]
 
 
+def length_columns(m: int) -> tuple[str, ...]:
+    """COLUMNS for the comparison of loss at m x the context minus loss within it (length generalisation)."""
+    named = {"val_loss": f"loss x{m} - x1", "val_bpb": f"bpb x{m} - x1", "Δ val_loss [95% CI]": "Δ [95% CI]"}
+    return tuple(named.get(c, c) for c in COLUMNS)
+
+
+def lengths_table(lengths: dict[str, dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Loss per token at each evaluated length (x1: within the context, on the same long windows), mean ±
+    sample std over seeds, per variant: the columns and rows."""
+    multiples = lengths["multiples"]
+    rows = [(name, *(f"{s[f'x{m}']['mean']:.4f} ± "
+                     + ("-" if math.isnan(s[f'x{m}']['std']) else f"{s[f'x{m}']['std']:.4f}") for m in multiples))
+            for name, s in lengths["loss"].items()]
+    return ("variant (loss at m x the context)", *(f"x{m}" for m in multiples)), rows
+
+
 def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
     return [(variant, choice, "diverged" if math.isinf(loss) else f"{loss:.4f}",
              "kept" if choice == s["chosen"] else "")

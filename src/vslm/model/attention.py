@@ -139,9 +139,10 @@ class Attention(nn.Module):
         self.ssmax_scale = nn.Parameter(torch.full((spec.heads,), 1 / math.log(context))) if ssmax else None
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | None = None, extend: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, d) -> (B, T, d), and the weights (B, H, T, K) if kept (or not softmax); K = T without a
-        cache, else the cached keys plus these T (which the cache then keeps)."""
+        cache, else the cached keys plus these T (which the cache then keeps). `extend`: a sequence past the
+        context attends over all of its past (this layer's window, if any), not the last `context` keys."""
         B, T, _ = x.shape
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         qk, v = linear(self.qkv, x, lora, "attn_qkv").split([(H + KV) * hd, KV * hd], dim=-1)
@@ -164,7 +165,7 @@ class Attention(nn.Module):
                                     self.ssmax_scale)
                 y = weights @ v
         elif self.kind == "softmax" and not keep_weights:
-            window = self._window(T)
+            window = self._window(T, extend)
             window = None if window is None or window >= T else window
             mask = None if window is None else window_mask(T, window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=KV != H,
@@ -173,15 +174,15 @@ class Attention(nn.Module):
             if KV != H:
                 k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
-            visible = window_mask(T, self._window(T), x.device)
+            visible = window_mask(T, self._window(T, extend), x.device)
             weights = normalise(scores, visible, self.kind, self.gamma, self.ssmax_scale)
             y = dropout(weights, self.dropout, self.training) @ v
         y = y.transpose(1, 2).reshape(B, T, H * hd)
         return linear(self.proj, y, lora, "attn_proj"), weights
 
-    def _window(self, T: int) -> int | None:
-        """The keys a query sees: this layer's window; past the context (a sliding generation, the only way
-        a longer sequence gets here) at most the last `context`, as in every training sequence."""
-        if T <= self.context:
+    def _window(self, T: int, extend: bool = False) -> int | None:
+        """The keys a query sees: this layer's window; past the context at most the last `context`, as in
+        every training sequence (a sliding generation), unless `extend` (length generalisation: every key)."""
+        if T <= self.context or extend:
             return self.window
         return self.context if self.window is None else min(self.window, self.context)

@@ -53,8 +53,8 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attn(self.attn_norm(x), lora, keep_weights, cache)
+                cache: KVCache | None = None, extend: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.attn_norm(x), lora, keep_weights, cache, extend)
         x = x + dropout(attended, self.dropout, self.training)
         if self.mlp is None:
             return x, weights
@@ -137,14 +137,19 @@ class GPT(nn.Module):
         if self.root is not None:
             nn.init.normal_(self.root, 0.0, self.cfg.init_std)
 
-    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, slide: bool = False) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, slide: bool = False,
+                extend: bool = False) -> torch.Tensor:
         """(B, T) token ids -> (B, T, V) next-token logits. With a cache (`new_cache()`) idx continues the
-        positions the cache holds, and the cache keeps idx's keys and values. `slide` lets the sequence run
-        past the context, each position attending to at most the last `context` (`slide_refusal`)."""
+        positions the cache holds, and the cache keeps idx's keys and values. Past the context (`slide_refusal`
+        says which models can go there) `slide` lets each position attend to at most the last `context`, as in
+        training; `extend` to all of its past (each layer's own window, if any): length generalisation, the
+        loss at 2-4x the training context (RESEARCH.md section 3), uncached only."""
         B, T = idx.shape
         start = 0 if cache is None else cache[0].seen  # position of idx's first token
-        if start + T > self.cfg.context and not (slide and self.slide_refusal() is None):
-            why = f" ({self.slide_refusal()})" if slide else ""
+        if slide and extend or extend and cache is not None:
+            raise ValueError("extend runs a whole sequence past the context: without slide and without a cache")
+        if start + T > self.cfg.context and not ((slide or extend) and self.slide_refusal() is None):
+            why = f" ({self.slide_refusal()})" if slide or extend else ""
             raise ValueError(f"sequence of {start + T} tokens is longer than the context {self.cfg.context}{why}")
         token = self.embed(idx)  # (B, T, d_embed)
         if self.pos is not None:
@@ -161,7 +166,7 @@ class GPT(nn.Module):
                 x = x + self.inject_scale[depth] * self.inject[depth](token)
             x = pre(x) if pre.active else x
             x, weights = blocks[b](x, self.lora[str(depth)] if str(depth) in self.lora else None, attn.active,
-                                   None if cache is None else cache[depth])
+                                   None if cache is None else cache[depth], extend)
             if weights is not None and attn.active:
                 attn(weights)
             x = post(x) if post.active else x
@@ -180,9 +185,9 @@ class GPT(nn.Module):
         """Why this model cannot run past its context with a sliding window, or None when it can: only
         relative positions (RoPE) extend; learned positions and a learned root per position end there."""
         if self.pos is not None:
-            return "learned positions end at the context; sliding needs model.position=rope"
+            return "learned positions end at the context; going past it needs model.position=rope"
         if self.root is not None and self.cfg.root_per_position:
-            return "a learned root per position ends at the context; sliding needs model.root_per_position=false"
+            return "a learned root per position ends at the context; going past it needs model.root_per_position=false"
         return None
 
     def cache_fallback(self) -> str | None:

@@ -77,6 +77,12 @@ def render(results: dict, folder: Path | None = None) -> str:
         sections.append(section("dynamics", "Training dynamics", table(
             dynamics["columns"], [[escape(c) for c in row] for row in dynamics["rows"]]),
             "<p>Landmarks from each run's probes, mean ± sample std over seeds (docs/RESEARCH.md defines each).</p>"))
+    for i, shown in enumerate(results.get("lengths", {}).get("tables", [])):  # train.eval_lengths: as results.md
+        sections.append(section(f"lengths-{i}", "Past the context" if i == 0 else f"Length generalisation {i}",
+                                f"<p>{escape(shown['title'][:1].upper() + shown['title'][1:])}. Every position of "
+                                "windows m times the training context attends over all of its past; x1 is the loss "
+                                "within the context on the same windows.</p>",
+                                table(shown["columns"], [[escape(c) for c in row] for row in shown["rows"]])))
     failed = [r for r in results.get("runs", []) if "failed" in r]
     if failed:
         rows_failed = [[escape(r["variant"]), str(r["seed"]), escape(r["failed"])] for r in failed]

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +345,14 @@ class Trainer:
                             f"{self.dist.world} processes")
         self.val_x, self.val_y = fixed_windows(self.corpus.val.tokens, cfg.model.context,
                                                tc.eval_windows, VAL_SEED)
+        if tc.eval_lengths:  # as many tokens as the windows above, in windows of the longest multiple
+            longest = tc.eval_lengths[-1] * cfg.model.context
+            if len(self.corpus.val.tokens) <= longest:
+                raise VSLMError(f"train.eval_lengths: the validation split has {len(self.corpus.val.tokens):,} "
+                                f"tokens, fewer than {tc.eval_lengths[-1]} x model.context + 1 = {longest + 1:,}; "
+                                "give more text, a larger data.val_fraction or shorter lengths")
+            self.long_x, self.long_y = fixed_windows(self.corpus.val.tokens, longest,
+                                                     max(1, tc.eval_windows // tc.eval_lengths[-1]), VAL_SEED)
         self.token_bytes = torch.from_numpy(self.corpus.token_bytes.astype(np.int64))  # (V,)
         self.callbacks = list(default_callbacks(cfg) if callbacks is None else callbacks)
         if not self.dist.is_main:
@@ -720,28 +729,49 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Loss per token and bits per byte on the fixed validation windows. Bits per byte count the
-        targets that stand for text (not end-of-text), as nanochat's evaluate_bpb does."""
+        targets that stand for text (not end-of-text), as nanochat's evaluate_bpb does. With
+        train.eval_lengths, also val_loss_xm / val_bpb_xm: windows of m x context tokens, each position
+        attending over all of its past (GPT.forward's `extend`), for m = 1 and each multiple, on the same
+        long windows (attention is causal: a window's first m x context positions compute what a window of
+        that length computes, so the longest windows give every shorter one)."""
         self.model.eval()
-        nll_all, nll_text, n_tokens, n_bytes = 0.0, 0.0, 0, 0
         B = self.cfg.train.batch_size // self.dist.world
-        shard = slice(self.dist.rank, None, self.dist.world)
-        val_x, val_y = self.val_x[shard].contiguous(), self.val_y[shard].contiguous()
-        for i in range(0, len(val_x), B):
-            x, y = self._to_device(val_x[i : i + B]), val_y[i : i + B]
-            with self._autocast():
-                logits = self.forward(x)
-            nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), self._to_device(y).view(-1),
-                                  reduction="none").cpu()
-            text_nats, text_bytes = text_nll_and_bytes(nll, y.view(-1), self.token_bytes)
-            nll_all += nll.sum().item()
-            nll_text += text_nats
-            n_tokens += y.numel()
-            n_bytes += text_bytes
-        if self.dist.enabled:  # each rank evaluated its share of the windows
-            totals = torch.tensor([nll_all, nll_text, n_tokens, n_bytes], dtype=torch.float64, device=self.device)
-            nll_all, nll_text, n_tokens, n_bytes = self.dist.sum(totals).tolist()
+        C = self.cfg.model.context
+        totals = self._scored(self.val_x, self.val_y, B, self.forward, [C])[0].tolist()
+        out = {"val_loss": totals[0] / totals[2], "val_bpb": totals[1] / math.log(2) / max(1, totals[3])}
+        if self.cfg.train.eval_lengths:
+            multiples = [1, *self.cfg.train.eval_lengths]
+            rows = max(1, B // multiples[-1])  # the tokens of a batch above, in longer windows
+            # the model itself, uncompiled: another shape, and a keyword the compiled module need not take
+            bands = self._scored(self.long_x, self.long_y, rows, partial(self.model, extend=True),
+                                 [m * C for m in multiples])
+            for m, (nll_all, nll_text, n_tokens, n_bytes) in zip(multiples, bands.cumsum(0).tolist(), strict=True):
+                out[f"val_loss_x{m}"] = nll_all / n_tokens
+                out[f"val_bpb_x{m}"] = nll_text / math.log(2) / max(1, n_bytes)
         self.model.train()
-        return {"val_loss": round(nll_all / n_tokens, 6), "val_bpb": round(nll_text / math.log(2) / max(1, n_bytes), 6)}
+        return {k: round(v, 6) for k, v in out.items()}
+
+    def _scored(self, val_x: torch.Tensor, val_y: torch.Tensor, rows: int, forward, ends: list[int]) -> torch.Tensor:
+        """(len(ends), 4) float64: summed loss, summed text loss, tokens and text bytes of the targets at
+        positions [ends[i - 1], ends[i]) of these windows (ends ascending, the last at most their length),
+        `rows` windows a forward, this rank's share of them, summed over the ranks."""
+        sums = torch.zeros(len(ends), 4, dtype=torch.float64)
+        shard = slice(self.dist.rank, None, self.dist.world)
+        val_x, val_y = val_x[shard].contiguous(), val_y[shard].contiguous()
+        for i in range(0, len(val_x), rows):
+            x, y = self._to_device(val_x[i : i + rows]), val_y[i : i + rows]
+            with self._autocast():
+                logits = forward(x)
+            nll = F.cross_entropy(logits.float().flatten(0, 1), self._to_device(y).flatten(),
+                                  reduction="none").cpu().view(y.shape)
+            for band, (lo, hi) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+                part, targets = nll[:, lo:hi].flatten(), y[:, lo:hi].flatten()
+                text_nats, text_bytes = text_nll_and_bytes(part, targets, self.token_bytes)
+                sums[band] += torch.tensor([part.sum().item(), text_nats, part.numel(), text_bytes],
+                                           dtype=torch.float64)
+        if self.dist.enabled:  # each rank scored its share of the windows
+            sums = self.dist.sum(sums.to(self.device)).cpu()
+        return sums
 
 
 def text_nll_and_bytes(nll: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
