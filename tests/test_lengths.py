@@ -171,3 +171,47 @@ def test_an_experiment_with_eval_lengths_reports_them(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "Past the context" in html and "Length generalisation 1" in html
     assert "length generalisation: loss at 2 x the context minus loss within it" in capsys.readouterr().out
+
+
+def test_vslm_eval_lengths_score_the_same_tokens_in_longer_windows(tmp_path, capsys):
+    import numpy as np
+
+    from vslm.data.shards import prepare_corpus
+    from vslm.eval.corpus import eval_data
+    from vslm.train.run_folder import load_run
+
+    run = tmp_path / "run"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=4, logging__probe_every=0, model__position="rope")),
+            run).fit()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--on", "stories", "--lengths", "1", "3", "--max-bytes", "20000", "--json"]) == 0
+    one, three = json.loads(capsys.readouterr().out)["corpora"]
+    assert (one["length"], three["length"]) == (1, 3) and one["tokens"] == three["tokens"]
+    assert main(["eval", str(run), "--on", "stories", "--max-bytes", "20000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["corpora"] == [one]  # length 1 is the usual evaluation
+    # brute force: consecutive windows of 3 x the context after end-of-text, every target once
+    cfg, model, tok = load_run(run)
+    data, all_val, _, _ = eval_data("stories", cfg.data, 20000)
+    stream = np.concatenate([[tok.eos_id], prepare_corpus(data, tokenizer=tok, all_val=all_val).val.tokens])
+    T, nll = 3 * cfg.model.context, []
+    with torch.no_grad():
+        for s in range(0, len(stream) - 1, T):
+            window = torch.from_numpy(stream[s : s + T + 1].astype(np.int64))[None]
+            logits = model(window[:, :-1], extend=True)
+            nll.append(F.cross_entropy(logits[0], window[0, 1:], reduction="none"))
+    assert three["loss"] == pytest.approx(torch.cat(nll).mean().item(), rel=1e-6)
+    assert three["loss"] != pytest.approx(one["loss"], rel=1e-6)
+
+
+def test_vslm_eval_lengths_refusals(tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, logging__probe_every=0)), run).fit()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--on", "stories", "--lengths", "1", "2"]) == 2
+    assert "--lengths 1 2: learned positions end at the context; going past it needs model.position=rope" in \
+        capsys.readouterr().err
+    for words, message in ((["--on", "stories", "--lengths", "0"], "--lengths takes multiples of the context"),
+                           (["--on", "stories", "--lengths", "2", "2"], "none twice; got 2 2"),
+                           (["--tasks", "x", "--lengths", "2"], "--lengths applies to --on")):
+        assert main(["eval", str(run), *words]) == 2
+        assert message in capsys.readouterr().err

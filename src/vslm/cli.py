@@ -730,11 +730,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise UsageError("eval needs --on CORPUS ... and/or --tasks TASK ...")
     for flag, value, half in (("--limit", a.limit, "--tasks"), ("--num-fewshot", a.num_fewshot, "--tasks"),
                               ("--include-path", a.include_path, "--tasks"), ("--batch-size", a.batch_size, "--on"),
-                              ("--max-bytes", a.max_bytes, "--on")):
+                              ("--max-bytes", a.max_bytes, "--on"), ("--lengths", a.lengths, "--on")):
         if value is not None and not (a.tasks if half == "--tasks" else a.on):  # the other half's: said, not ignored
             raise UsageError(f"{flag} applies to {half}")
     a.batch_size = 32 if a.batch_size is None else a.batch_size
     _at_least(a, 1, "batch_size")
+    if a.lengths is not None and (min(a.lengths) < 1 or len(set(a.lengths)) < len(a.lengths)):
+        raise UsageError(f"--lengths takes multiples of the context, each at least 1, none twice; got "
+                         f"{' '.join(map(str, a.lengths))}")
     _at_least(a, 0, "num_fewshot")
     if a.limit is not None and not (0 < a.limit < 1 or (1 <= a.limit < math.inf and a.limit.is_integer())):
         raise UsageError(f"--limit is a count of examples per task, or a fraction between 0 and 1, got {a.limit:g}")
@@ -744,7 +747,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from vslm.eval.corpus import evaluate_run
         from vslm.progress import track
 
-        results = evaluate_run(Path(a.run), a.on, checkpoint, a.max_bytes, a.batch_size, a.device, track)
+        results = evaluate_run(Path(a.run), a.on, checkpoint, a.max_bytes, a.batch_size, a.device, track,
+                               tuple(a.lengths or (1,)))
         out["corpora"] = [r.to_dict() for r in results]
     if a.tasks:
         from vslm.eval.harness import run_tasks
@@ -758,12 +762,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.on:
         table = Table(title=f"{a.run}: loss per token (nats), bits per byte, word perplexity (word-level benchmarks)")
-        for col in ("corpus", "split", "tokens", "bytes", "loss", "bits/byte", "word ppl"):
+        lengths = ("x context",) if a.lengths else ()
+        for col in ("corpus", "split", *lengths, "tokens", "bytes", "loss", "bits/byte", "word ppl"):
             table.add_column(col, justify="left" if col in ("corpus", "split") else "right")
         for r in out["corpora"]:
             ppl = f"{r['word_perplexity']:,.2f}" if "word_perplexity" in r else "-"
-            table.add_row(r["corpus"], r["split"], f"{r['tokens']:,}", f"{r['bytes']:,}", f"{r['loss']:.4f}",
-                          f"{r['bpb']:.4f}", ppl)
+            table.add_row(r["corpus"], r["split"], *([str(r["length"])] if a.lengths else []), f"{r['tokens']:,}",
+                          f"{r['bytes']:,}", f"{r['loss']:.4f}", f"{r['bpb']:.4f}", ppl)
         console.print(table, crop=False)
         from vslm.data.registry import split_name
 
@@ -1019,6 +1024,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: the run's "
                    "data.max_bytes)")
     p.add_argument("--batch-size", type=int, help="--on: windows per forward pass (default 32)")
+    p.add_argument("--lengths", type=int, nargs="+", metavar="M",
+                   help="--on: also in windows of M times the context, every position attending over all of its "
+                        "past (RoPE models: length generalisation), e.g. --lengths 1 2 4")
     _add_run_args(p, "print one JSON line")
     p.set_defaults(func=cmd_eval)
 

@@ -4,7 +4,9 @@
 
 The text is encoded with the run's own tokenizer and cut into consecutive windows of the model's
 context (non-overlapping, as nanoGPT and GPT-2's paper evaluate; a token early in a window sees
-less context than one late in it). The first token is predicted from end-of-text when the
+less context than one late in it). `--lengths 1 2 4` scores the same tokens again in windows of 2 and
+4 times the context, every position attending over all of its past (RoPE models: length
+generalisation, RESEARCH.md section 3). The first token is predicted from end-of-text when the
 tokenizer has one (a document start), else it is only context. Three numbers:
 
 * loss: mean negative log-likelihood per token (nats), end-of-text targets included;
@@ -36,7 +38,7 @@ from vslm.config import DataConfig
 from vslm.data.registry import GENERATED, split_name
 from vslm.data.shards import prepare_corpus
 from vslm.data.tokenizer import Tokenizer
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
 from vslm.progress import quiet
 from vslm.train.run_folder import load_run
@@ -73,6 +75,7 @@ class CorpusResult:
     loss: float
     bpb: float
     word_perplexity: float | None = None
+    length: int = 1  # windows of this many times the model's context
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -80,12 +83,17 @@ class CorpusResult:
 
 @torch.no_grad()
 def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix: int | None = None,
-                 batch_size: int = 32, track: Callable = quiet, label: str = "scoring") -> Score:
+                 batch_size: int = 32, track: Callable = quiet, label: str = "scoring", length: int = 1) -> Score:
     """Negative log-likelihood of every token of `tokens` (after `prefix`, which predicts the first),
-    in consecutive windows of the model's context."""
+    in consecutive windows of `length` times the model's context (past the context every position attends
+    over all of its past: GPT.forward's `extend`); batch_size windows of the context a forward, the same
+    tokens in fewer, longer windows."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    T = model.cfg.context
+    if length < 1:
+        raise ValueError(f"length must be at least 1, got {length}")
+    T = model.cfg.context * length
+    batch_size = max(1, batch_size // length)
     device = next(model.parameters()).device
     stream = np.asarray(tokens, dtype=np.int64)
     if prefix is not None:
@@ -98,16 +106,17 @@ def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix
     model.eval()
     for i in track(range(0, len(full), batch_size), label):
         index = np.asarray(full[i : i + batch_size])[:, None] + np.arange(T + 1)[None, :]
-        _add(score, model, torch.from_numpy(stream[index]), sizes, device)  # (B, T + 1)
+        _add(score, model, torch.from_numpy(stream[index]), sizes, device, length > 1)  # (B, T + 1)
     if len(full) < len(starts):  # the last, shorter window
-        _add(score, model, torch.from_numpy(stream[starts[-1] :][None, :]), sizes, device)
+        _add(score, model, torch.from_numpy(stream[starts[-1] :][None, :]), sizes, device, length > 1)
     model.train(was_training)
     return score
 
 
-def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, device: torch.device) -> None:
+def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, device: torch.device,
+         extend: bool) -> None:
     x, y = window[:, :-1].to(device), window[:, 1:]
-    logits = model(x).float()
+    logits = (model(x, extend=True) if extend else model(x)).float()
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1).to(device), reduction="none").cpu()
     text_nats, text_bytes = text_nll_and_bytes(nll, y.reshape(-1), sizes)
     score.nll += nll.sum().item()
@@ -138,7 +147,9 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> 
 
 
 def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
-                    max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet) -> CorpusResult:
+                    max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet,
+                    lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
+    """One result per length (windows of that many times the context), in the order given."""
     data, all_val, split, word_level = eval_data(name, run_data, max_bytes)
     try:
         corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
@@ -146,17 +157,26 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
         err = VSLMError(f"cannot evaluate on {name}: {e}")
         err.exit_code = e.exit_code  # a name typed wrong stays a config error
         raise err from None
-    score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
-                         f"evaluating on {name}")
     words = int(corpus.meta["val_words"])
     # not an evaluation split: what is scored is the held-out part of it (the run's own one when it trained there)
     split = split if all_val else f"{split}, held out"
-    return CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
-                        loss=score.loss, bpb=score.bpb,
-                        word_perplexity=math.exp(score.nll_text / max(1, words)) if word_level else None)
+    results = []
+    for length in lengths:
+        score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
+                             f"evaluating on {name}" + (f" at {length} x the context" if length > 1 else ""), length)
+        results.append(CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
+                                    loss=score.loss, bpb=score.bpb, length=length,
+                                    word_perplexity=math.exp(score.nll_text / max(1, words)) if word_level else None))
+    return results
 
 
 def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, max_bytes: int | None = None,
-                 batch_size: int = 32, device: str = "cpu", track: Callable = quiet) -> list[CorpusResult]:
+                 batch_size: int = 32, device: str = "cpu", track: Callable = quiet,
+                 lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
+    """Each corpus at each length (`--lengths`: windows of that many times the context; past 1, RoPE models
+    only, refused first with the reason)."""
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
-    return [evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size, track) for name in names]
+    if max(lengths) > 1 and (why := model.slide_refusal()) is not None:
+        raise UsageError(f"--lengths {' '.join(map(str, lengths))}: {why}")
+    return [r for name in names for r in evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size,
+                                                         track, lengths)]
