@@ -337,3 +337,51 @@ def test_a_knowledge_experiment_refuses_what_applies_to_variants(capsys):
         assert main(["experiment", "knowledge-retrieval", "--out", "unused", *flags]) == 2
         err = capsys.readouterr().err
         assert "apply to comparisons of variants" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_lists_the_runs_and_what_the_folder_holds_and_writes_nothing(tmp_path, capsys):
+    from vslm.lab.experiments import dry_run
+    from vslm.model import GPT, parameter_count, training_flops_per_token
+
+    spec, out = write_experiment(tmp_path, extra='[[variants]]\nname = "wider"\noverrides = ["model.width=64"]\n'
+                                 'sweep = ["train.lr=1e-3", "train.lr=3e-3"]\n'), tmp_path / "out"
+    plan = dry_run(spec, out, 3)
+    assert not out.exists()  # nothing written
+    rows = {(r["variant"], r["choice"]): r for r in plan["corpora"][""]["variants"]}
+    assert list(rows) == [("wider", "train.lr=1e-3"), ("wider", "train.lr=3e-3"), ("narrow", ""), ("wide", "")]
+    cfg = plan_experiment(load_experiment(spec)[1], 1)["wide"][""][0]
+    model = GPT(cfg.model.model_copy(update={"vocab_size": runner.vocab_size_of(cfg)}))
+    wide = rows[("wide", "")]
+    assert (wide["params"], wide["flops_per_token"], wide["tokens"]) == (
+        parameter_count(model), training_flops_per_token(model), 4 * 8 * 32)
+    assert (wide["runs_first"], wide["runs_most"], wide["finished"], wide["paired"]) == (3, 3, 0, True)
+    assert rows[("wider", "train.lr=1e-3")]["runs_most"] == 1  # a sweep trains seed 0 of each choice first
+    # two seeds trained; one run then given other settings, one cut back to unfinished
+    run_experiment(write_experiment(tmp_path), out)
+    (out / "wide" / "seed-1" / "config.toml").write_text(
+        (out / "wide" / "seed-1" / "config.toml").read_text().replace("width = 48", "width = 40"))
+    (out / "narrow" / "seed-1" / "checkpoints" / checkpoint_name(4)).unlink()
+    held = files_in(out)
+    plan = dry_run(write_experiment(tmp_path), out, 3, resolve=0.01, max_seeds=6)
+    assert files_in(out) == held and plan["looks"] == [3, 6]
+    narrow, wide = plan["corpora"][""]["variants"]
+    assert (narrow["runs_first"], narrow["runs_most"], narrow["finished"], narrow["stopped"]) == (3, 6, 1, 1)
+    assert (wide["finished"], wide["other settings"]) == (1, 1)
+    assert wide["other_settings"] == [str(out / "wide" / "seed-1")]
+    assert main(["experiment", write_experiment(tmp_path), "--seeds", "3", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "6 runs at the first look, 6 at most; 2 finished in the folder and reused" in printed
+    assert f"1 run folders hold runs of other settings, which the experiment refuses: {out / 'wide' / 'seed-1'}" \
+        in printed.replace("\n", "")
+    assert files_in(out) == held
+
+
+def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["experiment", "knowledge", "--dry-run", "--out", str(out)]) == 2
+    assert "--dry-run lists the runs of a comparison of variants" in capsys.readouterr().err
+    assert main(["experiment", write_experiment(tmp_path), "model.width=48", "--dry-run", "--out", str(out)]) == 2
+    assert "variants 'narrow' and 'wide' train the same configs" in capsys.readouterr().err
+    assert main(["experiment", write_experiment(tmp_path), "data.source=nowhere.txt", "--dry-run"]) != 0
+    assert "nowhere.txt" in capsys.readouterr().err
+    assert not out.exists()

@@ -427,6 +427,13 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     from vslm.lab.parallel import make_launcher
 
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
+    if a.dry_run:
+        from vslm.commands.experiment import print_dry_run
+        from vslm.lab.experiments import dry_run
+
+        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds)
+        print(json.dumps(plan)) if a.json else print_dry_run(plan, console)
+        return 0
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
         from vslm.lab.experiments import read_experiment
@@ -1046,6 +1053,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolve", type=float, metavar="WIDTH",
                    help="add seeds in rounds until every variant's 95%% interval is at most ±WIDTH nats")
     p.add_argument("--max-seeds", type=int, help="with --resolve: the most seeds per variant (default 12)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and list the runs (parameters, "
+                   "FLOPs, tokens, what --out already holds); train and write nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
     launcher_args(p)
     p.set_defaults(func=cmd_experiment)
 

@@ -38,3 +38,45 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
         return run_knowledge_experiment(name, parse_spec(raw, label), Path(out), seeds, extra_overrides, console,
                                         spec_name_or_path, jobs=launcher.jobs if launcher else 1)
     raise ConfigError(f"{label}: unknown kind '{kind}' (leave it out for a comparison of variants, or 'knowledge')")
+
+
+def print_dry_run(plan: dict, console: Console) -> None:
+    """vslm.lab.experiments.dry_run's answer: a table per corpus, then what would train."""
+    from vslm.lab.tables import print_table
+
+    looks = plan["looks"]
+    seeds = f"{looks[0]} seeds" + (f", up to {looks[-1]} (looks at {', '.join(map(str, looks))})"
+                                   if len(looks) > 1 else "")
+    columns = ("variant", "params", "FLOPs/token", "tokens/run", "pairs with baseline", "runs", "finished",
+               "stopped", "training now", "other settings")
+    first = most = reused = 0
+    tokens = flops = 0
+    for corpus, part in plan["corpora"].items():
+        rows = []
+        for r in part["variants"]:
+            runs = f"{r['runs_first']}" if r["runs_first"] == r["runs_most"] else f"{r['runs_first']}-{r['runs_most']}"
+            rows.append((r["variant"] + (f" ({r['choice']})" if r["choice"] else ""), f"{r['params']:,}",
+                         f"{r['flops_per_token']:,}", f"{r['tokens']:,}", "yes" if r["paired"] else "no (Welch)",
+                         runs + (" (sweep: seed 0)" if r["sweep"] else ""),
+                         *(str(r[state]) for state in ("finished", "stopped", "training now", "other settings"))))
+            first, most, reused = first + r["runs_first"], most + r["runs_most"], reused + r["finished"]
+            tokens += (r["runs_most"] - r["finished"]) * r["tokens"]
+            flops += (r["runs_most"] - r["finished"]) * r["tokens"] * r["flops_per_token"]
+        where = f" on {corpus}" if corpus else ""
+        print_table(console, f"{plan['experiment']}{where}: {seeds}, in {part['folder']}", columns, rows)
+    swept = {(c, r["variant"]) for c, part in plan["corpora"].items() for r in part["variants"] if r["sweep"]}
+    after = (f", and the kept choice's seeds 1-{looks[-1] - 1} of each of the {len(swept)} swept variants"
+             if swept and looks[-1] > 1 else "")
+    console.print(f"{first} runs at the first look, {most} at most{after}; {reused} finished in the folder and reused. "
+                  f"Left to train at most: {tokens:,} tokens, {flops:.3g} training FLOPs. Nothing was trained, and "
+                  "nothing in the folder written.", highlight=False)
+    busy = sum(r["training now"] for part in plan["corpora"].values() for r in part["variants"])
+    if busy:
+        console.print(f"{busy} run folders are in use by another process: the experiment waits for none, it "
+                      "refuses them; let them finish first", highlight=False)
+    conflicts = [f for part in plan["corpora"].values() for r in part["variants"] for f in r["other_settings"]]
+    if conflicts:
+        console.print(f"{len(conflicts)} run folders hold runs of other settings, which the experiment refuses: "
+                      f"{', '.join(conflicts[:3])}{' ...' if len(conflicts) > 3 else ''}; move them away or pass "
+                      "another --out", highlight=False)
+

@@ -64,9 +64,9 @@ from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
 from vslm.errors import ConfigError, VSLMError, did_you_mean
 from vslm.eval.corpus import score_tokens
-from vslm.files import write_text
+from vslm.files import in_use, write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
-from vslm.lab.runner import tokens_per_run
+from vslm.lab.runner import build_for_accounting, same_settings, tokens_per_run
 from vslm.lab.stats import (
     MIN_SEEDS,
     SIGNIFICANCE,
@@ -95,10 +95,12 @@ from vslm.lab.tables import (
     sweep_rows,
     transfer_rows,
 )
+from vslm.model import parameter_count, training_flops_per_token
 from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import dynamics_summary, read_run
-from vslm.train.run_folder import device_of, load_run, read_run_config
+from vslm.train.checkpoint import list_checkpoints
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read_run_config
 
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 
@@ -407,6 +409,76 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
               .replace("# Experiment", "## Experiment", 1) for corpus in plans]
     write_text(out / "results.md", "\n".join(parts))
     return summaries
+
+
+def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
+            resolve: float | None = None, max_seeds: int | None = None) -> dict:
+    """What `vslm experiment` would train, checked as it checks (the spec, every config, the data sources,
+    the results already in `out`) and read from `out`, with nothing trained and nothing in `out` written:
+    {"experiment", "looks", "corpora": {corpus or "": {"variants": [row per variant and sweep choice]}}}. A row:
+    params, FLOPs per token, tokens per run, whether its seeds pair with the baseline's, the runs it trains at
+    the first look and at most, and of those the runs `out` holds finished (reused), stopped part-way (resumed)
+    one that another process trains in now, and with other settings (the real run refuses those two,
+    naming them)."""
+    name, raw, label = read_experiment(spec_name_or_path)
+    if "kind" in raw:
+        raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
+                          "experiment's arms are built on the world each seed generates")
+    spec = _validate(raw, label)
+    seeds = spec.seeds if seeds is None else seeds
+    looks = check_resolve(seeds, resolve, max_seeds)
+    out = Path(out)
+    check_no_larger_summary(out, looks[-1])
+    plans = {}
+    for corpus in spec.corpora or [None]:
+        try:
+            plans[corpus] = plan_experiment(spec, looks[-1], extra_overrides, corpus)
+            check_sources(plans[corpus])
+        except VSLMError as e:
+            raise type(e)(f"corpus '{corpus}': {e}" if corpus else str(e)) from None
+    result: dict = {"experiment": name, "looks": looks, "corpora": {}}
+    for corpus, plan in plans.items():
+        folder = out / _corpus_folder(corpus) if corpus else out
+        base = next(iter(plan.values()))
+        base_cfgs = next(iter(base.values()))
+        rows = []
+        for variant, choices in plan.items():
+            for choice, cfgs in choices.items():
+                model = build_for_accounting(cfgs[0])
+                where = folder / variant / _choice_folder(choice) if choice else folder / variant
+                # a sweep trains seed 0 of every choice, then the seeds of the one it keeps
+                first, most = (1, 1) if len(choices) > 1 else (looks[0], looks[-1])
+                states = [run_state(cfg, where / f"seed-{seed}") for seed, cfg in enumerate(cfgs[:most])]
+                rows.append({"variant": variant, "choice": choice, "params": parameter_count(model),
+                             "flops_per_token": training_flops_per_token(model), "tokens": tokens_per_run(cfgs[0]),
+                             "paired": all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True)),
+                             "runs_first": first, "runs_most": most, "sweep": len(choices) > 1,
+                             **{state: sum(s == state for s in states) for state in RUN_STATES},
+                             "other_settings": [str(where / f"seed-{i}") for i, s in enumerate(states)
+                                                if s == "other settings"]})
+        result["corpora"][corpus or ""] = {"folder": str(folder), "variants": rows}
+    return result
+
+
+RUN_STATES = ("finished", "stopped", "training now", "other settings")
+
+
+def run_state(cfg: RunConfig, folder: Path) -> str:
+    """What a run folder holds for cfg, read only: "new" (nothing), "finished" (reused as it is), "stopped"
+    (resumed, or trained again if it never checkpointed), "training now" (another process holds it: refused
+    until it ends) or "other settings" (refused)."""
+    if in_use(folder):
+        return "training now"
+    if not (folder / CONFIG).exists():
+        return "new"
+    try:
+        saved = read_run_config(folder)
+    except VSLMError:
+        return "other settings"
+    if not same_settings(cfg, saved):
+        return "other settings"
+    found = list_checkpoints(folder / CHECKPOINTS)
+    return "finished" if found and found[-1][0] == cfg.train.steps else "stopped"
 
 
 def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]], out: Path,
