@@ -233,7 +233,7 @@ def test_attention_stats_match_loops(variant):
     for d, per_depth in enumerate(stats):
         w = seen[f"attn.{d}"].double()
         for h in range(4):
-            sums, ents, ratios, sinks = [], [], [], []
+            sums, ents, ratios, sinks, by_query = [], [], [], [], {}
             for b in range(2):
                 for i in range(16):
                     row = w[b, h, i, max(0, i - window + 1) : i + 1].tolist()  # the visible keys
@@ -243,18 +243,39 @@ def test_attention_stats_match_loops(variant):
                     ents.append(e)
                     if len(row) >= 2:
                         ratios.append(e / math.log(len(row)))
+                        by_query.setdefault(i, []).append((math.log(len(row)), e))
                     if i >= 1:
                         sinks.append(w[b, h, i, 0].item() > 0.3)
             assert per_depth["row_sum"][h] == pytest.approx(np.mean(sums), rel=1e-9)
             assert per_depth["entropy"][h] == pytest.approx(np.mean(ents), rel=1e-9)
             assert per_depth["entropy_ratio"][h] == pytest.approx(np.mean(ratios), rel=1e-9)
             assert per_depth["sink_fraction"][h] == pytest.approx(np.mean(sinks), rel=1e-9)
+            # entropy against log n: a straight-line fit over the queries, each query's entropy its mean over b
+            x = [pairs[0][0] for pairs in by_query.values()]
+            y = [np.mean([e for _, e in pairs]) for pairs in by_query.values()]
+            assert per_depth["entropy_slope"][h] == pytest.approx(np.polyfit(x, y, 1)[0], rel=1e-9, abs=1e-12)
         if variant.get("attention") == "softmax1":
             assert (per_depth["row_sum"] < 1).all()  # a softmax1 head may attend to nothing
         else:
             np.testing.assert_allclose(per_depth["row_sum"], 1.0, rtol=1e-6)
         assert (per_depth["entropy_ratio"] > 0).all() and (per_depth["entropy_ratio"] <= 1 + 1e-9).all()
     assert any(s["sink_fraction"].sum() > 0 for s in stats)  # the sink comparison is not vacuous
+
+
+@torch.no_grad()
+def test_attention_entropy_grows_as_log_n_for_uniform_weights_and_not_for_a_focused_head():
+    model, idx = tiny_model(), random_ids((2, 16), seed=5)
+    width = model.cfg.width
+    for block in model.blocks:  # zero queries and keys: every score 0, softmax uniform over the visible keys
+        block.attn.qkv.weight[: 2 * width].zero_()
+    for per_depth in attention_stats(model, idx):
+        np.testing.assert_allclose(per_depth["entropy_slope"], 1.0, rtol=1e-9)
+        np.testing.assert_allclose(per_depth["entropy_ratio"], 1.0, rtol=1e-9)
+    for block in model.blocks:  # q = k = 20 x the normed input: each query's own key wins by hundreds of nats
+        block.attn.qkv.weight[:width] = 20 * torch.eye(width)
+        block.attn.qkv.weight[width : 2 * width] = 20 * torch.eye(width)
+    for per_depth in attention_stats(model, idx):
+        assert abs(per_depth["entropy_slope"]).max() < 0.05 and per_depth["entropy_ratio"].max() < 0.05
 
 
 # --------------------------------------------------------------------------------------- shape

@@ -96,6 +96,25 @@ def test_probes_without_standard_errors_still_read_and_draw(probed_run, tmp_path
     assert len(images(html)) == 7 and "standard errors" not in html
 
 
+def test_dynamics_summary_phase_and_attention_landmarks_from_the_files(probed_run):
+    probes = [json.loads(x) for x in (probed_run / "probes.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (probed_run / "metrics.jsonl").read_text().splitlines()]
+    got = dynamics_summary(read_run(probed_run))
+    for key, name in (("m2_min_step", "M2"), ("m3_min_step", "M3")):
+        best = min(probes, key=lambda p: p["distribution"][name])
+        assert got[key] == best["step"]
+    h_bigram = probes[0]["distribution"]["bigram_entropy"]
+    passed = [m["step"] for m in metrics if "loss" in m and m["loss"] <= h_bigram]
+    assert got["bigram_loss_step"] == (passed[0] if passed else pytest.approx(math.nan, nan_ok=True))
+    keys = ("row_sum", "entropy_ratio", "entropy_slope", "sink_fraction")
+    heads = [h for depth in probes[-1]["attention"] for h in zip(*(depth[k] for k in keys), strict=True)]
+    assert got["attn_row_sum"] == pytest.approx(np.mean([h[0] for h in heads]))
+    assert got["attn_entropy_ratio"] == pytest.approx(np.mean([h[1] for h in heads]))
+    assert got["attn_entropy_slope"] == pytest.approx(np.mean([h[2] for h in heads]))
+    assert got["attn_sink_max"] == max(h[3] for h in heads)
+    assert 0 < got["attn_entropy_slope"] < 1.5 and got["attn_row_sum"] == pytest.approx(1.0)
+
+
 def test_report_without_probes_has_the_loss_section_only(plain_run):
     (plain_run / "summary.json").write_text(json.dumps({"params": 30_624, "flops_per_token": 183_744}))
     html = write_report(plain_run).read_text(encoding="utf-8")

@@ -82,6 +82,7 @@ from vslm.lab.tables import (
     COLUMNS,
     DYNAMICS,
     FAILED_COLUMNS,
+    LANDMARKS,
     LOOK_COLUMNS,
     TRANSFER_COLUMNS,
     dynamics_rows,
@@ -578,6 +579,11 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if dynamics:
         shown = dynamics_rows(dynamics)
         report["dynamics_table"] = {"columns": ["variant", *DYNAMICS.values()], "rows": [list(r) for r in shown]}
+        report["landmark_tables"] = [  # the other groups of landmarks that any run has
+            {"title": title, "columns": ["variant", *keys.values()], "rows": [list(r) for r in
+                                                                             dynamics_rows(dynamics, keys, fmt)]}
+            for keys, title, fmt in LANDMARKS[1:]
+            if any(not math.isnan(d[key]["mean"]) for d in dynamics.values() for key in keys)]
     if lengths:
         shown = [("loss past the training context (train.eval_lengths), on the same long windows",
                   *lengths_table(lengths))]
@@ -598,6 +604,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if dynamics:
         tables.append((("variant", *DYNAMICS.values()), dynamics_rows(dynamics)))
     titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}
+    for table in report.get("landmark_tables", []):
+        tables.append((tuple(table["columns"]), [tuple(r) for r in table["rows"]]))
+        titles[tables[-1][0]] = table["title"]
     for table in report.get("lengths", {}).get("tables", []):
         tables.append((tuple(table["columns"]), [tuple(r) for r in table["rows"]]))
         titles[tables[-1][0]] = table["title"]
@@ -642,14 +651,15 @@ def summarize_lengths(runs: dict[str, list[dict]], tokens: int, paired: dict[str
 
 
 def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per variant whose runs have probes: mean and sample std over seeds of each landmark in DYNAMICS
-    (NaN where a seed never reached it: then the mean is NaN too, and says so)."""
+    """Per variant whose runs have probes: mean and sample std over seeds of each landmark of LANDMARKS'
+    groups (NaN where a seed never reached it, or its probe files predate it: then the mean is NaN too, and
+    says so)."""
     out = {}
     for name, rs in runs.items():
         rs = [r for r in rs if "failed" not in r]
         if not rs or not all("icl_score" in r for r in rs):
             continue
-        out[name] = {key: mean_std([r[key] for r in rs]) for key in DYNAMICS}
+        out[name] = {key: mean_std([r.get(key, math.nan) for r in rs]) for keys, _, _ in LANDMARKS for key in keys}
         out[name]["icl_label"] = rs[0]["icl_label"]
     return out
 

@@ -17,8 +17,19 @@ DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (m
             "induction_loss_multiset": "2nd copy, order-blind best",
             "repeat_reliability": "copying right (text, 1-token match)",
             "repeat_reliability_3": "copying right (text, 3-token match)",
-            "init_position_spread": "position spread at step 0", "m1_near_zero_step": "KL(u‖p̄)<0.05 at step",
-            "unigram_loss_step": "loss ≤ H(u) at step"}
+            "init_position_spread": "position spread at step 0"}
+# the unigram phase (RESEARCH.md section 2), in steps: M1 near 0 early; the loss past H(u) before H(bigram);
+# M2 lowest early (U-shaped), M3 lowest later
+PHASES = {"m1_near_zero_step": "KL(u‖p̄)<0.05 at step", "unigram_loss_step": "loss ≤ H(u) at step",
+          "bigram_loss_step": "loss ≤ H(bigram) at step", "m2_min_step": "M2 lowest at step",
+          "m3_min_step": "M3 lowest at step"}
+# the attention weights at the last probe (RESEARCH.md section 3), over every head at every depth
+ATTENTION = {"attn_row_sum": "weight per query (mean)", "attn_entropy_ratio": "entropy / log n (mean)",
+             "attn_entropy_slope": "d entropy / d log n (mean)", "attn_sink_max": "sink fraction (max head)"}
+LANDMARKS = ((DYNAMICS, "training dynamics", ".3f"),
+             (PHASES, "the unigram phase (RESEARCH.md section 2), in steps", ".0f"),
+             (ATTENTION, "attention weights at the last probe (RESEARCH.md section 3), every head at every depth",
+              ".3f"))
 
 
 FAILED_COLUMNS = ("variant", "seed", "did not finish")
@@ -139,14 +150,16 @@ def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
             for variant, s in sweeps.items() for choice, loss in s["tried"].items()]
 
 
-def dynamics_rows(dynamics: dict[str, dict]) -> list[tuple[str, ...]]:
+def dynamics_rows(dynamics: dict[str, dict], keys: dict[str, str] = DYNAMICS,
+                  fmt: str = ".3f") -> list[tuple[str, ...]]:
+    """One row per variant of the landmarks `keys` (one of LANDMARKS' groups), mean ± sample std over seeds."""
     def pm(stat: dict) -> str:  # NaN: a step landmark some seed never reached, or a probe that was not run
         if math.isnan(stat["mean"]):
             return "n/a"
-        spread = "-" if math.isnan(stat["std"]) else f"{stat['std']:.3f}"
-        return f"{stat['mean']:.3f} ± {spread}"
+        spread = "-" if math.isnan(stat["std"]) else f"{stat['std']:{fmt}}"
+        return f"{stat['mean']:{fmt}} ± {spread}"
 
-    return [(name, *(pm(d[key]) for key in DYNAMICS)) for name, d in dynamics.items()]
+    return [(name, *(pm(d[key]) for key in keys)) for name, d in dynamics.items()]
 
 
 def results_markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:

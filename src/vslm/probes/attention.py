@@ -29,6 +29,11 @@ def attention_stats(model: GPT, idx: torch.Tensor) -> list[dict]:
                       nan where no query sees two keys;
       sink_fraction:  fraction of queries at positions i >= 1 whose raw weight a[i, 0] on token 0 exceeds
                       0.3 (past a sliding window token 0 is invisible, weight 0);
+      entropy_slope:  the least-squares slope of that entropy (mean over the batch, per query) against
+                      log n_i over the queries with n_i >= 2: RESEARCH.md's "attention entropy against
+                      log(position)". 1 = the weights spread as n grows, as uniform ones do (attention
+                      fading, what SSMax's log n scaling is meant to stop); 0 = as focused at any length;
+                      nan where every such query sees the same number of keys (a window of 2);
 
     plus `block`, the unique block run at that depth (shared blocks appear at several depths).
     """
@@ -50,8 +55,18 @@ def attention_stats(model: GPT, idx: torch.Tensor) -> list[dict]:
             "entropy": _per_head(spread),
             "entropy_ratio": _per_head(spread[..., wide] / keys[wide].log()),
             "sink_fraction": _per_head((weights[..., 1:, 0] > SINK_THRESHOLD).double()),
+            "entropy_slope": _slope(keys[wide].log(), spread[..., wide].mean(0)),
         })
     return stats
+
+
+def _slope(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """(n,) and (H, n) -> (H,): each row's least-squares slope on x; nan where x does not vary."""
+    dx = x - x.mean()
+    var = (dx * dx).sum()
+    if var <= 0:
+        return np.full(y.shape[0], np.nan)
+    return (((y - y.mean(-1, keepdim=True)) * dx).sum(-1) / var).cpu().numpy()
 
 
 def _per_head(x: torch.Tensor) -> np.ndarray:

@@ -77,6 +77,11 @@ def render(results: dict, folder: Path | None = None) -> str:
         sections.append(section("dynamics", "Training dynamics", table(
             dynamics["columns"], [[escape(c) for c in row] for row in dynamics["rows"]]),
             "<p>Landmarks from each run's probes, mean ± sample std over seeds (docs/RESEARCH.md defines each).</p>"))
+    for i, shown in enumerate(results.get("landmark_tables", [])):  # as results.md shows them
+        sections.append(section(f"landmarks-{i}", "Unigram phase" if "unigram" in shown["title"] else "Attention",
+                                f"<p>{escape(shown['title'][:1].upper() + shown['title'][1:])}: mean ± sample std over "
+                                "seeds (docs/RESEARCH.md defines each).</p>",
+                                table(shown["columns"], [[escape(c) for c in row] for row in shown["rows"]])))
     for i, shown in enumerate(results.get("lengths", {}).get("tables", [])):  # train.eval_lengths: as results.md
         sections.append(section(f"lengths-{i}", "Past the context" if i == 0 else f"Length generalisation {i}",
                                 f"<p>{escape(shown['title'][:1].upper() + shown['title'][1:])}. Every position of "

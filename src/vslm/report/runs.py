@@ -127,7 +127,14 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
                              occurrence of the last 1 or 3 tokens is right in the training text
                              (probes.repeat_statistics);
       m1_near_zero_step:     the first probe step where KL(u || p_bar) < M1_NEAR_ZERO;
-      unigram_loss_step:     the first logged step where the training loss is at or below H(unigram).
+      unigram_loss_step:     the first logged step where the training loss is at or below H(unigram);
+      bigram_loss_step:      the same for H(bigram) (RESEARCH.md expects it after unigram_loss_step);
+      m2_min_step, m3_min_step: the probe step of the lowest M2 = KL(u || p) and M3 = KL(b || p), each the mean
+                             over positions (section 2: M2 is U-shaped, lowest when the model predicts the
+                             unigram everywhere; M3's minimum comes later);
+      attn_row_sum, attn_entropy_ratio, attn_entropy_slope: at the last probe, the mean over every head at
+                             every depth of probes.attention_stats' row_sum, entropy_ratio and entropy_slope;
+      attn_sink_max:         the highest sink fraction of any head at the last probe.
     """
     if not run.probes:
         return {}
@@ -139,7 +146,22 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
     h_unigram = first.get("distribution", {}).get("unigram_entropy")
     steps, loss = run.series("loss")
     below = steps[loss <= h_unigram] if _finite(h_unigram) else np.array([])
+    h_bigram = first.get("distribution", {}).get("bigram_entropy")
+    below_bigram = steps[loss <= h_bigram] if _finite(h_bigram) else np.array([])
     induction = last.get("induction", {})
+    attention = last.get("attention", [])
+
+    def per_head(key: str) -> np.ndarray:
+        return np.array([v if _finite(v) else math.nan for depth in attention for v in depth.get(key, [])], dtype=float)
+
+    def lowest(key: str) -> float:
+        values = run.probe_values("distribution", key)
+        return float(run.probe_steps[np.nanargmin(values)]) if np.isfinite(values).any() else math.nan
+
+    def mean_of(key: str) -> float:
+        values = per_head(key)
+        return float(values.mean()) if len(values) else math.nan  # NaN where a head's is (or older probes)
+
     return {
         "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
         "icl_score": last["icl_score"] if _finite(last.get("icl_score")) else math.nan,
@@ -153,4 +175,11 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
         "repeat_reliability_3": induction.get("repeat_reliability_3", math.nan),
         "m1_near_zero_step": float(near_zero[0]) if len(near_zero) else math.nan,
         "unigram_loss_step": float(below[0]) if len(below) else math.nan,
+        "bigram_loss_step": float(below_bigram[0]) if len(below_bigram) else math.nan,
+        "m2_min_step": lowest("M2"),
+        "m3_min_step": lowest("M3"),
+        "attn_row_sum": mean_of("row_sum"),
+        "attn_entropy_ratio": mean_of("entropy_ratio"),
+        "attn_entropy_slope": mean_of("entropy_slope"),
+        "attn_sink_max": float(np.nanmax(sinks)) if np.isfinite(sinks := per_head("sink_fraction")).any() else math.nan,
     }
