@@ -393,3 +393,25 @@ def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
     assert main(["experiment", write_experiment(tmp_path), "data.source=nowhere.txt", "--dry-run"]) != 0
     assert "nowhere.txt" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_weight_diagnostics_are_summarised_per_variant(tmp_path):
+    from vslm.report.runs import diagnostics_summary, read_run
+
+    spec, out = write_experiment(tmp_path, ("train.optimizer=tangent",)), tmp_path / "out"
+    run_experiment(spec, out, extra_overrides=["logging.diagnostics_every=2", "logging.probe_every=0"])
+    report = json.loads((out / "results.json").read_text())
+    assert "dynamics_table" not in report  # no probes: no training-dynamics table of n/a
+    (table,) = report["landmark_tables"]
+    assert table["title"].startswith("weight diagnostics") and [r[0] for r in table["rows"]] == ["narrow", "wide"]
+    rows = [json.loads(x) for x in (out / "wide" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+    ratios = [v for r in rows for k, v in r.items() if k.endswith("/update_ratio")]
+    cosines = [v for r in rows for k, v in r.items() if k.endswith("/cos_w_grad")]
+    got = diagnostics_summary(read_run(out / "wide" / "seed-0"))
+    assert len(ratios) == 2 * 8 and got["diag_update_ratio"] == pytest.approx(statistics.mean(ratios))
+    assert got["diag_cos_w_grad"] == pytest.approx(statistics.mean(cosines))
+    assert got["diag_row_norm_drift"] < 1e-5  # tangent descent retracts every row to its norm
+    narrow = [r for r in report["runs"] if r["variant"] == "narrow"]
+    assert all(r["diag_row_norm_drift"] > 1e-4 for r in narrow)  # AdamW moves the norms
+    assert report["dynamics"]["wide"]["diag_update_ratio"]["mean"] == pytest.approx(
+        statistics.mean(r["diag_update_ratio"] for r in report["runs"] if r["variant"] == "wide"))

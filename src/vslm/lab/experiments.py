@@ -99,7 +99,7 @@ from vslm.lab.tables import (
 from vslm.model import parameter_count, training_flops_per_token
 from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
-from vslm.report.runs import dynamics_summary, read_run
+from vslm.report.runs import diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read_run_config
 
@@ -537,7 +537,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                 row["failed"] = result["failed"]
             else:
                 row |= {k: result[k] for k in ("val_loss", "val_bpb", "train_time_s", "params", "flops_per_token",
-                                               "reused")} | dynamics_summary(read_run(job.folder))
+                                               "reused")}
+                files = read_run(job.folder)
+                row |= dynamics_summary(files) | diagnostics_summary(files)
                 row |= {k: v for k, v in result.items() if LENGTH_KEY.fullmatch(k)}  # train.eval_lengths
             by_variant[variant].append(row)
         for rows in by_variant.values():
@@ -576,14 +578,17 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if spec.cross_eval:
         shown = transfer_rows(report["cross_eval"]["transfer"])
         report["cross_eval"]["transfer_table"] = {"columns": list(TRANSFER_COLUMNS), "rows": [list(r) for r in shown]}
-    if dynamics:
+    def measured(keys: dict[str, str]) -> bool:  # a group of landmarks that some run has
+        return any(not math.isnan(d[key]["mean"]) for d in dynamics.values() for key in keys)
+
+    if dynamics and measured(DYNAMICS):
         shown = dynamics_rows(dynamics)
         report["dynamics_table"] = {"columns": ["variant", *DYNAMICS.values()], "rows": [list(r) for r in shown]}
-        report["landmark_tables"] = [  # the other groups of landmarks that any run has
+    if dynamics:
+        report["landmark_tables"] = [
             {"title": title, "columns": ["variant", *keys.values()], "rows": [list(r) for r in
                                                                              dynamics_rows(dynamics, keys, fmt)]}
-            for keys, title, fmt in LANDMARKS[1:]
-            if any(not math.isnan(d[key]["mean"]) for d in dynamics.values() for key in keys)]
+            for keys, title, fmt in LANDMARKS[1:] if measured(keys)]
     if lengths:
         shown = [("loss past the training context (train.eval_lengths), on the same long windows",
                   *lengths_table(lengths))]
@@ -601,7 +606,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
     if resolve is not None:
         tables.append((LOOK_COLUMNS, look_rows(history, resolve)))
-    if dynamics:
+    if "dynamics_table" in report:
         tables.append((("variant", *DYNAMICS.values()), dynamics_rows(dynamics)))
     titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}
     for table in report.get("landmark_tables", []):
@@ -651,16 +656,18 @@ def summarize_lengths(runs: dict[str, list[dict]], tokens: int, paired: dict[str
 
 
 def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per variant whose runs have probes: mean and sample std over seeds of each landmark of LANDMARKS'
-    groups (NaN where a seed never reached it, or its probe files predate it: then the mean is NaN too, and
-    says so)."""
+    """Per variant whose runs all have probes or weight diagnostics: mean and sample std over seeds of each
+    landmark of LANDMARKS' groups (NaN where a seed never reached it, or did not measure it, or its files
+    predate it: then the mean is NaN too, and says so)."""
+    keys = [key for group, _, _ in LANDMARKS for key in group]
     out = {}
     for name, rs in runs.items():
         rs = [r for r in rs if "failed" not in r]
-        if not rs or not all("icl_score" in r for r in rs):
+        if not rs or not all(any(key in r for key in keys) for r in rs):
             continue
-        out[name] = {key: mean_std([r.get(key, math.nan) for r in rs]) for keys, _, _ in LANDMARKS for key in keys}
-        out[name]["icl_label"] = rs[0]["icl_label"]
+        out[name] = {key: mean_std([r.get(key, math.nan) for r in rs]) for key in keys}
+        if "icl_label" in rs[0]:
+            out[name]["icl_label"] = rs[0]["icl_label"]
     return out
 
 

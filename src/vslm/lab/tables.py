@@ -26,10 +26,15 @@ PHASES = {"m1_near_zero_step": "KL(u‖p̄)<0.05 at step", "unigram_loss_step": 
 # the attention weights at the last probe (RESEARCH.md section 3), over every head at every depth
 ATTENTION = {"attn_row_sum": "weight per query (mean)", "attn_entropy_ratio": "entropy / log n (mean)",
              "attn_entropy_slope": "d entropy / d log n (mean)", "attn_sink_max": "sink fraction (max head)"}
+# the weight diagnostics (logging.diagnostics_every; RESEARCH.md section 6), over every hidden matrix and logged step
+DIAGNOSTICS = {"diag_update_ratio": "angular step ‖ΔW‖/‖W‖ (mean)", "diag_cos_w_grad": "cos(w, g) (mean)",
+               "diag_row_norm_drift": "row-norm drift (mean |last/first - 1|)"}
 LANDMARKS = ((DYNAMICS, "training dynamics", ".3f"),
              (PHASES, "the unigram phase (RESEARCH.md section 2), in steps", ".0f"),
              (ATTENTION, "attention weights at the last probe (RESEARCH.md section 3), every head at every depth",
-              ".3f"))
+              ".3f"),
+             (DIAGNOSTICS, "weight diagnostics (RESEARCH.md section 6), every hidden matrix at every logged step",
+              ".3g"))
 
 
 FAILED_COLUMNS = ("variant", "seed", "did not finish")

@@ -112,6 +112,33 @@ def _finite(value: object) -> bool:
 M1_NEAR_ZERO = 0.05  # nats: KL(u || p_bar) below this counts as "the mean prediction is the unigram"
 
 
+def diagnostics_summary(run: RunFiles) -> dict[str, float]:
+    """The weight diagnostics of a run that logged them (logging.diagnostics_every; RESEARCH.md section 6),
+    over every hidden matrix and every logged step; {} without them:
+
+      diag_update_ratio:   mean ||W_after - W_before|| / ||W_before|| of a step, the angular step;
+      diag_cos_w_grad:     mean cosine between a weight row and its gradient (tangent descent: near 0);
+      diag_row_norm_drift: mean over matrices of |last / first - 1| of the mean row norm (tangent descent
+                           with retraction: 0, the norms held).
+    """
+    stats: dict[str, dict[str, list[float]]] = {}
+    for m in run.metrics:
+        for key, value in m.items():
+            if key.startswith("diag/") and _finite(value):
+                matrix, _, stat = key.removeprefix("diag/").rpartition("/")
+                stats.setdefault(stat, {}).setdefault(matrix, []).append(float(value))
+    if not stats:
+        return {}
+
+    def mean_of(stat: str) -> float:
+        values = [v for series in stats.get(stat, {}).values() for v in series]
+        return float(np.mean(values)) if values else math.nan
+
+    drift = [abs(series[-1] / series[0] - 1) for series in stats.get("row_norm", {}).values() if series[0] > 0]
+    return {"diag_update_ratio": mean_of("update_ratio"), "diag_cos_w_grad": mean_of("cos_w_grad"),
+            "diag_row_norm_drift": float(np.mean(drift)) if drift else math.nan}
+
+
 def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
     """The training-dynamics landmarks of a run that has probes (RESEARCH.md sections 1 and 2); NaN where
     the probes or the metrics do not tell:
