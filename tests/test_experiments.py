@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 import statistics
 
@@ -415,3 +416,36 @@ def test_weight_diagnostics_are_summarised_per_variant(tmp_path):
     assert all(r["diag_row_norm_drift"] > 1e-4 for r in narrow)  # AdamW moves the norms
     assert report["dynamics"]["wide"]["diag_update_ratio"]["mean"] == pytest.approx(
         statistics.mean(r["diag_update_ratio"] for r in report["runs"] if r["variant"] == "wide"))
+
+
+def test_match_keeps_the_choice_nearest_the_baselines_landmark(tmp_path):
+    from vslm.report.runs import diagnostics_summary, read_run
+
+    spec, out = tmp_path / "match.toml", tmp_path / "out"
+    common = [*COMMON, "logging.diagnostics_every=1", "logging.probe_every=0", "train.min_lr=0"]
+    spec.write_text(f'base = "tiny"\nseeds = 1\noverrides = {common!r}\n'
+                    'match = "diag_update_ratio"\n'
+                    '[[variants]]\nname = "adamw"\n'
+                    '[[variants]]\nname = "tangent"\noverrides = ["train.optimizer=tangent"]\n'
+                    'sweep = ["train.lr=1e-4", "train.lr=1e-3", "train.lr=1e-2", "train.lr=1e-1"]\n')
+    run_experiment(str(spec), out)
+    report = json.loads((out / "results.json").read_text())
+    target = diagnostics_summary(read_run(out / "adamw" / "seed-0"))["diag_update_ratio"]
+    sweep = report["sweeps"]["tangent"]
+    assert report["match"] == "diag_update_ratio" and sweep["target"] == pytest.approx(target)
+    measured = {c: diagnostics_summary(read_run(out / "tangent" / c / "seed-0"))["diag_update_ratio"]
+                for c in sweep["tried"]}
+    assert sweep["measured"] == pytest.approx(measured)
+    nearest = min(measured, key=lambda c: abs(math.log(measured[c] / target)))
+    best_loss = min(sweep["tried"], key=sweep["tried"].get)
+    assert sweep["chosen"] == nearest and nearest != best_loss  # matched, not the lowest loss
+    assert f"| diag_update_ratio (target {target:.4g}) | kept |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('match = "update_ratio"\n', "match 'update_ratio' is not a landmark (did you mean diag_update_ratio or attn_entropy_ratio?)"),
+    ('match = "diag_update_ratio"\n', "match 'diag_update_ratio' chooses among a sweep's choices"),
+])
+def test_match_refusals(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_experiment(write_experiment(tmp_path, extra=extra), tmp_path / "out")

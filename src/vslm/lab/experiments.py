@@ -25,6 +25,10 @@ is reused and an unfinished one resumed, so an interrupted experiment is complet
 command again. A sweep trains every choice on seed 0, keeps the one with the lowest validation loss (a
 diverged run counts as infinite) and trains the other seeds with it; seed 0 of the kept choice is
 reused, so the reported spread includes the tuning seed, as it is tuned on the same validation set.
+With `match = "diag_update_ratio"` (a landmark of vslm.lab.tables.LANDMARKS: here the angular step
+||dW|| / ||W||, RESEARCH.md section 6) the baseline keeps its lowest validation loss as before, and every
+other variant keeps the choice whose seed-0 value of that landmark is nearest the baseline's (in ratio):
+the comparison is then at a matched angular step, not at each variant's best learning rate.
 
 Seeds decided by the data: with `resolve` (`vslm experiment NAME --resolve 0.02 --max-seeds 12`) seeds
 are added in rounds (as many as the first round had) until every variant's 95% interval of its
@@ -122,9 +126,18 @@ class ExperimentSpec(BaseModel):
     corpora: list[str] = []  # if given, the whole experiment once per corpus (data.source), in out/<corpus name>/
     variants: list[Variant] = Field(min_length=1)
     cross_eval: bool = False  # every run scored on every variant's held-out text (train x eval matrix)
+    match: str | None = None  # a landmark: the other variants' sweeps keep the choice nearest the baseline's
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
+        if self.match is not None:
+            known = [key for group, _, _ in LANDMARKS for key in group]
+            if self.match not in known:
+                raise ValueError(f"match '{self.match}' is not a landmark"
+                                 + (did_you_mean(self.match, known) or f" (one of {', '.join(known)})"))
+            if not any(v.sweep for v in self.variants[1:]):
+                raise ValueError(f"match '{self.match}' chooses among a sweep's choices: give a variant after "
+                                 "the baseline a sweep")
         names = [v.name for v in self.variants]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
@@ -506,15 +519,41 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     sweep_jobs = [(variant, choice, RunJob(cfgs[0], out / variant / _choice_folder(choice) / "seed-0",
                                            f"{variant} [{choice}] seed 0"))
                   for variant, choices in plan.items() if NO_SWEEP not in choices for choice, cfgs in choices.items()]
+    baseline = next(iter(plan))
+    if spec.match and NO_SWEEP in plan[baseline]:  # its seed 0 sets the value the others match
+        sweep_jobs.insert(0, (baseline, NO_SWEEP, RunJob(plan[baseline][NO_SWEEP][0], out / baseline / "seed-0",
+                                                         f"{baseline} seed 0")))
     tried: dict[str, dict[str, float]] = {}
-    for (variant, choice, _), result in zip(sweep_jobs, run_jobs([j for *_, j in sweep_jobs], launcher, said),
-                                            strict=True):
+    measured: dict[str, dict[str, float]] = {}  # the matched landmark of each seed-0 run
+    for (variant, choice, job), result in zip(sweep_jobs, run_jobs([j for *_, j in sweep_jobs], launcher, said),
+                                              strict=True):
         tried.setdefault(variant, {})[choice] = math.inf if "failed" in result else result["val_loss"]
+        if spec.match:
+            files = read_run(job.folder) if "failed" not in result else None
+            value = (dynamics_summary(files) | diagnostics_summary(files)).get(spec.match, math.nan) if files else \
+                math.nan
+            measured.setdefault(variant, {})[choice] = value
     for variant in plan:
         kept[variant] = NO_SWEEP
-        if variant in tried:  # a diverged or failed choice counts as infinite
+        if variant in tried and NO_SWEEP not in tried[variant]:  # a diverged or failed choice counts as infinite
             kept[variant] = min(tried[variant], key=tried[variant].get)
             sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
+    if spec.match:
+        target = measured[baseline][kept[baseline]]
+        if not math.isfinite(target) or target <= 0:
+            raise VSLMError(f"match '{spec.match}': the baseline's seed-0 run ({baseline}) gives {target}, no value "
+                            "to match (is the landmark measured? logging.diagnostics_every for the diag_ ones)")
+
+        def off(value: float) -> float:  # how far from the target, in ratio; unmeasured or failed: never kept
+            return abs(math.log(value / target)) if math.isfinite(value) and value > 0 else math.inf
+
+        for variant, sweep in sweeps.items():
+            sweep["measured"] = measured[variant]
+            if variant != baseline:
+                finished = {c: off(v) for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])}
+                kept[variant] = sweep["chosen"] = min(finished or measured[variant],
+                                                      key=(finished or {c: 0 for c in measured[variant]}).get)
+            sweep["target"] = target
 
     def folder_of(variant: str, seed: int) -> Path:
         chosen = kept[variant]
@@ -563,6 +602,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     lengths = summarize_lengths(by_variant, tokens, paired, level)
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": done,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
+    if spec.match:
+        report["match"] = spec.match
     if lengths:
         report["lengths"] = lengths
     if resolve is not None:
@@ -601,7 +642,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     write_text(out / "results.json", json.dumps(plain(report), indent=2) + "\n")
     tables = [(COLUMNS, rows)]
     if sweeps:
-        tables.append((("variant", "choice (seed 0)", "val_loss", "kept"), sweep_rows(sweeps)))
+        matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []
+        tables.append((("variant", "choice (seed 0)", "val_loss", *matched, "kept"), sweep_rows(sweeps)))
     if failed:
         tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
     if resolve is not None:

@@ -150,7 +150,12 @@ def lengths_table(lengths: dict[str, dict]) -> tuple[tuple[str, ...], list[tuple
 
 
 def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
+    """(variant, choice, val_loss, kept), and the matched landmark's value where the experiment has `match`."""
+    def num(x: float | None) -> str:
+        return "-" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
     return [(variant, choice, "diverged" if math.isinf(loss) else f"{loss:.4f}",
+             *([num(s["measured"].get(choice))] if "measured" in s else []),
              "kept" if choice == s["chosen"] else "")
             for variant, s in sweeps.items() for choice, loss in s["tried"].items()]
 
