@@ -443,7 +443,8 @@ def test_match_keeps_the_choice_nearest_the_baselines_landmark(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ('match = "update_ratio"\n', "match 'update_ratio' is not a landmark (did you mean diag_update_ratio or attn_entropy_ratio?)"),
+    ('match = "update_ratio"\n',
+     "match 'update_ratio' is not a landmark (did you mean diag_update_ratio or attn_entropy_ratio?)"),
     ('match = "diag_update_ratio"\n', "match 'diag_update_ratio' chooses among a sweep's choices"),
 ])
 def test_match_refusals(tmp_path, extra, message):

@@ -65,7 +65,9 @@ def test_report_of_a_run_with_probes_has_every_section_and_decodable_images(prob
     html = path.read_text(encoding="utf-8")
     assert section_ids(html) == ["config", "loss", *PROBE_SECTIONS, "samples"]
     pngs = images(html)
-    assert len(pngs) == 7  # loss, heat map, position curves, ICL, distribution, induction, attention
+    # loss, the position heat map and its d loss / d log t, position curves, ICL, distribution, induction, attention
+    assert len(pngs) == 8
+    assert "d loss / d log t" in html and "fitted to the last probe" in html
     assert all(png.startswith(PNG_SIGNATURE) and len(png) > 5000 for png in pngs)
     assert "short context" in html and "ln V" in html and "H(bigram)" in html
     assert 'vocab_size = 58' in html  # the resolved config, shown as text
@@ -93,7 +95,7 @@ def test_probes_without_standard_errors_still_read_and_draw(probed_run, tmp_path
     assert np.isnan(read_run(old).probe_errors("distribution", "M1")).all()
     html = write_report(old).read_text(encoding="utf-8")
     assert section_ids(html) == ["config", "loss", *PROBE_SECTIONS, "samples"]
-    assert len(images(html)) == 7 and "standard errors" not in html
+    assert len(images(html)) == 8 and "standard errors" not in html
 
 
 def test_dynamics_summary_phase_and_attention_landmarks_from_the_files(probed_run):
@@ -141,7 +143,7 @@ def test_report_of_probes_with_nulls_and_unequal_heads(tmp_path):
     html = write_report(tmp_path).read_text(encoding="utf-8")
     assert section_ids(html) == ["config", "loss", "position", "attention"]
     assert "row_sum = total weight" in html and "steps trained</td><td>4<" in html
-    assert len(images(html)) == 4
+    assert len(images(html)) == 5
 
 
 def test_compare_overlays_runs_with_a_table_of_final_numbers(probed_run, plain_run, tmp_path, capsys):
@@ -212,7 +214,7 @@ def test_report_renders_in_headless_chromium(probed_run, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", run.stdout).group(1)
     found = dict(re.findall(r'data-(\w+)="(\d+)"', body))
-    assert found == {"images": "7", "rendered": "7", "errors": "0"}, body
+    assert found == {"images": "8", "rendered": "8", "errors": "0"}, body
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console  # the page has no script: any console message is an error of its own
 
@@ -221,3 +223,24 @@ def test_report_renders_in_headless_chromium(probed_run, tmp_path):
                    profile=tmp_path / "profile-shot")
     assert run.returncode == 0, run.stderr[-2000:]
     assert screenshot.read_bytes().startswith(PNG_SIGNATURE) and screenshot.stat().st_size > 50_000
+
+
+def test_power_law_fit_and_log_slope_recover_a_known_curve():
+    from vslm.report.runs import log_slope, power_law_fit
+
+    t = np.arange(1, 128, dtype=float)
+    curve = 1.2 + 0.9 * t ** -0.6
+    fit = power_law_fit(curve)
+    assert (fit["L_inf"], fit["b"], fit["c"]) == pytest.approx((1.2, 0.9, 0.6), rel=1e-6) and fit["rmse"] < 1e-8
+    noisy = curve + np.random.default_rng(0).normal(0, 0.01, len(t))
+    assert power_law_fit(noisy)["c"] == pytest.approx(0.6, abs=0.1)
+    assert math.isnan(power_law_fit(np.array([1.0, math.nan, 2.0]))["c"])  # too few points: no fit
+    flat = power_law_fit(np.full(127, 4.06))
+    assert flat["L_inf"] == pytest.approx(4.06) and flat["b"] < 1e-4
+    # d loss / d log t on bands: for L = a - k log t exactly -k in every band
+    where, slope = log_slope(3.0 - 0.25 * np.log(t))
+    np.testing.assert_allclose(slope, -0.25, rtol=1e-9)
+    assert (np.diff(where) > 0).all() and where[0] >= 1 and where[-1] <= 127
+    # and the power law's slope, -b c t^-c, at each band's point (within the band's averaging)
+    where, slope = log_slope(curve, bands=64)
+    np.testing.assert_allclose(slope, -0.9 * 0.6 * where ** -0.6, rtol=0.1)

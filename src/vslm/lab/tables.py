@@ -17,7 +17,8 @@ DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (m
             "induction_loss_multiset": "2nd copy, order-blind best",
             "repeat_reliability": "copying right (text, 1-token match)",
             "repeat_reliability_3": "copying right (text, 3-token match)",
-            "init_position_spread": "position spread at step 0"}
+            "init_position_spread": "position spread at step 0", "position_law_inf": "L_inf of L(t) = L_inf + b t^-c",
+            "position_law_c": "its exponent c"}
 # the unigram phase (RESEARCH.md section 2), in steps: M1 near 0 early; the loss past H(u) before H(bigram);
 # M2 lowest early (U-shaped), M3 lowest later
 PHASES = {"m1_near_zero_step": "KL(u‖p̄)<0.05 at step", "unigram_loss_step": "loss ≤ H(u) at step",

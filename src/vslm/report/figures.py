@@ -19,7 +19,7 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from vslm.report.runs import RunFiles
+from vslm.report.runs import RunFiles, log_slope, power_law_fit
 
 WIDTH = 9.0  # inches: 900 pixels at DPI, about the width of the page's column
 DPI = 100
@@ -151,6 +151,35 @@ def position_heatmap(run: RunFiles) -> Figure:
     return fig
 
 
+def position_slope_heatmap(run: RunFiles) -> Figure:
+    """d loss / d log t over positions (x, log-spaced bands) at each probe step (y, log-scaled): Olsson et al.
+    2022's view of where in the context the loss falls. Blue: the loss falls with position there."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    matrix, steps = _position_matrix(run), run.probe_steps
+    rows = [log_slope(row) for row in matrix]
+    where = rows[0][0]
+    slopes = np.array([r[1] for r in rows])
+    centers = np.log1p(steps)
+    gaps = np.diff(centers) if len(centers) > 1 else np.array([1.0])
+    edges = np.concatenate([[centers[0] - gaps[0] / 2], centers[:-1] + gaps / 2, [centers[-1] + gaps[-1] / 2]])
+    logs = np.log(where)
+    half = np.diff(logs) / 2 if len(logs) > 1 else np.array([0.5])
+    x_edges = np.exp(np.concatenate([[logs[0] - half[0]], logs[:-1] + half, [logs[-1] + half[-1]]]))
+    top = float(np.nanmax(np.abs(slopes))) if np.isfinite(slopes).any() else 1.0
+    fig, (ax,) = _figure(height=4.2)
+    mesh = ax.pcolormesh(x_edges, np.expm1(edges), slopes, cmap="RdBu_r", shading="flat",
+                         norm=TwoSlopeNorm(0.0, -max(top, 1e-6), max(top, 1e-6)))
+    _log_steps(ax, steps[-1], axis="y")
+    ax.set_ylim(np.expm1(edges[0]), np.expm1(edges[-1]))
+    ax.set_xscale("log")
+    _plain_ticks(ax.xaxis, _round_numbers(float(x_edges[-1])))
+    ax.set_xlabel("position (tokens of context, log scale)")
+    ax.set_ylabel("training step")
+    fig.colorbar(mesh, ax=ax, label="d loss / d log t (nats)")
+    return fig
+
+
 def position_curves(run: RunFiles) -> Figure:
     """Loss against position (log x) at a few probe steps spread evenly in log(step), with ln V for reference
     and, where the probes wrote it, a band of +- 1.96 standard errors over windows at each position."""
@@ -165,6 +194,10 @@ def position_curves(run: RunFiles) -> Figure:
         banded |= _band(ax, positions, matrix[i], errors[i], color)
     if banded:
         _band_legend(ax)
+    law = power_law_fit(matrix[-1])
+    if math.isfinite(law["c"]):  # the last probe's curve against RESEARCH.md's L(t) = L_inf + b t^-c
+        ax.plot(positions, law["L_inf"] + law["b"] * positions ** -law["c"], "--", color="black", linewidth=1,
+                label=f"fit at step {run.probe_steps[-1]:,.0f}: {law['L_inf']:.2f} + {law['b']:.2f} t^-{law['c']:.2f}")
     _reference(ax, _last_finite(run.probe_values("distribution", "log_vocab")), "ln V", "grey")
     ax.set_xscale("log")
     _plain_ticks(ax.xaxis, _round_numbers(float(positions[-1])))

@@ -19,9 +19,11 @@ CAPTIONS = {
     "heatmap": "Loss at each position of the fixed probe windows (x) at each probe step (y, log scale). At step 0 "
                "a row is flat at about ln V; later rows grow darker from left to right when the model uses "
                "context, the loss falling with position.",
+    "slope": "The same matrix as d loss / d log t (Olsson et al. 2022), on log-spaced bands of positions: blue "
+             "where the loss falls with position (the model uses that much context), white where it is flat.",
     "curves": "Loss by position at a few probe steps (log x). Flat at ln V at step 0, falling with position "
-              "later: the model uses context. A straight fall on the log axis is the power law "
-              "L(t) = L_inf + b t^-c.",
+              "later: the model uses context. Dashed: the power law L(t) = L_inf + b t^-c (Kaplan et al. 2020) "
+              "fitted to the last probe's curve.",
     "icl": "The in-context-learning score: loss late in the context minus loss early (Olsson et al. 2022). "
            "Negative means the model uses context. A sudden drop, with a bump in the training loss, marks "
            "the formation of induction heads.",
@@ -112,6 +114,8 @@ def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
     if figures.has_position_loss(run):
         out.append(section("position", "Loss by position over training",
                            figure(figures.position_heatmap(run), "position-loss heat map", CAPTIONS["heatmap"]),
+                           figure(figures.position_slope_heatmap(run), "d loss / d log t heat map",
+                                  CAPTIONS["slope"]),
                            figure(figures.position_curves(run), "loss-by-position curves",
                                   CAPTIONS["curves"] + band)))
     if any(p.get("icl_score") is not None for p in run.probes):

@@ -112,6 +112,50 @@ def _finite(value: object) -> bool:
 M1_NEAR_ZERO = 0.05  # nats: KL(u || p_bar) below this counts as "the mean prediction is the unigram"
 
 
+def power_law_fit(curve: np.ndarray) -> dict[str, float]:
+    """Least-squares fit of RESEARCH.md section 1's L(t) = L_inf + b t^-c to a loss curve (position_loss),
+    t = 1 .. len(curve) tokens of context: {"L_inf", "b", "c", "rmse"} (nats; c in [0, 5], b >= 0: a curve
+    that does not fall gives b near 0). NaN everywhere when the curve has fewer than 4 finite points or the
+    fit does not converge."""
+    from scipy.optimize import curve_fit
+
+    t = np.arange(1, len(curve) + 1, dtype=float)
+    ok = np.isfinite(curve)
+    nan = {"L_inf": math.nan, "b": math.nan, "c": math.nan, "rmse": math.nan}
+    if ok.sum() < 4:
+        return nan
+
+    def law(t, l_inf, b, c):
+        return l_inf + b * t ** -c
+
+    y = np.asarray(curve, dtype=float)[ok]
+    start = (float(y[-1]), max(float(y[0] - y[-1]), 1e-3), 0.5)
+    try:
+        (l_inf, b, c), _ = curve_fit(law, t[ok], y, p0=start, bounds=([-np.inf, 0, 0], [np.inf, np.inf, 5]),
+                                     maxfev=20000)
+    except (RuntimeError, ValueError):
+        return nan
+    rmse = float(np.sqrt(np.mean((law(t[ok], l_inf, b, c) - y) ** 2)))
+    return {"L_inf": float(l_inf), "b": float(b), "c": float(c), "rmse": rmse}
+
+
+def log_slope(curve: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """d loss / d log t of a loss curve (Olsson et al. 2022's heat map), on log-spaced bands of positions
+    (a single position's loss is noisy): the mean loss of each of `bands` bands between t = 1 and
+    len(curve), then the difference of neighbours over the difference of their mean log t. Returns the
+    band edges' midpoints in t (len n - 1) and the slopes (len n - 1), n the bands that hold a position."""
+    t = np.arange(1, len(curve) + 1, dtype=float)
+    edges = np.unique(np.round(np.geomspace(1, len(curve) + 1, bands + 1)).astype(int))
+    groups = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    def mean(values: np.ndarray) -> float:  # NaN for a band without a finite value, without a warning
+        finite = values[np.isfinite(values)]
+        return float(finite.mean()) if len(finite) else math.nan
+
+    loss = np.array([mean(curve[lo - 1 : hi - 1]) for lo, hi in groups])
+    where = np.array([np.log(t[lo - 1 : hi - 1]).mean() for lo, hi in groups])
+    return np.exp((where[:-1] + where[1:]) / 2), np.diff(loss) / np.diff(where)
+
+
 def diagnostics_summary(run: RunFiles) -> dict[str, float]:
     """The weight diagnostics of a run that logged them (logging.diagnostics_every; RESEARCH.md section 6),
     over every hidden matrix and every logged step; {} without them:
@@ -145,6 +189,8 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
 
       init_position_spread:  max - min over positions of the loss by position at the first probe (step 0):
                              near 0 = flat, as an untrained model's should be;
+      position_law_inf, position_law_c: L_inf and c of L(t) = L_inf + b t^-c fitted to the loss by position
+                             at the last probe (power_law_fit; c says little where b is near 0);
       icl_score, icl_label:  at the last probe (negative = later tokens are predicted better);
       icl_score_se:          its bootstrap standard error over the probe windows (NaN in older probe files);
       prefix_matching_max:   the highest prefix-matching score of any head at the last probe;
@@ -189,8 +235,12 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
         values = per_head(key)
         return float(values.mean()) if len(values) else math.nan  # NaN where a head's is (or older probes)
 
+    law = power_law_fit(np.array([v if _finite(v) else math.nan for v in last.get("position_loss") or []],
+                                 dtype=float))
     return {
         "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
+        "position_law_inf": law["L_inf"],
+        "position_law_c": law["c"],
         "icl_score": last["icl_score"] if _finite(last.get("icl_score")) else math.nan,
         "icl_score_se": last["icl_score_se"] if _finite(last.get("icl_score_se")) else math.nan,
         "icl_label": last.get("icl_label", ""),
