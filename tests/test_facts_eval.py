@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,13 @@ def question(answer: str, choices: tuple[str, ...], hops: int = 1, original: str
 def test_accuracy_by_hops_and_chance_on_a_hand_built_case():
     qs = [question("A", ("A", "B")), question("B", ("A", "B", "C", "D"), hops=2), question("C", ("C", "D"), hops=2)]
     answers = ["A", "C", "C"]
-    assert metrics.accuracy(qs, answers) == {"accuracy": 2 / 3, "n": 3, "chance": (1 / 2 + 1 / 4 + 1 / 2) / 3}
+    assert metrics.accuracy(qs, answers) == {"accuracy": 2 / 3, "se": math.sqrt(2 / 3 * 1 / 3 / 3), "n": 3,
+                                             "chance": (1 / 2 + 1 / 4 + 1 / 2) / 3}
+    # the standard error over questions is what a bootstrap over them estimates
+    rng = np.random.default_rng(0)
+    hits = np.array([1.0, 0.0, 1.0])
+    boot = [hits[rng.integers(0, 3, 3)].mean() for _ in range(20000)]
+    assert np.std(boot) == pytest.approx(metrics.accuracy(qs, answers)["se"], rel=0.03)
     by = metrics.by_hops(qs, answers)
     assert list(by) == [1, 2] and by[1]["accuracy"] == 1.0 and by[2]["accuracy"] == 0.5 and by[2]["n"] == 2
     assert math.isnan(metrics.accuracy([], [])["accuracy"])
@@ -271,3 +278,12 @@ def test_a_char_tokenizer_that_cannot_write_a_name_says_what_to_do(folder):
     with pytest.raises(VSLMError, match="data.tokenizer=byte"):
         scorer([("Q: Who?\nA:", ["Zed"])])
 
+
+
+def test_the_printed_table_gives_each_accuracy_its_standard_error():
+    from vslm.knowledge.evaluate import summary_rows
+
+    result = {"closed_book": {"seen": {"accuracy": 0.5, "se": 0.05, "chance": 0.25, "n": 100}},
+              "open_book": {"novel": {"accuracy": 0.9, "chance": 0.25, "n": 10}}}  # written before the errors
+    assert summary_rows(result) == [("closed-book", "seen", "0.500 ± 0.050", "0.250", "100"),
+                                    ("open-book", "novel", "0.900", "0.250", "10")]

@@ -510,7 +510,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
         print(json.dumps(plain(novel_summary(result) if a.json == "novel" else result)))
         return 0
     table = Table(title=f"{a.run} on {a.world}")
-    for col in ("setting", "pool", "accuracy", "chance", "n"):
+    for col in ("setting", "pool", "accuracy ± se", "chance", "n"):
         table.add_column(col, justify="left" if col in ("setting", "pool") else "right")
     for row in summary_rows(result):
         table.add_row(*row)

@@ -198,17 +198,22 @@ SETTINGS = (("closed-book", "closed_book"), ("open-book", "open_book"), ("retrie
 
 
 def summary_rows(result: dict) -> list[tuple[str, ...]]:
-    """(setting, pool, accuracy, chance, n) rows for a printed table."""
+    """(setting, pool, accuracy ± its standard error over the questions, chance, n) rows for a printed table."""
+    def acc_se(acc: dict) -> str:
+        se = acc.get("se")  # a result written before the standard errors has none
+        return _fmt(acc["accuracy"]) + ("" if se is None or (isinstance(se, float) and math.isnan(se))
+                                        else f" ± {se:.3f}")
+
     rows = []
     for label, key in SETTINGS:
         for pool, acc in result.get(key, {}).items():
-            rows.append((label, pool.replace("_", " "), _fmt(acc["accuracy"]), _fmt(acc["chance"]), str(acc["n"])))
+            rows.append((label, pool.replace("_", " "), acc_se(acc), _fmt(acc["chance"]), str(acc["n"])))
     if cf := result.get("counterfactual"):
-        rows.append(("counterfactual", "seen", _fmt(cf["accuracy"]), _fmt(cf["chance"]), str(cf["n"])))
+        rows.append(("counterfactual", "seen", acc_se(cf), _fmt(cf["chance"]), str(cf["n"])))
     if ad := result.get("adapters"):
         for label in ("novel", "oracle"):
             acc = ad[label]
-            rows.append(("adapters", f"novel ({'routed' if label == 'novel' else 'oracle'})", _fmt(acc["accuracy"]),
+            rows.append(("adapters", f"novel ({'routed' if label == 'novel' else 'oracle'})", acc_se(acc),
                          _fmt(acc["chance"]), str(acc["n"])))
     return rows
 

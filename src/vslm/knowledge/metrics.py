@@ -48,9 +48,13 @@ def per_hops(questions: Sequence[Question], n: int | None) -> list[Question]:
 
 
 def accuracy(questions: Sequence[Question], answers: Sequence[str]) -> dict:
-    """{accuracy, n, chance}: the share of answers equal to the question's answer."""
-    return {"accuracy": mean([float(a == q.answer) for q, a in zip(questions, answers, strict=True)]),
-            "n": len(questions), "chance": mean([1 / len(q.choices) for q in questions])}
+    """{accuracy, se, n, chance}: the share of answers equal to the question's answer, and its standard error
+    over the questions, sqrt(a (1 - a) / n) (RESEARCH.md section 8: a measurement that samples questions
+    reports its own error; the binomial one, which a bootstrap over the questions estimates)."""
+    acc = mean([float(a == q.answer) for q, a in zip(questions, answers, strict=True)])
+    n = len(questions)
+    return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / n) if n and math.isfinite(acc) else math.nan,
+            "n": n, "chance": mean([1 / len(q.choices) for q in questions])}
 
 
 def by_hops(questions: Sequence[Question], answers: Sequence[str]) -> dict[int, dict]:
