@@ -431,9 +431,8 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     the results already in `out`) and read from `out`, with nothing trained and nothing in `out` written:
     {"experiment", "looks", "corpora": {corpus or "": {"variants": [row per variant and sweep choice]}}}. A row:
     params, FLOPs per token, tokens per run, whether its seeds pair with the baseline's, the runs it trains at
-    the first look and at most, and of those the runs `out` holds finished (reused), stopped part-way (resumed)
-    one that another process trains in now, and with other settings (the real run refuses those two,
-    naming them)."""
+    the first look and at most, and of those the runs `out` holds finished (reused), stopped part-way (resumed),
+    in use by another process, and of other settings (the real run refuses the last two, naming them)."""
     name, raw, label = read_experiment(spec_name_or_path)
     if "kind" in raw:
         raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
@@ -549,10 +548,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
 
         for variant, sweep in sweeps.items():
             sweep["measured"] = measured[variant]
-            if variant != baseline:
-                finished = {c: off(v) for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])}
-                kept[variant] = sweep["chosen"] = min(finished or measured[variant],
-                                                      key=(finished or {c: 0 for c in measured[variant]}).get)
+            finished = {c: off(v) for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])}
+            if variant != baseline and finished:  # every choice diverged: the loss rule's pick stands
+                kept[variant] = sweep["chosen"] = min(finished, key=finished.get)
             sweep["target"] = target
 
     def folder_of(variant: str, seed: int) -> Path:
@@ -619,17 +617,18 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if spec.cross_eval:
         shown = transfer_rows(report["cross_eval"]["transfer"])
         report["cross_eval"]["transfer_table"] = {"columns": list(TRANSFER_COLUMNS), "rows": [list(r) for r in shown]}
-    def measured(keys: dict[str, str]) -> bool:  # a group of landmarks that some run has
+
+    def some_run_has(keys: dict[str, str]) -> bool:  # a group of landmarks
         return any(not math.isnan(d[key]["mean"]) for d in dynamics.values() for key in keys)
 
-    if dynamics and measured(DYNAMICS):
+    if dynamics and some_run_has(DYNAMICS):
         shown = dynamics_rows(dynamics)
         report["dynamics_table"] = {"columns": ["variant", *DYNAMICS.values()], "rows": [list(r) for r in shown]}
     if dynamics:
         report["landmark_tables"] = [
             {"title": title, "columns": ["variant", *keys.values()], "rows": [list(r) for r in
                                                                              dynamics_rows(dynamics, keys, fmt)]}
-            for keys, title, fmt in LANDMARKS[1:] if measured(keys)]
+            for keys, title, fmt in LANDMARKS[1:] if some_run_has(keys)]
     if lengths:
         shown = [("loss past the training context (train.eval_lengths), on the same long windows",
                   *lengths_table(lengths))]
