@@ -80,6 +80,10 @@ def test_icl_score_short_context_compares_bands_at_the_end_and_a_tenth_in():
     assert icl_score(np.arange(510.0)) == (pytest.approx((460 + 510) / 2 - (26 + 76) / 2), "short-context")
     with pytest.raises(ValueError, match="too short"):
         icl_score(np.zeros(8))
+    # RESEARCH.md's single tokens: loss at token T - 1 minus loss at token T / 10 (T = 100: tokens 99 and 10)
+    assert icl_score(curve, "tokens") == (pytest.approx(98.0**2 - 9.0**2), "short-context-tokens")
+    assert icl_score(np.arange(510.0), "tokens") == (pytest.approx(509.0 - 50.0), "short-context-tokens")
+    assert icl_score(np.arange(511.0), "tokens")[1] == "olsson"  # from 512 tokens on, Olsson's either way
 
 
 def test_prefix_matching_on_hand_built_pattern():

@@ -172,3 +172,16 @@ def test_gpt2s_vocabulary_trains_with_the_probes_on(tmp_path):
     last = lines(tmp_path / "r" / PROBES)[-1]
     assert last["step"] == 2 and 0 < last["distribution"]["bigram_entropy"] < last["distribution"]["log_vocab"]
     assert math.isfinite(last["distribution"]["M3"])
+
+
+def test_icl_short_tokens_is_the_single_token_definition_in_training_and_over_snapshots(tmp_path, capsys):
+    cfg = load_config("tiny", tiny_overrides(train__steps=4, logging__probe_every=2, logging__icl_short="tokens"))
+    Trainer(cfg, tmp_path / "r").fit()
+    T = cfg.model.context
+    for p in lines(tmp_path / "r" / PROBES):
+        curve = p["position_loss"]
+        assert p["icl_label"] == "short-context-tokens"
+        assert p["icl_score"] == pytest.approx(curve[T - 2] - curve[T // 10 - 1], abs=2e-6)
+    assert main(["probe", str(tmp_path / "r")]) == 0
+    again = lines(tmp_path / "r" / "probes-snapshots.jsonl")
+    assert {p["icl_label"] for p in again} == {"short-context-tokens"}

@@ -472,6 +472,10 @@ class LoggingConfig(_Section):
         None, min_length=1, description="characters whose tokens the induction probe draws its sequences from; "
                                         "left out: every token of the training text (a corpus whose separators "
                                         "end what can be copied, data.source=repeats, sets its letters)")
+    icl_short: Literal["bands", "tokens"] = Field(
+        "bands", description="the ICL score under 512 tokens of context: the mean loss of the last T/10 tokens "
+                             "minus that of T/10 tokens around token T/10 (bands), or RESEARCH.md's single tokens "
+                             "loss[T-1] - loss[T/10] (tokens, noisier)")
     tensorboard: bool | Literal["auto"] = Field("auto", description="event files; auto = if tensorboard is installed")
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers (extras); 'tensorboard' here = tensorboard = true")

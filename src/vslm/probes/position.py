@@ -40,7 +40,7 @@ def position_loss(model: nn.Module, idx: torch.Tensor) -> np.ndarray:
     return token_nll(model(idx), idx).mean(0).double().cpu().numpy()
 
 
-def icl_score(curve: np.ndarray) -> tuple[float, str]:
+def icl_score(curve: np.ndarray, short: str = "bands") -> tuple[float, str]:
     """In-context-learning score: loss late in the context minus loss early in it (negative = the model
     uses its context), and a label saying which definition was used.
 
@@ -52,13 +52,20 @@ def icl_score(curve: np.ndarray) -> tuple[float, str]:
                 (T - w .. T - 1) minus the mean loss over w tokens centred on token T // 10
                 (T // 10 - w // 2 .. T // 10 - w // 2 + w - 1). Bands rather than single tokens, because
                 one token's loss is noisy even over a few hundred windows (a probe set); not
-                comparable with "olsson" scores nor across contexts.
+                comparable with "olsson" scores nor across contexts;
+                with short="tokens" (logging.icl_short = "tokens"), RESEARCH.md's own definition,
+                single tokens: loss at token T - 1 - loss at token T // 10 = curve[T - 2] - curve[T // 10 - 1],
+                label "short-context-tokens".
     """
     T = len(curve) + 1
     if T >= OLSSON_CONTEXT:
         return float(curve[499] - curve[49]), "olsson"
     if T < 10:
         raise ValueError(f"a loss curve of {len(curve)} positions is too short for an ICL score (needs 9 or more)")
+    if short == "tokens":
+        return float(curve[T - 2] - curve[T // 10 - 1]), "short-context-tokens"
+    if short != "bands":
+        raise ValueError(f"short must be 'bands' or 'tokens', got {short!r}")
     w = T // 10
     first = T // 10 - w // 2  # the early band's first token, >= 1
     late = curve[T - w - 1 : T - 1].mean()

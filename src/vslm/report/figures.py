@@ -241,6 +241,8 @@ def icl_figure(run: RunFiles) -> Figure:
 
 def _icl_name(label: str) -> str:
     if label == "short-context":
+        return "ICL score, short context: mean loss of the last T/10 tokens - of T/10 around token T/10"
+    if label == "short-context-tokens":
         return "ICL score, short context: loss[T-1] - loss[T/10]"
     return "ICL score: loss at token 500 - mean loss at token 50"
 

@@ -120,8 +120,10 @@ def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
                                   CAPTIONS["curves"] + band)))
     if any(p.get("icl_score") is not None for p in run.probes):
         label = figures.icl_label(run)
-        note = " Short context (under 512 tokens): the score is loss[T-1] - loss[T/10]." if (
-            label == "short-context") else ""
+        note = {"short-context": " Short context (under 512 tokens): the score is the mean loss of the last T/10 "
+                                  "tokens minus that of T/10 tokens around token T/10 (bands: one token is noisy).",
+                "short-context-tokens": " Short context (under 512 tokens): the score is loss[T-1] - loss[T/10], "
+                                        "single tokens (logging.icl_short = tokens)."}.get(label, "")
         out.append(section("icl", "In-context learning score" + (" (short context)" if note else ""),
                            figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note + band)))
     if figures.has_distribution(run):

@@ -6,7 +6,7 @@ every step and for every run with the same data and context):
     {"step": 64,
      "position_loss": [T - 1 floats],          loss by token position (vslm.probes.position_loss)
      "position_loss_se": [T - 1 floats],       its bootstrap standard error over windows, per position
-     "icl_score": float, "icl_score_se": float, "icl_label": "olsson" | "short-context",
+     "icl_score": float, "icl_score_se": float, "icl_label": "olsson" | "short-context" | "short-context-tokens",
      "induction": {"loss_first", "loss_second", "loss_first_se", "loss_second_se",  (se over its sequences)
                    "loss_multiset",                     the best order-blind loss on the second copy
                    "prefix_matching": [[per head] per depth],
@@ -105,6 +105,7 @@ class ProbeSet:
     induction_batch: int = 8
     induction_tokens: torch.Tensor | None = None  # ids the induction sequences are drawn from: those in the text
     repeats: dict[str, float] = field(default_factory=dict)  # repeat_statistics of training windows
+    icl_short: str = "bands"  # the ICL score under 512 tokens of context (probes.position.icl_score)
 
 
 def support_ids(tokenizer, characters: str) -> list[int]:
@@ -113,7 +114,8 @@ def support_ids(tokenizer, characters: str) -> list[int]:
 
 
 def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int = PROBE_WINDOWS,
-                    induction_length: int | None = None, induction_support: str | None = None) -> ProbeSet:
+                    induction_length: int | None = None, induction_support: str | None = None,
+                    icl_short: str = "bands") -> ProbeSet:
     """The run's fixed probe set: `windows` validation windows (every one where the split has fewer), the
     corpus statistics and the training text's repeat statistics; the induction probe's copy distance
     (default half the context) and the tokens it draws from (those of the characters `induction_support`,
@@ -129,7 +131,7 @@ def build_probe_set(corpus: Corpus, context: int, vocab_size: int, windows: int 
                for key, value in repeat_statistics(train.numpy(), n).items()}
     return ProbeSet(x, stats, vocab_size, induction_length=induction_length or max(2, context // 2),
                     induction_tokens=seen,
-                    repeats=repeats)
+                    repeats=repeats, icl_short=icl_short)
 
 
 @torch.inference_mode()
@@ -142,8 +144,9 @@ def run_probes(model: GPT, probes: ProbeSet) -> dict:
     counts = resample_counts(len(nll))  # the same draws for every value: one bootstrap of the windows
     curve = nll.mean(0)  # = position_loss(model, windows)
     if len(curve) >= 10:
-        score, label = icl_score(curve)
-        score_se = float(bootstrap_se(nll, lambda curves: np.array([icl_score(c)[0] for c in curves]), counts))
+        score, label = icl_score(curve, probes.icl_short)
+        score_se = float(bootstrap_se(nll, lambda curves: np.array([icl_score(c, probes.icl_short)[0]
+                                                                    for c in curves]), counts))
     else:
         score, label, score_se = math.nan, "too-short", math.nan
     distribution = distribution_summary(by_window, probes.stats)
@@ -208,7 +211,7 @@ class ProbeCallback(Callback):
         started = time.perf_counter()
         log = trainer.cfg.logging
         self.probes = build_probe_set(trainer.corpus, trainer.cfg.model.context, trainer.cfg.model.vocab_size,
-                                      log.probe_windows, log.induction_length, log.induction_support)
+                                      log.probe_windows, log.induction_length, log.induction_support, log.icl_short)
         path = trainer.run_dir / PROBES
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [ln for ln in lines if step_of_line(ln) <= trainer.step]  # on resume: up to the checkpoint
@@ -261,7 +264,7 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
     corpus = prepare_corpus(cfg.data, tokenizer=load_tokenizer(run_dir / TOKENIZER))  # the run's own tokens
     probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size,
                              cfg.logging.probe_windows, cfg.logging.induction_length,
-                             cfg.logging.induction_support)
+                             cfg.logging.induction_support, cfg.logging.icl_short)
     model = GPT(cfg.model)
     out = out or run_dir / "probes-snapshots.jsonl"
     lines = []
