@@ -8,6 +8,7 @@ from torch.optim._muon import _zeropower_via_newtonschulz
 
 from conftest import tiny_overrides
 from vslm.config import load_config
+from vslm.errors import ConfigError
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.optim import MUON_NS, Float32Muon, TangentDescent, newton_schulz, tangent_project
@@ -116,3 +117,71 @@ def test_optimizer_state_survives_exact_resume(tmp_path, optimizer):
               for r in ("a", "b")]
     assert losses[0] == losses[1]
     assert [s for s, _ in list_checkpoints(tmp_path / "b" / "checkpoints")][-1] == 12
+
+
+def adamp_reference(w: torch.Tensor, grads: list[torch.Tensor], lr: float, wd: float, betas=(0.9, 0.99),
+                    eps: float = 1e-8, delta: float = 0.1, wd_ratio: float = 0.1) -> torch.Tensor:
+    """AdamP's steps written out from the paper (Heo et al. 2021, Algorithm 2), loop by loop, in float64."""
+    w, m, v = w.double().clone(), torch.zeros_like(w, dtype=torch.float64), torch.zeros_like(w, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        p = (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
+        decay = wd
+        rows_cos = [abs(torch.dot(w[i], g[i]) / (w[i].norm() * g[i].norm())).item() for i in range(w.shape[0])]
+        whole = abs(torch.dot(w.flatten(), g.flatten()) / (w.norm() * g.norm())).item()
+        if max(rows_cos) < delta / w.shape[1] ** 0.5:
+            for i in range(w.shape[0]):
+                unit = w[i] / w[i].norm()
+                p[i] = p[i] - unit * torch.dot(unit, p[i])
+            decay = wd * wd_ratio
+        elif whole < delta / w.numel() ** 0.5:
+            unit = w.flatten() / w.norm()
+            p = (p.flatten() - unit * torch.dot(unit, p.flatten())).view_as(p)
+            decay = wd * wd_ratio
+        w = w * (1 - lr * decay) - lr * p
+    return w
+
+
+@pytest.mark.parametrize("kind", ["rows", "matrix", "not-invariant"])
+def test_adamp_steps_as_the_paper_and_as_adamw_where_nothing_is_scale_invariant(kind):
+    torch.manual_seed(0)
+    w0, x = torch.randn(6, 8, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
+
+    def loss(w):
+        if kind == "rows":  # invariant to each row's scale: the gradient is orthogonal to each row
+            return ((w / w.norm(dim=1, keepdim=True)) @ x).tanh().sum()
+        if kind == "matrix":  # invariant to the matrix's scale only
+            return ((w / w.norm()) @ x).tanh().pow(2).sum()
+        return (w @ x).pow(2).sum() / 100  # g = 2 w x x^T / 100: <w, g> = 2 |w x|^2 / 100 > 0, far from orthogonal
+
+    w = w0.clone().requires_grad_(True)
+    opt = TangentDescent([w], lr=0.05, update="adam", retract=False, when="scale-invariant", weight_decay=0.1)
+    grads = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss(w).backward()
+        grads.append(w.grad.clone())
+        opt.step()
+    # within 1e-8: AdamP adds eps = 1e-8 to the norm it divides by, the paper's algorithm does not
+    torch.testing.assert_close(w.detach(), adamp_reference(w0, grads, lr=0.05, wd=0.1), rtol=1e-8, atol=1e-10)
+    if kind == "not-invariant":  # no projection anywhere: AdamW, decoupled decay and all
+        v = w0.clone().requires_grad_(True)
+        adamw = torch.optim.AdamW([v], lr=0.05, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+        for _ in range(5):
+            adamw.zero_grad()
+            loss(v).backward()
+            adamw.step()
+        torch.testing.assert_close(w.detach(), v.detach(), rtol=1e-10, atol=1e-12)
+    else:  # projected: the row norms (or the matrix's) move only by the decay and the second-order step
+        assert not torch.allclose(w.detach(), w0)
+
+
+def test_adamp_settings_are_checked():
+    load_config("tiny", ["train.optimizer=tangent", "train.tangent_retract=false",
+                         "train.tangent_when=scale-invariant"])
+    for words in (["train.tangent_when=scale-invariant"],
+                  ["train.optimizer=tangent", "train.tangent_when=scale-invariant"]):
+        with pytest.raises(ConfigError, match="tangent_when = scale-invariant \\(AdamP\\) needs optimizer = tangent"):
+            load_config("tiny", words)

@@ -416,6 +416,10 @@ class TrainConfig(_Section):
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.95, description="Muon's momentum")
     tangent_update: Literal["raw", "adam", "muon"] = Field("adam", description="what tangent descent projects")
     tangent_retract: bool = Field(True, description="back to the row norm after each step (False: OrthoGrad)")
+    tangent_when: Literal["always", "scale-invariant"] = Field(
+        "always", description="project every step, or only where the weight looks scale-invariant, |cos(w, g)| "
+                              "< 0.1 / sqrt(dim) per row (else the whole matrix), with weight decay at 0.1x there "
+                              "(AdamP, Heo et al. 2021; with tangent_update = adam, tangent_retract = false)")
     hidden_lr_scale: PositiveFloat = Field(1.0, description="muon/tangent: lr of hidden matrices / lr")
     lr: PositiveFloat = 1e-3
     min_lr: NonNegativeFloat = 1e-4
@@ -453,6 +457,10 @@ class TrainConfig(_Section):
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
         if self.schedule == "wsd" and self.warmup > self.steps - round(self.decay_fraction * self.steps):
             raise ValueError(f"warmup {self.warmup} runs into the decay phase of the wsd schedule")
+        if self.tangent_when == "scale-invariant" and (self.optimizer != "tangent" or self.tangent_retract):
+            raise ValueError("tangent_when = scale-invariant (AdamP) needs optimizer = tangent and tangent_retract "
+                             "= false: AdamP projects without retracting, and keeps weight decay where it does not "
+                             "project")
         if self.eval_lengths != sorted(set(self.eval_lengths)):
             raise ValueError(f"eval_lengths {self.eval_lengths} must be ascending, without repeats")
         return self

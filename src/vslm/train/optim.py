@@ -9,6 +9,10 @@ AdamW (RESEARCH.md section 6):
            gradient, Adam's or Muon's) is projected onto the tangent space of the row's sphere,
            u_perp = u - (<w, u> / <w, w>) w, applied, and the row retracted to its norm before the
            step (without retraction this is OrthoGrad). No weight decay on projected matrices.
+           With tangent_when = "scale-invariant" it is AdamP (Heo et al. 2021): the projection only
+           where every row's |cos(w, g)| < delta / sqrt(columns) (per row), else where the whole
+           matrix's is below delta / sqrt(elements) (one sphere), and weight decay everywhere, at
+           wd_ratio of it where the step was projected (delta 0.1, wd_ratio 0.1, AdamP's defaults).
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimize
         main = muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                     adjust_lr_fn="match_rms_adamw")
     else:
+        adamp = cfg.tangent_when == "scale-invariant"
         main = TangentDescent(hidden, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
-                              betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum)
+                              betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum, when=cfg.tangent_when,
+                              weight_decay=cfg.weight_decay if adamp else 0.0)
     for group in main.param_groups:
         group["lr_scale"] = cfg.hidden_lr_scale
     return Optimizers([main, adamw])
@@ -150,16 +156,34 @@ def tangent_project(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return u - along * w
 
 
+def conditional_project(w: torch.Tensor, g: torch.Tensor, u: torch.Tensor, delta: float,
+                        eps: float = 1e-8) -> torch.Tensor | None:
+    """AdamP's projection (Heo et al. 2021): u projected row by row when every row's |cos(w, g)| is below
+    delta / sqrt(columns), else onto the whole matrix's sphere when the flattened |cos(w, g)| is below
+    delta / sqrt(elements); None (no projection) when neither holds: the weight is not scale-invariant."""
+    for rows in (w.shape[0], 1):  # per output row, then the matrix as one vector
+        wv, gv, uv = w.reshape(rows, -1), g.reshape(rows, -1), u.reshape(rows, -1)
+        cos = torch.nn.functional.cosine_similarity(gv, wv, dim=1, eps=eps).abs()
+        if cos.max() < delta / math.sqrt(wv.shape[1]):
+            unit = wv / wv.norm(dim=1, keepdim=True).add(eps)
+            return (uv - unit * (unit * uv).sum(dim=1, keepdim=True)).reshape(u.shape)
+    return None
+
+
 class TangentDescent(torch.optim.Optimizer):
     """Hyperspherical tangent descent on 2-D weights, per output row (see the module docstring)."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, update: str = "adam",
                  retract: bool = True, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
-                 momentum: float = 0.95):
+                 momentum: float = 0.95, when: str = "always", weight_decay: float = 0.0,
+                 delta: float = 0.1, wd_ratio: float = 0.1):
         if update not in ("raw", "adam", "muon"):
             raise ValueError(f"unknown tangent update {update!r}")
+        if when not in ("always", "scale-invariant"):
+            raise ValueError(f"unknown tangent condition {when!r}")
         super().__init__(params, {"lr": lr, "update": update, "retract": retract, "betas": betas, "eps": eps,
-                                  "momentum": momentum})
+                                  "momentum": momentum, "when": when, "weight_decay": weight_decay,
+                                  "delta": delta, "wd_ratio": wd_ratio})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -169,7 +193,14 @@ class TangentDescent(torch.optim.Optimizer):
                     continue
                 u = self._update(w, w.grad, group)
                 norms = w.norm(dim=1, keepdim=True)
-                w.sub_(group["lr"] * tangent_project(w, u))
+                decay = group["weight_decay"]
+                if group["when"] == "always":
+                    u = tangent_project(w, u)
+                elif (projected := conditional_project(w, w.grad, u, group["delta"])) is not None:
+                    u, decay = projected, decay * group["wd_ratio"]
+                if decay:
+                    w.mul_(1 - group["lr"] * decay)
+                w.sub_(group["lr"] * u)
                 if group["retract"]:
                     w.mul_(norms / w.norm(dim=1, keepdim=True).clamp_min(1e-30))
 
