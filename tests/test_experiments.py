@@ -357,7 +357,10 @@ def test_dry_run_lists_the_runs_and_what_the_folder_holds_and_writes_nothing(tmp
     plan = dry_run(spec, out, 3)
     assert not out.exists()  # nothing written
     rows = {(r["variant"], r["choice"]): r for r in plan["corpora"][""]["variants"]}
-    assert list(rows) == [("wider", "train.lr=1e-3"), ("wider", "train.lr=3e-3"), ("narrow", ""), ("wide", "")]
+    assert list(rows) == [("wider", "train.lr=1e-3"), ("wider", "train.lr=3e-3"), ("wider", "the kept choice"),
+                          ("narrow", ""), ("wide", "")]
+    kept = rows[("wider", "the kept choice")]  # the sweep's seeds 1 and 2, of whichever choice it keeps
+    assert (kept["runs_first"], kept["runs_most"], kept["after_sweep"]) == (2, 2, True)
     cfg = plan_experiment(load_experiment(spec)[1], 1)["wide"][""][0]
     model = GPT(cfg.model.model_copy(update={"vocab_size": runner.vocab_size_of(cfg)}))
     wide = rows[("wide", "")]
@@ -380,6 +383,7 @@ def test_dry_run_lists_the_runs_and_what_the_folder_holds_and_writes_nothing(tmp
     assert main(["experiment", write_experiment(tmp_path), "--seeds", "3", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "6 runs at the first look, 6 at most; 2 finished in the folder and reused" in printed
+    assert f"Left to train at most: {4 * 4 * 8 * 32:,} tokens" in printed  # 6 runs, 2 of them finished
     assert f"1 run folders hold runs of other settings, which the experiment refuses: {out / 'wide' / 'seed-1'}" \
         in printed.replace("\n", "")
     assert files_in(out) == held
@@ -387,6 +391,8 @@ def test_dry_run_lists_the_runs_and_what_the_folder_holds_and_writes_nothing(tmp
 
 def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
     out = tmp_path / "out"
+    assert main(["experiment", write_experiment(tmp_path), "--json", "--out", str(out)]) == 2  # not a run's
+    assert "--json applies to --dry-run" in capsys.readouterr().err
     assert main(["experiment", "knowledge", "--dry-run", "--out", str(out)]) == 2
     assert "--dry-run lists the runs of a comparison of variants" in capsys.readouterr().err
     assert main(["experiment", write_experiment(tmp_path), "model.width=48", "--dry-run", "--out", str(out)]) == 2
@@ -443,10 +449,35 @@ def test_match_keeps_the_choice_nearest_the_baselines_landmark(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ('match = "update_ratio"\n',
-     "match 'update_ratio' is not a landmark (did you mean diag_update_ratio or attn_entropy_ratio?)"),
+    ('match = "update_ratio"\n', "match 'update_ratio' is not a landmark a sweep can match in ratio (did you "
+                                 "mean diag_update_ratio or attn_entropy_ratio?) (one of diag_update_ratio, "
+                                 "attn_row_sum, attn_entropy_ratio)"),
+    ('match = "icl_score"\n', "match 'icl_score' is not a landmark a sweep can match in ratio"),
     ('match = "diag_update_ratio"\n', "match 'diag_update_ratio' chooses among a sweep's choices"),
 ])
 def test_match_refusals(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_experiment(write_experiment(tmp_path, extra=extra), tmp_path / "out")
+
+
+def test_match_with_a_swept_baseline_and_a_landmark_no_run_measures(tmp_path):
+    from vslm.report.runs import diagnostics_summary, read_run
+
+    common = [*COMMON, "logging.diagnostics_every=1", "logging.probe_every=0", "train.min_lr=0"]
+    spec, out = tmp_path / "match.toml", tmp_path / "out"
+    spec.write_text(f'base = "tiny"\nseeds = 1\noverrides = {common!r}\nmatch = "diag_update_ratio"\n'
+                    '[[variants]]\nname = "adamw"\nsweep = ["train.lr=1e-3", "train.lr=1e-2"]\n'
+                    '[[variants]]\nname = "muon"\noverrides = ["train.optimizer=muon"]\n'
+                    'sweep = ["train.lr=1e-4", "train.lr=1e-3", "train.lr=1e-2"]\n')
+    run_experiment(str(spec), out)
+    report = json.loads((out / "results.json").read_text())
+    adamw, muon = report["sweeps"]["adamw"], report["sweeps"]["muon"]
+    assert adamw["chosen"] == min(adamw["tried"], key=adamw["tried"].get)  # the baseline: its lowest loss
+    target = diagnostics_summary(read_run(out / "adamw" / adamw["chosen"] / "seed-0"))["diag_update_ratio"]
+    assert muon["target"] == pytest.approx(target)
+    assert muon["chosen"] == min(muon["measured"], key=lambda c: abs(math.log(muon["measured"][c] / target)))
+    # a landmark the runs do not measure is refused before anything trains
+    with pytest.raises(ConfigError, match="match 'diag_update_ratio': variant 'adamw \\(train.lr=1e-3\\)' does not "
+                                          "measure it \\(set logging.diagnostics_every\\)"):
+        run_experiment(str(spec), tmp_path / "none", extra_overrides=["logging.diagnostics_every=0"])
+    assert not (tmp_path / "none").exists()

@@ -93,17 +93,22 @@ def test_eval_lengths_are_the_brute_force_loss_on_the_long_windows_and_leave_val
     base = tiny_overrides(train__steps=6, logging__probe_every=0, model__position="rope", train__eval_windows=24)
     plain = Trainer(load_config("tiny", base), tmp_path / "plain").fit()
     trainer = Trainer(load_config("tiny", [*base, "train.eval_lengths=[2, 3]"]), tmp_path / "long")
-    final = trainer.fit()
-    assert final["val_loss"] == plain["val_loss"] and final["val_bpb"] == plain["val_bpb"]
     C = trainer.cfg.model.context
+    # the tables of every position the evaluation reaches, before a compiled forward could see them grow
+    assert all(block.attn.rotary.cos.shape[0] >= 3 * C for block in trainer.model.blocks)
+    final = trainer.fit()
+    assert final["val_loss"] == plain["val_loss"] and final["val_bpb"] == plain["val_bpb"]  # the same, bit for bit
     assert trainer.long_x.shape == (24 // 3, 3 * C)  # the tokens of the usual windows, in windows of 3 x C
     model = trainer.model.eval()
     with torch.no_grad():
         nll = F.cross_entropy(model(trainer.long_x, extend=True).flatten(0, 1), trainer.long_y.flatten(),
                               reduction="none").view(trainer.long_y.shape)
+        sizes = trainer.token_bytes[trainer.long_y]  # bytes of each target; end-of-text has none
         for m in (1, 2, 3):
             assert final[f"val_loss_x{m}"] == pytest.approx(nll[:, : m * C].mean().item(), abs=2e-6)
-            assert final[f"val_bpb_x{m}"] > 0
+            text = sizes[:, : m * C] > 0
+            bpb = nll[:, : m * C][text].sum().item() / math.log(2) / sizes[:, : m * C].sum().item()
+            assert final[f"val_bpb_x{m}"] == pytest.approx(bpb, abs=2e-6)
         # x2 from windows of 2 x C of their own: the same number (the evaluation's causal premise)
         short = model(trainer.long_x[:, : 2 * C], extend=True)
         loss2 = F.cross_entropy(short.flatten(0, 1), trainer.long_y[:, : 2 * C].flatten()).item()
@@ -116,7 +121,9 @@ def test_eval_lengths_are_the_brute_force_loss_on_the_long_windows_and_leave_val
     (["train.eval_lengths=[2]"], "train.eval_lengths runs past the context, where learned positions end: it needs "
                                   "model.position=rope"),
     ([*ROPE, "model.root=learned", "model.inject=true", "model.root_per_position=true", "train.eval_lengths=[2]"],
-     "a learned root per position ends: it needs model.position=rope and model.root_per_position=false"),
+     "a learned root per position ends: it needs model.root_per_position=false"),
+    (["model.root=learned", "model.inject=true", "model.root_per_position=true", "train.eval_lengths=[2]"],
+     "learned positions end: it needs model.position=rope and model.root_per_position=false"),
     ([*ROPE, "train.eval_lengths=[4, 2]"], "eval_lengths [4, 2] must be ascending, without repeats"),
     ([*ROPE, "train.eval_lengths=[1]"], "greater than or equal to 2"),
 ])
@@ -169,7 +176,7 @@ def test_an_experiment_with_eval_lengths_reports_them(tmp_path, capsys):
     markdown = (out / "results.md").read_text()
     assert "| variant (loss at m x the context) | x1 | x2 |" in markdown and "| loss x2 - x1 |" in markdown
     html = (out / "report.html").read_text()
-    assert "Past the context" in html and "Length generalisation 1" in html
+    assert "Past the context" in html and "Length generalisation x2" in html
     assert "length generalisation: loss at 2 x the context minus loss within it" in capsys.readouterr().out
 
 
@@ -203,6 +210,15 @@ def test_vslm_eval_lengths_score_the_same_tokens_in_longer_windows(tmp_path, cap
     assert three["loss"] != pytest.approx(one["loss"], rel=1e-6)
 
 
+def test_long_windows_take_fewer_rows_where_attention_weights_are_explicit():
+    from vslm.train.trainer import long_rows_divisor
+
+    assert long_rows_divisor(tiny_model([]), 4) == 4  # fused: the same tokens a forward
+    assert long_rows_divisor(tiny_model(["model.attention=ssmax"]), 4) == 16  # (rows, H, 4C, 4C) kept at its size
+    assert long_rows_divisor(tiny_model(["model.blocks=[{attention=\"sigmoid\"}, {}]"]), 3) == 9
+    assert long_rows_divisor(tiny_model(["model.attention=ssmax"]), 1) == 1
+
+
 def test_vslm_eval_lengths_refusals(tmp_path, capsys):
     run = tmp_path / "run"
     Trainer(load_config("tiny", tiny_overrides(train__steps=2, logging__probe_every=0)), run).fit()
@@ -212,6 +228,15 @@ def test_vslm_eval_lengths_refusals(tmp_path, capsys):
         capsys.readouterr().err
     for words, message in ((["--on", "stories", "--lengths", "0"], "--lengths takes multiples of the context"),
                            (["--on", "stories", "--lengths", "2", "2"], "none twice; got 2 2"),
+                           (["--on", "stories", "--lengths", "65"], "each 1 to 64 (as train.eval_lengths)"),
                            (["--tasks", "x", "--lengths", "2"], "--lengths applies to --on")):
         assert main(["eval", str(run), *words]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_resume_may_add_eval_lengths(tmp_path):
+    base = tiny_overrides(train__steps=4, logging__probe_every=0, model__position="rope", train__eval_windows=16)
+    Trainer(load_config("tiny", base), tmp_path / "r").fit()
+    resumed = Trainer(load_config("tiny", [*base, "train.steps=6", "train.eval_lengths=[2]"]), tmp_path / "r",
+                      resume=True).fit()
+    assert resumed["step"] == 6 and resumed["val_loss_x2"] > 0

@@ -185,3 +185,35 @@ def test_adamp_settings_are_checked():
                   ["train.optimizer=tangent", "train.tangent_when=scale-invariant"]):
         with pytest.raises(ConfigError, match="tangent_when = scale-invariant \\(AdamP\\) needs optimizer = tangent"):
             load_config("tiny", words)
+
+
+def test_a_tangent_state_saved_before_adamps_settings_loads_and_steps():
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    opt = TangentDescent([w], lr=0.01)
+    w.grad = torch.randn(4, 6)
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:  # as written before tangent_when existed
+        for key in ("when", "weight_decay", "delta", "wd_ratio"):
+            del group[key]
+    again = TangentDescent([w], lr=0.01)
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["when"] == "always" and again.param_groups[0]["weight_decay"] == 0.0
+    norms = w.norm(dim=1).clone()
+    again.step()
+    torch.testing.assert_close(w.norm(dim=1), norms)  # still tangent descent with retraction
+
+
+def test_conditional_project_picks_rows_then_the_matrix_then_nothing():
+    from vslm.train.optim import conditional_project
+
+    torch.manual_seed(1)
+    w, u = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    rows_g = tangent_project(w, torch.randn(5, 7, dtype=torch.float64))  # orthogonal to every row
+    p = conditional_project(w, rows_g, u, delta=0.1)
+    torch.testing.assert_close((p * w).sum(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-7, rtol=0)
+    flat = torch.randn(35, dtype=torch.float64)
+    whole_g = (flat - w.flatten() * (w.flatten() @ flat) / (w.flatten() @ w.flatten())).view(5, 7)
+    p = conditional_project(w, whole_g, u, delta=0.1)  # orthogonal to the matrix, not to each row
+    assert abs((p * w).sum().item()) < 1e-7 and (p * w).sum(dim=1).abs().max() > 1e-3
+    assert conditional_project(w, w + 0.1 * u, u, delta=0.1) is None  # along w: not scale-invariant

@@ -427,6 +427,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     from vslm.lab.parallel import make_launcher
 
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
+    if a.json and not a.dry_run:  # said, not ignored: a run's output is its folder
+        raise UsageError("--json applies to --dry-run")
     if a.dry_run:
         from vslm.commands.experiment import print_dry_run
         from vslm.lab.experiments import dry_run
@@ -742,9 +744,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
             raise UsageError(f"{flag} applies to {half}")
     a.batch_size = 32 if a.batch_size is None else a.batch_size
     _at_least(a, 1, "batch_size")
-    if a.lengths is not None and (min(a.lengths) < 1 or len(set(a.lengths)) < len(a.lengths)):
-        raise UsageError(f"--lengths takes multiples of the context, each at least 1, none twice; got "
-                         f"{' '.join(map(str, a.lengths))}")
+    if a.lengths is not None and (min(a.lengths) < 1 or max(a.lengths) > 64 or len(set(a.lengths)) < len(a.lengths)):
+        raise UsageError(f"--lengths takes multiples of the context, each 1 to 64 (as train.eval_lengths), none "
+                         f"twice; got {' '.join(map(str, a.lengths))}")
     _at_least(a, 0, "num_fewshot")
     if a.limit is not None and not (0 < a.limit < 1 or (1 <= a.limit < math.inf and a.limit.is_integer())):
         raise UsageError(f"--limit is a count of examples per task, or a fraction between 0 and 1, got {a.limit:g}")

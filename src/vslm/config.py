@@ -519,10 +519,10 @@ class RunConfig(_Section):
             raise ValueError(f"model.context {context} is too short for the induction probe (a sequence of 2 or "
                              "more tokens written twice): set logging.probe_every=0, or a context of 4 or more")
         if self.train.eval_lengths and (self.model.position == "learned" or self.model.root_per_position):
+            needs = [w for w, bad in (("model.position=rope", self.model.position == "learned"),
+                                      ("model.root_per_position=false", self.model.root_per_position)) if bad]
             why = "learned positions end" if self.model.position == "learned" else "a learned root per position ends"
-            raise ValueError(f"train.eval_lengths runs past the context, where {why}: it needs "
-                             "model.position=rope" + (" and model.root_per_position=false"
-                                                      if self.model.root_per_position else ""))
+            raise ValueError(f"train.eval_lengths runs past the context, where {why}: it needs {' and '.join(needs)}")
         return self
 
     def to_toml(self) -> str:

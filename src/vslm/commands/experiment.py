@@ -55,19 +55,17 @@ def print_dry_run(plan: dict, console: Console) -> None:
         rows = []
         for r in part["variants"]:
             runs = f"{r['runs_first']}" if r["runs_first"] == r["runs_most"] else f"{r['runs_first']}-{r['runs_most']}"
+            note = " (sweep: seed 0)" if r["sweep"] else " (after the sweep, at most)" if r.get("after_sweep") else ""
             rows.append((r["variant"] + (f" ({r['choice']})" if r["choice"] else ""), f"{r['params']:,}",
                          f"{r['flops_per_token']:,}", f"{r['tokens']:,}", "yes" if r["paired"] else "no (Welch)",
-                         runs + (" (sweep: seed 0)" if r["sweep"] else ""),
+                         runs + note,
                          *(str(r[state]) for state in ("finished", "stopped", "training now", "other settings"))))
             first, most, reused = first + r["runs_first"], most + r["runs_most"], reused + r["finished"]
             tokens += (r["runs_most"] - r["finished"]) * r["tokens"]
             flops += (r["runs_most"] - r["finished"]) * r["tokens"] * r["flops_per_token"]
         where = f" on {corpus}" if corpus else ""
         print_table(console, f"{plan['experiment']}{where}: {seeds}, in {part['folder']}", columns, rows)
-    swept = {(c, r["variant"]) for c, part in plan["corpora"].items() for r in part["variants"] if r["sweep"]}
-    after = (f", and the kept choice's seeds 1-{looks[-1] - 1} of each of the {len(swept)} swept variants"
-             if swept and looks[-1] > 1 else "")
-    console.print(f"{first} runs at the first look, {most} at most{after}; {reused} finished in the folder and reused. "
+    console.print(f"{first} runs at the first look, {most} at most; {reused} finished in the folder and reused. "
                   f"Left to train at most: {tokens:,} tokens, {flops:.3g} training FLOPs. Nothing was trained, and "
                   "nothing in the folder written.", highlight=False)
     busy = sum(r["training now"] for part in plan["corpora"].values() for r in part["variants"])

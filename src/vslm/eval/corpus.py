@@ -42,7 +42,7 @@ from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
 from vslm.progress import quiet
 from vslm.train.run_folder import load_run
-from vslm.train.trainer import text_nll_and_bytes
+from vslm.train.trainer import long_rows_divisor, text_nll_and_bytes
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -87,13 +87,13 @@ def score_tokens(model: GPT, tokens: np.ndarray, token_bytes: np.ndarray, prefix
     """Negative log-likelihood of every token of `tokens` (after `prefix`, which predicts the first),
     in consecutive windows of `length` times the model's context (past the context every position attends
     over all of its past: GPT.forward's `extend`); batch_size windows of the context a forward, the same
-    tokens in fewer, longer windows."""
+    tokens in fewer, longer windows (fewer still where attention weights are computed explicitly)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if length < 1:
         raise ValueError(f"length must be at least 1, got {length}")
     T = model.cfg.context * length
-    batch_size = max(1, batch_size // length)
+    batch_size = max(1, batch_size // long_rows_divisor(model, length))
     device = next(model.parameters()).device
     stream = np.asarray(tokens, dtype=np.int64)
     if prefix is not None:

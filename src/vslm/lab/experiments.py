@@ -117,6 +117,10 @@ class Variant(BaseModel):
     sweep: list[str] = []  # alternative overrides, one per choice (several in one choice: space-separated)
 
 
+# landmarks positive by construction, so that a sweep can keep the choice nearest in ratio (`match`)
+MATCHABLE = ("diag_update_ratio", "attn_row_sum", "attn_entropy_ratio")
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     description: str = ""
@@ -130,11 +134,10 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
-        if self.match is not None:
-            known = [key for group, _, _ in LANDMARKS for key in group]
-            if self.match not in known:
-                raise ValueError(f"match '{self.match}' is not a landmark"
-                                 + (did_you_mean(self.match, known) or f" (one of {', '.join(known)})"))
+        if self.match is not None and self.match not in MATCHABLE:
+            raise ValueError(f"match '{self.match}' is not a landmark a sweep can match in ratio"
+                             + (did_you_mean(self.match, MATCHABLE) or "") + f" (one of {', '.join(MATCHABLE)})")
+        if self.match is not None:  # and its runs measure it: _check_match, on the configs
             if not any(v.sweep for v in self.variants[1:]):
                 raise ValueError(f"match '{self.match}' chooses among a sweep's choices: give a variant after "
                                  "the baseline a sweep")
@@ -207,12 +210,26 @@ def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[
     shared = [f"data.source={corpus}"] if corpus else []  # part of the spec, not of the command line
     plan = _configs(spec, seeds, shared, extra_overrides)
     _check_configs_differ(spec, plan, shared, extra_overrides)
+    _check_match(spec, plan)
     budgets = {_label(name, choice): tokens_per_run(cfgs[0])
                for name, choices in plan.items() for choice, cfgs in choices.items()}
     if len(set(budgets.values())) > 1:
         listed = ", ".join(f"{name} {tokens:,}" for name, tokens in budgets.items())
         raise ConfigError(f"variants train unequal token budgets (steps x batch_size x grad_accum x context): {listed}")
     return plan
+
+
+def _check_match(spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]]) -> None:
+    """Refuse `match` on a landmark that some config does not measure, before anything trains."""
+    if spec.match is None:
+        return
+    needs = ("logging.diagnostics_every", lambda c: c.logging.diagnostics_every > 0) if spec.match.startswith(
+        "diag_") else ("logging.probe_every", lambda c: c.logging.probe_every != 0)
+    for name, choices in plan.items():
+        for choice, cfgs in choices.items():
+            if not needs[1](cfgs[0]):
+                raise ConfigError(f"match '{spec.match}': variant '{_label(name, choice)}' does not measure it "
+                                  f"(set {needs[0]})")
 
 
 def check_sources(plan: dict[str, dict[str, list[RunConfig]]]) -> None:
@@ -456,21 +473,36 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
         base_cfgs = next(iter(base.values()))
         rows = []
         for variant, choices in plan.items():
+            swept = NO_SWEEP not in choices
+            later = []  # a sweep's seeds 1.. of the choice it keeps: one row, the costliest choice's cost
             for choice, cfgs in choices.items():
                 model = build_for_accounting(cfgs[0])
                 where = folder / variant / _choice_folder(choice) if choice else folder / variant
-                # a sweep trains seed 0 of every choice, then the seeds of the one it keeps
-                first, most = (1, 1) if len(choices) > 1 else (looks[0], looks[-1])
-                states = [run_state(cfg, where / f"seed-{seed}") for seed, cfg in enumerate(cfgs[:most])]
-                rows.append({"variant": variant, "choice": choice, "params": parameter_count(model),
-                             "flops_per_token": training_flops_per_token(model), "tokens": tokens_per_run(cfgs[0]),
-                             "paired": all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True)),
-                             "runs_first": first, "runs_most": most, "sweep": len(choices) > 1,
-                             **{state: sum(s == state for s in states) for state in RUN_STATES},
-                             "other_settings": [str(where / f"seed-{i}") for i, s in enumerate(states)
-                                                if s == "other settings"]})
+                seeds_here = range(1) if swept else range(looks[-1])  # a sweep trains seed 0 of every choice
+                states = [run_state(cfgs[seed], where / f"seed-{seed}") for seed in seeds_here]
+                row = {"variant": variant, "choice": choice, "params": parameter_count(model),
+                       "flops_per_token": training_flops_per_token(model), "tokens": tokens_per_run(cfgs[0]),
+                       "paired": all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True)),
+                       "runs_first": 1 if swept else looks[0], "runs_most": len(states), "sweep": swept}
+                rows.append(row | _counted(states, [where / f"seed-{seed}" for seed in seeds_here]))
+                if swept and looks[-1] > 1:
+                    seeds_later = range(1, looks[-1])
+                    later.append(row | {"choice": "the kept choice", "runs_first": looks[0] - 1,
+                                        "runs_most": len(seeds_later), "sweep": False, "after_sweep": True}
+                                 | _counted([run_state(cfgs[seed], where / f"seed-{seed}") for seed in seeds_later],
+                                            [where / f"seed-{seed}" for seed in seeds_later]))
+            if later:  # its finished runs are the kept choice's; its cost at most the costliest choice's
+                rows.append(max(later, key=lambda r: (r["finished"], r["flops_per_token"])) |
+                            {"flops_per_token": max(r["flops_per_token"] for r in later),
+                             "params": max(r["params"] for r in later)})
         result["corpora"][corpus or ""] = {"folder": str(folder), "variants": rows}
     return result
+
+
+def _counted(states: list[str], folders: list[Path]) -> dict:
+    """A dry run's counts of each RUN_STATES state, and the folders of other settings (the run refuses them)."""
+    return {**{state: sum(s == state for s in states) for state in RUN_STATES},
+            "other_settings": [str(f) for s, f in zip(states, folders, strict=True) if s == "other settings"]}
 
 
 RUN_STATES = ("finished", "stopped", "training now", "other settings")
@@ -548,9 +580,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
 
         for variant, sweep in sweeps.items():
             sweep["measured"] = measured[variant]
-            finished = {c: off(v) for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])}
-            if variant != baseline and finished:  # every choice diverged: the loss rule's pick stands
-                kept[variant] = sweep["chosen"] = min(finished, key=finished.get)
+            near = {c: d for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])
+                    and math.isfinite(d := off(v))}
+            if variant != baseline and near:  # none finished and measured: the loss rule's pick stands
+                kept[variant] = sweep["chosen"] = min(near, key=near.get)
             sweep["target"] = target
 
     def folder_of(variant: str, seed: int) -> Path:

@@ -58,6 +58,12 @@ class Rotary(nn.Module):
             self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (n, hd)
             self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
+    def reach(self, n: int) -> None:
+        """Tables for at least n positions (the first ones unchanged, bit for bit): before torch.compile, so that
+        a longer evaluation (GPT.forward's extend) does not grow them under a compiled forward."""
+        if n > self.cos.shape[0]:
+            self._tables(n)
+
     def rotate(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:  # (B, H, T, hd), positions from offset
         # a method, not forward: a module call costs more than the rotation in a one-token sampling step
         T = x.shape[-2]

@@ -86,7 +86,8 @@ def render(results: dict, folder: Path | None = None) -> str:
                                 "seeds (docs/RESEARCH.md defines each).</p>",
                                 table(shown["columns"], [[escape(c) for c in row] for row in shown["rows"]])))
     for i, shown in enumerate(results.get("lengths", {}).get("tables", [])):  # train.eval_lengths: as results.md
-        sections.append(section(f"lengths-{i}", "Past the context" if i == 0 else f"Length generalisation {i}",
+        m = results["lengths"]["multiples"][i] if i else 1  # table i > 0 compares at multiple i + 1 in order
+        sections.append(section(f"lengths-{i}", "Past the context" if i == 0 else f"Length generalisation x{m}",
                                 f"<p>{escape(shown['title'][:1].upper() + shown['title'][1:])}. Every position of "
                                 "windows m times the training context attends over all of its past; x1 is the loss "
                                 "within the context on the same windows.</p>",

@@ -142,8 +142,9 @@ def power_law_fit(curve: np.ndarray) -> dict[str, float]:
 def log_slope(curve: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """d loss / d log t of a loss curve (Olsson et al. 2022's heat map), on log-spaced bands of positions
     (a single position's loss is noisy): the mean loss of each of `bands` bands between t = 1 and
-    len(curve), then the difference of neighbours over the difference of their mean log t. Returns the
-    band edges' midpoints in t (len n - 1) and the slopes (len n - 1), n the bands that hold a position."""
+    len(curve), then the difference of neighbours over the difference of their mean log t. Returns where
+    each slope sits, exp of the mean of its two bands' mean log t (len n - 1), and the slopes (len n - 1),
+    n the bands that hold a position."""
     t = np.arange(1, len(curve) + 1, dtype=float)
     edges = np.unique(np.round(np.geomspace(1, len(curve) + 1, bands + 1)).astype(int))
     groups = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]

@@ -185,6 +185,13 @@ class TangentDescent(torch.optim.Optimizer):
                                   "momentum": momentum, "when": when, "weight_decay": weight_decay,
                                   "delta": delta, "wd_ratio": wd_ratio})
 
+    def __setstate__(self, state: dict) -> None:
+        """load_state_dict's last step: groups saved before AdamP's settings existed get their defaults."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in (("when", "always"), ("weight_decay", 0.0), ("delta", 0.1), ("wd_ratio", 0.1)):
+                group.setdefault(key, value)
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:

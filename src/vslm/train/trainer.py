@@ -50,6 +50,7 @@ from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
+from vslm.model.attention import Rotary
 from vslm.train.callbacks import (
     Callback,
     Checkpointer,
@@ -102,7 +103,7 @@ RESUME_MAY_CHANGE = ("name", "description", "logging.", "train.steps", "train.lr
                      "train.schedule", "train.decay_fraction", "train.weight_decay", "train.grad_clip",
                      "train.hidden_lr_scale", "train.device", "train.threads", "train.dtype", "train.compile",
                      "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_last", "train.snapshots",
-                     "train.eval_every")
+                     "train.eval_every", "train.eval_lengths")
 
 
 def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[str, str]]:
@@ -333,6 +334,9 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if cuda else None, **_no_buffer_sync())
             module = self.ddp
+        if tc.eval_lengths:  # the longest evaluation's positions now, not under a compiled forward later
+            for rotary in (m for m in self.model.modules() if isinstance(m, Rotary)):
+                rotary.reach(tc.eval_lengths[-1] * cfg.model.context)
         mode = None if tc.compile_mode == "default" else tc.compile_mode
         self.forward = torch.compile(module, mode=mode) if self.plan.compile else module
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
@@ -741,7 +745,7 @@ class Trainer:
         out = {"val_loss": totals[0] / totals[2], "val_bpb": totals[1] / math.log(2) / max(1, totals[3])}
         if self.cfg.train.eval_lengths:
             multiples = [1, *self.cfg.train.eval_lengths]
-            rows = max(1, B // multiples[-1])  # the tokens of a batch above, in longer windows
+            rows = max(1, B // long_rows_divisor(self.model, multiples[-1]))
             # the model itself, uncompiled: another shape, and a keyword the compiled module need not take
             bands = self._scored(self.long_x, self.long_y, rows, partial(self.model, extend=True),
                                  [m * C for m in multiples])
@@ -772,6 +776,15 @@ class Trainer:
         if self.dist.enabled:  # each rank scored its share of the windows
             sums = self.dist.sum(sums.to(self.device)).cpu()
         return sums
+
+
+def long_rows_divisor(model: GPT, length: int) -> int:
+    """How many fewer windows a forward takes at `length` times the context: `length` (the same tokens, in
+    longer windows) where attention runs fused; length^2 where a block computes its weights explicitly (their
+    (rows, heads, T, T) tensor then stays the size it has at the context)."""
+    if length == 1:
+        return 1
+    return length ** 2 if any(spec.attention != "softmax" for spec in model.specs) else length
 
 
 def text_nll_and_bytes(nll: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
