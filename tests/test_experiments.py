@@ -481,3 +481,36 @@ def test_match_with_a_swept_baseline_and_a_landmark_no_run_measures(tmp_path):
                                           "measure it \\(set logging.diagnostics_every\\)"):
         run_experiment(str(spec), tmp_path / "none", extra_overrides=["logging.diagnostics_every=0"])
     assert not (tmp_path / "none").exists()
+
+
+def test_reach_gives_the_tokens_each_run_takes_to_the_baselines_final_loss(tmp_path):
+    spec, out = write_experiment(tmp_path, ("model.width=48", "train.lr=1e-2")), tmp_path / "out"
+    run_experiment(spec, out, extra_overrides=["train.eval_every=1", "train.eval_windows=16"])
+    report = json.loads((out / "results.json").read_text())
+
+    def val_curve(variant, seed):
+        rows = [json.loads(x) for x in (out / variant / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+
+    per_step = 8 * 32
+    for variant in ("narrow", "wide"):
+        tokens, ratios = [], []
+        for seed in (0, 1):
+            target = val_curve("narrow", seed)[-1][1]
+            hit = [step for step, loss in val_curve(variant, seed) if loss <= target]
+            base = [step for step, loss in val_curve("narrow", seed) if loss <= target][0]
+            if hit:
+                tokens.append(hit[0] * per_step)
+                ratios.append(base / hit[0])
+        got = report["reach"][variant]
+        assert got["reached"] == len(tokens) and got["seeds"] == 2
+        if tokens:
+            assert got["tokens"]["mean"] == pytest.approx(statistics.mean(tokens))
+            assert got["ratio"]["mean"] == pytest.approx(statistics.mean(ratios))
+    narrow = report["reach"]["narrow"]  # the baseline reaches its own final loss, at the same step as itself
+    assert narrow["reached"] == 2 and narrow["ratio"]["mean"] == pytest.approx(1.0)
+    assert "| variant | tokens to the baseline's final val_loss |" in (out / "results.md").read_text()
+    assert 'Sample efficiency' in (out / "report.html").read_text()
+    # runs evaluated only at their end give no such table
+    run_experiment(spec, tmp_path / "plain")
+    assert "reach" not in json.loads((tmp_path / "plain" / "results.json").read_text())

@@ -88,6 +88,7 @@ from vslm.lab.tables import (
     FAILED_COLUMNS,
     LANDMARKS,
     LOOK_COLUMNS,
+    REACH_COLUMNS,
     TRANSFER_COLUMNS,
     dynamics_rows,
     length_columns,
@@ -95,6 +96,7 @@ from vslm.lab.tables import (
     look_rows,
     matrix_markdown,
     print_table,
+    reach_rows,
     results_markdown,
     summary_rows,
     sweep_rows,
@@ -103,7 +105,7 @@ from vslm.lab.tables import (
 from vslm.model import parameter_count, training_flops_per_token
 from vslm.plain import plain
 from vslm.report.experiment import write_experiment_report
-from vslm.report.runs import diagnostics_summary, dynamics_summary, read_run
+from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read_run_config
 
@@ -631,10 +633,14 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         summary[variant]["chosen"] = sweep["chosen"]
     dynamics = summarize_dynamics(by_variant)
     lengths = summarize_lengths(by_variant, tokens, paired, level)
+    reach = summarize_reach({v: {r["seed"]: read_run(folder_of(v, r["seed"])) for r in rows if "failed" not in r}
+                             for v, rows in by_variant.items()}, tokens // base_cfgs[0].train.steps)
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": done,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}
     if spec.match:
         report["match"] = spec.match
+    if reach:
+        report["reach"] = reach
     if lengths:
         report["lengths"] = lengths
     if resolve is not None:
@@ -662,6 +668,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             {"title": title, "columns": ["variant", *keys.values()], "rows": [list(r) for r in
                                                                              dynamics_rows(dynamics, keys, fmt)]}
             for keys, title, fmt in LANDMARKS[1:] if some_run_has(keys)]
+    if reach:
+        report.setdefault("landmark_tables", []).append(
+            {"title": "sample efficiency (RESEARCH.md section 6): tokens to the baseline's final validation loss, "
+                      "seed by seed", "columns": list(REACH_COLUMNS), "rows": [list(r) for r in reach_rows(reach)]})
     if lengths:
         shown = [("loss past the training context (train.eval_lengths), on the same long windows",
                   *lengths_table(lengths))]
@@ -686,6 +696,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     for table in report.get("landmark_tables", []):
         tables.append((tuple(table["columns"]), [tuple(r) for r in table["rows"]]))
         titles[tables[-1][0]] = table["title"]
+
     for table in report.get("lengths", {}).get("tables", []):
         tables.append((tuple(table["columns"]), [tuple(r) for r in table["rows"]]))
         titles[tables[-1][0]] = table["title"]
@@ -700,6 +711,34 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                 "sweep" if columns[1].startswith("choice") else titles.get(tuple(columns), "training dynamics")
             print_table(console, title, columns, table_rows)
     return summary
+
+
+def summarize_reach(runs: dict[str, dict[int, RunFiles]], tokens_per_step: int) -> dict[str, dict]:
+    """Where every run evaluated before its end (train.eval_every): per variant, the tokens each seed's run took
+    to first reach the validation loss the baseline's run of that seed ended at, and the baseline's tokens to
+    it over those (above 1: fewer tokens than the baseline); mean and sample std over the seeds that reached it,
+    and how many did. Empty when some run has a single evaluation."""
+    curves = {v: {seed: run.series("val_loss") for seed, run in by_seed.items()} for v, by_seed in runs.items()}
+    if not curves or any(len(steps) < 2 for by_seed in curves.values() for steps, _ in by_seed.values()):
+        return {}
+    baseline = next(iter(curves))
+    target = {seed: float(losses[-1]) for seed, (_, losses) in curves[baseline].items()}
+
+    def first_at(steps, losses, level: float) -> float:
+        hit = steps[losses <= level]
+        return float(hit[0]) * tokens_per_step if len(hit) else math.nan
+
+    base_tokens = {seed: first_at(*curves[baseline][seed], level) for seed, level in target.items()}
+    out = {}
+    for variant, by_seed in curves.items():
+        reached = {seed: first_at(steps, losses, target[seed]) for seed, (steps, losses) in by_seed.items()
+                   if seed in target}
+        got = [t for t in reached.values() if math.isfinite(t)]
+        ratios = [base_tokens[seed] / t for seed, t in reached.items() if math.isfinite(t) and t > 0]
+        out[variant] = {"tokens": mean_std(got) if got else {"mean": math.nan, "std": math.nan},
+                        "ratio": mean_std(ratios) if ratios else {"mean": math.nan, "std": math.nan},
+                        "reached": len(got), "seeds": len(reached)}
+    return out
 
 
 LENGTH_KEY = re.compile(r"val_(loss|bpb)_x\d+")  # a run's evaluations past its context (train.eval_lengths)

@@ -150,6 +150,22 @@ def lengths_table(lengths: dict[str, dict]) -> tuple[tuple[str, ...], list[tuple
     return ("variant (loss at m x the context)", *(f"x{m}" for m in multiples)), rows
 
 
+REACH_COLUMNS = ("variant", "tokens to the baseline's final val_loss", "baseline's tokens / these",
+                 "seeds that reach it")
+
+
+def reach_rows(reach: dict[str, dict]) -> list[tuple[str, ...]]:
+    """The rows of REACH_COLUMNS (vslm.lab.experiments.summarize_reach), mean ± std over the seeds that reach it."""
+    def pm(stat: dict, fmt: str) -> str:
+        if stat["mean"] is None or math.isnan(stat["mean"]):
+            return "not reached"
+        std = stat["std"]
+        return f"{stat['mean']:{fmt}} ± {'-' if std is None or math.isnan(std) else format(std, fmt)}"
+
+    return [(name, pm(r["tokens"], ",.0f"), pm(r["ratio"], ".2f"), f"{r['reached']} of {r['seeds']}")
+            for name, r in reach.items()]
+
+
 def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
     """(variant, choice, val_loss, kept), and the matched landmark's value where the experiment has `match`."""
     def num(x: float | None) -> str:

@@ -79,7 +79,8 @@ def render(results: dict, folder: Path | None = None) -> str:
             "<p>Landmarks from each run's probes, mean ± sample std over seeds (docs/RESEARCH.md defines each).</p>"))
     for i, shown in enumerate(results.get("landmark_tables", [])):  # as results.md shows them
         short = next((name for word, name in (("unigram", "Unigram phase"), ("attention", "Attention"),
-                                                ("diagnostics", "Weight diagnostics")) if word in shown["title"]),
+                                                ("diagnostics", "Weight diagnostics"),
+                                                ("efficiency", "Sample efficiency")) if word in shown["title"]),
                      "Landmarks")
         sections.append(section(f"landmarks-{i}", short,
                                 f"<p>{escape(shown['title'][:1].upper() + shown['title'][1:])}: mean ± sample std over "
