@@ -312,6 +312,19 @@ class BigramModel(nn.Module):
 TABLE = [[0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.7, 0.1, 0.1, 0.1]]
 
 
+def test_decay_of_a_prompts_effect_on_hand_built_curves():
+    from vslm.probes.shape import decay
+
+    t = np.arange(1, 21, dtype=float)
+    got = decay(0.4 * t**-1.5)  # a power law: the log-log slope is its exponent, half by t = 2^(1/1.5) -> 2
+    assert got["first"] == pytest.approx(0.4) and got["half_at"] == 2 and got["slope"] == pytest.approx(-1.5)
+    flat = decay(np.full(10, 0.3))  # no decay: never half, slope 0
+    assert math.isnan(flat["half_at"]) and flat["slope"] == pytest.approx(0.0, abs=1e-12)
+    none = decay(np.zeros(5))  # the empty prompt against itself
+    assert none["first"] == 0 and math.isnan(none["slope"])
+    assert math.isnan(decay(np.array([]))["first"])
+
+
 def test_shape_metrics_on_hand_built_distribution():
     # prompts: 0 = empty (token 0), 1 = [1], 2 = [2], 3 = [0], the same as the empty prompt
     m = shape_metrics(BigramModel(TABLE), [[1], [2], [0]], continuation=[3, 0], empty_id=0)

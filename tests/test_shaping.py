@@ -36,6 +36,13 @@ def test_shape_json_table_and_plot(run):
     assert np.allclose(js, js.transpose(1, 0, 2)) and (js <= np.log(2) + 1e-9).all()
     first = out["summary"][1]
     assert first["log_prob"] == pytest.approx(sum(out["per_token"]["log_prob"][1]))
+    effect = js[1, 0]  # how "Tom had a ball." moves the predictions along y, from the first token on
+    assert first["js_first"] == pytest.approx(effect[0])
+    half = [t for t in range(2, len(effect) + 1) if effect[t - 1] <= effect[0] / 2]
+    assert first["js_half_at"] == (half[0] if half else pytest.approx(float("nan"), nan_ok=True))
+    t = np.arange(1, len(effect) + 1)
+    assert first["js_slope"] == pytest.approx(np.polyfit(np.log(t), np.log(effect), 1)[0])
+    assert out["summary"][0]["js_first"] == 0 and np.isnan(out["summary"][0]["js_slope"])  # empty vs itself
     assert (run / "shape.png").stat().st_size > 5000
     table = shape(run, "--prompt", "Tom", "--continuation", " ran.", "--samples", "1", "--tokens", "5")
     assert table.returncode == 0 and "KL from empty" in table.stdout and table.stdout.strip().endswith("shape.png")

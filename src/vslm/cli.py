@@ -256,7 +256,7 @@ def _output_file(flag: str, path: str, suffixes: tuple[str, ...] = (), makes_fol
 
 
 def cmd_shape(a: argparse.Namespace) -> int:
-    from rich.table import Table
+    from rich.markup import escape
 
     from vslm.commands.shape import shape_run, to_json, write_plot
 
@@ -271,15 +271,19 @@ def cmd_shape(a: argparse.Namespace) -> int:
     if a.json:
         print(to_json(result))
         return 0
-    table = Table(title=f"how prompts reshape {a.continuation!r}")
-    for col in ("prompt", "log p(y|prompt)", "KL from empty", "JS from empty", "mean PMI", "H first", "H mean",
-                "samples: JS from empty"):
-        table.add_column(col, justify="left" if col == "prompt" else "right")
-    for r in result["summary"]:
-        table.add_row(repr(r["prompt"]) if r["prompt"] != "empty" else "(empty)", f"{r['log_prob']:.2f}",
-                      f"{r['kl_from_empty']:.3f}", f"{r['js_from_empty']:.3f}", f"{r['pmi_mean']:+.3f}",
-                      f"{r['entropy_first']:.2f}", f"{r['entropy_mean']:.2f}", f"{r['sample_js_from_empty']:.3f}")
-    console.print(table)
+    from vslm.lab.tables import print_table
+
+    def num(x: float, fmt: str) -> str:
+        return "-" if x != x else format(x, fmt)  # NaN: never half, or no effect to fit
+
+    columns = ("prompt", "log p(y|prompt)", "KL from empty", "JS from empty", "JS at y1", "half by token",
+               "JS slope (log-log)", "mean PMI", "H first", "H mean", "samples: JS from empty")
+    rows = [(escape(repr(r["prompt"])) if r["prompt"] != "empty" else "(empty)", f"{r['log_prob']:.2f}",
+             f"{r['kl_from_empty']:.3f}", f"{r['js_from_empty']:.3f}", num(r["js_first"], ".3f"),
+             num(r["js_half_at"], ".0f"), num(r["js_slope"], "+.2f"), f"{r['pmi_mean']:+.3f}",
+             f"{r['entropy_first']:.2f}", f"{r['entropy_mean']:.2f}", f"{r['sample_js_from_empty']:.3f}")
+            for r in result["summary"]]
+    print_table(console, f"how prompts reshape {a.continuation!r}", columns, rows)
     for r in result["summary"]:
         console.rule(f"a sample under {r['prompt']!r}")
         console.print(r["sample"], markup=False, highlight=False)

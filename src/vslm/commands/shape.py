@@ -3,8 +3,10 @@ fixed continuation (RESEARCH.md section 7), as a table, a plot and JSON.
 
 Per prompt (the empty prompt, the end-of-text token, first): log p(y | prompt), the mean of KL and
 Jensen-Shannon from the empty prompt's next-token distributions along y, the mean PMI
-log p(y_t | prompt, y<t) - log p(y_t | empty, y<t), the first-token and mean entropy; then sampled
-continuations under each prompt and the Jensen-Shannon divergence between their token histograms.
+log p(y_t | prompt, y<t) - log p(y_t | empty, y<t), the first-token and mean entropy, how the
+Jensen-Shannon falls along y (its first-token value, the token where it is half that, its log-log
+slope: probes.shape.decay); then sampled continuations under each prompt and the Jensen-Shannon
+divergence between their token histograms.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from vslm.errors import VSLMError
 from vslm.probes import shape_metrics
+from vslm.probes.shape import decay
 from vslm.progress import quiet
 from vslm.train.run_folder import load_run
 from vslm.train.sampling import sample_text
@@ -61,6 +64,8 @@ def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8
             "entropy_mean": float(m["entropy"][k].mean()),
             "sample_js_from_empty": _js_histograms(histograms[k][0], histograms[0][0]),
             "sample": histograms[k][1],
+            # how the effect falls along y (RESEARCH.md section 7): first token, half distance, log-log slope
+            **{f"js_{key}": value for key, value in decay(m["js"][k, 0]).items()},
         })
     tokens = [tokenizer.decode([t]) for t in m["targets"].tolist()]
     arrays = {key: np.asarray(value).tolist() for key, value in m.items()}

@@ -6,6 +6,8 @@ p_k,t = p(. | prompt k, y<t). Prompt 0 is always the empty prompt.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -63,3 +65,21 @@ def shape_metrics(model: nn.Module, prompt_ids: list[list[int]], continuation: l
         "pmi": log_p - log_p[0],
     }
     return {"targets": np.array(targets), **{key: value.cpu().numpy() for key, value in out.items()}}
+
+
+def decay(effect: np.ndarray) -> dict[str, float]:
+    """How a prompt's effect along the continuation (e.g. js[k, 0]: Jensen-Shannon from the empty prompt at
+    each token t = 1..n) falls with distance (RESEARCH.md section 7: largest on the first tokens, then
+    decaying): {"first": effect[0], "half_at": the first t whose effect is at most half the first's (NaN
+    if none), "slope": the least-squares slope of log effect on log t over the tokens with effect > 0
+    (negative: a power-law fall; NaN under 2 such tokens)}."""
+    effect = np.asarray(effect, dtype=float)
+    if not len(effect):
+        return {"first": math.nan, "half_at": math.nan, "slope": math.nan}
+    t = np.arange(1, len(effect) + 1, dtype=float)
+    below = np.flatnonzero(effect <= effect[0] / 2)
+    below = below[below > 0]
+    positive = effect > 0
+    slope = (float(np.polyfit(np.log(t[positive]), np.log(effect[positive]), 1)[0])
+             if positive.sum() >= 2 and np.ptp(t[positive]) > 0 else math.nan)
+    return {"first": float(effect[0]), "half_at": float(t[below[0]]) if len(below) else math.nan, "slope": slope}
