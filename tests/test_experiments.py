@@ -442,9 +442,11 @@ def test_match_keeps_the_choice_nearest_the_baselines_landmark(tmp_path):
     measured = {c: diagnostics_summary(read_run(out / "tangent" / c / "seed-0"))["diag_update_ratio"]
                 for c in sweep["tried"]}
     assert sweep["measured"] == pytest.approx(measured)
-    nearest = min(measured, key=lambda c: abs(math.log(measured[c] / target)))
+    rising = list(measured.items())  # the sweep's order: learning rates ascending
+    first = next(i for i, (_, v) in enumerate(rising) if v >= target)
+    matched = min(rising[max(0, first - 1) : first + 1], key=lambda cv: abs(math.log(cv[1] / target)))[0]
     best_loss = min(sweep["tried"], key=sweep["tried"].get)
-    assert sweep["chosen"] == nearest and nearest != best_loss  # matched, not the lowest loss
+    assert sweep["chosen"] == matched and matched != best_loss  # matched, not the lowest loss
     assert f"| diag_update_ratio (target {target:.4g}) | kept |" in (out / "results.md").read_text()
 
 
@@ -461,6 +463,7 @@ def test_match_refusals(tmp_path, extra, message):
 
 
 def test_match_with_a_swept_baseline_and_a_landmark_no_run_measures(tmp_path):
+    from vslm.lab.experiments import matched_choice
     from vslm.report.runs import diagnostics_summary, read_run
 
     common = [*COMMON, "logging.diagnostics_every=1", "logging.probe_every=0", "train.min_lr=0"]
@@ -475,7 +478,7 @@ def test_match_with_a_swept_baseline_and_a_landmark_no_run_measures(tmp_path):
     assert adamw["chosen"] == min(adamw["tried"], key=adamw["tried"].get)  # the baseline: its lowest loss
     target = diagnostics_summary(read_run(out / "adamw" / adamw["chosen"] / "seed-0"))["diag_update_ratio"]
     assert muon["target"] == pytest.approx(target)
-    assert muon["chosen"] == min(muon["measured"], key=lambda c: abs(math.log(muon["measured"][c] / target)))
+    assert muon["chosen"] == matched_choice(list(muon["measured"].items()), target)
     # a landmark the runs do not measure is refused before anything trains
     with pytest.raises(ConfigError, match="match 'diag_update_ratio': variant 'adamw \\(train.lr=1e-3\\)' does not "
                                           "measure it \\(set logging.diagnostics_every\\)"):
@@ -514,3 +517,15 @@ def test_reach_gives_the_tokens_each_run_takes_to_the_baselines_final_loss(tmp_p
     # runs evaluated only at their end give no such table
     run_experiment(spec, tmp_path / "plain")
     assert "reach" not in json.loads((tmp_path / "plain" / "results.json").read_text())
+
+
+def test_matched_choice_is_the_first_crossing_not_a_choice_past_a_plateau():
+    from vslm.lab.experiments import matched_choice
+
+    # AdamP on tiny Shakespeare (optimizers-angular, seed 0): the angular step stops rising at lr 8e-3
+    sweep = [("1e-3", 0.0094), ("2e-3", 0.0134), ("4e-3", 0.0178), ("8e-3", 0.02247), ("1.6e-2", 0.02312),
+             ("3.2e-2", 0.02289), ("6.4e-2", 0.02008), ("1.28e-1", 0.02262)]
+    assert matched_choice(sweep, 0.0229) == "1.6e-2"  # the crossing, not 3.2e-2 (nearest, past the plateau)
+    assert matched_choice(sweep, 0.0170) == "4e-3"  # the one before the crossing is nearer
+    assert matched_choice(sweep, 0.05) == "1.6e-2"  # never reached: the nearest
+    assert matched_choice([("a", math.nan), ("b", 0.0)], 0.01) is None  # nothing measured

@@ -25,10 +25,11 @@ is reused and an unfinished one resumed, so an interrupted experiment is complet
 command again. A sweep trains every choice on seed 0, keeps the one with the lowest validation loss (a
 diverged run counts as infinite) and trains the other seeds with it; seed 0 of the kept choice is
 reused, so the reported spread includes the tuning seed, as it is tuned on the same validation set.
-With `match = "diag_update_ratio"` (a landmark of vslm.lab.tables.LANDMARKS: here the angular step
-||dW|| / ||W||, RESEARCH.md section 6) the baseline keeps its lowest validation loss as before, and every
-other variant keeps the choice whose seed-0 value of that landmark is nearest the baseline's (in ratio):
-the comparison is then at a matched angular step, not at each variant's best learning rate.
+With `match = "diag_update_ratio"` (MATCHABLE: here the angular step ||dW|| / ||W||, RESEARCH.md
+section 6) the baseline keeps its lowest validation loss as before, and every other variant keeps the
+choice where its seed-0 value of that landmark first reaches the baseline's (matched_choice: the sweep
+listed in rising order): the comparison is then at a matched angular step, not at each variant's best
+learning rate.
 
 Seeds decided by the data: with `resolve` (`vslm experiment NAME --resolve 0.02 --max-seeds 12`) seeds
 are added in rounds (as many as the first round had) until every variant's 95% interval of its
@@ -577,15 +578,11 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             raise VSLMError(f"match '{spec.match}': the baseline's seed-0 run ({baseline}) gives {target}, no value "
                             "to match (is the landmark measured? logging.diagnostics_every for the diag_ ones)")
 
-        def off(value: float) -> float:  # how far from the target, in ratio; unmeasured or failed: never kept
-            return abs(math.log(value / target)) if math.isfinite(value) and value > 0 else math.inf
-
         for variant, sweep in sweeps.items():
             sweep["measured"] = measured[variant]
-            near = {c: d for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])
-                    and math.isfinite(d := off(v))}
-            if variant != baseline and near:  # none finished and measured: the loss rule's pick stands
-                kept[variant] = sweep["chosen"] = min(near, key=near.get)
+            finished = [(c, v) for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])]
+            if variant != baseline and (choice := matched_choice(finished, target)) is not None:
+                kept[variant] = sweep["chosen"] = choice  # else none finished and measured: the loss rule's pick
             sweep["target"] = target
 
     def folder_of(variant: str, seed: int) -> Path:
@@ -711,6 +708,25 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                 "sweep" if columns[1].startswith("choice") else titles.get(tuple(columns), "training dynamics")
             print_table(console, title, columns, table_rows)
     return summary
+
+
+def matched_choice(values: list[tuple[str, float]], target: float) -> str | None:
+    """The sweep choice a `match` keeps: the choices in the order the sweep lists them (the landmark rising
+    with them: learning rates ascending), the first whose value reaches the target, or the one before it
+    where that is nearer in ratio; the nearest of all where none reaches it. Past a plateau, where a larger
+    learning rate no longer gives a larger angular step (it diverges instead), a choice of about the same
+    value is not a match. None when no value is measured (NaN, or not above 0)."""
+    ordered = [(c, v) for c, v in values if math.isfinite(v) and v > 0]
+    if not ordered:
+        return None
+
+    def off(item: tuple[str, float]) -> float:
+        return abs(math.log(item[1] / target))
+
+    for i, item in enumerate(ordered):
+        if item[1] >= target:
+            return min(ordered[max(0, i - 1) : i + 1], key=off)[0]
+    return min(ordered, key=off)[0]
 
 
 def summarize_reach(runs: dict[str, dict[int, RunFiles]], tokens_per_step: int) -> dict[str, dict]:
