@@ -41,6 +41,23 @@ def ctrl_c_reaches() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def tiny_gpt(overrides: list[str], seed: int = 0, vocab: int = 50):
+    """The `tiny` config's model with overrides, in eval mode, its weights moved away from the init (LoRA B = 0,
+    identity projections and uniform logits would make comparisons vacuous)."""
+    import torch
+
+    from vslm.config import load_config
+    from vslm.model import GPT
+
+    cfg = load_config("tiny", overrides).model.model_copy(update={"vocab_size": vocab})
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
 def tiny_overrides(**extra) -> list[str]:
     """Overrides that make the built-in `tiny` config fast and quiet."""
     words = {"logging.progress": "false", "data.max_bytes": "200000"}

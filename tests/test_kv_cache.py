@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_gpt as tiny_model
 from vslm.config import load_config
 from vslm.model import GPT
 from vslm.model.hooks import capture
@@ -28,16 +29,6 @@ VARIANTS = {
                          "model.tie_embeddings=false", "model.position=rope"],
     "attention-only": ["model.mlp=none", "model.tie_embeddings=false"],
 }
-
-
-def tiny_model(overrides: list[str], seed: int = 0) -> GPT:
-    cfg = load_config("tiny", overrides).model.model_copy(update={"vocab_size": 50})
-    torch.manual_seed(seed)
-    model = GPT(cfg).eval()
-    with torch.no_grad():  # away from the init (LoRA B = 0, identity projections, uniform logits)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_overrides
+from conftest import tiny_gpt, tiny_overrides
 from vslm.cli import main
 from vslm.config import load_config
 from vslm.errors import ConfigError, VSLMError
@@ -31,13 +31,7 @@ VARIANTS = {  # every attention normalisation, windows, sharing, a learned root 
 
 
 def tiny_model(overrides: list[str]) -> GPT:
-    cfg = load_config("tiny", [*ROPE, *overrides]).model.model_copy(update={"vocab_size": 50})
-    torch.manual_seed(0)
-    model = GPT(cfg).eval()
-    with torch.no_grad():  # away from the init, so that every weight matters
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
+    return tiny_gpt([*ROPE, *overrides])
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -422,17 +422,9 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     def run(title: str, plan: dict, folder: Path) -> dict:
         return _run_variants(title, spec, plan, folder, command, console, launcher, looks, resolve)
 
+    plans = _plan_corpora(spec, looks[-1], extra_overrides)
     if not spec.corpora:
-        plan = plan_experiment(spec, looks[-1], extra_overrides)
-        check_sources(plan)
-        return run(name, plan, out)
-    plans = {}
-    for corpus in spec.corpora:  # every corpus validated before anything trains
-        try:
-            plans[corpus] = plan_experiment(spec, looks[-1], extra_overrides, corpus)
-            check_sources(plans[corpus])
-        except VSLMError as e:
-            raise type(e)(f"corpus '{corpus}': {e}") from None
+        return run(name, plans[None], out)
     summaries = {}
     for corpus, plan in plans.items():
         if console:
@@ -443,6 +435,19 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
               .replace("# Experiment", "## Experiment", 1) for corpus in plans]
     write_text(out / "results.md", "\n".join(parts))
     return summaries
+
+
+def _plan_corpora(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[str]) -> dict[str | None, dict]:
+    """{corpus: plan} of every corpus of the spec ({None: plan} without `corpora`), each checked with its data
+    sources before anything trains; a fault names its corpus."""
+    plans = {}
+    for corpus in spec.corpora or [None]:
+        try:
+            plans[corpus] = plan_experiment(spec, seeds, extra_overrides, corpus)
+            check_sources(plans[corpus])
+        except VSLMError as e:
+            raise type(e)(f"corpus '{corpus}': {e}" if corpus else str(e)) from None
+    return plans
 
 
 def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
@@ -462,13 +467,7 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
     check_no_larger_summary(out, looks[-1])
-    plans = {}
-    for corpus in spec.corpora or [None]:
-        try:
-            plans[corpus] = plan_experiment(spec, looks[-1], extra_overrides, corpus)
-            check_sources(plans[corpus])
-        except VSLMError as e:
-            raise type(e)(f"corpus '{corpus}': {e}" if corpus else str(e)) from None
+    plans = _plan_corpora(spec, looks[-1], extra_overrides)
     result: dict = {"experiment": name, "looks": looks, "corpora": {}}
     for corpus, plan in plans.items():
         folder = out / _corpus_folder(corpus) if corpus else out
@@ -595,6 +594,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
               for v, cfgs in chosen_cfgs.items()}
     tokens = tokens_per_run(base_cfgs[0])
     by_variant: dict[str, list[dict]] = {v: [] for v in plan}
+    files: dict[tuple[str, int], RunFiles] = {}  # each finished run's files, read once
     done, history = 0, []
     for look, (n, level) in enumerate(zip(looks, levels, strict=True)):
         jobs = [(variant, seed, RunJob(chosen_cfgs[variant][seed], folder_of(variant, seed),
@@ -607,8 +607,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             else:
                 row |= {k: result[k] for k in ("val_loss", "val_bpb", "train_time_s", "params", "flops_per_token",
                                                "reused")}
-                files = read_run(job.folder)
-                row |= dynamics_summary(files) | diagnostics_summary(files)
+                files[variant, seed] = read_run(job.folder)
+                row |= dynamics_summary(files[variant, seed]) | diagnostics_summary(files[variant, seed])
                 row |= {k: v for k, v in result.items() if LENGTH_KEY.fullmatch(k)}  # train.eval_lengths
             by_variant[variant].append(row)
         for rows in by_variant.values():
@@ -630,7 +630,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         summary[variant]["chosen"] = sweep["chosen"]
     dynamics = summarize_dynamics(by_variant)
     lengths = summarize_lengths(by_variant, tokens, paired, level)
-    reach = summarize_reach({v: {r["seed"]: read_run(folder_of(v, r["seed"])) for r in rows if "failed" not in r}
+    reach = summarize_reach({v: {r["seed"]: files[v, r["seed"]] for r in rows if "failed" not in r}
                              for v, rows in by_variant.items()}, tokens // base_cfgs[0].train.steps)
     report = {"experiment": name, "description": spec.description, "command": command, "seeds": done,
               "runs": runs, "summary": summary, "dynamics": dynamics, "sweeps": sweeps}

@@ -132,14 +132,17 @@ def has_position_loss(run: RunFiles) -> bool:
     return any(p.get("position_loss") for p in run.probes)
 
 
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges halfway between centers (len + 1), the outer ones as far out as the nearest gap (1 if one)."""
+    gaps = np.diff(centers) if len(centers) > 1 else np.array([1.0])
+    return np.concatenate([[centers[0] - gaps[0] / 2], centers[:-1] + gaps / 2, [centers[-1] + gaps[-1] / 2]])
+
+
 def position_heatmap(run: RunFiles) -> Figure:
     """Loss by position (x) at each probe step (y, log-scaled): RESEARCH.md section 1's steps x positions matrix."""
     matrix = _position_matrix(run)
     steps = run.probe_steps
-    # Row edges halfway between probe steps in log(1 + step), so each row is a band around its step.
-    centers = np.log1p(steps)
-    gaps = np.diff(centers) if len(centers) > 1 else np.array([1.0])
-    edges = np.concatenate([[centers[0] - gaps[0] / 2], centers[:-1] + gaps / 2, [centers[-1] + gaps[-1] / 2]])
+    edges = _edges(np.log1p(steps))  # in log(1 + step): each row a band around its step
     positions = np.arange(matrix.shape[1] + 1) + 0.5  # position t (1 .. T-1 tokens of context) spans t +- 0.5
     fig, (ax,) = _figure(height=4.2)
     mesh = ax.pcolormesh(positions, np.expm1(edges), matrix, cmap="viridis", shading="flat")
@@ -160,12 +163,7 @@ def position_slope_heatmap(run: RunFiles) -> Figure:
     rows = [log_slope(row) for row in matrix]
     where = rows[0][0]
     slopes = np.array([r[1] for r in rows])
-    centers = np.log1p(steps)
-    gaps = np.diff(centers) if len(centers) > 1 else np.array([1.0])
-    edges = np.concatenate([[centers[0] - gaps[0] / 2], centers[:-1] + gaps / 2, [centers[-1] + gaps[-1] / 2]])
-    logs = np.log(where)
-    half = np.diff(logs) / 2 if len(logs) > 1 else np.array([0.5])
-    x_edges = np.exp(np.concatenate([[logs[0] - half[0]], logs[:-1] + half, [logs[-1] + half[-1]]]))
+    edges, x_edges = _edges(np.log1p(steps)), np.exp(_edges(np.log(where)))
     top = float(np.nanmax(np.abs(slopes))) if np.isfinite(slopes).any() else 1.0
     fig, (ax,) = _figure(height=4.2)
     mesh = ax.pcolormesh(x_edges, np.expm1(edges), slopes, cmap="RdBu_r", shading="flat",
