@@ -603,6 +603,26 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facts_capacity(a: argparse.Namespace) -> int:
+    from vslm.knowledge.capacity import CapacitySettings, parse_size, run_sweep
+
+    _at_least(a, 1, "people", "exposures")
+    for spec in a.sizes:
+        parse_size(spec)  # a malformed size is one line before anything is trained
+    if len(set(a.seeds)) != len(a.seeds):
+        raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, a.seeds))}")
+    settings = CapacitySettings(a.people, a.exposures, a.world_seed)
+
+    def said(spec, seed, r):
+        console.print(f"{spec} seed {seed}: {r['params']:,} parameters ({r['params'] - r['embedding_params']:,} "
+                      f"without the embedding), {r['exposures']:g} exposures; {r['bits']:,.0f} of "
+                      f"{r['data_bits']:,.0f} bits, {r['bits_per_param']:.3f} per parameter", highlight=False)
+
+    run_sweep(Path(a.out), a.sizes, a.seeds, settings, a.config, a.overrides, on_run=said)
+    print(Path(a.out) / "capacity.md")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
     """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
     p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
@@ -654,6 +674,18 @@ def _add_facts_parser(sub) -> None:
                              ("curve-questions", int, "W's novel questions per hop count on the curve (50)")):
         p.add_argument(f"--{flag}", type=kind, help=what)  # defaults: knowledge.reader.ReaderSettings (torch)
     p.set_defaults(func=cmd_facts_reader)
+    p = fsub.add_parser("capacity", help="bits of facts stored per parameter: models of several sizes trained on "
+                                         "random biographies (Allen-Zhu & Li's bioS)")
+    p.add_argument("--out", required=True, help="the sweep's folder: a run folder per size and seed, capacity.md")
+    p.add_argument("--people", type=int, default=1000, help="biographies (default 1000; 47.6 bits each)")
+    p.add_argument("--exposures", type=int, default=100, help="times each biography is trained on (default 100)")
+    p.add_argument("--sizes", nargs="+", default=["1x32", "2x64"], metavar="DxW",
+                   help="depth x width of each model, heads of width 16 (default 1x32 2x64)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    p.add_argument("--world-seed", type=int, default=0, help="the biographies' seed (default 0)")
+    p.add_argument("--config", default="capacity", help="model and schedule (default: the built-in 'capacity')")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
+    p.set_defaults(func=cmd_facts_capacity)
     p = fsub.add_parser("distill", help="train a student that forgets the world closed-book but reads it open-book")
     p.add_argument("teacher", help="run folder of a model that knows the world closed-book")
     p.add_argument("--naive", required=True, help="run folder of a model never shown the world (same tokenizer)")

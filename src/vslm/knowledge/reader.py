@@ -41,6 +41,7 @@ import functools
 import json
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,15 +112,22 @@ def _text_words() -> list[str]:
 
 @functools.cache
 def reader_tokenizer() -> HFTokenizer:
+    """The reader's words (every name part of names.py, city, country, year and template word) as
+    single tokens, the 256 bytes under them (word_tokenizer). Deterministic: it depends on names.py
+    and render.py only."""
+    return word_tokenizer(_text_words())
+
+
+def word_tokenizer(lines: Iterable[str]) -> HFTokenizer:
     """A word-level vocabulary with the 256 bytes under it: every byte-level pre-token (GPT-2's split:
-    " Alma", "Alma", " 1950", ".", "\\n") of the world's language is one token, found without merges;
-    anything else falls back to its bytes. Deterministic: it depends on names.py and render.py only."""
+    " Alma", "Alma", " 1950", ".", "\\n") of `lines` is one token, found without merges; anything
+    else falls back to its bytes, so any text still encodes and decodes exactly."""
     from tokenizers import Tokenizer as HF
     from tokenizers import decoders, models, pre_tokenizers
 
     split = pre_tokenizers.ByteLevel(add_prefix_space=False)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    words = sorted({piece for line in _text_words() for piece, _ in split.pre_tokenize_str(line)} - set(alphabet))
+    words = sorted({piece for line in lines for piece, _ in split.pre_tokenize_str(line)} - set(alphabet))
     vocab = {token: i for i, token in enumerate([*alphabet, *words])}
     hf = HF(models.BPE(vocab=vocab, merges=[], ignore_merges=True))  # a word in the vocabulary is one token
     hf.pre_tokenizer = split

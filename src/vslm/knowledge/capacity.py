@@ -1,0 +1,442 @@
+"""Knowledge capacity: how many bits of facts a model stores per parameter (RESEARCH.md section 5).
+
+    vslm facts capacity [overrides] --out R --people 1000 --exposures 100 --sizes 1x32 2x64 --seeds 0 1 2
+
+After Allen-Zhu & Li 2024 (Physics of Language Models 3.3, arXiv:2404.05405): a model trained on
+biographies whose facts are drawn uniformly at random can only lower its loss on a fact's value
+below that of a uniform guess by storing the fact, so the bits it stores are bounded below by
+
+    bits = sum over people and attributes of  log2 T_a - (-log2 q(value | the biography before it))
+
+where T_a is the number of values attribute a takes and q the model's prediction renormalised over
+those values: the value sets are public, so a model that knows them and nothing of the people scores
+0, however it spreads the rest of its mass (`bits_vocab` scores the full softmax, as the paper does,
+and so also charges a small model for mass outside the value set). The paper finds about 2 bits per parameter
+after 1000 exposures of each biography and about 1 bit after 100.
+
+The data is their bioS "single" (one template): N people, each with a unique three-word name (first,
+middle, last: names.py's invented first names twice and its surnames, 10^6 names) and eight
+attributes drawn uniformly and independently: gender (the pronoun, 2), birth month (12), day (28)
+and year (200), birth city (200), university (300), major (100) and employer (263), as the paper's
+value sets are sized; the work city follows from the employer (a rule, 0 bits: not counted). Cities,
+universities, majors and employers are invented words. Every word is one token (reader.word_tokenizer),
+so a biography is 38 tokens and each attribute's value is one token, scored where it is predicted.
+
+Training packs whole biographies, each after an end-of-text token, `context // 39` to a row; every
+epoch visits each biography once in a fresh order, so an exposure is exactly one visit. The bits are
+counted on the training biographies themselves (that is what is stored), each read alone after an
+end-of-text token. The names' own bits (which names exist) are not counted (the paper counts them),
+so the figure here is a lower bound of the paper's measure. Parameters are reported with and
+without the embedding (tied to the head), which with word tokens is a large share of a small model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vslm.config import RunConfig, load_config, validate
+from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
+from vslm.errors import UsageError, VSLMError
+from vslm.files import write_text
+from vslm.knowledge import names
+from vslm.knowledge.reader import word_tokenizer
+from vslm.train.callbacks import Callback
+from vslm.train.checkpoint import list_checkpoints
+from vslm.train.run_folder import CHECKPOINTS, clear_run_folder, read_run_config
+from vslm.train.trainer import Trainer, default_callbacks
+
+RESULT = "capacity.json"
+STARTED = "capacity-settings.json"  # the settings a resumed run must have (written when it starts)
+BIOS = "bios.txt"  # the biographies, end-of-text between them: the trainer's corpus (its validation loss)
+TABLE = "capacity.md"
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+PRONOUNS = ("He", "She")
+# the paper's value-set sizes (bioS): birth city 200, university 300, major 100, employer 263
+INVENTED = {"birth_city": 200, "university": 300, "major": 100, "employer": 263}
+WORK_CITIES = 200  # the employers' cities (the work city: a function of the employer)
+ATTRIBUTES = ("gender", "birth_month", "birth_day", "birth_year", "birth_city", "university", "major", "employer")
+TOKENS = 38  # tokens of one biography (test_capacity checks it)
+
+
+# ------------------------------------------------------------------------------------ the world
+
+
+def invented_words(n: int, label: str, avoid: set[str]) -> list[str]:
+    """n distinct capitalised two- or three-syllable words, none in `avoid`, drawn from random.Random(label)."""
+    onsets = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr",
+              "pl", "st", "tr", "sh", "th")
+    vowels = ("a", "e", "i", "o", "u", "ai", "ou")
+    codas = ("", "", "n", "r", "l", "s", "m")
+    rng, found = random.Random(label), []
+    while len(found) < n:
+        word = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+                       for _ in range(rng.choice((2, 2, 3)))).capitalize()
+        if word not in avoid:
+            avoid.add(word)
+            found.append(word)
+    return found
+
+
+@dataclass(frozen=True)
+class BioWorld:
+    """N people, each a name (first, middle, last) and one value index per attribute; the value sets;
+    each employer's city."""
+
+    seed: int
+    names: list[tuple[str, str, str]]
+    values: dict[str, list[str]]  # attribute -> its values, in a fixed order
+    people: list[dict[str, int]]  # attribute -> value index
+    employer_city: list[str]
+
+    @property
+    def data_bits(self) -> float:
+        """The bits of the attributes: people times the sum of log2 T_a."""
+        return len(self.people) * sum(math.log2(len(self.values[a])) for a in ATTRIBUTES)
+
+
+def bio_world(people: int, seed: int = 0) -> BioWorld:
+    """`people` people with unique names and uniformly drawn attributes, from random.Random(f"bios:{seed}")."""
+    if not 1 <= people <= 100_000:
+        raise UsageError(f"--people must be from 1 to 100000, got {people}")
+    taken = {*names.FIRST_NAMES, *names.SURNAMES, *MONTHS, *PRONOUNS}
+    invented = {a: invented_words(n, f"bios-{a}", taken) for a, n in INVENTED.items()}  # the same for every seed
+    work_cities = invented_words(WORK_CITIES, "bios-work_city", taken)
+    values = {"gender": list(PRONOUNS), "birth_month": list(MONTHS),
+              "birth_day": [str(d) for d in range(1, 29)], "birth_year": [str(y) for y in range(1900, 2100)],
+              **invented}
+    rng = random.Random(f"bios:{seed}")
+    employer_city = [rng.choice(work_cities) for _ in values["employer"]]
+    full, seen = [], set()
+    while len(full) < people:
+        name = (rng.choice(names.FIRST_NAMES), rng.choice(names.FIRST_NAMES), rng.choice(names.SURNAMES))
+        if name not in seen and name[0] != name[1]:
+            seen.add(name)
+            full.append(name)
+    drawn = [{a: rng.randrange(len(values[a])) for a in ATTRIBUTES} for _ in range(people)]
+    return BioWorld(seed, full, values, drawn, employer_city)
+
+
+def bio_pieces(world: BioWorld, i: int) -> list[tuple[str, str | None]]:
+    """Person i's biography as (text, attribute or None) pieces, each value a piece of its own (with its
+    leading space); joined they are the biography."""
+    p, v = world.people[i], world.values
+    first, middle, last = world.names[i]
+    pronoun = " " + v["gender"][p["gender"]]
+    employer = p["employer"]
+
+    def value(a: str) -> tuple[str, str]:
+        return " " + v[a][p[a]], a
+
+    return [(f"{first} {middle} {last} was born on", None), value("birth_month"), value("birth_day"), (",", None),
+            value("birth_year"), (".", None), (pronoun, "gender"), (" spent early years in", None),
+            value("birth_city"), (". " + pronoun.strip() + " attended", None), value("university"),
+            (" University. " + pronoun.strip() + " majored in", None), value("major"),
+            (". " + pronoun.strip() + " worked at", None), value("employer"),
+            (". " + pronoun.strip() + " lived in " + world.employer_city[employer] + ".", None)]
+
+
+def bio_text(world: BioWorld, i: int) -> str:
+    return "".join(text for text, _ in bio_pieces(world, i))
+
+
+def bio_tokenizer(world: BioWorld) -> HFTokenizer:
+    """Every word of the biographies one token (the value sets whole, whoever holds them)."""
+    words = [*names.FIRST_NAMES, *names.SURNAMES, *world.employer_city,
+             *(w for ws in world.values.values() for w in ws)]
+    lines = [bio_text(world, i) for i in range(min(len(world.people), 50))]  # the template's words
+    lines += [*names.FIRST_NAMES, *(" " + w for w in words)]  # a first name starts a biography; the rest follow a space
+    return word_tokenizer(lines)
+
+
+@dataclass(frozen=True)
+class EncodedBios:
+    ids: torch.Tensor  # (N, 1 + TOKENS): end-of-text, then the biography
+    value_at: dict[str, int]  # attribute -> index in a row of the value's token
+    candidates: dict[str, torch.Tensor]  # attribute -> the token of each of its values, in the value order
+    truth: dict[str, torch.Tensor]  # attribute -> (N,) each person's value index
+
+
+def encode_bios(world: BioWorld, tokenizer: Tokenizer) -> EncodedBios:
+    """Every biography as one row of token ids, and where its values are."""
+    rows, value_at = [], {}
+    for i in range(len(world.people)):
+        row, where = [tokenizer.eos_id], {}
+        for text, attribute in bio_pieces(world, i):
+            ids = tokenizer.encode(text)
+            if attribute is not None:
+                if len(ids) != 1:
+                    raise VSLMError(f"the value {text!r} of {attribute} is {len(ids)} tokens, not one")
+                where[attribute] = len(row)
+            row += ids
+        if len(row) != 1 + TOKENS:
+            raise VSLMError(f"biography {i} is {len(row) - 1} tokens, not {TOKENS}: {bio_text(world, i)!r}")
+        value_at = value_at or where
+        rows.append(row)
+    candidates = {}
+    for a in ATTRIBUTES:
+        ids = [tokenizer.encode(" " + w) for w in world.values[a]]
+        if any(len(t) != 1 for t in ids):
+            raise VSLMError(f"a value of {a} is more than one token")
+        candidates[a] = torch.tensor([t[0] for t in ids])
+    truth = {a: torch.tensor([p[a] for p in world.people]) for a in ATTRIBUTES}
+    return EncodedBios(torch.tensor(rows), value_at, candidates, truth)
+
+
+# ------------------------------------------------------------------------------------ the measure
+
+
+@torch.no_grad()
+def knowledge_bits(model, bios: EncodedBios, batch: int = 256) -> dict:
+    """Per attribute: the bits stored, sum over people of log2 T_a + log2 q(value), where q is the model's
+    next-token distribution renormalised over the attribute's T_a values (the value sets are public: a
+    model that knows them and nothing of the people scores 0); the same with q = the full softmax
+    (`bits_vocab`, the paper's measure, which also charges mass put outside the value set); the data's
+    bits (N log2 T_a); and the recall (the most probable value is the person's). Each biography is read
+    alone, after an end-of-text token."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logp = {a: [] for a in ATTRIBUTES}
+    for start in range(0, len(bios.ids), batch):
+        x = bios.ids[start : start + batch].to(device)
+        logits = model(x[:, :-1])  # (B, T, V): position t predicts token t + 1
+        for a in ATTRIBUTES:
+            logp[a].append(torch.log_softmax(logits[:, bios.value_at[a] - 1].float(), dim=-1).cpu())
+    model.train(was_training)
+    out = {}
+    for a in ATTRIBUTES:
+        lp = torch.cat(logp[a])[:, bios.candidates[a]]  # (N, T_a): log p of each value
+        truth, values = bios.truth[a], len(bios.candidates[a])
+        people = torch.arange(len(truth))
+        within = torch.log_softmax(lp, dim=-1)[people, truth]
+        out[a] = {"bits": round(float((math.log2(values) + within / math.log(2)).sum()), 1),
+                  "bits_vocab": round(float((math.log2(values) + lp[people, truth] / math.log(2)).sum()), 1),
+                  "data_bits": round(len(truth) * math.log2(values), 1),
+                  "recall": round(float((lp.argmax(dim=1) == truth).float().mean()), 4),
+                  "chance": round(1 / values, 4)}
+    total = {k: round(sum(v[k] for v in out.values()), 1) for k in ("bits", "bits_vocab", "data_bits")}
+    return {**total, "attributes": out}
+
+
+def embedding_params(model) -> int:
+    """The parameters of the token embedding (the head tied to it) and of learned positions, if any."""
+    count = model.embed.weight.numel()
+    pos = getattr(model, "pos", None)
+    return count + (pos.weight.numel() if isinstance(pos, torch.nn.Embedding) else 0)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+class BioBatches:
+    """Rows of whole biographies (end-of-text before each, one more at the row's end), `per_row` to a
+    row; each epoch visits every biography once, in an order of its own. The random state and the place
+    in the epoch are the data position saved in checkpoints."""
+
+    def __init__(self, bios: EncodedBios, context: int, batch_size: int, seed: int):
+        self.per_row = context // bios.ids.shape[1]
+        if self.per_row < 1:
+            raise VSLMError(f"model.context {context} is shorter than one biography ({bios.ids.shape[1]} tokens)")
+        self.bios, self.batch_size = bios, batch_size
+        self.rng = random.Random(f"bio-batches:{seed}")
+        self.order, self.at, self.epoch = [], 0, 0
+
+    def _next(self) -> int:
+        if self.at == len(self.order):
+            self.order = list(range(len(self.bios.ids)))
+            self.rng.shuffle(self.order)
+            self.at, self.epoch = 0, self.epoch + 1
+        self.at += 1
+        return self.order[self.at - 1]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        eos = self.bios.ids[0, :1]
+        rows = [torch.cat([*(self.bios.ids[self._next()] for _ in range(self.per_row)), eos])
+                for _ in range(self.batch_size)]
+        rows = torch.stack(rows)
+        return rows[:, :-1], rows[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": self.order, "at": self.at, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.order, self.at, self.epoch = list(state["order"]), state["at"], state["epoch"]
+
+
+class BitsCurve(Callback):
+    """Every `every` steps (and at the end) the bits stored, added to the step's metrics as `bits` and
+    `bits_per_param` (a logged step: `every` a multiple of logging.log_every)."""
+
+    def __init__(self, bios: EncodedBios, every: int):
+        self.bios, self.every = bios, every
+
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
+        if "loss" in metrics and (trainer.step % self.every == 0 or trainer.step == trainer.cfg.train.steps):
+            bits = knowledge_bits(trainer.model, self.bios)["bits"]
+            metrics.update({"bits": bits, "bits_per_param": round(bits / trainer.params, 4)})
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    people: int = 1000
+    exposures: int = 100
+    world_seed: int = 0  # the biographies (every size and training seed reads the same ones)
+
+
+def capacity_config(config: str = "capacity", overrides: list[str] | None = None) -> RunConfig:
+    return load_config(config, overrides or [])
+
+
+def steps_for(settings: CapacitySettings, cfg: RunConfig) -> int:
+    """Training steps that show each biography `exposures` times (rounded up to whole batches)."""
+    per_row = cfg.model.context // (TOKENS + 1)
+    if per_row < 1:
+        raise VSLMError(f"model.context {cfg.model.context} is shorter than one biography ({TOKENS + 1} tokens)")
+    if settings.people * (TOKENS + 1) <= cfg.model.context + 1:  # the validation windows read the biographies
+        raise UsageError(f"--people {settings.people}: give at least {(cfg.model.context + 1) // (TOKENS + 1) + 1} "
+                         f"people, a window of model.context {cfg.model.context} tokens longer than them all")
+    return math.ceil(settings.exposures * settings.people / (per_row * cfg.train.batch_size))
+
+
+def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse: bool = True) -> dict:
+    """Train one model on the biographies into the run folder `out` and write out/capacity.json; returns it.
+    A finished run of the same settings and config is read back; one stopped after a checkpoint is resumed;
+    one stopped before any is trained again; a folder holding anything else is an error."""
+    out = Path(out)
+    steps = steps_for(settings, cfg)
+    raw = cfg.model_dump(mode="json")
+    raw["train"]["steps"] = steps
+    raw["data"]["source"] = str((out / BIOS).resolve())
+    cfg = validate(raw)
+    recorded = asdict(settings)
+    if (out / RESULT).is_file():
+        done = json.loads((out / RESULT).read_text(encoding="utf-8"))
+        if not reuse:
+            raise VSLMError(f"{out} already holds a capacity run; --out another folder")
+        _check_same(out, cfg, recorded, done.get("settings"))
+        return done
+    resume = bool(list_checkpoints(out / CHECKPOINTS))
+    if resume:
+        started = out / STARTED
+        _check_same(out, cfg, recorded, json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None)
+    elif out.exists() and any(out.iterdir()):
+        if not (out / STARTED).is_file():
+            raise VSLMError(f"{out} holds something other than a capacity run: --out another folder")
+        clear_run_folder(out)  # stopped before its first checkpoint: nothing to keep
+    world = bio_world(settings.people, settings.world_seed)
+    tokenizer = bio_tokenizer(world)
+    bios = encode_bios(world, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / STARTED, json.dumps(recorded) + "\n")
+    write_text(out / BIOS, EOS.join(bio_text(world, i) for i in range(len(world.people))))
+    from vslm.data.shards import prepare_corpus
+
+    corpus = prepare_corpus(cfg.data, tokenizer=tokenizer, all_val=True)  # validation: the training biographies
+    every = cfg.logging.log_every * max(1, steps // (10 * cfg.logging.log_every))
+    callbacks = [BitsCurve(bios, every), *default_callbacks(cfg)]
+    began = time.perf_counter()
+    trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus,
+                      batches=BioBatches(bios, cfg.model.context, cfg.train.batch_size, cfg.train.seed), resume=resume)
+    trainer.fit()
+    measured = knowledge_bits(trainer.model, bios)
+    embedding = embedding_params(trainer.model)
+    per_row = cfg.model.context // (TOKENS + 1)
+    result = {"settings": recorded, "depth": cfg.model.depth, "width": cfg.model.width, "heads": cfg.model.heads,
+              "seed": cfg.train.seed, "steps": steps,
+              "exposures": round(steps * per_row * cfg.train.batch_size / settings.people, 2),
+              "params": trainer.params, "embedding_params": embedding, "vocab_size": tokenizer.vocab_size,
+              **measured,
+              "bits_per_param": round(measured["bits"] / trainer.params, 4),
+              "bits_per_nonembedding_param": round(measured["bits"] / (trainer.params - embedding), 4),
+              "wall_s": round(time.perf_counter() - began, 1), "train_time_s": round(trainer.train_time_s, 1)}
+    write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _check_same(out: Path, cfg: RunConfig, settings: dict, saved: dict | None) -> None:
+    from vslm.lab.runner import same_settings
+
+    if saved != settings or not same_settings(cfg, read_run_config(out)):
+        raise VSLMError(f"{out} holds a capacity run of other settings than this one's; move it away")
+
+
+# ------------------------------------------------------------------------------------ a sweep
+
+
+def parse_size(spec: str) -> tuple[int, int]:
+    """'DxW' -> (depth, width)."""
+    try:
+        depth, width = (int(s) for s in spec.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"a size is DEPTHxWIDTH, like 2x64; got {spec!r} (dotted overrides go before --sizes "
+                         "and --seeds)") from None
+    if depth < 1 or width < 16 or width % 16:
+        raise UsageError(f"a size needs depth >= 1 and a width that is a multiple of 16 (heads of 16); got {spec!r}")
+    return depth, width
+
+
+def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacitySettings, config: str = "capacity",
+              overrides: list[str] | None = None, on_run=None) -> dict:
+    """Every size (depth x width, heads of width 16) and seed into out/<size>-s<seed>; the table of the
+    bits stored over seeds in out/capacity.md and out/capacity.json; returns the latter."""
+    parsed = [(spec, *parse_size(spec)) for spec in sizes]
+    runs = {}
+    for spec, depth, width in parsed:
+        for seed in seeds:
+            cfg = capacity_config(config, [*(overrides or []), f"model.depth={depth}", f"model.width={width}",
+                                           f"model.heads={width // 16}", f"train.seed={seed}"])
+            result = train_capacity(Path(out) / f"{spec}-s{seed}", cfg, settings)
+            runs.setdefault(spec, []).append(result)
+            if on_run:
+                on_run(spec, seed, result)
+    rows = [summarize(spec, rs) for spec, rs in runs.items()]
+    summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows}
+    write_text(Path(out) / RESULT, json.dumps(summary, indent=1) + "\n")
+    write_text(Path(out) / TABLE, capacity_table(summary))
+    return summary
+
+
+def _mean_std(xs: list[float]) -> list[float]:
+    """[mean, sample std] (a list, as JSON reads it back)."""
+    return [statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else float("nan")]
+
+
+def summarize(spec: str, runs: list[dict]) -> dict:
+    row = {"size": spec, "seeds": len(runs), "params": runs[0]["params"],
+           "nonembedding_params": runs[0]["params"] - runs[0]["embedding_params"]}
+    for key in ("bits", "bits_per_param", "bits_per_nonembedding_param"):
+        row[key] = _mean_std([r[key] for r in runs])
+    row["bits_vocab"] = _mean_std([r["bits_vocab"] for r in runs])
+    row["recall"] = {a: statistics.fmean(r["attributes"][a]["recall"] for r in runs) for a in ATTRIBUTES}
+    return row
+
+
+def capacity_table(summary: dict) -> str:
+    s = summary["settings"]
+    lines = [f"# Knowledge capacity: {s['people']} people, {s['exposures']} exposures "
+             f"(world seed {s['world_seed']}; data {summary['data_bits']:,.0f} bits)", "",
+             "| size | seeds | params | non-embedding | bits stored | bits / param | bits / non-embedding param "
+             "| share of the data's bits | bits, full softmax | recall (mean of 8 attributes) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        bits, per, per_ne = r["bits"], r["bits_per_param"], r["bits_per_nonembedding_param"]
+        lines.append(f"| {r['size']} | {r['seeds']} | {r['params']:,} | {r['nonembedding_params']:,} "
+                     f"| {bits[0]:,.0f} ± {bits[1]:,.0f} | {per[0]:.3f} ± {per[1]:.3f} "
+                     f"| {per_ne[0]:.3f} ± {per_ne[1]:.3f} "
+                     f"| {bits[0] / summary['data_bits']:.3f} | {r['bits_vocab'][0]:,.0f} ± {r['bits_vocab'][1]:,.0f} "
+                     f"| {statistics.fmean(r['recall'].values()):.3f} |")
+    lines += ["", "Bits: sum over people and attributes of log2 T_a + log2 p(value), each biography read alone "
+              "over the attribute's values (a lower bound of what the weights hold; names not counted); full softmax: "
+              "log2 p over the whole vocabulary, as the paper scores it. Mean ± sample std over seeds.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""Knowledge capacity (vslm.knowledge.capacity): the biographies, the bits measure against oracles and
+brute force, exact exposures, and a run that stores facts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_gpt
+from vslm.cli import main
+from vslm.errors import VSLMError
+from vslm.knowledge.capacity import (
+    ATTRIBUTES,
+    TOKENS,
+    BioBatches,
+    CapacitySettings,
+    bio_pieces,
+    bio_text,
+    bio_tokenizer,
+    bio_world,
+    capacity_config,
+    encode_bios,
+    knowledge_bits,
+    run_sweep,
+    train_capacity,
+)
+
+
+@pytest.fixture(scope="module")
+def small():
+    world = bio_world(40, seed=3)
+    tokenizer = bio_tokenizer(world)
+    return world, tokenizer, encode_bios(world, tokenizer)
+
+
+def test_the_biographies_are_seeded_unique_and_one_token_per_value(small):
+    world, tokenizer, bios = small
+    assert bio_world(40, seed=3) == world and bio_world(40, seed=4).people != world.people
+    assert len(set(world.names)) == 40
+    sizes = {a: len(world.values[a]) for a in ATTRIBUTES}
+    assert sizes == {"gender": 2, "birth_month": 12, "birth_day": 28, "birth_year": 200, "birth_city": 200,
+                     "university": 300, "major": 100, "employer": 263}  # the paper's value sets
+    assert world.data_bits == pytest.approx(40 * 47.5916, abs=0.01)
+    assert bios.ids.shape == (40, 1 + TOKENS) and (bios.ids[:, 0] == tokenizer.eos_id).all()
+    for i in (0, 17, 39):
+        text = bio_text(world, i)
+        assert bios.ids[i, 1:].tolist() == tokenizer.encode(text)  # pieces encode as the whole text does
+        assert tokenizer.decode(bios.ids[i, 1:].tolist()) == text
+        for a in ATTRIBUTES:  # the token at value_at is the person's value, and its candidate
+            value = world.values[a][world.people[i][a]]
+            assert tokenizer.decode([int(bios.ids[i, bios.value_at[a]])]) == " " + value
+            assert int(bios.candidates[a][bios.truth[a][i]]) == int(bios.ids[i, bios.value_at[a]])
+    # the work city follows the employer: the same employer, the same city
+    by_employer = {}
+    for i in range(40):
+        lived = bio_pieces(world, i)[-1][0]
+        by_employer.setdefault(world.people[i]["employer"], set()).add(lived.split(" lived in ")[1])
+    assert all(len(c) == 1 for c in by_employer.values())
+
+
+class Oracle(torch.nn.Module):
+    """Logits that put `sure` nats on each person's value at its position (0 elsewhere): sure = 0 is a
+    model that knows nothing, a large one a model that knows everything."""
+
+    def __init__(self, bios, vocab: int, sure: float):
+        super().__init__()
+        self.bios, self.vocab, self.sure = bios, vocab, sure
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.rows = {tuple(r[:-1].tolist()): i for i, r in enumerate(bios.ids)}
+
+    def forward(self, x):
+        logits = torch.zeros(*x.shape, self.vocab)
+        for b, row in enumerate(x):
+            i = self.rows[tuple(row.tolist())]
+            for a in ATTRIBUTES:
+                logits[b, self.bios.value_at[a] - 1, self.bios.ids[i, self.bios.value_at[a]]] = self.sure
+        return logits
+
+
+def test_bits_are_zero_for_a_model_that_knows_nothing_and_the_data_for_one_that_knows_all(small):
+    world, tokenizer, bios = small
+    V = tokenizer.vocab_size
+    nothing = knowledge_bits(Oracle(bios, V, 0.0), bios, batch=7)
+    assert nothing["bits"] == pytest.approx(0, abs=0.05)  # uniform over each value set
+    # the full softmax also charges the mass on the V - T_a tokens outside the value set
+    expect_vocab = sum(40 * (math.log2(len(world.values[a])) - math.log2(V)) for a in ATTRIBUTES)
+    assert nothing["bits_vocab"] == pytest.approx(expect_vocab, abs=0.5)
+    everything = knowledge_bits(Oracle(bios, V, 60.0), bios)
+    assert everything["bits"] == pytest.approx(world.data_bits, abs=0.5)
+    assert everything["data_bits"] == pytest.approx(world.data_bits, abs=0.5)
+    assert all(v["recall"] == 1.0 for v in everything["attributes"].values())
+    # sure = s nats on the truth among T values: log2 T + log2 (e^s / (e^s + T - 1)) per person
+    part = knowledge_bits(Oracle(bios, V, 2.0), bios)
+    for a in ATTRIBUTES:
+        T = len(world.values[a])
+        assert part["attributes"][a]["bits"] == pytest.approx(
+            40 * (math.log2(T) + math.log2(math.exp(2) / (math.exp(2) + T - 1))), abs=0.1)
+
+
+def test_bits_of_a_real_model_match_scoring_each_biography_token_by_token(small):
+    world, tokenizer, bios = small
+    model = tiny_gpt(["model.context=64"], seed=2, vocab=tokenizer.vocab_size)
+    got = knowledge_bits(model, bios, batch=16)
+    for a in ("birth_year", "employer"):
+        total = 0.0
+        for i in range(40):  # each prefix alone, one forward per person: the value's log q among its values
+            prefix = bios.ids[i : i + 1, : bios.value_at[a]]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(prefix)[0, -1], dim=-1)[bios.candidates[a]]
+            total += math.log2(len(world.values[a])) + float(torch.log_softmax(lp, -1)[bios.truth[a][i]]) / math.log(2)
+        assert got["attributes"][a]["bits"] == pytest.approx(total, abs=0.2)
+
+
+def test_an_epoch_shows_every_biography_once_in_whole_rows_and_resumes_exactly(small):
+    _, _, bios = small
+    batches = BioBatches(bios, context=2 * 39 + 5, batch_size=4, seed=0)  # 2 biographies a row
+    assert batches.per_row == 2
+    seen = []
+    for _ in range(5):  # 40 biographies = 5 batches of 4 rows of 2
+        x, y = batches.next_batch()
+        assert x.shape == (4, 78) and torch.equal(x[:, 1:], y[:, :-1])
+        for row in torch.cat([x, y[:, -1:]], dim=1):
+            for k in range(2):
+                piece = row[k * 39 : (k + 1) * 39]
+                seen.append(next(i for i in range(40) if torch.equal(bios.ids[i], piece)))
+    assert sorted(seen) == list(range(40))  # each exactly once
+    state = batches.state_dict()
+    again = BioBatches(bios, context=83, batch_size=4, seed=0)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(batches.next_batch(), again.next_batch(), strict=True))
+    with pytest.raises(VSLMError, match="shorter than one biography"):
+        BioBatches(bios, context=30, batch_size=4, seed=0)
+
+
+def test_a_small_model_stores_most_of_a_few_biographies_and_the_sweep_reads_runs_back(tmp_path):
+    # 12 people shown 150 times each: a 1x32 model holds most of their 571 bits
+    settings = CapacitySettings(people=12, exposures=150, world_seed=1)
+    cfg = capacity_config("capacity", ["model.depth=1", "model.width=32", "model.heads=2", "train.batch_size=4",
+                                       "train.lr=1e-2", "train.warmup=10", "train.eval_windows=2"])
+    r = train_capacity(tmp_path / "one", cfg, settings)
+    assert r["steps"] == 150 and r["exposures"] == 150.0  # 12 x 150 / (4 rows x 3 biographies)
+    assert r["data_bits"] == pytest.approx(12 * 47.5916, abs=0.1)
+    assert r["bits"] > 0.7 * r["data_bits"], r  # learned, not guessed
+    assert r["bits_per_param"] == pytest.approx(r["bits"] / r["params"], abs=1e-4)
+    assert r["params"] - r["embedding_params"] > 0 and r["embedding_params"] == r["vocab_size"] * 32
+    metrics = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    curve = [m["bits"] for m in metrics if "bits" in m]
+    assert len(curve) >= 5 and curve[-1] == pytest.approx(r["bits"], abs=0.2) and curve[-1] > curve[0]
+    assert train_capacity(tmp_path / "one", cfg, settings) == r  # finished: read back
+    with pytest.raises(VSLMError, match="other settings"):
+        train_capacity(tmp_path / "one", cfg, CapacitySettings(people=12, exposures=100, world_seed=1))
+
+
+def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["facts", "capacity", "train.batch_size=2", "train.eval_windows=2", "--out", str(out), "--people", "6",
+                 "--exposures", "2", "--sizes", "1x16", "1x32", "--seeds", "0", "1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "capacity.md")
+    summary = json.loads((out / "capacity.json").read_text())
+    assert [r["size"] for r in summary["rows"]] == ["1x16", "1x32"] and all(r["seeds"] == 2 for r in summary["rows"])
+    one = [json.loads((out / f"1x32-s{s}" / "capacity.json").read_text()) for s in (0, 1)]
+    assert summary["rows"][1]["bits"][0] == pytest.approx((one[0]["bits"] + one[1]["bits"]) / 2, abs=0.1)
+    assert one[0]["heads"] == 2 and one[0]["seed"] == 0 and one[1]["seed"] == 1
+    table = (out / "capacity.md").read_text()
+    assert "| 1x16 | 2 |" in table and "| 1x32 | 2 |" in table
+    again = run_sweep(out, ["1x32"], [0, 1], CapacitySettings(6, 2, 0), overrides=["train.batch_size=2",
+                                                                                   "train.eval_windows=2"])
+    assert again["rows"][0] == summary["rows"][1]  # reused, not retrained
+    for bad, message in ((["--sizes", "2x"], "a size is DEPTHxWIDTH"), (["--sizes", "1x20"], "multiple of 16"),
+                         (["--seeds", "0", "0"], "repeats a seed"), (["--people", "0"], "--people must be at least 1"),
+                         (["--sizes", "1x16", "train.lr=1"], "overrides go before --sizes"),
+                         (["--people", "2"], "give at least 4 people")):
+        assert main(["facts", "capacity", "--out", str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
