@@ -146,6 +146,9 @@ def test_a_small_model_stores_most_of_a_few_biographies_and_the_sweep_reads_runs
     assert r["bits"] > 0.7 * r["data_bits"], r  # learned, not guessed
     assert r["bits_per_param"] == pytest.approx(r["bits"] / r["params"], abs=1e-4)
     assert r["params"] - r["embedding_params"] > 0 and r["embedding_params"] == r["vocab_size"] * 32
+    world = bio_world(12, seed=1)  # "used": less the rows of the tokens no biography holds (bytes, mostly)
+    used = len(torch.unique(encode_bios(world, bio_tokenizer(world)).ids))
+    assert r["vocab_size"] - used >= 250 and r["live_params"] == r["params"] - (r["vocab_size"] - used) * 32
     metrics = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     curve = [m["bits"] for m in metrics if "bits" in m]
     assert len(curve) >= 5 and curve[-1] == pytest.approx(r["bits"], abs=0.2) and curve[-1] > curve[0]
@@ -163,6 +166,9 @@ def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path,
     assert [r["size"] for r in summary["rows"]] == ["1x16", "1x32"] and all(r["seeds"] == 2 for r in summary["rows"])
     one = [json.loads((out / f"1x32-s{s}" / "capacity.json").read_text()) for s in (0, 1)]
     assert summary["rows"][1]["bits"][0] == pytest.approx((one[0]["bits"] + one[1]["bits"]) / 2, abs=0.1)
+    ratios = [r["bits_per_param"] for r in one]  # the 95% t-interval over the 2 seeds
+    half = 12.706205 * abs(ratios[0] - ratios[1]) / math.sqrt(2) / math.sqrt(2)
+    assert summary["rows"][1]["bits_per_param_ci"] == pytest.approx([sum(ratios) / 2 - half, sum(ratios) / 2 + half])
     assert one[0]["heads"] == 2 and one[0]["seed"] == 0 and one[1]["seed"] == 1
     table = (out / "capacity.md").read_text()
     assert "| 1x16 | 2 |" in table and "| 1x32 | 2 |" in table

@@ -677,10 +677,10 @@ def _add_facts_parser(sub) -> None:
     p = fsub.add_parser("capacity", help="bits of facts stored per parameter: models of several sizes trained on "
                                          "random biographies (Allen-Zhu & Li's bioS)")
     p.add_argument("--out", required=True, help="the sweep's folder: a run folder per size and seed, capacity.md")
-    p.add_argument("--people", type=int, default=1000, help="biographies (default 1000; 47.6 bits each)")
+    p.add_argument("--people", type=int, default=2000, help="biographies (default 2000; 47.6 bits each)")
     p.add_argument("--exposures", type=int, default=100, help="times each biography is trained on (default 100)")
-    p.add_argument("--sizes", nargs="+", default=["1x32", "2x64"], metavar="DxW",
-                   help="depth x width of each model, heads of width 16 (default 1x32 2x64)")
+    p.add_argument("--sizes", nargs="+", default=["1x16", "1x32", "2x32"], metavar="DxW",
+                   help="depth x width of each model, heads of width 16 (default 1x16 1x32 2x32)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--world-seed", type=int, default=0, help="the biographies' seed (default 0)")
     p.add_argument("--config", default="capacity", help="model and schedule (default: the built-in 'capacity')")

@@ -1,6 +1,6 @@
 """Knowledge capacity: how many bits of facts a model stores per parameter (RESEARCH.md section 5).
 
-    vslm facts capacity [overrides] --out R --people 1000 --exposures 100 --sizes 1x32 2x64 --seeds 0 1 2
+    vslm facts capacity --out R --people 2000 --exposures 100 --sizes 1x16 1x32 2x32 --seeds 0 1 2
 
 After Allen-Zhu & Li 2024 (Physics of Language Models 3.3, arXiv:2404.05405): a model trained on
 biographies whose facts are drawn uniformly at random can only lower its loss on a fact's value
@@ -26,8 +26,9 @@ Training packs whole biographies, each after an end-of-text token, `context // 3
 epoch visits each biography once in a fresh order, so an exposure is exactly one visit. The bits are
 counted on the training biographies themselves (that is what is stored), each read alone after an
 end-of-text token. The names' own bits (which names exist) are not counted (the paper counts them),
-so the figure here is a lower bound of the paper's measure. Parameters are reported with and
-without the embedding (tied to the head), which with word tokens is a large share of a small model.
+so the figure here is a lower bound of the paper's measure. Parameters are reported whole, without the
+embedding rows of tokens no biography holds (the byte fallback: "used"), and without the embedding
+(tied to the head), which with word tokens is most of a small model and holds facts too.
 """
 
 from __future__ import annotations
@@ -235,6 +236,14 @@ def embedding_params(model) -> int:
     return count + (pos.weight.numel() if isinstance(pos, torch.nn.Embedding) else 0)
 
 
+def unused_vocab_params(model, bios: EncodedBios) -> int:
+    """The embedding rows (and head rows, if untied) of tokens that no biography holds: the byte fallback of
+    the word tokenizer, which no gradient but weight decay reaches."""
+    unused = model.embed.weight.shape[0] - len(torch.unique(bios.ids))
+    head = model.head.weight.shape[1] if model.head is not None else 0
+    return unused * (model.embed.weight.shape[1] + head)
+
+
 # ------------------------------------------------------------------------------------ training
 
 
@@ -289,7 +298,7 @@ class BitsCurve(Callback):
 
 @dataclass(frozen=True)
 class CapacitySettings:
-    people: int = 1000
+    people: int = 2000
     exposures: int = 100
     world_seed: int = 0  # the biographies (every size and training seed reads the same ones)
 
@@ -351,13 +360,16 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     trainer.fit()
     measured = knowledge_bits(trainer.model, bios)
     embedding = embedding_params(trainer.model)
+    live = trainer.params - unused_vocab_params(trainer.model, bios)
     per_row = cfg.model.context // (TOKENS + 1)
     result = {"settings": recorded, "depth": cfg.model.depth, "width": cfg.model.width, "heads": cfg.model.heads,
               "seed": cfg.train.seed, "steps": steps,
               "exposures": round(steps * per_row * cfg.train.batch_size / settings.people, 2),
-              "params": trainer.params, "embedding_params": embedding, "vocab_size": tokenizer.vocab_size,
+              "params": trainer.params, "embedding_params": embedding, "live_params": live,
+              "vocab_size": tokenizer.vocab_size,
               **measured,
               "bits_per_param": round(measured["bits"] / trainer.params, 4),
+              "bits_per_live_param": round(measured["bits"] / live, 4),
               "bits_per_nonembedding_param": round(measured["bits"] / (trainer.params - embedding), 4),
               "wall_s": round(time.perf_counter() - began, 1), "train_time_s": round(trainer.train_time_s, 1)}
     write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
@@ -409,34 +421,51 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
 
 def _mean_std(xs: list[float]) -> list[float]:
     """[mean, sample std] (a list, as JSON reads it back)."""
-    return [statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else float("nan")]
+    from vslm.lab.stats import mean, sample_std
+
+    return [mean(xs), sample_std(xs)]
 
 
 def summarize(spec: str, runs: list[dict]) -> dict:
-    row = {"size": spec, "seeds": len(runs), "params": runs[0]["params"],
+    """One size over its seeds: mean and std of the bits and the ratios, the 95% t-interval of the bits per
+    parameter (NaN under 2 seeds), and the recall of each attribute."""
+    from vslm.lab.stats import paired_difference
+
+    row = {"size": spec, "seeds": len(runs), "params": runs[0]["params"], "live_params": runs[0]["live_params"],
            "nonembedding_params": runs[0]["params"] - runs[0]["embedding_params"]}
-    for key in ("bits", "bits_per_param", "bits_per_nonembedding_param"):
+    for key in ("bits", "bits_vocab", "bits_per_param", "bits_per_live_param", "bits_per_nonembedding_param"):
         row[key] = _mean_std([r[key] for r in runs])
-    row["bits_vocab"] = _mean_std([r["bits_vocab"] for r in runs])
+    ratio = [r["bits_per_param"] for r in runs]
+    interval = paired_difference([0.0] * len(ratio), ratio)  # against 0: the one-sample interval
+    row["bits_per_param_ci"] = [interval["ci_low"], interval["ci_high"]]
     row["recall"] = {a: statistics.fmean(r["attributes"][a]["recall"] for r in runs) for a in ATTRIBUTES}
     return row
+
+
+def _pm(ms: list[float], fmt: str) -> str:
+    """'mean ± std', or the mean alone where one seed gives no spread (NaN)."""
+    return f"{ms[0]:{fmt}}" if math.isnan(ms[1]) else f"{ms[0]:{fmt}} ± {ms[1]:{fmt}}"
 
 
 def capacity_table(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"# Knowledge capacity: {s['people']} people, {s['exposures']} exposures "
              f"(world seed {s['world_seed']}; data {summary['data_bits']:,.0f} bits)", "",
-             "| size | seeds | params | non-embedding | bits stored | bits / param | bits / non-embedding param "
-             "| share of the data's bits | bits, full softmax | recall (mean of 8 attributes) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| size | seeds | params | used (no byte rows) | non-embedding | bits stored | bits / param | 95% CI "
+             "| bits / used param | bits / non-embedding param | share of the data's bits | bits, full softmax "
+             "| recall (mean of 8 attributes) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        bits, per, per_ne = r["bits"], r["bits_per_param"], r["bits_per_nonembedding_param"]
-        lines.append(f"| {r['size']} | {r['seeds']} | {r['params']:,} | {r['nonembedding_params']:,} "
-                     f"| {bits[0]:,.0f} ± {bits[1]:,.0f} | {per[0]:.3f} ± {per[1]:.3f} "
-                     f"| {per_ne[0]:.3f} ± {per_ne[1]:.3f} "
-                     f"| {bits[0] / summary['data_bits']:.3f} | {r['bits_vocab'][0]:,.0f} ± {r['bits_vocab'][1]:,.0f} "
-                     f"| {statistics.fmean(r['recall'].values()):.3f} |")
-    lines += ["", "Bits: sum over people and attributes of log2 T_a + log2 p(value), each biography read alone "
-              "over the attribute's values (a lower bound of what the weights hold; names not counted); full softmax: "
-              "log2 p over the whole vocabulary, as the paper scores it. Mean ± sample std over seeds.", ""]
+        ci = r["bits_per_param_ci"]
+        interval = "-" if math.isnan(ci[0]) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+        lines.append(f"| {r['size']} | {r['seeds']} | {r['params']:,} | {r['live_params']:,} "
+                     f"| {r['nonembedding_params']:,} | {_pm(r['bits'], ',.0f')} | {_pm(r['bits_per_param'], '.3f')} "
+                     f"| {interval} | {_pm(r['bits_per_live_param'], '.3f')} "
+                     f"| {_pm(r['bits_per_nonembedding_param'], '.3f')} | {r['bits'][0] / summary['data_bits']:.3f} "
+                     f"| {_pm(r['bits_vocab'], ',.0f')} | {statistics.fmean(r['recall'].values()):.3f} |")
+    lines += ["", "Bits: sum over people and attributes of log2 T_a + log2 q(value), q the model's prediction over "
+              "the attribute's values, each biography read alone (a lower bound of what the weights hold; names "
+              "not counted); full softmax: q over the whole vocabulary, as the paper scores it. Mean ± sample std "
+              "over seeds; the interval is Student's t over seeds. Used: the parameters less the embedding rows of "
+              "tokens no biography holds (the word tokenizer's byte fallback).", ""]
     return "\n".join(lines)
