@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import shutil
 
 import pytest
 import torch
@@ -127,10 +129,12 @@ def test_an_epoch_shows_every_biography_once_in_whole_rows_and_resumes_exactly(s
                 piece = row[k * 39 : (k + 1) * 39]
                 seen.append(next(i for i in range(40) if torch.equal(bios.ids[i], piece)))
     assert sorted(seen) == list(range(40))  # each exactly once
+    batches.next_batch()  # into the second epoch: a state mid-epoch, resumed across the next boundary
     state = batches.state_dict()
     again = BioBatches(bios, context=83, batch_size=4, seed=0)
-    again.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(batches.next_batch(), again.next_batch(), strict=True))
+    again.load_state_dict(pickle.loads(pickle.dumps(state)))  # as a checkpoint (torch.save) keeps it
+    for _ in range(6):
+        assert all(torch.equal(a, b) for a, b in zip(batches.next_batch(), again.next_batch(), strict=True))
     with pytest.raises(VSLMError, match="shorter than one biography"):
         BioBatches(bios, context=30, batch_size=4, seed=0)
 
@@ -157,6 +161,45 @@ def test_a_small_model_stores_most_of_a_few_biographies_and_the_sweep_reads_runs
         train_capacity(tmp_path / "one", cfg, CapacitySettings(people=12, exposures=100, world_seed=1))
 
 
+def test_a_run_stopped_before_its_checkpoint_is_trained_again_and_a_foreign_folder_is_kept(tmp_path):
+    settings = CapacitySettings(people=8, exposures=6, world_seed=0)
+    cfg = capacity_config("capacity", ["model.depth=1", "model.width=16", "model.heads=1", "train.batch_size=2",
+                                       "train.eval_windows=2", "logging.log_every=2"])
+    out = tmp_path / "run"
+    first = train_capacity(out, cfg, settings)
+    assert first["steps"] == 8  # 8 x 6 / (2 rows x 3)
+    # killed before its only checkpoint (the last step): no checkpoint, metrics up to step 4
+    shutil.rmtree(out / "checkpoints")
+    (out / "capacity.json").unlink()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    again = train_capacity(out, cfg, settings)
+    assert again["bits"] == first["bits"] and again["attributes"] == first["attributes"]  # the same run, anew
+    # stopped after its checkpoint at step 3 (mid-epoch: 18 biographies of 8 a epoch): resumed, the same run
+    every3 = capacity_config("capacity", ["model.depth=1", "model.width=16", "model.heads=1", "train.batch_size=2",
+                                          "train.eval_windows=2", "logging.log_every=1", "train.checkpoint_every=3",
+                                          "train.keep_last=3"])
+    resumed = tmp_path / "resumed"
+    whole = train_capacity(resumed, every3, settings)
+    assert whole["bits"] == first["bits"]
+    for step in (6, 8):
+        (resumed / "checkpoints" / f"step_{step:08d}.safetensors").unlink()
+    (resumed / "capacity.json").unlink()
+    assert train_capacity(resumed, every3, settings)["attributes"] == whole["attributes"]
+    # gradient accumulation draws more biographies a step: fewer steps for the same exposures
+    twice = capacity_config("capacity", ["model.depth=1", "model.width=16", "model.heads=1", "train.batch_size=2",
+                                         "train.grad_accum=2", "train.eval_windows=2"])
+    r = train_capacity(tmp_path / "accum", twice, settings)
+    assert r["steps"] == 4 and r["exposures"] == 6.0
+    # a folder of something else is refused, its files kept
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(VSLMError, match="holds something other than a capacity run"):
+        train_capacity(other, cfg, settings)
+    assert (other / "notes.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+
+
 def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["facts", "capacity", "train.batch_size=2", "train.eval_windows=2", "--out", str(out), "--people", "6",
@@ -178,8 +221,12 @@ def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path,
     for bad, message in ((["--sizes", "2x"], "a size is DEPTHxWIDTH"), (["--sizes", "1x20"], "multiple of 16"),
                          (["--seeds", "0", "0"], "repeats a seed"), (["--people", "0"], "--people must be at least 1"),
                          (["--sizes", "1x16", "train.lr=1"], "overrides go before --sizes"),
-                         (["--people", "2"], "give at least 4 people")):
+                         (["--people", "2"], "give at least 4 people"), (["--sizes", "1x16", "1x16"], "repeats a size"),
+                         (["model.kv_heads=3", "--sizes", "1x32", "1x16"], "kv_heads")):
         assert main(["facts", "capacity", "--out", str(tmp_path / "bad"), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "bad").exists()
+    assert not (tmp_path / "bad").exists()  # every size's config checked before the first run
+    (tmp_path / "file").write_text("x")
+    assert main(["facts", "capacity", "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

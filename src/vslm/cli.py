@@ -604,13 +604,9 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
 
 
 def cmd_facts_capacity(a: argparse.Namespace) -> int:
-    from vslm.knowledge.capacity import CapacitySettings, parse_size, run_sweep
+    from vslm.knowledge.capacity import CapacitySettings, run_sweep
 
     _at_least(a, 1, "people", "exposures")
-    for spec in a.sizes:
-        parse_size(spec)  # a malformed size is one line before anything is trained
-    if len(set(a.seeds)) != len(a.seeds):
-        raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, a.seeds))}")
     settings = CapacitySettings(a.people, a.exposures, a.world_seed)
 
     def said(spec, seed, r):

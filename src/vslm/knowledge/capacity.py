@@ -15,7 +15,8 @@ and so also charges a small model for mass outside the value set). The paper fin
 after 1000 exposures of each biography and about 1 bit after 100.
 
 The data is their bioS "single" (one template): N people, each with a unique three-word name (first,
-middle, last: names.py's invented first names twice and its surnames, 10^6 names) and eight
+middle, last: names.py's first names twice, never the same one twice, and its surnames: 990,000
+names) and eight
 attributes drawn uniformly and independently: gender (the pronoun, 2), birth month (12), day (28)
 and year (200), birth city (200), university (300), major (100) and employer (263), as the paper's
 value sets are sized; the work city follows from the employer (a rule, 0 bits: not counted). Cities,
@@ -23,12 +24,13 @@ universities, majors and employers are invented words. Every word is one token (
 so a biography is 38 tokens and each attribute's value is one token, scored where it is predicted.
 
 Training packs whole biographies, each after an end-of-text token, `context // 39` to a row; every
-epoch visits each biography once in a fresh order, so an exposure is exactly one visit. The bits are
-counted on the training biographies themselves (that is what is stored), each read alone after an
-end-of-text token. The names' own bits (which names exist) are not counted (the paper counts them),
-so the figure here is a lower bound of the paper's measure. Parameters are reported whole, without the
-embedding rows of tokens no biography holds (the byte fallback: "used"), and without the embedding
-(tied to the head), which with word tokens is most of a small model and holds facts too.
+epoch visits each biography once in a fresh order, so an exposure is exactly one visit (the steps are
+rounded up to whole batches: the exposures trained are in the result). The bits are counted on the
+training biographies themselves (that is what is stored), each read alone after an end-of-text
+token. The names' own bits (which names exist) are not counted; the paper counts them. Parameters
+are reported whole, without the embedding rows of tokens no biography holds (the byte fallback:
+"used"), and without the embedding (tied to the head), which with word tokens is most of a small
+model and holds facts too.
 """
 
 from __future__ import annotations
@@ -51,13 +53,23 @@ from vslm.knowledge import names
 from vslm.knowledge.reader import word_tokenizer
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, clear_run_folder, read_run_config
+from vslm.train.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    check_not_in_use,
+    clear_run_folder,
+    never_checkpointed,
+    no_checkpoint_yet,
+    read_run_config,
+)
 from vslm.train.trainer import Trainer, default_callbacks
 
 RESULT = "capacity.json"
 STARTED = "capacity-settings.json"  # the settings a resumed run must have (written when it starts)
 BIOS = "bios.txt"  # the biographies, end-of-text between them: the trainer's corpus (its validation loss)
 TABLE = "capacity.md"
+RESULT_KEYS = ("bits", "bits_vocab", "params", "live_params", "embedding_params", "bits_per_param",
+               "bits_per_live_param", "bits_per_nonembedding_param", "attributes")  # what the sweep's table reads
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -182,6 +194,8 @@ def encode_bios(world: BioWorld, tokenizer: Tokenizer) -> EncodedBios:
         if len(row) != 1 + TOKENS:
             raise VSLMError(f"biography {i} is {len(row) - 1} tokens, not {TOKENS}: {bio_text(world, i)!r}")
         value_at = value_at or where
+        if where != value_at:
+            raise VSLMError(f"biography {i} has its values at other positions than the first's")
         rows.append(row)
     candidates = {}
     for a in ATTRIBUTES:
@@ -212,11 +226,12 @@ def knowledge_bits(model, bios: EncodedBios, batch: int = 256) -> dict:
         x = bios.ids[start : start + batch].to(device)
         logits = model(x[:, :-1])  # (B, T, V): position t predicts token t + 1
         for a in ATTRIBUTES:
-            logp[a].append(torch.log_softmax(logits[:, bios.value_at[a] - 1].float(), dim=-1).cpu())
+            full = torch.log_softmax(logits[:, bios.value_at[a] - 1].float(), dim=-1)
+            logp[a].append(full[:, bios.candidates[a].to(device)].cpu())  # (B, T_a): log p of each value
     model.train(was_training)
     out = {}
     for a in ATTRIBUTES:
-        lp = torch.cat(logp[a])[:, bios.candidates[a]]  # (N, T_a): log p of each value
+        lp = torch.cat(logp[a])  # (N, T_a)
         truth, values = bios.truth[a], len(bios.candidates[a])
         people = torch.arange(len(truth))
         within = torch.log_softmax(lp, dim=-1)[people, truth]
@@ -237,8 +252,9 @@ def embedding_params(model) -> int:
 
 
 def unused_vocab_params(model, bios: EncodedBios) -> int:
-    """The embedding rows (and head rows, if untied) of tokens that no biography holds: the byte fallback of
-    the word tokenizer, which no gradient but weight decay reaches."""
+    """The embedding rows (and head rows, if untied) of tokens that no biography holds, mostly the word
+    tokenizer's byte fallback: they never enter a biography's input, and the measure renormalises the
+    prediction over the values, so they cannot change it."""
     unused = model.embed.weight.shape[0] - len(torch.unique(bios.ids))
     head = model.head.weight.shape[1] if model.head is not None else 0
     return unused * (model.embed.weight.shape[1] + head)
@@ -307,6 +323,10 @@ def capacity_config(config: str = "capacity", overrides: list[str] | None = None
     return load_config(config, overrides or [])
 
 
+def biographies_per_step(cfg: RunConfig) -> int:
+    return cfg.model.context // (TOKENS + 1) * cfg.train.batch_size * cfg.train.grad_accum
+
+
 def steps_for(settings: CapacitySettings, cfg: RunConfig) -> int:
     """Training steps that show each biography `exposures` times (rounded up to whole batches)."""
     per_row = cfg.model.context // (TOKENS + 1)
@@ -315,7 +335,7 @@ def steps_for(settings: CapacitySettings, cfg: RunConfig) -> int:
     if settings.people * (TOKENS + 1) <= cfg.model.context + 1:  # the validation windows read the biographies
         raise UsageError(f"--people {settings.people}: give at least {(cfg.model.context + 1) // (TOKENS + 1) + 1} "
                          f"people, a window of model.context {cfg.model.context} tokens longer than them all")
-    return math.ceil(settings.exposures * settings.people / (per_row * cfg.train.batch_size))
+    return math.ceil(settings.exposures * settings.people / biographies_per_step(cfg))
 
 
 def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse: bool = True) -> dict:
@@ -329,20 +349,27 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     raw["data"]["source"] = str((out / BIOS).resolve())
     cfg = validate(raw)
     recorded = asdict(settings)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
     if (out / RESULT).is_file():
         done = json.loads((out / RESULT).read_text(encoding="utf-8"))
         if not reuse:
             raise VSLMError(f"{out} already holds a capacity run; --out another folder")
         _check_same(out, cfg, recorded, done.get("settings"))
+        if missing := [k for k in RESULT_KEYS if k not in done]:
+            raise VSLMError(f"{out / RESULT} lacks {', '.join(missing)} (an older vslm's): move the run away")
         return done
-    resume = bool(list_checkpoints(out / CHECKPOINTS))
-    if resume:
-        started = out / STARTED
-        _check_same(out, cfg, recorded, json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None)
-    elif out.exists() and any(out.iterdir()):
-        if not (out / STARTED).is_file():
+    if out.exists() and any(out.iterdir()):
+        if not (out / STARTED).is_file() or not (out / CONFIG).is_file():
             raise VSLMError(f"{out} holds something other than a capacity run: --out another folder")
-        clear_run_folder(out)  # stopped before its first checkpoint: nothing to keep
+        check_not_in_use(out)  # a live run's folder is never judged, let alone cleared
+        started = json.loads((out / STARTED).read_text(encoding="utf-8"))
+        _check_same(out, cfg, recorded, started)
+    resume = bool(list_checkpoints(out / CHECKPOINTS))
+    if not resume and out.exists() and any(out.iterdir()):  # stopped before its first checkpoint
+        if not never_checkpointed(out, read_run_config(out)):
+            raise VSLMError(f"cannot continue the capacity run in {out}: {no_checkpoint_yet(out)}")
+        clear_run_folder(out)
     world = bio_world(settings.people, settings.world_seed)
     tokenizer = bio_tokenizer(world)
     bios = encode_bios(world, tokenizer)
@@ -361,10 +388,9 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     measured = knowledge_bits(trainer.model, bios)
     embedding = embedding_params(trainer.model)
     live = trainer.params - unused_vocab_params(trainer.model, bios)
-    per_row = cfg.model.context // (TOKENS + 1)
     result = {"settings": recorded, "depth": cfg.model.depth, "width": cfg.model.width, "heads": cfg.model.heads,
               "seed": cfg.train.seed, "steps": steps,
-              "exposures": round(steps * per_row * cfg.train.batch_size / settings.people, 2),
+              "exposures": round(steps * biographies_per_step(cfg) / settings.people, 2),
               "params": trainer.params, "embedding_params": embedding, "live_params": live,
               "vocab_size": tokenizer.vocab_size,
               **measured,
@@ -377,9 +403,13 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
 
 
 def _check_same(out: Path, cfg: RunConfig, settings: dict, saved: dict | None) -> None:
+    """Refuse a folder whose run has other settings or another config than these (up to the biographies
+    file, which is the folder's own: a moved folder is still the same run)."""
     from vslm.lab.runner import same_settings
 
-    if saved != settings or not same_settings(cfg, read_run_config(out)):
+    run_cfg = read_run_config(out)
+    asked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": run_cfg.data.source})})
+    if saved != settings or not same_settings(asked, run_cfg):
         raise VSLMError(f"{out} holds a capacity run of other settings than this one's; move it away")
 
 
@@ -403,19 +433,31 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
     """Every size (depth x width, heads of width 16) and seed into out/<size>-s<seed>; the table of the
     bits stored over seeds in out/capacity.md and out/capacity.json; returns the latter."""
     parsed = [(spec, *parse_size(spec)) for spec in sizes]
-    runs = {}
-    for spec, depth, width in parsed:
+    if len({(d, w) for _, d, w in parsed}) < len(parsed):
+        raise UsageError(f"--sizes repeats a size: {' '.join(sizes)}")
+    if len(set(seeds)) < len(seeds):
+        raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}")
+    out = Path(out)
+    if taken := next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None):
+        raise UsageError(f"--out {out}: {taken} is a file, not a folder")
+    bio_world(settings.people, settings.world_seed)  # bad settings: one line before anything is trained
+    plan = []
+    for spec, depth, width in parsed:  # every config checked before the first run
         for seed in seeds:
             cfg = capacity_config(config, [*(overrides or []), f"model.depth={depth}", f"model.width={width}",
                                            f"model.heads={width // 16}", f"train.seed={seed}"])
-            result = train_capacity(Path(out) / f"{spec}-s{seed}", cfg, settings)
-            runs.setdefault(spec, []).append(result)
-            if on_run:
-                on_run(spec, seed, result)
+            steps_for(settings, cfg)
+            plan.append((spec, seed, cfg))
+    runs = {}
+    for spec, seed, cfg in plan:
+        result = train_capacity(out / f"{spec}-s{seed}", cfg, settings)
+        runs.setdefault(spec, []).append(result)
+        if on_run:
+            on_run(spec, seed, result)
     rows = [summarize(spec, rs) for spec, rs in runs.items()]
     summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows}
-    write_text(Path(out) / RESULT, json.dumps(summary, indent=1) + "\n")
-    write_text(Path(out) / TABLE, capacity_table(summary))
+    write_text(out / RESULT, json.dumps(summary, indent=1) + "\n")
+    write_text(out / TABLE, capacity_table(summary))
     return summary
 
 
