@@ -469,17 +469,18 @@ def _mean_std(xs: list[float]) -> list[float]:
 
 
 def summarize(spec: str, runs: list[dict]) -> dict:
-    """One size over its seeds: mean and std of the bits and the ratios, the 95% t-interval of the bits per
-    parameter (NaN under 2 seeds), and the recall of each attribute."""
+    """One size over its seeds: mean and std of the bits and the ratios, the 95% t-intervals of the bits per
+    parameter and per used parameter (NaN under 2 seeds), and the recall of each attribute."""
     from vslm.lab.stats import paired_difference
 
     row = {"size": spec, "seeds": len(runs), "params": runs[0]["params"], "live_params": runs[0]["live_params"],
            "nonembedding_params": runs[0]["params"] - runs[0]["embedding_params"]}
     for key in ("bits", "bits_vocab", "bits_per_param", "bits_per_live_param", "bits_per_nonembedding_param"):
         row[key] = _mean_std([r[key] for r in runs])
-    ratio = [r["bits_per_param"] for r in runs]
-    interval = paired_difference([0.0] * len(ratio), ratio)  # against 0: the one-sample interval
-    row["bits_per_param_ci"] = [interval["ci_low"], interval["ci_high"]]
+    for key in ("bits_per_param", "bits_per_live_param"):
+        ratio = [r[key] for r in runs]
+        interval = paired_difference([0.0] * len(ratio), ratio)  # against 0: the one-sample interval
+        row[f"{key}_ci"] = [interval["ci_low"], interval["ci_high"]]
     row["recall"] = {a: statistics.fmean(r["attributes"][a]["recall"] for r in runs) for a in ATTRIBUTES}
     return row
 
@@ -489,20 +490,23 @@ def _pm(ms: list[float], fmt: str) -> str:
     return f"{ms[0]:{fmt}}" if math.isnan(ms[1]) else f"{ms[0]:{fmt}} ± {ms[1]:{fmt}}"
 
 
+def _interval(ci: list[float]) -> str:
+    return "-" if math.isnan(ci[0]) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def capacity_table(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"# Knowledge capacity: {s['people']} people, {s['exposures']} exposures "
              f"(world seed {s['world_seed']}; data {summary['data_bits']:,.0f} bits)", "",
              "| size | seeds | params | used (no byte rows) | non-embedding | bits stored | bits / param | 95% CI "
-             "| bits / used param | bits / non-embedding param | share of the data's bits | bits, full softmax "
-             "| recall (mean of 8 attributes) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| bits / used param | 95% CI | bits / non-embedding param | share of the data's bits "
+             "| bits, full softmax | recall (mean of 8 attributes) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        ci = r["bits_per_param_ci"]
-        interval = "-" if math.isnan(ci[0]) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+        interval, live_interval = (_interval(r[f"{key}_ci"]) for key in ("bits_per_param", "bits_per_live_param"))
         lines.append(f"| {r['size']} | {r['seeds']} | {r['params']:,} | {r['live_params']:,} "
                      f"| {r['nonembedding_params']:,} | {_pm(r['bits'], ',.0f')} | {_pm(r['bits_per_param'], '.3f')} "
-                     f"| {interval} | {_pm(r['bits_per_live_param'], '.3f')} "
+                     f"| {interval} | {_pm(r['bits_per_live_param'], '.3f')} | {live_interval} "
                      f"| {_pm(r['bits_per_nonembedding_param'], '.3f')} | {r['bits'][0] / summary['data_bits']:.3f} "
                      f"| {_pm(r['bits_vocab'], ',.0f')} | {statistics.fmean(r['recall'].values()):.3f} |")
     lines += ["", "Bits: sum over people and attributes of log2 T_a + log2 q(value), q the model's prediction over "
