@@ -19,6 +19,7 @@ from vslm.knowledge.capacity import (
     TOKENS,
     BioBatches,
     CapacitySettings,
+    against_paper,
     bio_pieces,
     bio_text,
     bio_tokenizer,
@@ -27,6 +28,7 @@ from vslm.knowledge.capacity import (
     encode_bios,
     knowledge_bits,
     run_sweep,
+    summarize,
     train_capacity,
 )
 
@@ -230,3 +232,26 @@ def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path,
     (tmp_path / "file").write_text("x")
     assert main(["facts", "capacity", "--out", str(tmp_path / "file" / "sub")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_sizes_are_tested_against_the_papers_ratio_as_scipy_and_holm_do():
+    from scipy import stats
+
+    def run(ratio: float, live: float) -> dict:
+        return {"params": 100, "embedding_params": 60, "live_params": 90, "bits": 100 * ratio, "bits_vocab": 0.0,
+                "bits_per_param": ratio, "bits_per_live_param": live, "bits_per_nonembedding_param": 2.5 * ratio,
+                "attributes": {a: {"recall": 0.5} for a in ATTRIBUTES}}
+
+    per_size = {"1x16": [0.80, 0.84, 0.83], "1x32": [0.90, 1.02, 0.95], "2x32": [0.70, 0.74]}
+    rows = [summarize(size, [run(x, x + 0.1) for x in xs]) for size, xs in per_size.items()]
+    assert rows[0]["bits_per_param"] == pytest.approx([0.8233333, 0.0208167], abs=1e-6)
+    paper = against_paper(rows, exposures=100)
+    assert paper["ratio"] == 1.0 and against_paper(rows, exposures=50) is None
+    p = {size: stats.ttest_1samp(xs, 1.0).pvalue for size, xs in per_size.items() if len(xs) >= 3}
+    low, high = sorted(p, key=p.get)
+    got = paper["bits_per_param"]
+    assert got["1x16"]["diff"] == pytest.approx(0.8233333 - 1) and got["1x16"]["p"] == pytest.approx(p["1x16"])
+    assert got[low]["p_holm"] == pytest.approx(2 * p[low])  # Holm over the two sizes with 3 seeds
+    assert got[high]["p_holm"] == pytest.approx(max(2 * p[low], p[high]))
+    assert math.isnan(got["2x32"]["p_holm"])  # 2 seeds: an interval, no test
+    assert paper["bits_per_live_param"]["1x32"]["p"] == pytest.approx(stats.ttest_1samp([1.0, 1.12, 1.05], 1.0).pvalue)

@@ -68,6 +68,7 @@ RESULT = "capacity.json"
 STARTED = "capacity-settings.json"  # the settings a resumed run must have (written when it starts)
 BIOS = "bios.txt"  # the biographies, end-of-text between them: the trainer's corpus (its validation loss)
 TABLE = "capacity.md"
+PAPER_RATIO = {100: 1.0, 1000: 2.0}  # Allen-Zhu & Li's peak bits per parameter at these exposures (GPT-2, bioS)
 RESULT_KEYS = ("bits", "bits_vocab", "params", "live_params", "embedding_params", "bits_per_param",
                "bits_per_live_param", "bits_per_nonembedding_param", "attributes")  # what the sweep's table reads
 
@@ -455,7 +456,8 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
         if on_run:
             on_run(spec, seed, result)
     rows = [summarize(spec, rs) for spec, rs in runs.items()]
-    summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows}
+    summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows,
+               "paper": against_paper(rows, settings.exposures)}
     write_text(out / RESULT, json.dumps(summary, indent=1) + "\n")
     write_text(out / TABLE, capacity_table(summary))
     return summary
@@ -481,6 +483,7 @@ def summarize(spec: str, runs: list[dict]) -> dict:
         ratio = [r[key] for r in runs]
         interval = paired_difference([0.0] * len(ratio), ratio)  # against 0: the one-sample interval
         row[f"{key}_ci"] = [interval["ci_low"], interval["ci_high"]]
+    row["runs"] = {key: [r[key] for r in runs] for key in ("bits_per_param", "bits_per_live_param")}
     row["recall"] = {a: statistics.fmean(r["attributes"][a]["recall"] for r in runs) for a in ATTRIBUTES}
     return row
 
@@ -488,6 +491,25 @@ def summarize(spec: str, runs: list[dict]) -> dict:
 def _pm(ms: list[float], fmt: str) -> str:
     """'mean ± std', or the mean alone where one seed gives no spread (NaN)."""
     return f"{ms[0]:{fmt}}" if math.isnan(ms[1]) else f"{ms[0]:{fmt}} ± {ms[1]:{fmt}}"
+
+
+def against_paper(rows: list[dict], exposures: int) -> dict | None:
+    """Where the paper gives a peak capacity ratio for these exposures (PAPER_RATIO): each size's bits per
+    parameter and per used parameter minus it, a one-sample t-test over seeds (two-sided), Holm across the
+    sizes within each count; None for other exposures."""
+    from vslm.lab.stats import MIN_SEEDS, holm, paired_difference
+
+    if exposures not in PAPER_RATIO:
+        return None
+    ratio, out = PAPER_RATIO[exposures], {"ratio": PAPER_RATIO[exposures]}
+    for key in ("bits_per_param", "bits_per_live_param"):
+        tests = [paired_difference([ratio] * len(r["runs"][key]), r["runs"][key]) for r in rows]
+        tested = [i for i, t in enumerate(tests) if t["n"] >= MIN_SEEDS]
+        adjusted = dict(zip(tested, holm([tests[i]["p"] for i in tested]), strict=True))
+        out[key] = {r["size"]: {"diff": t["diff"], "ci": [t["ci_low"], t["ci_high"]], "p": t["p"],
+                                "p_holm": adjusted.get(i, math.nan)}
+                    for i, (r, t) in enumerate(zip(rows, tests, strict=True))}
+    return out
 
 
 def _interval(ci: list[float]) -> str:
@@ -514,4 +536,17 @@ def capacity_table(summary: dict) -> str:
               "not counted); full softmax: q over the whole vocabulary, as the paper scores it. Mean ± sample std "
               "over seeds; the interval is Student's t over seeds. Used: the parameters less the embedding rows of "
               "tokens no biography holds (the word tokenizer's byte fallback).", ""]
+    if paper := summary.get("paper"):
+        lines += [f"Against the paper's peak capacity ratio at {s['exposures']} exposures (bits per parameter: "
+                  f"{paper['ratio']:g}; one-sample t over seeds, two-sided, Holm across the sizes):", "",
+                  "| size | bits / param - paper [95% CI] | p (Holm) | bits / used param - paper [95% CI] | p (Holm) |",
+                  "|---|---|---|---|---|"]
+        for r in summary["rows"]:
+            cells = []
+            for key in ("bits_per_param", "bits_per_live_param"):
+                t = paper[key][r["size"]]
+                cells += [f"{t['diff']:+.3f} {_interval(t['ci'])}",
+                          "n < 3: no test" if math.isnan(t["p_holm"]) else f"{t['p']:.3g} ({t['p_holm']:.3g})"]
+            lines.append(f"| {r['size']} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
