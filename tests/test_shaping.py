@@ -53,3 +53,43 @@ def test_shape_errors_are_one_line(run):
     assert r.returncode == 1 and "more than the model's context 32" in r.stderr and "Traceback" not in r.stderr
     r = shape(run, "--continuation", "y")
     assert r.returncode == 2 and "at least one --prompt" in r.stderr
+
+
+def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tmp_path):
+    import torch
+
+    from vslm.probes import shape_metrics
+    from vslm.train.run_folder import load_run_at
+
+    r = shape(run, "--prompt", "Tom had a ball.", "--prompt", "The cat", "--continuation", " Tom ran.",
+              "--over-training", "--json", "--plot", tmp_path / "course.png")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["steps"] == [0, 1, 2, 4, 8, 16, 30]  # the snapshots, then the last checkpoint
+    assert len(out["rows"]) == 7 * 2 and np.array(out["js"]).shape == (7, 2, 9)
+    assert (tmp_path / "course.png").stat().st_size > 5000
+    final = json.loads(shape(run, "--prompt", "Tom had a ball.", "--prompt", "The cat", "--continuation",
+                             " Tom ran.", "--samples", "1", "--tokens", "2", "--json").stdout)
+    last = [row for row in out["rows"] if row["step"] == 30]
+    shift = final["summary"][1]["log_prob"] - final["summary"][0]["log_prob"]
+    assert last[0]["log_prob_shift"] == pytest.approx(shift)
+    assert last[1]["js_from_empty"] == pytest.approx(final["summary"][2]["js_from_empty"])
+    # step 8 from its snapshot file, measured directly
+    _, model, tokenizer, _ = load_run_at(run, run / "snapshots" / "step_00000008.safetensors")
+    with torch.no_grad():
+        m = shape_metrics(model, [tokenizer.encode("The cat")], tokenizer.encode(" Tom ran."),
+                          empty_id=tokenizer.eos_id)
+    at8 = next(row for row in out["rows"] if row["step"] == 8 and row["prompt"] == "The cat")
+    assert at8["log_prob_shift"] == pytest.approx(float(m["log_prob_shift_total"][1, 0]))
+    assert at8["js_from_empty"] == pytest.approx(float(m["js"][1, 0].mean()))
+    assert out["rows"][0]["step"] == 0 and out["rows"][0]["js_from_empty"] != at8["js_from_empty"]
+    table = shape(run, "--prompt", "Tom", "--continuation", " ran.", "--over-training")
+    assert table.returncode == 0 and "over training" in table.stdout
+    assert table.stdout.strip().endswith("shape-course.png")
+
+
+def test_shape_over_training_needs_snapshots(tmp_path):
+    folder = tmp_path / "plain"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=3, train__snapshots="false")), folder).fit()
+    r = shape(folder, "--prompt", "Tom", "--continuation", " ran.", "--over-training")
+    assert r.returncode == 1 and "needs snapshots" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -263,8 +263,12 @@ def cmd_shape(a: argparse.Namespace) -> int:
     if not a.prompt:
         raise UsageError("shape needs at least one --prompt")
     _at_least(a, 1, "samples", "tokens")
-    plot_to = _output_file("--plot", a.plot, PLOT_SUFFIXES) if a.plot else Path(a.run) / "shape.png"
+    default_plot = "shape-course.png" if a.over_training else "shape.png"
+    plot_to = _output_file("--plot", a.plot, PLOT_SUFFIXES) if a.plot else Path(a.run) / default_plot
     from vslm.progress import track
+
+    if a.over_training:
+        return _shape_course(a, plot_to, track)
 
     result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed, track)
     plot = write_plot(result, plot_to)
@@ -287,6 +291,31 @@ def cmd_shape(a: argparse.Namespace) -> int:
     for r in result["summary"]:
         console.rule(f"a sample under {r['prompt']!r}")
         console.print(r["sample"], markup=False, highlight=False)
+    print(plot)
+    return 0
+
+
+def _shape_course(a: argparse.Namespace, plot_to: Path, track) -> int:
+    from rich.markup import escape
+
+    from vslm.commands.shape import shape_course, to_json, write_course_plot
+    from vslm.lab.tables import print_table
+
+    result = shape_course(Path(a.run), a.prompt, a.continuation, track)
+    plot = write_course_plot(result, plot_to)
+    if a.json:
+        print(to_json(result))
+        return 0
+
+    def num(x: float, fmt: str) -> str:
+        return "-" if x != x else format(x, fmt)
+
+    columns = ("step", "prompt", "log p(y|prompt) - log p(y|empty)", "JS from empty", "JS at y1", "half by token",
+               "JS slope (log-log)")
+    rows = [(str(r["step"]), escape(repr(r["prompt"])), f"{r['log_prob_shift']:+.2f}", f"{r['js_from_empty']:.3f}",
+             num(r["js_first"], ".3f"), num(r["js_half_at"], ".0f"), num(r["js_slope"], "+.2f"))
+            for r in result["rows"]]
+    print_table(console, f"how prompts reshape {a.continuation!r} over training", columns, rows)
     print(plot)
     return 0
 
@@ -1017,7 +1046,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8, help="sampled continuations per prompt")
     p.add_argument("--tokens", type=int, default=100, help="tokens per sampled continuation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", help="PNG path (default RUN/shape.png)")
+    p.add_argument("--plot", help="PNG path (default RUN/shape.png, with --over-training RUN/shape-course.png)")
+    p.add_argument("--over-training", action="store_true",
+                   help="the measurements at every snapshot of the run (steps 0, 1, 2, 4, ...), no sampling")
     p.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
     p.set_defaults(func=cmd_shape)
 

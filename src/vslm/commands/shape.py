@@ -1,5 +1,6 @@
 """`vslm shape RUN --prompt A --prompt B --continuation Y`: how prompts reshape the distribution of a
-fixed continuation (RESEARCH.md section 7), as a table, a plot and JSON.
+fixed continuation (RESEARCH.md section 7), as a table, a plot and JSON; with `--over-training`, the
+same at every snapshot of the run.
 
 Per prompt (the empty prompt, the end-of-text token, first): log p(y | prompt), the mean of KL and
 Jensen-Shannon from the empty prompt's next-token distributions along y, the mean PMI
@@ -70,6 +71,59 @@ def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8
     tokens = [tokenizer.decode([t]) for t in m["targets"].tolist()]
     arrays = {key: np.asarray(value).tolist() for key, value in m.items()}
     return {"run": str(run), "labels": labels, "tokens": tokens, "summary": rows, "per_token": arrays}
+
+
+def shape_course(run: Path, prompts: list[str], continuation: str, track: Callable = quiet) -> dict:
+    """The same measurements at every snapshot of the run (steps 0, 1, 2, 4, ...) and its last checkpoint
+    (RESEARCH.md section 7: the prompt's effect decays with distance, more slowly after the induction
+    phase): per step and prompt, log p(y | prompt) - log p(y | empty), the mean Jensen-Shannon from
+    the empty prompt along y and its decay (first token, half distance, log-log slope); and the
+    Jensen-Shannon by token, steps x prompts x tokens. No sampling."""
+    from vslm.train.checkpoint import list_checkpoints
+    from vslm.train.run_folder import CHECKPOINTS, SNAPSHOTS, load_run_at
+
+    run = Path(run)
+    saved = dict(list_checkpoints(run / SNAPSHOTS))
+    checkpoints = list_checkpoints(run / CHECKPOINTS)
+    if checkpoints:
+        saved.setdefault(*checkpoints[-1])  # the last checkpoint, where no snapshot has its step
+    if len(saved) < 2:
+        raise VSLMError(f"{run} keeps {len(saved)} set of weights: --over-training needs snapshots "
+                        "(train.snapshots = true, the default)")
+    cfg, model, tokenizer, _ = load_run_at(run, saved[max(saved)])
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    target_ids = tokenizer.encode(continuation)
+    if not target_ids:
+        raise VSLMError("--continuation is empty")
+    longest = max([len(p) for p in prompt_ids] + [1]) + len(target_ids)
+    if longest > cfg.model.context:
+        raise VSLMError(f"prompt + continuation take {longest} tokens, more than the model's context "
+                        f"{cfg.model.context}; shorten them")
+    from vslm.train.checkpoint import load_checkpoint
+
+    rows, js_by_step = [], []
+    for step in track(sorted(saved), f"measuring {len(saved)} snapshots"):
+        weights, _ = load_checkpoint(saved[step])
+        model.load_state_dict(weights)
+        m = shape_metrics(model, prompt_ids, target_ids, empty_id=tokenizer.eos_id)
+        js_by_step.append(m["js"][1:, 0].tolist())
+        for k, prompt in enumerate(prompts, start=1):
+            rows.append({"step": step, "prompt": prompt,
+                         "log_prob_shift": float(m["log_prob_shift_total"][k, 0]),
+                         "js_from_empty": float(m["js"][k, 0].mean()),
+                         **{f"js_{key}": value for key, value in decay(m["js"][k, 0]).items()}})
+    tokens = [tokenizer.decode([t]) for t in m["targets"].tolist()]
+    return {"run": str(run), "prompts": prompts, "continuation": continuation, "tokens": tokens,
+            "steps": sorted(saved), "rows": rows, "js": js_by_step}
+
+
+def write_course_plot(result: dict, out: Path) -> Path:
+    from vslm.report.figures import shape_course_figure
+
+    fig = shape_course_figure(result["steps"], result["prompts"], result["tokens"], np.asarray(result["js"]),
+                              result["rows"])
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    return out
 
 
 def write_plot(result: dict, out: Path) -> Path:

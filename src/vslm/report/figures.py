@@ -433,6 +433,35 @@ def shape_figure(tokens: list[str], labels: list[str], metrics: dict[str, np.nda
     return fig
 
 
+def shape_course_figure(steps: list[int], prompts: list[str], tokens: list[str], js: np.ndarray,
+                        rows: list[dict]) -> Figure:
+    """A prompt's effect over training (`vslm shape --over-training`): left, the Jensen-Shannon from the
+    empty prompt along the continuation (x) at each snapshot step (y, log-scaled), for the first prompt;
+    right, log p(y | prompt) - log p(y | empty) over the steps, one line per prompt."""
+    fig, (left, right) = _figure(columns=2, height=4.0)
+    x = np.arange(len(tokens) + 1) - 0.5
+    edges = np.expm1(_edges(np.log1p(np.asarray(steps, dtype=float))))
+    mesh = left.pcolormesh(x, edges, js[:, 0, :], cmap="viridis", shading="flat")
+    _log_steps(left, steps[-1], axis="y")
+    left.set_ylim(edges[0], edges[-1])
+    every = max(1, len(tokens) // 20)
+    left.set_xticks(np.arange(len(tokens))[::every], [repr(t)[1:-1] for t in tokens][::every], rotation=60,
+                    fontsize="small")
+    left.set_xlabel(f"continuation token (prompt {prompts[0]!r:.30})")
+    left.set_ylabel("training step")
+    fig.colorbar(mesh, ax=left, label="JS from the empty prompt (nats)")
+    for k, prompt in enumerate(prompts):
+        shift = [r["log_prob_shift"] for r in rows if r["prompt"] == prompt]
+        right.plot(steps, shift, "o-", markersize=3, color=f"C{k}", label=f"{prompt!r:.30}")
+    right.axhline(0, color="grey", linewidth=0.8)
+    _log_steps(right, steps[-1])
+    right.set_xlabel("training step")
+    right.set_ylabel("log p(y | prompt) - log p(y | empty) (nats)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize="x-small")
+    return fig
+
+
 def matrix_heatmap(matrix: list[list[float]], rows: list[str], columns: list[str], label: str,
                    spread: list[list[float]] | None = None) -> Figure:
     """A rows x columns heat map, each cell labelled with its value (and ± spread); low values dark.
