@@ -253,10 +253,11 @@ def embedding_params(model) -> int:
 
 
 def unused_vocab_params(model, bios: EncodedBios) -> int:
-    """The embedding rows (and head rows, if untied) of tokens that no biography holds, mostly the word
-    tokenizer's byte fallback: they never enter a biography's input, and the measure renormalises the
-    prediction over the values, so they cannot change it."""
-    unused = model.embed.weight.shape[0] - len(torch.unique(bios.ids))
+    """The embedding rows (and head rows, if untied) of tokens that are neither in a biography nor a value,
+    the word tokenizer's byte fallback: they never enter a biography's input, and the measure
+    renormalises the prediction over the values, so they cannot change it."""
+    held = torch.cat([bios.ids.flatten(), *bios.candidates.values()])  # a value nobody holds still enters q
+    unused = model.embed.weight.shape[0] - len(torch.unique(held))
     head = model.head.weight.shape[1] if model.head is not None else 0
     return unused * (model.embed.weight.shape[1] + head)
 
