@@ -81,6 +81,8 @@ class Oracle(torch.nn.Module):
             i = self.rows[tuple(row.tolist())]
             for a in ATTRIBUTES:
                 logits[b, self.bios.value_at[a] - 1, self.bios.ids[i, self.bios.value_at[a]]] = self.sure
+            for k in range(3):  # the name's words
+                logits[b, k, self.bios.ids[i, 1 + k]] = self.sure
         return logits
 
 
@@ -89,6 +91,7 @@ def test_bits_are_zero_for_a_model_that_knows_nothing_and_the_data_for_one_that_
     V = tokenizer.vocab_size
     nothing = knowledge_bits(Oracle(bios, V, 0.0), bios, batch=7)
     assert nothing["bits"] == pytest.approx(0, abs=0.05)  # uniform over each value set
+    assert nothing["name_bits"] == pytest.approx(0, abs=0.05)  # uniform over 100 first, 99 middle, 100 last
     # the full softmax also charges the mass on the V - T_a tokens outside the value set
     expect_vocab = sum(40 * (math.log2(len(world.values[a])) - math.log2(V)) for a in ATTRIBUTES)
     assert nothing["bits_vocab"] == pytest.approx(expect_vocab, abs=0.5)
@@ -96,6 +99,7 @@ def test_bits_are_zero_for_a_model_that_knows_nothing_and_the_data_for_one_that_
     assert everything["bits"] == pytest.approx(world.data_bits, abs=0.5)
     assert everything["data_bits"] == pytest.approx(world.data_bits, abs=0.5)
     assert all(v["recall"] == 1.0 for v in everything["attributes"].values())
+    assert everything["name_bits"] == pytest.approx(40 * math.log2(100 * 99 * 100), abs=0.5)
     # sure = s nats on the truth among T values: log2 T + log2 (e^s / (e^s + T - 1)) per person
     part = knowledge_bits(Oracle(bios, V, 2.0), bios)
     for a in ATTRIBUTES:
@@ -116,6 +120,21 @@ def test_bits_of_a_real_model_match_scoring_each_biography_token_by_token(small)
                 lp = torch.log_softmax(model(prefix)[0, -1], dim=-1)[bios.candidates[a]]
             total += math.log2(len(world.values[a])) + float(torch.log_softmax(lp, -1)[bios.truth[a][i]]) / math.log(2)
         assert got["attributes"][a]["bits"] == pytest.approx(total, abs=0.2)
+    # the names: each word's log q over its list, the middle over the first names but the person's own first
+    from vslm.knowledge import names
+
+    lists = [[tokenizer.encode(w)[0] for w in names.FIRST_NAMES],
+             [tokenizer.encode(" " + w)[0] for w in names.FIRST_NAMES],
+             [tokenizer.encode(" " + w)[0] for w in names.SURNAMES]]
+    total = 0.0
+    for i in range(40):
+        with torch.no_grad():
+            logits = model(bios.ids[i : i + 1, :3])[0]
+        for k in range(3):
+            allowed = [t for t in lists[k] if not (k == 1 and t == lists[1][lists[0].index(int(bios.ids[i, 1]))])]
+            lp = torch.log_softmax(logits[k, allowed], dim=-1)
+            total += math.log2(len(allowed)) + float(lp[allowed.index(int(bios.ids[i, 1 + k]))]) / math.log(2)
+    assert got["name_bits"] == pytest.approx(total, abs=0.2)
 
 
 def test_an_epoch_shows_every_biography_once_in_whole_rows_and_resumes_exactly(small):
@@ -151,6 +170,8 @@ def test_a_small_model_stores_most_of_a_few_biographies_and_the_sweep_reads_runs
     assert r["data_bits"] == pytest.approx(12 * 47.5916, abs=0.1)
     assert r["bits"] > 0.7 * r["data_bits"], r  # learned, not guessed
     assert r["bits_per_param"] == pytest.approx(r["bits"] / r["params"], abs=1e-4)
+    assert r["with_names_per_live_param"] == pytest.approx((r["bits"] + r["name_bits"]) / r["live_params"], abs=1e-4)
+    assert 0 < r["name_bits"] <= 12 * math.log2(990_000)
     assert r["params"] - r["embedding_params"] > 0 and r["embedding_params"] == r["vocab_size"] * 32
     world = bio_world(12, seed=1)  # "used": less the rows of the tokens no biography holds (bytes, mostly)
     encoded = encode_bios(world, bio_tokenizer(world))
@@ -240,8 +261,9 @@ def test_the_sizes_are_tested_against_the_papers_ratio_as_scipy_and_holm_do():
 
     def run(ratio: float, live: float) -> dict:
         return {"params": 100, "embedding_params": 60, "live_params": 90, "bits": 100 * ratio, "bits_vocab": 0.0,
-                "bits_per_param": ratio, "bits_per_live_param": live, "bits_per_nonembedding_param": 2.5 * ratio,
-                "attributes": {a: {"recall": 0.5} for a in ATTRIBUTES}}
+                "name_bits": 10.0, "bits_per_param": ratio, "bits_per_live_param": live,
+                "with_names_per_param": ratio + 0.1, "with_names_per_live_param": live + 0.11,
+                "bits_per_nonembedding_param": 2.5 * ratio, "attributes": {a: {"recall": 0.5} for a in ATTRIBUTES}}
 
     per_size = {"1x16": [0.80, 0.84, 0.83], "1x32": [0.90, 1.02, 0.95], "2x32": [0.70, 0.74]}
     rows = [summarize(size, [run(x, x + 0.1) for x in xs]) for size, xs in per_size.items()]
@@ -256,3 +278,4 @@ def test_the_sizes_are_tested_against_the_papers_ratio_as_scipy_and_holm_do():
     assert got[high]["p_holm"] == pytest.approx(max(2 * p[low], p[high]))
     assert math.isnan(got["2x32"]["p_holm"])  # 2 seeds: an interval, no test
     assert paper["bits_per_live_param"]["1x32"]["p"] == pytest.approx(stats.ttest_1samp([1.0, 1.12, 1.05], 1.0).pvalue)
+    assert paper["with_names_per_param"]["1x16"]["diff"] == pytest.approx(0.8233333 + 0.1 - 1)

@@ -69,8 +69,10 @@ STARTED = "capacity-settings.json"  # the settings a resumed run must have (writ
 BIOS = "bios.txt"  # the biographies, end-of-text between them: the trainer's corpus (its validation loss)
 TABLE = "capacity.md"
 PAPER_RATIO = {100: 1.0, 1000: 2.0}  # Allen-Zhu & Li's peak bits per parameter at these exposures (GPT-2, bioS)
-RESULT_KEYS = ("bits", "bits_vocab", "params", "live_params", "embedding_params", "bits_per_param",
-               "bits_per_live_param", "bits_per_nonembedding_param", "attributes")  # what the sweep's table reads
+RATIOS = {"bits_per_param": "bits / param", "bits_per_live_param": "bits / used param",
+          "with_names_per_param": "with names / param", "with_names_per_live_param": "with names / used param"}
+RESULT_KEYS = ("bits", "bits_vocab", "name_bits", "params", "live_params", "embedding_params",
+               "bits_per_nonembedding_param", *RATIOS, "attributes")  # what the sweep's table reads
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -178,6 +180,8 @@ class EncodedBios:
     value_at: dict[str, int]  # attribute -> index in a row of the value's token
     candidates: dict[str, torch.Tensor]  # attribute -> the token of each of its values, in the value order
     truth: dict[str, torch.Tensor]  # attribute -> (N,) each person's value index
+    name_candidates: list[torch.Tensor]  # first, middle, last: the token of each name word (rows 1, 2, 3)
+    name_truth: torch.Tensor  # (N, 3): each person's index in those lists
 
 
 def encode_bios(world: BioWorld, tokenizer: Tokenizer) -> EncodedBios:
@@ -205,7 +209,15 @@ def encode_bios(world: BioWorld, tokenizer: Tokenizer) -> EncodedBios:
             raise VSLMError(f"a value of {a} is more than one token")
         candidates[a] = torch.tensor([t[0] for t in ids])
     truth = {a: torch.tensor([p[a] for p in world.people]) for a in ATTRIBUTES}
-    return EncodedBios(torch.tensor(rows), value_at, candidates, truth)
+    parts = (names.FIRST_NAMES, names.FIRST_NAMES, names.SURNAMES)
+    name_candidates = [torch.tensor([tokenizer.encode(space + w)[0] for w in words])
+                       for space, words in zip(("", " ", " "), parts, strict=True)]
+    index = [{w: i for i, w in enumerate(words)} for words in parts]
+    name_truth = torch.tensor([[index[k][w] for k, w in enumerate(name)] for name in world.names])
+    ids = torch.tensor(rows)
+    if not all(torch.equal(ids[:, 1 + k], name_candidates[k][name_truth[:, k]]) for k in range(3)):
+        raise VSLMError("a name word is not one token")
+    return EncodedBios(ids, value_at, candidates, truth, name_candidates, name_truth)
 
 
 # ------------------------------------------------------------------------------------ the measure
@@ -218,17 +230,26 @@ def knowledge_bits(model, bios: EncodedBios, batch: int = 256) -> dict:
     model that knows them and nothing of the people scores 0); the same with q = the full softmax
     (`bits_vocab`, the paper's measure, which also charges mass put outside the value set); the data's
     bits (N log2 T_a); and the recall (the most probable value is the person's). Each biography is read
-    alone, after an end-of-text token."""
+    alone, after an end-of-text token.
+
+    Also `name_bits`, the paper's other term: which names exist, sum over people of log2 N0 + log2 q(name),
+    q the product of the model's predictions of the first, middle and last name word after the
+    end-of-text token, each renormalised over its list (the middle over the first names but the
+    person's first), N0 = 990,000 names; 0 for a model that knows nothing of who exists. At most
+    log2 C(N0, N) in expectation (which N of the N0 names were drawn)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logp = {a: [] for a in ATTRIBUTES}
+    name_logp = [[], [], []]
     for start in range(0, len(bios.ids), batch):
         x = bios.ids[start : start + batch].to(device)
         logits = model(x[:, :-1])  # (B, T, V): position t predicts token t + 1
         for a in ATTRIBUTES:
             full = torch.log_softmax(logits[:, bios.value_at[a] - 1].float(), dim=-1)
             logp[a].append(full[:, bios.candidates[a].to(device)].cpu())  # (B, T_a): log p of each value
+        for k in range(3):
+            name_logp[k].append(logits[:, k].float()[:, bios.name_candidates[k].to(device)].cpu())
     model.train(was_training)
     out = {}
     for a in ATTRIBUTES:
@@ -242,7 +263,15 @@ def knowledge_bits(model, bios: EncodedBios, batch: int = 256) -> dict:
                   "recall": round(float((lp.argmax(dim=1) == truth).float().mean()), 4),
                   "chance": round(1 / values, 4)}
     total = {k: round(sum(v[k] for v in out.values()), 1) for k in ("bits", "bits_vocab", "data_bits")}
-    return {**total, "attributes": out}
+    people = torch.arange(len(bios.ids))
+    name_bits = 0.0
+    for k in range(3):
+        scores = torch.cat(name_logp[k])  # (N, list size): logits of each name word
+        if k == 1:  # the middle name is never the first
+            scores[people, bios.name_truth[:, 0]] = -math.inf
+        within = torch.log_softmax(scores, dim=-1)[people, bios.name_truth[:, k]]
+        name_bits += float((math.log2(scores.shape[1] - (k == 1)) + within / math.log(2)).sum())
+    return {**total, "name_bits": round(name_bits, 1), "attributes": out}
 
 
 def embedding_params(model) -> int:
@@ -396,12 +425,18 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
               "params": trainer.params, "embedding_params": embedding, "live_params": live,
               "vocab_size": tokenizer.vocab_size,
               **measured,
-              "bits_per_param": round(measured["bits"] / trainer.params, 4),
-              "bits_per_live_param": round(measured["bits"] / live, 4),
+              **ratios(measured["bits"], measured["name_bits"], trainer.params, live),
               "bits_per_nonembedding_param": round(measured["bits"] / (trainer.params - embedding), 4),
               "wall_s": round(time.perf_counter() - began, 1), "train_time_s": round(trainer.train_time_s, 1)}
     write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def ratios(bits: float, name_bits: float, params: int, live: int) -> dict[str, float]:
+    """The bits of the attributes, and with the names' bits, per parameter and per used parameter (RATIOS)."""
+    return {"bits_per_param": round(bits / params, 4), "bits_per_live_param": round(bits / live, 4),
+            "with_names_per_param": round((bits + name_bits) / params, 4),
+            "with_names_per_live_param": round((bits + name_bits) / live, 4)}
 
 
 def _check_same(out: Path, cfg: RunConfig, settings: dict, saved: dict | None) -> None:
@@ -472,19 +507,19 @@ def _mean_std(xs: list[float]) -> list[float]:
 
 
 def summarize(spec: str, runs: list[dict]) -> dict:
-    """One size over its seeds: mean and std of the bits and the ratios, the 95% t-intervals of the bits per
-    parameter and per used parameter (NaN under 2 seeds), and the recall of each attribute."""
+    """One size over its seeds: mean and std of the bits and the ratios, the 95% t-interval of each ratio of
+    RATIOS (NaN under 2 seeds), and the recall of each attribute."""
     from vslm.lab.stats import paired_difference
 
     row = {"size": spec, "seeds": len(runs), "params": runs[0]["params"], "live_params": runs[0]["live_params"],
            "nonembedding_params": runs[0]["params"] - runs[0]["embedding_params"]}
-    for key in ("bits", "bits_vocab", "bits_per_param", "bits_per_live_param", "bits_per_nonembedding_param"):
+    for key in ("bits", "bits_vocab", "name_bits", "bits_per_nonembedding_param", *RATIOS):
         row[key] = _mean_std([r[key] for r in runs])
-    for key in ("bits_per_param", "bits_per_live_param"):
+    for key in RATIOS:
         ratio = [r[key] for r in runs]
         interval = paired_difference([0.0] * len(ratio), ratio)  # against 0: the one-sample interval
         row[f"{key}_ci"] = [interval["ci_low"], interval["ci_high"]]
-    row["runs"] = {key: [r[key] for r in runs] for key in ("bits_per_param", "bits_per_live_param")}
+    row["runs"] = {key: [r[key] for r in runs] for key in RATIOS}
     row["recall"] = {a: statistics.fmean(r["attributes"][a]["recall"] for r in runs) for a in ATTRIBUTES}
     return row
 
@@ -495,15 +530,15 @@ def _pm(ms: list[float], fmt: str) -> str:
 
 
 def against_paper(rows: list[dict], exposures: int) -> dict | None:
-    """Where the paper gives a peak capacity ratio for these exposures (PAPER_RATIO): each size's bits per
-    parameter and per used parameter minus it, a one-sample t-test over seeds (two-sided), Holm across the
-    sizes within each count; None for other exposures."""
+    """Where the paper gives a peak capacity ratio for these exposures (PAPER_RATIO): each size's ratios
+    (RATIOS) minus it, a one-sample t-test over seeds (two-sided), Holm across the sizes within each
+    ratio; None for other exposures."""
     from vslm.lab.stats import MIN_SEEDS, holm, paired_difference
 
     if exposures not in PAPER_RATIO:
         return None
     ratio, out = PAPER_RATIO[exposures], {"ratio": PAPER_RATIO[exposures]}
-    for key in ("bits_per_param", "bits_per_live_param"):
+    for key in RATIOS:
         tests = [paired_difference([ratio] * len(r["runs"][key]), r["runs"][key]) for r in rows]
         tested = [i for i, t in enumerate(tests) if t["n"] >= MIN_SEEDS]
         adjusted = dict(zip(tested, holm([tests[i]["p"] for i in tested]), strict=True))
@@ -519,32 +554,35 @@ def _interval(ci: list[float]) -> str:
 
 def capacity_table(summary: dict) -> str:
     s = summary["settings"]
+    head = "".join(f" | {label} | 95% CI" for label in RATIOS.values())
     lines = [f"# Knowledge capacity: {s['people']} people, {s['exposures']} exposures "
              f"(world seed {s['world_seed']}; data {summary['data_bits']:,.0f} bits)", "",
-             "| size | seeds | params | used (no byte rows) | non-embedding | bits stored | bits / param | 95% CI "
-             "| bits / used param | 95% CI | bits / non-embedding param | share of the data's bits "
-             "| bits, full softmax | recall (mean of 8 attributes) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| size | seeds | params | used (no byte rows) | non-embedding | bits stored | name bits{head} "
+             "| bits / non-embedding param | share of the data's bits | bits, full softmax "
+             "| recall (mean of 8 attributes) |",
+             "|" + "---|" * (11 + 2 * len(RATIOS))]
     for r in summary["rows"]:
-        interval, live_interval = (_interval(r[f"{key}_ci"]) for key in ("bits_per_param", "bits_per_live_param"))
+        cells = "".join(f" | {_pm(r[key], '.3f')} | {_interval(r[f'{key}_ci'])}" for key in RATIOS)
         lines.append(f"| {r['size']} | {r['seeds']} | {r['params']:,} | {r['live_params']:,} "
-                     f"| {r['nonembedding_params']:,} | {_pm(r['bits'], ',.0f')} | {_pm(r['bits_per_param'], '.3f')} "
-                     f"| {interval} | {_pm(r['bits_per_live_param'], '.3f')} | {live_interval} "
+                     f"| {r['nonembedding_params']:,} | {_pm(r['bits'], ',.0f')} "
+                     f"| {_pm(r['name_bits'], ',.0f')}{cells} "
                      f"| {_pm(r['bits_per_nonembedding_param'], '.3f')} | {r['bits'][0] / summary['data_bits']:.3f} "
                      f"| {_pm(r['bits_vocab'], ',.0f')} | {statistics.fmean(r['recall'].values()):.3f} |")
     lines += ["", "Bits: sum over people and attributes of log2 T_a + log2 q(value), q the model's prediction over "
-              "the attribute's values, each biography read alone (a lower bound of what the weights hold; names "
-              "not counted); full softmax: q over the whole vocabulary, as the paper scores it. Mean ± sample std "
-              "over seeds; the interval is Student's t over seeds. Used: the parameters less the embedding rows of "
-              "tokens no biography holds (the word tokenizer's byte fallback).", ""]
+              "the attribute's values, each biography read alone (a lower bound of what the weights hold, in "
+              "expectation). Name bits: the same for the three name words after the end-of-text token, each over "
+              "its word list (which names exist; the paper counts them). Full softmax: q over the whole "
+              "vocabulary, as the paper scores it. Mean ± sample std over seeds; the interval is Student's t over "
+              "seeds. Used: the parameters less the embedding rows of tokens that are neither in a biography nor "
+              "a value (the word tokenizer's byte fallback).", ""]
     if paper := summary.get("paper"):
         lines += [f"Against the paper's peak capacity ratio at {s['exposures']} exposures (bits per parameter: "
                   f"{paper['ratio']:g}; one-sample t over seeds, two-sided, Holm across the sizes):", "",
-                  "| size | bits / param - paper [95% CI] | p (Holm) | bits / used param - paper [95% CI] | p (Holm) |",
-                  "|---|---|---|---|---|"]
+                  "| size" + "".join(f" | {label} - paper [95% CI] | p (Holm)" for label in RATIOS.values()) + " |",
+                  "|" + "---|" * (1 + 2 * len(RATIOS))]
         for r in summary["rows"]:
             cells = []
-            for key in ("bits_per_param", "bits_per_live_param"):
+            for key in RATIOS:
                 t = paper[key][r["size"]]
                 cells += [f"{t['diff']:+.3f} {_interval(t['ci'])}",
                           "n < 3: no test" if math.isnan(t["p_holm"]) else f"{t['p']:.3g} ({t['p_holm']:.3g})"]
