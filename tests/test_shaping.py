@@ -65,7 +65,7 @@ def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tm
               "--over-training", "--json", "--plot", tmp_path / "course.png")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["steps"] == [0, 1, 2, 4, 8, 16, 30]  # the snapshots, then the last checkpoint
+    assert out["steps"] == [0, 1, 2, 4, 8, 16, 30]  # the snapshots (the last step's too)
     assert len(out["rows"]) == 7 * 2 and np.array(out["js"]).shape == (7, 2, 9)
     assert (tmp_path / "course.png").stat().st_size > 5000
     final = json.loads(shape(run, "--prompt", "Tom had a ball.", "--prompt", "The cat", "--continuation",
@@ -82,14 +82,36 @@ def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tm
     at8 = next(row for row in out["rows"] if row["step"] == 8 and row["prompt"] == "The cat")
     assert at8["log_prob_shift"] == pytest.approx(float(m["log_prob_shift_total"][1, 0]))
     assert at8["js_from_empty"] == pytest.approx(float(m["js"][1, 0].mean()))
-    assert out["rows"][0]["step"] == 0 and out["rows"][0]["js_from_empty"] != at8["js_from_empty"]
+    assert np.allclose(out["js"][out["steps"].index(8)][1], m["js"][1, 0])
+    at0 = next(row for row in out["rows"] if row["step"] == 0 and row["prompt"] == "The cat")
+    assert at0["js_from_empty"] != pytest.approx(at8["js_from_empty"])  # each step its own weights
     table = shape(run, "--prompt", "Tom", "--continuation", " ran.", "--over-training")
     assert table.returncode == 0 and "over training" in table.stdout
     assert table.stdout.strip().endswith("shape-course.png")
 
 
-def test_shape_over_training_needs_snapshots(tmp_path):
+def test_shape_over_training_takes_the_last_checkpoint_and_refuses_in_one_line(run, tmp_path):
+    import shutil
+
+    # a run whose last step has a checkpoint but no snapshot (stopped and resumed past it, say)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "snapshots" / "step_00000030.safetensors").unlink()
+    r = shape(copy, "--prompt", "The cat", "--prompt", "The cat", "--continuation", " Tom ran.", "--over-training",
+              "--json", "--plot", tmp_path / "c.png")
+    assert r.returncode == 0, r.stderr  # a repeated prompt too
+    out = json.loads(r.stdout)
+    assert out["steps"][-1] == 30 and (copy / "checkpoints" / "step_00000030.safetensors").is_file()
+    final = json.loads(shape(run, "--prompt", "The cat", "--continuation", " Tom ran.", "--samples", "1",
+                             "--tokens", "2", "--json").stdout)
+    assert out["rows"][-1]["js_from_empty"] == pytest.approx(final["summary"][1]["js_from_empty"])
     folder = tmp_path / "plain"
     Trainer(load_config("tiny", tiny_overrides(train__steps=3, train__snapshots="false")), folder).fit()
-    r = shape(folder, "--prompt", "Tom", "--continuation", " ran.", "--over-training")
-    assert r.returncode == 1 and "needs snapshots" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for where, args, code, message in (
+            (folder, [], 1, "needs snapshots of"),
+            (tmp_path / "nope", [], 1, "not a run folder"),
+            (run, ["--continuation", ""], 1, "--continuation is empty"),
+            (run, ["--prompt", "x" * 40], 1, "more than the model's context")):
+        args = ["--prompt", "Tom", "--continuation", " ran.", *args]
+        r = shape(where, *args, "--over-training")
+        assert r.returncode == code and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

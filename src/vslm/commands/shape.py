@@ -79,17 +79,18 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
     phase): per step and prompt, log p(y | prompt) - log p(y | empty), the mean Jensen-Shannon from
     the empty prompt along y and its decay (first token, half distance, log-log slope); and the
     Jensen-Shannon by token, steps x prompts x tokens. No sampling."""
-    from vslm.train.checkpoint import list_checkpoints
-    from vslm.train.run_folder import CHECKPOINTS, SNAPSHOTS, load_run_at
+    from vslm.train.checkpoint import check_fits, list_checkpoints, load_checkpoint
+    from vslm.train.run_folder import CHECKPOINTS, SNAPSHOTS, load_run_at, read_run_config
 
     run = Path(run)
+    saved_cfg = read_run_config(run)  # a folder that is no run: said so first
     saved = dict(list_checkpoints(run / SNAPSHOTS))
     checkpoints = list_checkpoints(run / CHECKPOINTS)
     if checkpoints:
         saved.setdefault(*checkpoints[-1])  # the last checkpoint, where no snapshot has its step
     if len(saved) < 2:
-        raise VSLMError(f"{run} keeps {len(saved)} set of weights: --over-training needs snapshots "
-                        "(train.snapshots = true, the default)")
+        why = "train.snapshots is false" if not saved_cfg.train.snapshots else "it has saved fewer than two yet"
+        raise VSLMError(f"--over-training needs snapshots of {run} at two steps or more, and {why}")
     cfg, model, tokenizer, _ = load_run_at(run, saved[max(saved)])
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     target_ids = tokenizer.encode(continuation)
@@ -99,11 +100,10 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
     if longest > cfg.model.context:
         raise VSLMError(f"prompt + continuation take {longest} tokens, more than the model's context "
                         f"{cfg.model.context}; shorten them")
-    from vslm.train.checkpoint import load_checkpoint
-
     rows, js_by_step = [], []
     for step in track(sorted(saved), f"measuring {len(saved)} snapshots"):
         weights, _ = load_checkpoint(saved[step])
+        check_fits(saved[step], weights, model)
         model.load_state_dict(weights)
         m = shape_metrics(model, prompt_ids, target_ids, empty_id=tokenizer.eos_id)
         js_by_step.append(m["js"][1:, 0].tolist())

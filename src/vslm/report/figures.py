@@ -451,7 +451,7 @@ def shape_course_figure(steps: list[int], prompts: list[str], tokens: list[str],
     left.set_ylabel("training step")
     fig.colorbar(mesh, ax=left, label="JS from the empty prompt (nats)")
     for k, prompt in enumerate(prompts):
-        shift = [r["log_prob_shift"] for r in rows if r["prompt"] == prompt]
+        shift = [r["log_prob_shift"] for r in rows[k :: len(prompts)]]  # step by step, prompt k (a prompt may repeat)
         right.plot(steps, shift, "o-", markersize=3, color=f"C{k}", label=f"{prompt!r:.30}")
     right.axhline(0, color="grey", linewidth=0.8)
     _log_steps(right, steps[-1])
