@@ -11,26 +11,27 @@ below that of a uniform guess by storing the fact, so the bits it stores are bou
 where T_a is the number of values attribute a takes and q the model's prediction renormalised over
 those values: the value sets are public, so a model that knows them and nothing of the people scores
 0, however it spreads the rest of its mass (`bits_vocab` scores the full softmax, as the paper does,
-and so also charges a small model for mass outside the value set). The paper finds about 2 bits per parameter
-after 1000 exposures of each biography and about 1 bit after 100.
+and so also charges a small model for mass outside the value set). The names' bits (which names
+exist), the paper's other term, are counted apart (`name_bits`). The paper finds about 2 bits per
+parameter after 1000 exposures of each biography and at least 1 bit after 100 (their peak over model
+sizes).
 
 The data is their bioS "single" (one template): N people, each with a unique three-word name (first,
 middle, last: names.py's first names twice, never the same one twice, and its surnames: 990,000
-names) and eight
-attributes drawn uniformly and independently: gender (the pronoun, 2), birth month (12), day (28)
-and year (200), birth city (200), university (300), major (100) and employer (263), as the paper's
-value sets are sized; the work city follows from the employer (a rule, 0 bits: not counted). Cities,
-universities, majors and employers are invented words. Every word is one token (reader.word_tokenizer),
-so a biography is 38 tokens and each attribute's value is one token, scored where it is predicted.
+names) and eight attributes drawn uniformly and independently: gender (the pronoun, 2), birth month
+(12), day (28) and year (200), birth city (200), university (300), major (100) and employer (263), as
+the paper's value sets are sized; the work city follows from the employer (a rule, 0 bits: not
+counted). Cities, universities, majors and employers are invented words. Every word is one token
+(reader.word_tokenizer), so a biography is 38 tokens and each attribute's value is one token, scored
+where it is predicted.
 
 Training packs whole biographies, each after an end-of-text token, `context // 39` to a row; every
 epoch visits each biography once in a fresh order, so an exposure is exactly one visit (the steps are
 rounded up to whole batches: the exposures trained are in the result). The bits are counted on the
 training biographies themselves (that is what is stored), each read alone after an end-of-text
-token. The names' own bits (which names exist) are not counted; the paper counts them. Parameters
-are reported whole, without the embedding rows of tokens no biography holds (the byte fallback:
-"used"), and without the embedding (tied to the head), which with word tokens is most of a small
-model and holds facts too.
+token. Parameters are reported whole, without the embedding rows of tokens that are neither in a
+biography nor a value (the byte fallback: "used"), and without the embedding (tied to the head),
+which with word tokens is most of a small model and holds facts too.
 """
 
 from __future__ import annotations
