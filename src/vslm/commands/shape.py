@@ -34,10 +34,9 @@ def _js_histograms(p: np.ndarray, q: np.ndarray) -> float:
         return float((terms(p) + terms(q)) / 2)
 
 
-def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8, sample_tokens: int = 100,
-              seed: int = 0, track: Callable = quiet) -> dict:
-    """The measurements as plain lists (JSON-ready)."""
-    cfg, model, tokenizer = load_run(run)
+def _encode(cfg, tokenizer, prompts: list[str], continuation: str) -> tuple[list[list[int]], list[int]]:
+    """The prompts' and the continuation's token ids; a one-line error for an empty continuation or one
+    that does not fit the model's context after the longest prompt."""
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     target_ids = tokenizer.encode(continuation)
     if not target_ids:
@@ -46,6 +45,14 @@ def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8
     if longest > cfg.model.context:
         raise VSLMError(f"prompt + continuation take {longest} tokens, more than the model's context "
                         f"{cfg.model.context}; shorten them")
+    return prompt_ids, target_ids
+
+
+def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8, sample_tokens: int = 100,
+              seed: int = 0, track: Callable = quiet) -> dict:
+    """The measurements as plain lists (JSON-ready)."""
+    cfg, model, tokenizer = load_run(run)
+    prompt_ids, target_ids = _encode(cfg, tokenizer, prompts, continuation)
     m = shape_metrics(model, prompt_ids, target_ids, empty_id=tokenizer.eos_id)
     labels = ["empty", *prompts]
     histograms = []
@@ -92,14 +99,7 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
         why = "train.snapshots is false" if not saved_cfg.train.snapshots else "it has saved fewer than two yet"
         raise VSLMError(f"--over-training needs snapshots of {run} at two steps or more, and {why}")
     cfg, model, tokenizer, _ = load_run_at(run, saved[max(saved)])
-    prompt_ids = [tokenizer.encode(p) for p in prompts]
-    target_ids = tokenizer.encode(continuation)
-    if not target_ids:
-        raise VSLMError("--continuation is empty")
-    longest = max([len(p) for p in prompt_ids] + [1]) + len(target_ids)
-    if longest > cfg.model.context:
-        raise VSLMError(f"prompt + continuation take {longest} tokens, more than the model's context "
-                        f"{cfg.model.context}; shorten them")
+    prompt_ids, target_ids = _encode(cfg, tokenizer, prompts, continuation)
     rows, js_by_step = [], []
     for step in track(sorted(saved), f"measuring {len(saved)} snapshots"):
         weights, _ = load_checkpoint(saved[step])
