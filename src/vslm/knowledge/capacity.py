@@ -51,7 +51,7 @@ from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
 from vslm.errors import UsageError, VSLMError
 from vslm.files import write_text
 from vslm.knowledge import names
-from vslm.knowledge.reader import word_tokenizer
+from vslm.knowledge.reader import check_same_run, word_tokenizer
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import (
@@ -387,7 +387,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
         done = json.loads((out / RESULT).read_text(encoding="utf-8"))
         if not reuse:
             raise VSLMError(f"{out} already holds a capacity run; --out another folder")
-        _check_same(out, cfg, recorded, done.get("settings"))
+        check_same_run(out, cfg, recorded, done.get("settings"), "a capacity run")
         if missing := [k for k in RESULT_KEYS if k not in done]:
             raise VSLMError(f"{out / RESULT} lacks {', '.join(missing)} (an older vslm's): move the run away")
         return done
@@ -396,7 +396,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
             raise VSLMError(f"{out} holds something other than a capacity run: --out another folder")
         check_not_in_use(out)  # a live run's folder is never judged, let alone cleared
         started = json.loads((out / STARTED).read_text(encoding="utf-8"))
-        _check_same(out, cfg, recorded, started)
+        check_same_run(out, cfg, recorded, started, "a capacity run")
     resume = bool(list_checkpoints(out / CHECKPOINTS))
     if not resume and out.exists() and any(out.iterdir()):  # stopped before its first checkpoint
         if not never_checkpointed(out, read_run_config(out)):
@@ -438,17 +438,6 @@ def ratios(bits: float, name_bits: float, params: int, live: int) -> dict[str, f
     return {"bits_per_param": round(bits / params, 4), "bits_per_live_param": round(bits / live, 4),
             "with_names_per_param": round((bits + name_bits) / params, 4),
             "with_names_per_live_param": round((bits + name_bits) / live, 4)}
-
-
-def _check_same(out: Path, cfg: RunConfig, settings: dict, saved: dict | None) -> None:
-    """Refuse a folder whose run has other settings or another config than these (up to the biographies
-    file, which is the folder's own: a moved folder is still the same run)."""
-    from vslm.lab.runner import same_settings
-
-    run_cfg = read_run_config(out)
-    asked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": run_cfg.data.source})})
-    if saved != settings or not same_settings(asked, run_cfg):
-        raise VSLMError(f"{out} holds a capacity run of other settings than this one's; move it away")
 
 
 # ------------------------------------------------------------------------------------ a sweep

@@ -250,12 +250,14 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     if (out / RESULT).is_file():
         if not reuse:
             raise VSLMError(f"{out} already holds a reader; --out another folder")
-        _check_same(out, cfg, recorded, json.loads((out / RESULT).read_text(encoding="utf-8")).get("settings"))
+        check_same_run(out, cfg, recorded, json.loads((out / RESULT).read_text(encoding="utf-8")).get("settings"),
+                       "a reader")
         return json.loads((out / RESULT).read_text(encoding="utf-8"))
     resume = reuse and bool(list_checkpoints(out / CHECKPOINTS))
     if resume:
         started = out / STARTED
-        _check_same(out, cfg, recorded, json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None)
+        check_same_run(out, cfg, recorded,
+                       json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None, "a reader")
     elif reuse and out.exists() and any(out.iterdir()):  # stopped before its first checkpoint: nothing to keep
         if not (out / STARTED).is_file():
             raise VSLMError(f"{out} holds no reader: --out another folder")
@@ -300,12 +302,13 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     return result
 
 
-def _check_same(out: Path, cfg: RunConfig, settings: dict, saved_settings: dict | None) -> None:
-    """Refuse a folder whose reader (finished, or to be resumed) has other settings or another config
-    than these (up to the examples file, which is the folder's own)."""
+def check_same_run(out: Path, cfg: RunConfig, settings: dict, saved_settings: dict | None, kind: str) -> None:
+    """Refuse a folder whose run of its own data (a reader, a capacity run: finished, or to be resumed) has
+    other settings or another config than these, up to data.source, the data file the folder holds (a
+    moved folder is still the same run); `kind` names the run in the one-line error."""
     from vslm.lab.runner import same_settings
 
     run_cfg = read_run_config(out)
     asked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": run_cfg.data.source})})
     if saved_settings != settings or not same_settings(asked, run_cfg):
-        raise VSLMError(f"{out} holds a reader of other settings than this one's; move it away")
+        raise VSLMError(f"{out} holds {kind} of other settings than this one's; move it away")
