@@ -244,3 +244,29 @@ def test_power_law_fit_and_log_slope_recover_a_known_curve():
     # and the power law's slope, -b c t^-c, at each band's point (within the band's averaging)
     where, slope = log_slope(curve, bands=64)
     np.testing.assert_allclose(slope, -0.9 * 0.6 * where ** -0.6, rtol=0.1)
+
+
+@pytest.mark.parametrize("axis,columns", [("x", 2), ("x", 1), ("y", 1)])
+def test_step_axis_labels_never_touch_and_keep_zero_and_the_last_step(axis, columns):
+    """A log(1 + step) axis of a half- or full-width panel, or a heatmap's step axis, to 10 .. 10^6 steps:
+    no two tick labels overlap once drawn, 0 and the last step are always labelled, and a short axis keeps
+    every 1-2-5 tick (before, a 3,000-step run wrote '2,0003,000' on the half-width panels)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vslm.report import figures
+
+    for top in (10, 100, 1000, 1500, 3000, 20000, 300000, 1000000):
+        fig, axes = figures._figure(columns=columns)
+        steps = np.array([0, *np.geomspace(1, top, 12)])
+        axes[0].plot(*((steps, np.ones(12 + 1)) if axis == "x" else (np.ones(12 + 1), steps)))
+        figures._log_steps(axes[0], top, axis=axis)
+        FigureCanvasAgg(fig)
+        fig.canvas.draw()
+        labels = [t for t in getattr(axes[0], f"get_{axis}ticklabels")() if t.get_text()]
+        boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+        texts = [t.get_text() for t in labels]
+        assert not [texts[i:i + 2] for i in range(len(boxes) - 1) if boxes[i].overlaps(boxes[i + 1])], (top, texts)
+        assert texts[0] == "0" and texts[-1] == f"{top:,}" and len(texts) >= 3, (top, texts)
+        if top <= 100:
+            assert texts == ["0", *(f"{m * 10 ** k:,}" for k in range(3) for m in (1, 2, 5) if m * 10 ** k < top),
+                             f"{top:,}"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
 from vslm.report.runs import RunFiles, log_slope, power_law_fit
 
@@ -42,20 +43,82 @@ def _log_steps(ax: Axes, max_step: float, axis: str = "x") -> None:
     """A log(1 + step) axis labelled with plain steps 0, 1, 2, 5, 10, 20, 50, ...: step 0 stays on it."""
     max_step = max(max_step, 1.0)  # a run probed at step 0 only still gets a non-empty axis
     getattr(ax, f"set_{axis}scale")("function", functions=(np.log1p, np.expm1))
-    _plain_ticks(getattr(ax, f"{axis}axis"), [0.0, *_round_numbers(max_step)])
+    _plain_ticks(getattr(ax, f"{axis}axis"), max_step, zero=True)
     pad = 0.04 * math.log1p(max_step)  # a margin set in log space: the linear default can reach step -1
     getattr(ax, f"set_{axis}lim")(math.expm1(-pad), math.expm1(math.log1p(max_step) + pad))
 
 
-def _round_numbers(top: float) -> list[float]:
-    """1, 2, 5, 10, 20, ... up to `top`, and `top` itself (the last step, the context), never crowding it."""
-    ticks = [m * 10.0**k for k in range(int(math.log10(max(top, 1))) + 1) for m in (1, 2, 5)]
-    return [t for t in ticks if t <= top / 1.25] + [top]
+def _round_numbers(top: float, mantissas: tuple[int, ...] = (1, 2, 5)) -> list[float]:
+    """m * 10^k for m in `mantissas`, up to `top`."""
+    return [m * 10.0**k for k in range(int(math.log10(max(top, 1))) + 1) for m in mantissas
+            if m * 10.0**k <= top]
 
 
-def _plain_ticks(axis: Axis, ticks: list[float]) -> None:
-    """Ticks at exactly these values, written as plain numbers (not 10^1) and without minor ticks."""
-    axis.set_major_locator(FixedLocator(ticks))
+class _RoundTicks(Locator):
+    """Ticks at round numbers (1, 2, 5, 10, ... or sparser), the axis' end `top` and 0 if asked, as many as
+    the drawn axis has room for: at draw time it takes the densest of its tiers (1-2-5 per decade down to
+    one tick every few decades) whose labels do not touch, and drops a round tick that would touch `top`'s
+    label. A step axis to 100,000 on a half-width panel would otherwise write its labels over each other."""
+
+    def __init__(self, top: float, zero: bool):
+        super().__init__()
+        self.top, self.zero = top, zero
+
+    def tiers(self) -> list[list[float]]:
+        """1-2-5 per decade; then 1, 10, 100, ...; then 10, 100, ... (1 may touch 0); then 100, 10^4, ...
+        and sparser."""
+        decades = int(math.log10(max(self.top, 1))) + 1
+        rounds = [_round_numbers(self.top), _round_numbers(self.top, (1,))]
+        rounds += [[10.0**k for k in range(every, decades, every)] for every in range(1, decades)]
+        return [sorted({*([0.0] if self.zero else []), *r, self.top}) for r in rounds]
+
+    def __call__(self) -> list[float]:
+        tiers = self.tiers()
+        if self.axis is None or self.axis.axes is None:
+            return tiers[0]
+        for ticks in tiers:
+            kept = self._clear_of_top(ticks)
+            if self._fit(kept):
+                return kept
+        return [0.0, self.top] if self.zero else [self.top]
+
+    def tick_values(self, vmin: float, vmax: float) -> list[float]:
+        return self()
+
+    def _pixels(self, ticks: list[float]) -> np.ndarray:
+        """Where the ticks fall along the drawn axis, in display pixels."""
+        scale = self.axis.get_transform()
+        low, high = scale.transform(np.asarray(self.axis.get_view_interval(), dtype=float))
+        bbox = self.axis.axes.bbox
+        length = bbox.width if self.axis.axis_name == "x" else bbox.height
+        return (scale.transform(np.asarray(ticks, dtype=float)) - low) / (high - low) * length
+
+    def _extent(self, tick: float) -> float:
+        """The room a tick's label takes along the axis, in pixels, with a gap of half a character."""
+        from matplotlib import rcParams
+        from matplotlib.font_manager import FontProperties
+        from matplotlib.textpath import text_to_path
+
+        prop = FontProperties(size=rcParams[f"{self.axis.axis_name}tick.labelsize"])
+        width, height, _ = text_to_path.get_text_width_height_descent(f"{tick:,.0f}", prop, ismath=False)
+        size = width if self.axis.axis_name == "x" else height
+        return (size + prop.get_size_in_points() / 2) * self.axis.axes.figure.dpi / 72
+
+    def _touch(self, a: float, b: float) -> bool:
+        pa, pb = self._pixels([a, b])
+        return abs(pb - pa) < (self._extent(a) + self._extent(b)) / 2
+
+    def _clear_of_top(self, ticks: list[float]) -> list[float]:
+        return [t for t in ticks if t == self.top or (t == 0 and self.zero) or not self._touch(t, self.top)]
+
+    def _fit(self, ticks: list[float]) -> bool:
+        return not any(self._touch(a, b) for a, b in itertools.pairwise(ticks))
+
+
+def _plain_ticks(axis: Axis, top: float, zero: bool = False) -> None:
+    """Round ticks up to `top` (and `top` itself), as many as fit, written as plain numbers (not 10^1),
+    without minor ticks."""
+    axis.set_major_locator(_RoundTicks(top, zero))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     axis.set_minor_locator(NullLocator())
 
@@ -171,7 +234,7 @@ def position_slope_heatmap(run: RunFiles) -> Figure:
     _log_steps(ax, steps[-1], axis="y")
     ax.set_ylim(np.expm1(edges[0]), np.expm1(edges[-1]))
     ax.set_xscale("log")
-    _plain_ticks(ax.xaxis, _round_numbers(float(x_edges[-1])))
+    _plain_ticks(ax.xaxis, float(x_edges[-1]))
     ax.set_xlabel("position (tokens of context, log scale)")
     ax.set_ylabel("training step")
     fig.colorbar(mesh, ax=ax, label="d loss / d log t (nats)")
@@ -198,7 +261,7 @@ def position_curves(run: RunFiles) -> Figure:
                 label=f"fit at step {run.probe_steps[-1]:,.0f}: {law['L_inf']:.2f} + {law['b']:.2f} t^-{law['c']:.2f}")
     _reference(ax, _last_finite(run.probe_values("distribution", "log_vocab")), "ln V", "grey")
     ax.set_xscale("log")
-    _plain_ticks(ax.xaxis, _round_numbers(float(positions[-1])))
+    _plain_ticks(ax.xaxis, float(positions[-1]))
     ax.set_xlabel("position (tokens of context, log scale)")
     ax.set_ylabel("loss (nats)")
     ax.grid(alpha=0.3, which="both")
