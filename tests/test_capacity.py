@@ -277,5 +277,10 @@ def test_the_sizes_are_tested_against_the_papers_ratio_as_scipy_and_holm_do():
     assert got[low]["p_holm"] == pytest.approx(2 * p[low])  # Holm over the two sizes with 3 seeds
     assert got[high]["p_holm"] == pytest.approx(max(2 * p[low], p[high]))
     assert math.isnan(got["2x32"]["p_holm"])  # 2 seeds: an interval, no test
+    from vslm.plain import dumps
+
+    strict = json.loads(dumps(paper | {"one seed": summarize("1x16", [run(0.8, 0.9)])}),
+                        parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert strict["bits_per_param"]["2x32"]["p_holm"] is None and strict["one seed"]["bits_per_param"][1] is None
     assert paper["bits_per_live_param"]["1x32"]["p"] == pytest.approx(stats.ttest_1samp([1.0, 1.12, 1.05], 1.0).pvalue)
     assert paper["with_names_per_param"]["1x16"]["diff"] == pytest.approx(0.8233333 + 0.1 - 1)

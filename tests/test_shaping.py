@@ -27,7 +27,7 @@ def test_shape_json_table_and_plot(run):
     r = shape(run, "--prompt", "Tom had a ball.", "--prompt", "The cat", "--continuation", " Tom ran.",
               "--samples", "2", "--tokens", "10", "--json")
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))  # strict JSON
     assert out["labels"] == ["empty", "Tom had a ball.", "The cat"] and "".join(out["tokens"]) == " Tom ran."
     kl, pmi = np.array(out["per_token"]["kl"]), np.array(out["per_token"]["pmi"])
     assert kl.shape == (3, 3, 9) and np.allclose(np.diagonal(kl, axis1=0, axis2=1), 0, atol=1e-9)
@@ -39,10 +39,10 @@ def test_shape_json_table_and_plot(run):
     effect = js[1, 0]  # how "Tom had a ball." moves the predictions along y, from the first token on
     assert first["js_first"] == pytest.approx(effect[0])
     half = [t for t in range(2, len(effect) + 1) if effect[t - 1] <= effect[0] / 2]
-    assert first["js_half_at"] == (half[0] if half else pytest.approx(float("nan"), nan_ok=True))
+    assert first["js_half_at"] == (half[0] if half else None)  # strict JSON: an undefined number is null
     t = np.arange(1, len(effect) + 1)
     assert first["js_slope"] == pytest.approx(np.polyfit(np.log(t), np.log(effect), 1)[0])
-    assert out["summary"][0]["js_first"] == 0 and np.isnan(out["summary"][0]["js_slope"])  # empty vs itself
+    assert out["summary"][0]["js_first"] == 0 and out["summary"][0]["js_slope"] is None  # empty vs itself
     assert (run / "shape.png").stat().st_size > 5000
     table = shape(run, "--prompt", "Tom", "--continuation", " ran.", "--samples", "1", "--tokens", "5")
     assert table.returncode == 0 and "KL from empty" in table.stdout and table.stdout.strip().endswith("shape.png")

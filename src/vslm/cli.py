@@ -15,6 +15,7 @@ from rich.console import Console
 
 from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError, did_you_mean
 from vslm.files import write_text
+from vslm.plain import dumps
 
 console = Console() if sys.stdout.isatty() else Console(width=140)  # logs and pipes: no wrapping at 80
 
@@ -184,7 +185,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     if a.copying:
         result = probe_copying(Path(a.run), a.copying, a.invented, a.far, a.stories, a.windows, a.batch,
                                Path(a.checkpoint) if a.checkpoint else None)
-        print(json.dumps(result) if a.json else copying_table(result))
+        print(dumps(result) if a.json else copying_table(result))
         return 0
     from vslm.progress import track
 
@@ -328,7 +329,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _print_json(result: dict) -> int:
-    print(json.dumps(result))
+    print(dumps(result))
     return 0
 
 
@@ -540,9 +541,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
     if a.json:
-        from vslm.plain import plain
-
-        print(json.dumps(plain(novel_summary(result) if a.json == "novel" else result)))
+        print(dumps(novel_summary(result) if a.json == "novel" else result))
         return 0
     table = Table(title=f"{a.run} on {a.world}")
     for col in ("setting", "pool", "accuracy ± se", "chance", "n"):
@@ -599,7 +598,7 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
                           f"{r['before']['rest']['accuracy']:.3f} -> {r['after']['rest']['accuracy']:.3f} "
                           f"(chance {r['before']['rest']['chance']:.3f}, n {r['before']['rest']['n']})",
                           highlight=False)
-        write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
+        write_text(out / RESULT, dumps(result, indent=1) + "\n")
     print(out)
     return 0
 
@@ -826,7 +825,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         out["tasks"] = run_tasks(Path(a.run), a.tasks, Path(a.include_path) if a.include_path else None, a.limit,
                                  a.num_fewshot, checkpoint, a.device)
     if a.json:
-        print(json.dumps(out))
+        print(dumps(out))
         return 0
     from rich.table import Table
 

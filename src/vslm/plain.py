@@ -6,9 +6,8 @@ diverged run's loss) is written as null. numpy arrays and scalars become lists a
 
 from __future__ import annotations
 
+import json
 import math
-
-import numpy as np
 
 
 def plain(obj, digits: int | None = None):
@@ -18,10 +17,16 @@ def plain(obj, digits: int | None = None):
         return {k: plain(v, digits) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [plain(v, digits) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist(), digits)
-    if isinstance(obj, float | np.floating):
+    if type(obj).__module__ == "numpy":  # an array or a numpy scalar (numpy itself is not imported: the CLI
+        return plain(obj.tolist(), digits)  # writes JSON before it needs numpy)
+    if isinstance(obj, float):
         if not math.isfinite(obj):
             return None
-        return round(float(obj), digits) if digits is not None else float(obj)
-    return obj.item() if isinstance(obj, np.generic) else obj
+        return round(obj, digits) if digits is not None else obj
+    return obj
+
+
+def dumps(obj, indent: int | None = None, digits: int | None = None) -> str:
+    """obj as strict JSON (null where a number is undefined): what every result file and --json print writes,
+    so that any JSON reader, not only Python's, reads it."""
+    return json.dumps(plain(obj, digits), indent=indent, allow_nan=False)

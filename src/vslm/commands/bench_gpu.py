@@ -41,6 +41,7 @@ from vslm.errors import UsageError, VSLMError
 from vslm.files import write_text
 from vslm.model import GPT
 from vslm.model.accounting import StepKernels, kernel_flops, model_flops_utilisation, step_kernels
+from vslm.plain import dumps
 from vslm.train.callbacks import Callback, MetricsLog, StopAfter, StopAtLoss
 from vslm.train.run_folder import METRICS
 from vslm.train.trainer import Trainer, TrainingStopped
@@ -404,7 +405,7 @@ def _guarded(part, console: Console) -> dict:
 def _save(result: dict, path: Path | None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(result, indent=1) + "\n")
+        write_text(path, dumps(result, indent=1) + "\n")
 
 
 def _print_summary(result: dict, console: Console) -> None:

@@ -12,13 +12,13 @@ divergence between their token histograms.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from vslm.errors import VSLMError
+from vslm.plain import dumps
 from vslm.probes import shape_metrics
 from vslm.probes.shape import decay
 from vslm.progress import quiet
@@ -136,6 +136,6 @@ def write_plot(result: dict, out: Path) -> Path:
 
 
 def to_json(result: dict) -> str:
-    return json.dumps(result)
+    return dumps(result)
 
 

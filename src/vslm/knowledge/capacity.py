@@ -52,6 +52,7 @@ from vslm.errors import UsageError, VSLMError
 from vslm.files import write_text
 from vslm.knowledge import names
 from vslm.knowledge.reader import check_same_run, word_tokenizer
+from vslm.plain import dumps
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import (
@@ -429,7 +430,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
               **ratios(measured["bits"], measured["name_bits"], trainer.params, live),
               "bits_per_nonembedding_param": round(measured["bits"] / (trainer.params - embedding), 4),
               "wall_s": round(time.perf_counter() - began, 1), "train_time_s": round(trainer.train_time_s, 1)}
-    write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
+    write_text(out / RESULT, dumps(result, indent=1) + "\n")
     return result
 
 
@@ -484,7 +485,7 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
     rows = [summarize(spec, rs) for spec, rs in runs.items()]
     summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows,
                "paper": against_paper(rows, settings.exposures)}
-    write_text(out / RESULT, json.dumps(summary, indent=1) + "\n")
+    write_text(out / RESULT, dumps(summary, indent=1) + "\n")
     write_text(out / TABLE, capacity_table(summary))
     return summary
 

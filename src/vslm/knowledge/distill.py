@@ -49,6 +49,7 @@ from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.questions import Question
 from vslm.knowledge.scoring import LMScorer
+from vslm.plain import dumps
 from vslm.train.finetune import fine_tune, finetune_config
 from vslm.train.objectives import Distillation, check_weights
 from vslm.train.run_folder import CONFIG, load_run
@@ -193,7 +194,7 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
     result = {**settings, "questions": len(batches.questions),
               "last": {k: final[k] for k in ("step", "loss", *used) if k in final},
               "val": {k: final[k] for k in ("val_loss", "val_bpb") if k in final}}
-    write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
+    write_text(out / RESULT, dumps(result, indent=1) + "\n")
     return result
 
 

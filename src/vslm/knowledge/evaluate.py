@@ -22,7 +22,6 @@ share of supporting facts retrieved and the share of questions with all of them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.questions import Question
 from vslm.knowledge.retrieval import Retriever, support_recall
-from vslm.plain import plain
+from vslm.plain import dumps
 
 if TYPE_CHECKING:  # torch is imported only when a run is evaluated
     from vslm.config import RunConfig
@@ -176,7 +175,7 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
         result["adapters"] = evaluate_adapters(scorer, folder, cfg, Path(run) / ADAPTERS / base.stem, group_size,
                                                adapter_steps, per_group, seed, device)
     result["truncated"] = scorer.truncated
-    write_text(Path(run) / RESULT, json.dumps(plain(result), indent=1) + "\n")
+    write_text(Path(run) / RESULT, dumps(result, indent=1) + "\n")
     return result
 
 

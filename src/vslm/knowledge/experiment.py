@@ -81,7 +81,7 @@ from vslm.lab.experiments import check_no_larger_summary
 from vslm.lab.runner import train_or_reuse
 from vslm.lab.stats import MIN_SEEDS, NO_TEST, SIGNIFICANCE, holm, mean_std, paired_difference
 from vslm.lab.tables import results_markdown
-from vslm.plain import plain
+from vslm.plain import dumps, plain
 from vslm.train.run_folder import device_of
 
 WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
@@ -458,7 +458,7 @@ def relearning(folder: Path, world: Path, steps: int, seed: int, device: str) ->
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     out = plain(relearn(folder, load_world_folder(world), folder / "relearn", steps=steps, seed=seed, device=device))
-    write_text(path, json.dumps(out, indent=1) + "\n")
+    write_text(path, dumps(out, indent=1) + "\n")
     return out
 
 
@@ -538,7 +538,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     per_seed = run_seeds(spec, seeds, out, extra_overrides, device, say, jobs)
     results = summarize(name, spec, command, per_seed)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(plain(results, digits=6), indent=1) + "\n")
+    write_text(out / "results.json", dumps(results, indent=1, digits=6) + "\n")
     write_text(out / "results.md", markdown(results))
     (out / "report.html").write_text(render_report(results, out), encoding="utf-8")
     if console:

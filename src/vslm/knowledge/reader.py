@@ -59,6 +59,7 @@ from vslm.knowledge.preloaded import _draw, example_text, signatures
 from vslm.knowledge.questions import chain_paths
 from vslm.knowledge.scoring import LMScorer
 from vslm.knowledge.world import YEARS, NamePool, name_pools, small_world
+from vslm.plain import dumps
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import (
@@ -298,7 +299,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
               "params": trainer.params, "vocab_size": tokenizer.vocab_size, "steps": cfg.train.steps,
               "wall_s": round(time.perf_counter() - started, 1), "train_time_s": round(trainer.train_time_s, 1),
               "last": last}
-    write_text(out / RESULT, json.dumps(result, indent=1) + "\n")
+    write_text(out / RESULT, dumps(result, indent=1) + "\n")
     return result
 
 

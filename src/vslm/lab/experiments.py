@@ -104,7 +104,7 @@ from vslm.lab.tables import (
     transfer_rows,
 )
 from vslm.model import parameter_count, training_flops_per_token
-from vslm.plain import plain
+from vslm.plain import dumps
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
@@ -678,7 +678,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         lengths["tables"] = [{"title": t, "columns": list(c), "rows": [list(r) for r in table_rows]}
                              for t, c, table_rows in shown]  # as shown: results.md, report.html
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(plain(report), indent=2) + "\n")
+    write_text(out / "results.json", dumps(report, indent=2) + "\n")
     tables = [(COLUMNS, rows)]
     if sweeps:
         matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []

@@ -40,7 +40,6 @@ are in fit.json beside them, with their ratio to 6 N D.
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import tomllib
@@ -60,7 +59,7 @@ from vslm.lab.experiments import builtin_descriptions
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import build_for_accounting, tokens_per_run
 from vslm.model import parameter_count, training_flops_per_token
-from vslm.plain import plain
+from vslm.plain import dumps
 from vslm.report.runs import read_run
 from vslm.report.scaling import FIT, write_scaling_report
 
@@ -326,7 +325,7 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
               "base_config": runs[0].cfg.model_dump(mode="json", exclude_none=True),
               **study(runs, results, spec.bootstrap, starts, spec.seed)}
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / FIT, json.dumps(plain(report), indent=1) + "\n")
+    write_text(out / FIT, dumps(report, indent=1) + "\n")
     write_scaling_report(out)
     if "error" in report:
         raise VSLMError(f"{report['error']} ({len(report['left_out'])} runs left out; {out / FIT} and "
