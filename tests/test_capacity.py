@@ -215,6 +215,14 @@ def test_a_run_stopped_before_its_checkpoint_is_trained_again_and_a_foreign_fold
                                          "train.grad_accum=2", "train.eval_windows=2"])
     r = train_capacity(tmp_path / "accum", twice, settings)
     assert r["steps"] == 4 and r["exposures"] == 6.0
+    # a config the trainer refuses (validation windows longer than all the biographies) leaves a folder the
+    # same command, fixed, trains in
+    refused = tmp_path / "refused"
+    too_long = capacity_config("capacity", ["model.depth=1", "model.width=16", "model.heads=1", "train.batch_size=2",
+                                            "train.eval_windows=2", "logging.log_every=2", "train.eval_lengths=[4]"])
+    with pytest.raises(VSLMError, match="train.eval_lengths: the validation split has 312 tokens"):
+        train_capacity(refused, too_long, settings)
+    assert train_capacity(refused, cfg, settings)["attributes"] == first["attributes"]
     # a folder of something else is refused, its files kept
     other = tmp_path / "other"
     other.mkdir()

@@ -392,15 +392,16 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
         if missing := [k for k in RESULT_KEYS if k not in done]:
             raise VSLMError(f"{out / RESULT} lacks {', '.join(missing)} (an older vslm's): move the run away")
         return done
-    if out.exists() and any(out.iterdir()):
-        if not (out / STARTED).is_file() or not (out / CONFIG).is_file():
+    begun, resume = out.exists() and any(out.iterdir()), bool(list_checkpoints(out / CHECKPOINTS))
+    if begun:
+        if not (out / STARTED).is_file():
             raise VSLMError(f"{out} holds something other than a capacity run: --out another folder")
         check_not_in_use(out)  # a live run's folder is never judged, let alone cleared
-        started = json.loads((out / STARTED).read_text(encoding="utf-8"))
-        check_same_run(out, cfg, recorded, started, "a capacity run")
-    resume = bool(list_checkpoints(out / CHECKPOINTS))
-    if not resume and out.exists() and any(out.iterdir()):  # stopped before its first checkpoint
-        if not never_checkpointed(out, read_run_config(out)):
+        if (out / CONFIG).is_file() or resume:  # the trainer began: the same run, or an error
+            started = json.loads((out / STARTED).read_text(encoding="utf-8"))
+            check_same_run(out, cfg, recorded, started, "a capacity run")
+    if begun and not resume:  # stopped before its first checkpoint, or before the trainer began (a config the
+        if (out / CONFIG).is_file() and not never_checkpointed(out, read_run_config(out)):  # trainer refused)
             raise VSLMError(f"cannot continue the capacity run in {out}: {no_checkpoint_yet(out)}")
         clear_run_folder(out)
     world = bio_world(settings.people, settings.world_seed)
