@@ -48,6 +48,19 @@ def test_shape_json_table_and_plot(run):
     assert table.returncode == 0 and "KL from empty" in table.stdout and table.stdout.strip().endswith("shape.png")
 
 
+def test_brackets_in_prompts_are_text_not_rich_markup(tmp_path):
+    """'[/x]' in a prompt or continuation used to stop the command (rich read it as a closing tag)."""
+    folder = tmp_path / "bytes"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, data__tokenizer="byte")), folder).fit()
+    table = shape(folder, "--prompt", "Tom [/b]", "--continuation", " [/x] [bold]ran", "--samples", "1",
+                  "--tokens", "5")
+    assert table.returncode == 0, table.stderr
+    assert "reshape ' [/x] [bold]ran'" in table.stdout and "sample under 'Tom [/b]'" in table.stdout
+    course = shape(folder, "--prompt", "[red]", "--continuation", " [/x]", "--over-training")
+    assert course.returncode == 0, course.stderr
+    assert "reshape ' [/x]' over training" in course.stdout and "'[red]'" in course.stdout
+
+
 def test_shape_errors_are_one_line(run):
     r = shape(run, "--prompt", "x" * 40, "--continuation", "y" * 10)
     assert r.returncode == 1 and "more than the model's context 32" in r.stderr and "Traceback" not in r.stderr

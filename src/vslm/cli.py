@@ -288,9 +288,9 @@ def cmd_shape(a: argparse.Namespace) -> int:
              num(r["js_half_at"], ".0f"), num(r["js_slope"], "+.2f"), f"{r['pmi_mean']:+.3f}",
              f"{r['entropy_first']:.2f}", f"{r['entropy_mean']:.2f}", f"{r['sample_js_from_empty']:.3f}")
             for r in result["summary"]]
-    print_table(console, f"how prompts reshape {a.continuation!r}", columns, rows)
+    print_table(console, f"how prompts reshape {escape(repr(a.continuation))}", columns, rows)
     for r in result["summary"]:
-        console.rule(f"a sample under {r['prompt']!r}")
+        console.rule(f"a sample under {escape(repr(r['prompt']))}")
         console.print(r["sample"], markup=False, highlight=False)
     print(plot)
     return 0
@@ -316,7 +316,7 @@ def _shape_course(a: argparse.Namespace, plot_to: Path, track) -> int:
     rows = [(str(r["step"]), escape(repr(r["prompt"])), f"{r['log_prob_shift']:+.2f}", f"{r['js_from_empty']:.3f}",
              num(r["js_first"], ".3f"), num(r["js_half_at"], ".0f"), num(r["js_slope"], "+.2f"))
             for r in result["rows"]]
-    print_table(console, f"how prompts reshape {a.continuation!r} over training", columns, rows)
+    print_table(console, f"how prompts reshape {escape(repr(a.continuation))} over training", columns, rows)
     print(plot)
     return 0
 
@@ -531,6 +531,7 @@ def cmd_facts_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_facts_eval(a: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from vslm.knowledge.evaluate import evaluate_run, hops_rows, novel_summary, probe_line, summary_rows
@@ -543,7 +544,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(dumps(novel_summary(result) if a.json == "novel" else result))
         return 0
-    table = Table(title=f"{a.run} on {a.world}")
+    table = Table(title=escape(f"{a.run} on {a.world}"))
     for col in ("setting", "pool", "accuracy ± se", "chance", "n"):
         table.add_column(col, justify="left" if col in ("setting", "pool") else "right")
     for row in summary_rows(result):
@@ -827,10 +828,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(dumps(out))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     if a.on:
-        table = Table(title=f"{a.run}: loss per token (nats), bits per byte, word perplexity (word-level benchmarks)")
+        table = Table(title=escape(f"{a.run}: loss per token (nats), bits per byte, word perplexity (word-level "
+                                   "benchmarks)"))
         lengths = ("x context",) if a.lengths else ()
         for col in ("corpus", "split", *lengths, "tokens", "bytes", "loss", "bits/byte", "word ppl"):
             table.add_column(col, justify="left" if col in ("corpus", "split") else "right")
