@@ -126,7 +126,8 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
         console.print(text, markup=False, highlight=False)
     console.rule()
     report = write_report(out)
-    console.print(f"Next: vslm sample {out} --prompt \"Once upon a time\"   |   run folder {out}", highlight=False)
+    console.print(f"Next: vslm sample {out} --prompt \"Once upon a time\"   |   run folder {out}", highlight=False,
+                  markup=False)
     console.print("Report (loss curves, loss by position over training, probes, samples):", highlight=False)
     print(report)
     return report

@@ -257,7 +257,7 @@ def print_plan(plan: dict, out: Path, console: Console) -> None:
                      "than fresh: Muennighoff et al. 2023 find up to ~4 epochs nearly as good).")
     for note in notes:
         console.print(f"  - {note}", highlight=False)
-    console.print(f"config written to {out}; train it with: vslm train {out}", highlight=False)
+    console.print(f"config written to {out}; train it with: vslm train {out}", highlight=False, markup=False)
 
 
 def write_plan(plan: dict, out: Path) -> Path:

@@ -543,7 +543,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     (out / "report.html").write_text(render_report(results, out), encoding="utf-8")
     if console:
         console.print(markdown(results), highlight=False, markup=False)
-        console.print(f"results: {out / 'results.md'}, report: {out / 'report.html'}", highlight=False)
+        console.print(f"results: {out / 'results.md'}, report: {out / 'report.html'}", highlight=False, markup=False)
     return results
 
 
