@@ -216,8 +216,10 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     # and the unigram phase's steps and the attention statistics, each a table of its own
     titles = [t["title"] for t in report["landmark_tables"]]
     assert titles == ["the unigram phase (RESEARCH.md section 2), in steps",
+                      "the phase change (RESEARCH.md section 1): the training loss's bump and the ICL score's fall, "
+                      "each where it is steepest",
                       "attention weights at the last probe (RESEARCH.md section 3), every head at every depth"]
-    assert report["landmark_tables"][1]["rows"][0][1] == "1.000 ± -"  # a softmax row sums to 1; one seed: no std
+    assert report["landmark_tables"][2]["rows"][0][1] == "1.000 ± -"  # a softmax row sums to 1; one seed: no std
     assert 'id="landmarks-0"' in html and "<th>d entropy / d log n (mean)</th>" in html
     wide = report["dynamics"]["wide"]
     assert wide["attn_row_sum"]["mean"] == pytest.approx(1.0) and wide["m2_min_step"]["mean"] >= 0

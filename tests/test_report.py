@@ -65,9 +65,10 @@ def test_report_of_a_run_with_probes_has_every_section_and_decodable_images(prob
     html = path.read_text(encoding="utf-8")
     assert section_ids(html) == ["config", "loss", *PROBE_SECTIONS, "samples"]
     pngs = images(html)
-    # loss, the position heat map and its d loss / d log t, position curves, ICL, distribution, induction, attention
-    assert len(pngs) == 8
-    assert "d loss / d log t" in html and "fitted to the last probe" in html
+    # loss, the position heat map and its d loss / d log t, position curves, ICL and the loss's fall rate,
+    # distribution, induction, attention
+    assert len(pngs) == 9
+    assert "d loss / d log t" in html and "fitted to the last probe" in html and "per e-fold of steps" in html
     assert all(png.startswith(PNG_SIGNATURE) and len(png) > 5000 for png in pngs)
     assert "short context" in html and "ln V" in html and "H(bigram)" in html
     assert 'vocab_size = 58' in html  # the resolved config, shown as text
@@ -95,7 +96,7 @@ def test_probes_without_standard_errors_still_read_and_draw(probed_run, tmp_path
     assert np.isnan(read_run(old).probe_errors("distribution", "M1")).all()
     html = write_report(old).read_text(encoding="utf-8")
     assert section_ids(html) == ["config", "loss", *PROBE_SECTIONS, "samples"]
-    assert len(images(html)) == 8 and "standard errors" not in html
+    assert len(images(html)) == 9 and "standard errors" not in html
 
 
 def test_dynamics_summary_phase_and_attention_landmarks_from_the_files(probed_run):
@@ -115,6 +116,15 @@ def test_dynamics_summary_phase_and_attention_landmarks_from_the_files(probed_ru
     assert got["attn_entropy_slope"] == pytest.approx(np.mean([h[2] for h in heads]))
     assert got["attn_sink_max"] == max(h[3] for h in heads)
     assert 0 < got["attn_entropy_slope"] < 1.5 and got["attn_row_sum"] == pytest.approx(1.0)
+    from vslm.report.runs import loss_bump, steepest_drop
+
+    steps, loss = zip(*((m["step"], m["loss"]) for m in metrics if "loss" in m), strict=True)
+    h_unigram = probes[0]["distribution"]["unigram_entropy"]
+    after = next((s for s, v in zip(steps, loss, strict=True) if v <= h_unigram), math.nan)
+    bump = loss_bump(np.array(steps, dtype=float), np.array(loss), after)
+    assert (got["loss_bump"], got["loss_bump_step"]) == pytest.approx(bump, nan_ok=True)
+    drop = steepest_drop(np.array([p["step"] for p in probes], dtype=float), np.array([p["icl_score"] for p in probes]))
+    assert (got["icl_drop"], got["icl_drop_step"]) == pytest.approx(drop) and got["icl_drop_step"] > 0
 
 
 def test_report_without_probes_has_the_loss_section_only(plain_run):
@@ -214,7 +224,7 @@ def test_report_renders_in_headless_chromium(probed_run, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", run.stdout).group(1)
     found = dict(re.findall(r'data-(\w+)="(\d+)"', body))
-    assert found == {"images": "8", "rendered": "8", "errors": "0"}, body
+    assert found == {"images": "9", "rendered": "9", "errors": "0"}, body
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console  # the page has no script: any console message is an error of its own
 
@@ -237,6 +247,10 @@ def test_power_law_fit_and_log_slope_recover_a_known_curve():
     assert math.isnan(power_law_fit(np.array([1.0, math.nan, 2.0]))["c"])  # too few points: no fit
     flat = power_law_fit(np.full(127, 4.06))
     assert flat["L_inf"] == pytest.approx(4.06) and flat["b"] < 1e-4
+    # a curve that falls as log t is no power law: the fit runs c to 0 and L_inf to thousands of nats below
+    # the curve (-6004 on a 2-layer dynamics-repeats run); it is NaN, its rmse kept
+    logarithmic = power_law_fit(3.0 - 0.2 * np.log(t))
+    assert math.isnan(logarithmic["L_inf"]) and math.isnan(logarithmic["c"]) and logarithmic["rmse"] < 1e-3
     # d loss / d log t on bands: for L = a - k log t exactly -k in every band
     where, slope = log_slope(3.0 - 0.25 * np.log(t))
     np.testing.assert_allclose(slope, -0.25, rtol=1e-9)
@@ -270,3 +284,33 @@ def test_step_axis_labels_never_touch_and_keep_zero_and_the_last_step(axis, colu
         if top <= 100:
             assert texts == ["0", *(f"{m * 10 ** k:,}" for k in range(3) for m in (1, 2, 5) if m * 10 ** k < top),
                              f"{top:,}"]
+
+
+def test_loss_bump_finds_a_phase_change_as_the_analytic_rates_do_and_none_in_a_power_law():
+    """The bump of RESEARCH.md section 1 on curves whose rate is known: a power law only ever falls slower
+    (no bump); a power law with a logistic drop of depth D and width w in ln(step) at step 1,000 has the bump
+    max_s [r(s) - min_{s' < s} r(s')] of its analytic rate r = -dL/d ln s, found here on a fine grid."""
+    from vslm.report.runs import loss_bump, loss_fall_rate, steepest_drop
+
+    s = np.arange(1, 5001, dtype=float)
+    law = 2 + 3 * s**-0.5
+    assert loss_bump(s, law, after=10) == (0.0, pytest.approx(math.nan, nan_ok=True))
+    where, rate = loss_fall_rate(s, law)
+    assert (np.diff(rate) < 0).all() and rate == pytest.approx(1.5 * where**-0.5, rel=0.15)
+    depth, width = 0.5, 0.3
+    drop = depth / (1 + np.exp(-(np.log(s) - np.log(1000)) / width))
+    fine = np.geomspace(10, 5000, 20001)
+    sig = 1 / (1 + np.exp(-(np.log(fine) - np.log(1000)) / width))
+    r = 1.5 * fine**-0.5 + depth / width * sig * (1 - sig)
+    rise = r - np.minimum.accumulate(r)
+    size, step = loss_bump(s, law - drop, after=10, bands=64)
+    assert size == pytest.approx(rise.max(), rel=0.05) and step == pytest.approx(fine[rise.argmax()], rel=0.05)
+    size16, step16 = loss_bump(s, law - drop, after=10)  # the default 16 bands smooth the peak a little
+    assert 0.8 * rise.max() < size16 < rise.max() and step16 == pytest.approx(1000, rel=0.1)
+    assert np.isnan(loss_bump(s, law - drop, after=4000)[0])  # fewer than 2 bands past `after`
+    # the ICL score's steepest fall between log-spaced probes, exactly where it is
+    probes = np.array([0, *2.0 ** np.arange(13)])
+    x = np.log1p(probes)
+    score = -0.7 * np.clip(x - np.log1p(128), 0, None) - 0.6 * np.clip(x - np.log1p(1024), 0, np.log(2049 / 1025))
+    rate, at = steepest_drop(probes, score)
+    assert rate == pytest.approx(1.3) and at == pytest.approx(math.sqrt(1025 * 2049) - 1)

@@ -24,6 +24,10 @@ DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (m
 PHASES = {"m1_near_zero_step": "KL(u‖p̄)<0.05 at step", "unigram_loss_step": "loss ≤ H(u) at step",
           "bigram_loss_step": "loss ≤ H(bigram) at step", "m2_min_step": "M2 lowest at step",
           "m3_min_step": "M3 lowest at step"}
+# the phase change (RESEARCH.md section 1): the training loss's bump (how much faster it falls per e-fold of
+# steps than at its slowest before, past the unigram phase) and the ICL score's steepest fall, each with its step
+PHASE_CHANGE = {"loss_bump": "loss bump (nats / e-fold)", "loss_bump_step": "at step",
+                "icl_drop": "ICL score's steepest fall (nats / e-fold)", "icl_drop_step": "at step"}
 # the attention weights at the last probe (RESEARCH.md section 3), over every head at every depth
 ATTENTION = {"attn_row_sum": "weight per query (mean)", "attn_entropy_ratio": "entropy / log n (mean)",
              "attn_entropy_slope": "d entropy / d log n (mean)", "attn_sink_max": "sink fraction (max head)"}
@@ -32,6 +36,8 @@ DIAGNOSTICS = {"diag_update_ratio": "angular step ‖ΔW‖/‖W‖ (mean)", "di
                "diag_row_norm_drift": "row-norm drift (mean |last/first - 1|)"}
 LANDMARKS = ((DYNAMICS, "training dynamics", ".3f"),
              (PHASES, "the unigram phase (RESEARCH.md section 2), in steps", ".0f"),
+             (PHASE_CHANGE, "the phase change (RESEARCH.md section 1): the training loss's bump and the ICL "
+                            "score's fall, each where it is steepest", ".3f"),
              (ATTENTION, "attention weights at the last probe (RESEARCH.md section 3), every head at every depth",
               ".3f"),
              (DIAGNOSTICS, "weight diagnostics (RESEARCH.md section 6), every hidden matrix at every logged step",
@@ -179,14 +185,16 @@ def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
 
 def dynamics_rows(dynamics: dict[str, dict], keys: dict[str, str] = DYNAMICS,
                   fmt: str = ".3f") -> list[tuple[str, ...]]:
-    """One row per variant of the landmarks `keys` (one of LANDMARKS' groups), mean ± sample std over seeds."""
-    def pm(stat: dict) -> str:  # NaN: a step landmark some seed never reached, or a probe that was not run
+    """One row per variant of the landmarks `keys` (one of LANDMARKS' groups), mean ± sample std over seeds;
+    a step (a key ending in _step) in whole steps whatever `fmt`."""
+    def pm(stat: dict, fmt: str) -> str:  # NaN: a step landmark some seed never reached, or a probe not run
         if math.isnan(stat["mean"]):
             return "n/a"
         spread = "-" if math.isnan(stat["std"]) else f"{stat['std']:{fmt}}"
         return f"{stat['mean']:{fmt}} ± {spread}"
 
-    return [(name, *(pm(d[key]) for key in keys)) for name, d in dynamics.items()]
+    return [(name, *(pm(d[key], ".0f" if key.endswith("_step") else fmt) for key in keys))
+            for name, d in dynamics.items()]
 
 
 def results_markdown(name: str, description: str, command: str, tables: list[tuple[Sequence[str], list]]) -> str:

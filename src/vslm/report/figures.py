@@ -20,7 +20,7 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
-from vslm.report.runs import RunFiles, log_slope, power_law_fit
+from vslm.report.runs import RunFiles, dynamics_summary, log_slope, loss_fall_rate, power_law_fit, steepest_drop
 
 WIDTH = 9.0  # inches: 900 pixels at DPI, about the width of the page's column
 DPI = 100
@@ -286,15 +286,40 @@ def icl_label(run: RunFiles) -> str:
 
 def icl_figure(run: RunFiles) -> Figure:
     """The in-context-learning score over training; below 0 the model does better late in the context. A band
-    of +- 1.96 standard errors over windows where the probes wrote them."""
+    of +- 1.96 standard errors over windows where the probes wrote them; a dotted line at its steepest fall."""
     fig, (ax,) = _figure()
     steps, score = run.probe_steps, run.probe_values("icl_score")
     ax.plot(steps, score, "o-", color="C2", markersize=3, label=_icl_name(icl_label(run)))
     _band(ax, steps, score, run.probe_errors("icl_score"), "C2", BAND)
     ax.axhline(0, color="grey", linewidth=1)
+    rate, where = steepest_drop(steps, score)
+    if math.isfinite(where):
+        ax.axvline(where, color="C2", linestyle=":", linewidth=1.2,
+                   label=f"steepest fall: {rate:.2f} nats per e-fold of steps, at step {where:,.0f}")
     _log_steps(ax, steps[-1])
     ax.set_xlabel("training step")
     ax.set_ylabel("ICL score (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def loss_rate_figure(run: RunFiles) -> Figure:
+    """How fast the training loss falls per e-fold of steps (loss_fall_rate), where a phase change shows as
+    a bump, with a dotted line at the bump dynamics_summary finds past the unigram phase."""
+    fig, (ax,) = _figure(height=3.0)
+    steps, loss = run.series("loss")
+    where, rate = loss_fall_rate(steps, loss)
+    ax.plot(where, rate, "o-", color="C0", markersize=3, label="training loss: - d loss / d ln(step), log-spaced bands")
+    ax.axhline(0, color="grey", linewidth=1)
+    marks = dynamics_summary(run)
+    if math.isfinite(marks.get("loss_bump_step", math.nan)):
+        ax.axvline(marks["loss_bump_step"], color="C0", linestyle=":", linewidth=1.2,
+                   label=f"bump: {marks['loss_bump']:.2f} nats per e-fold faster than before, at step "
+                         f"{marks['loss_bump_step']:,.0f}")
+    _log_steps(ax, float(steps[-1]) if len(steps) else 1.0)  # the run's last step, as the other figures
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss fall (nats / e-fold)")
     ax.grid(alpha=0.3)
     ax.legend()
     return fig

@@ -116,7 +116,8 @@ def power_law_fit(curve: np.ndarray) -> dict[str, float]:
     """Least-squares fit of RESEARCH.md section 1's L(t) = L_inf + b t^-c to a loss curve (position_loss),
     t = 1 .. len(curve) tokens of context: {"L_inf", "b", "c", "rmse"} (nats; c in [0, 5], b >= 0: a curve
     that does not fall gives b near 0). NaN everywhere when the curve has fewer than 4 finite points or the
-    fit does not converge."""
+    fit does not converge, and but for rmse when the best fit is no power law (the curve falls as log t: c runs
+    to 0 as b grows without bound, the fit's L_inf far below the curve)."""
     from scipy.optimize import curve_fit
 
     t = np.arange(1, len(curve) + 1, dtype=float)
@@ -136,6 +137,8 @@ def power_law_fit(curve: np.ndarray) -> dict[str, float]:
     except (RuntimeError, ValueError):
         return nan
     rmse = float(np.sqrt(np.mean((law(t[ok], l_inf, b, c) - y) ** 2)))
+    if c < 0.01 and b > max(10 * float(np.ptp(y)), 1e-3):  # c run down to 0, b up without bound: L = a - k ln t,
+        return nan | {"rmse": rmse}  # not a power law; its L_inf (thousands of nats below the curve) means nothing
     return {"L_inf": float(l_inf), "b": float(b), "c": float(c), "rmse": rmse}
 
 
@@ -155,6 +158,53 @@ def log_slope(curve: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarra
     loss = np.array([mean(curve[lo - 1 : hi - 1]) for lo, hi in groups])
     where = np.array([np.log(t[lo - 1 : hi - 1]).mean() for lo, hi in groups])
     return np.exp((where[:-1] + where[1:]) / 2), np.diff(loss) / np.diff(where)
+
+
+def loss_fall_rate(steps: np.ndarray, loss: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """-d loss / d ln(step) of the training loss (nats per e-fold of steps), on log-spaced bands of the
+    logged steps (one step's loss is noisy): each band's mean loss, then minus the difference of neighbours
+    over the difference of their mean ln(step). Returns where each rate sits, exp of the mean of its two
+    bands' mean ln(step), and the rates; both empty with fewer than 2 bands. A loss that falls as a power law
+    falls ever slower per e-fold; a phase change shows as a band that falls faster than one before it."""
+    ok = np.isfinite(loss) & (steps >= 1)
+    steps, loss = np.asarray(steps, dtype=float)[ok], np.asarray(loss, dtype=float)[ok]
+    if len(steps) < 2 or steps[-1] <= steps[0]:
+        return np.array([]), np.array([])
+    band = np.minimum((np.log(steps / steps[0]) / np.log(steps[-1] / steps[0]) * bands).astype(int), bands - 1)
+    held = np.unique(band)
+    mean_loss = np.array([loss[band == k].mean() for k in held])
+    where = np.array([np.log(steps[band == k]).mean() for k in held])
+    return np.exp((where[:-1] + where[1:]) / 2), -np.diff(mean_loss) / np.diff(where)
+
+
+def loss_bump(steps: np.ndarray, loss: np.ndarray, after: float, bands: int = 16) -> tuple[float, float]:
+    """RESEARCH.md section 1's bump in the training loss at a phase change: (size, step). Past step `after`
+    (the end of the unigram phase: the loss falls fast at first whatever the model), the most that the
+    loss's fall rate (loss_fall_rate) rises above the slowest rate at an earlier band past `after`, in nats
+    per e-fold of steps, and where. (0, NaN) for a loss that only ever falls slower; NaN with fewer than 2
+    bands past `after`."""
+    where, rate = loss_fall_rate(steps, loss, bands)
+    past = where >= after if math.isfinite(after) else np.zeros(len(where), dtype=bool)
+    where, rate = where[past], rate[past]
+    if len(rate) < 2:
+        return math.nan, math.nan
+    rise = rate[1:] - np.minimum.accumulate(rate[:-1])
+    k = int(np.argmax(rise))
+    return (float(rise[k]), float(where[k + 1])) if rise[k] > 0 else (0.0, math.nan)
+
+
+def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Where a probe value (the ICL score) falls fastest per e-fold of steps: (rate, step), the rate
+    -(v_b - v_a) / (ln(1 + s_b) - ln(1 + s_a)) between neighbouring probes and the step between them
+    (the geometric mean of 1 + s_a and 1 + s_b, less 1). NaN with fewer than 2 finite probes."""
+    ok = np.isfinite(values)
+    steps, values = np.asarray(steps, dtype=float)[ok], np.asarray(values, dtype=float)[ok]
+    if len(steps) < 2:
+        return math.nan, math.nan
+    x = np.log1p(steps)
+    rate = -np.diff(values) / np.diff(x)
+    k = int(np.argmax(rate))
+    return float(rate[k]), float(np.expm1((x[k] + x[k + 1]) / 2))
 
 
 def diagnostics_summary(run: RunFiles) -> dict[str, float]:
@@ -208,7 +258,12 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
                              unigram everywhere; M3's minimum comes later);
       attn_row_sum, attn_entropy_ratio, attn_entropy_slope: at the last probe, the mean over every head at
                              every depth of probes.attention_stats' row_sum, entropy_ratio and entropy_slope;
-      attn_sink_max:         the highest sink fraction of any head at the last probe.
+      attn_sink_max:         the highest sink fraction of any head at the last probe;
+      loss_bump, loss_bump_step: the phase change's bump in the training loss (RESEARCH.md section 1): how
+                             much faster the loss falls per e-fold of steps at a band past unigram_loss_step
+                             than at the slowest band before it, and where (loss_bump);
+      icl_drop, icl_drop_step: the ICL score's steepest fall per e-fold of steps between probes, and where
+                             (steepest_drop): a phase change shows both at about the same step.
     """
     if not run.probes:
         return {}
@@ -238,6 +293,8 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
 
     law = power_law_fit(np.array([v if _finite(v) else math.nan for v in last.get("position_loss") or []],
                                  dtype=float))
+    bump, bump_step = loss_bump(steps, loss, float(below[0]) if len(below) else math.nan)
+    icl_drop, icl_drop_step = steepest_drop(run.probe_steps, run.probe_values("icl_score"))
     return {
         "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
         "position_law_inf": law["L_inf"],
@@ -260,4 +317,8 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
         "attn_entropy_ratio": mean_of("entropy_ratio"),
         "attn_entropy_slope": mean_of("entropy_slope"),
         "attn_sink_max": float(np.nanmax(sinks)) if np.isfinite(sinks := per_head("sink_fraction")).any() else math.nan,
+        "loss_bump": bump,
+        "loss_bump_step": bump_step,
+        "icl_drop": icl_drop,
+        "icl_drop_step": icl_drop_step,
     }
