@@ -24,9 +24,9 @@ DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (m
 PHASES = {"m1_near_zero_step": "KL(u‖p̄)<0.05 at step", "unigram_loss_step": "loss ≤ H(u) at step",
           "bigram_loss_step": "loss ≤ H(bigram) at step", "m2_min_step": "M2 lowest at step",
           "m3_min_step": "M3 lowest at step"}
-# the phase change (RESEARCH.md section 1): the training loss's bump (how much faster it falls per e-fold of
-# steps than at its slowest before, past the unigram phase) and the ICL score's steepest fall, each with its step
-PHASE_CHANGE = {"loss_bump": "loss bump (nats / e-fold)", "loss_bump_step": "at step",
+# the phase change (RESEARCH.md section 1): the training loss's bump (the nats it fell, after warm-up,
+# beyond the slowest pace per step it had kept before) and the ICL score's steepest fall, each with its step
+PHASE_CHANGE = {"loss_bump": "loss bump (nats beyond its slowest pace)", "loss_bump_step": "sped up most at step",
                 "icl_drop": "ICL score's steepest fall (nats / e-fold)", "icl_drop_step": "at step"}
 # the attention weights at the last probe (RESEARCH.md section 3), over every head at every depth
 ATTENTION = {"attn_row_sum": "weight per query (mean)", "attn_entropy_ratio": "entropy / log n (mean)",

@@ -20,7 +20,14 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
-from vslm.report.runs import RunFiles, dynamics_summary, log_slope, loss_fall_rate, power_law_fit, steepest_drop
+from vslm.report.runs import (
+    RunFiles,
+    log_slope,
+    loss_bands,
+    loss_bump,
+    power_law_fit,
+    steepest_drop,
+)
 
 WIDTH = 9.0  # inches: 900 pixels at DPI, about the width of the page's column
 DPI = 100
@@ -304,22 +311,25 @@ def icl_figure(run: RunFiles) -> Figure:
     return fig
 
 
-def loss_rate_figure(run: RunFiles) -> Figure:
-    """How fast the training loss falls per e-fold of steps (loss_fall_rate), where a phase change shows as
-    a bump, with a dotted line at the bump dynamics_summary finds past the unigram phase."""
+def loss_bump_figure(run: RunFiles) -> Figure:
+    """The training loss on log-spaced bands of steps (loss_bands), with the spans where it fell faster per
+    step than it had before, after warm-up, shaded: RESEARCH.md section 1's bump (loss_bump)."""
     fig, (ax,) = _figure(height=3.0)
     steps, loss = run.series("loss")
-    where, rate = loss_fall_rate(steps, loss)
-    ax.plot(where, rate, "o-", color="C0", markersize=3, label="training loss: - d loss / d ln(step), log-spaced bands")
-    ax.axhline(0, color="grey", linewidth=1)
-    marks = dynamics_summary(run)
-    if math.isfinite(marks.get("loss_bump_step", math.nan)):
-        ax.axvline(marks["loss_bump_step"], color="C0", linestyle=":", linewidth=1.2,
-                   label=f"bump: {marks['loss_bump']:.2f} nats per e-fold faster than before, at step "
-                         f"{marks['loss_bump_step']:,.0f}")
+    at, mean_loss, _ = loss_bands(steps, loss)
+    ax.plot(at, mean_loss, "o-", color="C0", markersize=3, label="training loss, mean over log-spaced bands of steps")
+    bump = loss_bump(steps, loss, after=run.config.get("train", {}).get("warmup", 0))
+    shaded = False
+    for k in np.flatnonzero(bump["excess"] > 0):  # pair k: from band k to band k + 1 of the bump's own bands
+        ax.axvspan(bump["bands"][k], bump["bands"][k + 1], color="C1", alpha=0.25, linewidth=0,
+                   label=None if shaded else f"falling faster per step than before: {bump['size']:.3f} nats in all")
+        shaded = True
+    if math.isfinite(bump["step"]):
+        ax.axvline(bump["step"], color="C1", linestyle=":", linewidth=1.2,
+                   label=f"sped up most at step {bump['step']:,.0f}")
     _log_steps(ax, float(steps[-1]) if len(steps) else 1.0)  # the run's last step, as the other figures
     ax.set_xlabel("training step")
-    ax.set_ylabel("loss fall (nats / e-fold)")
+    ax.set_ylabel("loss (nats)")
     ax.grid(alpha=0.3)
     ax.legend()
     return fig

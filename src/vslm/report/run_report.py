@@ -26,11 +26,11 @@ CAPTIONS = {
               "fitted to the last probe's curve.",
     "icl": "The in-context-learning score: loss late in the context minus loss early (Olsson et al. 2022). "
            "Negative means the model uses context. Dotted: its steepest fall per e-fold of steps.",
-    "loss_rate": "How fast the training loss falls per e-fold of steps (log-spaced bands of the logged steps). A "
-                 "loss that falls as a power law falls ever slower; a bump, the loss falling faster than it did "
-                 "before, at the step where the ICL score drops, marks a phase change such as the formation of "
-                 "induction heads (RESEARCH.md section 1). Dotted: the largest bump past the unigram phase (the "
-                 "loss at or below H(u)).",
+    "loss_bump": "The training loss, mean over log-spaced bands of steps. A loss that falls as a power law falls "
+                 "ever slower per step; shaded where, after warm-up, it falls faster than it did before: "
+                 "RESEARCH.md section 1's bump, a phase change such as the formation "
+                 "of induction heads, expected where the ICL score drops. The legend gives the nats the loss fell "
+                 "beyond its slowest earlier pace.",
     "distribution": "Left: M1 = KL(unigram || mean prediction), M2 = mean KL(unigram || prediction), "
                     "M3 = mean KL(bigram || prediction). Expect M1 to fall from about ln V - H(unigram) to "
                     "near 0 early and stay there, M2 to be U-shaped (lowest when the model predicts the "
@@ -130,7 +130,7 @@ def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
                                         "single tokens (logging.icl_short = tokens)."}.get(label, "")
         out.append(section("icl", "In-context learning score" + (" (short context)" if note else ""),
                            figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note + band),
-                           figure(figures.loss_rate_figure(run), "training loss fall rate", CAPTIONS["loss_rate"])))
+                           figure(figures.loss_bump_figure(run), "training loss bump", CAPTIONS["loss_bump"])))
     if figures.has_distribution(run):
         out.append(section("distribution", "Unigram and bigram stage",
                            figure(figures.distribution_figure(run), "M1 M2 M3 and loss",

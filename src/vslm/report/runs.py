@@ -160,37 +160,53 @@ def log_slope(curve: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarra
     return np.exp((where[:-1] + where[1:]) / 2), np.diff(loss) / np.diff(where)
 
 
-def loss_fall_rate(steps: np.ndarray, loss: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """-d loss / d ln(step) of the training loss (nats per e-fold of steps), on log-spaced bands of the
-    logged steps (one step's loss is noisy): each band's mean loss, then minus the difference of neighbours
-    over the difference of their mean ln(step). Returns where each rate sits, exp of the mean of its two
-    bands' mean ln(step), and the rates; both empty with fewer than 2 bands. A loss that falls as a power law
-    falls ever slower per e-fold; a phase change shows as a band that falls faster than one before it."""
-    ok = np.isfinite(loss) & (steps >= 1)
+def loss_bands(steps: np.ndarray, loss: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training loss on log-spaced bands of the logged steps (one step's loss is noisy): each band's mean
+    step, mean loss and the standard error of that mean (the spread of its steps' losses over the root of
+    their count: conservative, the trend within a band counts as noise; infinite for a band of one step).
+    Empty with fewer than 2 logged steps."""
+    ok = np.isfinite(loss) & (np.asarray(steps) >= 1)
     steps, loss = np.asarray(steps, dtype=float)[ok], np.asarray(loss, dtype=float)[ok]
     if len(steps) < 2 or steps[-1] <= steps[0]:
-        return np.array([]), np.array([])
+        return np.array([]), np.array([]), np.array([])
     band = np.minimum((np.log(steps / steps[0]) / np.log(steps[-1] / steps[0]) * bands).astype(int), bands - 1)
-    held = np.unique(band)
-    mean_loss = np.array([loss[band == k].mean() for k in held])
-    where = np.array([np.log(steps[band == k]).mean() for k in held])
-    return np.exp((where[:-1] + where[1:]) / 2), -np.diff(mean_loss) / np.diff(where)
+    groups = [loss[band == k] for k in np.unique(band)]
+    se = [g.std(ddof=1) / math.sqrt(len(g)) if len(g) > 1 else math.inf for g in groups]
+    return (np.array([steps[band == k].mean() for k in np.unique(band)]), np.array([g.mean() for g in groups]),
+            np.array(se))
 
 
-def loss_bump(steps: np.ndarray, loss: np.ndarray, after: float, bands: int = 16) -> tuple[float, float]:
-    """RESEARCH.md section 1's bump in the training loss at a phase change: (size, step). Past step `after`
-    (the end of the unigram phase: the loss falls fast at first whatever the model), the most that the
-    loss's fall rate (loss_fall_rate) rises above the slowest rate at an earlier band past `after`, in nats
-    per e-fold of steps, and where. (0, NaN) for a loss that only ever falls slower; NaN with fewer than 2
-    bands past `after`."""
-    where, rate = loss_fall_rate(steps, loss, bands)
-    past = where >= after if math.isfinite(after) else np.zeros(len(where), dtype=bool)
-    where, rate = where[past], rate[past]
-    if len(rate) < 2:
-        return math.nan, math.nan
-    rise = rate[1:] - np.minimum.accumulate(rate[:-1])
-    k = int(np.argmax(rise))
-    return (float(rise[k]), float(where[k + 1])) if rise[k] > 0 else (0.0, math.nan)
+def loss_bump(steps: np.ndarray, loss: np.ndarray, after: float = 0, bands: int = 16,
+              z: float = 2.0) -> dict[str, np.ndarray | float]:
+    """RESEARCH.md section 1's bump in the training loss at a phase change: a loss that falls faster per step
+    than it did before. A power law or an exponential only ever falls slower per step, a steady decline keeps
+    its pace, a stall and then a drop speeds up. On log-spaced bands of the steps from `after` on (the end of
+    warm-up, while the loss speeds up with the lr; loss_bands), between neighbouring bands the fall per step
+    r = -(loss_b - loss_a) / (step_b - step_a) with its standard error se. Where r - z se exceeds the slowest
+    pace before it, the smallest earlier r + z se (at least 0: a loss that rose has pace 0), the excess times
+    the steps it lasts is what the loss fell beyond that pace: noise within z standard errors counts for
+    nothing. Returns "size", the sum (nats; 0 for a loss that never speeds up; after a stall, about all it
+    fell after), "step", the middle of the pair that most exceeds its pace (NaN if none), and, for the
+    figure, "bands" (the bands' mean steps), "at" (the pairs' middles), "rate" (r) and "excess" (per pair,
+    nats); size and step NaN with fewer than 3 pairs."""
+    steps, loss = np.asarray(steps, dtype=float), np.asarray(loss, dtype=float)
+    kept = steps >= max(after, 1)
+    at_band, mean_loss, se = loss_bands(steps[kept], loss[kept], bands)
+    at = (at_band[:-1] + at_band[1:]) / 2
+    span = np.diff(at_band)
+    rate = -np.diff(mean_loss) / span if len(at_band) > 1 else np.array([])
+    rate_se = np.hypot(se[:-1], se[1:]) / span if len(at_band) > 1 else np.array([])
+    excess = np.zeros(len(at))
+    out = {"bands": at_band, "at": at, "rate": rate, "excess": excess, "size": math.nan, "step": math.nan}
+    if len(rate) < 3:
+        return out
+    pace = np.maximum(np.minimum.accumulate(rate + z * rate_se)[:-1], 0.0)  # the slowest pace before each pair
+    faster = np.nan_to_num(np.maximum(rate[1:] - z * rate_se[1:] - pace, 0.0))  # a one-step band: unknown, 0
+    excess[1:] = faster * span[1:]
+    out["size"] = float(excess.sum())
+    if faster.max() > 0:
+        out["step"] = float(at[1 + int(np.argmax(faster))])
+    return out
 
 
 def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -259,9 +275,9 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
       attn_row_sum, attn_entropy_ratio, attn_entropy_slope: at the last probe, the mean over every head at
                              every depth of probes.attention_stats' row_sum, entropy_ratio and entropy_slope;
       attn_sink_max:         the highest sink fraction of any head at the last probe;
-      loss_bump, loss_bump_step: the phase change's bump in the training loss (RESEARCH.md section 1): how
-                             much faster the loss falls per e-fold of steps at a band past unigram_loss_step
-                             than at the slowest band before it, and where (loss_bump);
+      loss_bump, loss_bump_step: the phase change's bump in the training loss (RESEARCH.md section 1): the
+                             nats the loss fell, after warm-up, beyond the slowest pace per step it had
+                             kept before, and where it sped up most (loss_bump);
       icl_drop, icl_drop_step: the ICL score's steepest fall per e-fold of steps between probes, and where
                              (steepest_drop): a phase change shows both at about the same step.
     """
@@ -293,7 +309,7 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
 
     law = power_law_fit(np.array([v if _finite(v) else math.nan for v in last.get("position_loss") or []],
                                  dtype=float))
-    bump, bump_step = loss_bump(steps, loss, float(below[0]) if len(below) else math.nan)
+    bump = loss_bump(steps, loss, after=run.config.get("train", {}).get("warmup", 0))
     icl_drop, icl_drop_step = steepest_drop(run.probe_steps, run.probe_values("icl_score"))
     return {
         "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
@@ -317,8 +333,8 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
         "attn_entropy_ratio": mean_of("entropy_ratio"),
         "attn_entropy_slope": mean_of("entropy_slope"),
         "attn_sink_max": float(np.nanmax(sinks)) if np.isfinite(sinks := per_head("sink_fraction")).any() else math.nan,
-        "loss_bump": bump,
-        "loss_bump_step": bump_step,
+        "loss_bump": bump["size"],
+        "loss_bump_step": bump["step"],
         "icl_drop": icl_drop,
         "icl_drop_step": icl_drop_step,
     }
