@@ -107,12 +107,22 @@ def test_a_criterion_is_met_not_met_or_not_shown_by_its_interval_over_seeds():
     assert one(">", 0.5, 0.52, 0.40, 0.65)["verdict"] == "not shown"    # the mean above, the interval across
     assert one(">=", 0.5, 0.45, 0.49, 0.60)["verdict"] == "not shown"   # the mean below, the interval across
     assert one("<", 0.5, 0.20, 0.25, 0.30)["verdict"] == "met"
+    # what a "not shown" could have shown: the true mean difference the one-sided t-test at 0.05 finds with
+    # 80% power at 3 seeds, from the spread of the differences (scipy's noncentral t, solved here apart)
+    from scipy import optimize
+
+    spread = statistics.stdev([0.02, -0.10, 0.15])
+    crit = stats.t.ppf(0.95, 2)
+    mde = optimize.brentq(lambda d: stats.nct.sf(crit, 2, d / spread * math.sqrt(3)) - 0.8, 1e-6, 10)
+    assert one(">", 0.5, 0.52, 0.40, 0.65)["detectable"] == pytest.approx(mde, rel=1e-3)
+    assert math.isnan(one("~", 0.2, 0.20, 0.21, 0.19)["detectable"])
     assert one("~", 0.2, 0.20, 0.21, 0.19)["verdict"] == "met"          # interval inside ±0.05
     assert one("~", 0.2, 0.50, 0.52, 0.48)["verdict"] == "not met"      # wholly outside
     assert one("~", 0.2, 0.10, 0.30, 0.20)["verdict"] == "not shown"
     assert one(">", 0.5, 0.6, 0.6, 0.6)["verdict"] == "met"             # no spread: the one difference decides
     row = tables({"summary": {}, "params": {}, "chance": {}, "by_hops": {}, "criteria": [clear]})[-1][1][0]
-    assert row[3] == f"+0.350 [{0.35 - half:+.3f}, {0.35 + half:+.3f}]" and row[4].startswith("met (held in 3 of 3")
+    assert row[3] == f"+0.350 [{0.35 - half:+.3f}, {0.35 + half:+.3f}]" and row[4] == f"{clear['detectable']:.3f}"
+    assert row[5].startswith("met (held in 3 of 3")
 
 
 def spec_dict(**changes) -> dict:

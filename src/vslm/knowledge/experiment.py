@@ -79,7 +79,16 @@ from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.lab.experiments import check_no_larger_summary
 from vslm.lab.runner import train_or_reuse
-from vslm.lab.stats import MIN_SEEDS, NO_TEST, SIGNIFICANCE, holm, mean_std, paired_difference
+from vslm.lab.stats import (
+    MIN_SEEDS,
+    NO_TEST,
+    SIGNIFICANCE,
+    detectable_effect,
+    holm,
+    mean_std,
+    paired_difference,
+    sample_std,
+)
 from vslm.lab.tables import results_markdown
 from vslm.plain import dumps, plain
 from vslm.train.run_folder import device_of
@@ -333,6 +342,18 @@ def p_value(op: str, differences: Sequence[float]) -> float:
     return float(stats.ttest_1samp(ds, 0.0, alternative=alternative).pvalue)
 
 
+def detectable(op: str, differences: Sequence[float]) -> float:
+    """The smallest true mean difference left - right that p_value's one-sided test finds 4 times in 5 at
+    this many seeds, at the unadjusted level SIGNIFICANCE (before Holm), from the spread of the per-seed
+    differences: what a "not shown" could have shown. The one-sided test at alpha has the power of the
+    two-sided one at 2 alpha but for its other tail, nothing at these effects. NaN for "~" (an equivalence
+    test has no such effect) and where p_value is NaN."""
+    ds = [d for d in differences if not math.isnan(d)]
+    if op == "~" or len(ds) < MIN_SEEDS or statistics.stdev(ds) == 0:
+        return math.nan
+    return detectable_effect(len(ds), alpha=2 * SIGNIFICANCE) * sample_std(ds)
+
+
 def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> list[dict]:
     """Each criterion on the means over seeds ("met" in the means), in how many seeds it held on its own,
     the mean per-seed difference left - right with its 95% t-interval over seeds, the one-sided p of the
@@ -353,7 +374,7 @@ def judge(criteria: Sequence[Criterion], per_seed: list[dict[str, dict]]) -> lis
                     "seeds_held": sum(1 for s in seeds if s), "seeds": len(seeds), "seeds_tested": len(both),
                     "questions": left_n[1] if left_n else None, "test": "paired t over seeds",
                     "diff": interval["diff"], "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
-                    "p_value": p_value(c.op, differences)})
+                    "p_value": p_value(c.op, differences), "detectable": detectable(c.op, differences)})
     for c, adjusted in zip(out, holm([c["p_value"] for c in out]), strict=True):
         c["p_holm"] = adjusted
         c["verdict"] = criterion_verdict(c)
@@ -586,6 +607,11 @@ def _interval(c: dict) -> str:
     return f"{c['diff']:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]")
 
 
+def _detectable(c: dict) -> str:  # results read back from JSON have null, older ones no key
+    x = c.get("detectable")
+    return "-" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
 def tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
     """The summary, by-hops and criteria tables as (columns, rows) of plain text."""
     summary, arms = results["summary"], list(results["summary"])
@@ -602,12 +628,13 @@ def tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
                 if any(not math.isnan(by[h]["mean"]) for h in hops)]
     crit = [[c["claim"], f"{c['left']} {c['op']} {c['right']}",
              f"{c['left_value']:.3f} {c['op']} {c['right_value']:.3f}"
-             if not (math.isnan(c["left_value"]) or math.isnan(c["right_value"])) else "-", _interval(c), _verdict(c)]
+             if not (math.isnan(c["left_value"]) or math.isnan(c["right_value"])) else "-", _interval(c),
+             _detectable(c), _verdict(c)]
             for c in results["criteria"]]
     out = [(head, rows), (["arm", "setting", *[f"{h} hop{'s' if h > 1 else ''}" for h in hops]], hop_rows)]
     if crit:
         out.append((["success criterion (RESEARCH.md 5)", "measured as", "means over seeds",
-                     "left - right [95% CI over seeds]", "verdict"], crit))
+                     "left - right [95% CI over seeds]", "Δ at 80% power", "verdict"], crit))
     return out
 
 
