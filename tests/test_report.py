@@ -296,9 +296,13 @@ def test_loss_bump_finds_a_stall_then_a_drop_and_nothing_in_a_loss_that_only_slo
     s = np.arange(1, 5001, dtype=float)
     law, steady = 2 + 3 * s**-0.5, 3 - 0.0002 * s
     assert loss_bump(s, law, after=30)["size"] == 0 and math.isnan(loss_bump(s, law, after=30)["step"])
+    assert loss_bump(s, steady, after=30)["size"] == 0
+    spike = law + np.where((s >= 200) & (s < 260), 0.3, 0.0)  # a loss spike and its recovery: no phase change
+    assert loss_bump(s, spike, after=30)["size"] == 0
     for seed in range(3):
         noise = np.random.default_rng(seed).normal(0, 0.05, len(s))  # about a batch's loss noise
         assert loss_bump(s, law + noise, after=30)["size"] == 0 and loss_bump(s, steady + noise, after=30)["size"] == 0
+        assert loss_bump(s, spike + noise, after=30)["size"] == 0
         stall = np.where(s < 30, 3 + (30 - s) / 30, 3.0) - 0.8 / (1 + np.exp(-(np.log(s) - np.log(1000)) / 0.2))
         bump = loss_bump(s, stall + noise, after=30)
         assert 0.4 < bump["size"] < 0.8 and bump["step"] == pytest.approx(1000, rel=0.1)
@@ -318,3 +322,32 @@ def test_loss_bump_finds_a_stall_then_a_drop_and_nothing_in_a_loss_that_only_slo
     score = -0.7 * np.clip(x - np.log1p(128), 0, None) - 0.6 * np.clip(x - np.log1p(1024), 0, np.log(2049 / 1025))
     rate, at = steepest_drop(probes, score)
     assert rate == pytest.approx(1.3) and at == pytest.approx(math.sqrt(1025 * 2049) - 1)
+    assert np.isnan(steepest_drop(probes, -score)).all()  # a score that never falls has no steepest fall
+    twice = np.insert(probes, 6, probes[5])  # a probe logged twice at one step (a resume): no interval there
+    assert steepest_drop(twice, np.insert(score, 6, score[5] - 5)) == pytest.approx((rate, at))
+
+
+def test_dynamics_summary_measures_the_bump_after_the_runs_warm_up():
+    """A run whose loss stalls after warm-up and then drops, its ICL score dropping with it: the summary's
+    bump is loss_bump's after the config's train.warmup, and TrainConfig's default (100) where the
+    config.toml has no warmup (a stall before step 100 then reads as part of warm-up)."""
+    from vslm.report.runs import RunFiles, loss_bump
+
+    s = np.arange(1, 3001, dtype=float)
+    loss = np.where(s < 50, 4 - s / 25, 2.0) - 0.6 / (1 + np.exp(-(np.log(s) - np.log(1000)) / 0.2))
+    loss += np.random.default_rng(0).normal(0, 0.03, len(s))
+    metrics = [{"step": int(t), "loss": float(v)} for t, v in zip(s, loss, strict=True)]
+    probes = [{"step": t, "icl_score": -0.5 / (1 + math.exp(-(math.log1p(t) - math.log(1000)) / 0.3))}
+              for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3000)]
+
+    def run(train: dict) -> RunFiles:
+        return RunFiles(Path("r"), "", {"train": train}, metrics=metrics, probes=probes)
+
+    got = dynamics_summary(run({"warmup": 50}))
+    expected = loss_bump(s, loss, after=50)
+    assert got["loss_bump"] == expected["size"] and 0.3 < got["loss_bump"] < 0.6  # most of the 0.6-nat drop
+    assert got["loss_bump_step"] == expected["step"] == pytest.approx(1000, rel=0.2)  # bands 1.29x apart
+    assert got["icl_drop_step"] == pytest.approx(math.sqrt(513 * 1025) - 1)  # the interval holding the centre,
+    # 1000: 512-1024 (its middle 724)
+    assert dynamics_summary(run({}))["loss_bump"] == loss_bump(s, loss, after=100)["size"]
+    assert loss_bump(s, loss, after=100)["size"] != expected["size"]

@@ -174,7 +174,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
         result = probe_induction(Path(a.run), a.induction, a.support, a.sequences,
                                  Path(a.checkpoint) if a.checkpoint else None)
         if a.json:
-            print(json.dumps(result))
+            print(dumps(result))
         else:
             pm = ", ".join(f"layer {d}: {max(h):.3f}" for d, h in enumerate(result["prefix_matching"]))
             print(f"L = {a.induction}, {a.sequences} sequences: 1st copy {result['loss_first']:.3f} "
@@ -468,7 +468,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         from vslm.lab.experiments import dry_run
 
         plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds)
-        print(json.dumps(plan)) if a.json else print_dry_run(plan, console)
+        print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
@@ -762,7 +762,7 @@ def cmd_data_list(a: argparse.Namespace) -> int:
     for e in ENTRIES:  # what makes a source's numbers differ from another copy's (wikitext's tokenized release)
         if e.note:
             console.print(f"{e.name}: {e.note}", highlight=False, markup=False, soft_wrap=True)
-    console.print(f"data folders searched: {', '.join(str(d) for d in data_dirs())}", highlight=False)
+    console.print(f"data folders searched: {', '.join(str(d) for d in data_dirs())}", highlight=False, markup=False)
     return 0
 
 
@@ -790,7 +790,7 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     state = "cached" if corpus.cache_hit else f"prepared in {m['prepare_s']:.1f} s"
     console.print(f"{m['source']}: {m['documents']:,} documents, {m['text_bytes']:,} bytes -> {m['train_tokens']:,} "
                   f"train + {m['val_tokens']:,} validation tokens ({m['tokenizer']}, vocabulary {m['vocab_size']:,}); "
-                  f"{state}", highlight=False)
+                  f"{state}", highlight=False, markup=False)
     print(corpus.folder)
     return 0
 
@@ -839,8 +839,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
             table.add_column(col, justify="left" if col in ("corpus", "split") else "right")
         for r in out["corpora"]:
             ppl = f"{r['word_perplexity']:,.2f}" if "word_perplexity" in r else "-"
-            table.add_row(r["corpus"], r["split"], *([str(r["length"])] if a.lengths else []), f"{r['tokens']:,}",
-                          f"{r['bytes']:,}", f"{r['loss']:.4f}", f"{r['bpb']:.4f}", ppl)
+            table.add_row(escape(r["corpus"]), r["split"], *([str(r["length"])] if a.lengths else []),
+                          f"{r['tokens']:,}", f"{r['bytes']:,}", f"{r['loss']:.4f}", f"{r['bpb']:.4f}", ppl)
         console.print(table, crop=False)
         from vslm.data.registry import split_name
 

@@ -17,8 +17,8 @@ def plain(obj, digits: int | None = None):
         return {k: plain(v, digits) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [plain(v, digits) for v in obj]
-    if type(obj).__module__ == "numpy":  # an array or a numpy scalar (numpy itself is not imported: the CLI
-        return plain(obj.tolist(), digits)  # writes JSON before it needs numpy)
+    if type(obj).__module__.partition(".")[0] == "numpy":  # an array (masked too), a numpy scalar; numpy itself
+        return plain(obj.tolist(), digits)  # is not imported: the CLI writes JSON before it needs numpy
     if isinstance(obj, float):
         if not math.isfinite(obj):
             return None

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from vslm.errors import ConfigError
 from vslm.lab import experiments
@@ -64,7 +65,7 @@ def print_dry_run(plan: dict, console: Console) -> None:
             tokens += (r["runs_most"] - r["finished"]) * r["tokens"]
             flops += (r["runs_most"] - r["finished"]) * r["tokens"] * r["flops_per_token"]
         where = f" on {corpus}" if corpus else ""
-        print_table(console, f"{plan['experiment']}{where}: {seeds}, in {part['folder']}", columns, rows)
+        print_table(console, escape(f"{plan['experiment']}{where}: {seeds}, in {part['folder']}"), columns, rows)
     console.print(f"{first} runs at the first look, {most} at most; {reused} finished in the folder and reused. "
                   f"Left to train at most: {tokens:,} tokens, {flops:.3g} training FLOPs. Nothing was trained, and "
                   "nothing in the folder written.", highlight=False)
@@ -76,5 +77,5 @@ def print_dry_run(plan: dict, console: Console) -> None:
     if conflicts:
         console.print(f"{len(conflicts)} run folders hold runs of other settings, which the experiment refuses: "
                       f"{', '.join(conflicts[:3])}{' ...' if len(conflicts) > 3 else ''}; move them away or pass "
-                      "another --out", highlight=False)
+                      "another --out", highlight=False, markup=False)
 

@@ -135,4 +135,4 @@ def print_law_plan(plan: dict, out: Path, console: Console) -> None:
     ]
     for note in notes:
         console.print(f"  - {note}", highlight=False)
-    console.print(f"config written to {out}; train it with: vslm train {out}", highlight=False)
+    console.print(f"config written to {out}; train it with: vslm train {out}", highlight=False, markup=False)

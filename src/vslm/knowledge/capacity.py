@@ -391,7 +391,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
         check_same_run(out, cfg, recorded, done.get("settings"), "a capacity run")
         if missing := [k for k in RESULT_KEYS if k not in done]:
             raise VSLMError(f"{out / RESULT} lacks {', '.join(missing)} (an older vslm's): move the run away")
-        return done
+        return {k: math.nan if v is None else v for k, v in done.items()}  # strict JSON wrote NaN as null
     begun, resume = out.exists() and any(out.iterdir()), bool(list_checkpoints(out / CHECKPOINTS))
     if begun:
         if not (out / STARTED).is_file():

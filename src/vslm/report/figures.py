@@ -318,7 +318,7 @@ def loss_bump_figure(run: RunFiles) -> Figure:
     steps, loss = run.series("loss")
     at, mean_loss, _ = loss_bands(steps, loss)
     ax.plot(at, mean_loss, "o-", color="C0", markersize=3, label="training loss, mean over log-spaced bands of steps")
-    bump = loss_bump(steps, loss, after=run.config.get("train", {}).get("warmup", 0))
+    bump = loss_bump(steps, loss, after=run.warmup)
     shaded = False
     for k in np.flatnonzero(bump["excess"] > 0):  # pair k: from band k to band k + 1 of the bump's own bands
         ax.axvspan(bump["bands"][k], bump["bands"][k + 1], color="C1", alpha=0.25, linewidth=0,

@@ -53,6 +53,13 @@ class RunFiles:
         return float(values[-1]) if len(values) else math.nan
 
     @property
+    def warmup(self) -> int:
+        """train.warmup of the run's config; TrainConfig's default for a config.toml without the key."""
+        from vslm.config import TrainConfig
+
+        return self.config.get("train", {}).get("warmup", TrainConfig.model_fields["warmup"].default)
+
+    @property
     def probe_steps(self) -> np.ndarray:
         return np.array([p["step"] for p in self.probes], dtype=float)
 
@@ -181,17 +188,20 @@ def loss_bump(steps: np.ndarray, loss: np.ndarray, after: float = 0, bands: int 
     """RESEARCH.md section 1's bump in the training loss at a phase change: a loss that falls faster per step
     than it did before. A power law or an exponential only ever falls slower per step, a steady decline keeps
     its pace, a stall and then a drop speeds up. On log-spaced bands of the steps from `after` on (the end of
-    warm-up, while the loss speeds up with the lr; loss_bands), between neighbouring bands the fall per step
+    warm-up, while the loss speeds up with the lr; loss_bands), the bands that set a new low (a spike and
+    its recovery neither set a pace nor count), and between neighbouring ones the fall per step
     r = -(loss_b - loss_a) / (step_b - step_a) with its standard error se. Where r - z se exceeds the slowest
-    pace before it, the smallest earlier r + z se (at least 0: a loss that rose has pace 0), the excess times
+    pace before it, the smallest earlier r + z se (at least 0: a stalled loss has pace 0), the excess times
     the steps it lasts is what the loss fell beyond that pace: noise within z standard errors counts for
     nothing. Returns "size", the sum (nats; 0 for a loss that never speeds up; after a stall, about all it
     fell after), "step", the middle of the pair that most exceeds its pace (NaN if none), and, for the
-    figure, "bands" (the bands' mean steps), "at" (the pairs' middles), "rate" (r) and "excess" (per pair,
-    nats); size and step NaN with fewer than 3 pairs."""
+    figure, "bands" (the mean steps of the bands that set a new low), "at" (the pairs' middles), "rate" (r)
+    and "excess" (per pair, nats); size and step NaN with fewer than 3 pairs."""
     steps, loss = np.asarray(steps, dtype=float), np.asarray(loss, dtype=float)
     kept = steps >= max(after, 1)
     at_band, mean_loss, se = loss_bands(steps[kept], loss[kept], bands)
+    lows = [k for k in range(len(mean_loss)) if k == 0 or mean_loss[k] < mean_loss[:k].min()]
+    at_band, mean_loss, se = at_band[lows], mean_loss[lows], se[lows]
     at = (at_band[:-1] + at_band[1:]) / 2
     span = np.diff(at_band)
     rate = -np.diff(mean_loss) / span if len(at_band) > 1 else np.array([])
@@ -212,15 +222,18 @@ def loss_bump(steps: np.ndarray, loss: np.ndarray, after: float = 0, bands: int 
 def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """Where a probe value (the ICL score) falls fastest per e-fold of steps: (rate, step), the rate
     -(v_b - v_a) / (ln(1 + s_b) - ln(1 + s_a)) between neighbouring probes and the step between them
-    (the geometric mean of 1 + s_a and 1 + s_b, less 1). NaN with fewer than 2 finite probes."""
+    (the geometric mean of 1 + s_a and 1 + s_b, less 1). NaN with fewer than 2 finite probes at distinct
+    steps, or where it never falls."""
     ok = np.isfinite(values)
     steps, values = np.asarray(steps, dtype=float)[ok], np.asarray(values, dtype=float)[ok]
-    if len(steps) < 2:
-        return math.nan, math.nan
     x = np.log1p(steps)
-    rate = -np.diff(values) / np.diff(x)
+    apart = np.diff(x) > 0  # a probe logged twice at one step (a resume) is no interval
+    if not apart.any():
+        return math.nan, math.nan
+    rate = np.where(apart, -np.diff(values) / np.where(apart, np.diff(x), 1.0), -np.inf)
     k = int(np.argmax(rate))
-    return float(rate[k]), float(np.expm1((x[k] + x[k + 1]) / 2))
+    return (float(rate[k]), float(np.expm1((x[k] + x[k + 1]) / 2))) if rate[k] > 0 else (math.nan, math.nan)
+
 
 
 def diagnostics_summary(run: RunFiles) -> dict[str, float]:
@@ -309,7 +322,7 @@ def dynamics_summary(run: RunFiles) -> dict[str, float | str]:
 
     law = power_law_fit(np.array([v if _finite(v) else math.nan for v in last.get("position_loss") or []],
                                  dtype=float))
-    bump = loss_bump(steps, loss, after=run.config.get("train", {}).get("warmup", 0))
+    bump = loss_bump(steps, loss, after=run.warmup)
     icl_drop, icl_drop_step = steepest_drop(run.probe_steps, run.probe_values("icl_score"))
     return {
         "init_position_spread": float(np.nanmax(curve) - np.nanmin(curve)) if len(curve) else math.nan,
