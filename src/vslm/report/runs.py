@@ -123,7 +123,7 @@ def power_law_fit(curve: np.ndarray) -> dict[str, float]:
     """Least-squares fit of RESEARCH.md section 1's L(t) = L_inf + b t^-c to a loss curve (position_loss),
     t = 1 .. len(curve) tokens of context: {"L_inf", "b", "c", "rmse"} (nats; c in [0, 5], b >= 0: a curve
     that does not fall gives b near 0). NaN everywhere when the curve has fewer than 4 finite points or the
-    fit does not converge, and but for rmse when the best fit is no power law (the curve falls as log t: c runs
+    fit does not converge; NaN but for rmse when the best fit is no power law (the curve falls as log t: c runs
     to 0 as b grows without bound, the fit's L_inf far below the curve)."""
     from scipy.optimize import curve_fit
 
@@ -233,7 +233,6 @@ def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     rate = np.where(apart, -np.diff(values) / np.where(apart, np.diff(x), 1.0), -np.inf)
     k = int(np.argmax(rate))
     return (float(rate[k]), float(np.expm1((x[k] + x[k + 1]) / 2))) if rate[k] > 0 else (math.nan, math.nan)
-
 
 
 def diagnostics_summary(run: RunFiles) -> dict[str, float]:
