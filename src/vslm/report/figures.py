@@ -9,6 +9,7 @@ the early steps are where the distribution and context curves change most.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import itertools
 import math
@@ -61,6 +62,18 @@ def _round_numbers(top: float, mantissas: tuple[int, ...] = (1, 2, 5)) -> list[f
             if m * 10.0**k <= top]
 
 
+@functools.lru_cache(maxsize=1024)  # asked for the same few labels thousands of times a figure
+def _label_points(text: str, axis_name: str, size: float | str) -> float:
+    """A tick label's extent along its axis (width on x, height on y), in points, with a gap of half a
+    character: the tick font of that size, measured without drawing."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=size)
+    width, height, _ = text_to_path.get_text_width_height_descent(text, prop, ismath=False)
+    return (width if axis_name == "x" else height) + prop.get_size_in_points() / 2
+
+
 class _RoundTicks(Locator):
     """Ticks at round numbers (1, 2, 5, 10, ... or sparser), the axis' end `top` and 0 if asked, as many as
     the drawn axis has room for: at draw time it takes the densest of its tiers (1-2-5 per decade down to
@@ -103,13 +116,9 @@ class _RoundTicks(Locator):
     def _extent(self, tick: float) -> float:
         """The room a tick's label takes along the axis, in pixels, with a gap of half a character."""
         from matplotlib import rcParams
-        from matplotlib.font_manager import FontProperties
-        from matplotlib.textpath import text_to_path
 
-        prop = FontProperties(size=rcParams[f"{self.axis.axis_name}tick.labelsize"])
-        width, height, _ = text_to_path.get_text_width_height_descent(f"{tick:,.0f}", prop, ismath=False)
-        size = width if self.axis.axis_name == "x" else height
-        return (size + prop.get_size_in_points() / 2) * self.axis.axes.figure.dpi / 72
+        name = self.axis.axis_name
+        return _label_points(f"{tick:,.0f}", name, rcParams[f"{name}tick.labelsize"]) * self.axis.axes.figure.dpi / 72
 
     def _touch(self, a: float, b: float) -> bool:
         pa, pb = self._pixels([a, b])
