@@ -28,6 +28,9 @@ VARIANTS = {
     "per-layer-widths": ["model.blocks=[{width=16, heads=1}, {width=48, heads=3, window=9}]",
                          "model.tie_embeddings=false", "model.position=rope"],
     "attention-only": ["model.mlp=none", "model.tie_embeddings=false"],
+    "ngpt-gqa-swiglu": ["model.ngpt=true", "model.position=rope", "model.mlp=swiglu", "model.heads=4",
+                        "model.kv_heads=2"],
+    "ngpt-window-sigmoid": ["model.ngpt=true", "model.position=rope", "model.attention=sigmoid", "model.window=7"],
 }
 
 

@@ -277,7 +277,9 @@ VARIANTS = [[], ["model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu"
              "model.head_dim=8"],
             ["model.attention=ssmax"], ["model.mlp=none"], ["model.inject=true"],
             ["model.schedule.layer_scaling=openelm"], ["model.embed_width=24"],
-            ["model.root=learned", "model.embed_width=24", "model.blocks=[{width=48}, {width=32}]"]]
+            ["model.root=learned", "model.embed_width=24", "model.blocks=[{width=48}, {width=32}]"],
+            ["model.ngpt=true", "model.position=rope", "model.mlp=swiglu", "model.kv_heads=1",
+             "model.tie_embeddings=false"], ["model.ngpt=true", "model.position=rope", "model.mlp=none"]]
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)

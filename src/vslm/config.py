@@ -151,6 +151,12 @@ class ModelConfig(_Section):
     sharing: Literal["none", "immediate", "cyclic", "all"] = "none"
     unique_blocks: PositiveInt | None = Field(None, description="immediate/cyclic sharing; None = depth / 2")
     recursion_lora_rank: NonNegativeInt = Field(0, description="per-depth LoRA on shared blocks; 0 = off")
+    ngpt: bool = Field(
+        False, description="nGPT (Loshchilov et al. 2024), the normalised transformer: the stream, the embeddings and "
+                           "every matrix's vectors along the width on the unit sphere (renormalised after each "
+                           "optimizer step, no weight decay there); each block moves the stream toward its output by "
+                           "learned per-channel rates, then renormalises; cosine attention with learned scales; no "
+                           "norm layers (model.norm and init_std unused); needs RoPE, no biases, one width")
     root: Literal["token", "learned"] = Field("token", description="what starts the residual stream")
     root_per_position: bool = False
     inject: bool | None = Field(None, description="token injected at every depth; None = (root == learned)")
@@ -192,12 +198,29 @@ class ModelConfig(_Section):
                 raise ValueError("attention ssmax scales scores by log(context): it needs a context of 2 or more")
         if new and not _flag(info, "shared"):  # a plan's shared overrides may apply to some of its configs
             self._check_idle(order, specs)
+        if self.ngpt:
+            self._check_ngpt(specs)
         token, last = self.token_width(specs[order[0]].width), specs[order[-1]].width
         if self.tie_embeddings and self.embed_width is None and last != token:
             what = "the first's" if self.root == "token" else "width"
             raise ValueError(f"a tied head needs the last block's width ({last}) to equal {what} ({token}); "
                              "set tie_embeddings = false, or embed_width (a projection to the head)")
         return self
+
+    def _check_ngpt(self, specs: list[BlockSpec]) -> None:
+        """nGPT keeps the stream and every vector along the width on the unit sphere: what would leave it is refused."""
+        why = None
+        if self.bias:
+            why = "ngpt has no biases (a bias moves a normalised vector off its sphere): set bias = false"
+        elif self.position != "rope":
+            why = "ngpt needs position = rope: a learned position added to a unit embedding leaves the sphere"
+        elif self.root != "token" or self.injects():
+            why = ("ngpt needs root = token and inject = false: a learned root, or a token added to the stream, "
+                   "leaves the sphere")
+        elif len({s.width for s in specs}) > 1 or self.embed_width not in (None, specs[0].width):
+            why = "ngpt needs one width at every depth and for the embedding: width projections have no normalised form"
+        if why:
+            raise ValueError(why)
 
     def _check_idle(self, order: list[int], specs: list[BlockSpec]) -> None:
         """Refuse a setting that would change nothing, given another (each named): a value other than its
@@ -312,6 +335,10 @@ class ModelConfig(_Section):
         if self.root == "learned":
             return self.width
         return first_block if first_block is not None else self.block_specs()[self.depth_order()[0]].width
+
+    def normalisation(self) -> str:
+        """What normalises the stream, in words: the norm layer's kind, or nGPT's unit stream."""
+        return "nGPT (unit stream, no norm layers)" if self.ngpt else self.norm
 
     def injects(self) -> bool:
         return self.root == "learned" if self.inject is None else self.inject

@@ -66,7 +66,7 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
     console.print(
         f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
-        f"{m.position} positions, {m.norm}, {m.mlp} MLP, context {m.context}; "
+        f"{m.position} positions, {m.normalisation()}, {m.mlp} MLP, context {m.context}; "
         f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False, soft_wrap=True)
     if why := m.blind():
         console.print(f"note: {why}", highlight=False, soft_wrap=True)

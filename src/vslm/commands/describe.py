@@ -44,7 +44,8 @@ def describe(cfg: RunConfig, console: Console) -> None:
     embed = model.embed.weight.numel() + (model.pos.weight.numel() if model.pos is not None else 0)
     m = cfg.model
     console.print(
-        f"vocabulary {model.cfg.vocab_size}, context {m.context}, {m.position} positions, {m.norm}, {m.mlp}, "
+        f"vocabulary {model.cfg.vocab_size}, context {m.context}, {m.position} positions, {m.normalisation()}, "
+        f"{m.mlp}, "
         f"{'tied' if m.tie_embeddings else 'untied'} head, embedding width {model.embed.weight.shape[1]}"
         f"{' (the last block projected to it)' if model.unembed is not None else ''}, {m.root} root"
         f"{' with token injection' if m.injects() else ''}, order {model.order}\n"

@@ -70,6 +70,9 @@ def _per_block_field(m: ModelConfig, attr: str, schedule_field: str | None) -> s
 def family(m: ModelConfig) -> str:
     """The transformers family that computes this model exactly ("gpt2", "llama", "mistral"), or a
     UsageError naming the field and value that no native class computes."""
+    if m.ngpt:
+        raise _refuse("ngpt", True, "the normalised transformer (unit stream, learned rates and scales) has no "
+                                    "transformers class")
     order = m.depth_order()
     if len(set(order)) != len(order):
         field, value = ("order", order) if m.order is not None else ("sharing", m.sharing)

@@ -91,7 +91,7 @@ def parameter_estimate(cfg: ModelConfig, vocab_size: int) -> int:
     specs, order = cfg.block_specs(), cfg.depth_order()
     widths = [specs[b].width for b in order]
     embed = cfg.token_width(widths[0])
-    norm = (2 if cfg.norm == "layernorm" and cfg.bias else 1)  # weight (and bias) per channel
+    norm = 0 if cfg.ngpt else (2 if cfg.norm == "layernorm" and cfg.bias else 1)  # weight (and bias) per channel
     total = vocab_size * embed + (cfg.context * embed if cfg.position == "learned" else 0)
     if cfg.root == "learned":
         total += (cfg.context if cfg.root_per_position else 1) * widths[0]
@@ -105,11 +105,14 @@ def parameter_estimate(cfg: ModelConfig, vocab_size: int) -> int:
         shapes.append(layers)
         total += sum(i * o + (o if cfg.bias else 0) for i, o in layers)
         total += norm * s.width * (2 if cfg.mlp != "none" else 1) + (s.heads if s.attention == "ssmax" else 0)
+        if cfg.ngpt:  # the rates alpha (per channel, attention and MLP), s_qk per key head, the MLP's s_u (or s_uv)
+            total += s.width + s.kv_heads * s.head_dim + (s.width + layers[2][1] if cfg.mlp != "none" else 0)
     before = [embed if cfg.root == "token" else widths[0], *widths[:-1]]
     total += sum(i * o for i, o in zip(before, widths, strict=True) if i != o)
     if cfg.recursion_lora_rank:
         shared = [d for d, b in enumerate(order) if order.count(b) > 1]
         total += sum(cfg.recursion_lora_rank * (i + o) for d in shared for i, o in shapes[order[d]])
     total += norm * widths[-1] + (0 if cfg.tie_embeddings else widths[-1] * vocab_size)
+    total += vocab_size if cfg.ngpt else 0  # s_z, the logits' scale per token
     total += widths[-1] * embed if cfg.tie_embeddings and widths[-1] != embed else 0  # GPT.unembed
     return total

@@ -9,6 +9,10 @@ query can see and n their number:
   ssmax     softmax(s * c_h * log n), c_h learned   (Nakanishi 2025, scalable softmax)
   sigmoid   a = sigmoid(s - log n)                  (Ramapuram et al. 2024)
 
+Under nGPT (`ngpt`) queries and keys are unit vectors per head (after RoPE), scaled per channel by a learned
+s_qk (one per key head, shared by its query heads) that starts at 1, and the scores are sqrt(head_dim)
+times their dot products (Loshchilov et al. 2024): cosines with a temperature that can be learned.
+
 For generation a `KVCache` per depth keeps the keys (after RoPE) and values of the positions seen so
 far; new queries attend to them through the same mask and the same normalisation, n counting the keys
 each query sees, so every variant computes what the full sequence computes at that position.
@@ -23,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vslm.config import BlockSpec
-from vslm.model.layers import DepthLoRA, dropout, linear
+from vslm.model.layers import DepthLoRA, Scale, dropout, linear, unit
 
 
 def window_mask(T: int, window: int | None, device: torch.device) -> torch.Tensor:
@@ -131,7 +135,8 @@ def normalise(scores: torch.Tensor, visible: torch.Tensor, kind: str, gamma: flo
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: BlockSpec, context: int, rope_base: float | None, bias: bool, dropout: float):
+    def __init__(self, spec: BlockSpec, context: int, rope_base: float | None, bias: bool, dropout: float,
+                 ngpt: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
         self.window, self.kind, self.gamma = spec.window, spec.attention, spec.attention_gamma
@@ -143,6 +148,8 @@ class Attention(nn.Module):
         # SSMax's per-head scale, initialised so that c_h * log n = 1 at the full context
         ssmax = self.kind == "ssmax"
         self.ssmax_scale = nn.Parameter(torch.full((spec.heads,), 1 / math.log(context))) if ssmax else None
+        # nGPT's s_qk, stored at 1 / sqrt(width) as in the paper (its step sqrt(width) times a plain one's)
+        self.qk_scale = Scale(spec.kv_heads * spec.head_dim, 1.0, 1 / math.sqrt(spec.width)) if ngpt else None
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
                 cache: KVCache | None = None, extend: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -155,6 +162,9 @@ class Attention(nn.Module):
         qk = qk.view(B, T, H + KV, hd).transpose(1, 2)  # (B, H + KV, T, hd): queries' heads, then keys'
         if self.rotary is not None:  # one rotation for queries and keys together
             qk = self.rotary.rotate(qk, 0 if cache is None else cache.seen)
+        if self.qk_scale is not None:  # nGPT: sqrt(hd) s_qk q_unit . s_qk k_unit, as SDPA's q . k / sqrt(hd)
+            s = self.qk_scale().view(KV, 1, hd)
+            qk = unit(qk) * (torch.cat((s.repeat_interleave(H // KV, dim=0), s)) * math.sqrt(hd))
         q, k = qk.split([H, KV], dim=1)  # (B, H, T, hd), (B, KV, T, hd)
         v = v.view(B, T, KV, hd).transpose(1, 2)
         weights = None

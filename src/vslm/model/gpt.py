@@ -10,6 +10,12 @@ projection joins the embedding to the first block and the last block to a tied h
 from the token embedding (`root = token`) or from a learned vector (`root = learned`) with the token
 injected at every depth.
 
+With `ngpt` it is the normalised transformer (Loshchilov et al. 2024): the token embedding, the stream and
+every matrix's vectors along the width are unit vectors (`sphere_matrices`, renormalised by `normalize_`
+after each optimizer step); a block moves the stream toward the unit direction of its attention's (then
+its MLP's) output by learned per-channel rates alpha (starting at 0.05) and renormalises, in place of a
+pre-norm residual; there is no norm layer, and the logits are scaled per token by a learned s_z.
+
 With the `nanogpt` settings (learned positions, LayerNorm without bias, GELU, tied head, init
 N(0, 0.02) with residual projections scaled by 1/sqrt(2 * depth)) it computes exactly what
 `shared/bench/reference_gpt.py` computes (tests/test_model.py copies weights across).
@@ -34,31 +40,50 @@ import torch.nn.functional as F
 
 from vslm.config import BlockSpec, ModelConfig
 from vslm.model.attention import Attention, KVCache
-from vslm.model.layers import MLP, DepthLoRA, HookPoint, dropout, make_norm, partial_identity_
+from vslm.model.layers import MLP, DepthLoRA, HookPoint, Scale, dropout, make_norm, partial_identity_, unit
 from vslm.progress import quiet
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (skipped when attention-only)."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (skipped when attention-only).
+    nGPT's (`ngpt`): x <- unit(x + alpha_A (unit(attn(x)) - x)), then the same with the MLP and alpha_M, x a
+    unit vector throughout; alpha is a per-channel rate, stored as the paper stores it (at 1 / sqrt(width),
+    starting at 0.05), and used by its size."""
+
+    ALPHA = 0.05  # nGPT's starting rate (alpha_A and alpha_M)
 
     def __init__(self, spec: BlockSpec, cfg: ModelConfig):
         super().__init__()
         rope_base = cfg.rope_base if cfg.position == "rope" else None
-        self.attn_norm = make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
-        self.attn = Attention(spec, cfg.context, rope_base, cfg.bias, cfg.dropout)
-        self.mlp_norm, self.mlp = None, None
+        ngpt = cfg.ngpt
+        self.attn_norm = None if ngpt else make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
+        self.attn = Attention(spec, cfg.context, rope_base, cfg.bias, cfg.dropout, ngpt)
+        self.attn_alpha = Scale(spec.width, self.ALPHA, 1 / math.sqrt(spec.width)) if ngpt else None
+        self.mlp_norm, self.mlp, self.mlp_alpha = None, None, None
         if cfg.mlp != "none":
-            self.mlp_norm = make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
-            self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias)
+            self.mlp_norm = None if ngpt else make_norm(cfg.norm, spec.width, cfg.norm_eps, cfg.bias)
+            self.mlp = MLP(spec.width, spec.ffn, cfg.mlp, cfg.bias, ngpt)
+            self.mlp_alpha = Scale(spec.width, self.ALPHA, 1 / math.sqrt(spec.width)) if ngpt else None
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None, keep_weights: bool = False,
                 cache: KVCache | None = None, extend: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.attn_alpha is not None:
+            return self._normalised(x, lora, keep_weights, cache, extend)
         attended, weights = self.attn(self.attn_norm(x), lora, keep_weights, cache, extend)
         x = x + dropout(attended, self.dropout, self.training)
         if self.mlp is None:
             return x, weights
         return x + dropout(self.mlp(self.mlp_norm(x), lora), self.dropout, self.training), weights
+
+    def _normalised(self, x: torch.Tensor, lora: DepthLoRA | None, keep_weights: bool, cache: KVCache | None,
+                    extend: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(x, lora, keep_weights, cache, extend)
+        x = unit(x + self.attn_alpha().abs() * (unit(dropout(attended, self.dropout, self.training)) - x))
+        if self.mlp is None:
+            return x, weights
+        moved = unit(dropout(self.mlp(x, lora), self.dropout, self.training))
+        return unit(x + self.mlp_alpha().abs() * (moved - x)), weights
 
     def lora_shapes(self) -> dict[str, tuple[int, int]]:
         layers = {"attn_qkv": self.attn.qkv, "attn_proj": self.attn.proj}
@@ -109,7 +134,9 @@ class GPT(nn.Module):
         self.lora = nn.ModuleDict({
             str(d): DepthLoRA(self.blocks[self.order[d]].lora_shapes(), cfg.recursion_lora_rank) for d in shared
         } if cfg.recursion_lora_rank else {})
-        self.norm = make_norm(cfg.norm, widths[-1], cfg.norm_eps, cfg.bias)
+        self.norm = None if cfg.ngpt else make_norm(cfg.norm, widths[-1], cfg.norm_eps, cfg.bias)
+        # nGPT's s_z: the logits of a unit stream against unit token vectors are cosines; a learned scale per token
+        self.logit_scale = Scale(cfg.vocab_size, 1.0, 1 / math.sqrt(widths[-1])) if cfg.ngpt else None
         # a tied head reuses the embedding matrix in forward(): one tensor, nothing shared to save twice;
         # a last block of another width than the embedding (model.embed_width) is projected to it first
         self.unembed = (nn.Linear(widths[-1], embed_width, bias=False)
@@ -136,6 +163,28 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
         if self.root is not None:
             nn.init.normal_(self.root, 0.0, self.cfg.init_std)
+        self.normalize_()
+
+    def sphere_matrices(self) -> list[tuple[torch.Tensor, int]]:
+        """nGPT's matrices with the dimension along which their vectors are unit: the embedding and head by
+        token (dim 1), the layers reading the stream by row (dim 1), those writing to it by column (dim 0).
+        Empty for other models."""
+        if not self.cfg.ngpt:
+            return []
+        found = [(self.embed.weight, 1)] + ([] if self.head is None else [(self.head.weight, 1)])
+        for block in self.blocks:
+            found += [(block.attn.qkv.weight, 1), (block.attn.proj.weight, 0)]
+            if block.mlp is not None:
+                found += [(block.mlp.fc.weight, 1), (block.mlp.proj.weight, 0)]
+        return found
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """nGPT: every trainable matrix of `sphere_matrices` back to unit vectors (after each optimizer step;
+        frozen ones, under an adapter, are left as they are)."""
+        for w, dim in self.sphere_matrices():
+            if w.requires_grad:
+                w.copy_(unit(w, dim))
 
     def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, slide: bool = False,
                 extend: bool = False) -> torch.Tensor:
@@ -157,6 +206,8 @@ class GPT(nn.Module):
         if self.root is not None:
             root = self.root[start : start + T] if self.cfg.root_per_position else self.root
         x = dropout(token if self.root is None else root.expand(B, T, -1), self.cfg.dropout, self.training)
+        if self.cfg.ngpt:
+            x = unit(x)
         blocks, hooks = list(self.blocks), self.hooks  # plain lookups in the loop: a sampling step is all overhead
         points = zip(hooks["resid_pre"], hooks["attn"], hooks["resid_post"], strict=True)
         for depth, (b, (pre, attn, post)) in enumerate(zip(self.order, points, strict=True)):
@@ -170,10 +221,12 @@ class GPT(nn.Module):
             if weights is not None and attn.active:
                 attn(weights)
             x = post(x) if post.active else x
-        x = self.norm(x)
+        if self.norm is not None:
+            x = self.norm(x)
         if self.unembed is not None:
             x = self.unembed(x)
-        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+        logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+        return logits if self.logit_scale is None else logits * self.logit_scale()
 
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache for `forward`, one per depth (a shared block runs at several); each keeps

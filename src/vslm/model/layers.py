@@ -1,4 +1,5 @@
-"""Building blocks: norms, MLPs, width projections, per-depth LoRA, hook points."""
+"""Building blocks: norms, nGPT's unit vectors and learned scales, MLPs, width projections, per-depth LoRA,
+hook points."""
 
 from __future__ import annotations
 
@@ -13,6 +14,25 @@ def make_norm(kind: str, width: int, eps: float, bias: bool) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(width, eps=eps, bias=bias)
     return nn.RMSNorm(width, eps=eps)
+
+
+def unit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x divided by its norm along `dim` (nGPT's normalisation: no gain, no mean removed)."""
+    return F.normalize(x, dim=dim)
+
+
+class Scale(nn.Module):
+    """A learned per-channel scale of nGPT (Loshchilov et al. 2024, section 2.6): the parameter is stored at
+    `stored` and used times value / stored, so that it starts at `value` and an optimizer's step on it moves
+    the used scale value / stored times as far (the paper's s_init / s_scale)."""
+
+    def __init__(self, n: int, value: float, stored: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((n,), float(stored)))
+        self.factor = value / stored
+
+    def forward(self) -> torch.Tensor:
+        return self.weight * self.factor
 
 
 class DepthLoRA(nn.Module):
@@ -65,17 +85,22 @@ class HookPoint(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: GELU, ReLU squared, or SwiGLU (gate and value in one matmul)."""
+    """Position-wise feed-forward: GELU, ReLU squared, or SwiGLU (gate and value in one matmul). Under nGPT
+    (`ngpt`) the hidden pre-activations, cosines of unit rows and a unit stream, are scaled by a learned
+    s_u (s_uv for SwiGLU's two halves) that starts at sqrt(width): the paper's, to bring them to order one."""
 
-    def __init__(self, width: int, hidden: int, kind: str, bias: bool):
+    def __init__(self, width: int, hidden: int, kind: str, bias: bool, ngpt: bool = False):
         super().__init__()
         self.kind = kind
         gated = kind == "swiglu"
         self.fc = nn.Linear(width, (2 if gated else 1) * hidden, bias=bias)
         self.proj = nn.Linear(hidden, width, bias=bias)
+        self.hidden_scale = Scale(self.fc.out_features, math.sqrt(width), 1.0) if ngpt else None
 
     def forward(self, x: torch.Tensor, lora: DepthLoRA | None = None) -> torch.Tensor:
         h = linear(self.fc, x, lora, "mlp_fc")
+        if self.hidden_scale is not None:
+            h = h * self.hidden_scale()
         if self.kind == "gelu":
             h = F.gelu(h)
         elif self.kind == "relu2":

@@ -13,17 +13,20 @@ AdamW (RESEARCH.md section 6):
            where every row's |cos(w, g)| < delta / sqrt(columns) (per row), else where the whole
            matrix's is below delta / sqrt(elements) (one sphere), and weight decay everywhere, at
            wd_ratio of it where the step was projected (delta 0.1, wd_ratio 0.1, AdamP's defaults).
+An nGPT model (`model.ngpt`) takes any of them with no weight decay on its sphere matrices, which are
+renormalised after every step (`GPT.normalize_`): nGPT's own recipe is AdamW without weight decay.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
 from vslm.config import TrainConfig
+from vslm.model import GPT
 
 MUON_NS = (3.4445, -4.7750, 2.0315)
 
@@ -33,32 +36,35 @@ def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimizers:
-    """The optimizers of `cfg.optimizer`, stepped as one."""
+    """The optimizers of `cfg.optimizer`, stepped as one (then an nGPT model renormalised)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    sphere = {id(w) for w, _ in model.sphere_matrices()} if isinstance(model, GPT) else set()
+    after = [model.normalize_] if sphere else []
     if cfg.optimizer == "adamw":
-        decay = [p for _, p in named if p.dim() >= 2]
-        other = [p for _, p in named if p.dim() < 2]
+        decay = [p for _, p in named if p.dim() >= 2 and id(p) not in sphere]
+        other = [p for _, p in named if p.dim() < 2 or id(p) in sphere]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-        return Optimizers([torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)])
+        return Optimizers([torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)], after)
     hidden = [p for n, p in named if is_hidden_matrix(n, p)]
     embeddings = [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)]
     other = [p for _, p in named if p.dim() < 2]
-    adamw = torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},
-                               {"params": other, "weight_decay": 0.0}],
+    adamw = torch.optim.AdamW([{"params": [p for p in embeddings if id(p) not in sphere],
+                                "weight_decay": cfg.weight_decay},
+                               {"params": other + [p for p in embeddings if id(p) in sphere], "weight_decay": 0.0}],
                               lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
     if cfg.optimizer == "muon":
         # match_rms_adamw scales each update to AdamW's RMS, so lr and weight decay carry over
         muon = torch.optim.Muon if hidden and hidden[0].is_cuda else Float32Muon
-        main = muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+        main = muon(hidden, lr=cfg.lr, weight_decay=0.0 if sphere else cfg.weight_decay, momentum=cfg.momentum,
                     adjust_lr_fn="match_rms_adamw")
     else:
         adamp = cfg.tangent_when == "scale-invariant"
         main = TangentDescent(hidden, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
                               betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum, when=cfg.tangent_when,
-                              weight_decay=cfg.weight_decay if adamp else 0.0)
+                              weight_decay=cfg.weight_decay if adamp and not sphere else 0.0)
     for group in main.param_groups:
         group["lr_scale"] = cfg.hidden_lr_scale
-    return Optimizers([main, adamw])
+    return Optimizers([main, adamw], after)
 
 
 def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float] = MUON_NS, steps: int = 5,
@@ -121,10 +127,11 @@ class Float32Muon(torch.optim.Muon):
 
 class Optimizers:
     """Several torch optimizers behind the one interface the loop uses. Each param group may carry
-    `lr_scale`: its learning rate is the schedule's times that."""
+    `lr_scale`: its learning rate is the schedule's times that. `after` runs after every step (nGPT's
+    renormalisation)."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
+    def __init__(self, optimizers: list[torch.optim.Optimizer], after: list[Callable[[], None]] = ()):
+        self.optimizers, self.after = optimizers, list(after)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -137,6 +144,8 @@ class Optimizers:
     def step(self) -> None:
         for opt in self.optimizers:
             opt.step()
+        for fn in self.after:
+            fn()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
