@@ -249,6 +249,12 @@ def test_import_round_trip_and_training_continues(arch, tmp_path, capsys):
     # the checkpoint's architecture wins over the run config's, an embedding width apart included
     wide, _, _ = init_from_hf(load_config("tiny", [*overrides, "model.embed_width=64"]), tmp_path / "hf")
     assert wide.model.embed_width is None and wide.model.block_specs() == cfg.model.block_specs()
+    if cfg.model.position == "rope":  # an nGPT config: replaced by the checkpoint's transformer; asked for, refused
+        ngpt = [*overrides, "model.ngpt=true"]
+        plain, _, _ = init_from_hf(load_config("tiny", ngpt), tmp_path / "hf")
+        assert not plain.model.ngpt and plain.model.block_specs() == cfg.model.block_specs()
+        with pytest.raises(VSLMError, match="model.ngpt=true is not its value"):
+            init_from_hf(load_config("tiny", ngpt), tmp_path / "hf", ngpt)
     # vslm train --init-from-hf starts from those weights (its step-0 snapshot) and trains on
     again = tmp_path / "again"
     assert main(["train", "tiny", *overrides, "--init-from-hf", str(tmp_path / "hf"), "--out", str(again)]) == 0

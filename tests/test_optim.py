@@ -44,6 +44,26 @@ def test_tangent_descent_keeps_row_norms(update):
     assert (free.detach().norm(dim=1) >= before - 1e-6).all()
 
 
+@pytest.mark.parametrize("update", ["raw", "adam", "muon"])
+def test_tangent_descent_along_columns_keeps_column_norms_and_steps_as_on_the_transpose(update):
+    """along = 0 (nGPT's matrices writing to the stream): each column on its sphere, every step the same as
+    the row-wise optimizer takes on the transposed matrix."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 16))
+    wt = torch.nn.Parameter(w.detach().T.clone())
+    cols = TangentDescent([{"params": [w], "along": 0}], lr=0.05, update=update)
+    rows = TangentDescent([wt], lr=0.05, update=update)
+    norms = w.detach().norm(dim=0).clone()
+    target = torch.randn(8, 16)
+    for _ in range(5):
+        ((w - target) ** 2).sum().backward()
+        ((wt - target.T) ** 2).sum().backward()
+        cols.step(), rows.step()
+        cols.zero_grad(), rows.zero_grad()
+    torch.testing.assert_close(w.detach().norm(dim=0), norms, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w.detach(), wt.detach().T, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(32, 64), (64, 32)])
 def test_muon_orthogonalisation_is_near_orthogonal_and_float32_matches_pytorchs(shape):
     g = torch.randn(*shape)

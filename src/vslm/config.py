@@ -156,7 +156,8 @@ class ModelConfig(_Section):
                            "every matrix's vectors along the width on the unit sphere (renormalised after each "
                            "optimizer step, no weight decay there); each block moves the stream toward its output by "
                            "learned per-channel rates, then renormalises; cosine attention with learned scales; no "
-                           "norm layers (model.norm and init_std unused); needs RoPE, no biases, one width")
+                           "norm layers (model.norm is not read: a base config's choice may stay); needs RoPE, no "
+                           "biases, one width, no recursion LoRA")
     root: Literal["token", "learned"] = Field("token", description="what starts the residual stream")
     root_per_position: bool = False
     inject: bool | None = Field(None, description="token injected at every depth; None = (root == learned)")
@@ -218,7 +219,11 @@ class ModelConfig(_Section):
             why = ("ngpt needs root = token and inject = false: a learned root, or a token added to the stream, "
                    "leaves the sphere")
         elif len({s.width for s in specs}) > 1 or self.embed_width not in (None, specs[0].width):
-            why = "ngpt needs one width at every depth and for the embedding: width projections have no normalised form"
+            why = ("ngpt needs one width at every depth and for the embedding (model.width alone: no embed_width, "
+                   "per-block widths or schedule.widths): width projections have no normalised form")
+        elif self.recursion_lora_rank:
+            why = ("ngpt refuses recursion_lora_rank: a per-depth LoRA delta moves a shared block's matrices off "
+                   "their sphere")
         if why:
             raise ValueError(why)
 
@@ -253,6 +258,9 @@ class ModelConfig(_Section):
              and sch.layer_scaling != "openelm", "schedule.heads_scale and ffn_scale apply to layer_scaling = openelm"),
             (changed("attention_gamma") and not power, "attention_gamma applies to attention = power"),
             (changed("rope_base") and self.position != "rope", "rope_base applies to position = rope"),
+            (changed("init_std") and self.ngpt, "init_std sizes the initial weights, and ngpt starts every matrix as "
+                                                "random unit vectors"),
+            (changed("norm_eps") and self.ngpt, "norm_eps applies to norm layers, and ngpt has none"),
             ((self.ffn is not None or changed("ffn_mult") or any(b.ffn for b in self.blocks)) and self.mlp == "none",
              "ffn and ffn_mult size an MLP, and mlp = none has none"),
             (self.ffn is not None and changed("ffn_mult"), "ffn_mult is replaced by ffn, which is set"),

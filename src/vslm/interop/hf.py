@@ -48,7 +48,7 @@ ARCH_FIELDS = ("vocab_size", "context", "depth", "width", "heads", "kv_heads", "
                "norm_eps", "position", "rope_base", "tie_embeddings", "bias", "window")
 # and those it sets to their defaults (a checkpoint of these families has none of them)
 REPLACED = (*ARCH_FIELDS, "order", "sharing", "unique_blocks", "recursion_lora_rank", "root", "root_per_position",
-            "inject", "schedule", "blocks", "attention", "attention_gamma", "ffn_mult", "embed_width")
+            "inject", "schedule", "blocks", "attention", "attention_gamma", "ffn_mult", "embed_width", "ngpt")
 
 
 # ------------------------------------------------------------------------------------ mapping

@@ -14,7 +14,9 @@ AdamW (RESEARCH.md section 6):
            matrix's is below delta / sqrt(elements) (one sphere), and weight decay everywhere, at
            wd_ratio of it where the step was projected (delta 0.1, wd_ratio 0.1, AdamP's defaults).
 An nGPT model (`model.ngpt`) takes any of them with no weight decay on its sphere matrices, which are
-renormalised after every step (`GPT.normalize_`): nGPT's own recipe is AdamW without weight decay.
+renormalised after every step (`GPT.normalize_`): nGPT's own recipe is AdamW without weight decay. Tangent
+descent there projects onto each matrix's own spheres: rows, or columns for the matrices that write to the
+stream.
 """
 
 from __future__ import annotations
@@ -38,30 +40,37 @@ def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimizers:
     """The optimizers of `cfg.optimizer`, stepped as one (then an nGPT model renormalised)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    sphere = {id(w) for w, _ in model.sphere_matrices()} if isinstance(model, GPT) else set()
-    after = [model.normalize_] if sphere else []
+    along = {id(w): dim for w, dim in model.sphere_matrices()} if isinstance(model, GPT) else {}
+    after = [model.normalize_] if along else []
     if cfg.optimizer == "adamw":
-        decay = [p for _, p in named if p.dim() >= 2 and id(p) not in sphere]
-        other = [p for _, p in named if p.dim() < 2 or id(p) in sphere]
+        decay = [p for _, p in named if p.dim() >= 2 and id(p) not in along]
+        other = [p for _, p in named if p.dim() < 2 or id(p) in along]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
         return Optimizers([torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)], after)
     hidden = [p for n, p in named if is_hidden_matrix(n, p)]
     embeddings = [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)]
     other = [p for _, p in named if p.dim() < 2]
-    adamw = torch.optim.AdamW([{"params": [p for p in embeddings if id(p) not in sphere],
+    adamw = torch.optim.AdamW([{"params": [p for p in embeddings if id(p) not in along],
                                 "weight_decay": cfg.weight_decay},
-                               {"params": other + [p for p in embeddings if id(p) in sphere], "weight_decay": 0.0}],
+                               {"params": other + [p for p in embeddings if id(p) in along], "weight_decay": 0.0}],
                               lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    adamp = cfg.optimizer == "tangent" and cfg.tangent_when == "scale-invariant"
+    decay = cfg.weight_decay if cfg.optimizer == "muon" or adamp else 0.0
+    # hidden matrices in groups: off any sphere (with the decay), then nGPT's by row and by column (no decay; the
+    # tangent projection and retraction on the sphere each lies on); a model without them has the first alone
+    groups = [g for g in ({"params": [p for p in hidden if id(p) not in along], "weight_decay": decay},
+                          {"params": [p for p in hidden if along.get(id(p)) == 1], "weight_decay": 0.0},
+                          {"params": [p for p in hidden if along.get(id(p)) == 0], "weight_decay": 0.0, "along": 0})
+              if g["params"]]
     if cfg.optimizer == "muon":
         # match_rms_adamw scales each update to AdamW's RMS, so lr and weight decay carry over
         muon = torch.optim.Muon if hidden and hidden[0].is_cuda else Float32Muon
-        main = muon(hidden, lr=cfg.lr, weight_decay=0.0 if sphere else cfg.weight_decay, momentum=cfg.momentum,
-                    adjust_lr_fn="match_rms_adamw")
+        for g in groups:
+            g.pop("along", None)
+        main = muon(groups, lr=cfg.lr, momentum=cfg.momentum, adjust_lr_fn="match_rms_adamw")
     else:
-        adamp = cfg.tangent_when == "scale-invariant"
-        main = TangentDescent(hidden, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
-                              betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum, when=cfg.tangent_when,
-                              weight_decay=cfg.weight_decay if adamp and not sphere else 0.0)
+        main = TangentDescent(groups, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
+                              betas=cfg.betas, eps=cfg.eps, momentum=cfg.momentum, when=cfg.tangent_when)
     for group in main.param_groups:
         group["lr_scale"] = cfg.hidden_lr_scale
     return Optimizers([main, adamw], after)
@@ -185,20 +194,21 @@ class TangentDescent(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, update: str = "adam",
                  retract: bool = True, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
                  momentum: float = 0.95, when: str = "always", weight_decay: float = 0.0,
-                 delta: float = 0.1, wd_ratio: float = 0.1):
+                 delta: float = 0.1, wd_ratio: float = 0.1, along: int = 1):
         if update not in ("raw", "adam", "muon"):
             raise ValueError(f"unknown tangent update {update!r}")
         if when not in ("always", "scale-invariant"):
             raise ValueError(f"unknown tangent condition {when!r}")
         super().__init__(params, {"lr": lr, "update": update, "retract": retract, "betas": betas, "eps": eps,
                                   "momentum": momentum, "when": when, "weight_decay": weight_decay,
-                                  "delta": delta, "wd_ratio": wd_ratio})
+                                  "delta": delta, "wd_ratio": wd_ratio, "along": along})
 
     def __setstate__(self, state: dict) -> None:
         """load_state_dict's last step: groups saved before AdamP's settings existed get their defaults."""
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in (("when", "always"), ("weight_decay", 0.0), ("delta", 0.1), ("wd_ratio", 0.1)):
+            for key, value in (("when", "always"), ("weight_decay", 0.0), ("delta", 0.1), ("wd_ratio", 0.1),
+                               ("along", 1)):
                 group.setdefault(key, value)
 
     @torch.no_grad()
@@ -208,17 +218,21 @@ class TangentDescent(torch.optim.Optimizer):
                 if w.grad is None:
                     continue
                 u = self._update(w, w.grad, group)
-                norms = w.norm(dim=1, keepdim=True)
+                # the spheres are rows (along = 1, the default), or columns (nGPT's matrices writing to the
+                # stream): transposed views, so the in-place steps below land in w
+                rows, grad = (w, w.grad) if group["along"] == 1 else (w.T, w.grad.T)
+                u = u if group["along"] == 1 else u.T
+                norms = rows.norm(dim=1, keepdim=True)
                 decay = group["weight_decay"]
                 if group["when"] == "always":
-                    u = tangent_project(w, u)
-                elif (projected := conditional_project(w, w.grad, u, group["delta"])) is not None:
+                    u = tangent_project(rows, u)
+                elif (projected := conditional_project(rows, grad, u, group["delta"])) is not None:
                     u, decay = projected, decay * group["wd_ratio"]
                 if decay:
-                    w.mul_(1 - group["lr"] * decay)
-                w.sub_(group["lr"] * u)
+                    rows.mul_(1 - group["lr"] * decay)
+                rows.sub_(group["lr"] * u)
                 if group["retract"]:
-                    w.mul_(norms / w.norm(dim=1, keepdim=True).clamp_min(1e-30))
+                    rows.mul_(norms / rows.norm(dim=1, keepdim=True).clamp_min(1e-30))
 
     def _update(self, w: torch.Tensor, g: torch.Tensor, group: dict) -> torch.Tensor:
         state = self.state[w]
