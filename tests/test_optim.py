@@ -124,11 +124,12 @@ class StopAt(Callback):
             raise Interrupted
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "tangent"])
-def test_optimizer_state_survives_exact_resume(tmp_path, optimizer):
-    words = tiny_overrides(train__steps=12, train__checkpoint_every=6, train__eval_every=0,
-                           train__optimizer=optimizer, train__keep_last=3)
-    cfg = load_config("tiny", words)
+@pytest.mark.parametrize("extra", [["train.optimizer=muon"], ["train.optimizer=tangent"],
+                                   ["model.ngpt=true", "model.position=rope"],  # nGPT's renormalised matrices
+                                   ["model.ngpt=true", "model.position=rope", "train.optimizer=tangent"]])
+def test_optimizer_state_survives_exact_resume(tmp_path, extra):
+    words = tiny_overrides(train__steps=12, train__checkpoint_every=6, train__eval_every=0, train__keep_last=3)
+    cfg = load_config("tiny", words + extra)
     Trainer(cfg, tmp_path / "a").fit()
     with pytest.raises(Interrupted):
         Trainer(cfg, tmp_path / "b", callbacks=[*default_callbacks(cfg), StopAt(8)]).fit()
