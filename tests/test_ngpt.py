@@ -131,7 +131,7 @@ def test_training_keeps_the_matrices_unit_and_lowers_the_loss(tmp_path, optimize
     trainer.fit()
     assert record.steps == 30
     losses = [json.loads(x)["loss"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert losses[-1] < losses[0] - 0.5, losses  # about 3.9 to 3.1 in 30 steps
+    assert losses[-1] < losses[0] - 0.5, losses  # 4.08 to 3.47 (AdamW), 3.55 (Muon) in 30 steps
     # no weight decay on a sphere matrix (train.weight_decay is 0.1): the renormalisation after every step
     # would undo it
     sphere = {id(w) for w, _ in trainer.model.sphere_matrices()}
