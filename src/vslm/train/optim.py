@@ -42,31 +42,30 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimize
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     along = {id(w): dim for w, dim in model.sphere_matrices()} if isinstance(model, GPT) else {}
     after = [model.normalize_] if along else []
+
+    def decays(p: torch.Tensor) -> bool:  # matrices, but not nGPT's unit ones (the renormalisation would undo it)
+        return p.dim() >= 2 and id(p) not in along
+
     if cfg.optimizer == "adamw":
-        decay = [p for _, p in named if p.dim() >= 2 and id(p) not in along]
-        other = [p for _, p in named if p.dim() < 2 or id(p) in along]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+        groups = [{"params": [p for _, p in named if decays(p)], "weight_decay": cfg.weight_decay},
+                  {"params": [p for _, p in named if not decays(p)], "weight_decay": 0.0}]
         return Optimizers([torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)], after)
     hidden = [p for n, p in named if is_hidden_matrix(n, p)]
-    embeddings = [p for n, p in named if p.dim() >= 2 and not is_hidden_matrix(n, p)]
-    other = [p for _, p in named if p.dim() < 2]
-    adamw = torch.optim.AdamW([{"params": [p for p in embeddings if id(p) not in along],
-                                "weight_decay": cfg.weight_decay},
-                               {"params": other + [p for p in embeddings if id(p) in along], "weight_decay": 0.0}],
+    rest = [p for n, p in named if not is_hidden_matrix(n, p)]  # embeddings, head, gains, biases, scales
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if decays(p)], "weight_decay": cfg.weight_decay},
+                               {"params": [p for p in rest if not decays(p)], "weight_decay": 0.0}],
                               lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
     adamp = cfg.optimizer == "tangent" and cfg.tangent_when == "scale-invariant"
-    decay = cfg.weight_decay if cfg.optimizer == "muon" or adamp else 0.0
-    # hidden matrices in groups: off any sphere (with the decay), then nGPT's by row and by column (no decay; the
-    # tangent projection and retraction on the sphere each lies on); a model without them has the first alone
-    groups = [g for g in ({"params": [p for p in hidden if id(p) not in along], "weight_decay": decay},
-                          {"params": [p for p in hidden if along.get(id(p)) == 1], "weight_decay": 0.0},
-                          {"params": [p for p in hidden if along.get(id(p)) == 0], "weight_decay": 0.0, "along": 0})
-              if g["params"]]
+    # the hidden matrices off any sphere (decayed by Muon and AdamP), then nGPT's unit ones by the dimension of
+    # their vectors (tangent descent projects and retracts on those spheres); a plain model has one group
+    groups = [{"params": [p for p in hidden if decays(p)],
+               "weight_decay": cfg.weight_decay if cfg.optimizer == "muon" or adamp else 0.0}]
+    groups += [{"params": [p for p in hidden if along.get(id(p)) == dim], "weight_decay": 0.0, "along": dim}
+               for dim in (1, 0)]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "muon":
         # match_rms_adamw scales each update to AdamW's RMS, so lr and weight decay carry over
         muon = torch.optim.Muon if hidden and hidden[0].is_cuda else Float32Muon
-        for g in groups:
-            g.pop("along", None)
         main = muon(groups, lr=cfg.lr, momentum=cfg.momentum, adjust_lr_fn="match_rms_adamw")
     else:
         main = TangentDescent(groups, lr=cfg.lr, update=cfg.tangent_update, retract=cfg.tangent_retract,
