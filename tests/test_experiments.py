@@ -164,7 +164,7 @@ def test_a_fault_in_the_shared_overrides_is_not_blamed_on_a_variant(tmp_path):
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"extra": "steps = 3\n"}, r"unknown field 'steps' \(did you mean seeds\?\)"),
+    ({"extra": "steps = 3\n"}, r"unknown field 'steps' \(did you mean sweep or seeds\?\)"),
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1, got 0"),
 ])
 def test_bad_experiment_files_name_the_problem(tmp_path, change, problem):
@@ -259,6 +259,49 @@ def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
     kept = [last_metrics(out / "tuned" / "train.lr=3e-3_train.warmup=1" / f"seed-{s}")["val_loss"] for s in (0, 1)]
     assert summary["tuned"]["val_loss_mean"] == pytest.approx(statistics.mean(kept), rel=1e-12)
     assert "| tuned | train.lr=3e-3 train.warmup=1 |" in (out / "results.md").read_text()
+
+
+def test_a_top_level_sweep_is_every_variants_that_lists_none_and_the_command_lines_replaces_all(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('base = "tiny"\nsweep = ["train.lr=1e-3", "train.lr=2e-3"]\n[[variants]]\nname = "a"\n'
+                    '[[variants]]\nname = "b"\noverrides = ["model.width=48"]\nsweep = ["train.warmup=1"]\n')
+    spec = load_experiment(str(path))[1]
+    assert [v.sweep for v in spec.variants] == [["train.lr=1e-3", "train.lr=2e-3"], ["train.warmup=1"]]
+    plan = plan_experiment(spec, 1)
+    assert [cfgs[0].train.lr for cfgs in plan["a"].values()] == [1e-3, 2e-3]
+    from vslm.lab.experiments import _validate
+    name, raw, label = read_experiment(str(path))
+    spec = _validate(raw, label, ["train.lr=4e-3 train.min_lr=4e-4", "train.lr=8e-3 train.min_lr=8e-4"])
+    plan = plan_experiment(spec, 1)
+    for variant, width in (("a", 32), ("b", 48)):  # both swept alike; b keeps its own overrides
+        assert list(plan[variant]) == ["train.lr=4e-3 train.min_lr=4e-4", "train.lr=8e-3 train.min_lr=8e-4"]
+        assert [(c[0].train.lr, c[0].train.min_lr, c[0].model.width) for c in plan[variant].values()] == [
+            (4e-3, 4e-4, width), (8e-3, 8e-4, width)]
+    with pytest.raises(ConfigError, match=r"^exp\.toml with --sweep: sweep: .*a sweep choice is blank"):
+        _validate(raw, "exp.toml", ["train.lr=1e-3", "  "])  # it would read as no sweep at all
+    with pytest.raises(ConfigError, match=r"^exp\.toml with --sweep: sweep: .*the sweep lists 'train.lr=1e-3' twice"):
+        _validate(raw, "exp.toml", ["train.lr=1e-3", "train.lr=1e-3"])  # one run would stand for both
+
+
+def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_so(tmp_path, capsys):
+    spec, out = write_experiment(tmp_path, seeds=1), tmp_path / "out"
+    choices = ["train.lr=1e-5 train.min_lr=1e-6", "train.lr=3e-3 train.warmup=1"]
+    words = ["experiment", spec, "--out", str(out), *[w for c in choices for w in ("--sweep", c)]]
+    assert main([*words, "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["corpora"][""]["variants"]
+    assert [(r["variant"], r["choice"]) for r in rows] == [(v, c) for v in ("narrow", "wide") for c in choices]
+    assert not out.exists()
+    assert main(words) == 0
+    report = json.loads((out / "results.json").read_text())
+    for variant in ("narrow", "wide"):
+        slow, fast = (last_metrics(out / variant / folder / "seed-0")["val_loss"]
+                      for folder in ("train.lr=1e-5_train.min_lr=1e-6", "train.lr=3e-3_train.warmup=1"))
+        assert report["sweeps"][variant] == {"tried": {choices[0]: slow, choices[1]: fast}, "chosen": choices[1]}
+        assert report["summary"][variant]["val_loss_mean"] == fast
+    assert report["command"].endswith(f"--seeds 1 --sweep '{choices[0]}' --sweep '{choices[1]}' --out {out}")
+    assert main(["experiment", "knowledge", "--sweep", "train.lr=1e-3", "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    assert "--sweep and --launcher apply to comparisons of variants" in err and len(err.strip().splitlines()) == 1
 
 
 def test_corpora_repeat_the_experiment_per_corpus(tmp_path):

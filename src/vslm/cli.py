@@ -467,7 +467,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         from vslm.commands.experiment import print_dry_run
         from vslm.lab.experiments import dry_run
 
-        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds)
+        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, a.sweep)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
@@ -476,7 +476,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
         if read_experiment(a.experiment)[1].get("kind"):  # seeds of a knowledge experiment: one at a time
             launcher = make_launcher(1)                   # unless --jobs asks for more
-    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds)
+    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, a.sweep)
     print(out)
     return 0
 
@@ -1120,6 +1120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolve", type=float, metavar="WIDTH",
                    help="add seeds in rounds until every variant's 95%% interval is at most ±WIDTH nats")
     p.add_argument("--max-seeds", type=int, help="with --resolve: the most seeds per variant (default 12)")
+    p.add_argument("--sweep", action="append", metavar="CHOICE",
+                   help="repeatable: every variant trains each CHOICE (overrides, space-separated) on seed 0 and "
+                        "keeps its best, in place of the experiment's sweeps; e.g. --sweep 'train.lr=3e-3 "
+                        "train.min_lr=3e-4' --sweep 'train.lr=6e-3 train.min_lr=6e-4'")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the runs (parameters, "
                    "FLOPs, tokens, what --out already holds); train and write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")

@@ -20,6 +20,10 @@ arm there is no test (vslm.lab.stats). An experiment is a TOML file:
     overrides = ["model.width=48"]
     sweep = ["train.lr=1e-3", "train.lr=3e-3"]   # optional: tried on seed 0, the lowest val_loss is kept
 
+A `sweep` at the top level is the sweep of every variant that lists none. `--sweep CHOICE` on the command
+line (repeatable) replaces every variant's: each variant at its best of those choices, so that none is
+judged at a learning rate that suits another.
+
 Runs go to out/<variant>/seed-<seed> (with a sweep: out/<variant>/<choice>/seed-<seed>): a finished one
 is reused and an unfinished one resumed, so an interrupted experiment is completed by running the same
 command again. A sweep trains every choice on seed 0, keeps the one with the lowest validation loss (a
@@ -60,8 +64,9 @@ import tomllib
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
 from vslm.config import DataConfig, RunConfig, load_config, one_line_error
@@ -113,11 +118,23 @@ from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 
 
+def _sweep(choices: list[str]) -> list[str]:
+    """A sweep's choices: none blank (it would read as no sweep), none twice (one run would stand for both)."""
+    if any(not c.strip() for c in choices):
+        raise ValueError("a sweep choice is blank: give each choice its overrides")
+    if twice := sorted({c for c in choices if choices.count(c) > 1}):
+        raise ValueError(f"the sweep lists {', '.join(map(repr, twice))} twice")
+    return choices
+
+
+Sweep = Annotated[list[str], AfterValidator(_sweep)]
+
+
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     name: str = Field(pattern=r"^[\w.-]*\w[\w.-]*$")  # it names a folder inside --out: never "." nor ".."
     overrides: list[str] = []
-    sweep: list[str] = []  # alternative overrides, one per choice (several in one choice: space-separated)
+    sweep: Sweep = []  # alternative overrides, one per choice (several in one choice: space-separated)
 
 
 # landmarks positive by construction, so that a sweep can keep the choice nearest in ratio (`match`)
@@ -134,9 +151,12 @@ class ExperimentSpec(BaseModel):
     variants: list[Variant] = Field(min_length=1)
     cross_eval: bool = False  # every run scored on every variant's held-out text (train x eval matrix)
     match: str | None = None  # a landmark: the other variants' sweeps keep the choice nearest the baseline's
+    sweep: Sweep = []  # the sweep of every variant that lists none of its own
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
+        for variant in self.variants:
+            variant.sweep = variant.sweep or list(self.sweep)
         if self.match is not None and self.match not in MATCHABLE:
             raise ValueError(f"match '{self.match}' is not a landmark a sweep can match in ratio"
                              + (did_you_mean(self.match, MATCHABLE) or "") + f" (one of {', '.join(MATCHABLE)})")
@@ -193,11 +213,19 @@ def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
     return name, _validate(raw, label)
 
 
-def _validate(raw: dict, label: str) -> ExperimentSpec:
+def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None) -> ExperimentSpec:
+    """The spec; with sweep (`--sweep`), every variant's sweep is that one instead of its own."""
+    if sweep:  # the spec's sweep, and no variant's own
+        variants = raw.get("variants")
+        if isinstance(variants, list):  # else validation names the fault
+            raw = raw | {"variants": [{k: v for k, v in variant.items() if k != "sweep"}
+                                      if isinstance(variant, dict) else variant for variant in variants]}
+        raw = raw | {"sweep": list(sweep)}
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(one_line_error(e, prefix=label, root=ExperimentSpec)) from None
+        raise ConfigError(one_line_error(e, prefix=label + (" with --sweep" if sweep else ""),
+                                         root=ExperimentSpec)) from None
 
 
 NO_SWEEP = ""  # the one choice of a variant without a sweep
@@ -397,23 +425,26 @@ def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> l
 
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None, launcher: Launcher | None = None, resolve: float | None = None,
-                   max_seeds: int | None = None) -> dict[str, dict]:
+                   max_seeds: int | None = None, sweep: Sequence[str] | None = None) -> dict[str, dict]:
     """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
     (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them).
     launcher: where the runs train (vslm.lab.parallel; default one after another here); resolve, max_seeds:
-    add seeds until every interval is at most ±resolve wide (module docstring).
+    add seeds until every interval is at most ±resolve wide (module docstring); sweep: every variant's
+    sweep, in place of the experiment's (`--sweep`: each variant at its best of these choices).
     An experiment of another kind (`kind = "knowledge"`) is refused here: `vslm experiment`
     (vslm.commands.experiment.run_experiment) runs every kind."""
     name, raw, label = read_experiment(spec_name_or_path)
     if "kind" in raw:
         raise ConfigError(f"{label} is a {raw['kind']} experiment: run it with `vslm experiment` "
                           "(vslm.commands.experiment.run_experiment)")
-    spec = _validate(raw, label)
+    spec = _validate(raw, label, sweep)
     seeds = spec.seeds if seeds is None else seeds
     looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
     check_no_larger_summary(out, looks[-1])
     words = ["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds)]
+    for choice in sweep or ():
+        words += ["--sweep", choice]
     if resolve is not None:
         words += ["--resolve", f"{resolve:g}", "--max-seeds", str(looks[-1])]
     command = shlex.join([*words, "--out", str(out)])
@@ -451,7 +482,7 @@ def _plan_corpora(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[st
 
 
 def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
-            resolve: float | None = None, max_seeds: int | None = None) -> dict:
+            resolve: float | None = None, max_seeds: int | None = None, sweep: Sequence[str] | None = None) -> dict:
     """What `vslm experiment` would train, checked as it checks (the spec, every config, the data sources,
     the results already in `out`) and read from `out`, with nothing trained and nothing in `out` written:
     {"experiment", "looks", "corpora": {corpus or "": {"variants": [row per variant and sweep choice]}}}. A row:
@@ -462,7 +493,7 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     if "kind" in raw:
         raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
                           "experiment's arms are built on the world each seed generates")
-    spec = _validate(raw, label)
+    spec = _validate(raw, label, sweep)
     seeds = spec.seeds if seeds is None else seeds
     looks = check_resolve(seeds, resolve, max_seeds)
     out = Path(out)
