@@ -301,7 +301,47 @@ def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_
     assert report["command"].endswith(f"--seeds 1 --sweep '{choices[0]}' --sweep '{choices[1]}' --out {out}")
     assert main(["experiment", "knowledge", "--sweep", "train.lr=1e-3", "--out", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err
-    assert "--sweep and --launcher apply to comparisons of variants" in err and len(err.strip().splitlines()) == 1
+    assert "--sweep-seeds and --launcher apply to" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_seeds_choose_by_the_mean_over_seeds_and_the_comparison_reuses_them(tmp_path, monkeypatch, capsys):
+    spec, out = write_experiment(tmp_path, seeds=3), tmp_path / "out"
+    choices = ["train.lr=3e-2 train.warmup=1", "train.lr=6e-2 train.warmup=1"]  # narrow: 6e-2 best on seed 0 only
+    words = ["experiment", spec, "--out", str(out), *[w for c in choices for w in ("--sweep", c)], "--sweep-seeds", "2",
+             "--jobs", "1"]  # here: CountingTrainer counts the runs
+    assert main([*words, "--dry-run", "--json"]) == 0
+    rows = {(r["variant"], r["choice"]): r for r in json.loads(capsys.readouterr().out)["corpora"][""]["variants"]}
+    assert [rows["wide", c]["runs_first"] for c in (*choices, "the kept choice")] == [2, 2, 1]
+    CountingTrainer.calls = []
+    monkeypatch.setattr(runner, "Trainer", CountingTrainer)
+    assert main(words) == 0
+    folders = {c: c.replace(" ", "_") for c in choices}
+    report = json.loads((out / "results.json").read_text())
+    for variant in ("narrow", "wide"):
+        per_seed = {c: [last_metrics(out / variant / folders[c] / f"seed-{s}")["val_loss"] for s in (0, 1)]
+                    for c in choices}
+        sweep = report["sweeps"][variant]
+        assert sweep["per_seed"] == per_seed and sweep["tried"] == {c: statistics.fmean(v) for c, v in per_seed.items()}
+        chosen = min(choices, key=lambda c: statistics.fmean(per_seed[c]))
+        assert sweep["chosen"] == chosen
+        if variant == "narrow":  # the mean's choice, not seed 0's (3.1955 against 3.2155; seed 0: 3.2097, 3.1981)
+            assert chosen == choices[0] and per_seed[choices[1]][0] < per_seed[choices[0]][0] - 0.005
+        other = next(c for c in choices if c != chosen)
+        assert not (out / variant / folders[other] / "seed-2").exists()
+        kept = [last_metrics(out / variant / folders[chosen] / f"seed-{s}")["val_loss"] for s in (0, 1, 2)]
+        assert report["summary"][variant]["val_loss_mean"] == pytest.approx(statistics.mean(kept), rel=1e-12)
+    assert len(CountingTrainer.calls) == 2 * (2 * 2 + 1)  # each run trained once: seeds 0-1 reused, not retrained
+    assert report["command"].endswith(f"--sweep-seeds 2 --out {out}")  # (--jobs: where, not what, it trains)
+    assert "| choice (mean of seeds 0-1) |" in (out / "results.md").read_text()
+    for extra, problem in (([], "sweep_seeds 2: the experiment starts with 1 seed, and a sweep chooses on"),
+                           (["--sweep-seeds", "0"], "sweep_seeds: Input should be greater than or equal to 1")):
+        capsys.readouterr()
+        assert main([*words, "--seeds", "1", *extra, "--out", str(tmp_path / "other")]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1
+    assert main(["experiment", spec, "--sweep-seeds", "2", "--out", str(tmp_path / "other")]) == 2
+    assert "sweep_seeds = 2, and no variant has a sweep to choose on them" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 def test_corpora_repeat_the_experiment_per_corpus(tmp_path):

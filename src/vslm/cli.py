@@ -467,7 +467,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         from vslm.commands.experiment import print_dry_run
         from vslm.lab.experiments import dry_run
 
-        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, a.sweep)
+        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, a.sweep,
+                       a.sweep_seeds)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
@@ -476,7 +477,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
         if read_experiment(a.experiment)[1].get("kind"):  # seeds of a knowledge experiment: one at a time
             launcher = make_launcher(1)                   # unless --jobs asks for more
-    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, a.sweep)
+    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, a.sweep,
+                   a.sweep_seeds)
     print(out)
     return 0
 
@@ -1124,6 +1126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable: every variant trains each CHOICE (overrides, space-separated) on seed 0 and "
                         "keeps its best, in place of the experiment's sweeps; e.g. --sweep 'train.lr=3e-3 "
                         "train.min_lr=3e-4' --sweep 'train.lr=6e-3 train.min_lr=6e-4'")
+    p.add_argument("--sweep-seeds", type=int, metavar="K",
+                   help="a sweep keeps the choice of the lowest mean validation loss over seeds 0..K-1 (default: "
+                        "the experiment's sweep_seeds, 1), and the comparison reuses those runs")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the runs (parameters, "
                    "FLOPs, tokens, what --out already holds); train and write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")

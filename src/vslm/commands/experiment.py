@@ -21,18 +21,22 @@ from vslm.lab.parallel import Launcher
 
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None, launcher: Launcher | None = None, resolve: float | None = None,
-                   max_seeds: int | None = None, sweep: Sequence[str] | None = None) -> dict:
+                   max_seeds: int | None = None, sweep: Sequence[str] | None = None,
+                   sweep_seeds: int | None = None) -> dict:
     """The summary of a plain experiment (vslm.lab.experiments.run_experiment) or the results of a
-    knowledge experiment (vslm.knowledge.experiment.run_knowledge_experiment). launcher, resolve, max_seeds
-    and sweep apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs local processes."""
+    knowledge experiment (vslm.knowledge.experiment.run_knowledge_experiment). launcher, resolve, max_seeds,
+    sweep and sweep_seeds apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs
+    local processes."""
     name, raw, label = experiments.read_experiment(spec_name_or_path)
     kind = raw.get("kind")
     if kind is None:
         return experiments.run_experiment(spec_name_or_path, out, seeds, extra_overrides, console, launcher, resolve,
-                                          max_seeds, sweep)
-    if resolve is not None or max_seeds is not None or sweep or (launcher and launcher.kind != "local"):
-        raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep and --launcher apply to comparisons of "
-                          "variants; a knowledge experiment runs its seeds here (--jobs N: in N worker processes)")
+                                          max_seeds, sweep, sweep_seeds)
+    if (resolve is not None or max_seeds is not None or sweep or sweep_seeds is not None
+            or (launcher and launcher.kind != "local")):
+        raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds and --launcher apply to "
+                          "comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: in N "
+                          "worker processes)")
     if kind == "knowledge":
         from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment
 

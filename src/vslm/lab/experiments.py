@@ -22,13 +22,16 @@ arm there is no test (vslm.lab.stats). An experiment is a TOML file:
 
 A `sweep` at the top level is the sweep of every variant that lists none. `--sweep CHOICE` on the command
 line (repeatable) replaces every variant's: each variant at its best of those choices, so that none is
-judged at a learning rate that suits another.
+judged at a learning rate that suits another. `sweep_seeds = k` (`--sweep-seeds K`) trains every choice on
+seeds 0..k-1 and keeps the lowest mean: a choice that is best on seed 0 alone but unstable on others is
+not kept (a diverged seed makes its choice's mean infinite).
 
 Runs go to out/<variant>/seed-<seed> (with a sweep: out/<variant>/<choice>/seed-<seed>): a finished one
 is reused and an unfinished one resumed, so an interrupted experiment is completed by running the same
 command again. A sweep trains every choice on seed 0, keeps the one with the lowest validation loss (a
 diverged run counts as infinite) and trains the other seeds with it; seed 0 of the kept choice is
-reused, so the reported spread includes the tuning seed, as it is tuned on the same validation set.
+reused (with sweep_seeds, seeds 0..k-1), so the reported spread includes the tuning seeds, as they are
+tuned on the same validation set.
 With `match = "diag_update_ratio"` (MATCHABLE: here the angular step ||dW|| / ||W||, RESEARCH.md
 section 6) the baseline keeps its lowest validation loss as before, and every other variant keeps the
 choice where its seed-0 value of that landmark first reaches the baseline's (matched_choice: the sweep
@@ -152,11 +155,14 @@ class ExperimentSpec(BaseModel):
     cross_eval: bool = False  # every run scored on every variant's held-out text (train x eval matrix)
     match: str | None = None  # a landmark: the other variants' sweeps keep the choice nearest the baseline's
     sweep: Sweep = []  # the sweep of every variant that lists none of its own
+    sweep_seeds: int = Field(1, ge=1)  # a sweep keeps the choice of the lowest mean over seeds 0..sweep_seeds-1
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
         for variant in self.variants:
             variant.sweep = variant.sweep or list(self.sweep)
+        if self.sweep_seeds > 1 and not any(v.sweep for v in self.variants):
+            raise ValueError(f"sweep_seeds = {self.sweep_seeds}, and no variant has a sweep to choose on them")
         if self.match is not None and self.match not in MATCHABLE:
             raise ValueError(f"match '{self.match}' is not a landmark a sweep can match in ratio"
                              + (did_you_mean(self.match, MATCHABLE) or "") + f" (one of {', '.join(MATCHABLE)})")
@@ -213,19 +219,30 @@ def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
     return name, _validate(raw, label)
 
 
-def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None) -> ExperimentSpec:
-    """The spec; with sweep (`--sweep`), every variant's sweep is that one instead of its own."""
+def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None,
+              sweep_seeds: int | None = None) -> ExperimentSpec:
+    """The spec; with sweep (`--sweep`), every variant's sweep is that one instead of its own; with
+    sweep_seeds (`--sweep-seeds`), the spec's sweep_seeds is that number."""
     if sweep:  # the spec's sweep, and no variant's own
         variants = raw.get("variants")
         if isinstance(variants, list):  # else validation names the fault
             raw = raw | {"variants": [{k: v for k, v in variant.items() if k != "sweep"}
                                       if isinstance(variant, dict) else variant for variant in variants]}
         raw = raw | {"sweep": list(sweep)}
+    if sweep_seeds is not None:
+        raw = raw | {"sweep_seeds": sweep_seeds}
+    flags = [flag for flag, given in (("--sweep", sweep), ("--sweep-seeds", sweep_seeds is not None)) if given]
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(one_line_error(e, prefix=label + (" with --sweep" if sweep else ""),
+        raise ConfigError(one_line_error(e, prefix=label + (f" with {' and '.join(flags)}" if flags else ""),
                                          root=ExperimentSpec)) from None
+
+
+def _check_sweep_seeds(spec: ExperimentSpec, looks: list[int]) -> None:
+    if spec.sweep_seeds > looks[0]:
+        raise ConfigError(f"sweep_seeds {spec.sweep_seeds}: the experiment starts with {looks[0]} "
+                          f"seed{'s' * (looks[0] > 1)}, and a sweep chooses on seeds that the comparison reuses")
 
 
 NO_SWEEP = ""  # the one choice of a variant without a sweep
@@ -425,26 +442,31 @@ def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> l
 
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None, launcher: Launcher | None = None, resolve: float | None = None,
-                   max_seeds: int | None = None, sweep: Sequence[str] | None = None) -> dict[str, dict]:
+                   max_seeds: int | None = None, sweep: Sequence[str] | None = None,
+                   sweep_seeds: int | None = None) -> dict[str, dict]:
     """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
     (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them).
     launcher: where the runs train (vslm.lab.parallel; default one after another here); resolve, max_seeds:
     add seeds until every interval is at most ±resolve wide (module docstring); sweep: every variant's
-    sweep, in place of the experiment's (`--sweep`: each variant at its best of these choices).
+    sweep, in place of the experiment's (`--sweep`: each variant at its best of these choices); sweep_seeds:
+    the seeds a sweep chooses on, in place of the experiment's (`--sweep-seeds`).
     An experiment of another kind (`kind = "knowledge"`) is refused here: `vslm experiment`
     (vslm.commands.experiment.run_experiment) runs every kind."""
     name, raw, label = read_experiment(spec_name_or_path)
     if "kind" in raw:
         raise ConfigError(f"{label} is a {raw['kind']} experiment: run it with `vslm experiment` "
                           "(vslm.commands.experiment.run_experiment)")
-    spec = _validate(raw, label, sweep)
+    spec = _validate(raw, label, sweep, sweep_seeds)
     seeds = spec.seeds if seeds is None else seeds
     looks = check_resolve(seeds, resolve, max_seeds)
+    _check_sweep_seeds(spec, looks)
     out = Path(out)
     check_no_larger_summary(out, looks[-1])
     words = ["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds)]
     for choice in sweep or ():
         words += ["--sweep", choice]
+    if sweep_seeds is not None:
+        words += ["--sweep-seeds", str(sweep_seeds)]
     if resolve is not None:
         words += ["--resolve", f"{resolve:g}", "--max-seeds", str(looks[-1])]
     command = shlex.join([*words, "--out", str(out)])
@@ -482,7 +504,8 @@ def _plan_corpora(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[st
 
 
 def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
-            resolve: float | None = None, max_seeds: int | None = None, sweep: Sequence[str] | None = None) -> dict:
+            resolve: float | None = None, max_seeds: int | None = None, sweep: Sequence[str] | None = None,
+            sweep_seeds: int | None = None) -> dict:
     """What `vslm experiment` would train, checked as it checks (the spec, every config, the data sources,
     the results already in `out`) and read from `out`, with nothing trained and nothing in `out` written:
     {"experiment", "looks", "corpora": {corpus or "": {"variants": [row per variant and sweep choice]}}}. A row:
@@ -493,9 +516,10 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     if "kind" in raw:
         raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
                           "experiment's arms are built on the world each seed generates")
-    spec = _validate(raw, label, sweep)
+    spec = _validate(raw, label, sweep, sweep_seeds)
     seeds = spec.seeds if seeds is None else seeds
     looks = check_resolve(seeds, resolve, max_seeds)
+    _check_sweep_seeds(spec, looks)
     out = Path(out)
     check_no_larger_summary(out, looks[-1])
     plans = _plan_corpora(spec, looks[-1], extra_overrides)
@@ -507,20 +531,21 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
         rows = []
         for variant, choices in plan.items():
             swept = NO_SWEEP not in choices
-            later = []  # a sweep's seeds 1.. of the choice it keeps: one row, the costliest choice's cost
+            later = []  # a sweep's later seeds of the choice it keeps: one row, the costliest choice's cost
+            k = spec.sweep_seeds
             for choice, cfgs in choices.items():
                 model = build_for_accounting(cfgs[0])
                 where = folder / variant / _choice_folder(choice) if choice else folder / variant
-                seeds_here = range(1) if swept else range(looks[-1])  # a sweep trains seed 0 of every choice
+                seeds_here = range(k) if swept else range(looks[-1])  # a sweep trains seeds 0..k-1 of every choice
                 states = [run_state(cfgs[seed], where / f"seed-{seed}") for seed in seeds_here]
                 row = {"variant": variant, "choice": choice, "params": parameter_count(model),
                        "flops_per_token": training_flops_per_token(model), "tokens": tokens_per_run(cfgs[0]),
                        "paired": all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True)),
-                       "runs_first": 1 if swept else looks[0], "runs_most": len(states), "sweep": swept}
+                       "runs_first": k if swept else looks[0], "runs_most": len(states), "sweep": swept}
                 rows.append(row | _counted(states, [where / f"seed-{seed}" for seed in seeds_here]))
-                if swept and looks[-1] > 1:
-                    seeds_later = range(1, looks[-1])
-                    later.append(row | {"choice": "the kept choice", "runs_first": looks[0] - 1,
+                if swept and looks[-1] > k:
+                    seeds_later = range(k, looks[-1])
+                    later.append(row | {"choice": "the kept choice", "runs_first": looks[0] - k,
                                         "runs_most": len(seeds_later), "sweep": False, "after_sweep": True}
                                  | _counted([run_state(cfgs[seed], where / f"seed-{seed}") for seed in seeds_later],
                                             [where / f"seed-{seed}" for seed in seeds_later]))
@@ -580,33 +605,44 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if console and (launcher.kind != "local" or launcher.jobs > 1):
         say(f"training on {launcher.describe()}")
     sweeps, kept = {}, {}
-    sweep_jobs = [(variant, choice, RunJob(cfgs[0], out / variant / _choice_folder(choice) / "seed-0",
-                                           f"{variant} [{choice}] seed 0"))
-                  for variant, choices in plan.items() if NO_SWEEP not in choices for choice, cfgs in choices.items()]
+    chooser = range(spec.sweep_seeds)  # the seeds a sweep chooses on (each choice's mean over them)
+    sweep_jobs = [(variant, choice, RunJob(cfgs[seed], out / variant / _choice_folder(choice) / f"seed-{seed}",
+                                           f"{variant} [{choice}] seed {seed}"))
+                  for variant, choices in plan.items() if NO_SWEEP not in choices for choice, cfgs in choices.items()
+                  for seed in chooser]
     baseline = next(iter(plan))
-    if spec.match and NO_SWEEP in plan[baseline]:  # its seed 0 sets the value the others match
-        sweep_jobs.insert(0, (baseline, NO_SWEEP, RunJob(plan[baseline][NO_SWEEP][0], out / baseline / "seed-0",
-                                                         f"{baseline} seed 0")))
-    tried: dict[str, dict[str, float]] = {}
-    measured: dict[str, dict[str, float]] = {}  # the matched landmark of each seed-0 run
+    if spec.match and NO_SWEEP in plan[baseline]:  # its first seeds set the value the others match
+        sweep_jobs[:0] = [(baseline, NO_SWEEP, RunJob(plan[baseline][NO_SWEEP][seed], out / baseline / f"seed-{seed}",
+                                                      f"{baseline} seed {seed}")) for seed in chooser]
+    losses: dict[str, dict[str, list[float]]] = {}  # {variant: {choice: [val_loss per seed]}}
+    values: dict[str, dict[str, list[float]]] = {}  # the matched landmark, likewise
     for (variant, choice, job), result in zip(sweep_jobs, run_jobs([j for *_, j in sweep_jobs], launcher, said),
                                               strict=True):
-        tried.setdefault(variant, {})[choice] = math.inf if "failed" in result else result["val_loss"]
+        losses.setdefault(variant, {}).setdefault(choice, []).append(
+            math.inf if "failed" in result else result["val_loss"])
         if spec.match:
             files = read_run(job.folder) if "failed" not in result else None
             value = (dynamics_summary(files) | diagnostics_summary(files)).get(spec.match, math.nan) if files else \
                 math.nan
-            measured.setdefault(variant, {})[choice] = value
+            values.setdefault(variant, {}).setdefault(choice, []).append(value)
+    # a diverged or failed run counts as infinite: its choice's mean too; a landmark not measured (NaN), likewise
+    tried = {variant: {choice: statistics.fmean(seen) for choice, seen in choices.items()}
+             for variant, choices in losses.items()}
+    measured = {variant: {choice: statistics.fmean(seen) for choice, seen in choices.items()}
+                for variant, choices in values.items()}
     for variant in plan:
         kept[variant] = NO_SWEEP
-        if variant in tried and NO_SWEEP not in tried[variant]:  # a diverged or failed choice counts as infinite
+        if variant in tried and NO_SWEEP not in tried[variant]:
             kept[variant] = min(tried[variant], key=tried[variant].get)
             sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
+            if spec.sweep_seeds > 1:
+                sweeps[variant]["per_seed"] = losses[variant]
     if spec.match:
         target = measured[baseline][kept[baseline]]
         if not math.isfinite(target) or target <= 0:
-            raise VSLMError(f"match '{spec.match}': the baseline's seed-0 run ({baseline}) gives {target}, no value "
-                            "to match (is the landmark measured? logging.diagnostics_every for the diag_ ones)")
+            raise VSLMError(f"match '{spec.match}': the baseline's {_seeds_words(spec.sweep_seeds)} ({baseline}) "
+                            f"give {target}, no value to match (is the landmark measured? logging.diagnostics_every "
+                            "for the diag_ ones)")
 
         for variant, sweep in sweeps.items():
             sweep["measured"] = measured[variant]
@@ -713,7 +749,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     tables = [(COLUMNS, rows)]
     if sweeps:
         matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []
-        tables.append((("variant", "choice (seed 0)", "val_loss", *matched, "kept"), sweep_rows(sweeps)))
+        on = "seed 0" if spec.sweep_seeds == 1 else f"mean of {_seeds_words(spec.sweep_seeds)}"
+        tables.append((("variant", f"choice ({on})", "val_loss", *matched, "kept"), sweep_rows(sweeps)))
     if failed:
         tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
     if resolve is not None:
@@ -739,6 +776,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                 "sweep" if columns[1].startswith("choice") else titles.get(tuple(columns), "training dynamics")
             print_table(console, title, columns, table_rows)
     return summary
+
+
+def _seeds_words(n: int) -> str:
+    return "seed 0" if n == 1 else f"seeds 0-{n - 1}"
 
 
 def matched_choice(values: list[tuple[str, float]], target: float) -> str | None:
