@@ -148,9 +148,13 @@ def test_a_sweep_made_the_same_by_an_override_is_refused(tmp_path):
                     'sweep = ["model.width=32", "model.width=64"]\n')
     _, spec = load_experiment(str(path))
     assert len(plan_experiment(spec, 1)["w"]) == 2
-    with pytest.raises(ConfigError, match=r"^variant 'w': its sweep choices train the same configs: the command "
-                                          r"line's override model.width=48 sets what they differ on$"):
+    with pytest.raises(ConfigError, match=r"^the command line's override model.width=48 sets model.width, which the "
+                                          r"sweep of variant 'w' sets: it would win over every choice$"):
         plan_experiment(spec, 1, ["model.width=48"])
+    path.write_text('base = "tiny"\nseeds = 1\n[[variants]]\nname = "w"\n'
+                    'sweep = ["train.lr=1e-3", "train.lr=0.001"]\n')  # the same lr, written twice
+    with pytest.raises(ConfigError, match=r"^variant 'w': its sweep choices train the same configs$"):
+        plan_experiment(load_experiment(str(path))[1], 1)
 
 
 def test_a_fault_in_the_shared_overrides_is_not_blamed_on_a_variant(tmp_path):
@@ -263,30 +267,43 @@ def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
 
 def test_a_top_level_sweep_is_every_variants_that_lists_none_and_the_command_lines_replaces_all(tmp_path):
     path = tmp_path / "exp.toml"
-    path.write_text('base = "tiny"\nsweep = ["train.lr=1e-3", "train.lr=2e-3"]\n[[variants]]\nname = "a"\n'
-                    '[[variants]]\nname = "b"\noverrides = ["model.width=48"]\nsweep = ["train.warmup=1"]\n')
+    head = 'base = "tiny"\nsweep = ["train.lr=1e-3", "train.lr=2e-3"]\n'
+    path.write_text(head + '[[variants]]\nname = "a"\n[[variants]]\nname = "b"\noverrides = ["model.width=48"]\n'
+                    'sweep = ["train.lr=1e-3 train.warmup=1", "train.lr=3e-3"]\n[[variants]]\nname = "c"\n'
+                    'overrides = ["model.width=64"]\nsweep = []\n')
     spec = load_experiment(str(path))[1]
-    assert [v.sweep for v in spec.variants] == [["train.lr=1e-3", "train.lr=2e-3"], ["train.warmup=1"]]
+    assert [v.sweep for v in spec.variants] == [["train.lr=1e-3", "train.lr=2e-3"],
+                                                ["train.lr=1e-3 train.warmup=1", "train.lr=3e-3"], []]  # c: none
     plan = plan_experiment(spec, 1)
-    assert [cfgs[0].train.lr for cfgs in plan["a"].values()] == [1e-3, 2e-3]
-    from vslm.lab.experiments import _validate
-    name, raw, label = read_experiment(str(path))
-    spec = _validate(raw, label, ["train.lr=4e-3 train.min_lr=4e-4", "train.lr=8e-3 train.min_lr=8e-4"])
-    plan = plan_experiment(spec, 1)
-    for variant, width in (("a", 32), ("b", 48)):  # both swept alike; b keeps its own overrides
-        assert list(plan[variant]) == ["train.lr=4e-3 train.min_lr=4e-4", "train.lr=8e-3 train.min_lr=8e-4"]
+    assert [cfgs[0].train.lr for cfgs in plan["a"].values()] == [1e-3, 2e-3] and list(plan["c"]) == [""]
+    grid = ["train.lr=4e-3 train.min_lr=4e-4 train.warmup=1", "train.lr=8e-3 train.min_lr=8e-4 train.warmup=1"]
+    plan = plan_experiment(load_experiment(str(path), sweep=grid)[1], 1)
+    for variant, width in (("a", 32), ("b", 48), ("c", 64)):  # all swept alike, each with its own overrides
+        assert list(plan[variant]) == grid
         assert [(c[0].train.lr, c[0].train.min_lr, c[0].model.width) for c in plan[variant].values()] == [
             (4e-3, 4e-4, width), (8e-3, 8e-4, width)]
-    with pytest.raises(ConfigError, match=r"^exp\.toml with --sweep: sweep: .*a sweep choice is blank"):
-        _validate(raw, "exp.toml", ["train.lr=1e-3", "  "])  # it would read as no sweep at all
-    with pytest.raises(ConfigError, match=r"^exp\.toml with --sweep: sweep: .*the sweep lists 'train.lr=1e-3' twice"):
-        _validate(raw, "exp.toml", ["train.lr=1e-3", "train.lr=1e-3"])  # one run would stand for both
+    with pytest.raises(ConfigError, match=r"exp\.toml: --sweep replaces the sweep of variant 'b', which also sets "
+                                          r"train\.warmup: that grid would be lost"):
+        load_experiment(str(path), sweep=["train.lr=4e-3"])  # b's warm-up choice would go unsaid
+    with pytest.raises(ConfigError, match=r"exp\.toml with --sweep: sweep: a sweep choice is blank: give each "
+                                          r"choice its overrides$"):
+        load_experiment(str(path), sweep=["train.lr=1e-3 train.warmup=1", "  "])  # it would read as no sweep
+    with pytest.raises(ConfigError, match=r"with --sweep: sweep: .*the sweep lists 'train.lr=1e-3 train.warmup=1' "
+                                          r"twice$"):
+        load_experiment(str(path), sweep=["train.lr=1e-3 train.warmup=1"] * 2)  # one run would stand for both
+    path.write_text(head + '[[variants]]\nname = "a"\nsweep = []\n')
+    with pytest.raises(ConfigError, match=r"exp\.toml: the top-level sweep is no variant's: each lists its own$"):
+        load_experiment(str(path))
+    path.write_text(head + 'steps = 3\n[[variants]]\nname = "a"\n')  # the file's fault, not the flag's
+    with pytest.raises(ConfigError, match=r"exp\.toml: unknown field 'steps'"):
+        load_experiment(str(path), sweep=["train.lr=1e-3"])
 
 
 def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_so(tmp_path, capsys):
     spec, out = write_experiment(tmp_path, seeds=1), tmp_path / "out"
     choices = ["train.lr=1e-5 train.min_lr=1e-6", "train.lr=3e-3 train.warmup=1"]
-    words = ["experiment", spec, "--out", str(out), *[w for c in choices for w in ("--sweep", c)]]
+    # a choice's overrides as separate words up to the next flag, or as one quoted word
+    words = ["experiment", spec, "--out", str(out), "--sweep", *choices[0].split(), "--sweep", choices[1]]
     assert main([*words, "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["corpora"][""]["variants"]
     assert [(r["variant"], r["choice"]) for r in rows] == [(v, c) for v in ("narrow", "wide") for c in choices]
@@ -299,6 +316,10 @@ def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_
         assert report["sweeps"][variant] == {"tried": {choices[0]: slow, choices[1]: fast}, "chosen": choices[1]}
         assert report["summary"][variant]["val_loss_mean"] == fast
     assert report["command"].endswith(f"--seeds 1 --sweep '{choices[0]}' --sweep '{choices[1]}' --out {out}")
+    assert main([*words[:2], "train.warmup=2", *words[2:]]) == 2  # it would win over the second choice
+    err = capsys.readouterr().err
+    assert err.strip() == ("vslm: error: the command line's override train.warmup=2 sets train.warmup, which the "
+                           "sweep of variant 'narrow' sets: it would win over every choice")
     assert main(["experiment", "knowledge", "--sweep", "train.lr=1e-3", "--out", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err
     assert "--sweep-seeds and --launcher apply to" in err and len(err.strip().splitlines()) == 1
@@ -312,6 +333,8 @@ def test_sweep_seeds_choose_by_the_mean_over_seeds_and_the_comparison_reuses_the
     assert main([*words, "--dry-run", "--json"]) == 0
     rows = {(r["variant"], r["choice"]): r for r in json.loads(capsys.readouterr().out)["corpora"][""]["variants"]}
     assert [rows["wide", c]["runs_first"] for c in (*choices, "the kept choice")] == [2, 2, 1]
+    assert main([*words, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("2 (sweep: seeds 0-1)") == 4
     CountingTrainer.calls = []
     monkeypatch.setattr(runner, "Trainer", CountingTrainer)
     assert main(words) == 0
@@ -333,15 +356,24 @@ def test_sweep_seeds_choose_by_the_mean_over_seeds_and_the_comparison_reuses_the
     assert len(CountingTrainer.calls) == 2 * (2 * 2 + 1)  # each run trained once: seeds 0-1 reused, not retrained
     assert report["command"].endswith(f"--sweep-seeds 2 --out {out}")  # (--jobs: where, not what, it trains)
     assert "| choice (mean of seeds 0-1) |" in (out / "results.md").read_text()
-    for extra, problem in (([], "sweep_seeds 2: the experiment starts with 1 seed, and a sweep chooses on"),
+    for extra, problem in (([], "exp.toml: sweep_seeds 2 is more than the 1 seed of the first look, and a sweep "
+                                "chooses on seeds the comparison reuses: pass --seeds 2 or more, or --sweep-seeds 1"),
                            (["--sweep-seeds", "0"], "sweep_seeds: Input should be greater than or equal to 1")):
         capsys.readouterr()
         assert main([*words, "--seeds", "1", *extra, "--out", str(tmp_path / "other")]) == 2
         err = capsys.readouterr().err
         assert problem in err and len(err.strip().splitlines()) == 1
     assert main(["experiment", spec, "--sweep-seeds", "2", "--out", str(tmp_path / "other")]) == 2
-    assert "sweep_seeds = 2, and no variant has a sweep to choose on them" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (f"vslm: error: {spec} with --sweep-seeds: sweep_seeds = 2, and no "
+                                               "variant has a sweep to choose on them")
     assert not (tmp_path / "other").exists()
+    path = tmp_path / "in-file.toml"  # the same, written in the experiment's file
+    path.write_text(f'base = "tiny"\nseeds = 3\nsweep_seeds = 2\noverrides = {COMMON!r}\nsweep = {choices!r}\n'
+                    '[[variants]]\nname = "narrow"\n')
+    from vslm.lab.experiments import dry_run
+    rows = dry_run(str(path), tmp_path / "other")["corpora"][""]["variants"]
+    assert [(r["choice"], r["runs_first"], r["runs_most"]) for r in rows] == [
+        (choices[0], 2, 2), (choices[1], 2, 2), ("the kept choice", 1, 1)]
 
 
 def test_corpora_repeat_the_experiment_per_corpus(tmp_path):

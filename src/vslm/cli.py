@@ -463,12 +463,12 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
     if a.json and not a.dry_run:  # said, not ignored: a run's output is its folder
         raise UsageError("--json applies to --dry-run")
+    sweep = [" ".join(" ".join(words).split()) for words in a.sweep] if a.sweep else None  # as a spec writes them
     if a.dry_run:
         from vslm.commands.experiment import print_dry_run
         from vslm.lab.experiments import dry_run
 
-        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, a.sweep,
-                       a.sweep_seeds)
+        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep, a.sweep_seeds)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
@@ -477,7 +477,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
         if read_experiment(a.experiment)[1].get("kind"):  # seeds of a knowledge experiment: one at a time
             launcher = make_launcher(1)                   # unless --jobs asks for more
-    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, a.sweep,
+    run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, sweep,
                    a.sweep_seeds)
     print(out)
     return 0
@@ -1122,10 +1122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolve", type=float, metavar="WIDTH",
                    help="add seeds in rounds until every variant's 95%% interval is at most ±WIDTH nats")
     p.add_argument("--max-seeds", type=int, help="with --resolve: the most seeds per variant (default 12)")
-    p.add_argument("--sweep", action="append", metavar="CHOICE",
-                   help="repeatable: every variant trains each CHOICE (overrides, space-separated) on seed 0 and "
-                        "keeps its best, in place of the experiment's sweeps; e.g. --sweep 'train.lr=3e-3 "
-                        "train.min_lr=3e-4' --sweep 'train.lr=6e-3 train.min_lr=6e-4'")
+    p.add_argument("--sweep", action="append", nargs="+", metavar="OVERRIDE",
+                   help="repeatable, one choice each: every variant trains each choice (its overrides, up to the "
+                        "next flag) on seed 0 (--sweep-seeds K: seeds 0..K-1) and keeps its best, in place of the "
+                        "experiment's sweeps; e.g. --sweep train.lr=3e-3 train.min_lr=3e-4 --sweep train.lr=6e-3 "
+                        "train.min_lr=6e-4")
     p.add_argument("--sweep-seeds", type=int, metavar="K",
                    help="a sweep keeps the choice of the lowest mean validation loss over seeds 0..K-1 (default: "
                         "the experiment's sweep_seeds, 1), and the comparison reuses those runs")

@@ -20,11 +20,13 @@ arm there is no test (vslm.lab.stats). An experiment is a TOML file:
     overrides = ["model.width=48"]
     sweep = ["train.lr=1e-3", "train.lr=3e-3"]   # optional: tried on seed 0, the lowest val_loss is kept
 
-A `sweep` at the top level is the sweep of every variant that lists none. `--sweep CHOICE` on the command
-line (repeatable) replaces every variant's: each variant at its best of those choices, so that none is
-judged at a learning rate that suits another. `sweep_seeds = k` (`--sweep-seeds K`) trains every choice on
-seeds 0..k-1 and keeps the lowest mean: a choice that is best on seed 0 alone but unstable on others is
-not kept (a diverged seed makes its choice's mean infinite).
+A `sweep` at the top level is the sweep of every variant that lists none (`sweep = []` lists none: no
+sweep). `--sweep OVERRIDE...` on the command line (repeatable, one choice each) replaces every variant's:
+each variant at its best of those choices, so that none is judged at a learning rate that suits another
+(refused where a sweep it replaces sets a field its choices do not). `sweep_seeds = k` (`--sweep-seeds K`)
+trains every choice on seeds 0..k-1 and keeps the lowest mean: a choice that is best on seed 0 alone but
+unstable on others is not kept (a diverged seed makes its choice's mean infinite). A command-line override
+of a field a sweep sets is refused: it would win over every choice.
 
 Runs go to out/<variant>/seed-<seed> (with a sweep: out/<variant>/<choice>/seed-<seed>): a finished one
 is reused and an unfinished one resumed, so an interrupted experiment is completed by running the same
@@ -34,9 +36,9 @@ reused (with sweep_seeds, seeds 0..k-1), so the reported spread includes the tun
 tuned on the same validation set.
 With `match = "diag_update_ratio"` (MATCHABLE: here the angular step ||dW|| / ||W||, RESEARCH.md
 section 6) the baseline keeps its lowest validation loss as before, and every other variant keeps the
-choice where its seed-0 value of that landmark first reaches the baseline's (matched_choice: the sweep
-listed in rising order): the comparison is then at a matched angular step, not at each variant's best
-learning rate.
+choice where its seed-0 value of that landmark (the mean over sweep_seeds) first reaches the baseline's
+(matched_choice: the sweep listed in rising order): the comparison is then at a matched angular step, not
+at each variant's best learning rate.
 
 Seeds decided by the data: with `resolve` (`vslm experiment NAME --resolve 0.02 --max-seeds 12`) seeds
 are added in rounds (as many as the first round had) until every variant's 95% interval of its
@@ -121,13 +123,22 @@ from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 
 
+def _repeated(items: Sequence) -> list:
+    return sorted({x for x in items if items.count(x) > 1})
+
+
 def _sweep(choices: list[str]) -> list[str]:
     """A sweep's choices: none blank (it would read as no sweep), none twice (one run would stand for both)."""
     if any(not c.strip() for c in choices):
         raise ValueError("a sweep choice is blank: give each choice its overrides")
-    if twice := sorted({c for c in choices if choices.count(c) > 1}):
+    if twice := _repeated(choices):
         raise ValueError(f"the sweep lists {', '.join(map(repr, twice))} twice")
     return choices
+
+
+def _keys(choices: Sequence[str]) -> set[str]:
+    """The fields a sweep's choices set: {"train.lr", ...}."""
+    return {word.split("=", 1)[0] for choice in choices for word in choice.split()}
 
 
 Sweep = Annotated[list[str], AfterValidator(_sweep)]
@@ -137,7 +148,8 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # "16" is not 16: as in a run config
     name: str = Field(pattern=r"^[\w.-]*\w[\w.-]*$")  # it names a folder inside --out: never "." nor ".."
     overrides: list[str] = []
-    sweep: Sweep = []  # alternative overrides, one per choice (several in one choice: space-separated)
+    sweep: Sweep | None = None  # alternative overrides, one per choice (several in one choice: space-separated);
+    # None: the experiment's top-level sweep; [] none at all
 
 
 # landmarks positive by construction, so that a sweep can keep the choice nearest in ratio (`match`)
@@ -154,13 +166,15 @@ class ExperimentSpec(BaseModel):
     variants: list[Variant] = Field(min_length=1)
     cross_eval: bool = False  # every run scored on every variant's held-out text (train x eval matrix)
     match: str | None = None  # a landmark: the other variants' sweeps keep the choice nearest the baseline's
-    sweep: Sweep = []  # the sweep of every variant that lists none of its own
+    sweep: Sweep = []  # the sweep of every variant that lists none of its own (sweep = [] lists none)
     sweep_seeds: int = Field(1, ge=1)  # a sweep keeps the choice of the lowest mean over seeds 0..sweep_seeds-1
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExperimentSpec:
+        if self.sweep and all(v.sweep is not None for v in self.variants):
+            raise ValueError("the top-level sweep is no variant's: each lists its own")
         for variant in self.variants:
-            variant.sweep = variant.sweep or list(self.sweep)
+            variant.sweep = list(self.sweep) if variant.sweep is None else variant.sweep
         if self.sweep_seeds > 1 and not any(v.sweep for v in self.variants):
             raise ValueError(f"sweep_seeds = {self.sweep_seeds}, and no variant has a sweep to choose on them")
         if self.match is not None and self.match not in MATCHABLE:
@@ -170,11 +184,10 @@ class ExperimentSpec(BaseModel):
             if not any(v.sweep for v in self.variants[1:]):
                 raise ValueError(f"match '{self.match}' chooses among a sweep's choices: give a variant after "
                                  "the baseline a sweep")
-        names = [v.name for v in self.variants]
-        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+        if duplicates := _repeated([v.name for v in self.variants]):
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
         folders = [_corpus_folder(c) for c in self.corpora]  # each corpus trains into out/<its folder>
-        if duplicates := sorted({c for c, f in zip(self.corpora, folders, strict=True) if folders.count(f) > 1}):
+        if duplicates := sorted({c for c, f in zip(self.corpora, folders, strict=True) if f in _repeated(folders)}):
             raise ValueError(f"corpora {', '.join(duplicates)} would share a folder in --out (the same corpus "
                              "twice, or two files of the same name)")
         return self
@@ -213,36 +226,58 @@ def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
     return name, raw, label
 
 
-def load_experiment(name_or_path: str) -> tuple[str, ExperimentSpec]:
-    """(name, validated spec) of a built-in experiment or a TOML path; a relative base is looked up beside it."""
+def load_experiment(name_or_path: str, sweep: Sequence[str] | None = None,
+                    sweep_seeds: int | None = None) -> tuple[str, ExperimentSpec]:
+    """(name, validated spec) of a built-in experiment or a TOML path; a relative base is looked up beside it.
+    sweep, sweep_seeds: the command line's `--sweep` and `--sweep-seeds` (_validate)."""
     name, raw, label = read_experiment(name_or_path)
-    return name, _validate(raw, label)
+    return name, _validate(raw, label, sweep, sweep_seeds)
 
 
 def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None,
               sweep_seeds: int | None = None) -> ExperimentSpec:
-    """The spec; with sweep (`--sweep`), every variant's sweep is that one instead of its own; with
-    sweep_seeds (`--sweep-seeds`), the spec's sweep_seeds is that number."""
+    """The spec; with sweep (`--sweep`), every variant's sweep is that one instead of its own (refused where
+    one it replaces sets a field its choices do not: that grid would be lost unsaid); with sweep_seeds
+    (`--sweep-seeds`), the spec's sweep_seeds is that number."""
     if sweep:  # the spec's sweep, and no variant's own
         variants = raw.get("variants")
         if isinstance(variants, list):  # else validation names the fault
+            for owner, own in [("the experiment's top-level sweep", raw.get("sweep")),
+                               *((f"the sweep of variant '{v.get('name')}'", v.get("sweep")) for v in variants
+                                 if isinstance(v, dict))]:
+                if isinstance(own, list) and all(isinstance(c, str) for c in own) and (
+                        lost := sorted(_keys(own) - _keys(sweep))):
+                    raise ConfigError(f"{label}: --sweep replaces {owner}, which also sets {', '.join(lost)}: that "
+                                      "grid would be lost (give per-variant grids in an experiment file)")
             raw = raw | {"variants": [{k: v for k, v in variant.items() if k != "sweep"}
                                       if isinstance(variant, dict) else variant for variant in variants]}
         raw = raw | {"sweep": list(sweep)}
     if sweep_seeds is not None:
         raw = raw | {"sweep_seeds": sweep_seeds}
-    flags = [flag for flag, given in (("--sweep", sweep), ("--sweep-seeds", sweep_seeds is not None)) if given]
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
+        loc = e.errors()[0]["loc"]  # a fault of the flags' values, or of the file
+        given = {"sweep": bool(sweep), "sweep_seeds": sweep_seeds is not None}
+        flags = [f"--{field.replace('_', '-')}" for field, on in given.items() if on and (not loc or loc[0] == field)]
         raise ConfigError(one_line_error(e, prefix=label + (f" with {' and '.join(flags)}" if flags else ""),
                                          root=ExperimentSpec)) from None
 
 
-def _check_sweep_seeds(spec: ExperimentSpec, looks: list[int]) -> None:
+def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float | None, max_seeds: int | None,
+             sweep: Sequence[str] | None, sweep_seeds: int | None) -> tuple[ExperimentSpec, int, list[int]]:
+    """(spec, seeds, looks) of a comparison of variants, checked as run_experiment and dry_run both check it:
+    the spec with the command line's sweep, the looks, the sweep's seeds against the first look, and the
+    results already in out against the most seeds it trains."""
+    spec = _validate(raw, label, sweep, sweep_seeds)
+    seeds = spec.seeds if seeds is None else seeds
+    looks = check_resolve(seeds, resolve, max_seeds)
     if spec.sweep_seeds > looks[0]:
-        raise ConfigError(f"sweep_seeds {spec.sweep_seeds}: the experiment starts with {looks[0]} "
-                          f"seed{'s' * (looks[0] > 1)}, and a sweep chooses on seeds that the comparison reuses")
+        raise ConfigError(f"{label}: sweep_seeds {spec.sweep_seeds} is more than the {looks[0]} seed"
+                          f"{'s' * (looks[0] > 1)} of the first look, and a sweep chooses on seeds the comparison "
+                          f"reuses: pass --seeds {spec.sweep_seeds} or more, or --sweep-seeds {looks[0]}")
+    check_no_larger_summary(out, looks[-1])
+    return spec, seeds, looks
 
 
 NO_SWEEP = ""  # the one choice of a variant without a sweep
@@ -255,6 +290,14 @@ def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[
     corpus: the data.source of one of the spec's `corpora`. The data sources are check_sources'."""
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
+    swept: dict[str, str] = {}  # a field a sweep sets: the first variant whose sweep sets it
+    for variant in spec.variants:
+        for key in _keys(variant.sweep):
+            swept.setdefault(key, variant.name)
+    for word in extra_overrides:  # it would come after every choice, and win over it
+        if (key := word.split("=", 1)[0]) in swept:
+            raise ConfigError(f"the command line's override {word} sets {key}, which the sweep of variant "
+                              f"'{swept[key]}' sets: it would win over every choice")
     shared = [f"data.source={corpus}"] if corpus else []  # part of the spec, not of the command line
     plan = _configs(spec, seeds, shared, extra_overrides)
     _check_configs_differ(spec, plan, shared, extra_overrides)
@@ -456,12 +499,8 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     if "kind" in raw:
         raise ConfigError(f"{label} is a {raw['kind']} experiment: run it with `vslm experiment` "
                           "(vslm.commands.experiment.run_experiment)")
-    spec = _validate(raw, label, sweep, sweep_seeds)
-    seeds = spec.seeds if seeds is None else seeds
-    looks = check_resolve(seeds, resolve, max_seeds)
-    _check_sweep_seeds(spec, looks)
     out = Path(out)
-    check_no_larger_summary(out, looks[-1])
+    spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds)
     words = ["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds)]
     for choice in sweep or ():
         words += ["--sweep", choice]
@@ -516,12 +555,8 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     if "kind" in raw:
         raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
                           "experiment's arms are built on the world each seed generates")
-    spec = _validate(raw, label, sweep, sweep_seeds)
-    seeds = spec.seeds if seeds is None else seeds
-    looks = check_resolve(seeds, resolve, max_seeds)
-    _check_sweep_seeds(spec, looks)
     out = Path(out)
-    check_no_larger_summary(out, looks[-1])
+    spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds)
     plans = _plan_corpora(spec, looks[-1], extra_overrides)
     result: dict = {"experiment": name, "looks": looks, "corpora": {}}
     for corpus, plan in plans.items():
@@ -637,6 +672,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
             if spec.sweep_seeds > 1:
                 sweeps[variant]["per_seed"] = losses[variant]
+                if spec.match:
+                    sweeps[variant]["per_seed_measured"] = values[variant]
     if spec.match:
         target = measured[baseline][kept[baseline]]
         if not math.isfinite(target) or target <= 0:
@@ -749,7 +786,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     tables = [(COLUMNS, rows)]
     if sweeps:
         matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []
-        on = "seed 0" if spec.sweep_seeds == 1 else f"mean of {_seeds_words(spec.sweep_seeds)}"
+        on = _seeds_words(spec.sweep_seeds) if spec.sweep_seeds == 1 else f"mean of {_seeds_words(spec.sweep_seeds)}"
         tables.append((("variant", f"choice ({on})", "val_loss", *matched, "kept"), sweep_rows(sweeps)))
     if failed:
         tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
