@@ -677,9 +677,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     if spec.match:
         target = measured[baseline][kept[baseline]]
         if not math.isfinite(target) or target <= 0:
+            gives = "gives" if spec.sweep_seeds == 1 else "give a mean of"
             raise VSLMError(f"match '{spec.match}': the baseline's {_seeds_words(spec.sweep_seeds)} ({baseline}) "
-                            f"give {target}, no value to match (is the landmark measured? logging.diagnostics_every "
-                            "for the diag_ ones)")
+                            f"{gives} {target}, no value to match (is the landmark measured? "
+                            "logging.diagnostics_every for the diag_ ones)")
 
         for variant, sweep in sweeps.items():
             sweep["measured"] = measured[variant]
