@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from vslm.errors import ConfigError, did_you_mean
+from vslm.errors import ConfigError, did_you_mean, repeated
 from vslm.files import write_text
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -530,7 +530,7 @@ class LoggingConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> LoggingConfig:
-        if twice := sorted({t for t in self.trackers if self.trackers.count(t) > 1}):
+        if twice := repeated(self.trackers):
             raise ValueError(f"trackers lists {', '.join(twice)} more than once")
         if "tensorboard" in self.trackers and self.tensorboard is False:
             raise ValueError("trackers has 'tensorboard' but tensorboard = false: drop one of them")

@@ -27,6 +27,11 @@ class UsageError(VSLMError):
     exit_code = 2
 
 
+def repeated(items: list) -> list:
+    """The items that appear more than once, sorted, each once: what a "listed twice" refusal names."""
+    return sorted({x for x in items if items.count(x) > 1})
+
+
 def did_you_mean(word: str, choices, prefix: str = "") -> str:
     """' (did you mean train.steps?)' for the names among `choices` close to `word` (difflib), else ''.
     `prefix` is put before each name suggested (a field's section, 'train.')."""

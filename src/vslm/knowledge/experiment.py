@@ -73,7 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
-from vslm.errors import ConfigError, VSLMError
+from vslm.errors import ConfigError, VSLMError, repeated
 from vslm.files import write_text
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
@@ -164,7 +164,7 @@ class KnowledgeSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> KnowledgeSpec:
         names = [a.name for a in self.arms]
-        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+        if duplicates := repeated(names):
             raise ValueError(f"duplicate arm names: {', '.join(duplicates)}")
         by_name = {a.name: a for a in self.arms}
         for arm in self.arms:

@@ -77,7 +77,7 @@ from rich.console import Console
 from vslm.config import DataConfig, RunConfig, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
-from vslm.errors import ConfigError, VSLMError, did_you_mean
+from vslm.errors import ConfigError, VSLMError, did_you_mean, repeated
 from vslm.eval.corpus import score_tokens
 from vslm.files import in_use, write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
@@ -123,15 +123,11 @@ from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
 
 
-def _repeated(items: Sequence) -> list:
-    return sorted({x for x in items if items.count(x) > 1})
-
-
 def _sweep(choices: list[str]) -> list[str]:
     """A sweep's choices: none blank (it would read as no sweep), none twice (one run would stand for both)."""
     if any(not c.strip() for c in choices):
         raise ValueError("a sweep choice is blank: give each choice its overrides")
-    if twice := _repeated(choices):
+    if twice := repeated(choices):
         raise ValueError(f"the sweep lists {', '.join(map(repr, twice))} twice")
     return choices
 
@@ -184,10 +180,10 @@ class ExperimentSpec(BaseModel):
             if not any(v.sweep for v in self.variants[1:]):
                 raise ValueError(f"match '{self.match}' chooses among a sweep's choices: give a variant after "
                                  "the baseline a sweep")
-        if duplicates := _repeated([v.name for v in self.variants]):
+        if duplicates := repeated([v.name for v in self.variants]):
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
         folders = [_corpus_folder(c) for c in self.corpora]  # each corpus trains into out/<its folder>
-        if duplicates := sorted({c for c, f in zip(self.corpora, folders, strict=True) if f in _repeated(folders)}):
+        if duplicates := sorted({c for c, f in zip(self.corpora, folders, strict=True) if f in repeated(folders)}):
             raise ValueError(f"corpora {', '.join(duplicates)} would share a folder in --out (the same corpus "
                              "twice, or two files of the same name)")
         return self
@@ -678,7 +674,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         target = measured[baseline][kept[baseline]]
         if not math.isfinite(target) or target <= 0:
             gives = "gives" if spec.sweep_seeds == 1 else "give a mean of"
-            raise VSLMError(f"match '{spec.match}': the baseline's {_seeds_words(spec.sweep_seeds)} ({baseline}) "
+            raise VSLMError(f"match '{spec.match}': the baseline's {seeds_words(spec.sweep_seeds)} ({baseline}) "
                             f"{gives} {target}, no value to match (is the landmark measured? "
                             "logging.diagnostics_every for the diag_ ones)")
 
@@ -787,7 +783,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     tables = [(COLUMNS, rows)]
     if sweeps:
         matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []
-        on = _seeds_words(spec.sweep_seeds) if spec.sweep_seeds == 1 else f"mean of {_seeds_words(spec.sweep_seeds)}"
+        on = seeds_words(spec.sweep_seeds) if spec.sweep_seeds == 1 else f"mean of {seeds_words(spec.sweep_seeds)}"
         tables.append((("variant", f"choice ({on})", "val_loss", *matched, "kept"), sweep_rows(sweeps)))
     if failed:
         tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
@@ -816,7 +812,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     return summary
 
 
-def _seeds_words(n: int) -> str:
+def seeds_words(n: int) -> str:
+    """The seeds a sweep chooses on, in words: "seed 0", "seeds 0-2"."""
     return "seed 0" if n == 1 else f"seeds 0-{n - 1}"
 
 
