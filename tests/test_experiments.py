@@ -579,6 +579,21 @@ def test_match_refusals(tmp_path, extra, message):
         run_experiment(write_experiment(tmp_path, extra=extra), tmp_path / "out")
 
 
+@pytest.mark.parametrize("sweep, message", [
+    ('["train.lr=1e-2", "train.lr=1e-3"]', "variant 'b''s sweep lists train.lr as 0.01, 0.001; a match keeps the "
+                                           "first choice to reach the baseline's value, so list it rising"),
+    ('["train.lr=1e-3 train.min_lr=1e-4", "train.lr=1e-2 train.min_lr=1e-4"]', "lists train.min_lr as 0.0001, 0.0001"),
+    ('["model.norm=rmsnorm", "model.norm=layernorm"]', "variant 'b''s sweep sets no number in every choice"),
+])
+def test_match_refuses_a_sweep_it_cannot_read_in_order(tmp_path, sweep, message):
+    # matched_choice keeps the first choice whose landmark reaches the baseline's: the order is the sweep's
+    path = tmp_path / "m.toml"
+    path.write_text(f'base = "tiny"\nmatch = "diag_update_ratio"\n[[variants]]\nname = "a"\n'
+                    f'[[variants]]\nname = "b"\nsweep = {sweep}\n')
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(str(path))
+
+
 def test_match_with_a_swept_baseline_and_a_landmark_no_run_measures(tmp_path):
     from vslm.lab.experiments import matched_choice
     from vslm.report.runs import diagnostics_summary, read_run

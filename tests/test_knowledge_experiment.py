@@ -139,6 +139,8 @@ def spec_dict(**changes) -> dict:
     ({"world": {"seed": 3}}, "world.seed is set per experiment seed"),
     ({"world": {"people": 2}}, "people"),
     ({"arms": [{"name": "a", "method": "forget-all"}]}, "method"),
+    ({"arms": [{"name": "a"}, {"name": "b", "data": "stories"}, {"name": "a", "data": "stories"}]},
+     "x.toml: duplicate arm names: a$"),
 ])
 def test_bad_specs_fail_with_one_line(changes, message):
     with pytest.raises(ConfigError, match=message) as e:

@@ -60,6 +60,7 @@ the best by Welch's t-test, Holm across the others (vslm.lab.stats.transfer).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -137,6 +138,29 @@ def _keys(choices: Sequence[str]) -> set[str]:
     return {word.split("=", 1)[0] for choice in choices for word in choice.split()}
 
 
+def _rising(name: str, choices: list[str]) -> None:
+    """A sweep a `match` reads (matched_choice) lists its step sizes in rising order: every field that each
+    choice sets to a number rises from one choice to the next, and one such field at least."""
+    if len(choices) < 2:
+        return
+    values: dict[str, list[float]] = {}
+    for choice in choices:
+        for word in choice.split():
+            key, _, value = word.partition("=")
+            try:
+                values.setdefault(key, []).append(float(value))
+            except ValueError:
+                values.setdefault(key, []).append(math.nan)  # not a number: not a step size
+    numbers = {k: v for k, v in values.items() if len(v) == len(choices) and all(map(math.isfinite, v))}
+    if not numbers:
+        raise ValueError(f"match: variant '{name}''s sweep sets no number in every choice; a match keeps the "
+                         "first choice to reach the baseline's value, so list a step size (train.lr=...) rising")
+    for key, vs in numbers.items():
+        if any(b <= a for a, b in itertools.pairwise(vs)):
+            raise ValueError(f"match: variant '{name}''s sweep lists {key} as {', '.join(f'{v:g}' for v in vs)}; a "
+                             "match keeps the first choice to reach the baseline's value, so list it rising")
+
+
 Sweep = Annotated[list[str], AfterValidator(_sweep)]
 
 
@@ -180,6 +204,8 @@ class ExperimentSpec(BaseModel):
             if not any(v.sweep for v in self.variants[1:]):
                 raise ValueError(f"match '{self.match}' chooses among a sweep's choices: give a variant after "
                                  "the baseline a sweep")
+            for variant in self.variants[1:]:
+                _rising(variant.name, variant.sweep)
         if duplicates := repeated([v.name for v in self.variants]):
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
         folders = [_corpus_folder(c) for c in self.corpora]  # each corpus trains into out/<its folder>
