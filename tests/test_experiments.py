@@ -265,6 +265,28 @@ def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
     assert "| tuned | train.lr=3e-3 train.warmup=1 |" in (out / "results.md").read_text()
 
 
+def test_a_sweep_kept_at_its_edge_says_to_widen_it(tmp_path, capsys):
+    from vslm.lab.experiments import sweep_edge
+
+    path, out = tmp_path / "edge.toml", tmp_path / "out"
+    lrs = ["train.lr=1e-6 train.min_lr=1e-7", "train.lr=1e-5 train.min_lr=1e-6", "train.lr=3e-3 train.min_lr=3e-4"]
+    path.write_text(f'base = "tiny"\nseeds = 1\noverrides = {COMMON!r}\n[[variants]]\nname = "base"\n'
+                    f'[[variants]]\nname = "tuned"\nsweep = {lrs!r}\n')
+    assert main(["experiment", str(path), "--out", str(out)]) == 0
+    sweep = json.loads((out / "results.json").read_text())["sweeps"]["tuned"]
+    assert min(sweep["tried"], key=sweep["tried"].get) == sweep["chosen"] == lrs[2]
+    assert sweep["edge"] == "the highest train.lr"  # 4 steps at 1e-6 learn nothing: 3e-3 at the top is kept
+    assert ("tuned: its sweep's lowest validation loss is at the highest train.lr (train.lr=3e-3 train.min_lr=3e-4): "
+            "its best may lie past the sweep; widen it") in " ".join(capsys.readouterr().out.split())  # as wrapped
+    assert f"| tuned | {lrs[2]} | {sweep['tried'][lrs[2]]:.4f} | kept (the highest train.lr: widen the sweep) |" in (
+        out / "results.md").read_text()
+    # inside the sweep, a sweep of two, or choices that set no number: no edge
+    assert sweep_edge(lrs, lrs[1]) is None and sweep_edge(lrs[1:], lrs[2]) is None
+    assert sweep_edge(["model.norm=rmsnorm", "model.norm=layernorm", "model.norm=rmsnorm train.lr=1e-3"],
+                      "model.norm=layernorm") is None
+    assert sweep_edge(list(reversed(lrs)), lrs[0]) == "the lowest train.lr"  # in any order
+
+
 def test_a_top_level_sweep_is_every_variants_that_lists_none_and_the_command_lines_replaces_all(tmp_path):
     path = tmp_path / "exp.toml"
     head = 'base = "tiny"\nsweep = ["train.lr=1e-3", "train.lr=2e-3"]\n'

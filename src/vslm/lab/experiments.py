@@ -138,11 +138,8 @@ def _keys(choices: Sequence[str]) -> set[str]:
     return {word.split("=", 1)[0] for choice in choices for word in choice.split()}
 
 
-def _rising(name: str, choices: list[str]) -> None:
-    """A sweep a `match` reads (matched_choice) lists its step sizes in rising order: every field that each
-    choice sets to a number rises from one choice to the next, and one such field at least."""
-    if len(choices) < 2:
-        return
+def _numbers(choices: Sequence[str]) -> dict[str, list[float]]:
+    """The fields every choice of a sweep sets to a number, and their values in the sweep's order."""
     values: dict[str, list[float]] = {}
     for choice in choices:
         for word in choice.split():
@@ -151,7 +148,15 @@ def _rising(name: str, choices: list[str]) -> None:
                 values.setdefault(key, []).append(float(value))
             except ValueError:
                 values.setdefault(key, []).append(math.nan)  # not a number: not a step size
-    numbers = {k: v for k, v in values.items() if len(v) == len(choices) and all(map(math.isfinite, v))}
+    return {k: v for k, v in values.items() if len(v) == len(choices) and all(map(math.isfinite, v))}
+
+
+def _rising(name: str, choices: list[str]) -> None:
+    """A sweep a `match` reads (matched_choice) lists its step sizes in rising order: every field that each
+    choice sets to a number rises from one choice to the next, and one such field at least."""
+    if len(choices) < 2:
+        return
+    numbers = _numbers(choices)
     if not numbers:
         raise ValueError(f"match: variant '{name}''s sweep sets no number in every choice; a match keeps the "
                          "first choice to reach the baseline's value, so list a step size (train.lr=...) rising")
@@ -159,6 +164,18 @@ def _rising(name: str, choices: list[str]) -> None:
         if any(b <= a for a, b in itertools.pairwise(vs)):
             raise ValueError(f"match: variant '{name}''s sweep lists {key} as {', '.join(f'{v:g}' for v in vs)}; a "
                              "match keeps the first choice to reach the baseline's value, so list it rising")
+
+
+def sweep_edge(choices: Sequence[str], chosen: str) -> str | None:
+    """Where a sweep of 3 or more numbers keeps its lowest or highest value ("the highest train.lr"), so that its
+    best may lie past the sweep; None inside it, or for a sweep of no number every choice sets."""
+    if len(choices) < 3 or chosen not in choices:
+        return None
+    for key, vs in _numbers(choices).items():
+        value = vs[list(choices).index(chosen)]
+        if len(set(vs)) >= 3 and value in (min(vs), max(vs)):
+            return f"the {'lowest' if value == min(vs) else 'highest'} {key}"
+    return None
 
 
 Sweep = Annotated[list[str], AfterValidator(_sweep)]
@@ -692,6 +709,11 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         if variant in tried and NO_SWEEP not in tried[variant]:
             kept[variant] = min(tried[variant], key=tried[variant].get)
             sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
+            at_edge = math.isfinite(tried[variant][kept[variant]]) and sweep_edge(list(tried[variant]), kept[variant])
+            if (not spec.match or variant == baseline) and (edge := at_edge):
+                sweeps[variant]["edge"] = edge  # its lowest loss at the sweep's end: the best may lie past it
+                say(f"{variant}: its sweep's lowest validation loss is at {edge} ({kept[variant]}): its best may "
+                    "lie past the sweep; widen it")
             if spec.sweep_seeds > 1:
                 sweeps[variant]["per_seed"] = losses[variant]
                 if spec.match:

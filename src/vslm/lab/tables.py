@@ -179,7 +179,7 @@ def sweep_rows(sweeps: dict[str, dict]) -> list[tuple[str, ...]]:
 
     return [(variant, choice, "diverged" if math.isinf(loss) else f"{loss:.4f}",
              *([num(s["measured"].get(choice))] if "measured" in s else []),
-             "kept" if choice == s["chosen"] else "")
+             (f"kept ({s['edge']}: widen the sweep)" if "edge" in s else "kept") if choice == s["chosen"] else "")
             for variant, s in sweeps.items() for choice, loss in s["tried"].items()]
 
 
