@@ -376,6 +376,19 @@ def test_sweep_seeds_choose_by_the_mean_over_seeds_and_the_comparison_reuses_the
         kept = [last_metrics(out / variant / folders[chosen] / f"seed-{s}")["val_loss"] for s in (0, 1, 2)]
         assert report["summary"][variant]["val_loss_mean"] == pytest.approx(statistics.mean(kept), rel=1e-12)
     assert len(CountingTrainer.calls) == 2 * (2 * 2 + 1)  # each run trained once: seeds 0-1 reused, not retrained
+    capsys.readouterr()
+    assert main([*words, "--dry-run", "--json"]) == 0  # the sweeps done: the dry run keeps what the run kept
+    rows = {(r["variant"], r["choice"]): r for r in json.loads(capsys.readouterr().out)["corpora"][""]["variants"]}
+    for variant in ("narrow", "wide"):
+        row = rows[variant, "the kept choice"]
+        assert (row["kept"], row["finished"], row["runs_most"]) == (report["sweeps"][variant]["chosen"], 1, 1)
+    wider = [*words, "--sweep", "train.lr=1e-2 train.warmup=1"]  # a choice not tried: the kept one is not known
+    assert main([*wider, "--dry-run", "--json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out)["corpora"][""]["variants"] if r.get("after_sweep")]
+    assert [(r["kept"], r["finished"]) for r in rows] == [(None, 0), (None, 0)]  # at most: the new one kept
+    assert main([*wider, "--dry-run"]) == 0
+    # seeds 0-1 of the new choice and seed 2 of it if kept, in both variants: 6 runs of 4 x 8 x 32 tokens
+    assert "Left to train at most: 6,144 tokens" in capsys.readouterr().out
     assert report["command"].endswith(f"--sweep-seeds 2 --out {out}")  # (--jobs: where, not what, it trains)
     assert "| choice (mean of seeds 0-1) |" in (out / "results.md").read_text()
     for extra, problem in (([], "exp.toml: sweep_seeds 2 is more than the 1 seed of the first look, and a sweep "

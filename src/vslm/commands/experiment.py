@@ -61,6 +61,7 @@ def print_dry_run(plan: dict, console: Console) -> None:
         for r in part["variants"]:
             runs = f"{r['runs_first']}" if r["runs_first"] == r["runs_most"] else f"{r['runs_first']}-{r['runs_most']}"
             note = (f" (sweep: {experiments.seeds_words(r['runs_first'])})" if r["sweep"] else
+                    f" (after the sweep: keeps {r['kept']})" if r.get("kept") is not None else
                     " (after the sweep, at most)" if r.get("after_sweep") else "")
             rows.append((r["variant"] + (f" ({r['choice']})" if r["choice"] else ""), f"{r['params']:,}",
                          f"{r['flops_per_token']:,}", f"{r['tokens']:,}", "yes" if r["paired"] else "no (Welch)",

@@ -589,7 +589,9 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     {"experiment", "looks", "corpora": {corpus or "": {"variants": [row per variant and sweep choice]}}}. A row:
     params, FLOPs per token, tokens per run, whether its seeds pair with the baseline's, the runs it trains at
     the first look and at most, and of those the runs `out` holds finished (reused), stopped part-way (resumed),
-    in use by another process, and of other settings (the real run refuses the last two, naming them)."""
+    in use by another process, and of other settings (the real run refuses the last two, naming them). A sweep's
+    later seeds are one row: the kept choice's (`kept`) where every choice's sweep seeds are finished, chosen as
+    the run chooses; else (`kept` None) the case that trains most, a choice with none of them finished."""
     name, raw, label = read_experiment(spec_name_or_path)
     if "kind" in raw:
         raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
@@ -603,9 +605,12 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
         base = next(iter(plan.values()))
         base_cfgs = next(iter(base.values()))
         rows = []
+        baseline = next(iter(plan))
+        tried: dict[str, dict[str, float]] = {}  # the sweeps already finished: as the run would choose (kept_choices)
+        measured: dict[str, dict[str, float]] = {}
         for variant, choices in plan.items():
             swept = NO_SWEEP not in choices
-            later = []  # a sweep's later seeds of the choice it keeps: one row, the costliest choice's cost
+            later = {}  # a sweep's later seeds of each choice: one row, the kept choice's where the sweep is done
             k = spec.sweep_seeds
             for choice, cfgs in choices.items():
                 model = build_for_accounting(cfgs[0])
@@ -617,16 +622,25 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
                        "paired": all(seeds_pair(a, b) for a, b in zip(base_cfgs, cfgs, strict=True)),
                        "runs_first": k if swept else looks[0], "runs_most": len(states), "sweep": swept}
                 rows.append(row | _counted(states, [where / f"seed-{seed}" for seed in seeds_here]))
+                if (swept or (spec.match and variant == baseline)) and states[:k] == ["finished"] * k:
+                    files = [read_run(where / f"seed-{seed}") for seed in range(k)]
+                    tried.setdefault(variant, {})[choice] = statistics.fmean(f.final("val_loss") for f in files)
+                    measured.setdefault(variant, {})[choice] = statistics.fmean(
+                        (dynamics_summary(f) | diagnostics_summary(f)).get(spec.match, math.nan) for f in files)
                 if swept and looks[-1] > k:
                     seeds_later = range(k, looks[-1])
-                    later.append(row | {"choice": "the kept choice", "runs_first": looks[0] - k,
-                                        "runs_most": len(seeds_later), "sweep": False, "after_sweep": True}
-                                 | _counted([run_state(cfgs[seed], where / f"seed-{seed}") for seed in seeds_later],
-                                            [where / f"seed-{seed}" for seed in seeds_later]))
-            if later:  # its finished runs are the kept choice's; its cost at most the costliest choice's
-                rows.append(max(later, key=lambda r: (r["finished"], r["flops_per_token"])) |
-                            {"flops_per_token": max(r["flops_per_token"] for r in later),
-                             "params": max(r["params"] for r in later)})
+                    later[choice] = row | {"choice": "the kept choice", "runs_first": looks[0] - k,
+                                           "runs_most": len(seeds_later), "sweep": False, "after_sweep": True}
+                    later[choice] |= _counted([run_state(cfgs[seed], where / f"seed-{seed}") for seed in seeds_later],
+                                              [where / f"seed-{seed}" for seed in seeds_later])
+            if later:  # the kept choice's row where every choice's sweep seeds are done; else the costliest case
+                done = len(tried.get(variant, {})) == len(choices) and (
+                    not spec.match or variant == baseline or len(tried.get(baseline, {})) == len(plan[baseline]))
+                kept = kept_choices(spec.match, baseline, tried, measured)[variant] if done else None
+                rows.append(later[kept] | {"kept": kept} if kept is not None else
+                            min(later.values(), key=lambda r: (r["finished"], -r["flops_per_token"])) |
+                            {"kept": None, "flops_per_token": max(r["flops_per_token"] for r in later.values()),
+                             "params": max(r["params"] for r in later.values())})
         result["corpora"][corpus or ""] = {"folder": str(folder), "variants": rows}
     return result
 
@@ -678,7 +692,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
 
     if console and (launcher.kind != "local" or launcher.jobs > 1):
         say(f"training on {launcher.describe()}")
-    sweeps, kept = {}, {}
+    sweeps: dict[str, dict] = {}
     chooser = range(spec.sweep_seeds)  # the seeds a sweep chooses on (each choice's mean over them)
     sweep_jobs = [(variant, choice, RunJob(cfgs[seed], out / variant / _choice_folder(choice) / f"seed-{seed}",
                                            f"{variant} [{choice}] seed {seed}"))
@@ -704,11 +718,19 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
              for variant, choices in losses.items()}
     measured = {variant: {choice: statistics.fmean(seen) for choice, seen in choices.items()}
                 for variant, choices in values.items()}
+    if spec.match:
+        target = measured[baseline][kept_choices(None, baseline, tried, measured)[baseline]]
+        if not math.isfinite(target) or target <= 0:
+            gives = "gives" if spec.sweep_seeds == 1 else "give a mean of"
+            raise VSLMError(f"match '{spec.match}': the baseline's {seeds_words(spec.sweep_seeds)} ({baseline}) "
+                            f"{gives} {target}, no value to match (is the landmark measured? "
+                            "logging.diagnostics_every for the diag_ ones)")
+    kept = {variant: NO_SWEEP for variant in plan} | kept_choices(spec.match, baseline, tried, measured)
     for variant in plan:
-        kept[variant] = NO_SWEEP
         if variant in tried and NO_SWEEP not in tried[variant]:
-            kept[variant] = min(tried[variant], key=tried[variant].get)
             sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
+            if spec.match:
+                sweeps[variant] |= {"measured": measured[variant], "target": target}
             at_edge = math.isfinite(tried[variant][kept[variant]]) and sweep_edge(list(tried[variant]), kept[variant])
             if (not spec.match or variant == baseline) and (edge := at_edge):
                 sweeps[variant]["edge"] = edge  # its lowest loss at the sweep's end: the best may lie past it
@@ -718,20 +740,6 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                 sweeps[variant]["per_seed"] = losses[variant]
                 if spec.match:
                     sweeps[variant]["per_seed_measured"] = values[variant]
-    if spec.match:
-        target = measured[baseline][kept[baseline]]
-        if not math.isfinite(target) or target <= 0:
-            gives = "gives" if spec.sweep_seeds == 1 else "give a mean of"
-            raise VSLMError(f"match '{spec.match}': the baseline's {seeds_words(spec.sweep_seeds)} ({baseline}) "
-                            f"{gives} {target}, no value to match (is the landmark measured? "
-                            "logging.diagnostics_every for the diag_ ones)")
-
-        for variant, sweep in sweeps.items():
-            sweep["measured"] = measured[variant]
-            finished = [(c, v) for c, v in measured[variant].items() if math.isfinite(sweep["tried"][c])]
-            if variant != baseline and (choice := matched_choice(finished, target)) is not None:
-                kept[variant] = sweep["chosen"] = choice  # else none finished and measured: the loss rule's pick
-            sweep["target"] = target
 
     def folder_of(variant: str, seed: int) -> Path:
         chosen = kept[variant]
@@ -882,6 +890,23 @@ def matched_choice(values: list[tuple[str, float]], target: float) -> str | None
         if item[1] >= target:
             return min(ordered[max(0, i - 1) : i + 1], key=off)[0]
     return min(ordered, key=off)[0]
+
+
+def kept_choices(match: str | None, baseline: str, tried: dict[str, dict[str, float]],
+                 measured: dict[str, dict[str, float]]) -> dict[str, str]:
+    """The choice each variant keeps, from its choices' mean validation loss (`tried`; a diverged run: inf) and,
+    with `match`, their mean landmark (`measured`): the lowest loss, or for a variant after the baseline the
+    choice nearest the baseline's landmark (matched_choice; the loss rule's pick where none finished and
+    measured, or where the baseline's value is none to match)."""
+    kept = {variant: min(losses, key=losses.get) for variant, losses in tried.items()}
+    target = measured.get(baseline, {}).get(kept.get(baseline, ""), math.nan) if match else math.nan
+    if not math.isfinite(target) or target <= 0:
+        return kept
+    for variant, losses in tried.items():
+        finished = [(c, v) for c, v in measured.get(variant, {}).items() if math.isfinite(losses[c])]
+        if variant != baseline and NO_SWEEP not in losses and (choice := matched_choice(finished, target)):
+            kept[variant] = choice
+    return kept
 
 
 def summarize_reach(runs: dict[str, dict[int, RunFiles]], tokens_per_step: int) -> dict[str, dict]:
