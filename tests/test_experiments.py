@@ -600,6 +600,9 @@ def test_match_keeps_the_choice_nearest_the_baselines_landmark(tmp_path):
     best_loss = min(sweep["tried"], key=sweep["tried"].get)
     assert sweep["chosen"] == matched and matched != best_loss  # matched, not the lowest loss
     assert f"| diag_update_ratio (target {target:.4g}) | kept |" in (out / "results.md").read_text()
+    from vslm.lab.experiments import dry_run  # with a second seed: it would train the matched choice's
+    rows = [r for r in dry_run(str(spec), out, 2)["corpora"][""]["variants"] if r.get("after_sweep")]
+    assert [(r["variant"], r["kept"], r["finished"]) for r in rows] == [("tangent", matched, 0)]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -625,8 +625,9 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
                 if (swept or (spec.match and variant == baseline)) and states[:k] == ["finished"] * k:
                     files = [read_run(where / f"seed-{seed}") for seed in range(k)]
                     tried.setdefault(variant, {})[choice] = statistics.fmean(f.final("val_loss") for f in files)
-                    measured.setdefault(variant, {})[choice] = statistics.fmean(
-                        (dynamics_summary(f) | diagnostics_summary(f)).get(spec.match, math.nan) for f in files)
+                    if spec.match:
+                        measured.setdefault(variant, {})[choice] = statistics.fmean(
+                            (dynamics_summary(f) | diagnostics_summary(f)).get(spec.match, math.nan) for f in files)
                 if swept and looks[-1] > k:
                     seeds_later = range(k, looks[-1])
                     later[choice] = row | {"choice": "the kept choice", "runs_first": looks[0] - k,
@@ -636,7 +637,7 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
             if later:  # the kept choice's row where every choice's sweep seeds are done; else the costliest case
                 done = len(tried.get(variant, {})) == len(choices) and (
                     not spec.match or variant == baseline or len(tried.get(baseline, {})) == len(plan[baseline]))
-                kept = kept_choices(spec.match, baseline, tried, measured)[variant] if done else None
+                kept = kept_choices(spec.match, baseline, tried, measured).get(variant) if done else None
                 rows.append(later[kept] | {"kept": kept} if kept is not None else
                             min(later.values(), key=lambda r: (r["finished"], -r["flops_per_token"])) |
                             {"kept": None, "flops_per_token": max(r["flops_per_token"] for r in later.values()),
@@ -894,14 +895,16 @@ def matched_choice(values: list[tuple[str, float]], target: float) -> str | None
 
 def kept_choices(match: str | None, baseline: str, tried: dict[str, dict[str, float]],
                  measured: dict[str, dict[str, float]]) -> dict[str, str]:
-    """The choice each variant keeps, from its choices' mean validation loss (`tried`; a diverged run: inf) and,
-    with `match`, their mean landmark (`measured`): the lowest loss, or for a variant after the baseline the
-    choice nearest the baseline's landmark (matched_choice; the loss rule's pick where none finished and
-    measured, or where the baseline's value is none to match)."""
+    """The choice each variant of `tried` keeps, from its choices' mean validation loss (a diverged run: inf)
+    and, with `match`, their mean landmark (`measured`): the lowest loss, or for a swept variant after the
+    baseline the choice nearest the baseline's landmark (matched_choice; the lowest loss where none finished and
+    measured). With `match` and no value of the baseline's to match, the baseline's choice alone."""
     kept = {variant: min(losses, key=losses.get) for variant, losses in tried.items()}
-    target = measured.get(baseline, {}).get(kept.get(baseline, ""), math.nan) if match else math.nan
-    if not math.isfinite(target) or target <= 0:
+    if not match:
         return kept
+    target = measured.get(baseline, {}).get(kept.get(baseline, NO_SWEEP), math.nan)
+    if not math.isfinite(target) or target <= 0:
+        return {v: c for v, c in kept.items() if v == baseline}
     for variant, losses in tried.items():
         finished = [(c, v) for c, v in measured.get(variant, {}).items() if math.isfinite(losses[c])]
         if variant != baseline and NO_SWEEP not in losses and (choice := matched_choice(finished, target)):
