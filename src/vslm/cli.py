@@ -76,7 +76,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not trainer.nothing_to_train:  # a finished run resumed as it is: its samples.txt stays
         _print_samples(trainer)
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
-    console.print(f"trained {trainer.step} steps: {summary}")
+    console.print(f"nothing trained: its last logged step {trainer.step}: {summary}" if trainer.nothing_to_train
+                  else f"trained {trainer.step} steps: {summary}")
     print(out)
     return 0
 

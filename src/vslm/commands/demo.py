@@ -18,8 +18,9 @@ from rich.table import Table
 
 from vslm.config import RunConfig, load_config
 from vslm.report import write_report
+from vslm.train.checkpoint import list_checkpoints
 from vslm.train.probing import PROBES
-from vslm.train.run_folder import METRICS, check_not_in_use, refuse_a_run_folder
+from vslm.train.run_folder import CHECKPOINTS, METRICS, check_not_in_use, refuse_a_run_folder
 from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
@@ -75,6 +76,11 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
     # a short trial run of a config made for longer ones: say so, the curve it draws is all warmup
     short = (f" (its warmup of {tc.warmup:,} steps outlasts the run: the learning rate never reaches "
              f"train.lr={tc.lr:g})") if tc.warmup >= tc.steps else ""
+    found = list_checkpoints(out / CHECKPOINTS) if trainer.resume and trainer.resume_from is None else []
+    if found and found[-1][0] == tc.steps:  # the trainer says so too, and trains nothing
+        console.print(f"Resuming {out}: its last checkpoint is at step {tc.steps:,} = train.steps\n",
+                      highlight=False, soft_wrap=True)
+        return trainer
     console.print(f"Training{again}: {tc.steps:,} steps of {tc.batch_size * tc.grad_accum} x {m.context} tokens "
                   f"({tokens:,} tokens), {OPTIMIZERS[tc.optimizer]}, {tc.schedule} schedule{short}, "
                   f"{trainer.device}, into {out}\n", highlight=False, soft_wrap=True)
