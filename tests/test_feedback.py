@@ -91,6 +91,10 @@ def test_typos_get_the_near_names_and_exit_2(capsys, tmp_path):
     assert main(["data", "prepare", "wikitext2"]) == 2
     err = capsys.readouterr().err
     assert "unknown data source 'wikitext2' (did you mean wikitext-2" in err and err.count("\n") == 1
+    assert main(["train", "tiny", "data.source=wikitext2", "--out", str(tmp_path / "r")]) == 2  # before it prepares
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "unknown data source 'wikitext2'" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_threads_sets_torch_threads_and_warns_once_under_load(tmp_path, monkeypatch, capsys):

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from vslm.config import RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
+from vslm.data.sources import check_source
 from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.model.attention import Rotary
@@ -303,6 +304,8 @@ class Trainer:
             self._refuse_a_run_folder()
         if model is None:  # sized from the config before anything is built or read
             self._check_memory(cfg)
+        if corpus is None:  # a source that cannot be read is refused here, not after the warnings and "Preparing"
+            check_source(cfg.data)
         # after the refusals (a warning about cores above a one-line refusal reads as part of it), before the corpus
         set_threads(cfg.train.threads, warn=self.device.type == "cpu")
         if on_prepare is not None and self.dist.is_main:  # `vslm train`'s "Preparing the corpus": after the refusals
