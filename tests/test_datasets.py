@@ -227,6 +227,15 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
                                                   "vocabulary")]:
         assert main(["data", "prepare", str(empty), "--tokenizer", "char", *words]) == 2
         assert capsys.readouterr().err == f"vslm: error: {line}\n"
+    short = tmp_path / "short.txt"
+    short.write_text("a few words <|endoftext|> and a few more")
+    meta = prepare_corpus(DataConfig(source=str(short), tokenizer="char", max_tokens=1000)).meta
+    total = meta["train_tokens"] + meta["val_tokens"]
+    assert 20 < total < 40 and not meta["truncated_by_budget"]
+    for tokens, note in (("1k", f"note: {short} ran out at {total} tokens, short of the 1,000 asked for: all of it "
+                                "is used\n"), ("20", "")):
+        assert main(["data", "prepare", str(short), "--tokenizer", "char", "--tokens", tokens, "--quiet"]) == 0
+        assert capsys.readouterr().err == note  # the budget met: no note
 
 
 # ------------------------------------------------------------------------- shards

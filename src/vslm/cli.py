@@ -794,6 +794,11 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     console.print(f"{m['source']}: {m['documents']:,} documents, {m['text_bytes']:,} bytes -> {m['train_tokens']:,} "
                   f"train + {m['val_tokens']:,} validation tokens ({m['tokenizer']}, vocabulary {m['vocab_size']:,}); "
                   f"{state}", highlight=False, markup=False)
+    total = m["train_tokens"] + m["val_tokens"]
+    if cfg.max_tokens is not None and total < cfg.max_tokens and not m.get("truncated_by_budget", True):
+        print(f"note: {m['source']} ran out at {total:,} tokens, short of the {cfg.max_tokens:,} asked for: all of "
+              "it is used" + ("" if cfg.max_bytes is None else f" (to data.max_bytes={cfg.max_bytes:,})"),
+              file=sys.stderr)
     print(corpus.folder)
     return 0
 
