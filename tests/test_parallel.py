@@ -82,10 +82,11 @@ def test_a_diverged_run_is_reported_and_the_others_go_on(tmp_path):
 ])
 def test_bad_parallel_options_stop_before_anything_trains(tmp_path, capsys, args, message):
     spec, out = write_experiment(tmp_path), tmp_path / "out"
-    assert main(["experiment", spec, "--out", str(out), *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not out.exists()
+    for dry in ([], ["--dry-run"]):  # a dry run checks them as the run does
+        assert main(["experiment", spec, "--out", str(out), *args, *dry]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("name", ["..", "."])

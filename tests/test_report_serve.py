@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from conftest import REPO, ctrl_c_reaches, tiny_overrides
+from conftest import REPO, ctrl_c_reaches, files_in, tiny_overrides
 from test_report import CHROMIUM, chromium
 from vslm.cli import main
 from vslm.config import load_config
@@ -175,6 +175,16 @@ def test_sigterm_outside_a_training_is_one_line_exit_143(finished_run):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip() == ("vslm: stopped by SIGTERM (what was finished is kept: the "
                                                       "same command reuses it)")
+
+
+def test_serve_and_watch_flags_without_them_are_refused(finished_run, capsys):
+    held = files_in(finished_run)
+    for flags, message in ((["--port", "8000"], "--port applies to --serve"),
+                           (["--every", "5"], "--every applies to --serve and --watch"),
+                           (["--watch", "--port", "8000"], "--port applies to --serve")):
+        assert main(["report", str(finished_run), *flags]) == 2  # said, not ignored
+        assert capsys.readouterr().err == f"vslm: error: {message}\n"
+    assert files_in(finished_run) == held  # no page written
 
 
 def test_a_port_in_use_is_one_line(finished_run, capsys):

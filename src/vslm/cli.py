@@ -199,6 +199,11 @@ def cmd_probe(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from vslm.report import write_report
 
+    if a.port is not None and not a.serve:  # said, not ignored
+        raise UsageError("--port applies to --serve")
+    if a.every is not None and not (a.serve or a.watch):
+        raise UsageError("--every applies to --serve and --watch")
+    a.port, a.every = a.port or 0, 2.0 if a.every is None else a.every
     if a.every <= 0:
         raise UsageError("--every must be a positive number of seconds")
     if not 0 <= a.port <= 65535:
@@ -465,6 +470,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     if a.json and not a.dry_run:  # said, not ignored: a run's output is its folder
         raise UsageError("--json applies to --dry-run")
     sweep = [" ".join(" ".join(words).split()) for words in a.sweep] if a.sweep else None  # as a spec writes them
+    launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)  # its flags checked, dry run or not
     if a.dry_run:
         from vslm.commands.experiment import print_dry_run
         from vslm.lab.experiments import dry_run
@@ -472,7 +478,6 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep, a.sweep_seeds)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
-    launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
         from vslm.lab.experiments import read_experiment
 
@@ -1027,9 +1032,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the run advances, the page reloading itself, until Ctrl-C")
     live.add_argument("--watch", action="store_true", help="redraw RUN/report.html in place as the run advances, "
                       "until the run ends")
-    p.add_argument("--port", type=int, default=0, help="--serve: the port (default 0: any free one, printed)")
-    p.add_argument("--every", type=float, default=2.0, help="--serve/--watch: seconds between looks at the "
-                   "run's files (default 2)")
+    p.add_argument("--port", type=int, help="--serve: the port (default 0: any free one, printed)")
+    p.add_argument("--every", type=float, help="--serve/--watch: seconds between looks at the run's files "
+                   "(default 2)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("watch", help="a live view of a running run: progress, ETA, loss, probes, checkpoints",
