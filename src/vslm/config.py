@@ -182,7 +182,7 @@ class ModelConfig(_Section):
             raise ValueError(f"order {order} must use every block 0..{max(order)} at least once")
         n_blocks = max(order) + 1
         if self.blocks and len(self.blocks) != n_blocks:
-            raise ValueError(f"blocks has {len(self.blocks)} records but there are {n_blocks} unique blocks")
+            raise ValueError(f"blocks lists {len(self.blocks)} of {n_blocks} unique blocks: give one record per block")
         specs = self.block_specs()
         uniform = not self.blocks and self.schedule.widths == "uniform" and self.schedule.layer_scaling == "uniform"
         for i, spec in enumerate(specs):

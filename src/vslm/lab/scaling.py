@@ -310,7 +310,8 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
                       f"{total:,} tokens in all, one token stream (seed {spec.seed})", highlight=False)
         for width in spec.widths:
             r = next(r for r in runs if r.size.width == width)
-            console.print(f"  {r.size.label}: {r.size.heads} heads, {r.params:,} parameters "
+            heads = f"{r.size.heads} head{'s' if r.size.heads != 1 else ''}"
+            console.print(f"  {r.size.label}: {heads}, {r.params:,} parameters "
                           f"({r.params_non_embedding:,} without embeddings), {r.flops_per_token:,} FLOPs/token",
                           highlight=False)
         budgets = ", ".join(f"{r.steps} steps = {r.tokens:,} tokens" for r in runs[: len(spec.steps)])
