@@ -725,18 +725,20 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--world", required=True, help="the world folder")
     p.add_argument("--out", required=True, help="the student's run folder")
     p.add_argument("--method", default="combined", choices=("combined", "gradient-ascent", "npo"),
-                   help="the forgetting term: KL to the naive model (combined), gradient ascent, or NPO")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+                   help="the forgetting term: KL to the naive model (combined, the default), gradient ascent, or "
+                   "NPO")
+    p.add_argument("--steps", type=int, default=200, help="training steps of the student (default 200)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples a step (default 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="the student's learning rate (default 1e-3)")
     p.add_argument("--beta", type=float, default=0.1, help="NPO's beta (default 0.1)")
     p.add_argument("--weight", action="append", default=[], metavar="TERM=W",
                    help="a loss term's weight: open_book, counterfactual, forget, retain, gradient_ascent, npo")
-    p.add_argument("--distractors", type=int, default=4)
+    p.add_argument("--distractors", type=int, default=4, help="wrong facts beside the gold ones in an open-book "
+                   "context (default 4)")
     p.add_argument("--relearn-steps", type=int, default=0,
                    help="then the relearning test on the student and the naive model, this many steps")
     p.add_argument("--relearn-fraction", type=float, default=0.1, help="share of the people relearned (0.1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the student's seed: its batches and contexts (default 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda if there is one)")
     p.set_defaults(func=cmd_facts_distill)
 
@@ -889,7 +891,7 @@ def _add_bench_parser(sub) -> None:
     p = bsub.add_parser("train", help="time the nanogpt preset side by side with shared/bench/reference_gpt.py")
     reference_args(p)
     p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
+    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians (default 1)")
     p.add_argument("--eval-batches", type=int, default=200, help="validation batches of both trainers (default 200)")
     json_flag(p)
     p.add_argument("overrides", nargs="*", help="overrides of the nanogpt preset; its shape (model.depth, "
@@ -898,7 +900,7 @@ def _add_bench_parser(sub) -> None:
 
     p = bsub.add_parser("speedrun", help="time the speedrun-shakespeare config to val loss 1.88 against the reference")
     reference_args(p)
-    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians")
+    p.add_argument("--repeat", type=int, default=1, help="alternate runs of both; report medians (default 1)")
     json_flag(p)
     p.add_argument("overrides", nargs="*", help="overrides of the speedrun-shakespeare config")
     p.set_defaults(func=cmd_bench_speedrun)
@@ -912,7 +914,7 @@ def _add_bench_parser(sub) -> None:
 
     p = bsub.add_parser("attention", help="time each attention normalisation")
     p.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each; report medians")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each; report medians (default 1)")
     json_flag(p)
     p.set_defaults(func=cmd_bench_attention)
 
@@ -931,7 +933,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds (default 3)")
     p.add_argument("--launchers", default="1,2", help="comma-separated worker counts and 'ray' (default 1,2); "
                    "the first is the ratios' baseline")
-    p.add_argument("--repeat", type=int, default=1, help="rounds of every launcher in turn; report medians")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of every launcher in turn; report medians (default 1)")
     p.add_argument("--keep", metavar="DIR", help="keep each launcher's experiment folder (results, runs) in DIR")
     json_flag(p)
     p.add_argument("overrides", nargs="*", help="overrides of every variant")
@@ -946,7 +948,8 @@ def _add_bench_parser(sub) -> None:
                                     "50M-cudagraphs; also 50M-batch256, 50M-max-autotune)")
     p.add_argument("--recipes", help="comma-separated Shakespeare recipes, or none (default nanogpt,adamw-1500,"
                                      "muon-wsd-1200; also adamw-2000, muon-wsd-1000)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each Shakespeare recipe, with their medians")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each Shakespeare recipe, with their medians "
+                   "(default 1)")
     p.add_argument("--profile", help="comma-separated models whose training step to profile (torch.profiler: "
                                      "device time by kind of kernel), before the timed ones")
     p.add_argument("--json-out", help="write the results here (default $OUT/gpu_check.json if OUT is set)")
@@ -964,7 +967,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model from a config")
+    p = sub.add_parser("train", help="train a model from a config",
+                       description="Train a model from a config (a built-in name or a TOML file) and dotted "
+                                   "overrides, into --out; --resume continues a run exactly.")
     _add_config_args(p, optional=True)
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -1056,11 +1061,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shape", help="how prompts reshape the distribution of a continuation")
     p.add_argument("run", help="run folder")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (at least one; repeat for several), "
+                   "compared with the empty prompt, always measured")
     p.add_argument("--continuation", required=True, help="the continuation y to score under each prompt")
-    p.add_argument("--samples", type=int, default=8, help="sampled continuations per prompt")
-    p.add_argument("--tokens", type=int, default=100, help="tokens per sampled continuation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=8, help="sampled continuations per prompt (default 8)")
+    p.add_argument("--tokens", type=int, default=100, help="tokens per sampled continuation (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
     p.add_argument("--plot", help="PNG path (default RUN/shape.png, with --over-training RUN/shape-course.png)")
     p.add_argument("--over-training", action="store_true",
                    help="the measurements at every snapshot of the run (steps 0, 1, 2, 4, ...), no sampling")
