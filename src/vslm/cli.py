@@ -658,7 +658,8 @@ def cmd_facts_capacity(a: argparse.Namespace) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
     """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads "
+                   "and holds finite weights)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda if there is one)")
     p.add_argument("--json", action="store_true", help=json_help)
 
@@ -1020,7 +1021,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stories", type=int, help="--copying: held-out stories (default 300)")
     p.add_argument("--windows", type=int, help="--copying names/tokens: windows read (default 300/200)")
     p.add_argument("--batch", type=int, help="--copying: windows per forward pass (default 32)")
-    p.add_argument("--checkpoint", help="--copying: a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--checkpoint", help="--copying: a checkpoint or snapshot file (default: the newest "
+                   "that reads and holds finite weights)")
     p.add_argument("--json", action="store_true", help="--copying, --induction: the numbers as JSON")
     mode.add_argument("--induction", type=int, metavar="L",
                    help="instead: the induction probe at copy distance L on the latest checkpoint (or --checkpoint)")
@@ -1127,7 +1129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers' native classes (default)")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the latest)")
+    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads "
+                   "and holds finite weights)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
