@@ -594,8 +594,9 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     the run chooses; else (`kept` None) the case that trains most, a choice with none of them finished."""
     name, raw, label = read_experiment(spec_name_or_path)
     if "kind" in raw:
-        raise ConfigError(f"{label}: --dry-run lists the runs of a comparison of variants; a {raw['kind']} "
-                          "experiment's arms are built on the world each seed generates")
+        raise ConfigError(f"{label}: --dry-run is for comparisons of variants, not a {raw['kind']} experiment, "
+                          "whose arms are built on the world each seed generates; `--seeds 1` trains one seed "
+                          "of it, and the same command with more seeds reuses it")
     out = Path(out)
     spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds)
     plans = _plan_corpora(spec, looks[-1], extra_overrides)
