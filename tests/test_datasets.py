@@ -236,6 +236,9 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
                                 "is used\n"), ("20", "")):
         assert main(["data", "prepare", str(short), "--tokenizer", "char", "--tokens", tokens, "--quiet"]) == 0
         assert capsys.readouterr().err == note  # the budget met: no note
+    assert main(["data", "prepare", "stories", "--tokenizer", "char", "--tokens", "1M", "--max-bytes", "20000",
+                 "--quiet"]) == 0  # an endless generator, stopped by the bytes asked for
+    assert capsys.readouterr().err.startswith("note: data.max_bytes=20,000 stopped stories at ")
 
 
 # ------------------------------------------------------------------------- shards

@@ -620,16 +620,19 @@ def test_match_refusals(tmp_path, extra, message):
 @pytest.mark.parametrize("sweep, message", [
     ('["train.lr=1e-2", "train.lr=1e-3"]', "variant 'b''s sweep lists train.lr as 0.01, 0.001; a match keeps the "
                                            "first choice to reach the baseline's value, so list it rising"),
-    ('["train.lr=1e-3 train.min_lr=1e-4", "train.lr=1e-2 train.min_lr=1e-4"]', "lists train.min_lr as 0.0001, 0.0001"),
-    ('["model.norm=rmsnorm", "model.norm=layernorm"]', "variant 'b''s sweep sets no number in every choice"),
+    ('["train.lr=1e-3 train.min_lr=1e-3", "train.lr=1e-2 train.min_lr=1e-4"]', "lists train.min_lr as 0.001, 0.0001"),
+    ('["model.norm=rmsnorm", "model.norm=layernorm"]', "variant 'b''s sweep varies no number in every choice"),
+    ('["model.norm=rmsnorm train.warmup=2", "model.norm=layernorm train.warmup=2"]', "varies no number"),
 ])
 def test_match_refuses_a_sweep_it_cannot_read_in_order(tmp_path, sweep, message):
     # matched_choice keeps the first choice whose landmark reaches the baseline's: the order is the sweep's
     path = tmp_path / "m.toml"
-    path.write_text(f'base = "tiny"\nmatch = "diag_update_ratio"\n[[variants]]\nname = "a"\n'
-                    f'[[variants]]\nname = "b"\nsweep = {sweep}\n')
+    head = 'base = "tiny"\nmatch = "diag_update_ratio"\n[[variants]]\nname = "a"\n[[variants]]\nname = "b"\n'
+    path.write_text(head + f'sweep = {sweep}\n')
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_experiment(str(path))
+    path.write_text(head + 'sweep = ["train.lr=1e-3 train.warmup=2", "train.lr=3e-3 train.warmup=2"]\n')
+    load_experiment(str(path))  # a field every choice sets alike is no order to check
 
 
 def test_match_with_a_swept_baseline_and_a_landmark_no_run_measures(tmp_path):
@@ -699,3 +702,18 @@ def test_matched_choice_is_the_first_crossing_not_a_choice_past_a_plateau():
     assert matched_choice(sweep, 0.0170) == "4e-3"  # the one before the crossing is nearer
     assert matched_choice(sweep, 0.05) == "1.6e-2"  # never reached: the nearest
     assert matched_choice([("a", math.nan), ("b", 0.0)], 0.01) is None  # nothing measured
+
+
+def test_a_sweeps_later_seeds_not_yet_chosen_count_the_most_any_choice_could_train():
+    from vslm.lab.experiments import _costliest
+
+    rows = [{"finished": 2, "flops_per_token": 10, "params": 5, "tokens": 100, "training now": 0,
+             "other settings": 1, "other_settings": ["a/seed-3"]},
+            {"finished": 0, "flops_per_token": 20, "params": 4, "tokens": 50, "training now": 1,
+             "other settings": 0, "other_settings": []},
+            {"finished": 1, "flops_per_token": 5, "params": 9, "tokens": 400, "training now": 0,
+             "other settings": 1, "other_settings": ["c/seed-4"]}]
+    worst = _costliest(rows)
+    assert (worst["finished"], worst["flops_per_token"], worst["params"], worst["tokens"]) == (0, 20, 9, 400)
+    assert (worst["training now"], worst["other settings"], worst["kept"]) == (1, 1, None)
+    assert worst["other_settings"] == ["a/seed-3", "c/seed-4"]  # every choice's conflict named

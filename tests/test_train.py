@@ -276,8 +276,12 @@ def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as
     assert "train.batch_size: 16 in the run, 8 given; train.seed: 1337 in the run, 1 given" in out.err
     code, out = resume("logging.samples=1")  # finished: says so, trains, samples and writes nothing
     assert code == 0 and "already at its last step (6 = train.steps)" in out.err
-    assert f"Resuming {folder}: its last checkpoint is at step 6 = train.steps" in " ".join(out.out.split())
-    assert "Training" not in out.out and "nothing trained: its last logged step 6: loss " in out.out
+    assert f"Resuming {folder} from its checkpoint at step 6 = train.steps" in " ".join(out.out.split())
+    assert "Training" not in out.out and "nothing trained: at step 6 (train.steps), its last logged loss " in out.out
+    assert files_in(folder) == before
+    from vslm.train.checkpoint import list_checkpoints
+    code, out = resume("--checkpoint", str(list_checkpoints(folder / "checkpoints")[-1][1]))  # the same, asked for
+    assert code == 0 and "Training" not in out.out and "nothing trained: at step 6" in out.out
     assert files_in(folder) == before
 
 

@@ -76,7 +76,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not trainer.nothing_to_train:  # a finished run resumed as it is: its samples.txt stays
         _print_samples(trainer)
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
-    console.print(f"nothing trained: its last logged step {trainer.step}: {summary}" if trainer.nothing_to_train
+    console.print(f"nothing trained: at step {trainer.step} (train.steps), its last logged {summary}"
+                  if trainer.nothing_to_train
                   else f"trained {trainer.step} steps: {summary}")
     print(out)
     return 0
@@ -804,9 +805,12 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
                   f"{state}", highlight=False, markup=False)
     total = m["train_tokens"] + m["val_tokens"]
     if cfg.max_tokens is not None and total < cfg.max_tokens and not m.get("truncated_by_budget", True):
-        print(f"note: {m['source']} ran out at {total:,} tokens, short of the {cfg.max_tokens:,} asked for: all of "
-              "it is used" + ("" if cfg.max_bytes is None else f" (to data.max_bytes={cfg.max_bytes:,})"),
-              file=sys.stderr)
+        # the text read stops at data.max_bytes, at a document's end: near it, the cap stopped it, not the source
+        capped = cfg.max_bytes is not None and m["text_bytes"] >= 0.9 * cfg.max_bytes
+        print(f"note: data.max_bytes={cfg.max_bytes:,} stopped {m['source']} at {total:,} tokens, short of the "
+              f"{cfg.max_tokens:,} asked for: raise it" if capped else
+              f"note: {m['source']} ran out at {total:,} tokens, short of the {cfg.max_tokens:,} asked for: all of "
+              "it is used", file=sys.stderr)
     print(corpus.folder)
     return 0
 
@@ -1021,11 +1025,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stories", type=int, help="--copying: held-out stories (default 300)")
     p.add_argument("--windows", type=int, help="--copying names/tokens: windows read (default 300/200)")
     p.add_argument("--batch", type=int, help="--copying: windows per forward pass (default 32)")
-    p.add_argument("--checkpoint", help="--copying: a checkpoint or snapshot file (default: the newest "
+    p.add_argument("--checkpoint", help="--copying, --induction: a checkpoint or snapshot file (default: the newest "
                    "that reads and holds finite weights)")
     p.add_argument("--json", action="store_true", help="--copying, --induction: the numbers as JSON")
     mode.add_argument("--induction", type=int, metavar="L",
-                   help="instead: the induction probe at copy distance L on the latest checkpoint (or --checkpoint)")
+                   help="instead: the induction probe at copy distance L on the newest good checkpoint (or "
+                        "--checkpoint)")
     p.add_argument("--support", help="--induction: draw the sequences from these characters' tokens "
                                      "(default: every token of the training text)")
     p.add_argument("--sequences", type=int, help="--induction: sequences written twice (default 64)")

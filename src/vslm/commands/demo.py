@@ -76,9 +76,11 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
     # a short trial run of a config made for longer ones: say so, the curve it draws is all warmup
     short = (f" (its warmup of {tc.warmup:,} steps outlasts the run: the learning rate never reaches "
              f"train.lr={tc.lr:g})") if tc.warmup >= tc.steps else ""
-    found = list_checkpoints(out / CHECKPOINTS) if trainer.resume and trainer.resume_from is None else []
-    if found and found[-1][0] == tc.steps:  # the trainer says so too, and trains nothing
-        console.print(f"Resuming {out}: its last checkpoint is at step {tc.steps:,} = train.steps\n",
+    found = list_checkpoints(out / CHECKPOINTS) if trainer.resume else []
+    if trainer.resume_from is not None:  # the checkpoint asked for, if it is one of the run's
+        found = [(step, path) for step, path in found if Path(path).resolve() == Path(trainer.resume_from).resolve()]
+    if found and found[-1][0] == tc.steps:  # nothing to train from it (an unreadable one: the trainer says so)
+        console.print(f"Resuming {out} from its checkpoint at step {tc.steps:,} = train.steps\n",
                       highlight=False, soft_wrap=True)
         return trainer
     console.print(f"Training{again}: {tc.steps:,} steps of {tc.batch_size * tc.grad_accum} x {m.context} tokens "

@@ -153,14 +153,14 @@ def _numbers(choices: Sequence[str]) -> dict[str, list[float]]:
 
 def _rising(name: str, choices: list[str]) -> None:
     """A sweep a `match` reads (matched_choice) lists its step sizes in rising order: every field that each
-    choice sets to a number rises from one choice to the next, and one such field at least."""
+    choice sets to a number, and that varies, rises from one choice to the next; one such field at least."""
     if len(choices) < 2:
         return
-    numbers = _numbers(choices)
-    if not numbers:
-        raise ValueError(f"match: variant '{name}''s sweep sets no number in every choice; a match keeps the "
+    varying = {k: vs for k, vs in _numbers(choices).items() if len(set(vs)) > 1}  # a constant is no step size
+    if not varying:
+        raise ValueError(f"match: variant '{name}''s sweep varies no number in every choice; a match keeps the "
                          "first choice to reach the baseline's value, so list a step size (train.lr=...) rising")
-    for key, vs in numbers.items():
+    for key, vs in varying.items():
         if any(b <= a for a, b in itertools.pairwise(vs)):
             raise ValueError(f"match: variant '{name}''s sweep lists {key} as {', '.join(f'{v:g}' for v in vs)}; a "
                              "match keeps the first choice to reach the baseline's value, so list it rising")
@@ -638,13 +638,21 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
             if later:  # the kept choice's row where every choice's sweep seeds are done; else the costliest case
                 done = len(tried.get(variant, {})) == len(choices) and (
                     not spec.match or variant == baseline or len(tried.get(baseline, {})) == len(plan[baseline]))
+                if done and spec.match:
+                    match_target(spec, baseline, tried, measured)  # refused as the run would refuse it
                 kept = kept_choices(spec.match, baseline, tried, measured).get(variant) if done else None
-                rows.append(later[kept] | {"kept": kept} if kept is not None else
-                            min(later.values(), key=lambda r: (r["finished"], -r["flops_per_token"])) |
-                            {"kept": None, "flops_per_token": max(r["flops_per_token"] for r in later.values()),
-                             "params": max(r["params"] for r in later.values())})
+                rows.append(later[kept] | {"kept": kept} if kept is not None else _costliest(list(later.values())))
         result["corpora"][corpus or ""] = {"folder": str(folder), "variants": rows}
     return result
+
+
+def _costliest(rows: list[dict]) -> dict:
+    """A sweep's later seeds where the choice it keeps is not known yet: the most any choice could train (the
+    fewest finished, the largest cost) and every choice's folders in use or of other settings."""
+    worst = min(rows, key=lambda r: r["finished"])
+    return worst | {"kept": None, **{k: max(r[k] for r in rows) for k in ("flops_per_token", "params", "tokens",
+                                                                         "training now", "other settings")},
+                    "other_settings": [f for r in rows for f in r["other_settings"]]}
 
 
 def _counted(states: list[str], folders: list[Path]) -> dict:
@@ -720,13 +728,7 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
              for variant, choices in losses.items()}
     measured = {variant: {choice: statistics.fmean(seen) for choice, seen in choices.items()}
                 for variant, choices in values.items()}
-    if spec.match:
-        target = measured[baseline][kept_choices(None, baseline, tried, measured)[baseline]]
-        if not math.isfinite(target) or target <= 0:
-            gives = "gives" if spec.sweep_seeds == 1 else "give a mean of"
-            raise VSLMError(f"match '{spec.match}': the baseline's {seeds_words(spec.sweep_seeds)} ({baseline}) "
-                            f"{gives} {target}, no value to match (is the landmark measured? "
-                            "logging.diagnostics_every for the diag_ ones)")
+    target = match_target(spec, baseline, tried, measured) if spec.match else math.nan
     kept = {variant: NO_SWEEP for variant in plan} | kept_choices(spec.match, baseline, tried, measured)
     for variant in plan:
         if variant in tried and NO_SWEEP not in tried[variant]:
@@ -892,6 +894,19 @@ def matched_choice(values: list[tuple[str, float]], target: float) -> str | None
         if item[1] >= target:
             return min(ordered[max(0, i - 1) : i + 1], key=off)[0]
     return min(ordered, key=off)[0]
+
+
+def match_target(spec: ExperimentSpec, baseline: str, tried: dict[str, dict[str, float]],
+                 measured: dict[str, dict[str, float]]) -> float:
+    """The baseline's value of spec.match at the choice it keeps (its lowest loss), which the other variants'
+    sweeps match; a VSLMError where it is none (not measured, or not above 0)."""
+    target = measured[baseline][kept_choices(None, baseline, tried, measured)[baseline]]
+    if not math.isfinite(target) or target <= 0:
+        gives = "gives" if spec.sweep_seeds == 1 else "give a mean of"
+        raise VSLMError(f"match '{spec.match}': the baseline's {seeds_words(spec.sweep_seeds)} ({baseline}) "
+                        f"{gives} {target}, no value to match (is the landmark measured? "
+                        "logging.diagnostics_every for the diag_ ones)")
+    return target
 
 
 def kept_choices(match: str | None, baseline: str, tried: dict[str, dict[str, float]],
