@@ -735,9 +735,10 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             sweeps[variant] = {"tried": tried[variant], "chosen": kept[variant]}
             if spec.match:
                 sweeps[variant] |= {"measured": measured[variant], "target": target}
-            at_edge = math.isfinite(tried[variant][kept[variant]]) and sweep_edge(list(tried[variant]), kept[variant])
-            if (not spec.match or variant == baseline) and (edge := at_edge):
-                sweeps[variant]["edge"] = edge  # its lowest loss at the sweep's end: the best may lie past it
+            by_loss = not spec.match or variant == baseline  # kept for its lowest loss: its best may lie past it
+            if by_loss and math.isfinite(tried[variant][kept[variant]]) and (
+                    edge := sweep_edge(list(tried[variant]), kept[variant])):
+                sweeps[variant]["edge"] = edge
                 say(f"{variant}: its sweep's lowest validation loss is at {edge} ({kept[variant]}): its best may "
                     "lie past the sweep; widen it")
             if spec.sweep_seeds > 1:
