@@ -344,7 +344,43 @@ def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_
                            "sweep of variant 'narrow' sets: it would win over every choice")
     assert main(["experiment", "knowledge", "--sweep", "train.lr=1e-3", "--out", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err
-    assert "--sweep-seeds and --launcher apply to" in err and len(err.strip().splitlines()) == 1
+    assert "--sweep-seeds, --variants and --launcher apply to" in err and len(err.strip().splitlines()) == 1
+
+
+def test_variants_trains_the_baseline_and_those_named_and_the_full_experiment_reuses_them(tmp_path, monkeypatch,
+                                                                                            capsys):
+    path, out = tmp_path / "exp.toml", tmp_path / "out"
+    path.write_text(f'base = "tiny"\nseeds = 1\noverrides = {COMMON!r}\n[[variants]]\nname = "narrow"\n'
+                    '[[variants]]\nname = "wide"\noverrides = ["model.width=48"]\n'
+                    'sweep = ["train.lr=1e-3 train.warmup=1", "train.lr=3e-3 train.warmup=1"]\n'
+                    '[[variants]]\nname = "wider"\noverrides = ["model.width=64"]\n')
+    words = ["experiment", str(path), "--out", str(out), "--jobs", "1"]  # in this process, where Trainer counts
+    assert main([*words, "--variants", "wider", "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["corpora"][""]["variants"]
+    assert [r["variant"] for r in rows] == ["narrow", "wider"]
+    # wide's own sweep sets train.warmup, which --sweep would drop: refused only while wide takes part
+    assert main([*words, "--sweep", "train.lr=2e-3", "--sweep", "train.lr=4e-3", "--dry-run"]) == 2
+    assert "which also sets train.warmup" in capsys.readouterr().err
+    assert main([*words, "--variants", "wider", "--sweep", "train.lr=2e-3", "--sweep", "train.lr=4e-3",
+                 "--dry-run"]) == 0
+    capsys.readouterr()
+    CountingTrainer.calls = []
+    monkeypatch.setattr(runner, "Trainer", CountingTrainer)
+    assert main([*words, "--variants", " wider, "]) == 0  # spaces and a trailing comma read as written
+    assert sorted(CountingTrainer.calls) == [("narrow/seed-0", False), ("wider/seed-0", False)]
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["summary"]) == ["narrow", "wider"] and "--variants wider" in report["command"]
+    CountingTrainer.calls = []
+    assert main(words) == 0  # the full experiment: only wide's runs are new
+    assert sorted(CountingTrainer.calls) == [("train.lr=1e-3_train.warmup=1/seed-0", False),  # wide's choices
+                                             ("train.lr=3e-3_train.warmup=1/seed-0", False)]
+    assert list(json.loads((out / "results.json").read_text())["summary"]) == ["narrow", "wide", "wider"]
+    capsys.readouterr()
+    assert main([*words, "--variants", "wdier"]) == 2
+    assert capsys.readouterr().err.strip() == (f"vslm: error: {path}: --variants names 'wdier', which is none of its "
+                                               "variants (did you mean wider or wide?)")
+    assert main([*words, "--variants", " , "]) == 2
+    assert "--variants needs one or more variant names" in capsys.readouterr().err
 
 
 def test_sweep_seeds_choose_by_the_mean_over_seeds_and_the_comparison_reuses_them(tmp_path, monkeypatch, capsys):
@@ -494,7 +530,7 @@ def test_a_run_of_another_tokenizer_is_refused_when_the_corpus_is_given(tmp_path
 
 
 def test_a_knowledge_experiment_refuses_what_applies_to_variants(capsys):
-    for flags in (["--resolve", "0.02"], ["--launcher", "ray"]):
+    for flags in (["--resolve", "0.02"], ["--launcher", "ray"], ["--variants", "a"]):
         assert main(["experiment", "knowledge-retrieval", "--out", "unused", *flags]) == 2
         err = capsys.readouterr().err
         assert "apply to comparisons of variants" in err and len(err.strip().splitlines()) == 1
@@ -530,8 +566,8 @@ def test_dry_run_lists_the_runs_and_what_the_folder_holds_and_writes_nothing(tmp
     assert files_in(out) == held and plan["looks"] == [3, 6]
     narrow, wide = plan["corpora"][""]["variants"]
     assert (narrow["runs_first"], narrow["runs_most"], narrow["finished"], narrow["stopped"]) == (3, 6, 1, 1)
-    assert (wide["finished"], wide["other settings"]) == (1, 1)
-    assert wide["other_settings"] == [str(out / "wide" / "seed-1")]
+    assert (wide["finished"], wide["other_settings"]) == (1, 1)
+    assert wide["other_settings_folders"] == [str(out / "wide" / "seed-1")]
     assert main(["experiment", write_experiment(tmp_path), "--seeds", "3", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "6 runs at the first look, 6 at most; 2 finished in the folder and reused" in printed
@@ -707,13 +743,13 @@ def test_matched_choice_is_the_first_crossing_not_a_choice_past_a_plateau():
 def test_a_sweeps_later_seeds_not_yet_chosen_count_the_most_any_choice_could_train():
     from vslm.lab.experiments import _costliest
 
-    rows = [{"finished": 2, "flops_per_token": 10, "params": 5, "tokens": 100, "training now": 0,
-             "other settings": 1, "other_settings": ["a/seed-3"]},
-            {"finished": 0, "flops_per_token": 20, "params": 4, "tokens": 50, "training now": 1,
-             "other settings": 0, "other_settings": []},
-            {"finished": 1, "flops_per_token": 5, "params": 9, "tokens": 400, "training now": 0,
-             "other settings": 1, "other_settings": ["c/seed-4"]}]
+    rows = [{"finished": 2, "flops_per_token": 10, "params": 5, "tokens": 100, "in_use": 0,
+             "other_settings": 1, "other_settings_folders": ["a/seed-3"]},
+            {"finished": 0, "flops_per_token": 20, "params": 4, "tokens": 50, "in_use": 1,
+             "other_settings": 0, "other_settings_folders": []},
+            {"finished": 1, "flops_per_token": 5, "params": 9, "tokens": 400, "in_use": 0,
+             "other_settings": 1, "other_settings_folders": ["c/seed-4"]}]
     worst = _costliest(rows)
     assert (worst["finished"], worst["flops_per_token"], worst["params"], worst["tokens"]) == (0, 20, 9, 400)
-    assert (worst["training now"], worst["other settings"], worst["kept"]) == (1, 1, None)
-    assert worst["other_settings"] == ["a/seed-3", "c/seed-4"]  # every choice's conflict named
+    assert (worst["in_use"], worst["other_settings"], worst["kept"]) == (1, 1, None)
+    assert worst["other_settings_folders"] == ["a/seed-3", "c/seed-4"]  # every choice's conflict named

@@ -237,7 +237,7 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     # config.toml says 14 steps from now on; the summary keeps that steps 1-10 were trained for 10
     assert "steps = 14" in (folder / "config.toml").read_text()
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["config_changes"] == [{"step": 10, "train.steps": ["10", "14"]}]
+    assert summary["config_changes"] == [{"step": 10, "train.steps": [10, 14]}]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

@@ -471,12 +471,16 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     if a.json and not a.dry_run:  # said, not ignored: a run's output is its folder
         raise UsageError("--json applies to --dry-run")
     sweep = [" ".join(" ".join(words).split()) for words in a.sweep] if a.sweep else None  # as a spec writes them
+    variants = [name.strip() for name in a.variants.split(",") if name.strip()] if a.variants is not None else None
+    if variants is not None and not variants:
+        raise UsageError("--variants needs one or more variant names, comma-separated")
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)  # its flags checked, dry run or not
     if a.dry_run:
         from vslm.commands.experiment import print_dry_run
         from vslm.lab.experiments import dry_run
 
-        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep, a.sweep_seeds)
+        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep, a.sweep_seeds,
+                       variants)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
@@ -485,7 +489,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         if read_experiment(a.experiment)[1].get("kind"):  # seeds of a knowledge experiment: one at a time
             launcher = make_launcher(1)                   # unless --jobs asks for more
     run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, sweep,
-                   a.sweep_seeds)
+                   a.sweep_seeds, variants)
     print(out)
     return 0
 
@@ -1155,6 +1159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-seeds", type=int, metavar="K",
                    help="a sweep keeps the choice of the lowest mean validation loss over seeds 0..K-1 (default: "
                         "the experiment's sweep_seeds, 1), and the comparison reuses those runs")
+    p.add_argument("--variants", metavar="NAMES",
+                   help="comma-separated: train and compare only these variants and the baseline (the first), "
+                        "e.g. --variants ssmax,sigmoid; their runs are the full experiment's, reused either way, and "
+                        "the Holm correction counts these")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the runs (parameters, "
                    "FLOPs, tokens, what --out already holds); train and write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")

@@ -22,21 +22,21 @@ from vslm.lab.parallel import Launcher
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None, launcher: Launcher | None = None, resolve: float | None = None,
                    max_seeds: int | None = None, sweep: Sequence[str] | None = None,
-                   sweep_seeds: int | None = None) -> dict:
+                   sweep_seeds: int | None = None, variants: Sequence[str] | None = None) -> dict:
     """The summary of a plain experiment (vslm.lab.experiments.run_experiment) or the results of a
     knowledge experiment (vslm.knowledge.experiment.run_knowledge_experiment). launcher, resolve, max_seeds,
-    sweep and sweep_seeds apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs
+    sweep, sweep_seeds and variants apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs
     local processes."""
     name, raw, label = experiments.read_experiment(spec_name_or_path)
     kind = raw.get("kind")
     if kind is None:
         return experiments.run_experiment(spec_name_or_path, out, seeds, extra_overrides, console, launcher, resolve,
-                                          max_seeds, sweep, sweep_seeds)
-    if (resolve is not None or max_seeds is not None or sweep or sweep_seeds is not None
+                                          max_seeds, sweep, sweep_seeds, variants)
+    if (resolve is not None or max_seeds is not None or sweep or sweep_seeds is not None or variants
             or (launcher and launcher.kind != "local")):
-        raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds and --launcher apply to "
-                          "comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: in N "
-                          "worker processes)")
+        raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher "
+                          "apply to comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: "
+                          "in N worker processes)")
     if kind == "knowledge":
         from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment
 
@@ -53,7 +53,7 @@ def print_dry_run(plan: dict, console: Console) -> None:
     seeds = f"{looks[0]} seeds" + (f", up to {looks[-1]} (looks at {', '.join(map(str, looks))})"
                                    if len(looks) > 1 else "")
     columns = ("variant", "params", "FLOPs/token", "tokens/run", "pairs with baseline", "runs", "finished",
-               "stopped", "training now", "other settings")
+               "stopped", "in use", "other settings")
     first = most = reused = 0
     tokens = flops = 0
     for corpus, part in plan["corpora"].items():
@@ -66,7 +66,7 @@ def print_dry_run(plan: dict, console: Console) -> None:
             rows.append((r["variant"] + (f" ({r['choice']})" if r["choice"] else ""), f"{r['params']:,}",
                          f"{r['flops_per_token']:,}", f"{r['tokens']:,}", "yes" if r["paired"] else "no (Welch)",
                          runs + note,
-                         *(str(r[state]) for state in ("finished", "stopped", "training now", "other settings"))))
+                         *(str(r[state]) for state in experiments.RUN_STATES)))
             first, most, reused = first + r["runs_first"], most + r["runs_most"], reused + r["finished"]
             tokens += (r["runs_most"] - r["finished"]) * r["tokens"]
             flops += (r["runs_most"] - r["finished"]) * r["tokens"] * r["flops_per_token"]
@@ -75,11 +75,11 @@ def print_dry_run(plan: dict, console: Console) -> None:
     console.print(f"{first} runs at the first look, {most} at most; {reused} finished in the folder and reused. "
                   f"Left to train at most: {tokens:,} tokens, {flops:.3g} training FLOPs. Nothing was trained, and "
                   "nothing in the folder written.", highlight=False)
-    busy = sum(r["training now"] for part in plan["corpora"].values() for r in part["variants"])
+    busy = sum(r["in_use"] for part in plan["corpora"].values() for r in part["variants"])
     if busy:
         console.print(f"{busy} run folders are in use by another process: the experiment waits for none, it "
                       "refuses them; let them finish first", highlight=False)
-    conflicts = [f for part in plan["corpora"].values() for r in part["variants"] for f in r["other_settings"]]
+    conflicts = [f for part in plan["corpora"].values() for r in part["variants"] for f in r["other_settings_folders"]]
     if conflicts:
         console.print(f"{len(conflicts)} run folders hold runs of other settings, which the experiment refuses: "
                       f"{', '.join(conflicts[:3])}{' ...' if len(conflicts) > 3 else ''}; move them away or pass "

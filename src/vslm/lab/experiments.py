@@ -26,7 +26,9 @@ each variant at its best of those choices, so that none is judged at a learning 
 (refused where a sweep it replaces sets a field its choices do not). `sweep_seeds = k` (`--sweep-seeds K`)
 trains every choice on seeds 0..k-1 and keeps the lowest mean: a choice that is best on seed 0 alone but
 unstable on others is not kept (a diverged seed makes its choice's mean infinite). A command-line override
-of a field a sweep sets is refused: it would win over every choice.
+of a field a sweep sets is refused: it would win over every choice. `--variants a,b` narrows the spec to
+the baseline and the variants named (_narrowed): the same runs in the same folders, fewer in the table,
+and Holm's correction across those alone.
 
 Runs go to out/<variant>/seed-<seed> (with a sweep: out/<variant>/<choice>/seed-<seed>): a finished one
 is reused and an unfinished one resumed, so an interrupted experiment is completed by running the same
@@ -265,19 +267,22 @@ def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
     return name, raw, label
 
 
-def load_experiment(name_or_path: str, sweep: Sequence[str] | None = None,
-                    sweep_seeds: int | None = None) -> tuple[str, ExperimentSpec]:
+def load_experiment(name_or_path: str, sweep: Sequence[str] | None = None, sweep_seeds: int | None = None,
+                    variants: Sequence[str] | None = None) -> tuple[str, ExperimentSpec]:
     """(name, validated spec) of a built-in experiment or a TOML path; a relative base is looked up beside it.
-    sweep, sweep_seeds: the command line's `--sweep` and `--sweep-seeds` (_validate)."""
+    sweep, sweep_seeds, variants: the command line's `--sweep`, `--sweep-seeds` and `--variants` (_validate)."""
     name, raw, label = read_experiment(name_or_path)
-    return name, _validate(raw, label, sweep, sweep_seeds)
+    return name, _validate(raw, label, sweep, sweep_seeds, variants)
 
 
-def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None,
-              sweep_seeds: int | None = None) -> ExperimentSpec:
-    """The spec; with sweep (`--sweep`), every variant's sweep is that one instead of its own (refused where
-    one it replaces sets a field its choices do not: that grid would be lost unsaid); with sweep_seeds
-    (`--sweep-seeds`), the spec's sweep_seeds is that number."""
+def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None, sweep_seeds: int | None = None,
+              variants: Sequence[str] | None = None) -> ExperimentSpec:
+    """The spec; with variants (`--variants`), only the baseline and those named; with sweep (`--sweep`), every
+    variant's sweep is that one instead of its own (refused where one it replaces sets a field its choices do
+    not: that grid would be lost unsaid); with sweep_seeds (`--sweep-seeds`), the spec's sweep_seeds is that
+    number."""
+    if variants:
+        raw = _narrowed(raw, label, variants)
     if sweep:  # the spec's sweep, and no variant's own
         variants = raw.get("variants")
         if isinstance(variants, list):  # else validation names the fault
@@ -303,12 +308,27 @@ def _validate(raw: dict, label: str, sweep: Sequence[str] | None = None,
                                          root=ExperimentSpec)) from None
 
 
+def _narrowed(raw: dict, label: str, names: Sequence[str]) -> dict:
+    """raw with its variants narrowed to the baseline (the first) and the variants named (`--variants`), in
+    the file's order; a name that is no variant's is refused."""
+    listed = raw.get("variants")
+    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+        return raw  # validation names the fault
+    known = [v.get("name") for v in listed]
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{label}: --variants names '{name}', which is none of its variants"
+                              + (did_you_mean(name, known) or f" ({', '.join(map(str, known))})"))
+    return raw | {"variants": [v for i, v in enumerate(listed) if i == 0 or v.get("name") in names]}
+
+
 def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float | None, max_seeds: int | None,
-             sweep: Sequence[str] | None, sweep_seeds: int | None) -> tuple[ExperimentSpec, int, list[int]]:
+             sweep: Sequence[str] | None, sweep_seeds: int | None,
+             variants: Sequence[str] | None) -> tuple[ExperimentSpec, int, list[int]]:
     """(spec, seeds, looks) of a comparison of variants, checked as run_experiment and dry_run both check it:
     the spec with the command line's sweep, the looks, the sweep's seeds against the first look, and the
     results already in out against the most seeds it trains."""
-    spec = _validate(raw, label, sweep, sweep_seeds)
+    spec = _validate(raw, label, sweep, sweep_seeds, variants)
     seeds = spec.seeds if seeds is None else seeds
     looks = check_resolve(seeds, resolve, max_seeds)
     if spec.sweep_seeds > looks[0]:
@@ -525,13 +545,14 @@ def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> l
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
                    console: Console | None = None, launcher: Launcher | None = None, resolve: float | None = None,
                    max_seeds: int | None = None, sweep: Sequence[str] | None = None,
-                   sweep_seeds: int | None = None) -> dict[str, dict]:
+                   sweep_seeds: int | None = None, variants: Sequence[str] | None = None) -> dict[str, dict]:
     """Train (or reuse) every variant x seed, write out/results.json and results.md; returns the summary
     (with `corpora`: {corpus: summary}, each corpus in out/<corpus>/, and out/results.md joining them).
     launcher: where the runs train (vslm.lab.parallel; default one after another here); resolve, max_seeds:
     add seeds until every interval is at most ±resolve wide (module docstring); sweep: every variant's
     sweep, in place of the experiment's (`--sweep`: each variant at its best of these choices); sweep_seeds:
-    the seeds a sweep chooses on, in place of the experiment's (`--sweep-seeds`).
+    the seeds a sweep chooses on, in place of the experiment's (`--sweep-seeds`); variants: only the baseline
+    and these are trained and compared (`--variants`; the multiple-comparison correction counts these).
     An experiment of another kind (`kind = "knowledge"`) is refused here: `vslm experiment`
     (vslm.commands.experiment.run_experiment) runs every kind."""
     name, raw, label = read_experiment(spec_name_or_path)
@@ -539,8 +560,10 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
         raise ConfigError(f"{label} is a {raw['kind']} experiment: run it with `vslm experiment` "
                           "(vslm.commands.experiment.run_experiment)")
     out = Path(out)
-    spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds)
+    spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds, variants)
     words = ["vslm", "experiment", spec_name_or_path, *extra_overrides, "--seeds", str(seeds)]
+    if variants:
+        words += ["--variants", ",".join(variants)]
     for choice in sweep or ():
         words += ["--sweep", choice]
     if sweep_seeds is not None:
@@ -583,7 +606,7 @@ def _plan_corpora(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[st
 
 def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
             resolve: float | None = None, max_seeds: int | None = None, sweep: Sequence[str] | None = None,
-            sweep_seeds: int | None = None) -> dict:
+            sweep_seeds: int | None = None, variants: Sequence[str] | None = None) -> dict:
     """What `vslm experiment` would train, checked as it checks (the spec, every config, the data sources,
     the results already in `out`) and read from `out`, with nothing trained and nothing in `out` written:
     {"experiment", "looks", "corpora": {corpus or "": {"variants": [row per variant and sweep choice]}}}. A row:
@@ -598,7 +621,7 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
                           "whose arms are built on the world each seed generates; `--seeds 1` trains one seed "
                           "of it, and the same command with more seeds reuses it")
     out = Path(out)
-    spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds)
+    spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds, variants)
     plans = _plan_corpora(spec, looks[-1], extra_overrides)
     result: dict = {"experiment": name, "looks": looks, "corpora": {}}
     for corpus, plan in plans.items():
@@ -651,33 +674,33 @@ def _costliest(rows: list[dict]) -> dict:
     fewest finished, the largest cost) and every choice's folders in use or of other settings."""
     worst = min(rows, key=lambda r: r["finished"])
     return worst | {"kept": None, **{k: max(r[k] for r in rows) for k in ("flops_per_token", "params", "tokens",
-                                                                         "training now", "other settings")},
-                    "other_settings": [f for r in rows for f in r["other_settings"]]}
+                                                                         "in_use", "other_settings")},
+                    "other_settings_folders": [f for r in rows for f in r["other_settings_folders"]]}
 
 
 def _counted(states: list[str], folders: list[Path]) -> dict:
     """A dry run's counts of each RUN_STATES state, and the folders of other settings (the run refuses them)."""
     return {**{state: sum(s == state for s in states) for state in RUN_STATES},
-            "other_settings": [str(f) for s, f in zip(states, folders, strict=True) if s == "other settings"]}
+            "other_settings_folders": [str(f) for s, f in zip(states, folders, strict=True) if s == "other_settings"]}
 
 
-RUN_STATES = ("finished", "stopped", "training now", "other settings")
+RUN_STATES = ("finished", "stopped", "in_use", "other_settings")
 
 
 def run_state(cfg: RunConfig, folder: Path) -> str:
     """What a run folder holds for cfg, read only: "new" (nothing), "finished" (reused as it is), "stopped"
-    (resumed, or trained again if it never checkpointed), "training now" (another process holds it: refused
-    until it ends) or "other settings" (refused)."""
+    (resumed, or trained again if it never checkpointed), "in_use" (another process is training it: refused
+    until it ends) or "other_settings" (refused)."""
     if in_use(folder):
-        return "training now"
+        return "in_use"
     if not (folder / CONFIG).exists():
         return "new"
     try:
         saved = read_run_config(folder)
     except VSLMError:
-        return "other settings"
+        return "other_settings"
     if not same_settings(cfg, saved):
-        return "other settings"
+        return "other_settings"
     found = list_checkpoints(folder / CHECKPOINTS)
     return "finished" if found and found[-1][0] == cfg.train.steps else "stopped"
 

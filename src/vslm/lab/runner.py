@@ -18,6 +18,7 @@ from vslm.errors import ConfigError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, read_run_config
+from vslm.train.trackers import as_text
 from vslm.train.trainer import Trainer, config_changes
 
 # vocabulary sizes known without reading data
@@ -79,7 +80,7 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -
     if (folder / CONFIG).exists():
         saved = read_run_config(folder)
         if not same_settings(cfg, saved):
-            differ = [f"{k}: {old} there, {new} here" for k, (old, new) in
+            differ = [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in
                       config_changes(saved, cfg.with_vocab_size(saved.model.vocab_size)).items()
                       if k.startswith(("model.", "data.", "train.")) and k.removeprefix("train.") not in EXECUTION_ONLY]
             raise VSLMError(f"{folder} holds a run with other settings than this experiment's ({'; '.join(differ)}); "

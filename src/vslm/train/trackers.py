@@ -47,16 +47,26 @@ def scalars_of(metrics: dict) -> dict[str, float]:
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def flat_params(tree: dict, limit: int, prefix: str = "") -> dict[str, str]:
-    """`model.width` -> "64": a nested config as MLflow params; lists as JSON; values cut to `limit` chars."""
-    out: dict[str, str] = {}
+def flat_values(tree: dict, prefix: str = "") -> dict[str, object]:
+    """`model.width` -> 64: a nested config's leaves under dotted keys, each value as JSON has it."""
+    out: dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(flat_params(value, limit, f"{prefix}{key}."))
-            continue
-        text = value if isinstance(value, str) else json.dumps(value)
-        out[f"{prefix}{key}"] = text if len(text) <= limit else text[: limit - 3] + "..."
+            out.update(flat_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
+
+
+def as_text(value: object) -> str:
+    """A config value as a line shows it: strings bare, the rest (numbers, lists, null) as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def flat_params(tree: dict, limit: int) -> dict[str, str]:
+    """`model.width` -> "64": a nested config as MLflow params; lists as JSON; values cut to `limit` chars."""
+    texts = {k: as_text(v) for k, v in flat_values(tree).items()}
+    return {k: t if len(t) <= limit else t[: limit - 3] + "..." for k, t in texts.items()}
 
 
 def param_limit() -> int:

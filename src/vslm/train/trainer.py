@@ -91,7 +91,7 @@ from vslm.train.run_folder import (
     refuse_a_run_folder,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
-from vslm.train.trackers import MLflowLog, WandbLog, flat_params, require
+from vslm.train.trackers import MLflowLog, WandbLog, as_text, flat_values, require
 
 VAL_SEED = 0  # the validation windows are the same for every training seed
 
@@ -107,9 +107,10 @@ RESUME_MAY_CHANGE = ("name", "description", "logging.", "train.steps", "train.lr
                      "train.eval_every", "train.eval_lengths")
 
 
-def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[str, str]]:
-    """{dotted field: (old value, new value)} of the fields where two configs differ, values as text."""
-    a, b = (flat_params(c.model_dump(mode="json"), limit=10**6) for c in (old, new))
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[object, object]]:
+    """{dotted field: (old value, new value)} of the fields where two configs differ, values as JSON has them
+    ("-": a field one config lacks)."""
+    a, b = (flat_values(c.model_dump(mode="json")) for c in (old, new))
     return {k: (a.get(k, "-"), b.get(k, "-")) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
@@ -385,8 +386,8 @@ class Trainer:
     def _check_resumable(self, cfg: RunConfig) -> RunConfig:
         self.saved_cfg = saved = read_run_config(self.run_dir)
         cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
-        fixed = [f"{k}: {old} in the run, {new} given" for k, (old, new) in config_changes(saved, cfg).items()
-                 if not k.startswith(RESUME_MAY_CHANGE)]
+        fixed = [f"{k}: {as_text(old)} in the run, {as_text(new)} given"
+                 for k, (old, new) in config_changes(saved, cfg).items() if not k.startswith(RESUME_MAY_CHANGE)]
         if fixed:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
