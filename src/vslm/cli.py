@@ -84,13 +84,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _print_samples(trainer) -> None:
-    from vslm.train.sampling import sample_text, save_samples
+    from vslm.train.callbacks import samples_of
 
-    n = trainer.cfg.logging.samples
-    if not n:
+    texts = samples_of(trainer)  # written to samples.txt at the run's end (logging.samples)
+    if not texts:
         return
-    texts = sample_text(trainer.model, trainer.corpus.tokenizer, num=n, tokens=trainer.cfg.logging.sample_tokens)
-    save_samples(trainer.run_dir, texts)
     for i, t in enumerate(texts):
         console.rule(f"sample {i + 1}")
         console.print(t, markup=False, highlight=False)

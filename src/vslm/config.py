@@ -738,14 +738,16 @@ def _flag(info: ValidationInfo, key: str) -> bool:
     return bool((info.context or {}).get(key))
 
 
-def load_config(name_or_path: str, overrides: list[str] | str | None = None, *, shared: bool = False,
+def load_config(name_or_path: str | Path, overrides: list[str] | str | None = None, *, shared: bool = False,
                 saved: bool = False) -> RunConfig:
     """A built-in config name or a TOML path, with dotted `key=value` overrides applied (a list of them,
     or one as a string: `load_config("tiny", "train.steps=50")`). `shared`: one of a plan's configs (an
     experiment's variants, a scaling grid), whose shared overrides may apply to some of them only: a setting
     idle in this one is let through (ModelConfig._check_idle). `saved`: as validate's (a resume's config)."""
-    overrides = [overrides] if isinstance(overrides, str) else overrides
-    raw = apply_overrides(_read_toml(name_or_path), overrides or [])
+    name_or_path, overrides = str(name_or_path), [overrides] if isinstance(overrides, str) else overrides
+    if not isinstance(overrides, list | tuple | None) or not all(isinstance(w, str) for w in overrides or []):
+        raise ConfigError(f"overrides: a list of 'section.key=value' strings, got {overrides!r}")
+    raw = apply_overrides(_read_toml(name_or_path), list(overrides or []))
     try:
         return RunConfig.model_validate(raw, context={"shared": shared, "saved": saved})
     except ValidationError as e:

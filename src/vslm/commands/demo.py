@@ -18,10 +18,10 @@ from rich.table import Table
 
 from vslm.config import RunConfig, load_config
 from vslm.report import write_report
+from vslm.train.callbacks import samples_of
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.probing import PROBES
 from vslm.train.run_folder import CHECKPOINTS, METRICS, check_not_in_use, refuse_a_run_folder
-from vslm.train.sampling import sample_text, save_samples
 from vslm.train.trainer import Trainer
 
 
@@ -127,9 +127,7 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
             f"{last['step']}. Induction probe (a random sequence repeated): loss on the repeat "
             f"{last['induction']['loss_second']:.2f} vs {last['induction']['loss_first']:.2f} on the first copy.",
             highlight=False)
-    texts = sample_text(trainer.model, corpus.tokenizer, num=cfg.logging.samples, tokens=cfg.logging.sample_tokens)
-    save_samples(out, texts)
-    for i, text in enumerate(texts):
+    for i, text in enumerate(samples_of(trainer)):  # logging.samples, written to samples.txt as the run ended
         console.rule(f"sample {i + 1} (temperature 0.8)")
         console.print(text, markup=False, highlight=False)
     console.rule()

@@ -173,8 +173,9 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
 def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, max_bytes: int | None = None,
                  batch_size: int = 32, device: str = "cpu", track: Callable = quiet,
                  lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
-    """Each corpus at each length (`--lengths`: windows of that many times the context; past 1, RoPE models
-    only, refused first with the reason)."""
+    """Each corpus of `names` (one may be given alone) at each length (`--lengths`: windows of that many times
+    the context; past 1, RoPE models only, refused first with the reason)."""
+    names = [names] if isinstance(names, str) else names
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     if max(lengths) > 1 and (why := model.slide_refusal()) is not None:
         raise UsageError(f"--lengths {' '.join(map(str, lengths))}: {why}")

@@ -670,10 +670,7 @@ def render_report(results: dict, out: Path) -> str:
 
 
 def hops_figure(results: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot, no backend chosen: a notebook's own stays as it is
 
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, len(HOPS_SETTINGS), sharey=True)

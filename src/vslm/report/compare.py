@@ -16,12 +16,14 @@ from vslm.report.runs import RunFiles, read_run
 COMPARE = Path("runs") / "compare.html"
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out: str | Path = COMPARE) -> Path:
-    """Write the comparison of `run_dirs` to `out` (a self-contained HTML file); returns `out`."""
+def compare_runs(run_dirs: Sequence[str | Path] | str | Path, out: str | Path = COMPARE) -> Path:
+    """Write the comparison of `run_dirs` (run folders; one may be given alone) to `out` (a self-contained
+    HTML file, or compare.html in `out` if it is a folder); returns the file written."""
+    run_dirs = [run_dirs] if isinstance(run_dirs, str | Path) else run_dirs
     if not run_dirs:
         raise VSLMError("compare needs at least one run folder")
     runs = [read_run(Path(d)) for d in run_dirs]
-    out = Path(out)
+    out = Path(out) / COMPARE.name if Path(out).is_dir() else Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(runs), encoding="utf-8")
     return out

@@ -111,6 +111,28 @@ class Snapshots(Callback):
             self._save(trainer)
 
 
+class Samples(Callback):
+    """logging.samples continuations of an empty prompt (temperature 0.8, logging.sample_tokens each) at the end
+    of a run that reached train.steps, into samples.txt, where the report finds them; `texts` keeps them for
+    the caller to print (`vslm train`, the demo). A run stopped early or failing samples nothing."""
+
+    def __init__(self, num: int, tokens: int):
+        self.num, self.tokens, self.texts = num, tokens, []
+
+    def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
+        if trainer.step < trainer.cfg.train.steps or trainer.stop_signal is not None:
+            return
+        from vslm.train.sampling import sample_text, save_samples
+
+        self.texts = sample_text(trainer.model, trainer.corpus.tokenizer, num=self.num, tokens=self.tokens)
+        save_samples(trainer.run_dir, self.texts)
+
+
+def samples_of(trainer: Trainer) -> list[str]:
+    """The texts the run's Samples callback wrote at its end ([] if it has none, or sampled nothing)."""
+    return next((cb.texts for cb in trainer.callbacks if isinstance(cb, Samples)), [])
+
+
 class ProgressBar(Callback):
     """A live bar with loss and throughput; when output is not a terminal (a log file, CI), a plain
     line every tenth of the run instead."""

@@ -256,6 +256,9 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    out = Path(out) if out else run_dir / "probes-snapshots.jsonl"
+    if not out.parent.is_dir():  # said before the probing, not after it
+        raise VSLMError(f"cannot write {out}: no folder {out.parent}")
     snapshots = list_checkpoints(run_dir / SNAPSHOTS)
     if not snapshots:  # an empty table would read as "nothing learned"
         why = "train.snapshots is false" if not cfg.train.snapshots else "it has not saved one yet"
@@ -266,7 +269,6 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
                              cfg.logging.probe_windows, cfg.logging.induction_length,
                              cfg.logging.induction_support, cfg.logging.icl_short)
     model = GPT(cfg.model)
-    out = out or run_dir / "probes-snapshots.jsonl"
     lines = []
     for step, path in track(snapshots, f"probing the snapshots of {run_dir}"):
         weights, _ = load_checkpoint(path)
@@ -326,7 +328,7 @@ def probe_induction(run_dir: Path, length: int, support: str | None = None, sequ
     from vslm.train.run_folder import load_run
 
     cfg, model, tok = load_run(Path(run_dir), Path(checkpoint) if checkpoint else None)
-    if not 2 <= length <= cfg.model.context // 2:
+    if not isinstance(length, int) or isinstance(length, bool) or not 2 <= length <= cfg.model.context // 2:
         raise UsageError(f"--induction {length}: must be 2 to half the run's context ({cfg.model.context // 2})")
     support = support or cfg.logging.induction_support
     if support:

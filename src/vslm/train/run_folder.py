@@ -177,7 +177,7 @@ def _saved(folder: Path) -> list[Path]:
 def load_run(folder: Path, checkpoint: Path | None = None, device: str = "cpu") -> tuple[RunConfig, GPT, Tokenizer]:
     """The config, the model and the tokenizer of a run: at the checkpoint given, else at its newest
     checkpoint (or snapshot) that reads and holds finite weights (a newer one passed over is named
-    in a one-line warning on stderr)."""
+    in a one-line warning on stderr). device: cpu, cuda, cuda:N, mps or auto (a ConfigError if absent here)."""
     return load_run_at(folder, checkpoint, device)[:3]
 
 
@@ -186,8 +186,9 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     """load_run, and the checkpoint or snapshot file the weights came from (commands say which they used)."""
     folder = Path(folder)
     cfg = read_run_config(folder)
+    device = str(device_of(str(device), "device="))  # a device this machine lacks is named, not the checkpoints
     if checkpoint is not None and not Path(checkpoint).is_file():  # an argument naming no file: as for --resume
-        raise UsageError(f"--checkpoint {checkpoint}: no such file (the run's checkpoints are in "
+        raise UsageError(f"checkpoint {checkpoint}: no such file (the run's checkpoints are in "
                          f"{folder / CHECKPOINTS})")
     if checkpoint is not None:
         weights, _ = load_checkpoint(checkpoint, device)

@@ -57,6 +57,7 @@ from vslm.train.callbacks import (
     Checkpointer,
     MetricsLog,
     ProgressBar,
+    Samples,
     Snapshots,
     WeightDiagnostics,
     step_of_line,
@@ -112,6 +113,22 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[object, ob
     ("-": a field one config lacks)."""
     a, b = (flat_values(c.model_dump(mode="json")) for c in (old, new))
     return {k: (a.get(k, "-"), b.get(k, "-")) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def checked_config(cfg: RunConfig | str | Path, resume: bool = False) -> RunConfig:
+    """The config a Trainer trains: a RunConfig validated again (a notebook may have assigned a field since
+    it was loaded: `cfg.train.steps = "3"` is one line naming the field here, not a TypeError mid-run), or a
+    built-in name or TOML path loaded (resume: as a run's own config, load_config's `saved`). The checks that
+    a plan's configs skip (an idle shared setting) or a saved config skips stay skipped: they were passed
+    where the config was made."""
+    from vslm.config import load_config, validate
+
+    if isinstance(cfg, (str, Path)):
+        return load_config(str(cfg), saved=resume)
+    if not isinstance(cfg, RunConfig):
+        raise UsageError(f"a Trainer trains a RunConfig (vslm.config.load_config), a config name or a TOML path, "
+                         f"not a {type(cfg).__name__}")
+    return validate(cfg.model_dump(mode="json", exclude_none=True, warnings=False), saved=True, shared=True)
 
 
 def last_logged(run_dir: Path, step: int) -> dict:
@@ -223,8 +240,8 @@ def set_threads(threads: int, warn: bool = True, job: str = "training", setting:
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
     checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on), the other trackers of
-    logging.trackers (W&B, MLflow) and the progress bar (if on). A tracker in logging.trackers whose package is
-    missing is one line here, before the run folder is written."""
+    logging.trackers (W&B, MLflow), the progress bar (if on) and the samples at the end (logging.samples). A
+    tracker in logging.trackers whose package is missing is one line here, before the run folder is written."""
     every = cfg.logging.diagnostics_every
     callbacks: list[Callback] = [WeightDiagnostics(every)] if every else []
     callbacks += [MetricsLog(), Checkpointer(cfg.train.checkpoint_every, cfg.train.keep_last)]
@@ -241,6 +258,8 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
     callbacks += [tracker() for tracker in (WandbLog, MLflowLog) if tracker.name in trackers]
     if cfg.logging.progress:
         callbacks.append(ProgressBar())
+    if cfg.logging.samples:  # after the bar has closed
+        callbacks.append(Samples(cfg.logging.samples, cfg.logging.sample_tokens))
     return callbacks
 
 
@@ -278,10 +297,14 @@ class Trainer:
     source whose batches are not this rank's share already (no `shard` attribute, as
     WindowSampler has) is sharded by rows: each rank keeps rows rank, rank + world, ... ."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, callbacks: Sequence[Callback] | None = None,
+    def __init__(self, cfg: RunConfig | str | Path, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
                  objective: Objective | None = None, batches=None, checkpoint: Path | None = None,
                  on_prepare: Callable[[], None] | None = None, origin: dict | None = None):
+        cfg = checked_config(cfg, resume)
+        if checkpoint is not None and not resume:
+            raise UsageError("a checkpoint (--checkpoint) picks where a resumed run continues from: add --resume "
+                             "(resume=True in Python)")
         self.run_dir = Path(run_dir)
         self.origin = origin  # where `model`'s weights came from (--init-from-hf): summary.json's init_from
         if (taken := next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)) and \
@@ -307,7 +330,9 @@ class Trainer:
             self._check_memory(cfg)
         if corpus is None:  # a source that cannot be read is refused here, not after the warnings and "Preparing"
             check_source(cfg.data)
-        # after the refusals (a warning about cores above a one-line refusal reads as part of it), before the corpus
+        # after the refusals (a warning about cores above a one-line refusal reads as part of it), before the corpus;
+        # the session's own count is put back when fit() ends (a notebook's next run starts from it)
+        self.session_threads = torch.get_num_threads()
         set_threads(cfg.train.threads, warn=self.device.type == "cpu")
         if on_prepare is not None and self.dist.is_main:  # `vslm train`'s "Preparing the corpus": after the refusals
             on_prepare()
@@ -325,10 +350,14 @@ class Trainer:
         if cuda:
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
 
-        torch.manual_seed(tc.seed)
-        self.model = (GPT(cfg.model) if model is None else model).to(self.device)
-        if self.dist.rank:
-            torch.manual_seed(tc.seed + self.dist.rank)  # the same weights, different dropout masks
+        # the run's random stream starts from its seed here and goes on in fit(); the session's own (a notebook's
+        # torch.rand between Trainer() and fit(), or after) is put back each time, and changes no run
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(tc.seed)
+            self.model = (GPT(cfg.model) if model is None else model).to(self.device)
+            if self.dist.rank:
+                torch.manual_seed(tc.seed + self.dist.rank)  # the same weights, different dropout masks
+            self.rng_at_start = self._rng_of_this_rank()
         self.params = parameter_count(self.model)
         self.trainable = parameter_count(self.model, trainable_only=True)
         self.flops_per_token = training_flops_per_token(self.model)
@@ -401,7 +430,7 @@ class Trainer:
                        "config (the steps it had logged are written anew)")
             self.resume, self.restart = False, True
         if self.resume_from is not None and not Path(self.resume_from).is_file():
-            raise UsageError(f"--checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
+            raise UsageError(f"checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
         return cfg
 
@@ -486,7 +515,27 @@ class Trainer:
     def fit(self) -> dict:
         """Train to cfg.train.steps; returns the last logged metrics. SIGTERM or SIGINT (Ctrl-C) during
         training writes a checkpoint at the current step and raises TrainingStopped (a second one
-        stops at once). A run resumed at its last step trains nothing, writes nothing and says so."""
+        stops at once). A run resumed at its last step trains nothing, writes nothing and says so.
+        The run draws on its own random stream, and the session's stream and thread count are as they were
+        after it (Trainer.__init__)."""
+        try:
+            with torch.random.fork_rng(devices=self._rng_devices()):
+                self._set_rng(self.rng_at_start)
+                return self._fit()
+        finally:
+            torch.set_num_threads(self.session_threads)
+
+    def _rng_devices(self) -> list[torch.device]:
+        """The CUDA device whose random stream fork_rng keeps apart (none on the CPU)."""
+        return [self.device] if self.device.type == "cuda" else []
+
+    def _set_rng(self, rng: dict) -> None:
+        """This rank's random state as _rng_of_this_rank took it."""
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _fit(self) -> dict:
         self._peek_batch()  # the run folder is made only once a batch can be drawn
         try:
             with RunLock(self.run_dir) if self.dist.is_main else contextlib.nullcontext(), self._on_signals():

@@ -1,0 +1,114 @@
+"""The Python API as a notebook uses it: several runs in one process, the session's state left as it was,
+the CLI's settings honoured, and a one-line error for what a notebook user gets wrong."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from vslm.config import load_config
+from vslm.errors import ConfigError, UsageError, VSLMError
+from vslm.train.callbacks import StopAfter, samples_of
+from vslm.train.run_folder import load_run
+from vslm.train.trainer import Trainer, default_callbacks
+
+
+def losses(folder: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_draws_on_its_own_random_stream_and_leaves_the_sessions_as_it_was(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=6, model__dropout=0.1))
+    Trainer(cfg, tmp_path / "a").fit()
+    torch.manual_seed(123)
+    session = torch.get_rng_state()
+    trainer = Trainer(cfg, tmp_path / "b")
+    assert torch.equal(torch.get_rng_state(), session)  # the model's init drew on the run's stream
+    torch.rand(1000)  # a notebook's own draw between Trainer() and fit(): dropout's masks stay the run's
+    drawn = torch.get_rng_state()
+    trainer.fit()
+    assert torch.equal(torch.get_rng_state(), drawn)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a") and len(losses(tmp_path / "a")) == 6
+
+
+def test_a_runs_threads_are_its_own_and_the_sessions_come_back(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        trainer = Trainer(load_config("tiny", tiny_overrides(train__steps=2, train__threads=1)), tmp_path / "r")
+        assert torch.get_num_threads() == 1
+        trainer.fit()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_logging_samples_writes_them_from_python_and_a_run_stopped_early_samples_nothing(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=3, logging__samples=2, logging__sample_tokens=12))
+    trainer = Trainer(cfg, tmp_path / "r")
+    trainer.fit()
+    texts = samples_of(trainer)
+    assert len(texts) == 2 and all(texts)
+    assert (tmp_path / "r" / "samples.txt").read_text(encoding="utf-8") == "\n\n----\n\n".join(texts) + "\n"
+    stopped = Trainer(cfg, tmp_path / "s", callbacks=[*default_callbacks(cfg), StopAfter(0.0)])
+    stopped.fit()
+    assert stopped.step == 1 and samples_of(stopped) == [] and not (tmp_path / "s" / "samples.txt").exists()
+
+
+def test_a_config_changed_by_assignment_is_checked_and_a_name_is_a_config(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=2))
+    cfg.train.steps = "3"
+    with pytest.raises(ConfigError, match=r"^config error: train\.steps: Input should be a valid integer, got '3'$"):
+        Trainer(cfg, tmp_path / "r")
+    cfg.train.steps = 0
+    with pytest.raises(ConfigError, match=r"train\.steps: Input should be greater than 0"):
+        Trainer(cfg, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(UsageError, match="a Trainer trains a RunConfig .* not a dict"):
+        Trainer({"train": {}}, tmp_path / "r")
+    trainer = Trainer("tiny", tmp_path / "named")
+    assert trainer.cfg == load_config("tiny").with_vocab_size(trainer.cfg.model.vocab_size)
+
+
+def test_a_checkpoint_without_resume_is_refused(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=2))
+    Trainer(cfg, tmp_path / "r").fit()
+    checkpoint = next((tmp_path / "r" / "checkpoints").iterdir())
+    with pytest.raises(UsageError, match=r"picks where a resumed run continues from: .*resume=True in Python"):
+        Trainer(cfg, tmp_path / "new", checkpoint=checkpoint)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="names a device this machine lacks")
+def test_a_device_the_machine_lacks_is_named_not_blamed_on_the_checkpoints(tmp_path, capsys):
+    from vslm.eval.corpus import evaluate_run
+
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2)), tmp_path / "r").fit()
+    capsys.readouterr()
+    for call in (lambda: load_run(tmp_path / "r", device="cuda"),
+                 lambda: evaluate_run(tmp_path / "r", ["tinyshakespeare"], device="cuda:0")):
+        with pytest.raises(ConfigError, match=r"^device=cuda(:0)? but CUDA is not available here"):
+            call()
+    assert "cannot read checkpoint" not in capsys.readouterr().err
+    assert next(load_run(tmp_path / "r", device="auto")[1].parameters()).device.type == "cpu"
+
+
+def test_what_a_notebook_passes_otherwise_reads_as_meant_or_is_one_line(tmp_path):
+    from vslm.report import compare_runs
+    from vslm.train.probing import probe_induction, probe_snapshots
+
+    with pytest.raises(ConfigError, match=r"^no config '/no/such\.toml': not a file"):
+        load_config(Path("/no/such.toml"))
+    with pytest.raises(ConfigError, match=r"^overrides: a list of 'section\.key=value' strings, got \{'train"):
+        load_config("tiny", {"train.steps": 5})
+    assert load_config("tiny", ("train.steps=5",)).train.steps == 5
+    run = tmp_path / "r"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2)), run).fit()
+    page = compare_runs(str(run), out=tmp_path)  # one run, alone; a folder to write into
+    assert page == tmp_path / "compare.html" and page.is_file()
+    with pytest.raises(UsageError, match=r"^--induction 8: must be"):
+        probe_induction(run, "8")
+    with pytest.raises(VSLMError, match=r"cannot write /no/dir/x\.jsonl: no folder /no/dir"):
+        probe_snapshots(run, Path("/no/dir/x.jsonl"))
