@@ -376,6 +376,14 @@ def test_variants_trains_the_baseline_and_those_named_and_the_full_experiment_re
                                              ("train.lr=3e-3_train.warmup=1/seed-0", False)]
     assert list(json.loads((out / "results.json").read_text())["summary"]) == ["narrow", "wide", "wider"]
     capsys.readouterr()
+    held = (out / "results.json").read_bytes()
+    for dry in ([], ["--dry-run"]):  # a narrower look would replace the full results: refused, both ways
+        assert main([*words, "--variants", "wider", *dry]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"vslm: error: {out / 'results.json'} holds the results of wide, which this command leaves out: its "
+            "results would replace those; train them too (without --variants: their finished runs are reused) or "
+            "pass another --out")
+    assert (out / "results.json").read_bytes() == held
     assert main([*words, "--variants", "wdier"]) == 2
     assert capsys.readouterr().err.strip() == (f"vslm: error: {path}: --variants names 'wdier', which is none of its "
                                                "variants (did you mean wider or wide?)")

@@ -112,3 +112,61 @@ def test_what_a_notebook_passes_otherwise_reads_as_meant_or_is_one_line(tmp_path
         probe_induction(run, "8")
     with pytest.raises(VSLMError, match=r"cannot write /no/dir/x\.jsonl: no folder /no/dir"):
         probe_snapshots(run, Path("/no/dir/x.jsonl"))
+
+
+def test_no_limit_on_the_text_stays_no_limit_through_the_trainer_and_the_run_folder(tmp_path):
+    from vslm.train.run_folder import read_run_config
+
+    text = tmp_path / "text.txt"
+    text.write_text("a small text, read whole. " * 400, encoding="utf-8")
+    cfg = load_config("tiny", tiny_overrides(train__steps=2, data__source=str(text), data__max_bytes="none"))
+    assert cfg.data.max_bytes is None
+    trainer = Trainer(cfg, tmp_path / "r")  # left out, None would read as the 8 MB default
+    assert trainer.cfg.data.max_bytes is None
+    trainer.fit()
+    assert 'max_bytes = "none"' in (tmp_path / "r" / "config.toml").read_text()
+    assert read_run_config(tmp_path / "r").data.max_bytes is None
+
+
+def test_a_run_that_diverges_at_its_last_step_says_so_and_samples_nothing(tmp_path):
+    from vslm.train.trainer import TrainingDiverged
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=2, logging__samples=2, train__warmup=0, train__lr=1e30,
+                                             train__grad_clip=0))
+    trainer = Trainer(cfg, tmp_path / "r")
+    with pytest.raises(TrainingDiverged):
+        trainer.fit()
+    assert samples_of(trainer) == [] and not (tmp_path / "r" / "samples.txt").exists()
+
+
+def test_a_trainer_that_fails_puts_the_sessions_threads_back(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cfg = load_config("tiny", tiny_overrides(train__threads=1, model__vocab_size=10))
+        with pytest.raises(VSLMError, match="model.vocab_size 10 is smaller than the tokenizer's"):
+            Trainer(cfg, tmp_path / "r")  # after train.threads was set and the corpus prepared
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_adapters_init_is_its_name_and_seeds_whatever_ran_before():
+    from vslm.knowledge.adapters import adapter_state, add_adapter
+    from vslm.model import GPT
+
+    cfg = load_config("tiny", ["model.vocab_size=64"]).model
+    states = []
+    for draws in (0, 1000):
+        torch.manual_seed(7)
+        model = GPT(cfg)
+        torch.rand(draws)  # whatever the session drew before
+        session = torch.get_rng_state()
+        add_adapter(model, "g0", rank=4, seed=3)
+        assert torch.equal(torch.get_rng_state(), session)
+        states.append(adapter_state(model, "g0"))
+    assert states[0].keys() == states[1].keys() and len(states[0]) > 0
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    other = add_adapter(GPT(cfg), "g1", rank=4, seed=3)
+    a = next(v for k, v in states[0].items() if "lora_A" in k)
+    assert not torch.equal(a, next(v for k, v in adapter_state(other, "g1").items() if "lora_A" in k))

@@ -469,7 +469,8 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     if a.json and not a.dry_run:  # said, not ignored: a run's output is its folder
         raise UsageError("--json applies to --dry-run")
     sweep = [" ".join(" ".join(words).split()) for words in a.sweep] if a.sweep else None  # as a spec writes them
-    variants = [name.strip() for name in a.variants.split(",") if name.strip()] if a.variants is not None else None
+    variants = list(dict.fromkeys(name.strip() for name in a.variants.split(",") if name.strip())) \
+        if a.variants is not None else None
     if variants is not None and not variants:
         raise UsageError("--variants needs one or more variant names, comma-separated")
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)  # its flags checked, dry run or not
@@ -1160,7 +1161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", metavar="NAMES",
                    help="comma-separated: train and compare only these variants and the baseline (the first), "
                         "e.g. --variants ssmax,sigmoid; their runs are the full experiment's, reused either way, and "
-                        "the Holm correction counts these")
+                        "the Holm correction counts these (refused where --out holds results of the others)")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the runs (parameters, "
                    "FLOPs, tokens, what --out already holds); train and write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")

@@ -561,8 +561,17 @@ class RunConfig(_Section):
             raise ValueError(f"train.eval_lengths runs past the context, where {why}: it needs {' and '.join(needs)}")
         return self
 
+    def to_raw(self) -> dict[str, Any]:
+        """The config as plain data (JSON and TOML types) that validates back to it: a None left out (a field's
+        default), save data.max_bytes = "none" where the text has no limit (left out, it reads as the 8 MB
+        default: a run's config.toml would then describe another corpus than the one it trained on)."""
+        raw = self.model_dump(mode="json", exclude_none=True)
+        if self.data.max_bytes is None:
+            raw["data"]["max_bytes"] = "none"
+        return raw
+
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+        return tomli_w.dumps(self.to_raw())
 
     def with_vocab_size(self, vocab_size: int | None) -> RunConfig:
         """This config with model.vocab_size filled in where it was left to the tokenizer."""
@@ -730,7 +739,7 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
 
 def overridden(cfg: RunConfig, overrides: list[str], saved: bool = False) -> RunConfig:
     """`cfg` with dotted overrides applied, validated again (`saved`: as validate's, for a run folder's config)."""
-    return validate(apply_overrides(cfg.model_dump(mode="json", exclude_none=True), overrides), saved=saved)
+    return validate(apply_overrides(cfg.to_raw(), overrides), saved=saved)
 
 
 def _flag(info: ValidationInfo, key: str) -> bool:

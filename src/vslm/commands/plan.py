@@ -105,8 +105,7 @@ def base_config(overrides: list[str], data: str | None) -> tuple[RunConfig, bool
 
 
 def with_shape(cfg: RunConfig, shape: Shape, extra: list[str] = ()) -> RunConfig:
-    raw = cfg.model_dump(mode="json", exclude_none=True)
-    return validate(apply_overrides(raw, [*shape.overrides(), *extra]))
+    return validate(apply_overrides(cfg.to_raw(), [*shape.overrides(), *extra]))
 
 
 def measure(cfg: RunConfig, shape: Shape, seconds: float, corpus: Corpus, cuda: bool) -> Measured:

@@ -590,7 +590,7 @@ def init_from_hf(cfg: RunConfig, folder: Path, overrides: Sequence[str] = ()) ->
     conf = _read_json(folder / "config.json")
     state = read_hf_state(folder) if conf.get("model_type") in FAMILIES else {}
     kind, fields = model_fields_from_hf(conf, state)
-    dump = cfg.model_dump(mode="json", exclude_none=True)
+    dump = cfg.to_raw()
     model = {k: v for k, v in dump["model"].items() if k not in REPLACED}
     model |= {k: v for k, v in fields.items() if v is not None}
     new = validate(dump | {"model": model})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +40,18 @@ def lora_layers(model: GPT) -> list:
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
-def add_adapter(model: GPT, name: str, rank: int = 8, alpha: float = 16.0) -> GPT:
+def add_adapter(model: GPT, name: str, rank: int = 8, alpha: float = 16.0, seed: int = 0) -> GPT:
     """A LoRA named `name` on the model's attention and MLP matrices (B = 0: the model is unchanged
-    until it is trained). The model is modified in place and returned; the new adapter is active."""
+    until it is trained). The model is modified in place and returned; the new adapter is active.
+    Its A matrices are drawn from a stream of (name, seed) alone, the session's left as it was: the same
+    adapter whatever ran before it in the process (an experiment resumed with some groups done)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(TARGETS), lora_dropout=0.0)
-    with warnings.catch_warnings():  # several adapters side by side is the point here
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+    device = next(model.parameters()).device
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several side by side
+        torch.manual_seed(zlib.crc32(f"adapter:{name}:{seed}".encode()))
         model = inject_adapter_in_model(config, model, adapter_name=name)
     use_adapter(model, name)
     return model

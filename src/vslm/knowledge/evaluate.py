@@ -111,7 +111,7 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
     groups = adapters.fact_groups(folder.world, "novel", group_size, seed)
     fitted = {}
     for name, entities in groups.items():
-        adapters.add_adapter(model, name)
+        adapters.add_adapter(model, name, seed=seed)
         docs = adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
         fitted[name] = adapters.fit_adapter(model, cfg, corpus, name, docs, Path(out) / name, steps=steps, seed=seed,
                                             device=device)

@@ -335,7 +335,7 @@ def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float
         raise ConfigError(f"{label}: sweep_seeds {spec.sweep_seeds} is more than the {looks[0]} seed"
                           f"{'s' * (looks[0] > 1)} of the first look, and a sweep chooses on seeds the comparison "
                           f"reuses: pass --seeds {spec.sweep_seeds} or more, or --sweep-seeds {looks[0]}")
-    check_no_larger_summary(out, looks[-1])
+    check_no_larger_summary(out, looks[-1], [v.name for v in spec.variants])
     return spec, seeds, looks
 
 
@@ -507,18 +507,25 @@ def _corpus_folder(corpus: str) -> str:
     return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
 
 
-def check_no_larger_summary(out: Path, most: int) -> None:
+def check_no_larger_summary(out: Path, most: int, variants: Sequence[str] | None = None) -> None:
     """Refuse (ConfigError) an experiment into a folder whose results (results.json, or a corpus folder's)
-    summarize more seeds than this command trains at most: its smaller tables and verdicts would take their
-    place. The runs would stay, but a quick `--seeds 1` look would silently replace a 3-seed result."""
+    summarize more seeds than this command trains at most, or (given `variants`, the ones it trains)
+    variants it leaves out: its smaller tables and verdicts would take their place. The runs would stay, but
+    a quick `--seeds 1` look, or a `--variants` look at two of seven, would silently replace the result."""
     for path in [out / "results.json", *sorted(out.glob("*/results.json"))]:
         try:
-            held = json.loads(path.read_text(encoding="utf-8"))["seeds"]
+            results = json.loads(path.read_text(encoding="utf-8"))
+            held = results["seeds"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not an experiment's results: nothing of ours to keep
         if isinstance(held, int) and held > most:
             raise ConfigError(f"{path} summarizes {held} seeds and this command trains {most}: its results would "
                               f"replace those; pass --seeds {held} (the finished runs are reused) or another --out")
+        summary = results.get("summary")
+        if variants is not None and isinstance(summary, dict) and (left := [v for v in summary if v not in variants]):
+            raise ConfigError(f"{path} holds the results of {', '.join(left)}, which this command leaves out: its "
+                              "results would replace those; train them too (without --variants: their finished "
+                              "runs are reused) or pass another --out")
 
 
 def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> list[int]:

@@ -114,13 +114,13 @@ class Snapshots(Callback):
 class Samples(Callback):
     """logging.samples continuations of an empty prompt (temperature 0.8, logging.sample_tokens each) at the end
     of a run that reached train.steps, into samples.txt, where the report finds them; `texts` keeps them for
-    the caller to print (`vslm train`, the demo). A run stopped early or failing samples nothing."""
+    the caller to print (`vslm train`, the demo). A run stopped early, diverged or failing samples nothing."""
 
     def __init__(self, num: int, tokens: int):
         self.num, self.tokens, self.texts = num, tokens, []
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.step < trainer.cfg.train.steps or trainer.stop_signal is not None:
+        if not trainer.completed or trainer.step < trainer.cfg.train.steps or trainer.stop_signal is not None:
             return
         from vslm.train.sampling import sample_text, save_samples
 

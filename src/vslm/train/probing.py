@@ -328,7 +328,7 @@ def probe_induction(run_dir: Path, length: int, support: str | None = None, sequ
     from vslm.train.run_folder import load_run
 
     cfg, model, tok = load_run(Path(run_dir), Path(checkpoint) if checkpoint else None)
-    if not isinstance(length, int) or isinstance(length, bool) or not 2 <= length <= cfg.model.context // 2:
+    if isinstance(length, bool) or not hasattr(length, "__index__") or not 2 <= length <= cfg.model.context // 2:
         raise UsageError(f"--induction {length}: must be 2 to half the run's context ({cfg.model.context // 2})")
     support = support or cfg.logging.induction_support
     if support:

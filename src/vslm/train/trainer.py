@@ -36,9 +36,10 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,8 @@ def checked_config(cfg: RunConfig | str | Path, resume: bool = False) -> RunConf
     built-in name or TOML path loaded (resume: as a run's own config, load_config's `saved`). The checks that
     a plan's configs skip (an idle shared setting) or a saved config skips stay skipped: they were passed
     where the config was made."""
+    from pydantic_core import PydanticSerializationError
+
     from vslm.config import load_config, validate
 
     if isinstance(cfg, (str, Path)):
@@ -128,7 +131,13 @@ def checked_config(cfg: RunConfig | str | Path, resume: bool = False) -> RunConf
     if not isinstance(cfg, RunConfig):
         raise UsageError(f"a Trainer trains a RunConfig (vslm.config.load_config), a config name or a TOML path, "
                          f"not a {type(cfg).__name__}")
-    return validate(cfg.model_dump(mode="json", exclude_none=True, warnings=False), saved=True, shared=True)
+    try:
+        with warnings.catch_warnings():  # pydantic's note on a value of the wrong type: validate names it below
+            warnings.simplefilter("ignore")
+            raw = cfg.to_raw()
+    except PydanticSerializationError as e:  # a value assigned that is not data at all
+        raise ConfigError(f"config error: {str(e).splitlines()[0]}") from None
+    return validate(raw, saved=True, shared=True)
 
 
 def last_logged(run_dir: Path, step: int) -> dict:
@@ -237,6 +246,20 @@ def set_threads(threads: int, warn: bool = True, job: str = "training", setting:
     return n
 
 
+def _threads_back_on_error(init: Callable) -> Callable:
+    """Trainer.__init__ sets train.threads before the corpus is prepared; where it then fails, the session's
+    thread count is put back (fit() puts it back after a run)."""
+    @wraps(init)
+    def wrapped(self, *args, **kwargs) -> None:
+        threads = torch.get_num_threads()
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            torch.set_num_threads(threads)
+            raise
+    return wrapped
+
+
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """Weight diagnostics (if on: they add to the step's metrics, so they come first), metrics,
     checkpoints, snapshots (if on), probes (if on), TensorBoard events (if on), the other trackers of
@@ -297,6 +320,7 @@ class Trainer:
     source whose batches are not this rank's share already (no `shard` attribute, as
     WindowSampler has) is sharded by rows: each rank keeps rows rank, rank + world, ... ."""
 
+    @_threads_back_on_error
     def __init__(self, cfg: RunConfig | str | Path, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
                  objective: Objective | None = None, batches=None, checkpoint: Path | None = None,
@@ -397,6 +421,7 @@ class Trainer:
         self.step = 0
         self.train_time_s = 0.0
         self.stop_requested = False
+        self.completed = False  # set by fit() when the loop returns rather than raises (diverged, failed)
         self.stop_signal: int | None = None  # SIGTERM or SIGINT received: checkpoint, then stop
         self.checkpoint_now = False  # this step's checkpoint is due (schedule, clock or signal): Checkpointer
         self.last_checkpoint_time = time.monotonic()
@@ -550,6 +575,7 @@ class Trainer:
                 metrics: dict = {"step": self.step}
                 try:
                     metrics = self._loop()
+                    self.completed = True  # the loop returned (to train.steps, or stopped): it did not raise
                 finally:
                     for cb in self.callbacks:
                         cb.on_train_end(self, metrics)
