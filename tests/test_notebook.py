@@ -170,3 +170,14 @@ def test_an_adapters_init_is_its_name_and_seeds_whatever_ran_before():
     other = add_adapter(GPT(cfg), "g1", rank=4, seed=3)
     a = next(v for k, v in states[0].items() if "lora_A" in k)
     assert not torch.equal(a, next(v for k, v in adapter_state(other, "g1").items() if "lora_A" in k))
+
+
+def test_vslm_train_prints_the_samples_the_run_wrote(tmp_path, capsys):
+    from vslm.cli import main
+
+    words = tiny_overrides(train__steps=2, logging__samples=2, logging__sample_tokens=8)
+    assert main(["train", "tiny", *words, "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    texts = (tmp_path / "r" / "samples.txt").read_text(encoding="utf-8").removesuffix("\n").split("\n\n----\n\n")
+    assert len(texts) == 2 and "sample 2" in out and "sample 3" not in out
+    assert all(text.strip() in out for text in texts)
