@@ -335,7 +335,7 @@ def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float
         raise ConfigError(f"{label}: sweep_seeds {spec.sweep_seeds} is more than the {looks[0]} seed"
                           f"{'s' * (looks[0] > 1)} of the first look, and a sweep chooses on seeds the comparison "
                           f"reuses: pass --seeds {spec.sweep_seeds} or more, or --sweep-seeds {looks[0]}")
-    check_no_larger_summary(out, looks[-1], [v.name for v in spec.variants])
+    check_results_kept(out, looks[-1], [v.name for v in spec.variants])
     return spec, seeds, looks
 
 
@@ -507,7 +507,7 @@ def _corpus_folder(corpus: str) -> str:
     return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
 
 
-def check_no_larger_summary(out: Path, most: int, variants: Sequence[str] | None = None) -> None:
+def check_results_kept(out: Path, most: int, variants: Sequence[str] | None = None) -> None:
     """Refuse (ConfigError) an experiment into a folder whose results (results.json, or a corpus folder's)
     summarize more seeds than this command trains at most, or (given `variants`, the ones it trains)
     variants it leaves out: its smaller tables and verdicts would take their place. The runs would stay, but

@@ -323,7 +323,7 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
     report = {"scaling": name, "description": spec.description, "command": command,
               "rule": {"aspect": spec.aspect, "head_dim": spec.head_dim, "widths": spec.widths, "steps": spec.steps,
                        "depth": "max(1, round(width / aspect))", "heads": "max(1, width // head_dim)"},
-              "base_config": runs[0].cfg.model_dump(mode="json", exclude_none=True),
+              "base_config": runs[0].cfg.to_raw(),  # data.max_bytes = "none" kept: a plan from it reads no 8 MB cap
               **study(runs, results, spec.bootstrap, starts, spec.seed)}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / FIT, dumps(report, indent=1) + "\n")
