@@ -285,6 +285,46 @@ def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as
     assert files_in(folder) == before
 
 
+def test_a_resume_on_a_corpus_that_reads_as_other_tokens_is_refused(tmp_path, capsys):
+    """A resume goes on with the batch source's stream over the run's corpus: a source file that grew, or a run
+    folder whose config.toml lost data.max_bytes = none (written before 2026-12-06: it reads as 8 MB), would
+    train on other data, silently. Refused in one line, naming the counts, the folder left as it was."""
+    from vslm.cli import main
+
+    text = tmp_path / "corpus.txt"
+    story = "the cat sat on the mat and looked at the dog. " * 20 + "\n\n"
+    text.write_text(story * 8700)  # 8.2 MB: over the 8 MB that a left-out data.max_bytes reads as
+    folder = tmp_path / "r"
+    base = tiny_overrides(train__steps=4, train__checkpoint_every=2, data__source=str(text), data__max_bytes="none",
+                          logging__probe_every=0)
+    Trainer(load_config("tiny", base), folder).fit()
+    summary = json.loads((folder / "summary.json").read_text())
+    before = files_in(folder)
+
+    def resume():
+        code = main(["train", "--resume", "--out", str(folder), "train.steps=6"])
+        return code, capsys.readouterr().err
+
+    config = (folder / "config.toml").read_text()
+    assert 'max_bytes = "none"' in config
+    (folder / "config.toml").write_text(config.replace('max_bytes = "none"\n', ""))  # as the old dump wrote it
+    code, err = resume()
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"its corpus reads as other tokens (train {summary['train_tokens']:,} then, " in err
+    assert 'a run folder written before 2026-12-06 with data.max_bytes = none lost it: add max_bytes = "none"' in err
+    (folder / "config.toml").write_text(config)  # mended as the message says: it resumes
+    assert resume()[0] == 0
+    assert [m["step"] for m in metrics(folder)] == list(range(1, 7))
+
+    before = files_in(folder)
+    with text.open("a") as f:  # the source grew since
+        f.write("a new story about a fox. " * 40 + "\n\n")
+    code, err = resume()
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the data changed since the run began (the source's files or data.max_bytes)" in err
+    assert files_in(folder) == before
+
+
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
     from vslm.cli import main
 

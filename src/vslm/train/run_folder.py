@@ -162,6 +162,17 @@ def read_run_config(folder: Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
+def data_limit_left_out(folder: Path) -> bool:
+    """Whether the run's config.toml gives neither data.max_bytes nor data.max_tokens, so that it reads the
+    8 MB default. Run folders written before 2026-12-06 with data.max_bytes = none read this way: the
+    config dump left "no limit" out."""
+    try:
+        data = tomllib.loads((Path(folder) / CONFIG).read_text(encoding="utf-8")).get("data", {})
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "max_bytes" not in data and "max_tokens" not in data
+
+
 def latest_checkpoint(folder: Path) -> Path:
     """The run's newest checkpoint, or its newest snapshot when it has no checkpoint."""
     return _saved(folder)[-1]

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vslm.config import RunConfig, TrainConfig, save_config
+from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.data.sources import check_source
@@ -86,6 +86,7 @@ from vslm.train.run_folder import (
     RunLock,
     check_not_in_use,
     clear_run_folder,
+    data_limit_left_out,
     device_of,
     never_checkpointed,
     no_checkpoint_yet,
@@ -362,6 +363,8 @@ class Trainer:
             on_prepare()
         with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
             self.corpus = corpus or prepare_corpus(cfg.data)
+        if resume:
+            self._check_same_corpus(cfg)
         vocab = self.corpus.tokenizer.vocab_size
         cfg = cfg.with_vocab_size(vocab)
         if cfg.model.vocab_size < vocab:
@@ -458,6 +461,27 @@ class Trainer:
             raise UsageError(f"checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
         return cfg
+
+    def _check_same_corpus(self, cfg: RunConfig) -> None:
+        """A resume continues the batch source's stream over the run's corpus: a corpus that now reads as other
+        tokens (its files changed, or data.max_bytes) would go on, silently, on other data. summary.json holds
+        the token counts the run began with."""
+        try:
+            began = json.loads((self.run_dir / SUMMARY).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return  # nothing to compare with (summary.json is written anew, with a warning)
+        now = {"train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
+        differ = [f"{key.split('_')[0]} {began[key]:,} then, {now[key]:,} now" for key in now
+                  if isinstance(began.get(key), int) and began[key] != now[key]]
+        if not differ:
+            return
+        if data_limit_left_out(self.run_dir) and cfg.data.max_bytes == DEFAULT_MAX_BYTES:
+            why = ("its config.toml gives no data.max_bytes, which reads as 8 MB; a run folder written before "
+                   '2026-12-06 with data.max_bytes = none lost it: add max_bytes = "none" under [data] there')
+        else:
+            why = "the data changed since the run began (the source's files or data.max_bytes): resume on the same data"
+        raise ResumeRefused(f"cannot resume {self.run_dir}: its corpus reads as other tokens ({'; '.join(differ)}); "
+                            f"{why}")
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
