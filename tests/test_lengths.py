@@ -218,8 +218,8 @@ def test_vslm_eval_lengths_refusals(tmp_path, capsys):
     Trainer(load_config("tiny", tiny_overrides(train__steps=2, logging__probe_every=0)), run).fit()
     capsys.readouterr()
     assert main(["eval", str(run), "--on", "stories", "--lengths", "1", "2"]) == 2
-    assert "--lengths 1 2: learned positions end at the context; going past it needs model.position=rope" in \
-        capsys.readouterr().err
+    assert ("--lengths 1 2 (lengths= in Python): learned positions end at the context; going past it needs "
+            "model.position=rope") in capsys.readouterr().err
     for words, message in ((["--on", "stories", "--lengths", "0"], "--lengths takes multiples of the context"),
                            (["--on", "stories", "--lengths", "2", "2"], "none twice; got 2 2"),
                            (["--on", "stories", "--lengths", "65"], "each 1 to 64 (as train.eval_lengths)"),

@@ -65,6 +65,14 @@ def test_a_config_changed_by_assignment_is_checked_and_a_name_is_a_config(tmp_pa
     cfg.train.steps = 0
     with pytest.raises(ConfigError, match=r"train\.steps: Input should be greater than 0"):
         Trainer(cfg, tmp_path / "r")
+    cfg.train.steps = 2
+    cfg.train.lr = object()  # not data at all: the field is named all the same
+    with pytest.raises(ConfigError, match=r"^config error: train\.lr: Unable to serialize unknown type: <class 'obj"):
+        Trainer(cfg, tmp_path / "r")
+    cfg = load_config("tiny", ["model.blocks=[{width=64}, {width=64}]"])
+    cfg.model.blocks[1].heads = object()
+    with pytest.raises(ConfigError, match=r"^config error: model\.blocks\.1\.heads: Unable to serialize"):
+        Trainer(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists()
     with pytest.raises(UsageError, match="a Trainer trains a RunConfig .* not a dict"):
         Trainer({"train": {}}, tmp_path / "r")

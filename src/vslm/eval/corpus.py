@@ -178,6 +178,6 @@ def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, ma
     names = [names] if isinstance(names, str) else names
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     if max(lengths) > 1 and (why := model.slide_refusal()) is not None:
-        raise UsageError(f"--lengths {' '.join(map(str, lengths))}: {why}")
+        raise UsageError(f"--lengths {' '.join(map(str, lengths))} (lengths= in Python): {why}")
     return [r for name in names for r in evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size,
                                                          track, lengths)]

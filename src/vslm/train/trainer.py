@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 
 from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
@@ -137,8 +138,30 @@ def checked_config(cfg: RunConfig | str | Path, resume: bool = False) -> RunConf
             warnings.simplefilter("ignore")
             raw = cfg.to_raw()
     except PydanticSerializationError as e:  # a value assigned that is not data at all
-        raise ConfigError(f"config error: {str(e).splitlines()[0]}") from None
+        where = unserialisable_field(cfg)
+        raise ConfigError(f"config error: {where + ': ' if where else ''}{str(e).splitlines()[0]}") from None
     return validate(raw, saved=True, shared=True)
+
+
+def unserialisable_field(model: BaseModel, prefix: str = "") -> str | None:
+    """The dotted name of the first field of `model` (sections and lists of blocks gone into) whose value is
+    not data (an object assigned by hand), None if every one is."""
+    from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, list | tuple) else [(None, value)]
+        for i, item in items:
+            here = f"{prefix}{name}" if i is None else f"{prefix}{name}.{i}"
+            if isinstance(item, BaseModel):
+                if found := unserialisable_field(item, here + "."):
+                    return found
+                continue
+            try:
+                to_jsonable_python(item)
+            except PydanticSerializationError:
+                return here
+    return None
 
 
 def last_logged(run_dir: Path, step: int) -> dict:
@@ -335,7 +358,7 @@ class Trainer:
         if (taken := next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)) and \
                 not taken.is_dir():
             where = "" if taken == self.run_dir else f": {taken}"
-            raise UsageError(f"--out {self.run_dir}{where} is a file, not a folder")
+            raise UsageError(f"the run folder {self.run_dir}{where} is a file, not a folder")
         self.resume = resume
         self.restart = False  # a resume of a run stopped before its first checkpoint: cleared, trained from step 0
         self.nothing_to_train = False  # set by fit() on a run resumed at its last step
@@ -611,7 +634,8 @@ class Trainer:
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
             saved = any(isinstance(cb, Checkpointer) for cb in self.callbacks)
-            then = f"with a checkpoint; continue with vslm train --resume --out {self.run_dir}" if saved else \
+            then = f"with a checkpoint; continue with vslm train --resume --out {self.run_dir} (resume=True in " \
+                   "Python)" if saved else \
                 "(this run writes no checkpoints)"
             where = f"{name}: stopped at step {self.step}"
             raise TrainingStopped(f"{where} {then}", self.stop_signal, where)
