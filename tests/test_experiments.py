@@ -542,6 +542,9 @@ def test_a_knowledge_experiment_refuses_what_applies_to_variants(capsys):
         assert main(["experiment", "knowledge-retrieval", "--out", "unused", *flags]) == 2
         err = capsys.readouterr().err
         assert "apply to comparisons of variants" in err and len(err.strip().splitlines()) == 1
+    assert main(["experiment", "knowledge-retrieval", "train.seed=3", "--out", "unused"]) == 2  # seed k's world too
+    err = capsys.readouterr().err
+    assert "the command line: train.seed is the experiment's to set" in err and len(err.strip().splitlines()) == 1
 
 
 def test_dry_run_lists_the_runs_and_what_the_folder_holds_and_writes_nothing(tmp_path, capsys):
@@ -596,6 +599,73 @@ def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
     assert main(["experiment", write_experiment(tmp_path), "data.source=nowhere.txt", "--dry-run"]) != 0
     assert "nowhere.txt" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_what_a_researchers_own_file_gets_wrong_is_one_line_and_the_dry_run_says_it_too(tmp_path, capsys):
+    """An experiment sets train.seed itself: an override of it would make every seed one run (a paired test
+    then calls the identical runs significant) or be lost. Then: a file that is not UTF-8, an --out that is a
+    file, a misspelled kind, a bad --sweep value, --list with more, and a relative base that is not beside
+    the file (it was taken from the working directory)."""
+    def refused(*argv):
+        code = main(["experiment", *map(str, argv)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    out = tmp_path / "out"
+    seed_words = "train.seed is the experiment's to set (seed s trains with train.seed = s)"
+    for dry in (["--dry-run"], []):
+        assert refused(write_experiment(tmp_path), "train.seed=7", "--out", out, *dry).startswith(
+            f"vslm: error: the command line: {seed_words}")
+    assert f"variant 'wide': {seed_words}" in refused(write_experiment(tmp_path, ["train.seed=5"]), "--out", out)
+    assert f"variant 'narrow': {seed_words}" in refused(write_experiment(tmp_path), "--sweep", "train.seed=1",
+                                                       "--sweep", "train.seed=2", "--out", out, "--dry-run")
+    shared = tmp_path / "shared.toml"
+    shared.write_text((tmp_path / "exp.toml").read_text().replace("overrides = [", 'overrides = ["train.seed=3", ', 1))
+    assert f"the experiment's overrides: {seed_words}" in refused(shared, "--out", out)
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('description = "café"\n'.encode("latin-1") + (tmp_path / "exp.toml").read_bytes())
+    assert f"experiment {latin}: cannot read it ('utf-8' codec can't decode" in refused(latin, "--dry-run")
+    afile = tmp_path / "afile"
+    afile.write_text("notes\n")
+    for dry in (["--dry-run"], []):
+        assert f"--out {afile} is a file, not a folder" in refused(write_experiment(tmp_path), "--out", afile, *dry)
+        assert f"--out {afile / 'x'}: {afile} is a file, not a folder" in refused(
+            write_experiment(tmp_path), "--out", afile / "x", *dry)
+    kind = tmp_path / "kind.toml"
+    kind.write_text('kind = "knowlege"\n' + (tmp_path / "exp.toml").read_text())
+    for dry in (["--dry-run"], []):
+        assert "unknown kind 'knowlege': leave it out for a comparison of variants, or give 'knowledge'" in \
+            refused(kind, "--out", out, *dry)
+    assert "sweep choice 'train.lr=abc': config error: train.lr: Input should be a valid number" in refused(
+        write_experiment(tmp_path), "--sweep", "train.lr=abc", "--sweep", "train.lr=1e-3", "--dry-run", "--out", out)
+    assert "--list lists the built-in experiments and takes nothing else; got an experiment, --out, --dry-run" in \
+        refused(write_experiment(tmp_path), "--out", out, "--dry-run", "--list")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "mine.toml").write_text('base = "tiny"\n')  # in the working directory, not beside the file
+    (tmp_path / "sub" / "exp.toml").write_text((tmp_path / "exp.toml").read_text().replace('"tiny"', '"mine.toml"'))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert f"no config '{tmp_path / 'sub' / 'mine.toml'}': not a file" in refused(tmp_path / "sub" / "exp.toml",
+                                                                                   "--dry-run", "--out", out)
+    (tmp_path / "sub" / "mine.toml").write_text('base = "tiny"\n')  # beside it: taken
+    assert main(["experiment", str(tmp_path / "sub" / "exp.toml"), "--dry-run", "--out", str(out)]) == 0
+    assert not out.exists() and afile.read_text() == "notes\n"
+
+
+def test_the_readmes_experiment_file_is_one_that_runs(tmp_path):
+    """The annotated example in the README's 'Experiments' is a valid experiment, with every key it lists."""
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"Your own experiment is a TOML file.*?```toml\n(.*?)```", text, re.S).group(1)
+    path = tmp_path / "mine.toml"
+    path.write_text(block)
+    raw = read_experiment(str(path))[1]
+    assert {"description", "base", "seeds", "overrides", "sweep", "sweep_seeds", "corpora", "cross_eval"} <= set(raw)
+    name, spec = load_experiment(str(path))
+    plan = plan_experiment(spec, spec.seeds)
+    assert list(plan) == ["narrow", "wide"] and len(plan["wide"]) == 2 and len(plan["narrow"][""]) == 3
 
 
 def test_weight_diagnostics_are_summarised_per_variant(tmp_path):

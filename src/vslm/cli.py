@@ -453,11 +453,21 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def _given(a: argparse.Namespace, *names: str) -> str:
+    """Which of these arguments the command line gave (not None, empty or False), as it would write them."""
+    positional = {"experiment": "an experiment", "spec": "a spec", "overrides": "overrides"}
+    return ", ".join(positional.get(name, f"--{name.replace('_', '-')}") for name in names
+                     if getattr(a, name, None) not in (None, False, [], ""))
+
+
 def cmd_experiment(a: argparse.Namespace) -> int:
     from vslm.commands.experiment import run_experiment
     from vslm.lab.experiments import builtin_experiments
 
     if a.list:
+        if given := _given(a, "experiment", "overrides", "seeds", "out", "resolve", "max_seeds", "sweep",
+                           "sweep_seeds", "variants", "dry_run", "json"):
+            raise UsageError(f"--list lists the built-in experiments and takes nothing else; got {given}")
         for name, desc in builtin_experiments().items():
             print(f"{name:24s} {desc}")
         return 0
@@ -498,6 +508,8 @@ def cmd_scaling(a: argparse.Namespace) -> int:
     from vslm.lab.scaling import builtin_scaling_specs
 
     if a.list:
+        if given := _given(a, "spec", "overrides", "out", "dry_run"):
+            raise UsageError(f"--list lists the built-in scaling specs and takes nothing else; got {given}")
         for name, desc in builtin_scaling_specs().items():
             print(f"{name:24s} {desc}")
         return 0
@@ -1141,7 +1153,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "and holds finite weights)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them")
+    p = sub.add_parser("experiment", help="train the variants of an experiment over seeds and compare them",
+                       description="Train the variants of an experiment over seeds and compare them. An experiment "
+                                   "file's keys (base, seeds, overrides, [[variants]] with name, overrides, sweep) "
+                                   "are in the README, 'Experiments'.")
     p.add_argument("experiment", nargs="?", help="a built-in experiment name or a TOML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's)")

@@ -28,7 +28,7 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     sweep, sweep_seeds and variants apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs
     local processes."""
     name, raw, label = experiments.read_experiment(spec_name_or_path)
-    kind = raw.get("kind")
+    kind = experiments.experiment_kind(raw, label)
     if kind is None:
         return experiments.run_experiment(spec_name_or_path, out, seeds, extra_overrides, console, launcher, resolve,
                                           max_seeds, sweep, sweep_seeds, variants)
@@ -37,12 +37,10 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
         raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher "
                           "apply to comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: "
                           "in N worker processes)")
-    if kind == "knowledge":
-        from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment
+    from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment  # the one kind there is
 
-        return run_knowledge_experiment(name, parse_spec(raw, label), Path(out), seeds, extra_overrides, console,
-                                        spec_name_or_path, jobs=launcher.jobs if launcher else 1)
-    raise ConfigError(f"{label}: unknown kind '{kind}' (leave it out for a comparison of variants, or 'knowledge')")
+    return run_knowledge_experiment(name, parse_spec(raw, label), Path(out), seeds, extra_overrides, console,
+                                    spec_name_or_path, jobs=launcher.jobs if launcher else 1)
 
 
 def print_dry_run(plan: dict, console: Console) -> None:

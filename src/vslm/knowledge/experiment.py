@@ -77,7 +77,7 @@ from vslm.errors import ConfigError, VSLMError, repeated
 from vslm.files import write_text
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
-from vslm.lab.experiments import check_results_kept
+from vslm.lab.experiments import check_results_kept, refuse_file_as_out, refuse_seed_overrides
 from vslm.lab.runner import train_or_reuse
 from vslm.lab.stats import (
     MIN_SEEDS,
@@ -545,6 +545,9 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
     out = Path(out)
+    refuse_seed_overrides([("the command line", extra_overrides), ("the experiment's overrides", spec.overrides),
+                           *((f"arm '{arm.name}'", arm.overrides) for arm in spec.arms)])
+    refuse_file_as_out(out)
     check_results_kept(out, seeds)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])

@@ -77,12 +77,12 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
-from vslm.config import DataConfig, RunConfig, load_config, one_line_error
+from vslm.config import DataConfig, RunConfig, builtin_configs, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
-from vslm.errors import ConfigError, VSLMError, did_you_mean, repeated
+from vslm.errors import ConfigError, UsageError, VSLMError, did_you_mean, repeated
 from vslm.eval.corpus import score_tokens
-from vslm.files import in_use, write_text
+from vslm.files import file_in_the_way, in_use, write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import build_for_accounting, same_settings, tokens_per_run
 from vslm.lab.stats import (
@@ -250,7 +250,10 @@ def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
     """(name, parsed TOML, label for errors) of a built-in experiment or a TOML path."""
     path = Path(name_or_path)
     if path.is_file():
-        text, name, label = path.read_text(encoding="utf-8"), path.stem, str(path)
+        try:
+            text, name, label = path.read_text(encoding="utf-8"), path.stem, str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"experiment {path}: cannot read it ({e})") from None
     else:
         entry = resources.files("vslm.configs.experiments") / f"{name_or_path}.toml"
         if not entry.is_file():
@@ -262,9 +265,26 @@ def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
-    if path.is_file() and isinstance(raw.get("base"), str) and (path.parent / raw["base"]).is_file():
-        raw["base"] = str(path.parent / raw["base"])  # a relative base is looked up beside the file
+    base = raw.get("base")
+    if path.is_file() and isinstance(base, str) and base and not Path(base).is_absolute():
+        # a relative base is looked up beside the file, else taken as a built-in name (as a config's base is),
+        # never in the folder the command runs from: a path missing there is named where it was looked for
+        if (path.parent / base).is_file() or (base not in builtin_configs() and (
+                base.endswith(".toml") or "/" in base)):
+            raw["base"] = str(path.parent / base)
     return name, raw, label
+
+
+KINDS = ("knowledge",)  # an experiment's `kind`; left out: a comparison of variants
+
+
+def experiment_kind(raw: dict, label: str) -> str | None:
+    """The experiment's `kind`, None for a comparison of variants; an unknown one is refused."""
+    kind = raw.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"{label}: unknown kind {kind!r}: leave it out for a comparison of variants, or give "
+                          f"{' or '.join(map(repr, KINDS))}")
+    return kind
 
 
 def load_experiment(name_or_path: str, sweep: Sequence[str] | None = None, sweep_seeds: int | None = None,
@@ -335,11 +355,29 @@ def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float
         raise ConfigError(f"{label}: sweep_seeds {spec.sweep_seeds} is more than the {looks[0]} seed"
                           f"{'s' * (looks[0] > 1)} of the first look, and a sweep chooses on seeds the comparison "
                           f"reuses: pass --seeds {spec.sweep_seeds} or more, or --sweep-seeds {looks[0]}")
+    refuse_file_as_out(out)
     check_results_kept(out, looks[-1], [v.name for v in spec.variants])
     return spec, seeds, looks
 
 
+def refuse_file_as_out(out: Path) -> None:
+    """An experiment's --out that is a file (or lies under one), refused before anything is planned or trained:
+    the dry run says it too."""
+    if taken := file_in_the_way(out):
+        raise UsageError(f"--out {out}{'' if taken == Path(out) else f': {taken}'} is a file, not a folder")
+
+
 NO_SWEEP = ""  # the one choice of a variant without a sweep
+
+
+def refuse_seed_overrides(parts: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """An experiment sets train.seed itself (seed s trains with train.seed = s). Given in an override it would
+    come before that and be lost, or after it and make every seed one run: identical seeds that a paired
+    test calls significant. parts: (where, its override words)."""
+    for where, words in parts:
+        if any(word.split("=", 1)[0].strip() == "train.seed" for word in words):
+            raise ConfigError(f"{where}: train.seed is the experiment's to set (seed s trains with train.seed = s): "
+                              "give the number of seeds instead (seeds = N in the file, --seeds N)")
 
 
 def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[str] = (),
@@ -349,6 +387,9 @@ def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[
     corpus: the data.source of one of the spec's `corpora`. The data sources are check_sources'."""
     if seeds < 1:
         raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
+    refuse_seed_overrides([("the command line", extra_overrides), ("the experiment's overrides", spec.overrides),
+                           *((f"variant '{v.name}'", [*v.overrides, *(w for c in v.sweep or [] for w in c.split())])
+                             for v in spec.variants)])
     swept: dict[str, str] = {}  # a field a sweep sets: the first variant whose sweep sets it
     for variant in spec.variants:
         for key in _keys(variant.sweep):
@@ -431,8 +472,20 @@ def _configs(spec: ExperimentSpec, seeds: int, shared: Sequence[str],
                 who = f"variant '{variant.name}'" + (f" ({choice})" if choice else "")
                 if (part := _culprit(spec, shared, extra_overrides, e)) is not None:
                     who = part if fails_alike(e) else f"{who}, with {part}"
+                elif choice and _fails_alone(spec, shared, choice, e):  # a --sweep value, not this variant
+                    who = f"sweep choice '{choice}'"
                 raise ConfigError(f"{who}: {e}") from None
     return plan
+
+
+def _fails_alone(spec: ExperimentSpec, shared: Sequence[str], choice: str, failed: ConfigError) -> bool:
+    """Whether a sweep choice fails as `failed` on the experiment's base and overrides alone, without a
+    variant's own overrides: the choice is at fault."""
+    try:
+        load_config(spec.base, [*spec.overrides, *shared, *choice.split()], shared=True)
+    except ConfigError as e:
+        return str(e) == str(failed)
+    return False
 
 
 def _culprit(spec: ExperimentSpec, shared: Sequence[str], extra_overrides: Sequence[str],
@@ -543,7 +596,8 @@ def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> l
     if max_seeds < MIN_SEEDS:
         raise ConfigError(f"--max-seeds {max_seeds} is below {MIN_SEEDS}, the fewest seeds a test is run on")
     if seeds < MIN_SEEDS:
-        raise ConfigError(f"--resolve starts from at least {MIN_SEEDS} seeds (no test below), got --seeds {seeds}")
+        raise ConfigError(f"--resolve starts from at least {MIN_SEEDS} seeds (no test below), got {seeds} (--seeds "
+                          "or the experiment's seeds): pass --seeds 3 or more")
     if max_seeds < seeds:
         raise ConfigError(f"--max-seeds {max_seeds} is below the {seeds} seeds the experiment starts with")
     return planned_looks(seeds, max_seeds)
@@ -623,7 +677,7 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     later seeds are one row: the kept choice's (`kept`) where every choice's sweep seeds are finished, chosen as
     the run chooses; else (`kept` None) the case that trains most, a choice with none of them finished."""
     name, raw, label = read_experiment(spec_name_or_path)
-    if "kind" in raw:
+    if experiment_kind(raw, label) is not None:
         raise ConfigError(f"{label}: --dry-run is for comparisons of variants, not a {raw['kind']} experiment, "
                           "whose arms are built on the world each seed generates; `--seeds 1` trains one seed "
                           "of it, and the same command with more seeds reuses it")

@@ -52,6 +52,7 @@ from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.data.sources import check_source
 from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
+from vslm.files import file_in_the_way
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.model.attention import Rotary
 from vslm.train.callbacks import (
@@ -355,8 +356,7 @@ class Trainer:
                              "(resume=True in Python)")
         self.run_dir = Path(run_dir)
         self.origin = origin  # where `model`'s weights came from (--init-from-hf): summary.json's init_from
-        if (taken := next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)) and \
-                not taken.is_dir():
+        if taken := file_in_the_way(self.run_dir):
             where = "" if taken == self.run_dir else f": {taken}"
             raise UsageError(f"the run folder {self.run_dir}{where} is a file, not a folder")
         self.resume = resume
