@@ -637,19 +637,27 @@ def test_what_a_researchers_own_file_gets_wrong_is_one_line_and_the_dry_run_says
     for dry in (["--dry-run"], []):
         assert "unknown kind 'knowlege': leave it out for a comparison of variants, or give 'knowledge'" in \
             refused(kind, "--out", out, *dry)
-    assert "sweep choice 'train.lr=abc': config error: train.lr: Input should be a valid number" in refused(
-        write_experiment(tmp_path), "--sweep", "train.lr=abc", "--sweep", "train.lr=1e-3", "--dry-run", "--out", out)
-    assert "--list lists the built-in experiments and takes nothing else; got an experiment, --out, --dry-run" in \
-        refused(write_experiment(tmp_path), "--out", out, "--dry-run", "--list")
+    assert "sweep choice 'train.lr=abc' (every variant's): config error: train.lr: Input should be a valid number" \
+        in refused(write_experiment(tmp_path), "--sweep", "train.lr=abc", "--sweep", "train.lr=1e-3", "--dry-run",
+                   "--out", out)
+    own = write_experiment(tmp_path, extra='[[variants]]\nname = "swept"\nsweep = ["train.lr=abc"]\n')
+    assert "variant 'swept' (train.lr=abc): config error: train.lr" in refused(own, "--dry-run", "--out", out)
+    for argv, given in (([write_experiment(tmp_path), "--out", out, "--dry-run"], "experiment, --out, --dry-run"),
+                        (["--seeds", "0"], "--seeds"), (["--jobs", "4"], "--jobs")):
+        assert f"--list lists the built-in names and takes nothing else; got {given}" in refused(*argv, "--list")
+    assert main(["scaling", "--list", "--out", str(out)]) == 2
+    assert "takes nothing else; got --out" in capsys.readouterr().err
     (tmp_path / "sub").mkdir()
-    (tmp_path / "mine.toml").write_text('base = "tiny"\n')  # in the working directory, not beside the file
-    (tmp_path / "sub" / "exp.toml").write_text((tmp_path / "exp.toml").read_text().replace('"tiny"', '"mine.toml"'))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp_path)
-        assert f"no config '{tmp_path / 'sub' / 'mine.toml'}': not a file" in refused(tmp_path / "sub" / "exp.toml",
-                                                                                   "--dry-run", "--out", out)
-    (tmp_path / "sub" / "mine.toml").write_text('base = "tiny"\n')  # beside it: taken
-    assert main(["experiment", str(tmp_path / "sub" / "exp.toml"), "--dry-run", "--out", str(out)]) == 0
+    for base in ("mine.toml", "mine"):  # in the working directory, not beside the file: never read
+        (tmp_path / base).write_text('base = "tiny"\n')
+        (tmp_path / "sub" / "exp.toml").write_text((tmp_path / "exp.toml").read_text().replace('"tiny"', f'"{base}"'))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(tmp_path)
+            assert f"the experiment's base '{base}': no config '{base}': not a file beside " \
+                f"{tmp_path / 'sub' / 'exp.toml'} ({tmp_path / 'sub' / base}), nor a built-in config" in \
+                refused(tmp_path / "sub" / "exp.toml", "--dry-run", "--out", out)
+        (tmp_path / "sub" / base).write_text('base = "tiny"\n')  # beside it: taken
+        assert main(["experiment", str(tmp_path / "sub" / "exp.toml"), "--dry-run", "--out", str(out)]) == 0
     assert not out.exists() and afile.read_text() == "notes\n"
 
 

@@ -308,21 +308,33 @@ def test_a_resume_on_a_corpus_that_reads_as_other_tokens_is_refused(tmp_path, ca
     config = (folder / "config.toml").read_text()
     assert 'max_bytes = "none"' in config
     (folder / "config.toml").write_text(config.replace('max_bytes = "none"\n', ""))  # as the old dump wrote it
+    before = files_in(folder)
     code, err = resume()
     assert code == 2 and err.count("\n") == 1, err
     assert f"its corpus reads as other tokens (train {summary['train_tokens']:,} then, " in err
     assert 'a run folder written before 2026-12-06 with data.max_bytes = none lost it: add max_bytes = "none"' in err
+    assert files_in(folder) == before
     (folder / "config.toml").write_text(config)  # mended as the message says: it resumes
     assert resume()[0] == 0
     assert [m["step"] for m in metrics(folder)] == list(range(1, 7))
 
     before = files_in(folder)
     with text.open("a") as f:  # the source grew since
-        f.write("a new story about a fox. " * 40 + "\n\n")
+        f.write("the dog sat on the cat. " * 40 + "\n\n")  # its characters, so the vocabulary holds
     code, err = resume()
     assert code == 2 and err.count("\n") == 1, err
-    assert "the data changed since the run began (the source's files or data.max_bytes)" in err
+    assert "the source's files changed since the run began, or this vslm prepares them otherwise" in err
     assert files_in(folder) == before
+    code = main(["train", "tiny", *base, "train.steps=6", "--resume", "--out", str(folder)])  # with its config:
+    err = capsys.readouterr().err  # no advice to leave the config out, which would not mend it
+    assert code == 2 and "corpus reads as other tokens" in err and "without a config" not in err
+    for name in ("checkpoints", "snapshots"):  # stopped before its first checkpoint: trained again from step 0,
+        shutil.rmtree(folder / name, ignore_errors=True)  # on the corpus as it now is
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    (folder / "metrics.jsonl").write_text(lines[0] + "\n")  # step 1 of a run that checkpoints every 2
+    code = main(["train", "--resume", "--out", str(folder), "train.steps=6"])
+    assert code == 0, capsys.readouterr().err
+    assert [m["step"] for m in metrics(folder)] == list(range(1, 7))
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

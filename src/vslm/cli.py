@@ -453,21 +453,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
-def _given(a: argparse.Namespace, *names: str) -> str:
-    """Which of these arguments the command line gave (not None, empty or False), as it would write them."""
-    positional = {"experiment": "an experiment", "spec": "a spec", "overrides": "overrides"}
-    return ", ".join(positional.get(name, f"--{name.replace('_', '-')}") for name in names
-                     if getattr(a, name, None) not in (None, False, [], ""))
-
-
 def cmd_experiment(a: argparse.Namespace) -> int:
     from vslm.commands.experiment import run_experiment
     from vslm.lab.experiments import builtin_experiments
 
     if a.list:
-        if given := _given(a, "experiment", "overrides", "seeds", "out", "resolve", "max_seeds", "sweep",
-                           "sweep_seeds", "variants", "dry_run", "json"):
-            raise UsageError(f"--list lists the built-in experiments and takes nothing else; got {given}")
         for name, desc in builtin_experiments().items():
             print(f"{name:24s} {desc}")
         return 0
@@ -508,8 +498,6 @@ def cmd_scaling(a: argparse.Namespace) -> int:
     from vslm.lab.scaling import builtin_scaling_specs
 
     if a.list:
-        if given := _given(a, "spec", "overrides", "out", "dry_run"):
-            raise UsageError(f"--list lists the built-in scaling specs and takes nothing else; got {given}")
         for name, desc in builtin_scaling_specs().items():
             print(f"{name:24s} {desc}")
         return 0
@@ -1215,6 +1203,17 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return parser
 
 
+def _given_beside_list(command: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The arguments of `command` that the command line set to other than their defaults, besides --list."""
+    given = []
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in ("help", "list") or value == action.default or (action.nargs == "*" and value == []):
+            continue
+        given.append(action.option_strings[-1] if action.option_strings else action.dest)
+    return given
+
+
 class Terminated(BaseException):
     """SIGTERM outside a training (which checkpoints first and raises TrainingStopped): an evaluation, a report.
     A BaseException, as KeyboardInterrupt is: no `except Exception` takes it for a failed run and goes on."""
@@ -1254,6 +1253,10 @@ def _main(argv: list[str] | None) -> int:
         command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if getattr(args, "list", False) and (given := _given_beside_list(_command_parser(parser, args), args)):
+        print(f"vslm: error: --list lists the built-in names and takes nothing else; got {', '.join(given)}",
+              file=sys.stderr)
+        return 2
     try:
         if isinstance(getattr(args, "device", None), str):  # a device this machine lacks: said before a
             from vslm.train.run_folder import device_of  # checkpoint is read (its load would be blamed)

@@ -1,5 +1,7 @@
 """The one exception type a user sees as a one-line message (the CLI prints it and exits non-zero)."""
 
+from pathlib import Path
+
 
 class VSLMError(Exception):
     """A problem with the user's input or environment: a bad config, a missing file, a busy run folder.
@@ -41,3 +43,12 @@ def did_you_mean(word: str, choices, prefix: str = "") -> str:
     if not close:
         return ""
     return f" (did you mean {' or '.join(prefix + c for c in close)}?)"
+
+
+def refuse_file_in_the_way(folder: Path, flag: str = "--out") -> None:
+    """A folder to be made or used that is a file, or lies under one (the nearest of its parents that exists),
+    refused in one line naming the flag (or words) that gave it."""
+    folder = Path(folder)
+    taken = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise UsageError(f"{flag} {folder}{'' if taken == folder else f': {taken}'} is a file, not a folder")

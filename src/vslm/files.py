@@ -41,13 +41,6 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~umask()
 
 
-def file_in_the_way(folder: Path) -> Path | None:
-    """What keeps `folder` from being made or used as a folder: itself, or the nearest of its parents that
-    exists, when that is a file; None when nothing is in the way."""
-    taken = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
-    return taken if taken is not None and not taken.is_dir() else None
-
-
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Call write(file) on a temporary binary file beside `path`, fsync it, rename it to `path`, fsync the
     folder. An error (OSError, a signal's KeyboardInterrupt) removes the temporary file and leaves `path`

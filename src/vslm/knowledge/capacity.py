@@ -48,8 +48,8 @@ import torch
 
 from vslm.config import RunConfig, load_config, validate
 from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
-from vslm.errors import UsageError, VSLMError
-from vslm.files import file_in_the_way, write_text
+from vslm.errors import UsageError, VSLMError, refuse_file_in_the_way
+from vslm.files import write_text
 from vslm.knowledge import names
 from vslm.knowledge.reader import check_same_run, word_tokenizer
 from vslm.plain import dumps
@@ -382,8 +382,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     raw["data"]["source"] = str((out / BIOS).resolve())
     cfg = validate(raw)
     recorded = asdict(settings)
-    if taken := file_in_the_way(out):
-        raise UsageError(f"--out {out}{'' if taken == out else f': {taken}'} is a file, not a folder")
+    refuse_file_in_the_way(out)
     if (out / RESULT).is_file():
         done = json.loads((out / RESULT).read_text(encoding="utf-8"))
         if not reuse:
@@ -467,8 +466,7 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
     if len(set(seeds)) < len(seeds):
         raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}")
     out = Path(out)
-    if taken := file_in_the_way(out):
-        raise UsageError(f"--out {out}{'' if taken == out else f': {taken}'} is a file, not a folder")
+    refuse_file_in_the_way(out)
     bio_world(settings.people, settings.world_seed)  # bad settings: one line before anything is trained
     plan = []
     for spec, depth, width in parsed:  # every config checked before the first run

@@ -73,11 +73,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
-from vslm.errors import ConfigError, VSLMError, repeated
+from vslm.errors import ConfigError, VSLMError, refuse_file_in_the_way, repeated
 from vslm.files import write_text
 from vslm.knowledge.folder import write_world_folder
 from vslm.knowledge.world import WorldConfig
-from vslm.lab.experiments import check_results_kept, refuse_file_as_out, refuse_seed_overrides
+from vslm.lab.experiments import check_results_kept, refuse_seed_overrides
 from vslm.lab.runner import train_or_reuse
 from vslm.lab.stats import (
     MIN_SEEDS,
@@ -547,7 +547,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     out = Path(out)
     refuse_seed_overrides([("the command line", extra_overrides), ("the experiment's overrides", spec.overrides),
                            *((f"arm '{arm.name}'", arm.overrides) for arm in spec.arms)])
-    refuse_file_as_out(out)
+    refuse_file_in_the_way(out)
     check_results_kept(out, seeds)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])

@@ -80,9 +80,9 @@ from rich.console import Console
 from vslm.config import DataConfig, RunConfig, builtin_configs, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
-from vslm.errors import ConfigError, UsageError, VSLMError, did_you_mean, repeated
+from vslm.errors import ConfigError, VSLMError, did_you_mean, refuse_file_in_the_way, repeated
 from vslm.eval.corpus import score_tokens
-from vslm.files import file_in_the_way, in_use, write_text
+from vslm.files import in_use, write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import build_for_accounting, same_settings, tokens_per_run
 from vslm.lab.stats import (
@@ -269,9 +269,12 @@ def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
     if path.is_file() and isinstance(base, str) and base and not Path(base).is_absolute():
         # a relative base is looked up beside the file, else taken as a built-in name (as a config's base is),
         # never in the folder the command runs from: a path missing there is named where it was looked for
-        if (path.parent / base).is_file() or (base not in builtin_configs() and (
-                base.endswith(".toml") or "/" in base)):
+        if (path.parent / base).is_file():
             raw["base"] = str(path.parent / base)
+        elif base not in (builtins := builtin_configs()):
+            raise ConfigError(f"the experiment's base '{base}': no config '{base}'{did_you_mean(base, builtins)}: "
+                              f"not a file beside {path} ({path.parent / base}), nor a built-in config "
+                              f"({', '.join(builtins)})")
     return name, raw, label
 
 
@@ -355,16 +358,9 @@ def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float
         raise ConfigError(f"{label}: sweep_seeds {spec.sweep_seeds} is more than the {looks[0]} seed"
                           f"{'s' * (looks[0] > 1)} of the first look, and a sweep chooses on seeds the comparison "
                           f"reuses: pass --seeds {spec.sweep_seeds} or more, or --sweep-seeds {looks[0]}")
-    refuse_file_as_out(out)
+    refuse_file_in_the_way(out)  # before anything is planned or trained: the dry run says it too
     check_results_kept(out, looks[-1], [v.name for v in spec.variants])
     return spec, seeds, looks
-
-
-def refuse_file_as_out(out: Path) -> None:
-    """An experiment's --out that is a file (or lies under one), refused before anything is planned or trained:
-    the dry run says it too."""
-    if taken := file_in_the_way(out):
-        raise UsageError(f"--out {out}{'' if taken == Path(out) else f': {taken}'} is a file, not a folder")
 
 
 NO_SWEEP = ""  # the one choice of a variant without a sweep
@@ -472,8 +468,8 @@ def _configs(spec: ExperimentSpec, seeds: int, shared: Sequence[str],
                 who = f"variant '{variant.name}'" + (f" ({choice})" if choice else "")
                 if (part := _culprit(spec, shared, extra_overrides, e)) is not None:
                     who = part if fails_alike(e) else f"{who}, with {part}"
-                elif choice and _fails_alone(spec, shared, choice, e):  # a --sweep value, not this variant
-                    who = f"sweep choice '{choice}'"
+                elif choice in spec.sweep and _fails_alone(spec, shared, choice, e):  # every variant's (--sweep)
+                    who = f"sweep choice '{choice}' (every variant's)"
                 raise ConfigError(f"{who}: {e}") from None
     return plan
 
@@ -597,7 +593,7 @@ def check_resolve(seeds: int, resolve: float | None, max_seeds: int | None) -> l
         raise ConfigError(f"--max-seeds {max_seeds} is below {MIN_SEEDS}, the fewest seeds a test is run on")
     if seeds < MIN_SEEDS:
         raise ConfigError(f"--resolve starts from at least {MIN_SEEDS} seeds (no test below), got {seeds} (--seeds "
-                          "or the experiment's seeds): pass --seeds 3 or more")
+                          f"or the experiment's seeds): pass --seeds {MIN_SEEDS} or more")
     if max_seeds < seeds:
         raise ConfigError(f"--max-seeds {max_seeds} is below the {seeds} seeds the experiment starts with")
     return planned_looks(seeds, max_seeds)

@@ -17,7 +17,15 @@ from vslm.data.tokenizer import load_tokenizer
 from vslm.errors import ConfigError, VSLMError
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, METRICS, TOKENIZER, read_run_config
+from vslm.train.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    METRICS,
+    OLD_NO_LIMIT,
+    TOKENIZER,
+    data_limit_left_out,
+    read_run_config,
+)
 from vslm.train.trackers import as_text
 from vslm.train.trainer import Trainer, config_changes
 
@@ -83,8 +91,9 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -
             differ = [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in
                       config_changes(saved, cfg.with_vocab_size(saved.model.vocab_size)).items()
                       if k.startswith(("model.", "data.", "train.")) and k.removeprefix("train.") not in EXECUTION_ONLY]
+            hint = f" ({OLD_NO_LIMIT})" if cfg.data.max_bytes is None and data_limit_left_out(folder) else ""
             raise VSLMError(f"{folder} holds a run with other settings than this experiment's ({'; '.join(differ)}); "
-                            "move it away")
+                            f"move it away{hint}")
         if corpus is not None and (folder / TOKENIZER).is_file() and \
                 tokenizer_hash(load_tokenizer(folder / TOKENIZER)) != tokenizer_hash(corpus.tokenizer):
             raise VSLMError(f"{folder} holds a run of another tokenizer than this experiment's; move it away")

@@ -76,8 +76,8 @@ def render(results: dict, folder: Path | None = None) -> str:
     if dynamics:
         sections.append(section("dynamics", "Training dynamics", table(
             dynamics["columns"], [[escape(c) for c in row] for row in dynamics["rows"]]),
-            "<p>Landmarks from each run's probes, mean ± sample std over seeds (each defined in "
-            "vslm.report.runs.dynamics_summary).</p>"))
+            "<p>Landmarks from each run's probes, mean ± sample std over seeds (the README's 'Experiments' "
+            "lists them; vslm.report.runs computes them).</p>"))
     for i, shown in enumerate(results.get("landmark_tables", [])):  # as results.md shows them
         short = next((name for word, name in (("unigram", "Unigram phase"), ("attention", "Attention"),
                                                 ("diagnostics", "Weight diagnostics"),
@@ -85,7 +85,7 @@ def render(results: dict, folder: Path | None = None) -> str:
                      "Landmarks")
         sections.append(section(f"landmarks-{i}", short,
                                 f"<p>{escape(shown['title'][:1].upper() + shown['title'][1:])}: mean ± sample std over "
-                                "seeds (each defined in vslm.report.runs.dynamics_summary).</p>",
+                                "seeds.</p>",
                                 table(shown["columns"], [[escape(c) for c in row] for row in shown["rows"]])))
     for i, shown in enumerate(results.get("lengths", {}).get("tables", [])):  # train.eval_lengths: as results.md
         m = results["lengths"]["multiples"][i] if i else 1  # table i > 0 compares at multiple i + 1 in order

@@ -162,6 +162,11 @@ def read_run_config(folder: Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
+# what mends a run folder that data_limit_left_out finds, trained with data.max_bytes = none before 2026-12-06
+OLD_NO_LIMIT = ("its config.toml gives no data.max_bytes, which reads as 8 MB; a run folder written before "
+                '2026-12-06 with data.max_bytes = none lost it: add max_bytes = "none" under [data] there')
+
+
 def data_limit_left_out(folder: Path) -> bool:
     """Whether the run's config.toml gives neither data.max_bytes nor data.max_tokens, so that it reads the
     8 MB default. Run folders written before 2026-12-06 with data.max_bytes = none read this way: the

@@ -51,8 +51,7 @@ from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.data.sources import check_source
-from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError
-from vslm.files import file_in_the_way
+from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError, refuse_file_in_the_way
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.model.attention import Rotary
 from vslm.train.callbacks import (
@@ -83,6 +82,7 @@ from vslm.train.run_folder import (
     CHECKPOINTS,
     CONFIG,
     METRICS,
+    OLD_NO_LIMIT,
     SUMMARY,
     TOKENIZER,
     RunLock,
@@ -356,9 +356,7 @@ class Trainer:
                              "(resume=True in Python)")
         self.run_dir = Path(run_dir)
         self.origin = origin  # where `model`'s weights came from (--init-from-hf): summary.json's init_from
-        if taken := file_in_the_way(self.run_dir):
-            where = "" if taken == self.run_dir else f": {taken}"
-            raise UsageError(f"the run folder {self.run_dir}{where} is a file, not a folder")
+        refuse_file_in_the_way(self.run_dir, "the run folder")
         self.resume = resume
         self.restart = False  # a resume of a run stopped before its first checkpoint: cleared, trained from step 0
         self.nothing_to_train = False  # set by fit() on a run resumed at its last step
@@ -386,7 +384,7 @@ class Trainer:
             on_prepare()
         with self.dist.main_first():  # rank 0 builds the shard cache, the others then read it
             self.corpus = corpus or prepare_corpus(cfg.data)
-        if resume:
+        if self.resume:  # not a run cleared to train again from step 0 (_check_resumable)
             self._check_same_corpus(cfg)
         vocab = self.corpus.tokenizer.vocab_size
         cfg = cfg.with_vocab_size(vocab)
@@ -499,12 +497,13 @@ class Trainer:
         if not differ:
             return
         if data_limit_left_out(self.run_dir) and cfg.data.max_bytes == DEFAULT_MAX_BYTES:
-            why = ("its config.toml gives no data.max_bytes, which reads as 8 MB; a run folder written before "
-                   '2026-12-06 with data.max_bytes = none lost it: add max_bytes = "none" under [data] there')
+            why = OLD_NO_LIMIT
         else:
-            why = "the data changed since the run began (the source's files or data.max_bytes): resume on the same data"
-        raise ResumeRefused(f"cannot resume {self.run_dir}: its corpus reads as other tokens ({'; '.join(differ)}); "
-                            f"{why}")
+            why = ("the source's files changed since the run began, or this vslm prepares them otherwise (a newer "
+                   "version, its cache cleared): put the run's files back, or train anew into another --out")
+        # not a ResumeRefused: no config given on the command line would mend it
+        raise ConfigError(f"cannot resume {self.run_dir}: its corpus reads as other tokens ({'; '.join(differ)}); "
+                          f"{why}")
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
