@@ -86,3 +86,21 @@ def test_a_fit_that_is_not_json_is_one_line(tmp_path, capsys):
     assert main(["plan", "--hours", "1", "--from", str(tmp_path / "fit.json"), "--out", str(tmp_path / "p.toml")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not the fit.json of `vslm scaling SPEC --out DIR` (not JSON" in err
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["--seconds", "nan"], "--seconds must be a positive number of seconds per measured size, got nan"),
+    (["--seconds", "-5"], "--seconds must be a positive number of seconds per measured size, got -5"),
+    (["--max-measure", "0"], "--max-measure must be 1 or more sizes, got 0"),
+    (["model.width=64"], "override 'model.width=64': the plan sets model.width itself"),
+    (["train.lr=0.01"], "override 'train.lr=0.01': the plan sets train.lr itself"),
+    (["train={steps=5}"], "override 'train={steps=5}': the plan sets train.steps, train.lr, train.min_lr"),
+])
+def test_what_the_plan_would_not_honour_is_refused_before_measuring(tmp_path, capsys, words, message):
+    """Before: --seconds nan measured forever, --max-measure 0 ended in a traceback, and an override of a field
+    the plan sets (the shape, the steps, the lr) was silently replaced in the config it wrote."""
+    assert main(["plan", "--hours", "1", *words, "--out", str(tmp_path / "p.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "p.toml").exists()
+

@@ -175,7 +175,8 @@ def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
     assert law_chooser(Law(1, 1e-9, 1.0, 1e6, 1.0))(sizes, fit, 60.0) == Shape(32)
 
     base = load_config("tiny", ["data.max_bytes=200000", "model.context=32", "train.batch_size=4",
-                                "train.device=cpu"])
+                                "train.device=cpu", "train.optimizer=muon", "train.lr=0.01", "train.min_lr=0.002",
+                                "train.warmup=1", "train.weight_decay=0.0"])
     law = TRUE
     boot = [[law.E * k, law.A, law.alpha, law.B, law.beta] for k in (0.95, 1.0, 1.05)]
     (tmp_path / "fit.json").write_text(json.dumps({
@@ -187,6 +188,17 @@ def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
     assert lo < plan["predicted_loss"] < hi
     assert plan["predicted_loss"] == pytest.approx(float(law.loss(plan["params"], plan["tokens"])))
     assert plan["config"].model.context == 32 and "predicted val_loss" in plan["config"].description
+    train = plan["config"].train  # the recipe the law was fitted on, not the plan's AdamW at an lr by width
+    assert (train.optimizer, train.lr, train.min_lr, train.warmup, train.weight_decay) == ("muon", 0.01, 0.002, 1, 0.0)
+    with pytest.raises(VSLMError, match=r"^override 'data.tokenizer=byte': --from plans the study's data, model, batch "
+                                        "and optimizer"):
+        plan_from_fit(0.002, tmp_path / "fit.json", ["data.tokenizer=byte"])
+    broken = json.loads((tmp_path / "fit.json").read_text())
+    del broken["fit"]["beta"]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "fit.json").write_text(json.dumps(broken))
+    with pytest.raises(VSLMError, match=r"is not the fit.json of `vslm scaling SPEC --out DIR`: fit.beta is missing"):
+        plan_from_fit(0.002, tmp_path / "broken")
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -215,6 +227,47 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         load_scaling_spec(str(quoted))
     with pytest.raises(VSLMError, match="no fit at"):
         plan_from_fit(1.0, tmp_path / "nothing.json")
+
+
+def test_what_a_researchers_own_spec_gets_wrong_is_one_line_and_the_dry_run_says_it(tmp_path, capsys, monkeypatch):
+    """A whole `model` or `train` table would set the grid's fields past the check; a file not UTF-8; a fault in
+    the shared part blamed on a size; a relative base read from the working directory; an --out that is a
+    file, or holds runs of other settings, passed by the dry run."""
+    def refused(*argv):
+        code = main(["scaling", *map(str, argv)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    ok, out = tmp_path / "ok.toml", tmp_path / "out"
+    ok.write_text(SPEC)
+    assert "model.width, model.depth, model.heads, model.head_dim are set by the scaling grid" in refused(
+        ok, "model={position='rope'}", "--dry-run", "--out", out)
+    assert "train.steps, train.seed are set by the scaling grid" in refused(ok, "train={lr=0.01}", "--dry-run")
+    assert "the spec's base and overrides (and the command line's): config error: unknown field 'train.stpes'" in \
+        refused(ok, "train.stpes=3", "--dry-run")
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('description = "café"\n'.encode("latin-1") + SPEC.encode())
+    assert f"scaling spec {latin}: cannot read it ('utf-8' codec" in refused(latin, "--dry-run")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "mine.toml").write_text('base = "tiny"\n')  # in the working directory only: never read
+    (tmp_path / "sub" / "spec.toml").write_text(SPEC.replace('base = "tiny"', 'base = "mine.toml"'))
+    monkeypatch.chdir(tmp_path)
+    assert "the scaling spec's base 'mine.toml': no config 'mine.toml': not a file beside" in refused(
+        tmp_path / "sub" / "spec.toml", "--dry-run")
+    afile = tmp_path / "afile"
+    afile.write_text("notes\n")
+    for dry in (["--dry-run"], []):
+        assert f"--out {afile} is a file, not a folder" in refused(ok, "--out", afile, *dry)
+    assert afile.read_text() == "notes\n"
+    other = out / "w16-d1" / "steps-6" / "seed-0"  # a run of another lr where the study's first run goes
+    other.mkdir(parents=True)
+    cfg = plan_scaling(load_scaling_spec(str(ok))[1], out)[0].cfg
+    (other / "config.toml").write_text(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"lr": 0.5})}).to_toml())
+    assert main(["scaling", str(ok), "--dry-run", "--out", str(out)]) == 0
+    assert f"1 run folders hold runs of other settings, which the study refuses: {other}" in \
+        capsys.readouterr().out.replace("\n", "")
 
 
 @pytest.mark.parametrize("name", ["scaling-tiny", "scaling-hour"])

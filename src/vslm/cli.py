@@ -423,10 +423,9 @@ def cmd_bench_gpu(a: argparse.Namespace) -> int:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from vslm.commands.demo import free_path
-    from vslm.commands.plan import make_plan, print_plan, write_plan
+    from vslm.commands.plan import check_plan_args, make_plan, print_plan, write_plan
 
-    if not (math.isfinite(a.hours) and a.hours > 0):  # before the minutes of measuring
-        raise UsageError(f"--hours must be a positive number of hours, got {a.hours:g}")
+    check_plan_args(a.hours, a.seconds, a.max_measure, a.overrides)  # before the minutes of measuring
     if a.from_fit:
         from vslm.commands.scaling import read_fit
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +154,7 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
     (sizes, cost fit, seconds) -> Shape replaces the 20-tokens-per-parameter choice (`vslm plan --from
     fit.json`: vslm.commands.scaling)."""
     chooser = chooser or choose
-    if not (math.isfinite(hours) and hours > 0):
-        raise UsageError(f"--hours must be a positive number of hours, got {hours:g}")
+    check_plan_args(hours, seconds, max_measure, overrides)
     cfg, cuda = base_config(list(overrides), data)
     corpus = prepare_corpus(cfg.data)
     vocab = corpus.tokenizer.vocab_size
@@ -192,6 +192,27 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
         "within_measured": lo <= params <= hi, "tokens_per_param": steps * tokens_per_step / params,
         "epochs": steps * tokens_per_step / train_tokens,
     }
+
+
+# what the plan sets itself (the shape, the steps and their schedule, evaluations and checkpoints): an override of
+# one would be lost, so it is refused; the config the plan writes is the place to change them
+PLANNED = ("model.width", "model.depth", "model.heads", "model.head_dim", "train.steps", "train.lr", "train.min_lr",
+           "train.warmup", "train.schedule", "train.eval_every", "train.eval_windows", "train.checkpoint_every")
+
+
+def check_plan_args(hours: float, seconds: float, max_measure: int, overrides: Sequence[str]) -> None:
+    """The plan's numbers and overrides, refused in one line before the minutes of measuring."""
+    if not (math.isfinite(hours) and hours > 0):
+        raise UsageError(f"--hours must be a positive number of hours, got {hours:g}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"--seconds must be a positive number of seconds per measured size, got {seconds:g}")
+    if max_measure < 1:
+        raise UsageError(f"--max-measure must be 1 or more sizes, got {max_measure}")
+    for word in overrides:
+        key = word.partition("=")[0].strip()
+        if set_here := [f for f in PLANNED if f == key or f.startswith(key + ".")]:
+            raise UsageError(f"override '{word}': the plan sets {', '.join(set_here)} itself (the shape, the "
+                             "steps and their schedule); change them in the config it writes")
 
 
 def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, predicted_s: float,

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.commands.plan import TOKENS_PER_PARAM, CostFit, Shape, make_plan
+from vslm.config import apply_overrides, validate
 from vslm.errors import VSLMError
 from vslm.lab.scaling import run_scaling
 from vslm.lab.scaling_fit import CHINCHILLA, Law
@@ -31,6 +32,13 @@ __all__ = ["plan_from_fit", "print_law_plan", "run_scaling"]
 # a study's model fields that the plan's ladder sets itself (or that follow from the tokenizer)
 SIZE_FIELDS = {"width", "depth", "heads", "head_dim", "kv_heads", "vocab_size", "ffn", "order", "unique_blocks",
                "embed_width"}
+
+
+# the study's training recipe beside its data, context, batch and architecture: its law describes runs made so, and
+# the plan makes its run so (its lr, schedule and warm-up too, in place of the plan's lr by width)
+RECIPE = ("optimizer", "momentum", "tangent_update", "tangent_retract", "tangent_when", "hidden_lr_scale",
+          "weight_decay", "betas", "eps", "grad_clip", "decay_fraction")
+SCHEDULE = ("lr", "min_lr", "warmup", "schedule")
 
 
 def read_fit(path: Path) -> dict:
@@ -46,7 +54,40 @@ def read_fit(path: Path) -> dict:
     if not isinstance(result, dict) or not result.get("fit"):
         why = result.get("error", "the study did not finish") if isinstance(result, dict) else "not a study's fit"
         raise VSLMError(f"{path} holds no fit ({why})")
+    if missing := _missing(result):
+        raise VSLMError(f"{path} is not the fit.json of `vslm scaling SPEC --out DIR`: {missing}")
     return result
+
+
+def _missing(result: dict) -> str | None:
+    """What a fit.json lacks of what the plan reads (an edited or truncated one), None if nothing."""
+    fit, base = result["fit"], result.get("base_config")
+    number = (int, float)
+    if not isinstance(fit, dict) or (gone := [k for k in ("E", "A", "alpha", "B", "beta")
+                                              if not isinstance(fit.get(k), number)]):
+        return f"fit.{gone[0] if isinstance(fit, dict) else 'E'} is missing or not a number"
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), dict) for k in ("model", "data", "train")):
+        return "base_config (with model, data and train) is missing"
+    runs = result.get("runs")
+    if not isinstance(runs, list) or not runs or not all(
+            isinstance(r, dict) and isinstance(r.get("params"), number) and isinstance(r.get("tokens"), number)
+            and "left_out" in r for r in runs):
+        return "runs (each with params, tokens and left_out) is missing or incomplete"
+    boots = result.get("bootstrap", [])
+    if not isinstance(boots, list) or not all(isinstance(row, list) and len(row) == 5 for row in boots):
+        return "bootstrap is not a list of (E, A, alpha, B, beta) rows"
+    return None
+
+
+def refuse_study_changes(overrides: Sequence[str]) -> None:
+    """With --from, an override of what the study's law was fitted on (its data, model, batch or optimizer) would
+    plan a run the law does not describe: refused, naming it."""
+    fixed = [f"train.{k}" for k in (*RECIPE, "batch_size", "grad_accum")]
+    for word in overrides:
+        key = word.partition("=")[0].strip()
+        if key in ("data", "model", "train") or key.startswith(("data.", "model.")) or key in fixed:
+            raise VSLMError(f"override '{word}': --from plans the study's data, model, batch and optimizer, which its "
+                            "law was fitted on; leave it out (or fit a study with it)")
 
 
 def study_overrides(base: dict) -> list[str]:
@@ -55,6 +96,7 @@ def study_overrides(base: dict) -> list[str]:
              if k not in SIZE_FIELDS and isinstance(v, str | int | float | bool)]
     words += [f"data.{k}={json.dumps(v)}" for k, v in base["data"].items() if isinstance(v, str | int | float | bool)]
     words += [f"train.{k}={base['train'][k]}" for k in ("batch_size", "grad_accum") if k in base["train"]]
+    words += [f"train.{k}={json.dumps(base['train'][k])}" for k in RECIPE if base["train"].get(k) is not None]
     return words
 
 
@@ -70,6 +112,7 @@ def plan_from_fit(hours: float, fit_path: Path, overrides: Sequence[str] = (), s
     """vslm.commands.plan.make_plan with the law's choice in place of 20 tokens per parameter; the plan
     dict gains `law`, `predicted_loss` (with `loss_interval`), `n_interval`, `within_fit`."""
     result = read_fit(fit_path)
+    refuse_study_changes(overrides)
     fit = result["fit"]
     law = Law(**{k: fit[k] for k in ("E", "A", "alpha", "B", "beta")})
     boots = [Law(*row) for row in result.get("bootstrap", []) if all(v is not None for v in row)]
@@ -86,6 +129,12 @@ def plan_from_fit(hours: float, fit_path: Path, overrides: Sequence[str] = (), s
     plan["within_fit"] = (min(r["params"] for r in used) <= n <= max(r["params"] for r in used)
                           and min(r["tokens"] for r in used) <= d <= max(r["tokens"] for r in used))
     plan["fit_path"] = str(fit_path)
+    study_train = result["base_config"]["train"]  # the study's lr and schedule, not the plan's lr by width
+    schedule = {k: study_train[k] for k in SCHEDULE if study_train.get(k) is not None}
+    if "warmup" in schedule:
+        schedule["warmup"] = min(schedule["warmup"], plan["steps"] - 1)
+    plan["config"] = validate(apply_overrides(plan["config"].to_raw(),
+                                              [f"train.{k}={json.dumps(v)}" for k, v in schedule.items()]))
     plan["config"] = plan["config"].model_copy(update={"description": (
         f"from vslm plan --from {fit_path}: {d:,} tokens, {d / n:.0f} per parameter, predicted val_loss "
         f"{plan['predicted_loss']:.3f} by the fitted law, {plan['predicted_train_s'] / 60:.1f} min of training on the "

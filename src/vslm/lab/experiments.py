@@ -246,36 +246,42 @@ def builtin_experiments() -> dict[str, str]:
     return builtin_descriptions("vslm.configs.experiments")
 
 
-def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
-    """(name, parsed TOML, label for errors) of a built-in experiment or a TOML path."""
+def read_spec(name_or_path: str, package: str, what: str) -> tuple[str, dict, str]:
+    """(name, parsed TOML, label for errors) of a TOML path or a built-in of `package` (an experiment or a
+    scaling spec, `what`). A relative `base` is looked up beside the file, else taken as a built-in config's
+    name (as a config's own base is), never in the folder the command runs from: one missing is named where
+    it was looked for."""
     path = Path(name_or_path)
     if path.is_file():
         try:
             text, name, label = path.read_text(encoding="utf-8"), path.stem, str(path)
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"experiment {path}: cannot read it ({e})") from None
+            raise ConfigError(f"{what} {path}: cannot read it ({e})") from None
     else:
-        entry = resources.files("vslm.configs.experiments") / f"{name_or_path}.toml"
+        entry = resources.files(package) / f"{name_or_path}.toml"
         if not entry.is_file():
-            names = ", ".join(builtin_experiments())
-            hint = did_you_mean(name_or_path, builtin_experiments())
-            raise ConfigError(f"no experiment '{name_or_path}'{hint}: not a file, nor a built-in experiment ({names})")
-        text, name, label = entry.read_text(), name_or_path, f"built-in experiment '{name_or_path}'"
+            known = builtin_descriptions(package)
+            raise ConfigError(f"no {what} '{name_or_path}'{did_you_mean(name_or_path, known)}: not a file, nor a "
+                              f"built-in {what} ({', '.join(known)})")
+        text, name, label = entry.read_text(), name_or_path, f"built-in {what} '{name_or_path}'"
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
     base = raw.get("base")
     if path.is_file() and isinstance(base, str) and base and not Path(base).is_absolute():
-        # a relative base is looked up beside the file, else taken as a built-in name (as a config's base is),
-        # never in the folder the command runs from: a path missing there is named where it was looked for
         if (path.parent / base).is_file():
             raw["base"] = str(path.parent / base)
         elif base not in (builtins := builtin_configs()):
-            raise ConfigError(f"the experiment's base '{base}': no config '{base}'{did_you_mean(base, builtins)}: "
+            raise ConfigError(f"the {what}'s base '{base}': no config '{base}'{did_you_mean(base, builtins)}: "
                               f"not a file beside {path} ({path.parent / base}), nor a built-in config "
                               f"({', '.join(builtins)})")
     return name, raw, label
+
+
+def read_experiment(name_or_path: str) -> tuple[str, dict, str]:
+    """(name, parsed TOML, label for errors) of a built-in experiment or a TOML path (read_spec)."""
+    return read_spec(name_or_path, "vslm.configs.experiments", "experiment")
 
 
 KINDS = ("knowledge",)  # an experiment's `kind`; left out: a comparison of variants

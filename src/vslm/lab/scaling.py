@@ -42,20 +42,18 @@ from __future__ import annotations
 
 import math
 import shlex
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
-from vslm.errors import ConfigError, VSLMError, did_you_mean
+from vslm.errors import ConfigError, VSLMError, refuse_file_in_the_way
 from vslm.files import write_text
 from vslm.lab import scaling_fit
-from vslm.lab.experiments import builtin_descriptions
+from vslm.lab.experiments import builtin_descriptions, read_spec, run_state
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import build_for_accounting, tokens_per_run
 from vslm.model import parameter_count, training_flops_per_token
@@ -136,22 +134,7 @@ def builtin_scaling_specs() -> dict[str, str]:
 
 def load_scaling_spec(name_or_path: str) -> tuple[str, ScalingSpec]:
     """(name, validated spec) of a built-in scaling spec or a TOML path; a relative base is looked up beside it."""
-    path = Path(name_or_path)
-    if path.is_file():
-        text, name, label = path.read_text(encoding="utf-8"), path.stem, str(path)
-    else:
-        entry = resources.files("vslm.configs.scaling") / f"{name_or_path}.toml"
-        if not entry.is_file():
-            known = builtin_scaling_specs()
-            raise ConfigError(f"no scaling spec '{name_or_path}'{did_you_mean(name_or_path, known)}: not a file, "
-                              f"nor a built-in spec ({', '.join(known)})")
-        text, name, label = entry.read_text(), name_or_path, f"built-in scaling spec '{name_or_path}'"
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{label}: invalid TOML: {e}") from None
-    if path.is_file() and isinstance(raw.get("base"), str) and (path.parent / raw["base"]).is_file():
-        raw["base"] = str(path.parent / raw["base"])
+    name, raw, label = read_spec(name_or_path, "vslm.configs.scaling", "scaling spec")
     try:
         return name, ScalingSpec.model_validate(raw)
     except ValidationError as e:
@@ -176,9 +159,13 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
                           f"{len(spec.widths)} widths and {len(spec.steps)} budgets")
     for word in [*spec.overrides, *extra_overrides]:
         key = word.partition("=")[0].strip()
-        if key in GRID_FIELDS:
-            raise ConfigError(f"override '{word}': {key} is set by the scaling grid (widths, aspect, head_dim, "
-                              "steps, seed), not by an override")
+        if grid := [f for f in GRID_FIELDS if f == key or f.startswith(key + ".")]:  # `model={...}` sets them all
+            raise ConfigError(f"override '{word}': {', '.join(grid)} {'is' if len(grid) == 1 else 'are'} set by the "
+                              "scaling grid (widths, aspect, head_dim, steps, seed), not by an override")
+    try:  # what every run shares, once: a fault there is no size's
+        load_config(spec.base, [*spec.overrides, *DYNAMICS, *extra_overrides, "logging.progress=false"], shared=True)
+    except ConfigError as e:
+        raise ConfigError(f"the spec's base and overrides (and the command line's): {e}") from None
     runs = []
     for width in spec.widths:
         size = Size(width, spec.aspect, spec.head_dim)
@@ -303,6 +290,7 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
     name, spec = load_scaling_spec(spec_name_or_path)
     out = Path(out)
     runs = plan_scaling(spec, out, extra_overrides)
+    refuse_file_in_the_way(out)  # the dry run says it too
     command = shlex.join(["vslm", "scaling", spec_name_or_path, *extra_overrides, "--out", str(out)])
     if console:
         total = sum(r.tokens for r in runs)
@@ -317,8 +305,12 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
         budgets = ", ".join(f"{r.steps} steps = {r.tokens:,} tokens" for r in runs[: len(spec.steps)])
         console.print(f"  budgets: {budgets}", highlight=False)
     if dry_run:
+        states = {r.folder: run_state(r.cfg, r.folder) for r in runs}
+        if console and (other := [str(f) for f, state in states.items() if state == "other_settings"]):
+            console.print(f"{len(other)} run folders hold runs of other settings, which the study refuses: "
+                          f"{', '.join(other)}", highlight=False, markup=False)
         return {"scaling": name, "runs": [{"label": r.label, "params": r.params, "tokens": r.tokens,
-                                           "folder": str(r.folder)} for r in runs]}
+                                           "folder": str(r.folder), "state": states[r.folder]} for r in runs]}
     results = _train_all(runs, console, launcher)
     report = {"scaling": name, "description": spec.description, "command": command,
               "rule": {"aspect": spec.aspect, "head_dim": spec.head_dim, "widths": spec.widths, "steps": spec.steps,
