@@ -199,6 +199,19 @@ def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
     (tmp_path / "broken" / "fit.json").write_text(json.dumps(broken))
     with pytest.raises(VSLMError, match=r"is not the fit.json of `vslm scaling SPEC --out DIR`: fit.beta is missing"):
         plan_from_fit(0.002, tmp_path / "broken")
+    gqa = json.loads((tmp_path / "fit.json").read_text())
+    gqa["base_config"]["model"]["kv_heads"] = 1  # a study the ladder's uniform shapes cannot carry: named
+    (tmp_path / "gqa").mkdir()
+    (tmp_path / "gqa" / "fit.json").write_text(json.dumps(gqa))
+    with pytest.raises(VSLMError, match=r"the study's model.kv_heads is not carried by plan --from"):
+        plan_from_fit(0.002, tmp_path / "gqa")
+    wsd = json.loads((tmp_path / "fit.json").read_text())  # a warm-up longer than the plan's steps leave it
+    wsd["base_config"]["train"].update(schedule="wsd", warmup=10_000_000, decay_fraction=0.3)
+    (tmp_path / "wsd").mkdir()
+    (tmp_path / "wsd" / "fit.json").write_text(json.dumps(wsd))
+    plan = plan_from_fit(0.002, tmp_path / "wsd", ["train.threads=1"], seconds=0.3, max_measure=2)
+    train = plan["config"].train
+    assert train.schedule == "wsd" and train.warmup == train.steps - round(0.3 * train.steps)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -266,8 +279,11 @@ def test_what_a_researchers_own_spec_gets_wrong_is_one_line_and_the_dry_run_says
     (other / "config.toml").write_text(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"lr": 0.5})}).to_toml())
     assert main(["scaling", str(ok), "--dry-run", "--out", str(out)]) == 0
-    assert f"1 run folders hold runs of other settings, which the study refuses: {other}" in \
+    assert f"1 run folder holds a run of other settings, which the study refuses: {other}" in \
         capsys.readouterr().out.replace("\n", "")
+    wsd = tmp_path / "wsd.toml"  # the base's own 50 steps would not hold this warm-up; every run of the grid does
+    wsd.write_text(SPEC.replace('"train.warmup=2"', '"train.schedule=\\"wsd\\"", "train.warmup=4"'))
+    assert [r.steps for r in plan_scaling(load_scaling_spec(str(wsd))[1], out)] == [6, 12, 24] * 2
 
 
 @pytest.mark.parametrize("name", ["scaling-tiny", "scaling-hour"])

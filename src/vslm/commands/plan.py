@@ -178,7 +178,7 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
     tps = fit.tokens_per_s(flops)
     steps = max(1, round(budget_s * tps / tokens_per_step))  # all of the hours
     predicted_s = steps * tokens_per_step / tps
-    planned = planned_config(cfg, shape, steps, corpus, predicted_s, params)
+    planned = planned_config(cfg, shape, steps, corpus, predicted_s, params, overrides)
     train_tokens = len(corpus.train.tokens)
     if planned.data.max_bytes != cfg.data.max_bytes:  # stories made to measure: tokens in proportion
         train_tokens = train_tokens * planned.data.max_bytes / cfg.data.max_bytes
@@ -196,8 +196,8 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
 
 # what the plan sets itself (the shape, the steps and their schedule, evaluations and checkpoints): an override of
 # one would be lost, so it is refused; the config the plan writes is the place to change them
-PLANNED = ("model.width", "model.depth", "model.heads", "model.head_dim", "train.steps", "train.lr", "train.min_lr",
-           "train.warmup", "train.schedule", "train.eval_every", "train.eval_windows", "train.checkpoint_every")
+PLANNED = ("model.width", "model.depth", "model.heads", "train.steps", "train.lr", "train.min_lr", "train.warmup",
+           "train.schedule", "train.eval_every", "train.eval_windows", "train.checkpoint_every")
 
 
 def check_plan_args(hours: float, seconds: float, max_measure: int, overrides: Sequence[str]) -> None:
@@ -216,16 +216,19 @@ def check_plan_args(hours: float, seconds: float, max_measure: int, overrides: S
 
 
 def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, predicted_s: float,
-                   params: int) -> RunConfig:
+                   params: int, overrides: Sequence[str] = ()) -> RunConfig:
     """The run to train: the shape, the step count, a learning rate by width (nanoGPT's 1e-3 at
-    width 384 and GPT-2's 6e-4 at 768), cosine decay to a tenth, five evaluations and checkpoints."""
+    width 384 and GPT-2's 6e-4 at 768), cosine decay to a tenth, five evaluations and checkpoints;
+    snapshots, progress and tensorboard on unless `overrides` (the command line's) say otherwise."""
     lr = 2e-3 if shape.width <= 128 else 1e-3 if shape.width <= 384 else 6e-4
     every = max(1, steps // EVALS)
     words = [f"train.steps={steps}", f"train.lr={lr}", f"train.min_lr={lr / 10}",
              f"train.warmup={min(100, steps // 10)}", "train.schedule=cosine", f"train.eval_every={every}",
              f"train.eval_windows={EVAL_WINDOWS}", f"train.checkpoint_every={every}", "train.snapshots=true",
              "logging.progress=true", "logging.tensorboard=auto"]
-    if cfg.data.source == "stories":  # the generator can make as much text as the budget needs
+    given = {word.partition("=")[0].strip() for word in overrides}
+    words = [w for w in words if w.partition("=")[0] not in given]  # PLANNED ones are refused before
+    if cfg.data.source == "stories" and cfg.data.max_bytes is not None:  # the generator makes what the budget needs
         sample = np.asarray(corpus.train.tokens[:1_000_000], dtype=np.int64)
         bytes_per_token = float(corpus.token_bytes[sample].mean())
         need = steps * cfg.train.batch_size * cfg.model.context * bytes_per_token / (1 - cfg.data.val_fraction)

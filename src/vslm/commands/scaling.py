@@ -23,7 +23,7 @@ from rich.table import Table
 
 from vslm.commands.plan import TOKENS_PER_PARAM, CostFit, Shape, make_plan
 from vslm.config import apply_overrides, validate
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError
 from vslm.lab.scaling import run_scaling
 from vslm.lab.scaling_fit import CHINCHILLA, Law
 
@@ -81,23 +81,49 @@ def _missing(result: dict) -> str | None:
 
 def refuse_study_changes(overrides: Sequence[str]) -> None:
     """With --from, an override of what the study's law was fitted on (its data, model, batch or optimizer) would
-    plan a run the law does not describe: refused, naming it."""
+    plan a run the law does not describe: refused, naming it. Where the data is found (data.origin) may change."""
     fixed = [f"train.{k}" for k in (*RECIPE, "batch_size", "grad_accum")]
     for word in overrides:
         key = word.partition("=")[0].strip()
+        if key == "data.origin":
+            continue
         if key in ("data", "model", "train") or key.startswith(("data.", "model.")) or key in fixed:
-            raise VSLMError(f"override '{word}': --from plans the study's data, model, batch and optimizer, which its "
-                            "law was fitted on; leave it out (or fit a study with it)")
+            raise UsageError(f"override '{word}': --from plans the study's data, model, batch and optimizer, which its "
+                             "law was fitted on; leave it out (or fit a study with it)")
+
+
+def refuse_uncarried(base: dict, path: Path) -> None:
+    """A study's model or data that the plan's ladder of uniform shapes cannot carry (per-layer schedules or
+    blocks, grouped-query heads, an embedding width of its own, copying lists): refused, naming the field,
+    rather than planned as another model."""
+    from vslm.config import DataConfig, ModelConfig
+
+    for section, schema in (("model", ModelConfig), ("data", DataConfig)):
+        default = schema().model_dump(mode="json", exclude_none=True)  # as RunConfig.to_raw writes a study's
+        for key, value in base[section].items():
+            nested = isinstance(value, dict | list) and _no_none(value) != default.get(key)
+            if nested or (key in ("kv_heads", "embed_width") and value is not None):
+                raise UsageError(f"{path}: the study's {section}.{key} is not carried by plan --from, whose sizes are "
+                                 "uniform GPT shapes; plan from a study without it")
 
 
 def study_overrides(base: dict) -> list[str]:
     """The study's data, context, batch and architecture as dotted overrides of the plan's base config."""
-    words = [f"model.{k}={json.dumps(v)}" for k, v in base["model"].items()
+    words = [f"model.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in base["model"].items()
              if k not in SIZE_FIELDS and isinstance(v, str | int | float | bool)]
-    words += [f"data.{k}={json.dumps(v)}" for k, v in base["data"].items() if isinstance(v, str | int | float | bool)]
+    words += [f"data.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in base["data"].items()
+              if isinstance(v, str | int | float | bool)]
     words += [f"train.{k}={base['train'][k]}" for k in ("batch_size", "grad_accum") if k in base["train"]]
-    words += [f"train.{k}={json.dumps(base['train'][k])}" for k in RECIPE if base["train"].get(k) is not None]
+    words += [f"train.{k}={json.dumps(base['train'][k], ensure_ascii=False)}" for k in RECIPE
+              if base["train"].get(k) is not None]
     return words
+
+
+def _no_none(value):
+    """A JSON value with the None entries of its tables left out, at every depth (exclude_none's form)."""
+    if isinstance(value, dict):
+        return {k: _no_none(v) for k, v in value.items() if v is not None}
+    return [_no_none(v) for v in value] if isinstance(value, list) else value
 
 
 def law_chooser(law: Law):
@@ -113,6 +139,7 @@ def plan_from_fit(hours: float, fit_path: Path, overrides: Sequence[str] = (), s
     dict gains `law`, `predicted_loss` (with `loss_interval`), `n_interval`, `within_fit`."""
     result = read_fit(fit_path)
     refuse_study_changes(overrides)
+    refuse_uncarried(result["base_config"], Path(fit_path))
     fit = result["fit"]
     law = Law(**{k: fit[k] for k in ("E", "A", "alpha", "B", "beta")})
     boots = [Law(*row) for row in result.get("bootstrap", []) if all(v is not None for v in row)]
@@ -131,10 +158,13 @@ def plan_from_fit(hours: float, fit_path: Path, overrides: Sequence[str] = (), s
     plan["fit_path"] = str(fit_path)
     study_train = result["base_config"]["train"]  # the study's lr and schedule, not the plan's lr by width
     schedule = {k: study_train[k] for k in SCHEDULE if study_train.get(k) is not None}
-    if "warmup" in schedule:
-        schedule["warmup"] = min(schedule["warmup"], plan["steps"] - 1)
+    if "warmup" in schedule:  # before the steps' end, and before a wsd schedule's decay
+        steps, decay = plan["steps"], study_train.get("decay_fraction", 0.0)
+        room = steps - round(decay * steps) if schedule.get("schedule") == "wsd" else steps - 1
+        schedule["warmup"] = max(0, min(schedule["warmup"], room))
     plan["config"] = validate(apply_overrides(plan["config"].to_raw(),
-                                              [f"train.{k}={json.dumps(v)}" for k, v in schedule.items()]))
+                                              [f"train.{k}={json.dumps(v, ensure_ascii=False)}"
+                                               for k, v in schedule.items()]))
     plan["config"] = plan["config"].model_copy(update={"description": (
         f"from vslm plan --from {fit_path}: {d:,} tokens, {d / n:.0f} per parameter, predicted val_loss "
         f"{plan['predicted_loss']:.3f} by the fitted law, {plan['predicted_train_s'] / 60:.1f} min of training on the "

@@ -162,10 +162,7 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
         if grid := [f for f in GRID_FIELDS if f == key or f.startswith(key + ".")]:  # `model={...}` sets them all
             raise ConfigError(f"override '{word}': {', '.join(grid)} {'is' if len(grid) == 1 else 'are'} set by the "
                               "scaling grid (widths, aspect, head_dim, steps, seed), not by an override")
-    try:  # what every run shares, once: a fault there is no size's
-        load_config(spec.base, [*spec.overrides, *DYNAMICS, *extra_overrides, "logging.progress=false"], shared=True)
-    except ConfigError as e:
-        raise ConfigError(f"the spec's base and overrides (and the command line's): {e}") from None
+    shared = [*spec.overrides, *DYNAMICS, *extra_overrides, "logging.progress=false"]
     runs = []
     for width in spec.widths:
         size = Size(width, spec.aspect, spec.head_dim)
@@ -174,8 +171,9 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
                      *extra_overrides, "logging.progress=false"]
             try:
                 cfg = load_config(spec.base, words, shared=True)
-            except ConfigError as e:
-                raise ConfigError(f"size {size.label}, {steps} steps: {e}") from None
+            except ConfigError as e:  # blamed on the shared part where it fails the same without the grid
+                raise ConfigError(f"{_culprit(spec.base, shared, e) or f'size {size.label}, {steps} steps'}: {e}") \
+                    from None
             if cfg.train.warmup >= steps:
                 raise ConfigError(f"train.warmup {cfg.train.warmup} is not below the smallest budget's {steps} steps")
             model = build_for_accounting(cfg)
@@ -191,6 +189,16 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
             raise ConfigError(f"{run.label} would see another token stream than {runs[0].label}: the data section, "
                               "train.seed, batch_size, grad_accum and model.context must be the same in every run")
     return runs
+
+
+def _culprit(base: str, shared: Sequence[str], failed: ConfigError) -> str | None:
+    """The shared part (the spec's base and overrides, and the command line's) when it fails as `failed` on its
+    own, without a size or budget: the fault is no size's. None when it loads."""
+    try:
+        load_config(base, list(shared), shared=True)
+    except ConfigError as e:
+        return "the spec's base and overrides (and the command line's)" if str(e) == str(failed) else None
+    return None
 
 
 def _train_all(runs: list[ScalingRun], console: Console | None = None, launcher: Launcher | None = None) -> list[dict]:
@@ -307,7 +315,8 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
     if dry_run:
         states = {r.folder: run_state(r.cfg, r.folder) for r in runs}
         if console and (other := [str(f) for f, state in states.items() if state == "other_settings"]):
-            console.print(f"{len(other)} run folders hold runs of other settings, which the study refuses: "
+            console.print(f"{len(other)} run folder{'s hold runs' if len(other) > 1 else ' holds a run'} of other "
+                          "settings, which the study refuses: "
                           f"{', '.join(other)}", highlight=False, markup=False)
         return {"scaling": name, "runs": [{"label": r.label, "params": r.params, "tokens": r.tokens,
                                            "folder": str(r.folder), "state": states[r.folder]} for r in runs]}
