@@ -286,6 +286,21 @@ def test_what_a_researchers_own_spec_gets_wrong_is_one_line_and_the_dry_run_says
     assert [r.steps for r in plan_scaling(load_scaling_spec(str(wsd))[1], out)] == [6, 12, 24] * 2
 
 
+def test_the_readmes_scaling_spec_is_one_that_plans(tmp_path):
+    """The annotated spec in the README is a valid study: every key it lists, and a grid that plans."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"A spec of\s+your own, run by its path.*?```toml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "mine.toml").write_text(block)
+    _, spec = load_scaling_spec(str(tmp_path / "mine.toml"))
+    assert set(type(spec).model_fields) - {"description"} <= set(block.replace("=", " ").split())
+    runs = plan_scaling(spec, tmp_path / "out")
+    assert len(runs) == 16 and [r.size.depth for r in runs[::4]] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("name", ["scaling-tiny", "scaling-hour"])
 def test_built_in_specs_plan_without_training(name, tmp_path):
     _, spec = load_scaling_spec(name)
