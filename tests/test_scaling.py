@@ -223,6 +223,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     typo.write_text(SPEC.replace("aspect =", "aspekt ="))
     with pytest.raises(ConfigError, match="did you mean aspect"):
         load_scaling_spec(str(typo))
+    typo.write_text(SPEC.replace("steps =", "step ="))  # a required key misspelled: named, not "steps: missing"
+    with pytest.raises(ConfigError, match=r"typo.toml: unknown field 'step' \(did you mean steps\?\)$"):
+        load_scaling_spec(str(typo))
     with pytest.raises(ConfigError, match="did you mean scaling-tiny"):
         load_scaling_spec("scaling-tinny")
     ok = tmp_path / "ok.toml"

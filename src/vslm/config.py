@@ -714,8 +714,12 @@ def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
 
 def one_line_error(e: ValidationError, prefix: str = "config error", root: type[BaseModel] | None = None) -> str:
     """The first validation error as one line naming the field: `prefix: model.width: ...`; an unknown field
-    of `root` (the model validated) with the near names: `unknown field 'train.step' (did you mean train.steps?)`."""
-    err = e.errors()[0]
+    of `root` (the model validated) with the near names: `unknown field 'train.step' (did you mean train.steps?)`.
+    A field missing beside an unknown one is the unknown one misspelled: that one is named, with the field meant."""
+    errors = e.errors()
+    err = errors[0]
+    if err["type"] == "missing":
+        err = next((x for x in errors if x["type"] == "extra_forbidden"), err)
     field = ".".join(str(part) for part in err["loc"])
     where = f"{prefix}: {field}: " if field else f"{prefix}: "
     msg = err["msg"].removeprefix("Value error, ")
