@@ -335,6 +335,14 @@ def test_a_resume_on_a_corpus_that_reads_as_other_tokens_is_refused(tmp_path, ca
     code = main(["train", "--resume", "--out", str(folder), "train.steps=6"])
     assert code == 0, capsys.readouterr().err
     assert [m["step"] for m in metrics(folder)] == list(range(1, 7))
+    for name in ("checkpoints", "snapshots"):  # again, on a corpus with a symbol its vocabulary lacks: said why
+        shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / "metrics.jsonl").write_text((folder / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    with text.open("a") as f:
+        f.write("a fox! " * 40 + "\n\n")
+    assert main(["train", "--resume", "--out", str(folder), "train.steps=6"]) != 0
+    err = capsys.readouterr().err
+    assert "is smaller than the tokenizer's" in err and "has gained symbols since: train anew into another --out" in err
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

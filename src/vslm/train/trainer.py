@@ -389,7 +389,9 @@ class Trainer:
         vocab = self.corpus.tokenizer.vocab_size
         cfg = cfg.with_vocab_size(vocab)
         if cfg.model.vocab_size < vocab:
-            raise VSLMError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {vocab}")
+            why = (" (the run's config.toml took it from the corpus it first read, which has gained symbols since: "
+                   "train anew into another --out)" if self.restart else "")
+            raise VSLMError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {vocab}{why}")
         self.cfg = cfg
         tc = cfg.train
         cuda = self.device.type == "cuda"
