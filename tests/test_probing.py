@@ -65,6 +65,13 @@ def test_probes_in_training_equal_probes_over_snapshots(tmp_path, capsys):
                                f"{best:.3f}"]
     assert len(out) == len(live) + 2
     # NaN is written as null (no ICL score under 11 tokens of context, a diverged run): shown as nan
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())  # the corpus as the run began: another
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({**summary, "train_tokens": 5}))  # count now: refused
+    assert main(["probe", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"its corpus reads as other tokens (train 5 then, {summary['train_tokens']:,} " \
+        "now), so the probe set would not be the one it trained with" in err
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
     nulls = tmp_path / "nulls.jsonl"
     nulls.write_text(json.dumps({"step": 3, "icl_score": None, "distribution": {"M1": None},
                                  "induction": {"loss_first": 2.0, "prefix_matching": [[None, 0.25]]}}) + "\n")

@@ -79,7 +79,7 @@ from vslm.probes import (
 from vslm.progress import quiet
 from vslm.train.callbacks import Callback, is_log_spaced, step_of_line
 from vslm.train.checkpoint import list_checkpoints, load_checkpoint
-from vslm.train.run_folder import SNAPSHOTS, TOKENIZER, read_run_config, update_summary
+from vslm.train.run_folder import SNAPSHOTS, TOKENIZER, corpus_changes, read_run_config, update_summary
 
 if TYPE_CHECKING:
     from vslm.train.trainer import Trainer
@@ -265,6 +265,9 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
         raise VSLMError(f"{run_dir} has no snapshots to probe ({why}); --copying and --induction probe its "
                         "latest checkpoint")
     corpus = prepare_corpus(cfg.data, tokenizer=load_tokenizer(run_dir / TOKENIZER))  # the run's own tokens
+    if differ := corpus_changes(run_dir, len(corpus.train.tokens), len(corpus.val.tokens)):  # another probe set
+        raise VSLMError(f"cannot probe the snapshots of {run_dir}: its corpus reads as other tokens "
+                        f"({'; '.join(differ)}), so the probe set would not be the one it trained with")
     probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size,
                              cfg.logging.probe_windows, cfg.logging.induction_length,
                              cfg.logging.induction_support, cfg.logging.icl_short)

@@ -162,6 +162,18 @@ def read_run_config(folder: Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
+def corpus_changes(folder: Path, train_tokens: int, val_tokens: int) -> list[str]:
+    """How the run's corpus, prepared now, differs from the one it began with (summary.json's token counts):
+    ["train 1,000 then, 1,200 now", ...]; [] when they agree or summary.json does not say."""
+    try:
+        began = json.loads((Path(folder) / SUMMARY).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    now = {"train_tokens": train_tokens, "val_tokens": val_tokens}
+    return [f"{key.split('_')[0]} {began[key]:,} then, {now[key]:,} now" for key in now
+            if isinstance(began, dict) and isinstance(began.get(key), int) and began[key] != now[key]]
+
+
 # what mends a run folder that data_limit_left_out finds, trained with data.max_bytes = none before 2026-12-06
 OLD_NO_LIMIT = ("its config.toml gives no data.max_bytes, which reads as 8 MB; a run folder written before "
                 '2026-12-06 with data.max_bytes = none lost it: add max_bytes = "none" under [data] there')

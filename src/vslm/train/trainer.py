@@ -88,6 +88,7 @@ from vslm.train.run_folder import (
     RunLock,
     check_not_in_use,
     clear_run_folder,
+    corpus_changes,
     data_limit_left_out,
     device_of,
     never_checkpointed,
@@ -489,13 +490,7 @@ class Trainer:
         """A resume continues the batch source's stream over the run's corpus: a corpus that now reads as other
         tokens (its files changed, or data.max_bytes) would go on, silently, on other data. summary.json holds
         the token counts the run began with."""
-        try:
-            began = json.loads((self.run_dir / SUMMARY).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return  # nothing to compare with (summary.json is written anew, with a warning)
-        now = {"train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
-        differ = [f"{key.split('_')[0]} {began[key]:,} then, {now[key]:,} now" for key in now
-                  if isinstance(began.get(key), int) and began[key] != now[key]]
+        differ = corpus_changes(self.run_dir, len(self.corpus.train.tokens), len(self.corpus.val.tokens))
         if not differ:
             return
         if data_limit_left_out(self.run_dir) and cfg.data.max_bytes == DEFAULT_MAX_BYTES:
