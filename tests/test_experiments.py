@@ -617,6 +617,8 @@ def test_what_a_researchers_own_file_gets_wrong_is_one_line_and_the_dry_run_says
     for dry in (["--dry-run"], []):
         assert refused(write_experiment(tmp_path), "train.seed=7", "--out", out, *dry).startswith(
             f"vslm: error: the command line: {seed_words}")
+    # a whole train table sets the seed too (its default, the same for every seed): refused the same way
+    assert f"the command line: {seed_words}" in refused(write_experiment(tmp_path), "train={steps=4}", "--dry-run")
     assert f"variant 'wide': {seed_words}" in refused(write_experiment(tmp_path, ["train.seed=5"]), "--out", out)
     assert f"variant 'narrow': {seed_words}" in refused(write_experiment(tmp_path), "--sweep", "train.seed=1",
                                                        "--sweep", "train.seed=2", "--out", out, "--dry-run")

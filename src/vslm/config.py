@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -666,6 +667,14 @@ def parse_override(word: str) -> tuple[list[str], Any]:
             raise ConfigError(f"override '{word}': the value is not valid TOML ({e}){hint}") from None
         value = text  # a bare word: cpu, stories, path/to/file.txt
     return key.split("."), value
+
+
+def fields_set_by(word: str, fields: Iterable[str]) -> list[str]:
+    """The dotted fields among `fields` that the override `word` sets: the field itself, or a table above it
+    (`train={lr=0.01}` replaces the whole train table, its seed and steps too). A word not of the form
+    key=value sets none here; parse_override names it where the override is applied."""
+    path = [part.strip() for part in word.partition("=")[0].split(".")]
+    return [f for f in fields if f.split(".")[:len(path)] == path]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.commands.bench import throughput
-from vslm.config import RunConfig, apply_overrides, load_config, save_config, validate
+from vslm.config import RunConfig, apply_overrides, fields_set_by, load_config, save_config, validate
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.errors import UsageError
 from vslm.train.callbacks import MetricsLog, StopAfter
@@ -209,8 +209,7 @@ def check_plan_args(hours: float, seconds: float, max_measure: int, overrides: S
     if max_measure < 1:
         raise UsageError(f"--max-measure must be 1 or more sizes, got {max_measure}")
     for word in overrides:
-        key = word.partition("=")[0].strip()
-        if set_here := [f for f in PLANNED if f == key or f.startswith(key + ".")]:
+        if set_here := fields_set_by(word, PLANNED):
             raise UsageError(f"override '{word}': the plan sets {', '.join(set_here)} itself (the shape, the "
                              "steps and their schedule); change them in the config it writes")
 
@@ -226,8 +225,8 @@ def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, pre
              f"train.warmup={min(100, steps // 10)}", "train.schedule=cosine", f"train.eval_every={every}",
              f"train.eval_windows={EVAL_WINDOWS}", f"train.checkpoint_every={every}", "train.snapshots=true",
              "logging.progress=true", "logging.tensorboard=auto"]
-    given = {word.partition("=")[0].strip() for word in overrides}
-    words = [w for w in words if w.partition("=")[0] not in given]  # PLANNED ones are refused before
+    # the command line's own settings stay (PLANNED ones are refused before): a planned word they set goes
+    words = [w for w in words if not any(fields_set_by(o, [w.partition("=")[0]]) for o in overrides)]
     if cfg.data.source == "stories" and cfg.data.max_bytes is not None:  # the generator makes what the budget needs
         sample = np.asarray(corpus.train.tokens[:1_000_000], dtype=np.int64)
         bytes_per_token = float(corpus.token_bytes[sample].mean())

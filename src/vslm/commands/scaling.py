@@ -101,7 +101,7 @@ def refuse_uncarried(base: dict, path: Path) -> None:
     for section, schema in (("model", ModelConfig), ("data", DataConfig)):
         default = schema().model_dump(mode="json", exclude_none=True)  # as RunConfig.to_raw writes a study's
         for key, value in base[section].items():
-            nested = isinstance(value, dict | list) and _no_none(value) != default.get(key)
+            nested = isinstance(value, dict | list) and value != default.get(key)
             if nested or (key in ("kv_heads", "embed_width") and value is not None):
                 raise UsageError(f"{path}: the study's {section}.{key} is not carried by plan --from, whose sizes are "
                                  "uniform GPT shapes; plan from a study without it")
@@ -117,13 +117,6 @@ def study_overrides(base: dict) -> list[str]:
     words += [f"train.{k}={json.dumps(base['train'][k], ensure_ascii=False)}" for k in RECIPE
               if base["train"].get(k) is not None]
     return words
-
-
-def _no_none(value):
-    """A JSON value with the None entries of its tables left out, at every depth (exclude_none's form)."""
-    if isinstance(value, dict):
-        return {k: _no_none(v) for k, v in value.items() if v is not None}
-    return [_no_none(v) for v in value] if isinstance(value, list) else value
 
 
 def law_chooser(law: Law):

@@ -77,7 +77,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
-from vslm.config import DataConfig, RunConfig, builtin_configs, load_config, one_line_error
+from vslm.config import DataConfig, RunConfig, builtin_configs, fields_set_by, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
 from vslm.errors import ConfigError, VSLMError, did_you_mean, refuse_file_in_the_way, repeated
@@ -377,7 +377,7 @@ def refuse_seed_overrides(parts: Sequence[tuple[str, Sequence[str]]]) -> None:
     come before that and be lost, or after it and make every seed one run: identical seeds that a paired
     test calls significant. parts: (where, its override words)."""
     for where, words in parts:
-        if any(word.split("=", 1)[0].strip() == "train.seed" for word in words):
+        if any(fields_set_by(word, ["train.seed"]) for word in words):  # `train={...}` too
             raise ConfigError(f"{where}: train.seed is the experiment's to set (seed s trains with train.seed = s): "
                               "give the number of seeds instead (seeds = N in the file, --seeds N)")
 
@@ -397,9 +397,9 @@ def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[
         for key in _keys(variant.sweep):
             swept.setdefault(key, variant.name)
     for word in extra_overrides:  # it would come after every choice, and win over it
-        if (key := word.split("=", 1)[0]) in swept:
-            raise ConfigError(f"the command line's override {word} sets {key}, which the sweep of variant "
-                              f"'{swept[key]}' sets: it would win over every choice")
+        if keys := fields_set_by(word, swept):
+            raise ConfigError(f"the command line's override {word} sets {keys[0]}, which the sweep of variant "
+                              f"'{swept[keys[0]]}' sets: it would win over every choice")
     shared = [f"data.source={corpus}"] if corpus else []  # part of the spec, not of the command line
     plan = _configs(spec, seeds, shared, extra_overrides)
     _check_configs_differ(spec, plan, shared, extra_overrides)
@@ -474,17 +474,18 @@ def _configs(spec: ExperimentSpec, seeds: int, shared: Sequence[str],
                 who = f"variant '{variant.name}'" + (f" ({choice})" if choice else "")
                 if (part := _culprit(spec, shared, extra_overrides, e)) is not None:
                     who = part if fails_alike(e) else f"{who}, with {part}"
-                elif choice in spec.sweep and _fails_alone(spec, shared, choice, e):  # every variant's (--sweep)
+                elif choice in spec.sweep and fails_the_same(spec.base, [*spec.overrides, *shared, *choice.split()],
+                                                             e):  # every variant's sweep (--sweep), not this variant
                     who = f"sweep choice '{choice}' (every variant's)"
                 raise ConfigError(f"{who}: {e}") from None
     return plan
 
 
-def _fails_alone(spec: ExperimentSpec, shared: Sequence[str], choice: str, failed: ConfigError) -> bool:
-    """Whether a sweep choice fails as `failed` on the experiment's base and overrides alone, without a
-    variant's own overrides: the choice is at fault."""
+def fails_the_same(base: str, words: Sequence[str], failed: ConfigError) -> bool:
+    """Whether the config of `base` with these override words alone fails as `failed` did: the fault lies in
+    them, not in what a plan added to them (a variant, a sweep choice, a size)."""
     try:
-        load_config(spec.base, [*spec.overrides, *shared, *choice.split()], shared=True)
+        load_config(base, list(words), shared=True)
     except ConfigError as e:
         return str(e) == str(failed)
     return False
@@ -496,11 +497,8 @@ def _culprit(spec: ExperimentSpec, shared: Sequence[str], extra_overrides: Seque
     with the experiment's overrides, or with the command line's."""
     for words, who in (([], f"the experiment's base '{spec.base}'"), (spec.overrides, "the experiment's overrides"),
                        (extra_overrides, "the command line's overrides")):
-        try:
-            load_config(spec.base, [*shared, *words], shared=True)
-        except ConfigError as e:
-            if str(e) == str(failed):
-                return who
+        if fails_the_same(spec.base, [*shared, *words], failed):
+            return who
     return None
 
 

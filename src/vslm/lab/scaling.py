@@ -49,11 +49,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 from rich.console import Console
 
-from vslm.config import RunConfig, load_config, one_line_error
+from vslm.config import RunConfig, fields_set_by, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError, refuse_file_in_the_way
 from vslm.files import write_text
 from vslm.lab import scaling_fit
-from vslm.lab.experiments import builtin_descriptions, read_spec, run_state
+from vslm.lab.experiments import builtin_descriptions, fails_the_same, read_spec, run_state
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
 from vslm.lab.runner import build_for_accounting, tokens_per_run
 from vslm.model import parameter_count, training_flops_per_token
@@ -158,8 +158,7 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
         raise ConfigError(f"the grid needs at least 2 widths and 2 budgets to tell alpha from beta, got "
                           f"{len(spec.widths)} widths and {len(spec.steps)} budgets")
     for word in [*spec.overrides, *extra_overrides]:
-        key = word.partition("=")[0].strip()
-        if grid := [f for f in GRID_FIELDS if f == key or f.startswith(key + ".")]:  # `model={...}` sets them all
+        if grid := fields_set_by(word, GRID_FIELDS):  # `model={...}` sets them all
             raise ConfigError(f"override '{word}': {', '.join(grid)} {'is' if len(grid) == 1 else 'are'} set by the "
                               "scaling grid (widths, aspect, head_dim, steps, seed), not by an override")
     shared = [*spec.overrides, *DYNAMICS, *extra_overrides, "logging.progress=false"]
@@ -172,8 +171,9 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
             try:
                 cfg = load_config(spec.base, words, shared=True)
             except ConfigError as e:  # blamed on the shared part where it fails the same without the grid
-                raise ConfigError(f"{_culprit(spec.base, shared, e) or f'size {size.label}, {steps} steps'}: {e}") \
-                    from None
+                who = "the spec's base and overrides (and the command line's)" if fails_the_same(spec.base, shared, e) \
+                    else f"size {size.label}, {steps} steps"
+                raise ConfigError(f"{who}: {e}") from None
             if cfg.train.warmup >= steps:
                 raise ConfigError(f"train.warmup {cfg.train.warmup} is not below the smallest budget's {steps} steps")
             model = build_for_accounting(cfg)
@@ -189,16 +189,6 @@ def plan_scaling(spec: ScalingSpec, out: Path, extra_overrides: Sequence[str] = 
             raise ConfigError(f"{run.label} would see another token stream than {runs[0].label}: the data section, "
                               "train.seed, batch_size, grad_accum and model.context must be the same in every run")
     return runs
-
-
-def _culprit(base: str, shared: Sequence[str], failed: ConfigError) -> str | None:
-    """The shared part (the spec's base and overrides, and the command line's) when it fails as `failed` on its
-    own, without a size or budget: the fault is no size's. None when it loads."""
-    try:
-        load_config(base, list(shared), shared=True)
-    except ConfigError as e:
-        return "the spec's base and overrides (and the command line's)" if str(e) == str(failed) else None
-    return None
 
 
 def _train_all(runs: list[ScalingRun], console: Console | None = None, launcher: Launcher | None = None) -> list[dict]:
