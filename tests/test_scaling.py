@@ -1,11 +1,13 @@
 """`vslm scaling`: the L(N, D) fitter on losses drawn from a known law, one token stream for every run,
 a reduced study end to end, the plan from a fit, and bad input as one-line errors."""
 
+import io
 import json
 import math
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from vslm.cli import main
 from vslm.commands.plan import CostFit, Shape
@@ -152,15 +154,18 @@ def test_a_reduced_study_runs_end_to_end_leaves_out_a_diverged_run_and_reuses(tm
     assert saved["chinchilla"]["alpha"] == 0.34 and saved["chinchilla"]["beta"] == 0.28
     assert all(r["flops_exact"] > 0 and r["flops_6nd"] == 6 * r["params"] * r["tokens"] for r in saved["runs"])
     assert len(saved["bootstrap"]) == 10
+    assert saved["warnings"][0].startswith("5 runs for the law's 5 parameters")  # the one left out not counted
     html = (out / "report.html").read_text()
     assert "Runs left out of the fit" in html and "diverged" in html and "Iso-FLOP" in html
     assert (out / "w16-d1" / "steps-24" / "seed-0" / "snapshots").is_dir()  # log-spaced snapshots, probes
     assert (out / "w16-d1" / "steps-24" / "seed-0" / "probes.jsonl").is_file()
 
     monkeypatch.setattr(runner, "train_or_reuse", real)
-    again = run_scaling(str(spec_path), out, starts=40)  # the finished runs reused, the left-out one trained
-    assert not again["left_out"]
+    printed = io.StringIO()
+    again = run_scaling(str(spec_path), out, starts=40, console=Console(file=printed, width=300))
+    assert not again["left_out"]  # the left-out one trained, the finished runs reused
     assert sum(r["reused"] for r in again["runs"]) == 5
+    assert "warning: 6 runs for the law's 5 parameters" in printed.getvalue()  # the fit's doubts, said
 
 
 def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
@@ -282,8 +287,13 @@ def test_what_a_researchers_own_spec_gets_wrong_is_one_line_and_the_dry_run_says
     (other / "config.toml").write_text(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"lr": 0.5})}).to_toml())
     assert main(["scaling", str(ok), "--dry-run", "--out", str(out)]) == 0
-    assert f"1 run folder holds a run of other settings, which the study refuses: {other}" in \
-        capsys.readouterr().out.replace("\n", "")
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert f"1 run folder holds a run of other settings, which the study refuses: {other}" in printed
+    assert "note: 6 runs for the law's 5 parameters: the fit passes near every point" in printed  # before training
+    big = tmp_path / "big.toml"
+    big.write_text(SPEC.replace("widths = [16, 32]", "widths = [16, 32, 48, 64]"))
+    assert main(["scaling", str(big), "--dry-run", "--out", str(tmp_path / "big")]) == 0
+    assert "note:" not in capsys.readouterr().out  # 12 runs: no note
     wsd = tmp_path / "wsd.toml"  # the base's own 50 steps would not hold this warm-up; every run of the grid does
     wsd.write_text(SPEC.replace('"train.warmup=2"', '"train.schedule=\\"wsd\\"", "train.warmup=4"'))
     assert [r.steps for r in plan_scaling(load_scaling_spec(str(wsd))[1], out)] == [6, 12, 24] * 2

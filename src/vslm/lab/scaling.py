@@ -270,8 +270,18 @@ def study(runs: list[ScalingRun], results: list[dict], bootstrap: int = 200, sta
     return out
 
 
+def few_runs(runs: int) -> str | None:
+    """A note when the grid is too small for the law's intervals to mean much: with about as many runs as
+    parameters the fit passes near every point, so its residuals and bootstrap say little."""
+    params = len(scaling_fit.PARAMETERS)
+    if runs >= 2 * params:
+        return None
+    return (f"{runs} runs for the law's {params} parameters: the fit passes near every point, so its intervals "
+            f"and rms residual say little (give {2 * params} or more runs, e.g. 4 sizes x 3 budgets)")
+
+
 def _warnings(law: scaling_fit.Law, used: list[dict]) -> list[str]:
-    notes = []
+    notes = [note] if (note := few_runs(len(used))) else []
     if law.alpha <= 0 or law.beta <= 0:
         notes.append(f"alpha {law.alpha:.3g} or beta {law.beta:.3g} is not positive: the loss does not fall with "
                      "size or data over this grid, and the compute-optimal exponents mean nothing")
@@ -302,6 +312,8 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
                           highlight=False)
         budgets = ", ".join(f"{r.steps} steps = {r.tokens:,} tokens" for r in runs[: len(spec.steps)])
         console.print(f"  budgets: {budgets}", highlight=False)
+        if note := few_runs(len(runs)):
+            console.print(f"note: {note}", highlight=False, markup=False)
     if dry_run:
         states = {r.folder: run_state(r.cfg, r.folder) for r in runs}
         if console and (other := [str(f) for f, state in states.items() if state == "other_settings"]):
@@ -319,6 +331,8 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / FIT, dumps(report, indent=1) + "\n")
     write_scaling_report(out)
+    for note in report.get("warnings", []) if console else ():  # the fit's doubts, in the report too
+        console.print(f"warning: {note}", highlight=False, markup=False)
     if "error" in report:
         raise VSLMError(f"{report['error']} ({len(report['left_out'])} runs left out; {out / FIT} and "
                         f"{out / 'report.html'} list them)")
