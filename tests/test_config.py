@@ -142,6 +142,26 @@ def test_base_inheritance_and_resolved_round_trip(tmp_path):
     assert again == cfg
 
 
+def test_a_bare_built_in_name_is_the_built_in_whatever_file_of_that_name_lies_here(tmp_path, monkeypatch):
+    """`vslm train tiny` beside a file or folder called `tiny` (a script, notes, a run) trains the built-in; `./tiny`
+    reads the file. A spec's `base = "tiny"` is the built-in too, beside a file called tiny."""
+    from vslm.lab.experiments import read_experiment
+    from vslm.lab.scaling import load_scaling_spec
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("tiny", "arch-root", "scaling-tiny"):
+        (tmp_path / name).write_text("x = 1\n")
+    (tmp_path / "demo").mkdir()
+    assert load_config("tiny").name == "tiny" and load_config("demo").name == "demo"
+    assert config_error("./tiny") == "config error: unknown field 'x'"
+    assert read_experiment("arch-root")[2] == "built-in experiment 'arch-root'"
+    assert load_scaling_spec("scaling-tiny")[0] == "scaling-tiny"
+    (tmp_path / "mine.toml").write_text('base = "tiny"\n[model]\nwidth = 48\n')
+    assert load_config("mine.toml").model.depth == load_config("tiny").model.depth
+    (tmp_path / "exp.toml").write_text('base = "tiny"\nvariants = {a = []}\n')
+    assert read_experiment("exp.toml")[1]["base"] == "tiny"
+
+
 def config_error(path, overrides=()) -> str:
     with pytest.raises(ConfigError) as e:
         load_config(str(path), list(overrides))

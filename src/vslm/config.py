@@ -600,15 +600,22 @@ def builtin_configs() -> dict[str, str]:
     return out
 
 
+def bare_builtin(name: str, package: str) -> bool:
+    """Whether `name` is a bare built-in name of `package` (`tiny`, not `./tiny` nor `tiny.toml`): the built-in,
+    whatever file of that name lies in the working directory or beside a spec."""
+    return name == Path(name).name == Path(name).stem and (resources.files(package) / f"{name}.toml").is_file()
+
+
 def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | None = None,
                files: bool = True, chain: list[tuple[str, dict]] | None = None) -> dict[str, Any]:
-    """A config's table with its `base` chain merged in. A relative base is looked up beside the file that
-    names it (`beside`), else taken as a built-in name; a built-in config's base is a built-in name.
+    """A config's table with its `base` chain merged in. A bare built-in name (`tiny`) is the built-in config,
+    whatever file of that name lies here (`./tiny` reads the file). A relative base is looked up beside the
+    file that names it (`beside`), else taken as a built-in name; a built-in config's base is a built-in name.
     `chain` receives (label, own table) of each config read, the named one first."""
     path = Path(name_or_path)
     if beside is not None and not path.is_absolute():
         path = beside / path
-    if files and path.is_file():
+    if files and not bare_builtin(name_or_path, "vslm.configs") and path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

@@ -77,7 +77,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
-from vslm.config import DataConfig, RunConfig, builtin_configs, fields_set_by, load_config, one_line_error
+from vslm.config import DataConfig, RunConfig, bare_builtin, builtin_configs, fields_set_by, load_config, one_line_error
 from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
 from vslm.errors import ConfigError, VSLMError, did_you_mean, refuse_file_in_the_way, repeated
@@ -250,9 +250,10 @@ def read_spec(name_or_path: str, package: str, what: str) -> tuple[str, dict, st
     """(name, parsed TOML, label for errors) of a TOML path or a built-in of `package` (an experiment or a
     scaling spec, `what`). A relative `base` is looked up beside the file, else taken as a built-in config's
     name (as a config's own base is), never in the folder the command runs from: one missing is named where
-    it was looked for."""
+    it was looked for. A bare built-in name is the built-in, whatever file of that name lies here."""
     path = Path(name_or_path)
-    if path.is_file():
+    own = not bare_builtin(name_or_path, package) and path.is_file()
+    if own:
         try:
             text, name, label = path.read_text(encoding="utf-8"), path.stem, str(path)
         except (OSError, UnicodeDecodeError) as e:
@@ -269,8 +270,8 @@ def read_spec(name_or_path: str, package: str, what: str) -> tuple[str, dict, st
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{label}: invalid TOML: {e}") from None
     base = raw.get("base")
-    if path.is_file() and isinstance(base, str) and base and not Path(base).is_absolute():
-        if (path.parent / base).is_file():
+    if own and isinstance(base, str) and base and not Path(base).is_absolute():
+        if not bare_builtin(base, "vslm.configs") and (path.parent / base).is_file():
             raw["base"] = str(path.parent / base)
         elif base not in (builtins := builtin_configs()):
             raise ConfigError(f"the {what}'s base '{base}': no config '{base}'{did_you_mean(base, builtins)}: "
