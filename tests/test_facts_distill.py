@@ -164,8 +164,42 @@ def test_distill_runs_and_writes_a_loadable_run_folder(runs, method):
                       seed=1)
     assert again["last"] == result["last"]  # deterministic given the seed
     assert math.isfinite(result["val"]["val_loss"])  # the student on the teacher's validation text
-    with pytest.raises(VSLMError, match="already holds a run"):
+    with pytest.raises(VSLMError, match="already holds a distillation of other settings"):
         D.distill(teacher, naive, tmp / "world", out, steps=1)
+
+
+def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(runs):
+    """The settings file outlives the fine-tune's first start (which clears a folder with no checkpoint), so the
+    same call continues a distillation killed after a checkpoint, and reads a finished one back."""
+    tmp, teacher, naive = runs
+    out, kw = tmp / "resumed", {"method": "combined", "steps": 4, "batch_size": 4, "seed": 1}
+    first = D.distill(teacher, naive, tmp / "world", out, **kw)
+    assert (out / D.STARTED).is_file()
+    assert D.distill(teacher, naive, tmp / "world", out, **kw) == first  # finished: read back
+    (out / D.RESULT).unlink()  # as if killed after its last checkpoint, before the result was written
+    assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # nothing trained twice
+    with pytest.raises(VSLMError, match="holds files that are not a distillation's"):
+        D.distill(teacher, naive, tmp / "world", teacher, **kw)  # --out the teacher's own folder
+    for bad, match in (({"method": "npo", "beta": 0.0}, "NPO's beta must be above 0"),
+                       ({"distractors": -2}, "--distractors -2: a count")):
+        with pytest.raises(VSLMError, match=match):
+            D.distill(teacher, naive, tmp / "world", tmp / "bad", **{**kw, **bad})
+    assert not (tmp / "bad").exists()
+
+
+def test_a_naive_model_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, runs):
+    """Two char vocabularies of 20 symbols each: the same size, other symbols. The forget term compares the
+    two models' predictions token by token, so their tokenizers must be one."""
+    world = runs[0] / "world"
+    for name, letters in (("a", "abcdefghijklmnopqrs "), ("b", "hijklmnopqrstuvwxyz ")):
+        text = "".join(letters[(i * 7 + i // 19) % len(letters)] for i in range(60000))
+        (tmp_path / f"{name}.txt").write_text(text)
+        words = tiny_overrides(train__steps=2, train__eval_every=0, model__context=32, model__width=16)
+        Trainer(load_config("tiny", [*words, f"data.source={tmp_path / f'{name}.txt'}"]), tmp_path / name).fit()
+    assert load_run(tmp_path / "a")[0].model.vocab_size == load_run(tmp_path / "b")[0].model.vocab_size
+    with pytest.raises(VSLMError, match="the naive model's tokenizer .* is not the teacher's"):
+        D.distill(tmp_path / "a", tmp_path / "b", world, tmp_path / "student", steps=2)
 
 
 def test_relearning_reports_accuracies_before_and_after(runs):
@@ -206,6 +240,10 @@ def test_the_cli_distills_relearns_and_the_student_is_evaluated(runs, capsys):
     assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
                  "--out", str(tmp / "x"), "--weight", "retain"]) != 0
     assert "NAME=NUMBER" in capsys.readouterr().err
+    assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
+                 "--out", str(tmp / "x"), "--relearn-steps", "2", "--relearn-fraction", "1.5"]) == 2
+    assert "--relearn-fraction 1.5: the share of the people relearned" in capsys.readouterr().err
+    assert not (tmp / "x").exists()
 
 
 def test_a_counterfactual_context_states_another_choice_where_the_answer_was(runs):

@@ -104,3 +104,41 @@ def test_a_fine_tune_has_a_constant_rate_and_no_decay_snapshots_or_probes():
            (40, 2e-3, 0, "constant", 0.0, 8, 4, 0.5)
     assert not t.snapshots and cfg.logging.probe_every == 0 and not cfg.logging.progress
     assert cfg.model == BASE.model and cfg.data == BASE.data
+
+
+def test_a_fine_tune_stopped_by_a_signal_keeps_its_callers_files_and_says_the_same_command_continues_it(setup):
+    """Ctrl-C during a fine-tune: `vslm train --resume` could not rebuild its objective or batches, so the words
+    name the command that started it. A first start clears a folder with no checkpoint but the caller's files."""
+    import os
+    import signal
+
+    from vslm.train.trainer import TrainingStopped
+
+    tmp, _, corpus, _, _ = setup
+    model, _, batches = task("relearn", setup)
+
+    class CtrlC:  # the real signal, to this process, as the fourth batch is drawn (the first is the trainer's peek)
+        def __init__(self, inner):
+            self.inner, self.drawn = inner, 0
+
+        def next_batch(self):
+            self.drawn += 1
+            if self.drawn == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.inner.next_batch()
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state):
+            self.inner.load_state_dict(state)
+
+    run = tmp / "stopped"
+    run.mkdir()
+    (run / "mine.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')  # a start killed before its first checkpoint
+    with pytest.raises(TrainingStopped, match=r"^SIGINT: stopped at step \d with a checkpoint; the same command "
+                                              r"again continues it$"):
+        fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), run, model, corpus, None,
+                  CtrlC(batches), keep=("mine.json",))
+    assert (run / "mine.json").read_text() == "{}" and len(lines(run)) < 6

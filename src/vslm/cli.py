@@ -594,6 +594,10 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
             sep = ""
         if not sep:
             raise UsageError(f"--weight {word}: write NAME=NUMBER")
+    _at_least(a, 0, "relearn_steps")
+    if not 0 < a.relearn_fraction < 1:
+        raise UsageError(f"--relearn-fraction {a.relearn_fraction:g}: the share of the people relearned, above 0 "
+                         "and below 1 (the rest are the ones measured)")
     out = Path(a.out)
     result = distill(Path(a.teacher), Path(a.naive), Path(a.world), out, a.method, a.steps, a.batch_size, a.lr,
                      weights, a.beta, a.seed, a.device, a.distractors)

@@ -41,7 +41,7 @@ from vslm.data.answers import IGNORE, AnswerSampler
 from vslm.data.shards import prepare_corpus
 from vslm.data.stories import iter_stories
 from vslm.data.tokenizer import Tokenizer
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError, refuse_file_in_the_way
 from vslm.files import write_text
 from vslm.knowledge import metrics, render
 from vslm.knowledge.adapters import group_documents
@@ -52,7 +52,7 @@ from vslm.knowledge.scoring import LMScorer
 from vslm.plain import dumps
 from vslm.train.finetune import fine_tune, finetune_config
 from vslm.train.objectives import Distillation, check_weights
-from vslm.train.run_folder import CONFIG, load_run
+from vslm.train.run_folder import TOKENIZER, load_run
 
 RESULT = "distill.json"
 STARTED = "distill-settings.json"  # the settings a resumed distillation must have
@@ -160,24 +160,34 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
             seed: int = 0, device: str = "cpu", distractors: int = 4) -> dict:
     """Train a student from the teacher's weights into the run folder `out` (the teacher's model and
     data config, its tokenizer, metrics.jsonl with every term, checkpoints) and write distill.json;
-    returns it. An interrupted distillation of the same settings continues from its last checkpoint."""
+    returns it. An interrupted distillation of the same settings continues from its last checkpoint; a
+    finished one of the same settings is read back."""
     if method not in METHODS:
         raise VSLMError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
     weights = {**METHODS[method], **(weights or {})}
     check_weights(weights)
+    if weights.get("npo") and not beta > 0:
+        raise UsageError(f"--beta {beta:g}: NPO's beta must be above 0")
+    if distractors < 0:
+        raise UsageError(f"--distractors {distractors}: a count of wrong facts, 0 or more")
     out = Path(out)
+    refuse_file_in_the_way(out)
     settings = {"teacher": str(teacher_run), "naive": str(naive_run), "world": str(world), "method": method,
                 "weights": weights, "beta": beta, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "distractors": distractors}
-    if (out / RESULT).is_file():
-        raise VSLMError(f"{out} already holds a run (a finished distillation)")
-    if (out / CONFIG).exists() and _started_with(out) != settings:
-        raise VSLMError(f"{out} already holds a run of other settings; --out another folder")
+    started = _started_with(out)
+    if started is not None and started != settings:
+        raise VSLMError(f"{out} already holds a distillation of other settings; --out another folder")
+    if (out / RESULT).is_file() and started == settings:
+        return json.loads((out / RESULT).read_text(encoding="utf-8"))
+    if started is None and any(out.iterdir() if out.is_dir() else ()):
+        raise VSLMError(f"{out} already holds files that are not a distillation's; --out another folder")
     cfg, teacher, tokenizer = load_run(Path(teacher_run), device=device)
-    _, naive, _ = load_run(Path(naive_run), device=device)
-    if naive.cfg.vocab_size != teacher.cfg.vocab_size:
-        raise VSLMError(f"the naive model's vocabulary ({naive.cfg.vocab_size}) is not the teacher's "
-                        f"({teacher.cfg.vocab_size}): train it with the same data.tokenizer")
+    _, naive, naive_tokenizer = load_run(Path(naive_run), device=device)
+    if naive_tokenizer.to_dict() != tokenizer.to_dict():
+        raise VSLMError(f"the naive model's tokenizer ({Path(naive_run) / TOKENIZER}) is not the teacher's: the "
+                        "forget term compares their predictions token by token; train it with the teacher's "
+                        "data.tokenizer on a corpus that gives the same vocabulary")
     folder = load_world_folder(world)
     if not forget_questions(folder):
         raise VSLMError(f"{world} has no training questions of the seen pool")
@@ -189,7 +199,7 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
     write_text(out / STARTED, json.dumps(settings, indent=1) + "\n")
     run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, checkpoint_every=max(1, steps // 4))
     final = fine_tune(run_cfg, out, student, prepare_corpus(cfg.data, tokenizer=tokenizer),
-                      objective=Distillation(teacher, naive, weights, beta), batches=batches)
+                      objective=Distillation(teacher, naive, weights, beta), batches=batches, keep=(STARTED,))
     used = [k for k, w in weights.items() if w != 0]
     result = {**settings, "questions": len(batches.questions),
               "last": {k: final[k] for k in ("step", "loss", *used) if k in final},

@@ -16,7 +16,7 @@ what it did to the model's language beside its own loss terms.
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,8 +25,8 @@ from vslm.config import RunConfig, validate
 from vslm.data.shards import Corpus
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.objectives import Objective
-from vslm.train.run_folder import CHECKPOINTS, METRICS
-from vslm.train.trainer import Trainer
+from vslm.train.run_folder import CHECKPOINTS, METRICS, clear_run_folder
+from vslm.train.trainer import Trainer, TrainingStopped
 
 FINETUNE_EVAL_WINDOWS = 256
 
@@ -47,18 +47,24 @@ def finetune_config(base: RunConfig, steps: int, lr: float, batch_size: int, see
 
 
 def fine_tune(cfg: RunConfig, run_dir: Path, model: torch.nn.Module, corpus: Corpus,
-              objective: Objective | None = None, batches=None) -> dict:
+              objective: Objective | None = None, batches=None, keep: Sequence[str] = ()) -> dict:
     """Train `model` (in place: the parameters that require grad) to cfg.train.steps in run_dir and
     return the last logged metrics. A folder with a checkpoint continues from it, exactly; one that
     already reached the last step only loads its weights; one without a checkpoint (killed before the
-    end of a run that checkpoints only there) holds nothing to keep and starts over."""
+    end of a run that checkpoints only there) holds nothing of the run to keep and starts over (the files
+    named in `keep`, the caller's own, stay). A fine-tune stopped by a signal says that the command that
+    started it continues it: `vslm train --resume` could not rebuild its objective or its batches."""
     run_dir = Path(run_dir)
     found = list_checkpoints(run_dir / CHECKPOINTS)
-    if not found and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if not found and run_dir.is_dir():
+        clear_run_folder(run_dir, keep)
     trainer = Trainer(cfg, run_dir, resume=bool(found), corpus=corpus, model=model, objective=objective,
                       batches=batches)
-    final = trainer.fit()
+    try:
+        final = trainer.fit()
+    except TrainingStopped as e:
+        raise TrainingStopped(f"{e.where} with a checkpoint; the same command again continues it", e.signum,
+                              e.where) from None
     if "loss" not in final:  # finished before: its last logged line
         final = json.loads((run_dir / METRICS).read_text(encoding="utf-8").splitlines()[-1])
     return final

@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -105,11 +106,11 @@ def never_checkpointed(folder: Path, saved: RunConfig) -> bool:
             and (not tc.checkpoint_minutes or seconds < tc.checkpoint_minutes * 60))
 
 
-def clear_run_folder(folder: Path) -> None:
-    """Everything in a run folder but its lock (held by the caller) removed; the folder itself stays (it may
-    be a link to other storage)."""
+def clear_run_folder(folder: Path, keep: Sequence[str] = ()) -> None:
+    """Everything in a run folder but its lock (held by the caller) and the names in `keep` removed; the folder
+    itself stays (it may be a link to other storage)."""
     for path in Path(folder).iterdir():
-        if path.name in (LOCK, LOCK_HOST):
+        if path.name in (LOCK, LOCK_HOST, *keep):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
