@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -253,11 +254,22 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     adapters = result["adapters"]
     assert adapters["groups"] == 3 and 0 <= adapters["routing"] <= 1 and adapters["novel"]["n"] == 4
     assert 0 <= adapters["oracle"]["accuracy"] <= 1
-    # each adapter a run of the training loop: RUN/adapters/<base checkpoint>/<group>, metrics and a checkpoint
-    fitted = sorted((run / "adapters").glob("step_*/novel-*"))
+    # each adapter a run of the training loop: RUN/adapters/<base checkpoint>/<world, grouping>/<group>
+    fitted = sorted((run / "adapters").glob("step_*/world-*-groups-3-steps-2-seed-0/novel-*"))
     assert len(fitted) == 3 and all(len((f / "metrics.jsonl").read_text().splitlines()) == 2 for f in fitted)
     assert all(list((f / "checkpoints").glob("step_*.safetensors")) for f in fitted)
     assert adapters["fit"]["loss"] > 0 and adapters["fit"]["val_loss"] > 0
+    # another world, or other groups of this one: adapters of their own, never the ones fitted above
+    other = tmp_path / "other"
+    assert main(["facts", "generate", "--out", str(other), "--people", "24", "--novel-people", "8", "--hops", "2",
+                 "--questions-per-hop", "6", "--seed", "2"]) == 0
+    for world_, size in ((other, 3), (world, 4)):
+        assert main(["facts", "eval", str(run), "--world", str(world_), "--per-group", "2", "--json", "--adapters",
+                     "2", "--group-size", str(size)]) == 0
+        capsys.readouterr()
+    assert len(list((run / "adapters").glob("step_*/*/novel-*"))) == 3 + 3 + 2  # 8 novel people: 3 groups, then 2
+    saved = json.loads((run / "facts-eval.json").read_text())["settings"]
+    assert saved["world"] == load_world_folder(world).key != load_world_folder(other).key
 
 
 def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
@@ -268,6 +280,24 @@ def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
     assert "not a world folder" in capsys.readouterr().err
     assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path), "--probe", "shoe_size"]) == 1
     assert "cannot probe 'shoe_size'" in capsys.readouterr().err
+    for flag, value, words in (("--group-size", "0", "--group-size must be at least 1"),
+                               ("--adapters", "-5", "--adapters must be at least 0")):
+        assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path), flag, value]) == 2
+        assert words in capsys.readouterr().err
+    world = tmp_path / "world"
+    assert main(["facts", "generate", "--out", str(world), "--people", "8", "--novel-people", "4"]) == 0
+    capsys.readouterr()
+    for name, text, words in (("world.json", "[]", "world.json has format list"),
+                              ("world.json", '{"format": 1, "sett', "world.json does not read as a world folder's"),
+                              ("cards.jsonl", '{"id": "f1", "te\n', "cards.jsonl does not read as a world folder's"),
+                              ("questions.jsonl", '{"id": 3}\n', "questions.jsonl does not read as a world folder's"),
+                              ("questions.jsonl", "", "questions.jsonl holds no questions")):
+        damaged = tmp_path / f"damaged-{name}-{len(text)}"
+        shutil.copytree(world, damaged)
+        (damaged / name).write_text(text)
+        assert main(["facts", "eval", str(tmp_path), "--world", str(damaged)]) == 1
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_a_char_tokenizer_that_cannot_write_a_name_says_what_to_do(folder):

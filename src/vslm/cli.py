@@ -547,8 +547,8 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
 
     from vslm.knowledge.evaluate import evaluate_run, hops_rows, novel_summary, probe_line, summary_rows
 
-    _at_least(a, 0, "distractors", "per_group")
-    _at_least(a, 1, "k", "rounds")
+    _at_least(a, 0, "distractors", "per_group", "adapters")
+    _at_least(a, 1, "k", "rounds", "group_size")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
@@ -687,7 +687,7 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("run", help="run folder (trained on the world's train.txt)")
     p.add_argument("--world", required=True, help="the world folder")
     p.add_argument("--distractors", type=int, default=4, help="distractor cards beside the gold ones (default 4)")
-    p.add_argument("--per-group", type=int, default=100, help="questions per group and hop count; 0 = all")
+    p.add_argument("--per-group", type=int, default=100, help="questions per group and hop count (default 100; 0: all)")
     p.add_argument("--k", type=int, default=8, help="cards the retriever puts in the context (default 8)")
     p.add_argument("--rounds", type=int, help="retrieval rounds (default: the world's hops)")
     p.add_argument("--probe", default="birth_city", help="the attribute the linear probe reads (default birth_city)")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # torch is imported only when a run is evaluated
 
 RESULT = "facts-eval.json"
 SCORING = "log-likelihood of each answer choice; the most likely is the answer"
-ADAPTERS = "adapters"  # RUN/adapters/<base checkpoint>/<group>: the adapter arm's fine-tuning runs
+ADAPTERS = "adapters"  # RUN/adapters/<base checkpoint>/<world and grouping>/<group>: the adapter arm's fine-tunes
 
 
 def select(questions: Sequence[Question], pool: str, split: str, counterfactual: bool,
@@ -138,14 +138,20 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
     return out
 
 
-def eval_settings(distractors: int = 4, per_group: int | None = 100, k: int = 8, rounds: int | None = None,
-                  probe: str = "birth_city", checkpoint: Path | None = None, seed: int = 0, adapter_steps: int = 0,
-                  group_size: int = 10) -> dict:
-    """What an evaluation of one checkpoint depends on besides the run and the world, as facts-eval.json
-    records it: a saved result is reused only for the same settings."""
-    return {"distractors": distractors, "per_group": per_group, "k": k, "rounds": rounds, "probe": probe,
-            "checkpoint": None if checkpoint is None else Path(checkpoint).name, "seed": seed,
+def eval_settings(world: str, distractors: int = 4, per_group: int | None = 100, k: int = 8,
+                  rounds: int | None = None, probe: str = "birth_city", checkpoint: Path | None = None, seed: int = 0,
+                  adapter_steps: int = 0, group_size: int = 10) -> dict:
+    """What an evaluation of one checkpoint depends on besides the run, as facts-eval.json records it: the
+    world (its WorldFolder.key) and the settings. A saved result is reused only for the same ones."""
+    return {"world": world, "distractors": distractors, "per_group": per_group, "k": k, "rounds": rounds,
+            "probe": probe, "checkpoint": None if checkpoint is None else Path(checkpoint).name, "seed": seed,
             "adapter_steps": adapter_steps, "group_size": group_size if adapter_steps > 0 else None}
+
+
+def adapters_dir(run: Path, checkpoint: Path, folder: WorldFolder, group_size: int, steps: int, seed: int) -> Path:
+    """Where the adapters of one base checkpoint, world, grouping and fit go: an evaluation on another world,
+    with other groups or another number of steps fits its own, never reuses these."""
+    return Path(run) / ADAPTERS / checkpoint.stem / f"world-{folder.key}-groups-{group_size}-steps-{steps}-seed-{seed}"
 
 
 def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | None = 100, k: int = 8,
@@ -165,15 +171,16 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     scorer = LMScorer(model, tokenizer)
     result = {"run": str(run), "world": str(world),
-              "settings": eval_settings(distractors, per_group, k, rounds, probe, checkpoint, seed, adapter_steps,
-                                        group_size),
+              "settings": eval_settings(folder.key, distractors, per_group, k, rounds, probe, checkpoint, seed,
+                                        adapter_steps, group_size),
               **evaluate_world(scorer, folder, distractors, per_group, k, rounds, seed)}
     result["probe"] = {"attribute": probe, **{pool: probe_attribute(scorer, folder.world, probe, pool, seed=seed)
                                               for pool in ("seen", "novel")}}
     if adapter_steps > 0:
         base = checkpoint or latest_checkpoint(Path(run))
-        result["adapters"] = evaluate_adapters(scorer, folder, cfg, Path(run) / ADAPTERS / base.stem, group_size,
-                                               adapter_steps, per_group, seed, device)
+        result["adapters"] = evaluate_adapters(scorer, folder, cfg,
+                                               adapters_dir(run, base, folder, group_size, adapter_steps, seed),
+                                               group_size, adapter_steps, per_group, seed, device)
     result["truncated"] = scorer.truncated
     write_text(Path(run) / RESULT, dumps(result, indent=1) + "\n")
     return result
@@ -218,13 +225,15 @@ def summary_rows(result: dict) -> list[tuple[str, ...]]:
 
 
 def hops_rows(result: dict) -> tuple[list[str], list[tuple[str, ...]]]:
-    """(columns, rows): accuracy by number of hops in each setting and pool."""
-    columns = [f"{setting.replace('_', '-')} {pool}" for setting, pools in result["by_hops"].items() for pool in pools]
-    hops = sorted({int(h) for pools in result["by_hops"].values() for by in pools.values() for h in by})
+    """(columns, rows): accuracy by number of hops in each setting and pool, the adapters' too."""
+    settings = dict(result["by_hops"])
+    for label, by in result.get("adapters", {}).get("by_hops", {}).items():
+        settings[f"adapters {'routed' if label == 'novel' else label}"] = {"novel": by}
+    columns = [f"{setting.replace('_', '-')} {pool}" for setting, pools in settings.items() for pool in pools]
+    hops = sorted({int(h) for pools in settings.values() for by in pools.values() for h in by})
     rows = []
     for h in hops:
-        cells = [_fmt(by[h]["accuracy"]) if h in by else "-"
-                 for pools in result["by_hops"].values() for by in pools.values()]
+        cells = [_fmt(by[h]["accuracy"]) if h in by else "-" for pools in settings.values() for by in pools.values()]
         rows.append((str(h), *cells))
     return ["hops", *columns], rows
 

@@ -27,6 +27,7 @@ the counterfactual facts or the test questions, is in train.txt. docs/FACTS.md s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -68,6 +69,7 @@ class WorldFolder:
     counterfactual: World  # the world with the counterfactual facts in place of those they replace
     cards: dict[str, Card]  # fact id -> card, counterfactual ones included
     questions: list[Question]
+    key: str  # of the files' bytes: what an evaluation or an adapter fitted on this world records
 
 
 def build(cfg: WorldConfig) -> dict[str, str]:
@@ -156,26 +158,40 @@ def holds_world(folder: Path, files: dict[str, str]) -> bool:
 
 
 def load_world_folder(folder: Path) -> WorldFolder:
+    """The world folder's contents; a file missing, damaged or of another format is one VSLMError naming it."""
     folder = Path(folder)
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise VSLMError(f"{folder} is not a world folder (no {', '.join(missing)}); "
                         "make one with `vslm facts generate`")
-    raw = json.loads((folder / "world.json").read_text(encoding="utf-8"))
-    if raw.get("format") != FORMAT:
-        raise VSLMError(f"{folder}/world.json has format {raw.get('format')}, this vslm reads format {FORMAT}")
+    texts, name = {}, FILES[0]
     try:
-        settings = WorldConfig.model_validate(raw["settings"])
-    except ValidationError as e:
-        raise VSLMError(one_line_error(e, prefix=f"{folder}/world.json settings")) from None
-    entities = {e["id"]: Entity(**e) for e in raw["entities"]}
-    facts = [Fact(**f) for f in raw["facts"]]
-    changed = {f["replaces"]: Fact(**f) for f in raw["counterfactual_facts"]}
-    cards = {}
-    for line in (folder / "cards.jsonl").read_text(encoding="utf-8").splitlines():
-        c = json.loads(line)
-        cards[c["id"]] = Card(c["id"], c["text"], tuple(c["entities"]), c["pool"], c["counterfactual"])
-    questions = [Question.from_dict(json.loads(line))
-                 for line in (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines()]
+        for name in FILES[:3]:
+            texts[name] = (folder / name).read_text(encoding="utf-8")
+        name = "world.json"
+        raw = json.loads(texts[name])
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise VSLMError(f"{folder}/world.json has format {got}, this vslm reads format {FORMAT}")
+        try:
+            settings = WorldConfig.model_validate(raw["settings"])
+        except ValidationError as e:
+            raise VSLMError(one_line_error(e, prefix=f"{folder}/world.json settings")) from None
+        entities = {e["id"]: Entity(**e) for e in raw["entities"]}
+        facts = [Fact(**f) for f in raw["facts"]]
+        changed = {f["replaces"]: Fact(**f) for f in raw["counterfactual_facts"]}
+        cards, name = {}, "cards.jsonl"
+        for line in texts[name].splitlines():
+            c = json.loads(line)
+            cards[c["id"]] = Card(c["id"], c["text"], tuple(c["entities"]), c["pool"], c["counterfactual"])
+        name = "questions.jsonl"
+        questions = [Question.from_dict(json.loads(line)) for line in texts[name].splitlines()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise VSLMError(f"{folder}/{name} does not read as a world folder's ({type(e).__name__}: {e}); generate "
+                        "the world again with `vslm facts generate`") from None
+    if not questions:
+        raise VSLMError(f"{folder}/questions.jsonl holds no questions; generate the world again with "
+                        "`vslm facts generate`")
+    key = hashlib.sha256("".join(texts[n] for n in FILES[:3]).encode()).hexdigest()[:16]
     return WorldFolder(settings, World(entities, facts),
-                       World(entities, [changed.get(f.id, f) for f in facts]), cards, questions)
+                       World(entities, [changed.get(f.id, f) for f in facts]), cards, questions, key)
