@@ -254,7 +254,9 @@ def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path,
                          (["--seeds", "0", "0"], "repeats a seed"), (["--people", "0"], "--people must be at least 1"),
                          (["--sizes", "1x16", "train.lr=1"], "overrides go before --sizes"),
                          (["--people", "2"], "give at least 4 people"), (["--sizes", "1x16", "1x16"], "repeats a size"),
-                         (["model.kv_heads=3", "--sizes", "1x32", "1x16"], "kv_heads")):
+                         (["model.kv_heads=3", "--sizes", "1x32", "1x16"], "kv_heads"),
+                         (["model.width=64"], "override 'model.width=64': model.width is set by the sweep"),
+                         (["train={steps=10}"], "train.seed, train.steps are set by the sweep")):
         assert main(["facts", "capacity", "--out", str(tmp_path / "bad"), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1

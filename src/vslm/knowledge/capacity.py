@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from vslm.config import RunConfig, load_config, validate
+from vslm.config import RunConfig, fields_set_by, load_config, validate
 from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
 from vslm.errors import UsageError, VSLMError, refuse_file_in_the_way
 from vslm.files import write_text
@@ -64,7 +64,7 @@ from vslm.train.run_folder import (
     no_checkpoint_yet,
     read_run_config,
 )
-from vslm.train.trainer import Trainer, default_callbacks
+from vslm.train.trainer import Trainer, TrainingStopped, default_callbacks
 
 RESULT = "capacity.json"
 STARTED = "capacity-settings.json"  # the settings a resumed run must have (written when it starts)
@@ -417,7 +417,11 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     began = time.perf_counter()
     trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus,
                       batches=BioBatches(bios, cfg.model.context, cfg.train.batch_size, cfg.train.seed), resume=resume)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingStopped as e:  # its words name `vslm train --resume`, which cannot rebuild the biographies' batches
+        raise TrainingStopped(f"{e.where} with a checkpoint; the same command again continues it", e.signum,
+                              e.where) from None
     measured = knowledge_bits(trainer.model, bios)
     embedding = embedding_params(trainer.model)
     live = trainer.params - unused_vocab_params(trainer.model, bios)
@@ -456,6 +460,10 @@ def parse_size(spec: str) -> tuple[int, int]:
     return depth, width
 
 
+# what the sweep sets in every run's config: an override of these would be replaced, silently
+SWEPT = ("model.depth", "model.width", "model.heads", "train.seed", "train.steps", "data.source")
+
+
 def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacitySettings, config: str = "capacity",
               overrides: list[str] | None = None, on_run=None) -> dict:
     """Every size (depth x width, heads of width 16) and seed into out/<size>-s<seed>; the table of the
@@ -465,6 +473,10 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
         raise UsageError(f"--sizes repeats a size: {' '.join(sizes)}")
     if len(set(seeds)) < len(seeds):
         raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}")
+    for word in overrides or []:
+        if swept := fields_set_by(word, SWEPT):
+            raise UsageError(f"override '{word}': {', '.join(swept)} {'is' if len(swept) == 1 else 'are'} set by the "
+                             "sweep (--sizes, --seeds, --exposures and the biographies), not by an override")
     out = Path(out)
     refuse_file_in_the_way(out)
     bio_world(settings.people, settings.world_seed)  # bad settings: one line before anything is trained
