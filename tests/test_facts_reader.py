@@ -122,6 +122,21 @@ def test_a_reduced_reader_reads_one_card_above_chance_and_eval_prints_the_novel_
     assert json.loads((out / "reader.json").read_text())["settings"]["max_hops"] == 1
     assert main(["facts", "reader", "--world", str(world), "--out", str(out)]) == 1
     assert "already holds a reader" in capsys.readouterr().err
+    # curve points between logged steps would be lost; an --out that is a file; a run folder of another kind
+    assert main(["facts", "reader", "--world", str(world), "--out", str(tmp_path / "c"), "train.steps=60",
+                 "--curve-every", "20"]) == 2
+    assert "--curve-every 20: the reading curve is measured at logged steps, so it must be a multiple of " \
+           "logging.log_every (50); give logging.log_every=10" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["facts", "reader", "--world", str(world), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    other = tmp_path / "run"
+    assert main(["train", "tiny", "train.steps=2", "logging.progress=false", "--out", str(other)]) == 0
+    before = sorted(p.name for p in other.iterdir())
+    for resume in ([], ["--resume"]):
+        assert main(["facts", "reader", "--world", str(world), "--out", str(other), "train.steps=2", *resume]) == 1
+        assert f"{other} holds no reader: --out another folder" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == before  # nothing left behind
 
 
 def test_a_reused_reader_is_checked_before_it_is_read_back_or_resumed(tmp_path):

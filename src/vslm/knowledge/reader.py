@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 import time
 from collections.abc import Iterable
@@ -49,7 +50,7 @@ import torch
 
 from vslm.config import RunConfig, load_config
 from vslm.data.tokenizer import EOS, HFTokenizer, Tokenizer
-from vslm.errors import VSLMError
+from vslm.errors import UsageError, VSLMError, refuse_file_in_the_way
 from vslm.files import write_text
 from vslm.knowledge import metrics, names, render
 from vslm.knowledge.contexts import Contexts
@@ -245,6 +246,12 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     if settings.names not in ("all", "seen"):
         raise VSLMError(f"names must be 'all' or 'seen', not {settings.names!r}")
     out = Path(out)
+    refuse_file_in_the_way(out)
+    if 0 < settings.curve_every < cfg.train.steps and settings.curve_every % cfg.logging.log_every:
+        raise UsageError(f"--curve-every {settings.curve_every}: the reading curve is measured at logged steps, so "
+                         f"it must be a multiple of logging.log_every ({cfg.logging.log_every}); give "
+                         f"logging.log_every={math.gcd(settings.curve_every, cfg.logging.log_every)} or another "
+                         "--curve-every")
     folder = load_world_folder(world)
     max_hops = settings.max_hops or folder.settings.hops
     recorded = asdict(settings) | {"max_hops": max_hops}
@@ -254,14 +261,16 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
         check_same_run(out, cfg, recorded, json.loads((out / RESULT).read_text(encoding="utf-8")).get("settings"),
                        "a reader")
         return json.loads((out / RESULT).read_text(encoding="utf-8"))
+    if out.is_dir() and any(out.iterdir()) and not (out / STARTED).is_file():
+        raise VSLMError(f"{out} holds no reader: --out another folder")
+    if out.is_dir() and any(out.iterdir()) and not reuse:
+        raise VSLMError(f"{out} holds a reader that did not finish; the same command with --resume continues it")
     resume = reuse and bool(list_checkpoints(out / CHECKPOINTS))
     if resume:
         started = out / STARTED
         check_same_run(out, cfg, recorded,
                        json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None, "a reader")
     elif reuse and out.exists() and any(out.iterdir()):  # stopped before its first checkpoint: nothing to keep
-        if not (out / STARTED).is_file():
-            raise VSLMError(f"{out} holds no reader: --out another folder")
         if (out / CONFIG).is_file() and not never_checkpointed(out, read_run_config(out)):
             raise VSLMError(f"cannot continue the reader in {out}: {no_checkpoint_yet(out)}")
         clear_run_folder(out)
