@@ -358,12 +358,14 @@ def test_facts_generate_refuses_a_folder_that_is_not_empty_unless_it_holds_the_s
     before = files_in(world)
     assert sorted(before) == ["cards.jsonl", "questions.jsonl", "train.txt", "world.json"]
     # another seed into the world, or any world into a run folder: one line, nothing written
-    for out, seed in ((world, "1"), (run, "0")):
+    for out, asked, held in ((world, ["--seed", "1"], " (it holds a world of seed 0 (asked 1))"),
+                             (world, ["--preloaded", "20"], " (it holds a world of preloaded 0 (asked 20))"),
+                             (run, [], "")):
         kept = files_in(out)
-        assert main(["facts", "generate", "--out", str(out), "--seed", seed, *WORLD]) == 1
+        assert main(["facts", "generate", "--out", str(out), *asked, *WORLD]) == 1
         assert one_line(capsys.readouterr().err) == (
-            f"vslm: error: {out} exists, is not empty and holds no world of these settings and seed: facts "
-            "generate writes a new folder, nothing is overwritten")
+            f"vslm: error: {out} exists, is not empty and holds no world of these settings and seed{held}: facts "
+            "generate writes a new folder (--out another), nothing is overwritten")
         assert files_in(out) == kept
     # the same world again: said to be there, rc 0, the files as they were
     assert main(["facts", "generate", "--out", str(world), *WORLD]) == 0

@@ -136,8 +136,9 @@ def write_world_folder(cfg: WorldConfig, out: Path) -> dict[str, str]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if holds_world(out, files):
             return files
-        raise VSLMError(f"{out} exists, is not empty and holds no world of these settings and seed: facts "
-                        "generate writes a new folder, nothing is overwritten")
+        raise VSLMError(f"{out} exists, is not empty and holds no world of these settings and seed"
+                        f"{_other_settings(out, json.loads(files['world.json'])['settings'])}: facts generate writes "
+                        "a new folder (--out another), nothing is overwritten")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:  # written whole, then renamed: a stop half-way leaves no half world that the rerun would refuse
@@ -149,6 +150,18 @@ def write_world_folder(cfg: WorldConfig, out: Path) -> dict[str, str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return files
+
+
+def _other_settings(folder: Path, asked: dict) -> str:
+    """' (it holds ...: preloaded 0, asked 20000)' where `folder` holds a world of other settings, else ''."""
+    try:
+        held = json.loads((folder / "world.json").read_text(encoding="utf-8"))["settings"]
+        defaults = WorldConfig().model_dump()
+        differ = [f"{k} {held.get(k, defaults.get(k))} (asked {v})" for k, v in asked.items()
+                  if held.get(k, defaults.get(k)) != v]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    return f" (it holds a world of {', '.join(differ)})" if differ else ""
 
 
 def holds_world(folder: Path, files: dict[str, str]) -> bool:
