@@ -293,7 +293,7 @@ tokens = "words"
 seeds = 2
 per_group = 3
 group_size = 4
-overrides = ["train.steps=4", "model.depth=1", "model.width=32", "train.eval_windows=4"]
+overrides = ["train.steps=4", "model.depth=1", "model.width=32", "train.eval_windows=4", "logging.log_every=2"]
 [world]
 people = 8
 novel_people = 4
@@ -361,6 +361,11 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     spec.write_text(READER_TINY.replace("max_hops = 1,", "max_hops = 2,"))
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "1"]) != 0
     assert "holds a reader of other settings" in capsys.readouterr().err
+    # a reading curve whose points fall between logged steps: refused before anything trains
+    spec.write_text(READER_TINY.replace(', "logging.log_every=2"', ""))
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "curve"), "--jobs", "1"]) == 2
+    assert "--curve-every 2: the reading curve is measured at logged steps" in capsys.readouterr().err
+    assert not (tmp_path / "curve").exists()
 
 
 def test_a_world_folder_is_reused_only_with_the_experiments_settings(tmp_path):

@@ -552,6 +552,11 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
                           "--out", str(out)])
     configs = [arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)  # all validated before
                for arm in spec.arms if not arm.distilled]                          # anything trains
+    from vslm.knowledge.reader import check_curve
+
+    for arm, cfg in zip([arm for arm in spec.arms if not arm.distilled], configs, strict=True):
+        if arm.data == READER:
+            check_curve(reader_settings(arm), cfg)
     device = str(device_of(configs[0].train.device))  # where the arms train: evaluation and distillation too
 
     def say(text: str) -> None:

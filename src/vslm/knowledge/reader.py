@@ -234,6 +234,15 @@ def reader_config(config: str = "reader", overrides: list[str] | None = None) ->
     return load_config(config, overrides or [])
 
 
+def check_curve(settings: ReaderSettings, cfg: RunConfig) -> None:
+    """Refuse a reading curve whose points would fall between logged steps, where ReadingCurve never runs."""
+    if 0 < settings.curve_every < cfg.train.steps and settings.curve_every % cfg.logging.log_every:
+        raise UsageError(f"--curve-every {settings.curve_every}: the reading curve is measured at logged steps, so "
+                         f"it must be a multiple of logging.log_every ({cfg.logging.log_every}); give "
+                         f"logging.log_every={math.gcd(settings.curve_every, cfg.logging.log_every)} or another "
+                         "--curve-every")
+
+
 def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
                  settings: ReaderSettings | None = None, reuse: bool = False) -> dict:
     """Train the reader into the run folder `out` and write out/reader.json (settings, wall time, the
@@ -247,11 +256,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
         raise VSLMError(f"names must be 'all' or 'seen', not {settings.names!r}")
     out = Path(out)
     refuse_file_in_the_way(out)
-    if 0 < settings.curve_every < cfg.train.steps and settings.curve_every % cfg.logging.log_every:
-        raise UsageError(f"--curve-every {settings.curve_every}: the reading curve is measured at logged steps, so "
-                         f"it must be a multiple of logging.log_every ({cfg.logging.log_every}); give "
-                         f"logging.log_every={math.gcd(settings.curve_every, cfg.logging.log_every)} or another "
-                         "--curve-every")
+    check_curve(settings, cfg)
     folder = load_world_folder(world)
     max_hops = settings.max_hops or folder.settings.hops
     recorded = asdict(settings) | {"max_hops": max_hops}
