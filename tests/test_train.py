@@ -409,3 +409,16 @@ def test_doc_aligned_on_one_text_is_refused_before_the_run_folder(tmp_path):
     with pytest.raises(VSLMError, match=r"data.doc_aligned: the training text of .*one.txt is one document"):
         Trainer(cfg, tmp_path / "r").fit()
     assert not (tmp_path / "r").exists()
+
+
+def test_answer_only_on_one_text_is_refused_as_doc_aligned_is(tmp_path):
+    """A single text over 1 MB reads in pieces: they were taken for documents, and two of them trained on."""
+    text = tmp_path / "one.txt"
+    text.write_text("Tom has a red ball.\nQ: What color?\nA: red\n" * 40_000)  # 1.6 MB, no <|endoftext|>
+    cfg = load_config("tiny", tiny_overrides(data__source=str(text), data__max_bytes="none",
+                                             data__tokenizer="byte", data__answer_only="true"))
+    with pytest.raises(VSLMError, match=r"^data.answer_only: the training text of .*one.txt is one document \(no "
+                       r"<\|endoftext\|> between documents\), so there are no documents to draw rows from; "
+                       r"drop data.answer_only$"):
+        Trainer(cfg, tmp_path / "r").fit()
+    assert not (tmp_path / "r").exists()

@@ -315,14 +315,17 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
 def default_batches(cfg: RunConfig, corpus: Corpus, rank: int = 0, world: int = 1):
     """The corpus's training windows (this rank's rows of each global batch), or with
     `data.answer_only` whole documents with the loss on their answers."""
+    # a text of one document: else windows would start anywhere, or answer_only's rows be pieces of it, without a word
+    flag, why = (("answer_only", "there are no documents to draw rows from") if cfg.data.answer_only else
+                 ("doc_aligned", "no window could start at one") if cfg.data.doc_aligned else (None, ""))
+    if flag and len(corpus.train.doc_starts) < 2:
+        raise VSLMError(f"data.{flag}: the training text of {cfg.data.source} is one document (no "
+                        f"<|endoftext|> between documents), so {why}; drop data.{flag}")
     if cfg.data.answer_only:
         from vslm.data.answers import AnswerSampler, training_documents
 
         return AnswerSampler(training_documents(cfg.data), corpus.tokenizer, cfg.model.context,
                              cfg.train.batch_size, cfg.train.seed)
-    if cfg.data.doc_aligned and len(corpus.train.doc_starts) < 2:  # else windows start anywhere, without a word
-        raise VSLMError(f"data.doc_aligned: the training text of {cfg.data.source} is one document (no "
-                        "<|endoftext|> between documents), so no window could start at one; drop data.doc_aligned")
     return WindowSampler(corpus.train.tokens, cfg.model.context, cfg.train.batch_size, cfg.train.seed,
                          corpus.train.doc_starts if cfg.data.doc_aligned else None, shard=(rank, world))
 
