@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
-from vslm.config import DataConfig
+from conftest import SHARED, tiny_overrides
+from vslm.config import DataConfig, load_config
 from vslm.data import sources
 from vslm.data.answers import training_documents
 from vslm.data.registry import GENERATED, REGISTRY, squad_text
@@ -21,6 +21,7 @@ from vslm.data.sources import open_source
 from vslm.data.tokenizer import ByteTokenizer, HFTokenizer
 from vslm.errors import ConfigError, VSLMError
 from vslm.eval.corpus import score_tokens
+from vslm.train.trainer import default_batches
 
 DATA = SHARED / "data"
 needs_shared = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
@@ -260,13 +261,32 @@ def test_answer_only_documents_are_the_shards_training_split(tmp_path):
     corpus = prepare_corpus(cfg, tmp_path)
     train = corpus.tokenizer.decode(t for t in corpus.train.tokens.tolist() if t != corpus.tokenizer.eos_id)
     val = corpus.tokenizer.decode(t for t in corpus.val.tokens.tolist() if t != corpus.tokenizer.eos_id)
-    kept = training_documents(cfg)
+    kept = training_documents(cfg, corpus)
     assert kept and all(f"{d.split(':')[0]}:" in train and f"{d.split(':')[0]}:" not in val for d in kept)
     assert len(kept) + val.count("document ") == sum(1 for d in docs if d.strip())
+    assert set(kept) <= set(docs)  # whole documents, as written
     plain = tmp_path / "plain.txt"  # no answer anywhere: answer_only would train on every token, so refused
     plain.write_text("<|endoftext|>".join(f"document {i}" for i in range(20)))
+    plain_cfg = DataConfig(source=str(plain), tokenizer="byte", answer_only=True)
     with pytest.raises(VSLMError, match=r"data.answer_only: no training document of .*plain.txt has an answer"):
-        training_documents(DataConfig(source=str(plain), tokenizer="byte", answer_only=True))
+        training_documents(plain_cfg, prepare_corpus(plain_cfg, tmp_path))
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "char"])
+def test_answer_only_trains_on_the_documents_within_the_token_budget(tmp_path, tokenizer):
+    """data.max_tokens stops the shards; answer_only's rows are the documents they hold, not those past it
+    (whose characters a char vocabulary may not know)."""
+    path = tmp_path / "qa.txt"
+    docs = [f"Tom has a red ball {i}.\nQ: What color?\nA: red" for i in range(400)]
+    docs += [f"Zoë has a blue ball {i}.\nQ: What color?\nA: blue" for i in range(40)]
+    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
+    cfg = load_config("tiny", tiny_overrides(data__source=str(path), data__tokenizer=tokenizer,
+                                             data__max_tokens="15000", data__answer_only="true"))
+    corpus = prepare_corpus(cfg.data, tmp_path)
+    sampler = default_batches(cfg.with_vocab_size(corpus.tokenizer.vocab_size), corpus)
+    assert len(sampler.rows) == len(corpus.train.doc_starts) < 300  # the budget's documents, not the file's
+    rows = {corpus.tokenizer.decode(x.tolist()) for x, _ in sampler.rows}
+    assert not any("Zoë" in r for r in rows)
 
 
 def test_token_budget_and_streaming_pieces(tmp_path):

@@ -324,7 +324,7 @@ def default_batches(cfg: RunConfig, corpus: Corpus, rank: int = 0, world: int = 
     if cfg.data.answer_only:
         from vslm.data.answers import AnswerSampler, training_documents
 
-        return AnswerSampler(training_documents(cfg.data), corpus.tokenizer, cfg.model.context,
+        return AnswerSampler(training_documents(cfg.data, corpus), corpus.tokenizer, cfg.model.context,
                              cfg.train.batch_size, cfg.train.seed)
     return WindowSampler(corpus.train.tokens, cfg.model.context, cfg.train.batch_size, cfg.train.seed,
                          corpus.train.doc_starts if cfg.data.doc_aligned else None, shard=(rank, world))
