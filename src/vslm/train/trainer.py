@@ -492,8 +492,10 @@ class Trainer:
     def _check_same_corpus(self, cfg: RunConfig) -> None:
         """A resume continues the batch source's stream over the run's corpus: a corpus that now reads as other
         tokens (its files changed, or data.max_bytes) would go on, silently, on other data. summary.json holds
-        the token counts the run began with."""
-        differ = corpus_changes(self.run_dir, len(self.corpus.train.tokens), len(self.corpus.val.tokens))
+        the token counts the run began with, tokenizer.json its ids (a char vocabulary whose characters changed,
+        as many of them, shifts every id)."""
+        differ = corpus_changes(self.run_dir, len(self.corpus.train.tokens), len(self.corpus.val.tokens),
+                                self.corpus.tokenizer)
         if not differ:
             return
         if data_limit_left_out(self.run_dir) and cfg.data.max_bytes == DEFAULT_MAX_BYTES:
