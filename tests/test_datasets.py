@@ -331,6 +331,26 @@ def test_cache_follows_a_local_copys_text(data_dir, tmp_path):
     assert not changed.cache_hit and changed.folder != first.folder
 
 
+def test_cache_follows_an_edit_past_the_first_max_bytes_of_a_json_lines_file(tmp_path):
+    """data.max_bytes counts the text read: records' other fields sit around it, so the text read comes from
+    far past the file's first max_bytes raw bytes, and an edit there must build anew, not hit a stale cache."""
+    import os
+
+    path = tmp_path / "records.jsonl"
+    rows = [{"meta": "x" * 500, "text": f"record {i} alpha"} for i in range(100)]
+    write_jsonl(path, rows)
+    cfg = DataConfig(source=str(path), tokenizer="byte", max_bytes=2000)  # ~1,600 bytes of text, 52 KB of file
+    first = prepare_corpus(cfg, tmp_path)
+    rows[60]["text"] = "record 60 omega"  # the same size, past the first 2,000 bytes of the file
+    write_jsonl(path, rows)
+    mtime = path.stat().st_mtime_ns
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # an edit a second later (a clock tick could hide it here)
+    changed = prepare_corpus(cfg, tmp_path)
+    assert not changed.cache_hit and changed.folder != first.folder
+    text = changed.tokenizer.decode(np.concatenate([changed.train.tokens, changed.val.tokens]).tolist())
+    assert "record 60 omega" in text and "record 60 alpha" not in text
+
+
 def test_tiktoken_path_encodes_like_tokenizers():
     docs = [f"Story {i}: Mia said \"héllo\" to the café ☕ at {i}:{i * 3} o'clock.\n\n  Tabs\tand  spaces. "
             for i in range(200)]

@@ -281,11 +281,18 @@ def code_hash(formatter: Formatter) -> str:
 
 
 def _files_identity(files: list[Path], max_bytes: int | None, reader: str) -> str:
-    """A hash of the files' names and contents (the part that can be read) and of how they are read."""
+    """A hash of the files' names, sizes, modification times and first max_bytes of contents, and of how
+    they are read."""
     h = hashlib.sha256(f"v{SOURCE_FORMAT}:{reader}:bytes={max_bytes}".encode())
     left = max_bytes
     for f in files:
-        h.update(f.name.encode() + b"\0")
+        # max_bytes counts the text read, not the raw bytes it comes from: JSON lines and parquet records hold
+        # fields around the text, a gzip file is compressed, blank documents and separators are dropped, so
+        # reading may go well past a file's first max_bytes raw bytes. Where it stops is known only once read;
+        # hashing every byte would read a multi-GB file at each open. Its size and mtime_ns (a stat) change
+        # with an edit anywhere in it: at worst, a file touched or edited past what is read builds anew.
+        stat = f.stat()
+        h.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         with open(f, "rb") as fh:
             while left is None or left > 0:
                 block = fh.read(PIECE if left is None else min(PIECE, left))
