@@ -210,6 +210,30 @@ def test_bad_files_give_one_line(tmp_path):
         prepare_corpus(DataConfig(source=str(latin), tokenizer="byte"), tmp_path)
 
 
+def test_a_folder_skips_hidden_paths_and_says_once_which_files_it_skips(tmp_path, capsys):
+    """A notebook's checkpoints and a hub cache inside a corpus folder are not read; files of other kinds are
+    skipped with one note; a README.md is text like any other."""
+    folder = tmp_path / "corpus"
+    (folder / "part").mkdir(parents=True)
+    (folder / "a.txt").write_text("the first text")
+    (folder / "part" / "b.txt").write_text("the second text")
+    (folder / "README.md").write_text("the readme")
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("an old copy")
+    write_jsonl(folder / ".cache" / "huggingface" / "x.jsonl", [{"text": "a cached record"}])
+    (folder / ".notes.txt").write_text("hidden notes")
+    (folder / "labels.csv").write_text("id,label\n1,a\n")
+    (folder / "part" / "plot.png").write_bytes(b"\x89PNG")
+    cfg = DataConfig(source=str(folder), tokenizer="byte")
+    docs = list(open_source(cfg).documents())
+    assert sorted(docs) == ["the first text", "the readme", "the second text"]
+    err = capsys.readouterr().err
+    assert err == (f"note: data folder {folder}: 2 files of other kinds skipped (e.g. labels.csv); it reads .txt, "
+                   ".text, .md, .tokens, .raw, JSON lines / JSON and parquet files\n")
+    open_source(cfg)
+    assert capsys.readouterr().err == ""  # once
+
+
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     from vslm.cli import main
 

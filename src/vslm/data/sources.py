@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,10 +221,24 @@ def _datasets():
 # --------------------------------------------------------------------------------------- files
 
 
+_NOTED: set[Path] = set()  # folders whose skipped files were already named on stderr (once a process)
+
+
 def _folder_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and _kind(p) is not None)
+    """The text, JSON and parquet files under folder, sorted, every one whatever split its name says; hidden
+    files and folders (.ipynb_checkpoints/, .cache/, .git/) are not read. Files of other kinds are skipped,
+    said once on stderr."""
+    found = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = [p for p in found if _kind(p) is not None]
+    others = [p for p in found if _kind(p) is None]
     if not files:
         raise VSLMError(f"data folder {folder} holds no text, JSON lines or parquet files")
+    if others and folder.resolve() not in _NOTED and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
+        _NOTED.add(folder.resolve())
+        print(f"note: data folder {folder}: {len(others):,} file{'s' * (len(others) > 1)} of other kinds skipped "
+              f"(e.g. {others[0].relative_to(folder)}); it reads {', '.join(TEXT_SUFFIXES)}, JSON lines / JSON and "
+              "parquet files", file=sys.stderr)
     return files
 
 
