@@ -329,6 +329,26 @@ def test_token_budget_and_streaming_pieces(tmp_path):
         assert budget.meta["val_tokens"] > 0 and budget.meta["val_words"] > 0
 
 
+def test_bpe_learns_from_a_single_texts_training_part_under_a_token_budget(tmp_path, monkeypatch):
+    """Under data.max_tokens, a single text's validation part is the tail of the budget's tokens, not of the
+    file: BPE learned from up to 8 bytes a token of the file, past where validation starts."""
+    from vslm.data import shards
+
+    text = tmp_path / "one.txt"
+    text.write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(4000)))
+    learned = []
+    train = shards.HFTokenizer.train.__func__
+
+    def spy(cls, texts, vocab_size):
+        learned.append("".join(texts))
+        return train(cls, learned[-1:], vocab_size)
+
+    monkeypatch.setattr(shards.HFTokenizer, "train", classmethod(spy))
+    corpus = prepare_corpus(DataConfig(source=str(text), tokenizer="bpe", vocab_size=300, max_tokens=2000), tmp_path)
+    training_text = corpus.tokenizer.decode(corpus.train.tokens.tolist())
+    assert learned and learned[0] and training_text.startswith(learned[0])
+
+
 def test_a_hub_stream_is_read_once(tmp_path, monkeypatch):
     reads = []
 

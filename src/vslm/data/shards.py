@@ -269,15 +269,17 @@ class _Builder:
 
     def _training_text(self) -> Iterator[str]:
         """What BPE learns from: the training documents (or the first 1 - f of a single text), at most
-        cfg.bpe_train_bytes of them, and with a token budget at most 8 bytes a token (more text than the
-        budget encodes: BPE averages 3-5 bytes a token on English)."""
+        cfg.bpe_train_bytes of them. With a budget of N tokens, documents up to 8N bytes (more text than the
+        budget encodes: BPE averages 3-5 bytes a token on English); a single text's first (1 - f) N bytes only,
+        since where its validation part starts (token (1 - f) N) is not known before the tokenizer is, and
+        every byte-level token stands for at least one byte: those bytes are training text whatever it learns."""
+        f, single = self.cfg.val_fraction, self.source.single_text
         left = self.cfg.bpe_train_bytes
         if self.cfg.max_tokens is not None:
-            left = min(left, 8 * self.cfg.max_tokens)
-        if self.source.single_text and self.source.size_bytes is not None and not self.all_val:
-            left = min(left, int((1 - self.cfg.val_fraction) * self.source.size_bytes))
-        single = self.source.single_text
-        docs = ((d, False) for d in self.documents()) if single else held_out(self.documents(), self.cfg.val_fraction)
+            left = min(left, int((1 - f) * self.cfg.max_tokens) if single else 8 * self.cfg.max_tokens)
+        if single and self.source.size_bytes is not None and not self.all_val:
+            left = min(left, int((1 - f) * self.source.size_bytes))
+        docs = ((d, False) for d in self.documents()) if single else held_out(self.documents(), f)
         for doc, validation in docs:
             if left <= 0:
                 return
