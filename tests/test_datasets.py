@@ -249,7 +249,9 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
                         (["max_bytes=9"], "data prepare takes data.* overrides only, got max_bytes=9 (did you mean "
                                           "data.max_bytes or data.max_tokens?)"),
                         (["--vocab-size", "300"], "--vocab-size applies to --tokenizer bpe; char has its own "
-                                                  "vocabulary")]:
+                                                  "vocabulary"),
+                        (["data.vocab_size=500"], "data: vocab_size 500 is the size bpe learns; tokenizer=char has its "
+                                                  "own vocabulary: drop data.vocab_size, or set data.tokenizer=bpe")]:
         assert main(["data", "prepare", str(empty), "--tokenizer", "char", *words]) == 2
         assert capsys.readouterr().err == f"vslm: error: {line}\n"
     short = tmp_path / "short.txt"
@@ -323,8 +325,8 @@ def test_token_budget_and_streaming_pieces(tmp_path):
     assert np.array_equal(np.concatenate([bpe.train.tokens, bpe.val.tokens]), whole)
     assert len(bpe.train.tokens) == int(0.9 * len(whole))
     for tokenizer in ("byte", "char", "bpe"):  # char: no character past the budget is ever encoded
-        budget = prepare_corpus(DataConfig(source="stories", tokenizer=tokenizer, vocab_size=300, max_tokens=12_345),
-                                tmp_path)
+        vocab = {"vocab_size": 300} if tokenizer == "bpe" else {}
+        budget = prepare_corpus(DataConfig(source="stories", tokenizer=tokenizer, max_tokens=12_345, **vocab), tmp_path)
         assert len(budget.train.tokens) + len(budget.val.tokens) == 12_345 and budget.meta["truncated_by_budget"]
         assert budget.meta["val_tokens"] > 0 and budget.meta["val_words"] > 0
 

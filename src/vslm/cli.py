@@ -793,12 +793,13 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     raw = {"source": a.name, "tokenizer": a.tokenizer, "vocab_size": a.vocab_size, "max_tokens": a.tokens,
            "max_bytes": a.max_bytes, "origin": a.origin}
     raw = apply_overrides({"data": {k: v for k, v in raw.items() if v is not None}}, a.overrides)
+    tokenizer = raw["data"].get("tokenizer", DataConfig.model_fields["tokenizer"].default)
+    if a.vocab_size is not None and tokenizer != "bpe":  # char, byte and gpt2 have their own vocabulary: the flag
+        raise UsageError(f"--vocab-size applies to --tokenizer bpe; {tokenizer} has its own vocabulary")  # named
     try:
         cfg = DataConfig.model_validate(raw["data"])
     except ValidationError as e:
         raise ConfigError(one_line_error(e, prefix="data", root=DataConfig)) from None
-    if a.vocab_size is not None and cfg.tokenizer != "bpe":  # char, byte and gpt2 have their own vocabulary
-        raise UsageError(f"--vocab-size applies to --tokenizer bpe; {cfg.tokenizer} has its own vocabulary")
     corpus = prepare_corpus(cfg, progress=not a.quiet and sys.stdout.isatty())
     m = corpus.meta
     state = "cached" if corpus.cache_hit else f"prepared in {m['prepare_s']:.1f} s"
