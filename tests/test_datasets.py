@@ -467,6 +467,25 @@ def test_eval_reports_word_perplexity_on_wikitext(tmp_path, capsys):
     assert capsys.readouterr().out.count("wikitext-2: the local wiki.*.tokens files are the tokenized") == 1
 
 
+def test_eval_max_bytes_help_says_what_it_reads(tmp_path, capsys):
+    """An evaluation scores a whole split or file; only a training corpus's held-out part follows the run's
+    data.max_bytes. The help said the run's limit for all."""
+    from vslm.cli import main
+    from vslm.eval.corpus import eval_data
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("--on: corpus text read at most (default: all of an evaluation split or a file; the run's "
+            "data.max_bytes for a corpus's held-out documents)") in help_text
+    path = tmp_path / "corpus.txt"
+    path.write_text("some text " * 100)
+    run_data = DataConfig(max_bytes=1000)
+    assert eval_data(str(path), run_data)[0].max_bytes is None  # a file: all of it
+    assert eval_data("stories", run_data)[0].max_bytes == 1000  # held out: as the run read it
+    assert eval_data(str(path), run_data, 500)[0].max_bytes == 500
+
+
 def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):
     """A change to how records become documents (here the size of a book's parts) builds anew."""
     from vslm.data import registry

@@ -1124,8 +1124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", help="a folder of harness task YAML files (then only those are known)")
     p.add_argument("--limit", type=float, help="harness: examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int, help="harness: few-shot examples")
-    p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: the run's "
-                   "data.max_bytes)")
+    p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: all of an "
+                   "evaluation split or a file; the run's data.max_bytes for a corpus's held-out documents)")
     p.add_argument("--batch-size", type=int, help="--on: windows per forward pass (default 32)")
     p.add_argument("--lengths", type=int, nargs="+", metavar="M",
                    help="--on: also in windows of M times the context, every position attending over all of its "
