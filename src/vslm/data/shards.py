@@ -90,6 +90,16 @@ def held_out(documents: Iterable[str], fraction: float) -> Iterator[tuple[str, b
             i += 1
 
 
+def max_bytes_note(meta: dict, max_bytes: int | None) -> str | None:
+    """The note `vslm train` and `vslm data prepare` print where data.max_bytes stopped a source short of its
+    end (meta: a prepared corpus's); None where it did not, or the shards predate the mark."""
+    if not meta.get("stopped_at_max_bytes") or max_bytes is None:
+        return None
+    total = meta["train_tokens"] + meta["val_tokens"]
+    return (f"note: data.max_bytes={max_bytes:,} stopped {meta['source']} at {total:,} tokens, short of its end: "
+            "data.max_bytes=none reads all of it")
+
+
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
 
@@ -226,7 +236,8 @@ class _Builder:
         meta: dict = {"format": SHARD_FORMAT, "source": self.source.name, "identity": self.source.identity,
                       "split": self.source.split, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
                       "dtype": np.dtype(dtype).name, "documents": docs, "text_bytes": text_bytes,
-                      "truncated_by_budget": truncated}
+                      "truncated_by_budget": truncated,
+                      "stopped_at_max_bytes": self.source.stopped_at_max_bytes and not truncated}
         for name, split in (("train", train), ("val", val)):
             starts = np.frombuffer(split.starts, dtype=np.int64)
             atomic_write(self.out / f"{name}_docs.npy", lambda f, a=starts: np.save(f, a))  # on disk before meta

@@ -54,6 +54,7 @@ class Source:
     remote: bool = False  # streamed from the hub: the shard builder reads it once, into a spool
     split: str | None = None  # a registry corpus's split ("train", "validation", ...)
     entry: Entry | None = None
+    stopped_at_max_bytes: bool = False  # set by documents() when data.max_bytes stopped it short of the text's end
 
 
 def data_dirs() -> list[Path]:
@@ -163,8 +164,9 @@ def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
         return source
     identity = (f"hub:{entry.hub}:{entry.hub_config}:{split}:v{SOURCE_FORMAT}:{code_hash(entry.documents)}:"
                 f"bytes={cfg.max_bytes}")
-    return Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes),
-                  remote=True, split=split, entry=entry)
+    source = Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes, source),
+                    remote=True, split=split, entry=entry)
+    return source
 
 
 def _check_generated_split(entry: Entry, split: str) -> None:
@@ -264,7 +266,7 @@ def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: Data
     if len(files) == 1 and kinds[0] == "text" and plain and not lines and not _has_separator(files[0], cfg.max_bytes):
         size = files[0].stat().st_size if cfg.max_bytes is None else min(cfg.max_bytes, files[0].stat().st_size)
         return Source(label, identity, lambda: _text_pieces(files[0], cfg.max_bytes), single_text=True,
-                      size_bytes=size)
+                      size_bytes=size, stopped_at_max_bytes=size < files[0].stat().st_size)
     what = entry.text if entry else field_name or "text"
 
     def documents() -> Iterator[str]:
@@ -279,7 +281,8 @@ def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: Data
                 records = _file_records(path, kind, entry.json_field if entry else None)
             yield from _formatted(formatter, records, str(path), what)
 
-    return Source(label, identity, lambda: _within(documents(), cfg.max_bytes))
+    source = Source(label, identity, lambda: _within(documents(), cfg.max_bytes, source))
+    return source
 
 
 def code_hash(formatter: Formatter) -> str:
@@ -441,16 +444,20 @@ def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: 
         raise VSLMError(f"data {where}{at}: a record is not in the expected schema ({e}); the text is {what}") from None
 
 
-def _within(docs: Iterable[str], max_bytes: int | None) -> Iterator[str]:
-    """Documents up to max_bytes of UTF-8 in all; the one that crosses the limit is cut there."""
+def _within(docs: Iterable[str], max_bytes: int | None, source: Source | None = None) -> Iterator[str]:
+    """Documents up to max_bytes of UTF-8 in all; the one that crosses the limit is cut there (and the
+    source marked stopped_at_max_bytes, when text was left)."""
     if max_bytes is None:
         yield from docs
         return
     left = max_bytes
+    docs = iter(docs)
     for doc in docs:
         raw = doc.encode("utf-8")
         if len(raw) >= left:
             cut = raw[:left].decode("utf-8", errors="ignore")  # a character cut in two is dropped
+            if source is not None and (len(raw) > left or any(d.strip() for d in docs)):
+                source.stopped_at_max_bytes = True
             if cut.strip():
                 yield cut
             return
