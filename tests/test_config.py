@@ -119,9 +119,19 @@ def test_a_run_folder_written_before_a_check_still_reads(tmp_path):
 
 
 def test_a_vocabulary_size_binds_only_the_tokenizer_that_learns_one():
-    """char, byte and gpt2 bring their own vocabulary: data.vocab_size is bpe's, checked only there."""
-    assert load_config("tiny", ["data.tokenizer=gpt2", "data.vocab_size=100"]).data.vocab_size == 100
+    """char, byte and gpt2 bring their own vocabulary: data.vocab_size is bpe's, its range checked only there,
+    and another value than the default given with them is refused (it was ignored without a word). A run
+    folder's saved config is read as it trained."""
     assert load_config("tiny", ["data.tokenizer=bpe", "data.vocab_size=260"]).data.vocab_size == 260
+    assert load_config("tiny", ["data.tokenizer=gpt2"]).data.vocab_size == 2048  # the default: every dump holds it
+    for tokenizer in ("char", "byte", "gpt2"):
+        with pytest.raises(ConfigError, match=rf"^config error: data: vocab_size 500 is the size bpe learns; "
+                           rf"tokenizer={tokenizer} has its own vocabulary: drop data.vocab_size, or set "
+                           r"data.tokenizer=bpe$"):
+            load_config("tiny", [f"data.tokenizer={tokenizer}", "data.vocab_size=500"])
+    raw = load_config("tiny", []).to_raw()
+    raw["data"]["vocab_size"] = 500  # a run of char written before it was refused
+    assert validate(raw, saved=True).data.vocab_size == 500
 
 
 def test_malformed_and_missing_files(tmp_path):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
-from vslm.config import DataConfig
+from conftest import SHARED, tiny_overrides
+from vslm.config import DataConfig, load_config
 from vslm.data import sources
 from vslm.data.answers import training_documents
 from vslm.data.registry import GENERATED, REGISTRY, squad_text
@@ -21,6 +21,7 @@ from vslm.data.sources import open_source
 from vslm.data.tokenizer import ByteTokenizer, HFTokenizer
 from vslm.errors import ConfigError, VSLMError
 from vslm.eval.corpus import score_tokens
+from vslm.train.trainer import default_batches
 
 DATA = SHARED / "data"
 needs_shared = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
@@ -209,6 +210,30 @@ def test_bad_files_give_one_line(tmp_path):
         prepare_corpus(DataConfig(source=str(latin), tokenizer="byte"), tmp_path)
 
 
+def test_a_folder_skips_hidden_paths_and_says_once_which_files_it_skips(tmp_path, capsys):
+    """A notebook's checkpoints and a hub cache inside a corpus folder are not read; files of other kinds are
+    skipped with one note; a README.md is text like any other."""
+    folder = tmp_path / "corpus"
+    (folder / "part").mkdir(parents=True)
+    (folder / "a.txt").write_text("the first text")
+    (folder / "part" / "b.txt").write_text("the second text")
+    (folder / "README.md").write_text("the readme")
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("an old copy")
+    write_jsonl(folder / ".cache" / "huggingface" / "x.jsonl", [{"text": "a cached record"}])
+    (folder / ".notes.txt").write_text("hidden notes")
+    (folder / "labels.csv").write_text("id,label\n1,a\n")
+    (folder / "part" / "plot.png").write_bytes(b"\x89PNG")
+    cfg = DataConfig(source=str(folder), tokenizer="byte")
+    docs = list(open_source(cfg).documents())
+    assert sorted(docs) == ["the first text", "the readme", "the second text"]
+    err = capsys.readouterr().err
+    assert err == (f"note: data folder {folder}: 2 files of other kinds skipped (e.g. labels.csv); it reads .txt, "
+                   ".text, .md, .tokens, .raw, JSON lines / JSON and parquet files\n")
+    open_source(cfg)
+    assert capsys.readouterr().err == ""  # once
+
+
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     from vslm.cli import main
 
@@ -224,7 +249,9 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
                         (["max_bytes=9"], "data prepare takes data.* overrides only, got max_bytes=9 (did you mean "
                                           "data.max_bytes or data.max_tokens?)"),
                         (["--vocab-size", "300"], "--vocab-size applies to --tokenizer bpe; char has its own "
-                                                  "vocabulary")]:
+                                                  "vocabulary"),
+                        (["data.vocab_size=500"], "data: vocab_size 500 is the size bpe learns; tokenizer=char has its "
+                                                  "own vocabulary: drop data.vocab_size, or set data.tokenizer=bpe")]:
         assert main(["data", "prepare", str(empty), "--tokenizer", "char", *words]) == 2
         assert capsys.readouterr().err == f"vslm: error: {line}\n"
     short = tmp_path / "short.txt"
@@ -260,13 +287,32 @@ def test_answer_only_documents_are_the_shards_training_split(tmp_path):
     corpus = prepare_corpus(cfg, tmp_path)
     train = corpus.tokenizer.decode(t for t in corpus.train.tokens.tolist() if t != corpus.tokenizer.eos_id)
     val = corpus.tokenizer.decode(t for t in corpus.val.tokens.tolist() if t != corpus.tokenizer.eos_id)
-    kept = training_documents(cfg)
+    kept = training_documents(cfg, corpus)
     assert kept and all(f"{d.split(':')[0]}:" in train and f"{d.split(':')[0]}:" not in val for d in kept)
     assert len(kept) + val.count("document ") == sum(1 for d in docs if d.strip())
+    assert set(kept) <= set(docs)  # whole documents, as written
     plain = tmp_path / "plain.txt"  # no answer anywhere: answer_only would train on every token, so refused
     plain.write_text("<|endoftext|>".join(f"document {i}" for i in range(20)))
+    plain_cfg = DataConfig(source=str(plain), tokenizer="byte", answer_only=True)
     with pytest.raises(VSLMError, match=r"data.answer_only: no training document of .*plain.txt has an answer"):
-        training_documents(DataConfig(source=str(plain), tokenizer="byte", answer_only=True))
+        training_documents(plain_cfg, prepare_corpus(plain_cfg, tmp_path))
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "char"])
+def test_answer_only_trains_on_the_documents_within_the_token_budget(tmp_path, tokenizer):
+    """data.max_tokens stops the shards; answer_only's rows are the documents they hold, not those past it
+    (whose characters a char vocabulary may not know)."""
+    path = tmp_path / "qa.txt"
+    docs = [f"Tom has a red ball {i}.\nQ: What color?\nA: red" for i in range(400)]
+    docs += [f"Zoë has a blue ball {i}.\nQ: What color?\nA: blue" for i in range(40)]
+    path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
+    cfg = load_config("tiny", tiny_overrides(data__source=str(path), data__tokenizer=tokenizer,
+                                             data__max_tokens="15000", data__answer_only="true"))
+    corpus = prepare_corpus(cfg.data, tmp_path)
+    sampler = default_batches(cfg.with_vocab_size(corpus.tokenizer.vocab_size), corpus)
+    assert len(sampler.rows) == len(corpus.train.doc_starts) < 300  # the budget's documents, not the file's
+    rows = {corpus.tokenizer.decode(x.tolist()) for x, _ in sampler.rows}
+    assert not any("Zoë" in r for r in rows)
 
 
 def test_token_budget_and_streaming_pieces(tmp_path):
@@ -279,10 +325,30 @@ def test_token_budget_and_streaming_pieces(tmp_path):
     assert np.array_equal(np.concatenate([bpe.train.tokens, bpe.val.tokens]), whole)
     assert len(bpe.train.tokens) == int(0.9 * len(whole))
     for tokenizer in ("byte", "char", "bpe"):  # char: no character past the budget is ever encoded
-        budget = prepare_corpus(DataConfig(source="stories", tokenizer=tokenizer, vocab_size=300, max_tokens=12_345),
-                                tmp_path)
+        vocab = {"vocab_size": 300} if tokenizer == "bpe" else {}
+        budget = prepare_corpus(DataConfig(source="stories", tokenizer=tokenizer, max_tokens=12_345, **vocab), tmp_path)
         assert len(budget.train.tokens) + len(budget.val.tokens) == 12_345 and budget.meta["truncated_by_budget"]
         assert budget.meta["val_tokens"] > 0 and budget.meta["val_words"] > 0
+
+
+def test_bpe_learns_from_a_single_texts_training_part_under_a_token_budget(tmp_path, monkeypatch):
+    """Under data.max_tokens, a single text's validation part is the tail of the budget's tokens, not of the
+    file: BPE learned from up to 8 bytes a token of the file, past where validation starts."""
+    from vslm.data import shards
+
+    text = tmp_path / "one.txt"
+    text.write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(4000)))
+    learned = []
+    train = shards.HFTokenizer.train.__func__
+
+    def spy(cls, texts, vocab_size):
+        learned.append("".join(texts))
+        return train(cls, learned[-1:], vocab_size)
+
+    monkeypatch.setattr(shards.HFTokenizer, "train", classmethod(spy))
+    corpus = prepare_corpus(DataConfig(source=str(text), tokenizer="bpe", vocab_size=300, max_tokens=2000), tmp_path)
+    training_text = corpus.tokenizer.decode(corpus.train.tokens.tolist())
+    assert learned and learned[0] and training_text.startswith(learned[0])
 
 
 def test_a_hub_stream_is_read_once(tmp_path, monkeypatch):
@@ -309,6 +375,26 @@ def test_cache_follows_a_local_copys_text(data_dir, tmp_path):
     changed = prepare_corpus(DataConfig(source="dolma", tokenizer="byte"), tmp_path)
     assert again.cache_hit and again.folder == first.folder
     assert not changed.cache_hit and changed.folder != first.folder
+
+
+def test_cache_follows_an_edit_past_the_first_max_bytes_of_a_json_lines_file(tmp_path):
+    """data.max_bytes counts the text read: records' other fields sit around it, so the text read comes from
+    far past the file's first max_bytes raw bytes, and an edit there must build anew, not hit a stale cache."""
+    import os
+
+    path = tmp_path / "records.jsonl"
+    rows = [{"meta": "x" * 500, "text": f"record {i} alpha"} for i in range(100)]
+    write_jsonl(path, rows)
+    cfg = DataConfig(source=str(path), tokenizer="byte", max_bytes=2000)  # ~1,600 bytes of text, 52 KB of file
+    first = prepare_corpus(cfg, tmp_path)
+    rows[60]["text"] = "record 60 omega"  # the same size, past the first 2,000 bytes of the file
+    write_jsonl(path, rows)
+    mtime = path.stat().st_mtime_ns
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # an edit a second later (a clock tick could hide it here)
+    changed = prepare_corpus(cfg, tmp_path)
+    assert not changed.cache_hit and changed.folder != first.folder
+    text = changed.tokenizer.decode(np.concatenate([changed.train.tokens, changed.val.tokens]).tolist())
+    assert "record 60 omega" in text and "record 60 alpha" not in text
 
 
 def test_tiktoken_path_encodes_like_tokenizers():
@@ -379,6 +465,25 @@ def test_eval_reports_word_perplexity_on_wikitext(tmp_path, capsys):
     # the table, with the note on which release was read, once per corpus
     assert main(["eval", str(run), "--on", "wikitext-2", "wikitext-2:test", "--max-bytes", "20000"]) == 0
     assert capsys.readouterr().out.count("wikitext-2: the local wiki.*.tokens files are the tokenized") == 1
+
+
+def test_eval_max_bytes_help_says_what_it_reads(tmp_path, capsys):
+    """An evaluation scores a whole split or file; only a training corpus's held-out part follows the run's
+    data.max_bytes. The help said the run's limit for all."""
+    from vslm.cli import main
+    from vslm.eval.corpus import eval_data
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("--on: corpus text read at most (default: all of an evaluation split or a file; the run's "
+            "data.max_bytes for a corpus's held-out documents)") in help_text
+    path = tmp_path / "corpus.txt"
+    path.write_text("some text " * 100)
+    run_data = DataConfig(max_bytes=1000)
+    assert eval_data(str(path), run_data)[0].max_bytes is None  # a file: all of it
+    assert eval_data("stories", run_data)[0].max_bytes == 1000  # held out: as the run read it
+    assert eval_data(str(path), run_data, 500)[0].max_bytes == 500
 
 
 def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):

@@ -160,6 +160,35 @@ def test_train_prints_the_header_before_the_first_step(tmp_path):
     assert r.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
 
 
+def test_a_source_cut_by_max_bytes_is_said_in_the_header_and_by_data_prepare(tmp_path, capsys):
+    """tiny's data.max_bytes on a larger file trained on part of it without a word; a generated corpus (made
+    to max_bytes) and a file read whole say nothing."""
+    from vslm.commands.demo import start_training
+
+    big, small, records = tmp_path / "big.txt", tmp_path / "small.txt", tmp_path / "records.jsonl"
+    big.write_text("the cat sat on the mat and looked at the dog.\n" * 8000)  # 376 KB
+    small.write_text("the cat sat on the mat and looked at the dog.\n" * 1000)  # 47 KB
+    records.write_text("".join(json.dumps({"text": f"record {i}: " + "the dog ran. " * 20}) + "\n"
+                               for i in range(1000)))  # 270 KB of text
+
+    def header(source: str, out: str) -> str:
+        text = io.StringIO()
+        start_training(load_config("tiny", tiny_overrides(data__source=source)), tmp_path / out,
+                       Console(file=text, width=200))
+        return text.getvalue()
+
+    notes = [ln for ln in header(str(big), "a").splitlines() if ln.startswith("note: data.max_bytes")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: data.max_bytes=200,000 stopped {big} at 200,000 tokens, "
+                                                   "short of its end: data.max_bytes=none reads all of it")
+    assert f"note: data.max_bytes=200,000 stopped {records} at " in header(str(records), "b")
+    for out, source in (("c", str(small)), ("d", "stories")):
+        assert "note: data.max_bytes" not in header(source, out)
+    capsys.readouterr()
+    assert main(["data", "prepare", str(big), "--max-bytes", "100K", "--quiet"]) == 0
+    assert capsys.readouterr().err == (f"note: data.max_bytes=100,000 stopped {big} at 100,000 tokens, short of its "
+                                       "end: data.max_bytes=none reads all of it\n")
+
+
 def test_track_plain_lines_in_a_file_and_a_bar_on_a_terminal():
     from vslm.progress import track
 

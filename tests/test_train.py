@@ -285,6 +285,32 @@ def test_a_resume_refuses_what_would_change_the_run_and_leaves_a_finished_one_as
     assert files_in(folder) == before
 
 
+def test_a_resume_on_a_corpus_whose_characters_changed_is_refused(tmp_path):
+    """Every ’ made ': the same token counts and vocabulary size, but every char id from ' on shifts. A resume
+    would train on scrambled ids; refused in one line naming the characters. Trained anew from step 0 (no
+    checkpoint yet), the run takes the corpus as it now is."""
+    from vslm.errors import ConfigError
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat’s mat, and the dog’s bone. " * 3000, encoding="utf-8")
+    folder = tmp_path / "r"
+    cfg = load_config("tiny", tiny_overrides(train__steps=4, train__checkpoint_every=2, data__source=str(text),
+                                             data__tokenizer="char", logging__probe_every=0))
+    Trainer(cfg, folder).fit()
+    text.write_text(text.read_text(encoding="utf-8").replace("’", "'"), encoding="utf-8")
+    before = files_in(folder)
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6})})
+    with pytest.raises(ConfigError, match=r"^cannot resume .*: its corpus reads as other tokens \(characters '’' "
+                       r"then, \"'\" now \(a char vocabulary's ids shift\)\); the source's files changed"):
+        Trainer(longer, folder, resume=True)
+    assert files_in(folder) == before
+    shutil.rmtree(folder / "checkpoints")  # stopped before its first checkpoint: trained again, from step 0
+    shutil.rmtree(folder / "snapshots", ignore_errors=True)
+    (folder / "metrics.jsonl").write_text((folder / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    Trainer(longer, folder, resume=True).fit()
+    assert "'" in load_run(folder)[2].to_dict()["chars"]
+
+
 def test_a_resume_on_a_corpus_that_reads_as_other_tokens_is_refused(tmp_path, capsys):
     """A resume goes on with the batch source's stream over the run's corpus: a source file that grew, or a run
     folder whose config.toml lost data.max_bytes = none (written before 2026-12-06: it reads as 8 MB), would
@@ -407,5 +433,18 @@ def test_doc_aligned_on_one_text_is_refused_before_the_run_folder(tmp_path):
     text.write_text("one long text without separators. " * 2000)
     cfg = load_config("tiny", tiny_overrides(data__source=str(text), data__doc_aligned="true"))
     with pytest.raises(VSLMError, match=r"data.doc_aligned: the training text of .*one.txt is one document"):
+        Trainer(cfg, tmp_path / "r").fit()
+    assert not (tmp_path / "r").exists()
+
+
+def test_answer_only_on_one_text_is_refused_as_doc_aligned_is(tmp_path):
+    """A single text over 1 MB reads in pieces: they were taken for documents, and two of them trained on."""
+    text = tmp_path / "one.txt"
+    text.write_text("Tom has a red ball.\nQ: What color?\nA: red\n" * 40_000)  # 1.6 MB, no <|endoftext|>
+    cfg = load_config("tiny", tiny_overrides(data__source=str(text), data__max_bytes="none",
+                                             data__tokenizer="byte", data__answer_only="true"))
+    with pytest.raises(VSLMError, match=r"^data.answer_only: the training text of .*one.txt is one document \(no "
+                       r"<\|endoftext\|> between documents\), so there are no documents to draw rows from; "
+                       r"drop data.answer_only$"):
         Trainer(cfg, tmp_path / "r").fit()
     assert not (tmp_path / "r").exists()

@@ -788,7 +788,7 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from vslm.config import DataConfig, apply_overrides, one_line_error
-    from vslm.data.shards import prepare_corpus
+    from vslm.data.shards import max_bytes_note, prepare_corpus
 
     if others := [w for w in a.overrides if not w.startswith("data.")]:
         key = others[0].partition("=")[0]  # a field without its section: the data field meant
@@ -797,12 +797,13 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     raw = {"source": a.name, "tokenizer": a.tokenizer, "vocab_size": a.vocab_size, "max_tokens": a.tokens,
            "max_bytes": a.max_bytes, "origin": a.origin}
     raw = apply_overrides({"data": {k: v for k, v in raw.items() if v is not None}}, a.overrides)
+    tokenizer = raw["data"].get("tokenizer", DataConfig.model_fields["tokenizer"].default)
+    if a.vocab_size is not None and tokenizer != "bpe":  # char, byte and gpt2 have their own vocabulary: the flag
+        raise UsageError(f"--vocab-size applies to --tokenizer bpe; {tokenizer} has its own vocabulary")  # named
     try:
         cfg = DataConfig.model_validate(raw["data"])
     except ValidationError as e:
         raise ConfigError(one_line_error(e, prefix="data", root=DataConfig)) from None
-    if a.vocab_size is not None and cfg.tokenizer != "bpe":  # char, byte and gpt2 have their own vocabulary
-        raise UsageError(f"--vocab-size applies to --tokenizer bpe; {cfg.tokenizer} has its own vocabulary")
     corpus = prepare_corpus(cfg, progress=not a.quiet and sys.stdout.isatty())
     m = corpus.meta
     state = "cached" if corpus.cache_hit else f"prepared in {m['prepare_s']:.1f} s"
@@ -817,6 +818,8 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
               f"{cfg.max_tokens:,} asked for: raise it" if capped else
               f"note: {m['source']} ran out at {total:,} tokens, short of the {cfg.max_tokens:,} asked for: all of "
               "it is used", file=sys.stderr)
+    elif note := max_bytes_note(m, cfg.max_bytes):
+        print(note, file=sys.stderr)
     print(corpus.folder)
     return 0
 
@@ -1127,8 +1130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", help="a folder of harness task YAML files (then only those are known)")
     p.add_argument("--limit", type=float, help="harness: examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int, help="harness: few-shot examples")
-    p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: the run's "
-                   "data.max_bytes)")
+    p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: all of an "
+                   "evaluation split or a file; the run's data.max_bytes for a corpus's held-out documents)")
     p.add_argument("--batch-size", type=int, help="--on: windows per forward pass (default 32)")
     p.add_argument("--lengths", type=int, nargs="+", metavar="M",
                    help="--on: also in windows of M times the context, every position attending over all of its "

@@ -392,7 +392,7 @@ class DataConfig(_Section):
                                                 "text, JSON lines or parquet file or a folder of them")
     tokenizer: Literal["char", "byte", "bpe", "gpt2"] = "char"
     vocab_size: int = Field(2048, description="bpe: the vocabulary learned, 260-65535 (256 bytes and the special "
-                                               "tokens); char, byte and gpt2 have their own and ignore it")
+                                               "tokens); char, byte and gpt2 have their own (another value refused)")
     val_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
     max_bytes: PositiveInt | None = Field(None, description="text generated or read at most; left out: 8 MB, "
                                                             "or no limit when max_tokens is set; \"none\": no "
@@ -415,10 +415,15 @@ class DataConfig(_Section):
         return None if value == "none" else value
 
     @model_validator(mode="after")
-    def _bpe_vocabulary(self) -> DataConfig:
+    def _bpe_vocabulary(self, info: ValidationInfo) -> DataConfig:
         if self.tokenizer == "bpe" and not 260 <= self.vocab_size <= 65535:
             raise ValueError(f"vocab_size {self.vocab_size} of tokenizer=bpe must be 260-65535 "
                              "(256 bytes and the special tokens, token ids in 16 bits)")
+        default = type(self).model_fields["vocab_size"].default  # what every saved config of another tokenizer holds
+        if self.tokenizer != "bpe" and self.vocab_size != default and not _flag(info, "saved"):
+            # else ignored without a word (and two runs of one corpus would differ in their data section)
+            raise ValueError(f"vocab_size {self.vocab_size} is the size bpe learns; tokenizer={self.tokenizer} has "
+                             "its own vocabulary: drop data.vocab_size, or set data.tokenizer=bpe")
         return self
 
     @model_validator(mode="after")

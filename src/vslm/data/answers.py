@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from vslm.config import DataConfig
-from vslm.data.shards import held_out
-from vslm.data.sources import open_source
+from vslm.data.shards import Corpus
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import VSLMError
 
@@ -43,12 +42,12 @@ def segments(document: str) -> list[tuple[str, bool]]:
     return out
 
 
-def training_documents(cfg: DataConfig) -> list[str]:
-    """The source's documents that the shards' training split holds (vslm.data.shards.held_out)."""
-    docs = list(held_out(open_source(cfg).documents(), cfg.val_fraction))
-    if len(docs) < 2:
-        raise VSLMError("data.answer_only needs a source of several documents (separated by <|endoftext|>)")
-    train = [d for d, validation in docs if not validation]
+def training_documents(cfg: DataConfig, corpus: Corpus) -> list[str]:
+    """The documents the shards' training split holds, decoded from its tokens: the same ones, to the same
+    budget (data.max_tokens, data.max_bytes), that a run without answer_only trains on; never a held-out one."""
+    tokens, starts = corpus.train.tokens, corpus.train.doc_starts.tolist()
+    ends = [*starts[1:], len(tokens)]
+    train = [corpus.tokenizer.decode(tokens[a:b].tolist()) for a, b in zip(starts, ends, strict=True)]  # eos dropped
     if not any(ANSWER.search(d) for d in train):  # else the loss would stay on every token, without a word
         raise VSLMError(f"data.answer_only: no training document of {cfg.source} has an answer (a line starting "
                         "with 'A:' or 'Answer:'); drop data.answer_only, or give a source of questions and answers")

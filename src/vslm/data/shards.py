@@ -90,6 +90,16 @@ def held_out(documents: Iterable[str], fraction: float) -> Iterator[tuple[str, b
             i += 1
 
 
+def max_bytes_note(meta: dict, max_bytes: int | None) -> str | None:
+    """The note `vslm train` and `vslm data prepare` print where data.max_bytes stopped a source short of its
+    end (meta: a prepared corpus's); None where it did not, or the shards predate the mark."""
+    if not meta.get("stopped_at_max_bytes") or max_bytes is None:
+        return None
+    total = meta["train_tokens"] + meta["val_tokens"]
+    return (f"note: data.max_bytes={max_bytes:,} stopped {meta['source']} at {total:,} tokens, short of its end: "
+            "data.max_bytes=none reads all of it")
+
+
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
 
@@ -226,7 +236,8 @@ class _Builder:
         meta: dict = {"format": SHARD_FORMAT, "source": self.source.name, "identity": self.source.identity,
                       "split": self.source.split, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
                       "dtype": np.dtype(dtype).name, "documents": docs, "text_bytes": text_bytes,
-                      "truncated_by_budget": truncated}
+                      "truncated_by_budget": truncated,
+                      "stopped_at_max_bytes": self.source.stopped_at_max_bytes and not truncated}
         for name, split in (("train", train), ("val", val)):
             starts = np.frombuffer(split.starts, dtype=np.int64)
             atomic_write(self.out / f"{name}_docs.npy", lambda f, a=starts: np.save(f, a))  # on disk before meta
@@ -269,15 +280,17 @@ class _Builder:
 
     def _training_text(self) -> Iterator[str]:
         """What BPE learns from: the training documents (or the first 1 - f of a single text), at most
-        cfg.bpe_train_bytes of them, and with a token budget at most 8 bytes a token (more text than the
-        budget encodes: BPE averages 3-5 bytes a token on English)."""
+        cfg.bpe_train_bytes of them. With a budget of N tokens, documents up to 8N bytes (more text than the
+        budget encodes: BPE averages 3-5 bytes a token on English); a single text's first (1 - f) N bytes only,
+        since where its validation part starts (token (1 - f) N) is not known before the tokenizer is, and
+        every byte-level token stands for at least one byte: those bytes are training text whatever it learns."""
+        f, single = self.cfg.val_fraction, self.source.single_text
         left = self.cfg.bpe_train_bytes
         if self.cfg.max_tokens is not None:
-            left = min(left, 8 * self.cfg.max_tokens)
-        if self.source.single_text and self.source.size_bytes is not None and not self.all_val:
-            left = min(left, int((1 - self.cfg.val_fraction) * self.source.size_bytes))
-        single = self.source.single_text
-        docs = ((d, False) for d in self.documents()) if single else held_out(self.documents(), self.cfg.val_fraction)
+            left = min(left, int((1 - f) * self.cfg.max_tokens) if single else 8 * self.cfg.max_tokens)
+        if single and self.source.size_bytes is not None and not self.all_val:
+            left = min(left, int((1 - f) * self.source.size_bytes))
+        docs = ((d, False) for d in self.documents()) if single else held_out(self.documents(), f)
         for doc, validation in docs:
             if left <= 0:
                 return

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Source:
     remote: bool = False  # streamed from the hub: the shard builder reads it once, into a spool
     split: str | None = None  # a registry corpus's split ("train", "validation", ...)
     entry: Entry | None = None
+    stopped_at_max_bytes: bool = False  # set by documents() when data.max_bytes stopped it short of the text's end
 
 
 def data_dirs() -> list[Path]:
@@ -162,8 +164,9 @@ def open_entry(entry: Entry, split: str, cfg: DataConfig) -> Source:
         return source
     identity = (f"hub:{entry.hub}:{entry.hub_config}:{split}:v{SOURCE_FORMAT}:{code_hash(entry.documents)}:"
                 f"bytes={cfg.max_bytes}")
-    return Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes),
-                  remote=True, split=split, entry=entry)
+    source = Source(label, identity, lambda: _within(_hub_documents(entry, split), cfg.max_bytes, source),
+                    remote=True, split=split, entry=entry)
+    return source
 
 
 def _check_generated_split(entry: Entry, split: str) -> None:
@@ -220,10 +223,24 @@ def _datasets():
 # --------------------------------------------------------------------------------------- files
 
 
+_NOTED: set[Path] = set()  # folders whose skipped files were already named on stderr (once a process)
+
+
 def _folder_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and _kind(p) is not None)
+    """The text, JSON and parquet files under folder, sorted, every one whatever split its name says; hidden
+    files and folders (.ipynb_checkpoints/, .cache/, .git/) are not read. Files of other kinds are skipped,
+    said once on stderr."""
+    found = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = [p for p in found if _kind(p) is not None]
+    others = [p for p in found if _kind(p) is None]
     if not files:
         raise VSLMError(f"data folder {folder} holds no text, JSON lines or parquet files")
+    if others and folder.resolve() not in _NOTED and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
+        _NOTED.add(folder.resolve())
+        print(f"note: data folder {folder}: {len(others):,} file{'s' * (len(others) > 1)} of other kinds skipped "
+              f"(e.g. {others[0].relative_to(folder)}); it reads {', '.join(TEXT_SUFFIXES)}, JSON lines / JSON and "
+              "parquet files", file=sys.stderr)
     return files
 
 
@@ -249,7 +266,7 @@ def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: Data
     if len(files) == 1 and kinds[0] == "text" and plain and not lines and not _has_separator(files[0], cfg.max_bytes):
         size = files[0].stat().st_size if cfg.max_bytes is None else min(cfg.max_bytes, files[0].stat().st_size)
         return Source(label, identity, lambda: _text_pieces(files[0], cfg.max_bytes), single_text=True,
-                      size_bytes=size)
+                      size_bytes=size, stopped_at_max_bytes=size < files[0].stat().st_size)
     what = entry.text if entry else field_name or "text"
 
     def documents() -> Iterator[str]:
@@ -264,7 +281,8 @@ def _files_source(label: str, files: list[Path], formatter: Formatter, cfg: Data
                 records = _file_records(path, kind, entry.json_field if entry else None)
             yield from _formatted(formatter, records, str(path), what)
 
-    return Source(label, identity, lambda: _within(documents(), cfg.max_bytes))
+    source = Source(label, identity, lambda: _within(documents(), cfg.max_bytes, source))
+    return source
 
 
 def code_hash(formatter: Formatter) -> str:
@@ -281,11 +299,18 @@ def code_hash(formatter: Formatter) -> str:
 
 
 def _files_identity(files: list[Path], max_bytes: int | None, reader: str) -> str:
-    """A hash of the files' names and contents (the part that can be read) and of how they are read."""
+    """A hash of the files' names, sizes, modification times and first max_bytes of contents, and of how
+    they are read."""
     h = hashlib.sha256(f"v{SOURCE_FORMAT}:{reader}:bytes={max_bytes}".encode())
     left = max_bytes
     for f in files:
-        h.update(f.name.encode() + b"\0")
+        # max_bytes counts the text read, not the raw bytes it comes from: JSON lines and parquet records hold
+        # fields around the text, a gzip file is compressed, blank documents and separators are dropped, so
+        # reading may go well past a file's first max_bytes raw bytes. Where it stops is known only once read;
+        # hashing every byte would read a multi-GB file at each open. Its size and mtime_ns (a stat) change
+        # with an edit anywhere in it: at worst, a file touched or edited past what is read builds anew.
+        stat = f.stat()
+        h.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         with open(f, "rb") as fh:
             while left is None or left > 0:
                 block = fh.read(PIECE if left is None else min(PIECE, left))
@@ -419,16 +444,20 @@ def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: 
         raise VSLMError(f"data {where}{at}: a record is not in the expected schema ({e}); the text is {what}") from None
 
 
-def _within(docs: Iterable[str], max_bytes: int | None) -> Iterator[str]:
-    """Documents up to max_bytes of UTF-8 in all; the one that crosses the limit is cut there."""
+def _within(docs: Iterable[str], max_bytes: int | None, source: Source | None = None) -> Iterator[str]:
+    """Documents up to max_bytes of UTF-8 in all; the one that crosses the limit is cut there (and the
+    source marked stopped_at_max_bytes, when text was left)."""
     if max_bytes is None:
         yield from docs
         return
     left = max_bytes
+    docs = iter(docs)
     for doc in docs:
         raw = doc.encode("utf-8")
         if len(raw) >= left:
             cut = raw[:left].decode("utf-8", errors="ignore")  # a character cut in two is dropped
+            if source is not None and (len(raw) > left or any(d.strip() for d in docs)):
+                source.stopped_at_max_bytes = True
             if cut.strip():
                 yield cut
             return

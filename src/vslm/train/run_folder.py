@@ -163,16 +163,47 @@ def read_run_config(folder: Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def corpus_changes(folder: Path, train_tokens: int, val_tokens: int) -> list[str]:
-    """How the run's corpus, prepared now, differs from the one it began with (summary.json's token counts):
-    ["train 1,000 then, 1,200 now", ...]; [] when they agree or summary.json does not say."""
+def corpus_changes(folder: Path, train_tokens: int, val_tokens: int, tokenizer: Tokenizer | None = None) -> list[str]:
+    """How the run's corpus, prepared now, differs from the one it began with (summary.json's token counts, and
+    the run's tokenizer.json against `tokenizer`, the one the corpus is prepared with now): ["train 1,000 then,
+    1,200 now", ...]; [] when they agree or the run folder does not say."""
     try:
         began = json.loads((Path(folder) / SUMMARY).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return []
+        began = None
     now = {"train_tokens": train_tokens, "val_tokens": val_tokens}
-    return [f"{key.split('_')[0]} {began[key]:,} then, {now[key]:,} now" for key in now
-            if isinstance(began, dict) and isinstance(began.get(key), int) and began[key] != now[key]]
+    differ = [f"{key.split('_')[0]} {began[key]:,} then, {now[key]:,} now" for key in now
+              if isinstance(began, dict) and isinstance(began.get(key), int) and began[key] != now[key]]
+    if tokenizer is not None and (Path(folder) / TOKENIZER).is_file():  # same counts, other ids: a char renamed
+        try:
+            then = load_tokenizer(Path(folder) / TOKENIZER)
+        except VSLMError:
+            return differ
+        if (change := tokenizer_change(then, tokenizer)) is not None:
+            differ.append(change)
+    return differ
+
+
+def tokenizer_change(then: Tokenizer, now: Tokenizer) -> str | None:
+    """How two tokenizers differ, in corpus_changes' words (characters '’' then, "'" now: those of one
+    vocabulary only); None if they are the same (their to_dict() agree)."""
+    a, b = then.to_dict(), now.to_dict()
+    if a == b:
+        return None
+    if a["kind"] != b["kind"]:
+        return f"tokenizer {a['kind']} then, {b['kind']} now"
+    if a["kind"] == "char" and a["chars"] != b["chars"]:
+        lost, gained = ([c for c in x if c not in y] for x, y in ((a["chars"], b["chars"]), (b["chars"], a["chars"])))
+        return f"characters {_listed(lost)} then, {_listed(gained)} now (a char vocabulary's ids shift)"
+    if a["kind"] == "char":
+        return f"end-of-text token {'then, none now' if a['eos'] else 'none then, one now'}"
+    return f"{a['kind']} vocabulary ({then.vocab_size:,} tokens) then, another ({now.vocab_size:,} tokens) now"
+
+
+def _listed(chars: list[str], most: int = 5) -> str:
+    if not chars:
+        return "none"
+    return " ".join(map(repr, chars[:most])) + (f" (+{len(chars) - most} more)" if len(chars) > most else "")
 
 
 # what mends a run folder that data_limit_left_out finds, trained with data.max_bytes = none before 2026-12-06

@@ -315,14 +315,17 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
 def default_batches(cfg: RunConfig, corpus: Corpus, rank: int = 0, world: int = 1):
     """The corpus's training windows (this rank's rows of each global batch), or with
     `data.answer_only` whole documents with the loss on their answers."""
+    # a text of one document: else windows would start anywhere, or answer_only's rows be pieces of it, without a word
+    flag, why = (("answer_only", "there are no documents to draw rows from") if cfg.data.answer_only else
+                 ("doc_aligned", "no window could start at one") if cfg.data.doc_aligned else (None, ""))
+    if flag and len(corpus.train.doc_starts) < 2:
+        raise VSLMError(f"data.{flag}: the training text of {cfg.data.source} is one document (no "
+                        f"<|endoftext|> between documents), so {why}; drop data.{flag}")
     if cfg.data.answer_only:
         from vslm.data.answers import AnswerSampler, training_documents
 
-        return AnswerSampler(training_documents(cfg.data), corpus.tokenizer, cfg.model.context,
+        return AnswerSampler(training_documents(cfg.data, corpus), corpus.tokenizer, cfg.model.context,
                              cfg.train.batch_size, cfg.train.seed)
-    if cfg.data.doc_aligned and len(corpus.train.doc_starts) < 2:  # else windows start anywhere, without a word
-        raise VSLMError(f"data.doc_aligned: the training text of {cfg.data.source} is one document (no "
-                        "<|endoftext|> between documents), so no window could start at one; drop data.doc_aligned")
     return WindowSampler(corpus.train.tokens, cfg.model.context, cfg.train.batch_size, cfg.train.seed,
                          corpus.train.doc_starts if cfg.data.doc_aligned else None, shard=(rank, world))
 
@@ -489,8 +492,10 @@ class Trainer:
     def _check_same_corpus(self, cfg: RunConfig) -> None:
         """A resume continues the batch source's stream over the run's corpus: a corpus that now reads as other
         tokens (its files changed, or data.max_bytes) would go on, silently, on other data. summary.json holds
-        the token counts the run began with."""
-        differ = corpus_changes(self.run_dir, len(self.corpus.train.tokens), len(self.corpus.val.tokens))
+        the token counts the run began with, tokenizer.json its ids (a char vocabulary whose characters changed,
+        as many of them, shifts every id)."""
+        differ = corpus_changes(self.run_dir, len(self.corpus.train.tokens), len(self.corpus.val.tokens),
+                                self.corpus.tokenizer)
         if not differ:
             return
         if data_limit_left_out(self.run_dir) and cfg.data.max_bytes == DEFAULT_MAX_BYTES:
