@@ -420,7 +420,8 @@ class DataConfig(_Section):
             raise ValueError(f"vocab_size {self.vocab_size} of tokenizer=bpe must be 260-65535 "
                              "(256 bytes and the special tokens, token ids in 16 bits)")
         default = type(self).model_fields["vocab_size"].default  # what every saved config of another tokenizer holds
-        if self.tokenizer != "bpe" and self.vocab_size != default and not _flag(info, "saved"):
+        kept = _flag(info, "saved") or _flag(info, "shared")  # a run's saved config; a plan's base, idle in this one
+        if self.tokenizer != "bpe" and self.vocab_size != default and not kept:
             # else ignored without a word (and two runs of one corpus would differ in their data section)
             raise ValueError(f"vocab_size {self.vocab_size} is the size bpe learns; tokenizer={self.tokenizer} has "
                              "its own vocabulary: drop data.vocab_size, or set data.tokenizer=bpe")
