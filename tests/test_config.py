@@ -172,6 +172,26 @@ def test_a_bare_built_in_name_is_the_built_in_whatever_file_of_that_name_lies_he
     assert read_experiment("exp.toml")[1]["base"] == "tiny"
 
 
+def test_a_relative_data_path_is_saved_absolute_so_the_run_reads_it_from_any_folder(tmp_path, monkeypatch):
+    """`data.source=shak.txt` trains on ./shak.txt; its resume from another folder reads that file, not a
+    shak.txt there (it said 'unknown data source', or read the other one). Registry names stay names."""
+    from vslm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shak.txt").write_text("To be, or not to be, that is the question.\n" * 400)
+    (tmp_path / "tinyshakespeare").mkdir()
+    assert load_config("tiny", ["data.source=shak.txt"]).data.source == str(tmp_path / "shak.txt")
+    assert load_config("tiny", ["data.source=tinyshakespeare"]).data.source == "tinyshakespeare"
+    assert load_config("tiny", ["data.source=later.txt"]).data.source == "later.txt"  # not there yet: as typed
+    words = ["train.steps=2", "train.eval_windows=2", "logging.progress=false", "model.context=16"]
+    assert main(["train", "tiny", "data.source=shak.txt", *words, "--out", "run"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "shak.txt").write_text("another text entirely, of other characters: xyz\n" * 400)
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "train.steps=4"]) == 0
+    assert load_config(str(tmp_path / "run" / "config.toml")).data.source == str(tmp_path / "shak.txt")
+
+
 def config_error(path, overrides=()) -> str:
     with pytest.raises(ConfigError) as e:
         load_config(str(path), list(overrides))

@@ -234,6 +234,20 @@ def test_a_folder_skips_hidden_paths_and_says_once_which_files_it_skips(tmp_path
     assert capsys.readouterr().err == ""  # once
 
 
+def test_a_corpus_name_beside_a_folder_of_that_name_is_the_corpus_and_says_so(tmp_path, capsys, monkeypatch):
+    """`data.source=stories` beside a folder ./stories is the generated corpus (a name, as `tiny` is a config):
+    one note says so and how to read the folder, ./stories, which then reads it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stories").mkdir()
+    (tmp_path / "stories" / "mine.txt").write_text("my own story")
+    first = next(iter(open_source(DataConfig(source="stories", max_bytes=2000)).documents()))
+    assert first != "my own story"
+    assert capsys.readouterr().err == ("note: data.source=stories is the corpus of that name (`vslm data list`), not "
+                                       "./stories here; data.source=./stories reads that\n")
+    assert list(open_source(DataConfig(source="./stories")).documents()) == ["my own story"]
+    assert capsys.readouterr().err == ""
+
+
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
     from vslm.cli import main
 

@@ -74,6 +74,7 @@ def offline() -> bool:
 def open_source(cfg: DataConfig) -> Source:
     """The source `cfg.source` names: 'stories' or 'repeats' (generated), a registry name (NAME or NAME:SPLIT),
     or a path."""
+    _note_shadowed(cfg.source)
     if cfg.source == "stories":
         identity = f"stories:v{stories.GENERATOR_VERSION}:seed={cfg.seed}:bytes={cfg.max_bytes}"
         if cfg.copying.active():  # invented names, packing lists, songs: data/copying.py
@@ -96,6 +97,18 @@ def open_source(cfg: DataConfig) -> Source:
     path = _source_path(cfg)
     files = _folder_files(path) if path.is_dir() else [path]
     return _files_source(str(path), files, text_field(cfg.text_field), cfg, field_name=cfg.text_field)
+
+
+def _note_shadowed(source: str) -> None:
+    """A registry or generated corpus's name is the corpus, whatever file or folder of that name lies here: said
+    once on stderr, with the way to the folder (./NAME)."""
+    if source in _NOTED or not Path(source).exists() or "/" in source:
+        return
+    if source in ("stories", "repeats") or split_name(source)[0] is not None:
+        _NOTED.add(source)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: data.source={source} is the corpus of that name (`vslm data list`), not ./{source} here; "
+                  f"data.source=./{source} reads that", file=sys.stderr)
 
 
 def check_source(cfg: DataConfig) -> None:
@@ -223,7 +236,7 @@ def _datasets():
 # --------------------------------------------------------------------------------------- files
 
 
-_NOTED: set[Path] = set()  # folders whose skipped files were already named on stderr (once a process)
+_NOTED: set[Path | str] = set()  # folders whose skipped files, names whose shadowed folder were said (once a process)
 
 
 def _folder_files(folder: Path) -> list[Path]:
