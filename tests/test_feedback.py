@@ -189,6 +189,31 @@ def test_a_source_cut_by_max_bytes_is_said_in_the_header_and_by_data_prepare(tmp
                                        "end: data.max_bytes=none reads all of it\n")
 
 
+def test_a_validation_split_far_above_its_share_is_said(tmp_path, capsys):
+    """3 documents: the last is held out whole (here 60% of the tokens), which a header's counts alone left to
+    the reader to notice; 20 documents hold out every tenth, and say nothing."""
+    from vslm.commands.demo import start_training
+
+    few, many = tmp_path / "few.txt", tmp_path / "many.txt"
+    few.write_text("<|endoftext|>".join(["the cat sat. " * 100, "the dog ran. " * 100, "a bird sang. " * 300]))
+    many.write_text("<|endoftext|>".join(f"story {i}: the cat sat. " * 20 for i in range(20)))
+
+    def header(source: Path, out: str) -> str:
+        text = io.StringIO()
+        start_training(load_config("tiny", tiny_overrides(data__source=str(source))), tmp_path / out,
+                       Console(file=text, width=300))
+        return text.getvalue()
+
+    notes = [ln for ln in header(few, "a").splitlines() if ln.startswith("note: validation")]
+    assert notes == ["note: validation is 60% of the tokens, the last of 3 documents (fewer than 1 / data.val_fraction "
+                     "= 10, so one whole document is held out): give more documents, or one text without "
+                     "<|endoftext|> (its last tenth held out)"]
+    assert "note: validation" not in header(many, "b")
+    capsys.readouterr()
+    assert main(["data", "prepare", str(few), "--quiet"]) == 0
+    assert capsys.readouterr().err.startswith("note: validation is 60% of the tokens, the last of 3 documents")
+
+
 def test_track_plain_lines_in_a_file_and_a_bar_on_a_terminal():
     from vslm.progress import track
 

@@ -788,7 +788,7 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from vslm.config import DataConfig, apply_overrides, one_line_error
-    from vslm.data.shards import max_bytes_note, prepare_corpus
+    from vslm.data.shards import max_bytes_note, prepare_corpus, split_note
 
     if others := [w for w in a.overrides if not w.startswith("data.")]:
         key = others[0].partition("=")[0]  # a field without its section: the data field meant
@@ -819,6 +819,8 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
               f"note: {m['source']} ran out at {total:,} tokens, short of the {cfg.max_tokens:,} asked for: all of "
               "it is used", file=sys.stderr)
     elif note := max_bytes_note(m, cfg.max_bytes):
+        print(note, file=sys.stderr)
+    if note := split_note(m, cfg.val_fraction):
         print(note, file=sys.stderr)
     print(corpus.folder)
     return 0

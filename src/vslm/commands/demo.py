@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.config import RunConfig, load_config
-from vslm.data.shards import max_bytes_note
+from vslm.data.shards import max_bytes_note, split_note
 from vslm.report import write_report
 from vslm.train.callbacks import samples_of
 from vslm.train.checkpoint import list_checkpoints
@@ -66,8 +66,10 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         f"{corpus.meta['val_tokens']:,} validation tokens, a {corpus.tokenizer.kind} tokenizer of "
         f"{corpus.tokenizer.vocab_size:,} symbols ({'cached' if corpus.cache_hit else 'built'} in "
         f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
-    if note := max_bytes_note(corpus.meta, trainer.cfg.data.max_bytes):  # a source cut short: said, not silent
-        console.print(note, highlight=False, markup=False, soft_wrap=True)
+    for note in (max_bytes_note(corpus.meta, trainer.cfg.data.max_bytes),  # a source cut short, or a validation
+                 split_note(corpus.meta, trainer.cfg.data.val_fraction)):  # split far above its share: said
+        if note:
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
     console.print(
         f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
         f"{m.position} positions, {m.normalisation()}, {m.mlp} MLP, context {m.context}; "

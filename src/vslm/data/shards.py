@@ -100,6 +100,18 @@ def max_bytes_note(meta: dict, max_bytes: int | None) -> str | None:
             "data.max_bytes=none reads all of it")
 
 
+def split_note(meta: dict, val_fraction: float) -> str | None:
+    """The note where validation holds far more than data.val_fraction of the tokens: a corpus of fewer documents
+    than 1 / val_fraction holds out its whole last document, whatever its size."""
+    total = meta["train_tokens"] + meta["val_tokens"]
+    share = meta["val_tokens"] / total if total else 0.0
+    if meta.get("documents", 0) < 2 or not 2 * val_fraction < share < 1:
+        return None
+    return (f"note: validation is {share:.0%} of the tokens, the last of {meta['documents']:,} documents (fewer than "
+            f"1 / data.val_fraction = {round(1 / val_fraction)}, so one whole document is held out): give more "
+            "documents, or one text without <|endoftext|> (its last tenth held out)")
+
+
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
 
