@@ -500,6 +500,23 @@ def test_eval_max_bytes_help_says_what_it_reads(tmp_path, capsys):
     assert eval_data(str(path), run_data, 500)[0].max_bytes == 500
 
 
+def test_eval_on_the_runs_own_file_or_corpus_scores_what_the_run_held_out(tmp_path, capsys, monkeypatch):
+    """`--on` the file a run trained on scored all of it, its training text too; `--on` its corpus dropped the
+    run's token budget, so the 'held out' text was not the run's. Both now score the run's own held-out part."""
+    from vslm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("".join(f"line {i}: the cat sat on the mat.\n" for i in range(3000)))
+    for source, run in (("mine.txt", "a"), ("stories", "b")):
+        assert main(["train", "tiny", f"data.source={source}", "data.max_tokens=20000", "train.steps=2",
+                     "logging.progress=false", "train.eval_windows=2", "--out", run]) == 0
+        held = json.loads((tmp_path / run / "summary.json").read_text())["val_tokens"]
+        capsys.readouterr()
+        assert main(["eval", run, "--on", source, "--json"]) == 0
+        scored = json.loads(capsys.readouterr().out)["corpora"][0]
+        assert held - 1 <= scored["tokens"] <= held and scored["split"].endswith("held out"), (source, scored, held)
+
+
 def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):
     """A change to how records become documents (here the size of a book's parts) builds anew."""
     from vslm.data import registry

@@ -198,7 +198,7 @@ def test_a_validation_split_far_above_its_share_is_said(tmp_path, capsys):
     few.write_text("<|endoftext|>".join(["the cat sat. " * 100, "the dog ran. " * 100, "a bird sang. " * 300]))
     many.write_text("<|endoftext|>".join(f"story {i}: the cat sat. " * 20 for i in range(20)))
 
-    def header(source: Path, out: str) -> str:
+    def header(source, out: str) -> str:
         text = io.StringIO()
         start_training(load_config("tiny", tiny_overrides(data__source=str(source))), tmp_path / out,
                        Console(file=text, width=300))

@@ -128,18 +128,21 @@ def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, de
 def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> tuple[DataConfig, bool, str, bool]:
     """(the data config, whether all of the text is evaluation text, the split, word-level benchmark) of `--on NAME`.
 
-    An evaluation split or a file is read whole (or up to max_bytes). Otherwise the run's data
-    settings (seed, size, held-out fraction) are kept, so that `--on` the corpus a run trained on
-    reads the documents it held out."""
+    An evaluation split or a file is read whole (or up to max_bytes). Otherwise, and for the very file or corpus
+    the run trained on, the run's data settings (seed, size, token budget, held-out fraction) are kept, so that
+    `--on` the run's own corpus reads the documents it held out, never its training text."""
     entry, split = split_name(name)
+    here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
+    own = name == run_data.source or (here.exists() and trained.exists() and here.resolve() == trained.resolve())
     if entry is not None and entry.name not in GENERATED:
         split = split or entry.eval_split or "train"
         source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
     elif entry is not None:  # generated: the run's seed and size, its held-out part
         source, all_val, split, word_level = entry.name, False, "train", False
     else:
-        source, all_val, split, word_level = name, Path(name).expanduser().exists(), "all", False
-    fields = run_data.model_dump(exclude={"source", "max_tokens", "max_bytes"})
+        source, all_val, split, word_level = name, Path(name).expanduser().exists() and not own, "all", False
+    fields = run_data.model_dump(exclude={"source", "max_bytes"} if own and not all_val else
+                                 {"source", "max_tokens", "max_bytes"})
     if source != "stories":  # data.copying changes the built-in stories only
         fields.pop("copying")
     budget = max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's split: all of it
