@@ -500,6 +500,24 @@ def test_eval_max_bytes_help_says_what_it_reads(tmp_path, capsys):
     assert eval_data(str(path), run_data, 500)[0].max_bytes == 500
 
 
+def test_eval_reads_json_lines_of_another_field_with_text_field(tmp_path, capsys):
+    """A run trained on records whose text is under 'content' evaluated on a file whose text is under 'text':
+    the error named data.text_field, which eval could not set; --text-field sets it."""
+    from vslm.cli import main
+
+    write_jsonl(tmp_path / "train.jsonl", [{"content": f"record {i}: the cat sat on the mat."} for i in range(300)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": f"note {i}: the cat sat on the mat."} for i in range(50)])
+    assert main(["train", "tiny", f"data.source={tmp_path / 'train.jsonl'}", "data.text_field=content",
+                 "train.steps=2", "logging.progress=false", "train.eval_windows=2", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r"), "--on", str(tmp_path / "other.jsonl")]) == 1
+    assert "has no field 'content' (the text is content); give --text-field (text_field= in Python), the field " \
+           "holding the text" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "r"), "--on", str(tmp_path / "other.jsonl"), "--text-field", "text",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["corpora"][0]["tokens"] > 1000
+
+
 def test_eval_on_the_runs_own_file_or_corpus_scores_what_the_run_held_out(tmp_path, capsys, monkeypatch):
     """`--on` the file a run trained on scored all of it, its training text too; `--on` its corpus dropped the
     run's token budget, so the 'held out' text was not the run's. Both now score the run's own held-out part."""

@@ -849,7 +849,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from vslm.progress import track
 
         results = evaluate_run(Path(a.run), a.on, checkpoint, a.max_bytes, a.batch_size, a.device, track,
-                               tuple(a.lengths or (1,)))
+                               tuple(a.lengths or (1,)), a.text_field)
         out["corpora"] = [r.to_dict() for r in results]
     if a.tasks:
         from vslm.eval.harness import run_tasks
@@ -1132,6 +1132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", help="a folder of harness task YAML files (then only those are known)")
     p.add_argument("--limit", type=float, help="harness: examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int, help="harness: few-shot examples")
+    p.add_argument("--text-field", help="--on: the field holding the text in JSON lines and parquet files (default: "
+                   "the run's data.text_field)")
     p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: all of an "
                    "evaluation split or a file; the run's data.max_bytes for a corpus's held-out documents)")
     p.add_argument("--batch-size", type=int, help="--on: windows per forward pass (default 32)")

@@ -156,8 +156,9 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
     data, all_val, split, word_level = eval_data(name, run_data, max_bytes)
     try:
         corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
-    except VSLMError as e:
-        err = VSLMError(f"cannot evaluate on {name}: {e}")
+    except VSLMError as e:  # the field holding the text: --text-field here (text_field= in Python)
+        err = VSLMError(f"cannot evaluate on {name}: " + str(e).replace(
+            "set data.text_field to the field", "give --text-field (text_field= in Python), the field"))
         err.exit_code = e.exit_code  # a name typed wrong stays a config error
         raise err from None
     words = int(corpus.meta["val_words"])
@@ -175,12 +176,14 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
 
 def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, max_bytes: int | None = None,
                  batch_size: int = 32, device: str = "cpu", track: Callable = quiet,
-                 lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
+                 lengths: tuple[int, ...] = (1,), text_field: str | None = None) -> list[CorpusResult]:
     """Each corpus of `names` (one may be given alone) at each length (`--lengths`: windows of that many times
-    the context; past 1, RoPE models only, refused first with the reason)."""
+    the context; past 1, RoPE models only, refused first with the reason). `text_field`: the field holding the
+    text in JSON lines and parquet files given by path (default: the run's data.text_field)."""
     names = [names] if isinstance(names, str) else names
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     if max(lengths) > 1 and (why := model.slide_refusal()) is not None:
         raise UsageError(f"--lengths {' '.join(map(str, lengths))} (lengths= in Python): {why}")
-    return [r for name in names for r in evaluate_corpus(model, tokenizer, name, cfg.data, max_bytes, batch_size,
+    data = cfg.data if text_field is None else cfg.data.model_copy(update={"text_field": text_field})
+    return [r for name in names for r in evaluate_corpus(model, tokenizer, name, data, max_bytes, batch_size,
                                                          track, lengths)]
