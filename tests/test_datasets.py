@@ -208,6 +208,14 @@ def test_bad_files_give_one_line(tmp_path):
     latin.write_bytes(b"ok <|endoftext|> caf\xe9 <|endoftext|> fine")
     with pytest.raises(VSLMError, match=r"not UTF-8 text \(byte 20\); convert it to UTF-8"):
         prepare_corpus(DataConfig(source=str(latin), tokenizer="byte"), tmp_path)
+    nulls = tmp_path / "nulls.jsonl"  # the field is there, its value null: said so, not "no field 'text'"
+    write_jsonl(nulls, [{"text": "a line"}, {"text": None}])
+    with pytest.raises(VSLMError, match=r"nulls.jsonl, line 2: a record is not in the expected schema \(its field "
+                                        r"'text' is null, not text\)"):
+        documents(str(nulls))
+    bom = tmp_path / "bom.txt"  # a byte-order mark is not text: not a character of the vocabulary
+    bom.write_bytes("\ufeffOnce upon a time".encode())
+    assert documents(str(bom)) == ["Once upon a time"]
 
 
 def test_a_folder_skips_hidden_paths_and_says_once_which_files_it_skips(tmp_path, capsys):

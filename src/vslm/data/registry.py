@@ -31,7 +31,7 @@ def text_field(name: str) -> Formatter:
         for r in records:
             text = r.get(name)
             if text is None:
-                raise KeyError(name)
+                raise KeyError(name) if name not in r else TypeError(f"its field {name!r} is null, not text")
             if text.strip():
                 yield text
 

@@ -480,8 +480,9 @@ def _within(docs: Iterable[str], max_bytes: int | None, source: Source | None = 
 
 def _decoded(path: Path, max_bytes: int | None) -> Iterator[str]:
     """A file's UTF-8 text in pieces of about PIECE bytes, at most max_bytes; a character cut by the
-    limit is dropped, a file that is not UTF-8 is one line naming the byte."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    limit is dropped, a file that is not UTF-8 is one line naming the byte. A byte-order mark at its start is
+    not text (JSON lines drop it too)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
     done = 0
     with open(path, "rb") as f:
         while True:
