@@ -172,24 +172,26 @@ def test_a_bare_built_in_name_is_the_built_in_whatever_file_of_that_name_lies_he
     assert read_experiment("exp.toml")[1]["base"] == "tiny"
 
 
-def test_a_relative_data_path_is_saved_absolute_so_the_run_reads_it_from_any_folder(tmp_path, monkeypatch):
-    """`data.source=shak.txt` trains on ./shak.txt; its resume from another folder reads that file, not a
-    shak.txt there (it said 'unknown data source', or read the other one). Registry names stay names."""
+def test_a_relative_data_path_is_read_from_where_the_command_runs_and_checked_on_resume(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """`data.source=shak.txt` stays as typed (a project folder can move); a resume from another folder says
+    where it looked, and one that finds another shak.txt there is refused by the corpus check, never trained on."""
     from vslm.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shak.txt").write_text("To be, or not to be, that is the question.\n" * 400)
-    (tmp_path / "tinyshakespeare").mkdir()
-    assert load_config("tiny", ["data.source=shak.txt"]).data.source == str(tmp_path / "shak.txt")
-    assert load_config("tiny", ["data.source=tinyshakespeare"]).data.source == "tinyshakespeare"
-    assert load_config("tiny", ["data.source=later.txt"]).data.source == "later.txt"  # not there yet: as typed
+    assert load_config("tiny", ["data.source=shak.txt"]).data.source == "shak.txt"
     words = ["train.steps=2", "train.eval_windows=2", "logging.progress=false", "model.context=16"]
     assert main(["train", "tiny", "data.source=shak.txt", *words, "--out", "run"]) == 0
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "train.steps=4"]) == 2
+    assert (f"unknown data source 'shak.txt': not a file or folder here ({tmp_path / 'elsewhere'}: a relative path "
+            "is read from the folder a command runs in, a run's too)") in capsys.readouterr().err
     (tmp_path / "elsewhere" / "shak.txt").write_text("another text entirely, of other characters: xyz\n" * 400)
-    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "train.steps=4"]) == 0
-    assert load_config(str(tmp_path / "run" / "config.toml")).data.source == str(tmp_path / "shak.txt")
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "train.steps=4"]) != 0
+    assert "tokens" in capsys.readouterr().err  # the corpus check: other counts (and other characters)
 
 
 def config_error(path, overrides=()) -> str:

@@ -541,6 +541,17 @@ def test_eval_on_the_runs_own_file_or_corpus_scores_what_the_run_held_out(tmp_pa
         assert main(["eval", run, "--on", source, "--json"]) == 0
         scored = json.loads(capsys.readouterr().out)["corpora"][0]
         assert held - 1 <= scored["tokens"] <= held and scored["split"].endswith("held out"), (source, scored, held)
+        # --max-bytes caps the held-out text scored, never moves it (a shorter read would hold out other text)
+        assert main(["eval", run, "--on", source, "--max-bytes", "1000", "--json"]) == 0
+        capped = json.loads(capsys.readouterr().out)["corpora"][0]
+        assert 900 <= capped["bytes"] <= 1000 and capped["tokens"] < scored["tokens"]
+    # another spelling of the run's own corpus, and a folder of the same name: own only for the same corpus
+    from vslm.eval.corpus import eval_data
+
+    run_data = DataConfig(source="tinyshakespeare", max_tokens=5000)
+    assert eval_data("tinyshakespeare:train", run_data)[0].max_tokens == 5000
+    (tmp_path / "stories").mkdir()
+    assert eval_data("./stories", DataConfig(source="stories", max_tokens=5000))[0].max_tokens is None
 
 
 def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):

@@ -192,8 +192,11 @@ def test_vslm_eval_lengths_score_the_same_tokens_in_longer_windows(tmp_path, cap
     assert json.loads(capsys.readouterr().out)["corpora"] == [one]  # length 1 is the usual evaluation
     # brute force: consecutive windows of 3 x the context after end-of-text, every target once
     cfg, model, tok = load_run(run)
-    data, all_val, _, _ = eval_data("stories", cfg.data, 20000)
-    stream = np.concatenate([[tok.eos_id], prepare_corpus(data, tokenizer=tok, all_val=all_val).val.tokens])
+    data, all_val, _, _, cap = eval_data("stories", cfg.data, 20000)  # the run's own corpus: its held-out text,
+    corpus = prepare_corpus(data, tokenizer=tok, all_val=all_val)  # as it read it, scored to its first 20,000 bytes
+    held = corpus.val.tokens
+    held = held[: int(np.searchsorted(np.cumsum(corpus.token_bytes[held]), cap, side="right"))]
+    stream = np.concatenate([[tok.eos_id], held])
     T, nll = 3 * cfg.model.context, []
     with torch.no_grad():
         for s in range(0, len(stream) - 1, T):

@@ -409,17 +409,6 @@ class DataConfig(_Section):
     copying: CopyingConfig = Field(default_factory=CopyingConfig, description="the built-in stories only: invented "
                                    "names, packing lists, songs (`vslm probe RUN --copying`)")
 
-    @field_validator("source")
-    @classmethod
-    def _path_from_here(cls, value: str) -> str:
-        """A relative path (a slash or a suffix in it: never a registry name) to a file or folder that exists
-        here, made absolute: a run's saved config then reads the same data from any folder (a resume, a probe,
-        the export's config), never another file of that name there."""
-        path = Path(value).expanduser()
-        if path.is_absolute() or not ("/" in value or path.suffix) or not path.exists():
-            return value
-        return str(path.resolve())
-
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _no_limit(cls, value: Any) -> Any:  # TOML has no null: "none" lifts a base config's limit

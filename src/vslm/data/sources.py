@@ -102,8 +102,8 @@ def open_source(cfg: DataConfig) -> Source:
 def _note_shadowed(source: str) -> None:
     """A registry or generated corpus's name is the corpus, whatever file or folder of that name lies here: said
     once on stderr, with the way to the folder (./NAME)."""
-    if source in _NOTED or not Path(source).exists() or "/" in source:
-        return
+    if source in _NOTED or not Path(source).exists() or "/" in source or (Path(source) / "config.toml").exists():
+        return  # nothing of that name here, or a run folder (`--out stories`): no data to point at
     if source in ("stories", "repeats") or split_name(source)[0] is not None:
         _NOTED.add(source)
         if os.environ.get("RANK", "0") == "0":
@@ -132,8 +132,10 @@ def _source_path(cfg: DataConfig) -> Path:
     if not path.exists():
         names = ", ".join(REGISTRY)
         # a name typed wrong is a config error (exit 2), as an unknown field is; files that do not read exit 1
+        here = "" if path.is_absolute() or not ("/" in cfg.source or path.suffix) else \
+            f" here ({Path.cwd()}: a relative path is read from the folder a command runs in, a run's too)"
         raise ConfigError(f"unknown data source '{cfg.source}'{did_you_mean(cfg.source, REGISTRY)}: not a file or "
-                          f"folder, nor one of {names} (see `vslm data list`)")
+                          f"folder{here}, nor one of {names} (see `vslm data list`)")
     return path
 
 
@@ -443,6 +445,9 @@ def _quiet_datasets() -> Iterator[None]:
         logger.setLevel(level)
 
 
+TEXT_FIELD_HINT = "set data.text_field to the field holding the text"  # `vslm eval` names its own flag instead
+
+
 def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: str) -> Iterator[str]:
     """The formatter's documents, with a record that lacks a field reported as one line naming the record's
     line (or number) when the records are numbered."""
@@ -451,7 +456,7 @@ def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: 
     except KeyError as e:
         at = f", {records.at}" if isinstance(records, _Numbered) and records.at else ""
         raise VSLMError(f"data {where}{at}: a record has no field {e.args[0]!r} (the text is {what}); "
-                        "set data.text_field to the field holding the text") from None
+                        f"{TEXT_FIELD_HINT}") from None
     except (TypeError, AttributeError) as e:
         at = f", {records.at}" if isinstance(records, _Numbered) and records.at else ""
         raise VSLMError(f"data {where}{at}: a record is not in the expected schema ({e}); the text is {what}") from None

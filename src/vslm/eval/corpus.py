@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from vslm.config import DataConfig
 from vslm.data.registry import GENERATED, split_name
 from vslm.data.shards import prepare_corpus
+from vslm.data.sources import TEXT_FIELD_HINT
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
@@ -125,15 +126,22 @@ def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, de
     score.bytes += text_bytes
 
 
-def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> tuple[DataConfig, bool, str, bool]:
-    """(the data config, whether all of the text is evaluation text, the split, word-level benchmark) of `--on NAME`.
+def eval_data(name: str, run_data: DataConfig,
+              max_bytes: int | None = None) -> tuple[DataConfig, bool, str, bool, int | None]:
+    """(the data config, whether all of the text is evaluation text, the split, word-level benchmark, the bytes of
+    held-out text to score at most) of `--on NAME`.
 
     An evaluation split or a file is read whole (or up to max_bytes). Otherwise, and for the very file or corpus
     the run trained on, the run's data settings (seed, size, token budget, held-out fraction) are kept, so that
-    `--on` the run's own corpus reads the documents it held out, never its training text."""
+    `--on` the run's own corpus reads the documents it held out, never its training text: there `max_bytes`
+    caps the held-out text scored, not the text read (which would move a single text's held-out tail)."""
     entry, split = split_name(name)
-    here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
-    own = name == run_data.source or (here.exists() and trained.exists() and here.resolve() == trained.resolve())
+    trained_entry, trained_split = split_name(run_data.source)
+    if entry is not None or trained_entry is not None:  # a corpus name: the same corpus and split
+        own = entry == trained_entry and (split or "train") == (trained_split or "train")
+    else:  # paths: the same file or folder
+        here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
+        own = here.exists() and trained.exists() and here.resolve() == trained.resolve()
     if entry is not None and entry.name not in GENERATED:
         split = split or entry.eval_split or "train"
         source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
@@ -141,32 +149,36 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None) -> 
         source, all_val, split, word_level = entry.name, False, "train", False
     else:
         source, all_val, split, word_level = name, Path(name).expanduser().exists() and not own, "all", False
-    fields = run_data.model_dump(exclude={"source", "max_bytes"} if own and not all_val else
-                                 {"source", "max_tokens", "max_bytes"})
+    own = own and not all_val
+    fields = run_data.model_dump(exclude={"source", "max_bytes"} if own else {"source", "max_tokens", "max_bytes"})
     if source != "stories":  # data.copying changes the built-in stories only
         fields.pop("copying")
-    budget = max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's split: all of it
-    return DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level
+    budget = run_data.max_bytes if own else max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's
+    return (DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level,  # split: all of it
+            max_bytes if own else None)
 
 
 def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
                     max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet,
                     lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
     """One result per length (windows of that many times the context), in the order given."""
-    data, all_val, split, word_level = eval_data(name, run_data, max_bytes)
+    data, all_val, split, word_level, cap = eval_data(name, run_data, max_bytes)
     try:
         corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
     except VSLMError as e:  # the field holding the text: --text-field here (text_field= in Python)
         err = VSLMError(f"cannot evaluate on {name}: " + str(e).replace(
-            "set data.text_field to the field", "give --text-field (text_field= in Python), the field"))
+            TEXT_FIELD_HINT, "give --text-field (text_field= in Python), the field holding the text"))
         err.exit_code = e.exit_code  # a name typed wrong stays a config error
         raise err from None
     words = int(corpus.meta["val_words"])
     # not an evaluation split: what is scored is the held-out part of it (the run's own one when it trained there)
     split = split if all_val else f"{split}, held out"
+    tokens = corpus.val.tokens
+    if cap is not None:  # the run's own held-out text, its first `cap` bytes
+        tokens = tokens[: int(np.searchsorted(np.cumsum(corpus.token_bytes[tokens]), cap, side="right"))]
     results = []
     for length in lengths:
-        score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
+        score = score_tokens(model, tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
                              f"evaluating on {name}" + (f" at {length} x the context" if length > 1 else ""), length)
         results.append(CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
                                     loss=score.loss, bpb=score.bpb, length=length,
