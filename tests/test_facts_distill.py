@@ -179,6 +179,10 @@ def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(r
     (out / D.RESULT).unlink()  # as if killed after its last checkpoint, before the result was written
     assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # nothing trained twice
+    (out / D.STARTED).unlink()  # a folder finished before the settings file outlived its start: its result says
+    assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
+    with pytest.raises(VSLMError, match="already holds a distillation of other settings"):
+        D.distill(teacher, naive, tmp / "world", out, **{**kw, "steps": 5})
     with pytest.raises(VSLMError, match="holds files that are not a distillation's"):
         D.distill(teacher, naive, tmp / "world", teacher, **kw)  # --out the teacher's own folder
     for bad, match in (({"method": "npo", "beta": 0.0}, "NPO's beta must be above 0"),
@@ -235,6 +239,15 @@ def test_the_cli_distills_relearns_and_the_student_is_evaluated(runs, capsys):
     assert "retain" not in result["last"]
     for label in ("student", "naive"):
         assert 0.0 <= result["relearning"][label]["after"]["rest"]["accuracy"] <= 1.0
+    # the same distillation with other relearning settings: read back, and relearned in folders of their own
+    assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),
+                 "--out", str(out), "--method", "gradient-ascent", "--steps", "2", "--batch-size", "4",
+                 "--weight", "retain=0", "--relearn-steps", "3", "--relearn-fraction", "0.5"]) == 0
+    assert sorted(p.name for p in (out / "relearn").iterdir()) == [
+        "naive-fraction-0.1-steps-2-seed-0", "naive-fraction-0.5-steps-3-seed-0",
+        "student-fraction-0.1-steps-2-seed-0", "student-fraction-0.5-steps-3-seed-0"]
+    relearned = out / "relearn" / "student-fraction-0.5-steps-3-seed-0" / "metrics.jsonl"
+    assert len(relearned.read_text().splitlines()) == 3
     assert main(["facts", "eval", str(out), "--world", str(tmp / "world"), "--per-group", "2", "--json"]) == 0
     assert 0.0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["closed_book"]["seen"]["accuracy"] <= 1.0
     assert main(["facts", "distill", str(teacher), "--naive", str(naive), "--world", str(tmp / "world"),

@@ -209,6 +209,10 @@ def test_a_validation_split_far_above_its_share_is_said(tmp_path, capsys):
                      "= 10, so one whole document is held out): give more documents, or one text without "
                      "<|endoftext|> (its last tenth held out)"]
     assert "note: validation" not in header(many, "b")
+    long_held = tmp_path / "long-held.txt"  # every tenth document held out, one of them long: no note (not fewer)
+    long_held.write_text("<|endoftext|>".join(("a long one. " * 2000) if i == 5 else f"story {i}: the cat sat. " * 5
+                                              for i in range(30)))
+    assert "note: validation" not in header(long_held, "c")
     capsys.readouterr()
     assert main(["data", "prepare", str(few), "--quiet"]) == 0
     assert capsys.readouterr().err.startswith("note: validation is 60% of the tokens, the last of 3 documents")

@@ -104,6 +104,12 @@ def test_a_fine_tune_has_a_constant_rate_and_no_decay_snapshots_or_probes():
            (40, 2e-3, 0, "constant", 0.0, 8, 4, 0.5)
     assert not t.snapshots and cfg.logging.probe_every == 0 and not cfg.logging.progress
     assert cfg.model == BASE.model and cfg.data == BASE.data
+    # a run saved with what a newer check refuses (a vocab_size beside the char tokenizer): its fine-tunes still run
+    from vslm.config import validate
+
+    old = validate({**BASE.model_dump(mode="json"), "data": {**BASE.data.model_dump(mode="json"), "vocab_size": 500}},
+                   saved=True)
+    assert finetune_config(old, 4, 1e-3, 2, seed=0).data.vocab_size == 500
 
 
 def test_a_fine_tune_stopped_by_a_signal_keeps_its_callers_files_and_says_the_same_command_continues_it(setup):

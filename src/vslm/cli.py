@@ -607,8 +607,8 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
         folder = load_world_folder(Path(a.world))
         result["relearning"] = {}
         for label, run in (("student", out), ("naive", Path(a.naive))):
-            r = relearn(run, folder, out / "relearn" / label, a.relearn_fraction, a.relearn_steps, seed=a.seed,
-                        device=a.device)
+            where = out / "relearn" / f"{label}-fraction-{a.relearn_fraction:g}-steps-{a.relearn_steps}-seed-{a.seed}"
+            r = relearn(run, folder, where, a.relearn_fraction, a.relearn_steps, seed=a.seed, device=a.device)
             result["relearning"][label] = r
             console.print(f"relearning {label}: closed-book on the other {1 - a.relearn_fraction:.0%} "
                           f"{r['before']['rest']['accuracy']:.3f} -> {r['after']['rest']['accuracy']:.3f} "

@@ -105,7 +105,7 @@ def split_note(meta: dict, val_fraction: float) -> str | None:
     than 1 / val_fraction holds out its whole last document, whatever its size."""
     total = meta["train_tokens"] + meta["val_tokens"]
     share = meta["val_tokens"] / total if total else 0.0
-    if meta.get("documents", 0) < 2 or not 2 * val_fraction < share < 1:
+    if not meta.get("last_document_held_out") or not 2 * val_fraction < share < 1:
         return None
     return (f"note: validation is {share:.0%} of the tokens, the last of {meta['documents']:,} documents (fewer than "
             f"1 / data.val_fraction = {round(1 / val_fraction)}, so one whole document is held out): give more "
@@ -241,14 +241,15 @@ class _Builder:
             (val if val.n else train).truncate((val if val.n else train).n - 1)
         if single and not self.all_val:
             self._cut_single(train, val)
-        elif not self.all_val and val.n == 0:  # fewer documents than 1 / val_fraction: hold out the last
+        last_held_out = not single and not self.all_val and val.n == 0
+        if last_held_out:  # fewer documents than 1 / val_fraction: hold out the last
             self._move_last_document(train, val)
         for split in (train, val):
             split.close()
         meta: dict = {"format": SHARD_FORMAT, "source": self.source.name, "identity": self.source.identity,
                       "split": self.source.split, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
                       "dtype": np.dtype(dtype).name, "documents": docs, "text_bytes": text_bytes,
-                      "truncated_by_budget": truncated,
+                      "truncated_by_budget": truncated, "last_document_held_out": last_held_out,
                       "stopped_at_max_bytes": self.source.stopped_at_max_bytes and not truncated}
         for name, split in (("train", train), ("val", val)):
             starts = np.frombuffer(split.starts, dtype=np.int64)

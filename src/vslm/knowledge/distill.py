@@ -55,6 +55,7 @@ from vslm.train.objectives import Distillation, check_weights
 from vslm.train.run_folder import TOKENIZER, load_run
 
 RESULT = "distill.json"
+MEASURED = ("questions", "last", "val", "relearning")  # what distill.json holds beyond the settings it was asked
 STARTED = "distill-settings.json"  # the settings a resumed distillation must have
 METHODS: dict[str, dict[str, float]] = {  # default weights; --weight NAME=VALUE changes any
     "combined": {"open_book": 1.0, "counterfactual": 1.0, "forget": 1.0, "retain": 1.0},
@@ -209,8 +210,13 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
 
 
 def _started_with(out: Path) -> dict | None:
-    path = out / STARTED
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The settings a distillation in `out` began with; for a finished one written before the settings file
+    outlived its start (2026-12-06), those its distill.json records."""
+    for path in (out / STARTED, out / RESULT):
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            return {k: v for k, v in saved.items() if k not in MEASURED} if path.name == RESULT else saved
+    return None
 
 
 # ------------------------------------------------------------------------------------ relearning

@@ -43,7 +43,7 @@ def finetune_config(base: RunConfig, steps: int, lr: float, batch_size: int, see
                          **train})
     raw["logging"].update(log_every=1, probe_every=0, tensorboard=False, diagnostics_every=0, progress=False,
                           samples=0)
-    return validate(raw)
+    return validate(raw, saved=True)  # the base is a run's config: what it trained reads, whatever checks came since
 
 
 def fine_tune(cfg: RunConfig, run_dir: Path, model: torch.nn.Module, corpus: Corpus,
