@@ -250,6 +250,8 @@ def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path,
     again = run_sweep(out, ["1x32"], [0, 1], CapacitySettings(6, 2, 0), overrides=["train.batch_size=2",
                                                                                    "train.eval_windows=2"])
     assert again["rows"][0] == summary["rows"][1]  # reused, not retrained
+    assert again["left_out"] == ["1x16-s0", "1x16-s1"]  # the other size's runs: not in this table, and said so
+    assert f"2 other runs in {out} (1x16-s0, 1x16-s1) are left out" in capsys.readouterr().err
     for bad, message in ((["--sizes", "2x"], "a size is DEPTHxWIDTH"), (["--sizes", "1x20"], "multiple of 16"),
                          (["--seeds", "0", "0"], "repeats a seed"), (["--people", "0"], "--people must be at least 1"),
                          (["--sizes", "1x16", "train.lr=1"], "overrides go before --sizes"),

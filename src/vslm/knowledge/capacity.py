@@ -40,6 +40,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -496,6 +497,13 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
     rows = [summarize(spec, rs) for spec, rs in runs.items()]
     summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows,
                "paper": against_paper(rows, settings.exposures)}
+    asked = {f"{spec}-s{seed}" for spec, seed, _ in plan}
+    if others := sorted(p.name for p in out.glob("*-s*") if (p / RESULT).is_file() and p.name not in asked):
+        summary["left_out"] = others  # a table of this command's sizes and seeds: said, so no run seems lost
+        print(f"note: {out / TABLE} tables this command's sizes and seeds; {len(others)} other run"
+              f"{'s' * (len(others) > 1)} in {out} ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}) "
+              "are left out: give every size and seed to table them together (finished runs are read back)",
+              file=sys.stderr)
     write_text(out / RESULT, dumps(summary, indent=1) + "\n")
     write_text(out / TABLE, capacity_table(summary))
     return summary
