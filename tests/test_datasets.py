@@ -546,11 +546,17 @@ def test_eval_on_the_runs_own_file_or_corpus_scores_what_the_run_held_out(tmp_pa
         assert main(["eval", run, "--on", source, "--max-bytes", "1000", "--json"]) == 0
         capped = json.loads(capsys.readouterr().out)["corpora"][0]
         assert 900 <= capped["bytes"] <= 1000 and capped["tokens"] < scored["tokens"]
+        assert capped["words"] < scored["words"]  # the words of the text scored (word perplexity's denominator)
+        assert main(["eval", run, "--on", source, "--max-bytes", "1"]) == 2  # under 2 tokens: nothing to score
+        assert "--max-bytes 1 (max_bytes= in Python) holds fewer than 2 tokens" in capsys.readouterr().err
     # another spelling of the run's own corpus, and a folder of the same name: own only for the same corpus
     from vslm.eval.corpus import eval_data
 
     run_data = DataConfig(source="tinyshakespeare", max_tokens=5000)
     assert eval_data("tinyshakespeare:train", run_data)[0].max_tokens == 5000
+    on_valid = DataConfig(source="tinystories:validation", max_tokens=5000)  # trained on an evaluation split: its
+    assert eval_data("tinystories", on_valid)[:3:2] == (on_valid, "validation")  # held-out part, not all of it
+    assert eval_data("tinystories", DataConfig(source="tinystories"))[1] is True  # the train split's run: all
     (tmp_path / "stories").mkdir()
     assert eval_data("./stories", DataConfig(source="stories", max_tokens=5000))[0].max_tokens is None
 

@@ -181,6 +181,12 @@ def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(r
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # nothing trained twice
     (out / D.STARTED).unlink()  # a folder finished before the settings file outlived its start: its result says
     assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
+    import json
+
+    older = json.loads((out / D.RESULT).read_text())
+    del older["distractors"]  # a result written before it recorded them (the default, 4, then)
+    (out / D.RESULT).write_text(json.dumps(older))
+    assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
     with pytest.raises(VSLMError, match="already holds a distillation of other settings"):
         D.distill(teacher, naive, tmp / "world", out, **{**kw, "steps": 5})
     with pytest.raises(VSLMError, match="holds files that are not a distillation's"):

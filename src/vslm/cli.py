@@ -1135,7 +1135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", help="--on: the field holding the text in JSON lines and parquet files (default: "
                    "the run's data.text_field)")
     p.add_argument("--max-bytes", type=parse_size, help="--on: corpus text read at most (default: all of an "
-                   "evaluation split or a file; the run's data.max_bytes for a corpus's held-out documents)")
+                   "evaluation split or a file; the run's data.max_bytes for a corpus's held-out documents); for the "
+                   "run's own corpus, the held-out text scored")
     p.add_argument("--batch-size", type=int, help="--on: windows per forward pass (default 32)")
     p.add_argument("--lengths", type=int, nargs="+", metavar="M",
                    help="--on: also in windows of M times the context, every position attending over all of its "

@@ -102,7 +102,8 @@ def max_bytes_note(meta: dict, max_bytes: int | None) -> str | None:
 
 def split_note(meta: dict, val_fraction: float) -> str | None:
     """The note where validation holds far more than data.val_fraction of the tokens: a corpus of fewer documents
-    than 1 / val_fraction holds out its whole last document, whatever its size."""
+    than 1 / val_fraction holds out its whole last document, whatever its size. None for shards built before
+    the mark (meta's last_document_held_out)."""
     total = meta["train_tokens"] + meta["val_tokens"]
     share = meta["val_tokens"] / total if total else 0.0
     if not meta.get("last_document_held_out") or not 2 * val_fraction < share < 1:

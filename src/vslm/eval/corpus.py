@@ -137,25 +137,38 @@ def eval_data(name: str, run_data: DataConfig,
     caps the held-out text scored, not the text read (which would move a single text's held-out tail)."""
     entry, split = split_name(name)
     trained_entry, trained_split = split_name(run_data.source)
-    if entry is not None or trained_entry is not None:  # a corpus name: the same corpus and split
-        own = entry == trained_entry and (split or "train") == (trained_split or "train")
-    else:  # paths: the same file or folder
-        here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
-        own = here.exists() and trained.exists() and here.resolve() == trained.resolve()
+    here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
     if entry is not None and entry.name not in GENERATED:
         split = split or entry.eval_split or "train"
         source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
     elif entry is not None:  # generated: the run's seed and size, its held-out part
         source, all_val, split, word_level = entry.name, False, "train", False
     else:
-        source, all_val, split, word_level = name, Path(name).expanduser().exists() and not own, "all", False
-    own = own and not all_val
+        source, all_val, split, word_level = name, here.exists(), "all", False
+    if entry is not None or trained_entry is not None:  # a corpus name: the same corpus, the split it trained on
+        own = entry == trained_entry and split == (trained_split or "train")
+    else:  # paths: the same file or folder (a run's relative path, from the folder it trained in)
+        own = here.exists() and trained.exists() and here.resolve() == trained.resolve()
+    all_val = all_val and not own  # a run's own text, an evaluation split too: the part it held out
     fields = run_data.model_dump(exclude={"source", "max_bytes"} if own else {"source", "max_tokens", "max_bytes"})
     if source != "stories":  # data.copying changes the built-in stories only
         fields.pop("copying")
     budget = run_data.max_bytes if own else max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's
     return (DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level,  # split: all of it
             max_bytes if own else None)
+
+
+def _tokens_within(tokens: np.ndarray, token_bytes: np.ndarray, cap: int, chunk: int = 1 << 20) -> int:
+    """How many of the first tokens stand for at most `cap` bytes, read a chunk at a time (a held-out split of
+    a large corpus is never summed whole)."""
+    done = total = 0
+    while done < len(tokens):
+        sizes = np.cumsum(token_bytes[tokens[done : done + chunk]]) + total
+        fit = int(np.searchsorted(sizes, cap, side="right"))
+        if fit < len(sizes):
+            return done + fit
+        done, total = done + len(sizes), int(sizes[-1])
+    return done
 
 
 def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
@@ -174,8 +187,12 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
     # not an evaluation split: what is scored is the held-out part of it (the run's own one when it trained there)
     split = split if all_val else f"{split}, held out"
     tokens = corpus.val.tokens
-    if cap is not None:  # the run's own held-out text, its first `cap` bytes
-        tokens = tokens[: int(np.searchsorted(np.cumsum(corpus.token_bytes[tokens]), cap, side="right"))]
+    if cap is not None:  # the run's own held-out text, its first `cap` bytes (a chunk's bytes summed at a time)
+        tokens = tokens[: _tokens_within(tokens, corpus.token_bytes, cap)]
+        if len(tokens) < 2:
+            raise UsageError(f"--max-bytes {cap:,} (max_bytes= in Python) holds fewer than 2 tokens of {name}'s "
+                             "held-out text: nothing to score; give more bytes")
+        words = len(tokenizer.decode(tokens.tolist()).split())  # of the text scored, for word perplexity
     results = []
     for length in lengths:
         score = score_tokens(model, tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import statistics
 import sys
 import time
@@ -498,7 +499,10 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
     summary = {"settings": asdict(settings), "data_bits": runs[parsed[0][0]][0]["data_bits"], "rows": rows,
                "paper": against_paper(rows, settings.exposures)}
     asked = {f"{spec}-s{seed}" for spec, seed, _ in plan}
-    if others := sorted(p.name for p in out.glob("*-s*") if (p / RESULT).is_file() and p.name not in asked):
+    others = sorted((p.name for p in out.iterdir() if re.fullmatch(r"\d+x\d+-s\d+", p.name)
+                     and p.name not in asked and _settings_of(p) == asdict(settings)),
+                    key=lambda name: [int(n) for n in re.findall(r"\d+", name)])
+    if others:
         summary["left_out"] = others  # a table of this command's sizes and seeds: said, so no run seems lost
         print(f"note: {out / TABLE} tables this command's sizes and seeds; {len(others)} other run"
               f"{'s' * (len(others) > 1)} in {out} ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}) "
@@ -507,6 +511,14 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
     write_text(out / RESULT, dumps(summary, indent=1) + "\n")
     write_text(out / TABLE, capacity_table(summary))
     return summary
+
+
+def _settings_of(run: Path) -> dict | None:
+    """The capacity settings a finished run in `run` recorded (None: not a finished capacity run)."""
+    try:
+        return json.loads((run / RESULT).read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _mean_std(xs: list[float]) -> list[float]:

@@ -215,7 +215,9 @@ def _started_with(out: Path) -> dict | None:
     for path in (out / STARTED, out / RESULT):
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            return {k: v for k, v in saved.items() if k not in MEASURED} if path.name == RESULT else saved
+            if path.name == STARTED:
+                return saved
+            return {"distractors": 4, **{k: v for k, v in saved.items() if k not in MEASURED}}  # before 12-02: 4
     return None
 
 
