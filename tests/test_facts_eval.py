@@ -266,7 +266,8 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     for world_, size in ((other, 3), (world, 4)):
         assert main(["facts", "eval", str(run), "--world", str(world_), "--per-group", "2", "--json", "--adapters",
                      "2", "--group-size", str(size)]) == 0
-        capsys.readouterr()
+        err = capsys.readouterr().err  # the run trained on `world`'s text: said when scored on another world
+        assert (f"note: the run trained on the text of another world ({world})" in err) == (world_ == other), err
     assert len(list((run / "adapters").glob("step_*/*/novel-*"))) == 3 + 3 + 2  # 8 novel people: 3 groups, then 2
     saved = json.loads((run / "facts-eval.json").read_text())["settings"]
     assert saved["world"] == load_world_folder(world).key != load_world_folder(other).key

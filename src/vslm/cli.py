@@ -552,6 +552,8 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
+    if note := result.get("note"):
+        print(f"note: {note}", file=sys.stderr)
     if a.json:
         print(dumps(novel_summary(result) if a.json == "novel" else result))
         return 0

@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,18 @@ def holds_world(folder: Path, files: dict[str, str]) -> bool:
                for name, text in files.items())
 
 
+def _key(texts: Iterable[str]) -> str:
+    return hashlib.sha256("".join(texts).encode()).hexdigest()[:16]
+
+
+def world_key(folder: Path) -> str | None:
+    """WorldFolder.key of the world in `folder`, without parsing it; None where its files do not read."""
+    try:
+        return _key((Path(folder) / name).read_text(encoding="utf-8") for name in FILES[:3])
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def load_world_folder(folder: Path) -> WorldFolder:
     """The world folder's contents; a file missing, damaged or of another format is one VSLMError naming it."""
     folder = Path(folder)
@@ -205,6 +218,6 @@ def load_world_folder(folder: Path) -> WorldFolder:
     if not questions:
         raise VSLMError(f"{folder}/questions.jsonl holds no questions; generate the world again with "
                         "`vslm facts generate`")
-    key = hashlib.sha256("".join(texts[n] for n in FILES[:3]).encode()).hexdigest()[:16]
+    key = _key(texts[n] for n in FILES[:3])
     return WorldFolder(settings, World(entities, facts),
                        World(entities, [changed.get(f.id, f) for f in facts]), cards, questions, key)
