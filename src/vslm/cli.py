@@ -639,7 +639,7 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
     try:
         result = train_reader(Path(a.world), Path(a.out), reader_config(a.config, a.overrides), settings,
                               reuse=a.resume)
-    except TrainingStopped as e:  # its words name `vslm train --resume`, which cannot rebuild a reader's data
+    except TrainingStopped as e:  # the same command continues it, given --resume (else it refuses the folder)
         raise TrainingStopped(f"{e.where}: the same command with --resume continues it", e.signum) from None
     last = result["last"]
     console.print(f"reader: {result['params']:,} parameters, {result['steps']} steps in {result['wall_s']:.0f} s; "

@@ -66,7 +66,7 @@ from vslm.train.run_folder import (
     no_checkpoint_yet,
     read_run_config,
 )
-from vslm.train.trainer import Trainer, TrainingStopped, default_callbacks
+from vslm.train.trainer import Trainer, default_callbacks
 
 RESULT = "capacity.json"
 STARTED = "capacity-settings.json"  # the settings a resumed run must have (written when it starts)
@@ -419,11 +419,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     began = time.perf_counter()
     trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus,
                       batches=BioBatches(bios, cfg.model.context, cfg.train.batch_size, cfg.train.seed), resume=resume)
-    try:
-        trainer.fit()
-    except TrainingStopped as e:  # its words name `vslm train --resume`, which cannot rebuild the biographies' batches
-        raise TrainingStopped(f"{e.where} with a checkpoint; the same command again continues it", e.signum,
-                              e.where) from None
+    trainer.fit()  # stopped by a signal: its words say the same command continues it (batches of its own)
     measured = knowledge_bits(trainer.model, bios)
     embedding = embedding_params(trainer.model)
     live = trainer.params - unused_vocab_params(trainer.model, bios)

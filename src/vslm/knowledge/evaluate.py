@@ -182,19 +182,21 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
                                                adapters_dir(run, base, folder, group_size, adapter_steps, seed),
                                                group_size, adapter_steps, per_group, seed, device)
     result["truncated"] = scorer.truncated
-    if (other := trained_on_another_world(cfg, folder)) is not None:
+    if (other := trained_on_another_world(cfg, world, folder)) is not None:
         result["note"] = (f"the run trained on the text of another world ({other}), not on {world}'s: its closed-book "
                           "accuracy here measures nothing it was taught")
     write_text(Path(run) / RESULT, dumps(result, indent=1) + "\n")
     return result
 
 
-def trained_on_another_world(cfg: RunConfig, folder: WorldFolder) -> Path | None:
-    """The world folder whose train.txt or fixed.txt the run trained on, where it is not `folder`'s world."""
+def trained_on_another_world(cfg: RunConfig, world: Path, folder: WorldFolder) -> Path | None:
+    """The world folder whose train.txt or fixed.txt the run trained on, where it is not `folder`'s world (read
+    from `world`)."""
     from vslm.knowledge.preloaded import FIXED
 
     source = Path(cfg.data.source).expanduser()
-    if source.name not in ("train.txt", FIXED) or not (source.parent / "world.json").is_file():
+    if source.name not in ("train.txt", FIXED) or not (source.parent / "world.json").is_file() or \
+            source.parent.resolve() == Path(world).resolve():
         return None
     key = world_key(source.parent)
     return source.parent if key is not None and key != folder.key else None

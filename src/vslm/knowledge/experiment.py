@@ -75,7 +75,7 @@ from rich.console import Console
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError, refuse_file_in_the_way, repeated
 from vslm.files import write_text
-from vslm.knowledge.folder import load_world_folder, write_world_folder
+from vslm.knowledge.folder import load_world_folder, world_key, write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.lab.experiments import check_results_kept, refuse_seed_overrides
 from vslm.lab.runner import train_or_reuse
@@ -459,7 +459,7 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
         asked = {"per_group": spec.per_group, "seed": seed, "adapter_steps": arm.adapters,
                  "group_size": spec.group_size}
         saved = json.loads((folder / EVAL).read_text(encoding="utf-8")) if (folder / EVAL).is_file() else {}
-        if saved.get("settings") != eval_settings(load_world_folder(world).key, **asked):  # of another world, say
+        if saved.get("settings") != eval_settings(world_key(world), **asked):  # none yet, another world's, say
             evaluate_run(folder, world, device=device, **asked)  # writes facts-eval.json
         result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
     if arm.relearn_steps:

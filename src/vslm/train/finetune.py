@@ -26,7 +26,7 @@ from vslm.data.shards import Corpus
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.objectives import Objective
 from vslm.train.run_folder import CHECKPOINTS, METRICS, clear_run_folder
-from vslm.train.trainer import Trainer, TrainingStopped
+from vslm.train.trainer import Trainer
 
 FINETUNE_EVAL_WINDOWS = 256
 
@@ -60,11 +60,7 @@ def fine_tune(cfg: RunConfig, run_dir: Path, model: torch.nn.Module, corpus: Cor
         clear_run_folder(run_dir, keep)
     trainer = Trainer(cfg, run_dir, resume=bool(found), corpus=corpus, model=model, objective=objective,
                       batches=batches)
-    try:
-        final = trainer.fit()
-    except TrainingStopped as e:
-        raise TrainingStopped(f"{e.where} with a checkpoint; the same command again continues it", e.signum,
-                              e.where) from None
+    final = trainer.fit()  # stopped by a signal: its words say the same command continues it (its own batches)
     if "loss" not in final:  # finished before: its last logged line
         final = json.loads((run_dir / METRICS).read_text(encoding="utf-8").splitlines()[-1])
     return final

@@ -430,6 +430,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
         self.objective = objective or NextToken()
         self.batches = batches or default_batches(cfg, self.corpus, self.dist.rank, self.dist.world)
+        # `vslm train --resume` rebuilds a run's batches and objective from its config only: a fine-tune, a reader or
+        # a capacity run (batches or an objective of their own) is continued by the command that started it
+        self.from_config = batches is None and objective is None
         self.shard_rows = self.dist.world > 1 and not hasattr(self.batches, "shard")
         if self.shard_rows and tc.batch_size % self.dist.world:
             raise VSLMError(f"train.batch_size {tc.batch_size} (the global batch) is not divisible by the "
@@ -635,9 +638,9 @@ class Trainer:
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
             saved = any(isinstance(cb, Checkpointer) for cb in self.callbacks)
-            then = f"with a checkpoint; continue with vslm train --resume --out {self.run_dir} (resume=True in " \
-                   "Python)" if saved else \
-                "(this run writes no checkpoints)"
+            how = f"continue with vslm train --resume --out {self.run_dir} (resume=True in Python)" \
+                if self.from_config else "the same command again continues it"
+            then = f"with a checkpoint; {how}" if saved else "(this run writes no checkpoints)"
             where = f"{name}: stopped at step {self.step}"
             raise TrainingStopped(f"{where} {then}", self.stop_signal, where)
         return metrics
