@@ -160,12 +160,28 @@ def test_list_probe_counts_every_item_and_is_flat_at_initialisation(run):
     result = probe_copying(run, "lists", stories=30)
     lines = [items for story in texts for items in list_lines(story)]
     assert result["count"] == {"repeated": sum(len(items) - 1 for items in lines), "new": len(lines)}
-    # every repeated item has its copy source in the line before (within 256 characters), but the first
-    # line's: that one repeats the sentence "First Tom put in a cup.", not a list line
-    assert result["copies"] == result["count"]["repeated"] - len(texts) and result["skipped"] == 0
+    # every repeated item has its copy source in the window (256 characters): the line before, or for a list's
+    # first line the sentence "First Tom put in a cup."
+    assert result["copies"] == result["count"]["repeated"] and result["skipped"] == 0
     assert result["loss"]["repeated"] == pytest.approx(log_vocab(run), abs=0.3)
     assert result["loss"]["new"] == pytest.approx(log_vocab(run), abs=0.3)
     assert len(result["attention"]) == 2 and all(len(heads) == 2 for heads in result["attention"])
+
+
+def test_list_items_whose_source_is_outside_the_window_are_not_scored_as_repeated():
+    from vslm.probes.copying import list_windows
+
+    text = ("Tom packed a bag for the trip. First Tom put in a cup. Then the bag had a cup, a key. "
+            "Then the bag had a cup, a key, a hat.")
+    encode = lambda s: [ord(c) for c in s]  # noqa: E731  (a character tokenizer)
+    wide = list_windows(text, corpus.LIST_LINE, 128, encode)
+    assert [len(wide.scored[k]) for k in ("repeated", "new")] == [3, 2] and len(wide.copies) == 3
+    for b, query, source in wide.copies:  # the query reads the character before the item, its source the item
+        window = "".join(map(chr, wide.windows[b]))
+        assert window[query + 1] == window[source] and window[query - 1:query + 1] == "a "
+    # 40 characters hold a line but neither the line nor the sentence before it: nothing there to copy
+    narrow = list_windows(text, corpus.LIST_LINE, 40, encode)
+    assert [len(narrow.scored[k]) for k in ("repeated", "new")] == [0, 2] and narrow.copies == []
 
 
 def test_song_probe_counts_every_song_token_and_is_flat_at_initialisation(run):

@@ -88,6 +88,12 @@ def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_p
     with pytest.raises(VSLMError, match=r"narrow/seed-0 holds a run with other settings than this experiment's "
                                         r"\(train.lr: 0.003 there, 0.002 here\)"):
         run_experiment(spec, out, extra_overrides=["train.lr=0.002"])  # never mixes runs of different settings
+    # what a run records is its settings too: the tables would show the old probes under the new command
+    with pytest.raises(VSLMError, match=r"holds a run with other settings than this experiment's "
+                                        r"\(logging.induction_length: null there, 4 here\)"):
+        run_experiment(spec, out, extra_overrides=["logging.induction_length=4"])
+    shown = ["logging.tensorboard=true", "logging.samples=2", "train.threads=1", "train.keep_last=3"]
+    assert as_written(run_experiment(spec, out, extra_overrides=shown)) == as_written(summary)  # how, not what
 
 
 def test_unequal_token_budgets_fail_before_any_run_folder(tmp_path):
@@ -170,6 +176,10 @@ def test_a_fault_in_the_shared_overrides_is_not_blamed_on_a_variant(tmp_path):
 @pytest.mark.parametrize("change, problem", [
     ({"extra": "steps = 3\n"}, r"unknown field 'steps' \(did you mean sweep or seeds\?\)"),
     ({"seeds": 0}, "seeds: Input should be greater than or equal to 1, got 0"),
+    ({"extra": 'sweep = ["train.lr=1e-3 train.lr=2e-3"]\n'}, r"sweep: the sweep choice "
+     r"'train.lr=1e-3 train.lr=2e-3' sets train.lr twice: give each value its own choice .*"),
+    ({"extra": 'sweep = ["data.source=x/y.txt", "data.source=x_y.txt"]\n'}, r"sweep: the sweep choices "
+     r"'data.source=x/y.txt' and 'data.source=x_y.txt' would share the run folder data.source=x_y.txt .*"),
 ])
 def test_bad_experiment_files_name_the_problem(tmp_path, change, problem):
     path = write_experiment(tmp_path, **change)

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ctrl_c_reaches
 from vslm.cli import main
+from vslm.errors import ConfigError
 from vslm.lab.experiments import run_experiment
 from vslm.lab.parallel import Launcher, make_launcher
 from vslm.lab.stats import spending_levels
@@ -234,6 +235,10 @@ def test_resolve_adds_seeds_until_the_intervals_are_narrow_enough(tmp_path):
     # the first 3 seeds are the ones the first experiment trained: the same numbers
     first = {k: v for k, v in losses(tmp_path / "narrow").items() if k[1] < 3}
     assert first == losses(tmp_path / "wide")
+    # a wider target into it stops at 3 seeds, before the 4 summarized there: refused, the 4-seed results kept
+    with pytest.raises(ConfigError, match="summarizes 4 seeds and this command resolved at 3 seeds"):
+        run_experiment(spec, tmp_path / "narrow", resolve=10.0, max_seeds=4)
+    assert json.loads((tmp_path / "narrow" / "results.json").read_text())["seeds"] == 4
 
 
 def test_bench_parallel_times_each_launcher_and_checks_the_numbers(tmp_path, capsys):

@@ -282,6 +282,16 @@ def test_attention_entropy_grows_as_log_n_for_uniform_weights_and_not_for_a_focu
         assert abs(per_depth["entropy_slope"]).max() < 0.05 and per_depth["entropy_ratio"].max() < 0.05
 
 
+def test_the_entropy_slope_is_nan_where_every_query_sees_as_many_keys():
+    from vslm.probes.attention import _slope
+
+    y = torch.rand(2, 31, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for n in (31, 63, 127):  # a window of 2: log 2 everywhere, a mean off by a rounding at some lengths
+        assert np.isnan(_slope(torch.full((n,), 2.0, dtype=torch.float64).log(), torch.rand(2, n))).all()
+    x = torch.arange(2, 33, dtype=torch.float64).log()
+    assert _slope(x, y) == pytest.approx([np.polyfit(x, row, 1)[0] for row in y.numpy()], rel=1e-9)
+
+
 # --------------------------------------------------------------------------------------- shape
 
 
@@ -321,7 +331,7 @@ def test_decay_of_a_prompts_effect_on_hand_built_curves():
     flat = decay(np.full(10, 0.3))  # no decay: never half, slope 0
     assert math.isnan(flat["half_at"]) and flat["slope"] == pytest.approx(0.0, abs=1e-12)
     none = decay(np.zeros(5))  # the empty prompt against itself
-    assert none["first"] == 0 and math.isnan(none["slope"])
+    assert none["first"] == 0 and math.isnan(none["slope"]) and math.isnan(none["half_at"])  # nothing to halve
     assert math.isnan(decay(np.array([]))["first"])
 
 

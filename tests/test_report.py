@@ -170,6 +170,20 @@ def test_compare_overlays_runs_with_a_table_of_final_numbers(probed_run, plain_r
     assert_self_contained(html)
 
 
+def test_compare_says_where_icl_scores_are_defined_differently(probed_run, tmp_path, capsys):
+    tokens = tmp_path / "tokens"  # the short context's single-token score, not the default bands
+    Trainer(load_config("tiny", tiny_overrides(train__steps=20, logging__probe_every=8, logging__icl_short="tokens")),
+            tokens).fit()
+    out = tmp_path / "compare.html"
+    assert main(["compare", str(probed_run), str(tokens), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "loss[T-1] - loss[T/10]" in html and "mean loss of the last T/10 tokens" in html  # both definitions
+    assert "scores are defined differently (the definition or the context T" in html
+    assert main(["compare", str(probed_run), str(probed_run), "--out", str(out)]) == 0  # one definition
+    html = out.read_text(encoding="utf-8")
+    assert "defined differently" not in html and "loss[T-1] - loss[T/10]" not in html
+
+
 def test_compare_refuses_a_folder_as_its_out(plain_run, tmp_path, capsys):
     assert main(["compare", str(plain_run), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"vslm: error: --out {tmp_path}: a folder; give a file\n"

@@ -28,7 +28,8 @@ def test_shape_json_table_and_plot(run):
               "--samples", "2", "--tokens", "10", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))  # strict JSON
-    assert out["labels"] == ["empty", "Tom had a ball.", "The cat"] and "".join(out["tokens"]) == " Tom ran."
+    assert out["labels"] == ["(empty)", "Tom had a ball.", "The cat"] and "".join(out["tokens"]) == " Tom ran."
+    assert [r["prompt"] for r in out["summary"]] == ["", "Tom had a ball.", "The cat"] and "note" not in out
     kl, pmi = np.array(out["per_token"]["kl"]), np.array(out["per_token"]["pmi"])
     assert kl.shape == (3, 3, 9) and np.allclose(np.diagonal(kl, axis1=0, axis2=1), 0, atol=1e-9)
     assert np.allclose(pmi[0], 0) and not np.allclose(pmi[1], 0)
@@ -43,6 +44,7 @@ def test_shape_json_table_and_plot(run):
     t = np.arange(1, len(effect) + 1)
     assert first["js_slope"] == pytest.approx(np.polyfit(np.log(t), np.log(effect), 1)[0])
     assert out["summary"][0]["js_first"] == 0 and out["summary"][0]["js_slope"] is None  # empty vs itself
+    assert out["summary"][0]["js_half_at"] is None  # no effect to halve
     assert (run / "shape.png").stat().st_size > 5000
     table = shape(run, "--prompt", "Tom", "--continuation", " ran.", "--samples", "1", "--tokens", "5")
     assert table.returncode == 0 and "KL from empty" in table.stdout and table.stdout.strip().endswith("shape.png")
@@ -66,6 +68,26 @@ def test_shape_errors_are_one_line(run):
     assert r.returncode == 1 and "more than the model's context 32" in r.stderr and "Traceback" not in r.stderr
     r = shape(run, "--continuation", "y")
     assert r.returncode == 2 and "at least one --prompt" in r.stderr
+
+
+def test_shape_without_an_end_of_text_token(tmp_path):
+    """A character run of one text (tiny Shakespeare) has no end-of-text token: y1 stands for the empty
+    prompt, a 1-token continuation is refused in one line, and the table says what it scores; a prompt
+    of the whole context and a 1-token continuation fit (the model never reads the token it predicts)."""
+    folder = tmp_path / "plays"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, data__source="tinyshakespeare",
+                                               data__max_bytes=20000)), folder).fit()
+    r = shape(folder, "--prompt", "ROMEO:", "--continuation", "x")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "is 1 token" in r.stderr and "Traceback" not in r.stderr
+    r = shape(folder, "--prompt", "ROMEO:", "--prompt", "empty", "--continuation", " me", "--samples", "1",
+              "--tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert "no end-of-text token" in r.stdout and "JS at 1st scored" in r.stdout.replace("\n", " ")
+    assert "(empty)" in r.stdout and "'empty'" in r.stdout  # the empty prompt and a prompt that says "empty"
+    r = shape(folder, "--prompt", "x" * 31, "--continuation", "ab", "--samples", "1", "--tokens", "2")
+    assert r.returncode == 0, r.stderr  # 31 + 1 tokens read, the context
+    r = shape(folder, "--prompt", "x" * 32, "--continuation", "ab")
+    assert r.returncode == 1 and "put 33 tokens before the last one it predicts" in r.stderr
 
 
 def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tmp_path):

@@ -142,6 +142,27 @@ def test_summarize_uses_paired_tests_and_holm_and_no_test_below_3_seeds():
     assert two["better"]["test"] == "Welch" and not math.isnan(two["better"]["ci_low"])
 
 
+def test_the_tests_seeds_detectable_difference_and_a_failed_baseline_are_the_tests_own():
+    losses = {"base": [1.50, 1.42, 1.61, 1.55], "a": [1.40, 1.33, 1.50, 1.46], "b": [1.51, 1.41, 1.62, 1.54]}
+    runs = {v: [run(s, x) for s, x in enumerate(xs)] for v, xs in losses.items()}
+    runs["base"][0] = {"seed": 0, "failed": "diverged"}  # 3 pairs left of 4 seeds
+    summary = summarize(runs, 1000)
+    assert summary["a"]["seeds"] == 4 and summary["a"]["test_n"] == 3
+    from vslm.lab.tables import summary_rows
+
+    assert summary_rows(summary)[1][7] == "paired (n=3)"
+    diffs = np.subtract(losses["a"][1:], losses["base"][1:])
+    # two variants tested: the difference found with 80% power at Holm's strictest level, 0.05 / 2
+    assert summary["a"]["detectable"] == pytest.approx(detectable_effect(3, alpha=0.025) * np.std(diffs, ddof=1))
+    assert paired_power(detectable_effect(3, alpha=0.025), 3, alpha=0.025) == pytest.approx(0.8, abs=1e-6)
+    alone = summarize({v: runs[v] for v in ("base", "a")}, 1000)  # one variant: the level itself
+    assert alone["a"]["detectable"] == pytest.approx(detectable_effect(3) * np.std(diffs, ddof=1))
+    failed = summarize({"base": [{"seed": s, "failed": "diverged"} for s in range(3)], "a": runs["a"]}, 1000)
+    assert failed["base"]["verdict"] == "baseline: every run failed" and math.isnan(failed["base"]["diff_vs_baseline"])
+    assert failed["a"]["verdict"] == "no test: every baseline run failed"
+    assert summary_rows(failed)[0][6] == "-" and not resolved(failed, 10.0)
+
+
 def resolve(losses: np.ndarray, width: float, looks: list[int], alpha: float = 0.05) -> dict[str, dict]:
     """The sequential procedure of `vslm experiment --resolve width --max-seeds looks[-1]` on one simulated
     experiment (arms x seeds losses, arm 0 the baseline): the summary at the look where it stops."""

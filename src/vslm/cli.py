@@ -286,13 +286,17 @@ def cmd_shape(a: argparse.Namespace) -> int:
     def num(x: float, fmt: str) -> str:
         return "-" if x != x else format(x, fmt)  # NaN: never half, or no effect to fit
 
-    columns = ("prompt", "log p(y|prompt)", "KL from empty", "JS from empty", "JS at y1", "half by token",
-               "JS slope (log-log)", "mean PMI", "H first", "H mean", "samples: JS from empty")
-    rows = [(escape(repr(r["prompt"])) if r["prompt"] != "empty" else "(empty)", f"{r['log_prob']:.2f}",
+    first = "y1" if "note" not in result else "1st scored"  # no end-of-text token: y is scored from y2
+    columns = ("prompt", f"log p(y|prompt){'' if first == 'y1' else ', from y2'}", "KL from empty", "JS from empty",
+               f"JS at {first}", "half by token", "JS slope (log-log)", "mean PMI", f"H at {first}", "H mean",
+               "samples: JS from empty")
+    rows = [(escape(repr(r["prompt"])) if k else r["label"], f"{r['log_prob']:.2f}",
              f"{r['kl_from_empty']:.3f}", f"{r['js_from_empty']:.3f}", num(r["js_first"], ".3f"),
              num(r["js_half_at"], ".0f"), num(r["js_slope"], "+.2f"), f"{r['pmi_mean']:+.3f}",
              f"{r['entropy_first']:.2f}", f"{r['entropy_mean']:.2f}", f"{r['sample_js_from_empty']:.3f}")
-            for r in result["summary"]]
+            for k, r in enumerate(result["summary"])]
+    if "note" in result:
+        console.print(f"note: {result['note']}", markup=False, highlight=False)
     print_table(console, f"how prompts reshape {escape(repr(a.continuation))}", columns, rows)
     for r in result["summary"]:
         console.rule(f"a sample under {escape(repr(r['prompt']))}")
@@ -316,8 +320,11 @@ def _shape_course(a: argparse.Namespace, plot_to: Path, track) -> int:
     def num(x: float, fmt: str) -> str:
         return "-" if x != x else format(x, fmt)
 
-    columns = ("step", "prompt", "log p(y|prompt) - log p(y|empty)", "JS from empty", "JS at y1", "half by token",
-               "JS slope (log-log)")
+    first = "y1" if "note" not in result else "1st scored"
+    columns = ("step", "prompt", "log p(y|prompt) - log p(y|empty)", "JS from empty", f"JS at {first}",
+               "half by token", "JS slope (log-log)")
+    if "note" in result:
+        console.print(f"note: {result['note']}", markup=False, highlight=False)
     rows = [(str(r["step"]), escape(repr(r["prompt"])), f"{r['log_prob_shift']:+.2f}", f"{r['js_from_empty']:.3f}",
              num(r["js_first"], ".3f"), num(r["js_half_at"], ".0f"), num(r["js_slope"], "+.2f"))
             for r in result["rows"]]

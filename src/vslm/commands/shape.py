@@ -34,17 +34,27 @@ def _js_histograms(p: np.ndarray, q: np.ndarray) -> float:
         return float((terms(p) + terms(q)) / 2)
 
 
+NO_EOS_NOTE = ("this run's tokenizer has no end-of-text token, so nothing can stand for the empty prompt before "
+               "y1: y1 follows every prompt, and y is scored from its 2nd token ('1st scored' below)")
+
+
 def _encode(cfg, tokenizer, prompts: list[str], continuation: str) -> tuple[list[list[int]], list[int]]:
-    """The prompts' and the continuation's token ids; a one-line error for an empty continuation or one
-    that does not fit the model's context after the longest prompt."""
+    """The prompts' and the continuation's token ids; a one-line error for an empty continuation, one of a
+    single token where the tokenizer has no end-of-text token (nothing would be scored: shape_metrics), or
+    one that does not fit the model's context after the longest prompt (the model reads the prompt, or the
+    empty prompt's one token, and every token of y but the last)."""
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     target_ids = tokenizer.encode(continuation)
     if not target_ids:
         raise VSLMError("--continuation is empty")
-    longest = max([len(p) for p in prompt_ids] + [1]) + len(target_ids)
-    if longest > cfg.model.context:
-        raise VSLMError(f"prompt + continuation take {longest} tokens, more than the model's context "
-                        f"{cfg.model.context}; shorten them")
+    if tokenizer.eos_id is None and len(target_ids) < 2:
+        raise VSLMError(f"--continuation {continuation!r} is 1 token, and this run's tokenizer has no end-of-text "
+                        "token: its first token stands for the empty prompt and only the rest is scored; give 2 "
+                        "tokens or more")
+    read = max([len(p) for p in prompt_ids] + [0 if tokenizer.eos_id is None else 1]) + len(target_ids) - 1
+    if read > cfg.model.context:
+        raise VSLMError(f"prompt + continuation put {read} tokens before the last one it predicts, more than the "
+                        f"model's context {cfg.model.context}; shorten them")
     return prompt_ids, target_ids
 
 
@@ -54,16 +64,17 @@ def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8
     cfg, model, tokenizer = load_run(run)
     prompt_ids, target_ids = _encode(cfg, tokenizer, prompts, continuation)
     m = shape_metrics(model, prompt_ids, target_ids, empty_id=tokenizer.eos_id)
-    labels = ["empty", *prompts]
+    labels = ["(empty)", *prompts]  # the plot's legend and the table's first column; "prompt" the text itself
     histograms = []
     for prompt in track(["", *prompts], f"sampling {samples} continuations of each prompt"):
         texts = sample_text(model, tokenizer, prompt, num=samples, tokens=sample_tokens, seed=seed)
         ids = [i for t in texts for i in tokenizer.encode(t[len(prompt):])]
         histograms.append((np.bincount(ids, minlength=tokenizer.vocab_size).astype(float), texts[0]))
     rows = []
-    for k, label in enumerate(labels):
+    for k, prompt in enumerate(["", *prompts]):
         rows.append({
-            "prompt": label,
+            "prompt": prompt,
+            "label": labels[k],
             "log_prob": float(m["log_prob"][k].sum()),
             "kl_from_empty": float(m["kl"][k, 0].mean()),
             "js_from_empty": float(m["js"][k, 0].mean()),
@@ -77,7 +88,8 @@ def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8
         })
     tokens = [tokenizer.decode([t]) for t in m["targets"].tolist()]
     arrays = {key: np.asarray(value).tolist() for key, value in m.items()}
-    return {"run": str(run), "labels": labels, "tokens": tokens, "summary": rows, "per_token": arrays}
+    note = {"note": NO_EOS_NOTE} if tokenizer.eos_id is None else {}
+    return {"run": str(run), "labels": labels, "tokens": tokens, "summary": rows, "per_token": arrays, **note}
 
 
 def shape_course(run: Path, prompts: list[str], continuation: str, track: Callable = quiet) -> dict:
@@ -113,8 +125,9 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
                          "js_from_empty": float(m["js"][k, 0].mean()),
                          **{f"js_{key}": value for key, value in decay(m["js"][k, 0]).items()}})
     tokens = [tokenizer.decode([t]) for t in m["targets"].tolist()]
+    note = {"note": NO_EOS_NOTE} if tokenizer.eos_id is None else {}
     return {"run": str(run), "prompts": prompts, "continuation": continuation, "tokens": tokens,
-            "steps": sorted(saved), "rows": rows, "js": js_by_step}
+            "steps": sorted(saved), "rows": rows, "js": js_by_step, **note}
 
 
 def write_course_plot(result: dict, out: Path) -> Path:

@@ -49,8 +49,9 @@ at the look where it stops, at that look's share of alpha (vslm.lab.stats.spendi
 repeated looks do not inflate the false-positive rate.
 
 The runs of one round are independent: `launcher` (vslm.lab.parallel) trains them in worker processes
-or on a Ray cluster, with the same numbers as one after another. A run that diverges or fails is listed
-in the results and left out of its variant's statistics; the others go on.
+or on a Ray cluster, with the same numbers as one after another at the same threads per run (set
+train.threads: torch rounds some CPU reductions by thread count, vslm.lab.parallel). A run that diverges
+or fails is listed in the results and left out of its variant's statistics; the others go on.
 
 With `cross_eval = true` (the dataset-quality experiment, RESEARCH.md section 4: variants that
 differ in `data.source`), every run is also scored on every variant's held-out text, each token
@@ -127,11 +128,22 @@ FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards
 
 
 def _sweep(choices: list[str]) -> list[str]:
-    """A sweep's choices: none blank (it would read as no sweep), none twice (one run would stand for both)."""
+    """A sweep's choices: none blank (it would read as no sweep), none twice or two in one folder (one run
+    would stand for both), none setting a field twice (the last value would win unsaid)."""
     if any(not c.strip() for c in choices):
         raise ValueError("a sweep choice is blank: give each choice its overrides")
     if twice := repeated(choices):
         raise ValueError(f"the sweep lists {', '.join(map(repr, twice))} twice")
+    for choice in choices:
+        if twice := repeated([word.split("=", 1)[0].strip() for word in choice.split()]):
+            raise ValueError(f"the sweep choice '{choice}' sets {', '.join(twice)} twice: give each value its own "
+                             "choice (--sweep FIELD=A --sweep FIELD=B)")
+    folders: dict[str, str] = {}
+    for choice in choices:
+        if (other := folders.setdefault(_choice_folder(choice), choice)) != choice:
+            raise ValueError(f"the sweep choices '{other}' and '{choice}' would share the run folder "
+                             f"{_choice_folder(choice)} (characters other than letters, digits and . = + - become "
+                             "_): write one of them otherwise")
     return choices
 
 
@@ -561,11 +573,13 @@ def _corpus_folder(corpus: str) -> str:
     return _choice_folder(Path(corpus).stem if "/" in corpus else corpus)
 
 
-def check_results_kept(out: Path, most: int, variants: Sequence[str] | None = None) -> None:
+def check_results_kept(out: Path, most: int, variants: Sequence[str] | None = None, stopped: bool = False) -> None:
     """Refuse (ConfigError) an experiment into a folder whose results (results.json, or a corpus folder's)
     summarize more seeds than this command trains at most, or (given `variants`, the ones it trains)
     variants it leaves out: its smaller tables and verdicts would take their place. The runs would stay, but
-    a quick `--seeds 1` look, or a `--variants` look at two of seven, would silently replace the result."""
+    a quick `--seeds 1` look, or a `--variants` look at two of seven, would silently replace the result.
+    stopped: `most` is the seeds of the look where a resolving experiment stopped, checked again before its
+    results are written (it may stop before the seeds already summarized)."""
     for path in [out / "results.json", *sorted(out.glob("*/results.json"))]:
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
@@ -573,7 +587,8 @@ def check_results_kept(out: Path, most: int, variants: Sequence[str] | None = No
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not an experiment's results: nothing of ours to keep
         if isinstance(held, int) and held > most:
-            raise ConfigError(f"{path} summarizes {held} seeds and this command trains {most}: its results would "
+            did = f"resolved at {most} seeds (its runs are kept)" if stopped else f"trains {most}"
+            raise ConfigError(f"{path} summarizes {held} seeds and this command {did}: its results would "
                               f"replace those; pass --seeds {held} (the finished runs are reused) or another --out")
         summary = results.get("summary")
         if variants is not None and isinstance(summary, dict) and (left := [v for v in summary if v not in variants]):
@@ -924,6 +939,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                    summary_rows(lengths["compared"][f"x{m}"]["summary"])) for m in lengths["multiples"][1:]]
         lengths["tables"] = [{"title": t, "columns": list(c), "rows": [list(r) for r in table_rows]}
                              for t, c, table_rows in shown]  # as shown: results.md, report.html
+    if done < looks[-1]:  # it stopped at an early look: fewer seeds, maybe, than the results already there
+        check_results_kept(out, done, stopped=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", dumps(report, indent=2) + "\n")
     tables = [(COLUMNS, rows)]

@@ -1,5 +1,6 @@
 """Independent runs trained one after another, in N worker processes on this machine, or as tasks on a
-Ray cluster: the same runs and the same numbers whichever way (tests/test_parallel.py).
+Ray cluster: the same runs, and at the same threads per run the same numbers whichever way
+(tests/test_parallel.py; see Threads below).
 
     jobs = [RunJob(cfg, out / "a" / "seed-0", "a seed 0"), ...]
     results = run_jobs(jobs, Launcher(jobs=2))          # or Launcher(kind="ray", address="HOST:6379")
@@ -15,7 +16,10 @@ batch the same way and raises TrainingStopped (exit 143): no worker is left trai
 
 Threads: N workers on C cores run torch with max(1, C // N) threads each, unless the config sets
 train.threads. Two trainings whose threads outnumber the cores fight for them (docs/BENCHMARKS.md
-measured a 12x slower step), so the split matters more than the number of workers.
+measured a 12x slower step), so the split matters more than the number of workers. torch splits some
+CPU reductions by thread, so a run on 2 threads and one on 1 round differently in the last digits (about
+1e-5 in the loss, far below the seed spread; docs/BENCHMARKS.md): set train.threads for numbers that do not
+depend on the launcher. A finished run is reused whatever its threads (vslm.lab.runner.EXECUTION_ONLY).
 """
 
 from __future__ import annotations

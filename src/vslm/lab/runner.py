@@ -64,20 +64,32 @@ def tokens_per_run(cfg: RunConfig) -> int:
     return t.steps * t.batch_size * t.grad_accum * cfg.model.context
 
 
-# how a run is executed, not what it computes: a run trained with other values is the same run
+# how a run is executed or shown, not what it computes or records: a run trained with other values is the same
+# run. The rest of logging decides what a run records (its probes, diagnostics, logged losses), which the
+# experiments' tables read: a run probed otherwise is another run.
 EXECUTION_ONLY = {"threads": 0, "checkpoint_minutes": 0.0, "keep_last": 1}
+SHOWN_ONLY = {"tensorboard": False, "trackers": [], "progress": False, "samples": 0, "sample_tokens": 1}
+
+
+def _compared(c: RunConfig) -> RunConfig:
+    return c.model_copy(update={"train": c.train.model_copy(update=EXECUTION_ONLY),
+                                "logging": c.logging.model_copy(update=SHOWN_ONLY)})
 
 
 def same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
-    """Whether cfg asks for the run saved holds: the same model, data and train sections, up to the
-    vocabulary (the saved config has it from the tokenizer) and the EXECUTION_ONLY fields."""
+    """Whether cfg asks for the run saved holds: the same model, data, train and logging sections, up to the
+    vocabulary (the saved config has it from the tokenizer), the EXECUTION_ONLY fields and the SHOWN_ONLY
+    ones."""
     cfg = cfg.with_vocab_size(saved.model.vocab_size)
+    return _compared(cfg).fingerprint("model", "data", "train", "logging") == \
+        _compared(saved).fingerprint("model", "data", "train", "logging")
 
-    def key(c: RunConfig) -> str:
-        return c.model_copy(update={"train": c.train.model_copy(update=EXECUTION_ONLY)}).fingerprint(
-            "model", "data", "train")
 
-    return key(cfg) == key(saved)
+def settings_differ(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """What same_settings found different, in words: "field: old there, new here"."""
+    return [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in
+            config_changes(_compared(saved), _compared(cfg.with_vocab_size(saved.model.vocab_size))).items()
+            if k.startswith(("model.", "data.", "train.", "logging."))]
 
 
 def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -> dict:
@@ -88,9 +100,7 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -
     if (folder / CONFIG).exists():
         saved = read_run_config(folder)
         if not same_settings(cfg, saved):
-            differ = [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in
-                      config_changes(saved, cfg.with_vocab_size(saved.model.vocab_size)).items()
-                      if k.startswith(("model.", "data.", "train.")) and k.removeprefix("train.") not in EXECUTION_ONLY]
+            differ = settings_differ(saved, cfg)
             hint = f" ({OLD_NO_LIMIT})" if cfg.data.max_bytes is None and data_limit_left_out(folder) else ""
             raise VSLMError(f"{folder} holds a run with other settings than this experiment's ({'; '.join(differ)}); "
                             f"move it away{hint}")

@@ -199,13 +199,14 @@ def detectable_effect(n: int, power: float = POWER, alpha: float = SIGNIFICANCE)
 
 def compare(baseline: Sequence[float], variant: Sequence[float], paired: bool, alpha: float = SIGNIFICANCE) -> dict:
     """paired_difference or welch, plus "detectable": the smallest difference (in the loss's units) found
-    with 80% power at this many seeds and level alpha, from the spread of the differences (Welch: of the
-    two arms)."""
+    with 80% power at this many seeds and level alpha, from "spread", that of the differences (Welch: of
+    the two arms)."""
     out = paired_difference(baseline, variant) if paired else welch(baseline, variant)
     if paired:
         spread = sample_std([v - b for b, v in zip(baseline, variant, strict=True)])
     else:
         spread = math.sqrt(sample_std(variant) ** 2 + sample_std(baseline) ** 2) if out["n"] > 1 else math.nan
+    out["spread"] = spread
     out["detectable"] = detectable_effect(out["n"], alpha=alpha) * spread if out["n"] >= MIN_SEEDS else math.nan
     return out
 
@@ -214,8 +215,11 @@ def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] 
               alpha: float = SIGNIFICANCE) -> dict[str, dict]:
     """Per variant: cost, mean and sample std, and its val_loss against the first variant (the baseline):
     the mean difference and its 95% interval, the test (paired where the variant's seeds pair with the
-    baseline's, `paired` per variant or for all, else Welch), the raw p, Holm's p across the table's
-    variants, and the verdict on Holm's p at level alpha. runs[variant] is in seed order; a run with
+    baseline's, `paired` per variant or for all, else Welch) and its number of seeds (test_n: pairs, or
+    the smaller arm), the raw p, Holm's p across the table's variants, the verdict on Holm's p at level
+    alpha, and the difference that verdict finds with 80% power (detectable: at alpha over the number of
+    variants tested, Holm's strictest step, so that a difference this large is found whatever the others
+    show). runs[variant] is in seed order; a run with
     "failed" (it diverged or crashed) is left out and counted in "failed", and a paired comparison uses
     the seeds both arms finished."""
     def ok(rs: list[dict]) -> list[dict]:
@@ -241,14 +245,21 @@ def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] 
             else:
                 comparisons[name] = compare([r["val_loss"] for r in base_runs], losses, False, alpha)
     adjusted = dict(zip(comparisons, holm([c["p"] for c in comparisons.values()]), strict=True))
+    family = sum(not math.isnan(c["p"]) for c in comparisons.values())
+    for c in comparisons.values():  # at Holm's strictest level, alpha / family (summarize's docstring)
+        if family > 1 and c["n"] >= MIN_SEEDS:
+            c["detectable"] = detectable_effect(c["n"], alpha=alpha / family) * c["spread"]
     for name, s in summary.items():
         c = comparisons.get(name, _no_difference("", 0, math.nan if name != baseline else 0.0)
                             | {"detectable": math.nan})
         s.update(diff_vs_baseline=c["diff"], ci_low=c["ci_low"], ci_high=c["ci_high"], test=c["test"],
-                 p_value=c["p"], p_holm=adjusted.get(name, math.nan), detectable=c["detectable"],
+                 test_n=c["n"], p_value=c["p"], p_holm=adjusted.get(name, math.nan), detectable=c["detectable"],
                  verdict=verdict(adjusted.get(name, math.nan), c["n"], c["diff"], name == baseline, alpha))
-        if not s["seeds"] and name != baseline:
-            s["verdict"] = "every run failed"
+        if not s["seeds"]:  # the baseline too: no difference from it, and none of the others tested
+            s["verdict"] = "every run failed" if name != baseline else "baseline: every run failed"
+            s["diff_vs_baseline"] = math.nan
+        elif name != baseline and not base_runs:
+            s["verdict"] = "no test: every baseline run failed"
     return summary
 
 

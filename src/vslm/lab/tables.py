@@ -10,7 +10,8 @@ COLUMNS = ("variant", "params", "FLOPs/token", "tokens", "val_loss", "val_bpb", 
 # Δ val_loss: variant minus baseline (the first row), mean over seeds and its t-based 95% interval; test: "paired"
 # when seed s gives both the same data order, validation windows and probe set, else "Welch"; p: two-sided, raw;
 # p (Holm): adjusted across the table's variants, the verdict's; Δ at 80% power: the smallest true difference the
-# test finds 4 times in 5 at this many seeds (noncentral t, from the spread observed)
+# verdict finds 4 times in 5 at this many seeds (noncentral t, from the spread observed, at Holm's strictest level:
+# alpha over the number of variants tested); test's n: the seeds it compared (pairs, or the smaller arm)
 # runs with probes add their training-dynamics landmarks (vslm.report.runs.dynamics_summary), mean ± std
 DYNAMICS = {"icl_score": "ICL score", "prefix_matching_max": "prefix matching (max head)",
             "induction_loss_first": "induction loss, 1st copy", "induction_loss_second": "induction loss, 2nd copy",
@@ -134,7 +135,8 @@ def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
 
     return [(name, count(s["params"]), count(s["flops_per_token"]), f"{s['tokens']:,}",
              pm(s["val_loss_mean"], s["val_loss_std"]), pm(s["val_bpb_mean"], s["val_bpb_std"]), diff(s),
-             f"{s['test']} (n={s['seeds']})" if s.get("test") else f"n={s['seeds']}", num(s["p_value"]),
+             f"{s['test']} (n={s.get('test_n', s['seeds'])})" if s.get("test") else f"n={s['seeds']}",
+             num(s["p_value"]),
              num(s.get("p_holm")),
              num(s.get("detectable"), ".4f"), s["verdict"])
             for name, s in summary.items()]

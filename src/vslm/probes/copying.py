@@ -141,7 +141,9 @@ def list_windows(text: str, line: re.Pattern, context: int, encode: Encode) -> C
     "a cup, a key", joined by ", "), the window of `context` characters that ends with it (lines longer than
     that are skipped): the first letter of each item (after "a ") that repeats the line before ("repeated")
     against the line's new, last item ("new"); copies: from the character before a repeated item's first
-    letter to that letter in the line before (the copy source; where that line is in the window)."""
+    letter to that letter in the line before (the copy source). A line's repeated items are scored only where
+    their source is in the window: the list line before it, or for a list's first line the sentence before it
+    ("First Tom put in a cup."); elsewhere they repeat what the model cannot see, and are left out."""
     out, previous = CopyWindows(scored={"repeated": [], "new": []}), None
     for m in line.finditer(text):
         before, previous = previous, m
@@ -156,8 +158,14 @@ def list_windows(text: str, line: re.Pattern, context: int, encode: Encode) -> C
         items = m.group(1).split(", ")
         letters = _first_letters(items, m.start(1) - start)
         same_list = before is not None and before.group(1).split(", ") == items[:-1] and before.start(1) >= start
-        sources = _first_letters(items[:-1], before.start(1) - start) if same_list else []
-        out.score("repeated", b, letters[:-1])
+        opening = f"put in {items[0]}. "  # a list's first line repeats its opening sentence's one item
+        if same_list:
+            sources = _first_letters(items[:-1], before.start(1) - start)
+        elif len(items) == 2 and text.endswith(opening, start, m.start()):
+            sources = _first_letters(items[:1], m.start() - len(opening) + len("put in ") - start)
+        else:
+            sources = []
+        out.score("repeated", b, letters[:len(sources)])
         out.score("new", b, letters[-1:])
         out.copies += [(b, p - 1, s) for p, s in zip(letters, sources, strict=False)]
     return out

@@ -71,13 +71,13 @@ def decay(effect: np.ndarray) -> dict[str, float]:
     """How a prompt's effect along the continuation (e.g. js[k, 0]: Jensen-Shannon from the empty prompt at
     each token t = 1..n) falls with distance (RESEARCH.md section 7: largest on the first tokens, then
     decaying): {"first": effect[0], "half_at": the first t whose effect is at most half the first's (NaN
-    if none), "slope": the least-squares slope of log effect on log t over the tokens with effect > 0
-    (negative: a power-law fall; NaN under 2 such tokens)}."""
+    if none, or no effect at the first token to halve), "slope": the least-squares slope of log effect on
+    log t over the tokens with effect > 0 (negative: a power-law fall; NaN under 2 such tokens)}."""
     effect = np.asarray(effect, dtype=float)
     if not len(effect):
         return {"first": math.nan, "half_at": math.nan, "slope": math.nan}
     t = np.arange(1, len(effect) + 1, dtype=float)
-    below = np.flatnonzero(effect <= effect[0] / 2)
+    below = np.flatnonzero(effect <= effect[0] / 2) if effect[0] > 0 else np.array([], dtype=int)
     below = below[below > 0]
     positive = effect > 0
     slope = (float(np.polyfit(np.log(t[positive]), np.log(effect[positive]), 1)[0])

@@ -55,11 +55,23 @@ def render(runs: list[RunFiles]) -> str:
             "Training loss (lines) and validation loss (dashed, dots), one colour per run. Compare validation "
             "loss at equal steps; loss per token is comparable only between runs with the same tokenizer "
             "(use val_bpb in the table otherwise).")))
-    if any(np.isfinite(run.probe_values("icl_score")).any() for run in runs):
+    scored = [(run, label) for run, label in zip(runs, labels, strict=True)
+              if np.isfinite(run.probe_values("icl_score")).any()]
+    if scored:
+        # the score's definition: Olsson's (context 512 or more), or a short context's bands or tokens, at T
+        kinds = {label: (figures.icl_label(run), run.config.get("model", {}).get("context")) for run, label in scored}
+        differ = len(set(kinds.values())) > 1
+        shown = [f"{label} (T={t}, {kind or 'olsson'})" if differ else label for label, (kind, t) in kinds.items()]
+        named = dict(zip(kinds, shown, strict=True))
+        definitions = sorted({figures.icl_name(kind) for kind, _ in kinds.values()})
+        caption = ("; ".join(definitions) + " (T: the context). Lower means more use of context. Compare when and "
+                   "how far each run's score drops.")
+        if differ:
+            caption += (" These runs' scores are defined differently (the definition or the context T, in the "
+                        "legend): only runs that share one compare.")
         sections.append(section("icl", "In-context learning score", figure(
-            figures.compare_probe(runs, labels, ("icl_score",), "ICL score (nats)"), "ICL scores",
-            "Loss late in the context minus loss early (short context: loss[T-1] - loss[T/10]); lower means "
-            "more use of context. Compare when and how far each run's score drops.")))
+            figures.compare_probe(runs, [named.get(label, label) for label in labels], ("icl_score",),
+                                  "ICL score (nats)"), "ICL scores", caption)))
     if any(np.isfinite(run.probe_values("distribution", "M1")).any() for run in runs):
         sections.append(section("m1", "M1: distance from the unigram", figure(
             figures.compare_probe(runs, labels, ("distribution", "M1"), "M1 = KL(u || mean p) (nats)"), "M1",

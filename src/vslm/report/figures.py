@@ -305,7 +305,7 @@ def icl_figure(run: RunFiles) -> Figure:
     of +- 1.96 standard errors over windows where the probes wrote them; a dotted line at its steepest fall."""
     fig, (ax,) = _figure()
     steps, score = run.probe_steps, run.probe_values("icl_score")
-    ax.plot(steps, score, "o-", color="C2", markersize=3, label=_icl_name(icl_label(run)))
+    ax.plot(steps, score, "o-", color="C2", markersize=3, label=icl_name(icl_label(run)))
     _band(ax, steps, score, run.probe_errors("icl_score"), "C2", BAND)
     ax.axhline(0, color="grey", linewidth=1)
     rate, where = steepest_drop(steps, score)
@@ -344,7 +344,7 @@ def loss_bump_figure(run: RunFiles) -> Figure:
     return fig
 
 
-def _icl_name(label: str) -> str:
+def icl_name(label: str) -> str:
     if label == "short-context":
         return "ICL score, short context: mean loss of the last T/10 tokens - of T/10 around token T/10"
     if label == "short-context-tokens":

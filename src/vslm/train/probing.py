@@ -306,7 +306,7 @@ HELD_OUT_SEED = 4242  # stories no training run draws (data.seed is 0 unless cha
 TOKEN_BYTES = 400_000  # --copying tokens: held-out stories read
 COPYING_KINDS = {  # the kinds of scored token of each measure, the copyable one second, with their labels
     "names": (("first", "first occurrence"), ("repeat", "repeat")),
-    "lists": (("new", "the line's new item"), ("repeated", "repeated from the line before")),
+    "lists": (("new", "the line's new item"), ("repeated", "repeated from the line before, in the window")),
     "tokens": (("first", "first occurrence"), ("seen", "already in the window")),
     "songs": (("first", "first rendition"), ("repeat", "repeat")),
 }
