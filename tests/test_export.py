@@ -16,7 +16,7 @@ from vslm.config import load_config, save_config
 from vslm.data.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer
 from vslm.errors import VSLMError
 from vslm.model import GPT
-from vslm.train.checkpoint import save_checkpoint
+from vslm.train.checkpoint import load_checkpoint, save_checkpoint
 from vslm.train.run_folder import load_run
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'vslm[hf]')")
@@ -133,6 +133,10 @@ def test_a_char_exports_card_says_what_its_tokenizer_does_with_other_characters(
         tok.encode("ab zb")
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "| tokenizer | char, vocabulary 4 (the training text's characters: tokenizer.json drops any other" in card
+    assert "prefix_token_id" not in card
+    plays = make_run(tmp_path / "plays", GPT2, CharTokenizer(list("ab \n"), eos=False))  # one text: no end-of-text
+    assert export(plays, tmp_path / "hf-plays") == 0
+    assert "needs `prefix_token_id=ID` in its model_args" in (tmp_path / "hf-plays" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -184,10 +188,34 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert "keep.txt is a file: export writes a folder" in refused() and (taken / "keep.txt").read_text() == "mine"
 
     ckpt = run / "checkpoints" / "step_00000001.safetensors"
-    cut = tmp_path / "step_00000002.safetensors"
+    cut = run / "snapshots" / "step_00000002.safetensors"
+    cut.parent.mkdir()
     cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     assert export(run, tmp_path / "out2", "--checkpoint", str(cut)) != 0
     assert "cannot read checkpoint" in refused() and not (tmp_path / "out2").exists()
+    # a NaN in a checkpoint asked for by name: refused in one line, by export, eval and sample alike
+    weights, _ = load_checkpoint(ckpt)
+    weights["embed.weight"][3, 1] = float("nan")
+    save_checkpoint(cut, weights)
+    assert export(run, tmp_path / "out2", "--checkpoint", str(cut)) == 1
+    assert "holds non-finite values (1 tensors, embed.weight first)" in refused() and not (tmp_path / "out2").exists()
+    for command in (["eval", str(run), "--on", "stories", "--max-bytes", "2000"], ["sample", str(run)]):
+        assert main([*command, "--checkpoint", str(cut)]) == 1
+        assert "holds non-finite values" in refused()
+    cut.unlink()
+    elsewhere = tmp_path / "step_00000001.safetensors"  # another run's weights: the card would give this run's numbers
+    elsewhere.write_bytes(ckpt.read_bytes())
+    assert export(run, tmp_path / "out2", "--checkpoint", str(elsewhere)) == 1
+    assert f"is not one of {run}'s checkpoints or snapshots" in refused() and not (tmp_path / "out2").exists()
+    assert export(run, tmp_path / "out2", "--checkpoint", str(tmp_path / "nope")) == 2  # a mistyped argument
+    assert "nope: no such file" in refused()
+    (tmp_path / "afile").write_text("mine")
+    assert export(run, tmp_path / "afile" / "sub") == 1
+    assert "afile is a file, not a folder" in refused() and (tmp_path / "afile").read_text() == "mine"
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert export(run, tmp_path / "link") == 1
+    assert "is a symbolic link" in refused() and (tmp_path / "link").is_symlink()
 
     assert export(tmp_path / "nothing", tmp_path / "out3") != 0
     refused()
@@ -305,9 +333,16 @@ def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):
     fourth = card(4)  # validated at step 3: said so
     assert f"| tokens trained | {rows[4]['tokens']:,} |" in fourth and "| steps | 4 |" in fourth
     assert f"| validation loss (nats per token) | {rows[3]['val_loss']:.4f} (at step 3) |" in fourth
+    assert "these weights are step 4 of the 5 steps it trains" in fourth and "reproduces it" not in fourth
     assert export(run, tmp_path / "hf-last") == 0  # the latest checkpoint: its own step's validation
     last = (tmp_path / "hf-last" / "README.md").read_text()
     assert f"| validation loss (nats per token) | {rows[5]['val_loss']:.4f} |" in last and "| steps | 5 |" in last
+    assert "reproduces it:" in last and "does not give this model" not in last
+    # resumed with another schedule: the config is its last, and the card says what the command does not give
+    assert main(["train", "--resume", "--out", str(run), "train.steps=6", "logging.samples=0"]) == 0
+    assert export(run, tmp_path / "hf-resumed") == 0
+    resumed = (tmp_path / "hf-resumed" / "README.md").read_text()
+    assert "does not give this model exactly" in resumed and "- at step 5: train.steps 5 -> 6" in resumed
 
 
 def test_the_harness_hf_model_agrees_with_vslm_eval(tmp_path, capsys):

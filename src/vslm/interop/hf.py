@@ -39,7 +39,7 @@ from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import read_jsonl, write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import checkpoint_step
-from vslm.train.run_folder import METRICS, SUMMARY, load_run_at, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS, SUMMARY, load_run_at, read_run_config
 
 FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 PARITY_TOLERANCE = 1e-4  # export refuses to write a model whose logits differ more (float32; tests check 1e-5)
@@ -335,9 +335,11 @@ def metrics_at(run: Path, step: int | None) -> dict:
     return out
 
 
-def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str, step: int | None = None) -> str:
+def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str, step: int | None = None,
+               eos: bool = True) -> str:
     """README.md of an export: what it is, how to load it, the numbers of the checkpoint exported (`step`),
-    and the command that trains it again."""
+    and the command that trains it again; `eos`: whether the tokenizer has an end-of-text token (without
+    one, lm-evaluation-harness's hf model has no token to start a text from, and the card says so)."""
     from vslm.data.registry import split_name
 
     summary = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
@@ -379,20 +381,51 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         + (" (the training text's characters: tokenizer.json drops any other, where vslm refuses it) |"
            if cfg.data.tokenizer == "char" else " |"),
         f"| checkpoint | {checkpoint} |", "",
+        *([] if eos else [
+            "Its tokenizer has no end-of-text token (a character tokenizer of one text): nothing marks the start of "
+            "a text, so lm-evaluation-harness's `hf` model needs `prefix_token_id=ID` in its model_args (a token "
+            "to condition the first on, the newline's say), and scores differ from `vslm eval`'s by that token.",
+            ""]),
         "## Training command", "",
-        "The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it"
-        + (f", from the transformers checkpoint folder it started from (weights SHA-256 {origin.get('sha256')}):"
-           if init else ":"), "",
+        *_reproduction(cfg, summary, step, init, origin),
         "```sh", f"vslm train vslm_config.toml{init} --out runs/{cfg.name}", "```", "",
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
     ]
     return "\n".join(lines)
 
 
+def _reproduction(cfg: RunConfig, summary: dict, step: int | None, init: str, origin: dict | None) -> list[str]:
+    """What the card's training command gives: this model where the run trained in one go to its config's
+    steps; else what differs (a resume that changed settings, summary.json's config_changes; weights from
+    an earlier step)."""
+    start = (f" from the transformers checkpoint folder it started from (weights SHA-256 {origin.get('sha256')})"
+             if init else "")
+    changes = summary.get("config_changes") if isinstance(summary.get("config_changes"), list) else []
+    changed = [f"- at step {c.get('step')}: " + "; ".join(f"{k} {v[0]} -> {v[1]}" for k, v in c.items()
+                                                         if k != "step" and isinstance(v, list) and len(v) == 2)
+               for c in changes if isinstance(c, dict)]
+    earlier = step is not None and step < cfg.train.steps
+    if not changed and not earlier:
+        return [f"The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it{start}:", ""]
+    lines = [f"The run folder's resolved config (below, also in `vslm_config.toml`) is its last{start}; the "
+             "command below trains it in one go, which does not give this model exactly:", ""]
+    if earlier:
+        lines += [f"- these weights are step {step} of the {cfg.train.steps} steps it trains (the learning-rate "
+                  "schedule runs to the last);"]
+    if changed:
+        lines += ["- the run was resumed with changed settings (summary.json's config_changes), each from the "
+                  "step given:", *changed]
+    return [*lines, ""]
+
+
 # --------------------------------------------------------------------------------------- export
 
 
 def _check_out(out: Path) -> None:
+    if out.is_symlink():  # the export is a folder renamed into place: a link would be replaced, or the rename fail
+        raise VSLMError(f"--out {out} is a symbolic link: give the folder it points to, or a new path")
+    if in_the_way := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+        raise VSLMError(f"--out {out}: {in_the_way} is a file, not a folder")
     if out.exists() and not out.is_dir():
         raise VSLMError(f"--out {out} is a file: export writes a folder, nothing is overwritten")
     if out.exists() and any(out.iterdir()):
@@ -418,8 +451,10 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
         import transformers  # noqa: F401
     except ImportError:
         raise VSLMError("transformers is not installed: pip install 'vslm[hf]'") from None
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise VSLMError(f"checkpoint {checkpoint} not found")
+    if checkpoint is not None and Path(checkpoint).is_file() and Path(checkpoint).resolve().parent not in {
+            (run / CHECKPOINTS).resolve(), (run / SNAPSHOTS).resolve()}:
+        raise VSLMError(f"checkpoint {checkpoint} is not one of {run}'s checkpoints or snapshots: the card would give "
+                        "that run's numbers and config to other weights; export the run it belongs to")
     cfg, model, tok, used = load_run_at(run, checkpoint)  # the newest that reads, without --checkpoint
     kind = family(cfg.model)
     hf = to_transformers(model, tok.eos_id)
@@ -438,7 +473,8 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
         hf.save_pretrained(tmp, safe_serialization=True)
         fast_tokenizer(tok, cfg.model.context).save_pretrained(tmp)
         _pin_tokenizer_class(tmp)
-        card = model_card(run, cfg, model, kind, str(checkpoint) if checkpoint is not None else used.name, step)
+        card = model_card(run, cfg, model, kind, str(checkpoint) if checkpoint is not None else used.name, step,
+                          eos=tok.eos_id is not None)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         (tmp / "vslm_config.toml").write_text(cfg.to_toml(), encoding="utf-8")
         _check_out(out)

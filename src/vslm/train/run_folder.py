@@ -30,7 +30,14 @@ from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import LOCK, LOCK_HOST, read_jsonl, write_text
 from vslm.model import GPT
-from vslm.train.checkpoint import atomic_write, check_fits, list_checkpoints, load_checkpoint, newest_good
+from vslm.train.checkpoint import (
+    atomic_write,
+    check_fits,
+    list_checkpoints,
+    load_checkpoint,
+    newest_good,
+    nonfinite,
+)
 
 CONFIG = "config.toml"
 TOKENIZER = "tokenizer.json"
@@ -252,6 +259,10 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
                          f"{folder / CHECKPOINTS})")
     if checkpoint is not None:
         weights, _ = load_checkpoint(checkpoint, device)
+        if bad := nonfinite(weights):  # what newest_good passes over, asked for by name: refused
+            raise VSLMError(f"checkpoint {checkpoint} holds non-finite values ({len(bad)} tensors, {bad[0]} first): "
+                            "its numbers would be NaN; give another (the run's checkpoints are in "
+                            f"{folder / CHECKPOINTS})")
     else:
         checkpoint, weights, _ = newest_good(_saved(folder), device)
     model = GPT(cfg.model).to(device)
