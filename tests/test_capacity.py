@@ -181,8 +181,13 @@ def test_a_small_model_stores_most_of_a_few_biographies_and_the_sweep_reads_runs
     curve = [m["bits"] for m in metrics if "bits" in m]
     assert len(curve) >= 5 and curve[-1] == pytest.approx(r["bits"], abs=0.2) and curve[-1] > curve[0]
     assert train_capacity(tmp_path / "one", cfg, settings) == r  # finished: read back
-    with pytest.raises(VSLMError, match="other settings"):
+    probed = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"diagnostics_every": 5})})
+    assert train_capacity(tmp_path / "one", probed, settings) == r  # probes it does not read: the same run
+    with pytest.raises(VSLMError, match=r"other settings than this one's \(exposures: 150 there, 100 here"):
         train_capacity(tmp_path / "one", cfg, CapacitySettings(people=12, exposures=100, world_seed=1))
+    logged = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"log_every": 3})})
+    with pytest.raises(VSLMError, match=r"\(logging.log_every: 20 there, 3 here\)"):  # its curve's steps: another run
+        train_capacity(tmp_path / "one", logged, settings)
 
 
 def test_a_run_stopped_before_its_checkpoint_is_trained_again_and_a_foreign_folder_is_kept(tmp_path):

@@ -339,10 +339,10 @@ def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):
     assert f"| validation loss (nats per token) | {rows[5]['val_loss']:.4f} |" in last and "| steps | 5 |" in last
     assert "reproduces it:" in last and "does not give this model" not in last
     # resumed with another schedule: the config is its last, and the card says what the command does not give
-    assert main(["train", "--resume", "--out", str(run), "train.steps=6", "logging.samples=0"]) == 0
+    assert main(["train", "--resume", "--out", str(run), "train.steps=6", "train.keep_last=4"]) == 0
     assert export(run, tmp_path / "hf-resumed") == 0
     resumed = (tmp_path / "hf-resumed" / "README.md").read_text()
-    assert "does not give this model exactly" in resumed and "- at step 5: train.steps 5 -> 6" in resumed
+    assert "does not give this model exactly" in resumed and "- at step 5: train.steps 5 -> 6\n" in resumed
 
 
 def test_the_harness_hf_model_agrees_with_vslm_eval(tmp_path, capsys):

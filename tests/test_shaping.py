@@ -132,11 +132,24 @@ def test_shape_over_training_takes_the_last_checkpoint_and_refuses_in_one_line(r
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     (copy / "snapshots" / "step_00000030.safetensors").unlink()
+    from vslm.train.checkpoint import load_checkpoint, save_checkpoint
+
+    weights, _ = load_checkpoint(copy / "snapshots" / "step_00000016.safetensors")  # a snapshot gone NaN, as a
+    weights["embed.weight"][0, 0] = float("nan")  # diverged run's can: its row is NaN, the others are measured
+    save_checkpoint(copy / "snapshots" / "step_00000016.safetensors", weights)
+    save_checkpoint(copy / "snapshots" / "step_00000031.safetensors", weights)  # the newest too
+    r = shape(copy, "--prompt", "The cat", "--continuation", " Tom ran.", "--over-training", "--json")
+    assert r.returncode == 0, r.stderr
+    nan = [row["js_from_empty"] is None for row in json.loads(r.stdout)["rows"]]
+    assert nan[-3:] == [True, False, True]  # steps 16, 30 and 31
+    (copy / "snapshots" / "step_00000031.safetensors").unlink()
     r = shape(copy, "--prompt", "The cat", "--prompt", "The cat", "--continuation", " Tom ran.", "--over-training",
               "--json", "--plot", tmp_path / "c.png")
     assert r.returncode == 0, r.stderr  # a repeated prompt too
     out = json.loads(r.stdout)
     assert out["steps"][-1] == 30 and (copy / "checkpoints" / "step_00000030.safetensors").is_file()
+    nan = [row["js_from_empty"] is None for row in out["rows"] if row["step"] in (16, 30)]
+    assert nan == [True, True, False, False]  # two prompts a step
     final = json.loads(shape(run, "--prompt", "The cat", "--continuation", " Tom ran.", "--samples", "1",
                              "--tokens", "2", "--json").stdout)
     assert out["rows"][-1]["js_from_empty"] == pytest.approx(final["summary"][1]["js_from_empty"])

@@ -98,8 +98,10 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
     phase): per step and prompt, log p(y | prompt) - log p(y | empty), the mean Jensen-Shannon from
     the empty prompt along y and its decay (first token, half distance, log-log slope); and the
     Jensen-Shannon by token, steps x prompts x tokens. No sampling."""
+    from vslm.data.tokenizer import load_tokenizer
+    from vslm.model import GPT
     from vslm.train.checkpoint import check_fits, list_checkpoints, load_checkpoint
-    from vslm.train.run_folder import CHECKPOINTS, SNAPSHOTS, load_run_at, read_run_config
+    from vslm.train.run_folder import CHECKPOINTS, SNAPSHOTS, TOKENIZER, read_run_config
 
     run = Path(run)
     saved_cfg = read_run_config(run)  # a folder that is no run: said so first
@@ -110,7 +112,9 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
     if len(saved) < 2:
         why = "train.snapshots is false" if not saved_cfg.train.snapshots else "it has saved fewer than two yet"
         raise VSLMError(f"--over-training needs snapshots of {run} at two steps or more, and {why}")
-    cfg, model, tokenizer, _ = load_run_at(run, saved[max(saved)])
+    # the model without weights: each step's are loaded below (a diverged snapshot gives its NaN row)
+    cfg, tokenizer = saved_cfg, load_tokenizer(run / TOKENIZER)
+    model = GPT(cfg.model).eval()
     prompt_ids, target_ids = _encode(cfg, tokenizer, prompts, continuation)
     rows, js_by_step = [], []
     for step in track(sorted(saved), f"measuring {len(saved)} snapshots"):

@@ -42,6 +42,9 @@ from vslm.train.checkpoint import checkpoint_step
 from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS, SUMMARY, load_run_at, read_run_config
 
 FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+# resume changes that leave the weights as they were: what a card's "does not reproduce" leaves out
+NOT_COMPUTED = ("logging.", "name", "description", "train.threads", "train.checkpoint_minutes", "train.keep_last",
+                "train.checkpoint_every", "train.snapshots")
 PARITY_TOLERANCE = 1e-4  # export refuses to write a model whose logits differ more (float32; tests check 1e-5)
 # the architecture fields an import takes from the checkpoint; the rest of [model] (dropout, init) stays the config's
 ARCH_FIELDS = ("vocab_size", "context", "depth", "width", "heads", "kv_heads", "head_dim", "ffn", "mlp", "norm",
@@ -401,9 +404,9 @@ def _reproduction(cfg: RunConfig, summary: dict, step: int | None, init: str, or
     start = (f" from the transformers checkpoint folder it started from (weights SHA-256 {origin.get('sha256')})"
              if init else "")
     changes = summary.get("config_changes") if isinstance(summary.get("config_changes"), list) else []
-    changed = [f"- at step {c.get('step')}: " + "; ".join(f"{k} {v[0]} -> {v[1]}" for k, v in c.items()
-                                                         if k != "step" and isinstance(v, list) and len(v) == 2)
-               for c in changes if isinstance(c, dict)]
+    changed = [f"- at step {c.get('step')}: " + "; ".join(words) for c in changes if isinstance(c, dict) and (
+        words := [f"{k} {v[0]} -> {v[1]}" for k, v in c.items() if k != "step" and isinstance(v, list)
+                  and len(v) == 2 and not k.startswith(NOT_COMPUTED)])]
     earlier = step is not None and step < cfg.train.steps
     if not changed and not earlier:
         return [f"The run folder's resolved config (below, also in `vslm_config.toml`) reproduces it{start}:", ""]

@@ -449,11 +449,11 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
         train = {"val_loss": done["last"].get("val_loss"), "params": done["params"]}
     else:  # the text encoded here, so that a folder trained with another tokenizer is refused
         from vslm.data.shards import prepare_corpus
-        from vslm.knowledge.reader import reader_tokenizer
+        from vslm.knowledge.reader import RECORDS, reader_tokenizer
 
         cfg = arm_config(spec, arm, world, seed, extra)
         corpus = prepare_corpus(cfg.data, tokenizer=reader_tokenizer() if spec.tokens == "words" else None)
-        train = train_or_reuse(cfg, folder, corpus)
+        train = train_or_reuse(cfg, folder, corpus, RECORDS)
     result: dict = {}
     if arm.evaluate:
         asked = {"per_group": spec.per_group, "seed": seed, "adapter_steps": arm.adapters,

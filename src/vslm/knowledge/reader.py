@@ -75,6 +75,9 @@ from vslm.train.run_folder import (
 from vslm.train.trainer import Trainer, default_callbacks
 
 RESULT = "reader.json"
+# the logging settings a reader's, a capacity run's or a knowledge arm's results depend on (they read their own
+# result files, not the probes): the steps whose losses are logged; a rerun that only probes otherwise reuses it
+RECORDS = ("log_every",)
 STARTED = "reader-settings.json"  # the settings a resumed reader must have (written when it starts)
 EXAMPLES = "reader-examples.txt"  # the corpus the trainer's validation loss reads: examples of the last stage
 N_EXAMPLES_FILE = 2000
@@ -321,9 +324,13 @@ def check_same_run(out: Path, cfg: RunConfig, settings: dict, saved_settings: di
     """Refuse a folder whose run of its own data (a reader, a capacity run: finished, or to be resumed) has
     other settings or another config than these, up to data.source, the data file the folder holds (a
     moved folder is still the same run); `kind` names the run in the one-line error."""
-    from vslm.lab.runner import same_settings
+    from vslm.lab.runner import settings_differ
 
     run_cfg = read_run_config(out)
     asked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": run_cfg.data.source})})
-    if saved_settings != settings or not same_settings(asked, run_cfg):
-        raise VSLMError(f"{out} holds {kind} of other settings than this one's; move it away")
+    differ = [f"{k}: {old} there, {new} here" for k in sorted(settings.keys() | (saved_settings or {}).keys())
+              if (old := (saved_settings or {}).get(k, "-")) != (new := settings.get(k, "-"))]
+    differ += settings_differ(run_cfg, asked, RECORDS)
+    if differ or saved_settings != settings:
+        raise VSLMError(f"{out} holds {kind} of other settings than this one's "
+                        f"({'; '.join(differ) or 'its settings file'}); move it away")

@@ -887,6 +887,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             f"tests at alpha {level:.3g}{': resolved' if met else ''}")
         if met:
             break
+    if done < looks[-1]:  # it stopped at an early look: fewer seeds, maybe, than the results already there
+        check_results_kept(out, done, stopped=True)
     runs = [r for rows in by_variant.values() for r in rows]
     for variant, sweep in sweeps.items():
         summary[variant]["chosen"] = sweep["chosen"]
@@ -939,8 +941,6 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                    summary_rows(lengths["compared"][f"x{m}"]["summary"])) for m in lengths["multiples"][1:]]
         lengths["tables"] = [{"title": t, "columns": list(c), "rows": [list(r) for r in table_rows]}
                              for t, c, table_rows in shown]  # as shown: results.md, report.html
-    if done < looks[-1]:  # it stopped at an early look: fewer seeds, maybe, than the results already there
-        check_results_kept(out, done, stopped=True)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", dumps(report, indent=2) + "\n")
     tables = [(COLUMNS, rows)]

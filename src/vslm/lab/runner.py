@@ -7,11 +7,12 @@ one asked for; anything else in the folder is an error (never mix runs of differ
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from vslm.config import RunConfig
+from vslm.config import LoggingConfig, RunConfig
 from vslm.data.shards import Corpus, tokenizer_hash
 from vslm.data.tokenizer import load_tokenizer
 from vslm.errors import ConfigError, VSLMError
@@ -71,36 +72,37 @@ EXECUTION_ONLY = {"threads": 0, "checkpoint_minutes": 0.0, "keep_last": 1}
 SHOWN_ONLY = {"tensorboard": False, "trackers": [], "progress": False, "samples": 0, "sample_tokens": 1}
 
 
-def _compared(c: RunConfig) -> RunConfig:
-    return c.model_copy(update={"train": c.train.model_copy(update=EXECUTION_ONLY),
-                                "logging": c.logging.model_copy(update=SHOWN_ONLY)})
+def _compared(c: RunConfig, records: Sequence[str] | None) -> RunConfig:
+    logging = c.logging.model_copy(update=SHOWN_ONLY) if records is None else \
+        LoggingConfig(**{f: getattr(c.logging, f) for f in records})
+    return c.model_copy(update={"train": c.train.model_copy(update=EXECUTION_ONLY), "logging": logging})
 
 
-def same_settings(cfg: RunConfig, saved: RunConfig) -> bool:
+def same_settings(cfg: RunConfig, saved: RunConfig, records: Sequence[str] | None = None) -> bool:
     """Whether cfg asks for the run saved holds: the same model, data, train and logging sections, up to the
     vocabulary (the saved config has it from the tokenizer), the EXECUTION_ONLY fields and the SHOWN_ONLY
-    ones."""
-    cfg = cfg.with_vocab_size(saved.model.vocab_size)
-    return _compared(cfg).fingerprint("model", "data", "train", "logging") == \
-        _compared(saved).fingerprint("model", "data", "train", "logging")
+    ones. records: the logging fields that count, where the caller reads none of the probes (a capacity
+    run, a reader: their own result files; log_every, say); None: every one but SHOWN_ONLY."""
+    return not settings_differ(saved, cfg, records)
 
 
-def settings_differ(saved: RunConfig, cfg: RunConfig) -> list[str]:
-    """What same_settings found different, in words: "field: old there, new here"."""
+def settings_differ(saved: RunConfig, cfg: RunConfig, records: Sequence[str] | None = None) -> list[str]:
+    """What same_settings compares and finds different, in words: "field: old there, new here"."""
     return [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in
-            config_changes(_compared(saved), _compared(cfg.with_vocab_size(saved.model.vocab_size))).items()
+            config_changes(_compared(saved, records),
+                           _compared(cfg.with_vocab_size(saved.model.vocab_size), records)).items()
             if k.startswith(("model.", "data.", "train.", "logging."))]
 
 
-def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None) -> dict:
+def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None,
+                   records: Sequence[str] | None = None) -> dict:
     """One run's final numbers: read back if the folder holds it finished, else trained (or resumed) to the end.
     corpus: the run's text already encoded (by a tokenizer the config cannot name), else the config's;
     given, a folder holding a run of another tokenizer is refused too (the config names the tokenizer's
-    kind only)."""
+    kind only). records: same_settings'."""
     if (folder / CONFIG).exists():
         saved = read_run_config(folder)
-        if not same_settings(cfg, saved):
-            differ = settings_differ(saved, cfg)
+        if differ := settings_differ(saved, cfg, records):
             hint = f" ({OLD_NO_LIMIT})" if cfg.data.max_bytes is None and data_limit_left_out(folder) else ""
             raise VSLMError(f"{folder} holds a run with other settings than this experiment's ({'; '.join(differ)}); "
                             f"move it away{hint}")

@@ -59,11 +59,16 @@ def render(runs: list[RunFiles]) -> str:
               if np.isfinite(run.probe_values("icl_score")).any()]
     if scored:
         # the score's definition: Olsson's (context 512 or more), or a short context's bands or tokens, at T
-        kinds = {label: (figures.icl_label(run), run.config.get("model", {}).get("context")) for run, label in scored}
+        # (Olsson's score reads tokens 50 and 500 at any T of 512 or more: its T does not matter)
+        kinds = {}
+        for run, label in scored:
+            kind = figures.icl_label(run) or "olsson"
+            kinds[label] = (kind, None if kind == "olsson" else run.config.get("model", {}).get("context"))
         differ = len(set(kinds.values())) > 1
-        shown = [f"{label} (T={t}, {kind or 'olsson'})" if differ else label for label, (kind, t) in kinds.items()]
+        shown = [f"{label} ({kind}{'' if t is None else f', T={t}'})" if differ else label
+                 for label, (kind, t) in kinds.items()]
         named = dict(zip(kinds, shown, strict=True))
-        definitions = sorted({figures.icl_name(kind) for kind, _ in kinds.values()})
+        definitions = sorted({figures.icl_name("" if kind == "olsson" else kind) for kind, _ in kinds.values()})
         caption = ("; ".join(definitions) + " (T: the context). Lower means more use of context. Compare when and "
                    "how far each run's score drops.")
         if differ:

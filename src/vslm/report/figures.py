@@ -524,8 +524,9 @@ def shape_figure(tokens: list[str], labels: list[str], metrics: dict[str, np.nda
     x = np.arange(n)
     for k, label in enumerate(labels):
         color = f"C{k}"
+        label = repr(label) if k else "(empty)"  # a prompt "empty" is not the empty prompt
         if k:
-            left.plot(x, metrics["kl"][k, 0], "o-", markersize=3, color=color, label=f"KL({label} || empty)")
+            left.plot(x, metrics["kl"][k, 0], "o-", markersize=3, color=color, label=f"KL({label} || (empty))")
             left.plot(x, metrics["pmi"][k], "--", color=color, alpha=0.7, label=f"PMI {label}")
         right.plot(x, metrics["entropy"][k], "o-", markersize=3, color=color, label=label)
     left.axhline(0, color="grey", linewidth=0.8)
