@@ -204,6 +204,17 @@ def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
     (tmp_path / "broken" / "fit.json").write_text(json.dumps(broken))
     with pytest.raises(VSLMError, match=r"is not the fit.json of `vslm scaling SPEC --out DIR`: fit.beta is missing"):
         plan_from_fit(0.002, tmp_path / "broken")
+    for name, edit, message in (  # what no plan can be made by: refused before the minutes of measuring
+            ("nan", lambda f: f["fit"].update(E=float("nan")), "fit.E is missing or not a finite number"),
+            ("flat", lambda f: f["fit"].update(alpha=-0.02), "alpha -0.02 or beta 0.35 is not positive"),
+            ("gone", lambda f: [r.update(left_out="diverged") for r in f["runs"]], "every one of its runs is left out"),
+            ("words", lambda f: f["bootstrap"][0].__setitem__(1, "x"), "bootstrap is not a list of")):
+        damaged = json.loads((tmp_path / "fit.json").read_text())
+        edit(damaged)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fit.json").write_text(json.dumps(damaged))
+        with pytest.raises(VSLMError, match=message):
+            plan_from_fit(0.002, tmp_path / name)
     gqa = json.loads((tmp_path / "fit.json").read_text())
     gqa["base_config"]["model"]["kv_heads"] = 1  # a study the ladder's uniform shapes cannot carry: named
     (tmp_path / "gqa").mkdir()

@@ -62,20 +62,28 @@ def read_fit(path: Path) -> dict:
 def _missing(result: dict) -> str | None:
     """What a fit.json lacks of what the plan reads (an edited or truncated one), None if nothing."""
     fit, base = result["fit"], result.get("base_config")
-    number = (int, float)
-    if not isinstance(fit, dict) or (gone := [k for k in ("E", "A", "alpha", "B", "beta")
-                                              if not isinstance(fit.get(k), number)]):
-        return f"fit.{gone[0] if isinstance(fit, dict) else 'E'} is missing or not a number"
+
+    def number(x) -> bool:  # a finite int or float (JSON's true is not one)
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not isinstance(fit, dict) or (gone := [k for k in ("E", "A", "alpha", "B", "beta") if not number(fit.get(k))]):
+        return f"fit.{gone[0] if isinstance(fit, dict) else 'E'} is missing or not a finite number"
+    if fit["alpha"] <= 0 or fit["beta"] <= 0:
+        return (f"its law's alpha {fit['alpha']:.3g} or beta {fit['beta']:.3g} is not positive: the loss does not "
+                "fall with size or data over the study's grid, so no size is better by it (widen or rerun the study)")
     if not isinstance(base, dict) or not all(isinstance(base.get(k), dict) for k in ("model", "data", "train")):
         return "base_config (with model, data and train) is missing"
     runs = result.get("runs")
     if not isinstance(runs, list) or not runs or not all(
-            isinstance(r, dict) and isinstance(r.get("params"), number) and isinstance(r.get("tokens"), number)
-            and "left_out" in r for r in runs):
+            isinstance(r, dict) and number(r.get("params")) and number(r.get("tokens")) and "left_out" in r
+            for r in runs):
         return "runs (each with params, tokens and left_out) is missing or incomplete"
+    if all(r["left_out"] is not None for r in runs):
+        return "every one of its runs is left out, so no run was fitted"
     boots = result.get("bootstrap", [])
-    if not isinstance(boots, list) or not all(isinstance(row, list) and len(row) == 5 for row in boots):
-        return "bootstrap is not a list of (E, A, alpha, B, beta) rows"
+    if not isinstance(boots, list) or not all(
+            isinstance(row, list) and len(row) == 5 and all(v is None or number(v) for v in row) for row in boots):
+        return "bootstrap is not a list of (E, A, alpha, B, beta) rows of numbers"
     return None
 
 
@@ -149,6 +157,7 @@ def plan_from_fit(hours: float, fit_path: Path, overrides: Sequence[str] = (), s
     plan["within_fit"] = (min(r["params"] for r in used) <= n <= max(r["params"] for r in used)
                           and min(r["tokens"] for r in used) <= d <= max(r["tokens"] for r in used))
     plan["fit_path"] = str(fit_path)
+    plan["fit_warnings"] = [w for w in result.get("warnings", []) if isinstance(w, str)]
     study_train = result["base_config"]["train"]  # the study's lr and schedule, not the plan's lr by width
     schedule = {k: study_train[k] for k in SCHEDULE if study_train.get(k) is not None}
     if "warmup" in schedule:  # before the steps' end, and before a wsd schedule's decay
@@ -204,6 +213,9 @@ def print_law_plan(plan: dict, out: Path, console: Console) -> None:
         "(the machine's real cost, not 6 N D). The interval of the loss is over the bootstrap's laws at this (N, D).",
         "Inside the fitted grid of sizes and budgets." if plan["within_fit"] else
         "Outside the fitted grid of sizes or budgets: the law is extrapolated.",
+        "The sizes are the plan's ladder of shapes (depth about width / 64, heads of 32 dimensions), not the "
+        "study's rule: the law is read by parameters and tokens only.",
+        *(f"The study's fit warned: {w}" for w in plan.get("fit_warnings", [])),
     ]
     for note in notes:
         console.print(f"  - {note}", highlight=False)

@@ -257,8 +257,10 @@ def study(runs: list[ScalingRun], results: list[dict], bootstrap: int = 200, sta
         r["fitted_loss"] = float(law.loss(r["params"], r["tokens"]))
         r["residual"] = float(residual)
     largest = max(r["flops_6nd"] for r in used)
-    n_opt, d_opt = law.optimal(largest)
-    out["fit"] = {**law.as_dict(), "a": law.a, "b": law.b, "objective": fit.objective, "starts": fit.starts,
+    falls = law.alpha > 0 and law.beta > 0  # else no compute-optimal point: _warnings says why
+    n_opt, d_opt = law.optimal(largest) if falls else (math.nan, math.nan)
+    out["fit"] = {**law.as_dict(), "a": law.a if falls else math.nan, "b": law.b if falls else math.nan,
+                  "objective": fit.objective, "starts": fit.starts,
                   "converged_starts": fit.converged_starts, "bootstrap": len(fit.bootstrap),
                   "intervals": fit.intervals(),
                   "rms_residual": float(math.sqrt(sum(x * x for x in fit.residuals) / len(fit.residuals))),

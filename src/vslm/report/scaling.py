@@ -28,6 +28,12 @@ def _law(fit: dict):
     return loss
 
 
+def _has_optimum(fit: dict) -> bool:
+    """Whether the law falls with size and data (alpha, beta > 0), so that a compute-optimal point exists;
+    the study writes a and b as null where not."""
+    return fit.get("a") is not None and not math.isnan(fit["a"])
+
+
 def _optimal(fit: dict, flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     g = (fit["alpha"] * fit["A"] / (fit["beta"] * fit["B"])) ** (1 / (fit["alpha"] + fit["beta"]))
     c6 = flops / 6
@@ -90,11 +96,12 @@ def isoflop(runs: list[dict], fit: dict) -> Figure:
     sizes = _sizes(runs)
     n = np.geomspace(sizes[0] / 4, sizes[-1] * 4, 200)
     law = _law(fit)
-    n_opt, d_opt = _optimal(fit, flops)
+    n_opt, d_opt = _optimal(fit, flops) if _has_optimum(fit) else (None, None)
     for i, c in enumerate(flops):
         color = f"C{i % 10}"
         ax.plot(n, law(n, c / (6 * n)), color=color, linewidth=1.2, label=f"C = {c:.2g} FLOPs")
-        ax.plot([n_opt[i]], [law(n_opt[i], d_opt[i])], "*", color=color, markersize=12, markeredgecolor="k")
+        if n_opt is not None:
+            ax.plot([n_opt[i]], [law(n_opt[i], d_opt[i])], "*", color=color, markersize=12, markeredgecolor="k")
     scatter = ax.scatter([r["params"] for r in used], [r["val_loss"] for r in used],
                          c=np.log10([r["flops_6nd"] for r in used]), cmap="viridis", edgecolors="k", zorder=3)
     fig.colorbar(scatter, ax=ax, label="log10 C of the run (6 N D)")
@@ -140,7 +147,7 @@ def envelope_figure(folder: Path, runs: list[dict], approach1: dict, fit: dict |
     if approach1["flops"]:
         ax.plot(approach1["flops"], approach1["loss"], "k.", label="envelope")
         ax2.plot(approach1["flops"], approach1["params"], "ko", label="N_opt (approach 1)")
-    if fit:
+    if fit and _has_optimum(fit):
         c = np.geomspace(min(r["flops_6nd"] for r in runs) / 10, max(r["flops_6nd"] for r in runs), 50)
         ax2.plot(c, _optimal(fit, c)[0], "--", color="C3", label=f"N_opt (approach 3), a = {fit['a']:.2f}")
     for a in (ax, ax2):
@@ -157,6 +164,8 @@ def envelope_figure(folder: Path, runs: list[dict], approach1: dict, fit: dict |
 
 def _interval(fit: dict, key: str, digits: int = 3) -> str:
     lo_hi = fit.get("intervals", {}).get(key)
+    if fit.get(key) is None or math.isnan(fit[key]):
+        return "-"
     value = f"{fit[key]:.{digits}g}"
     if not lo_hi or any(v is None for v in lo_hi):
         return value
@@ -182,9 +191,12 @@ def render(folder: Path, result: dict) -> str:
                 f"(Chinchilla's approach 3: Huber loss, delta {result['huber_delta']:g}, on log L; L-BFGS from "
                 f"{fit['starts']:,} starting points, {fit['converged_starts']:,} converged); intervals are 2.5 and "
                 f"97.5 percentiles over {fit['bootstrap']} bootstrap refits over runs. RMS residual in log L: "
-                f"{fit['rms_residual']:.4f}. At the largest run's compute C = {at['flops']:.3g} FLOPs (6 N D) the "
-                f"law's optimum is N = {at['n_opt']:,.0f}, D = {at['d_opt']:,.0f} "
-                f"({at['tokens_per_param']:.1f} tokens per parameter). Chinchilla's numbers come from models of "
+                f"{fit['rms_residual']:.4f}. "
+                + (f"At the largest run's compute C = {at['flops']:.3g} FLOPs (6 N D) the law's optimum is "
+                   f"N = {at['n_opt']:,.0f}, D = {at['d_opt']:,.0f} ({at['tokens_per_param']:.1f} tokens per "
+                   "parameter). " if _has_optimum(fit) else
+                   "The law has no compute-optimal point: its loss does not fall with both size and data. ")
+                + "Chinchilla's numbers come from models of "
                 "70M to 16B parameters on MassiveText: "
                 "a different corpus, tokenizer and scale; what compares is the exponents and the ratio, not E, A, B "
                 "(their units depend on the tokenizer).</p>")
