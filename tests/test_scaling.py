@@ -167,6 +167,17 @@ def test_a_reduced_study_runs_end_to_end_leaves_out_a_diverged_run_and_reuses(tm
     assert sum(r["reused"] for r in again["runs"]) == 5
     assert "warning: 6 runs for the law's 5 parameters" in printed.getvalue()  # the fit's doubts, said
 
+    def worse_when_larger(cfg, folder):  # the same runs read back, their losses rising with size: alpha < 0
+        result = real(cfg, folder)
+        return result | {"val_loss": 2.0 + 0.05 * math.log(result["params"]) + 2.0 / cfg.train.steps}
+
+    monkeypatch.setattr(runner, "train_or_reuse", worse_when_larger)
+    flat = run_scaling(str(spec_path), out, starts=40)  # its fit.json and report, not a traceback
+    saved = json.loads((out / "fit.json").read_text())
+    assert saved["fit"]["alpha"] < 0 and saved["fit"]["a"] is None and saved["fit"]["at_largest_run"]["n_opt"] is None
+    assert any("is not positive" in w for w in flat["warnings"])
+    assert "The law has no compute-optimal point" in (out / "report.html").read_text()
+
 
 def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
     fit = CostFit(overhead=1e-6, per_flop=1e-10)
