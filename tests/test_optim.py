@@ -1,6 +1,7 @@
 """Optimizers: tangent descent's geometry, Muon's orthogonalisation, each lowers the loss, exact resume."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -238,3 +239,47 @@ def test_conditional_project_picks_rows_then_the_matrix_then_nothing():
     p = conditional_project(w, whole_g, u, delta=0.1)  # orthogonal to the matrix, not to each row
     assert abs((p * w).sum().item()) < 1e-7 and (p * w).sum(dim=1).abs().max() > 1e-3
     assert conditional_project(w, w + 0.1 * u, u, delta=0.1) is None  # along w: not scale-invariant
+
+
+def test_retracted_tangent_descent_leaves_loras_and_width_projections_to_adamw():
+    """A row that starts at zero (LoRA's B, the extra rows of a projection to a wider block) stays at zero
+    when every step retracts it to its norm: those matrices take AdamW, and learn."""
+    import torch.nn.functional as F
+
+    from vslm.model import GPT
+    from vslm.train.optim import build_optimizer
+
+    cfg = load_config("tiny", ["train.optimizer=tangent", "model.depth=3", "model.order=[0,0,1]",
+                               "model.recursion_lora_rank=2", "model.blocks=[{width=32},{width=48,heads=3}]",
+                               "model.tie_embeddings=false"]).with_vocab_size(40)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    named = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    optimizers = build_optimizer(model, cfg.train, fused=False)
+    tangent = {id(p) for group in optimizers.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(named[n]) in tangent for n in named if n.startswith(("lora.", "resize.")))
+    assert id(named["blocks.0.attn.qkv.weight"]) in tangent  # the blocks' matrices stay on their spheres
+    for _ in range(3):
+        x = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(1))
+        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        optimizers.zero_grad()
+        loss.backward()
+        optimizers.step()
+    lora_b = [n for n in named if n.startswith("lora.") and ".b." in n]
+    assert lora_b and all(named[n].abs().max() > 0 for n in lora_b)  # zero at the start
+    grown = named["resize.2.weight"][32:]  # the rows a 32-wide stream does not fill
+    assert before["resize.2.weight"][32:].abs().max() == 0 and grown.abs().max() > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.hidden_lr_scale=0.5"], "hidden_lr_scale scales the hidden matrices' lr under optimizer = muon or tangent"),
+    (["train.momentum=0.9"], "momentum is Muon's"),
+    (["train.optimizer=muon", "train.tangent_retract=false"], "tangent_update and tangent_retract apply to"),
+    (["model.window=64"], "window 64 is longer than the context 32"),
+    (["model.blocks=[{window=40}, {}]"], "blocks[0].window 40 is longer than the context 32")])
+def test_a_setting_the_run_would_not_use_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("tiny", overrides)
+    assert load_config("tiny", ["train.optimizer=muon", "train.hidden_lr_scale=0.5", "train.momentum=0.9"])
+    assert load_config("tiny", ["model.window=32"]).model.block_specs()[0].window is None  # the context: full

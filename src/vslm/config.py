@@ -184,6 +184,11 @@ class ModelConfig(_Section):
         n_blocks = max(order) + 1
         if self.blocks and len(self.blocks) != n_blocks:
             raise ValueError(f"blocks lists {len(self.blocks)} of {n_blocks} unique blocks: give one record per block")
+        asked = [("window", self.window), *((f"blocks[{i}].window", b.window) for i, b in enumerate(self.blocks))]
+        if new and (wide := next(((k, w) for k, w in asked if w is not None and w > self.context), None)):
+            # within the context it would be full attention; past it (eval_lengths), full too, not this window
+            raise ValueError(f"{wide[0]} {wide[1]} is longer than the context {self.context}: a window of the context "
+                             "or more is full attention, so give at most the context (or leave it out)")
         specs = self.block_specs()
         uniform = not self.blocks and self.schedule.widths == "uniform" and self.schedule.layer_scaling == "uniform"
         for i, spec in enumerate(specs):
@@ -495,7 +500,21 @@ class TrainConfig(_Section):
     snapshots: bool = Field(True, description="keep weights at steps 0, 1, 2, 4, 8, ...")
 
     @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
+    def _check(self, info: ValidationInfo) -> TrainConfig:
+        if not (_flag(info, "saved") or _flag(info, "shared")):  # as ModelConfig._check_idle: refused, not ignored
+            def changed(name: str) -> bool:
+                return getattr(self, name) != type(self).model_fields[name].default
+
+            idle = [(changed("hidden_lr_scale") and self.optimizer == "adamw",
+                     "hidden_lr_scale scales the hidden matrices' lr under optimizer = muon or tangent, and adamw "
+                     "takes train.lr everywhere"),
+                    (changed("momentum") and not (self.optimizer == "muon" or (
+                        self.optimizer == "tangent" and self.tangent_update == "muon")),
+                     "momentum is Muon's (optimizer = muon, or tangent with tangent_update = muon)"),
+                    ((changed("tangent_update") or changed("tangent_retract")) and self.optimizer != "tangent",
+                     "tangent_update and tangent_retract apply to optimizer = tangent")]
+            if found := next((why for is_idle, why in idle if is_idle), None):
+                raise ValueError(f"{found} (a setting that changes nothing is refused, not ignored)")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
         if self.schedule == "wsd" and self.warmup > self.steps - round(self.decay_fraction * self.steps):

@@ -8,7 +8,8 @@ AdamW (RESEARCH.md section 6):
   tangent  hyperspherical tangent descent on hidden matrices, per output row: the update u (the raw
            gradient, Adam's or Muon's) is projected onto the tangent space of the row's sphere,
            u_perp = u - (<w, u> / <w, w>) w, applied, and the row retracted to its norm before the
-           step (without retraction this is OrthoGrad). No weight decay on projected matrices.
+           step (without retraction this is OrthoGrad). No weight decay on projected matrices. With
+           retraction, LoRA and the width projections (OFF_SPHERE: rows that start at zero) take AdamW.
            With tangent_when = "scale-invariant" it is AdamP (Heo et al. 2021): the projection only
            where every row's |cos(w, g)| < delta / sqrt(columns) (per row), else where the whole
            matrix's is below delta / sqrt(elements) (one sphere), and weight decay everywhere, at
@@ -33,8 +34,17 @@ from vslm.model import GPT
 MUON_NS = (3.4445, -4.7750, 2.0315)
 
 
-def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
-    return p.dim() == 2 and not name.startswith(("embed.", "pos.", "head.", "root"))
+# the adapters and width projections: LoRA (its B starts at zero, so its A gets no gradient until B moves) and the
+# resize, inject and unembed projections (partial identities, whose extra rows start at zero). Retracted tangent
+# descent keeps each row at its starting norm, so a zero row would stay zero: these take AdamW there.
+OFF_SPHERE = ("lora.", "resize.", "inject.", "unembed.")
+
+
+def is_hidden_matrix(name: str, p: torch.Tensor, retracted: bool = False) -> bool:
+    """A matrix `train.optimizer` updates (the rest take AdamW); `retracted`: under tangent descent that keeps
+    each row's norm, which leaves out OFF_SPHERE."""
+    return p.dim() == 2 and not name.startswith(("embed.", "pos.", "head.", "root")) and not (
+        retracted and name.startswith(OFF_SPHERE))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimizers:
@@ -50,8 +60,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool) -> Optimize
         groups = [{"params": [p for _, p in named if decays(p)], "weight_decay": cfg.weight_decay},
                   {"params": [p for _, p in named if not decays(p)], "weight_decay": 0.0}]
         return Optimizers([torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)], after)
-    hidden = [p for n, p in named if is_hidden_matrix(n, p)]
-    rest = [p for n, p in named if not is_hidden_matrix(n, p)]  # embeddings, head, gains, biases, scales
+    retracted = cfg.optimizer == "tangent" and cfg.tangent_retract
+    hidden = [p for n, p in named if is_hidden_matrix(n, p, retracted)]
+    rest = [p for n, p in named if not is_hidden_matrix(n, p, retracted)]  # embeddings, head, gains, biases, scales
     adamw = torch.optim.AdamW([{"params": [p for p in rest if decays(p)], "weight_decay": cfg.weight_decay},
                                {"params": [p for p in rest if not decays(p)], "weight_decay": 0.0}],
                               lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
