@@ -448,3 +448,48 @@ def test_answer_only_on_one_text_is_refused_as_doc_aligned_is(tmp_path):
                        r"drop data.answer_only$"):
         Trainer(cfg, tmp_path / "r").fit()
     assert not (tmp_path / "r").exists()
+
+
+class StepCounter(Callback):
+    """A user's stateful callback: the steps it has seen, kept across a resume."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def on_step_end(self, trainer, metrics):
+        self.seen += 1
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state.get("seen", 0)
+
+
+def test_a_users_callback_state_is_saved_at_its_step_and_found_when_the_callbacks_change(tmp_path):
+    cfg = load_config("tiny", tiny_overrides(train__steps=3, train__checkpoint_every=3))
+    counter = StepCounter()
+    Trainer(cfg, tmp_path / "r", callbacks=[*default_callbacks(cfg), counter]).fit()
+    _, state = load_checkpoint(tmp_path / "r" / "checkpoints" / "step_00000003.safetensors")
+    assert state["callbacks"]["StepCounter:0"] == {"seen": 3}  # the checkpoint's own step, not the one before
+    # resumed with weight diagnostics on (a callback placed first): the counter's state is still found
+    more = load_config("tiny", tiny_overrides(train__steps=6, train__checkpoint_every=3, logging__diagnostics_every=2))
+    again = StepCounter()
+    Trainer(more, tmp_path / "r", resume=True, callbacks=[*default_callbacks(more), again]).fit()
+    assert again.seen == 6
+
+
+def test_a_resume_takes_only_the_runs_own_checkpoints(tmp_path):
+    words = tiny_overrides(train__steps=4, train__checkpoint_every=2, train__keep_last=3)
+    Trainer(load_config("tiny", words), tmp_path / "a").fit()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    other = tmp_path / "a" / "checkpoints" / "step_00000002.safetensors"  # the same shapes, another run's
+    r = run_cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", other)
+    assert r.returncode == 1 and "is not one of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    own = tmp_path / "b" / "checkpoints"
+    r = run_cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", own / "step_00000002.safetensors")
+    assert r.returncode == 0, r.stderr  # its own: the newer one set aside
+    aside = own / "step_00000004.safetensors.superseded"
+    assert aside.is_file()
+    r = run_cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", aside, "train.steps=5")
+    assert r.returncode == 1 and "not set aside as .superseded" in r.stderr

@@ -1292,6 +1292,10 @@ def _main(argv: list[str] | None) -> int:
     except OSError as e:
         import errno
 
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and e.filename:  # a folder the command cannot write
+            print(f"vslm: error: cannot write {e.filename}: {e.strerror}; give a folder you can write to (--out)",
+                  file=sys.stderr)
+            return 1
         if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise
         where = f" in {Path(e.filename).parent}" if e.filename else ""

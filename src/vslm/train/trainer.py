@@ -83,6 +83,7 @@ from vslm.train.run_folder import (
     CONFIG,
     METRICS,
     OLD_NO_LIMIT,
+    SNAPSHOTS,
     SUMMARY,
     TOKENIZER,
     RunLock,
@@ -531,8 +532,26 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.batches.state_dict(),
             "rng": rng,
-            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "callbacks": {key: cb.state_dict() for key, cb in zip(self._callback_keys(), self.callbacks, strict=True)},
         }
+
+    @property
+    def step_end_order(self) -> list[Callback]:
+        """The callbacks in their order, but the Checkpointer last: its checkpoint holds every callback's state
+        of the step it saves (a user's callback appended to default_callbacks included)."""
+        return sorted(self.callbacks, key=lambda cb: isinstance(cb, Checkpointer))
+
+    def _callback_keys(self) -> list[str]:
+        """Each callback's key in a checkpoint: its class and its place among callbacks of that class
+        ("ProbeCallback:0"), so that a resume adding or dropping another callback (diagnostics, snapshots)
+        still finds each one's state."""
+        seen: dict[str, int] = {}
+        keys = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            keys.append(f"{name}:{seen.get(name, 0)}")
+            seen[name] = seen.get(name, 0) + 1
+        return keys
 
     def load_state_dict(self, weights: dict[str, torch.Tensor], state: dict) -> None:
         self.model.load_state_dict(weights)
@@ -544,8 +563,10 @@ class Trainer:
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
         self._load_rng(state["rng"])
-        for i, cb in enumerate(self.callbacks):
-            cb.load_state_dict(state["callbacks"].get(f"{i}:{type(cb).__name__}", {}))
+        saved = state["callbacks"]
+        for i, (key, cb) in enumerate(zip(self._callback_keys(), self.callbacks, strict=True)):
+            # checkpoints before 2026-12-07 keyed it by position in the list: "3:ProbeCallback"
+            cb.load_state_dict(saved.get(key, saved.get(f"{i}:{type(cb).__name__}", {})))
 
     def _rng_of_this_rank(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
@@ -731,6 +752,12 @@ class Trainer:
         # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model's device
         if self.resume_from is not None:
             path = self.resume_from
+            own = {q.resolve() for _, q in list_checkpoints(self.run_dir / CHECKPOINTS)}
+            snapshot = Path(path).resolve().parent == (self.run_dir / SNAPSHOTS).resolve()  # said below: no state
+            if not snapshot and Path(path).resolve() not in own:
+                raise VSLMError(f"--checkpoint {path} is not one of {self.run_dir}'s checkpoints (in "
+                                f"{self.run_dir / CHECKPOINTS}, not set aside as .superseded or .corrupt): a run "
+                                "resumes from its own, or it would go on from another's weights, optimizer and data")
             weights, state = load_checkpoint(path, "cpu")
         else:
             paths = [p for _, p in list_checkpoints(self.run_dir / CHECKPOINTS)]
@@ -836,7 +863,7 @@ class Trainer:
                 metrics.update(self.evaluate())
             if ckpt_due and self.dist.enabled:
                 self.rank_rng = self.dist.gather(self._rng_of_this_rank())
-            for cb in self.callbacks:
+            for cb in self.step_end_order:  # the checkpoint last: it saves every callback's state of this step
                 cb.on_step_end(self, metrics)
             if ckpt_due:
                 self.last_checkpoint_time = time.monotonic()
