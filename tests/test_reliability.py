@@ -128,7 +128,12 @@ def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsy
 
     before = files_in(wide)
     err = err_of("train", "--resume", "--out", wide, "--checkpoint", other, "train.steps=4")
-    assert str(other) in err and re.search(r"embed.weight is \[\d+, 32\] there, \[\d+, 64\] in the model", err)
+    assert str(other) in err and "is not one of" in err  # another run's: refused before its shapes are read
+    inside = wide / "checkpoints" / "step_00000003.safetensors"  # the same file among the run's own
+    shutil.copy(other, inside)
+    err = err_of("train", "--resume", "--out", wide, "--checkpoint", inside, "train.steps=4")
+    assert str(inside) in err and re.search(r"embed.weight is \[\d+, 32\] there, \[\d+, 64\] in the model", err)
+    inside.unlink()
     assert "does not fit the model" in err_of("sample", wide, "--checkpoint", other, "--tokens", "5")
     snapshot = wide / "snapshots" / "step_00000001.safetensors"
     assert "weights only" in err_of("train", "--resume", "--out", wide, "--checkpoint", snapshot, "train.steps=4")
@@ -226,21 +231,24 @@ import os, signal, sys
 from vslm.config import load_config
 from vslm.train.trainer import Trainer
 
-point, target = sys.argv[2], "step_00000016"
+point = sys.argv[2]
 real_replace, real_fsync = os.replace, os.fsync
+
+def hit(path):  # the step-16 checkpoint's write (its temporary file or its name), not the snapshot's before it
+    return "step_00000016" in path and "/checkpoints/" in path
 
 def kill():
     os.kill(os.getpid(), signal.SIGKILL)
 
 def replace(src, dst):
-    if target in str(dst) and point == "before_rename":
+    if hit(str(dst)) and point == "before_rename":
         kill()
     real_replace(src, dst)
-    if target in str(dst) and point == "after_rename":  # renamed, the folder not yet fsynced
+    if hit(str(dst)) and point == "after_rename":  # renamed, the folder not yet fsynced
         kill()
 
 def fsync(fd):
-    if point == "before_file_fsync" and target in os.readlink("/proc/self/fd/%d" % fd):
+    if point == "before_file_fsync" and hit(os.readlink("/proc/self/fd/%d" % fd)):
         kill()
     real_fsync(fd)
 
