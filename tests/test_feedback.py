@@ -289,7 +289,14 @@ def test_watch_tells_a_stopped_run_from_a_running_one_by_its_lock(tmp_path, monk
     (folder / LOCK).touch()  # left behind by the killed trainer, held by no one
     assert main(["watch", str(folder), "--once"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the line may wrap at the terminal's width
-    assert f"step 2/6 (33%) stopped: no process trains in it (`vslm train --resume --out {folder}` continues it)" in out
+    # killed before its first checkpoint: a resume trains it again, and watch says so
+    assert f"stopped: no process trains in it (`vslm train --resume --out {folder}` trains it again from step 0)" in out
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "step_00000002.safetensors").touch()  # watch reads the checkpoints' names only
+    assert main(["watch", str(folder), "--once"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"step 2/6 (33%) stopped: no process trains in it (`vslm train --resume --out {folder}` continues it "
+            "from step 2)") in out
     with FileLock(str(folder / LOCK)):  # a trainer in it now
         assert main(["watch", str(folder), "--once"]) == 0
         assert "step 2/6 (33%)  running, eta 2 s" in capsys.readouterr().out

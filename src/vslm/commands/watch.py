@@ -77,8 +77,10 @@ def frame(run: RunFiles, now: float | None = None) -> list[str]:
     else:
         done = f"step {step:,}/{steps:,} ({step / steps:.0%})" if steps else f"step {step:,}"
         seconds = last.get("train_time_s")
+        ckpt = last_checkpoint(run.folder)  # where a resume starts: a run killed before its first trains again
+        resumes = f"continues it from step {ckpt[0]:,}" if ckpt is not None else "trains it again from step 0"
         state = "finished" if finished(run) else "running" if in_use(run.folder) else \
-            f"stopped: no process trains in it (`vslm train --resume --out {run.folder}` continues it)"
+            f"stopped: no process trains in it (`vslm train --resume --out {run.folder}` {resumes})"
         if state == "running" and isinstance(seconds, int | float) and seconds > 0 and steps and step < steps:
             state += f", eta {_duration(seconds / step * (steps - step))} (training time; evaluation adds some)"
         elif isinstance(seconds, int | float) and finished(run):
