@@ -241,8 +241,8 @@ class ModelConfig(_Section):
         sch, default = self.schedule, ScheduleConfig()
         power = any(spec.attention == "power" for spec in specs)
 
-        def changed(name: str) -> bool:  # set to other than its default
-            return getattr(self, name) != type(self).model_fields[name].default
+        def changed(name: str) -> bool:
+            return _changed(self, name)
 
         idle = [
             (self.recursion_lora_rank > 0 and self.sharing == "none" and self.order is None,
@@ -280,8 +280,7 @@ class ModelConfig(_Section):
         idle += [(b.attention_gamma is not None and spec.attention != "power",
                   f"block {i}: attention_gamma applies to attention = power, and its attention is {spec.attention}")
                  for i, (b, spec) in enumerate(zip(self.blocks or [BlockConfig()] * len(specs), specs, strict=True))]
-        if found := next((why for is_idle, why in idle if is_idle), None):
-            raise ValueError(f"{found} (a setting that changes nothing is refused, not ignored)")
+        _refuse_idle(idle)
 
     def depth_order(self) -> list[int]:
         """Which unique block runs at each depth: `order`, or the `sharing` preset."""
@@ -501,20 +500,16 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> TrainConfig:
-        if not (_flag(info, "saved") or _flag(info, "shared")):  # as ModelConfig._check_idle: refused, not ignored
-            def changed(name: str) -> bool:
-                return getattr(self, name) != type(self).model_fields[name].default
-
-            idle = [(changed("hidden_lr_scale") and self.optimizer == "adamw",
-                     "hidden_lr_scale scales the hidden matrices' lr under optimizer = muon or tangent, and adamw "
-                     "takes train.lr everywhere"),
-                    (changed("momentum") and not (self.optimizer == "muon" or (
-                        self.optimizer == "tangent" and self.tangent_update == "muon")),
-                     "momentum is Muon's (optimizer = muon, or tangent with tangent_update = muon)"),
-                    ((changed("tangent_update") or changed("tangent_retract")) and self.optimizer != "tangent",
-                     "tangent_update and tangent_retract apply to optimizer = tangent")]
-            if found := next((why for is_idle, why in idle if is_idle), None):
-                raise ValueError(f"{found} (a setting that changes nothing is refused, not ignored)")
+        if not (_flag(info, "saved") or _flag(info, "shared")):  # as ModelConfig._check_idle
+            _refuse_idle([
+                (_changed(self, "hidden_lr_scale") and self.optimizer == "adamw",
+                 "hidden_lr_scale scales the hidden matrices' lr under optimizer = muon or tangent, and adamw takes "
+                 "train.lr everywhere"),
+                (_changed(self, "momentum") and not (self.optimizer == "muon" or (
+                    self.optimizer == "tangent" and self.tangent_update == "muon")),
+                 "momentum is Muon's (optimizer = muon, or tangent with tangent_update = muon)"),
+                (any(_changed(self, f) for f in ("tangent_update", "tangent_retract")) and self.optimizer != "tangent",
+                 "tangent_update and tangent_retract apply to optimizer = tangent")])
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
         if self.schedule == "wsd" and self.warmup > self.steps - round(self.decay_fraction * self.steps):
@@ -785,6 +780,18 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
 def overridden(cfg: RunConfig, overrides: list[str], saved: bool = False) -> RunConfig:
     """`cfg` with dotted overrides applied, validated again (`saved`: as validate's, for a run folder's config)."""
     return validate(apply_overrides(cfg.to_raw(), overrides), saved=saved)
+
+
+def _changed(section: BaseModel, name: str) -> bool:
+    """Whether a field is set to other than its default (an idle setting at its default passes: a base config
+    may spell defaults out)."""
+    return getattr(section, name) != type(section).model_fields[name].default
+
+
+def _refuse_idle(idle: list[tuple[bool, str]]) -> None:
+    """Refuse the first setting that would change nothing: (is idle, why) pairs, each naming the field."""
+    if found := next((why for is_idle, why in idle if is_idle), None):
+        raise ValueError(f"{found} (a setting that changes nothing is refused, not ignored)")
 
 
 def _flag(info: ValidationInfo, key: str) -> bool:

@@ -39,7 +39,7 @@ from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import read_jsonl, write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import checkpoint_step
-from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS, SUMMARY, load_run_at, read_run_config
+from vslm.train.run_folder import METRICS, SUMMARY, load_run_at, read_run_config, saved_by_run
 
 FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 # resume changes that leave the weights as they were: what a card's "does not reproduce" leaves out
@@ -454,8 +454,7 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
         import transformers  # noqa: F401
     except ImportError:
         raise VSLMError("transformers is not installed: pip install 'vslm[hf]'") from None
-    if checkpoint is not None and Path(checkpoint).is_file() and Path(checkpoint).resolve().parent not in {
-            (run / CHECKPOINTS).resolve(), (run / SNAPSHOTS).resolve()}:
+    if checkpoint is not None and Path(checkpoint).is_file() and saved_by_run(run, checkpoint) is None:
         raise VSLMError(f"checkpoint {checkpoint} is not one of {run}'s checkpoints or snapshots: the card would give "
                         "that run's numbers and config to other weights; export the run it belongs to")
     cfg, model, tok, used = load_run_at(run, checkpoint)  # the newest that reads, without --checkpoint

@@ -199,14 +199,13 @@ def detectable_effect(n: int, power: float = POWER, alpha: float = SIGNIFICANCE)
 
 def compare(baseline: Sequence[float], variant: Sequence[float], paired: bool, alpha: float = SIGNIFICANCE) -> dict:
     """paired_difference or welch, plus "detectable": the smallest difference (in the loss's units) found
-    with 80% power at this many seeds and level alpha, from "spread", that of the differences (Welch: of
-    the two arms)."""
+    with 80% power at this many seeds and level alpha, from the spread of the differences (Welch: of the
+    two arms)."""
     out = paired_difference(baseline, variant) if paired else welch(baseline, variant)
     if paired:
         spread = sample_std([v - b for b, v in zip(baseline, variant, strict=True)])
     else:
         spread = math.sqrt(sample_std(variant) ** 2 + sample_std(baseline) ** 2) if out["n"] > 1 else math.nan
-    out["spread"] = spread
     out["detectable"] = detectable_effect(out["n"], alpha=alpha) * spread if out["n"] >= MIN_SEEDS else math.nan
     return out
 
@@ -227,7 +226,7 @@ def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] 
 
     baseline = next(iter(runs))
     base_runs = ok(runs[baseline])
-    summary, comparisons = {}, {}
+    summary, arms = {}, {}  # arms: {variant: (baseline's losses, its losses, paired)}
     for name, all_runs in runs.items():
         rs = ok(all_runs)
         losses, bpbs = [r["val_loss"] for r in rs], [r["val_bpb"] for r in rs]
@@ -240,15 +239,16 @@ def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] 
         if name != baseline and rs and base_runs:
             if paired[name] if isinstance(paired, dict) else paired:
                 seeds = {r.get("seed") for r in rs} & {r.get("seed") for r in base_runs}
-                ref = [r["val_loss"] for r in base_runs if r.get("seed") in seeds]
-                comparisons[name] = compare(ref, [r["val_loss"] for r in rs if r.get("seed") in seeds], True, alpha)
+                arms[name] = ([r["val_loss"] for r in base_runs if r.get("seed") in seeds],
+                              [r["val_loss"] for r in rs if r.get("seed") in seeds], True)
             else:
-                comparisons[name] = compare([r["val_loss"] for r in base_runs], losses, False, alpha)
+                arms[name] = ([r["val_loss"] for r in base_runs], losses, False)
+    # the variants tested (a test needs MIN_SEEDS pairs, or per arm): Holm's family, whose strictest level,
+    # alpha / family, the detectable difference is found at
+    family = sum(min(len(ref), len(values)) >= MIN_SEEDS for ref, values, _ in arms.values())
+    comparisons = {name: compare(ref, values, pair, alpha / max(family, 1))
+                   for name, (ref, values, pair) in arms.items()}
     adjusted = dict(zip(comparisons, holm([c["p"] for c in comparisons.values()]), strict=True))
-    family = sum(not math.isnan(c["p"]) for c in comparisons.values())
-    for c in comparisons.values():  # at Holm's strictest level, alpha / family (summarize's docstring)
-        if family > 1 and c["n"] >= MIN_SEEDS:
-            c["detectable"] = detectable_effect(c["n"], alpha=alpha / family) * c["spread"]
     for name, s in summary.items():
         c = comparisons.get(name, _no_difference("", 0, math.nan if name != baseline else 0.0)
                             | {"detectable": math.nan})

@@ -234,6 +234,16 @@ def latest_checkpoint(folder: Path) -> Path:
     return _saved(folder)[-1]
 
 
+def saved_by_run(folder: Path, path: Path) -> str | None:
+    """Which of the run's own files `path` is: "checkpoint" (RUN/checkpoints) or "snapshot" (RUN/snapshots);
+    None for another run's file, or one set aside (.superseded, .corrupt), which no command takes as the run's."""
+    path = Path(path).resolve()
+    for kind, sub in (("checkpoint", CHECKPOINTS), ("snapshot", SNAPSHOTS)):
+        if any(p.resolve() == path for _, p in list_checkpoints(folder / sub)):
+            return kind
+    return None
+
+
 def _saved(folder: Path) -> list[Path]:
     found = list_checkpoints(folder / CHECKPOINTS) or list_checkpoints(folder / SNAPSHOTS)
     if not found:

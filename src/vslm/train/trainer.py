@@ -83,7 +83,6 @@ from vslm.train.run_folder import (
     CONFIG,
     METRICS,
     OLD_NO_LIMIT,
-    SNAPSHOTS,
     SUMMARY,
     TOKENIZER,
     RunLock,
@@ -96,6 +95,7 @@ from vslm.train.run_folder import (
     no_checkpoint_yet,
     read_run_config,
     refuse_a_run_folder,
+    saved_by_run,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 from vslm.train.trackers import MLflowLog, WandbLog, as_text, flat_values, require
@@ -535,12 +535,6 @@ class Trainer:
             "callbacks": {key: cb.state_dict() for key, cb in zip(self._callback_keys(), self.callbacks, strict=True)},
         }
 
-    @property
-    def step_end_order(self) -> list[Callback]:
-        """The callbacks in their order, but the Checkpointer last: its checkpoint holds every callback's state
-        of the step it saves (a user's callback appended to default_callbacks included)."""
-        return sorted(self.callbacks, key=lambda cb: isinstance(cb, Checkpointer))
-
     def _callback_keys(self) -> list[str]:
         """Each callback's key in a checkpoint: its class and its place among callbacks of that class
         ("ProbeCallback:0"), so that a resume adding or dropping another callback (diagnostics, snapshots)
@@ -752,9 +746,7 @@ class Trainer:
         # on the CPU: RNG states must stay there; load_state_dict moves the rest to the model's device
         if self.resume_from is not None:
             path = self.resume_from
-            own = {q.resolve() for _, q in list_checkpoints(self.run_dir / CHECKPOINTS)}
-            snapshot = Path(path).resolve().parent == (self.run_dir / SNAPSHOTS).resolve()  # said below: no state
-            if not snapshot and Path(path).resolve() not in own:
+            if saved_by_run(self.run_dir, path) is None:  # a snapshot is the run's: said below, it holds no state
                 raise VSLMError(f"--checkpoint {path} is not one of {self.run_dir}'s checkpoints (in "
                                 f"{self.run_dir / CHECKPOINTS}, not set aside as .superseded or .corrupt): a run "
                                 "resumes from its own, or it would go on from another's weights, optimizer and data")
@@ -791,6 +783,9 @@ class Trainer:
     def _loop(self) -> dict:
         tc, log = self.cfg.train, self.cfg.logging
         checkpointer = next((cb for cb in self.callbacks if isinstance(cb, Checkpointer)), None)
+        # at a step's end the Checkpointer comes last: its checkpoint holds every other callback's state of the
+        # step it saves (a user's callback appended to default_callbacks included)
+        step_end = [cb for cb in self.callbacks if cb is not checkpointer] + ([checkpointer] if checkpointer else [])
         # the ranks must agree on the steps that read the loss (a collective): rank 0's schedule
         every = self.dist.broadcast(None if checkpointer is None else checkpointer.every)
         checkpoint_due = Checkpointer(every, keep_last=1).due if every is not None else None
@@ -863,7 +858,7 @@ class Trainer:
                 metrics.update(self.evaluate())
             if ckpt_due and self.dist.enabled:
                 self.rank_rng = self.dist.gather(self._rng_of_this_rank())
-            for cb in self.step_end_order:  # the checkpoint last: it saves every callback's state of this step
+            for cb in step_end:
                 cb.on_step_end(self, metrics)
             if ckpt_due:
                 self.last_checkpoint_time = time.monotonic()
