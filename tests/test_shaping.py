@@ -71,12 +71,13 @@ def test_shape_errors_are_one_line(run):
 
 
 def test_shape_without_an_end_of_text_token(tmp_path):
-    """A character run of one text (tiny Shakespeare) has no end-of-text token: y1 stands for the empty
-    prompt, a 1-token continuation is refused in one line, and the table says what it scores; a prompt
-    of the whole context and a 1-token continuation fit (the model never reads the token it predicts)."""
+    """A character run of one text (a play, as tiny Shakespeare is) has no end-of-text token: y1 stands for
+    the empty prompt, a 1-token continuation is refused in one line, and the table says what it scores; a
+    prompt of the whole context and a 1-token continuation fit (the model never reads the token it predicts)."""
+    play = tmp_path / "play.txt"  # one document, written here: no shared data needed
+    play.write_text("ROMEO:\nGive me an empty box, a bat, a tax.\n\nJULIET:\nI may, if you say so.\n\n" * 400)
     folder = tmp_path / "plays"
-    Trainer(load_config("tiny", tiny_overrides(train__steps=2, data__source="tinyshakespeare",
-                                               data__max_bytes=20000)), folder).fit()
+    Trainer(load_config("tiny", tiny_overrides(train__steps=2, data__source=str(play))), folder).fit()
     r = shape(folder, "--prompt", "ROMEO:", "--continuation", "x")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "is 1 token" in r.stderr and "Traceback" not in r.stderr
     r = shape(folder, "--prompt", "ROMEO:", "--prompt", "empty", "--continuation", " me", "--samples", "1",
