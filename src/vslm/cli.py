@@ -283,10 +283,7 @@ def cmd_shape(a: argparse.Namespace) -> int:
         return 0
     from vslm.lab.tables import print_table
 
-    def num(x: float, fmt: str) -> str:
-        return "-" if x != x else format(x, fmt)  # NaN: never half, or no effect to fit
-
-    first = "y1" if "note" not in result else "1st scored"  # no end-of-text token: y is scored from y2
+    num, first = _shape_num, _shape_first(result)
     columns = ("prompt", f"log p(y|prompt){'' if first == 'y1' else ', from y2'}", "KL from empty", "JS from empty",
                f"JS at {first}", "half by token", "JS slope (log-log)", "mean PMI", f"H at {first}", "H mean",
                "samples: JS from empty")
@@ -305,6 +302,14 @@ def cmd_shape(a: argparse.Namespace) -> int:
     return 0
 
 
+def _shape_num(x: float, fmt: str) -> str:
+    return "-" if x != x else format(x, fmt)  # NaN: never half, or no effect to fit
+
+
+def _shape_first(result: dict) -> str:
+    return "y1" if "note" not in result else "1st scored"  # no end-of-text token: y is scored from y2
+
+
 def _shape_course(a: argparse.Namespace, plot_to: Path, track) -> int:
     from rich.markup import escape
 
@@ -317,10 +322,7 @@ def _shape_course(a: argparse.Namespace, plot_to: Path, track) -> int:
         print(to_json(result))
         return 0
 
-    def num(x: float, fmt: str) -> str:
-        return "-" if x != x else format(x, fmt)
-
-    first = "y1" if "note" not in result else "1st scored"
+    num, first = _shape_num, _shape_first(result)
     columns = ("step", "prompt", "log p(y|prompt) - log p(y|empty)", "JS from empty", f"JS at {first}",
                "half by token", "JS slope (log-log)")
     if "note" in result:
