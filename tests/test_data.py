@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,39 @@ def test_stories_shards_build_then_hit_the_cache(tmp_path):
     story = tok.decode(train.tokens[starts[0] : starts[1] - 1])
     assert story and "\n\n" not in story
     assert train.tokens.dtype == np.uint16
+
+
+def test_damaged_or_abandoned_shards_are_built_again_not_read(tmp_path, capsys):
+    """A cached folder without meta.json (an interrupted copy) made every later prepare fail with 'Directory not
+    empty'; a train.bin cut short was read as the whole corpus; a build killed midway left its temporary folder
+    for ever. The first two are built again, the third removed once its builder's lock is free."""
+    from filelock import FileLock
+
+    from vslm.data.shards import BUILDING
+
+    cfg = DataConfig(source="stories", max_bytes=50_000, seed=3)
+    whole = prepare_corpus(cfg, tmp_path)
+    n = len(whole.train.tokens)
+    (whole.folder / "meta.json").unlink()
+    again = prepare_corpus(cfg, tmp_path)
+    assert not again.cache_hit and len(again.train.tokens) == n and "incomplete (no meta.json)" in \
+        capsys.readouterr().err
+    with open(whole.folder / "train.bin", "r+b") as f:
+        f.truncate(1000)
+    again = prepare_corpus(cfg, tmp_path)
+    assert not again.cache_hit and len(again.train.tokens) == n
+    assert f"train.bin holds 1,000 bytes, meta.json says {n:,} tokens" in capsys.readouterr().err
+    shards = whole.folder.parent
+    abandoned, building = shards / ".abc-1", shards / ".abc-2"
+    for tmp in (abandoned, building):
+        (tmp / "train.bin").parent.mkdir()
+        (tmp / "train.bin").write_bytes(b"0" * 100)
+        Path(f"{tmp}{BUILDING}").touch()
+    with FileLock(f"{building}{BUILDING}"):  # a build in progress: kept
+        other = prepare_corpus(DataConfig(source="stories", max_bytes=40_000, seed=3), tmp_path).folder
+    assert not abandoned.exists() and not Path(f"{abandoned}{BUILDING}").exists() and building.exists()
+    assert sorted(p.name for p in shards.iterdir()) == sorted([".abc-2", f".abc-2{BUILDING}", whole.folder.name,
+                                                             other.name])  # nothing of its own build left over
 
 
 def test_cache_key_follows_content_and_settings(tmp_path):

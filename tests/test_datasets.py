@@ -103,6 +103,24 @@ def test_dolma_reads_json_lines_in_dolmas_schema(data_dir):
     assert documents("dolma") == ["Web text one.", "Web text two."]
 
 
+def test_an_end_of_text_marker_inside_a_record_ends_its_document(tmp_path):
+    """In a text file <|endoftext|> separates documents; inside a JSON-lines record it was text to the shards'
+    bulk encoder past the first 100k characters, and end-of-text (no bytes) to Tokenizer.encode. It now ends
+    the document there, as in a text file, whatever the tokenizer and wherever it stands."""
+    path = tmp_path / "records.jsonl"
+    write_jsonl(path, [{"text": "record one<|endoftext|>its second half"}, {"text": "record two"}] +
+                      [{"text": f"filler {i} " * 30} for i in range(400)])  # past the first 100k characters too
+    write_jsonl(tmp_path / "late.jsonl", [{"text": f"filler {i} " * 30} for i in range(400)] +
+                [{"text": "late<|endoftext|>record"}])
+    assert documents(str(path))[:3] == ["record one", "its second half", "record two"]
+    assert documents(str(tmp_path / "late.jsonl"))[-2:] == ["late", "record"]
+    for source, docs in ((path, 403), (tmp_path / "late.jsonl", 402)):
+        corpus = prepare_corpus(DataConfig(source=str(source), tokenizer="byte"), tmp_path / "cache")
+        tokens = np.concatenate([np.asarray(corpus.train.tokens), np.asarray(corpus.val.tokens)])
+        text = bytes(int(t) for t in tokens if t < 256)
+        assert b"<|endoftext|>" not in text and corpus.meta["documents"] == docs
+
+
 def test_squad_records_become_context_question_answer_text(data_dir):
     """SQuAD's original nested JSON (articles > paragraphs > qas) and the hub's flat rows give the same text."""
     context = "Normandy is a region in France. The Normans gave their name to it."
@@ -273,7 +291,11 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
                         (["--vocab-size", "300"], "--vocab-size applies to --tokenizer bpe; char has its own "
                                                   "vocabulary"),
                         (["data.vocab_size=500"], "data: vocab_size 500 is the size bpe learns; tokenizer=char has its "
-                                                  "own vocabulary: drop data.vocab_size, or set data.tokenizer=bpe")]:
+                                                  "own vocabulary: drop data.vocab_size, or set data.tokenizer=bpe"),
+                        # a setting given twice (the override won, silently): refused
+                        (["data.tokenizer=byte"], "data.tokenizer=byte sets what --tokenizer sets; give one of them"),
+                        (["data.source=repeats"], "data.source=repeats sets what the NAME argument sets; give one of "
+                                                  "them")]:
         assert main(["data", "prepare", str(empty), "--tokenizer", "char", *words]) == 2
         assert capsys.readouterr().err == f"vslm: error: {line}\n"
     short = tmp_path / "short.txt"
@@ -559,6 +581,65 @@ def test_eval_on_the_runs_own_file_or_corpus_scores_what_the_run_held_out(tmp_pa
     assert eval_data("tinystories", DataConfig(source="tinystories"))[1] is True  # the train split's run: all
     (tmp_path / "stories").mkdir()
     assert eval_data("./stories", DataConfig(source="stories", max_tokens=5000))[0].max_tokens is None
+
+
+def test_eval_knows_the_runs_own_file_from_any_folder_and_counts_words_a_document_at_a_time(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """A run trained on a relative path, evaluated on that file from another folder, scored all of it (its
+    training text too): the run's relative path was read from the current folder. Its recorded data identity
+    now tells its own text. --max-bytes counted words on the decoded stream, which joins the words either side
+    of a document boundary (end-of-text decodes to nothing)."""
+    from vslm.cli import main
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    docs = [" ".join(f"w{(d * 7 + i) % 50}" for i in range(40)) for d in range(60)]
+    (tmp_path / "work" / "docs.txt").write_text("<|endoftext|>".join(docs))  # no space at a boundary
+    assert main(["train", "tiny", "data.source=docs.txt", "data.tokenizer=byte", "data.max_bytes=none",
+                 "train.steps=2", "logging.progress=false", "train.eval_windows=2", "--out", "run"]) == 0
+    held = json.loads((tmp_path / "work" / "run" / "summary.json").read_text())["val_tokens"]
+    capsys.readouterr()
+    results = {}
+    for where, run, on in (("work", "run", "docs.txt"), ("", "work/run", "work/docs.txt")):
+        monkeypatch.chdir(tmp_path / where)
+        for cap in ([], ["--max-bytes", "100000000"]):
+            assert main(["eval", run, "--on", on, "--json", *cap]) == 0
+            results[where, bool(cap)] = json.loads(capsys.readouterr().out)["corpora"][0]
+    for scored in results.values():  # the run's held-out documents only, from either folder, capped or not
+        assert held - 1 <= scored["tokens"] <= held and scored["split"] == "all, held out", (scored, held)
+    words = {r["words"] for r in results.values()}
+    assert len(words) == 1 and words.pop() % 40 == 0  # whole documents of 40 words: none joined at a boundary
+
+
+def test_eval_on_a_generated_corpus_from_a_run_without_a_byte_limit(tmp_path, capsys):
+    """A run trained with data.max_bytes=none, evaluated on the stories or the repeats: a pydantic traceback (a
+    generated corpus needs an end). Scored now at the default size; a split the corpus lacks is a config error,
+    not the stories' held-out part under that label."""
+    from vslm.cli import main
+
+    (tmp_path / "docs.txt").write_text("<|endoftext|>".join(f"document {d}: the cat sat." for d in range(200)))
+    assert main(["train", "tiny", f"data.source={tmp_path / 'docs.txt'}", "data.tokenizer=byte",
+                 "data.max_bytes=none", "train.steps=2", "logging.progress=false", "train.eval_windows=2",
+                 "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r"), "--on", "repeats", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)["corpora"][0]
+    assert scored["split"] == "train, held out" and scored["tokens"] > 100_000
+    assert main(["eval", str(tmp_path / "r"), "--on", "stories:bogus"]) == 2
+    assert "data source 'stories:bogus': stories is generated" in capsys.readouterr().err
+
+
+def test_repeats_without_a_byte_limit_are_endless(tmp_path):
+    """data.max_bytes=none with a token budget stopped the repeats at a hidden 4 MB (and said they 'ran out'); a
+    generated corpus runs until the budget stops it, as the stories do."""
+    from itertools import islice
+
+    from vslm.data.repeats import iter_repeats
+
+    endless = list(islice(iter_repeats(3), 1400))
+    assert sum(len(d) + 1 for d in endless) > 4_100_000  # past the old cap
+    assert endless[:10] == list(islice(iter_repeats(3, n_bytes=10**9), 10))  # the same text, without the end
+    assert open_source(DataConfig(source="repeats", max_bytes=None, max_tokens=100)).identity.endswith("endless")
 
 
 def test_cache_follows_the_formatters_code(data_dir, tmp_path, monkeypatch):

@@ -205,14 +205,19 @@ def test_a_validation_split_far_above_its_share_is_said(tmp_path, capsys):
         return text.getvalue()
 
     notes = [ln for ln in header(few, "a").splitlines() if ln.startswith("note: validation")]
-    assert notes == ["note: validation is 60% of the tokens, the last of 3 documents (fewer than 1 / data.val_fraction "
-                     "= 10, so one whole document is held out): give more documents, or one text without "
-                     "<|endoftext|> (its last tenth held out)"]
+    assert notes == ["note: validation is 60% of the tokens, the last of 3 documents (under 6, so one whole document "
+                     "is held out): give more documents, or one text without <|endoftext|> (its last tenth held out)"]
     assert "note: validation" not in header(many, "b")
-    long_held = tmp_path / "long-held.txt"  # every tenth document held out, one of them long: no note (not fewer)
+    # every tenth document held out, one of them long: said too (the note spoke only of the last document)
+    long_held = tmp_path / "long-held.txt"
     long_held.write_text("<|endoftext|>".join(("a long one. " * 2000) if i == 5 else f"story {i}: the cat sat. " * 5
                                               for i in range(30)))
-    assert "note: validation" not in header(long_held, "c")
+    notes = [ln for ln in header(long_held, "c").splitlines() if ln.startswith("note: validation")]
+    assert len(notes) == 1 and notes[0].endswith("of the tokens, 3 whole documents of 30 (one in 10, from document "
+                                                 "6), longer than most: give more documents, or one text without "
+                                                 "<|endoftext|> (its last tenth held out)")
+    share = int(notes[0].split("validation is ")[1].split("%")[0])
+    assert share > 80  # 2,000 of the long document's sentences against 29 x 5 short ones
     capsys.readouterr()
     assert main(["data", "prepare", str(few), "--quiet"]) == 0
     assert capsys.readouterr().err.startswith("note: validation is 60% of the tokens, the last of 3 documents")

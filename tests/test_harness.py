@@ -120,3 +120,20 @@ def test_a_task_typed_wrong_or_a_dataset_offline_is_one_line(run, tmp_path, caps
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert last.startswith("vslm: error: a task's dataset did not load from the Hugging Face hub (")
+
+
+def test_every_name_is_checked_before_anything_is_scored(run, tmp_path, capsys, monkeypatch):
+    """`--on stories nosuch`, or `--on stories --tasks nosuch`, scored the stories for minutes, then exited 2 and
+    printed nothing of them. The names are checked (and the corpora tokenized) before the first score."""
+    from vslm.eval import corpus
+
+    def scored(*args, **kwargs):
+        raise AssertionError("scored before every name was checked")
+
+    monkeypatch.setattr(corpus, "score_text", scored)
+    assert main(["eval", str(run), "--on", "stories", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("vslm: error: cannot evaluate on nosuch: unknown data source 'nosuch'")
+    (tmp_path / "tasks").mkdir()
+    assert main(["eval", str(run), "--on", "stories", "--tasks", "nosuch", "--include-path",
+                 str(tmp_path / "tasks")]) == 2
+    assert capsys.readouterr().err.startswith("vslm: error: unknown task(s) nosuch")

@@ -807,6 +807,11 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
         raise ConfigError(f"data prepare takes data.* overrides only, got {' '.join(others)}{hint}")
     raw = {"source": a.name, "tokenizer": a.tokenizer, "vocab_size": a.vocab_size, "max_tokens": a.tokens,
            "max_bytes": a.max_bytes, "origin": a.origin}
+    flags = {"source": "the NAME argument", "tokenizer": "--tokenizer", "vocab_size": "--vocab-size",
+             "max_tokens": "--tokens", "max_bytes": "--max-bytes", "origin": "--origin"}
+    for word in a.overrides:  # one setting given twice, by its flag and by an override: which one was meant?
+        if raw.get(field := word.partition("=")[0].removeprefix("data.")) is not None:
+            raise UsageError(f"{word} sets what {flags[field]} sets; give one of them")
     raw = apply_overrides({"data": {k: v for k, v in raw.items() if v is not None}}, a.overrides)
     tokenizer = raw["data"].get("tokenizer", DataConfig.model_fields["tokenizer"].default)
     if a.vocab_size is not None and tokenizer != "bpe":  # char, byte and gpt2 have their own vocabulary: the flag
@@ -855,6 +860,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise UsageError(f"--limit is a count of examples per task, or a fraction between 0 and 1, got {a.limit:g}")
     checkpoint = Path(a.checkpoint) if a.checkpoint else None
     out: dict = {"run": a.run}
+    if a.tasks and a.on:  # the tasks' names checked before the corpora are scored (minutes that a typo would lose)
+        from vslm.eval.harness import task_manager
+
+        task_manager(a.tasks, Path(a.include_path) if a.include_path else None)
     if a.on:
         from vslm.eval.corpus import evaluate_run
         from vslm.progress import track

@@ -10,7 +10,8 @@ within 3000 steps on a CPU (`vslm experiment dynamics-repeats`), where the stori
 tokens. What it does not show: that the same happens on natural text, where a copy after a 3-token match
 is right about half the time instead of 95% (the repeat statistics in probes.jsonl say how often).
 
-Deterministic for data.seed; documents of LINES lines (separated by end-of-text), up to max_bytes.
+Deterministic for data.seed; documents of LINES lines (separated by end-of-text), up to max_bytes, or without
+end where max_bytes is none (the token budget, data.max_tokens, stops it).
 Bump REPEATS_VERSION whenever the text for a seed changes (it is part of the shard cache key).
 """
 
@@ -23,7 +24,6 @@ from collections.abc import Iterator
 REPEATS_VERSION = 1
 LENGTHS = (8, 40)  # letters per string, inclusive: the copy distance is the string's length
 LINES = 64  # lines per document
-DEFAULT_BYTES = 4_000_000
 
 
 def repeat_line(rng: random.Random) -> str:
@@ -32,9 +32,11 @@ def repeat_line(rng: random.Random) -> str:
 
 
 def iter_repeats(seed: int, n_bytes: int | None = None) -> Iterator[str]:
-    """Documents of LINES lines of strings written twice, until n_bytes (default DEFAULT_BYTES) are out."""
-    rng, left = random.Random(seed), n_bytes or DEFAULT_BYTES
-    while left > 0:
-        doc = "\n".join(repeat_line(rng) for _ in range(LINES))[:left]
-        left -= len(doc) + 1
+    """Documents of LINES lines of strings written twice, until n_bytes are out; None: without end."""
+    rng, left = random.Random(seed), n_bytes
+    while left is None or left > 0:
+        doc = "\n".join(repeat_line(rng) for _ in range(LINES))
+        if left is not None:
+            doc = doc[:left]
+            left -= len(doc) + 1
         yield doc

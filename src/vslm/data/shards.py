@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import time
 from array import array
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from vslm.config import DataConfig
 from vslm.data.sources import Source, data_dirs, open_source
@@ -101,16 +103,21 @@ def max_bytes_note(meta: dict, max_bytes: int | None) -> str | None:
 
 
 def split_note(meta: dict, val_fraction: float) -> str | None:
-    """The note where validation holds far more than data.val_fraction of the tokens: a corpus of fewer documents
-    than 1 / val_fraction holds out its whole last document, whatever its size. None for shards built before
-    the mark (meta's last_document_held_out)."""
+    """The note where validation holds more than twice data.val_fraction of the tokens: whole documents are held
+    out whatever their size, so a few long ones (the last document of a corpus of fewer than 1 / (2 val_fraction)
+    documents, the sixth of one of up to 14 at 10%) can hold far more. None for shards built before the mark
+    (meta's last_document_held_out)."""
     total = meta["train_tokens"] + meta["val_tokens"]
     share = meta["val_tokens"] / total if total else 0.0
-    if not meta.get("last_document_held_out") or not 2 * val_fraction < share < 1:
+    if "last_document_held_out" not in meta or not 2 * val_fraction < share < 1:
         return None
-    return (f"note: validation is {share:.0%} of the tokens, the last of {meta['documents']:,} documents (fewer than "
-            f"1 / data.val_fraction = {round(1 / val_fraction)}, so one whole document is held out): give more "
-            "documents, or one text without <|endoftext|> (its last tenth held out)")
+    docs = meta["documents"]
+    which = (f"the last of {docs:,} documents (under {round(0.5 / val_fraction) + 1}, so one whole document is held "
+             "out)" if meta["last_document_held_out"] else
+             f"{round(docs * val_fraction):,} whole document{'s' * (round(docs * val_fraction) > 1)} of {docs:,} "
+             f"(one in {round(1 / val_fraction)}, from document {round(0.5 / val_fraction) + 1}), longer than most")
+    return (f"note: validation is {share:.0%} of the tokens, {which}: give more documents, or one text without "
+            "<|endoftext|> (its last tenth held out)")
 
 
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
@@ -140,20 +147,68 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokeniz
     source = open_source(cfg)
     folder = (root or cache_root()) / "shards" / corpus_key(source, cfg, tokenizer, all_val)
     if (folder / "meta.json").is_file():
-        return _open(folder, cache_hit=True)
+        if (damage := _damage(folder)) is None:
+            return _open(folder, cache_hit=True)
+        print(f"note: cached shards {folder} are damaged ({damage}): building them again", file=sys.stderr)
+        shutil.rmtree(folder)
+    elif folder.exists():  # no meta.json: what an interrupted copy leaves (a build writes it last, then renames)
+        print(f"note: cached shards {folder} are incomplete (no meta.json): building them again", file=sys.stderr)
+        shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(folder.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    lock = FileLock(f"{tmp}{BUILDING}")  # held while building: a folder whose lock is free was abandoned
     try:
-        tmp.chmod(default_mode(folder=True))  # mkdtemp's 0o700 would keep a shared cache from its group
-        _Builder(source, cfg, tmp, tokenizer, all_val, progress).build()
-        try:
-            os.rename(tmp, folder)  # atomic: readers see a complete folder or none
-        except OSError:
-            if not (folder / "meta.json").is_file():  # not a concurrent builder that won the race
-                raise
+        with lock:
+            tmp.chmod(default_mode(folder=True))  # mkdtemp's 0o700 would keep a shared cache from its group
+            _Builder(source, cfg, tmp, tokenizer, all_val, progress).build()
+            try:
+                os.rename(tmp, folder)  # atomic: readers see a complete folder or none
+            except OSError:
+                if not (folder / "meta.json").is_file():  # not a concurrent builder that won the race
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        Path(f"{tmp}{BUILDING}").unlink(missing_ok=True)
     return _open(folder, cache_hit=False)
+
+
+BUILDING = ".building"  # beside a build's temporary folder: the lock its builder holds
+
+
+def _remove_abandoned(shards: Path) -> None:
+    """The temporary folders of builds killed before they ended (a prepare stopped by Ctrl-C or SIGKILL leaves
+    one, gigabytes for a large corpus): those whose builder's lock is free. A build in progress holds its lock;
+    a folder without a lock file is another version's, left alone."""
+    for lock_path in shards.glob(f".*{BUILDING}"):
+        tmp = Path(str(lock_path)[: -len(BUILDING)])
+        lock = FileLock(str(lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue  # building now
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            lock.release()
+            lock_path.unlink(missing_ok=True)
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a cached shard folder whose meta.json is there (a file cut short or missing, meta.json
+    unreadable), or None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        size = np.dtype(meta["dtype"]).itemsize
+        for name in ("train", "val"):
+            found, expected = (folder / f"{name}.bin").stat().st_size, meta[f"{name}_tokens"] * size
+            if found != expected:
+                return f"{name}.bin holds {found:,} bytes, meta.json says {meta[f'{name}_tokens']:,} tokens of {size}"
+            (folder / f"{name}_docs.npy").stat()
+        (folder / "tokenizer.json").stat()
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        return str(e)
+    return None
 
 
 class _Spool:

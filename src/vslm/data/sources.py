@@ -36,7 +36,7 @@ from vslm.data.registry import GENERATED, PLAIN, REGISTRY, Entry, Formatter, spl
 from vslm.data.tokenizer import EOS
 from vslm.errors import ConfigError, VSLMError, did_you_mean
 
-SOURCE_FORMAT = 2  # bump when the documents a source yields for the same files change
+SOURCE_FORMAT = 3  # bump when the documents a source yields for the same files change
 PIECE = 1 << 20  # bytes of a single text read at a time
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".tokens", ".raw")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
@@ -89,7 +89,8 @@ def open_source(cfg: DataConfig) -> Source:
     if cfg.source == "repeats":  # random strings written twice: data/repeats.py
         from vslm.data import repeats
 
-        return Source("repeats", f"repeats:v{repeats.REPEATS_VERSION}:seed={cfg.seed}:bytes={cfg.max_bytes}",
+        size = "endless" if cfg.max_bytes is None else f"bytes={cfg.max_bytes}"  # endless: the token budget stops it
+        return Source("repeats", f"repeats:v{repeats.REPEATS_VERSION}:seed={cfg.seed}:{size}",
                       lambda: repeats.iter_repeats(cfg.seed, cfg.max_bytes))
     entry, split = split_name(cfg.source)
     if entry is not None:
@@ -450,9 +451,12 @@ TEXT_FIELD_HINT = "set data.text_field to the field holding the text"  # `vslm e
 
 def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: str) -> Iterator[str]:
     """The formatter's documents, with a record that lacks a field reported as one line naming the record's
-    line (or number) when the records are numbered."""
+    line (or number) when the records are numbered. A literal <|endoftext|> inside a record ends a document there,
+    as it does in a text file (else it would be text to the shards' bulk encoder but end-of-text to
+    Tokenizer.encode, which the harness and sampling use)."""
     try:
-        yield from formatter(records)
+        for doc in formatter(records):
+            yield from doc.split(EOS) if EOS in doc else (doc,)
     except KeyError as e:
         at = f", {records.at}" if isinstance(records, _Numbered) and records.at else ""
         raise VSLMError(f"data {where}{at}: a record has no field {e.args[0]!r} (the text is {what}); "

@@ -34,15 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vslm.config import DataConfig
+from vslm.config import DEFAULT_MAX_BYTES, DataConfig
 from vslm.data.registry import GENERATED, split_name
 from vslm.data.shards import prepare_corpus
-from vslm.data.sources import TEXT_FIELD_HINT
+from vslm.data.sources import TEXT_FIELD_HINT, check_source, local_files, open_source
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
 from vslm.progress import quiet
-from vslm.train.run_folder import load_run
+from vslm.train.run_folder import load_run, read_summary
 from vslm.train.trainer import long_rows_divisor, text_nll_and_bytes
 
 EVAL_SPLITS = ("validation", "test")
@@ -126,15 +126,19 @@ def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, de
     score.bytes += text_bytes
 
 
-def eval_data(name: str, run_data: DataConfig,
-              max_bytes: int | None = None) -> tuple[DataConfig, bool, str, bool, int | None]:
+def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None,
+              trained_identity: str | None = None) -> tuple[DataConfig, bool, str, bool, int | None]:
     """(the data config, whether all of the text is evaluation text, the split, word-level benchmark, the bytes of
     held-out text to score at most) of `--on NAME`.
 
     An evaluation split or a file is read whole (or up to max_bytes). Otherwise, and for the very file or corpus
     the run trained on, the run's data settings (seed, size, token budget, held-out fraction) are kept, so that
     `--on` the run's own corpus reads the documents it held out, never its training text: there `max_bytes`
-    caps the held-out text scored, not the text read (which would move a single text's held-out tail)."""
+    caps the held-out text scored, not the text read (which would move a single text's held-out tail).
+
+    `trained_identity`: the identity of the text the run trained on (its summary's data_identity), which tells
+    its own file wherever the command runs; without it (a run from before it was recorded) a run's relative
+    path is read from the current folder."""
     entry, split = split_name(name)
     trained_entry, trained_split = split_name(run_data.source)
     here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
@@ -142,19 +146,28 @@ def eval_data(name: str, run_data: DataConfig,
         split = split or entry.eval_split or "train"
         source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
     elif entry is not None:  # generated: the run's seed and size, its held-out part
+        check_source(run_data.model_copy(update={"source": name}))  # a split a generated corpus lacks: refused
         source, all_val, split, word_level = entry.name, False, "train", False
     else:
         source, all_val, split, word_level = name, here.exists(), "all", False
-    if entry is not None or trained_entry is not None:  # a corpus name: the same corpus, the split it trained on
+    if entry is not None:  # a corpus name: the same corpus, the split it trained on
         own = entry == trained_entry and split == (trained_split or "train")
-    else:  # paths: the same file or folder (a run's relative path, from the folder it trained in)
+    elif trained_entry is not None:  # a path to the file a corpus name read: its own text, read as it was
+        own = here.exists() and here.resolve() in {f.resolve() for f in local_files(trained_entry, trained_split
+                                                                                     or "train") or ()}
+        source = run_data.source if own else source
+    elif trained_identity is not None:  # the same text, wherever the run trained and the command runs
+        own = here.exists() and open_source(run_data.model_copy(update={"source": name})).identity == trained_identity
+    else:  # paths: the same file or folder (a run's relative path, from the current folder)
         own = here.exists() and trained.exists() and here.resolve() == trained.resolve()
     all_val = all_val and not own  # a run's own text, an evaluation split too: the part it held out
     fields = run_data.model_dump(exclude={"source", "max_bytes"} if own else {"source", "max_tokens", "max_bytes"})
     if source != "stories":  # data.copying changes the built-in stories only
         fields.pop("copying")
     budget = run_data.max_bytes if own else max_bytes or (None if all_val else run_data.max_bytes)  # a benchmark's
-    return (DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level,  # split: all of it
+    if budget is None and not own and source in GENERATED:  # split: all of it; a generated corpus needs an end
+        budget = DEFAULT_MAX_BYTES
+    return (DataConfig(**fields, source=source, max_bytes=budget), all_val, split, word_level,
             max_bytes if own else None)
 
 
@@ -171,11 +184,30 @@ def _tokens_within(tokens: np.ndarray, token_bytes: np.ndarray, cap: int, chunk:
     return done
 
 
-def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
-                    max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet,
-                    lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
-    """One result per length (windows of that many times the context), in the order given."""
-    data, all_val, split, word_level, cap = eval_data(name, run_data, max_bytes)
+def _words(tokens: np.ndarray, tokenizer: Tokenizer) -> int:
+    """The words of a token stream, counted a document at a time as the shards count them (decoding drops
+    end-of-text, which would join the words on either side of a document boundary into one)."""
+    if tokenizer.eos_id is None:
+        return len(tokenizer.decode(tokens.tolist()).split())
+    pieces = np.split(tokens, np.flatnonzero(tokens == tokenizer.eos_id))
+    return sum(len(tokenizer.decode(piece.tolist()).split()) for piece in pieces)
+
+
+@dataclass
+class HeldText:
+    """What `--on NAME` scores, tokenized: the tokens, their sizes in bytes, and how to label them."""
+    name: str
+    split: str
+    tokens: np.ndarray
+    token_bytes: np.ndarray
+    words: int
+    word_level: bool
+
+
+def held_text(tokenizer: Tokenizer, name: str, run_data: DataConfig, max_bytes: int | None = None,
+              trained_identity: str | None = None) -> HeldText:
+    """The text `--on NAME` scores (eval_data says which), prepared into shards with the run's tokenizer."""
+    data, all_val, split, word_level, cap = eval_data(name, run_data, max_bytes, trained_identity)
     try:
         corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
     except VSLMError as e:  # the field holding the text: --text-field here (text_field= in Python)
@@ -192,15 +224,32 @@ def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataC
         if len(tokens) < 2:
             raise UsageError(f"--max-bytes {cap:,} (max_bytes= in Python) holds fewer than 2 tokens of {name}'s "
                              "held-out text: nothing to score; give more bytes")
-        words = len(tokenizer.decode(tokens.tolist()).split())  # of the text scored, for word perplexity
+        words = _words(tokens, tokenizer)  # of the text scored, for word perplexity
+    return HeldText(name, split, tokens, corpus.token_bytes, words, word_level)
+
+
+def score_text(model: GPT, text: HeldText, eos_id: int | None, batch_size: int = 32, track: Callable = quiet,
+               lengths: tuple[int, ...] = (1,)) -> list[CorpusResult]:
+    """One result per length (windows of that many times the context), in the order given."""
     results = []
     for length in lengths:
-        score = score_tokens(model, tokens, corpus.token_bytes, tokenizer.eos_id, batch_size, track,
-                             f"evaluating on {name}" + (f" at {length} x the context" if length > 1 else ""), length)
-        results.append(CorpusResult(corpus=name, split=split, tokens=score.tokens, bytes=score.bytes, words=words,
-                                    loss=score.loss, bpb=score.bpb, length=length,
-                                    word_perplexity=math.exp(score.nll_text / max(1, words)) if word_level else None))
+        score = score_tokens(model, text.tokens, text.token_bytes, eos_id, batch_size, track,
+                             f"evaluating on {text.name}" + (f" at {length} x the context" if length > 1 else ""),
+                             length)
+        results.append(CorpusResult(corpus=text.name, split=text.split, tokens=score.tokens, bytes=score.bytes,
+                                    words=text.words, loss=score.loss, bpb=score.bpb, length=length,
+                                    word_perplexity=(math.exp(score.nll_text / max(1, text.words))
+                                                     if text.word_level else None)))
     return results
+
+
+def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
+                    max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet,
+                    lengths: tuple[int, ...] = (1,), trained_identity: str | None = None) -> list[CorpusResult]:
+    """One result per length (windows of that many times the context), in the order given. `trained_identity`:
+    see eval_data."""
+    text = held_text(tokenizer, name, run_data, max_bytes, trained_identity)
+    return score_text(model, text, tokenizer.eos_id, batch_size, track, lengths)
 
 
 def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, max_bytes: int | None = None,
@@ -211,8 +260,11 @@ def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, ma
     text in JSON lines and parquet files given by path (default: the run's data.text_field)."""
     names = [names] if isinstance(names, str) else names
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
+    trained = read_summary(Path(run)).get("data_identity")
     if max(lengths) > 1 and (why := model.slide_refusal()) is not None:
         raise UsageError(f"--lengths {' '.join(map(str, lengths))} (lengths= in Python): {why}")
     data = cfg.data if text_field is None else cfg.data.model_copy(update={"text_field": text_field})
-    return [r for name in names for r in evaluate_corpus(model, tokenizer, name, data, max_bytes, batch_size,
-                                                         track, lengths)]
+    # every corpus read and tokenized before any is scored: a name typed wrong, or text the run's tokenizer
+    # cannot encode, is said before minutes of scoring are spent (and their results lost)
+    texts = [held_text(tokenizer, name, data, max_bytes, trained) for name in names]
+    return [r for text in texts for r in score_text(model, text, tokenizer.eos_id, batch_size, track, lengths)]

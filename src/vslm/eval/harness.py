@@ -128,18 +128,26 @@ class VSLMHarnessLM(LM):
         return text
 
 
+def task_manager(tasks: list[str], include_path: Path | None = None):
+    """The harness's TaskManager, once every name of `tasks` is known to it (a name typed wrong: a UsageError,
+    exit 2, as an unknown config or data source). With include_path, only the tasks found there are known."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        where = f"in {include_path}" if include_path else "in lm-evaluation-harness's task list"
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}{did_you_mean(unknown[0], manager.all_tasks)} {where}")
+    return manager
+
+
 def run_tasks(run: Path, tasks: list[str], include_path: Path | None = None, limit: float | None = None,
               num_fewshot: int | None = None, checkpoint: Path | None = None, device: str = "cpu") -> dict:
     """lm_eval.simple_evaluate on the run; returns {task: {metric: value}}. With include_path, only
     the tasks found there are known (no download of the harness's task index is needed)."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:  # a name typed wrong: exit 2, as an unknown config or data source
-        where = f"in {include_path}" if include_path else "in lm-evaluation-harness's task list"
-        raise UsageError(f"unknown task(s) {', '.join(unknown)}{did_you_mean(unknown[0], manager.all_tasks)} {where}")
+    manager = task_manager(tasks, include_path)
     model = VSLMHarnessLM(str(run), str(checkpoint) if checkpoint else None, device)
     try:
         results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,

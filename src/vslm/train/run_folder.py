@@ -47,6 +47,16 @@ CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
 
 
+def read_summary(run_dir: Path) -> dict:
+    """The run's summary.json; {} where it is missing or does not read (what it holds is derived, and those
+    reading it fall back without it)."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def update_summary(run_dir: Path, **fields) -> None:
     """Adds fields to the run's summary.json (written by the trainer when the run starts)."""
     path = Path(run_dir) / SUMMARY
@@ -174,13 +184,10 @@ def corpus_changes(folder: Path, train_tokens: int, val_tokens: int, tokenizer: 
     """How the run's corpus, prepared now, differs from the one it began with (summary.json's token counts, and
     the run's tokenizer.json against `tokenizer`, the one the corpus is prepared with now): ["train 1,000 then,
     1,200 now", ...]; [] when they agree or the run folder does not say."""
-    try:
-        began = json.loads((Path(folder) / SUMMARY).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        began = None
+    began = read_summary(folder)
     now = {"train_tokens": train_tokens, "val_tokens": val_tokens}
     differ = [f"{key.split('_')[0]} {began[key]:,} then, {now[key]:,} now" for key in now
-              if isinstance(began, dict) and isinstance(began.get(key), int) and began[key] != now[key]]
+              if isinstance(began.get(key), int) and began[key] != now[key]]
     if tokenizer is not None and (Path(folder) / TOKENIZER).is_file():  # same counts, other ids: a char renamed
         try:
             then = load_tokenizer(Path(folder) / TOKENIZER)

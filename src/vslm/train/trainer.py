@@ -713,7 +713,8 @@ class Trainer:
                    "flops_per_token": self.flops_per_token, "device": str(self.device),
                    "processes": self.dist.world,
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
-                   "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens)}
+                   "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens),
+                   "data_identity": self.corpus.meta["identity"]}  # the text read: `vslm eval --on` tells its own
         if self.origin:  # a resume keeps the one its start wrote (old | summary below)
             summary["init_from"] = self.origin
         if self.resume:
