@@ -126,6 +126,8 @@ def test_inf_and_nan_are_refused_in_every_float_field(word, field, capsys):
     (["--num", "0"], "--num must be at least 1"),
     (["--tokens", "-1"], "--tokens must be at least 1"),
     (["--threads", "-1"], "--threads must be 0 (torch's choice) or more, got -1"),
+    (["--seed", "-1"], "--seed must be 0 to 2**64 - 1, got -1"),  # wrapped to 2**64 - 1's samples
+    (["--seed", str(2**64)], "--seed must be 0 to 2**64 - 1"),  # a traceback
 ])
 def test_sample_refuses_out_of_range_arguments_in_one_line(run, args, message, capsys):
     assert main(["sample", str(run), *args]) == 2
@@ -139,6 +141,18 @@ def test_sample_with_temperature_0_is_greedy(run, capsys):
     assert main(["sample", str(run), "--temperature", "0", "--tokens", "8", "--seed", "2"]) == 0
     greedy = capsys.readouterr().out
     assert greedy.strip("\n") and greedy.strip("\n") in out.out  # every seed, every sample: the same text
+
+
+def test_sample_takes_several_prompts(run, capsys):
+    """A second --prompt replaced the first, silently; each is continued now, --num samples each."""
+    assert main(["sample", str(run), "--temperature", "0", "--tokens", "4", "--prompt", "The", "--prompt",
+                 "Once", "--num", "2"]) == 0
+    out = capsys.readouterr().out
+    heads = [ln for ln in out.splitlines() if "prompt " in ln and "sample " in ln]
+    assert len(heads) == 4 and "prompt 2 sample 2" in heads[-1]
+    texts = [ln for ln in out.splitlines() if ln and "─" not in ln]
+    assert [t[:4] for t in texts] == ["The", "The", "Once", "Once"] or \
+        [t.split()[0] for t in texts] == ["The", "The", "Once", "Once"]
 
 
 def test_sample_on_busy_cores_says_how_to_take_fewer_threads(run, capsys, monkeypatch):

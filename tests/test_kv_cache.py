@@ -264,6 +264,14 @@ def test_bench_sample_reports_both_paths_and_the_ratio(capsys):
     for r in result["rows"]:  # one repeat: its pair's ratio is the ratio of the two speeds
         assert r["same_tokens"] and r["tokens_per_s_cache"] > 0
         assert r["ratio"] == pytest.approx(r["tokens_per_s_cache"] / r["tokens_per_s_no_cache"], abs=0.011)
+    # the same tokens is a check only where they differ: the model at its init gave token 0 at every step
+    assert main(["bench", "sample", "--tokens", "30", "--repeat", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["distinct_tokens"] >= 5
+    assert main(["bench", "sample", "--tokens", "3", "--repeat", "1", "--json"]) == 0  # within the context
+    assert [r["past_context"] for r in json.loads(capsys.readouterr().out)["rows"]] == ["within"]
+    for word in ("model.vocab_size=100", "train.steps=7"):  # settings it would not use: refused, not ignored
+        assert main(["bench", "sample", "--tokens", "3", word]) == 2
+        assert f"model.* overrides but model.vocab_size (64), got {word}" in capsys.readouterr().err
 
 
 def test_bench_sample_profile_names_the_ops_of_a_cached_step(capsys):
@@ -329,3 +337,36 @@ def test_bench_sample_table_title_says_what_its_medians_are():
     title = " ".join(line.strip() for line in lines[:next(i for i, ln in enumerate(lines) if ln.startswith("┏"))])
     assert title == (f"sampling, demo model (random weights), batch 1, 6 new tokens, greedy, {torch.get_num_threads()} "
                      "threads; tokens/s: median of 2 repeats; x: median of each repeat's cached/uncached speed ratio")
+
+
+def test_a_tiny_temperature_a_padded_vocabulary_and_a_refusal_mid_sample():
+    """A temperature under 1e-38 overflowed the logits (inf - inf: NaN, a traceback in multinomial); a model
+    vocabulary padded past the tokenizer's drew ids that decode to nothing (dropped: 200 tokens gave 151
+    characters); a refusal inside sample_text left a notebook's model in eval mode (training went on without
+    dropout, silently)."""
+    from vslm.data.tokenizer import ByteTokenizer
+    from vslm.train.sampling import sample_text
+
+    model = tiny_model([], vocab=300)
+    idx = torch.tensor([[1, 2, 3]])
+    greedy = model.generate(idx, 12, temperature=0)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(model.generate(idx, 12, temperature=1e-40, generator=gen), greedy)
+    drawn = model.generate(idx, 200, temperature=2.0, top_k=None, generator=gen, vocab=257)[:, 3:]
+    assert drawn.max() < 257 and len(drawn.unique()) > 50  # every id drawn stands for a byte or end-of-text
+    assert (model.generate(idx, 200, temperature=2.0, top_k=None, generator=gen)[:, 3:] >= 257).any()  # else would
+
+    class Seen(ByteTokenizer):  # the ids sample_text decodes
+        def decode(self, ids):
+            self.ids = ids
+            return super().decode(ids)
+
+    seen = Seen()
+    sample_text(model, seen, "ab", tokens=200, temperature=2.0, top_k=None)
+    assert len(seen.ids) == 200 and max(seen.ids) < seen.vocab_size
+    model.train()
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        sample_text(model, ByteTokenizer(), "ab", tokens=3, top_k=0)
+    assert model.training
+    with pytest.raises(ValueError, match="vocab must be 1 to the model's vocab_size 300, got 301"):
+        model.generate(idx, 1, vocab=301)

@@ -134,7 +134,12 @@ def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsy
     err = err_of("train", "--resume", "--out", wide, "--checkpoint", inside, "train.steps=4")
     assert str(inside) in err and re.search(r"embed.weight is \[\d+, 32\] there, \[\d+, 64\] in the model", err)
     inside.unlink()
-    assert "does not fit the model" in err_of("sample", wide, "--checkpoint", other, "--tokens", "5")
+    # another run's weights under this run's tokenizer (same shapes, other ids: silently garbled text): refused
+    assert f"checkpoint {other} is not in {wide}: that run's tokenizer" in err_of("sample", wide, "--checkpoint", other,
+                                                                                 "--tokens", "5")
+    shutil.copy(other, inside)  # among the run's own files, of another shape: named
+    assert "does not fit the model" in err_of("sample", wide, "--checkpoint", inside, "--tokens", "5")
+    inside.unlink()
     snapshot = wide / "snapshots" / "step_00000001.safetensors"
     assert "weights only" in err_of("train", "--resume", "--out", wide, "--checkpoint", snapshot, "train.steps=4")
     # a file that is not there: a usage error (exit 2), named with the folder that holds the run's checkpoints

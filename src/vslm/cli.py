@@ -125,6 +125,14 @@ def _check_sample_args(a: argparse.Namespace) -> None:
     _at_least(a, 1, "top_k", "tokens", "num")
     if a.threads < 0:
         raise UsageError(f"--threads must be 0 (torch's choice) or more, got {a.threads}")
+    _check_seed(a.seed)
+
+
+def _check_seed(seed: int) -> None:
+    """A sampling seed torch's generator takes as given: 0 to 2**64 - 1 (a negative one wraps to another seed's
+    samples, a larger one is a traceback)."""
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"--seed must be 0 to 2**64 - 1, got {seed}")
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
@@ -134,22 +142,33 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from vslm.train.trainer import set_threads
 
     _, model, tokenizer, used = load_run_at(Path(a.run), Path(a.checkpoint) if a.checkpoint else None)
-    try:
-        tokenizer.encode(a.prompt)  # a character the run's vocabulary lacks: named before anything is printed
-    except VSLMError as e:
-        raise UsageError(f"--prompt: {e}") from None
+    prompts = a.prompt or [""]
+    for prompt in prompts:
+        try:
+            tokenizer.encode(prompt)  # a character the run's vocabulary lacks: named before anything is printed
+        except VSLMError as e:
+            raise UsageError(f"--prompt: {e}") from None
     print(f"sampling from {used}", file=sys.stderr)  # which weights (stderr: stdout stays the text)
     if a.slide and (why := model.slide_refusal()) is not None:
         raise UsageError(f"--slide: {why}")
     from vslm.progress import track
 
     set_threads(a.threads, job="sampling", setting="--threads ")  # after every refusal, as in training
-    texts = sample_text(model, tokenizer, a.prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track,
-                        cache=not a.no_cache, warn=lambda reason: print(reason, file=sys.stderr), slide=a.slide)
-    for i, t in enumerate(texts):
-        if a.num > 1:
-            console.rule(f"sample {i + 1}")
-        print(t)
+    warned: set[str] = set()
+
+    def warn(reason: str) -> None:  # once, not once a prompt
+        if reason not in warned:
+            warned.add(reason)
+            print(reason, file=sys.stderr)
+
+    for j, prompt in enumerate(prompts):
+        texts = sample_text(model, tokenizer, prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track,
+                            cache=not a.no_cache, warn=warn, slide=a.slide)
+        for i, t in enumerate(texts):
+            if len(prompts) > 1 or a.num > 1:
+                console.rule(" ".join(([f"prompt {j + 1}"] if len(prompts) > 1 else []) +
+                                      ([f"sample {i + 1}"] if a.num > 1 else [])))
+            print(t)
     return 0
 
 
@@ -276,6 +295,7 @@ def cmd_shape(a: argparse.Namespace) -> int:
     if a.over_training:
         return _shape_course(a, plot_to, track)
 
+    _check_seed(a.seed)
     result = shape_run(Path(a.run), a.prompt, a.continuation, a.samples, a.tokens, a.seed, track)
     plot = write_plot(result, plot_to)
     if a.json:
@@ -1026,7 +1046,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate text from a run's newest good checkpoint (or --checkpoint); the file "
                                    "used is named on stderr, the samples go to stdout.")
     p.add_argument("run", help="run folder")
-    p.add_argument("--prompt", default="", help="text the samples continue (default: none, from end-of-text)")
+    p.add_argument("--prompt", action="append", default=[], help="text the samples continue (default: none, from "
+                   "end-of-text); repeat for several prompts, --num samples each, the same seed for each")
     p.add_argument("--tokens", type=int, default=200, help="tokens generated per sample (default 200)")
     p.add_argument("--num", type=int, default=1, help="samples (default 1)")
     p.add_argument("--temperature", type=float, default=0.8, help="> 0 samples; 0 is greedy (default 0.8)")

@@ -366,14 +366,23 @@ def interleaved(runs: dict, repeat: int) -> tuple[dict, dict]:
 
 def sampling_model(overrides: list[str], context: int | None = None) -> GPT:
     """The model `vslm bench sample` times (and scripts/ab_sampling.py, scripts/bench_compiled_decode.py): the
-    demo config with a vocabulary of 64, random weights from seed 0, in eval mode; `context` replaces the
-    config's."""
+    demo config with a vocabulary of 64, random weights from seed 0 moved away from the init (at the init every
+    greedy token is the same one, and no cache or mask bug could change the tokens the benchmarks compare), in
+    eval mode; `context` replaces the config's. Overrides: model.* but the vocabulary (the only settings it
+    reads)."""
     from vslm.config import load_config
     from vslm.model import GPT
 
+    if ignored := [w for w in overrides if not w.startswith("model.") or w.startswith("model.vocab_size")]:
+        raise UsageError(f"the sampling benchmark's model takes model.* overrides but model.vocab_size (64), got "
+                         f"{' '.join(ignored)}")
     cfg = load_config("demo", [*overrides, "model.vocab_size=64"]).model
     torch.manual_seed(0)
-    return GPT(cfg if context is None else cfg.model_copy(update={"context": context})).eval()
+    model = GPT(cfg if context is None else cfg.model_copy(update={"context": context})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
 
 
 def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Console | None,
@@ -393,7 +402,7 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
                          f"got {tokens}, {repeat} and {profile}")
     demo = sampling_model(overrides)
     context = demo.cfg.context
-    cases = [("crop", context, demo)]  # (past the context, context, model)
+    cases = [("crop" if tokens + 1 > context else "within", context, demo)]  # (past the context, context, model)
     if tokens + 1 > context:
         if demo.slide_refusal() is None:
             cases.append(("slide", context, demo))
@@ -412,7 +421,8 @@ def run_sample_bench(overrides: list[str], tokens: int, repeat: int, console: Co
         paired = statistics.median(t_plain / t_cached for t_cached, t_plain in pairs)
         rows.append({"context": context, "past_context": beyond, "tokens_per_s_cache": round(cached, 1),
                      "tokens_per_s_no_cache": round(plain, 1), "ratio": round(paired, 2),
-                     "same_tokens": torch.equal(outputs[i, True], outputs[i, False])})
+                     "same_tokens": torch.equal(outputs[i, True], outputs[i, False]),
+                     "distinct_tokens": len(outputs[i, True].unique())})  # how much "the same" says
     result = {"config": "demo", "overrides": overrides, "new_tokens": tokens, "batch": 1, "repeat": repeat,
               "threads": torch.get_num_threads(), "rows": rows}
     if profile:

@@ -270,7 +270,7 @@ class GPT(nn.Module):
     def generate(
         self, idx: torch.Tensor, new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
         generator: torch.Generator | None = None, track: Callable = quiet, cache: bool = True,
-        slide: bool = False,
+        slide: bool = False, vocab: int | None = None,
     ) -> torch.Tensor:
         """Append `new_tokens` sampled tokens to idx (B, T); temperature 0 is greedy, top_k None keeps every token.
         `cache` keeps keys and values between steps unless `cache_fallback()` gives a reason not to; the
@@ -281,8 +281,12 @@ class GPT(nn.Module):
         Mistral; RoPE models only, `slide_refusal`): each token's keys are computed once, and the cache
         keeps its speed past the context (without the cache a sliding step reruns the whole sequence, its cost
         growing with the length). The two give different tokens there; each path gives its own.
-        Out-of-range arguments are a ValueError naming the argument. `track` shows progress (vslm.progress)."""
+        `vocab`: only ids below it are drawn (a model.vocab_size padded past the tokenizer's: the ids above stand
+        for no text). Out-of-range arguments are a ValueError naming the argument. `track` shows progress
+        (vslm.progress)."""
         check_sampling(temperature, top_k)
+        if vocab is not None and not 1 <= vocab <= self.cfg.vocab_size:
+            raise ValueError(f"vocab must be 1 to the model's vocab_size {self.cfg.vocab_size}, got {vocab}")
         if slide and (why := self.slide_refusal()) is not None:
             raise ValueError(f"slide=True: {why}")
         if new_tokens < 0:
@@ -293,11 +297,12 @@ class GPT(nn.Module):
         # inference mode drops autograd's bookkeeping (about 10% of a cached step); without the cache hooks
         # may be attached, and what they capture must stay usable tensors, so plain no_grad there
         with torch.inference_mode() if cached else torch.no_grad():
-            idx = self._sample_loop(idx, new_tokens, temperature, top_k, generator, track, cached, slide)
+            idx = self._sample_loop(idx, new_tokens, temperature, top_k, generator, track, cached, slide, vocab)
         return idx.clone()  # a plain tensor again, usable anywhere
 
     def _sample_loop(self, idx: torch.Tensor, new_tokens: int, temperature: float, top_k: int | None,
-                     generator: torch.Generator | None, track: Callable, cached: bool, slide: bool) -> torch.Tensor:
+                     generator: torch.Generator | None, track: Callable, cached: bool, slide: bool,
+                     vocab: int | None) -> torch.Tensor:
         kv = None
         for _ in track(range(new_tokens), "generating tokens"):
             if cached:
@@ -306,10 +311,12 @@ class GPT(nn.Module):
                 logits = self(idx, slide=True)[:, -1, :].float()
             else:
                 logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()
+            if vocab is not None:  # the ids a padded vocabulary adds are never drawn: an id is its column
+                logits = logits[:, :vocab]
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
+            else:  # from the largest, so that a tiny temperature (1e-40) cannot overflow to inf - inf = NaN
+                logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
                 if top_k is not None and top_k < logits.shape[-1]:
                     kth = torch.topk(logits, top_k).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -274,6 +274,10 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     if checkpoint is not None and not Path(checkpoint).is_file():  # an argument naming no file: as for --resume
         raise UsageError(f"checkpoint {checkpoint}: no such file (the run's checkpoints are in "
                          f"{folder / CHECKPOINTS})")
+    if checkpoint is not None and not Path(checkpoint).resolve().is_relative_to(folder.resolve()):
+        raise VSLMError(f"checkpoint {checkpoint} is not in {folder}: that run's tokenizer and config would be "
+                        "applied to another run's weights (the same shapes, other token ids); give the run it "
+                        "belongs to")
     if checkpoint is not None:
         weights, _ = load_checkpoint(checkpoint, device)
         if bad := nonfinite(weights):  # what newest_good passes over, asked for by name: refused

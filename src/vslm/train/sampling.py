@@ -43,10 +43,12 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    reason = model.cache_fallback() if cache else None
-    if reason and warn:
-        warn(reason)
-    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator, track=track,
-                         cache=cache, slide=slide)
-    model.train(was_training)
+    try:  # a refusal from generate leaves a notebook's model in the mode it was in (else training goes on without
+        reason = model.cache_fallback() if cache else None  # dropout, and says nothing)
+        if reason and warn:
+            warn(reason)
+        out = model.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator, track=track,
+                             cache=cache, slide=slide, vocab=min(tokenizer.vocab_size, model.cfg.vocab_size))
+    finally:
+        model.train(was_training)
     return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out]
