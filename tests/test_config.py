@@ -170,6 +170,11 @@ def test_a_bare_built_in_name_is_the_built_in_whatever_file_of_that_name_lies_he
     assert load_config("mine.toml").model.depth == load_config("tiny").model.depth
     (tmp_path / "exp.toml").write_text('base = "tiny"\nvariants = {a = []}\n')
     assert read_experiment("exp.toml")[1]["base"] == "tiny"
+    # a path that is no file here is not a built-in either (it was joined to the package's folder: './tiny' trained
+    # the built-in, 'experiments/smoke' read an experiment as a config)
+    (tmp_path / "tiny").unlink()
+    for path in ("./tiny", "../configs/tiny", "experiments/smoke"):
+        assert config_error(path).startswith(f"no config '{path}'") and "not a file" in config_error(path)
 
 
 def test_a_relative_data_path_is_read_from_where_the_command_runs_and_checked_on_resume(tmp_path, monkeypatch,

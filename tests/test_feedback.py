@@ -305,7 +305,18 @@ def test_watch_tells_a_stopped_run_from_a_running_one_by_its_lock(tmp_path, monk
     with FileLock(str(folder / LOCK)):  # a trainer in it now
         assert main(["watch", str(folder), "--once"]) == 0
         assert "step 2/6 (33%)  running, eta 2 s" in capsys.readouterr().out
+    import os
+    import time
+
+    past = time.time() - 3600  # stopped an hour ago: said at once, not after STOPPED_AFTER (30 s) more of quiet
+    for name in ("config.toml", "metrics.jsonl"):
+        os.utime(folder / name, (past, past))
+    buf, started = io.StringIO(), time.monotonic()
+    watch_module.watch(folder, Console(file=buf, width=200), every=0.05, idle=60)
+    assert buf.getvalue().rstrip().endswith("the run stopped: no process trains in it")
+    assert time.monotonic() - started < 5
     monkeypatch.setattr(watch_module, "STOPPED_AFTER", 0.2)
+    (folder / "metrics.jsonl").touch()  # written just now: said once quiet for STOPPED_AFTER
     buf = io.StringIO()
     watch_module.watch(folder, Console(file=buf, width=200), every=0.05, idle=60)
     assert buf.getvalue().rstrip().endswith("the run stopped: no process trains in it")

@@ -173,8 +173,7 @@ def test_sigterm_outside_a_training_is_one_line_exit_143(finished_run):
     assert "serving the report" in proc.stdout.readline()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and err.strip() == ("vslm: stopped by SIGTERM (what was finished is kept: the "
-                                                      "same command reuses it)")
+    assert proc.returncode == 143 and err.strip() == "vslm: stopped by SIGTERM"  # a server has nothing to reuse
 
 
 def test_serve_and_watch_flags_without_them_are_refused(finished_run, capsys):
@@ -238,3 +237,18 @@ def test_served_page_reloads_itself_in_headless_chromium(served, growing, finish
     assert 'data-version="2"' in body and 'data-step="4"' in body, body
     assert len(pages) == 2  # loaded, then reloaded by its own script
     assert UNFINISHED not in run.stdout
+
+
+def test_sigterm_says_what_is_kept_only_where_a_command_reuses_it(monkeypatch, capsys):
+    """Every command said 'what was finished is kept: the same command reuses it'; only those of many runs do."""
+    from vslm import cli
+
+    def stopped(argv):
+        raise cli.Terminated
+
+    monkeypatch.setattr(cli, "_main", stopped)
+    for argv, said in ((["experiment", "smoke"], " (what was finished is kept: the same command reuses it)"),
+                       (["scaling", "scaling-tiny"], " (what was finished is kept: the same command reuses it)"),
+                       (["eval", "run", "--on", "stories"], ""), (["watch", "run"], ""), (["sample", "run"], "")):
+        assert cli.main(argv) == 143
+        assert capsys.readouterr().err == f"vslm: stopped by SIGTERM{said}\n"

@@ -1271,6 +1271,9 @@ class Terminated(BaseException):
     A BaseException, as KeyboardInterrupt is: no `except Exception` takes it for a failed run and goes on."""
 
 
+REUSES_FINISHED = ("experiment", "scaling", "facts")  # commands of many runs that take up the finished ones again
+
+
 def _terminate(signum, frame) -> None:
     raise Terminated
 
@@ -1281,7 +1284,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except Terminated:
-        print("vslm: stopped by SIGTERM (what was finished is kept: the same command reuses it)", file=sys.stderr)
+        words = sys.argv[1:] if argv is None else argv
+        reuses = bool(words) and words[0] in REUSES_FINISHED  # the others have nothing to take up again
+        print("vslm: stopped by SIGTERM" + (" (what was finished is kept: the same command reuses it)" if reuses
+                                            else ""), file=sys.stderr)
         return 143
     finally:
         if here:

@@ -641,9 +641,10 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config {path}: cannot read it ({e})") from None
         label, key, here = str(path), str(path.resolve()), path.parent
-    else:
+    else:  # a built-in name is bare: './tiny' or '../configs/tiny', no file here, is not the package's tiny.toml
+        bare = name_or_path == Path(name_or_path).name and name_or_path not in (".", "..")
         entry = resources.files("vslm.configs") / f"{name_or_path}.toml"
-        if not entry.is_file():
+        if not bare or not entry.is_file():
             names = ", ".join(builtin_configs())
             where = f" ({path})" if beside is not None else ""
             if files and (path / "config.toml").is_file():  # a run folder: its config is the file inside

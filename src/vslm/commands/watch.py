@@ -133,7 +133,10 @@ def watch(folder: Path, console: Console, once: bool = False, every: float = 2.0
     if once:
         console.print("\n".join(frame(run)), highlight=False, markup=False)
         return run
-    seen, quiet_since = _changed(folder), time.monotonic()
+    seen = _changed(folder)
+    # quiet since the last write, up to STOPPED_AFTER of it: a run stopped long ago is said stopped at once (the
+    # first frame already showed it), not after STOPPED_AFTER more seconds
+    quiet_since = time.monotonic() - min(max(0.0, time.time() - seen), STOPPED_AFTER)
 
     def stop() -> str | None:
         nonlocal seen, quiet_since
