@@ -5,6 +5,7 @@ written with `datasets`, SQuAD's original nested JSON), the way a user's offline
 
 import json
 import math
+import os
 
 import datasets  # conftest, imported first, has set its environment (no network, caches in a temporary folder)
 import numpy as np
@@ -609,6 +610,14 @@ def test_eval_knows_the_runs_own_file_from_any_folder_and_counts_words_a_documen
         assert held - 1 <= scored["tokens"] <= held and scored["split"] == "all, held out", (scored, held)
     words = {r["words"] for r in results.values()}
     assert len(words) == 1 and words.pop() % 40 == 0  # whole documents of 40 words: none joined at a boundary
+    # touched since (a checkout rewrites modification times): its own file still, from any folder, and said
+    os.utime(tmp_path / "work" / "docs.txt")
+    for where, run, on in (("work", "run", "docs.txt"), ("", "work/run", "work/docs.txt")):
+        monkeypatch.chdir(tmp_path / where)
+        assert main(["eval", run, "--on", on, "--json"]) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["corpora"][0]["split"] == "all, held out"
+        assert f"note: {on} changed since the run trained on it" in out.err
 
 
 def test_eval_on_a_generated_corpus_from_a_run_without_a_byte_limit(tmp_path, capsys):

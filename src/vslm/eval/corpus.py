@@ -26,6 +26,7 @@ run on it holds out (the same ones, given the run's data settings); a path, all 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ def _add(score: Score, model: GPT, window: torch.Tensor, sizes: torch.Tensor, de
 
 
 def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None,
-              trained_identity: str | None = None) -> tuple[DataConfig, bool, str, bool, int | None]:
+              trained: dict | None = None) -> tuple[DataConfig, bool, str, bool, int | None]:
     """(the data config, whether all of the text is evaluation text, the split, word-level benchmark, the bytes of
     held-out text to score at most) of `--on NAME`.
 
@@ -136,12 +137,12 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None,
     `--on` the run's own corpus reads the documents it held out, never its training text: there `max_bytes`
     caps the held-out text scored, not the text read (which would move a single text's held-out tail).
 
-    `trained_identity`: the identity of the text the run trained on (its summary's data_identity), which tells
-    its own file wherever the command runs; without it (a run from before it was recorded) a run's relative
-    path is read from the current folder."""
+    `trained`: what the run recorded of the text it trained on (its summary's data_path, the file's absolute path,
+    and data_identity, the text's hash), which tells its own file wherever the command runs; without them (a run
+    from before they were kept) a run's relative path is read from the current folder."""
     entry, split = split_name(name)
     trained_entry, trained_split = split_name(run_data.source)
-    here, trained = Path(name).expanduser(), Path(run_data.source).expanduser()
+    here, trained_path = Path(name).expanduser(), Path(run_data.source).expanduser()
     if entry is not None and entry.name not in GENERATED:
         split = split or entry.eval_split or "train"
         source, all_val, word_level = f"{entry.name}:{split}", split in EVAL_SPLITS, entry.word_perplexity
@@ -156,10 +157,18 @@ def eval_data(name: str, run_data: DataConfig, max_bytes: int | None = None,
         own = here.exists() and here.resolve() in {f.resolve() for f in local_files(trained_entry, trained_split
                                                                                      or "train") or ()}
         source = run_data.source if own else source
-    elif trained_identity is not None:  # the same text, wherever the run trained and the command runs
-        own = here.exists() and open_source(run_data.model_copy(update={"source": name})).identity == trained_identity
-    else:  # paths: the same file or folder (a run's relative path, from the current folder)
-        own = here.exists() and trained.exists() and here.resolve() == trained.resolve()
+    else:  # paths: the same text (wherever the run trained and the command runs), or the same file or folder (a
+        # run's relative path, from the current folder: the only test for a run from before its identity was kept)
+        recorded = trained or {}
+        path = Path(recorded["data_path"]) if "data_path" in recorded else trained_path.resolve()
+        same_path = here.exists() and here.resolve() == path
+        identity = recorded.get("data_identity")
+        same_text = (identity is not None and here.exists() and
+                     open_source(run_data.model_copy(update={"source": name})).identity == identity)
+        own = same_path or same_text
+        if same_path and identity is not None and not same_text:  # edited, or only touched (a checkout)
+            print(f"note: {name} changed since the run trained on it (its size, modification time or content): "
+                  "the held-out part is taken from it as it is now", file=sys.stderr)
     all_val = all_val and not own  # a run's own text, an evaluation split too: the part it held out
     fields = run_data.model_dump(exclude={"source", "max_bytes"} if own else {"source", "max_tokens", "max_bytes"})
     if source != "stories":  # data.copying changes the built-in stories only
@@ -205,9 +214,9 @@ class HeldText:
 
 
 def held_text(tokenizer: Tokenizer, name: str, run_data: DataConfig, max_bytes: int | None = None,
-              trained_identity: str | None = None) -> HeldText:
+              trained: dict | None = None) -> HeldText:
     """The text `--on NAME` scores (eval_data says which), prepared into shards with the run's tokenizer."""
-    data, all_val, split, word_level, cap = eval_data(name, run_data, max_bytes, trained_identity)
+    data, all_val, split, word_level, cap = eval_data(name, run_data, max_bytes, trained)
     try:
         corpus = prepare_corpus(data, tokenizer=tokenizer, all_val=all_val)
     except VSLMError as e:  # the field holding the text: --text-field here (text_field= in Python)
@@ -245,10 +254,10 @@ def score_text(model: GPT, text: HeldText, eos_id: int | None, batch_size: int =
 
 def evaluate_corpus(model: GPT, tokenizer: Tokenizer, name: str, run_data: DataConfig,
                     max_bytes: int | None = None, batch_size: int = 32, track: Callable = quiet,
-                    lengths: tuple[int, ...] = (1,), trained_identity: str | None = None) -> list[CorpusResult]:
-    """One result per length (windows of that many times the context), in the order given. `trained_identity`:
+                    lengths: tuple[int, ...] = (1,), trained: dict | None = None) -> list[CorpusResult]:
+    """One result per length (windows of that many times the context), in the order given. `trained`:
     see eval_data."""
-    text = held_text(tokenizer, name, run_data, max_bytes, trained_identity)
+    text = held_text(tokenizer, name, run_data, max_bytes, trained)
     return score_text(model, text, tokenizer.eos_id, batch_size, track, lengths)
 
 
@@ -260,7 +269,7 @@ def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, ma
     text in JSON lines and parquet files given by path (default: the run's data.text_field)."""
     names = [names] if isinstance(names, str) else names
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
-    trained = read_summary(Path(run)).get("data_identity")
+    trained = read_summary(Path(run))
     if max(lengths) > 1 and (why := model.slide_refusal()) is not None:
         raise UsageError(f"--lengths {' '.join(map(str, lengths))} (lengths= in Python): {why}")
     data = cfg.data if text_field is None else cfg.data.model_copy(update={"text_field": text_field})

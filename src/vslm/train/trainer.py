@@ -49,6 +49,7 @@ from pydantic import BaseModel
 
 from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
+from vslm.data.registry import split_name
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.data.sources import check_source
 from vslm.errors import ConfigError, ResumeRefused, UsageError, VSLMError, refuse_file_in_the_way
@@ -715,6 +716,8 @@ class Trainer:
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
                    "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens),
                    "data_identity": self.corpus.meta["identity"]}  # the text read: `vslm eval --on` tells its own
+        if split_name(source := self.cfg.data.source)[0] is None and Path(source).expanduser().exists():
+            summary["data_path"] = str(Path(source).expanduser().resolve())  # a relative path's, from anywhere
         if self.origin:  # a resume keeps the one its start wrote (old | summary below)
             summary["init_from"] = self.origin
         if self.resume:
