@@ -192,10 +192,14 @@ def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(r
     with pytest.raises(VSLMError, match="holds files that are not a distillation's"):
         D.distill(teacher, naive, tmp / "world", teacher, **kw)  # --out the teacher's own folder
     for bad, match in (({"method": "npo", "beta": 0.0}, "NPO's beta must be above 0"),
-                       ({"distractors": -2}, "--distractors -2: a count")):
+                       ({"distractors": -2}, "--distractors -2: a count"),
+                       ({"weights": {"forget": -1.0}}, "loss weight forget=-1.0: a finite number, 0 or more"),
+                       ({"weights": {"forget": float("nan")}}, "loss weight forget=nan"),
+                       ({"steps": 0}, "steps")):  # checked once the teacher is read: before the folder is made
         with pytest.raises(VSLMError, match=match):
             D.distill(teacher, naive, tmp / "world", tmp / "bad", **{**kw, **bad})
-    assert not (tmp / "bad").exists()
+        assert not (tmp / "bad").exists(), bad  # nothing that would refuse the corrected command
+    assert D.distill(teacher, naive, tmp / "world", tmp / "bad", **kw)["last"] == first["last"]
 
 
 def test_a_naive_model_with_another_tokenizer_of_the_same_size_is_refused(tmp_path, runs):

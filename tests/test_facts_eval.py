@@ -17,6 +17,7 @@ from conftest import tiny_overrides
 from vslm.cli import main
 from vslm.config import ModelConfig
 from vslm.data.tokenizer import ByteTokenizer
+from vslm.errors import VSLMError
 from vslm.knowledge import metrics, probe
 from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.evaluate import evaluate_world, retriever_for, select
@@ -225,6 +226,21 @@ def test_probe_attribute_reads_the_attribute_when_the_states_hold_it(folder, mon
     assert result["n_train"] + result["n_test"] == SMALL.people and 0 <= result["baseline"] < 0.5
 
 
+def test_probe_of_a_symmetric_relation_labels_each_person_with_the_other_end(folder):
+    """A spouse fact is stored once and read from both ends: the person on its object side was labelled with
+    themself (15 of 30 married people in one world), so the probe's accuracy and baseline were of wrong labels."""
+    ids = {e.name: e.id for e in folder.world.of_kind("person", "seen")}
+    labels = probe.attribute_labels(folder.world, "spouse", "seen")
+    married = [(n, f) for n, i in ids.items() if (f := folder.world.lookup(i, "spouse")) is not None]
+    assert len(labels) == len(married) >= 4
+    assert all(label != ids[name] for name, label in labels)  # never oneself
+    assert {(n, f.subject if f.object == ids[n] else f.object) for n, f in married} == set(labels)
+    on_object_side = [n for n, f in married if f.object == ids[n]]
+    assert on_object_side  # the people the old labels got wrong
+    assert probe.attribute_labels(folder.world, "birth_city", "seen") == [
+        (e.name, folder.world.lookup(e.id, "birth_city").object) for e in folder.world.of_kind("person", "seen")]
+
+
 # ------------------------------------------------------------------------------ end to end
 
 
@@ -299,6 +315,19 @@ def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
         assert main(["facts", "eval", str(tmp_path), "--world", str(damaged)]) == 1
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    # files that read alone but not together (a traceback after the closed-book scoring, before): said at once
+    other = tmp_path / "other"
+    assert main(["facts", "generate", "--out", str(other), "--people", "8", "--novel-people", "4", "--seed", "5"]) == 0
+    capsys.readouterr()
+    cut = (world / "cards.jsonl").read_text().splitlines(keepends=True)
+    for name, text, words in (("cards.jsonl", "".join(cut[: len(cut) // 2]), "cards.jsonl has no card for "),
+                              ("questions.jsonl", (other / "questions.jsonl").read_text(),
+                               "questions.jsonl asks about facts world.json does not hold")):
+        damaged = tmp_path / f"mismatched-{name}"
+        shutil.copytree(world, damaged)
+        (damaged / name).write_text(text)
+        with pytest.raises(VSLMError, match=words):
+            load_world_folder(damaged)
 
 
 def test_a_char_tokenizer_that_cannot_write_a_name_says_what_to_do(folder):

@@ -173,3 +173,21 @@ def test_a_reused_reader_is_checked_before_it_is_read_back_or_resumed(tmp_path):
     with pytest.raises(VSLMError, match="holds no reader"):
         train_reader(world, tmp_path / "mine", cfg, settings, reuse=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_a_reader_of_too_many_hops_is_refused_and_one_whose_examples_outgrow_its_context_is_warned(tmp_path, capsys):
+    """--max-hops 9 was accepted (a world asks at most 6); --max-distractors 20 trained a reader whose examples,
+    39% of them at the reader's context, lost their first tokens (often the facts that answer them), unsaid."""
+    world = tmp_path / "world"
+    write_world_folder(WorldConfig(seed=1, people=8, novel_people=4, hops=2, questions_per_hop=3), world)
+    cfg = reader_config("reader", ["train.steps=2", "model.depth=1", "model.width=32", "train.eval_windows=2"])
+    with pytest.raises(VSLMError, match="max_hops 9: a world's questions take at most 6 hops"):
+        train_reader(world, tmp_path / "r", cfg, ReaderSettings(max_hops=9, curve_every=0))
+    assert not (tmp_path / "r").exists()
+    train_reader(world, tmp_path / "fits", cfg, ReaderSettings(max_hops=1, max_distractors=1, curve_every=0))
+    assert "longer than the context" not in capsys.readouterr().err
+    train_reader(world, tmp_path / "long", cfg, ReaderSettings(max_hops=3, max_distractors=20, curve_every=0))
+    err = capsys.readouterr().err
+    assert "of the last stage's examples (20 distractors, 3 hops) are longer than the context (" in err
+    share = int(err.split("warning: ")[1].split("%")[0])
+    assert share > 5  # said only above one example in twenty

@@ -280,6 +280,18 @@ def test_a_tiny_knowledge_experiment_runs_reuses_and_reports(tmp_path, capsys):
     assert fewer["summary"]["reader"]["retrieved.seen"]["mean"] == evaluated["retrieved"]["seen"]["accuracy"]
     assert evaluated["retrieved"]["seen"]["n"] <= 2  # one question per hop count (2 hops)
 
+    # a distillation or a relearning test of other settings: refused, naming them (both were reused as they were)
+    base = TINY.replace("per_group = 3", "per_group = 1")
+    student = base.split('name = "student"')[1]
+    for changed, words in ((student.replace("steps = 2", "steps = 6", 1), "steps 2 then, 6 now"),
+                           (student.replace("relearn_steps = 2", "relearn_steps = 5"),
+                            "relearn.json was made with relearn_steps=2, seed 0; this experiment asks "
+                            "relearn_steps=5")):
+        spec.write_text(base.split('name = "student"')[0] + 'name = "student"' + changed)
+        with pytest.raises(VSLMError, match=words):
+            run_experiment(str(spec), out)
+    assert json.loads((seed / "student" / "distill.json").read_text())["steps"] == 2
+
     capsys.readouterr()
     assert main(["experiment", str(spec), "--out", str(tmp_path / "bad"), "--seeds", "0"]) != 0
     assert "at least 1 seed" in capsys.readouterr().err

@@ -178,7 +178,10 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
                 "distractors": distractors}
     started = _started_with(out)
     if started is not None and started != settings:
-        raise VSLMError(f"{out} already holds a distillation of other settings; --out another folder")
+        differ = ", ".join(f"{k} {started.get(k)!r} then, {v!r} now" for k, v in settings.items()
+                           if started.get(k) != v)
+        raise VSLMError(f"{out} already holds a distillation of other settings ({differ}); --out another folder, "
+                        "or move it away")
     if (out / RESULT).is_file() and started == settings:
         return json.loads((out / RESULT).read_text(encoding="utf-8"))
     if started is None and any(out.iterdir() if out.is_dir() else ()):
@@ -196,9 +199,11 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
     student = copy.deepcopy(teacher).requires_grad_(True)
     for m in (teacher, naive):
         m.eval().requires_grad_(False)
+    # checked before the folder and its settings file are written: a bad value leaves nothing that would refuse
+    # the corrected command as "a distillation of other settings"
+    run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, checkpoint_every=max(1, steps // 4))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / STARTED, json.dumps(settings, indent=1) + "\n")
-    run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, checkpoint_every=max(1, steps // 4))
     final = fine_tune(run_cfg, out, student, prepare_corpus(cfg.data, tokenizer=tokenizer),
                       objective=Distillation(teacher, naive, weights, beta), batches=batches, keep=(STARTED,))
     used = [k for k, w in weights.items() if w != 0]

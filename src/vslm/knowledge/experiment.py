@@ -437,10 +437,9 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
     from vslm.knowledge.evaluate import eval_settings, evaluate_run
 
     folder = seed_dir / arm.name
-    if arm.distilled:
-        if not (folder / "distill.json").is_file():  # not done: started afresh or continued
-            distill(seed_dir / arm.teacher, seed_dir / arm.naive, world, folder, arm.method, arm.steps,
-                    arm.batch_size, arm.lr, seed=seed, device=device)
+    if arm.distilled:  # done with these settings: read back; begun or done with others: refused, naming them
+        distill(seed_dir / arm.teacher, seed_dir / arm.naive, world, folder, arm.method, arm.steps,
+                arm.batch_size, arm.lr, seed=seed, device=device)
         train = {}
     elif arm.data == READER:
         from vslm.knowledge.reader import train_reader
@@ -475,11 +474,16 @@ def relearning(folder: Path, world: Path, steps: int, seed: int, device: str) ->
     from vslm.knowledge.distill import relearn
 
     path = folder / RELEARN
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+    if path.is_file():  # made with these settings: reused; with others: refused (the arm's own numbers would mix)
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("steps") == steps and saved.get("seed", seed) == seed:
+            return saved
+        raise VSLMError(f"{path} was made with relearn_steps={saved.get('steps')}, seed {saved.get('seed', seed)}; "
+                        f"this experiment asks relearn_steps={steps}, seed {seed}: move it and {folder / 'relearn'} "
+                        "away to relearn, or --out another folder")
     out = plain(relearn(folder, load_world_folder(world), folder / "relearn", steps=steps, seed=seed, device=device))
-    write_text(path, dumps(out, indent=1) + "\n")
-    return out
+    write_text(path, dumps({**out, "seed": seed}, indent=1) + "\n")
+    return {**out, "seed": seed}
 
 
 def run_seed(spec: KnowledgeSpec, seed: int, out: Path, extra: Sequence[str], device: str, say) -> dict[str, dict]:

@@ -218,6 +218,17 @@ def load_world_folder(folder: Path) -> WorldFolder:
     if not questions:
         raise VSLMError(f"{folder}/questions.jsonl holds no questions; generate the world again with "
                         "`vslm facts generate`")
+    # the files agree with each other (a file cut at a line's end, or another world's copied in, reads well alone)
+    facts_ids = [f.id for f in facts] + [f.id for f in changed.values()]
+    if missing := [i for i in facts_ids if i not in cards]:
+        raise VSLMError(f"{folder}/cards.jsonl has no card for {len(missing)} of world.json's {len(facts_ids)} facts "
+                        f"({missing[0]} first): it is cut short or another world's; generate the world again with "
+                        "`vslm facts generate`")
+    known = set(facts_ids)
+    if stray := [(q.id, i) for q in questions for i in q.support if i not in known]:
+        raise VSLMError(f"{folder}/questions.jsonl asks about facts world.json does not hold ({stray[0][0]} rests "
+                        f"on {stray[0][1]}): it is another world's; generate the world again with "
+                        "`vslm facts generate`")
     key = _key(texts[n] for n in FILES[:3])
     return WorldFolder(settings, World(entities, facts),
                        World(entities, [changed.get(f.id, f) for f in facts]), cards, questions, key)

@@ -67,11 +67,17 @@ def majority_baseline(y_train: Sequence[int], y_test: Sequence[int]) -> float:
     return sum(y == top for y in y_test) / len(y_test)
 
 
+def attribute_labels(world: World, attribute: str, pool: Pool) -> list[tuple[str, str]]:
+    """(name, the attribute's value) of each person of the pool who has it; of a symmetric relation (a spouse,
+    stored once, read from both ends) the far end, never the person."""
+    return [(e.name, fact.other(e.id)) for e in world.of_kind("person", pool)
+            if (fact := world.lookup(e.id, attribute)) is not None]
+
+
 def probe_attribute(scorer: LMScorer, world: World, attribute: str, pool: Pool, test_fraction: float = 0.3,
                     seed: int = 0) -> dict:
     """{by_depth: [test accuracy after each block], best, baseline, n_train, n_test} for the people of a pool."""
-    people = [(e.name, fact.object) for e in world.of_kind("person", pool)
-              if (fact := world.lookup(e.id, attribute)) is not None]
+    people = attribute_labels(world, attribute, pool)
     random.Random(f"probe:{seed}").shuffle(people)
     n_test = max(1, round(test_fraction * len(people)))
     if len(people) - n_test < 2:

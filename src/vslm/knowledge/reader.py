@@ -41,6 +41,7 @@ import functools
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -59,7 +60,7 @@ from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.preloaded import _draw, example_text, signatures
 from vslm.knowledge.questions import chain_paths
 from vslm.knowledge.scoring import LMScorer
-from vslm.knowledge.world import YEARS, NamePool, name_pools, small_world
+from vslm.knowledge.world import MAX_HOPS, YEARS, NamePool, name_pools, small_world
 from vslm.plain import dumps
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
@@ -260,6 +261,9 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     out = Path(out)
     refuse_file_in_the_way(out)
     check_curve(settings, cfg)
+    if settings.max_hops > MAX_HOPS:
+        raise VSLMError(f"max_hops {settings.max_hops}: a world's questions take at most {MAX_HOPS} hops "
+                        "(0 = the world's own)")
     folder = load_world_folder(world)
     max_hops = settings.max_hops or folder.settings.hops
     recorded = asdict(settings) | {"max_hops": max_hops}
@@ -295,8 +299,16 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     write_text(out / STARTED, json.dumps(recorded) + "\n")
     final = ReaderBatches(tokenizer, pool, Curriculum(max_hops, settings.max_distractors, 0, 1), cfg.model.context,
                           1, cfg.train.seed + 1)
-    texts = [p + render.answer_text(a).rstrip("\n") for p, a in final.examples(N_EXAMPLES_FILE)]
+    pairs = final.examples(N_EXAMPLES_FILE)
+    texts = [p + render.answer_text(a).rstrip("\n") for p, a in pairs]
     write_text(out / EXAMPLES, f"\n{EOS}\n".join(texts) + "\n")
+    long = sum(1 + len(tokenizer.encode(p)) + len(tokenizer.encode(render.answer_text(a))) > cfg.model.context + 1
+               for p, a in pairs)  # as encode_pairs lays a row out: end-of-text, the prompt, the answer
+    if long > 0.05 * len(pairs):  # their oldest tokens dropped: often the very facts the answer needs
+        print(f"warning: {long / len(pairs):.0%} of the last stage's examples ({settings.max_distractors} distractors, "
+              f"{max_hops} hops) are longer than the context ({cfg.model.context} tokens) and lose their first "
+              "tokens, often the facts that answer them; lower max_distractors or raise model.context",
+              file=sys.stderr)
     raw = cfg.model_dump(mode="json")
     raw["data"]["source"] = str((out / EXAMPLES).resolve())
     from vslm.config import validate

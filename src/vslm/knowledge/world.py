@@ -64,6 +64,9 @@ RELATIONS: dict[str, Relation] = {
 }
 
 
+MAX_HOPS = 6  # the longest chain a question may follow
+
+
 class WorldConfig(BaseModel):
     """Everything `vslm facts generate` varies; the defaults make a world a 1-8M model can hold."""
 
@@ -76,7 +79,7 @@ class WorldConfig(BaseModel):
     people_per_company: Annotated[int, Field(ge=1)] = 10
     parent_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7
     spouse_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6
-    hops: Annotated[int, Field(ge=1, le=6)] = 3
+    hops: Annotated[int, Field(ge=1, le=MAX_HOPS)] = 3
     questions_per_hop: Annotated[int, Field(ge=1)] = Field(
         100, description="test questions per pool and hop count (five times as many training ones)")
     test_questions_per_hop: Annotated[int, Field(ge=0)] = Field(
@@ -88,7 +91,7 @@ class WorldConfig(BaseModel):
     choices: Annotated[int, Field(ge=2)] = Field(8, description="answer candidates per question")
     preloaded: Annotated[int, Field(ge=0)] = Field(
         0, description="preloaded-context examples written to preloaded.txt and fixed.txt; 0 = none")
-    preloaded_hops: Annotated[int, Field(ge=0, le=6)] = Field(
+    preloaded_hops: Annotated[int, Field(ge=0, le=MAX_HOPS)] = Field(
         0, description="the most hops of a preloaded example, 0 = hops; fewer tests chains longer than trained")
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ not count) and, for the KL terms, another model's logits:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -89,10 +90,15 @@ FORGETTING = ("forget", "gradient_ascent", "npo")  # read the closed-book part
 
 
 def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """The weights with a value other than 0; an unknown term or no term at all is an error."""
+    """The weights with a value other than 0; an unknown term, a weight that is negative or not finite (a negative
+    one turns its term around: gradient_ascent is the term that ascends), or no term at all is an error."""
     unknown = set(weights) - set(TERMS)
     if unknown:
         raise VSLMError(f"unknown loss term {sorted(unknown)[0]!r}; the terms are {', '.join(TERMS)}")
+    for k, w in weights.items():
+        if not (isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
+            raise VSLMError(f"loss weight {k}={w}: a finite number, 0 or more (a negative weight turns the term "
+                            "around; gradient_ascent is the term that ascends)")
     used = {k: float(w) for k, w in weights.items() if w != 0}
     if not used:
         raise VSLMError("every loss weight is 0")
