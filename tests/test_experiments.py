@@ -273,6 +273,10 @@ def test_a_sweep_keeps_the_best_choice_on_seed_0_and_reuses_it(tmp_path):
     kept = [last_metrics(out / "tuned" / "train.lr=3e-3_train.warmup=1" / f"seed-{s}")["val_loss"] for s in (0, 1)]
     assert summary["tuned"]["val_loss_mean"] == pytest.approx(statistics.mean(kept), rel=1e-12)
     assert "| tuned | train.lr=3e-3 train.warmup=1 |" in (out / "results.md").read_text()
+    html = (out / "report.html").read_text()  # the page showed the kept choices' table only: no choice was named
+    assert '<section id="sweeps">' in html
+    for choice, loss in tried.items():
+        assert f"<td>tuned</td><td>{choice}</td><td>{loss:.4f}</td>" in html
 
 
 def test_a_sweep_kept_at_its_edge_says_to_widen_it(tmp_path, capsys):

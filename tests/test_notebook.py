@@ -147,6 +147,22 @@ def test_a_run_that_diverges_at_its_last_step_says_so_and_samples_nothing(tmp_pa
     assert samples_of(trainer) == [] and not (tmp_path / "r" / "samples.txt").exists()
 
 
+def test_metrics_jsonl_is_strict_json_where_a_value_is_not_finite(tmp_path):
+    """A diverging run's grad_norm or val_loss was written as Infinity or NaN, which no JSON reader but Python's
+    reads (jq, a browser, most dataframe libraries): null now, as in probes.jsonl."""
+    from types import SimpleNamespace
+
+    from vslm.train.callbacks import MetricsLog
+
+    log = MetricsLog()
+    log.on_train_start(SimpleNamespace(run_dir=tmp_path, step=0))
+    log.on_step_end(None, {"step": 1, "loss": 3.5, "grad_norm": float("inf"), "val_loss": float("nan")})
+    log.on_train_end(None, {})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    parsed = json.loads(line, parse_constant=lambda word: pytest.fail(f"{word} in metrics.jsonl"))
+    assert parsed == {"step": 1, "loss": 3.5, "grad_norm": None, "val_loss": None}
+
+
 def test_a_trainer_that_fails_puts_the_sessions_threads_back(tmp_path):
     before = torch.get_num_threads()
     try:

@@ -112,6 +112,22 @@ def test_each_optimizer_lowers_the_loss_and_tangent_holds_norms(tmp_path, words)
         assert abs(diag[1]["diag/blocks.0.mlp.fc/cos_w_grad"]) < 0.5
 
 
+def test_weight_diagnostics_are_of_their_own_step_whatever_the_logging_interval(tmp_path):
+    """diagnostics_every=5 with log_every=3 logged at steps 6, 10, 15, 20: step 6's update ratio spanned two
+    updates (0.148 against step 5's 0.073). Diagnostics are logged on their own steps now, and equal those of
+    a run that logs every step."""
+    def diag(log_every: int) -> dict:
+        cfg = load_config("tiny", tiny_overrides(train__steps=20, train__eval_every=0, logging__diagnostics_every=5,
+                                                 logging__log_every=log_every, logging__probe_every=0))
+        Trainer(cfg, tmp_path / f"every-{log_every}").fit()
+        lines = [json.loads(x) for x in (tmp_path / f"every-{log_every}" / "metrics.jsonl").read_text().splitlines()]
+        return {ln["step"]: {k: v for k, v in ln.items() if k.startswith("diag/")} for ln in lines
+                if any(k.startswith("diag/") for k in ln)}
+
+    sparse, every = diag(3), diag(1)
+    assert list(sparse) == [5, 10, 15, 20] and sparse == every
+
+
 class Interrupted(Exception):
     pass
 

@@ -184,6 +184,40 @@ def test_compare_says_where_icl_scores_are_defined_differently(probed_run, tmp_p
     assert "defined differently" not in html and "loss[T-1] - loss[T/10]" not in html
 
 
+def test_compare_puts_runs_of_other_batches_on_tokens_other_tokenizers_in_bits_and_names_as_typed(probed_run,
+                                                                                                  tmp_path, capsys):
+    """A run of batch 16 was drawn on the step axis of one of batch 8 (twice the tokens a step) under 'compare
+    at equal steps'; runs of other tokenizers in nats per token, which do not compare; a folder named 'p$x^2$'
+    drew x² in the legend, '_hidden' none at all, and an unbalanced '$' raised a 117-line traceback."""
+    from vslm.report import figures
+
+    def train(name: str, **words) -> Path:
+        Trainer(load_config("tiny", tiny_overrides(train__steps=8, logging__probe_every=0, **words)),
+                tmp_path / name).fit()
+        return tmp_path / name
+
+    batch = load_config("tiny").train.batch_size
+    wide, byte = train("_wide$x^2$", train__batch_size=2 * batch), train("m$\\foo{$", data__tokenizer="byte")
+    same = [read_run(probed_run), read_run(probed_run)]
+    assert figures.comparison_axes(same) == ("step", "loss")
+    assert figures.comparison_axes([read_run(probed_run), read_run(wide)]) == ("tokens", "loss")
+    assert figures.comparison_axes([read_run(probed_run), read_run(byte)]) == ("step", "val_bpb")
+    out = tmp_path / "c.html"
+    assert main(["compare", str(probed_run), str(wide), str(byte), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "Validation bits per byte (the runs" in html and "tokenizers differ" in html
+    assert "against the tokens seen" in html
+    fig = figures.compare_loss([read_run(probed_run), read_run(wide)], ["probed", wide.name], "tokens", "loss")
+    figures.png_base64(fig)  # drawn: no math parsed
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["probed train", "probed val", " _wide\\$x^2\\$ train", " _wide\\$x^2\\$ val"]
+    line = fig.axes[0].get_lines()[2]  # the wide run's training loss, against its tokens
+    tokens = [json.loads(x) for x in (wide / "metrics.jsonl").read_text().splitlines()]
+    assert list(line.get_xdata()) == [m["tokens"] for m in tokens if "loss" in m]
+    row = re.search(r"<tr><td>_wide.*?</tr>", html).group(0)
+    assert f"<td>{tokens[-1]['tokens']:,}</td>" in row
+
+
 def test_compare_refuses_a_folder_as_its_out(plain_run, tmp_path, capsys):
     assert main(["compare", str(plain_run), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"vslm: error: --out {tmp_path}: a folder; give a file\n"
@@ -365,3 +399,13 @@ def test_dynamics_summary_measures_the_bump_after_the_runs_warm_up():
     # 1000: 512-1024 (its middle 724)
     assert dynamics_summary(run({}))["loss_bump"] == loss_bump(s, loss, after=100)["size"]
     assert loss_bump(s, loss, after=100)["size"] != expected["size"]
+
+
+def test_a_one_step_run_gets_no_empty_loss_bump_figure(tmp_path):
+    """Under 2 logged steps there are no bands of steps: the 'training loss bump' figure was an empty axes with
+    a legend, shown as data."""
+    one = tmp_path / "one"
+    Trainer(load_config("tiny", tiny_overrides(train__steps=1, logging__probe_every=1)), one).fit()
+    html = write_report(one).read_text(encoding="utf-8")
+    assert '<section id="icl">' in html and 'alt="ICL score"' in html
+    assert 'alt="training loss bump"' not in html

@@ -672,10 +672,11 @@ def render_report(results: dict, out: Path) -> str:
                and (out / "seed-0" / a / "metrics.jsonl").is_file()]
     if trained:
         runs = [read_run(out / "seed-0" / a) for a in trained]
+        x, y = figures.comparison_axes(runs)
         sections.append(section("training", "Training curves (seed 0)",
-                                figure(figures.compare_loss(runs, trained), "training loss of each arm",
-                                       "Training loss of each trained arm, seed 0 (the preloaded arms' loss "
-                                       "covers the answers only).")))
+                                figure(figures.compare_loss(runs, trained, x, y), "training loss of each arm",
+                                       figures.loss_caption(x, y) + " of each trained arm, seed 0 (the preloaded "
+                                       "arms' loss covers the answers only).")))
     sections.append(section("command", "Command", pre(results["command"])))
     return page(f"Experiment {results['experiment']}", results["description"], sections)
 

@@ -941,13 +941,16 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                    summary_rows(lengths["compared"][f"x{m}"]["summary"])) for m in lengths["multiples"][1:]]
         lengths["tables"] = [{"title": t, "columns": list(c), "rows": [list(r) for r in table_rows]}
                              for t, c, table_rows in shown]  # as shown: results.md, report.html
+    if sweeps:  # as shown: results.md, report.html
+        matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []
+        on = seeds_words(spec.sweep_seeds) if spec.sweep_seeds == 1 else f"mean of {seeds_words(spec.sweep_seeds)}"
+        report["sweep_table"] = {"columns": ["variant", f"choice ({on})", "val_loss", *matched, "kept"],
+                                 "rows": [list(r) for r in sweep_rows(sweeps)]}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", dumps(report, indent=2) + "\n")
     tables = [(COLUMNS, rows)]
     if sweeps:
-        matched = [f"{spec.match} (target {next(iter(sweeps.values()))['target']:.4g})"] if spec.match else []
-        on = seeds_words(spec.sweep_seeds) if spec.sweep_seeds == 1 else f"mean of {seeds_words(spec.sweep_seeds)}"
-        tables.append((("variant", f"choice ({on})", "val_loss", *matched, "kept"), sweep_rows(sweeps)))
+        tables.append((tuple(report["sweep_table"]["columns"]), [tuple(r) for r in report["sweep_table"]["rows"]]))
     if failed:
         tables.append((FAILED_COLUMNS, [(r["variant"], str(r["seed"]), r["failed"]) for r in failed]))
     if resolve is not None:

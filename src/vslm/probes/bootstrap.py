@@ -32,8 +32,10 @@ def resampled_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per-window values (n, ...) -> (R, ...) their mean over each resample of `counts` (R, n)."""
     values = np.asarray(values, dtype=np.float64)
     # offsets from the first window: exact when every window is the same (so is the se, 0), and no
-    # cancellation where the values sit far from 0
-    return values[0] + np.tensordot(counts, values - values[0], axes=1) / len(values)
+    # cancellation where the values sit far from 0; a window's NaN or infinity (a diverged run's) gives NaN,
+    # quietly: the tables show it as such, and numpy's warning broke into an experiment's output
+    with np.errstate(invalid="ignore", over="ignore"):
+        return values[0] + np.tensordot(counts, values - values[0], axes=1) / len(values)
 
 
 def bootstrap_se(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -49,4 +51,5 @@ def bootstrap_se(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarra
     counts = resample_counts(len(values)) if counts is None else counts
     means = resampled_means(values, counts)
     stats = means if statistic is None else np.asarray(statistic(means), dtype=np.float64)
-    return (stats - stats[0]).std(axis=0, ddof=1)  # shifted: exactly 0 when every resample gives the same
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN in, NaN out (resampled_means), unsaid
+        return (stats - stats[0]).std(axis=0, ddof=1)  # shifted: exactly 0 when every resample gives the same

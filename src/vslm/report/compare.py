@@ -45,16 +45,20 @@ def render(runs: list[RunFiles]) -> str:
     rows = []
     for run, label in zip(runs, labels, strict=True):
         steps = run.metrics[-1]["step"] if run.metrics else None
+        tokens = run.metrics[-1].get("tokens") if run.metrics else None
         params = run.summary.get("params")
-        rows.append([escape(label), number(steps), number(int(params) if isinstance(params, int | float) else None),
+        rows.append([escape(label), number(steps), number(tokens if isinstance(tokens, int | float) else None),
+                     number(int(params) if isinstance(params, int | float) else None),
                      *(number(run.final(key)) for key in ("loss", "val_loss", "val_bpb"))])
-    sections = [section("runs", "Runs", table(["run", "steps", "params", "loss", "val_loss", "val_bpb"], rows))]
+    sections = [section("runs", "Runs", table(["run", "steps", "tokens", "params", "loss", "val_loss", "val_bpb"],
+                                              rows))]
     if any(run.series("loss")[1].size for run in runs):
-        sections.append(section("loss", "Loss", figure(
-            figures.compare_loss(runs, labels), "loss curves",
-            "Training loss (lines) and validation loss (dashed, dots), one colour per run. Compare validation "
-            "loss at equal steps; loss per token is comparable only between runs with the same tokenizer "
-            "(use val_bpb in the table otherwise).")))
+        x, y = figures.comparison_axes(runs)
+        caption = f"{figures.loss_caption(x, y)}, one colour per run. Compare them at equal {x}s" + (
+            "; a loss per token compares only between runs of one tokenizer (val_bpb otherwise)." if y == "loss"
+            else ".")
+        sections.append(section("loss", "Loss", figure(figures.compare_loss(runs, labels, x, y), "loss curves",
+                                                       caption)))
     scored = [(run, label) for run, label in zip(runs, labels, strict=True)
               if np.isfinite(run.probe_values("icl_score")).any()]
     if scored:

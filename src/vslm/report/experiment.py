@@ -66,12 +66,19 @@ def render(results: dict, folder: Path | None = None) -> str:
                  f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
                 for name, s in results["summary"].items()]
     sections = [section("variants", "Variants", table(headers, rows), pre(results["command"]))]
+    sweep = results.get("sweep_table")  # as results.md shows it (vslm.lab.tables.sweep_rows)
+    if sweep:
+        sections.append(section("sweeps", "Sweeps", "<p>Each variant's choices tried and the one kept (the lowest "
+                                "validation loss, or the one nearest the baseline's matched landmark); the table "
+                                "above is of the kept choices.</p>",
+                                table(sweep["columns"], [[escape(c) for c in row] for row in sweep["rows"]])))
     runs, labels = _runs(results, folder) if folder is not None else ([], [])
     if runs:
+        x, y = figures.comparison_axes(runs)
         sections.append(section("curves", "Loss curves", figure(
-            figures.compare_loss(runs, labels), "loss curves of every run",
-            "Training loss (lines) and validation loss (dashed, dots) of every seed, one colour a variant: "
-            "seeds that spread as far as the variants lie apart are what the table calls within noise.")))
+            figures.compare_loss(runs, labels, x, y), "loss curves of every run",
+            figures.loss_caption(x, y) + " of every seed, one colour a variant: seeds that spread as far as the "
+            "variants lie apart are what the table calls within noise.")))
     dynamics = results.get("dynamics_table")  # as results.md shows it (vslm.lab.tables.dynamics_rows)
     if dynamics:
         sections.append(section("dynamics", "Training dynamics", table(

@@ -159,7 +159,7 @@ def loss_figure(run: RunFiles) -> Figure:
     """Training loss at every logged step, validation loss at eval steps, bits per byte on the right axis."""
     fig, (ax,) = _figure()
     steps, loss = run.series("loss")
-    ax.plot(steps, loss, color="C0", linewidth=1, label="train loss")
+    ax.plot(steps, loss, "-" if len(loss) > 1 else "o", color="C0", linewidth=1, markersize=3, label="train loss")
     val_steps, val = run.series("val_loss")
     if len(val):
         ax.plot(val_steps, val, "o-", color="C3", markersize=4, label="val loss")
@@ -477,26 +477,65 @@ def attention_figure(attention: list[dict]) -> Figure:
     return fig
 
 
-def compare_loss(runs: list[RunFiles], labels: list[str]) -> Figure:
+def literal(label: str) -> str:
+    """A run's or a prompt's name as a legend shows it, as typed: '$' starts no math (a '$x^2$' folder drew x²,
+    an unbalanced one raised), and a leading '_' (which hides a legend entry) keeps it shown."""
+    label = label.replace("$", r"\$")
+    return " " + label if label.startswith("_") else label
+
+
+def comparison_axes(runs: list[RunFiles]) -> tuple[str, str]:
+    """(x, y) of a loss comparison: x 'tokens' where the runs see different tokens per step (a step of batch 32
+    is four of batch 8), else 'step'; y 'val_bpb' where their tokenizers differ (a loss per token compares only
+    between runs of one tokenizer), else 'loss'."""
+    per_step = {round(m["tokens"] / m["step"]) for run in runs for m in run.metrics[-1:]
+                if isinstance(m.get("tokens"), int | float) and m.get("step")}
+    tokenizers = {(run.summary.get("tokenizer"), run.summary.get("vocab_size")) for run in runs}
+    return "tokens" if len(per_step) > 1 else "step", "val_bpb" if len(tokenizers) > 1 else "loss"
+
+
+def _at(run: RunFiles, steps: np.ndarray, x: str) -> np.ndarray:
+    """Steps as the x axis shows them: steps, or the tokens seen by then (metrics.jsonl's count)."""
+    if x == "step":
+        return steps
+    at, tokens = run.series("tokens")
+    return np.interp(steps, at, tokens) if len(at) else steps * np.nan
+
+
+def compare_loss(runs: list[RunFiles], labels: list[str], x: str = "step", y: str = "loss") -> Figure:
     """Every run's training loss (line) and validation loss (dashed, dots) in one run colour; runs that share a
-    label (an experiment's seeds of one variant) share its colour and its one legend entry."""
+    label (an experiment's seeds of one variant) share its colour and its one legend entry. `x`, `y`:
+    comparison_axes (y 'val_bpb': validation bits per byte alone, the loss per token of runs of other
+    tokenizers not being comparable)."""
     fig, (ax,) = _figure(height=4.2)
     colours = {label: f"C{n % 10}" for n, label in enumerate(dict.fromkeys(labels))}
     seen: set[str] = set()
     for run, label in zip(runs, labels, strict=True):
         first = label not in seen
         seen.add(label)
-        steps, loss = run.series("loss")
-        ax.plot(steps, loss, color=colours[label], linewidth=1, alpha=0.8 if first else 0.5,
-                label=f"{label} train" if first else None)
-        val_steps, val = run.series("val_loss")
+        shown = literal(label)
+        if y == "loss":
+            steps, loss = run.series("loss")
+            ax.plot(_at(run, steps, x), loss, "-" if len(loss) > 1 else "o", color=colours[label], linewidth=1,
+                    markersize=3, alpha=0.8 if first else 0.5, label=f"{shown} train" if first else None)
+        val_steps, val = run.series("val_loss" if y == "loss" else "val_bpb")
         if len(val):
-            ax.plot(val_steps, val, "o--", color=colours[label], markersize=4, label=f"{label} val" if first else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
+            ax.plot(_at(run, val_steps, x), val, "o--", color=colours[label], markersize=4,
+                    label=f"{shown} val" if first else None)
+    ax.set_xlabel("tokens seen" if x == "tokens" else "step")
+    ax.set_ylabel("loss (nats per token)" if y == "loss" else "validation bits per byte")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def loss_caption(x: str, y: str) -> str:
+    """What a compare_loss figure plots, for its caption."""
+    what = ("Training loss (lines) and validation loss (dashed, dots)" if y == "loss" else
+            "Validation bits per byte (the runs' tokenizers differ: a loss per token would not compare)")
+    where = (" against the tokens seen (the runs see different tokens per step)" if x == "tokens" else
+             " against the step")
+    return what + where
 
 
 def compare_probe(runs: list[RunFiles], labels: list[str], path: tuple[str, ...], ylabel: str) -> Figure:
@@ -506,7 +545,7 @@ def compare_probe(runs: list[RunFiles], labels: list[str], path: tuple[str, ...]
     for n, (run, label) in enumerate(zip(runs, labels, strict=True)):
         values = run.probe_values(*path)
         if np.isfinite(values).any():
-            ax.plot(run.probe_steps, values, "o-", color=f"C{n % 10}", markersize=3, label=label)
+            ax.plot(run.probe_steps, values, "o-", color=f"C{n % 10}", markersize=3, label=literal(label))
             last = max(last, float(run.probe_steps[-1]))
     _log_steps(ax, last)
     ax.set_xlabel("training step")
@@ -526,9 +565,10 @@ def shape_figure(tokens: list[str], labels: list[str], metrics: dict[str, np.nda
         color = f"C{k}"
         label = repr(label) if k else "(empty)"  # a prompt "empty" is not the empty prompt
         if k:
-            left.plot(x, metrics["kl"][k, 0], "o-", markersize=3, color=color, label=f"KL({label} || (empty))")
-            left.plot(x, metrics["pmi"][k], "--", color=color, alpha=0.7, label=f"PMI {label}")
-        right.plot(x, metrics["entropy"][k], "o-", markersize=3, color=color, label=label)
+            left.plot(x, metrics["kl"][k, 0], "o-", markersize=3, color=color,
+                      label=f"KL({literal(label)} || (empty))")
+            left.plot(x, metrics["pmi"][k], "--", color=color, alpha=0.7, label=f"PMI {literal(label)}")
+        right.plot(x, metrics["entropy"][k], "o-", markersize=3, color=color, label=literal(label))
     left.axhline(0, color="grey", linewidth=0.8)
     left.set_ylabel("nats")
     right.set_ylabel("entropy of the next-token distribution (nats)")
@@ -555,12 +595,12 @@ def shape_course_figure(steps: list[int], prompts: list[str], tokens: list[str],
     every = max(1, len(tokens) // 20)
     left.set_xticks(np.arange(len(tokens))[::every], [repr(t)[1:-1] for t in tokens][::every], rotation=60,
                     fontsize="small")
-    left.set_xlabel(f"continuation token (prompt {prompts[0]!r:.30})")
+    left.set_xlabel(literal(f"continuation token (prompt {prompts[0]!r:.30})"))
     left.set_ylabel("training step")
     fig.colorbar(mesh, ax=left, label="JS from the empty prompt (nats)")
     for k, prompt in enumerate(prompts):
         shift = [r["log_prob_shift"] for r in rows[k :: len(prompts)]]  # step by step, prompt k (a prompt may repeat)
-        right.plot(steps, shift, "o-", markersize=3, color=f"C{k}", label=f"{prompt!r:.30}")
+        right.plot(steps, shift, "o-", markersize=3, color=f"C{k}", label=literal(f"{prompt!r:.30}"))
     right.axhline(0, color="grey", linewidth=0.8)
     _log_steps(right, steps[-1])
     right.set_xlabel("training step")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vslm.report import figures
 from vslm.report.html import figure, number, page, pre, section, table
-from vslm.report.runs import RunFiles, read_run
+from vslm.report.runs import RunFiles, loss_bands, read_run
 
 REPORT = "report.html"
 
@@ -128,9 +128,10 @@ def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
                                   "tokens minus that of T/10 tokens around token T/10 (bands: one token is noisy).",
                 "short-context-tokens": " Short context (under 512 tokens): the score is loss[T-1] - loss[T/10], "
                                         "single tokens (logging.icl_short = tokens)."}.get(label, "")
+        bump = (figure(figures.loss_bump_figure(run), "training loss bump", CAPTIONS["loss_bump"])
+                if len(loss_bands(*run.series("loss"))[0]) else "")  # under 2 logged steps: no bands
         out.append(section("icl", "In-context learning score" + (" (short context)" if note else ""),
-                           figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note + band),
-                           figure(figures.loss_bump_figure(run), "training loss bump", CAPTIONS["loss_bump"])))
+                           figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note + band), bump))
     if figures.has_distribution(run):
         out.append(section("distribution", "Unigram and bigram stage",
                            figure(figures.distribution_figure(run), "M1 M2 M3 and loss",

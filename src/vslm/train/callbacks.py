@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vslm.files import write_text
+from vslm.plain import dumps
 from vslm.train.checkpoint import checkpoint_name, prune, save_checkpoint
 from vslm.train.run_folder import CHECKPOINTS, METRICS, SNAPSHOTS
 
@@ -54,8 +55,8 @@ class MetricsLog(Callback):
         self.file = path.open("a", buffering=1)
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if "loss" in metrics:
-            self.file.write(json.dumps(metrics) + "\n")
+        if "loss" in metrics:  # strict JSON: a diverged step's NaN or infinity is null, as in probes.jsonl
+            self.file.write(dumps(metrics) + "\n")
 
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         self.file.close()
@@ -196,7 +197,10 @@ class WeightDiagnostics(Callback):
                 self.cosines[name] = torch.nn.functional.cosine_similarity(w, w.grad, dim=1).mean().item()
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if not self.before or "loss" not in metrics:
+        if not self.before:
+            return
+        if "loss" not in metrics:  # a step not logged: its copy would measure a later step against it (never kept)
+            self.before.clear()
             return
         with torch.no_grad():
             for name, w in trainer.model.named_parameters():

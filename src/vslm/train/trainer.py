@@ -838,6 +838,8 @@ class Trainer:
             self.checkpoint_now = ckpt_due
             # reading the loss syncs with the device: only on logged, eval and checkpoint steps
             read = self.step % log.log_every == 0 or eval_due or ckpt_due
+            # weight diagnostics measure this step's update: logged on their step, or measured against a stale copy
+            read = read or (log.diagnostics_every > 0 and self.step % log.diagnostics_every == 0)
             read = read or (self.stop_requested and not self.dist.enabled)  # the last step is logged
             if read and self.device.type == "cuda":
                 torch.cuda.synchronize()  # the window's time then includes the device's queued work
