@@ -175,6 +175,10 @@ def test_a_bare_built_in_name_is_the_built_in_whatever_file_of_that_name_lies_he
     (tmp_path / "tiny").unlink()
     for path in ("./tiny", "../configs/tiny", "experiments/smoke"):
         assert config_error(path).startswith(f"no config '{path}'") and "not a file" in config_error(path)
+    for path, read in (("./arch-root", read_experiment), ("./scaling-tiny", load_scaling_spec)):  # specs alike
+        (tmp_path / path[2:]).unlink()  # no file of that name here
+        with pytest.raises(ConfigError, match=f"no (experiment|scaling spec) '{path}'"):
+            read(path)
 
 
 def test_a_relative_data_path_is_read_from_where_the_command_runs_and_checked_on_resume(tmp_path, monkeypatch,

@@ -139,3 +139,16 @@ def test_repeats_are_random_strings_written_twice(tmp_path):
     assert corpus.tokenizer.vocab_size == 26 + 2  # the letters, the newline, end-of-text
     first = corpus.tokenizer.decode(corpus.train.tokens[: corpus.train.doc_starts[1] - 1].tolist())
     assert first == next(iter_repeats(DataConfig().seed, n_bytes=50_000))  # documents as generated
+
+
+def test_the_held_out_note_names_the_first_document_held_out_at_any_fraction():
+    """The note named document round(0.5 / f) + 1 as the first held out: 7 at val_fraction 0.09 (6 is), 3 at 0.3
+    (2 is). It follows is_validation now."""
+    from vslm.data.shards import is_validation, split_note
+
+    for fraction in (0.05, 0.09, 0.1, 0.13, 0.2, 0.3, 0.45):
+        first = next(i for i in range(1000) if is_validation(i, fraction)) + 1
+        meta = {"train_tokens": 2, "val_tokens": 98, "documents": 40, "last_document_held_out": False}
+        assert f"from document {first})" in split_note(meta, fraction), fraction
+        meta |= {"documents": first - 1, "last_document_held_out": True}
+        assert f"the last of {first - 1:,} documents (under {first}," in split_note(meta, fraction), fraction

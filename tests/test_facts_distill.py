@@ -168,7 +168,7 @@ def test_distill_runs_and_writes_a_loadable_run_folder(runs, method):
         D.distill(teacher, naive, tmp / "world", out, steps=1)
 
 
-def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(runs):
+def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(runs, monkeypatch):
     """The settings file outlives the fine-tune's first start (which clears a folder with no checkpoint), so the
     same call continues a distillation killed after a checkpoint, and reads a finished one back."""
     tmp, teacher, naive = runs
@@ -176,6 +176,17 @@ def test_an_interrupted_distillation_continues_and_a_finished_one_is_read_back(r
     first = D.distill(teacher, naive, tmp / "world", out, **kw)
     assert (out / D.STARTED).is_file()
     assert D.distill(teacher, naive, tmp / "world", out, **kw) == first  # finished: read back
+    # the same folders spelled from another folder (an experiment rerun with its --out relative): read back too
+    monkeypatch.chdir(tmp)
+    assert D.distill(teacher.relative_to(tmp), naive.relative_to(tmp), "world", "resumed", **kw) == first
+    # a settings file of before 2026-12-07, its folders as typed: read from the current folder
+    import json as json_module
+
+    old = json_module.loads((out / D.STARTED).read_text())
+    old |= {"teacher": str(teacher), "naive": str(naive), "world": str(tmp / "world")}
+    del old["paths"]
+    (out / D.STARTED).write_text(json_module.dumps(old))
+    assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
     (out / D.RESULT).unlink()  # as if killed after its last checkpoint, before the result was written
     assert D.distill(teacher, naive, tmp / "world", out, **kw)["last"] == first["last"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # nothing trained twice

@@ -161,6 +161,10 @@ def test_metrics_jsonl_is_strict_json_where_a_value_is_not_finite(tmp_path):
     line = (tmp_path / "metrics.jsonl").read_text()
     parsed = json.loads(line, parse_constant=lambda word: pytest.fail(f"{word} in metrics.jsonl"))
     assert parsed == {"step": 1, "loss": 3.5, "grad_norm": None, "val_loss": None}
+    from vslm.train.run_folder import read_metrics
+
+    row = read_metrics(tmp_path)[0]  # what the lab reads back (a finished run's last line, a resume's summary)
+    assert row["loss"] == 3.5 and row["grad_norm"] != row["grad_norm"] and row["val_loss"] != row["val_loss"]
 
 
 def test_a_trainer_that_fails_puts_the_sessions_threads_back(tmp_path):

@@ -140,6 +140,15 @@ def test_a_checkpoint_of_another_shape_or_a_snapshot_is_one_line(tmp_path, capsy
     shutil.copy(other, inside)  # among the run's own files, of another shape: named
     assert "does not fit the model" in err_of("sample", wide, "--checkpoint", inside, "--tokens", "5")
     inside.unlink()
+    # the run's checkpoints/ linked to other storage: its own files still, named by either path
+    store = tmp_path / "store"
+    (wide / "checkpoints").rename(store)
+    (wide / "checkpoints").symlink_to(store)
+    own = sorted(store.iterdir())[-1]
+    for named in (wide / "checkpoints" / own.name, own):
+        assert main(["sample", str(wide), "--checkpoint", str(named), "--tokens", "3"]) == 0, named
+    (wide / "checkpoints").unlink()
+    store.rename(wide / "checkpoints")
     snapshot = wide / "snapshots" / "step_00000001.safetensors"
     assert "weights only" in err_of("train", "--resume", "--out", wide, "--checkpoint", snapshot, "train.steps=4")
     # a file that is not there: a usage error (exit 2), named with the folder that holds the run's checkpoints

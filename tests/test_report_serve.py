@@ -249,6 +249,8 @@ def test_sigterm_says_what_is_kept_only_where_a_command_reuses_it(monkeypatch, c
     monkeypatch.setattr(cli, "_main", stopped)
     for argv, said in ((["experiment", "smoke"], " (what was finished is kept: the same command reuses it)"),
                        (["scaling", "scaling-tiny"], " (what was finished is kept: the same command reuses it)"),
+                       (["facts", "distill", "t"], " (what was finished is kept: the same command reuses it)"),
+                       (["facts", "eval", "run"], ""), (["facts", "reader"], ""),
                        (["eval", "run", "--on", "stories"], ""), (["watch", "run"], ""), (["sample", "run"], "")):
         assert cli.main(argv) == 143
         assert capsys.readouterr().err == f"vslm: stopped by SIGTERM{said}\n"

@@ -696,7 +696,7 @@ def cmd_facts_capacity(a: argparse.Namespace) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
     """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads "
+    p.add_argument("--checkpoint", help="one of the run's checkpoint or snapshot files (default: the newest that reads "
                    "and holds finite weights)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda if there is one)")
     p.add_argument("--json", action="store_true", help=json_help)
@@ -880,10 +880,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
         raise UsageError(f"--limit is a count of examples per task, or a fraction between 0 and 1, got {a.limit:g}")
     checkpoint = Path(a.checkpoint) if a.checkpoint else None
     out: dict = {"run": a.run}
+    manager = None
     if a.tasks and a.on:  # the tasks' names checked before the corpora are scored (minutes that a typo would lose)
         from vslm.eval.harness import task_manager
 
-        task_manager(a.tasks, Path(a.include_path) if a.include_path else None)
+        manager = task_manager(a.tasks, Path(a.include_path) if a.include_path else None)
     if a.on:
         from vslm.eval.corpus import evaluate_run
         from vslm.progress import track
@@ -895,7 +896,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from vslm.eval.harness import run_tasks
 
         out["tasks"] = run_tasks(Path(a.run), a.tasks, Path(a.include_path) if a.include_path else None, a.limit,
-                                 a.num_fewshot, checkpoint, a.device)
+                                 a.num_fewshot, checkpoint, a.device, manager)
     if a.json:
         print(dumps(out))
         return 0
@@ -980,7 +981,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also the N ops that take most of a cached step's time (torch.profiler)")
     json_flag(p)
-    p.add_argument("overrides", nargs="*", help="overrides of the demo config")
+    p.add_argument("overrides", nargs="*", help="model.* overrides of the demo config (not model.vocab_size: 64)")
     p.set_defaults(func=cmd_bench_sample)
 
     p = bsub.add_parser("parallel", help="an experiment's wall time one run after another, in N worker processes, "
@@ -1053,8 +1054,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="> 0 samples; 0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens, k >= 1 (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed, the same samples (default 0)")
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads and holds "
-                                        "finite weights)")
+    p.add_argument("--checkpoint", help="one of the run's checkpoint or snapshot files (default: the newest that "
+                                        "reads and holds finite weights)")
     p.add_argument("--no-cache", action="store_true", help="recompute every position at each step (the same "
                    "tokens, slower; default: keep keys and values, with the reason on stderr where it cannot)")
     p.add_argument("--threads", type=int, default=0, help="torch's CPU threads (default 0: torch's choice, one "
@@ -1077,8 +1078,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stories", type=int, help="--copying: held-out stories (default 300)")
     p.add_argument("--windows", type=int, help="--copying names/tokens: windows read (default 300/200)")
     p.add_argument("--batch", type=int, help="--copying: windows per forward pass (default 32)")
-    p.add_argument("--checkpoint", help="--copying, --induction: a checkpoint or snapshot file (default: the newest "
-                   "that reads and holds finite weights)")
+    p.add_argument("--checkpoint", help="--copying, --induction: one of the run's checkpoint or snapshot files "
+                   "(default: the newest that reads and holds finite weights)")
     p.add_argument("--json", action="store_true", help="--copying, --induction: the numbers as JSON")
     mode.add_argument("--induction", type=int, metavar="L",
                    help="instead: the induction probe at copy distance L on the newest good checkpoint (or "
@@ -1189,7 +1190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers' native classes (default)")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
-    p.add_argument("--checkpoint", help="a checkpoint or snapshot file (default: the newest that reads "
+    p.add_argument("--checkpoint", help="one of the run's checkpoint or snapshot files (default: the newest that reads "
                    "and holds finite weights)")
     p.set_defaults(func=cmd_export)
 
@@ -1271,7 +1272,8 @@ class Terminated(BaseException):
     A BaseException, as KeyboardInterrupt is: no `except Exception` takes it for a failed run and goes on."""
 
 
-REUSES_FINISHED = ("experiment", "scaling", "facts")  # commands of many runs that take up the finished ones again
+# commands that take up what they finished when run again (their runs, a distillation's checkpoints)
+REUSES_FINISHED = {("experiment",), ("scaling",), ("facts", "capacity"), ("facts", "distill")}
 
 
 def _terminate(signum, frame) -> None:
@@ -1285,7 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except Terminated:
         words = sys.argv[1:] if argv is None else argv
-        reuses = bool(words) and words[0] in REUSES_FINISHED  # the others have nothing to take up again
+        reuses = tuple(words[:2]) in REUSES_FINISHED or tuple(words[:1]) in REUSES_FINISHED  # the others: nothing
         print("vslm: stopped by SIGTERM" + (" (what was finished is kept: the same command reuses it)" if reuses
                                             else ""), file=sys.stderr)
         return 143

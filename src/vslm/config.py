@@ -623,7 +623,16 @@ def builtin_configs() -> dict[str, str]:
 def bare_builtin(name: str, package: str) -> bool:
     """Whether `name` is a bare built-in name of `package` (`tiny`, not `./tiny` nor `tiny.toml`): the built-in,
     whatever file of that name lies in the working directory or beside a spec."""
-    return name == Path(name).name == Path(name).stem and (resources.files(package) / f"{name}.toml").is_file()
+    return name == Path(name).stem and builtin_file(name, package) is not None
+
+
+def builtin_file(name: str, package: str):
+    """The built-in TOML file `name` of `package` names (a resources Traversable), or None. Only a bare name
+    is a built-in's: './tiny' or '../configs/tiny' that is no file here is not the package's tiny.toml."""
+    if name != Path(name).name or name in (".", ".."):
+        return None
+    entry = resources.files(package) / f"{name}.toml"
+    return entry if entry.is_file() else None
 
 
 def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | None = None,
@@ -641,10 +650,9 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config {path}: cannot read it ({e})") from None
         label, key, here = str(path), str(path.resolve()), path.parent
-    else:  # a built-in name is bare: './tiny' or '../configs/tiny', no file here, is not the package's tiny.toml
-        bare = name_or_path == Path(name_or_path).name and name_or_path not in (".", "..")
-        entry = resources.files("vslm.configs") / f"{name_or_path}.toml"
-        if not bare or not entry.is_file():
+    else:
+        entry = builtin_file(name_or_path, "vslm.configs")
+        if entry is None:
             names = ", ".join(builtin_configs())
             where = f" ({path})" if beside is not None else ""
             if files and (path / "config.toml").is_file():  # a run folder: its config is the file inside

@@ -36,6 +36,7 @@ from vslm.data.registry import REGISTRY
 from vslm.data.sources import data_dirs
 from vslm.errors import UsageError, VSLMError
 from vslm.model.accounting import model_flops_utilisation
+from vslm.train.run_folder import read_metrics
 
 if TYPE_CHECKING:
     from vslm.model import GPT
@@ -175,7 +176,7 @@ def run_vslm(data: Path, steps: int, overrides: list[str] = ()) -> dict:
                                f"train.steps={steps}", "logging.progress=false", "logging.log_every=100",
                                "logging.tensorboard=false", *overrides, "--out", f"{tmp}/run"])
         run = Path(tmp) / "run"
-        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        lines = read_metrics(run)
         summary = json.loads((run / "summary.json").read_text())
     return {**throughput(lines), "val_loss": lines[-1]["val_loss"], "peak_rss_mb": rss,
             "params": summary["params"], "flops_per_token": summary["flops_per_token"]}

@@ -43,7 +43,7 @@ from vslm.model import GPT
 from vslm.model.accounting import StepKernels, kernel_flops, model_flops_utilisation, step_kernels
 from vslm.plain import dumps
 from vslm.train.callbacks import Callback, MetricsLog, StopAfter, StopAtLoss
-from vslm.train.run_folder import METRICS
+from vslm.train.run_folder import read_metrics
 from vslm.train.trainer import Trainer, TrainingStopped
 
 # dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, by device name
@@ -123,7 +123,7 @@ def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -
                 raise
             traceback.print_exc()
             continue
-        lines = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+        lines = read_metrics(run)
         return trainer, lines
     raise AssertionError("unreachable")
 

@@ -22,7 +22,7 @@ from vslm.report import write_report
 from vslm.train.callbacks import samples_of
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.probing import PROBES
-from vslm.train.run_folder import CHECKPOINTS, METRICS, check_not_in_use, refuse_a_run_folder
+from vslm.train.run_folder import CHECKPOINTS, check_not_in_use, read_metrics, refuse_a_run_folder
 from vslm.train.trainer import Trainer
 
 
@@ -107,7 +107,7 @@ def run_demo(out: Path | None, overrides: list[str], console: Console) -> Path:
     corpus = trainer.corpus
     final = trainer.fit()
 
-    lines = [json.loads(ln) for ln in (out / METRICS).read_text().splitlines()]
+    lines = read_metrics(out)
     evals = [ln for ln in lines if "val_loss" in ln]
     vocab = corpus.tokenizer.vocab_size
     table = Table(title="What it learned (validation loss, nats per character)")

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from vslm.config import RunConfig, apply_overrides, fields_set_by, load_config, 
 from vslm.data.shards import Corpus, prepare_corpus
 from vslm.errors import UsageError
 from vslm.train.callbacks import MetricsLog, StopAfter
-from vslm.train.run_folder import METRICS, device_of
+from vslm.train.run_folder import device_of, read_metrics
 from vslm.train.trainer import Trainer
 
 TOKENS_PER_PARAM = 20
@@ -118,7 +117,7 @@ def measure(cfg: RunConfig, shape: Shape, seconds: float, corpus: Corpus, cuda: 
         trainer = Trainer(timing, Path(tmp) / "run", corpus=corpus,
                           callbacks=[MetricsLog(), StopAfter(seconds, min_steps=20 if cuda else 3)])
         trainer.fit()
-        lines = [json.loads(line) for line in (Path(tmp) / "run" / METRICS).read_text().splitlines()]
+        lines = read_metrics(Path(tmp) / "run")
     speed = throughput(lines)
     return Measured(shape, trainer.params, trainer.flops_per_token,
                     speed.get("steady_tokens_per_s", speed["tokens_per_s"]))

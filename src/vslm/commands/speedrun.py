@@ -25,6 +25,7 @@ from rich.table import Table
 
 from vslm.commands.bench import find_data, find_reference
 from vslm.errors import VSLMError
+from vslm.train.run_folder import read_metrics
 
 SPEEDRUN_CONFIG = "speedrun-shakespeare"
 TARGET = 1.88
@@ -50,7 +51,7 @@ def run_speedrun_config(data: Path, overrides: list[str] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix="vslm-speedrun-") as tmp:
         _, process_s = _timed([sys.executable, "-m", "vslm", "train", SPEEDRUN_CONFIG, f"data.source={data.resolve()}",
                                "logging.progress=false", *overrides, "--out", f"{tmp}/run"])
-        last = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+        last = read_metrics(Path(tmp) / "run")[-1]
     return {"wall_s": last["train_time_s"], "process_s": process_s, "val_loss": last["val_loss"], "steps": last["step"]}
 
 

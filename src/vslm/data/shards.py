@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -112,10 +113,11 @@ def split_note(meta: dict, val_fraction: float) -> str | None:
     if "last_document_held_out" not in meta or not 2 * val_fraction < share < 1:
         return None
     docs = meta["documents"]
-    which = (f"the last of {docs:,} documents (under {round(0.5 / val_fraction) + 1}, so one whole document is held "
-             "out)" if meta["last_document_held_out"] else
+    first = math.floor(0.5 / val_fraction) + 1  # the first document is_validation holds out, counted from 1
+    which = (f"the last of {docs:,} documents (under {first}, so one whole document is held out)"
+             if meta["last_document_held_out"] else
              f"{round(docs * val_fraction):,} whole document{'s' * (round(docs * val_fraction) > 1)} of {docs:,} "
-             f"(one in {round(1 / val_fraction)}, from document {round(0.5 / val_fraction) + 1}), longer than most")
+             f"(one in {round(1 / val_fraction)}, from document {first}), longer than most")
     return (f"note: validation is {share:.0%} of the tokens, {which}: give more documents, or one text without "
             "<|endoftext|> (its last tenth held out)")
 
@@ -150,10 +152,10 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokeniz
         if (damage := _damage(folder)) is None:
             return _open(folder, cache_hit=True)
         print(f"note: cached shards {folder} are damaged ({damage}): building them again", file=sys.stderr)
-        shutil.rmtree(folder)
+        _remove(folder, damage)
     elif folder.exists():  # no meta.json: what an interrupted copy leaves (a build writes it last, then renames)
         print(f"note: cached shards {folder} are incomplete (no meta.json): building them again", file=sys.stderr)
-        shutil.rmtree(folder)
+        _remove(folder, "no meta.json")
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(folder.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -174,6 +176,18 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokeniz
 
 
 BUILDING = ".building"  # beside a build's temporary folder: the lock its builder holds
+
+
+def _remove(folder: Path, why: str) -> None:
+    """A damaged cache folder removed; gone already (another process repaired it first) is fine, one that
+    cannot be removed (a shared cache's folder of another user) is one line naming it."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise VSLMError(f"cached shards {folder} are damaged ({why}) and cannot be removed ({e.strerror}): remove "
+                        "the folder, or set $VSLM_CACHE_DIR to a cache of your own") from None
 
 
 def _remove_abandoned(shards: Path) -> None:

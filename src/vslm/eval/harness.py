@@ -142,12 +142,13 @@ def task_manager(tasks: list[str], include_path: Path | None = None):
 
 
 def run_tasks(run: Path, tasks: list[str], include_path: Path | None = None, limit: float | None = None,
-              num_fewshot: int | None = None, checkpoint: Path | None = None, device: str = "cpu") -> dict:
+              num_fewshot: int | None = None, checkpoint: Path | None = None, device: str = "cpu",
+              manager=None) -> dict:
     """lm_eval.simple_evaluate on the run; returns {task: {metric: value}}. With include_path, only
     the tasks found there are known (no download of the harness's task index is needed)."""
     import lm_eval
 
-    manager = task_manager(tasks, include_path)
+    manager = manager or task_manager(tasks, include_path)  # built once: the harness's task index is slow
     model = VSLMHarnessLM(str(run), str(checkpoint) if checkpoint else None, device)
     try:
         results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,

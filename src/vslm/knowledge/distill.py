@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,9 +174,11 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
         raise UsageError(f"--distractors {distractors}: a count of wrong facts, 0 or more")
     out = Path(out)
     refuse_file_in_the_way(out)
-    settings = {"teacher": str(teacher_run), "naive": str(naive_run), "world": str(world), "method": method,
-                "weights": weights, "beta": beta, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "distractors": distractors}
+    # the folders as seen from `out` ("../closed"): the same distillation whichever folder the command runs in,
+    # however `out` is spelled, and wherever the experiment folder holding them all has moved
+    settings = {"teacher": _from(out, teacher_run), "naive": _from(out, naive_run), "world": _from(out, world),
+                "paths": "relative to out", "method": method, "weights": weights, "beta": beta, "steps": steps,
+                "batch_size": batch_size, "lr": lr, "seed": seed, "distractors": distractors}
     started = _started_with(out)
     if started is not None and started != settings:
         differ = ", ".join(f"{k} {started.get(k)!r} then, {v!r} now" for k, v in settings.items()
@@ -214,15 +217,24 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
     return result
 
 
+def _from(out: Path, folder: Path | str) -> str:
+    """`folder` relative to `out`, both resolved."""
+    return os.path.relpath(Path(folder).resolve(), Path(out).resolve())
+
+
 def _started_with(out: Path) -> dict | None:
     """The settings a distillation in `out` began with; for a finished one written before the settings file
-    outlived its start (2026-12-06), those its distill.json records."""
+    outlived its start (2026-12-06), those its distill.json records; for one that recorded its folders as typed
+    (before 2026-12-07), those folders as seen from `out` (read from the current folder, as they were typed)."""
     for path in (out / STARTED, out / RESULT):
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            if path.name == STARTED:
-                return saved
-            return {"distractors": 4, **{k: v for k, v in saved.items() if k not in MEASURED}}  # before 12-02: 4
+            if path.name != STARTED:
+                saved = {"distractors": 4, **{k: v for k, v in saved.items() if k not in MEASURED}}  # 12-02: 4
+            if saved.get("paths") != "relative to out":
+                saved |= {k: _from(out, saved[k]) for k in ("teacher", "naive", "world") if k in saved}
+                saved["paths"] = "relative to out"
+            return saved
     return None
 
 

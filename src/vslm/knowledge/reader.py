@@ -67,10 +67,10 @@ from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import (
     CHECKPOINTS,
     CONFIG,
-    METRICS,
     clear_run_folder,
     never_checkpointed,
     no_checkpoint_yet,
+    read_metrics,
     read_run_config,
 )
 from vslm.train.trainer import Trainer, default_callbacks
@@ -323,7 +323,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus, batches=batches, resume=resume)
     last = trainer.fit()
     if "loss" not in last:  # resumed at its last step (stopped before reader.json): its last logged metrics
-        last = json.loads((out / METRICS).read_text(encoding="utf-8").splitlines()[-1])
+        last = read_metrics(out)[-1]
     result = {"world": str(world), "settings": recorded,
               "params": trainer.params, "vocab_size": tokenizer.vocab_size, "steps": cfg.train.steps,
               "wall_s": round(time.perf_counter() - started, 1), "train_time_s": round(trainer.train_time_s, 1),

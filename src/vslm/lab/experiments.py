@@ -78,7 +78,16 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
-from vslm.config import DataConfig, RunConfig, bare_builtin, builtin_configs, fields_set_by, load_config, one_line_error
+from vslm.config import (
+    DataConfig,
+    RunConfig,
+    bare_builtin,
+    builtin_configs,
+    builtin_file,
+    fields_set_by,
+    load_config,
+    one_line_error,
+)
 from vslm.data.shards import prepare_corpus
 from vslm.data.sources import check_source
 from vslm.errors import ConfigError, VSLMError, did_you_mean, refuse_file_in_the_way, repeated
@@ -271,8 +280,8 @@ def read_spec(name_or_path: str, package: str, what: str) -> tuple[str, dict, st
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{what} {path}: cannot read it ({e})") from None
     else:
-        entry = resources.files(package) / f"{name_or_path}.toml"
-        if not entry.is_file():
+        entry = builtin_file(name_or_path, package)
+        if entry is None:
             known = builtin_descriptions(package)
             raise ConfigError(f"no {what} '{name_or_path}'{did_you_mean(name_or_path, known)}: not a file, nor a "
                               f"built-in {what} ({', '.join(known)})")

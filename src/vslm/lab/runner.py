@@ -6,8 +6,6 @@ one asked for; anything else in the folder is an error (never mix runs of differ
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +20,10 @@ from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import (
     CHECKPOINTS,
     CONFIG,
-    METRICS,
     OLD_NO_LIMIT,
     TOKENIZER,
     data_limit_left_out,
+    read_metrics,
     read_run_config,
 )
 from vslm.train.trackers import as_text
@@ -112,8 +110,7 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None,
             raise VSLMError(f"{folder} holds a run of another tokenizer than this experiment's; move it away")
         found = list_checkpoints(folder / CHECKPOINTS)
         if found and found[-1][0] == cfg.train.steps:
-            final = {k: math.nan if v is None else v  # null: a number that was not finite (metrics.jsonl)
-                     for k, v in json.loads((folder / METRICS).read_text().splitlines()[-1]).items()}
+            final = read_metrics(folder)[-1]
             model = build_for_accounting(saved)
             return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
                     "reused": True}

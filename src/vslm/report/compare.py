@@ -54,7 +54,7 @@ def render(runs: list[RunFiles]) -> str:
                                               rows))]
     if any(run.series("loss")[1].size for run in runs):
         x, y = figures.comparison_axes(runs)
-        caption = f"{figures.loss_caption(x, y)}, one colour per run. Compare them at equal {x}s" + (
+        caption = f"{figures.loss_caption(x, y)}, one colour per run. Compare them at equal {x.removesuffix('s')}s" + (
             "; a loss per token compares only between runs of one tokenizer (val_bpb otherwise)." if y == "loss"
             else ".")
         sections.append(section("loss", "Loss", figure(figures.compare_loss(runs, labels, x, y), "loss curves",

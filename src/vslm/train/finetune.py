@@ -15,7 +15,6 @@ what it did to the model's language beside its own loss terms.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from vslm.config import RunConfig, validate
 from vslm.data.shards import Corpus
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.objectives import Objective
-from vslm.train.run_folder import CHECKPOINTS, METRICS, clear_run_folder
+from vslm.train.run_folder import CHECKPOINTS, clear_run_folder, read_metrics
 from vslm.train.trainer import Trainer
 
 FINETUNE_EVAL_WINDOWS = 256
@@ -62,5 +61,5 @@ def fine_tune(cfg: RunConfig, run_dir: Path, model: torch.nn.Module, corpus: Cor
                       batches=batches)
     final = trainer.fit()  # stopped by a signal: its words say the same command continues it (its own batches)
     if "loss" not in final:  # finished before: its last logged line
-        final = json.loads((run_dir / METRICS).read_text(encoding="utf-8").splitlines()[-1])
+        final = read_metrics(run_dir)[-1]
     return final

@@ -19,6 +19,7 @@ not count) and, for the KL terms, another model's logits:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -96,7 +97,7 @@ def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
     if unknown:
         raise VSLMError(f"unknown loss term {sorted(unknown)[0]!r}; the terms are {', '.join(TERMS)}")
     for k, w in weights.items():
-        if not (isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w >= 0):
             raise VSLMError(f"loss weight {k}={w}: a finite number, 0 or more (a negative weight turns the term "
                             "around; gradient_ascent is the term that ascends)")
     used = {k: float(w) for k, w in weights.items() if w != 0}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import socket
@@ -45,6 +46,17 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
+
+
+def metrics_row(line: str) -> dict:
+    """One line of metrics.jsonl as numbers: null (how the file writes a value that was not finite, strict
+    JSON) read back as NaN, as the run had it."""
+    return {k: math.nan if v is None else v for k, v in json.loads(line).items()}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every line of the run's metrics.jsonl (metrics_row)."""
+    return [metrics_row(line) for line in (Path(run_dir) / METRICS).read_text(encoding="utf-8").splitlines()]
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -251,6 +263,13 @@ def saved_by_run(folder: Path, path: Path) -> str | None:
     return None
 
 
+def _in_run(folder: Path, path: Path) -> bool:
+    """Whether `path` is one of the run's files: a checkpoint or snapshot (saved_by_run, which follows a
+    checkpoints/ folder linked to other storage), or any file under the run folder, set aside ones too."""
+    return (saved_by_run(folder, path) is not None or path.absolute().is_relative_to(folder.absolute())
+            or path.resolve().is_relative_to(folder.resolve()))
+
+
 def _saved(folder: Path) -> list[Path]:
     found = list_checkpoints(folder / CHECKPOINTS) or list_checkpoints(folder / SNAPSHOTS)
     if not found:
@@ -274,7 +293,7 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     if checkpoint is not None and not Path(checkpoint).is_file():  # an argument naming no file: as for --resume
         raise UsageError(f"checkpoint {checkpoint}: no such file (the run's checkpoints are in "
                          f"{folder / CHECKPOINTS})")
-    if checkpoint is not None and not Path(checkpoint).resolve().is_relative_to(folder.resolve()):
+    if checkpoint is not None and not _in_run(folder, Path(checkpoint)):
         raise VSLMError(f"checkpoint {checkpoint} is not in {folder}: that run's tokenizer and config would be "
                         "applied to another run's weights (the same shapes, other token ids); give the run it "
                         "belongs to")

@@ -92,6 +92,7 @@ from vslm.train.run_folder import (
     corpus_changes,
     data_limit_left_out,
     device_of,
+    metrics_row,
     never_checkpointed,
     no_checkpoint_yet,
     read_run_config,
@@ -172,7 +173,7 @@ def last_logged(run_dir: Path, step: int) -> dict:
     """The run's last complete line of metrics.jsonl up to `step`, else {"step": step}."""
     path = Path(run_dir) / METRICS
     lines = [ln for ln in path.read_text().splitlines() if step_of_line(ln) <= step] if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {"step": step}
+    return metrics_row(lines[-1]) if lines else {"step": step}
 
 
 class TrainingDiverged(VSLMError):
