@@ -85,6 +85,7 @@ SHAPE = ["shape", "run", "--prompt", "a", "--continuation", "b"]
     (["bench", "train", "--steps", "0"], "--steps must be at least 1, got 0"),
     (["bench", "speedrun", "--repeat", "0"], "--repeat must be at least 1, got 0"),
     (["bench", "sample", "--tokens", "0"], "--tokens must be at least 1, got 0"),
+    (["bench", "gpu", "--seconds", "-5"], "--seconds and --shakespeare-seconds must be above 0, got -5 and 150"),
     ([*SHAPE, "--samples", "0"], "--samples must be at least 1, got 0"),
     ([*SHAPE, "--plot", "/no/such/x.png"], "--plot /no/such/x.png: no folder /no/such"),
     ([*SHAPE, "--plot", "x.txt"], "--plot x.txt: give a file ending in .png, .pdf, .svg"),

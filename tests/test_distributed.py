@@ -97,3 +97,25 @@ def test_answer_only_training_runs_data_parallel_on_rows_of_the_global_batch(tmp
     # not the mean over all answer tokens, so the losses agree closely but not exactly
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
+
+
+def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, capsys):
+    """When one process of a torchrun job dies, the others' next collective raises gloo's 'Connection reset by
+    peer': 30 lines of traceback per rank. One line now, naming the rank and the way on; outside torchrun the
+    same error is not dressed up."""
+    from vslm import cli
+
+    def lost(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:29500\nmore")
+
+    monkeypatch.setattr(cli, "cmd_describe", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["describe", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vslm: error: rank 1 lost the other processes of the run (")
+    assert "`--resume` continues from the last checkpoint" in err
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        cli.main(["describe", "tiny"])

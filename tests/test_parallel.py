@@ -247,5 +247,12 @@ def test_bench_parallel_times_each_launcher_and_checks_the_numbers(tmp_path, cap
     result = json.loads(capsys.readouterr().out)
     assert result["runs"] == 4 and set(result["median_s"]) == {"1", "2"}
     assert result["same_losses"] == {"1": True, "2": True} and result["ratio_to_first"]["1"] == 1.0
+    walls = result["wall_s"]  # one round: its ratio is the ratio of its two wall times
+    assert result["ratio_to_first"]["2"] == pytest.approx(walls["2"][0] / walls["1"][0])
     assert main(["bench", "parallel", spec, "--launchers", "1,zero"]) == 2
     assert "--launchers takes worker counts" in capsys.readouterr().err
+    (tmp_path / "kept" / "jobs-1").mkdir(parents=True)  # a folder of the user's: replaced without a word, before
+    (tmp_path / "kept" / "jobs-1" / "mine.txt").write_text("mine")
+    assert main(["bench", "parallel", spec, "--launchers", "1", "--keep", str(tmp_path / "kept")]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (tmp_path / "kept" / "jobs-1" / "mine.txt").read_text() == "mine"

@@ -245,3 +245,22 @@ def test_compiled_training_on_cpu_matches_eager(tmp_path):
     compiled = Trainer(load_config("tiny", [*words, "train.compile=true"]), tmp_path / "compiled")
     assert compiled.plan.compile
     assert compiled.fit()["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
+
+
+@pytest.mark.skipif(not (REFERENCE.is_file() and SHAKESPEARE.is_file()), reason="shared/ reference or data absent")
+def test_bench_overrides_that_would_change_one_side_only_are_refused_before_anything_runs(capsys):
+    """`bench train model.ffn_mult=2 train.steps=40 train.lr=0.01` timed a 542k-parameter model for 40 steps
+    against the reference's 804k for 10 and printed a ratio; `model.depth=x` was a traceback; a typo in a
+    speed-run override was said after the reference's two minutes."""
+    from vslm.cli import main
+
+    for words, line in ((["model.ffn_mult=2"], "model.ffn_mult=2 would change vslm's only"),
+                        (["train.steps=40"], "train.steps=40 would change vslm's only")):
+        assert main(["bench", "train", "--steps", "3", "--eval-batches", "1", *words]) == 2
+        assert line in capsys.readouterr().err
+    assert main(["bench", "train", "--steps", "3", "--eval-batches", "1", "model.depth=x"]) == 2
+    assert "model.depth" in capsys.readouterr().err
+    assert main(["bench", "speedrun", "data.source=other.txt"]) == 2
+    assert "data.source=other.txt would change the task on vslm's side only" in capsys.readouterr().err
+    assert main(["bench", "speedrun", "train.bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err

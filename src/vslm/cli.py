@@ -439,6 +439,9 @@ def cmd_bench_gpu(a: argparse.Namespace) -> int:
 
     if a.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {a.repeat}")
+    if not (a.seconds > 0 and a.shakespeare_seconds > 0):  # a time limit of 0 or less trains a step or three
+        raise UsageError(f"--seconds and --shakespeare-seconds must be above 0, got {a.seconds:g} and "
+                         f"{a.shakespeare_seconds:g}")
     models = pick(a.models, GPU_MODELS, DEFAULT_MODELS, "model")
     recipes = pick(a.recipes, SHAKESPEARE_RECIPES, DEFAULT_RECIPES, "recipe")
     json_out = Path(a.json_out) if a.json_out else None
@@ -1273,6 +1276,17 @@ class Terminated(BaseException):
 
 
 # commands that take up what they finished when run again (their runs, a distillation's checkpoints)
+def _peer_lost(e: RuntimeError) -> bool:
+    """Whether `e` is torch.distributed's word that another process of the run is gone (gloo's 'Connection reset
+    by peer', NCCL's DistBackendError), under torchrun: one line then, not a traceback per rank."""
+    if "WORLD_SIZE" not in os.environ:
+        return False
+    text = str(e)
+    return type(e).__name__ == "DistBackendError" or any(
+        words in text for words in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                                    "NCCL communicator was aborted"))
+
+
 REUSES_FINISHED = {("experiment",), ("scaling",), ("facts", "capacity"), ("facts", "distill")}
 
 
@@ -1329,6 +1343,14 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("vslm: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not _peer_lost(e):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        print(f"vslm: error: rank {os.environ.get('RANK', '?')} lost the other processes of the run ({first}): "
+              "another rank stopped or died; its own lines say why, and `--resume` continues from the last "
+              "checkpoint", file=sys.stderr)
+        return 1
     except OSError as e:
         import errno
 

@@ -45,8 +45,6 @@ BENCH_CONFIG = "nanogpt-shakespeare"
 # vslm override -> reference_gpt.py option, for the shapes both can express
 REFERENCE_ARGS = {"model.depth": "--layers", "model.heads": "--heads", "model.width": "--width",
                   "model.context": "--block", "train.batch_size": "--batch"}
-REFERENCE_DEFAULTS = {"model.depth": 4, "model.heads": 4, "model.width": 128, "model.context": 64,
-                      "train.batch_size": 12}
 
 
 def find_reference(given: Path | None) -> Path:
@@ -182,20 +180,28 @@ def run_vslm(data: Path, steps: int, overrides: list[str] = ()) -> dict:
             "params": summary["params"], "flops_per_token": summary["flops_per_token"]}
 
 
-def bench_shape(overrides: list[str]) -> dict[str, int]:
-    """The shape both trainers run: the preset's, with the overrides that name a shape."""
-    shape = dict(REFERENCE_DEFAULTS)
-    for word in overrides:
-        key, _, value = word.partition("=")
-        if key in shape:
-            shape[key] = int(value)
-    return shape
+HOW_VSLM_RUNS = ("train.compile", "train.compile_mode", "train.threads")  # the same model, recipe and arithmetic
+
+
+def bench_shape(overrides: list[str], data: Path, steps: int) -> dict[str, int]:
+    """The shape both trainers run: the preset's, with the overrides that name a shape (checked as a config
+    before anything runs). Any other override would change vslm's side only (the recipe, the data, the
+    seed...) under a table that says both trained alike: refused, but for those of HOW_VSLM_RUNS."""
+    if one_sided := [w for w in overrides if w.partition("=")[0] not in (*REFERENCE_ARGS, *HOW_VSLM_RUNS)]:
+        raise UsageError(f"bench train compares the identical model and recipe on both sides: {' '.join(one_sided)} "
+                         f"would change vslm's only; it takes the shape ({', '.join(REFERENCE_ARGS)}, given to "
+                         f"both) and how vslm runs ({', '.join(HOW_VSLM_RUNS)})")
+    from vslm.config import load_config
+
+    cfg = load_config(BENCH_CONFIG, [f"data.source={data.resolve()}", f"train.steps={steps}", *overrides])
+    return {key: getattr(cfg.model if key.startswith("model.") else cfg.train, key.partition(".")[2])
+            for key in REFERENCE_ARGS}
 
 
 def run_bench(data: Path | None, steps: int, repeat: int, reference: Path | None,
               console: Console | None, overrides: list[str] = (), eval_batches: int = 200) -> dict:
     data, reference = find_data(data), find_reference(reference)
-    shape = bench_shape(overrides)
+    shape = bench_shape(list(overrides), data, steps)
     vslm_words = [*overrides, f"train.eval_windows={eval_batches * shape['train.batch_size']}"]
     device = torch.device("cpu")  # both trainers run on the CPU unless told otherwise
     if console:
@@ -209,6 +215,9 @@ def run_bench(data: Path | None, steps: int, repeat: int, reference: Path | None
         if console:
             console.print(f"run {i + 1}/{repeat}: vslm ...", highlight=False)
         ours.append(run_vslm(data, steps, vslm_words))
+        if theirs[-1].get("params") not in (None, ours[-1]["params"]):  # the one check of "the identical model"
+            raise VSLMError(f"bench train: the reference's model has {theirs[-1]['params']:,} parameters, vslm's "
+                            f"{ours[-1]['params']:,}: not the same model; nothing to compare")
     again = measure_peaks(device)  # a peak is a maximum: the best of before and after the runs
     peaks = {k: max(v, again[k]) for k, v in peaks.items()}
     med = statistics.median
@@ -288,9 +297,11 @@ def run_attention_bench(steps: int, repeat: int, console: Console | None) -> dic
         model = GPT(cfg.model.model_copy(update={"attention": kind, "attention_gamma": 0.5}))
         models[kind] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
     idx = torch.randint(V, (B, T + 1), generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {kind: [] for kind in ATTENTION_KINDS}
-    for _ in range(repeat):
-        for kind, (model, opt) in models.items():
+    times: dict[str, list[list[float]]] = {kind: [] for kind in ATTENTION_KINDS}  # [repeat][step]
+    for r in range(repeat):
+        for kind in list(models) if r % 2 == 0 else list(models)[::-1]:  # no kind always first
+            model, opt = models[kind]
+            times[kind].append([])
             for i in range(steps + 2):  # two warm-up steps
                 started = time.perf_counter()
                 loss = F.cross_entropy(model(idx[:, :-1]).view(-1, V), idx[:, 1:].reshape(-1))
@@ -298,11 +309,16 @@ def run_attention_bench(steps: int, repeat: int, console: Console | None) -> dic
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if i >= 2:
-                    times[kind].append(time.perf_counter() - started)
-    ms = {kind: 1000 * statistics.median(t) for kind, t in times.items()}
+                    times[kind][-1].append(time.perf_counter() - started)
+    med = statistics.median
+    ms = {kind: 1000 * med([t for rep in reps for t in rep]) for kind, reps in times.items()}
+    # each repeat's ratio (its kinds timed side by side), then their median: a drifting machine moves a
+    # repeat's kinds together, not the ratio
+    ratio = {kind: med(med(rep) / med(base) for rep, base in zip(reps, times["softmax"], strict=True))
+             for kind, reps in times.items()}
     result = {"steps": steps, "repeat": repeat, "batch": B, "context": T,
               "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
-              "ratio_to_softmax": {k: round(v / ms["softmax"], 3) for k, v in ms.items()}}
+              "ratio_to_softmax": {k: round(v, 3) for k, v in ratio.items()}}
     if console:
         table = Table(title=f"attention normalisations: training step, arch-base model, batch {B} x {T}")
         for col in ("attention", "ms/step (median)", "x softmax"):

@@ -3,9 +3,10 @@ processes (`--jobs N`), and as tasks on a local Ray instance, in the same sittin
 
 Each launcher trains the experiment from nothing into a fresh temporary folder (nothing reused), as a
 subprocess `vslm experiment NAME --seeds S --jobs N` (or `--launcher ray`), one launcher after the
-other, `repeat` times in turn; the figures are medians of the whole command's wall time. The data
-shards are prepared once before any timing, so no launcher pays for them. Reported: each launcher's
-wall time and its ratio to one process, whether every run's validation loss matched one process's
+other, `repeat` times in turn (the order reversed every other round); the wall times are medians of the
+whole command's, the ratios the median of each round's. The data shards are prepared once before any
+timing, so no launcher pays for them. Reported: each launcher's wall time and its ratio to the first
+launcher (one process), whether every run's validation loss matched one process's
 bit for bit, and Ray's overhead per run: (Ray's wall time - the wall time of as many worker
 processes as Ray runs at once) / runs.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vslm.errors import ConfigError
+from vslm.errors import ConfigError, UsageError
 
 
 def parse_launchers(text: str) -> list[str]:
@@ -75,7 +76,12 @@ def _time(experiment: str, seeds: int, overrides: list[str], launcher: str, out:
 def run_parallel_bench(experiment: str, seeds: int, launchers: list[str], repeat: int, overrides: list[str],
                        console: Console | None, keep: Path | None = None) -> dict:
     """keep: a folder to keep each launcher's last experiment folder in (keep/jobs-N, keep/ray), with its
-    results; else they are deleted."""
+    results; else they are deleted. A `keep` that already holds files is refused: its jobs-N would be replaced."""
+    if keep is not None and Path(keep).is_dir() and any(Path(keep).iterdir()):
+        raise UsageError(f"--keep {keep} already holds files (a jobs-N or ray folder there would be replaced); "
+                         "give a new or empty folder")
+    if keep is not None and Path(keep).exists() and not Path(keep).is_dir():
+        raise UsageError(f"--keep {keep} is a file; give a folder")
     if "ray" in launchers:
         from vslm.lab.parallel import make_launcher
 
@@ -84,7 +90,7 @@ def run_parallel_bench(experiment: str, seeds: int, launchers: list[str], repeat
     walls: dict[str, list[float]] = {w: [] for w in launchers}
     losses: dict[str, dict] = {}
     for i in range(repeat):
-        for w in launchers:
+        for w in launchers if i % 2 == 0 else launchers[::-1]:
             folder = Path(tempfile.mkdtemp(prefix=f"vslm-bench-parallel-{w}-"))
             try:
                 result = _time(experiment, seeds, overrides, w, folder)
@@ -102,8 +108,10 @@ def run_parallel_bench(experiment: str, seeds: int, launchers: list[str], repeat
                               highlight=False)
     median = {w: statistics.median(v) for w, v in walls.items()}
     base = launchers[0]
+    # each round's ratio (its launchers run one after the other), then their median (BENCHMARKS' method)
+    ratio = {w: statistics.median(t / b for t, b in zip(walls[w], walls[base], strict=True)) for w in launchers}
     out = {"experiment": experiment, "seeds": seeds, "runs": runs, "cores": os.cpu_count(), "repeat": repeat,
-           "wall_s": walls, "median_s": median, "ratio_to_first": {w: median[w] / median[base] for w in launchers},
+           "wall_s": walls, "median_s": median, "ratio_to_first": ratio,
            "same_losses": {w: losses[w] == losses[base] for w in launchers}}
     workers = [w for w in launchers if w != "ray" and int(w) == min(os.cpu_count() or 1, runs)]
     if "ray" in launchers and workers:

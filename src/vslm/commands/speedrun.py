@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.commands.bench import find_data, find_reference
-from vslm.errors import VSLMError
+from vslm.config import load_config
+from vslm.errors import UsageError, VSLMError
 from vslm.train.run_folder import read_metrics
 
 SPEEDRUN_CONFIG = "speedrun-shakespeare"
@@ -58,7 +59,12 @@ def run_speedrun_config(data: Path, overrides: list[str] = ()) -> dict:
 def run_speedrun(data: Path | None, repeat: int, reference: Path | None, console: Console | None,
                  overrides: list[str] = ()) -> dict:
     data, reference = find_data(data), find_reference(reference)
-    ours, theirs = [], []
+    # anything of vslm's own may change (the record's point), but not the task: the text, its split, the measure
+    if fixed := [w for w in overrides if w.startswith("data.") or w.partition("=")[0] == "train.eval_windows"]:
+        raise UsageError(f"bench speedrun races the reference on its text, split and validation measure: "
+                         f"{' '.join(fixed)} would change the task on vslm's side only")
+    load_config(SPEEDRUN_CONFIG, [f"data.source={data.resolve()}", *overrides])  # a typo: said now, not after
+    ours, theirs = [], []  # the reference's minutes
     for i in range(repeat):
         if console:
             console.print(f"run {i + 1}/{repeat}: reference ({REFERENCE_STEPS} steps) ...", highlight=False)

@@ -459,6 +459,7 @@ class Trainer:
         self.stop_requested = False
         self.completed = False  # set by fit() when the loop returns rather than raises (diverged, failed)
         self.stop_signal: int | None = None  # SIGTERM or SIGINT received: checkpoint, then stop
+        self.checkpointing: bool | None = None  # whether rank 0 checkpoints (known to every rank once fit starts)
         self.checkpoint_now = False  # this step's checkpoint is due (schedule, clock or signal): Checkpointer
         self.last_checkpoint_time = time.monotonic()
         self.rank_rng: list[dict] | None = None  # every rank's RNG state, gathered before a checkpoint
@@ -654,7 +655,8 @@ class Trainer:
             self.dist.close()
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
-            saved = any(isinstance(cb, Checkpointer) for cb in self.callbacks)
+            saved = self.checkpointing if self.checkpointing is not None else any(
+                isinstance(cb, Checkpointer) for cb in self.callbacks)
             how = f"continue with vslm train --resume --out {self.run_dir} (resume=True in Python)" \
                 if self.from_config else "the same command again continues it"
             then = f"with a checkpoint; {how}" if saved else "(this run writes no checkpoints)"
@@ -793,6 +795,7 @@ class Trainer:
         step_end = [cb for cb in self.callbacks if cb is not checkpointer] + ([checkpointer] if checkpointer else [])
         # the ranks must agree on the steps that read the loss (a collective): rank 0's schedule
         every = self.dist.broadcast(None if checkpointer is None else checkpointer.every)
+        self.checkpointing = every is not None  # rank 0 checkpoints: every rank's stop line says so
         checkpoint_due = Checkpointer(every, keep_last=1).due if every is not None else None
         tokens_per_step = tc.batch_size * tc.grad_accum * self.cfg.model.context
         params = [p for p in self.model.parameters() if p.requires_grad]
