@@ -282,3 +282,31 @@ def test_shorthands_and_config_errors():
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config("tiny", words)
+
+
+def test_a_peaked_schedule_reaches_both_ends_of_its_range_at_any_block_count(tmp_path, capsys):
+    """small-large-small on 4 blocks gave windows 16-64-64-16 for a range [16, 128] (the peak fell between the
+    two middle blocks): no block reached the range's far end, which the config calls the widest block. A run
+    begun under the old layout is refused on resume, not continued as another model."""
+    import json
+
+    from vslm import schedules
+    from vslm.cli import main
+
+    for n in range(3, 10):  # (2 blocks are both ends: the range's low end for small-large-small)
+        for shape in ("small-large-small", "large-small-large"):
+            f = schedules.shape_fractions(shape, n)
+            assert f == f[::-1] and min(f) == 0.0 and max(f) == 1.0, (shape, n, f)
+    assert schedules.windows("small-large-small", 16, 128, 4, 2) == [16, 128, 128, 16]
+    assert schedules.widths("large-small-large", 72, 120, 6, 8) == [120, 96, 72, 72, 96, 120]
+    words = ["model.depth=4", "model.schedule.windows=small-large-small", "model.schedule.window_range=[4, 32]",
+             "train.steps=2", "train.checkpoint_every=2", "logging.progress=false", "data.max_bytes=200000",
+             "logging.probe_every=0"]
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *words, "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    summary["flops_per_token"] -= 1000  # as the old layout's smaller windows counted it
+    (run / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "train.steps=4"]) == 2
+    assert "laid out otherwise before 2026-12-07" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -271,3 +272,39 @@ def test_a_run_folder_given_as_a_config_points_to_its_config(tmp_path, capsys):
                             f"`vslm train --resume --out {run}` continues it)")
     assert main(["describe", str(run)]) == 0  # describe takes the run's config
     assert "48" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("words, message", [
+    (["model.depth=4", "model.order=[0,1,2,3]", "model.recursion_lora_rank=2"],
+     "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block is shared"),
+    (["model.kv_heads=1", "model.blocks=[{kv_heads=2}, {kv_heads=2}]"], "kv_heads is replaced by every block"),
+    (["model.ffn=64", "model.blocks=[{ffn=32}, {ffn=32}]"], "ffn and ffn_mult are replaced by every block"),
+    (["model.attention=sigmoid", 'model.blocks=[{attention="softmax"}, {attention="softmax"}]'],
+     "attention is replaced by every block"),
+    (["model.schedule.widths=increasing", "model.schedule.width_range=[16, 48]", "model.tie_embeddings=false",
+      "model.blocks=[{width=32}, {width=48, heads=4}]"], "schedule.widths = increasing is replaced by every block"),
+    (["model.depth=3", "model.sharing=cyclic"], "sharing = cyclic at depth 3 needs unique_blocks"),
+])
+def test_a_setting_that_no_block_uses_is_refused(words, message):
+    """Accepted before, changing nothing (recursion LoRA with no block shared: recorded, never built; a model-wide
+    value every block record overrides) or something unasked (cyclic sharing at depth 3: one block everywhere)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("tiny", words)
+
+
+def test_describe_reads_a_built_in_name_as_the_built_in_and_a_runs_overrides_as_a_new_config(tmp_path, monkeypatch,
+                                                                                            capsys):
+    from vslm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "tiny", "train.steps=1", "logging.progress=false", "data.max_bytes=100000",
+                 "model.width=64", "--out", "tiny"]) == 0  # a run folder named like the built-in
+    capsys.readouterr()
+    assert main(["describe", "tiny"]) == 0
+    assert "27,616" in capsys.readouterr().out  # the built-in's parameters, not the 64-wide run's
+    assert main(["describe", "./tiny"]) == 0 and "27,616" not in capsys.readouterr().out
+    assert main(["describe", "./tiny", "model.window=1000"]) == 2  # checked as a new config (window > context)
+    assert "window" in capsys.readouterr().err
+    assert main(["describe", "tiny", "model.vocab_size=10000000000000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more elements than torch can address" in err

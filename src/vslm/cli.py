@@ -105,11 +105,13 @@ def cmd_configs(a: argparse.Namespace) -> int:
 
 def cmd_describe(a: argparse.Namespace) -> int:
     from vslm.commands.describe import describe
-    from vslm.config import load_config, overridden
+    from vslm.config import bare_builtin, load_config, overridden
     from vslm.train.run_folder import read_run_config
 
-    if (Path(a.config) / "config.toml").is_file():  # a run folder: its config as saved (what it trained)
-        cfg = overridden(read_run_config(Path(a.config)), a.overrides, saved=True)
+    run = not bare_builtin(a.config, "vslm.configs") and (Path(a.config) / "config.toml").is_file()  # `tiny`: built-in
+    if run:  # a run folder: its config as saved (what it trained); with overrides, a new config, checked as one
+        cfg = read_run_config(Path(a.config))
+        cfg = overridden(cfg, a.overrides) if a.overrides else cfg
     else:
         cfg = load_config(a.config, a.overrides)
     describe(cfg, console)

@@ -244,10 +244,13 @@ class ModelConfig(_Section):
         def changed(name: str) -> bool:
             return _changed(self, name)
 
+        def every(field: str) -> bool:  # each unique block's record sets it: the model-wide value applies nowhere
+            return len(self.blocks) == len(specs) and all(getattr(b, field) is not None for b in self.blocks)
+
         idle = [
-            (self.recursion_lora_rank > 0 and self.sharing == "none" and self.order is None,
-             "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block is shared (set sharing or "
-             "order)"),
+            (self.recursion_lora_rank > 0 and len(set(order)) == len(order),
+             "recursion_lora_rank adds a LoRA per depth to shared blocks, and no block is shared (set sharing, or "
+             "an order that repeats a block)"),
             (self.root_per_position and self.root == "token", "root_per_position applies to root = learned"),
             (self.unique_blocks is not None and (self.order is not None or self.sharing in ("none", "all")),
              "unique_blocks applies to sharing = immediate or cyclic (without order)"),
@@ -274,8 +277,17 @@ class ModelConfig(_Section):
             ((self.ffn is not None or changed("ffn_mult")) and sch.layer_scaling == "openelm"
              and not any(b.width for b in self.blocks),
              "ffn and ffn_mult are replaced by schedule.ffn_scale under layer_scaling = openelm"),
-            (self.window is not None and bool(self.blocks) and all(b.window for b in self.blocks),
-             "window is replaced by every block record's own window"),
+            (self.window is not None and every("window"), "window is replaced by every block record's own window"),
+            ((self.ffn is not None or changed("ffn_mult")) and every("ffn"),
+             "ffn and ffn_mult are replaced by every block record's own ffn"),
+            (self.kv_heads is not None and every("kv_heads"), "kv_heads is replaced by every block record's own"),
+            (changed("attention") and every("attention"), "attention is replaced by every block record's own"),
+            (changed("attention_gamma") and every("attention_gamma"),
+             "attention_gamma is replaced by every block record's own"),
+            (sch.widths != "uniform" and every("width"),
+             f"schedule.widths = {sch.widths} is replaced by every block record's own width"),
+            (sch.windows != "full" and every("window"),
+             f"schedule.windows = {sch.windows} is replaced by every block record's own window"),
         ]
         idle += [(b.attention_gamma is not None and spec.attention != "power",
                   f"block {i}: attention_gamma applies to attention = power, and its attention is {spec.attention}")
@@ -290,6 +302,9 @@ class ModelConfig(_Section):
                                  f"model.depth={len(self.order)} with it, or {self.depth} entries)")
             return list(self.order)
         n, depth = self.unique_blocks or max(1, self.depth // 2), self.depth
+        if self.unique_blocks is None and depth % 2 and self.sharing in ("immediate", "cyclic"):
+            raise ValueError(f"sharing = {self.sharing} at depth {depth} needs unique_blocks: its default, half the "
+                             f"depth, does not divide an odd depth (at depth 3 it shared one block everywhere)")
         if self.sharing == "none":
             return list(range(depth))
         if self.sharing == "all":
@@ -299,6 +314,14 @@ class ModelConfig(_Section):
         if self.sharing == "immediate":  # MobileLLM: [0, 0, 1, 1]
             return [i // (depth // n) for i in range(depth)]
         return [i % n for i in range(depth)]  # cyclic: [0, 1, 0, 1]
+
+    def peaked_on_an_even_count(self) -> bool:
+        """Whether a small-large-small or large-small-large schedule lays out an even count (4 or more) of blocks:
+        laid out otherwise before 2026-12-07 (its peak fell between two blocks, so no block reached the range's
+        far end), so a run begun before then is another model now."""
+        peaked = ("small-large-small", "large-small-large")
+        n = max(self.depth_order()) + 1
+        return n >= 4 and n % 2 == 0 and (self.schedule.widths in peaked or self.schedule.windows in peaked)
 
     def block_specs(self) -> list[BlockSpec]:
         """The resolved record of each unique block: defaults, then schedules, then `blocks` overrides."""

@@ -21,7 +21,10 @@ def shape_fractions(shape: str, n: int) -> list[float]:
         return ramp
     if shape == "decreasing":
         return ramp[::-1]
-    peak = [1 - abs(2 * t - 1) for t in ramp]  # 0 at both ends, 1 in the middle
+    # 0 at both ends, 1 in the middle block (the middle two of an even count: 0, 1, 1, 0), linear between; until
+    # 2026-12-07 an even count's peak fell between two blocks and no block reached 1 (0, 2/3, 2/3, 0)
+    far = (n - 1) // 2
+    peak = [min(i, n - 1 - i) / far if far else 0.0 for i in range(n)]
     if shape == "small-large-small":
         return peak
     if shape == "large-small-large":

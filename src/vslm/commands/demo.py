@@ -45,6 +45,20 @@ def unigram_entropy(tokens: np.ndarray, vocab: int) -> float:
 OPTIMIZERS = {"adamw": "AdamW", "muon": "Muon", "tangent": "tangent descent"}
 
 
+def _blocks(m) -> str:
+    """The blocks as built (ModelConfig.block_specs): '4 blocks of width 32, 2 heads', or their ranges where they
+    differ, and how many are unique where blocks are shared (model.width and heads are defaults a block record
+    or a schedule may override everywhere)."""
+    specs, order = m.block_specs(), m.depth_order()
+
+    def span(values: list[int]) -> str:
+        return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+    shared = f" ({len(specs)} unique)" if len(specs) < len(order) else ""
+    return (f"{len(order)} blocks{shared} of width {span([s.width for s in specs])}, "
+            f"{span([s.heads for s in specs])} heads")
+
+
 def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", **trainer_args) -> Trainer:
     """The Trainer of `cfg` in `out`, with the header `vslm demo` and `vslm train` print before the first
     step: the corpus (what it is, sizes, tokenizer, how long it took), the model (parameters, shape, FLOPs
@@ -71,7 +85,7 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         if note:
             console.print(note, highlight=False, markup=False, soft_wrap=True)
     console.print(
-        f"Model: a GPT of {trainer.params:,} parameters: {m.depth} blocks of width {m.width}, {m.heads} heads, "
+        f"Model: a GPT of {trainer.params:,} parameters: {_blocks(m)}, "
         f"{m.position} positions, {m.normalisation()}, {m.mlp} MLP, context {m.context}; "
         f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False, soft_wrap=True)
     if why := m.blind():

@@ -25,6 +25,7 @@ from vslm.train.run_folder import (
     data_limit_left_out,
     read_metrics,
     read_run_config,
+    schedule_moved,
 )
 from vslm.train.trackers import as_text
 from vslm.train.trainer import Trainer, config_changes
@@ -53,10 +54,11 @@ def build_for_accounting(cfg: RunConfig) -> GPT:
     try:
         with torch.device("meta"):  # shapes only: no memory, no init cost
             return GPT(model_cfg)
-    except RuntimeError as e:
-        if "overflow" not in str(e):
+    except (RuntimeError, TypeError, OverflowError) as e:  # torch's words for a size past 2**63, by the call
+        if isinstance(e, RuntimeError) and "overflow" not in str(e):
             raise
-        raise ConfigError(f"a tensor of this model has more elements than torch can address ({e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not torch's C++ frames
+        raise ConfigError(f"a tensor of this model has more elements than torch can address ({first})") from None
 
 
 def tokens_per_run(cfg: RunConfig) -> int:
@@ -112,7 +114,10 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None,
         if found and found[-1][0] == cfg.train.steps:
             final = read_metrics(folder)[-1]
             model = build_for_accounting(saved)
-            return {**final, "params": parameter_count(model), "flops_per_token": training_flops_per_token(model),
+            params, flops = parameter_count(model), training_flops_per_token(model)
+            if why := schedule_moved(folder, saved.model, params, flops):  # reused, it would stand for another model
+                raise VSLMError(f"{folder}: {why}; move it away to train it anew")
+            return {**final, "params": params, "flops_per_token": flops,
                     "reused": True}
         # stopped half-way: resumed; stopped before its first checkpoint: trained again (the trainer clears the
         # folder only if the run provably never checkpointed, and refuses it otherwise)

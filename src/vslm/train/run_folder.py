@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from vslm.config import DEVICE, RunConfig, validate
+from vslm.config import DEVICE, ModelConfig, RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import LOCK, LOCK_HOST, read_jsonl, write_text
@@ -67,6 +67,21 @@ def read_summary(run_dir: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return summary if isinstance(summary, dict) else {}
+
+
+def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_token: float) -> str | None:
+    """Why the model `model` builds now is not the one the run in `folder` began with, for a schedule whose layout
+    changed (ModelConfig.peaked_on_an_even_count): its parameters or FLOPs per token then (summary.json) and now
+    differ. None where they agree, the schedule is another, or the run folder does not say."""
+    began = read_summary(folder)
+    if not model.peaked_on_an_even_count() or not isinstance(began.get("flops_per_token"), int | float):
+        return None
+    if began.get("params") == params and began["flops_per_token"] == flops_per_token:
+        return None
+    return (f"its model.schedule lays out an even count of blocks, which a small-large-small or large-small-large "
+            f"schedule laid out otherwise before 2026-12-07 (no block reached the range's far end): "
+            f"{began.get('params'):,} parameters and {began['flops_per_token']:,} FLOPs per token then, {params:,} "
+            f"and {flops_per_token:,} now")
 
 
 def update_summary(run_dir: Path, **fields) -> None:

@@ -98,6 +98,7 @@ from vslm.train.run_folder import (
     read_run_config,
     refuse_a_run_folder,
     saved_by_run,
+    schedule_moved,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 from vslm.train.trackers import MLflowLog, WandbLog, as_text, flat_values, require
@@ -418,6 +419,8 @@ class Trainer:
         self.params = parameter_count(self.model)
         self.trainable = parameter_count(self.model, trainable_only=True)
         self.flops_per_token = training_flops_per_token(self.model)
+        if self.resume and (why := schedule_moved(self.run_dir, cfg.model, self.params, self.flops_per_token)):
+            raise ConfigError(f"cannot resume {self.run_dir}: {why}; train anew into another --out")
         self.ddp = None
         module: torch.nn.Module = self.model
         if self.dist.enabled:
