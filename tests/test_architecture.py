@@ -309,4 +309,6 @@ def test_a_peaked_schedule_reaches_both_ends_of_its_range_at_any_block_count(tmp
     (run / "summary.json").write_text(json.dumps(summary))
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(run), "train.steps=4"]) == 2
-    assert "laid out otherwise before 2026-12-07" in capsys.readouterr().err
+    assert "before 2026-12-07 an even count of blocks never reached" in capsys.readouterr().err
+    assert main(["sample", str(run), "--tokens", "3"]) == 1  # its weights, loaded into the new windows: refused
+    assert "its weights are of another model than its config builds now" in capsys.readouterr().err

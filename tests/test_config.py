@@ -287,9 +287,16 @@ def test_a_run_folder_given_as_a_config_points_to_its_config(tmp_path, capsys):
 ])
 def test_a_setting_that_no_block_uses_is_refused(words, message):
     """Accepted before, changing nothing (recursion LoRA with no block shared: recorded, never built; a model-wide
-    value every block record overrides) or something unasked (cyclic sharing at depth 3: one block everywhere)."""
+    value every block record overrides) or something unasked (cyclic sharing at depth 3: one block everywhere).
+    A run that trained so reads back as it did."""
+    from vslm.config import validate
+
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("tiny", words)
+    if "model.sharing=cyclic" in words:  # trained before the refusal: its saved config still reads, as it trained
+        raw = load_config("tiny").to_raw()
+        raw["model"] |= {"depth": 3, "sharing": "cyclic"}
+        assert validate(raw, saved=True).model.depth_order() == [0, 0, 0]
 
 
 def test_describe_reads_a_built_in_name_as_the_built_in_and_a_runs_overrides_as_a_new_config(tmp_path, monkeypatch,

@@ -260,7 +260,8 @@ def test_bench_overrides_that_would_change_one_side_only_are_refused_before_anyt
         assert line in capsys.readouterr().err
     assert main(["bench", "train", "--steps", "3", "--eval-batches", "1", "model.depth=x"]) == 2
     assert "model.depth" in capsys.readouterr().err
-    assert main(["bench", "speedrun", "data.source=other.txt"]) == 2
-    assert "data.source=other.txt would change the task on vslm's side only" in capsys.readouterr().err
+    for word in ("data.source=other.txt", "data={source='other.txt'}", "train.eval_windows=10"):
+        assert main(["bench", "speedrun", word]) == 2
+        assert f"{word} would change the task on vslm's side only" in capsys.readouterr().err
     assert main(["bench", "speedrun", "train.bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err

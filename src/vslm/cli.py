@@ -1277,18 +1277,15 @@ class Terminated(BaseException):
     A BaseException, as KeyboardInterrupt is: no `except Exception` takes it for a failed run and goes on."""
 
 
-# commands that take up what they finished when run again (their runs, a distillation's checkpoints)
 def _peer_lost(e: RuntimeError) -> bool:
     """Whether `e` is torch.distributed's word that another process of the run is gone (gloo's 'Connection reset
-    by peer', NCCL's DistBackendError), under torchrun: one line then, not a traceback per rank."""
-    if "WORLD_SIZE" not in os.environ:
-        return False
-    text = str(e)
-    return type(e).__name__ == "DistBackendError" or any(
-        words in text for words in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
-                                    "NCCL communicator was aborted"))
+    by peer' or 'closed by peer'), under torchrun: one line then, not a traceback per rank. An error of this
+    rank's own (NCCL's out of memory, a CUDA error) keeps its traceback."""
+    return "WORLD_SIZE" in os.environ and any(
+        words in str(e) for words in ("Connection reset by peer", "Connection closed by peer"))
 
 
+# commands that take up what they finished when run again (their runs, a distillation's checkpoints)
 REUSES_FINISHED = {("experiment",), ("scaling",), ("facts", "capacity"), ("facts", "distill")}
 
 
@@ -1349,9 +1346,10 @@ def _main(argv: list[str] | None) -> int:
         if not _peer_lost(e):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        on = ("; `vslm train --resume` continues from the run's last checkpoint" if args.command == "train" and
+              getattr(args, "out", None) else "")
         print(f"vslm: error: rank {os.environ.get('RANK', '?')} lost the other processes of the run ({first}): "
-              "another rank stopped or died; its own lines say why, and `--resume` continues from the last "
-              "checkpoint", file=sys.stderr)
+              f"another rank stopped or died, and its own lines say why{on}", file=sys.stderr)
         return 1
     except OSError as e:
         import errno

@@ -175,6 +175,10 @@ class ModelConfig(_Section):
             raise ValueError(f"kv_heads {self.kv_heads} is more than heads {self.heads}")
         if self.order is not None and "depth" not in self.model_fields_set:
             self.depth = len(self.order)
+        if (new and self.unique_blocks is None and self.order is None and self.depth % 2 and self.depth > 1
+                and self.sharing in ("immediate", "cyclic")):  # a run that trained so reads back as it did
+            raise ValueError(f"sharing = {self.sharing} at depth {self.depth} needs unique_blocks: its default, half "
+                             "the depth, does not divide an odd depth (at depth 3 it shared one block everywhere)")
         if self.depth > MAX_DEPTH:  # before anything is built per depth (a list of 10^8 records fills memory)
             raise ValueError(f"a depth of {self.depth:,} is past the {MAX_DEPTH:,} this lab builds (each block's "
                              "modules are Python objects: seconds per thousand)")
@@ -284,7 +288,7 @@ class ModelConfig(_Section):
             (changed("attention") and every("attention"), "attention is replaced by every block record's own"),
             (changed("attention_gamma") and every("attention_gamma"),
              "attention_gamma is replaced by every block record's own"),
-            (sch.widths != "uniform" and every("width"),
+            (sch.widths != "uniform" and every("width") and sch.layer_scaling != "openelm",  # openelm: FFN sizes
              f"schedule.widths = {sch.widths} is replaced by every block record's own width"),
             (sch.windows != "full" and every("window"),
              f"schedule.windows = {sch.windows} is replaced by every block record's own window"),
@@ -302,9 +306,6 @@ class ModelConfig(_Section):
                                  f"model.depth={len(self.order)} with it, or {self.depth} entries)")
             return list(self.order)
         n, depth = self.unique_blocks or max(1, self.depth // 2), self.depth
-        if self.unique_blocks is None and depth % 2 and self.sharing in ("immediate", "cyclic"):
-            raise ValueError(f"sharing = {self.sharing} at depth {depth} needs unique_blocks: its default, half the "
-                             f"depth, does not divide an odd depth (at depth 3 it shared one block everywhere)")
         if self.sharing == "none":
             return list(range(depth))
         if self.sharing == "all":
@@ -315,13 +316,12 @@ class ModelConfig(_Section):
             return [i // (depth // n) for i in range(depth)]
         return [i % n for i in range(depth)]  # cyclic: [0, 1, 0, 1]
 
-    def peaked_on_an_even_count(self) -> bool:
-        """Whether a small-large-small or large-small-large schedule lays out an even count (4 or more) of blocks:
-        laid out otherwise before 2026-12-07 (its peak fell between two blocks, so no block reached the range's
-        far end), so a run begun before then is another model now."""
+    def peaked_schedule(self) -> bool:
+        """Whether a small-large-small or large-small-large schedule lays out 4 or more blocks: laid out otherwise
+        before 2026-12-07 (an even count's peak fell between two blocks, so no block reached the range's far
+        end; some odd counts past 11 rounded otherwise), so a run begun before then may be another model now."""
         peaked = ("small-large-small", "large-small-large")
-        n = max(self.depth_order()) + 1
-        return n >= 4 and n % 2 == 0 and (self.schedule.widths in peaked or self.schedule.windows in peaked)
+        return max(self.depth_order()) + 1 >= 4 and (self.schedule.widths in peaked or self.schedule.windows in peaked)
 
     def block_specs(self) -> list[BlockSpec]:
         """The resolved record of each unique block: defaults, then schedules, then `blocks` overrides."""

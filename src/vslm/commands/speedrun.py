@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vslm.commands.bench import find_data, find_reference
-from vslm.config import load_config
+from vslm.config import DataConfig, fields_set_by, load_config
 from vslm.errors import UsageError, VSLMError
 from vslm.train.run_folder import read_metrics
 
@@ -60,7 +60,8 @@ def run_speedrun(data: Path | None, repeat: int, reference: Path | None, console
                  overrides: list[str] = ()) -> dict:
     data, reference = find_data(data), find_reference(reference)
     # anything of vslm's own may change (the record's point), but not the task: the text, its split, the measure
-    if fixed := [w for w in overrides if w.startswith("data.") or w.partition("=")[0] == "train.eval_windows"]:
+    task = [f"data.{name}" for name in DataConfig.model_fields] + ["train.eval_windows"]
+    if fixed := [w for w in overrides if fields_set_by(w, task)]:  # `data={...}` replaces them all
         raise UsageError(f"bench speedrun races the reference on its text, split and validation measure: "
                          f"{' '.join(fixed)} would change the task on vslm's side only")
     load_config(SPEEDRUN_CONFIG, [f"data.source={data.resolve()}", *overrides])  # a typo: said now, not after

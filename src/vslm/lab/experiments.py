@@ -94,7 +94,7 @@ from vslm.errors import ConfigError, VSLMError, did_you_mean, refuse_file_in_the
 from vslm.eval.corpus import score_tokens
 from vslm.files import in_use, write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
-from vslm.lab.runner import build_for_accounting, same_settings, tokens_per_run
+from vslm.lab.runner import build_for_accounting, layout_moved, same_settings, tokens_per_run
 from vslm.lab.stats import (
     MIN_SEEDS,
     SIGNIFICANCE,
@@ -785,7 +785,7 @@ def run_state(cfg: RunConfig, folder: Path) -> str:
         saved = read_run_config(folder)
     except VSLMError:
         return "other_settings"
-    if not same_settings(cfg, saved):
+    if not same_settings(cfg, saved) or layout_moved(folder, saved):  # another model than cfg builds now
         return "other_settings"
     found = list_checkpoints(folder / CHECKPOINTS)
     return "finished" if found and found[-1][0] == cfg.train.steps else "stopped"

@@ -55,10 +55,19 @@ def build_for_accounting(cfg: RunConfig) -> GPT:
         with torch.device("meta"):  # shapes only: no memory, no init cost
             return GPT(model_cfg)
     except (RuntimeError, TypeError, OverflowError) as e:  # torch's words for a size past 2**63, by the call
-        if isinstance(e, RuntimeError) and "overflow" not in str(e):
+        if "overflow" not in str(e).lower():
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not torch's C++ frames
+        first = str(e).strip().splitlines()[0].replace('"', "")  # not torch's C++ frames
         raise ConfigError(f"a tensor of this model has more elements than torch can address ({first})") from None
+
+
+def layout_moved(folder: Path, saved: RunConfig) -> str | None:
+    """schedule_moved for a run folder's saved config, its model built on the meta device (no weights read);
+    None at once for a config no layout change touched."""
+    if not saved.model.peaked_schedule():
+        return None
+    model = build_for_accounting(saved)
+    return schedule_moved(folder, saved.model, parameter_count(model), training_flops_per_token(model))
 
 
 def tokens_per_run(cfg: RunConfig) -> int:
@@ -113,10 +122,10 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None,
         found = list_checkpoints(folder / CHECKPOINTS)
         if found and found[-1][0] == cfg.train.steps:
             final = read_metrics(folder)[-1]
+            if why := layout_moved(folder, saved):  # reused, it would stand for another model
+                raise VSLMError(f"{folder}: {why}; move it away to train it anew")
             model = build_for_accounting(saved)
             params, flops = parameter_count(model), training_flops_per_token(model)
-            if why := schedule_moved(folder, saved.model, params, flops):  # reused, it would stand for another model
-                raise VSLMError(f"{folder}: {why}; move it away to train it anew")
             return {**final, "params": params, "flops_per_token": flops,
                     "reused": True}
         # stopped half-way: resumed; stopped before its first checkpoint: trained again (the trainer clears the

@@ -30,7 +30,7 @@ from vslm.config import DEVICE, ModelConfig, RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import LOCK, LOCK_HOST, read_jsonl, write_text
-from vslm.model import GPT
+from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import (
     atomic_write,
     check_fits,
@@ -71,15 +71,15 @@ def read_summary(run_dir: Path) -> dict:
 
 def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_token: float) -> str | None:
     """Why the model `model` builds now is not the one the run in `folder` began with, for a schedule whose layout
-    changed (ModelConfig.peaked_on_an_even_count): its parameters or FLOPs per token then (summary.json) and now
+    changed (ModelConfig.peaked_schedule): its parameters or FLOPs per token then (summary.json) and now
     differ. None where they agree, the schedule is another, or the run folder does not say."""
     began = read_summary(folder)
-    if not model.peaked_on_an_even_count() or not isinstance(began.get("flops_per_token"), int | float):
+    if not model.peaked_schedule() or not isinstance(began.get("flops_per_token"), int | float):
         return None
     if began.get("params") == params and began["flops_per_token"] == flops_per_token:
         return None
-    return (f"its model.schedule lays out an even count of blocks, which a small-large-small or large-small-large "
-            f"schedule laid out otherwise before 2026-12-07 (no block reached the range's far end): "
+    return (f"its small-large-small or large-small-large model.schedule was laid out otherwise when it began "
+            f"(before 2026-12-07 an even count of blocks never reached the range's far end): "
             f"{began.get('params'):,} parameters and {began['flops_per_token']:,} FLOPs per token then, {params:,} "
             f"and {flops_per_token:,} now")
 
@@ -321,6 +321,8 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     else:
         checkpoint, weights, _ = newest_good(_saved(folder), device)
     model = GPT(cfg.model).to(device)
+    if why := schedule_moved(folder, cfg.model, parameter_count(model), training_flops_per_token(model)):
+        raise VSLMError(f"{folder}: {why}; its weights are of another model than its config builds now")
     check_fits(checkpoint, weights, model)
     model.load_state_dict(weights)
     model.eval()
