@@ -50,16 +50,18 @@ def test_damaged_or_abandoned_shards_are_built_again_not_read(tmp_path, capsys):
     assert not again.cache_hit and len(again.train.tokens) == n
     assert f"train.bin holds 1,000 bytes, meta.json says {n:,} tokens" in capsys.readouterr().err
     shards = whole.folder.parent
-    abandoned, building = shards / ".abc-1", shards / ".abc-2"
-    for tmp in (abandoned, building):
+    abandoned, building, elsewhere = shards / ".abc-1", shards / ".abc-2", shards / ".abc-3"
+    for tmp in (abandoned, building, elsewhere):
         (tmp / "train.bin").parent.mkdir()
         (tmp / "train.bin").write_bytes(b"0" * 100)
         Path(f"{tmp}{BUILDING}").touch()
+    Path(f"{elsewhere}{BUILDING}.host").write_text("another-machine\n")  # its lock may not show here (NFS): kept
     with FileLock(f"{building}{BUILDING}"):  # a build in progress: kept
         other = prepare_corpus(DataConfig(source="stories", max_bytes=40_000, seed=3), tmp_path).folder
     assert not abandoned.exists() and not Path(f"{abandoned}{BUILDING}").exists() and building.exists()
-    assert sorted(p.name for p in shards.iterdir()) == sorted([".abc-2", f".abc-2{BUILDING}", whole.folder.name,
-                                                             other.name])  # nothing of its own build left over
+    assert sorted(p.name for p in shards.iterdir()) == sorted([".abc-2", f".abc-2{BUILDING}", ".abc-3",
+                                                             f".abc-3{BUILDING}", f".abc-3{BUILDING}.host",
+                                                             whole.folder.name, other.name])  # nothing of its own
 
 
 def test_cache_key_follows_content_and_settings(tmp_path):

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -162,6 +163,7 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokeniz
     lock = FileLock(f"{tmp}{BUILDING}")  # held while building: a folder whose lock is free was abandoned
     try:
         with lock:
+            write_text(Path(f"{tmp}{BUILDING}{HOST}"), socket.gethostname() + "\n")  # whose lock it is (NFS)
             tmp.chmod(default_mode(folder=True))  # mkdtemp's 0o700 would keep a shared cache from its group
             _Builder(source, cfg, tmp, tokenizer, all_val, progress).build()
             try:
@@ -172,10 +174,12 @@ def prepare_corpus(cfg: DataConfig, root: Path | None = None, tokenizer: Tokeniz
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         Path(f"{tmp}{BUILDING}").unlink(missing_ok=True)
+        Path(f"{tmp}{BUILDING}{HOST}").unlink(missing_ok=True)
     return _open(folder, cache_hit=False)
 
 
 BUILDING = ".building"  # beside a build's temporary folder: the lock its builder holds
+HOST = ".host"  # beside that lock: the machine that took it
 
 
 def _remove(folder: Path, why: str) -> None:
@@ -193,9 +197,13 @@ def _remove(folder: Path, why: str) -> None:
 def _remove_abandoned(shards: Path) -> None:
     """The temporary folders of builds killed before they ended (a prepare stopped by Ctrl-C or SIGKILL leaves
     one, gigabytes for a large corpus): those whose builder's lock is free. A build in progress holds its lock;
-    a folder without a lock file is another version's, left alone."""
+    a folder without a lock file is another version's, and one another machine builds (flock over NFS can be
+    local to each machine, as files.in_use says of a run's lock) is not this machine's to judge: left alone."""
     for lock_path in shards.glob(f".*{BUILDING}"):
         tmp = Path(str(lock_path)[: -len(BUILDING)])
+        host = Path(f"{lock_path}{HOST}")
+        if host.is_file() and host.read_text(encoding="utf-8").strip() != socket.gethostname():
+            continue
         lock = FileLock(str(lock_path), timeout=0)
         try:
             lock.acquire()
@@ -206,6 +214,7 @@ def _remove_abandoned(shards: Path) -> None:
         finally:
             lock.release()
             lock_path.unlink(missing_ok=True)
+            host.unlink(missing_ok=True)
 
 
 def _damage(folder: Path) -> str | None:

@@ -456,7 +456,7 @@ def _formatted(formatter: Formatter, records: Iterable[dict], where: str, what: 
     Tokenizer.encode, which the harness and sampling use)."""
     try:
         for doc in formatter(records):
-            yield from doc.split(EOS) if EOS in doc else (doc,)
+            yield from doc.split(EOS)
     except KeyError as e:
         at = f", {records.at}" if isinstance(records, _Numbered) and records.at else ""
         raise VSLMError(f"data {where}{at}: a record has no field {e.args[0]!r} (the text is {what}); "

@@ -62,6 +62,7 @@ from vslm.train.run_folder import (
     CONFIG,
     check_not_in_use,
     clear_run_folder,
+    nan_for_null,
     never_checkpointed,
     no_checkpoint_yet,
     read_run_config,
@@ -392,7 +393,7 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
         check_same_run(out, cfg, recorded, done.get("settings"), "a capacity run")
         if missing := [k for k in RESULT_KEYS if k not in done]:
             raise VSLMError(f"{out / RESULT} lacks {', '.join(missing)} (an older vslm's): move the run away")
-        return {k: math.nan if v is None else v for k, v in done.items()}  # strict JSON wrote NaN as null
+        return nan_for_null(done)  # strict JSON wrote NaN as null
     begun, resume = out.exists() and any(out.iterdir()), bool(list_checkpoints(out / CHECKPOINTS))
     if begun:
         if not (out / STARTED).is_file():

@@ -684,6 +684,8 @@ def render_report(results: dict, out: Path) -> str:
 def hops_figure(results: dict):
     from matplotlib.figure import Figure  # no pyplot, no backend chosen: a notebook's own stays as it is
 
+    from vslm.report.figures import literal  # an arm's name as typed ('_x' would hide its legend entry)
+
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, len(HOPS_SETTINGS), sharey=True)
     for ax, (s, p) in zip(axes, HOPS_SETTINGS, strict=True):
@@ -692,7 +694,7 @@ def hops_figure(results: dict):
             hops = sorted(by[key], key=int)
             ys = [by[key][h]["mean"] for h in hops]
             if not all(math.isnan(y) for y in ys):
-                ax.plot([int(h) for h in hops], ys, "o-", color=f"C{n % 10}", label=arm)
+                ax.plot([int(h) for h in hops], ys, "o-", color=f"C{n % 10}", label=literal(arm))
         ax.axhline(results["chance"].get("closed_book.seen", math.nan), color="grey", linestyle=":")
         ax.set_title(f"{s.replace('_', '-')} {p}", fontsize="medium")
         ax.set_xticks(sorted({int(h) for by in results["by_hops"].values() for h in by[key]}))

@@ -122,10 +122,10 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None,
         found = list_checkpoints(folder / CHECKPOINTS)
         if found and found[-1][0] == cfg.train.steps:
             final = read_metrics(folder)[-1]
-            if why := layout_moved(folder, saved):  # reused, it would stand for another model
-                raise VSLMError(f"{folder}: {why}; move it away to train it anew")
             model = build_for_accounting(saved)
             params, flops = parameter_count(model), training_flops_per_token(model)
+            if why := schedule_moved(folder, saved.model, params, flops):  # reused, it would stand for another model
+                raise VSLMError(f"{folder}: {why}; move it away to train it anew")
             return {**final, "params": params, "flops_per_token": flops,
                     "reused": True}
         # stopped half-way: resumed; stopped before its first checkpoint: trained again (the trainer clears the

@@ -389,6 +389,13 @@ def _floats(values: list | None) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in values or [None]], dtype=float)
 
 
+def has_loss_bump(run: RunFiles) -> bool:
+    """Whether loss_bands has bands to draw: 2 logged steps or more past step 0 (loss_bump_figure)."""
+    steps, loss = run.series("loss")
+    kept = steps[np.isfinite(loss) & (steps >= 1)]
+    return len(kept) >= 2 and kept[-1] > kept[0]
+
+
 def has_distribution(run: RunFiles) -> bool:
     return bool(np.isfinite(run.probe_values("distribution", "M1")).any())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vslm.report import figures
 from vslm.report.html import figure, number, page, pre, section, table
-from vslm.report.runs import RunFiles, loss_bands, read_run
+from vslm.report.runs import RunFiles, read_run
 
 REPORT = "report.html"
 
@@ -129,7 +129,7 @@ def _probe_sections(run: RunFiles) -> list[tuple[str, str, str]]:
                 "short-context-tokens": " Short context (under 512 tokens): the score is loss[T-1] - loss[T/10], "
                                         "single tokens (logging.icl_short = tokens)."}.get(label, "")
         bump = (figure(figures.loss_bump_figure(run), "training loss bump", CAPTIONS["loss_bump"])
-                if len(loss_bands(*run.series("loss"))[0]) else "")  # under 2 logged steps: no bands
+                if figures.has_loss_bump(run) else "")  # under 2 logged steps: no bands
         out.append(section("icl", "In-context learning score" + (" (short context)" if note else ""),
                            figure(figures.icl_figure(run), "ICL score", CAPTIONS["icl"] + note + band), bump))
     if figures.has_distribution(run):

@@ -48,15 +48,15 @@ CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
 
 
-def metrics_row(line: str) -> dict:
-    """One line of metrics.jsonl as numbers: null (how the file writes a value that was not finite, strict
-    JSON) read back as NaN, as the run had it."""
-    return {k: math.nan if v is None else v for k, v in json.loads(line).items()}
+def nan_for_null(row: dict) -> dict:
+    """A logged row as numbers: null (how metrics.jsonl and the result files write a value that was not finite,
+    strict JSON) read back as NaN, as the run had it."""
+    return {k: math.nan if v is None else v for k, v in row.items()}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """Every line of the run's metrics.jsonl (metrics_row)."""
-    return [metrics_row(line) for line in (Path(run_dir) / METRICS).read_text(encoding="utf-8").splitlines()]
+    """The run's metrics.jsonl (files.read_jsonl: a line cut short by a kill is skipped), nulls as NaN."""
+    return [nan_for_null(row) for row in read_jsonl(Path(run_dir) / METRICS, warn=lambda line: None)]
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -73,8 +73,10 @@ def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_toke
     """Why the model `model` builds now is not the one the run in `folder` began with, for a schedule whose layout
     changed (ModelConfig.peaked_schedule): its parameters or FLOPs per token then (summary.json) and now
     differ. None where they agree, the schedule is another, or the run folder does not say."""
+    if not model.peaked_schedule():
+        return None
     began = read_summary(folder)
-    if not model.peaked_schedule() or not isinstance(began.get("flops_per_token"), int | float):
+    if not isinstance(began.get("flops_per_token"), int | float):
         return None
     if began.get("params") == params and began["flops_per_token"] == flops_per_token:
         return None
@@ -321,7 +323,8 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
     else:
         checkpoint, weights, _ = newest_good(_saved(folder), device)
     model = GPT(cfg.model).to(device)
-    if why := schedule_moved(folder, cfg.model, parameter_count(model), training_flops_per_token(model)):
+    if cfg.model.peaked_schedule() and (why := schedule_moved(folder, cfg.model, parameter_count(model),
+                                                               training_flops_per_token(model))):
         raise VSLMError(f"{folder}: {why}; its weights are of another model than its config builds now")
     check_fits(checkpoint, weights, model)
     model.load_state_dict(weights)

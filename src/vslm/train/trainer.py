@@ -63,7 +63,6 @@ from vslm.train.callbacks import (
     Samples,
     Snapshots,
     WeightDiagnostics,
-    step_of_line,
 )
 from vslm.train.checkpoint import (
     atomic_write,
@@ -82,7 +81,6 @@ from vslm.train.probing import ProbeCallback, probe_interval
 from vslm.train.run_folder import (
     CHECKPOINTS,
     CONFIG,
-    METRICS,
     OLD_NO_LIMIT,
     SUMMARY,
     TOKENIZER,
@@ -92,9 +90,9 @@ from vslm.train.run_folder import (
     corpus_changes,
     data_limit_left_out,
     device_of,
-    metrics_row,
     never_checkpointed,
     no_checkpoint_yet,
+    read_metrics,
     read_run_config,
     refuse_a_run_folder,
     saved_by_run,
@@ -172,9 +170,8 @@ def unserialisable_field(model: BaseModel, prefix: str = "") -> str | None:
 
 def last_logged(run_dir: Path, step: int) -> dict:
     """The run's last complete line of metrics.jsonl up to `step`, else {"step": step}."""
-    path = Path(run_dir) / METRICS
-    lines = [ln for ln in path.read_text().splitlines() if step_of_line(ln) <= step] if path.is_file() else []
-    return metrics_row(lines[-1]) if lines else {"step": step}
+    rows = [row for row in read_metrics(run_dir) if row["step"] <= step]
+    return rows[-1] if rows else {"step": step}
 
 
 class TrainingDiverged(VSLMError):
