@@ -309,6 +309,8 @@ def test_a_peaked_schedule_reaches_both_ends_of_its_range_at_any_block_count(tmp
     (run / "summary.json").write_text(json.dumps(summary))
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(run), "train.steps=4"]) == 2
-    assert "before 2026-12-07 an even count of blocks never reached" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "before 2026-12-07 an even count of blocks never reached" in out.err
+    assert "Preparing the corpus" not in out.out + out.err  # refused from the run's files alone, before the data
     assert main(["sample", str(run), "--tokens", "3"]) == 1  # its weights, loaded into the new windows: refused
     assert "its weights are of another model than its config builds now" in capsys.readouterr().err

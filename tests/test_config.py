@@ -216,21 +216,45 @@ def test_an_error_in_a_base_config_names_that_file(tmp_path):
     assert config_error(tmp_path / "b.toml") == (f"config error in {tmp_path / 'a.toml'} (a base of "
                                                  f"{tmp_path / 'b.toml'}): unknown field 'train.step' (did you mean "
                                                  "train.steps?)")
-    # set in the named file or on the command line: no file to name beyond the one the user typed
-    for name, overrides in (("b.toml", ["train.step=4"]), ("a.toml", [])):
+    # the base still sets it, whatever the command line sets too
+    assert config_error(tmp_path / "b.toml", ["train.step=4"]).startswith(f"config error in {tmp_path / 'a.toml'}")
+    # brought in by the named file or the command line: no file to name beyond the one the user typed
+    (tmp_path / "c.toml").write_text('base = "tiny"\n')
+    for name, overrides in (("c.toml", ["train.step=4"]), ("a.toml", [])):
         assert config_error(tmp_path / name, overrides).startswith("config error: unknown field 'train.step' ")
 
 
-def test_a_check_across_a_sections_fields_names_the_bases_that_set_it(tmp_path):
+def test_a_check_across_a_sections_fields_names_the_base_that_brings_it_in(tmp_path):
     (tmp_path / "a.toml").write_text('base = "tiny"\n[model]\nwidth = 40\nheads = 3\n')
     (tmp_path / "b.toml").write_text('base = "a.toml"\n[train]\nsteps = 3\n')
-    assert config_error(tmp_path / "b.toml") == (f"config error in {tmp_path / 'a.toml'}, built-in config 'tiny' "
-                                                 f"(bases of {tmp_path / 'b.toml'}): model: width 40 is not "
-                                                 "divisible by heads 3")
-    # the named file or an override sets a field of that section: the user's own input, no base named
+    expected = (f"config error in {tmp_path / 'a.toml'} (a base of {tmp_path / 'b.toml'}): model: width 40 is not "
+                "divisible by heads 3")
+    assert config_error(tmp_path / "b.toml") == expected  # tiny sets model fields too, but not the pair that fails
+    # the named file or an override setting another field of that section does not hide the base
     (tmp_path / "c.toml").write_text('base = "a.toml"\n[model]\ndepth = 1\n')
-    for name, overrides in (("c.toml", []), ("b.toml", ["model.depth=1"])):
-        assert config_error(tmp_path / name, overrides) == "config error: model: width 40 is not divisible by heads 3"
+    assert config_error(tmp_path / "c.toml") == expected.replace("b.toml", "c.toml")
+    assert config_error(tmp_path / "b.toml", ["model.depth=1"]) == expected
+    # the pair made to fail by the named file, or by an override: no base named
+    (tmp_path / "d.toml").write_text('base = "tiny"\n[model]\nwidth = 40\n')
+    (tmp_path / "e.toml").write_text('base = "d.toml"\n[model]\nheads = 3\n')
+    assert config_error(tmp_path / "e.toml") == "config error: model: width 40 is not divisible by heads 3"
+    assert config_error(tmp_path / "d.toml", ["model.heads=3"]) == \
+        "config error: model: width 40 is not divisible by heads 3"
+    # a value a base two files down sets, a field-level check of the model's (audit of stop 51: no file named)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "g.toml").write_text('base = "tiny"\n[model]\nrope_base = 5000.0\n')
+    (tmp_path / "f.toml").write_text('base = "sub/g.toml"\n[model]\ndepth = 2\n')
+    assert config_error(tmp_path / "f.toml", ["model.depth=1"]).startswith(
+        f"config error in {tmp_path / 'sub' / 'g.toml'} (a base of {tmp_path / 'f.toml'}): model: rope_base applies")
+
+
+def test_a_missing_base_names_the_file_that_names_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.toml").write_text('base = "nosuch.toml"\n')
+    (tmp_path / "a.toml").write_text('base = "sub/d.toml"\n')
+    assert config_error(tmp_path / "a.toml").startswith(
+        f"no config 'nosuch.toml' (the base {tmp_path / 'sub' / 'd.toml'} names): not a file "
+        f"({tmp_path / 'sub' / 'nosuch.toml'}), nor a built-in config (")
 
 
 def test_block_specs_resolve_model_defaults():

@@ -211,6 +211,32 @@ def test_offline_without_a_local_copy_says_what_to_do(data_dir, monkeypatch):
         open_source(DataConfig(source="squad", origin="local"))
 
 
+def test_online_with_a_hub_that_does_not_resolve_says_so_at_once(data_dir, monkeypatch):
+    """Without HF_HUB_OFFLINE and with no name resolution (a machine offline), the hub library retried five
+    times, about 25 s, before its error; the host's name that does not resolve now says it in one line."""
+    import socket
+    import time
+
+    for name in (*sources.OFFLINE, *sources.PROXIES, "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    asked = []
+
+    def unknown(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    started = time.monotonic()
+    with pytest.raises(VSLMError) as e:
+        open_source(DataConfig(source="wikitext-2:validation"))
+    assert time.monotonic() - started < sources.RESOLVE_WAIT_S and asked == ["huggingface.co"]
+    assert "\n" not in str(e.value) and "the hub cannot be reached (huggingface.co does not resolve)" in str(e.value)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org/mirror")
+    assert sources.hub_unresolvable() == "hub.example.org"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the proxy resolves names: the hub library decides
+    assert sources.hub_unresolvable() is None and asked[-1] == "hub.example.org"
+
+
 def test_bad_files_give_one_line(tmp_path):
     with pytest.raises(VSLMError, match=r"^unknown data source 'nope\.txt'.*vslm data list"):
         open_source(DataConfig(source="nope.txt"))
@@ -487,6 +513,31 @@ def test_bits_per_byte_by_hand():
     # 3 tokens standing for 2, 1 and 3 bytes under a vocabulary of 8: 3 * 3 bits over 6 bytes
     s = score_tokens(Uniform(8, context=2), np.array([1, 2, 3]), np.array([0, 2, 1, 3, 1, 1, 1, 1]), prefix=0)
     assert s.bpb == pytest.approx(9 / 6)
+
+
+def test_eval_word_perplexity_on_a_local_wikitext_without_the_shared_data(tmp_path, data_dir, capsys):
+    """The test below reads the study group's copy; this one runs anywhere (CI without ../shared): the words are
+    the articles' whitespace-separated words, counted an article at a time, and the perplexity is e to the
+    text's nats per word."""
+    from vslm.cli import main
+
+    lines = [line.replace("Lobster", f"Lobster {i}").replace("Crab", f"Crab {i}") for i in range(40)
+             for line in WIKI_LINES]
+    write_parquet(data_dir / "wikitext-2" / "wikitext-2-raw-v1" / "validation-00000-of-00001.parquet",
+                  [{"text": t} for t in lines])
+    articles = documents("wikitext-2:validation")
+    assert len(articles) == 80
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "data.tokenizer=byte", "train.steps=3", "train.eval_every=0",
+                 "logging.progress=false", "train.eval_windows=8", "data.max_bytes=100000", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--on", "wikitext-2", "--json"]) == 0
+    wiki = json.loads(capsys.readouterr().out)["corpora"][0]
+    assert wiki["split"] == "validation" and wiki["words"] == sum(len(a.split()) for a in articles) == 1200
+    assert wiki["bytes"] == sum(len(a.encode()) for a in articles)
+    nats = wiki["bpb"] * math.log(2) * wiki["bytes"]
+    assert wiki["word_perplexity"] == pytest.approx(math.exp(nats / wiki["words"]), rel=1e-9)
+    assert 1 < wiki["word_perplexity"] < math.exp(math.log(257) * wiki["bytes"] / wiki["words"]) * 2
 
 
 @needs_shared

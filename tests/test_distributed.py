@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -22,10 +23,11 @@ def metrics(folder):
 
 
 def torchrun(*args, procs=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
            "-m", "vslm", "train", *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    with tempfile.TemporaryDirectory() as tmp:  # torchrun's torchelastic_* folders, left behind otherwise
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                                     "TMPDIR": tmp}, timeout=600)
     assert r.returncode == 0, "STDOUT:" + r.stdout[-1500:] + "STDERR:" + r.stderr[:2500]
     return r
 
@@ -97,6 +99,17 @@ def test_answer_only_training_runs_data_parallel_on_rows_of_the_global_batch(tmp
     # not the mean over all answer tokens, so the losses agree closely but not exactly
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
+    # step 1's loss, at the initial weights, by hand: the mean of rows 0, 2, 4, ... and of rows 1, 3, 5, ...
+    # (a loss near ln 257 whatever rows a rank reads: the bound above alone would pass any split)
+    from vslm.train.objectives import NextToken
+
+    probe = Trainer(load_config("tiny", words), tmp_path / "probe")
+    x, y = probe.batches.next_batch()
+    with torch.no_grad():
+        ranks = [NextToken()(probe.model, (x[r::2], y[r::2]))[0].item() for r in range(2)]
+        halves = [NextToken()(probe.model, (x[h], y[h]))[0].item() for h in (slice(0, 4), slice(4, 8))]
+    assert two[0]["loss"] == pytest.approx(sum(ranks) / 2, abs=2e-6)
+    assert abs(sum(halves) / 2 - sum(ranks) / 2) > 1e-4 and abs(one[0]["loss"] - sum(ranks) / 2) > 1e-4
 
 
 def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, capsys):

@@ -95,6 +95,9 @@ def test_an_adapter_saves_and_loads(corpus, tmp_path):
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         assert torch.allclose(fresh(x), model(x))
+        # and the adapter is what they share: the base model alone gives other logits (a save or load of
+        # nothing, or an adapter left inactive, would pass the line above)
+        assert not torch.allclose(tiny_model()(x), model(x), atol=1e-4)
     with pytest.raises(ValueError, match="does not fit"):
         load_adapter(add_adapter(tiny_model(), "other", rank=4), "other", tmp_path / "g0.safetensors")
 

@@ -240,6 +240,30 @@ def test_relearning_reports_accuracies_before_and_after(runs):
             acc = result[when][group]
             assert 0.0 <= acc["accuracy"] <= 1.0 and acc["n"] > 0 and 0.25 <= acc["chance"] <= 0.5
     assert result["before"]["rest"]["n"] == result["after"]["rest"]["n"]
+    # the numbers themselves: the groups by their definition (the questions that use a fact of the people
+    # relearned, and the others), scored closed book by the teacher before and by the relearned run's own
+    # checkpoint after (groups swapped, or "after" measured on a copy the fine-tune never moved, cannot pass)
+    import random
+
+    from vslm.knowledge import metrics, render
+    from vslm.knowledge.scoring import LMScorer
+
+    people = [e.id for e in folder.world.of_kind("person", "seen")]
+    random.Random("relearn:0").shuffle(people)
+    facts = {f.id for e in people[:2] for f in folder.world.facts_about(e)}
+    asked = [q for q in folder.questions if q.pool == "seen" and not q.counterfactual]
+    groups = {"rest": [q for q in asked if not facts & set(q.support)],
+              "relearned": [q for q in asked if facts & set(q.support)]}
+    groups = {k: metrics.per_hops(v, 5) for k, v in groups.items()}
+    assert result["facts"] == len(facts) and all(groups.values())
+    for when, folder_of_model in (("before", teacher), ("after", tmp / "relearn")):
+        _, scored, tokenizer = load_run(folder_of_model)
+        scorer = LMScorer(scored, tokenizer)
+        for group, qs in groups.items():
+            picked = metrics.pick(scorer, [render.closed_book_prompt(q.question) for q in qs], qs)
+            assert result[when][group] == metrics.accuracy(qs, picked), (when, group)
+    moved = load_run(tmp / "relearn")[1].state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in model.state_dict().items())  # the fine-tune moved it
     _, fresh, _ = load_run(teacher)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
                                                  strict=True))  # the run relearned from is not changed

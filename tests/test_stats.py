@@ -52,6 +52,9 @@ def test_the_paired_comparison_is_scipy_s_with_a_t_interval():
     w = welch(base, var)
     assert w["test"] == "Welch" and w["p"] == pytest.approx(stats.ttest_ind(var, base, equal_var=False).pvalue)
     assert w["ci_low"] < w["diff"] < w["ci_high"] and w["ci_high"] - w["ci_low"] > c["ci_high"] - c["ci_low"]
+    # the Welch-Satterthwaite interval itself (a 90% one, or a normal quantile, is narrower and would pass above)
+    interval = stats.ttest_ind(var, base, equal_var=False).confidence_interval(0.95)
+    assert (w["ci_low"], w["ci_high"]) == pytest.approx((interval.low, interval.high), rel=1e-9)
     with pytest.raises(ValueError, match="paired seeds"):
         paired_difference(base, var[:3])
 
@@ -161,6 +164,9 @@ def test_the_tests_seeds_detectable_difference_and_a_failed_baseline_are_the_tes
     assert failed["base"]["verdict"] == "baseline: every run failed" and math.isnan(failed["base"]["diff_vs_baseline"])
     assert failed["a"]["verdict"] == "no test: every baseline run failed"
     assert summary_rows(failed)[0][6] == "-" and not resolved(failed, 10.0)
+    # a variant none of whose runs finished trained no budget to show; the others show theirs
+    assert math.isnan(failed["base"]["tokens"]) and summary_rows(failed)[0][3] == "-"
+    assert failed["a"]["tokens"] == 1000 and summary_rows(failed)[1][3] == "1,000"
 
 
 def resolve(losses: np.ndarray, width: float, looks: list[int], alpha: float = 0.05) -> dict[str, dict]:

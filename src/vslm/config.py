@@ -659,11 +659,13 @@ def builtin_file(name: str, package: str):
 
 
 def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | None = None,
-               files: bool = True, chain: list[tuple[str, dict]] | None = None) -> dict[str, Any]:
+               files: bool = True, chain: list[tuple[str, dict]] | None = None,
+               named_by: str | None = None) -> dict[str, Any]:
     """A config's table with its `base` chain merged in. A bare built-in name (`tiny`) is the built-in config,
     whatever file of that name lies here (`./tiny` reads the file). A relative base is looked up beside the
     file that names it (`beside`), else taken as a built-in name; a built-in config's base is a built-in name.
-    `chain` receives (label, own table) of each config read, the named one first."""
+    `chain` receives (label, own table) of each config read, the named one first; `named_by`: the label of
+    the config whose base this is."""
     path = Path(name_or_path)
     if beside is not None and not path.is_absolute():
         path = beside / path
@@ -678,10 +680,11 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         if entry is None:
             names = ", ".join(builtin_configs())
             where = f" ({path})" if beside is not None else ""
+            what = f"'{name_or_path}'" + (f" (the base {named_by} names)" if named_by else "")
             if files and (path / "config.toml").is_file():  # a run folder: its config is the file inside
-                raise ConfigError(f"no config '{name_or_path}': a run folder (its config: {path / 'config.toml'}; "
+                raise ConfigError(f"no config {what}: a run folder (its config: {path / 'config.toml'}; "
                                   f"`vslm train --resume --out {path}` continues it)")
-            raise ConfigError(f"no config '{name_or_path}'{did_you_mean(name_or_path, builtin_configs())}: not a "
+            raise ConfigError(f"no config {what}{did_you_mean(name_or_path, builtin_configs())}: not a "
                               f"file{where}, nor a built-in config ({names})")
         text, label, here = entry.read_text(), f"built-in config '{name_or_path}'", None
         key = f"built-in {name_or_path}"
@@ -699,7 +702,7 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = (), beside: Path | Non
         return raw
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{label}: base must be a built-in config name or a path, got {base!r}")
-    parent = _read_toml(base, (*seen, key), beside=here, files=here is not None, chain=chain)
+    parent = _read_toml(base, (*seen, key), beside=here, files=here is not None, chain=chain, named_by=label)
     parent.pop("description", None)
     parent["name"] = raw["name"]
     return _merge(parent, raw)
@@ -845,41 +848,32 @@ def load_config(name_or_path: str | Path, overrides: list[str] | str | None = No
         return RunConfig.model_validate(raw, context={"shared": shared, "saved": saved})
     except ValidationError as e:
         err, chain = e.errors()[0], []
-        _read_toml(name_or_path, chain=chain)  # read again, only now: which file set the value that failed
-        where = _set_in_base(err["loc"], chain, overrides or [], sections=err["type"] == "extra_forbidden")
+        _read_toml(name_or_path, chain=chain)  # read again, only now: which file brought in the failed check
+        where = _brought_in_by(err, chain, {"shared": shared, "saved": saved})
         raise ConfigError(one_line_error(e, f"config error in {where}" if where else "config error",
                                          root=RunConfig)) from None
 
 
-def _set_in_base(loc: tuple, chain: list[tuple[str, dict]], overrides: list[str], sections: bool = False) -> str | None:
-    """The label of the base config (not the named one, nor an override) whose value at `loc` failed, if one.
-    A whole section that failed a check across its fields (not `sections`: an unknown name in it) may be set
-    by several files: the bases that set it, nearest first, if neither the named config nor an override does."""
-    if not loc:
-        return None
-    paths = [tuple(path) for path, _ in map(parse_override, overrides)]
-    if any(path == tuple(loc[: len(path)]) for path in paths):
-        return None
-    setters = []
-    for i, (label, table) in enumerate(chain):  # the named config first: the first that sets it is the one used
-        node: Any = table
-        for part in loc:
-            if isinstance(part, int) and isinstance(node, list) and part < len(node):
-                node = node[part]
-            elif isinstance(part, str) and isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                break
-        else:
-            if not isinstance(node, dict) or sections:
-                return f"{label} (a base of {chain[0][0]})" if i else None
-            setters.append((i, label))
-            if any(isinstance(part, int) for part in loc):  # inside a list: the nearest file's list is the one used
-                break
-    if not setters or setters[0][0] == 0 or any(path[: len(loc)] == tuple(loc) for path in paths):
-        return None
-    bases = "a base" if len(setters) == 1 else "bases"
-    return f"{', '.join(label for _, label in setters)} ({bases} of {chain[0][0]})"
+def _brought_in_by(err: dict, chain: list[tuple[str, dict]], context: dict) -> str | None:
+    """The label of the base config (not the named one) that brings in the failed check `err`, with the named
+    config's label: the chain merged from the deepest base up, the config whose merge first fails that check
+    and every one above it too. A check across a section's fields (width against heads) is blamed on the file
+    that made the pair fail, not on every file that sets that section. None where the named config or an
+    override brings it in: the user's own input, already named."""
+    def fails(tables: list[tuple[str, dict]]) -> bool:
+        merged: dict[str, Any] = {}
+        for _, table in reversed(tables):
+            merged = _merge(merged, table)
+        try:
+            RunConfig.model_validate(merged, context=context)
+        except ValidationError as e:
+            return any(x["loc"] == err["loc"] and x["msg"] == err["msg"] for x in e.errors())
+        return False
+
+    if not fails(chain):
+        return None  # an override brings it in
+    below = next((k for k in range(1, len(chain)) if not fails(chain[k:])), len(chain))
+    return f"{chain[below - 1][0]} (a base of {chain[0][0]})" if below > 1 else None
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

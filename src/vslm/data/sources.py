@@ -71,6 +71,37 @@ def offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in OFFLINE)
 
 
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+RESOLVE_WAIT_S = 3.0
+
+
+def hub_unresolvable() -> str | None:
+    """The hub's host name (HF_ENDPOINT's, else huggingface.co) where it does not resolve: no connection would
+    reach it, and the hub library would retry five times (about 25 s) before saying so. None where it resolves,
+    where a proxy resolves names for us (a *_PROXY variable), or where the answer takes over RESOLVE_WAIT_S
+    (the hub library then tries, and says what it finds)."""
+    if any(os.environ.get(v) for v in PROXIES):
+        return None
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    answer: list[bool] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            answer.append(True)
+        except OSError:  # socket.gaierror: the name is not known, or no resolver answers
+            answer.append(False)
+
+    worker = threading.Thread(target=resolve, daemon=True)
+    worker.start()
+    worker.join(RESOLVE_WAIT_S)
+    return host if answer == [False] else None
+
+
 def open_source(cfg: DataConfig) -> Source:
     """The source `cfg.source` names: 'stories' or 'repeats' (generated), a registry name (NAME or NAME:SPLIT),
     or a path."""
@@ -201,15 +232,17 @@ def _entry_files(entry: Entry, split: str, cfg: DataConfig) -> list[Path] | None
     files = local_files(entry, split) if cfg.origin != "hub" else None
     if not files and (cfg.origin == "local" or offline() or entry.hub is None):
         raise VSLMError(_no_local_copy(entry, split, cfg))
+    if not files and (host := hub_unresolvable()):
+        raise VSLMError(_no_local_copy(entry, split, cfg, f"the hub cannot be reached ({host} does not resolve)"))
     return files or None
 
 
-def _no_local_copy(entry: Entry, split: str, cfg: DataConfig) -> str:
+def _no_local_copy(entry: Entry, split: str, cfg: DataConfig, why: str | None = None) -> str:
     looked = ", ".join(entry.patterns(split)[4:] or entry.patterns(split)[:1])
     others = [s for s in local_splits(entry) if s != split]
     hint = f"local splits: {', '.join(f'{entry.name}:{s}' for s in others)}; " if others else ""
-    why = ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
-           else "offline (HF_HUB_OFFLINE is set)")
+    why = why or ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
+                  else "offline (HF_HUB_OFFLINE is set)")
     return (f"data source '{entry.name}': no local copy of its {split} split ({looked}) in "
             f"{', '.join(str(d) for d in data_dirs())}, and {why}; {hint}"
             f"put the files under $VSLM_DATA_DIR/{entry.folder}/ or go online")

@@ -231,7 +231,8 @@ def summarize(runs: dict[str, list[dict]], tokens: int, paired: dict[str, bool] 
         rs = ok(all_runs)
         losses, bpbs = [r["val_loss"] for r in rs], [r["val_bpb"] for r in rs]
         summary[name] = {"params": rs[0]["params"] if rs else math.nan,
-                         "flops_per_token": rs[0]["flops_per_token"] if rs else math.nan, "tokens": tokens,
+                         "flops_per_token": rs[0]["flops_per_token"] if rs else math.nan,
+                         "tokens": tokens if rs else math.nan,
                          "val_loss_mean": mean(losses) if rs else math.nan,
                          "val_loss_std": sample_std(losses), "val_bpb_mean": mean(bpbs) if rs else math.nan,
                          "val_bpb_std": sample_std(bpbs), "seeds": len(rs), "failed": len(all_runs) - len(rs),

@@ -133,7 +133,7 @@ def summary_rows(summary: dict[str, dict]) -> list[tuple[str, ...]]:
     def count(x) -> str:
         return "-" if missing(x) else f"{x:,}"
 
-    return [(name, count(s["params"]), count(s["flops_per_token"]), f"{s['tokens']:,}",
+    return [(name, count(s["params"]), count(s["flops_per_token"]), count(s["tokens"]),
              pm(s["val_loss_mean"], s["val_loss_std"]), pm(s["val_bpb_mean"], s["val_bpb_std"]), diff(s),
              f"{s['test']} (n={s.get('test_n', s['seeds'])})" if s.get("test") else f"n={s['seeds']}",
              num(s["p_value"]),

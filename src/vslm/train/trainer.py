@@ -374,7 +374,7 @@ class Trainer:
             if self.dist.is_main:     # the others wait for its verdict, so that no rank calls a live folder deletable
                 check_not_in_use(self.run_dir)
         if resume:
-            cfg = self._check_resumable(cfg)
+            cfg = self._check_resumable(cfg, built_here=model is None)
         else:  # before the corpus is prepared: a refusal in the first second, not after the data's minutes
             self._refuse_a_run_folder()
         if model is None:  # sized from the config before anything is built or read
@@ -416,8 +416,8 @@ class Trainer:
         self.params = parameter_count(self.model)
         self.trainable = parameter_count(self.model, trainable_only=True)
         self.flops_per_token = training_flops_per_token(self.model)
-        if self.resume and (why := schedule_moved(self.run_dir, cfg.model, self.params, self.flops_per_token)):
-            raise ConfigError(f"cannot resume {self.run_dir}: {why}; train anew into another --out")
+        if self.resume and model is not None:  # a model of the caller's, measured as built (GPT's: _check_resumable)
+            self._refuse_moved_layout(cfg, self.params, self.flops_per_token)
         self.ddp = None
         module: torch.nn.Module = self.model
         if self.dist.enabled:
@@ -474,7 +474,9 @@ class Trainer:
             raise ConfigError(f"this run needs {need.line()}; the {self.device.type} has {size(have)}: "
                               "make model.width, model.depth, model.context or train.batch_size smaller")
 
-    def _check_resumable(self, cfg: RunConfig) -> RunConfig:
+    def _check_resumable(self, cfg: RunConfig, built_here: bool) -> RunConfig:
+        """The run's saved config against `cfg`, and what there is to continue from; `built_here`: the model is
+        GPT(cfg.model), whose layout is checked now, on the meta device, before the corpus is prepared."""
         self.saved_cfg = saved = read_run_config(self.run_dir)
         cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
         fixed = [f"{k}: {as_text(old)} in the run, {as_text(new)} given"
@@ -483,6 +485,10 @@ class Trainer:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                                 "where it runs)")
+        if built_here and cfg.model.peaked_schedule():
+            with torch.device("meta"):  # shapes only
+                shapes = GPT(cfg.model)
+            self._refuse_moved_layout(cfg, parameter_count(shapes), training_flops_per_token(shapes))
         if not list_checkpoints(self.run_dir / CHECKPOINTS) and self.resume_from is None:
             if not never_checkpointed(self.run_dir, saved):  # set aside as corrupt, or removed: not ours to clear
                 raise VSLMError(f"cannot resume {self.run_dir}: {no_checkpoint_yet(self.run_dir)}")
@@ -495,6 +501,10 @@ class Trainer:
             raise UsageError(f"checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
         return cfg
+
+    def _refuse_moved_layout(self, cfg: RunConfig, params: int, flops_per_token: float) -> None:
+        if why := schedule_moved(self.run_dir, cfg.model, params, flops_per_token):
+            raise ConfigError(f"cannot resume {self.run_dir}: {why}; train anew into another --out")
 
     def _check_same_corpus(self, cfg: RunConfig) -> None:
         """A resume continues the batch source's stream over the run's corpus: a corpus that now reads as other
