@@ -314,3 +314,13 @@ def test_a_peaked_schedule_reaches_both_ends_of_its_range_at_any_block_count(tmp
     assert "Preparing the corpus" not in out.out + out.err  # refused from the run's files alone, before the data
     assert main(["sample", str(run), "--tokens", "3"]) == 1  # its weights, loaded into the new windows: refused
     assert "its weights are of another model than its config builds now" in capsys.readouterr().err
+    # stopped before its first checkpoint: no weights of the old layout to continue, so it trains again from 0
+    for f in (run / "checkpoints").iterdir():
+        f.unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    summary = {k: v for k, v in summary.items() if k not in ("val_loss", "val_bpb", "final_step", "finished")}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2

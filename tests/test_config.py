@@ -216,8 +216,8 @@ def test_an_error_in_a_base_config_names_that_file(tmp_path):
     assert config_error(tmp_path / "b.toml") == (f"config error in {tmp_path / 'a.toml'} (a base of "
                                                  f"{tmp_path / 'b.toml'}): unknown field 'train.step' (did you mean "
                                                  "train.steps?)")
-    # the base still sets it, whatever the command line sets too
-    assert config_error(tmp_path / "b.toml", ["train.step=4"]).startswith(f"config error in {tmp_path / 'a.toml'}")
+    # the command line sets it too: the user's own input, whatever the base sets
+    assert config_error(tmp_path / "b.toml", ["train.step=4"]).startswith("config error: unknown field 'train.step' ")
     # brought in by the named file or the command line: no file to name beyond the one the user typed
     (tmp_path / "c.toml").write_text('base = "tiny"\n')
     for name, overrides in (("c.toml", ["train.step=4"]), ("a.toml", [])):
@@ -246,6 +246,23 @@ def test_a_check_across_a_sections_fields_names_the_base_that_brings_it_in(tmp_p
     (tmp_path / "f.toml").write_text('base = "sub/g.toml"\n[model]\ndepth = 2\n')
     assert config_error(tmp_path / "f.toml", ["model.depth=1"]).startswith(
         f"config error in {tmp_path / 'sub' / 'g.toml'} (a base of {tmp_path / 'f.toml'}): model: rope_base applies")
+    # an override that changes a value the message shows still leaves the base that brings in the other
+    assert config_error(tmp_path / "b.toml", ["model.width=50"]) == (
+        f"config error in {tmp_path / 'a.toml'} (a base of {tmp_path / 'b.toml'}): model: width 50 is not divisible "
+        "by heads 3")
+    # a value of a field's own check that the named file gives, over a base's bad one: the named file's
+    (tmp_path / "g.toml").write_text('base = "tiny"\n[model]\ndepth = 2\nblocks = [{heads=0}, {heads=2}]\n')
+    (tmp_path / "h.toml").write_text('base = "g.toml"\n[model]\nblocks = [{heads=-1}, {heads=2}]\n')
+    assert config_error(tmp_path / "h.toml").startswith("config error: model.blocks.0.heads: ")
+    (tmp_path / "n.toml").write_text('base = "tiny"\n[train]\nsteps = 0\n')
+    (tmp_path / "p.toml").write_text('base = "n.toml"\n')
+    assert config_error(tmp_path / "p.toml", ["train.steps=-3"]).startswith("config error: train.steps")
+    # a failure of another section in the deeper merge hides nothing: the base is still named
+    assert config_error(tmp_path / "b.toml", ["train.steps=-3"]) == expected
+    # a deeper base that fails another check first hides whether this one passes there: no file named
+    (tmp_path / "k.toml").write_text('base = "tiny"\n[model]\nwidth = 40\nheads = 3\nkv_heads = 4\n')
+    (tmp_path / "m.toml").write_text('base = "k.toml"\n[model]\nwidth = 48\n')
+    assert config_error(tmp_path / "m.toml").startswith("config error: model: ")
 
 
 def test_a_missing_base_names_the_file_that_names_it(tmp_path):

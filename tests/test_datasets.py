@@ -211,7 +211,7 @@ def test_offline_without_a_local_copy_says_what_to_do(data_dir, monkeypatch):
         open_source(DataConfig(source="squad", origin="local"))
 
 
-def test_online_with_a_hub_that_does_not_resolve_says_so_at_once(data_dir, monkeypatch):
+def test_online_with_a_hub_that_does_not_resolve_says_so_at_once(data_dir, monkeypatch, capsys):
     """Without HF_HUB_OFFLINE and with no name resolution (a machine offline), the hub library retried five
     times, about 25 s, before its error; the host's name that does not resolve now says it in one line."""
     import socket
@@ -226,15 +226,24 @@ def test_online_with_a_hub_that_does_not_resolve_says_so_at_once(data_dir, monke
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    source = open_source(DataConfig(source="wikitext-2:validation"))  # shards cached from the hub need no hub:
+    assert asked == []                                                  # asked only when it is read
     started = time.monotonic()
     with pytest.raises(VSLMError) as e:
-        open_source(DataConfig(source="wikitext-2:validation"))
+        next(source.documents())
     assert time.monotonic() - started < sources.RESOLVE_WAIT_S and asked == ["huggingface.co"]
-    assert "\n" not in str(e.value) and "the hub cannot be reached (huggingface.co does not resolve)" in str(e.value)
+    assert "\n" not in str(e.value) and "the Hugging Face hub cannot be reached (huggingface.co does not resolve)" \
+        in str(e.value)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org/mirror")
     assert sources.hub_unresolvable() == "hub.example.org"
+    monkeypatch.setenv("HF_ENDPOINT", "mirror.example.org:8080")  # a mirror without a scheme: its own host
+    assert sources.hub_unresolvable() == "mirror.example.org"
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: "hub..x".encode("idna"))  # UnicodeError
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub..x")
+    assert sources.hub_unresolvable() == "hub..x" and "Traceback" not in capsys.readouterr().err  # not a thread's
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the proxy resolves names: the hub library decides
-    assert sources.hub_unresolvable() is None and asked[-1] == "hub.example.org"
+    assert sources.hub_unresolvable() is None and asked[-1] == "mirror.example.org"
 
 
 def test_bad_files_give_one_line(tmp_path):

@@ -13,6 +13,7 @@ values win.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -849,31 +850,47 @@ def load_config(name_or_path: str | Path, overrides: list[str] | str | None = No
     except ValidationError as e:
         err, chain = e.errors()[0], []
         _read_toml(name_or_path, chain=chain)  # read again, only now: which file brought in the failed check
-        where = _brought_in_by(err, chain, {"shared": shared, "saved": saved})
+        where = _brought_in_by(err, chain, list(overrides or []), {"shared": shared, "saved": saved})
         raise ConfigError(one_line_error(e, f"config error in {where}" if where else "config error",
                                          root=RunConfig)) from None
 
 
-def _brought_in_by(err: dict, chain: list[tuple[str, dict]], context: dict) -> str | None:
+def _brought_in_by(err: dict, chain: list[tuple[str, dict]], overrides: list[str], context: dict) -> str | None:
     """The label of the base config (not the named one) that brings in the failed check `err`, with the named
-    config's label: the chain merged from the deepest base up, the config whose merge first fails that check
-    and every one above it too. A check across a section's fields (width against heads) is blamed on the file
-    that made the pair fail, not on every file that sets that section. None where the named config or an
-    override brings it in: the user's own input, already named."""
-    def fails(tables: list[tuple[str, dict]]) -> bool:
+    config's label. The chain is merged from the deepest base up, the overrides on top of each: the base named
+    is the one below which the config validates, and from which up it fails this very check (its message, and
+    for a field's check its value). A check across a section's fields (width against heads) is so blamed on the
+    file that made the pair fail, not on every file that sets that section. None where the named config or an
+    override brings it in (the user's own input, already named), or where a deeper merge fails another check
+    of that section (which hides whether this one would pass)."""
+    def same(x: dict) -> bool:  # a section validator's input is its whole section: its message says the values
+        return x["loc"] == err["loc"] and x["msg"] == err["msg"] and (
+            err["type"] == "value_error" or repr(x.get("input")) == repr(err.get("input")))
+
+    def failures(tables: list[tuple[str, dict]]) -> list[dict] | None:
         merged: dict[str, Any] = {}
         for _, table in reversed(tables):
             merged = _merge(merged, table)
         try:
-            RunConfig.model_validate(merged, context=context)
+            RunConfig.model_validate(apply_overrides(copy.deepcopy(merged), overrides), context=context)
         except ValidationError as e:
-            return any(x["loc"] == err["loc"] and x["msg"] == err["msg"] for x in e.errors())
-        return False
+            return e.errors()
+        except ConfigError:  # an override that does not apply to this part of the chain: no telling
+            return None
+        return []
 
-    if not fails(chain):
-        return None  # an override brings it in
-    below = next((k for k in range(1, len(chain)) if not fails(chain[k:])), len(chain))
-    return f"{chain[below - 1][0]} (a base of {chain[0][0]})" if below > 1 else None
+    for k in range(1, len(chain) + 1):  # k = len(chain): the overrides on the defaults alone
+        found = failures(chain[k:])
+        if found is None:
+            return None
+        if any(map(same, found)):
+            continue
+        # a field of the same section that fails skips that section's checks across fields (a check across
+        # sections, loc (), is skipped by any): whether this one passes there is not known
+        if any(not err["loc"] or x["loc"][:1] == err["loc"][:1] for x in found):
+            return None
+        return f"{chain[k - 1][0]} (a base of {chain[0][0]})" if k > 1 else None
+    return None  # the overrides alone fail it
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -86,14 +86,17 @@ def hub_unresolvable() -> str | None:
     import threading
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    host = urlparse(endpoint if "//" in endpoint else "//" + endpoint).hostname  # a mirror given without a scheme
+    if not host:
+        return None
     answer: list[bool] = []
 
     def resolve() -> None:
         try:
             socket.getaddrinfo(host, 443)
             answer.append(True)
-        except OSError:  # socket.gaierror: the name is not known, or no resolver answers
+        except Exception:  # socket.gaierror: the name is not known, no resolver answers; UnicodeError: a bad name
             answer.append(False)
 
     worker = threading.Thread(target=resolve, daemon=True)
@@ -232,23 +235,26 @@ def _entry_files(entry: Entry, split: str, cfg: DataConfig) -> list[Path] | None
     files = local_files(entry, split) if cfg.origin != "hub" else None
     if not files and (cfg.origin == "local" or offline() or entry.hub is None):
         raise VSLMError(_no_local_copy(entry, split, cfg))
-    if not files and (host := hub_unresolvable()):
-        raise VSLMError(_no_local_copy(entry, split, cfg, f"the hub cannot be reached ({host} does not resolve)"))
     return files or None
 
 
-def _no_local_copy(entry: Entry, split: str, cfg: DataConfig, why: str | None = None) -> str:
+def _no_local_copy(entry: Entry, split: str, cfg: DataConfig) -> str:
     looked = ", ".join(entry.patterns(split)[4:] or entry.patterns(split)[:1])
     others = [s for s in local_splits(entry) if s != split]
     hint = f"local splits: {', '.join(f'{entry.name}:{s}' for s in others)}; " if others else ""
-    why = why or ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
-                  else "offline (HF_HUB_OFFLINE is set)")
+    why = ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
+           else "offline (HF_HUB_OFFLINE is set)")
     return (f"data source '{entry.name}': no local copy of its {split} split ({looked}) in "
             f"{', '.join(str(d) for d in data_dirs())}, and {why}; {hint}"
             f"put the files under $VSLM_DATA_DIR/{entry.folder}/ or go online")
 
 
 def _hub_documents(entry: Entry, split: str) -> Iterator[str]:
+    """The corpus's records streamed from the hub (only where no local copy is, and its shards are not cached)."""
+    if host := hub_unresolvable():
+        raise VSLMError(f"data source '{entry.name}': no local copy of its {split} split, and the Hugging Face hub "
+                        f"cannot be reached ({host} does not resolve); put a local copy under "
+                        f"$VSLM_DATA_DIR/{entry.folder}/ or go online")
     datasets = _datasets()
     try:
         records = datasets.load_dataset(entry.hub, entry.hub_config, split=split, streaming=True)

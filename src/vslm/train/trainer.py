@@ -485,10 +485,6 @@ class Trainer:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
                                 "where it runs)")
-        if built_here and cfg.model.peaked_schedule():
-            with torch.device("meta"):  # shapes only
-                shapes = GPT(cfg.model)
-            self._refuse_moved_layout(cfg, parameter_count(shapes), training_flops_per_token(shapes))
         if not list_checkpoints(self.run_dir / CHECKPOINTS) and self.resume_from is None:
             if not never_checkpointed(self.run_dir, saved):  # set aside as corrupt, or removed: not ours to clear
                 raise VSLMError(f"cannot resume {self.run_dir}: {no_checkpoint_yet(self.run_dir)}")
@@ -500,6 +496,10 @@ class Trainer:
         if self.resume_from is not None and not Path(self.resume_from).is_file():
             raise UsageError(f"checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
+        if self.resume and built_here and cfg.model.peaked_schedule():  # (a run cleared to train again: no weights)
+            with torch.device("meta"):  # shapes only
+                shapes = GPT(cfg.model)
+            self._refuse_moved_layout(cfg, parameter_count(shapes), training_flops_per_token(shapes))
         return cfg
 
     def _refuse_moved_layout(self, cfg: RunConfig, params: int, flops_per_token: float) -> None:
