@@ -263,6 +263,13 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     assert 0 <= result["counterfactual"]["accuracy"] <= 1 and "memorisation_ratio" in result["counterfactual"]
     assert set(result["by_hops"]["closed_book"]["seen"]) == {"1", "2"}
     assert len(result["probe"]["seen"]["by_depth"]) == 2 and result["truncated"] > 0
+    # the numbers are the run's own model's: every setting recomputed from its checkpoint, as a notebook would
+    from vslm.train.run_folder import load_run
+
+    _, model, tokenizer = load_run(run)
+    again = evaluate_world(LMScorer(model, tokenizer), load_world_folder(world), per_group=4)
+    for setting in ("closed_book", "open_book", "retrieved", "retrieval_recall", "by_hops", "counterfactual"):
+        assert result[setting] == json.loads(json.dumps(again[setting])), setting  # (JSON: hop counts as keys)
     assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--json", "--adapters", "2",
                  "--group-size", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
