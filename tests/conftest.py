@@ -70,3 +70,21 @@ def files_in(folder: Path) -> dict[str, bytes]:
     leave as it was."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
             if p.is_file() and not p.name.startswith(".lock")}
+
+
+def cli_in_process(capfd, *args):
+    """`python -m vslm ARGS` run in this process (its imports paid once, not about 3 s a call): exit code,
+    stdout and stderr as subprocess.run gives them. __main__ is `sys.exit(main())`, so the code is main's;
+    an uncaught exception fails the test where a subprocess would print a traceback. Keep a real subprocess
+    where the process itself is checked (signals, process groups, resource limits, locks held by another)."""
+    from types import SimpleNamespace
+
+    from vslm.cli import main
+
+    capfd.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capfd.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)

@@ -324,3 +324,23 @@ def test_a_peaked_schedule_reaches_both_ends_of_its_range_at_any_block_count(tmp
     assert main(["train", "--resume", "--out", str(run)]) == 0
     assert "stopped before its first checkpoint" in capsys.readouterr().err
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
+def test_key_counts_are_exact_under_bf16_scores():
+    """SSMax's log n and sigmoid's -log n count the keys each query sees; with bf16 scores (CUDA autocast) the
+    count was cast to bf16, whose integers past 256 are 2 apart (301 read as 300). Scores of 0, and 1 on the
+    first key, make each weight known in closed form: sigmoid's 1 / (1 + n) (e / (e + n) on the first key),
+    SSMax's n / (2n - 1) on the first key (its score scaled by log n) and 1 / (2n - 1) on each other."""
+    T = 320
+    visible = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = torch.zeros(1, 1, T, T, dtype=torch.bfloat16)
+    scores[..., 0] = 1.0
+    n = torch.arange(1, T + 1, dtype=torch.float64).view(T, 1)
+    first = torch.zeros(T, T, dtype=torch.bool)
+    first[:, 0] = True
+    sigmoid = normalise(scores, visible, "sigmoid", 1.0, None)[0, 0].double()
+    expected = torch.where(first, math.e / (math.e + n), 1 / (1 + n))
+    torch.testing.assert_close(sigmoid, torch.where(visible, expected, 0.0), rtol=1e-6, atol=0)
+    ssmax = normalise(scores, visible, "ssmax", 1.0, torch.ones(1))[0, 0].double()
+    expected = torch.where(first, n / (2 * n - 1), 1 / (2 * n - 1))
+    torch.testing.assert_close(ssmax, torch.where(visible, expected, 0.0), rtol=1e-5, atol=0)

@@ -42,7 +42,8 @@ def test_demo_smoke_run(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "runs" / "demo" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "runs" / "demo" / "checkpoints" / "step_00000006.safetensors").is_file()
     # a second demo never overwrites the first
-    main(["demo", "train.steps=2", "train.eval_windows=8", "data.max_bytes=100000", "logging.sample_tokens=5"])
+    main(["demo", "train.steps=2", "train.eval_windows=8", "data.max_bytes=100000", "logging.sample_tokens=5",
+          "logging.probe_windows=8"])
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(Path("runs") / "demo-2" / "report.html")
 
 

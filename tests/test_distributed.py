@@ -84,6 +84,47 @@ def test_exact_resume_under_ddp(tmp_path):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+NAN_AFTER_UPDATE = """
+import sys
+import torch
+from vslm.config import load_config
+from vslm.train.callbacks import Callback
+from vslm.train.trainer import Trainer, TrainingDiverged, default_callbacks
+
+class Poison(Callback):  # step 2's update ends in a NaN weight; its loss, read before the update, is finite
+    def on_before_update(self, trainer):
+        if trainer.step == 1:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+cfg = load_config("tiny", sys.argv[2:])
+trainer = Trainer(cfg, sys.argv[1], callbacks=[Poison(), *default_callbacks(cfg)])  # (rank 0's callbacks)
+try:
+    trainer.fit()
+except TrainingDiverged as e:
+    print(f"rank {trainer.dist.rank}: {e}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_state_that_is_not_finite_at_a_checkpoint_stops_every_rank(tmp_path):
+    """Rank 0's checkpointer refuses a non-finite state and stops; the other ranks waited for it at the
+    checkpoint's barrier until torchrun killed them (another launcher: until the group's timeout). Every rank
+    now stops at that step with the reason."""
+    (tmp_path / "nan.py").write_text(NAN_AFTER_UPDATE)
+    words = tiny_overrides(train__steps=6, train__checkpoint_every=2, train__eval_every=0, train__eval_windows=8,
+                           logging__tensorboard="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(tmp_path / "nan.py"), str(tmp_path / "run"), *words]
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp})
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: " in r.stdout and "at step 2: training stopped" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []  # the poisoned state was never written
+
+
 def test_answer_only_training_runs_data_parallel_on_rows_of_the_global_batch(tmp_path):
     # a batch source without its own sharding: the trainer gives each rank rows rank, rank + world, ...
     docs = "<|endoftext|>".join(f"Q: What is {i} plus one?\nA: {i + 1}\n" for i in range(60))

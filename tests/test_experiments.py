@@ -216,7 +216,7 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert {"smoke", "arch-sharing", "arch-attention"} <= set(listed)
     spec = write_experiment(tmp_path)
-    assert main(["experiment", spec, "train.steps=2", "--seeds", "1", "--out", str(tmp_path / "o")]) == 0
+    assert main(["experiment", spec, "train.steps=2", "--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "o")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "o")
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 0] and report["summary"]["wide"]["tokens"] == 2 * 8 * 32
@@ -244,7 +244,7 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
 
 def test_fewer_seeds_never_replace_the_results_of_more(tmp_path, capsys):
     spec, out = write_experiment(tmp_path), tmp_path / "o"
-    assert main(["experiment", spec, "--out", str(out)]) == 0
+    assert main(["experiment", spec, "--jobs", "1", "--out", str(out)]) == 0  # (workers: test_parallel)
     before = files_in(out)
     capsys.readouterr()
     assert main(["experiment", spec, "--seeds", "1", "--out", str(out)]) == 2  # a quick look, into the same folder
@@ -286,7 +286,7 @@ def test_a_sweep_kept_at_its_edge_says_to_widen_it(tmp_path, capsys):
     lrs = ["train.lr=1e-6 train.min_lr=1e-7", "train.lr=1e-5 train.min_lr=1e-6", "train.lr=3e-3 train.min_lr=3e-4"]
     path.write_text(f'base = "tiny"\nseeds = 1\noverrides = {COMMON!r}\n[[variants]]\nname = "base"\n'
                     f'[[variants]]\nname = "tuned"\nsweep = {lrs!r}\n')
-    assert main(["experiment", str(path), "--out", str(out)]) == 0
+    assert main(["experiment", str(path), "--jobs", "1", "--out", str(out)]) == 0
     sweep = json.loads((out / "results.json").read_text())["sweeps"]["tuned"]
     assert min(sweep["tried"], key=sweep["tried"].get) == sweep["chosen"] == lrs[2]
     assert sweep["edge"] == "the highest train.lr"  # 4 steps at 1e-6 learn nothing: 3e-3 at the top is kept
@@ -339,7 +339,8 @@ def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_
     spec, out = write_experiment(tmp_path, seeds=1), tmp_path / "out"
     choices = ["train.lr=1e-5 train.min_lr=1e-6", "train.lr=3e-3 train.warmup=1"]
     # a choice's overrides as separate words up to the next flag, or as one quoted word
-    words = ["experiment", spec, "--out", str(out), "--sweep", *choices[0].split(), "--sweep", choices[1]]
+    words = ["experiment", spec, "--out", str(out), "--jobs", "1", "--sweep", *choices[0].split(), "--sweep",
+             choices[1]]
     assert main([*words, "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["corpora"][""]["variants"]
     assert [(r["variant"], r["choice"]) for r in rows] == [(v, c) for v in ("narrow", "wide") for c in choices]

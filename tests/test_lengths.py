@@ -161,8 +161,8 @@ def test_summarize_lengths_compares_what_each_variant_loses_past_its_context():
 
 def test_an_experiment_with_eval_lengths_reports_them(tmp_path, capsys):
     out = tmp_path / "exp"
-    assert main(["experiment", "smoke", "model.position=rope", "train.eval_lengths=[2]", "--seeds", "2",
-                 "--out", str(out)]) == 0
+    assert main(["experiment", "smoke", "model.position=rope", "train.eval_lengths=[2]", "train.steps=4", "--seeds",
+                 "2", "--jobs", "1", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["lengths"]["multiples"] == [1, 2]
     for run in results["runs"]:

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import files_in, tiny_overrides
+from conftest import cli_in_process, files_in, tiny_overrides
 from vslm.config import load_config
 from vslm.files import atomic_write, default_mode, write_text
 from vslm.train.callbacks import Callback
@@ -30,6 +30,12 @@ def same_lines(a, b):
     drop = ("tokens_per_s", "train_time_s", "peak_rss_mb")
     return [{k: v for k, v in r.items() if k not in drop} for r in a] == \
            [{k: v for k, v in r.items() if k not in drop} for r in b]
+
+
+@pytest.fixture
+def cli(capfd):
+    """`vslm ARGS` in this process (conftest.cli_in_process): where the process itself is not what is checked."""
+    return lambda *args: cli_in_process(capfd, *args)
 
 
 def run_cli(*args, pre: str = ""):
@@ -49,7 +55,7 @@ class InfiniteGradient(Callback):
             next(p for p in trainer.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
 
 
-def test_a_non_finite_state_is_never_checkpointed_nor_named_good(tmp_path):
+def test_a_non_finite_state_is_never_checkpointed_nor_named_good(tmp_path, cli):
     cfg = load_config("tiny", tiny_overrides(train__steps=20, train__checkpoint_every=4, train__keep_last=5,
                                              logging__probe_every=0))
     trainer = Trainer(cfg, tmp_path / "r", callbacks=default_callbacks(cfg) + [InfiniteGradient(8)])
@@ -58,11 +64,11 @@ def test_a_non_finite_state_is_never_checkpointed_nor_named_good(tmp_path):
     found = list_checkpoints(tmp_path / "r" / "checkpoints")
     assert [s for s, _ in found] == [4]
     assert metrics(tmp_path / "r")[-1]["step"] == 8  # the loss of step 8 was finite: it was read before the update
-    r = run_cli("sample", tmp_path / "r", "--num", "1", "--tokens", "5")
+    r = cli("sample", tmp_path / "r", "--num", "1", "--tokens", "5")
     assert r.returncode == 0, r.stderr
 
 
-def test_a_corrupt_or_non_finite_newest_checkpoint_is_passed_over_with_a_warning(tmp_path):
+def test_a_corrupt_or_non_finite_newest_checkpoint_is_passed_over_with_a_warning(tmp_path, cli):
     words = tiny_overrides(train__steps=12, train__checkpoint_every=4, train__keep_last=5, logging__probe_every=0)
     Trainer(load_config("tiny", words), tmp_path / "straight").fit()
     run = tmp_path / "r"
@@ -74,16 +80,16 @@ def test_a_corrupt_or_non_finite_newest_checkpoint_is_passed_over_with_a_warning
     next(iter(weights.values())).fill_(float("nan"))
     assert nonfinite(weights, state)
     save_checkpoint(ckpts / "step_00000008.safetensors", weights, state)
-    r = run_cli("sample", run, "--num", "1", "--tokens", "5")
+    r = cli("sample", run, "--num", "1", "--tokens", "5")
     assert r.returncode == 0, r.stderr
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 2 and "step_00000012" in warnings[0] and "non-finite" in warnings[1]
-    r = run_cli("train", "--resume", "--out", run)  # continues from step 4, exactly
+    r = cli("train", "--resume", "--out", run)  # continues from step 4, exactly
     assert r.returncode == 0, r.stderr
     assert "step_00000012" in r.stderr and same_lines(metrics(run), metrics(tmp_path / "straight"))
     assert [s for s, _ in list_checkpoints(ckpts)] == [4, 8, 12]
     # --checkpoint picks; without --resume it is refused in one line
-    r = run_cli("train", "--resume", "--out", run, "--checkpoint", ckpts / "step_00000004.safetensors",
+    r = cli("train", "--resume", "--out", run, "--checkpoint", ckpts / "step_00000004.safetensors",
                 "train.steps=13")
     assert r.returncode == 0, r.stderr
     assert [m["step"] for m in metrics(run)] == [*range(1, 14)]
@@ -92,11 +98,11 @@ def test_a_corrupt_or_non_finite_newest_checkpoint_is_passed_over_with_a_warning
         "step_00000004.safetensors", "step_00000008.safetensors", "step_00000008.safetensors.corrupt",
         "step_00000008.safetensors.superseded", "step_00000012.safetensors", "step_00000012.safetensors.corrupt",
         "step_00000012.safetensors.superseded", "step_00000013.safetensors"]
-    r = run_cli("train", "tiny", "--out", tmp_path / "x", "--checkpoint", ckpts / "step_00000004.safetensors")
+    r = cli("train", "tiny", "--out", tmp_path / "x", "--checkpoint", ckpts / "step_00000004.safetensors")
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--resume" in r.stderr
 
 
-def test_a_corrupt_checkpoint_is_moved_aside_and_never_pushes_a_good_one_out(tmp_path):
+def test_a_corrupt_checkpoint_is_moved_aside_and_never_pushes_a_good_one_out(tmp_path, cli):
     words = tiny_overrides(train__steps=12, train__checkpoint_every=5, train__keep_last=2, logging__probe_every=0)
     run = tmp_path / "r"
     Trainer(load_config("tiny", words), run).fit()
@@ -104,7 +110,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_never_pushes_a_good_one_out(tmp
     assert [s for s, _ in list_checkpoints(ckpts)] == [10, 12]
     with open(ckpts / "step_00000012.safetensors", "r+b") as f:
         f.truncate(1000)
-    r = run_cli("train", "--resume", "--out", run, "train.steps=13")  # from step 10
+    r = cli("train", "--resume", "--out", run, "train.steps=13")  # from step 10
     assert r.returncode == 0, r.stderr
     assert "step_00000012.safetensors" in r.stderr and "moved it aside to step_00000012.safetensors.corrupt" in r.stderr
     assert [s for s, _ in list_checkpoints(ckpts)] == [10, 13]  # the good 10 is kept, not the corrupt 12

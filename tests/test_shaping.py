@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import cli_in_process, tiny_overrides
 from vslm.config import load_config
 from vslm.train.trainer import Trainer
 
@@ -19,11 +19,13 @@ def run(tmp_path_factory):
     return folder
 
 
-def shape(*args):
-    return subprocess.run([sys.executable, "-m", "vslm", "shape", *map(str, args)], capture_output=True, text=True)
+@pytest.fixture
+def shape(capfd):
+    """`vslm shape ARGS`, in this process (one test below runs it as a real command too)."""
+    return lambda *args: cli_in_process(capfd, "shape", *args)
 
 
-def test_shape_json_table_and_plot(run):
+def test_shape_json_table_and_plot(run, shape):
     r = shape(run, "--prompt", "Tom had a ball.", "--prompt", "The cat", "--continuation", " Tom ran.",
               "--samples", "2", "--tokens", "10", "--json")
     assert r.returncode == 0, r.stderr
@@ -50,7 +52,7 @@ def test_shape_json_table_and_plot(run):
     assert table.returncode == 0 and "KL from empty" in table.stdout and table.stdout.strip().endswith("shape.png")
 
 
-def test_brackets_in_prompts_are_text_not_rich_markup(tmp_path):
+def test_brackets_in_prompts_are_text_not_rich_markup(tmp_path, shape):
     """'[/x]' in a prompt or continuation used to stop the command (rich read it as a closing tag)."""
     folder = tmp_path / "bytes"
     Trainer(load_config("tiny", tiny_overrides(train__steps=2, data__tokenizer="byte")), folder).fit()
@@ -63,14 +65,16 @@ def test_brackets_in_prompts_are_text_not_rich_markup(tmp_path):
     assert "reshape ' [/x]' over training" in course.stdout and "'[red]'" in course.stdout
 
 
-def test_shape_errors_are_one_line(run):
-    r = shape(run, "--prompt", "x" * 40, "--continuation", "y" * 10)
+def test_shape_errors_are_one_line(run, shape):
+    r = subprocess.run([sys.executable, "-m", "vslm", "shape", str(run), "--prompt", "x" * 40, "--continuation",
+                        "y" * 10], capture_output=True, text=True)  # the real command, once
     assert r.returncode == 1 and "more than the model's context 32" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     r = shape(run, "--continuation", "y")
     assert r.returncode == 2 and "at least one --prompt" in r.stderr
 
 
-def test_shape_without_an_end_of_text_token(tmp_path):
+def test_shape_without_an_end_of_text_token(tmp_path, shape):
     """A character run of one text (a play, as tiny Shakespeare is) has no end-of-text token: y1 stands for
     the empty prompt, a 1-token continuation is refused in one line, and the table says what it scores; a
     prompt of the whole context and a 1-token continuation fit (the model never reads the token it predicts)."""
@@ -91,7 +95,7 @@ def test_shape_without_an_end_of_text_token(tmp_path):
     assert r.returncode == 1 and "put 33 tokens before the last one it predicts" in r.stderr
 
 
-def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tmp_path):
+def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tmp_path, shape):
     import torch
 
     from vslm.probes import shape_metrics
@@ -126,7 +130,7 @@ def test_shape_over_training_measures_every_snapshot_as_shape_does_at_it(run, tm
     assert table.stdout.strip().endswith("shape-course.png")
 
 
-def test_shape_over_training_takes_the_last_checkpoint_and_refuses_in_one_line(run, tmp_path):
+def test_shape_over_training_takes_the_last_checkpoint_and_refuses_in_one_line(run, tmp_path, shape):
     import shutil
 
     # a run whose last step has a checkpoint but no snapshot (stopped and resumed past it, say)

@@ -207,6 +207,23 @@ def test_bench_is_subcommands_and_a_bare_bench_lists_them():
     assert r.returncode == 2 and "unrecognized arguments: --speedrun" in r.stderr  # the old flags are gone
 
 
+def test_each_compiled_run_starts_from_an_empty_dynamo_cache(tmp_path, monkeypatch):
+    """Dynamo keys its compiled code on GPT.forward for the whole process: runs built one after another in one
+    process (an experiment's --jobs 1, the default on CUDA; plan's ladder; one adapter per group) recompiled
+    into one cache, and from its 9th entry (torch's recompile limit) trained uncompiled, with only a log line.
+    Each compiled run now empties it first (compiling itself is lazy: nothing is compiled here)."""
+    import torch._dynamo
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    words = tiny_overrides(train__steps=1, logging__tensorboard="false")
+    Trainer(load_config("tiny", words), tmp_path / "eager")
+    assert resets == []
+    for i in range(2):
+        trainer = Trainer(load_config("tiny", [*words, "train.compile=true"]), tmp_path / f"compiled-{i}")
+        assert trainer.plan.compile and len(resets) == i + 1
+
+
 @pytest.mark.skipif(not (REFERENCE.is_file() and SHAKESPEARE.is_file()), reason="shared/ reference or data absent")
 def test_bench_json_names_the_throughput_fields():
     r = subprocess.run([sys.executable, "-m", "vslm", "bench", "train", "--steps", "3", "--eval-batches", "1",

@@ -27,16 +27,24 @@ def test_events_hold_scalars_and_the_heatmap(tmp_path):
     assert images[-1].height == 7 * figures.ROW_PIXELS and images[-1].width == cfg.model.context - 1
 
 
-def test_a_resume_keeps_the_events_of_its_checkpoints_step(tmp_path):
+def test_a_resume_keeps_the_events_of_its_checkpoints_step(tmp_path, monkeypatch):
     """Resumed at step 4 (a checkpoint holds steps 1-4), events from step 5 on are written anew: step 4's
-    loss and validation stay (purging from step 4 itself had lost them: training goes on at step 5)."""
+    loss and validation stay (purging from step 4 itself had lost them: training goes on at step 5). The
+    resume's event file sorts after the first's, as TensorBoard reads them by name, also where both are of one
+    second and one process whose file count goes from 9 to 10 ("10" sorts first as text: steps 5-8 were read
+    twice, once the suite's other tests in the process had counted 9 files)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
 
     overrides = tiny_overrides(train__steps=8, train__eval_every=4, train__checkpoint_every=4,
                                logging__tensorboard="true", logging__probe_every=0)
     Trainer(load_config("tiny", overrides), tmp_path / "r").fit()
     (tmp_path / "r" / "checkpoints" / "step_00000008.safetensors").unlink()  # as if stopped after step 4's
     Trainer(load_config("tiny", overrides), tmp_path / "r", resume=True).fit()
+    files = sorted(p.name for p in (tmp_path / "r" / tb.TENSORBOARD).iterdir())
+    assert [f.rsplit(".", 1)[1] for f in files] == ["9", "10"]  # the first run's file, then the resume's
     events = EventAccumulator(str(tmp_path / "r" / tb.TENSORBOARD)).Reload()
     assert [e.step for e in events.Scalars("loss")] == list(range(1, 9))
     assert [e.step for e in events.Scalars("val_loss")] == [4, 8]

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import files_in, tiny_overrides
+from conftest import cli_in_process, files_in, tiny_overrides
 from vslm.config import load_config, save_config
 from vslm.errors import VSLMError
 from vslm.train.callbacks import Callback
@@ -21,6 +21,12 @@ from vslm.train.trainer import Trainer, TrainingDiverged, default_callbacks
 
 def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def cli(capfd):
+    """`vslm ARGS` in this process (conftest.cli_in_process): where the process itself is not what is checked."""
+    return lambda *args: cli_in_process(capfd, *args)
 
 
 def run_cli(*args):
@@ -505,17 +511,17 @@ def test_a_users_callback_state_is_saved_at_its_step_and_found_when_the_callback
     assert again.seen == 6
 
 
-def test_a_resume_takes_only_the_runs_own_checkpoints(tmp_path):
+def test_a_resume_takes_only_the_runs_own_checkpoints(tmp_path, cli):
     words = tiny_overrides(train__steps=4, train__checkpoint_every=2, train__keep_last=3)
     Trainer(load_config("tiny", words), tmp_path / "a").fit()
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     other = tmp_path / "a" / "checkpoints" / "step_00000002.safetensors"  # the same shapes, another run's
-    r = run_cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", other)
+    r = cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", other)
     assert r.returncode == 1 and "is not one of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     own = tmp_path / "b" / "checkpoints"
-    r = run_cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", own / "step_00000002.safetensors")
+    r = cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", own / "step_00000002.safetensors")
     assert r.returncode == 0, r.stderr  # its own: the newer one set aside
     aside = own / "step_00000004.safetensors.superseded"
     assert aside.is_file()
-    r = run_cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", aside, "train.steps=5")
+    r = cli("train", "--resume", "--out", tmp_path / "b", "--checkpoint", aside, "train.steps=5")
     assert r.returncode == 1 and "not set aside as .superseded" in r.stderr

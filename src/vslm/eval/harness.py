@@ -42,7 +42,7 @@ class VSLMHarnessLM(LM):
         super().__init__()
         cfg, self.model, self.tokenizer = load_run(Path(run), Path(checkpoint) if checkpoint else None, device)
         self.context = cfg.model.context
-        self._device = torch.device(device)
+        self._device = next(self.model.parameters()).device  # "auto" resolved as load_run resolved it
         self.max_gen_toks = int(max_gen_toks)
 
     # ------------------------------------------------------------------------- requests

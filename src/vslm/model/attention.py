@@ -120,7 +120,8 @@ def normalise(scores: torch.Tensor, visible: torch.Tensor, kind: str, gamma: flo
               ssmax_scale: torch.Tensor | None) -> torch.Tensor:
     """Attention weights (B, H, T, T) from scaled scores, zero where a key is not visible."""
     masked = scores.masked_fill(~visible, float("-inf"))
-    n = visible.sum(-1, keepdim=True).to(scores.dtype)  # (T, 1) keys each query sees
+    # (T, 1) keys each query sees, in float32: bf16 scores (CUDA autocast) would round counts past 256 (301: 300)
+    n = visible.sum(-1, keepdim=True).to(torch.float32)
     if kind == "softmax":
         return masked.softmax(-1)
     if kind == "ssmax":

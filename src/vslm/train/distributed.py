@@ -18,12 +18,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from vslm.errors import VSLMError
+
+COLLECTIVE_TIMEOUT = timedelta(hours=1)  # the longest a rank waits for the others (gloo's default is 30 min)
 
 
 @dataclass
@@ -111,6 +114,6 @@ def init_distributed(cuda: bool) -> Distributed:
                             f"{torch.cuda.device_count()}; start at most one process per GPU")
         torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if cuda else "gloo")
+    if owns:  # rank 0 prepares the corpus while the others wait at a barrier: an hour, not NCCL's default 10 min
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Distributed(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, owns_group=owns)

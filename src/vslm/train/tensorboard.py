@@ -8,6 +8,8 @@ On resume, events past the checkpoint's step are dropped (purge_step: the step a
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vslm.errors import VSLMError
@@ -29,6 +31,17 @@ def tensorboard_available() -> bool:
     return True
 
 
+def after_existing_files(folder: Path) -> None:
+    """Returns once a new event file's name sorts after every one in `folder`. TensorBoard reads a run's files in
+    name order, events.out.tfevents.<second>.<host>.<pid>.<count>, and names of one second compare by pid and a
+    per-process count as text ("10" before "9"): a resume's file read first, its purge would keep the steps it
+    drops (steps 5-8 twice). Waits at most a second, where a file of this very second is there already."""
+    stamps = [int(part) for p in folder.glob("events.out.tfevents.*")
+              if (part := p.name.split(".")[3] if p.name.count(".") >= 3 else "").isdigit()]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.02)
+
+
 class TensorBoardLog(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         if not tensorboard_available():
@@ -36,6 +49,7 @@ class TensorBoardLog(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         # resumed at step s: the events of steps 1..s are the checkpoint's, training goes on at s + 1
+        after_existing_files(trainer.run_dir / TENSORBOARD)
         self.writer = SummaryWriter(str(trainer.run_dir / TENSORBOARD), purge_step=trainer.step + 1 if trainer.step
                                     else None)
         self.probes = next((cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback)), None)

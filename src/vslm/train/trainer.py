@@ -402,8 +402,6 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.plan = device_plan(self.device, tc, cuda and torch.cuda.is_bf16_supported())
         self.amp_dtype = self.plan.amp_dtype
-        if cuda:
-            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
 
         # the run's random stream starts from its seed here and goes on in fit(); the session's own (a notebook's
         # torch.rand between Trainer() and fit(), or after) is put back each time, and changes no run
@@ -428,7 +426,9 @@ class Trainer:
             for rotary in (m for m in self.model.modules() if isinstance(m, Rotary)):
                 rotary.reach(tc.eval_lengths[-1] * cfg.model.context)
         mode = None if tc.compile_mode == "default" else tc.compile_mode
-        self.forward = torch.compile(module, mode=mode) if self.plan.compile else module
+        if self.plan.compile:  # dynamo's cache is the process's, keyed on GPT.forward: runs one after another in a
+            torch._dynamo.reset()  # process (an experiment's --jobs 1, plan, adapters) would fill it and, from
+        self.forward = torch.compile(module, mode=mode) if self.plan.compile else module  # the 9th, run uncompiled
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
         self.objective = objective or NextToken()
@@ -534,9 +534,7 @@ class Trainer:
         self.stop_requested = True
 
     def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = self._rng_of_this_rank()  # this device's CUDA stream only: a resume may see fewer GPUs
         if self.dist.enabled and self.rank_rng is not None:
             rng["ranks"] = self.rank_rng
         return {
@@ -592,8 +590,13 @@ class Trainer:
         # a single-process checkpoint, or another number of processes: the data and the weights
         # carry over exactly; dropout masks of the other ranks are drawn afresh
         torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and self.device.type == "cuda":
+            state = rng["cuda"]
+            if isinstance(state, list | tuple):  # checkpoints before 2026-12-07: one state per GPU it saw
+                index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+                state = state[index] if index < len(state) else None  # a GPU it did not see: drawn afresh
+            if state is not None:
+                torch.cuda.set_rng_state(state, self.device)
         if self.dist.rank:
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + 7919 * self.step)
 
@@ -620,14 +623,19 @@ class Trainer:
         """Train to cfg.train.steps; returns the last logged metrics. SIGTERM or SIGINT (Ctrl-C) during
         training writes a checkpoint at the current step and raises TrainingStopped (a second one
         stops at once). A run resumed at its last step trains nothing, writes nothing and says so.
-        The run draws on its own random stream, and the session's stream and thread count are as they were
-        after it (Trainer.__init__)."""
+        The run draws on its own random stream, and the session's stream, thread count and float32 matmul
+        precision are as they were after it (Trainer.__init__)."""
+        session_precision = torch.get_float32_matmul_precision()
+        if self.device.type == "cuda":  # this run's peak (peak_gpu_mb), not that of a run before it in the process
+            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32, in this run
         try:
             with torch.random.fork_rng(devices=self._rng_devices()):
                 self._set_rng(self.rng_at_start)
                 return self._fit()
         finally:
             torch.set_num_threads(self.session_threads)
+            torch.set_float32_matmul_precision(session_precision)  # a notebook's evaluation after it: as before
 
     def _rng_devices(self) -> list[torch.device]:
         """The CUDA device whose random stream fork_rng keeps apart (none on the CPU)."""
@@ -878,6 +886,12 @@ class Trainer:
                 metrics.update(self.evaluate())
             if ckpt_due and self.dist.enabled:
                 self.rank_rng = self.dist.gather(self._rng_of_this_rank())
+                # rank 0's checkpointer stops a run whose state is not finite (check_finite): the others see it
+                # here and stop with it, rather than wait at the barrier below for torchrun to kill them
+                weights, state = self.weights(), {"optimizer": self.optimizer.state_dict()}
+                if self.dist.any(bool(nonfinite(weights, state)), self.device):
+                    self.check_finite(weights, state)
+                    self._diverged("another process's weights or optimizer state are not finite")
             for cb in step_end:
                 cb.on_step_end(self, metrics)
             if ckpt_due:
