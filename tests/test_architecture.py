@@ -344,3 +344,17 @@ def test_key_counts_are_exact_under_bf16_scores():
     ssmax = normalise(scores, visible, "ssmax", 1.0, torch.ones(1))[0, 0].double()
     expected = torch.where(first, n / (2 * n - 1), 1 / (2 * n - 1))
     torch.testing.assert_close(ssmax, torch.where(visible, expected, 0.0), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["ssmax", "sigmoid"])
+def test_a_bf16_model_runs_the_attentions_that_count_keys(kind):
+    """Their key counts are float32 (the test above), so their weights are too: a model cast to bf16, outside
+    autocast, multiplied float32 weights into bf16 values (a dtype error in forward and in generate)."""
+    cfg = load_config("tiny", [f"model.attention={kind}", "model.vocab_size=64"])
+    torch.manual_seed(0)
+    model = GPT(cfg.model).to(torch.bfloat16).eval()
+    x = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    assert model.generate(x, 3).shape == (1, 11)

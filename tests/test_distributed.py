@@ -123,6 +123,7 @@ def test_a_state_that_is_not_finite_at_a_checkpoint_stops_every_rank(tmp_path):
     for rank in (0, 1):
         assert f"rank {rank}: " in r.stdout and "at step 2: training stopped" in r.stdout, r.stdout + r.stderr[-2000:]
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == []  # the poisoned state was never written
+    assert metrics(tmp_path / "run")[-1]["step"] == 2  # the step is logged (its loss was finite), as by one process
 
 
 def test_answer_only_training_runs_data_parallel_on_rows_of_the_global_batch(tmp_path):

@@ -61,3 +61,20 @@ def test_asking_for_tensorboard_without_the_package_is_one_line(tmp_path, monkey
     cfg = load_config("tiny", tiny_overrides(train__steps=2, logging__tensorboard="true"))
     with pytest.raises(VSLMError, match=r"needs the tensorboard package: pip install 'vslm\[tensorboard\]'"):
         Trainer(cfg, tmp_path / "r").fit()
+
+
+def test_a_new_event_file_waits_for_the_next_second_at_most_a_second(tmp_path):
+    """after_existing_files on its own (the resume test above depends on two files landing in one second):
+    with a file of this second it returns once the clock has moved past it; a file stamped ahead (a clock
+    ahead of this one) is waited for a second at most."""
+    import time
+
+    now = int(time.time())
+    (tmp_path / f"events.out.tfevents.{now:010d}.host.name.1.9").write_bytes(b"")
+    (tmp_path / "events.out.tfevents.odd").write_bytes(b"")  # no stamp: not waited for
+    tb.after_existing_files(tmp_path)
+    assert time.time() >= now + 1
+    (tmp_path / f"events.out.tfevents.{now + 60:010d}.host.1.0").write_bytes(b"")
+    started = time.monotonic()
+    tb.after_existing_files(tmp_path)
+    assert 0.9 < time.monotonic() - started < 1.5

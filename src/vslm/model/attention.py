@@ -180,7 +180,7 @@ class Attention(nn.Module):
                     visible = torch.ones(T, k.shape[-2], dtype=torch.bool, device=x.device)
                 weights = normalise((q @ k.transpose(-2, -1)) / math.sqrt(hd), visible, self.kind, self.gamma,
                                     self.ssmax_scale)
-                y = weights @ v
+                y = weights.to(v.dtype) @ v  # (ssmax and sigmoid weights are float32: key counts in float32)
         elif self.kind == "softmax" and not keep_weights:
             window = self._window(T, extend)
             window = None if window is None or window >= T else window
@@ -193,7 +193,7 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
             visible = window_mask(T, self._window(T, extend), x.device)
             weights = normalise(scores, visible, self.kind, self.gamma, self.ssmax_scale)
-            y = dropout(weights, self.dropout, self.training) @ v
+            y = dropout(weights, self.dropout, self.training).to(v.dtype) @ v
         y = y.transpose(1, 2).reshape(B, T, H * hd)
         return linear(self.proj, y, lora, "attn_proj"), weights
 

@@ -35,10 +35,12 @@ def after_existing_files(folder: Path) -> None:
     """Returns once a new event file's name sorts after every one in `folder`. TensorBoard reads a run's files in
     name order, events.out.tfevents.<second>.<host>.<pid>.<count>, and names of one second compare by pid and a
     per-process count as text ("10" before "9"): a resume's file read first, its purge would keep the steps it
-    drops (steps 5-8 twice). Waits at most a second, where a file of this very second is there already."""
+    drops (steps 5-8 twice). Waits at most a second, where a file of this very second is there already (one
+    stamped later still, by a clock ahead of this one, is not waited for)."""
     stamps = [int(part) for p in folder.glob("events.out.tfevents.*")
               if (part := p.name.split(".")[3] if p.name.count(".") >= 3 else "").isdigit()]
-    while stamps and time.time() < max(stamps) + 1:
+    deadline = time.monotonic() + 1.0
+    while stamps and time.time() < max(stamps) + 1 and time.monotonic() < deadline:
         time.sleep(0.02)
 
 

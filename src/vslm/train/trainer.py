@@ -426,9 +426,12 @@ class Trainer:
             for rotary in (m for m in self.model.modules() if isinstance(m, Rotary)):
                 rotary.reach(tc.eval_lengths[-1] * cfg.model.context)
         mode = None if tc.compile_mode == "default" else tc.compile_mode
-        if self.plan.compile:  # dynamo's cache is the process's, keyed on GPT.forward: runs one after another in a
-            torch._dynamo.reset()  # process (an experiment's --jobs 1, plan, adapters) would fill it and, from
-        self.forward = torch.compile(module, mode=mode) if self.plan.compile else module  # the 9th, run uncompiled
+        # dynamo's cache is the process's, keyed on GPT.forward: runs one after another in a process (an experiment's
+        # --jobs 1, plan, adapters) filled it and, from torch's recompile limit on, trained uncompiled. Emptied here
+        # (a compiled function of the session's own compiles again at its next call)
+        if self.plan.compile:
+            torch._dynamo.reset()
+        self.forward = torch.compile(module, mode=mode) if self.plan.compile else module
         fused = self.device.type in ("cpu", "cuda")  # one kernel per step: 4x faster than the loop on CPU
         self.optimizer = build_optimizer(self.model, tc, fused=fused)
         self.objective = objective or NextToken()
@@ -884,16 +887,20 @@ class Trainer:
                 window_tokens, window_time = 0, 0.0
             if eval_due:
                 metrics.update(self.evaluate())
+            poisoned = False
             if ckpt_due and self.dist.enabled:
                 self.rank_rng = self.dist.gather(self._rng_of_this_rank())
-                # rank 0's checkpointer stops a run whose state is not finite (check_finite): the others see it
-                # here and stop with it, rather than wait at the barrier below for torchrun to kill them
-                weights, state = self.weights(), {"optimizer": self.optimizer.state_dict()}
-                if self.dist.any(bool(nonfinite(weights, state)), self.device):
-                    self.check_finite(weights, state)
-                    self._diverged("another process's weights or optimizer state are not finite")
+                # rank 0's checkpointer stops a run whose state is not finite (check_finite), after the step is
+                # logged: the others see it here and stop with it, rather than wait at the barrier below for
+                # torchrun to kill them
+                poisoned = self.dist.any(bool(nonfinite(self.weights(), {"optimizer": self.optimizer.state_dict()})),
+                                         self.device)
+                if poisoned and not self.dist.is_main:
+                    self._diverged("weights or optimizer state are not finite (rank 0 names them)")
             for cb in step_end:
                 cb.on_step_end(self, metrics)
+            if poisoned:  # (rank 0's checkpointer has stopped it if its own state was the one not finite)
+                self._diverged("another process's weights or optimizer state are not finite")
             if ckpt_due:
                 self.last_checkpoint_time = time.monotonic()
                 self.dist.barrier()  # the checkpoint is complete before any rank moves on
