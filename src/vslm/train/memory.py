@@ -8,9 +8,11 @@ after minutes.
     optimizer    8 bytes per parameter (AdamW's two moments; Muon and tangent descent keep at most as much)
     activations  what the backward pass keeps, per micro-batch of B rows of T tokens (2 bytes a value
                  under bf16 autocast, else 4): per depth about 10 * width + 2 * FFN values a token
-                 (3 * FFN with SwiGLU), B * heads * T * keys attention weights for the normalisations
-                 that materialise them (all but softmax, which SDPA computes without), and the logits
-                 three times over (logits, their float copy, their gradient)
+                 (3 * FFN with SwiGLU), B * heads * T * T attention values for the normalisations that
+                 materialise them (all but softmax, which SDPA computes without): the scores in the compute
+                 dtype and the weights in float32 (softmax and exp run in float32 under autocast, key counts
+                 are float32), under bf16 also the weights cast for `@ v`, whatever the window (it masks the
+                 T x T scores); and the logits three times over (logits, their float copy, their gradient)
     buffers      RoPE's cos and sin tables, context * head_dim values per unique block
 
 The figures are estimates, good to a factor of about two; the check refuses only what exceeds the
@@ -75,9 +77,9 @@ def estimate_memory(cfg: RunConfig, processes: int = 1, bf16: bool = False) -> M
         s = specs[b]
         ffn = 0 if m.mlp == "none" else (3 if m.mlp == "swiglu" else 2) * s.ffn
         per_token += 10 * s.width + ffn
-        if s.attention != "softmax":
-            scores += s.heads * min(T, s.window or T)
-    activations = value * B * T * (per_token + scores) + 4 * 3 * B * T * vocab
+        if s.attention != "softmax":  # bytes a token: a window only masks the T x T scores
+            scores += s.heads * T * (value + 4 + (value if bf16 else 0))
+    activations = value * B * T * per_token + B * T * scores + 4 * 3 * B * T * vocab
     buffers = 4 * 2 * T * sum(s.head_dim for s in specs) if m.position == "rope" else 0
     return MemoryEstimate(params, 16.0 * params, float(activations), float(buffers), B)
 
