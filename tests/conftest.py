@@ -79,12 +79,23 @@ def cli_in_process(capfd, *args):
     where the process itself is checked (signals, process groups, resource limits, locks held by another)."""
     from types import SimpleNamespace
 
-    from vslm.cli import main
+    from rich.console import Console
+
+    from vslm import cli
 
     capfd.readouterr()
+    console, cli.console = cli.console, Console(width=140)  # a pipe's width, as a subprocess has (pytest -s: a tty)
     try:
-        code = main([str(a) for a in args])
+        code = cli.main([str(a) for a in args])
     except SystemExit as e:  # argparse's usage errors
         code = e.code
+    finally:
+        cli.console = console
     out, err = capfd.readouterr()
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+@pytest.fixture
+def cli(capfd):
+    """cli_in_process as a fixture: `cli("train", "--resume", "--out", folder)`."""
+    return lambda *args: cli_in_process(capfd, *args)

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import cli_in_process, files_in, tiny_overrides
+from conftest import files_in, tiny_overrides
 from vslm.config import load_config
 from vslm.files import atomic_write, default_mode, write_text
 from vslm.train.callbacks import Callback
@@ -30,12 +30,6 @@ def same_lines(a, b):
     drop = ("tokens_per_s", "train_time_s", "peak_rss_mb")
     return [{k: v for k, v in r.items() if k not in drop} for r in a] == \
            [{k: v for k, v in r.items() if k not in drop} for r in b]
-
-
-@pytest.fixture
-def cli(capfd):
-    """`vslm ARGS` in this process (conftest.cli_in_process): where the process itself is not what is checked."""
-    return lambda *args: cli_in_process(capfd, *args)
 
 
 def run_cli(*args, pre: str = ""):

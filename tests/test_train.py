@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import cli_in_process, files_in, tiny_overrides
+from conftest import files_in, tiny_overrides
 from vslm.config import load_config, save_config
 from vslm.errors import VSLMError
 from vslm.train.callbacks import Callback
@@ -21,12 +21,6 @@ from vslm.train.trainer import Trainer, TrainingDiverged, default_callbacks
 
 def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture
-def cli(capfd):
-    """`vslm ARGS` in this process (conftest.cli_in_process): where the process itself is not what is checked."""
-    return lambda *args: cli_in_process(capfd, *args)
 
 
 def run_cli(*args):
@@ -95,7 +89,7 @@ Trainer(cfg, sys.argv[1], callbacks=default_callbacks(cfg) + [KillAt()]).fit()
 """
 
 
-def test_exact_resume_after_sigkill(tmp_path):
+def test_exact_resume_after_sigkill(tmp_path, cli):
     # dropout on, so the torch RNG state must be restored too; grad accumulation on
     words = tiny_overrides(train__steps=40, train__checkpoint_every=8, train__eval_every=20, model__dropout=0.1,
                            train__grad_accum=2, data__doc_aligned="true", logging__probe_every=16)
@@ -110,7 +104,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:
         f.write('{"step": 22, "lo')  # a line cut short by the kill
 
-    r = run_cli("train", "--resume", "--out", tmp_path / "killed")
+    r = cli("train", "--resume", "--out", tmp_path / "killed")
     assert r.returncode == 0, r.stderr
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
     assert [m["step"] for m in resumed] == list(range(1, 41))
@@ -258,10 +252,10 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
     assert [m["step"] for m in metrics(folder)] == [1, 2, 3]
 
 
-def test_resume_can_extend_a_finished_run(tmp_path):
+def test_resume_can_extend_a_finished_run(tmp_path, cli):
     folder = tmp_path / "r"
     Trainer(load_config("tiny", tiny_overrides(train__steps=10)), folder).fit()
-    r = run_cli("train", "--resume", "--out", folder, "train.steps=14")
+    r = cli("train", "--resume", "--out", folder, "train.steps=14")
     assert r.returncode == 0, r.stderr
     assert [m["step"] for m in metrics(folder)] == list(range(1, 15))
     assert os.path.exists(folder / "snapshots" / "step_00000014.safetensors")
@@ -415,12 +409,12 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
     assert file.read_text() == "notes\n"
 
 
-def test_sample_command(tmp_path):
+def test_sample_command(tmp_path, cli):
     Trainer(load_config("tiny", tiny_overrides(train__steps=5)), tmp_path / "r").fit()
-    r = run_cli("sample", tmp_path / "r", "--prompt", "Once", "--tokens", "20", "--num", "2")
+    r = cli("sample", tmp_path / "r", "--prompt", "Once", "--tokens", "20", "--num", "2")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Once") >= 2
-    r = run_cli("sample", tmp_path / "missing")
+    r = cli("sample", tmp_path / "missing")
     assert r.returncode == 1 and "not a run folder" in r.stderr
 
 
@@ -453,10 +447,10 @@ def test_schedule_and_range_errors():
         load_config("tiny", ["model.schedule.window_range=[64, 8]"])
 
 
-def test_too_little_text_is_one_line(tmp_path):
+def test_too_little_text_is_one_line(tmp_path, cli):
     text = tmp_path / "short.txt"
     text.write_text("just a few words of text here " * 3)
-    r = run_cli("train", "tiny", f"data.source={text}", "--out", tmp_path / "r")
+    r = cli("train", "tiny", f"data.source={text}", "--out", tmp_path / "r")
     assert r.returncode == 1 and "fewer than model.context + 1" in r.stderr and "Traceback" not in r.stderr
 
 
