@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of issues 7 and 22, for a lent GPU, in one call of at most TOTAL_SECONDS (580):
 #   bash scripts/gpu_check.sh                  # both parts, one after the other
-#   PARTS=bench bash scripts/gpu_check.sh      # peak, 10M/50M MFU, Shakespeare to 1.47 (BENCH_TIMEOUT, 320 s)
+#   PARTS=bench bash scripts/gpu_check.sh      # peak, 10M/50M MFU, Shakespeare to 1.47 (BENCH_TIMEOUT s, else
+#                                              # what is left of TOTAL_SECONDS)
 #   PARTS=dynamics bash scripts/gpu_check.sh   # dynamics-induction at 491.5M tokens per model (DYNAMICS_TIMEOUT:
 #                                              # what is left of TOTAL_SECONDS; DYNAMICS_SEEDS, DYNAMICS_JOBS)
 #   PARTS="shakespeare models" RECIPES=adamw-2000 REPEAT=3 MODELS=50M-batch256 bash scripts/gpu_check.sh
@@ -23,8 +24,9 @@
 # model, the ~0.5B that docs/EXPERIMENTS-LOG.md (2026-11-29) and issue 22 name.
 #
 # Needs: a Python with a CUDA build of torch and vslm's dependencies (pydantic, tokenizers,
-# safetensors, rich, tomli-w, numpy); vslm itself runs from src/, nothing is installed, nothing is
-# downloaded. The 10M/50M models train on the embedded story generator. The Shakespeare part needs
+# safetensors, rich, tomli-w, numpy); vslm itself runs from src/. The lent machine's image lacks pydantic and
+# tomli-w and reaches no registry: run `bash scripts/gpu_wheels.sh` here first and carry `.whl`; their wheels
+# are installed into a temporary folder put on PYTHONPATH (nothing else is installed, nothing downloaded). The 10M/50M models train on the embedded story generator. The Shakespeare part needs
 # tiny Shakespeare: $VSLM_DATA_DIR/tinyshakespeare/input.txt, or .data/tinyshakespeare/input.txt in
 # this checkout (copy ../shared/data/tinyshakespeare there and carry `.data` to the device), or
 # ../shared/data; without it that part is skipped with a message, the rest still runs.
@@ -33,6 +35,12 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
+if compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels (scripts/gpu_wheels.sh): packages the image lacks
+  site=${TMPDIR:-/tmp}/vslm-gpu-site
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    || { echo "gpu_check: installing the carried wheels (.whl) failed" >&2; exit 3; }
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 RESULTS=${OUT:-runs/gpu-check}
 mkdir -p "$RESULTS"
@@ -44,11 +52,16 @@ done
 echo "data folder: ${VSLM_DATA_DIR:-none found (the Shakespeare part will be skipped)}"
 
 "$PY" - <<'PYEOF' || exit 3
-import importlib.util, sys
-missing = [m for m in ("torch", "numpy", "pydantic", "tokenizers", "safetensors", "rich", "tomli_w")
-           if importlib.util.find_spec(m) is None]
+import importlib, sys
+missing = []
+for m in ("torch", "numpy", "pydantic", "tokenizers", "safetensors", "rich", "tomli_w", "vslm.commands.bench_gpu"):
+    try:  # imported, not only found: a wheel of the wrong Python, or a dependency too old, fails here, in seconds
+        importlib.import_module(m)
+    except Exception as e:
+        missing.append(f"{m} ({type(e).__name__}: {str(e)[:120]})")
 if missing:
-    sys.exit(f"gpu_check: missing Python packages {missing}; install them (pip install -e .) and rerun")
+    sys.exit(f"gpu_check: cannot import {missing}; here: pip install -e .; on the lent machine: carry the "
+             "wheels of scripts/gpu_wheels.sh as .whl")
 import torch
 if not torch.cuda.is_available():
     sys.exit(f"gpu_check: torch {torch.__version__} sees no CUDA device")
@@ -71,7 +84,7 @@ for part in $PARTS; do
       [ "$part" = shakespeare ] && choice=(--models none ${RECIPES:+--recipes "$RECIPES"} --repeat "${REPEAT:-1}")
       budget=$((TOTAL_SECONDS - SECONDS - 10))  # what the call has left, or BENCH_TIMEOUT if less
       [ "$budget" -gt "${BENCH_TIMEOUT:-$budget}" ] && budget=$BENCH_TIMEOUT
-      [ "$budget" -lt 30 ] && budget=30
+      [ "$budget" -lt 30 ] && [ -z "${BENCH_TIMEOUT:-}" ] && budget=30  # a floor, unless BENCH_TIMEOUT says less
       timeout --kill-after=15 "$budget" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" "${choice[@]}" \
         --shakespeare-seconds "${SHAKESPEARE_SECONDS:-40}" --json-out "$RESULTS/$name.json" 2>&1 \
         | tee "$RESULTS/$name.log"

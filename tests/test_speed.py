@@ -285,3 +285,17 @@ def test_bench_overrides_that_would_change_one_side_only_are_refused_before_anyt
         assert f"{word} would change the task on vslm's side only" in capsys.readouterr().err
     assert main(["bench", "speedrun", *files, "train.bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_the_gpu_summary_prints_a_model_whose_kernel_ceiling_failed(tmp_path):
+    """time_model records a ceiling that could not be timed as {"error": ...}; the summary read its timings and
+    raised KeyError, losing the lines of the models after it (the JSON was already written)."""
+    from vslm.commands.bench_gpu import _print_summary
+
+    part = {"params": 49.5e6, "tokens_per_s": 1e6, "mfu_vs_measured_bf16": 0.5, "mfu_vs_nominal_bf16": 0.35,
+            "peak_gpu_mb": 15600.0, "warmup_and_compile_s": 20.0}
+    result = {"model_50M": part | {"ceiling": {"error": "RuntimeError: no kernel"}}, "model_10M": part}
+    with open(tmp_path / "log", "w") as f:
+        _print_summary(result, Console(file=f, width=200))
+    text = (tmp_path / "log").read_text()
+    assert " 50M: 49.5M params" in text and " 10M: 49.5M params" in text and "no kernel" not in text

@@ -119,7 +119,9 @@ def _train(cfg_name: str, overrides: list[str], callbacks: list, folder: Path) -
         except TrainingStopped:
             raise  # SIGTERM or Ctrl-C (gpu_check.sh's timeout): the check ends here, it is no compile failure
         except Exception:
-            if attempt != "as chosen" or not trainer.plan.compile:
+            # a stop signal that came while compiling (the part's timeout: inductor's workers are signalled too)
+            # ends the check; only a compile that failed by itself is tried again without
+            if attempt != "as chosen" or not trainer.plan.compile or trainer.stop_signal is not None:
                 raise
             traceback.print_exc()
             continue
@@ -417,7 +419,7 @@ def _print_summary(result: dict, console: Console) -> None:
                           f"{part.get('mfu_vs_nominal_bf16', 0):.1%} of nominal; peak memory "
                           f"{part['peak_gpu_mb'] or 0:,.0f} MiB; compile+warm-up {part['warmup_and_compile_s']} s",
                           highlight=False)
-            if ceiling := part.get("ceiling"):
+            if (ceiling := part.get("ceiling")) and "error" not in ceiling:  # (a failed one: its error, in the JSON)
                 console.print(f"      its matrix products and attention alone, at its shapes: "
                               f"{ceiling['matmul_ms_per_step'] + ceiling['attention_ms_per_step']:.1f} ms a step, MFU "
                               f"{ceiling.get('mfu_vs_measured_bf16', 0):.1%}; the model reaches "
