@@ -11,7 +11,14 @@ import vslm.lab.runner as runner
 from conftest import files_in, tiny_overrides
 from vslm.cli import main
 from vslm.errors import ConfigError, VSLMError
-from vslm.lab.experiments import builtin_experiments, load_experiment, plan_experiment, read_experiment, run_experiment
+from vslm.lab.experiments import (
+    OWN_TEXT,
+    builtin_experiments,
+    load_experiment,
+    plan_experiment,
+    read_experiment,
+    run_experiment,
+)
 from vslm.train.checkpoint import checkpoint_name
 
 # 4 steps, checkpoints at 2 and 4 (so a run can be cut back to unfinished), a 2-batch validation set
@@ -217,7 +224,7 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     assert {"smoke", "arch-sharing", "arch-attention"} <= set(listed)
     spec = write_experiment(tmp_path)
     assert main(["experiment", spec, "train.steps=2", "--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "o")]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "o")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "o" / "report.html")  # to look at
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 0] and report["summary"]["wide"]["tokens"] == 2 * 8 * 32
     assert report["summary"]["wide"]["val_loss_std"] is None and report["summary"]["wide"]["p_value"] is None
@@ -530,6 +537,11 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
         excess = [c["bpb"] - home[evaluated] for c in matrix["runs"] if (c["train"], c["eval"]) == (train, evaluated)]
         assert matrix["transfer"][train]["scores"] == pytest.approx(excess, rel=1e-12)
     assert sorted(t["verdict"] for t in matrix["transfer"].values()) == ["best", "n < 3: no test"]
+    # the main table's val_loss of each row is on its own corpus: no difference, no test across rows (a Welch
+    # test of "other" against "stories" compared two texts' losses)
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["other"]["verdict"] == OWN_TEXT and summary["other"]["diff_vs_baseline"] is None
+    assert "not compared: its own corpus's held-out text" in (out / "results.md").read_text()
     markdown = (out / "results.md").read_text()
     assert "| trained on ↓, evaluated on → | stories | other |" in markdown
     assert "## Which training text transfers" in markdown

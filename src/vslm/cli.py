@@ -522,7 +522,9 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             launcher = make_launcher(1)                   # unless --jobs asks for more
     run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, sweep,
                    a.sweep_seeds, variants)
-    print(out)
+    # the report to look at, last: the experiment's, or one per corpus (an experiment over several)
+    for report in [out / "report.html"] if (out / "report.html").is_file() else sorted(out.glob("*/report.html")):
+        print(report)
     return 0
 
 
