@@ -299,6 +299,10 @@ def test_power_law_fit_and_log_slope_recover_a_known_curve():
     # the curve (-6004 on a 2-layer dynamics-repeats run); it is NaN, its rmse kept
     logarithmic = power_law_fit(3.0 - 0.2 * np.log(t))
     assert math.isnan(logarithmic["L_inf"]) and math.isnan(logarithmic["c"]) and logarithmic["rmse"] < 1e-3
+    # a curve that falls at its first position and is flat after: c runs to its bound (5.00 was shown as a
+    # finding); no exponent, its level kept
+    step = power_law_fit(2.6 + 0.06 * (t == 1))
+    assert math.isnan(step["c"]) and math.isnan(step["b"]) and step["L_inf"] == pytest.approx(2.6, abs=1e-3)
     # d loss / d log t on bands: for L = a - k log t exactly -k in every band
     where, slope = log_slope(3.0 - 0.25 * np.log(t))
     np.testing.assert_allclose(slope, -0.25, rtol=1e-9)

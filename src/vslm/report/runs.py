@@ -119,12 +119,16 @@ def _finite(value: object) -> bool:
 M1_NEAR_ZERO = 0.05  # nats: KL(u || p_bar) below this counts as "the mean prediction is the unigram"
 
 
+C_MAX = 5.0  # power_law_fit's bound on the exponent
+
+
 def power_law_fit(curve: np.ndarray) -> dict[str, float]:
     """Least-squares fit of RESEARCH.md section 1's L(t) = L_inf + b t^-c to a loss curve (position_loss),
     t = 1 .. len(curve) tokens of context: {"L_inf", "b", "c", "rmse"} (nats; c in [0, 5], b >= 0: a curve
     that does not fall gives b near 0). NaN everywhere when the curve has fewer than 4 finite points or the
     fit does not converge; NaN but for rmse when the best fit is no power law (the curve falls as log t: c runs
-    to 0 as b grows without bound, the fit's L_inf far below the curve)."""
+    to 0 as b grows without bound, the fit's L_inf far below the curve); b and c NaN where c reaches its bound (the
+    curve falls within its first positions and is flat after: L_inf is its level, no exponent is estimated)."""
     from scipy.optimize import curve_fit
 
     t = np.arange(1, len(curve) + 1, dtype=float)
@@ -139,13 +143,15 @@ def power_law_fit(curve: np.ndarray) -> dict[str, float]:
     y = np.asarray(curve, dtype=float)[ok]
     start = (float(y[-1]), max(float(y[0] - y[-1]), 1e-3), 0.5)
     try:
-        (l_inf, b, c), _ = curve_fit(law, t[ok], y, p0=start, bounds=([-np.inf, 0, 0], [np.inf, np.inf, 5]),
+        (l_inf, b, c), _ = curve_fit(law, t[ok], y, p0=start, bounds=([-np.inf, 0, 0], [np.inf, np.inf, C_MAX]),
                                      maxfev=20000)
     except (RuntimeError, ValueError):
         return nan
     rmse = float(np.sqrt(np.mean((law(t[ok], l_inf, b, c) - y) ** 2)))
     if c < 0.01 and b > max(10 * float(np.ptp(y)), 1e-3):  # c run down to 0, b up without bound: L = a - k ln t,
         return nan | {"rmse": rmse}  # not a power law; its L_inf (thousands of nats below the curve) means nothing
+    if c > C_MAX - 1e-3:  # at its bound: the curve falls in its first positions and is flat after, no exponent to
+        return nan | {"L_inf": float(l_inf), "rmse": rmse}  # estimate (a fit's 5.00 read as one); its level stands
     return {"L_inf": float(l_inf), "b": float(b), "c": float(c), "rmse": rmse}
 
 
