@@ -60,6 +60,11 @@ def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_p
     losses = {v: [last_metrics(out / v / f"seed-{s}")["val_loss"] for s in (0, 1)] for v in ("narrow", "wide")}
     bpbs = {v: [last_metrics(out / v / f"seed-{s}")["val_bpb"] for s in (0, 1)] for v in ("narrow", "wide")}
     assert losses["narrow"][0] != losses["narrow"][1]  # the seeds differ
+    # what each variant is, beside its numbers (the report named the variants only)
+    assert report["variants_table"]["rows"] == [["(every variant)", "base tiny " + " ".join(COMMON)],
+                                                ["narrow", "(the experiment's alone)"], ["wide", "model.width=48"]]
+    assert "| wide | model.width=48 |" in (out / "results.md").read_text()
+    assert "What each variant sets" in (out / "report.html").read_text()
     for v in ("narrow", "wide"):
         s = summary[v]
         assert s["tokens"] == 4 * 8 * 32

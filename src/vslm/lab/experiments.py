@@ -133,6 +133,7 @@ from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, re
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read_run_config
 
+VARIANT_COLUMNS = ("variant", "overrides")
 # cross_eval's main table: each row's val_loss is on its own corpus's text, so rows are not compared there
 OWN_TEXT = "not compared: its own corpus's held-out text (the transfer table compares)"
 FIXED_TOKENIZERS = ("byte", "gpt2")  # the same for every corpus: a run's shards of any corpus can be reused
@@ -963,9 +964,13 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         on = seeds_words(spec.sweep_seeds) if spec.sweep_seeds == 1 else f"mean of {seeds_words(spec.sweep_seeds)}"
         report["sweep_table"] = {"columns": ["variant", f"choice ({on})", "val_loss", *matched, "kept"],
                                  "rows": [list(r) for r in sweep_rows(sweeps)]}
+    # what each variant is: its overrides (a sweep's kept choice: the sweep table), after the experiment's own
+    every = [["(every variant)", f"base {spec.base}" + "".join(f" {w}" for w in spec.overrides)]]
+    report["variants_table"] = {"columns": list(VARIANT_COLUMNS), "rows": every + [
+        [v.name, " ".join(v.overrides) or "(the experiment's alone)"] for v in spec.variants if v.name in plan]}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", dumps(report, indent=2) + "\n")
-    tables = [(COLUMNS, rows)]
+    tables = [(COLUMNS, rows), (VARIANT_COLUMNS, [tuple(r) for r in report["variants_table"]["rows"]])]
     if sweeps:
         tables.append((tuple(report["sweep_table"]["columns"]), [tuple(r) for r in report["sweep_table"]["rows"]]))
     if failed:
@@ -974,7 +979,8 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         tables.append((LOOK_COLUMNS, look_rows(history, resolve)))
     if "dynamics_table" in report:
         tables.append((("variant", *DYNAMICS.values()), dynamics_rows(dynamics)))
-    titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data"}
+    titles = {FAILED_COLUMNS: "runs that did not finish", LOOK_COLUMNS: "looks at the data",
+              VARIANT_COLUMNS: "what each variant sets"}
     for table in report.get("landmark_tables", []):
         tables.append((tuple(table["columns"]), [tuple(r) for r in table["rows"]]))
         titles[tables[-1][0]] = table["title"]

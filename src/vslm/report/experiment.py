@@ -66,6 +66,10 @@ def render(results: dict, folder: Path | None = None) -> str:
                  f"{s['diff_vs_baseline']:+.4f}", number(s["p_value"], 3), escape(s["verdict"])]
                 for name, s in results["summary"].items()]
     sections = [section("variants", "Variants", table(headers, rows), pre(results["command"]))]
+    settings = results.get("variants_table")  # as results.md shows it: each variant's overrides
+    if settings:
+        sections.append(section("settings", "What each variant sets", table(
+            settings["columns"], [[escape(c) for c in row] for row in settings["rows"]])))
     sweep = results.get("sweep_table")  # as results.md shows it (vslm.lab.tables.sweep_rows)
     if sweep:
         sections.append(section("sweeps", "Sweeps", "<p>Each variant's choices tried and the one kept (the lowest "
