@@ -137,6 +137,30 @@ def test_report_without_probes_has_the_loss_section_only(plain_run):
     assert "<title>VSLM report: plain</title>" in html and f"{plain_run}, from the config tiny (" in html
 
 
+def test_a_run_with_weight_diagnostics_has_their_section_with_their_numbers(tmp_path):
+    """logging.diagnostics_every logs row norms, cosines to the gradient and update ratios per matrix; the run
+    report drew none of them (only experiment tables summarised them). Its figure's lines are the logged values:
+    one a matrix, row norms over their first, and their mean."""
+    from vslm.report import figures
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=12, logging__diagnostics_every=4, logging__probe_every=0,
+                                             train__optimizer="tangent"))
+    Trainer(cfg, tmp_path / "r").fit()
+    run = read_run(tmp_path / "r")
+    series = figures.diagnostics_series(run)
+    matrices = {k.removeprefix("diag/").rpartition("/")[0] for k in run.metrics[-1] if k.startswith("diag/")}
+    assert {"row_norm", "cos_w_grad", "update_ratio"} <= set(series) and set(series["row_norm"]) == matrices
+    fig = figures.diagnostics_figure(run)
+    norms = fig.axes[0].lines  # one a matrix, then the mean
+    assert len(norms) == len(matrices) + 1
+    first = next(iter(series["row_norm"].values()))[1]
+    np.testing.assert_allclose(norms[0].get_ydata(), first / first[0])
+    np.testing.assert_allclose(norms[-1].get_ydata(), np.mean([v / v[0] for _, v in series["row_norm"].values()], 0))
+    np.testing.assert_allclose(norms[-1].get_ydata(), 1.0, atol=1e-5)  # tangent descent holds the norms
+    html = write_report(tmp_path / "r").read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss", "diagnostics"] and len(images(html)) == 2
+
+
 def test_report_of_probes_with_nulls_and_unequal_heads(tmp_path):
     """A short context leaves the ICL score null (no section); depths with different head counts and
     weights that do not sum to 1 (power attention) still draw, with a row_sum panel."""

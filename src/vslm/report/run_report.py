@@ -16,6 +16,11 @@ CAPTIONS = {
     "loss": "Training loss at every logged step and validation loss at each evaluation.{right} Look for a steady "
             "fall, validation close to training (a widening gap is overfitting) and no spikes.",
     "bpb_axis": " The right axis reads the same loss in bits per byte, comparable across tokenizers.",
+    "diagnostics": "Every hidden weight matrix at each diagnostics step (logging.diagnostics_every; RESEARCH.md "
+                   "section 6), one thin line a matrix, their mean in black. Left: its mean row norm over its "
+                   "first value (tangent descent with retraction holds it at 1; AdamW's drifts). Middle: the "
+                   "cosine between a weight row and its gradient. Right: the "
+                   "update's size relative to the weights, the angular step.",
     "heatmap": "Loss at each position of the fixed probe windows (x) at each probe step (y, log scale). At step 0 "
                "a row is flat at about ln V; later rows grow darker from left to right when the model uses "
                "context, the loss falling with position.",
@@ -69,6 +74,9 @@ def render(run: RunFiles) -> str:
         right = CAPTIONS["bpb_axis"] if figures.has_bpb_axis(run) else ""  # the caption names only what is drawn
         sections.append(section("loss", "Loss", figure(figures.loss_figure(run), "loss curves",
                                                        CAPTIONS["loss"].format(right=right))))
+    if figures.diagnostics_series(run):
+        sections.append(section("diagnostics", "Weight diagnostics", figure(
+            figures.diagnostics_figure(run), "weight diagnostics", CAPTIONS["diagnostics"])))
     if run.probes:
         sections += _probe_sections(run)
     if run.samples.strip():
