@@ -110,9 +110,13 @@ def test_summary_is_mean_std_and_welch_of_the_runs_and_a_rerun_reuses_them(tmp_p
 
 def test_unequal_token_budgets_fail_before_any_run_folder(tmp_path):
     spec = write_experiment(tmp_path, wide_overrides=("train.batch_size=16",))
-    with pytest.raises(ConfigError, match=r"unequal token budgets .*: narrow 1,024, wide 2,048"):
+    with pytest.raises(ConfigError, match=r"unequal token budgets .*: narrow 1,024, wide 2,048$"):
         run_experiment(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # a word meant for every run, typed after a --sweep choice, is that choice's: said where it shows
+    spec = write_experiment(tmp_path)
+    with pytest.raises(ConfigError, match=r"unequal token budgets .*put other overrides before the first --sweep$"):
+        run_experiment(spec, tmp_path / "out", sweep=["train.lr=3e-3 train.steps=8", "train.lr=6e-3"])
 
 
 def test_a_typo_in_one_variant_fails_before_training(tmp_path):

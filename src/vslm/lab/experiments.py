@@ -433,7 +433,10 @@ def plan_experiment(spec: ExperimentSpec, seeds: int, extra_overrides: Sequence[
                for name, choices in plan.items() for choice, cfgs in choices.items()}
     if len(set(budgets.values())) > 1:
         listed = ", ".join(f"{name} {tokens:,}" for name, tokens in budgets.items())
-        raise ConfigError(f"variants train unequal token budgets (steps x batch_size x grad_accum x context): {listed}")
+        hint = ("; on the command line a --sweep choice is every word after it up to the next flag: put other "
+                "overrides before the first --sweep" if any(c != NO_SWEEP for v in plan.values() for c in v) else "")
+        raise ConfigError(f"variants train unequal token budgets (steps x batch_size x grad_accum x context): "
+                          f"{listed}{hint}")
     return plan
 
 
