@@ -84,6 +84,9 @@ for part in $PARTS; do
       [ "$part" = shakespeare ] && choice=(--models none ${RECIPES:+--recipes "$RECIPES"} --repeat "${REPEAT:-1}")
       budget=$((TOTAL_SECONDS - SECONDS - 10))  # what the call has left, or BENCH_TIMEOUT if less
       [ "$budget" -gt "${BENCH_TIMEOUT:-$budget}" ] && budget=$BENCH_TIMEOUT
+      if [ "$budget" -lt 1 ]; then  # (timeout 0 would mean no limit at all)
+        echo "gpu_check: no time left for $part (TOTAL_SECONDS $TOTAL_SECONDS), skipped"; status=1; continue
+      fi
       [ "$budget" -lt 30 ] && [ -z "${BENCH_TIMEOUT:-}" ] && budget=30  # a floor, unless BENCH_TIMEOUT says less
       timeout --kill-after=15 "$budget" "$PY" -m vslm bench gpu --seconds "${SECONDS_PER_MODEL:-20}" "${choice[@]}" \
         --shakespeare-seconds "${SHAKESPEARE_SECONDS:-40}" --json-out "$RESULTS/$name.json" 2>&1 \

@@ -234,6 +234,8 @@ def test_cli_lists_and_runs_with_one_seed(tmp_path, capsys):
     spec = write_experiment(tmp_path)
     assert main(["experiment", spec, "train.steps=2", "--seeds", "1", "--jobs", "1", "--out", str(tmp_path / "o")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "o" / "report.html")  # to look at
+    every = json.loads((tmp_path / "o" / "results.json").read_text())["variants_table"]["rows"][0]
+    assert every == ["(every variant)", " ".join(["base tiny", *COMMON, "train.steps=2"])]  # the command line's too
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 0] and report["summary"]["wide"]["tokens"] == 2 * 8 * 32
     assert report["summary"]["wide"]["val_loss_std"] is None and report["summary"]["wide"]["p_value"] is None

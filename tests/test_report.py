@@ -18,7 +18,7 @@ from vslm.cli import main
 from vslm.config import load_config
 from vslm.report import compare_runs, write_report
 from vslm.report.compare import run_labels
-from vslm.report.runs import dynamics_summary, read_run
+from vslm.report.runs import diagnostics_series, dynamics_summary, read_run
 from vslm.train.trainer import Trainer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -147,7 +147,7 @@ def test_a_run_with_weight_diagnostics_has_their_section_with_their_numbers(tmp_
                                              train__optimizer="tangent"))
     Trainer(cfg, tmp_path / "r").fit()
     run = read_run(tmp_path / "r")
-    series = figures.diagnostics_series(run)
+    series = diagnostics_series(run)
     matrices = {k.removeprefix("diag/").rpartition("/")[0] for k in run.metrics[-1] if k.startswith("diag/")}
     assert {"row_norm", "cos_w_grad", "update_ratio"} <= set(series) and set(series["row_norm"]) == matrices
     fig = figures.diagnostics_figure(run)
@@ -157,6 +157,17 @@ def test_a_run_with_weight_diagnostics_has_their_section_with_their_numbers(tmp_
     np.testing.assert_allclose(norms[0].get_ydata(), first / first[0])
     np.testing.assert_allclose(norms[-1].get_ydata(), np.mean([v / v[0] for _, v in series["row_norm"].values()], 0))
     np.testing.assert_allclose(norms[-1].get_ydata(), 1.0, atol=1e-5)  # tangent descent holds the norms
+    # a matrix without a step (an update ratio of inf, dropped): the mean is of the matrices at each step
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    first_diag = next(m for m in lines if any(k.startswith("diag/") for k in m))
+    key = next(k for k in first_diag if k.endswith("/update_ratio"))
+    first_diag[key] = None
+    (tmp_path / "r" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    run = read_run(tmp_path / "r")
+    mean = figures.diagnostics_figure(run).axes[2].lines[-1]
+    at_first = [v[1][0] for v in diagnostics_series(run)["update_ratio"].values() if v[0][0] == first_diag["step"]]
+    assert mean.get_xdata()[0] == first_diag["step"] and mean.get_ydata()[0] == pytest.approx(np.mean(at_first))
+    assert len(at_first) == len(matrices) - 1
     html = write_report(tmp_path / "r").read_text(encoding="utf-8")
     assert section_ids(html) == ["config", "loss", "diagnostics"] and len(images(html)) == 2
 

@@ -665,8 +665,9 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     command = shlex.join([*words, "--out", str(out)])
     launcher = launcher or Launcher()
 
-    def run(title: str, plan: dict, folder: Path) -> dict:
-        return _run_variants(title, spec, plan, folder, command, console, launcher, looks, resolve)
+    def run(title: str, plan: dict, folder: Path, corpus: str | None = None) -> dict:
+        every = [*spec.overrides, *([f"data.source={corpus}"] if corpus else []), *extra_overrides]
+        return _run_variants(title, spec, plan, folder, command, console, launcher, looks, resolve, every)
 
     plans = _plan_corpora(spec, looks[-1], extra_overrides)
     if not spec.corpora:
@@ -675,7 +676,7 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     for corpus, plan in plans.items():
         if console:
             console.rule(f"{name} on {corpus}")
-        summaries[corpus] = run(f"{name} on {corpus}", plan, out / _corpus_folder(corpus))
+        summaries[corpus] = run(f"{name} on {corpus}", plan, out / _corpus_folder(corpus), corpus)
     parts = [f"# Experiment {name}\n\n{spec.description}\n\n```sh\n{command}\n```\n"]
     parts += [(out / _corpus_folder(corpus) / "results.md").read_text(encoding="utf-8")
               .replace("# Experiment", "## Experiment", 1) for corpus in plans]
@@ -799,9 +800,10 @@ def run_state(cfg: RunConfig, folder: Path) -> str:
 
 def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, list[RunConfig]]], out: Path,
                   command: str, console: Console | None, launcher: Launcher, looks: list[int],
-                  resolve: float | None) -> dict[str, dict]:
+                  resolve: float | None, every: Sequence[str]) -> dict[str, dict]:
     """One experiment's runs in out (sweeps first, then the seeds in rounds up to each look), and its
-    results.json and results.md there."""
+    results.json and results.md there. `every`: the overrides every variant gets (the experiment's, the corpus,
+    the command line's), for the table of what each variant sets."""
     levels = spending_levels(looks) if resolve is not None else [SIGNIFICANCE]
 
     def say(text: str) -> None:
@@ -929,8 +931,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
                                               alpha=level)
         # each variant's val_loss is its own corpus's held-out text: rows of different texts are not compared
         # (the transfer table compares, on every text); the looks above still add seeds by these intervals
-        for s in summary.values():
-            if s["verdict"] != "baseline":
+        baseline = next(iter(summary))
+        for variant, s in summary.items():  # (a variant or a baseline whose every run failed keeps its verdict)
+            if variant != baseline and s["seeds"] and summary[baseline]["seeds"]:
                 s.update(diff_vs_baseline=math.nan, ci_low=math.nan, ci_high=math.nan, test=None, p_value=math.nan,
                          p_holm=math.nan, detectable=math.nan, verdict=OWN_TEXT)
     rows = summary_rows(summary)
@@ -968,9 +971,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         report["sweep_table"] = {"columns": ["variant", f"choice ({on})", "val_loss", *matched, "kept"],
                                  "rows": [list(r) for r in sweep_rows(sweeps)]}
     # what each variant is: its overrides (a sweep's kept choice: the sweep table), after the experiment's own
-    every = [["(every variant)", f"base {spec.base}" + "".join(f" {w}" for w in spec.overrides)]]
-    report["variants_table"] = {"columns": list(VARIANT_COLUMNS), "rows": every + [
-        [v.name, " ".join(v.overrides) or "(the experiment's alone)"] for v in spec.variants if v.name in plan]}
+    report["variants_table"] = {"columns": list(VARIANT_COLUMNS), "rows": [
+        ["(every variant)", " ".join([f"base {spec.base}", *every])],
+        *([v.name, " ".join(v.overrides) or "(the experiment's alone)"] for v in spec.variants if v.name in plan)]}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", dumps(report, indent=2) + "\n")
     tables = [(COLUMNS, rows), (VARIANT_COLUMNS, [tuple(r) for r in report["variants_table"]["rows"]])]

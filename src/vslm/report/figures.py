@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
 from vslm.report.runs import (
     RunFiles,
+    diagnostics_series,
     log_slope,
     loss_bands,
     loss_bump,
@@ -400,37 +401,27 @@ DIAGNOSTICS = (("row_norm", "mean row norm / its first value"), ("cos_w_grad", "
                ("update_ratio", "||W after - W before|| / ||W before||"))
 
 
-def diagnostics_series(run: RunFiles) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """{statistic: {matrix: (steps, values)}} of the weight diagnostics the run logged (`diag/<matrix>/<stat>`,
-    logging.diagnostics_every); {} without them."""
-    keys = sorted({k for m in run.metrics for k in m if k.startswith("diag/")})
-    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for key in keys:
-        matrix, _, stat = key.removeprefix("diag/").rpartition("/")
-        steps, values = run.series(key)
-        if len(values):
-            out.setdefault(stat, {})[matrix] = (steps, values)
-    return out
-
-
 def diagnostics_figure(run: RunFiles) -> Figure:
-    """One panel a statistic: a thin line a hidden matrix, their mean in black. Row norms relative to their first
-    logged value (tangent descent with retraction holds them at 1)."""
+    """One panel a statistic: a thin line a hidden matrix, their mean at each step in black. Row norms relative to
+    their first logged value (tangent descent with retraction holds them at 1)."""
     series = diagnostics_series(run)
     shown = [(stat, label) for stat, label in DIAGNOSTICS if stat in series]
     fig, axes = _figure(columns=len(shown))
     last = 1.0
     for ax, (stat, label) in zip(axes, shown, strict=True):
-        lines = []
+        at: dict[float, list[float]] = {}  # step: the matrices' values there (a matrix may lack a step)
         for steps, values in series[stat].values():
-            if stat == "row_norm" and values[0] > 0:
+            if stat == "row_norm":
+                if not values[0] > 0:  # no first norm to divide by (a matrix that starts at 0): left out
+                    continue
                 values = values / values[0]
             ax.plot(steps, values, color="C0", alpha=0.35, linewidth=0.8)
-            lines.append((steps, values))
+            for step, value in zip(steps, values, strict=True):
+                at.setdefault(float(step), []).append(float(value))
             last = max(last, float(steps[-1]))
-        common = min(len(s) for s, _ in lines)  # the matrices share their logged steps
-        ax.plot(lines[0][0][:common], np.mean([v[:common] for _, v in lines], axis=0), color="black",
-                linewidth=1.5, label=f"mean of {len(lines)} matrices")
+        steps = sorted(at)
+        ax.plot(steps, [np.mean(at[s]) for s in steps], color="black", linewidth=1.5,
+                label=f"mean over the {max(map(len, at.values()), default=0)} matrices at each step")
         ax.set_ylabel(label)
     _finish_step_axes(axes, last)
     return fig

@@ -1,5 +1,6 @@
-"""`report.html` of one run folder: its config, loss curves and training-dynamics probes, each section
-present only when the run wrote the file it needs (a run without probes gets the loss section only)."""
+"""`report.html` of one run folder: its config, loss curves, weight diagnostics and training-dynamics probes,
+each section present only when the run wrote what it needs (a run without probes or diagnostics gets the loss
+section only)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from vslm.report import figures
 from vslm.report.html import figure, number, page, pre, section, table
-from vslm.report.runs import RunFiles, read_run
+from vslm.report.runs import RunFiles, diagnostics_series, read_run
 
 REPORT = "report.html"
 
@@ -74,7 +75,7 @@ def render(run: RunFiles) -> str:
         right = CAPTIONS["bpb_axis"] if figures.has_bpb_axis(run) else ""  # the caption names only what is drawn
         sections.append(section("loss", "Loss", figure(figures.loss_figure(run), "loss curves",
                                                        CAPTIONS["loss"].format(right=right))))
-    if figures.diagnostics_series(run):
+    if diagnostics_series(run):
         sections.append(section("diagnostics", "Weight diagnostics", figure(
             figures.diagnostics_figure(run), "weight diagnostics", CAPTIONS["diagnostics"])))
     if run.probes:

@@ -241,6 +241,20 @@ def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return (float(rate[k]), float(np.expm1((x[k] + x[k + 1]) / 2))) if rate[k] > 0 else (math.nan, math.nan)
 
 
+def diagnostics_series(run: RunFiles) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """{statistic: {matrix: (steps, values)}} of the weight diagnostics the run logged (`diag/<matrix>/<stat>`,
+    logging.diagnostics_every), finite values only (a matrix may lack a step: an update ratio of a LoRA B
+    that starts at 0); {} without them."""
+    keys = sorted({k for m in run.metrics for k in m if k.startswith("diag/")})
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for key in keys:
+        matrix, _, stat = key.removeprefix("diag/").rpartition("/")
+        steps, values = run.series(key)
+        if len(values):
+            out.setdefault(stat, {})[matrix] = (steps, values)
+    return out
+
+
 def diagnostics_summary(run: RunFiles) -> dict[str, float]:
     """The weight diagnostics of a run that logged them (logging.diagnostics_every; RESEARCH.md section 6),
     over every hidden matrix and every logged step; {} without them:
@@ -250,12 +264,8 @@ def diagnostics_summary(run: RunFiles) -> dict[str, float]:
       diag_row_norm_drift: mean over matrices of |last / first - 1| of the mean row norm (tangent descent
                            with retraction: 0, the norms held).
     """
-    stats: dict[str, dict[str, list[float]]] = {}
-    for m in run.metrics:
-        for key, value in m.items():
-            if key.startswith("diag/") and _finite(value):
-                matrix, _, stat = key.removeprefix("diag/").rpartition("/")
-                stats.setdefault(stat, {}).setdefault(matrix, []).append(float(value))
+    stats = {stat: {matrix: list(values) for matrix, (_, values) in by_matrix.items()}
+             for stat, by_matrix in diagnostics_series(run).items()}
     if not stats:
         return {}
 
