@@ -94,7 +94,7 @@ from vslm.errors import ConfigError, VSLMError, did_you_mean, refuse_file_in_the
 from vslm.eval.corpus import score_tokens
 from vslm.files import in_use, write_text
 from vslm.lab.parallel import Launcher, RunJob, run_jobs
-from vslm.lab.runner import build_for_accounting, layout_moved, same_settings, tokens_per_run
+from vslm.lab.runner import build_for_accounting, same_settings, tokens_per_run
 from vslm.lab.stats import (
     MIN_SEEDS,
     SIGNIFICANCE,
@@ -131,7 +131,7 @@ from vslm.plain import dumps
 from vslm.report.experiment import write_experiment_report
 from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, load_run, read_run_config
+from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, layout_moved, load_run, read_run_config
 
 VARIANT_COLUMNS = ("variant", "overrides")
 # cross_eval's main table: each row's val_loss is on its own corpus's text, so rows are not compared there
@@ -792,7 +792,7 @@ def run_state(cfg: RunConfig, folder: Path) -> str:
         saved = read_run_config(folder)
     except VSLMError:
         return "other_settings"
-    if not same_settings(cfg, saved) or layout_moved(folder, saved):  # another model than cfg builds now
+    if not same_settings(cfg, saved) or layout_moved(folder, saved.model):  # another model than cfg builds now
         return "other_settings"
     found = list_checkpoints(folder / CHECKPOINTS)
     return "finished" if found and found[-1][0] == cfg.train.steps else "stopped"

@@ -61,15 +61,6 @@ def build_for_accounting(cfg: RunConfig) -> GPT:
         raise ConfigError(f"a tensor of this model has more elements than torch can address ({first})") from None
 
 
-def layout_moved(folder: Path, saved: RunConfig) -> str | None:
-    """schedule_moved for a run folder's saved config, its model built on the meta device (no weights read);
-    None at once for a config no layout change touched."""
-    if not saved.model.peaked_schedule():
-        return None
-    model = build_for_accounting(saved)
-    return schedule_moved(folder, saved.model, parameter_count(model), training_flops_per_token(model))
-
-
 def tokens_per_run(cfg: RunConfig) -> int:
     t = cfg.train
     return t.steps * t.batch_size * t.grad_accum * cfg.model.context

@@ -86,6 +86,16 @@ def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_toke
             f"and {flops_per_token:,} now")
 
 
+def layout_moved(folder: Path, model: ModelConfig) -> str | None:
+    """schedule_moved for the model `model` builds, measured on the meta device (shapes only: no memory, no
+    weights read); None at once for a config no layout change touched."""
+    if not model.peaked_schedule():
+        return None
+    with torch.device("meta"):
+        shapes = GPT(model)
+    return schedule_moved(folder, model, parameter_count(shapes), training_flops_per_token(shapes))
+
+
 def update_summary(run_dir: Path, **fields) -> None:
     """Adds fields to the run's summary.json (written by the trainer when the run starts)."""
     path = Path(run_dir) / SUMMARY

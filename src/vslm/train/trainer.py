@@ -90,6 +90,7 @@ from vslm.train.run_folder import (
     corpus_changes,
     data_limit_left_out,
     device_of,
+    layout_moved,
     never_checkpointed,
     no_checkpoint_yet,
     read_metrics,
@@ -415,7 +416,7 @@ class Trainer:
         self.trainable = parameter_count(self.model, trainable_only=True)
         self.flops_per_token = training_flops_per_token(self.model)
         if self.resume and model is not None:  # a model of the caller's, measured as built (GPT's: _check_resumable)
-            self._refuse_moved_layout(cfg, self.params, self.flops_per_token)
+            self._refuse_moved_layout(schedule_moved(self.run_dir, cfg.model, self.params, self.flops_per_token))
         self.ddp = None
         module: torch.nn.Module = self.model
         if self.dist.enabled:
@@ -499,14 +500,13 @@ class Trainer:
         if self.resume_from is not None and not Path(self.resume_from).is_file():
             raise UsageError(f"checkpoint {self.resume_from}: no such file (the run's checkpoints are in "
                              f"{self.run_dir / CHECKPOINTS})")
-        if self.resume and built_here and cfg.model.peaked_schedule():  # (a run cleared to train again: no weights)
-            with torch.device("meta"):  # shapes only
-                shapes = GPT(cfg.model)
-            self._refuse_moved_layout(cfg, parameter_count(shapes), training_flops_per_token(shapes))
+        if self.resume and built_here:  # (a run cleared to train again has no weights of another layout)
+            self._refuse_moved_layout(layout_moved(self.run_dir, cfg.model))
         return cfg
 
-    def _refuse_moved_layout(self, cfg: RunConfig, params: int, flops_per_token: float) -> None:
-        if why := schedule_moved(self.run_dir, cfg.model, params, flops_per_token):
+    def _refuse_moved_layout(self, why: str | None) -> None:
+        """run_folder.schedule_moved's reason, if any, as the resume's refusal."""
+        if why:
             raise ConfigError(f"cannot resume {self.run_dir}: {why}; train anew into another --out")
 
     def _check_same_corpus(self, cfg: RunConfig) -> None:
