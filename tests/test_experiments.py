@@ -500,6 +500,17 @@ def test_corpora_repeat_the_experiment_per_corpus(tmp_path):
         assert f'source = "{corpus}"' in (folder / "wide" / "seed-0" / "config.toml").read_text()
     joined = (tmp_path / "out" / "results.md").read_text()
     assert joined.count("## Experiment exp on ") == 2
+    # one page for the whole experiment: a section per corpus, in the spec's order, each with its own tables and
+    # curves (ids apart); `vslm report` on the top folder draws it again, the same
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert [m.group(1) for m in re.finditer(r'<h2>([^<]*)</h2>', page)] == ["stories", str(text)]
+    assert page.count("<h3>Variants</h3>") == 2 and page.count("<h3>Loss curves</h3>") == 2
+    assert 'id="c0-variants"' in page and 'id="c1-variants"' in page
+    for corpus, summary in summaries.items():
+        assert f"{summary['wide']['val_loss_mean']:.4f}" in page
+    (tmp_path / "out" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.html").read_text() == page
 
 
 def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):

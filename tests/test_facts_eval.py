@@ -245,6 +245,8 @@ def test_probe_of_a_symmetric_relation_labels_each_person_with_the_other_end(fol
 
 
 def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
+    from vslm.train.run_folder import load_run
+
     world, run = tmp_path / "world", tmp_path / "run"
     assert main(["facts", "generate", "--out", str(world), "--people", "24", "--novel-people", "8", "--hops", "2",
                  "--questions-per-hop", "6", "--seed", "1"]) == 0
@@ -254,9 +256,27 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
                  *overrides]) == 0
     capsys.readouterr()
     assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "4"]) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert "closed-book" in out and "open-book" in out and "counterfactual" in out and "probe" in out
+    assert out.strip().splitlines()[-2:] == [str(run / "facts-eval.json"), str(run / "report.html")]
     result = json.loads((run / "facts-eval.json").read_text())
+    # a 64-token context cuts the long prompts: each setting counts its own, and the note names them
+    cuts = {(key, pool): acc["cut"] for key in ("closed_book", "open_book", "retrieved")
+            for pool, acc in result[key].items()}
+    assert sum(cuts.values()) + result["counterfactual"]["cut"] == result["truncated"] > 0
+    assert all(cuts["open_book", pool] > cuts["closed_book", pool] for pool in ("seen", "novel"))  # facts: longer
+    note = next(line for line in printed.err.splitlines() if "longer than the model's context" in line)
+    assert f"open-book seen {cuts['open_book', 'seen']} of 8" in note
+    assert ("closed-book seen" in note) == (cuts["closed_book", "seen"] > 0)
+    # the run's report holds the evaluation: the same accuracies, and accuracy by hops read back from JSON
+    from vslm.report.facts import hops_rows
+
+    html = (run / "report.html").read_text()
+    assert "Knowledge (facts eval)" in html and f"{result['open_book']['seen']['accuracy']:.3f}" in html
+    assert f"{cuts['open_book', 'seen']} cut)" in html
+    fresh = evaluate_world(LMScorer(load_run(run)[1], load_run(run)[2]), load_world_folder(world), per_group=4)
+    assert hops_rows(result) == hops_rows(fresh) and "-" not in hops_rows(result)[1][0]
     for setting in ("closed_book", "open_book", "retrieved"):
         for pool in ("seen", "novel"):
             assert 0 <= result[setting][pool]["accuracy"] <= 1 and result[setting][pool]["n"] == 8
@@ -264,10 +284,7 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     assert set(result["by_hops"]["closed_book"]["seen"]) == {"1", "2"}
     assert len(result["probe"]["seen"]["by_depth"]) == 2 and result["truncated"] > 0
     # the numbers are the run's own model's: every setting recomputed from its checkpoint, as a notebook would
-    from vslm.train.run_folder import load_run
-
-    _, model, tokenizer = load_run(run)
-    again = evaluate_world(LMScorer(model, tokenizer), load_world_folder(world), per_group=4)
+    again = fresh
     for setting in ("closed_book", "open_book", "retrieved", "retrieval_recall", "by_hops", "counterfactual"):
         assert result[setting] == json.loads(json.dumps(again[setting])), setting  # (JSON: hop counts as keys)
     assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--json", "--adapters", "2",
@@ -347,10 +364,16 @@ def test_a_char_tokenizer_that_cannot_write_a_name_says_what_to_do(folder):
 
 
 
-def test_the_printed_table_gives_each_accuracy_its_standard_error():
-    from vslm.knowledge.evaluate import summary_rows
+def test_the_printed_table_gives_each_accuracy_its_standard_error_and_its_cut_prompts():
+    from vslm.report.facts import cut_line, summary_rows
 
-    result = {"closed_book": {"seen": {"accuracy": 0.5, "se": 0.05, "chance": 0.25, "n": 100}},
-              "open_book": {"novel": {"accuracy": 0.9, "chance": 0.25, "n": 10}}}  # written before the errors
+    result = {"closed_book": {"seen": {"accuracy": 0.5, "se": 0.05, "chance": 0.25, "n": 100, "cut": 0}},
+              "open_book": {"novel": {"accuracy": 0.9, "chance": 0.25, "n": 10}},  # written before the errors
+              "retrieved": {"seen": {"accuracy": 0.7, "se": 0.1, "chance": 0.25, "n": 20, "cut": 3}},
+              "counterfactual": {"accuracy": 0.4, "se": 0.1, "chance": 0.25, "n": 10, "cut": 2}, "truncated": 5}
     assert summary_rows(result) == [("closed-book", "seen", "0.500 ± 0.050", "0.250", "100"),
-                                    ("open-book", "novel", "0.900", "0.250", "10")]
+                                    ("open-book", "novel", "0.900", "0.250", "10"),
+                                    ("retrieved", "seen", "0.700 ± 0.100", "0.250", "20 (3 cut)"),
+                                    ("counterfactual", "seen", "0.400 ± 0.100", "0.250", "10 (2 cut)")]
+    assert cut_line(result).endswith(": retrieved seen 3 of 20, counterfactual seen 2 of 10")
+    assert cut_line(result | {"truncated": 0}) == ""

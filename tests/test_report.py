@@ -137,6 +137,24 @@ def test_report_without_probes_has_the_loss_section_only(plain_run):
     assert "<title>VSLM report: plain</title>" in html and f"{plain_run}, from the config tiny (" in html
 
 
+def test_a_facts_evaluation_gets_its_section_and_one_that_does_not_read_is_said_and_left_out(plain_run, capsys):
+    (plain_run / "facts-eval.json").write_text('{"closed_book": {"seen": ')  # cut short
+    html = write_report(plain_run).read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss"]
+    err = capsys.readouterr().err
+    assert "facts-eval.json is not valid JSON" in err and "the report leaves it out" in err
+    acc = {"accuracy": 0.625, "se": 0.121, "chance": 0.25, "n": 16, "cut": 4}
+    (plain_run / "facts-eval.json").write_text(json.dumps({
+        "run": str(plain_run), "world": "w", "settings": {"world": "k", "distractors": 4, "checkpoint": None},
+        "closed_book": {"seen": acc}, "by_hops": {"closed_book": {"seen": {"1": acc, "2": acc | {"accuracy": 0.5}}}},
+        "truncated": 4, "probe": {"attribute": "birth_city", "seen": {"best": 0.3, "by_depth": [0.2, 0.3],
+                                                                     "baseline": 0.1}}}))
+    html = write_report(plain_run).read_text(encoding="utf-8")
+    assert section_ids(html) == ["config", "loss", "facts"]
+    assert "0.625 ± 0.121" in html and "16 (4 cut)" in html and "<td>0.500</td>" in html  # hops read from JSON
+    assert "closed-book seen 4 of 16" in html and "distractors 4" in html and "probe name -&gt; birth_city" in html
+
+
 def test_a_run_with_weight_diagnostics_has_their_section_with_their_numbers(tmp_path):
     """logging.diagnostics_every logs row norms, cosines to the gradient and update ratios per matrix; the run
     report drew none of them (only experiment tables summarised them). Its figure's lines are the logged values:

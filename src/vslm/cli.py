@@ -228,12 +228,13 @@ def cmd_report(a: argparse.Namespace) -> int:
         raise UsageError("--every must be a positive number of seconds")
     if not 0 <= a.port <= 65535:
         raise UsageError(f"--port must be 0 (any free port) to 65535, not {a.port}")
-    if (Path(a.run) / "results.json").is_file() and not (Path(a.run) / "config.toml").exists():
-        from vslm.report.experiment import write_experiment_report  # an experiment folder: its page, redrawn
+    from vslm.report.experiment import CORPORA, RESULTS, write_corpora_report, write_experiment_report
 
+    kind = next((name for name in (RESULTS, CORPORA) if (Path(a.run) / name).is_file()), None)
+    if kind and not (Path(a.run) / "config.toml").exists():  # an experiment folder: its page, redrawn
         if a.serve or a.watch:
             raise UsageError(f"{a.run} is an experiment folder: --serve and --watch follow one run")
-        print(write_experiment_report(Path(a.run)))
+        print((write_experiment_report if kind == RESULTS else write_corpora_report)(Path(a.run)))
         return 0
     if a.serve:
         from vslm.report.serve import serve
@@ -522,9 +523,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             launcher = make_launcher(1)                   # unless --jobs asks for more
     run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, sweep,
                    a.sweep_seeds, variants)
-    # the report to look at, last: the experiment's, or one per corpus (an experiment over several)
-    for report in [out / "report.html"] if (out / "report.html").is_file() else sorted(out.glob("*/report.html")):
-        print(report)
+    print(out / "report.html")  # the report to look at, last (of an experiment over several corpora: all of them)
     return 0
 
 
@@ -581,15 +580,18 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from vslm.knowledge.evaluate import evaluate_run, hops_rows, novel_summary, probe_line, summary_rows
+    from vslm.knowledge.evaluate import evaluate_run, novel_summary
+    from vslm.report.facts import hops_rows, notes, probe_line, summary_rows
+    from vslm.report.run_report import write_report
 
     _at_least(a, 0, "distractors", "per_group", "adapters")
     _at_least(a, 1, "k", "rounds", "group_size")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
-    if note := result.get("note"):
-        print(f"note: {note}", file=sys.stderr)
+    for line in notes(result):
+        print(f"note: {line}", file=sys.stderr)
+    report = write_report(Path(a.run))  # its "Knowledge" section: this evaluation
     if a.json:
         print(dumps(novel_summary(result) if a.json == "novel" else result))
         return 0
@@ -613,9 +615,8 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
         console.print(f"counterfactual context: memorisation ratio {cf['memorisation_ratio']:.3f}, "
                       f"answers the weights' value {cf['original']:.3f}", highlight=False)
     console.print(probe_line(result), highlight=False)
-    if result["truncated"]:
-        console.print(f"{result['truncated']} prompts were cut to the model's context", highlight=False)
     print(Path(a.run) / "facts-eval.json")
+    print(report)
     return 0
 
 
@@ -721,6 +722,9 @@ def _add_facts_parser(sub) -> None:
                        help=f"{field.description + '; ' if field.description else ''}default {field.default}")
     p.set_defaults(func=cmd_facts_generate)
     p = fsub.add_parser("eval", help="closed-book, open-book, retrieved, counterfactual accuracy and the probe",
+                        description="Closed-book, open-book, retrieved and counterfactual accuracy and the linear "
+                                    "probe of a run on a world: printed, written to RUN/facts-eval.json and drawn "
+                                    "in RUN/report.html (its Knowledge section).",
                         conflict_handler="resolve")  # its --json takes a value
     p.add_argument("run", help="run folder (trained on the world's train.txt)")
     p.add_argument("--world", required=True, help="the world folder")

@@ -13,16 +13,17 @@ The result (also written to RUN/facts-eval.json):
      "retrieved": {"seen", "novel"}, "retrieval_recall": {"seen", "novel"},
      "counterfactual": {accuracy, n, chance, original, other, memorisation_ratio},
      "by_hops": {setting: {pool: {hops: {accuracy, n, chance}}}},
-     "probe": {attribute, seen: {...}, novel: {...}}, "truncated",
+     "probe": {attribute, seen: {...}, novel: {...}}, "truncated" (prompts cut to the context, in all),
      "adapters" (with adapter_steps): {groups, steps, routing, novel, oracle, by_hops}}
 
-where each accuracy is {accuracy, n, chance} (metrics.accuracy) and recall is {mean, all}: the mean
-share of supporting facts retrieved and the share of questions with all of them.
+where each accuracy is {accuracy, se, n, chance} (metrics.accuracy) with `cut`, how many of its prompts
+were longer than the model's context (they lose their oldest tokens, the first facts: knowledge.scoring),
+and recall is {mean, all}: the mean share of supporting facts retrieved and the share of questions with
+all of them. vslm.report.facts lays the result out as tables (the command's, the run report's section).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,12 +36,12 @@ from vslm.knowledge.folder import WorldFolder, load_world_folder, world_key
 from vslm.knowledge.questions import Question
 from vslm.knowledge.retrieval import Retriever, support_recall
 from vslm.plain import dumps
+from vslm.report.runs import FACTS as RESULT
 
 if TYPE_CHECKING:  # torch is imported only when a run is evaluated
     from vslm.config import RunConfig
     from vslm.knowledge.scoring import LMScorer
 
-RESULT = "facts-eval.json"
 SCORING = "log-likelihood of each answer choice; the most likely is the answer"
 ADAPTERS = "adapters"  # RUN/adapters/<base checkpoint>/<world and grouping>/<group>: the adapter arm's fine-tunes
 
@@ -69,8 +70,8 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
                  "by_hops": {"closed_book": {}, "open_book": {}, "retrieved": {}, "counterfactual": {}}}
 
     def ask(setting: str, pool: str, questions: list[Question], prompts: list[str]) -> None:
-        answers = metrics.pick(scorer, prompts, questions)
-        out[setting][pool] = metrics.accuracy(questions, answers)
+        answers, cut = pick_counting_cuts(scorer, prompts, questions)
+        out[setting][pool] = {**metrics.accuracy(questions, answers), "cut": cut}
         if setting in out["by_hops"]:
             out["by_hops"][setting][pool] = metrics.by_hops(questions, answers)
 
@@ -90,10 +91,18 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
         ask("closed_book", "seen_train", train, [ctx.closed_book(q) for q in train])
     cf = select(folder.questions, "seen", "test", True, per_group)
     if cf:
-        answers = metrics.pick(scorer, [ctx.open_book(q) for q in cf], cf)
-        out["counterfactual"] = metrics.counterfactual(cf, answers)
+        answers, cut = pick_counting_cuts(scorer, [ctx.open_book(q) for q in cf], cf)
+        out["counterfactual"] = {**metrics.counterfactual(cf, answers), "cut": cut}
         out["by_hops"]["counterfactual"]["seen"] = metrics.by_hops(cf, answers)
     return out
+
+
+def pick_counting_cuts(scorer: metrics.Scorer, prompts: list[str], questions: list[Question]) -> tuple[list[str], int]:
+    """metrics.pick, and how many of the prompts the scorer cut to its model's context (0 for a scorer that
+    cuts none: a hand-built one)."""
+    before = getattr(scorer, "truncated", 0)
+    answers = metrics.pick(scorer, prompts, questions)
+    return answers, getattr(scorer, "truncated", 0) - before
 
 
 def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out: Path, group_size: int = 10,
@@ -124,15 +133,16 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
                  "routing": metrics.mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
                  "by_hops": {}}
     for label, chosen in (("novel", routed), ("oracle", [home[q.starts[0]] for q in test])):
-        answers = [""] * len(test)
+        answers, cuts = [""] * len(test), 0
         for group in dict.fromkeys(chosen):
             idx = [i for i, g in enumerate(chosen) if g == group]
             adapters.use_adapter(model, group)
-            picked = metrics.pick(scorer, [render.closed_book_prompt(test[i].question) for i in idx],
-                                  [test[i] for i in idx])
+            picked, cut = pick_counting_cuts(scorer, [render.closed_book_prompt(test[i].question) for i in idx],
+                                             [test[i] for i in idx])
+            cuts += cut
             for i, a in zip(idx, picked, strict=True):
                 answers[i] = a
-        out[label] = metrics.accuracy(test, answers)
+        out[label] = {**metrics.accuracy(test, answers), "cut": cuts}
         out["by_hops"][label] = metrics.by_hops(test, answers)
     adapters.use_adapter(model, None)
     return out
@@ -214,53 +224,3 @@ def novel_summary(result: dict) -> dict:
 
     return {"open_book": hops("open_book", "novel"), "counterfactual": hops("counterfactual", "seen"),
             "closed_book": hops("closed_book", "novel"), "chance": hops("open_book", "novel", "chance")}
-
-
-SETTINGS = (("closed-book", "closed_book"), ("open-book", "open_book"), ("retrieved", "retrieved"))
-
-
-def summary_rows(result: dict) -> list[tuple[str, ...]]:
-    """(setting, pool, accuracy ± its standard error over the questions, chance, n) rows for a printed table."""
-    def acc_se(acc: dict) -> str:
-        se = acc.get("se")  # a result written before the standard errors has none
-        return _fmt(acc["accuracy"]) + ("" if se is None or (isinstance(se, float) and math.isnan(se))
-                                        else f" ± {se:.3f}")
-
-    rows = []
-    for label, key in SETTINGS:
-        for pool, acc in result.get(key, {}).items():
-            rows.append((label, pool.replace("_", " "), acc_se(acc), _fmt(acc["chance"]), str(acc["n"])))
-    if cf := result.get("counterfactual"):
-        rows.append(("counterfactual", "seen", acc_se(cf), _fmt(cf["chance"]), str(cf["n"])))
-    if ad := result.get("adapters"):
-        for label in ("novel", "oracle"):
-            acc = ad[label]
-            rows.append(("adapters", f"novel ({'routed' if label == 'novel' else 'oracle'})", acc_se(acc),
-                         _fmt(acc["chance"]), str(acc["n"])))
-    return rows
-
-
-def hops_rows(result: dict) -> tuple[list[str], list[tuple[str, ...]]]:
-    """(columns, rows): accuracy by number of hops in each setting and pool, the adapters' too."""
-    settings = dict(result["by_hops"])
-    for label, by in result.get("adapters", {}).get("by_hops", {}).items():
-        settings[f"adapters {'routed' if label == 'novel' else label}"] = {"novel": by}
-    columns = [f"{setting.replace('_', '-')} {pool}" for setting, pools in settings.items() for pool in pools]
-    hops = sorted({int(h) for pools in settings.values() for by in pools.values() for h in by})
-    rows = []
-    for h in hops:
-        cells = [_fmt(by[h]["accuracy"]) if h in by else "-" for pools in settings.values() for by in pools.values()]
-        rows.append((str(h), *cells))
-    return ["hops", *columns], rows
-
-
-def probe_line(result: dict) -> str:
-    p = result["probe"]
-    parts = [f"{pool}: best {_fmt(p[pool]['best'])} over depths "
-             f"({', '.join(_fmt(a) for a in p[pool]['by_depth'])}), baseline {_fmt(p[pool]['baseline'])}"
-             for pool in ("seen", "novel") if pool in p]
-    return f"probe name -> {p['attribute']}: " + "; ".join(parts)
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

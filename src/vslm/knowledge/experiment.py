@@ -91,12 +91,12 @@ from vslm.lab.stats import (
 )
 from vslm.lab.tables import results_markdown
 from vslm.plain import dumps, plain
+from vslm.report.runs import FACTS as EVAL  # each arm's evaluation, as `vslm facts eval` writes it
 from vslm.train.run_folder import device_of
 
 WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
 READER = "reader"  # an arm's data: trained by the reader recipe (vslm.knowledge.reader)
 RELEARN = "relearn.json"
-EVAL = "facts-eval.json"
 # the summary table: (label, metric path)
 COLUMNS = (("closed-book seen", "closed_book.seen"), ("closed-book seen (trained questions)", "closed_book.seen_train"),
            ("closed-book novel", "closed_book.novel"), ("open-book seen", "open_book.seen"),
@@ -575,7 +575,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     (out / "report.html").write_text(render_report(results, out), encoding="utf-8")
     if console:
         console.print(markdown(results), highlight=False, markup=False)
-        console.print(f"results: {out / 'results.md'}, report: {out / 'report.html'}", highlight=False, markup=False)
+        console.print(f"results: {out / 'results.md'}", highlight=False, markup=False)  # the report: printed last
     return results
 
 

@@ -128,7 +128,7 @@ from vslm.lab.tables import (
 )
 from vslm.model import parameter_count, training_flops_per_token
 from vslm.plain import dumps
-from vslm.report.experiment import write_experiment_report
+from vslm.report.experiment import CORPORA, write_corpora_report, write_experiment_report
 from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
 from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, layout_moved, load_run, read_run_config
@@ -681,6 +681,9 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     parts += [(out / _corpus_folder(corpus) / "results.md").read_text(encoding="utf-8")
               .replace("# Experiment", "## Experiment", 1) for corpus in plans]
     write_text(out / "results.md", "\n".join(parts))
+    write_text(out / CORPORA, dumps({"experiment": name, "description": spec.description, "command": command,
+                                     "corpora": [[corpus, _corpus_folder(corpus)] for corpus in plans]}, indent=1))
+    write_corpora_report(out)  # one page: every corpus's tables and curves
     return summaries
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from vslm.errors import VSLMError
 from vslm.report import figures
-from vslm.report.html import figure, number, page, pre, section, table
+from vslm.report.html import figure, number, page, pre, table
+from vslm.report.html import section as html_section
 from vslm.report.runs import RunFiles, read_run
 
 RESULTS = "results.json"
 REPORT = "report.html"
+CORPORA = "corpora.json"  # an experiment over several corpora: their folders, in order
 
 MATRIX_CAPTION = ("Bits per byte of the model trained on each row's corpus, on each column's held-out text "
                   "(every token once), mean ± sample std over seeds; darker is better. The diagonal is each model "
@@ -52,8 +54,44 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f} ± {'-' if std is None else f'{std:.4f}'}"
 
 
+def write_corpora_report(folder: str | Path) -> Path:
+    """report.html of an experiment over several corpora (`corpora` in its spec): one page, a section per corpus
+    holding what that corpus's own report.html shows, in the order of folder/corpora.json."""
+    folder = Path(folder)
+    path = folder / CORPORA
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        corpora = [(str(corpus), folder / sub) for corpus, sub in index["corpora"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VSLMError(f"{path} does not list the experiment's corpora ({type(e).__name__}: {e})") from None
+    sections = []
+    for i, (corpus, sub) in enumerate(corpora):
+        if not (sub / RESULTS).is_file():  # a corpus not (yet) compared: said in its place
+            sections.append(html_section(f"corpus-{i}", corpus, f"<p>No results yet in {escape(str(sub))}.</p>"))
+            continue
+        results = json.loads((sub / RESULTS).read_text(encoding="utf-8"))
+        parts = [html for _, _, html in experiment_sections(results, sub, key=f"c{i}-", level=3)]
+        sections.append(html_section(f"corpus-{i}", corpus, f"<p>Runs and results in {escape(str(sub))} (its own "
+                                f"page: {escape(str(sub / REPORT))}).</p>", *parts))
+    out = folder / REPORT
+    out.write_text(page(f"Experiment {index.get('experiment', folder.name)}",
+                        index.get("description", ""), sections), encoding="utf-8")
+    return out
+
+
 def render(results: dict, folder: Path | None = None) -> str:
     """The page; with the experiment's folder, also the loss curves of its runs."""
+    return page(f"Experiment {results['experiment']}", results.get("description", ""),
+                experiment_sections(results, folder))
+
+
+def experiment_sections(results: dict, folder: Path | None = None, key: str = "",
+                        level: int = 2) -> list[tuple[str, str, str]]:
+    """The page's sections (ids prefixed by `key`, headings of `level`); with the experiment's folder, also the
+    loss curves of its runs."""
+    def section(name: str, title: str, *parts: str) -> tuple[str, str, str]:
+        return html_section(key + name, title, *parts, level=level)
+
     shown = results.get("table")  # the table as results.md has it (vslm.lab.tables.summary_rows)
     if shown:
         headers = shown["columns"]
@@ -139,5 +177,4 @@ def render(results: dict, folder: Path | None = None) -> str:
                                     table(shown["columns"], [[escape(c) for c in row] for row in shown["rows"]]),
                                     "<p>Excess bits per byte over the in-domain model, averaged over the other "
                                     "corpora; each row against the best by Welch's t-test, Holm across the rows.</p>"))
-    title = f"Experiment {results['experiment']}"
-    return page(title, results.get("description", ""), sections)
+    return sections

@@ -18,6 +18,7 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; 
        max-width: 980px; margin: 2em auto; padding: 0 1.2em; background: #fff; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.25em; margin-top: 2.2em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+h3 { font-size: 1.08em; margin-top: 1.6em; }
 .sub { color: #666; margin-top: 0; }
 nav { font-size: 0.92em; margin: 1em 0; }
 nav a { margin-right: 1em; color: #0a58ca; text-decoration: none; }
@@ -61,9 +62,11 @@ def pre(text: str) -> str:
     return f"<pre>{escape(text)}</pre>"
 
 
-def section(key: str, title: str, *parts: str) -> tuple[str, str, str]:
-    """(id, title, html) of one section; `page` lays them out and lists them in the navigation bar."""
-    return key, title, f'<section id="{escape(key)}"><h2>{escape(title)}</h2>{"".join(parts)}</section>'
+def section(key: str, title: str, *parts: str, level: int = 2) -> tuple[str, str, str]:
+    """(id, title, html) of one section; `page` lays them out and lists them in the navigation bar (a section
+    of level 3 goes inside another's parts, its heading one size smaller)."""
+    return key, title, (f'<section id="{escape(key)}"><h{level}>{escape(title)}</h{level}>{"".join(parts)}'
+                        "</section>")
 
 
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:

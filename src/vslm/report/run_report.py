@@ -1,6 +1,6 @@
-"""`report.html` of one run folder: its config, loss curves, weight diagnostics and training-dynamics probes,
-each section present only when the run wrote what it needs (a run without probes or diagnostics gets the loss
-section only)."""
+"""`report.html` of one run folder: its config, loss curves, weight diagnostics, training-dynamics probes and
+its last FactWorld evaluation (`vslm facts eval`), each section present only when the run wrote what it needs
+(a run without probes or diagnostics gets the loss section only)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from vslm.report import figures
+from vslm.report.facts import facts_section
 from vslm.report.html import figure, number, page, pre, section, table
 from vslm.report.runs import RunFiles, diagnostics_series, read_run
 
@@ -80,6 +81,8 @@ def render(run: RunFiles) -> str:
             figures.diagnostics_figure(run), "weight diagnostics", CAPTIONS["diagnostics"])))
     if run.probes:
         sections += _probe_sections(run)
+    if run.facts:
+        sections.append(facts_section(run.facts))
     if run.samples.strip():
         sections.append(section("samples", "Samples", pre(run.samples)))
     # titled by its folder: a run of `demo` with other settings is not the demo; the config's own description

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ METRICS = "metrics.jsonl"
 PROBES = "probes.jsonl"
 SUMMARY = "summary.json"
 SAMPLES = "samples.txt"
+FACTS = "facts-eval.json"  # `vslm facts eval RUN` (vslm.report.facts)
 SE = "_se"  # suffix of a probe value's standard error over windows (vslm.train.probing)
 
 
@@ -37,6 +39,7 @@ class RunFiles:
     probes: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     samples: str = ""
+    facts: dict = field(default_factory=dict)  # the last `vslm facts eval` of the run, if any
 
     @property
     def name(self) -> str:
@@ -101,7 +104,23 @@ def read_run(folder: Path, warn: Callable[[str], None] | None = None) -> RunFile
         probes=read_jsonl(folder / PROBES, warn),
         summary=_read_json(summary_path) if summary_path.is_file() else {},
         samples=samples_path.read_text(encoding="utf-8", errors="replace") if samples_path.is_file() else "",
+        facts=_facts(folder / FACTS, warn),
     )
+
+
+def _facts(path: Path, warn: Callable[[str], None] | None) -> dict:
+    """The run's facts-eval.json; one that does not read is said (`warn`, default stderr) and left out: the rest
+    of the report does not depend on it."""
+    if not path.is_file():
+        return {}
+    try:
+        facts = _read_json(path)
+        if facts and not isinstance(facts.get("by_hops"), dict):
+            raise VSLMError(f"{path} is not a facts evaluation (no by_hops)")
+        return facts
+    except VSLMError as e:
+        (warn or (lambda line: print(line, file=sys.stderr)))(f"warning: {e}; the report leaves it out")
+        return {}
 
 
 def _read_json(path: Path) -> dict:
