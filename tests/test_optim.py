@@ -128,6 +128,37 @@ def test_weight_diagnostics_are_of_their_own_step_whatever_the_logging_interval(
     assert list(sparse) == [5, 10, 15, 20] and sparse == every
 
 
+def test_weight_diagnostics_equal_their_definitions_on_the_step_s_own_weights_and_gradient(tmp_path):
+    """row norm (mean, spread), cos(row, its gradient) and ||dW|| / ||W||, computed here from the weights and
+    gradient of step 4's update and the weights after it, for every hidden matrix."""
+    from vslm.train.optim import is_hidden_matrix
+
+    class Capture(Callback):
+        def on_before_update(self, trainer) -> None:
+            if trainer.step + 1 == 4:
+                self.before = {n: (p.detach().clone(), p.grad.clone()) for n, p in trainer.model.named_parameters()
+                               if is_hidden_matrix(n, p) and p.grad is not None}
+
+        def on_step_end(self, trainer, metrics) -> None:
+            if trainer.step == 4:
+                self.after = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n in self.before}
+
+    capture = Capture()
+    cfg = load_config("tiny", tiny_overrides(train__steps=4, train__eval_every=0, logging__diagnostics_every=4,
+                                             logging__probe_every=0))
+    Trainer(cfg, tmp_path / "r", callbacks=[*default_callbacks(cfg), capture]).fit()
+    line = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert line["step"] == 4 and len(capture.before) >= 4
+    for name, (w, g) in capture.before.items():
+        key, after = f"diag/{name.removesuffix('.weight')}", capture.after[name]
+        norms = after.norm(dim=1)
+        assert line[f"{key}/row_norm"] == pytest.approx(norms.mean().item(), abs=2e-6)
+        assert line[f"{key}/row_norm_spread"] == pytest.approx((norms.std() / norms.mean()).item(), abs=2e-6)
+        assert line[f"{key}/cos_w_grad"] == pytest.approx(
+            torch.nn.functional.cosine_similarity(w, g, dim=1).mean().item(), abs=2e-6)
+        assert line[f"{key}/update_ratio"] == pytest.approx(((after - w).norm() / w.norm()).item(), rel=1e-5)
+
+
 class Interrupted(Exception):
     pass
 

@@ -181,7 +181,7 @@ class WeightDiagnostics(Callback):
     def __init__(self, every: int):
         self.every = every
         self.before: dict[str, torch.Tensor] = {}
-        self.cosines: dict[str, float] = {}
+        self.cosines: dict[str, torch.Tensor] = {}  # on the device: read with the rest, in one sync
 
     def _matrices(self, trainer: Trainer):
         from vslm.train.optim import is_hidden_matrix
@@ -194,7 +194,7 @@ class WeightDiagnostics(Callback):
         with torch.no_grad():
             for name, w in self._matrices(trainer):
                 self.before[name] = w.detach().clone()
-                self.cosines[name] = torch.nn.functional.cosine_similarity(w, w.grad, dim=1).mean().item()
+                self.cosines[name] = torch.nn.functional.cosine_similarity(w, w.grad, dim=1).mean()
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
         if not self.before:
@@ -202,17 +202,22 @@ class WeightDiagnostics(Callback):
         if "loss" not in metrics:  # a step not logged: its copy would measure a later step against it (never kept)
             self.before.clear()
             return
+        names, stats = [], []
         with torch.no_grad():
             for name, w in trainer.model.named_parameters():
                 if name in self.before:
                     norms = w.norm(dim=1)
-                    key = f"diag/{name.removesuffix('.weight')}"
-                    metrics[f"{key}/row_norm"] = round(norms.mean().item(), 6)
-                    metrics[f"{key}/row_norm_spread"] = round((norms.std() / norms.mean()).item(), 6)
-                    metrics[f"{key}/cos_w_grad"] = round(self.cosines[name], 6)
                     ratio = (w - self.before[name]).norm() / self.before[name].norm()
-                    metrics[f"{key}/update_ratio"] = round(ratio.item(), 8)
+                    names.append(name)
+                    stats.append(torch.stack([norms.mean(), norms.std() / norms.mean(), self.cosines[name].to(w.dtype),
+                                              ratio]).float())
+        for name, (row_norm, spread, cos, ratio) in zip(names, torch.stack(stats).tolist() if stats else [],
+                                                         strict=True):  # one host sync for every matrix
+            key = f"diag/{name.removesuffix('.weight')}"
+            metrics.update({f"{key}/row_norm": round(row_norm, 6), f"{key}/row_norm_spread": round(spread, 6),
+                            f"{key}/cos_w_grad": round(cos, 6), f"{key}/update_ratio": round(ratio, 8)})
         self.before.clear()
+        self.cosines.clear()
 
 
 class StopAfter(Callback):
