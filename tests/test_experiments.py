@@ -506,7 +506,7 @@ def test_corpora_repeat_the_experiment_per_corpus(tmp_path):
     assert [m.group(1) for m in re.finditer(r'<h2>([^<]*)</h2>', page)] == ["stories", str(text)]
     assert page.count("<h3>Variants</h3>") == 2 and page.count("<h3>Loss curves</h3>") == 2
     assert 'id="c0-variants"' in page and 'id="c1-variants"' in page
-    for corpus, summary in summaries.items():
+    for summary in summaries.values():
         assert f"{summary['wide']['val_loss_mean']:.4f}" in page
     (tmp_path / "out" / "report.html").unlink()
     assert main(["report", str(tmp_path / "out")]) == 0

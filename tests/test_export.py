@@ -354,6 +354,59 @@ def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):
     assert "does not give this model exactly" in resumed and "- at step 5: train.steps 5 -> 6\n" in resumed
 
 
+def test_a_padded_vocabulary_is_never_generated(tmp_path):
+    """model.vocab_size past the tokenizer's (a multiple of 64, say): the ids no text has get probability but
+    `vslm sample` never draws them; neither does the export's generate (suppress_tokens), greedy or sampled."""
+    run = make_run(tmp_path / "run", [*GPT2, "model.vocab_size=320", "model.tie_embeddings=false"])
+    _, model, _ = load_run(run)
+    prompt = torch.tensor([[72, 105]])
+    with torch.no_grad():  # the padded ids the likeliest after the prompt: a greedy decoder would pick one
+        logits = model(prompt)[0, -1]
+        top = logits[:257].argmax()
+        model.head.weight[257:] = model.head.weight[top] * (3 if logits[top] > 0 else -3)
+    save_checkpoint(run / "checkpoints" / "step_00000002.safetensors", model.state_dict())
+    assert export(run, tmp_path / "hf") == 0
+    conf = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert conf["suppress_tokens"] == list(range(257, 320))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert hf(prompt).logits[0, -1].argmax().item() >= 257  # the padded ids are the likeliest here
+        greedy = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12)
+        sampled = hf.generate(prompt.repeat(8, 1), attention_mask=torch.ones(8, 2, dtype=torch.long),
+                              max_new_tokens=12, min_new_tokens=12, do_sample=True)
+    assert greedy[0, 2:].max().item() < 257 and sampled[:, 2:].max().item() < 257
+    assert torch.equal(greedy, model.generate(prompt, 12, temperature=0, vocab=257))
+
+
+def test_a_run_that_diverged_is_said_in_its_summary_report_and_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *tiny_overrides(), *GPT2, "train.steps=30", "train.lr=1e4", "train.min_lr=1e3",
+                 "train.checkpoint_every=1", "logging.samples=0", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    diverged = json.loads((run / "summary.json").read_text())["diverged"]
+    step, what = diverged["step"], diverged["what"]
+    assert f"{what} at step {step}: training stopped" in err and 1 < step < 30 and "not finite" in what
+    assert main(["report", str(run)]) == 0
+    assert f"(diverged at step {step}: {what})" in (run / "report.html").read_text()
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    warned = capsys.readouterr().err
+    assert f"warning: {run} diverged at step {step} ({what}): exporting step_{step - 1:08d}.safetensors" in warned
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert f"The run diverged at step {step} ({what}): these weights are step {step - 1}'s" in card
+    # given by its path, the checkpoint is named on the card by its file name: a card leaves this machine
+    snapshot = sorted((run / "snapshots").glob("step_*.safetensors"))[0]
+    assert main(["export", str(run), "--out", str(tmp_path / "hf-0"), "--checkpoint", str(snapshot)]) == 0
+    card = (tmp_path / "hf-0" / "README.md").read_text()
+    assert f"| checkpoint | {snapshot.name} |" in card and str(tmp_path) not in card
+    # a run resumed past where it diverged no longer says so (this one's weights are too far gone to: one by hand)
+    healthy = tmp_path / "healthy"
+    assert main(["train", "tiny", *tiny_overrides(), "train.steps=2", "logging.samples=0", "--out", str(healthy)]) == 0
+    summary = json.loads((healthy / "summary.json").read_text())
+    (healthy / "summary.json").write_text(json.dumps(summary | {"diverged": {"step": 2, "what": "loss is nan"}}))
+    assert main(["train", "--resume", "--out", str(healthy), "train.steps=3"]) == 0
+    assert json.loads((healthy / "summary.json").read_text()).keys() == summary.keys() | {"config_changes"}
+
+
 def test_the_harness_hf_model_agrees_with_vslm_eval(tmp_path, capsys):
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
     import lm_eval

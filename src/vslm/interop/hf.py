@@ -26,7 +26,8 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,8 +257,10 @@ def from_hf_state(hf: dict[str, torch.Tensor], kind: str, m: ModelConfig) -> dic
     return out
 
 
-def to_transformers(model: GPT, eos_id: int | None):
-    """The transformers model computing what `model` computes (float32, eval mode)."""
+def to_transformers(model: GPT, eos_id: int | None, vocab: int | None = None):
+    """The transformers model computing what `model` computes (float32, eval mode). `vocab`: the tokenizer's
+    size, where the model's vocabulary is padded past it (model.vocab_size): generation never picks the ids no
+    text has (suppress_tokens), as `vslm sample` does not."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     config = hf_config(model.cfg, eos_id)
@@ -270,8 +273,9 @@ def to_transformers(model: GPT, eos_id: int | None):
                         f"unexpected {unexpected}")
     if model.cfg.tie_embeddings:
         hf.tie_weights()
+    padded = list(range(vocab, model.cfg.vocab_size)) if vocab is not None else []
     hf.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
-                                            do_sample=False)
+                                            do_sample=False, suppress_tokens=padded or None)
     return hf.eval()
 
 
@@ -309,6 +313,9 @@ def hf_tokenizer(tok: Tokenizer):
 
 
 def fast_tokenizer(tok: Tokenizer, context: int):
+    """The transformers tokenizer of the export. It reads the text "<|endoftext|>" as the end-of-text token, with
+    every tokenizer: vslm's data reads it so in a text file, a document's end (vslm.data.sources), though the byte
+    and character tokenizers' own encode() spells it out."""
     from transformers import PreTrainedTokenizerFast
 
     eos = EOS if tok.eos_id is not None else None
@@ -345,9 +352,10 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
     one, lm-evaluation-harness's hf model has no token to start a text from, and the card says so)."""
     from vslm.data.registry import split_name
 
-    summary = _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
+    summary = _summary(run)
     metrics = metrics_at(run, step)
     origin = summary.get("init_from") if isinstance(summary.get("init_from"), dict) else None
+    diverged = summary.get("diverged") if isinstance(summary.get("diverged"), dict) else None
     # the folder by its name (a card leaves this machine: its own paths stay in summary.json), the hash is its identity
     init = f" --init-from-hf {shlex.quote(Path(origin['hf_folder']).name)}" if origin and "hf_folder" in origin else ""
     entry, _ = split_name(cfg.data.source)
@@ -384,6 +392,8 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         + (" (the training text's characters: tokenizer.json drops any other, where vslm refuses it) |"
            if cfg.data.tokenizer == "char" else " |"),
         f"| checkpoint | {checkpoint} |", "",
+        *([f"The run diverged at step {diverged.get('step')} ({diverged.get('what')}): these weights are step "
+           f"{step}'s, trained before it. Check the numbers above before using them.", ""] if diverged else []),
         *([] if eos else [
             "Its tokenizer has no end-of-text token (a character tokenizer of one text): nothing marks the start of "
             "a text, so lm-evaluation-harness's `hf` model needs `prefix_token_id=ID` in its model_args (a token "
@@ -395,6 +405,10 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
     ]
     return "\n".join(lines)
+
+
+def _summary(run: Path) -> dict:
+    return _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
 
 
 def _reproduction(cfg: RunConfig, summary: dict, step: int | None, init: str, origin: dict | None) -> list[str]:
@@ -443,10 +457,12 @@ def check_parity(model: GPT, hf, tokens: int = 16) -> float:
         return (model(x).float() - hf(x).logits.float()).abs().max().item()
 
 
-def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
+def export_run(run: Path, out: Path, checkpoint: Path | None = None,
+               warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
     """Write `out`: config.json, model.safetensors, generation_config.json, the tokenizer, README.md and
     vslm_config.toml. Refused before anything is read when `out` is not empty or the architecture does
-    not map; written into a temporary folder beside `out` and renamed, so a failure leaves nothing."""
+    not map; written into a temporary folder beside `out` and renamed, so a failure leaves nothing. A run
+    that diverged is exported from its newest finite checkpoint with a warning (`warn`) and a line on its card."""
     run, out = Path(run), Path(out)
     _check_out(out)
     family(read_run_config(run).model)  # refuse an unmapped architecture before loading any weights
@@ -459,11 +475,14 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
                         "that run's numbers and config to other weights; export the run it belongs to")
     cfg, model, tok, used = load_run_at(run, checkpoint)  # the newest that reads, without --checkpoint
     kind = family(cfg.model)
-    hf = to_transformers(model, tok.eos_id)
+    hf = to_transformers(model, tok.eos_id, tok.vocab_size)
     diff = check_parity(model, hf)
     if not diff <= PARITY_TOLERANCE:
         raise VSLMError(f"the {FAMILIES[kind]} export's logits differ from the run's by {diff:.2e}; nothing written")
     step = checkpoint_step(used)  # the card's numbers are this checkpoint's, not the run's last logged
+    if isinstance(diverged := _summary(run).get("diverged"), dict):
+        warn(f"warning: {run} diverged at step {diverged.get('step')} ({diverged.get('what')}): exporting "
+             f"{used.name}, from before it (the card says so)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -475,8 +494,7 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
         hf.save_pretrained(tmp, safe_serialization=True)
         fast_tokenizer(tok, cfg.model.context).save_pretrained(tmp)
         _pin_tokenizer_class(tmp)
-        card = model_card(run, cfg, model, kind, str(checkpoint) if checkpoint is not None else used.name, step,
-                          eos=tok.eos_id is not None)
+        card = model_card(run, cfg, model, kind, used.name, step, eos=tok.eos_id is not None)  # (no local path)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         (tmp / "vslm_config.toml").write_text(cfg.to_toml(), encoding="utf-8")
         _check_out(out)

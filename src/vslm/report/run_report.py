@@ -96,15 +96,17 @@ def render(run: RunFiles) -> str:
 
 def unfinished(run: RunFiles) -> str:
     """'unfinished: 32 of 100 steps' when the run's last logged step is short of its config's train.steps
-    (still running, stopped or killed), else ''."""
+    (still running, stopped or killed; with why where it diverged, as summary.json says), else ''."""
     planned = run.config.get("train", {}).get("steps")
     if not run.metrics:  # not even a first step: or its log is gone
         return f"no logged step of {planned:,} (metrics.jsonl is missing or empty)" if isinstance(planned, int) \
             else "no logged step (metrics.jsonl is missing or empty)"
     done = run.metrics[-1].get("step", 0)
+    diverged = run.summary.get("diverged")
+    why = f" (diverged at step {diverged.get('step')}: {diverged.get('what')})" if isinstance(diverged, dict) else ""
     if isinstance(planned, int) and done < planned:
-        return f"unfinished: {done:,} of {planned:,} steps"
-    return ""
+        return f"unfinished: {done:,} of {planned:,} steps{why}"
+    return why.strip(" ()")
 
 
 def _config_section(run: RunFiles) -> tuple[str, str, str]:

@@ -98,6 +98,7 @@ from vslm.train.run_folder import (
     refuse_a_run_folder,
     saved_by_run,
     schedule_moved,
+    update_summary,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
 from vslm.train.trackers import MLflowLog, WandbLog, as_text, flat_values, require
@@ -754,6 +755,7 @@ class Trainer:
                     old = json.loads((self.run_dir / SUMMARY).read_text())
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:  # derived numbers: written anew below
                     self._warn(f"warning: {self.run_dir / SUMMARY} does not read ({e}); writing it anew")
+            old.pop("diverged", None)  # it continues from a finite checkpoint: said again if it diverges again
             history = old.get("config_changes", [])
             if changes := config_changes(self.saved_cfg, self.cfg):
                 history = [*history, {"step": self.step, **{k: list(v) for k, v in changes.items()}}]
@@ -915,6 +917,8 @@ class Trainer:
             kept = f"the last good checkpoint is {newest_good(paths, warn=lambda _: None)[0]}"
         except VSLMError:
             kept = "no good checkpoint was written yet"
+        if self.dist.is_main:  # said in the folder too: its report, an export and a resume read it there
+            update_summary(self.run_dir, diverged={"step": self.step, "what": what})
         raise TrainingDiverged(f"{what} at step {self.step}: training stopped; {kept}")
 
     def check_finite(self, weights: dict[str, torch.Tensor], state: dict) -> None:
