@@ -650,6 +650,22 @@ def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_folder_of_runs_is_never_written_into_a_training_run(tmp_path, capsys):
+    """An experiment, a knowledge experiment, a scaling grid or a capacity sweep given a run folder as --out:
+    refused in one line (dry run or not), the run's files as they were; its report.html would be replaced."""
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *tiny_overrides(train__steps=2), "--out", str(run)]) == 0
+    before = files_in(run)
+    capsys.readouterr()
+    for argv in (["experiment", write_experiment(tmp_path)], ["experiment", write_experiment(tmp_path), "--dry-run"],
+                 ["experiment", "knowledge-retrieval", "--seeds", "1"], ["scaling", "scaling-tiny"],
+                 ["scaling", "scaling-tiny", "--dry-run"], ["facts", "capacity", "--sizes", "1x16", "--seeds", "0"]):
+        assert main([*argv, "--out", str(run)]) == 1, argv
+        err = capsys.readouterr().err
+        assert f"--out {run} holds a training run (config.toml)" in err and err.count("\n") == 1, (argv, err)
+    assert files_in(run) == before
+
+
 def test_what_a_researchers_own_file_gets_wrong_is_one_line_and_the_dry_run_says_it_too(tmp_path, capsys):
     """An experiment sets train.seed itself: an override of it would make every seed one run (a paired test
     then calls the identical runs significant) or be lost. Then: a file that is not UTF-8, an --out that is a

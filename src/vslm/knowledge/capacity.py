@@ -66,6 +66,7 @@ from vslm.train.run_folder import (
     never_checkpointed,
     no_checkpoint_yet,
     read_run_config,
+    refuse_a_run_as_collection,
 )
 from vslm.train.trainer import Trainer, default_callbacks
 
@@ -478,6 +479,7 @@ def run_sweep(out: Path, sizes: list[str], seeds: list[int], settings: CapacityS
                              "sweep (--sizes, --seeds, --exposures and the biographies), not by an override")
     out = Path(out)
     refuse_file_in_the_way(out)
+    refuse_a_run_as_collection(out, "a capacity sweep")
     bio_world(settings.people, settings.world_seed)  # bad settings: one line before anything is trained
     plan = []
     for spec, depth, width in parsed:  # every config checked before the first run

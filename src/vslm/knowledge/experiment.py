@@ -92,7 +92,7 @@ from vslm.lab.stats import (
 from vslm.lab.tables import results_markdown
 from vslm.plain import dumps, plain
 from vslm.report.runs import FACTS as EVAL  # each arm's evaluation, as `vslm facts eval` writes it
-from vslm.train.run_folder import device_of
+from vslm.train.run_folder import device_of, refuse_a_run_as_collection
 
 WORLD_FILES = {"train": "train.txt", "preloaded": "preloaded.txt", "fixed": "fixed.txt"}
 READER = "reader"  # an arm's data: trained by the reader recipe (vslm.knowledge.reader)
@@ -551,6 +551,7 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     refuse_seed_overrides([("the command line", extra_overrides), ("the experiment's overrides", spec.overrides),
                            *((f"arm '{arm.name}'", arm.overrides) for arm in spec.arms)])
     refuse_file_in_the_way(out)
+    refuse_a_run_as_collection(out, "a knowledge experiment")
     check_results_kept(out, seeds)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])

@@ -131,7 +131,15 @@ from vslm.plain import dumps
 from vslm.report.experiment import CORPORA, write_corpora_report, write_experiment_report
 from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
-from vslm.train.run_folder import CHECKPOINTS, CONFIG, device_of, layout_moved, load_run, read_run_config
+from vslm.train.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    device_of,
+    layout_moved,
+    load_run,
+    read_run_config,
+    refuse_a_run_as_collection,
+)
 
 VARIANT_COLUMNS = ("variant", "overrides")
 # cross_eval's main table: each row's val_loss is on its own corpus's text, so rows are not compared there
@@ -390,6 +398,7 @@ def _prepare(raw: dict, label: str, out: Path, seeds: int | None, resolve: float
                           f"{'s' * (looks[0] > 1)} of the first look, and a sweep chooses on seeds the comparison "
                           f"reuses: pass --seeds {spec.sweep_seeds} or more, or --sweep-seeds {looks[0]}")
     refuse_file_in_the_way(out)  # before anything is planned or trained: the dry run says it too
+    refuse_a_run_as_collection(out, "an experiment")
     check_results_kept(out, looks[-1], [v.name for v in spec.variants])
     return spec, seeds, looks
 

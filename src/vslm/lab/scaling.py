@@ -60,6 +60,7 @@ from vslm.model import parameter_count, training_flops_per_token
 from vslm.plain import dumps
 from vslm.report.runs import read_run
 from vslm.report.scaling import FIT, write_scaling_report
+from vslm.train.run_folder import refuse_a_run_as_collection
 
 # set by the grid, never by an override: the size rule and the budgets
 GRID_FIELDS = ("model.width", "model.depth", "model.heads", "model.head_dim", "train.steps", "train.seed")
@@ -301,6 +302,7 @@ def run_scaling(spec_name_or_path: str, out: Path, extra_overrides: Sequence[str
     out = Path(out)
     runs = plan_scaling(spec, out, extra_overrides)
     refuse_file_in_the_way(out)  # the dry run says it too
+    refuse_a_run_as_collection(out, "a scaling grid")
     command = shlex.join(["vslm", "scaling", spec_name_or_path, *extra_overrides, "--out", str(out)])
     if console:
         total = sum(r.tokens for r in runs)

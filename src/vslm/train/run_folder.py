@@ -193,6 +193,14 @@ def holds_run(folder: Path) -> bool:
     return any((Path(folder) / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS))
 
 
+def refuse_a_run_as_collection(folder: Path, what: str, flag: str = "--out") -> None:
+    """Refuses (VSLMError) a folder of runs (an experiment's, a sweep's: `what`) where `folder` holds a training
+    run: its runs and results would go in beside the run's files, and its report.html replace the run's."""
+    if holds_run(folder):
+        raise VSLMError(f"{flag} {folder} holds a training run ({CONFIG}): {what} writes a folder of runs of its "
+                        f"own; pass another {flag}")
+
+
 def refuse_a_run_folder(folder: Path, how_to_continue: str) -> None:
     """Refuses (VSLMError) a new run into a folder that holds one: with `how_to_continue` (the words after
     the folder, which differ between `vslm train` and `vslm demo`), or, where no checkpoint was written,
