@@ -6,6 +6,7 @@ written with `datasets`, SQuAD's original nested JSON), the way a user's offline
 import json
 import math
 import os
+import re
 
 import datasets  # conftest, imported first, has set its environment (no network, caches in a temporary folder)
 import numpy as np
@@ -234,6 +235,9 @@ def test_online_with_a_hub_that_does_not_resolve_says_so_at_once(data_dir, monke
     assert time.monotonic() - started < sources.RESOLVE_WAIT_S and asked == ["huggingface.co"]
     assert "\n" not in str(e.value) and "the Hugging Face hub cannot be reached (huggingface.co does not resolve)" \
         in str(e.value)
+    # the files it looked for and where, as offline: a folder holding another split is no puzzle
+    assert re.search(r"no local copy of its validation split \(wikitext-2/\S+", str(e.value)), str(e.value)
+    assert "train on a file by its path" in str(e.value)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org/mirror")
     assert sources.hub_unresolvable() == "hub.example.org"
     monkeypatch.setenv("HF_ENDPOINT", "mirror.example.org:8080")  # a mirror without a scheme: its own host

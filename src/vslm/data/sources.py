@@ -234,27 +234,29 @@ def _entry_files(entry: Entry, split: str, cfg: DataConfig) -> list[Path] | None
                           f"{', '.join(f'{entry.name}:{s}' for s in known)}")
     files = local_files(entry, split) if cfg.origin != "hub" else None
     if not files and (cfg.origin == "local" or offline() or entry.hub is None):
-        raise VSLMError(_no_local_copy(entry, split, cfg))
+        why = ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
+               else "offline (HF_HUB_OFFLINE is set)")
+        raise VSLMError(_no_local_copy(entry, split, why))
     return files or None
 
 
-def _no_local_copy(entry: Entry, split: str, cfg: DataConfig) -> str:
+def _no_local_copy(entry: Entry, split: str, why: str) -> str:
+    """No local copy of a corpus's split, and `why` the hub is not read: the files looked for, where, the
+    splits that are here, and the ways on."""
     looked = ", ".join(entry.patterns(split)[4:] or entry.patterns(split)[:1])
     others = [s for s in local_splits(entry) if s != split]
-    hint = f"local splits: {', '.join(f'{entry.name}:{s}' for s in others)}; " if others else ""
-    why = ("data.origin = local" if cfg.origin == "local" else "it has no hub copy" if entry.hub is None
-           else "offline (HF_HUB_OFFLINE is set)")
+    hint = (f"the local splits are {', '.join(f'{entry.name}:{s}' for s in others)} (data.source=NAME:SPLIT); "
+            if others else "")
     return (f"data source '{entry.name}': no local copy of its {split} split ({looked}) in "
             f"{', '.join(str(d) for d in data_dirs())}, and {why}; {hint}"
-            f"put the files under $VSLM_DATA_DIR/{entry.folder}/ or go online")
+            f"put the files under $VSLM_DATA_DIR/{entry.folder}/, train on a file by its path, or go online")
 
 
 def _hub_documents(entry: Entry, split: str) -> Iterator[str]:
     """The corpus's records streamed from the hub (only where no local copy is, and its shards are not cached)."""
     if host := hub_unresolvable():
-        raise VSLMError(f"data source '{entry.name}': no local copy of its {split} split, and the Hugging Face hub "
-                        f"cannot be reached ({host} does not resolve); put a local copy under "
-                        f"$VSLM_DATA_DIR/{entry.folder}/ or go online")
+        raise VSLMError(_no_local_copy(entry, split, f"the Hugging Face hub cannot be reached ({host} does not "
+                                                     "resolve)"))
     datasets = _datasets()
     try:
         records = datasets.load_dataset(entry.hub, entry.hub_config, split=split, streaming=True)
