@@ -224,7 +224,8 @@ def test_sigterm_checkpoints_and_stops_and_the_resume_is_exact(tmp_path):
     r = subprocess.run([sys.executable, str(script), "train", "tiny", *words, "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 128 + signal.SIGTERM, r.stderr
-    assert r.stderr.count("\n") == 1 and "SIGTERM: stopped at step 8" in r.stderr and "--resume" in r.stderr
+    assert r.stderr.count("\n") == 1 and "--resume" in r.stderr
+    assert r.stderr.startswith("vslm: SIGTERM: stopped at step 8")  # asked for, not an error
     assert [s for s, _ in list_checkpoints(tmp_path / "r" / "checkpoints")] == [8]  # the next step checkpointed
     r = run_cli("train", "--resume", "--out", tmp_path / "r")
     assert r.returncode == 0, r.stderr

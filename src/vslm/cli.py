@@ -1121,7 +1121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one view and exit")
     p.add_argument("--every", type=float, default=2.0, help="seconds between reads of the files (default 2)")
     p.add_argument("--idle", type=float, default=600.0,
-                   help="stop after this many seconds without a new step: a stopped run (default 600)")
+                   help="stop after this many seconds without a new step (default 600): a fallback, for a run that "
+                        "holds its lock but no longer steps; a run no process trains in is told by its lock at once")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("compare", help="overlay several runs' curves in one HTML page")
@@ -1343,7 +1344,7 @@ def _main(argv: list[str] | None) -> int:
             args.device = str(device_of(args.device, "--device "))  # auto: cuda or cpu
         return args.func(args)
     except VSLMError as e:
-        print(f"vslm: error: {e}", file=sys.stderr)
+        print(f"vslm: {e.label}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("vslm: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ class VSLMError(Exception):
     """
 
     exit_code = 1
+    label = "error: "  # how the CLI introduces the message ("vslm: error: ...")
 
 
 class ConfigError(VSLMError):

@@ -370,7 +370,7 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
 
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [vslm]", "---", "",
-        f"# {cfg.name}", "",
+        f"# {run.resolve().name}", "",  # the run's name: several runs of one config are not one model
         f"A very small language model trained with vslm, exported as `{FAMILIES[kind]}` "
         "(native transformers, no custom code).", "",
         "```python",
@@ -386,6 +386,7 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
         f"| steps | {metrics.get('step', 'not logged')} |",
         f"| validation loss (nats per token) | {num('val_loss', '.4f')} |",
         f"| validation bits per byte | {num('val_bpb', '.4f')} |",
+        f"| config | {cfg.name}, with the run's settings (below) |",
         f"| corpus | {corpus} |",
         f"| corpus license | {license_} |",
         f"| tokenizer | {cfg.data.tokenizer}, vocabulary {summary.get('vocab_size', cfg.model.vocab_size)}"
@@ -401,7 +402,7 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
             ""]),
         "## Training command", "",
         *_reproduction(cfg, summary, step, init, origin),
-        "```sh", f"vslm train vslm_config.toml{init} --out runs/{cfg.name}", "```", "",
+        "```sh", f"vslm train vslm_config.toml{init} --out runs/{shlex.quote(run.resolve().name)}", "```", "",
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
     ]
     return "\n".join(lines)

@@ -182,7 +182,10 @@ class TrainingDiverged(VSLMError):
 
 class TrainingStopped(VSLMError):
     """SIGTERM or SIGINT: the run wrote a checkpoint at the step it was on and stopped; exit 128 + signal.
-    `where`: the signal and the step ("SIGTERM: stopped at step 131"), for a caller's own words on going on."""
+    `where`: the signal and the step ("SIGTERM: stopped at step 131"), for a caller's own words on going on.
+    Asked for, not a fault: the CLI prints it without "error"."""
+
+    label = ""
 
     def __init__(self, message: str, signum: int, where: str = ""):
         super().__init__(message)
