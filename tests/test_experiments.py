@@ -641,8 +641,11 @@ def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["experiment", write_experiment(tmp_path), "--json", "--out", str(out)]) == 2  # not a run's
     assert "--json applies to --dry-run" in capsys.readouterr().err
-    assert main(["experiment", "knowledge", "--dry-run", "--out", str(out)]) == 2
-    assert "--dry-run is for comparisons of variants, not a knowledge experiment" in capsys.readouterr().err
+    assert main(["experiment", "knowledge", "--dry-run", "--out", str(out), "--resolve", "0.02"]) == 2
+    assert "--resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher apply to comparisons of " \
+        "variants" in capsys.readouterr().err
+    assert main(["experiment", "knowledge", "--dry-run", "--out", str(out), "train.seed=3"]) == 2
+    assert "train.seed is the experiment's to set" in capsys.readouterr().err
     assert main(["experiment", write_experiment(tmp_path), "model.width=48", "--dry-run", "--out", str(out)]) == 2
     assert "variants 'narrow' and 'wide' train the same configs" in capsys.readouterr().err
     assert main(["experiment", write_experiment(tmp_path), "data.source=nowhere.txt", "--dry-run"]) != 0

@@ -346,8 +346,27 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     spec = tmp_path / "reader-knowledge.toml"
     spec.write_text(READER_TINY)
     out = tmp_path / "out"
+    # the dry run: each arm's model and budget, checked as the run checks, nothing written
+    assert main(["experiment", str(spec), "--out", str(out), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not out.exists() and plan["kind"] == "knowledge" and plan["seeds"] == 2
+    arms = {r["arm"]: r for r in plan["arms"]}
+    assert list(arms) == ["reader", "closed", "fixed", "student"] and all(not r["seeds_done"] for r in arms.values())
+    assert arms["student"]["params"] == arms["reader"]["params"]  # a copy of its naive arm
+    assert (arms["student"]["steps"], arms["student"]["rows_per_step"]) == (2, 2)
+    assert arms["closed"]["also"] == ["1 LoRA adapter x 2 steps"] and arms["reader"]["also"] == ["relearning 2 steps"]
+    assert plan["tokens_left"] == 2 * sum(r["tokens"] for r in arms.values())
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "2"]) == 0
     assert "seeds on 2 worker processes" in capsys.readouterr().out
+    # what the dry run counted is what trained: parameters, FLOPs and tokens of every trained arm
+    for name in ("reader", "closed", "fixed"):
+        summary = json.loads((out / "seed-0" / name / "summary.json").read_text())
+        last = [json.loads(line) for line in (out / "seed-0" / name / "metrics.jsonl").read_text().splitlines()][-1]
+        assert (summary["params"], summary["flops_per_token"], last["tokens"]) == (
+            arms[name]["params"], arms[name]["flops_per_token"], arms[name]["tokens"]), name
+    assert main(["experiment", str(spec), "--out", str(out), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert all(r["seeds_done"] == [0, 1] for r in plan["arms"]) and plan["tokens_left"] == 0
     words = reader_tokenizer().to_dict()
     for seed in (0, 1):
         reader = json.loads((out / f"seed-{seed}" / "reader" / "reader.json").read_text())

@@ -509,11 +509,10 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         raise UsageError("--variants needs one or more variant names, comma-separated")
     launcher = make_launcher(a.jobs, a.launcher, a.address, a.cpus_per_run)  # its flags checked, dry run or not
     if a.dry_run:
-        from vslm.commands.experiment import print_dry_run
-        from vslm.lab.experiments import dry_run
+        from vslm.commands.experiment import dry_run_experiment, print_dry_run
 
-        plan = dry_run(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep, a.sweep_seeds,
-                       variants)
+        plan = dry_run_experiment(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep,
+                                  a.sweep_seeds, variants)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
@@ -1231,7 +1230,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. --variants ssmax,sigmoid; their runs are the full experiment's, reused either way, and "
                         "the Holm correction counts these (refused where --out holds results of the others)")
     p.add_argument("--dry-run", action="store_true", help="check everything and list the runs (parameters, "
-                   "FLOPs, tokens, what --out already holds); train and write nothing")
+                   "FLOPs, tokens, what --out already holds; a knowledge experiment's arms); train and write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON line")
     launcher_args(p)
     p.set_defaults(func=cmd_experiment)

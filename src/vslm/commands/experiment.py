@@ -32,20 +32,47 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     if kind is None:
         return experiments.run_experiment(spec_name_or_path, out, seeds, extra_overrides, console, launcher, resolve,
                                           max_seeds, sweep, sweep_seeds, variants)
-    if (resolve is not None or max_seeds is not None or sweep or sweep_seeds is not None or variants
-            or (launcher and launcher.kind != "local")):
-        raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher "
-                          "apply to comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: "
-                          "in N worker processes)")
+    _refuse_variant_flags(label, resolve, max_seeds, sweep, sweep_seeds, variants, launcher)
     from vslm.knowledge.experiment import parse_spec, run_knowledge_experiment  # the one kind there is
 
     return run_knowledge_experiment(name, parse_spec(raw, label), Path(out), seeds, extra_overrides, console,
                                     spec_name_or_path, jobs=launcher.jobs if launcher else 1)
 
 
+def dry_run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None,
+                       extra_overrides: Sequence[str] = (), resolve: float | None = None,
+                       max_seeds: int | None = None, sweep: Sequence[str] | None = None,
+                       sweep_seeds: int | None = None, variants: Sequence[str] | None = None) -> dict:
+    """What run_experiment would train, checked as it checks, nothing trained or written: a plain experiment's
+    plan (vslm.lab.experiments.dry_run) or a knowledge experiment's (vslm.knowledge.experiment.plan_knowledge,
+    with "kind": "knowledge")."""
+    name, raw, label = experiments.read_experiment(spec_name_or_path)
+    if experiments.experiment_kind(raw, label) is None:
+        return experiments.dry_run(spec_name_or_path, out, seeds, extra_overrides, resolve, max_seeds, sweep,
+                                   sweep_seeds, variants)
+    _refuse_variant_flags(label, resolve, max_seeds, sweep, sweep_seeds, variants, None)
+    from vslm.knowledge.experiment import parse_spec, plan_knowledge
+
+    return plan_knowledge(name, parse_spec(raw, label), Path(out), seeds, extra_overrides)
+
+
+def _refuse_variant_flags(label: str, resolve, max_seeds, sweep, sweep_seeds, variants,
+                          launcher: Launcher | None) -> None:
+    if (resolve is not None or max_seeds is not None or sweep or sweep_seeds is not None or variants
+            or (launcher and launcher.kind != "local")):
+        raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher "
+                          "apply to comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: "
+                          "in N worker processes)")
+
+
 def print_dry_run(plan: dict, console: Console) -> None:
-    """vslm.lab.experiments.dry_run's answer: a table per corpus, then what would train."""
+    """dry_run_experiment's answer: a table per corpus (per arm, for a knowledge experiment), then what would
+    train."""
     from vslm.lab.tables import print_table
+
+    if plan.get("kind") == "knowledge":
+        _print_knowledge_plan(plan, console)
+        return
 
     looks = plan["looks"]
     seeds = f"{looks[0]} seeds" + (f", up to {looks[-1]} (looks at {', '.join(map(str, looks))})"
@@ -83,3 +110,26 @@ def print_dry_run(plan: dict, console: Console) -> None:
                       f"{', '.join(conflicts[:3])}{' ...' if len(conflicts) > 3 else ''}; move them away or pass "
                       "another --out", highlight=False, markup=False)
 
+
+
+def _print_knowledge_plan(plan: dict, console: Console) -> None:
+    from vslm.lab.tables import print_table
+
+    def count(n: int | float | None) -> str:
+        return "-" if n is None else f"{n:,}"
+
+    seeds = plan["seeds"]
+    columns = ("arm", "trains on", "params", "FLOPs/token", "steps x rows", "tokens/seed", "also", "evaluated")
+    rows = [(r["arm"], r["trains"], count(r["params"]), count(r["flops_per_token"]),
+             f"{r['steps']:,} x {r['rows_per_step']}", f"{r['tokens']:,}", "; ".join(r["also"]) or "-",
+             f"{len(r['seeds_done'])} of {seeds}" if r["evaluate"] else "not evaluated")
+            for r in plan["arms"]]
+    print_table(console, escape(f"{plan['experiment']}: {seeds} seed{'s' * (seeds > 1)}, a world each, in "
+                                f"{plan['folder']}"), columns, rows)
+    unknown = [r["arm"] for r in plan["arms"] if r["params"] is None]
+    flops = "" if unknown else f", {plan['flops_left']:.3g} training FLOPs"
+    console.print(f"{len(plan['arms']) * seeds} arm runs; an arm evaluated in the folder is reused. Left to train at "
+                  f"most: {plan['tokens_left']:,} tokens{flops} (a distilled arm: its student's; not the "
+                  "evaluations, adapters or relearning)."
+                  + (f" {', '.join(unknown)}: parameters from the world's text, counted when it trains." if unknown
+                     else "") + " Nothing was trained, and nothing in the folder written.", highlight=False)

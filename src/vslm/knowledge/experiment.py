@@ -545,24 +545,11 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
     """Every arm x seed (the seeds in `jobs` worker processes), then out/results.json, results.md and
     report.html; returns the results."""
     seeds = spec.seeds if seeds is None else seeds
-    if seeds < 1:
-        raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
     out = Path(out)
-    refuse_seed_overrides([("the command line", extra_overrides), ("the experiment's overrides", spec.overrides),
-                           *((f"arm '{arm.name}'", arm.overrides) for arm in spec.arms)])
-    refuse_file_in_the_way(out)
-    refuse_a_run_as_collection(out, "a knowledge experiment")
-    check_results_kept(out, seeds)
+    configs = check_knowledge(spec, seeds, out, extra_overrides)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])
-    configs = [arm_config(spec, arm, out / "seed-0" / "world", 0, extra_overrides)  # all validated before
-               for arm in spec.arms if not arm.distilled]                          # anything trains
-    from vslm.knowledge.reader import check_curve
-
-    for arm, cfg in zip([arm for arm in spec.arms if not arm.distilled], configs, strict=True):
-        if arm.data == READER:
-            check_curve(reader_settings(arm), cfg)
-    device = str(device_of(configs[0].train.device))  # where the arms train: evaluation and distillation too
+    device = str(device_of(next(iter(configs.values())).train.device))  # where the arms train, evaluate, distil
 
     def say(text: str) -> None:
         if console:
@@ -578,6 +565,73 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
         console.print(markdown(results), highlight=False, markup=False)
         console.print(f"results: {out / 'results.md'}", highlight=False, markup=False)  # the report: printed last
     return results
+
+
+def check_knowledge(spec: KnowledgeSpec, seeds: int, out: Path, extra: Sequence[str]) -> dict[str, RunConfig]:
+    """What a knowledge experiment and its dry run check before anything trains: the seeds, the overrides, the
+    folder and the results it holds, every trained arm's config (returned, by arm) and reading curve."""
+    from vslm.knowledge.reader import check_curve
+
+    if seeds < 1:
+        raise ConfigError(f"an experiment needs at least 1 seed, got {seeds}")
+    refuse_seed_overrides([("the command line", extra), ("the experiment's overrides", spec.overrides),
+                           *((f"arm '{arm.name}'", arm.overrides) for arm in spec.arms)])
+    refuse_file_in_the_way(out)
+    refuse_a_run_as_collection(out, "a knowledge experiment")
+    check_results_kept(out, seeds)
+    configs = {arm.name: arm_config(spec, arm, out / "seed-0" / "world", 0, extra)  # all validated before
+               for arm in spec.arms if not arm.distilled}                       # anything trains
+    for arm in spec.arms:
+        if arm.data == READER:
+            check_curve(reader_settings(arm), configs[arm.name])
+    return configs
+
+
+def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None = None,
+                   extra: Sequence[str] = ()) -> dict:
+    """What `vslm experiment KNOWLEDGE --dry-run` shows, checked as the experiment checks, nothing trained or
+    written: per arm, what it trains on, its model's parameters and training FLOPs per token, its steps x rows
+    and tokens per seed (a distilled arm: the student, a copy of its naive arm), the adapters and relearning it
+    adds, and the seeds `out` holds evaluated (reused); the tokens and FLOPs left to train."""
+    from vslm.knowledge.reader import reader_tokenizer
+    from vslm.lab.runner import build_for_accounting
+    from vslm.model import parameter_count, training_flops_per_token
+
+    seeds = spec.seeds if seeds is None else seeds
+    out = Path(out)
+    configs = check_knowledge(spec, seeds, out, extra)
+    by_name = {arm.name: arm for arm in spec.arms}
+    novel = WorldConfig(**spec.world, seed=0).novel_people
+    rows, left_tokens, left_flops = [], 0, 0.0
+    for arm in spec.arms:
+        own = by_name[arm.naive] if arm.distilled else arm  # a student starts as a copy of its naive arm
+        cfg = configs[own.name]
+        if spec.tokens == "words" or own.data == READER:  # the reader's word vocabulary, fixed
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+                update={"vocab_size": cfg.model.vocab_size or reader_tokenizer().vocab_size})})
+        if cfg.model.vocab_size is None and cfg.data.tokenizer in ("char", "bpe"):
+            params = flops = None  # its vocabulary is the world's text's, made only when the arm trains
+        else:
+            model = build_for_accounting(cfg)
+            params, flops = parameter_count(model), training_flops_per_token(model)
+        steps, rows_per_step = ((arm.steps, arm.batch_size) if arm.distilled
+                                else (cfg.train.steps, cfg.train.batch_size * cfg.train.grad_accum))
+        tokens = steps * rows_per_step * cfg.model.context
+        trains = (f"{arm.method} distillation of {arm.teacher} into a copy of {arm.naive}" if arm.distilled else
+                  "the reader recipe: a fresh small world per example" if arm.data == READER else
+                  f"the world's {WORLD_FILES[arm.data]}" if arm.data in WORLD_FILES else arm.data)
+        groups = -(-novel // spec.group_size)
+        also = ([f"{groups} LoRA adapter{'s' * (groups > 1)} x {arm.adapters} steps"] if arm.adapters else []) + \
+            ([f"relearning {arm.relearn_steps} steps"] if arm.relearn_steps else [])
+        done = [s for s in range(seeds) if (out / f"seed-{s}" / arm.name / EVAL).is_file()
+                and (not arm.relearn_steps or (out / f"seed-{s}" / arm.name / RELEARN).is_file())]
+        left_tokens += tokens * (seeds - len(done))
+        left_flops += (flops or math.nan) * tokens * (seeds - len(done))
+        rows.append({"arm": arm.name, "trains": trains, "params": params, "flops_per_token": flops, "steps": steps,
+                     "rows_per_step": rows_per_step, "context": cfg.model.context, "tokens": tokens, "also": also,
+                     "evaluate": arm.evaluate, "seeds_done": done})
+    return {"experiment": name, "kind": "knowledge", "folder": str(out), "seeds": seeds, "arms": rows,
+            "tokens_left": left_tokens, "flops_left": left_flops}
 
 
 def summarize(name: str, spec: KnowledgeSpec, command: str, per_seed: list[dict[str, dict]]) -> dict:

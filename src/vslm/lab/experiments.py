@@ -722,9 +722,8 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     the run chooses; else (`kept` None) the case that trains most, a choice with none of them finished."""
     name, raw, label = read_experiment(spec_name_or_path)
     if experiment_kind(raw, label) is not None:
-        raise ConfigError(f"{label}: --dry-run is for comparisons of variants, not a {raw['kind']} experiment, "
-                          "whose arms are built on the world each seed generates; `--seeds 1` trains one seed "
-                          "of it, and the same command with more seeds reuses it")
+        raise ConfigError(f"{label} is a {raw['kind']} experiment: its dry run is "
+                          "vslm.commands.experiment.dry_run_experiment's (`vslm experiment --dry-run`)")
     out = Path(out)
     spec, seeds, looks = _prepare(raw, label, out, seeds, resolve, max_seeds, sweep, sweep_seeds, variants)
     plans = _plan_corpora(spec, looks[-1], extra_overrides)

@@ -66,8 +66,8 @@ def print_table(console, title: str, columns: Sequence[str], rows: list[tuple[st
     table = Table(title=title)
     widths = [max(cell_len(col), *(cell_len(row[i]) for row in rows)) for i, col in enumerate(columns)]
     for col, width in zip(columns, widths, strict=True):
-        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right", no_wrap=True,
-                         min_width=width)
+        table.add_column(col, justify="left" if col in ("variant", "verdict", "arm", "trains on", "also") else "right",
+                         no_wrap=True, min_width=width)
     for row in rows:
         table.add_row(*row)
     needed = sum(widths) + 3 * len(widths) + 1  # a space either side of each cell, the borders
