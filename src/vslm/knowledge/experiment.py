@@ -77,7 +77,7 @@ from vslm.errors import ConfigError, VSLMError, refuse_file_in_the_way, repeated
 from vslm.files import write_text
 from vslm.knowledge.folder import load_world_folder, world_key, write_world_folder
 from vslm.knowledge.world import WorldConfig
-from vslm.lab.experiments import check_results_kept, refuse_seed_overrides
+from vslm.lab.experiments import check_results_kept, refuse_seed_overrides, run_state
 from vslm.lab.runner import train_or_reuse
 from vslm.lab.stats import (
     MIN_SEEDS,
@@ -623,15 +623,31 @@ def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None 
         groups = -(-novel // spec.group_size)
         also = ([f"{groups} LoRA adapter{'s' * (groups > 1)} x {arm.adapters} steps"] if arm.adapters else []) + \
             ([f"relearning {arm.relearn_steps} steps"] if arm.relearn_steps else [])
-        done = [s for s in range(seeds) if (out / f"seed-{s}" / arm.name / EVAL).is_file()
-                and (not arm.relearn_steps or (out / f"seed-{s}" / arm.name / RELEARN).is_file())]
-        left_tokens += tokens * (seeds - len(done))
-        left_flops += (flops or math.nan) * tokens * (seeds - len(done))
+        done = [s for s in range(seeds) if _arm_done(spec, arm, out, s, extra)]
+        if left := seeds - len(done):
+            left_tokens += tokens * left
+            left_flops += (math.nan if flops is None else flops) * tokens * left
         rows.append({"arm": arm.name, "trains": trains, "params": params, "flops_per_token": flops, "steps": steps,
                      "rows_per_step": rows_per_step, "context": cfg.model.context, "tokens": tokens, "also": also,
                      "evaluate": arm.evaluate, "seeds_done": done})
     return {"experiment": name, "kind": "knowledge", "folder": str(out), "seeds": seeds, "arms": rows,
             "tokens_left": left_tokens, "flops_left": left_flops}
+
+
+def _arm_done(spec: KnowledgeSpec, arm: Arm, out: Path, seed: int, extra: Sequence[str]) -> bool:
+    """Whether seed `seed`'s arm is done in `out` (the run reuses it): evaluated, or for an arm not evaluated,
+    distilled, read or trained to its last step; and its relearning test, where it has one."""
+    from vslm.knowledge.distill import RESULT as DISTILLED
+    from vslm.knowledge.reader import RESULT as READ
+
+    folder = out / f"seed-{seed}" / arm.name
+    if arm.relearn_steps and not (folder / RELEARN).is_file():
+        return False
+    if arm.evaluate:
+        return (folder / EVAL).is_file()
+    if arm.distilled or arm.data == READER:
+        return (folder / (DISTILLED if arm.distilled else READ)).is_file()
+    return run_state(arm_config(spec, arm, out / f"seed-{seed}" / "world", seed, extra), folder) == "finished"
 
 
 def summarize(name: str, spec: KnowledgeSpec, command: str, per_seed: list[dict[str, dict]]) -> dict:
