@@ -34,15 +34,83 @@ def test_a_run_draws_on_its_own_random_stream_and_leaves_the_sessions_as_it_was(
 
 
 def test_a_runs_threads_are_its_own_and_the_sessions_come_back(tmp_path):
+    """train.threads while the corpus is prepared and while it trains; the session's count in between (a
+    Trainer built only to look at its model changes nothing) and after."""
+    from vslm.train.callbacks import Callback
+
+    class Threads(Callback):
+        seen: list[int] = []
+
+        def on_step_end(self, trainer, metrics) -> None:
+            self.seen.append(torch.get_num_threads())
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        trainer = Trainer(load_config("tiny", tiny_overrides(train__steps=2, train__threads=1)), tmp_path / "r")
-        assert torch.get_num_threads() == 1
-        trainer.fit()
+        cfg = load_config("tiny", tiny_overrides(train__steps=2, train__threads=1))
+        trainer = Trainer(cfg, tmp_path / "r", callbacks=[*default_callbacks(cfg), Threads()])
         assert torch.get_num_threads() == 2
+        torch.set_num_threads(3)  # the session's own, changed between Trainer() and fit(): put back after
+        trainer.fit()
+        assert Threads.seen == [1, 1] and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_what_a_notebook_hands_over_is_checked_before_anything_is_written(tmp_path):
+    """A model for another tokenizer or a shorter context (Trainer(model=...)): one ConfigError in Trainer(), no
+    folder (it was an IndexError deep in torch mid-fit, and a folder a retry refused). A field assigned by hand:
+    GPT() and save_config() name it (a 30-wide attention on width 32 was built; a config.toml no load read was
+    written). GPT(cfg) for GPT(cfg.model) says so."""
+    from vslm.config import save_config
+    from vslm.model import GPT
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=3))
+    for words, message in ((["model.vocab_size=30"], "has vocab_size 30, fewer than the tokenizer's 58 ids"),
+                           (["model.vocab_size=58", "model.context=16", "logging.probe_every=0"],
+                            "has context 16, shorter than the config's model.context 32")):
+        model = GPT(load_config("tiny", words).model)
+        with pytest.raises(ConfigError, match=message):
+            Trainer(cfg, tmp_path / "x", model=model)
+        assert not (tmp_path / "x").exists()
+    assert Trainer(cfg, tmp_path / "x", model=GPT(load_config("tiny", ["model.vocab_size=58"]).model)).fit()
+    hand = load_config("tiny", ["model.vocab_size=100"])
+    hand.model.heads = 5
+    with pytest.raises(ConfigError, match=r"^config error: model: width 32 is not divisible by heads 5$"):
+        GPT(hand.model)
+    hand.model.heads, hand.model.width = 4, "big"
+    with pytest.raises(ConfigError, match=r"^config error: model.width: Input should be a valid integer"):
+        GPT(hand.model)
+    with pytest.raises(ConfigError, match=r"GPT\(cfg.model\)"):
+        GPT(load_config("tiny", ["model.vocab_size=100"]))
+    cfg.train.steps = "300"
+    with pytest.raises(ConfigError, match="train.steps"):
+        save_config(cfg, tmp_path / "saved.toml")
+    assert not (tmp_path / "saved.toml").exists()
+
+
+def test_loading_a_run_leaves_the_sessions_random_stream_as_it_was(tmp_path):
+    """load_run (and what reads a run through it: eval, facts eval, export) and shape's snapshots build the
+    model before loading its weights: that init draws nothing from the session's stream."""
+    from vslm.commands.shape import shape_course, shape_run
+    from vslm.report.runs import read_run
+
+    cfg = load_config("tiny", tiny_overrides(train__steps=2, train__snapshots="true"))
+    Trainer(cfg, tmp_path / "r").fit()
+    for call in (lambda: load_run(tmp_path / "r"),
+                 lambda: shape_course(tmp_path / "r", "Tom had", " Tom said")):
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        call()
+        assert torch.equal(torch.rand(3), expected)
+    # one prompt given alone is one prompt, not its characters
+    shaped = shape_run(tmp_path / "r", "Tom had", " Tom said", samples=1, sample_tokens=4)
+    assert shaped["labels"] == ["(empty)", "Tom had"]
+    assert shape_course(tmp_path / "r", "Tom had", " Tom said")["prompts"] == ["Tom had"]
+    # what a notebook cell ending in read_run shows: one line
+    assert repr(read_run(tmp_path / "r")) == (f"RunFiles('{tmp_path / 'r'}': config 'tiny', 2 metrics rows to "
+                                              "step 2, 3 probe rows)")
 
 
 def test_logging_samples_writes_them_from_python_and_a_run_stopped_early_samples_nothing(tmp_path):

@@ -20,3 +20,15 @@ def test_dumps_writes_strict_json_with_null_for_undefined_numbers_and_plain_nump
     assert plain(np.float64(2.5)) == 2.5 and type(plain(np.float64(2.5))) is float
     with pytest.raises(TypeError):  # not a JSON value, said at once rather than written as garbage
         dumps({"set": {1, 2}})
+
+
+def test_listed_takes_one_word_as_one_and_refuses_what_is_not_words(tmp_path):
+    """A notebook's "train.steps=20" (or a Path) where a list is meant: one item, not its characters (they
+    were 't', 'r', ... to run_experiment, 15 one-letter prompts to shape_run)."""
+    from vslm.plain import listed
+
+    assert listed("train.steps=20", "overrides") == ["train.steps=20"]
+    assert listed(tmp_path / "a.txt", "names") == [str(tmp_path / "a.txt")]
+    assert listed(["a", tmp_path], "names") == ["a", str(tmp_path)] and listed(None, "x") == []
+    with pytest.raises(TypeError, match="variants: a string or a list of strings, got"):
+        listed([1, 2], "variants")

@@ -216,7 +216,7 @@ def test_busy_or_used_run_folder_is_refused(tmp_path, capsys):
         assert main(["demo", "--out", str(early)]) == 1
         assert "in use by another process" in capsys.readouterr().err
     assert main(["demo", "--out", str(early)]) == 1  # not in use: the demo gives the same way on
-    how = f"`vslm train --resume --out {early}` trains it again from step 0"
+    how = f"`vslm train --resume --out {early}` (resume=True in Python) trains it again from step 0"
     assert "already holds a run that stopped before its first checkpoint" in (err := capsys.readouterr().err)
     assert how in err
     # not in use: both commands give the one way on, not each other

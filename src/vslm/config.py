@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import tomllib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -893,5 +894,66 @@ def _brought_in_by(err: dict, chain: list[tuple[str, dict]], overrides: list[str
     return None  # the overrides alone fail it
 
 
+def checked_model(model: Any) -> ModelConfig:
+    """A ModelConfig validated again, as GPT() builds it (a notebook may have assigned a field since it was made:
+    `cfg.model.heads = 5` on width 32 is one line naming the field, not a model of 30-wide attention); a
+    ConfigError for it, or for a config of another kind (GPT(cfg) where GPT(cfg.model) was meant)."""
+    from pydantic_core import PydanticSerializationError
+
+    if not isinstance(model, ModelConfig):
+        raise ConfigError("a GPT is built from a model config: GPT(cfg.model)" if isinstance(model, RunConfig) else
+                          f"a GPT is built from a ModelConfig (cfg.model), not a {type(model).__name__}")
+    try:
+        with warnings.catch_warnings():  # pydantic's note on a value of the wrong type: the validation names it
+            warnings.simplefilter("ignore")
+            raw = model.model_dump(mode="json", exclude_none=True)
+        return ModelConfig.model_validate(raw, context={"saved": True, "shared": True})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"config error: {'.'.join(['model', *map(str, err['loc'])])}: "
+                          f"{err['msg'].removeprefix('Value error, ')}") from None
+    except PydanticSerializationError as e:  # a value assigned that is not data at all
+        raise ConfigError(f"config error: model: {str(e).splitlines()[0]}") from None
+
+
+def revalidated(cfg: RunConfig) -> RunConfig:
+    """A RunConfig validated again: a notebook may have assigned a field since it was loaded (`cfg.train.steps =
+    "3"` is one line naming the field here, not a TypeError mid-run, nor a config.toml a later load refuses). The
+    checks that a plan's configs skip (an idle shared setting) or a saved config skips stay skipped: they were
+    passed where the config was made."""
+    from pydantic_core import PydanticSerializationError
+
+    try:
+        with warnings.catch_warnings():  # pydantic's note on a value of the wrong type: validate names it below
+            warnings.simplefilter("ignore")
+            raw = cfg.to_raw()
+    except PydanticSerializationError as e:  # a value assigned that is not data at all
+        where = unserialisable_field(cfg)
+        raise ConfigError(f"config error: {where + ': ' if where else ''}{str(e).splitlines()[0]}") from None
+    return validate(raw, saved=True, shared=True)
+
+
+def unserialisable_field(model: BaseModel, prefix: str = "") -> str | None:
+    """The dotted name of the first field of `model` (sections and lists of blocks gone into) whose value is
+    not data (an object assigned by hand), None if every one is."""
+    from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, list | tuple) else [(None, value)]
+        for i, item in items:
+            here = f"{prefix}{name}" if i is None else f"{prefix}{name}.{i}"
+            if isinstance(item, BaseModel):
+                if found := unserialisable_field(item, here + "."):
+                    return found
+                continue
+            try:
+                to_jsonable_python(item)
+            except PydanticSerializationError:
+                return here
+    return None
+
+
 def save_config(cfg: RunConfig, path: Path) -> None:
-    write_text(path, cfg.to_toml())
+    """cfg as TOML at path, validated again first (revalidated): what is written loads back."""
+    write_text(path, revalidated(cfg).to_toml())

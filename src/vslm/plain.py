@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 
 def plain(obj, digits: int | None = None):
@@ -30,3 +31,17 @@ def dumps(obj, indent: int | None = None, digits: int | None = None) -> str:
     """obj as strict JSON (null where a number is undefined): what every result file and --json print writes,
     so that any JSON reader, not only Python's, reads it."""
     return json.dumps(plain(obj, digits), indent=indent, allow_nan=False)
+
+
+def listed(value, what: str) -> list[str]:
+    """A Python caller's list of words (overrides, prompts, corpus names, variant names): one string or path
+    as a list of one, never its characters one by one; None as []. Anything else that is not strings: a
+    TypeError naming `what`."""
+    if value is None:
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [os.fspath(value)]
+    words = list(value)
+    if not all(isinstance(w, str | os.PathLike) for w in words):
+        raise TypeError(f"{what}: a string or a list of strings, got {value!r}")
+    return [os.fspath(w) for w in words]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vslm.errors import VSLMError
-from vslm.plain import dumps
+from vslm.plain import dumps, listed
 from vslm.probes import shape_metrics
 from vslm.probes.shape import decay
 from vslm.progress import quiet
@@ -60,7 +60,8 @@ def _encode(cfg, tokenizer, prompts: list[str], continuation: str) -> tuple[list
 
 def shape_run(run: Path, prompts: list[str], continuation: str, samples: int = 8, sample_tokens: int = 100,
               seed: int = 0, track: Callable = quiet) -> dict:
-    """The measurements as plain lists (JSON-ready)."""
+    """The measurements as plain lists (JSON-ready); `prompts` a list of strings (or one alone)."""
+    prompts = listed(prompts, "prompts")
     cfg, model, tokenizer = load_run(run)
     prompt_ids, target_ids = _encode(cfg, tokenizer, prompts, continuation)
     m = shape_metrics(model, prompt_ids, target_ids, empty_id=tokenizer.eos_id)
@@ -103,6 +104,7 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
     from vslm.train.checkpoint import check_fits, list_checkpoints, load_checkpoint
     from vslm.train.run_folder import CHECKPOINTS, SNAPSHOTS, TOKENIZER, read_run_config
 
+    prompts = listed(prompts, "prompts")
     run = Path(run)
     saved_cfg = read_run_config(run)  # a folder that is no run: said so first
     saved = dict(list_checkpoints(run / SNAPSHOTS))
@@ -114,7 +116,7 @@ def shape_course(run: Path, prompts: list[str], continuation: str, track: Callab
         raise VSLMError(f"--over-training needs snapshots of {run} at two steps or more, and {why}")
     # the model without weights: each step's are loaded below (a diverged snapshot gives its NaN row)
     cfg, tokenizer = saved_cfg, load_tokenizer(run / TOKENIZER)
-    model = GPT(cfg.model).eval()
+    model = GPT.for_weights(cfg.model).eval()
     prompt_ids, target_ids = _encode(cfg, tokenizer, prompts, continuation)
     rows, js_by_step = [], []
     for step in track(sorted(saved), f"measuring {len(saved)} snapshots"):

@@ -42,6 +42,7 @@ from vslm.data.sources import TEXT_FIELD_HINT, check_source, local_files, open_s
 from vslm.data.tokenizer import Tokenizer
 from vslm.errors import UsageError, VSLMError
 from vslm.model import GPT
+from vslm.plain import listed
 from vslm.progress import quiet
 from vslm.train.run_folder import load_run, read_summary
 from vslm.train.trainer import long_rows_divisor, text_nll_and_bytes
@@ -267,7 +268,7 @@ def evaluate_run(run: Path, names: list[str], checkpoint: Path | None = None, ma
     """Each corpus of `names` (one may be given alone) at each length (`--lengths`: windows of that many times
     the context; past 1, RoPE models only, refused first with the reason). `text_field`: the field holding the
     text in JSON lines and parquet files given by path (default: the run's data.text_field)."""
-    names = [names] if isinstance(names, str) else names
+    names = listed(names, "names")  # one name or path alone, or a list; paths as str
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
     trained = read_summary(Path(run))
     if max(lengths) > 1 and (why := model.slide_refusal()) is not None:

@@ -666,7 +666,7 @@ def init_from_hf(cfg: RunConfig, folder: Path, overrides: Sequence[str] = ()) ->
         raise UsageError(f"--init-from-hf {folder}: the checkpoint sets the architecture, and {' '.join(dropped)} "
                          "is not its value; leave it out (model.dropout and the init fields are the config's)")
     weights = from_hf_state(state, kind, new.model)
-    gpt = GPT(new.model)
+    gpt = GPT.for_weights(new.model)
     try:
         gpt.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -127,7 +127,7 @@ from vslm.lab.tables import (
     transfer_rows,
 )
 from vslm.model import parameter_count, training_flops_per_token
-from vslm.plain import dumps
+from vslm.plain import dumps, listed
 from vslm.report.experiment import CORPORA, write_corpora_report, write_experiment_report
 from vslm.report.runs import RunFiles, diagnostics_summary, dynamics_summary, read_run
 from vslm.train.checkpoint import list_checkpoints
@@ -656,6 +656,8 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     and these are trained and compared (`--variants`; the multiple-comparison correction counts these).
     An experiment of another kind (`kind = "knowledge"`) is refused here: `vslm experiment`
     (vslm.commands.experiment.run_experiment) runs every kind."""
+    extra_overrides, sweep = listed(extra_overrides, "extra_overrides"), listed(sweep, "sweep") or None
+    variants = None if variants is None else listed(variants, "variants")
     name, raw, label = read_experiment(spec_name_or_path)
     if "kind" in raw:
         raise ConfigError(f"{label} is a {raw['kind']} experiment: run it with `vslm experiment` "
@@ -720,6 +722,8 @@ def dry_run(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_o
     in use by another process, and of other settings (the real run refuses the last two, naming them). A sweep's
     later seeds are one row: the kept choice's (`kept`) where every choice's sweep seeds are finished, chosen as
     the run chooses; else (`kept` None) the case that trains most, a choice with none of them finished."""
+    extra_overrides, sweep = listed(extra_overrides, "extra_overrides"), listed(sweep, "sweep") or None
+    variants = None if variants is None else listed(variants, "variants")
     name, raw, label = read_experiment(spec_name_or_path)
     if experiment_kind(raw, label) is not None:
         raise ConfigError(f"{label} is a {raw['kind']} experiment: its dry run is "

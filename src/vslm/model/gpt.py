@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vslm.config import BlockSpec, ModelConfig
+from vslm.config import BlockSpec, ModelConfig, checked_model
+from vslm.errors import ConfigError
 from vslm.model.attention import Attention, KVCache
 from vslm.model.layers import MLP, DepthLoRA, HookPoint, Scale, dropout, make_norm, partial_identity_, unit
 from vslm.progress import quiet
@@ -105,8 +106,10 @@ def check_sampling(temperature: float, top_k: int | None) -> None:
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        checked_model(cfg)  # fields assigned since it was made: one line naming the field, not a wrong model
         if cfg.vocab_size is None:
-            raise ValueError("model.vocab_size must be set (the trainer sets it from the tokenizer)")
+            raise ConfigError("model.vocab_size must be set (the trainer sets it from the tokenizer; "
+                              "vslm.lab.runner.build_for_accounting counts a config's model without one)")
         self.cfg = cfg
         self.specs = cfg.block_specs()
         self.order = cfg.depth_order()
@@ -146,6 +149,13 @@ class GPT(nn.Module):
         self.hooks = nn.ModuleDict({name: nn.ModuleList(HookPoint() for _ in self.order)
                                     for name in ("resid_pre", "attn", "resid_post")})
         self.reset_parameters()
+
+    @classmethod
+    def for_weights(cls, cfg: ModelConfig) -> GPT:
+        """A GPT whose weights the caller loads next (a checkpoint, a snapshot): its random init, replaced,
+        draws nothing from the session's random stream (a notebook's seed-then-load stays reproducible)."""
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: no device's stream is drawn on
+            return cls(cfg)
 
     def reset_parameters(self) -> None:
         """N(0, init_std) for every matrix, residual output projections scaled by 1/sqrt(2 * depth);

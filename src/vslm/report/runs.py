@@ -41,6 +41,12 @@ class RunFiles:
     samples: str = ""
     facts: dict = field(default_factory=dict)  # the last `vslm facts eval` of the run, if any
 
+    def __repr__(self) -> str:  # a notebook cell that ends in read_run(...): a line, not every row of the run
+        last = self.metrics[-1].get("step") if self.metrics else None
+        return (f"RunFiles({str(self.folder)!r}: config {self.name!r}, {len(self.metrics)} metrics rows"
+                f"{f' to step {last}' if last is not None else ''}, {len(self.probes)} probe rows"
+                f"{', a facts evaluation' if self.facts else ''})")
+
     @property
     def name(self) -> str:
         return self.config.get("name") or self.folder.name

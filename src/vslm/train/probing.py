@@ -271,7 +271,7 @@ def probe_snapshots(run_dir: Path, out: Path | None = None, track: Callable = qu
     probes = build_probe_set(corpus, cfg.model.context, cfg.model.vocab_size,
                              cfg.logging.probe_windows, cfg.logging.induction_length,
                              cfg.logging.induction_support, cfg.logging.icl_short)
-    model = GPT(cfg.model)
+    model = GPT.for_weights(cfg.model)
     lines = []
     for step, path in track(snapshots, f"probing the snapshots of {run_dir}"):
         weights, _ = load_checkpoint(path)

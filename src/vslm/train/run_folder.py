@@ -142,8 +142,8 @@ def before_first_checkpoint(saved: RunConfig, folder: Path) -> str:
     if tc.checkpoint_minutes:
         due.append(f"every {tc.checkpoint_minutes:g} minutes")
     return (f"it stopped before its first checkpoint (train.checkpoint_every/checkpoint_minutes: "
-            f"{' or '.join(due) or 'at the end'}); `vslm train --resume --out {folder}` trains it again from step 0, "
-            "or train into another --out")
+            f"{' or '.join(due) or 'at the end'}); `vslm train --resume --out {folder}` (resume=True in Python) "
+            "trains it again from step 0, or train into another --out")
 
 
 def never_checkpointed(folder: Path, saved: RunConfig) -> bool:
@@ -340,7 +340,7 @@ def load_run_at(folder: Path, checkpoint: Path | None = None,
                             f"{folder / CHECKPOINTS})")
     else:
         checkpoint, weights, _ = newest_good(_saved(folder), device)
-    model = GPT(cfg.model).to(device)
+    model = GPT.for_weights(cfg.model).to(device)
     if cfg.model.peaked_schedule() and (why := schedule_moved(folder, cfg.model, parameter_count(model),
                                                                training_flops_per_token(model))):
         raise VSLMError(f"{folder}: {why}; its weights are of another model than its config builds now")

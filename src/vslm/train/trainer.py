@@ -36,7 +36,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial, wraps
@@ -45,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
 
 from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
@@ -125,49 +123,17 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[object, ob
 
 
 def checked_config(cfg: RunConfig | str | Path, resume: bool = False) -> RunConfig:
-    """The config a Trainer trains: a RunConfig validated again (a notebook may have assigned a field since
-    it was loaded: `cfg.train.steps = "3"` is one line naming the field here, not a TypeError mid-run), or a
-    built-in name or TOML path loaded (resume: as a run's own config, load_config's `saved`). The checks that
-    a plan's configs skip (an idle shared setting) or a saved config skips stay skipped: they were passed
-    where the config was made."""
-    from pydantic_core import PydanticSerializationError
-
-    from vslm.config import load_config, validate
+    """The config a Trainer trains: a RunConfig validated again (vslm.config.revalidated: a notebook may have
+    assigned a field since it was loaded), or a built-in name or TOML path loaded (resume: as a run's own
+    config, load_config's `saved`)."""
+    from vslm.config import load_config, revalidated
 
     if isinstance(cfg, (str, Path)):
         return load_config(str(cfg), saved=resume)
     if not isinstance(cfg, RunConfig):
         raise UsageError(f"a Trainer trains a RunConfig (vslm.config.load_config), a config name or a TOML path, "
                          f"not a {type(cfg).__name__}")
-    try:
-        with warnings.catch_warnings():  # pydantic's note on a value of the wrong type: validate names it below
-            warnings.simplefilter("ignore")
-            raw = cfg.to_raw()
-    except PydanticSerializationError as e:  # a value assigned that is not data at all
-        where = unserialisable_field(cfg)
-        raise ConfigError(f"config error: {where + ': ' if where else ''}{str(e).splitlines()[0]}") from None
-    return validate(raw, saved=True, shared=True)
-
-
-def unserialisable_field(model: BaseModel, prefix: str = "") -> str | None:
-    """The dotted name of the first field of `model` (sections and lists of blocks gone into) whose value is
-    not data (an object assigned by hand), None if every one is."""
-    from pydantic_core import PydanticSerializationError, to_jsonable_python
-
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        items = list(enumerate(value)) if isinstance(value, list | tuple) else [(None, value)]
-        for i, item in items:
-            here = f"{prefix}{name}" if i is None else f"{prefix}{name}.{i}"
-            if isinstance(item, BaseModel):
-                if found := unserialisable_field(item, here + "."):
-                    return found
-                continue
-            try:
-                to_jsonable_python(item)
-            except PydanticSerializationError:
-                return here
-    return None
+    return revalidated(cfg)
 
 
 def last_logged(run_dir: Path, step: int) -> dict:
@@ -278,17 +244,32 @@ def set_threads(threads: int, warn: bool = True, job: str = "training", setting:
     return n
 
 
-def _threads_back_on_error(init: Callable) -> Callable:
-    """Trainer.__init__ sets train.threads before the corpus is prepared; where it then fails, the session's
-    thread count is put back (fit() puts it back after a run)."""
+def check_given_model(model: torch.nn.Module, vocab: int, context: int) -> None:
+    """A model handed to the Trainer (model=) that cannot take the run's batches, refused before anything is
+    written: fewer embeddings than the tokenizer has ids, or a context shorter than the config's windows. A
+    model without a GPT's `cfg` (another kind) is the caller's to match."""
+    own = getattr(model, "cfg", None)
+    size, reach = getattr(own, "vocab_size", None), getattr(own, "context", None)
+    if isinstance(size, int) and size < vocab:
+        raise ConfigError(f"the model given (model=) has vocab_size {size}, fewer than the tokenizer's {vocab} ids: "
+                          "build it from the run's config (model.vocab_size) or train with its tokenizer")
+    if isinstance(reach, int) and reach < context:
+        raise ConfigError(f"the model given (model=) has context {reach}, shorter than the config's model.context "
+                          f"{context}, the length of every batch: set model.context={reach} or build the model "
+                          "from the config")
+
+
+def _threads_back(init: Callable) -> Callable:
+    """Trainer.__init__ sets train.threads for the corpus's preparation; the session's thread count is put back
+    when it returns or fails (fit() sets them again for the run, and puts the session's back after it): a Trainer
+    built to look at its model changes nothing in the session."""
     @wraps(init)
     def wrapped(self, *args, **kwargs) -> None:
         threads = torch.get_num_threads()
         try:
             init(self, *args, **kwargs)
-        except BaseException:
+        finally:
             torch.set_num_threads(threads)
-            raise
     return wrapped
 
 
@@ -355,7 +336,7 @@ class Trainer:
     source whose batches are not this rank's share already (no `shard` attribute, as
     WindowSampler has) is sharded by rows: each rank keeps rows rank, rank + world, ... ."""
 
-    @_threads_back_on_error
+    @_threads_back
     def __init__(self, cfg: RunConfig | str | Path, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
                  objective: Objective | None = None, batches=None, checkpoint: Path | None = None,
@@ -387,8 +368,7 @@ class Trainer:
         if corpus is None:  # a source that cannot be read is refused here, not after the warnings and "Preparing"
             check_source(cfg.data)
         # after the refusals (a warning about cores above a one-line refusal reads as part of it), before the corpus;
-        # the session's own count is put back when fit() ends (a notebook's next run starts from it)
-        self.session_threads = torch.get_num_threads()
+        # the session's own count is put back when __init__ returns, and again when fit() ends
         set_threads(cfg.train.threads, warn=self.device.type == "cpu")
         if on_prepare is not None and self.dist.is_main:  # `vslm train`'s "Preparing the corpus": after the refusals
             on_prepare()
@@ -402,6 +382,8 @@ class Trainer:
             why = (" (the run's config.toml took it from the corpus it first read, which has gained symbols since: "
                    "train anew into another --out)" if self.restart else "")
             raise VSLMError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {vocab}{why}")
+        if model is not None:
+            check_given_model(model, vocab, cfg.model.context)
         self.cfg = cfg
         tc = cfg.train
         cuda = self.device.type == "cuda"
@@ -632,7 +614,8 @@ class Trainer:
         stops at once). A run resumed at its last step trains nothing, writes nothing and says so.
         The run draws on its own random stream, and the session's stream, thread count and float32 matmul
         precision are as they were after it (Trainer.__init__)."""
-        session_precision = torch.get_float32_matmul_precision()
+        session_precision, self.session_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+        set_threads(self.cfg.train.threads, warn=False)  # (said in __init__, where other processes were counted)
         if self.device.type == "cuda":  # this run's peak (peak_gpu_mb), not that of a run before it in the process
             torch.cuda.reset_peak_memory_stats(self.device)
             torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32, in this run
