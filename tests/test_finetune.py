@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import files_in, tiny_overrides
+from vslm.cli import main
 from vslm.config import load_config
 from vslm.data.answers import AnswerSampler
 from vslm.data.shards import prepare_corpus
@@ -60,7 +61,7 @@ def task(kind, setup):
 
 
 @pytest.mark.parametrize("kind", ["adapter", "distill", "relearn"])
-def test_an_interrupted_fine_tune_resumes_bit_for_bit(setup, kind):
+def test_an_interrupted_fine_tune_resumes_bit_for_bit(setup, kind, capsys):
     tmp, _, corpus, _, _ = setup
     whole = tmp / f"{kind}-whole"
     model, objective, batches = task(kind, setup)
@@ -93,6 +94,15 @@ def test_an_interrupted_fine_tune_resumes_bit_for_bit(setup, kind):
     done = fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), whole, model3, corpus,
                      objective3, batches3)
     assert done["loss"] == final["loss"] and len(lines(whole)) == 6
+    err = capsys.readouterr().err  # no train.steps to raise: the command that started it sets its steps
+    assert "is already at its last step (6 = train.steps): nothing to train" in err and "extends it" not in err
+    # `vslm train --resume` would go on with the config's text and the next-token loss: refused, nothing touched
+    own = {"adapter": "AnswerSampler", "relearn": "AnswerSampler", "distill": "DistillBatches, Distillation"}[kind]
+    before = files_in(cut)
+    assert main(["train", "--resume", "--out", str(cut), "train.steps=9"]) == 2
+    err = capsys.readouterr().err
+    assert f"it trains with batches or an objective of its own ({own})" in err and err.count("\n") == 1, err
+    assert files_in(cut) == before
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model3.state_dict().values(),
                                                  strict=True))
 

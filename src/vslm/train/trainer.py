@@ -93,6 +93,7 @@ from vslm.train.run_folder import (
     no_checkpoint_yet,
     read_metrics,
     read_run_config,
+    read_summary,
     refuse_a_run_folder,
     saved_by_run,
     schedule_moved,
@@ -359,6 +360,9 @@ class Trainer:
         with self.dist.main_first():  # rank 0 judges the lock alone (two ranks taking it would refuse each other);
             if self.dist.is_main:     # the others wait for its verdict, so that no rank calls a live folder deletable
                 check_not_in_use(self.run_dir)
+        # batches or an objective of the caller's (a fine-tune, the reader, a distillation, a capacity run): said in
+        # summary.json, so that `vslm train --resume` (which rebuilds both from the config) refuses the folder
+        self.own_training = ", ".join(type(x).__name__ for x in (batches, objective) if x is not None)
         if resume:
             cfg = self._check_resumable(cfg, built_here=model is None)
         else:  # before the corpus is prepared: a refusal in the first second, not after the data's minutes
@@ -425,7 +429,7 @@ class Trainer:
         self.batches = batches or default_batches(cfg, self.corpus, self.dist.rank, self.dist.world)
         # `vslm train --resume` rebuilds a run's batches and objective from its config only: a fine-tune, a reader or
         # a capacity run (batches or an objective of their own) is continued by the command that started it
-        self.from_config = batches is None and objective is None
+        self.from_config = not self.own_training
         self.shard_rows = self.dist.world > 1 and not hasattr(self.batches, "shard")
         if self.shard_rows and tc.batch_size % self.dist.world:
             raise VSLMError(f"train.batch_size {tc.batch_size} (the global batch) is not divisible by the "
@@ -468,6 +472,10 @@ class Trainer:
         """The run's saved config against `cfg`, and what there is to continue from; `built_here`: the model is
         GPT(cfg.model), whose layout is checked now, on the meta device, before the corpus is prepared."""
         self.saved_cfg = saved = read_run_config(self.run_dir)
+        if (own := read_summary(self.run_dir).get("own_training")) and not self.own_training:
+            raise ResumeRefused(f"cannot resume {self.run_dir} from its config: it trains with batches or an objective "
+                                f"of its own ({own}), which a resume from its config would replace with its text and "
+                                "the next-token loss; the command that started it continues it")
         cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
         fixed = [f"{k}: {as_text(old)} in the run, {as_text(new)} given"
                  for k, (old, new) in config_changes(saved, cfg).items() if not k.startswith(RESUME_MAY_CHANGE)]
@@ -644,8 +652,10 @@ class Trainer:
                 self._open_run_folder()
                 if self.step == self.cfg.train.steps:  # resumed at the last step: only the weights loaded
                     self.nothing_to_train = True
+                    extend = (f"; train.steps={self.step * 2} (any number above {self.step}) extends it"
+                              if self.from_config else "")  # a fine-tune's command sets its own steps
                     self._warn(f"{self.run_dir} is already at its last step ({self.step} = train.steps): nothing "
-                               f"to train; train.steps={self.step * 2} (any number above {self.step}) extends it")
+                               f"to train{extend}")
                     return last_logged(self.run_dir, self.step)
                 for cb in self.callbacks:
                     cb.on_train_start(self)
@@ -726,7 +736,8 @@ class Trainer:
                    "processes": self.dist.world,
                    "tokenizer": self.corpus.tokenizer.kind, "vocab_size": self.corpus.tokenizer.vocab_size,
                    "train_tokens": len(self.corpus.train.tokens), "val_tokens": len(self.corpus.val.tokens),
-                   "data_identity": self.corpus.meta["identity"]}  # the text read: `vslm eval --on` tells its own
+                   "data_identity": self.corpus.meta["identity"],  # the text read: `vslm eval --on` tells its own
+                   **({"own_training": self.own_training} if self.own_training else {})}
         if split_name(source := self.cfg.data.source)[0] is None and Path(source).expanduser().exists():
             summary["data_path"] = str(Path(source).expanduser().resolve())  # a relative path's, from anywhere
         if self.origin:  # a resume keeps the one its start wrote (old | summary below)
