@@ -638,7 +638,7 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
                          "and below 1 (the rest are the ones measured)")
     out = Path(a.out)
     result = distill(Path(a.teacher), Path(a.naive), Path(a.world), out, a.method, a.steps, a.batch_size, a.lr,
-                     weights, a.beta, a.seed, a.device, a.distractors)
+                     weights, a.beta, a.seed, a.device, a.distractors, progress=True)
     console.print(f"{a.method}: {a.steps} steps, last " + ", ".join(
         f"{k} {v:.4f}" for k, v in (result["last"] or {}).items() if k != "step"), highlight=False)
     if a.relearn_steps > 0:
@@ -646,7 +646,8 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
         result["relearning"] = {}
         for label, run in (("student", out), ("naive", Path(a.naive))):
             where = out / "relearn" / f"{label}-fraction-{a.relearn_fraction:g}-steps-{a.relearn_steps}-seed-{a.seed}"
-            r = relearn(run, folder, where, a.relearn_fraction, a.relearn_steps, seed=a.seed, device=a.device)
+            r = relearn(run, folder, where, a.relearn_fraction, a.relearn_steps, seed=a.seed, device=a.device,
+                        progress=True)
             result["relearning"][label] = r
             console.print(f"relearning {label}: closed-book on the other {1 - a.relearn_fraction:.0%} "
                           f"{r['before']['rest']['accuracy']:.3f} -> {r['after']['rest']['accuracy']:.3f} "

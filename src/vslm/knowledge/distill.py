@@ -159,11 +159,11 @@ class DistillBatches:
 
 def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: str = "combined", steps: int = 200,
             batch_size: int = 16, lr: float = 1e-3, weights: dict[str, float] | None = None, beta: float = 0.1,
-            seed: int = 0, device: str = "cpu", distractors: int = 4) -> dict:
+            seed: int = 0, device: str = "cpu", distractors: int = 4, progress: bool = False) -> dict:
     """Train a student from the teacher's weights into the run folder `out` (the teacher's model and
     data config, its tokenizer, metrics.jsonl with every term, checkpoints) and write distill.json;
     returns it. An interrupted distillation of the same settings continues from its last checkpoint; a
-    finished one of the same settings is read back."""
+    finished one of the same settings is read back. `progress`: a progress bar (`vslm facts distill`'s)."""
     if method not in METHODS:
         raise VSLMError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
     weights = {**METHODS[method], **(weights or {})}
@@ -204,7 +204,8 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
         m.eval().requires_grad_(False)
     # checked before the folder and its settings file are written: a bad value leaves nothing that would refuse
     # the corrected command as "a distillation of other settings"
-    run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, checkpoint_every=max(1, steps // 4))
+    run_cfg = finetune_config(cfg, steps, lr, batch_size, seed, device, progress,
+                              checkpoint_every=max(1, steps // 4))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / STARTED, json.dumps(settings, indent=1) + "\n")
     final = fine_tune(run_cfg, out, student, prepare_corpus(cfg.data, tokenizer=tokenizer),
@@ -242,7 +243,8 @@ def _started_with(out: Path) -> dict | None:
 
 
 def relearn(run: Path, folder: WorldFolder, out: Path, fraction: float = 0.1, steps: int = 100, lr: float = 1e-3,
-            batch_size: int = 16, per_group: int | None = 100, seed: int = 0, device: str = "cpu") -> dict:
+            batch_size: int = 16, per_group: int | None = 100, seed: int = 0, device: str = "cpu",
+            progress: bool = False) -> dict:
     """The relearning test: fine-tune the run's model (a run of the training loop in `out`) on the
     training text (every rendering of each fact) of `fraction` of W's people, then ask closed-book,
     before and after, the questions of W that use none of those facts (`rest`) and those that do
@@ -250,7 +252,8 @@ def relearn(run: Path, folder: WorldFolder, out: Path, fraction: float = 0.1, st
     knew it.
 
     Returns {fraction, steps, people, facts, before: {rest, relearned}, after: {rest, relearned}},
-    each an accuracy dict (metrics.accuracy), and the fine-tune's last loss and validation loss."""
+    each an accuracy dict (metrics.accuracy), and the fine-tune's last loss and validation loss. `progress`: a
+    progress bar (`vslm facts distill --relearn-steps`'s)."""
     world = folder.world
     people = [e.id for e in world.of_kind("person", "seen")]
     random.Random(f"relearn:{seed}").shuffle(people)
@@ -271,7 +274,7 @@ def relearn(run: Path, folder: WorldFolder, out: Path, fraction: float = 0.1, st
     before = measure()
     docs = group_documents(world, chosen, folder.settings.renderings, seed)
     model.requires_grad_(True)
-    final = fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model,
+    final = fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device, progress), out, model,
                       prepare_corpus(cfg.data, tokenizer=tokenizer),
                       batches=AnswerSampler(docs, tokenizer, model.cfg.context, batch_size, seed))
     return {"fraction": fraction, "steps": steps, "people": len(chosen), "facts": len(facts),
