@@ -641,6 +641,8 @@ def test_dry_run_refuses_what_the_experiment_refuses(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["experiment", write_experiment(tmp_path), "--json", "--out", str(out)]) == 2  # not a run's
     assert "--json applies to --dry-run" in capsys.readouterr().err
+    assert main(["experiment", "knowledge", "--dry-run", "--out", str(out), "--launcher", "ray"]) == 2  # as the run
+    assert "--launcher apply to comparisons of variants" in capsys.readouterr().err
     assert main(["experiment", "knowledge", "--dry-run", "--out", str(out), "--resolve", "0.02"]) == 2
     assert "--resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher apply to comparisons of " \
         "variants" in capsys.readouterr().err
@@ -665,7 +667,8 @@ def test_a_folder_of_runs_is_never_written_into_a_training_run(tmp_path, capsys)
                  ["scaling", "scaling-tiny", "--dry-run"], ["facts", "capacity", "--sizes", "1x16", "--seeds", "0"]):
         assert main([*argv, "--out", str(run)]) == 1, argv
         err = capsys.readouterr().err
-        assert f"--out {run} holds a training run (config.toml)" in err and err.count("\n") == 1, (argv, err)
+        assert f"--out {run} holds a training run (its config.toml, metrics.jsonl or checkpoints/)" in err, err
+        assert err.count("\n") == 1, (argv, err)
     assert files_in(run) == before
 
 

@@ -351,9 +351,9 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     plan = json.loads(capsys.readouterr().out)
     assert not out.exists() and plan["kind"] == "knowledge" and plan["seeds"] == 2
     arms = {r["arm"]: r for r in plan["arms"]}
-    assert list(arms) == ["reader", "closed", "fixed", "student"] and all(not r["seeds_done"] for r in arms.values())
-    assert arms["student"]["params"] == arms["reader"]["params"]  # a copy of its naive arm
-    assert (arms["student"]["steps"], arms["student"]["rows_per_step"]) == (2, 2)
+    assert list(arms) == ["reader", "closed", "fixed", "student"] and all(not r["seeds_trained"] for r in arms.values())
+    assert arms["student"]["params"] == arms["fixed"]["params"]  # a copy of its teacher
+    assert (arms["student"]["steps"], arms["student"]["rows_per_step"]) == (2, 4 * 2)  # four groups at most
     assert arms["closed"]["also"] == ["1 LoRA adapter x 2 steps"] and arms["reader"]["also"] == ["relearning 2 steps"]
     assert plan["tokens_left"] == 2 * sum(r["tokens"] for r in arms.values())
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "2"]) == 0
@@ -367,6 +367,11 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     assert main(["experiment", str(spec), "--out", str(out), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert all(r["seeds_done"] == [0, 1] for r in plan["arms"]) and plan["tokens_left"] == 0
+    spec.write_text(READER_TINY.replace("per_group = 3", "per_group = 2"))  # trained, to be evaluated again
+    assert main(["experiment", str(spec), "--out", str(out), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert all(r["seeds_trained"] == [0, 1] and r["seeds_done"] == [] for r in plan["arms"]), plan
+    spec.write_text(READER_TINY)
     words = reader_tokenizer().to_dict()
     for seed in (0, 1):
         reader = json.loads((out / f"seed-{seed}" / "reader" / "reader.json").read_text())

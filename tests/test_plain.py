@@ -30,5 +30,6 @@ def test_listed_takes_one_word_as_one_and_refuses_what_is_not_words(tmp_path):
     assert listed("train.steps=20", "overrides") == ["train.steps=20"]
     assert listed(tmp_path / "a.txt", "names") == [str(tmp_path / "a.txt")]
     assert listed(["a", tmp_path], "names") == ["a", str(tmp_path)] and listed(None, "x") == []
-    with pytest.raises(TypeError, match="variants: a string or a list of strings, got"):
-        listed([1, 2], "variants")
+    for bad in ([1, 2], 5):
+        with pytest.raises(TypeError, match="variants: a string or a list of strings, got"):
+            listed(bad, "variants")

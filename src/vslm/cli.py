@@ -512,7 +512,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         from vslm.commands.experiment import dry_run_experiment, print_dry_run
 
         plan = dry_run_experiment(a.experiment, out, a.seeds, a.overrides, a.resolve, a.max_seeds, sweep,
-                                  a.sweep_seeds, variants)
+                                  a.sweep_seeds, variants, launcher)
         print(dumps(plan)) if a.json else print_dry_run(plan, console)
         return 0
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:

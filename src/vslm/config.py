@@ -894,6 +894,35 @@ def _brought_in_by(err: dict, chain: list[tuple[str, dict]], overrides: list[str
     return None  # the overrides alone fail it
 
 
+def _takes_none(annotation: Any) -> bool:
+    """Whether a field of this type may hold None (`int | None`, Annotated[... | None, ...])."""
+    from typing import get_args
+
+    return annotation is None or annotation is type(None) or any(_takes_none(a) for a in get_args(annotation))
+
+
+def none_where_not_taken(model: BaseModel, prefix: str = "") -> str | None:
+    """The dotted name of the first field (sections and lists of records gone into) set to None where its type
+    takes no None (assigned by hand: a dump leaves a None out, and validation would fill in the default), else
+    None."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if value is None and not _takes_none(info.annotation):
+            return f"{prefix}{name}"
+        for i, item in enumerate(value if isinstance(value, list | tuple) else [value]):
+            if isinstance(item, BaseModel):
+                here = f"{prefix}{name}." if not isinstance(value, list | tuple) else f"{prefix}{name}.{i}."
+                if found := none_where_not_taken(item, here):
+                    return found
+    return None
+
+
+def _refuse_none(model: BaseModel, prefix: str = "") -> None:
+    if field := none_where_not_taken(model, prefix):
+        raise ConfigError(f"config error: {field}: None is not one of its values (leave it out of a config "
+                          "for its default)")
+
+
 def checked_model(model: Any) -> ModelConfig:
     """A ModelConfig validated again, as GPT() builds it (a notebook may have assigned a field since it was made:
     `cfg.model.heads = 5` on width 32 is one line naming the field, not a model of 30-wide attention); a
@@ -903,6 +932,7 @@ def checked_model(model: Any) -> ModelConfig:
     if not isinstance(model, ModelConfig):
         raise ConfigError("a GPT is built from a model config: GPT(cfg.model)" if isinstance(model, RunConfig) else
                           f"a GPT is built from a ModelConfig (cfg.model), not a {type(model).__name__}")
+    _refuse_none(model, "model.")
     try:
         with warnings.catch_warnings():  # pydantic's note on a value of the wrong type: the validation names it
             warnings.simplefilter("ignore")
@@ -923,6 +953,7 @@ def revalidated(cfg: RunConfig) -> RunConfig:
     passed where the config was made."""
     from pydantic_core import PydanticSerializationError
 
+    _refuse_none(cfg)
     try:
         with warnings.catch_warnings():  # pydantic's note on a value of the wrong type: validate names it below
             warnings.simplefilter("ignore")

@@ -41,7 +41,10 @@ def listed(value, what: str) -> list[str]:
         return []
     if isinstance(value, str | os.PathLike):
         return [os.fspath(value)]
-    words = list(value)
+    try:
+        words = list(value)
+    except TypeError:  # not iterable: a number, say
+        words = [value]
     if not all(isinstance(w, str | os.PathLike) for w in words):
         raise TypeError(f"{what}: a string or a list of strings, got {value!r}")
     return [os.fspath(w) for w in words]

@@ -45,7 +45,8 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
 def dry_run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None,
                        extra_overrides: Sequence[str] = (), resolve: float | None = None,
                        max_seeds: int | None = None, sweep: Sequence[str] | None = None,
-                       sweep_seeds: int | None = None, variants: Sequence[str] | None = None) -> dict:
+                       sweep_seeds: int | None = None, variants: Sequence[str] | None = None,
+                       launcher: Launcher | None = None) -> dict:
     """What run_experiment would train, checked as it checks, nothing trained or written: a plain experiment's
     plan (vslm.lab.experiments.dry_run) or a knowledge experiment's (vslm.knowledge.experiment.plan_knowledge,
     with "kind": "knowledge")."""
@@ -55,7 +56,7 @@ def dry_run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = No
     if experiments.experiment_kind(raw, label) is None:
         return experiments.dry_run(spec_name_or_path, out, seeds, extra_overrides, resolve, max_seeds, sweep,
                                    sweep_seeds, variants)
-    _refuse_variant_flags(label, resolve, max_seeds, sweep, sweep_seeds, variants, None)
+    _refuse_variant_flags(label, resolve, max_seeds, sweep, sweep_seeds, variants, launcher)
     from vslm.knowledge.experiment import parse_spec, plan_knowledge
 
     return plan_knowledge(name, parse_spec(raw, label), Path(out), seeds, extra_overrides)
@@ -124,17 +125,18 @@ def _print_knowledge_plan(plan: dict, console: Console) -> None:
         return "-" if n is None else f"{n:,}"
 
     seeds = plan["seeds"]
-    columns = ("arm", "trains on", "params", "FLOPs/token", "steps x rows", "tokens/seed", "also", "evaluated")
+    columns = ("arm", "trains on", "params", "FLOPs/token", "steps x rows", "tokens/seed", "also", "trained",
+               "done")
     rows = [(r["arm"], r["trains"], count(r["params"]), count(r["flops_per_token"]),
              f"{r['steps']:,} x {r['rows_per_step']}", f"{r['tokens']:,}", "; ".join(r["also"]) or "-",
-             f"{len(r['seeds_done'])} of {seeds}" if r["evaluate"] else "not evaluated")
-            for r in plan["arms"]]
+             f"{len(r['seeds_trained'])} of {seeds}", f"{len(r['seeds_done'])} of {seeds}") for r in plan["arms"]]
     print_table(console, escape(f"{plan['experiment']}: {seeds} seed{'s' * (seeds > 1)}, a world each, in "
                                 f"{plan['folder']}"), columns, rows)
     unknown = [r["arm"] for r in plan["arms"] if r["params"] is None]
     flops = "" if unknown else f", {plan['flops_left']:.3g} training FLOPs"
-    console.print(f"{len(plan['arms']) * seeds} arm runs; an arm evaluated in the folder is reused. Left to train at "
-                  f"most: {plan['tokens_left']:,} tokens{flops} (a distilled arm: its student's; not the "
-                  "evaluations, adapters or relearning)."
+    console.print(f"{len(plan['arms']) * seeds} arm runs; one trained in the folder is reused (done: its evaluation "
+                  f"and relearning too, with these settings). Left to train at most: {plan['tokens_left']:,} "
+                  f"tokens{flops} (a distilled arm: at most four groups of rows a step, with its teacher's and naive "
+                  "model's forward passes; not the evaluations, adapters or relearning)."
                   + (f" {', '.join(unknown)}: parameters from the world's text, counted when it trains." if unknown
                      else "") + " Nothing was trained, and nothing in the folder written.", highlight=False)

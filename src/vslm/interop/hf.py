@@ -313,9 +313,9 @@ def hf_tokenizer(tok: Tokenizer):
 
 
 def fast_tokenizer(tok: Tokenizer, context: int):
-    """The transformers tokenizer of the export. It reads the text "<|endoftext|>" as the end-of-text token, with
-    every tokenizer: vslm's data reads it so in a text file, a document's end (vslm.data.sources), though the byte
-    and character tokenizers' own encode() spells it out."""
+    """The transformers tokenizer of the export. Where the run's tokenizer has an end-of-text token, it reads the
+    text "<|endoftext|>" as that token, as vslm's data reads it in a text file (a document's end:
+    vslm.data.sources), though the byte and character tokenizers' own encode() spells it out."""
     from transformers import PreTrainedTokenizerFast
 
     eos = EOS if tok.eos_id is not None else None

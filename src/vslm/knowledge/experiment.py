@@ -591,8 +591,10 @@ def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None 
                    extra: Sequence[str] = ()) -> dict:
     """What `vslm experiment KNOWLEDGE --dry-run` shows, checked as the experiment checks, nothing trained or
     written: per arm, what it trains on, its model's parameters and training FLOPs per token, its steps x rows
-    and tokens per seed (a distilled arm: the student, a copy of its naive arm), the adapters and relearning it
-    adds, and the seeds `out` holds evaluated (reused); the tokens and FLOPs left to train."""
+    and tokens per seed, the adapters and relearning it adds, and the seeds `out` holds trained and evaluated
+    with these settings (reused); the tokens and FLOPs left to train. A distilled arm's student is a copy of
+    its teacher; a step takes at most four groups of rows (open-book, counterfactual, closed-book, general
+    text), and its FLOPs left count the teacher's and the naive model's forward passes beside the student's."""
     from vslm.knowledge.reader import reader_tokenizer
     from vslm.lab.runner import build_for_accounting
     from vslm.model import parameter_count, training_flops_per_token
@@ -600,54 +602,79 @@ def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None 
     seeds = spec.seeds if seeds is None else seeds
     out = Path(out)
     configs = check_knowledge(spec, seeds, out, extra)
-    by_name = {arm.name: arm for arm in spec.arms}
     novel = WorldConfig(**spec.world, seed=0).novel_people
-    rows, left_tokens, left_flops = [], 0, 0.0
-    for arm in spec.arms:
-        own = by_name[arm.naive] if arm.distilled else arm  # a student starts as a copy of its naive arm
-        cfg = configs[own.name]
-        if spec.tokens == "words" or own.data == READER:  # the reader's word vocabulary, fixed
+    by_name = {arm.name: arm for arm in spec.arms}
+    counted: dict[str, tuple[int | None, int | None]] = {}  # trained arm -> (parameters, FLOPs per token)
+    for arm_name, cfg in configs.items():
+        if spec.tokens == "words" or by_name[arm_name].data == READER:  # the reader's word vocabulary, fixed
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
                 update={"vocab_size": cfg.model.vocab_size or reader_tokenizer().vocab_size})})
         if cfg.model.vocab_size is None and cfg.data.tokenizer in ("char", "bpe"):
-            params = flops = None  # its vocabulary is the world's text's, made only when the arm trains
+            counted[arm_name] = (None, None)  # its vocabulary is the world's text's, made only when it trains
         else:
             model = build_for_accounting(cfg)
-            params, flops = parameter_count(model), training_flops_per_token(model)
-        steps, rows_per_step = ((arm.steps, arm.batch_size) if arm.distilled
-                                else (cfg.train.steps, cfg.train.batch_size * cfg.train.grad_accum))
+            counted[arm_name] = (parameter_count(model), training_flops_per_token(model))
+    rows, left_tokens, left_flops = [], 0, 0.0
+    for arm in spec.arms:
+        cfg = configs[arm.teacher if arm.distilled else arm.name]  # a student starts as a copy of its teacher
+        params, flops = counted[arm.teacher if arm.distilled else arm.name]
+        per_token = flops
+        if arm.distilled:
+            steps, rows_per_step = arm.steps, 4 * arm.batch_size
+            naive = counted[arm.naive][1]
+            per_token = None if flops is None or naive is None else flops + flops / 3 + naive / 3
+        else:
+            steps, rows_per_step = cfg.train.steps, cfg.train.batch_size * cfg.train.grad_accum
         tokens = steps * rows_per_step * cfg.model.context
-        trains = (f"{arm.method} distillation of {arm.teacher} into a copy of {arm.naive}" if arm.distilled else
-                  "the reader recipe: a fresh small world per example" if arm.data == READER else
+        trains = (f"{arm.method} distillation: a copy of {arm.teacher}, naive model {arm.naive}" if arm.distilled
+                  else "the reader recipe: a fresh small world per example" if arm.data == READER else
                   f"the world's {WORLD_FILES[arm.data]}" if arm.data in WORLD_FILES else arm.data)
         groups = -(-novel // spec.group_size)
         also = ([f"{groups} LoRA adapter{'s' * (groups > 1)} x {arm.adapters} steps"] if arm.adapters else []) + \
             ([f"relearning {arm.relearn_steps} steps"] if arm.relearn_steps else [])
-        done = [s for s in range(seeds) if _arm_done(spec, arm, out, s, extra)]
-        if left := seeds - len(done):
+        states = [_arm_state(spec, arm, out, s, extra) for s in range(seeds)]
+        trained = [s for s, state in enumerate(states) if state != "new"]
+        if left := seeds - len(trained):
             left_tokens += tokens * left
-            left_flops += (math.nan if flops is None else flops) * tokens * left
+            left_flops += (math.nan if per_token is None else per_token) * tokens * left
         rows.append({"arm": arm.name, "trains": trains, "params": params, "flops_per_token": flops, "steps": steps,
                      "rows_per_step": rows_per_step, "context": cfg.model.context, "tokens": tokens, "also": also,
-                     "evaluate": arm.evaluate, "seeds_done": done})
+                     "evaluate": arm.evaluate, "seeds_trained": trained,
+                     "seeds_done": [s for s, state in enumerate(states) if state == "done"]})
     return {"experiment": name, "kind": "knowledge", "folder": str(out), "seeds": seeds, "arms": rows,
             "tokens_left": left_tokens, "flops_left": left_flops}
 
 
-def _arm_done(spec: KnowledgeSpec, arm: Arm, out: Path, seed: int, extra: Sequence[str]) -> bool:
-    """Whether seed `seed`'s arm is done in `out` (the run reuses it): evaluated, or for an arm not evaluated,
-    distilled, read or trained to its last step; and its relearning test, where it has one."""
+def _arm_state(spec: KnowledgeSpec, arm: Arm, out: Path, seed: int, extra: Sequence[str]) -> str:
+    """Seed `seed`'s arm in `out`, as the run would find it: "new" (it trains), "trained" (distilled, read or
+    trained to its last step: reused, and evaluated or relearned again, with these settings) or "done" (its
+    evaluation and relearning test too, with these settings: all reused)."""
     from vslm.knowledge.distill import RESULT as DISTILLED
+    from vslm.knowledge.evaluate import eval_settings
     from vslm.knowledge.reader import RESULT as READ
 
-    folder = out / f"seed-{seed}" / arm.name
-    if arm.relearn_steps and not (folder / RELEARN).is_file():
-        return False
-    if arm.evaluate:
-        return (folder / EVAL).is_file()
+    folder, world = out / f"seed-{seed}" / arm.name, out / f"seed-{seed}" / "world"
     if arm.distilled or arm.data == READER:
-        return (folder / (DISTILLED if arm.distilled else READ)).is_file()
-    return run_state(arm_config(spec, arm, out / f"seed-{seed}" / "world", seed, extra), folder) == "finished"
+        trained = (folder / (DISTILLED if arm.distilled else READ)).is_file()
+    else:
+        trained = run_state(arm_config(spec, arm, world, seed, extra), folder) == "finished"
+    if not trained:
+        return "new"
+    asked = eval_settings(world_key(world), per_group=spec.per_group, seed=seed, adapter_steps=arm.adapters,
+                          group_size=spec.group_size)
+    evaluated = not arm.evaluate or _read_json(folder / EVAL).get("settings") == asked
+    relearned = not arm.relearn_steps or (_read_json(folder / RELEARN).get("steps"),
+                                          _read_json(folder / RELEARN).get("seed", seed)) == (arm.relearn_steps, seed)
+    return "done" if evaluated and relearned else "trained"
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from a file, {} where it is missing or does not read."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def summarize(name: str, spec: KnowledgeSpec, command: str, per_seed: list[dict[str, dict]]) -> dict:

@@ -69,7 +69,10 @@ def write_corpora_report(folder: str | Path) -> Path:
         if not (sub / RESULTS).is_file():  # a corpus not (yet) compared: said in its place
             sections.append(html_section(f"corpus-{i}", corpus, f"<p>No results yet in {escape(str(sub))}.</p>"))
             continue
-        results = json.loads((sub / RESULTS).read_text(encoding="utf-8"))
+        try:
+            results = json.loads((sub / RESULTS).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VSLMError(f"{sub / RESULTS} is not valid JSON ({e}): run the experiment again to write it") from None
         parts = [html for _, _, html in experiment_sections(results, sub, key=f"c{i}-", level=3)]
         sections.append(html_section(f"corpus-{i}", corpus, f"<p>Runs and results in {escape(str(sub))} (its own "
                                 f"page: {escape(str(sub / REPORT))}).</p>", *parts))

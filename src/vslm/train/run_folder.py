@@ -98,9 +98,8 @@ def layout_moved(folder: Path, model: ModelConfig) -> str | None:
 
 def update_summary(run_dir: Path, **fields) -> None:
     """Adds fields to the run's summary.json (written by the trainer when the run starts)."""
-    path = Path(run_dir) / SUMMARY
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    atomic_write(path, lambda f: f.write((json.dumps(summary | fields, indent=1) + "\n").encode()))
+    summary = read_summary(run_dir)  # a damaged one: its derived numbers are written anew at the next start
+    atomic_write(Path(run_dir) / SUMMARY, lambda f: f.write((json.dumps(summary | fields, indent=1) + "\n").encode()))
 
 
 class RunLock:
@@ -197,8 +196,8 @@ def refuse_a_run_as_collection(folder: Path, what: str, flag: str = "--out") -> 
     """Refuses (VSLMError) a folder of runs (an experiment's, a sweep's: `what`) where `folder` holds a training
     run: its runs and results would go in beside the run's files, and its report.html replace the run's."""
     if holds_run(folder):
-        raise VSLMError(f"{flag} {folder} holds a training run ({CONFIG}): {what} writes a folder of runs of its "
-                        f"own; pass another {flag}")
+        raise VSLMError(f"{flag} {folder} holds a training run (its {CONFIG}, {METRICS} or {CHECKPOINTS}/): {what} "
+                        f"writes a folder of runs of its own; pass another {flag}")
 
 
 def refuse_a_run_folder(folder: Path, how_to_continue: str) -> None:
