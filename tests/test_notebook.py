@@ -87,6 +87,15 @@ def test_what_a_notebook_hands_over_is_checked_before_anything_is_written(tmp_pa
     with pytest.raises(ConfigError, match="train.steps"):
         save_config(cfg, tmp_path / "saved.toml")
     assert not (tmp_path / "saved.toml").exists()
+    # a None where the field takes none: a dump leaves it out and validation filled in the default (steps 2000)
+    cfg.train.steps = None
+    for call in (lambda: save_config(cfg, tmp_path / "saved.toml"), lambda: Trainer(cfg, tmp_path / "none")):
+        with pytest.raises(ConfigError, match=r"^config error: train.steps: None is not one of its values"):
+            call()
+    hand.model.width, hand.model.context = 32, None
+    with pytest.raises(ConfigError, match=r"^config error: model.context: None is not one of its values"):
+        GPT(hand.model)
+    assert not (tmp_path / "saved.toml").exists() and not (tmp_path / "none").exists()
 
 
 def test_loading_a_run_leaves_the_sessions_random_stream_as_it_was(tmp_path):
