@@ -4,7 +4,7 @@ import pytest
 from rich.console import Console
 
 from vslm.cli import main
-from vslm.commands.plan import Measured, Shape, choose, fit_cost, make_plan, print_plan, write_plan
+from vslm.commands.plan import Measured, Shape, choose, fit_cost, make_plan, print_plan, probe_cost, write_plan
 from vslm.config import load_config
 from vslm.train.trainer import Trainer
 
@@ -42,10 +42,21 @@ def test_plan_fills_the_hours_and_writes_a_config_that_trains(tmp_path):
     step_s = cfg.train.batch_size * cfg.model.context / plan["predicted_tokens_per_s"]
     assert plan["predicted_train_s"] == pytest.approx(hours * 3600, abs=step_s)  # all of the hours
     assert 2 <= len(plan["measured"]) <= 3 and plan["shape"] in {m.shape for m in plan["measured"]}
-    trainer = Trainer(load_config(str(out), ["train.steps=3", "logging.progress=false"]), tmp_path / "run")
+    # the planned size was measured: its steps use its own speed, not the fit's
+    assert plan["speed_measured"] and "its own measured speed" in printed
+    assert plan["predicted_tokens_per_s"] == {m.shape: m for m in plan["measured"]}[plan["shape"]].tokens_per_s
+    # five evaluations and checkpoints, the last at the last step (steps // 5 made a sixth, a few steps before it)
+    every = cfg.train.eval_every
+    assert len({*range(every, cfg.train.steps + 1, every), cfg.train.steps}) == 5 == len(
+        {*range(cfg.train.checkpoint_every, cfg.train.steps + 1, cfg.train.checkpoint_every), cfg.train.steps})
+    assert f"min of probes at {plan['probes']} steps" in " ".join(printed.split()) and plan["predicted_probe_s"] > 0
+    short = load_config(str(out), ["train.steps=3", "logging.progress=false"])
+    trainer = Trainer(short, tmp_path / "run")
     assert plan["tokens_per_param"] == pytest.approx(tokens / trainer.params)
     assert cfg.model.context == 32 and cfg.train.batch_size == 4 and cfg.name.startswith("plan-")
     assert trainer.fit()["val_loss"] > 0
+    # the probe steps the plan counts are the ones the run writes
+    assert probe_cost(short, trainer.corpus)[0] == len((tmp_path / "run" / "probes.jsonl").read_text().splitlines())
 
 
 def test_plan_command(tmp_path, monkeypatch, capsys):

@@ -65,6 +65,25 @@ def test_fitter_refuses_too_few_points_and_reports_no_convergence():
         fit_law(n, d, loss, starts=5, max_iter=1)
 
 
+def test_the_fits_warnings_name_an_irreducible_loss_at_zero_and_a_run_the_law_does_not_fit():
+    """scaling-tiny under load fitted E = 1.6e-24 and left a run 3.8 x the rms residual off the law: fit.json's
+    warnings were empty, and `vslm plan --from` built on that law without a word."""
+    from vslm.lab.scaling import _warnings
+
+    law = Law(E=1.6e-24, A=5.0, alpha=0.3, B=20.0, beta=0.3)
+    runs = [{"label": f"w{i}", "params": 1000 * 2 ** i, "tokens": 100_000} for i in range(8)]
+    for i, r in enumerate(runs):
+        r["fitted_loss"] = float(law.loss(r["params"], r["tokens"]))
+        r["residual"] = 0.267 if i == 3 else (-1) ** i * 0.02  # log L_fit - log L
+        r["val_loss"] = r["fitted_loss"] / math.exp(r["residual"])
+    notes = _warnings(law, runs)
+    assert any(n.startswith("E = 1.6e-24, about 0: this grid does not pin down the irreducible loss") for n in notes)
+    odd = [n for n in notes if "a point the law does not fit" in n]
+    assert len(odd) == 1 and odd[0].startswith("w3: its loss") and "by a log residual of +0.267, 13.4 x" in odd[0]
+    runs[3]["residual"] = 0.02
+    assert not any("does not fit" in n for n in _warnings(Law(E=1.0, A=5.0, alpha=0.3, B=20.0, beta=0.3), runs))
+
+
 def test_envelope_finds_the_size_that_is_lowest_at_each_compute():
     curves = []
     for n in (1e4, 1e5):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,30 @@ def measure(cfg: RunConfig, shape: Shape, seconds: float, corpus: Corpus, cuda: 
                     speed.get("steady_tokens_per_s", speed["tokens_per_s"]))
 
 
+def probe_cost(cfg: RunConfig, corpus: Corpus) -> tuple[int, float]:
+    """(probe steps, seconds) of the planned run's training-dynamics probes (logging.probe_every; "auto": log-
+    spaced, about log2(steps) of them): their set-up and one pass timed here on a model of the planned shape
+    (random weights cost what trained ones do), the pass times the steps. (0, 0.0) with the probes off."""
+    from vslm.model import GPT
+    from vslm.train.callbacks import is_log_spaced
+    from vslm.train.probing import build_probe_set, probe_interval, run_probes
+
+    every, steps = probe_interval(cfg), cfg.train.steps
+    if not every:
+        return 0, 0.0
+    count = 1 + sum(1 for step in range(1, steps + 1)  # step 0, then as ProbeCallback's probe_due
+                    if (step < every and is_log_spaced(step)) or step % every == 0 or step == steps)
+    log, device = cfg.logging, device_of(cfg.train.device)
+    started = time.perf_counter()
+    probes = build_probe_set(corpus, cfg.model.context, corpus.tokenizer.vocab_size, log.probe_windows,
+                             log.induction_length, log.induction_support, log.icl_short)
+    set_up = time.perf_counter() - started
+    model = GPT.for_weights(cfg.with_vocab_size(corpus.tokenizer.vocab_size).model).to(device)
+    started = time.perf_counter()
+    run_probes(model, probes)
+    return count, set_up + count * (time.perf_counter() - started)
+
+
 def size_of(cfg: RunConfig, shape: Shape, vocab: int) -> tuple[int, int]:
     """(parameters, training FLOPs per token) of a shape, built on the meta device (no memory)."""
     from vslm.model import GPT, parameter_count, training_flops_per_token
@@ -174,10 +199,12 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
         shape = chooser(sizes, fit, budget_s)
     params, flops = sizes[shape]
     tokens_per_step = cfg.train.batch_size * cfg.model.context
-    tps = fit.tokens_per_s(flops)
+    # the size measured itself: its own speed (a fit through two points may miss each by a quarter); else the fit's
+    tps = measured[shape].tokens_per_s if shape in measured else fit.tokens_per_s(flops)
     steps = max(1, round(budget_s * tps / tokens_per_step))  # all of the hours
     predicted_s = steps * tokens_per_step / tps
     planned = planned_config(cfg, shape, steps, corpus, predicted_s, params, overrides)
+    probes, probe_s = probe_cost(planned, corpus)
     train_tokens = len(corpus.train.tokens)
     if planned.data.max_bytes != cfg.data.max_bytes:  # stories made to measure: tokens in proportion
         train_tokens = train_tokens * planned.data.max_bytes / cfg.data.max_bytes
@@ -187,6 +214,7 @@ def make_plan(hours: float, data: str | None = None, overrides: list[str] = (), 
         "tokens": steps * tokens_per_step, "steps": steps, "predicted_tokens_per_s": tps,
         "predicted_train_s": predicted_s,
         "predicted_eval_s": EVALS * EVAL_WINDOWS * cfg.model.context / tps / 3,  # forward only: a third
+        "speed_measured": shape in measured, "probes": probes, "predicted_probe_s": probe_s,
         "fit": fit, "measured": list(measured.values()), "sizes": sizes,
         "within_measured": lo <= params <= hi, "tokens_per_param": steps * tokens_per_step / params,
         "epochs": steps * tokens_per_step / train_tokens,
@@ -219,7 +247,7 @@ def planned_config(cfg: RunConfig, shape: Shape, steps: int, corpus: Corpus, pre
     width 384 and GPT-2's 6e-4 at 768), cosine decay to a tenth, five evaluations and checkpoints;
     snapshots, progress and tensorboard on unless `overrides` (the command line's) say otherwise."""
     lr = 2e-3 if shape.width <= 128 else 1e-3 if shape.width <= 384 else 6e-4
-    every = max(1, steps // EVALS)
+    every = math.ceil(steps / EVALS)  # EVALS of them, the last at the last step (steps // EVALS made one more)
     words = [f"train.steps={steps}", f"train.lr={lr}", f"train.min_lr={lr / 10}",
              f"train.warmup={min(100, steps // 10)}", "train.schedule=cosine", f"train.eval_every={every}",
              f"train.eval_windows={EVAL_WINDOWS}", f"train.checkpoint_every={every}", "train.snapshots=true",
@@ -259,7 +287,8 @@ def print_plan(plan: dict, out: Path, console: Console) -> None:
         f"{plan['tokens']:,} tokens ({plan['tokens_per_param']:.0f} per parameter) = {plan['steps']:,} steps of "
         f"{cfg.train.batch_size} x {cfg.model.context}; predicted {plan['predicted_tokens_per_s']:,.0f} tokens/s, "
         f"{plan['predicted_train_s'] / 60:.1f} min of training (+ ~{plan['predicted_eval_s'] / 60:.1f} min of "
-        f"evaluation)", highlight=False)
+        f"evaluation" + (f", + ~{plan['predicted_probe_s'] / 60:.1f} min of probes at {plan['probes']} steps"
+                         if plan["probes"] else "") + ")", highlight=False)
     notes = [
         f"{TOKENS_PER_PARAM} tokens per parameter is Hoffmann et al.'s (2022) compute-optimal ratio, fitted "
         "at 70M-16B parameters; at this size it is an extrapolation. Parameters include the embeddings. "
@@ -268,8 +297,14 @@ def print_plan(plan: dict, out: Path, console: Console) -> None:
         f"{1 / fit.per_flop / 1e9:.1f} GFLOP/s), fitted to {len(plan['measured'])} sizes measured for a few seconds "
         "each on this machine now, under its present load. The planned size is "
         + ("inside the measured range." if plan["within_measured"] else "outside the measured range (extrapolated)."),
-        "The predicted time counts training steps (as train_time_s does), not data preparation or evaluation.",
+        "The predicted time counts training steps (as train_time_s does), not data preparation or evaluation. "
+        + ("The planned size's steps use its own measured speed." if plan["speed_measured"] else
+           "The planned size's steps use the fitted speed (it was not measured itself)."),
     ]
+    if plan["probes"] and plan["predicted_probe_s"] > 0.2 * plan["predicted_train_s"]:
+        notes.append(f"The probes (logging.probe_every, timed here: one pass and its set-up) add "
+                     f"{plan['predicted_probe_s'] / plan['predicted_train_s']:.0%} to the training time; "
+                     "logging.probe_every=0 in the config turns them off.")
     if not 10 <= plan["tokens_per_param"] <= 40:
         notes.append(f"{plan['tokens_per_param']:.0f} tokens per parameter: the hours given are outside what the "
                      "candidates (widths 32 to 768) can use compute-optimally.")

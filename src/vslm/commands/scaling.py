@@ -204,7 +204,9 @@ def print_law_plan(plan: dict, out: Path, console: Console) -> None:
         f"plan: width {plan['shape'].width}, depth {plan['shape'].depth}, {plan['params']:,} parameters{n_interval}, "
         f"{plan['tokens']:,} tokens ({plan['tokens_per_param']:.1f} per parameter) = {plan['steps']:,} steps of "
         f"{cfg.train.batch_size} x {cfg.model.context}; predicted val_loss {plan['predicted_loss']:.3f}{interval}, "
-        f"{plan['predicted_train_s'] / 60:.1f} min of training", highlight=False)
+        f"{plan['predicted_train_s'] / 60:.1f} min of training"
+        + (f" (+ ~{plan['predicted_probe_s'] / 60:.1f} min of probes at {plan['probes']} steps)" if plan["probes"]
+           else ""), highlight=False)
     notes = [
         f"The law: L = {law.E:.3g} + {law.A:.3g} / N^{law.alpha:.3f} + {law.B:.3g} / D^{law.beta:.3f} (N with the "
         f"embeddings); N_opt ~ C^{law.a:.2f}, D_opt ~ C^{law.b:.2f}. Chinchilla: alpha {CHINCHILLA['alpha']}, beta "
@@ -217,6 +219,12 @@ def print_law_plan(plan: dict, out: Path, console: Console) -> None:
         "study's rule: the law is read by parameters and tokens only.",
         *(f"The study's fit warned: {w}" for w in plan.get("fit_warnings", [])),
     ]
+    ladder = list(plan["sizes"])
+    if plan["shape"] in (ladder[0], ladder[-1]):
+        edge = "smallest" if plan["shape"] == ladder[0] else "largest"
+        notes.append(f"The {edge} size of the ladder: the law's best lies there or past it (the bootstrap's interval "
+                     f"collapses on the edge), so a {'smaller' if edge == 'smallest' else 'larger'} model may do "
+                     "better still.")
     for note in notes:
         console.print(f"  - {note}", highlight=False)
     console.print(f"config written to {out}; train it with: vslm train {out}", highlight=False, markup=False)

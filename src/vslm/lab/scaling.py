@@ -283,7 +283,12 @@ def few_runs(runs: int) -> str | None:
             f"and rms residual say little (give {2 * params} or more runs, e.g. 4 sizes x 3 budgets)")
 
 
+OUTLIER = 3.0  # a run whose log residual is this many times the other runs' rms or more: named in the warnings
+
+
 def _warnings(law: scaling_fit.Law, used: list[dict]) -> list[str]:
+    """The fit's doubts, said in fit.json, the report and `vslm plan --from`: too few runs, exponents that are
+    not positive, an irreducible loss above the lowest measured or at about 0, a run the law does not fit."""
     notes = [note] if (note := few_runs(len(used))) else []
     if law.alpha <= 0 or law.beta <= 0:
         notes.append(f"alpha {law.alpha:.3g} or beta {law.beta:.3g} is not positive: the loss does not fall with "
@@ -291,6 +296,18 @@ def _warnings(law: scaling_fit.Law, used: list[dict]) -> list[str]:
     low = min(r["val_loss"] for r in used)
     if law.E > low:
         notes.append(f"E = {law.E:.3f} is above the lowest measured loss {low:.3f}")
+    elif law.E < 1e-3 * low:
+        notes.append(f"E = {law.E:.3g}, about 0: this grid does not pin down the irreducible loss (the size and "
+                     "data terms take all of it), and the compute-optimal split rests on that; give runs that "
+                     "reach lower losses (larger sizes, longer budgets)")
+    fitted = [r for r in used if "residual" in r]
+    total = sum(r["residual"] ** 2 for r in fitted)
+    for r in fitted:  # a point the law does not fit, against the rms of the others (its own would hide it)
+        others = math.sqrt(max(total - r["residual"] ** 2, 0.0) / (len(fitted) - 1)) if len(fitted) > 1 else 0.0
+        if others > 0 and abs(r["residual"]) > OUTLIER * others:
+            notes.append(f"{r['label']}: its loss {r['val_loss']:.3f} is off the law's {r['fitted_loss']:.3f} by a log "
+                         f"residual of {r['residual']:+.3f}, {abs(r['residual']) / others:.1f} x the other runs' rms: "
+                         "a point the law does not fit")
     return notes
 
 
