@@ -129,14 +129,12 @@ def probe_cost(cfg: RunConfig, corpus: Corpus) -> tuple[int, float]:
     spaced, about log2(steps) of them): their set-up and one pass timed here on a model of the planned shape
     (random weights cost what trained ones do), the pass times the steps. (0, 0.0) with the probes off."""
     from vslm.model import GPT
-    from vslm.train.callbacks import is_log_spaced
-    from vslm.train.probing import build_probe_set, probe_interval, run_probes
+    from vslm.train.probing import build_probe_set, probe_due, probe_interval, run_probes
 
     every, steps = probe_interval(cfg), cfg.train.steps
     if not every:
         return 0, 0.0
-    count = 1 + sum(1 for step in range(1, steps + 1)  # step 0, then as ProbeCallback's probe_due
-                    if (step < every and is_log_spaced(step)) or step % every == 0 or step == steps)
+    count = 1 + sum(probe_due(step, every, steps) for step in range(1, steps + 1))  # step 0, then ProbeCallback's
     log, device = cfg.logging, device_of(cfg.train.device)
     started = time.perf_counter()
     probes = build_probe_set(corpus, cfg.model.context, corpus.tokenizer.vocab_size, log.probe_windows,
