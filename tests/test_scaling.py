@@ -217,7 +217,8 @@ def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
     (tmp_path / "fit.json").write_text(json.dumps({
         "fit": {**law.as_dict(), "a": law.a, "b": law.b}, "bootstrap": boot,
         "base_config": base.model_dump(mode="json", exclude_none=True),
-        "runs": [{"params": 1e4, "tokens": 1e5, "left_out": None}, {"params": 1e5, "tokens": 1e6, "left_out": None}]}))
+        "runs": [{"params": n, "tokens": d, "left_out": None, "fitted_loss": float(law.loss(n, d))}  # as written
+                 for n, d in ((1e4, 1e5), (1e5, 1e6))]}))
     plan = plan_from_fit(0.002, tmp_path / "fit.json", ["train.threads=1"], seconds=0.3, max_measure=2)
     lo, hi = plan["loss_interval"]
     assert lo < plan["predicted_loss"] < hi
@@ -238,7 +239,9 @@ def test_plan_from_a_fit_chooses_by_the_law(tmp_path):
             ("nan", lambda f: f["fit"].update(E=float("nan")), "fit.E is missing or not a finite number"),
             ("flat", lambda f: f["fit"].update(alpha=-0.02), "alpha -0.02 or beta 0.35 is not positive"),
             ("gone", lambda f: [r.update(left_out="diverged") for r in f["runs"]], "every one of its runs is left out"),
-            ("words", lambda f: f["bootstrap"][0].__setitem__(1, "x"), "bootstrap is not a list of")):
+            ("words", lambda f: f["bootstrap"][0].__setitem__(1, "x"), "bootstrap is not a list of"),
+            ("edited", lambda f: f["fit"].update(A=1e308),  # finite, absurd: it planned an 85M model for one step
+             r"its law gives run \? a loss of .*, not the .* fitted beside it: the law or the runs were edited")):
         damaged = json.loads((tmp_path / "fit.json").read_text())
         edit(damaged)
         (tmp_path / name).mkdir()

@@ -80,6 +80,13 @@ def _missing(result: dict) -> str | None:
         return "runs (each with params, tokens and left_out) is missing or incomplete"
     if all(r["left_out"] is not None for r in runs):
         return "every one of its runs is left out, so no run was fitted"
+    law = Law(**{k: fit[k] for k in ("E", "A", "alpha", "B", "beta")})
+    for r in runs:  # the law as written gives the fitted loss written beside each run (a hand-edited law does not)
+        given = float(law.loss(r["params"], r["tokens"]))
+        if r["left_out"] is None and number(r.get("fitted_loss")) and not math.isclose(given, r["fitted_loss"],
+                                                                                       rel_tol=1e-6):
+            return (f"its law gives run {r.get('label', '?')} a loss of {given:.4g}, not the {r['fitted_loss']:.4g} "
+                    "fitted beside it: the law or the runs were edited")
     boots = result.get("bootstrap", [])
     if not isinstance(boots, list) or not all(
             isinstance(row, list) and len(row) == 5 and all(v is None or number(v) for v in row) for row in boots):
