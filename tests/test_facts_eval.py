@@ -322,7 +322,8 @@ def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
     assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path), "--probe", "shoe_size"]) == 1
     assert "cannot probe 'shoe_size'" in capsys.readouterr().err
     for flag, value, words in (("--group-size", "0", "--group-size must be at least 1"),
-                               ("--adapters", "-5", "--adapters must be at least 0")):
+                               ("--adapters", "-5", "--adapters must be at least 0"),
+                               ("--threads", "-1", "--threads must be at least 0")):
         assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path), flag, value]) == 2
         assert words in capsys.readouterr().err
     world = tmp_path / "world"

@@ -107,6 +107,23 @@ def test_an_interrupted_fine_tune_resumes_bit_for_bit(setup, kind, capsys):
                                                  strict=True))
 
 
+def test_a_fine_tune_runs_at_the_sessions_threads_not_the_base_runs():
+    """A teacher trained with train.threads=4 made its distillation warn "set train.threads=1", which `vslm facts
+    distill` takes no override for: a fine-tune now runs at the session's count, which --threads sets."""
+    base = load_config("tiny", tiny_overrides(train__threads=4))
+    assert finetune_config(base, 6, 3e-3, 4, seed=1, device="cpu").train.threads == 0
+    before = torch.get_num_threads()
+    try:
+        assert main(["facts", "distill", "t", "--naive", "n", "--world", "w", "--out", "o", "--threads", "-1"]) == 2
+        torch.set_num_threads(2)
+        from vslm.cli import _threads
+
+        _threads(1, "distillation")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_fine_tune_has_a_constant_rate_and_no_decay_snapshots_or_probes():
     cfg = finetune_config(BASE, 40, 2e-3, 8, seed=4, grad_clip=0.5)
     t = cfg.train

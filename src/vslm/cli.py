@@ -583,8 +583,9 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     from vslm.report.facts import hops_rows, notes, probe_line, summary_rows
     from vslm.report.run_report import write_report
 
-    _at_least(a, 0, "distractors", "per_group", "adapters")
+    _at_least(a, 0, "distractors", "per_group", "adapters", "threads")
     _at_least(a, 1, "k", "rounds", "group_size")
+    _threads(a.threads, "evaluation")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
                           group_size=a.group_size)
@@ -632,11 +633,12 @@ def cmd_facts_distill(a: argparse.Namespace) -> int:
             sep = ""
         if not sep:
             raise UsageError(f"--weight {word}: write NAME=NUMBER")
-    _at_least(a, 0, "relearn_steps")
+    _at_least(a, 0, "relearn_steps", "threads")
     if not 0 < a.relearn_fraction < 1:
         raise UsageError(f"--relearn-fraction {a.relearn_fraction:g}: the share of the people relearned, above 0 "
                          "and below 1 (the rest are the ones measured)")
     out = Path(a.out)
+    _threads(a.threads, "distillation")
     result = distill(Path(a.teacher), Path(a.naive), Path(a.world), out, a.method, a.steps, a.batch_size, a.lr,
                      weights, a.beta, a.seed, a.device, a.distractors, progress=True)
     console.print(f"{a.method}: {a.steps} steps, last " + ", ".join(
@@ -702,6 +704,14 @@ def cmd_facts_capacity(a: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(threads: int, job: str) -> None:
+    """A command's --threads for what it computes and the fine-tunes it runs (their train.threads is 0: the
+    session's); warns once, as a training does, where other processes leave fewer free cores."""
+    from vslm.train.trainer import set_threads
+
+    set_threads(threads, job=job, setting="--threads ")
+
+
 def _add_run_args(p: argparse.ArgumentParser, json_help: str) -> None:
     """The options of every command that reads a trained run: which checkpoint, where, and JSON output."""
     p.add_argument("--checkpoint", help="one of the run's checkpoint or snapshot files (default: the newest that reads "
@@ -736,6 +746,8 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--adapters", type=int, default=0, metavar="STEPS",
                    help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
     p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
+    p.add_argument("--threads", type=int, default=0, help="torch's CPU threads for the scoring and the adapters' "
+                   "fits (default 0: torch's choice, one per core)")
     _add_run_args(p, "print the result as one JSON object")
     p.add_argument("--json", nargs="?", const="full", choices=("full", "novel"),
                    help="print the result as one JSON object; --json novel: only accuracy by hops on the novel pool "
@@ -790,6 +802,8 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--relearn-fraction", type=float, default=0.1, help="share of the people relearned (0.1)")
     p.add_argument("--seed", type=int, default=0, help="the student's seed: its batches and contexts (default 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda if there is one)")
+    p.add_argument("--threads", type=int, default=0, help="torch's CPU threads for the distillation and relearning "
+                   "(default 0: torch's choice, one per core)")
     p.set_defaults(func=cmd_facts_distill)
 
 

@@ -34,11 +34,13 @@ def finetune_config(base: RunConfig, steps: int, lr: float, batch_size: int, see
                     progress: bool = False, **train) -> RunConfig:
     """The base run's model and data, trained `steps` steps at a constant `lr` from the first step;
     other `train` fields (grad_clip, betas, ...) may be given. `progress`: the progress bar (a command's own
-    fine-tune, as `vslm facts distill`'s; off where a caller says its own lines, an experiment's)."""
+    fine-tune, as `vslm facts distill`'s; off where a caller says its own lines, an experiment's). Its threads
+    are the session's (train.threads 0: a command's --threads, an experiment worker's share), not the base
+    run's, which was set for another machine or load."""
     raw = base.model_dump(mode="json")
     raw["train"].update({"steps": steps, "lr": lr, "min_lr": 0.0, "warmup": 0, "schedule": "constant",
                          "weight_decay": 0.0, "batch_size": batch_size, "grad_accum": 1, "seed": seed,
-                         "device": device, "checkpoint_every": 0, "keep_last": 1, "snapshots": False,
+                         "device": device, "threads": 0, "checkpoint_every": 0, "keep_last": 1, "snapshots": False,
                          "eval_every": 0, "eval_windows": min(base.train.eval_windows, FINETUNE_EVAL_WINDOWS),
                          **train})
     raw["logging"].update(log_every=1, probe_every=0, tensorboard=False, diagnostics_every=0, progress=progress,
