@@ -93,6 +93,16 @@ def in_use(folder: Path) -> bool:
     return False
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file, {} where it is missing, does not read or is not an object (for files whose
+    content is derived or optional: a run's summary.json, an arm's evaluation)."""
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError both
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def read_jsonl(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
     """The JSON objects of a .jsonl file (a run's metrics or probes) that carry a finite numeric step; [] if
     there is no file. A malformed line (cut short by a killed run, or edited by hand) is skipped, not fatal:

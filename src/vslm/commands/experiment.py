@@ -17,7 +17,6 @@ from rich.markup import escape
 from vslm.errors import ConfigError
 from vslm.lab import experiments
 from vslm.lab.parallel import Launcher
-from vslm.plain import listed
 
 
 def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, extra_overrides: Sequence[str] = (),
@@ -28,8 +27,6 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
     knowledge experiment (vslm.knowledge.experiment.run_knowledge_experiment). launcher, resolve, max_seeds,
     sweep, sweep_seeds and variants apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs
     local processes."""
-    extra_overrides, sweep = listed(extra_overrides, "extra_overrides"), listed(sweep, "sweep") or None
-    variants = None if variants is None else listed(variants, "variants")
     name, raw, label = experiments.read_experiment(spec_name_or_path)
     kind = experiments.experiment_kind(raw, label)
     if kind is None:
@@ -50,8 +47,6 @@ def dry_run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = No
     """What run_experiment would train, checked as it checks, nothing trained or written: a plain experiment's
     plan (vslm.lab.experiments.dry_run) or a knowledge experiment's (vslm.knowledge.experiment.plan_knowledge,
     with "kind": "knowledge")."""
-    extra_overrides, sweep = listed(extra_overrides, "extra_overrides"), listed(sweep, "sweep") or None
-    variants = None if variants is None else listed(variants, "variants")
     name, raw, label = experiments.read_experiment(spec_name_or_path)
     if experiments.experiment_kind(raw, label) is None:
         return experiments.dry_run(spec_name_or_path, out, seeds, extra_overrides, resolve, max_seeds, sweep,

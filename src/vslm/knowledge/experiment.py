@@ -74,7 +74,7 @@ from rich.console import Console
 
 from vslm.config import RunConfig, load_config, one_line_error
 from vslm.errors import ConfigError, VSLMError, refuse_file_in_the_way, repeated
-from vslm.files import write_text
+from vslm.files import read_json_object, write_text
 from vslm.knowledge.folder import load_world_folder, world_key, write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.lab.experiments import check_results_kept, refuse_seed_overrides, run_state
@@ -90,7 +90,7 @@ from vslm.lab.stats import (
     sample_std,
 )
 from vslm.lab.tables import results_markdown
-from vslm.plain import dumps, plain
+from vslm.plain import dumps, listed, plain
 from vslm.report.runs import FACTS as EVAL  # each arm's evaluation, as `vslm facts eval` writes it
 from vslm.train.run_folder import device_of, refuse_a_run_as_collection
 
@@ -544,8 +544,8 @@ def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: i
                              source: str | None = None, jobs: int = 1) -> dict:
     """Every arm x seed (the seeds in `jobs` worker processes), then out/results.json, results.md and
     report.html; returns the results."""
-    seeds = spec.seeds if seeds is None else seeds
-    out = Path(out)
+    seeds, out = spec.seeds if seeds is None else seeds, Path(out)
+    extra_overrides = listed(extra_overrides, "overrides")
     configs = check_knowledge(spec, seeds, out, extra_overrides)
     command = shlex.join(["vslm", "experiment", source or name, *extra_overrides, "--seeds", str(seeds),
                           "--out", str(out)])
@@ -599,8 +599,7 @@ def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None 
     from vslm.lab.runner import build_for_accounting
     from vslm.model import parameter_count, training_flops_per_token
 
-    seeds = spec.seeds if seeds is None else seeds
-    out = Path(out)
+    seeds, out, extra = spec.seeds if seeds is None else seeds, Path(out), listed(extra, "overrides")
     configs = check_knowledge(spec, seeds, out, extra)
     novel = WorldConfig(**spec.world, seed=0).novel_people
     by_name = {arm.name: arm for arm in spec.arms}
@@ -662,19 +661,10 @@ def _arm_state(spec: KnowledgeSpec, arm: Arm, out: Path, seed: int, extra: Seque
         return "new"
     asked = eval_settings(world_key(world), per_group=spec.per_group, seed=seed, adapter_steps=arm.adapters,
                           group_size=spec.group_size)
-    evaluated = not arm.evaluate or _read_json(folder / EVAL).get("settings") == asked
-    relearned = not arm.relearn_steps or (_read_json(folder / RELEARN).get("steps"),
-                                          _read_json(folder / RELEARN).get("seed", seed)) == (arm.relearn_steps, seed)
+    evaluated = not arm.evaluate or read_json_object(folder / EVAL).get("settings") == asked
+    relearn = read_json_object(folder / RELEARN) if arm.relearn_steps else {}
+    relearned = not arm.relearn_steps or (relearn.get("steps"), relearn.get("seed", seed)) == (arm.relearn_steps, seed)
     return "done" if evaluated and relearned else "trained"
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from a file, {} where it is missing or does not read."""
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def summarize(name: str, spec: KnowledgeSpec, command: str, per_seed: list[dict[str, dict]]) -> dict:

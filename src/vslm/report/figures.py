@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 from vslm.report.runs import (
     RunFiles,
     diagnostics_series,
+    finite_mean,
     log_slope,
     loss_bands,
     loss_bump,
@@ -366,7 +367,7 @@ def distribution_figure(run: RunFiles) -> Figure:
     if banded:
         _band_legend(left)
     left.set_ylabel("KL (nats)")
-    loss = np.array([_nan_mean(_floats(p.get("position_loss"))) for p in run.probes])
+    loss = np.array([finite_mean(_floats(p.get("position_loss"))) for p in run.probes])
     right.plot(steps, loss, "o-", color="C0", markersize=3, label="probe loss")
     _reference(right, _last_finite(run.probe_values("distribution", "log_vocab")), "ln V", "grey")
     _reference(right, _last_finite(run.probe_values("distribution", "unigram_entropy")), "H(unigram)", "C1")
@@ -383,12 +384,6 @@ def _finish_step_axes(axes, last_step: int) -> None:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-
-
-def _nan_mean(values: np.ndarray) -> float:
-    """np.nanmean (NaN left out), and NaN where all are NaN (a diverged run's probe) without numpy's warning."""
-    kept = values[~np.isnan(values)]
-    return float(kept.mean()) if kept.size else math.nan
 
 
 def _floats(values: list | None) -> np.ndarray:

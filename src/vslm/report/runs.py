@@ -180,6 +180,13 @@ def power_law_fit(curve: np.ndarray) -> dict[str, float]:
     return {"L_inf": float(l_inf), "b": float(b), "c": float(c), "rmse": rmse}
 
 
+def finite_mean(values: np.ndarray) -> float:
+    """The mean of the finite values; NaN where there is none (a band of a diverged probe), without numpy's
+    warning."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
 def log_slope(curve: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """d loss / d log t of a loss curve (Olsson et al. 2022's heat map), on log-spaced bands of positions
     (a single position's loss is noisy): the mean loss of each of `bands` bands between t = 1 and
@@ -189,11 +196,7 @@ def log_slope(curve: np.ndarray, bands: int = 16) -> tuple[np.ndarray, np.ndarra
     t = np.arange(1, len(curve) + 1, dtype=float)
     edges = np.unique(np.round(np.geomspace(1, len(curve) + 1, bands + 1)).astype(int))
     groups = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
-    def mean(values: np.ndarray) -> float:  # NaN for a band without a finite value, without a warning
-        finite = values[np.isfinite(values)]
-        return float(finite.mean()) if len(finite) else math.nan
-
-    loss = np.array([mean(curve[lo - 1 : hi - 1]) for lo, hi in groups])
+    loss = np.array([finite_mean(curve[lo - 1 : hi - 1]) for lo, hi in groups])
     where = np.array([np.log(t[lo - 1 : hi - 1]).mean() for lo, hi in groups])
     return np.exp((where[:-1] + where[1:]) / 2), np.diff(loss) / np.diff(where)
 

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from vslm.config import DEVICE, ModelConfig, RunConfig, validate
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
-from vslm.files import LOCK, LOCK_HOST, read_jsonl, write_text
+from vslm.files import LOCK, LOCK_HOST, read_json_object, read_jsonl, write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import (
     atomic_write,
@@ -62,11 +62,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def read_summary(run_dir: Path) -> dict:
     """The run's summary.json; {} where it is missing or does not read (what it holds is derived, and those
     reading it fall back without it)."""
-    try:
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+    return read_json_object(Path(run_dir) / SUMMARY)
 
 
 def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_token: float) -> str | None:
