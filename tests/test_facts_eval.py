@@ -295,7 +295,7 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     assert adapters["groups"] == 3 and 0 <= adapters["routing"] <= 1 and adapters["novel"]["n"] == 4
     assert 0 <= adapters["oracle"]["accuracy"] <= 1
     # each adapter a run of the training loop: RUN/adapters/<base checkpoint>/<world, grouping>/<group>
-    fitted = sorted((run / "adapters").glob("step_*/world-*-groups-3-steps-2-seed-0/novel-*"))
+    fitted = sorted((run / "adapters").glob("step_*/world-*-groups-3-steps-2-seed-0-both/novel-*"))
     assert len(fitted) == 3 and all(len((f / "metrics.jsonl").read_text().splitlines()) == 2 for f in fitted)
     assert all(list((f / "checkpoints").glob("step_*.safetensors")) for f in fitted)
     assert adapters["fit"]["loss"] > 0 and adapters["fit"]["val_loss"] > 0
@@ -311,6 +311,19 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     assert len(list((run / "adapters").glob("step_*/*/novel-*"))) == 3 + 3 + 2  # 8 novel people: 3 groups, then 2
     saved = json.loads((run / "facts-eval.json").read_text())["settings"]
     assert saved["world"] == load_world_folder(world).key != load_world_folder(other).key
+    assert saved["adapter_parts"] == "both" and saved["seed"] == 0
+    # the adapters' LoRA alone, at another seed: fits of their own; "tokens" alone, where the byte model has
+    # none it never trained on (the text's bytes are all in train.txt), refused in one line
+    assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--json", "--adapters", "2",
+                 "--group-size", "4", "--adapter-parts", "lora", "--seed", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["adapter_parts"] == "lora" and result["settings"]["seed"] == 1
+    assert result["adapters"]["parts"] == "lora" and result["adapters"]["tokens"] == 0
+    assert len(list((run / "adapters").glob("step_*/*-groups-4-steps-2-seed-1-lora/novel-*"))) == 2
+    assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--adapters", "2",
+                 "--adapter-parts", "tokens"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leaves nothing to train" in err
 
 
 def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
@@ -378,3 +391,17 @@ def test_the_printed_table_gives_each_accuracy_its_standard_error_and_its_cut_pr
                                     ("counterfactual", "seen", "0.400 ± 0.100", "0.250", "10 (2 cut)")]
     assert cut_line(result).endswith(": retrieved seen 3 of 20, counterfactual seen 2 of 10")
     assert cut_line(result | {"truncated": 0}) == ""
+
+
+def test_an_evaluation_from_before_adapters_had_token_rows_is_not_reused():
+    """What a saved facts-eval.json is compared with: with adapters, their parts (an evaluation from before adapters
+    owned their tokens' rows lacks the key, so its adapters are fitted again); without, nothing new (every
+    evaluation without adapters saved before stays reused)."""
+    from vslm.knowledge.evaluate import eval_settings
+
+    before = {"world": "w", "distractors": 4, "per_group": 100, "k": 8, "rounds": None, "probe": "birth_city",
+              "checkpoint": None, "seed": 2, "adapter_steps": 0, "group_size": None}
+    assert eval_settings("w", seed=2) == before
+    with_adapters = eval_settings("w", seed=2, adapter_steps=100, group_size=8)
+    assert with_adapters == {**before, "adapter_steps": 100, "group_size": 8, "adapter_parts": "both"}
+    assert eval_settings("w", seed=2, adapter_steps=100, group_size=8, adapter_parts="lora") != with_adapters

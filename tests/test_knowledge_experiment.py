@@ -13,6 +13,7 @@ from vslm.errors import ConfigError, VSLMError
 from vslm.knowledge.experiment import (
     Criterion,
     arm_config,
+    chance,
     judge,
     make_world,
     metric,
@@ -32,7 +33,8 @@ RESULT = {  # the shape of facts-eval.json (hop keys are strings there), plus re
                                        "2": {"accuracy": 0.6, "n": 10, "chance": 0.25}}}},
     "probe": {"attribute": "birth_city", "seen": {"best": 0.3, "baseline": 0.1, "by_depth": [0.3]}},
     "relearning": {"before": {"rest": {"accuracy": 0.2}}, "after": {"rest": {"accuracy": 0.35}}},
-    "adapters": {"novel": {"accuracy": 0.45, "n": 20, "chance": 0.2}},
+    "adapters": {"novel": {"accuracy": 0.45, "n": 20, "chance": 0.2},
+                 "by_hops": {"oracle": {"1": {"accuracy": 0.7, "n": 10, "chance": 0.15}}}},
 }
 
 
@@ -45,6 +47,8 @@ def test_metric_paths_read_the_right_numbers():
     assert metric(RESULT, "probe.seen") == pytest.approx(0.2)
     assert metric(RESULT, "relearn.rest") == pytest.approx(0.15)
     assert metric(RESULT, "adapters.novel") == 0.45
+    assert metric(RESULT, "adapters.oracle.hops1") == 0.7 and chance(RESULT, "adapters.oracle.hops1") == 0.15
+    assert math.isnan(metric(RESULT, "adapters.novel.hops1"))  # the adapters' own by_hops, not the result's
     assert math.isnan(metric(RESULT, "closed_book.novel")) and math.isnan(metric(RESULT, "retrieved.seen.hops3"))
     assert side_value("chance:retrieved.seen.hops2", {"a": RESULT}) == 0.25
     assert side_value("a:closed_book.seen", {"a": RESULT}) == 0.25 and side_value(0.7, {}) == 0.7
@@ -150,7 +154,8 @@ def test_bad_specs_fail_with_one_line(changes, message):
 
 def test_builtin_knowledge_experiments_validate(tmp_path):
     names = sorted(n for n in builtin_experiments() if n.startswith("knowledge"))
-    assert names == ["knowledge", "knowledge-distill", "knowledge-preloaded", "knowledge-retrieval"]
+    assert names == ["knowledge", "knowledge-adapters", "knowledge-distill", "knowledge-preloaded",
+                     "knowledge-retrieval"]
     specs = {name: parse_spec(*read_experiment(name)[1:]) for name in names}
     for name, spec in specs.items():
         assert spec.criteria and spec.base == "reader" and spec.tokens == "words" and spec.seeds >= 3, name

@@ -580,7 +580,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     from rich.table import Table
 
     from vslm.knowledge.evaluate import evaluate_run, novel_summary
-    from vslm.report.facts import hops_rows, notes, probe_line, summary_rows
+    from vslm.report.facts import adapter_line, hops_rows, notes, probe_line, summary_rows
     from vslm.report.run_report import write_report
 
     _at_least(a, 0, "distractors", "per_group", "adapters", "threads")
@@ -588,7 +588,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     _threads(a.threads, "evaluation")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
-                          group_size=a.group_size)
+                          seed=a.seed, group_size=a.group_size, adapter_parts=a.adapter_parts)
     for line in notes(result):
         print(f"note: {line}", file=sys.stderr)
     report = write_report(Path(a.run))  # its "Knowledge" section: this evaluation
@@ -609,8 +609,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
         table.add_row(*row)
     console.print(table)
     if ad := result.get("adapters"):
-        console.print(f"adapters: {ad['groups']} groups, {ad['steps']} steps each; the retriever picked the "
-                      f"subject's adapter for {ad['routing']:.3f} of the questions", highlight=False)
+        console.print(adapter_line(ad), highlight=False)
     if cf := result.get("counterfactual"):
         console.print(f"counterfactual context: memorisation ratio {cf['memorisation_ratio']:.3f}, "
                       f"answers the weights' value {cf['original']:.3f}", highlight=False)
@@ -746,6 +745,11 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--adapters", type=int, default=0, metavar="STEPS",
                    help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
     p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="the evaluation's seed: the distractors drawn, the adapters' "
+                   "groups, initialisation and batches (default 0; a knowledge experiment's seed k evaluates with k)")
+    p.add_argument("--adapter-parts", choices=("both", "lora", "tokens"), default="both",
+                   help="what each adapter trains: its LoRA and the rows of the tokens the model never trained on "
+                        "(both, the default), or one of them")
     p.add_argument("--threads", type=int, default=0, help="torch's CPU threads for the scoring and the adapters' "
                    "fits (default 0: torch's choice, one per core)")
     _add_run_args(p, "print the result as one JSON object")

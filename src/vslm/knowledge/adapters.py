@@ -5,9 +5,16 @@ question by the retriever (RESEARCH.md section 5a).
 `fc`); several can live side by side and `use_adapter` switches between them (None: the base model
 alone). `fit_adapter` trains one adapter on a group's text with everything else frozen, so the base
 model, and every other adapter, stays exactly as it was; it is a run of the one training loop
-(train/finetune.py), in a folder of its own. `fact_groups` cuts a pool's people into
-groups; `AdapterRouter` answers "which adapter for this question?" with the group most of the
-retriever's cards are about.
+(train/finetune.py), in a folder of its own. `fact_groups` cuts a pool's people into groups;
+`AdapterRouter` answers "which adapter for this question?" with the group most of the retriever's
+cards are about.
+
+An adapter also owns the embedding rows (and an untied head's) of the tokens in its text that the base
+never trained on (`unseen_tokens`): a word-level model's names of new people, whose rows training only
+ever pushed down as outputs. A LoRA on the matrices can neither write such a name nor tell two of them
+apart; with the rows it can (docs/EXPERIMENTS.md, `knowledge-adapters`). `use_adapter` writes an
+adapter's rows into the embedding while it is in use and puts the base's back when it is not, as peft
+merges an adapter. `PARTS` says what a fit trains.
 """
 
 from __future__ import annotations
@@ -17,14 +24,17 @@ import warnings
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from vslm.config import RunConfig
 from vslm.data.answers import AnswerSampler
 from vslm.data.shards import Corpus
+from vslm.errors import VSLMError
 from vslm.knowledge import render
 from vslm.knowledge.retrieval import Card, Retriever
 from vslm.knowledge.world import Pool, World
@@ -32,6 +42,56 @@ from vslm.model import GPT
 from vslm.train.finetune import fine_tune, finetune_config
 
 TARGETS = ("qkv", "proj", "fc")  # the Linear layers of attention and MLP (vslm.model.attention, layers)
+PARTS = ("both", "lora", "tokens")  # what fit_adapter trains: the LoRA and the unseen tokens' rows, or one of them
+ROWS = "adapter_rows"  # the model's attribute holding its adapters' token rows (TokenRows)
+TOKENS = "tokens."  # adapter_state's keys of the token rows
+
+
+@dataclass
+class TokenRows:
+    """Per adapter, the embedding rows it owns (`ids`), their fitted values and the base model's, one tensor per
+    table of `row_tables`; `written`: the adapter whose rows the tables hold now (None: the base's)."""
+    ids: dict[str, torch.Tensor] = field(default_factory=dict)
+    fitted: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    base: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    written: str | None = None
+
+
+def row_tables(model: GPT) -> list[torch.nn.Parameter]:
+    """The tables with a row per token: the embedding, and the head when it is not tied to it."""
+    return [model.embed.weight] + ([model.head.weight] if model.head is not None else [])
+
+
+def unseen_tokens(corpus: Corpus, documents: Sequence[str]) -> list[int]:
+    """The tokens of `documents` that the corpus's training split never holds: rows its model never fitted."""
+    ids = {t for doc in documents for t in corpus.tokenizer.encode(doc)}
+    trained = np.bincount(np.asarray(corpus.train.tokens), minlength=max(ids, default=0) + 1)
+    return sorted(t for t in ids if trained[t] == 0)
+
+
+def own_tokens(model: GPT, name: str, ids: Sequence[int]) -> None:
+    """Give the adapter `name` its own rows of the tokens `ids`, starting from the base model's."""
+    rows = model.__dict__.setdefault(ROWS, TokenRows())
+    _write_rows(model, None)  # the tables hold the base's rows now
+    index = torch.tensor(sorted(ids), dtype=torch.long, device=model.embed.weight.device)
+    rows.ids[name] = index
+    rows.base[name] = [t.detach()[index].clone() for t in row_tables(model)]
+    rows.fitted[name] = [r.clone() for r in rows.base[name]]
+
+
+def _write_rows(model: GPT, name: str | None) -> None:
+    """The tables back to the base's rows, then the named adapter's written in (None: the base's alone)."""
+    rows: TokenRows | None = model.__dict__.get(ROWS)
+    if rows is None:
+        return
+    with torch.no_grad():
+        if rows.written is not None:
+            for table, base in zip(row_tables(model), rows.base[rows.written], strict=True):
+                table[rows.ids[rows.written]] = base
+        if name in rows.ids:
+            for table, fitted in zip(row_tables(model), rows.fitted[name], strict=True):
+                table[rows.ids[name]] = fitted
+    rows.written = name if name in rows.ids else None
 
 
 def lora_layers(model: GPT) -> list:
@@ -58,17 +118,24 @@ def add_adapter(model: GPT, name: str, rank: int = 8, alpha: float = 16.0, seed:
 
 
 def use_adapter(model: GPT, name: str | None) -> None:
-    """Switch every LoRA layer to the named adapter, or off (None: the base model alone)."""
+    """Switch every LoRA layer, and the token rows, to the named adapter, or off (None: the base model alone)."""
     for layer in lora_layers(model):
         layer.enable_adapters(name is not None)
         if name is not None:
             layer.set_adapter(name)
+    _write_rows(model, name)
 
 
 def adapter_state(model: GPT, name: str) -> dict[str, torch.Tensor]:
-    """The named adapter's weights (what `save_adapter` writes)."""
+    """The named adapter's weights (what `save_adapter` writes): its LoRA matrices, and its token rows if it
+    has some (`tokens.ids`, then `tokens.0` for the embedding's and `tokens.1` for an untied head's)."""
     keys = (f".lora_A.{name}.", f".lora_B.{name}.")
-    return {k: v for k, v in model.state_dict().items() if any(key in k for key in keys)}
+    state = {k: v for k, v in model.state_dict().items() if any(key in k for key in keys)}
+    rows: TokenRows | None = model.__dict__.get(ROWS)
+    if rows is not None and name in rows.ids:
+        state[f"{TOKENS}ids"] = rows.ids[name]
+        state |= {f"{TOKENS}{i}": r for i, r in enumerate(rows.fitted[name])}
+    return state
 
 
 def save_adapter(model: GPT, name: str, path: Path) -> None:
@@ -76,34 +143,70 @@ def save_adapter(model: GPT, name: str, path: Path) -> None:
 
 
 def load_adapter(model: GPT, name: str, path: Path) -> None:
-    """Load weights written by `save_adapter` into the adapter `name` (added beforehand with the same rank)."""
+    """Load weights written by `save_adapter` into the adapter `name` (added beforehand with the same rank),
+    its token rows too; the adapter is in use after."""
     weights = load_file(str(path))
-    missing = set(adapter_state(model, name)) ^ set(weights)
-    if missing:
-        raise ValueError(f"{path} does not fit adapter {name!r} of this model: {sorted(missing)[:3]}")
-    model.load_state_dict(weights, strict=False)
+    lora = {k: v for k, v in weights.items() if not k.startswith(TOKENS)}
+    missing = {k for k in adapter_state(model, name) if not k.startswith(TOKENS)} ^ set(lora)
+    tables = len(row_tables(model))
+    if missing or (f"{TOKENS}ids" in weights) != all(f"{TOKENS}{i}" in weights for i in range(tables)):
+        what = sorted(missing)[:3] or "its token rows"
+        raise ValueError(f"{path} does not fit adapter {name!r} of this model: {what}")
+    model.load_state_dict(lora, strict=False)
+    if f"{TOKENS}ids" in weights:
+        own_tokens(model, name, weights[f"{TOKENS}ids"].tolist())
+        model.__dict__[ROWS].fitted[name] = [weights[f"{TOKENS}{i}"].to(model.embed.weight) for i in range(tables)]
+    use_adapter(model, name)
 
 
 def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents: Sequence[str], out: Path,
-                steps: int = 200, lr: float = 3e-3, batch_size: int = 16, seed: int = 0, device: str = "cpu") -> dict:
+                steps: int = 200, lr: float = 3e-3, batch_size: int = 16, seed: int = 0, device: str = "cpu",
+                parts: str = "both") -> dict:
     """Train the adapter `name` on whole documents (loss on answers where there are some, on every
     token otherwise: vslm.data.answers), everything else frozen, by the one training loop into the run
     folder `out` (a finished one is reused, an interrupted one resumed). `cfg` and `corpus` are the
-    base run's: its validation loss is measured at the end with the adapter on. Returns the last
-    logged metrics; the model keeps the adapter's weights and the trainable flags it had."""
-    use_adapter(model, name)
-    trainable = {n for n, _ in model.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n}
-    if not trainable:
+    base run's: its validation loss is measured at the end with the adapter on. `parts` (PARTS): its LoRA
+    matrices and the rows of the documents' tokens that `corpus` never trained (`unseen_tokens`), or one
+    of the two. Returns the last logged metrics; the model keeps the adapter's weights and the trainable
+    flags it had."""
+    if parts not in PARTS:
+        raise ValueError(f"adapter parts {parts!r}: choose one of {', '.join(PARTS)}")
+    lora = {n for n, _ in model.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n}
+    if not lora:
         raise ValueError(f"the model has no adapter {name!r}; add_adapter first")
+    unseen = unseen_tokens(corpus, documents) if parts != "lora" else []
+    if parts == "tokens" and not unseen:
+        raise VSLMError(f"adapter {name!r}: its text has no token the base never trained on, so adapter parts "
+                        "'tokens' leaves nothing to train (a byte or BPE model: choose lora or both)")
+    if unseen:
+        own_tokens(model, name, unseen)
+    use_adapter(model, name)  # peft marks the active adapter's matrices trainable: the flags are set after
+    tables = row_tables(model) if unseen else []
+    matrices = lora if parts != "tokens" else set()
+    trainable = {id(t) for t in tables} | {id(p) for n, p in model.named_parameters() if n in matrices}
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in trainable)
+    kept = [t.detach().clone() for t in tables]  # every other row, exactly (nGPT renormalises whole tables)
+    mask = torch.zeros(model.embed.weight.shape[0], 1, device=model.embed.weight.device)
+    mask[unseen] = 1.0
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    hooks = [t.register_hook(lambda grad: grad * mask) for t in tables]  # only the adapter's rows move
     try:
         batches = AnswerSampler(documents, corpus.tokenizer, model.cfg.context, batch_size, seed)
         return fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model, corpus,
                          batches=batches)
     finally:
+        for hook in hooks:
+            hook.remove()
+        if tables:
+            rows: TokenRows = model.__dict__[ROWS]
+            with torch.no_grad():
+                rows.fitted[name] = [t.detach()[rows.ids[name]].clone() for t in tables]
+                for t, k in zip(tables, kept, strict=True):
+                    t.copy_(k)
+                for t, fitted in zip(tables, rows.fitted[name], strict=True):
+                    t[rows.ids[name]] = fitted
         model.train(was_training)
         for n, p in model.named_parameters():
             p.requires_grad_(before[n])

@@ -14,7 +14,8 @@ The result (also written to RUN/facts-eval.json):
      "counterfactual": {accuracy, n, chance, original, other, memorisation_ratio},
      "by_hops": {setting: {pool: {hops: {accuracy, n, chance}}}},
      "probe": {attribute, seen: {...}, novel: {...}}, "truncated" (prompts cut to the context, in all),
-     "adapters" (with adapter_steps): {groups, steps, routing, novel, oracle, by_hops}}
+     "adapters" (with adapter_steps): {groups, steps, parts, tokens (rows owned, mean a group), fit, routing,
+                                       novel, oracle, by_hops}}
 
 where each accuracy is {accuracy, se, n, chance} (metrics.accuracy) with `cut`, how many of its prompts
 were longer than the model's context (they lose their oldest tokens, the first facts: knowledge.scoring),
@@ -106,12 +107,14 @@ def pick_counting_cuts(scorer: metrics.Scorer, prompts: list[str], questions: li
 
 
 def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out: Path, group_size: int = 10,
-                      steps: int = 200, per_group: int | None = 100, seed: int = 0, device: str = "cpu") -> dict:
-    """Facts loaded as adapters: a LoRA per group of novel entities, fitted on that group's facts
-    (facts the model never trained on; a run of the training loop in out/GROUP, reused when done),
-    then the novel test questions asked closed-book with the adapter the retriever picks (`novel`)
-    and with the adapter of the question's subject (`oracle`). `cfg` is the scored model's run config.
-    The scorer's model keeps the adapters (switched off on return)."""
+                      steps: int = 200, per_group: int | None = 100, seed: int = 0, device: str = "cpu",
+                      parts: str = "both") -> dict:
+    """Facts loaded as adapters: a LoRA per group of novel entities, with the rows of the tokens the model
+    never trained on (`parts`: adapters.PARTS), fitted on that group's facts (facts the model never trained
+    on; a run of the training loop in out/GROUP, reused when done), then the novel test questions asked
+    closed-book with the adapter the retriever picks (`novel`) and with the adapter of the question's
+    subject (`oracle`). `cfg` is the scored model's run config. The scorer's model keeps the adapters
+    (switched off on return)."""
     from vslm.data.shards import prepare_corpus
     from vslm.knowledge import adapters
 
@@ -123,12 +126,14 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
         adapters.add_adapter(model, name, seed=seed)
         docs = adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
         fitted[name] = adapters.fit_adapter(model, cfg, corpus, name, docs, Path(out) / name, steps=steps, seed=seed,
-                                            device=device)
+                                            device=device, parts=parts)
     router = adapters.AdapterRouter(retriever_for(folder), folder.world, groups)
     home = {e: g for g, entities in groups.items() for e in entities}
     test = select(folder.questions, "novel", "test", False, per_group)
     routed = [router.route(q.question) for q in test]
-    out: dict = {"groups": len(groups), "steps": steps,
+    rows = model.__dict__.get(adapters.ROWS)
+    out: dict = {"groups": len(groups), "steps": steps, "parts": parts,
+                 "tokens": metrics.mean([len(rows.ids.get(g, ())) if rows else 0 for g in groups]),
                  "fit": {k: metrics.mean([f[k] for f in fitted.values()]) for k in ("loss", "val_loss")},
                  "routing": metrics.mean([float(r == home[q.starts[0]]) for r, q in zip(routed, test, strict=True)]),
                  "by_hops": {}}
@@ -150,25 +155,31 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
 
 def eval_settings(world: str, distractors: int = 4, per_group: int | None = 100, k: int = 8,
                   rounds: int | None = None, probe: str = "birth_city", checkpoint: Path | None = None, seed: int = 0,
-                  adapter_steps: int = 0, group_size: int = 10) -> dict:
+                  adapter_steps: int = 0, group_size: int = 10, adapter_parts: str = "both") -> dict:
     """What an evaluation of one checkpoint depends on besides the run, as facts-eval.json records it: the
-    world (its WorldFolder.key) and the settings. A saved result is reused only for the same ones."""
+    world (its WorldFolder.key) and the settings. A saved result is reused only for the same ones (one from
+    before adapters had token rows has no `adapter_parts`: its adapters are fitted again)."""
     return {"world": world, "distractors": distractors, "per_group": per_group, "k": k, "rounds": rounds,
             "probe": probe, "checkpoint": None if checkpoint is None else Path(checkpoint).name, "seed": seed,
-            "adapter_steps": adapter_steps, "group_size": group_size if adapter_steps > 0 else None}
+            "adapter_steps": adapter_steps, "group_size": group_size if adapter_steps > 0 else None,
+            **({"adapter_parts": adapter_parts} if adapter_steps > 0 else {})}
 
 
-def adapters_dir(run: Path, checkpoint: Path, folder: WorldFolder, group_size: int, steps: int, seed: int) -> Path:
+def adapters_dir(run: Path, checkpoint: Path, folder: WorldFolder, group_size: int, steps: int, seed: int,
+                 parts: str = "both") -> Path:
     """Where the adapters of one base checkpoint, world, grouping and fit go: an evaluation on another world,
-    with other groups or another number of steps fits its own, never reuses these."""
-    return Path(run) / ADAPTERS / checkpoint.stem / f"world-{folder.key}-groups-{group_size}-steps-{steps}-seed-{seed}"
+    with other groups, another number of steps or other parts fits its own, never reuses these."""
+    return (Path(run) / ADAPTERS / checkpoint.stem /
+            f"world-{folder.key}-groups-{group_size}-steps-{steps}-seed-{seed}-{parts}")
 
 
 def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | None = 100, k: int = 8,
                  rounds: int | None = None, probe: str = "birth_city", checkpoint: Path | None = None,
-                 device: str = "cpu", seed: int = 0, adapter_steps: int = 0, group_size: int = 10) -> dict:
+                 device: str = "cpu", seed: int = 0, adapter_steps: int = 0, group_size: int = 10,
+                 adapter_parts: str = "both") -> dict:
     """Load the run and the world, measure everything, write RUN/facts-eval.json; returns the result.
-    With adapter_steps > 0, also the adapter arm (evaluate_adapters), last: it adds to the model."""
+    With adapter_steps > 0, also the adapter arm (evaluate_adapters, fitting `adapter_parts`), last: it adds
+    to the model."""
     from vslm.knowledge.probe import probe_attribute
     from vslm.knowledge.scoring import LMScorer
     from vslm.knowledge.world import RELATIONS
@@ -182,15 +193,16 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     scorer = LMScorer(model, tokenizer)
     result = {"run": str(run), "world": str(world),
               "settings": eval_settings(folder.key, distractors, per_group, k, rounds, probe, checkpoint, seed,
-                                        adapter_steps, group_size),
+                                        adapter_steps, group_size, adapter_parts),
               **evaluate_world(scorer, folder, distractors, per_group, k, rounds, seed)}
     result["probe"] = {"attribute": probe, **{pool: probe_attribute(scorer, folder.world, probe, pool, seed=seed)
                                               for pool in ("seen", "novel")}}
     if adapter_steps > 0:
         base = checkpoint or latest_checkpoint(Path(run))
         result["adapters"] = evaluate_adapters(scorer, folder, cfg,
-                                               adapters_dir(run, base, folder, group_size, adapter_steps, seed),
-                                               group_size, adapter_steps, per_group, seed, device)
+                                               adapters_dir(run, base, folder, group_size, adapter_steps, seed,
+                                                            adapter_parts),
+                                               group_size, adapter_steps, per_group, seed, device, adapter_parts)
     result["truncated"] = scorer.truncated
     if (other := trained_on_another_world(cfg, world, folder)) is not None:
         result["note"] = (f"the run trained on the text of another world ({other}), not on {world}'s: its closed-book "

@@ -44,7 +44,7 @@ For each seed, out/seed-k/ holds the world (world/) and one folder per arm (a ru
 facts-eval.json; relearn.json with the relearning test). Finished parts are reused, so an
 interrupted experiment completes when the same command runs again. A metric is a path into an arm's
 facts-eval.json (`closed_book.seen`, `open_book.novel`, `retrieved.seen.hops2`, `counterfactual`,
-`memorisation_ratio`, `adapters.novel`, `probe.seen` = best probe accuracy minus its majority
+`memorisation_ratio`, `adapters.novel`, `adapters.oracle.hops1`, `probe.seen` = best probe accuracy minus its majority
 baseline, `relearn.rest` = the accuracy gained on the other 90% by relearning). Every criterion is
 judged on the per-seed differences left - right (seed k's arms share seed k's world): their mean and
 95% interval over seeds, and the one-sided p of a paired t-test over seeds, raw and Holm-adjusted
@@ -268,10 +268,13 @@ def parse_spec(raw: dict, label: str) -> KnowledgeSpec:
 
 
 def _node(result: dict, path: str) -> dict:
-    """The accuracy dict at a path: "setting.pool" or "setting.pool.hopsN" (from by_hops)."""
+    """The accuracy dict at a path: "setting.pool" or "setting.pool.hopsN" (from by_hops; the adapters' own:
+    "adapters.novel.hopsN", "adapters.oracle.hopsN")."""
     parts = path.split(".")
     hops = parts.pop()[4:] if parts[-1].startswith("hops") else None
     node = result.get("by_hops", {}) if hops else result
+    if hops and parts[0] == "adapters":
+        node, parts = result.get("adapters", {}).get("by_hops", {}), parts[1:]
     for part in parts:
         node = node.get(part, {}) if isinstance(node, dict) else {}
     if hops is not None and isinstance(node, dict):

@@ -49,6 +49,19 @@ def probe_line(result: dict) -> str:
     return f"probe name -> {p['attribute']}: " + "; ".join(parts)
 
 
+ADAPTER_PARTS = {"both": "a LoRA and the rows of its text's tokens the model never trained on",
+                 "lora": "a LoRA alone", "tokens": "the rows of its text's tokens the model never trained on alone"}
+
+
+def adapter_line(adapters: dict) -> str:
+    """What the adapters were and how well the retriever routed to them (a result from before adapters had token
+    rows has no `parts`: LoRA alone)."""
+    parts = adapters.get("parts", "lora")
+    rows = f", {adapters['tokens']:.1f} such tokens a group" if parts != "lora" and "tokens" in adapters else ""
+    return (f"adapters: {adapters['groups']} groups, {adapters['steps']} steps each, each {ADAPTER_PARTS[parts]}"
+            f"{rows}; the retriever picked the subject's adapter for {_fmt(adapters['routing'])} of the questions")
+
+
 def cut_line(result: dict) -> str:
     """Which settings had prompts longer than the model's context (their oldest tokens, the first facts, were
     dropped, so that an answer may lack its facts), '' where none did."""
@@ -78,8 +91,7 @@ def facts_section(result: dict) -> tuple[str, str, str]:
     parts += ["<p>Accuracy by number of hops:</p>", table(columns, [[escape(c) for c in row] for row in rows])]
     lines = []
     if ad := result.get("adapters"):
-        lines.append(f"adapters: {ad['groups']} groups, {ad['steps']} steps each; the retriever picked the "
-                     f"subject's adapter for {_fmt(ad['routing'])} of the questions")
+        lines.append(adapter_line(ad))
     if cf := result.get("counterfactual"):
         lines.append(f"counterfactual context: memorisation ratio {_fmt(cf['memorisation_ratio'])} (0 reads the "
                      f"context, 1 recites the weights), answers the weights' value {_fmt(cf['original'])}")
