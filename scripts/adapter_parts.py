@@ -8,7 +8,8 @@ copied (so that its own facts-eval.json, the experiment's, stays as it is) and e
 for P = lora and tokens; the experiment's own evaluation is P = both. Printed: per part, the routed and the
 oracle adapters' accuracy on the novel pool (all hops, and 1 hop), the fits' last training loss (nats a token,
 mean over the groups) and the base corpus's validation loss with the adapter on, mean ± std over seeds; then
-each part minus both, paired over seeds with its 95% interval and two-sided p (Holm over the four comparisons).
+each part minus both, paired over seeds with its 95% interval and two-sided p (Holm over the four comparisons);
+then each part alone minus chance, the same way (Holm over those four).
 Copies go to OUT/parts/ (reused when their evaluation is there with these settings).
 """
 
@@ -39,25 +40,35 @@ def main() -> int:
 
     torch.set_num_threads(a.threads)
     spec = parse_spec(*read_experiment(a.experiment)[1:])
-    seeds = sorted(int(p.name.split("-")[1]) for p in a.out.glob("seed-*")
-                   if (p / "closed-1x" / "facts-eval.json").is_file())
-    if not seeds:
-        print(f"{a.out}: no evaluated seed-k/closed-1x; run vslm experiment knowledge-adapters first", file=sys.stderr)
-        return 1
     arm = next(arm for arm in spec.arms if arm.adapters)
+    seeds = sorted(int(p.name.split("-")[1]) for p in a.out.glob("seed-*")
+                   if (p / arm.name / "facts-eval.json").is_file())
+    if not seeds:
+        print(f"{a.out}: no evaluated seed-k/{arm.name}; run vslm experiment {a.experiment} first", file=sys.stderr)
+        return 1
     results: dict[str, list[dict]] = {p: [] for p in PARTS}
     for seed in seeds:
         folder = a.out / f"seed-{seed}"
-        results["both"].append(json.loads((folder / "closed-1x" / "facts-eval.json").read_text(encoding="utf-8")))
+        asked = {"seed": seed, "per_group": spec.per_group, "adapter_steps": arm.adapters,
+                 "group_size": spec.group_size}
+        both = json.loads((folder / arm.name / "facts-eval.json").read_text(encoding="utf-8"))
+        settings = both["settings"]
+        if settings.get("adapter_parts") != "both" or any(settings.get(k) != v for k, v in asked.items()):
+            print(f"{folder / arm.name}: its evaluation is not the experiment's with both parts ({both['settings']}); "
+                  f"run vslm experiment {a.experiment} --out {a.out} again first", file=sys.stderr)
+            return 1
+        results["both"].append(both)
         for part in PARTS[1:]:
             copy = a.out / "parts" / f"seed-{seed}-{part}"
-            if not (copy / "facts-eval.json").is_file():
+            saved = json.loads((copy / "facts-eval.json").read_text(encoding="utf-8")) \
+                if (copy / "facts-eval.json").is_file() else {}
+            if saved.get("settings") != {**both["settings"], "adapter_parts": part}:
                 shutil.rmtree(copy, ignore_errors=True)
-                shutil.copytree(folder / "closed-1x", copy,
+                shutil.copytree(folder / arm.name, copy,
                                 ignore=shutil.ignore_patterns("adapters", "facts-eval.json", "report.html"))
-                evaluate_run(copy, folder / "world", per_group=spec.per_group, seed=seed, adapter_steps=arm.adapters,
-                             group_size=spec.group_size, adapter_parts=part)
-            results[part].append(json.loads((copy / "facts-eval.json").read_text(encoding="utf-8")))
+                saved = evaluate_run(copy, folder / "world", per_group=spec.per_group, seed=seed,
+                                     adapter_steps=arm.adapters, group_size=spec.group_size, adapter_parts=part)
+            results[part].append(json.loads(json.dumps(saved)))  # as read back: hop counts as strings
             print(f"seed {seed} {part}: " + ", ".join(f"{label} {metric(results[part][-1], path):.3f}"
                                                        for label, path in METRICS), flush=True)
     print(f"\n{len(seeds)} seeds ({', '.join(map(str, seeds))}); chance "
@@ -76,6 +87,15 @@ def main() -> int:
     print("\n| part - both | metric | difference [95% CI] | p | Holm p |")
     print("|---|---|---|---|---|")
     for (part, label, d), h in zip(diffs, adjusted, strict=True):
+        print(f"| {part} | {label} | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['p']:.2g} "
+              f"| {h:.2g} |")
+    above = [(part, label, paired_difference([chance(r, path) for r in results[part]],
+                                              [metric(r, path) for r in results[part]]))
+             for part in PARTS[1:] for label, path in METRICS]
+    adjusted = holm([d["p"] for _, _, d in above])
+    print("\n| part alone - chance | metric | difference [95% CI] | p | Holm p |")
+    print("|---|---|---|---|---|")
+    for (part, label, d), h in zip(above, adjusted, strict=True):
         print(f"| {part} | {label} | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['p']:.2g} "
               f"| {h:.2g} |")
     return 0

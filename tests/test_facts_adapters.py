@@ -131,6 +131,14 @@ def test_an_adapter_owns_the_rows_of_the_tokens_its_base_never_trained_on(corpus
         assert torch.equal(fresh(x), model(x))
         use_adapter(fresh, None)
         assert torch.equal(fresh.embed.weight, base["embed.weight"])
+    # a refit of its LoRA alone, or a file without rows, leaves the adapter none of its earlier ones
+    fit_adapter(model, BASE, corpus, "g1", docs, tmp_path / "g1-lora", steps=2, batch_size=4, parts="lora")
+    assert "g1" not in model.__dict__[ROWS].ids and torch.equal(embed, base["embed.weight"])  # g1 in use
+    use_adapter(model, "g0")
+    assert torch.equal(embed[expected], g0)  # g0's rows kept
+    save_adapter(model, "g1", tmp_path / "g1-lora.safetensors")
+    load_adapter(fresh, "g1", tmp_path / "g1-lora.safetensors")
+    assert torch.equal(fresh.embed.weight, base["embed.weight"]) and "g1" not in fresh.__dict__[ROWS].ids
     with pytest.raises(VSLMError, match="parts 'tokens' leaves nothing to train"):
         fit_adapter(model, BASE, corpus, "g0", ["the cat sat"], tmp_path / "none", steps=2, parts="tokens")
     with pytest.raises(ValueError, match="adapter parts 'all'"):

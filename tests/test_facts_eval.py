@@ -336,7 +336,8 @@ def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
     assert "cannot probe 'shoe_size'" in capsys.readouterr().err
     for flag, value, words in (("--group-size", "0", "--group-size must be at least 1"),
                                ("--adapters", "-5", "--adapters must be at least 0"),
-                               ("--threads", "-1", "--threads must be at least 0")):
+                               ("--threads", "-1", "--threads must be at least 0"),
+                               ("--adapter-parts", "lora", "--adapter-parts lora needs --adapters STEPS")):
         assert main(["facts", "eval", str(tmp_path), "--world", str(tmp_path), flag, value]) == 2
         assert words in capsys.readouterr().err
     world = tmp_path / "world"
@@ -405,3 +406,14 @@ def test_an_evaluation_from_before_adapters_had_token_rows_is_not_reused():
     with_adapters = eval_settings("w", seed=2, adapter_steps=100, group_size=8)
     assert with_adapters == {**before, "adapter_steps": 100, "group_size": 8, "adapter_parts": "both"}
     assert eval_settings("w", seed=2, adapter_steps=100, group_size=8, adapter_parts="lora") != with_adapters
+
+
+def test_the_adapter_line_says_what_the_adapters_fitted():
+    from vslm.report.facts import adapter_line
+
+    new = {"groups": 2, "steps": 100, "parts": "both", "tokens": 36.5, "routing": 0.944}
+    assert adapter_line(new) == ("adapters: 2 groups, 100 steps each, each a LoRA and the rows of its text's tokens "
+                                 "the model never trained on, 36.5 such tokens a group; the retriever picked the "
+                                 "subject's adapter for 0.944 of the questions")
+    old = {"groups": 2, "steps": 100, "routing": 0.5}  # saved before adapters owned rows: a LoRA alone
+    assert adapter_line(old).startswith("adapters: 2 groups, 100 steps each, each a LoRA alone; the retriever")

@@ -585,6 +585,8 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
 
     _at_least(a, 0, "distractors", "per_group", "adapters", "threads")
     _at_least(a, 1, "k", "rounds", "group_size")
+    if a.adapter_parts != "both" and not a.adapters:
+        raise UsageError(f"--adapter-parts {a.adapter_parts} needs --adapters STEPS (the adapters it says what to fit)")
     _threads(a.threads, "evaluation")
     result = evaluate_run(Path(a.run), Path(a.world), a.distractors, a.per_group or None, a.k, a.rounds, a.probe,
                           Path(a.checkpoint) if a.checkpoint else None, a.device, adapter_steps=a.adapters,
@@ -743,7 +745,8 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--rounds", type=int, help="retrieval rounds (default: the world's hops)")
     p.add_argument("--probe", default="birth_city", help="the attribute the linear probe reads (default birth_city)")
     p.add_argument("--adapters", type=int, default=0, metavar="STEPS",
-                   help="also fit a LoRA per group of novel entities for STEPS steps and answer through them")
+                   help="also fit an adapter per group of novel entities for STEPS steps (a LoRA and the rows of "
+                        "its text's tokens the model never trained on) and answer through them")
     p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's seed: the distractors drawn, the adapters' "
                    "groups, initialisation and batches (default 0; a knowledge experiment's seed k evaluates with k)")

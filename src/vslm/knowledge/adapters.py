@@ -11,10 +11,10 @@ cards are about.
 
 An adapter also owns the embedding rows (and an untied head's) of the tokens in its text that the base
 never trained on (`unseen_tokens`): a word-level model's names of new people, whose rows training only
-ever pushed down as outputs. A LoRA on the matrices can neither write such a name nor tell two of them
-apart; with the rows it can (docs/EXPERIMENTS.md, `knowledge-adapters`). `use_adapter` writes an
-adapter's rows into the embedding while it is in use and puts the base's back when it is not, as peft
-merges an adapter. `PARTS` says what a fit trains.
+ever pushed down as outputs. A LoRA on the matrices has to write such a name through rows that never
+learned to stand for anyone; with the rows, an adapter answers far more (docs/EXPERIMENTS.md,
+`knowledge-adapters`). `use_adapter` writes an adapter's rows into the embedding while it is in use and
+puts the base's back when it is not, as peft merges an adapter. `PARTS` says what a fit trains.
 """
 
 from __future__ import annotations
@@ -63,14 +63,17 @@ def row_tables(model: GPT) -> list[torch.nn.Parameter]:
 
 
 def unseen_tokens(corpus: Corpus, documents: Sequence[str]) -> list[int]:
-    """The tokens of `documents` that the corpus's training split never holds: rows its model never fitted."""
+    """The tokens of `documents` that the corpus's training split never holds: rows its model never fitted, where
+    the model trained on that corpus (a run that trained on batches of its own, as the reader or a distilled
+    student, saw more than its configured text: some of these it did fit)."""
     ids = {t for doc in documents for t in corpus.tokenizer.encode(doc)}
     trained = np.bincount(np.asarray(corpus.train.tokens), minlength=max(ids, default=0) + 1)
     return sorted(t for t in ids if trained[t] == 0)
 
 
 def own_tokens(model: GPT, name: str, ids: Sequence[int]) -> None:
-    """Give the adapter `name` its own rows of the tokens `ids`, starting from the base model's."""
+    """Give the adapter `name` its own rows of the tokens `ids`, starting from the base model's. The tables hold
+    the base's rows after: `use_adapter` then writes an adapter's in."""
     rows = model.__dict__.setdefault(ROWS, TokenRows())
     _write_rows(model, None)  # the tables hold the base's rows now
     index = torch.tensor(sorted(ids), dtype=torch.long, device=model.embed.weight.device)
@@ -84,14 +87,25 @@ def _write_rows(model: GPT, name: str | None) -> None:
     rows: TokenRows | None = model.__dict__.get(ROWS)
     if rows is None:
         return
-    with torch.no_grad():
+    with torch.no_grad():  # (the model may have moved to another device since the rows were taken)
         if rows.written is not None:
             for table, base in zip(row_tables(model), rows.base[rows.written], strict=True):
-                table[rows.ids[rows.written]] = base
+                table[rows.ids[rows.written].to(table.device)] = base.to(table)
         if name in rows.ids:
             for table, fitted in zip(row_tables(model), rows.fitted[name], strict=True):
-                table[rows.ids[name]] = fitted
+                table[rows.ids[name].to(table.device)] = fitted.to(table)
     rows.written = name if name in rows.ids else None
+
+
+def _drop_rows(model: GPT, name: str) -> None:
+    """The adapter `name` owns no rows any more (the base's written back where its were)."""
+    rows: TokenRows | None = model.__dict__.get(ROWS)
+    if rows is not None and name in rows.ids:
+        active = rows.written
+        _write_rows(model, None)
+        for table in (rows.ids, rows.fitted, rows.base):
+            del table[name]
+        _write_rows(model, active)
 
 
 def lora_layers(model: GPT) -> list:
@@ -156,6 +170,8 @@ def load_adapter(model: GPT, name: str, path: Path) -> None:
     if f"{TOKENS}ids" in weights:
         own_tokens(model, name, weights[f"{TOKENS}ids"].tolist())
         model.__dict__[ROWS].fitted[name] = [weights[f"{TOKENS}{i}"].to(model.embed.weight) for i in range(tables)]
+    else:  # a file without rows: none of an earlier adapter of this name stay
+        _drop_rows(model, name)
     use_adapter(model, name)
 
 
@@ -177,9 +193,11 @@ def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents
     unseen = unseen_tokens(corpus, documents) if parts != "lora" else []
     if parts == "tokens" and not unseen:
         raise VSLMError(f"adapter {name!r}: its text has no token the base never trained on, so adapter parts "
-                        "'tokens' leaves nothing to train (a byte or BPE model: choose lora or both)")
+                        "'tokens' leaves nothing to train (choose lora or both)")
     if unseen:
         own_tokens(model, name, unseen)
+    else:  # a refit of the LoRA alone, or a text of trained tokens only: no rows of an earlier fit stay
+        _drop_rows(model, name)
     use_adapter(model, name)  # peft marks the active adapter's matrices trainable: the flags are set after
     tables = row_tables(model) if unseen else []
     matrices = lora if parts != "tokens" else set()
@@ -187,11 +205,12 @@ def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     kept = [t.detach().clone() for t in tables]  # every other row, exactly (nGPT renormalises whole tables)
-    mask = torch.zeros(model.embed.weight.shape[0], 1, device=model.embed.weight.device)
+    mask = torch.zeros(model.embed.weight.shape[0], 1)
     mask[unseen] = 1.0
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
-    hooks = [t.register_hook(lambda grad: grad * mask) for t in tables]  # only the adapter's rows move
+    # only the adapter's rows move (on the device and in the dtype the trainer moved the model to)
+    hooks = [t.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype)) for t in tables]
     try:
         batches = AnswerSampler(documents, corpus.tokenizer, model.cfg.context, batch_size, seed)
         return fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model, corpus,
@@ -202,11 +221,11 @@ def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents
         if tables:
             rows: TokenRows = model.__dict__[ROWS]
             with torch.no_grad():
-                rows.fitted[name] = [t.detach()[rows.ids[name]].clone() for t in tables]
+                rows.fitted[name] = [t.detach()[rows.ids[name].to(t.device)].clone() for t in tables]
                 for t, k in zip(tables, kept, strict=True):
                     t.copy_(k)
                 for t, fitted in zip(tables, rows.fitted[name], strict=True):
-                    t[rows.ids[name]] = fitted
+                    t[rows.ids[name].to(t.device)] = fitted
         model.train(was_training)
         for n, p in model.named_parameters():
             p.requires_grad_(before[n])
