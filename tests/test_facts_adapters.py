@@ -72,6 +72,8 @@ def test_fitting_an_adapter_changes_only_its_own_weights(corpus, tmp_path):
     assert "val_loss" in final  # the base corpus's validation windows, with the adapter on
     owned = model.__dict__[ROWS].ids["g0"].tolist()  # the years' digits: bytes the stories never hold
     assert owned == unseen_tokens(corpus, docs) and ord("1") in owned
+    lora_size = sum(v.numel() for k, v in adapter_state(model, "g0").items() if ".lora_" in k)
+    assert json.loads((tmp_path / "g0" / "summary.json").read_text())["trainable_params"] == lora_size + 32 * len(owned)
     after = model.state_dict()  # g0 in use: its rows written into the embedding, every other row the base's
     changed = (after["embed.weight"] != base["embed.weight"]).any(dim=1).nonzero().flatten().tolist()
     assert changed and set(changed) <= set(owned)
@@ -107,6 +109,8 @@ def test_an_adapter_owns_the_rows_of_the_tokens_its_base_never_trained_on(corpus
     add_adapter(model, "g0", rank=4)
     add_adapter(model, "g1", rank=4)
     fit_adapter(model, BASE, corpus, "g0", docs, tmp_path / "g0", steps=10, batch_size=4, parts="tokens")
+    summary = json.loads((tmp_path / "g0" / "summary.json").read_text())
+    assert summary["adapter_tokens"] == len(expected) and summary["trainable_params"] == len(expected) * 32
     embed = model.embed.weight
     moved = (embed != base["embed.weight"]).any(dim=1).nonzero().flatten().tolist()
     assert {0xCE, 0xA9} <= set(moved) and set(moved) <= set(expected)  # Ω is in every document

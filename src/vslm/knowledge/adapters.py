@@ -40,6 +40,7 @@ from vslm.knowledge.retrieval import Card, Retriever
 from vslm.knowledge.world import Pool, World
 from vslm.model import GPT
 from vslm.train.finetune import fine_tune, finetune_config
+from vslm.train.run_folder import update_summary
 
 TARGETS = ("qkv", "proj", "fc")  # the Linear layers of attention and MLP (vslm.model.attention, layers)
 PARTS = ("both", "lora", "tokens")  # what fit_adapter trains: the LoRA and the unseen tokens' rows, or one of them
@@ -213,8 +214,13 @@ def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents
     hooks = [t.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype)) for t in tables]
     try:
         batches = AnswerSampler(documents, corpus.tokenizer, model.cfg.context, batch_size, seed)
-        return fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model, corpus,
-                         batches=batches)
+        final = fine_tune(finetune_config(cfg, steps, lr, batch_size, seed, device), out, model, corpus,
+                          batches=batches)
+        # what moves: the trainer counts every row of a trainable table, where the mask holds all but the owned ones
+        update_summary(out, adapter_tokens=len(unseen), trainable_params=sum(
+            p.numel() for n, p in model.named_parameters() if n in matrices) + len(unseen) * sum(
+            t.shape[1] for t in tables))
+        return final
     finally:
         for hook in hooks:
             hook.remove()
