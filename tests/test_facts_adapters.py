@@ -143,6 +143,17 @@ def test_an_adapter_owns_the_rows_of_the_tokens_its_base_never_trained_on(corpus
     save_adapter(model, "g1", tmp_path / "g1-lora.safetensors")
     load_adapter(fresh, "g1", tmp_path / "g1-lora.safetensors")
     assert torch.equal(fresh.embed.weight, base["embed.weight"]) and "g1" not in fresh.__dict__[ROWS].ids
+    # rows saved from a model with an untied head (two tables) do not fit this tied one
+    untied = load_config("tiny", tiny_overrides(data__tokenizer="byte", model__context=128, model__depth=2,
+                                                model__width=32, model__heads=2, model__vocab_size=257,
+                                                model__tie_embeddings="false"))
+    torch.manual_seed(0)
+    other = add_adapter(GPT(untied.model), "g1", rank=4)
+    fit_adapter(other, untied, corpus, "g1", docs, tmp_path / "untied", steps=2, batch_size=4)
+    assert len(other.__dict__[ROWS].fitted["g1"]) == 2  # the embedding's rows and the head's
+    save_adapter(other, "g1", tmp_path / "untied.safetensors")
+    with pytest.raises(ValueError, match="its token rows"):
+        load_adapter(add_adapter(tiny_model(), "g1", rank=4), "g1", tmp_path / "untied.safetensors")
     with pytest.raises(VSLMError, match="parts 'tokens' leaves nothing to train"):
         fit_adapter(model, BASE, corpus, "g0", ["the cat sat"], tmp_path / "none", steps=2, parts="tokens")
     with pytest.raises(ValueError, match="adapter parts 'all'"):

@@ -244,7 +244,7 @@ def test_probe_of_a_symmetric_relation_labels_each_person_with_the_other_end(fol
 # ------------------------------------------------------------------------------ end to end
 
 
-def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
+def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys, monkeypatch):
     from vslm.train.run_folder import load_run
 
     world, run = tmp_path / "world", tmp_path / "run"
@@ -320,10 +320,18 @@ def test_facts_generate_train_and_eval_end_to_end(tmp_path, capsys):
     assert result["settings"]["adapter_parts"] == "lora" and result["settings"]["seed"] == 1
     assert result["adapters"]["parts"] == "lora" and result["adapters"]["tokens"] == 0
     assert len(list((run / "adapters").glob("step_*/*-groups-4-steps-2-seed-1-lora/novel-*"))) == 2
+    saved = (run / "facts-eval.json").read_bytes()
+    import vslm.knowledge.evaluate as evaluate
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("evaluated before the adapter parts were checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_world", not_reached)  # refused before the evaluation's minutes
     assert main(["facts", "eval", str(run), "--world", str(world), "--per-group", "2", "--adapters", "2",
                  "--adapter-parts", "tokens"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "leaves nothing to train" in err
+    assert (run / "facts-eval.json").read_bytes() == saved
 
 
 def test_facts_commands_refuse_bad_input_in_one_line(tmp_path, capsys):

@@ -164,8 +164,10 @@ def load_adapter(model: GPT, name: str, path: Path) -> None:
     lora = {k: v for k, v in weights.items() if not k.startswith(TOKENS)}
     missing = {k for k in adapter_state(model, name) if not k.startswith(TOKENS)} ^ set(lora)
     tables = len(row_tables(model))
-    if missing or (f"{TOKENS}ids" in weights) != all(f"{TOKENS}{i}" in weights for i in range(tables)):
-        what = sorted(missing)[:3] or "its token rows"
+    rows = {k for k in weights if k.startswith(TOKENS)}
+    expected = {f"{TOKENS}ids", *(f"{TOKENS}{i}" for i in range(tables))} if rows else set()
+    if missing or rows != expected:  # rows for another head (tied, untied) than this model's are refused too
+        what = sorted(missing)[:3] or f"its token rows ({', '.join(sorted(rows))}; this model takes {tables} table(s))"
         raise ValueError(f"{path} does not fit adapter {name!r} of this model: {what}")
     model.load_state_dict(lora, strict=False)
     if f"{TOKENS}ids" in weights:
@@ -174,6 +176,18 @@ def load_adapter(model: GPT, name: str, path: Path) -> None:
     else:  # a file without rows: none of an earlier adapter of this name stay
         _drop_rows(model, name)
     use_adapter(model, name)
+
+
+def tokens_to_own(corpus: Corpus, name: str, documents: Sequence[str], parts: str) -> list[int]:
+    """The rows the adapter `name` fitted on `documents` with `parts` (PARTS) owns: `unseen_tokens`, none for the
+    LoRA alone; refused where `parts` would leave nothing to train."""
+    if parts not in PARTS:
+        raise ValueError(f"adapter parts {parts!r}: choose one of {', '.join(PARTS)}")
+    unseen = unseen_tokens(corpus, documents) if parts != "lora" else []
+    if parts == "tokens" and not unseen:
+        raise VSLMError(f"adapter {name!r}: its text has no token the base never trained on, so adapter parts "
+                        "'tokens' leaves nothing to train (choose lora or both)")
+    return unseen
 
 
 def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents: Sequence[str], out: Path,
@@ -186,15 +200,10 @@ def fit_adapter(model: GPT, cfg: RunConfig, corpus: Corpus, name: str, documents
     matrices and the rows of the documents' tokens that `corpus` never trained (`unseen_tokens`), or one
     of the two. Returns the last logged metrics; the model keeps the adapter's weights and the trainable
     flags it had."""
-    if parts not in PARTS:
-        raise ValueError(f"adapter parts {parts!r}: choose one of {', '.join(PARTS)}")
     lora = {n for n, _ in model.named_parameters() if f".lora_A.{name}." in n or f".lora_B.{name}." in n}
     if not lora:
         raise ValueError(f"the model has no adapter {name!r}; add_adapter first")
-    unseen = unseen_tokens(corpus, documents) if parts != "lora" else []
-    if parts == "tokens" and not unseen:
-        raise VSLMError(f"adapter {name!r}: its text has no token the base never trained on, so adapter parts "
-                        "'tokens' leaves nothing to train (choose lora or both)")
+    unseen = tokens_to_own(corpus, name, documents, parts)
     if unseen:
         own_tokens(model, name, unseen)
     else:  # a refit of the LoRA alone, or a text of trained tokens only: no rows of an earlier fit stay

@@ -120,11 +120,10 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
 
     model, tokenizer = scorer.model, scorer.tokenizer
     corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)  # the run's text in the run's own tokens
-    groups = adapters.fact_groups(folder.world, "novel", group_size, seed)
+    groups, texts = adapter_texts(folder, group_size, seed)
     fitted = {}
-    for name, entities in groups.items():
+    for name, docs in texts.items():
         adapters.add_adapter(model, name, seed=seed)
-        docs = adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
         fitted[name] = adapters.fit_adapter(model, cfg, corpus, name, docs, Path(out) / name, steps=steps, seed=seed,
                                             device=device, parts=parts)
     router = adapters.AdapterRouter(retriever_for(folder), folder.world, groups)
@@ -151,6 +150,15 @@ def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out
         out["by_hops"][label] = metrics.by_hops(test, answers)
     adapters.use_adapter(model, None)
     return out
+
+
+def adapter_texts(folder: WorldFolder, group_size: int, seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The novel pool's groups (group -> entity ids) and each group's text, what its adapter fits on."""
+    from vslm.knowledge import adapters
+
+    groups = adapters.fact_groups(folder.world, "novel", group_size, seed)
+    return groups, {name: adapters.group_documents(folder.world, entities, folder.settings.renderings, seed)
+                    for name, entities in groups.items()}
 
 
 def eval_settings(world: str, distractors: int = 4, per_group: int | None = 100, k: int = 8,
@@ -190,6 +198,13 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
         raise VSLMError(f"cannot probe '{probe}': choose a person's relation ({people})")
     folder = load_world_folder(world)
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
+    if adapter_steps > 0:  # adapter parts that leave a group nothing to train: refused before the evaluation
+        from vslm.data.shards import prepare_corpus
+        from vslm.knowledge.adapters import tokens_to_own
+
+        corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)
+        for name, docs in adapter_texts(folder, group_size, seed)[1].items():
+            tokens_to_own(corpus, name, docs, adapter_parts)
     scorer = LMScorer(model, tokenizer)
     result = {"run": str(run), "world": str(world),
               "settings": eval_settings(folder.key, distractors, per_group, k, rounds, probe, checkpoint, seed,
