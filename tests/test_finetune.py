@@ -19,6 +19,7 @@ from vslm.knowledge.distill import DistillBatches
 from vslm.knowledge.folder import load_world_folder, write_world_folder
 from vslm.knowledge.world import WorldConfig
 from vslm.model import GPT
+from vslm.train.checkpoint import list_checkpoints
 from vslm.train.finetune import fine_tune, finetune_config
 from vslm.train.objectives import Distillation
 
@@ -175,3 +176,42 @@ def test_a_fine_tune_stopped_by_a_signal_keeps_its_callers_files_and_says_the_sa
         fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), run, model, corpus, None,
                   CtrlC(batches), keep=("mine.json",))
     assert (run / "mine.json").read_text() == "{}" and len(lines(run)) < 6
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_a_stop_signal_and_its_copy_checkpoint_where_a_second_stop_later_stops_at_once(setup, monkeypatch, apart):
+    """A terminal's Ctrl-C reaches a whole process group and an experiment's parent passes its own on to its
+    workers: a worker gets two SIGINTs at once, one request, and still writes its checkpoint (it stopped at once,
+    losing the steps since its last checkpoint, or all of a run's last one). A second one later stops at once."""
+    import os
+    import signal
+
+    from vslm.train.trainer import Trainer, TrainingStopped
+
+    tmp, _, corpus, _, _ = setup
+    model, _, batches = task("relearn", setup)
+    if apart:  # the second one "later": the window closed
+        monkeypatch.setattr(Trainer, "SAME_STOP_S", -1.0)
+
+    class Twice:  # the signal and its copy, to this process, as the fourth batch is drawn
+        def __init__(self, inner):
+            self.inner, self.drawn = inner, 0
+
+        def next_batch(self):
+            self.drawn += 1
+            if self.drawn == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.inner.next_batch()
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state):
+            self.inner.load_state_dict(state)
+
+    run = tmp / f"twice-{apart}"
+    with pytest.raises(KeyboardInterrupt if apart else TrainingStopped):
+        fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), run, model, corpus, None, Twice(batches))
+    steps = [s for s, _ in list_checkpoints(run / "checkpoints")]
+    assert steps == ([] if apart else [3])  # stopped at once: no checkpoint; one request: at the step it was on

@@ -337,6 +337,8 @@ class Trainer:
     source whose batches are not this rank's share already (no `shard` attribute, as
     WindowSampler has) is sharded by rows: each rank keeps rows rank, rank + world, ... ."""
 
+    SAME_STOP_S = 2.0  # a second stop signal within this many seconds of the first is the same request
+
     @_threads_back
     def __init__(self, cfg: RunConfig | str | Path, run_dir: Path, callbacks: Sequence[Callback] | None = None,
                  resume: bool = False, corpus: Corpus | None = None, *, model: torch.nn.Module | None = None,
@@ -453,6 +455,7 @@ class Trainer:
         self.stop_requested = False
         self.completed = False  # set by fit() when the loop returns rather than raises (diverged, failed)
         self.stop_signal: int | None = None  # SIGTERM or SIGINT received: checkpoint, then stop
+        self.stop_time = 0.0  # when (time.monotonic)
         self.checkpointing: bool | None = None  # whether rank 0 checkpoints (known to every rank once fit starts)
         self.checkpoint_now = False  # this step's checkpoint is due (schedule, clock or signal): Checkpointer
         self.last_checkpoint_time = time.monotonic()
@@ -618,8 +621,8 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to cfg.train.steps; returns the last logged metrics. SIGTERM or SIGINT (Ctrl-C) during
-        training writes a checkpoint at the current step and raises TrainingStopped (a second one
-        stops at once). A run resumed at its last step trains nothing, writes nothing and says so.
+        training writes a checkpoint at the current step and raises TrainingStopped (a second one, more than
+        SAME_STOP_S later, stops at once). A run resumed at its last step trains nothing, writes nothing and says so.
         The run draws on its own random stream, and the session's stream, thread count and float32 matmul
         precision are as they were after it (Trainer.__init__)."""
         session_precision, self.session_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
@@ -702,9 +705,12 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            if self.stop_signal is not None:  # asked twice: stop now
+            # asked twice: stop now; but a copy within SAME_STOP_S of the first is the same request (a terminal's
+            # Ctrl-C reaches a whole process group, and an experiment's parent passes its own on to its workers)
+            if self.stop_signal is not None and time.monotonic() - self.stop_time > self.SAME_STOP_S:
                 raise KeyboardInterrupt
-            self.stop_signal = signum
+            if self.stop_signal is None:
+                self.stop_signal, self.stop_time = signum, time.monotonic()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -855,7 +861,8 @@ class Trainer:
                 stopping, clock = self.dist.any_of([self.stop_signal is not None,
                                                     checkpoint_due is not None and self._clock_due()], self.device)
                 if stopping:
-                    self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
+                    if self.stop_signal is None:  # another rank was signalled (its copy may reach this one yet)
+                        self.stop_signal, self.stop_time = signal.SIGTERM, time.monotonic()
                     self.request_stop()
                 if checkpoint_due is not None:
                     ckpt_due = ckpt_due or stopping or clock
