@@ -80,24 +80,16 @@ def main() -> int:
         cells = [mean_std([metric(r, path) for r in results[part]]) for _, path in METRICS]
         cells += [mean_std([r["adapters"]["fit"][key] for r in results[part]]) for key in ("loss", "val_loss")]
         print(f"| {part} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells) + " |")
-    diffs = [(part, label, paired_difference([metric(r, path) for r in results["both"]],
-                                             [metric(r, path) for r in results[part]]))
-             for part in PARTS[1:] for label, path in METRICS]
-    adjusted = holm([d["p"] for _, _, d in diffs])
-    print("\n| part - both | metric | difference [95% CI] | p | Holm p |")
-    print("|---|---|---|---|---|")
-    for (part, label, d), h in zip(diffs, adjusted, strict=True):
-        print(f"| {part} | {label} | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['p']:.2g} "
-              f"| {h:.2g} |")
-    above = [(part, label, paired_difference([chance(r, path) for r in results[part]],
-                                              [metric(r, path) for r in results[part]]))
-             for part in PARTS[1:] for label, path in METRICS]
-    adjusted = holm([d["p"] for _, _, d in above])
-    print("\n| part alone - chance | metric | difference [95% CI] | p | Holm p |")
-    print("|---|---|---|---|---|")
-    for (part, label, d), h in zip(above, adjusted, strict=True):
-        print(f"| {part} | {label} | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['p']:.2g} "
-              f"| {h:.2g} |")
+    for title, baseline in (("part - both", lambda part, path: [metric(r, path) for r in results["both"]]),
+                            ("part alone - chance", lambda part, path: [chance(r, path) for r in results[part]])):
+        diffs = [(part, label, paired_difference(baseline(part, path), [metric(r, path) for r in results[part]]))
+                 for part in PARTS[1:] for label, path in METRICS]
+        adjusted = holm([d["p"] for _, _, d in diffs])
+        print(f"\n| {title} | metric | difference [95% CI] | p | Holm p |")
+        print("|---|---|---|---|---|")
+        for (part, label, d), h in zip(diffs, adjusted, strict=True):
+            print(f"| {part} | {label} | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['p']:.2g} "
+                  f"| {h:.2g} |")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -140,32 +142,34 @@ def test_a_fine_tune_has_a_constant_rate_and_no_decay_snapshots_or_probes():
     assert finetune_config(old, 4, 1e-3, 2, seed=0).data.vocab_size == 500
 
 
+class CtrlC:
+    """A batch source that sends this process SIGINT `times` times (a terminal's Ctrl-C and, in an experiment's
+    worker, its parent's copy) as the fourth batch is drawn (the first is the trainer's peek)."""
+
+    def __init__(self, inner, times: int):
+        self.inner, self.times, self.drawn = inner, times, 0
+
+    def next_batch(self):
+        self.drawn += 1
+        if self.drawn == 4:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return self.inner.next_batch()
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
 def test_a_fine_tune_stopped_by_a_signal_keeps_its_callers_files_and_says_the_same_command_continues_it(setup):
     """Ctrl-C during a fine-tune: `vslm train --resume` could not rebuild its objective or batches, so the words
     name the command that started it. A first start clears a folder with no checkpoint but the caller's files."""
-    import os
-    import signal
-
     from vslm.train.trainer import TrainingStopped
 
     tmp, _, corpus, _, _ = setup
     model, _, batches = task("relearn", setup)
-
-    class CtrlC:  # the real signal, to this process, as the fourth batch is drawn (the first is the trainer's peek)
-        def __init__(self, inner):
-            self.inner, self.drawn = inner, 0
-
-        def next_batch(self):
-            self.drawn += 1
-            if self.drawn == 4:
-                os.kill(os.getpid(), signal.SIGINT)
-            return self.inner.next_batch()
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, state):
-            self.inner.load_state_dict(state)
 
     run = tmp / "stopped"
     run.mkdir()
@@ -174,7 +178,7 @@ def test_a_fine_tune_stopped_by_a_signal_keeps_its_callers_files_and_says_the_sa
     with pytest.raises(TrainingStopped, match=r"^SIGINT: stopped at step \d with a checkpoint; the same command "
                                               r"again continues it$"):
         fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), run, model, corpus, None,
-                  CtrlC(batches), keep=("mine.json",))
+                  CtrlC(batches, times=1), keep=("mine.json",))
     assert (run / "mine.json").read_text() == "{}" and len(lines(run)) < 6
 
 
@@ -183,9 +187,6 @@ def test_a_stop_signal_and_its_copy_checkpoint_where_a_second_stop_later_stops_a
     """A terminal's Ctrl-C reaches a whole process group and an experiment's parent passes its own on to its
     workers: a worker gets two SIGINTs at once, one request, and still writes its checkpoint (it stopped at once,
     losing the steps since its last checkpoint, or all of a run's last one). A second one later stops at once."""
-    import os
-    import signal
-
     from vslm.train.trainer import Trainer, TrainingStopped
 
     tmp, _, corpus, _, _ = setup
@@ -193,25 +194,9 @@ def test_a_stop_signal_and_its_copy_checkpoint_where_a_second_stop_later_stops_a
     if apart:  # the second one "later": the window closed
         monkeypatch.setattr(Trainer, "SAME_STOP_S", -1.0)
 
-    class Twice:  # the signal and its copy, to this process, as the fourth batch is drawn
-        def __init__(self, inner):
-            self.inner, self.drawn = inner, 0
-
-        def next_batch(self):
-            self.drawn += 1
-            if self.drawn == 4:
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGINT)
-            return self.inner.next_batch()
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, state):
-            self.inner.load_state_dict(state)
-
     run = tmp / f"twice-{apart}"
     with pytest.raises(KeyboardInterrupt if apart else TrainingStopped):
-        fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), run, model, corpus, None, Twice(batches))
+        fine_tune(finetune_config(BASE, 6, 3e-3, 4, seed=1, device="cpu"), run, model, corpus, None,
+                  CtrlC(batches, times=2))
     steps = [s for s, _ in list_checkpoints(run / "checkpoints")]
     assert steps == ([] if apart else [3])  # stopped at once: no checkpoint; one request: at the step it was on
