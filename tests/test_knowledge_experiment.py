@@ -157,6 +157,11 @@ def test_builtin_knowledge_experiments_validate(tmp_path):
     assert names == ["knowledge", "knowledge-adapters", "knowledge-distill", "knowledge-preloaded",
                      "knowledge-retrieval"]
     specs = {name: parse_spec(*read_experiment(name)[1:]) for name in names}
+    # the adapters alone: knowledge-retrieval's world, questions and closed-1x arm, written out again
+    alone, retrieval = specs["knowledge-adapters"], specs["knowledge-retrieval"]
+    assert (alone.world, alone.per_group, alone.group_size) == (retrieval.world, retrieval.per_group,
+                                                                retrieval.group_size)
+    assert alone.arms == [arm for arm in retrieval.arms if arm.name == "closed-1x"]
     for name, spec in specs.items():
         assert spec.criteria and spec.base == "reader" and spec.tokens == "words" and spec.seeds >= 3, name
         for arm in spec.arms:

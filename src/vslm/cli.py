@@ -750,7 +750,7 @@ def _add_facts_parser(sub) -> None:
     p.add_argument("--group-size", type=int, default=10, help="people per adapter (default 10)")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's seed: the distractors drawn, the adapters' "
                    "groups, initialisation and batches (default 0; a knowledge experiment's seed k evaluates with k)")
-    p.add_argument("--adapter-parts", choices=("both", "lora", "tokens"), default="both",
+    p.add_argument("--adapter-parts", choices=("both", "lora", "tokens"), default="both",  # adapters.PARTS (torch)
                    help="what each adapter trains: its LoRA and the rows of the tokens the model never trained on "
                         "(both, the default), or one of them")
     p.add_argument("--threads", type=int, default=0, help="torch's CPU threads for the scoring and the adapters' "

@@ -41,6 +41,7 @@ from vslm.report.runs import FACTS as RESULT
 
 if TYPE_CHECKING:  # torch is imported only when a run is evaluated
     from vslm.config import RunConfig
+    from vslm.data.shards import Corpus
     from vslm.knowledge.scoring import LMScorer
 
 SCORING = "log-likelihood of each answer choice; the most likely is the answer"
@@ -106,20 +107,18 @@ def pick_counting_cuts(scorer: metrics.Scorer, prompts: list[str], questions: li
     return answers, getattr(scorer, "truncated", 0) - before
 
 
-def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, out: Path, group_size: int = 10,
-                      steps: int = 200, per_group: int | None = 100, seed: int = 0, device: str = "cpu",
-                      parts: str = "both") -> dict:
+def evaluate_adapters(scorer: LMScorer, folder: WorldFolder, cfg: RunConfig, corpus: Corpus, out: Path,
+                      group_size: int = 10, steps: int = 200, per_group: int | None = 100, seed: int = 0,
+                      device: str = "cpu", parts: str = "both") -> dict:
     """Facts loaded as adapters: a LoRA per group of novel entities, with the rows of the tokens the model
     never trained on (`parts`: adapters.PARTS), fitted on that group's facts (facts the model never trained
     on; a run of the training loop in out/GROUP, reused when done), then the novel test questions asked
     closed-book with the adapter the retriever picks (`novel`) and with the adapter of the question's
-    subject (`oracle`). `cfg` is the scored model's run config. The scorer's model keeps the adapters
-    (switched off on return)."""
-    from vslm.data.shards import prepare_corpus
+    subject (`oracle`). `cfg` is the scored model's run config, `corpus` its text in its own tokens. The
+    scorer's model keeps the adapters (switched off on return)."""
     from vslm.knowledge import adapters
 
-    model, tokenizer = scorer.model, scorer.tokenizer
-    corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)  # the run's text in the run's own tokens
+    model = scorer.model
     groups, texts = adapter_texts(folder, group_size, seed)
     fitted = {}
     for name, docs in texts.items():
@@ -198,13 +197,14 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
         raise VSLMError(f"cannot probe '{probe}': choose a person's relation ({people})")
     folder = load_world_folder(world)
     cfg, model, tokenizer = load_run(Path(run), checkpoint, device)
-    if adapter_steps > 0:  # adapter parts that leave a group nothing to train: refused before the evaluation
+    if adapter_steps > 0:
         from vslm.data.shards import prepare_corpus
         from vslm.knowledge.adapters import tokens_to_own
 
-        corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)
-        for name, docs in adapter_texts(folder, group_size, seed)[1].items():
-            tokens_to_own(corpus, name, docs, adapter_parts)
+        corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)  # the run's text in the run's own tokens
+        if adapter_parts == "tokens":  # parts that leave a group nothing to train: refused before the evaluation
+            for name, docs in adapter_texts(folder, group_size, seed)[1].items():
+                tokens_to_own(corpus, name, docs, adapter_parts)
     scorer = LMScorer(model, tokenizer)
     result = {"run": str(run), "world": str(world),
               "settings": eval_settings(folder.key, distractors, per_group, k, rounds, probe, checkpoint, seed,
@@ -214,7 +214,7 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
                                               for pool in ("seen", "novel")}}
     if adapter_steps > 0:
         base = checkpoint or latest_checkpoint(Path(run))
-        result["adapters"] = evaluate_adapters(scorer, folder, cfg,
+        result["adapters"] = evaluate_adapters(scorer, folder, cfg, corpus,
                                                adapters_dir(run, base, folder, group_size, adapter_steps, seed,
                                                             adapter_parts),
                                                group_size, adapter_steps, per_group, seed, device, adapter_parts)
