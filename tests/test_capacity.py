@@ -214,7 +214,8 @@ def test_a_run_stopped_before_its_checkpoint_is_trained_again_and_a_foreign_fold
     for step in (6, 8):
         (resumed / "checkpoints" / f"step_{step:08d}.safetensors").unlink()
     (resumed / "capacity.json").unlink()
-    assert train_capacity(resumed, every3, settings)["attributes"] == whole["attributes"]
+    resumed.rename(tmp_path / "moved")  # and moved (mv): resumed there, the same run
+    assert train_capacity(tmp_path / "moved", every3, settings)["attributes"] == whole["attributes"]
     # gradient accumulation draws more biographies a step: fewer steps for the same exposures
     twice = capacity_config("capacity", ["model.depth=1", "model.width=16", "model.heads=1", "train.batch_size=2",
                                          "train.grad_accum=2", "train.eval_windows=2"])

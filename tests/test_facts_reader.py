@@ -17,6 +17,7 @@ from vslm.errors import VSLMError
 from vslm.knowledge import names, render
 from vslm.knowledge.folder import build, write_world_folder
 from vslm.knowledge.reader import (
+    EXAMPLES,
     Curriculum,
     ReaderBatches,
     ReaderSettings,
@@ -27,6 +28,7 @@ from vslm.knowledge.reader import (
 )
 from vslm.knowledge.scoring import LMScorer
 from vslm.knowledge.world import NamePool, WorldConfig, name_pools
+from vslm.train.run_folder import read_run_config
 
 WORLD = WorldConfig(seed=3, people=40, novel_people=12, hops=3, questions_per_hop=10)
 ALL = NamePool(list(names.FIRST_NAMES), list(names.SURNAMES), list(names.COMPANY_WORDS))
@@ -156,8 +158,13 @@ def test_a_reused_reader_is_checked_before_it_is_read_back_or_resumed(tmp_path):
     (out / "reader.json").unlink()
     with pytest.raises(VSLMError, match="holds a reader of other settings"):
         train_reader(world, out, cfg, ReaderSettings(max_hops=2, curve_every=0), reuse=True)
+    moved = tmp_path / "moved"  # a folder moved (mv keeps its examples file as it was): the same run, there
+    out.rename(moved)
+    out = moved
     again = train_reader(world, out, cfg, settings, reuse=True)
     assert again["last"]["loss"] == first["last"]["loss"] and again["settings"] == first["settings"]
+    assert train_reader(world, out, cfg, settings, reuse=True) == again  # finished there: read back
+    assert read_run_config(out).data.source == str((tmp_path / "r" / EXAMPLES).resolve())  # at its last step: as it was
     # its checkpoints removed after it had trained past the first: refused, every file kept
     shutil.rmtree(out / "checkpoints")
     (out / "reader.json").unlink()

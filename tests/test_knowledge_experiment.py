@@ -396,6 +396,11 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "1"]) == 0  # one process: all reused
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
     assert json.loads((out / "results.json").read_text())["summary"] == first["summary"]
+    out.rename(tmp_path / "moved")  # the experiment's folder moved, its worlds with it: reused there
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "moved"), "--jobs", "1"]) == 0
+    assert {out / p.relative_to(tmp_path / "moved"): p.stat().st_mtime_ns
+            for p in (tmp_path / "moved").rglob("*.safetensors")} == stamps
+    (tmp_path / "moved").rename(out)
     # a quick look with fewer seeds does not replace the 2-seed results
     capsys.readouterr()
     results = (out / "results.json").read_bytes()

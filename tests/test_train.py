@@ -337,6 +337,48 @@ def test_a_resume_on_a_corpus_whose_characters_changed_is_refused(tmp_path):
     assert "'" in load_run(folder)[2].to_dict()["chars"]
 
 
+def test_a_moved_run_resumes_from_its_data_at_the_new_path_only_if_it_is_the_same_text(tmp_path):
+    """data.source is an absolute path in a run's config (a reader's or capacity run's data lies in its folder):
+    a folder or a data file moved (mv, cp -a: the same names, sizes, modification times and contents, the run's
+    data_identity) is the same data at another path, and the resume goes on exactly; another text there is
+    refused in one line naming data.source, the folder left as it was."""
+    from vslm.errors import ResumeRefused
+
+    (tmp_path / "a").mkdir()
+    text = tmp_path / "a" / "corpus.txt"
+    text.write_text("the cat sat on the mat and looked at the dog. " * 3000)
+    cfg = load_config("tiny", tiny_overrides(train__steps=4, train__checkpoint_every=2, data__source=str(text),
+                                             logging__probe_every=0))
+    whole = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6})})
+    Trainer(whole, tmp_path / "whole").fit()  # the run no move interrupts
+    Trainer(cfg, tmp_path / "r").fit()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # copy2: times kept
+    (tmp_path / "r").rename(tmp_path / "moved")
+    folder = tmp_path / "moved"
+
+    def moved_to(path):
+        return whole.model_copy(update={"data": whole.data.model_copy(update={"source": str(path)})})
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "corpus.txt").write_text(text.read_text().replace("cat", "cow"))  # the same counts
+    (tmp_path / "d").mkdir()
+    shutil.copy(text, tmp_path / "d" / "corpus.txt")  # the same text, not kept as it was: another time
+    os.utime(tmp_path / "d" / "corpus.txt", ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))
+    before = files_in(folder)
+    for other in ("c/corpus.txt", "d/corpus.txt", "missing.txt"):
+        with pytest.raises(ResumeRefused, match=rf"data.source: {text} in the run, {tmp_path / other} given"):
+            Trainer(moved_to(tmp_path / other), folder, resume=True)
+    assert files_in(folder) == before
+    text.unlink()  # the old path is gone: the copy is the run's data
+    Trainer(moved_to(tmp_path / "b" / "corpus.txt"), folder, resume=True).fit()
+    a, b = load_run(tmp_path / "whole")[1].state_dict(), load_run(folder)[1].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_config(str(folder / "config.toml")).data.source == str(tmp_path / "b" / "corpus.txt")
+    changes = json.loads((folder / "summary.json").read_text())["config_changes"]
+    assert changes == [{"step": 4, "data.source": [str(text), str(tmp_path / "b" / "corpus.txt")],
+                        "train.steps": [4, 6]}]
+
+
 def test_a_resume_on_a_corpus_that_reads_as_other_tokens_is_refused(tmp_path, capsys):
     """A resume goes on with the batch source's stream over the run's corpus: a source file that grew, or a run
     folder whose config.toml lost data.max_bytes = none (written before 2026-12-06: it reads as 8 MB), would

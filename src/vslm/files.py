@@ -64,9 +64,13 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         os.close(dir_fd)
 
 
-def write_text(path: Path, text: str) -> None:
-    """`text` (UTF-8) as the whole of `path`, atomically (atomic_write)."""
+def write_text(path: Path, text: str, keep_same: bool = False) -> None:
+    """`text` (UTF-8) as the whole of `path`, atomically (atomic_write). `keep_same`: a file that holds it already
+    is left as it is, its modification time with it (a run's data file, which data_identity's stat is part of)."""
     data = text.encode("utf-8")
+    if keep_same and Path(path).is_file() and Path(path).stat().st_size == len(data) and \
+            Path(path).read_bytes() == data:
+        return
     atomic_write(path, lambda f: f.write(data))
 
 

@@ -412,7 +412,8 @@ def train_capacity(out: Path, cfg: RunConfig, settings: CapacitySettings, reuse:
     bios = encode_bios(world, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / STARTED, json.dumps(recorded) + "\n")
-    write_text(out / BIOS, EOS.join(bio_text(world, i) for i in range(len(world.people))))
+    bios_text = EOS.join(bio_text(world, i) for i in range(len(world.people)))
+    write_text(out / BIOS, bios_text, keep_same=True)  # kept when the same: a moved folder resumes (data_identity)
     from vslm.data.shards import prepare_corpus
 
     corpus = prepare_corpus(cfg.data, tokenizer=tokenizer, all_val=True)  # validation: the training biographies

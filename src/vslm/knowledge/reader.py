@@ -301,7 +301,8 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
                           1, cfg.train.seed + 1)
     pairs = final.examples(N_EXAMPLES_FILE)
     texts = [p + render.answer_text(a).rstrip("\n") for p, a in pairs]
-    write_text(out / EXAMPLES, f"\n{EOS}\n".join(texts) + "\n")
+    # kept as it is when it holds the same text: a moved folder resumes where its data_identity agrees
+    write_text(out / EXAMPLES, f"\n{EOS}\n".join(texts) + "\n", keep_same=True)
     long = sum(1 + len(tokenizer.encode(p)) + len(tokenizer.encode(render.answer_text(a))) > cfg.model.context + 1
                for p, a in pairs)  # as encode_pairs lays a row out: end-of-text, the prompt, the answer
     if long > 0.05 * len(pairs):  # their oldest tokens dropped: often the very facts the answer needs
@@ -342,7 +343,7 @@ def check_same_run(out: Path, cfg: RunConfig, settings: dict, saved_settings: di
     asked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": run_cfg.data.source})})
     differ = [f"{k}: {old} there, {new} here" for k in sorted(settings.keys() | (saved_settings or {}).keys())
               if (old := (saved_settings or {}).get(k, "-")) != (new := settings.get(k, "-"))]
-    differ += settings_differ(run_cfg, asked, RECORDS)
+    differ += settings_differ(run_cfg, asked, RECORDS, out)
     if differ or saved_settings != settings:
         raise VSLMError(f"{out} holds {kind} of other settings than this one's "
                         f"({'; '.join(differ) or 'its settings file'}); move it away")

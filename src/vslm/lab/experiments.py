@@ -807,7 +807,8 @@ def run_state(cfg: RunConfig, folder: Path) -> str:
         saved = read_run_config(folder)
     except VSLMError:
         return "other_settings"
-    if not same_settings(cfg, saved) or layout_moved(folder, saved.model):  # another model than cfg builds now
+    # another model than cfg builds now (a data.source elsewhere with the same text, a moved folder's, is the same)
+    if not same_settings(cfg, saved, folder=folder) or layout_moved(folder, saved.model):
         return "other_settings"
     found = list_checkpoints(folder / CHECKPOINTS)
     return "finished" if found and found[-1][0] == cfg.train.steps else "stopped"

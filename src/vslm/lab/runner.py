@@ -25,6 +25,7 @@ from vslm.train.run_folder import (
     data_limit_left_out,
     read_metrics,
     read_run_config,
+    same_text_elsewhere,
     schedule_moved,
 )
 from vslm.train.trackers import as_text
@@ -79,19 +80,25 @@ def _compared(c: RunConfig, records: Sequence[str] | None) -> RunConfig:
     return c.model_copy(update={"train": c.train.model_copy(update=EXECUTION_ONLY), "logging": logging})
 
 
-def same_settings(cfg: RunConfig, saved: RunConfig, records: Sequence[str] | None = None) -> bool:
+def same_settings(cfg: RunConfig, saved: RunConfig, records: Sequence[str] | None = None,
+                  folder: Path | None = None) -> bool:
     """Whether cfg asks for the run saved holds: the same model, data, train and logging sections, up to the
     vocabulary (the saved config has it from the tokenizer), the EXECUTION_ONLY fields and the SHOWN_ONLY
     ones. records: the logging fields that count, where the caller reads none of the probes (a capacity
-    run, a reader: their own result files; log_every, say); None: every one but SHOWN_ONLY."""
-    return not settings_differ(saved, cfg, records)
+    run, a reader: their own result files; log_every, say); None: every one but SHOWN_ONLY. folder: the run's
+    folder, where a data.source at another path holding the same text is the same data (same_text_elsewhere:
+    the folder, or the data, moved)."""
+    return not settings_differ(saved, cfg, records, folder)
 
 
-def settings_differ(saved: RunConfig, cfg: RunConfig, records: Sequence[str] | None = None) -> list[str]:
+def settings_differ(saved: RunConfig, cfg: RunConfig, records: Sequence[str] | None = None,
+                    folder: Path | None = None) -> list[str]:
     """What same_settings compares and finds different, in words: "field: old there, new here"."""
-    return [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in
-            config_changes(_compared(saved, records),
-                           _compared(cfg.with_vocab_size(saved.model.vocab_size), records)).items()
+    changes = config_changes(_compared(saved, records), _compared(cfg.with_vocab_size(saved.model.vocab_size),
+                                                                  records))
+    if "data.source" in changes and folder is not None and same_text_elsewhere(folder, cfg.data):
+        del changes["data.source"]
+    return [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in changes.items()
             if k.startswith(("model.", "data.", "train.", "logging."))]
 
 
@@ -103,7 +110,7 @@ def train_or_reuse(cfg: RunConfig, folder: Path, corpus: Corpus | None = None,
     kind only). records: same_settings'."""
     if (folder / CONFIG).exists():
         saved = read_run_config(folder)
-        if differ := settings_differ(saved, cfg, records):
+        if differ := settings_differ(saved, cfg, records, folder):
             hint = f" ({OLD_NO_LIMIT})" if cfg.data.max_bytes is None and data_limit_left_out(folder) else ""
             raise VSLMError(f"{folder} holds a run with other settings than this experiment's ({'; '.join(differ)}); "
                             f"move it away{hint}")

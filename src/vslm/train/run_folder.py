@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from vslm.config import DEVICE, ModelConfig, RunConfig, validate
+from vslm.config import DEVICE, DataConfig, ModelConfig, RunConfig, validate
+from vslm.data.registry import GENERATED, split_name
+from vslm.data.sources import open_source
 from vslm.data.tokenizer import Tokenizer, load_tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
 from vslm.files import LOCK, LOCK_HOST, read_json_object, read_jsonl, write_text
@@ -63,6 +65,20 @@ def read_summary(run_dir: Path) -> dict:
     """The run's summary.json; {} where it is missing or does not read (what it holds is derived, and those
     reading it fall back without it)."""
     return read_json_object(Path(run_dir) / SUMMARY)
+
+
+def same_text_elsewhere(folder: Path, data: DataConfig) -> bool:
+    """Whether `data.source`, a path, holds the very text the run in `folder` began with, wherever it lies: the
+    run folder moved with the data a reader or capacity run keeps in it, an experiment's folder with its worlds,
+    or the data file moved. The run's data_identity says (the files' names, sizes, modification times and
+    contents, which `mv`, `cp -a` and `rsync -a` keep); a corpus name or a generated source is never another
+    path to the same text."""
+    identity = read_summary(folder).get("data_identity")
+    source = data.source
+    if identity is None or source in GENERATED or split_name(source)[0] is not None or \
+            not Path(source).expanduser().exists():
+        return False
+    return open_source(data).identity == identity
 
 
 def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_token: float) -> str | None:

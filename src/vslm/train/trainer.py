@@ -95,6 +95,7 @@ from vslm.train.run_folder import (
     read_run_config,
     read_summary,
     refuse_a_run_folder,
+    same_text_elsewhere,
     saved_by_run,
     schedule_moved,
     update_summary,
@@ -480,8 +481,11 @@ class Trainer:
                                 f"of its own ({own}), which a resume from its config would replace with its text and "
                                 "the next-token loss; the command that started it continues it")
         cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
+        changes = config_changes(saved, cfg)
+        if "data.source" in changes and same_text_elsewhere(self.run_dir, cfg.data):
+            del changes["data.source"]  # summary.json's config_changes records the new path
         fixed = [f"{k}: {as_text(old)} in the run, {as_text(new)} given"
-                 for k, (old, new) in config_changes(saved, cfg).items() if not k.startswith(RESUME_MAY_CHANGE)]
+                 for k, (old, new) in changes.items() if not k.startswith(RESUME_MAY_CHANGE)]
         if fixed:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
