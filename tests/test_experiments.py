@@ -378,6 +378,17 @@ def test_sweep_on_the_command_line_trains_every_variant_at_each_choice_and_says_
     assert main(["experiment", "knowledge", "--sweep", "train.lr=1e-3", "--out", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err
     assert "--sweep-seeds, --variants and --launcher apply to" in err and len(err.strip().splitlines()) == 1
+    # a choice reads up to the next flag: the experiment's name, or an override for every variant, taken in is said
+    assert main(["experiment", "--sweep", "train.lr=1e-3", str(spec)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--sweep took {str(spec)!r} into its choice (it reads up to the "
+                                                    "next flag); give the experiment first, `vslm experiment NAME "
+                                                    "--sweep ...`")
+    assert main([*words[:4], "--sweep", "train.lr=1e-3", "--sweep", "train.lr=3e-3", "train.warmup=2", "--dry-run",
+                 "--json"]) == 0
+    assert capsys.readouterr().err.strip() == ("note: the last --sweep choice alone sets train.warmup: the overrides "
+                                               "after a --sweep belong to its choice; overrides for every variant go "
+                                               "before the flags")
+    assert main([*words, "--dry-run", "--json"]) == 0 and not capsys.readouterr().err  # lr and min_lr, lr and warmup
 
 
 def test_variants_trains_the_baseline_and_those_named_and_the_full_experiment_reuses_them(tmp_path, monkeypatch,

@@ -487,6 +487,16 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_of_last(choices: list[str]) -> list[str]:
+    """The keys the last of several sweep choices sets beside every key of the others (which set the same keys):
+    overrides typed after the last --sweep, meant for every variant, that argparse gave to that choice. [] where
+    the choices differ otherwise (--sweep model.width=64 --sweep model.depth=6)."""
+    keys = [[w.partition("=")[0] for w in choice.split()] for choice in choices]
+    if any(set(ks) != set(keys[0]) for ks in keys[1:-1]) or not set(keys[0]) <= set(keys[-1]):
+        return []
+    return [k for k in keys[-1] if k not in keys[0]]
+
+
 def cmd_experiment(a: argparse.Namespace) -> int:
     from vslm.commands.experiment import run_experiment
     from vslm.lab.experiments import builtin_experiments
@@ -496,13 +506,19 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             print(f"{name:24s} {desc}")
         return 0
     if not a.experiment:
-        raise UsageError("experiment needs a NAME (a built-in experiment or a TOML file), or --list")
+        taken = [w for w in (a.sweep or [[]])[-1] if "=" not in w]  # `--sweep X=1 NAME`: the name read as an override
+        raise UsageError("experiment needs a NAME (a built-in experiment or a TOML file), or --list" +
+                         (f": --sweep took {taken[0]!r} into its choice (it reads up to the next flag); give the "
+                          "experiment first, `vslm experiment NAME --sweep ...`" if taken else ""))
     from vslm.lab.parallel import make_launcher
 
     out = Path(a.out) if a.out else Path("runs") / "experiments" / Path(a.experiment).stem
     if a.json and not a.dry_run:  # said, not ignored: a run's output is its folder
         raise UsageError("--json applies to --dry-run")
     sweep = [" ".join(" ".join(words).split()) for words in a.sweep] if a.sweep else None  # as a spec writes them
+    if sweep and len(sweep) > 1 and (alone := _keys_of_last(sweep)):
+        print(f"note: the last --sweep choice alone sets {', '.join(alone)}: the overrides after a --sweep belong to "
+              "its choice; overrides for every variant go before the flags", file=sys.stderr)
     variants = list(dict.fromkeys(name.strip() for name in a.variants.split(",") if name.strip())) \
         if a.variants is not None else None
     if variants is not None and not variants:
