@@ -583,6 +583,36 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
     assert "Which training text transfers" in html
 
 
+def test_a_cross_evaluated_experiment_resolves_by_its_transfer_table_scoring_each_run_once(tmp_path, monkeypatch):
+    """The main table of a cross-evaluated experiment compares nothing (each row on its own text): --resolve's
+    looks read the transfer table's intervals, each look scoring only the runs it added."""
+    from vslm.lab import experiments
+    from vslm.lab.stats import transfer
+
+    text = tmp_path / "other.txt"
+    text.write_text("<|endoftext|>".join(f"Entry {i}: the river flows past the old mill at dawn." * 3
+                                         for i in range(60)))
+    spec = tmp_path / "quality.toml"
+    spec.write_text(f'base = "tiny"\nseeds = 3\ncross_eval = true\noverrides = {[*COMMON, "data.tokenizer=byte"]!r}\n'
+                    f'[[variants]]\nname = "stories"\n[[variants]]\nname = "other"\n'
+                    f'overrides = ["data.source={text}"]\n')
+    calls = []
+    real = experiments.score_tokens
+    monkeypatch.setattr(experiments, "score_tokens", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_experiment(str(spec), tmp_path / "out", resolve=1e-6, max_seeds=6)  # never resolved: every look taken
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    looks, matrix = report["resolve"]["looks"], report["cross_eval"]
+    assert [look["seeds"] for look in looks] == [3, 6] and report["resolve"]["unit"].startswith("bpb")
+    assert len(calls) == len(matrix["runs"]) == 6 * 2 * 2  # each run on each text once, over both looks
+    for look in looks:  # the transfer table of the runs each look had
+        bpb = {(t, e): [c["bpb"] for c in matrix["runs"] if (c["train"], c["eval"]) == (t, e) and
+                        c["seed"] < look["seeds"]] for t in matrix["corpora"] for e in matrix["corpora"]}
+        worse = next(r for r in transfer(bpb, matrix["corpora"]).values() if r["verdict"] != "best")
+        assert look["widest_half_interval"] == pytest.approx((worse["ci_high"] - worse["ci_low"]) / 2, rel=1e-12)
+    worse = next(r for r in matrix["transfer"].values() if r["verdict"] != "best")
+    assert looks[-1]["widest_half_interval"] == pytest.approx((worse["ci_high"] - worse["ci_low"]) / 2, rel=1e-12)
+
+
 def test_a_run_of_another_tokenizer_is_refused_when_the_corpus_is_given(tmp_path):
     from vslm.config import load_config
     from vslm.data.shards import prepare_corpus

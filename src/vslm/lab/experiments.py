@@ -58,7 +58,8 @@ differ in `data.source`), every run is also scored on every variant's held-out t
 once, with the run's tokenizer: a train x eval matrix of bits per byte (and loss per token), mean
 and sample standard deviation over seeds, in results.json, results.md and report.html's heat map. Which
 text transfers: each corpus's mean excess over the in-domain model on the other corpora, compared with
-the best by Welch's t-test, Holm across the others (vslm.lab.stats.transfer).
+the best by Welch's t-test, Holm across the others (vslm.lab.stats.transfer). The main table's rows are
+each on its own text and compared with nothing; `resolve`'s looks read the transfer table's intervals.
 """
 
 from __future__ import annotations
@@ -890,6 +891,12 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     tokens = tokens_per_run(base_cfgs[0])
     by_variant: dict[str, list[dict]] = {v: [] for v in plan}
     files: dict[tuple[str, int], RunFiles] = {}  # each finished run's files, read once
+    data_of = {v: plan[v][kept[v]][0].data for v in plan}
+    scored: dict[tuple[Path, str], dict] = {}  # cross_eval: each (run, text) scored once over the looks
+
+    def finished_folders() -> dict[str, list[Path]]:
+        return {v: [folder_of(v, r["seed"]) for r in rows if "failed" not in r] for v, rows in by_variant.items()}
+
     done, history = 0, []
     for look, (n, level) in enumerate(zip(looks, levels, strict=True)):
         jobs = [(variant, seed, RunJob(chosen_cfgs[variant][seed], folder_of(variant, seed),
@@ -910,14 +917,19 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
             rows.sort(key=lambda r: r["seed"])
         done = n
         summary = summarize(by_variant, tokens, paired, alpha=level)
-        widest = max(((s["ci_high"] - s["ci_low"]) / 2 for s in summary.values()
-                      if s["verdict"] != "baseline" and not math.isnan(s["ci_low"])), default=math.nan)
+        compared = summary  # what the looks read: each variant against the baseline, or the transfer table
+        if spec.cross_eval:  # each look scores only its new runs
+            cross = cross_evaluate(finished_folders(), data_of, console, alpha=level, scored=scored)
+            compared = cross["transfer"]  # the main table's rows are each on its own text: not compared
+        widest = max(((s["ci_high"] - s["ci_low"]) / 2 for s in compared.values()
+                      if s["verdict"] not in ("baseline", "best") and not math.isnan(s["ci_low"])), default=math.nan)
         history.append({"seeds": n, "alpha": level, "widest_half_interval": widest})
         if resolve is None:
             break
-        met = resolved(summary, resolve)
-        say(f"look {look + 1} of {len(looks)}: {n} seeds, widest interval ±{widest:.4f} (target ±{resolve:g}), "
-            f"tests at alpha {level:.3g}{': resolved' if met else ''}")
+        met = resolved(compared, resolve)
+        unit = " bits per byte of the transfer table" if spec.cross_eval else ""
+        say(f"look {look + 1} of {len(looks)}: {n} seeds, widest interval ±{widest:.4f}{unit} (target "
+            f"±{resolve:g}), tests at alpha {level:.3g}{': resolved' if met else ''}")
         if met:
             break
     if done < looks[-1]:  # it stopped at an early look: fewer seeds, maybe, than the results already there
@@ -939,14 +951,14 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         report["lengths"] = lengths
     if resolve is not None:
         report["resolve"] = {"width": resolve, "max_seeds": looks[-1], "looks": history,
-                             "resolved": resolved(summary, resolve)}
+                             "resolved": resolved(compared, resolve)}
+        if spec.cross_eval:
+            report["resolve"]["unit"] = "bpb: the transfer table's intervals"
     failed = [r for r in runs if "failed" in r]
     if spec.cross_eval:
-        folders = {v: [folder_of(v, r["seed"]) for r in rows if "failed" not in r] for v, rows in by_variant.items()}
-        report["cross_eval"] = cross_evaluate(folders, {v: plan[v][kept[v]][0].data for v in plan}, console,
-                                              alpha=level)
+        report["cross_eval"] = cross
         # each variant's val_loss is its own corpus's held-out text: rows of different texts are not compared
-        # (the transfer table compares, on every text); the looks above still add seeds by these intervals
+        # (the transfer table compares, on every text, and the looks above read its intervals)
         baseline = next(iter(summary))
         for variant, s in summary.items():  # (a variant or a baseline whose every run failed keeps its verdict)
             if variant != baseline and s["seeds"] and summary[baseline]["seeds"]:
@@ -1151,15 +1163,22 @@ def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig],
-                   console: Console | None = None, alpha: float = SIGNIFICANCE) -> dict:
+                   console: Console | None = None, alpha: float = SIGNIFICANCE,
+                   scored: dict[tuple[Path, str], dict] | None = None) -> dict:
     """Every run (variant x seed, in `folders`) scored on every variant's held-out documents (its data
     config in `data_of`), every token once: bits per byte and loss per token per cell, then mean and
     sample std over seeds per (train, eval), and which training text transfers best (vslm.lab.stats.transfer,
-    its tests at `alpha`)."""
+    its tests at `alpha`). `scored`: {(run folder, eval name): score} of earlier calls (an experiment's looks),
+    read back, and this call's added."""
     names = list(folders)
+    scored = {} if scored is None else scored
     cells: dict[tuple[str, str], list[dict]] = {(t, e): [] for t in names for e in names}
     for train_name, seed_folders in folders.items():
         for seed, folder in enumerate(seed_folders):
+            if all((folder, e) in scored for e in names):
+                for eval_name in names:
+                    cells[train_name, eval_name].append(scored[folder, eval_name])
+                continue
             device = device_of(read_run_config(folder).train.device)  # where it trained: "auto" = CUDA if any
             run_cfg, model, tokenizer = load_run(folder, device=str(device))
             for eval_name in names:
@@ -1167,9 +1186,9 @@ def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig
                 same = run_cfg.data.tokenizer in FIXED_TOKENIZERS and data.tokenizer == run_cfg.data.tokenizer
                 corpus = prepare_corpus(data, tokenizer=None if same else tokenizer)
                 score = score_tokens(model, corpus.val.tokens, corpus.token_bytes, tokenizer.eos_id)
-                cells[train_name, eval_name].append({"train": train_name, "seed": seed, "eval": eval_name,
-                                                     "bpb": score.bpb, "loss": score.loss, "tokens": score.tokens,
-                                                     "bytes": score.bytes})
+                scored[folder, eval_name] = {"train": train_name, "seed": seed, "eval": eval_name, "bpb": score.bpb,
+                                             "loss": score.loss, "tokens": score.tokens, "bytes": score.bytes}
+                cells[train_name, eval_name].append(scored[folder, eval_name])
             if console:
                 row = ", ".join(f"{e} {cells[train_name, e][-1]['bpb']:.3f}" for e in names)
                 console.print(f"{train_name} seed {seed} on each corpus, bits per byte: {row}", highlight=False)

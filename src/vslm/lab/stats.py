@@ -158,8 +158,9 @@ def planned_looks(first: int, max_seeds: int, step: int | None = None) -> list[i
 
 
 def resolved(summary: dict[str, dict], width: float) -> bool:
-    """Whether every variant's 95% interval of its difference from the baseline is at most ±width."""
-    halves = [(s["ci_high"] - s["ci_low"]) / 2 for s in summary.values() if s["verdict"] != "baseline"]
+    """Whether every variant's 95% interval of its difference from the baseline is at most ±width (or, of a
+    transfer table, every corpus's against the best)."""
+    halves = [(s["ci_high"] - s["ci_low"]) / 2 for s in summary.values() if s["verdict"] not in ("baseline", "best")]
     return all(not math.isnan(h) and h <= width for h in halves)
 
 
