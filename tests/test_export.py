@@ -33,6 +33,11 @@ MAPPINGS = {  # name: (overrides, the transformers class)
     "llama-tied-bias-head-dim": ([*LLAMA, "model.head_dim=12", "model.bias=true", "model.norm_eps=1e-6"],
                                  "LlamaForCausalLM"),
     "mistral-window": ([*LLAMA, "model.kv_heads=1", "model.window=8"], "MistralForCausalLM"),
+    # the demo's and the reader's blocks (RoPE, RMSNorm, GELU): Llama with up x = 1
+    "llama-gelu": ([*GPT2, "model.position=rope", "model.norm=rmsnorm"], "LlamaForCausalLM"),
+    "llama-relu2-bias-untied-gqa": ([*GPT2, "model.position=rope", "model.norm=rmsnorm", "model.mlp=relu2",
+                                     "model.bias=true", "model.tie_embeddings=false", "model.kv_heads=2"],
+                                    "LlamaForCausalLM"),
 }
 
 
@@ -133,6 +138,32 @@ def test_model_card_names_what_a_user_needs(tmp_path):
         assert needle in card, needle
 
 
+def test_a_reader_leaves_the_lab_with_its_word_tokens_and_the_command_that_made_it(tmp_path):
+    """The reader (RoPE, RMSNorm, GELU; word tokens; batches of its own) exports as Llama: the same logits and ids
+    through transformers, and a card that gives `vslm facts reader` and its settings, not `vslm train`."""
+    from vslm.knowledge.folder import write_world_folder
+    from vslm.knowledge.reader import ReaderSettings, reader_config, train_reader
+    from vslm.knowledge.world import WorldConfig
+
+    world = tmp_path / "world"
+    write_world_folder(WorldConfig(seed=1, people=8, novel_people=4, hops=2, questions_per_hop=3), world)
+    cfg = reader_config("reader", ["train.steps=3", "model.depth=1", "model.width=32", "train.eval_windows=2"])
+    train_reader(world, tmp_path / "r", cfg, ReaderSettings(max_hops=1, curve_every=0))
+    assert export(tmp_path / "r", tmp_path / "hf") == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.hidden_act == "gelu"
+    _, model, tokenizer = load_run(tmp_path / "r")
+    text = (world / "train.txt").read_text()[:400]
+    ids = AutoTokenizer.from_pretrained(tmp_path / "hf")(text).input_ids
+    assert ids == tokenizer.encode(text)
+    x = torch.tensor([ids[:64]])
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-5
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "own (ReaderBatches): `vslm train vslm_config.toml` would train another model" in card
+    assert "`vslm facts reader` made it" in card and '"max_hops": 1' in card and "--out runs/" not in card
+
+
 def test_a_char_exports_card_says_what_its_tokenizer_does_with_other_characters(tmp_path):
     tok = CharTokenizer(list("ab "), eos=True)
     run = make_run(tmp_path / "run", GPT2, tok)
@@ -165,6 +196,7 @@ def test_a_char_exports_card_says_what_its_tokenizer_does_with_other_characters(
     ([*LLAMA[4:], "model.schedule.windows=interleave", "model.schedule.window_range=[8,32]"],
      "model.schedule.windows"),
     (["model.position=rope"], "model.norm"),
+    (["model.position=rope", "model.norm=rmsnorm", "model.window=8"], "model.mlp"),  # Mistral: SwiGLU only
     (["model.mlp=swiglu"], "model.mlp"),
     (["model.mlp=none"], "model.mlp"),
     (["model.kv_heads=2"], "model.kv_heads"),
@@ -263,7 +295,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert "its vocabulary of 257 is not the run's char tokenizer" in refused() and not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("arch", ["nanogpt", "llama-gqa-untied"])
+@pytest.mark.parametrize("arch", ["nanogpt", "llama-gqa-untied", "llama-gelu"])
 def test_import_round_trip_and_training_continues(arch, tmp_path, capsys):
     from safetensors.torch import load_file
 
@@ -322,6 +354,32 @@ def test_import_round_trip_and_training_continues(arch, tmp_path, capsys):
     # a run tokenizer larger than the checkpoint's: the tokenizer is named, not model.vocab_size
     refused(["data.tokenizer=byte"], f"its tokenizer.json has {cfg.model.vocab_size} tokens, the run's byte "
                                      "tokenizer (257 tokens)")
+
+
+def test_a_llama_checkpoint_with_a_gelu_mlp_imports_only_as_vslm_exports_one(tmp_path):
+    """hidden_act gelu in a Llama is down(gelu(gate x) * up x): vslm's ungated GELU MLP only where up x = 1 (zero
+    weights, a bias of ones, as its export writes); a gated GELU, or MLP biases beside an attention without any, is
+    refused naming the field."""
+    from vslm.interop.hf import model_fields_from_hf, read_hf_state
+
+    run = make_run(tmp_path / "run", MAPPINGS["llama-gelu"][0])
+    assert export(run, tmp_path / "hf") == 0
+    conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    state = read_hf_state(tmp_path / "hf")
+    assert (conf["hidden_act"], conf["mlp_bias"], conf["attention_bias"]) == ("gelu", True, False)
+    kind, fields = model_fields_from_hf(conf, state)
+    assert (kind, fields["mlp"], fields["bias"]) == ("llama", "gelu", False)
+    up = "model.layers.1.mlp.up_proj"
+    for change, words in (({f"{up}.weight": state[f"{up}.weight"] + 0.01}, "layer 1's up_proj is not zero weights"),
+                          ({f"{up}.bias": 2 * state[f"{up}.bias"]}, "layer 1's up_proj is not zero weights"),
+                          ({"model.layers.0.mlp.down_proj.bias": state["model.layers.0.mlp.down_proj.bias"] + 1},
+                           "mlp_bias = True: layer 0's MLP has biases and its attention none")):
+        with pytest.raises(VSLMError, match=words):
+            model_fields_from_hf(conf, state | change)
+    with pytest.raises(VSLMError, match="hidden_act = 'gelu'.*mlp_bias"):  # no biases: up x = 0, nothing vslm computes
+        model_fields_from_hf(conf | {"mlp_bias": False}, state)
+    with pytest.raises(VSLMError, match="hidden_act = 'gelu_pytorch_tanh'"):
+        model_fields_from_hf(conf | {"hidden_act": "gelu_pytorch_tanh"}, state)
 
 
 def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):

@@ -10,6 +10,10 @@ The mapping is exact or refused (`family`):
          zero biases, a LayerNorm without bias a zero bias; the head tied or not)
   position rope, RMSNorm, SwiGLU (GQA, any head_dim, tied or untied head, biases on or off)
       -> LlamaForCausalLM, or MistralForCausalLM when every block has the same sliding window (no biases).
+  position rope, RMSNorm, GELU (exact) or ReLU^2, no window (the demo's and the reader's models)
+      -> LlamaForCausalLM with hidden_act gelu or relu2 and mlp_bias: its MLP is down(act(gate x) * up x),
+         and up is zero weights with a bias of ones (up x = 1 exactly), gate is vslm's fc, down its proj;
+         the file holds the zero up weights beside the model's (ffn x width more a block).
          vslm's RoPE is the rotate-half form with the same frequencies as Llama's (x1, x2 = the two halves
          of a head; (x1 cos - x2 sin, x2 cos + x1 sin)), so q and k need no permutation. The fused qkv
          is [q heads | k heads | v heads]; the fused SwiGLU fc is [gate | value], silu on the gate.
@@ -17,7 +21,7 @@ The mapping is exact or refused (`family`):
 Refused, naming the field: weight sharing (`order`, `sharing`), recursion LoRA, a learned root or token
 injection, per-layer widths, heads or FFN sizes, attention other than softmax, per-layer windows,
 and combinations of position, norm and MLP that no class computes (learned positions with RMSNorm or
-SwiGLU, RoPE with LayerNorm or GELU, attention-only blocks).
+SwiGLU, RoPE with LayerNorm, a sliding window with an MLP other than SwiGLU, attention-only blocks).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from vslm.train.run_folder import METRICS, SUMMARY, load_run_at, read_run_config
 FAMILIES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 # resume changes that leave the weights as they were: what a card's "does not reproduce" leaves out
 NOT_COMPUTED = ("logging.", "name", "description", "train.threads", "train.checkpoint_minutes", "train.keep_last",
-                "train.checkpoint_every", "train.snapshots")
+                "train.checkpoint_every", "train.snapshots",
+                "data.source")  # a resume takes another path only to the same text (run_folder.same_text_elsewhere)
 PARITY_TOLERANCE = 1e-4  # export refuses to write a model whose logits differ more (float32; tests check 1e-5)
 # the architecture fields an import takes from the checkpoint; the rest of [model] (dropout, init) stays the config's
 ARCH_FIELDS = ("vocab_size", "context", "depth", "width", "heads", "kv_heads", "head_dim", "ffn", "mlp", "norm",
@@ -126,9 +131,9 @@ def family(m: ModelConfig) -> str:
     if m.norm != "rmsnorm":
         raise _refuse("norm", m.norm, "RoPE maps to Llama, which uses RMSNorm (a run trained with "
                       "model.norm=rmsnorm exports)")
-    if m.mlp != "swiglu":
-        raise _refuse("mlp", m.mlp, "RoPE maps to Llama, whose MLP is SwiGLU (a run trained with model.mlp=swiglu "
-                      "exports; or model.position=learned, model.norm=layernorm for GPT-2)")
+    if spec.window is not None and m.mlp != "swiglu":
+        raise _refuse("mlp", m.mlp, "a sliding window maps to Mistral, whose MLP is SwiGLU without biases (a run "
+                      "trained with model.mlp=swiglu exports)")
     return "llama" if spec.window is None else "mistral"
 
 
@@ -148,11 +153,11 @@ def hf_config(m: ModelConfig, eos_id: int | None):
     common = dict(
         vocab_size=m.vocab_size, hidden_size=spec.width, intermediate_size=spec.ffn, num_hidden_layers=depth,
         num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
-        hidden_act="silu", max_position_embeddings=m.context, rms_norm_eps=m.norm_eps,
+        hidden_act="silu" if m.mlp == "swiglu" else m.mlp, max_position_embeddings=m.context, rms_norm_eps=m.norm_eps,
         tie_word_embeddings=m.tie_embeddings, rope_parameters={"rope_type": "default", "rope_theta": m.rope_base},
         attention_dropout=0.0, initializer_range=m.init_std, architectures=[FAMILIES[kind]], **tokens)
     if kind == "llama":
-        return LlamaConfig(attention_bias=m.bias, mlp_bias=m.bias, **common)
+        return LlamaConfig(attention_bias=m.bias, mlp_bias=m.bias or m.mlp != "swiglu", **common)  # up x = 1: a bias
     if m.bias:
         raise _refuse("bias", True, "Mistral (the sliding-window class) has no biases")
     return MistralConfig(sliding_window=spec.window, **common)
@@ -202,11 +207,24 @@ def to_hf_state(model: GPT) -> dict[str, torch.Tensor]:
                 if b + "attn.qkv." + part not in sd:
                     continue
                 wq, wk, wv = sd[b + "attn.qkv." + part].split([q, kv, kv], dim=0)
-                gate, up = sd[b + "mlp.fc." + part].split([ffn, ffn], dim=0)
                 for name, t in (("self_attn.q_proj", wq), ("self_attn.k_proj", wk), ("self_attn.v_proj", wv),
-                                ("self_attn.o_proj", sd[b + "attn.proj." + part]), ("mlp.gate_proj", gate),
-                                ("mlp.up_proj", up), ("mlp.down_proj", sd[b + "mlp.proj." + part])):
+                                ("self_attn.o_proj", sd[b + "attn.proj." + part])):
                     out[f"{h}{name}.{part}"] = t.contiguous()
+            fc, down = sd[b + "mlp.fc.weight"], sd[b + "mlp.proj.weight"]
+            if m.mlp == "swiglu":  # fc is [gate | value]
+                gate, up = fc.split([ffn, ffn], dim=0)
+                mlp, biases = {"gate_proj": gate, "up_proj": up, "down_proj": down}, {}
+                if m.bias:
+                    gate, up = sd[b + "mlp.fc.bias"].split([ffn, ffn], dim=0)
+                    biases = {"gate_proj": gate, "up_proj": up, "down_proj": sd[b + "mlp.proj.bias"]}
+            else:  # down(act(gate x) * up x) with up x = 1: zero weights, a bias of ones
+                mlp = {"gate_proj": fc, "up_proj": torch.zeros_like(fc), "down_proj": down}
+                biases = {"gate_proj": get(b + "mlp.fc.bias", ffn), "up_proj": torch.ones(ffn, dtype=fc.dtype),
+                          "down_proj": get(b + "mlp.proj.bias", down.shape[0])}
+            for name, t in mlp.items():
+                out[f"{h}mlp.{name}.weight"] = t.contiguous()
+            for name, t in biases.items():
+                out[f"{h}mlp.{name}.bias"] = t.to(fc.dtype).contiguous()
         out["model.norm.weight"] = sd["norm.weight"]
     if model.head is not None:
         out["lm_head.weight"] = sd["head.weight"]
@@ -248,8 +266,9 @@ def from_hf_state(hf: dict[str, torch.Tensor], kind: str, m: ModelConfig) -> dic
             for part in ("weight", "bias") if m.bias else ("weight",):
                 out[b + "attn.qkv." + part] = torch.cat([take(f"{h}self_attn.{p}_proj.{part}") for p in "qkv"], 0)
                 out[b + "attn.proj." + part] = take(f"{h}self_attn.o_proj.{part}")
-                out[b + "mlp.fc." + part] = torch.cat([take(f"{h}mlp.gate_proj.{part}"),
-                                                       take(f"{h}mlp.up_proj.{part}")], 0)
+                gated = [take(f"{h}mlp.gate_proj.{part}")] + ([take(f"{h}mlp.up_proj.{part}")] if m.mlp == "swiglu"
+                                                               else [])  # else up x = 1 (model_fields_from_hf)
+                out[b + "mlp.fc." + part] = torch.cat(gated, 0)
                 out[b + "mlp.proj." + part] = take(f"{h}mlp.down_proj.{part}")
         out["norm.weight"] = take("model.norm.weight")
     if not m.tie_embeddings:
@@ -401,8 +420,9 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
             "to condition the first on, the newline's say), and scores differ from `vslm eval`'s by that token.",
             ""]),
         "## Training command", "",
-        *_reproduction(cfg, summary, step, init, origin),
-        "```sh", f"vslm train vslm_config.toml{init} --out runs/{shlex.quote(run.resolve().name)}", "```", "",
+        *(_own_training(run, summary["own_training"]) if summary.get("own_training") else [
+            *_reproduction(cfg, summary, step, init, origin),
+            "```sh", f"vslm train vslm_config.toml{init} --out runs/{shlex.quote(run.resolve().name)}", "```", ""]),
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
     ]
     return "\n".join(lines)
@@ -410,6 +430,21 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
 
 def _summary(run: Path) -> dict:
     return _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
+
+
+def _own_training(run: Path, own: str) -> list[str]:
+    """The card's training section for a run trained with batches or an objective of its own (summary.json's
+    own_training: a reader, a capacity run, a distilled student), which `vslm train` on its config does not
+    give: the command that made it, by its settings file (<name>-settings.json, written when it starts: `vslm
+    facts <name>`), with the settings."""
+    lines = [f"This run trained with batches or an objective of its own ({own}): `vslm train vslm_config.toml` would "
+             "train another model (the config's text, the next-token loss).", ""]
+    for path in sorted(run.glob("*-settings.json")):
+        command = f"vslm facts {path.name.removesuffix('-settings.json')}"
+        lines += [f"`{command}` made it (vslm's docs/FACTS.md), with vslm_config.toml's model and schedule and these "
+                  f"settings ({path.name}):", "",
+                  "```json", path.read_text(encoding="utf-8").strip(), "```", ""]
+    return lines
 
 
 def _reproduction(cfg: RunConfig, summary: dict, step: int | None, init: str, origin: dict | None) -> list[str]:
@@ -580,15 +615,19 @@ def model_fields_from_hf(conf: dict, state: dict[str, torch.Tensor]) -> tuple[st
                       bias=any(bool(b.any()) for b in biases), window=None)
         return kind, fields
     act = conf.get("hidden_act", "silu")
-    if act != "silu":
-        raise _import_refuse("hidden_act", act, "vslm's SwiGLU gates with silu")
+    if act not in ("silu", "gelu", "relu2"):
+        raise _import_refuse("hidden_act", act, "vslm's SwiGLU gates with silu, and its GELU (exact) and ReLU^2 "
+                                                "MLPs are not gated")
+    bias = bool(conf.get("attention_bias", False))
+    if act != "silu":  # vslm's own export of a GELU or ReLU^2 MLP: up x = 1, zero weights and a bias of ones
+        _check_ungated(conf, state, act, bias)
+    elif conf.get("attention_bias", False) != conf.get("mlp_bias", False):
+        raise _import_refuse("mlp_bias", conf.get("mlp_bias"), "vslm has one bias switch for attention and MLP")
     rope = conf.get("rope_parameters") or conf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise _import_refuse("rope_parameters.rope_type", rope_type, "vslm computes plain RoPE (no scaling)")
     theta = rope.get("rope_theta", conf.get("rope_theta", 10000.0))
-    if conf.get("attention_bias", False) != conf.get("mlp_bias", False):
-        raise _import_refuse("mlp_bias", conf.get("mlp_bias"), "vslm has one bias switch for attention and MLP")
     if conf.get("pretraining_tp", 1) not in (1, None):
         raise _import_refuse("pretraining_tp", conf["pretraining_tp"], "vslm computes pretraining_tp = 1")
     heads = conf["num_attention_heads"]
@@ -599,10 +638,29 @@ def model_fields_from_hf(conf: dict, state: dict[str, torch.Tensor]) -> tuple[st
                   depth=conf["num_hidden_layers"], width=conf["hidden_size"], heads=heads,
                   kv_heads=conf.get("num_key_value_heads") or heads,
                   head_dim=conf.get("head_dim") or conf["hidden_size"] // heads, ffn=conf["intermediate_size"],
-                  mlp="swiglu", norm="rmsnorm", norm_eps=conf.get("rms_norm_eps", 1e-6), position="rope",
-                  rope_base=float(theta), tie_embeddings=conf.get("tie_word_embeddings", False),
-                  bias=bool(conf.get("attention_bias", False)), window=window)
+                  mlp="swiglu" if act == "silu" else act, norm="rmsnorm", norm_eps=conf.get("rms_norm_eps", 1e-6),
+                  position="rope", rope_base=float(theta), tie_embeddings=conf.get("tie_word_embeddings", False),
+                  bias=bias, window=window)
     return kind, fields
+
+
+def _check_ungated(conf: dict, state: dict[str, torch.Tensor], act: str, bias: bool) -> None:
+    """A Llama MLP down(act(gate x) * up x) computes vslm's ungated `act` MLP only where up x = 1 for every x
+    (up_proj zero weights, a bias of ones: how vslm exports one), and its gate and down biases are zero where
+    attention has none (vslm has one bias switch); else refused, naming the field."""
+    if conf.get("model_type") != "llama" or not conf.get("mlp_bias", False):
+        raise _import_refuse("hidden_act", act, "vslm's SwiGLU gates with silu; an ungated MLP imports from a Llama "
+                                                "checkpoint whose up_proj is zero with a bias of ones (mlp_bias), "
+                                                "as vslm exports one")
+    for i in range(conf["num_hidden_layers"]):
+        h = f"model.layers.{i}.mlp."
+        up, one = state.get(h + "up_proj.weight"), state.get(h + "up_proj.bias")
+        if up is None or one is None or bool(up.any()) or not bool((one == 1).all()):
+            raise _import_refuse("hidden_act", act, f"layer {i}'s up_proj is not zero weights with a bias of ones: "
+                                                    "a gated MLP, which vslm computes with silu only")
+        if not bias and any(bool(state[h + p + ".bias"].any()) for p in ("gate_proj", "down_proj")):
+            raise _import_refuse("mlp_bias", True, f"layer {i}'s MLP has biases and its attention none: vslm has "
+                                                   "one bias switch for attention and MLP")
 
 
 def check_init_tokenizer(folder: Path, corpus: Corpus, model_vocab: int) -> None:
