@@ -611,6 +611,13 @@ def test_a_cross_evaluated_experiment_resolves_by_its_transfer_table_scoring_eac
         assert look["widest_half_interval"] == pytest.approx((worse["ci_high"] - worse["ci_low"]) / 2, rel=1e-12)
     worse = next(r for r in matrix["transfer"].values() if r["verdict"] != "best")
     assert looks[-1]["widest_half_interval"] == pytest.approx((worse["ci_high"] - worse["ci_low"]) / 2, rel=1e-12)
+    # a text whose every run failed (diverged) has no model to cross-evaluate: one line, the runs kept
+    spec.write_text(spec.read_text().replace(f'overrides = ["data.source={text}"]',
+                                             f'overrides = ["data.source={text}", "train.lr=1e6", "train.min_lr=1e5"]')
+                    .replace("seeds = 3", "seeds = 1"))
+    with pytest.raises(VSLMError, match="every run of other failed, so no model of that text is cross-evaluated"):
+        run_experiment(str(spec), tmp_path / "failed")
+    assert (tmp_path / "failed" / "other" / "seed-0" / "config.toml").is_file()
 
 
 def test_a_run_of_another_tokenizer_is_refused_when_the_corpus_is_given(tmp_path):

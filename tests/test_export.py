@@ -380,6 +380,13 @@ def test_a_llama_checkpoint_with_a_gelu_mlp_imports_only_as_vslm_exports_one(tmp
         model_fields_from_hf(conf | {"mlp_bias": False}, state)
     with pytest.raises(VSLMError, match="hidden_act = 'gelu_pytorch_tanh'"):
         model_fields_from_hf(conf | {"hidden_act": "gelu_pytorch_tanh"}, state)
+    with pytest.raises(VSLMError, match="layer 0's gate_proj or down_proj has no bias tensor"):
+        model_fields_from_hf(conf, {k: v for k, v in state.items() if k != "model.layers.0.mlp.gate_proj.bias"})
+    # with one sliding window the class is Mistral, whose MLP has no biases: no up x = 1, refused
+    windowed = make_run(tmp_path / "windowed", [*MAPPINGS["llama-gelu"][0], "model.window=8"], checkpoint=False)
+    with pytest.raises(VSLMError, match="model.mlp = 'gelu': a sliding window maps to Mistral, whose MLP is SwiGLU"):
+        from vslm.interop.hf import export_run
+        export_run(windowed, tmp_path / "hf-windowed")
 
 
 def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):

@@ -506,7 +506,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
             print(f"{name:24s} {desc}")
         return 0
     if not a.experiment:
-        taken = [w for w in (a.sweep or [[]])[-1] if "=" not in w]  # `--sweep X=1 NAME`: the name read as an override
+        taken = [w for words in a.sweep or [] for w in words if "=" not in w]  # `--sweep X=1 NAME`: read as an override
         raise UsageError("experiment needs a NAME (a built-in experiment or a TOML file), or --list" +
                          (f": --sweep took {taken[0]!r} into its choice (it reads up to the next flag); give the "
                           "experiment first, `vslm experiment NAME --sweep ...`" if taken else ""))

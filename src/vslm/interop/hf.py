@@ -420,7 +420,7 @@ def model_card(run: Path, cfg: RunConfig, model: GPT, kind: str, checkpoint: str
             "to condition the first on, the newline's say), and scores differ from `vslm eval`'s by that token.",
             ""]),
         "## Training command", "",
-        *(_own_training(run, summary["own_training"]) if summary.get("own_training") else [
+        *(_own_training(run, summary["own_training"], cfg, step) if summary.get("own_training") else [
             *_reproduction(cfg, summary, step, init, origin),
             "```sh", f"vslm train vslm_config.toml{init} --out runs/{shlex.quote(run.resolve().name)}", "```", ""]),
         "## Config", "", "```toml", cfg.to_toml().rstrip(), "```", "",
@@ -432,18 +432,24 @@ def _summary(run: Path) -> dict:
     return _read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}  # damaged: one line naming it
 
 
-def _own_training(run: Path, own: str) -> list[str]:
+def _own_training(run: Path, own: str, cfg: RunConfig, step: int | None) -> list[str]:
     """The card's training section for a run trained with batches or an objective of its own (summary.json's
-    own_training: a reader, a capacity run, a distilled student), which `vslm train` on its config does not
-    give: the command that made it, by its settings file (<name>-settings.json, written when it starts: `vslm
-    facts <name>`), with the settings."""
+    own_training: a reader, a capacity run, a distilled student, a relearning test or an adapter's fit), which
+    `vslm train` on its config does not give: the command that made it, by its settings file
+    (<name>-settings.json, written when it starts by `vslm facts <name>`), and those settings."""
     lines = [f"This run trained with batches or an objective of its own ({own}): `vslm train vslm_config.toml` would "
              "train another model (the config's text, the next-token loss).", ""]
-    for path in sorted(run.glob("*-settings.json")):
+    if step is not None and step < cfg.train.steps:
+        lines += [f"These weights are step {step} of the {cfg.train.steps} steps it trains.", ""]
+    settings = sorted(run.glob("*-settings.json"))
+    for path in settings:
         command = f"vslm facts {path.name.removesuffix('-settings.json')}"
-        lines += [f"`{command}` made it (vslm's docs/FACTS.md), with vslm_config.toml's model and schedule and these "
-                  f"settings ({path.name}):", "",
+        lines += [f"`{command}` made it (vslm's docs/FACTS.md gives its arguments, among them the folders it read), "
+                  f"with the model and schedule of vslm_config.toml; the settings it started with ({path.name}):", "",
                   "```json", path.read_text(encoding="utf-8").strip(), "```", ""]
+    if not settings:
+        lines += ["A knowledge experiment or `vslm facts eval` made it (a relearning test or an adapter's fit: "
+                  "vslm's docs/FACTS.md).", ""]
     return lines
 
 
@@ -658,6 +664,8 @@ def _check_ungated(conf: dict, state: dict[str, torch.Tensor], act: str, bias: b
         if up is None or one is None or bool(up.any()) or not bool((one == 1).all()):
             raise _import_refuse("hidden_act", act, f"layer {i}'s up_proj is not zero weights with a bias of ones: "
                                                     "a gated MLP, which vslm computes with silu only")
+        if any(state.get(h + p + ".bias") is None for p in ("gate_proj", "down_proj")):
+            raise _import_refuse("mlp_bias", True, f"layer {i}'s gate_proj or down_proj has no bias tensor")
         if not bias and any(bool(state[h + p + ".bias"].any()) for p in ("gate_proj", "down_proj")):
             raise _import_refuse("mlp_bias", True, f"layer {i}'s MLP has biases and its attention none: vslm has "
                                                    "one bias switch for attention and MLP")

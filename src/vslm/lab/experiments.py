@@ -919,8 +919,15 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
         summary = summarize(by_variant, tokens, paired, alpha=level)
         compared = summary  # what the looks read: each variant against the baseline, or the transfer table
         if spec.cross_eval:  # each look scores only its new runs
-            cross = cross_evaluate(finished_folders(), data_of, console, alpha=level, scored=scored)
-            compared = cross["transfer"]  # the main table's rows are each on its own text: not compared
+            folders = finished_folders()
+            if none := [v for v, found in folders.items() if not found]:  # every run so far failed: no matrix
+                if look == len(looks) - 1:
+                    raise VSLMError(f"{out}: every run of {', '.join(none)} failed, so no model of that text is "
+                                    "cross-evaluated (the runs' errors are above; their folders are kept)")
+                compared = {v: {"verdict": "", "ci_low": math.nan, "ci_high": math.nan} for v in none}  # unresolved
+            else:
+                cross = cross_evaluate(folders, data_of, console, alpha=level, scored=scored)
+                compared = cross["transfer"]  # the main table's rows are each on its own text: not compared
         widest = max(((s["ci_high"] - s["ci_low"]) / 2 for s in compared.values()
                       if s["verdict"] not in ("baseline", "best") and not math.isnan(s["ci_low"])), default=math.nan)
         history.append({"seeds": n, "alpha": level, "widest_half_interval": widest})

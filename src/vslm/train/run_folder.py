@@ -78,7 +78,10 @@ def same_text_elsewhere(folder: Path, data: DataConfig) -> bool:
     if identity is None or source in GENERATED or split_name(source)[0] is not None or \
             not Path(source).expanduser().exists():
         return False
-    return open_source(data).identity == identity
+    try:
+        return open_source(data).identity == identity
+    except VSLMError:  # a folder of no text, say: not the run's text (what reads it says why)
+        return False
 
 
 def schedule_moved(folder: Path, model: ModelConfig, params: int, flops_per_token: float) -> str | None:
