@@ -524,6 +524,19 @@ def test_corpora_repeat_the_experiment_per_corpus(tmp_path):
     assert (tmp_path / "out" / "report.html").read_text() == page
 
 
+def quality_experiment(tmp_path, seeds: int):
+    """A cross-evaluated experiment of two texts (the stories and a file written here): (the file, the spec)."""
+    text = tmp_path / "other.txt"
+    text.write_text("<|endoftext|>".join(f"Entry {i}: the river flows past the old mill at dawn." * 3
+                                         for i in range(60)))
+    spec = tmp_path / "quality.toml"
+    spec.write_text(f'base = "tiny"\nseeds = {seeds}\ncross_eval = true\n'
+                    f'overrides = {[*COMMON, "data.tokenizer=byte"]!r}\n'
+                    f'[[variants]]\nname = "stories"\n[[variants]]\nname = "other"\n'
+                    f'overrides = ["data.source={text}"]\n')
+    return text, spec
+
+
 def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
     """Two corpora, two seeds: every run scored on both corpora's held-out documents; each cell checked
     against a direct computation, the matrix against the cells, and the report's heat map drawn."""
@@ -535,13 +548,7 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
     from vslm.data.shards import prepare_corpus
     from vslm.train.run_folder import load_run
 
-    text = tmp_path / "other.txt"
-    text.write_text("<|endoftext|>".join(f"Entry {i}: the river flows past the old mill at dawn." * 3
-                                         for i in range(60)))
-    spec = tmp_path / "quality.toml"
-    spec.write_text(f'base = "tiny"\nseeds = 2\ncross_eval = true\noverrides = {[*COMMON, "data.tokenizer=byte"]!r}\n'
-                    f'[[variants]]\nname = "stories"\n[[variants]]\nname = "other"\n'
-                    f'overrides = ["data.source={text}"]\n')
+    text, spec = quality_experiment(tmp_path, seeds=2)
     out = tmp_path / "out"
     run_experiment(str(spec), out)
     matrix = json.loads((out / "results.json").read_text())["cross_eval"]
@@ -589,13 +596,7 @@ def test_a_cross_evaluated_experiment_resolves_by_its_transfer_table_scoring_eac
     from vslm.lab import experiments
     from vslm.lab.stats import transfer
 
-    text = tmp_path / "other.txt"
-    text.write_text("<|endoftext|>".join(f"Entry {i}: the river flows past the old mill at dawn." * 3
-                                         for i in range(60)))
-    spec = tmp_path / "quality.toml"
-    spec.write_text(f'base = "tiny"\nseeds = 3\ncross_eval = true\noverrides = {[*COMMON, "data.tokenizer=byte"]!r}\n'
-                    f'[[variants]]\nname = "stories"\n[[variants]]\nname = "other"\n'
-                    f'overrides = ["data.source={text}"]\n')
+    text, spec = quality_experiment(tmp_path, seeds=3)
     calls = []
     real = experiments.score_tokens
     monkeypatch.setattr(experiments, "score_tokens", lambda *a, **k: calls.append(1) or real(*a, **k))
