@@ -25,7 +25,6 @@ from vslm.train.run_folder import (
     data_limit_left_out,
     read_metrics,
     read_run_config,
-    same_text_elsewhere,
     schedule_moved,
 )
 from vslm.train.trackers import as_text
@@ -95,9 +94,7 @@ def settings_differ(saved: RunConfig, cfg: RunConfig, records: Sequence[str] | N
                     folder: Path | None = None) -> list[str]:
     """What same_settings compares and finds different, in words: "field: old there, new here"."""
     changes = config_changes(_compared(saved, records), _compared(cfg.with_vocab_size(saved.model.vocab_size),
-                                                                  records))
-    if "data.source" in changes and folder is not None and same_text_elsewhere(folder, cfg.data):
-        del changes["data.source"]
+                                                                  records), folder)
     return [f"{k}: {as_text(old)} there, {as_text(new)} here" for k, (old, new) in changes.items()
             if k.startswith(("model.", "data.", "train.", "logging."))]
 

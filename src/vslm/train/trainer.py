@@ -117,11 +117,16 @@ RESUME_MAY_CHANGE = ("name", "description", "logging.", "train.steps", "train.lr
                      "train.eval_every", "train.eval_lengths")
 
 
-def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[object, object]]:
+def config_changes(old: RunConfig, new: RunConfig, folder: Path | None = None) -> dict[str, tuple[object, object]]:
     """{dotted field: (old value, new value)} of the fields where two configs differ, values as JSON has them
-    ("-": a field one config lacks)."""
+    ("-": a field one config lacks). `folder`: the run `old` is the config of, whose data.source at another
+    path that holds the very text it began with is no change (run_folder.same_text_elsewhere: the folder, or
+    its data, moved)."""
     a, b = (flat_values(c.model_dump(mode="json")) for c in (old, new))
-    return {k: (a.get(k, "-"), b.get(k, "-")) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    changes = {k: (a.get(k, "-"), b.get(k, "-")) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    if "data.source" in changes and folder is not None and same_text_elsewhere(folder, new.data):
+        del changes["data.source"]
+    return changes
 
 
 def checked_config(cfg: RunConfig | str | Path, resume: bool = False) -> RunConfig:
@@ -481,11 +486,9 @@ class Trainer:
                                 f"of its own ({own}), which a resume from its config would replace with its text and "
                                 "the next-token loss; the command that started it continues it")
         cfg = cfg.with_vocab_size(saved.model.vocab_size)  # the saved config has it from the tokenizer
-        changes = config_changes(saved, cfg)
-        if "data.source" in changes and same_text_elsewhere(self.run_dir, cfg.data):
-            del changes["data.source"]  # summary.json's config_changes records the new path
-        fixed = [f"{k}: {as_text(old)} in the run, {as_text(new)} given"
-                 for k, (old, new) in changes.items() if not k.startswith(RESUME_MAY_CHANGE)]
+        fixed = [f"{k}: {as_text(old)} in the run, {as_text(new)} given"  # (summary.json records a moved source)
+                 for k, (old, new) in config_changes(saved, cfg, self.run_dir).items()
+                 if not k.startswith(RESUME_MAY_CHANGE)]
         if fixed:
             raise ResumeRefused(f"cannot resume {self.run_dir}: {'; '.join(fixed)} (a resume keeps what the run "
                                 "trains: it may raise train.steps, change the learning-rate schedule, logging and "
