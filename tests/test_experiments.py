@@ -588,6 +588,15 @@ def test_cross_evaluation_matrix_of_bits_per_byte(tmp_path):
     html = (out / "report.html").read_text()
     assert "Trained on x evaluated on" in html and html.count("data:image/png;base64,") == 2  # the curves, the map
     assert "Which training text transfers" in html
+    # a seed whose run failed leaves no folder: each cell keeps its run's own seed, not its index among those left
+    from vslm.lab.experiments import cross_evaluate
+    part = cross_evaluate({"stories": {1: out / "stories" / "seed-1"}, "other": {0: out / "other" / "seed-0",
+                                                                             1: out / "other" / "seed-1"}},
+                          sources)
+    whole = {(c["train"], c["seed"], c["eval"]): c["bpb"] for c in matrix["runs"]}
+    assert sorted((c["train"], c["seed"]) for c in part["runs"] if c["eval"] == "other") == [
+        ("other", 0), ("other", 1), ("stories", 1)]
+    assert all(c["bpb"] == pytest.approx(whole[c["train"], c["seed"], c["eval"]], rel=1e-6) for c in part["runs"])
 
 
 def test_a_cross_evaluated_experiment_resolves_by_its_transfer_table_scoring_each_run_once(tmp_path, monkeypatch):

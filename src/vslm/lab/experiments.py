@@ -894,8 +894,9 @@ def _run_variants(name: str, spec: ExperimentSpec, plan: dict[str, dict[str, lis
     data_of = {v: plan[v][kept[v]][0].data for v in plan}
     scored: dict[tuple[Path, str], dict] = {}  # cross_eval: each (run, text) scored once over the looks
 
-    def finished_folders() -> dict[str, list[Path]]:
-        return {v: [folder_of(v, r["seed"]) for r in rows if "failed" not in r] for v, rows in by_variant.items()}
+    def finished_folders() -> dict[str, dict[int, Path]]:
+        return {v: {r["seed"]: folder_of(v, r["seed"]) for r in rows if "failed" not in r}
+                for v, rows in by_variant.items()}
 
     done, history = 0, []
     for look, (n, level) in enumerate(zip(looks, levels, strict=True)):
@@ -1169,11 +1170,11 @@ def summarize_dynamics(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig],
+def cross_evaluate(folders: dict[str, dict[int, Path]], data_of: dict[str, DataConfig],
                    console: Console | None = None, alpha: float = SIGNIFICANCE,
                    scored: dict[tuple[Path, str], dict] | None = None) -> dict:
-    """Every run (variant x seed, in `folders`) scored on every variant's held-out documents (its data
-    config in `data_of`), every token once: bits per byte and loss per token per cell, then mean and
+    """Every run (variant x seed, in `folders`: {variant: {seed: folder}}) scored on every variant's held-out
+    documents (its data config in `data_of`), every token once: bits per byte and loss per token per cell, then mean and
     sample std over seeds per (train, eval), and which training text transfers best (vslm.lab.stats.transfer,
     its tests at `alpha`). `scored`: {(run folder, eval name): score} of earlier calls (an experiment's looks),
     read back, and this call's added."""
@@ -1181,7 +1182,7 @@ def cross_evaluate(folders: dict[str, list[Path]], data_of: dict[str, DataConfig
     scored = {} if scored is None else scored
     cells: dict[tuple[str, str], list[dict]] = {(t, e): [] for t in names for e in names}
     for train_name, seed_folders in folders.items():
-        for seed, folder in enumerate(seed_folders):
+        for seed, folder in seed_folders.items():
             if all((folder, e) in scored for e in names):
                 for eval_name in names:
                     cells[train_name, eval_name].append(scored[folder, eval_name])
