@@ -120,6 +120,16 @@ def test_a_task_typed_wrong_or_a_dataset_offline_is_one_line(run, tmp_path, caps
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert last.startswith("vslm: error: a task's dataset did not load from the Hugging Face hub (")
+    # no offline setting, but a hub whose name does not resolve (.invalid never does): the cache is asked at
+    # once, not the hub five times over (about 25 s of retries, a line each)
+    env = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") and
+           not k.lower().endswith("_proxy")} | {"HF_ENDPOINT": "https://hub.invalid"}
+    r = subprocess.run([sys.executable, "-m", "vslm", "eval", str(run), "--tasks", "hub_task", "--include-path",
+                        str(tasks), "--limit", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "Retrying" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "vslm: error: a task's dataset did not load from the Hugging Face hub (hub.invalid does not resolve, so "
+        "only the datasets cache was asked: ")
 
 
 def test_every_name_is_checked_before_anything_is_scored(run, tmp_path, capsys, monkeypatch):
