@@ -192,3 +192,21 @@ def test_icl_short_tokens_is_the_single_token_definition_in_training_and_over_sn
     assert main(["probe", str(tmp_path / "r")]) == 0
     again = lines(tmp_path / "r" / "probes-snapshots.jsonl")
     assert {p["icl_label"] for p in again} == {"short-context-tokens"}
+
+
+def test_the_train_command_says_when_the_probes_took_a_notable_share_of_the_time(tmp_path, capsys):
+    """A short run probed at every step spends more on its probes than on training: its last line says so, with
+    summary.json's times and how to turn them off; a run without probes says nothing of them."""
+    assert main(["train", "tiny", *tiny_overrides(train__steps=6, logging__probe_every=1),
+                 "--out", str(tmp_path / "r")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-2]  # then the run's path
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["probe_fraction"] > 0.1
+    probes, training = summary["probe_time_s"], summary["probe_time_s"] / summary["probe_fraction"]
+    assert last.startswith("trained 6 steps: ") and last.endswith(
+        f"; the probes took {probes:.0f} s beside {training:.0f} s of training steps (logging.probe_every=0 turns "
+        "them off; fewer logging.probe_windows make them cheaper)")
+    assert main(["train", "tiny", *tiny_overrides(train__steps=6, logging__probe_every=0),
+                 "--out", str(tmp_path / "quiet")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-2]
+    assert last.startswith("trained 6 steps: ") and "probes" not in last

@@ -78,9 +78,25 @@ def cmd_train(a: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "val_loss", "val_bpb") if k in final)
     console.print(f"nothing trained: at step {trainer.step} (train.steps), its last logged {summary}"
                   if trainer.nothing_to_train
-                  else f"trained {trainer.step} steps: {summary}")
+                  else f"trained {trainer.step} steps: {summary}{_probe_share(out)}", highlight=False, soft_wrap=True)
     print(out)
     return 0
+
+
+PROBE_SHARE_SAID = 0.1  # probes taking at least this share of the training steps' time are said at the end
+
+
+def _probe_share(out: Path) -> str:
+    """'; the probes took N s beside M s of training ...' where the training-dynamics probes took a notable share
+    of a run's time (a short run of many probe steps: more than the training itself), else ''."""
+    from vslm.train.run_folder import read_summary
+
+    summary = read_summary(out)
+    share, probes = summary.get("probe_fraction"), summary.get("probe_time_s")
+    if share is None or probes is None or share < PROBE_SHARE_SAID:
+        return ""
+    return (f"; the probes took {probes:.0f} s beside {probes / share:.0f} s of training steps "
+            "(logging.probe_every=0 turns them off; fewer logging.probe_windows make them cheaper)")
 
 
 def _print_samples(trainer) -> None:
