@@ -106,6 +106,7 @@ def test_exact_resume_after_sigkill(tmp_path, cli):
 
     r = cli("train", "--resume", "--out", tmp_path / "killed")
     assert r.returncode == 0, r.stderr
+    assert "Training (resumed from its checkpoint at step 16, " in r.stdout  # the step it goes on from, said
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
     assert [m["step"] for m in resumed] == list(range(1, 41))
     for a, b in zip(straight, resumed, strict=True):

@@ -91,13 +91,15 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
     if why := m.blind():
         console.print(f"note: {why}", highlight=False, soft_wrap=True)
     tokens = tc.steps * tc.batch_size * tc.grad_accum * m.context
-    again = " (resumed)" if trainer.resume else ""
     # a short trial run of a config made for longer ones: say so, the curve it draws is all warmup
     short = (f" (its warmup of {tc.warmup:,} steps outlasts the run: the learning rate never reaches "
              f"train.lr={tc.lr:g})") if tc.warmup >= tc.steps else ""
     found = list_checkpoints(out / CHECKPOINTS) if trainer.resume else []
     if trainer.resume_from is not None:  # the checkpoint asked for, if it is one of the run's
         found = [(step, path) for step, path in found if Path(path).resolve() == Path(trainer.resume_from).resolve()]
+    # the newest checkpoint (or the one asked for); where it does not read, the trainer warns and takes an older one
+    again = (f" (resumed from its checkpoint at step {found[-1][0]:,}, {Path(found[-1][1]).name})" if found
+             else " (resumed)" if trainer.resume else "")
     if found and found[-1][0] == tc.steps:  # nothing to train from it (an unreadable one: the trainer says so)
         console.print(f"Resuming {out} from its checkpoint at step {tc.steps:,} = train.steps\n",
                       highlight=False, soft_wrap=True)
