@@ -327,7 +327,10 @@ def test_import_round_trip_and_training_continues(arch, tmp_path, capsys):
             init_from_hf(load_config("tiny", ngpt), tmp_path / "hf", ngpt)
     # vslm train --init-from-hf starts from those weights (its step-0 snapshot) and trains on
     again = tmp_path / "again"
+    capsys.readouterr()
     assert main(["train", "tiny", *overrides, "--init-from-hf", str(tmp_path / "hf"), "--out", str(again)]) == 0
+    said = capsys.readouterr().out  # the header says the model is not the config's
+    assert f"  its architecture and weights from the transformers checkpoint {(tmp_path / 'hf').resolve()}\n" in said
     snapshot = load_file(again / "snapshots" / "step_00000000.safetensors")
     start = {k.removeprefix("model/"): v for k, v in snapshot.items() if k.startswith("model/")}
     for k, v in model.state_dict().items():

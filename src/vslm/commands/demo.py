@@ -88,6 +88,9 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         f"Model: a GPT of {trainer.params:,} parameters: {_blocks(m)}, "
         f"{m.position} positions, {m.normalisation()}, {m.mlp} MLP, context {m.context}; "
         f"{trainer.flops_per_token / 1e6:.1f} MFLOPs per training token", highlight=False, soft_wrap=True)
+    if trainer.origin and "hf_folder" in trainer.origin:  # --init-from-hf: not the config's model, nor from scratch
+        console.print(f"  its architecture and weights from the transformers checkpoint {trainer.origin['hf_folder']}",
+                      highlight=False, markup=False, soft_wrap=True)
     if why := m.blind():
         console.print(f"note: {why}", highlight=False, soft_wrap=True)
     tokens = tc.steps * tc.batch_size * tc.grad_accum * m.context
