@@ -41,7 +41,7 @@ from vslm.config import ModelConfig, RunConfig, apply_overrides, validate
 from vslm.data.shards import Corpus
 from vslm.data.tokenizer import EOS, ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer
 from vslm.errors import ConfigError, UsageError, VSLMError
-from vslm.files import read_jsonl, write_text
+from vslm.files import default_mode, read_jsonl, write_text
 from vslm.model import GPT, parameter_count, training_flops_per_token
 from vslm.train.checkpoint import checkpoint_step
 from vslm.train.run_folder import METRICS, SUMMARY, load_run_at, read_run_config, saved_by_run
@@ -539,6 +539,8 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None,
         card = model_card(run, cfg, model, kind, used.name, step, eos=tok.eos_id is not None)  # (no local path)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         (tmp / "vslm_config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        for path in tmp.iterdir():  # transformers writes the weights 0600: an export is for sharing, the umask's modes
+            path.chmod(default_mode(folder=path.is_dir()))
         _check_out(out)
         if out.exists():
             out.rmdir()
