@@ -274,6 +274,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert "model_type = 'bert'" in refused() and not (tmp_path / "r").exists()
 
     assert export(run, tmp_path / "hf") == 0  # a truncated model.safetensors on import
+    assert capsys.readouterr().err == f"exported {run / 'checkpoints' / 'step_00000001.safetensors'}\n"
     weights = tmp_path / "hf" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert main(["train", "tiny", *tiny_overrides(), "--init-from-hf", str(tmp_path / "hf"),
@@ -282,6 +283,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
 
     # the run's tokenizer is not the checkpoint's (bytes, 257 tokens): refused before a step, nothing written
     assert export(run, tmp_path / "hf2") == 0
+    capsys.readouterr()
     args = ["train", "tiny", *tiny_overrides(), "data.tokenizer=char", "--init-from-hf", str(tmp_path / "hf2"),
             "--out", str(tmp_path / "r")]
     assert main(args) == 2
@@ -397,7 +399,7 @@ def test_a_llama_checkpoint_with_a_gelu_mlp_imports_only_as_vslm_exports_one(tmp
         export_run(windowed, tmp_path / "hf-windowed")
 
 
-def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):
+def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path, capsys):
     """Not the run's last logged ones: the step and tokens of the checkpoint exported, and the last
     validation at or before it, with its step."""
     run = tmp_path / "run"
@@ -407,7 +409,10 @@ def test_the_card_gives_the_exported_checkpoints_numbers(tmp_path):
 
     def card(step: int) -> str:
         out = tmp_path / f"hf-{step}"
-        assert export(run, out, "--checkpoint", str(run / "snapshots" / f"step_{step:08d}.safetensors")) == 0
+        capsys.readouterr()
+        snapshot = run / "snapshots" / f"step_{step:08d}.safetensors"
+        assert export(run, out, "--checkpoint", str(snapshot)) == 0
+        assert capsys.readouterr().err == f"exported {snapshot}: step {step} of its 5\n"  # which weights, said
         return (out / "README.md").read_text()
 
     first = card(1)

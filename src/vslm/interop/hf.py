@@ -545,6 +545,8 @@ def export_run(run: Path, out: Path, checkpoint: Path | None = None,
         if out.exists():
             out.rmdir()
         tmp.rename(out)
+        short = f": step {step:,} of its {cfg.train.steps:,}" if step is not None and step < cfg.train.steps else ""
+        warn(f"exported {used}{short}")  # which weights (a run still training: its newest checkpoint or snapshot)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if bar:
