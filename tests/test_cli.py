@@ -136,3 +136,18 @@ def test_describe_shows_the_attention_width_a_blocks_own_heads_give(capsys):
     assert main(["describe", "tiny", "model.blocks=[{heads=3},{}]", "model.tie_embeddings=false"]) == 0
     rows = [line.split("│") for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [cells[4].strip() for cells in rows] == ["3 x 16 = 48", "2 x 16"]
+
+
+def test_version_and_a_bare_vslm(capsys):
+    """`vslm --version`: vslm's (pyproject's), torch's and Python's; a bare `vslm`: the commands, exit 2."""
+    import tomllib
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out == (f"vslm {project} (torch {torch.__version__}, "
+                                       f"Python {sys.version.split()[0]})\n")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vslm [-h] [--version] COMMAND ...") and "train" in err and "export" in err

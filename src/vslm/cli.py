@@ -1084,8 +1084,22 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _version() -> str:
+    """vslm's version and the torch and Python it runs with (torch's from its metadata: not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from vslm import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"vslm {__version__} (torch {torch}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
+    ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a config",
@@ -1373,6 +1387,8 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     words = sys.argv[1:] if argv is None else argv
     commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if not words:  # a bare `vslm`: the commands, as a bare `vslm bench` lists its benchmarks
+        return _usage(parser)
     if words and not words[0].startswith("-") and words[0] not in commands:  # a command typed wrong: the one meant
         parser.error(f"unknown command '{words[0]}'{did_you_mean(words[0], commands)}; the commands: "
                      f"{', '.join(commands)}")
