@@ -37,6 +37,9 @@ def test_overrides_are_typed_toml_values():
         (["train.steps=5.0"], "train.steps: Input should be a valid integer, got 5.0"),
         (['logging.progress="no"'], "logging.progress: Input should be a valid boolean, got 'no'"),
         (['train.betas=[0.9, "0.95"]'], "train.betas.1: Input should be a valid number, got '0.95'"),
+        (["train.betas=0.9"], "train.betas: should be a list, written [a, b, ...] .a TOML array; quoted on a command "
+                              "line: 'key=[a, b]'., got 0.9"),  # not Python's "a valid tuple"
+        (["train.eval_lengths=2"], "train.eval_lengths: should be a list, written [a, b, ...]"),
         (['model.blocks=[{width="32"}, {}]'], "Input should be a valid integer, got '32'"),
         (["model.mlp=tanh"], "model.mlp"),
         (["train.compile_mode=fastest"], "train.compile_mode: Input should be 'default', 'reduce-overhead'"),

@@ -796,6 +796,8 @@ def one_line_error(e: ValidationError, prefix: str = "config error", root: type[
     field = ".".join(str(part) for part in err["loc"])
     where = f"{prefix}: {field}: " if field else f"{prefix}: "
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("tuple_type", "list_type", "set_type"):  # Python's words for what TOML calls an array
+        msg = "should be a list, written [a, b, ...] (a TOML array; quoted on a command line: 'key=[a, b]')"
     if err["type"] == "extra_forbidden":
         loc = err["loc"]
         section = "".join(f"{part}." for part in loc[:-1])
