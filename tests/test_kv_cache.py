@@ -252,6 +252,31 @@ def test_sampling_warns_once_with_the_reason_when_the_cache_is_not_used():
     assert len(warned) == 1 and "hooks" in warned[0]
 
 
+def test_samples_show_where_the_model_ends_a_document():
+    """`vslm sample` and samples.txt write <|endoftext|> where the model drew end-of-text (decode drops it: two
+    stories ran together); texts encoded again (vslm shape) keep it dropped."""
+    from vslm.data.tokenizer import EOS, ByteTokenizer
+    from vslm.train.sampling import sample_text
+
+    tok = ByteTokenizer()  # 256 bytes and end-of-text (id 256)
+    model = GPT(load_config("tiny", ["model.tie_embeddings=false"]).model.model_copy(update={"vocab_size": 257}))
+    with torch.no_grad():
+        model.head.weight.zero_()  # every token equally likely: end-of-text about once in 257
+    args = {"num": 2, "tokens": 1500, "temperature": 1.0, "top_k": None, "seed": 5}
+    shown, dropped = sample_text(model, tok, "ab", end_of_text=EOS, **args), sample_text(model, tok, "ab", **args)
+    drawn = model.eval().generate(torch.tensor([[97, 98]] * 2), 1500, temperature=1.0, top_k=None, vocab=257,
+                                  generator=torch.Generator().manual_seed(5))[:, 2:]
+    ends = (drawn == tok.eos_id).sum(dim=1).tolist()
+    assert min(ends) >= 1 and [t.count(EOS) for t in shown] == ends and EOS not in "".join(dropped)
+    for text, row in zip(shown, drawn.tolist(), strict=True):  # each document decoded on its own, then joined
+        parts, start = [], 0
+        for i, token in enumerate([*row, tok.eos_id]):
+            if token == tok.eos_id:
+                parts.append(tok.decode(row[start:i]))
+                start = i + 1
+        assert text == "ab" + EOS.join(parts)
+
+
 def test_bench_sample_reports_both_paths_and_the_ratio(capsys):
     import json
 

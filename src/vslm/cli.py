@@ -155,6 +155,7 @@ def _check_seed(seed: int) -> None:
 
 def cmd_sample(a: argparse.Namespace) -> int:
     _check_sample_args(a)
+    from vslm.data.tokenizer import EOS
     from vslm.train.run_folder import load_run_at
     from vslm.train.sampling import sample_text
     from vslm.train.trainer import set_threads
@@ -181,7 +182,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     for j, prompt in enumerate(prompts):
         texts = sample_text(model, tokenizer, prompt, a.num, a.tokens, a.temperature, a.top_k, a.seed, track,
-                            cache=not a.no_cache, warn=warn, slide=a.slide)
+                            cache=not a.no_cache, warn=warn, slide=a.slide, end_of_text=EOS)
         for i, t in enumerate(texts):
             if len(prompts) > 1 or a.num > 1:
                 console.rule(" ".join(([f"prompt {j + 1}"] if len(prompts) > 1 else []) +
@@ -1123,7 +1124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a trained run",
                        description="Generate text from a run's newest good checkpoint (or --checkpoint); the file "
-                                   "used is named on stderr, the samples go to stdout.")
+                                   "used is named on stderr, the samples go to stdout; where the model ends a "
+                                   "document, <|endoftext|> stands, as in the text files it reads.")
     p.add_argument("run", help="run folder")
     p.add_argument("--prompt", action="append", default=[], help="text the samples continue (default: none, from "
                    "end-of-text); repeat for several prompts, --num samples each, the same seed for each")

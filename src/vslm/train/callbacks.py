@@ -123,9 +123,11 @@ class Samples(Callback):
     def on_train_end(self, trainer: Trainer, metrics: dict) -> None:
         if not trainer.completed or trainer.step < trainer.cfg.train.steps or trainer.stop_signal is not None:
             return
+        from vslm.data.tokenizer import EOS
         from vslm.train.sampling import sample_text, save_samples
 
-        self.texts = sample_text(trainer.model, trainer.corpus.tokenizer, num=self.num, tokens=self.tokens)
+        self.texts = sample_text(trainer.model, trainer.corpus.tokenizer, num=self.num, tokens=self.tokens,
+                                 end_of_text=EOS)  # where one document ends and the next begins, shown
         save_samples(trainer.run_dir, self.texts)
 
 

@@ -30,11 +30,13 @@ def save_samples(run_dir: Path, texts: list[str]) -> None:
 
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1, tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = 40, seed: int = 0, track: Callable = quiet,
-                cache: bool = True, warn: Callable[[str], None] | None = None, slide: bool = False) -> list[str]:
-    """`num` continuations of `prompt` (the prompt included, end-of-text tokens dropped); temperature 0 is
-    greedy. `cache` keeps keys and values between steps (the same tokens, faster); where the model cannot,
-    `warn` gets the reason once. `slide`: past the context, a sliding window instead of the crop.
-    Out-of-range arguments are a ValueError naming the argument (GPT.generate)."""
+                cache: bool = True, warn: Callable[[str], None] | None = None, slide: bool = False,
+                end_of_text: str = "") -> list[str]:
+    """`num` continuations of `prompt` (the prompt included); temperature 0 is greedy. Where the model ends a
+    document, `end_of_text` is written (EOS, "<|endoftext|>", as text files mark it: the texts a reader sees;
+    "" drops it, for texts encoded again). `cache` keeps keys and values between steps (the same tokens,
+    faster); where the model cannot, `warn` gets the reason once. `slide`: past the context, a sliding window
+    instead of the crop. Out-of-range arguments are a ValueError naming the argument (GPT.generate)."""
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
     device = next(model.parameters()).device
@@ -51,4 +53,16 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str = "", num: int = 1
                              cache=cache, slide=slide, vocab=min(tokenizer.vocab_size, model.cfg.vocab_size))
     finally:
         model.train(was_training)
-    return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out]
+    return [prompt + _decode_documents(tokenizer, row[len(ids) :].tolist(), end_of_text) for row in out]
+
+
+def _decode_documents(tokenizer: Tokenizer, ids: list[int], end_of_text: str) -> str:
+    """The text of `ids`, `end_of_text` where end-of-text tokens are (decode drops them)."""
+    if not end_of_text or tokenizer.eos_id is None:
+        return tokenizer.decode(ids)
+    documents, start = [], 0
+    for i, token in enumerate([*ids, tokenizer.eos_id]):
+        if token == tokenizer.eos_id:
+            documents.append(tokenizer.decode(ids[start:i]))
+            start = i + 1
+    return end_of_text.join(documents)
