@@ -223,18 +223,26 @@ def test_a_validation_split_far_above_its_share_is_said(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("note: validation is 60% of the tokens, the last of 3 documents")
 
 
-def test_track_plain_lines_in_a_file_and_a_bar_on_a_terminal():
+def test_track_plain_lines_in_a_file_and_a_bar_on_a_terminal(monkeypatch):
+    from vslm import progress
     from vslm.progress import track
 
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
+    plain = io.StringIO()  # a job done at once: where it starts and where it ends, no tenths between
+    assert list(track(range(20), "probing", stream=plain)) == list(range(20))
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "probing: 20 to do ..." and lines[1].startswith("probing: 20 done in ") and len(lines) == 2
+    clock = iter(range(1000))  # an item a second: each tenth done is a line
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
     plain = io.StringIO()
     assert list(track(range(20), "probing", stream=plain)) == list(range(20))
     lines = plain.getvalue().splitlines()
     assert lines[0] == "probing: 20 to do ..." and lines[-1].startswith("probing: 20 done in ")
-    assert any(ln.startswith("probing: 10/20 (50%)") and ", eta " in ln for ln in lines)
+    assert any(ln.startswith("probing: 10/20 (50%)") and ", eta " in ln for ln in lines) and len(lines) == 11
+    monkeypatch.undo()
     assert "━" not in plain.getvalue()  # no bar in a file
     tty = Tty()
     assert list(track(range(3), "probing", stream=tty)) == [0, 1, 2]

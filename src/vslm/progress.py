@@ -23,9 +23,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+QUIET_S = 1.0  # in a log, a tenth done is a line only this long after the last: a job of a second is two lines
+
+
 def track(items: Iterable[T], label: str, total: int | None = None, stream: TextIO | None = None) -> Iterator[T]:
     """Yield `items`, showing `label`, the count done of `total` (len(items) when it has one), the time
-    elapsed and the time left."""
+    elapsed and the time left: a bar on a terminal; in a log, a line at the start, at each tenth done (at most
+    one a QUIET_S) and at the end."""
     stream = stream or sys.stderr
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -48,15 +52,15 @@ def track(items: Iterable[T], label: str, total: int | None = None, stream: Text
                 yield item
                 progress.advance(task)
         return
-    started = time.perf_counter()
+    started = said = time.perf_counter()
     print(f"{label}: {total if total is not None else 'some'} to do ...", file=stream, flush=True)
     every = max(1, (total or 10) // 10)
     done = 0
     for item in items:
         yield item
         done += 1
-        if total and done < total and done % every == 0:
-            elapsed = time.perf_counter() - started
+        if total and done < total and done % every == 0 and (now := time.perf_counter()) - said >= QUIET_S:
+            said, elapsed = now, now - started
             print(f"{label}: {done}/{total} ({done / total:.0%}), {_duration(elapsed)}, eta "
                   f"{_duration(elapsed / done * (total - done))}", file=stream, flush=True)
     print(f"{label}: {done} done in {_duration(time.perf_counter() - started)}", file=stream, flush=True)

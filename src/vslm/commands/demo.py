@@ -76,7 +76,8 @@ def start_training(cfg: RunConfig, out: Path, console: Console, what: str = "", 
         return trainer
     corpus, m, tc = trainer.corpus, trainer.cfg.model, trainer.cfg.train
     console.print(
-        f"  {corpus.meta['documents']:,} documents, {corpus.meta['train_tokens']:,} training and "
+        f"  {corpus.meta['documents']:,} document{'s' * (corpus.meta['documents'] != 1)}, "
+        f"{corpus.meta['train_tokens']:,} training and "
         f"{corpus.meta['val_tokens']:,} validation tokens, a {corpus.tokenizer.kind} tokenizer of "
         f"{corpus.tokenizer.vocab_size:,} symbols ({'cached' if corpus.cache_hit else 'built'} in "
         f"{time.perf_counter() - started:.1f} s)", highlight=False, soft_wrap=True)
