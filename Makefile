@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-all setup bench lint clean constraints
 
+# ARGS: the demo's overrides, e.g. `make demo ARGS=train.threads=1` on a busy machine (its warning says when)
+ARGS ?=
 demo: setup
-	$(BIN)/vslm demo
+	$(BIN)/vslm demo $(ARGS)
 
 # the suite in parallel (pytest-xdist): one worker a core, at most 4; each test still gets one thread (conftest)
 XDIST := -n auto --maxprocesses 4
