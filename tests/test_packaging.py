@@ -71,6 +71,7 @@ def test_vslm_imports_without_posix_only_modules():
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_demo_passes_its_args_to_the_demo():
     """`make demo ARGS=train.threads=1`: what the demo's busy-machine warning advises, from the README's command."""
-    r = subprocess.run(["make", "-s", "-n", "--no-print-directory", "demo", "ARGS=train.threads=1"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(["make", "-s", "-n", "--no-print-directory", "demo", "ARGS=train.threads=1"],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1].endswith("/vslm demo train.threads=1")

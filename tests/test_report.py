@@ -135,6 +135,20 @@ def test_report_without_probes_has_the_loss_section_only(plain_run):
     assert "30,624" in html and "183,744" in html  # parameters and FLOPs from summary.json
     # titled by the run's folder, with the config it started from (a run of tiny with other settings is not tiny)
     assert "<title>VSLM report: plain</title>" in html and f"{plain_run}, from the config tiny (" in html
+    # and what its overrides set, against the built-in tiny (the vocabulary, set by the tokenizer, is not one)
+    tiny = load_config("tiny")
+    assert (f"), with data.max_bytes {tiny.data.max_bytes} -&gt; 200000, logging.probe_every "
+            f"{tiny.logging.probe_every} -&gt; 8, logging.progress true -&gt; false, train.steps {tiny.train.steps} "
+            "-&gt; 20</") in html
+    from vslm.report.run_report import changed_from_builtin
+
+    many = tomllib.loads((plain_run / "config.toml").read_text()) | {"name": "tiny"}
+    many["train"] |= {"lr": 0.5, "seed": 9, "warmup": 1}
+    assert changed_from_builtin("tiny", many).endswith(  # seven changes: the first six (by name), then a count
+        f", train.lr {tiny.train.lr:g} -> 0.5, train.seed {tiny.train.seed} -> 9, train.steps {tiny.train.steps} -> 20 "
+        "and 1 more (config.toml)")
+    assert changed_from_builtin("my-own", many) == "" and changed_from_builtin(
+        "tiny", tomllib.loads(load_config("tiny").to_toml())) == ""
 
 
 def test_a_facts_evaluation_gets_its_section_and_one_that_does_not_read_is_said_and_left_out(plain_run, capsys):

@@ -635,6 +635,22 @@ class RunConfig(_Section):
 # -------------------------------------------------------------------------------- load and save
 
 
+def flat_values(tree: dict, prefix: str = "") -> dict[str, object]:
+    """`model.width` -> 64: a nested config's leaves under dotted keys, each value as JSON has it."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def as_text(value: object) -> str:
+    """A config value as a line shows it: strings bare, the rest (numbers, lists, null) as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def builtin_configs() -> dict[str, str]:
     """Built-in config names and their one-line descriptions."""
     out = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from vslm.config import LoggingConfig, RunConfig
+from vslm.config import LoggingConfig, RunConfig, as_text
 from vslm.data.shards import Corpus, tokenizer_hash
 from vslm.data.tokenizer import load_tokenizer
 from vslm.errors import ConfigError, VSLMError
@@ -27,7 +27,6 @@ from vslm.train.run_folder import (
     read_run_config,
     schedule_moved,
 )
-from vslm.train.trackers import as_text
 from vslm.train.trainer import Trainer, config_changes
 
 # vocabulary sizes known without reading data

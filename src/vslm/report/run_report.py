@@ -86,12 +86,44 @@ def render(run: RunFiles) -> str:
     if run.samples.strip():
         sections.append(section("samples", "Samples", pre(run.samples)))
     # titled by its folder: a run of `demo` with other settings is not the demo; the config's own description
-    # (of the config as built in, before this run's overrides) says where it started
+    # (of the config as built in, before this run's overrides) says where it started, and what changed since
     description = run.config.get("description", "")
-    subtitle = f"{run.folder}, from the config {run.name}" + (f" ({description})" if description else "")
+    subtitle = (f"{run.folder}, from the config {run.name}" + (f" ({description})" if description else "")
+                + changed_from_builtin(run.name, run.config))
     if progress := unfinished(run):
         subtitle += f"; {progress}"
     return page(f"VSLM report: {run.folder.name}", subtitle, sections)
+
+
+SHOWN_CHANGES = 6
+DERIVED = {"model.vocab_size"}  # set from the run's tokenizer
+
+
+def changed_from_builtin(name: str, config: dict) -> str:
+    """', with model.width 128 -> 192, ...' where a run of a built-in config (by name) set other values (its
+    overrides), the first SHOWN_CHANGES; '' where it set none, or the name is not a built-in's."""
+    from vslm.config import as_text, builtin_configs, flat_values, load_config
+
+    if name not in builtin_configs():
+        return ""
+    try:
+        import tomllib
+
+        built = flat_values(tomllib.loads(load_config(name).to_toml()))
+    except Exception:  # noqa: BLE001 - a report describes what it can: a config the package no longer builds
+        return ""
+    ran = flat_values(config)
+    keys = sorted(k for k in (built.keys() | ran.keys()) - DERIVED - {"name", "description"}
+                  if built.get(k) != ran.get(k))
+    if not keys:
+        return ""
+
+    def value(tree: dict, key: str) -> str:
+        return "-" if key not in tree else as_text(tree[key])
+
+    shown = ", ".join(f"{k} {value(built, k)} -> {value(ran, k)}" for k in keys[:SHOWN_CHANGES])
+    more = f" and {len(keys) - SHOWN_CHANGES} more (config.toml)" if len(keys) > SHOWN_CHANGES else ""
+    return f", with {shown}{more}"
 
 
 def unfinished(run: RunFiles) -> str:

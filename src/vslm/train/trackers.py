@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from vslm.config import as_text, flat_values
 from vslm.errors import ConfigError
 from vslm.files import write_text
 from vslm.train.callbacks import Callback
@@ -45,22 +46,6 @@ def scalars_of(metrics: dict) -> dict[str, float]:
     """A step's numbers, `step` and anything not a number left out."""
     return {k: v for k, v in metrics.items()
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def flat_values(tree: dict, prefix: str = "") -> dict[str, object]:
-    """`model.width` -> 64: a nested config's leaves under dotted keys, each value as JSON has it."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_values(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def as_text(value: object) -> str:
-    """A config value as a line shows it: strings bare, the rest (numbers, lists, null) as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def flat_params(tree: dict, limit: int) -> dict[str, str]:

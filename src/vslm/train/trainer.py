@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, save_config
+from vslm.config import DEFAULT_MAX_BYTES, RunConfig, TrainConfig, as_text, flat_values, save_config
 from vslm.data.batches import WindowSampler, fixed_windows
 from vslm.data.registry import split_name
 from vslm.data.shards import Corpus, prepare_corpus
@@ -101,7 +101,7 @@ from vslm.train.run_folder import (
     update_summary,
 )
 from vslm.train.tensorboard import TensorBoardLog, tensorboard_available
-from vslm.train.trackers import MLflowLog, WandbLog, as_text, flat_values, require
+from vslm.train.trackers import MLflowLog, WandbLog, require
 
 VAL_SEED = 0  # the validation windows are the same for every training seed
 
