@@ -100,15 +100,16 @@ DERIVED = {"model.vocab_size"}  # set from the run's tokenizer
 
 
 def changed_from_builtin(name: str, config: dict) -> str:
-    """', with model.width 128 -> 192, ...' where a run of a built-in config (by name) set other values (its
-    overrides), the first SHOWN_CHANGES; '' where it set none, or the name is not a built-in's."""
+    """', with model.width 128 -> 192, ...' where a run of a built-in config (by name) holds other values than
+    that config as this version builds it (the run's overrides; for an old run, also what the built-in changed
+    since), the first SHOWN_CHANGES; '' where none differ, or the name is not a built-in's."""
+    import tomllib
+
     from vslm.config import as_text, builtin_configs, flat_values, load_config
 
     if name not in builtin_configs():
         return ""
     try:
-        import tomllib
-
         built = flat_values(tomllib.loads(load_config(name).to_toml()))
     except Exception:  # noqa: BLE001 - a report describes what it can: a config the package no longer builds
         return ""
