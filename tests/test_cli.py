@@ -22,7 +22,8 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert text.index("```") < 600  # in the first lines
     assert readme_commands() == ["make demo", "make test"]
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^demo: setup\n\t\$\(BIN\)/vslm demo$", makefile, re.M)
+    assert re.search(r"^demo: setup\n\t\$\(BIN\)/vslm demo \$\(ARGS\)$", makefile, re.M)
+    assert re.search(r"^ARGS \?=$", makefile, re.M)  # `make demo` itself: the demo with no overrides
     assert re.search(r"^test: setup\n\t\$\(BIN\)/python -m pytest -q \$\(XDIST\)$", makefile, re.M)
     assert re.search(r"^XDIST := -n auto --maxprocesses \d+$", makefile, re.M)  # the suite in parallel
     ci = (REPO / ".ci" / "run").read_text()
