@@ -1098,9 +1098,17 @@ def _version() -> str:
     return f"vslm {__version__} (torch {torch}, Python {sys.version.split()[0]})"
 
 
+class _Version(argparse.Action):
+    """--version: the versions looked up only when asked (torch's metadata takes 25 ms, every command would pay)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vslm", description="A lab for very small language models.")
-    ap.add_argument("--version", action="version", version=_version())
+    ap.add_argument("--version", action=_Version, nargs=0, help="show vslm's, torch's and Python's versions and exit")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a config",
