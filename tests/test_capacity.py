@@ -253,6 +253,13 @@ def test_the_command_tables_each_size_over_seeds_and_refuses_bad_sizes(tmp_path,
     assert one[0]["heads"] == 2 and one[0]["seed"] == 0 and one[1]["seed"] == 1
     table = (out / "capacity.md").read_text()
     assert "| 1x16 | 2 |" in table and "| 1x32 | 2 |" in table
+    assert table.startswith("# Knowledge capacity: 6 people, 2 exposures (world seed 0;")
+    # 7 people: 14 biographies in whole steps of 6 (2 rows of 3) are 3 steps, 18 biographies, 2.57 exposures
+    odd = run_sweep(tmp_path / "odd", ["1x16"], [0], CapacitySettings(7, 2, 0),
+                    overrides=["train.batch_size=2", "train.eval_windows=2"])
+    assert odd["rows"][0]["exposures"] == 2.57
+    assert (tmp_path / "odd" / "capacity.md").read_text().startswith(
+        "# Knowledge capacity: 7 people, 2 exposures asked, 2.57 trained (whole batches) (world seed 0;")
     again = run_sweep(out, ["1x32"], [0, 1], CapacitySettings(6, 2, 0), overrides=["train.batch_size=2",
                                                                                    "train.eval_windows=2"])
     assert again["rows"][0] == summary["rows"][1]  # reused, not retrained
