@@ -534,7 +534,8 @@ def summarize(spec: str, runs: list[dict]) -> dict:
     from vslm.lab.stats import paired_difference
 
     row = {"size": spec, "seeds": len(runs), "params": runs[0]["params"], "live_params": runs[0]["live_params"],
-           "nonembedding_params": runs[0]["params"] - runs[0]["embedding_params"], "exposures": runs[0]["exposures"]}
+           "nonembedding_params": runs[0]["params"] - runs[0]["embedding_params"],
+           "exposures": runs[0].get("exposures")}
     for key in ("bits", "bits_vocab", "name_bits", "bits_per_nonembedding_param", *RATIOS):
         row[key] = _mean_std([r[key] for r in runs])
     for key in RATIOS:
@@ -578,7 +579,7 @@ def capacity_table(summary: dict) -> str:
     s = summary["settings"]
     head = "".join(f" | {label} | 95% CI" for label in RATIOS.values())
     # whole batches: a run shows each biography at least the exposures asked, more where they do not divide
-    trained = sorted({r["exposures"] for r in summary["rows"] if "exposures" in r} - {float(s["exposures"])})
+    trained = sorted({r.get("exposures") for r in summary["rows"]} - {None, float(s["exposures"])})
     more = f" asked, {' and '.join(f'{t:g}' for t in trained)} trained (whole batches)" if trained else ""
     lines = [f"# Knowledge capacity: {s['people']} people, {s['exposures']} exposures{more} "
              f"(world seed {s['world_seed']}; data {summary['data_bits']:,.0f} bits)", "",
