@@ -227,6 +227,20 @@ def test_a_naive_model_with_another_tokenizer_of_the_same_size_is_refused(tmp_pa
         D.distill(tmp_path / "a", tmp_path / "b", world, tmp_path / "student", steps=2)
 
 
+def test_a_reader_that_writes_its_steps_is_refused_as_teacher_or_naive_model(tmp_path, runs):
+    """Distillation's terms compare answers given at once, after "A:"; a steps reader answers after its steps."""
+    from vslm.knowledge.reader import ReaderSettings, reader_config, train_reader
+
+    world = runs[0] / "world"
+    cfg = reader_config("reader", ["train.steps=2", "model.depth=1", "model.width=32", "train.eval_windows=2"])
+    train_reader(world, tmp_path / "stepper", cfg, ReaderSettings(max_hops=1, curve_every=0, steps=True))
+    for teacher, naive, role in ((runs[1], tmp_path / "stepper", "naive model"),
+                                 (tmp_path / "stepper", runs[2], "teacher")):
+        with pytest.raises(VSLMError, match=f"the {role} .*stepper is a reader trained to write its steps"):
+            D.distill(teacher, naive, world, tmp_path / "student", steps=2)
+    assert not (tmp_path / "student").exists()
+
+
 def test_relearning_reports_accuracies_before_and_after(runs):
     tmp, teacher, _ = runs
     _, model, _ = load_run(teacher)

@@ -145,6 +145,16 @@ def spec_dict(**changes) -> dict:
     ({"arms": [{"name": "a", "method": "forget-all"}]}, "method"),
     ({"arms": [{"name": "a"}, {"name": "b", "data": "stories"}, {"name": "a", "data": "stories"}]},
      "x.toml: duplicate arm names: a$"),
+    ({"tokens": "words", "arms": [{"name": "t"}, {"name": "n", "data": "reader", "reader": {"steps": True}},
+                                  {"name": "s", "teacher": "t", "naive": "n"}]},
+     "arm 's': a reader with steps as teacher or naive model"),
+    ({"tokens": "words", "arms": [{"name": "t", "data": "reader", "reader": {"steps": "true"}}, {"name": "n"},
+                                  {"name": "s", "teacher": "t", "naive": "n"}]},
+     "arm 's': a reader with steps as teacher or naive model"),
+    ({"arms": [{"name": "a", "data": "reader", "reader": {"restate": True}}], "criteria": []},
+     "arm 'a': reader restate needs steps = true"),
+    ({"arms": [{"name": "a", "data": "reader", "reader": {"steps": "maybe"}}], "criteria": []},
+     "arm 'a': reader setting steps: Input should be a valid boolean"),
 ])
 def test_bad_specs_fail_with_one_line(changes, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -155,7 +165,7 @@ def test_bad_specs_fail_with_one_line(changes, message):
 def test_builtin_knowledge_experiments_validate(tmp_path):
     names = sorted(n for n in builtin_experiments() if n.startswith("knowledge"))
     assert names == ["knowledge", "knowledge-adapters", "knowledge-distill", "knowledge-preloaded",
-                     "knowledge-retrieval"]
+                     "knowledge-retrieval", "knowledge-steps"]
     specs = {name: parse_spec(*read_experiment(name)[1:]) for name in names}
     # the adapters alone: knowledge-retrieval's world, questions and closed-1x arm, written out again
     alone, retrieval = specs["knowledge-adapters"], specs["knowledge-retrieval"]
@@ -175,6 +185,11 @@ def test_builtin_knowledge_experiments_validate(tmp_path):
     assert whole.criteria == [c for n in ("knowledge-retrieval", "knowledge-preloaded", "knowledge-distill")
                               for c in specs[n].criteria]
     assert whole.world == specs["knowledge-distill"].world
+    # the steps reader beside knowledge-preloaded's reader: its world, and that reader as it is
+    steps, preloaded = specs["knowledge-steps"], specs["knowledge-preloaded"]
+    assert steps.world == preloaded.world and steps.arms[0] == preloaded.arms[0].model_copy(update={"relearn_steps": 0})
+    assert [a.reader for a in steps.arms[1:]] == [{"max_hops": 2, "steps": True},
+                                                  {"max_hops": 2, "steps": True, "restate": True}]
 
 
 @pytest.mark.parametrize(("raw", "message"), [

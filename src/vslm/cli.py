@@ -613,7 +613,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     from rich.table import Table
 
     from vslm.knowledge.evaluate import evaluate_run, novel_summary
-    from vslm.report.facts import adapter_line, hops_rows, notes, probe_line, summary_rows
+    from vslm.report.facts import adapter_line, hops_rows, notes, probe_line, scoring, summary_rows
     from vslm.report.run_report import write_report
 
     _at_least(a, 0, "distractors", "per_group", "adapters", "threads")
@@ -630,7 +630,7 @@ def cmd_facts_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(dumps(novel_summary(result) if a.json == "novel" else result))
         return 0
-    table = Table(title=escape(f"{a.run} on {a.world}"))
+    table = Table(title=escape(f"{a.run} on {a.world}"), caption=escape(f"scoring: {scoring(result)}"))
     for col in ("setting", "pool", "accuracy ± se", "chance", "n"):
         table.add_column(col, justify="left" if col in ("setting", "pool") else "right")
     for row in summary_rows(result):
@@ -705,6 +705,8 @@ def cmd_facts_reader(a: argparse.Namespace) -> int:
         raise UsageError(f"--ramp is a share of the steps, from 0 to 1, got {a.ramp:g}")
     if a.names is not None and a.names not in ("all", "seen"):
         raise UsageError(f"--names must be all or seen, got {a.names!r}")
+    if a.restate and not a.steps:
+        raise UsageError("--restate restates the question after each step: give --steps too")
     settings = ReaderSettings(**{f.name: getattr(a, f.name) for f in fields(ReaderSettings)
                                  if getattr(a, f.name) is not None})
     from vslm.train.trainer import TrainingStopped
@@ -808,6 +810,11 @@ def _add_facts_parser(sub) -> None:
                              ("curve-every", int, "steps between reading-curve points, 0 = none (1000)"),
                              ("curve-questions", int, "W's novel questions per hop count on the curve (50)")):
         p.add_argument(f"--{flag}", type=kind, help=what)  # defaults: knowledge.reader.ReaderSettings (torch)
+    p.add_argument("--steps", action="store_true", default=None,
+                   help="answer with the supporting cards first, then the answer (RESEARCH.md 5b's steps); "
+                        "`vslm facts eval` then lets the reader write its steps before it scores the choices")
+    p.add_argument("--restate", action="store_true", default=None,
+                   help="with --steps: after each card, the question it leaves (one relation shorter)")
     p.set_defaults(func=cmd_facts_reader)
     p = fsub.add_parser("capacity", help="bits of facts stored per parameter: models of several sizes trained on "
                                          "random biographies (Allen-Zhu & Li's bioS)")

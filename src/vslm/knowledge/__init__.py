@@ -9,7 +9,7 @@
     retrieval.py   BM25 over fact cards, iterated over bridge entities for multi-hop questions
     contexts.py    what a model reads before a question: nothing, gold facts and distractors, retrieved cards
     metrics.py     closed-book, open-book, counterfactual accuracy, memorisation ratio, by hops (arithmetic)
-    scoring.py     a language model's choice among the answers (log-likelihood)
+    scoring.py     a language model's choice among the answers (log-likelihood; after its steps, for a steps reader)
     probe.py       the linear probe from a name's hidden state to an attribute
     adapters.py    LoRA adapters per group of facts (peft) and the retriever that picks one
     evaluate.py    `vslm facts eval`: all of it on a trained run

@@ -49,7 +49,7 @@ from vslm.knowledge.adapters import group_documents
 from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.questions import Question
-from vslm.knowledge.scoring import LMScorer
+from vslm.knowledge.scoring import run_scorer, writes_steps
 from vslm.plain import dumps
 from vslm.train.finetune import fine_tune, finetune_config
 from vslm.train.objectives import Distillation, check_weights
@@ -189,6 +189,10 @@ def distill(teacher_run: Path, naive_run: Path, world: Path, out: Path, method: 
         return json.loads((out / RESULT).read_text(encoding="utf-8"))
     if started is None and any(out.iterdir() if out.is_dir() else ()):
         raise VSLMError(f"{out} already holds files that are not a distillation's; --out another folder")
+    for role, run in (("teacher", teacher_run), ("naive model", naive_run)):
+        if writes_steps(run):  # the terms compare answers given at once, after "A:"
+            raise VSLMError(f"the {role} {run} is a reader trained to write its steps before its answer; "
+                            "distillation's terms compare answers given at once: give a reader trained without steps")
     cfg, teacher, tokenizer = load_run(Path(teacher_run), device=device)
     _, naive, naive_tokenizer = load_run(Path(naive_run), device=device)
     if naive_tokenizer.to_dict() != tokenizer.to_dict():
@@ -264,7 +268,7 @@ def relearn(run: Path, folder: WorldFolder, out: Path, fraction: float = 0.1, st
               "relearned": [q for q in asked if facts & set(q.support)]}
     groups = {k: metrics.per_hops(v, per_group) for k, v in groups.items()}
     cfg, model, tokenizer = load_run(Path(run), device=device)
-    scorer = LMScorer(model, tokenizer)
+    scorer = run_scorer(Path(run), model, tokenizer)
 
     def measure() -> dict:
         model.eval()

@@ -18,7 +18,8 @@ The result (also written to RUN/facts-eval.json):
                                        novel, oracle, by_hops}}
 
 where each accuracy is {accuracy, se, n, chance} (metrics.accuracy) with `cut`, how many of its prompts
-were longer than the model's context (they lose their oldest tokens, the first facts: knowledge.scoring),
+were longer than the model's context (they lose their oldest tokens, the first facts: knowledge.scoring;
+for a reader that writes its steps, with the steps it wrote), `scoring` says how the run was asked,
 and recall is {mean, all}: the mean share of supporting facts retrieved and the share of questions with
 all of them. vslm.report.facts lays the result out as tables (the command's, the run report's section).
 """
@@ -37,6 +38,7 @@ from vslm.knowledge.folder import WorldFolder, load_world_folder, world_key
 from vslm.knowledge.questions import Question
 from vslm.knowledge.retrieval import Retriever, support_recall
 from vslm.plain import dumps
+from vslm.report.facts import SCORING
 from vslm.report.runs import FACTS as RESULT
 
 if TYPE_CHECKING:  # torch is imported only when a run is evaluated
@@ -44,7 +46,6 @@ if TYPE_CHECKING:  # torch is imported only when a run is evaluated
     from vslm.data.shards import Corpus
     from vslm.knowledge.scoring import LMScorer
 
-SCORING = "log-likelihood of each answer choice; the most likely is the answer"
 ADAPTERS = "adapters"  # RUN/adapters/<base checkpoint>/<world and grouping>/<group>: the adapter arm's fine-tunes
 
 
@@ -67,8 +68,9 @@ def evaluate_world(scorer: metrics.Scorer, folder: WorldFolder, distractors: int
     ctx = Contexts(folder, distractors, seed)
     rounds = rounds or folder.settings.hops
     retriever = retriever_for(folder)
-    out: dict = {"scoring": SCORING, "distractors": distractors, "retrieval": {"k": k, "rounds": rounds},
-                 "closed_book": {}, "open_book": {}, "retrieved": {}, "retrieval_recall": {},
+    out: dict = {"scoring": getattr(scorer, "scoring", SCORING), "distractors": distractors,
+                 "retrieval": {"k": k, "rounds": rounds}, "closed_book": {}, "open_book": {}, "retrieved": {},
+                 "retrieval_recall": {},
                  "by_hops": {"closed_book": {}, "open_book": {}, "retrieved": {}, "counterfactual": {}}}
 
     def ask(setting: str, pool: str, questions: list[Question], prompts: list[str]) -> None:
@@ -188,7 +190,7 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
     With adapter_steps > 0, also the adapter arm (evaluate_adapters, fitting `adapter_parts`), last: it adds
     to the model."""
     from vslm.knowledge.probe import probe_attribute
-    from vslm.knowledge.scoring import LMScorer
+    from vslm.knowledge.scoring import run_scorer
     from vslm.knowledge.world import RELATIONS
     from vslm.train.run_folder import latest_checkpoint, load_run
 
@@ -205,7 +207,7 @@ def evaluate_run(run: Path, world: Path, distractors: int = 4, per_group: int | 
         if adapter_parts == "tokens":  # parts that leave a group nothing to train: refused before the evaluation
             for name, docs in adapter_texts(folder, group_size, seed)[1].items():
                 tokens_to_own(corpus, name, docs, adapter_parts)
-    scorer = LMScorer(model, tokenizer)
+    scorer = run_scorer(Path(run), model, tokenizer)  # a reader trained to write its steps writes them
     result = {"run": str(run), "world": str(world),
               "settings": eval_settings(folder.key, distractors, per_group, k, rounds, probe, checkpoint, seed,
                                         adapter_steps, group_size, adapter_parts),

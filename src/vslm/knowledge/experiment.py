@@ -1,4 +1,5 @@
-"""`vslm experiment knowledge-retrieval | knowledge-preloaded | knowledge-distill`: RESEARCH.md 5 (a)-(c).
+"""`vslm experiment knowledge-retrieval | knowledge-preloaded | knowledge-distill` (RESEARCH.md 5 (a)-(c)), and
+`knowledge` (the three), `knowledge-adapters`, `knowledge-steps` (a reader that writes its steps).
 
 A knowledge experiment is a TOML file with `kind = "knowledge"`:
 
@@ -173,6 +174,10 @@ class KnowledgeSpec(BaseModel):
                     if other not in names[: names.index(arm.name)]:
                         raise ValueError(f"arm '{arm.name}': {role} '{other}' must be an arm listed before it")
                 readers = [by_name[o].data == READER for o in (arm.teacher, arm.naive)]
+                if any(by_name[o].data == READER and reader_settings(by_name[o]).steps
+                       for o in (arm.teacher, arm.naive)):
+                    raise ValueError(f"arm '{arm.name}': a reader with steps as teacher or naive model; distillation's "
+                                     "terms compare answers given at once")
                 if self.tokens != "words" and any(readers):
                     raise ValueError(f"arm '{arm.name}': a reader arm's word tokens and a config tokenizer in one "
                                      "distillation; set tokens = \"words\"")
@@ -205,6 +210,8 @@ def reader_settings(arm: Arm):
         raise ValueError(f"arm '{arm.name}': reader setting {where}: {error['msg']}") from None
     if settings.names not in ("all", "seen"):
         raise ValueError(f"arm '{arm.name}': reader names must be 'all' or 'seen', not {settings.names!r}")
+    if settings.restate and not settings.steps:
+        raise ValueError(f"arm '{arm.name}': reader restate needs steps = true (it restates the question after each)")
     return settings
 
 
@@ -438,6 +445,7 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
     """Train (or distil) one arm, evaluate it and run its relearning test; each part reused if done."""
     from vslm.knowledge.distill import distill
     from vslm.knowledge.evaluate import eval_settings, evaluate_run
+    from vslm.knowledge.scoring import scoring_of
 
     folder = seed_dir / arm.name
     if arm.distilled:  # done with these settings: read back; begun or done with others: refused, naming them
@@ -461,7 +469,8 @@ def run_arm(spec: KnowledgeSpec, arm: Arm, world: Path, seed_dir: Path, seed: in
         asked = {"per_group": spec.per_group, "seed": seed, "adapter_steps": arm.adapters,
                  "group_size": spec.group_size}
         saved = json.loads((folder / EVAL).read_text(encoding="utf-8")) if (folder / EVAL).is_file() else {}
-        if saved.get("settings") != eval_settings(world_key(world), **asked):  # none yet, another world's, say
+        if saved.get("settings") != eval_settings(world_key(world), **asked) or \
+                saved.get("scoring") != scoring_of(folder):  # none yet, another world's or scoring's, say
             evaluate_run(folder, world, device=device, **asked)  # writes facts-eval.json
         result = json.loads((folder / EVAL).read_text(encoding="utf-8"))
     if arm.relearn_steps:
@@ -629,7 +638,10 @@ def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None 
             steps, rows_per_step = cfg.train.steps, cfg.train.batch_size * cfg.train.grad_accum
         tokens = steps * rows_per_step * cfg.model.context
         trains = (f"{arm.method} distillation: a copy of {arm.teacher}, naive model {arm.naive}" if arm.distilled
-                  else "the reader recipe: a fresh small world per example" if arm.data == READER else
+                  else "the reader recipe: a fresh small world per example"
+                  + (", steps before the answer" if reader_settings(arm).steps else "")
+                  + (", each hop's question restated" if reader_settings(arm).restate else "")
+                  if arm.data == READER else
                   f"the world's {WORLD_FILES[arm.data]}" if arm.data in WORLD_FILES else arm.data)
         groups = -(-novel // spec.group_size)
         also = ([f"{groups} LoRA adapter{'s' * (groups > 1)} x {arm.adapters} steps"] if arm.adapters else []) + \
@@ -654,6 +666,7 @@ def _arm_state(spec: KnowledgeSpec, arm: Arm, out: Path, seed: int, extra: Seque
     from vslm.knowledge.distill import RESULT as DISTILLED
     from vslm.knowledge.evaluate import eval_settings
     from vslm.knowledge.reader import RESULT as READ
+    from vslm.knowledge.scoring import scoring_of
 
     folder, world = out / f"seed-{seed}" / arm.name, out / f"seed-{seed}" / "world"
     if arm.distilled or arm.data == READER:
@@ -664,7 +677,8 @@ def _arm_state(spec: KnowledgeSpec, arm: Arm, out: Path, seed: int, extra: Seque
         return "new"
     asked = eval_settings(world_key(world), per_group=spec.per_group, seed=seed, adapter_steps=arm.adapters,
                           group_size=spec.group_size)
-    evaluated = not arm.evaluate or read_json_object(folder / EVAL).get("settings") == asked
+    saved = read_json_object(folder / EVAL)
+    evaluated = not arm.evaluate or (saved.get("settings"), saved.get("scoring")) == (asked, scoring_of(folder))
     relearn = read_json_object(folder / RELEARN) if arm.relearn_steps else {}
     relearned = not arm.relearn_steps or (relearn.get("steps"), relearn.get("seed", seed)) == (arm.relearn_steps, seed)
     return "done" if evaluated and relearned else "trained"

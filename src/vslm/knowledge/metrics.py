@@ -1,7 +1,8 @@
 """The knowledge metrics (RESEARCH.md section 5), as arithmetic on questions and the answers picked.
 
 A model answers a question by picking, among its `choices`, the answer it finds most likely after the
-prompt (the whole answer's log-likelihood, `vslm.knowledge.scoring`). Picking among candidates suits
+prompt (the whole answer's log-likelihood, `vslm.knowledge.scoring`; after the steps it writes first, for a
+reader trained to write them). Picking among candidates suits
 models of a few million parameters: free generation would score them near zero on everything and
 hide the differences that matter; with choices every accuracy has a known chance level, reported
 beside it (the mean of 1 / len(choices)).

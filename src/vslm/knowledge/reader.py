@@ -30,6 +30,17 @@ pool's open-book questions are the reading curve logged every `curve_every` step
 `read_h2`, ... in metrics.jsonl, with the evaluation's 4 distractors). The trained run is a run
 folder like any other: `vslm facts eval R --world W` measures it.
 
+With `steps` (`--steps`; RESEARCH.md 5b's "[answer] steps + answer") the answer is the cards of the
+supporting facts, each on its own line in the order the question uses them, then "A:" and the answer
+(render.with_steps): a chain of hops becomes a chain of one-card reads, each a copy from the context.
+With `restate` (`--restate`) each hop's card is followed by the question it leaves ("Q: What is the
+country of <the city just read>?"): every step shortens the question by one relation. Trained to 2 hops,
+both formats read 1-2 hops sooner and at least as well as the reader that answers at once, and 3 hops
+worse: one writes as many cards as it was trained to, the other restates a 3-relation question as a
+1-relation one (docs/EXPERIMENTS.md, knowledge-steps). The loss falls on the steps and the answer; the
+reader's folder records the settings, and `vslm facts eval` (scoring.run_scorer) lets it write its steps
+greedily before it scores the choices (scoring.StepsScorer).
+
 With `names = "seen"` the examples use only the seen pool's name parts of W's seed: the novel
 pool's names are then tokens the model never saw trained (a harder test of reading: copying a
 token by its identity alone).
@@ -43,7 +54,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,9 +69,9 @@ from vslm.knowledge.contexts import Contexts
 from vslm.knowledge.distill import encode_pairs
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.preloaded import _draw, example_text, signatures
-from vslm.knowledge.questions import chain_paths
-from vslm.knowledge.scoring import LMScorer
-from vslm.knowledge.world import MAX_HOPS, YEARS, NamePool, name_pools, small_world
+from vslm.knowledge.questions import Program, chain_paths, question_text
+from vslm.knowledge.scoring import READER_SETTINGS, LMScorer, StepsScorer
+from vslm.knowledge.world import MAX_HOPS, YEARS, Fact, NamePool, World, name_pools, small_world
 from vslm.plain import dumps
 from vslm.train.callbacks import Callback
 from vslm.train.checkpoint import list_checkpoints
@@ -79,7 +90,8 @@ RESULT = "reader.json"
 # the logging settings a reader's, a capacity run's or a knowledge arm's results depend on (they read their own
 # result files, not the probes): the steps whose losses are logged; a rerun that only probes otherwise reuses it
 RECORDS = ("log_every",)
-STARTED = "reader-settings.json"  # the settings a resumed reader must have (written when it starts)
+STARTED = READER_SETTINGS  # the settings a resumed reader must have (written when it starts)
+LATER = {"steps": False, "restate": False}  # settings added after the first readers, with the defaults they had
 EXAMPLES = "reader-examples.txt"  # the corpus the trainer's validation loss reads: examples of the last stage
 N_EXAMPLES_FILE = 2000
 SAMPLE_EXAMPLES = 400  # examples whose words, beside names.py's lists, make the vocabulary
@@ -95,6 +107,8 @@ class ReaderSettings:
     names: str = "all"  # "all": every name part of names.py; "seen": the seen pool's of W's seed
     curve_every: int = 1000  # steps between reading-curve points; 0 = none
     curve_questions: int = 50  # novel open-book questions of W per hop count on the curve
+    steps: bool = False  # answer with the supporting cards first (render.with_steps), scored by scoring.StepsScorer
+    restate: bool = False  # with steps: after each card, the question it leaves (`restated`)
 
 
 # ------------------------------------------------------------------------------------ tokenizer
@@ -145,9 +159,30 @@ def word_tokenizer(lines: Iterable[str]) -> HFTokenizer:
 # ------------------------------------------------------------------------------------ examples
 
 
-def draw_example(pool: NamePool, rng: random.Random, hops: int, distractors: int) -> tuple[str, str]:
+def restated(world: World, program: Program, support: Sequence[Fact]) -> list[str]:
+    """The supporting cards in the order the question uses them, each hop's card followed by the question it
+    leaves ("Q: What is the country of <the city just read>?"), none after a side's last hop: every step
+    reads one card and shortens the question by one relation, the same operation at any number of hops."""
+    starts, paths = list(program.starts), [list(p) for p in program.paths]
+    lines, facts = [], iter(support)
+    for side in range(len(starts)):
+        for _ in range(len(program.paths[side]) - (program.kind == "chain")):
+            fact = next(facts)
+            lines.append(render.card_text(world, fact))
+            starts[side], paths[side] = fact.other(starts[side]), paths[side][1:]
+            asked = Program(program.kind, tuple(starts), tuple(tuple(p) for p in paths))
+            lines.append(render.closed_book_prompt(question_text(world, asked)).removesuffix("\nA:"))
+        lines.append(render.card_text(world, next(facts)))  # a chain's last hop, or a side's birth year
+    return lines
+
+
+def draw_example(pool: NamePool, rng: random.Random, hops: int, distractors: int,
+                 steps: bool = False, restate: bool = False) -> tuple[str, str]:
     """(open-book prompt, answer) of one preloaded example of exactly `hops` facts (fewer where its
-    small world has no such question) among `distractors` others, over a world of its own."""
+    small world has no such question) among `distractors` others, over a world of its own. With `steps`
+    the answer is the supporting cards, in the order the question uses them, then the answer
+    (render.with_steps); with `restate` too, each hop's card is followed by the question it leaves
+    (`restated`)."""
     while True:
         countries = rng.randint(2, 4)  # a world's size varies as much as W's pools do: 2-4 countries, 2-12 cities
         world = small_world(pool, rng, people=rng.randint(6, 12), countries=countries,
@@ -156,6 +191,10 @@ def draw_example(pool: NamePool, rng: random.Random, hops: int, distractors: int
             drawn = _draw(world, rng.choice(signatures(h)), rng)
             if drawn is not None:
                 program, answer, support = drawn
+                if steps:
+                    lines = restated(world, program, support) if restate else \
+                        [render.card_text(world, f) for f in support]
+                    answer = render.with_steps(lines, answer)
                 text = example_text(world, program, answer, support, rng, distractors)
                 return text[: len(text) - len(answer) - 1], answer  # the text ends with " <answer>"
 
@@ -180,16 +219,17 @@ class ReaderBatches:
     position saved in checkpoints."""
 
     def __init__(self, tokenizer: Tokenizer, pool: NamePool, curriculum: Curriculum, context: int, batch_size: int,
-                 seed: int):
+                 seed: int, steps: bool = False, restate: bool = False):
         self.tokenizer, self.pool, self.curriculum = tokenizer, pool, curriculum
+        self.steps, self.restate = steps, restate
         self.context, self.batch_size = context, batch_size
         self.rng = random.Random(f"reader:{seed}")
         self.drawn = 0
 
     def examples(self, n: int) -> list[tuple[str, str]]:
         most_hops, most_distractors = self.curriculum.limits(self.drawn)
-        return [draw_example(self.pool, self.rng, self.rng.randint(1, most_hops), self.rng.randint(0, most_distractors))
-                for _ in range(n)]
+        return [draw_example(self.pool, self.rng, self.rng.randint(1, most_hops), self.rng.randint(0, most_distractors),
+                             self.steps, self.restate) for _ in range(n)]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = encode_pairs(self.tokenizer, self.examples(self.batch_size), self.context)
@@ -208,12 +248,14 @@ class ReaderBatches:
 
 
 def open_book_by_hops(model, tokenizer: Tokenizer, folder: WorldFolder, per_hops: int | None, pool: str = "novel",
-                      distractors: int = 4, seed: int = 0) -> dict[int, dict]:
-    """Open-book accuracy on W's test questions of `pool` (the evaluation's contexts), by hops."""
+                      distractors: int = 4, seed: int = 0, steps: bool = False) -> dict[int, dict]:
+    """Open-book accuracy on W's test questions of `pool` (the evaluation's contexts), by hops; `steps`: a
+    reader that writes its steps before its answer (scoring.StepsScorer)."""
     ctx = Contexts(folder, distractors, seed)
     qs = metrics.per_hops([q for q in folder.questions if q.pool == pool and q.split == "test"
                            and not q.counterfactual], per_hops)
-    answers = metrics.pick(LMScorer(model, tokenizer), [ctx.open_book(q) for q in qs], qs)
+    scorer = (StepsScorer if steps else LMScorer)(model, tokenizer)
+    answers = metrics.pick(scorer, [ctx.open_book(q) for q in qs], qs)
     return metrics.by_hops(qs, answers)
 
 
@@ -221,12 +263,12 @@ class ReadingCurve(Callback):
     """Every `every` steps (and at the end), open-book accuracy on W's novel pool by hops, added to the
     step's metrics as read_h1, read_h2, ... (a logged step: `every` a multiple of logging.log_every)."""
 
-    def __init__(self, folder: WorldFolder, tokenizer: Tokenizer, every: int, per_hops: int):
-        self.folder, self.tokenizer, self.every, self.per_hops = folder, tokenizer, every, per_hops
+    def __init__(self, folder: WorldFolder, tokenizer: Tokenizer, every: int, per_hops: int, steps: bool = False):
+        self.folder, self.tokenizer, self.every, self.per_hops, self.steps = folder, tokenizer, every, per_hops, steps
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
         if "loss" in metrics and (trainer.step % self.every == 0 or trainer.step == trainer.cfg.train.steps):
-            by = open_book_by_hops(trainer.model, self.tokenizer, self.folder, self.per_hops)
+            by = open_book_by_hops(trainer.model, self.tokenizer, self.folder, self.per_hops, steps=self.steps)
             trainer.model.train()
             metrics.update({f"read_h{h}": round(a["accuracy"], 4) for h, a in by.items()})
 
@@ -258,6 +300,8 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     settings = settings or ReaderSettings()
     if settings.names not in ("all", "seen"):
         raise VSLMError(f"names must be 'all' or 'seen', not {settings.names!r}")
+    if settings.restate and not settings.steps:
+        raise VSLMError("restate: the question left after each step restates the steps; give steps too")
     out = Path(out)
     refuse_file_in_the_way(out)
     check_curve(settings, cfg)
@@ -266,7 +310,9 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
                         "(0 = the world's own)")
     folder = load_world_folder(world)
     max_hops = settings.max_hops or folder.settings.hops
-    recorded = asdict(settings) | {"max_hops": max_hops}
+    # a setting added since readers were first trained is recorded only where it is not its default, so that
+    # an older reader's settings still read as the same run's
+    recorded = {k: v for k, v in asdict(settings).items() if k not in LATER or v != LATER[k]} | {"max_hops": max_hops}
     if (out / RESULT).is_file():
         if not reuse:
             raise VSLMError(f"{out} already holds a reader; --out another folder")
@@ -292,13 +338,14 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
         pool = NamePool(list(names.FIRST_NAMES), list(names.SURNAMES), list(names.COMPANY_WORDS))
     tokenizer = reader_tokenizer()
     curriculum = Curriculum(max_hops, settings.max_distractors, settings.ramp, cfg.train.steps)
-    batches = ReaderBatches(tokenizer, pool, curriculum, cfg.model.context, cfg.train.batch_size, cfg.train.seed)
+    batches = ReaderBatches(tokenizer, pool, curriculum, cfg.model.context, cfg.train.batch_size, cfg.train.seed,
+                            settings.steps, settings.restate)
 
     # the trainer's corpus (validation loss, bytes per token): examples of the last stage, in a file
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / STARTED, json.dumps(recorded) + "\n")
     final = ReaderBatches(tokenizer, pool, Curriculum(max_hops, settings.max_distractors, 0, 1), cfg.model.context,
-                          1, cfg.train.seed + 1)
+                          1, cfg.train.seed + 1, settings.steps, settings.restate)
     pairs = final.examples(N_EXAMPLES_FILE)
     texts = [p + render.answer_text(a).rstrip("\n") for p, a in pairs]
     # kept as it is when it holds the same text: a moved folder resumes where its data_identity agrees
@@ -319,7 +366,8 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)
     callbacks = default_callbacks(cfg)
     if settings.curve_every:
-        callbacks.insert(0, ReadingCurve(folder, tokenizer, settings.curve_every, settings.curve_questions))
+        callbacks.insert(0, ReadingCurve(folder, tokenizer, settings.curve_every, settings.curve_questions,
+                                         settings.steps))
     started = time.perf_counter()
     trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus, batches=batches, resume=resume)
     last = trainer.fit()

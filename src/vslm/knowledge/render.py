@@ -15,6 +15,12 @@ The layout, in training text and at evaluation alike:
 
     <card>\\n<card>\\n...            (open book only: the context, one fact per line)
     Q: <question>\\nA: <answer>\\n
+
+A reader trained to write its steps (RESEARCH.md 5b's "[answer] steps + answer") answers with the
+cards of its supporting facts, each on a line of its own as in the context, in the order it uses them,
+then the answer after a second "A:":
+
+    Q: <question>\\nA: \\n<card>\\n<card>\\nA: <answer>\\n
 """
 
 from __future__ import annotations
@@ -90,6 +96,16 @@ def closed_book_prompt(question: str) -> str:
 
 def open_book_prompt(cards: Sequence[str], question: str) -> str:
     return "".join(f"{c}\n" for c in cards) + closed_book_prompt(question)
+
+
+STEPS_END = "\nA:"  # what ends a reader's steps (with_steps): its answer follows as after a prompt
+
+
+def with_steps(steps: Sequence[str], answer: str) -> str:
+    """The answer of a reader that writes its steps first: the cards it reads, each on a line of its own
+    (a card's first word is then the token it is in the context), then STEPS_END and the answer
+    (answer_text lays it out as any answer)."""
+    return "".join(f"\n{s}" for s in steps) + STEPS_END + " " + answer
 
 
 def answer_text(answer: str) -> str:

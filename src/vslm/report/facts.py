@@ -9,6 +9,10 @@ from html import escape
 
 from vslm.report.html import section, table
 
+SCORING = "log-likelihood of each answer choice; the most likely is the answer"  # knowledge.scoring.LMScorer's
+STEPS_SCORING = ("greedy steps until the answer's 'A:', then the log-likelihood of each answer choice after them; "
+                 "the most likely is the answer")  # knowledge.scoring.StepsScorer's: a reader trained with steps
+
 SETTINGS = (("closed-book", "closed_book"), ("open-book", "open_book"), ("retrieved", "retrieved"))
 
 
@@ -72,6 +76,12 @@ def cut_line(result: dict) -> str:
             "(facts read first)" + (f": {', '.join(where)}" if where else ""))
 
 
+def scoring(result: dict) -> str:
+    """How the run answered (knowledge.scoring: the choices' log-likelihood, after the steps a reader trained
+    with steps writes first); results written before it was recorded were scored by the likelihood alone."""
+    return result.get("scoring") or SCORING
+
+
 def notes(result: dict) -> list[str]:
     """The result's warnings, in the order the command prints them."""
     return [line for line in (result.get("note", ""), cut_line(result)) if line]
@@ -83,8 +93,8 @@ def facts_section(result: dict) -> tuple[str, str, str]:
     settings = result.get("settings", {})
     said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items() if v is not None and k != "world")
     parts = [f"<p>{escape(str(result.get('run', '')))} on the world in {escape(str(result.get('world', '')))}"
-             + (f" ({escape(said)})" if said else "") + ". Each question is answered by the choice the model "
-             "finds most likely; chance is the mean of 1 / choices. ± is a standard error over the questions.</p>",
+             + (f" ({escape(said)})" if said else "") + f". Scoring: {escape(scoring(result))}. Chance is the mean "
+             "of 1 / choices. ± is a standard error over the questions.</p>",
              table(["setting", "pool", "accuracy ± se", "chance", "n"],
                    [[escape(c) for c in row] for row in summary_rows(result)])]
     columns, rows = hops_rows(result)
