@@ -257,7 +257,7 @@ def test_a_steps_reader_writes_the_card_it_reads_and_eval_lets_it(tmp_path, caps
     written = sum(w == g for w, g in zip(scorer.written, gold, strict=True))
     assert written >= 0.75 * len(qs), scorer.written[:3]  # 34 of 40
     assert metrics.accuracy(qs, picked)["accuracy"] >= 0.9
-    assert open_book_by_hops(model, tokenizer, folder, 40, distractors=1, steps=True)[1]["accuracy"] >= 0.9
+    assert open_book_by_hops(scorer, folder, 40, distractors=1)[1]["accuracy"] >= 0.9
     assert main(["facts", "eval", str(out), "--world", str(world), "--per-group", "40", "--distractors", "1",
                  "--json", "novel"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -267,8 +267,9 @@ def test_a_steps_reader_writes_the_card_it_reads_and_eval_lets_it(tmp_path, caps
     # the command's flag; a reader without steps records no `steps` (as readers trained before it) and is asked
     # by the plain scorer; a reused folder of the other kind is refused
     assert main(["facts", "reader", "--world", str(world), "--out", str(tmp_path / "cli"), "train.steps=2",
-                 "model.depth=1", "--curve-every", "0", "--max-hops", "1", "--steps"]) == 0
+                 "model.depth=1", "--curve-every", "2", "--curve-questions", "2", "--max-hops", "1", "--steps"]) == 0
     assert json.loads((tmp_path / "cli" / "reader.json").read_text())["settings"]["steps"] is True
+    assert {"read_h1", "read_h2"} <= set(json.loads((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()[-1]))
     assert main(["facts", "reader", "--world", str(world), "--out", str(tmp_path / "r2"), "--restate"]) == 2
     assert "--restate restates the question after each step: give --steps too" in capsys.readouterr().err
     with pytest.raises(VSLMError, match="restate: the question left after each step restates the steps; give steps"):

@@ -637,12 +637,15 @@ def plan_knowledge(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None 
         else:
             steps, rows_per_step = cfg.train.steps, cfg.train.batch_size * cfg.train.grad_accum
         tokens = steps * rows_per_step * cfg.model.context
-        trains = (f"{arm.method} distillation: a copy of {arm.teacher}, naive model {arm.naive}" if arm.distilled
-                  else "the reader recipe: a fresh small world per example"
-                  + (", steps before the answer" if reader_settings(arm).steps else "")
-                  + (", each hop's question restated" if reader_settings(arm).restate else "")
-                  if arm.data == READER else
-                  f"the world's {WORLD_FILES[arm.data]}" if arm.data in WORLD_FILES else arm.data)
+        if arm.distilled:
+            trains = f"{arm.method} distillation: a copy of {arm.teacher}, naive model {arm.naive}"
+        elif arm.data == READER:
+            recipe = reader_settings(arm)
+            trains = ("the reader recipe: a fresh small world per example"
+                      + (", steps before the answer" if recipe.steps else "")
+                      + (", each hop's question restated" if recipe.restate else ""))
+        else:
+            trains = f"the world's {WORLD_FILES[arm.data]}" if arm.data in WORLD_FILES else arm.data
         groups = -(-novel // spec.group_size)
         also = ([f"{groups} LoRA adapter{'s' * (groups > 1)} x {arm.adapters} steps"] if arm.adapters else []) + \
             ([f"relearning {arm.relearn_steps} steps"] if arm.relearn_steps else [])

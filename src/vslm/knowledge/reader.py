@@ -70,7 +70,7 @@ from vslm.knowledge.distill import encode_pairs
 from vslm.knowledge.folder import WorldFolder, load_world_folder
 from vslm.knowledge.preloaded import _draw, example_text, signatures
 from vslm.knowledge.questions import Program, chain_paths, question_text
-from vslm.knowledge.scoring import READER_SETTINGS, LMScorer, StepsScorer
+from vslm.knowledge.scoring import READER_SETTINGS, LMScorer, run_scorer
 from vslm.knowledge.world import MAX_HOPS, YEARS, Fact, NamePool, World, name_pools, small_world
 from vslm.plain import dumps
 from vslm.train.callbacks import Callback
@@ -247,14 +247,13 @@ class ReaderBatches:
 # ------------------------------------------------------------------------------------ the reading curve
 
 
-def open_book_by_hops(model, tokenizer: Tokenizer, folder: WorldFolder, per_hops: int | None, pool: str = "novel",
-                      distractors: int = 4, seed: int = 0, steps: bool = False) -> dict[int, dict]:
-    """Open-book accuracy on W's test questions of `pool` (the evaluation's contexts), by hops; `steps`: a
-    reader that writes its steps before its answer (scoring.StepsScorer)."""
+def open_book_by_hops(scorer: LMScorer, folder: WorldFolder, per_hops: int | None, pool: str = "novel",
+                      distractors: int = 4, seed: int = 0) -> dict[int, dict]:
+    """Open-book accuracy on W's test questions of `pool` (the evaluation's contexts), by hops, asked by `scorer`
+    (scoring.run_scorer: a reader trained with steps writes them)."""
     ctx = Contexts(folder, distractors, seed)
     qs = metrics.per_hops([q for q in folder.questions if q.pool == pool and q.split == "test"
                            and not q.counterfactual], per_hops)
-    scorer = (StepsScorer if steps else LMScorer)(model, tokenizer)
     answers = metrics.pick(scorer, [ctx.open_book(q) for q in qs], qs)
     return metrics.by_hops(qs, answers)
 
@@ -263,12 +262,14 @@ class ReadingCurve(Callback):
     """Every `every` steps (and at the end), open-book accuracy on W's novel pool by hops, added to the
     step's metrics as read_h1, read_h2, ... (a logged step: `every` a multiple of logging.log_every)."""
 
-    def __init__(self, folder: WorldFolder, tokenizer: Tokenizer, every: int, per_hops: int, steps: bool = False):
-        self.folder, self.tokenizer, self.every, self.per_hops, self.steps = folder, tokenizer, every, per_hops, steps
+    def __init__(self, folder: WorldFolder, tokenizer: Tokenizer, every: int, per_hops: int):
+        self.folder, self.tokenizer, self.every, self.per_hops = folder, tokenizer, every, per_hops
 
     def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
         if "loss" in metrics and (trainer.step % self.every == 0 or trainer.step == trainer.cfg.train.steps):
-            by = open_book_by_hops(trainer.model, self.tokenizer, self.folder, self.per_hops, steps=self.steps)
+            # asked as the run is evaluated: its reader settings, written before it trained, say with steps or not
+            by = open_book_by_hops(run_scorer(trainer.run_dir, trainer.model, self.tokenizer), self.folder,
+                                   self.per_hops)
             trainer.model.train()
             metrics.update({f"read_h{h}": round(a["accuracy"], 4) for h, a in by.items()})
 
@@ -366,8 +367,7 @@ def train_reader(world: Path, out: Path, cfg: RunConfig | None = None,
     corpus = prepare_corpus(cfg.data, tokenizer=tokenizer)
     callbacks = default_callbacks(cfg)
     if settings.curve_every:
-        callbacks.insert(0, ReadingCurve(folder, tokenizer, settings.curve_every, settings.curve_questions,
-                                         settings.steps))
+        callbacks.insert(0, ReadingCurve(folder, tokenizer, settings.curve_every, settings.curve_questions))
     started = time.perf_counter()
     trainer = Trainer(cfg, out, callbacks=callbacks, corpus=corpus, batches=batches, resume=resume)
     last = trainer.fit()

@@ -161,7 +161,7 @@ class StepsScorer(LMScorer):
 
 def scoring_of(run: Path) -> str:
     """How `vslm facts eval` asks the run (run_scorer): a saved result of another scoring is not its own."""
-    return STEPS_SCORING if writes_steps(run) else SCORING
+    return _scorer_for(run).scoring
 
 
 def writes_steps(run: Path) -> bool:
@@ -173,4 +173,8 @@ def writes_steps(run: Path) -> bool:
 def run_scorer(run: Path, model: GPT, tokenizer: Tokenizer) -> LMScorer:
     """The scorer that asks the run's model as it was trained to answer: a StepsScorer for a reader trained
     with steps, an LMScorer for any other run."""
-    return (StepsScorer if writes_steps(run) else LMScorer)(model, tokenizer)
+    return _scorer_for(run)(model, tokenizer)
+
+
+def _scorer_for(run: Path) -> type[LMScorer]:
+    return StepsScorer if writes_steps(run) else LMScorer
