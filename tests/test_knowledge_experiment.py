@@ -14,6 +14,7 @@ from vslm.knowledge.experiment import (
     Criterion,
     arm_config,
     chance,
+    in_waves,
     judge,
     make_world,
     metric,
@@ -21,6 +22,7 @@ from vslm.knowledge.experiment import (
     parse_spec,
     side_value,
     tables,
+    waves,
 )
 from vslm.lab.experiments import builtin_experiments, read_experiment
 from vslm.lab.stats import holm
@@ -164,7 +166,7 @@ def test_bad_specs_fail_with_one_line(changes, message):
 
 def test_builtin_knowledge_experiments_validate(tmp_path):
     names = sorted(n for n in builtin_experiments() if n.startswith("knowledge"))
-    assert names == ["knowledge", "knowledge-adapters", "knowledge-distill", "knowledge-preloaded",
+    assert names == ["knowledge", "knowledge-adapters", "knowledge-depth", "knowledge-distill", "knowledge-preloaded",
                      "knowledge-retrieval", "knowledge-steps"]
     specs = {name: parse_spec(*read_experiment(name)[1:]) for name in names}
     # the adapters alone: knowledge-retrieval's world, questions and closed-1x arm, written out again
@@ -177,7 +179,8 @@ def test_builtin_knowledge_experiments_validate(tmp_path):
         for arm in spec.arms:
             if not arm.distilled:
                 cfg = arm_config(spec, arm, tmp_path, 1, [])
-                assert cfg.train.seed == 1 and cfg.model.width in (128, 256)
+                assert cfg.train.seed == 1 and cfg.model.width in ((128, 96, 64) if name == "knowledge-depth" else
+                                                                   (128, 256))
     # `knowledge` is the three together: each arm once, every criterion, one world
     whole = specs["knowledge"]
     assert [a.name for a in whole.arms] == ["reader", "closed-1x", "closed-4x", "fixed", "student", "gradient-ascent",
@@ -190,6 +193,34 @@ def test_builtin_knowledge_experiments_validate(tmp_path):
     assert steps.world == preloaded.world and steps.arms[0] == preloaded.arms[0].model_copy(update={"relearn_steps": 0})
     assert [a.reader for a in steps.arms[1:]] == [{"max_hops": 2, "steps": True},
                                                   {"max_hops": 2, "steps": True, "restate": True}]
+    # the deeper readers beside that reader: its world, and the blocks traded for width
+    depth = specs["knowledge-depth"]
+    assert depth.world == preloaded.world and depth.arms[0] == steps.arms[0]
+    assert [(c.model.depth, c.model.width, c.model.heads) for c in
+            (arm_config(depth, arm, tmp_path, 0, []) for arm in depth.arms)] == [(3, 128, 4), (6, 96, 4), (12, 64, 4)]
+
+
+def test_distilled_arms_wait_for_their_teacher_and_naive_model():
+    spec = parse_spec(spec_dict(arms=[
+        {"name": "t"}, {"name": "n", "data": "stories"}, {"name": "s", "teacher": "t", "naive": "n"},
+        {"name": "other", "data": "stories"}, {"name": "s2", "teacher": "s", "naive": "n"},
+        {"name": "s3", "teacher": "t", "naive": "other"}], criteria=[]), "x.toml")
+    assert [[a.name for a in wave] for wave in waves(spec.arms)] == [["t", "n", "other"], ["s", "s3"], ["s2"]]
+    assert waves(spec.arms[:2]) == [spec.arms[:2]] and waves([]) == []
+    # a bug in one arm of one seed: its distilled arms wait on that seed only, the other seed goes on
+    asked = []
+
+    def run_wave(items):
+        asked.append(items)
+        return [{"failed": "boom"} if (seed, name) == (1, "other") else {"result": f"{name}{seed}"}
+                for seed, name in items]
+
+    per_seed, failed = in_waves(spec, 2, run_wave)
+    assert asked == [[(0, "t"), (0, "n"), (0, "other"), (1, "t"), (1, "n"), (1, "other")],
+                     [(0, "s"), (0, "s3"), (1, "s")], [(0, "s2"), (1, "s2")]]
+    assert failed == {(1, "other"): "boom", (1, "s3"): "not distilled: other failed"}
+    assert per_seed == [{n: f"{n}0" for n in ("t", "n", "other", "s", "s3", "s2")},
+                        {n: f"{n}1" for n in ("t", "n", "s", "s2")}]
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -382,7 +413,7 @@ def test_a_reader_based_experiment_runs_its_seeds_in_workers_and_reuses_them(tmp
     assert arms["closed"]["also"] == ["1 LoRA adapter x 2 steps"] and arms["reader"]["also"] == ["relearning 2 steps"]
     assert plan["tokens_left"] == 2 * sum(r["tokens"] for r in arms.values())
     assert main(["experiment", str(spec), "--out", str(out), "--jobs", "2"]) == 0
-    assert "seeds on 2 worker processes" in capsys.readouterr().out
+    assert "arms x seeds on 2 worker processes" in capsys.readouterr().out
     # what the dry run counted is what trained: parameters, FLOPs and tokens of every trained arm
     for name in ("reader", "closed", "fixed"):
         summary = json.loads((out / "seed-0" / name / "summary.json").read_text())

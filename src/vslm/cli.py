@@ -551,7 +551,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     if a.jobs in (None, "auto") and launcher.kind == "local" and launcher.jobs > 1:
         from vslm.lab.experiments import read_experiment
 
-        if read_experiment(a.experiment)[1].get("kind"):  # seeds of a knowledge experiment: one at a time
+        if read_experiment(a.experiment)[1].get("kind"):  # arms of a knowledge experiment: one at a time
             launcher = make_launcher(1)                   # unless --jobs asks for more
     run_experiment(a.experiment, out, a.seeds, a.overrides, console, launcher, a.resolve, a.max_seeds, sweep,
                    a.sweep_seeds, variants)

@@ -25,8 +25,8 @@ def run_experiment(spec_name_or_path: str, out: Path, seeds: int | None = None, 
                    sweep_seeds: int | None = None, variants: Sequence[str] | None = None) -> dict:
     """The summary of a plain experiment (vslm.lab.experiments.run_experiment) or the results of a
     knowledge experiment (vslm.knowledge.experiment.run_knowledge_experiment). launcher, resolve, max_seeds,
-    sweep, sweep_seeds and variants apply to plain experiments; a knowledge experiment runs its seeds in launcher.jobs
-    local processes."""
+    sweep, sweep_seeds and variants apply to plain experiments; a knowledge experiment runs its arms x seeds in
+    launcher.jobs local processes."""
     name, raw, label = experiments.read_experiment(spec_name_or_path)
     kind = experiments.experiment_kind(raw, label)
     if kind is None:
@@ -62,7 +62,7 @@ def _refuse_variant_flags(label: str, resolve, max_seeds, sweep, sweep_seeds, va
     if (resolve is not None or max_seeds is not None or sweep or sweep_seeds is not None or variants
             or (launcher and launcher.kind != "local")):
         raise ConfigError(f"{label}: --resolve, --max-seeds, --sweep, --sweep-seeds, --variants and --launcher "
-                          "apply to comparisons of variants; a knowledge experiment runs its seeds here (--jobs N: "
+                          "apply to comparisons of variants; a knowledge experiment runs its arms here (--jobs N: "
                           "in N worker processes)")
 
 

@@ -1,5 +1,6 @@
 """`vslm experiment knowledge-retrieval | knowledge-preloaded | knowledge-distill` (RESEARCH.md 5 (a)-(c)), and
-`knowledge` (the three), `knowledge-adapters`, `knowledge-steps` (a reader that writes its steps).
+`knowledge` (the three), `knowledge-adapters`, `knowledge-steps` (a reader that writes its steps), `knowledge-depth`
+(readers of 3, 6 and 12 blocks at about the same parameters).
 
 A knowledge experiment is a TOML file with `kind = "knowledge"`:
 
@@ -39,7 +40,8 @@ model and the student of a distillation share a vocabulary.
 `include = ["knowledge-retrieval", ...]` makes an experiment of others: their arms (one arm of a name,
 identical wherever it appears) and criteria, one table of criteria judged together (Holm across all
 of them); the included experiments must agree on base, tokens, overrides, per_group, group_size and
-world. Seeds run in `--jobs N` worker processes (one seed each; the default one after another).
+world. With `--jobs N` the arms of every seed run in N worker processes (one arm of one seed each; a
+distilled arm once its teacher and naive model are done; the default: one after another).
 
 For each seed, out/seed-k/ holds the world (world/) and one folder per arm (a run folder with its
 facts-eval.json; relearn.json with the relearning test). Finished parts are reused, so an
@@ -105,7 +107,8 @@ COLUMNS = (("closed-book seen", "closed_book.seen"), ("closed-book seen (trained
            ("retrieved novel", "retrieved.novel"), ("counterfactual", "counterfactual"),
            ("memorisation ratio", "memorisation_ratio"), ("probe gain seen", "probe.seen"),
            ("adapters novel (routed)", "adapters.novel"), ("relearning gain, other 90%", "relearn.rest"))
-HOPS_SETTINGS = (("closed_book", "seen"), ("open_book", "novel"), ("retrieved", "seen"), ("retrieved", "novel"))
+HOPS_SETTINGS = (("closed_book", "seen"), ("open_book", "novel"), ("retrieved", "seen"), ("retrieved", "novel"),
+                 ("counterfactual", "seen"))
 TOLERANCE = 0.05  # "~": equal within five points of accuracy
 
 
@@ -505,56 +508,97 @@ def run_seed(spec: KnowledgeSpec, seed: int, out: Path, extra: Sequence[str], de
     return {arm.name: run_arm(spec, arm, world, seed_dir, seed, extra, device, say) for arm in spec.arms}
 
 
+def waves(arms: Sequence[Arm]) -> list[list[Arm]]:
+    """The arms in the order their inputs allow: first those trained on their own, then each distilled arm
+    in the wave after its teacher's and naive model's; within a wave, as listed."""
+    level: dict[str, int] = {}
+    for arm in arms:  # a teacher or naive model is always listed before (KnowledgeSpec checks)
+        level[arm.name] = 1 + max(level[arm.teacher], level[arm.naive]) if arm.distilled else 0
+    return [[a for a in arms if level[a.name] == n] for n in range(max(level.values(), default=-1) + 1)]
+
+
 @dataclass(frozen=True)
-class SeedJob:
+class ArmJob:
     spec: KnowledgeSpec
+    arm: str
     seed: int
     out: Path
     extra: tuple[str, ...]
     device: str
 
 
-def _seed_task(job: SeedJob, threads: int) -> dict:
-    """run_seed in a worker process (vslm.lab.parallel.run_in_processes): {"arms": {arm: results}}; a
+def _arm_task(job: ArmJob, threads: int) -> dict:
+    """run_arm in a worker process (vslm.lab.parallel.run_in_processes): {"result": the arm's results}; a
     stop or an error in what was asked raises, a bug comes back as {"failed": reason}."""
     import torch
 
     from vslm.train.trainer import TrainingStopped
 
     torch.set_num_threads(threads)  # evaluation's; a config's train.threads still rules its training
+    seed_dir = job.out / f"seed-{job.seed}"
+    arm = next(a for a in job.spec.arms if a.name == job.arm)
     try:
-        return {"arms": run_seed(job.spec, job.seed, job.out, job.extra, job.device,
-                                 lambda text: print(text, flush=True))}
+        return {"result": run_arm(job.spec, arm, seed_dir / "world", seed_dir, job.seed, job.extra, job.device,
+                                  lambda text: print(text, flush=True))}
     except (TrainingStopped, VSLMError):
         raise
-    except Exception as e:  # a bug: say where; the parent reports it once every seed is done
+    except Exception as e:  # a bug: say where; the parent reports it once the wave is done
         traceback.print_exc(file=sys.stderr)
         return {"failed": f"{type(e).__name__}: {e}"}
 
 
 def run_seeds(spec: KnowledgeSpec, seeds: int, out: Path, extra: Sequence[str], device: str, say,
               jobs: int = 1) -> list[dict[str, dict]]:
-    """Every seed: one after another here, or in `jobs` worker processes (vslm.lab.parallel: one seed a
-    worker at a time, the cores split between them; Ctrl-C stops them all, and an error in what was
-    asked stops the rest)."""
-    if jobs <= 1 or seeds == 1:
+    """Every seed's world and every arm on it: one after another here, or in `jobs` worker processes
+    (vslm.lab.parallel: one arm of one seed a worker at a time, the cores split between them, so that the
+    workers keep busy whatever the number of seeds; Ctrl-C stops them all, and an error in what was asked
+    stops the rest). The worlds are made here first; a distilled arm starts once its teacher and naive
+    model are done on every seed (waves). [{arm: results}] by seed."""
+    order = waves(spec.arms)
+    jobs = min(jobs, seeds * max(map(len, order)))  # the widest wave: no worker that never gets an arm
+    if jobs <= 1:
         return [run_seed(spec, seed, out, extra, device, say) for seed in range(seeds)]
     from vslm.lab.parallel import run_in_processes, threads_per_worker
 
-    jobs = min(jobs, seeds)
-    say(f"seeds on {jobs} worker processes, {threads_per_worker(jobs)} thread(s) each for evaluation "
+    for seed in range(seeds):
+        make_world(spec, seed, out / f"seed-{seed}" / "world")
+    say(f"arms x seeds on {jobs} worker processes, {threads_per_worker(jobs)} thread(s) each for evaluation "
         "(a config's train.threads for training)")
-    done = run_in_processes([SeedJob(spec, seed, out, tuple(extra), device) for seed in range(seeds)], jobs,
-                            _seed_task)
-    if failed := [f"seed {seed}: {r['failed']}" for seed, r in enumerate(done) if "failed" in r]:
-        raise VSLMError("; ".join(failed))
-    return [r["arms"] for r in done]
+    per_seed, failed = in_waves(spec, seeds, lambda items: run_in_processes(
+        [ArmJob(spec, name, seed, out, tuple(extra), device) for seed, name in items], jobs, _arm_task))
+    if failed:  # what finished is reused when the command runs again
+        raise VSLMError("; ".join(f"{name} seed {seed}: {why}" for (seed, name), why in sorted(failed.items())))
+    return [{arm.name: results[arm.name] for arm in spec.arms} for results in per_seed]
+
+
+def in_waves(spec: KnowledgeSpec, seeds: int, run_wave) -> tuple[list[dict[str, dict]], dict[tuple[int, str], str]]:
+    """run_wave([(seed, arm name), ...]) -> [{"result": ...} or {"failed": why}, ...] for each wave of
+    waves(spec.arms) over every seed: ([{arm: result}] by seed, {(seed, arm): why} of what failed). A
+    distilled arm whose teacher or naive model failed on a seed is not asked on that seed; the other seeds
+    go on."""
+    per_seed: list[dict[str, dict]] = [{} for _ in range(seeds)]
+    failed: dict[tuple[int, str], str] = {}
+    for wave in waves(spec.arms):
+        items = []
+        for seed in range(seeds):
+            for arm in wave:
+                lacking = [o for o in (arm.teacher, arm.naive) if (seed, o) in failed] if arm.distilled else []
+                if lacking:
+                    failed[seed, arm.name] = f"not distilled: {' and '.join(dict.fromkeys(lacking))} failed"
+                else:
+                    items.append((seed, arm.name))
+        for (seed, name), r in zip(items, run_wave(items) if items else [], strict=True):
+            if "failed" in r:
+                failed[seed, name] = r["failed"]
+            else:
+                per_seed[seed][name] = r["result"]
+    return per_seed, failed
 
 
 def run_knowledge_experiment(name: str, spec: KnowledgeSpec, out: Path, seeds: int | None = None,
                              extra_overrides: Sequence[str] = (), console: Console | None = None,
                              source: str | None = None, jobs: int = 1) -> dict:
-    """Every arm x seed (the seeds in `jobs` worker processes), then out/results.json, results.md and
+    """Every arm x seed (in `jobs` worker processes), then out/results.json, results.md and
     report.html; returns the results."""
     seeds, out = spec.seeds if seeds is None else seeds, Path(out)
     extra_overrides = listed(extra_overrides, "overrides")
@@ -794,7 +838,7 @@ def hops_figure(results: dict):
 
     from vslm.report.figures import literal  # an arm's name as typed ('_x' would hide its legend entry)
 
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, len(HOPS_SETTINGS), sharey=True)
     for ax, (s, p) in zip(axes, HOPS_SETTINGS, strict=True):
         key = f"{s}.{p}"
